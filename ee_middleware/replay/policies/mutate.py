@@ -18,9 +18,10 @@ rollouts also show what failure looks like; those candidates say so in their pro
 (``"deliberately_invalid": "<argument>"``).
 
 Every candidate validates against the offered schemas; none equals the expert's action; all are
-distinct. Calls are compared as the tool receives them: an argument at its schema's ``default`` is the
-argument left out (``{"order_id": "O-1", "fields": null}`` is ``{"order_id": "O-1"}`` when ``fields``
-defaults to ``null``). Schemas are read through local ``$ref`` s and ``allOf`` (pydantic's schemas of
+distinct. Calls are compared as the tool receives them (:meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`,
+which the proposer compares too): an argument at its schema's ``default`` is the argument left out
+(``{"order_id": "O-1", "fields": null}`` is ``{"order_id": "O-1"}`` when ``fields`` defaults to ``null``), and
+numbers are compared as JSON compares them (``30.0`` is ``30``; ``true`` is not ``1``). Schemas are read through local ``$ref`` s and ``allOf`` (pydantic's schemas of
 nested models; :func:`~ee_middleware.replay.policies.schema.resolve_schema`). Seeded: the same decision
 point, ``k`` and ``seed`` give the same candidates.
 """
@@ -37,7 +38,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ee_middleware.models.parsing import call_id_of, canonical_call, canonical_json
+from ee_middleware.models.parsing import call_id_of, canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
 from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
@@ -426,7 +427,7 @@ class _Perturbations:
     def __init__(self, expert: ToolCall, schemas: ToolSchemas) -> None:
         self.props, self.required = schemas.arguments_of(expert.name)
         arguments, props, required = expert.arguments, self.props, self.required
-        defaults = _memo_defaults(schemas).get(expert.name)
+        defaults = schemas.defaults(expert.name)
         self.changeable = [key for key in arguments if key in props]
         # Dropping an argument the expert set to its default gives the expert's call again.
         self.droppable = [key for key in arguments if key not in required and not (defaults and defaults.is_default(key, arguments[key]))]
@@ -614,11 +615,8 @@ class MutationPolicy:
         rng = random.Random(f"{self.name}:{seed}:{point.trajectory_id}:{point.step_index}")
         maker = _ValueMaker(rng, self._harvester().harvest(point), self.optional_arg_rate)
         settings = {"same_tool_share": self.same_tool_share, "invalid_share": self.invalid_share}
-        # Calls as the tools receive them: an argument at its default is the argument left out.
-        defaults = _memo_defaults(schemas)
-        expert_defaults = defaults.get(point.expert.name)
-        expert_arguments = dict(point.expert.arguments)
-        seen = {canonical_call(point.expert.name, expert_defaults.strip(expert_arguments) if expert_defaults else expert_arguments)}
+        # Calls as the tools receive them: an argument at its default is the argument left out, 30.0 is 30.
+        seen = {schemas.call_key(point.expert.name, dict(point.expert.arguments))}
         failures = {"same": 0, "other": 0}
         if point.expert.name not in schemas:
             failures["same"] = _CLOSED
@@ -649,9 +647,7 @@ class MutationPolicy:
                 failures[mode] += 1  # a failed try (as the expert's own call would be, which `seen` holds)
                 continue
             key = canonical_call(name, arguments)
-            tool_defaults = defaults.get(name)
-            stripped = tool_defaults.strip(arguments) if tool_defaults else arguments
-            received = key if stripped is arguments else canonical_call(name, stripped)
+            received = schemas.call_key(name, arguments, key)
             if received in seen or not schemas.accepts(name, arguments):
                 failures[mode] += 1
                 continue
@@ -716,91 +712,6 @@ def _memo_id_inputs(schemas: ToolSchemas, name: str) -> tuple[tuple[str, str], .
     found = schemas.memo.get(key)
     if found is None:
         found = schemas.memo[key] = _id_inputs(schemas.resolved(name))
-    return found
-
-
-class _Defaults:
-    """A schema's declared ``default`` s, by property, and those of its nested objects: to compare calls as the tool
-    receives them (a tool fills in what a call leaves out, as pydantic and LangChain's ``@tool`` do)."""
-
-    __slots__ = ("defaults", "items", "nested")
-
-    def __init__(self, defaults: dict[str, Any], nested: dict[str, _Defaults], items: _Defaults | None) -> None:
-        self.defaults = defaults
-        """Property -> its default, itself stripped of the defaults nested in it."""
-        self.nested = nested
-        """Property -> the defaults nested in its value (an object's, or an array's items')."""
-        self.items = items
-        """The defaults of an array's items."""
-
-    def strip(self, value: Any) -> Any:
-        """``value`` without the properties set to their defaults, at every level; ``value`` itself when it has none."""
-        if type(value) is dict:
-            out = None
-            for key, plan in self.nested.items():
-                if key in value:
-                    sub = plan.strip(value[key])
-                    if sub is not value[key]:
-                        out = out if out is not None else dict(value)
-                        out[key] = sub
-            source = value if out is None else out
-            for key, default in self.defaults.items():
-                if key in source and _same_json(source[key], default):
-                    out = out if out is not None else dict(value)
-                    del out[key]
-            return value if out is None else out
-        if type(value) is list and self.items is not None:
-            stripped = [self.items.strip(v) for v in value]
-            return value if all(a is b for a, b in zip(stripped, value, strict=True)) else stripped
-        return value
-
-    def is_default(self, key: str, value: Any) -> bool:
-        """Whether property ``key`` set to ``value`` is the property left out."""
-        if key not in self.defaults:
-            return False
-        plan = self.nested.get(key)
-        return _same_json(plan.strip(value) if plan else value, self.defaults[key])
-
-
-def _same_json(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` are the same JSON value (``==`` alone takes ``1`` for ``True`` and ``1.0``)."""
-    if type(a) is not type(b) or a != b:
-        return False
-    return type(a) in (str, int, float, type(None)) or canonical_json(a) == canonical_json(b)
-
-
-def _defaults_of(schema: Any, depth: int = 0) -> _Defaults | None:
-    """The defaults declared in ``schema`` (a resolved one) and below it; ``None`` when it declares none."""
-    if not isinstance(schema, Mapping) or depth > 2 * _MAX_DEPTH:
-        return None
-    defaults: dict[str, Any] = {}
-    nested: dict[str, _Defaults] = {}
-    props = schema.get("properties")
-    if isinstance(props, Mapping):
-        for key, sub in props.items():
-            plan = _defaults_of(sub, depth + 1)
-            if plan is not None:
-                nested[key] = plan
-            if isinstance(sub, Mapping) and "default" in sub:
-                defaults[key] = plan.strip(sub["default"]) if plan else sub["default"]
-    items = _defaults_of(schema.get("items"), depth + 1)
-    if not defaults and not nested and items is None:
-        # Optional[Model] is anyOf [Model, null]: one branch with defaults is the one a value with them takes.
-        branches = [plan for key in ("anyOf", "oneOf") for sub in schema.get(key) or () if (plan := _defaults_of(sub, depth + 1))]
-        return branches[0] if len(branches) == 1 else None
-    return _Defaults(defaults, nested, items)
-
-
-def _memo_defaults(schemas: ToolSchemas) -> dict[str, _Defaults]:
-    """Tool name -> :func:`_defaults_of` its resolved schema, for the tools that declare defaults (kept with the schemas)."""
-    found = schemas.memo.get("mutate.defaults")
-    if found is None:
-        found = {}
-        for name in schemas.names:
-            plan = _defaults_of(schemas.resolved(name))
-            if plan is not None:
-                found[name] = plan
-        schemas.memo["mutate.defaults"] = found
     return found
 
 

@@ -254,7 +254,9 @@ class _Selection:
         self.point = point
         self.k = k
         self.schemas = tool_schemas_for(point.tools)
-        self.expert_key = canonical_call(point.expert.name, point.expert.arguments)
+        # Calls are compared as the tool receives them (ToolSchemas.call_key): an argument at its default is the argument
+        # left out, 30.0 is 30; so a model's get_order(order_id="O-1", fields=None) is the expert's get_order(order_id="O-1").
+        self.expert_key = self.schemas.call_key(point.expert.name, point.expert.arguments)
         self.accepted_keys: set[str] = set()
         self.result = ProposalResult()
 
@@ -295,7 +297,8 @@ class _Selection:
         self.result.refilled += int(refill)
 
     def _check(self, candidate: Candidate) -> tuple[str | None, tuple[RejectReason, str] | None]:
-        """The candidate's :func:`canonical_call` (when it has a call) and why it is rejected (``None``: accepted)."""
+        """The candidate's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key` (when it has a call) and why
+        it is rejected (``None``: accepted)."""
         call = candidate.call
         if call is None:
             return None, ("unparsable", candidate.problem or "the policy returned no tool call")
@@ -309,8 +312,15 @@ class _Selection:
             if problem is not None:
                 return None, ("invalid_arguments", problem)
             key = canonical_call(call.name, call.arguments)
+        key = self.schemas.call_key(call.name, call.arguments, key)
         if key == self.expert_key:
-            return key, ("expert_action", f"{call.name} with the expert's own arguments")
+            return key, ("expert_action", f"{call.name} with the expert's own arguments (as the tool receives them: {_AS_RECEIVED})")
         if key in self.accepted_keys:
-            return key, ("duplicate", f"{call.name} was already proposed with the same arguments")
+            return key, (
+                "duplicate",
+                f"{call.name} was already proposed with the same arguments (as the tool receives them: {_AS_RECEIVED})",
+            )
         return key, None
+
+
+_AS_RECEIVED = "an argument at its schema's default is the argument left out, and 30.0 is 30"

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ee_middleware.models.parsing import canonical_json
+from ee_middleware.models.parsing import canonical_call, canonical_json
 
 if TYPE_CHECKING:
     from ee_middleware.records import ToolCall, ToolSchema
@@ -222,6 +222,111 @@ def _common_type(a: Any, b: Any) -> Any:
     return common[0] if len(common) == 1 else common
 
 
+_UNREAD: Any = object()
+_MAX_DEFAULTS_DEPTH = 8
+_NUMBERS = (int, float)
+
+
+class Defaults:
+    """A schema's declared ``default`` s, by property, and those of its nested objects: to compare calls as the tool
+    receives them (a tool fills in what a call leaves out, as pydantic and LangChain's ``@tool`` do). Values are compared
+    as JSON compares them (:func:`same_json`)."""
+
+    __slots__ = ("defaults", "items", "nested")
+
+    def __init__(self, defaults: dict[str, Any], nested: dict[str, Defaults], items: Defaults | None) -> None:
+        self.defaults = defaults
+        """Property -> its default, itself stripped of the defaults nested in it."""
+        self.nested = nested
+        """Property -> the defaults nested in its value (an object's, or an array's items')."""
+        self.items = items
+        """The defaults of an array's items."""
+
+    def strip(self, value: Any) -> Any:
+        """``value`` without the properties set to their defaults, at every level; ``value`` itself when it has none."""
+        if type(value) is dict:
+            out = None
+            for key, plan in self.nested.items():
+                if key in value:
+                    sub = plan.strip(value[key])
+                    if sub is not value[key]:
+                        out = out if out is not None else dict(value)
+                        out[key] = sub
+            source = value if out is None else out
+            for key, default in self.defaults.items():
+                if key in source and same_json(source[key], default):
+                    out = out if out is not None else dict(value)
+                    del out[key]
+            return value if out is None else out
+        if type(value) is list and self.items is not None:
+            stripped = [self.items.strip(v) for v in value]
+            return value if all(a is b for a, b in zip(stripped, value, strict=True)) else stripped
+        return value
+
+    def is_default(self, key: str, value: Any) -> bool:
+        """Whether property ``key`` set to ``value`` is the property left out."""
+        if key not in self.defaults:
+            return False
+        plan = self.nested.get(key)
+        return same_json(plan.strip(value) if plan else value, self.defaults[key])
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` are the same JSON value: numbers by value (``30 == 30.0``, as JSON Schema's ``const`` and
+    ``enum`` compare them, and as a tool receives a number), other values by type too (``True`` is not ``1``, ``"1"`` is
+    not ``1``, ``[]`` is not ``{}``), containers item by item."""
+    kind = type(a)
+    if kind is not type(b):
+        return kind in _NUMBERS and type(b) in _NUMBERS and a == b
+    if kind is dict:
+        return len(a) == len(b) and all(k in b and same_json(v, b[k]) for k, v in a.items())
+    if kind is list or kind is tuple:
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return a == b
+
+
+def json_numbers(value: Any) -> Any:
+    """``value`` with every float that is a whole number written as an int (``30.0`` -> ``30``, at every level), so that
+    :func:`canonical_call` gives equal text for values :func:`same_json` calls equal; ``value`` itself when it has none."""
+    kind = type(value)
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is dict:
+        out = None
+        for key, sub in value.items():
+            new = json_numbers(sub)
+            if new is not sub:
+                out = out if out is not None else dict(value)
+                out[key] = new
+        return value if out is None else out
+    if kind is list:
+        items = [json_numbers(sub) for sub in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
+def defaults_of(schema: Any, depth: int = 0) -> Defaults | None:
+    """The defaults declared in ``schema`` (a resolved one) and below it; ``None`` when it declares none."""
+    if not isinstance(schema, Mapping) or depth > _MAX_DEFAULTS_DEPTH:
+        return None
+    defaults: dict[str, Any] = {}
+    nested: dict[str, Defaults] = {}
+    props = schema.get("properties")
+    if isinstance(props, Mapping):
+        for key, sub in props.items():
+            plan = defaults_of(sub, depth + 1)
+            if plan is not None:
+                nested[key] = plan
+            if isinstance(sub, Mapping) and "default" in sub:
+                defaults[key] = plan.strip(sub["default"]) if plan else sub["default"]
+    items = defaults_of(schema.get("items"), depth + 1)
+    if not defaults and not nested and items is None:
+        # Optional[Model] is anyOf [Model, null]: one branch with defaults is the one a value with them takes.
+        branches = [plan for key in ("anyOf", "oneOf") for sub in schema.get(key) or () if (plan := defaults_of(sub, depth + 1))]
+        return branches[0] if len(branches) == 1 else None
+    return Defaults(defaults, nested, items)
+
+
 def _normalize_type(value: Any) -> Any:
     if isinstance(value, str):
         if value == "any":
@@ -244,7 +349,8 @@ class ToolSchemas:
     ``validate`` checks a :class:`~ee_middleware.records.ToolCall` and returns ``None`` when it
     fits, or a sentence saying what is wrong (unknown tool, missing or unexpected argument, wrong
     type, value outside an enum). Integers are accepted where a number is expected; booleans are
-    never integers; ``3.0`` is not an integer.
+    never integers; ``3.0`` is not an integer. :meth:`call_key` is the identity of a call as the tool receives it,
+    which whoever compares calls (the mutation policy, the proposer) compares.
     """
 
     def __init__(self, tools: Iterable[ToolSchema]) -> None:
@@ -254,6 +360,7 @@ class ToolSchemas:
         self._fast: dict[str, Any] = {}
         self._arguments: dict[str, tuple[Mapping[str, Any], frozenset[str]]] = {}
         self._resolved: dict[str, Any] = {}
+        self._defaults: dict[str, Defaults | None] = {}
         self.memo: dict[Any, Any] = {}
         """What a policy derives from these schemas alone (never from a decision point), kept as long as they are."""
         for tool in tools:
@@ -313,6 +420,30 @@ class ToolSchemas:
                 frozenset(r for r in required if isinstance(r, str)) if isinstance(required, list) else frozenset(),
             )
         return found
+
+    def defaults(self, name: str) -> Defaults | None:
+        """The ``default`` s that :meth:`resolved` ``name`` declares, at every level (``None``: it declares none, or no
+        such tool is offered), read once."""
+        try:
+            return self._defaults[name]
+        except KeyError:
+            found = self._defaults[name] = defaults_of(self.resolved(name)) if name in self._parameters else None
+            return found
+
+    def call_key(self, name: str, arguments: Mapping[str, Any], key: str | None = None) -> str:
+        """The identity of a call as the tool receives it, to compare calls: its :func:`canonical_call` with every
+        argument at its schema's ``default`` left out (``{"order_id": "O-1", "fields": null}`` is ``{"order_id":
+        "O-1"}`` when ``fields`` defaults to ``null``) and numbers read as JSON reads them (``30.0`` is ``30``; ``true``
+        is not ``1``). ``key``: the call's :func:`canonical_call`, when the caller has it (returned when nothing
+        changes)."""
+        plan = self._defaults.get(name, _UNREAD)
+        if plan is _UNREAD:
+            plan = self.defaults(name)
+        received = plan.strip(arguments) if plan is not None else arguments
+        received = json_numbers(received)
+        if received is arguments and key is not None:
+            return key
+        return canonical_call(name, received)
 
     def description(self, name: str) -> str:
         """The tool's description ('' when it has none)."""

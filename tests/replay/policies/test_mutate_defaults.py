@@ -58,10 +58,12 @@ def received(langchain_tool: Any, arguments: dict[str, Any]) -> str:
     return langchain_tool.args_schema.model_validate(arguments).model_dump_json()
 
 
-def proposals(expert: ToolCall, tools: list[dict[str, Any]], seeds: range, k: int = 8) -> list[list[ToolCall]]:
+def proposals(
+    expert: ToolCall, tools: list[dict[str, Any]], seeds: range, k: int = 8, state: list[dict[str, Any]] = ORDER_STATE
+) -> list[list[ToolCall]]:
     policy = MutationPolicy()
     return [
-        [c.call for c in policy.propose(DecisionPoint(f"t{seed}", 0, list(ORDER_STATE), tools, expert), k, seed=seed).candidates]
+        [c.call for c in policy.propose(DecisionPoint(f"t{seed}", 0, list(state), tools, expert), k, seed=seed).candidates]
         for seed in seeds
     ]
 
@@ -109,15 +111,76 @@ def test_bfcl_find_with_its_default_path_is_not_proposed_without_it() -> None:
         assert not ({} in ls_calls and {"a": False} in ls_calls), "ls() and ls(a=False) are one call"
 
 
+def default_plan(default: Any) -> Any:
+    parameters = {"type": "object", "properties": {"x": {"default": default}, "y": {"type": "string"}}, "required": ["y"]}
+    schemas = ToolSchemas([function_tool("f", "d", parameters)])
+    plan = schemas.defaults("f")
+    assert plan is not None
+    return schemas, plan
+
+
 @pytest.mark.parametrize(
-    ("default", "other"), [(None, "null"), (False, 0), (0, False), (1, 1.0), ("", []), ([], {}), ({"a": 1}, {"a": True})]
+    ("default", "other"),
+    [(None, "null"), (False, 0), (0, False), (1, True), (True, 1.0), (1, "1"), ("", []), ([], {}), ({"a": 1}, {"a": True})],
 )
 def test_a_value_of_another_type_than_the_default_is_a_different_call(default: Any, other: Any) -> None:
-    """``0`` is not ``False`` and ``[]`` is not ``{}``: only the very default counts as the argument left out."""
-    from ee_middleware.replay.policies.mutate import _memo_defaults
-
-    parameters = {"type": "object", "properties": {"x": {"default": default}, "y": {"type": "string"}}, "required": ["y"]}
-    plan = _memo_defaults(ToolSchemas([function_tool("f", "d", parameters)]))["f"]
+    """``0`` is not ``False``, ``"1"`` is not ``1`` and ``[]`` is not ``{}``: only the very default counts as the argument
+    left out."""
+    schemas, plan = default_plan(default)
     assert plan.strip({"y": "a", "x": default}) == {"y": "a"}
     assert plan.strip({"y": "a", "x": other}) == {"y": "a", "x": other}
     assert plan.is_default("x", default) and not plan.is_default("x", other)
+    assert schemas.call_key("f", {"y": "a", "x": other}) != schemas.call_key("f", {"y": "a"})
+
+
+@pytest.mark.parametrize(("default", "same"), [(30, 30.0), (0.0, 0), (-0.0, 0), ([1, 2.5], [1.0, 2.5]), ({"a": 1}, {"a": 1.0})])
+def test_a_number_equal_to_the_default_is_the_default_whatever_its_type(default: Any, same: Any) -> None:
+    """JSON has one number type: ``timeout: float = 30`` is written ``"default": 30`` and a tool receives ``30.0`` as the
+    same 30. Before the fix (numbers compared by type) ``30.0`` was kept as a different call."""
+    schemas, plan = default_plan(default)
+    assert plan.strip({"y": "a", "x": same}) == {"y": "a"}
+    assert plan.is_default("x", same)
+    assert schemas.call_key("f", {"y": "a", "x": same}) == schemas.call_key("f", {"y": "a"})
+
+
+def test_calls_that_differ_only_by_how_a_number_is_written_are_one_call() -> None:
+    schemas = ToolSchemas([function_tool("f", "d", {"type": "object", "properties": {"x": {"type": "number"}, "y": {}}})])
+    assert schemas.call_key("f", {"x": 3, "y": [2, {"z": 1}]}) == schemas.call_key("f", {"x": 3.0, "y": [2.0, {"z": 1.0}]})
+    assert schemas.call_key("f", {"x": 3}) != schemas.call_key("f", {"x": 3.5})
+    assert schemas.call_key("f", {"y": 1}) != schemas.call_key("f", {"y": True})
+
+
+@tool
+def search(q: str, timeout: float = 30, min_score: float = 0) -> list:
+    """Search documents."""
+    return []
+
+
+@tool
+def page(q: str, offset: float = 0.0) -> list:
+    """Page through results."""
+    return []
+
+
+@pytest.mark.parametrize(
+    ("langchain_tool", "expert_arguments"),
+    [(search, {"q": "cats"}), (page, {"q": "cats", "offset": 0})],
+    ids=["int-default-float-value", "float-default-int-value"],
+)
+def test_a_float_default_written_as_an_int_and_the_other_way_round_is_never_the_experts_call_again(
+    langchain_tool: Any, expert_arguments: dict[str, Any]
+) -> None:
+    """LangChain writes ``timeout: float = 30`` as ``"default": 30`` and the policy makes floats (``30.0``); a model writes
+    ``offset=0`` for ``offset: float = 0.0``. Before the fix 29 and 49 of 400 candidates were the expert's call as the
+    tool receives it."""
+    tools = [convert_to_openai_tool(t) for t in (langchain_tool, list_orders)]
+    expert = ToolCall(id="e", name=langchain_tool.name, arguments=expert_arguments)
+    expert_received = received(langchain_tool, expert_arguments)
+    perturbed = 0
+    state = [{"role": "user", "content": "search cats, timeout 30 seconds, min score 0"}, {"role": "assistant", "content": ""}]
+    for calls in proposals(expert, tools, range(50), state=state):
+        same_tool = [received(langchain_tool, c.arguments) for c in calls if c.name == langchain_tool.name]
+        perturbed += len(same_tool)
+        assert expert_received not in same_tool, [c.arguments for c in calls]
+        assert len(set(same_tool)) == len(same_tool), "two alternatives the tool receives alike"
+    assert perturbed > 100
