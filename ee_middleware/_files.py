@@ -18,7 +18,12 @@ that takes no locks the writers write unlocked, and the sweep goes by age alone 
 ...     for line in lines:
 ...         fh.write(line)
 >>> with atomic_path(path) as tmp:                            # doctest: +SKIP
-...     frame.write_parquet(tmp)                              # writers that want a path
+...     savefig(tmp)                                          # writers that want a path
+>>> atomic_write_parquet(frame, path, compression="zstd")     # doctest: +SKIP
+
+Parquet is written with :func:`atomic_write_parquet` only: polars reports a failed write as its own error, without the
+operating system's (a full disk, a file-size limit met while it writes the footer: "Invalid thrift: transport error"),
+so it is given a Python file that keeps that error, and the caller gets the :class:`OSError`.
 """
 
 from __future__ import annotations
@@ -33,15 +38,21 @@ import time
 import uuid
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
+    "FileTooLargeError",
     "atomic_open",
     "atomic_path",
+    "atomic_write_parquet",
     "atomic_write_bytes",
     "atomic_write_text",
     "create_exclusive",
     "fsync_dir",
+    "file_size_limit",
     "fsync_file",
     "open_for_lock",
     "pid_alive",
@@ -201,6 +212,142 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
     """Replace ``path`` with ``text`` atomically (see the module docstring)."""
     with atomic_open(path, "w", encoding=encoding, fsync=fsync) as fh:
         fh.write(text)
+
+
+class FileTooLargeError(OSError):
+    """A write failed with ``EFBIG``: the file would pass this process's file-size limit (``ulimit -f``, systemd's
+    ``LimitFSIZE=``), or the largest file its file system holds (FAT, some network file systems).
+
+    ``size``: the bytes the file held when the write failed; ``limit``: this process's limit (``None``: unlimited).
+    The limit is blamed alone only when the file reached it; otherwise the file system may be the cause.
+    ``strerror`` says which, and the fix (:attr:`advice`)."""
+
+    def __init__(self, path: str | os.PathLike[str], size: int, limit: int | None) -> None:
+        self.size, self.limit = size, limit
+        super().__init__(errno.EFBIG, f"File too large: it would be larger than {self.which}. {self.advice}", os.fspath(path))
+
+    @property
+    def by_process_limit(self) -> bool:
+        """Whether the file reached this process's file-size limit (then the limit is what stopped it)."""
+        return self.limit is not None and self.size >= self.limit
+
+    @property
+    def which(self) -> str:
+        """What stopped the write, in words."""
+        process = f"this process's file-size limit ({self.limit} bytes: `ulimit -f`, systemd's LimitFSIZE=)"
+        if self.by_process_limit:
+            return process
+        if self.limit is not None:
+            return f"{process} or the largest file the file system holds (it had {self.size} bytes when the write failed)"
+        return f"the largest file the file system holds (it had {self.size} bytes when the write failed)"
+
+    @property
+    def advice(self) -> str:
+        """The fix, one sentence."""
+        raise_it = "raise the limit for this process (`ulimit -f unlimited`, LimitFSIZE=infinity)"
+        elsewhere = "write to a file system that holds larger files"
+        if self.by_process_limit:
+            return f"{raise_it[0].upper()}{raise_it[1:]}, then try again."
+        if self.limit is not None:
+            return f"{raise_it[0].upper()}{raise_it[1:]}, or {elsewhere}, then try again."
+        return f"{elsewhere[0].upper()}{elsewhere[1:]}, then try again."
+
+
+def file_size_limit() -> int | None:
+    """The largest file this process may write (``ulimit -f``, systemd's ``LimitFSIZE=``), ``None`` when unlimited."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def atomic_write_parquet(
+    frame: pl.DataFrame | pl.LazyFrame, path: str | os.PathLike[str], *, fsync: bool = True, locked: bool = False, **options: Any
+) -> None:
+    """Replace ``path`` with ``frame`` as Parquet, atomically (:func:`atomic_path`, with its ``fsync`` and ``locked``); a
+    :class:`~polars.LazyFrame` is streamed (``sink_parquet``). ``options`` go to polars (``compression``, ``metadata``).
+
+    A write the operating system refused raises its :class:`OSError` (a full disk: ``ENOSPC``; it names no file, as a
+    failed write does not), a file too large :class:`FileTooLargeError` naming ``path``, whatever part of the file polars
+    was writing; ``path`` is left as it was.
+    Polars alone would report these as its own error, the error number lost where it failed writing the footer."""
+    import polars as pl
+
+    final = Path(path)
+    with atomic_path(final, fsync=fsync, locked=locked) as tmp:
+        sink: _KeepsWriteError | None = None
+        try:
+            # Opened here, not by polars: polars cannot open a name that is not UTF-8 (a folder named in Latin-1). Inside
+            # the try: closing the file after a failed write tries the write again, and raises again.
+            with open(tmp, "wb") as fh:
+                sink = _KeepsWriteError(fh)
+                if isinstance(frame, pl.LazyFrame):
+                    frame.sink_parquet(sink, **options)
+                else:
+                    frame.write_parquet(sink, **options)
+                sink.flush()
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            kept = sink.error if sink is not None else None
+            error = kept or (exc if isinstance(exc, OSError) else _os_error_in(exc))
+            if error is None:
+                raise
+            if error.errno == errno.EFBIG:
+                size = sink.size_at_error if sink is not None and sink.size_at_error is not None else _size(tmp)
+                raise FileTooLargeError(final, size, file_size_limit()) from exc
+            if error is exc:
+                raise
+            raise error from exc
+
+
+def _size(path: Path) -> int:
+    """``path``'s size in bytes, 0 when it cannot be read."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+class _KeepsWriteError:
+    """A binary file for polars to write to that keeps the first :class:`OSError` a write raised (polars reports it as
+    text, and drops the error number where it fails writing the footer), and the file's size then."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+        self.size_at_error: int | None = None
+
+    def _keep(self, exc: OSError) -> None:
+        if self.error is None:
+            self.error = exc
+            try:
+                self.size_at_error = os.fstat(self._fh.fileno()).st_size
+            except OSError:
+                pass
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self._keep(exc)
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            self._keep(exc)
+            raise
+
+
+def _os_error_in(exc: Exception) -> OSError | None:
+    """The operating system's error that polars reports inside ``exc`` (``... No space left on device (os error 28)``)."""
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return None
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number))
 
 
 def create_exclusive(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666, fsync: bool = True) -> bool:

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from ee_middleware._files import atomic_path, remove_abandoned_temps
+from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_parquet, remove_abandoned_temps
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, StoreError, os_error_advice
 from ee_middleware.messages import parse_arguments
@@ -136,8 +136,9 @@ def export_parquet(
                 "tools": json.dumps(t.tools, ensure_ascii=False),
             }
         )
-    with _writing(path), _output_temp(path) as tmp:
-        pl.DataFrame(rows, schema=_EXPORT_SCHEMA).write_parquet(tmp, compression="zstd")
+    with _writing(path):
+        remove_abandoned_temps(path.parent, of={path.name})  # as _output_temp does
+        atomic_write_parquet(pl.DataFrame(rows, schema=_EXPORT_SCHEMA), path, locked=True, compression="zstd")
     return len(rows)
 
 
@@ -415,6 +416,8 @@ def _writing(path: Path) -> Iterator[None]:
         except BaseException:
             _remove_empty(made)
             raise
+    except FileTooLargeError as exc:
+        raise OutputError(f"Cannot write {path}: it would be larger than {exc.which}. Nothing was written. {exc.advice}") from exc
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
 

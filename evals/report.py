@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._files import atomic_path, atomic_write_text
+from ee_middleware._files import atomic_path, atomic_write_parquet, atomic_write_text
 from ee_middleware.errors import hide_credentials
 
 SUMMARY = "summary.json"
@@ -154,8 +154,7 @@ def write_outputs(
     )
     names = names or list(dict.fromkeys(r["suite"] for r in rows)) or list(job.suites)
     frame = pl.DataFrame(rows, schema=_SCHEMA) if rows else pl.DataFrame(schema=_SCHEMA)
-    with atomic_path(out / "results.parquet") as tmp:
-        frame.write_parquet(tmp)
+    atomic_write_parquet(frame, out / "results.parquet")
     summary = summarize(rows, names, excluded)
     cut = sum(s["cut_answers"] for s in summary)
     model = hide_credentials(job.model)  # an endpoint's user:password@ stays out of every file

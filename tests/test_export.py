@@ -307,7 +307,8 @@ from ee_middleware.store import LocalExperienceStore
 store, out, kind = LocalExperienceStore(sys.argv[1]), sys.argv[2], sys.argv[3]
 if kind == "parquet":
     def killed(self, target, *args, **kwargs):
-        open(target, "wb").write(b"PAR1 half")  # killed part-way through writing its temporary file
+        target.write(b"PAR1 half")  # killed part-way through writing its temporary file (the file polars is given)
+        target.flush()
         os.kill(os.getpid(), signal.SIGKILL)
     pl.DataFrame.write_parquet = killed
     export_parquet(store, out)

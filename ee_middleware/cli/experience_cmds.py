@@ -184,7 +184,7 @@ def dataset_cmd(
     Each row: the serving prompt (task, state, retrieved transitions, call) -> reasoning, real observation, reward.
     The held-out share is left out, so 'ee experience eval' with the same share and seed measures
     transitions never trained on."""
-    from ee_middleware._files import atomic_path
+    from ee_middleware._files import atomic_write_parquet
     from ee_middleware.trainers.datasets.em import build_em
 
     opened = open_existing_store(store)
@@ -209,8 +209,7 @@ def dataset_cmd(
             param_hint="--store",
         )
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "em.parquet") as tmp:
-        frame.write_parquet(tmp)
+    atomic_write_parquet(frame, out / "em.parquet")  # a full disk, a file-size limit: an OSError naming em.parquet
     flagged = frame.filter(frame["quality_flags"] != "{}").height
     summary = {
         "path": str(out / "em.parquet"),

@@ -25,17 +25,24 @@ import errno
 import fcntl
 import json
 import os
-import re
 import uuid
 import warnings
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, get_args
+from typing import Any, Literal, get_args
 
 import polars as pl
 
-from ee_middleware._files import TMP_SUFFIX, atomic_path, atomic_write_bytes, create_exclusive, fsync_dir, remove_abandoned_temps
+from ee_middleware._files import (
+    TMP_SUFFIX,
+    FileTooLargeError,
+    atomic_write_bytes,
+    atomic_write_parquet,
+    create_exclusive,
+    fsync_dir,
+    remove_abandoned_temps,
+)
 from ee_middleware.errors import (
     ConfigError,
     IncompleteReadWarning,
@@ -742,37 +749,30 @@ class LocalExperienceStore:
 
     def _write_part(self, table: str, df: pl.DataFrame) -> Path:
         """Write ``df`` as a new part of ``table`` (live once a manifest lists it). A failed write leaves no file and raises
-        the operating system's :class:`OSError`, or :class:`StoreWriteError` when the part would pass this process's
-        file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``)."""
+        the operating system's :class:`OSError`, or :class:`StoreWriteError` when the part would be too large for this
+        process's file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``) or the file system."""
         folder = self.root / table
         folder.mkdir(exist_ok=True)
         name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
-        with atomic_path(final, fsync=self._fsync) as tmp:
-            try:
-                # Opened here (polars cannot open a name that is not UTF-8) and written through _KeepsWriteError: an OS
-                # error met while polars writes the footer reaches it as "Invalid thrift: transport error", its number lost.
-                with open(tmp, "wb") as fh:
-                    sink = _KeepsWriteError(fh)
-                    try:
-                        df.write_parquet(sink, compression="zstd")
-                    except pl.exceptions.PolarsError as exc:
-                        error = sink.error or _os_error_in(exc)
-                        if error is None:
-                            raise
-                        raise error from exc
-            except OSError as exc:
-                limit = spool._file_size_limit()
-                if exc.errno == errno.EFBIG and limit is not None:
-                    raise StoreWriteError(
-                        f"Cannot compact {self.root}: the Parquet part it writes to {table}/ would be larger than this "
-                        f"process's file-size limit ({limit} bytes: `ulimit -f`, systemd's LimitFSIZE=). Nothing stored "
-                        "was changed or lost: the spool segments and parts it was folding are kept, and reads see them all "
-                        "(only more slowly). Raise the limit for this process (`ulimit -f unlimited`, LimitFSIZE=infinity), "
-                        f"or run `ee store compact --store {self.root}` where no limit applies.",
-                        errno=errno.EFBIG,
-                    ) from exc
-                raise
+        try:
+            atomic_write_parquet(df, final, fsync=self._fsync, compression="zstd")
+        except FileTooLargeError as exc:
+            rerun = f"run `ee store compact --store {self.root}` where no limit applies"
+            raise_it = "raise the limit for this process (`ulimit -f unlimited`, LimitFSIZE=infinity)"
+            move = f"move the store to a file system that holds larger files, then run `ee store compact --store {self.root}`"
+            if exc.by_process_limit:
+                fix = f"R{raise_it[1:]}, or {rerun}."
+            elif exc.limit is not None:
+                fix = f"If the limit stopped it, {raise_it} or {rerun}; if the file system did, {move}."
+            else:
+                fix = f"M{move[1:]}."
+            raise StoreWriteError(
+                f"Cannot compact {self.root}: the Parquet part it writes to {table}/ would be larger than {exc.which}. "
+                "Nothing stored was changed or lost: the spool segments and parts it was folding are kept, and reads see "
+                f"them all (only more slowly). {fix}",
+                errno=errno.EFBIG,
+            ) from exc
         return final
 
     def _check_parts(self, snapshot: Manifest) -> dict[str, set[str]]:
@@ -962,39 +962,6 @@ def _named_in_utf8(path: Path) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-class _KeepsWriteError:
-    """A binary file for polars to write to that keeps the :class:`OSError` a write raised (polars reports it as text, and
-    some of its writers drop the error number), so that a full disk or a file-size limit is told as one."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.error: OSError | None = None
-
-    def write(self, data: bytes) -> int:
-        try:
-            return self._fh.write(data)
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-    def flush(self) -> None:
-        try:
-            self._fh.flush()
-        except OSError as exc:
-            self.error = self.error or exc
-            raise
-
-
-def _os_error_in(exc: Exception) -> OSError | None:
-    """The operating system's error that polars reports inside ``exc`` (``... No space left on device (os error 28)``),
-    as an :class:`OSError`, so that a full disk is told as one (:func:`~ee_middleware.errors.os_error_advice`)."""
-    found = re.search(r"\(os error (\d+)\)", str(exc))
-    if found is None:
-        return None
-    number = int(found.group(1))
-    return OSError(number, os.strerror(number))
 
 
 def _unknown_columns(path: Path, schema: dict[str, pl.DataType]) -> list[str]:

@@ -100,3 +100,42 @@ def test_store_compact_under_a_file_size_limit_raises_a_store_write_error_with_e
     result = json.loads(done.stdout)
     assert result["errno"] == errno.EFBIG and f"{limit} bytes" in result["error"], result
     assert LocalExperienceStore(root).trajectories()["id"].to_list() == ids
+
+
+def test_compaction_stopped_by_the_file_systems_largest_file_does_not_blame_a_larger_process_limit_stand_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """EFBIG from the file system (FAT, some network file systems; a stand-in: writes past 2000 bytes fail) while a far
+    larger process limit is set. Was: 'would be larger than this process's file-size limit (1073741824 bytes ...)'
+    and only the advice to raise it."""
+    import errno
+    import os
+
+    from ee_middleware import _files
+    from ee_middleware.errors import StoreWriteError
+
+    real_write = _files._KeepsWriteError.write
+
+    def fat_like(self: _files._KeepsWriteError, data: bytes) -> int:
+        if self._fh.tell() + len(data) > 2000:
+            error = OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+            self._keep(error)
+            raise error
+        return real_write(self, data)
+
+    root = tmp_path / "experience"
+    ids = _spooled_store(root)
+    monkeypatch.setattr(_files._KeepsWriteError, "write", fat_like)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 30, hard))
+    try:
+        with pytest.raises(StoreWriteError) as caught:
+            LocalExperienceStore(root).compact()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    error = " ".join(str(caught.value).split())
+    assert caught.value.errno == errno.EFBIG
+    assert f"file-size limit ({1 << 30} bytes" in error and "or the largest file the file system holds" in error, error
+    assert "if the file system did, move the store to a file system that holds larger files" in error, error
+    monkeypatch.undo()
+    assert LocalExperienceStore(root).trajectories()["id"].to_list() == ids

@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._files import atomic_open, atomic_path, atomic_write_text, fsync_dir, remove_left_behind
+from ee_middleware._files import atomic_open, atomic_write_parquet, atomic_write_text, fsync_dir, remove_left_behind
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
@@ -637,19 +637,17 @@ class PartWriter:
             return
         self.text_bytes += int(frame.select(pl.col("prompt").str.len_bytes().sum() + pl.col("completion").str.len_bytes().sum()).item())
         part = self._folder / f"part-{self.count:06d}.parquet"
-        with atomic_path(part, fsync=False) as tmp:  # the file they are merged into is synced
-            frame.write_parquet(tmp, compression="zstd")
+        atomic_write_parquet(frame, part, fsync=False, compression="zstd")  # the file they are merged into is synced
         (self._tail if tail else self._main).append(part)
 
     def commit(self) -> None:
         """Stream the parts into the dataset file (atomically), then remove them."""
         parts = self._main + self._tail
-        with atomic_path(self.path) as tmp:
-            if parts:  # row groups of about ROW_GROUP_BYTES of text: the merge holds one at a time
-                rows = max(MIN_ROW_GROUP_ROWS, self.rows * ROW_GROUP_BYTES // max(1, self.text_bytes))
-                pl.scan_parquet(parts).sink_parquet(tmp, compression="zstd", metadata=self.metadata, row_group_size=rows)
-            else:
-                conform(pl.DataFrame()).write_parquet(tmp, compression="zstd", metadata=self.metadata)
+        if parts:  # row groups of about ROW_GROUP_BYTES of text: the merge holds one at a time
+            rows = max(MIN_ROW_GROUP_ROWS, self.rows * ROW_GROUP_BYTES // max(1, self.text_bytes))
+            atomic_write_parquet(pl.scan_parquet(parts), self.path, compression="zstd", metadata=self.metadata, row_group_size=rows)
+        else:
+            atomic_write_parquet(conform(pl.DataFrame()), self.path, compression="zstd", metadata=self.metadata)
         if self._folder is not None:  # merged: the parts' disk space goes back before the next kind's merge
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
