@@ -36,12 +36,13 @@ import random
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 from ee_middleware.models.parsing import call_id_of, canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
-from ee_middleware.replay.policies.schema import ToolSchemas, tool_schemas_for
+from ee_middleware.replay.policies.schema import ToolSchemas, step_fraction, tool_schemas_for
 from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Harvester, Vocabulary, coarse_shape, is_identifier, is_placeholder, shape
 
 __all__ = ["MutationPolicy", "Vocabulary"]
@@ -238,7 +239,7 @@ class _ValueMaker:
         low, high = _bounds(schema, integer=True)
         value = min(max(value, low), high)
         if "multipleOf" in schema and not invalid:
-            value = _multiple(value, schema["multipleOf"], low, high)
+            value = _multiple(value, schema["multipleOf"], low, high, integer=True, also=_steps_kept(schema))
         return int(value)
 
     def _same_digits(self, current: Any) -> list[int]:
@@ -258,7 +259,7 @@ class _ValueMaker:
         low, high = _bounds(schema, integer=False)
         value = min(max(value, low), high)
         if "multipleOf" in schema and not invalid:
-            value = _multiple(value, schema["multipleOf"], low, high)
+            value = _multiple(value, schema["multipleOf"], low, high, also=_steps_kept(schema))
         return float(value)
 
     # -- strings: by role -----------------------------------------------------------------------------
@@ -715,26 +716,64 @@ def _memo_id_inputs(schemas: ToolSchemas, name: str) -> tuple[tuple[str, str], .
     return found
 
 
-def _multiple(value: float, step: Any, low: float, high: float) -> float:
-    """``value`` moved to the nearest multiple of ``step`` within ``[low, high]`` (``value`` when ``step`` is no positive
-    number or no multiple lies there). A float step's multiples are rounded to its decimals, and one that a validator's
-    ``value / step`` does not divide exactly (``0.07 / 0.01``) is passed over for a neighbour that it does."""
-    if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0 or not math.isfinite(step):
+def _multiple(value: float, step: Any, low: float, high: float, *, integer: bool = False, also: Sequence[Any] = ()) -> float:
+    """``value`` moved to the nearest multiple of ``step`` within ``[low, high]`` that a validator takes for one, of the
+    steps in ``also`` as well (``value`` when ``step`` is no positive number or no such multiple lies near).
+
+    A decimal step's multiples are those of the decimal it spells (``0.07``: 7/100), and one that a validator's float
+    division ``value / step`` does not take for a whole number (``0.07 * 3 / 0.07``) is passed over for the next nearest
+    that it does. With ``integer``, only whole multiples: of 3 for a step of 1.5.
+    """
+    if not _is_step(step):
         return value
-    n = round(value / step)
-    if math.isfinite(low) and n * step < low:
-        n = math.ceil(low / step)
-    if math.isfinite(high) and n * step > high:
-        n = math.floor(high / step)
-    if isinstance(step, int) and isinstance(value, int):
-        return n * step if low <= n * step <= high else value
-    decimals = max(0, -math.floor(math.log10(step))) + 6
-    for candidate in (n, n + 1, n - 1, n + 2, n - 2):
-        multiple = round(candidate * step, decimals)
-        quotient = multiple / step
-        if low <= multiple <= high and quotient == int(quotient):
+    steps = [step, *(s for s in also if _is_step(s))]
+    unit = step_fraction(step)
+    if integer:
+        unit = Fraction(unit.numerator)  # n * p/q (in lowest terms) is whole when q divides n: the multiples of p
+    first = math.ceil(Fraction(low) / unit) if math.isfinite(low) else None
+    last = math.floor(Fraction(high) / unit) if math.isfinite(high) else None
+    if first is not None and last is not None and first > last:
+        return value
+    n = round(Fraction(value) / unit) if math.isfinite(value) else (first if first is not None else 0)
+    n = max(n, first) if first is not None else n
+    n = min(n, last) if last is not None else n
+    for offset in range(_MULTIPLE_TRIES):
+        candidate = n + (offset + 1) // 2 * (1 if offset % 2 else -1)  # n, n + 1, n - 1, n + 2, ...
+        if (first is not None and candidate < first) or (last is not None and candidate > last):
+            continue
+        exact = candidate * unit
+        multiple = int(exact) if integer or (isinstance(value, int) and exact.denominator == 1) else float(exact)
+        if low <= multiple <= high and all(_divides(multiple, s) for s in steps):
             return multiple
     return value
+
+
+_MULTIPLE_TRIES = 41
+"""How many multiples nearest the value :func:`_multiple` tries (for ``0.07`` about one in five is not taken)."""
+
+
+def _is_step(step: Any) -> bool:
+    return not isinstance(step, bool) and isinstance(step, (int, float)) and step > 0 and math.isfinite(step)
+
+
+def _divides(value: float, step: float) -> bool:
+    """Whether jsonschema (which validates every schema with ``multipleOf``) takes ``value`` for a multiple of ``step``."""
+    if isinstance(step, float):
+        quotient = value / step
+        try:
+            return int(quotient) == quotient
+        except OverflowError:
+            return (Fraction(value) / Fraction(step)).denominator == 1
+    return value % step == 0
+
+
+def _steps_kept(schema: Mapping[str, Any]) -> list[Any]:
+    """The ``multipleOf`` s that :func:`~ee_middleware.replay.policies.schema.resolve_schema` kept in an ``allOf``
+    besides the merged one."""
+    members = schema.get("allOf")
+    if not isinstance(members, list):
+        return []
+    return [m["multipleOf"] for m in members if isinstance(m, Mapping) and "multipleOf" in m]
 
 
 def _breakable(schema: Any) -> bool:

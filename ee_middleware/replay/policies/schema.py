@@ -17,6 +17,7 @@ import math
 import pickle
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.models.parsing import canonical_call, canonical_json
@@ -80,9 +81,10 @@ def resolve_schema(schema: Any) -> Any:
     remote one), the ``{"$ref": ...}`` is left as it is: no value can be made for it. ``allOf``
     members are merged into one schema: properties (a property in several, merged too), required
     names, types (those all allow), enums (the values all allow), the tighter bound of each of
-    ``minimum``/``maximum``/``minLength``/... and ``multipleOf`` (their least common multiple, for
-    integers); for other keywords the last member that has it wins, and the schema's own keywords
-    win over its members'. A schema with neither keyword anywhere is returned as it is.
+    ``minimum``/``maximum``/``minLength``/... and ``multipleOf`` (their least common multiple; for decimal steps the
+    steps themselves stay in an ``allOf``, see :func:`_common_multiple`); for other keywords the last member that has
+    it wins, and the schema's own keywords win over its members'. A schema with neither keyword anywhere is returned
+    as it is.
     """
     if not isinstance(schema, Mapping) or not _has_references(schema, 0):
         return schema
@@ -193,7 +195,11 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         elif key in _UPPER_BOUNDS and _is_number(mine) and _is_number(value):
             out[key] = min(mine, value)
         elif key == "multipleOf" and _is_number(mine) and _is_number(value):
-            out[key] = math.lcm(mine, value) if isinstance(mine, int) and isinstance(value, int) else max(mine, value)
+            out[key], kept = _common_multiple(mine, value)
+            if kept:
+                out["allOf"] = [*out.get("allOf", ()), *kept]
+        elif key == "allOf" and isinstance(mine, list) and isinstance(value, list):
+            out[key] = [*mine, *value]  # steps kept by _common_multiple, both halves'
         elif key in ("items", "additionalProperties") and _both_maps(mine, value):
             out[key] = _merge(mine, value)
         elif key == "additionalProperties" and (mine is False or value is False):
@@ -201,6 +207,34 @@ def _merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+_MAX_STEP_DENOMINATOR = 10**9
+"""A ``multipleOf`` with more decimals than this is not read as the decimal it spells (``0.3333333333333333``)."""
+
+
+def _common_multiple(a: float, b: float) -> tuple[float, list[dict[str, Any]]]:
+    """The ``multipleOf`` a value of both steps ``a`` and ``b`` is a multiple of, and the steps to keep checking besides it.
+
+    Integers: their least common multiple, which is all. Decimal steps (``0.2`` and ``0.3``): the least common multiple of
+    the decimals they spell (``0.6``), and both steps kept (``[{"multipleOf": 0.2}, {"multipleOf": 0.3}]``), since a
+    validator divides in floating point (``1.8 / 0.2`` is ``9.000000000000002``: not a multiple). Steps with no short
+    decimal form: the larger, and the smaller kept.
+    """
+    if isinstance(a, int) and isinstance(b, int):
+        return math.lcm(a, b), []
+    fa, fb = step_fraction(a), step_fraction(b)
+    if fa.denominator > _MAX_STEP_DENOMINATOR or fb.denominator > _MAX_STEP_DENOMINATOR:
+        large, small = (a, b) if a >= b else (b, a)
+        return large, [{"multipleOf": small}]
+    common = Fraction(math.lcm(fa.numerator, fb.numerator), math.gcd(fa.denominator, fb.denominator))
+    step = int(common) if common.denominator == 1 else float(common)
+    return step, [{"multipleOf": a}, {"multipleOf": b}]
+
+
+def step_fraction(step: float) -> Fraction:
+    """The exact rational a ``multipleOf`` spells: ``0.07`` is 7/100 (its shortest decimal form), not the binary float."""
+    return Fraction(step) if isinstance(step, int) else Fraction(repr(float(step)))
 
 
 def _both_maps(a: Any, b: Any) -> bool:
@@ -472,7 +506,7 @@ class ToolSchemas:
             return _clip(f"unknown tool {name!r}; the tools offered are: {known}")
         extra = self._unexpected(name, arguments)
         if extra:
-            props = self.properties(name)
+            props = self.arguments_of(name)[0]
             return _clip(f"{name}: unexpected argument(s) {', '.join(map(repr, extra))}; it accepts: {', '.join(props)}")
         schema_json = self._schema_json(name)
         if schema_json is None:
@@ -487,10 +521,12 @@ class ToolSchemas:
         return _describe_error(name, _validator(schema_json), dict(arguments))
 
     def _unexpected(self, name: str, arguments: Mapping[str, Any]) -> list[str]:
-        """Arguments the schema does not list, when it lists some and says nothing of others (no ``additionalProperties``)."""
-        schema = self._parameters[name]
-        props = schema.get("properties")
-        if not isinstance(props, Mapping) or not props or "additionalProperties" in schema:
+        """Arguments the schema does not list, when it lists some and says nothing of others (no ``additionalProperties``).
+
+        The properties are those of :meth:`resolved` ``name``: an ``allOf`` member's (an OpenAPI body composed of a
+        ``$ref`` to a shared part and its own properties) are the tool's as much as the top level's."""
+        props = self.arguments_of(name)[0]
+        if not props or "additionalProperties" in self.resolved(name):
             return []
         return [key for key in arguments if key not in props]
 
@@ -629,8 +665,19 @@ def _strict_validator_class() -> Any:
 
 def _describe_error(name: str, validator: Any, arguments: dict[str, Any]) -> str | None:
     import jsonschema
+    import referencing.exceptions
 
-    error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    try:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(arguments))
+    except referencing.exceptions.Unresolvable as exc:
+        # A remote $ref (or one naming nothing) on the path the arguments take: no call down that path can be checked.
+        ref = str(getattr(exc, "ref", None) or exc)
+        ref = ref if len(ref) <= 100 else ref[:97] + "..."
+        return (
+            f"{name}: its schema refers to {ref!r}, which cannot be resolved (only references into the tool's own schema "
+            "are followed), so a call reaching it cannot be checked; put that schema under the tool's $defs and refer to "
+            "it as '#/$defs/NAME'"
+        )
     if error is None:
         return None
     if error.validator == "required" and not error.absolute_path:

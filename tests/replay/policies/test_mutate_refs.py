@@ -148,3 +148,76 @@ def test_a_remote_ref_is_left_out_of_the_values_made() -> None:
     calls = propose([search, LOOKUP], ToolCall(id="e", name="lookup", arguments={"q": "SKU-001"}), seed=3)
     assert any(c.name == "search" for c in calls)
     assert all("extra" not in c.arguments for c in calls)
+
+
+def test_an_all_of_member_adding_properties_to_the_top_level_ones_gives_alternatives() -> None:
+    """An OpenAPI-style body (own ``properties`` plus an ``allOf`` ``$ref`` adding a required ``limit``). Before the fix
+    0 of 80 candidates over 10 seeds perturbed the expert's ``list_items``: each was 'unexpected argument(s) 'limit''."""
+    parameters = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "allOf": [{"$ref": "#/$defs/Paging"}],
+        "required": ["name"],
+        "$defs": {"Paging": {"type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 100}}, "required": ["limit"]}},
+    }  # fmt: skip
+    list_items = function_tool("list_items", "List items.", parameters)
+    expert = ToolCall(id="e", name="list_items", arguments={"name": "books", "limit": 10})
+    perturbed = 0
+    for seed in range(10):
+        calls = propose([list_items, LOOKUP], expert, seed=seed)
+        assert_valid(list_items, calls)
+        perturbed += sum(c.name == "list_items" for c in calls)
+    assert perturbed >= 20
+
+
+def test_a_remote_ref_the_expert_set_leaves_other_alternatives_not_a_policy_error() -> None:
+    """The expert sets ``extra``, whose schema is a remote ``$ref``: calls keeping it cannot be checked (jsonschema
+    fetches nothing). Before the fix validation raised ``Unresolvable`` and the state ended as ``policy_error`` with no
+    alternative; now such calls are failed tries, and the state keeps the alternatives that do not set it (the expert's
+    call without ``extra``, another tool)."""
+    from ee_middleware.replay.policies.proposer import Proposer
+
+    parameters = {
+        "type": "object",
+        "properties": {"q": {"type": "string"}, "extra": {"$ref": "https://example.invalid/x.json"}},
+        "required": ["q"],
+    }
+    search = function_tool("search", "Search.", parameters)
+    expert = ToolCall(id="e", name="search", arguments={"q": "cats", "extra": {"a": 1}})
+    point = DecisionPoint("t", 0, list(STATE), [search, LOOKUP], expert)
+    result = Proposer(MutationPolicy(), k=8).propose(point, seed=1)
+    assert "policy_error" not in result.counts and "policy_error" not in result.refill_counts
+    calls = [(c.call.name, c.call.arguments) for c in result.accepted if c.call]
+    assert ("search", {"q": "cats"}) in calls and any(name == "lookup" for name, _ in calls)
+    assert all("extra" not in arguments for _, arguments in calls)
+
+
+@pytest.mark.parametrize(("kind", "step"), [("integer", 1.5), ("integer", 2.5), ("integer", 0.3), ("number", 0.07), ("number", 0.17)])
+def test_multiple_of_a_decimal_step_gives_values_a_validator_takes(kind: str, step: float) -> None:
+    """Before the fix an integer with ``multipleOf: 1.5`` got 7.5 truncated to 7 (never valid), and for ``0.07`` about
+    one value in five had no neighbour that jsonschema's ``value / step`` divides exactly and stayed invalid."""
+    from ee_middleware.replay.policies.mutate import _multiple
+
+    validator = jsonschema.Draft202012Validator({"type": kind, "multipleOf": step})
+    for value in range(200):
+        made = _multiple(value if kind == "integer" else value * 0.37, step, float("-inf"), float("inf"), integer=kind == "integer")
+        assert validator.is_valid(made), (value, made)
+        assert abs(made - value * (1 if kind == "integer" else 0.37)) <= 20 * step * (2 if kind == "integer" else 1)
+
+
+@pytest.mark.parametrize(("kind", "steps"), [("number", (0.2, 0.3)), ("number", (0.07, 0.05)), ("integer", (1.5, 2))])
+def test_all_of_decimal_steps_give_values_that_are_multiples_of_both(kind: str, steps: tuple[float, float]) -> None:
+    """Before the fix ``allOf`` steps 0.2 and 0.3 merged to 0.3, whose multiples are mostly not multiples of 0.2."""
+    parameters = {
+        "type": "object",
+        "properties": {"amount": {"type": kind, "minimum": 1, "allOf": [{"multipleOf": steps[0]}, {"multipleOf": steps[1]}]}},
+        "required": ["amount"],
+    }
+    tool = function_tool("pay", "Pay an amount.", parameters)
+    expert = ToolCall(id="e", name="pay", arguments={"amount": 6})
+    paid = 0
+    for seed in range(10):
+        calls = propose([tool, LOOKUP], expert, seed=seed)
+        assert_valid(tool, calls)
+        paid += sum(c.name == "pay" for c in calls)
+    assert paid >= 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pydantic import BaseModel
 
 from ee_middleware.replay.policies.schema import ToolSchemas, resolve_schema
@@ -93,3 +94,55 @@ def test_tool_schemas_resolve_once_and_validate_against_the_schema_as_offered() 
     assert list(props) == ["customer", "lines", "gift"] and required == {"customer", "lines"}
     assert schemas.check("place", {"customer": "bob", "lines": [{"sku": "A"}]}) is None
     assert schemas.check("place", {"customer": "bob", "lines": [{"qty": 2}]}) == "place: argument 'lines'[0]: 'sku' is a required property"
+
+
+PAGED = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}},
+    "allOf": [{"$ref": "#/$defs/Paging"}],
+    "required": ["name"],
+    "$defs": {
+        "Paging": {"type": "object", "properties": {"limit": {"type": "integer", "minimum": 1, "maximum": 100}}, "required": ["limit"]}
+    },
+}
+
+
+def test_properties_an_all_of_member_adds_are_the_tools_arguments() -> None:
+    """An OpenAPI-style body: its own ``properties`` plus an ``allOf`` member adding ``limit``. Before the fix every call
+    setting ``limit`` (the expert's valid one too) was 'unexpected argument(s) 'limit'; it accepts: name'."""
+    schemas = ToolSchemas([function_tool("list_items", "List items.", PAGED)])
+    assert schemas.check("list_items", {"name": "books", "limit": 10}) is None
+    assert schemas.check("list_items", {"name": "books"}) == "list_items: missing required argument 'limit'"
+    assert schemas.check("list_items", {"name": "books", "limit": 10, "page": 2}) == (
+        "list_items: unexpected argument(s) 'page'; it accepts: limit, name"
+    )
+    assert schemas.check("list_items", {"name": "books", "limit": 0}) == "list_items: argument 'limit': 0 is less than the minimum of 1"
+
+
+def test_a_remote_ref_the_arguments_reach_is_a_problem_named_not_an_exception() -> None:
+    """jsonschema cannot resolve a remote ``$ref`` (it fetches nothing): before the fix ``check`` raised ``Unresolvable``
+    for any call setting the argument it describes, and the mutation policy's state ended as a ``policy_error``."""
+    parameters = {"type": "object", "properties": {"q": {"type": "string"}, "extra": {"$ref": "https://example.invalid/extra.json"}}}
+    schemas = ToolSchemas([function_tool("search", "Search.", parameters)])
+    assert schemas.check("search", {"q": "cats"}) is None
+    problem = schemas.check("search", {"q": "cats", "extra": {"a": 1}})
+    assert problem is not None and problem.startswith("search: its schema refers to 'https://example.invalid/extra.json', which cannot")
+    assert "$defs" in problem
+    assert not schemas.accepts("search", {"q": "cats", "extra": {"a": 1}})
+
+
+@pytest.mark.parametrize(
+    ("steps", "merged", "kept"),
+    [((2, 3), 6, None), ((0.2, 0.3), 0.6, [0.2, 0.3]), ((0.25, 0.1), 0.5, [0.25, 0.1]), ((1.5, 2), 6, [1.5, 2])],
+)
+def test_all_of_multiple_of_is_the_least_common_multiple(steps: tuple[float, float], merged: float, kept: list[float] | None) -> None:
+    """Before the fix two float steps merged to the larger (0.2 and 0.3 gave 0.3, no multiple of 0.2); float steps stay
+    checked too, as a validator divides in floating point (``1.8 / 0.2`` is not a whole number)."""
+    resolved = resolve_schema({"type": "number", "allOf": [{"multipleOf": steps[0]}, {"multipleOf": steps[1]}]})
+    assert resolved["multipleOf"] == merged
+    assert [m["multipleOf"] for m in resolved.get("allOf", [])] == (kept or [])
+
+
+def test_all_of_multiple_of_without_a_short_decimal_keeps_both() -> None:
+    resolved = resolve_schema({"type": "number", "allOf": [{"multipleOf": 1 / 3}, {"multipleOf": 0.5}]})
+    assert resolved["multipleOf"] == 0.5 and resolved["allOf"] == [{"multipleOf": 1 / 3}]
