@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_core import from_json
 
-from ee_middleware._files import open_for_lock
+from ee_middleware._files import file_size_limit, open_for_lock
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreWriteError, os_error_advice
 
 if TYPE_CHECKING:
@@ -409,7 +409,7 @@ class SpoolWriter:
         if not data:
             return
         with self._lock:
-            limit = _file_size_limit()
+            limit = file_size_limit()
             if limit is not None and self._size > 0 and self._size + len(data) > limit:
                 self._seal_quietly_locked()  # this segment would pass the file-size limit: a new one takes the batch
             if limit is not None and len(data) > limit:
@@ -720,16 +720,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
-
-
-def _file_size_limit() -> int | None:
-    """The largest file this process may write (``ulimit -f``, systemd's ``LimitFSIZE=``), ``None`` when unlimited."""
-    try:
-        import resource
-    except ImportError:  # not a POSIX system
-        return None
-    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def sortable_stamp() -> str:
