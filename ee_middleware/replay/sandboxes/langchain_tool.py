@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ee_middleware.replay.sandboxes.injected import injected_parameters
@@ -40,17 +41,18 @@ def call_tool(tool: Any, call_id: str, name: str, arguments: dict[str, Any], run
     """Call ``tool`` with the model's ``arguments`` as ``ToolNode`` does: ``(content, is_error)`` of the ``ToolMessage`` it
     answers (found in a ``Command``'s update). ``run`` runs an awaitable to its end (for an async-only tool).
 
-    A tool's own exception propagates, as in ``ToolNode``; arguments its schema refuses raise LangGraph's
-    ``ToolInvocationError`` (``create_agent`` shows the model its ``message``).
+    The tool runs with :func:`tool_run_config` as its config. A tool's own exception propagates, as in ``ToolNode``;
+    arguments its schema refuses raise LangGraph's ``ToolInvocationError`` (``create_agent`` shows the model its
+    ``message``).
     """
     from pydantic import ValidationError
 
     request = {"type": "tool_call", "name": name, "args": arguments, "id": call_id}
     try:
         if getattr(tool, "func", True) is None and getattr(tool, "coroutine", None) is not None:
-            response = run(tool.ainvoke(request))
+            response = run(tool.ainvoke(request, tool_run_config(is_async=True)))
         else:
-            response = tool.invoke(request)
+            response = tool.invoke(request, tool_run_config())
     except ValidationError as exc:
         raise _invocation_error(name, exc, arguments, tool_injected_parameters(tool)) from exc
     return _answer(response, call_id)
@@ -91,7 +93,9 @@ def config_parameter(fn: Callable[..., Any], *, skip: int = 0) -> str | None:
     leaves out of the argument schema, or ``None``: as langchain_core finds it (``_get_runnable_config_param``), the
     first one annotated ``RunnableConfig`` itself (a string annotation resolved in ``fn``'s module, as with ``from
     __future__ import annotations``; read as written when it cannot be resolved). ``Optional[RunnableConfig]`` is not
-    one: LangChain offers it to the model as an optional argument and passes what the call gives (``None``)."""
+    one: LangChain offers it to the model as an optional argument. Under another name (``cfg``) the function gets what
+    the call gives; named ``config`` it never does (``StructuredTool._run`` keeps its own ``config`` keyword), and gets
+    its default (see :func:`filled_parameters`)."""
     try:
         parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
@@ -109,15 +113,92 @@ def config_parameter(fn: Callable[..., Any], *, skip: int = 0) -> str | None:
     return None
 
 
-def tool_run_config() -> dict[str, Any]:
-    """The ``RunnableConfig`` replay gives a tool function's :func:`config_parameter`: the one LangChain builds for a tool
-    called outside a graph run (``ensure_config()``: no tags, metadata or callbacks, the default recursion limit, an
-    empty ``configurable``), made afresh for each call. Never the replay job's own callbacks, nor production's
-    ``configurable`` (a thread id, a user): a trajectory does not hold them; a tool that reads one fails as it would
-    have without it (give it from the world instead)."""
+def tool_run_config(*, is_async: bool = False) -> dict[str, Any]:
+    """The ``RunnableConfig`` replay gives a tool function's :func:`config_parameter`, made afresh for each call: the one
+    LangChain gives a tool in a graph run, less what a trajectory does not hold (no tags or metadata, the default
+    recursion limit, an empty ``configurable``). Its ``callbacks`` is a callback manager with no handlers but a parent
+    run id of its own (an ``AsyncCallbackManager`` for an async tool, as LangChain gives it), so that a custom event the
+    tool dispatches (``dispatch_custom_event(..., config=config)``, ``adispatch_custom_event``) reaches no one, where
+    without a parent run it would fail. Never the replay job's own callbacks, nor production's ``configurable`` (a
+    thread id, a user): a trajectory does not hold them; a tool that reads one fails as it would have without it (give
+    it from the world instead)."""
     from langchain_core.runnables.config import DEFAULT_RECURSION_LIMIT
 
-    return {"tags": [], "metadata": {}, "callbacks": None, "recursion_limit": DEFAULT_RECURSION_LIMIT, "configurable": {}}
+    callbacks = handlerless_callbacks(is_async=is_async)
+    return {"tags": [], "metadata": {}, "callbacks": callbacks, "recursion_limit": DEFAULT_RECURSION_LIMIT, "configurable": {}}
+
+
+def handlerless_callbacks(*, is_async: bool = False) -> Any:
+    """A callback manager with no handlers and a new parent run id, as ``run_manager.get_child()`` gives a tool's
+    function when no handler is configured: what it dispatches or starts under it goes nowhere."""
+    from uuid import uuid4
+
+    from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+
+    return (AsyncCallbackManager if is_async else CallbackManager)(handlers=[], parent_run_id=uuid4())
+
+
+@dataclass(frozen=True)
+class FilledParameters:
+    """The parameters of a tool function that LangChain's ``StructuredTool`` gives values of its own, never the model's
+    (``BaseTool.run`` and ``StructuredTool._run`` in langchain_core)."""
+
+    config: str | None
+    """The :func:`config_parameter`: the run's ``RunnableConfig`` (see :func:`tool_run_config`)."""
+    callbacks: bool
+    """Whether it takes ``callbacks``: the run's child callback manager (here one with no handlers)."""
+    withheld: tuple[str, ...]
+    """``run_manager``, and ``config`` when it is not the :attr:`config` one: ``StructuredTool._run`` takes both for
+    itself, so the function gets its default (a ``TypeError`` without one), whatever the call gives."""
+    is_async: bool
+
+
+def filled_parameters(fn: Callable[..., Any], *, skip: int = 0) -> FilledParameters:
+    """What LangChain fills among ``fn``'s parameters after its first ``skip`` (see :class:`FilledParameters`)."""
+    try:
+        names = [p.name for p in list(inspect.signature(fn).parameters.values())[skip:]]
+    except (TypeError, ValueError):
+        names = []
+    config = config_parameter(fn, skip=skip)
+    withheld = tuple(name for name in ("config", "run_manager") if name in names and name != config)
+    return FilledParameters(config, "callbacks" in names and config != "callbacks", withheld, inspect.iscoroutinefunction(fn))
+
+
+def call_function(
+    fn: Callable[..., Any],
+    world: tuple[Any, ...],
+    arguments: dict[str, Any],
+    filled: FilledParameters,
+    run: Callable[[Any], Any],
+    *,
+    as_langchain: bool = True,
+) -> Any:
+    """``fn(*world, **arguments)`` as LangChain's ``StructuredTool`` calls its function, its result (``run`` runs an
+    awaitable to its end): the parameters LangChain fills get its values over the model's (see :class:`FilledParameters`),
+    and the call runs with the run's config as LangChain's current one, so that ``dispatch_custom_event`` without a config,
+    or a runnable the tool invokes, finds it (never the replay job's). With ``as_langchain=False`` (functions called with
+    the raw arguments) only the :attr:`~FilledParameters.config` parameter is filled."""
+    from langchain_core.runnables.config import set_config_context
+
+    config = tool_run_config(is_async=filled.is_async)
+    arguments = dict(arguments)
+    if not as_langchain:
+        if filled.config is not None:
+            arguments[filled.config] = config
+        return _finished(fn(*world, **arguments), run)
+    for name in filled.withheld:
+        arguments.pop(name, None)
+    callbacks = handlerless_callbacks(is_async=filled.is_async)
+    if filled.callbacks:
+        arguments["callbacks"] = callbacks
+    if filled.config is not None:
+        arguments[filled.config] = config
+    with set_config_context({**config, "callbacks": callbacks}) as context:  # as BaseTool.run sets its child config
+        return context.run(lambda: _finished(fn(*world, **arguments), run))
+
+
+def _finished(value: Any, run: Callable[[Any], Any]) -> Any:
+    return run(value) if inspect.isawaitable(value) else value
 
 
 def offered_arguments(tool: Any) -> set[str] | None:

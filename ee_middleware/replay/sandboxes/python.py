@@ -51,15 +51,15 @@ from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters
 from ee_middleware.replay.sandboxes.journal import JDict, JList, Journal, JournalSnapshot, NotJournalable, adopt
 from ee_middleware.replay.sandboxes.langchain_tool import (
     argument_schema,
+    call_function,
     call_tool,
-    config_parameter,
     filled_by_langchain,
+    filled_parameters,
     first_parameter,
     is_langchain_tool,
     offered_arguments,
     on_world,
     tool_injected_parameters,
-    tool_run_config,
     validated_arguments,
     wrapped_function,
 )
@@ -310,8 +310,11 @@ class PythonSandbox:
             ``False``: every restore copies the whole world back.
         validate_arguments: check and convert a plain function's arguments against its signature as LangChain's
             ``@tool`` does (``"2"`` for an ``int`` is 2; a value it refuses is LangGraph's error message), which is what
-            a LangGraph app's tool received. ``False`` for tools the app called with the raw arguments (another
-            framework, tau-bench-style domains): the function gets them as they are.
+            a LangGraph app's tool received, and give the parameters LangChain fills its values: ``callbacks`` a
+            callback manager, ``config`` and ``run_manager`` their defaults (see
+            :class:`~ee_middleware.replay.sandboxes.langchain_tool.FilledParameters`). ``False`` for tools the app called
+            with the raw arguments (another framework, tau-bench-style domains): the function gets them as they are
+            (only a parameter annotated ``RunnableConfig`` still gets the run's config).
     """
 
     def __init__(
@@ -359,12 +362,12 @@ class PythonSandbox:
             for name, fn in self._direct.items()
             if (found := tool_injected_parameters(fn) if is_langchain_tool(fn) else injected_parameters(fn))
         }
-        # plain functions' parameter for the run's RunnableConfig, which LangChain's tool fills (tool objects fill their own)
-        self._config_parameters = {
-            name: found
+        # plain functions' parameters LangChain's tool fills itself: the run's RunnableConfig, callbacks (tool objects fill their own)
+        self._filled = {
+            name: filled_parameters(fn, skip=skip)
             for table, skip in ((self._tools, 1), (self._direct, 0))
             for name, fn in table.items()
-            if not is_langchain_tool(fn) and (found := config_parameter(fn, skip=skip)) is not None
+            if not is_langchain_tool(fn)
         }
         self._format_result = format_result
         self._is_error_result = is_error_result
@@ -469,12 +472,10 @@ class PythonSandbox:
                 schema = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=len(world))
             if schema is not None:  # as LangChain's tool gives them to its function
                 arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}))
-            config = self._config_parameters.get(name)
-            if config is not None:  # over any value the model wrote, as LangChain does
-                arguments[config] = tool_run_config()
-            value = fn(*world, **arguments)
-            if inspect.isawaitable(value):  # an ``async def`` tool: its result, not the coroutine
-                value = self._await(value)
+            filled = self._filled.get(name) or filled_parameters(fn, skip=len(world))
+            # as LangChain's tool calls its function (LangChain's values over any the model wrote); an ``async def``
+            # tool's result, not the coroutine
+            value = call_function(fn, world, arguments, filled, self._await, as_langchain=self._validate)
         except _TOOL_FAILURES as exc:  # a tool's failure is an observation, not a crash
             return self._failure(exc)
         return self._observation(value, is_error=False, name=name)

@@ -132,9 +132,11 @@ def test_a_tool_function_taking_the_runs_config_gets_the_config_langchain_gives(
         sandbox.close()
 
 
-def test_the_config_is_langchains_for_a_call_outside_a_graph_made_afresh_and_never_the_models() -> None:
-    """The function gets what ``tool.invoke`` gives it outside a graph (no callbacks: never the replay job's), a new one
-    at each call (a tool changing it changes no later call), over any ``config`` the model's call wrote."""
+def test_the_config_is_langchains_with_callbacks_that_reach_no_one_made_afresh_and_never_the_models() -> None:
+    """The function gets what ``tool.invoke`` gives it outside a graph, but for its callbacks: a manager with no handlers
+    (never the replay job's) and a parent run of its own, as in a graph run (a custom event it dispatches then reaches no
+    one instead of failing). A new one at each call (a tool changing it changes no later call), over any ``config`` the
+    model's call wrote."""
     seen: list[Any] = []
 
     def keep(item: str, config: RunnableConfig) -> str:
@@ -149,8 +151,13 @@ def test_the_config_is_langchains_for_a_call_outside_a_graph_made_afresh_and_nev
     assert not sandbox.execute(_call("keep", item="a")).is_error
     assert not sandbox.execute(_call("keep", item="b", config={"callbacks": ["the model's"], "tags": ["x"]})).is_error
     production, first, second = seen
-    assert first == second == production == {**OUTSIDE_A_GRAPH, "configurable": {"changed": True}}
+    assert production == {**OUTSIDE_A_GRAPH, "configurable": {"changed": True}}
+    for config in (first, second):
+        assert {**config, "callbacks": None} == production
+        assert type(config["callbacks"]).__name__ == "CallbackManager" and config["callbacks"].handlers == []
+        assert config["callbacks"].parent_run_id is not None
     assert first is not second and first["configurable"] is not second["configurable"]
+    assert first["callbacks"].parent_run_id != second["callbacks"].parent_run_id
     sandbox.close()
 
 
