@@ -34,6 +34,7 @@ says which parameter and how to allow it), never called without it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import inspect
 import json
@@ -535,16 +536,18 @@ class PythonSandbox:
         or, when this thread already runs a loop (a notebook, an async service), in a thread of the sandbox's own that
         :meth:`close` stops.
 
-        A ``CancelledError`` the awaitable raises (an inner task of its HTTP or database client cancelled) is raised here
-        as it is, in either case (out of the loop's own thread it would be ``concurrent.futures.CancelledError``). The
+        A ``CancelledError`` the awaitable raises (an inner task of its HTTP or database client cancelled; asyncio's, or
+        ``concurrent.futures``' from a cancelled pool future's ``result()``) is raised here as it is, in either case (out of
+        the loop's own thread asyncio would make the one the other: ``concurrent.futures.CancelledError`` for asyncio's,
+        asyncio's for ``concurrent.futures``'). The
         task that runs it on the sandbox's loop is the sandbox's: only code on that loop, the tool's, can cancel it. A
         stop of the replay job (Ctrl-C, or SIGTERM taken as one) reaches an awaiting tool as ``KeyboardInterrupt``, which
         propagates."""
 
-        async def result() -> tuple[Any, asyncio.CancelledError | None]:
+        async def result() -> tuple[Any, BaseException | None]:
             try:
                 return await awaitable, None
-            except asyncio.CancelledError as exc:  # carried out of the loop as it is (see above)
+            except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:  # carried out as it is (see above)
                 return None, exc
 
         try:

@@ -11,6 +11,7 @@ sandbox.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import signal
 import threading
 import time
@@ -138,6 +139,42 @@ def test_a_cancelled_error_from_a_tool_is_an_observation_when_the_caller_runs_an
     assert asyncio.run(job()) == EXPECTED[:3]
     assert [type(exc) for exc in seen] == [asyncio.CancelledError] * 2
     sandbox.close()
+
+
+async def wait_for_a_cancelled_job(world: dict[str, Any], job: str) -> str:
+    """Wait for a job a pool ran, which someone cancelled (``concurrent.futures``' ``CancelledError``, an ``Exception``)."""
+    future: concurrent.futures.Future[str] = concurrent.futures.Future()
+    future.cancel()
+    return future.result()
+
+
+@pytest.mark.parametrize("caller", ["plain", "runs-an-event-loop"])
+def test_a_concurrent_futures_cancelled_error_reaches_format_error_as_it_is(caller: str) -> None:
+    """The tool's ``concurrent.futures.CancelledError`` is what ``format_error`` gets, whether or not the caller runs an
+    event loop. Before, under a caller's loop, asyncio made it ``asyncio.CancelledError`` on its way out of the sandbox's
+    loop thread."""
+    seen: list[BaseException] = []
+
+    def remember(exc: BaseException) -> str:
+        seen.append(exc)
+        return tool_error_text(exc)
+
+    sandbox = PythonSandbox(build, tools={"wait": wait_for_a_cancelled_job}, format_error=remember)
+    sandbox.reset({})
+
+    def call() -> tuple[str, bool]:
+        observation = sandbox.execute(ToolCall(id="c", name="wait", arguments={"job": "j1"}))
+        return observation.content, observation.is_error
+
+    async def in_a_loop() -> tuple[str, bool]:
+        return call()
+
+    try:
+        answer = asyncio.run(in_a_loop()) if caller == "runs-an-event-loop" else call()
+    finally:
+        sandbox.close()
+    assert answer == (tool_error_text(concurrent.futures.CancelledError()), True)
+    assert [type(exc) for exc in seen] == [concurrent.futures.CancelledError]
 
 
 def test_the_cancellation_of_the_task_calling_the_sandbox_is_not_taken_for_the_tools() -> None:
