@@ -1019,24 +1019,33 @@ class Redactor:
 
     def _redact_embedded_json(self, text: str) -> str:
         """``text`` with each JSON object or array inside it that holds an escape redacted as data and written back
-        in its layout (at most :data:`_EMBEDDED_TRIES` starts tried: a parse fails fast on prose)."""
-        out, last, tries = [], 0, 0
+        in its layout. A value that parses is read once, as a whole: the search goes on after its end (JSON lines, a
+        nested object already walked). Parses that fail are bounded by the text's length (:data:`_EMBEDDED_WORK`)."""
+        out, last, resume = [], 0, 0
+        budget = _EMBEDDED_WORK * len(text) + 4096
         for start in _EMBEDDED_START.finditer(text):
-            if start.start() < last:
+            begin = start.start()
+            if begin < resume:
                 continue
-            tries += 1
-            if tries > _EMBEDDED_TRIES:
-                break
             try:
-                data, end = _DECODER.raw_decode(text, start.start())
-            except ValueError:
+                data, end = _DECODER.raw_decode(text, begin)
+            except ValueError as exc:
+                budget -= max(getattr(exc, "pos", begin) - begin, 1)
+                if budget < 0:
+                    break
                 continue
-            segment = text[start.start() : end]
+            except RecursionError:  # ('[' * 10_000: nested deeper than the decoder goes)
+                budget -= len(text) - begin
+                if budget < 0:
+                    break
+                continue
+            resume = end
+            segment = text[begin:end]
             if not isinstance(data, (dict, list)) or not _HIDING_ESCAPE.search(segment):
                 continue
             redacted = self.redact_value(data)
             if redacted != data:
-                out += [text[last : start.start()], _dump_like(redacted, data, segment)]
+                out += [text[last:begin], _dump_like(redacted, data, segment)]
                 last = end
         return "".join(out) + text[last:] if out else text
 
@@ -1072,7 +1081,10 @@ says so. No other does: an IBAN starts with letters, an SSN, a phone number or a
 
 _EMBEDDED_START = re.compile(r"[{\[](?=\s*[\"{\[\]}])")
 """Where a JSON object or array may start inside text (a ``{`` or ``[`` before a quote or a bracket)."""
-_EMBEDDED_TRIES = 16
+_EMBEDDED_WORK = 16
+"""Characters that failed parses of :meth:`Redactor._redact_embedded_json` may read, per character of the text (a
+parse that succeeds is read once and skipped, so it costs its length). Each object or array still open where a cut-off
+JSON text ends fails after reading to the end: this many levels of them are read through before the rest is given up."""
 _HIDING_ESCAPE = re.compile(r"\\[u/nrtbf]")
 """An escape that hides what it stands for from the rules (:data:`_SIMPLE_ESCAPES`, ``\\uXXXX``)."""
 _DECODER = json.JSONDecoder()
