@@ -779,7 +779,7 @@ class Redactor:
         with backslash escapes (an error ``API error 422: {"email": "m\\u00fcller@..."}``) are read through their
         escapes, as :meth:`redact_value` reads a string holding JSON."""
         if self._rules and text:
-            if "\\" in text and ('{"' in text or '["' in text) and _HIDING_ESCAPE.search(text):
+            if "\\" in text and _HIDING_ESCAPE.search(text) and _EMBEDDED_START.search(text):
                 text = self._redact_embedded_json(text)
             text = self._apply_rules(text)
         if self.custom is not None:
@@ -1018,9 +1018,10 @@ class Redactor:
         return self.redact_text(text)
 
     def _redact_embedded_json(self, text: str) -> str:
-        """``text`` with each JSON object or array inside it that holds an escape redacted as data and written back
-        in its layout. A value that parses is read once, as a whole: the search goes on after its end (JSON lines, a
-        nested object already walked). Parses that fail are bounded by the text's length (:data:`_EMBEDDED_WORK`)."""
+        """``text`` with each JSON object or array inside it that holds an escape (or a JSON string holding one, read
+        as :meth:`redact_value` reads a string) redacted as data and written back in its layout. A value that parses
+        is read once, as a whole: the search goes on after its end (JSON lines, a nested object already walked).
+        Parses that fail are bounded by the text's length (:data:`_EMBEDDED_WORK`)."""
         out, last, resume = [], 0, 0
         budget = _EMBEDDED_WORK * len(text) + 4096
         for start in _EMBEDDED_START.finditer(text):
@@ -1041,9 +1042,9 @@ class Redactor:
                 continue
             resume = end
             segment = text[begin:end]
-            if not isinstance(data, (dict, list)) or not _HIDING_ESCAPE.search(segment):
+            if not isinstance(data, (str, dict, list)) or not _HIDING_ESCAPE.search(segment):
                 continue
-            redacted = self.redact_value(data)
+            redacted = self._redact_string(data) if isinstance(data, str) else self.redact_value(data)
             if redacted != data:
                 out += [text[last:begin], _dump_like(redacted, data, segment)]
                 last = end
@@ -1079,8 +1080,9 @@ _INT_KINDS: tuple[tuple[str, Callable[[str], bool]], ...] = (("credit_card", _is
 says so. No other does: an IBAN starts with letters, an SSN, a phone number or an IP address needs a separator, a
 ``+`` or a dot, the key and token kinds need letters (tests/capture/test_redaction_numbers.py checks this)."""
 
-_EMBEDDED_START = re.compile(r"[{\[](?=\s*[\"{\[\]}])")
-"""Where a JSON object or array may start inside text (a ``{`` or ``[`` before a quote or a bracket)."""
+_EMBEDDED_START = re.compile(r"[{\[](?=\s*[\"{\[\]}])|\"(?=[{\[](?:\s|\\[nrt])*(?:\\\"|[{\[\]}]))")
+"""Where a JSON value may start inside text: a ``{`` or ``[`` before a quote or a bracket, whitespace between them
+allowed (``json.dumps(body, indent=2)``), or a JSON string that holds such JSON (``"{\\n  \\"email\\": ...}"``)."""
 _EMBEDDED_WORK = 16
 """Characters that failed parses of :meth:`Redactor._redact_embedded_json` may read, per character of the text (a
 parse that succeeds is read once and skipped, so it costs its length). Each object or array still open where a cut-off
