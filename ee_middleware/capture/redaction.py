@@ -842,14 +842,20 @@ class Redactor:
 
     def _redact_number(self, value: int | float) -> int | float | str:
         """A JSON number (``{"card_number": 4111111111111111}``): an integer a built-in kind takes whole (a card number)
-        becomes its placeholder, a string; a float is never a card, a phone number or an id, so no built-in kind
-        applies to one. User patterns run over the number's JSON text, an integer's or a float's: one that takes it
-        whole makes it the placeholder, one that takes part of it makes it its text with the placeholder in it. Any
-        other number is kept as it is (and not remembered: a long list of numbers would fill the clean-text memo)."""
+        becomes its placeholder, a string, and so does a whole-number float whose integer one takes
+        (``4111111111111111.0``: a card column of a pandas frame with a missing value is float64); any other float is
+        never a card, a phone number or an id, so no built-in kind applies to one. User patterns run over the number's
+        JSON text, an integer's or a float's: one that takes it whole makes it the placeholder, one that takes part of
+        it makes it its text with the placeholder in it. Any other number is kept as it is (and not remembered: a long
+        list of numbers would fill the clean-text memo)."""
         if isinstance(value, int):
             kind = self._whole_int_kind(value)
-            if kind is not None:
-                return self.placeholder(kind, value)
+        elif 1e12 <= value < 1e20 and value.is_integer():  # (no card has 20 digits; NaN and inf fail the first test)
+            kind = self._whole_int_kind(int(value))
+        else:
+            kind = None
+        if kind is not None:
+            return self.placeholder(kind, value)
         if not self._user:
             return value
         text = json.dumps(value)
@@ -1078,7 +1084,7 @@ spaces) have digits. Other short identifiers (``role``, ``order_id``) are JSON k
 _INT_KINDS: tuple[tuple[str, Callable[[str], bool]], ...] = (("credit_card", _is_card),)
 """The built-in kinds whose rule matches a JSON integer's text whole (digits alone, 13 or more), with the test that
 says so. No other does: an IBAN starts with letters, an SSN, a phone number or an IP address needs a separator, a
-``+`` or a dot, the key and token kinds need letters (tests/capture/test_redaction_numbers.py checks this)."""
+``+`` or a dot, the key and token kinds need letters (tests/capture/test_redaction_numbers_whole.py checks this)."""
 
 _EMBEDDED_START = re.compile(r"[{\[](?=\s*[\"{\[\]}])|\"(?=[{\[](?:\s|\\[nrt])*(?:\\\"|[{\[\]}]))")
 """Where a JSON value may start inside text: a ``{`` or ``[`` before a quote or a bracket, whitespace between them

@@ -1,4 +1,5 @@
-"""JSON numbers and the built-in kinds: only an integer a kind takes whole (a card number) is redacted; floats and
+"""JSON numbers and the built-in kinds: only an integer a kind takes whole (a card number) is redacted (and its
+whole-number float, tests/capture/test_redaction_whole_floats.py); other floats and
 other integers stay numbers, cost no regex scan and fill no memo; user patterns still see any number's text."""
 
 from __future__ import annotations
