@@ -18,7 +18,9 @@ Format (JSON lines, owner-only ``0600``, append-only)::
 is written as a number and restored as one. Its pseudonym is that of its digits as text (the one stores recorded before
 numbers were typed hold): where one pseudonym was written both as a string and as a number, the string is restored, as
 it was before. Version 1 vaults (strings only) are read as they are; a vault of a newer version than this code reads is
-refused with a message saying so.
+refused with a message saying so. A version 1 vault (one an older ee created) keeps getting strings only: a number is
+written as the digits its pseudonym was made of and restored as that text, as before numbers were typed. Its header is
+not rewritten, since other processes may be appending to the file; so an older ee replaying it still reads every entry.
 
 With ``EE_VAULT_KEY`` set (a Fernet key: ``python -c "from ee_middleware.capture.vault import
 new_key; print(new_key())"``) values are encrypted (``"c"`` instead of ``"v"``; the header has
@@ -82,6 +84,7 @@ class Vault:
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
         self._fd: int | None = None
+        self._version = VERSION
         if create:
             self._create(key)
         self._cipher = self._open(key)
@@ -127,6 +130,7 @@ class Vault:
                 f"The redaction vault {self.path} has format version {version!r}, newer than this ee-middleware reads "
                 f"(version {VERSION} at most). Upgrade ee-middleware to replay with it."
             )
+        self._version = version
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
             raise ConfigError(
                 f"The redaction vault {self.path} is readable by others (mode {stat.filemode(info.st_mode)}) or not yours; "
@@ -191,9 +195,11 @@ class Vault:
 
     def add(self, placeholder: str, value: str | int | float) -> None:
         """Record that ``placeholder`` stands for ``value`` (appended once per new pair): a string, or a number that
-        was replaced whole (kept a number, so that replay restores it as one)."""
+        was replaced whole (kept a number, so that replay restores it as one; its text in a version 1 vault)."""
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise TypeError(f"A vault value is a string or a number, not {type(value).__name__} ({placeholder}).")
+        if self._version < 2:  # (an older ee reads only strings from it: see the module's docstring)
+            value = _text(value)
         with self._lock:
             if not self._remember(placeholder, value):
                 return
