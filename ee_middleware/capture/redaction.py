@@ -1028,7 +1028,7 @@ class Redactor:
         as :meth:`redact_value` reads a string) redacted as data and written back in its layout. A value that parses
         is read once, as a whole: the search goes on after its end (JSON lines, a nested object already walked).
         Parses that fail are bounded by the text's length (:data:`_EMBEDDED_WORK`)."""
-        out, last, resume = [], 0, 0
+        out, last, resume, failed = [], 0, 0, 0
         budget = _EMBEDDED_WORK * len(text) + 4096
         for start in _EMBEDDED_START.finditer(text):
             begin = start.start()
@@ -1036,24 +1036,26 @@ class Redactor:
                 continue
             try:
                 data, end = _DECODER.raw_decode(text, begin)
-            except ValueError as exc:
-                budget -= max(getattr(exc, "pos", begin) - begin, 1)
-                if budget < 0:
+            except (ValueError, RecursionError) as exc:  # (RecursionError: '[' * 10_000, nested deeper than the decoder goes)
+                # A failure costs more than what it read: an unclosed string reads to the text's end, and the error's
+                # line number counts the text's newlines up to it; so failures are also counted (a log of Python reprs
+                # fails at every '{'), keeping the work linear in the text.
+                failed += 1
+                budget -= max(getattr(exc, "pos", len(text)) - begin, 1)
+                if budget < 0 or failed > _EMBEDDED_FAILURES:
                     break
                 continue
-            except RecursionError:  # ('[' * 10_000: nested deeper than the decoder goes)
-                budget -= len(text) - begin
-                if budget < 0:
-                    break
-                continue
-            resume = end
             segment = text[begin:end]
-            if not isinstance(data, (str, dict, list)) or not _HIDING_ESCAPE.search(segment):
+            if isinstance(data, (dict, list)):
+                resume = end  # read once, as a whole: its nested values are not tried again
+            elif not isinstance(data, str):
+                continue
+            if not _HIDING_ESCAPE.search(segment):
                 continue
             redacted = self._redact_string(data) if isinstance(data, str) else self.redact_value(data)
             if redacted != data:
                 out += [text[last:begin], _dump_like(redacted, data, segment)]
-                last = end
+                last = resume = end
         return "".join(out) + text[last:] if out else text
 
     def _apply_rules(self, text: str) -> str:
@@ -1093,6 +1095,9 @@ _EMBEDDED_WORK = 16
 """Characters that failed parses of :meth:`Redactor._redact_embedded_json` may read, per character of the text (a
 parse that succeeds is read once and skipped, so it costs its length). Each object or array still open where a cut-off
 JSON text ends fails after reading to the end: this many levels of them are read through before the rest is given up."""
+_EMBEDDED_FAILURES = 64
+"""Failed parses :meth:`Redactor._redact_embedded_json` makes at most in one text (then the rest of the text is read by
+the rules alone, as a text without escapes is): each costs up to the text's length (see there)."""
 _HIDING_ESCAPE = re.compile(r"\\[u/nrtbf]")
 """An escape that hides what it stands for from the rules (:data:`_SIMPLE_ESCAPES`, ``\\uXXXX``)."""
 _DECODER = json.JSONDecoder()
