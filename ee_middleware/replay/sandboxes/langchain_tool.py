@@ -12,6 +12,7 @@ answer is read as capture reads the ``ToolMessage``.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import typing
 from collections.abc import Callable
@@ -178,7 +179,7 @@ def call_function(
     and the call runs with the run's config as LangChain's current one, so that ``dispatch_custom_event`` without a config,
     or a runnable the tool invokes, finds it (never the replay job's). With ``as_langchain=False`` (functions called with
     the raw arguments) only the :attr:`~FilledParameters.config` parameter is filled."""
-    from langchain_core.runnables.config import set_config_context
+    from langchain_core.runnables.config import var_child_runnable_config
 
     config = tool_run_config(is_async=filled.is_async)
     arguments = dict(arguments)
@@ -188,13 +189,16 @@ def call_function(
         return _finished(fn(*world, **arguments), run)
     for name in filled.withheld:
         arguments.pop(name, None)
-    callbacks = handlerless_callbacks(is_async=filled.is_async)
     if filled.callbacks:
-        arguments["callbacks"] = callbacks
+        arguments["callbacks"] = config["callbacks"]  # the child manager, as the config's (run_manager.get_child())
     if filled.config is not None:
         arguments[filled.config] = config
-    with set_config_context({**config, "callbacks": callbacks}) as context:  # as BaseTool.run sets its child config
-        return context.run(lambda: _finished(fn(*world, **arguments), run))
+    # The config as LangChain's current one, as BaseTool.run sets its child config (set_config_context), in a context of
+    # the call's own: that helper also resets LangSmith's tracing context afterwards (~60 us a call), which matters only
+    # for a LangChainTracer among the callbacks, and these have no handlers; the copied context is dropped after.
+    context = contextvars.copy_context()
+    context.run(var_child_runnable_config.set, config)
+    return context.run(lambda: _finished(fn(*world, **arguments), run))
 
 
 def _finished(value: Any, run: Callable[[Any], Any]) -> Any:
