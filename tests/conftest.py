@@ -379,6 +379,31 @@ HEAVY_TESTS: list[tuple[str, str]] = [
     ("tests/replay/test_unusable_policy.py::*[[]arguments not JSON[]]", "a variant of the default run's unusable-answer cases"),
     ("tests/jobs/test_promote_registry_history.py::*[[]epoch-int[]]", "a variant of the default run's epoch case"),
     ("tests/trainers/datasets/test_show_damaged.py::*[[]json-*", "the --json variants of the default run's text cases"),
+    # 2026-12-02: the default run reached 973 s (new tests of the session, the 15-min bound is 900): the slowest moved here.
+    ("tests/capture/test_offload.py::test_without_strict_mode_a_flush_after_runs_were_lost_returns_false_once", SLOWEST),
+    ("tests/cli/test_experience_timeout.py::test_experience_dataset_timeout_reaches_the_teacher_slow_scripted_server", SLOWEST),
+    ("tests/cli/test_experience_timeout.py::test_experience_eval_timeout_is_the_flag_its_advice_names_slow_scripted_server", SLOWEST),
+    ("tests/cli/test_experience_timeout.py::test_curriculum_run_timeout_reaches_the_judge_and_the_policy_slow_scripted_server", SLOWEST),
+    ("tests/replay/test_server_failures.py::test_a_hung_*", SLOWEST),
+    ("tests/store/test_concurrent_reads.py::test_compactions_killed_at_any_moment_lose_nothing", SLOWEST),
+    ("tests/replay/test_job.py::test_a_killed_run_continues_where_it_stopped", SLOWEST),
+    (
+        "tests/replay/test_stop_while_warming.py::test_a_job_stopped_while_its_workers_close_after_replaying_everything_ends_as_stopped*",
+        SLOWEST,
+    ),
+    ("tests/replay/test_fewer_answers.py::test_ee_replay_run_json_reports_the_counts_summed_over_two_workers", SLOWEST),
+    ("tests/replay/test_fewer_answers.py::test_the_counts_of_a_policy_rebuilt_after_a_failure_are_all_summed_*[[]2[]]", SLOWEST),
+    ("tests/trainers/training/test_train.py::test_iwm_runs_two_stages_with_the_same_total_steps_as_il", SLOWEST),
+    ("tests/trainers/training/test_cli.py::test_train_command_runs_from_a_toml_config", SLOWEST),
+    ("tests/replay/sandboxes/test_cancelled_tools.py::*[[]subprocess[]]", SLOWEST),
+    ("tests/replay/sandboxes/test_langchain_filled_parameters.py::*[[]subprocess[]]", SLOWEST),
+    ("tests/replay/sandboxes/test_runnable_config.py::*[[]subprocess[]]", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_the_conformance_kit_passes_on_a_real_stdio_server", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_crash_or_a_time_out_is_a_sandbox_failure_and_the_world_is_rebuilt", SLOWEST),
+    (
+        "tests/cli/test_curriculum_policy_failures.py::test_a_policy_that_answered_no_rollout_fails_the_run_naming_the_policy_and_timeout_slow_scripted_server",
+        SLOWEST,
+    ),
 ]
 
 
