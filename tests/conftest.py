@@ -404,6 +404,29 @@ HEAVY_TESTS: list[tuple[str, str]] = [
         "tests/cli/test_curriculum_policy_failures.py::test_a_policy_that_answered_no_rollout_fails_the_run_naming_the_policy_and_timeout_slow_scripted_server",
         SLOWEST,
     ),
+    # and after a second run at 910 s: the slowest calls of the rest (one variant of each kept in the default run)
+    ("tests/replay/test_unusable_policy.py::*[[]null message[]]", "a variant of the default run's unusable-answer cases"),
+    ("tests/replay/test_unusable_policy.py::*[[]empty choices[]]", "a variant of the default run's unusable-answer cases"),
+    ("tests/replay/sandboxes/test_production_tools.py::*[[]subprocess[]]", "the subprocess variant of an in-process test"),
+    ("tests/replay/test_job.py::test_a_served_policy_that_is_down_stops_the_job_with_its_address[[]2[]]", "the 2-worker variant"),
+    ("tests/store/test_approvals.py::test_two_people_deciding_on_one_trajectory_at_once_never_overturn_silently", SLOWEST),
+    ("tests/store/test_temp_file_sweep.py::test_metadata_writers_and_a_compactor_in_real_processes_never_collide", SLOWEST),
+    ("tests/trainers/training/test_experience_model.py::test_the_experience_model_schedule_trains_on_em_rows_only", SLOWEST),
+    ("tests/replay/sandboxes/test_isolated.py::test_a_python_sandbox_inside_reports_the_memory_limit_too", SLOWEST),
+    ("tests/capture/test_threads_start_with_a_run.py::*[[]forkserver-*", "the forkserver variants of the default run's cases"),
+    ("tests/store/test_local_store.py::test_a_writer_killed_mid_write_loses_nothing_it_confirmed", SLOWEST),
+    (
+        "tests/replay/test_fewer_answers.py::test_a_server_that_ignores_n_is_counted_in_the_summary_summed_over_every_worker[[]local-1[]]",
+        SLOWEST,
+    ),
+    ("tests/trainers/datasets/test_split.py::test_the_heldout_share_keeps_each_unit_on_one_side_and_in_place_as_the_store_grows", SLOWEST),
+    ("tests/evals/test_run_folders.py::test_ee_eval_run_exits_1_while_tasks_got_no_answer", SLOWEST),
+    ("tests/evals/test_tau.py::test_a_user_simulator_that_is_down_fails_the_task_with_the_reason", SLOWEST),
+    ("tests/replay/test_processes.py::test_a_second_sigterm_kills_workers_whose_sandboxes_do_not_close", SLOWEST),
+    (
+        "tests/replay/test_experience_prose_cut.py::test_a_wrapped_answer_cut_at_max_tokens_gets_the_raise_max_tokens_advice_scripted_server",
+        SLOWEST,
+    ),
 ]
 
 
