@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from ee_middleware.records import ToolCall
 from ee_middleware.replay.sandboxes.experience import (
     CUT_BEFORE_JSON,
-    ExperienceSandbox,
     SyntheticObservationError,
     _began_json,
     parse_prediction,
 )
-from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.testing.http import ScriptedChatServer
+from tests.replay.test_experience_cut_off import _predict as predict_first_alternative
 
 PROSE = [
     # the reviewer's (r6#3): a key named in an example object that closes, then more prose
@@ -104,23 +102,8 @@ def test_began_json_takes_linear_time_on_long_answers(text: str) -> None:
 
 
 def _predict(spec: str, store_path: Path) -> SyntheticObservationError:
-    store = LocalExperienceStore(store_path)
-    try:
-        trajectory = next(iter(store.iter_trajectories()))
-    finally:
-        store.close()
-    step = next(s for s in trajectory.steps if s.action.tool_call is not None)
-    expert = step.action.tool_call
-    assert expert is not None
-    sandbox = ExperienceSandbox(spec, store=str(store_path), max_tokens=64)
-    sandbox.reset(None)
-    sandbox.at_step(trajectory, step)
-    try:
-        with pytest.raises(SyntheticObservationError) as caught:
-            sandbox.execute(ToolCall(id="alt", name=expert.name, arguments={**expert.arguments, "__alt": 1}))
-    finally:
-        sandbox.close()
-    return caught.value
+    """The sandbox's failure on an alternative at the first call of the store's first trajectory (max_tokens 64)."""
+    return predict_first_alternative(spec, store_path, max_tokens=64)
 
 
 def test_prose_naming_the_keys_cut_at_max_tokens_gets_the_before_json_advice_scripted_server(bfcl_store_path: Path) -> None:
