@@ -47,6 +47,22 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (code
 """Byte-order marks of the encodings read besides UTF-8 (UTF-32's first: its little-endian mark starts with UTF-16's)."""
 
 
+def finite_seconds(what: str, example: str) -> Any:
+    """A config field's validator (``Annotated[float, finite_seconds(...)]``, beside its ``Field(gt=0)``): a number of
+    seconds must be finite, since ``inf`` passes ``gt=0`` and then fails where it is used (a request's or a tool call's
+    deadline). ``what`` the seconds bound, ``example`` values to suggest, both for the error."""
+    import math
+
+    from pydantic import AfterValidator
+
+    def check(value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number of seconds ({what}), e.g. {example} (there is no 'no limit')")
+        return value
+
+    return AfterValidator(check)
+
+
 def read_config_text(path: Path) -> str:
     """The text of the configuration file at ``path``: UTF-8 (a byte-order mark, as Windows editors write it, is
     skipped), or UTF-16/UTF-32 with a byte-order mark (PowerShell 5 writes ``command > file`` as UTF-16). Anything

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ee_middleware._toml import build_config, layered_values
+from ee_middleware._toml import build_config, finite_seconds, layered_values
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import SuiteSettings
 
@@ -39,7 +38,9 @@ class EvalJob(BaseModel):
     max_tokens: int = Field(512, ge=1)
     max_steps_per_turn: int = Field(20, ge=1)
     feed_back_parse_errors: bool = False
-    timeout_s: float = Field(60.0, gt=0)
+    timeout_s: Annotated[
+        float, finite_seconds("how long one model request may take", "120, or 3600 for a model that may take very long")
+    ] = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
     user_model: str | None = None
     max_user_turns: int = Field(10, ge=1)
@@ -53,16 +54,6 @@ class EvalJob(BaseModel):
         if len(set(suites)) != len(suites):
             raise ValueError(f"a suite is listed twice: {suites}")
         return suites
-
-    @field_validator("timeout_s")
-    @classmethod
-    def _finite_timeout(cls, timeout_s: float) -> float:
-        if not math.isfinite(timeout_s):  # inf passes "> 0", then the model client refuses it (after a run's other stages)
-            raise ValueError(
-                "must be a finite number of seconds (how long one model request may take), e.g. 120, or 3600 for a model "
-                "that may take very long (there is no 'no limit')"
-            )
-        return timeout_s
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> EvalJob:

@@ -46,14 +46,13 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_config, layered_values, read_toml, read_toml_table
+from ee_middleware._toml import build_config, finite_seconds, layered_values, read_toml, read_toml_table
 from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
@@ -143,16 +142,6 @@ class Budgets(BaseModel):
     the next call continues it."""
 
 
-def _finite_seconds(value: float) -> float:
-    """``value``, a timeout in seconds, when finite: ``inf`` passes ``> 0`` but fails every request the client sends."""
-    if not math.isfinite(value):
-        raise ValueError(
-            "must be a finite number of seconds (how long one request to the servers may take), e.g. 600, or 3600 for a "
-            "model that may take very long (there is no 'no limit')"
-        )
-    return value
-
-
 class Serving(BaseModel):
     """The model servers the candidate is evaluated on and promoted into (none: evaluated in-process, promoted in the registry)."""
 
@@ -166,7 +155,10 @@ class Serving(BaseModel):
     """The base model's served name (default: the first model the server lists that is not a registered adapter)."""
     max_lora_rank: int | None = Field(None, ge=1)
     """The servers' ``--max-lora-rank`` (default: ``EE_MAX_LORA_RANK``, else 16)."""
-    timeout_s: Annotated[float, AfterValidator(_finite_seconds)] = Field(600.0, gt=0)
+    timeout_s: Annotated[
+        float,
+        finite_seconds("how long one request to the servers may take", "600, or 3600 for a model that may take very long"),
+    ] = Field(600.0, gt=0)
     """Seconds per request to the servers (evaluation requests included)."""
 
 

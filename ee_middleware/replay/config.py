@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from ee_middleware._toml import build_config, layered_values
+from ee_middleware._toml import build_config, finite_seconds, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
@@ -84,7 +83,7 @@ class ReplayConfig(BaseModel):
     """Ray cluster to join (``auto``, ``ray://host:10001``); default: ``RAY_ADDRESS`` or a local cluster."""
     isolation: Literal["none", "subprocess"] = "none"
     """``subprocess`` runs each worker's sandbox in a child process with the limits below."""
-    tool_timeout_s: float = Field(30.0, gt=0)
+    tool_timeout_s: Annotated[float, finite_seconds("how long one tool call may run", "30, or 600 for slow tools")] = Field(30.0, gt=0)
     allow_network: bool = False
     """Let the sandbox run tools that send real network requests (the BFCL sandbox refuses them otherwise)."""
     memory_mb: int | None = Field(None, ge=64)
@@ -150,16 +149,6 @@ class ReplayConfig(BaseModel):
             for option, name in fields.items()
             if name not in self.model_fields_set and option not in self.policy_settings
         }
-
-    @field_validator("tool_timeout_s")
-    @classmethod
-    def _finite_tool_timeout(cls, tool_timeout_s: float) -> float:
-        if not math.isfinite(tool_timeout_s):  # inf passes "> 0", then the subprocess sandbox's wait overflows
-            raise ValueError(
-                "must be a finite number of seconds (how long one tool call may run), e.g. 30, or 600 for slow tools "
-                "(there is no 'no limit')"
-            )
-        return tool_timeout_s
 
     @model_validator(mode="after")
     def _requests_fit_the_policy(self) -> ReplayConfig:
