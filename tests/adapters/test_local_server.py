@@ -96,7 +96,7 @@ def test_a_request_for_an_adapter_unloaded_while_it_waited_for_the_model_is_a_40
     script.write_text(HOLDING_SERVER)
     port = free_port()
     arguments = local_command(str(tiny_base), port=port, served_model_name="tiny-base", max_lora_rank=8)[3:]
-    server = ServerProcess([sys.executable, str(script), str(tmp_path), *arguments], f"http://127.0.0.1:{port}/v1", name="local server")
+    server = ServerProcess([sys.executable, str(script), str(tmp_path), *arguments], f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True)
     with server:
         backend = LocalBackend(server.url)
         backend.load("X", str(adapter_set.perturbed))
@@ -126,7 +126,7 @@ def test_ee_serve_local_stopped_with_sigterm_exits_cleanly_and_removes_its_state
     $EE_CACHE_DIR/servers/PORT.json stayed behind; Ctrl-C removed it."""
     port = free_port()
     command = [sys.executable, "-m", "ee_middleware.cli", "serve", "local", "--base", str(tiny_base), "--port", str(port)]
-    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server")
+    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True)
     state = servers_folder() / f"{port}.json"
     with server:
         assert state.is_file()

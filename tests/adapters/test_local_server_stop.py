@@ -42,7 +42,7 @@ def _server(tiny_base: Path, *, grace_s: float | None = None) -> Iterator[Server
     env = dict(os.environ)
     if grace_s is not None:
         env["EE_STOP_GRACE_S"] = str(grace_s)
-    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", env=env, name="local server")
+    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", env=env, name="local server", end_with_parent=True)
     with server:
         yield server
 

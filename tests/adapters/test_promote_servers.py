@@ -37,7 +37,7 @@ pytestmark = pytest.mark.heavy  # several real local servers per test: make test
 def _server(base: Path, *, max_lora_rank: int = 8, name: str = "replica") -> ServerProcess:
     port = free_port()
     command = local_command(str(base), port=port, served_model_name="tiny-base", max_lora_rank=max_lora_rank)
-    return ServerProcess(command, f"http://127.0.0.1:{port}/v1", name=name)
+    return ServerProcess(command, f"http://127.0.0.1:{port}/v1", name=name, end_with_parent=True)
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def chatml_server(sharegpt_base: Path, templates: dict[str, Path]) -> Iterator[A
     command = local_command(
         str(sharegpt_base), port=port, served_model_name="sharegpt", max_lora_rank=8, chat_template=str(templates["chatml"])
     )
-    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server")
+    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True)
     with server:
         yield server
 
