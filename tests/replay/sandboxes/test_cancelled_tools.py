@@ -236,6 +236,45 @@ def test_ctrl_c_or_sigterm_while_an_async_tool_awaits_stops_the_job(stop: str) -
             signal.signal(sig, handler)
 
 
+def test_a_stop_signal_whose_handler_waits_for_the_main_thread_stops_an_awaiting_tool_soon() -> None:
+    """A signal sent to the job's process may be taken by another of its threads (a progress bar's, a writer's), or
+    arrive just before the loop enters select(): either way select() is not interrupted, and Python runs the handler
+    only when the main thread next runs Python code. Before, that was when the tool's await ended (60 s here): the
+    sandbox's loop now wakes often enough that a stop waits a fraction of a second."""
+    started = threading.Event()
+
+    async def slow(order_id: str) -> str:
+        started.set()
+        await asyncio.sleep(60)
+        return "never"
+
+    sandbox = PythonSandbox(build, tools={}, read_only_tools={"slow": slow}, format_error=tool_error_text)
+    sandbox.reset({})
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    sent: list[float] = []
+
+    def send() -> None:  # the signal lands on this thread: its C handler flags it for the main thread
+        if started.wait(10):
+            time.sleep(0.3)
+            sent.append(time.monotonic())
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sandbox.execute(_call("slow", "A1"))
+        stopped = time.monotonic()
+    finally:
+        sender.join()
+        sandbox.close()
+        signal.signal(signal.SIGINT, before)
+    assert sent, "the tool never started"
+    assert stopped - sent[0] < 5, f"the stop waited {stopped - sent[0]:.1f} s for the tool's await"
+
+
 class _ProposesCancellingLookups(FixedCallsPolicy):
     name = "cancelling-lookups"
     calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [
