@@ -11,11 +11,14 @@ that must die (see :func:`die_with_parent`):
   run clean-up code, which a ``SIGKILL`` from the kernel never gives a chance to).
 
 And the other way round, a process told to end (``SIGTERM``, ``SIGHUP``) runs its clean-up as on Ctrl-C
-(:func:`termination_as_interrupt`).
+(:func:`termination_as_interrupt`); and one that waits in its main thread for an event loop or another thread wakes
+often enough to take such a stop (:func:`awaiting_with_signal_checks`, :func:`result_with_signal_checks`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import queue
 import signal
@@ -27,10 +30,12 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
+    "awaiting_with_signal_checks",
     "die_with_parent",
     "kill_process_group",
     "parent_death_preexec",
     "process_hooks",
+    "result_with_signal_checks",
     "second_signal_ends",
     "set_parent_death_signal",
     "stopping_signal",
@@ -288,3 +293,50 @@ class _Handoff:
                 call()
             except BaseException as exc:  # noqa: BLE001 - raised in the main thread once the block is over
                 self._error = self._error or exc
+
+
+SIGNAL_CHECK_S = 0.1
+"""How often a main thread that waits (for an event loop's coroutine, for another thread's result) wakes to run a pending
+signal handler: what a stop waits at most when its signal did not interrupt the wait (see
+:func:`awaiting_with_signal_checks`)."""
+
+
+async def awaiting_with_signal_checks(coroutine: Any) -> Any:
+    """Await ``coroutine``, waking the running loop every :data:`SIGNAL_CHECK_S` meanwhile.
+
+    Python runs a signal's handler (Ctrl-C's ``KeyboardInterrupt``, SIGTERM taken as one) only in the main thread, when it
+    next runs Python code. A signal taken by another thread of the process, or arriving just before the loop enters
+    ``select()``, does not interrupt that wait, so the handler ran only once the awaited call ended (a minute for an HTTP
+    call's time-out). Each wake runs it instead; the awaited code's own task is untouched (the timer is the loop's)."""
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle | None = None
+
+    def wake() -> None:
+        nonlocal timer
+        timer = loop.call_later(SIGNAL_CHECK_S, wake)
+
+    wake()
+    try:
+        return await coroutine
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def result_with_signal_checks(future: concurrent.futures.Future[Any], timeout: float | None = None) -> Any:
+    """``future.result(timeout)``; in the main thread it waits in steps of :data:`SIGNAL_CHECK_S`, so that a stop's
+    handler runs within one (a lock's wait, like ``select()``'s, is not interrupted by a signal another thread took or
+    one that came just before it: see :func:`awaiting_with_signal_checks`). ``TimeoutError`` once ``timeout`` has passed,
+    as ``future.result`` raises it."""
+    if threading.current_thread() is not threading.main_thread():
+        return future.result(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = SIGNAL_CHECK_S if deadline is None else max(0.0, min(SIGNAL_CHECK_S, deadline - time.monotonic()))
+        try:
+            return future.result(step)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # it ended just now, or its own result is a TimeoutError
+                return future.result()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ee_middleware._lifetime import kill_process_group
+from ee_middleware._lifetime import kill_process_group, result_with_signal_checks
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text
@@ -769,7 +769,7 @@ class McpSandbox(ClosedOnExit):
         assert self._loop is not None
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result(timeout)
+            return result_with_signal_checks(future, timeout)
         except TimeoutError:
             future.cancel()
             raise

@@ -43,6 +43,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ee_middleware._lifetime import awaiting_with_signal_checks, result_with_signal_checks
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text, kept_as_tool_content
 from ee_middleware.models.protocol import clip
@@ -181,33 +182,6 @@ def format_result(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     except Exception:  # noqa: BLE001 - as langchain_core's tools: anything JSON refuses (a date, a cycle) is its str()
         return str(value)
-
-
-SIGNAL_CHECK_S = 0.1
-"""How often the sandbox's loop wakes, in the main thread, while an async tool awaits: what a stop of the job waits at
-most when its signal did not interrupt the loop's ``select()`` (see :func:`_waking_for_signals`)."""
-
-
-async def _waking_for_signals(coroutine: Any) -> Any:
-    """Await ``coroutine``, waking the running loop every :data:`SIGNAL_CHECK_S` meanwhile.
-
-    Python runs a signal's handler (Ctrl-C's ``KeyboardInterrupt``, SIGTERM taken as one) only in the main thread, when
-    it next runs Python code. A signal taken by another thread of the process, or arriving just before the loop enters
-    ``select()``, does not interrupt that wait, so the handler ran only once the tool's await ended (a minute for an HTTP
-    call's time-out). Each wake runs it instead; the tool's own task is untouched (the timer is the loop's)."""
-    loop = asyncio.get_running_loop()
-    timer: asyncio.TimerHandle | None = None
-
-    def wake() -> None:
-        nonlocal timer
-        timer = loop.call_later(SIGNAL_CHECK_S, wake)
-
-    wake()
-    try:
-        return await coroutine
-    finally:
-        if timer is not None:
-            timer.cancel()
 
 
 _TOOL_FAILURES = (Exception, SystemExit, asyncio.CancelledError)
@@ -582,17 +556,14 @@ class PythonSandbox:
         except RuntimeError:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
-            if threading.current_thread() is threading.main_thread():
-                value, cancelled = self._loop.run_until_complete(_waking_for_signals(result()))
-            else:
-                value, cancelled = self._loop.run_until_complete(result())
+            value, cancelled = self._loop.run_until_complete(awaiting_with_signal_checks(result()))
         else:
             if self._loop_thread is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="ee-sandbox-async", daemon=True)
                 thread.start()
                 self._loop_thread = (loop, thread)
-            value, cancelled = asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]).result()
+            value, cancelled = result_with_signal_checks(asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]))
         if cancelled is not None:
             raise cancelled
         return value

@@ -236,11 +236,13 @@ def test_ctrl_c_or_sigterm_while_an_async_tool_awaits_stops_the_job(stop: str) -
             signal.signal(sig, handler)
 
 
-def test_a_stop_signal_whose_handler_waits_for_the_main_thread_stops_an_awaiting_tool_soon() -> None:
+@pytest.mark.parametrize("caller", ["plain", "inside-a-running-loop"])
+def test_a_stop_signal_whose_handler_waits_for_the_main_thread_stops_an_awaiting_tool_soon(caller: str) -> None:
     """A signal sent to the job's process may be taken by another of its threads (a progress bar's, a writer's), or
-    arrive just before the loop enters select(): either way select() is not interrupted, and Python runs the handler
-    only when the main thread next runs Python code. Before, that was when the tool's await ended (60 s here): the
-    sandbox's loop now wakes often enough that a stop waits a fraction of a second."""
+    arrive just before the main thread starts waiting: either way its wait (the loop's ``select()``; with a loop already
+    running in the caller, as in a notebook, a lock's wait for the sandbox's loop thread) is not interrupted, and Python
+    runs the handler only when the main thread next runs Python code. Before, that was when the tool's await ended (60 s
+    here): the main thread now wakes often enough that a stop waits a fraction of a second."""
     started = threading.Event()
 
     async def slow(order_id: str) -> str:
@@ -252,7 +254,6 @@ def test_a_stop_signal_whose_handler_waits_for_the_main_thread_stops_an_awaiting
     sandbox.reset({})
     before = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
     sent: list[float] = []
 
     def send() -> None:  # the signal lands on this thread: its C handler flags it for the main thread
@@ -261,11 +262,21 @@ def test_a_stop_signal_whose_handler_waits_for_the_main_thread_stops_an_awaiting
             sent.append(time.monotonic())
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
+    async def in_a_running_loop() -> None:
+        sandbox.execute(_call("slow", "A1"))
+
     sender = threading.Thread(target=send)
     sender.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            sandbox.execute(_call("slow", "A1"))
+            if caller == "plain":
+                sandbox.execute(_call("slow", "A1"))
+            else:  # (not asyncio.run: its own SIGINT handler cancels the main task instead of raising)
+                loop = asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(in_a_running_loop())
+                finally:
+                    loop.close()
         stopped = time.monotonic()
     finally:
         sender.join()
