@@ -81,7 +81,7 @@ def _base_tokenizer(base: str | os.PathLike[str]) -> tuple[Path, Any, str] | Non
 
     transformers = import_optional("transformers", extra="serve", purpose="read the base model's chat template")
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise ConfigError(
             f"Cannot read the tokenizer in {folder} to check its chat template: {type(exc).__name__}: {exc}. "

@@ -348,7 +348,7 @@ def show(
         from ee_middleware._optional import import_optional
 
         transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
-        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True, trust_remote_code=False)
         if not getattr(tok, "chat_template", None):
             from ee_middleware.errors import ConfigError
 

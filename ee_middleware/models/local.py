@@ -264,13 +264,24 @@ def load_pretrained(
     """
     _check_model_folder(Path(folder), gguf_file)  # before transformers reads a missing folder as a hub repo id
     transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
-    kwargs: dict[str, Any] = {"local_files_only": True}
+    # trust_remote_code=False said outright: left unsaid, transformers asks on the terminal whether to run a folder's own
+    # Python (and waits there), and runs it on "y"
+    kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
     except Exception as exc:
+        code = custom_code(Path(folder)) if gguf_file is None else []
+        if code:
+            raise ModelLoadError(
+                f"Cannot load the model in {folder}: it needs its own modelling code ({', '.join(code)}, named by auto_map in "
+                f"its config.json; {type(exc).__name__}: {exc}), and ee-middleware never runs Python from a model folder "
+                "(transformers' trust_remote_code). Use a model whose architecture transformers implements itself (its "
+                "model_type then loads without that code), or serve this one with vLLM --trust-remote-code and give ee its "
+                "server (openai:URL#MODEL)."
+            ) from exc
         raise ModelLoadError(
             f"Cannot load a causal language model from {folder}"
             + (f" (GGUF file {gguf_file})" if gguf_file else "")
@@ -393,6 +404,26 @@ def _gguf_value(field: Any) -> Any:
     if getattr(field, "types", None) and field.types[0].name == "STRING":
         return bytes(part).decode("utf-8")
     return part.tolist()[0]
+
+
+def custom_code(folder: Path) -> list[str] | None:
+    """The classes of its own Python a saved model's ``config.json`` names (``auto_map``, its own and its text model's),
+    which only ``trust_remote_code`` would run; ``None`` when the file cannot be read as a JSON object."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    names: list[str] = []
+    for part in (config, config.get("text_config")):
+        auto_map = part.get("auto_map") if isinstance(part, dict) else None
+        if isinstance(auto_map, dict):
+            names += [str(v) for v in auto_map.values() if not isinstance(v, (list, tuple))]
+            names += [str(x) for v in auto_map.values() if isinstance(v, (list, tuple)) for x in v if x]
+        elif auto_map:
+            names.append(str(auto_map))
+    return list(dict.fromkeys(names))
 
 
 def _check_model_folder(path: Path, gguf_file: str | None) -> None:

@@ -216,3 +216,36 @@ def test_a_gguf_models_context_is_read_from_its_metadata(tmp_path: Path, monkeyp
     if reader != "this gguf":
         monkeypatch.delattr(gguf.gguf_reader.ReaderField, "contents")
     assert model_context(tmp_path, "m.gguf") == (2048, f"llama.context_length in {tmp_path / 'm.gguf'}")
+
+
+def test_a_model_that_needs_its_own_code_is_refused_without_asking_on_the_terminal(tmp_path: Path, tokenizer: Any) -> None:
+    """Before: transformers asked "Do you wish to run the custom code? [y/N]" on stdin (a terminal waited there; a job
+    read EOF), then the error said the folder needed config.json, weights and tokenizer files, which it had. Now nothing
+    is asked and the error names the folder's own code and the ways out."""
+    import json
+    import subprocess
+    import sys
+
+    folder = save_tiny_llama(tmp_path / "custom", tokenizer)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "custom-thing"
+    config["auto_map"] = {"AutoConfig": "configuration_custom.CustomConfig", "AutoModelForCausalLM": "modeling_custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "configuration_custom.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass CustomConfig(LlamaConfig):\n    model_type = 'custom-thing'\n"
+    )
+    (folder / "modeling_custom.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_custom import CustomConfig\n\n\nclass CustomModel(LlamaForCausalLM):\n"
+        "    config_class = CustomConfig\n"
+    )
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom ee_middleware.models.local import load_pretrained\n"
+        "try:\n    load_pretrained(Path(sys.argv[1]))\nexcept Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    # stdin holds "y": an answer to a question transformers should not ask
+    done = subprocess.run([sys.executable, "-c", script, str(folder)], input="y\n", capture_output=True, text=True, timeout=120)
+    assert "Do you wish to run the custom code" not in done.stdout + done.stderr
+    assert done.stdout.startswith("ModelLoadError"), done.stdout + done.stderr
+    assert "configuration_custom.CustomConfig, modeling_custom.CustomModel" in done.stdout
+    assert "trust_remote_code" in done.stdout and "vLLM --trust-remote-code" in done.stdout
+    assert "The folder needs config.json" not in done.stdout

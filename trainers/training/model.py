@@ -20,7 +20,7 @@ from typing import Any
 from ee_middleware._files import remove_left_behind
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import MissingExtraError, ModelLoadError
-from ee_middleware.models.local import CONTEXT_FIELDS, load_pretrained, model_context, refuse_tokens_past_embeddings
+from ee_middleware.models.local import CONTEXT_FIELDS, custom_code, load_pretrained, model_context, refuse_tokens_past_embeddings
 from ee_middleware.trainers.training.config import TrainConfig
 from ee_middleware.trainers.training.errors import BaseModelError
 
@@ -215,14 +215,8 @@ def _meta_model(folder: Path) -> Any | None:
 def _has_custom_code(path: Path) -> bool:
     """Whether a model's ``config.json`` names custom modelling code (``auto_map``, its own or its text model's); an
     unreadable file counts as such (nothing is built from it)."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    if not isinstance(config, dict):
-        return True
-    text = config.get("text_config")
-    return bool(config.get("auto_map")) or (isinstance(text, dict) and bool(text.get("auto_map")))
+    names = custom_code(path.parent)
+    return names is None or bool(names)
 
 
 def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
