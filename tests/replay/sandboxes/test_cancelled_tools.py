@@ -196,12 +196,8 @@ def test_the_cancellation_of_the_task_calling_the_sandbox_is_not_taken_for_the_t
     sandbox.close()
 
 
-@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_while_an_async_tool_awaits_stops_the_job(stop: str) -> None:
-    """Ctrl-C (and SIGTERM, which ``ee`` commands take as one: ``termination_as_interrupt``) reaches a tool awaiting
-    in the sandbox's loop as KeyboardInterrupt, which execute() lets through: the job stops. (The signal is sent to the
-    main thread, as the kernel hands it a Ctrl-C: select() is interrupted and Python runs its handler at once.)"""
-    started = threading.Event()
+def _awaiting_a_minute(started: threading.Event) -> PythonSandbox:
+    """A sandbox whose read-only tool ``slow`` sets ``started``, then awaits for a minute."""
 
     async def slow(order_id: str) -> str:
         started.set()
@@ -210,6 +206,16 @@ def test_ctrl_c_or_sigterm_while_an_async_tool_awaits_stops_the_job(stop: str) -
 
     sandbox = PythonSandbox(build, tools={}, read_only_tools={"slow": slow}, format_error=tool_error_text)
     sandbox.reset({})
+    return sandbox
+
+
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_an_async_tool_awaits_stops_the_job(stop: str) -> None:
+    """Ctrl-C (and SIGTERM, which ``ee`` commands take as one: ``termination_as_interrupt``) reaches a tool awaiting
+    in the sandbox's loop as KeyboardInterrupt, which execute() lets through: the job stops. (The signal is sent to the
+    main thread, as the kernel hands it a Ctrl-C: select() is interrupted and Python runs its handler at once.)"""
+    started = threading.Event()
+    sandbox = _awaiting_a_minute(started)
 
     def send() -> None:  # once the loop waits in select(), as a Ctrl-C finds it (not just before: no EINTR then)
         if started.wait(10):
@@ -244,14 +250,7 @@ def test_a_stop_signal_whose_handler_waits_for_the_main_thread_stops_an_awaiting
     runs the handler only when the main thread next runs Python code. Before, that was when the tool's await ended (60 s
     here): the main thread now wakes often enough that a stop waits a fraction of a second."""
     started = threading.Event()
-
-    async def slow(order_id: str) -> str:
-        started.set()
-        await asyncio.sleep(60)
-        return "never"
-
-    sandbox = PythonSandbox(build, tools={}, read_only_tools={"slow": slow}, format_error=tool_error_text)
-    sandbox.reset({})
+    sandbox = _awaiting_a_minute(started)
     before = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     sent: list[float] = []
