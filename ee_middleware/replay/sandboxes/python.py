@@ -184,6 +184,23 @@ def format_result(value: Any) -> str:
         return str(value)
 
 
+_TASK_END_WAIT_S = 5.0
+"""How long closing a sandbox waits for the tasks left on its loop (a tool's, after a stop) to end once cancelled."""
+
+
+async def _end_tasks_left() -> None:
+    """Cancel the tasks still on the running loop but this one (an async tool's, stopped by Ctrl-C while it awaited), wait
+    up to :data:`_TASK_END_WAIT_S` for them to end (their ``finally`` blocks close what the tool opened), then shut its
+    async generators down. Dropped pending, a task's clean-up was left to the collector, with "Task was destroyed but it
+    is pending!" on stderr."""
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=_TASK_END_WAIT_S)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
 _TOOL_FAILURES = (Exception, SystemExit, asyncio.CancelledError)
 """What a tool may raise that is its failure, an error observation: ``SystemExit`` too (a tool that wraps a command line:
 argparse on bad arguments, ``sys.exit()``), and ``asyncio.CancelledError`` (an inner task of an async client cancelled;
@@ -654,14 +671,12 @@ class PythonSandbox:
         self._closed = True
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(_end_tasks_left())
             loop.close()
         running, self._loop_thread = self._loop_thread, None
         if running is not None:
-            import asyncio
-
             background, thread = running
-            asyncio.run_coroutine_threadsafe(background.shutdown_asyncgens(), background).result(timeout=5)
+            asyncio.run_coroutine_threadsafe(_end_tasks_left(), background).result(timeout=2 * _TASK_END_WAIT_S)
             background.call_soon_threadsafe(background.stop)
             thread.join(timeout=5)
             background.close()
