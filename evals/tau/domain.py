@@ -19,6 +19,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,7 +147,8 @@ def _outputs(task: Mapping[str, Any], where: str) -> tuple[str, ...]:
 
 @dataclass
 class TauDomain:
-    """A domain: ``load_data()`` returns a fresh database; ``splits`` name -> loader of its tasks."""
+    """A domain: ``load_data()`` returns a fresh database (plain JSON data: dicts with string keys, lists, strings,
+    finite numbers, booleans, None); ``splits`` name -> loader of its tasks."""
 
     name: str
     policy: str
@@ -166,7 +168,9 @@ class TauDomain:
     def fresh_data(self) -> dict[str, Any]:
         """A fresh, independent copy of the initial database (loaded once, then parsed from its JSON text).
 
-        Raises :class:`ConfigError` naming the domain when ``load_data`` fails or gives no JSON object."""
+        Raises :class:`ConfigError` naming the domain when ``load_data`` fails or gives no JSON object, or a database
+        its JSON copy would change (a key that is not a string, a tuple, NaN, a set, a date, an enum...: the error names
+        the place in the database, what JSON makes of it and the fix; :func:`_json_changes`)."""
         if self._data_text is None:
             self._data_text = self._database_text()
         data: dict[str, Any] = json.loads(self._data_text)
@@ -187,12 +191,15 @@ class TauDomain:
                 f"The tau domain {self.name!r}'s database is a {type(data).__name__}, not a JSON object: load_data() must "
                 "return a dict (the tools read and change it in place; runs are scored by its JSON form)."
             )
+        changes = _json_changes(data)
+        if changes.count:
+            raise ConfigError(changes.message(self.name))
         try:
-            return json.dumps(data)
-        except (TypeError, ValueError) as exc:
+            return json.dumps(data, allow_nan=False)
+        except RecursionError as exc:  # all the walk above lets through: nesting deeper than json's recursion allows
             raise ConfigError(
-                f"The tau domain {self.name!r}'s database is not JSON ({exc}): runs are scored by the JSON form of the data, "
-                "so write dates and other values as strings or numbers."
+                f"The tau domain {self.name!r}'s database is nested too deeply for JSON ({exc}): runs are scored by the JSON "
+                "form of the data, so flatten it (keep records in dicts keyed by id rather than inside each other)."
             ) from exc
 
     def tasks(self, split: str) -> list[TauTask]:
@@ -383,6 +390,142 @@ class GroundTruth:
 
     changes: bool
     errors: tuple[str, ...] = ()
+
+
+_EXACT = frozenset({str, int, bool, type(None)})
+"""The types a JSON copy gives back as they were (a float too, where finite)."""
+_SHOWN = 3
+
+
+@dataclass
+class _JsonChanges:
+    """Where the JSON copy of a database differs from it (:func:`_json_changes`): the first few places, how many in all,
+    and what kinds of fix they need."""
+
+    shown: list[str] = field(default_factory=list)
+    count: int = 0
+    fixes: dict[str, None] = field(default_factory=dict)
+
+    def add(self, parents: _Node | None, segment: Any, what: str, fix: str) -> None:
+        self.count += 1
+        self.fixes[fix] = None
+        if len(self.shown) < _SHOWN:
+            self.shown.append(f"at {_path(parents, segment)}, {what}")
+
+    def message(self, domain: str) -> str:
+        more = f" (and {self.count - len(self.shown)} more such places)" if self.count > len(self.shown) else ""
+        return (
+            f"The tau domain {domain!r}'s database is not JSON as load_data() returns it, and every run's tools and ground "
+            "truth work on its JSON copy (json.loads(json.dumps(data))), which would differ from it: "
+            f"{'; '.join(self.shown)}{more}. {' '.join(self.fixes)}"
+        )
+
+
+_KEY_FIX = (
+    'Make the keys strings, in the data ({"1": ...}) or in load_data() ({str(k): v for k, v in ...}), and have the tools '
+    'look them up as strings (account_id: str, or data["accounts"][str(account_id)]).'
+)
+_TUPLE_FIX = "Write lists instead of tuples (or convert them in load_data(): list(...))."
+_NUMBER_FIX = "Write NaN and infinities as null (None) or as a string: JSON has no such numbers."
+_PLAIN_FIX = "Have load_data() return plain dicts, lists, strings and numbers (dict(...), list(...), str(...), an enum's .value)."
+_VALUE_FIX = "Write dates, sets and other values as strings, numbers or lists (runs are scored by the JSON form of the data)."
+_CYCLE_FIX = "Remove the circular reference: the database must be a tree of dicts and lists."
+
+_Node = tuple["_Node | None", Any, Any]
+"""A container on the walk: (its parent node, its key or index there, the container)."""
+
+
+def _json_changes(data: dict[str, Any]) -> _JsonChanges:
+    """Every place where ``json.loads(json.dumps(data))`` would differ from ``data`` or fail: keys that are not strings
+    (of any type, at any depth), tuples, NaN and infinities, sets and other values JSON has no form for, subclasses of
+    dict, list, str, int and float (enums too), and circular references. One walk, in the order of the data."""
+    changes = _JsonChanges()
+    on_path: set[int] = set()  # the containers that hold the current one: seeing one again is a cycle
+    stack: list[_Node | int] = [(None, None, data)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, int):  # every container done
+            on_path.discard(node)
+            continue
+        parents, segment, value = node
+        if id(value) in on_path:
+            changes.add(parents, segment, f"the {type(value).__name__} holds itself (a circular reference)", _CYCLE_FIX)
+            continue
+        kind = type(value)
+        if kind is tuple:
+            changes.add(parents, segment, f"the tuple {_short(value)} becomes the list {_short(list(value))}", _TUPLE_FIX)
+        elif kind is not dict and kind is not list:
+            plain = dict if isinstance(value, dict) else list
+            changes.add(parents, segment, f"the {kind.__name__} becomes a plain {plain.__name__}", _PLAIN_FIX)
+        on_path.add(id(value))
+        stack.append(id(value))
+        here: _Node = (parents, segment, value)
+        children: list[_Node] = []
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        is_dict = isinstance(value, dict)
+        for key, item in items:
+            if is_dict and type(key) is not str:
+                changes.add(here, key, _key_change(key), _KEY_FIX)
+            child_kind = type(item)
+            if child_kind in _EXACT or (child_kind is float and math.isfinite(item)):
+                continue
+            if isinstance(item, (dict, list, tuple)):
+                children.append((here, key if is_dict else [key], item))
+            else:
+                what, fix = _value_change(item)
+                changes.add(here, key if is_dict else [key], what, fix)
+        stack.extend(reversed(children))
+    return changes
+
+
+def _key_change(key: Any) -> str:
+    text = _json_key(key)
+    if text is None:
+        return f"the key {_short(key)} ({_a(type(key).__name__)}) is no JSON key (json.dumps refuses it)"
+    return f"the key {_short(key)} ({_a(type(key).__name__)}) becomes the string {json.dumps(text)}"
+
+
+def _json_key(key: Any) -> str | None:
+    """The string JSON makes of a dict key, or None where it refuses the key."""
+    try:
+        (text,) = json.loads(json.dumps({key: None}))
+    except (TypeError, ValueError):
+        return None
+    return str(text)
+
+
+def _value_change(value: Any) -> tuple[str, str]:
+    """What JSON makes of a value that is no dict, list or tuple and not of a type JSON gives back as it is (NaN, a set,
+    a date, an enum...), and the fix."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"the number {value!r} is not JSON (json.dumps writes {json.dumps(value)}, which JSON parsers refuse)", _NUMBER_FIX
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        what = "a set" if isinstance(value, (set, frozenset)) else f"the {type(value).__name__} {_short(value)}"
+        return f"{what} has no JSON form ({type(value).__name__} is not JSON serializable)", _VALUE_FIX
+    copy = json.loads(text)
+    return f"the {type(value).__name__} {_short(value)} becomes the plain {type(copy).__name__} {_short(copy)}", _PLAIN_FIX
+
+
+def _path(parents: _Node | None, segment: Any) -> str:
+    """``accounts -> 1 -> tags -> [0]``: the keys down to a place (a list index in brackets), or "the top level"."""
+    segments = []
+    node: _Node | None = (parents, segment, None)
+    while node is not None and node[0] is not None:
+        parent, at, _ = node
+        segments.append(f"[{at[0]}]" if isinstance(at, list) else at if isinstance(at, str) else repr(at))
+        node = parent
+    return " -> ".join(reversed(segments)) or "the top level"
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fresh(domain: TauDomain, environment: Any) -> dict[str, Any]:

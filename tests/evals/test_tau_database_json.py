@@ -1,0 +1,158 @@
+"""A tau domain's database must survive the JSON copy every run works on: anything the copy would change is refused
+when the domain loads, naming the place in the database, what JSON makes of it, and the fix."""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import enum
+import json
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import run_eval
+from ee_middleware.evals.suites import load_suite
+from ee_middleware.evals.tau.domain import TauDomain
+from ee_middleware.evals.tau.domains import library
+
+BANK_MODULE = '''
+from ee_middleware.evals.tau.domain import TauDomain, TauTask
+from ee_middleware.evals.tau.domains.library.tools import schema
+
+
+def set_owner(data, account_id: int, owner: str) -> str:
+    """Rename an account's owner.
+
+    Args:
+        account_id: the account number
+        owner: the new owner
+    """
+    data["accounts"][account_id]["owner"] = owner
+    return "ok"
+
+
+TOOLS = {"set_owner": set_owner}
+TASKS = [
+    {
+        "id": "rename",
+        "category": "action",
+        "instruction": "Rename account 1 to Bob.",
+        "turns": [{"user": "Rename account 1 to Bob", "actions": [{"name": "set_owner", "arguments": {"account_id": 1, "owner": "Bob"}}]}],
+    }
+]
+
+
+def domain():
+    return TauDomain(
+        name="bank",
+        policy="Rename accounts when asked.",
+        tools=TOOLS,
+        schemas=[schema(f) for f in TOOLS.values()],
+        load_data=lambda: {"accounts": {1: {"owner": "Ann"}}},
+        splits={"test": lambda: [TauTask.from_json(t, "inline") for t in TASKS]},
+    )
+'''
+
+
+@pytest.fixture
+def bank(tmp_path: Path) -> Iterator[str]:
+    """A package ``bank_<id>`` on sys.path whose domain's database is keyed by int account ids."""
+    package = f"bank_{abs(hash(str(tmp_path)))}"
+    root = tmp_path / "src" / package
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "dom.py").write_text(textwrap.dedent(BANK_MODULE))
+    sys.path.insert(0, str(tmp_path / "src"))
+    try:
+        yield f"{package}.dom"
+    finally:
+        sys.path.remove(str(tmp_path / "src"))
+        for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+            del sys.modules[name]
+
+
+def test_int_keys_are_refused_when_the_domain_loads_naming_the_path_and_the_fix_not_the_tasks_actions(bank: str, tmp_path: Path) -> None:
+    """Before: the JSON copy turned the key 1 into "1", the ground truth set_owner(account_id=1) failed with KeyError: 1,
+    and the run stopped saying "Fix its actions" of a task that was right."""
+    expected = r"tau domain 'bank'.*at accounts -> 1, the key 1 \(an int\) becomes the string \"1\".*Make the keys strings.*look them up as strings"
+    with pytest.raises(ConfigError, match=expected) as caught:
+        load_suite(f"tau:{bank}:domain").tasks()
+    assert "Fix its actions" not in str(caught.value)
+    with pytest.raises(ConfigError, match=expected):
+        run_eval(EvalJob(suites=[f"tau:{bank}:domain"], model="oracle", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r" / "results.jsonl").exists()
+
+    from ee_middleware.cli.app import app
+
+    result = CliRunner().invoke(
+        app, ["eval", "run", "--suite", f"tau:{bank}:domain", "--model-spec", "oracle", "--out", str(tmp_path / "c")]
+    )
+    assert result.exit_code != 0 and "accounts -> 1" in result.output and "Fix its actions" not in result.output, result.output
+
+
+class Shelf(enum.IntEnum):
+    TOP = 1
+
+
+def _circular() -> dict[str, Any]:
+    data: dict[str, Any] = {"rooms": [{}]}
+    data["rooms"][0]["self"] = data["rooms"]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("database", "message"),
+    [
+        (
+            {"shelves": [{"books": {7: {}}}]},
+            r'at shelves -> \[0\] -> books -> 7, the key 7 \(an int\) becomes the string "7".*look them up as strings',
+        ),
+        ({"prices": {1.5: "x"}}, r'at prices -> 1.5, the key 1.5 \(a float\) becomes the string "1.5"'),
+        ({"flags": {True: "x"}}, r'at flags -> True, the key True \(a bool\) becomes the string "true"'),
+        ({"owners": {None: "x"}}, r'at owners -> None, the key None \(a NoneType\) becomes the string "null"'),
+        ({"grid": {(1, 2): "x"}}, r"at grid -> \(1, 2\), the key \(1, 2\) \(a tuple\) is no JSON key"),
+        ({"loan": {"dates": (3, 4)}}, r"at loan -> dates, the tuple \(3, 4\) becomes the list \[3, 4\].*lists instead of tuples"),
+        ({"fines": [1.0, float("nan")]}, r"at fines -> \[1\], the number nan is not JSON \(json.dumps writes NaN.*null"),
+        ({"limit": float("inf")}, r"at limit, the number inf is not JSON \(json.dumps writes Infinity"),
+        ({"tags": {"a": {"x", "y"}}}, r"at tags -> a, a set has no JSON form.*sets.*lists"),
+        ({"opened": datetime.date(2024, 5, 1)}, r"at opened, the date datetime.date\(2024, 5, 1\) has no JSON form"),
+        ({"shelf": Shelf.TOP}, r"at shelf, the Shelf <Shelf.TOP: 1> becomes the plain int 1.*\.value"),
+        ({"holds": collections.defaultdict(list)}, r"at holds, the defaultdict becomes a plain dict"),
+        (collections.OrderedDict(a=1), r"at the top level, the OrderedDict becomes a plain dict"),
+        (_circular(), r"at rooms -> \[0\] -> self, the list holds itself \(a circular reference\)"),
+    ],
+)
+def test_anything_the_json_copy_would_change_is_refused_naming_the_place_and_what_json_makes_of_it(
+    database: dict[str, Any], message: str
+) -> None:
+    """Before: int, float, bool and None keys, tuples, NaN, infinities, enums and dict subclasses were converted
+    silently; sets, dates, tuple keys and cycles were refused without saying where in the database they were."""
+    domain = TauDomain(name="desk", policy="", tools={}, schemas=[], load_data=lambda: database, splits={})
+    with pytest.raises(ConfigError, match=r"tau domain 'desk''s database is not JSON as load_data\(\) returns it.*" + message):
+        domain.fresh_data()
+
+
+def test_many_places_are_counted_and_the_first_three_shown() -> None:
+    database = {"accounts": {i: {"owner": "Ann"} for i in range(1000)}}
+    domain = TauDomain(name="desk", policy="", tools={}, schemas=[], load_data=lambda: database, splits={})
+    with pytest.raises(ConfigError, match=r"accounts -> 0,.*accounts -> 1,.*accounts -> 2,.*\(and 997 more such places\)") as caught:
+        domain.fresh_data()
+    assert "accounts -> 3," not in str(caught.value)
+
+
+def test_a_plain_json_database_and_the_library_domain_load_unchanged() -> None:
+    shared = ["x"]  # the same list twice is no cycle: each copy gets its own
+    database = {"a": [1, -0.0, 2.5, 10**30, True, None, "é\ud800", {"": []}], "b": shared, "c": {"d": shared}}
+    domain = TauDomain(name="desk", policy="", tools={}, schemas=[], load_data=lambda: database, splits={})
+    assert domain.fresh_data() == json.loads(json.dumps(database)) == database
+    built = library.domain()
+    assert built.fresh_data() == built.load_data()
+    assert built.tasks("test")
