@@ -10,7 +10,8 @@ fitted exactly as training renders it (:func:`ee_middleware.models.truncation.to
 Per model it reports the mean NLL, the paired difference against the base (mean and standard error
 over states) and the share of states improved; on a sample of states it also decodes greedily and
 reports the parse rate, tool-name match and exact-call match, decoding within the same
-``max_length`` (prompt fitted by the same policy, leaving room for the answer).
+``max_length`` (prompt fitted by the same policy, leaving room for the answer). A state whose expert action alone
+takes ``max_length`` tokens or more is left out, as training drops such a row; each model's summary counts them.
 """
 
 from __future__ import annotations
@@ -62,9 +63,30 @@ class ModelScore:
     parsed: int = 0
     name_match: int = 0
     exact_match: int = 0
+    path: str | None = None
+    """The adapter folder, as given (made absolute); ``None`` for the base."""
+    left_out_too_long: int = 0
+    """States left out because their expert action alone takes ``max_length`` tokens or more (training drops them too)."""
+    left_out_empty: int = 0
+    """States left out because their expert action renders to no token."""
+    longest_action_tokens: int = 0
+    """Tokens of the longest expert action among all the states given (scored or not)."""
+
+    @property
+    def left_out(self) -> int:
+        """States given but not scored."""
+        return self.left_out_too_long + self.left_out_empty
 
     def summary(self, base: ModelScore | None) -> dict[str, Any]:
+        """The model's numbers; the counts of states left out are the same in every model's summary."""
         out: dict[str, Any] = {"model": self.name, "states": len(self.nll), "mean_nll": _mean(self.nll)}
+        if self.path is not None:
+            out["path"] = self.path
+        out.update(
+            left_out_too_long=self.left_out_too_long,
+            left_out_empty=self.left_out_empty,
+            longest_action_tokens=self.longest_action_tokens,
+        )
         if base is not None and base is not self:
             diffs = [a - b for a, b in zip(self.nll, base.nll, strict=True)]
             out.update(
@@ -133,7 +155,11 @@ def score_likelihood(
     device: str = "cpu",
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> list[ModelScore]:
-    """Scores for the base model and for the base with each adapter, on the same states and tokens."""
+    """Scores for the base model and for the base with each adapter, on the same states and tokens.
+
+    A state whose expert action alone takes ``max_length`` tokens or more (or renders to none) is left out, as training
+    leaves such a row out; every score counts them (:func:`left_out_text` says it in words). Each adapter is named by
+    :func:`adapter_labels`."""
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
     if num_threads is not None:
         torch.set_num_threads(num_threads)
@@ -147,7 +173,8 @@ def score_likelihood(
             f"Set --max-length to {context[0]} or less (states longer than it are fitted as training fits them)."
         )
     tokenizer, model = load_pretrained(folder, gguf_file=gguf, dtype=torch.float32 if device == "cpu" else None)
-    names = [BASE, *(_adapter_name(i, a) for i, a in enumerate(adapters))]
+    names = [BASE, *adapter_labels(adapters)]
+    paths = [None, *(str(_absolute(a)) for a in adapters)]
     peft_names = [f"adapter_{i}" for i in range(len(adapters))]  # peft refuses dots, which adapter folder names may have
     model = _with_adapters(model, peft_names, adapters)
     model.to(device)
@@ -155,9 +182,14 @@ def score_likelihood(
     support = probe_template(tokenizer)
     pairs = [tokenize_pair(tokenizer, s.prompt, s.completion, s.tools or None, support, max_length) for s in states]
     keep = [i for i, p in enumerate(pairs) if p.completion_ids and len(p.completion_ids) < max_length]
+    left_out = {
+        "left_out_too_long": sum(len(p.completion_ids) >= max_length for p in pairs),
+        "left_out_empty": sum(not p.completion_ids for p in pairs),
+        "longest_action_tokens": max((len(p.completion_ids) for p in pairs), default=0),
+    }
     scores = []
-    for name, peft_name in zip(names, [BASE, *peft_names], strict=True):
-        score = ModelScore(name)
+    for name, path, peft_name in zip(names, paths, [BASE, *peft_names], strict=True):
+        score = ModelScore(name, path=path, **left_out)
         with _active(model, peft_name, has_adapters=bool(adapters)):
             for done, index in enumerate(keep, 1):
                 score.nll.append(_completion_nll(torch, model, pairs[index].prompt_ids, pairs[index].completion_ids, device))
@@ -177,6 +209,54 @@ def report(scores: Sequence[ModelScore]) -> list[dict[str, Any]]:
     """One summary per model, the base first, each paired against the base."""
     base = next((s for s in scores if s.name == BASE), None)
     return [s.summary(base) for s in scores]
+
+
+def left_out_text(score: ModelScore, max_length: int) -> str:
+    """Which of the states given were left out of ``score`` and why, and the ``--max-length`` that keeps them ("" when
+    none was): leaving out the longest expert actions skews the mean (and the comparison) toward short calls."""
+    if not score.left_out:
+        return ""
+    given = len(score.nll) + score.left_out
+    reasons = []
+    if score.left_out_too_long:
+        longest = score.longest_action_tokens
+        reasons.append(
+            (
+                score.left_out_too_long,
+                f"the expert's action alone takes --max-length {max_length} tokens or more (training leaves such rows out "
+                f"too); the longest takes {longest} tokens, so --max-length {longest + 1} or more keeps them all (each "
+                "state's prompt is then fitted into the room its action leaves)",
+            )
+        )
+    if score.left_out_empty:
+        reasons.append((score.left_out_empty, "the expert's action renders to no token with this base model's chat template"))
+    which = f"All {given}" if score.left_out == given else f"{score.left_out} of the {given}"
+    if len(reasons) == 1:
+        return f"{which} held-out states were left out: for each, {reasons[0][1]}."
+    return f"{which} held-out states were left out: " + "; ".join(f"{n} because {why}" for n, why in reasons) + "."
+
+
+def adapter_labels(adapters: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A distinct, stable label per adapter folder: the shortest tail of its path that no other adapter's path ends
+    with (``runs/a/adapter`` and ``runs/b/adapter`` are ``a/adapter`` and ``b/adapter``; a lone one is its folder
+    name), never :data:`BASE`. The same folder given twice is refused: its numbers would be listed twice."""
+    paths = [_absolute(a) for a in adapters]
+    seen: dict[Path, int] = {}
+    for index, path in enumerate(paths):
+        if path in seen:
+            raise ConfigError(
+                f"--adapter {adapters[index]} names the same folder as --adapter {adapters[seen[path]]} ({path}): give each adapter once."
+            )
+        seen[path] = index
+    labels = []
+    for path in paths:
+        others = [other.parts for other in paths if other != path]
+        for length in range(1, len(path.parts) + 1):
+            tail = path.parts[-length:]
+            if all(other[-length:] != tail for other in others) and Path(*tail).as_posix() != BASE:
+                break
+        labels.append(Path(*tail).as_posix())
+    return labels
 
 
 def _completion_nll(torch: Any, model: Any, prompt_ids: list[int], completion_ids: list[int], device: str) -> float:
@@ -248,9 +328,10 @@ class _active:
             self._context.__exit__(*exc)
 
 
-def _adapter_name(index: int, adapter: str | os.PathLike[str]) -> str:
-    name = Path(adapter).expanduser().name or f"adapter-{index}"
-    return name if name != BASE else f"{name}-{index}"
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute and normalised (``..`` and ``.`` removed) without following symlinks: a link's own name
+    (a role name like ``candidate``) is what labels it."""
+    return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
 
 def _mean(values: Sequence[float]) -> float:

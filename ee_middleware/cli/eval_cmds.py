@@ -367,8 +367,13 @@ def likelihood_cmd(
     """Per-token NLL of the expert's action on held-out states, base vs adapters, paired per state.
 
     The table shows as many decimals as the paired differences need. --json prints one object per model; a value that
-    cannot be computed is null (paired_se with a single held-out state; mean_nll with no state scored)."""
-    from ee_middleware.evals.likelihood import load_heldout, report, score_likelihood
+    cannot be computed is null (paired_se with a single held-out state).
+
+    A state whose expert action alone takes --max-length tokens or more is left out, as training leaves it out: stderr
+    says how many and the --max-length that keeps them (--json: left_out_too_long, longest_action_tokens). Exits 1 when
+    no state could be scored. Two adapters with the same folder name are told apart by their paths' tails (a/adapter)."""
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.evals.likelihood import left_out_text, load_heldout, report, score_likelihood
 
     states = load_heldout(data)[:limit]
     out_console = console()
@@ -403,6 +408,11 @@ def likelihood_cmd(
     finally:
         if bar is not None:
             bar.stop()
+    left_out = left_out_text(scores[0], max_length)  # the same states are left out for every model
+    if not scores[0].nll:
+        raise ConfigError(f"No held-out state could be scored. {left_out}")
+    if left_out:
+        typer.echo(f"Warning: {left_out}", err=True)
     from ee_middleware.messages import finite_or_null
 
     rows = finite_or_null(report(scores))
@@ -414,7 +424,9 @@ def likelihood_cmd(
     from ee_middleware.jobs.deploy import nll_decimals, nll_text, paired_text
 
     d = nll_decimals(*(row.get(key) for row in rows for key in ("paired_diff", "paired_se")))  # shows what was measured
-    table = Table(title=f"Expert-action NLL per token on {len(scores[0].nll)} held-out states (lower is better)")
+    scored = len(scores[0].nll)
+    of_given = f"{scored} of {scored + scores[0].left_out}" if scores[0].left_out else str(scored)
+    table = Table(title=f"Expert-action NLL per token on {of_given} held-out states (lower is better)")
     for column in ("model", "mean NLL", "vs base (± s.e.)", "improved", "parse", "name match", "exact"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in rows:
