@@ -18,6 +18,9 @@ SUMMARY = "summary.json"
 def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """One summary per suite: ``suite``, ``tasks``, ``trials``, ``success_rate`` (0..1), ``pass_hat_k``, failures by type.
 
+    A suite that scored no task (it loaded none, or left every one out) has ``success_rate`` and ``pass_hat_k``
+    ``None`` (``null`` in ``summary.json`` and ``--json``): 0.0 would read as a model that failed every task.
+
     ``pass_hat`` maps each k up to the trials run to tau-bench's pass^k estimate (per task
     C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
     left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
@@ -49,8 +52,8 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "trials": trials,
                 "runs": len(items),
                 "successes": successes,
-                "success_rate": successes / len(items) if items else 0.0,
-                "pass_hat_k": sum(all(v) for v in per_task.values()) / len(per_task) if per_task else 0.0,
+                "success_rate": successes / len(items) if items else None,
+                "pass_hat_k": sum(all(v) for v in per_task.values()) / len(per_task) if per_task else None,
                 "pass_hat": _pass_hat(per_task, trials),
                 "failures": _by_count(r["error_type"] or "unknown" for r in items if not r["success"]),
                 "cut_answers": sum(int(r.get("cut_answers") or 0) for r in items),
@@ -205,7 +208,7 @@ def chart_figure(summary: list[dict[str, Any]]) -> Any:
 
     names = [s["suite"] for s in summary]
     fig, ax = plt.subplots(figsize=(8.0, 1.3 + 0.32 * max(1, len(summary))))
-    bars = ax.barh(range(len(names)), [100 * s["success_rate"] for s in summary], color="#4C72B0", height=0.7)
+    bars = ax.barh(range(len(names)), [100 * (s["success_rate"] or 0.0) for s in summary], color="#4C72B0", height=0.7)
     ax.set_yticks(range(len(names)), labels=names, fontsize=8)
     ax.invert_yaxis()
     ax.bar_label(bars, labels=[rate_text(s, "success_rate") for s in summary], fontsize=8, padding=3)
@@ -263,7 +266,28 @@ def _failures(rows: list[dict[str, Any]], suites: list[str] | None = None, limit
 
 def rate_text(suite: dict[str, Any], key: str) -> str:
     """A summary's rate as a percentage; ``no task`` for a suite that scored none (0.0% would read as all failed)."""
-    return f"{100 * suite[key]:.1f}%" if suite["tasks"] else "no task"
+    return f"{100 * suite[key]:.1f}%" if suite["tasks"] and suite.get(key) is not None else "no task"
+
+
+def no_task_warning(summary: list[dict[str, Any]]) -> str:
+    """A warning naming the suites that scored no task ("" when every suite scored one): those that loaded none (an
+    empty tasks file or split, a filter that matches nothing) and those that left every task out (``traces:``,
+    with the reasons). Their rates are null, and ``ee eval gate`` refuses a run with such a suite."""
+    empty = [s for s in summary if not s["tasks"]]
+    if not empty:
+        return ""
+    said = []
+    for s in empty:
+        reasons = s.get("excluded_reasons") or {}
+        if s.get("excluded"):
+            why = "; ".join(f"{n}: {reason}" for reason, n in reasons.items())
+            said.append(f"{s['suite']} left out every one of its {s['excluded']} task(s) ({why})")
+        else:
+            said.append(f"{s['suite']} loaded no task (check its tasks or split: an empty tasks file, a split or filter that matches none)")
+    return (
+        f"Warning: {len(empty)} suite(s) scored no task, so their success_rate and pass_hat_k are null and "
+        f"`ee eval gate` refuses this run: {'; '.join(said)}."
+    )
 
 
 def _cell(text: Any) -> str:
@@ -379,7 +403,13 @@ def markdown_report(
             f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} "
             f"| {s.get('cut_answers', 0)} |"
         )
-    for warning in (mixed_models_warning(summary), unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
+    for warning in (
+        no_task_warning(summary),
+        mixed_models_warning(summary),
+        unanswered_warning(summary),
+        cut_warning(summary, max_tokens),
+        text_calls_note(summary),
+    ):
         if warning:
             lines += ["", warning]
     if chart:
@@ -418,7 +448,13 @@ def html_report(
             f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
         )
     body.append("</table>")
-    for warning in (mixed_models_warning(summary), unanswered_warning(summary), cut_warning(summary, max_tokens), text_calls_note(summary)):
+    for warning in (
+        no_task_warning(summary),
+        mixed_models_warning(summary),
+        unanswered_warning(summary),
+        cut_warning(summary, max_tokens),
+        text_calls_note(summary),
+    ):
         if warning:
             body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:

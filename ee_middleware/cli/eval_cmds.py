@@ -82,10 +82,11 @@ def run_cmd(
     (every task failed on its first request: a wrong --model name, an adapter that cannot load, every worker
     killed; not a prompt the server refused as too long): fix that and run again.
     Answers the model could not finish within --max-tokens (finish_reason 'length') are counted per suite
-    (cut_answers) with a warning; the run still counts as done.
+    (cut_answers) with a warning; the run still counts as done. So does a suite that scored no task (it loaded none, or
+    left every one out): a warning on stderr names it, its success_rate and pass_hat_k are null, and the gate refuses it.
     """
     from ee_middleware.evals.job import EvalJob
-    from ee_middleware.evals.report import cut_warning, mixed_models_warning, text_calls_note, unanswered_warning
+    from ee_middleware.evals.report import cut_warning, mixed_models_warning, no_task_warning, text_calls_note, unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
     overrides: dict[str, Any] = {
@@ -120,6 +121,9 @@ def run_cmd(
     cut = cut_warning(summary, job.max_tokens)
     text_calls = text_calls_note(summary)
     mixed = mixed_models_warning(summary)
+    no_task = no_task_warning(summary)
+    if no_task:  # on stderr in both forms: the table reads "no task", --json null; a script should hear why
+        typer.echo(no_task, err=True)
     if as_json:
         print_json(summary[0] if len(summary) == 1 else summary)
         for text in (mixed, cut, text_calls):  # stdout stays the JSON alone

@@ -287,8 +287,8 @@ def results_table(evaluation: dict[str, Any]) -> Any:
         table.add_row(
             escape(f"task success {short(s['suite'], 50)}"),
             str(s["tasks"]),
-            f"{100 * b.get('success_rate', 0):.1f}%",
-            f"{100 * s['success_rate']:.1f}%",
+            f"{100 * b['success_rate']:.1f}%" if b.get("success_rate") is not None else "no task",
+            f"{100 * s['success_rate']:.1f}%" if s.get("success_rate") is not None else "no task",
         )
     like = evaluation.get("likelihood")
     if like:

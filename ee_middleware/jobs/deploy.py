@@ -339,7 +339,10 @@ def _eval_line(outputs: dict[str, Any]) -> str:
     for side in ("baseline", "candidate"):
         suites = outputs["runs"].get(side, {}).get("suites", [])
         labels = suite_labels([s["suite"] for s in suites])
-        rates = ", ".join(f"{label} {100 * s['success_rate']:.0f}%" for label, s in zip(labels, suites, strict=True))
+        rates = ", ".join(
+            f"{label} " + (f"{100 * s['success_rate']:.0f}%" if s.get("success_rate") is not None else "no task")  # null: no task
+            for label, s in zip(labels, suites, strict=True)
+        )
         parts.append(f"{side} {rates}")
     like = outputs.get("likelihood")
     if like:

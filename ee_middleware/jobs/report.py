@@ -461,7 +461,7 @@ def chart_figure(ev: dict[str, Any]) -> Any:
     width = 0.38
     for offset, side, colour in ((-width / 2, "baseline", "#999999"), (width / 2, "candidate", "#4C72B0")):
         scored = ev["runs"][side]["suites"]
-        rates = [100 * s["success_rate"] for s in scored]
+        rates = [100 * (s["success_rate"] or 0.0) for s in scored]  # null: a suite that scored no task, labelled so
         bars = axes.bar([i + offset for i in range(len(rates))], rates, width, label=f"{side} ({ev[side]})"[:48], color=colour)
         axes.bar_label(bars, labels=[f"{r:.0f}%" if s["tasks"] else "no task" for r, s in zip(rates, scored, strict=True)], fontsize=8)
     axes.set_xticks(range(len(suites)), suites, fontsize=8)

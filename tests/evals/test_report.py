@@ -43,7 +43,7 @@ def test_a_suite_with_no_task_reads_no_task_and_odd_task_names_keep_the_tables_w
     assert "<td>empty</td><td>0</td><td>0</td><td>no task</td><td>no task</td>" in page and html.escape(long_name) in page
     assert (tmp_path / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((tmp_path / "summary.json").read_text())["suites"]
-    assert [(s["suite"], s["tasks"], s["success_rate"]) for s in summary] == [("s", 1, 0.0), ("empty", 0, 0.0)]  # JSON keys kept
+    assert [(s["suite"], s["tasks"], s["success_rate"]) for s in summary] == [("s", 1, 0.0), ("empty", 0, None)]  # keys kept, null rate
 
 
 def _many_suites_rows(names: list[str], failed_per_suite: int = 5) -> list[dict]:
