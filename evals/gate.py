@@ -267,23 +267,28 @@ def setting_differences(candidate_dir: str | os.PathLike[str], baseline_dir: str
     folder holds no job record (a folder not written by ``ee eval run``)."""
     from ee_middleware.evals.job import EvalJob, settings_changes
 
-    baseline, candidate = _recorded_job(baseline_dir), _recorded_job(candidate_dir)
+    baseline, candidate = _recorded_run(baseline_dir), _recorded_run(candidate_dir)
     if baseline is None or candidate is None:
         return []
-    before, after = EvalJob.recorded_settings(baseline), EvalJob.recorded_settings(candidate)
+    before, after = (EvalJob.recorded_settings(record["job"], record.get("settings")) for record in (baseline, candidate))
     return settings_changes(before, after, ignore=UNDER_TEST + CHECKED_PER_SUITE)
 
 
-def _recorded_job(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The job a run folder's ``run.json`` records, or None."""
+def _recorded_run(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A run folder's ``run.json`` record, when it holds a job, or None."""
     from ee_middleware.evals.runner import RUN_FILE
 
     try:
         record = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    job = record.get("job") if isinstance(record, dict) else None
-    return job if isinstance(job, dict) else None
+    return record if isinstance(record, dict) and isinstance(record.get("job"), dict) else None
+
+
+def _recorded_job(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The job a run folder's ``run.json`` records, or None."""
+    record = _recorded_run(run_dir)
+    return record["job"] if record is not None else None
 
 
 def _unanswered(frame: Any) -> dict[str, int]:
@@ -375,9 +380,17 @@ def gate(
                 )
     changed = setting_differences(candidate_dir, baseline_dir)
     if changed:  # another max_tokens (answers cut), temperature or seed: the delta would measure the settings
+        split = any(change.startswith("[eval] split:") for change in changed)
         reasons.append(
             f"the runs were made with other settings ({'; '.join(changed)}: the baseline's -> the candidate's), so their scores "
             "would measure the settings, not the model; run both with the same settings (all but the model)"
+            + (
+                ": for the split, run `ee eval run` of one of them again with the other's --split (the same datasets.json, "
+                "or a copy with the same ids) into its --out: it resumes, re-scoring only the trajectories the two splits "
+                "hold out differently"
+                if split
+                else ""
+            )
         )
     comparisons = []
     for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -83,20 +84,36 @@ class EvalJob(BaseModel):
         """The settings that make the run (two runs with the same ones give the same answers), credentials hidden.
 
         All but ``out``, ``suites`` (a run may grow by suites), ``workers``, ``timeout_s`` and ``retries`` (how long and
-        how often the client waits for the server: a resumed run may change them)."""
-        return _run_settings(self.model_dump())
+        how often the client waits for the server: a resumed run may change them). ``split`` is what the split is
+        (:func:`split_identity`: its ``datasets.json`` resolved and a digest of its ids), not the text it was given as;
+        ``tau_bench_dir`` an absolute path."""
+        settings = _run_settings(self.model_dump())
+        settings["split"] = split_identity(self.split)
+        if self.tau_bench_dir:
+            settings["tau_bench_dir"] = _absolute(self.tau_bench_dir)
+        return settings
 
     @classmethod
-    def recorded_settings(cls, recorded: dict[str, Any]) -> dict[str, Any]:
-        """:meth:`run_settings` of a job recorded in a ``run.json`` (an older version's record lacks the settings added
-        since: they were at their defaults)."""
-        known = {name: recorded.get(name, None if field.is_required() else field.default) for name, field in cls.model_fields.items()}
-        return _run_settings(known)
+    def recorded_settings(cls, recorded: dict[str, Any], settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """:meth:`run_settings` of a job recorded in a ``run.json`` (``recorded``: its ``job``; ``settings``: its
+        ``settings``, the run settings as they were resolved when it ran, where it has them).
 
-    def changed_settings(self, recorded: dict[str, Any]) -> list[str]:
+        An older version's record lacks ``settings``: its settings are the job's, as given (a relative split or
+        tau-bench folder is read from the current folder when compared: :func:`settings_changes`), and the settings added
+        since were at their defaults."""
+        known = {name: recorded.get(name, None if field.is_required() else field.default) for name, field in cls.model_fields.items()}
+        values = _run_settings(known)
+        if isinstance(settings, dict):
+            values.update({name: settings[name] for name in values if name in settings})
+        return values
+
+    def changed_settings(
+        self, recorded: dict[str, Any], settings: dict[str, Any] | None = None, *, ignore: tuple[str, ...] = ()
+    ) -> list[str]:
         """``[eval] SETTING: RECORDED -> THIS`` for each run setting that differs from a recorded job's (the shape of
-        ``ee improve``'s changed settings)."""
-        return settings_changes(self.recorded_settings(recorded), self.run_settings())
+        ``ee improve``'s changed settings), but ``ignore``; ``settings``: the record's resolved ones (see
+        :meth:`recorded_settings`)."""
+        return settings_changes(self.recorded_settings(recorded, settings), self.run_settings(), ignore=ignore)
 
     def record(self) -> dict[str, Any]:
         """The job as ``run.json`` holds it: every setting, the credentials of URLs (``user:password@``) hidden."""
@@ -108,12 +125,65 @@ class EvalJob(BaseModel):
 
 
 def settings_changes(before: dict[str, Any], after: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
-    """``[eval] SETTING: BEFORE -> AFTER`` for each of two :meth:`EvalJob.run_settings` that differs, but ``ignore``."""
+    """``[eval] SETTING: BEFORE -> AFTER`` for each of two :meth:`EvalJob.run_settings` that differs, but ``ignore``.
+
+    Two splits differ when their ids do (:func:`same_split`), whatever path names them."""
     return [
         f"[eval] {name}: {_shown(before.get(name))} -> {_shown(after[name])}"
         for name in after
-        if name not in ignore and before.get(name) != after[name]
+        if name not in ignore and not _same(name, before.get(name), after[name])
     ]
+
+
+SPLIT_FILE = "datasets.json"
+
+
+def split_identity(split: str | None) -> dict[str, Any] | None:
+    """What a ``split`` setting (a ``datasets.json``, or the folder holding one) is: ``path`` (the file, resolved),
+    ``digest`` (of its held-out and trained trajectory ids: the same for a copy, another for a rebuild with other ids;
+    None when the file cannot be read as a split), ``heldout`` and ``trained`` (how many ids). None when not set."""
+    if not split:
+        return None
+    file = Path(split).expanduser()
+    if file.is_dir():  # as the traces: suite reads it
+        file = file / SPLIT_FILE
+    file = file.resolve()
+    identity: dict[str, Any] = {"path": str(file), "digest": None, "heldout": None, "trained": None}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        ids = data["split"]
+        heldout, trained = sorted(set(map(str, ids["heldout_trajectories"]))), sorted(set(map(str, ids.get("train_trajectories") or [])))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return identity  # the traces: suite names what is wrong with it; a run of other suites does not read it
+    text = json.dumps({"heldout": heldout, "trained": trained}, ensure_ascii=False)
+    identity.update(digest=hashlib.sha256(text.encode()).hexdigest()[:16], heldout=len(heldout), trained=len(trained))
+    return identity
+
+
+def same_split(before: Any, after: Any) -> bool:
+    """Whether two recorded ``split`` settings (:func:`split_identity`, or an older record's text) are one split: the
+    same ids when both have a digest, else the same resolved file. An older record's text is read as
+    :func:`split_identity` reads it now (a relative one from the current folder: where its run was made is not recorded)."""
+    if before == after:
+        return True
+    before, after = (split_identity(v) if isinstance(v, str) else v for v in (before, after))
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return False
+    if before.get("digest") and after.get("digest"):
+        return bool(before["digest"] == after["digest"])
+    return bool(before.get("path") == after.get("path"))
+
+
+def _same(name: str, before: Any, after: Any) -> bool:
+    if name == "split":
+        return same_split(before, after)
+    if name == "tau_bench_dir" and isinstance(before, str) and isinstance(after, str):  # an older record's, as typed
+        return _absolute(before) == _absolute(after)
+    return bool(before == after)
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 ANSWER_NEUTRAL = ("out", "suites", "workers", "timeout_s", "retries")
@@ -125,6 +195,10 @@ def _run_settings(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, dict) and "path" in value:  # a split_identity
+        if not value.get("digest"):
+            return f"{value['path']} (not readable as a split)"
+        return f"{value['path']} ({value['heldout']} held out, {value['trained']} trained; ids digest {value['digest']})"
     return "(not set)" if value is None else str(value)
 
 

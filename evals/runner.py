@@ -9,12 +9,17 @@ that went down halfway costs a re-run, not a score, and those of a suite the mod
 all (:func:`never_answered`). At the end
 the lines become ``OUT/results.parquet`` (written atomically) and the summary and report are
 written (:mod:`ee_middleware.evals.report`). A command naming other suites adds them to the run:
-the results, summary and reports hold every suite of it.
+the results, summary and reports hold every suite of it. A resumed command keeps only the results of
+tasks its suites still have, unchanged: each line records its task's :func:`task_digest`, and the lines
+of tasks removed (a smaller ``:N``, a trajectory a rebuilt split no longer holds out) or changed since
+are dropped, saying so (:func:`_without_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -35,7 +40,7 @@ from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.errors import ConfigError, EEError, ModelRequestError
 from ee_middleware.evals.clients import build_eval_client
-from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.job import EvalJob, same_split
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tasks import EvalTask, TaskResult
@@ -140,6 +145,8 @@ def _run_claimed(
 
     names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
     journal_rows = _without_silent_suites(out, read_journal(out / JOURNAL), {suite.name for suite in suites.values()})
+    digests = {suite.name: {task.id: task_digest(task) for task in tasks_of[spec]} for spec, suite in suites.items()}
+    journal_rows = _without_stale(out, journal_rows, digests)
     # the server gave no answer, a worker died, the server refused to render the request (its template): run again
     done = [r for r in journal_rows if not _run_again(r)]
     seen = {(r["suite"], r["task_id"], r["trial"]) for r in done}
@@ -157,6 +164,7 @@ def _run_claimed(
                 progress(name, counts[name], totals[name])
         synced = time.monotonic()
         for row in _execute(job, todo, worker, died):
+            row["task_digest"] = digests[row["suite"]][row["task_id"]]  # what a later command checks its task against
             journal.write(json.dumps(row, ensure_ascii=False) + "\n")
             journal.flush()
             if time.monotonic() - synced >= SYNC_EVERY_S:  # a crash loses at most this much work: those tasks run again
@@ -268,6 +276,86 @@ def _without_silent_suites(out: Path, rows: list[dict[str, Any]], suites: set[st
     return kept
 
 
+def task_digest(task: EvalTask) -> str:
+    """A digest of what a task is: its inputs (user turns, tools, system prompt) and what it is scored against (its
+    reference and payload: expected outputs and actions, ground truth, the expert's calls and world). A journal row
+    records its task's digest, so a resumed run keeps a result only while its task is unchanged."""
+    text = json.dumps(dataclasses.asdict(task), sort_keys=True, ensure_ascii=False, default=_canonical)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _canonical(value: Any) -> Any:
+    """JSON for what ``json`` cannot write, the same in every process (a set's order is not)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted((_canonical(v) if isinstance(v, (set, frozenset)) else v for v in value), key=repr)
+    if isinstance(value, bytes):
+        return value.hex()
+    return repr(value) if not isinstance(value, str) else value
+
+
+def _without_stale(out: Path, rows: list[dict[str, Any]], digests: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
+    """``rows`` (the journal's) but those of this command's suites (``digests``: suite -> task id -> :func:`task_digest`)
+    whose task the suite no longer has (a smaller ``:N``, a task removed, a trajectory the split no longer holds out)
+    or whose task changed since it ran (its digest differs): they would be counted for tasks that are not this run's.
+    Each drop is said on stderr, and the journal is rewritten without them. A row written before rows recorded their
+    task's digest is kept while its task is in the suite (said too: its task cannot be checked)."""
+    gone: dict[str, list[str]] = {}
+    changed: dict[str, list[str]] = {}
+    unchecked: dict[str, int] = {}
+    kept = []
+    for row in rows:
+        current = digests.get(row["suite"])
+        if current is None:  # a suite of an earlier command, not loaded by this one
+            kept.append(row)
+        elif row["task_id"] not in current:
+            gone.setdefault(row["suite"], []).append(row["task_id"])
+        elif row.get("task_digest") is None:
+            unchecked[row["suite"]] = unchecked.get(row["suite"], 0) + 1
+            kept.append(row)
+        elif row["task_digest"] != current[row["task_id"]]:
+            changed.setdefault(row["suite"], []).append(row["task_id"])
+        else:
+            kept.append(row)
+    for suite in sorted(set(gone) | set(changed)):
+        parts = []
+        if suite in gone:
+            why = (
+                "trajectories the split no longer holds out, or the store no longer approves, or a smaller :N"
+                if suite.startswith("traces:")
+                else "tasks removed, or a smaller :N"
+            )
+            parts.append(f"{len(gone[suite])} result(s) of task(s) the suite no longer has ({_some(gone[suite])}: {why})")
+        if suite in changed:
+            parts.append(
+                f"{len(changed[suite])} result(s) of task(s) whose definition changed since they ran ({_some(changed[suite])}: their "
+                "inputs or expected answers; they run again)"
+            )
+        logger.warning(
+            "%s: %d earlier result(s) in %s were dropped: %s.",
+            suite,
+            len(gone.get(suite, [])) + len(changed.get(suite, [])),
+            out,
+            "; ".join(parts),
+        )
+    for suite, n in sorted(unchecked.items()):
+        logger.warning(
+            "%s: %d earlier result(s) in %s were written by a version that did not record their task's definition: they are "
+            "kept, as their tasks are still in the suite, but a change of those tasks since cannot be seen. Run into a new "
+            "--out to score every task anew.",
+            suite,
+            n,
+            out,
+        )
+    if gone or changed:
+        atomic_write_text(out / JOURNAL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    return kept
+
+
+def _some(ids: list[str], limit: int = 3) -> str:
+    shown = list(dict.fromkeys(ids))
+    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
+
+
 def _run_lock(out: Path) -> contextlib.AbstractContextManager[None]:
     """Hold ``OUT/.lock`` for the whole run: two runs appending to one journal would run tasks twice (counted as trials)."""
     return holder_lock(
@@ -300,7 +388,8 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     endpoint or served-model name, a start that failed): then this command takes the folder over, and that run's
     journal is emptied."""
     run_file = out / RUN_FILE
-    record: dict[str, Any] = {"job": job.record(), "run_key": job.run_key(), "version": __version__}
+    settings = job.run_settings()
+    record: dict[str, Any] = {"job": job.record(), "run_key": job.run_key(), "settings": settings, "version": __version__}
     previous: dict[str, Any] = {}
     if run_file.exists():
         try:
@@ -312,7 +401,9 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
                 f"{run_file} is not a run record ({exc}), so the run in {out} cannot be resumed: it records the settings its "
                 f"results were made with. Use another --out, or delete {out} to start over."
             ) from exc
-        changed = job.changed_settings(previous["job"])
+        # The split is checked task by task (_without_stale): a rebuilt split keeps the results of trajectories it still
+        # holds out, unchanged, and drops the others; a run record from before "settings" has its split as typed.
+        changed = job.changed_settings(previous["job"], previous.get("settings"), ignore=("split",))
         if changed:  # rows with no answer of the model (a typo'd endpoint or served-model name, a killed worker) are no result to keep
             answered = [r for r in read_journal(out / JOURNAL) if not _run_again(r) and not got_no_model_answer(r)]
             if answered:
@@ -329,6 +420,8 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     )
     excluded = {k: dict(v) for k, v in (previous.get("excluded") or {}).items() if isinstance(v, dict)}
     earlier = _without_phantoms(out, earlier, names, previous)
+    if previous:
+        _check_split_kept(out, settings["split"], previous, earlier, names)
     names = [*earlier, *(name for name in names if name not in earlier)]
     if previous:
         record["job"]["suites"] = sorted(set(previous["job"].get("suites") or []) | set(record["job"]["suites"]))
@@ -338,6 +431,27 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     record["finished"] = None  # until the results and reports of this invocation are written: the gate refuses the run
     atomic_write_text(run_file, json.dumps(record, indent=2))
     return list(names), excluded
+
+
+def _check_split_kept(out: Path, after: Any, previous: dict[str, Any], earlier: list[str], names: list[str]) -> None:
+    """Refuse a split (``after``: this command's, as :func:`~ee_middleware.evals.job.split_identity` says) other than
+    the run's while the run holds ``traces:`` suites this command does not name: their results would stay those of the
+    other split's held-out trajectories (this command checks only its own suites)."""
+    before = EvalJob.recorded_settings(previous["job"], previous.get("settings"))["split"]
+    if before is None or same_split(before, after):
+        return
+    others = [name for name in earlier if name.startswith("traces:") and name not in names]
+    if others:
+        from ee_middleware.evals.job import settings_changes
+
+        [change] = settings_changes({"split": before}, {"split": after})
+        raise ConfigError(
+            f"{out} holds results of {', '.join(others)}, evaluated with another split than this command's ({change}: the "
+            "run's -> this command's), and this command does not name them, so their results would stay those of the "
+            f"trajectories the other split held out. Name them too ({' '.join('--suite ' + n for n in others)}): their "
+            "results are then checked against this split, and those of trajectories it no longer holds out are dropped; "
+            "or use another --out."
+        )
 
 
 def _without_phantoms(out: Path, earlier: list[str], names: list[str], previous: dict[str, Any]) -> list[str]:
