@@ -184,7 +184,7 @@ def format_result(value: Any) -> str:
         return str(value)
 
 
-_TASK_END_WAIT_S = 5.0
+_TASK_END_WAIT_S = 1.0
 """How long closing a sandbox waits for the tasks left on its loop (a tool's, after a stop) to end once cancelled."""
 
 
@@ -199,6 +199,27 @@ async def _end_tasks_left() -> None:
     if tasks:
         await asyncio.wait(tasks, timeout=_TASK_END_WAIT_S)
     await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
+    """End the tasks left on ``loop`` (:func:`_end_tasks_left`) and close it, in bounded time: a tool whose clean-up
+    blocks (synchronous code in its ``finally``) keeps only the thread the loop runs in, a daemon, never the caller.
+    ``thread``: the thread ``loop`` runs forever in (a caller that runs a loop itself); ``None`` for a loop not running,
+    whose clean-up then runs in a thread of its own for the same reason."""
+    bound = _TASK_END_WAIT_S + 1.0
+    if thread is None:
+        thread = threading.Thread(target=loop.run_until_complete, args=(_end_tasks_left(),), name="ee-sandbox-async-close", daemon=True)
+        thread.start()
+    else:
+        ending = asyncio.run_coroutine_threadsafe(_end_tasks_left(), loop)
+        try:
+            ending.result(timeout=bound)
+        except concurrent.futures.TimeoutError:
+            ending.cancel()
+        loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=bound)
+    if not thread.is_alive():
+        loop.close()
 
 
 _TOOL_FAILURES = (Exception, SystemExit, asyncio.CancelledError)
@@ -671,15 +692,10 @@ class PythonSandbox:
         self._closed = True
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
-            loop.run_until_complete(_end_tasks_left())
-            loop.close()
+            _close_loop(loop, None)
         running, self._loop_thread = self._loop_thread, None
         if running is not None:
-            background, thread = running
-            asyncio.run_coroutine_threadsafe(_end_tasks_left(), background).result(timeout=2 * _TASK_END_WAIT_S)
-            background.call_soon_threadsafe(background.stop)
-            thread.join(timeout=5)
-            background.close()
+            _close_loop(*running)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -324,3 +324,51 @@ def test_a_replay_whose_alternatives_cancel_ends_with_the_same_rollouts_in_both_
     assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
     branches = sorted((r.action.tool_call.arguments["order_id"], r.observation.content, r.observation.is_error) for r in outcome.rollouts)
     assert branches == [("dropped", CANCELLED["dropped"], True), ("raised", CANCELLED["raised"], True)]
+
+
+@pytest.mark.parametrize("caller", ["plain", "inside-a-running-loop"])
+def test_closing_after_a_stop_is_bounded_when_a_tools_clean_up_blocks(caller: str) -> None:
+    """A stopped tool whose ``finally`` runs blocking code (a synchronous client's close) keeps only the loop's own
+    thread, never close(): before, close() waited as long as the clean-up ran (the sandbox's own loop) or raised
+    TimeoutError and left the loop thread running (a caller running a loop, as a notebook does)."""
+    started = threading.Event()
+
+    async def blocking_clean_up(order_id: str) -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            time.sleep(6)
+        return "never"
+
+    sandbox = PythonSandbox(build, tools={}, read_only_tools={"slow": blocking_clean_up}, format_error=tool_error_text)
+    sandbox.reset({})
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def send() -> None:
+        if started.wait(10):
+            time.sleep(0.3)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+
+    async def in_a_running_loop() -> None:
+        sandbox.execute(_call("slow", "A1"))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            if caller == "plain":
+                sandbox.execute(_call("slow", "A1"))
+            else:
+                loop = asyncio.new_event_loop()
+                try:
+                    loop.run_until_complete(in_a_running_loop())
+                finally:
+                    loop.close()
+    finally:
+        sender.join()
+        signal.signal(signal.SIGINT, before)
+    began = time.monotonic()
+    sandbox.close()  # raises nothing
+    assert time.monotonic() - began < 5, "close() waited for the tool's blocking clean-up"
