@@ -296,7 +296,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
 
-    from ee_middleware.replay.job import unusable_reasons
+    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, refused_tool_text, unusable_reasons
 
     attempt = f" (attempt {summary.attempt})" if summary.attempt > 1 else ""
     table = Table(
@@ -348,24 +348,11 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         where = f"{shown.get(example['trajectory_id'], example['trajectory_id'])} step {example['step']}"
         out.print(f"[yellow]policy error[/] {escape(where)}: {escape(example['error'])}", highlight=False)
     for tool, count in sorted(summary.refused_tools.items()):
-        if tool in summary.refused_hints:
-            out.print(
-                f"[yellow]refused[/] {count} call(s) of [bold]{escape(tool)}[/]: {escape(summary.refused_hints[tool])}", highlight=False
-            )
-            continue
-        out.print(
-            f"[yellow]refused[/] {count} call(s) of [bold]{escape(tool)}[/]: it has side effects or is unknown, and sandbox "
-            f"{summary.sandbox!r} does not provide it. Add it to the sandbox with a world it acts on (see docs/sandboxes.md); "
-            "list it in read_only_tools only if calling it for real changes nothing anywhere."
-        )
+        hint = refused_tool_text(tool, summary.sandbox, summary.refused_hints)
+        out.print(f"[yellow]refused[/] {count} call(s) of [bold]{escape(tool)}[/]: {escape(hint)}", highlight=False)
     if summary.final_calls_not_replayed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.final_calls_not_replayed.items()))
-        out.print(
-            f"[yellow]not executed[/] at a trajectory's last tool call: {calls}: the sandbox does not provide the tool, and no later "
-            "state depends on it (only the final answer, if any, comes after it; a structured answer given as a tool call is "
-            "itself the answer), so the alternatives at its state ran and the call itself was left out",
-            highlight=False,
-        )
+        out.print(f"[yellow]not executed[/] at a trajectory's last tool call: {calls}: {FINAL_CALLS_NOT_REPLAYED}", highlight=False)
     if summary.unanswered_calls_not_executed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.unanswered_calls_not_executed.items()))
         out.print(

@@ -244,6 +244,7 @@ def _replay(done: dict[str, dict[str, Any]]) -> list[Block]:
         blocks.append(_counts_table("trajectory status", replay["statuses"]))
     if replay.get("by_tool"):
         blocks.append(_counts_table("alternative tool", replay["by_tool"]))
+    blocks += _not_in_sandbox(replay)
     if replay.get("fidelity_by_tool"):
         blocks.append(
             Block(
@@ -257,6 +258,26 @@ def _replay(done: dict[str, dict[str, Any]]) -> list[Block]:
             where = f"trajectory {example['trajectory_id']}, step {example.get('step')}, {example.get('tool')}"
             blocks.append(Block("p", f"First mismatch ({where}), recorded against sandbox:"))
             blocks.append(Block("code", str(example.get("sandbox_failure") or example.get("diff") or "")))
+    return blocks
+
+
+def _not_in_sandbox(replay: dict[str, Any]) -> list[Block]:
+    """The tools the replay sandbox does not provide: per tool, the proposals refused and the expert's calls not
+    replayed, with what ``ee replay run`` says of each (the stage's ``refused_hints``)."""
+    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED
+
+    refused, final = replay.get("refused_tools") or {}, replay.get("final_calls_not_replayed") or {}
+    if not refused and not final:
+        return []
+    hints = replay.get("refused_hints") or {}
+    rows = tuple((tool, str(refused.get(tool, 0)), str(final.get(tool, 0))) for tool in sorted(set(refused) | set(final)))
+    blocks = [
+        Block("p", "Tools the replay sandbox does not provide: their alternatives were refused (no branch stored for them)."),
+        Block("table", rows=rows, header=("tool (not in the sandbox)", "proposals refused", "expert calls not replayed")),
+    ]
+    blocks += [Block("p", f"{tool}: {hints[tool]}") for tool in sorted(refused) if hints.get(tool)]
+    if final:
+        blocks.append(Block("p", f"Expert calls not replayed (at a trajectory's last tool call): {FINAL_CALLS_NOT_REPLAYED}."))
     return blocks
 
 

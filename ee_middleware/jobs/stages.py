@@ -9,6 +9,7 @@ completed adapter folder). The heavy layers are imported inside the functions.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from collections import Counter
@@ -255,7 +256,9 @@ def replay(ctx: StageContext) -> StageResult:
         result.outputs["this_attempt"] = {
             k: v for k, v in summary.to_dict().items() if k not in ("fidelity_examples", "skipped", "failed", "refused_hints")
         }
+        hints: dict[str, str] | None = summary.refused_hints
     else:
+        hints = None  # asked of the sandbox below, only if a tool was refused
         result.decisions.append("nothing to replay" if not wanted else "every selected trajectory was replayed by an earlier attempt")
     store = open_store(ctx.config.store, create=False)
     try:
@@ -294,7 +297,10 @@ def replay(ctx: StageContext) -> StageResult:
         result.decisions.append(
             f"{skipped} of {len(wanted)} selected trajectories were skipped, nothing replayed from them: {_reasons_text(skip_reasons)}"
         )
-    _check_skipped(ctx, wanted, latest, skip_reasons)
+    not_in_sandbox = _tools_not_in_sandbox(ctx, latest, hints, result)
+    note = _check_skipped(ctx, wanted, latest, skip_reasons)
+    if note:
+        result.decisions.append(note)
     _check_predictions(ctx, records)
     result.summary = (
         f"{result.outputs['branches']} branches over {result.outputs['states']} states, {result.outputs['errors']} error observations"
@@ -303,7 +309,60 @@ def replay(ctx: StageContext) -> StageResult:
         result.summary += ", " + " and ".join(
             f"{count} trajectories {what}" for count, what in ((skipped, "skipped"), (failed, "failed")) if count
         )
+    if not_in_sandbox:
+        result.summary += f"; {not_in_sandbox}"
     return result
+
+
+def _tools_not_in_sandbox(ctx: StageContext, latest: pl.DataFrame, hints: dict[str, str] | None, result: StageResult) -> str:
+    """Record the proposals replay refused (``refused_tools``) and the expert's calls it did not execute
+    (``final_calls_not_replayed``), per tool, of the selection's replays, with the hint ``ee replay run`` gives for each
+    refused tool (``refused_hints``); one decision per tool, and one progress line each. Returns the summary's words
+    for them ("" when none). Read from the stored records, so a continued run whose replay finished earlier says it too."""
+    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, refused_tool_text
+
+    refused: Counter[str] = Counter()
+    final: Counter[str] = Counter()
+    for details in latest["details_json"].to_list() if "details_json" in latest.columns else []:
+        data = json.loads(details) if details else {}
+        refused.update(data.get("refused_tools") or {})
+        final.update(str(call.get("tool")) for call in data.get("final_calls_not_replayed") or [])
+    if not refused and not final:
+        return ""
+    sandbox = ctx.config.replay_config().sandbox
+    if refused and hints is None:
+        hints = _refusal_hints(ctx, list(refused))
+    texts = {tool: refused_tool_text(tool, sandbox, hints or {}) for tool in sorted(refused)}
+    result.outputs.update(
+        refused_tools=dict(refused.most_common()), final_calls_not_replayed=dict(final.most_common()), refused_hints=texts
+    )
+    for tool, count in refused.most_common():
+        line = f"refused {count} proposal(s) of {tool}: {texts[tool]}"
+        result.decisions.append(line)
+        ctx.progress.info(line)
+    if final:
+        calls = ", ".join(f"{tool} ({count})" for tool, count in final.most_common())
+        line = f"expert calls not replayed at a trajectory's last tool call: {calls}: {FINAL_CALLS_NOT_REPLAYED}"
+        result.decisions.append(line)
+        ctx.progress.info(line)
+    parts = [f"{count} proposals of {tool} refused (not in the sandbox)" for tool, count in refused.most_common()]
+    if final:
+        parts.append(f"{sum(final.values())} expert calls not replayed ({', '.join(tool for tool, _ in final.most_common())})")
+    return ", ".join(parts)
+
+
+def _refusal_hints(ctx: StageContext, tools: list[str]) -> dict[str, str]:
+    """The sandbox's own hints for ``tools`` (a continued run whose replay finished in an earlier attempt has no replay
+    summary to take them from); none when the sandbox cannot be built now: the general wording is given instead."""
+    from ee_middleware.errors import EEError
+    from ee_middleware.replay.sandboxes.registry import refusal_hints, sandbox_options
+
+    replay = ctx.config.replay_config()
+    try:
+        options = {**sandbox_options(allow_network=replay.allow_network), **replay.sandbox_factory_options()}
+        return refusal_hints(replay.sandbox, tools, **options)
+    except EEError:
+        return {}
 
 
 NO_TOOL_CALLS = "the trajectory has no tool calls"
@@ -347,35 +406,67 @@ def _reasons_text(reasons: dict[str, int], most: int = 3) -> str:
 
 def _again_command(ctx: StageContext) -> str:
     """The ``ee replay run --again`` command that replays this run's selection again under its [replay] table."""
-    import shlex
-
     config = ctx.config
     command = ["ee", "replay", "run", "--again", *(["--config", str(config.config_path)] if config.config_path else [])]
     command += ["--store", str(config.store), "--app", config.app]
     return shlex.join(command)
 
 
-def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, skip_reasons: dict[str, int]) -> None:
+BRANCH_KINDS = ("iwm", "sr")
+"""The dataset kinds built from replayed branches (rollouts); ``il`` needs none."""
+
+SKIPPED_SHOWN = 5
+"""Skipped trajectory ids named in the replay stage's note and error."""
+
+
+def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, skip_reasons: dict[str, int]) -> str | None:
     """Fail the stage when the replay skipped every selected trajectory for a reason other than having no tool call (a
     sandbox that cannot rebuild the app's world, such as the default ``bfcl`` one for another app's trajectories, or
-    one that lacks the expert's tools): the run would train on no branch and say nothing of why. Read from the stored
-    records, so a continued run whose replay finished earlier fails alike."""
+    one that lacks the expert's tools) and the run would then train without the branches its schedule needs: the
+    schedule trains on branches (iwm, sr) and the store holds none of the app's approved trajectories under this replay
+    id. Otherwise (schedule il, or branches of earlier trajectories in the store) the skips are a note, returned, as a
+    batch in which only some were skipped gets. Trajectories rejected since the selection no longer count. Read from the
+    stored records, so a continued run whose replay finished earlier is judged alike."""
     import polars as pl
 
-    if not wanted or not skip_reasons:
-        return
-    skipped = set(latest.filter(pl.col("status") == "skipped")["trajectory_id"].to_list())
-    if not set(wanted) <= skipped or all(reason.startswith(NO_TOOL_CALLS) for reason in skip_reasons):
-        return
+    from ee_middleware.jobs.config import SCHEDULE_KINDS
+    from ee_middleware.store.registry import open_store
+
+    if not wanted or not skip_reasons or all(reason.startswith(NO_TOOL_CALLS) for reason in skip_reasons):
+        return None
     config = ctx.config
     replay = config.replay_config()
+    skipped = set(latest.filter(pl.col("status") == "skipped")["trajectory_id"].to_list())
+    store = open_store(config.store, create=False)
+    try:
+        approved = store.trajectories(status="approved", app=config.app)["id"].to_list()
+        still = set(wanted) & set(approved)  # one rejected since (the way out named below) is not learned from
+        if not still or not still <= skipped:
+            return None
+        needs = [kind for kind in SCHEDULE_KINDS[config.schedule] if kind in BRANCH_KINDS]
+        branches = store.rollouts(approved, replay_id=replay.replay_id).height if needs else 0
+    finally:
+        store.close()
+    ids = [i for i in wanted if i in still]
+    named = ", ".join(ids[:SKIPPED_SHOWN]) + (f" and {len(ids) - SKIPPED_SHOWN} more" if len(ids) > SKIPPED_SHOWN else "")
+    if not needs or branches:
+        uses = (
+            f"schedule {config.schedule!r} trains on no branch (imitation only)"
+            if not needs
+            else f"the datasets use the {branches} branches of {config.app}'s earlier trajectories under replay id {replay.replay_id}"
+        )
+        return (
+            f"every one of the {len(ids)} selected trajectories was skipped ({named}); the run goes on: {uses}, and imitation "
+            "learns from every approved trajectory. They count as done under this replay id and are not selected again."
+        )
     written = "sandbox" in config.tables()["replay"]
     said = (
         f"[replay] sandbox = {replay.sandbox!r}" if written else f"[replay] sandbox is not set, so the default {replay.sandbox!r} was used"
     )
     text = (
-        f"The replay skipped every one of the {len(wanted)} selected trajectories of {config.app} ({said}): "
-        f"{_reasons_text(skip_reasons)}. Nothing was replayed, so the run would train without a single branch. "
+        f"The replay skipped every one of the {len(ids)} selected trajectories of {config.app} ({said}): "
+        f"{_reasons_text(skip_reasons)}. The store holds no replayed branch of {config.app} under replay id {replay.replay_id}, "
+        f"and schedule {config.schedule!r} trains on branches ({', '.join(needs)}), so the run would train without them. "
     )
     if not written or replay.sandbox.strip() == "bfcl":
         text += (
@@ -384,10 +475,14 @@ def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, s
             "new run with `ee improve --config FILE --new-run` (this run's [replay] table is fixed: its select stage has finished)."
         )
     else:
+        reject = shlex.join(["ee", "traces", "reject", *ids[:SKIPPED_SHOWN], "--store", str(config.store), "--by", "NAME", "--force"])
         text += (
-            f"Fix the sandbox (or the recording) as the reason says, then replay them again with `{_again_command(ctx)}` and run "
-            "ee improve again: the run continues with that attempt; or set [replay] sandbox to another sandbox and start a "
-            "new run with `ee improve --config FILE --new-run`."
+            f"If the sandbox is at fault, fix it as the reason says, then replay them again with `{_again_command(ctx)}` and run "
+            "ee improve again: the run continues with that attempt. If these recordings cannot be replayed (one recorded "
+            f"without an environment cannot be rebuilt), either reject them (`{reject}`"
+            + (f", and the other {len(ids) - SKIPPED_SHOWN}" if len(ids) > SKIPPED_SHOWN else "")
+            + ") and run ee improve again: the run continues without them; or train on imitation alone: "
+            "`ee improve --config FILE --schedule il --new-run`."
         )
     raise JobError(text)
 

@@ -14,7 +14,7 @@ import gc
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -211,6 +211,26 @@ def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
     reasons = sorted(failures.items(), key=lambda item: (-item[1], item[0]))
     shown = "; ".join(f"{one_line(reason, 160)} ({count})" for reason, count in reasons[:most])
     return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
+
+
+def refused_tool_text(tool: str, sandbox: str, hints: Mapping[str, str]) -> str:
+    """Why replay refused the proposals of ``tool`` and how to allow it: the sandbox's own ``refusal_hint`` for it
+    (``hints``, see :func:`~ee_middleware.replay.sandboxes.registry.refusal_hints`) or, without one, that ``sandbox``
+    does not provide it (a tool with side effects, or one it does not know). ``ee replay run`` and ``ee improve`` say it."""
+    if hints.get(tool):
+        return hints[tool]
+    return (
+        f"it has side effects or is unknown, and sandbox {sandbox!r} does not provide it. Add it to the sandbox with a world "
+        "it acts on (see docs/sandboxes.md); list it in read_only_tools only if calling it for real changes nothing anywhere."
+    )
+
+
+FINAL_CALLS_NOT_REPLAYED = (
+    "the sandbox does not provide the tool, and no later state depends on it (only the final answer, if any, comes after "
+    "it; a structured answer given as a tool call is itself the answer), so the alternatives at its state ran and the call "
+    "itself was left out"
+)
+"""Why the expert's call at a trajectory's last tool call was not executed (``final_calls_not_replayed``)."""
 
 
 CUT_OFF = "the answer was cut off at max_tokens"

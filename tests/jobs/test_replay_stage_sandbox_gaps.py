@@ -1,0 +1,278 @@
+"""The improve job's replay stage on a user's own app (a ticket desk: not BFCL) when the sandbox cannot replay part of
+the work: trajectories it cannot rebuild (recorded without an environment) and a tool it leaves out (``notify_user``
+sends e-mail). The agent is a real ``create_agent`` graph driven by a scripted model and recorded with
+``record_experience`` into a real store; the stages run on real runs folders."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.jobs.config import ImproveConfig
+from ee_middleware.jobs.errors import JobError
+from ee_middleware.jobs.improve import STAGES, _run_stage
+from ee_middleware.jobs.report import write_report
+from ee_middleware.jobs.runs import Run, RunsDir
+from ee_middleware.jobs.stages import QuietProgress, StageContext
+from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, refused_tool_text
+
+APP = "ticket-bot"
+HERE = "tests.jobs.test_replay_stage_sandbox_gaps"
+
+# --- the app's replay sandbox (its world is the recorded environment's tickets) ---------------------------------------
+
+
+def _build(environment: Any) -> dict[str, Any]:
+    from ee_middleware.errors import EnvironmentUnavailableError
+
+    if not environment or "tickets" not in environment:
+        raise EnvironmentUnavailableError("ticket trajectories need {'tickets': {...}} as their environment")
+    return {"tickets": {k: dict(v) for k, v in environment["tickets"].items()}}
+
+
+def _ticket(world: dict[str, Any], ticket_id: str) -> dict[str, Any]:
+    if ticket_id not in world["tickets"]:
+        raise ValueError(f"no ticket {ticket_id}")
+    return world["tickets"][ticket_id]
+
+
+def _get_ticket(world: dict[str, Any], ticket_id: str) -> dict[str, Any]:
+    return _ticket(world, ticket_id)
+
+
+def _assign_ticket(world: dict[str, Any], ticket_id: str, assignee: str) -> str:
+    _ticket(world, ticket_id)["assignee"] = assignee
+    return f"assigned {ticket_id} to {assignee}"
+
+
+def _close_ticket(world: dict[str, Any], ticket_id: str, resolution: str) -> str:
+    _ticket(world, ticket_id).update(status="closed", resolution=resolution)
+    return f"closed {ticket_id}"
+
+
+def make_sandbox() -> Any:
+    """The ticket tools, without notify_user (it e-mails the requester: left out of replay on purpose)."""
+    from ee_middleware.replay import PythonSandbox
+
+    return PythonSandbox(_build, tools={"get_ticket": _get_ticket, "assign_ticket": _assign_ticket, "close_ticket": _close_ticket})
+
+
+def make_sandbox_missing() -> Any:
+    """A sandbox that lacks the expert's assign_ticket and close_ticket."""
+    from ee_middleware.replay import PythonSandbox
+
+    return PythonSandbox(_build, tools={"get_ticket": _get_ticket})
+
+
+# --- recording the app -----------------------------------------------------------------------------------------------
+
+
+def record(store: Path, count: int, *, first: int = 100, environment: bool = True, notify: bool = False) -> list[str]:
+    """Record ``count`` runs of the ticket agent (its tools act on a dict world) and approve them; their ids."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import StructuredTool
+
+    from ee_middleware import record_experience
+    from ee_middleware.store.registry import open_store
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    world: dict[str, Any] = {"tickets": {}}
+
+    def get_ticket(ticket_id: str) -> dict[str, Any]:
+        """Read a ticket."""
+        return _get_ticket(world, ticket_id)
+
+    def assign_ticket(ticket_id: str, assignee: str) -> str:
+        """Assign a ticket."""
+        return _assign_ticket(world, ticket_id, assignee)
+
+    def close_ticket(ticket_id: str, resolution: str) -> str:
+        """Close a ticket with a resolution."""
+        return _close_ticket(world, ticket_id, resolution)
+
+    def notify_user(ticket_id: str, message: str) -> str:
+        """E-mail the requester."""
+        return "sent"
+
+    tools = [StructuredTool.from_function(f) for f in (get_ticket, assign_ticket, close_ticket, notify_user)]
+    for i in range(first, first + count):
+        ticket = f"T-{i}"
+        env = {"tickets": {ticket: {"title": f"printer {i} broken", "status": "open", "assignee": None}}}
+        world["tickets"] = {k: dict(v) for k, v in env["tickets"].items()}
+        script = [
+            AIMessage(content="", tool_calls=[tool_call("get_ticket", ticket_id=ticket)]),
+            AIMessage(content="", tool_calls=[tool_call("assign_ticket", ticket_id=ticket, assignee="bob")]),
+            AIMessage(content="", tool_calls=[tool_call("close_ticket", ticket_id=ticket, resolution="replaced toner")]),
+            *([AIMessage(content="", tool_calls=[tool_call("notify_user", ticket_id=ticket, message="done")])] if notify else []),
+            AIMessage(content=f"Ticket {ticket} is closed."),
+        ]
+        graph = create_agent(ScriptedChatModel(script=script), tools, system_prompt="You are a helpdesk agent.")
+        agent = record_experience(graph, app=APP, store=store, environment=env if environment else None)
+        agent.invoke({"messages": [("user", f"Please handle ticket {ticket}.")]}, {"configurable": {"thread_id": f"th-{i}"}})
+        agent.recorder.close()  # the run is written
+    opened = open_store(store, create=False)
+    try:
+        pending = opened.trajectories(status="pending", app=APP)["id"].to_list()
+        opened.approve(pending, by="test")
+    finally:
+        opened.close()
+    return pending
+
+
+def write_config(folder: Path, *, schedule: str = "iwm", sandbox: str = "make_sandbox", base: Path | None = None, k: int = 2) -> Path:
+    path = folder / "improve.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            [improve]
+            store = "{folder / "store"}"
+            app = "{APP}"
+            registry = "{folder / "registry"}"
+            runs = "{folder / "runs"}"
+            base_model = "{base or folder / "base"}"
+            schedule = "{schedule}"
+            likelihood_states = 4
+
+            [replay]
+            sandbox = "{HERE}:{sandbox}"
+            policy = "mutate"
+            k = {k}
+
+            [train]
+            max_length = 256
+            """
+        )
+    )
+    return path
+
+
+class Said(QuietProgress):
+    """Keeps the info lines a stage says (what the console shows on stderr)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def stages(path: Path, *names: str, run: Run | None = None, progress: QuietProgress | None = None, **overrides: Any) -> Run:
+    """Run ``names`` of a run of ``path`` (a new one unless ``run``) as the job runs them (manifests written)."""
+    config = ImproveConfig.load(path, **overrides)
+    runs = RunsDir(config.runs)
+    if run is None:
+        run = runs.create("improve", config.describe(), config.config_hash())
+        run.update(stage_order=list(STAGES))
+    ctx = StageContext(config, run, runs, progress or QuietProgress())
+    for name in names:
+        _run_stage(ctx, name)
+    return run
+
+
+# --- trajectories the sandbox cannot rebuild -----------------------------------------------------------------------
+
+
+def test_a_night_of_only_unrebuildable_trajectories_goes_on_when_the_store_holds_the_apps_branches(tmp_path: Path) -> None:
+    """Night 2's only new approvals were recorded without an environment. Was: the replay stage failed, saying the run
+    "would train without a single branch" while the store held night 1's branches (and every later night continued the
+    failed run and failed again). Now the stage notes the skips, as a batch in which only some were skipped is noted."""
+    path = write_config(tmp_path)
+    record(tmp_path / "store", 3)
+    night1 = stages(path, "select", "replay")
+    branches = night1.outputs("replay")["branches"]
+    assert branches > 0 and night1.outputs("replay")["skipped"] == 0
+
+    unrebuildable = record(tmp_path / "store", 2, first=900, environment=False)
+    night2 = stages(path, "select", "replay")
+    replay = night2.stage("replay")
+    assert replay["status"] == "done", replay.get("error")
+    assert replay["outputs"]["skipped"] == 2 and "2 trajectories skipped" in replay["summary"]
+    note = next(d for d in replay["decisions"] if d.startswith("every one of the 2 selected trajectories was skipped"))
+    assert all(i in note for i in unrebuildable) and f"the datasets use the {branches} branches of {APP}'s earlier trajectories" in note
+
+    # the same run continued (as the next night does after a failure) judges the stored records alike
+    again = stages(path, "replay", run=night2)
+    assert again.stage("replay")["status"] == "done" and again.stage("replay")["attempt"] == 2
+
+
+def test_schedule_il_trains_on_no_branch_so_skips_are_a_note(tmp_path: Path) -> None:
+    path = write_config(tmp_path, schedule="il")
+    record(tmp_path / "store", 2, environment=False)
+    run = stages(path, "select", "replay")
+    replay = run.stage("replay")
+    assert replay["status"] == "done", replay.get("error")
+    assert any("schedule 'il' trains on no branch (imitation only)" in d for d in replay["decisions"]), replay["decisions"]
+
+
+def test_no_branch_of_the_app_and_a_schedule_that_needs_them_fails_naming_ways_out_that_work(tmp_path: Path) -> None:
+    """Every selected trajectory skipped, none of the app's replayed before, schedule iwm: the stage fails, and says
+    so truly (the store holds no branch under the replay id) with ways out that work: the `ee traces reject` command it
+    prints lets the same run go on, and --schedule il --new-run trains on imitation alone."""
+    path = write_config(tmp_path)
+    ids = record(tmp_path / "store", 2, environment=False)
+    config = ImproveConfig.load(path)
+    runs = RunsDir(config.runs)
+    run = runs.create("improve", config.describe(), config.config_hash())
+    ctx = StageContext(config, run, runs, QuietProgress())
+    _run_stage(ctx, "select")
+    with pytest.raises(JobError) as raised:
+        _run_stage(ctx, "replay")
+    error = " ".join(str(raised.value).split())
+    assert "without a single branch" not in error
+    assert f"The store holds no replayed branch of {APP} under replay id {config.replay_config().replay_id}" in error, error
+    assert "schedule 'iwm' trains on branches (iwm)" in error and "`ee improve --config FILE --schedule il --new-run`" in error
+    [reject] = re.findall(r"`(ee traces reject [^`]+)`", error)
+    assert all(i in reject for i in ids)
+
+    result = CliRunner().invoke(app, shlex.split(reject.replace("NAME", "eng"))[1:])
+    assert result.exit_code == 0, result.output
+    _run_stage(ctx, "replay")  # the run continues without them
+    assert run.stage("replay")["status"] == "done"
+
+    # the other way out: imitation alone, in a new run (the skipped ones count as done under the replay id)
+    record(tmp_path / "store", 1, first=700, environment=False)
+    new = stages(path, "select", "replay", schedule="il")
+    assert new.stage("replay")["status"] == "done", new.stage("replay").get("error")
+
+
+# --- a tool the sandbox leaves out ----------------------------------------------------------------------------------
+
+
+def test_refused_proposals_and_unreplayed_expert_calls_are_said_per_tool_with_the_replay_hint(tmp_path: Path) -> None:
+    """notify_user is not in the sandbox. Was: the stage summary, the console and report.md said nothing of the
+    refused proposals and of the expert's calls not replayed (only this_attempt in replay.json held the counts)."""
+    path = write_config(tmp_path, schedule="il")
+    record(tmp_path / "store", 3, notify=True)
+    said = Said()
+    run = stages(path, "select", "replay", progress=said)
+    replay = run.stage("replay")
+    outputs = replay["outputs"]
+    refused = outputs["refused_tools"]["notify_user"]
+    assert refused > 0 and outputs["final_calls_not_replayed"] == {"notify_user": 3}
+    hint = refused_tool_text("notify_user", f"{HERE}:make_sandbox", {})
+    assert outputs["refused_hints"] == {"notify_user": hint}
+    assert (
+        f"{refused} proposals of notify_user refused (not in the sandbox), 3 expert calls not replayed (notify_user)" in replay["summary"]
+    )
+    assert f"refused {refused} proposal(s) of notify_user: {hint}" in replay["decisions"]
+    assert any(line.startswith(f"refused {refused} proposal(s) of notify_user: it has side effects") for line in said.lines)
+    assert any("notify_user (3)" in line and FINAL_CALLS_NOT_REPLAYED in line for line in said.lines)
+
+    report = write_report(run)["markdown"].read_text()
+    replay_section = report[report.index("## Replay") :]
+    assert "| notify_user | " + str(refused) + " | 3 |" in replay_section, replay_section
+    assert f"notify_user: {hint}" in replay_section and FINAL_CALLS_NOT_REPLAYED in replay_section
+    assert "notify_user" in write_report(run)["html"].read_text().split("Replay", 1)[1]
+
+    # continued with nothing left to replay: the counts and the hint are read from the stored records
+    again = stages(path, "replay", run=run)
+    assert again.outputs("replay")["refused_tools"] == {"notify_user": refused}
+    assert again.outputs("replay")["refused_hints"] == {"notify_user": hint}
