@@ -105,7 +105,6 @@ def improve(
     continues it).
     """
     from ee_middleware.jobs.config import ImproveConfig
-    from ee_middleware.jobs.errors import RunLockedError
     from ee_middleware.jobs.improve import run_improve
     from ee_middleware.jobs.stages import QuietProgress
 
@@ -117,17 +116,22 @@ def improve(
         "runs": setting_origin(ctx, config, "improve", "runs", envvar="EE_RUNS"),
         "base_model": setting_origin(ctx, config, "improve", "base_model"),
     }
-    job = ImproveConfig.load(
-        config,
-        store=store,
-        app=app_name,
-        registry=registry,
-        runs=str(runs) if runs else None,
-        base_model=base_model,
-        schedule=schedule.value if schedule else None,
-        allow_partial=allow_partial,
-        keep_runs=keep_runs,
-    )
+    try:
+        job = ImproveConfig.load(
+            config,
+            store=store,
+            app=app_name,
+            registry=registry,
+            runs=str(runs) if runs else None,
+            base_model=base_model,
+            schedule=schedule.value if schedule else None,
+            allow_partial=allow_partial,
+            keep_runs=keep_runs,
+        )
+    except Exception as exc:
+        if as_json:  # no run: stdout still says why, as JSON
+            print_json(_failure_json(exc))
+        raise
     # stage rules, info lines and bars on stderr: stdout holds the summary (or the JSON) alone
     display = RichProgress(progress_console()) if progress and not as_json else QuietProgress()
     started: list[Any] = []
@@ -151,8 +155,8 @@ def improve(
     except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
         if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
             print_json(run_json(started[0]))
-        elif as_json and isinstance(exc, RunLockedError):  # no run of its own: stdout still says why, as JSON
-            print_json({"status": "refused", "error": str(exc), "runs": str(job.runs)})
+        elif as_json and isinstance(exc, Exception):  # no run of its own (refused, or stopped before one started): why, as JSON
+            print_json(_failure_json(exc, job.runs))
         if isinstance(exc, KeyboardInterrupt) and started:  # an error line says the rest; an interrupt said nothing
             _say_interrupted(started[0])
         raise
@@ -165,6 +169,24 @@ def improve(
         print_summary(console(), run)
     if run.status == "stopped":
         raise typer.Exit(EXIT_STOPPED)
+
+
+def _failure_json(exc: Exception, runs: Path | None = None) -> dict[str, Any]:
+    """What ``--json`` prints for an error that left no run of this call's: ``status`` ``refused`` (another run holds
+    the runs folder, or the unfinished run cannot be continued with this configuration) or ``failed`` (the config, a
+    preflight check), the ``error`` as stderr says it, and the runs folder when known."""
+    from ee_middleware.errors import EEError
+    from ee_middleware.jobs.errors import RunConfigChangedError, RunLockedError
+    from ee_middleware.jobs.improve import error_text
+
+    refused = isinstance(exc, (RunLockedError, RunConfigChangedError))
+    data: dict[str, Any] = {
+        "status": "refused" if refused else "failed",
+        "error": str(exc) if isinstance(exc, EEError) else error_text(exc),
+    }
+    if runs is not None:
+        data["runs"] = str(runs)
+    return data
 
 
 def _say_interrupted(run: Any) -> None:
@@ -434,8 +456,14 @@ def prune_runs(
     succeeded run, where the next run starts), and the run of a live adapter or of the one `ee adapters rollback`
     returns to. Refused while a run holds the folder's lock.
     """
-    folder = _runs_dir(ctx, runs, config)
-    result = folder.prune(keep, dry_run=dry_run)
+    folder = None
+    try:
+        folder = _runs_dir(ctx, runs, config)
+        result = folder.prune(keep, dry_run=dry_run)
+    except Exception as exc:
+        if as_json:  # refused (a run holds the folder's lock) or failed: stdout still says why, as JSON
+            print_json(_failure_json(exc, folder.root if folder is not None else None))
+        raise
     if as_json:
         print_json(result)
         return

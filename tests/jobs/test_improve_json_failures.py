@@ -1,0 +1,53 @@
+"""``ee improve --json`` and ``ee runs prune --json`` on an exit 1 that leaves no run of the call's own: a config that
+cannot load, a continuation refused because the configuration changed, a runs folder another run holds. A cron wrapper
+reads stdout: it gets one JSON object with ``status`` and ``error``. The app is the ticket desk of
+tests/jobs/test_replay_stage_sandbox_gaps.py (a real recorded agent in a real store)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.jobs.runs import RunsDir
+from tests.jobs.test_replay_stage_sandbox_gaps import record, write_config
+
+
+def test_json_prints_the_error_of_a_config_that_cannot_load(tmp_path: Path) -> None:
+    """Was: exit 1 with an empty stdout (the message on stderr only)."""
+    path = write_config(tmp_path)
+    path.write_text(path.read_text().replace("k = 2", 'k = "two"'))
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["status"] == "failed" and "[replay]" in data["error"] and "k" in data["error"], data
+    assert data["error"] in " ".join(result.stderr.split()) or data["error"].split(":")[0] in result.stderr
+
+    path.write_text(path.read_text().replace("[improve]\n", "[improv]\n", 1))
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--json"])
+    assert result.exit_code == 1 and "did you mean [improve]?" in json.loads(result.stdout)["error"]
+
+
+def test_json_prints_a_refused_continuation(tmp_path: Path, tiny_base: Path) -> None:
+    """A failed run whose [replay] sandbox then changed (fixed after select): the continuation is refused. Was: exit 1
+    with nothing on stdout, although the lock's refusal prints {"status": "refused", ...}."""
+    path = write_config(tmp_path, sandbox="make_sandbox_missing", base=tiny_base)
+    record(tmp_path / "store", 2)
+    failed = CliRunner().invoke(app, ["improve", "--config", str(path), "--json"])
+    assert failed.exit_code == 1 and json.loads(failed.stdout)["status"] == "failed", failed.output
+    write_config(tmp_path, base=tiny_base)
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["status"] == "refused" and "[replay] sandbox" in data["error"] and data["runs"] == str(tmp_path / "runs"), data
+
+
+def test_runs_prune_json_says_why_when_a_run_holds_the_lock(tmp_path: Path) -> None:
+    runs = RunsDir(tmp_path / "runs")
+    with runs.lock():
+        result = CliRunner().invoke(app, ["runs", "prune", "--keep", "1", "--runs", str(runs.root), "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["status"] == "refused" and "Another run holds" in data["error"] and data["runs"] == str(runs.root)
