@@ -235,6 +235,8 @@ class ImproveConfig(BaseModel):
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ImproveConfig:
         """Defaults <- the file's ``[improve]`` table <- ``overrides`` (``None`` values are ignored)."""
         values = layered_values(path, "improve", overrides, job="improve job")
+        if path is not None:  # a misspelt [improv] holds the keys said missing below: named first, as what to fix
+            _check_table_names(Path(path).expanduser().resolve(), warn=False)
         missing = [name for name in ("store", "app", "registry", "runs", "base_model") if not values.get(name)]
         if missing:
             raise ConfigError(
@@ -333,40 +335,11 @@ class ImproveConfig(BaseModel):
 
         ``evaluation_sandbox=False`` leaves out :meth:`check_evaluation_sandbox`, which may build a sandbox: the job
         runs it once it knows that an evaluate stage is still to run (a run continued at its promote stage needs none)."""
-        import difflib
         import tempfile
 
         if self.config_path is not None:
             self.tables()  # a file that is not TOML is named here
-            known = ("improve", *STAGE_TABLES, "capture")
-            # a mistaken table would be dropped without a word ([budgets] for [improve.budgets]: no budget at all); a table
-            # of another tool's that shares the file ([notify], [tool.mycompany]) is the user's: said, not refused
-            problems, foreign = [], []
-            for table, value in read_toml(self.config_path).items():  # UTF-8 with a BOM, or UTF-16, as the stages read it
-                if table in known:
-                    continue
-                meant = SUB_TABLES.get(table) or next(iter(difflib.get_close_matches(table, known, n=1, cutoff=0.75)), None)
-                if meant is not None:
-                    problems.append(f"[{table}]: did you mean [{meant}]? (rename the line [{table}] to [{meant}])")
-                else:
-                    foreign.extend(_table_names(table, value))
-            if problems:
-                reads = "[improve] (with [improve.budgets] and [improve.serving]), " + ", ".join(f"[{t}]" for t in known[1:])
-                raise ConfigError(
-                    f"{self.config_path} has a table {'; and a table '.join(problems)}. Its settings would be ignored without a "
-                    f"word. (ee improve reads {reads}.)"
-                )
-            if foreign:
-                import warnings
-
-                named = ", ".join(foreign)
-                warnings.warn(
-                    f"{self.config_path} has {named}, which no ee job reads: ee improve ignores "
-                    f"{'it' if len(foreign) == 1 else 'them'} (fine if another tool reads {'it' if len(foreign) == 1 else 'them'}; "
-                    "otherwise move the settings into the ee table that reads them).",
-                    UserWarning,
-                    stacklevel=2,
-                )
+            _check_table_names(self.config_path)
         self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
         with _naming_file("replay", self.config_path):
@@ -634,6 +607,42 @@ class ImproveConfig(BaseModel):
             else:
                 specs.append(suite)
         return specs
+
+
+def _check_table_names(path: Path, *, warn: bool = True) -> None:
+    """Refuse a table of ``path`` that is a near miss of one ee improve reads (``[improv]``, ``[Replay]``,
+    ``[budgets]`` for ``[improve.budgets]``), naming it and the table meant; with ``warn``, say on stderr which other
+    tables no ee job reads (another tool's sharing the file, ``[notify]``: the user's, not refused)."""
+    import difflib
+
+    known = ("improve", *STAGE_TABLES, "capture")
+    # a mistaken table would be dropped without a word ([budgets] for [improve.budgets]: no budget at all)
+    problems, foreign = [], []
+    for table, value in read_toml(path).items():  # UTF-8 with a BOM, or UTF-16, as the stages read it
+        if table in known:
+            continue
+        meant = SUB_TABLES.get(table) or next(iter(difflib.get_close_matches(table, known, n=1, cutoff=0.75)), None)
+        if meant is not None:
+            problems.append(f"[{table}]: did you mean [{meant}]? (rename the line [{table}] to [{meant}])")
+        else:
+            foreign.extend(_table_names(table, value))
+    if problems:
+        reads = "[improve] (with [improve.budgets] and [improve.serving]), " + ", ".join(f"[{t}]" for t in known[1:])
+        raise ConfigError(
+            f"{path} has a table {'; and a table '.join(problems)}. Its settings would be ignored without a word. "
+            f"(ee improve reads {reads}.)"
+        )
+    if foreign and warn:
+        import warnings
+
+        named = ", ".join(foreign)
+        warnings.warn(
+            f"{path} has {named}, which no ee job reads: ee improve ignores {'it' if len(foreign) == 1 else 'them'} (fine if "
+            f"another tool reads {'it' if len(foreign) == 1 else 'them'}; otherwise move the settings into the ee table that "
+            "reads them).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _table_names(name: str, value: Any) -> list[str]:
