@@ -273,11 +273,13 @@ def load_pretrained(
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
     except Exception as exc:
-        code = custom_code(Path(folder)) if gguf_file is None else []
+        # transformers refuses a folder it could only load by running its code with a message naming trust_remote_code;
+        # a folder naming its own code that fails for another reason (missing weights) gets the usual message
+        code = custom_code(Path(folder), files=("config.json", "tokenizer_config.json")) if "trust_remote_code" in str(exc) else []
         if code:
             raise ModelLoadError(
-                f"Cannot load the model in {folder}: it needs its own modelling code ({', '.join(code)}, named by auto_map in "
-                f"its config.json; {type(exc).__name__}: {exc}), and ee-middleware never runs Python from a model folder "
+                f"Cannot load the model in {folder}: it needs its own code ({', '.join(code)}, named by auto_map in its "
+                f"config files; {type(exc).__name__}: {exc}), and ee-middleware never runs Python from a model folder "
                 "(transformers' trust_remote_code). Use a model whose architecture transformers implements itself (its "
                 "model_type then loads without that code), or serve this one with vLLM --trust-remote-code and give ee its "
                 "server (openai:URL#MODEL)."
@@ -406,23 +408,28 @@ def _gguf_value(field: Any) -> Any:
     return part.tolist()[0]
 
 
-def custom_code(folder: Path) -> list[str] | None:
-    """The classes of its own Python a saved model's ``config.json`` names (``auto_map``, its own and its text model's),
-    which only ``trust_remote_code`` would run; ``None`` when the file cannot be read as a JSON object."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
+def custom_code(folder: Path, files: Sequence[str] = ("config.json",)) -> list[str] | None:
+    """The classes of its own Python a saved model's config ``files`` name (``auto_map``, a config's own and its text
+    model's), which only ``trust_remote_code`` would run; ``None`` when one of the files that exist cannot be read as a
+    JSON object (a missing file names nothing)."""
     names: list[str] = []
-    for part in (config, config.get("text_config")):
-        auto_map = part.get("auto_map") if isinstance(part, dict) else None
-        if isinstance(auto_map, dict):
-            names += [str(v) for v in auto_map.values() if not isinstance(v, (list, tuple))]
-            names += [str(x) for v in auto_map.values() if isinstance(v, (list, tuple)) for x in v if x]
-        elif auto_map:
-            names.append(str(auto_map))
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(config, dict):
+            return None
+        for part in (config, config.get("text_config")):
+            auto_map = part.get("auto_map") if isinstance(part, dict) else None
+            if isinstance(auto_map, dict):
+                for value in auto_map.values():
+                    names += [str(x) for x in value if x] if isinstance(value, (list, tuple)) else [str(value)]
+            elif auto_map:
+                names.append(str(auto_map))
     return list(dict.fromkeys(names))
 
 

@@ -249,3 +249,32 @@ def test_a_model_that_needs_its_own_code_is_refused_without_asking_on_the_termin
     assert "configuration_custom.CustomConfig, modeling_custom.CustomModel" in done.stdout
     assert "trust_remote_code" in done.stdout and "vLLM --trust-remote-code" in done.stdout
     assert "The folder needs config.json" not in done.stdout
+
+
+def test_a_folder_naming_its_own_code_gets_the_message_of_what_really_failed(tmp_path: Path, tokenizer: Any) -> None:
+    """A folder whose config names its own code (auto_map) but whose model_type transformers implements loads without it;
+    when it fails for another reason (its weights missing), the message names that, not the code. Code named only in
+    tokenizer_config.json (a custom tokenizer class) is named as the model's code is."""
+    import json
+
+    native = save_tiny_llama(tmp_path / "native", tokenizer)
+    config = json.loads((native / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
+    (native / "config.json").write_text(json.dumps(config))
+    from ee_middleware.models.local import load_pretrained
+
+    load_pretrained(native, require_chat_template=False)  # llama: transformers' own class, no code run
+    for weights in native.glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelLoadError, match=r"needs config\.json, the weights") as missing:
+        load_pretrained(native, require_chat_template=False)
+    assert "its own code" not in str(missing.value)
+
+    custom_tokenizer = save_tiny_llama(tmp_path / "custom-tokenizer", tokenizer)
+    settings = json.loads((custom_tokenizer / "tokenizer_config.json").read_text())
+    settings["tokenizer_class"] = "XTokenizer"
+    settings["auto_map"] = {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}
+    (custom_tokenizer / "tokenizer_config.json").write_text(json.dumps(settings))
+    (custom_tokenizer / "tokenization_x.py").write_text("from transformers import PreTrainedTokenizerFast as XTokenizer\n")
+    with pytest.raises(ModelLoadError, match=r"needs its own code \(tokenization_x\.XTokenizer, named by auto_map"):
+        load_pretrained(custom_tokenizer, require_chat_template=False)

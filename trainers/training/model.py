@@ -215,7 +215,7 @@ def _meta_model(folder: Path) -> Any | None:
 def _has_custom_code(path: Path) -> bool:
     """Whether a model's ``config.json`` names custom modelling code (``auto_map``, its own or its text model's); an
     unreadable file counts as such (nothing is built from it)."""
-    names = custom_code(path.parent)
+    names = custom_code(path.parent) if path.is_file() else None
     return names is None or bool(names)
 
 
