@@ -637,7 +637,7 @@ def _steps(
     unnamed = _UnnamedReplies(decisions, final)
     sent: dict[int, Any] = {}  # the arguments of tool spans that name no call id, decoded once (see _call_spans)
     steps: list[Step] = []
-    final_answer = None
+    answers: list[tuple[int, str]] = []  # (decision, text) of each reply without calls
     for index, d in enumerate(decisions):
         if _discarded(index, decisions):
             continue
@@ -667,10 +667,26 @@ def _steps(
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
                 steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat, offered))
             if not calls and text:
-                final_answer = text
+                answers.append((index, text))
                 answer = Action(kind="answer", content=text, reasoning=reasoning)
                 steps.append(_step(len(steps), index, d["state"], answer, None, None, chat, offered))
-    return steps, final_answer
+    return steps, _last_answer(answers, decisions)
+
+
+def _last_answer(answers: list[tuple[int, str]], decisions: list[dict[str, Any]]) -> str | None:
+    """The run's answer where its output said none: the last non-empty reply without calls, where it continues the
+    conversation that holds every other such reply (each is in its state), else ``None``: replies in conversations apart
+    (parallel ``Send`` branches, nodes that each prompt a model afresh) are several answers, none of which the run gave
+    (picking the last would pick whichever branch ended last)."""
+    texts = [(index, text) for index, text in answers if text]
+    if not texts:
+        return None
+    last_index, last_text = texts[-1]
+    state = decisions[last_index]["state"]
+    said = {content_to_text(m.get("content")) for m in state if m.get("role") == "assistant"}
+    if all(text in said for index, text in texts[:-1] if index != last_index):
+        return last_text
+    return None
 
 
 def _reviewed_turns(

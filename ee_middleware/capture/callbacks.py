@@ -612,7 +612,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
                 attrs[sc.EE_AWAITS_CALLS] = awaiting
         if record.last_reply_task is not None:
             attrs[sc.EE_LAST_REPLY_TASK] = record.last_reply_task
-        attrs.update(encoder.graph_output_attributes(record.output, fragments, paused=record.status == "interrupted"))
+        paused = record.status == "interrupted"
+        attrs.update(encoder.graph_output_attributes(record.output, fragments, paused=paused, answer_fields=True))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
         span.set_attributes(attrs)

@@ -186,7 +186,14 @@ class PayloadEncoder:
             attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
         return attrs
 
-    def graph_output_attributes(self, output: Any, cache: FragmentCache | None = None, *, paused: bool = False) -> dict[str, Any]:
+    def graph_output_attributes(
+        self,
+        output: Any,
+        cache: FragmentCache | None = None,
+        *,
+        paused: bool = False,
+        answer_fields: bool = False,
+    ) -> dict[str, Any]:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
         (``create_agent`` with a ``response_format``, tools with ``return_direct``), those tool
         messages (the observations of the last calls); the answer is the state's structured response as JSON (its
@@ -195,10 +202,32 @@ class PayloadEncoder:
 
         A run that ends on tool messages without having finished (``paused``: an ``interrupted`` run, such as one
         stopped by ``interrupt()`` in one of several parallel tools; or one whose last assistant message has calls
-        that no tool message answers) keeps those tool messages but has no answer: another tool's result is none."""
+        that no tool message answers) keeps those tool messages but has no answer: another tool's result is none.
+
+        With ``answer_fields`` (capture's own runs), an output without a conversation, or whose conversation gives no
+        answer (it holds only the question), has its answer read as an input's task is (:func:`output_text`): a string
+        (a Functional API ``@entrypoint``'s return value) is the answer, a state's or dict's field named as an answer
+        (:data:`ANSWER_FIELDS`, such as a map-reduce's ``answer`` that a reduce node wrote) holds it; else it has none,
+        and the assembler never takes the reply of one of several model calls in its place (parallel ``Send``
+        branches). A paused run has none."""
         messages = state_messages(output)
+        if messages is None and (_is_message_list(output) or isinstance(output, BaseMessage)):
+            messages = input_messages(output)  # an @entrypoint returning its messages
         if not messages:
-            return {}
+            return self._output_answer(output) if answer_fields and not paused else {}
+        attrs = self._outcome_attributes(messages, output, cache, paused=paused)
+        if answer_fields and not paused and sc.EE_FINAL_ANSWER not in attrs:
+            # a conversation that gives no answer (it holds only the question: the nodes call the model themselves)
+            attrs.update(self._output_answer(output))
+        return attrs
+
+    def _output_answer(self, output: Any) -> dict[str, Any]:
+        """The answer of an output that holds no conversation (see :func:`output_text`), as attributes."""
+        text = output_text(output)
+        return {sc.EE_FINAL_ANSWER: self._redact(text)} if text else {}
+
+    def _outcome_attributes(self, messages: Sequence[Any], output: Any, cache: FragmentCache | None, *, paused: bool) -> dict[str, Any]:
+        """:meth:`graph_output_attributes` of an output whose conversation is ``messages``."""
         tail = 0
         while tail < len(messages) and message_type(messages[-1 - tail]) == "tool":
             tail += 1
@@ -224,6 +253,46 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(answer),
         }
+
+
+ANSWER_FIELDS = ("answer", "final_answer", "response", "output", "result", "reply", "summary", "report", "final_output")
+"""The names that say which of an output's fields is its answer (:func:`output_text`), most telling first."""
+
+
+def output_text(output: Any) -> str | None:
+    """The answer in a graph's output that holds no conversation, read as :func:`input_text` reads an input's task: a
+    string is the answer (a Functional API ``@entrypoint``'s return value); a dict, or a state schema's pydantic or
+    dataclass instance, has it in its first field named as an answer (:data:`ANSWER_FIELDS`) that holds one: text, an
+    assistant message's text, or other data as JSON (``{"answer": {"score": 8}}``). ``None`` for anything else: an
+    output whose fields none is named as the answer says no answer (its only text field may be the input's question,
+    a branch's note or a parameter), and the run then has none."""
+    if isinstance(output, str):
+        return output if output.strip() else None
+    fields = _state_fields(output)
+    if not fields:
+        return None
+    for name in ANSWER_FIELDS:
+        value = fields.get(name)
+        if value is None or isinstance(value, bytes):
+            continue
+        if isinstance(value, str):
+            text: str | None = value
+        elif isinstance(value, BaseMessage):
+            text = content_to_text(value.content) if message_type(value) == "ai" else None
+        elif isinstance(value, Mapping) and value.get("role") == "assistant" and "content" in value:
+            text = content_to_text(value["content"])
+        else:
+            model_dump = getattr(value, "model_dump", None)
+            try:
+                data = (
+                    model_dump(mode="json", by_alias=True) if callable(model_dump) and not isinstance(value, type) else to_jsonable(value)
+                )
+            except Exception:  # noqa: BLE001 - a model that cannot dump itself: to_jsonable's repr fallback
+                data = to_jsonable(value)
+            text = None if data in ([], {}, "") else dumps(data)
+        if text and text.strip():
+            return text
+    return None
 
 
 def _structured_answer(messages: Sequence[Any], tail: int, structured: Any) -> str | None:
