@@ -361,7 +361,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         task = attrs.get(sc.EE_TASK) or ask(decisions[0]["state"])
     else:
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
-        task = attrs.get(sc.EE_TASK) or _first_user_text(messages)
+        # a resumed run's messages start with the conversation it continued (see graph_output_attributes): its task is
+        # the turn it resumed, the last user message there, not the thread's first
+        task = attrs.get(sc.EE_TASK) or (_last_user_text if attrs.get(sc.EE_RESUMED) else _first_user_text)(messages)
     status, error = _status(root, spans)
     if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
         status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)
@@ -591,10 +593,14 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
 
 
 def _messages_without_model(root: SpanData, tools: list[SpanData], redact: Any, max_chars: int) -> list[dict[str, Any]]:
-    """The messages of a run that called no model: its input, a tool message per tool it ran (the
-    calls were decided in an earlier run of the thread), then what it ended on."""
+    """The messages of a run that called no model: its input (a resumed run's: the conversation it continued), a tool
+    message per tool it ran (the calls were decided in an earlier run of the thread) that its input does not hold,
+    then what it ended on."""
     messages = redact(_messages_attr(root, sc.INPUT_MESSAGES))
+    given = {m.get("tool_call_id") for m in messages if m.get("role") == "tool" and m.get("tool_call_id")}
     for span in tools:
+        if span.attributes.get(sc.TOOL_CALL_ID) and str(span.attributes[sc.TOOL_CALL_ID]) in given:
+            continue
         observation, _ = _observation(span, None, redact, max_chars)
         assert observation is not None
         messages.append({"role": "tool", "tool_call_id": str(span.attributes.get(sc.TOOL_CALL_ID) or ""), "content": observation.content})

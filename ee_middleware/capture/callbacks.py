@@ -66,6 +66,9 @@ class RunCapture(BaseCallbackHandler):
         self.graph_output: Any = None
         """What the graph's run ended with (its final state), whichever way it was run: a stream's
         chunks need not hold it (``stream_mode="updates"`` or ``"messages"``)."""
+        self.first_state: Any = None
+        """The state the graph's first node was given: for a resumed run, the thread's state it continued (what its
+        record keeps where the graph ended with no output: a resumed stream closed early)."""
         self.interrupted = False
         """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
         self.awaits_calls: bool | None = None
@@ -120,6 +123,8 @@ class RunCapture(BaseCallbackHandler):
         node = (kwargs.get("metadata") or {}).get("langgraph_node")
         if node is not None and kwargs.get("name") == node:
             self._node_runs[run_id] = str((kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns") or node)
+            if self.first_state is None and self._graph_run is not None and kwargs.get("parent_run_id") == self._graph_run:
+                self.first_state = inputs
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
         self._parents.pop(run_id, None)
@@ -570,6 +575,9 @@ class RunRecord:
     root_ids: RootIds | None = None
     """The ids of the run's root span, decided when the run started (the user's spans nested under a stand-in with them);
     ``None``: new ones when the root is made."""
+    first_state: Any = None
+    """Where ``output`` is ``None`` (the graph ended without one: a stream closed early), the state its first node was
+    given (:attr:`RunCapture.first_state`): a resumed run's conversation is read from it."""
 
 
 def root_span_name(recorder: Recorder) -> str:
@@ -603,7 +611,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         if record.reason is not None:
             attrs[sc.EE_STATUS_REASON] = record.reason
         attrs.update(encoder.graph_input_attributes(record.graph_input, fragments))
-        if resumes_from_checkpoint(record.graph_input):
+        resumed = resumes_from_checkpoint(record.graph_input)
+        if resumed:
             attrs[sc.EE_RESUMED] = True
         if record.status == "interrupted" and record.reason is None:
             # a pause: where no node said (a breakpoint), the state the graph stopped in tells
@@ -613,7 +622,11 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         if record.last_reply_task is not None:
             attrs[sc.EE_LAST_REPLY_TASK] = record.last_reply_task
         paused = record.status == "interrupted"
-        attrs.update(encoder.graph_output_attributes(record.output, fragments, paused=paused, answer_fields=True))
+        output = record.output
+        if output is None and resumed and paused:  # a resumed stream closed early: the state it continued, no outcome
+            output = record.first_state
+        # a resumed run's input holds no message: it gets the conversation it continued (its turn's task) as its input
+        attrs.update(encoder.graph_output_attributes(output, fragments, paused=paused, resumed=resumed, answer_fields=True))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
         span.set_attributes(attrs)

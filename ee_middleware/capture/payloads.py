@@ -192,6 +192,7 @@ class PayloadEncoder:
         cache: FragmentCache | None = None,
         *,
         paused: bool = False,
+        resumed: bool = False,
         answer_fields: bool = False,
     ) -> dict[str, Any]:
         """The run's outcome: its final assistant message, or, when the run ends on tool messages
@@ -209,7 +210,12 @@ class PayloadEncoder:
         (a Functional API ``@entrypoint``'s return value) is the answer, a state's or dict's field named as an answer
         (:data:`ANSWER_FIELDS`, such as a map-reduce's ``answer`` that a reduce node wrote) holds it; else it has none,
         and the assembler never takes the reply of one of several model calls in its place (parallel ``Send``
-        branches). A paused run has none."""
+        branches). A paused run has none.
+
+        A ``resumed`` run (its input a ``Command`` or ``None``, which holds no message) also gets, as its input
+        messages, the conversation it continued: the output's messages before its outcome (all of them where it paused
+        on an assistant message's calls), so that a resume that calls no model (one that pauses again at the next
+        ``interrupt()``) keeps its turn's messages and task."""
         messages = state_messages(output)
         if messages is None and (_is_message_list(output) or isinstance(output, BaseMessage)):
             messages = input_messages(output)  # an @entrypoint returning its messages
@@ -219,6 +225,10 @@ class PayloadEncoder:
         if answer_fields and not paused and sc.EE_FINAL_ANSWER not in attrs:
             # a conversation that gives no answer (it holds only the question: the nodes call the model themselves)
             attrs.update(self._output_answer(output))
+        if resumed:
+            before = messages[: len(messages) - _outcome_length(messages)] if sc.OUTPUT_MESSAGES in attrs else messages
+            if before:
+                attrs[sc.INPUT_MESSAGES] = self.messages(before, cache)
         return attrs
 
     def _output_answer(self, output: Any) -> dict[str, Any]:
@@ -253,6 +263,15 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(answer),
         }
+
+
+def _outcome_length(messages: Sequence[Any]) -> int:
+    """How many of the last ``messages`` are a run's outcome (:meth:`PayloadEncoder.graph_output_attributes`'s output
+    messages): the tool messages it ended on, else its last message."""
+    tail = 0
+    while tail < len(messages) and message_type(messages[-1 - tail]) == "tool":
+        tail += 1
+    return tail or 1
 
 
 ANSWER_FIELDS = ("answer", "final_answer", "response", "output", "result", "reply", "summary", "report", "final_output")

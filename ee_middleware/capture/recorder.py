@@ -494,6 +494,7 @@ class _Run:
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
                 root_ids=self.root_ids,
+                first_state=handler.first_state if output is None else None,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_span_failure))
@@ -512,6 +513,7 @@ class _Run:
                 reason=reason,
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
+                first_state=handler.first_state if output is None else None,
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
