@@ -147,8 +147,9 @@ def _outputs(task: Mapping[str, Any], where: str) -> tuple[str, ...]:
 
 @dataclass
 class TauDomain:
-    """A domain: ``load_data()`` returns a fresh database (plain JSON data: dicts with string keys, lists, strings,
-    finite numbers, booleans, None); ``splits`` name -> loader of its tasks."""
+    """A domain: ``load_data()`` returns a fresh database (JSON data: dicts with string keys, lists, strings, finite
+    numbers, booleans, None, or subclasses of these whose JSON copy compares equal, such as an ``OrderedDict``, an
+    ``IntEnum`` or a ``numpy.float64``); ``splits`` name -> loader of its tasks."""
 
     name: str
     policy: str
@@ -169,8 +170,8 @@ class TauDomain:
         """A fresh, independent copy of the initial database (loaded once, then parsed from its JSON text).
 
         Raises :class:`ConfigError` naming the domain when ``load_data`` fails or gives no JSON object, or a database
-        its JSON copy would change (a key that is not a string, a tuple, NaN, a set, a date, an enum...: the error names
-        the place in the database, what JSON makes of it and the fix; :func:`_json_changes`)."""
+        its JSON copy would change for the tools (a key that is not a string, a tuple, NaN, a set, a date, a defaultdict...:
+        the error names the place in the database, what JSON makes of it and the fix; :func:`_json_changes`)."""
         if self._data_text is None:
             self._data_text = self._database_text()
         data: dict[str, Any] = json.loads(self._data_text)
@@ -428,7 +429,14 @@ _KEY_FIX = (
 _TUPLE_FIX = "Write lists instead of tuples (or convert them in load_data(): list(...))."
 _NUMBER_FIX = "Write NaN and infinities as null (None) or as a string: JSON has no such numbers."
 _PLAIN_FIX = "Have load_data() return plain dicts, lists, strings and numbers (dict(...), list(...), str(...), an enum's .value)."
-_VALUE_FIX = "Write dates, sets and other values as strings, numbers or lists (runs are scored by the JSON form of the data)."
+_DEFAULT_FIX = (
+    "Have load_data() return plain dicts (dict(...)) instead of dicts with a default for missing keys, and have the "
+    "tools add missing keys themselves (data[k].setdefault(key, [])): the JSON copy has no default."
+)
+_VALUE_FIX = (
+    "Write dates, sets, enums and other values as strings, numbers or lists (an enum's .value; runs are scored by the "
+    "JSON form of the data)."
+)
 _CYCLE_FIX = "Remove the circular reference: the database must be a tree of dicts and lists."
 
 _Node = tuple["_Node | None", Any, Any]
@@ -436,9 +444,13 @@ _Node = tuple["_Node | None", Any, Any]
 
 
 def _json_changes(data: dict[str, Any]) -> _JsonChanges:
-    """Every place where ``json.loads(json.dumps(data))`` would differ from ``data`` or fail: keys that are not strings
-    (of any type, at any depth), tuples, NaN and infinities, sets and other values JSON has no form for, subclasses of
-    dict, list, str, int and float (enums too), and circular references. One walk, in the order of the data."""
+    """Every place where ``json.loads(json.dumps(data))`` would differ from ``data`` for the tools, or fail: keys whose
+    JSON string does not compare (and hash) equal to them (int, float, bool, None keys, at any depth) or that JSON
+    refuses (tuples), tuples, NaN and infinities, sets, dates and other values JSON has no form for, subclasses whose
+    copy does not compare equal to them or whose copy lacks their default for missing keys (defaultdict, Counter), and
+    circular references. Subclasses whose copy compares equal pass: an ``OrderedDict`` (ruamel's ``CommentedMap``), an
+    ``IntEnum`` or ``str``-mixin ``Enum`` member, a ``numpy.float64``, a ``str``-subclass key. One walk, in the order of
+    the data; plain dicts, lists, strings and numbers cost no more than a type check each."""
     changes = _JsonChanges()
     on_path: set[int] = set()  # the containers that hold the current one: seeing one again is a cycle
     stack: list[_Node | int] = [(None, None, data)]
@@ -451,37 +463,71 @@ def _json_changes(data: dict[str, Any]) -> _JsonChanges:
         if id(value) in on_path:
             changes.add(parents, segment, f"the {type(value).__name__} holds itself (a circular reference)", _CYCLE_FIX)
             continue
-        kind = type(value)
-        if kind is tuple:
-            changes.add(parents, segment, f"the tuple {_short(value)} becomes the list {_short(list(value))}", _TUPLE_FIX)
-        elif kind is not dict and kind is not list:
-            plain = dict if isinstance(value, dict) else list
-            changes.add(parents, segment, f"the {kind.__name__} becomes a plain {plain.__name__}", _PLAIN_FIX)
         on_path.add(id(value))
         stack.append(id(value))
+        kind = type(value)
+        is_dict = isinstance(value, dict)
+        if kind is dict or kind is list:
+            copied = value
+        elif is_dict:
+            copied = dict(value.items())  # what json.dumps writes of a dict subclass (it calls .items())
+        elif isinstance(value, list):
+            copied = list.copy(value)  # json.dumps reads a list subclass's items directly
+        else:
+            copied = list(value)
+            changes.add(parents, segment, f"the tuple {_short(value)} becomes the list {_short(copied)}", _TUPLE_FIX)
+        if copied is not value and not isinstance(value, tuple):
+            change = _container_change(value, copied)
+            if change is not None:
+                changes.add(parents, segment, *change)
         here: _Node = (parents, segment, value)
         children: list[_Node] = []
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        is_dict = isinstance(value, dict)
-        for key, item in items:
+        for key, item in copied.items() if is_dict else enumerate(copied):
             if is_dict and type(key) is not str:
-                changes.add(here, key, _key_change(key), _KEY_FIX)
+                what = _key_change(key)
+                if what is not None:
+                    changes.add(here, key, what, _KEY_FIX)
             child_kind = type(item)
             if child_kind in _EXACT or (child_kind is float and math.isfinite(item)):
                 continue
             if isinstance(item, (dict, list, tuple)):
                 children.append((here, key if is_dict else [key], item))
             else:
-                what, fix = _value_change(item)
-                changes.add(here, key if is_dict else [key], what, fix)
+                change = _value_change(item)
+                if change is not None:
+                    changes.add(here, key if is_dict else [key], *change)
         stack.extend(reversed(children))
     return changes
 
 
-def _key_change(key: Any) -> str:
+def _container_change(value: dict[Any, Any] | list[Any], copied: dict[Any, Any] | list[Any]) -> tuple[str, str] | None:
+    """How the JSON copy of a dict or list subclass differs from it for the tools (its children are checked on their
+    own), and the fix; None where it does not: the plain copy compares equal and, for a dict, neither has a default."""
+    name = type(value).__name__
+    plain = type(copied).__name__
+    if isinstance(value, dict) and getattr(type(value), "__missing__", None) is not None:
+        return f"the {name} becomes a plain dict, which has no default for missing keys ({name}.__missing__)", _DEFAULT_FIX
+    if not _equal(copied, value):
+        return f"the {name} becomes a plain {plain}, which does not compare equal to it", _PLAIN_FIX
+    return None
+
+
+def _equal(copy: Any, value: Any) -> bool:
+    """Whether a JSON copy compares equal to the value it was made of (False where comparing them fails)."""
+    try:
+        return bool(copy == value)
+    except Exception:  # noqa: BLE001 - a class whose == raises or gives no truth value (an array): it differs
+        return False
+
+
+def _key_change(key: Any) -> str | None:
+    """What JSON makes of a dict key that is not a plain string, or None where its copy, a string, compares and hashes
+    equal to it (a str subclass, a str-mixin enum member): a tool's lookup finds it the same."""
     text = _json_key(key)
     if text is None:
         return f"the key {_short(key)} ({_a(type(key).__name__)}) is no JSON key (json.dumps refuses it)"
+    if _equal(text, key) and hash(text) == hash(key):
+        return None
     return f"the key {_short(key)} ({_a(type(key).__name__)}) becomes the string {json.dumps(text)}"
 
 
@@ -494,9 +540,10 @@ def _json_key(key: Any) -> str | None:
     return str(text)
 
 
-def _value_change(value: Any) -> tuple[str, str]:
+def _value_change(value: Any) -> tuple[str, str] | None:
     """What JSON makes of a value that is no dict, list or tuple and not of a type JSON gives back as it is (NaN, a set,
-    a date, an enum...), and the fix."""
+    a date, an enum with no str or int value...), and the fix; None where its copy compares equal to it (an IntEnum or
+    str-mixin Enum member, a numpy.float64, a str subclass)."""
     if isinstance(value, float) and not math.isfinite(value):
         return f"the number {value!r} is not JSON (json.dumps writes {json.dumps(value)}, which JSON parsers refuse)", _NUMBER_FIX
     try:
@@ -505,7 +552,13 @@ def _value_change(value: Any) -> tuple[str, str]:
         what = "a set" if isinstance(value, (set, frozenset)) else f"the {type(value).__name__} {_short(value)}"
         return f"{what} has no JSON form ({type(value).__name__} is not JSON serializable)", _VALUE_FIX
     copy = json.loads(text)
-    return f"the {type(value).__name__} {_short(value)} becomes the plain {type(copy).__name__} {_short(copy)}", _PLAIN_FIX
+    if _equal(copy, value):
+        return None
+    return (
+        f"the {type(value).__name__} {_short(value)} becomes the plain {type(copy).__name__} {_short(copy)}, which does "
+        "not compare equal to it",
+        _PLAIN_FIX,
+    )
 
 
 def _path(parents: _Node | None, segment: Any) -> str:
