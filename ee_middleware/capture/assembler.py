@@ -672,11 +672,19 @@ def _steps(
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
                 steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat, offered))
-            if not calls and text:
+            if not calls and (text or _ended_on_empty_reply(index, output, decisions, chat)):
+                # an empty reply that ended the run (after a tool result: the model stopping) is the model's last
+                # decision too, an answer with empty content; the run's answer stays empty (None)
                 answers.append((index, text))
                 answer = Action(kind="answer", content=text, reasoning=reasoning)
                 steps.append(_step(len(steps), index, d["state"], answer, None, None, chat, offered))
     return steps, _last_answer(answers, decisions)
+
+
+def _ended_on_empty_reply(index: int, output: int, decisions: list[dict[str, Any]], chat: SpanData) -> bool:
+    """Whether the empty reply ``output`` of decision ``index`` is the run's last decision (the model stopping after a
+    tool's result: many do once a tool said it all), and not a failed call's or one a later decision replaced."""
+    return index == len(decisions) - 1 and output == len(decisions[index]["outputs"]) - 1 and not chat.is_error
 
 
 def _last_answer(answers: list[tuple[int, str]], decisions: list[dict[str, Any]]) -> str | None:
