@@ -26,14 +26,18 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ee_middleware.adapters.records import AdapterRecord
 
 Z95 = 1.959963984540054
 
@@ -475,7 +479,13 @@ def _served_models(frame: Any) -> dict[str, int]:
 
 
 def check_runs_of_adapter(
-    candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str], name: str, paths: tuple[str, ...] = ()
+    candidate_dir: str | os.PathLike[str],
+    baseline_dir: str | os.PathLike[str],
+    name: str,
+    paths: tuple[str, ...] = (),
+    *,
+    registered: AdapterRecord | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> None:
     """Refuse (:class:`ConfigError`) to record a gate on the adapter ``name`` from runs that did not gate it: the same run
     folder as candidate and baseline, a candidate run whose model is not ``name``, or a baseline run whose model is
@@ -483,24 +493,38 @@ def check_runs_of_adapter(
     of ``name`` against a run of ``name`` ties whatever it does. A run's model is read from its answers (the served
     model the server said answered: behind a router's alias, the live adapter's own name), else from its ``run.json``
     (``openai:URL#NAME``, or ``local:BASE@DIR`` with the adapter's folder: one of ``paths``, or a folder named
-    ``name``)."""
+    ``name``).
+
+    ``registered``: ``name``'s registry record (its ``path`` and ``source_path`` are then among ``paths``). A
+    ``local:BASE@DIR`` run is then a run of ``name`` by what it evaluated, not by its folder: the adapter content hash its
+    ``run.json`` records must be ``registered.content_hash`` (a folder retrained since the run holds other weights than
+    it evaluated). A run that records none (made by an older version) counts as a run of ``name`` only when ``DIR`` is
+    the registry's own copy, which the registry never changes, with that content now; a candidate run that cannot say
+    which weights it evaluated is refused. ``versions``: the registered content hashes -> their names, to name the
+    version a run evaluated instead."""
     candidate, baseline = Path(candidate_dir), Path(baseline_dir)
+    if registered is not None:
+        paths = tuple(dict.fromkeys((*paths, registered.path, registered.source_path)))
     if candidate.resolve() == baseline.resolve():
         raise ConfigError(
             f"--candidate and --baseline are the same run folder ({candidate.resolve()}): a run gated against itself ties "
             f"whatever the model, so it says nothing of {name}. Give --candidate the run of {name} and --baseline the run "
             "of the live model, on the same suites."
         )
-    is_run, why = _run_of_adapter(candidate, name, paths)
-    if not is_run:
+    is_run, why = _run_of_adapter(candidate, name, paths, registered, versions or {})
+    if is_run is not True:  # a run that cannot tell which weights it evaluated is no run of them
+        local = f"local:{_base_of(candidate) or 'BASE'}@{registered.path if registered is not None else 'ADAPTER_DIR'}"
+        folder = "" if registered is not None else " with its registered folder"
+        other = _evaluated_version(candidate, versions or {})
         raise ConfigError(
             f"The candidate run {candidate.resolve()} did not evaluate {name}: {why}. A gate recorded on {name} decides "
             f"whether `ee adapters promote {name}` goes through, so its candidate must be a run of {name}: evaluate it by "
-            f"its served name (ee eval run --endpoint URL --model {name} ...) or as local:BASE@ADAPTER_DIR with its "
-            "registered folder, then gate that run."
+            f"its served name (ee eval run --endpoint URL --model {name} ...) or as {local}{folder}{_into_new_out(candidate)}, "
+            "then gate that run"
+            + (f"; or, to record this gate on the version the run evaluated, pass --adapter {other}." if other and other != name else ".")
         )
-    is_run, why = _run_of_adapter(baseline, name, paths)
-    if is_run:
+    is_run, why = _run_of_adapter(baseline, name, paths, registered, versions or {})
+    if is_run is not False:  # nor the live model's, when it ran from one of the adapter's folders
         raise ConfigError(
             f"The baseline run {baseline.resolve()} evaluated {name} itself ({why}), so the gate would compare {name} with "
             f"itself: the runs tie whatever it does, and a tie recorded on {name} would let `ee adapters promote {name}` "
@@ -509,20 +533,119 @@ def check_runs_of_adapter(
         )
 
 
-def _run_of_adapter(run: Path, name: str, paths: tuple[str, ...]) -> tuple[bool, str]:
-    """Whether the run in ``run`` evaluated the adapter ``name`` (see :func:`check_runs_of_adapter`), and what says so
-    or what its model was instead."""
+def _base_of(run: Path) -> str | None:
+    """The base model folder of the ``local:BASE[@ADAPTER]`` run in ``run``, as its ``run.json`` has it; else None."""
+    from ee_middleware.models.spec import parse_model_spec
+
+    job = _recorded_job(run)
+    try:
+        parsed = parse_model_spec(job["model"]) if job else None
+    except Exception:  # noqa: BLE001 - a spec this version cannot read: the advice names BASE
+        return None
+    return parsed.path if parsed is not None and parsed.kind == "local" else None
+
+
+def _evaluated_version(run: Path, versions: Mapping[str, str]) -> str | None:
+    """The registered adapter (of ``versions``: content hash -> name) whose weights the run in ``run`` recorded
+    evaluating, if any."""
+    record = _recorded_run(run)
+    adapter = record.get("adapter") if record else None
+    evaluated = adapter.get("content_hash") if isinstance(adapter, dict) else None
+    return versions.get(evaluated) if isinstance(evaluated, str) else None
+
+
+def _into_new_out(run: Path) -> str:
+    """The advice to evaluate into a new ``--out`` when ``run`` holds a run already (resuming it with other weights is
+    refused: its results would be of two adapters)."""
+    return f" into a new --out (not {run}: it holds that run's results)" if (run / "run.json").is_file() else ""
+
+
+def _run_of_adapter(
+    run: Path, name: str, paths: tuple[str, ...], registered: AdapterRecord | None = None, versions: Mapping[str, str] | None = None
+) -> tuple[bool | None, str]:
+    """Whether the run in ``run`` evaluated the adapter ``name`` (see :func:`check_runs_of_adapter`; None: it ran from
+    one of its folders, but cannot tell with which weights), and what says so or what its model was instead."""
     served = _served_models(_finished_results(run))
     if served:
         answered = ", ".join(served)
         return name in served, f"its answers came from {answered}"
-    job = _recorded_job(run)
-    spec = job.get("model") if job else None
+    record = _recorded_run(run)
+    spec = record["job"].get("model") if record else None
     if not isinstance(spec, str):
         return False, "its run.json records no model"
     from ee_middleware.errors import hide_credentials
 
-    return _spec_names_adapter(spec, name, paths), f"its model is {hide_credentials(spec)}"
+    named = _spec_names_adapter(spec, name, paths)
+    shown = f"its model is {hide_credentials(spec)}"
+    if registered is None or not _local_adapter(spec):
+        return named, shown
+    return _evaluated_content(record or {}, spec, named, shown, registered, versions or {})
+
+
+def _evaluated_content(
+    record: dict[str, Any], spec: str, named: bool, shown: str, registered: AdapterRecord, versions: Mapping[str, str]
+) -> tuple[bool | None, str]:
+    """Whether the ``local:BASE@DIR`` run whose ``run.json`` is ``record`` evaluated the registered adapter's weights
+    (see :func:`check_runs_of_adapter`; ``named``: whether ``DIR`` is one of its folders; None: it cannot tell), and
+    why."""
+    from ee_middleware.evals.job import adapter_identity
+
+    mine = registered.content_hash
+    if "adapter" not in record:  # an older version's run: only the registry's copy is known not to have changed since
+        folder = _adapter_folder(spec)
+        if folder is not None and folder == Path(registered.path).expanduser().resolve():
+            now = (adapter_identity(spec) or {}).get("content_hash")
+            if now == mine:
+                return True, f"{shown}, {registered.name}'s registered copy, whose files the registry never changes"
+            return False, (
+                f"{shown}, {registered.name}'s registered copy, but its files are no longer what was registered (content "
+                f"hash {str(now)[:12]}, registered {mine[:12]}): check it with `ee adapters show {registered.name}`"
+            )
+        if not named:
+            return False, shown
+        return None, (
+            f"{shown}, and it was made by an older version of ee, which did not record the content of the adapter it "
+            f"evaluated; its folder {folder} is not {registered.name}'s registered copy ({registered.path}, which the "
+            "registry never changes), so its files may have changed since the run (retrained into the same folder) and "
+            "nothing tells which weights it evaluated"
+        )
+    adapter = record.get("adapter")
+    evaluated = adapter.get("content_hash") if isinstance(adapter, dict) else None
+    if not evaluated:
+        unknown = adapter.get("unknown") if isinstance(adapter, dict) else None
+        why = f"{shown}, and the run cannot tell which weights it evaluated ({unknown or 'no adapter content recorded'})"
+        return (None if named else False), why
+    if evaluated == mine:  # from a copy of its folder too
+        return True, shown if named else f"{shown}, whose adapter content (hash {mine[:12]}) is {registered.name}'s"
+    other = versions.get(evaluated)
+    return False, (
+        f"{shown}, and the adapter it evaluated there had content hash {evaluated[:12]}"
+        + (f" ({other} in the registry)" if other else " (no registered version)")
+        + f", while {registered.name} is content {mine[:12]}"
+        + (
+            ": the folder's files changed after the run (retrained or copied into the same folder?), so the run is of other weights"
+            if named
+            else ""
+        )
+    )
+
+
+def _local_adapter(spec: str) -> bool:
+    """Whether ``spec`` is ``local:BASE@ADAPTER``."""
+    return _adapter_folder(spec) is not None
+
+
+def _adapter_folder(spec: str) -> Path | None:
+    """The adapter folder of a ``local:BASE@ADAPTER`` spec, resolved; None for any other model."""
+    from ee_middleware.models.spec import parse_model_spec
+
+    try:
+        parsed = parse_model_spec(spec)
+    except Exception:  # noqa: BLE001 - a spec this version cannot read names no adapter
+        return None
+    if parsed.kind != "local" or not parsed.adapter:
+        return None
+    return Path(parsed.adapter).expanduser().resolve()
 
 
 def _spec_names_adapter(spec: str, name: str, paths: tuple[str, ...]) -> bool:

@@ -135,6 +135,37 @@ def settings_changes(before: dict[str, Any], after: dict[str, Any], *, ignore: t
     ]
 
 
+def adapter_identity(model: str) -> dict[str, Any] | None:
+    """What the LoRA adapter of a ``local:BASE@ADAPTER`` model spec is: ``path`` (its folder, resolved) and
+    ``content_hash`` (:func:`~ee_middleware.adapters.records.content_hash` of its config and weights: what ``ee adapters
+    register`` records as that folder's ``content_hash``), or ``content_hash`` None and ``unknown`` saying why (the
+    folder has no config or weights to hash). None for a model without a local adapter (an ``openai:`` model is
+    identified by its served name).
+
+    Hashing reads the adapter's files once (a LoRA adapter's few to some hundred MB: well under a second or a few)."""
+    from ee_middleware.adapters.records import CONFIG_FILE, WEIGHT_FILES, content_hash
+    from ee_middleware.models.spec import parse_model_spec
+
+    try:
+        parsed = parse_model_spec(model)
+    except Exception:  # noqa: BLE001 - oracle, noop, a factory: no adapter folder
+        return None
+    if parsed.kind != "local" or not parsed.adapter:
+        return None
+    folder = Path(parsed.adapter).expanduser().resolve()
+    identity: dict[str, Any] = {"path": str(folder), "content_hash": None}
+    weights = next((name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if weights is None or not (folder / CONFIG_FILE).is_file():
+        missing = CONFIG_FILE if weights else " or ".join(WEIGHT_FILES)
+        identity["unknown"] = f"{folder} has no {missing} to hash"
+        return identity
+    try:
+        identity["content_hash"] = content_hash(folder, weights)
+    except OSError as exc:
+        identity["unknown"] = f"{folder / weights} could not be read ({exc})"
+    return identity
+
+
 SPLIT_FILE = "datasets.json"
 
 

@@ -40,7 +40,7 @@ from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.errors import ConfigError, EEError, ModelRequestError
 from ee_middleware.evals.clients import build_eval_client
-from ee_middleware.evals.job import EvalJob, same_split
+from ee_middleware.evals.job import EvalJob, adapter_identity, same_split
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tasks import EvalTask, TaskResult
@@ -179,7 +179,7 @@ def _run_claimed(
     excluded.update({suite.name: dict(getattr(suite, "excluded", None) or {}) for suite in suites.values()})
     names += [name for name in dict.fromkeys(r["suite"] for r in done) if name not in names]
     write_outputs(out, done, job, excluded, names)
-    _mark_finished(out, excluded)
+    _mark_finished(out, excluded, job)
     summary = summarize(done, names, excluded)
     silent = never_answered(done)
     for suite_summary in summary:
@@ -389,6 +389,7 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     journal is emptied."""
     run_file = out / RUN_FILE
     settings = job.run_settings()
+    adapter = adapter_identity(job.model)
     record: dict[str, Any] = {"job": job.record(), "run_key": job.run_key(), "settings": settings, "version": __version__}
     previous: dict[str, Any] = {}
     if run_file.exists():
@@ -404,8 +405,18 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
         # The split is checked task by task (_without_stale): a rebuilt split keeps the results of trajectories it still
         # holds out, unchanged, and drops the others; a run record from before "settings" has its split as typed.
         changed = job.changed_settings(previous["job"], previous.get("settings"), ignore=("split",))
-        if changed:  # rows with no answer of the model (a typo'd endpoint or served-model name, a killed worker) are no result to keep
+        retrained = _adapter_change(previous.get("adapter"), adapter)  # retrained or copied into the same folder
+        # rows with no answer of the model (a typo'd endpoint or served-model name, a killed worker) are no result to keep
+        if changed or retrained:
             answered = [r for r in read_journal(out / JOURNAL) if not _run_again(r) and not got_no_model_answer(r)]
+            if answered and retrained:
+                raise ConfigError(
+                    f"{out} holds {len(answered)} result(s) of the adapter {adapter['path'] if adapter else job.model} as it was when the run "
+                    f"evaluated it, and its files changed since ({retrained}: the run's -> now; retrained or copied into the "
+                    "same folder?), so the run cannot be resumed with it: its results would be of two sets of weights. "
+                    "Evaluate the adapter as it is now into another --out, or delete that folder to start over."
+                    + (f" (Other settings changed too: {'; '.join(changed)}.)" if changed else "")
+                )
             if answered:
                 raise ConfigError(
                     f"{out} holds {len(answered)} result(s) of a run with other settings, so it cannot be resumed with these "
@@ -425,6 +436,7 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     names = [*earlier, *(name for name in names if name not in earlier)]
     if previous:
         record["job"]["suites"] = sorted(set(previous["job"].get("suites") or []) | set(record["job"]["suites"]))
+    record["adapter"] = _resumed_adapter(out, previous, adapter)
     record["suite_names"] = names
     record["excluded"] = excluded
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -477,8 +489,47 @@ def _without_phantoms(out: Path, earlier: list[str], names: list[str], previous:
     return [name for name in earlier if name in ran]
 
 
-def _mark_finished(out: Path, excluded: dict[str, dict[str, str]]) -> None:
+def _adapter_change(before: Any, after: dict[str, Any] | None) -> str | None:
+    """``adapter content hash: BEFORE -> AFTER`` when a run recorded its local adapter's content (``before``: its
+    ``run.json``'s ``adapter``) and the adapter's folder now holds other content (``after``: :func:`adapter_identity`)."""
+    if not (isinstance(before, dict) and before.get("content_hash") and after and after.get("content_hash")):
+        return None
+    if before["content_hash"] == after["content_hash"]:
+        return None
+    return f"adapter content hash: {before['content_hash'][:12]} -> {after['content_hash'][:12]}"
+
+
+UNRECORDED_ADAPTER = (
+    "the run was resumed from results an older version made, which did not record the adapter's content, so they may be of other weights"
+)
+
+
+def _resumed_adapter(out: Path, previous: dict[str, Any], adapter: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``adapter`` a run's ``run.json`` records (:func:`adapter_identity`): this command's, unless results the run
+    keeps may be of other weights, since an earlier command recorded none (an older version's run) or could not tell
+    (``content_hash`` None): then ``content_hash`` stays None, ``unknown`` saying why, as long as those results do."""
+    if adapter is None or not previous:
+        return adapter
+    if not any(not _run_again(r) for r in read_journal(out / JOURNAL)):
+        return adapter
+    if "adapter" not in previous:
+        return {**adapter, "content_hash": None, "unknown": UNRECORDED_ADAPTER}
+    before = previous["adapter"]
+    if isinstance(before, dict) and before.get("content_hash") is None:
+        return {**adapter, "content_hash": None, "unknown": before.get("unknown") or UNRECORDED_ADAPTER}
+    return adapter
+
+
+def _mark_finished(out: Path, excluded: dict[str, dict[str, str]], job: EvalJob) -> None:
     record = json.loads((out / RUN_FILE).read_text())
+    recorded = record.get("adapter")
+    if isinstance(recorded, dict) and recorded.get("content_hash"):  # hashed again: written into while it ran?
+        now = adapter_identity(job.model)
+        if not now or now.get("content_hash") != recorded["content_hash"]:
+            seen = (now or {}).get("content_hash") or "unreadable"
+            why = f"the adapter's files changed while the run evaluated it (content hash {recorded['content_hash'][:12]} at its start, {seen[:12]} at its end)"
+            record["adapter"] = {**recorded, "content_hash": None, "unknown": why}
+            logger.warning("%s: %s, so its results may be of either: evaluate it again into another --out once it is written.", out, why)
     record["excluded"] = excluded
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))

@@ -276,7 +276,9 @@ def gate_cmd(
     from more than one served model, unless --allow-mixed-models.
 
     With --adapter, the candidate run must be a run of that adapter (its answers, or its model spec, name it) and the
-    baseline another run folder; the record keeps both folders' absolute paths.
+    baseline another run folder; the record keeps both folders' absolute paths. A local:BASE@DIR run must have
+    evaluated the adapter's registered weights: the content hash its run.json records is the adapter's content_hash
+    (a folder retrained after the run is refused).
     """
     from ee_middleware.evals.gate import GatePolicy, check_runs_of_adapter, gate
 
@@ -296,7 +298,8 @@ def gate_cmd(
 
         adapters = open_registry(registry, create=False)
         registered = adapters.get(adapter)  # an unknown name is refused before anything is compared
-        check_runs_of_adapter(candidate, baseline, adapter, (registered.path, registered.source_path))
+        versions = {r.content_hash: r.name for r in adapters.list(app=registered.app)}  # to name the version a run evaluated
+        check_runs_of_adapter(candidate, baseline, adapter, registered=registered, versions=versions)
     result = gate(candidate, baseline, GatePolicy.load(policy, min_tasks=min_tasks), allow_mixed_models=allow_mixed_models)
     if adapters is not None and adapter is not None:
         runs = {"candidate_run": str(candidate.resolve()), "baseline_run": str(baseline.resolve())}  # found again from any folder
