@@ -415,76 +415,180 @@ def _again_command(ctx: StageContext) -> str:
 BRANCH_KINDS = ("iwm", "sr")
 """The dataset kinds built from replayed branches (rollouts); ``il`` needs none."""
 
+NO_TOOL_SCHEMAS = "the trajectory records no tool schemas"
+"""How the replay runner's skip reason for a trajectory recorded without its tool schemas begins (the recording's gap:
+no sandbox can replay it)."""
+
+ENVIRONMENT_NOT_REBUILT = "environment cannot be rebuilt"
+"""How the replay runner's skip reason for a world the sandbox could not build from the environment reference begins:
+the recording's gap when it names no environment, the sandbox's when it names one."""
+
 SKIPPED_SHOWN = 5
-"""Skipped trajectory ids named in the replay stage's note and error."""
+"""Skipped trajectory ids named in the replay stage's note (its error names every one a command acts on)."""
+
+
+def _skip_cause(reason: str, environment_json: str | None) -> str:
+    """Where a skip's cause lies: ``nothing`` (no tool call: nothing to replay; imitation still learns from it),
+    ``recording`` (recorded without its tool schemas, or without an environment reference the sandbox could build a world
+    from: no sandbox can replay it) or ``sandbox`` (a tool it lacks, a world it fails to build from the recorded
+    environment, anything else: replayable once the sandbox is fixed)."""
+    from ee_middleware.replay.curriculum import world_environment
+
+    if reason.startswith(NO_TOOL_CALLS):
+        return "nothing"
+    if reason.startswith(NO_TOOL_SCHEMAS):
+        return "recording"
+    if reason.startswith(ENVIRONMENT_NOT_REBUILT):
+        try:
+            environment = world_environment(json.loads(environment_json)) if environment_json else None
+        except ValueError:
+            environment = None
+        if not environment:
+            return "recording"
+    return "sandbox"
+
+
+def _usable_branches(ctx: StageContext, store: Any, replay_id: str) -> int:
+    """The branches of the app under ``replay_id`` the datasets stage would train on: the rollouts its source reader
+    selects by the run's [datasets] settings (no replay with fidelity mismatches, sandbox failure or synthetic rollout
+    unless included; each trajectory's newest finished attempt) of the approved trajectories its held-out rule leaves
+    on the training side."""
+    from ee_middleware.trainers.datasets.source import TRAJECTORY_COLUMNS, SourceReader
+    from ee_middleware.trainers.datasets.split import recorded_units, resolve_listed_ids, split_trajectories
+
+    config = ctx.config.dataset_config(ctx.path(DATA_DIR), replay_id)
+    reader = SourceReader(
+        store,
+        app=config.app,
+        replay_id=replay_id,
+        include_synthetic=config.include_synthetic,
+        include_sandbox_failures=config.include_sandbox_failures,
+        include_fidelity_mismatches=config.include_fidelity_mismatches,
+    )
+    source = _trajectory_rows(store, list(TRAJECTORY_COLUMNS), config.app)
+    train = source["id"].to_list()
+    rule = config.split_rule()
+    if rule.active:
+        recorded = recorded_units(store)
+        rule = resolve_listed_ids(rule, store, recorded, config.heldout_ids)
+        train = split_trajectories(source.select("id", "app", "started_at"), rule, recorded).train
+    columns = ["id", "trajectory_id", "step_index", "branch_index"]
+    return reader.rollout_columns(sorted(train), columns).height if train else 0
+
+
+def _trajectory_rows(store: Any, columns: list[str], app: str) -> Any:
+    """``columns`` of the app's approved trajectories, read without steps or rollouts where the store can."""
+    if hasattr(store, "trajectory_index"):
+        return store.trajectory_index(columns, status="approved", app=app)
+    return store.trajectories(status="approved", app=app)
 
 
 def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, skip_reasons: dict[str, int]) -> str | None:
-    """Fail the stage when the replay skipped every selected trajectory for a reason other than having no tool call (a
-    sandbox that cannot rebuild the app's world, such as the default ``bfcl`` one for another app's trajectories, or
-    one that lacks the expert's tools) and the run would then train without the branches its schedule needs: the
-    schedule trains on branches (iwm, sr) and the store holds none of the app's approved trajectories under this replay
-    id. Otherwise (schedule il, or branches of earlier trajectories in the store) the skips are a note, returned, as a
-    batch in which only some were skipped gets. Trajectories rejected since the selection no longer count. Read from the
-    stored records, so a continued run whose replay finished earlier is judged alike."""
+    """Judge a selection every trajectory of which the replay skipped (a batch in which only some were skipped is noted by
+    the caller). Fail the stage when the sandbox is at fault for any of them (a tool it lacks, a world it cannot build
+    from the recorded environment, such as the default ``bfcl`` sandbox for another app's trajectories): a skipped
+    trajectory counts as done under the replay id, so going on would never replay it once the sandbox is fixed. When the
+    cause lies in the recordings only (recorded without an environment reference or tool schemas; no tool call), the skips
+    are a note, returned, unless the schedule trains on branches (iwm, sr) and the datasets would find none of the app's
+    under this replay id: then the stage fails, naming the trajectories to reject. Trajectories rejected since no longer
+    count. Read from the stored records, so a continued run whose replay finished earlier is judged alike; the store is
+    read only when every selected trajectory was skipped."""
     import polars as pl
 
     from ee_middleware.jobs.config import SCHEDULE_KINDS
+    from ee_middleware.messages import one_line
     from ee_middleware.store.registry import open_store
 
     if not wanted or not skip_reasons or all(reason.startswith(NO_TOOL_CALLS) for reason in skip_reasons):
         return None
+    skips = latest.filter(pl.col("status") == "skipped")
+    reason_of = {row["trajectory_id"]: row["reason"] or "" for row in skips.select("trajectory_id", "reason").iter_rows(named=True)}
+    if not set(wanted) <= set(reason_of):
+        return None
     config = ctx.config
     replay = config.replay_config()
-    skipped = set(latest.filter(pl.col("status") == "skipped")["trajectory_id"].to_list())
+    needs = [kind for kind in SCHEDULE_KINDS[config.schedule] if kind in BRANCH_KINDS]
     store = open_store(config.store, create=False)
     try:
-        approved = store.trajectories(status="approved", app=config.app)["id"].to_list()
-        still = set(wanted) & set(approved)  # one rejected since (the way out named below) is not learned from
-        if not still or not still <= skipped:
+        rows = _trajectory_rows(store, ["id", "environment_json"], config.app)
+        environments = dict(zip(rows["id"].to_list(), rows["environment_json"].to_list(), strict=True))
+        ids = [i for i in wanted if i in environments]  # one rejected since (a way out named below) is not learned from
+        causes = {i: _skip_cause(reason_of[i], environments[i]) for i in ids}
+        by_cause = {cause: [i for i in ids if causes[i] == cause] for cause in ("sandbox", "recording", "nothing")}
+        if not by_cause["sandbox"] and not by_cause["recording"]:
             return None
-        needs = [kind for kind in SCHEDULE_KINDS[config.schedule] if kind in BRANCH_KINDS]
-        branches = store.rollouts(approved, replay_id=replay.replay_id).height if needs else 0
+        branches = _usable_branches(ctx, store, replay.replay_id) if needs and not by_cause["sandbox"] else 0
     finally:
         store.close()
-    ids = [i for i in wanted if i in still]
-    named = ", ".join(ids[:SKIPPED_SHOWN]) + (f" and {len(ids) - SKIPPED_SHOWN} more" if len(ids) > SKIPPED_SHOWN else "")
-    if not needs or branches:
-        uses = (
-            f"schedule {config.schedule!r} trains on no branch (imitation only)"
-            if not needs
-            else f"the datasets use the {branches} branches of {config.app}'s earlier trajectories under replay id {replay.replay_id}"
-        )
-        return (
-            f"every one of the {len(ids)} selected trajectories was skipped ({named}); the run goes on: {uses}, and imitation "
-            "learns from every approved trajectory. They count as done under this replay id and are not selected again."
-        )
+    unreplayable = by_cause["recording"]
+    reject = shlex.join(["ee", "traces", "reject", *unreplayable, "--store", str(config.store), "--by", "NAME", "--force"])
+
+    def reasons(of: list[str]) -> str:
+        return _reasons_text(dict(Counter(one_line(reason_of[i], 400) for i in of).most_common()))
+
+    def named(of: list[str]) -> str:
+        return ", ".join(of[:SKIPPED_SHOWN]) + (f" and {len(of) - SKIPPED_SHOWN} more" if len(of) > SKIPPED_SHOWN else "")
+
     written = "sandbox" in config.tables()["replay"]
     said = (
         f"[replay] sandbox = {replay.sandbox!r}" if written else f"[replay] sandbox is not set, so the default {replay.sandbox!r} was used"
     )
-    text = (
-        f"The replay skipped every one of the {len(ids)} selected trajectories of {config.app} ({said}): "
-        f"{_reasons_text(skip_reasons)}. The store holds no replayed branch of {config.app} under replay id {replay.replay_id}, "
-        f"and schedule {config.schedule!r} trains on branches ({', '.join(needs)}), so the run would train without them. "
+    new_run = _improve_command(ctx, "--new-run")
+    if by_cause["sandbox"]:
+        at_fault = by_cause["sandbox"]
+        text = (
+            f"The replay skipped every one of the {len(ids)} selected trajectories of {config.app} ({said}), {len(at_fault)} of them "
+            f"because of the sandbox: {reasons(at_fault)}. The run stops so that they are replayed once it is fixed (a skipped "
+            "trajectory counts as done under this replay id: going on would leave them out for good). "
+        )
+        if not written or replay.sandbox.strip() == "bfcl":
+            text += (
+                "The built-in 'bfcl' sandbox rebuilds only BFCL worlds (ee bfcl record-experts). Set [replay] sandbox to the sandbox "
+                'of your tools (sandbox = "package.module:factory", a factory returning it; see docs/sandboxes.md), then start a '
+                f"new run with `{new_run}` (this run's [replay] table is fixed: its select stage has finished)."
+            )
+        else:
+            text += (
+                f"Fix the sandbox as the reason says, then replay them again with `{_again_command(ctx)}` and run ee improve again: "
+                "the run continues with that attempt; or set [replay] sandbox to another sandbox and start a new run with "
+                f"`{new_run}`."
+            )
+        if unreplayable:
+            text += (
+                f" {len(unreplayable)} others cannot be replayed from their recording ({reasons(unreplayable)}): reject them with "
+                f"`{reject}`."
+            )
+        raise JobError(text)
+    nothing = by_cause["nothing"]
+    without = f", and {len(nothing)} have no tool call (nothing to replay)" if nothing else ""
+    if not needs or branches:
+        uses = (
+            f"schedule {config.schedule!r} trains on no branch (imitation only)"
+            if not needs
+            else f"the datasets would train on {branches} branches of {config.app}'s other trajectories under replay id {replay.replay_id}"
+        )
+        return (
+            f"every one of the {len(ids)} selected trajectories was skipped: {len(unreplayable)} cannot be replayed from their "
+            f"recording ({named(unreplayable)}: {reasons(unreplayable)}){without}; the run goes on: {uses}, and imitation learns "
+            "from every approved trajectory. They count as done under this replay id and are not selected again."
+        )
+    il = _improve_command(ctx, "--schedule", "il", "--new-run")
+    raise JobError(
+        f"The replay skipped every one of the {len(ids)} selected trajectories of {config.app} ({said}): {len(unreplayable)} "
+        f"cannot be replayed from their recording: {reasons(unreplayable)}{without}. The datasets would find no replayed branch "
+        f"of {config.app} under replay id {replay.replay_id} to train on (those they leave out, such as replays with fidelity "
+        f"mismatches, not counted), and schedule {config.schedule!r} trains on branches ({', '.join(needs)}). Either reject "
+        f"them (`{reject}`) and run ee improve again: the run continues without them; or train on imitation alone in a new "
+        f"run: `{il}` ([improve] schedule is fixed for a run: each later ee improve that continues that run needs "
+        '--schedule il too; or set schedule = "il" in [improve] and start a new run with '
+        f"`{new_run}`)."
     )
-    if not written or replay.sandbox.strip() == "bfcl":
-        text += (
-            "The built-in 'bfcl' sandbox rebuilds only BFCL worlds (ee bfcl record-experts). Set [replay] sandbox to the sandbox "
-            'of your tools (sandbox = "package.module:factory", a factory returning it; see docs/sandboxes.md), then start a '
-            "new run with `ee improve --config FILE --new-run` (this run's [replay] table is fixed: its select stage has finished)."
-        )
-    else:
-        reject = shlex.join(["ee", "traces", "reject", *ids[:SKIPPED_SHOWN], "--store", str(config.store), "--by", "NAME", "--force"])
-        text += (
-            f"If the sandbox is at fault, fix it as the reason says, then replay them again with `{_again_command(ctx)}` and run "
-            "ee improve again: the run continues with that attempt. If these recordings cannot be replayed (one recorded "
-            f"without an environment cannot be rebuilt), either reject them (`{reject}`"
-            + (f", and the other {len(ids) - SKIPPED_SHOWN}" if len(ids) > SKIPPED_SHOWN else "")
-            + ") and run ee improve again: the run continues without them; or train on imitation alone: "
-            "`ee improve --config FILE --schedule il --new-run`."
-        )
-    raise JobError(text)
+
+
+def _improve_command(ctx: StageContext, *flags: str) -> str:
+    """``ee improve`` with this run's config file (if any) and ``flags``."""
+    path = ctx.config.config_path
+    return shlex.join(["ee", "improve", *(["--config", str(path)] if path else []), *flags])
 
 
 def _check_predictions(ctx: StageContext, records: pl.DataFrame) -> None:

@@ -5,6 +5,7 @@ sends e-mail). The agent is a real ``create_agent`` graph driven by a scripted m
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import textwrap
@@ -71,11 +72,31 @@ def make_sandbox_missing() -> Any:
     return PythonSandbox(_build, tools={"get_ticket": _get_ticket})
 
 
+def make_sandbox_switchable() -> Any:
+    """:func:`make_sandbox`, or :func:`make_sandbox_missing` while ``TICKET_SANDBOX_BROKEN`` is set: the module behind the
+    same [replay] sandbox spec lost the expert's tools (the replay id does not change)."""
+    return make_sandbox_missing() if os.environ.get("TICKET_SANDBOX_BROKEN") else make_sandbox()
+
+
+def make_sandbox_unfaithful() -> Any:
+    """The ticket tools, but get_ticket answers unlike production (a field production does not have): every replay of
+    it reports a fidelity mismatch at its first step, so the datasets leave its rollouts out."""
+    from ee_middleware.replay import PythonSandbox
+
+    def get_ticket(world: dict[str, Any], ticket_id: str) -> dict[str, Any]:
+        return {**_ticket(world, ticket_id), "priority": "low"}
+
+    return PythonSandbox(_build, tools={"get_ticket": get_ticket, "assign_ticket": _assign_ticket, "close_ticket": _close_ticket})
+
+
 # --- recording the app -----------------------------------------------------------------------------------------------
 
 
-def record(store: Path, count: int, *, first: int = 100, environment: bool = True, notify: bool = False) -> list[str]:
-    """Record ``count`` runs of the ticket agent (its tools act on a dict world) and approve them; their ids."""
+def record(
+    store: Path, count: int, *, first: int = 100, environment: bool = True, notify: bool = False, answer_only: bool = False
+) -> list[str]:
+    """Record ``count`` runs of the ticket agent (its tools act on a dict world) and approve them; their ids.
+    ``answer_only``: the agent answers without a tool call (nothing to replay; good imitation data)."""
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
     from langchain_core.tools import StructuredTool
@@ -107,13 +128,17 @@ def record(store: Path, count: int, *, first: int = 100, environment: bool = Tru
         ticket = f"T-{i}"
         env = {"tickets": {ticket: {"title": f"printer {i} broken", "status": "open", "assignee": None}}}
         world["tickets"] = {k: dict(v) for k, v in env["tickets"].items()}
-        script = [
-            AIMessage(content="", tool_calls=[tool_call("get_ticket", ticket_id=ticket)]),
-            AIMessage(content="", tool_calls=[tool_call("assign_ticket", ticket_id=ticket, assignee="bob")]),
-            AIMessage(content="", tool_calls=[tool_call("close_ticket", ticket_id=ticket, resolution="replaced toner")]),
-            *([AIMessage(content="", tool_calls=[tool_call("notify_user", ticket_id=ticket, message="done")])] if notify else []),
-            AIMessage(content=f"Ticket {ticket} is closed."),
-        ]
+        script = (
+            [AIMessage(content=f"Ticket {ticket} needs no action.")]
+            if answer_only
+            else [
+                AIMessage(content="", tool_calls=[tool_call("get_ticket", ticket_id=ticket)]),
+                AIMessage(content="", tool_calls=[tool_call("assign_ticket", ticket_id=ticket, assignee="bob")]),
+                AIMessage(content="", tool_calls=[tool_call("close_ticket", ticket_id=ticket, resolution="replaced toner")]),
+                *([AIMessage(content="", tool_calls=[tool_call("notify_user", ticket_id=ticket, message="done")])] if notify else []),
+                AIMessage(content=f"Ticket {ticket} is closed."),
+            ]
+        )
         graph = create_agent(ScriptedChatModel(script=script), tools, system_prompt="You are a helpdesk agent.")
         agent = record_experience(graph, app=APP, store=store, environment=env if environment else None)
         agent.invoke({"messages": [("user", f"Please handle ticket {ticket}.")]}, {"configurable": {"thread_id": f"th-{i}"}})
@@ -196,7 +221,9 @@ def test_a_night_of_only_unrebuildable_trajectories_goes_on_when_the_store_holds
     assert replay["status"] == "done", replay.get("error")
     assert replay["outputs"]["skipped"] == 2 and "2 trajectories skipped" in replay["summary"]
     note = next(d for d in replay["decisions"] if d.startswith("every one of the 2 selected trajectories was skipped"))
-    assert all(i in note for i in unrebuildable) and f"the datasets use the {branches} branches of {APP}'s earlier trajectories" in note
+    assert all(i in note for i in unrebuildable) and "2 cannot be replayed from their recording" in note, note
+    used = re.search(rf"the datasets would train on (\d+) branches of {APP}'s other trajectories", note)
+    assert used is not None and 0 < int(used[1]) <= branches, note  # the held-out side's are not counted
 
     # the same run continued (as the next night does after a failure) judges the stored records alike
     again = stages(path, "replay", run=night2)
@@ -227,8 +254,9 @@ def test_no_branch_of_the_app_and_a_schedule_that_needs_them_fails_naming_ways_o
         _run_stage(ctx, "replay")
     error = " ".join(str(raised.value).split())
     assert "without a single branch" not in error
-    assert f"The store holds no replayed branch of {APP} under replay id {config.replay_config().replay_id}" in error, error
-    assert "schedule 'iwm' trains on branches (iwm)" in error and "`ee improve --config FILE --schedule il --new-run`" in error
+    assert f"The datasets would find no replayed branch of {APP} under replay id {config.replay_config().replay_id}" in error, error
+    assert "schedule 'iwm' trains on branches (iwm)" in error
+    assert f"`{shlex.join(['ee', 'improve', '--config', str(path), '--schedule', 'il', '--new-run'])}`" in error, error
     [reject] = re.findall(r"`(ee traces reject [^`]+)`", error)
     assert all(i in reject for i in ids)
 
@@ -276,3 +304,135 @@ def test_refused_proposals_and_unreplayed_expert_calls_are_said_per_tool_with_th
     again = stages(path, "replay", run=run)
     assert again.outputs("replay")["refused_tools"] == {"notify_user": refused}
     assert again.outputs("replay")["refused_hints"] == {"notify_user": hint}
+
+
+# --- the cause of a skip: the sandbox (fail, to replay them once fixed) or the recording (a note) -------------------
+
+
+def context(path: Path, **overrides: Any) -> StageContext:
+    """A new run of ``path`` whose stages a test runs one at a time (a stage's JobError is raised to it)."""
+    config = ImproveConfig.load(path, **overrides)
+    runs = RunsDir(config.runs)
+    run = runs.create("improve", config.describe(), config.config_hash())
+    run.update(stage_order=list(STAGES))
+    return StageContext(config, run, runs, QuietProgress())
+
+
+def test_a_sandbox_that_lost_the_experts_tools_after_night_1_fails_the_stage_so_they_are_replayed_once_it_is_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Night 1 stored branches; on night 2 the module behind the same sandbox spec lacks assign_ticket and close_ticket,
+    so every new trajectory is skipped. Was (f41b8bf): a note and exit 0, the skipped ones counted as done under the
+    replay id and were never replayed once the sandbox was fixed. Now the stage fails, naming the tool and
+    `ee replay run --again`; run as printed with the sandbox fixed, the same run continues with them replayed."""
+    path = write_config(tmp_path, sandbox="make_sandbox_switchable")
+    record(tmp_path / "store", 3)
+    assert stages(path, "select", "replay").outputs("replay")["branches"] > 0
+
+    monkeypatch.setenv("TICKET_SANDBOX_BROKEN", "1")
+    new = record(tmp_path / "store", 3, first=500)
+    ctx = context(path)
+    _run_stage(ctx, "select")
+    with pytest.raises(JobError) as raised:
+        _run_stage(ctx, "replay")
+    error = " ".join(str(raised.value).split())
+    assert "3 of them because of the sandbox" in error and "the expert calls assign_ticket, which sandbox" in error, error
+    assert "traces reject" not in error  # these recordings replay once the sandbox is fixed
+    [again] = re.findall(r"`(ee replay run --again [^`]+)`", error)
+
+    monkeypatch.delenv("TICKET_SANDBOX_BROKEN")
+    result = CliRunner().invoke(app, shlex.split(again)[1:])
+    assert result.exit_code == 0, result.output
+    _run_stage(ctx, "replay")  # the run continues with that attempt
+    replay = ctx.run.stage("replay")
+    assert replay["status"] == "done" and replay["outputs"]["skipped"] == 0 and replay["outputs"]["branches"] > 0, replay
+    assert sorted(ctx.run.outputs("replay")["not_finished"]) == [] and len(new) == 3
+
+
+def test_the_reject_command_names_every_unreplayable_recording_and_never_one_without_a_tool_call(tmp_path: Path) -> None:
+    """Six trajectories recorded without an environment and one that answered without a tool call (good imitation data),
+    schedule iwm, no branch in the store. Was (f41b8bf): the printed `ee traces reject ... --force` named 5 ids of the 7,
+    the one without a tool call among them, and "the other 2" nowhere; the --schedule il advice named `--config FILE`
+    and did not say a continuation needs the flag again. Now it names all six and only them, and the run continues."""
+    path = write_config(tmp_path)
+    unrebuildable = record(tmp_path / "store", 6, environment=False)
+    [answered] = record(tmp_path / "store", 1, first=800, answer_only=True)
+    ctx = context(path)
+    _run_stage(ctx, "select")
+    with pytest.raises(JobError) as raised:
+        _run_stage(ctx, "replay")
+    error = " ".join(str(raised.value).split())
+    [reject] = re.findall(r"`(ee traces reject [^`]+)`", error)
+    assert all(i in reject.split() for i in unrebuildable) and answered not in reject, reject
+    assert "6 cannot be replayed from their recording" in error and "1 have no tool call (nothing to replay)" in error, error
+    il = shlex.join(["ee", "improve", "--config", str(path), "--schedule", "il", "--new-run"])
+    assert f"`{il}`" in error and "each later ee improve that continues that run needs --schedule il too" in error, error
+
+    result = CliRunner().invoke(app, shlex.split(reject.replace("NAME", "eng"))[1:])
+    assert result.exit_code == 0, result.output
+    _run_stage(ctx, "replay")  # the run continues without them, the answered one still learned from
+    assert ctx.run.stage("replay")["status"] == "done"
+    from ee_middleware.store.registry import open_store
+
+    store = open_store(tmp_path / "store", create=False)
+    try:
+        assert answered in store.trajectories(status="approved", app=APP)["id"].to_list()
+    finally:
+        store.close()
+
+
+def test_branches_the_datasets_leave_out_do_not_let_a_night_of_unrebuildable_trajectories_go_on(tmp_path: Path) -> None:
+    """Night 1's replays all found fidelity mismatches (the sandbox's get_ticket answers unlike production), so the
+    datasets leave every one of their branches out. Was (f41b8bf): night 2, only unrebuildable trajectories, went on
+    with "the datasets use the N branches" although they train on none. Now it fails as when the store holds none."""
+    path = write_config(tmp_path, sandbox="make_sandbox_unfaithful")
+    record(tmp_path / "store", 3)
+    night1 = stages(path, "select", "replay").outputs("replay")
+    assert night1["branches"] > 0 and night1["fidelity_mismatches"] >= 3, night1
+
+    record(tmp_path / "store", 2, first=900, environment=False)
+    ctx = context(path)
+    _run_stage(ctx, "select")
+    with pytest.raises(JobError) as raised:
+        _run_stage(ctx, "replay")
+    error = " ".join(str(raised.value).split())
+    assert "The datasets would find no replayed branch of" in error and "fidelity mismatches, not counted" in error, error
+
+
+def test_the_skip_check_reads_no_whole_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was (f41b8bf): the check read the whole store (steps included) once or twice more on every night with a skip:
+    for a batch in which only some were skipped, which it then noted as before without using what it read, and for a
+    night of only unrebuildable ones (every trajectory, then every rollout). Now a partly skipped batch reads nothing and
+    the other reads only the columns it needs. (A tripwire on the local store's whole-store read counts the reads made
+    while the check runs.)"""
+    from ee_middleware.jobs import stages as stage_code
+    from ee_middleware.store.local import LocalExperienceStore
+
+    checking: list[bool] = []
+    whole_reads: list[str] = []
+    load, check = LocalExperienceStore._load, stage_code._check_skipped
+
+    def counted_load(self: LocalExperienceStore) -> Any:
+        if checking:
+            whole_reads.append("read")
+        return load(self)
+
+    def watched_check(*args: Any) -> Any:
+        checking.append(True)
+        try:
+            return check(*args)
+        finally:
+            checking.clear()
+
+    monkeypatch.setattr(LocalExperienceStore, "_load", counted_load)
+    monkeypatch.setattr(stage_code, "_check_skipped", watched_check)
+    path = write_config(tmp_path)
+    record(tmp_path / "store", 2)
+    record(tmp_path / "store", 1, first=900, environment=False)
+    mixed = stages(path, "select", "replay").stage("replay")
+    assert mixed["status"] == "done" and mixed["outputs"]["skipped"] == 1 and whole_reads == [], whole_reads
+
+    record(tmp_path / "store", 2, first=950, environment=False)
+    only = stages(path, "select", "replay").stage("replay")
+    assert only["status"] == "done" and any("the datasets would train on" in d for d in only["decisions"]), only["decisions"]
+    assert whole_reads == [], whole_reads
