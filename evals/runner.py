@@ -10,9 +10,10 @@ all (:func:`never_answered`). At the end
 the lines become ``OUT/results.parquet`` (written atomically) and the summary and report are
 written (:mod:`ee_middleware.evals.report`). A command naming other suites adds them to the run:
 the results, summary and reports hold every suite of it. A resumed command keeps only the results of
-tasks its suites still have, unchanged: each line records its task's :func:`task_digest`, and the lines
-of tasks removed (a smaller ``:N``, a trajectory a rebuilt split no longer holds out) or changed since
-are dropped, saying so (:func:`_without_stale`).
+tasks its suites still have, unchanged: each line records its task's :func:`task_digest`; the lines
+of tasks changed since are dropped (they run again), and those of tasks removed (a smaller ``:N``, a trajectory a
+rebuilt split no longer holds out) are left out of the command's results but kept in the journal, for a later command
+naming them again, saying so (:func:`_without_stale`).
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def _run_claimed(
 
     names, excluded = _claim_run_dir(out, job, [suite.name for suite in suites.values()])
     journal_rows = _without_silent_suites(out, read_journal(out / JOURNAL), {suite.name for suite in suites.values()})
-    digests = {suite.name: {task.id: task_digest(task) for task in tasks_of[spec]} for spec, suite in suites.items()}
+    digests = {suite.name: {task.id: task_digests(task) for task in tasks_of[spec]} for spec, suite in suites.items()}
     journal_rows = _without_stale(out, journal_rows, digests)
     # the server gave no answer, a worker died, the server refused to render the request (its template): run again
     done = [r for r in journal_rows if not _run_again(r)]
@@ -164,7 +165,7 @@ def _run_claimed(
                 progress(name, counts[name], totals[name])
         synced = time.monotonic()
         for row in _execute(job, todo, worker, died):
-            row["task_digest"] = digests[row["suite"]][row["task_id"]]  # what a later command checks its task against
+            row["task_digest"] = digests[row["suite"]][row["task_id"]][0]  # what a later command checks its task against
             journal.write(json.dumps(row, ensure_ascii=False) + "\n")
             journal.flush()
             if time.monotonic() - synced >= SYNC_EVERY_S:  # a crash loses at most this much work: those tasks run again
@@ -278,14 +279,55 @@ def _without_silent_suites(out: Path, rows: list[dict[str, Any]], suites: set[st
 
 def task_digest(task: EvalTask) -> str:
     """A digest of what a task is: its inputs (user turns, tools, system prompt) and what it is scored against (its
-    reference and payload: expected outputs and actions, ground truth, the expert's calls and world). A journal row
-    records its task's digest, so a resumed run keeps a result only while its task is unchanged."""
-    text = json.dumps(dataclasses.asdict(task), sort_keys=True, ensure_ascii=False, default=_canonical)
+    reference and payload: expected outputs and actions, ground truth, the expert's calls and world; a tau task's
+    database digest). A journal row records its task's digest, so a resumed run keeps a result only while its task is
+    unchanged. Where a task is run from is not part of it (:data:`LOCATION_FIELDS`): a store or vault moved keeps its
+    tasks' digests.
+
+    Read from the task's fields as they are (no copy: a suite of thousands of tasks is digested on every command); the
+    same text ``dataclasses.asdict`` gives, so digests written by the version that copied still match."""
+    return _digest(_located_nowhere(_fields(task)))
+
+
+def task_digests(task: EvalTask) -> tuple[str, ...]:
+    """The digests a journal row of ``task`` may record and still be of this task: :func:`task_digest` first, then the
+    digest an earlier version wrote for it where that included where the task was run from (a vault's path), while that
+    place is unchanged."""
+    fields = _fields(task)
+    current = _digest(_located_nowhere(fields))
+    legacy = _digest(fields)
+    return (current,) if legacy == current else (current, legacy)
+
+
+LOCATION_FIELDS = (("privacy", "vault"),)
+"""Payload entries that say where a task runs from, not what it is (a ``traces:`` task's redaction vault path, which
+``EE_VAULT``, a copied or moved store, or a vault missing for a night changes): left out of :func:`task_digest`."""
+
+
+def _fields(task: EvalTask) -> dict[str, Any]:
+    return {f.name: getattr(task, f.name) for f in dataclasses.fields(task)}
+
+
+def _located_nowhere(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` with each of :data:`LOCATION_FIELDS` the payload holds set to None (copies made only where one is set)."""
+    payload = fields.get("payload")
+    for outer, inner in LOCATION_FIELDS:
+        part = payload.get(outer) if isinstance(payload, dict) else None
+        if isinstance(part, dict) and part.get(inner) is not None:
+            payload = {**payload, outer: {**part, inner: None}}
+    return fields if payload is fields.get("payload") else {**fields, "payload": payload}
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=_canonical)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _canonical(value: Any) -> Any:
-    """JSON for what ``json`` cannot write, the same in every process (a set's order is not)."""
+    """JSON for what ``json`` cannot write, the same in every process (a set's order is not); a dataclass held in a task
+    as ``dataclasses.asdict`` writes it (its fields)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, (set, frozenset)):
         return sorted((_canonical(v) if isinstance(v, (set, frozenset)) else v for v in value), key=repr)
     if isinstance(value, bytes):
@@ -293,16 +335,20 @@ def _canonical(value: Any) -> Any:
     return repr(value) if not isinstance(value, str) else value
 
 
-def _without_stale(out: Path, rows: list[dict[str, Any]], digests: dict[str, dict[str, str]]) -> list[dict[str, Any]]:
-    """``rows`` (the journal's) but those of this command's suites (``digests``: suite -> task id -> :func:`task_digest`)
-    whose task the suite no longer has (a smaller ``:N``, a task removed, a trajectory the split no longer holds out)
-    or whose task changed since it ran (its digest differs): they would be counted for tasks that are not this run's.
-    Each drop is said on stderr, and the journal is rewritten without them. A row written before rows recorded their
-    task's digest is kept while its task is in the suite (said too: its task cannot be checked)."""
+def _without_stale(out: Path, rows: list[dict[str, Any]], digests: dict[str, dict[str, tuple[str, ...]]]) -> list[dict[str, Any]]:
+    """``rows`` (the journal's) but those of this command's suites (``digests``: suite -> task id -> the digests a row of
+    that task may record, :func:`task_digests`) whose task the suite does not have (a smaller ``:N``, a task removed, a
+    trajectory the split no longer holds out) or whose task changed since it ran (its digest differs): they would be
+    counted for tasks that are not this run's. Each is said on stderr.
+
+    The rows of tasks the suite does not have stay in the journal (a result the model was paid for: a later command
+    naming the bigger suite, or a store approving the trajectory again, uses them again while their task is unchanged);
+    those of changed tasks are removed from it (their tasks run again). A row written before rows recorded their task's
+    digest is kept while its task is in the suite (said too: its task cannot be checked)."""
     gone: dict[str, list[str]] = {}
     changed: dict[str, list[str]] = {}
     unchecked: dict[str, int] = {}
-    kept = []
+    kept, journal = [], []
     for row in rows:
         current = digests.get(row["suite"])
         if current is None:  # a suite of an earlier command, not loaded by this one
@@ -312,30 +358,37 @@ def _without_stale(out: Path, rows: list[dict[str, Any]], digests: dict[str, dic
         elif row.get("task_digest") is None:
             unchecked[row["suite"]] = unchecked.get(row["suite"], 0) + 1
             kept.append(row)
-        elif row["task_digest"] != current[row["task_id"]]:
+        elif row["task_digest"] not in current[row["task_id"]]:
             changed.setdefault(row["suite"], []).append(row["task_id"])
+            continue
         else:
             kept.append(row)
-    for suite in sorted(set(gone) | set(changed)):
-        parts = []
-        if suite in gone:
-            why = (
-                "trajectories the split no longer holds out, or the store no longer approves, or a smaller :N"
-                if suite.startswith("traces:")
-                else "tasks removed, or a smaller :N"
-            )
-            parts.append(f"{len(gone[suite])} result(s) of task(s) the suite no longer has ({_some(gone[suite])}: {why})")
-        if suite in changed:
-            parts.append(
-                f"{len(changed[suite])} result(s) of task(s) whose definition changed since they ran ({_some(changed[suite])}: their "
-                "inputs or expected answers; they run again)"
-            )
+        journal.append(row)
+    for suite in sorted(gone):
+        why = (
+            "trajectories the split no longer holds out, or the store no longer approves, or a smaller :N"
+            if suite.startswith("traces:")
+            else "tasks removed, or a smaller :N"
+        )
         logger.warning(
-            "%s: %d earlier result(s) in %s were dropped: %s.",
+            "%s: %d earlier result(s) in %s are of task(s) the suite does not have now (%s: %s): they are left out of this "
+            "command's results, summary and reports, and kept in its %s, so a command naming a suite that has those tasks "
+            "again (unchanged) uses them without running them.",
             suite,
-            len(gone.get(suite, [])) + len(changed.get(suite, [])),
+            len(gone[suite]),
             out,
-            "; ".join(parts),
+            _some(gone[suite]),
+            why,
+            JOURNAL,
+        )
+    for suite in sorted(changed):
+        logger.warning(
+            "%s: %d earlier result(s) in %s were dropped: they are of task(s) whose definition changed since they ran (%s: "
+            "their inputs, expected answers or world; they run again).",
+            suite,
+            len(changed[suite]),
+            out,
+            _some(changed[suite]),
         )
     for suite, n in sorted(unchecked.items()):
         logger.warning(
@@ -346,8 +399,8 @@ def _without_stale(out: Path, rows: list[dict[str, Any]], digests: dict[str, dic
             n,
             out,
         )
-    if gone or changed:
-        atomic_write_text(out / JOURNAL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    if changed:
+        atomic_write_text(out / JOURNAL, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in journal))
     return kept
 
 
@@ -457,11 +510,17 @@ def _check_split_kept(out: Path, after: Any, previous: dict[str, Any], earlier: 
         from ee_middleware.evals.job import settings_changes
 
         [change] = settings_changes({"split": before}, {"split": after})
+        held = f"{out} holds results of {', '.join(others)}, evaluated with another split than this command's ({change}: the run's -> this command's)"
+        if not (isinstance(after, dict) and after.get("digest")):  # no split, or none readable: naming the suites fails too
+            recorded = before.get("path") if isinstance(before, dict) else before
+            raise ConfigError(
+                f"{held}. A traces: suite is evaluated only on the trajectories its split holds out: give this command the "
+                f"run's split (--split {recorded}, the run.json's settings.split.path), or use another --out."
+            )
         raise ConfigError(
-            f"{out} holds results of {', '.join(others)}, evaluated with another split than this command's ({change}: the "
-            "run's -> this command's), and this command does not name them, so their results would stay those of the "
+            f"{held}, and this command does not name them, so their results would stay those of the "
             f"trajectories the other split held out. Name them too ({' '.join('--suite ' + n for n in others)}): their "
-            "results are then checked against this split, and those of trajectories it no longer holds out are dropped; "
+            "results are then checked against this split, and those of trajectories it no longer holds out are left out; "
             "or use another --out."
         )
 

@@ -20,7 +20,9 @@ Over ``--trials k`` the summary's ``pass_hat_k`` is tau-bench's pass^k (every tr
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -127,9 +129,18 @@ class TauSuite:
         self.name = f"tau:{domain}:{self.split}"
 
     def tasks(self) -> list[EvalTask]:
-        return [self.eval_task(task) for task in self.domain.tasks(self.split)[: self.limit]]
+        database = self.database_digest()
+        return [self.eval_task(task, database) for task in self.domain.tasks(self.split)[: self.limit]]
 
-    def eval_task(self, task: TauTask) -> EvalTask:
+    def database_digest(self) -> str:
+        """A digest of the domain's initial database (its JSON text, keys sorted): the world every task's tools read and
+        its actions are scored on, so it is part of what each task is (a resumed run re-scores the tasks of a domain
+        whose data was edited). Computed once per suite, not per task."""
+        text = json.dumps(self.domain.fresh_data(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def eval_task(self, task: TauTask, database: str | None = None) -> EvalTask:
+        """``task`` as an eval task; ``database``: :meth:`database_digest` (computed here when not given)."""
         reference: list[list[Message]] = []
         for t, turn in enumerate(task.turns):
             steps: list[Message] = [_call_message(f"call_{t}_{i}", a.name, a.arguments) for i, a in enumerate(turn.actions)]
@@ -145,6 +156,7 @@ class TauSuite:
                 "actions": [[a.name, a.arguments] for a in task.actions],
                 "outputs": list(task.outputs),
                 "instruction": task.instruction,
+                "database": database or self.database_digest(),  # what the task's tools start from
             },
             system=self.domain.policy,
         )

@@ -86,3 +86,19 @@ def test_a_changed_split_is_refused_while_the_run_holds_a_traces_suite_the_comma
     summaries = run_eval(EvalJob(suites=[whole, app], model="oracle", out=str(out), split=data))
     assert [s["tasks"] for s in summaries] == [3, 3]
     assert not set(pl.read_parquet(out / "results.parquet")["task_id"]) & set(split["train_trajectories"])
+
+
+def test_a_resume_with_the_split_forgotten_names_the_runs_split_and_that_command_works(tmp_path: Path) -> None:
+    """Before: adding a suite to a run holding a traces: suite, without --split, said to name the traces: suite too,
+    which fails again ('give the split'); the fix that works is the run's --split."""
+    ids = _record_store(tmp_path)
+    _build(tmp_path, ids[:3])
+    store, out = f"traces:{tmp_path / 'store'}", str(tmp_path / "run")
+    run_eval(EvalJob(suites=[store], model="oracle", out=out, split=str(tmp_path / "data")))
+    recorded = json.loads((tmp_path / "run" / RUN_FILE).read_text())["settings"]["split"]["path"]
+    with pytest.raises(ConfigError) as refused:
+        run_eval(EvalJob(suites=["bfcl:irrelevance:1"], model="oracle", out=out))
+    assert f"give this command the run's split (--split {recorded}" in str(refused.value)
+    assert "Name them too" not in str(refused.value)
+    summaries = run_eval(EvalJob(suites=["bfcl:irrelevance:1"], model="oracle", out=out, split=recorded))  # as it says
+    assert [s["tasks"] for s in summaries] == [3, 1]

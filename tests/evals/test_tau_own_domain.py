@@ -245,7 +245,8 @@ def test_required_outputs_written_as_numbers_are_their_text_and_a_task_without_a
     pantry: str, tmp_path: Path
 ) -> None:
     [task] = _edited(pantry, {"outputs": [5], "turns": [{"user": "How many plums?", "reply": "There are 5 plums."}]})
-    assert task.payload == {"actions": [], "outputs": ["5"], "instruction": "Ask how many plums there are."}
+    scored = {key: value for key, value in task.payload.items() if key != "database"}  # the database's digest
+    assert scored == {"actions": [], "outputs": ["5"], "instruction": "Ask how many plums there are."}
     [oracle] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="oracle", out=str(tmp_path / "o")))
     assert (oracle["tasks"], oracle["success_rate"]) == (1, 1.0)  # before: a harness_error ('int' object has no attribute 'lower')
     [noop] = run_eval(EvalJob(suites=[f"tau:{pantry}:edited"], model="noop", out=str(tmp_path / "n")))
