@@ -194,15 +194,38 @@ def split_identity(split: str | None) -> dict[str, Any] | None:
 def same_split(before: Any, after: Any) -> bool:
     """Whether two recorded ``split`` settings (:func:`split_identity`, or an older record's text) are one split: the
     same ids when both have a digest, else the same resolved file. An older record's text is read as
-    :func:`split_identity` reads it now (a relative one from the current folder: where its run was made is not recorded)."""
+    :func:`split_identity` reads it now (a relative one from the current folder: where its run was made is not recorded);
+    a relative one naming nothing from the current folder is the other's split when it names that split's file or
+    folder (``data`` for ``/work/data/datasets.json``), as two older records of one text are."""
     if before == after:
         return True
+    for text, other in ((before, after), (after, before)):
+        if isinstance(text, str) and isinstance(other, dict) and other.get("path") and _unresolvable(text):
+            # an older record's relative text, read from a folder it does not name (the gate run elsewhere): all that is
+            # known is its text, so it is the other's split when that names the other's file or folder
+            return _names_tail(text, str(other["path"]))
     before, after = (split_identity(v) if isinstance(v, str) else v for v in (before, after))
     if not (isinstance(before, dict) and isinstance(after, dict)):
         return False
     if before.get("digest") and after.get("digest"):
         return bool(before["digest"] == after["digest"])
     return bool(before.get("path") == after.get("path"))
+
+
+def _unresolvable(text: str) -> bool:
+    """Whether a split typed as ``text`` (an older run record's) is relative and names nothing from the current folder."""
+    path = Path(text).expanduser()
+    return not path.is_absolute() and not path.exists()
+
+
+def _names_tail(text: str, path: str) -> bool:
+    """Whether the relative ``text`` names the split file ``path`` (resolved) from some folder: its tail, or its folder's."""
+    parts = Path(os.path.normpath(text)).parts
+    if not parts or ".." in parts:
+        return False
+    file = Path(path)
+    tails = [file.parts] + ([file.parent.parts] if file.name == SPLIT_FILE else [])
+    return any(tail[-len(parts) :] == parts for tail in tails if len(tail) > len(parts))
 
 
 def _same(name: str, before: Any, after: Any) -> bool:

@@ -102,3 +102,28 @@ def test_a_resume_with_the_split_forgotten_names_the_runs_split_and_that_command
     assert "Name them too" not in str(refused.value)
     summaries = run_eval(EvalJob(suites=["bfcl:irrelevance:1"], model="oracle", out=out, split=recorded))  # as it says
     assert [s["tasks"] for s in summaries] == [3, 1]
+
+
+def test_a_run_of_the_version_before_with_a_relative_split_gates_against_a_new_run_from_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the older record's ``data`` was read from the gate's folder (nothing there) and the pair was refused as
+    "other settings", though two runs of the version before passed from anywhere."""
+    ids = _record_store(tmp_path)
+    _build(tmp_path, ids[::2])
+    monkeypatch.chdir(tmp_path)
+    store = f"traces:{tmp_path / 'store'}"
+    run_eval(EvalJob(suites=[store], model="oracle", out="cand", split="data"))
+    run_eval(EvalJob(suites=[store], model="noop", out="base", split="data"))
+    record = json.loads((tmp_path / "base" / RUN_FILE).read_text())
+    del record["settings"]  # as the version before wrote it: the split as typed
+    (tmp_path / "base" / RUN_FILE).write_text(json.dumps(record))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert setting_differences(tmp_path / "cand", tmp_path / "base") == []
+    assert _other_settings(gate(tmp_path / "cand", tmp_path / "base", POLICY).reasons) == []
+    record["job"]["split"] = "other_data"  # a text naming another folder is still another split
+    (tmp_path / "base" / RUN_FILE).write_text(json.dumps(record))
+    [changed] = setting_differences(tmp_path / "cand", tmp_path / "base")
+    assert changed.startswith("[eval] split: other_data -> ")
