@@ -212,6 +212,8 @@ def evaluate(ctx: StageContext) -> StageResult:
     if ctx.config.likelihood:
         ctx.check_deadline("scoring the held-out likelihood")
         result.outputs["likelihood"] = _likelihood(ctx, base_folder, live, candidate)
+        if result.outputs["likelihood"].get("left_out"):  # the longest expert actions: the mean leans to short calls
+            result.decisions.append(_unchecked(f"likelihood: {result.outputs['likelihood']['left_out']}"))
     result.summary = _eval_line(result.outputs)
     return result
 
@@ -295,7 +297,7 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
     path = ctx.path("eval", LIKELIHOOD_FILE)
     if path.is_file():
         return json.loads(path.read_text())
-    from ee_middleware.evals.likelihood import load_heldout, report, score_likelihood
+    from ee_middleware.evals.likelihood import left_out_text, load_heldout, report, score_likelihood
 
     states = load_heldout(ctx.path(DATA_DIR))[: ctx.config.likelihood_states]
     # Scored under their role's name (peft adapter names cannot hold the dots of registry names).
@@ -318,8 +320,14 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
         decode_sample=ctx.config.likelihood_decode,
         on_progress=lambda name, done, total: ctx.progress.bar(f"likelihood: {name}", done, total),
     )
+    # the same states are left out for every model: their expert action alone takes max_length tokens or more
+    left_out = left_out_text(scores[0], max_length).replace("--max-length", "[train] max_length")
+    if left_out:
+        ctx.progress.info(left_out)
     data = {
         "states": len(scores[0].nll),
+        "given": len(states),
+        "left_out": left_out or None,
         "max_length": max_length,
         "models": report(scores),
         "per_state_nll": {score.name: score.nll for score in scores},
@@ -347,7 +355,9 @@ def _eval_line(outputs: dict[str, Any]) -> str:
     like = outputs.get("likelihood")
     if like:
         nll = {m["model"]: m["mean_nll"] for m in like["models"]}
-        parts.append(f"NLL {like['baseline']} {nll_text(nll.get(like['baseline']))} -> candidate {nll_text(nll.get('candidate'))}")
+        given = like.get("given") or like["states"]  # a likelihood.json from before "given": every state was scored
+        on = f" (on {like['states']} of {given} held-out states)" if like["states"] != given else ""
+        parts.append(f"NLL {like['baseline']} {nll_text(nll.get(like['baseline']))} -> candidate {nll_text(nll.get('candidate'))}{on}")
     return "; ".join(parts)
 
 
