@@ -384,7 +384,8 @@ def _without_stale(out: Path, rows: list[dict[str, Any]], digests: dict[str, dic
     for suite in sorted(changed):
         logger.warning(
             "%s: %d earlier result(s) in %s were dropped: they are of task(s) whose definition changed since they ran (%s: "
-            "their inputs, expected answers or world; they run again).",
+            "their inputs, expected answers or world, as the suite's data gives them or as this version of ee-middleware "
+            "builds them; they run again).",
             suite,
             len(changed[suite]),
             out,

@@ -232,6 +232,7 @@ def test_a_tau_task_run_against_a_database_edited_since_runs_again(tmp_path: Pat
         assert (resumed["tasks"], resumed["success_rate"]) == (fresh["tasks"], fresh["success_rate"])
         said = _warnings(caplog)
         assert "3 earlier result(s)" in said and "whose definition changed since they ran" in said, said
+        assert "as the suite's data gives them or as this version of ee-middleware builds them" in said, "not only the user's edit"
         caplog.clear()
         assert run_eval(job) == [resumed] and "dropped" not in _warnings(caplog), "unchanged since: nothing runs again"
     finally:
