@@ -684,23 +684,36 @@ def _steps(
 def _ended_on_empty_reply(index: int, output: int, decisions: list[dict[str, Any]], chat: SpanData) -> bool:
     """Whether the empty reply ``output`` of decision ``index`` is the run's last decision (the model stopping after a
     tool's result: many do once a tool said it all), and not a failed call's or one a later decision replaced."""
-    return index == len(decisions) - 1 and output == len(decisions[index]["outputs"]) - 1 and not chat.is_error
+    state = decisions[index]["state"]
+    after_a_tool = bool(state) and state[-1].get("role") == "tool"  # an empty first reply to the user teaches nothing
+    return after_a_tool and index == len(decisions) - 1 and output == len(decisions[index]["outputs"]) - 1 and not chat.is_error
 
 
 def _last_answer(answers: list[tuple[int, str]], decisions: list[dict[str, Any]]) -> str | None:
-    """The run's answer where its output said none: the last non-empty reply without calls, where it continues the
-    conversation that holds every other such reply (each is in its state), else ``None``: replies in conversations apart
-    (parallel ``Send`` branches, nodes that each prompt a model afresh) are several answers, none of which the run gave
-    (picking the last would pick whichever branch ended last)."""
+    """The run's answer where its output said none: the last non-empty reply without calls, unless other replies
+    without calls came from the same graph node run as other tasks (parallel ``Send`` branches of one node) and the last
+    one's conversation does not hold them: those are several answers, none of which the run gave (picking the last would
+    pick whichever branch ended last), and the run has ``None``. Replies of other nodes (a router's label, a chain's
+    draft that a later node polishes) leave the last reply the answer, as one node's replies in one conversation do."""
     texts = [(index, text) for index, text in answers if text]
     if not texts:
         return None
     last_index, last_text = texts[-1]
-    state = decisions[last_index]["state"]
-    said = {content_to_text(m.get("content")) for m in state if m.get("role") == "assistant"}
-    if all(text in said for index, text in texts[:-1] if index != last_index):
-        return last_text
-    return None
+    node, task = _node_task(decisions[last_index]["span"])
+    if node is not None:
+        said = [content_to_text(m.get("content")) for m in decisions[last_index]["state"]]
+        for index, text in texts[:-1]:
+            other_node, other_task = _node_task(decisions[index]["span"])
+            if other_node == node and other_task != task and not any(text in content for content in said if content):
+                return None
+    return last_text
+
+
+def _node_task(chat: SpanData) -> tuple[str | None, str | None]:
+    """The graph node a model call ran in and the task of that node it ran in (its checkpoint namespace)."""
+    node = chat.attributes.get(sc.EE_LANGGRAPH_NODE)
+    task = chat.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
+    return (str(node) if node else None), (str(task) if task else None)
 
 
 def _reviewed_turns(

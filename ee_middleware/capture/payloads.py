@@ -274,8 +274,10 @@ def _outcome_length(messages: Sequence[Any]) -> int:
     return tail or 1
 
 
-ANSWER_FIELDS = ("answer", "final_answer", "response", "output", "result", "reply", "summary", "report", "final_output")
-"""The names that say which of an output's fields is its answer (:func:`output_text`), most telling first."""
+ANSWER_FIELDS = ("answer", "final_answer", "final_output")
+"""The names that say which of an output's fields is its answer (:func:`output_text`), most telling first. Only names
+that say nothing else: ``result``, ``output``, ``response`` or ``summary`` often hold a tool's raw rows, a request's
+reply or a digest of the conversation beside the model's answer (an SQL agent's ``result`` beside its ``generation``)."""
 
 
 def output_text(output: Any) -> str | None:

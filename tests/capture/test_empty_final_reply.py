@@ -96,3 +96,15 @@ def test_an_empty_reply_the_run_did_not_end_on_is_no_step(offload, store_path):
     [t] = _recorded(agent, store_path)
     assert (t.status, t.final_answer) == ("completed", "Hello!")
     assert [(s.action.kind, s.action.content) for s in t.steps] == [("answer", "Hello!")]
+
+
+@OFFLOADS
+def test_an_empty_first_reply_to_the_user_is_no_step(offload: str, store_path: Any) -> None:
+    """After review R4 #3 of 392cd6e: the empty-answer step is the model stopping after a tool's result; an empty reply
+    to the user's question itself (a content filter, max_tokens spent on reasoning) would teach saying nothing."""
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=[AIMessage(content="")]), [notify]), app="notes", store=store_path, offload=offload
+    )
+    agent.invoke({"messages": [("user", "Tell ann the build is green.")]})
+    [t] = _recorded(agent, store_path)
+    assert (t.status, t.final_answer, t.steps) == ("completed", None, [])

@@ -111,7 +111,7 @@ def test_an_entrypoint_returning_a_dict_gives_its_answer_field(offload, store_pa
 
     @entrypoint()
     def report(question: str) -> dict[str, Any]:
-        return {"sources": 2, "report": model.invoke([HumanMessage(question)]).content + "!"}
+        return {"sources": 2, "final_answer": model.invoke([HumanMessage(question)]).content + "!"}
 
     agent = record_experience(report, app="reports", store=store_path, offload=offload)
     agent.invoke("how are pears grown?")
@@ -129,10 +129,13 @@ def test_output_text_reads_the_answer_as_input_text_reads_the_task():
 
     assert output_text("It rains.") == "It rains."
     assert output_text({"question": "Weather?", "answer": "It rains."}) == "It rains."
-    assert output_text({"summary": "short", "answer": "long"}) == "long"  # the most telling name first
-    assert output_text({"question": "Weather?", "answer": "", "result": "It rains."}) == "It rains."  # an empty one says none
+    assert output_text({"final_output": "short", "answer": "long"}) == "long"  # the most telling name first
+    assert output_text({"question": "Weather?", "answer": "", "final_answer": "It rains."}) == "It rains."  # an empty one says none
     assert output_text({"answer": AIMessage(content="It rains.")}) == "It rains."
-    assert output_text({"result": _Score(score=8, why="clear")}) == '{"score":8,"why":"clear"}'
+    assert output_text({"final_output": _Score(score=8, why="clear")}) == '{"score":8,"why":"clear"}'
+    # names that often hold something beside the answer (an SQL agent's rows in result, a digest in summary) say none
+    for output in ({"result": "[(42,)]"}, {"output": "x"}, {"response": "y"}, {"summary": "z"}, {"report": "r"}):
+        assert output_text(output) is None
     assert output_text({"answer": {"city": "Oslo", "rain": True}}) == '{"city":"Oslo","rain":true}'
     # no field named as the answer: none (its only text field may be the question, a note or a parameter)
     for output in ({"question": "Weather?"}, {"notes": ["a", "b"]}, {"city": "Oslo", "digest": "rain"}, "  ", None, 42, {"answer": None}):
@@ -158,3 +161,71 @@ def test_a_conversation_holding_only_the_question_gives_the_answer_field(offload
     out = agent.invoke({"messages": [("user", "pears")]})
     [t] = _recorded(agent, store_path)
     assert (t.status, t.task, t.final_answer) == ("completed", "pears", out["answer"]) and out["answer"] == "Notes on pears."
+
+
+@OFFLOADS
+def test_a_prompt_chain_answers_with_its_last_nodes_reply(offload, store_path):
+    """After review R4 #1 of b4347b8: each node prompts the model afresh with the last node's draft (LangGraph's
+    prompt-chaining workflow), in fields no answer name says: the last reply is the answer, as before b4347b8 (the
+    replies of other nodes are drafts, not parallel answers)."""
+    model = ScriptedChatModel(policy=lambda messages, tools: AIMessage(content="v(" + messages[-1].content[-30:] + ")"))
+
+    class Chain(TypedDict, total=False):
+        topic: str
+        joke: str
+        improved_joke: str
+
+    def write(state: Chain) -> Chain:
+        return {"joke": model.invoke([HumanMessage(f"Write a joke about {state['topic']}")]).content}
+
+    def improve(state: Chain) -> Chain:  # (the draft reworded: not in this prompt verbatim)
+        return {"improved_joke": model.invoke([HumanMessage(f"Make it funnier: {state['joke'].upper()}")]).content}
+
+    graph = StateGraph(Chain)
+    graph.add_node("write", write)
+    graph.add_node("improve", improve)
+    graph.add_edge(START, "write")
+    graph.add_edge("write", "improve")
+    graph.add_edge("improve", END)
+    agent = record_experience(graph.compile(), app="jokes", store=store_path, offload=offload)
+    out = agent.invoke({"topic": "cats"})
+    [t] = _recorded(agent, store_path)
+    assert (t.status, t.final_answer) == ("completed", out["improved_joke"])
+
+
+@OFFLOADS
+def test_an_sql_agents_rows_in_result_are_not_its_answer(offload, store_path):
+    """After review R4 #2 of b4347b8: ``result`` held the query's raw rows beside the model's ``generation``; the rows
+    were stored as the answer (2.47 MB for 20,000 rows). The model's last reply is the answer again."""
+    model = ScriptedChatModel(
+        policy=lambda messages, tools: AIMessage(
+            content="SELECT count(*) FROM users" if "SQL" in messages[-1].content else "There are 42 users."
+        )
+    )
+
+    class Sql(TypedDict, total=False):
+        question: str
+        query: str
+        result: str
+        generation: str
+
+    def write_query(state: Sql) -> Sql:
+        return {"query": model.invoke([HumanMessage(f"SQL for: {state['question']}")]).content}
+
+    def run_query(state: Sql) -> Sql:
+        return {"result": str([(42,)] * 50)}
+
+    def answer(state: Sql) -> Sql:
+        return {"generation": model.invoke([HumanMessage(f"Answer {state['question']} from {state['result'][:20]}")]).content}
+
+    graph = StateGraph(Sql)
+    for name, node in (("write_query", write_query), ("run_query", run_query), ("answer", answer)):
+        graph.add_node(name, node)
+    graph.add_edge(START, "write_query")
+    graph.add_edge("write_query", "run_query")
+    graph.add_edge("run_query", "answer")
+    graph.add_edge("answer", END)
+    agent = record_experience(graph.compile(), app="sql", store=store_path, offload=offload)
+    agent.invoke({"question": "How many users?"})
+    [t] = _recorded(agent, store_path)
+    assert (t.status, t.final_answer) == ("completed", "There are 42 users.")
