@@ -524,6 +524,13 @@ def check_runs_of_adapter(
             + (f"; or, to record this gate on the version the run evaluated, pass --adapter {other}." if other and other != name else ".")
         )
     is_run, why = _run_of_adapter(baseline, name, paths, registered, versions or {})
+    if is_run is None:  # it ran from one of the adapter's folders and cannot tell with which weights
+        raise ConfigError(
+            f"The baseline run {baseline.resolve()} cannot tell which weights it evaluated ({why}), so it may be {name} "
+            f"itself, and a tie recorded on {name} would let `ee adapters promote {name}` through. Evaluate the live model "
+            "again from where its weights cannot change (by its served name, or as local:BASE@ its registered copy: "
+            f"`ee adapters show NAME` prints the folder){_into_new_out(baseline)}, on the same suites, then gate again."
+        )
     if is_run is not False:  # nor the live model's, when it ran from one of the adapter's folders
         raise ConfigError(
             f"The baseline run {baseline.resolve()} evaluated {name} itself ({why}), so the gate would compare {name} with "

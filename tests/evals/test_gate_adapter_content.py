@@ -185,3 +185,15 @@ def test_an_adapter_written_into_while_the_run_evaluates_it_leaves_the_run_unabl
     for name in (nights.v1.name, nights.v2.name):
         refused = nights.gate(nights.root / "busy_run", nights.root / "base", name)
         assert refused.exit_code == 1 and "the run cannot tell which weights it evaluated" in _message(refused), refused.output
+
+
+def test_a_baseline_that_cannot_tell_its_weights_is_refused_with_the_fix_that_works(nights) -> None:
+    """After review R4 #5 of e37598c: the live v1's run made by an older version from the training folder (v2's source
+    folder, no content hash) was refused as having "evaluated v2 itself", with the advice to give a run of the live
+    model, which it was. It is refused for not telling its weights, naming the registered copy to evaluate from."""
+    old_live = nights.copy("cand", "old_live_v1", drop_adapter=True)
+    refused = nights.gate(nights.root / "cand2", old_live, nights.v2.name)
+    message = _message(refused)
+    assert refused.exit_code == 1
+    assert "cannot tell which weights it evaluated" in message and "registered copy" in message, message
+    assert f"evaluated {nights.v2.name} itself" not in message, message
