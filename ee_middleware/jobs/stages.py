@@ -12,8 +12,9 @@ import json
 import shlex
 import shutil
 import time
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -298,7 +299,7 @@ def replay(ctx: StageContext) -> StageResult:
             f"{skipped} of {len(wanted)} selected trajectories were skipped, nothing replayed from them: {_reasons_text(skip_reasons)}"
         )
     not_in_sandbox = _tools_not_in_sandbox(ctx, latest, hints, result)
-    note = _check_skipped(ctx, wanted, latest, skip_reasons)
+    note = _check_skipped(ctx, wanted, latest, skip_reasons, result)
     if note:
         result.decisions.append(note)
     _check_predictions(ctx, records)
@@ -311,6 +312,12 @@ def replay(ctx: StageContext) -> StageResult:
         )
     if not_in_sandbox:
         result.summary += f"; {not_in_sandbox}"
+    if sandbox_skips := result.outputs.get("sandbox_skips"):
+        lacks = f" (it lacks {', '.join(sandbox_skips['tools'])})" if sandbox_skips["tools"] else ""
+        result.summary += (
+            f"; WARNING: {sandbox_skips['count']} skipped because of the sandbox{lacks}, not replayed by later runs: once it is "
+            f"fixed, replay them with `{sandbox_skips['again']}`"
+        )
     return result
 
 
@@ -427,6 +434,25 @@ SKIPPED_SHOWN = 5
 """Skipped trajectory ids named in the replay stage's note (its error names every one a command acts on)."""
 
 
+SANDBOX_FAULT_SHARE = 0.5
+"""The share of a night's selected trajectories with a tool call that the sandbox may skip (a tool it lacks, a world it
+cannot build from the recorded environment) with the run going on, warned: past it the sandbox fails more than it
+replays, and the replay stage fails."""
+
+MISSING_TOOLS = "the expert calls "
+"""How the replay runner's skip reason for tools the sandbox lacks begins (``the expert calls A, B, which sandbox ...``)."""
+
+
+def _missing_tools(reasons: Iterable[str]) -> list[str]:
+    """The tools the sandbox lacks that ``reasons`` (skip reasons) name, sorted."""
+    tools: set[str] = set()
+    for reason in reasons:
+        if reason.startswith(MISSING_TOOLS) and ", which sandbox " in reason:
+            named = reason.removeprefix(MISSING_TOOLS).split(", which sandbox ", 1)[0]
+            tools.update(name.strip() for name in named.split(",") if name.strip())
+    return sorted(tools)
+
+
 def _skip_cause(reason: str, environment_json: str | None) -> str:
     """Where a skip's cause lies: ``nothing`` (no tool call: nothing to replay; imitation still learns from it),
     ``recording`` (recorded without its tool schemas, or without an environment reference the sandbox could build a world
@@ -483,16 +509,22 @@ def _trajectory_rows(store: Any, columns: list[str], app: str) -> Any:
     return store.trajectories(status="approved", app=app)
 
 
-def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, skip_reasons: dict[str, int]) -> str | None:
-    """Judge a selection every trajectory of which the replay skipped (a batch in which only some were skipped is noted by
-    the caller). Fail the stage when the sandbox is at fault for any of them (a tool it lacks, a world it cannot build
-    from the recorded environment, such as the default ``bfcl`` sandbox for another app's trajectories): a skipped
-    trajectory counts as done under the replay id, so going on would never replay it once the sandbox is fixed. When the
-    cause lies in the recordings only (recorded without an environment reference or tool schemas; no tool call), the skips
-    are a note, returned, unless the schedule trains on branches (iwm, sr) and the datasets would find none of the app's
-    under this replay id: then the stage fails, naming the trajectories to reject. Trajectories rejected since no longer
-    count. Read from the stored records, so a continued run whose replay finished earlier is judged alike; the store is
-    read only when every selected trajectory was skipped."""
+def _check_skipped(
+    ctx: StageContext, wanted: list[str], latest: pl.DataFrame, skip_reasons: dict[str, int], result: StageResult
+) -> str | None:
+    """Judge the selection's skipped trajectories by their cause. A skipped trajectory counts as done under the replay id,
+    so one the sandbox is at fault for (a tool it lacks, a world it cannot build from the recorded environment, such as
+    the default ``bfcl`` sandbox for another app's trajectories) is never replayed by a later night, even once the
+    sandbox is fixed, unless ``ee replay run --again`` replays the configuration's next attempt. When every selected
+    trajectory was skipped and the sandbox is at fault for any, or it is at fault for more than half of those with a tool
+    call (:data:`SANDBOX_FAULT_SHARE`: the sandbox fails more than it replays), the stage fails, naming the tools or
+    reasons and that command. When the sandbox is at fault for fewer, the run goes on with a warning (on stderr, in the
+    stage's summary, outputs ``sandbox_skips`` and decisions) naming them and the same command. When the cause lies in the
+    recordings only (recorded without an environment reference or tool schemas; no tool call), the skips are a note,
+    returned, unless every selected trajectory was skipped, the schedule trains on branches (iwm, sr) and the datasets
+    would find none of the app's under this replay id: then the stage fails, naming the trajectories to reject.
+    Trajectories rejected since no longer count. Read from the stored records, so a continued run whose replay finished
+    earlier is judged alike; the store is read by columns only (no steps, no whole-store read)."""
     import polars as pl
 
     from ee_middleware.jobs.config import SCHEDULE_KINDS
@@ -503,8 +535,9 @@ def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, s
         return None
     skips = latest.filter(pl.col("status") == "skipped")
     reason_of = {row["trajectory_id"]: row["reason"] or "" for row in skips.select("trajectory_id", "reason").iter_rows(named=True)}
-    if not set(wanted) <= set(reason_of):
-        return None
+    every = set(wanted) <= set(reason_of)
+    if not every and all(reason.startswith((NO_TOOL_CALLS, NO_TOOL_SCHEMAS)) for reason in reason_of.values()):
+        return None  # the recordings' own gaps in a partly skipped batch: the caller's note says it, no store read
     config = ctx.config
     replay = config.replay_config()
     needs = [kind for kind in SCHEDULE_KINDS[config.schedule] if kind in BRANCH_KINDS]
@@ -513,11 +546,11 @@ def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, s
         rows = _trajectory_rows(store, ["id", "environment_json"], config.app)
         environments = dict(zip(rows["id"].to_list(), rows["environment_json"].to_list(), strict=True))
         ids = [i for i in wanted if i in environments]  # one rejected since (a way out named below) is not learned from
-        causes = {i: _skip_cause(reason_of[i], environments[i]) for i in ids}
-        by_cause = {cause: [i for i in ids if causes[i] == cause] for cause in ("sandbox", "recording", "nothing")}
-        if not by_cause["sandbox"] and not by_cause["recording"]:
-            return None
-        branches = _usable_branches(ctx, store, replay.replay_id) if needs and not by_cause["sandbox"] else 0
+        causes = {i: _skip_cause(reason_of[i], environments[i]) for i in ids if i in reason_of}
+        by_cause = {cause: [i for i in ids if causes.get(i) == cause] for cause in ("sandbox", "recording", "nothing")}
+        if not by_cause["sandbox"] and (not by_cause["recording"] or not every):
+            return None  # a partly skipped batch whose recordings alone are at fault: the caller's note says it
+        branches = _usable_branches(ctx, store, replay.replay_id) if needs and every and not by_cause["sandbox"] else 0
     finally:
         store.close()
     unreplayable = by_cause["recording"]
@@ -536,29 +569,59 @@ def _check_skipped(ctx: StageContext, wanted: list[str], latest: pl.DataFrame, s
     new_run = _improve_command(ctx, "--new-run")
     if by_cause["sandbox"]:
         at_fault = by_cause["sandbox"]
-        text = (
-            f"The replay skipped every one of the {len(ids)} selected trajectories of {config.app} ({said}), {len(at_fault)} of them "
-            f"because of the sandbox: {reasons(at_fault)}. The run stops so that they are replayed once it is fixed (a skipped "
-            "trajectory counts as done under this replay id: going on would leave them out for good). "
-        )
-        if not written or replay.sandbox.strip() == "bfcl":
-            text += (
+        with_calls = len(ids) - len(by_cause["nothing"])
+        tools = _missing_tools(reason_of[i] for i in at_fault)
+        lacks = f"; it lacks {', '.join(tools)}" if tools else ""
+        again = _again_command(ctx)
+        builtin = not written or replay.sandbox.strip() == "bfcl"
+        if builtin:
+            fix = (
                 "The built-in 'bfcl' sandbox rebuilds only BFCL worlds (ee bfcl record-experts). Set [replay] sandbox to the sandbox "
                 'of your tools (sandbox = "package.module:factory", a factory returning it; see docs/sandboxes.md), then start a '
                 f"new run with `{new_run}` (this run's [replay] table is fixed: its select stage has finished)."
             )
         else:
-            text += (
-                f"Fix the sandbox as the reason says, then replay them again with `{_again_command(ctx)}` and run ee improve again: "
+            fix = (
+                f"Fix the sandbox as the reason says, then replay them again with `{again}` and run ee improve again: "
                 "the run continues with that attempt; or set [replay] sandbox to another sandbox and start a new run with "
                 f"`{new_run}`."
             )
-        if unreplayable:
-            text += (
-                f" {len(unreplayable)} others cannot be replayed from their recording ({reasons(unreplayable)}): reject them with "
-                f"`{reject}`."
+        others = (
+            f" {len(unreplayable)} others cannot be replayed from their recording ({reasons(unreplayable)}): reject them with `{reject}`."
+            if unreplayable
+            else ""
+        )
+        if not every and len(at_fault) <= SANDBOX_FAULT_SHARE * with_calls:
+            warning = (
+                f"{len(at_fault)} of the {len(ids)} selected trajectories of {config.app} were skipped because of the sandbox "
+                f"({said}{lacks}): {reasons(at_fault)}. They count as done under replay id {replay.replay_id}, so no later run "
+                "replays them on its own: "
+                + (
+                    fix
+                    if builtin
+                    else f"fix the sandbox as the reason says, then replay them again with `{again}` (every later ee improve "
+                    "trains on that attempt)."
+                )
+                + " The run goes on with the others: the stage fails when the sandbox is at fault for more than "
+                f"{SANDBOX_FAULT_SHARE:.0%} of the selected trajectories with a tool call.{others}"
             )
-        raise JobError(text)
+            result.outputs["sandbox_skips"] = {"count": len(at_fault), "tools": tools, "again": again, "trajectories": at_fault}
+            ctx.progress.info(f"warning: {warning}")
+            warnings.warn(f"ee improve's replay stage: {warning}", UserWarning, stacklevel=2)
+            return warning
+        share = (
+            f"every one of the {len(ids)} selected trajectories of {config.app} ({said}), {len(at_fault)} of them because of the "
+            f"sandbox{f' ({lacks[2:]})' if lacks else ''}"
+            if every
+            else (
+                f"{len(at_fault)} of the {len(ids)} selected trajectories of {config.app} because of the sandbox ({said}{lacks}), more than "
+                f"{SANDBOX_FAULT_SHARE:.0%} of the {with_calls} with a tool call"
+            )
+        )
+        raise JobError(
+            f"The replay skipped {share}: {reasons(at_fault)}. The run stops so that they are replayed once it is fixed "
+            f"(a skipped trajectory counts as done under this replay id: going on would leave them out for good). {fix}{others}"
+        )
     nothing = by_cause["nothing"]
     without = f", and {len(nothing)} have no tool call (nothing to replay)" if nothing else ""
     if not needs or branches:

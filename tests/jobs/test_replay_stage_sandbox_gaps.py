@@ -93,10 +93,18 @@ def make_sandbox_unfaithful() -> Any:
 
 
 def record(
-    store: Path, count: int, *, first: int = 100, environment: bool = True, notify: bool = False, answer_only: bool = False
+    store: Path,
+    count: int,
+    *,
+    first: int = 100,
+    environment: bool = True,
+    notify: bool = False,
+    answer_only: bool = False,
+    reads_only: bool = False,
 ) -> list[str]:
     """Record ``count`` runs of the ticket agent (its tools act on a dict world) and approve them; their ids.
-    ``answer_only``: the agent answers without a tool call (nothing to replay; good imitation data)."""
+    ``answer_only``: the agent answers without a tool call (nothing to replay; good imitation data). ``reads_only``: it
+    only reads the ticket (twice), so a sandbox without assign_ticket/close_ticket still replays it."""
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
     from langchain_core.tools import StructuredTool
@@ -128,9 +136,12 @@ def record(
         ticket = f"T-{i}"
         env = {"tickets": {ticket: {"title": f"printer {i} broken", "status": "open", "assignee": None}}}
         world["tickets"] = {k: dict(v) for k, v in env["tickets"].items()}
+        reads = [AIMessage(content="", tool_calls=[tool_call("get_ticket", ticket_id=ticket)]) for _ in range(2)]
         script = (
             [AIMessage(content=f"Ticket {ticket} needs no action.")]
             if answer_only
+            else [*reads, AIMessage(content=f"Ticket {ticket} is open.")]
+            if reads_only
             else [
                 AIMessage(content="", tool_calls=[tool_call("get_ticket", ticket_id=ticket)]),
                 AIMessage(content="", tool_calls=[tool_call("assign_ticket", ticket_id=ticket, assignee="bob")]),
@@ -436,3 +447,96 @@ def test_the_skip_check_reads_no_whole_store(tmp_path: Path, monkeypatch: pytest
     only = stages(path, "select", "replay").stage("replay")
     assert only["status"] == "done" and any("the datasets would train on" in d for d in only["decisions"]), only["decisions"]
     assert whole_reads == [], whole_reads
+
+
+# --- a night only partly skipped because of the sandbox ------------------------------------------------------------
+
+
+def test_a_night_mostly_skipped_because_the_sandbox_lost_tools_fails_the_stage_so_they_are_replayed_once_it_is_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Night 2's batch: 3 trajectories calling the assign_ticket/close_ticket the sandbox lost, and 1 that only reads a
+    ticket (replayed). Was (ee0344f): only a batch skipped in full was judged, so this one became a plain note, the stage
+    was done, and once the sandbox was fixed the next night replayed 0 of the 3 (done under the replay id). Now the
+    sandbox's share (3 of 4) is past SANDBOX_FAULT_SHARE: the stage fails naming the tools and `ee replay run --again`;
+    run as printed with the sandbox fixed, the same run continues with them replayed."""
+    path = write_config(tmp_path, sandbox="make_sandbox_switchable")
+    record(tmp_path / "store", 2)
+    assert stages(path, "select", "replay").outputs("replay")["branches"] > 0
+
+    monkeypatch.setenv("TICKET_SANDBOX_BROKEN", "1")
+    lost = record(tmp_path / "store", 3, first=500)
+    [reader] = record(tmp_path / "store", 1, first=900, reads_only=True)
+    ctx = context(path)
+    _run_stage(ctx, "select")
+    with pytest.raises(JobError) as raised:
+        _run_stage(ctx, "replay")
+    error = " ".join(str(raised.value).split())
+    assert "skipped 3 of the 4 selected trajectories of ticket-bot because of the sandbox ([replay] sandbox = " in error, error
+    assert "; it lacks assign_ticket), more than 50% of the 4 with a tool call" in error, error
+    assert "traces reject" not in error
+    [again] = re.findall(r"`(ee replay run --again [^`]+)`", error)
+
+    monkeypatch.delenv("TICKET_SANDBOX_BROKEN")
+    result = CliRunner().invoke(app, shlex.split(again)[1:])
+    assert result.exit_code == 0, result.output
+    _run_stage(ctx, "replay")  # the run continues with that attempt
+    replay = ctx.run.stage("replay")
+    assert replay["status"] == "done" and replay["outputs"]["skipped"] == 0, replay
+    _assert_replayed(tmp_path / "store", [*lost, reader], replay["outputs"]["replay_id"])
+
+
+def _assert_replayed(store_path: Path, ids: list[str], replay_id: str) -> None:
+    """Each of ``ids`` has a done replay record and rollouts under ``replay_id``."""
+    import polars as pl
+
+    from ee_middleware.store.registry import open_store
+
+    store = open_store(store_path, create=False)
+    try:
+        records = store.replays(replay_id=replay_id).filter(pl.col("trajectory_id").is_in(ids))
+        assert sorted(records.filter(pl.col("status") == "done")["trajectory_id"].to_list()) == sorted(ids), records
+        assert set(store.rollouts(ids, replay_id=replay_id)["trajectory_id"].to_list()) == set(ids)
+    finally:
+        store.close()
+
+
+def test_a_few_skipped_because_the_sandbox_lacks_a_tool_warn_naming_it_and_the_again_command_that_replays_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 of 3 selected trajectories calls the assign_ticket the sandbox lacks (a tool added to the agent, not to the
+    sandbox); 2 only read tickets. Was (ee0344f): a plain decision line without `ee replay run --again`, nothing on
+    stderr or in the summary, and the skipped one never replayed. Now the run goes on (one trajectory does not stop the
+    loop) with a warning on stderr, in the summary, decisions, outputs and report naming the tool and the command; run as
+    printed once the sandbox is fixed, the next run trains on the attempt that replayed it."""
+    path = write_config(tmp_path, sandbox="make_sandbox_switchable")
+    monkeypatch.setenv("TICKET_SANDBOX_BROKEN", "1")
+    [lost] = record(tmp_path / "store", 1, first=500)
+    readers = record(tmp_path / "store", 2, first=900, reads_only=True)
+    said = Said()
+    with pytest.warns(UserWarning, match="skipped because of the sandbox") as caught:
+        run = stages(path, "select", "replay", progress=said)
+    replay = run.stage("replay")
+    assert replay["status"] == "done", replay.get("error")
+    again = replay["outputs"]["sandbox_skips"]["again"]
+    assert again.startswith("ee replay run --again --config ") and shlex.split(again)[-2:] == ["--app", APP]
+    assert replay["outputs"]["sandbox_skips"] == {"count": 1, "tools": ["assign_ticket"], "again": again, "trajectories": [lost]}
+    assert "1 skipped because of the sandbox (it lacks assign_ticket), not replayed by later runs" in replay["summary"]
+    assert f"`{again}`" in replay["summary"], replay["summary"]
+    [warning] = [d for d in replay["decisions"] if "because of the sandbox" in d]
+    assert "1 of the 3 selected trajectories of ticket-bot were skipped because of the sandbox (" in warning
+    assert "; it lacks assign_ticket)" in warning
+    assert f"`{again}`" in warning and "traces reject" not in warning, warning
+    assert any(f"`{again}`" in str(w.message) for w in caught)
+    assert any(line.startswith("warning: 1 of the 3") for line in said.lines), said.lines
+    assert f"`{again}`" in write_report(run)["markdown"].read_text()
+
+    # the sandbox fixed, the printed command replays the configuration's next attempt; the next run trains on it
+    monkeypatch.delenv("TICKET_SANDBOX_BROKEN")
+    result = CliRunner().invoke(app, shlex.split(again)[1:])
+    assert result.exit_code == 0, result.output
+    record(tmp_path / "store", 1, first=950, reads_only=True)
+    nxt = stages(path, "select", "replay").stage("replay")
+    assert nxt["status"] == "done" and nxt["outputs"]["replay_id"] != replay["outputs"]["replay_id"], nxt
+    assert "sandbox_skips" not in nxt["outputs"] and nxt["outputs"]["skipped"] == 0, nxt["outputs"]
+    _assert_replayed(tmp_path / "store", [lost, *readers], nxt["outputs"]["replay_id"])
