@@ -268,14 +268,18 @@ def _cut_answers(frame: Any) -> dict[str, int]:
 def setting_differences(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str]) -> list[str]:
     """``[eval] SETTING: BASELINE -> CANDIDATE`` for each setting that changes the answers which the two runs' ``run.json``
     record differently, but the model under test (:data:`UNDER_TEST`) and :data:`CHECKED_PER_SUITE`; none where a run
-    folder holds no job record (a folder not written by ``ee eval run``)."""
+    folder holds no job record (a folder not written by ``ee eval run``).
+
+    An older run record's relative split text that names nothing from the current folder is the other run's split when
+    it names that split's folder (:func:`~ee_middleware.evals.job.same_split`, ``tasks_paired``): :func:`gate` pairs
+    the runs' tasks by id (a ``traces:`` task is a held-out trajectory) and refuses two different sets of them."""
     from ee_middleware.evals.job import EvalJob, settings_changes
 
     baseline, candidate = _recorded_run(baseline_dir), _recorded_run(candidate_dir)
     if baseline is None or candidate is None:
         return []
     before, after = (EvalJob.recorded_settings(record["job"], record.get("settings")) for record in (baseline, candidate))
-    return settings_changes(before, after, ignore=UNDER_TEST + CHECKED_PER_SUITE)
+    return settings_changes(before, after, ignore=UNDER_TEST + CHECKED_PER_SUITE, tasks_paired=True)
 
 
 def _recorded_run(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -124,14 +124,18 @@ class EvalJob(BaseModel):
         return hashlib.sha256(json.dumps(self.run_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def settings_changes(before: dict[str, Any], after: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
+def settings_changes(
+    before: dict[str, Any], after: dict[str, Any], *, ignore: tuple[str, ...] = (), tasks_paired: bool = False
+) -> list[str]:
     """``[eval] SETTING: BEFORE -> AFTER`` for each of two :meth:`EvalJob.run_settings` that differs, but ``ignore``.
 
-    Two splits differ when their ids do (:func:`same_split`), whatever path names them."""
+    Two splits differ when their ids do (:func:`same_split`), whatever path names them. ``tasks_paired``: the caller
+    compares the two runs' tasks by id (the gate), so an older record's split text may be taken by what it names
+    (:func:`same_split`'s ``tasks_paired``)."""
     return [
         f"[eval] {name}: {_shown(before.get(name))} -> {_shown(after[name])}"
         for name in after
-        if name not in ignore and not _same(name, before.get(name), after[name])
+        if name not in ignore and not _same(name, before.get(name), after[name], tasks_paired)
     ]
 
 
@@ -191,19 +195,22 @@ def split_identity(split: str | None) -> dict[str, Any] | None:
     return identity
 
 
-def same_split(before: Any, after: Any) -> bool:
+def same_split(before: Any, after: Any, *, tasks_paired: bool = False) -> bool:
     """Whether two recorded ``split`` settings (:func:`split_identity`, or an older record's text) are one split: the
     same ids when both have a digest, else the same resolved file. An older record's text is read as
-    :func:`split_identity` reads it now (a relative one from the current folder: where its run was made is not recorded);
-    a relative one naming nothing from the current folder is the other's split when it names that split's file or
-    folder (``data`` for ``/work/data/datasets.json``), as two older records of one text are."""
+    :func:`split_identity` reads it now (a relative one from the current folder: where its run was made is not recorded),
+    so a relative one naming nothing from the current folder (:func:`unresolved_split_text`) is another split.
+
+    ``tasks_paired``: the caller pairs the two runs' tasks by id and refuses two different sets of them (the gate, whose
+    ``traces:`` tasks are the held-out trajectories), so that text is the other's split when it names that split's folder
+    or file by its tail (``data`` or ``data/datasets.json`` for ``/work/data/datasets.json``), as two older records of one
+    text are. ``datasets.json`` alone names no folder (every split's file is called so) and is another split there too.
+    A resume checks no task of the suites its command does not name, so it never passes ``tasks_paired``."""
     if before == after:
         return True
     for text, other in ((before, after), (after, before)):
-        if isinstance(text, str) and isinstance(other, dict) and other.get("path") and _unresolvable(text):
-            # an older record's relative text, read from a folder it does not name (the gate run elsewhere): all that is
-            # known is its text, so it is the other's split when that names the other's file or folder
-            return _names_tail(text, str(other["path"]))
+        if isinstance(text, str) and isinstance(other, dict) and other.get("path") and unresolved_split_text(text):
+            return tasks_paired and _names_tail(text, str(other["path"]))
     before, after = (split_identity(v) if isinstance(v, str) else v for v in (before, after))
     if not (isinstance(before, dict) and isinstance(after, dict)):
         return False
@@ -212,25 +219,29 @@ def same_split(before: Any, after: Any) -> bool:
     return bool(before.get("path") == after.get("path"))
 
 
-def _unresolvable(text: str) -> bool:
-    """Whether a split typed as ``text`` (an older run record's) is relative and names nothing from the current folder."""
-    path = Path(text).expanduser()
+def unresolved_split_text(split: Any) -> bool:
+    """Whether a recorded split is an older run record's text (as typed) that is relative and names nothing from the
+    current folder: what it named depended on the folder its run was made in, which that record does not hold."""
+    if not isinstance(split, str) or not split:
+        return False
+    path = Path(split).expanduser()
     return not path.is_absolute() and not path.exists()
 
 
 def _names_tail(text: str, path: str) -> bool:
-    """Whether the relative ``text`` names the split file ``path`` (resolved) from some folder: its tail, or its folder's."""
+    """Whether the relative ``text`` names the split file ``path`` (resolved) from some folder: its tail, or its folder's,
+    with at least one folder or a file name of its own (``datasets.json`` alone is the tail of every split)."""
     parts = Path(os.path.normpath(text)).parts
-    if not parts or ".." in parts:
+    if ".." in parts or not (parts[:-1] if parts[-1:] == (SPLIT_FILE,) else parts):
         return False
     file = Path(path)
     tails = [file.parts] + ([file.parent.parts] if file.name == SPLIT_FILE else [])
     return any(tail[-len(parts) :] == parts for tail in tails if len(tail) > len(parts))
 
 
-def _same(name: str, before: Any, after: Any) -> bool:
+def _same(name: str, before: Any, after: Any, tasks_paired: bool = False) -> bool:
     if name == "split":
-        return same_split(before, after)
+        return same_split(before, after, tasks_paired=tasks_paired)
     if name == "tau_bench_dir" and isinstance(before, str) and isinstance(after, str):  # an older record's, as typed
         return _absolute(before) == _absolute(after)
     return bool(before == after)

@@ -41,7 +41,7 @@ from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.errors import ConfigError, EEError, ModelRequestError
 from ee_middleware.evals.clients import build_eval_client
-from ee_middleware.evals.job import EvalJob, adapter_identity, same_split
+from ee_middleware.evals.job import EvalJob, adapter_identity, same_split, unresolved_split_text
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tasks import EvalTask, TaskResult
@@ -502,7 +502,10 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
 def _check_split_kept(out: Path, after: Any, previous: dict[str, Any], earlier: list[str], names: list[str]) -> None:
     """Refuse a split (``after``: this command's, as :func:`~ee_middleware.evals.job.split_identity` says) other than
     the run's while the run holds ``traces:`` suites this command does not name: their results would stay those of the
-    other split's held-out trajectories (this command checks only its own suites)."""
+    other split's held-out trajectories (this command checks only its own suites).
+
+    An older run record's relative split text that names nothing from the current folder is another split here: what it
+    named depended on the folder the run was made in, and no task of the suites this command does not name is checked."""
     before = EvalJob.recorded_settings(previous["job"], previous.get("settings"))["split"]
     if before is None or same_split(before, after):
         return
@@ -511,18 +514,36 @@ def _check_split_kept(out: Path, after: Any, previous: dict[str, Any], earlier: 
         from ee_middleware.evals.job import settings_changes
 
         [change] = settings_changes({"split": before}, {"split": after})
-        held = f"{out} holds results of {', '.join(others)}, evaluated with another split than this command's ({change}: the run's -> this command's)"
+        recorded = before.get("path") if isinstance(before, dict) else before
+        unresolved = unresolved_split_text(before)
+        if unresolved:
+            held = (
+                f"{out} holds results of {', '.join(others)}, evaluated with the split its run.json records as typed, "
+                f"relative to the folder the run was made in ({change}: the run's -> this command's), and {before!r} names "
+                f"nothing from this folder ({Path.cwd()}), so whether the two splits hold out the same trajectories cannot "
+                "be checked"
+            )
+            where = f"--split {recorded}, from the folder the run was made in"
+        else:
+            held = f"{out} holds results of {', '.join(others)}, evaluated with another split than this command's ({change}: the run's -> this command's)"
+            where = f"--split {recorded}, the run.json's {'settings.split.path' if isinstance(before, dict) else 'job.split'}"
         if not (isinstance(after, dict) and after.get("digest")):  # no split, or none readable: naming the suites fails too
-            recorded = before.get("path") if isinstance(before, dict) else before
             raise ConfigError(
                 f"{held}. A traces: suite is evaluated only on the trajectories its split holds out: give this command the "
-                f"run's split (--split {recorded}, the run.json's settings.split.path), or use another --out."
+                f"run's split ({where}), or use another --out."
             )
+        name_them = f"name them too ({' '.join('--suite ' + n for n in others)})"
         raise ConfigError(
-            f"{held}, and this command does not name them, so their results would stay those of the "
-            f"trajectories the other split held out. Name them too ({' '.join('--suite ' + n for n in others)}): their "
-            "results are then checked against this split, and those of trajectories it no longer holds out are left out; "
-            "or use another --out."
+            f"{held}, and this command does not name them, so their results would stay those of the trajectories "
+            f"{'that' if unresolved else 'the other'} split held out. "
+            + (
+                f"Run this command from the folder the run was made in (where {before!r} names its split: the two splits' "
+                f"ids are then compared), or {name_them}"
+                if unresolved
+                else name_them[0].upper() + name_them[1:]
+            )
+            + ": their results are then checked against this split, and those of trajectories it no longer holds out are "
+            "left out; or use another --out."
         )
 
 

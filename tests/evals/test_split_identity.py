@@ -127,3 +127,95 @@ def test_a_run_of_the_version_before_with_a_relative_split_gates_against_a_new_r
     (tmp_path / "base" / RUN_FILE).write_text(json.dumps(record))
     [changed] = setting_differences(tmp_path / "cand", tmp_path / "base")
     assert changed.startswith("[eval] split: other_data -> ")
+
+
+def _as_the_version_before_wrote_it(run: Path, split: str) -> None:
+    """Rewrite ``run``'s run.json as a version before ab49585 wrote it: no ``settings``, the split as typed."""
+    record = json.loads((run / RUN_FILE).read_text())
+    record.pop("settings", None)
+    record["job"]["split"] = split
+    (run / RUN_FILE).write_text(json.dumps(record))
+
+
+def _another_split(tmp_path: Path, heldout: list[str]) -> Path:
+    """Another nightly split of the same store, in ``tmp_path/night2/data`` (a folder named ``data`` too)."""
+    night2 = tmp_path / "night2"
+    night2.mkdir()
+    (night2 / "store").symlink_to(tmp_path / "store")
+    _build(night2, heldout)
+    return night2 / "data"
+
+
+def test_an_older_runs_relative_split_naming_nothing_from_here_is_another_split_for_a_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: resumed from another folder with another ``data`` split, a run of the version before (split ``data``)
+    holding a traces: suite the command does not name was taken as on the same split (``data`` is the tail of
+    ``night2/data``), so that suite kept the results of the old split's held-out trajectories. Now refused, naming the
+    fix, and the fix works."""
+    ids = _record_store(tmp_path)
+    _build(tmp_path, ids[:3])
+    whole, app = f"traces:{tmp_path / 'store'}", f"traces:{tmp_path / 'store'}:bfcl.multi_turn_base"
+    monkeypatch.chdir(tmp_path)
+    run_eval(EvalJob(suites=[whole, app], model="oracle", out="run", split="data"))
+    _as_the_version_before_wrote_it(tmp_path / "run", "data")
+    night2 = _another_split(tmp_path, ids[3:])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = str(tmp_path / "run")
+    with pytest.raises(ConfigError) as refused:
+        run_eval(EvalJob(suites=[whole], model="oracle", out=out, split=str(night2)))
+    message = str(refused.value)
+    assert f"holds results of {app}, evaluated with the split its run.json records as typed" in message
+    assert f"'data' names nothing from this folder ({elsewhere})" in message
+    assert "Run this command from the folder the run was made in" in message and f"name them too (--suite {app})" in message
+    # the same split, named absolutely from elsewhere: still cannot be checked from here, and the fix it names works
+    with pytest.raises(ConfigError, match="records as typed"):
+        run_eval(EvalJob(suites=[whole], model="oracle", out=out, split=str(tmp_path / "data")))
+    monkeypatch.chdir(tmp_path)
+    summaries = run_eval(EvalJob(suites=[whole], model="oracle", out=out, split=str(tmp_path / "data")))
+    assert [s["tasks"] for s in summaries] == [3, 3]
+    # without a readable split, the run's --split is named with the folder it is read from
+    monkeypatch.chdir(elsewhere)
+    _as_the_version_before_wrote_it(tmp_path / "run", "data")
+    with pytest.raises(ConfigError, match=r"give this command the run's split \(--split data, from the folder the run was made in\)"):
+        run_eval(EvalJob(suites=["bfcl:irrelevance:1"], model="oracle", out=out))
+    # naming the suite too re-checks its results against the new split
+    summaries = run_eval(EvalJob(suites=[whole, app], model="oracle", out=out, split=str(night2)))
+    assert [s["tasks"] for s in summaries] == [3, 3]
+    assert set(pl.read_parquet(tmp_path / "run" / "results.parquet")["task_id"]) == set(ids[3:])
+
+
+def test_the_gate_takes_an_older_relative_split_by_the_folder_it_names_and_still_refuses_other_held_out_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a bare ``datasets.json`` (typed from inside a split's folder) was the tail of every split, so any older
+    run's ``datasets.json`` was the same split as any new run's, and :func:`same_split` took ``data`` as every nightly
+    split's for the resume too. The gate keeps ``data`` (its tasks are paired by id: another held-out set is refused)."""
+    from ee_middleware.evals.job import same_split, split_identity
+
+    ids = _record_store(tmp_path)
+    _build(tmp_path, ids[:3])
+    store = f"traces:{tmp_path / 'store'}"
+    monkeypatch.chdir(tmp_path)
+    run_eval(EvalJob(suites=[store], model="noop", out="base", split="data"))
+    _as_the_version_before_wrote_it(tmp_path / "base", "data")
+    night2 = _another_split(tmp_path, ids[3:])
+    run_eval(EvalJob(suites=[store], model="oracle", out="cand", split=str(night2)))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    new = split_identity(str(night2))
+    assert not same_split("data", new) and not same_split("datasets.json", new, tasks_paired=True)
+    assert not same_split("./datasets.json", new, tasks_paired=True) and not same_split("../data", new, tasks_paired=True)
+    assert same_split("data", new, tasks_paired=True) and same_split("night2/data/datasets.json", new, tasks_paired=True)
+    assert not same_split("other/data", new, tasks_paired=True)
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    assert setting_differences(cand, base) == []  # `data` names night2's folder too: the task ids tell the two apart
+    reasons = gate(cand, base, POLICY).reasons
+    assert _other_settings(reasons) == []
+    assert any(r.startswith(f"{store}: the candidate lacks 3 task(s) the baseline ran") for r in reasons), reasons
+    _as_the_version_before_wrote_it(base, "datasets.json")  # typed from inside the folder: names no split
+    [changed] = setting_differences(cand, base)
+    assert changed.startswith(f"[eval] split: datasets.json -> {night2 / 'datasets.json'} (3 held out")
