@@ -691,29 +691,36 @@ def _ended_on_empty_reply(index: int, output: int, decisions: list[dict[str, Any
 
 def _last_answer(answers: list[tuple[int, str]], decisions: list[dict[str, Any]]) -> str | None:
     """The run's answer where its output said none: the last non-empty reply without calls, unless other replies
-    without calls came from the same graph node run as other tasks (parallel ``Send`` branches of one node) and the last
-    one's conversation does not hold them: those are several answers, none of which the run gave (picking the last would
-    pick whichever branch ended last), and the run has ``None``. Replies of other nodes (a router's label, a chain's
-    draft that a later node polishes) leave the last reply the answer, as one node's replies in one conversation do."""
+    without calls came from parallel branches of the same node (:func:`_parallel`: ``Send`` fan-out) and the last one's
+    conversation does not hold them: those are several answers, none of which the run gave (picking the last would pick
+    whichever branch ended last), and the run has ``None``. Replies of other nodes (a router's label, a chain's draft
+    that a later node polishes) and of the same node run again later (a retry, an evaluator-optimizer loop) leave the
+    last reply the answer."""
     texts = [(index, text) for index, text in answers if text]
     if not texts:
         return None
     last_index, last_text = texts[-1]
-    node, task = _node_task(decisions[last_index]["span"])
-    if node is not None:
-        said = [content_to_text(m.get("content")) for m in decisions[last_index]["state"]]
-        for index, text in texts[:-1]:
-            other_node, other_task = _node_task(decisions[index]["span"])
-            if other_node == node and other_task != task and not any(text in content for content in said if content):
-                return None
+    last = decisions[last_index]["span"]
+    said = [content_to_text(m.get("content")) for m in decisions[last_index]["state"]]
+    for index, text in texts[:-1]:
+        if _parallel(decisions[index]["span"], last) and not any(text in content for content in said if content):
+            return None
     return last_text
 
 
-def _node_task(chat: SpanData) -> tuple[str | None, str | None]:
-    """The graph node a model call ran in and the task of that node it ran in (its checkpoint namespace)."""
-    node = chat.attributes.get(sc.EE_LANGGRAPH_NODE)
-    task = chat.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
-    return (str(node) if node else None), (str(task) if task else None)
+def _parallel(one: SpanData, other: SpanData) -> bool:
+    """Whether two model calls ran in parallel branches of one graph node: the same node (the outermost of their
+    checkpoint namespaces, ``node:task|inner:task``), other tasks of it, and, for calls of that node itself, the same
+    graph step (a node run again later, a retry, has another). Calls inside parallel subgraph branches count by their
+    outer task (their own steps are their subgraphs'). Spans that do not say (other instrumentations) are not."""
+    here, there = one.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS), other.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
+    if not here or not there:
+        return False
+    (node, _, task), (other_node, _, other_task) = (str(ns).split("|", 1)[0].partition(":") for ns in (here, there))
+    if node != other_node or task == other_task:
+        return False
+    nested = "|" in str(here) or "|" in str(there)
+    return nested or one.attributes.get(sc.EE_LANGGRAPH_STEP) == other.attributes.get(sc.EE_LANGGRAPH_STEP)
 
 
 def _reviewed_turns(

@@ -357,6 +357,9 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_LANGGRAPH_NODE] = str(metadata["langgraph_node"])
         if metadata.get("langgraph_checkpoint_ns"):
             attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(metadata["langgraph_checkpoint_ns"])
+        step = metadata.get("langgraph_step")
+        if isinstance(step, int) and not isinstance(step, bool):
+            attrs[sc.EE_LANGGRAPH_STEP] = step
         if metadata.get(NESTED_IN_METADATA):
             attrs[sc.EE_NESTED_IN] = str(metadata[NESTED_IN_METADATA])
             attrs[sc.EE_NESTED_ON_THREAD] = bool(metadata.get(NESTED_ON_THREAD_METADATA))
@@ -710,6 +713,7 @@ CHAT_METADATA = (
     "ls_provider",
     "langgraph_node",
     "langgraph_checkpoint_ns",
+    "langgraph_step",
     NESTED_IN_METADATA,
     NESTED_ON_THREAD_METADATA,
     STRUCTURED_OUTPUT_METADATA,

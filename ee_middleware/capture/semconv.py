@@ -52,6 +52,9 @@ EE_SCHEMA_VERSION = "ee.schema_version"
 EE_LANGGRAPH_NODE = "ee.langgraph.node"
 EE_LANGGRAPH_CHECKPOINT_NS = "ee.langgraph.checkpoint_ns"
 """The LangGraph task a model call ran in (its checkpoint namespace): parallel branches (``Send``) differ."""
+EE_LANGGRAPH_STEP = "ee.langgraph.step"
+"""The step of its graph a model call's node ran in (``langgraph_step``): parallel branches of one step share it, a
+node run again later (a retry, a loop) has another."""
 EE_TOOL_ERROR_POSITIONS = "ee.tool_call.error_positions"
 """The positions, in a ``chat`` span's input messages (in the run root's output messages), of the tool messages that
 report an error (a ``ToolMessage`` with ``status="error"``), also those no tool span failed for (a middleware that

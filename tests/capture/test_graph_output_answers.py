@@ -229,3 +229,30 @@ def test_an_sql_agents_rows_in_result_are_not_its_answer(offload, store_path):
     agent.invoke({"question": "How many users?"})
     [t] = _recorded(agent, store_path)
     assert (t.status, t.final_answer) == ("completed", "There are 42 users.")
+
+
+@OFFLOADS
+def test_a_node_run_again_later_answers_with_its_last_reply(offload, store_path):
+    """After review R5 #1 of 32c6bf9: a node re-prompted afresh after a grader rejected its draft (Self-RAG, LangGraph's
+    evaluator-optimizer) ran in another task of the same node, as parallel Send branches do, and the run stored no
+    answer; it ran in a later graph step, which parallel branches do not."""
+    drafts = iter(["draft 1: Lyon.", "draft 2: Paris."])
+    model = ScriptedChatModel(policy=lambda messages, tools: AIMessage(content=next(drafts)))
+
+    class Rag(TypedDict, total=False):
+        question: str
+        generation: str
+        tries: int
+
+    def generate(state: Rag) -> Rag:
+        reply = model.invoke([HumanMessage(f"Context: France's capital is Paris. Question: {state['question']}")])
+        return {"generation": reply.content, "tries": state.get("tries", 0) + 1}
+
+    graph = StateGraph(Rag)
+    graph.add_node("generate", generate)
+    graph.add_edge(START, "generate")
+    graph.add_conditional_edges("generate", lambda state: "generate" if state["tries"] < 2 else END, ["generate", END])
+    agent = record_experience(graph.compile(), app="rag", store=store_path, offload=offload)
+    out = agent.invoke({"question": "What is the capital of France?"})
+    [t] = _recorded(agent, store_path)
+    assert (t.status, t.final_answer) == ("completed", out["generation"]) == ("completed", "draft 2: Paris.")
