@@ -144,7 +144,9 @@ def taken_port():
 def test_a_launched_server_whose_port_is_taken_is_not_started(taken_port: int, tmp_path) -> None:
     """Before: the other process's answers passed for readiness ("vLLM serving ..."), and vLLM exited later for want of the port."""
     marker = tmp_path / "started"
-    server = ServerProcess([sys.executable, "-c", f"open({str(marker)!r}, 'w')"], f"http://127.0.0.1:{taken_port}/v1", name="vLLM server", end_with_parent=True)
+    server = ServerProcess(
+        [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], f"http://127.0.0.1:{taken_port}/v1", name="vLLM server", end_with_parent=True
+    )
     with pytest.raises(ServerStartError, match=f"Not starting the vLLM server: Cannot listen on 127.0.0.1:{taken_port}: another process"):
         server.start(timeout_s=10)
     assert server.process is None and not marker.exists()

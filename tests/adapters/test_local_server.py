@@ -96,7 +96,9 @@ def test_a_request_for_an_adapter_unloaded_while_it_waited_for_the_model_is_a_40
     script.write_text(HOLDING_SERVER)
     port = free_port()
     arguments = local_command(str(tiny_base), port=port, served_model_name="tiny-base", max_lora_rank=8)[3:]
-    server = ServerProcess([sys.executable, str(script), str(tmp_path), *arguments], f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True)
+    server = ServerProcess(
+        [sys.executable, str(script), str(tmp_path), *arguments], f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True
+    )
     with server:
         backend = LocalBackend(server.url)
         backend.load("X", str(adapter_set.perturbed))

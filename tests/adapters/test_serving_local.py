@@ -154,7 +154,10 @@ def test_killing_the_server_during_a_promote_leaves_the_registry_consistent(tiny
     candidate = registry.register(train_shaped_adapter(tiny_base, tmp_path / "b", seed=32), "bot")
     port = free_port()
     server = ServerProcess(
-        local_command(str(tiny_base), port=port, served_model_name="tiny-base"), f"http://127.0.0.1:{port}/v1", name="doomed server", end_with_parent=True
+        local_command(str(tiny_base), port=port, served_model_name="tiny-base"),
+        f"http://127.0.0.1:{port}/v1",
+        name="doomed server",
+        end_with_parent=True,
     )
     with server:
         backend = LocalBackend(server.url, timeout_s=10)

@@ -68,7 +68,9 @@ def start_vllm(base: Path, *, max_lora_rank: int = 8, chat_template: str | None 
         python=vllm_python(),
         **{**defaults, **settings},
     )
-    server = ServerProcess(vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
+    server = ServerProcess(
+        vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True
+    )
     return server.start(timeout_s=300)
 
 
@@ -178,7 +180,9 @@ def test_two_replicas_a_failure_on_the_second_rolls_the_first_back(vllm_server: 
 
 def test_a_server_that_cannot_start_fails_with_its_log(tmp_path: Path) -> None:
     options = VLLMOptions(base=str(tmp_path / "no-model"), port=free_port(), launcher="module", python=vllm_python(), max_num_seqs=1)
-    server = ServerProcess(vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
+    server = ServerProcess(
+        vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True
+    )
     from ee_middleware.adapters.errors import ServerStartError
 
     with pytest.raises(ServerStartError, match="exited with status") as caught:
