@@ -19,23 +19,12 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import Command, interrupt
 
 from ee_middleware import record_experience
-from ee_middleware.records import Trajectory
-from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_graph_input_tasks import recorded as _recorded
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
 
 OFFLOADS = pytest.mark.parametrize("offload", ["thread", pytest.param("process", marks=pytest.mark.heavy)])  # process: make test-heavy
 pytestmark = pytest.mark.usefixtures("no_child_left")
-
-
-def _recorded(agent: Any, store_path: Any) -> list[Trajectory]:
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(store_path)
-    try:
-        return sorted(store.iter_trajectories(), key=lambda t: t.started_at)
-    finally:
-        store.close()
 
 
 @tool

@@ -17,25 +17,14 @@ from langgraph.types import Send
 from pydantic import BaseModel
 
 from ee_middleware import record_experience
-from ee_middleware.records import Trajectory
-from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel
+from tests.capture.test_graph_input_tasks import recorded as _recorded
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
 
 OFFLOADS = pytest.mark.parametrize("offload", ["thread", pytest.param("process", marks=pytest.mark.heavy)])  # process: make test-heavy
 pytestmark = pytest.mark.usefixtures("no_child_left")
 
 CITIES = ["Paris", "Rome", "Oslo"]
-
-
-def _recorded(agent: Any, store_path: Any) -> list[Trajectory]:
-    agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(store_path)
-    try:
-        return sorted(store.iter_trajectories(), key=lambda t: t.started_at)
-    finally:
-        store.close()
 
 
 def _notes_model() -> ScriptedChatModel:
