@@ -694,8 +694,9 @@ def _last_answer(answers: list[tuple[int, str]], decisions: list[dict[str, Any]]
     without calls came from parallel branches of the same node (:func:`_parallel`: ``Send`` fan-out) and the last one's
     conversation does not hold them: those are several answers, none of which the run gave (picking the last would pick
     whichever branch ended last), and the run has ``None``. Replies of other nodes (a router's label, a chain's draft
-    that a later node polishes) and of the same node run again later (a retry, an evaluator-optimizer loop) leave the
-    last reply the answer."""
+    that a later node polishes), of the same node run again later (a retry, an evaluator-optimizer loop) and of branches
+    inside subgraphs or Functional API tasks (which cannot be told apart from sequential runs) leave the last reply the
+    answer."""
     texts = [(index, text) for index, text in answers if text]
     if not texts:
         return None
@@ -709,18 +710,18 @@ def _last_answer(answers: list[tuple[int, str]], decisions: list[dict[str, Any]]
 
 
 def _parallel(one: SpanData, other: SpanData) -> bool:
-    """Whether two model calls ran in parallel branches of one graph node: the same node (the outermost of their
-    checkpoint namespaces, ``node:task|inner:task``), other tasks of it, and, for calls of that node itself, the same
-    graph step (a node run again later, a retry, has another). Calls inside parallel subgraph branches count by their
-    outer task (their own steps are their subgraphs'). Spans that do not say (other instrumentations) are not."""
+    """Whether two model calls ran in parallel branches of one node of the graph itself (``Send`` fan-out): the same
+    node, other tasks of it (their checkpoint namespaces, ``node:task``), in the same graph step (a node run again
+    later, a retry, has another). Calls inside subgraphs, an agent a node invokes or Functional API tasks
+    (``node:task|inner:task``) do not tell: their steps are their subgraphs' own, the same for a branch run beside
+    another and for one run again later, so they are not taken as parallel (the last reply stays the answer). Spans
+    that do not say (other instrumentations) are not either."""
     here, there = one.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS), other.attributes.get(sc.EE_LANGGRAPH_CHECKPOINT_NS)
-    if not here or not there:
+    if not here or not there or "|" in str(here) or "|" in str(there):
         return False
-    (node, _, task), (other_node, _, other_task) = (str(ns).split("|", 1)[0].partition(":") for ns in (here, there))
-    if node != other_node or task == other_task:
-        return False
-    nested = "|" in str(here) or "|" in str(there)
-    return nested or one.attributes.get(sc.EE_LANGGRAPH_STEP) == other.attributes.get(sc.EE_LANGGRAPH_STEP)
+    (node, _, task), (other_node, _, other_task) = (str(ns).partition(":") for ns in (here, there))
+    step = one.attributes.get(sc.EE_LANGGRAPH_STEP)
+    return node == other_node and task != other_task and step is not None and step == other.attributes.get(sc.EE_LANGGRAPH_STEP)
 
 
 def _reviewed_turns(

@@ -10,6 +10,7 @@ import operator
 from typing import Annotated, Any, TypedDict
 
 import pytest
+from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.func import entrypoint
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -245,3 +246,30 @@ def test_a_node_run_again_later_answers_with_its_last_reply(offload, store_path)
     out = agent.invoke({"question": "What is the capital of France?"})
     [t] = _recorded(agent, store_path)
     assert (t.status, t.final_answer) == ("completed", out["generation"]) == ("completed", "draft 2: Paris.")
+
+
+@OFFLOADS
+def test_a_node_delegating_to_an_agent_run_again_later_answers_with_its_last_reply(offload, store_path):
+    """After review R6 #1 of 6216cf7: the generator of a retry loop invokes an agent with a fresh prompt; its calls run
+    inside the agent's own graph, whose steps cannot tell a branch beside another from a run later, and were taken as
+    parallel branches: no answer. Calls inside subgraphs are never taken as parallel now (the last reply answers)."""
+    drafts = iter(["draft 1: Lyon.", "draft 2: Paris."])
+    writer = create_agent(ScriptedChatModel(policy=lambda messages, tools: AIMessage(content=next(drafts))), tools=[])
+
+    class Rag(TypedDict, total=False):
+        question: str
+        generation: str
+        tries: int
+
+    def generate(state: Rag) -> Rag:
+        reply = writer.invoke({"messages": [HumanMessage(f"Context: France's capital is Paris. Question: {state['question']}")]})
+        return {"generation": reply["messages"][-1].content, "tries": state.get("tries", 0) + 1}
+
+    graph = StateGraph(Rag)
+    graph.add_node("generate", generate)
+    graph.add_edge(START, "generate")
+    graph.add_conditional_edges("generate", lambda state: "generate" if state["tries"] < 2 else END, ["generate", END])
+    agent = record_experience(graph.compile(), app="rag", store=store_path, offload=offload)
+    agent.invoke({"question": "What is the capital of France?"})
+    [t] = _recorded(agent, store_path)
+    assert (t.status, t.final_answer) == ("completed", "draft 2: Paris.")
