@@ -532,8 +532,9 @@ def check_runs_of_adapter(
         raise ConfigError(
             f"The baseline run {baseline.resolve()} cannot tell which weights it evaluated ({why}), so it may be {name} "
             f"itself, and a tie recorded on {name} would let `ee adapters promote {name}` through. Evaluate the live model "
-            "again from where its weights cannot change (by its served name, or as local:BASE@ its registered copy: "
-            f"`ee adapters show NAME` prints the folder){_into_new_out(baseline)}, on the same suites, then gate again."
+            f"again from where its weights cannot change (by its served name, or as local:{_base_of(baseline) or 'BASE'}@ the "
+            "registered copy of the live version: `ee adapters list` names it, `ee adapters show VERSION` prints its folder)"
+            f"{_into_new_out(baseline)}, on the same suites, then gate again."
         )
     if is_run is not False:  # nor the live model's, when it ran from one of the adapter's folders
         raise ConfigError(

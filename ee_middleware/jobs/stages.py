@@ -316,7 +316,7 @@ def replay(ctx: StageContext) -> StageResult:
         lacks = f" (it lacks {', '.join(sandbox_skips['tools'])})" if sandbox_skips["tools"] else ""
         result.summary += (
             f"; WARNING: {sandbox_skips['count']} skipped because of the sandbox{lacks}, not replayed by later runs: once it is "
-            f"fixed, replay them with `{sandbox_skips['again']}`"
+            f"fixed, replay them with `{sandbox_skips['again']}` (it replays every approved trajectory of the app again)"
         )
     return result
 
@@ -599,8 +599,9 @@ def _check_skipped(
                 + (
                     fix
                     if builtin
-                    else f"fix the sandbox as the reason says, then replay them again with `{again}` (every later ee improve "
-                    "trains on that attempt)."
+                    else f"fix the sandbox as the reason says, then replay them again with `{again}` (a new replay attempt: it "
+                    f"replays every approved trajectory of {config.app} again, not only these; every later ee improve trains on "
+                    "that attempt)."
                 )
                 + " The run goes on with the others: the stage fails when the sandbox is at fault for more than "
                 f"{SANDBOX_FAULT_SHARE:.0%} of the selected trajectories with a tool call.{others}"
