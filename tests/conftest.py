@@ -427,6 +427,12 @@ HEAVY_TESTS: list[tuple[str, str]] = [
         "tests/replay/test_experience_prose_cut.py::test_a_wrapped_answer_cut_at_max_tokens_gets_the_raise_max_tokens_advice_scripted_server",
         SLOWEST,
     ),
+    ("tests/evals/test_run_stale_results.py::test_task_digests_are_those_ab49585_wrote_and_cost_a_fraction_of_the_copy", SLOWEST),
+    (
+        "tests/replay/sandboxes/test_cancelled_tools.py::test_closing_after_a_stop_is_bounded_when_a_tools_clean_up_blocks[[]inside-*",
+        SLOWEST,
+    ),
+    ("tests/models/test_local.py::test_a_model_that_needs_its_own_code_is_refused_without_asking_on_the_terminal", SLOWEST),
 ]
 
 

@@ -292,16 +292,6 @@ def test_subclasses_whose_json_copy_compares_equal_load_as_before(build: Any) ->
     assert copy == database and json.loads(json.dumps(database)) == copy
 
 
-def test_a_ruamel_yaml_database_loads_as_before() -> None:
-    yaml = pytest.importorskip("ruamel.yaml")
-    text = "base: &base {a: 1}\nusers:\n  u1: {name: Ann, tags: [x]}  # a comment\nmerged:\n  <<: *base\n  b: 2\n"
-    database = yaml.YAML().load(text)
-    domain = TauDomain(name="desk", policy="", tools={}, schemas=[], load_data=lambda: database, splits={})
-    assert (
-        domain.fresh_data() == database == {"base": {"a": 1}, "users": {"u1": {"name": "Ann", "tags": ["x"]}}, "merged": {"a": 1, "b": 2}}
-    )
-
-
 def test_a_domain_of_ordered_dicts_and_enums_runs_and_its_tools_see_the_same_values(club: str, tmp_path: Path) -> None:
     """Before (173ccdf): load_suite and ee eval run stopped with "the OrderedDict becomes a plain dict"; the tool's
     comparisons with the enum members (status != Status.ACTIVE, tier >= Tier.GOLD) work the same on the JSON copy."""
