@@ -403,15 +403,8 @@ def markdown_report(
             f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} "
             f"| {s.get('cut_answers', 0)} |"
         )
-    for warning in (
-        no_task_warning(summary),
-        mixed_models_warning(summary),
-        unanswered_warning(summary),
-        cut_warning(summary, max_tokens),
-        text_calls_note(summary),
-    ):
-        if warning:
-            lines += ["", warning]
+    for warning in _report_warnings(summary, max_tokens):
+        lines += ["", warning]
     if chart:
         lines += ["", f"![success rate per suite]({chart})"]
     failed = _failures(rows, [s["suite"] for s in summary])
@@ -426,6 +419,18 @@ def markdown_report(
         for r in failed:
             lines.append(f"| {_cell(r['suite'])} | {_cell(r['task_id'])} | {r['trial']} | {_cell((r['reason'] or '')[:REASON_CHARS])} |")
     return "\n".join(lines) + "\n"
+
+
+def _report_warnings(summary: list[dict[str, Any]], max_tokens: int | None) -> list[str]:
+    """The warnings and notes both reports show under their table, in order (those that apply)."""
+    found = (
+        no_task_warning(summary),
+        mixed_models_warning(summary),
+        unanswered_warning(summary),
+        cut_warning(summary, max_tokens),
+        text_calls_note(summary),
+    )
+    return [warning for warning in found if warning]
 
 
 def html_report(
@@ -448,15 +453,8 @@ def html_report(
             f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
         )
     body.append("</table>")
-    for warning in (
-        no_task_warning(summary),
-        mixed_models_warning(summary),
-        unanswered_warning(summary),
-        cut_warning(summary, max_tokens),
-        text_calls_note(summary),
-    ):
-        if warning:
-            body.append(f"<p><strong>{e(warning)}</strong></p>")
+    for warning in _report_warnings(summary, max_tokens):
+        body.append(f"<p><strong>{e(warning)}</strong></p>")
     if chart:
         body.append(f'<p><img src="{e(chart)}" alt="success rate per suite"></p>')
     failed = _failures(rows, [s["suite"] for s in summary])
