@@ -88,15 +88,35 @@ class TaskScore:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """An eval run's rows: ``results.parquet`` or ``results.jsonl`` (a run folder holding either, or the file)."""
+    """An eval run's rows: ``results.parquet`` or ``results.jsonl`` (a run folder holding either, or the file).
+
+    In an ``ee eval run`` folder (it holds ``run.json``) the rows are those the run's own outputs count, its
+    ``results.parquet``, also when its ``results.jsonl`` is named: that file is the run's journal, which keeps rows the
+    run leaves out (tasks a smaller suite no longer has, kept for a later command naming them; trials the model
+    server gave no answer to, run again by a later command). A run folder without ``results.parquet`` (stopped before
+    writing it) is refused, saying how to finish the run. A ``results.jsonl`` outside a run folder (outcomes from
+    another harness) is read as it is."""
+    from ee_middleware.evals.runner import JOURNAL, RESULTS, RUN_FILE, unfinished
+
     path = Path(path).expanduser()
     if path.is_dir():
-        found = next((path / name for name in ("results.parquet", "results.jsonl") if (path / name).exists()), None)
+        found = next((path / name for name in (RESULTS, JOURNAL) if (path / name).exists()), None)
         if found is None:
-            raise ConfigError(f"{path} holds neither results.parquet nor results.jsonl: pass an eval run's folder (ee eval run --out).")
+            raise ConfigError(f"{path} holds neither {RESULTS} nor {JOURNAL}: pass an eval run's folder (ee eval run --out).")
         path = found
     if not path.exists():
-        raise ConfigError(f"No results at {path}: pass an eval run's folder or its results.jsonl / results.parquet.")
+        raise ConfigError(f"No results at {path}: pass an eval run's folder or its {JOURNAL} / {RESULTS}.")
+    if path.name == JOURNAL and (path.parent / RUN_FILE).exists():
+        if (path.parent / RESULTS).exists():
+            path = path.parent / RESULTS  # the run's results: its journal holds rows the run leaves out
+        else:
+            why = unfinished(path.parent) or f"it has no {RESULTS}"
+            raise ConfigError(
+                f"The eval run in {path.parent} is unfinished: {why}. Its {JOURNAL} is the run's journal, not its results "
+                "(it keeps rows the run leaves out: tasks a smaller suite no longer has, trials the model server gave no "
+                f"answer to, which run again). Run the same `ee eval run ... --out {path.parent}` command again to finish it "
+                "(it resumes where it stopped), then pass that folder."
+            )
     if path.suffix == ".parquet":
         import polars as pl
 

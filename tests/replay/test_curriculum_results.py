@@ -1,0 +1,94 @@
+"""``ee curriculum propose --from`` scores the rows an eval run's own outputs count, whichever of the run's files it is
+given: real ``ee eval run`` folders (BFCL suites; the oracle model, or a real HTTP model server that goes down)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import JOURNAL, RESULTS, read_journal, run_eval
+from ee_middleware.replay.curriculum import read_results, score_tasks
+from ee_middleware.testing.http import serving
+from tests.evals.test_run_folders import _answering_server
+
+
+def _groups(rows: list[dict]) -> dict[str, int]:
+    """task id -> trials counted, as the curriculum groups ``rows``."""
+    return {score.task_id: score.n for score in score_tasks(rows)}
+
+
+def test_the_journal_of_a_run_resumed_with_a_smaller_suite_gives_the_runs_tasks_only(tmp_path: Path) -> None:
+    """``bfcl:irrelevance:1`` into a folder that ran ``:3``: the run's results hold 1 task, its results.jsonl keeps the
+    3 (for a later ``:3``). Was: ``--from RUN/results.jsonl`` scored the 3 tasks."""
+    out = tmp_path / "run"
+    run_eval(EvalJob(suites=["bfcl:irrelevance:3"], model="oracle", out=str(out)))
+    [summary] = run_eval(EvalJob(suites=["bfcl:irrelevance:1"], model="oracle", out=str(out)))
+    assert len(read_journal(out / JOURNAL)) == 3, "the journal keeps the rows the run leaves out"
+    counted = _groups(pl.read_parquet(out / RESULTS).to_dicts())
+    assert counted == {"irrelevance_0": 1} and summary["tasks"] == 1
+    assert _groups(read_results(out / JOURNAL)) == _groups(read_results(out)) == counted
+
+
+def test_trials_the_server_gave_no_answer_are_counted_as_the_runs_outputs_count_them(tmp_path: Path) -> None:
+    """A real model server goes down after 2 of 5 tasks: the run's outputs count the 3 unanswered trials as failed
+    trials (``no_answer``), and so does the curriculum. Resumed with the server back, the 3 run again: the journal then
+    holds 8 rows, the run's results 5 (each task once). Was: the journal's 8 rows, 2 trials of each task run again."""
+    out = tmp_path / "run"
+    server, _ = _answering_server()
+    port = server.server_address[1]
+    with serving(server) as url:
+        job = EvalJob(suites=["bfcl:simple:5"], model=f"openai:{url}#m", out=str(out), retries=0, timeout_s=5)
+
+        def down_after_two(suite: str, done: int, total: int) -> None:
+            if done == 2:
+                server.shutdown()
+                server.server_close()
+
+        [down] = run_eval(job, progress=down_after_two)
+    assert down["no_answer"] == 3 and down["runs"] == 5
+    rows = read_results(out / JOURNAL)
+    assert len(rows) == down["runs"] and sum(1 for r in rows if r["no_answer"]) == 3
+    assert sum(r["success"] for r in rows) == down["successes"], "an unanswered trial is a failed trial, as in the summary"
+
+    again, _ = _answering_server(port)
+    with serving(again):
+        [resumed] = run_eval(job)
+    assert len(read_journal(out / JOURNAL)) == 8 and resumed["runs"] == 5 and "no_answer" not in resumed
+    rows = read_results(out / JOURNAL)
+    assert len(rows) == resumed["runs"] and not any(r["no_answer"] for r in rows)
+    assert set(_groups(rows).values()) == {1} and len(_groups(rows)) == resumed["tasks"] == 5
+
+
+def test_an_unfinished_runs_journal_is_refused_saying_how_to_finish_the_run(tmp_path: Path) -> None:
+    """A run stopped after its first task has a journal and no results.parquet: its rows are not the run's results yet.
+    Was: read as they were, the folder's and the file's alike."""
+    out = tmp_path / "run"
+
+    def stop(suite: str, done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(EvalJob(suites=["bfcl:irrelevance:3"], model="oracle", out=str(out)), progress=stop)
+    assert len(read_journal(out / JOURNAL)) == 1 and not (out / RESULTS).exists()
+    for given in (out, out / JOURNAL):
+        with pytest.raises(ConfigError, match=r"The eval run in .* is unfinished: 1 result\(s\) in results.jsonl") as raised:
+            read_results(given)
+        assert f"`ee eval run ... --out {out}`" in str(raised.value)
+    args = ["curriculum", "propose", "--from", str(out / JOURNAL), "--model", "openai:http://127.0.0.1:9#w"]
+    result = CliRunner().invoke(app, [*args, "--store", str(tmp_path / "store"), "--out", str(tmp_path / "tasks.jsonl")])
+    assert result.exit_code != 0 and "is unfinished" in result.output, result.output
+
+
+def test_a_results_jsonl_outside_a_run_folder_is_read_as_it_is(tmp_path: Path) -> None:
+    """Outcomes from another harness (no run.json beside them): every row counts, as before."""
+    rows = [{"suite": "mine", "task_id": "t", "trial": i, "success": ok} for i, ok in enumerate([True, False, True])]
+    (tmp_path / JOURNAL).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_results(tmp_path / JOURNAL) == read_results(tmp_path) == rows
