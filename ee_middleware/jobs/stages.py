@@ -314,9 +314,10 @@ def replay(ctx: StageContext) -> StageResult:
         result.summary += f"; {not_in_sandbox}"
     if sandbox_skips := result.outputs.get("sandbox_skips"):
         lacks = f" (it lacks {', '.join(sandbox_skips['tools'])})" if sandbox_skips["tools"] else ""
-        result.summary += (
-            f"; WARNING: {sandbox_skips['count']} skipped because of the sandbox{lacks}, not replayed by later runs: once it is "
-            f"fixed, replay them with `{sandbox_skips['again']}` (it replays every approved trajectory of the app again)"
+        result.summary += f"; WARNING: {sandbox_skips['count']} skipped because of the sandbox{lacks}, not replayed by later runs: " + (
+            f"once it is fixed, replay them with `{sandbox_skips['again']}` (it replays every approved trajectory of the app again)"
+            if sandbox_skips["again"]
+            else f"set [replay] sandbox to the sandbox of your tools, then start a new run with `{sandbox_skips['command']}`"
         )
     return result
 
@@ -515,11 +516,16 @@ def _check_skipped(
     """Judge the selection's skipped trajectories by their cause. A skipped trajectory counts as done under the replay id,
     so one the sandbox is at fault for (a tool it lacks, a world it cannot build from the recorded environment, such as
     the default ``bfcl`` sandbox for another app's trajectories) is never replayed by a later night, even once the
-    sandbox is fixed, unless ``ee replay run --again`` replays the configuration's next attempt. When every selected
-    trajectory was skipped and the sandbox is at fault for any, or it is at fault for more than half of those with a tool
-    call (:data:`SANDBOX_FAULT_SHARE`: the sandbox fails more than it replays), the stage fails, naming the tools or
-    reasons and that command. When the sandbox is at fault for fewer, the run goes on with a warning (on stderr, in the
-    stage's summary, outputs ``sandbox_skips`` and decisions) naming them and the same command. When the cause lies in the
+    sandbox is fixed, unless ``ee replay run --again`` replays the configuration's next attempt (the built-in ``bfcl``
+    sandbox is not fixed but replaced: [replay] sandbox set to the app's own, which a new run takes, ``ee improve
+    --new-run``, replays them under that sandbox's replay id). When every selected trajectory was skipped and the
+    sandbox is at fault for any, or it is at fault for more than half of those with a tool call
+    (:data:`SANDBOX_FAULT_SHARE`: the sandbox fails more than it replays), the stage fails, naming the tools or reasons
+    and that command. When the sandbox is at fault for fewer, the run goes on with a warning (on stderr, in the stage's
+    summary, outputs ``sandbox_skips`` and decisions) naming them and the same command: ``sandbox_skips`` holds
+    ``count``, ``tools``, ``trajectories``, ``command`` (the command that replays them), ``fix`` (the warning's words
+    for it) and ``again`` (the ``ee replay run --again`` command; ``None`` for the built-in sandbox, which it would use
+    again). When the cause lies in the
     recordings only (recorded without an environment reference or tool schemas; no tool call), the skips are a note,
     returned, unless every selected trajectory was skipped, the schedule trains on branches (iwm, sr) and the datasets
     would find none of the app's under this replay id: then the stage fails, naming the trajectories to reject.
@@ -592,21 +598,28 @@ def _check_skipped(
             else ""
         )
         if not every and len(at_fault) <= SANDBOX_FAULT_SHARE * with_calls:
+            # the built-in sandbox is replaced, not fixed: `ee replay run --again` would replay them with it again
+            warned = (
+                fix
+                if builtin
+                else f"fix the sandbox as the reason says, then replay them again with `{again}` (a new replay attempt: it "
+                f"replays every approved trajectory of {config.app} again, not only these; every later ee improve trains on "
+                "that attempt)."
+            )
             warning = (
                 f"{len(at_fault)} of the {len(ids)} selected trajectories of {config.app} were skipped because of the sandbox "
                 f"({said}{lacks}): {reasons(at_fault)}. They count as done under replay id {replay.replay_id}, so no later run "
-                "replays them on its own: "
-                + (
-                    fix
-                    if builtin
-                    else f"fix the sandbox as the reason says, then replay them again with `{again}` (a new replay attempt: it "
-                    f"replays every approved trajectory of {config.app} again, not only these; every later ee improve trains on "
-                    "that attempt)."
-                )
-                + " The run goes on with the others: the stage fails when the sandbox is at fault for more than "
-                f"{SANDBOX_FAULT_SHARE:.0%} of the selected trajectories with a tool call.{others}"
+                f"replays them on its own{'. ' if builtin else ': '}{warned} The run goes on with the others: the stage fails when the sandbox is at "
+                f"fault for more than {SANDBOX_FAULT_SHARE:.0%} of the selected trajectories with a tool call.{others}"
             )
-            result.outputs["sandbox_skips"] = {"count": len(at_fault), "tools": tools, "again": again, "trajectories": at_fault}
+            result.outputs["sandbox_skips"] = {
+                "count": len(at_fault),
+                "tools": tools,
+                "again": None if builtin else again,
+                "trajectories": at_fault,
+                "command": new_run if builtin else again,
+                "fix": warned,
+            }
             ctx.progress.info(f"warning: {warning}")
             warnings.warn(f"ee improve's replay stage: {warning}", UserWarning, stacklevel=2)
             return warning

@@ -520,13 +520,22 @@ def test_a_few_skipped_because_the_sandbox_lacks_a_tool_warn_naming_it_and_the_a
     assert replay["status"] == "done", replay.get("error")
     again = replay["outputs"]["sandbox_skips"]["again"]
     assert again.startswith("ee replay run --again --config ") and shlex.split(again)[-2:] == ["--app", APP]
-    assert replay["outputs"]["sandbox_skips"] == {"count": 1, "tools": ["assign_ticket"], "again": again, "trajectories": [lost]}
+    fix = replay["outputs"]["sandbox_skips"]["fix"]
+    assert replay["outputs"]["sandbox_skips"] == {
+        "count": 1,
+        "tools": ["assign_ticket"],
+        "again": again,
+        "trajectories": [lost],
+        "command": again,  # the sandbox's own code is fixed: the same replay id's next attempt replays them
+        "fix": fix,
+    }
     assert "1 skipped because of the sandbox (it lacks assign_ticket), not replayed by later runs" in replay["summary"]
     assert f"`{again}`" in replay["summary"], replay["summary"]
     [warning] = [d for d in replay["decisions"] if "because of the sandbox" in d]
     assert "1 of the 3 selected trajectories of ticket-bot were skipped because of the sandbox (" in warning
     assert "; it lacks assign_ticket)" in warning
-    assert f"`{again}`" in warning and "traces reject" not in warning, warning
+    assert f"`{again}`" in warning and fix in warning and "traces reject" not in warning, warning
+    assert f"`{again}`" in fix and "--new-run" not in replay["summary"], (fix, replay["summary"])
     assert any(f"`{again}`" in str(w.message) for w in caught)
     assert any(line.startswith("warning: 1 of the 3") for line in said.lines), said.lines
     assert f"`{again}`" in write_report(run)["markdown"].read_text()
