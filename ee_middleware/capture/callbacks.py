@@ -67,8 +67,10 @@ class RunCapture(BaseCallbackHandler):
         """What the graph's run ended with (its final state), whichever way it was run: a stream's
         chunks need not hold it (``stream_mode="updates"`` or ``"messages"``)."""
         self.first_state: Any = None
-        """The state the graph's first node was given: for a resumed run, the thread's state it continued (what its
-        record keeps where the graph ended with no output: a resumed stream closed early)."""
+        """The state the first of the graph's nodes given its state was given: for a resumed run, the thread's state it
+        continued (what its record keeps where the graph ended with no output: a resumed stream closed early). A node a
+        ``Send`` runs (``create_agent``'s tools, a map-reduce worker) is given the ``Send``'s payload, not the state, and
+        is passed over; where no node was given the state, the recorder reads the thread's (``_Run.stopped_state_config``)."""
         self.interrupted = False
         """Whether a node stopped the run with ``interrupt()`` (a stream's chunks need not say so)."""
         self.awaits_calls: bool | None = None
@@ -117,13 +119,19 @@ class RunCapture(BaseCallbackHandler):
             ):
                 self._subgraphs.add(running)
         self._chains[run_id] = (inputs, running)
-        namespace = (kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns")
+        metadata = kwargs.get("metadata") or {}
+        namespace = metadata.get("langgraph_checkpoint_ns")
         if namespace is not None and self._open_tools:
             self._chain_namespaces[run_id] = str(namespace)
-        node = (kwargs.get("metadata") or {}).get("langgraph_node")
+        node = metadata.get("langgraph_node")
         if node is not None and kwargs.get("name") == node:
-            self._node_runs[run_id] = str((kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns") or node)
-            if self.first_state is None and self._graph_run is not None and kwargs.get("parent_run_id") == self._graph_run:
+            self._node_runs[run_id] = str(namespace or node)
+            if (
+                self.first_state is None
+                and self._graph_run is not None
+                and kwargs.get("parent_run_id") == self._graph_run
+                and not is_send_target(metadata)
+            ):
                 self.first_state = inputs
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -496,6 +504,14 @@ def awaits_calls(state: Any) -> bool | None:
     return len(calls) > tail or any(isinstance(c, Mapping) and c.get("id") and c["id"] not in answered for c in calls)
 
 
+def is_send_target(metadata: Mapping[str, Any]) -> bool:
+    """Whether a LangGraph node run (its callback ``metadata``) was started by a ``Send`` (a push task: its path starts
+    with ``__pregel_push``), so that its input is the ``Send``'s payload (a tool call, a map-reduce item), not the graph's
+    state."""
+    path = metadata.get("langgraph_path")
+    return bool(path) and isinstance(path, (tuple, list)) and path[0] == "__pregel_push"
+
+
 def is_interrupt(exc: BaseException) -> bool:
     """Whether ``exc`` is LangGraph's way of pausing a run for a human (``interrupt()``)."""
     return type(exc).__name__ in ("GraphInterrupt", "NodeInterrupt", "Interrupt")
@@ -580,7 +596,8 @@ class RunRecord:
     ``None``: new ones when the root is made."""
     first_state: Any = None
     """Where ``output`` is ``None`` (the graph ended without one: a stream closed early), the state its first node was
-    given (:attr:`RunCapture.first_state`): a resumed run's conversation is read from it."""
+    given (:attr:`RunCapture.first_state`), or, where no node was given it, the thread's state read from the
+    checkpointer (``_Run.stopped_state_config``): a resumed run's conversation is read from it."""
 
 
 def root_span_name(recorder: Recorder) -> str:

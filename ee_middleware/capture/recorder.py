@@ -66,6 +66,7 @@ from ee_middleware.capture.callbacks import (
     finish_root,
     is_cancellation,
     is_interrupt,
+    resumes_from_checkpoint,
     root_attributes,
     root_span_name,
     sendable_calls,
@@ -95,6 +96,10 @@ from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import open_store
 
 logger = logging.getLogger("ee_middleware.capture")
+
+STOPPED_STATE_TIMEOUT_S = 2.0
+"""How long an async run that stops without an output waits for the thread's state (:meth:`_Run.stopped_state_config`)
+before it is recorded without it: the caller's cancellation or closed stream waits for the read."""
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -398,6 +403,9 @@ class _Run:
         self.paused = False
         """Whether the run stopped at a static breakpoint (``interrupt_before``/``interrupt_after``), set by the graph's
         wrapper: LangGraph returns such a run's state as if it had ended."""
+        self.stopped_state: Any = None
+        """The thread's state read from the checkpointer where the run stopped without an output and no node told it
+        (:meth:`stopped_state_config`), set by the graph's wrapper; ``None`` for every other run."""
         self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
         self.config = _with_callback(cfg, self.handler)
         recorder.finisher.run_started()
@@ -438,6 +446,22 @@ class _Run:
             except ValueError:  # left in another context than it was entered in (a stream stepped from another task)
                 RECORDING.set(None if recording.old_value is recording.MISSING else recording.old_value)
             otel_context.detach(token)
+
+    def stopped_state_config(self, exc: BaseException) -> dict[str, Any] | None:
+        """The config to read the thread's state with where this run stops on ``exc`` without an output and needs it
+        (``None`` for every other run, which reads nothing: a checkpointer may be a database). A resumed run
+        (``Command``, ``None``) that is cancelled or closed early (or paused by a parent graph) has no output; its record
+        keeps the conversation it continued from the state its first node was given (:attr:`RunCapture.first_state`).
+        Where no node was given the thread's state (the first one it ran is a ``Send``'s target, such as
+        ``create_agent``'s tools after ``interrupt()`` in a tool, which is given the tool calls; or none ran), the
+        thread's state, as the run left it, stands in."""
+        if not self.enabled or not (is_cancellation(exc) or is_interrupt(exc)) or not resumes_from_checkpoint(self.input):
+            return None
+        handler = self.handler
+        if handler.graph_output is not None or self.output is not None or handler.first_state is not None:
+            return None
+        configurable = (self.config or {}).get("configurable") or {}
+        return {"configurable": dict(configurable)} if configurable.get("thread_id") is not None else None
 
     def finish(self) -> None:
         if not self.enabled:
@@ -494,7 +518,7 @@ class _Run:
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
                 root_ids=self.root_ids,
-                first_state=handler.first_state if output is None else None,
+                first_state=self._first_state() if output is None else None,
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_span_failure))
@@ -513,12 +537,18 @@ class _Run:
                 reason=reason,
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
-                first_state=handler.first_state if output is None else None,
+                first_state=self._first_state() if output is None else None,
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
         recorder.finisher.run_ended()
         return True
+
+    def _first_state(self) -> Any:
+        """The state a run without an output keeps (:attr:`RunRecord.first_state`): its first node's, else the thread's
+        as it stopped (:meth:`stopped_state_config`)."""
+        first = self.handler.first_state
+        return first if first is not None else self.stopped_state
 
 
 def _root_ids(recorder: Recorder) -> RootIds:
@@ -674,13 +704,21 @@ class RecordedGraph(Runnable[Any, Any]):
 
     def invoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         with self._run(input, config) as run, run.active():
-            run.output = self._graph.invoke(input, run.config, **kwargs)
+            try:
+                run.output = self._graph.invoke(input, run.config, **kwargs)
+            except BaseException as exc:
+                self._keep_stopped_state(run, exc)
+                raise
             run.paused = self._stopped_at_breakpoint(run, kwargs)
         return run.output
 
     async def ainvoke(self, input: Any, config: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
         with self._run(input, config) as run, run.active():
-            run.output = await self._graph.ainvoke(input, run.config, **kwargs)
+            try:
+                run.output = await self._graph.ainvoke(input, run.config, **kwargs)
+            except BaseException as exc:
+                await self._akeep_stopped_state(run, exc)
+                raise
             run.paused = await self._astopped_at_breakpoint(run, kwargs)
         return run.output
 
@@ -744,33 +782,65 @@ class RecordedGraph(Runnable[Any, Any]):
         except Exception:  # noqa: BLE001 - as _stopped_at_breakpoint
             return False
 
+    def _keep_stopped_state(self, run: _Run, exc: BaseException) -> None:
+        """Keep the thread's state on ``run`` where it stops on ``exc`` without an output and needs it
+        (:meth:`_Run.stopped_state_config`); never raises (the run is recorded without it)."""
+        config = run.stopped_state_config(exc)
+        if config is None:
+            return
+        try:
+            run.stopped_state = self._graph.get_state(config).values
+        except Exception as error:  # noqa: BLE001 - a checkpointer that cannot be read here (an async one): recorded without it
+            logger.debug("ee-middleware: could not read the thread's state of a resumed run that stopped: %r", error)
+
+    async def _akeep_stopped_state(self, run: _Run, exc: BaseException) -> None:
+        """:meth:`_keep_stopped_state` of an async run, waiting at most :data:`STOPPED_STATE_TIMEOUT_S`. A cancellation
+        that comes while it waits is raised (the caller's task is being cancelled again)."""
+        config = run.stopped_state_config(exc)
+        if config is None:
+            return
+        try:
+            async with asyncio.timeout(STOPPED_STATE_TIMEOUT_S):
+                snapshot = await self._graph.aget_state(config)
+            run.stopped_state = snapshot.values
+        except Exception as error:  # noqa: BLE001 - as _keep_stopped_state (TimeoutError included)
+            logger.debug("ee-middleware: could not read the thread's state of a resumed run that stopped: %r", error)
+
     def _recorded_stream(self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
         with self._run(input, config) as run:
-            with run.active():
-                iterator = iter(getattr(self._graph, method)(input, run.config, **kwargs))
-            while True:
+            try:
                 with run.active():
-                    try:
-                        chunk = next(iterator)
-                    except StopIteration:
-                        run.paused = self._stopped_at_breakpoint(run, kwargs)
-                        break
-                yield chunk
+                    iterator = iter(getattr(self._graph, method)(input, run.config, **kwargs))
+                while True:
+                    with run.active():
+                        try:
+                            chunk = next(iterator)
+                        except StopIteration:
+                            run.paused = self._stopped_at_breakpoint(run, kwargs)
+                            break
+                    yield chunk
+            except BaseException as exc:  # closed early (GeneratorExit), cancelled, failed
+                self._keep_stopped_state(run, exc)
+                raise
 
     async def _recorded_astream(
         self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         with self._run(input, config) as run:
-            with run.active():
-                iterator = getattr(self._graph, method)(input, run.config, **kwargs).__aiter__()
-            while True:
+            try:
                 with run.active():
-                    try:
-                        chunk = await iterator.__anext__()
-                    except StopAsyncIteration:
-                        run.paused = await self._astopped_at_breakpoint(run, kwargs)
-                        break
-                yield chunk
+                    iterator = getattr(self._graph, method)(input, run.config, **kwargs).__aiter__()
+                while True:
+                    with run.active():
+                        try:
+                            chunk = await iterator.__anext__()
+                        except StopAsyncIteration:
+                            run.paused = await self._astopped_at_breakpoint(run, kwargs)
+                            break
+                    yield chunk
+            except BaseException as exc:  # closed early (GeneratorExit), cancelled, failed
+                await self._akeep_stopped_state(run, exc)
+                raise
 
     def batch(
         self,
