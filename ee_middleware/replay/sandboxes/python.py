@@ -38,6 +38,7 @@ import concurrent.futures
 import copy
 import inspect
 import json
+import logging
 import pickle
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -187,39 +188,78 @@ def format_result(value: Any) -> str:
 _TASK_END_WAIT_S = 1.0
 """How long closing a sandbox waits for the tasks left on its loop (a tool's, after a stop) to end once cancelled."""
 
+_log = logging.getLogger(__name__)
 
-async def _end_tasks_left() -> None:
+
+async def _end_tasks_left(*, stop: bool = False, moved: bool = False) -> None:
     """Cancel the tasks still on the running loop but this one (an async tool's, stopped by Ctrl-C while it awaited), wait
     up to :data:`_TASK_END_WAIT_S` for them to end (their ``finally`` blocks close what the tool opened), then shut its
-    async generators down. Dropped pending, a task's clean-up was left to the collector, with "Task was destroyed but it
-    is pending!" on stderr."""
-    tasks = asyncio.all_tasks() - {asyncio.current_task()}
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=_TASK_END_WAIT_S)
-    await asyncio.get_running_loop().shutdown_asyncgens()
+    async generators down; with ``stop``, stop the loop after (a loop run forever, which its own thread then closes).
+    Dropped pending, a task's clean-up was left to the collector, with "Task was destroyed but it is pending!" on stderr.
+    What a clean-up raised is logged (``moved``: it runs in another thread than the tool did), never left to asyncio's
+    "Task exception was never retrieved"."""
+    try:
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=_TASK_END_WAIT_S)
+        for task in tasks:
+            _report_ending(task, moved=moved)
+        await asyncio.get_running_loop().shutdown_asyncgens()
+    finally:
+        if stop:
+            asyncio.get_running_loop().stop()
+
+
+_MOVED_CLEAN_UP = (
+    " It ran in a thread of the sandbox's own, not the one that ran the tool: after a stop, closing a sandbox whose "
+    "caller runs no event loop ends the tools' tasks there, so that a clean-up that blocks cannot hang close(). Open "
+    "thread-bound objects (a sqlite3 connection) with check_same_thread=False, or use an async client (aiosqlite)."
+)
+
+
+def _report_ending(task: asyncio.Task[Any], *, moved: bool) -> None:
+    """Log how a task :func:`_end_tasks_left` cancelled ended, when not as a cancelled task does."""
+    what = f"Closing the python sandbox: {task.get_name()!r}, cancelled on the sandbox's event loop,"
+    if not task.done():  # it swallowed its cancellation and still awaits: dropped with the loop, said here once
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch for a task dropped on purpose
+        _log.warning("%s did not end within %.0f s and is dropped with the loop.", what, _TASK_END_WAIT_S)
+    elif not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        _log.warning("%s raised %s: %s in its clean-up.%s", what, type(exc).__name__, exc, _MOVED_CLEAN_UP if moved else "")
+
+
+def _run_then_close(loop: asyncio.AbstractEventLoop, ending: Any = None) -> None:
+    """A sandbox loop's thread: run ``ending`` on ``loop`` to its end, or the loop forever when ``None`` (until
+    :func:`_end_tasks_left` stops it), then close the loop, in this thread, whenever that is: after a clean-up that
+    blocks too, long after :meth:`PythonSandbox.close` returned."""
+    try:
+        if ending is None:
+            loop.run_forever()
+        else:
+            loop.run_until_complete(ending)
+    finally:
+        loop.close()
 
 
 def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
     """End the tasks left on ``loop`` (:func:`_end_tasks_left`) and close it, in bounded time: a tool whose clean-up
-    blocks (synchronous code in its ``finally``) keeps only the thread the loop runs in, a daemon, never the caller.
-    ``thread``: the thread ``loop`` runs forever in (a caller that runs a loop itself); ``None`` for a loop not running,
-    whose clean-up then runs in a thread of its own for the same reason."""
-    bound = _TASK_END_WAIT_S + 1.0
+    blocks (synchronous code in its ``finally``) keeps only the thread the loop runs in, a daemon, never the caller; that
+    thread closes the loop once the clean-up ends. ``thread``: the thread ``loop`` runs forever in (a caller that runs a
+    loop itself; :func:`_run_then_close`); ``None`` for a loop not running, whose clean-up then runs in a thread of its
+    own for the same reason."""
     if thread is None:
-        thread = threading.Thread(target=loop.run_until_complete, args=(_end_tasks_left(),), name="ee-sandbox-async-close", daemon=True)
+        thread = threading.Thread(
+            target=_run_then_close, args=(loop, _end_tasks_left(moved=True)), name="ee-sandbox-async-close", daemon=True
+        )
         thread.start()
     else:
-        ending = asyncio.run_coroutine_threadsafe(_end_tasks_left(), loop)
         try:
-            ending.result(timeout=bound)
-        except concurrent.futures.TimeoutError:
-            ending.cancel()
-        loop.call_soon_threadsafe(loop.stop)
-    thread.join(timeout=bound)
-    if not thread.is_alive():
-        loop.close()
+            loop.call_soon_threadsafe(lambda: loop.create_task(_end_tasks_left(stop=True)))
+        except RuntimeError:  # closed already: its thread ended (an async tool raised SystemExit out of the loop)
+            pass
+    thread.join(timeout=_TASK_END_WAIT_S + 1.0)
 
 
 _TOOL_FAILURES = (Exception, SystemExit, asyncio.CancelledError)
@@ -584,6 +624,9 @@ class PythonSandbox:
         propagates."""
 
         async def result() -> tuple[Any, BaseException | None]:
+            task = asyncio.current_task()
+            if task is not None:  # what closing the sandbox names it by, were it left running (after a stop)
+                task.set_name(f"async tool {getattr(awaitable, '__qualname__', type(awaitable).__qualname__)}")
             try:
                 return await awaitable, None
             except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:  # carried out as it is (see above)
@@ -598,7 +641,7 @@ class PythonSandbox:
         else:
             if self._loop_thread is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="ee-sandbox-async", daemon=True)
+                thread = threading.Thread(target=_run_then_close, args=(loop,), name="ee-sandbox-async", daemon=True)
                 thread.start()
                 self._loop_thread = (loop, thread)
             value, cancelled = result_with_signal_checks(asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]))

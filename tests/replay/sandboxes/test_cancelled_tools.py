@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -372,3 +375,109 @@ def test_closing_after_a_stop_is_bounded_when_a_tools_clean_up_blocks(caller: st
     began = time.monotonic()
     sandbox.close()  # raises nothing
     assert time.monotonic() - began < 5, "close() waited for the tool's blocking clean-up"
+
+
+_STOPPED_AND_CLOSED = r'''
+"""A job stopped (SIGINT) while an async tool awaits, then the sandbox closed; the process ends after the tool's clean-up."""
+import asyncio, signal, sqlite3, sys, threading, time
+from ee_middleware.records import ToolCall
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+
+clean_up, caller = sys.argv[1], sys.argv[2]
+started, cleaned = threading.Event(), threading.Event()
+
+async def lookup(order_id: str) -> str:
+    # check_same_thread=True: usable in this thread only
+    connection = sqlite3.connect(":memory:") if clean_up == "uses-a-thread-bound-object" else None
+    started.set()
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        if clean_up == "swallows-its-cancellation":
+            await asyncio.sleep(30)
+        raise
+    finally:
+        try:
+            if clean_up == "blocks-past-the-bound":
+                time.sleep(3)  # past close()'s bound (~2 s), ending before the process does
+            elif connection is not None:
+                connection.close()
+        finally:
+            cleaned.set()
+    return "never"
+
+sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={"lookup": lookup})
+sandbox.reset({})
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+def send() -> None:
+    if started.wait(10):
+        time.sleep(0.3)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+async def in_a_running_loop() -> None:
+    sandbox.execute(ToolCall(id="c", name="lookup", arguments={"order_id": "A1"}))
+
+threading.Thread(target=send).start()
+try:
+    if caller == "plain":
+        sandbox.execute(ToolCall(id="c", name="lookup", arguments={"order_id": "A1"}))
+    else:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(in_a_running_loop())
+        finally:
+            loop.close()
+except KeyboardInterrupt:
+    pass
+began = time.monotonic()
+sandbox.close()
+print(f"close {time.monotonic() - began:.1f}")
+if clean_up != "swallows-its-cancellation":
+    assert cleaned.wait(10), "the tool's clean-up never ran"
+for thread in threading.enumerate():
+    if thread.name.startswith("ee-sandbox"):
+        thread.join(10)
+print("left", sorted(t.name for t in threading.enumerate() if t.name.startswith("ee-sandbox") and t.is_alive()))
+'''
+
+
+@pytest.mark.parametrize(
+    ("clean_up", "caller"),
+    [
+        ("blocks-past-the-bound", "plain"),
+        ("blocks-past-the-bound", "inside-a-running-loop"),
+        ("uses-a-thread-bound-object", "plain"),
+        ("uses-a-thread-bound-object", "inside-a-running-loop"),
+        ("swallows-its-cancellation", "plain"),
+    ],
+)
+def test_closing_after_a_stop_leaves_no_pending_task_open_loop_or_thread(clean_up: str, caller: str) -> None:
+    """A real process stopped by SIGINT while an async tool awaits, its sandbox closed, then ending: close() stays bounded,
+    the sandbox's threads end once the clean-up does, and stderr holds none of asyncio's messages for what was left
+    behind. Before: a clean-up past close()'s bound left closing's own task pending ("Task was destroyed but it is
+    pending!" at exit, inside a running loop) or the loop unclosed (ResourceWarning, plain caller); a clean-up that
+    raised (sqlite3's thread check, in the thread closing runs it in for a plain caller) was "Task exception was never
+    retrieved"; a tool swallowing its cancellation was "Task was destroyed". Now what a clean-up raised, or a task that
+    would not end, is one warning naming the tool (and, for a clean-up in another thread than the tool's, what to do)."""
+    done = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", _STOPPED_AND_CLOSED, clean_up, caller],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert done.returncode == 0, done.stderr
+    closing = float(done.stdout.split("close ")[1].split()[0])
+    assert closing < 4.5, f"close() took {closing} s"
+    assert "left []" in done.stdout, done.stdout
+    for left_behind in ("Task was destroyed", "never retrieved", "unclosed event loop", "Traceback"):
+        assert left_behind not in done.stderr, done.stderr
+    if clean_up == "uses-a-thread-bound-object" and caller == "plain":
+        assert "'async tool lookup'" in done.stderr and "raised ProgrammingError" in done.stderr, done.stderr
+        assert "check_same_thread=False" in done.stderr, done.stderr
+    elif clean_up == "swallows-its-cancellation":
+        assert "'async tool lookup'" in done.stderr and "did not end within 1 s" in done.stderr, done.stderr
+    else:
+        assert done.stderr == "", done.stderr
