@@ -262,6 +262,9 @@ def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None
     thread.join(timeout=_TASK_END_WAIT_S + 1.0)
 
 
+_CARRIED_OUT = (asyncio.CancelledError, concurrent.futures.CancelledError, SystemExit, KeyboardInterrupt)
+"""What an async tool raises that :meth:`PythonSandbox._await` returns from the loop as a value, raised in the caller."""
+
 _TOOL_FAILURES = (Exception, SystemExit, asyncio.CancelledError)
 """What a tool may raise that is its failure, an error observation: ``SystemExit`` too (a tool that wraps a command line:
 argparse on bad arguments, ``sys.exit()``), and ``asyncio.CancelledError`` (an inner task of an async client cancelled;
@@ -618,10 +621,11 @@ class PythonSandbox:
         A ``CancelledError`` the awaitable raises (an inner task of its HTTP or database client cancelled; asyncio's, or
         ``concurrent.futures``' from a cancelled pool future's ``result()``) is raised here as it is, in either case (out of
         the loop's own thread asyncio would make the one the other: ``concurrent.futures.CancelledError`` for asyncio's,
-        asyncio's for ``concurrent.futures``'). The
-        task that runs it on the sandbox's loop is the sandbox's: only code on that loop, the tool's, can cancel it. A
-        stop of the replay job (Ctrl-C, or SIGTERM taken as one) reaches an awaiting tool as ``KeyboardInterrupt``, which
-        propagates."""
+        asyncio's for ``concurrent.futures``'). So are ``SystemExit`` and ``KeyboardInterrupt`` the awaitable raises
+        (asyncio lets them out of the loop: in the sandbox's loop thread they ended the thread, and the call waited
+        forever). The task that runs it on the sandbox's loop is the sandbox's: only code on that loop, the tool's, can
+        cancel it. A stop of the replay job (Ctrl-C, or SIGTERM taken as one) reaches an awaiting tool as
+        ``KeyboardInterrupt``, which propagates."""
 
         async def result() -> tuple[Any, BaseException | None]:
             task = asyncio.current_task()
@@ -629,7 +633,7 @@ class PythonSandbox:
                 task.set_name(f"async tool {getattr(awaitable, '__qualname__', type(awaitable).__qualname__)}")
             try:
                 return await awaitable, None
-            except (asyncio.CancelledError, concurrent.futures.CancelledError) as exc:  # carried out as it is (see above)
+            except _CARRIED_OUT as exc:  # carried out as it is (see above)
                 return None, exc
 
         try:
@@ -637,16 +641,16 @@ class PythonSandbox:
         except RuntimeError:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
-            value, cancelled = self._loop.run_until_complete(awaiting_with_signal_checks(result()))
+            value, carried = self._loop.run_until_complete(awaiting_with_signal_checks(result()))
         else:
             if self._loop_thread is None:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=_run_then_close, args=(loop,), name="ee-sandbox-async", daemon=True)
                 thread.start()
                 self._loop_thread = (loop, thread)
-            value, cancelled = result_with_signal_checks(asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]))
-        if cancelled is not None:
-            raise cancelled
+            value, carried = result_with_signal_checks(asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]))
+        if carried is not None:
+            raise carried
         return value
 
     def snapshot(self) -> WorldSnapshot | JournalSnapshot:

@@ -481,3 +481,44 @@ def test_closing_after_a_stop_leaves_no_pending_task_open_loop_or_thread(clean_u
         assert "'async tool lookup'" in done.stderr and "did not end within 1 s" in done.stderr, done.stderr
     else:
         assert done.stderr == "", done.stderr
+
+
+async def quit_with(world: dict[str, Any], exit_code: int) -> str:
+    """An async command-line wrapper: argparse's ``sys.exit(2)`` on bad flags; a ``KeyboardInterrupt`` for -1."""
+    if exit_code < 0:
+        raise KeyboardInterrupt
+    raise SystemExit(exit_code)
+
+
+@pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt"])
+def test_an_async_tool_raising_system_exit_or_keyboard_interrupt_under_a_callers_loop_answers_as_in_a_plain_call(raised: str) -> None:
+    """With a caller that runs an event loop the tool runs in the sandbox's loop thread, out of whose loop asyncio lets
+    both exceptions: they ended that thread and execute() waited forever. Now SystemExit is an error observation (as
+    with a plain caller) and the sandbox goes on; KeyboardInterrupt propagates from execute(), as a plain call's does."""
+    sandbox = PythonSandbox(build, tools={"quit": quit_with, "get_order": get_order}, format_error=tool_error_text)
+    sandbox.reset({})
+    answers: list[tuple[str, bool]] = []
+    escaped: list[BaseException] = []
+
+    async def job() -> None:
+        for call in (ToolCall(id="q", name="quit", arguments={"exit_code": 2 if raised == "SystemExit" else -1}), _call("get_order", "A1")):
+            observation = sandbox.execute(call)
+            answers.append((observation.content, observation.is_error))
+
+    def in_a_thread() -> None:  # a thread of its own, so that a call that never returns fails the test instead of hanging it
+        try:
+            asyncio.run(job())
+        except BaseException as exc:  # what execute() let out, checked below
+            escaped.append(exc)
+
+    caller = threading.Thread(target=in_a_thread, daemon=True)
+    caller.start()
+    caller.join(15)
+    try:
+        assert not caller.is_alive(), "execute() never returned: the sandbox's loop thread had ended"
+        if raised == "SystemExit":
+            assert answers == [(tool_error_text(SystemExit(2)), True), ("order A1: shipped", False)] and escaped == []
+        else:
+            assert answers == [] and [type(exc) for exc in escaped] == [KeyboardInterrupt]
+    finally:
+        sandbox.close()
