@@ -90,13 +90,14 @@ class TaskScore:
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """An eval run's rows: ``results.parquet`` or ``results.jsonl`` (a run folder holding either, or the file).
 
-    In an ``ee eval run`` folder (it holds ``run.json``) the rows are those the run's own outputs count, its
-    ``results.parquet``, also when its ``results.jsonl`` is named: that file is the run's journal, which keeps rows the
-    run leaves out (tasks a smaller suite no longer has, kept for a later command naming them; trials the model
-    server gave no answer to, run again by a later command). A run folder without ``results.parquet`` (stopped before
-    writing it) is refused, saying how to finish the run. A ``results.jsonl`` outside a run folder (outcomes from
-    another harness) is read as it is."""
-    from ee_middleware.evals.runner import JOURNAL, RESULTS, RUN_FILE, unfinished
+    In an ``ee eval run`` folder (its ``run.json`` is that command's run record) the rows are those the run's own
+    outputs count, its ``results.parquet``, also when its ``results.jsonl`` is named: that file is the run's journal,
+    which keeps rows the run leaves out (tasks a smaller suite no longer has, kept for a later command naming them;
+    trials the model server gave no answer to, run again by a later command). An unfinished run (stopped before writing
+    ``results.parquet``, or before writing it anew after a resume) is refused as ``ee eval gate`` refuses it, saying
+    how to finish the run. Any other folder's files (outcomes from another harness, whatever else it holds) are read as
+    they are."""
+    from ee_middleware.evals.runner import JOURNAL, RESULTS, unfinished
 
     path = Path(path).expanduser()
     if path.is_dir():
@@ -106,17 +107,17 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
         path = found
     if not path.exists():
         raise ConfigError(f"No results at {path}: pass an eval run's folder or its {JOURNAL} / {RESULTS}.")
-    if path.name == JOURNAL and (path.parent / RUN_FILE).exists():
-        if (path.parent / RESULTS).exists():
-            path = path.parent / RESULTS  # the run's results: its journal holds rows the run leaves out
-        else:
-            why = unfinished(path.parent) or f"it has no {RESULTS}"
+    run = path.parent
+    if path.name in (JOURNAL, RESULTS) and _is_eval_run(run):
+        why = unfinished(run)  # the gate's own test (a stale results.parquet included)
+        if why:
             raise ConfigError(
-                f"The eval run in {path.parent} is unfinished: {why}. Its {JOURNAL} is the run's journal, not its results "
+                f"The eval run in {run} is unfinished: {why}. Its {JOURNAL} is the run's journal, not its results "
                 "(it keeps rows the run leaves out: tasks a smaller suite no longer has, trials the model server gave no "
-                f"answer to, which run again). Run the same `ee eval run ... --out {path.parent}` command again to finish it "
-                "(it resumes where it stopped), then pass that folder."
+                f"answer to, which run again), and a {RESULTS} there is an earlier command's. Run the same "
+                f"`ee eval run ... --out {run}` command again to finish it (it resumes where it stopped), then pass that folder."
             )
+        path = run / RESULTS  # the run's results: its journal holds rows the run leaves out
     if path.suffix == ".parquet":
         import polars as pl
 
@@ -129,6 +130,18 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
             except ValueError as exc:
                 raise ConfigError(f"{path}, line {number}: not JSON ({exc}).") from None
     return rows
+
+
+def _is_eval_run(folder: Path) -> bool:
+    """Whether ``folder`` is an ``ee eval run`` folder: its ``run.json`` is that command's run record (a ``job`` object
+    and a ``run_key``, written by every version), not merely a file of that common name (another harness's)."""
+    from ee_middleware.evals.runner import RUN_FILE
+
+    try:
+        record = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and isinstance(record.get("job"), dict) and "run_key" in record
 
 
 def score_tasks(rows: Iterable[dict[str, Any]]) -> list[TaskScore]:

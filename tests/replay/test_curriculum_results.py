@@ -92,3 +92,41 @@ def test_a_results_jsonl_outside_a_run_folder_is_read_as_it_is(tmp_path: Path) -
     rows = [{"suite": "mine", "task_id": "t", "trial": i, "success": ok} for i, ok in enumerate([True, False, True])]
     (tmp_path / JOURNAL).write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert read_results(tmp_path / JOURNAL) == read_results(tmp_path) == rows
+
+
+def test_a_finished_run_resumed_and_stopped_before_writing_its_results_anew_is_refused(tmp_path: Path) -> None:
+    """A finished ``bfcl:irrelevance:1`` run, resumed with ``:3`` and stopped after a new task: its results.parquet is
+    the earlier command's (1 task), its journal newer, and the gate refuses the folder. Was: the folder and its
+    results.jsonl gave the stale results.parquet's rows, without a word."""
+    from ee_middleware.evals.runner import unfinished
+
+    out = tmp_path / "run"
+    run_eval(EvalJob(suites=["bfcl:irrelevance:1"], model="oracle", out=str(out)))
+
+    def stop(suite: str, done: int, total: int) -> None:
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(EvalJob(suites=["bfcl:irrelevance:3"], model="oracle", out=str(out)), progress=stop)
+    assert pl.read_parquet(out / RESULTS).height == 1 and len(read_journal(out / JOURNAL)) == 2
+    assert "anew" in (unfinished(out) or ""), "the gate refuses this folder"
+    for given in (out, out / JOURNAL, out / RESULTS):
+        with pytest.raises(
+            ConfigError, match=r"is unfinished: 2 result\(s\) in results.jsonl .*stopped before writing results.parquet anew"
+        ):
+            read_results(given)
+    run_eval(EvalJob(suites=["bfcl:irrelevance:3"], model="oracle", out=str(out)))  # the fix the message names
+    assert len(read_results(out)) == len(read_results(out / JOURNAL)) == 3
+
+
+def test_another_harness_run_json_beside_its_results_jsonl_is_read_as_it_is(tmp_path: Path) -> None:
+    """Another harness's output folder holds a ``run.json`` of its own (a common name) beside its results.jsonl: it is
+    no ``ee eval run`` folder, so every row counts, as without the run.json. Was: refused as an unfinished ee run
+    ("0 result(s)"), telling the user to run ``ee eval run`` again."""
+    (tmp_path / "run.json").write_text(json.dumps({"harness": "my-evals", "model": "m", "started": "2026-12-01", "finished": None}))
+    rows = [{"task_id": f"t{i}", "success": i % 2 == 0} for i in range(4)]
+    (tmp_path / JOURNAL).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert read_results(tmp_path / JOURNAL) == read_results(tmp_path) == rows
+    pl.DataFrame(rows).write_parquet(tmp_path / RESULTS)
+    assert read_results(tmp_path / RESULTS) == read_results(tmp_path) == rows
