@@ -98,8 +98,8 @@ from ee_middleware.store.registry import open_store
 logger = logging.getLogger("ee_middleware.capture")
 
 STOPPED_STATE_TIMEOUT_S = 2.0
-"""How long an async run that stops without an output waits for the thread's state (:meth:`_Run.stopped_state_config`)
-before it is recorded without it: the caller's cancellation or closed stream waits for the read."""
+"""How long a run that stops without an output waits for the thread's state (:meth:`_Run.stopped_state_config`) before it
+is recorded without it. The caller never waits for it: the read runs beside the caller (:class:`_StateRead`)."""
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -146,6 +146,7 @@ class Recorder:
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
         self._offload_blocker: str | None = None
         self._in_flight: dict[str, weakref.ref[_Run]] = {}  # trajectory id -> its run, until the run ends (or is collected)
+        self._reading: dict[str, _StateRead] = {}  # trajectory id -> the read its stopped run waits for (keeps the run)
         self._failed_seen = 0  # stats.runs_failed as the last flush saw it: a flush after more failed returns False
         self._failed_lock = threading.Lock()
         self._ready_in: int | None = None  # the process where this recorder's writing threads run ahead (_ready_for_a_run)
@@ -305,7 +306,9 @@ class Recorder:
 
         Returns ``False`` when that did not happen: the time ran out, or a run failed to be stored since the last flush
         (a full disk, a ``redact_fn`` that raised: each counted in ``stats.runs_failed`` and logged), in either offload
-        mode; ``True`` otherwise."""
+        mode; ``True`` otherwise. A run that stopped and waits for the thread's state (:class:`_StateRead`) is ended
+        first, when the read answers or at its bound."""
+        self._settle_state_reads(timeout)
         try:
             offloaded, error = self.offload.flush(timeout) if self.offload is not None else (True, None)
             # (after the capture process's flush: the runs a dying capture process was sent are recorded here)
@@ -322,6 +325,16 @@ class Recorder:
         if self.vault is not None:
             self.vault.flush()
         return flushed
+
+    def _settle_state_reads(self, timeout: float) -> None:
+        """End the runs waiting for the thread's state (:class:`_StateRead`): each when its read answers, at its bound, or
+        when ``timeout`` runs out, whichever comes first; at once where the read runs on the event loop this thread
+        runs (which cannot go on while it waits here: ``flush()`` called in async code)."""
+        deadline = time.monotonic() + timeout
+        for read in list(self._reading.values()):
+            if not read.on_this_thread_loop():
+                read.done.wait(max(0.0, min(deadline, read.deadline) - time.monotonic()))
+            read.settle()
 
     def _end_runs_in_flight(self, reason: str) -> int:
         """End the runs still in flight as ``interrupted``, ``reason`` as their error (the process is ending: they will
@@ -375,6 +388,71 @@ class Recorder:
             return _Run.disabled(self, config)
 
 
+_UNREAD: Any = object()
+
+
+class _StateRead:
+    """The read of the thread's state that a run which stopped without an output waits for before it is ended
+    (:meth:`_Run.stopped_state_config`, started by :meth:`RecordedGraph._read_stopped_state`). The caller never waits
+    for it: its cancellation or closed stream returns at once, and the run is ended (its record made) when the read
+    answers or at :data:`STOPPED_STATE_TIMEOUT_S`, whichever comes first; sooner by a flush (which waits for it within
+    the bound), at exit (the same), or at SIGTERM (which does not wait: the shutdown's time is for writing)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.deadline = time.monotonic() + STOPPED_STATE_TIMEOUT_S
+        self.done = threading.Event()
+        """Set once settled: the run was ended, or ends as soon as its caller says how (:meth:`hold`)."""
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop an async read runs on (a flush on that loop's thread cannot wait for it)."""
+        self.stop: Callable[[], None] | None = None
+        """Stops what is left of the read once it is settled otherwise (cancels the async read, or the sync one's timer)."""
+        self.task: asyncio.Task[None] | None = None  # the async read (asyncio keeps only a weak reference)
+        self._lock = threading.Lock()
+        self._settled = False
+        self._ending: tuple[str, BaseException | None, str | None] | None = None
+
+    def hold(self, ending: tuple[str, BaseException | None, str | None]) -> bool:
+        """Keep how the run ended (:meth:`_Run.fail`) for when the read settles; ``False`` when it has settled already
+        (the caller ends the run now)."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._ending = ending
+            return True
+
+    def settle(self, state: Any = _UNREAD) -> bool:
+        """The read answered ``state``, failed or ran out of time (no ``state``): end the run as its caller said, once.
+        Whether this call ended it."""
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            if state is not _UNREAD:
+                self.run.stopped_state = state
+            ending = self._ending
+        self.run.recorder._reading.pop(self.run.trajectory_id, None)
+        self.done.set()
+        if self.stop is not None:
+            with contextlib.suppress(Exception):  # (a closed event loop)
+                self.stop()
+        if ending is None:
+            return False
+        # its caller has its exception already: nobody waits for this end (not held at SIGTERM, whose writer ends it too)
+        try:
+            return self.run._end(*ending, held=False)
+        except Exception as exc:  # noqa: BLE001 - on a timer, a reader or the loop: counted and logged (strict: at the next flush)
+            self.run.recorder.processor.report_failure(f"could not end a run that stopped: {exc!r}", exc)
+            return False
+
+    def on_this_thread_loop(self) -> bool:
+        """Whether the read runs on the event loop this thread is running: it cannot go on while this thread waits."""
+        try:
+            return self.loop is not None and asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+
 class _Run:
     """The root ``invoke_agent`` span of one run and its callback handler."""
 
@@ -406,6 +484,8 @@ class _Run:
         self.stopped_state: Any = None
         """The thread's state read from the checkpointer where the run stopped without an output and no node told it
         (:meth:`stopped_state_config`), set by the graph's wrapper; ``None`` for every other run."""
+        self.read: _StateRead | None = None
+        """The read of the thread's state the run waits for before it is ended, if one was started."""
         self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
         self.config = _with_callback(cfg, self.handler)
         recorder.finisher.run_started()
@@ -416,7 +496,7 @@ class _Run:
     @classmethod
     def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
         run = cls.__new__(cls)
-        run.recorder, run.enabled, run.config, run.output, run.paused = recorder, False, config, None, False
+        run.recorder, run.enabled, run.config, run.output, run.paused, run.read = recorder, False, config, None, False, None
         return run
 
     def _environment(self, graph_input: Any, cfg: Mapping[str, Any], configurable: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -454,8 +534,11 @@ class _Run:
         keeps the conversation it continued from the state its first node was given (:attr:`RunCapture.first_state`).
         Where no node was given the thread's state (the first one it ran is a ``Send``'s target, such as
         ``create_agent``'s tools after ``interrupt()`` in a tool, which is given the tool calls; or none ran), the
-        thread's state, as the run left it, stands in."""
+        thread's state, as the run left it, stands in. A run already ended (at SIGTERM or exit, before its task was
+        cancelled) reads nothing: its record is written."""
         if not self.enabled or not (is_cancellation(exc) or is_interrupt(exc)) or not resumes_from_checkpoint(self.input):
+            return None
+        if self.read is not None or self.trajectory_id not in self.recorder._in_flight:
             return None
         handler = self.handler
         if handler.graph_output is not None or self.output is not None or handler.first_state is not None:
@@ -477,16 +560,25 @@ class _Run:
     def fail(self, exc: BaseException) -> None:
         if not self.enabled:
             return
+        ending: tuple[str, BaseException | None, str | None]
         if is_interrupt(exc):  # paused (interrupt(), a breakpoint): its thread resumes later
-            self._end("interrupted", None)
+            ending = ("interrupted", None, None)
         elif is_cancellation(exc):  # stopped from outside (its task cancelled, its stream closed): the reason is kept
-            self._end("interrupted", None, cancelled_reason(exc))
+            ending = ("interrupted", None, cancelled_reason(exc))
         else:
-            self._end("error", exc)
+            ending = ("error", exc, None)
+        if self.read is None or not self.read.hold(ending):  # else ended when the thread's state is read (_StateRead)
+            self._end(*ending)
 
     def terminate(self, reason: str) -> bool:
         """End the run as ``interrupted`` with ``reason`` (the process is ending), unless it has ended; whether it had not.
-        A run whose own thread was ending it when SIGTERM held it (:data:`_END_GATE`) ends as that thread said."""
+        A run whose own thread was ending it when SIGTERM held it (:data:`_END_GATE`) ends as that thread said, and so
+        does one waiting for the thread's state (:class:`_StateRead`), with what was read by now. No state is read for a
+        run still running here (a resumed run inside a ``Send``'s target keeps no task then): at SIGTERM the main thread
+        is in the handler, so an async checkpointer's event loop cannot answer, and a sync read would spend the 5 s the
+        runs have to be written."""
+        if self.read is not None and self.read.settle():
+            return True
         return self._end(*(self._ending or ("interrupted", None, reason)), held=False)
 
     def _end(self, status: str, error: BaseException | None, reason: str | None = None, *, held: bool = True) -> bool:
@@ -707,7 +799,7 @@ class RecordedGraph(Runnable[Any, Any]):
             try:
                 run.output = self._graph.invoke(input, run.config, **kwargs)
             except BaseException as exc:
-                self._keep_stopped_state(run, exc)
+                self._read_stopped_state(run, exc)
                 raise
             run.paused = self._stopped_at_breakpoint(run, kwargs)
         return run.output
@@ -717,7 +809,7 @@ class RecordedGraph(Runnable[Any, Any]):
             try:
                 run.output = await self._graph.ainvoke(input, run.config, **kwargs)
             except BaseException as exc:
-                await self._akeep_stopped_state(run, exc)
+                await self._aread_stopped_state(run, exc)
                 raise
             run.paused = await self._astopped_at_breakpoint(run, kwargs)
         return run.output
@@ -782,29 +874,91 @@ class RecordedGraph(Runnable[Any, Any]):
         except Exception:  # noqa: BLE001 - as _stopped_at_breakpoint
             return False
 
-    def _keep_stopped_state(self, run: _Run, exc: BaseException) -> None:
-        """Keep the thread's state on ``run`` where it stops on ``exc`` without an output and needs it
-        (:meth:`_Run.stopped_state_config`); never raises (the run is recorded without it)."""
-        config = run.stopped_state_config(exc)
-        if config is None:
-            return
-        try:
-            run.stopped_state = self._graph.get_state(config).values
-        except Exception as error:  # noqa: BLE001 - a checkpointer that cannot be read here (an async one): recorded without it
-            logger.debug("ee-middleware: could not read the thread's state of a resumed run that stopped: %r", error)
+    def _state_read(self, run: _Run) -> _StateRead:
+        """The read of the thread's state ``run`` now waits for before it is ended (kept by its recorder until settled)."""
+        read = run.read = _StateRead(run)
+        run.recorder._reading[run.trajectory_id] = read
+        return read
 
-    async def _akeep_stopped_state(self, run: _Run, exc: BaseException) -> None:
-        """:meth:`_keep_stopped_state` of an async run, waiting at most :data:`STOPPED_STATE_TIMEOUT_S`. A cancellation
-        that comes while it waits is raised (the caller's task is being cancelled again)."""
+    def _read_stopped_state(self, run: _Run, exc: BaseException) -> None:
+        """Start reading the thread's state for ``run`` where it stops on ``exc`` without an output and needs it
+        (:meth:`_Run.stopped_state_config`), on a daemon thread: the caller goes on at once (a closed stream, a Ctrl-C'd
+        ``invoke``), and the run is ended when the read answers or, at the latest, by a timer at
+        :data:`STOPPED_STATE_TIMEOUT_S` (a failing checkpointer: at once). Never raises. A checkpointer that never answers
+        keeps that one daemon thread waiting in it (a thread cannot be stopped); the run is recorded without the state."""
+        config = run.stopped_state_config(exc)
+        if config is None:
+            return
+        read = self._state_read(run)
+        graph = self._graph
+
+        def read_state() -> None:
+            try:
+                state = graph.get_state(config).values
+            except Exception as error:  # noqa: BLE001 - a checkpointer that cannot be read here (an async one): recorded without it
+                logger.debug("ee-middleware: could not read the thread's state of a resumed run that stopped: %r", error)
+                read.settle()
+            else:
+                read.settle(state)
+
+        timer = threading.Timer(max(0.0, read.deadline - time.monotonic()), read.settle)
+        timer.daemon = True
+        read.stop = timer.cancel
+        try:
+            timer.start()
+            threading.Thread(target=read_state, name="ee-stopped-state-read", daemon=True).start()
+        except RuntimeError:  # no new thread (interpreter shutdown): recorded without it
+            read.settle()
+
+    async def _aread_stopped_state(self, run: _Run, exc: BaseException) -> None:
+        """:meth:`_read_stopped_state` of an async run: the read is a task of its own on the caller's event loop, bounded
+        by :data:`STOPPED_STATE_TIMEOUT_S`, which the caller does not await. So the caller's cancellation returns at
+        once, and a cancellation that comes again (an anyio cancel scope, such as Starlette's for a client that went
+        away, cancels its task again at every await) cannot reach the read. The caller yields to the loop once, so that
+        the read has started (an in-memory saver's has answered) before it goes on, and perhaps ends its loop
+        (``asyncio.run`` cancels every task as it ends: the read is made again, within its bound, as the loop waits).
+        A loop stopped and closed without that leaves the run to the next flush, or the exit's."""
         config = run.stopped_state_config(exc)
         if config is None:
             return
         try:
-            async with asyncio.timeout(STOPPED_STATE_TIMEOUT_S):
-                snapshot = await self._graph.aget_state(config)
-            run.stopped_state = snapshot.values
-        except Exception as error:  # noqa: BLE001 - as _keep_stopped_state (TimeoutError included)
-            logger.debug("ee-middleware: could not read the thread's state of a resumed run that stopped: %r", error)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # an async generator closed without its loop: no read
+            return
+        read = self._state_read(run)
+        read.loop = loop
+        read.task = task = loop.create_task(self._aread_state(read, config))
+        read.stop = functools.partial(loop.call_soon_threadsafe, task.cancel)
+        task.add_done_callback(lambda _: read.settle())  # (cancelled before it started: the loop ending)
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            if not isinstance(exc, asyncio.CancelledError):  # (one already on its way up is the caller's cancellation)
+                raise
+
+    async def _aread_state(self, read: _StateRead, config: dict[str, Any]) -> None:
+        """The read :meth:`_aread_stopped_state` starts: settles ``read`` with the thread's state, or without it where
+        the checkpointer fails or does not answer by the read's bound."""
+        while not read.done.is_set():
+            try:
+                async with asyncio.timeout(max(0.0, read.deadline - time.monotonic())):
+                    snapshot = await self._graph.aget_state(config)
+            except asyncio.CancelledError:
+                # Only this recorder and the loop hold this task: it is the loop ending (asyncio.run cancels each of its
+                # tasks once, then waits for them), or the read was settled otherwise (read.done). Read again within the
+                # bound, as the loop waits: the caller that ended it right after its cancelled run loses nothing.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                if time.monotonic() >= read.deadline:
+                    break
+            except Exception as error:  # noqa: BLE001 - as _read_stopped_state (TimeoutError included)
+                logger.debug("ee-middleware: could not read the thread's state of a resumed run that stopped: %r", error)
+                break
+            else:
+                read.settle(snapshot.values)
+                return
+        read.settle()
 
     def _recorded_stream(self, method: str, input: Any, config: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> Iterator[Any]:
         with self._run(input, config) as run:
@@ -820,7 +974,7 @@ class RecordedGraph(Runnable[Any, Any]):
                             break
                     yield chunk
             except BaseException as exc:  # closed early (GeneratorExit), cancelled, failed
-                self._keep_stopped_state(run, exc)
+                self._read_stopped_state(run, exc)
                 raise
 
     async def _recorded_astream(
@@ -839,7 +993,7 @@ class RecordedGraph(Runnable[Any, Any]):
                             break
                     yield chunk
             except BaseException as exc:  # closed early (GeneratorExit), cancelled, failed
-                await self._akeep_stopped_state(run, exc)
+                await self._aread_stopped_state(run, exc)
                 raise
 
     def batch(
@@ -1147,6 +1301,7 @@ def _detach_offloads_after_fork() -> None:
         recorder._failed_lock = threading.Lock()
         recorder._failed_seen = recorder.stats.runs_failed  # (without the capture process's now)
         recorder._in_flight.clear()
+        recorder._reading = {}
         recorder.finisher.forget_after_fork()  # (its thread starts with the first run here: _ready_for_a_run)
         if recorder.vault is not None:
             recorder.vault.forget_after_fork()
@@ -1247,6 +1402,7 @@ def _flush_every_recorder() -> None:
     for recorder in list(_live_recorders):
         try:
             try:
+                recorder._settle_state_reads(timeout=STOPPED_STATE_TIMEOUT_S)  # a run stopped just before: as a flush would
                 recorder._end_runs_in_flight(EXITED)
                 recorder.flush(timeout=10)
             finally:

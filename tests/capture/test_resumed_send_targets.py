@@ -3,16 +3,22 @@ given the thread's state keeps its turn's task and the conversation it continued
 ``Send``'s payload: ``create_agent``'s tools after ``interrupt()`` in a tool get the tool calls, a custom fan-out its own
 dict (even one with a ``messages`` key of its own). Before, such a run was stored with no task and only its tool's
 message. The recorder reads the thread's state from the checkpointer then, and only then: runs that end, runs that are
-not resumes, and resumes whose first node was given the state read nothing. Real LangGraph graphs on ``InMemorySaver``,
-the real OTel SDK, the real local store; in thread mode and with capture in a child process."""
+not resumes, and resumes whose first node was given the state read nothing. The read runs beside the caller (a thread,
+or a task of its own on the caller's loop): a closed stream or a cancellation returns at once, an anyio cancel scope's
+repeated cancellation cannot reach the read, and the run is stored when it answers or at its bound. Real LangGraph
+graphs on ``InMemorySaver`` (subclasses that wait, fail or hang as a database may: stand-ins), the real OTel SDK, the
+real local store; in thread mode and with capture in a child process."""
 
 from __future__ import annotations
 
 import asyncio
 import operator
+import threading
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, TypedDict
 
+import anyio
 import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import HumanInTheLoopMiddleware
@@ -38,20 +44,35 @@ def _roles(messages: list[dict[str, Any]]) -> list[str]:
     return [m["role"] for m in messages]
 
 
-def _refund_agent(checkpointer: Any = None, *, slow: bool = False) -> Any:
+def _refund_agent(checkpointer: Any = None, *, slow: bool = False, on_resume: Callable[[], None] | None = None) -> Any:
     """``create_agent`` whose tool asks a human with ``interrupt()``: the resumed run's first node is ``tools``, which a
-    ``Send`` runs on the tool call. ``slow``: the tool then works for a minute (a cancellation cuts it off)."""
+    ``Send`` runs on the tool call. ``slow``: the tool then works for a minute (a cancellation cuts it off).
+    ``on_resume``: called in the resumed tool (after the graph read its checkpoint to resume)."""
 
     @tool
     async def refund(order_id: str) -> str:
         """Refund an order after a human says yes."""
         answer = interrupt(f"refund {order_id}?")
+        if on_resume is not None:
+            on_resume()
         if slow:
             await asyncio.sleep(60)
         return f"refunded {order_id} ({answer})"
 
     script = [AIMessage(content="", tool_calls=[tool_call("refund", order_id="A1")]), AIMessage(content="Refunded.")]
     return create_agent(ScriptedChatModel(script=script), [refund], checkpointer=checkpointer or InMemorySaver())
+
+
+def _sync_refund_agent(checkpointer: Any) -> Any:
+    """:func:`_refund_agent` with a sync tool, for ``invoke``/``stream``."""
+
+    @tool
+    def refund(order_id: str) -> str:
+        """Refund an order after a human says yes."""
+        return f"refunded {order_id} ({interrupt(f'refund {order_id}?')})"
+
+    script = [AIMessage(content="", tool_calls=[tool_call("refund", order_id="A1")]), AIMessage(content="Refunded.")]
+    return create_agent(ScriptedChatModel(script=script), [refund], checkpointer=checkpointer)
 
 
 async def _resume_closed_after(agent: Any, node: str) -> None:
@@ -235,37 +256,257 @@ def test_only_a_resume_cut_off_before_a_node_given_the_state_reads_the_threads_s
     ask.recorder.close()
 
 
-def test_a_checkpointer_that_cannot_be_read_never_fails_the_closed_stream_stand_in(store_path, monkeypatch):
-    """Stand-in for a database that fails or hangs after the run (an ``InMemorySaver`` whose reads then raise, or never
-    answer): closing the resumed stream neither raises nor waits longer than ``STOPPED_STATE_TIMEOUT_S``, and the run
-    is still recorded (without the conversation it continued)."""
-    monkeypatch.setattr(recorder_module, "STOPPED_STATE_TIMEOUT_S", 0.3)
+class _FailingAfterTheCut(InMemorySaver):
+    """Stand-in for a database that fails or hangs after the run: once ``mode`` is set, its reads (sync and async) raise,
+    or never answer (a sync one waits for ``release``, at most 5 s, so that its thread ends with the test)."""
 
-    class FailingAfterTheCut(InMemorySaver):
-        mode: str | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode: str | None = None
+        self.reads = 0
+        self.entered, self.left, self.release = threading.Event(), threading.Event(), threading.Event()
 
-        async def aget_tuple(self, config: Any) -> Any:
-            if self.mode == "raise":
-                raise ConnectionError("the database went away")
-            if self.mode == "hang":
+    def get_tuple(self, config: Any) -> Any:
+        if self.mode is not None:
+            self.reads += 1
+            self.entered.set()
+            try:
+                if self.mode == "raise":
+                    raise ConnectionError("the database went away")
+                self.release.wait(5)
+            finally:
+                self.left.set()
+        return super().get_tuple(config)
+
+    async def aget_tuple(self, config: Any) -> Any:
+        if self.mode is not None:
+            self.reads += 1
+            self.entered.set()
+            try:
+                if self.mode == "raise":
+                    raise ConnectionError("the database went away")
                 await asyncio.Event().wait()
-            return await super().aget_tuple(config)
+            finally:
+                self.left.set()
+        return InMemorySaver.get_tuple(self, config)
 
+
+def test_a_checkpointer_that_cannot_be_read_never_fails_or_delays_the_closed_stream_stand_in(store_path, monkeypatch):
+    """Stand-in for a database that fails or hangs after the run (see ``_FailingAfterTheCut``): the resumed stream's
+    ``aclose()`` reads the thread's state (once), neither raises nor waits for the read, and the run is recorded
+    without the conversation it continued, at ``STOPPED_STATE_TIMEOUT_S`` at the latest (before, ``aclose()`` waited
+    for it)."""
+    monkeypatch.setattr(recorder_module, "STOPPED_STATE_TIMEOUT_S", 0.3)
     for mode in ("raise", "hang"):
-        saver = FailingAfterTheCut()
+        saver = _FailingAfterTheCut()
         agent = record_experience(_refund_agent(saver), app="shop", store=store_path / mode)
 
-        async def main(agent: Any, saver: FailingAfterTheCut) -> float:
+        async def main(agent: Any, saver: _FailingAfterTheCut) -> None:
             await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
             stream = agent.astream(Command(resume="yes"), CONFIG, stream_mode="updates")
             async for chunk in stream:
                 if "tools" in chunk:
                     break
             saver.mode = mode  # noqa: B023 - read before the next loop
-            started = time.monotonic()
             await stream.aclose()
-            return time.monotonic() - started
+            assert saver.entered.is_set()
+            if mode == "hang":  # noqa: B023
+                assert not saver.left.is_set()  # aclose() did not wait for it
+            while not saver.left.is_set():  # the hung read is given up at the bound
+                await asyncio.sleep(0.01)
 
-        assert asyncio.run(main(agent, saver)) < 2.0
+        asyncio.run(main(agent, saver))
         _, cut = recorded(agent, store_path / mode)
-        assert (cut.status, cut.error) == ("interrupted", "cancelled: GeneratorExit")
+        assert saver.reads == 1
+        assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: GeneratorExit", None)
+
+
+def test_a_sync_checkpointer_that_cannot_be_read_never_fails_or_delays_the_closed_stream_stand_in(store_path, monkeypatch):
+    """The same for a sync stream (before, ``close()`` raised nothing but waited as long as the read took): a hung read
+    is given up at ``STOPPED_STATE_TIMEOUT_S``, and a flush waits for that, not for the checkpointer."""
+    monkeypatch.setattr(recorder_module, "STOPPED_STATE_TIMEOUT_S", 0.3)
+    for mode in ("raise", "hang"):
+        saver = _FailingAfterTheCut()
+        agent = record_experience(_sync_refund_agent(saver), app="shop", store=store_path / mode)
+        agent.invoke({"messages": [("user", "refund A1")]}, CONFIG)
+        stream = agent.stream(Command(resume="yes"), CONFIG, stream_mode="updates")
+        for chunk in stream:
+            if "tools" in chunk:
+                break
+        saver.mode = mode
+        stream.close()
+        assert saver.entered.wait(5)
+        if mode == "hang":
+            assert not saver.left.is_set()  # close() did not wait for it
+        try:
+            _, cut = recorded(agent, store_path / mode)  # its flush: at the bound, not when the checkpointer answers
+            assert not saver.left.is_set() if mode == "hang" else saver.left.is_set()
+        finally:
+            saver.release.set()  # (the hung read's thread ends)
+        assert saver.reads == 1
+        assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: GeneratorExit", None)
+
+
+class _SlowSaver(InMemorySaver):
+    """Stand-in for a database that answers slowly once ``slow`` is set (after the cut): ``get_tuple`` blocks its thread
+    and ``aget_tuple`` awaits (``asyncio.sleep``) until ``release`` is set, or for ``delay_s`` where that is given (a
+    round trip). ``entered``/``left`` tell when a read began and ended; each wait is bounded (5 s), so code that waits
+    for the read cannot hang the test."""
+
+    def __init__(self, delay_s: float | None = None) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+        self.slow = False
+        self.reads = 0
+        self.entered, self.left, self.release = threading.Event(), threading.Event(), threading.Event()
+
+    def get_tuple(self, config: Any) -> Any:
+        if self.slow:
+            self.reads += 1
+            self.entered.set()
+            try:
+                if self.delay_s is not None:
+                    time.sleep(self.delay_s)
+                else:
+                    self.release.wait(5)
+            finally:
+                self.left.set()
+        return super().get_tuple(config)
+
+    async def aget_tuple(self, config: Any) -> Any:
+        if self.slow:
+            self.reads += 1
+            self.entered.set()
+            try:
+                if self.delay_s is not None:
+                    await asyncio.sleep(self.delay_s)
+                else:
+                    deadline = time.monotonic() + 5
+                    while not self.release.is_set() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.01)
+            finally:
+                self.left.set()
+        return InMemorySaver.get_tuple(self, config)
+
+
+def test_a_sync_stream_closed_returns_before_a_slow_checkpointer_answers_and_keeps_its_turn(store_path):
+    """``close()`` of a resumed sync stream does not wait for the thread's state (before, it waited as long as the
+    checkpointer took: a hung one, for ever); the run is recorded with its turn once the read answers, and a flush waits
+    for it."""
+    saver = _SlowSaver()
+    agent = record_experience(_sync_refund_agent(saver), app="shop", store=store_path)
+    agent.invoke({"messages": [("user", "refund A1")]}, CONFIG)
+    stream = agent.stream(Command(resume="yes"), CONFIG, stream_mode="updates")
+    for chunk in stream:
+        if "tools" in chunk:
+            break
+    saver.slow = True
+    stream.close()
+    assert saver.entered.wait(5)  # the read began...
+    assert not saver.left.is_set()  # ...and close() returned while it waits
+    saver.release.set()
+    _, cut = recorded(agent, store_path)
+    assert saver.reads == 1
+    assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: GeneratorExit", "refund A1")
+    assert _roles(cut.messages) == ["user", "assistant", "tool"]
+
+
+def test_a_resumed_run_cancelled_by_its_own_time_out_returns_before_a_slow_checkpointer_answers(store_path):
+    """``asyncio.wait_for``'s time-out returns at that time-out, not after the read of the thread's state (before, up to
+    2 s later); the run keeps its turn once the read answers."""
+    saver = _SlowSaver()
+    agent = record_experience(_refund_agent(saver, slow=True, on_resume=lambda: setattr(saver, "slow", True)), app="shop", store=store_path)
+
+    async def main() -> None:
+        await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(agent.ainvoke(Command(resume="yes"), CONFIG), 0.3)
+        assert saver.entered.is_set()  # the read began before the caller went on...
+        assert not saver.left.is_set()  # ...which did not wait for it
+        saver.release.set()
+        while not saver.left.is_set():
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    _, cut = recorded(agent, store_path)
+    assert saver.reads == 1
+    assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: CancelledError", "refund A1")
+    assert _roles(cut.messages) == ["user", "assistant"]
+
+
+@OFFLOADS
+@pytest.mark.parametrize("scope", ["move_on_after", "CancelScope.cancel"])
+def test_a_resumed_run_cancelled_by_an_anyio_cancel_scope_keeps_its_turn_with_a_checkpointer_that_awaits(scope, offload, store_path):
+    """An anyio cancel scope (Starlette/FastAPI cancelling a request whose client went away, ``anyio.move_on_after``)
+    cancels its task again at every await: a read of the thread's state made in that task was cancelled too, and the
+    run stored with no task, with any checkpointer whose reads really await (a database). The caller's loop ends right
+    after (``asyncio.run`` returns): the read still answers."""
+    saver = _SlowSaver(delay_s=0.05)
+    resumed = _refund_agent(saver, slow=True, on_resume=lambda: setattr(saver, "slow", True))
+    agent = record_experience(resumed, app="shop", store=store_path, offload=offload)
+
+    async def main() -> None:
+        await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
+        if scope == "move_on_after":
+            with anyio.move_on_after(0.3) as cancel_scope:
+                await agent.ainvoke(Command(resume="yes"), CONFIG)
+        else:
+            with anyio.CancelScope() as cancel_scope:
+                asyncio.get_running_loop().call_later(0.3, cancel_scope.cancel)
+                await agent.ainvoke(Command(resume="yes"), CONFIG)
+        assert cancel_scope.cancelled_caught
+
+    asyncio.run(main())
+    paused, cut = recorded(agent, store_path)
+    assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: CancelledError", "refund A1")
+    assert saver.reads == 2  # the first cut off as asyncio.run ended (it cancels every task once), then read again
+    assert _roles(cut.messages) == ["user", "assistant"]
+    assert cut.messages[-1]["tool_calls"][0]["id"] == paused.steps[-1].action.tool_call.id
+
+
+def test_a_run_ended_at_sigterm_reads_nothing_when_its_task_is_cancelled_after(store_path):
+    """A resumed run still in its tool when the process ends at SIGTERM is written then (``_end_runs_in_flight``, what
+    capture's handler calls; a server cancels the task after): its cancellation reads no state, which nothing would keep.
+    (Its task is empty: the read is not made at SIGTERM, whose time is for writing, see ``_StateRead``.)"""
+    asking = _refund_agent(slow=True)
+    reads = _counting_state_reads(asking)
+    agent = record_experience(asking, app="shop", store=store_path)
+
+    async def main() -> None:
+        await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
+        resumed = asyncio.ensure_future(agent.ainvoke(Command(resume="yes"), CONFIG))
+        while not agent.recorder._in_flight:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # inside the tool
+        assert agent.recorder._end_runs_in_flight("terminated: SIGTERM") == 1
+        resumed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await resumed
+
+    asyncio.run(main())
+    _, cut = recorded(agent, store_path)
+    assert reads == []
+    assert (cut.status, cut.error) == ("interrupted", "terminated: SIGTERM")
+
+
+def test_sigterm_ends_a_run_waiting_for_a_hung_checkpointer_at_once_as_its_caller_said_stand_in(store_path):
+    """A run whose stream was closed and whose read of the thread's state hangs (stand-in for a database, see
+    ``_FailingAfterTheCut``) is ended by SIGTERM's writer (``_end_runs_in_flight``, what capture's handler calls) at
+    once, not after the read's bound, as its caller ended it (``cancelled: GeneratorExit``), without the state."""
+    saver = _FailingAfterTheCut()
+    agent = record_experience(_sync_refund_agent(saver), app="shop", store=store_path)
+    agent.invoke({"messages": [("user", "refund A1")]}, CONFIG)
+    stream = agent.stream(Command(resume="yes"), CONFIG, stream_mode="updates")
+    for chunk in stream:
+        if "tools" in chunk:
+            break
+    saver.mode = "hang"
+    try:
+        stream.close()
+        assert saver.entered.wait(5)
+        assert agent.recorder._end_runs_in_flight("terminated: SIGTERM") == 1
+        assert not saver.left.is_set()  # ended without waiting for the read
+    finally:
+        saver.release.set()
+    _, cut = recorded(agent, store_path)
+    assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: GeneratorExit", None)
