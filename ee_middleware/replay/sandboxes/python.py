@@ -41,7 +41,9 @@ import json
 import logging
 import pickle
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from ee_middleware._lifetime import awaiting_with_signal_checks, result_with_signal_checks
@@ -185,30 +187,41 @@ def format_result(value: Any) -> str:
         return str(value)
 
 
-_TASK_END_WAIT_S = 1.0
-"""How long closing a sandbox waits for the tasks left on its loop (a tool's, after a stop) to end once cancelled."""
+_TASK_END_WAIT_S = 2.0
+"""How long closing a sandbox waits for the tasks left on its loop (a tool's, after a stop) to end once cancelled: the
+time their ``finally`` blocks get (an async client's graceful ``aclose()``)."""
+
+_CLOSE_MARGIN_S = 0.25
+"""How much longer than :data:`_TASK_END_WAIT_S` :meth:`PythonSandbox.close` waits for a loop's ending (cancelling,
+shutting async generators down, closing the loop) before it returns, leaving a clean-up that blocks to the loop's thread."""
+
+_LIVENESS_CHECK_S = 1.0
+"""How often a call waiting on the sandbox's loop thread checks that the thread still runs (so it never waits forever)."""
 
 _log = logging.getLogger(__name__)
 
+_TOOL_TASKS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+"""The tasks the sandbox runs async tools in (named after the tool); any other task on its loop is one a tool started."""
 
-async def _end_tasks_left(*, stop: bool = False, moved: bool = False) -> None:
+
+async def _end_tasks_left(*, stop: threading.Event | None = None, moved: bool = False) -> None:
     """Cancel the tasks still on the running loop but this one (an async tool's, stopped by Ctrl-C while it awaited), wait
     up to :data:`_TASK_END_WAIT_S` for them to end (their ``finally`` blocks close what the tool opened), then shut its
-    async generators down; with ``stop``, stop the loop after (a loop run forever, which its own thread then closes).
-    Dropped pending, a task's clean-up was left to the collector, with "Task was destroyed but it is pending!" on stderr.
-    What a clean-up raised is logged (``moved``: it runs in another thread than the tool did), never left to asyncio's
-    "Task exception was never retrieved"."""
+    async generators down; with ``stop``, set it and stop the loop after (a loop run forever, which its own thread then
+    closes: :func:`_run_then_close`). Dropped pending, a task's clean-up was left to the collector, with "Task was
+    destroyed but it is pending!" on stderr. What a clean-up raised is logged (``moved``: it runs in another thread than
+    the tool did), never left to asyncio's "Task exception was never retrieved"."""
     try:
         tasks = asyncio.all_tasks() - {asyncio.current_task()}
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=_TASK_END_WAIT_S)
-        for task in tasks:
-            _report_ending(task, moved=moved)
+        _report_endings(tasks, moved=moved)
         await asyncio.get_running_loop().shutdown_asyncgens()
     finally:
-        if stop:
+        if stop is not None:
+            stop.set()
             asyncio.get_running_loop().stop()
 
 
@@ -218,37 +231,93 @@ _MOVED_CLEAN_UP = (
     "thread-bound objects (a sqlite3 connection) with check_same_thread=False, or use an async client (aiosqlite)."
 )
 
-
-def _report_ending(task: asyncio.Task[Any], *, moved: bool) -> None:
-    """Log how a task :func:`_end_tasks_left` cancelled ended, when not as a cancelled task does."""
-    what = f"Closing the python sandbox: {task.get_name()!r}, cancelled on the sandbox's event loop,"
-    if not task.done():  # it swallowed its cancellation and still awaits: dropped with the loop, said here once
-        task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch for a task dropped on purpose
-        _log.warning("%s did not end within %.0f s and is dropped with the loop.", what, _TASK_END_WAIT_S)
-    elif not task.cancelled() and task.exception() is not None:
-        exc = task.exception()
-        _log.warning("%s raised %s: %s in its clean-up.%s", what, type(exc).__name__, exc, _MOVED_CLEAN_UP if moved else "")
+_NOT_ENDED = (
+    "did not end within {wait:.0f} s of its cancellation and is dropped with the loop, its clean-up unfinished: it still "
+    "awaited (a clean-up awaiting longer than that, or a CancelledError caught and not raised again). Let a tool's "
+    "clean-up end within {wait:.0f} s (bound its awaits with asyncio.timeout), and raise CancelledError again after "
+    "catching it."
+)
 
 
-def _run_then_close(loop: asyncio.AbstractEventLoop, ending: Any = None) -> None:
+def _report_endings(tasks: set[asyncio.Task[Any]], *, moved: bool) -> None:
+    """Log how the tasks :func:`_end_tasks_left` cancelled ended, when not as a cancelled task does: one warning per tool
+    (:data:`_TOOL_TASKS`, named after it); a task a tool started only when its tool's warning does not say it already (an
+    exception the tool's task ended with too, as it does when it awaited that task; a task still running while the tool's
+    is)."""
+    tools = [task for task in tasks if task in _TOOL_TASKS]
+    raised = {id(task.exception()) for task in tools if task.done() and not task.cancelled() and task.exception() is not None}
+    tool_running = any(not task.done() for task in tools)
+    for task in sorted(tasks, key=lambda t: t not in _TOOL_TASKS):  # the tools' own first
+        what = f"Closing the python sandbox: {task.get_name()!r}, cancelled on the sandbox's event loop,"
+        told = task not in _TOOL_TASKS and (tool_running if not task.done() else id(_exception(task)) in raised)
+        if not task.done():  # still awaiting: dropped with the loop, said here once
+            task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch for a task dropped on purpose
+            if not told:
+                _log.warning("%s %s", what, _NOT_ENDED.format(wait=_TASK_END_WAIT_S))
+        elif not task.cancelled() and task.exception() is not None and not told:  # exception(): retrieved, never asyncio's
+            exc = task.exception()
+            _log.warning("%s raised %s: %s in its clean-up.%s", what, type(exc).__name__, exc, _MOVED_CLEAN_UP if moved else "")
+
+
+def _exception(task: asyncio.Task[Any]) -> BaseException | None:
+    """A done task's exception (retrieved, so asyncio never logs it), ``None`` for a cancelled one."""
+    return None if task.cancelled() else task.exception()
+
+
+def _run_to_end(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any], *, stop_on: tuple[type[BaseException], ...] = ()) -> Any:
+    """``loop.run_until_complete(task)``, going on when an exception other than ``stop_on`` escapes the loop before
+    ``task`` ended: asyncio lets ``SystemExit`` and ``KeyboardInterrupt`` (only those) out of its loop from whatever task
+    raised them (a tool's inner task: ``asyncio.wait_for``, ``gather``, ``create_task``), and that task holds it, so
+    whoever awaits it, ``task`` in the end, gets it. Stopped there, ``task`` would be left half run on the loop."""
+    while True:
+        try:
+            return loop.run_until_complete(task)
+        except stop_on:
+            raise
+        except Exception:  # the loop's own refusal (stopped, closed): as it is
+            raise
+        except BaseException:
+            if task.done() or loop.is_closed():
+                raise
+
+
+def _run_then_close(loop: asyncio.AbstractEventLoop, ending: Any = None, stopped: threading.Event | None = None) -> None:
     """A sandbox loop's thread: run ``ending`` on ``loop`` to its end, or the loop forever when ``None`` (until
-    :func:`_end_tasks_left` stops it), then close the loop, in this thread, whenever that is: after a clean-up that
-    blocks too, long after :meth:`PythonSandbox.close` returned."""
+    :func:`_end_tasks_left` sets ``stopped`` and stops it), then close the loop, in this thread, whenever that is: after
+    a clean-up that blocks too, long after :meth:`PythonSandbox.close` returned. An exception a tool's task lets out of
+    the loop (see :func:`_run_to_end`) never ends the thread: the calls waiting on the loop would wait forever."""
     try:
-        if ending is None:
-            loop.run_forever()
-        else:
-            loop.run_until_complete(ending)
+        if ending is not None:
+            try:
+                _run_to_end(loop, loop.create_task(ending))
+            except BaseException:  # noqa: BLE001 - the ending's own failure (a bug of it): said, and the loop closed still
+                _log.warning("Closing the python sandbox's event loop failed.", exc_info=True)
+            return
+        while True:
+            try:
+                loop.run_forever()
+            except Exception:  # noqa: BLE001 - the loop cannot run (a bug): closed below, a call waiting on it told so
+                _log.warning("The python sandbox's event loop stopped.", exc_info=True)
+                break
+            except BaseException:  # noqa: BLE001 - a tool's task holds it (see _run_to_end): the loop goes on
+                pass
+            if stopped is None or stopped.is_set() or loop.is_closed():
+                break
     finally:
-        loop.close()
+        if not loop.is_closed():
+            loop.close()
 
 
-def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
-    """End the tasks left on ``loop`` (:func:`_end_tasks_left`) and close it, in bounded time: a tool whose clean-up
-    blocks (synchronous code in its ``finally``) keeps only the thread the loop runs in, a daemon, never the caller; that
-    thread closes the loop once the clean-up ends. ``thread``: the thread ``loop`` runs forever in (a caller that runs a
-    loop itself; :func:`_run_then_close`); ``None`` for a loop not running, whose clean-up then runs in a thread of its
-    own for the same reason."""
+class _LoopThreadEnded(SandboxError):
+    """The thread running the sandbox's event loop ended while a call awaited on it: the sandbox's failure, not the tool's."""
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None, stopped: threading.Event | None = None) -> None:
+    """End the tasks left on ``loop`` (:func:`_end_tasks_left`) and close it, in bounded time (:data:`_TASK_END_WAIT_S` +
+    :data:`_CLOSE_MARGIN_S`): a tool whose clean-up blocks (synchronous code in its ``finally``) keeps only the thread
+    the loop runs in, a daemon, never the caller; that thread closes the loop once the clean-up ends. ``thread``: the
+    thread ``loop`` runs forever in (a caller that runs a loop itself; :func:`_run_then_close`, until ``stopped``);
+    ``None`` for a loop not running, whose clean-up then runs in a thread of its own for the same reason."""
     if thread is None:
         thread = threading.Thread(
             target=_run_then_close, args=(loop, _end_tasks_left(moved=True)), name="ee-sandbox-async-close", daemon=True
@@ -256,10 +325,27 @@ def _close_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread | None
         thread.start()
     else:
         try:
-            loop.call_soon_threadsafe(lambda: loop.create_task(_end_tasks_left(stop=True)))
-        except RuntimeError:  # closed already: its thread ended (an async tool raised SystemExit out of the loop)
+            loop.call_soon_threadsafe(lambda: loop.create_task(_end_tasks_left(stop=stopped or threading.Event())))
+        except RuntimeError:  # closed already: its thread ended
             pass
-    thread.join(timeout=_TASK_END_WAIT_S + 1.0)
+    thread.join(timeout=_TASK_END_WAIT_S + _CLOSE_MARGIN_S)
+
+
+def _result_while_running(future: concurrent.futures.Future[Any], thread: threading.Thread) -> Any:
+    """``future``'s result (see :func:`result_with_signal_checks`), checking every :data:`_LIVENESS_CHECK_S` that
+    ``thread``, which runs the loop ``future``'s coroutine is on, still runs: :class:`_LoopThreadEnded` if not."""
+    while True:
+        try:
+            return result_with_signal_checks(future, _LIVENESS_CHECK_S)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # the coroutine's own TimeoutError
+                raise
+            if not thread.is_alive() and not future.done():
+                raise _LoopThreadEnded(
+                    "The python sandbox's event loop thread ended while an async tool's call awaited on it, so the call "
+                    "has no result. This is a bug of the sandbox: please report it with the tool's code; close the sandbox "
+                    "and reset it to go on."
+                ) from None
 
 
 _CARRIED_OUT = (asyncio.CancelledError, concurrent.futures.CancelledError, SystemExit, KeyboardInterrupt)
@@ -462,7 +548,8 @@ class PythonSandbox:
         self._ready = False
         self._closed = False
         self._loop: Any = None  # the event loop of async tools, made at the first one
-        self._loop_thread: tuple[Any, threading.Thread] | None = None  # their loop and its thread, for callers inside a loop
+        # their loop, its thread and the event that stops it, for callers inside a loop
+        self._loop_thread: tuple[Any, threading.Thread, threading.Event] | None = None
         self._validate = validate_arguments
         self._schemas: dict[str, Any] = {}  # tool name -> the argument schema LangChain's @tool builds for it, or None
 
@@ -558,7 +645,7 @@ class PythonSandbox:
             filled = self._filled.get(name) or filled_parameters(fn, skip=len(world))
             # as LangChain's tool calls its function (LangChain's values over any the model wrote); an ``async def``
             # tool's result, not the coroutine
-            value = call_function(fn, world, arguments, filled, self._await, as_langchain=self._validate)
+            value = call_function(fn, world, arguments, filled, partial(self._await, name=name), as_langchain=self._validate)
         except _TOOL_FAILURES as exc:  # a tool's failure is an observation, not a crash
             return self._failure(exc)
         return self._observation(value, is_error=False, name=name)
@@ -568,6 +655,8 @@ class PythonSandbox:
         asyncio task calling the sandbox is itself being cancelled is that task's stop, never the tool's: raised again."""
         if isinstance(exc, asyncio.CancelledError) and _caller_is_cancelled():
             raise exc
+        if isinstance(exc, _LoopThreadEnded):  # the sandbox's failure, not the tool's
+            raise exc
         return Observation(content=self._format_error(exc), is_error=True)
 
     def _schema(self, name: str, fn: Callable[..., Any], *, skip: int) -> Any:
@@ -576,7 +665,7 @@ class PythonSandbox:
 
     def _invoke_langchain_tool(self, tool: Any, call: ToolCall) -> Observation:
         try:
-            value, is_error = call_tool(tool, call.id, call.name, copy.deepcopy(call.arguments), self._await)
+            value, is_error = call_tool(tool, call.id, call.name, copy.deepcopy(call.arguments), partial(self._await, name=call.name))
         except _TOOL_FAILURES as exc:  # as _invoke: a tool's failure is an observation
             return self._failure(exc)
         return self._observation(value, is_error=is_error, name=call.name)
@@ -612,7 +701,7 @@ class PythonSandbox:
             "there, and the sandbox stores it as an error observation)."
         )
 
-    def _await(self, awaitable: Any) -> Any:
+    def _await(self, awaitable: Any, *, name: str | None = None) -> Any:
         """Run an async tool's awaitable to its end on this sandbox's own event loop, kept across calls as an app's loop
         is, so that a tool's cached client (bound to the loop it was made on) stays usable: the loop runs in this thread,
         or, when this thread already runs a loop (a notebook, an async service), in a thread of the sandbox's own that
@@ -623,14 +712,19 @@ class PythonSandbox:
         the loop's own thread asyncio would make the one the other: ``concurrent.futures.CancelledError`` for asyncio's,
         asyncio's for ``concurrent.futures``'). So are ``SystemExit`` and ``KeyboardInterrupt`` the awaitable raises
         (asyncio lets them out of the loop: in the sandbox's loop thread they ended the thread, and the call waited
-        forever). The task that runs it on the sandbox's loop is the sandbox's: only code on that loop, the tool's, can
+        forever), from the awaited coroutine or from an inner task of the tool's (``asyncio.wait_for``, ``gather``: asyncio
+        lets them out of the loop at once, then the awaiting code gets them; the loop goes on until it does, see
+        :func:`_run_to_end`; a ``KeyboardInterrupt`` out of a loop run in the caller's thread propagates at once: it may be
+        the job's stop). The task that
+        runs it on the sandbox's loop is the sandbox's, named after tool ``name``: only code on that loop, the tool's, can
         cancel it. A stop of the replay job (Ctrl-C, or SIGTERM taken as one) reaches an awaiting tool as
         ``KeyboardInterrupt``, which propagates."""
 
         async def result() -> tuple[Any, BaseException | None]:
             task = asyncio.current_task()
             if task is not None:  # what closing the sandbox names it by, were it left running (after a stop)
-                task.set_name(f"async tool {getattr(awaitable, '__qualname__', type(awaitable).__qualname__)}")
+                task.set_name(f"async tool {name or getattr(awaitable, '__qualname__', type(awaitable).__qualname__)}")
+                _TOOL_TASKS.add(task)
             try:
                 return await awaitable, None
             except _CARRIED_OUT as exc:  # carried out as it is (see above)
@@ -641,14 +735,16 @@ class PythonSandbox:
         except RuntimeError:
             if self._loop is None or self._loop.is_closed():
                 self._loop = asyncio.new_event_loop()
-            value, carried = self._loop.run_until_complete(awaiting_with_signal_checks(result()))
+            running = self._loop.create_task(awaiting_with_signal_checks(result()))
+            value, carried = _run_to_end(self._loop, running, stop_on=(KeyboardInterrupt,))
         else:
-            if self._loop_thread is None:
-                loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=_run_then_close, args=(loop,), name="ee-sandbox-async", daemon=True)
+            if self._loop_thread is None or not self._loop_thread[1].is_alive():
+                loop, stopped = asyncio.new_event_loop(), threading.Event()
+                thread = threading.Thread(target=_run_then_close, args=(loop, None, stopped), name="ee-sandbox-async", daemon=True)
                 thread.start()
-                self._loop_thread = (loop, thread)
-            value, carried = result_with_signal_checks(asyncio.run_coroutine_threadsafe(result(), self._loop_thread[0]))
+                self._loop_thread = (loop, thread, stopped)
+            loop, thread, _ = self._loop_thread
+            value, carried = _result_while_running(asyncio.run_coroutine_threadsafe(result(), loop), thread)
         if carried is not None:
             raise carried
         return value

@@ -374,8 +374,14 @@ def test_closing_after_a_stop_is_bounded_when_a_tools_clean_up_blocks(caller: st
         signal.signal(signal.SIGINT, before)
     began = time.monotonic()
     sandbox.close()  # raises nothing
-    assert time.monotonic() - began < 5, "close() waited for the tool's blocking clean-up"
+    closing = time.monotonic() - began
+    assert closing < CLOSE_BOUND_S, f"close() took {closing:.1f} s: it waited for the tool's blocking clean-up"
 
+
+CLOSE_BOUND_S = 3.0
+"""What a close() after a stop may take here: ~2.25 s by design (the tools' clean-ups get 2 s, then 0.25 s for the rest of
+the loop's ending), with margin for a loaded CI machine; the old close() took 3-4 s when a clean-up blocked (4.0 s here:
+two waits of 2 s one after the other)."""
 
 _STOPPED_AND_CLOSED = r'''
 """A job stopped (SIGINT) while an async tool awaits, then the sandbox closed; the process ends after the tool's clean-up."""
@@ -384,6 +390,7 @@ from ee_middleware.records import ToolCall
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 
 clean_up, caller = sys.argv[1], sys.argv[2]
+kind = sys.argv[3] if len(sys.argv) > 3 else "function"
 started, cleaned = threading.Event(), threading.Event()
 
 async def lookup(order_id: str) -> str:
@@ -399,14 +406,22 @@ async def lookup(order_id: str) -> str:
     finally:
         try:
             if clean_up == "blocks-past-the-bound":
-                time.sleep(3)  # past close()'s bound (~2 s), ending before the process does
+                time.sleep(5)  # past close()'s bound (~2.25 s; the old one's two waits of 2 s), ending before the process does
+            elif clean_up == "awaits-an-async-close":
+                await asyncio.sleep(1.5)  # an async client's graceful aclose(), within the ~2 s clean-ups get
             elif connection is not None:
                 connection.close()
         finally:
             cleaned.set()
     return "never"
 
-sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={"lookup": lookup})
+if kind == "langchain":  # LangChain runs the tool's coroutine in an inner task of its ainvoke's
+    from langchain_core.tools import StructuredTool
+
+    tool = StructuredTool.from_function(coroutine=lookup, name="lookup", description="Look an order up.")
+    sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={"lookup": tool})
+else:
+    sandbox = PythonSandbox(lambda environment: {}, tools={}, read_only_tools={"lookup": lookup})
 sandbox.reset({})
 signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -432,7 +447,7 @@ except KeyboardInterrupt:
     pass
 began = time.monotonic()
 sandbox.close()
-print(f"close {time.monotonic() - began:.1f}")
+print(f"close {time.monotonic() - began:.2f}", "cleaned" if cleaned.is_set() else "unclean")
 if clean_up != "swallows-its-cancellation":
     assert cleaned.wait(10), "the tool's clean-up never ran"
 for thread in threading.enumerate():
@@ -450,6 +465,7 @@ print("left", sorted(t.name for t in threading.enumerate() if t.name.startswith(
         ("uses-a-thread-bound-object", "plain"),
         ("uses-a-thread-bound-object", "inside-a-running-loop"),
         ("swallows-its-cancellation", "plain"),
+        ("swallows-its-cancellation", "inside-a-running-loop"),
     ],
 )
 def test_closing_after_a_stop_leaves_no_pending_task_open_loop_or_thread(clean_up: str, caller: str) -> None:
@@ -460,17 +476,11 @@ def test_closing_after_a_stop_leaves_no_pending_task_open_loop_or_thread(clean_u
     raised (sqlite3's thread check, in the thread closing runs it in for a plain caller) was "Task exception was never
     retrieved"; a tool swallowing its cancellation was "Task was destroyed". Now what a clean-up raised, or a task that
     would not end, is one warning naming the tool (and, for a clean-up in another thread than the tool's, what to do)."""
-    done = subprocess.run(
-        [sys.executable, "-W", "always::ResourceWarning", "-c", _STOPPED_AND_CLOSED, clean_up, caller],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
-    )
-    assert done.returncode == 0, done.stderr
+    done = _stopped_and_closed(clean_up, caller)
     closing = float(done.stdout.split("close ")[1].split()[0])
-    assert closing < 4.5, f"close() took {closing} s"
+    assert closing < CLOSE_BOUND_S, f"close() took {closing} s"
+    if clean_up == "blocks-past-the-bound":
+        assert "unclean" in done.stdout, "close() waited for the blocking clean-up"
     assert "left []" in done.stdout, done.stdout
     for left_behind in ("Task was destroyed", "never retrieved", "unclosed event loop", "Traceback"):
         assert left_behind not in done.stderr, done.stderr
@@ -478,7 +488,51 @@ def test_closing_after_a_stop_leaves_no_pending_task_open_loop_or_thread(clean_u
         assert "'async tool lookup'" in done.stderr and "raised ProgrammingError" in done.stderr, done.stderr
         assert "check_same_thread=False" in done.stderr, done.stderr
     elif clean_up == "swallows-its-cancellation":
-        assert "'async tool lookup'" in done.stderr and "did not end within 1 s" in done.stderr, done.stderr
+        assert done.stderr.count("Closing the python sandbox") == 1 and "'async tool lookup'" in done.stderr, done.stderr
+        assert "did not end within 2 s of its cancellation" in done.stderr, done.stderr
+        assert "raise CancelledError again after catching it" in done.stderr, "the warning says what to do"
+    else:
+        assert done.stderr == "", done.stderr
+
+
+def _stopped_and_closed(clean_up: str, caller: str, kind: str = "function") -> subprocess.CompletedProcess[str]:
+    """Run :data:`_STOPPED_AND_CLOSED` in a process of its own, checking it ended well."""
+    done = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", _STOPPED_AND_CLOSED, clean_up, caller, kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "left []" in done.stdout, done.stdout
+    return done
+
+
+@pytest.mark.parametrize("caller", ["plain", "inside-a-running-loop"])
+def test_an_async_clean_up_within_the_documented_2_s_runs_to_its_end_after_a_stop(caller: str) -> None:
+    """docs/sandboxes.md: closing after a stop gives the tools' ``finally`` blocks about 2 s. A real SIGINT, then close():
+    a clean-up awaiting 1.5 s (an async client's graceful ``aclose()``) ends before close() returns, with no warning.
+    Before: the code gave them 1 s, closed the loop under it and warned it "did not end within 1 s"."""
+    done = _stopped_and_closed("awaits-an-async-close", caller)
+    closing = float(done.stdout.split("close ")[1].split()[0])
+    assert "cleaned" in done.stdout.split("close ")[1], f"the clean-up was cut off: {done.stdout} {done.stderr}"
+    assert closing < CLOSE_BOUND_S, f"close() took {closing} s"
+    assert done.stderr == "", done.stderr
+
+
+@pytest.mark.parametrize("caller", ["plain", "inside-a-running-loop"])
+def test_a_langchain_async_tools_clean_up_failure_is_one_warning_naming_the_tool(caller: str) -> None:
+    """A LangChain ``StructuredTool(coroutine=...)`` stopped by a real SIGINT, whose clean-up closes a sqlite3 connection:
+    LangChain runs the coroutine in an inner task of its ``ainvoke``. For a plain caller that clean-up runs in the
+    sandbox's closing thread and fails: one warning, naming the tool as the model calls it. Before: two, named
+    'async tool StructuredTool.ainvoke' and 'Task-2', for the same ProgrammingError. In a caller's loop it runs where the
+    tool did: nothing to say."""
+    done = _stopped_and_closed("uses-a-thread-bound-object", caller, "langchain")
+    if caller == "plain":
+        assert done.stderr.count("Closing the python sandbox") == 1, done.stderr
+        assert "'async tool lookup'" in done.stderr and "raised ProgrammingError" in done.stderr, done.stderr
     else:
         assert done.stderr == "", done.stderr
 
@@ -488,6 +542,96 @@ async def quit_with(world: dict[str, Any], exit_code: int) -> str:
     if exit_code < 0:
         raise KeyboardInterrupt
     raise SystemExit(exit_code)
+
+
+async def _cli(exit_code: int) -> str:
+    await asyncio.sleep(0)
+    if exit_code < 0:
+        raise KeyboardInterrupt
+    raise SystemExit(exit_code)  # argparse on a bad flag
+
+
+async def run_cli(world: dict[str, Any], exit_code: int, how: str) -> str:
+    """An async command-line wrapper that runs the command in an inner task: with a time-out, fanned out, or started."""
+    if how == "wait_for":
+        return await asyncio.wait_for(_cli(exit_code), timeout=5)
+    if how == "gather":
+        return (await asyncio.gather(_cli(exit_code), asyncio.sleep(0.05, "other")))[0]
+    return await asyncio.get_running_loop().create_task(_cli(exit_code))
+
+
+@pytest.mark.parametrize("how", ["wait_for", "gather", "create_task"])
+@pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt"])
+@pytest.mark.parametrize("caller", ["plain", "inside-a-running-loop"])
+def test_system_exit_or_keyboard_interrupt_in_an_async_tools_inner_task_answers_as_from_the_tool_itself(
+    caller: str, raised: str, how: str
+) -> None:
+    """asyncio lets SystemExit and KeyboardInterrupt out of its loop from the inner task that raised them (the awaiting
+    tool gets them only on the loop's next run). In the sandbox's loop thread (a caller running a loop) that ended the
+    thread: execute() waited forever. Now, for either caller, SystemExit is an error observation and the sandbox goes
+    on (the tool's task runs to its end, none is left on the loop); KeyboardInterrupt propagates from execute()."""
+    sandbox = PythonSandbox(build, tools={"run_cli": run_cli, "get_order": get_order}, format_error=tool_error_text)
+    sandbox.reset({})
+    code = 2 if raised == "SystemExit" else -1
+    answers: list[tuple[str, bool]] = []
+    escaped: list[BaseException] = []
+
+    def job() -> None:
+        for call in (ToolCall(id="q", name="run_cli", arguments={"exit_code": code, "how": how}), _call("get_order", "A1")):
+            observation = sandbox.execute(call)
+            answers.append((observation.content, observation.is_error))
+
+    async def in_a_running_loop() -> None:
+        job()
+
+    def in_a_thread() -> None:  # a thread of its own, so that a call that never returns fails the test instead of hanging it
+        try:
+            job() if caller == "plain" else asyncio.run(in_a_running_loop())
+        except BaseException as exc:  # what execute() let out, checked below
+            escaped.append(exc)
+
+    thread = threading.Thread(target=in_a_thread, daemon=True)
+    thread.start()
+    thread.join(15)
+    try:
+        assert not thread.is_alive(), "execute() never returned: the sandbox's loop thread had ended"
+        if raised == "SystemExit":
+            assert answers == [(tool_error_text(SystemExit(2)), True), ("order A1: shipped", False)] and escaped == []
+            loop = sandbox._loop if caller == "plain" else sandbox._loop_thread[0]  # type: ignore[index]
+            left = [t for t in asyncio.all_tasks(loop) if not t.done() and t.get_name().startswith("async tool")]
+            assert not left, "the tool's task was left half run"
+        else:
+            assert answers == [] and [type(exc) for exc in escaped] == [KeyboardInterrupt]
+    finally:
+        sandbox.close()
+
+
+async def stops_its_loop(world: dict[str, Any], order_id: str) -> str:
+    """A tool that stops the running loop (code written for a loop of its own: ``loop.stop()`` once done)."""
+    asyncio.get_running_loop().stop()
+    await asyncio.sleep(0.01)
+    return f"order {order_id}: stopped"
+
+
+def test_an_async_tool_stopping_the_loop_under_a_callers_loop_still_answers() -> None:
+    """With a caller that runs an event loop, a tool's ``loop.stop()`` stopped the sandbox's loop thread: the call's answer
+    never came and execute() waited forever. The thread runs its loop until the sandbox closes it."""
+    sandbox = PythonSandbox(build, tools={"stops": stops_its_loop, "get_order": get_order}, format_error=tool_error_text)
+    sandbox.reset({})
+    answers: list[str] = []
+
+    async def job() -> None:
+        for call in (ToolCall(id="s", name="stops", arguments={"order_id": "A1"}), _call("get_order", "A2")):
+            answers.append(sandbox.execute(call).content)
+
+    caller = threading.Thread(target=lambda: asyncio.run(job()), daemon=True)
+    caller.start()
+    caller.join(15)
+    try:
+        assert not caller.is_alive(), "execute() never returned: the sandbox's loop thread had ended"
+        assert answers == ["order A1: stopped", "order A2: shipped"]
+    finally:
+        sandbox.close()
 
 
 @pytest.mark.parametrize("raised", ["SystemExit", "KeyboardInterrupt"])
