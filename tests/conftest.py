@@ -433,6 +433,39 @@ HEAVY_TESTS: list[tuple[str, str]] = [
         SLOWEST,
     ),
     ("tests/models/test_local.py::test_a_model_that_needs_its_own_code_is_refused_without_asking_on_the_terminal", SLOWEST),
+    # 2026-12-02 (second session): the default run took 886 s quiet (998 s under load); per-file durations of a whole run
+    # (--durations=0) put these among the slowest; each leaves a variant or a neighbour of the same behaviour here
+    ("tests/evals/test_likelihood.py::test_a_zero_adapter_matches_the_base_and_a_trained_one_lowers_the_nll", SLOWEST),
+    ("tests/adapters/test_gate_baseline_of_adapter.py::test_a_baseline_that_is_a_run_of_the_adapter_itself_is_refused", SLOWEST),
+    (
+        "tests/adapters/test_eval_answering_model.py::test_a_run_through_the_alias_resumed_after_a_promote_names_both_adapters_and_the_gate_refuses_it",
+        SLOWEST,
+    ),
+    ("tests/models/test_truncation.py::test_a_shortened_message_is_the_longest_*[[]plain-template[]]", "tools-template stays"),
+    ("tests/models/test_truncation.py::test_one_oversized_tool_result_is_shortened_*[[]plain-template[]]", "tools-template stays"),
+    ("tests/replay/sandboxes/test_sandbox_failure_marks.py::test_the_sandboxs_own_failures_are_marked[[]python-*", SLOWEST),
+    ("tests/replay/sandboxes/test_digest.py::test_built_in_sandboxes_have_digests_in_process_and_in_a_subprocess", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_killed_job_leaves_no_server", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_an_open_world_tool_is_refused_unless_allowed_by_name", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_server_that_cannot_build_the_world_skips_the_trajectory_and_leaves_nothing", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_closing_one_forked_sandbox_leaves_the_others_servers_running", SLOWEST),
+    ("tests/models/test_chat_template.py::test_made_call_ids_are_distinct_for_every_short_id_and_for_many_random_ones", SLOWEST),
+    ("tests/evals/test_bfcl_offered_tools.py::*[[]multi_turn_long_context[]]", "multi_turn_base stays in the default run"),
+    ("tests/evals/test_bfcl_offered_tools.py::*[[]multi_turn_miss_func[]]", "multi_turn_base stays in the default run"),
+    ("tests/evals/test_bfcl_offered_tools.py::*[[]multi_turn_miss_param[]]", "multi_turn_base stays in the default run"),
+    (
+        "tests/replay/test_executors.py::test_where_the_fork_server_cannot_be_used_workers_are_spawned_with_the_same_rollouts[[]the*",
+        SLOWEST,
+    ),
+    ("tests/cli/test_replay_cli.py::test_what_tools_print_goes_to_stderr_and_json_stdout_is_the_summary_alone[[]subprocess[]]", SLOWEST),
+    (
+        "tests/evals/test_split_identity.py::test_a_run_of_the_version_before_with_a_relative_split_gates_against_a_new_run_from_another_folder",
+        SLOWEST,
+    ),
+    (
+        "tests/jobs/test_compact_stage_file_size_limit.py::test_the_compaction_stage_under_a_file_size_limit_says_so_in_the_decisions_and_does_not_fail",
+        SLOWEST,
+    ),
 ]
 
 
