@@ -47,7 +47,7 @@ from typing import Any
 
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.base import RunnableBindingBase
-from langchain_core.runnables.config import merge_configs
+from langchain_core.runnables.config import merge_configs, var_child_runnable_config
 from langgraph.pregel.protocol import PregelProtocol
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -462,10 +462,10 @@ class _Run:
         self.output: Any = None
         self.enabled = True
         cfg = dict(config or {})
-        configurable = cfg.get("configurable") or {}  # (read only)
+        in_effect = _config_in_effect(cfg)  # (read only) with what a tool or node running this agent hands down
         self.trajectory_id = uuid.uuid4().hex
-        self.thread_id = configurable.get("thread_id")
-        self.environment = self._environment(graph_input, cfg, configurable)
+        self.thread_id = in_effect["configurable"].get("thread_id")
+        self.environment = self._environment(graph_input, in_effect, cfg.get("configurable") or {})
         _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
         if self.offload is not None:
@@ -499,14 +499,23 @@ class _Run:
         run.recorder, run.enabled, run.config, run.output, run.paused, run.read = recorder, False, config, None, False, None
         return run
 
-    def _environment(self, graph_input: Any, cfg: Mapping[str, Any], configurable: Mapping[str, Any]) -> dict[str, Any] | None:
-        if configurable.get("ee_environment") is not None:
-            return _environment_reference(configurable["ee_environment"], "config['configurable']['ee_environment']")
+    def _environment(self, graph_input: Any, in_effect: Mapping[str, Any], own: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The run's environment reference: its own config's ``ee_environment`` (the call's, or bound to the agent), else
+        the recorder's ``environment=`` (a hook is given the config in effect), else one the run inherited (an agent run
+        in a tool of a run that was given one). ``own``: the run's own ``configurable``; ``in_effect``: the config the
+        graph runs with (:func:`_config_in_effect`)."""
+        if own.get("ee_environment") is not None:
+            return _environment_reference(own["ee_environment"], "config['configurable']['ee_environment']")
         hook = self.recorder.config.environment
         if callable(hook):
             name = getattr(hook, "__qualname__", None) or type(hook).__name__
-            return _environment_reference(hook(graph_input, cfg), f"the environment= hook {name}() returned a value that")
-        return _environment_reference(hook, "environment=")  # a dict (CaptureConfig checked it) or None
+            return _environment_reference(hook(graph_input, in_effect), f"the environment= hook {name}() returned a value that")
+        if hook is not None:
+            return _environment_reference(hook, "environment=")  # a dict (CaptureConfig checked it)
+        inherited = in_effect["configurable"].get("ee_environment")
+        return _environment_reference(
+            inherited, "the inherited config['configurable']['ee_environment'] (of the run whose tool ran this agent)"
+        )
 
     @contextmanager
     def active(self) -> Iterator[None]:
@@ -641,6 +650,34 @@ class _Run:
         as it stopped (:meth:`stopped_state_config`)."""
         first = self.handler.first_state
         return first if first is not None else self.stopped_state
+
+
+_CHECKPOINT_COORDINATES = ("thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map")
+"""The ``configurable`` keys that address a checkpoint: a config naming one of its own does not take the inherited
+``configurable`` (LangGraph's ``ensure_config``)."""
+
+
+def _given(value: Any) -> bool:
+    """Whether a config value counts as given when LangGraph merges configs (``None`` and empty collections do not)."""
+    return value is not None and not (isinstance(value, (list, tuple, dict)) and not value)
+
+
+def _config_in_effect(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as the graph runs with it: merged over the config LangChain hands down to code that a runnable runs (a
+    tool's, a node's: ``var_child_runnable_config``, what ``ensure_config()`` reads), as LangGraph merges them. So an
+    agent invoked in a tool without a config of its own is on the outer run's thread, as its graph is. ``config``'s own
+    values win; where its ``configurable`` names a checkpoint of its own (a thread id, a checkpoint namespace or id), the
+    inherited ``configurable`` is left out, as the graph leaves it out. Read only: the graph is given ``config`` itself
+    and merges the inherited config alike."""
+    inherited = var_child_runnable_config.get()
+    merged: dict[str, Any] = {k: v for k, v in (inherited or {}).items() if _given(v)}
+    merged.update((k, v) for k, v in config.items() if _given(v))
+    own = config.get("configurable") or {}
+    if any(_given(own.get(key)) for key in _CHECKPOINT_COORDINATES):
+        merged["configurable"] = dict(own)
+    else:
+        merged["configurable"] = {**((inherited or {}).get("configurable") or {}), **own}
+    return merged
 
 
 def _root_ids(recorder: Recorder) -> RootIds:
