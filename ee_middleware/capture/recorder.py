@@ -119,6 +119,7 @@ class Recorder:
         self.id = uuid.uuid4().hex
         self.strict = config.strict or strict_default()
         self.store: ExperienceStore = store if store is not None else open_store(config.store)
+        self.approve_if = approve_if
         salt = self._pseudonym_salt()
         self.vault = self._open_vault() if salt is not None else None
         self.redactor, self.encoder, self.processor = recording_parts(
@@ -1212,6 +1213,21 @@ def _not_a_graph(function: str, built: Any) -> str:
     return f"@record_experience on {function}(): the function returned {what}, not a compiled LangGraph graph, so no run would be recorded. {fix}"
 
 
+def _listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _same_store(recorder: Recorder, spec: Any) -> bool:
+    """Whether ``recorder`` writes to the store ``spec`` names: its local folder, or another kind's same spec."""
+    root = getattr(recorder.store, "root", None)
+    if root is None:
+        return bool(str(recorder.config.store) == str(spec))
+    try:
+        return Path(root).resolve() == Path(spec).expanduser().resolve()
+    except (OSError, TypeError, ValueError):
+        return False
+
+
 _UNNAMED_APP = next(f.default for f in dataclasses.fields(CaptureConfig) if f.name == "app")
 """``CaptureConfig.app`` when nothing named the app."""
 
@@ -1263,35 +1279,71 @@ def record_experience(
     store_path = os.fspath(store) if isinstance(store, (str, os.PathLike)) else None
     store_obj = store if store is not None and store_path is None else None
 
-    def build(default_app: str | None) -> Recorder:
-        overrides = dict(
-            app=app,
-            store=store_path,
-            app_version=app_version,
-            environment=environment,
-            redact=redact,
-            redaction_patterns=redaction_patterns,
-            redact_fn=redact_fn,
-            **settings,
-        )
+    overrides = dict(
+        app=app,
+        store=store_path,
+        app_version=app_version,
+        environment=environment,
+        redact=redact,
+        redaction_patterns=redaction_patterns,
+        redact_fn=redact_fn,
+        **settings,
+    )
+
+    def capture_config(default_app: str | None) -> CaptureConfig:
         if isinstance(config, CaptureConfig):
             cfg = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
         else:
             cfg = CaptureConfig.load(config, **overrides)
         if default_app and not app and cfg.app == _UNNAMED_APP:  # the function's name: below the file and EE_APP
             cfg = dataclasses.replace(cfg, app=default_app)
-        return Recorder(cfg, store=store_obj, tracer_provider=tracer_provider, approve_if=approve_if)
+        return cfg
+
+    def build(default_app: str | None) -> Recorder:
+        return Recorder(capture_config(default_app), store=store_obj, tracer_provider=tracer_provider, approve_if=approve_if)
+
+    def already_recorded(agent: RecordedGraph) -> RecordedGraph:
+        """``agent`` itself (a run is never recorded twice) where the settings given here are its recorder's, or none
+        are given; else :class:`ConfigError`: they would be ignored."""
+        recorder = agent.recorder
+        given = [name for name, value in overrides.items() if value is not None]
+        differ: list[str] = []
+        if config is not None or given:
+            wanted = capture_config(None)
+            for name in [f.name for f in dataclasses.fields(CaptureConfig)] if config is not None else given:
+                if name == "store":
+                    if store_obj is None and not _same_store(recorder, wanted.store):
+                        differ.append(name)
+                elif getattr(recorder.config, name) != getattr(wanted, name):
+                    differ.append(name)
+        for name, value, have in (
+            ("store", store_obj, recorder.store),
+            ("approve_if", approve_if, recorder.approve_if),
+            ("tracer_provider", tracer_provider, recorder.tracer_provider),
+        ):
+            if value is not None and value is not have and name not in differ:
+                differ.append(name)
+        if not differ:
+            return agent
+        where = getattr(recorder.store, "root", None) or type(recorder.store).__name__
+        raise ConfigError(
+            f"record_experience: this agent is already recorded (app {recorder.config.app!r}, store {str(where)!r}); the "
+            f"{_listed(differ)} given here differ from that recorder's and would be ignored (wrapping a recorded agent "
+            "again never records a run twice). To record with these settings instead, wrap the graph itself: "
+            "record_experience(agent.unwrap(), app=..., store=...) (its runs go to the new store alone, the first "
+            "wrapper's to the first). To keep the first recording, use the agent as it is."
+        )
 
     def wrap(target: Any) -> Any:
         if isinstance(target, RecordedGraph):
-            return target  # idempotent: never record a run twice
+            return already_recorded(target)
         if _is_graph(target):
             return RecordedGraph(target, build(None))
         recorder_cell: list[Recorder] = []
 
         def recorded(built: Any) -> Any:
             if isinstance(built, RecordedGraph):
-                return built
+                return already_recorded(built)
             if not _is_graph(built):
                 raise ConfigError(_not_a_graph(getattr(target, "__qualname__", None) or repr(target), built))
             if not recorder_cell:

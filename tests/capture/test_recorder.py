@@ -137,7 +137,9 @@ def test_decorator_on_a_graph_factory(react_graph, store, store_path):
     first.flush()
     assert store.trajectories().height == 1
     assert first.unwrap() is react_graph
-    assert record_experience(first, app="other") is first, "wrapping twice must not record twice"
+    assert record_experience(first, app="shop") is first, "wrapping twice must not record twice"
+    with pytest.raises(ConfigError, match=r"already recorded \(app 'shop'.*the app given here differ"):
+        record_experience(first, app="other")  # never ignored silently
 
 
 def test_bare_decorator_uses_the_function_name_as_app(react_graph, store_path, monkeypatch):

@@ -1,0 +1,125 @@
+"""What a recorder does with settings it cannot honour.
+
+- ``record_experience`` on an agent already recorded, with other settings (another app, store, ``approve_if``,
+  offload), raises a ``ConfigError`` saying so and how to record with them; before, it returned the first wrapper and the
+  settings were ignored (its runs went to the first store). The same settings, or none, give the agent itself.
+
+Real ``create_agent`` graphs on the real local store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.tools import tool
+
+from ee_middleware import record_experience
+from ee_middleware.capture.config import CaptureConfig
+from ee_middleware.errors import ConfigError
+from ee_middleware.records import Trajectory
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.usefixtures("no_child_left")
+
+
+@tool
+def lookup(key: str) -> str:
+    """Look a key up."""
+    return f"value-{key}"
+
+
+def _policy(messages: list[BaseMessage], tools: Any) -> AIMessage:
+    if messages[-1].type == "tool":
+        return AIMessage(f"answer: {messages[-1].content}")
+    return AIMessage("", tool_calls=[tool_call("lookup", key="k1")])
+
+
+def _graph() -> Any:
+    return create_agent(ScriptedChatModel(policy=_policy, model_name="m"), [lookup])
+
+
+def _ask(agent: Any, question: str = "handle k1") -> str:
+    return agent.invoke({"messages": [("user", question)]})["messages"][-1].content
+
+
+def _stored(path: Path) -> list[Trajectory]:
+    store = LocalExperienceStore(path)
+    try:
+        return sorted(store.iter_trajectories(), key=lambda t: t.started_at)
+    finally:
+        store.close()
+
+
+def _approve(trajectory: Trajectory) -> bool:
+    return True
+
+
+# --- record_experience on a recorded agent -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"app": "team-b"}, "app"),
+        ({"store": "other"}, "store"),
+        ({"approve_if": _approve}, "approve_if"),
+        ({"offload": "auto"}, "offload"),
+        ({"app": "team-b", "store": "other", "approve_if": _approve}, "app, store and approve_if"),
+    ],
+    ids=["app", "store", "approve_if", "offload", "all"],
+)
+def test_wrapping_a_recorded_agent_again_with_other_settings_says_so(tmp_path: Path, settings: dict[str, Any], named: str) -> None:
+    first = record_experience(_graph(), app="team-a", store=tmp_path / "a")
+    if "store" in settings:
+        settings = {**settings, "store": tmp_path / settings["store"]}
+    with pytest.raises(ConfigError, match=rf"already recorded \(app 'team-a', store '.*a'\); the {named} given here differ") as raised:
+        record_experience(first, **settings)
+    assert "record_experience(agent.unwrap(), app=..., store=...)" in str(raised.value)
+    # the way the message names records with the new settings, the first wrapper's runs stay its own
+    second = record_experience(first.unwrap(), app="team-b", store=tmp_path / "b", approve_if=_approve)
+    assert _ask(second) == _ask(first) == "answer: value-k1"
+    second.recorder.close()
+    first.recorder.close()
+    assert [(t.app, t.approval.status) for t in _stored(tmp_path / "b")] == [("team-b", "approved")]
+    assert [(t.app, t.approval.status) for t in _stored(tmp_path / "a")] == [("team-a", "pending")]
+
+
+def test_wrapping_a_recorded_agent_again_with_its_own_settings_or_none_gives_it_back(tmp_path: Path) -> None:
+    """Never a run recorded twice: the same settings (the store's folder however it is written) give the agent itself."""
+    store = LocalExperienceStore(tmp_path / "a")
+    first = record_experience(_graph(), app="team-a", store=tmp_path / "a", approve_if=_approve)
+    assert record_experience(first) is first
+    assert record_experience(first, app="team-a", store=str(tmp_path / "a" / ".." / "a"), approve_if=_approve) is first
+    assert record_experience(first, config=first.recorder.config) is first
+    with pytest.raises(ConfigError, match=r"the app\b"):
+        record_experience(first, config=CaptureConfig(app="team-b", store=str(tmp_path / "a")))
+    on_object = record_experience(_graph(), app="team-c", store=store)
+    assert record_experience(on_object, store=store) is on_object
+    with pytest.raises(ConfigError, match="the store given here differ"):
+        record_experience(on_object, store=LocalExperienceStore(tmp_path / "c"))
+    assert _ask(record_experience(first)) == "answer: value-k1"
+    first.recorder.close()
+    on_object.recorder.close()
+    assert len(_stored(tmp_path / "a")) == 1
+
+
+def test_a_decorated_factory_returning_a_recorded_agent_with_other_settings_says_so(tmp_path: Path) -> None:
+    shared = record_experience(_graph(), app="team-a", store=tmp_path / "a")
+
+    @record_experience(app="team-b", store=tmp_path / "b")
+    def build_agent() -> Any:
+        return shared
+
+    @record_experience(store=tmp_path / "a")
+    def build_same() -> Any:
+        return shared
+
+    with pytest.raises(ConfigError, match="the app and store given here differ"):
+        build_agent()
+    assert build_same() is shared
+    shared.recorder.close()
