@@ -151,6 +151,8 @@ class Recorder:
         self._failed_seen = 0  # stats.runs_failed as the last flush saw it: a flush after more failed returns False
         self._failed_lock = threading.Lock()
         self._ready_in: int | None = None  # the process where this recorder's writing threads run ahead (_ready_for_a_run)
+        self.closed = False
+        """Set by :meth:`close`: runs are no longer recorded (each is counted in ``stats.runs_failed``)."""
         self._plan_offload(tracer_provider, approve_if, salt)
         _live_recorders.add(self)
         # atexit runs the last registered first: registered again now, the recorder's exit flush runs before the exit hook
@@ -352,10 +354,13 @@ class Recorder:
         return ended
 
     def close(self) -> None:
-        """Flush and stop (the capture process too); the recorder records nothing afterwards."""
+        """Flush and stop (the capture process too); the recorder records nothing afterwards: a run started, or still in
+        flight, after ``close()`` is not stored, counted in ``stats.runs_failed`` (logged), so the next :meth:`flush`
+        returns ``False`` (strict mode raises)."""
         try:
             self.flush()
         finally:
+            self.closed = True
             if self.offload is not None:
                 self.offload.close()
         self.finisher.close()
@@ -377,7 +382,18 @@ class Recorder:
         else:
             run.finish()
 
+    def _not_stored_after_close(self, when: str) -> None:
+        """Count a run that is not stored because :meth:`close` stopped this recorder (``when``: as it started, ended)."""
+        message = (
+            f"a run that {when} after the recorder of app {self.config.app!r} was closed (recorder.close()) is not stored; "
+            "close it only once the agent runs no more, or record with a new one: record_experience(agent.unwrap(), ...)"
+        )
+        self.processor.report_failure(message, CaptureError(message))
+
     def _start(self, graph_input: Any, config: Mapping[str, Any] | None) -> _Run:
+        if self.closed:
+            self._not_stored_after_close("started")
+            return _Run.disabled(self, config)
         try:
             return _Run(self, graph_input, config)
         except ConfigError:
@@ -600,6 +616,10 @@ class _Run:
             _END_GATE.wait()  # the process is ending at SIGTERM: the run is written as it ended, and its caller waits
         if recorder._in_flight.pop(self.trajectory_id, None) is None:
             return False
+        if recorder.closed:  # closed while the run was in flight: its parts are gone
+            recorder.finisher.run_ended()
+            recorder._not_stored_after_close("ended")
+            return True
         handler.close_open_spans()
         # the graph's final state, however it was run (see RunCapture); self.output is what the caller gets
         output = handler.graph_output if handler.graph_output is not None else self.output

@@ -1,10 +1,12 @@
-"""What a recorder does with settings it cannot honour.
+"""What a recorder does with settings it cannot honour, and after ``close()``.
 
 - ``record_experience`` on an agent already recorded, with other settings (another app, store, ``approve_if``,
   offload), raises a ``ConfigError`` saying so and how to record with them; before, it returned the first wrapper and the
   settings were ignored (its runs went to the first store). The same settings, or none, give the agent itself.
+- A run made after ``recorder.close()`` is not stored and counted in ``stats.runs_failed``, so ``flush()`` says
+  ``False``; before, it was dropped silently and ``flush()`` returned ``True``.
 
-Real ``create_agent`` graphs on the real local store."""
+Real ``create_agent`` graphs on the real local store, in both offload modes."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from langchain_core.tools import tool
 
 from ee_middleware import record_experience
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.records import Trajectory
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
@@ -123,3 +125,50 @@ def test_a_decorated_factory_returning_a_recorded_agent_with_other_settings_says
         build_agent()
     assert build_same() is shared
     shared.recorder.close()
+
+
+# --- runs after close() --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lenient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capture failures logged and counted, not raised (the test suite runs capture strict)."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+
+
+@pytest.mark.usefixtures("lenient")
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_run_after_close_is_counted_not_stored_and_flush_says_false(tmp_path: Path, offload: str, caplog: Any) -> None:
+    agent = record_experience(_graph(), app="svc", store=tmp_path / "s", offload=offload, strict=False)
+    _ask(agent, "handle k1")
+    agent.recorder.close()
+    assert _ask(agent, "handle k2") == "answer: value-k1"  # the agent still answers
+    assert agent.flush() is False
+    assert agent.recorder.stats.runs_failed == 1
+    assert "closed (recorder.close()) is not stored" in caplog.text
+    assert agent.flush() is True  # said once
+    assert [t.task for t in _stored(tmp_path / "s")] == ["handle k1"]
+
+
+def test_strict_mode_raises_for_a_run_after_close(tmp_path: Path) -> None:
+    agent = record_experience(_graph(), app="svc", store=tmp_path / "s", strict=True)
+    agent.recorder.close()
+    _ask(agent)
+    with pytest.raises(
+        CaptureError, match=r"a run that started after the recorder of app 'svc' was closed \(recorder.close\(\)\) is not stored"
+    ):
+        agent.flush()
+
+
+@pytest.mark.usefixtures("lenient")
+def test_a_run_in_flight_at_close_is_counted_not_stored(tmp_path: Path) -> None:
+    """A run that started before ``close()`` and ends after it: not stored (the recorder is stopped), counted."""
+    agent = record_experience(_graph(), app="svc", store=tmp_path / "s", strict=False)
+    stream = agent.stream({"messages": [("user", "handle k1")]}, stream_mode="updates")
+    next(stream)  # the run is in flight
+    agent.recorder.close()
+    assert [*stream]  # it goes on, and ends
+    assert agent.flush() is False
+    assert agent.recorder.stats.runs_failed == 1
+    assert not agent.recorder._in_flight
+    assert _stored(tmp_path / "s") == []
