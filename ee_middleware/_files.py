@@ -147,6 +147,13 @@ def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
         os.close(fd)
 
 
+def _refuse_folder(final: Path) -> None:
+    """``IsADirectoryError`` naming ``final`` when a folder is there, before anything is written: the rename at the end
+    would fail only after the whole file was written, naming the temporary file, which the caller never named."""
+    if final.is_dir():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(final))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True, locked: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit it replaces ``path`` atomically.
@@ -163,6 +170,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True, locked: boo
     in its place.
     """
     final = Path(path)
+    _refuse_folder(final)
     with _held_temp(final) if locked else contextlib.nullcontext((temp_path_for(final), -1)) as (tmp, _fd):
         try:
             yield tmp
@@ -186,6 +194,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
     final = Path(path)
+    _refuse_folder(final)
     # Written through the descriptor that holds the lock: the file is never opened again by name.
     with _held_temp(final) as (tmp, fd):
         try:

@@ -37,9 +37,42 @@ class _Root(TyperGroup):
     they are, file system errors with the path and what to check, an error raised in a plug-in's
     code (a store's, a sandbox's) with the plug-in and the line, anything else as an unexpected
     error. ``ee --verbose ...`` lets every error but ee's own through with its traceback, and prints
-    the traceback of a plug-in's error that ee reports as its own (a teacher's)."""
+    the traceback of a plug-in's error that ee reports as its own (a teacher's).
+
+    A command given ``--json`` that fails without having printed its own JSON answer prints one JSON object on stdout
+    (:func:`_print_json_failure`), besides the line on stderr: usage errors, interrupts and exits too. ``NO_COLOR``
+    (set, not empty) and ``TERM=dumb`` turn the colour of ``error:``, ``warning:`` and ``note:`` lines off, as rich
+    turns it off for tables."""
 
     def invoke(self, ctx: Any) -> Any:
+        if _colour_off():
+            ctx.color = False  # every typer.secho/click.echo under this context (the subcommands' too) strips its colour
+        as_json = _asks_for_json(self, ctx)
+        from ee_middleware.cli.common import json_answers
+
+        answered = json_answers()
+        try:
+            return self._invoke(ctx)
+        except _Failed as failed:
+            if as_json and json_answers() == answered:
+                _print_json_failure(failed.kind, failed.message, failed.exit_code)
+            raise
+        except typer.Exit as done:  # a command that said its error itself
+            if as_json and done.exit_code not in (0, EXIT_CLOSED_STDOUT) and json_answers() == answered:
+                message = f"the command failed (exit {done.exit_code}); its error: lines on stderr say why"
+                _print_json_failure("CommandFailed", message, done.exit_code)
+            raise
+        except typer.TyperException as exc:  # a usage error (exit 2): typer prints it on stderr
+            if as_json and json_answers() == answered:
+                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+                _print_json_failure(type(exc).__name__, message, getattr(exc, "exit_code", 2))
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM/SIGHUP: typer exits 130
+            if as_json and json_answers() == answered:
+                _print_json_failure("KeyboardInterrupt", f"interrupted ({exc or 'SIGINT'})", 130)
+            raise
+
+    def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except EEError as exc:
@@ -60,6 +93,51 @@ class _Root(TyperGroup):
             if isinstance(exc, OSError) and _is_file_error(exc):
                 _fail(_describe_os_error(exc), exc)
             _fail(_describe_unexpected(exc), exc)
+
+
+def _colour_off() -> bool:
+    """Whether the user asked for no colour: ``NO_COLOR`` set and not empty (https://no-color.org), or ``TERM=dumb``."""
+    return bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+
+
+def _asks_for_json(root: TyperGroup, ctx: Any) -> bool:
+    """Whether the command line names a command that has a ``--json`` option and gives it (before a ``--``)."""
+    args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+    if "--" in args:
+        args = args[: args.index("--")]
+    if "--json" not in args:
+        return False
+    command: Any = root
+    for arg in args:  # down the groups to the command (an option's value that is a command's name is no harm here)
+        commands = getattr(command, "commands", None)
+        if isinstance(commands, dict) and arg in commands:
+            command = commands[arg]
+    return any("--json" in getattr(param, "opts", ()) for param in command.params)
+
+
+JSON_FAILURE_KEYS = ("type", "message", "exit_code")
+"""What a failed ``--json`` command prints on stdout: ``{"error": {"type", "message", "exit_code"}}``."""
+
+
+def _print_json_failure(kind: str, message: str, exit_code: int) -> None:
+    """A failed ``--json`` command's answer on stdout: ``{"error": {"type": ..., "message": ..., "exit_code": ...}}``
+    (``type``: the error's class, such as ``StoreNotFoundError`` or ``BadParameter``; ``message``: the stderr line's text).
+    A stdout that cannot be written (closed by its reader) is left as it is: the stderr line says the rest."""
+    from ee_middleware.cli.common import print_json
+
+    try:
+        print_json({"error": dict(zip(JSON_FAILURE_KEYS, (kind, message, exit_code), strict=True))})
+        sys.stdout.flush()
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+class _Failed(typer.Exit):
+    """Exit 1 after the ``error:`` line: what failed (``kind``, the error's class) and the line's text, for ``--json``."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(1)
+        self.message, self.kind = message, kind
 
 
 _FILE_ERRNOS = frozenset(
@@ -102,7 +180,7 @@ def _describe_unexpected(exc: Exception) -> str:
 
 def _fail(message: str, exc: BaseException) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(1) from exc
+    raise _Failed(message, type(exc).__name__) from exc
 
 
 EXIT_CLOSED_STDOUT = 141
@@ -146,12 +224,24 @@ def _describe_os_error(exc: OSError) -> str:
             return f"{unnamed}. Check that the folders this command writes to are writable."
         return f"{unnamed}."
     path = exc.filename
+    if exc.filename2 is not None:  # os.replace/rename/link: the second path is the destination
+        from ee_middleware._files import TEMP_NAME
+
+        if TEMP_NAME.fullmatch(Path(os.fsdecode(exc.filename)).name):
+            path = exc.filename2  # an atomic write's temporary file, which the user never named: the file it writes
+        elif not isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError)) and exc.errno != errno.ENOTEMPTY:
+            path = f"{exc.filename} -> {exc.filename2}"  # either path may be the cause
+        else:
+            path = exc.filename2  # about the destination: a folder, or a file, in its way
     if isinstance(exc, FileExistsError) and not Path(path).is_dir():
         return f"{path} is a file, not a folder: choose another path, or move the file away."
     if isinstance(exc, NotADirectoryError):
         return f"{path}: part of this path is a file, not a folder: choose another path."
-    if isinstance(exc, IsADirectoryError):
-        return f"{path} is a folder; a file is expected there. Give a file's path."
+    if isinstance(exc, IsADirectoryError) or (exc.errno == errno.ENOTEMPTY and exc.filename2 is not None):
+        return (
+            f"{path} is a folder; a file is expected there. Give the path of a file to write: a new name, or a file "
+            f"inside that folder (such as {Path(os.fsdecode(path)) / 'NAME'})."
+        )
     if isinstance(exc, PermissionError):
         return f"{path}: {reason}. Check the permissions of it and its folder, or choose another path."
     if isinstance(exc, FileNotFoundError):
@@ -208,18 +298,23 @@ def main() -> None:
 
     SIGTERM and SIGHUP stop every command as Ctrl-C does (:func:`~ee_middleware._lifetime.termination_as_interrupt`):
     its clean-up runs (progress bars give the cursor back, workers and servers are stopped, partial output is removed)
-    and it exits 130."""
+    and it exits 130.
+
+    A standard stream the command was started without (``ee ... >&-``, a daemon's closed descriptors) is /dev/null
+    (:func:`_closed_streams_to_devnull`): the command runs as with ``> /dev/null``, with its own exit status."""
     from rich.console import Console
 
     from ee_middleware._lifetime import termination_as_interrupt
 
+    _closed_streams_to_devnull()
     Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     try:
         with termination_as_interrupt():
             app()
     except SystemExit as done:
         try:
-            sys.stdout.flush()  # what is still buffered goes now, while a closed stdout can be told apart
+            if sys.stdout is not None:
+                sys.stdout.flush()  # what is still buffered goes now, while a closed stdout can be told apart
         except BrokenPipeError:
             _BROKEN_PIPE.append(True)
         if (_BROKEN_PIPE or _click_met_a_broken_pipe()) and _stdout_closed():
@@ -228,6 +323,29 @@ def main() -> None:
             except typer.Exit as closed:
                 raise SystemExit(closed.exit_code) from None
         raise done
+
+
+def _closed_streams_to_devnull() -> None:
+    """Open /dev/null on each of file descriptors 0, 1 and 2 that is closed, and give Python's ``sys.stdin``/``stdout``/
+    ``stderr`` (None then) a stream on it. Without it, every write to stdout failed on ``None`` (a traceback that buried
+    the command's own error), and the first file the command opened took descriptor 1, where a child process's output,
+    or the redirection of user code's prints to stderr, would have written into it."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            if getattr(sys, name) is None:
+                stream = open(fd, "r" if fd == 0 else "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - it lives as long as the process
+                setattr(sys, name, stream)
+        except OSError:  # no /dev/null (a bare chroot): leave the stream as Python made it
+            pass
 
 
 def _click_met_a_broken_pipe() -> bool:

@@ -240,7 +240,19 @@ def print_json(data: Any) -> None:
     from ee_middleware.messages import clean_text, finite_or_null
 
     text = json.dumps(finite_or_null(data), ensure_ascii=False, indent=2, default=str, allow_nan=False)
+    _json_answers[0] += 1
     sys.stdout.write(clean_text(text) + "\n")
+
+
+_json_answers = [0]
+"""How many ``--json`` answers :func:`print_json` has printed in this process."""
+
+
+def json_answers() -> int:
+    """How many ``--json`` answers :func:`print_json` has printed in this process: a failed command that printed none
+    gets its error as JSON (``ee_middleware.cli.app``); one that printed its own (``ee improve``, ``ee traces ingest``)
+    keeps it alone."""
+    return _json_answers[0]
 
 
 def console() -> Any:

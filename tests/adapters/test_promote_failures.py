@@ -29,6 +29,7 @@ from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import VLLMBackend
 from ee_middleware.adapters.serving.launch import free_port
 from ee_middleware.testing.http import serving
+from tests.cli.json_failure import json_failure
 
 from .helpers import StandInVLLM, write_adapter
 
@@ -266,7 +267,7 @@ def test_an_adapter_that_failed_its_recorded_gate_is_promoted_only_with_ignore_g
     assert gated.exit_code == 1, gated.output
     common = [worse, "-r", str(registry.root), "--server", backend.url, "--json"]
     refused = runner.invoke(app, ["adapters", "promote", *common])
-    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.exit_code == 1 and json_failure(refused)
     assert f"error: {worse} did not pass its last deploy gate" in refused.stderr and "s: regression -1.000" in refused.stderr
     assert "--ignore-gate" in refused.stderr and worse not in server.loaded and registry.resolve("bot") == live
     forced = runner.invoke(app, ["adapters", "promote", *common, "--ignore-gate"])

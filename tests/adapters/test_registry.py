@@ -21,6 +21,7 @@ from ee_middleware.adapters.errors import (
 from ee_middleware.adapters.registry import LocalAdapterRegistry, open_registry
 from ee_middleware.adapters.testing import check_registry
 from ee_middleware.errors import StoreCorruptionWarning
+from tests.cli.json_failure import json_failure
 
 from .helpers import write_adapter
 
@@ -192,7 +193,7 @@ def test_list_status_takes_only_the_statuses_there_are(tmp_path: Path) -> None:
     LocalAdapterRegistry(tmp_path / "reg").register(write_adapter(tmp_path / "a"), "bot")
     runner = CliRunner()
     typo = runner.invoke(app, ["adapters", "list", "-r", str(tmp_path / "reg"), "--status", "active", "--json"])
-    assert typo.exit_code == 2 and typo.stdout == "" and "'active' is not one of" in typo.stderr
+    assert typo.exit_code == 2 and json_failure(typo) and "'active' is not one of" in typo.stderr
     listed = runner.invoke(app, ["adapters", "list", "-r", str(tmp_path / "reg"), "--status", "candidate", "--json"])
     assert [r["status"] for r in json.loads(listed.stdout)] == ["candidate"]
 
@@ -287,7 +288,7 @@ def test_an_index_edited_by_hand_into_an_unusable_shape_names_the_entry_and_is_l
             call()
     for args in (["list"], ["rollback", "bot", "--server", "http://127.0.0.1:9/v1"]):
         result = CliRunner().invoke(app, ["adapters", *args, "-r", str(reg.root), "--json"])
-        assert result.exit_code == 1 and result.stdout == ""
+        assert result.exit_code == 1 and json_failure(result)
         assert "unexpected" not in result.stderr and named in result.stderr and "edited or damaged" in result.stderr, result.stderr
     assert (reg.root / "index.json").read_text() == text
 

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from tests.cli.json_failure import json_failure
 from tests.replay import conftest as replay_fixtures
 
 serve = replay_fixtures.serve  # scripted models behind real local HTTP servers
@@ -66,7 +67,7 @@ def test_a_damaged_store_fails_every_reading_command_unless_partial_answers_are_
     result = ee(*args)
     assert result.exit_code == 1, result.output
     _one_error_line(result, str(segment), "--allow-partial")
-    assert result.stdout == "", "no incomplete answer is printed"
+    json_failure(result, "StoreDamagedError")  # no incomplete answer is printed: the error alone, as JSON
     assert not (tmp_path / "ds").exists(), "no dataset is built from an incomplete store"
     partial = ee(*args, "--allow-partial")
     assert partial.exit_code == 0, partial.output
@@ -164,7 +165,8 @@ def test_a_damaged_steps_part_fails_the_commands_that_learn_or_measure_from_the_
     result = ee(*args, "--no-progress") if command.startswith("eval") else ee(*args)
     assert result.exit_code == 1, result.output
     _one_error_line(result, f"Skipped unreadable Parquet part {part}", "ee store repair", "--allow-partial")
-    assert result.stdout == "", "no incomplete answer is printed"
+    # no incomplete answer is printed: the error alone, as JSON when asked for
+    assert json_failure(result, "StoreDamagedError") if "--json" in args else result.stdout == "", result.stdout
     assert not (tmp_path / "out").exists(), "nothing is written from an incomplete store"
     partial = ee(*args, "--allow-partial", "--no-progress") if command.startswith("eval") else ee(*args, "--allow-partial")
     assert partial.exit_code == 0, partial.output
@@ -210,7 +212,7 @@ def test_an_unexpected_failure_is_one_line_and_verbose_shows_the_traceback(monke
 
     monkeypatch.setattr(store_cmds, "open_existing_store", broken)
     result = ee("store", "info", "--store", str(tmp_path), "--json")
-    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert result.exit_code == 1 and json_failure(result, "TypeError"), result.output
     _one_error_line(result, "TypeError: 'int' object is not iterable", "--verbose")
     verbose = ee("--verbose", "store", "info", "--store", str(tmp_path))
     assert isinstance(verbose.exception, TypeError), "with --verbose the real exception (and its traceback) comes through"
@@ -233,7 +235,7 @@ def test_runs_in_a_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_
         ["runs", "show", "--runs", str(missing)],
     ):
         result = ee(*args)
-        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.exit_code == 1 and (json_failure(result) if "--json" in args else result.stdout == ""), result.output
         _one_error_line(result, f"No runs folder at {missing}", "--runs")
     config = tmp_path / "improve.toml"
     config.write_text("[improve]\napp = 'x'\n")
@@ -262,7 +264,7 @@ def test_replay_flags_that_would_be_ignored_are_refused(flag: list[str], bfcl_st
     # --tool-timeout and --memory-mb act only with --isolation subprocess, --ray-address only with --executor ray:
     # they were silently ignored (a user thinking tools had a time limit had none).
     result = ee("replay", "run", "--store", str(bfcl_store_path), "--k", "2", "--json", *flag)
-    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert result.exit_code == 1 and json_failure(result), result.output
     _one_error_line(result, flag[0], "--isolation subprocess" if flag[0] != "--ray-address" else "--executor ray")
     from ee_middleware.store import LocalExperienceStore
 
@@ -275,7 +277,7 @@ def test_replay_settings_in_a_file_that_would_be_ignored_are_refused_as_the_flag
     config = tmp_path / "replay.toml"
     config.write_text(f'[replay]\nstore = "{bfcl_store_path}"\nk = 2\n{setting}\n')
     result = ee("replay", "run", "--config", str(config), "--json", "--no-progress")
-    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert result.exit_code == 1 and json_failure(result), result.output
     key = setting.split()[0]
     _one_error_line(result, key, "isolation = 'subprocess'" if key != "ray_address" else "executor = 'ray'")
     from ee_middleware.store import LocalExperienceStore

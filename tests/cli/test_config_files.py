@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from tests.cli.json_failure import json_failure
 
 runner = CliRunner()
 
@@ -91,7 +92,7 @@ def test_a_replay_id_the_store_has_no_replay_of_is_refused_naming_the_ones_it_ha
     build = ["datasets", "build", "--store", bfcl_store_path, "--kinds", "il,iwm", "--out", tmp_path / "d", "--json"]
     for wrong, meant in (("0123456789ab", None), (replay_id[:8], replay_id)):
         result = ee(*build, "--replay-id", wrong)
-        assert result.exit_code == 1 and result.stdout == "", result.output
+        assert result.exit_code == 1 and json_failure(result), result.output
         assert f"--replay-id {wrong}" in result.stderr and f"Its replays: {replay_id} (policy mutate" in result.stderr
         assert (f"Did you mean {replay_id}?" in result.stderr) == (meant is not None), result.stderr
         assert not (tmp_path / "d").exists()

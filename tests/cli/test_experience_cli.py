@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.testing.http import serving
+from tests.cli.json_failure import json_failure
 from tests.replay.test_experience import Answer, ScriptedExperienceModel, _handler, copy_first_example
 from tests.replay.test_experience_eval import crashes_on, dies_after, one_held_out_prompt
 
@@ -119,7 +120,7 @@ def test_a_server_that_dies_stops_the_eval_and_keeps_the_earlier_report(
         assert len(dying.waits) == 2, "the back-off of its retries (the GET /models check after them asks once)"
         assert {name: (out / name).read_bytes() for name in earlier} == earlier, "the earlier report and chart are kept"
         if as_json:
-            assert result.stdout == "", "an error is the stderr line alone, as when a replay stops"
+            assert json_failure(result), "the error alone, as JSON (its line on stderr), as when a replay stops"
 
     fresh = tmp_path / "fresh"
     with served(copy_first_example) as model, dies_after(2) as dying:  # the trained model's server dies

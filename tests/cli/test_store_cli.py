@@ -16,6 +16,7 @@ from ee_middleware.cli.app import app
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store import local as local_module
 from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.cli.json_failure import json_failure
 from tests.ingest.otlp_builders import GENAI_FILE, _request, _write
 from tests.store.mounts import read_only_view
 
@@ -54,7 +55,7 @@ def test_a_damaged_part_fails_the_listing_unless_partial_answers_are_allowed(dam
     store_path, part = damaged
     listing = ee("traces", "list", "--store", str(store_path), "--json")
     assert listing.exit_code == 1, listing.output
-    assert "Traceback" not in listing.output and listing.stdout == "", "no incomplete answer is printed"
+    assert "Traceback" not in listing.output and json_failure(listing, "StoreDamagedError"), "no incomplete answer is printed"
     assert str(part) in listing.stderr and "ee store repair" in listing.stderr and "--allow-partial" in listing.stderr
     partial = ee("traces", "list", "--store", str(store_path), "--json", "--allow-partial")
     assert partial.exit_code == 0, partial.output

@@ -21,6 +21,7 @@ from ee_middleware.evals.likelihood import BASE, load_heldout, report, score_lik
 from ee_middleware.models.chat_template import probe_template  # noqa: E402
 from ee_middleware.models.truncation import tokenize_pair  # noqa: E402
 from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, save_tiny_llama  # noqa: E402
+from tests.cli.json_failure import json_failure  # noqa: E402
 from tests.trainers.training.conftest import build_tokenizer, il_row, write_dataset  # noqa: E402
 
 SHORT = ["a", "b", "c", "d", "e"]
@@ -84,7 +85,7 @@ def test_states_left_out_for_max_length_are_counted_named_with_the_max_length_th
     assert kept.exit_code == 0 and row["states"] == 7 and row["left_out_too_long"] == 0 and "left out" not in kept.stderr
 
     none = runner.invoke(app, [*args[:-1], str(min(lengths)), "--json"])
-    assert none.exit_code == 1 and none.stdout == "", none.output
+    assert none.exit_code == 1 and json_failure(none), none.output
     said = " ".join(none.stderr.split())
     assert "No held-out state could be scored" in said and "All 7 held-out states were left out" in said, said
     assert f"--max-length {max(lengths) + 1} or more keeps them all" in said

@@ -10,10 +10,11 @@ from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.store import LocalExperienceStore
+from tests.cli.json_failure import json_failure
 
 
 def _refused(result, where: str) -> None:
-    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.output, result.output
+    assert result.exit_code == 1 and json_failure(result) and "Traceback" not in result.output, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for needle in (where, "must be a finite number of seconds", "e.g. 30", "(got inf)"):

@@ -1,0 +1,95 @@
+"""A failed ``ee ... --json`` prints one JSON object on stdout, ``{"error": {"type", "message", "exit_code"}}``, besides
+its ``error:`` line on stderr. Before, stdout was empty (0 bytes) for every command but ``traces ingest`` and
+``improve``, so that ``ee traces list --json | jq`` failed on the empty input rather than reading why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware import record_experience
+from ee_middleware.cli.app import app
+from ee_middleware.jobs.runs import RunsDir
+from tests.cli.json_failure import json_failure
+from tests.conftest import USER_TASK
+
+runner = CliRunner()
+
+
+def ee(*args: str | Path) -> Any:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def recorded(react_graph: Any, store_path: Path, inventory: Any) -> Path:
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    inventory.stock["pear"] = 0
+    agent.invoke(USER_TASK, {"configurable": {"thread_id": "t0"}})
+    agent.recorder.close()
+    return store_path
+
+
+def test_a_failed_json_command_prints_its_error_as_json(recorded: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    cases = {
+        ("traces", "list", "-s", missing, "--json"): "StoreError",
+        ("traces", "show", "zzzz", "-s", recorded, "--json"): "TrajectoryNotFoundError",
+        ("store", "info", "-s", missing, "--json"): "StoreError",
+        ("adapters", "list", "-r", missing, "--json"): None,
+        ("runs", "list", "--runs", missing, "--json"): "ConfigError",
+        ("datasets", "show", missing, "--json"): None,
+    }
+    for args, kind in cases.items():
+        result = ee(*args)
+        assert result.exit_code == 1, (args, result.output)
+        error = json_failure(result, kind)
+        assert result.stderr.startswith(f"error: {error['message']}"), (args, result.stderr)  # the human line as it was
+
+
+def test_a_usage_error_with_json_is_json_too_and_keeps_exit_2(recorded: Path) -> None:
+    result = ee("traces", "list", "-s", recorded, "--limit", "0", "--json")
+    assert result.exit_code == 2, result.output
+    error = json_failure(result, "BadParameter")
+    assert "--limit" in error["message"] and "Usage:" in result.stderr
+    before_json = ee("traces", "list", "--json", "--status", "maybe", "-s", recorded)  # --json before the bad value
+    assert before_json.exit_code == 2 and "maybe" in json_failure(before_json)["message"]
+    without = ee("traces", "list", "-s", recorded, "--limit", "0")
+    assert without.exit_code == 2 and without.stdout == "", "no --json: stdout stays empty"
+
+
+def test_a_command_that_says_its_own_error_and_exits_1_gets_a_json_error(tmp_path: Path) -> None:
+    result = ee("train", "--config", tmp_path / "missing.toml", "--json")  # train writes its error line itself
+    assert result.exit_code == 1 and "missing.toml" in result.stderr, result.output
+    json_failure(result, "CommandFailed")
+
+
+def test_an_interrupted_json_command_says_so_as_json(monkeypatch: pytest.MonkeyPatch, recorded: Path) -> None:
+    from ee_middleware.cli import traces
+
+    def interrupted(spec: Any) -> Any:
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(traces, "open_existing_store", interrupted)
+    result = ee("traces", "list", "-s", recorded, "--json")
+    assert result.exit_code == 130, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error == {"type": "KeyboardInterrupt", "message": "interrupted (SIGTERM)", "exit_code": 130}
+
+
+def test_success_output_and_the_commands_own_failure_json_are_kept(recorded: Path, tmp_path: Path) -> None:
+    listing = ee("traces", "list", "-s", recorded, "--json")
+    assert listing.exit_code == 0 and isinstance(json.loads(listing.stdout), list), "an answer as it was"
+    # ingest prints its report, with its errors, as its failure: that one object alone
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    ingest = ee("traces", "ingest", garbage, "-s", tmp_path / "s2", "--json")
+    assert ingest.exit_code == 1 and json.loads(ingest.stdout)["errors"], ingest.output
+    # a refused prune prints its own {"status": "refused", ...}: that one object alone
+    runs = RunsDir(tmp_path / "runs")
+    with runs.lock():
+        prune = ee("runs", "prune", "--keep", "1", "--runs", runs.root, "--json")
+    assert prune.exit_code == 1 and json.loads(prune.stdout)["status"] == "refused", prune.output
