@@ -45,6 +45,9 @@ PRUNING_DIR = ".pruning"
 """Where ``ee runs prune`` moves a run's folder before deleting it (a prune cut short leaves it there, never half a run)."""
 
 RUNNING, SUCCEEDED, NOTHING_NEW, FAILED, STOPPED, ABANDONED = "running", "succeeded", "nothing-new", "failed", "stopped", "abandoned"
+DAMAGED = "damaged"
+"""The status :meth:`RunsDir.list` gives a run whose run.json cannot be read (:attr:`Run.damage` says why); no job
+continues, prunes or counts such a run."""
 RESUMABLE = frozenset({RUNNING, FAILED, STOPPED})
 """A run in one of these states is continued by the next call with the same configuration (``running``
 found while the lock is free means the process was killed)."""
@@ -81,9 +84,11 @@ def file_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
 class Run:
     """One run's folder: ``run.json`` and the stage manifests."""
 
-    def __init__(self, folder: Path, data: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, data: dict[str, Any], *, damage: str | None = None) -> None:
         self.folder = folder
         self.data = data
+        self.damage = damage
+        """Why the run's run.json cannot be read (:meth:`damaged`), or None."""
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, {self.status!r})"
@@ -104,15 +109,30 @@ class Run:
 
     @classmethod
     def load(cls, folder: Path) -> Run:
+        """The run in ``folder``; :class:`JobError` naming its run.json and the fix when that cannot be read, is not
+        JSON, or is not a run's (an object with an ``id`` and a ``status``)."""
+        path = folder / RUN_FILE
         try:
-            data = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise JobError(
-                f"{folder / RUN_FILE} cannot be read ({exc}). It is written atomically: restore it or remove the folder."
-            ) from exc
+            raise JobError(_damaged(path, str(exc), "restore it from a backup or remove the run's folder")) from exc
+        problem = _not_a_record(data, ("id", "status"))
+        if not problem and not isinstance(data.get("stage_order", []), list):
+            problem = f"its stage_order is a {type(data['stage_order']).__name__}, not a list"
+        if problem:
+            raise JobError(_damaged(path, problem, "restore it from a backup or remove the run's folder"))
         return cls(folder, data)
 
+    @classmethod
+    def damaged(cls, folder: Path, why: str) -> Run:
+        """A run whose run.json cannot be read, as :meth:`RunsDir.list` lists it: its folder's name as its id, the status
+        :data:`DAMAGED` and ``why`` as its error (``ee runs list`` shows it; ``ee runs show`` gives the error). It is never
+        saved: its run.json stays as it is, for the user to restore."""
+        return cls(folder, {"id": folder.name, "status": DAMAGED, "error": why, "stage_order": []}, damage=why)
+
     def save(self) -> None:
+        if self.damage is not None:  # never overwrite the damaged file with this stand-in's few fields
+            raise JobError(self.damage)
         self.data["updated_at"] = now()
         text = json.dumps(finite_or_null(self.data), indent=2, ensure_ascii=False, default=str, allow_nan=False)
         atomic_write_text(self.folder / RUN_FILE, text + "\n")
@@ -131,7 +151,15 @@ class Run:
         path = self.stage_path(name)
         if not path.is_file():
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        fix = f"restore it from a backup, or remove it (the stage then counts as not run: continuing run {self.id} runs it again)"
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JobError(_damaged(path, str(exc), fix)) from exc
+        problem = _not_a_record(manifest, ("stage", "status"))
+        if problem:
+            raise JobError(_damaged(path, problem, fix))
+        return manifest
 
     def stages(self) -> list[dict[str, Any]]:
         """Every stage's manifest in the run's stage order (those never started are left out)."""
@@ -236,24 +264,33 @@ class RunsDir:
         return run
 
     def list(self) -> list[Run]:
-        """Every run, oldest first (a folder without a readable run.json is skipped)."""
+        """Every run, oldest first. A folder whose run.json cannot be read is listed too, as :meth:`Run.damaged` (status
+        :data:`DAMAGED`, the reason in :attr:`Run.damage`), so that it is seen, and ``latest`` never quietly means an
+        older run."""
         if not self.root.is_dir():
             return []
         runs = []
         for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / RUN_FILE).is_file()):
-            with contextlib.suppress(JobError):
+            try:
                 runs.append(Run.load(folder))
+            except JobError as exc:
+                runs.append(Run.damaged(folder, str(exc)))
         return runs
 
     def get(self, run_id: str) -> Run:
-        """The run whose id is, or starts with, ``run_id`` (``latest`` for the newest)."""
+        """The run whose id is, or starts with, ``run_id`` (``latest`` for the newest); :class:`JobError` naming the file
+        and the fix when that run's run.json cannot be read."""
         runs = self.list()
         if run_id == "latest" and runs:
-            return runs[-1]
-        matches = [r for r in runs if r.id == run_id] or [r for r in runs if r.id.startswith(run_id)]
+            matches = runs[-1:]
+        else:
+            matches = [r for r in runs if r.id == run_id] or [r for r in runs if r.id.startswith(run_id)]
         if len(matches) != 1:
             found = "several runs match" if matches else "no run matches"
             raise RunNotFoundError(f"{found} {run_id!r} in {self.root}. See `ee runs list --runs {self.root}`.")
+        if matches[0].damage is not None:
+            which = "the newest run, which `latest` names" if run_id == "latest" else "this run"
+            raise JobError(f"{matches[0].damage} (It is {which}; `ee runs list` shows the others.)")
         return matches[0]
 
     def resumable(
@@ -337,6 +374,8 @@ class RunsDir:
             removed, kept = [], []
             for run in runs:
                 why = needed.get(run.id) or (f"one of the {keep} newest" if run.id in newest else None)
+                if run.damage is not None:  # nothing tells whether it is still needed
+                    why = f"damaged: its {RUN_FILE} cannot be read; restore it, or remove the folder by hand"
                 if why:
                     kept.append({"id": run.id, "status": run.status, "why": why})
                 else:
@@ -392,6 +431,21 @@ class RunsDir:
         if not scope:
             return runs
         return [r for r in runs if all(same_place(job_table(r).get(key), value) for key, value in scope.items())]
+
+
+def _damaged(path: Path, problem: str, fix: str) -> str:
+    """The error for a run's file (run.json, a stage manifest) that cannot be read: which, why, and what to do."""
+    from ee_middleware.messages import one_line
+
+    return f"{path} cannot be read ({one_line(problem, 200)}). It is written atomically, so it was changed or cut short since: {fix}."
+
+
+def _not_a_record(data: Any, keys: tuple[str, ...]) -> str | None:
+    """What is wrong with a run's JSON file that parsed: not an object, or a key it needs is missing or not text."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    missing = [key for key in keys if not isinstance(data.get(key), str)]
+    return f"no {', no '.join(repr(key) for key in missing)} in it" if missing else None
 
 
 def _adapter_needs(registry: Any, name: str, opened: dict[str, Any]) -> str | None:
