@@ -32,6 +32,10 @@ LIST_COLUMNS = (
 )  # fmt: skip
 
 
+MAX_LIMIT = 2**63 - 1
+"""The largest ``--limit`` (polars counts rows in 64 bits; a larger number failed inside it as an OverflowError)."""
+
+
 class StatusFilter(StrEnum):
     pending = "pending"
     approved = "approved"
@@ -51,7 +55,7 @@ def list_traces(
     store: str = StoreOption,
     status: StatusFilter = typer.Option(StatusFilter.all, "--status", help="Only trajectories with this approval."),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many (newest)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, max=MAX_LIMIT, help="Show at most this many (newest)."),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -80,27 +84,46 @@ def list_traces(
 
     apps = sorted({row["app"] for row in rows})
     title = escape(f"{len(rows)} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else ""))
+    out = console()
+    # The id is what `ee traces show/approve` take: whole on any terminal (rich took a folding id down to nothing at 40
+    # columns). On a narrow one the start time, the task and the app are left out, in that order, rather than squeezed
+    # to a character a line; approval and status may be cut with an ellipsis.
+    id_width = max((len(i) for i in shown_ids.values()), default=2)
+    wanted = {"id": id_width, "app": min(16, max(map(len, apps), default=3)) if len(apps) > 1 else 0}
+    wanted |= {"approval": 8, "status": 9, "steps": 5, "task": 12, "started UTC": 11}
+    left_out = [name for name, width in wanted.items() if not width]
+    for name in ("started UTC", "task", "app"):
+        shown = {k: w for k, w in wanted.items() if k not in left_out}
+        if sum(shown.values()) + 2 * len(shown) <= out.width or name in left_out:
+            continue
+        left_out.append(name)
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("id", min_width=12, overflow="fold")
-    if len(apps) > 1:
+    table.add_column("id", min_width=id_width, no_wrap=True)
+    if "app" not in left_out:
         table.add_column("app", max_width=16, overflow="ellipsis", no_wrap=True)
-    table.add_column("approval", min_width=8, no_wrap=True)
-    table.add_column("status", min_width=9, no_wrap=True)
+    table.add_column("approval", overflow="ellipsis")
+    table.add_column("status", overflow="ellipsis")
     table.add_column("steps", justify="right", no_wrap=True)
-    table.add_column("task", ratio=1, min_width=12, overflow="fold")
-    table.add_column("started UTC", min_width=11, no_wrap=True)
+    if "task" not in left_out:
+        table.add_column("task", ratio=1, min_width=12, overflow="fold")
+    if "started UTC" not in left_out:
+        table.add_column("started UTC", min_width=11, no_wrap=True)
     colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
     for row in rows:
-        cells = [escape(shown_ids[row["id"]])] + ([escape(row["app"])] if len(apps) > 1 else [])
-        cells += [
-            f"[{colours[row['approval']]}]{row['approval']}[/]",
-            row["status"],
-            str(row["num_steps"]),
-            escape(short(row["task"], 120)),
-            row["started_at"].strftime("%m-%d %H:%M") if row["started_at"] else "",
-        ]
-        table.add_row(*cells)
-    console().print(table)
+        cells = {
+            "id": escape(shown_ids[row["id"]]),
+            "app": escape(row["app"]),
+            "approval": f"[{colours[row['approval']]}]{row['approval']}[/]",
+            "status": row["status"],
+            "steps": str(row["num_steps"]),
+            "task": escape(short(row["task"], 120)),
+            "started UTC": row["started_at"].strftime("%m-%d %H:%M") if row["started_at"] else "",
+        }
+        table.add_row(*(cell for name, cell in cells.items() if name not in left_out))
+    dropped = [name for name in left_out if wanted[name]]
+    if dropped:
+        table.caption = f"not shown at {out.width} columns: {', '.join(dropped)} (--json has them)"
+    out.print(table)
 
 
 @app.command("show", epilog=examples("ee traces show 3f2a9c1b --store ./experience"))
@@ -247,7 +270,7 @@ def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str 
 def export(
     store: str = StoreOption,
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="jsonl: OpenAI chat fine-tuning lines; parquet: one row per trajectory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file (a path: the file is written whole, so not '-' for stdout)."),
     status: StatusFilter = typer.Option(StatusFilter.approved, "--status", help="Which trajectories (default: approved only)."),
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -263,6 +286,12 @@ def export(
     """
     from ee_middleware.export import export_jsonl, export_parquet
 
+    if str(out) == "-":
+        raise typer.BadParameter(
+            "'-' is not stdout here: the export is written whole or not at all, to a file. Give a file's path, e.g. "
+            f"--out train.{fmt.value} (then `cat train.{fmt.value}` for a pipe).",
+            param_hint="'--out'",
+        )
     selected = None if status is StatusFilter.all else status.value
     skipped: list[str] = []
     split: list[str] = []

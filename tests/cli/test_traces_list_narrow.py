@@ -1,0 +1,69 @@
+"""``ee traces list`` on a narrow terminal, ``--limit`` out of range and ``export -o -``.
+
+At 40 columns (a split pane) the table dropped its id column, the one thing a user needs next (``ee traces show/approve
+ID``); an id that folded was taken down to nothing by rich. ``--limit 99999999999999999999999`` failed inside polars as
+"unexpected OverflowError ... a bug in ee-middleware". ``export -o -`` wrote a file named ``-``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.cli.app import app
+from tests.conftest import USER_TASK
+
+
+@pytest.fixture
+def recorded(react_graph: Any, store_path: Path, inventory: Any) -> Path:
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    for i in range(3):
+        inventory.stock["pear"] = 0
+        agent.invoke(USER_TASK, {"configurable": {"thread_id": f"t{i}"}})
+    agent.recorder.close()
+    return store_path
+
+
+def _listing(store: Path, columns: int) -> str:
+    result = CliRunner().invoke(app, ["traces", "list", "-s", str(store)], env={"COLUMNS": str(columns)})
+    assert result.exit_code == 0, result.output
+    assert all(len(line) <= columns for line in result.stdout.splitlines()), result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize("columns", [30, 40, 50, 60])
+def test_the_id_stays_whole_on_a_narrow_terminal(recorded: Path, columns: int) -> None:
+    ids = LocalExperienceStore(recorded).trajectories()["id"].to_list()
+    text = _listing(recorded, columns)
+    for trajectory_id in ids:
+        assert trajectory_id[:12] in text, (columns, text)  # whole, on one line: what `ee traces show` takes
+    header = next(line for line in text.splitlines() if line.split()[:1] == ["id"])
+    assert "steps" in header, "the step count stays too"
+    if columns >= 40:
+        assert "approval" in header and "status" in header, header
+    if columns < 80:
+        assert "(--json has them)" in " ".join(text.split()), "what is left out is said"
+
+
+def test_a_wide_terminal_shows_every_column(recorded: Path) -> None:
+    header = next(line for line in _listing(recorded, 100).splitlines() if line.split()[:1] == ["id"])
+    assert header.split() == ["id", "approval", "status", "steps", "task", "started", "UTC"], header
+
+
+def test_a_limit_too_large_to_count_is_a_usage_error(recorded: Path) -> None:
+    result = CliRunner().invoke(app, ["traces", "list", "-s", str(recorded), "--limit", "99999999999999999999999"])
+    assert result.exit_code == 2, result.output
+    assert "--limit" in result.stderr and "unexpected" not in result.stderr, result.stderr
+    most = CliRunner().invoke(app, ["traces", "list", "-s", str(recorded), "--limit", str(2**63 - 1), "--json"])
+    assert most.exit_code == 0 and most.stdout.count('"id"') == 3, most.output
+
+
+def test_export_to_a_dash_is_refused_rather_than_writing_a_file_named_dash(recorded: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["traces", "export", "-s", str(recorded), "-f", "jsonl", "-o", "-", "--status", "all"])
+    assert result.exit_code == 2, result.output
+    assert "'-' is not stdout" in result.stderr and "--out train.jsonl" in result.stderr, result.stderr
+    assert not (tmp_path / "-").exists()
