@@ -93,6 +93,8 @@ SPAN_PROCESSOR_ENV = "EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR"
 them through the OpenTelemetry SDK, on a provider of its own, instead of directly."""
 ORPHAN_GRACE_S = 10.0
 _PICKLE_PROTOCOL = 5
+_ANSWER_MARGIN_S = 0.5
+"""Of a flush's time, what is kept for the child's answer (at most a tenth): the child writes within the rest."""
 
 
 def _service_attributes(config: CaptureConfig) -> dict[str, Any]:
@@ -638,18 +640,22 @@ class ProcessOffload:
 
     def flush(self, timeout: float = 30.0) -> tuple[bool, str | None]:
         """Wait until the child has written everything sent so far: (done in time, the failures it
-        reported since the last flush, as one message or ``None``)."""
+        reported since the last flush, as one message or ``None``). Returns within ``timeout``: the child is given a
+        little less for its write, so that its answer can come in time (a late answer is read by the next flush)."""
         if self._forked():
             return True, None
-        deadline = time.monotonic() + timeout + 5.0
-        with self._read_lock:
+        deadline = time.monotonic() + timeout
+        if not self._read_lock.acquire(timeout=max(0.0, timeout)):  # another flush, or the first run waiting for the child
+            return False, None
+        try:
             if self._state == "starting" and self._in.poll(0):
                 self._read_hello()
             with self._lock:
                 if self._state != "ready":  # not started yet, nothing was sent to it; or gone (said so)
                     lost, self._lost_unreported = self._lost_unreported, 0
                     return not lost, None  # (a child that died since the last flush may have lost runs: said once)
-                token = self._ask_flush(timeout)
+                remaining = max(0.0, deadline - time.monotonic())
+                token = self._ask_flush(remaining - min(_ANSWER_MARGIN_S, remaining / 10))
             try:
                 return self._await(token, deadline)
             except (OSError, EOFError) as exc:
@@ -657,6 +663,8 @@ class ProcessOffload:
                 with self._lock:
                     lost, self._lost_unreported = self._lost_unreported, 0
                 return not lost, None
+        finally:
+            self._read_lock.release()
 
     def _await(self, token: int, deadline: float) -> tuple[bool, str | None]:
         """(With ``_read_lock`` held.) Read answers until ``token``'s; an answer to an earlier flush

@@ -310,13 +310,18 @@ class Recorder:
         Returns ``False`` when that did not happen: the time ran out, or a run failed to be stored since the last flush
         (a full disk, a ``redact_fn`` that raised: each counted in ``stats.runs_failed`` and logged), in either offload
         mode; ``True`` otherwise. A run that stopped and waits for the thread's state (:class:`_StateRead`) is ended
-        first, when the read answers or at its bound."""
-        self._settle_state_reads(timeout)
+        first, when the read answers or at its bound. ``timeout`` bounds the whole flush, every step of it together."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        self._settle_state_reads(left())
         try:
-            offloaded, error = self.offload.flush(timeout) if self.offload is not None else (True, None)
+            offloaded, error = self.offload.flush(left()) if self.offload is not None else (True, None)
             # (after the capture process's flush: the runs a dying capture process was sent are recorded here)
-            done = self.finisher.flush(timeout)
-            flushed = self.processor.force_flush(int(timeout * 1000)) and done and offloaded
+            done = self.finisher.flush(left())
+            flushed = self.processor.force_flush(int(left() * 1000)) and done and offloaded
         finally:  # (strict mode raised the failure: said once, as this return value says it once)
             with self._failed_lock:
                 failed = self.stats.runs_failed

@@ -1,15 +1,21 @@
-"""What a recorder does with settings it cannot honour, and after ``close()``.
+"""What a recorder does with settings it cannot honour, after ``close()``, and within a flush's time-out.
 
 - ``record_experience`` on an agent already recorded, with other settings (another app, store, ``approve_if``,
   offload), raises a ``ConfigError`` saying so and how to record with them; before, it returned the first wrapper and the
   settings were ignored (its runs went to the first store). The same settings, or none, give the agent itself.
 - A run made after ``recorder.close()`` is not stored and counted in ``stats.runs_failed``, so ``flush()`` says
   ``False``; before, it was dropped silently and ``flush()`` returned ``True``.
+- ``flush(timeout)`` returns within ``timeout`` in all (the state reads of stopped runs, the capture process, the
+  threads); before, with ``offload="process"`` and a capture process not answering, ``flush(timeout=1.0)`` took 6 s.
 
-Real ``create_agent`` graphs on the real local store, in both offload modes."""
+Real ``create_agent`` graphs on the real local store; a capture process stopped with SIGSTOP, a checkpointer and a
+store that answer slowly (stand-ins, by name)."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
+from langgraph.types import Command
 
 from ee_middleware import record_experience
 from ee_middleware.capture.config import CaptureConfig
@@ -25,6 +32,7 @@ from ee_middleware.records import Trajectory
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+from tests.capture.test_resumed_send_targets import CONFIG, _SlowSaver, _sync_refund_agent
 
 pytestmark = pytest.mark.usefixtures("no_child_left")
 
@@ -172,3 +180,68 @@ def test_a_run_in_flight_at_close_is_counted_not_stored(tmp_path: Path) -> None:
     assert agent.recorder.stats.runs_failed == 1
     assert not agent.recorder._in_flight
     assert _stored(tmp_path / "s") == []
+
+
+# --- flush's time-out ----------------------------------------------------------------------------------------------
+
+
+def test_flush_returns_within_its_timeout_when_the_capture_process_does_not_answer(tmp_path: Path) -> None:
+    agent = record_experience(_graph(), app="fl", store=tmp_path / "s", offload="process")
+    recorder = agent.recorder
+    _ask(agent, "handle k0")
+    assert agent.flush()
+    os.kill(recorder.offload.pid, signal.SIGSTOP)
+    try:
+        _ask(agent, "handle k1")
+        started = time.monotonic()
+        assert agent.flush(timeout=1.0) is False
+        took = time.monotonic() - started
+    finally:
+        os.kill(recorder.offload.pid, signal.SIGCONT)
+    assert 0.9 <= took < 1.5, took  # before: 6.0 s
+    assert agent.flush() is True  # the late answer of the first flush is skipped; nothing is lost
+    recorder.close()
+    assert [t.task for t in _stored(tmp_path / "s")] == ["handle k0", "handle k1"]
+
+
+class _SlowStore(LocalExperienceStore):
+    """Stand-in for a store that writes slowly (a network disk): each write takes ``delay_s`` once ``slow`` is set."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.slow = False
+        self.delay_s = 1.5
+
+    def write(self, trajectories: Any) -> Any:
+        if self.slow:
+            time.sleep(self.delay_s)
+        return super().write(trajectories)
+
+
+def test_flush_timeout_bounds_the_whole_flush_with_a_run_waiting_for_its_state_stand_in(tmp_path: Path) -> None:
+    """A slow checkpointer (a resumed run that stopped waits for the thread's state) and a slow store (stand-ins): each
+    step took the whole time-out in turn (``flush(timeout=1.0)`` ~2 s); now they share it."""
+    saver, store = _SlowSaver(), _SlowStore(tmp_path / "s")
+    agent = record_experience(_sync_refund_agent(saver), app="shop", store=store)
+    agent.invoke({"messages": [("user", "refund A1")]}, CONFIG)
+    assert agent.flush()
+    store.slow = True
+    stream = agent.stream(Command(resume="yes"), CONFIG, stream_mode="updates")
+    for chunk in stream:
+        if "tools" in chunk:
+            break
+    saver.slow = True
+    stream.close()  # the run now waits for the thread's state (at most STOPPED_STATE_TIMEOUT_S, 2 s)
+    try:
+        assert saver.entered.wait(5)
+        started = time.monotonic()
+        flushed = agent.flush(timeout=1.0)
+        took = time.monotonic() - started
+    finally:
+        saver.release.set()
+    assert flushed is False
+    assert took < 1.4, took  # before: ~2 s (1 s for the read, then 1 s for the store's write)
+    store.slow = False
+    assert agent.flush() is True
+    agent.recorder.close()
+    assert [t.status for t in _stored(tmp_path / "s")] == ["interrupted", "interrupted"]
