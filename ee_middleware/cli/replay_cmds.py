@@ -63,7 +63,14 @@ def run(
         help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. [default: mutate]",
     ),
     k: int | None = typer.Option(None, "--k", "-k", min=1, help="Alternatives per recorded state. [default: 8]"),
-    workers: int | None = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (or Ray actors). [default: 1]"),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        "-w",
+        min=1,
+        help="Worker processes (or Ray actors): at most 8 per CPU core (Ray: 1024), and never more than the trajectories "
+        "to replay. [default: 1]",
+    ),
     executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. [default: local]"),
     requests_in_flight: int | None = typer.Option(
         None,
@@ -426,7 +433,7 @@ def list_rollouts(
     ),
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
     errors_only: bool = typer.Option(False, "--errors", help="Only rollouts whose observation is an error."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many rollouts."),
+    limit: int | None = typer.Option(None, "--limit", min=1, max=2**63 - 1, help="At most this many rollouts."),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:

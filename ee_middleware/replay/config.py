@@ -34,12 +34,27 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ee_middleware._toml import build_config, finite_seconds, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
+
+MAX_RAY_WORKERS = 1024
+"""The most Ray actors a replay job takes."""
+
+LOCAL_WORKERS_PER_CORE = 8
+"""The most local worker processes a replay job takes, per CPU core of the machine (see :func:`max_workers`)."""
+
+
+def max_workers(executor: str) -> int:
+    """The most workers a replay job with ``executor`` (``local`` or ``ray``) takes: local worker processes share this
+    machine's cores (8 per core leaves room for workers that mostly wait on a served policy), Ray actors a cluster's."""
+    if executor == "ray":
+        return MAX_RAY_WORKERS
+    return LOCAL_WORKERS_PER_CORE * (os.cpu_count() or 1)
+
 
 DEFAULT_SERVED_REQUESTS = 8
 """Proposal requests in flight per worker for an ``openai:`` policy when ``requests_in_flight`` is unset."""
@@ -67,10 +82,13 @@ class ReplayConfig(BaseModel):
     k: int = Field(8, ge=1, le=256)
     """Alternatives per recorded state (the paper: 8-30 for IWM, 2-4 for SR)."""
     seed: int = 0
-    temperature: float = Field(1.0, ge=0)
+    """Seed of the proposals: a 64-bit signed integer, as the store keeps it with each replay record."""
+    temperature: float = Field(1.0, ge=0, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1)
     max_new_tokens: int = Field(160, ge=1)
     workers: int = Field(1, ge=1)
+    """Worker processes (or Ray actors): at most :func:`max_workers` (8 per CPU core for local ones). A job never starts
+    more than it has trajectories to replay (its summary says how many it started)."""
     requests_in_flight: int | None = Field(None, ge=1, le=1024)
     """Proposal requests each worker keeps in flight at once (the states of a trajectory are proposed for
     concurrently): for a policy behind a server that batches concurrent requests (vLLM). Default: 8 for an
@@ -149,6 +167,31 @@ class ReplayConfig(BaseModel):
             for option, name in fields.items()
             if name not in self.model_fields_set and option not in self.policy_settings
         }
+
+    @model_validator(mode="after")
+    def _workers_a_machine_can_start(self) -> ReplayConfig:
+        # Each is a process (or an actor) building its own sandbox and policy: a job asked for 100000 set them up for
+        # minutes before replaying anything, and a Ctrl-C meanwhile waited for every started one to finish starting.
+        most = max_workers(self.executor)
+        if self.workers > most:
+            where = (
+                f"this machine has {os.cpu_count() or 1} CPU core(s); --executor ray spreads workers over a cluster"
+                if self.executor == "local"
+                else "start fewer, larger actors instead"
+            )
+            raise ConfigError(
+                f"workers={self.workers} (--workers) is more than the {most} a {self.executor} replay job starts: about one per "
+                f"CPU core is what speeds a replay up ({where}). Set workers to at most {most}."
+            )
+        return self
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_fits_the_store(cls, seed: int) -> int:
+        # The store keeps it in an Int64 column: a larger one was stored, then failed every read of the store.
+        if not -(2**63) <= seed < 2**63:
+            raise ValueError(f"outside the 64-bit range the store keeps seeds in ({-(2**63)} to {2**63 - 1}); pick one in it, e.g. 42")
+        return seed
 
     @model_validator(mode="after")
     def _requests_fit_the_policy(self) -> ReplayConfig:

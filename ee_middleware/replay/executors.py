@@ -1010,15 +1010,17 @@ class ProcessExecutor:
         else:
             context, parent_pid = multiprocessing.get_context("spawn" if start_method == "forkserver" else start_method), os.getpid()
         self._start_error: BaseException | None = None
-        self._stop = context.Event()  # set when the job ends early: every call a worker gets then replays nothing
-        self._listening = [context.Event() for _ in range(workers)]  # set once that worker takes the stop signal
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
         self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
         self._all_replayed = False  # set once map() has yielded every trajectory's outcome
         self._sizes = _BatchSizes(target_s=_LOCAL_BATCH_S)
         self._pools: list[ProcessPoolExecutor] = []  # one per worker (a pool of one process)
+        # Everything from here on is undone when it fails or is interrupted (Ctrl-C while many workers are set up): the
+        # fork server started above must not outlive the job.
         try:
+            self._stop = context.Event()  # set when the job ends early: every call a worker gets then replays nothing
+            self._listening = [context.Event() for _ in range(workers)]  # set once that worker takes the stop signal
             for _ in range(workers):
                 self._pools.append(
                     ProcessPoolExecutor(
@@ -1046,6 +1048,8 @@ class ProcessExecutor:
     def _start_workers(self) -> None:
         try:
             for pool in self._pools:  # its submission starts its worker
+                if self._stop.is_set():  # the job ended while they start (Ctrl-C): start no more, close() waits for this
+                    break
                 self._ready.append(pool.submit(_started))
         except BaseException as exc:  # noqa: BLE001 - raised by map() on the job's thread
             self._start_error = exc
@@ -1439,10 +1443,18 @@ class RayExecutor:
             finally:
                 _restore_signal_handlers(handlers)
             self._started = True
-        actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
-        self._actors = [actor_class.remote(spec) for _ in range(workers)]
-        self._ready = [actor.ready.remote() for actor in self._actors]
+        self._actors: list[Any] = []
+        self._ready: list[Any] = []
         self._pending: dict[Any, int] = {}  # a call's result -> the index of the actor it was sent to
+        try:  # an actor created before a failure or an interrupt (Ctrl-C while many are set up) is killed
+            actor_class = ray.remote(num_cpus=num_cpus_per_worker)(_RayWorker)
+            for _ in range(workers):
+                self._actors.append(actor_class.remote(spec))
+            self._ready = [actor.ready.remote() for actor in self._actors]
+        except BaseException:
+            self._ready = []  # (none is asked to close: none has replayed anything)
+            self._close_actors()
+            raise
         self._here = _JobReplays(spec)
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:

@@ -387,6 +387,9 @@ def run_replay(
         attempt_of=config.configuration_id if config.attempt > 1 else None,
         attempt=config.attempt,
     )
+    todo, already_done = select_trajectories(store, config)
+    if config.workers > max(len(todo), 1):  # a worker with no trajectory would only start, then stop
+        config = config.model_copy(update={"workers": max(len(todo), 1)})
     # Worker processes and Ray actors write into the store themselves (see executors); in-process, the job writes.
     writers = isinstance(config.store, (str, os.PathLike)) and (config.executor == "ray" or config.workers > 1)
     spec = WorkerSpec(
@@ -409,7 +412,7 @@ def run_replay(
         workers=config.workers,
         vault=settings.privacy.vault,
     )
-    todo, summary.already_done = select_trajectories(store, config)
+    summary.already_done = already_done
     summary.selected = len(todo)
     if on_start is not None:
         on_start(len(todo))
