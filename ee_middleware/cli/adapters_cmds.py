@@ -35,7 +35,12 @@ ServerOption = typer.Option(
 )
 ByOption = typer.Option(None, "--by", help="Who is acting, for the history. [default: EE_USER or the login name]")
 RankOption = typer.Option(
-    None, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", show_envvar=True, help="The servers' --max-lora-rank. [default: 16, vLLM's]"
+    None,
+    "--max-lora-rank",
+    envvar="EE_MAX_LORA_RANK",
+    show_envvar=True,
+    min=1,
+    help="The servers' --max-lora-rank. [default: 16, vLLM's]",
 )
 
 

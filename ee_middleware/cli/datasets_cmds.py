@@ -75,10 +75,15 @@ def build(
         help="Cap the share of synthetic-task trajectories (source=curriculum) in the datasets; which stay is seeded. [default: no cap]",
     ),
     chunk_mb: float | None = typer.Option(
-        None, "--chunk-mb", help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). [default: 32]"
+        None,
+        "--chunk-mb",
+        max=1_000_000,
+        help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). [default: 32]",
     ),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
-    max_observation_tokens: int | None = typer.Option(None, "--max-observation-tokens", help="IWM observation budget. [default: 512]"),
+    max_observation_tokens: int | None = typer.Option(
+        None, "--max-observation-tokens", max=2**31 - 1, help="IWM observation budget. [default: 512]"
+    ),
     sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
     heldout_share: float | None = typer.Option(
         None,
@@ -314,7 +319,7 @@ class ExportFormat(StrEnum):
 @app.command("show", epilog=examples("ee datasets show ./data --tokenizer ./models/smollm2 --max-length 2048"))
 def show(
     folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
-    examples: int = typer.Option(2, "--examples", "-n", min=0, help="Rendered examples per dataset."),
+    examples: int = typer.Option(2, "--examples", "-n", min=0, max=2**63 - 1, help="Rendered examples per dataset."),
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."
     ),

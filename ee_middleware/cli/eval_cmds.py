@@ -366,7 +366,7 @@ def likelihood_cmd(
     decode: int = typer.Option(0, "--decode", min=0, help="Also decode greedily on the first N states: parse rate, name and exact match."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per greedy answer."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N held-out states."),
-    threads: int | None = typer.Option(1, "--threads", min=1, help="torch threads (1 is often fastest on a shared CPU)."),
+    threads: int | None = typer.Option(1, "--threads", min=1, max=1024, help="torch threads, 1-1024 (1 is often fastest on a shared CPU)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,

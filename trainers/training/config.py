@@ -67,7 +67,9 @@ class TrainConfig(BaseModel):
     """Tokens per example; longer prompts are cut from the left, the completion is kept."""
     iwm_share: float = Field(0.5, gt=0, lt=1)
     """Most of the ``iwm`` budget the world-modeling stage may take (it also stops after one pass over the IWM rows)."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    """Seed of the LoRA initialization and the data order: 0 to 2**32 - 1 (numpy's range, which transformers seeds too;
+    another was accepted, then failed the run once the model had loaded)."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool | None = None
