@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,18 @@ from ee_middleware.cli.common import (
 )
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
+
+
+MAX_TRIALS = 1000
+"""The most trials per task ``ee eval run`` takes: a run lists every task's trials before the first one runs (10**23 of
+them never started)."""
+
+
+def _finite(value: float | None) -> float | None:
+    """A number option's callback: a finite number (a request's JSON cannot carry ``inf``)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value:g}")
+    return value
 
 
 def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None) -> str | None:
@@ -50,10 +63,14 @@ def run_cmd(
     out: Path | None = typer.Option(
         None, "--out", help="Run folder: results.parquet, report.md/html, success.png (or out under [eval]). Re-run to resume."
     ),
-    trials: int | None = typer.Option(None, "--trials", min=1, help="Trials per task (pass^k over them). [default: 1]"),
+    trials: int | None = typer.Option(
+        None, "--trials", min=1, max=MAX_TRIALS, help=f"Trials per task (pass^k over them), at most {MAX_TRIALS}. [default: 1]"
+    ),
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. [default: 1]"),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). [default: 0]"),
-    temperature: float | None = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (0: greedy). [default: 0.0]"),
+    temperature: float | None = typer.Option(
+        None, "--temperature", min=0.0, callback=_finite, help="Sampling temperature (0: greedy). [default: 0.0]"
+    ),
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", min=1, help="Tokens the model may write per answer; answers cut at it are counted. [default: 512]"
     ),
