@@ -15,7 +15,8 @@ placeholders replay could not restore (``Rollout.unrestored``, which builds leav
 set: :func:`rollout_transition`): the sandbox answered the placeholder (``user not found``), not the value. Of a run
 paused for a review or cancelled, it leaves out what IWM leaves out (:func:`paused_steps_left_out`): the rollouts at a
 state after its call awaiting review or cut off (a world production never had), the expert steps after that call, and
-its turn's calls the next run of the thread (the resumed run) holds too (same id, tool and arguments).
+its turn's calls the next run of the thread not nested in it (the resumed run) holds too (same id, tool and
+arguments).
 
 :class:`TransitionIndex` keeps the transitions, reads what the store gained since the last call
 (:meth:`TransitionIndex.refresh`) and applies the rules every query obeys; a **retriever** scores
@@ -242,7 +243,8 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
     IWM's own rule (:func:`~ee_middleware.replay.paused_turns.paused_turn_steps`, over the trajectories as a build
     reads them: the store's approved ones): a polars frame of ``trajectory_id``, ``step_index``, ``after`` (a state after
     the run's call awaiting review or cut off: no rollout there, no expert step) and ``held_later`` (a call of the paused
-    turn the next run of the thread holds too, same id, tool and arguments: that run's copy is the example)."""
+    turn the resumed run (the next run of the thread not nested in it) holds too, same id, tool and arguments: that
+    run's copy is the example)."""
     import polars as pl
 
     from ee_middleware.replay.paused_turns import RUNS_SCHEMA, paused_turn_steps, steps_schema
@@ -250,7 +252,11 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
     runs: dict[str, list[Any]] = {k: [] for k in RUNS_SCHEMA}
     steps: dict[str, list[Any]] = {k: [] for k in steps_schema("observed")}
     for trajectory in trajectories:
-        for key, value in zip(runs, (trajectory.id, trajectory.status, trajectory.thread_id, trajectory.started_at), strict=True):
+        for key, value in zip(
+            runs,
+            (trajectory.id, trajectory.status, trajectory.thread_id, trajectory.started_at, trajectory.ended_at, trajectory.trace_id),
+            strict=True,
+        ):
             runs[key].append(value)
         if trajectory.status != "interrupted" and trajectory.thread_id is None:
             continue  # neither paused nor on a thread a paused run may have been resumed on

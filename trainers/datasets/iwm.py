@@ -20,8 +20,9 @@ or ran partway): its rollouts (of a replay made before replay stopped there) are
 expert rows of calls after it in the run (``expert_steps_after_unanswered_call_left_out``). A call of its turn that did
 run (a parallel call beside a tool that called ``interrupt()``) is held by the resumed run's trajectory too, where that
 run is in the source, which teaches the turn as the reviewer decided it, as IL and SR do: the paused run's copy gives no
-expert row and is counted (``paused_turn_repeats_left_out``). The resumed run is the next run of the thread, and it
-holds the call where it has one with the same id, tool name and arguments. Where it does not (never resumed,
+expert row and is counted (``paused_turn_repeats_left_out``). The resumed run is the next run of the thread not nested
+in the paused run (a sub-agent or graph run in one of its tools, stored on its thread: of its trace, started while it
+ran), and it holds the call where it has one with the same id, tool name and arguments. Where it does not (never resumed,
 cancelled, the resumed run not approved) the paused run's copy, before the call without an observation, is the only one
 and is taught. All are left out before the error cap counts.
 """

@@ -38,14 +38,15 @@ from ee_middleware.replay.paused_turns import call_key, turn_key
 
 _T = TypeVar("_T")
 
-TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "source", "status", "thread_id")
+TRAJECTORY_COLUMNS = ("id", "tools_json", "app", "started_at", "ended_at", "source", "status", "thread_id", "trace_id")
 """Columns of the trajectories table a build keeps for every trajectory (never the messages)."""
 
 
 @dataclass(frozen=True)
 class DatasetSource:
     """Frames of the store content a dataset is built from (approved trajectories only): ``trajectories`` holds their
-    ``id``, ``tools_json`` and ``status`` (and, read by :func:`load_source`, ``thread_id`` and ``started_at``)."""
+    ``id``, ``tools_json`` and ``status`` (and, read by :func:`load_source`, ``thread_id``, ``started_at``,
+    ``ended_at`` and ``trace_id``)."""
 
     trajectories: pl.DataFrame
     steps: pl.DataFrame
@@ -133,8 +134,10 @@ def load_source(
     crash, the memory limit: ``Observation.sandbox_failure``), which no production tool returns.
     """
     trajectories = store.trajectories(status="approved", app=app)
-    # thread and start: which later run on the thread holds a paused turn's call too (paused_turn_steps)
-    trajectories = trajectories.select("id", "tools_json", "status", *(c for c in ("thread_id", "started_at") if c in trajectories.columns))
+    # thread, times and trace: which later run on the thread holds a paused turn's call too (paused_turn_steps)
+    trajectories = trajectories.select(
+        "id", "tools_json", "status", *(c for c in ("thread_id", "started_at", "ended_at", "trace_id") if c in trajectories.columns)
+    )
     ids = trajectories["id"].to_list()
     steps = store.steps(ids)
     rollouts = store.rollouts(ids)

@@ -105,8 +105,8 @@ def test_ten_thousand_runs_on_one_thread_with_reused_ids_stand_in_index_frames()
     for i in range(5_000):
         paused, nxt = f"p{i}", f"n{i}"
         runs += [
-            (paused, "interrupted", "1", t0 + dt.timedelta(seconds=2 * i)),
-            (nxt, "success", "1", t0 + dt.timedelta(seconds=2 * i + 1)),
+            (paused, "interrupted", "1", t0 + dt.timedelta(seconds=2 * i), t0 + dt.timedelta(seconds=2 * i + 0.5), f"trace-{paused}"),
+            (nxt, "success", "1", t0 + dt.timedelta(seconds=2 * i + 1), t0 + dt.timedelta(seconds=2 * i + 1.5), f"trace-{nxt}"),
         ]
         steps += [(paused, 0, "tool_call", 0, "call_0", *lookup, True), (paused, 1, "tool_call", 0, "call_1", *pay, False)]
         if i % 2 == 0:  # the resumed run
