@@ -160,7 +160,7 @@ def test_a_launched_server_whose_port_is_taken_is_not_started(taken_port: int, t
             "Cannot listen on 127.0.0.1:{port}: another process",
         ),
         (["serve", "local", "--base", "{missing}", "--port", "{port}"], "Cannot listen on 127.0.0.1:{port}: another process"),
-        (["serve", "router", "--port", "0"], "The router needs the model servers it forwards to: pass --server URL"),
+        (["serve", "router", "--port", "{port}"], "The router needs the model servers it forwards to: pass --server URL"),
     ],
 )
 def test_serve_commands_that_cannot_serve_say_why_in_one_line(taken_port: int, tmp_path, args: list[str], message: str) -> None:
