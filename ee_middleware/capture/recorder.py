@@ -99,7 +99,12 @@ logger = logging.getLogger("ee_middleware.capture")
 
 STOPPED_STATE_TIMEOUT_S = 2.0
 """How long a run that stops without an output waits for the thread's state (:meth:`_Run.stopped_state_config`) before it
-is recorded without it. The caller never waits for it: the read runs beside the caller (:class:`_StateRead`)."""
+is recorded without it. The read runs beside the caller (:class:`_StateRead`); an async caller waits for it
+:data:`STOPPED_STATE_WAIT_S` at most, a sync one not at all."""
+
+STOPPED_STATE_WAIT_S = 0.2
+"""How long the caller of an async run that stopped so waits for that read (:meth:`RecordedGraph._aread_stopped_state`)
+before it goes on; the read itself goes on to :data:`STOPPED_STATE_TIMEOUT_S`."""
 
 _live_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 
@@ -310,7 +315,10 @@ class Recorder:
         Returns ``False`` when that did not happen: the time ran out, or a run failed to be stored since the last flush
         (a full disk, a ``redact_fn`` that raised: each counted in ``stats.runs_failed`` and logged), in either offload
         mode; ``True`` otherwise. A run that stopped and waits for the thread's state (:class:`_StateRead`) is ended
-        first, when the read answers or at its bound. ``timeout`` bounds the whole flush, every step of it together."""
+        first, when the read answers or at its bound; at once, without the state, where the read runs on the event loop
+        this flush is called on (``flush()`` in async code, right after a cancelled run whose read took longer than
+        :data:`STOPPED_STATE_WAIT_S`) or on a loop that has stopped or closed. ``timeout`` bounds the whole flush, every
+        step of it together."""
         deadline = time.monotonic() + timeout
 
         def left() -> float:
@@ -337,12 +345,14 @@ class Recorder:
     def _settle_state_reads(self, timeout: float) -> None:
         """End the runs waiting for the thread's state (:class:`_StateRead`): each when its read answers, at its bound, or
         when ``timeout`` runs out, whichever comes first; at once where the read runs on the event loop this thread
-        runs (which cannot go on while it waits here: ``flush()`` called in async code)."""
+        runs (which cannot go on while it waits here: ``flush()`` called in async code), or on one that has stopped or
+        closed (which cannot answer)."""
         deadline = time.monotonic() + timeout
         for read in list(self._reading.values()):
-            if not read.on_this_thread_loop():
+            if not read.on_this_thread_loop() and read.answerable():
                 read.done.wait(max(0.0, min(deadline, read.deadline) - time.monotonic()))
-            read.settle()
+            if not read.settle():  # settled elsewhere, perhaps still ending its run on another thread: wait for that
+                read.done.wait(max(0.0, deadline - time.monotonic()))
 
     def _end_runs_in_flight(self, reason: str) -> int:
         """End the runs still in flight as ``interrupted``, ``reason`` as their error (the process is ending: they will
@@ -415,10 +425,11 @@ _UNREAD: Any = object()
 
 class _StateRead:
     """The read of the thread's state that a run which stopped without an output waits for before it is ended
-    (:meth:`_Run.stopped_state_config`, started by :meth:`RecordedGraph._read_stopped_state`). The caller never waits
-    for it: its cancellation or closed stream returns at once, and the run is ended (its record made) when the read
-    answers or at :data:`STOPPED_STATE_TIMEOUT_S`, whichever comes first; sooner by a flush (which waits for it within
-    the bound), at exit (the same), or at SIGTERM (which does not wait: the shutdown's time is for writing)."""
+    (:meth:`_Run.stopped_state_config`, started by :meth:`RecordedGraph._read_stopped_state`). A sync caller never waits
+    for it, an async one :data:`STOPPED_STATE_WAIT_S` at most: its cancellation or closed stream returns, and the run is
+    ended (its record made) when the read answers or at :data:`STOPPED_STATE_TIMEOUT_S`, whichever comes first; sooner
+    by a flush (which waits for it within the bound), at exit (the same), or at SIGTERM (which does not wait: the
+    shutdown's time is for writing)."""
 
     def __init__(self, run: _Run) -> None:
         self.run = run
@@ -443,29 +454,54 @@ class _StateRead:
             self._ending = ending
             return True
 
-    def settle(self, state: Any = _UNREAD) -> bool:
+    def settle(self, state: Any = _UNREAD, *, blocking: bool = True) -> bool:
         """The read answered ``state``, failed or ran out of time (no ``state``): end the run as its caller said, once.
-        Whether this call ended it."""
-        with self._lock:
+        Whether this call ended it. ``done`` is set once the run is ended (its record queued), so a flush waiting on it
+        finds the record. ``blocking=False`` (SIGTERM's writer): gives up at once where another thread holds the lock,
+        which may be the very thread SIGTERM's handler interrupted, and would never let go of it."""
+        if not self._lock.acquire(blocking=blocking):
+            return False
+        try:
             if self._settled:
                 return False
             self._settled = True
             if state is not _UNREAD:
                 self.run.stopped_state = state
             ending = self._ending
+        finally:
+            self._lock.release()
         self.run.recorder._reading.pop(self.run.trajectory_id, None)
-        self.done.set()
+        try:
+            self._stop_read()
+            if ending is None:
+                return False
+            # its caller has its exception already: nobody waits for this end (not held at SIGTERM, whose writer ends it too)
+            try:
+                return self.run._end(*ending, held=False)
+            except Exception as exc:  # noqa: BLE001 - on a timer, a reader or the loop: counted and logged (strict: at the next flush)
+                self.run.recorder.processor.report_failure(f"could not end a run that stopped: {exc!r}", exc)
+                return False
+        finally:
+            self.done.set()
+
+    def _stop_read(self) -> None:
+        """Stop what is left of the read. An async read whose loop has stopped or closed may never run again: its task
+        goes without asyncio's "Task was destroyed but it is pending!" (no error: the run is ended here)."""
+        task, loop = self.task, self.loop
+        if task is not None and loop is not None and not task.done() and not loop.is_running():
+            with contextlib.suppress(Exception):
+                task._log_destroy_pending = False  # type: ignore[attr-defined] - asyncio's own switch for this warning
         if self.stop is not None:
             with contextlib.suppress(Exception):  # (a closed event loop)
                 self.stop()
-        if ending is None:
-            return False
-        # its caller has its exception already: nobody waits for this end (not held at SIGTERM, whose writer ends it too)
-        try:
-            return self.run._end(*ending, held=False)
-        except Exception as exc:  # noqa: BLE001 - on a timer, a reader or the loop: counted and logged (strict: at the next flush)
-            self.run.recorder.processor.report_failure(f"could not end a run that stopped: {exc!r}", exc)
-            return False
+
+    def answerable(self) -> bool:
+        """Whether the read can still answer: not an async one whose event loop has closed or stopped (nothing runs
+        it while a flush waits: ``run_until_complete`` returned, or ``asyncio.run`` ended with the read pending)."""
+        loop = self.loop
+        if loop is None:
+            return True
+        return not loop.is_closed() and loop.is_running() and not (self.task is not None and self.task.done())
 
     def on_this_thread_loop(self) -> bool:
         """Whether the read runs on the event loop this thread is running: it cannot go on while this thread waits."""
@@ -608,9 +644,14 @@ class _Run:
         run still running here (a resumed run inside a ``Send``'s target keeps no task then): at SIGTERM the main thread
         is in the handler, so an async checkpointer's event loop cannot answer, and a sync read would spend the 5 s the
         runs have to be written."""
-        if self.read is not None and self.read.settle():
-            return True
-        return self._end(*(self._ending or ("interrupted", None, reason)), held=False)
+        held_by_read = None
+        if self.read is not None:
+            # never waits for the read's lock: SIGTERM's handler may have interrupted the thread holding it
+            if self.read.settle(blocking=False):
+                return True
+            self.recorder._reading.pop(self.trajectory_id, None)  # (the flush at SIGTERM does not wait for it either)
+            held_by_read = self.read._ending  # how its caller ended it, if it did (set before the read settles)
+        return self._end(*(self._ending or held_by_read or ("interrupted", None, reason)), held=False)
 
     def _end(self, status: str, error: BaseException | None, reason: str | None = None, *, held: bool = True) -> bool:
         """End the run: ``error`` for an ``error`` run, ``reason`` why an ``interrupted`` one stopped if nobody paused it.
@@ -975,12 +1016,14 @@ class RecordedGraph(Runnable[Any, Any]):
 
     async def _aread_stopped_state(self, run: _Run, exc: BaseException) -> None:
         """:meth:`_read_stopped_state` of an async run: the read is a task of its own on the caller's event loop, bounded
-        by :data:`STOPPED_STATE_TIMEOUT_S`, which the caller does not await. So the caller's cancellation returns at
-        once, and a cancellation that comes again (an anyio cancel scope, such as Starlette's for a client that went
-        away, cancels its task again at every await) cannot reach the read. The caller yields to the loop once, so that
-        the read has started (an in-memory saver's has answered) before it goes on, and perhaps ends its loop
-        (``asyncio.run`` cancels every task as it ends: the read is made again, within its bound, as the loop waits).
-        A loop stopped and closed without that leaves the run to the next flush, or the exit's."""
+        by :data:`STOPPED_STATE_TIMEOUT_S`. The caller waits for it :data:`STOPPED_STATE_WAIT_S` at most, not cancelled
+        with it, so that a read that answers soon has the run stored with its turn before the caller goes on (a
+        ``flush()`` on the loop right after, the loop ending); a slower one goes on without the caller, and a
+        cancellation that comes again (an anyio cancel scope, such as Starlette's for a client that went away, cancels
+        its task again at every await) stops the caller's wait at once, never the read. ``asyncio.run`` cancels every
+        task as it ends: the read is made again, within its bound, as the loop waits. A loop that stops or closes with
+        the read pending (``run_until_complete`` then ``close()``) leaves the run to the next flush, or the exit's,
+        which store it at once without the state."""
         config = run.stopped_state_config(exc)
         if config is None:
             return
@@ -994,8 +1037,11 @@ class RecordedGraph(Runnable[Any, Any]):
         read.stop = functools.partial(loop.call_soon_threadsafe, task.cancel)
         task.add_done_callback(lambda _: read.settle())  # (cancelled before it started: the loop ending)
         try:
-            await asyncio.sleep(0)
+            # not cancelled with the caller (asyncio.wait): a read that answers soon (a database's round trip) has the
+            # run stored with its turn before the caller goes on, and before its loop can end
+            await asyncio.wait({task}, timeout=max(0.0, min(STOPPED_STATE_WAIT_S, read.deadline - time.monotonic())))
         except asyncio.CancelledError:
+            # cancelled again (an anyio cancel scope does so at every await): the read goes on by itself
             if not isinstance(exc, asyncio.CancelledError):  # (one already on its way up is the caller's cancellation)
                 raise
 

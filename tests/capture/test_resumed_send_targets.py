@@ -12,6 +12,7 @@ real local store; in thread mode and with capture in a child process."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import operator
 import threading
 import time
@@ -411,16 +412,31 @@ def test_a_sync_stream_closed_returns_before_a_slow_checkpointer_answers_and_kee
     assert _roles(cut.messages) == ["user", "assistant", "tool"]
 
 
+def _cut_in_the_tool(saver: _SlowSaver, cut: Callable[[], None]) -> Callable[[], None]:
+    """``on_resume`` for :func:`_refund_agent`: the checkpointer is slow from now on, and the run is cut (``cut``, on
+    the loop) once its tool has started, however long the resume took to get there."""
+
+    def on_resume() -> None:
+        saver.slow = True
+        asyncio.get_running_loop().call_soon(cut)
+
+    return on_resume
+
+
 def test_a_resumed_run_cancelled_by_its_own_time_out_returns_before_a_slow_checkpointer_answers(store_path):
-    """``asyncio.wait_for``'s time-out returns at that time-out, not after the read of the thread's state (before, up to
-    2 s later); the run keeps its turn once the read answers."""
+    """A time-out (``asyncio.timeout``, ``wait_for``) returns without waiting for the read of the thread's state
+    beyond ``STOPPED_STATE_WAIT_S`` (before, up to 2 s later); the run keeps its turn once the read answers."""
     saver = _SlowSaver()
-    agent = record_experience(_refund_agent(saver, slow=True, on_resume=lambda: setattr(saver, "slow", True)), app="shop", store=store_path)
+    time_outs: list[asyncio.Timeout] = []
+    on_resume = _cut_in_the_tool(saver, lambda: time_outs[0].reschedule(asyncio.get_running_loop().time()))
+    agent = record_experience(_refund_agent(saver, slow=True, on_resume=on_resume), app="shop", store=store_path)
 
     async def main() -> None:
         await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(agent.ainvoke(Command(resume="yes"), CONFIG), 0.3)
+            async with asyncio.timeout(None) as time_out:
+                time_outs.append(time_out)
+                await agent.ainvoke(Command(resume="yes"), CONFIG)
         assert saver.entered.is_set()  # the read began before the caller went on...
         assert not saver.left.is_set()  # ...which did not wait for it
         saver.release.set()
@@ -442,18 +458,22 @@ def test_a_resumed_run_cancelled_by_an_anyio_cancel_scope_keeps_its_turn_with_a_
     run stored with no task, with any checkpointer whose reads really await (a database). The caller's loop ends right
     after (``asyncio.run`` returns): the read still answers."""
     saver = _SlowSaver(delay_s=0.05)
-    resumed = _refund_agent(saver, slow=True, on_resume=lambda: setattr(saver, "slow", True))
+    scopes: list[anyio.CancelScope] = []
+
+    def cut() -> None:  # once the tool started: the deadline passed (move_on_after), or cancel()
+        if scope == "move_on_after":
+            scopes[0].deadline = asyncio.get_running_loop().time()  # (anyio.current_time() needs a task: this is a callback)
+        else:
+            scopes[0].cancel()
+
+    resumed = _refund_agent(saver, slow=True, on_resume=_cut_in_the_tool(saver, cut))
     agent = record_experience(resumed, app="shop", store=store_path, offload=offload)
 
     async def main() -> None:
         await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
-        if scope == "move_on_after":
-            with anyio.move_on_after(0.3) as cancel_scope:
-                await agent.ainvoke(Command(resume="yes"), CONFIG)
-        else:
-            with anyio.CancelScope() as cancel_scope:
-                asyncio.get_running_loop().call_later(0.3, cancel_scope.cancel)
-                await agent.ainvoke(Command(resume="yes"), CONFIG)
+        with anyio.move_on_after(60) if scope == "move_on_after" else anyio.CancelScope() as cancel_scope:
+            scopes.append(cancel_scope)
+            await agent.ainvoke(Command(resume="yes"), CONFIG)
         assert cancel_scope.cancelled_caught
 
     asyncio.run(main())
@@ -506,6 +526,141 @@ def test_sigterm_ends_a_run_waiting_for_a_hung_checkpointer_at_once_as_its_calle
         assert saver.entered.wait(5)
         assert agent.recorder._end_runs_in_flight("terminated: SIGTERM") == 1
         assert not saver.left.is_set()  # ended without waiting for the read
+    finally:
+        saver.release.set()
+    _, cut = recorded(agent, store_path)
+    assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: GeneratorExit", None)
+
+
+def test_a_flush_finds_a_run_its_read_ends_on_another_thread_after_a_slow_thread_switch_stand_in(store_path, monkeypatch):
+    """A run ended by its read on the reader thread is in the store when a flush waiting for that read returns, also
+    where that thread is descheduled as it ends the run (stand-in: a 50 ms pause in ``_Run._end`` off the main thread,
+    as on a loaded machine). Before, the flush saw the read settled and returned first, and ``close()`` then lost the
+    run."""
+    end = recorder_module._Run._end
+
+    def slow_end(self: Any, *args: Any, **kwargs: Any) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.05)
+        return end(self, *args, **kwargs)
+
+    monkeypatch.setattr(recorder_module._Run, "_end", slow_end)
+    saver = _SlowSaver()
+    agent = record_experience(_sync_refund_agent(saver), app="shop", store=store_path)
+    agent.invoke({"messages": [("user", "refund A1")]}, CONFIG)
+    stream = agent.stream(Command(resume="yes"), CONFIG, stream_mode="updates")
+    for chunk in stream:
+        if "tools" in chunk:
+            break
+    saver.slow = True
+    stream.close()
+    assert saver.entered.wait(5)
+    saver.release.set()
+    trajectories = recorded(agent, store_path)  # its flush, then close()
+    assert [(t.status, t.error, t.task) for t in trajectories[1:]] == [("interrupted", "cancelled: GeneratorExit", "refund A1")]
+
+
+def test_a_flush_in_async_code_right_after_a_cancelled_resume_keeps_its_turn_with_a_checkpointer_that_awaits(store_path):
+    """``agent.flush()`` on the event loop right after a resumed run was cancelled (a FastAPI lifespan's flush, a
+    ``close()``), with a checkpointer whose reads await (a database's round trip, stand-in: 50 ms): the run is stored
+    with its turn. Before, the caller went on after one yield, and that flush stored the run without it."""
+    saver = _SlowSaver(delay_s=0.05)
+    tasks: list[asyncio.Task[Any]] = []
+    agent = record_experience(
+        _refund_agent(saver, slow=True, on_resume=_cut_in_the_tool(saver, lambda: tasks[0].cancel())), app="shop", store=store_path
+    )
+
+    async def main() -> None:
+        await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
+        tasks.append(asyncio.ensure_future(agent.ainvoke(Command(resume="yes"), CONFIG)))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert agent.flush()
+
+    asyncio.run(main())
+    _, cut = recorded(agent, store_path)
+    assert saver.reads == 1
+    assert (cut.status, cut.error, cut.task) == ("interrupted", "cancelled: CancelledError", "refund A1")
+    assert _roles(cut.messages) == ["user", "assistant"]
+
+
+@pytest.mark.parametrize("ending", ["run_until_complete then close", "asyncio.run with the run in the background"])
+def test_a_loop_that_ends_with_the_read_pending_leaves_no_pending_task_and_no_wait(ending, store_path, caplog):
+    """A loop that ends while the read of a cut run's state is pending (a slow checkpointer, stand-in): ``loop.close()``
+    after ``run_until_complete``, or ``asyncio.run`` ending while the resumed run is a background task. The next flush
+    stores the run at once, without the state (the loop cannot answer), and asyncio logs no "Task was destroyed but it
+    is pending!". Before, that flush waited the read's whole bound (2 s) and the warning was logged."""
+    saver = _SlowSaver()
+    tasks: list[asyncio.Task[Any]] = []
+    agent = record_experience(
+        _refund_agent(saver, slow=True, on_resume=_cut_in_the_tool(saver, lambda: tasks[0].cancel())), app="shop", store=store_path
+    )
+
+    async def cut_by_a_cancel() -> None:
+        await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
+        tasks.append(asyncio.ensure_future(agent.ainvoke(Command(resume="yes"), CONFIG)))
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+
+    async def left_running() -> None:
+        await agent.ainvoke({"messages": [("user", "refund A1")]}, CONFIG)
+        resumed = asyncio.ensure_future(agent.ainvoke(Command(resume="yes"), CONFIG))
+        tasks.append(asyncio.ensure_future(asyncio.sleep(60)))  # what the tool cancels here: the run is left to asyncio.run
+        while not saver.slow:
+            await asyncio.sleep(0.01)
+        tasks[0].cancel()
+        assert not resumed.done()
+
+    caplog.set_level("ERROR", logger="asyncio")
+    try:
+        if ending == "run_until_complete then close":
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(cut_by_a_cancel())
+            loop.close()
+        else:
+            asyncio.run(left_running())
+        assert saver.entered.is_set() and not saver.left.is_set()  # the loop ended with the read pending
+        started = time.monotonic()
+        trajectories = recorded(agent, store_path)
+        took = time.monotonic() - started
+        gc.collect()
+    finally:
+        saver.release.set()
+    assert took < 1.0, f"the flush waited {took:.2f}s for a loop that had ended"
+    assert [t.task for t in trajectories[1:]] == [None]
+    assert trajectories[-1].status == "interrupted"
+    assert "Task was destroyed" not in caplog.text
+
+
+def test_sigterm_never_waits_for_a_read_whose_lock_the_interrupted_thread_holds_stand_in(store_path):
+    """SIGTERM's handler may run on the thread that holds the lock of a read of the thread's state (an async read
+    settles on the loop's thread, usually the main one), and then waits for its writer. The writer
+    (``_end_runs_in_flight``, then a flush, what capture's handler calls) ends that run at once, as its caller said,
+    and does not wait for the lock (stand-in: the test's thread holds it). Before, the writer waited on it for ever."""
+    saver = _FailingAfterTheCut()
+    agent = record_experience(_sync_refund_agent(saver), app="shop", store=store_path)
+    agent.invoke({"messages": [("user", "refund A1")]}, CONFIG)
+    stream = agent.stream(Command(resume="yes"), CONFIG, stream_mode="updates")
+    for chunk in stream:
+        if "tools" in chunk:
+            break
+    saver.mode = "hang"
+    ended: list[int] = []
+
+    def writer() -> None:
+        ended.append(agent.recorder._end_runs_in_flight("terminated: SIGTERM"))
+        agent.recorder.flush(timeout=5)
+
+    try:
+        stream.close()
+        assert saver.entered.wait(5)
+        (read,) = agent.recorder._reading.values()
+        with read._lock:  # as the interrupted thread would
+            thread = threading.Thread(target=writer, daemon=True)
+            thread.start()
+            thread.join(1)
+            assert not thread.is_alive(), "SIGTERM's writer waited for the read's lock"
+        assert ended == [1]
     finally:
         saver.release.set()
     _, cut = recorded(agent, store_path)
