@@ -694,7 +694,7 @@ class _Run:
             record = RunRecord(
                 self.trajectory_id,
                 0,
-                0,
+                time.time_ns(),  # the root ends when the run did, not when the finisher thread gets to it
                 self.thread_id,
                 status,
                 error,
@@ -708,7 +708,7 @@ class _Run:
                 first_state=self._first_state() if output is None else None,
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
-            recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments))
+            recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments, end_time=record.end_ns))
         recorder.finisher.run_ended()
         return True
 

@@ -166,3 +166,40 @@ def test_a_nested_run_needs_the_paused_runs_trace_and_times_else_the_next_run_of
     assert _held(ends, None) == []
     assert _held(None, ["a", "a", "b"]) == []
     assert _held([None, None, None], [None, None, None]) == []
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_run_resumed_at_once_inside_the_users_span_is_the_paused_runs_continuation(tmp_path: Path, offload: str) -> None:
+    """Pause and resume inside one span of the user's (a chat session, a request that approves by itself) share a trace:
+    the resumed run, started right after the paused one returned, must not count as nested in it. Was (thread mode): the
+    paused run's root ended when the finisher thread got to it, 10-120 ms late, so a resume made at once started "inside"
+    it and was passed over; the paused call was taught twice."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    user_tracer = TracerProvider().get_tracer("the-users-app")
+    store = tmp_path / "store"
+
+    def policy(messages: list[Any], tools: Any) -> AIMessage:
+        if any(m.type == "tool" for m in messages):
+            return AIMessage("Paid.")
+        return AIMessage(content="", tool_calls=[tool_call("confirm_pay", amount=42)])
+
+    graph = create_agent(ScriptedChatModel(policy=policy), [confirm_pay], checkpointer=InMemorySaver())
+    agent = record_experience(graph, app="outer", store=store, offload=offload)
+    threads = [f"T{i}" for i in range(4)]
+    try:
+        for thread in threads:
+            config = {"configurable": {"thread_id": thread}}
+            with user_tracer.start_as_current_span("chat-session"):
+                agent.invoke({"messages": [("user", "pay 42")]}, config)
+                agent.invoke(Command(resume="yes"), config)
+        assert agent.flush(30)
+    finally:
+        agent.recorder.close()
+    trajectories = _trajectories(store)
+    paused = [t for t in trajectories if t.status == "interrupted"]
+    assert sorted(t.thread_id for t in paused) == threads
+    assert all(len({t.trace_id for t in trajectories if t.thread_id == thread}) == 1 for thread in threads), "one trace each"
+    left = paused_steps_left_out(trajectories)
+    held = set(left.filter(pl.col("held_later"))["trajectory_id"].to_list()) if left.height else set()
+    assert held == {t.id for t in paused}, "every paused run's call is held by the run that resumed it"
