@@ -68,8 +68,8 @@ def run(
         "--workers",
         "-w",
         min=1,
-        help="Worker processes (or Ray actors): at most 8 per CPU core (Ray: 1024), and never more than the trajectories "
-        "to replay. [default: 1]",
+        help="Worker processes (or Ray actors), at most 1024: a local job starts at most 8 per CPU core (more are capped, "
+        "with a warning), and never more than the trajectories to replay. [default: 1]",
     ),
     executor: ExecutorChoice | None = typer.Option(None, "--executor", help="local worker processes, or a Ray cluster. [default: local]"),
     requests_in_flight: int | None = typer.Option(

@@ -87,8 +87,9 @@ class ReplayConfig(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1)
     max_new_tokens: int = Field(160, ge=1)
     workers: int = Field(1, ge=1)
-    """Worker processes (or Ray actors): at most :func:`max_workers` (8 per CPU core for local ones). A job never starts
-    more than it has trajectories to replay (its summary says how many it started)."""
+    """Worker processes (or Ray actors): at most 1024. A local job starts at most :func:`max_workers` (8 per CPU core of
+    its machine; more are capped, with a warning), and never more than it has trajectories to replay (its summary says
+    how many it started)."""
     requests_in_flight: int | None = Field(None, ge=1, le=1024)
     """Proposal requests each worker keeps in flight at once (the states of a trajectory are proposed for
     concurrently): for a policy behind a server that batches concurrent requests (vLLM). Default: 8 for an
@@ -169,19 +170,16 @@ class ReplayConfig(BaseModel):
         }
 
     @model_validator(mode="after")
-    def _workers_a_machine_can_start(self) -> ReplayConfig:
+    def _workers_a_job_can_start(self) -> ReplayConfig:
         # Each is a process (or an actor) building its own sandbox and policy: a job asked for 100000 set them up for
         # minutes before replaying anything, and a Ctrl-C meanwhile waited for every started one to finish starting.
-        most = max_workers(self.executor)
-        if self.workers > most:
-            where = (
-                f"this machine has {os.cpu_count() or 1} CPU core(s); --executor ray spreads workers over a cluster"
-                if self.executor == "local"
-                else "start fewer, larger actors instead"
-            )
+        # A local job on a machine with fewer cores than the configuration was written for takes what this machine can
+        # run (run_replay caps it at max_workers("local"), saying so): the same job file works on a laptop and a server.
+        if self.workers > MAX_RAY_WORKERS:
             raise ConfigError(
-                f"workers={self.workers} (--workers) is more than the {most} a {self.executor} replay job starts: about one per "
-                f"CPU core is what speeds a replay up ({where}). Set workers to at most {most}."
+                f"workers={self.workers} is more than the {MAX_RAY_WORKERS} workers a replay job starts (a local job takes "
+                f"at most {LOCAL_WORKERS_PER_CORE} per CPU core of its machine; --executor ray spreads them over a cluster). "
+                f"Set workers to at most {MAX_RAY_WORKERS}."
             )
         return self
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import EEError, ModelError, PolicyError
-from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.config import LOCAL_WORKERS_PER_CORE, ReplayConfig, max_workers
 from ee_middleware.replay.executors import (
     Executor,
     InlineExecutor,
@@ -388,6 +389,15 @@ def run_replay(
         attempt=config.attempt,
     )
     todo, already_done = select_trajectories(store, config)
+    most = max_workers(config.executor)
+    if config.workers > most:  # a job file written for a larger machine: this one's cores are what speed it up
+        warnings.warn(
+            f"ee replay: workers={config.workers} is more than the {most} worker processes this machine's "
+            f"{os.cpu_count() or 1} CPU core(s) take ({LOCAL_WORKERS_PER_CORE} per core); starting {most}.",
+            UserWarning,
+            stacklevel=2,
+        )
+        config = config.model_copy(update={"workers": most})
     if config.workers > max(len(todo), 1):  # a worker with no trajectory would only start, then stop
         config = config.model_copy(update={"workers": max(len(todo), 1)})
     # Worker processes and Ray actors write into the store themselves (see executors); in-process, the job writes.
