@@ -181,6 +181,8 @@ def _resumed_by(trajectories: pl.DataFrame) -> pl.DataFrame:
     )
     done: list[pl.DataFrame] = []
     while not open_.is_empty():
+        # only the threads of paused runs still passing over some: later rounds read those threads, not every run
+        following = following.join(open_.select("thread_id").unique(), on="thread_id", how="semi")
         met = open_.join(following, left_on=["_next", "thread_id"], right_on=["_pos", "thread_id"], how="left")
         passed = met.filter(nested.fill_null(False))
         done.append(met.join(passed, on="_of", how="anti").select("_of", "_next"))
