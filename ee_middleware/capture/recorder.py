@@ -484,6 +484,11 @@ class _StateRead:
         finally:
             self.done.set()
 
+    @property
+    def settled(self) -> bool:
+        """Whether the run's end was decided (it may still be ending: :attr:`done` is set once it has)."""
+        return self._settled
+
     def _stop_read(self) -> None:
         """Stop what is left of the read. An async read whose loop has stopped or closed may never run again: its task
         goes without asyncio's "Task was destroyed but it is pending!" (no error: the run is ended here)."""
@@ -1048,7 +1053,7 @@ class RecordedGraph(Runnable[Any, Any]):
     async def _aread_state(self, read: _StateRead, config: dict[str, Any]) -> None:
         """The read :meth:`_aread_stopped_state` starts: settles ``read`` with the thread's state, or without it where
         the checkpointer fails or does not answer by the read's bound."""
-        while not read.done.is_set():
+        while not read.settled:  # (not done: set only once the run has ended, after a flush elsewhere settled it)
             try:
                 async with asyncio.timeout(max(0.0, read.deadline - time.monotonic())):
                     snapshot = await self._graph.aget_state(config)
