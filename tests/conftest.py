@@ -465,7 +465,18 @@ HEAVY_TESTS: list[tuple[str, str]] = [
     (
         "tests/jobs/test_compact_stage_file_size_limit.py::test_the_compaction_stage_under_a_file_size_limit_says_so_in_the_decisions_and_does_not_fail",
         SLOWEST,
+    ),  # and after the session's fixes: the default run took 1,033 s at load 1-4 (+127 tests)
+    (
+        "tests/replay/sandboxes/test_cancelled_tools.py::test_closing_after_a_stop_leaves_no_pending_task_open_loop_or_thread[[]*-inside-a-running-loop[]]",
+        "the plain variants stay",
     ),
+    (
+        "tests/replay/sandboxes/test_cancelled_tools.py::test_an_async_clean_up_within_the_documented_2_s_runs_to_its_end_after_a_stop[[]inside-a-running-loop[]]",
+        "the plain variant stays",
+    ),
+    ("tests/adapters/test_eval_answering_model.py::*", "a served model per module"),
+    ("tests/adapters/test_rank_pattern.py::test_the_local_server_*", "a served model per module"),
+    ("tests/adapters/test_rank_pattern.py::test_a_backend_given_max_lora_rank_refuses_it_before_sending_it", "a served model per module"),
 ]
 
 
