@@ -50,7 +50,8 @@ def propose_cmd(
 
     Scores each task by the variance p(1-p) of its outcomes in an eval run, and has MODEL write variants of
     the highest-scoring ones (same tools and environment, validated against the tool schemas)."""
-    from ee_middleware.replay.curriculum import propose, read_results, score_tasks
+    from ee_middleware.evals.results import read_results
+    from ee_middleware.replay.curriculum import propose, score_tasks
     from ee_middleware.replay.sandboxes.experience import build_model_client
 
     scores = score_tasks(read_results(results))

@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from ee_middleware.cli.app import app
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.results import read_results
 from ee_middleware.evals.runner import JOURNAL, RESULTS, read_journal, run_eval
-from ee_middleware.replay.curriculum import read_results, score_tasks
+from ee_middleware.replay.curriculum import score_tasks
 from ee_middleware.testing.http import serving
 from tests.evals.test_run_folders import _answering_server
 
