@@ -477,6 +477,56 @@ HEAVY_TESTS: list[tuple[str, str]] = [
     ("tests/adapters/test_eval_answering_model.py::*", "a served model per module"),
     ("tests/adapters/test_rank_pattern.py::test_the_local_server_*", "a served model per module"),
     ("tests/adapters/test_rank_pattern.py::test_a_backend_given_max_lora_rank_refuses_it_before_sending_it", "a served model per module"),
+    # and after a clean run of 7e13716 at 908 s (load 1): 25 more of the slowest, one variant or neighbour of each stays
+    ("tests/cli/test_store_unreadable_files.py::test_a_parquet_part_this_user_may_not_read_is_named_and_repair_leaves_it[[]the*", SLOWEST),
+    ("tests/replay/policies/test_mutate_refs.py::test_a_remote_ref_the_expert_set_leaves_other_alternatives_not_a_policy_error", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_the_fast_path_restores_with_the_servers_own_snapshot_tools", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_a_restore_sends_each_call_again_with_its_arguments_in_the_order_given", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp.py::test_read_only_calls_need_no_restore", SLOWEST),
+    ("tests/evals/test_traces.py::test_a_python_sandbox_domain_oracle_100_noop_fails_with_the_right_reason", SLOWEST),
+    ("tests/replay/test_fewer_answers.py::test_a_client_that_answers_fewer_than_k_counts_missing_answers_over_two_workers", SLOWEST),
+    ("tests/evals/test_run_workers.py::test_stopping_a_run_ends_the_processes_its_workers_model_clients_started[[]ctrl_c[]]", SLOWEST),
+    ("tests/replay/test_executors.py::test_a_sandbox_defined_in_the_users_script_reaches_the_workers", SLOWEST),
+    ("tests/replay/test_executors.py::test_where_the_fork_server_cannot_be_used_workers_are_spawned_with_the_same_rollouts[[]an*", SLOWEST),
+    ("tests/capture/test_answer_formatting.py::test_create_react_agents_structured_output_call_is_no_step[[]json*", SLOWEST),
+    (
+        "tests/capture/test_structured_decisions.py::test_a_last_nodes_structured_decision_that_is_the_answer_stays_a_step[[]process[]]",
+        SLOWEST,
+    ),
+    ("tests/replay/sandboxes/test_sandbox_failure_marks.py::test_the_sandboxs_own_failures_are_marked[[]counter-sleep-*", SLOWEST),
+    ("tests/replay/sandboxes/test_sandbox_failure_marks.py::test_a_tools_own_error_is_not_a_sandbox_failure[[]python[]]", SLOWEST),
+    (
+        "tests/models/test_cut_while_reasoning_readers.py::test_a_bfcl_multi_turn_answer_cut_while_reasoning_ends_the_turn_and_is_never_fed_back_scripted_server[[]served*",
+        SLOWEST,
+    ),
+    (
+        "tests/evals/test_curriculum_call_shape.py::test_an_answer_that_is_a_record_with_a_name_is_no_tool_call[[]python-literal-record[]]",
+        SLOWEST,
+    ),
+    ("tests/replay/sandboxes/test_isolated.py::test_dropped_snapshots_are_freed_in_the_child", SLOWEST),
+    ("tests/capture/test_offload.py::test_strict_mode_raises_the_child_failures_on_flush", SLOWEST),
+    ("tests/evals/test_split_identity.py::test_one_split_named_by_its_folder_and_by_its_absolute_datasets_json_is_one_setting", SLOWEST),
+    (
+        "tests/evals/test_split_identity.py::test_an_older_runs_relative_split_naming_nothing_from_here_is_another_split_for_a_resume",
+        SLOWEST,
+    ),
+    ("tests/replay/sandboxes/test_digest.py::test_a_subprocess_sandbox_reports_an_inner_sandbox_without_a_digest", SLOWEST),
+    (
+        "tests/capture/test_sigterm.py::test_sigterm_to_a_process_recording_under_load_stores_every_answered_run_and_the_one_in_flight[[]process[]]",
+        SLOWEST,
+    ),
+    (
+        "tests/evals/test_bfcl_fc_decoding.py::test_a_local_text_model_s_answers_are_read_as_bfcl_eval_s_qwen_fc_handler_reads_them[[]live_relevance[]]",
+        SLOWEST,
+    ),
+    (
+        "tests/evals/test_bfcl_fc_decoding.py::test_a_local_text_model_s_answers_are_read_as_bfcl_eval_s_qwen_fc_handler_reads_them[[]irrelevance[]]",
+        SLOWEST,
+    ),
+    (
+        "tests/evals/test_bfcl_harness.py::test_the_entries_no_answer_passes_are_rejected_by_the_official_checker_for_every_accepted_value[[]live_multiple[]]",
+        SLOWEST,
+    ),
 ]
 
 
