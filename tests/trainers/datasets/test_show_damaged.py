@@ -47,8 +47,11 @@ def _copy(built: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 def _show(target: Path, *args: str) -> tuple[int, str]:
+    """The exit code and the error line (stderr: with --json, stdout holds the same error as a JSON object)."""
     result = CliRunner().invoke(app, ["datasets", "show", str(target), *args])
-    return result.exit_code, " ".join(result.output.split())
+    if "--json" in args and result.exit_code:
+        assert json.loads(result.stdout)["error"]["exit_code"] == result.exit_code, result.stdout
+    return result.exit_code, " ".join(result.stderr.split())
 
 
 def _keys(target: Path) -> dict[str, list[str]]:
