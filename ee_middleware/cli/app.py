@@ -53,23 +53,10 @@ class _Root(TyperGroup):
         answered = json_answers()
         try:
             return self._invoke(ctx)
-        except _Failed as failed:
-            if as_json and json_answers() == answered:
-                _print_json_failure(failed.kind, failed.message, failed.exit_code)
-            raise
-        except typer.Exit as done:  # a command that said its error itself
-            if as_json and done.exit_code not in (0, EXIT_CLOSED_STDOUT) and json_answers() == answered:
-                message = f"the command failed (exit {done.exit_code}); its error: lines on stderr say why"
-                _print_json_failure("CommandFailed", message, done.exit_code)
-            raise
-        except typer.TyperException as exc:  # a usage error (exit 2): typer prints it on stderr
-            if as_json and json_answers() == answered:
-                message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-                _print_json_failure(type(exc).__name__, message, getattr(exc, "exit_code", 2))
-            raise
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM/SIGHUP: typer exits 130
-            if as_json and json_answers() == answered:
-                _print_json_failure("KeyboardInterrupt", f"interrupted ({exc or 'SIGINT'})", 130)
+        except BaseException as exc:
+            failure = _json_failure(exc) if as_json and json_answers() == answered else None
+            if failure is not None:
+                _print_json_failure(*failure)
             raise
 
     def _invoke(self, ctx: Any) -> Any:
@@ -117,6 +104,23 @@ def _asks_for_json(root: TyperGroup, ctx: Any) -> bool:
 
 JSON_FAILURE_KEYS = ("type", "message", "exit_code")
 """What a failed ``--json`` command prints on stdout: ``{"error": {"type", "message", "exit_code"}}``."""
+
+
+def _json_failure(exc: BaseException) -> tuple[str, str, int] | None:
+    """What a failed ``--json`` command prints for ``exc`` (:func:`_print_json_failure`): its kind, message and exit
+    code; ``None`` for an exit that is no failure (0, a closed stdout) and for what ends the command otherwise."""
+    if isinstance(exc, _Failed):
+        return exc.kind, exc.message, exc.exit_code
+    if isinstance(exc, typer.Exit):  # a command that said its error itself
+        if exc.exit_code in (0, EXIT_CLOSED_STDOUT):
+            return None
+        return "CommandFailed", f"the command failed (exit {exc.exit_code}); its error: lines on stderr say why", exc.exit_code
+    if isinstance(exc, typer.TyperException):  # a usage error (exit 2): typer prints it on stderr
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        return type(exc).__name__, message, getattr(exc, "exit_code", 2)
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, SIGTERM/SIGHUP: typer exits 130
+        return "KeyboardInterrupt", f"interrupted ({exc or 'SIGINT'})", 130
+    return None
 
 
 def _print_json_failure(kind: str, message: str, exit_code: int) -> None:
