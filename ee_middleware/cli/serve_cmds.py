@@ -39,12 +39,11 @@ PortOption = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen
 
 def _vllm_lora_rank(value: int) -> int:
     """``--max-lora-rank`` of ``ee serve vllm``: one of the ranks vLLM accepts, else a usage error naming the next one up."""
-    from ee_middleware.adapters.serving.launch import VLLM_LORA_RANKS
+    from ee_middleware.adapters.serving.launch import vllm_lora_rank_refusal
 
-    if value not in VLLM_LORA_RANKS:
-        up = next((rank for rank in VLLM_LORA_RANKS if rank >= value), None)
-        pick = f"pick {up}, the next one up" if up is not None else f"train with lora_r <= {VLLM_LORA_RANKS[-1]}"
-        raise typer.BadParameter(f"vLLM accepts {', '.join(map(str, VLLM_LORA_RANKS))}; got {value}: {pick}.")
+    refusal = vllm_lora_rank_refusal(value)
+    if refusal is not None:
+        raise typer.BadParameter(refusal)
     return value
 
 
