@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 from pydantic_core import to_json
 
+from ee_middleware._limits import INT64_MAX, INT64_MIN
 from ee_middleware.errors import RecordError
 from ee_middleware.messages import dumps
 from ee_middleware.records import (
@@ -167,10 +168,6 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-"""The range of the tables' ``Int64`` columns."""
 
 
 def _int64(values: dict[str, int | None], what: str) -> None:

@@ -1,0 +1,9 @@
+"""Numeric limits shared by the store, ingest, replay's configuration and the CLI's options.
+
+Dependency-free, so that the CLI can bound its options without importing the store's tables (pyarrow).
+"""
+
+from __future__ import annotations
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""The range of the store's ``Int64`` columns: a seed, a limit or a count outside it cannot be stored or read back."""
