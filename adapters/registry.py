@@ -147,23 +147,20 @@ class LocalAdapterRegistry:
     """The embedded registry: a local folder (see the module docstring).
 
     ``wait_s``: how long :meth:`operation` waits for another holder of the lease (default ``EE_REGISTRY_WAIT_S``,
-    else :data:`DEFAULT_WAIT_S`).
+    else :data:`DEFAULT_WAIT_S`). With ``create=True`` a registry that is not there yet reads as empty and its folder is
+    made by the first write, so a refused :meth:`register` (not an adapter, a bad app name) leaves nothing behind.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, wait_s: float | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self._wait_s = None if wait_s is None else max(0.0, wait_s)
         self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
-        if not (self.root / "index.json").is_file():
-            if not create:
-                raise RegistryNotFoundError(
-                    f"No adapter registry at {self.root} (no index.json). Register an adapter first: "
-                    f"ee adapters register PATH --app APP -r {self.root}"
-                )
-            (self.root / "adapters").mkdir(parents=True, exist_ok=True)
-            with self._locked():
-                if not (self.root / "index.json").is_file():
-                    self._write_index(_empty_index())
+        self._create = create
+        if not create and not (self.root / "index.json").is_file():
+            raise RegistryNotFoundError(
+                f"No adapter registry at {self.root} (no index.json). Register an adapter first: "
+                f"ee adapters register PATH --app APP -r {self.root}"
+            )
 
     def __repr__(self) -> str:
         return f"LocalAdapterRegistry({str(self.root)!r})"
@@ -377,6 +374,7 @@ class LocalAdapterRegistry:
             finally:
                 held[self.root] -= 1
             return
+        self._make()
         what = f"{doing} by {by or current_user()}"
         deadline = time.monotonic() + self.wait_s
         told = False
@@ -481,6 +479,8 @@ class LocalAdapterRegistry:
         try:
             index = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if self._create:  # not made yet: the first write makes it
+                return _empty_index()
             raise RegistryError(f"No adapter registry at {self.root} (no index.json).") from None
         except (OSError, ValueError) as exc:
             raise RegistryCorruptionError(
@@ -504,12 +504,30 @@ class LocalAdapterRegistry:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """The writers' exclusive lock, on a registry made first if it is not there yet."""
+        self._make()
+        with self._flock():
+            yield
+
+    @contextlib.contextmanager
+    def _flock(self) -> Iterator[None]:
         with open(self.root / ".lock", "a+") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def _make(self) -> None:
+        """Make the registry's folder and empty index where there is none (``create=True``: deferred to the first write)."""
+        if (self.root / "index.json").is_file():
+            return
+        if not self._create:
+            raise RegistryError(f"No adapter registry at {self.root} (no index.json).")
+        (self.root / "adapters").mkdir(parents=True, exist_ok=True)
+        with self._flock():
+            if not (self.root / "index.json").is_file():
+                self._write_index(_empty_index())
 
 
 class _LeaseHeld(Exception):

@@ -231,6 +231,7 @@ def test_a_half_written_history_line_is_skipped_with_a_warning_and_the_next_one_
 
 def test_a_damaged_index_is_reported_not_overwritten(tmp_path: Path) -> None:
     reg = LocalAdapterRegistry(tmp_path / "reg")
+    reg.root.mkdir()  # the registry makes its folder on its first write
     (reg.root / "index.json").write_text("{garbage")
     with pytest.raises(RegistryCorruptionError, match="restore it from a backup"):
         reg.list()
