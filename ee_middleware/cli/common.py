@@ -332,6 +332,28 @@ def key_value_settings(pairs: list[str], flag: str, example: str) -> dict[str, A
     return settings
 
 
+def server_urls(values: list[str], flag: str = "--server") -> list[str]:
+    """Model servers' API roots from a repeatable, comma-separated ``flag`` (``EE_SERVER_URLS``), each an http(s) URL
+    with a host (and, if given, a numeric port); any other value is a usage error naming it and the form to write."""
+    from urllib.parse import urlsplit
+
+    urls = [u.strip() for entry in values for u in entry.split(",") if u.strip()]
+    for url in urls:
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            usable = False
+        if not usable:
+            raise typer.BadParameter(
+                f"{url!r} is not a model server's URL: write http(s)://host:port, e.g. http://127.0.0.1:8000/v1 (the "
+                "replica's OpenAI API root).",
+                param_hint=f"'{flag}'",
+            )
+    return urls
+
+
 def positive_seconds(value: float | None) -> float | None:
     """A ``--timeout`` option's callback: a finite number of seconds > 0 (``None``: not given, the configuration's or
     the default), else a usage error naming the flag and a value to use."""

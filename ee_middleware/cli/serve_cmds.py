@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import examples, positive_seconds, termination_as_interrupt
+from ee_middleware.cli.common import examples, positive_seconds, server_urls, termination_as_interrupt
 
 app = typer.Typer(
     help="Serve a base model with hot-swappable LoRA adapters, and route app aliases to the live adapter.", no_args_is_help=True
@@ -326,7 +326,7 @@ def serve_router(
     from ee_middleware.adapters.registry import open_registry
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
 
-    urls = [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
+    urls = server_urls(servers)
     if not urls:
         raise ServingError(
             "The router needs the model servers it forwards to: pass --server URL once per replica (or set "
