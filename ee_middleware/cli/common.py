@@ -332,6 +332,17 @@ def key_value_settings(pairs: list[str], flag: str, example: str) -> dict[str, A
     return settings
 
 
+def actor_name(param: typer.CallbackParam, value: str | None) -> str | None:
+    """A ``--by`` option's callback: who is acting, stored with what they did, without surrounding blanks (``None``:
+    not given); an empty or blank name is a usage error naming the flag and a name to give."""
+    if value is None:
+        return None
+    if not value.strip():
+        flag = max(param.opts, key=len) if param.opts else "--by"
+        raise typer.BadParameter(f"an empty name: say who is acting (it is stored with the decision), e.g. {flag} alice.")
+    return value.strip()
+
+
 def server_urls(values: list[str], flag: str = "--server") -> list[str]:
     """Model servers' API roots from a repeatable, comma-separated ``flag`` (``EE_SERVER_URLS``), each an http(s) URL
     with a host (and, if given, a numeric port); any other value is a usage error naming it and the form to write."""

@@ -13,6 +13,7 @@ from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
     StoreOption,
+    actor_name,
     console,
     escape,
     examples,
@@ -231,7 +232,7 @@ def _history_table(decisions: list[dict[str, Any]]) -> Any:
 def approve(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
     store: str = StoreOption,
-    by: str = typer.Option(..., "--by", help="Who approves (stored with the decision)."),
+    by: str = typer.Option(..., "--by", callback=actor_name, help="Who approves (stored with the decision)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
     force: bool = typer.Option(False, "--force", help="Overturn a rejection (the history keeps both decisions)."),
     allow_partial: bool = AllowPartialOption,
@@ -244,7 +245,7 @@ def approve(
 def reject(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
     store: str = StoreOption,
-    by: str = typer.Option(..., "--by", help="Who rejects (stored with the decision)."),
+    by: str = typer.Option(..., "--by", callback=actor_name, help="Who rejects (stored with the decision)."),
     reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
     force: bool = typer.Option(False, "--force", help="Overturn an approval (the history keeps both decisions)."),
     allow_partial: bool = AllowPartialOption,
@@ -327,7 +328,9 @@ def ingest(
     files: list[Path] = typer.Argument(..., help="OTLP JSON files (a Collector's file exporter output).", exists=False),
     store: str = StoreOption,
     app_name: str | None = typer.Option(None, "--app", help="App name for runs whose spans name none."),
-    approve_by: str | None = typer.Option(None, "--approve-by", help="Approve every ingested trajectory in this name."),
+    approve_by: str | None = typer.Option(
+        None, "--approve-by", callback=actor_name, help="Approve every ingested trajectory in this name."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Turn OTLP JSON spans that follow the GenAI conventions into trajectories.
