@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -232,6 +233,21 @@ def _resumed_inside(spans: Sequence[SpanData]) -> bool:
     return not ran.isdisjoint(made)
 
 
+def _resumed_with_parent(root: SpanData, spans: Sequence[SpanData]) -> SpanData:
+    """``root`` as the root of a resumed run (:data:`~ee_middleware.capture.semconv.EE_RESUMED`) where a recorded run
+    invoked inside a graph that was resuming (:data:`~ee_middleware.capture.semconv.EE_PARENT_RESUMING`: an agent
+    wrapped with its own ``record_experience``, run in a tool of a run resumed after a review) resumed with it from its
+    own checkpoint (:func:`_resumed_inside`, as for a graph run inside a tool that was not wrapped): its first steps are
+    then the reviewed turn it paused on, and its task the turn it resumed. The input the tool gave it again was ignored
+    by LangGraph: its task and messages are none of the run's. Any other root is returned as it is."""
+    attrs = root.attributes
+    if attrs.get(sc.EE_RESUMED) or not attrs.get(sc.EE_PARENT_RESUMING) or not _resumed_inside(spans):
+        return root
+    ignored = (sc.EE_TASK, sc.INPUT_MESSAGES)  # (the messages as one attribute, or flattened under its name)
+    kept = {k: v for k, v in attrs.items() if not any(k == name or k.startswith(f"{name}.") for name in ignored)}
+    return dataclasses.replace(root, attributes={**kept, sc.EE_RESUMED: True})
+
+
 class _NestedThreads:
     """Which graph runs inside the tools of one recorded run (:func:`split_nested`: ``groups`` by key, the tool spans
     that held them ``hosts``) ran on the recorded run's thread: invoked with their tool's configuration, which carries
@@ -304,7 +320,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     spans = sorted((normalize(s) for s in spans), key=lambda s: (s.start_ns, s.end_ns))
     if not spans:
         raise IngestError("No spans to assemble.")
-    root = _root(spans)
+    root = _resumed_with_parent(_root(spans), spans)
     chats = [s for s in spans if s.attributes.get(sc.OPERATION_NAME) in sc.MODEL_OPERATIONS]
     # a tool that ended on interrupt() has no result (it runs again when the thread resumes), nor has one cut off by a
     # cancellation (the model never saw a result): capture writes no span of either, another instrumentation's span of

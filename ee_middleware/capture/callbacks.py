@@ -594,6 +594,9 @@ class RunRecord:
     root_ids: RootIds | None = None
     """The ids of the run's root span, decided when the run started (the user's spans nested under a stand-in with them);
     ``None``: new ones when the root is made."""
+    parent_resuming: bool = False
+    """The run was invoked with the configuration of a graph that was resuming (:func:`parent_resuming`): it may have
+    resumed with it from a checkpoint of its own (see :data:`~ee_middleware.capture.semconv.EE_PARENT_RESUMING`)."""
     first_state: Any = None
     """Where ``output`` is ``None`` (the graph ended without one: a stream closed early), the state its first node was
     given (:attr:`RunCapture.first_state`), or, where no node was given it, the thread's state read from the
@@ -634,6 +637,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         resumed = resumes_from_checkpoint(record.graph_input)
         if resumed:
             attrs[sc.EE_RESUMED] = True
+        elif record.parent_resuming:  # whether it resumed with that graph is read from its spans (assembler)
+            attrs[sc.EE_PARENT_RESUMING] = True
         if record.status == "interrupted" and record.reason is None:
             # a pause: where no node said (a breakpoint), the state the graph stopped in tells
             awaiting = record.awaits_calls if record.awaits_calls is not None else awaits_calls(record.output)
@@ -680,6 +685,19 @@ def resumes_from_checkpoint(graph_input: Any) -> bool:
         return True
     command = sys.modules.get("langgraph.types")
     return command is not None and isinstance(graph_input, command.Command)
+
+
+LANGGRAPH_RESUMING = "__pregel_resuming"
+"""The ``configurable`` key by which a LangGraph graph that resumes from its checkpoint tells the graphs run in its tasks
+(LangGraph's ``CONFIG_KEY_RESUMING``): set in the configuration its nodes and tools are run with, in the step the resume
+runs; a graph invoked there that has a checkpoint in its namespace resumes from it and ignores its input."""
+
+
+def parent_resuming(graph_input: Any, configurable: Mapping[str, Any]) -> bool:
+    """Whether a graph invoked with ``graph_input`` and the configuration in effect's ``configurable`` (its own over the
+    one handed down to the tool or node running it) runs inside a graph that is resuming (:data:`LANGGRAPH_RESUMING`),
+    with input of its own (a ``Command`` or ``None`` says it resumes itself: :func:`resumes_from_checkpoint`)."""
+    return bool(configurable.get(LANGGRAPH_RESUMING)) and not resumes_from_checkpoint(graph_input)
 
 
 def emit_run(recorder: Recorder, record: RunRecord, on_error: Any) -> None:

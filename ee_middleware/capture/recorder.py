@@ -66,6 +66,7 @@ from ee_middleware.capture.callbacks import (
     finish_root,
     is_cancellation,
     is_interrupt,
+    parent_resuming,
     resumes_from_checkpoint,
     root_attributes,
     root_span_name,
@@ -528,6 +529,8 @@ class _Run:
         in_effect = _config_in_effect(cfg)  # (read only) with what a tool or node running this agent hands down
         self.trajectory_id = uuid.uuid4().hex
         self.thread_id = in_effect["configurable"].get("thread_id")
+        # run in a tool or node of a graph resuming (a sub-agent that paused there resumes with it, input ignored)
+        self.parent_resuming = parent_resuming(graph_input, in_effect["configurable"])
         self.environment = self._environment(graph_input, in_effect, cfg.get("configurable") or {})
         _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
@@ -690,6 +693,7 @@ class _Run:
                 reason=reason,
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
+                parent_resuming=self.parent_resuming,
                 root_ids=self.root_ids,
                 first_state=self._first_state() if output is None else None,
             )
@@ -710,6 +714,7 @@ class _Run:
                 reason=reason,
                 awaits_calls=handler.awaits_calls,
                 last_reply_task=handler.last_reply_task(output),
+                parent_resuming=self.parent_resuming,
                 first_state=self._first_state() if output is None else None,
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)

@@ -66,6 +66,13 @@ made in it). A structured-output call's node that writes a message built from it
 EE_RESUMED = "ee.langgraph.resumed"
 """Set (true) on a run's root span when the graph was invoked to continue from its checkpoint (``Command(...)`` or
 ``None`` as its input: resuming after a human review, a breakpoint or ``interrupt()``), not on new input."""
+EE_PARENT_RESUMING = "ee.langgraph.parent_resuming"
+"""Set (true) on the root span of a recorded run invoked with the configuration a graph that was resuming hands down (an
+agent wrapped with its own ``record_experience``, run in a tool or node of a run resumed with ``Command(resume=...)``
+or ``None``; LangGraph's ``__pregel_resuming`` flag). Where the agent paused in that tool earlier (``interrupt()`` in
+one of its own tools), LangGraph resumes it from its own checkpoint and ignores the input the tool gives it again; the
+assembler then reads the run as :data:`EE_RESUMED` (it ran, before its first model call, a call of its history's last
+turn). One the tool runs afresh asks its model first: a run from new input."""
 EE_AWAITS_CALLS = "ee.langgraph.awaits_calls"
 """Set on a paused run's root span (``interrupted``, no :data:`EE_STATUS_REASON`): whether it paused on tool calls
 (``interrupt()`` in a tool, or in a node whose state ends on calls without their tool messages: a review of them), and
