@@ -58,19 +58,36 @@ class ApprovalConflictError(StoreError):
     """
 
 
-def os_error_advice(exc: OSError) -> str:
-    """What to do about a failed file operation, by its error number (one sentence)."""
+def os_error_advice(exc: OSError, *, output: bool = False) -> str:
+    """What to do about a failed file operation, by its error number (one sentence).
+
+    ``output=True``: the path is one the user chose for a command's output (an export, a dataset folder, a tasks
+    file), so the advice is to choose another output path or make that one writable; otherwise it is the store's
+    (a read-only store is copied somewhere writable)."""
     import errno
 
-    advice = {
-        errno.ENOSPC: "The disk is full: free space, then try again.",
-        errno.EDQUOT: "The disk quota is used up: free space or raise the quota, then try again.",
-        errno.EROFS: "The file system is mounted read-only: remount it read-write, or copy the store somewhere writable.",
-        errno.EACCES: "Permission denied: run as a user who may write there, or fix the folder's permissions.",
-        errno.EPERM: "Operation not permitted: run as a user who may write there, or fix the folder's permissions.",
-        errno.EFBIG: "A file-size limit stopped the write (the process's `ulimit -f`, systemd's LimitFSIZE=, or the largest "
-        "file the file system holds): raise the limit for this process, then try again.",
-    }
+    if output:
+        advice = {
+            errno.ENOSPC: "The disk is full: free space, or choose an output path on another disk, then try again.",
+            errno.EDQUOT: "The disk quota is used up: free space or raise the quota, or choose an output path on another disk.",
+            errno.EROFS: "The file system is mounted read-only: choose an output path on a writable file system, or remount it read-write.",
+            errno.EACCES: "Permission denied: choose an output folder you may write to, or fix that folder's permissions.",
+            errno.EPERM: "Operation not permitted: choose an output folder you may write to, or fix that folder's permissions.",
+        }
+    else:
+        advice = {
+            errno.ENOSPC: "The disk is full: free space, then try again.",
+            errno.EDQUOT: "The disk quota is used up: free space or raise the quota, then try again.",
+            errno.EROFS: "The file system is mounted read-only: remount it read-write, or copy the store somewhere writable.",
+            errno.EACCES: "Permission denied: run as a user who may write there, or fix the folder's permissions.",
+            errno.EPERM: "Operation not permitted: run as a user who may write there, or fix the folder's permissions.",
+        }
+    advice[errno.EFBIG] = (
+        "A file-size limit stopped the write (the process's `ulimit -f`, systemd's LimitFSIZE=, or the largest "
+        "file the file system holds): raise the limit for this process, then try again."
+    )
+    if output:
+        return advice.get(exc.errno or 0, "Check the output folder's permissions and free space, or choose another output path.")
     return advice.get(exc.errno or 0, "Check the folder's permissions and free space, then try again.")
 
 

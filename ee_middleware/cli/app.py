@@ -252,6 +252,10 @@ def _describe_os_error(exc: OSError) -> str:
         return f"{path}: {reason}. Check the path."
     if exc.errno == errno.ENOSPC:
         return f"{path}: {reason}. Free some space, or choose another path."
+    if exc.errno == errno.EROFS:  # the store's writes say their own error; a path here is one the command writes its output to
+        from ee_middleware.errors import os_error_advice
+
+        return f"{path}: {reason}. {os_error_advice(exc, output=True)}"
     return f"{path}: {reason}."
 
 

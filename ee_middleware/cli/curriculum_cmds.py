@@ -118,7 +118,7 @@ def _write_variants(out: Path, variants: list[dict[str, Any]]) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, "".join(json.dumps(v, ensure_ascii=False) + "\n" for v in variants))
     except OSError as exc:
-        raise OutputError(f"Cannot write {out}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
+        raise OutputError(f"Cannot write {out}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc, output=True)}") from exc
 
 
 def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: Proposal) -> None:
