@@ -379,6 +379,8 @@ def list_runs(ctx: typer.Context, runs: Path | None = RunsOption, config: Path |
     from rich import box
     from rich.table import Column, Table
 
+    from ee_middleware.jobs.runs import DAMAGED
+
     # The id is what `ee runs show ID` takes: never cut to "202611..." in a narrow terminal; it is also the start time
     # (UTC). Short values stay whole; the candidate's name (and the app, when runs of several apps share the folder)
     # fold, never cut.
@@ -389,28 +391,39 @@ def list_runs(ctx: typer.Context, runs: Path | None = RunsOption, config: Path |
     if len(apps) > 1:
         columns.append(Column("app", overflow="fold", ratio=1))
     # a long status ('running (killed?)') wraps at its space, so that the candidate keeps room for its header
-    statuses = [folder.shown_status(r, held=held) for r in records]
+    stages = [_finished_stages(r) for r in records]
+    statuses = [folder.shown_status(r, held=held) if done is not None else DAMAGED for r, (done, _) in zip(records, stages, strict=True)]
     status_width = max((len(word) for status in statuses for word in status.split()), default=6)
     columns += [Column("status", min_width=status_width), Column("stages", no_wrap=True)]
     columns += [Column("candidate", overflow="fold", ratio=2, min_width=len("candidate"))]
     columns += [Column(name, no_wrap=True) for name in ("gate", "promoted")] + [Column("new", no_wrap=True, justify="right")]
     table = Table(*columns, title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for r, status in zip(records, statuses, strict=True):
-        done = [m["stage"] for m in r.stages() if m.get("status") == "done"]
+    for r, status, (done, select) in zip(records, statuses, stages, strict=True):
         outcome = r.data.get("outcome") or {}
-        select = r.outputs("select")
         gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
         table.add_row(
             r.id,
             *([escape(r.app or "-")] if len(apps) > 1 else []),
             status,
-            f"{len(done)}/{len(r.data.get('stage_order', []))}",
+            f"{'?' if done is None else len(done)}/{len(r.data.get('stage_order', []))}",
             escape(outcome.get("candidate") or "-"),
             gate,
             "yes" if outcome.get("promoted") else "no",
             str(select.get("new", "-")),
         )
     console().print(table)
+
+
+def _finished_stages(run: Any) -> tuple[list[str] | None, dict[str, Any]]:
+    """A run's finished stages and its select stage's outputs, as ``ee runs list`` shows them; ``(None, {})`` for a run
+    with a stage manifest that cannot be read (listed as damaged, as a run whose run.json cannot be read is: ``ee runs
+    show`` names the file and the fix)."""
+    from ee_middleware.jobs.errors import JobError
+
+    try:
+        return [m["stage"] for m in run.stages() if m.get("status") == "done"], run.outputs("select")
+    except JobError:
+        return None, {}
 
 
 @runs_app.command("show", epilog=examples("ee runs show latest --runs ./runs"))
