@@ -197,6 +197,7 @@ def test_each_paused_call_of_both_agents_is_taught_once(tmp_path: Path) -> None:
     left = paused_steps_left_out(runs).filter(pl.col("held_later"))
     assert sorted((names[t], i) for t, i in left.select("trajectory_id", "step_index").rows()) == [
         ("inner:interrupted", 0),
+        ("inner:interrupted", 1),
         ("outer:interrupted", 0),
         ("outer:interrupted", 1),
     ]
