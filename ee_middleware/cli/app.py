@@ -65,7 +65,7 @@ class _Root(TyperGroup):
         except EEError as exc:
             if ctx.params.get("verbose") and exc.__cause__ is not None and not isinstance(exc.__cause__, EEError):
                 traceback.print_exception(exc, file=sys.stderr)  # a plug-in's own error, told as ee's: where it came from
-            _fail(str(exc), exc)
+            fail(str(exc), exc)
         except (typer.TyperException, typer.Exit, typer.Abort):  # usage errors, exits: typer prints them
             raise
         except BrokenPipeError as exc:
@@ -73,13 +73,13 @@ class _Root(TyperGroup):
                 _end_on_closed_stdout()
             if ctx.params.get("verbose"):
                 raise
-            _fail(_describe_os_error(exc), exc)  # a socket or a child's pipe: an error like any other
+            fail(_describe_os_error(exc), exc)  # a socket or a child's pipe: an error like any other
         except Exception as exc:
             if ctx.params.get("verbose"):
                 raise
             if isinstance(exc, OSError) and _is_file_error(exc):
-                _fail(_describe_os_error(exc), exc)
-            _fail(_describe_unexpected(exc), exc)
+                fail(_describe_os_error(exc), exc)
+            fail(_describe_unexpected(exc), exc)
 
 
 def _colour_off() -> bool:
@@ -182,7 +182,9 @@ def _describe_unexpected(exc: Exception) -> str:
     )
 
 
-def _fail(message: str, exc: BaseException) -> NoReturn:
+def fail(message: str, exc: BaseException) -> NoReturn:
+    """End the command with the ``error:`` line and exit 1; with ``--json``, the error object names ``exc``'s class
+    (a command that catches an error itself, for its own standalone app, ends through this too)."""
     typer.secho(f"error: {message}", err=True, fg="red")
     raise _Failed(message, type(exc).__name__) from exc
 

@@ -84,9 +84,10 @@ def train(
             result = run_training(cfg, progress=progress and not as_json)
         except MissingDatasetError as exc:
             raise exc.named_by(_data_setting(ctx, config)) from exc
-    except EEError as exc:
-        typer.secho(f"error: {exc}", err=True, fg="red")
-        raise typer.Exit(1) from exc
+    except EEError as exc:  # said here for the standalone app too; --json's error object names its type
+        from ee_middleware.cli.app import fail
+
+        fail(str(exc), exc)
     if as_json:
         print_json({"adapter_dir": str(result.adapter_dir), **result.metrics})
     elif not progress:
