@@ -28,6 +28,7 @@ import os
 import re
 import signal
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.connection import Connection
@@ -46,6 +47,7 @@ from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tasks import EvalTask, TaskResult
 from ee_middleware.models.protocol import CUT_WHILE_REASONING
+from ee_middleware.replay.config import LOCAL_WORKERS_PER_CORE, max_workers
 
 RUN_FILE = "run.json"
 JOURNAL = "results.jsonl"
@@ -119,6 +121,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     A run folder grows by suites: a command naming other suites than the run's earlier ones adds them, and the
     results, summary and reports hold every suite of the run. ``OUT/.lock`` is held meanwhile: a second run on the
     same folder is refused at once. Nothing is written into ``job.out`` before its suites and model spec are checked."""
+    job = _workers_this_machine_takes(job)
     out = Path(job.out)
     settings = job.suite_settings()
     suites = {spec: load_suite(spec, settings) for spec in job.suites}  # a misspelled suite claims no folder
@@ -132,6 +135,21 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
             return _run_claimed(job, out, suites, tasks, progress, worker)
     finally:
         worker.close()
+
+
+def _workers_this_machine_takes(job: EvalJob) -> EvalJob:
+    """``job`` with at most the worker processes this machine's cores take (a replay job's rule, :func:`max_workers`),
+    saying so when it asked for more: a job file written for a larger machine runs here with what this one takes."""
+    most = max_workers("local")
+    if job.workers <= most:
+        return job
+    warnings.warn(
+        f"ee eval: workers={job.workers} is more than the {most} worker processes this machine's {os.cpu_count() or 1} CPU "
+        f"core(s) take ({LOCAL_WORKERS_PER_CORE} per core); starting {most}.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return job.model_copy(update={"workers": most})
 
 
 def _run_claimed(
