@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
@@ -319,7 +320,7 @@ class ExportFormat(StrEnum):
 @app.command("show", epilog=examples("ee datasets show ./data --tokenizer ./models/smollm2 --max-length 2048"))
 def show(
     folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
-    examples: int = typer.Option(2, "--examples", "-n", min=0, max=2**63 - 1, help="Rendered examples per dataset."),
+    examples: int = typer.Option(2, "--examples", "-n", min=0, max=INT64_MAX, help="Rendered examples per dataset."),
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."
     ),

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
+from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
@@ -433,7 +434,7 @@ def list_rollouts(
     ),
     replay_id: str | None = typer.Option(None, "--replay-id", help="Only rollouts of this replay configuration."),
     errors_only: bool = typer.Option(False, "--errors", help="Only rollouts whose observation is an error."),
-    limit: int | None = typer.Option(None, "--limit", min=1, max=2**63 - 1, help="At most this many rollouts."),
+    limit: int | None = typer.Option(None, "--limit", min=1, max=INT64_MAX, help="At most this many rollouts."),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:

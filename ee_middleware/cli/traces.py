@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
@@ -33,10 +34,6 @@ LIST_COLUMNS = (
 )  # fmt: skip
 
 
-MAX_LIMIT = 2**63 - 1
-"""The largest ``--limit`` (polars counts rows in 64 bits; a larger number failed inside it as an OverflowError)."""
-
-
 class StatusFilter(StrEnum):
     pending = "pending"
     approved = "approved"
@@ -56,7 +53,8 @@ def list_traces(
     store: str = StoreOption,
     status: StatusFilter = typer.Option(StatusFilter.all, "--status", help="Only trajectories with this approval."),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
-    limit: int | None = typer.Option(None, "--limit", min=1, max=MAX_LIMIT, help="Show at most this many (newest)."),
+    # polars counts rows in 64 bits: a larger --limit failed inside it as an OverflowError
+    limit: int | None = typer.Option(None, "--limit", min=1, max=INT64_MAX, help="Show at most this many (newest)."),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
