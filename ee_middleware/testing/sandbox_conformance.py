@@ -49,6 +49,7 @@ from typing import Any
 
 from ee_middleware.errors import SandboxError, StateDigestUnavailableError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.sandboxes.protocol import Sandbox
 
 UNKNOWN_TOOL = "ee_conformance_no_such_tool"
@@ -66,6 +67,24 @@ NONDETERMINISM = (
 )
 _DEFAULT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
 """An object shown by Python's default repr, with its memory address."""
+
+
+QUOTED_CHARS = 300
+"""Observations up to this many characters are quoted whole in a failure; longer ones are shown where they part, with a
+diff of the lines around it (as ``ee replay run`` shows a fidelity error): cutting both at the same length showed the
+same first characters twice whenever they part further on."""
+
+
+def _difference(first: str, second: str, first_name: str, second_name: str) -> str:
+    """Where ``second`` parts from ``first``: the character, line and column (in ``first``), both lengths, and replay's
+    short diff (:func:`~ee_middleware.replay.fidelity.describe_mismatch`, its ``recorded``/``sandbox`` headers named
+    ``first_name``/``second_name``), each line indented."""
+    mismatch = describe_mismatch(first, second)
+    diff = mismatch["diff"].replace("--- recorded\n+++ sandbox", f"--- {first_name}\n+++ {second_name}", 1)
+    return (
+        f"at character {mismatch['position']} (line {mismatch['line']}, column {mismatch['column']}; {first_name} "
+        f"{len(first)} characters, {second_name} {len(second)}):\n" + "\n".join(f"    {line}" for line in diff.splitlines())
+    )
 
 
 def _cause(texts: Iterable[str], usual: str) -> str:
@@ -202,8 +221,11 @@ class _Probe:
         seen = self.observe()
         if seen != expected:
             differing = [(call, got, want) for call, got, want in zip(self.reads, seen, expected, strict=True) if got != want]
-            shown = "; ".join(f"{_call_text(call)} showed {got!r:.300}, expected {want!r:.300}" for call, got, want in differing)
-            raise AssertionError(f"{promise}: {shown}. {_cause([t for _, *texts in differing for t in texts], cause)}")
+            diffs = any(max(len(got), len(want)) > QUOTED_CHARS for _, got, want in differing)  # (shown in lines)
+            between = "\n" if diffs else "; "
+            shown = between.join(_shown(call, got, want) for call, got, want in differing)
+            ended = "\n" if diffs else ". "
+            raise AssertionError(f"{promise}: {shown}{ended}{_cause([t for _, *texts in differing for t in texts], cause)}")
 
     def check_preconditions(self) -> None:
         self.sandbox.reset(self.environment)
@@ -264,9 +286,15 @@ class _Probe:
         again = self.execute(self.mutate)  # branch 1
         assert self.mutated is not None
         if again.content != self.mutated.content:
+            first, then = self.mutated.content, again.content
+            shown = (
+                f"gave {first!r}, then {then!r}. "
+                if max(len(first), len(then)) <= QUOTED_CHARS
+                else f"gave two answers that part {_difference(first, then, 'first', 'then')}\n"
+            )
             raise AssertionError(
-                f"the same call from the same snapshot must give the same observation: {_call_text(self.mutate)} gave "
-                f"{self.mutated.content!r:.300}, then {again.content!r:.300}. {_cause([self.mutated.content, again.content], NONDETERMINISM)}"
+                f"the same call from the same snapshot must give the same observation: {_call_text(self.mutate)} {shown}"
+                f"{_cause([first, then], NONDETERMINISM)}"
             )
         self.expect(self.changed, "the same call from the same snapshot must change the world the same way", NONDETERMINISM)
         self.sandbox.restore(self.start_snapshot)  # branch 2
@@ -364,6 +392,14 @@ def _not_covered(sandbox: Any, name: str) -> str:
         f"sandbox does not cover; add {name} to the sandbox (PythonSandbox's tools), or name calls to tools it has (if it "
         "has it, covers() must not keep an answer it gave before the reset)"
     )
+
+
+def _shown(call: ToolCall, got: str, want: str) -> str:
+    """What a read call showed against what it should have: both quoted whole when short (:data:`QUOTED_CHARS`), else
+    where they part (:func:`_difference`)."""
+    if max(len(got), len(want)) <= QUOTED_CHARS:
+        return f"{_call_text(call)} showed {got!r}, expected {want!r}"
+    return f"{_call_text(call)} differs from what it should show {_difference(want, got, 'expected', 'showed')}"
 
 
 def _call_text(call: ToolCall) -> str:
