@@ -35,6 +35,7 @@ from ee_middleware.ingest.runs import BareCall, bare_call, group_runs, join_bare
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_schema_name, utcnow
 from ee_middleware.store.approvals import decide
+from ee_middleware.store.int64 import trajectory_problem
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import StoreSpec, open_store
 from ee_middleware.store.rows import trajectory_from_rows
@@ -1079,12 +1080,18 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
         )
         return None
     try:
-        return assemble(run, options)
+        trajectory = assemble(run, options)
     except IngestError as exc:
         report.problem(str(exc))
+        return None
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         report.problem(f"Trace {trace_id}: run {root.name!r} could not be read as a trajectory ({type(exc).__name__}: {exc}); skipped.")
-    return None
+        return None
+    outside = trajectory_problem(trajectory)
+    if outside is not None:  # a span's number (ee.observation.truncated_chars) the store's write would refuse
+        report.problem(f"Trace {trace_id}: run {root.name!r}: {outside}; run skipped.")
+        return None
+    return trajectory
 
 
 def _no_model_calls(run: list[SpanData]) -> str:

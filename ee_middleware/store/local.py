@@ -56,6 +56,7 @@ from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ApprovalStatus,
 from ee_middleware.store import spool
 from ee_middleware.store.access import UnreadableFileWarning, cannot_read, read_advice, refused
 from ee_middleware.store.approvals import decide, in_order_decided
+from ee_middleware.store.int64 import check_trajectories
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.metadata import check_meta_name, read_file, write_file
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
@@ -336,8 +337,12 @@ class LocalExperienceStore:
     # --- writing -----------------------------------------------------------------------------
 
     def write(self, trajectories: Iterable[Trajectory]) -> int:
-        """Durably append trajectories to this process's spool segment."""
-        lines = spool.model_lines("trajectory", list(trajectories))
+        """Durably append trajectories to this process's spool segment, all of them or none: a trajectory with an integer
+        the store cannot hold (a step's ``truncated_chars`` of 2**64) is refused with its batch, a
+        :class:`~ee_middleware.errors.RecordError` naming it (:func:`~ee_middleware.store.int64.check_trajectories`)."""
+        batch = list(trajectories)
+        check_trajectories(batch)
+        lines = spool.model_lines("trajectory", batch)
         self._writer.append_lines(lines)
         return len(lines)
 
@@ -382,6 +387,9 @@ class LocalExperienceStore:
 
         The record is written last: a crash part-way leaves rollouts without a record, the
         trajectory is replayed again, and the repeated rollouts (same ids) are dropped on read.
+
+        A rollout or record with an integer the store cannot hold is refused with the whole batch, a
+        :class:`~ee_middleware.errors.RecordError` naming it (:func:`~ee_middleware.store.int64.check_replay`).
         """
         self._writer.append_lines(replay_lines(record, rollouts, replay_redactor(self)), durable=False)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ee_middleware.store.int64 import check_replay
 from ee_middleware.store.spool import SpoolWriter, encode_line, model_lines
 
 if TYPE_CHECKING:
@@ -60,7 +61,11 @@ def _redacted_details(details: Any, redact: Any) -> Any:
 def replay_lines(record: ReplayRecord, rollouts: Sequence[Rollout], redactor: Redactor) -> list[bytes]:
     """The spool lines of :func:`replay_records` (``redactor.redact_value`` redacts), byte for byte, encoded faster where that is
     provably the same: a redactor with no rules at all changes nothing, so each rollout is encoded by pydantic in one step
-    (:func:`~ee_middleware.store.spool.model_lines`) instead of dumped to a dict, walked by the redactor and encoded by ``json``."""
+    (:func:`~ee_middleware.store.spool.model_lines`) instead of dumped to a dict, walked by the redactor and encoded by ``json``.
+
+    Raises :class:`~ee_middleware.errors.RecordError` before encoding anything when a rollout or the record has an integer
+    the store cannot hold (:func:`~ee_middleware.store.int64.check_replay`): both writers refuse that batch whole."""
+    check_replay(record, rollouts)
     if redactor.enabled or type(redactor).redact_value is not _redactor_type().redact_value:
         return [encode_line(r) for r in replay_records(record, rollouts, redactor.redact_value)]
     lines = model_lines("rollout", rollouts)

@@ -15,8 +15,6 @@ from typing import Any
 import polars as pl
 from pydantic_core import to_json
 
-from ee_middleware._limits import INT64_MAX, INT64_MIN
-from ee_middleware.errors import RecordError
 from ee_middleware.messages import dumps
 from ee_middleware.records import (
     Action,
@@ -31,6 +29,7 @@ from ee_middleware.records import (
     ToolCall,
     Trajectory,
 )
+from ee_middleware.store.int64 import check_replay_record, check_rollout, check_trajectory
 from ee_middleware.store.rows import Decoded as Decoded
 from ee_middleware.store.rows import _loads as _loads
 from ee_middleware.store.rows import keep_step as keep_step
@@ -170,15 +169,6 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
-def _int64(values: dict[str, int | None], what: str) -> None:
-    """Refuse a record with an integer its ``Int64`` column cannot hold (a seed of 2**64, say): a :class:`RecordError`,
-    so that a read skips that one record as not fitting the schema (and says so) instead of every read of the store
-    failing, and compaction keeps it in the quarantine folder."""
-    for name, value in values.items():
-        if value is not None and not INT64_MIN <= value <= INT64_MAX:
-            raise RecordError(f"the {what}'s {name} {value} is outside the store's 64-bit integer range ({INT64_MIN} to {INT64_MAX})")
-
-
 def json_text(value: Any) -> str:
     """``dumps(value)`` for a value decoded from JSON (dicts, lists, strings, numbers, booleans, ``None``), byte for byte,
     written by pydantic's encoder where that is provably the same (about a third of the CPU).
@@ -198,11 +188,10 @@ def json_text(value: Any) -> str:
 
 def trajectory_row(t: Trajectory, encode: Callable[[Any], Any] = dumps) -> dict[str, Any]:
     """``t`` as a row (without its steps); ``encode`` writes its JSON columns (:func:`json_text` for a decoded record).
-    Raises :class:`RecordError` when one of its steps has an integer the steps table cannot hold."""
-    for s in t.steps:
-        obs = s.observation
-        if s.index > INT64_MAX or s.decision_index > INT64_MAX or (obs is not None and not INT64_MIN <= obs.truncated_chars <= INT64_MAX):
-            _int64({"index": s.index, "decision_index": s.decision_index, "truncated_chars": obs.truncated_chars if obs else None}, "step")
+    Raises :class:`~ee_middleware.errors.RecordError` when one of its steps has an integer the steps table cannot hold (one
+    an older version stored: writes refuse it, see :mod:`~ee_middleware.store.int64`), so that a read skips that record
+    alone, naming it, and compaction moves its segment to quarantine/."""
+    check_trajectory(t)
     return {
         "id": t.id,
         "schema_version": t.schema_version,
@@ -284,7 +273,9 @@ def approval_from_row(row: dict[str, Any]) -> ApprovalEvent:
 
 
 def rollout_row(r: Rollout) -> dict[str, Any]:
-    _int64({"step_index": r.step_index, "branch_index": r.branch_index, "truncated_chars": r.observation.truncated_chars}, "rollout")
+    """``r`` as a row; :class:`~ee_middleware.errors.RecordError` for an integer its columns cannot hold (as
+    :func:`trajectory_row`)."""
+    check_rollout(r)
     call = r.action.tool_call
     return {
         "id": r.id,
@@ -343,8 +334,9 @@ def rollout_from_row(row: dict[str, Any]) -> Rollout:
 
 
 def replay_row(r: ReplayRecord) -> dict[str, Any]:
-    counts = ("k", "seed", "states", "branches", "errors", "rejected", "refused", "fidelity_mismatches", "unrestorable")
-    _int64({name: getattr(r, name) for name in counts}, "replay record")
+    """``r`` as a row; :class:`~ee_middleware.errors.RecordError` for a count or seed its columns cannot hold (as
+    :func:`trajectory_row`)."""
+    check_replay_record(r)
     return {
         "replay_id": r.replay_id,
         "schema_version": r.schema_version,
