@@ -29,6 +29,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -86,17 +87,28 @@ one, and the sweep would go by age alone, :data:`~ee_middleware._files.UNLOCKED_
 there: it takes a lock of its own.)"""
 
 
-def _warn_quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> None:
-    """Say that compaction moved a damaged spool segment out of the store, and what of it was kept."""
+def _quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> dict[str, Any]:
+    """What moving a damaged spool segment out of the store kept of it, JSON-ready: ``segment``, ``moved_to``, ``reason``
+    (what it held), ``records_kept`` (its whole records, in the store's Parquet parts now) and ``records_lost`` (whether
+    damaged records went with it: only a half-written last line, never acknowledged to its writer, loses nothing)."""
     lost = [p for p in problems if p.hides_records]
     where = f"line {lost[0].line}: " if lost and lost[0].line else ""  # 0: a whole record that fits no schema
     what = f"{len(lost)} damaged record(s) ({where}{lost[0].reason})" if lost else problems[0].reason
+    return {"segment": str(segment), "moved_to": str(moved_to), "reason": what, "records_kept": folded, "records_lost": bool(lost)}
+
+
+def _warn_quarantined(moved: dict[str, Any]) -> None:
+    """Say that compaction moved a damaged spool segment out of the store (:func:`_quarantined`), and what of it was kept."""
     warnings.warn(
-        f"Moved the spool segment {segment.name} to {moved_to}: it held {what}. Its {folded} whole record(s) are in the "
-        "store's Parquet parts now; "
-        + ("the damaged ones are lost to the store (the file is kept for inspection)." if lost else "nothing stored was lost."),
+        f"Moved the spool segment {Path(moved['segment']).name} to {moved['moved_to']}: it held {moved['reason']}. Its "
+        f"{moved['records_kept']} whole record(s) are in the store's Parquet parts now; "
+        + (
+            "the damaged ones are lost to the store (the file is kept for inspection)."
+            if moved["records_lost"]
+            else "nothing stored was lost."
+        ),
         StoreCorruptionWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
@@ -110,8 +122,18 @@ def _warn_kept(segment: Path, rows: SpoolRows) -> None:
         "ee-middleware where this store is compacted and read (the nightly job, the CLI) to at least the version the app "
         "records with. Nothing was lost: the segment is read and folded again by a version that can read it.",
         StoreCorruptionWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
+
+
+@dataclass(frozen=True)
+class _Folded:
+    """What one pass over the spool folded (:meth:`LocalExperienceStore._fold_spool`)."""
+
+    folded: int
+    """Segments whose records are in the Parquet parts now."""
+    quarantined: list[dict[str, Any]]
+    """Of those, the ones moved to quarantine/ (:func:`_quarantined`)."""
 
 
 class _MarkerMissing(StoreError):
@@ -639,8 +661,7 @@ class LocalExperienceStore:
         snapshot = read_manifest(self.root, TABLES)
         self._refuse_unread_manifest(snapshot, "compact")
         changed = self._remove_leftovers(snapshot)
-        spool_dir = self.root / "spool"
-        for hidden, moved_to in spool.remove_left_behind(spool_dir, self.root / "quarantine"):
+        for hidden, moved_to in spool.remove_left_behind(self.root / "spool", self.root / "quarantine"):
             if moved_to is not None:
                 warnings.warn(
                     f"Moved {hidden.name} to {moved_to}: a spool segment that a writer killed while creating it never "
@@ -649,6 +670,17 @@ class LocalExperienceStore:
                     StoreCorruptionWarning,
                     stacklevel=3,
                 )
+        return self._fold_spool(snapshot, changed=changed).folded
+
+    def _fold_spool(self, snapshot: Manifest, *, changed: bool = False, damaged_only: bool = False) -> _Folded:
+        """Fold the finished spool segments into Parquet parts, live in one manifest swap (written when ``changed`` too),
+        then delete them. A segment holding damaged records (a damaged line; a record that fits no schema, such as an
+        integer outside 64 bits an older version stored) is moved to quarantine/ instead, once its whole records are in
+        the parts; one holding records of a newer schema stays in the spool. Live segments are left to their writers.
+
+        ``damaged_only`` (``ee store repair``): only the segments to be moved to quarantine/ are folded, said in the result
+        and not warned about; parts are not merged, and segments that cannot be read are left to the caller to report."""
+        spool_dir = self.root / "spool"
         segments: list[Path] = []
         folded: dict[str, list[pl.DataFrame]] = {name: [] for name in TABLES}
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
@@ -661,14 +693,17 @@ class LocalExperienceStore:
                 data = segment.read_bytes()
             except FileNotFoundError:  # an empty segment its writer removed after a failed write (see spool.py)
                 continue
-            except OSError as exc:  # not known to be damaged: left where it is, its records kept (and said below)
-                not_read.append((segment, exc))
+            except OSError as exc:  # not known to be damaged: left where it is, its records kept (said below, or by repair)
+                if not damaged_only:
+                    not_read.append((segment, exc))
                 continue
-            segments.append(segment)
             good, problems = spool.decode_lines(data, segment, live=False)
+            rows = SpoolRows(good, segment=segment)
+            if damaged_only and (rows.newer or not (problems or rows.rejected)):
+                continue  # nothing to quarantine: compaction folds it
+            segments.append(segment)
             if problems:
                 damaged[segment] = (len(good), problems)
-            rows = SpoolRows(good, segment=segment)
             # Said by _warn_kept and _warn_quarantined below, never as damage a read would fail on: the segment is kept
             # or quarantined, and `ee store repair` (damaged parts) has nothing to do with it.
             if rows.newer:
@@ -685,9 +720,10 @@ class LocalExperienceStore:
                 if not df.is_empty():
                     written.append(self._write_part(name, df))
                     snapshot.parts[name].append(written[-1].name)
-            damaged_parts = self._check_parts(snapshot)
-            for name in TABLES:
-                written += self._merge_parts(snapshot, name, skip=damaged_parts[name])
+            if not damaged_only:
+                damaged_parts = self._check_parts(snapshot)
+                for name in TABLES:
+                    written += self._merge_parts(snapshot, name, skip=damaged_parts[name])
             if written or changed or snapshot.generation is None:
                 snapshot.generation = (snapshot.generation or 0) + 1
                 write_manifest(self.root, snapshot, fsync=self._fsync)
@@ -695,6 +731,7 @@ class LocalExperienceStore:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
+        quarantined = []
         for segment in segments:  # their records are live in parts now
             if segment in unreadable:
                 # Kept where it is: its other records are in the parts now (reads drop the repeats), and the ones this
@@ -704,7 +741,9 @@ class LocalExperienceStore:
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
                 os.replace(segment, quarantine / segment.name)
-                _warn_quarantined(segment, quarantine / segment.name, *damaged[segment])
+                quarantined.append(_quarantined(segment, quarantine / segment.name, *damaged[segment]))
+                if not damaged_only:
+                    _warn_quarantined(quarantined[-1])
             else:
                 segment.unlink(missing_ok=True)
         if self._fsync and segments:
@@ -715,9 +754,9 @@ class LocalExperienceStore:
                 "store's Parquet parts and reads cannot see them until it can be read; nothing of it was changed or lost. "
                 "Run `ee store compact` again then.",
                 UnreadableFileWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
-        return len(segments)
+        return _Folded(len(segments), quarantined)
 
     def _refuse_unread_manifest(self, snapshot: Manifest, doing: str) -> None:
         """Raise :class:`StoreError` when the system would not let this process read ``manifest.json``: it may be whole, and
@@ -855,7 +894,10 @@ class LocalExperienceStore:
     def repair(self) -> dict[str, Any]:
         """Take damaged Parquet parts out of the store: move them to ``quarantine/TABLE/`` and drop
         parts the manifest lists but that are gone, so that reads are complete again (without
-        their rows). Returns what was done, JSON-ready.
+        their rows). Finished spool segments holding damaged records (a damaged line, a record that fits no schema such as
+        an integer outside 64 bits an older version stored) are moved to ``quarantine/`` as compaction moves them, by the
+        same code, once their whole records are in Parquet parts (``quarantined_segments``: each with ``reason`` and
+        ``records_kept``); other segments are left to compaction. Returns what was done, JSON-ready.
 
         A part or spool segment the system would not let this process read (no permission, a folder in its place, a
         failed disk) is not known to be damaged: it is left where it is, and listed under ``unreadable_files`` with why
@@ -871,9 +913,11 @@ class LocalExperienceStore:
     def _repair_locked(self) -> dict[str, Any]:
         snapshot = read_manifest(self.root, TABLES)
         self._refuse_unread_manifest(snapshot, "repair")
+        not_read = _unreadable_segments(self.root / "spool")
+        # First, as compaction does: a failure here (a full disk) leaves everything as it was.
+        segments = self._fold_spool(snapshot, damaged_only=True).quarantined
         damaged: list[tuple[str, str, str]] = []
         missing: list[str] = []
-        not_read = _unreadable_segments(self.root / "spool")
         for table in TABLES:
             keep = []
             for path in snapshot.paths(self.root, table):
@@ -898,7 +942,13 @@ class LocalExperienceStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.root / table / name, target)
             moved.append({"part": str(self.root / table / name), "moved_to": str(target), "reason": reason})
-        return {"root": str(self.root), "quarantined_parts": moved, "missing_parts_dropped": missing, "unreadable_files": not_read}
+        return {
+            "root": str(self.root),
+            "quarantined_parts": moved,
+            "missing_parts_dropped": missing,
+            "quarantined_segments": segments,
+            "unreadable_files": not_read,
+        }
 
     # --- metadata blobs (ee_middleware.store.protocol.KeepsMetadata) ------------------------------
 
