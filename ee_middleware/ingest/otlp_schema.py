@@ -20,6 +20,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from ee_middleware._limits import INT64_MAX, INT64_MIN
 from ee_middleware.capture.spandata import SpanData
 
 MAX_SPAN_DEPTH = 64
@@ -86,7 +87,7 @@ def _status_code(value: Any) -> Any:
 
 
 Nanos = Annotated[int, BeforeValidator(_uint64), Field(ge=0, le=2**64 - 1)]
-Int64 = Annotated[int, BeforeValidator(_int64), Field(ge=-(2**63), le=2**63 - 1)]
+Int64 = Annotated[int, BeforeValidator(_int64), Field(ge=INT64_MIN, le=INT64_MAX)]
 Count = Annotated[int, BeforeValidator(_uint32), Field(ge=0, le=2**32 - 1, strict=False)]
 StatusCode = Annotated[int, BeforeValidator(_status_code)]
 

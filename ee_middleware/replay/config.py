@@ -36,6 +36,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from ee_middleware._limits import INT64_MAX, INT64_MIN
 from ee_middleware._toml import build_config, finite_seconds, layered_values
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
@@ -187,8 +188,8 @@ class ReplayConfig(BaseModel):
     @classmethod
     def _seed_fits_the_store(cls, seed: int) -> int:
         # The store keeps it in an Int64 column: a larger one was stored, then failed every read of the store.
-        if not -(2**63) <= seed < 2**63:
-            raise ValueError(f"outside the 64-bit range the store keeps seeds in ({-(2**63)} to {2**63 - 1}); pick one in it, e.g. 42")
+        if not INT64_MIN <= seed <= INT64_MAX:
+            raise ValueError(f"outside the 64-bit range the store keeps seeds in ({INT64_MIN} to {INT64_MAX}); pick one in it, e.g. 42")
         return seed
 
     @model_validator(mode="after")

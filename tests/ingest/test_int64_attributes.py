@@ -78,3 +78,17 @@ def test_ee_traces_ingest_says_which_run_it_skipped(tmp_path: Path) -> None:
     assert "truncated_chars 18446744073709551616" in report["errors"][0], report["errors"]
     listed = CliRunner().invoke(app, ["traces", "list", "--store", str(store), "--json"])
     assert listed.exit_code == 0 and len(json.loads(listed.stdout)) == 1, listed.output
+
+
+@pytest.mark.parametrize("text", [str(INT64_MAX), str(INT64_MIN), "9999999999999999999", str(INT64_MIN - 1), "-9999999999999999999"])
+def test_an_otlp_int_value_is_read_within_64_bits_only(text: str) -> None:
+    # a guard of the bound itself: 19 digits pass the digit count the string is checked with first
+    from pydantic import ValidationError
+
+    from ee_middleware.ingest.otlp_schema import AnyValue
+
+    if INT64_MIN <= int(text) <= INT64_MAX:
+        assert AnyValue.model_validate({"intValue": text}).to_python() == int(text)
+    else:
+        with pytest.raises(ValidationError):
+            AnyValue.model_validate({"intValue": text})
