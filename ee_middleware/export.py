@@ -419,7 +419,7 @@ def _writing(path: Path) -> Iterator[None]:
     except FileTooLargeError as exc:
         raise OutputError(f"Cannot write {path}: it would be larger than {exc.which}. Nothing was written. {exc.advice}") from exc
     except OSError as exc:
-        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc)}") from exc
+        raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc, output=True)}") from exc
 
 
 def _make_folders(folder: Path, made: list[Path]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, console, escape, examples, print_json, short
+from ee_middleware.cli.common import JsonOption, actor_name, console, escape, examples, print_json, server_urls, short
 
 app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ ServerOption = typer.Option(
     show_envvar=True,
     help="A replica's OpenAI API root, e.g. http://127.0.0.1:8000/v1; once per replica (EE_SERVER_URLS: comma-separated).",
 )
-ByOption = typer.Option(None, "--by", help="Who is acting, for the history. [default: EE_USER or the login name]")
+ByOption = typer.Option(None, "--by", callback=actor_name, help="Who is acting, for the history. [default: EE_USER or the login name]")
 RankOption = typer.Option(
     None,
     "--max-lora-rank",
@@ -84,11 +84,6 @@ def _registry(spec: str, *, create: bool = False) -> Any:
     return open_registry(spec, create=create)
 
 
-def _urls(servers: list[str]) -> list[str]:
-    """Server URLs from repeated and comma-separated --server values."""
-    return [u.strip() for entry in servers for u in entry.split(",") if u.strip()]
-
-
 def _replicas(urls: list[str], backend: str, max_lora_rank: int | None) -> list[Any]:
     from ee_middleware.adapters.serving.backend import build_backends
 
@@ -98,7 +93,7 @@ def _replicas(urls: list[str], backend: str, max_lora_rank: int | None) -> list[
 def _switch_replicas(ctx: typer.Context, servers: list[str], backend: str, max_lora_rank: int | None, *, registry_only: bool) -> list[Any]:
     """The replicas a promote or rollback loads on: those ``--server`` names, or none with ``--registry-only`` (servers
     from EE_SERVER_URLS are then left out, with a note; given on the command line, they are a usage error)."""
-    urls = _urls(servers)
+    urls = server_urls(servers)
     if not registry_only:
         if not urls:
             raise typer.BadParameter(
@@ -374,7 +369,7 @@ def retire(
     """Retire an adapter that is not live, and unload it from the given replicas."""
     from ee_middleware.adapters.promote import retire as run_retire
 
-    urls = _urls(servers)
+    urls = server_urls(servers)
     replicas = _replicas(urls, backend, None) if urls else []
     progress = None if as_json else lambda t: typer.echo(t, err=True)
     record, problems = run_retire(_registry(registry), name, replicas, by=by, reason=reason, progress=progress)

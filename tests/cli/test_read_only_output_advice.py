@@ -50,3 +50,12 @@ def test_a_read_only_store_keeps_the_stores_advice(store: Path) -> None:
     with read_only_view(store) as view:
         result = CliRunner().invoke(app, ["traces", "reject", "t1", "--store", str(view), "--by", "alice", "--force"])
     assert result.exit_code == 1 and "remount it read-write, or copy the store somewhere writable" in result.stderr, result.output
+
+
+def test_traces_export_into_a_read_only_folder_advises_a_writable_output_folder(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "outputs").mkdir()
+    with read_only_view(tmp_path / "outputs") as view:
+        result = CliRunner().invoke(app, ["traces", "export", "--store", str(store), "-f", "jsonl", "-o", str(view / "t.jsonl")])
+        assert result.exit_code == 1 and OUTPUT_ADVICE in result.stderr, result.output
+        assert "copy the store" not in result.stderr
+    assert list((tmp_path / "outputs").iterdir()) == []

@@ -38,3 +38,18 @@ def test_http_and_https_urls_with_or_without_a_port_start_the_router(registry: P
     servers = ["http://127.0.0.1:8000", "https://models.example.com/v1"]
     result = CliRunner().invoke(app, ["serve", "router", "-r", str(registry), *(a for s in servers for a in ("--server", s))])
     assert "_Started: http://127.0.0.1:8000/v1, https://models.example.com/v1 " in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["promote", "rollback"])
+def test_adapters_promote_and_rollback_refuse_a_server_that_is_not_an_http_url(registry: Path, command: str) -> None:
+    target = LocalAdapterRegistry(registry).list()[0].name if command == "promote" else "bot"
+    result = CliRunner().invoke(app, ["adapters", command, target, "-r", str(registry), "--server", "notaurl"])
+    assert result.exit_code == 2 and "'notaurl'" in result.stderr and "http(s)://host:port" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("by", ["", "   "])
+def test_adapters_by_an_empty_name_is_a_usage_error(registry: Path, by: str) -> None:
+    name = LocalAdapterRegistry(registry).list()[0].name
+    result = CliRunner().invoke(app, ["adapters", "promote", name, "-r", str(registry), "--registry-only", "--by", by])
+    assert result.exit_code == 2 and "an empty name" in result.stderr, result.output
+    assert LocalAdapterRegistry(registry).resolve("bot") is None
