@@ -13,7 +13,9 @@ same e-mail in a user turn, a tool argument and a tool result stays recognisably
 different stores, or no salt, give unrelated tags.
 
 :meth:`Redactor.redact_value` walks JSON-like data: values under secret-named keys (``password``,
-``db_password``, ``apiKey``, ``client_secret``, ``pin``, ...) are replaced whole; an object or a list under a strong
+``db_password``, ``apiKey``, ``client_secret``, ``pin``, ...) are replaced whole (but a number, a boolean, null or an
+ISO date/time under a name for a secret's metadata, ``password_version``, ``password_changed_at``,
+``secret_rotation_days``, is ordinary data; any other value there is replaced); an object or a list under a strong
 secret name (``password``, ``client_secret``, ``api_key``, ``access_token``, ``authorization``) has every string and
 number in it replaced, its keys and shape kept (a JSON Schema there, a tool's ``password`` parameter, is no secret:
 only its example, default and constant values are), while one under a weak name (``token``, ``pin``,
@@ -120,10 +122,25 @@ _ABOUT_A_SECRET = {
     "metadata", "status", "path", "url", "uri", "location",
 }  # fmt: skip
 """Words that, after a strong word, make a name describe a secret rather than hold it (``password_policy``,
-``secret_arn``, ``credentials_path``): a weak name, whose single values are still replaced while an object or a list
-below it is ordinary data (the secret names and built-in rules inside it still apply). Words that name a container of
-secrets or say where one is typed or hinted at (``password_history``, ``password_reset``, ``secret_versions``,
-``password_manager``, ``password_field``, ``password_hint``) are not among them: what is below those is secret, whole."""
+``secret_arn``, ``credentials_path``): a weak name, whose single values are still replaced (those of a secret's
+metadata aside: :func:`_names_secret_metadata`) while an object or a list below it is ordinary data (the secret names
+and built-in rules inside it still apply). Words that name a container of secrets or say where one is typed or hinted at
+(``password_history``, ``password_reset``, ``secret_versions``, ``password_manager``, ``password_field``,
+``password_hint``) are not among them: what is below those is secret, whole."""
+_METADATA_WORD = (
+    r"(?:version|length|len|changed|updated|created|rotated|rotation|expires|expiry|expiration|expired|age|count|policy"
+    r"|strength|attempts|retries|last_(?:changed|change|updated|set|used|rotated|rotation|reset|modified))"
+)
+_METADATA_TAIL = re.compile(
+    rf"(?:key_)?(?:(?:min|max|minimum|maximum|failed)_)?{_METADATA_WORD}(?:_(?:(?:min|max|minimum|maximum|failed)_)?{_METADATA_WORD})*"
+    r"(?:_(?:at|on|in|days|hours|minutes|seconds|secs|ms|date|time|timestamp|ts|utc)){0,2}"
+)
+"""The words after a strong word (``_``-joined) that make a name one for a secret's metadata (``password_version``,
+``password_changed_at``, ``secret_rotation_days``, ``pwdLastSet``, ``client_secret_expires_at``): each word a
+metadata word (``last`` only before what was last done to it), then at most two units. A name with any other word
+there (``password_hint``, ``password_hash``, ``password_last``, ``password_set``, ``secret_key``) is not one."""
+_ISO_TIME = re.compile(r"\d{4}-[01]\d-[0-3]\d(?:[T ][0-2]\d:[0-5]\d(?::[0-6]\d(?:[.,]\d{1,9})?)?(?:Z|[+-][0-2]\d(?::?[0-5]\d)?)?)?")
+"""An ISO 8601 date, or date and time (``2026-01-01``, ``2026-01-01T08:30:00.123+02:00``, ``2026-01-01 08:30:00``)."""
 _STRONG_LAST_WORDS = {"authorization", "apikey", "privatekey", "cvv", "cvc", "ssn"}
 _WEAK_LAST_WORDS = {"token", "cookie", "pass", "pin", "dsn"}
 """Last words that name a secret when they hold one value (a PIN, a token), but also ordinary objects: a boarding
@@ -170,6 +187,27 @@ def _secret_name_strength(name: str) -> int:
     ):
         return 2
     return 1 if last in _WEAK_LAST_WORDS or pair in _WEAK_LAST_PAIRS else 0
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_secret_metadata(name: str) -> bool:
+    """Whether a secret name (:func:`_secret_name_strength` above 0) is one for a secret's metadata: a strong word
+    followed only by metadata words (:data:`_METADATA_TAIL`: ``password_version``, ``password_changed_at``,
+    ``secret_rotation_days``). A number, a boolean, null or an ISO date/time below one is ordinary data
+    (:func:`_is_metadata_value`); any other value there is still replaced."""
+    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w]
+    strong_at = [at for at, word in enumerate(words) if word in _STRONG_WORDS]
+    return bool(strong_at) and _METADATA_TAIL.fullmatch("_".join(words[strong_at[-1] + 1 :])) is not None
+
+
+def _is_metadata_value(value: Any) -> bool:
+    """Whether ``value`` is one a secret's metadata is kept as: a number, a boolean, null or an ISO date/time string.
+    Deliberately nothing else: a false negative leaks a secret, and a string under such a name (``password_policy:
+    "min 8 chars"``, ``password_version: "v3-hunter2"``) may be the secret itself, put under the wrong name or a name
+    that says more than this list knows. A number under a metadata name is a counter, a length, an age or a time (a
+    numeric PIN or password goes under its own name: ``pin``, ``password``, ``password_last``, none a metadata name),
+    and a date is when something happened to the secret."""
+    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and _ISO_TIME.fullmatch(value) is not None)
 
 
 # --- the built-in rules -------------------------------------------------------------------------
@@ -261,8 +299,13 @@ def _assignments(text: str) -> Iterator[_Found]:
             elif strength == 2:  # a JSON Schema: its examples and defaults (its own secret names are looked at one by one)
                 yield from read.schema_values
         elif value[0] in "\"'`\\":
-            yield _Found(*_secret_span(match, "value"))
-        else:  # a word, or a bracket that opens no JSON-like value: up to a space, a quote or a comma
+            start, end = _secret_span(match, "value")
+            if not (_ISO_TIME.fullmatch(text, start, end) and _names_secret_metadata(match.group("name"))):
+                yield _Found(start, end)
+        elif not (
+            (_JSON_NUMBER.fullmatch(value) or _ISO_TIME.fullmatch(value)) and _names_secret_metadata(match.group("name"))
+        ):  # a word, or a bracket that opens no JSON-like value: up to a space, a quote or a comma (a secret's
+            # metadata as a number or a date is kept, as :meth:`Redactor.redact_value` keeps it)
             yield _Found(*match.span("value"), "" if value[0] in "{[" else quote)
 
 
@@ -814,7 +857,7 @@ class Redactor:
     def _redact_member(self, key: Any, value: Any) -> Any:
         strength = _secret_name_strength(key) if self._secret_keys and isinstance(key, str) else 0
         if strength and not isinstance(value, (Mapping, list, tuple)):
-            return self._redact_secret(value)
+            return self._redact_single(key, value)
         if strength == 2:
             return self._redact_schema(value) if _is_schema(value) else self._redact_secret(value)
         return self.redact_value(value)  # (an object or a list below a weak secret name is ordinary data)
@@ -830,8 +873,10 @@ class Redactor:
                     out[self._redact_key(key)] = self._redact_secret(item)
                     continue
                 strength = _secret_name_strength(key) if self._secret_keys and isinstance(key, str) else 0
-                if strength and (not isinstance(item, (Mapping, list, tuple)) or (strength == 2 and not _is_schema(item))):
-                    item = self._redact_secret(item)  # (as _redact_member does)
+                if strength and not isinstance(item, (Mapping, list, tuple)):
+                    item = self._redact_single(key, item)  # (as _redact_member does)
+                elif strength == 2 and not _is_schema(item):
+                    item = self._redact_secret(item)
                 else:  # a schema's part, a schema below a strong secret name, an object or a list below a weak one
                     item = self._redact_schema(item, names=not names and key in _SCHEMA_NAME_MAPS and isinstance(item, Mapping))
                 out[self._redact_key(key)] = item
@@ -877,6 +922,14 @@ class Redactor:
             if kind in self._int_kinds and check(text):
                 return kind
         return None
+
+    def _redact_single(self, key: str, value: Any) -> Any:
+        """A single value (no object or list) below secret name ``key``: replaced, unless it is a secret's metadata (a
+        number, a boolean, null or an ISO date/time below ``password_version``, ``password_changed_at``: checked only
+        here, below secret names), which is ordinary data (:func:`_names_secret_metadata`)."""
+        if _is_metadata_value(value) and _names_secret_metadata(key):
+            return self.redact_value(value)
+        return self._redact_secret(value)
 
     def _redact_secret(self, value: Any) -> Any:
         """``value`` below a secret-named key: every string and number in it replaced (placeholders kept), objects and
