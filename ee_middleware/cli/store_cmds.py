@@ -89,7 +89,9 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     """Take damaged Parquet parts out of the store (moved to quarantine/TABLE/), so reads are complete again.
 
     Their rows are lost to the store unless you restore the files from a backup. Safe while agents
-    are recording. Damaged spool segments are quarantined by `ee store compact`. A missing or damaged
+    are recording. Finished spool segments holding damaged records (a damaged line, an integer outside 64 bits an
+    older version stored) are moved to quarantine/ as `ee store compact` moves them, once their whole records
+    are in Parquet parts. A missing or damaged
     ee-store.json (the file that marks a folder as a store) is written anew when the folder holds a
     store's files; a damaged one is kept in quarantine/.
 
@@ -125,9 +127,16 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
         typer.echo(f"Moved damaged part {item['part']} to {item['moved_to']} ({item['reason']}).")
     for path in dropped:
         typer.echo(f"Dropped missing part {path} from the manifest.")
-    if not moved and not dropped:
-        typer.echo(f"No damaged parts in {store}.")
-    elif not unreadable:
+    segments = report.get("quarantined_segments", [])
+    for item in segments:
+        lost = "; the damaged records are kept only in the moved segment" if item["records_lost"] else ""
+        typer.echo(
+            f"Moved spool segment {item['segment']} to {item['moved_to']} ({item['reason']}): its {item['records_kept']} "
+            f"whole record(s) are in the store's Parquet parts{lost}."
+        )
+    if not moved and not dropped and not segments:
+        typer.echo(f"No damaged parts or spool segments in {store}.")
+    elif not unreadable and (moved or dropped):
         typer.echo("Reads are complete again, without those parts' rows; restore them from a backup if you have one.")
     for item in unreadable:
         typer.secho(f"error: Cannot read {item['path']}: {item['reason']}. Left it where it is. {item['advice']}", err=True, fg="red")

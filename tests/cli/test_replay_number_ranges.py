@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, RecordError
 from ee_middleware.records import ReplayRecord
 from ee_middleware.replay.config import ReplayConfig, max_workers
-from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store import LocalExperienceStore, spool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +26,13 @@ runner = CliRunner()
 
 def ee(*args: str):
     return runner.invoke(app, list(args))
+
+
+def _as_an_older_version_wrote(store: Path, kind: str, data: dict) -> None:
+    """A record put into the store's spool as an older ee-middleware wrote it: the store's writes refuse it now."""
+    writer = spool.SpoolWriter(store / "spool")
+    writer.append([{"kind": kind, "data": data}])
+    writer.seal()
 
 
 @pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 99999999999999999999999])
@@ -55,10 +62,10 @@ def test_a_store_holding_a_seed_outside_64_bits_is_read_and_compacted_without_lo
     # as an older ee-middleware wrote it: the replay record reached the spool, and every read failed on it after
     store = LocalExperienceStore(bfcl_store_path)
     trajectory = store.trajectories()["id"][0]
-    store.write_replay(
-        ReplayRecord(replay_id="r1", trajectory_id=trajectory, status="done", policy="mutate", sandbox="bfcl", k=1, seed=2**63)
-    )
-    store.close()
+    record = ReplayRecord(replay_id="r1", trajectory_id=trajectory, status="done", policy="mutate", sandbox="bfcl", k=1, seed=2**63)
+    with pytest.raises(RecordError, match="seed 9223372036854775808"):
+        store.write_replay(record)  # refused now (tests/store/test_int64_writes.py)
+    _as_an_older_version_wrote(bfcl_store_path, "replay", record.model_dump(mode="json"))
     plain = ee("traces", "list", "--store", str(bfcl_store_path), "--json")
     assert plain.exit_code == 1 and "unexpected" not in plain.stderr, plain.output
     assert "seed 9223372036854775808" in plain.stderr and "--allow-partial" in plain.stderr, plain.stderr
@@ -152,8 +159,10 @@ def test_a_trajectory_with_an_integer_outside_64_bits_is_skipped_alone_and_named
     steps[observed] = steps[observed].model_copy(
         update={"observation": steps[observed].observation.model_copy(update={"truncated_chars": 2**63})}
     )
-    store.write([original.model_copy(update={"id": "huge", "steps": steps})])
-    store.close()
+    huge = original.model_copy(update={"id": "huge", "steps": steps})
+    with pytest.raises(RecordError, match="truncated_chars 9223372036854775808"):
+        store.write([huge])  # refused now (tests/store/test_int64_writes.py)
+    _as_an_older_version_wrote(bfcl_store_path, "trajectory", huge.model_dump(mode="json"))
     plain = ee("traces", "list", "--store", str(bfcl_store_path), "--json")
     assert plain.exit_code == 1 and "unexpected" not in plain.stderr, plain.output
     assert "truncated_chars 9223372036854775808" in plain.stderr, plain.stderr

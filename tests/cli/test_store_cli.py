@@ -106,7 +106,7 @@ def test_repair_quarantines_the_damaged_part_and_reads_are_complete_again(damage
     info = json.loads(ee("store", "info", "--store", str(store_path), "--json").stdout)
     assert info["quarantined_parts"] == 1
     again = ee("store", "repair", "--store", str(store_path))
-    assert again.exit_code == 0 and "No damaged parts" in again.stdout
+    assert again.exit_code == 0 and "No damaged parts or spool segments" in again.stdout
 
 
 def test_export_to_an_existing_folder_is_one_line_and_leaves_nothing(store_path: Path, tmp_path: Path):

@@ -82,3 +82,19 @@ def test_repair_quarantines_a_segment_with_a_damaged_line_keeping_its_other_reco
     (moved,) = report["quarantined_segments"]
     assert moved["records_kept"] == 1 and "checksum mismatch" in moved["reason"], moved
     assert LocalExperienceStore(store.root).trajectories()["id"].to_list() == ["second"]
+
+
+def test_repair_says_in_text_which_segment_it_moved_and_what_it_kept(tmp_path: Path) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    segment = _older_versions_segment(store.root, _trajectory("kept"), _trajectory("huge", 2**64))
+
+    repaired = runner.invoke(app, ["store", "repair", "--store", str(store.root)])
+    assert repaired.exit_code == 0, repaired.output
+    assert f"Moved spool segment {segment} to {store.root / 'quarantine' / segment.name} (" in repaired.stdout, repaired.stdout
+    assert (
+        "its 1 whole record(s) are in the store's Parquet parts; the damaged records are kept only in the moved segment." in repaired.stdout
+    )
+    assert "No damaged parts" not in repaired.stdout
+
+    again = runner.invoke(app, ["store", "repair", "--store", str(store.root)])
+    assert again.exit_code == 0 and f"No damaged parts or spool segments in {store.root}." in again.stdout, again.output
