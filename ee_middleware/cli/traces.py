@@ -153,6 +153,8 @@ def show(
         + (f" ({approval.reason})" if approval.reason else "")
         + (f"\nwhy: {short(trajectory.error, 300)}" if trajectory.error else "")  # an error, or what stopped the run
         + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S}  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
+        # what replay rebuilds the world from: the first thing to check when replay skips a trajectory
+        + f"environment={short(_environment_text(trajectory.environment), 300) if trajectory.environment is not None else '-'}\n"
     )
     header = f"[bold]{escape(trajectory.id)}[/]{details}[bold]task:[/] {escape(trajectory.task or '-')}"
     out.print(Panel(header, title="trajectory"))
@@ -363,6 +365,11 @@ def ingest(
             out.print(f"  note: {escape(line)}", highlight=False)
     if report.problems:
         raise typer.Exit(1)
+
+
+def _environment_text(environment: dict[str, Any]) -> str:
+    """A trajectory's environment reference as compact JSON, keys in their recorded order."""
+    return json.dumps(environment, ensure_ascii=False, separators=(", ", ": "), default=str)
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:
