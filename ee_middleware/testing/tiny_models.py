@@ -27,7 +27,20 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 def build_test_tokenizer(corpus: Sequence[str], *, chat_template: str = TOOL_CHAT_TEMPLATE, vocab_size: int = 500) -> Any:
-    """A TEST tokenizer: byte-level BPE trained on ``corpus``, wrapped as a fast HF tokenizer."""
+    """A TEST tokenizer: byte-level BPE trained in memory on ``corpus``, wrapped as a fast Hugging Face tokenizer
+    (``transformers.PreTrainedTokenizerFast``) with a chat template; nothing is downloaded.
+
+    Any text encodes (the byte alphabet is always there); the texts of ``corpus`` (your app's task texts and tool
+    schemas) encode in few tokens, so a tiny model sized for it keeps prompts short.
+
+    Args:
+        corpus: texts to learn the vocabulary from.
+        chat_template: a Jinja chat template; the default, :data:`TOOL_CHAT_TEMPLATE`, is ChatML with tools (as
+            Qwen's and Hermes': tools in a system block, calls as ``<tool_call>`` JSON).
+        vocab_size: the vocabulary's size at most, special tokens (:data:`SPECIAL_TOKENS`) included.
+
+    Needs the ``[train]`` extra. Pair it with :func:`build_tiny_llama` or :func:`save_tiny_llama`.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -47,7 +60,17 @@ def build_test_tokenizer(corpus: Sequence[str], *, chat_template: str = TOOL_CHA
 
 
 def build_tiny_llama(tokenizer: Any, *, max_positions: int = 1024, seed: int = 0) -> Any:
-    """A randomly initialised 2-layer Llama sized for ``tokenizer`` (torch set to 1 thread)."""
+    """A randomly initialised 2-layer Llama (hidden size 64, about 0.1M parameters plus embeddings) sized for
+    ``tokenizer`` (:func:`build_test_tokenizer`'s): a TEST model whose answers are random, for checking that training,
+    serving and evaluation run, never for what they score.
+
+    Args:
+        tokenizer: the tokenizer whose vocabulary and bos/eos/pad tokens the model uses.
+        max_positions: the longest sequence it takes (prompt and answer), in tokens.
+        seed: the seed of its random weights (the same seed, the same model).
+
+    Sets torch to one thread. Needs the ``[train]`` extra.
+    """
     import torch
     import transformers
 
@@ -131,7 +154,31 @@ def save_tiny_model(folder: Path, tokenizer: Any, architecture: str = "llama", *
 
 
 def save_tiny_llama(folder: Path, tokenizer: Any, *, max_positions: int = 1024, seed: int = 0) -> Path:
-    """:func:`build_tiny_llama` saved with its tokenizer as a base-model folder (``save_pretrained``)."""
+    """:func:`build_tiny_llama` saved with its tokenizer as a base-model folder (``save_pretrained``): a base model
+    for a dry run of ``ee improve`` (``--base-model FOLDER`` or ``[improve] base_model``), ``ee train`` or ``ee serve
+    local`` on your own app, in a minute on a CPU and with nothing downloaded. Its weights are random: every stage
+    runs, and what the evaluation and the gate report means nothing.
+
+    Example (a tokenizer learnt from your app's tasks and tool schemas, so that its prompts stay short)::
+
+        import json
+        from pathlib import Path
+
+        from ee_middleware.testing import build_test_tokenizer, save_tiny_llama
+        from myapp.tools import TOOLS  # your LangChain tools
+
+        corpus = ["reset the VPN password of u101", *(json.dumps(t.tool_call_schema.model_json_schema()) for t in TOOLS)]
+        save_tiny_llama(Path("models/tiny-base"), build_test_tokenizer(corpus, vocab_size=800), max_positions=4096)
+
+    Args:
+        folder: where to save it (created if missing).
+        tokenizer: :func:`build_test_tokenizer`'s, saved with it.
+        max_positions: the longest sequence it takes, in tokens: at least ``[train] max_length`` and the longest
+            prompt evaluation gives it.
+        seed: the seed of its random weights.
+
+    Returns ``folder``. Needs the ``[train]`` extra.
+    """
     build_tiny_llama(tokenizer, max_positions=max_positions, seed=seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
