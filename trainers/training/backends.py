@@ -11,6 +11,7 @@ Each stage has its own optimizer and learning-rate schedule over its own number 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import tempfile
@@ -106,16 +107,35 @@ def _run_trl(
             disable_tqdm=not runtime.progress,
             dataloader_num_workers=0,
         )
-        trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[_Record()])
-        if not runtime.progress:
-            trainer.remove_callback(transformers.PrinterCallback)
-        else:  # the bar's log lines go where the bar goes: stdout holds the command's answer alone
-            trainer.remove_callback(transformers.ProgressCallback)
-            trainer.add_callback(_progress_on_stderr(transformers))
-        trainer.train()
+        with _datasets_bars_off(datasets, enabled=not runtime.progress):  # (trl's dataset passes: "Truncating train dataset")
+            trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[_Record()])
+            if not runtime.progress:
+                trainer.remove_callback(transformers.PrinterCallback)
+            else:  # the bar's log lines go where the bar goes: stdout holds the command's answer alone
+                trainer.remove_callback(transformers.ProgressCallback)
+                trainer.add_callback(_progress_on_stderr(transformers))
+            trainer.train()
         run.steps = trainer.state.global_step
         run.tokens = int(trainer.state.num_input_tokens_seen)
     return run
+
+
+@contextlib.contextmanager
+def _datasets_bars_off(datasets: Any, *, enabled: bool) -> Iterator[None]:
+    """With ``enabled`` (progress off), the ``datasets`` library's progress bars are off for the duration: trl maps and
+    filters the training set through it ("Truncating train dataset", "Dropping fully masked examples from train
+    dataset"), each a bar on stderr that ``--no-progress`` should not show. Its switch is global (``datasets.
+    disable_progress_bars``), so it is put back on the way out, and left alone where the caller turned the bars off
+    already or forced them on (``HF_DATASETS_DISABLE_PROGRESS_BARS=0``, which the library gives priority)."""
+    forced_on = getattr(getattr(datasets, "config", None), "HF_DATASETS_DISABLE_PROGRESS_BARS", None) is False
+    if not enabled or forced_on or not datasets.is_progress_bar_enabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 def _progress_on_stderr(transformers: Any) -> Any:
