@@ -130,14 +130,15 @@ class TemplateTeacher:
     def _one(case: ReflectionCase) -> str:
         if not case.calls:
             parts = [f"I call {case.chosen} because it returns {_outcome(case.chosen_outcome, 120)}, which moves the task forward."]
-            parts += [f"Calling {action} {_effect(outcome, case.chosen_outcome)}." for action, outcome in case.alternatives]
+            parts += [_sentence(f"Calling {action} {_effect(outcome, case.chosen_outcome)}") for action, outcome in case.alternatives]
             return " ".join(parts)
         actions = _and([call.action for call in case.calls])
         outcomes = _and([f"{call.action} returns {_outcome(call.outcome, 120)}" for call in case.calls])
         parts = [f"I call {actions} together because {outcomes}, which moves the task forward."]
         for call in case.calls:  # each call's alternatives, in the turn's order
             parts += [
-                f"In place of {call.action}, calling {action} {_effect(outcome, call.outcome)}." for action, outcome in call.alternatives
+                _sentence(f"In place of {call.action}, calling {action} {_effect(outcome, call.outcome)}")
+                for action, outcome in call.alternatives
             ]
         return " ".join(parts)
 
@@ -150,6 +151,12 @@ def _effect(outcome: str, chosen_outcome: str) -> str:
     if outcome.lower().lstrip("{\"' ").startswith("error") or '"error"' in outcome.lower():
         return f"fails with {_outcome(outcome, 100)}"
     return f"returns {_outcome(outcome, 100)}, which does not do what the task asks"
+
+
+def _sentence(text: str) -> str:
+    """``text`` ended with a period, unless it ends a sentence already: an outcome quoted last may (an error's message,
+    LangGraph's ``ToolNode`` template ``... Please fix your mistakes.``), and a second period read ``mistakes..``."""
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _and(items: list[str]) -> str:

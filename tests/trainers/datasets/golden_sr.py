@@ -6,7 +6,8 @@ expert turn there makes one tool call. :func:`outputs` reduces SR's rows (templa
 change: each row's id, lineage, completion text and a sha256 of every column's value. ``golden/sr_bfcl_k4.json``
 holds the rows as SR built them before parallel tool calls were taught as one turn, written again when alternatives
 with the expert call's own outcome stopped being shown (8 rows lost such an alternative), and when ``mutate`` stopped
-proposing calls that differ only by an argument at its schema default (2 rows changed)
+proposing calls that differ only by an argument at its schema default (2 rows changed), and when the template teacher
+stopped adding a second period after an outcome that ends a sentence ("... 'backup_tests'..": 1 row changed)
 (``python -m tests.trainers.datasets.golden_sr`` writes it again).
 """
 
