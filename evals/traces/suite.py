@@ -18,7 +18,15 @@ Each trajectory is a task:
   answer appear in the candidate's replies (:func:`answer_facts`: its numbers and identifiers,
   and the words it took from the tools' results; :func:`missing_facts` says which do not, reading a
   fact as a whole word and a number by its value and sign). Otherwise the reason says which check failed,
-  with the expert calls the candidate did not make or the facts it did not state.
+  with the expert calls the candidate did not make or the facts it did not state;
+* the expert's calls of tools the sandbox does not provide (``covers()`` false after the reset: a tool that acts outside
+  the world, such as paging on-call, which docs/sandboxes.md says to list nowhere) change no world the digest could
+  compare, so they are checked as calls (:func:`uncovered_calls_not_made`): the candidate must have made each of them, by
+  name and arguments as the tool receives them (replay's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`:
+  an argument at its schema's default is the argument left out, ``1.0`` is ``1``), else ``uncovered_call_missing``. The
+  candidate's calls of such tools are refused by the sandbox, as before (they reach no world), and only matched. The
+  result's ``details`` say how many expert calls were checked so (``uncovered_calls``) and which the candidate did not
+  make (``uncovered_calls_missing``); a task whose expert made no such call is scored as before, with neither key.
 
 Redaction (:mod:`ee_middleware.replay.privacy`, as replay does it): the recorded messages and calls hold the
 store's placeholders (``[REDACTED:email:1a2b3c4d]``), and the candidate sees them, never the real values. Every call
@@ -32,7 +40,8 @@ the candidate's lookups, would not be the recorded ones); in a candidate's call,
 rebuilt from, is restored the same way before every reset (values and keys alike); a trajectory whose environment keeps a
 placeholder is left out too (its world would not be the recorded one).
 
-A trajectory that gives nothing to check (the expert changed nothing and its answer states no fact),
+A trajectory that gives nothing to check (the expert changed nothing, called no tool the sandbox does not provide, and
+its answer states no fact),
 whose world cannot be rebuilt, whose expert's redacted arguments cannot be restored, or that is a curriculum
 rollout (``source = curriculum``: the policy's own rollout on a model-written task) is left out when
 the suite is built; the summary's ``excluded`` counts them and ``excluded_reasons`` says why.
@@ -57,7 +66,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import ChatClient
-from ee_middleware.records import Observation, ToolCall, Trajectory
+from ee_middleware.records import Observation, ToolCall, Trajectory, tool_schema_name
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 
@@ -412,20 +421,50 @@ def _reply(steps: list[Any]) -> Message:
 
 def expert_digests(sandbox: Any, task: EvalTask) -> tuple[str, str]:
     """``(digest at step 0, digest after the expert's calls)``, replayed on a fresh world (with the vault's values)."""
-    start, end, _ = _expert_world(sandbox, task)
-    return start, end
+    expert = _expert_world(sandbox, task)
+    return expert.start, expert.end
 
 
-def _expert_world(sandbox: Any, task: EvalTask) -> tuple[str, str, list[tuple[str, Unrestored]]]:
-    """:func:`expert_digests`, and the placeholders of the expert's calls the sandbox got as they are, with their tools."""
+@dataclasses.dataclass(frozen=True)
+class _ExpertWorld:
+    """The expert's calls replayed on a fresh world (:func:`_expert_world`)."""
+
+    start: str
+    """The world's digest at step 0."""
+    end: str
+    """Its digest after the expert's calls."""
+    unrestored: list[tuple[str, Unrestored]]
+    """The placeholders of the expert's calls the sandbox got as they are, with their tools."""
+    uncovered: list[dict[str, Any]]
+    """The expert's calls of tools the sandbox does not provide (``covers()`` false when the call came), as recorded."""
+
+
+def _expert_world(sandbox: Any, task: EvalTask) -> _ExpertWorld:
+    """:func:`expert_digests`, with the placeholders the sandbox got as they are and the calls of tools it does not
+    provide (which it refuses, as it refuses a candidate's: they change no world)."""
     from ee_middleware.replay.sandboxes.protocol import state_digest
 
     world = _AtTheSandbox(sandbox, task_privacy(task))
     world.reset(task.payload["environment"], task.tools)
     start = state_digest(sandbox)
+    uncovered = []
     for call in task.payload["expert_calls"]:
+        if not sandbox.covers(call["name"]) and not _malformed(call, task):  # asked as replay asks: before the call
+            uncovered.append(call)
         world.execute(ToolCall(**call))
-    return start, state_digest(sandbox), world.unrestored
+    return _ExpertWorld(start, state_digest(sandbox), world.unrestored, uncovered)
+
+
+def _malformed(call: dict[str, Any], task: EvalTask) -> bool:
+    """Whether ``call``'s arguments are text the model wrote that is no JSON object, as capture stores it (exactly
+    ``{"_raw": "<text>"}``): the graph answered it itself, no tool ran, so no candidate is asked to make it (as replay's
+    runner leaves such a call out). A tool whose offered schema declares a ``_raw`` parameter is called as usual."""
+    from ee_middleware.messages import declares_raw
+
+    arguments = call.get("arguments") or {}
+    if list(arguments) != ["_raw"] or not isinstance(arguments["_raw"], str):
+        return False
+    return not any(tool_schema_name(schema) == call["name"] and declares_raw(schema) for turn in task.tools for schema in turn)
 
 
 def task_privacy(task: EvalTask) -> ReplayPrivacy:
@@ -497,6 +536,7 @@ class TracesSuite:
                     f"None of the {len(heldout)} held-out trajectories of {self.split} is an approved trajectory in {where}. "
                     "Check the store and the app match the dataset build."
                 )
+            self._check_sandbox_given(dict(zip(frame["id"].to_list(), frame["app"].to_list(), strict=True)), ids)
             tasks: list[EvalTask] = []
             self.excluded = {}
             for trajectory_id in ids:
@@ -510,6 +550,21 @@ class TracesSuite:
             return tasks
         finally:
             store.close()
+
+    def _check_sandbox_given(self, apps: dict[str, str], ids: list[str]) -> None:
+        """Raise :class:`ConfigError` when no sandbox is set and none of the held-out trajectories ``ids`` (``apps``: id ->
+        app) has a default one (:func:`sandbox_spec`: only BFCL expert apps do): every task would be left out, and the
+        run would score nothing. A store mixing BFCL and other apps runs its BFCL ones and leaves the others out, saying
+        why, as before."""
+        if self.sandbox or any(sandbox_spec(apps[i], None) for i in ids):
+            return
+        names = ", ".join(repr(app) for app in sorted({apps[i] for i in ids}))
+        raise ConfigError(
+            f"The suite {self.name} has no sandbox to run its {len(ids)} held-out trajectories in: they are of the app(s) "
+            f"{names}, and only BFCL expert apps ({BFCL_APP_PREFIX}*) have a default one (bfcl), so every task would be "
+            "left out and the run would score nothing. Give the sandbox their tools run in: --sandbox package.module:factory "
+            "(sandbox under [eval]; the one `ee replay run --sandbox` takes, docs/sandboxes.md)."
+        )
 
     def _task(self, trajectory: Trajectory, privacy: ReplayPrivacy = NO_PRIVACY) -> tuple[EvalTask | None, str]:
         from ee_middleware.replay.sandboxes.registry import build_sandbox
@@ -535,12 +590,13 @@ class TracesSuite:
         try:
             sandbox = build_sandbox(spec)
             try:
-                start, end, unrestored = _expert_world(sandbox, task)
+                expert = _expert_world(sandbox, task)
             finally:
                 sandbox.close()
         except EEError as exc:
             # (the sandbox got the vault's values: what it says of them is redacted, as its results are)
             return None, f"its world cannot be rebuilt in the {spec!r} sandbox: {privacy.redact_data(str(exc))}"
+        unrestored = expert.unrestored
         in_world = [u for where, u in unrestored if where == ENVIRONMENT]
         if in_world:
             # The world was built with the placeholder: as replay flags every expert step of such a trajectory. The
@@ -561,7 +617,7 @@ class TracesSuite:
                 f"the sandbox cannot be given the real values of its expert's redacted arguments ({tools}: {reasons}), so "
                 "neither its expected world nor a candidate's calls would be the recorded ones"
             )
-        if start == end and not task.payload["facts"]:
+        if expert.start == expert.end and not task.payload["facts"] and not expert.uncovered:
             return None, "nothing to check: the expert changed no state and its final answer states no fact"
         return task, ""
 
@@ -573,7 +629,7 @@ class TracesSuite:
         privacy = task_privacy(task)
         sandbox = build_sandbox(task.payload["sandbox"])
         try:
-            _, expected = expert_digests(sandbox, task)
+            expert = _expert_world(sandbox, task)
             world = _AtTheSandbox(sandbox, privacy)  # the candidate sees placeholders; the sandbox gets the real values
             world.reset(task.payload["environment"], task.tools)
             conversation = run_conversation(bind(client, task), task, world, config, trial=trial)
@@ -582,7 +638,7 @@ class TracesSuite:
             sandbox.close()
         if conversation.error is not None:  # a tool that raised may name the value it was given
             conversation.error = privacy.redact_data(conversation.error)
-        success, error_type, reason, details = self.score(task, conversation, actual, expected)
+        success, error_type, reason, details = self.score(task, conversation, actual, expert.end, expert.uncovered)
         unrestored = list({u.placeholder: u for _, u in world.unrestored}.values())
         if unrestored:
             details = {**details, "unrestored": [{"placeholder": u.placeholder, "reason": u.reason} for u in unrestored]}
@@ -595,8 +651,12 @@ class TracesSuite:
 
     @staticmethod
     def score(
-        task: EvalTask, conversation: Conversation, actual: str | None, expected: str
+        task: EvalTask, conversation: Conversation, actual: str | None, expected: str, uncovered: list[dict[str, Any]] | None = None
     ) -> tuple[bool, str | None, str | None, dict[str, Any]]:
+        """``(success, error type, reason, details)`` of a candidate's run: its final world's digest ``actual`` against
+        the expert's ``expected``, the facts of the expert's answer in its replies and, for ``uncovered`` (the expert's
+        calls of tools the sandbox does not provide), the same calls among its own (:func:`uncovered_calls_not_made`).
+        Failures in that order: ``state_mismatch``, ``answer_not_covered``, ``uncovered_call_missing``."""
         if conversation.error is not None:
             return False, conversation.error_type, conversation.error, {}
         missing = missing_facts(task.payload["facts"], conversation.replies)
@@ -612,6 +672,19 @@ class TracesSuite:
         if missing:
             said = ", ".join(repr(m) for m in missing)
             problems.append(("answer_not_covered", f"the expert's final answer states {said}, which none of the candidate's replies does"))
+        if uncovered:
+            not_made, own = uncovered_calls_not_made(task, uncovered, conversation.calls)
+            details["uncovered_calls"] = len(uncovered)
+            details["uncovered_calls_missing"] = [_written(c["name"], c.get("arguments") or {}) for c in not_made]
+            if not_made:
+                tools = ", ".join(dict.fromkeys(c["name"] for c in uncovered))
+                listed = _listed(details["uncovered_calls_missing"])
+                text = (
+                    f"the expert called {tools}, which the sandbox does not provide (calls outside its world are checked as "
+                    f"calls: by name and arguments as the tool receives them), and the candidate did not make: {', '.join(listed)}"
+                )
+                text += f"; its own calls of these tools: {', '.join(_listed(own))}" if own else ""
+                problems.append(("uncovered_call_missing", text))
         if not problems:
             return True, None, None, details
         return False, problems[0][0], "; and ".join(text for _, text in problems), details
@@ -629,5 +702,51 @@ def _calls_not_made(expert: list[dict[str, Any]], made: list[dict[str, Any]], li
         if available[k]:
             available[k] -= 1
         else:
-            missing.append(f"{call['name']}({', '.join(f'{a}={v!r}' for a, v in call.get('arguments', {}).items())})")
-    return missing[:limit] + ([f"and {len(missing) - limit} more"] if len(missing) > limit else [])
+            missing.append(_written(call["name"], call.get("arguments", {})))
+    return _listed(missing, limit)
+
+
+def uncovered_calls_not_made(
+    task: EvalTask, uncovered: list[dict[str, Any]], made: list[ToolCall]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The calls of ``uncovered`` (the expert's calls of tools the sandbox does not provide, as ``task.payload``'s
+    ``expert_calls`` hold them) that the candidate's calls ``made`` lack, and the candidate's calls of those tools that
+    matched none, written out.
+
+    Calls are compared as the tool receives them: replay's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`
+    over the tools the task offers (an argument at its schema's default is the argument left out, ``1.0`` is ``1``,
+    keys in any order; a redacted value is compared as its placeholder, which is what both the expert's recorded call
+    and the candidate's hold). The match is a multiset per call, in any order: each expert call needs a call of its own
+    (an expert that paged twice needs two pages), when it came does not count (a page before the ticket is the same
+    page), and the candidate's further calls of these tools fail nothing (they reach no world, as the sandbox refuses
+    them; they are named in the reason of a task that fails)."""
+    from ee_middleware.replay.policies.schema import tool_schemas_for
+
+    schemas = tool_schemas_for([schema for turn in task.tools for schema in turn])
+    names = {call["name"] for call in uncovered}
+    own = [call for call in made if call.name in names]
+    available = Counter(schemas.call_key(call.name, call.arguments) for call in own)
+    missing = []
+    for call in uncovered:
+        key = schemas.call_key(call["name"], call.get("arguments") or {})
+        if available[key]:
+            available[key] -= 1
+        else:
+            missing.append(call)
+    unmatched = []
+    for call in own:
+        key = schemas.call_key(call.name, call.arguments)
+        if available[key]:
+            available[key] -= 1
+            unmatched.append(_written(call.name, call.arguments))
+    return missing, unmatched
+
+
+def _written(name: str, arguments: dict[str, Any]) -> str:
+    """A call as reasons write it: ``name(a=1, b='x')``."""
+    return f"{name}({', '.join(f'{a}={v!r}' for a, v in arguments.items())})"
+
+
+def _listed(calls: list[str], limit: int = 3) -> list[str]:
+    """The first ``limit`` of ``calls`` written out, and how many more."""
+    return calls[:limit] + ([f"and {len(calls) - limit} more"] if len(calls) > limit else [])

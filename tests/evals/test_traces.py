@@ -176,12 +176,24 @@ def test_the_split_is_required_and_must_hold_something_out(bfcl_store: tuple[Pat
         load_suite(f"traces:{store}:other-app", SuiteSettings(split=str(data))).tasks()
 
 
-def test_trajectories_without_a_sandbox_are_left_out_with_the_reason(retail_store: tuple[Path, Path, dict[str, Any]]) -> None:
+def test_trajectories_without_a_sandbox_stop_the_suite_naming_the_option(retail_store: tuple[Path, Path, dict[str, Any]]) -> None:
+    """Before: each was left out ('no sandbox for app ...'), so the run scored nothing and exited 0 (see
+    tests/evals/test_traces_no_sandbox.py for the command)."""
     store, data, _ = retail_store
     suite = load_suite(f"traces:{store}", SuiteSettings(split=str(data)))
-    assert suite.tasks() == [] and set(suite.excluded.values()) == {
-        "no sandbox for app 'retail-support': give --sandbox package.module:factory (sandbox under [eval])"
-    }
+    with pytest.raises(ConfigError, match=r"no sandbox to run its \d+ held-out trajectories in.*'retail-support'.*--sandbox package"):
+        suite.tasks()
+
+
+def sandbox_of_no_world(**options: Any) -> object:
+    """A real PythonSandbox of the retail tools that cannot rebuild any trajectory's world: every one is left out."""
+    from ee_middleware.errors import EnvironmentUnavailableError
+    from ee_middleware.replay.sandboxes.python import PythonSandbox
+
+    def world(environment: dict[str, Any] | None) -> object:
+        raise EnvironmentUnavailableError(f"this sandbox rebuilds no database, got {environment!r}")
+
+    return PythonSandbox(world, tools={}, kind="no-world")
 
 
 def test_ee_eval_run_traces_json(bfcl_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path) -> None:
@@ -239,14 +251,20 @@ def test_lowercase_values_the_tools_returned_are_facts(observation: str, facts: 
 def test_a_suite_that_scored_no_task_is_named_in_the_summary_and_by_the_gate(
     retail_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path
 ) -> None:
-    """Every held-out trajectory excluded (no sandbox): summary.json keeps the suite with its exclusions, and the gate
+    """Every held-out trajectory excluded (a sandbox that cannot rebuild their worlds): summary.json keeps the suite with its exclusions, and the gate
     says that no task was scored and why (was: the suite and its reasons missing from summary.json, and the gate's only
     reason 'no suite was run by both runs')."""
     from ee_middleware.evals.gate import GatePolicy, gate
 
     store, data, _ = retail_store
     for side in ("a", "b"):
-        job = EvalJob(suites=[f"traces:{store}:retail-support:3"], model="noop", out=str(tmp_path / side), split=str(data))
+        job = EvalJob(
+            suites=[f"traces:{store}:retail-support:3"],
+            model="noop",
+            out=str(tmp_path / side),
+            split=str(data),
+            sandbox=f"{__name__}:sandbox_of_no_world",
+        )
         [summary] = run_eval(job)
         assert summary["tasks"] == 0 and summary["excluded"] > 0
     [written] = json.loads((tmp_path / "a" / "summary.json").read_text())["suites"]
@@ -255,7 +273,7 @@ def test_a_suite_that_scored_no_task_is_named_in_the_summary_and_by_the_gate(
     outcome = gate(tmp_path / "a", tmp_path / "b", GatePolicy(min_tasks=1))
     assert not outcome.passed
     [reason] = outcome.reasons
-    assert f"traces:{store}:retail-support: no task was scored" in reason and "no sandbox for app 'retail-support'" in reason, reason
+    assert f"traces:{store}:retail-support: no task was scored" in reason and "its world cannot be rebuilt in the" in reason, reason
 
 
 def test_a_state_mismatch_says_which_calls_the_candidate_made_instead(bfcl_store: tuple[Path, Path, dict[str, Any]]) -> None:
