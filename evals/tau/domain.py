@@ -229,6 +229,7 @@ class TauDomain:
             return [self._categorized(task) for task in tasks]
         for task in tasks:
             self.check_category(task, split)
+            self.check_ground_truth_runs(task, split)
         return tasks
 
     def _categorized(self, task: TauTask) -> TauTask:
@@ -340,12 +341,13 @@ class TauDomain:
         try:
             sandbox.reset(None)
             fresh = sandbox.state_digest()
-            errors = []
+            errors, failed = [], []
             for i, action in enumerate(task.actions):
                 observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=action.name, arguments=action.arguments))
                 if observation.is_error:
                     errors.append(f"{action.name}: {observation.content[:200]}")
-            effect = GroundTruth(changes=sandbox.state_digest() != fresh, errors=tuple(errors))
+                    failed.append(i)
+            effect = GroundTruth(changes=sandbox.state_digest() != fresh, errors=tuple(errors), failed=tuple(failed))
         finally:
             sandbox.close()
         self._effects[key] = effect
@@ -379,6 +381,30 @@ class TauDomain:
                 "required), or keep only the actions that read."
             )
 
+    def check_ground_truth_runs(self, task: TauTask, split: str) -> None:
+        """Every ground-truth action of ``task`` runs without an error observation (its tool does not raise) on a fresh
+        database, after the actions before it. Runs are scored against the database the ground truth leaves, so a
+        failing action makes the expected database whatever its tool had changed before it raised, and an agent making
+        the same failing call passes (:meth:`check_category` has already refused an action task whose failing ground
+        truth changes nothing). A tau-bench checkout's tasks are not checked here: one whose ground truth fails is
+        scored as ``task_error`` (:attr:`categories_from_ground_truth`)."""
+        effect = self.ground_truth(task)
+        if not effect.failed:
+            return
+        action = task.actions[effect.failed[0]]
+        error = effect.errors[0].split(": ", 1)[1].removeprefix("Error: ")
+        others = f" (and {len(effect.failed) - 1} more of its actions fail)" if len(effect.failed) > 1 else ""
+        call = f"{action.name}({', '.join(f'{k}={v!r}' for k, v in action.arguments.items())})"
+        raise ConfigError(
+            f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r}): its ground-truth action {call} gives an "
+            f"error on a fresh database: {error}{others}. Runs are scored against the database the ground truth leaves, so "
+            "it would be whatever the tool changed before it failed, and an agent making the same failing call would pass. "
+            "Fix the action's arguments, or the tool: tau tools receive the arguments as the raw JSON the model wrote (the "
+            "domain's sandbox runs them with validate_arguments=False: no pydantic or enum conversion, unlike "
+            "PythonSandbox's default), so a parameter typed with a pydantic model gets a dict and one typed with an enum a "
+            "string; read them as JSON values (delivery['channel'], not delivery.channel)."
+        )
+
     def sandbox(self) -> PythonSandbox:
         """A sandbox over a fresh database at every ``reset`` (the environment is ignored)."""
         # tau-bench calls a tool with the arguments as the model wrote them (no schema check), and so does the harness
@@ -391,6 +417,9 @@ class GroundTruth:
 
     changes: bool
     errors: tuple[str, ...] = ()
+    """``TOOL: ERROR`` of each action that gave an error observation, in order."""
+    failed: tuple[int, ...] = ()
+    """The positions of those actions in :attr:`TauTask.actions`."""
 
 
 _EXACT = frozenset({str, int, bool, type(None)})

@@ -1,0 +1,122 @@
+"""A tau domain's task whose ground-truth actions give an error observation (a tool that raises) is refused when the
+domain's tasks load, naming the task, the action, the error and the fix.
+
+The case that passed silently: a production tool typed with a pydantic model reused in a tau domain. tau tools receive
+the arguments as the raw JSON the model wrote (the domain's PythonSandbox runs with ``validate_arguments=False``), so
+``delivery`` is a dict and the tool raises after it has already unlocked the user; the ground truth raised the same
+way, so the databases matched and the oracle scored 100%, with the error only in ``details.ground_truth_errors``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel
+
+from ee_middleware.errors import ConfigError
+from ee_middleware.evals.job import EvalJob
+from ee_middleware.evals.runner import run_eval
+from ee_middleware.evals.tau.domain import TauDomain, TauTask
+
+TYPED = f"tau:{__name__}:typed_domain"
+RAW = f"tau:{__name__}:raw_json_domain"
+
+
+class Delivery(BaseModel):
+    channel: Literal["sms", "email"]
+
+
+def get_user(data: dict[str, Any], user_id: str) -> dict[str, Any]:
+    return data["users"][user_id]
+
+
+def reset_password(data: dict[str, Any], user_id: str, delivery: Delivery) -> str:
+    """The production tool as it is: it unlocks the user, then reads ``delivery`` as the pydantic model."""
+    data["users"][user_id]["locked"] = False
+    return f"A reset link was sent by {delivery.channel}."
+
+
+def reset_password_raw(data: dict[str, Any], user_id: str, delivery: dict[str, Any]) -> str:
+    """The same tool reading its arguments as the JSON they are."""
+    data["users"][user_id]["locked"] = False
+    return f"A reset link was sent by {delivery['channel']}."
+
+
+def _schema(name: str, properties: dict[str, Any]) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": properties, "required": list(properties)}
+    return {"type": "function", "function": {"name": name, "description": name, "parameters": parameters}}
+
+
+def _domain(reset: Any, lookup_user: str = "u1") -> TauDomain:
+    delivery = {"type": "object", "properties": {"channel": {"type": "string", "enum": ["sms", "email"]}}}
+    tasks = [
+        {
+            "id": "unlock-u1",
+            "instruction": "You are locked out; you want a reset link by SMS.",
+            "turns": [
+                {
+                    "user": "I'm locked out (u1), send me a reset link by SMS.",
+                    "actions": [{"name": "reset_password", "arguments": {"user_id": "u1", "delivery": {"channel": "sms"}}}],
+                    "reply": "A reset link was sent by SMS.",
+                }
+            ],
+        },
+        {
+            "id": "who-is-u1",
+            "category": "answer",
+            "instruction": "You want to know whose account u1 is.",
+            "outputs": ["Ann"],
+            "turns": [
+                {
+                    "user": "Whose account is u1?",
+                    "actions": [{"name": "get_user", "arguments": {"user_id": lookup_user}}],
+                    "reply": "It is Ann's account.",
+                }
+            ],
+        },
+    ]
+    return TauDomain(
+        name="helpdesk",
+        policy="You run the IT helpdesk.",
+        tools={"get_user": get_user, "reset_password": reset},
+        schemas=[
+            _schema("get_user", {"user_id": {"type": "string"}}),
+            _schema("reset_password", {"user_id": {"type": "string"}, "delivery": delivery}),
+        ],
+        load_data=lambda: {"users": {"u1": {"name": "Ann", "locked": True}}},
+        splits={"test": lambda: [TauTask.from_json(task, "tasks.json") for task in tasks]},
+    )
+
+
+def typed_domain() -> TauDomain:
+    return _domain(reset_password)
+
+
+def raw_json_domain() -> TauDomain:
+    return _domain(reset_password_raw)
+
+
+def test_a_ground_truth_action_that_raises_after_changing_the_database_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    message = (
+        r"Task 'unlock-u1' of the tau domain 'helpdesk' \(split 'test'\): its ground-truth action "
+        r"reset_password\(user_id='u1', delivery=\{'channel': 'sms'\}\) gives an error on a fresh database: "
+        r"AttributeError: 'dict' object has no attribute 'channel'\..*raw JSON.*validate_arguments=False"
+    )
+    with pytest.raises(ConfigError, match=message):
+        typed_domain().tasks("test")
+    with pytest.raises(ConfigError, match="'unlock-u1'"):
+        run_eval(EvalJob(suites=[TYPED], model="oracle", out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_tool_reading_its_arguments_as_json_loads_and_the_oracle_passes(tmp_path: Path) -> None:
+    assert [t.id for t in raw_json_domain().tasks("test")] == ["unlock-u1", "who-is-u1"]
+    [oracle] = run_eval(EvalJob(suites=[RAW], model="oracle", out=str(tmp_path / "run")))
+    assert (oracle["tasks"], oracle["success_rate"]) == (2, 1.0), oracle
+
+
+def test_a_read_that_raises_in_an_answer_task_is_refused_too() -> None:
+    """An error that changes nothing is refused as well: the ground truth did not do what the task says it does."""
+    with pytest.raises(ConfigError, match=r"'who-is-u1'.*get_user\(user_id='u9'\) gives an error on a fresh database: .*KeyError"):
+        _domain(reset_password_raw, lookup_user="u9").tasks("test")
