@@ -32,7 +32,8 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     ``length``; 0 for rows of runs from before it was recorded); ``text_calls`` the answers whose calls were read from
     their text, not from structured ``tool_calls`` (0 likewise). ``served_models`` (when the client said which model
     answered: a served model's responses name it) maps each model that answered to its task trials: more than one means
-    the run mixes models (:func:`mixed_models_warning`).
+    the run mixes models (:func:`mixed_models_warning`). ``uncovered_calls_checked`` (``traces:`` suites, when any)
+    counts the tasks whose expert called tools the sandbox does not provide, checked as calls instead of by the world.
     """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -74,10 +75,23 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
         served = served_models(items)
         if served:
             out[-1]["served_models"] = served
+        checked = {r["task_id"] for r in items if '"uncovered_calls":' in (r.get("details") or "") and _uncovered_calls(r)}
+        if checked:
+            out[-1]["uncovered_calls_checked"] = len(checked)
         if excluded and excluded.get(name):
             out[-1]["excluded"] = len(excluded[name])
             out[-1]["excluded_reasons"] = _by_count(excluded[name].values())
     return out
+
+
+def _uncovered_calls(row: dict[str, Any]) -> int:
+    """How many expert calls of tools the sandbox does not provide a ``traces:`` row checked as calls (its
+    ``details.uncovered_calls``; 0 when none or the details are not JSON)."""
+    try:
+        details = json.loads(row.get("details") or "{}")
+    except ValueError:
+        return 0
+    return int(details.get("uncovered_calls") or 0) if isinstance(details, dict) else 0
 
 
 def served_models(rows: Iterable[dict[str, Any]]) -> dict[str, int]:

@@ -387,10 +387,7 @@ class ImproveConfig(BaseModel):
         being built where its spec tells its class (a class, a factory whose return annotation names a class with the
         method, ``mcp:``, ``experience:``); otherwise one is built as the suite builds it, looked at and closed."""
         traces = [written for written in self.suites if written.strip().partition(":")[0] == TRACES_SUITE]
-        if not traces or not sandbox or not sandbox.strip():
-            return  # no sandbox named: the suite's own default (bfcl for BFCL apps, which has one)
-        problem = _no_state_digest(sandbox.strip())
-        if problem is None:
+        if not traces:
             return
         key = "[eval] sandbox" if "sandbox" in self.tables()["eval"] else "[replay] sandbox (the evaluation's too: [eval] names none)"
         where = f" in {self.config_path}" if self.config_path is not None else ""
@@ -400,6 +397,21 @@ class ImproveConfig(BaseModel):
             if others
             else "replace the traces suite in [improve] suites with a suite that needs no digest (bfcl:..., tau:...)"
         )
+        if not sandbox or not sandbox.strip():
+            from ee_middleware.evals.traces.suite import BFCL_APP_PREFIX, sandbox_spec
+
+            if sandbox_spec(self.app, None):
+                return  # the suite's own default: bfcl, for BFCL expert apps
+            raise ConfigError(
+                f"{key} = {sandbox!r}{where}: the traces suite ([improve] suites = {list(self.suites)!r}) runs each held-out "
+                f"trajectory in a sandbox, and only BFCL expert apps ({BFCL_APP_PREFIX}*) have a default one, so for the app "
+                f"{self.app!r} every task would be left out: the run would replay and train, then fail its gate with no task "
+                "scored. Name the sandbox its tools run in (package.module:factory, the one [replay] sandbox takes; "
+                f"docs/sandboxes.md), or {drop}."
+            )
+        problem = _no_state_digest(sandbox.strip())
+        if problem is None:
+            return
         raise ConfigError(
             f"{key} = {sandbox!r}{where}: {problem}. The traces suite ([improve] suites = {list(self.suites)!r}) scores each "
             "held-out trajectory by comparing the sandbox's state_digest() after the candidate's run with the expert's, so "

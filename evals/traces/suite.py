@@ -23,7 +23,8 @@ Each trajectory is a task:
   the world, such as paging on-call, which docs/sandboxes.md says to list nowhere) change no world the digest could
   compare, so they are checked as calls (:func:`uncovered_calls_not_made`): the candidate must have made each of them, by
   name and arguments as the tool receives them (replay's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`:
-  an argument at its schema's default is the argument left out, ``1.0`` is ``1``), else ``uncovered_call_missing``. The
+  an argument at its schema's default is the argument left out, ``1.0`` is ``1``; free text, a string of several words,
+  by the facts it states), else ``uncovered_call_missing``. The
   candidate's calls of such tools are refused by the sandbox, as before (they reach no world), and only matched. The
   result's ``details`` say how many expert calls were checked so (``uncovered_calls``) and which the candidate did not
   make (``uncovered_calls_missing``); a task whose expert made no such call is scored as before, with neither key.
@@ -716,30 +717,53 @@ def uncovered_calls_not_made(
     Calls are compared as the tool receives them: replay's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`
     over the tools the task offers (an argument at its schema's default is the argument left out, ``1.0`` is ``1``,
     keys in any order; a redacted value is compared as its placeholder, which is what both the expert's recorded call
-    and the candidate's hold). The match is a multiset per call, in any order: each expert call needs a call of its own
-    (an expert that paged twice needs two pages), when it came does not count (a page before the ticket is the same
-    page), and the candidate's further calls of these tools fail nothing (they reach no world, as the sandbox refuses
-    them; they are named in the reason of a task that fails)."""
+    and the candidate's hold), except free text: an expert argument that is a string of several words (a page's
+    message, an e-mail's body) is matched by its facts, as the expert's final answer is (:func:`answer_facts`: its ids,
+    numbers, dates and names must be stated in the candidate's argument of the same name, in any wording). The match
+    is a multiset per call, in any order: each expert call needs a call of its own (an expert that paged twice needs
+    two pages), when it came does not count (a page before the ticket is the same page), and the candidate's further
+    calls of these tools fail nothing (they reach no world, as the sandbox refuses them; they are named in the reason
+    of a task that fails)."""
     from ee_middleware.replay.policies.schema import tool_schemas_for
 
     schemas = tool_schemas_for([schema for turn in task.tools for schema in turn])
     names = {call["name"] for call in uncovered}
     own = [call for call in made if call.name in names]
-    available = Counter(schemas.call_key(call.name, call.arguments) for call in own)
+    free_text = [_free_text_arguments(call.get("arguments") or {}) for call in uncovered]
+    taken = [False] * len(own)
     missing = []
-    for call in uncovered:
-        key = schemas.call_key(call["name"], call.get("arguments") or {})
-        if available[key]:
-            available[key] -= 1
+    for call, free in zip(uncovered, free_text, strict=True):
+        arguments = call.get("arguments") or {}
+        key = schemas.call_key(call["name"], _without(arguments, free))
+        for i, candidate in enumerate(own):
+            if (
+                not taken[i]
+                and candidate.name == call["name"]
+                and schemas.call_key(candidate.name, _without(candidate.arguments, free)) == key
+                and all(_states_the_facts(arguments[name], candidate.arguments.get(name)) for name in free)
+            ):
+                taken[i] = True
+                break
         else:
             missing.append(call)
-    unmatched = []
-    for call in own:
-        key = schemas.call_key(call.name, call.arguments)
-        if available[key]:
-            available[key] -= 1
-            unmatched.append(_written(call.name, call.arguments))
+    unmatched = [_written(c.name, c.arguments) for c, used in zip(own, taken, strict=True) if not used]
     return missing, unmatched
+
+
+def _free_text_arguments(arguments: dict[str, Any]) -> frozenset[str]:
+    """The names of ``arguments`` holding free text: a string of several words (a message, a body, a note), which a
+    candidate writes in words of its own."""
+    return frozenset(name for name, value in arguments.items() if isinstance(value, str) and len(value.split()) > 1)
+
+
+def _without(arguments: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    return {name: value for name, value in arguments.items() if name not in names} if names else arguments
+
+
+def _states_the_facts(expected: str, got: Any) -> bool:
+    """Whether the candidate's argument ``got`` states every fact of the expert's free text ``expected`` (its ids,
+    numbers, dates and capitalized names: :func:`answer_facts` over the text itself)."""
+    return isinstance(got, str) and not missing_facts(answer_facts(expected, [expected]), [got])
 
 
 def _written(name: str, arguments: dict[str, Any]) -> str:

@@ -149,6 +149,7 @@ def test_a_candidate_that_never_pages_fails_the_outage_and_the_run_counts_the_ch
     rows = {r["task_id"]: r for r in pl.read_parquet(tmp_path / "no-page" / "results.parquet").to_dicts()}
     assert summary["tasks"] == 3 and not summary.get("excluded"), summary  # the page-only run is a task now
     assert summary["failures"] == {"uncovered_call_missing": 2}, summary
+    assert summary["uncovered_calls_checked"] == 2, summary  # the outage and the page-only run: checked as calls
     failed = [r for r in rows.values() if not r["success"]]
     assert len(failed) == 2
     for row in failed:
@@ -171,11 +172,14 @@ def test_a_candidate_that_never_pages_fails_the_outage_and_the_run_counts_the_ch
         (lambda call: call, True),  # the same call
         (lambda call: _page(call, severity=1.0), True),  # 1.0 is 1, as the tool receives it
         (lambda call: [call, call], True),  # a second page: the expert's one is made (each expert call needs one of its own)
-        (lambda call: _page(call, team="security"), False),  # another team
-        (lambda call: _page(call, message="vpn down"), False),  # other arguments are another call
+        (lambda call: _page(call, team="security"), False),  # another team (one word: compared as written)
+        (lambda call: _page(call, message="Everyone has lost the vpn"), True),  # free text: its facts in other words
+        (lambda call: _page(call, message="The network is down for everyone"), False),  # free text without its fact (VPN)
     ],
 )
-def test_the_page_is_matched_by_name_and_arguments_as_the_tool_receives_them(desk: tuple[Path, Path], edit: Any, passes: bool) -> None:
+def test_the_page_is_matched_by_name_and_arguments_as_the_tool_receives_them_free_text_by_its_facts(
+    desk: tuple[Path, Path], edit: Any, passes: bool
+) -> None:
     suite, tasks = _tasks(desk)
     task = tasks["outage"]
     result = suite.run(OracleClient(), replace(task, reference=_edited_reference(task, edit)), 0, LoopConfig())

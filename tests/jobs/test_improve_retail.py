@@ -126,10 +126,12 @@ def test_held_out_ids_that_match_nothing_name_the_file_not_heldout_share(workspa
 
 
 def test_a_suite_that_scored_no_task_reads_as_such_in_the_report_and_the_gate(workspace: Path, gpt2_base: Path) -> None:
-    """[eval] sandbox = "" (no sandbox for the app): the report's table shows no rate for the suite (was: 0.0% against
-    0.0%) and says why its tasks were left out; the gate names the suite (was: 'no suite was run by both runs')."""
+    """An evaluation sandbox that cannot rebuild any held-out world: the report's table shows no rate for the suite
+    (was: 0.0% against 0.0%) and says why its tasks were left out; the gate names the suite (was: 'no suite was run by
+    both runs'). (No sandbox at all for a non-BFCL app is refused before the run: test_improve_refuses_no_sandbox...)"""
     path = _config(workspace, gpt2_base)
-    path.write_text(path.read_text().replace("[eval]\n", '[eval]\nsandbox = ""\n'))
+    sandbox = "tests.jobs.test_improve_retail:sandbox_of_another_database"
+    path.write_text(path.read_text().replace("[eval]\n", f'[eval]\nsandbox = "{sandbox}"\n'))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(EXAMPLES), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
         [sys.executable, "-m", "ee_middleware.cli", "improve", "--config", str(path), "--json"], capture_output=True, text=True, env=env
@@ -139,11 +141,11 @@ def test_a_suite_that_scored_no_task_reads_as_such_in_the_report_and_the_gate(wo
     [run] = RunsDir(workspace / "runs").list()
     assert printed["id"] == run.id and run.status == "succeeded" and not run.outputs("gate")["passed"]
     [reason] = run.outputs("gate")["reasons"]
-    assert "no task was scored" in reason and "no sandbox for app 'retail-support'" in reason
+    assert "no task was scored" in reason and "its world cannot be rebuilt in the" in reason, reason
     report = (run.folder / "report.md").read_text()
     suite = f"traces:{workspace / 'experience'}:{APP}"
     assert f"| {suite} | 0 | - | - |" in report, report
-    assert f"- {suite}: " in report and "task(s) left out: no sandbox for app 'retail-support'" in report
+    assert f"- {suite}: " in report and "task(s) left out: its world cannot be rebuilt in the" in report, report
     assert (run.folder / "eval.png").stat().st_size > 0
 
 

@@ -180,3 +180,23 @@ def test_an_mcp_sandbox_is_refused_for_a_traces_suite_without_starting_its_serve
     with pytest.raises(ConfigError, match=r"\[eval\] sandbox = 'mcp:.*McpSandbox has no state_digest\(\) method.*replace the traces suite"):
         ImproveConfig.load(_config(tmp_path, f"mcp:{config}", table="eval")).check()
     assert not marker.exists()
+
+
+def test_no_evaluation_sandbox_for_an_app_that_is_not_bfcl_stops_a_job_with_a_traces_suite_before_a_run_starts(
+    tmp_path: Path, sandboxes: str
+) -> None:
+    """``[eval] sandbox = ""``: the traces suite has no default sandbox for a non-BFCL app (only bfcl.* apps get
+    ``bfcl``), so it would refuse to run at the evaluate stage, after replay and training: stopped before the run."""
+    path = _improve_file(
+        tmp_path,
+        _base_folder(tmp_path),
+        f'suites = ["traces:3", "bfcl:simple:2"]\n[replay]\nsandbox = "{sandboxes}:make_digest_sandbox"\n[eval]\nsandbox = ""\n',
+    )
+
+    result = improve(path)
+
+    assert result.exit_code == 1, result.output
+    error = result.stderr.strip()
+    assert f"[eval] sandbox = '' in {path}: the traces suite" in error and "for the app 'shop' every task would be left out" in error, error
+    assert "drop 'traces:3' from [improve] suites (suites = ['bfcl:simple:2'])" in error, error
+    assert RunsDir(tmp_path / "runs").list() == []
