@@ -182,14 +182,10 @@ def test_a_recorded_sub_agent_a_resumed_tool_runs_afresh_is_no_resumed_run(tmp_p
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="replay/paused_turns._resumed_by takes the outer agent's resumed run (the next run of the thread not nested "
-    "in the inner paused run) as the inner paused run's continuation: the call that ran beside the inner interrupt() "
-    "is taught twice. Not capture's: fix there, then drop this mark.",
-)
 def test_each_paused_call_of_both_agents_is_taught_once(tmp_path: Path) -> None:
+    """The inner paused run is resumed by the inner run nested in the outer's resumed run, not by the outer's resumed
+    run (the next run of the thread not nested in it: was, so the call beside the inner ``interrupt()`` was taught from
+    both inner runs)."""
     store = tmp_path / "store"
     _record(store, "invoke", "thread")
     runs = _stored(store)
