@@ -82,6 +82,10 @@ class ReplaySummary:
     """Expert calls at a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted (no
     later state depends on them: only the final answer, if any, follows; a structured answer given as a tool call is
     itself the answer), while the alternatives at their state ran."""
+    uncovered_calls_not_executed: dict[str, int] = field(default_factory=dict)
+    """Expert calls before a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted,
+    their recorded results standing for them (a tool listed in no sandbox changes something outside the world only), while
+    every state was branched from; one that changes the world shows as fidelity mismatches on the expert's later calls."""
     final_call_sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Expert calls at a trajectory's last tool-call step that the sandbox got no answer for (time-out, crash, memory), by
     tool: no later state depends on them, so the trajectory is done with its rollouts (an earlier step's fails it)."""
@@ -176,6 +180,10 @@ class ReplaySummary:
         final = Counter(self.final_calls_not_replayed)
         final.update(call["tool"] for call in r.details.get("final_calls_not_replayed", []))
         self.final_calls_not_replayed = dict(final)
+        if "uncovered_calls_not_executed" in r.details:
+            uncovered = Counter(self.uncovered_calls_not_executed)
+            uncovered.update(call["tool"] for call in r.details["uncovered_calls_not_executed"])
+            self.uncovered_calls_not_executed = dict(uncovered)
         unanswered = Counter(self.unanswered_calls_not_executed)
         unanswered.update(call["tool"] for call in r.details.get("unanswered_calls_not_executed", []))
         self.unanswered_calls_not_executed = dict(unanswered)
@@ -221,8 +229,10 @@ def refused_tool_text(tool: str, sandbox: str, hints: Mapping[str, str]) -> str:
     if hints.get(tool):
         return hints[tool]
     return (
-        f"it has side effects or is unknown, and sandbox {sandbox!r} does not provide it. Add it to the sandbox with a world "
-        "it acts on (see docs/sandboxes.md); list it in read_only_tools only if calling it for real changes nothing anywhere."
+        f"it has side effects or is unknown, and sandbox {sandbox!r} does not provide it, so replay never calls it: as it should "
+        "be for a tool that changes something outside the world (sends an e-mail, pages someone), which docs/sandboxes.md lists "
+        "nowhere. If it reads or changes the world the sandbox rebuilds, add it to the sandbox's tools; if it needs no world and "
+        "changes nothing, to read_only_tools."
     )
 
 
@@ -232,6 +242,14 @@ FINAL_CALLS_NOT_REPLAYED = (
     "itself was left out"
 )
 """Why the expert's call at a trajectory's last tool call was not executed (``final_calls_not_replayed``)."""
+
+UNCOVERED_CALLS_NOT_EXECUTED = (
+    "the sandbox does not provide the tool, so replay did not execute the expert's call and took its recorded result, as "
+    "for a tool that changes something outside the world (docs/sandboxes.md lists it nowhere); every state was branched "
+    "from. If it changes the world the sandbox rebuilds, the expert's later calls show fidelity errors naming it: add it "
+    "to the sandbox's tools"
+)
+"""Why the expert's calls before a trajectory's last tool call were not executed (``uncovered_calls_not_executed``)."""
 
 
 CUT_OFF = "the answer was cut off at max_tokens"

@@ -39,12 +39,17 @@ depends on that call (as for a tool the sandbox lacks there, below): the alterna
 is ``done`` with its rollouts, and ``details["expert_sandbox_failure"]`` says which call failed and how.
 
 Safety: a call is executed only when the sandbox provides the tool. A proposed call to any other
-tool is refused and counted (with the tool's name, for the run's report), never executed. A trajectory
-whose expert calls such a tool is skipped (its recorded path cannot be followed), except at its last
-tool-call step: no later state depends on that call (only the final answer, if any, follows it: it is a
-structured answer given as a tool call, as LangChain's ``response_format=ToolStrategy(...)`` gives, or a
-last action such as a notification before the final answer), so the alternatives at that state are
-replayed and the expert's call is left unexecuted and listed (``details["final_calls_not_replayed"]``).
+tool is refused and counted (with the tool's name, for the run's report), never executed; the refill then tops the
+state's alternatives up to K with tools the sandbox provides (:meth:`~ee_middleware.replay.policies.proposer.Proposer.top_up`,
+only at a state where something was refused: elsewhere the proposals are the same, draw for draw). The expert's own call
+of such a tool is never executed either: a tool no sandbox lists changes something outside the world (it pages on-call,
+sends an e-mail; docs/sandboxes.md lists it nowhere), so the world after it is the world before it, and its recorded
+observation stands for it (the states that follow are the recorded ones, as always). The states before and after it are
+branched from as usual, and the call is listed: ``details["uncovered_calls_not_executed"]``, or, at the last tool-call
+step (after which only the final answer, if any, follows: a structured answer given as a tool call, as LangChain's
+``response_format=ToolStrategy(...)`` gives, or a last action such as a notification), ``details["final_calls_not_replayed"]``.
+A world tool left out of the sandbox by mistake shows in the expert's later calls as fidelity mismatches (their worlds
+lack its effect), each of which then names the uncovered calls before it as the likely cause (``hint``).
 
 A world tool whose function takes first, where the world goes, an argument the recorded schemas list is a production
 tool's own function: the sandbox's optional ``check_offered_tools(trajectory.tools)`` raises before anything of the
@@ -275,8 +280,10 @@ def replay_trajectory(
         if _malformed_by_the_model(trajectory, expert):  # answered by the graph, not the tool: the world is as it was
             run.malformed_not_executed.append({"step": step.index, "tool": expert.name})
             continue
-        if not sandbox.covers(expert.name):  # the last step's (see _reset_for_replay): no later state depends on it
-            run.final_not_replayed.append({"step": step.index, "tool": expert.name})
+        if not sandbox.covers(expert.name):  # outside the world: never called, the world stays as it is (module docstring)
+            (run.final_not_replayed if step is tool_steps[-1] else run.uncovered_not_executed).append(
+                {"step": step.index, "tool": expert.name}
+            )
             continue
         failed = _reexecute_expert(run, step, expert)
         if failed is not None and step is tool_steps[-1]:  # no later state depends on the world this call left
@@ -313,6 +320,9 @@ class _Run:
     unrestorable_count: int = 0
     final_not_replayed: list[dict[str, Any]] = field(default_factory=list)
     """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
+    uncovered_not_executed: list[dict[str, Any]] = field(default_factory=list)
+    """The expert's calls before the last tool-call step of tools the sandbox does not provide: not executed, their
+    recorded observations standing for them (a tool listed nowhere changes nothing in the world)."""
     final_sandbox_failure: dict[str, Any] | None = None
     """The expert's call at the last tool-call step when the sandbox got no answer for it (:func:`_expert_failure`)."""
     malformed_not_executed: list[dict[str, Any]] = field(default_factory=list)
@@ -355,8 +365,6 @@ class _Run:
         details: dict[str, Any] = {}
         if self.rejected:
             details["rejected_by_reason"] = dict(self.rejected)
-        if self.refused:
-            details["refused_tools"] = dict(self.refused)
         if self.synthetic_failures:
             details["synthetic_failures"] = dict(self.synthetic_failures)
         synthetic = sum(r.synthetic for r in self.rollouts)
@@ -367,6 +375,8 @@ class _Run:
             details["unrestorable_steps"] = self.unrestorable
         if self.final_not_replayed:
             details["final_calls_not_replayed"] = self.final_not_replayed
+        if self.uncovered_not_executed:
+            details["uncovered_calls_not_executed"] = self.uncovered_not_executed
         if self.final_sandbox_failure is not None:
             details["expert_sandbox_failure"] = self.final_sandbox_failure
         if self.malformed_not_executed:
@@ -395,7 +405,12 @@ class _Run:
             "refused": sum(self.refused.values()),
             "fidelity_mismatches": self.mismatch_count,
             "unrestorable": self.unrestorable_count,
-            "details": {**self.settings.privacy.redact_data(details), **({"fidelity_mismatches": mismatches} if mismatches else {})},
+            "details": {
+                **self.settings.privacy.redact_data(details),
+                # counts by tool name, not redacted: a name is no data, and a secret rule would take reset_password's count
+                **({"refused_tools": dict(self.refused)} if self.refused else {}),
+                **({"fidelity_mismatches": mismatches} if mismatches else {}),
+            },
         }
 
     def execute(self, call: ToolCall) -> tuple[Observation, list[Unrestored]]:
@@ -438,28 +453,6 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
     check_offered_tools(run.sandbox, run.trajectory.tools)  # a production tool listed where the world goes raises, before anything runs
-    # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it):
-    # a tool the sandbox lacks there (a structured answer given as a tool call, or a last action such as an email before
-    # the final answer) is left unexecuted instead (see the module docstring).
-    missing = sorted(
-        {
-            call.name
-            for s in tool_steps[:-1]
-            if (call := s.action.tool_call) and not run.sandbox.covers(call.name) and not _malformed_by_the_model(run.trajectory, call)
-        }
-    )
-    if missing:
-        hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)
-        advice = [text for name in missing if hint is not None and (text := hint(name))]
-        if len(advice) < len(missing):
-            advice.append(
-                "Add these tools to the sandbox with a world they act on (docs/sandboxes.md; a PythonSandbox also calls a tool that "
-                "changes nothing anywhere directly when it is listed in read_only_tools)."
-            )
-        return (
-            f"the expert calls {', '.join(missing)}, which sandbox {run.sandbox.kind!r} does not provide, so the recorded path cannot be "
-            f"followed. {' '.join(advice)}"
-        )
     return None
 
 
@@ -467,14 +460,28 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
 
 
 def _branch(run: _Run, step: Step, proposals: ProposalResult) -> None:
-    """Execute each accepted alternative at ``step`` from a snapshot; the world is left at the recorded state."""
+    """Execute each accepted alternative at ``step`` from a snapshot; the world is left at the recorded state. Where some
+    were refused (the sandbox does not provide their tool), the refill's alternatives in their place follow them."""
     snapshot = run.sandbox.snapshot()
-    branched = False
-    for branch, candidate in enumerate(proposals.accepted):
+    branched, refused = _alternatives(run, step, proposals.accepted, 0, snapshot)
+    if refused:
+        point = _decision_point(run.trajectory, step)
+        more = run.proposer.top_up(point, proposals, run.sandbox.covers, seed=derive_seed(run.settings.seed, run.trajectory.id, step.index))
+        branched = _alternatives(run, step, more, len(proposals.accepted), snapshot)[0] or branched
+    if branched:
+        run.sandbox.restore(snapshot)
+
+
+def _alternatives(run: _Run, step: Step, candidates: list[Candidate], first: int, snapshot: Any) -> tuple[bool, bool]:
+    """Execute ``candidates`` (numbered from branch ``first``) from ``snapshot``, refusing and counting those whose tool the
+    sandbox does not provide; whether any was executed, and whether any was refused."""
+    branched = refused = False
+    for branch, candidate in enumerate(candidates, first):
         call = candidate.call
         assert call is not None
         if not run.sandbox.covers(call.name):
             run.refused[call.name] += 1
+            refused = True
             continue
         run.sandbox.restore(snapshot)
         branched = True
@@ -482,8 +489,7 @@ def _branch(run: _Run, step: Step, proposals: ProposalResult) -> None:
             run.rollouts.append(_execute_alternative(run, step, branch, candidate))
         except SyntheticObservationError as exc:
             run.synthetic_failures[exc.reason] += 1
-    if branched:
-        run.sandbox.restore(snapshot)
+    return branched, refused
 
 
 def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
@@ -553,13 +559,17 @@ def _propose_all(run: _Run, steps: list[Step], requests: Executor | None, ahead:
 
 def _proposals_at(trajectory: Trajectory, proposer: Proposer, settings: ReplaySettings, step: Step) -> ProposalResult:
     """The proposer's alternatives at ``step``, seeded per state (safe to call from several threads at once)."""
+    return proposer.propose(_decision_point(trajectory, step), seed=derive_seed(settings.seed, trajectory.id, step.index))
+
+
+def _decision_point(trajectory: Trajectory, step: Step) -> DecisionPoint:
+    """The recorded state at ``step``, as the policies see it."""
     expert = step.action.tool_call
     assert expert is not None
     # the tools the model was offered at this step (Step.tools: a middleware's per-call selection, a tool added later),
     # so that no alternative calls a tool it could not call there
     tools = trajectory.step_tools(step)
-    point = DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=tools, expert=expert)
-    return proposer.propose(point, seed=derive_seed(settings.seed, trajectory.id, step.index))
+    return DecisionPoint(trajectory_id=trajectory.id, step_index=step.index, state=step.state, tools=tools, expert=expert)
 
 
 def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidate) -> Rollout:
@@ -631,8 +641,29 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
             # where they part, and a short diff (of both texts in full, not of the 300-character excerpts)
             **describe_mismatch(recorded_text, replayed.content, recorded_is_prefix=bool(recorded.truncated_chars)),
         }
+        if run.uncovered_not_executed:  # the likeliest cause: a world tool left out of the sandbox
+            cause = run.settings.privacy.redact_data(_uncovered_cause(run))
+            mismatch["hint"] = f"{mismatch['hint']} {cause}" if mismatch.get("hint") else cause
         run.mismatches.append(mismatch)
     return None
+
+
+def _uncovered_cause(run: _Run) -> str:
+    """Why an expert step after calls of tools the sandbox does not provide may observe something else than recorded:
+    those calls were not executed, so a world tool among them (left out of the sandbox by mistake) left no effect."""
+    calls: dict[str, list[int]] = {}
+    for entry in run.uncovered_not_executed:
+        calls.setdefault(entry["tool"], []).append(entry["step"])
+    named = ", ".join(f"{tool} (step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))})" for tool, steps in calls.items())
+    hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)
+    said = [text for tool in calls if hint is not None and (text := hint(tool))]
+    it, its, one = ("them", "their", "one of them") if len(run.uncovered_not_executed) > 1 else ("it", "its", "it")
+    return (
+        f"The expert called {named} before this step, which sandbox {run.sandbox.kind!r} does not provide: replay did not "
+        f"execute {it} and took {its} recorded result, as for a tool that changes something outside the world "
+        f"(docs/sandboxes.md lists such a tool nowhere). If {one} changes the world the sandbox rebuilds, this is its effect "
+        f"missing: add it to the sandbox's tools.{''.join(f' {text}' for text in said)}"
+    )
 
 
 def _expert_failure(step: Step, expert: ToolCall, replayed: Observation) -> dict[str, Any]:

@@ -156,7 +156,9 @@ def test_a_replay_job_counts_refused_network_calls_and_makes_them_only_when_allo
     assert offline.done == 1 and offline.states > 0
     assert offline.refused_tools == {"fetch_url_content": offline.states}
     assert "--allow-network" in offline.refused_hints["fetch_url_content"]
-    assert offline.branches == 0 and server.requests == 0
+    assert server.requests == 0
+    refills = LocalExperienceStore(online_store).rollouts(replay_id=offline.replay_id)  # each refused fetch topped up (refill)
+    assert offline.branches == refills.height == offline.states and "fetch_url_content" not in refills["tool_name"].to_list()
 
     online = run_replay(ReplayConfig.load(store=online_store, policy=FETCH_POLICY, k=1, allow_network=True, isolation="subprocess"))
     assert online.replay_id != offline.replay_id  # a different configuration, stored apart

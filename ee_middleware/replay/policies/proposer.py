@@ -19,11 +19,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ee_middleware.errors import ConfigError, MissingExtraError, ModelError, PolicyError
 from ee_middleware.models.parsing import canonical_call
+from ee_middleware.records import tool_schema_name
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy
 from ee_middleware.replay.policies.schema import tool_schemas_for
@@ -165,6 +166,31 @@ class Proposer:
             state.offer_from(self.refill, point, want, seed + 7919 * (round_index + 1), refill=True, refill_for=self.policy.name)
         return state.result
 
+    def top_up(self, point: DecisionPoint, result: ProposalResult, covers: Callable[[str], bool], *, seed: int) -> list[Candidate]:
+        """The refill's alternatives in place of those of ``result.accepted`` whose tool the sandbox does not provide
+        (``covers`` false: replay refuses and counts them, never executes them), drawn from the tools it provides alone,
+        so that ``k`` are executed where the schemas allow; distinct from every accepted one and from the expert's call,
+        numbered after ``result.accepted`` (whose candidates keep their branches). Replay asks only at a state where it
+        refused one; none without a refill policy."""
+        kept = [c for c in result.accepted if c.call is not None and covers(c.call.name)]
+        missing = self.k - len(kept)
+        if self.refill is None or missing <= 0:
+            return []
+        tools = [schema for schema in point.tools if (name := tool_schema_name(schema)) is not None and covers(name)]
+        covered = replace(point, tools=tools)
+        state = _Selection(covered, missing, first_branch=len(result.accepted))
+        for candidate in kept:
+            assert candidate.call is not None
+            state.accepted_keys.add(state.schemas.call_key(candidate.call.name, candidate.call.arguments))
+        for round_index in range(self.max_refill_rounds):
+            short = missing - len(state.result.accepted)
+            if short <= 0 or not tools:
+                break
+            want = short + len(state.accepted_keys)  # as in propose: enough new ones whenever the schemas allow
+            round_seed = seed + 7919 * (self.max_refill_rounds + round_index + 1)  # none of propose's refill rounds' seeds
+            state.offer_from(self.refill, covered, want, round_seed, refill=True, refill_for=self.policy.name)
+        return state.result.accepted
+
     def _note_policy_error(self, point: DecisionPoint, detail: str) -> None:
         with self._lock:
             errors = self._policy_errors.setdefault(point.trajectory_id, PolicyErrors())
@@ -250,9 +276,11 @@ class Proposer:
 class _Selection:
     """The running selection at one decision point."""
 
-    def __init__(self, point: DecisionPoint, k: int) -> None:
+    def __init__(self, point: DecisionPoint, k: int, *, first_branch: int = 0) -> None:
         self.point = point
         self.k = k
+        self.first_branch = first_branch
+        """The branch of the first candidate accepted (:meth:`Proposer.top_up`'s follow those proposed before)."""
         self.schemas = tool_schemas_for(point.tools)
         # Calls are compared as the tool receives them (ToolSchemas.call_key): an argument at its default is the argument
         # left out, 30.0 is 30; so a model's get_order(order_id="O-1", fields=None) is the expert's get_order(order_id="O-1").
@@ -291,7 +319,7 @@ class _Selection:
             return
         assert candidate.call is not None and key is not None
         self.accepted_keys.add(key)
-        branch = len(self.result.accepted)
+        branch = self.first_branch + len(self.result.accepted)
         call = candidate.call.model_copy(update={"id": f"alt-{self.point.step_index}-{branch}"})
         self.result.accepted.append(Candidate(call, candidate.proposer, candidate.raw, candidate.problem))
         self.result.refilled += int(refill)

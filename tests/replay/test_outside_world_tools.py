@@ -1,0 +1,212 @@
+"""A tool that changes something outside the world (it pages on-call, sends an e-mail) is listed in no sandbox
+(docs/sandboxes.md): replay never calls it. A trajectory whose expert calls one before its last tool call was skipped
+whole, although paging mid-flow is common (found by a sweep, S14 D4): now the expert's call is left unexecuted, its
+recorded result standing for it (the world is unchanged by it), and every state is branched from. A world tool left out
+of the sandbox by mistake shows in the expert's later calls, as fidelity errors that name it. And the proposals of such a
+tool, refused and counted, are topped up to K with tools the sandbox provides (S14 D5: 64 of 76 branches at K=4).
+
+A real ``create_agent`` graph driven by a scripted model, recorded by ``record_experience`` into a real store, replayed
+by ``ee replay run``'s own job (and the CLI) in a real ``PythonSandbox``."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from typer.testing import CliRunner
+
+from ee_middleware import record_experience
+from ee_middleware.cli.app import app
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.conftest import record_once
+from tests.replay.policies_for_tests import FixedCallsPolicy
+
+HERE = "tests.replay.test_outside_world_tools"
+ENVIRONMENT = {"users": {"u101": {"password_version": 1}, "u102": {"password_version": 4}}}
+TASK = "Identity is flapping: page identity on-call, then reset Grace's (u101) password by email and check her account."
+
+# --- the world and its tools, written once: production binds its own world, the sandbox the branch's copy ----------
+
+
+def _get_user(world: dict[str, Any], user_id: str) -> str:
+    user = world["users"].get(user_id)
+    if user is None:
+        raise ValueError(f"no user {user_id}")
+    return f"{user_id}: password version {user['password_version']}"
+
+
+def _reset_password(world: dict[str, Any], user_id: str, channel: str) -> str:
+    user = world["users"].get(user_id)
+    if user is None:
+        raise ValueError(f"no user {user_id}")
+    user["password_version"] += 1
+    return f"reset {user_id}'s password; link sent by {channel}"
+
+
+def _build(environment: dict[str, Any] | None) -> dict[str, Any]:
+    return {"users": {k: dict(v) for k, v in (environment or ENVIRONMENT)["users"].items()}}
+
+
+def make_sandbox() -> PythonSandbox:
+    """The helpdesk's sandbox as docs/sandboxes.md says: page_oncall changes something outside the world, so it is
+    listed nowhere."""
+    return PythonSandbox(_build, tools={"get_user": _get_user, "reset_password": _reset_password}, kind="helpdesk")
+
+
+def make_sandbox_without_reset() -> PythonSandbox:
+    """A sandbox that leaves out reset_password by mistake: it changes the world the sandbox rebuilds."""
+    return PythonSandbox(_build, tools={"get_user": _get_user}, kind="helpdesk")
+
+
+def make_sandbox_with_page_stub() -> PythonSandbox:
+    """page_oncall as a world tool that changes nothing and answers as production did (so that it is covered)."""
+    tools = {"get_user": _get_user, "reset_password": _reset_password, "page_oncall": lambda world, team, message: f"paged {team}"}
+    return PythonSandbox(_build, tools=tools, kind="helpdesk")
+
+
+class PageAndRead(FixedCallsPolicy):
+    """A policy (a served model's stand-in) proposing a page and a read at every state."""
+
+    name = "page-and-read"
+    calls: ClassVar[list[tuple[str, dict[str, Any]]]] = [
+        ("page_oncall", {"team": "network", "message": "check"}),
+        ("get_user", {"user_id": "u102"}),
+    ]
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> tuple[Path, list[str]]:
+    """One approved run: page on-call, reset the password, read the account, answer; and what production paged."""
+    world = _build(ENVIRONMENT)
+    pager: list[str] = []
+
+    @tool
+    def get_user(user_id: str) -> str:
+        """Read a user's account."""
+        return _get_user(world, user_id)
+
+    @tool
+    def reset_password(user_id: str, channel: str) -> str:
+        """Reset a user's password and send them a link."""
+        return _reset_password(world, user_id, channel)
+
+    @tool
+    def page_oncall(team: str, message: str) -> str:
+        """Page a team's on-call engineer."""
+        pager.append(f"{team}: {message}")
+        return f"paged {team}"
+
+    script = [
+        AIMessage("", tool_calls=[tool_call("page_oncall", team="identity", message="identity flapping")]),
+        AIMessage("", tool_calls=[tool_call("reset_password", user_id="u101", channel="email")]),
+        AIMessage("", tool_calls=[tool_call("get_user", user_id="u101")]),
+        AIMessage("Paged identity and reset Grace's password."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [get_user, reset_password, page_oncall])
+    store = tmp_path / "experience"
+    agent = record_experience(graph, app="helpdesk", store=store, environment=lambda inputs, config: ENVIRONMENT)
+    trajectory = record_once(agent, store, {"messages": [("user", TASK)]})
+    assert [s.action.tool_call.name for s in trajectory.steps if s.action.tool_call] == ["page_oncall", "reset_password", "get_user"]
+    opened = LocalExperienceStore(store)
+    opened.approve([trajectory.id], by="test")
+    opened.close()
+    return store, pager
+
+
+def _rollouts(store: Path, replay_id: str) -> list[dict[str, Any]]:
+    opened = LocalExperienceStore(store)
+    try:
+        rows = opened.rollouts(replay_id=replay_id).sort(["step_index", "branch_index"])
+        columns = ("id", "step_index", "branch_index", "tool_call_id", "tool_name", "arguments_json", "proposer_json", "observation")
+        return [{k: rows[k][i] for k in columns} for i in range(rows.height)]
+    finally:
+        opened.close()
+
+
+def test_an_expert_call_of_a_tool_listed_nowhere_is_not_executed_and_every_state_is_branched_from(
+    recorded: tuple[Path, list[str]],
+) -> None:
+    store, pager = recorded
+    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=4, seed=7))
+    assert summary.skipped == {} and summary.failed == {} and summary.done == 1, summary.to_dict()
+    assert summary.states == 3 and summary.fidelity_mismatches == 0  # the world was unchanged by the page: as recorded
+    assert summary.uncovered_calls_not_executed == {"page_oncall": 1} and summary.final_calls_not_replayed == {}
+    assert pager == ["identity: identity flapping"], "replay paged someone"
+    rollouts = _rollouts(store, summary.replay_id)
+    assert sorted({r["step_index"] for r in rollouts}) == [0, 1, 2]  # the state before the page, and those after it
+    assert all(r["tool_name"] != "page_oncall" for r in rollouts)
+
+
+def test_the_ee_replay_run_record_lists_the_call_not_executed(recorded: tuple[Path, list[str]]) -> None:
+    store, _ = recorded
+    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=2))
+    opened = LocalExperienceStore(store)
+    try:
+        [details] = opened.replays(replay_id=summary.replay_id)["details_json"].to_list()
+    finally:
+        opened.close()
+    assert json.loads(details)["uncovered_calls_not_executed"] == [{"step": 0, "tool": "page_oncall"}]
+
+
+def test_a_world_tool_left_out_by_mistake_shows_as_fidelity_errors_naming_it(recorded: tuple[Path, list[str]]) -> None:
+    store, _ = recorded
+    args = ["replay", "run", "--store", str(store), "--sandbox", f"{HERE}:make_sandbox_without_reset", "--k", "2", "--no-progress"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "fidelity error" in output and "password version 1" in output, output  # get_user saw the reset missing
+    cause = "The expert called page_oncall (step 0), reset_password (step 1) before this step, which sandbox 'helpdesk' does not provide"
+    assert f"{cause}: replay did not execute them and took their recorded result" in output, output
+    assert "If one of them changes the world the sandbox rebuilds, this is its effect missing: add it to the sandbox's tools" in output
+    assert re.search(r"^skipped \w+:", result.output, re.MULTILINE) is None, result.output
+
+
+def test_refused_proposals_are_topped_up_to_k_with_tools_the_sandbox_provides(recorded: tuple[Path, list[str]]) -> None:
+    store, _ = recorded
+    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=4, seed=7))
+    assert summary.refused_tools.get("page_oncall", 0) > 0, "mutate proposed no page: the test shows nothing"
+    per_state = Counter(r["step_index"] for r in _rollouts(store, summary.replay_id))
+    assert per_state == {0: 4, 1: 4, 2: 4} and summary.branches == 12, per_state
+
+
+def test_states_where_nothing_was_refused_keep_their_proposals_draw_for_draw(recorded: tuple[Path, list[str]]) -> None:
+    """The same proposals as with a sandbox that covers every tool, except where a proposal was refused: there, the
+    kept ones keep their branch and id, and the refill's come after them."""
+    store, _ = recorded
+    lacking = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=4, seed=7))
+    covering = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox_with_page_stub", k=4, seed=7))
+    assert covering.refused_tools == {} and covering.uncovered_calls_not_executed == {}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "id"} for r in rows]  # noqa: E731 - ids hold the replay id
+    got, full = _rollouts(store, lacking.replay_id), _rollouts(store, covering.replay_id)
+    for step in (0, 1, 2):
+        mine = strip([r for r in got if r["step_index"] == step])
+        theirs = strip([r for r in full if r["step_index"] == step])
+        kept = [r for r in theirs if r["tool_name"] != "page_oncall"]
+        if len(kept) == len(theirs):
+            assert mine == theirs, step
+        else:
+            assert mine[: len(kept)] == kept and len(mine) == 4, step
+            assert all(r["branch_index"] >= 4 for r in mine[len(kept) :]), step
+
+
+def test_a_policys_proposal_of_a_tool_listed_nowhere_is_refused_counted_and_topped_up(recorded: tuple[Path, list[str]]) -> None:
+    store, pager = recorded
+    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", policy=f"{HERE}:PageAndRead", k=2))
+    assert summary.done == 1 and summary.refused_tools == {"page_oncall": 3}, summary.to_dict()
+    assert pager == ["identity: identity flapping"]
+    rollouts = _rollouts(store, summary.replay_id)
+    assert Counter(r["step_index"] for r in rollouts) == {0: 2, 1: 2, 2: 2}
+    assert all(r["tool_name"] != "page_oncall" for r in rollouts)
+    refills = [json.loads(r["proposer_json"])["settings"].get("refill_for") for r in rollouts]
+    assert refills.count("page-and-read") == 3, refills
