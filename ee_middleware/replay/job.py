@@ -84,7 +84,7 @@ class ReplaySummary:
     itself the answer), while the alternatives at their state ran."""
     uncovered_calls_not_executed: dict[str, int] = field(default_factory=dict)
     """Expert calls before a trajectory's last tool-call step that the sandbox does not provide, by tool: left unexecuted,
-    their recorded results standing for them (a tool listed in no sandbox changes something outside the world only), while
+    their recorded results standing for them (the sandbox declares the tool to act only outside the world), while
     every state was branched from; one that changes the world shows as fidelity mismatches on the expert's later calls."""
     final_call_sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Expert calls at a trajectory's last tool-call step that the sandbox got no answer for (time-out, crash, memory), by
@@ -229,10 +229,10 @@ def refused_tool_text(tool: str, sandbox: str, hints: Mapping[str, str]) -> str:
     if hints.get(tool):
         return hints[tool]
     return (
-        f"it has side effects or is unknown, and sandbox {sandbox!r} does not provide it, so replay never calls it: as it should "
-        "be for a tool that changes something outside the world (sends an e-mail, pages someone), which docs/sandboxes.md lists "
-        "nowhere. If it reads or changes the world the sandbox rebuilds, add it to the sandbox's tools; if it needs no world and "
-        "changes nothing, to read_only_tools."
+        f"it has side effects or is unknown, and sandbox {sandbox!r} does not provide it, so replay never calls it. If it reads "
+        "or changes the world the sandbox rebuilds, add it to the sandbox's tools; if it needs no world and changes nothing, to "
+        "read_only_tools; if it acts only outside the world (sends an e-mail, pages someone), declare it in outside_world_tools "
+        "(acts_outside_world), so that the expert's calls of it are not executed, their recorded results standing for them."
     )
 
 
@@ -244,10 +244,9 @@ FINAL_CALLS_NOT_REPLAYED = (
 """Why the expert's call at a trajectory's last tool call was not executed (``final_calls_not_replayed``)."""
 
 UNCOVERED_CALLS_NOT_EXECUTED = (
-    "the sandbox does not provide the tool, so replay did not execute the expert's call and took its recorded result, as "
-    "for a tool that changes something outside the world (docs/sandboxes.md lists it nowhere); every state was branched "
-    "from. If it changes the world the sandbox rebuilds, the expert's later calls show fidelity errors naming it: add it "
-    "to the sandbox's tools"
+    "the sandbox declares the tool to act only outside the world (outside_world_tools, acts_outside_world), so replay did "
+    "not execute the expert's call and took its recorded result; every state was branched from. If it changes the world "
+    "the sandbox rebuilds, the expert's later calls show fidelity errors naming it: add it to the sandbox's tools instead"
 )
 """Why the expert's calls before a trajectory's last tool call were not executed (``uncovered_calls_not_executed``)."""
 

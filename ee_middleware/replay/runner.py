@@ -42,14 +42,17 @@ Safety: a call is executed only when the sandbox provides the tool. A proposed c
 tool is refused and counted (with the tool's name, for the run's report), never executed; the refill then tops the
 state's alternatives up to K with tools the sandbox provides (:meth:`~ee_middleware.replay.policies.proposer.Proposer.top_up`,
 only at a state where something was refused: elsewhere the proposals are the same, draw for draw). The expert's own call
-of such a tool is never executed either: a tool no sandbox lists changes something outside the world (it pages on-call,
-sends an e-mail; docs/sandboxes.md lists it nowhere), so the world after it is the world before it, and its recorded
-observation stands for it (the states that follow are the recorded ones, as always). The states before and after it are
-branched from as usual, and the call is listed: ``details["uncovered_calls_not_executed"]``, or, at the last tool-call
-step (after which only the final answer, if any, follows: a structured answer given as a tool call, as LangChain's
-``response_format=ToolStrategy(...)`` gives, or a last action such as a notification), ``details["final_calls_not_replayed"]``.
-A world tool left out of the sandbox by mistake shows in the expert's later calls as fidelity mismatches (their worlds
-lack its effect), each of which then names the uncovered calls before it as the likely cause (``hint``).
+of such a tool is never executed either. A tool the sandbox declares to act only outside its world (it pages on-call,
+sends an e-mail: the optional ``acts_outside_world(name)``, ``PythonSandbox(..., outside_world_tools=...)``) leaves the
+world as it was, so its recorded observation stands for it (the states that follow are the recorded ones, as always):
+the states before and after it are branched from as usual, and the call is listed in
+``details["uncovered_calls_not_executed"]``. A trajectory whose expert calls any other tool the sandbox lacks is
+skipped (the tool may change the world: a sandbox that lost a world tool would otherwise give every later branch a world
+without its effect), except at its last tool-call step: no later state depends on that call (only the final answer, if
+any, follows it: a structured answer given as a tool call, as LangChain's ``response_format=ToolStrategy(...)`` gives,
+or a last action such as a notification), so it is left unexecuted and listed (``details["final_calls_not_replayed"]``).
+A declared tool that does change the world shows in the expert's later calls as fidelity mismatches (their worlds lack
+its effect), each of which then names the calls not executed before it as the likely cause (``hint``).
 
 A world tool whose function takes first, where the world goes, an argument the recorded schemas list is a production
 tool's own function: the sandbox's optional ``check_offered_tools(trajectory.tools)`` raises before anything of the
@@ -93,7 +96,7 @@ from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import no_schemas_fix
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
-from ee_middleware.replay.sandboxes.protocol import check_offered_tools
+from ee_middleware.replay.sandboxes.protocol import acts_outside_world, check_offered_tools
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -280,7 +283,7 @@ def replay_trajectory(
         if _malformed_by_the_model(trajectory, expert):  # answered by the graph, not the tool: the world is as it was
             run.malformed_not_executed.append({"step": step.index, "tool": expert.name})
             continue
-        if not sandbox.covers(expert.name):  # outside the world: never called, the world stays as it is (module docstring)
+        if not sandbox.covers(expert.name):  # declared outside the world, or the last step's: never called (module docstring)
             (run.final_not_replayed if step is tool_steps[-1] else run.uncovered_not_executed).append(
                 {"step": step.index, "tool": expert.name}
             )
@@ -322,7 +325,7 @@ class _Run:
     """The expert's call at the last tool-call step when the sandbox does not provide its tool: not executed."""
     uncovered_not_executed: list[dict[str, Any]] = field(default_factory=list)
     """The expert's calls before the last tool-call step of tools the sandbox does not provide: not executed, their
-    recorded observations standing for them (a tool listed nowhere changes nothing in the world)."""
+    recorded observations standing for them (the sandbox declares them to act only outside the world)."""
     final_sandbox_failure: dict[str, Any] | None = None
     """The expert's call at the last tool-call step when the sandbox got no answer for it (:func:`_expert_failure`)."""
     malformed_not_executed: list[dict[str, Any]] = field(default_factory=list)
@@ -453,6 +456,34 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
     except EnvironmentUnavailableError as exc:
         return f"environment cannot be rebuilt: {exc}"
     check_offered_tools(run.sandbox, run.trajectory.tools)  # a production tool listed where the world goes raises, before anything runs
+    # The last step's call moves the world to no state replay branches from (only the final answer, if any, follows it),
+    # and a tool the sandbox declares outside its world leaves the world as it was: both are left unexecuted instead (see
+    # the module docstring). Any other tool the sandbox lacks may change the world: the recorded path cannot be followed.
+    missing = sorted(
+        {
+            call.name
+            for s in tool_steps[:-1]
+            if (call := s.action.tool_call)
+            and not run.sandbox.covers(call.name)
+            and not acts_outside_world(run.sandbox, call.name)
+            and not _malformed_by_the_model(run.trajectory, call)
+        }
+    )
+    if missing:
+        hint = getattr(run.sandbox, "refusal_hint", None)  # why a sandbox refuses a tool it has (optional, see its protocol)
+        advice = [text for name in missing if hint is not None and (text := hint(name))]
+        if len(advice) < len(missing):
+            advice.append(
+                "Add these tools to the sandbox with a world they act on (docs/sandboxes.md; a PythonSandbox also calls a tool that "
+                "changes nothing anywhere directly when it is listed in read_only_tools); or, for a tool that acts only outside the "
+                "world (it pages someone, sends an e-mail), declare it: PythonSandbox(..., outside_world_tools=[...]), or a "
+                "sandbox's acts_outside_world(name), and replay leaves the expert's calls of it unexecuted, their recorded "
+                "results standing for them."
+            )
+        return (
+            f"the expert calls {', '.join(missing)}, which sandbox {run.sandbox.kind!r} does not provide, so the recorded path cannot be "
+            f"followed. {' '.join(advice)}"
+        )
     return None
 
 
@@ -650,7 +681,7 @@ def _reexecute_expert(run: _Run, step: Step, expert: ToolCall) -> dict[str, Any]
 
 def _uncovered_cause(run: _Run) -> str:
     """Why an expert step after calls of tools the sandbox does not provide may observe something else than recorded:
-    those calls were not executed, so a world tool among them (left out of the sandbox by mistake) left no effect."""
+    those calls were not executed, so a world tool among them (declared outside the world by mistake) left no effect."""
     calls: dict[str, list[int]] = {}
     for entry in run.uncovered_not_executed:
         calls.setdefault(entry["tool"], []).append(entry["step"])
@@ -660,9 +691,9 @@ def _uncovered_cause(run: _Run) -> str:
     it, its, one = ("them", "their", "one of them") if len(run.uncovered_not_executed) > 1 else ("it", "its", "it")
     return (
         f"The expert called {named} before this step, which sandbox {run.sandbox.kind!r} does not provide: replay did not "
-        f"execute {it} and took {its} recorded result, as for a tool that changes something outside the world "
-        f"(docs/sandboxes.md lists such a tool nowhere). If {one} changes the world the sandbox rebuilds, this is its effect "
-        f"missing: add it to the sandbox's tools.{''.join(f' {text}' for text in said)}"
+        f"execute {it} and took {its} recorded result, as the sandbox declares {it} to act only outside the world "
+        f"(outside_world_tools, acts_outside_world). If {one} changes the world the sandbox rebuilds, this is its effect "
+        f"missing: add it to the sandbox's tools instead.{''.join(f' {text}' for text in said)}"
     )
 
 

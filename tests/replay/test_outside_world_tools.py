@@ -1,9 +1,12 @@
-"""A tool that changes something outside the world (it pages on-call, sends an e-mail) is listed in no sandbox
-(docs/sandboxes.md): replay never calls it. A trajectory whose expert calls one before its last tool call was skipped
-whole, although paging mid-flow is common (found by a sweep, S14 D4): now the expert's call is left unexecuted, its
-recorded result standing for it (the world is unchanged by it), and every state is branched from. A world tool left out
-of the sandbox by mistake shows in the expert's later calls, as fidelity errors that name it. And the proposals of such a
-tool, refused and counted, are topped up to K with tools the sandbox provides (S14 D5: 64 of 76 branches at K=4).
+"""A tool that changes something outside the world (it pages on-call, sends an e-mail) is never called by replay. A
+trajectory whose expert calls one before its last tool call was skipped whole, although paging mid-flow is common (found
+by a sweep, S14 D4): a sandbox now declares such tools (``PythonSandbox(..., outside_world_tools=[...])``, the optional
+``acts_outside_world(name)``), and the expert's calls of them are left unexecuted, their recorded results standing for
+them (the world is unchanged by them), and every state is branched from. A tool the sandbox lacks and does not declare
+may change the world (a sandbox that lost a world tool): its trajectory is skipped as before, the reason saying both
+fixes. A world tool declared by mistake shows in the expert's later calls, as fidelity errors that name it. And the
+proposals of an uncovered tool, refused and counted, are topped up to K with tools the sandbox provides (S14 D5: 64 of
+76 branches at K=4).
 
 A real ``create_agent`` graph driven by a scripted model, recorded by ``record_experience`` into a real store, replayed
 by ``ee replay run``'s own job (and the CLI) in a real ``PythonSandbox``."""
@@ -24,6 +27,7 @@ from typer.testing import CliRunner
 
 from ee_middleware import record_experience
 from ee_middleware.cli.app import app
+from ee_middleware.errors import SandboxError
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import run_replay
 from ee_middleware.replay.sandboxes.python import PythonSandbox
@@ -60,13 +64,24 @@ def _build(environment: dict[str, Any] | None) -> dict[str, Any]:
 
 def make_sandbox() -> PythonSandbox:
     """The helpdesk's sandbox as docs/sandboxes.md says: page_oncall changes something outside the world, so it is
-    listed nowhere."""
+    declared in outside_world_tools."""
+    tools = {"get_user": _get_user, "reset_password": _reset_password}
+    return PythonSandbox(_build, tools=tools, outside_world_tools=["page_oncall"], kind="helpdesk")
+
+
+def make_undeclared_sandbox() -> PythonSandbox:
+    """page_oncall neither provided nor declared (the sandbox cannot tell it from a world tool it lost)."""
     return PythonSandbox(_build, tools={"get_user": _get_user, "reset_password": _reset_password}, kind="helpdesk")
 
 
 def make_sandbox_without_reset() -> PythonSandbox:
-    """A sandbox that leaves out reset_password by mistake: it changes the world the sandbox rebuilds."""
-    return PythonSandbox(_build, tools={"get_user": _get_user}, kind="helpdesk")
+    """A sandbox that lost reset_password, a world tool (neither provided nor declared)."""
+    return PythonSandbox(_build, tools={"get_user": _get_user}, outside_world_tools=["page_oncall"], kind="helpdesk")
+
+
+def make_sandbox_declaring_reset() -> PythonSandbox:
+    """A sandbox that declares reset_password outside the world by mistake: it changes the world the sandbox rebuilds."""
+    return PythonSandbox(_build, tools={"get_user": _get_user}, outside_world_tools=["page_oncall", "reset_password"], kind="helpdesk")
 
 
 def make_sandbox_with_page_stub() -> PythonSandbox:
@@ -134,11 +149,12 @@ def _rollouts(store: Path, replay_id: str) -> list[dict[str, Any]]:
         opened.close()
 
 
-def test_an_expert_call_of_a_tool_listed_nowhere_is_not_executed_and_every_state_is_branched_from(
-    recorded: tuple[Path, list[str]],
+@pytest.mark.parametrize("isolation", ["none", "subprocess"])  # the subprocess sandbox forwards acts_outside_world
+def test_an_expert_call_of_a_tool_declared_outside_the_world_is_not_executed_and_every_state_is_branched_from(
+    recorded: tuple[Path, list[str]], isolation: str
 ) -> None:
     store, pager = recorded
-    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=4, seed=7))
+    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=4, seed=7, isolation=isolation))
     assert summary.skipped == {} and summary.failed == {} and summary.done == 1, summary.to_dict()
     assert summary.states == 3 and summary.fidelity_mismatches == 0  # the world was unchanged by the page: as recorded
     assert summary.uncovered_calls_not_executed == {"page_oncall": 1} and summary.final_calls_not_replayed == {}
@@ -159,9 +175,25 @@ def test_the_ee_replay_run_record_lists_the_call_not_executed(recorded: tuple[Pa
     assert json.loads(details)["uncovered_calls_not_executed"] == [{"step": 0, "tool": "page_oncall"}]
 
 
-def test_a_world_tool_left_out_by_mistake_shows_as_fidelity_errors_naming_it(recorded: tuple[Path, list[str]]) -> None:
+@pytest.mark.parametrize("sandbox", ["make_sandbox_without_reset", "make_undeclared_sandbox"])
+def test_an_expert_call_of_an_undeclared_tool_the_sandbox_lacks_skips_the_trajectory_as_before(
+    recorded: tuple[Path, list[str]], sandbox: str
+) -> None:
+    """A world tool the sandbox lost (reset_password) would leave every later branch a world without its effect; the
+    sandbox cannot tell it from an outside-world tool it was not told of (page_oncall): both skip, saying both fixes."""
+    store, pager = recorded
+    summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:{sandbox}", k=2))
+    assert summary.done == 0 and summary.branches == 0 and summary.uncovered_calls_not_executed == {}, summary.to_dict()
+    [reason] = summary.skipped.values()
+    tool = "reset_password" if sandbox == "make_sandbox_without_reset" else "page_oncall"
+    assert reason.startswith(f"the expert calls {tool}, which sandbox 'helpdesk' does not provide"), reason
+    assert "Add these tools to the sandbox with a world they act on" in reason and "outside_world_tools=[...]" in reason, reason
+    assert pager == ["identity: identity flapping"]
+
+
+def test_a_world_tool_declared_outside_the_world_by_mistake_shows_as_fidelity_errors_naming_it(recorded: tuple[Path, list[str]]) -> None:
     store, _ = recorded
-    args = ["replay", "run", "--store", str(store), "--sandbox", f"{HERE}:make_sandbox_without_reset", "--k", "2", "--no-progress"]
+    args = ["replay", "run", "--store", str(store), "--sandbox", f"{HERE}:make_sandbox_declaring_reset", "--k", "2", "--no-progress"]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
@@ -170,6 +202,11 @@ def test_a_world_tool_left_out_by_mistake_shows_as_fidelity_errors_naming_it(rec
     assert f"{cause}: replay did not execute them and took their recorded result" in output, output
     assert "If one of them changes the world the sandbox rebuilds, this is its effect missing: add it to the sandbox's tools" in output
     assert re.search(r"^skipped \w+:", result.output, re.MULTILINE) is None, result.output
+
+
+def test_a_tool_both_called_and_declared_outside_the_world_is_refused() -> None:
+    with pytest.raises(SandboxError, match=r"\['get_user'\] are listed in outside_world_tools"):
+        PythonSandbox(_build, tools={"get_user": _get_user}, outside_world_tools=["get_user"])
 
 
 def test_refused_proposals_are_topped_up_to_k_with_tools_the_sandbox_provides(recorded: tuple[Path, list[str]]) -> None:
@@ -200,7 +237,7 @@ def test_states_where_nothing_was_refused_keep_their_proposals_draw_for_draw(rec
             assert all(r["branch_index"] >= 4 for r in mine[len(kept) :]), step
 
 
-def test_a_policys_proposal_of_a_tool_listed_nowhere_is_refused_counted_and_topped_up(recorded: tuple[Path, list[str]]) -> None:
+def test_a_policys_proposal_of_a_tool_declared_outside_the_world_is_refused_counted_and_topped_up(recorded: tuple[Path, list[str]]) -> None:
     store, pager = recorded
     summary = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", policy=f"{HERE}:PageAndRead", k=2))
     assert summary.done == 1 and summary.refused_tools == {"page_oncall": 3}, summary.to_dict()

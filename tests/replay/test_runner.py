@@ -214,18 +214,11 @@ def test_a_side_effecting_tool_without_a_sandbox_is_never_called() -> None:
     assert outcome.record.fidelity_mismatches == 0
 
 
-def test_an_expert_path_through_an_unsandboxed_tool_is_followed_without_executing_it() -> None:
-    """Was: skipped whole. A tool no sandbox lists changes something outside the world (docs/sandboxes.md): the expert's
-    call is left unexecuted, its recorded result standing for it, and both states are branched from (refused
-    proposals of it topped up with the tools the sandbox provides)."""
+def test_an_expert_path_through_an_unsandboxed_tool_is_skipped_with_the_fix() -> None:
     sandbox = PythonSandbox(lambda env: {}, tools={"check_stock": lambda world, item: "ok"})
     outcome = replay_trajectory(_shop_trajectory(then_check=True), sandbox, Proposer(MutationPolicy(), k=2), SETTINGS)
-    record = outcome.record
-    assert (record.status, record.states, record.fidelity_mismatches) == ("done", 2, 0), record.reason
-    assert record.details["uncovered_calls_not_executed"] == [{"step": 0, "tool": "order_item"}]
-    assert "final_calls_not_replayed" not in record.details
-    assert {r.step_index for r in outcome.rollouts} == {0, 1}
-    assert {r.action.tool_call.name for r in outcome.rollouts} == {"check_stock"}
+    assert outcome.record.status == "skipped" and not outcome.rollouts
+    assert "order_item" in outcome.record.reason and "Add these tools to the sandbox" in outcome.record.reason
 
 
 def test_an_unsandboxed_tool_at_the_last_step_is_left_unexecuted_and_its_state_still_branches() -> None:

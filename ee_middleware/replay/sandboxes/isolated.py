@@ -257,6 +257,12 @@ class SubprocessSandbox(ClosedOnExit):
             hint = self._control("refusal_hint", tool_name)
         return str(hint) if hint else None
 
+    def acts_outside_world(self, tool_name: str) -> bool:
+        """Whether the inner sandbox declares ``tool_name`` to act only outside its world (false when it has no such method)."""
+        with self._lock:
+            self._check_open()
+            return bool(self._control("acts_outside_world", tool_name))
+
     def check_offered_tools(self, tools: Iterable[ToolSchema]) -> None:
         """The inner sandbox's ``check_offered_tools`` (see :meth:`PythonSandbox.check_offered_tools
         <ee_middleware.replay.sandboxes.python.PythonSandbox.check_offered_tools>`), run in the child: each tool's name and

@@ -9,7 +9,7 @@ The parent half, with the time limits, restarts and snapshot bytes, is
 The pipe protocol, one request and one reply at a time:
 
 - request (pickled: the parent is trusted): ``(op, args, drops)``: ``op`` is one of ``execute``,
-  ``reset``, ``snapshot``, ``restore``, ``covers``, ``refusal_hint``, ``check_offered_tools``, ``state_digest``, ``stats``
+  ``reset``, ``snapshot``, ``restore``, ``covers``, ``refusal_hint``, ``acts_outside_world``, ``check_offered_tools``, ``state_digest``, ``stats``
   or ``close``; ``drops`` are snapshot handles the parent no longer holds;
 - reply (JSON, so that nothing the child sends can run code in the parent): one frame
   ``{"ok": value}`` (an observation as its fields), or ``{"ok": null, "blob": true}`` followed by
@@ -241,6 +241,10 @@ class ChildServer:
         if op == "refusal_hint":
             hint = getattr(self.inner, "refusal_hint", None)
             return hint(*args) if hint is not None else None
+        if op == "acts_outside_world":
+            from ee_middleware.replay.sandboxes.protocol import acts_outside_world
+
+            return acts_outside_world(self.inner, *args)
         if op == "check_offered_tools":  # whether the inner sandbox checked them (it raises when they fail)
             check = getattr(self.inner, "check_offered_tools", None)
             if check is None:

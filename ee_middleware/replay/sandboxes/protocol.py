@@ -19,6 +19,13 @@ instead of its generic advice, and a trajectory skipped because its expert calls
 as the reason. The BFCL sandbox uses it for the tools it refuses because they reach the network, the
 Python sandbox for tools that take the graph's state, store or runtime (LangChain's injected arguments).
 
+Optional: ``acts_outside_world(tool_name) -> bool``, true for a tool the sandbox does not provide because it acts only
+outside the world it rebuilds (it pages on-call, sends an e-mail): replay leaves the expert's calls of it unexecuted, their
+recorded results standing for them, and branches from every state. The expert's call of any other tool the sandbox does
+not cover skips the trajectory (it may change the world; except at the last tool-call step). Default: false for every
+tool; :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox` takes ``outside_world_tools``; read it with
+:func:`acts_outside_world`.
+
 Optional: ``check_offered_tools(tools)``, given a trajectory's recorded tool schemas after each reset and before
 anything of it runs, raises :class:`~ee_middleware.errors.SandboxError` when the sandbox would call a tool in a way
 those schemas show is wrong (the Python sandbox: a production tool listed where a function of the world goes).
@@ -106,6 +113,12 @@ def check_offered_tools(sandbox: Any, tools: Any) -> None:
     check = getattr(sandbox, "check_offered_tools", None)
     if check is not None:
         check(list(tools or []))
+
+
+def acts_outside_world(sandbox: Any, tool_name: str) -> bool:
+    """The sandbox's optional ``acts_outside_world(tool_name)`` (see the module docstring); false without one."""
+    method = getattr(sandbox, "acts_outside_world", None)
+    return bool(method(tool_name)) if method is not None else False
 
 
 def state_digest(sandbox: Any) -> str:

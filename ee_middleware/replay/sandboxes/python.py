@@ -466,6 +466,9 @@ class PythonSandbox:
             itself (``@tool``, ``StructuredTool``), then called as LangGraph's ``ToolNode`` calls it
             (its argument schema, ``response_format``, ``handle_tool_error``, a ``Command``'s message;
             see :mod:`~ee_middleware.replay.sandboxes.langchain_tool`).
+        outside_world_tools: names of tools that act only outside the world (they page on-call, send an e-mail), never
+            called: replay leaves the expert's calls of them unexecuted, their recorded results standing for them
+            (:meth:`acts_outside_world`). The expert's call of a tool listed nowhere skips the trajectory.
         kind: the sandbox name stored in rollout records.
         format_result: turns a tool's return value into the observation text.
         is_error_result: marks returned values that are errors (for APIs that return
@@ -492,6 +495,7 @@ class PythonSandbox:
         tools: Mapping[str, WorldTool],
         *,
         read_only_tools: Mapping[str, Callable[..., Any]] | None = None,
+        outside_world_tools: Iterable[str] = (),
         kind: str = "python",
         format_result: Callable[[Any], str] = format_result,
         is_error_result: Callable[[Any], bool] | None = None,
@@ -503,6 +507,14 @@ class PythonSandbox:
         overlap = set(tools) & set(read_only_tools or {})
         if overlap:
             raise SandboxError(f"Tools {sorted(overlap)} are listed both as world tools and as read-only tools; list each once.")
+        if isinstance(outside_world_tools, str):
+            outside_world_tools = [outside_world_tools]
+        self._outside = frozenset(outside_world_tools)
+        called = sorted(self._outside & (set(tools) | set(read_only_tools or {})))
+        if called:
+            raise SandboxError(
+                f"Tools {called} are listed in outside_world_tools (never called) and among the tools the sandbox calls; list each once."
+            )
         for table, functions in (("tools", tools), ("read_only_tools", read_only_tools or {})):
             for name, fn in functions.items():
                 _check_callable(table, name, fn)
@@ -564,6 +576,10 @@ class PythonSandbox:
 
     def covers(self, tool_name: str) -> bool:
         return (tool_name in self._tools or tool_name in self._direct) and self.refusal_hint(tool_name) is None
+
+    def acts_outside_world(self, tool_name: str) -> bool:
+        """Whether ``tool_name`` is one of ``outside_world_tools``: never called, the expert's recorded result standing for it."""
+        return tool_name in self._outside
 
     def check_offered_tools(self, tools: Iterable[ToolSchema]) -> None:
         """Raise :class:`SandboxError` when a world tool's function takes first, where the world goes, a parameter that

@@ -644,8 +644,7 @@ async def test_a_tool_no_mcp_server_lists_is_reported_in_the_mcp_sandboxs_terms(
     """The app's expert calls archive_note, a tool of the app's own that no MCP server serves (or one renamed since). The
     trajectory was skipped advising "list read-only ones in read_only_tools", a PythonSandbox option the MCP sandbox does
     not have (found by a sweep). Now the MCP sandbox says which servers it asked, what they list, and what to do; a tool
-    named after its server (MultiServerMCPClient(..., tool_name_prefix=True)) points to tool_name_prefix. (The expert's
-    call is now left unexecuted, as any tool the sandbox does not provide, and the trajectory replayed.)"""
+    named after its server (MultiServerMCPClient(..., tool_name_prefix=True)) points to tool_name_prefix."""
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
 
@@ -668,14 +667,12 @@ async def test_a_tool_no_mcp_server_lists_is_reported_in_the_mcp_sandboxs_terms(
     trajectory_id = await record_notes_agent(root, script, {"list_notes", "create_note"}, extra_tools=[archive_note])
     config = write_config(tmp_path)
     summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{config}", policy="tests.replay.sandboxes.test_mcp:CreateNote", k=1))
-    # no longer skipped: the expert's archive_note is left unexecuted, as a tool listed in no sandbox is (it changed nothing
-    # the notes server holds, so list_notes observes what was recorded); a mismatch it caused would quote the hint below
-    assert (summary.done, summary.skipped, summary.fidelity_mismatches) == (1, {}, 0), summary.to_dict()
-    assert summary.uncovered_calls_not_executed == {"archive_note": 1} and trajectory_id not in summary.failed
-    # asked on a sandbox never reset, as the job asks for the alternatives it refused
-    reason = refusal_hints(f"mcp:{config}", ["archive_note"])["archive_note"]
+    reason = summary.skipped[trajectory_id]
+    assert "the expert calls archive_note, which sandbox 'mcp' does not provide" in reason, reason
     assert "tool 'archive_note': MCP server 'notes' lists no such tool (it lists crash, create_note, delete_note, list_notes, " in reason
     assert "Renamed or removed since the recording?" in reason and "read_only_tools" not in reason, reason
+    # asked on a sandbox never reset, as the job asks for the alternatives it refused
+    assert "MCP server 'notes' lists no such tool" in refusal_hints(f"mcp:{config}", ["archive_note"])["archive_note"]
 
     with McpSandbox({"notes": notes_server()}) as sandbox:
         sandbox.reset(ENVIRONMENT)
