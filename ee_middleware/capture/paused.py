@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware.records import Trajectory, offered_tools
+from ee_middleware.records import ToolCall, Trajectory, offered_tools
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -37,14 +37,17 @@ class PausedDecisions:
     """The tools offered at the decisions that paused threads' runs, looked up by the runs that resume them
     (:data:`~ee_middleware.capture.assembler.PausedTools`, given to assembly by the span processor).
 
-    :meth:`remember` keeps, for each thread's latest interrupted trajectory, the schemas offered at each call awaiting
-    review: in memory (a bounded number of threads) and, for a local store, in a small file per paused thread in the
-    store (``paused/``), which every process recording into the store reads (a web app's workers, the app after a
-    restart); the thread's next run that does not pause again (its resume) removes it, and one left unanswered for
-    :data:`NOTE_LIFETIME_S` is pruned. :meth:`tools` answers from memory, else that file,
-    else (a pause recorded before these files, or by a store of another kind) from the store's tables, read only where
-    tools may be chosen per call (a whole-store read per resume is no price for an app whose tools never change), else
-    says it does not know (``None``). Thread-safe."""
+    :meth:`remember` keeps, for each interrupted trajectory of a thread, the schemas offered at each call awaiting
+    review: in memory (a bounded number of threads) and, for a local store, in a small file per paused run in a folder
+    per thread in the store (``paused/``), which every process recording into the store reads (a web app's workers, the
+    app after a restart). One per paused run, not per thread: a sub-agent recorded on the outer run's thread that paused
+    in one of its tools pauses that run too, and each has its note. A later run of the thread ends the notes whose calls
+    it holds with an observation (it resumed them: the sub-agent's resumed run ends its own, not the outer run's); one
+    that resumed none and does not pause again ends those of its app (the thread went on); one left unanswered for
+    :data:`NOTE_LIFETIME_S` is pruned. :meth:`tools` answers from memory, else those files (also a store's one file per
+    thread from before these folders), else (a pause recorded before these files, or by a store of another kind) from
+    the store's tables, read only where tools may be chosen per call (a whole-store read per resume is no price for an
+    app whose tools never change), else says it does not know (``None``). Thread-safe."""
 
     max_threads = 256
     """Threads whose paused decisions are kept in memory (the least recently paused are forgotten first: their files
@@ -55,38 +58,48 @@ class PausedDecisions:
         root = getattr(store, "root", None)
         self._folder = Path(root) / PAUSED_FOLDER if root is not None else None
         self._lock = threading.Lock()
-        self._threads: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._threads: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()  # thread: paused run's id: note
         self._chosen_per_call = False  # a trajectory with step tools was seen: this app's tools are chosen per call
         self._pruned_at = 0.0
 
     def remember(self, trajectory: Trajectory) -> None:
         """Note ``trajectory``'s calls awaiting review (an ``interrupted`` run's calls without an observation) with the
         tools their decision was offered, and whether its steps were offered different tools; give it every trajectory
-        the processor assembles, after assembling it. A later run of a thread that did not pause again (its resume,
-        assembled already) ends the thread's note. A run stopped from outside rather than paused (cancelled: an
-        ``interrupted`` trajectory whose ``error`` says why) neither notes a review nor ends one."""
+        the processor assembles, after assembling it. It ends the notes of earlier paused runs of its thread whose calls
+        it holds with an observation, else, where it does not pause again, those of its app (see the class docstring).
+        A run stopped from outside rather than paused (cancelled: an ``interrupted`` trajectory whose ``error`` says
+        why) neither notes a review nor ends one."""
         if not self._chosen_per_call and any(s.tools is not None for s in trajectory.steps):
             self._chosen_per_call = True
         if trajectory.thread_id is None:
             return
         if trajectory.status == "interrupted" and trajectory.error is not None:
             return  # stopped from outside, not paused: nobody reviews its calls (a cancelled resume may be resumed again)
-        awaiting = [s for s in trajectory.steps if s.action.tool_call is not None and s.action.tool_call.id and s.observation is None]
-        if trajectory.status != "interrupted" or not awaiting:
-            self._forget(trajectory.thread_id, trajectory.started_at)  # the thread went on: its review was answered
+        calls = [s for s in trajectory.steps if s.action.tool_call is not None and s.action.tool_call.id]
+        awaiting = [s for s in calls if s.observation is None]
+        pauses = trajectory.status == "interrupted" and bool(awaiting)
+        answered = {(s.action.tool_call.id, _made(s.action.tool_call)) for s in calls if s.observation is not None}  # type: ignore[union-attr]
+        self._forget(trajectory, answered, went_on=not pauses)
+        if not pauses:
             return
-        calls = {step.action.tool_call.id: trajectory.step_tools(step) for step in awaiting}  # type: ignore[union-attr]
-        entry = {"thread_id": trajectory.thread_id, "started_at": trajectory.started_at.isoformat(), "calls": calls}
+        offered = {step.action.tool_call.id: trajectory.step_tools(step) for step in awaiting}  # type: ignore[union-attr]
+        entry = {
+            "thread_id": trajectory.thread_id,
+            "trajectory_id": trajectory.id,
+            "app": trajectory.app,
+            "started_at": trajectory.started_at.isoformat(),
+            "calls": offered,
+            "made": {step.action.tool_call.id: _made(step.action.tool_call) for step in awaiting},  # type: ignore[union-attr]
+        }
         with self._lock:
-            self._threads[trajectory.thread_id] = entry
+            self._threads.setdefault(trajectory.thread_id, {})[trajectory.id] = entry
             self._threads.move_to_end(trajectory.thread_id)
             while len(self._threads) > self.max_threads:
                 self._threads.popitem(last=False)
         if self._folder is not None:
             try:
                 self._folder.mkdir(exist_ok=True)
-                # ASCII JSON: a thread id or a schema with text UTF-8 cannot encode (a lone surrogate) is written escaped
-                atomic_write_text(self._file(trajectory.thread_id), json.dumps(entry), fsync=False)
+                self._write(self._file(trajectory.thread_id, trajectory.id), entry)
                 self._prune()
             except (OSError, ValueError) as exc:  # the store's tables still hold the pause
                 logger.warning("ee-middleware capture: could not note a paused run's decision in %s (%s).", self._folder, exc)
@@ -101,10 +114,10 @@ class PausedDecisions:
             return None
         before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
         with self._lock:
-            entry = self._threads.get(thread_id)
-        found = _offered(entry, call_ids, before)
+            entries = list(self._threads.get(thread_id, {}).values())
+        found = _offered(entries, call_ids, before)
         if found is None and self._folder is not None:
-            found = _offered(self._read(thread_id), call_ids, before)
+            found = _offered([entry for entry, _ in self._read(thread_id)], call_ids, before)
         if found is not None:  # kept for the resume's other reviewed turns: remember() of the resume ends it
             return found
         if self._store is None or not (chosen_per_call or self._chosen_per_call):
@@ -120,9 +133,23 @@ class PausedDecisions:
             )
             return None
 
-    def _file(self, thread_id: str) -> Path:
+    def _thread_folder(self, thread_id: str) -> Path:
         assert self._folder is not None
-        return self._folder / f"{hashlib.sha256(thread_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}.json"
+        return self._folder / _hashed(thread_id)
+
+    def _file(self, thread_id: str, trajectory_id: str) -> Path:
+        return self._thread_folder(thread_id) / f"{_hashed(trajectory_id)}.json"
+
+    def _write(self, path: Path, entry: dict[str, Any]) -> None:
+        # ASCII JSON: a thread id or a schema with text UTF-8 cannot encode (a lone surrogate) is written escaped
+        for attempt in range(2):
+            try:
+                path.parent.mkdir(exist_ok=True)
+                atomic_write_text(path, json.dumps(entry), fsync=False)
+                return
+            except FileNotFoundError:  # the thread's folder, empty, was removed meanwhile (its last note ended)
+                if attempt:
+                    raise
 
     def _prune(self) -> None:
         """Remove the notes of reviews left unanswered for :data:`NOTE_LIFETIME_S` and temporary files a killed write
@@ -134,25 +161,62 @@ class PausedDecisions:
         for path in self._folder.iterdir():
             with contextlib.suppress(OSError):
                 age = now - path.stat().st_mtime
-                if age > NOTE_LIFETIME_S or (path.suffix != ".json" and age > 3600):
+                if path.is_dir():  # a thread's notes: untouched (none added or ended) for that long, every one is old
+                    for note in path.iterdir():
+                        if age > NOTE_LIFETIME_S or now - note.stat().st_mtime > (NOTE_LIFETIME_S if note.suffix == ".json" else 3600):
+                            note.unlink()
+                    if age > 3600:
+                        path.rmdir()  # only when empty
+                elif age > NOTE_LIFETIME_S or (path.suffix != ".json" and age > 3600):
                     path.unlink()
 
-    def _read(self, thread_id: str) -> dict[str, Any] | None:
-        try:
-            entry = json.loads(self._file(thread_id).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return entry if isinstance(entry, dict) and entry.get("thread_id") == thread_id else None
+    def _read(self, thread_id: str) -> list[tuple[dict[str, Any], Path]]:
+        """The notes of ``thread_id`` in the store's files, with their paths (the one file per thread a store written
+        before these folders holds, too)."""
+        assert self._folder is not None
+        paths = [self._folder / f"{_hashed(thread_id)}.json"]
+        with contextlib.suppress(OSError):
+            paths += sorted(p for p in self._thread_folder(thread_id).iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+        notes = []
+        for path in paths:
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(entry, dict) and entry.get("thread_id") == thread_id:
+                notes.append((entry, path))
+        return notes
 
-    def _forget(self, thread_id: str, started: dt.datetime) -> None:
-        """End the note of ``thread_id``'s pause if that paused run started before ``started`` (a run of the thread from
-        before the pause, assembled late by another process, leaves it)."""
+    def _forget(self, trajectory: Trajectory, answered: set[tuple[str, str]], went_on: bool) -> None:
+        """End the notes of ``trajectory``'s thread whose calls it holds with an observation (``answered``: their ids and
+        :func:`_made`; a call that only shares the id, as providers number calls per reply, is another), else, where
+        it ``went_on`` without pausing again, those of its app; only notes of runs started before it (a run of the thread
+        from before the pause, assembled late by another process, leaves them)."""
+        thread_id = trajectory.thread_id
+        assert thread_id is not None
         with self._lock:
-            if _started(self._threads.get(thread_id)) < started:
+            notes: list[tuple[dict[str, Any], Path | None]] = [(entry, None) for entry in self._threads.get(thread_id, {}).values()]
+        if self._folder is not None:
+            notes += self._read(thread_id)
+        earlier = [(entry, path) for entry, path in notes if _started(entry) < trajectory.started_at]
+        ended = [(entry, path) for entry, path in earlier if any(_answers(entry, call_id, made) for call_id, made in answered)]
+        if not ended and went_on:  # a run from new input: the thread went on (its app's reviews were not answered)
+            ended = [(entry, path) for entry, path in earlier if entry.get("app") in (None, trajectory.app)]
+        if not ended:
+            return
+        with self._lock:
+            kept = self._threads.get(thread_id, {})
+            for entry, _ in ended:
+                kept.pop(str(entry.get("trajectory_id")), None)
+            if not kept:
                 self._threads.pop(thread_id, None)
-        if self._folder is not None and _started(self._read(thread_id)) < started:
+        for _, path in ended:
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        if self._folder is not None:
             with contextlib.suppress(OSError):
-                self._file(thread_id).unlink()
+                self._thread_folder(thread_id).rmdir()  # only when empty: none of its notes is left
 
 
 NOTE_LIFETIME_S = 30 * 24 * 3600
@@ -160,8 +224,15 @@ NOTE_LIFETIME_S = 30 * 24 * 3600
 known: its reviewed turn is taught only with tools its own run was offered)."""
 
 PAUSED_FOLDER = "paused"
-"""The folder of a local store holding one small file per thread whose run paused for a human review (see
-:class:`PausedDecisions`)."""
+"""The folder of a local store holding the notes of runs paused for a human review (see :class:`PausedDecisions`): a
+folder per thread (``paused/<hash of the thread id>/``) holding a small file per paused run (``<hash of its
+trajectory id>.json``). A store written before holds one file per thread (``paused/<hash of the thread id>.json``),
+still read."""
+
+
+def _hashed(text: str) -> str:
+    """A file name for ``text`` (a thread or trajectory id: any text, even one UTF-8 cannot encode)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def _started(entry: dict[str, Any] | None) -> dt.datetime:
@@ -172,14 +243,33 @@ def _started(entry: dict[str, Any] | None) -> dt.datetime:
         return dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
-def _offered(entry: dict[str, Any] | None, call_ids: Sequence[str], before: dt.datetime) -> list[dict[str, Any]] | None:
-    """The schemas a :meth:`PausedDecisions.remember` entry says the decision making any of ``call_ids`` was offered, if
-    its run started before ``before``."""
-    if not isinstance(entry, dict):
+def _calls(entry: dict[str, Any]) -> dict[str, Any]:
+    """The calls awaiting review a note holds, by id (none for an unreadable one)."""
+    calls = entry.get("calls")
+    return calls if isinstance(calls, dict) else {}
+
+
+def _made(call: ToolCall) -> str:
+    """A call's tool name and arguments, as a note keeps them: a resumed run's copy of a call has the same."""
+    return json.dumps([call.name, call.arguments], sort_keys=True, default=str)
+
+
+def _answers(entry: dict[str, Any], call_id: str, made: str) -> bool:
+    """Whether a call with ``call_id`` and :func:`_made` ``made`` is one a note awaits (by its id alone in a note
+    written before notes kept what the calls were)."""
+    kept = entry.get("made")
+    return call_id in _calls(entry) and (not isinstance(kept, dict) or kept.get(call_id) in (None, made))
+
+
+def _offered(entries: Sequence[dict[str, Any]], call_ids: Sequence[str], before: dt.datetime) -> list[dict[str, Any]] | None:
+    """The schemas the latest of the :meth:`PausedDecisions.remember` ``entries`` whose run started before ``before``
+    and made any of ``call_ids`` says that decision was offered."""
+    made = [
+        entry for entry in entries if isinstance(entry, dict) and _started(entry) < before and any(c in _calls(entry) for c in call_ids)
+    ]
+    if not made:  # an unreadable start is the latest time, so never before
         return None
-    calls = entry.get("calls") or {}
-    if _started(entry) >= before or not isinstance(calls, dict):  # an unreadable start: the latest time, so never
-        return None
+    calls = _calls(max(made, key=_started))
     for call_id in call_ids:
         schemas = calls.get(call_id)
         if isinstance(schemas, list):
