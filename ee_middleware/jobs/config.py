@@ -387,8 +387,8 @@ class ImproveConfig(BaseModel):
         being built where its spec tells its class (a class, a factory whose return annotation names a class with the
         method, ``mcp:``, ``experience:``); otherwise one is built as the suite builds it, looked at and closed."""
         traces = [written for written in self.suites if written.strip().partition(":")[0] == TRACES_SUITE]
-        if not traces:
-            return
+        if not traces or sandbox is None:
+            return  # None: no sandbox named anywhere, which the store check refuses with its own message
         key = "[eval] sandbox" if "sandbox" in self.tables()["eval"] else "[replay] sandbox (the evaluation's too: [eval] names none)"
         where = f" in {self.config_path}" if self.config_path is not None else ""
         others = [written for written in self.suites if written not in traces]

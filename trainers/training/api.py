@@ -102,7 +102,7 @@ def _train(config: TrainConfig, output_dir: Path, started: float, progress: bool
     dtype = torch.bfloat16 if runtime.bf16 else torch.float32
     model, tokenizer = load_base(base_folder, dtype=dtype)
     check_context(getattr(model, "config", None), config.max_length, base_folder / "config.json")
-    prepared = _prepare(datasets, tokenizer, config)
+    prepared = _prepare(datasets, tokenizer, config, progress=progress)
 
     per_update = config.batch_size * config.gradient_accumulation * int(os.environ.get("WORLD_SIZE", "1"))
     counts = {kind: len(examples) for kind, examples in prepared.examples.items()}
@@ -175,14 +175,15 @@ def _runtime(config: TrainConfig, torch: Any, progress: bool) -> backends.Runtim
     return backends.Runtime(device=device, bf16=bool(bf16), gradient_checkpointing=checkpointing, progress=progress)
 
 
-def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConfig) -> _Prepared:
+def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConfig, *, progress: bool = False) -> _Prepared:
     try:
         support = probe_template(tokenizer)
     except ChatTemplateError as exc:  # a template that shows no message text: every row would train on nothing
         raise BaseModelError(f"Cannot train on {config.base_model}: {exc}") from exc
     examples, stats = {}, {}
     for kind, dataset in datasets.items():
-        examples[kind], stats[kind] = tokenize_rows(tokenizer, dataset.rows, config.max_length, support)
+        label = f"fit {kind} rows to max_length {config.max_length}" if progress else None
+        examples[kind], stats[kind] = tokenize_rows(tokenizer, dataset.rows, config.max_length, support, progress=label)
         if not examples[kind]:
             raise TrainDataError(
                 f"Every row of {dataset.path} was dropped ({stats[kind].dropped_too_long} completions longer than "
