@@ -36,7 +36,7 @@ from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.spandata import SpanData, from_readable_span
-from ee_middleware.errors import CaptureError
+from ee_middleware.errors import CaptureError, RecordError
 from ee_middleware.records import Approval, Trajectory, utcnow
 from ee_middleware.store.protocol import ExperienceStore
 
@@ -127,7 +127,8 @@ def strict_default() -> bool:
 
 _SAME_FAILURES_TO_STOP = 3
 """Runs of a refused batch written one by one that failed in a row the same way (type and errno): then the store
-refuses every write, and the runs left are reported together instead of each retried (and logged)."""
+refuses every write, and the runs left are reported together instead of each retried (and logged). A
+:class:`~ee_middleware.errors.RecordError` (one record the store cannot hold) is that run's fault and never counts."""
 
 _WHOLE_STORE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO})
 """Operating-system errors no smaller write avoids (a full disk, a quota, a read-only or unreadable folder)."""
@@ -365,7 +366,8 @@ class ExperienceSpanProcessor(SpanProcessor):
         """Write each run of a batch the store refused on its own: a batch is stored whole or not at all, and one run the
         store refuses (a record larger than the largest file this process may write, one it cannot encode) must not take
         the runs batched with it along. A store that fails :data:`_SAME_FAILURES_TO_STOP` runs in a row the same way
-        (a remote store timing out) has the rest reported with that failure at once, not retried one by one."""
+        (a remote store timing out) has the rest reported with that failure at once, not retried one by one; a run the store
+        refuses for its own record (:class:`~ee_middleware.errors.RecordError`) is reported alone and never counts."""
         same: tuple[type[BaseException], Any] | None = None
         in_a_row = 0
         for position, trajectory in enumerate(trajectories):
@@ -373,6 +375,10 @@ class ExperienceSpanProcessor(SpanProcessor):
                 self.store.write([trajectory])
                 self.stats.trajectories_written += 1
                 same, in_a_row = None, 0
+            except RecordError as refused:  # a fault of this run's record (an integer outside 64 bits): not the store's,
+                # so neither counted towards nor breaking a run of failures that says the store refuses every write
+                message = f"could not write 1 run (of {len(trajectories)} batched together) to {self.store!r}: {refused}"
+                self.report_failure(message, refused)
             except Exception as single:  # noqa: BLE001
                 kind = (type(single), getattr(single, "errno", None))
                 in_a_row = in_a_row + 1 if kind == same else 1

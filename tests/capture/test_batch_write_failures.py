@@ -151,3 +151,50 @@ def test_a_store_failing_every_write_the_same_way_is_not_asked_run_by_run_inject
     assert (stats.runs_failed, stats.trajectories_written) == (30, 0)
     assert store.attempts <= 2 * (1 + 3), store.attempts  # per batch: the batch, then 3 runs alone, then the rest at once
     assert any("did not answer" in e and "batched together" in e for e in stats.errors), stats.errors
+
+
+def test_runs_refused_for_out_of_range_integers_never_stop_the_good_runs_after_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # review R2 finding 1 (regression of 0b6695f): the store refuses a batch holding a run with an integer outside 64
+    # bits (RecordError); retried run by run, three such runs in a row looked like a store refusing every write, and the
+    # good runs after them were reported failed and never stored
+    from ee_middleware import record_experience
+    from ee_middleware.capture import processor as processor_module
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    real_assemble = processor_module.assemble
+    bad_ids: list[str] = []
+
+    def assemble(run: object, options: object) -> object:
+        # a bad run gets steps whose observation's truncated_chars the store's Int64 column cannot hold (this graph
+        # calls no model, so its own runs have no steps)
+        t = real_assemble(run, options)
+        if not t.task.startswith("bad"):
+            return t
+        bad_ids.append(t.id)
+        steps = list(sample_trajectory(t.id).steps)
+        steps[0] = steps[0].model_copy(update={"observation": steps[0].observation.model_copy(update={"truncated_chars": 2**64})})
+        return t.model_copy(update={"steps": steps})
+
+    monkeypatch.setattr(processor_module, "assemble", assemble)
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(_graph(), app="ops", store=tmp_path / "store", strict=False, redact=False, offload="thread")
+    processor = agent.recorder.processor  # type: ignore[attr-defined]
+    processor._write_interval = 3600.0
+    tasks = ["good 0", "bad 1", "bad 2", "bad 3", "bad 4", "good 5", "good 6"]
+    for task in tasks:
+        agent.invoke({"messages": [("user", task)]})  # type: ignore[attr-defined]
+    processor._write_interval = 0.0
+    agent.flush()  # type: ignore[attr-defined]
+    stats = agent.recorder.stats  # type: ignore[attr-defined]
+    agent.recorder.close()  # type: ignore[attr-defined]
+    store = LocalExperienceStore(tmp_path / "store")
+    stored = sorted(store.trajectories()["task"].to_list())
+    store.close()
+    assert stored == ["good 0", "good 5", "good 6"], stats.errors
+    assert (stats.runs_failed, stats.trajectories_written) == (4, 3), stats.errors
+    # each bad run named once, in an error of its own (the batch refused whole is retried, not reported)
+    assert len(stats.errors) == 4, stats.errors
+    assert all("could not write 1 run" in e and "is outside the store's 64-bit integer range" in e for e in stats.errors)
+    assert sorted(e.split("trajectory '")[1].split("'")[0] for e in stats.errors) == sorted(bad_ids), stats.errors
