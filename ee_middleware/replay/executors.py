@@ -66,6 +66,7 @@ from ee_middleware.errors import (
     ModelResponseError,
     ModelServerError,
     PolicyError,
+    RecordError,
     StoreError,
 )
 from ee_middleware.models.spec import endpoint_problem
@@ -306,7 +307,7 @@ class _Worker:
         if store is None:
             return outcome
         with _uninterrupted():  # a worker told to stop finishes writing what it replayed
-            write_outcome(store, outcome, where=self.spec.store)
+            outcome = write_outcome(store, outcome, where=self.spec.store)
         return ReplayOutcome(outcome.record, stored=True)
 
     def _with_answer_counts(self, outcome: ReplayOutcome) -> ReplayOutcome:
@@ -548,12 +549,47 @@ class RequestThreads(concurrent.futures.Executor):
                 thread.join()
 
 
-def write_outcome(store: Any, outcome: ReplayOutcome, *, where: object) -> None:
-    """Append one trajectory's rollouts and record to ``store`` (named ``where`` in the error a failed write raises)."""
+def write_outcome(store: Any, outcome: ReplayOutcome, *, where: object) -> ReplayOutcome:
+    """Append one trajectory's rollouts and record to ``store`` (named ``where`` in the error a failed write raises);
+    return the outcome as stored, for the job's summary.
+
+    A replay the store refuses for a value it cannot hold (a :class:`~ee_middleware.errors.RecordError`: an integer
+    outside 64 bits, made by the sandbox or the policy) fails that trajectory alone: a ``failed`` record naming the value
+    is stored instead (retried by the next run, as any failed trajectory), and the job goes on with the others. When even
+    that record cannot be stored, the trajectory is left out with a warning naming it.
+    """
     try:
-        store.write_replay(outcome.record, outcome.rollouts)
+        try:
+            store.write_replay(outcome.record, outcome.rollouts)
+        except RecordError as exc:
+            failed = _refused_replay(outcome.record, exc)
+            try:
+                store.write_replay(failed)
+            except RecordError as again:
+                logger.warning("ee-middleware: trajectory %r skipped (nothing stored for it): %s", failed.trajectory_id, again)
+                return ReplayOutcome(failed.model_copy(update={"status": "skipped", "reason": f"nothing stored for it: {again}"}))
+            return ReplayOutcome(failed)
     except OSError as exc:
         raise StoreError(f"Could not write rollouts to {where}: {exc}. Free space or fix permissions, then re-run.") from exc
+    return outcome
+
+
+def _refused_replay(record: ReplayRecord, exc: RecordError) -> ReplayRecord:
+    """A ``failed`` record for the trajectory of ``record``, whose replay the store refused with ``exc`` (which names the
+    value out of range and where it is)."""
+    details = {key: record.details[key] for key in ("attempt_of", "attempt", "fewer_answers") if key in record.details}
+    return ReplayRecord(
+        replay_id=record.replay_id,
+        trajectory_id=record.trajectory_id,
+        status="failed",
+        reason=f"{exc} The sandbox or the policy produced that value; this trajectory failed alone (retried by the next run).",
+        policy=record.policy,
+        sandbox=record.sandbox,
+        k=record.k,
+        seed=record.seed,
+        finished_at=utcnow(),
+        details=details,
+    )
 
 
 def store_marker(store: Any) -> str | None:

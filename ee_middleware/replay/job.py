@@ -460,7 +460,7 @@ def run_replay(
     try:
         for outcome in executor.map(trajectories):
             if not outcome.stored:
-                write_outcome(store, outcome, where=config.store)
+                outcome = write_outcome(store, outcome, where=config.store)
             summary.add(outcome)
             n += 1
             if on_outcome is not None:
