@@ -340,14 +340,20 @@ class TauDomain:
         sandbox = self.sandbox()
         try:
             sandbox.reset(None)
-            fresh = sandbox.state_digest()
-            errors, failed = [], []
+            fresh = before = sandbox.state_digest()
+            errors, failed, failed_changing = [], [], []
             for i, action in enumerate(task.actions):
                 observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=action.name, arguments=action.arguments))
+                after = sandbox.state_digest()
                 if observation.is_error:
                     errors.append(f"{action.name}: {observation.content[:200]}")
                     failed.append(i)
-            effect = GroundTruth(changes=sandbox.state_digest() != fresh, errors=tuple(errors), failed=tuple(failed))
+                    if after != before:
+                        failed_changing.append(i)
+                before = after
+            effect = GroundTruth(
+                changes=before != fresh, errors=tuple(errors), failed=tuple(failed), failed_changing=tuple(failed_changing)
+            )
         finally:
             sandbox.close()
         self._effects[key] = effect
@@ -382,18 +388,21 @@ class TauDomain:
             )
 
     def check_ground_truth_runs(self, task: TauTask, split: str) -> None:
-        """Every ground-truth action of ``task`` runs without an error observation (its tool does not raise) on a fresh
-        database, after the actions before it. Runs are scored against the database the ground truth leaves, so a
-        failing action makes the expected database whatever its tool had changed before it raised, and an agent making
-        the same failing call passes (:meth:`check_category` has already refused an action task whose failing ground
-        truth changes nothing). A tau-bench checkout's tasks are not checked here: one whose ground truth fails is
-        scored as ``task_error`` (:attr:`categories_from_ground_truth`)."""
+        """No ground-truth action of ``task`` gives an error observation (its tool raises) after changing the database,
+        on a fresh database after the actions before it. Runs are scored against the database the ground truth leaves,
+        so such an action makes the expected database whatever its tool had changed before it raised, and an agent
+        making the same failing call passes (:meth:`check_category` has already refused an action task whose failing
+        ground truth changes nothing). An action the tool refuses by design, leaving the database as it was (renewing
+        an overdue loan), is a legitimate part of a task and loads. A tau-bench checkout's tasks are not checked here:
+        one whose ground truth fails is scored as ``task_error`` (:attr:`categories_from_ground_truth`)."""
         effect = self.ground_truth(task)
-        if not effect.failed:
+        if not effect.failed_changing:
             return
-        action = task.actions[effect.failed[0]]
-        error = effect.errors[0].split(": ", 1)[1].removeprefix("Error: ")
-        others = f" (and {len(effect.failed) - 1} more of its actions fail)" if len(effect.failed) > 1 else ""
+        first = effect.failed_changing[0]
+        action = task.actions[first]
+        error = effect.errors[effect.failed.index(first)].split(": ", 1)[1].removeprefix("Error: ")
+        more = len(effect.failed_changing) - 1
+        others = f" (and {more} more of its actions fail after changing it)" if more else ""
         call = f"{action.name}({', '.join(f'{k}={v!r}' for k, v in action.arguments.items())})"
         raise ConfigError(
             f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r}): its ground-truth action {call} gives an "
@@ -420,6 +429,8 @@ class GroundTruth:
     """``TOOL: ERROR`` of each action that gave an error observation, in order."""
     failed: tuple[int, ...] = ()
     """The positions of those actions in :attr:`TauTask.actions`."""
+    failed_changing: tuple[int, ...] = ()
+    """Those of :attr:`failed` whose action changed the database (its digest differs before and after that action)."""
 
 
 _EXACT = frozenset({str, int, bool, type(None)})

@@ -116,7 +116,32 @@ def test_the_tool_reading_its_arguments_as_json_loads_and_the_oracle_passes(tmp_
     assert (oracle["tasks"], oracle["success_rate"]) == (2, 1.0), oracle
 
 
-def test_a_read_that_raises_in_an_answer_task_is_refused_too() -> None:
-    """An error that changes nothing is refused as well: the ground truth did not do what the task says it does."""
-    with pytest.raises(ConfigError, match=r"'who-is-u1'.*get_user\(user_id='u9'\) gives an error on a fresh database: .*KeyError"):
-        _domain(reset_password_raw, lookup_user="u9").tasks("test")
+def test_a_read_that_raises_in_an_answer_task_changes_nothing_and_loads() -> None:
+    """An error that leaves the database as it was is not refused: the expected database is the fresh one, so an agent
+    making the same failing call gains nothing (only an action that raises after changing the database is refused)."""
+    assert [t.id for t in _domain(reset_password_raw, lookup_user="u9").tasks("test")] == ["unlock-u1", "who-is-u1"]
+
+
+def test_a_call_the_tool_refuses_by_design_loads() -> None:
+    """A refusal task whose expert tries to renew an overdue loan: the library's tool refuses it (an error observation)
+    without changing the database, which is the behaviour the task is about."""
+    import copy
+    import json
+
+    from ee_middleware.evals.tau.domains.library import HERE, domain
+
+    library = domain()
+    task = copy.deepcopy(next(t for t in json.loads((HERE / "tasks.json").read_text()) if t["id"] == "overdue-no-renew"))
+    task["id"] = "overdue-tries-renew"
+    task["turns"][-1]["actions"].append({"name": "renew_loan", "arguments": {"loan_id": "L-5002"}})
+    tries = TauDomain(
+        name="library-tries",
+        policy=library.policy,
+        tools=library.tools,
+        schemas=library.schemas,
+        load_data=library.load_data,
+        splits={"test": lambda: [TauTask.from_json(task, "tasks.json")]},
+    )
+    [loaded] = tries.tasks("test")
+    assert loaded.id == "overdue-tries-renew"
+    assert tries.ground_truth(loaded).errors and not tries.ground_truth(loaded).changes
