@@ -191,6 +191,16 @@ def _resumed_by(trajectories: pl.DataFrame, awaiting: pl.DataFrame, calls: pl.Da
     cont = runs.filter(pl.col("_root").is_null()).select("_pos", pl.when(same_thread).then(pl.col("_pos").shift(-1)).alias("_cont"))
     nested = runs.filter(pl.col("_root").is_not_null()).select("trajectory_id", "_pos", "_root")
     paused = nested.join(awaiting, on="trajectory_id", how="inner")
+    if "status" in kept.columns and not paused.is_empty():
+        # Only a paused (interrupted) run holds a paused run: a completed run whose last span ended late (thread-mode
+        # recordings before 5759824, ingested traces) only seems to hold the next turn's run, which is top-level.
+        interrupted = runs.join(
+            kept.filter(pl.col("status") == "interrupted").select(pl.col("id").alias("trajectory_id")), on="trajectory_id", how="semi"
+        )
+        alone = paused.join(interrupted.select(pl.col("_pos").alias("_root")), on="_root", how="anti")
+        if not alone.is_empty():
+            paused = paused.join(alone.select("_pos").unique(), on="_pos", how="anti")
+            cont = pl.concat([cont, _next_not_nested(runs, alone["_pos"].unique().to_list())])
     if not paused.is_empty():
         # the k-th paused run nested in a run, awaiting a call, is resumed by the k-th run nested in that run's resumed
         # run holding the call (start order)
@@ -211,6 +221,26 @@ def _resumed_by(trajectories: pl.DataFrame, awaiting: pl.DataFrame, calls: pl.Da
     targets = runs.select(pl.col("_pos").alias("_cont"), pl.col("trajectory_id").alias("_resumed_by"))
     resumed = runs.join(cont, on="_pos", how="left").join(targets, on="_cont", how="left")
     return resumed.select("trajectory_id", "_resumed_by")
+
+
+def _next_not_nested(runs: pl.DataFrame, positions: list[int]) -> pl.DataFrame:
+    """``_pos`` and ``_cont`` for the runs at ``positions`` of a :func:`_resumed_by` frame: the next run of the thread
+    (in start order) not nested in it (of its trace, started after it started and before it ended); null at the
+    thread's end."""
+    thread, trace = runs["thread_id"].to_list(), runs["_trace"].to_list()
+    start, end = runs["started_at"].to_physical().to_list(), runs["_ended_at"].to_physical().to_list()
+    conts: list[int | None] = []
+    for pos in positions:
+        cont = None
+        for later in range(pos + 1, runs.height):
+            if thread[later] != thread[pos]:
+                break
+            inside = trace[pos] is not None and trace[later] == trace[pos] and end[pos] is not None and start[pos] < start[later] < end[pos]
+            if not inside:
+                cont = later
+                break
+        conts.append(cont)
+    return pl.DataFrame({"_pos": positions, "_cont": conts}, schema={"_pos": pl.Int64(), "_cont": pl.Int64()})
 
 
 def _roots(runs: pl.DataFrame) -> pl.DataFrame:
