@@ -171,7 +171,9 @@ def test_serve_commands_that_cannot_serve_say_why_in_one_line(taken_port: int, t
     from ee_middleware.adapters.registry import LocalAdapterRegistry
     from ee_middleware.cli.app import app
 
-    registry = LocalAdapterRegistry(tmp_path / "reg").root
+    made = LocalAdapterRegistry(tmp_path / "reg")
+    made.note("made", app="bot")  # an opened registry is made by its first write (0a580d2)
+    registry = made.root
     fill = {"port": taken_port, "missing": tmp_path / "no-model"}
     result = CliRunner().invoke(app, [a.format(**fill) for a in args] + (["-r", str(registry)] if args[1] == "router" else []))
     assert result.exit_code == 1, result.output
