@@ -304,7 +304,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
 
-    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, refused_tool_text, unusable_reasons
+    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, UNCOVERED_CALLS_NOT_EXECUTED, refused_tool_text, unusable_reasons
 
     attempt = f" (attempt {summary.attempt})" if summary.attempt > 1 else ""
     table = Table(
@@ -361,6 +361,9 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     if summary.final_calls_not_replayed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.final_calls_not_replayed.items()))
         out.print(f"[yellow]not executed[/] at a trajectory's last tool call: {calls}: {FINAL_CALLS_NOT_REPLAYED}", highlight=False)
+    if summary.uncovered_calls_not_executed:
+        calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.uncovered_calls_not_executed.items()))
+        out.print(f"[yellow]not executed[/] before a trajectory's last tool call: {calls}: {UNCOVERED_CALLS_NOT_EXECUTED}", highlight=False)
     if summary.unanswered_calls_not_executed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.unanswered_calls_not_executed.items()))
         out.print(

@@ -247,3 +247,30 @@ def test_a_policys_proposal_of_a_tool_declared_outside_the_world_is_refused_coun
     assert all(r["tool_name"] != "page_oncall" for r in rollouts)
     refills = [json.loads(r["proposer_json"])["settings"].get("refill_for") for r in rollouts]
     assert refills.count("page-and-read") == 3, refills
+
+
+def test_ee_replay_run_prints_the_calls_not_executed_and_the_declared_tools_own_refusal(recorded: tuple[Path, list[str]]) -> None:
+    """Review R1: the count was stored but ee replay run printed nothing of it, and a proposal of a declared tool was
+    refused with the advice to declare it."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    store, pager = recorded
+    result = CliRunner().invoke(
+        app,
+        ["replay", "run", "--store", str(store), "--sandbox", f"{HERE}:make_sandbox", "--k", "4", "--seed", "7"],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "not executed before a trajectory's last tool call: page_oncall=1: the sandbox declares the tool" in text, text
+    assert pager == ["identity: identity flapping"]
+    sandbox = make_sandbox()
+    try:
+        assert sandbox.refusal_hint("page_oncall") == (
+            "page_oncall is declared in outside_world_tools: it acts only outside the world, so replay never calls it"
+        )
+        assert sandbox.refusal_hint("get_user") is None
+    finally:
+        sandbox.close()

@@ -600,9 +600,14 @@ class PythonSandbox:
                 raise SandboxError(_misplaced_tool_message(str(name), world, where="the tool schema the model was offered lists it"))
 
     def refusal_hint(self, tool_name: str) -> str | None:
-        """Why a listed tool is not called (it takes the graph's state, store or runtime) and how to allow it, or ``None``."""
+        """Why a listed tool is not called (it takes the graph's state, store or runtime) and how to allow it, why a tool of
+        ``outside_world_tools`` is not, or ``None``."""
         injected = self._injected.get(tool_name)
-        return refusal_reason(tool_name, injected) if injected else None
+        if injected:
+            return refusal_reason(tool_name, injected)
+        if tool_name in self._outside:
+            return f"{tool_name} is declared in outside_world_tools: it acts only outside the world, so replay never calls it"
+        return None
 
     def reset(self, environment: dict[str, Any] | None) -> None:
         try:
