@@ -417,4 +417,5 @@ def test_a_registry_folder_whose_name_has_a_colon_opens_and_the_error_says_how_t
         open_registry("reg:v2")
     created = open_registry("./reg:v2")
     assert isinstance(created, LocalAdapterRegistry) and created.root == tmp_path / "reg:v2"
+    created.note("made", app="bot")  # an opened registry is made by its first write (0a580d2)
     assert open_registry("reg:v2").root == created.root, "an existing folder is the registry, not a plug-in"
