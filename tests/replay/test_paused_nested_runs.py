@@ -426,36 +426,11 @@ def test_a_completed_run_whose_last_span_ended_late_holds_no_paused_run_of_the_n
     span ended after the next turn's paused run started (thread-mode recordings before 5759824, ingested traces): the
     paused run read as nested in the completed one, no resumer was found and its reviewed turn was taught twice. Only a
     paused (interrupted) run holds a paused run."""
-    import datetime as dt
-
-    import polars as pl
-
-    from ee_middleware.replay.paused_turns import RUNS_SCHEMA, paused_turn_steps, steps_schema
-
-    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-
-    def at(seconds: float) -> dt.datetime:
-        return t0 + dt.timedelta(seconds=seconds)
-
-    def step(tid: str, index: int, name: str, call_id: str, observed: bool) -> dict:
-        return {
-            "trajectory_id": tid, "index": index, "action_kind": "tool_call", "decision_index": 0, "tool_call_id": call_id,
-            "tool_name": name, "arguments_json": "{}", "observed": observed,
-        }  # fmt: skip
-
-    steps = [
-        step("a", 0, "search", "call_0", True),
-        step("p", 0, "lookup", "call_0", True), step("p", 1, "pay", "call_1", False),
-        step("r", 0, "lookup", "call_0", True), step("r", 1, "pay", "call_1", True),
-    ]  # fmt: skip
-    for a_end in (at(1.05), at(2.05)):  # past p's start; past r's start too
-        runs = [
-            dict(id="a", status="approved", thread_id="th", started_at=at(0), ended_at=a_end, trace_id="T"),
-            dict(id="p", status="interrupted", thread_id="th", started_at=at(1), ended_at=at(1.5), trace_id="T"),
-            dict(id="r", status="approved", thread_id="th", started_at=at(2), ended_at=at(3), trace_id="T"),
-        ]
-        frame = pl.DataFrame({k: [r[k] for r in runs] for k in RUNS_SCHEMA}, schema=dict(RUNS_SCHEMA))
-        step_frame = pl.DataFrame({k: [s.get(k) for s in steps] for k in steps_schema("observed")}, schema=steps_schema("observed"))
-        held = paused_turn_steps(frame, step_frame, pl.col("observed"))
-        rows = sorted(held.filter(pl.col("held_later")).select("trajectory_id", "step_index").rows())
-        assert rows == [("p", 0), ("p", 1)], (a_end, held)
+    calls = {
+        "a": [("call_0", "search", True)],
+        "p": [("call_0", "lookup", True), ("call_1", "pay", False)],
+        "r": [("call_0", "lookup", True), ("call_1", "pay", True)],
+    }
+    for a_end in (1.05, 2.05):  # past p's start; past r's start too
+        runs = [("a", "approved", 0, a_end, "T"), ("p", "interrupted", 1, 1.5, "T"), ("r", "approved", 2, 3, "T")]
+        assert _held_in(runs, calls) == [("p", 0), ("p", 1)], a_end
