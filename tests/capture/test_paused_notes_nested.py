@@ -19,7 +19,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
 
 from ee_middleware import record_experience
 from ee_middleware.capture.paused import PAUSED_FOLDER, PausedDecisions
@@ -28,23 +28,12 @@ from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.testing.store_conformance import sample_trajectory
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+from tests.capture.test_recorded_sub_agent_resumed import find, refund
 
 pytestmark = pytest.mark.usefixtures("no_child_left")
 
 THREAD = {"configurable": {"thread_id": "T1"}}
 LOOKUP = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
-
-
-@tool
-def find(key: str) -> str:
-    """Find a key."""
-    return f"found {key}"
-
-
-@tool
-def refund(order: str) -> str:
-    """Refund an order (a reviewer approves it first)."""
-    return f"refunded {order}" if interrupt({"refund": order}) else "refused"
 
 
 def _inner_policy(messages: list[Any], tools: Any) -> AIMessage:
