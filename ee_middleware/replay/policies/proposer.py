@@ -156,15 +156,21 @@ class Proposer:
             self._note_usable(point, state.result)
         if self.refill is None:
             return state.result
-        for round_index in range(self.max_refill_rounds):
-            missing = self.k - len(state.result.accepted)
+        self._refill_rounds(state, point, self.k, seed, first_round=0)
+        return state.result
+
+    def _refill_rounds(self, state: _Selection, point: DecisionPoint, target: int, seed: int, *, first_round: int) -> None:
+        """Up to ``max_refill_rounds`` rounds of the refill policy until ``state`` holds ``target`` accepted alternatives;
+        round ``i`` (counted from ``first_round``) is seeded ``seed + 7919 * (i + 1)``."""
+        assert self.refill is not None
+        for round_index in range(first_round, first_round + self.max_refill_rounds):
+            missing = target - len(state.result.accepted)
             if missing <= 0:
                 break
             # Asking for missing + already-accepted distinct calls guarantees `missing` new ones
             # whenever the schemas allow that many.
             want = missing + len(state.accepted_keys)
             state.offer_from(self.refill, point, want, seed + 7919 * (round_index + 1), refill=True, refill_for=self.policy.name)
-        return state.result
 
     def top_up(self, point: DecisionPoint, result: ProposalResult, covers: Callable[[str], bool], *, seed: int) -> list[Candidate]:
         """The refill's alternatives in place of those of ``result.accepted`` whose tool the sandbox does not provide
@@ -182,13 +188,8 @@ class Proposer:
         for candidate in kept:
             assert candidate.call is not None
             state.accepted_keys.add(state.schemas.call_key(candidate.call.name, candidate.call.arguments))
-        for round_index in range(self.max_refill_rounds):
-            short = missing - len(state.result.accepted)
-            if short <= 0 or not tools:
-                break
-            want = short + len(state.accepted_keys)  # as in propose: enough new ones whenever the schemas allow
-            round_seed = seed + 7919 * (self.max_refill_rounds + round_index + 1)  # none of propose's refill rounds' seeds
-            state.offer_from(self.refill, covered, want, round_seed, refill=True, refill_for=self.policy.name)
+        if tools:  # rounds seeded after propose's own, so none repeats one of its refill rounds' draws
+            self._refill_rounds(state, covered, missing, seed, first_round=self.max_refill_rounds)
         return state.result.accepted
 
     def _note_policy_error(self, point: DecisionPoint, detail: str) -> None:
