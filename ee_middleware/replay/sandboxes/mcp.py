@@ -23,6 +23,9 @@ process per trajectory, and talks to it with the ``mcp`` package's own client (`
   tool unless allowed by name (``allow_open_world``), with ``--allow-network``, or, for a server whose unannotated tools
   act only on its own world, ``open_world_default=False``: proposals to call it are refused and counted, and
   :meth:`McpSandbox.refusal_hint` says how to allow it.
+- **Tools that act only outside the world** (they page on-call, send an e-mail), served by a server or tools of the
+  app's own that no server lists, may be declared (``outside_world_tools``): replay never calls them, the expert's
+  recorded results stand for their calls (:meth:`McpSandbox.acts_outside_world`), and proposals of them are refused.
 - **Observations** are the text the model saw in production: langchain-mcp-adapters makes a tool result's content
   blocks the ``ToolMessage`` content (text blocks; images and files as blocks that capture stores as the project's
   media placeholders), ``isError`` results an error ``ToolMessage`` with the same blocks, and keeps
@@ -200,6 +203,7 @@ def result_observation(result: Mapping[str, Any]) -> Observation:
 _SERVER_KEYS = {"command", "args", "env", "cwd", "transport", "type", "path"}
 _OPTION_KEYS = {
     "allow_open_world",
+    "outside_world_tools",
     "timeout_s",
     "start_timeout_s",
     "spare_servers",
@@ -216,8 +220,8 @@ def load_mcp_config(path: str | os.PathLike[str]) -> tuple[dict[str, McpServer],
     ["notes_server.py"], "env": {...}}}}`` (``"servers"`` is taken too, and so is one server's entry on its own, named
     after the file). A server entry may say ``"transport": "streamable_http"`` (with ``"path"``, default ``/mcp``);
     its ``args`` then take ``{port}``. A relative ``cwd`` is relative to the file's folder, which is also the default.
-    Beside the servers, :class:`McpSandbox`'s options: ``allow_open_world`` (tool names), ``timeout_s``,
-    ``start_timeout_s``, ``spare_servers``, ``kind``, ``tool_name_prefix``, ``open_world_default``.
+    Beside the servers, :class:`McpSandbox`'s options: ``allow_open_world`` (tool names), ``outside_world_tools`` (tool
+    names), ``timeout_s``, ``start_timeout_s``, ``spare_servers``, ``kind``, ``tool_name_prefix``, ``open_world_default``.
     """
     file = Path(path)
     try:
@@ -495,6 +499,10 @@ class McpSandbox(ClosedOnExit):
         allow_open_world: tools whose annotations say ``openWorldHint: true`` that replay may call all the same
             (they act only on the server's own throwaway world).
         allow_network: allow every ``openWorldHint`` tool (what ``ee replay run --allow-network`` passes).
+        outside_world_tools: tools that act only outside the world the servers rebuild (they page on-call, send an
+            e-mail), as the recording names them: never called, whether a server lists them or not (a tool of the app's
+            own); replay leaves the expert's calls of them unexecuted, their recorded results standing for them
+            (:meth:`acts_outside_world`), and refuses proposals of them. A name here may not be in ``allow_open_world``.
         timeout_s: how long one tool call may take; past it the call is a ``timeout`` sandbox failure and the server
             is restarted with the world as it was before the call.
         start_timeout_s: how long a server may take to start and answer MCP's ``initialize``.
@@ -512,6 +520,7 @@ class McpSandbox(ClosedOnExit):
         *,
         allow_open_world: Iterable[str] = (),
         allow_network: bool = False,
+        outside_world_tools: Iterable[str] = (),
         timeout_s: float = 30.0,
         start_timeout_s: float = 30.0,
         spare_servers: bool = True,
@@ -529,6 +538,17 @@ class McpSandbox(ClosedOnExit):
                 raise SandboxError(f"McpSandbox server {name!r} is a {type(spec).__name__}, not an McpServer(command, args, env, ...).")
         if isinstance(allow_open_world, str):
             allow_open_world = [allow_open_world]
+        if isinstance(outside_world_tools, str):
+            outside_world_tools = [outside_world_tools]
+        outside = list(outside_world_tools)
+        if not all(isinstance(name, str) and name for name in outside):
+            raise SandboxError(f'outside_world_tools must be tool names (strings), e.g. ["page_oncall"]; got {outside!r:.200}.')
+        both = sorted(set(outside) & set(allow_open_world))
+        if both:
+            raise SandboxError(
+                f"Tools {both} are listed both in outside_world_tools (never called: they act only outside the world) and in "
+                "allow_open_world (called: they act only on the server's own world); list each once."
+            )
         if not (0 < timeout_s < math.inf and 0 < start_timeout_s < math.inf):  # (NaN too; inf fails every call's wait)
             raise SandboxError(
                 f"timeout_s and start_timeout_s must be finite numbers of seconds > 0, got {timeout_s!r} and {start_timeout_s!r} "
@@ -538,6 +558,7 @@ class McpSandbox(ClosedOnExit):
         self.servers = dict(servers)
         self.allow_open_world = frozenset(allow_open_world)
         self.allow_network = allow_network
+        self.outside_world_tools = frozenset(outside)
         self.timeout_s = float(timeout_s)
         self.start_timeout_s = float(start_timeout_s)
         self.spare_servers = spare_servers
@@ -568,15 +589,28 @@ class McpSandbox(ClosedOnExit):
     # -- the protocol ---------------------------------------------------------------------------------------------------
 
     def covers(self, tool_name: str) -> bool:
-        """Whether a server has the tool and replay may call it (not open-world, not the fast path's own tools)."""
+        """Whether a server has the tool and replay may call it (not open-world, not declared outside the world, not the
+        fast path's own tools)."""
+        if tool_name in self.outside_world_tools:
+            return False
         tools = self._tools
         return tools is not None and tool_name in tools and self.refusal_hint(tool_name) is None
 
+    def acts_outside_world(self, tool_name: str) -> bool:
+        """Whether ``tool_name`` is one of ``outside_world_tools``: never called, the expert's recorded result standing for
+        it (see :func:`~ee_middleware.replay.sandboxes.protocol.acts_outside_world`)."""
+        return tool_name in self.outside_world_tools
+
     def refusal_hint(self, tool_name: str) -> str | None:
-        """Why replay does not call ``tool_name`` and what to do: a tool a server has but replay may not call
-        (``openWorldHint``, or the fast path's own tools), or one no server lists (renamed or removed since the
-        recording, named without or with the server's prefix, or no MCP tool at all). ``None`` when replay calls it, or
-        when the servers could not be started to ask them."""
+        """Why replay does not call ``tool_name`` and what to do: a tool declared in ``outside_world_tools``, a tool a
+        server has but replay may not call (``openWorldHint``, or the fast path's own tools), or one no server lists
+        (renamed or removed since the recording, named without or with the server's prefix, or no MCP tool at all).
+        ``None`` when replay calls it, or when the servers could not be started to ask them."""
+        if tool_name in self.outside_world_tools:  # known without asking the servers
+            return (
+                f"tool '{tool_name}': it is declared in the MCP sandbox's outside_world_tools (it acts only outside the world), "
+                "so replay never calls it; the expert's recorded result stands for its calls"
+            )
         tools = self._tools if self._tools is not None else self._probe_tools()
         if tools is None:
             return None
@@ -598,7 +632,10 @@ class McpSandbox(ClosedOnExit):
             f"replay never calls it. If it acts only on the server's own throwaway world, allow it by name: "
             f'McpSandbox(allow_open_world=[\'{tool_name}\']) or "allow_open_world": ["{tool_name}"] in the MCP sandbox\'s config '
             'file, or annotate it openWorldHint: false in the server ("open_world_default": false takes every unannotated '
-            "tool for one; --allow-network allows every such tool)"
+            "tool for one; --allow-network allows every such tool). If it does act outside the world (it sends an e-mail, "
+            f'pages someone), declare it instead: "outside_world_tools": ["{tool_name}"] in the config file '
+            f"(McpSandbox(outside_world_tools=['{tool_name}'])), and replay leaves the expert's calls of it unexecuted, their "
+            "recorded results standing for them"
         )
 
     def _missing_hint(self, tool_name: str, tools: Mapping[str, tuple[str, str, dict[str, Any]]]) -> str:
@@ -627,7 +664,10 @@ class McpSandbox(ClosedOnExit):
             )
         return (
             f"{said}. Renamed or removed since the recording? Replay with the server as the app ran it then; a tool the app "
-            "did not get from an MCP server cannot run in the MCP sandbox"
+            "did not get from an MCP server cannot run in the MCP sandbox. If it acts only outside the world (it pages "
+            f'someone, sends an e-mail), declare it: "outside_world_tools": ["{tool_name}"] in the config file '
+            f"(McpSandbox(outside_world_tools=['{tool_name}'])), and replay leaves the expert's calls of it unexecuted, their "
+            "recorded results standing for them"
         )
 
     def reset(self, environment: dict[str, Any] | None) -> None:
@@ -658,6 +698,8 @@ class McpSandbox(ClosedOnExit):
         with self._lock:
             self._check_ready()
             assert self._tools is not None
+            if call.name in self.outside_world_tools:  # never called, served or not
+                return Observation(content=f"Error: replay does not call {self.refusal_hint(call.name)}", is_error=True)
             found = self._tools.get(call.name)
             if found is None:
                 return Observation(content=f"Error: tool '{call.name}' is not available in this sandbox.", is_error=True)
