@@ -15,6 +15,11 @@ whose observations show the change. The kit observes the world only through them
 and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.protocol`):
 
 * ``covers``: true for the two tools once reset, false for a tool the sandbox does not have;
+* ``acts_outside_world`` (optional; see :mod:`ee_middleware.replay.sandboxes.protocol`): false for every tool the kit
+  knows of but those it is told the sandbox declares (``outside_world_tools``: tools that act only outside the world,
+  whose expert calls replay leaves unexecuted), never true for a tool the sandbox covers; a declared tool is not
+  covered, has a ``refusal_hint`` (before a reset, as ``ee replay run`` asks it, and after one) and is never executed:
+  ``execute`` gives an error observation and the world is unchanged;
 * snapshot/restore exactness: after ``restore(s)`` the reads show exactly what they showed when
   ``s`` was taken, for any snapshot, in any order, as often as asked;
 * snapshots pickle (``subprocess_isolation``): under ``--isolation subprocess`` every snapshot leaves the sandbox's
@@ -50,7 +55,7 @@ from typing import Any
 from ee_middleware.errors import SandboxError, StateDigestUnavailableError
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.fidelity import describe_mismatch
-from ee_middleware.replay.sandboxes.protocol import Sandbox
+from ee_middleware.replay.sandboxes.protocol import Sandbox, acts_outside_world
 
 UNKNOWN_TOOL = "ee_conformance_no_such_tool"
 """A tool name no sandbox has."""
@@ -109,6 +114,7 @@ def check_sandbox(
     bad_calls: Sequence[ToolCall] | None = None,
     require_digest: bool = False,
     subprocess_isolation: bool | None = None,
+    outside_world_tools: Iterable[str] = (),
 ) -> None:
     """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
 
@@ -127,11 +133,16 @@ def check_sandbox(
             snapshot may hold a connection or a lambda); ``None`` (default): as replay's default isolation needs
             (``[replay] isolation``, ``"none"``: in process), so a sandbox that does not gets a
             :class:`SubprocessIsolationWarning` saying why, and the check goes on.
+        outside_world_tools: tools the sandbox declares to act only outside its world (``acts_outside_world``, e.g.
+            ``PythonSandbox(outside_world_tools=...)``; one name or several): each must be declared, not covered, have a
+            ``refusal_hint`` and never be executed. Whatever is given, no tool the kit knows of (these, ``mutate``'s,
+            ``read``'s and an unknown one) may be both covered and declared, and an unknown tool must not be declared.
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
     reads = [read] if isinstance(read, ToolCall) else list(read)
     assert reads, "check_sandbox needs at least one read call"
+    declared = sorted({outside_world_tools} if isinstance(outside_world_tools, str) else set(outside_world_tools))
     if bad_calls is None:
         bad_calls = [mutate.model_copy(update={"arguments": {**mutate.arguments, UNEXPECTED_ARGUMENT: 1}})]
     pristine = copy.deepcopy(environment)
@@ -140,7 +151,9 @@ def check_sandbox(
     probe = _Probe(sandbox, environment, mutate, reads)
     try:
         _check_shape(sandbox, mutate, reads)
+        hints_before_reset = {name: _refusal_hint(sandbox, name) for name in declared}  # as ee replay run asks them
         probe.check_preconditions()
+        _check_outside_world(probe, declared, hints_before_reset)
         probe.check_restore_is_exact()
         if subprocess_isolation or (subprocess_isolation is None and _replay_isolates()):
             probe.check_snapshots_pickle()
@@ -412,6 +425,65 @@ def _check_shape(sandbox: Any, mutate: ToolCall, reads: list[ToolCall]) -> None:
     for name in sorted({mutate.name, *(c.name for c in reads)}):
         sandbox.covers(name)  # before any reset: the answer may depend on the environment, but a cached one must not stick
     assert not sandbox.covers(UNKNOWN_TOOL), f"covers({UNKNOWN_TOOL!r}) must be false: replay would send it unknown tools"
+
+
+def _refusal_hint(sandbox: Any, name: str) -> Any:
+    """The sandbox's ``refusal_hint(name)``, or ``None`` when it has no such method."""
+    hint = getattr(sandbox, "refusal_hint", None)
+    return hint(name) if callable(hint) else None
+
+
+def _check_outside_world(probe: _Probe, declared: Sequence[str], hints_before_reset: dict[str, Any]) -> None:
+    """After a reset: no tool the kit knows is both covered and declared outside the world; an unknown tool is not
+    declared; each ``declared`` tool is declared, not covered, explained by ``refusal_hint`` (before the reset too) and
+    never executed (an error observation, the world unchanged)."""
+    sandbox = probe.sandbox
+    known = sorted({probe.mutate.name, *(c.name for c in probe.reads), *declared, UNKNOWN_TOOL})
+    for name in known:
+        if acts_outside_world(sandbox, name) and sandbox.covers(name):
+            raise AssertionError(
+                f"covers({name!r}) and acts_outside_world({name!r}) are both true: a tool the sandbox declares to act only "
+                "outside its world is one replay never calls (the expert's recorded result stands for its calls), so it must "
+                "not be covered; and a tool the sandbox executes acts on its world, so it must not be declared. List each tool "
+                "once: among the sandbox's tools, or in outside_world_tools"
+            )
+    assert not acts_outside_world(sandbox, UNKNOWN_TOOL), (
+        f"acts_outside_world({UNKNOWN_TOOL!r}) must be false: declare only the tools you name (they act only outside the "
+        "world). A sandbox that declares every tool it lacks makes replay leave the expert's calls of a world tool it lost "
+        "unexecuted, and every later branch starts from a world without their effect; undeclared, such a trajectory is "
+        "skipped, its reason naming the tool"
+    )
+    for name in declared:
+        assert acts_outside_world(sandbox, name), (
+            f"acts_outside_world({name!r}) must be true: check_sandbox(..., outside_world_tools=...) names {name} as a tool the "
+            "sandbox declares to act only outside its world, but "
+            + (
+                "the sandbox says it does not"
+                if callable(getattr(sandbox, "acts_outside_world", None))
+                else "the sandbox has no acts_outside_world(tool_name) method (PythonSandbox takes outside_world_tools=[...])"
+            )
+        )
+        for hint, when in (
+            (hints_before_reset.get(name), "before a reset, as ee replay run asks it"),
+            (_refusal_hint(sandbox, name), "after a reset"),
+        ):
+            assert isinstance(hint, str) and hint.strip(), (
+                f"refusal_hint({name!r}) must say why replay never calls it ({when}), got {hint!r}: ee replay run shows it for "
+                "the proposals of the tool it refused, and without it advises declaring a tool that is declared already. "
+                + (
+                    "Return a reason naming how the tool is declared"
+                    if callable(getattr(sandbox, "refusal_hint", None))
+                    else "The sandbox has none: add a refusal_hint(tool_name) method"
+                )
+                + " (PythonSandbox and McpSandbox say it is declared in outside_world_tools)"
+            )
+        call = ToolCall(id=f"outside-{name}", name=name, arguments={})
+        observation = probe.execute(call)
+        assert observation.is_error, (
+            f"execute({name}) must give an error observation: the sandbox declares it to act only outside its world, which "
+            f"replay must never reach (it would page someone, send an e-mail), got {observation!r}"
+        )
+        probe.expect(probe.changed, f"a call of {name}, declared outside the world, must change nothing in it")
 
 
 def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall]) -> None:
