@@ -271,6 +271,66 @@ def progress_console() -> Any:
     return Console(stderr=True, emoji=False)
 
 
+ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progress bars (on stderr; none with --json).")
+
+
+class ProgressBars:
+    """A command's progress bars on stderr (:func:`progress_console`), one per label: ``update(label, done, total)``
+    draws the label's bar (``done`` of ``total``, the elapsed time; ``total`` None: not known yet), the first update
+    starting the display, so that an error before any work is the only line on stderr. ``enabled=False`` (``--json``,
+    ``--no-progress``) draws nothing. Use it as a context manager: the bars stop on the way out (after an error or
+    Ctrl-C too, as they were); :meth:`complete` first marks each done. Updates may come from several threads."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def update(self, label: str, done: int, total: int | None = None) -> None:
+        """Show ``done`` of ``total`` on the bar of ``label`` (added, below the others, at its first update)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._progress is None:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+                self._progress = Progress(
+                    TextColumn("[bold]{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=progress_console(),
+                )
+                self._progress.start()
+            task = self._tasks.get(label)
+            if task is None:
+                task = self._tasks[label] = self._progress.add_task(escape(label), total=total)
+            self._progress.update(task, completed=done, total=total)
+
+    def complete(self) -> None:
+        """Mark every bar done: at its total, or 1 of 1 for one whose total was never known."""
+        with self._lock:
+            if self._progress is None:
+                return
+            for task in self._tasks.values():
+                total = self._progress.tasks[task].total or 1
+                self._progress.update(task, completed=total, total=total)
+
+    def stop(self) -> None:
+        """Stop the display (off a terminal, rich then draws the bars once); updates after it draw nothing."""
+        with self._lock:
+            if self._progress is not None:
+                self._progress.stop()
+            self.enabled = False
+
+
 _NO_HUB_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"
 
 

@@ -13,13 +13,14 @@ from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
+    ProgressBars,
+    ProgressOption,
     console,
     escape,
     examples,
     key_value_settings,
     open_job_store,
     print_json,
-    progress_console,
     reading_store,
     short,
     store_origin,
@@ -98,6 +99,7 @@ def build(
     seed: int | None = typer.Option(None, "--seed", help="Seed for sampling and the held-out share. [default: 0]"),
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [datasets] table; flags override it."),
     as_json: bool = JsonOption,
+    progress: bool = ProgressOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split that keeps threads and tasks on one side)."""
@@ -135,36 +137,19 @@ def build(
     finally:
         opened.close()
     out_console = console()
-    progress: Any = None
-    tasks: dict[str, Any] = {}
+    # the bars start with the first stage, not before the work: an early error is then the only line on stderr
+    with ProgressBars(enabled=progress and not as_json) as bars:
 
-    def on_stage(kind: str) -> None:
-        # The bars start with the first stage, not before the work: an early error is then the only line on stderr.
-        nonlocal progress
-        if progress is None and not as_json:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        def on_stage(kind: str) -> None:
+            bars.complete()  # the stage before is done
+            bars.update(f"building {kind}", 0)
 
-            progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=progress_console()
-            )
-            progress.start()
-        if progress is not None:
-            for task in tasks.values():
-                progress.update(task, completed=progress.tasks[task].total or 1, total=progress.tasks[task].total or 1)
-            tasks[kind] = progress.add_task(f"building {kind}", total=None)
+        def on_sr(done: int, total: int) -> None:
+            bars.update("building sr", done, total)
 
-    def on_sr(done: int, total: int) -> None:
-        if progress is not None and "sr" in tasks:
-            progress.update(tasks["sr"], completed=done, total=total)
-
-    try:
         with reading_store(allow_partial=allow_partial):
             summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
-    finally:
-        if progress is not None:
-            for task in tasks.values():
-                progress.update(task, completed=progress.tasks[task].total or 1, total=progress.tasks[task].total or 1)
-            progress.stop()
+        bars.complete()
     if as_json:
         print_json(summary)
         return
@@ -329,6 +314,7 @@ def show(
         None, "--max-length", min=8, help="With --tokenizer: what training at this many tokens per row would cut, per row kind."
     ),
     as_json: bool = JsonOption,
+    progress: bool = ProgressOption,
 ) -> None:
     """Counts, token-length histograms, a few rendered examples, and (with --max-length) what truncation would cut.
 
@@ -367,10 +353,20 @@ def show(
         from ee_middleware.errors import ConfigError
 
         raise ConfigError("--max-length needs --tokenizer DIR: token counts depend on the model's tokenizer and chat template.")
-    described = {f.stem: describe_dataset(read_dataset(f), tok, f) for f in files}
-    if max_length is not None:
+    # counting tokens renders every row through the chat template: minutes for a large dataset (no bar for the estimate)
+    with ProgressBars(enabled=progress and not as_json and tok is not None) as bars:
+        described = {}
         for f in files:
-            described[f.stem]["budget"] = budget_report(read_dataset(f), f, tok, max_length)
+            frame = read_dataset(f)
+            bars.update(f"counting tokens {f.name}", 0, frame.height)
+            described[f.stem] = describe_dataset(frame, tok, f)
+            bars.update(f"counting tokens {f.name}", frame.height, frame.height)
+        if max_length is not None:
+            for f in files:
+                frame = read_dataset(f)
+                bars.update(f"fitting {f.name} to {max_length} tokens", 0, frame.height)
+                described[f.stem]["budget"] = budget_report(frame, f, tok, max_length)
+                bars.update(f"fitting {f.name} to {max_length} tokens", frame.height, frame.height)
     if plot is not None:
         write_histogram_png(described, plot)
     if as_json:

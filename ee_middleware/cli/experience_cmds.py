@@ -10,10 +10,13 @@ import typer
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
+    ProgressBars,
+    ProgressOption,
     StoreOption,
     console,
     escape,
     examples,
+    library_bars_off,
     open_existing_store,
     positive_seconds,
     print_json,
@@ -177,6 +180,7 @@ def dataset_cmd(
     retriever: str = RetrieverOption,
     timeout_s: float = timeout_option("the teacher"),
     as_json: bool = JsonOption,
+    progress: bool = ProgressOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Build the experience model's training rows (em.parquet) from the real transitions of the store's approved trajectories.
@@ -188,20 +192,35 @@ def dataset_cmd(
     from ee_middleware.trainers.datasets.em import build_em
 
     opened = open_existing_store(store)
+    show = progress and not as_json
     client = None
-    if teacher != "template":
-        from ee_middleware.replay.sandboxes.experience import build_model_client
 
-        client = build_model_client(teacher, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
-    try:
-        # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
-        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            frame = build_em(
-                opened, held_out=held_out, seed=seed, top_k=top_k, teacher=client or "template", teacher_name=teacher, retriever=retriever
-            )
-    finally:
-        if client is not None:
-            client.close()
+    def on_progress(done: int, total: int) -> None:
+        if total:  # none to build is an error below, the only line on stderr
+            bars.update("building em", done, total)
+
+    # a local teacher's own loading bars ("Loading weights") are off where the command draws none
+    with library_bars_off(enabled=not show), ProgressBars(enabled=show) as bars:
+        if teacher != "template":
+            from ee_middleware.replay.sandboxes.experience import build_model_client
+
+            client = build_model_client(teacher, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
+        try:
+            # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
+            with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
+                frame = build_em(
+                    opened,
+                    held_out=held_out,
+                    seed=seed,
+                    top_k=top_k,
+                    teacher=client or "template",
+                    teacher_name=teacher,
+                    retriever=retriever,
+                    on_progress=on_progress,
+                )
+        finally:
+            if client is not None:
+                client.close()
     if frame.height == 0:
         raise typer.BadParameter(
             "No real transition of an approved trajectory outside the held-out share: record or approve more trajectories "

@@ -294,19 +294,23 @@ def build_em(
     top_k: int = DEFAULT_TOP_K,
     teacher: Any = "template",
     teacher_name: str = "template",
-    progress: Callable[[int], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     retriever: Any = None,
 ) -> pl.DataFrame:
     """The ``em`` rows of ``store`` (see the module docstring), conforming to the dataset schema; ``retriever``
-    searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default)."""
+    searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default).
+    ``on_progress(done, total)``: called with ``done`` 0 once the transitions to build are known (``total`` of them),
+    then after each row is built (a teacher model answers one request per row), ``done`` ending at ``total``."""
     split = split_store(store, share=held_out, seed=seed, retriever=retriever)
     rows = []
     approved = list(store.iter_trajectories(status="approved"))
     # as IWM: no paused run's copy of a call its resumed run holds, nor a state after its call awaiting review
     taught = expert_transitions(approved)
-    for trajectory in approved:
-        if trajectory.id in split.held_out_ids:
-            continue
+    built = [trajectory for trajectory in approved if trajectory.id not in split.held_out_ids]
+    total = sum(len(taught[trajectory.id]) for trajectory in built)
+    if on_progress is not None:
+        on_progress(0, total)
+    for trajectory in built:
         for transition in taught[trajectory.id]:
             examples = split.index.search(
                 transition.tool,
@@ -338,8 +342,8 @@ def build_em(
                     "retrieved": [e.id for e in examples],
                 }
             )
-            if progress is not None:
-                progress(1)
+            if on_progress is not None:
+                on_progress(len(rows), total)
     if not rows:
         return conform(pl.DataFrame(schema={"kind": pl.String()}))
     frame = pl.DataFrame(rows).drop("retrieved")

@@ -78,3 +78,18 @@ def test_em_prompts_show_the_calls_made_before_with_their_results(bfcl_store_pat
             shown_result = f"tool {call.name}: {' '.join(s.observation.content.split())[:199]}"
             assert shown_call in question and shown_result in question, f"{shown_call!r} / {shown_result!r} not in:\n{question}"
             assert question.index(shown_call) < question.index(shown_result)
+
+
+def test_em_reports_its_progress_over_the_transitions_it_builds(bfcl_store_path: Path) -> None:
+    """``ee experience dataset`` ran for minutes on a large store (a teacher model asked once per transition) with no
+    sign of life: build_em told no one how far it was. Now ``on_progress(done, total)`` is called with 0 once the
+    transitions are known, then after each row, ``done`` rising one at a time to ``total``, the rows built."""
+    calls: list[tuple[int, int]] = []
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        frame = build_em(store, held_out=0.34, seed=0, on_progress=lambda done, total: calls.append((done, total)))
+    finally:
+        store.close()
+    total = frame.height
+    assert total > 3
+    assert calls == [(done, total) for done in range(total + 1)], calls
