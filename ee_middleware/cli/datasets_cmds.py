@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -358,15 +359,12 @@ def show(
         described = {}
         for f in files:
             frame = read_dataset(f)
-            bars.update(f"counting tokens {f.name}", 0, frame.height)
-            described[f.stem] = describe_dataset(frame, tok, f)
-            bars.update(f"counting tokens {f.name}", frame.height, frame.height)
+            described[f.stem] = describe_dataset(frame, tok, f, on_row=_bar(bars, f"counting tokens {f.name}", frame.height))
         if max_length is not None:
             for f in files:
                 frame = read_dataset(f)
-                bars.update(f"fitting {f.name} to {max_length} tokens", 0, frame.height)
-                described[f.stem]["budget"] = budget_report(frame, f, tok, max_length)
-                bars.update(f"fitting {f.name} to {max_length} tokens", frame.height, frame.height)
+                on_row = _bar(bars, f"fitting {f.name} to {max_length} tokens", frame.height)
+                described[f.stem]["budget"] = budget_report(frame, f, tok, max_length, on_row=on_row)
     if plot is not None:
         write_histogram_png(described, plot)
     if as_json:
@@ -398,6 +396,12 @@ def show(
             out.print(visible(render_example(row, tok, support)), markup=False, highlight=False)
     if plot is not None:
         out.print(f"histograms: {plot}")
+
+
+def _bar(bars: ProgressBars, label: str, rows: int) -> Callable[[int], None]:
+    """The bar of ``label`` over ``rows`` rows, drawn now at 0, and a callback moving it to the rows done."""
+    bars.update(label, 0, rows)
+    return lambda done: bars.update(label, done, rows)
 
 
 @app.command("export", epilog=examples("ee datasets export ./data/il.parquet --out il.jsonl"))

@@ -66,3 +66,21 @@ def test_build_draws_its_bars_on_stderr_unless_told_not_to(bfcl_store_path: Path
     assert quiet.exit_code == 0, quiet.output
     assert "building il" not in quiet.stderr and BAR not in quiet.stderr, quiet.stderr
     assert "il.parquet" in quiet.stdout
+
+
+def test_counting_and_fitting_report_each_row(shown: tuple[Path, Path]) -> None:
+    """The bars of ``show`` move row by row: describe_dataset and budget_report call ``on_row`` after each row, with the
+    rows done so far, ending at the file's rows."""
+    from transformers import AutoTokenizer
+
+    from ee_middleware.trainers.datasets.build import read_dataset
+    from ee_middleware.trainers.datasets.summary import budget_report, describe_dataset
+
+    data, tokenizer_dir = shown
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    path = data / "iwm.parquet"
+    counted: list[int] = []
+    fitted: list[int] = []
+    describe_dataset(read_dataset(path), tokenizer, path, on_row=counted.append)
+    budget_report(read_dataset(path), path, tokenizer, 64, on_row=fitted.append)
+    assert counted == fitted == list(range(1, ROWS["iwm"] + 1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,18 @@ TRAINER_RENDERING = (
 ESTIMATED_RENDERING = "estimated: characters of the prompt and completion JSON / 4, tool schemas and chat template not counted"
 
 
-def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None, path: Path | None = None) -> dict[str, Any]:
+def describe_dataset(
+    frame: pl.DataFrame, tokenizer: Any = None, path: Path | None = None, *, on_row: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """Row counts by proposer/error/kind and prompt+completion lengths: with a tokenizer, the tokens the trainer's
     rendering of each row needs (:func:`rendered_lengths`); else estimated from the JSON text. ``rendering`` says which;
     ``path``: the file, named in errors about a row. Either way the rows are read as ``ee train`` reads them: a row
     that is not a chat prompt/completion pair raises the trainer's
     :class:`~ee_middleware.trainers.training.errors.TrainDataError`, naming the file, the row, what is wrong and the
-    command that writes the file again."""
+    command that writes the file again. ``on_row(done)``: with a tokenizer, called after each row is counted."""
     path = path if path is not None else Path("dataset.parquet")
     if tokenizer is not None:
-        lengths = rendered_lengths(frame, path, tokenizer)
+        lengths = rendered_lengths(frame, path, tokenizer, on_row=on_row)
         unit = "tokens"
         rendering = TRAINER_RENDERING
     else:
@@ -72,10 +75,11 @@ def describe_dataset(frame: pl.DataFrame, tokenizer: Any = None, path: Path | No
     }
 
 
-def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any) -> list[int]:
+def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any, *, on_row: Callable[[int], None] | None = None) -> list[int]:
     """Per row, the tokens of its prompt and completion as the trainer renders them (its rows, :func:`render_texts` and
     token count: the system message, the tool schemas the template lists, the generation prompt and the end-of-turn
-    markers included), before any fitting to a ``max_length``: what ``budget_report`` compares with ``max_length``."""
+    markers included), before any fitting to a ``max_length``: what ``budget_report`` compares with ``max_length``.
+    ``on_row(done)``: called after each row, ``done`` the rows counted so far."""
     from ee_middleware.models.chat_template import probe_template
     from ee_middleware.models.truncation import count_tokens
     from ee_middleware.trainers.training.data import rows_from_frame
@@ -86,19 +90,24 @@ def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any) -> list[in
     for row in rows_from_frame(frame, path, _kind(frame, path)):
         prompt_text, completion_text, _ = render_texts(tokenizer, row, support)
         lengths.append(count_tokens(tokenizer, prompt_text) + count_tokens(tokenizer, completion_text))
+        if on_row is not None:
+            on_row(len(lengths))
     return lengths
 
 
-def budget_report(frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: int) -> dict[str, Any]:
+def budget_report(
+    frame: pl.DataFrame, path: Path, tokenizer: Any, max_length: int, *, on_row: Callable[[int], None] | None = None
+) -> dict[str, Any]:
     """What training at ``max_length`` with ``tokenizer`` would do to each row: kept whole, older turns
     dropped, tools listed compactly, an oversized message shortened, cut from the left (losing system message, tools or
-    task), an IWM target cut to its head, or dropped (the completion alone is too long). Uses the trainer's own rendering and truncation."""
+    task), an IWM target cut to its head, or dropped (the completion alone is too long). Uses the trainer's own rendering and truncation.
+    ``on_row(done)``: called after each row is fitted."""
     from ee_middleware.models.chat_template import probe_template
     from ee_middleware.trainers.training.data import rows_from_frame
     from ee_middleware.trainers.training.render import tokenize_rows
 
     rows = rows_from_frame(frame, path, _kind(frame, path))
-    _, stats = tokenize_rows(tokenizer, rows, max_length, probe_template(tokenizer))
+    _, stats = tokenize_rows(tokenizer, rows, max_length, probe_template(tokenizer), on_row=on_row)
     needed = sorted(cut["original_tokens"] for cut in stats.cuts)
     over = stats.truncated + stats.dropped_too_long
     return {

@@ -7,6 +7,7 @@ generator and the servers share (so a model is served the prompts it was trained
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +140,13 @@ def _render_error(row: ChatRow, exc: ChatTemplateError) -> TrainDataError:
 
 
 def tokenize_rows(
-    tokenizer: Any, rows: list[ChatRow], max_length: int, support: TemplateSupport, *, progress: str | None = None
+    tokenizer: Any,
+    rows: list[ChatRow],
+    max_length: int,
+    support: TemplateSupport,
+    *,
+    progress: str | None = None,
+    on_row: Callable[[int], None] | None = None,
 ) -> tuple[list[Example], RenderStats]:
     """Tokenize rows with :func:`ee_middleware.models.truncation.tokenize_pair`: a prompt that does not
     fit beside its completion is fitted by the one truncation policy (system message, tools, task,
@@ -148,7 +155,7 @@ def tokenize_rows(
     the prompt room keeps its head (``tokenize_pair``'s ``cut_completion``); other rows whose completion alone is too
     long are dropped. ``stats.cuts`` says what each fitted row lost. ``progress``: a label for a progress bar on stderr
     (rendering and fitting take about 0.1 s per long row on a CPU core: minutes before the first step of a large build),
-    ``None`` for none."""
+    ``None`` for none. ``on_row(done)``: called after each row, ``done`` the rows tokenized so far (a caller's own bar)."""
     stats = RenderStats(rows=len(rows))
     examples = []
     bar = None
@@ -157,10 +164,12 @@ def tokenize_rows(
 
         bar = tqdm(total=len(rows), desc=progress, unit="row")
     try:
-        for row in rows:
+        for done, row in enumerate(rows, 1):
             if bar is not None:
                 bar.update()
             _tokenize_row(tokenizer, row, max_length, support, stats, examples)
+            if on_row is not None:
+                on_row(done)
     finally:
         if bar is not None:
             bar.close()
