@@ -405,24 +405,82 @@ def actor_name(param: typer.CallbackParam, value: str | None) -> str | None:
 
 def server_urls(values: list[str], flag: str = "--server") -> list[str]:
     """Model servers' API roots from a repeatable, comma-separated ``flag`` (``EE_SERVER_URLS``), each an http(s) URL
-    with a host (and, if given, a numeric port); any other value is a usage error naming it and the form to write."""
-    from urllib.parse import urlsplit
-
+    with a host (a name, an IPv4 address or an IPv6 one in brackets) and, if given, a port 1-65535; any other value is a
+    usage error naming it, what is wrong with it (:func:`server_url_problem`) and the form to write."""
     urls = [u.strip() for entry in values for u in entry.split(",") if u.strip()]
     for url in urls:
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 (a port that is not a number raises here)
-            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:
-            usable = False
-        if not usable:
+        problem = server_url_problem(url, flag)
+        if problem:
             raise typer.BadParameter(
-                f"{url!r} is not a model server's URL: write http(s)://host:port, e.g. http://127.0.0.1:8000/v1 (the "
-                "replica's OpenAI API root).",
+                f"{url!r} is not a model server's URL: {problem}. Write http(s)://host:port, e.g. http://127.0.0.1:8000/v1 "
+                "(the replica's OpenAI API root).",
                 param_hint=f"'{flag}'",
             )
     return urls
+
+
+_URL_START = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(//)?")
+_HOST_PORT_ONLY = re.compile(r"[\w.-]+:\d+(/.*)?")
+_HOST_PUNCTUATION = frozenset("-._~!$&'()*+,;=%")
+"""What a host name may hold besides letters and digits (RFC 3986's reg-name: unreserved, sub-delims, %HH)."""
+
+
+def server_url_problem(url: str, flag: str = "--server") -> str | None:
+    """What makes ``url`` no model server's URL (see :func:`server_urls`), or None when it is one. Checked here, not left
+    to ``urllib.parse``, which raises on an unclosed ``[``, keeps a host with a space or junk after ``]``, and quietly drops
+    tabs and newlines (the URL given to the HTTP client would keep them)."""
+    import ipaddress
+    from urllib.parse import unquote, urlsplit
+
+    odd = next((char for char in url if char.isspace() or not char.isprintable()), None)
+    if odd is not None:
+        what = "a space" if odd == " " else repr(odd)
+        return f"{what} in it (a URL has none: separate several with commas, or repeat {flag})"
+    start = _URL_START.match(url)
+    scheme = start.group(1) if start else ""
+    if start is None or (start.group(2) is None and scheme.lower() not in ("http", "https")):
+        guess = f" (http://{url}?)" if _HOST_PORT_ONLY.fullmatch(url) else ""
+        return f"it does not start with http:// or https://{guess}"
+    if scheme.lower() not in ("http", "https"):
+        return f"its scheme {scheme!r} is not http or https"
+    if start.group(2) is None:
+        return f"no '//' after '{scheme}:'"
+    host_port = re.split(r"[/?#]", url[start.end() :], maxsplit=1)[0].rpartition("@")[2]
+    if host_port.startswith("["):
+        host, closed, port = host_port[1:].partition("]")
+        if not closed:
+            return "an unclosed '[' in its host (an IPv6 address goes in brackets: http://[::1]:8000/v1)"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address (one goes in brackets: http://[::1]:8000/v1)"
+        if port and not port.startswith(":"):
+            return f"{port!r} after the ']' of its host (write [IPv6 address]:port)"
+        port = port[1:]
+    else:
+        for bare in (host_port, host_port.rpartition(":")[0]):
+            try:
+                ipaddress.IPv6Address(bare)
+            except ValueError:
+                continue
+            return "an IPv6 address without brackets (write http://[::1]:8000/v1)"
+        host, _, port = host_port.partition(":")
+        if not host:
+            return "no host"
+        if re.search(r"%(?![0-9A-Fa-f]{2})", host):
+            return f"a '%' not followed by two hex digits in its host {host!r}"
+        odd = next((char for char in unquote(host) if not (char.isalnum() or char in _HOST_PUNCTUATION)), None)
+        if odd is not None:  # (%HH decoded: a %20 is a space too)
+            return f"{'a space' if odd == ' ' else repr(odd)} in its host {host!r}"
+    if port and not (port.isascii() and port.isdigit()):
+        return f"its port {port!r} is not a number"
+    if port and not 0 < int(port) <= 65535:
+        return f"its port {int(port)} is out of range (1-65535)"
+    try:  # what urllib itself refuses, in case it refuses more than the checks above
+        urlsplit(url).port  # noqa: B018
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def positive_seconds(value: float | None) -> float | None:

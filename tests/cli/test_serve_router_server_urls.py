@@ -53,3 +53,71 @@ def test_adapters_by_an_empty_name_is_a_usage_error(registry: Path, by: str) -> 
     result = CliRunner().invoke(app, ["adapters", "promote", name, "-r", str(registry), "--registry-only", "--by", by])
     assert result.exit_code == 2 and "an empty name" in result.stderr, result.output
     assert LocalAdapterRegistry(registry).resolve("bot") is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "named"),
+    [
+        ("http://[::1", "an unclosed '['"),
+        ("http://[::1:8000/v1", "an unclosed '['"),
+        ("http://[::1]x:8000/v1", "'x:8000' after the ']'"),
+        ("http://[zz]:8000/v1", "'zz' is not an IPv6 address"),
+        ("http://exa mple.com/v1", "a space"),
+        ("http://127.0.0.1:8000/v1 http://127.0.0.2:8000/v1", "separate several with commas"),
+        ("http://exa\tmple.com/v1", "'\\t'"),
+        ("http://exa^mple.com/v1", "'^' in its host 'exa^mple.com'"),
+        ("http://exa%20mple.com/v1", "a space in its host 'exa%20mple.com'"),
+        ("http://exa%2mple.com/v1", "a '%' not followed by two hex digits"),
+        ("http://::1:8000/v1", "an IPv6 address without brackets"),
+        ("http://host:8000:9000/v1", "its port '8000:9000' is not a number"),
+        ("http://host:99999/v1", "its port 99999 is out of range"),
+        ("http://host:0/v1", "its port 0 is out of range"),
+        ("http:///v1", "no host"),
+        ("http://user@/v1", "no host"),
+        ("http:/host/v1", "no '//' after 'http:'"),
+        ("ftp://127.0.0.1:8000/v1", "'ftp' is not http or https"),
+        ("localhost:8000", "http://localhost:8000"),
+    ],
+)
+def test_a_malformed_server_url_is_a_usage_error_saying_what_is_wrong(registry: Path, bad: str, named: str) -> None:
+    result = CliRunner().invoke(app, ["serve", "router", "-r", str(registry), "--server", bad])
+    assert result.exit_code == 2 and "_Started" not in result.output and "unexpected" not in result.output, result.output
+    said = " ".join(result.stderr.split())  # (click wraps the message)
+    assert repr(bad) in said and named in said and "--server" in said, said
+
+
+@pytest.mark.parametrize("command", ["serve router", "adapters promote", "adapters rollback", "adapters retire"])
+@pytest.mark.parametrize("bad", ["http://[::1", "http://exa mple.com/v1"])
+def test_every_command_taking_server_refuses_a_malformed_url_as_a_usage_error(registry: Path, command: str, bad: str) -> None:
+    name = LocalAdapterRegistry(registry).list()[0].name
+    target = {"serve router": [], "adapters rollback": ["bot"]}.get(command, [name])
+    for how in ("flag", "environment"):
+        given = ["--server", bad] if how == "flag" else []
+        result = CliRunner().invoke(
+            app, [*command.split(), *target, "-r", str(registry), *given], env={"EE_SERVER_URLS": bad if how == "environment" else None}
+        )
+        said = " ".join(result.stderr.split())
+        # (click splits a multiple option's environment variable at blanks: there the part after the space is refused)
+        assert result.exit_code == 2 and (repr(bad) if how == "flag" else "is not a model server's URL") in said, (how, said)
+    assert LocalAdapterRegistry(registry).get(name).status == "candidate", "nothing was done"
+
+
+def test_every_legal_form_of_server_url_starts_the_router(registry: Path) -> None:
+    good = [
+        "http://127.0.0.1:8000/v1",
+        "https://models.example.com/v1",
+        "http://[::1]:8000/v1",
+        "http://[::1]/v1",
+        "http://[fe80::1%eth0]:8000/v1",
+        "http://localhost",
+        "http://localhost/v1/",
+        "http://127.0.0.1:8000/v1/",
+        "HTTP://LOCALHOST:8000/v1",
+        "http://user:pw@my_host.internal:8000/v1",
+        "http://host:/v1",
+        "https://host:443/openai/v1?api-version=1",
+        "http://modèles.example/v1",
+    ]
+    result = CliRunner().invoke(app, ["serve", "router", "-r", str(registry), *(a for url in good for a in ("--server", url))])
+    assert "_Started" in result.output, result.output
+    assert result.output.split("_Started: ", 1)[1].count(", ") == len(good) - 1, result.output
