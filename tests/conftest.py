@@ -530,8 +530,35 @@ HEAVY_TESTS: list[tuple[str, str]] = [
 ]
 
 
+SAME_WORKER: dict[str, tuple[str, ...]] = {
+    # both check after each test that no notes server (mcp_notes_server.py, and the helper it starts) is left on the
+    # machine: run side by side, each would see the other's servers
+    "mcp notes server": ("tests/replay/sandboxes/test_mcp.py", "tests/replay/sandboxes/test_mcp_outside_world.py"),
+}
+"""Test files that look for the same processes machine-wide: ``pytest -n N --dist loadfile`` (make test) runs each
+group on one worker, as it runs each test file on one worker."""
+
+_GROUP_OF_FILE = {path: group for group, paths in SAME_WORKER.items() for path in paths}
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if any(fnmatch.fnmatch(item.nodeid, pattern) for pattern, _ in HEAVY_TESTS):
             item.add_marker(pytest.mark.heavy)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with :data:`SAME_WORKER`: a group of files goes to one worker like one file. (xdist's own
+    ``loadgroup`` renames test ids, which pytest 9.2 no longer lets it do.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LoadFileGroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = super()._split_scope(nodeid)
+            return _GROUP_OF_FILE.get(path, path)
+
+    return LoadFileGroupScheduling(config, log)

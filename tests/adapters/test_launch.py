@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import uuid
 
 import psutil
 import pytest
@@ -51,12 +52,14 @@ def test_a_server_that_exits_at_start_fails_with_the_last_lines_of_its_log() -> 
 
 
 def test_a_server_that_never_answers_times_out_and_its_whole_process_group_is_stopped() -> None:
-    child = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); print('started', flush=True); time.sleep(600)"
+    # the processes are told apart from other tests' sleepers (pytest -n runs files side by side) by a token of this test's
+    sleep = f"import time; time.sleep(600)  # {uuid.uuid4().hex}"
+    child = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleep!r}]); print('started', flush=True); {sleep}"
     server = ServerProcess([sys.executable, "-c", child], f"http://127.0.0.1:{free_port()}/v1", name="silent server", end_with_parent=True)
     with pytest.raises(ServerStartError, match=r"did not answer .* within 2 s[\s\S]*started"):
         server.start(timeout_s=2, poll_s=0.1)
     time.sleep(0.2)
-    leftovers = [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(600)" in " ".join(p.info["cmdline"] or [])]
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if sleep in " ".join(p.info["cmdline"] or [])]
     assert leftovers == []
 
 
