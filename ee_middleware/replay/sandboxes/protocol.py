@@ -23,7 +23,8 @@ Optional: ``acts_outside_world(tool_name) -> bool``, true for a tool the sandbox
 outside the world it rebuilds (it pages on-call, sends an e-mail): replay leaves the expert's calls of it unexecuted, their
 recorded results standing for them, and branches from every state. The expert's call of any other tool the sandbox does
 not cover skips the trajectory (it may change the world; except at the last tool-call step). Default: false for every
-tool; :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox` takes ``outside_world_tools``; read it with
+tool; :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox` and
+:class:`~ee_middleware.replay.sandboxes.mcp.McpSandbox` (and its config file) take ``outside_world_tools``; read it with
 :func:`acts_outside_world`.
 
 Optional: ``check_offered_tools(tools)``, given a trajectory's recorded tool schemas after each reset and before
