@@ -117,8 +117,9 @@ class Run:
         except (OSError, ValueError) as exc:
             raise JobError(_damaged(path, str(exc), "restore it from a backup or remove the run's folder")) from exc
         problem = _not_a_record(data, ("id", "status"))
-        if not problem and not isinstance(data.get("stage_order", []), list):
-            problem = f"its stage_order is a {type(data['stage_order']).__name__}, not a list"
+        if not problem and "stage_order" in data and data["stage_order"] is None:
+            problem = "its 'stage_order' is null, not an array of strings"
+        problem = problem or _wrong_field(data, RUN_FIELDS)
         if problem:
             raise JobError(_damaged(path, problem, "restore it from a backup or remove the run's folder"))
         return cls(folder, data)
@@ -156,7 +157,7 @@ class Run:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise JobError(_damaged(path, str(exc), fix)) from exc
-        problem = _not_a_record(manifest, ("stage", "status"))
+        problem = _not_a_record(manifest, ("stage", "status")) or _wrong_field(manifest, STAGE_FIELDS)
         if problem:
             raise JobError(_damaged(path, problem, fix))
         return manifest
@@ -446,6 +447,93 @@ def _not_a_record(data: Any, keys: tuple[str, ...]) -> str | None:
         return f"it holds a JSON {type(data).__name__}, not an object"
     missing = [key for key in keys if not isinstance(data.get(key), str)]
     return f"no {', no '.join(repr(key) for key in missing)} in it" if missing else None
+
+
+STAGE_FIELDS: dict[str, str] = {
+    "attempt": "whole number",
+    "pid": "whole number",
+    "started_at": "time",
+    "finished_at": "time",
+    "seconds": "number",
+    "seconds_earlier_attempts": "number",
+    "untimed_attempts": "whole number",
+    "peak_rss_mb": "object of numbers",
+    "peak_rss_per_stage": "true/false",
+    "inputs": "object",
+    "summary": "string",
+    "outputs": "object",
+    "decisions": "array of strings",
+    "budget_cuts": "array",
+    "incomplete_reads": "array of strings",
+    "error": "string",
+    "live_changed": "object",
+}
+"""What each field of a stage manifest besides ``stage`` and ``status`` holds when it is there and not null (the improve
+job writes them; ``ee runs list``/``show``, the report, a continued run and a prune read them): a manifest with one of
+another type cannot be read (:meth:`Run.stage`), as one that is not JSON cannot."""
+
+RUN_FIELDS: dict[str, str] = {
+    "job": "string",
+    "config": "object",
+    "stage_order": "array of strings",
+    "attempts": "whole number",
+    "started_at": "time",
+    "finished_at": "time",
+    "outcome": "object",
+    "outcome.candidate": "string",
+    "watermark": "object",
+    "budget_cuts": "array of objects",
+    "incomplete_reads": "array of strings",
+    "report": "object",
+}
+"""As :data:`STAGE_FIELDS`, for the fields of run.json besides ``id`` and ``status`` that are read back (a dotted key: a
+field of the object before the dot): a run.json with one of another type is listed as damaged (:meth:`Run.load`)."""
+
+
+def _wrong_field(record: dict[str, Any], fields: Mapping[str, str]) -> str | None:
+    """The first field of ``record`` (a stage manifest, run.json) that does not hold what ``fields`` says (absent and null
+    are fine), and what it holds instead; or None."""
+    for key, kind in fields.items():
+        value: Any = record
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        fits = {
+            "object": isinstance(value, dict),
+            "object of numbers": isinstance(value, dict),
+            "array": isinstance(value, list),
+            "array of strings": isinstance(value, list),
+            "array of objects": isinstance(value, list),
+            "string": isinstance(value, str),
+            "time": isinstance(value, str),
+            "number": number,
+            "whole number": number and isinstance(value, int),
+            "true/false": isinstance(value, bool),
+        }[kind]
+        if not fits:
+            wanted = {"time": "a string", "true/false": "true or false"}.get(kind) or ("an " if kind[0] in "aeo" else "a ") + kind
+            return f"its {key!r} is a JSON {_json_kind(value)}, not {wanted}"
+        if kind.startswith("array of ") and not all(isinstance(item, str if kind.endswith("strings") else dict) for item in value):
+            return f"its {key!r} is not an {kind}"
+        if kind == "object of numbers" and not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()):
+            return f"its {key!r} is not an object of numbers"
+        if kind == "time":
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                return f"its {key!r} {value!r} is not an ISO time"
+    return None
+
+
+def _json_kind(value: Any) -> str:
+    """What a value read from JSON is, in JSON's words (``array``, ``true/false``)."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "number"
+    return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
 
 
 def _adapter_needs(registry: Any, name: str, opened: dict[str, Any]) -> str | None:
