@@ -28,7 +28,15 @@ from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.errors import IngestError, RecordError
-from ee_middleware.messages import content_to_text, dumps, genai_to_openai, message_reasoning, openai_tool_schemas, parse_arguments
+from ee_middleware.messages import (
+    arguments_json,
+    content_to_text,
+    dumps,
+    genai_to_openai,
+    message_reasoning,
+    openai_tool_schemas,
+    parse_arguments,
+)
 from ee_middleware.records import (
     Action,
     Approval,
@@ -368,7 +376,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             *(s.model_copy(update={"index": s.index + len(reviewed), "decision_index": s.decision_index + turns}) for s in steps),
         ]
     if decisions:
-        messages = decisions[-1]["state"] + decisions[-1]["outputs"]
+        # with the tool messages the run ended on that answer its last decision's calls (a return_direct tool's,
+        # structured output's): what the graph returned, as a run that paused in a tool keeps them (see below)
+        messages = _with_closing_tool_messages(decisions[-1]["state"] + decisions[-1]["outputs"], decisions[-1], final_tool_messages)
         # a resumed run's input (Command, None) has no message: its task is the turn it resumed, the last user message
         # the history holds before its first decision, not the thread's first (an earlier turn's). Any other run on a
         # thread whose input did not say (fields none of which reads as the question, another instrumentation's spans)
@@ -390,12 +400,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     answer = redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer
     if status == "interrupted" and final_tool_messages:
         # paused in a tool (interrupt() in one of parallel calls): the results of the calls that did run are in the
-        # state the caller got, and none of them is the run's answer (spans written before this rule still said so)
+        # state the caller got (the messages hold them), and none of them is the run's answer (spans written before
+        # this rule still said so)
         answer = final_answer
-        if decisions:
-            made = {c.get("id") for m in decisions[-1]["outputs"] for c in m.get("tool_calls") or ()}
-            known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
-            messages = messages + [m for m in final_tool_messages if m.get("tool_call_id") in made - known]
     if status == "interrupted":
         # it stopped on calls that never got their results (awaiting a review, or cut off): the run gave no answer, and
         # an assistant message written before those calls (a supervisor's reply before a sub-agent paused) is none. The
@@ -585,7 +592,11 @@ _TOOL_SCHEMAS = _ToolSchemaCache()
 
 
 UNKNOWN_TOOL = "unknown_tool"
-"""The name of a call that has none (a malformed call from the model; a tool span without a name)."""
+"""The name of a tool span that has none, and of a call in a history that has none."""
+NAMELESS_CALL = "(no name)"
+"""The name of a malformed call the model wrote without one (LangChain's ``invalid_tool_calls`` entry whose ``name`` is
+``None``): a name no tool can have (providers allow letters, digits, ``_`` and ``-``), so that no dataset teaches it as a
+tool's and replay never looks for it in a sandbox (the call is malformed: see :func:`_tool_call`)."""
 
 
 def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
@@ -605,7 +616,18 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
         "tools": memo.tool_schemas(chat),
         "told": sc.TOOL_DEFINITIONS in chat.attributes or sc.EE_RECORDER in chat.attributes,
         "errors": errors,
+        "invalid": _positions(chat, sc.EE_INVALID_TOOL_CALL_POSITIONS),
     }
+
+
+def _with_closing_tool_messages(
+    messages: list[dict[str, Any]], last: dict[str, Any], final_tool_messages: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``messages`` (the last decision's state and its reply) with the tool messages the run ended on (its root's
+    output: ``final_tool_messages``) that answer the reply's calls and that ``messages`` do not hold yet."""
+    made = {c.get("id") for m in last["outputs"] for c in m.get("tool_calls") or ()}
+    known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
+    return messages + [m for m in final_tool_messages if m.get("tool_call_id") in made - known]
 
 
 def _messages_without_model(root: SpanData, tools: list[SpanData], redact: Any, max_chars: int) -> list[dict[str, Any]]:
@@ -666,8 +688,10 @@ def _steps(
         chat: SpanData = d["span"]
         offered = _step_tools(d, union)
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
-        made = [_tool_call(call) for message in d["outputs"] for call in message.get("tool_calls") or []]
-        spans_made = iter(_call_spans(made, tools_by_call, unmatched, chat, until, sent))
+        written = [call for message in d["outputs"] for call in message.get("tool_calls") or []]
+        made = [_tool_call(call, malformed=position in d["invalid"]) for position, call in enumerate(written)]
+        # an invalid call no tool ran (create_agent answers it itself): no tool span is its, whatever its id or name
+        spans_made = iter(_call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"]))
         made_calls = iter(made)
         for output, message in enumerate(d["outputs"]):
             calls = message.get("tool_calls") or []
@@ -1176,8 +1200,13 @@ def _tool_reply(messages: list[dict[str, Any]], start: int, call_id: str) -> tup
 def _error_positions(span: SpanData, shift: int) -> frozenset[int]:
     """The positions of the tool messages that report an error in ``span``'s messages (``ee.tool_call.error_positions``),
     moved by ``shift`` (a system message put before them)."""
-    positions = span.attributes.get(sc.EE_TOOL_ERROR_POSITIONS) or ()
-    return frozenset(int(p) + shift for p in positions if isinstance(p, int) or str(p).isdigit())
+    return frozenset(p + shift for p in _positions(span, sc.EE_TOOL_ERROR_POSITIONS))
+
+
+def _positions(span: SpanData, key: str) -> frozenset[int]:
+    """The positions ``span``'s attribute ``key`` lists (integers, or their text)."""
+    positions = span.attributes.get(key) or ()
+    return frozenset(int(p) for p in positions if isinstance(p, int) or str(p).isdigit())
 
 
 def _step(
@@ -1220,13 +1249,21 @@ def _tool_names(schemas: list[dict[str, Any]]) -> list[str]:
     return [name for name in map(tool_schema_name, schemas) if name is not None]
 
 
-def _tool_call(call: dict[str, Any]) -> ToolCall:
-    """A reply's tool call (OpenAI shape) as a step's."""
+def _tool_call(call: dict[str, Any], *, malformed: bool = False) -> ToolCall:
+    """A reply's tool call (OpenAI shape) as a step's. A ``malformed`` one (LangChain held it as ``invalid_tool_calls``:
+    :data:`~ee_middleware.capture.semconv.EE_INVALID_TOOL_CALL_POSITIONS`) keeps the text the model wrote under
+    ``_raw`` whatever it parses to (JSON that is no object, or an object a parser or a schema check refused), as text
+    that is no JSON is (:func:`~ee_middleware.messages.parse_arguments`): no tool ran it, so replay leaves it to the graph
+    that answered it and IL leaves it out. One without a name is named :data:`NAMELESS_CALL`."""
     function = call.get("function", {})
+    arguments = function.get("arguments")
+    if malformed:
+        text = arguments if isinstance(arguments, str) else arguments_json(arguments)
+        return ToolCall(id=call.get("id") or "", name=function.get("name") or NAMELESS_CALL, arguments={"_raw": text})
     return ToolCall(
         id=call.get("id") or "",
         name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
-        arguments=parse_arguments(function.get("arguments")),
+        arguments=parse_arguments(arguments),
     )
 
 
@@ -1237,19 +1274,23 @@ def _call_spans(
     chat: SpanData,
     until: int | None,
     sent: dict[int, Any],
+    invalid: frozenset[int] = frozenset(),
 ) -> list[SpanData | None]:
     """The tool span of each of decision ``chat``'s calls (taken from the spans left): the span of its id
     (:func:`_take_tool_span`); for a call no span of its id ran, a span that names no id, of its tool and run with its
     arguments, else the first left of its tool. Spans that name no call id (OpenInference's for the OpenAI Agents SDK,
     traceloop-sdk's ``@tool``) are told apart by their arguments, so that each of parallel calls of one tool gets its
     own span (its error and latency), whichever ran first. ``sent``: the arguments of the spans that name no id, decoded
-    once per run (by ``id(span)``), as the spans of a tool whose calls never match are compared again at each call."""
-    spans = [_take_tool_span(tools_by_call.get(call.id), chat, until, call.arguments) for call in calls]
+    once per run (by ``id(span)``), as the spans of a tool whose calls never match are compared again at each call. The
+    calls at ``invalid`` positions (LangChain's ``invalid_tool_calls``: no tool ran them) get none."""
+    spans = [
+        None if i in invalid else _take_tool_span(tools_by_call.get(call.id), chat, until, call.arguments) for i, call in enumerate(calls)
+    ]
     for i, call in enumerate(calls):
-        if spans[i] is None:
+        if spans[i] is None and i not in invalid:
             spans[i] = _take_by_name(unmatched, call.name, call.arguments, sent)
     for i, call in enumerate(calls):
-        if spans[i] is None:
+        if spans[i] is None and i not in invalid:
             spans[i] = _take_by_name(unmatched, call.name)
     return spans
 

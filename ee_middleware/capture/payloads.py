@@ -127,6 +127,9 @@ class PayloadEncoder:
         definitions = self.tool_definitions(tools, cache)
         if definitions:
             attrs[sc.TOOL_DEFINITIONS] = definitions
+        invalid = invalid_call_positions(outputs)
+        if invalid:
+            attrs[sc.EE_INVALID_TOOL_CALL_POSITIONS] = invalid
         errors = tool_error_positions(inputs)
         if errors:
             attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
@@ -430,6 +433,22 @@ def _unanswered_calls(messages: Sequence[Any], tail: int) -> bool:
     calls = getattr(messages[-1 - tail], "tool_calls", None) or ()
     answered = {getattr(m, "tool_call_id", None) for m in messages[-tail:]}
     return any(isinstance(c, Mapping) and c.get("id") and c["id"] not in answered for c in calls)
+
+
+def invalid_call_positions(outputs: Sequence[Any]) -> tuple[int, ...]:
+    """The positions, among the tool calls of a model's ``outputs`` as :func:`~ee_middleware.messages.langchain_to_openai`
+    writes them (each AI message's ``tool_calls``, then its ``invalid_tool_calls``), of the invalid ones
+    (:data:`~ee_middleware.capture.semconv.EE_INVALID_TOOL_CALL_POSITIONS`)."""
+    positions: list[int] = []
+    made = 0
+    for message in outputs:
+        if message_type(message) != "ai":
+            continue
+        made += len(getattr(message, "tool_calls", None) or ())
+        invalid = len(getattr(message, "invalid_tool_calls", None) or ())
+        positions.extend(range(made, made + invalid))
+        made += invalid
+    return tuple(positions)
 
 
 def tool_error_positions(messages: Sequence[Any]) -> tuple[int, ...]:

@@ -59,6 +59,12 @@ EE_TOOL_ERROR_POSITIONS = "ee.tool_call.error_positions"
 """The positions, in a ``chat`` span's input messages (in the run root's output messages), of the tool messages that
 report an error (a ``ToolMessage`` with ``status="error"``), also those no tool span failed for (a middleware that
 answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not call ids: a model may reuse ids."""
+EE_INVALID_TOOL_CALL_POSITIONS = "ee.tool_call.invalid_positions"
+"""The positions, among a ``chat`` span's output tool calls (every call of its output messages, in order: each
+message's valid calls, then its invalid ones, as :func:`~ee_middleware.messages.langchain_to_openai` writes them), of
+the calls LangChain held as ``invalid_tool_calls``: the model wrote them, but whatever their arguments parse to (text
+that is no JSON, ``null``, a list, an object a parser or schema check refused) no tool runs them (``create_agent``
+answers each with an error itself). The assembler records each as a malformed call (``arguments == {"_raw": text}``)."""
 EE_LAST_REPLY_TASK = "ee.langgraph.last_reply_task"
 """Set on a run's root span where capture saw which LangGraph node run returned the run's last reply (an assistant
 message without tool calls): that run's checkpoint namespace (as :data:`EE_LANGGRAPH_CHECKPOINT_NS` of the model calls

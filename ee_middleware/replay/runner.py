@@ -58,11 +58,14 @@ A world tool whose function takes first, where the world goes, an argument the r
 tool's own function: the sandbox's optional ``check_offered_tools(trajectory.tools)`` raises before anything of the
 trajectory runs (see :meth:`~ee_middleware.replay.sandboxes.python.PythonSandbox.check_offered_tools`).
 
-A call the model wrote as malformed arguments (text that is no JSON object: LangChain's ``invalid_tool_calls``, stored
-as exactly ``{"_raw": "<text>"}``) was answered by the graph itself (``create_agent`` says it could not be executed),
-never by the tool: replay neither executes it in the sandbox nor checks its observation, the world stays as it is and
-the recorded observation leads to the next state; the alternatives at its state are replayed as at any other
-(``details["malformed_calls_not_executed"]`` lists such calls). Every observation a sandbox returns has its lone
+A call the model wrote malformed (every entry of LangChain's ``invalid_tool_calls``, whatever its arguments parse to:
+text that is no JSON, ``null``, a list, an object a parser or schema check refused; and any call whose arguments were no
+JSON object; stored with ``_raw`` as its only argument, a call that lost its name under a name no tool has) was answered
+by the graph itself (``create_agent`` says it could not be executed), never by the tool: replay neither executes it in
+the sandbox nor checks its observation, nor counts its tool as one the sandbox lacks; the world stays as it is and the
+recorded observation leads to the next state; the alternatives at its state are replayed as at any other
+(``details["malformed_calls_not_executed"]`` lists such calls). IL leaves out the same calls
+(:mod:`ee_middleware.replay.malformed`). Every observation a sandbox returns has its lone
 surrogates replaced with U+FFFD before it is compared, stored or reported, as capture does (:func:`~ee_middleware.messages.clean_text`).
 
 A run that paused for a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool) or was
@@ -88,10 +91,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import EnvironmentUnavailableError
-from ee_middleware.messages import clean_text, declares_raw
-from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, tool_schema_name, utcnow
+from ee_middleware.messages import clean_text
+from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch, raised_as_recorded
+from ee_middleware.replay.malformed import malformed_by_the_model
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import no_schemas_fix
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
@@ -524,13 +528,11 @@ def _alternatives(run: _Run, step: Step, candidates: list[Candidate], first: int
 
 
 def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
-    """Whether ``call``'s arguments are text the model wrote that is no JSON object, as capture stores it (exactly
-    ``{"_raw": "<text>"}``, :func:`~ee_middleware.messages.parse_arguments`): the graph answered it itself (LangChain's
-    ``invalid_tool_calls``), no tool ran. A tool whose recorded schema declares a ``_raw`` parameter is called as usual."""
-    arguments = call.arguments
-    if list(arguments) != ["_raw"] or not isinstance(arguments["_raw"], str):
-        return False
-    return not any(tool_schema_name(schema) == call.name and declares_raw(schema) for schema in trajectory.tools)
+    """Whether ``call`` is one the model wrote malformed, as capture stores it (its only argument ``_raw``: every entry
+    of LangChain's ``invalid_tool_calls``, whatever its arguments parse to, and arguments that were no JSON object): the
+    graph answered it itself, no tool ran. A tool whose recorded schema declares a ``_raw`` parameter is called as usual.
+    The IL builder leaves out the same calls (:func:`~ee_middleware.replay.malformed.malformed_by_the_model`)."""
+    return malformed_by_the_model(trajectory.tools, call.name, call.arguments)
 
 
 def _tool_steps(trajectory: Trajectory, *, reachable: bool = True) -> list[Step]:

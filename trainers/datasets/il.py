@@ -4,16 +4,41 @@ from __future__ import annotations
 
 import polars as pl
 
+from ee_middleware.replay.malformed import malformed_arguments_json
 from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list, offered_tools
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 
-MALFORMED_CALL = pl.col("arguments_json").str.starts_with('{"_raw":')
-"""An expert call whose arguments were not JSON (kept as their text under ``_raw``: a model's malformed call)."""
+_MAYBE_MALFORMED = (pl.col("action_kind") == "tool_call") & pl.col("arguments_json").str.starts_with('{"_raw":')
+"""The expert calls that may be malformed (their arguments' JSON begins with ``_raw``): the few :func:`malformed_steps`
+looks at one by one."""
+
+
+def malformed_steps(steps: pl.DataFrame, trajectories: pl.DataFrame) -> pl.Series:
+    """Which of ``steps`` (a boolean per row) are expert calls the model wrote malformed, by the rule replay reads
+    (:func:`~ee_middleware.replay.malformed.malformed_by_the_model`: the call's only argument is ``_raw``, as capture
+    stores every entry of LangChain's ``invalid_tool_calls`` and arguments that were no JSON object, unless the tool's
+    schema in ``trajectories``' ``tools_json`` declares a ``_raw`` parameter): replay never executes them, and IL never
+    teaches them."""
+    maybe = steps.select(_MAYBE_MALFORMED.fill_null(False).alias("_maybe"))["_maybe"]
+    if not maybe.any():
+        return maybe
+    rows = (
+        steps.with_row_index("_row")
+        .filter(maybe)
+        .select("_row", "trajectory_id", "tool_name", "arguments_json")
+        .join(trajectories.select("id", "tools_json"), left_on="trajectory_id", right_on="id", how="left", maintain_order="left")
+    )
+    malformed = {
+        row
+        for row, tools_json, name, arguments in rows.select("_row", "tools_json", "tool_name", "arguments_json").iter_rows()
+        if malformed_arguments_json(tools_json, name, arguments)
+    }
+    return pl.Series("malformed", [i in malformed for i in range(steps.height)], dtype=pl.Boolean)
 
 
 def malformed_calls(source: DatasetSource) -> int:
-    """How many expert steps :func:`build_il` leaves out because their call's arguments were not JSON."""
-    return source.steps.filter((pl.col("action_kind") == "tool_call") & MALFORMED_CALL).height
+    """How many expert steps :func:`build_il` leaves out as calls the model wrote malformed (:func:`malformed_steps`)."""
+    return int(malformed_steps(source.steps, source.trajectories).sum())
 
 
 def build_il(source: DatasetSource) -> pl.DataFrame:
@@ -26,12 +51,14 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     offered at its turn (``Step.tools``: a middleware's per-call selection, a tool added at a later turn), else the
     trajectory's.
 
-    A step whose call's arguments were not JSON (the model wrote a malformed call, recorded with its text under
-    ``_raw``) is left out: imitating it would teach the malformed call (see :func:`malformed_calls`). So is a turn
+    A step whose call the model wrote malformed (recorded with its text under ``_raw``: every entry of LangChain's
+    ``invalid_tool_calls``, which the graph refused, and arguments that were no JSON object) is left out: imitating it
+    would teach the malformed call (see :func:`malformed_steps`; replay leaves the same calls unexecuted). So is a turn
     awaiting a human review (see :func:`~ee_middleware.trainers.datasets.source.taught_steps`): the reviewer may have
     rejected or changed its calls; the resumed run's trajectory teaches them as decided."""
     is_call = pl.col("action_kind") == "tool_call"
-    steps = taught_steps(source)[0].filter(~(is_call & MALFORMED_CALL).fill_null(False))
+    steps = taught_steps(source)[0]
+    steps = steps.filter(~malformed_steps(steps, source.trajectories))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     steps = offered_tools(expert_turns(steps), "tools_json")  # the tools offered at the turn (Step.tools), not the run's
     # the reasoning the expert wrote before its turn (its parallel calls share it); stores older than schema 1.4 have none

@@ -1,0 +1,42 @@
+"""Which expert calls the model wrote malformed: one rule for replay (which never executes them) and the IL builder (which
+never teaches them), kept in the light core so that both read the same function (see :func:`malformed_by_the_model`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ee_middleware.messages import declares_raw
+from ee_middleware.records import tool_schema_name
+
+
+def malformed_arguments(arguments: Any) -> bool:
+    """Whether a call's recorded ``arguments`` are a malformed call's: exactly one key, ``_raw``. Capture stores so every
+    entry of LangChain's ``invalid_tool_calls`` (the text the model wrote: no JSON, JSON that is no object, an object a
+    parser or schema check refused) and any call whose arguments were no JSON object
+    (:func:`~ee_middleware.messages.parse_arguments`; stores recorded before hold a list or ``null`` there)."""
+    return isinstance(arguments, Mapping) and len(arguments) == 1 and "_raw" in arguments
+
+
+def malformed_by_the_model(tools: Iterable[Any], name: str, arguments: Any) -> bool:
+    """Whether a call of tool ``name`` with ``arguments`` is one the model wrote malformed (:func:`malformed_arguments`),
+    given the trajectory's recorded tool schemas ``tools``: the graph answered it itself (``create_agent``: "... could
+    not be executed - arguments were malformed or truncated."), no tool ran it. A tool whose recorded schema declares a
+    ``_raw`` parameter is called with it as its own argument: such a call is an ordinary one."""
+    if not malformed_arguments(arguments):
+        return False
+    return not any(tool_schema_name(schema) == name and declares_raw(schema) for schema in tools)
+
+
+def malformed_arguments_json(tools_json: str | None, name: str | None, arguments_json: str | None) -> bool:
+    """:func:`malformed_by_the_model` of a call as a store's tables hold it: the trajectory's ``tools_json``, the step's
+    ``tool_name`` and ``arguments_json`` (JSON text; text that is not, or a ``None``, is no malformed call's)."""
+    if not arguments_json or not arguments_json.startswith('{"_raw":'):  # (dumps writes no space: the common case is quick)
+        return False
+    try:
+        arguments = json.loads(arguments_json)
+        tools = json.loads(tools_json) if tools_json else []
+    except (ValueError, RecursionError):
+        return False
+    return malformed_by_the_model(tools if isinstance(tools, list) else [], name or "", arguments)

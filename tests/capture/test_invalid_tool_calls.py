@@ -1,0 +1,144 @@
+"""LangChain's ``invalid_tool_calls`` are recorded as the malformed calls they are, whatever their arguments parse to,
+and a run ended by a ``return_direct`` tool keeps its closing tool message (sweep s16, findings 1-3).
+
+``create_agent`` never runs an entry of ``invalid_tool_calls``: it answers each one that has an id itself ("Tool call
+... could not be executed - arguments were malformed or truncated.", status error). A chat model or a parser puts a call
+there for reasons other than JSON that does not parse: arguments that are JSON but no object (``null``, a list, a
+streamed call's), or an object a schema check refused. Each is the step's action with the text the model wrote under
+``arguments["_raw"]`` (the form replay leaves unexecuted and IL leaves out), never an ordinary call of the tool, and a
+call that lost its name gets none that looks like a tool's."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+
+from ee_middleware import record_experience
+from ee_middleware.records import Trajectory
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+
+OFFLOADS = pytest.mark.parametrize("offload", ["thread", pytest.param("process", marks=pytest.mark.heavy)])
+pytestmark = pytest.mark.usefixtures("no_child_left")
+
+REFUSED = "could not be executed - arguments were malformed or truncated."
+
+
+@tool
+def refund(order_id: str) -> str:
+    """Refund an order."""
+    return f"refunded {order_id}"
+
+
+@tool(return_direct=True)
+def close_ticket(ticket: str) -> str:
+    """Close a ticket; its result goes straight to the user."""
+    return f"FINAL: ticket {ticket} closed ✅"
+
+
+def invalid(name: str | None, args: str | None, call_id: str | None, error: str | None = "refused") -> dict[str, Any]:
+    """An ``invalid_tool_calls`` entry, as a chat model or parser writes one."""
+    return {"type": "invalid_tool_call", "id": call_id, "name": name, "args": args, "error": error}
+
+
+def _recorded(agent: Any, store_path: Any) -> Trajectory:
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(store_path)
+    try:
+        [trajectory] = list(store.iter_trajectories())
+    finally:
+        store.close()
+    return trajectory
+
+
+@OFFLOADS
+def test_an_invalid_call_whose_arguments_are_json_is_recorded_as_malformed(offload, store_path):
+    """An object a schema check refused, a list and ``null`` were recorded as refund({"order_id": "B-2"}),
+    refund({"_raw": ["B-2"]}) and refund({"_raw": None}): the first an ordinary call (replay executed it, IL taught it),
+    the others not text. Each is now the text the model wrote under ``_raw``, observed by the graph's refusal."""
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[tool_call("refund", order_id="A-1")],
+            invalid_tool_calls=[
+                invalid("refund", '{"order_id": "B-2"}', "v1"),
+                invalid("refund", '["B-2"]', "v2"),
+                invalid("refund", "null", "v3"),
+            ],
+        ),
+        AIMessage(content="Refunded A-1."),
+    ]
+    agent = record_experience(create_agent(ScriptedChatModel(script=replies), [refund]), app="shop", store=store_path, offload=offload)
+    returned = agent.invoke({"messages": [("user", "refund A-1 and B-2")]})["messages"]
+    assert sum(m.type == "tool" and REFUSED in m.content for m in returned) == 3  # create_agent refused all three itself
+    t = _recorded(agent, store_path)
+    calls = [(s.action.tool_call.model_dump(), s.observation.content) for s in t.steps if s.action.tool_call is not None]
+    assert [call for call, _ in calls] == [
+        {"id": calls[0][0]["id"], "name": "refund", "arguments": {"order_id": "A-1"}},
+        {"id": "v1", "name": "refund", "arguments": {"_raw": '{"order_id":"B-2"}'}},
+        {"id": "v2", "name": "refund", "arguments": {"_raw": '["B-2"]'}},
+        {"id": "v3", "name": "refund", "arguments": {"_raw": "null"}},
+    ]
+    assert calls[0][1] == "refunded A-1"
+    assert all(REFUSED in observation for _, observation in calls[1:])
+    assert t.final_answer == "Refunded A-1."
+    # the conversation still shows each call as the model wrote it (the text it saw in its history)
+    [turn] = [m for m in t.messages if m.get("tool_calls")]
+    assert [c["function"]["arguments"] for c in turn["tool_calls"]] == ['{"order_id":"A-1"}', '{"order_id":"B-2"}', '["B-2"]', "null"]
+
+
+@OFFLOADS
+def test_a_nameless_invalid_call_is_recorded_as_malformed_under_no_tools_name(offload, store_path):
+    """An invalid call without a name (and without arguments) was recorded as the well-formed call unknown_tool({}): IL
+    taught a tool never offered, and replay skipped the trajectory advising to add unknown_tool to the sandbox. It is
+    now a malformed call ({"_raw": ...}) under a name no tool can have; one without an id (which create_agent never
+    answers) is malformed too."""
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[tool_call("refund", order_id="A-1")],
+            invalid_tool_calls=[invalid(None, None, "e12", "no name"), invalid("refund", "{", None, "no id")],
+        ),
+        AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-2")]),
+        AIMessage(content="done"),
+    ]
+    agent = record_experience(create_agent(ScriptedChatModel(script=replies), [refund]), app="shop", store=store_path, offload=offload)
+    agent.invoke({"messages": [("user", "refund A-1 then A-2")]})
+    t = _recorded(agent, store_path)
+    calls = [s.action.tool_call for s in t.steps if s.action.tool_call is not None]
+    nameless = calls[1].name
+    assert [(c.name, c.arguments) for c in calls] == [
+        ("refund", {"order_id": "A-1"}),
+        (nameless, {"_raw": "{}"}),
+        ("refund", {"_raw": "{"}),
+        ("refund", {"order_id": "A-2"}),
+    ]
+    assert not re.fullmatch(r"[A-Za-z0-9_.-]+", nameless), f"{nameless!r} looks like a tool's name"  # (was unknown_tool)
+    assert calls[1].id == "e12" and REFUSED in t.steps[1].observation.content
+    assert calls[2].id == "" and t.steps[2].observation is None  # no id: create_agent never answered it
+
+
+@OFFLOADS
+def test_a_run_ended_by_a_return_direct_tool_keeps_its_closing_tool_message(offload, store_path):
+    """The graph returned [human, ai(call), tool, ai("Finishing", call close_ticket), tool("FINAL: ...")], but the stored
+    conversation (and the JSONL export) ended on the call to close_ticket with no reply. It now holds the tool message,
+    as a resumed run's already did."""
+    replies = [
+        AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")]),
+        AIMessage(content="Finishing", tool_calls=[tool_call("close_ticket", ticket="T-9")]),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [refund, close_ticket])
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    returned = agent.invoke({"messages": [("user", "refund A-1, then close T-9")]})["messages"]
+    assert [m.type for m in returned] == ["human", "ai", "tool", "ai", "tool"]
+    t = _recorded(agent, store_path)
+    assert [m["role"] for m in t.messages] == ["user", "assistant", "tool", "assistant", "tool"]
+    assert t.messages[-1] == {"role": "tool", "tool_call_id": returned[-1].tool_call_id, "content": "FINAL: ticket T-9 closed ✅"}
+    assert t.final_answer == t.steps[-1].observation.content == "FINAL: ticket T-9 closed ✅"

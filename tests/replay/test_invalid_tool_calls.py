@@ -1,0 +1,149 @@
+"""Replay leaves every entry of LangChain's ``invalid_tool_calls`` to the graph that answered it, whatever its arguments
+parse to and whether or not it has a name (sweep s16, findings 1 and 2).
+
+``create_agent`` answers such a call itself ("... could not be executed - arguments were malformed or truncated."); no
+tool runs. Replay executed one whose arguments were a JSON object (adjust_stock changed the replayed world: 19 -> 20,
+and every later read was a fidelity mismatch blaming a correct sandbox), one whose arguments were a list or ``null``
+(a validation error no sandbox can match), and skipped the whole trajectory for one that lost its name ("the expert
+calls unknown_tool ... Add these tools to the sandbox")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+
+from ee_middleware import record_experience
+from ee_middleware.records import ProposerInfo, ToolCall, Trajectory
+from ee_middleware.replay.policies.proposer import Proposer
+from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
+from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
+from ee_middleware.replay.sandboxes.python import PythonSandbox
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.conftest import record_once
+
+SETTINGS = ReplaySettings(replay_id="test", policy="scripted", k=1, seed=7)
+
+
+class _ReadPolicy:
+    """Proposes listing the stock at every state: what it sees tells the world replay left there."""
+
+    name = "scripted"
+
+    def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
+        call = ToolCall(id="alt", name="list_items", arguments={})
+        return Proposals([Candidate(call=call, proposer=ProposerInfo(policy=self.name))])
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+def get_stock(world: dict[str, int], sku: str) -> str:
+    return f"{sku}: stock {world[sku]}"
+
+
+def listing(world: dict[str, int]) -> str:
+    return ", ".join(f"{sku}={stock}" for sku, stock in world.items())
+
+
+def adjust(world: dict[str, int], sku: str, delta: int) -> str:
+    world[sku] += delta
+    return f"{sku}: stock now {world[sku]}"
+
+
+def invalid(name: str | None, args: str | None, call_id: str | None) -> dict[str, Any]:
+    return {"type": "invalid_tool_call", "id": call_id, "name": name, "args": args, "error": "refused"}
+
+
+def _recorded(tmp_path: Path) -> Trajectory:
+    production = {"A1": 19}
+
+    @tool
+    def get_item(sku: str) -> str:
+        """Read an item's stock."""
+        return get_stock(production, sku)
+
+    @tool
+    def adjust_stock(sku: str, delta: int) -> str:
+        """Change an item's stock."""
+        return adjust(production, sku, delta)
+
+    @tool
+    def list_items() -> str:
+        """List every item's stock."""
+        return listing(production)
+
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[tool_call("get_item", sku="A1")],
+            invalid_tool_calls=[
+                invalid("adjust_stock", '{"sku": "A1", "delta": 1}', "v1"),  # an object a schema check refused
+                invalid("get_item", '["A1"]', "v2"),
+                invalid("adjust_stock", "null", "v3"),
+                invalid(None, None, "v4"),  # lost its name
+            ],
+        ),
+        AIMessage(content="", tool_calls=[tool_call("get_item", sku="A1")]),
+        AIMessage(content="A1 has 19."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [get_item, adjust_stock, list_items])
+    agent = record_experience(graph, app="shop", store=tmp_path / "store")
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "How many A1?")]})
+    assert production == {"A1": 19}  # the graph ran none of the invalid calls
+    return trajectory
+
+
+def _sandbox(received: list[tuple[str, dict[str, Any]]]) -> PythonSandbox:
+    def sandboxed(name: str, function: Any) -> Any:
+        def run(world: dict[str, int], **arguments: Any) -> str:
+            received.append((name, arguments))
+            return function(world, **arguments)
+
+        return run
+
+    return PythonSandbox(
+        lambda env: {"A1": 19},
+        tools={
+            "get_item": sandboxed("get_item", get_stock),
+            "adjust_stock": sandboxed("adjust_stock", adjust),
+            "list_items": sandboxed("list_items", listing),
+        },
+    )
+
+
+def _with_arguments(step: Any, arguments: dict[str, Any]) -> Any:
+    """``step`` with its call's arguments replaced (as a store recorded before, or another recorder, holds them)."""
+    call = step.action.tool_call.model_copy(update={"arguments": arguments})
+    return step.model_copy(update={"action": step.action.model_copy(update={"tool_call": call})})
+
+
+def test_invalid_calls_are_never_executed_whatever_their_arguments_and_name(tmp_path: Path) -> None:
+    trajectory = _recorded(tmp_path)
+    received: list[tuple[str, dict[str, Any]]] = []
+    outcome = replay_trajectory(trajectory, _sandbox(received), Proposer(_ReadPolicy(), k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
+    assert [step["step"] for step in record.details["malformed_calls_not_executed"]] == [1, 2, 3, 4]
+    expert = [call for call in received if call[0] != "list_items"]
+    assert expert == [("get_item", {"sku": "A1"})] * 2, "only the expert's two valid reads reached the sandbox"
+    # every state's alternative saw the world production had: the refused adjust_stock changed nothing
+    assert [r.observation.content for r in outcome.rollouts] == ["A1=19"] * 6
+
+
+def test_a_malformed_call_stored_with_arguments_that_are_no_text_is_not_executed_as_il_leaves_it_out(tmp_path: Path) -> None:
+    """Stores recorded before hold an invalid call's list or null arguments as {"_raw": ["A1"]} and {"_raw": None}:
+    IL counted them malformed and left them out, while replay executed them (get_item(_raw=["A1"]), a validation error
+    and a fidelity mismatch). Replay now leaves any call whose only argument is ``_raw`` to the graph, as IL does."""
+    trajectory = _recorded(tmp_path)
+    old = {1: {"_raw": '{"sku":"A1","delta":1}'}, 2: {"_raw": ["A1"]}, 3: {"_raw": None}, 4: {"_raw": {"x": 1}}}
+    steps = [_with_arguments(s, old[s.index]) if s.index in old else s for s in trajectory.steps]
+    received: list[tuple[str, dict[str, Any]]] = []
+    outcome = replay_trajectory(trajectory.model_copy(update={"steps": steps}), _sandbox(received), Proposer(_ReadPolicy(), k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
+    assert [step["step"] for step in record.details["malformed_calls_not_executed"]] == [1, 2, 3, 4]
+    assert [call for call in received if call[0] != "list_items"] == [("get_item", {"sku": "A1"})] * 2
