@@ -131,8 +131,8 @@ def test_arguments_that_are_json_but_no_object_stay_in_later_states_as_the_model
     stored = trajectory.steps[-1].state[1]["tool_calls"]
     assert [c["function"]["arguments"] for c in stored] == ['{"query":"a"}', '"hello"', "[1, 2]"]
     assert [c["function"] for c in stored] == [c["function"] for c in seen]
-    # the steps' own actions keep them under _raw, as before
-    assert [s.action.tool_call.arguments for s in trajectory.steps[:3]] == [{"query": "a"}, {"_raw": "hello"}, {"_raw": [1, 2]}]
+    # the steps' own actions keep the text the model wrote under _raw
+    assert [s.action.tool_call.arguments for s in trajectory.steps[:3]] == [{"query": "a"}, {"_raw": '"hello"'}, {"_raw": "[1, 2]"}]
 
 
 def test_arguments_json_decides_on_text_itself_and_keeps_a_declared_raw_argument() -> None:
