@@ -189,8 +189,9 @@ def run(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
         _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
         raise
-    if as_json:
-        print_json(summary.to_dict())
+    errors = _run_errors(summary)
+    if as_json:  # the stderr lines' text (one a line), as `ee experience eval --json` and `ee curriculum run --json` say it
+        print_json({**summary.to_dict(), "error": "\n".join(errors) or None})
     else:
         _print_summary(summary, out, shown)
     if idle:
@@ -202,12 +203,33 @@ def run(
             err=True,
             fg="yellow",
         )
-    if summary.no_usable_prediction:
-        typer.secho(f"error: {summary.no_usable_prediction_error()}", err=True, fg="red")
-    if summary.no_usable_proposal:
-        typer.secho(f"error: {summary.no_usable_proposal_error()}", err=True, fg="red")
-    if summary.failed or summary.no_usable_prediction:
+    for error in errors:
+        typer.secho(f"error: {error}", err=True, fg="red")
+    if errors:
         raise typer.Exit(1)
+
+
+def _run_errors(summary: Any) -> list[str]:
+    """Why ``ee replay run`` exits 1 (none when it does not): its ``error:`` lines on stderr, which its ``--json`` summary
+    holds as ``error`` (joined by newlines). A run fails when an experience model gave no usable prediction
+    at all, or when a trajectory failed (the policy's model gave no usable proposal anywhere, or something else its
+    reason under ``failed`` names: each one is retried by the next run)."""
+    from ee_middleware.messages import one_line
+
+    errors = []
+    if summary.no_usable_prediction:
+        errors.append(summary.no_usable_prediction_error())
+    if summary.no_usable_proposal:
+        errors.append(summary.no_usable_proposal_error())
+    elif summary.failed:
+        n = len(summary.failed)
+        first = one_line(next(iter(summary.failed.values())) or "no reason recorded", 300)
+        why = f"its reason: {first}" if n == 1 else f"each one's reason is listed under failed; the first: {first}"
+        errors.append(
+            f"{n} {'trajectory' if n == 1 else 'trajectories'} failed ({why}). A failed trajectory is not done for this "
+            "configuration: the next run of the same command retries it."
+        )
+    return errors
 
 
 def _print_fewer_answers(summary: Any, out: Any) -> None:
