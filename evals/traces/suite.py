@@ -23,11 +23,14 @@ Each trajectory is a task:
   the world, such as paging on-call, which docs/sandboxes.md says to list nowhere) change no world the digest could
   compare, so they are checked as calls (:func:`uncovered_calls_not_made`): the candidate must have made each of them, by
   name and arguments as the tool receives them (replay's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`:
-  an argument at its schema's default is the argument left out, ``1.0`` is ``1``; free text, a string of several words,
-  by the facts it states), else ``uncovered_call_missing``. The
-  candidate's calls of such tools are refused by the sandbox, as before (they reach no world), and only matched. The
-  result's ``details`` say how many expert calls were checked so (``uncovered_calls``) and which the candidate did not
-  make (``uncovered_calls_missing``); a task whose expert made no such call is scored as before, with neither key.
+  an argument at its schema's default is the argument left out, ``1.0`` is ``1``, a short string as written; free text,
+  prose of four words or more, by the numbers, identifiers and content words it states, and its negation: see
+  :func:`_states_the_same`), in any order (a maximum matching), else ``uncovered_call_missing``. Such a tool acts
+  outside the world, where a call is not undone, so calling it more often than the expert did (a second page) is
+  ``uncovered_call_extra``. The candidate's calls of such tools are refused by the sandbox, as before (they reach no
+  world), and only matched. The result's ``details`` say how many expert calls were checked so (``uncovered_calls``),
+  which the candidate did not make (``uncovered_calls_missing``) and which of its calls were beyond the expert's count
+  (``uncovered_calls_extra``); a task whose expert made no such call is scored as before, with none of these keys.
 
 Redaction (:mod:`ee_middleware.replay.privacy`, as replay does it): the recorded messages and calls hold the
 store's placeholders (``[REDACTED:email:1a2b3c4d]``), and the candidate sees them, never the real values. Every call
@@ -56,10 +59,11 @@ import itertools
 import json
 import re
 import time
+import unicodedata
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.evals.clients import bind
@@ -176,7 +180,9 @@ def _negative(text: str, start: int, raw: str, token: str) -> bool:
     if not (_NUMBER.fullmatch(token) or _WITH_UNIT.fullmatch(token)):
         return False
     lead = raw[: raw.find(token)]
-    return "-" in lead or re.search(r"(?:^|[^\w.])-[$€£]?$", text[:start] + lead) is not None
+    # Only the last characters before the token can hold its sign, so the four before it are read, not the whole text
+    # before it (which made reading a long text's numbers quadratic); a ``-`` at the cut would be too far to be a sign.
+    return "-" in lead or re.search(r"(?:^|[^\w.])-[$€£]?$", text[max(0, start - 4) : start] + lead) is not None
 
 
 _SIGN_DASHES = re.compile(r"[\u2212\ufe63\uff0d]|(?<![\w.])\u2013(?=[$€£]?\d)")
@@ -185,8 +191,14 @@ and an en dash (U+2013) before a number where a ``-`` would be a sign (not in ``
 
 
 def _facts_text(text: str) -> str:
-    """``text`` as facts are read in it: :func:`normalize`, with every minus sign written ``-`` (``250`` after a U+2212 minus sign is ``-250``)."""
-    return _SIGN_DASHES.sub("-", normalize(text))
+    """``text`` as facts are read in it: :func:`normalize`, with every minus sign written ``-`` (``250`` after a U+2212
+    minus sign is ``-250``) and every decimal digit written in ASCII (``١٢٣``, in Arabic-Indic digits, or in fullwidth ones,
+    are ``123``: a number is one token, whatever script its digits are in)."""
+    return _SIGN_DASHES.sub("-", _UNICODE_DIGIT.sub(lambda digit: str(unicodedata.decimal(digit.group(0))), normalize(text)))
+
+
+_UNICODE_DIGIT = re.compile(r"(?![0-9])\d")
+"""A decimal digit (Unicode category Nd) other than ``0``-``9``."""
 
 
 _LITERALS = frozenset({"true", "false", "null", "none", "nan"})
@@ -657,7 +669,8 @@ class TracesSuite:
         """``(success, error type, reason, details)`` of a candidate's run: its final world's digest ``actual`` against
         the expert's ``expected``, the facts of the expert's answer in its replies and, for ``uncovered`` (the expert's
         calls of tools the sandbox does not provide), the same calls among its own (:func:`uncovered_calls_not_made`).
-        Failures in that order: ``state_mismatch``, ``answer_not_covered``, ``uncovered_call_missing``."""
+        Failures in that order: ``state_mismatch``, ``answer_not_covered``, ``uncovered_call_missing``,
+        ``uncovered_call_extra`` (a call of such a tool beyond the expert's count of it)."""
         if conversation.error is not None:
             return False, conversation.error_type, conversation.error, {}
         missing = missing_facts(task.payload["facts"], conversation.replies)
@@ -674,18 +687,31 @@ class TracesSuite:
             said = ", ".join(repr(m) for m in missing)
             problems.append(("answer_not_covered", f"the expert's final answer states {said}, which none of the candidate's replies does"))
         if uncovered:
-            not_made, own = uncovered_calls_not_made(task, uncovered, conversation.calls)
+            match = uncovered_calls_not_made(task, uncovered, conversation.calls)
             details["uncovered_calls"] = len(uncovered)
-            details["uncovered_calls_missing"] = [_written(c["name"], c.get("arguments") or {}) for c in not_made]
-            if not_made:
-                tools = ", ".join(dict.fromkeys(c["name"] for c in uncovered))
+            details["uncovered_calls_missing"] = [_written(c["name"], c.get("arguments") or {}) for c in match.missing]
+            details["uncovered_calls_extra"] = match.extra
+            tools = ", ".join(dict.fromkeys(c["name"] for c in uncovered))
+            if match.missing:
                 listed = _listed(details["uncovered_calls_missing"])
                 text = (
                     f"the expert called {tools}, which the sandbox does not provide (calls outside its world are checked as "
                     f"calls: by name and arguments as the tool receives them), and the candidate did not make: {', '.join(listed)}"
                 )
-                text += f"; its own calls of these tools: {', '.join(_listed(own))}" if own else ""
+                text += f"; its own calls of these tools: {', '.join(_listed(match.own))}" if match.own else ""
                 problems.append(("uncovered_call_missing", text))
+            if match.extra:
+                made = Counter(c.name for c in conversation.calls if not _malformed(c.model_dump(), task))
+                expert = Counter(c["name"] for c in uncovered)
+                counts = ", ".join(f"{name} {made[name]} times, the expert {n}" for name, n in expert.items() if made[name] > n)
+                problems.append(
+                    (
+                        "uncovered_call_extra",
+                        f"the candidate called {counts}: these tools act outside the sandbox's world, where a call is not undone "
+                        f"(a second page pages again), so a call beyond the expert's count is one too many: "
+                        f"{', '.join(_listed(match.extra))}",
+                    )
+                )
         if not problems:
             return True, None, None, details
         return False, problems[0][0], "; and ".join(text for _, text in problems), details
@@ -707,63 +733,273 @@ def _calls_not_made(expert: list[dict[str, Any]], made: list[dict[str, Any]], li
     return _listed(missing, limit)
 
 
-def uncovered_calls_not_made(
-    task: EvalTask, uncovered: list[dict[str, Any]], made: list[ToolCall]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The calls of ``uncovered`` (the expert's calls of tools the sandbox does not provide, as ``task.payload``'s
-    ``expert_calls`` hold them) that the candidate's calls ``made`` lack, and the candidate's calls of those tools that
-    matched none, written out.
+class UncoveredMatch(NamedTuple):
+    """How the candidate's calls of tools the sandbox does not provide match the expert's (:func:`uncovered_calls_not_made`)."""
+
+    missing: list[dict[str, Any]]
+    """The expert's calls that no call of the candidate matched, as recorded."""
+    extra: list[str]
+    """The candidate's calls of a tool beyond the expert's count of it (a second page where the expert paged once),
+    written out: those of its calls of that tool that matched no expert call."""
+    own: list[str]
+    """The candidate's calls of these tools that matched no expert call, written out (``extra`` among them)."""
+
+
+def uncovered_calls_not_made(task: EvalTask, uncovered: list[dict[str, Any]], made: list[ToolCall]) -> UncoveredMatch:
+    """How the candidate's calls ``made`` match ``uncovered`` (the expert's calls of tools the sandbox does not provide,
+    as ``task.payload``'s ``expert_calls`` hold them): the expert's calls it lacks, its calls of a tool beyond the
+    expert's count, and its calls of these tools that matched none (:class:`UncoveredMatch`).
 
     Calls are compared as the tool receives them: replay's :meth:`~ee_middleware.replay.policies.schema.ToolSchemas.call_key`
     over the tools the task offers (an argument at its schema's default is the argument left out, ``1.0`` is ``1``,
-    keys in any order; a redacted value is compared as its placeholder, which is what both the expert's recorded call
-    and the candidate's hold), except free text: an expert argument that is a string of several words (a page's
-    message, an e-mail's body) is matched by its facts, as the expert's final answer is (:func:`answer_facts`: its ids,
-    numbers, dates and names must be stated in the candidate's argument of the same name, in any wording). The match
-    is a multiset per call, in any order: each expert call needs a call of its own (an expert that paged twice needs
-    two pages), when it came does not count (a page before the ticket is the same page), and the candidate's further
-    calls of these tools fail nothing (they reach no world, as the sandbox refuses them; they are named in the reason
-    of a task that fails)."""
+    keys in any order, a string exactly as written; a redacted value is compared as its placeholder, which is what both
+    the expert's recorded call and the candidate's hold), except free text: an expert argument that is prose
+    (:func:`_free_text_arguments`: four words or more, no enum, format or pattern in its schema) is matched by what it
+    states (:func:`_states_the_same`): its numbers and identifiers, and every content word, in the candidate's argument
+    of the same name, in any wording, case and order.
+
+    The match is a maximum bipartite matching of the expert's calls to the candidate's, in any order: each expert
+    call needs a call of its own (an expert that paged twice needs two pages), when it came does not count (a page
+    before the ticket is the same page), and the most expert calls are matched that can be (free text matches by
+    what it states, so a long page also states a short one's facts: which page stands for which is not first come,
+    first served). These tools act outside the world and are not undone (a page pages a person, an e-mail is
+    sent), so a candidate that calls one more often than the expert did (a second page) has its calls beyond the
+    expert's count listed as ``extra``; its calls of tools the expert did not call here are not counted. A call whose
+    arguments are text that is no JSON object (``{"_raw": ...}``, which reached no tool) is never counted as made."""
     from ee_middleware.replay.policies.schema import tool_schemas_for
 
     schemas = tool_schemas_for([schema for turn in task.tools for schema in turn])
     names = {call["name"] for call in uncovered}
-    own = [call for call in made if call.name in names]
-    free_text = [_free_text_arguments(call.get("arguments") or {}) for call in uncovered]
-    taken = [False] * len(own)
-    missing = []
-    for call, free in zip(uncovered, free_text, strict=True):
-        arguments = call.get("arguments") or {}
-        key = schemas.call_key(call["name"], _without(arguments, free))
-        for i, candidate in enumerate(own):
-            if (
-                not taken[i]
-                and candidate.name == call["name"]
-                and schemas.call_key(candidate.name, _without(candidate.arguments, free)) == key
-                and all(_states_the_facts(arguments[name], candidate.arguments.get(name)) for name in free)
-            ):
-                taken[i] = True
-                break
-        else:
-            missing.append(call)
-    unmatched = [_written(c.name, c.arguments) for c, used in zip(own, taken, strict=True) if not used]
-    return missing, unmatched
+    own = [call for call in made if call.name in names and not _malformed(call.model_dump(), task)]
+    free_text = [_free_text_arguments(schemas, call["name"], call.get("arguments") or {}) for call in uncovered]
+    keys = [
+        schemas.call_key(call["name"], _without(call.get("arguments") or {}, free)) for call, free in zip(uncovered, free_text, strict=True)
+    ]
+    matches = [
+        [
+            j
+            for j, candidate in enumerate(own)
+            if candidate.name == call["name"]
+            and schemas.call_key(candidate.name, _without(candidate.arguments, free)) == key
+            and all(_states_the_same(call["arguments"][name], candidate.arguments.get(name)) for name in free)
+        ]
+        for call, free, key in zip(uncovered, free_text, keys, strict=True)
+    ]
+    paired = _maximum_matching(matches, len(own))
+    taken = set(paired.values())
+    missing = [call for i, call in enumerate(uncovered) if i not in paired]
+    unmatched = [call for j, call in enumerate(own) if j not in taken]
+    expected = Counter(call["name"] for call in uncovered)
+    beyond = Counter({name: n - expected[name] for name, n in Counter(call.name for call in own).items() if n > expected[name]})
+    extra = []
+    for call in reversed(unmatched):  # the last calls of a tool are the ones beyond the expert's count
+        if beyond[call.name]:
+            beyond[call.name] -= 1
+            extra.append(call)
+    return UncoveredMatch(
+        missing, [_written(c.name, c.arguments) for c in reversed(extra)], [_written(c.name, c.arguments) for c in unmatched]
+    )
 
 
-def _free_text_arguments(arguments: dict[str, Any]) -> frozenset[str]:
-    """The names of ``arguments`` holding free text: a string of several words (a message, a body, a note), which a
-    candidate writes in words of its own."""
-    return frozenset(name for name, value in arguments.items() if isinstance(value, str) and len(value.split()) > 1)
+def _maximum_matching(matches: list[list[int]], right: int) -> dict[int, int]:
+    """A maximum matching of a bipartite graph, as ``{left: right}``: ``matches[i]`` lists the right nodes (``0 ..
+    right - 1``) left node ``i`` may take. Augmenting paths (Kuhn's algorithm), the left nodes in order, each trying its
+    right nodes in order (so that equal calls pair in the order they came); iterative, so that no number of calls
+    reaches Python's recursion limit."""
+    owner: list[int | None] = [None] * right
+    for start in range(len(matches)):
+        seen = [False] * right
+        # A depth-first search for an augmenting path: each frame is (left node, the index of its next right node).
+        stack = [[start, 0]]
+        came_by: list[int] = []  # the right node each frame after the first was reached by
+        found = None
+        while stack and found is None:
+            frame = stack[-1]
+            node, index = frame
+            if index >= len(matches[node]):
+                stack.pop()
+                if came_by:
+                    came_by.pop()
+                continue
+            frame[1] += 1
+            target = matches[node][index]
+            if seen[target]:
+                continue
+            seen[target] = True
+            holder = owner[target]
+            if holder is None:
+                found = target
+            else:
+                came_by.append(target)
+                stack.append([holder, 0])
+        if found is None:
+            continue
+        # Flip the path: the last left node takes the free right node, each before it the right node it was reached by.
+        targets = [*came_by, found]
+        for (node, _), target in zip(stack, targets, strict=True):
+            owner[target] = node
+    return {node: target for target, node in enumerate(owner) if node is not None}
+
+
+_PROSE_WORDS = 4
+"""The fewest whitespace-separated words of a string read as free text (prose); a shorter one is a value (``on hold``,
+``Refund approved``), compared as written."""
+_CODE_LIKE = re.compile(r"[{}<>=`|\\]")
+"""Characters of code or markup rather than prose (a query, a template, JSON): a string holding one is compared as written."""
+
+
+def _free_text_arguments(schemas: Any, name: str, arguments: dict[str, Any]) -> frozenset[str]:
+    """The names of ``arguments`` (of a call of ``name``, its schema in ``schemas``) that hold free text, which a
+    candidate writes in words of its own (a page's message, an e-mail's body): a string of at least
+    :data:`_PROSE_WORDS` words, with no character of code or markup (:data:`_CODE_LIKE`), whose schema does not make it a
+    value (an ``enum``, a ``const``, a ``format`` or a ``pattern``, or a ``type`` that is not ``string``). Every other
+    argument is compared as the tool receives it, a string exactly as written."""
+    properties = schemas.arguments_of(name)[0] if name in schemas else {}
+    return frozenset(
+        key
+        for key, value in arguments.items()
+        if isinstance(value, str)
+        and len(value.split()) >= _PROSE_WORDS
+        and not _CODE_LIKE.search(value)
+        and _open_text(properties.get(key))
+    )
+
+
+def _open_text(schema: Any) -> bool:
+    """Whether an argument's ``schema`` (None when it has none) leaves its string's wording open."""
+    if not isinstance(schema, dict):
+        return True
+    kind = schema.get("type")
+    if kind is not None and kind != "string" and not (isinstance(kind, list) and "string" in kind):
+        return False
+    return not any(word in schema for word in ("enum", "const", "format", "pattern"))
 
 
 def _without(arguments: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
     return {name: value for name, value in arguments.items() if name not in names} if names else arguments
 
 
-def _states_the_facts(expected: str, got: Any) -> bool:
-    """Whether the candidate's argument ``got`` states every fact of the expert's free text ``expected`` (its ids,
-    numbers, dates and capitalized names: :func:`answer_facts` over the text itself)."""
-    return isinstance(got, str) and not missing_facts(answer_facts(expected, [expected]), [got])
+_ID_CHARACTERS = re.compile(r"[@/#:$._]")
+"""Characters that make a token without digits an identifier (an e-mail address, a path, a file name, a placeholder)."""
+_WORD = re.compile(r"[^\W\d_]+")
+"""A run of letters (any script): a word, hyphens and apostrophes splitting it (``on-call``: ``on``, ``call``)."""
+_NEGATION = re.compile(
+    r"(?<![^\W\d_])(?:not|no|never|none|nothing|nobody|nowhere|neither|nor|cannot|without)(?![^\W\d_])|n['\u2019]t(?![^\W\d_])"
+)
+"""A word that negates what the text states (``not``, ``no``, ``never``, ``can't``, ...)."""
+_PROSE_STOPWORDS_TEXT = (
+    # articles, conjunctions, common prepositions
+    "a an the and or but if so as of in on at to for from by with about into onto than then also just"
+    # pronouns and determiners
+    " i me my we us our you your he him his she her it its they them their this that these those there here"
+    " what which who whom whose when where why how"
+    # auxiliaries and modals
+    " is are was were be been being am do does did have has had will would shall should can could may might must"
+    # the stems contractions leave (isn't: isn, t; it's: it, s; we'll: we, ll)
+    " isn aren wasn weren don doesn didn hasn haven hadn won wouldn couldn shouldn mustn ain s t d ll ve re m"
+    # politeness and greetings, which say nothing of the matter
+    " please kindly hi hello hey dear thanks thank fyi"
+    # the negations, which are read apart (_NEGATION)
+    " not no never none nothing nobody nowhere neither nor cannot without"
+)
+_PROSE_STOPWORDS = frozenset(_PROSE_STOPWORDS_TEXT.split())
+"""Words that state nothing of a text's matter (English function words, greetings): no candidate is asked to repeat them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prose:
+    """What a free text states (:func:`_prose`)."""
+
+    facts: list[str]
+    """Its numbers and identifiers (tokens with a digit or an identifier's character), as :func:`missing_facts` reads them."""
+    words: list[str]
+    """Its content words (lower case, not in :data:`_PROSE_STOPWORDS`)."""
+    stems: frozenset[str]
+    """The stems (:func:`_stem`) of all its words, stop words too."""
+    negated: bool
+    """Whether it holds a negation (:data:`_NEGATION`) outside its facts (``no-reply@example.com`` negates nothing)."""
+    squeezed: str
+    """The text as facts are read in it (:func:`_facts_text`), its whitespace runs made one space."""
+
+
+def _prose(text: str) -> _Prose:
+    """Read a free text: its facts (as :func:`answer_facts` reads a number, its sign and an identifier; the case of no
+    word matters, a capital that starts a sentence least of all), its content words, whether it negates."""
+    normal = _facts_text(text)
+    facts: list[str] = []
+    pieces: list[str] = []  # the text without its facts, whose letters are no words of their own
+    end = 0
+    for match in _TOKEN.finditer(normal):
+        raw = match.group(0)
+        token = raw.strip(".:/-$#")
+        if not token or not (any(c.isdigit() for c in token) or _ID_CHARACTERS.search(token)):
+            continue
+        pieces.append(normal[end : match.start()])
+        end = match.end()
+        if _negative(normal, match.start(), raw, token):
+            token = f"-{token}"
+        if token not in facts:
+            facts.append(token)
+    pieces.append(normal[end:])
+    rest = " ".join(pieces)
+    words = [word for word in dict.fromkeys(_WORD.findall(rest)) if word not in _PROSE_STOPWORDS and len(word) > 1]
+    return _Prose(
+        facts,
+        words,
+        frozenset(_stem(word) for word in _WORD.findall(normal)),
+        _NEGATION.search(rest) is not None,
+        " ".join(normal.split()),
+    )
+
+
+def _stem(word: str) -> str:
+    """``word`` without one inflection (``-ing``, ``-ed``, ``-es``, ``-s``, a final ``-e``) when three letters or more
+    stay, a doubled last consonant then made single: ``delayed``/``delays``/``delay``, ``paging``/``paged``/``page``,
+    ``stopped``/``stop`` share a stem. A light suffix strip, not a dictionary: ``said`` is not ``say``."""
+    for suffix in ("ing", "ed", "es", "s", "e"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            if suffix == "s" and word[-2] in "siu":  # status, address, analysis: no plural s
+                continue
+            stem = word[: -len(suffix)]
+            if suffix in ("ing", "ed") and len(stem) > 3 and stem[-1] == stem[-2] and stem[-1] not in "lsz":
+                stem = stem[:-1]  # stopped, running
+            return stem
+    return word
+
+
+def _states_the_same(expected: str, got: Any) -> bool:
+    """Whether the candidate's argument ``got`` states what the expert's free text ``expected`` states.
+
+    ``got`` must be a string with some text, and state:
+
+    * every fact of ``expected`` (its numbers, amounts, dates and identifiers, read by :func:`missing_facts`: a number
+      by its value and sign however it is written, a count up to twenty also in words);
+    * every content word of ``expected``: each word not in :data:`_PROSE_STOPWORDS` (English function words and
+      greetings) must be in ``got``, in any case and order, an inflection apart (:func:`_stem`), a count word also as its
+      number. The case of a word never counts (a sentence-initial ``Please`` or ``Customer`` is the word, no name), and
+      lowercase words are facts as much as capitalised ones: what a page says is mostly in them (``the vpn is down``);
+    * a negation when, and only when, ``expected`` holds one (:data:`_NEGATION`): ``not approved`` is not
+      ``approved``, either way round.
+
+    A text whose every word is a stop word states no fact to look for (``it is what it is``): ``got`` must then be the
+    same text, case, commas and whitespace apart.
+
+    This reads words, not meaning: a synonym or a paraphrase of a content word (``outage`` for ``down``, ``user`` for
+    ``customer``) does not state it, so such a candidate fails (a false failure, the safe side for a call that acts
+    outside the world); and the candidate's further words are its own, so one that states every word of the expert's
+    text and then contradicts it in other words (``..., ignore: all is fine``) is not caught."""
+    if not isinstance(got, str) or not got.strip():
+        return False
+    want, have = _prose(expected), _prose(got)
+    if want.negated != have.negated:
+        return False
+    if not want.facts and not want.words:
+        return want.squeezed == have.squeezed
+    if missing_facts(want.facts, [got]):
+        return False
+    numbers = _numbers(_facts_text(got))
+    counts = {word: number for number, word in _COUNT_WORDS.items()}
+    return all(_stem(word) in have.stems or (word in counts and Decimal(counts[word]) in numbers) for word in want.words)
 
 
 def _written(name: str, arguments: dict[str, Any]) -> str:

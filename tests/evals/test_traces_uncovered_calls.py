@@ -167,25 +167,28 @@ def test_a_candidate_that_never_pages_fails_the_outage_and_the_run_counts_the_ch
 
 
 @pytest.mark.parametrize(
-    ("edit", "passes"),
+    ("edit", "error"),
     [
-        (lambda call: call, True),  # the same call
-        (lambda call: _page(call, severity=1.0), True),  # 1.0 is 1, as the tool receives it
-        (lambda call: [call, call], True),  # a second page: the expert's one is made (each expert call needs one of its own)
-        (lambda call: _page(call, team="security"), False),  # another team (one word: compared as written)
-        (lambda call: _page(call, message="Everyone has lost the vpn"), True),  # free text: its facts in other words
-        (lambda call: _page(call, message="The network is down for everyone"), False),  # free text without its fact (VPN)
+        (lambda call: call, None),  # the same call
+        (lambda call: _page(call, severity=1.0), None),  # 1.0 is 1, as the tool receives it
+        (lambda call: [call, call], "uncovered_call_extra"),  # a second page pages again: one more than the expert's
+        (lambda call: _page(call, team="security"), "uncovered_call_missing"),  # another team (one word: compared as written)
+        (lambda call: _page(call, message="The vpn is down for everyone"), None),  # free text: what it states, in its own case
+        (lambda call: _page(call, message="Everyone: vpn down!"), None),  # and words, in any order
+        (lambda call: _page(call, message="The network is down for everyone"), "uncovered_call_missing"),  # without VPN
+        (lambda call: _page(call, message="Everyone has lost the vpn"), "uncovered_call_missing"),  # without down
     ],
 )
 def test_the_page_is_matched_by_name_and_arguments_as_the_tool_receives_them_free_text_by_its_facts(
-    desk: tuple[Path, Path], edit: Any, passes: bool
+    desk: tuple[Path, Path], edit: Any, error: str | None
 ) -> None:
     suite, tasks = _tasks(desk)
     task = tasks["outage"]
     result = suite.run(OracleClient(), replace(task, reference=_edited_reference(task, edit)), 0, LoopConfig())
-    assert result.success is passes, result.reason
-    if not passes:
-        assert result.error_type == "uncovered_call_missing" and "page_oncall(" in result.reason, result.reason
+    assert result.success is (error is None), result.reason
+    assert result.error_type == error, result.reason
+    if error == "uncovered_call_missing":
+        assert "page_oncall(" in result.reason, result.reason
         assert "its own calls of these tools: page_oncall(" in result.reason, result.reason
     assert result.details["uncovered_calls"] == 1
 
