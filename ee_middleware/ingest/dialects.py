@@ -174,6 +174,7 @@ def adapt(span: SpanData) -> SpanData:
         attrs = _with_details_events(span, span.attributes)
         attrs = _with_tool_events(span, attrs)
         attrs = _with_tool_span_keys(attrs)
+        attrs = _with_failed_tool_message(attrs)
     elif op == sc.OP_INVOKE_AGENT:
         attrs = _with_tool_parameters(span.attributes)  # an agent span's tools may be its model spans' (see runs)
     else:
@@ -321,6 +322,46 @@ tool message): Anthropic's ``tool_result`` block names it so; Converse's ``toolR
 AI SDK's ``tool-result`` an ``output`` of type ``error-text`` / ``error-json`` (v4: ``isError``). No part of a message
 (:func:`genai_to_openai` leaves it out): :func:`_with_tool_error_positions` makes it the span's
 ``ee.tool_call.error_positions``."""
+
+
+TOOL_MESSAGE_OUTPUTS = (
+    "output.value",
+    _TRACELOOP_OUTPUT,
+    "gen_ai.completion",
+    "langfuse.observation.output",
+    "mlflow.spanOutputs",
+    sc.TOOL_CALL_RESULT,
+)
+"""Where a tool span of a LangChain tool holds the ``ToolMessage`` the tool returned (dumped, serialized with ``lc``, or
+under ``output``): OpenInference, OpenLLMetry, LangSmith, Langfuse, MLflow, and the GenAI result of any of them."""
+
+
+def _with_failed_tool_message(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A tool span whose ``ToolMessage`` says ``"status": "error"`` marked failed (``error.type`` ``tool_error``, as
+    capture marks the same tool call), so its observation is an error: a tool error the tool handled
+    (``ToolException`` with ``handle_tool_error``, ``ToolNode``'s default handling, ``ToolRetryMiddleware``) ends the
+    tool's run without an exception, its span's status OK, and only the message the model is given says it failed.
+    A span already marked failed keeps its own mark."""
+    if attrs.get(sc.ERROR_TYPE):
+        return attrs
+    for key in TOOL_MESSAGE_OUTPUTS:
+        raw = attrs.get(key)
+        if isinstance(raw, str) and '"status"' in raw and '"error"' in raw and _tool_message_status(_decoded(raw)) == "error":
+            return {**attrs, sc.ERROR_TYPE: "tool_error"}
+    return attrs
+
+
+def _tool_message_status(value: Any) -> Any:
+    """The ``status`` of a LangChain ``ToolMessage`` in the shapes instrumentations write it (``{"type": "tool", "data":
+    {...}}``, ``{"lc": 1, ..., "kwargs": {...}}``, the message's fields, any of them under ``output``), else None."""
+    if isinstance(value, Mapping) and set(value) >= {"output"} and isinstance(value.get("output"), Mapping):
+        value = value["output"]
+    if isinstance(value, Mapping) and value.get("type") == "tool" and isinstance(value.get("data"), Mapping):
+        value = {"type": "tool", **value["data"]}
+    fields = _lc_fields(value)
+    if isinstance(fields, Mapping) and fields.get("type") == "tool" and "tool_call_id" in fields:
+        return fields.get("status")
+    return None
 
 
 def _with_tool_error_positions(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
