@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,28 +79,43 @@ def iter_otlp_json(path: str | Path, sink: ParseResult) -> Iterator[SpanData]:
     size (a single pretty-printed document is read whole). A gzip'd file is read as it decompresses.
     """
     path = Path(path)
+    problems, seen, spans = len(sink.errors), Counter[str](), 0
     try:
         with path.open("rb") as raw:
             magic = raw.peek(4)[:4]
             if magic[:2] == _GZIP:
                 with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                    yield from _read_stream(path, io.BufferedReader(unzipped, _HEAD), sink)  # type: ignore[arg-type]
+                    for span in _read_stream(path, io.BufferedReader(unzipped, _HEAD), sink, seen):  # type: ignore[arg-type]
+                        spans += 1
+                        yield span
             elif magic == _ZSTD:
                 sink.errors.append(
                     f"{path}: zstd-compressed (a Collector file exporter's 'compression: zstd'), which is not read; "
                     "set 'format: json' without compression on the file exporter (or gzip the files)."
                 )
             else:
-                yield from _read_stream(path, raw, sink)
+                for span in _read_stream(path, raw, sink, seen):
+                    spans += 1
+                    yield span
     except gzip.BadGzipFile as exc:
         sink.errors.append(f"{path}: not a readable gzip file ({exc}).")
     except (EOFError, zlib.error) as exc:
         sink.errors.append(f"{path}: a damaged or cut gzip file ({exc}); the spans before the damage were read.")
     except OSError as exc:
         sink.errors.append(f"{path}: cannot read the file: {exc.strerror or exc}")
+    if not spans and len(sink.errors) == problems:
+        sink.errors.append(f"{path}: {_no_spans(seen)}; {_EXPECTED}.")
 
 
-def _read_stream(path: Path, stream: io.BufferedReader, sink: ParseResult) -> Iterator[SpanData]:
+def _no_spans(seen: Counter[str]) -> str:
+    """What a file that was read without a problem, yet held no span, held instead (``seen``: what
+    :func:`_read_request` counted): as an empty file is, it is one problem (a mistaken export goes unnoticed else)."""
+    if not seen["requests"]:
+        return "holds an empty JSON list ([]), no export request"
+    return f"holds {seen['requests']} export request(s) with no span in them"
+
+
+def _read_stream(path: Path, stream: io.BufferedReader, sink: ParseResult, seen: Counter[str]) -> Iterator[SpanData]:
     head = stream.peek(_HEAD)[:_HEAD]
     nul = head.find(_NUL)
     if nul >= 0:  # binary (OTLP protobuf, junk): one problem, never one per line
@@ -125,9 +141,9 @@ def _read_stream(path: Path, stream: io.BufferedReader, sink: ParseResult) -> It
             where = f"{path}:{number}" if whole.strip() == text.strip() else f"{path}"
             sink.errors.append(f"{where}: not valid JSON ({_json_problem(exc)}); {_EXPECTED}.")
             return
-        yield from _read_request(document, f"{path}", sink)
+        yield from _read_request(document, f"{path}", sink, seen)
         return
-    yield from _read_request(document, f"{path}:{number}", sink)
+    yield from _read_request(document, f"{path}:{number}", sink, seen)
     for number, line in lines:  # JSON Lines: one request per line
         text = _decode(path, number, line, sink, whole_file=False)
         if text is None:
@@ -137,7 +153,7 @@ def _read_stream(path: Path, stream: io.BufferedReader, sink: ParseResult) -> It
         except (ValueError, RecursionError) as exc:
             sink.errors.append(f"{path}:{number}: not valid JSON ({_json_problem(exc)}); line skipped.")
             continue
-        yield from _read_request(document, f"{path}:{number}", sink)
+        yield from _read_request(document, f"{path}:{number}", sink, seen)
 
 
 _GZIP = b"\x1f\x8b"
@@ -187,16 +203,19 @@ def _json_problem(exc: BaseException) -> str:
     return str(exc)
 
 
-def _read_request(document: Any, where: str, result: ParseResult) -> Iterator[SpanData]:
+def _read_request(document: Any, where: str, result: ParseResult, seen: Counter[str] | None = None) -> Iterator[SpanData]:
+    """The spans of one JSON document (an export request, or a list of them); ``seen`` counts the requests read."""
+    seen = Counter() if seen is None else seen
     if isinstance(document, list):
         for i, item in enumerate(document):
-            yield from _read_request(item, f"{where}[{i}]", result)
+            yield from _read_request(item, f"{where}[{i}]", result, seen)
         return
     try:
         request = check_request(document)
     except ShapeError as exc:
         result.errors.append(f"{where}: {exc}; skipped.")
         return
+    seen["requests"] += 1
     for r, resource_spans in enumerate(request.resourceSpans):
         resource = resource_attributes(resource_spans)
         for s, scope_spans in enumerate(resource_spans.scopeSpans):
