@@ -320,9 +320,12 @@ def _ingest_traces(
     """Assemble the spilled spans trace by trace, writing the new trajectories in batches; ``traces``: the ids of the
     spilled traces, where known."""
     rejected_by_trace: dict[str, list[RejectedSpan]] = defaultdict(list)
+    untraced: list[RejectedSpan] = []
     for bad in rejected:
         if bad.trace_id is not None:
             rejected_by_trace[bad.trace_id].append(bad)
+        elif bad.span_id is not None or bad.parent_span_id is not None:
+            untraced.append(bad)  # its traceId missing or unreadable: its run is found by its span ids (_with_untraced)
     unended_by_trace: dict[str, set[str]] = defaultdict(set)
     for trace_id, span_id in unended:
         unended_by_trace[trace_id].add(span_id)
@@ -376,7 +379,13 @@ def _ingest_traces(
     bare: list[BareCall] = []
     for trace_id, trace_spans in spill.traces():
         found = _trace_trajectories(
-            trace_id, trace_spans, rejected_by_trace.get(trace_id, []), target, report, unended_by_trace[trace_id], bare
+            trace_id,
+            trace_spans,
+            _with_untraced(rejected_by_trace.get(trace_id, []), untraced, trace_spans),
+            target,
+            report,
+            unended_by_trace[trace_id],
+            bare,
         )
         for trajectory in found:
             keep(trajectory, {t.id for t in found if t is not trajectory})
@@ -395,6 +404,19 @@ def _ingest_traces(
         report.notes.append(_joined_note(len(bare), joined))
     if report.unread_spans and not report.runs:
         report.problem(_nothing_read(report))
+
+
+def _with_untraced(rejected: list[RejectedSpan], untraced: Sequence[RejectedSpan], spans: Sequence[SpanData]) -> list[RejectedSpan]:
+    """The rejected spans of a trace (``rejected``) with those whose trace id could not be read (``untraced``: missing,
+    not a string, not 32 hex digits) that belong to it by their span ids: a span of the trace is their parent, or their
+    child. Such a span belonged to a run as any other rejected span does, and its run is not stored without it (a
+    model span lost so would leave its decision out of a run stored ``completed``)."""
+    if not untraced:
+        return rejected
+    ids = {s.span_id for s in spans}
+    parents = {s.parent_span_id for s in spans if s.parent_span_id is not None}
+    found = [bad for bad in untraced if bad.parent_span_id in ids or bad.span_id in parents]
+    return [*rejected, *found] if found else rejected
 
 
 def _joined_note(calls: int, joined: int) -> str:
