@@ -8,7 +8,10 @@ model, or any chat model) that sees the task and the whole conversation, tool re
 answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when no observation came from an experience model
 (a trajectory is stored as recorded experience: IL, IWM, SR and the replay buffer read its observations as what the
 tools returned; a model that was asked for one and gave nothing usable counts too), every call it made named a tool the
-task offers (:data:`UNKNOWN_TOOL_DROPPED`: such a call ends the rollout before the sandbox sees it), the loop ended
+task offers (:data:`UNKNOWN_TOOL_DROPPED`: such a call ends the rollout before the sandbox sees it) and one the sandbox
+covers (:data:`UNCOVERED_TOOL_DROPPED`: refused as ``ee replay run`` refuses it, counted by tool in
+:attr:`CurriculumRun.refused_tools`, it ends the rollout too: the sandbox's refusal is no observation production gives,
+and stored it would teach IL, IWM and the experience model that the tool answers so), the loop ended
 without an error, every call the policy wrote could be read (:data:`UNPARSABLE_DROPPED`), it made at least one tool call
 and the judge's reward is 1 (the judge is asked last); it is stored as a trajectory with ``source="curriculum"``,
 ``pending`` for approval unless ``approve_if`` accepts it, so it feeds IL/IWM/SR like any other once approved. Its
@@ -69,6 +72,13 @@ UNKNOWN_TOOL_DROPPED = "unknown_tool: the policy called a tool the task does not
 exactly, as the sandbox compares them): stored and approved, it would teach the policy to call a tool that is not there.
 It starts with replay's name for such a proposal (``rejected_by_reason``'s ``unknown_tool``)."""
 
+UNCOVERED_TOOL_DROPPED = "uncovered_tool: the policy called a tool the sandbox does not cover (see refused_tools)"
+"""The reason a rollout is dropped when the policy called a tool the task offers but the sandbox does not cover
+(``covers(name)`` false: a tool it does not provide, refuses with a ``refusal_hint``, or declares to act only outside the
+world): ``ee replay run`` refuses such a call (its ``refused_tools``), and so does the curriculum, ending the rollout at
+it. Its refusal is no observation production gives: stored and approved, it would become an IWM and experience-model
+target. A covered tool's own error (it raised, as in production) is an observation like any other."""
+
 JUDGE_MAX_TOKENS = 1024
 """The judge's ``max_tokens`` unless told otherwise (``ee curriculum run --judge-max-tokens``): its verdict is a short JSON
 object, but a reasoning judge (Qwen3, an R1 distill) thinks first, and one cut off while thinking gives no verdict. A
@@ -113,6 +123,9 @@ class CurriculumRun:
     again."""
     approved: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    refused_tools: Counter[str] = field(default_factory=Counter)
+    """Calls the policy made of a tool the sandbox does not cover, by tool (``ee replay run``'s ``refused_tools``): never
+    executed; each ended its rollout, dropped as :data:`UNCOVERED_TOOL_DROPPED`."""
 
 
 def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
@@ -373,9 +386,14 @@ class _UnknownTool(Exception):
     """The policy called a tool the task does not offer: the rollout ends there (it is dropped, whatever came next)."""
 
 
+class _UncoveredTool(Exception):
+    """The policy called a tool the sandbox does not cover: the rollout ends there (it is dropped, whatever came next)."""
+
+
 class _Recording:
     """The sandbox as the loop's environment, keeping each call's full observation (``is_error`` included); a call of a
-    tool not among ``offered`` (names) never reaches the sandbox: it ends the rollout (:attr:`unknown`)."""
+    tool not among ``offered`` (names) never reaches the sandbox: it ends the rollout (:attr:`unknown`), and so does a call
+    of a tool the sandbox does not cover (:attr:`uncovered`)."""
 
     def __init__(self, sandbox: Any, offered: Iterable[str]) -> None:
         self.sandbox = sandbox
@@ -385,6 +403,8 @@ class _Recording:
         """Tools whose observation a model wrote (an experience-model sandbox's ``provenance()``), not the tools."""
         self.unknown: list[str] = []
         """The tool the policy called that the task does not offer, once it did (the rollout ended at that call)."""
+        self.uncovered: list[str] = []
+        """The tool the policy called that the sandbox does not cover, once it did (the rollout ended at that call)."""
 
     def execute(self, call: ToolCall) -> Observation:
         if call.name not in self.offered:
@@ -393,17 +413,19 @@ class _Recording:
             self.unknown.append(call.name)
             raise _UnknownTool(f"the task does not offer the tool {call.name!r}")
         if not self.sandbox.covers(call.name):
-            observation = Observation(content=f"Error: tool {call.name!r} is not available here.", is_error=True)
-        else:
-            provenance = getattr(self.sandbox, "provenance", None)
-            try:
-                observation = self.sandbox.execute(call)
-            except (SyntheticObservationError, ModelError):
-                if provenance is not None:  # the experience model was asked for the observation and gave none
-                    self.synthetic.append(call.name)
-                raise
-            if provenance is not None and provenance() is not None:
+            # Refused, never executed, as replay refuses it (runner._alternatives): a refusal put here as its observation
+            # is what no production tool answers, and the rollout's later steps would follow from it.
+            self.uncovered.append(call.name)
+            raise _UncoveredTool(f"the sandbox does not cover the tool {call.name!r}")
+        provenance = getattr(self.sandbox, "provenance", None)
+        try:
+            observation = self.sandbox.execute(call)
+        except (SyntheticObservationError, ModelError):
+            if provenance is not None:  # the experience model was asked for the observation and gave none
                 self.synthetic.append(call.name)
+            raise
+        if provenance is not None and provenance() is not None:
+            self.synthetic.append(call.name)
         self.observations[call.id] = observation
         return observation
 
@@ -514,6 +536,7 @@ def run_curriculum(
                 conversation = run_conversation(policy, eval_task, environment, loop, trial=trial)
                 if progress is not None:
                     progress(1)
+                run.refused_tools.update(environment.uncovered)  # counted whatever the rollout is dropped for
                 if environment.synthetic:
                     # a stored trajectory is recorded experience: IL, IWM, SR and the experience model's replay buffer
                     # read its observations as what the tools returned, and nothing on a trajectory marks one a model wrote.
@@ -522,6 +545,9 @@ def run_curriculum(
                     continue
                 if environment.unknown:  # before the error: the call ended the rollout as a tool error
                     run.dropped[UNKNOWN_TOOL_DROPPED] += 1
+                    continue
+                if environment.uncovered:  # before the error too, for the same reason
+                    run.dropped[UNCOVERED_TOOL_DROPPED] += 1
                     continue
                 if conversation.error_type:
                     # the policy's model failed (its server down, timing out, refusing the model's name, the key or the

@@ -152,7 +152,10 @@ def run_cmd(
     sandbox: str = typer.Option(
         ...,
         "--sandbox",
-        help="Sandbox of the real tools (bfcl, module:factory); rollouts whose observations an experience model wrote are not kept.",
+        help=(
+            "Sandbox of the real tools (bfcl, module:factory); rollouts whose observations an experience model wrote, or that "
+            "call a tool it does not cover (refused_tools), are not kept."
+        ),
     ),
     judge: str = typer.Option(..., "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
     judge_max_tokens: int = typer.Option(
@@ -174,7 +177,8 @@ def run_cmd(
     """Roll the policy out K times on each task and store the successes a judge verifies.
 
     They are stored as trajectories with source=curriculum, pending for approval unless --approve-if
-    accepts them. Run again, it stores the new rollouts; one the store already holds (the same
+    accepts them. A rollout that calls a tool the sandbox does not cover is ended there and not kept
+    (refused_tools counts those calls by tool; exit 1 when no rollout was kept). Run again, it stores the new rollouts; one the store already holds (the same
     conversation) is counted as already stored, not stored twice."""
     import functools
     import importlib
@@ -186,6 +190,7 @@ def run_cmd(
         JUDGE_NO_VERDICT,
         POLICY_FAILED,
         SYNTHETIC_DROPPED,
+        UNCOVERED_TOOL_DROPPED,
         is_context_refusal,
         read_tasks,
         run_curriculum,
@@ -247,6 +252,17 @@ def run_cmd(
         problem = f"the policy {policy} answered none of the {policy_failed} rollout(s) (see 'dropped'): {said or 'it gave no answer'}"
     elif result.dropped.get(SYNTHETIC_DROPPED) and not result.kept:
         problem = f"no rollout was kept from the sandbox {sandbox}: {SYNTHETIC_DROPPED}."
+    elif result.dropped.get(UNCOVERED_TOOL_DROPPED) and not result.kept:
+        # nothing stored, and no later run stores a rollout that calls these tools until the sandbox covers them
+        tools = ", ".join(f"{tool} ({count} call(s))" for tool, count in sorted(result.refused_tools.items()))
+        it, acts = ("them", "they act") if len(result.refused_tools) > 1 else ("it", "it acts")
+        problem = (
+            f"no rollout was kept: in {result.dropped[UNCOVERED_TOOL_DROPPED]} rollout(s) the policy called a tool the sandbox "
+            f"{sandbox} does not cover ({tools}; see 'refused_tools'), and a rollout is stored only with observations the "
+            f"tools gave (the sandbox's refusal is none). To keep such rollouts, add {it} to the sandbox's tools with the world "
+            f"{acts} on (docs/sandboxes.md); a tool declared in outside_world_tools is never called, so a task that needs "
+            "it cannot be rolled out."
+        )
     elif too_long and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
         problem = (
             f"the judge {judge} failed on every one of the {judge_failed} rollout(s) it was shown (see 'dropped'): on {too_long} "
@@ -283,6 +299,7 @@ def run_cmd(
         "already_stored": len(result.already_stored),
         "approved": result.approved,
         "dropped": dict(result.dropped),
+        "refused_tools": dict(result.refused_tools),  # calls of tools the sandbox does not cover, by tool (as ee replay run's)
     }
     if as_json:
         print_json({**summary, "trajectories": result.kept, "stored_trajectories": result.stored, "error": problem})
@@ -298,6 +315,20 @@ def run_cmd(
             )
         for reason, count in result.dropped.most_common():
             typer.echo(f"  dropped {count}: {reason}")
+        _print_refused(result.refused_tools, sandbox)
     if problem is not None:
         typer.secho(f"error: {problem}", err=True, fg="red")
         raise typer.Exit(1)
+
+
+def _print_refused(refused_tools: dict[str, int], sandbox: str) -> None:
+    """A line per tool the sandbox refused (``refused_tools``): why, in the sandbox's own words where it gives them
+    (``refusal_hint``), and that its rollouts were not kept."""
+    if not refused_tools:
+        return
+    from ee_middleware.replay.sandboxes.registry import refusal_hints
+
+    hints = refusal_hints(sandbox, refused_tools)
+    for tool, count in sorted(refused_tools.items()):
+        why = hints.get(tool) or f"sandbox {sandbox!r} does not provide it (add it to its tools with the world it acts on)"
+        typer.echo(f"  refused {count} call(s) of {tool}: {why}; the rollouts that called it were not kept")
