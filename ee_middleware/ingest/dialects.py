@@ -142,6 +142,7 @@ _INDEXED = {
 def adapt(span: SpanData) -> SpanData:
     """``span`` with the shapes above rewritten into the GenAI attributes the assembler reads."""
     span = _with_resume_mark(span)
+    choices = _output_choices(span)
     if _LANGFUSE_TYPE in span.attributes:
         span = _from_langfuse(span)
     elif _LANGSMITH_KIND in span.attributes:
@@ -170,6 +171,8 @@ def adapt(span: SpanData) -> SpanData:
         attrs = _with_openinference_calls(attrs)
         attrs = _with_tool_parameters(attrs)
         attrs = _with_tool_error_positions(attrs)
+        if choices > 1:
+            attrs = {**attrs, OUTPUT_CHOICES: choices}
     elif op == sc.OP_EXECUTE_TOOL:
         attrs = _with_details_events(span, span.attributes)
         attrs = _with_tool_events(span, attrs)
@@ -180,6 +183,55 @@ def adapt(span: SpanData) -> SpanData:
     else:
         return span
     return span if attrs is span.attributes else replace(span, attributes=attrs)
+
+
+OUTPUT_CHOICES = "ee.ingest.output_choices"
+"""How many alternative replies (choices, candidates: a request's ``n`` > 1) a model span holds, where it holds more
+than one: each of its output messages is one (:func:`_output_choices`). :func:`~ee_middleware.ingest.runs.chosen_replies`
+keeps the one the run went on with and drops the mark."""
+
+
+def _output_choices(span: SpanData) -> int:
+    """How many choices a model span's reply holds, as its dialect writes them (before :func:`adapt` reads them): the
+    GenAI conventions' ``gen_ai.output.messages`` (each message one choice, also in the details event), ``gen_ai.choice``
+    events, OpenLLMetry's ``gen_ai.completion.{i}`` (a ``thinking`` one is a part of the reply, not a choice),
+    OpenInference's ``llm.output_messages.{i}``, LangSmith's ``generations[0]``, MLflow's ``choices``. 0 for capture's own
+    spans (their output is one decision's messages) and for dialects whose several output messages are one reply's parts
+    (Logfire's OpenAI Agents spans: one per output item)."""
+    attrs = span.attributes
+    if sc.EE_RECORDER in attrs or _LOGFIRE_TEMPLATE in attrs or operation_of(attrs) not in (*sc.MODEL_OPERATIONS, None):
+        return 0
+    raw = attrs.get(sc.OUTPUT_MESSAGES)
+    if raw in (None, ""):
+        raw = next(
+            (event.get(sc.OUTPUT_MESSAGES) for name, event in span.events if name == _DETAILS and event.get(sc.OUTPUT_MESSAGES)), None
+        )
+    if raw not in (None, ""):
+        decoded = _decoded(raw) if isinstance(raw, str) else raw
+        return len(decoded) if isinstance(decoded, list | tuple) else 0
+    if _LANGSMITH_KIND in attrs:
+        completion = _decoded(attrs.get("gen_ai.completion"))
+        generations = completion.get("generations") if isinstance(completion, Mapping) else None
+        first = generations[0] if isinstance(generations, list) and generations and isinstance(generations[0], list) else None
+        return len(first) if first is not None else 0
+    if _MLFLOW_TYPE in attrs:
+        output = _decoded(attrs.get("mlflow.spanOutputs"))
+        choices = output.get("choices") if isinstance(output, Mapping) else None
+        return len(choices) if isinstance(choices, list) else 0
+    events = sum(1 for name, _ in span.events if name == _CHOICE)
+    if events:
+        return events
+    for prefix in ("gen_ai.completion.", "llm.output_messages."):
+        indexes: dict[str, bool] = {}
+        for key, value in attrs.items():
+            if key.startswith(prefix):
+                index, _, rest = key[len(prefix) :].partition(".")
+                if index.isdigit():
+                    thinking = rest in ("role", "message.role") and value == "thinking"
+                    indexes[index] = indexes.get(index, False) or thinking
+        if indexes:
+            return sum(1 for thinking in indexes.values() if not thinking)
+    return 0
 
 
 def _with_resume_mark(span: SpanData) -> SpanData:

@@ -27,6 +27,9 @@ as a tree: it gets one problem and is skipped. Exact repeats (a collector retry)
 
 A run whose process died never ended: its root span is missing (exported only when it ends) or written
 without an end time. :func:`unfinished_reason` says so, and ingest stores it as ``interrupted``.
+
+A model call that returned several choices (``n`` > 1) keeps the one its run went on with (:func:`chosen_replies`):
+alternatives are never read as a sequence of messages.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from typing import Any
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.ingest.dialects import graph_run_attributes, litellm_raw_calls
-from ee_middleware.messages import content_to_text, genai_to_openai, parse_arguments
+from ee_middleware.ingest.dialects import OUTPUT_CHOICES, graph_run_attributes, litellm_raw_calls
+from ee_middleware.messages import content_to_text, dumps, genai_to_openai, parse_arguments
 
 _NODE_KEYS = (
     sc.EE_LANGGRAPH_NODE,
@@ -68,6 +71,26 @@ class TraceRuns:
     """Per run (in the order of ``runs``): why it never ended, or None (see :func:`unfinished_reason`)."""
     missing_roots: list[str | None] = field(default_factory=list)
     """Per run: the id of its root span when that is not among the spans read (see :func:`missing_root`), else None."""
+    choices: Choices = field(default_factory=lambda: Choices())
+    """The model calls of its runs that returned several choices, and how the one each run went on with was told."""
+
+
+@dataclass
+class Choices:
+    """Model calls that returned several choices (:data:`~ee_middleware.ingest.dialects.OUTPUT_CHOICES`), counted by
+    :func:`chosen_replies`: ``told`` those whose kept choice the run shows, ``first`` those where nothing did (the first
+    kept)."""
+
+    told: int = 0
+    first: int = 0
+
+    def __iadd__(self, other: Choices) -> Choices:
+        self.told += other.told
+        self.first += other.first
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.told or self.first)
 
 
 def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str] = ()) -> TraceRuns:
@@ -100,9 +123,16 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     recognized = ops != {None}
     unfinished = [unfinished_reason(run, tree, unended) for run in runs]
     missing = [found[0] if n not in named_by_first_call and (found := missing_root(run, tree)) else None for n, run in enumerate(runs)]
-    runs = [with_task(_with_reply_ids(_with_context(_without_echoes(run, tree), tree))) for run in runs]
+    choices = Choices()
+    runs = [with_task(_with_reply_ids(_with_context(chosen_replies(_without_echoes(run, tree), choices), tree))) for run in runs]
     return TraceRuns(
-        runs=runs, repeated_spans=repeated, agent_related=related, recognized=recognized, unfinished=unfinished, missing_roots=missing
+        runs=runs,
+        repeated_spans=repeated,
+        agent_related=related,
+        recognized=recognized,
+        unfinished=unfinished,
+        missing_roots=missing,
+        choices=choices,
     )
 
 
@@ -823,6 +853,131 @@ def _nested_thread(run: list[SpanData], tree: _Tree) -> tuple[str | None] | None
     return (thread,)
 
 
+def chosen_replies(run: list[SpanData], counted: Choices | None = None) -> list[SpanData]:
+    """``run`` with each model call that returned several choices (alternative replies to one request, ``n`` > 1; see
+    :data:`~ee_middleware.ingest.dialects.OUTPUT_CHOICES`) holding the one the run went on with only: the others were
+    never acted on, and read as the call's messages they would be steps (a tool call that never ran) or the answer.
+
+    The run tells which: the next call's history holds it after the history this call was given (anywhere in it, where
+    the app sends only its last messages); else a tool span between the two ran a call it made; else, for the run's last
+    call, the run's root returned its text (the agent's output messages, the graph's answer). Where nothing tells, the
+    first is kept, as OpenAI's convention makes the first choice the reply, and ``counted.first`` counts it (the ingest
+    report says so); ``counted.told`` counts the others. Choices that cannot be read leave the call as it was."""
+    models = sorted((s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), key=lambda s: (s.start_ns, s.end_ns))
+    if not any(OUTPUT_CHOICES in s.attributes for s in models):
+        return run
+    counted = Choices() if counted is None else counted
+    ran = sorted((_ran(normalize(s)) for s in run if operation_of(s.attributes) == sc.OP_EXECUTE_TOOL), key=lambda r: r[0])
+    changed: dict[str, dict[str, Any]] = {}
+    for n, span in enumerate(models):
+        if OUTPUT_CHOICES not in span.attributes:
+            continue
+        attrs = {k: v for k, v in span.attributes.items() if k != OUTPUT_CHOICES}
+        changed[span.span_id] = attrs
+        choices = _choices(span)
+        if choices is None:
+            continue
+        later = next((m for m in models[n + 1 :] if m.start_ns >= span.end_ns), None)
+        chosen = _continued(span, later, choices)
+        if chosen is None:
+            until = later.start_ns if later is not None else None
+            chosen = _acted_on(choices, [r for r in ran if span.start_ns <= r[0] and (until is None or r[0] <= until)])
+        if chosen is None and later is None:
+            chosen = _returned(run, choices)
+        if chosen is None:
+            counted.first += 1
+            chosen = 0
+        else:
+            counted.told += 1
+        attrs[sc.OUTPUT_MESSAGES] = dumps([choices[chosen][0]])
+    return [replace(s, attributes=changed[s.span_id]) if s.span_id in changed else s for s in run]
+
+
+_Choice = tuple[Any, list[tuple[Any, ...]], list[tuple[str | None, str | None, str | None]]]
+"""One choice of a reply: its output message (as the span holds it), its messages' keys (:func:`_message_key`) and
+the tool calls it made (id, name, arguments as canonical JSON)."""
+
+
+def _choices(span: SpanData) -> list[_Choice] | None:
+    """The choices of a model span's reply (one per output message: :data:`OUTPUT_CHOICES` says how many), or None
+    where they cannot be read or are not as many as the span says."""
+    raw = normalize(span).attributes.get(sc.OUTPUT_MESSAGES)
+    try:
+        entries = json.loads(raw) if isinstance(raw, str) else raw
+        if not isinstance(entries, list) or len(entries) != span.attributes.get(OUTPUT_CHOICES):
+            return None
+        out: list[_Choice] = []
+        for entry in entries:
+            converted = genai_to_openai([entry])
+            asked = [
+                (c.get("id") or None, c.get("function", {}).get("name"), _arguments_key(c.get("function", {}).get("arguments")))
+                for m in converted
+                if m.get("role") == "assistant"
+                for c in m.get("tool_calls") or []
+            ]
+            out.append((entry, [_message_key(m) for m in converted], asked))
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+        return None  # the span's own check reports it
+    return out
+
+
+def _continued(span: SpanData, later: SpanData | None, choices: list[_Choice]) -> int | None:
+    """The choice whose messages the next call's history (``later``'s input) holds: after the history ``span`` was
+    given, else anywhere in it; None where it holds none, or several different ones."""
+    given = _openai_messages(span, sc.INPUT_MESSAGES)
+    history = _openai_messages(later, sc.INPUT_MESSAGES) if later is not None else None
+    if given is None or not history:
+        return None
+    before, keys = [_message_key(m) for m in given], [_message_key(m) for m in history]
+    if keys[: len(before)] == before:
+        after = keys[len(before) :]
+        found = [i for i, (_, mine, _) in enumerate(choices) if mine and after[: len(mine)] == mine]
+        if found:
+            return found[0]
+    found = [i for i, (_, mine, _) in enumerate(choices) if mine and _holds_run(keys, mine)]
+    return found[0] if found and all(choices[i][1] == choices[found[0]][1] for i in found) else None
+
+
+def _holds_run(keys: list[tuple[Any, ...]], run: list[tuple[Any, ...]]) -> bool:
+    return any(keys[i : i + len(run)] == run for i in range(len(keys) - len(run) + 1))
+
+
+def _acted_on(choices: list[_Choice], ran: Sequence[_Ran]) -> int | None:
+    """The first choice a tool span of ``ran`` ran a call of (by call id, tool name and arguments, as far as both name
+    them), or None."""
+    for index, (_, _, asked) in enumerate(choices):
+        for _, call_id, name, arguments in ran:
+            for asked_id, asked_name, asked_arguments in asked:
+                if call_id and asked_id and call_id != asked_id:
+                    continue
+                if (name and asked_name and name != asked_name) or (arguments and asked_arguments and arguments != asked_arguments):
+                    continue
+                if (call_id and asked_id) or (name and asked_name):
+                    return index
+    return None
+
+
+def _returned(run: list[SpanData], choices: list[_Choice]) -> int | None:
+    """The text choice the run's root returned (an agent span's output messages, the answer of the graph its span
+    holds), where exactly one choice's text is it: the run ended on that reply."""
+    root = run[0]
+    if operation_of(root.attributes) in sc.MODEL_OPERATIONS:
+        return None
+    texts: set[str] = set()
+    found = {**normalize(root).attributes, **(graph_run_attributes(root) if not in_graph_node(root) else {})}
+    if found.get(sc.EE_FINAL_ANSWER):
+        texts.add(str(found[sc.EE_FINAL_ANSWER]).strip())
+    raw = found.get(sc.OUTPUT_MESSAGES)
+    try:
+        messages = genai_to_openai(json.loads(raw) if isinstance(raw, str) else raw or [])
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError):
+        messages = []
+    texts |= {content_to_text(m.get("content")).strip() for m in messages if m.get("role") == "assistant" and not m.get("tool_calls")}
+    texts.discard("")
+    matched = [i for i, (_, keys, asked) in enumerate(choices) if not asked and any(key[1] in texts for key in keys)]
+    return matched[0] if len(matched) == 1 else None
+
+
 def _with_reply_ids(run: list[SpanData]) -> list[SpanData]:
     """``run`` with the ids of tool calls that a reply names without them (LiteLLM's ``gen_ai.completion.{i}.function_call``)
     read from the next model call's history: the message after the history the call was given is that reply."""
@@ -910,7 +1065,7 @@ def with_task(run: list[SpanData]) -> list[SpanData]:
     return [replace(s, attributes={**s.attributes, sc.EE_TASK: task}) if s.parent_span_id not in ids else s for s in run]
 
 
-_READ_FROM_DIALECTS = frozenset({sc.EE_TOOL_ERROR_POSITIONS, sc.EE_FINAL_ANSWER})
+_READ_FROM_DIALECTS = frozenset({sc.EE_TOOL_ERROR_POSITIONS, sc.EE_FINAL_ANSWER, OUTPUT_CHOICES})
 """The ``ee.*`` keys ingest itself puts on another instrumentation's spans that leave the task to :func:`with_task`."""
 
 

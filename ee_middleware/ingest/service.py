@@ -31,7 +31,7 @@ from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_E
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
 from ee_middleware.ingest.otlp_schema import Dropped
-from ee_middleware.ingest.runs import BareCall, bare_call, group_runs, join_bare_calls, joined_run
+from ee_middleware.ingest.runs import BareCall, Choices, bare_call, group_runs, join_bare_calls, joined_run
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_schema_name, utcnow
 from ee_middleware.store.approvals import decide
@@ -69,6 +69,11 @@ class IngestReport:
     superseded by the more complete version it stored."""
     notes: list[str] = field(default_factory=list)
     """One line per thing worth knowing that is no problem (a partial run replaced, spans read as bare model calls)."""
+    several_choices: int = 0
+    """Model calls of the runs read that returned several choices (alternative replies, ``n`` > 1): each kept the one its
+    run went on with (:func:`~ee_middleware.ingest.runs.chosen_replies`)."""
+    first_choice_kept: int = 0
+    """Those of :attr:`several_choices` where nothing in the run told which one it went on with: the first was kept."""
 
     def problem(self, message: str) -> None:
         """Count a problem; list it while fewer than :data:`MAX_LISTED_PROBLEMS` are listed."""
@@ -106,6 +111,8 @@ class IngestReport:
             "trajectory_ids": self.ingested,
             "replaced": self.replaced,
             "notes": self.notes,
+            "several_choices": self.several_choices,
+            "first_choice_kept": self.first_choice_kept,
         }
 
 
@@ -392,7 +399,10 @@ def _ingest_traces(
         flush(WRITE_BATCH)
     joined = 0
     for calls in join_bare_calls(bare):
-        runs = [group_runs(c.trace_id, spill.trace(c.trace_id)).runs[0] for c in calls]
+        grouped = [group_runs(c.trace_id, spill.trace(c.trace_id)) for c in calls]
+        runs = [g.runs[0] for g in grouped]
+        for g in grouped:
+            _count_choices(g.choices, report)
         report.runs += 1
         trajectory = _run_trajectory(calls[0].trace_id, joined_run(runs), None, None, [], target, report)
         if trajectory is not None:
@@ -402,6 +412,8 @@ def _ingest_traces(
     flush(1)
     if joined:
         report.notes.append(_joined_note(len(bare), joined))
+    if report.several_choices:
+        report.notes.append(_choices_note(report.several_choices, report.first_choice_kept))
     if report.unread_spans and not report.runs:
         report.problem(_nothing_read(report))
 
@@ -417,6 +429,29 @@ def _with_untraced(rejected: list[RejectedSpan], untraced: Sequence[RejectedSpan
     parents = {s.parent_span_id for s in spans if s.parent_span_id is not None}
     found = [bad for bad in untraced if bad.parent_span_id in ids or bad.span_id in parents]
     return [*rejected, *found] if found else rejected
+
+
+def _count_choices(choices: Choices, report: IngestReport) -> None:
+    report.several_choices += choices.told + choices.first
+    report.first_choice_kept += choices.first
+
+
+def _choices_note(calls: int, first: int) -> str:
+    """What ingest kept of model calls that returned several choices (``n`` > 1), ``first`` of them without a sign of
+    which one the run went on with."""
+    told = calls - first
+    parts = []
+    if told:
+        parts.append(f"{told} kept the one the run went on with (the next call's history, the tools that ran or the run's answer tell it)")
+    if first:
+        parts.append(
+            f"for {first} nothing in the run tells which one it went on with (its last call, or no later call, tool span or "
+            "answer holds one), so the first choice was kept, the reply by OpenAI's convention: check them with `ee traces show`"
+        )
+    return (
+        f"{calls} model call(s) returned several choices (alternative replies to one request, n > 1); each is stored with one "
+        f"choice, the others left out rather than read as steps: {'; '.join(parts)}."
+    )
 
 
 def _joined_note(calls: int, joined: int) -> str:
@@ -841,7 +876,8 @@ def _trace_trajectories(
         return []
     if bare is not None and not rejected and (call := bare_call(trace_id, grouped)) is not None:
         bare.append(call)
-        return []
+        return []  # its choices are counted when the bare calls are joined
+    _count_choices(grouped.choices, report)
     out = []
     for whole in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, strict=True):
         for run, unfinished, absent_root, nested in _runs_of(*whole, rejected, unended):
