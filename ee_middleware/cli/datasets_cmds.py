@@ -54,7 +54,8 @@ def build(
     include_synthetic: bool | None = typer.Option(
         None,
         "--include-synthetic/--no-include-synthetic",
-        help="Also use experience-model (synthetic) rollouts; recorded in datasets.json.",
+        help="Also use experience-model (synthetic) rollouts: their rows are marked (column synthetic) and counted in datasets.json; "
+        "with a held-out rule, those whose model was shown a held-out trajectory are left out.",
         show_default=False,
     ),
     include_sandbox_failures: bool | None = typer.Option(
@@ -178,6 +179,12 @@ def build(
         out_console.print(
             f"left out {failures['total']} rollout(s) whose observation is the sandbox's own failure ({kinds_left}), not a tool's "
             "answer; --include-sandbox-failures keeps them"
+        )
+    grounded = (summary.get("rollouts_left_out") or {}).get("synthetic_grounded_on_held_out")
+    if grounded:
+        out_console.print(
+            f"left out {grounded} synthetic rollout(s) of training trajectories whose experience model was shown real "
+            "transitions of held-out trajectories as examples: their predictions could carry held-out observations into training"
         )
     stale = summary.get("stale_removed") or []
     if stale:

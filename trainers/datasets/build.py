@@ -48,8 +48,8 @@ from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.iwm import IWMOptions, find_repeated_rollouts
 from ee_middleware.trainers.datasets.passes import ILWriter, IWMWriter, KindWriter, SRWriter, run_pass
 from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
-from ee_middleware.trainers.datasets.rows import KINDS, conform
-from ee_middleware.trainers.datasets.source import SourceIndex, SourceReader
+from ee_middleware.trainers.datasets.rows import KINDS, SYNTHETIC, conform
+from ee_middleware.trainers.datasets.source import GROUNDED_ON_HELD_OUT, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.split import (
     HELDOUT,
     HELDOUT_DIR,
@@ -87,7 +87,11 @@ class DatasetConfig(BaseModel):
     again, each trajectory's newest finished attempt). Default: every replay's real rollouts (all the configurations
     that replayed a trajectory: more alternatives per state); ``datasets.json``'s ``replays`` lists the ones used."""
     include_synthetic: bool = False
-    """Also use rollouts an experience model predicted (``synthetic``); recorded in ``datasets.json``'s config."""
+    """Also use rollouts an experience model predicted (``synthetic``); recorded in ``datasets.json``'s config. Every row
+    built from one is marked (:data:`~ee_middleware.trainers.datasets.rows.SYNTHETIC`) and counted per kind
+    (``synthetic_rows``); with a held-out rule, those whose model was shown a held-out trajectory's real transitions
+    are left out of training (``rollouts_left_out.synthetic_grounded_on_held_out``:
+    :meth:`~ee_middleware.trainers.datasets.source.SourceReader.leave_out_grounded_on_held_out`)."""
     include_sandbox_failures: bool = False
     """Also use rollouts whose observation is the sandbox's own failure (a time-out, a crash, the memory limit:
     ``Observation.sandbox_failure``). Off by default: the model would learn to predict the sandbox's messages, which no
@@ -187,20 +191,17 @@ def build_datasets(
         include_sandbox_failures=config.include_sandbox_failures,
         include_fidelity_mismatches=config.include_fidelity_mismatches,
     )
-    index = reader.index()
     redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
-    if index.trajectories.is_empty():
+    if reader.trajectories.is_empty():
         raise ConfigError(_nothing_approved(store, config))
-    used = index
     rule = config.split_rule()
-    heldout_index = None
     split = None
+    grounded = 0
     if rule.active:
         recorded = recorded_units(store)
         rule = resolve_listed_ids(rule, store, recorded, config.heldout_ids)
-        split = split_trajectories(index.trajectories.select("id", "app", "started_at"), rule, recorded)
-        index, heldout_index = index.subset(split.train), index.subset(split.heldout)
-        if index.trajectories.is_empty():
+        split = split_trajectories(reader.trajectories.select("id", "app", "started_at"), rule, recorded)
+        if not split.train:
             added = (
                 f" ({len(split.added)} of them because they share a task or a thread with one it holds out, or are rollouts on a "
                 "variant of its task)"
@@ -211,6 +212,13 @@ def build_datasets(
                 f"The held-out rule holds out all {len(split.heldout)} approved trajectories{added}: nothing is left to train on. "
                 "Loosen it."
             )
+        # a prediction shown a held-out trajectory's real transition may carry what its tool returned into training
+        grounded = reader.leave_out_grounded_on_held_out(split.train, split.heldout)
+    index = reader.index()
+    used = index
+    heldout_index = None
+    if split is not None:
+        index, heldout_index = index.subset(split.train), index.subset(split.heldout)
     synthetic: dict[str, Any] | None = None
     if config.max_synthetic_share is not None:  # a cap on what is trained on: after the split, over the training side
         index, synthetic = cap_synthetic_tasks(index, config.max_synthetic_share, config.seed)
@@ -241,6 +249,7 @@ def build_datasets(
         "rollouts_left_out": {
             "synthetic": used.filtered_out.get("synthetic", 0),
             "other_replays": used.filtered_out.get("other_replays", 0),
+            GROUNDED_ON_HELD_OUT: grounded,
         },
         "fidelity_mismatches_left_out": fidelity_mismatches_left_out(used),
         "replays": replays_used(used, config.replay_id),
@@ -560,6 +569,7 @@ def _build_split(
         results[kind] = {
             "path": str(final_folder / parts.path.name),
             "rows": parts.rows,
+            "synthetic_rows": parts.synthetic_rows,
             "seconds": round(seconds[kind], 3),
             **extra,
             "parts": parts.count,
@@ -607,6 +617,8 @@ class PartWriter:
     def __init__(self, path: Path, metadata: dict[str, str], kind: str, redactor: Redactor) -> None:
         self.path, self.metadata, self.kind, self.redactor = path, metadata, kind, redactor
         self.rows = 0
+        self.synthetic_rows = 0
+        """Rows built from experience-model predictions (:data:`~ee_middleware.trainers.datasets.rows.SYNTHETIC`)."""
         self.text_bytes = 0
         self.placeholders: Counter[str] = Counter()
         self._main: list[Path] = []
@@ -635,6 +647,7 @@ class PartWriter:
         self.rows += frame.height
         if frame.is_empty():
             return
+        self.synthetic_rows += int(frame[SYNTHETIC].sum())
         self.text_bytes += int(frame.select(pl.col("prompt").str.len_bytes().sum() + pl.col("completion").str.len_bytes().sum()).item())
         part = self._folder / f"part-{self.count:06d}.parquet"
         atomic_write_parquet(frame, part, fsync=False, compression="zstd")  # the file they are merged into is synced

@@ -13,6 +13,10 @@ compared as values, and the same observation) is left out (:func:`repeated_rollo
 trajectory, step, branch, replay id stays), before the error cap counts the rows; ``datasets.json`` counts them
 (``repeats_left_out``). One replay never proposes a call twice at a state (its proposer drops duplicates).
 
+A rollout whose observation an experience model predicted (``synthetic``: only with ``include_synthetic``) gives a row
+marked ``synthetic`` (:data:`~ee_middleware.trainers.datasets.rows.SYNTHETIC`); ``datasets.json`` counts them
+(``synthetic_rows``).
+
 A run paused for a review, or cancelled, ends on calls without an observation (:func:`~ee_middleware.replay.
 paused_turns.paused_turn_steps`). A state after such a call within the run is none production had (the call may be rejected,
 or ran partway): its rollouts (of a replay made before replay stopped there) are left out and counted
@@ -39,6 +43,7 @@ from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.rows import (
     IWM_INSTRUCTION,
     OFFERED_TOOLS,
+    SYNTHETIC,
     action_message,
     answer_message,
     append_to_json_list,
@@ -178,6 +183,8 @@ def iwm_rows(
                 "observation",
                 "is_error",
                 pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+                # an experience model's prediction (a rollout of an experience-model replay, --include-synthetic)
+                (pl.col(SYNTHETIC).fill_null(False) if SYNTHETIC in taught.columns else pl.lit(False)).alias(SYNTHETIC),
             )
         )
     if expert:
@@ -196,6 +203,7 @@ def iwm_rows(
                 "observation",
                 pl.col("observation_is_error").fill_null(False).alias("is_error"),
                 pl.col("observation_truncated_chars").fill_null(0).alias("stored_cut"),
+                pl.lit(False).alias(SYNTHETIC),
             )
         )
     rows = pl.concat(parts, how="vertical").join(tools, on="trajectory_id", how="inner", maintain_order="left")
@@ -470,6 +478,7 @@ def iwm_frame(rows: pl.DataFrame, source_hash: str) -> pl.DataFrame:
         "branch_index",
         "replay_id",
         "proposer",
+        SYNTHETIC,
         "is_error",
         "observation_truncated_chars",
         pl.lit(source_hash).alias("source_hash"),

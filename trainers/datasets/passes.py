@@ -31,6 +31,7 @@ from ee_middleware.trainers.datasets.iwm import (
     without_repeats,
 )
 from ee_middleware.trainers.datasets.source import (
+    GROUNDED_ON_HELD_OUT,
     DatasetSource,
     SourceIndex,
     SourceReader,
@@ -123,6 +124,12 @@ def no_rollouts_reason(index: SourceIndex) -> str:
         reasons.append(f"{synthetic} synthetic (experience-model) rollout(s) left out: --include-synthetic uses them")
     if others:
         reasons.append(f"{others} rollout(s) of other replays left out by --replay-id: `ee replay list` shows the replay ids")
+    grounded = index.filtered_out.get(GROUNDED_ON_HELD_OUT, 0)
+    if grounded:
+        reasons.append(
+            f"{grounded} synthetic (experience-model) rollout(s) left out: their experience model was shown real transitions "
+            "of held-out trajectories"
+        )
     mismatched = int(index.fidelity_left_out["rollouts"].sum())
     if mismatched:
         reasons.append(

@@ -14,6 +14,9 @@ column                          meaning
 ``branch_index``                the rollout's branch (null for expert steps)
 ``replay_id``                   the replay configuration that produced the rollout (IWM)
 ``proposer``                    who proposed the action (``expert``, ``mutate``, ``openai``, ...)
+``synthetic``                   built from an experience model's prediction (``--include-synthetic``): an IWM row whose
+                                target it predicted, an SR row whose rationale was shown an alternative's outcome it
+                                predicted; false on every other row (IL, em, expert steps, real rollouts)
 ``is_error``                    the observation was an error (IWM)
 ``observation_truncated_chars`` characters cut from the observation (recorded and budgeted)
 ``teacher``                     who wrote the rationale (SR)
@@ -52,6 +55,7 @@ DATASET_SCHEMA: dict[str, pl.DataType] = {
     "branch_index": pl.Int64(),
     "replay_id": pl.String(),
     "proposer": pl.String(),
+    "synthetic": pl.Boolean(),
     "is_error": pl.Boolean(),
     "observation_truncated_chars": pl.Int64(),
     "teacher": pl.String(),
@@ -59,14 +63,20 @@ DATASET_SCHEMA: dict[str, pl.DataType] = {
     "source_hash": pl.String(),
 }
 
+SYNTHETIC = "synthetic"
+"""The column marking the rows built from experience-model predictions (synthetic rollouts)."""
+
 IWM_INSTRUCTION = "Predict exactly what the tool call above returns."
 """The last prompt message of an IWM example: the target is the environment's response."""
 
 
 def conform(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with exactly the dataset columns, in order (missing ones as nulls)."""
+    """``frame`` with exactly the dataset columns, in order (missing ones as nulls; ``synthetic`` false where a builder
+    left it unset: only the builders of rows from synthetic rollouts set it)."""
     missing = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in DATASET_SCHEMA.items() if name not in frame.columns]
-    return frame.with_columns(missing).select([pl.col(name).cast(dtype) for name, dtype in DATASET_SCHEMA.items()])
+    columns = [pl.col(name).cast(dtype) for name, dtype in DATASET_SCHEMA.items()]
+    columns = [column.fill_null(False) if name == SYNTHETIC else column for name, column in zip(DATASET_SCHEMA, columns, strict=True)]
+    return frame.with_columns(missing).select(columns)
 
 
 def example_id(*parts: pl.Expr) -> pl.Expr:

@@ -19,7 +19,8 @@ called, and from the mismatching step on its world is no longer production's.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -219,7 +220,9 @@ class SourceIndex:
     """Rollouts left out because their observation is the sandbox's own failure, by kind (of the whole source)."""
     filtered_out: dict[str, int] = field(default_factory=dict)
     """Rollouts of these trajectories the build's settings leave out (of the whole source): ``synthetic`` ones
-    (without ``include_synthetic``) and those of ``other_replays`` (with a ``replay_id``)."""
+    (without ``include_synthetic``), those of ``other_replays`` (with a ``replay_id``) and, with a held-out rule, the
+    synthetic ones grounded on a held-out trajectory (:data:`GROUNDED_ON_HELD_OUT`, when any:
+    :meth:`SourceReader.leave_out_grounded_on_held_out`)."""
     fidelity_left_out: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LEFT_OUT_SCHEMA))
     """Rollouts left out for fidelity mismatches (of the whole source), counted by ``replay_id``, ``trajectory_id`` and
     ``tool_name`` (``rollouts``); why is :attr:`untrusted`."""
@@ -314,6 +317,8 @@ class SourceReader:
         self._superseded = superseded_replays(pl.DataFrame())
         self._attempts: list[str] = [] if replay_id is None else [replay_id]
         self._untrusted: pl.DataFrame | None = None
+        self._left_out: pl.Series | None = None  # rollouts no read returns (leave_out_grounded_on_held_out)
+        self._grounded = 0
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
 
@@ -329,6 +334,42 @@ class SourceReader:
         self._trajectories = self._trajectories.select(
             [pl.col(c) if c in self._trajectories.columns else pl.lit(None, dtype=pl.String).alias(c) for c in TRAJECTORY_COLUMNS]
         )
+
+    @property
+    def trajectories(self) -> pl.DataFrame:
+        """:data:`TRAJECTORY_COLUMNS` of the approved trajectories the source holds (store order): those :meth:`index`
+        keys."""
+        return self._trajectories
+
+    def leave_out_grounded_on_held_out(self, train: Collection[str], held_out: Collection[str]) -> int:
+        """Leave out of every later read (:meth:`index`, :meth:`load`) the synthetic rollouts of the ``train``
+        trajectories a build uses whose experience model was shown a real transition of a ``held_out`` trajectory as an
+        example (its recorded retrieval: :func:`grounding_trajectories`); how many. Such a prediction may copy what the
+        held-out trajectory's tool returned into a training target, so a build with a held-out rule trains on none."""
+        held = set(held_out)
+        if not held or not train or not self.include_synthetic:
+            return 0
+        keep = pl.Series(sorted(set(train)), dtype=pl.String)
+        names = self._rollouts.collect_schema().names()
+        lineage = [c for c in ("synthetic_source_json", "proposer_json") if c in names]
+        if not lineage:  # a store that keeps no experience model's lineage: nothing says what a prediction was shown
+            return 0
+        columns = ("id", "trajectory_id", "step_index", "branch_index", *lineage)
+        rows = self._read(lambda: self._rollout_rows(keep, columns, where=pl.col("synthetic").fill_null(False)).rows)
+        if rows.is_empty():
+            return 0
+        shown = [retrieved_ids(*(row.get(c) for c in ("synthetic_source_json", "proposer_json"))) for row in rows.iter_rows(named=True)]
+        rollout_ids = sorted({i[len(ROLLOUT_PREFIX) :] for ids in shown for i in ids if i.startswith(ROLLOUT_PREFIX)})
+        owners: dict[str, str] = {}
+        if rollout_ids:  # a real rollout shown as an example: of the trajectory it branched from
+            wanted = pl.Series(rollout_ids, dtype=pl.String).implode()
+            found = self._read(lambda: self._rollouts.filter(pl.col("id").is_in(wanted)).select("id", "trajectory_id").collect())
+            owners = dict(found.iter_rows())
+        grounded = [i for i, ids in zip(rows["id"], shown, strict=True) if grounding_trajectories(ids, owners) & held]
+        if grounded:
+            self._left_out = pl.Series(grounded, dtype=pl.String)
+        self._grounded = len(set(grounded))
+        return self._grounded
 
     def _scan(self) -> None:
         """Lazy frames of the steps and rollouts over the parts the store lists now (and its spool, read now)."""
@@ -378,12 +419,17 @@ class SourceReader:
             self._untrusted = untrusted_replays(records)
         return self._untrusted
 
-    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None) -> _Selected:
+    def _rollout_rows(self, ids: pl.Series, columns: Sequence[str] | None = None, *, where: pl.Expr | None = None) -> _Selected:
         """The rollouts of these trajectories a build uses (of ``replay_id``; synthetic ones only with
-        ``include_synthetic``; those of a replay that found fidelity mismatches only with
-        ``include_fidelity_mismatches``; sandbox failures only with ``include_sandbox_failures``; repeats dropped;
-        sorted as the store sorts them), with ``columns`` (default: all), and what was left out (see :class:`_Selected`)."""
+        ``include_synthetic``, and none :meth:`leave_out_grounded_on_held_out` left out; those of a replay that found
+        fidelity mismatches only with ``include_fidelity_mismatches``; sandbox failures only with
+        ``include_sandbox_failures``; repeats dropped; sorted as the store sorts them), with ``columns`` (default: all),
+        and what was left out (see :class:`_Selected`); ``where``: only those it holds for."""
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
+        if where is not None:
+            rows = rows.filter(where)
+        if self._left_out is not None:
+            rows = rows.filter(~pl.col("id").is_in(self._left_out.implode()))
         if self._rescanned and self._indexed_rollouts is not None:  # the source is what index() found: no rollout stored since
             rows = rows.filter(pl.col("id").is_in(self._indexed_rollouts.implode()))
         if self.replay_id is not None:
@@ -478,9 +524,11 @@ class SourceReader:
         )
 
     def _filtered_out(self, ids: pl.Series) -> dict[str, int]:
-        """How many rollouts of these trajectories ``include_synthetic`` and ``replay_id`` leave out (distinct ids)."""
+        """How many rollouts of these trajectories ``include_synthetic`` and ``replay_id`` leave out (distinct ids), and
+        (``synthetic_grounded_on_held_out``, when any) :meth:`leave_out_grounded_on_held_out`."""
+        grounded = {GROUNDED_ON_HELD_OUT: self._grounded} if self._grounded else {}
         if self.include_synthetic and self.replay_id is None:
-            return {}
+            return grounded
         rows = self._rollouts.filter(pl.col("trajectory_id").is_in(ids.implode()))
         counts = []
         if not self.include_synthetic:
@@ -490,7 +538,7 @@ class SourceReader:
             others = rows.filter(~self._of_replay())
             others = others if self.include_synthetic else others.filter(~pl.col("synthetic"))
             counts.append(others.select(pl.col("id").n_unique().alias("other_replays")))
-        return {k: int(v) for frame in pl.collect_all(counts) for k, v in frame.row(0, named=True).items()}
+        return {k: int(v) for frame in pl.collect_all(counts) for k, v in frame.row(0, named=True).items()} | grounded
 
     def rollout_columns(self, ids: Sequence[str], columns: Sequence[str]) -> pl.DataFrame:
         """``columns`` of the rollouts of these trajectories a build uses (those :meth:`load` reads, in its order), and no
@@ -513,6 +561,40 @@ class SourceReader:
 
         steps, rows = self._read(read)
         return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rows, content_hash=content_hash)
+
+
+GROUNDED_ON_HELD_OUT = "synthetic_grounded_on_held_out"
+"""Why :meth:`SourceReader.leave_out_grounded_on_held_out` left a rollout out (``datasets.json``'s ``rollouts_left_out``)."""
+
+STEP_PREFIX, ROLLOUT_PREFIX = "step:", "rollout:"
+"""How a retrieved real transition's id begins (:class:`~ee_middleware.replay.retrieval.Transition`): an expert step's
+``step:TRAJECTORY:INDEX``, a real rollout's ``rollout:ID``."""
+
+
+def retrieved_ids(source_json: str | None, proposer_json: str | None = None) -> list[str]:
+    """The ids of the real transitions an experience model was shown for a synthetic rollout, as its lineage records
+    them (``Rollout.synthetic_source.retrieved``: ``synthetic_source_json``, or in parts older than schema 1.2 under
+    ``settings.experience`` of ``proposer_json``); none when neither records any."""
+    source: Any = json.loads(source_json) if source_json else None
+    if source is None and proposer_json:
+        source = (json.loads(proposer_json).get("settings") or {}).get("experience")
+    retrieved = source.get("retrieved") if isinstance(source, dict) else None
+    return [str(i) for i in retrieved] if isinstance(retrieved, list) else []
+
+
+def grounding_trajectories(retrieved: Iterable[str], rollout_owners: Mapping[str, str]) -> set[str]:
+    """The trajectories whose real transitions ``retrieved`` (:func:`retrieved_ids`) names: an expert step's trajectory,
+    or the one a real rollout branched from (``rollout_owners``: rollout id -> trajectory id; a rollout not in it, or an
+    id of another form, names none)."""
+    trajectories = set()
+    for shown in retrieved:
+        if shown.startswith(STEP_PREFIX):
+            trajectory, _, index = shown[len(STEP_PREFIX) :].rpartition(":")
+            if trajectory and index.isdigit():
+                trajectories.add(trajectory)
+        elif shown.startswith(ROLLOUT_PREFIX) and shown[len(ROLLOUT_PREFIX) :] in rollout_owners:
+            trajectories.add(rollout_owners[shown[len(ROLLOUT_PREFIX) :]])
+    return trajectories
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,9 @@ Guards keep the data clean, and every row records what they found in ``quality_f
 * ``recommends_alternative``: it argues for one of the alternatives' tools (one the turn does not call): dropped;
 * ``repeated_text``: repeated sentences or paragraphs were removed (kept if text remains);
 * ``empty``: nothing usable: dropped.
+
+A row whose teacher was shown an alternative an experience model predicted the outcome of (a synthetic rollout: only
+with ``include_synthetic``) is marked ``synthetic``: its rationale rests on that prediction.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import polars as pl
 
 from ee_middleware.messages import content_to_text
 from ee_middleware.models.parsing import canonical_call
-from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, conform, expert_turns, offered_tools_json
+from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, SYNTHETIC, conform, expert_turns, offered_tools_json
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher, write_rationales
 
@@ -163,7 +166,7 @@ class SRBuilder:
         self.options = options or SROptions()
         self.on_batch = on_batch
         self.report = SRReport()
-        self._pending: list[tuple[dict[str, Any], ReflectionCase, str, str]] = []
+        self._pending: list[tuple[dict[str, Any], ReflectionCase, str, str, bool]] = []
         self._rows: list[dict[str, Any]] = []
 
     def add(self, source: DatasetSource) -> None:
@@ -223,7 +226,8 @@ class SRBuilder:
                 calls=reflections if len(reflections) > 1 else [],
             )
             offered = offered_tools_json(tools.get(turn["trajectory_id"]) or "[]", turn.get(OFFERED_TOOLS))  # the turn's (Step.tools)
-            self._pending.append((turn, case, offered or "[]", source.source_hash))
+            synthetic = any(r.get(SYNTHETIC) for picked in picks for r in picked)  # an outcome shown was predicted
+            self._pending.append((turn, case, offered or "[]", source.source_hash, synthetic))
             if len(self._pending) >= options.batch_size:
                 self._flush()
 
@@ -242,8 +246,8 @@ class SRBuilder:
     def _flush(self) -> None:
         if not self._pending:
             return
-        texts = write_rationales(self.teacher, [case for _, case, _, _ in self._pending], spec=self.options.teacher_spec)
-        for (turn, case, tools, source_hash), text in zip(self._pending, texts, strict=True):
+        texts = write_rationales(self.teacher, [pending[1] for pending in self._pending], spec=self.options.teacher_spec)
+        for (turn, case, tools, source_hash, synthetic), text in zip(self._pending, texts, strict=True):
             cleaned, flags = check_rationale(text, case.chosen_tools, case.alternative_tools)
             for flag in flags:
                 (self.report.flagged if cleaned else self.report.dropped)[flag] += 1
@@ -260,13 +264,14 @@ class SRBuilder:
                     "trajectory_id": turn["trajectory_id"],
                     "step_index": turn["index"],
                     "proposer": "expert",
+                    SYNTHETIC: synthetic,
                     "teacher": self.teacher.name,
                     "quality_flags": json.dumps(flags),
                     "source_hash": source_hash,
                 }
             )
         if self.on_batch is not None:
-            self.on_batch(sum(len(turn["_calls"]) for turn, _, _, _ in self._pending))
+            self.on_batch(sum(len(pending[0]["_calls"]) for pending in self._pending))
         self._pending.clear()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware.trainers.datasets.rows import KINDS
+from ee_middleware.trainers.datasets.rows import KINDS, SYNTHETIC
 
 CHARS_PER_TOKEN = 4.0
 
@@ -24,7 +24,8 @@ ESTIMATED_RENDERING = "estimated: characters of the prompt and completion JSON /
 def describe_dataset(
     frame: pl.DataFrame, tokenizer: Any = None, path: Path | None = None, *, on_row: Callable[[int], None] | None = None
 ) -> dict[str, Any]:
-    """Row counts by proposer/error/kind and prompt+completion lengths: with a tokenizer, the tokens the trainer's
+    """Row counts by proposer/error/kind, of rows built from experience-model predictions (``synthetic``), and
+    prompt+completion lengths: with a tokenizer, the tokens the trainer's
     rendering of each row needs (:func:`rendered_lengths`); else estimated from the JSON text. ``rendering`` says which;
     ``path``: the file, named in errors about a row. Either way the rows are read as ``ee train`` reads them: a row
     that is not a chat prompt/completion pair raises the trainer's
@@ -46,6 +47,8 @@ def describe_dataset(
     counts: dict[str, Any] = {}
     if "proposer" in frame.columns:
         counts.update({f"proposer:{k}": v for k, v in Counter(frame["proposer"].to_list()).items()})
+    if SYNTHETIC in frame.columns:  # rows built from experience-model predictions (files built before the column: none)
+        counts[SYNTHETIC] = int(frame[SYNTHETIC].fill_null(False).sum())
     if "is_error" in frame.columns and frame["is_error"].null_count() < frame.height:
         counts["error_observations"] = int(frame["is_error"].fill_null(False).sum())
     if "observation_truncated_chars" in frame.columns:

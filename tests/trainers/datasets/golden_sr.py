@@ -7,7 +7,8 @@ change: each row's id, lineage, completion text and a sha256 of every column's v
 holds the rows as SR built them before parallel tool calls were taught as one turn, written again when alternatives
 with the expert call's own outcome stopped being shown (8 rows lost such an alternative), and when ``mutate`` stopped
 proposing calls that differ only by an argument at its schema default (2 rows changed), and when the template teacher
-stopped adding a second period after an outcome that ends a sentence ("... 'backup_tests'..": 1 row changed)
+stopped adding a second period after an outcome that ends a sentence ("... 'backup_tests'..": 1 row changed),
+and when rows gained the ``synthetic`` column (false on every row here: every ``row_sha256`` changed, nothing else)
 (``python -m tests.trainers.datasets.golden_sr`` writes it again).
 """
 

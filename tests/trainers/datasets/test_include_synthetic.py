@@ -73,7 +73,11 @@ def test_a_build_that_leaves_every_rollout_out_says_which_flag_uses_them(bfcl_st
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "synthetic")])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["rollouts"] == 0 and summary["rollouts_left_out"] == {"synthetic": 1, "other_replays": 0}
+    assert summary["rollouts"] == 0 and summary["rollouts_left_out"] == {
+        "synthetic": 1,
+        "other_replays": 0,
+        "synthetic_grounded_on_held_out": 0,
+    }
     for kind in ("iwm", "sr"):
         warning = summary["datasets"][kind]["warning"]
         assert "1 synthetic (experience-model) rollout(s) left out: --include-synthetic uses them" in warning
@@ -86,7 +90,7 @@ def test_a_build_that_leaves_every_rollout_out_says_which_flag_uses_them(bfcl_st
     store.close()
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "other"), "--replay-id", "rr", "--include-synthetic"])
     summary = json.loads(result.stdout)
-    assert summary["rollouts_left_out"] == {"synthetic": 0, "other_replays": 1}
+    assert summary["rollouts_left_out"] == {"synthetic": 0, "other_replays": 1, "synthetic_grounded_on_held_out": 0}
     assert "1 rollout(s) of other replays left out by --replay-id" in summary["datasets"]["iwm"]["warning"]
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "with"), "--include-synthetic"])
     summary = json.loads(result.stdout)
