@@ -106,11 +106,11 @@ def eval_cmd(
             "No held-out transition: the store needs at least two approved trajectories with tool calls.", param_hint="--store"
         )
     if not len(split.index):
-        raise typer.BadParameter(
-            f"a share of {held_out:g} holds out all {len(split.held_out_ids)} approved trajectories with tool calls: nothing is left in the "
-            "replay buffer, so the 'retrieval' variant would be the model without retrieval (and a replay's fidelity gate "
-            "reads that variant). Hold out a smaller share (e.g. --held-out 0.2) or record and approve more trajectories.",
-            param_hint="--held-out",
+        raise all_held_out(
+            held_out,
+            len(split.held_out_ids),
+            "nothing is left in the replay buffer, so the 'retrieval' variant would be the model without retrieval (and a "
+            "replay's fidelity gate reads that variant)",
         )
     sandboxes = []  # an endpoint that is down fails here, before any prediction
     done = [0]  # predictions made, to say where a model that stopped answering stopped the eval
@@ -141,6 +141,7 @@ def eval_cmd(
                 sandbox.close()
     import json
 
+    report["advice"] = prediction_advice(report, max_tokens)
     error = None  # or: a model that answered no prediction (each request refused, or each answer no completion)
     down = unanswered(report)
     if down is not None:
@@ -189,6 +190,7 @@ def dataset_cmd(
     The held-out share is left out, so 'ee experience eval' with the same share and seed measures
     transitions never trained on."""
     from ee_middleware._files import atomic_write_parquet
+    from ee_middleware.replay.experience_eval import split_store
     from ee_middleware.trainers.datasets.em import build_em
 
     opened = open_existing_store(store)
@@ -208,6 +210,8 @@ def dataset_cmd(
         try:
             # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
             with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
+                # the split eval makes (same share and seed): to tell a share that holds out everything from a bare store
+                split = split_store(opened, share=held_out, seed=seed, retriever=retriever)
                 frame = build_em(
                     opened,
                     held_out=held_out,
@@ -217,10 +221,18 @@ def dataset_cmd(
                     teacher_name=teacher,
                     retriever=retriever,
                     on_progress=on_progress,
+                    split=split,
                 )
         finally:
             if client is not None:
                 client.close()
+    if frame.height == 0 and split.held_out_ids:  # every trajectory with a transition to build from is held out
+        raise all_held_out(
+            held_out,
+            len(split.held_out_ids),
+            "no real transition is left to build em rows from (the held-out ones are what 'ee experience eval' measures the "
+            "model on, never trained on)",
+        )
     if frame.height == 0:
         raise typer.BadParameter(
             "No real transition of an approved trajectory outside the held-out share: record or approve more trajectories "
@@ -242,6 +254,42 @@ def dataset_cmd(
         print_json(summary)
         return
     typer.echo(f"{frame.height} em rows written to {summary['path']} (teacher {teacher}; {flagged} reasoning(s) replaced by the template)")
+
+
+def prediction_advice(report: dict[str, Any], max_tokens: int) -> list[str]:
+    """What to do about the failed predictions of ``report`` beyond what each reason says (``advice`` in the report and
+    the table): answers cut off at ``max_tokens`` before any JSON object began (:data:`~ee_middleware.replay.sandboxes.
+    experience.CUT_BEFORE_JSON`) get the model advice beside the max_tokens one their reason gives, as ``ee replay
+    run``'s error does: prose runs to any max_tokens, so more tokens alone do not make a model that writes prose
+    answer the JSON asked for."""
+    from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
+
+    prose = sum(
+        count
+        for data in report["variants"].values()
+        for reason, count in (data["overall"].get("failure_reasons") or {}).items()
+        if reason.startswith(CUT_BEFORE_JSON)
+    )
+    if not prose:
+        return []
+    return [
+        f"{prose} answer(s) were cut off at max_tokens before any JSON object began: more tokens help an answer on its way "
+        f"to the JSON object (raise --max-tokens (now {max_tokens})), but prose runs to any max_tokens, so the model may "
+        "not be answering in the required JSON shape. It must answer one JSON object with an 'observation' field (an "
+        "untrained base model rarely does: train one on `ee experience dataset`'s rows with `ee train --schedule "
+        "experience-model`, and measure it with --trained)."
+    ]
+
+
+def all_held_out(share: float, held: int, consequence: str) -> typer.BadParameter:
+    """The refusal of a ``--held-out`` share that holds out all ``held`` approved trajectories with tool calls, saying
+    what that leaves (``consequence``) and what to do: ``ee experience eval`` and ``ee experience dataset`` share the
+    split, and say the same."""
+    return typer.BadParameter(
+        f"a share of {share:g} holds out all {held} approved trajectories with tool calls: {consequence}. Hold out a smaller "
+        "share (e.g. --held-out 0.2) or record and approve more trajectories.",
+        param_hint="--held-out",
+    )
 
 
 def _not_written(out: Path) -> str:
@@ -325,6 +373,8 @@ def _print_table(report: dict[str, Any]) -> None:
                     + (f"; {more} for other reasons (report.json, per tool)" if more else "")
                 )
             )
+    for advice in report.get("advice") or []:
+        out.print(escape(advice))
     if model_errors:
         out.print(
             f"{report['model_errors']} prediction(s) got no answer from the model (the request refused, or failed after retries "

@@ -35,7 +35,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.models.protocol import Sampling
-from ee_middleware.replay.experience_eval import split_store
+from ee_middleware.replay.experience_eval import HeldOutSplit, split_store
 from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, expert_transitions
 from ee_middleware.replay.sandboxes.experience import build_prompt, template_reasoning
 from ee_middleware.trainers.datasets.rows import conform, example_id
@@ -296,12 +296,16 @@ def build_em(
     teacher_name: str = "template",
     on_progress: Callable[[int, int], None] | None = None,
     retriever: Any = None,
+    split: HeldOutSplit | None = None,
 ) -> pl.DataFrame:
     """The ``em`` rows of ``store`` (see the module docstring), conforming to the dataset schema; ``retriever``
     searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default).
     ``on_progress(done, total)``: called with ``done`` 0 once the transitions to build are known (``total`` of them),
-    then after each row is built (a teacher model answers one request per row), ``done`` ending at ``total``."""
-    split = split_store(store, share=held_out, seed=seed, retriever=retriever)
+    then after each row is built (a teacher model answers one request per row), ``done`` ending at ``total``. ``split``:
+    the held-out split of ``store`` when the caller made it already (``split_store`` with ``held_out``, ``seed`` and
+    ``retriever``), to tell why no row was built (every trajectory held out, or none to build from)."""
+    if split is None:
+        split = split_store(store, share=held_out, seed=seed, retriever=retriever)
     rows = []
     approved = list(store.iter_trajectories(status="approved"))
     # as IWM: no paused run's copy of a call its resumed run holds, nor a state after its call awaiting review
