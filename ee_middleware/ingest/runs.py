@@ -26,7 +26,11 @@ A trace whose span ids repeat with different contents, or whose parent links loo
 as a tree: it gets one problem and is skipped. Exact repeats (a collector retry) count once.
 
 A run whose process died never ended: its root span is missing (exported only when it ends) or written
-without an end time. :func:`unfinished_reason` says so, and ingest stores it as ``interrupted``.
+without an end time. :func:`unfinished_reason` says so, and ingest stores it as ``interrupted``. A span in a graph node
+whose parent was not read, under a graph run's span that was (a root read in an earlier file than its children, a
+node's span lost), is a step of that run (:meth:`_Tree._adopted`), not a run of its own: the run is ``interrupted``
+too, its reason naming the spans between its root and its steps it lacks (:func:`incomplete_reason`), and a later ingest
+that reads them completes it (:func:`read_gaps`, :class:`Gaps`).
 
 A model call that returned several choices (``n`` > 1) keeps the one its run went on with (:func:`chosen_replies`):
 alternatives are never read as a sequence of messages.
@@ -36,10 +40,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import normalize, operation_of
@@ -71,6 +76,8 @@ class TraceRuns:
     """Per run (in the order of ``runs``): why it never ended, or None (see :func:`unfinished_reason`)."""
     missing_roots: list[str | None] = field(default_factory=list)
     """Per run: the id of its root span when that is not among the spans read (see :func:`missing_root`), else None."""
+    gaps: list[Gaps] = field(default_factory=list)
+    """Per run: what of its spans was read (:func:`run_gaps`)."""
     choices: Choices = field(default_factory=lambda: Choices())
     """The model calls of its runs that returned several choices, and how the one each run went on with was told."""
 
@@ -123,6 +130,7 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     recognized = ops != {None}
     unfinished = [unfinished_reason(run, tree, unended) for run in runs]
     missing = [found[0] if n not in named_by_first_call and (found := missing_root(run, tree)) else None for n, run in enumerate(runs)]
+    gaps = [run_gaps(run, tree, unended) for run in runs]
     choices = Choices()
     runs = [with_task(_with_reply_ids(_with_context(chosen_replies(_without_echoes(run, tree), choices), tree))) for run in runs]
     return TraceRuns(
@@ -132,6 +140,7 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
         recognized=recognized,
         unfinished=unfinished,
         missing_roots=missing,
+        gaps=gaps,
         choices=choices,
     )
 
@@ -187,10 +196,71 @@ class _Tree:
         for s in spans:
             if s.parent_span_id is not None:
                 self.children.setdefault(s.parent_span_id, []).append(s.span_id)
+        self.adopted: dict[str, str] = self._adopted(spans)
+        """Spans in a graph node whose parent is not in the trace, by id, with the graph run's span read that holds them
+        (:meth:`_adopted`): its step whose node's span was not read, not a run of its own."""
+        for orphan, graph in self.adopted.items():
+            self.children.setdefault(graph, []).append(orphan)
+
+    def _adopted(self, spans: Sequence[SpanData]) -> dict[str, str]:
+        """The spans that ran in a LangGraph node whose parent (the node's span, a span between it and the graph's) was
+        not read while the graph run's span was, each with that span: the span of a graph run (outside every node, over
+        spans of its nodes, or an agent's span) whose time holds it, the innermost where several do and each holds the
+        next (else it is left alone: two runs at once). Such a span is a step of that run, whose spans arrived in
+        several files or lost one, not a run of its own named after the span it lacks."""
+        orphans = [
+            s
+            for s in spans
+            if s.parent_span_id is not None
+            and s.parent_span_id not in self.by_id
+            and in_graph_node(s)
+            and sc.EE_RECORDER not in s.attributes  # capture writes a run's spans under its root: their parent is the root
+        ]
+        if not orphans:
+            return {}
+        outside = [g for g in spans if not in_graph_node(g)]
+        graphs = {
+            g.span_id
+            for g in outside
+            if operation_of(g.attributes) == sc.OP_INVOKE_AGENT
+            or any(in_graph_node(self.by_id[c]) for c in self.children.get(g.span_id, ()) if c in self.by_id)
+        }
+        adopted: dict[str, str] = {}
+        for orphan in orphans:
+            holding = [
+                g
+                for g in outside
+                if g.start_ns <= orphan.start_ns
+                and orphan.end_ns <= g.end_ns
+                and (g.span_id in graphs or _same_langchain_run(g, orphan))
+                and not self._below(g.span_id, orphan.span_id)
+            ]
+            if not holding:
+                continue
+            inner = max(holding, key=lambda g: (g.start_ns, -g.end_ns))
+            if all(g.start_ns <= inner.start_ns and inner.end_ns <= g.end_ns for g in holding):
+                adopted[orphan.span_id] = inner.span_id
+        return adopted
+
+    def _below(self, span_id: str, top: str) -> bool:
+        """Whether ``span_id`` is ``top`` or under it by the parent links read."""
+        seen: set[str] = set()
+        node: str | None = span_id
+        while node is not None and node not in seen:
+            if node == top:
+                return True
+            seen.add(node)
+            node = self.by_id[node].parent_span_id if node in self.by_id else None
+        return False
+
+    def up(self, span_id: str) -> str | None:
+        """The id of the span above ``span_id`` among those read (its parent, or the graph run's span that adopted it),
+        or None."""
+        parent = self.by_id[span_id].parent_span_id
+        return parent if parent in self.by_id else self.adopted.get(span_id)
 
     def parent(self, span_id: str) -> str | None:
-        parent = self.by_id[span_id].parent_span_id
-        return parent if parent in self.by_id else None
+        return self.up(span_id)
 
     def run_root(self, span: SpanData) -> str | None:
         """The root of the run ``span`` marks, if it marks one (agent or model spans only)."""
@@ -215,19 +285,24 @@ class _Tree:
         return self.by_id[node].parent_span_id or node  # the graph's span missing: its id still joins the run
 
     def ancestors(self, span_id: str) -> Iterator[SpanData]:
-        """The spans above ``span_id``, nearest first (as far as the parent links are in the trace)."""
-        up = self.by_id[span_id].parent_span_id if span_id in self.by_id else None
-        while up is not None and up in self.by_id:
+        """The spans above ``span_id``, nearest first (as far as the parent links are in the trace, and adopted spans'
+        graph runs: :attr:`adopted`)."""
+        up = self.up(span_id) if span_id in self.by_id else None
+        seen = {span_id}
+        while up is not None and up in self.by_id and up not in seen:
+            seen.add(up)
             yield self.by_id[up]
-            up = self.by_id[up].parent_span_id
+            up = self.up(up)
 
     def outermost(self, roots: set[str]) -> set[str]:
         def nested(root: str) -> bool:
-            up = self.by_id[root].parent_span_id if root in self.by_id else None
-            while up is not None:
+            up = (self.by_id[root].parent_span_id if root not in self.adopted else self.adopted[root]) if root in self.by_id else None
+            seen = {root}
+            while up is not None and up not in seen:
                 if up in roots:
                     return True
-                up = self.by_id[up].parent_span_id if up in self.by_id else None
+                seen.add(up)
+                up = self.up(up) if up in self.by_id else None
             return False
 
         return {r for r in roots if r in self.nested or not nested(r)}
@@ -240,6 +315,32 @@ class _Tree:
             out.append(self.by_id[span_id])
             todo.extend(c for c in self.children.get(span_id, ()) if c not in self.nested)
         return out
+
+
+_LANGCHAIN_MARKS = ("openinference.span.kind", "traceloop.span.kind", "langsmith.span.kind", "langfuse.observation.type", "mlflow.spanType")
+"""The attributes by which each instrumentation of LangChain marks its spans (a LangChain run each)."""
+
+
+def _same_langchain_run(graph: SpanData, inside: SpanData) -> bool:
+    """Whether ``graph`` (a span outside every graph node) may be the span of the graph run that ``inside`` (a span in
+    one of its nodes) ran in, where ``graph`` has no node's span under it among the spans read: written by the same
+    instrumentation of LangChain (a LangChain run too, not an app's span), on the same thread where both name one."""
+    if not any(key in graph.attributes and key in inside.attributes for key in _LANGCHAIN_MARKS):
+        return False
+    threads = [normalize(s).attributes.get(sc.CONVERSATION_ID) or _metadata_thread(s) for s in (graph, inside)]
+    return None in threads or threads[0] == threads[1]
+
+
+def _metadata_thread(span: SpanData) -> Any:
+    """The ``thread_id`` of a LangChain run's metadata (OpenInference's ``metadata`` JSON), or None."""
+    metadata = span.attributes.get("metadata")
+    if not isinstance(metadata, str) or "thread_id" not in metadata:
+        return None
+    try:
+        decoded = json.loads(metadata)
+    except (ValueError, RecursionError):
+        return None
+    return decoded.get("thread_id") if isinstance(decoded, Mapping) else None
 
 
 def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str] = ()) -> str | None:
@@ -258,6 +359,8 @@ def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str]
             "before it did)"
         )
     missing = _missing_parents(run, tree)
+    between = [(parent, span) for parent, span in missing if span.span_id in tree.adopted]
+    missing = [(parent, span) for parent, span in missing if span.span_id not in tree.adopted]
     local = [(parent, span) for parent, span in missing if span.parent_remote is not True]
     if local:
         parent, span = local[0]
@@ -267,11 +370,14 @@ def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str]
             if span.parent_remote is None
             else ""
         )
+        under = sorted({s.span_id for p, s in local if p == parent})
         return (
             f"the run never ended: its root span ({parent}, the parent of {span.name!r}) is not among the spans read (a span "
             "is exported when it ends, and the root ends last: the process stopped mid-run, or the rest of the trace is in "
-            f"files not read with this one){unknown}"
+            f"files not read with this one){unknown}" + (f"{_READ_UNDER}{', '.join(under)}" if len(under) <= MAX_NAMED_UNDER_ROOT else "")
         )
+    if between:
+        return incomplete_reason(run[0].name, run[0].span_id, [(parent, span.name) for parent, span in between], ended_ok(run[0]))
     if missing and (asked := _last_reply_tool_calls(run)):
         parent, span = missing[0]
         return (
@@ -286,8 +392,108 @@ def missing_root(run: list[SpanData], tree: _Tree) -> tuple[str, SpanData] | Non
     """The id of ``run``'s root span when it is not in the trace while spans of its steps (agent, model, tool or
     graph-node spans) point at it, with the first such span; else None. A remote parent counts too: the run is named
     after it, as the whole run is once the caller's spans are read."""
-    missing = _missing_parents(run, tree)
+    missing = [(parent, span) for parent, span in _missing_parents(run, tree) if span.span_id not in tree.adopted]
     return missing[0] if missing else None
+
+
+def incomplete_reason(root_name: str | None, root_id: str, between: Sequence[tuple[str, str | None]], ended: bool) -> str:
+    """Why a run whose root span was read is still not whole: spans between its root and its steps (``between``: their
+    ids, each with the name of a span read below it) are not among the spans read, in files not read with this one (a
+    root read in an earlier file than its children) or lost. ``ended``: the root span ended without an error or a
+    cancellation (:func:`ended_ok`), as its run's whole version would then have (:func:`read_gaps` reads it back: a
+    later ingest that reads the spans completes the run)."""
+    named: dict[str, list[str | None]] = {}
+    for parent, name in between:
+        named.setdefault(parent, []).append(name)
+    parts = [
+        f"{parent} (the parent of {names[0]!r}{f' and {len(names) - 1} more' if len(names) > 1 else ''})"
+        if names[0] is not None
+        else f"{parent} (the parent of spans read earlier)"
+        for parent, names in named.items()
+    ]
+    root = f"{root_name!r} ({root_id})" if root_name is not None else f"({root_id})"
+    return (
+        f"the run is incomplete: its root span {root} was read, but not {len(parts)} span(s) between it and its steps: "
+        f"{', '.join(parts)} (an intermediate span, exported when it ends, is in files not read with this one, or its "
+        f"exporter lost it: ingesting them completes the run){_ENDED_OK if ended else ''}"
+    )
+
+
+MAX_NAMED_UNDER_ROOT = 64
+"""A run whose root span was not read names the spans read right under it (:func:`unfinished_reason`) up to this many:
+the spans between the root and its steps that a version holding the root lacks (:func:`read_gaps`)."""
+_READ_UNDER = "; read under it: "
+_ENDED_OK = "; its root span ended without an error"
+_INCOMPLETE = re.compile(r"^the run is incomplete: its root span (?:.*? )?\(([0-9a-f]{16})\) was read, but not \d+ span\(s\) between ")
+_GAP = re.compile(r"\b([0-9a-f]{16}) \(the parent of ")
+_NEVER_ENDED = re.compile(r"^the run never ended: its root span \(([0-9a-f]{16}), the parent of ")
+_UNDER = re.compile(re.escape(_READ_UNDER) + r"((?:[0-9a-f]{16}, )*[0-9a-f]{16})$")
+
+
+class SaidGaps(NamedTuple):
+    """What a stored version's error says of the spans it read (:func:`read_gaps`)."""
+
+    root: str | None
+    """The id of its root span, where it read it."""
+    lacked: frozenset[str]
+    """The ids of the spans it did not read: its root's (where it was not read), the spans between it and its steps."""
+    ended: bool
+    """Whether its root span (read) ended without an error."""
+    read: frozenset[str]
+    """Ids of spans it read, as far as it names them (those right under a root it lacked)."""
+
+
+def read_gaps(error: Any) -> SaidGaps | None:
+    """What a stored ``interrupted`` version's error says it lacked (see :class:`SaidGaps`): an
+    :func:`incomplete_reason` (its root read, spans between it and its steps not), or :func:`unfinished_reason`'s
+    missing root (with the spans it read right under it); None for another reason."""
+    if not isinstance(error, str):
+        return None
+    found = _INCOMPLETE.match(error)
+    if found is not None:
+        return SaidGaps(found.group(1), frozenset(_GAP.findall(error[found.end() :])), error.endswith(_ENDED_OK), frozenset())
+    found = _NEVER_ENDED.match(error)
+    if found is not None:
+        under = _UNDER.search(error)
+        return SaidGaps(None, frozenset({found.group(1)}), False, frozenset(under.group(1).split(", ")) if under else frozenset())
+    return None
+
+
+def ended_ok(root: SpanData) -> bool:
+    """Whether a run's root span ended without an error or a cancellation (capture's own: ``ee.status`` completed)."""
+    status = root.attributes.get(sc.EE_STATUS)
+    if status is not None:
+        return status == "completed"
+    return not root.is_error and not root.attributes.get(sc.ERROR_TYPE)
+
+
+@dataclass(frozen=True)
+class Gaps:
+    """What of a run's spans was read, for completing it across ingests (:func:`read_gaps` reads a stored version's)."""
+
+    read: frozenset[str]
+    """The ids of its spans read."""
+    missing: frozenset[str]
+    """The ids of the spans it lacks: its root's where that was not read, the spans between its root and its steps."""
+    root: str | None
+    """The id of its root span where it was read."""
+    ended_ok: bool
+    """Whether that root span ended without an error (:func:`ended_ok`)."""
+    only_missing: bool
+    """Whether missing spans are all it lacks (no span of it never ended, no remote parent)."""
+
+
+def run_gaps(run: list[SpanData], tree: _Tree, unended: Collection[str] = ()) -> Gaps:
+    """The :class:`Gaps` of one run of a trace (before its spans are rewritten)."""
+    missing = _missing_parents(run, tree)
+    rootless = any(span.span_id not in tree.adopted for _, span in missing) or run[0].span_id not in tree.by_id
+    return Gaps(
+        read=frozenset(s.span_id for s in run),
+        missing=frozenset(parent for parent, _ in missing),
+        root=None if rootless else run[0].span_id,
+        ended_ok=not rootless and ended_ok(run[0]),
+        only_missing=not any(s.span_id in unended for s in run) and all(span.parent_remote is not True for _, span in missing),
+    )
 
 
 def _missing_parents(run: list[SpanData], tree: _Tree) -> list[tuple[str, SpanData]]:

@@ -26,12 +26,22 @@ from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
-from ee_middleware.errors import IngestError
+from ee_middleware.errors import IngestError, StoreError
 from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_EVENTS, adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
 from ee_middleware.ingest.otlp_schema import Dropped
-from ee_middleware.ingest.runs import BareCall, Choices, bare_call, group_runs, join_bare_calls, joined_run
+from ee_middleware.ingest.runs import (
+    BareCall,
+    Choices,
+    Gaps,
+    bare_call,
+    group_runs,
+    incomplete_reason,
+    join_bare_calls,
+    joined_run,
+    read_gaps,
+)
 from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_schema_name, utcnow
 from ee_middleware.store.approvals import decide
@@ -169,6 +179,15 @@ class _Target:
     def store(self) -> ExperienceStore:
         return open_store(self._spec)
 
+    def existing(self) -> ExperienceStore | None:
+        """The store where it exists already (opened, as :attr:`store`), else None: nothing is created."""
+        if "store" not in self.__dict__:
+            try:
+                self.__dict__["store"] = open_store(self._spec, create=False)
+            except StoreError:
+                return None
+        return self.store
+
     @cached_property
     def paused(self) -> PausedDecisions:
         """The tools offered at the decisions runs paused on for a human review (in this ingest, else in the store), for
@@ -202,6 +221,12 @@ class _Target:
         return defaultdict(list)
 
     @cached_property
+    def gaps(self) -> dict[int, Gaps]:
+        """What of its spans each run read now holds (:class:`~ee_middleware.ingest.runs.Gaps`), by the ``id`` of its
+        trajectory until :func:`_ingest_traces` keeps it (see :func:`_across_ingests`)."""
+        return {}
+
+    @cached_property
     def superseded(self) -> set[str]:
         """The partial versions this ingest rejected as superseded."""
         return set()
@@ -219,6 +244,7 @@ class _Target:
                 {
                     "id": trajectory.id,
                     "status": trajectory.status,
+                    "error": trajectory.error,
                     "started_at": trajectory.started_at,
                     "ended_at": trajectory.ended_at,
                     "messages_json": json.dumps(trajectory.model_dump(mode="json")["messages"]),
@@ -341,6 +367,7 @@ def _ingest_traces(
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
     def keep(trajectory: Trajectory, others: Collection[str], parts: Collection[tuple[str, str]] = ()) -> None:
+        gaps, read_now = target.gaps.pop(id(trajectory), None), (trajectory.status, trajectory.error)
         versions = _versions(trajectory, target, others, parts)
         if versions.stored is not None:
             report.already_stored.append(versions.stored)
@@ -355,6 +382,8 @@ def _ingest_traces(
                     "they are kept in the version stored now, with the decisions read now."
                 )
             trajectory.id = _run_id(trajectory.id, versions.rows)  # named after a stored version: the run it is one of
+        if versions.partial and gaps is not None:
+            _across_ingests(trajectory, gaps, versions.partial, report, read_now)
         if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
             trajectory.id = _version_id(trajectory.id, _completeness(trajectory), target.known)
             for step in trajectory.steps:
@@ -534,10 +563,18 @@ def _versions(
         stored = 2 * len(theirs) + row_ended
         same_run = row["id"] in mine_ids
         if row["id"] in part_ids:
-            if theirs == messages[: len(theirs)] and _within(row, trajectory):
+            if theirs == messages[: len(theirs)] and (
+                _within(row, trajectory) or (same_run and not row_ended and _within(row, trajectory, inner=False))
+            ):
+                # (or the version that read the run's root span in an earlier ingest, its time holding this one's: a root read
+                # in an earlier file than the rest of its run)
                 out.partial.append(row)  # one call of the run stored as a run of its own: its last decision only
             continue
-        if theirs == messages[: len(theirs)] and _within(row, trajectory):
+        if theirs == messages[: len(theirs)] and (
+            _within(row, trajectory) or (same_run and not row_ended and _within(row, trajectory, inner=False))
+        ):
+            # (or the version that read the run's root span in an earlier ingest, its time holding this one's: a root read
+            # in an earlier file than the rest of its run)
             if stored >= mine and (same_run or (row_ended and not ended)):
                 if _holds(target.decisions(row), decisions):
                     out.stored = row["id"]
@@ -549,7 +586,11 @@ def _versions(
                 out.partial.append(row)
                 if not _holds(decisions, target.decisions(row)):
                     out.merge.append(row)
-        elif messages == theirs[: len(messages)] and _within(row, trajectory, inner=False) and (same_run or (row_ended and not ended)):
+        elif messages == theirs[: len(messages)] and (
+            (_within(row, trajectory, inner=False) and (same_run or (row_ended and not ended)))
+            or (_within(row, trajectory) and not row_ended and (same_run or not ended))
+        ):
+            # (or a later part of the run stored before, within this one's time: this one read its root, in a later file)
             if _holds(target.decisions(row), decisions):
                 out.stored = row["id"]  # a part of a run stored whole
                 return out
@@ -557,6 +598,55 @@ def _versions(
             out.merge.append(row)
     out.decision, out.decided_on = _carried_decision(out.partial)
     return out
+
+
+def _across_ingests(
+    trajectory: Trajectory, gaps: Gaps, partial: Sequence[dict[str, Any]], report: IngestReport, read_now: tuple[str, str | None]
+) -> None:
+    """``trajectory`` (a run read now, with the stored versions it completes: ``partial``) ``completed`` where, read
+    together, its versions read every span of it: a run whose spans were exported to several files (a root read in an
+    earlier file than its children, several processes or collectors writing rotated files) and ingested one file at a
+    time. Each version says what it lacked (its :class:`~ee_middleware.ingest.runs.Gaps` now, a stored one's error: see
+    :func:`~ee_middleware.ingest.runs.read_gaps`); it is complete where the spans one lacked another read (a stored
+    version's root span, the spans read now) and the root span, read by one of them, ended without an error. Else, where
+    a root was read, its error names what is still missing, so that the next ingest can complete it. A run that lacks
+    anything else (a span that never ended, a reason no version names) stays as it is, as does one that did not end on
+    its model's reply (its last step a tool call: paused, or stopped by a node, which only the whole run's assembly
+    tells apart). ``read_now``: the status and error of the run read now before it was merged with its stored versions
+    (its line in the report's ``unfinished``, dropped once it is complete)."""
+    if trajectory.status != "interrupted" or not gaps.only_missing:
+        return
+    roots = {gaps.root: gaps.ended_ok} if gaps.root is not None else {}
+    holes, read = set(gaps.missing), set(gaps.read)
+    for row in partial:
+        if row["status"] != "interrupted":
+            continue
+        said = read_gaps(row.get("error"))
+        if said is None:
+            return  # it lacked something else (or says so in words ingest did not write)
+        if said.root is not None:
+            roots[said.root] = roots.get(said.root, False) or said.ended
+        holes |= said.lacked
+        read |= said.read
+    if len(roots) != 1:
+        return
+    [(root, ended)] = roots.items()
+    holes -= read | {root}
+    if holes or not ended:
+        trajectory.error = incomplete_reason(None, root, [(hole, None) for hole in sorted(holes)], ended) if holes else trajectory.error
+        return
+    if not trajectory.steps or trajectory.steps[-1].action.kind != "answer":
+        return  # it did not end on its model's reply: paused, or stopped by a node, which the spans read together would say
+    said = f"is stored as {read_now[0]}, with the steps its finished spans show: {read_now[1]}."  # its note: no longer so
+    report.unfinished = [
+        line for line in report.unfinished if not (line.startswith(f"Trace {trajectory.trace_id}: ") and line.endswith(said))
+    ]
+    trajectory.status, trajectory.error = "completed", None
+    report.notes.append(
+        f"Trace {trajectory.trace_id}: the run read now and its stored version(s) {', '.join(row['id'] for row in partial)} hold "
+        f"every span of it between them (its root span {root} read in an earlier ingest or now, the spans it lacked in the "
+        "other): it is stored completed."
+    )
 
 
 def _version_ids(run_id: str, versions: Mapping[int, int]) -> set[str]:
@@ -866,6 +956,9 @@ def _trace_trajectories(
         report.problem(grouped.problem)
         return []
     if not grouped.runs:
+        filled = _filled_in(trace_id, spans, target, report) if grouped.problem is None else []
+        if filled:
+            return filled
         if grouped.agent_related:
             report.problem(f"trace {trace_id}: no agent run found (no 'chat' or 'invoke_agent' spans among {len(spans)}); skipped.")
         else:
@@ -879,12 +972,47 @@ def _trace_trajectories(
         return []  # its choices are counted when the bare calls are joined
     _count_choices(grouped.choices, report)
     out = []
-    for whole in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, strict=True):
-        for run, unfinished, absent_root, nested in _runs_of(*whole, rejected, unended):
+    for *whole, gaps in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, grouped.gaps, strict=True):
+        for n, (run, unfinished, absent_root, nested) in enumerate(_runs_of(*whole, rejected, unended)):
             report.runs += 1
             trajectory = _run_trajectory(trace_id, run, unfinished, absent_root, rejected, target, report, nested=nested)
             if trajectory is not None:
                 out.append(trajectory)
+                if n == 0 and len(run) == len(whole[0]):  # the run as read (not a part of it capture stored apart)
+                    target.gaps[id(trajectory)] = gaps
+    return out
+
+
+def _filled_in(trace_id: str, spans: list[SpanData], target: _Target, report: IngestReport) -> list[Trajectory]:
+    """The stored versions of this trace's runs that lacked only spans between their root (read) and their steps, each
+    completed where ``spans`` (read now, no run among them: a file holding only such spans, LangGraph's node spans and no
+    model call) are all they lacked, as :func:`_across_ingests` completes a run read now (its last step an answer, its
+    root ended without an error). :func:`_ingest_traces` stores each as the complete version, superseding the stored
+    one (its approval carried over). Nothing where the store does not exist yet."""
+    store = target.existing()
+    if store is None:
+        return []
+    read = {s.span_id for s in spans}
+    out = []
+    for row in target.in_trace(trace_id):
+        if row["status"] != "interrupted" or (row["approval"] == "rejected" and row["approval_by"] == SUPERSEDED_BY):
+            continue
+        said = read_gaps(row.get("error"))
+        if said is None or said.root is None or not said.ended or not said.lacked or not said.lacked <= read:
+            continue
+        version = target.version(row["id"])
+        if not version.steps or version.steps[-1].action.kind != "answer":
+            continue
+        report.runs += 1
+        report.notes.append(
+            f"Trace {trace_id}: its spans read now (no model call among them) are the {len(said.lacked)} span(s) between its "
+            f"root span {said.root} and its steps that the run stored as {row['id']} lacked: the run is stored completed."
+        )
+        run_id = _run_id(row["id"], target.in_trace(trace_id))  # named as the run it is a version of, as keep() names a merge
+        completed = version.model_copy(update={"id": run_id, "status": "completed", "error": None, "approval": Approval()}, deep=True)
+        for step in completed.steps:
+            step.trajectory_id = run_id
+        out.append(completed)
     return out
 
 
@@ -988,6 +1116,11 @@ def _run_trajectory(
         for step in trajectory.steps:
             step.trajectory_id = trajectory.id
     if trajectory is not None and unfinished is not None:
+        said = read_gaps(unfinished)
+        if trajectory.status == "stopped" and said is not None and said[0] is not None:
+            # its root was read, spans between it and its steps were not: that no model call wrote the reply it returned
+            # (stopped) may be only that the call's span is among those missing
+            trajectory.status, trajectory.error = "interrupted", None
         if trajectory.status == "completed":  # a run that failed before its process died stays an error
             trajectory.status = "interrupted"
         trajectory.error = trajectory.error or unfinished
