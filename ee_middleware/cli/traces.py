@@ -327,7 +327,14 @@ def export(
 def ingest(
     files: list[Path] = typer.Argument(..., help="OTLP JSON files (a Collector's file exporter output).", exists=False),
     store: str = StoreOption,
-    app_name: str | None = typer.Option(None, "--app", help="App name for runs whose spans name none."),
+    app_name: str | None = typer.Option(
+        None,
+        "--app",
+        help=(
+            "App name for runs whose spans name none. A run's root span names it: its ee.app, else its agent's name "
+            "(gen_ai.agent.name, OpenLLMetry's workflow name), else the resource's service.name."
+        ),
+    ),
     approve_by: str | None = typer.Option(
         None, "--approve-by", callback=actor_name, help="Approve every ingested trajectory in this name."
     ),
