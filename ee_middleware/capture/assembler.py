@@ -350,7 +350,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     formatting = _answer_formatting(root, decisions, tools)
     decisions = [d for index, d in enumerate(decisions) if index not in formatting]
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
-    final_tool_messages = redact([m for m in _messages_attr(root, sc.OUTPUT_MESSAGES) if m.get("role") == "tool"])
+    root_output = _messages_attr(root, sc.OUTPUT_MESSAGES)
+    final_tool_messages = redact([m for m in root_output if m.get("role") == "tool"])
     final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
     attrs = root.attributes
     thread_id = _redact_opt(
@@ -378,7 +379,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     if decisions:
         # with the tool messages the run ended on that answer its last decision's calls (a return_direct tool's,
         # structured output's): what the graph returned, as a run that paused in a tool keeps them (see below)
-        messages = _with_closing_tool_messages(decisions[-1]["state"] + decisions[-1]["outputs"], decisions[-1], final_tool_messages)
+        messages = _with_closing_tool_messages(decisions[-1]["state"] + decisions[-1]["outputs"], decisions[-1], root_output, redact)
         # a resumed run's input (Command, None) has no message: its task is the turn it resumed, the last user message
         # the history holds before its first decision, not the thread's first (an earlier turn's). Any other run on a
         # thread whose input did not say (fields none of which reads as the question, another instrumentation's spans)
@@ -621,13 +622,17 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
 
 
 def _with_closing_tool_messages(
-    messages: list[dict[str, Any]], last: dict[str, Any], final_tool_messages: list[dict[str, Any]]
+    messages: list[dict[str, Any]], last: dict[str, Any], root_output: list[dict[str, Any]], redact: Any
 ) -> list[dict[str, Any]]:
-    """``messages`` (the last decision's state and its reply) with the tool messages the run ended on (its root's
-    output: ``final_tool_messages``) that answer the reply's calls and that ``messages`` do not hold yet."""
+    """``messages`` (the last decision's state and its reply) with the tool messages the run ended on that answer the
+    reply's calls: those of its root's output (``root_output``, redacted by ``redact``) after the output's last assistant
+    message (capture's root holds only those; another instrumentation's may hold the whole conversation). Whether an
+    earlier tool message has the same id does not matter: ``messages`` end on the reply, and a model may reuse ids
+    across its turns (servers that number calls per reply: ``call_0`` every time)."""
     made = {c.get("id") for m in last["outputs"] for c in m.get("tool_calls") or ()}
-    known = {m.get("tool_call_id") for m in messages if m.get("role") == "tool"}
-    return messages + [m for m in final_tool_messages if m.get("tool_call_id") in made - known]
+    after = next((i + 1 for i in range(len(root_output) - 1, -1, -1) if root_output[i].get("role") == "assistant"), 0)
+    closing = [m for m in root_output[after:] if m.get("role") == "tool" and m.get("tool_call_id") in made]
+    return messages + redact(closing) if closing else messages
 
 
 def _messages_without_model(root: SpanData, tools: list[SpanData], redact: Any, max_chars: int) -> list[dict[str, Any]]:
@@ -689,9 +694,13 @@ def _steps(
         offered = _step_tools(d, union)
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
         written = [call for message in d["outputs"] for call in message.get("tool_calls") or []]
-        made = [_tool_call(call, malformed=position in d["invalid"]) for position, call in enumerate(written)]
-        # an invalid call no tool ran (create_agent answers it itself): no tool span is its, whatever its id or name
-        spans_made = iter(_call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"]))
+        # an invalid call (LangChain's invalid_tool_calls) gets only a tool span of its own id run for this decision: a
+        # middleware repaired it and the graph ran it. One no tool ran (create_agent answers it itself) is malformed
+        made = [_tool_call(call) for call in written]
+        matched = _call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"])
+        for position in d["invalid"] & set(range(len(written))):
+            made[position] = _tool_call(written[position], malformed=matched[position] is None, ran=matched[position], redact=redact)
+        spans_made = iter(matched)
         made_calls = iter(made)
         for output, message in enumerate(d["outputs"]):
             calls = message.get("tool_calls") or []
@@ -1249,17 +1258,29 @@ def _tool_names(schemas: list[dict[str, Any]]) -> list[str]:
     return [name for name in map(tool_schema_name, schemas) if name is not None]
 
 
-def _tool_call(call: dict[str, Any], *, malformed: bool = False) -> ToolCall:
+def _tool_call(call: dict[str, Any], *, malformed: bool = False, ran: SpanData | None = None, redact: Any = None) -> ToolCall:
     """A reply's tool call (OpenAI shape) as a step's. A ``malformed`` one (LangChain held it as ``invalid_tool_calls``:
-    :data:`~ee_middleware.capture.semconv.EE_INVALID_TOOL_CALL_POSITIONS`) keeps the text the model wrote under
-    ``_raw`` whatever it parses to (JSON that is no object, or an object a parser or a schema check refused), as text
-    that is no JSON is (:func:`~ee_middleware.messages.parse_arguments`): no tool ran it, so replay leaves it to the graph
-    that answered it and IL leaves it out. One without a name is named :data:`NAMELESS_CALL`."""
+    :data:`~ee_middleware.capture.semconv.EE_INVALID_TOOL_CALL_POSITIONS`, and no tool ran it) keeps the text the model
+    wrote under ``_raw`` whatever it parses to (JSON that is no object, or an object a parser or a schema check refused),
+    as text that is no JSON is (:func:`~ee_middleware.messages.parse_arguments`): replay leaves it to the graph that
+    answered it and IL leaves it out. One without a name is named :data:`NAMELESS_CALL`.
+
+    An invalid call that a tool span of its id ran (``ran``: a ``wrap_model_call`` middleware repaired it, and the graph
+    ran it) is the call that tool received: its name and arguments as the span holds them (redacted by ``redact``), where
+    they are an object; else as the model wrote them."""
     function = call.get("function", {})
     arguments = function.get("arguments")
     if malformed:
         text = arguments if isinstance(arguments, str) else arguments_json(arguments)
         return ToolCall(id=call.get("id") or "", name=function.get("name") or NAMELESS_CALL, arguments={"_raw": text})
+    if ran is not None and redact is not None:
+        sent = _span_arguments(ran)
+        # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say nothing
+        return ToolCall(
+            id=call.get("id") or "",
+            name=str(ran.attributes.get(sc.TOOL_NAME) or function.get("name") or UNKNOWN_TOOL),
+            arguments=parse_arguments(arguments) if sent is None or "_raw" in sent else redact(sent),
+        )
     return ToolCall(
         id=call.get("id") or "",
         name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
@@ -1281,10 +1302,15 @@ def _call_spans(
     arguments, else the first left of its tool. Spans that name no call id (OpenInference's for the OpenAI Agents SDK,
     traceloop-sdk's ``@tool``) are told apart by their arguments, so that each of parallel calls of one tool gets its
     own span (its error and latency), whichever ran first. ``sent``: the arguments of the spans that name no id, decoded
-    once per run (by ``id(span)``), as the spans of a tool whose calls never match are compared again at each call. The
-    calls at ``invalid`` positions (LangChain's ``invalid_tool_calls``: no tool ran them) get none."""
+    once per run (by ``id(span)``), as the spans of a tool whose calls never match are compared again at each call. A
+    call at one of the ``invalid`` positions (LangChain's ``invalid_tool_calls``, which ``create_agent`` answers itself)
+    gets only a span of its own id that ran for this decision (a middleware repaired the call and the graph ran it):
+    never one of another call, nor one of a later decision's call that reused its id."""
     spans = [
-        None if i in invalid else _take_tool_span(tools_by_call.get(call.id), chat, until, call.arguments) for i, call in enumerate(calls)
+        (_take_tool_span(_ran_for(tools_by_call.get(call.id), chat, until), chat, until, call.arguments) if call.id else None)
+        if i in invalid
+        else _take_tool_span(tools_by_call.get(call.id), chat, until, call.arguments)
+        for i, call in enumerate(calls)
     ]
     for i, call in enumerate(calls):
         if spans[i] is None and i not in invalid:
@@ -1293,6 +1319,14 @@ def _call_spans(
         if spans[i] is None and i not in invalid:
             spans[i] = _take_by_name(unmatched, call.name)
     return spans
+
+
+def _ran_for(spans: list[SpanData] | None, chat: SpanData, until: int | None) -> list[SpanData] | None:
+    """``spans`` (of one call id) where one of them started after decision ``chat`` and before the next one
+    (``until``): a call of this decision ran; else ``None``."""
+    if spans and any(s.start_ns >= chat.start_ns and (until is None or s.start_ns < until) for s in spans):
+        return spans
+    return None
 
 
 def _take_by_name(

@@ -10,6 +10,7 @@ call that lost its name gets none that looks like a tool's."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -141,4 +142,104 @@ def test_a_run_ended_by_a_return_direct_tool_keeps_its_closing_tool_message(offl
     t = _recorded(agent, store_path)
     assert [m["role"] for m in t.messages] == ["user", "assistant", "tool", "assistant", "tool"]
     assert t.messages[-1] == {"role": "tool", "tool_call_id": returned[-1].tool_call_id, "content": "FINAL: ticket T-9 closed ✅"}
+    assert t.final_answer == t.steps[-1].observation.content == "FINAL: ticket T-9 closed ✅"
+
+
+@OFFLOADS
+def test_an_invalid_call_a_middleware_repaired_and_the_tool_ran_is_recorded_as_the_call_that_ran(offload, store_path):
+    """A ``wrap_model_call`` middleware that repairs an invalid call whose text is a JSON object (the json-repair pattern
+    for local models) makes the graph run it: adjust_stock really changed production. It was recorded as the malformed
+    adjust_stock({"_raw": ...}) because the model's own reply held it in ``invalid_tool_calls``: replay left it
+    unexecuted (the replayed world drifted from production: false fidelity mismatches) and IL left out a call that
+    succeeded. A call a tool span of its id ran is the call the tool received."""
+    from langchain.agents.middleware import ModelResponse, wrap_model_call
+
+    ran: list[tuple[str, int]] = []
+
+    @tool
+    def adjust_stock(sku: str, delta: int) -> str:
+        """Change an item's stock."""
+        ran.append((sku, delta))
+        return f"{sku}: adjusted by {delta}"
+
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[tool_call("refund", order_id="A-1")],
+            invalid_tool_calls=[
+                invalid("adjust_stock", '{"sku": "A1", "delta": 1}', "i0"),  # an object the model's parser refused
+                invalid("refund", "{", "i1"),
+                invalid("adjust_stock", '{"sku": "B2", "delta": 2', "i2"),  # cut off: the middleware closes it
+            ],
+        ),
+        AIMessage(content="done"),
+    ]
+
+    @wrap_model_call
+    def repair(request: Any, handler: Any) -> Any:
+        """Runs the invalid calls of adjust_stock (as ``tool_calls``, their JSON closed where it was cut off); the
+        others stay invalid."""
+        response = handler(request)
+        result = []
+        for m in response.result:
+            if isinstance(m, AIMessage) and m.invalid_tool_calls:
+                parsed, left = [], []
+                for c in m.invalid_tool_calls:
+                    if c["name"] != "adjust_stock":
+                        left.append(c)
+                        continue
+                    text = c["args"] if c["args"].endswith("}") else c["args"] + "}"
+                    parsed.append({"name": c["name"], "args": json.loads(text), "id": c["id"], "type": "tool_call"})
+                m = AIMessage(content=m.content, tool_calls=[*m.tool_calls, *parsed], invalid_tool_calls=left, id=m.id)
+            result.append(m)
+        return ModelResponse(result=result, structured_response=response.structured_response)
+
+    graph = create_agent(ScriptedChatModel(script=replies), [refund, adjust_stock], middleware=[repair])
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    agent.invoke({"messages": [("user", "refund A-1, add one A1")]})
+    assert ran == [("A1", 1), ("B2", 2)]  # production ran the repaired calls
+    t = _recorded(agent, store_path)
+    calls = [(s.action.tool_call, s.observation) for s in t.steps if s.action.tool_call is not None]
+    assert [(c.id, c.name, c.arguments) for c, _ in calls] == [
+        (calls[0][0].id, "refund", {"order_id": "A-1"}),
+        ("i0", "adjust_stock", {"sku": "A1", "delta": 1}),  # the call the tool ran, not {"_raw": ...}
+        ("i1", "refund", {"_raw": "{"}),  # still invalid: create_agent refused it, no tool ran
+        ("i2", "adjust_stock", {"sku": "B2", "delta": 2}),  # what the tool received, not the text the model cut off
+    ]
+    assert [(o.content, o.is_error) for _, o in calls[1:]] == [
+        ("A1: adjusted by 1", False),
+        (calls[2][1].content, True),
+        ("B2: adjusted by 2", False),
+    ]
+    assert REFUSED in calls[2][1].content
+
+
+@OFFLOADS
+def test_a_return_direct_run_keeps_its_closing_tool_message_when_the_model_reuses_call_ids(offload, store_path):
+    """Servers that number calls per reply give every turn's call the id call_0. The closing tool message (of
+    close_ticket, return_direct) was dropped from the stored conversation: an earlier tool message of the state already
+    had its id, so it was taken as held. The stored messages are what the graph returned."""
+    replies = [
+        AIMessage(content="", tool_calls=[{"name": "refund", "args": {"order_id": "A-1"}, "id": "call_0", "type": "tool_call"}]),
+        AIMessage(content="", tool_calls=[{"name": "close_ticket", "args": {"ticket": "T-9"}, "id": "call_0", "type": "tool_call"}]),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [refund, close_ticket])
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    returned = agent.invoke({"messages": [("user", "refund A-1, then close T-9")]})["messages"]
+    assert [(m.type, getattr(m, "tool_call_id", None)) for m in returned] == [
+        ("human", None),
+        ("ai", None),
+        ("tool", "call_0"),
+        ("ai", None),
+        ("tool", "call_0"),
+    ]
+    t = _recorded(agent, store_path)
+    assert [(m["role"], m.get("tool_call_id")) for m in t.messages] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "call_0"),
+        ("assistant", None),
+        ("tool", "call_0"),
+    ]
+    assert [m["content"] for m in t.messages if m["role"] == "tool"] == ["refunded A-1", "FINAL: ticket T-9 closed ✅"]
     assert t.final_answer == t.steps[-1].observation.content == "FINAL: ticket T-9 closed ✅"

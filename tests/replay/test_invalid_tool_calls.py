@@ -147,3 +147,64 @@ def test_a_malformed_call_stored_with_arguments_that_are_no_text_is_not_executed
     assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
     assert [step["step"] for step in record.details["malformed_calls_not_executed"]] == [1, 2, 3, 4]
     assert [call for call in received if call[0] != "list_items"] == [("get_item", {"sku": "A1"})] * 2
+
+
+def test_an_invalid_call_a_middleware_repaired_and_ran_is_executed_as_production_did(tmp_path: Path) -> None:
+    """A ``wrap_model_call`` middleware repaired the model's invalid adjust_stock (its text a JSON object the model's
+    parser refused) and the graph ran it: production's A1 went 19 -> 20. Capture recorded it as malformed, so replay
+    left it unexecuted: the replayed world stayed at 19 and the expert's next read (20) was a fidelity mismatch blaming
+    a correct sandbox. Replay now executes it as production did."""
+    import json
+
+    from langchain.agents.middleware import ModelResponse, wrap_model_call
+
+    production = {"A1": 19}
+
+    @tool
+    def get_item(sku: str) -> str:
+        """Read an item's stock."""
+        return get_stock(production, sku)
+
+    @tool
+    def adjust_stock(sku: str, delta: int) -> str:
+        """Change an item's stock."""
+        return adjust(production, sku, delta)
+
+    @tool
+    def list_items() -> str:
+        """List every item's stock."""
+        return listing(production)
+
+    @wrap_model_call
+    def repair(request: Any, handler: Any) -> Any:
+        """Runs the invalid calls whose text is a JSON object."""
+        response = handler(request)
+        result = []
+        for m in response.result:
+            if isinstance(m, AIMessage) and m.invalid_tool_calls:
+                fixed = [
+                    {"name": c["name"], "args": json.loads(c["args"]), "id": c["id"], "type": "tool_call"} for c in m.invalid_tool_calls
+                ]
+                m = AIMessage(content=m.content, tool_calls=[*m.tool_calls, *fixed], id=m.id)
+            result.append(m)
+        return ModelResponse(result=result, structured_response=response.structured_response)
+
+    replies = [
+        AIMessage(content="", invalid_tool_calls=[invalid("adjust_stock", '{"sku": "A1", "delta": 1}', "v1")]),
+        AIMessage(content="", tool_calls=[tool_call("get_item", sku="A1")]),
+        AIMessage(content="A1 has 20."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [get_item, adjust_stock, list_items], middleware=[repair])
+    agent = record_experience(graph, app="shop", store=tmp_path / "store")
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "Add one A1")]})
+    assert production == {"A1": 20}  # the graph ran the repaired call
+    received: list[tuple[str, dict[str, Any]]] = []
+    outcome = replay_trajectory(trajectory, _sandbox(received), Proposer(_ReadPolicy(), k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
+    assert "malformed_calls_not_executed" not in record.details
+    assert [call for call in received if call[0] != "list_items"] == [
+        ("adjust_stock", {"sku": "A1", "delta": 1}),
+        ("get_item", {"sku": "A1"}),
+    ]
+    assert [r.observation.content for r in outcome.rollouts] == ["A1=19", "A1=20"]  # each state saw the world production had
