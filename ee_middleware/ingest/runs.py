@@ -204,10 +204,14 @@ class _Tree:
 
     def _adopted(self, spans: Sequence[SpanData]) -> dict[str, str]:
         """The spans that ran in a LangGraph node whose parent (the node's span, a span between it and the graph's) was
-        not read while the graph run's span was, each with that span: the span of a graph run (outside every node, over
-        spans of its nodes, or an agent's span) whose time holds it, the innermost where several do and each holds the
-        next (else it is left alone: two runs at once). Such a span is a step of that run, whose spans arrived in
-        several files or lost one, not a run of its own named after the span it lacks."""
+        not read while the graph run's span was, each with that span: the span of a graph run (over spans of its nodes,
+        or an agent's span; outside every node, or a sub-agent's graph inside a node) whose time holds it, on its thread
+        (both name it, the same: runs of two threads at once never join), the innermost where several do and each holds
+        the next (else it is left alone: two runs at once). Such a span is a step of that run, whose spans arrived in
+        several files or lost one, not a run of its own named after the span it lacks. Left alone too: the spans whose
+        missing parent is over node spans (a graph's root: another run whose root was not read, not a middle span), and
+        those a span read in a node of that run holds in time while in another checkpoint namespace (a sub-agent's,
+        whose graph's span was not told)."""
         orphans = [
             s
             for s in spans
@@ -218,6 +222,14 @@ class _Tree:
         ]
         if not orphans:
             return {}
+        under_missing: dict[str, set[tuple[Any, str | None]]] = {}
+        for s in orphans:
+            under_missing.setdefault(s.parent_span_id or "", set()).add((_node_name(s), _checkpoint_ns(s)))
+        graph_roots = {  # missing parents over node spans: a node span named after its node, or spans of several nodes
+            parent
+            for parent, nodes in under_missing.items()
+            if len(nodes) > 1 or any(s.parent_span_id == parent and s.name == _node_name(s) for s in orphans)
+        }
         outside = [g for g in spans if not in_graph_node(g)]
         graphs = {
             g.span_id
@@ -225,22 +237,53 @@ class _Tree:
             if operation_of(g.attributes) == sc.OP_INVOKE_AGENT
             or any(in_graph_node(self.by_id[c]) for c in self.children.get(g.span_id, ()) if c in self.by_id)
         }
+        sub_graphs = [g for g in spans if in_graph_node(g) and self._sub_graph(g)]
+        graphs.update(g.span_id for g in sub_graphs)
+        in_nodes = [g for g in spans if in_graph_node(g)]
         adopted: dict[str, str] = {}
         for orphan in orphans:
+            if orphan.parent_span_id in graph_roots:
+                continue
+            thread = _thread(orphan)
             holding = [
                 g
-                for g in outside
+                for g in [*outside, *sub_graphs]
                 if g.start_ns <= orphan.start_ns
                 and orphan.end_ns <= g.end_ns
                 and (g.span_id in graphs or _same_langchain_run(g, orphan))
+                and thread is not None
+                and _thread(g) == thread
                 and not self._below(g.span_id, orphan.span_id)
             ]
             if not holding:
                 continue
             inner = max(holding, key=lambda g: (g.start_ns, -g.end_ns))
-            if all(g.start_ns <= inner.start_ns and inner.end_ns <= g.end_ns for g in holding):
-                adopted[orphan.span_id] = inner.span_id
+            if not all(g.start_ns <= inner.start_ns and inner.end_ns <= g.end_ns for g in holding):
+                continue
+            ns = _checkpoint_ns(orphan)
+            if any(
+                g.span_id != inner.span_id
+                and g.start_ns <= orphan.start_ns
+                and orphan.end_ns <= g.end_ns
+                and self._below(g.span_id, inner.span_id)
+                and None not in (ns, _checkpoint_ns(g))
+                and _checkpoint_ns(g) != ns
+                for g in in_nodes
+            ):
+                continue
+            adopted[orphan.span_id] = inner.span_id
         return adopted
+
+    def _sub_graph(self, span: SpanData) -> bool:
+        """Whether ``span`` (in a graph node) is the span of a graph run inside it (a sub-agent's): spans of nodes of
+        another checkpoint namespace than its own are under it."""
+        ns = _checkpoint_ns(span)
+        if ns is None:
+            return False
+        return any(
+            c in self.by_id and in_graph_node(self.by_id[c]) and _checkpoint_ns(self.by_id[c]) not in (None, ns)
+            for c in self.children.get(span.span_id, ())
+        )
 
     def _below(self, span_id: str, top: str) -> bool:
         """Whether ``span_id`` is ``top`` or under it by the parent links read."""
@@ -324,11 +367,33 @@ _LANGCHAIN_MARKS = ("openinference.span.kind", "traceloop.span.kind", "langsmith
 def _same_langchain_run(graph: SpanData, inside: SpanData) -> bool:
     """Whether ``graph`` (a span outside every graph node) may be the span of the graph run that ``inside`` (a span in
     one of its nodes) ran in, where ``graph`` has no node's span under it among the spans read: written by the same
-    instrumentation of LangChain (a LangChain run too, not an app's span), on the same thread where both name one."""
+    instrumentation of LangChain (a LangChain run too, not an app's span), on one thread both name."""
     if not any(key in graph.attributes and key in inside.attributes for key in _LANGCHAIN_MARKS):
         return False
-    threads = [normalize(s).attributes.get(sc.CONVERSATION_ID) or _metadata_thread(s) for s in (graph, inside)]
-    return None in threads or threads[0] == threads[1]
+    threads = [_thread(s) for s in (graph, inside)]
+    return None not in threads and threads[0] == threads[1]
+
+
+def _thread(span: SpanData) -> Any:
+    """The thread (conversation) a span names: its conversation id, else its LangChain metadata's ``thread_id``; or
+    None."""
+    return normalize(span).attributes.get(sc.CONVERSATION_ID) or _metadata_thread(span)
+
+
+def _node_name(span: SpanData) -> Any:
+    """The LangGraph node a span ran in (as each dialect records it), or None."""
+    attrs = span.attributes
+    for key in _NODE_KEYS:
+        if attrs.get(key):
+            return attrs[key]
+    metadata = attrs.get("metadata")
+    if isinstance(metadata, str) and "langgraph_node" in metadata:
+        try:
+            decoded = json.loads(metadata)
+        except (ValueError, RecursionError):
+            return None
+        return decoded.get("langgraph_node") if isinstance(decoded, Mapping) else None
+    return None
 
 
 def _metadata_thread(span: SpanData) -> Any:

@@ -176,3 +176,135 @@ def test_a_missing_middle_span_leaves_one_interrupted_run_not_one_per_model_call
     assert run.status == "interrupted" and _decisions(run) == _decisions(whole)
     assert run.error is not None and "was read, but not 3 span(s) between it and its steps" in run.error
     assert all(node in run.error for node in model_nodes)
+
+
+# Review r5: a span whose parent was not read joins only a run of its own thread, never the run of another (concurrent)
+# graph invocation, and the innermost graph that holds it, a sub-agent's inside a tool too; in doubt it is left alone.
+
+NESTED = Path(__file__).parent / "fixtures" / "nested_agent_openinference.jsonl"
+SECOND = "Reserve Emma for member 9"
+
+
+def _root(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(s for s in spans if not s.get("parentSpanId"))
+
+
+def _on_thread(span: dict[str, Any], thread: str) -> None:
+    for attribute in span["attributes"]:
+        if attribute["key"] == "session.id":
+            attribute["value"] = {"stringValue": thread}
+        elif attribute["key"] == "metadata":
+            metadata = json.loads(attribute["value"]["stringValue"])
+            metadata["thread_id"] = thread
+            attribute["value"] = {"stringValue": json.dumps(metadata)}
+
+
+def _concurrent(b_holds_a: bool = False, thread: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]], dict]:
+    """One trace: an app's span over both recorded runs at once (run B on thread t2 moved into run A's time, or, with
+    ``b_holds_a``, its root holding A's), and the spans (A's, B's, the app's)."""
+    first, second = _requests()
+    a, b = _spans(first), _spans(second)
+    root_a, root_b = _root(a), _root(b)
+    shift = int(root_a["startTimeUnixNano"]) + 1000 - int(root_b["startTimeUnixNano"])
+    for span in b:
+        span["traceId"] = root_a["traceId"]
+        span["startTimeUnixNano"] = str(int(span["startTimeUnixNano"]) + shift)
+        span["endTimeUnixNano"] = str(int(span["endTimeUnixNano"]) + shift)
+        if thread is not None:
+            _on_thread(span, thread)
+    if b_holds_a:
+        root_b["startTimeUnixNano"] = str(int(root_a["startTimeUnixNano"]) - 5000)
+        root_b["endTimeUnixNano"] = str(int(root_a["endTimeUnixNano"]) + 5000)
+    outer = root_b if b_holds_a else root_a
+    app = {
+        "traceId": root_a["traceId"],
+        "spanId": "aaaaaaaaaaaaaaaa",
+        "name": "POST /chat",
+        "kind": 2,
+        "startTimeUnixNano": str(int(outer["startTimeUnixNano"]) - 1000),
+        "endTimeUnixNano": str(int(outer["endTimeUnixNano"]) + 1000),
+        "attributes": [],
+        "status": {},
+    }
+    root_a["parentSpanId"] = root_b["parentSpanId"] = app["spanId"]
+    return first, a + b + [app], {"a": root_a, "b": root_b, "app": app}
+
+
+def _write(path: Path, request: dict[str, Any], spans: list[dict[str, Any]]) -> Path:
+    out = json.loads(json.dumps(request))
+    for n, ss in enumerate(ss for rs in out["resourceSpans"] for ss in rs["scopeSpans"]):
+        ss["spans"] = spans if n == 0 else []
+    path.write_text(json.dumps(out) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("thread", [None, "t1"], ids=["other-thread", "same-thread"])
+def test_a_concurrent_run_whose_root_comes_later_is_not_joined_to_the_run_that_holds_it(tmp_path, store, whole, thread):
+    """Run B (thread t2, or t1 like A) inside run A's time, B's root and the app's span in a later file: B's node spans,
+    whose parent is a graph's root, not a middle span, are B's run (interrupted), never A's steps; the later file never
+    makes a completed mix of both."""
+    request, spans, roots = _concurrent(thread=thread)
+    later = {roots["b"]["spanId"], roots["app"]["spanId"]}
+    first = _write(tmp_path / "part0.jsonl", request, [s for s in spans if s["spanId"] not in later])
+    rest = _write(tmp_path / "part1.jsonl", request, [s for s in spans if s["spanId"] in later])
+    report = ingest_files([first], store)
+    assert report.problems == 0 and report.runs == 2, report.errors
+    live = _live(store)
+    [a] = live[FIRST]
+    assert (a.status, a.error) == ("completed", None) and _decisions(a) == _decisions(whole)
+    [b] = live[SECOND]
+    assert b.status == "interrupted" and roots["b"]["spanId"] in (b.error or "")
+    assert ("reserve_book", {"isbn": "978-1", "member_id": 9}, "no copies of Emma left") in _decisions(b)
+    ingest_files([rest], store)
+    for t in store.iter_trajectories():
+        if t.task == FIRST:
+            assert _decisions(t) == _decisions(whole)
+        assert not (t.task == FIRST and any(d[0] == "reserve_book" and d[1]["member_id"] == 9 for d in _decisions(t)))
+
+
+def test_a_concurrent_runs_lost_node_span_is_not_given_to_another_threads_run_inside_its_time(tmp_path, store, whole):
+    """Every root read, run B (t2) holding run A (t1) in time, B lost its first ``model`` node span: B's model call is
+    B's (or left alone), never A's first step."""
+    request, spans, _ = _concurrent(b_holds_a=True)
+    lost = next(s["spanId"] for s in spans if s["name"] == "model" and s["attributes"] and "t2" in json.dumps(s["attributes"]))
+    path = _write(tmp_path / "f.jsonl", request, [s for s in spans if s["spanId"] != lost])
+    report = ingest_files([path], store)
+    assert report.problems == 0, report.errors
+    [a] = _live(store)[FIRST]
+    assert (a.status, a.error) == ("completed", None) and _decisions(a) == _decisions(whole)
+    assert lost not in (a.error or "")
+
+
+@pytest.fixture
+def whole_outer(tmp_path) -> Trajectory:
+    store = LocalExperienceStore(tmp_path / "whole_outer")
+    ingest_files([NESTED], store)
+    [outer] = [t for t in store.iter_trajectories() if t.task and t.task.startswith("Frag den Rechner")]
+    assert outer.status == "completed"
+    return outer
+
+
+def _nested_files(tmp_path: Path, lost: set[str]) -> tuple[Path, Path]:
+    requests = [json.loads(line) for line in NESTED.read_text().splitlines()]
+    first, rest = tmp_path / "nested0.jsonl", tmp_path / "nested1.jsonl"
+    first.write_text("\n".join(json.dumps(_with_spans(r, lambda s: s["spanId"] not in lost)) for r in requests) + "\n")
+    held = [r for r in requests if any(s["spanId"] in lost for s in _spans(r))]
+    rest.write_text("\n".join(json.dumps(_with_spans(r, lambda s: s["spanId"] in lost)) for r in held) + "\n")
+    return first, rest
+
+
+def _outer(store: LocalExperienceStore) -> list[Trajectory]:
+    return _live(store).get("Frag den Rechner: 2.5 + 4", [])
+
+
+def test_a_sub_agents_lost_node_span_leaves_its_step_out_of_the_outer_run(tmp_path, store, whole_outer):
+    """The ``calc`` sub-graph (inside the outer graph's ``ask_calculator`` tool) lost its ``agent`` node span: its step
+    ``add`` is the sub-agent's (the innermost graph that holds it), not the outer run's, whole and completed."""
+    first, rest = _nested_files(tmp_path, {"1dbc5b04a55ebb77"})
+    report = ingest_files([first], store)
+    assert report.problems == 0, report.errors
+    [outer] = _outer(store)
+    assert (outer.status, outer.error) == ("completed", None) and _decisions(outer) == _decisions(whole_outer)
+    report = ingest_files([rest], store)
+    [outer] = _outer(store)
+    assert (outer.status, outer.error) == ("completed", None) and _decisions(outer) == _decisions(whole_outer)
