@@ -71,7 +71,7 @@ from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import ChatClient
-from ee_middleware.records import Observation, ToolCall, Trajectory, tool_schema_name
+from ee_middleware.records import Observation, ToolCall, Trajectory
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 
@@ -469,15 +469,13 @@ def _expert_world(sandbox: Any, task: EvalTask) -> _ExpertWorld:
 
 
 def _malformed(call: dict[str, Any], task: EvalTask) -> bool:
-    """Whether ``call``'s arguments are text the model wrote that is no JSON object, as capture stores it (exactly
-    ``{"_raw": "<text>"}``): the graph answered it itself, no tool ran, so no candidate is asked to make it (as replay's
-    runner leaves such a call out). A tool whose offered schema declares a ``_raw`` parameter is called as usual."""
-    from ee_middleware.messages import declares_raw
+    """Whether ``call`` is one the model wrote malformed (its only argument ``_raw``, whatever it holds; not for a tool
+    whose offered schema declares ``_raw``): the graph answered it itself, no tool ran, so no candidate is asked to make
+    it and a candidate's never counts as made. The one rule replay and IL read (:mod:`ee_middleware.replay.malformed`)."""
+    from ee_middleware.replay.malformed import malformed_by_the_model
 
-    arguments = call.get("arguments") or {}
-    if list(arguments) != ["_raw"] or not isinstance(arguments["_raw"], str):
-        return False
-    return not any(tool_schema_name(schema) == call["name"] and declares_raw(schema) for turn in task.tools for schema in turn)
+    tools = [schema for turn in task.tools for schema in turn]
+    return malformed_by_the_model(tools, str(call.get("name") or ""), call.get("arguments") or {})
 
 
 def task_privacy(task: EvalTask) -> ReplayPrivacy:

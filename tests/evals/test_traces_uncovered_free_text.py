@@ -202,3 +202,17 @@ def test_a_candidate_that_pages_twice_fails_with_an_extra_call(desk: tuple[Path,
     assert not result.success and result.error_type == "uncovered_call_extra", result.reason
     assert "page_oncall 2 times" in result.reason and "the expert 1" in result.reason, result.reason
     assert result.details["uncovered_calls_missing"] == [] and len(result.details["uncovered_calls_extra"]) == 1, result.details
+
+
+@pytest.mark.parametrize("raw", ["not json {", None, [1, 2], {"team": "net"}])
+def test_a_candidate_call_the_model_wrote_malformed_counts_as_replay_and_il_count_it(raw: Any) -> None:
+    """A candidate's ``{"_raw": ...}`` call reached no tool, whatever ``_raw`` holds (replay's and IL's one rule,
+    ee_middleware.replay.malformed): it never counts as the expert's page, nor as an extra one. Before, only a string
+    there was malformed, so ``{"_raw": [1, 2]}`` counted as a page made."""
+    uncovered = [{"id": "e0", "name": "page_oncall", "arguments": {"team": "net"}}]
+    made = [
+        ToolCall(id="c0", name="page_oncall", arguments={"team": "net"}),
+        ToolCall(id="c1", name="page_oncall", arguments={"_raw": raw}),
+    ]
+    match = uncovered_calls_not_made(TASK, uncovered, made)
+    assert match.missing == [] and match.extra == [], match
