@@ -58,8 +58,8 @@ def invalid(name: str | None, args: str | None, call_id: str | None) -> dict[str
     return {"type": "invalid_tool_call", "id": call_id, "name": name, "args": args, "error": "refused"}
 
 
-def _recorded(tmp_path: Path) -> Trajectory:
-    production = {"A1": 19}
+def production_tools(production: dict[str, int]) -> list[Any]:
+    """The app's three tools over ``production``, as ``create_agent`` is given them: get_item, adjust_stock, list_items."""
 
     @tool
     def get_item(sku: str) -> str:
@@ -75,6 +75,13 @@ def _recorded(tmp_path: Path) -> Trajectory:
     def list_items() -> str:
         """List every item's stock."""
         return listing(production)
+
+    return [get_item, adjust_stock, list_items]
+
+
+def _recorded(tmp_path: Path) -> Trajectory:
+    production = {"A1": 19}
+    get_item, adjust_stock, list_items = production_tools(production)
 
     replies = [
         AIMessage(
@@ -159,21 +166,7 @@ def test_an_invalid_call_a_middleware_repaired_and_ran_is_executed_as_production
     from langchain.agents.middleware import ModelResponse, wrap_model_call
 
     production = {"A1": 19}
-
-    @tool
-    def get_item(sku: str) -> str:
-        """Read an item's stock."""
-        return get_stock(production, sku)
-
-    @tool
-    def adjust_stock(sku: str, delta: int) -> str:
-        """Change an item's stock."""
-        return adjust(production, sku, delta)
-
-    @tool
-    def list_items() -> str:
-        """List every item's stock."""
-        return listing(production)
+    get_item, adjust_stock, list_items = production_tools(production)
 
     @wrap_model_call
     def repair(request: Any, handler: Any) -> Any:
