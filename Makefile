@@ -64,9 +64,9 @@ demo-quick: $(STAMP)
 	$(BIN)/python examples/end_to_end.py --out demo-output --quick
 
 # --durations: the slowest tests of every run are in the log, for keeping the default run under 15 min (HEAVY_TESTS).
-# -n: one pytest worker per core (TEST_WORKERS=1 for one process); each test file runs whole on one worker
+# -n: one pytest worker per core, at most 4 (TEST_WORKERS=0: every test in this one process); each test file runs whole on one worker
 # (--dist loadfile; tests/conftest.py SAME_WORKER: files that look for the same processes share one).
-TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(); print(max(1, min(4, n or 1)))')
 test: $(STAMP)
 	@$(BYTECODE)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 || $(NO_TESTS)
