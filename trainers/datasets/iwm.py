@@ -101,6 +101,7 @@ REPEAT_COLUMNS = (
     "arguments_json",
     "observation",
     "is_error",
+    "synthetic",
 )
 """The rollout columns :func:`repeated_rollouts` reads."""
 REPEATS_SCHEMA = {"id": pl.String(), "is_error": pl.Boolean()}
@@ -109,8 +110,9 @@ REPEATS_SCHEMA = {"id": pl.String(), "is_error": pl.Boolean()}
 def repeated_rollouts(rollouts: pl.DataFrame) -> pl.DataFrame:
     """``id`` and ``is_error`` of the rollouts that repeat another replay configuration's at the same state: the same
     trajectory and step, the same call (tool name and arguments, compared as values: key order and spacing aside) and
-    the same observation. Of each set of repeats the first in the order trajectory, step, branch index, replay id
-    stays (an order the store's layout does not change); the others are returned. Only states replayed by more than one
+    the same observation. Of each set of repeats the first in the order trajectory, step, real before synthetic (an
+    experience model's prediction: a real tool's answer is kept over its copy), branch index, replay id stays (an order
+    the store's layout does not change); the others are returned. Only states replayed by more than one
     configuration are compared (one replay never proposes a call twice at a state)."""
     if rollouts.is_empty():
         return pl.DataFrame(schema=REPEATS_SCHEMA)
@@ -120,7 +122,10 @@ def repeated_rollouts(rollouts: pl.DataFrame) -> pl.DataFrame:
     if shared.is_empty():
         return pl.DataFrame(schema=REPEATS_SCHEMA)
     calls = [call_key(name, arguments) for name, arguments in shared.select("tool_name", "arguments_json").iter_rows()]
-    ordered = shared.with_columns(pl.Series("_call", calls, dtype=pl.String)).sort(*cells, "branch_index", "replay_id", "id")
+    synthetic = pl.col("synthetic").fill_null(False) if "synthetic" in shared.columns else pl.lit(False)
+    ordered = shared.with_columns(pl.Series("_call", calls, dtype=pl.String), synthetic.alias("_synthetic")).sort(
+        *cells, "_synthetic", "branch_index", "replay_id", "id"
+    )
     first = pl.struct(*cells, "_call", pl.col("observation").fill_null("")).is_first_distinct()
     return ordered.filter(~first).select("id", pl.col("is_error").fill_null(False))
 

@@ -151,3 +151,31 @@ def test_synthetic_rollouts_grounded_on_held_out_trajectories_are_left_out_of_tr
     assert table.exit_code == 0, table.output
     text = " ".join(table.output.split())
     assert f"left out {len(grounded)} synthetic rollout(s) of training trajectories" in text, text
+
+
+def test_a_real_rollout_is_kept_over_an_identical_synthetic_one() -> None:
+    """Two replays of one state made the same call with the same observation, one in a sandbox and one predicted by an
+    experience model: the real one stays and the synthetic one is the repeat left out, whatever their branch indices and
+    replay ids (review r6: the synthetic copy with branch 0 was kept, the row marked synthetic and counted so)."""
+    from ee_middleware.trainers.datasets.iwm import repeated_rollouts
+
+    def rollout(rollout_id: str, replay_id: str, branch: int, synthetic: bool) -> dict[str, object]:
+        return {
+            "id": rollout_id,
+            "trajectory_id": "t",
+            "step_index": 5,
+            "branch_index": branch,
+            "replay_id": replay_id,
+            "tool_name": "ls",
+            "arguments_json": '{"a": 1}',
+            "observation": "x.txt",
+            "is_error": False,
+            "synthetic": synthetic,
+        }
+
+    for real_branch, synthetic_branch in ((2, 0), (0, 2)):
+        for real_replay, synthetic_replay in (("b-real", "a-predicted"), ("a-real", "b-predicted")):
+            frame = pl.DataFrame(
+                [rollout("predicted", synthetic_replay, synthetic_branch, True), rollout("real", real_replay, real_branch, False)]
+            )
+            assert repeated_rollouts(frame)["id"].to_list() == ["predicted"], (real_branch, real_replay)
