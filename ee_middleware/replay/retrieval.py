@@ -155,12 +155,18 @@ def _end_lines(lines: Sequence[str], max_chars: int) -> str:
     return "\n".join(reversed(kept))
 
 
+STEP_PREFIX, ROLLOUT_PREFIX = "step:", "rollout:"
+"""How a :class:`Transition`'s id begins: an expert step's ``step:TRAJECTORY:INDEX``, a real rollout's ``rollout:ID``
+(what a synthetic rollout's lineage records as ``retrieved``, which dataset builds read back)."""
+
+
 @dataclass(frozen=True)
 class Transition:
     """One real (state, action) -> observation, with where it came from."""
 
     id: str
-    """``step:TRAJECTORY:INDEX`` for an expert step, ``rollout:ID`` for a real rollout."""
+    """``step:TRAJECTORY:INDEX`` for an expert step, ``rollout:ID`` for a real rollout (:data:`STEP_PREFIX`,
+    :data:`ROLLOUT_PREFIX`)."""
     trajectory_id: str
     step_index: int
     task: str
@@ -201,7 +207,7 @@ def trajectory_transitions(trajectory: Trajectory) -> list[Transition]:
         last = position == len(tool_steps) - 1
         out.append(
             Transition(
-                id=f"step:{trajectory.id}:{step.index}",
+                id=f"{STEP_PREFIX}{trajectory.id}:{step.index}",
                 trajectory_id=trajectory.id,
                 step_index=step.index,
                 task=trajectory.task or "",
@@ -225,7 +231,7 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
         return None
     step = next((s for s in trajectory.steps if s.index == rollout.step_index), None)
     return Transition(
-        id=f"rollout:{rollout.id}",
+        id=f"{ROLLOUT_PREFIX}{rollout.id}",
         trajectory_id=rollout.trajectory_id,
         step_index=rollout.step_index,
         task=trajectory.task or "",

@@ -36,6 +36,7 @@ from ee_middleware.replay.attempts import (
     untrusted_replays,
 )
 from ee_middleware.replay.paused_turns import call_key, turn_key
+from ee_middleware.replay.retrieval import ROLLOUT_PREFIX, STEP_PREFIX
 
 _T = TypeVar("_T")
 
@@ -565,10 +566,6 @@ class SourceReader:
 
 GROUNDED_ON_HELD_OUT = "synthetic_grounded_on_held_out"
 """Why :meth:`SourceReader.leave_out_grounded_on_held_out` left a rollout out (``datasets.json``'s ``rollouts_left_out``)."""
-
-STEP_PREFIX, ROLLOUT_PREFIX = "step:", "rollout:"
-"""How a retrieved real transition's id begins (:class:`~ee_middleware.replay.retrieval.Transition`): an expert step's
-``step:TRAJECTORY:INDEX``, a real rollout's ``rollout:ID``."""
 
 
 def retrieved_ids(source_json: str | None, proposer_json: str | None = None) -> list[str]:
