@@ -23,6 +23,7 @@ from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Pro
 from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_invalid_tool_calls import invalid
 from tests.conftest import record_once
 
 SETTINGS = ReplaySettings(replay_id="test", policy="scripted", k=1, seed=7)
@@ -52,10 +53,6 @@ def listing(world: dict[str, int]) -> str:
 def adjust(world: dict[str, int], sku: str, delta: int) -> str:
     world[sku] += delta
     return f"{sku}: stock now {world[sku]}"
-
-
-def invalid(name: str | None, args: str | None, call_id: str | None) -> dict[str, Any]:
-    return {"type": "invalid_tool_call", "id": call_id, "name": name, "args": args, "error": "refused"}
 
 
 def production_tools(production: dict[str, int]) -> list[Any]:
@@ -122,7 +119,7 @@ def _sandbox(received: list[tuple[str, dict[str, Any]]]) -> PythonSandbox:
     )
 
 
-def _with_arguments(step: Any, arguments: dict[str, Any]) -> Any:
+def with_arguments(step: Any, arguments: dict[str, Any]) -> Any:
     """``step`` with its call's arguments replaced (as a store recorded before, or another recorder, holds them)."""
     call = step.action.tool_call.model_copy(update={"arguments": arguments})
     return step.model_copy(update={"action": step.action.model_copy(update={"tool_call": call})})
@@ -147,7 +144,7 @@ def test_a_malformed_call_stored_with_arguments_that_are_no_text_is_not_executed
     and a fidelity mismatch). Replay now leaves any call whose only argument is ``_raw`` to the graph, as IL does."""
     trajectory = _recorded(tmp_path)
     old = {1: {"_raw": '{"sku":"A1","delta":1}'}, 2: {"_raw": ["A1"]}, 3: {"_raw": None}, 4: {"_raw": {"x": 1}}}
-    steps = [_with_arguments(s, old[s.index]) if s.index in old else s for s in trajectory.steps]
+    steps = [with_arguments(s, old[s.index]) if s.index in old else s for s in trajectory.steps]
     received: list[tuple[str, dict[str, Any]]] = []
     outcome = replay_trajectory(trajectory.model_copy(update={"steps": steps}), _sandbox(received), Proposer(_ReadPolicy(), k=1), SETTINGS)
     record = outcome.record

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 from langchain.agents import create_agent
@@ -20,11 +19,9 @@ from ee_middleware import record_experience
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from tests.capture.test_invalid_tool_calls import invalid
 from tests.conftest import record_once
-
-
-def invalid(name: str | None, args: str | None, call_id: str | None) -> dict[str, Any]:
-    return {"type": "invalid_tool_call", "id": call_id, "name": name, "args": args, "error": "refused"}
+from tests.replay.test_invalid_tool_calls import with_arguments
 
 
 @tool
@@ -37,12 +34,6 @@ def get_item(sku: str) -> str:
 def adjust_stock(sku: str, delta: int) -> str:
     """Change an item's stock."""
     return f"{sku}: stock now {19 + delta}"
-
-
-def _with_arguments(step: Any, arguments: dict[str, Any]) -> Any:
-    """``step`` with its call's arguments replaced (as a store recorded before, or another recorder, holds them)."""
-    call = step.action.tool_call.model_copy(update={"arguments": arguments})
-    return step.model_copy(update={"action": step.action.model_copy(update={"tool_call": call})})
 
 
 def test_il_leaves_out_every_invalid_call_and_counts_it(tmp_path: Path) -> None:
@@ -91,7 +82,7 @@ def test_il_and_replay_count_the_same_calls_malformed(tmp_path: Path) -> None:
     agent = record_experience(create_agent(ScriptedChatModel(script=replies), [get_item, adjust_stock]), app="shop", store=store_path)
     trajectory = record_once(agent, store_path, {"messages": [("user", "How many A1?")]})
     shapes = [{"_raw": "{"}, {"_raw": ["A1"]}, {"_raw": None}, {"_raw": '{"sku":"A1"}'}, {"_raw": "x", "sku": "A1"}, {"sku": "A1"}]
-    steps = [_with_arguments(s, shapes[s.index]) if s.index < len(shapes) else s for s in trajectory.steps]
+    steps = [with_arguments(s, shapes[s.index]) if s.index < len(shapes) else s for s in trajectory.steps]
     edited = trajectory.model_copy(update={"steps": steps})
     replay_says = [malformed_by_the_model(edited.tools, s.action.tool_call.name, s.action.tool_call.arguments) for s in steps[:6]]
     assert replay_says == [True, True, True, True, False, False]
