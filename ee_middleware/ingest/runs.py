@@ -386,26 +386,25 @@ def _node_name(span: SpanData) -> Any:
     for key in _NODE_KEYS:
         if attrs.get(key):
             return attrs[key]
-    metadata = attrs.get("metadata")
-    if isinstance(metadata, str) and "langgraph_node" in metadata:
-        try:
-            decoded = json.loads(metadata)
-        except (ValueError, RecursionError):
-            return None
-        return decoded.get("langgraph_node") if isinstance(decoded, Mapping) else None
-    return None
+    return _metadata_value(span, "langgraph_node")
 
 
 def _metadata_thread(span: SpanData) -> Any:
     """The ``thread_id`` of a LangChain run's metadata (OpenInference's ``metadata`` JSON), or None."""
+    return _metadata_value(span, "thread_id")
+
+
+def _metadata_value(span: SpanData, key: str) -> Any:
+    """``key`` of a LangChain run's metadata as OpenInference records it (the span's ``metadata`` attribute, JSON), or
+    None (no such attribute, no such key, or no JSON object)."""
     metadata = span.attributes.get("metadata")
-    if not isinstance(metadata, str) or "thread_id" not in metadata:
+    if not isinstance(metadata, str) or key not in metadata:  # most spans: no JSON to decode
         return None
     try:
         decoded = json.loads(metadata)
     except (ValueError, RecursionError):
         return None
-    return decoded.get("thread_id") if isinstance(decoded, Mapping) else None
+    return decoded.get(key) if isinstance(decoded, Mapping) else None
 
 
 def unfinished_reason(run: list[SpanData], tree: _Tree, unended: Collection[str] = ()) -> str | None:
@@ -1292,30 +1291,13 @@ def _checkpoint_ns(span: SpanData) -> str | None:
     ):
         if attrs.get(key):
             return str(attrs[key])
-    metadata = attrs.get("metadata")
-    if isinstance(metadata, str) and "langgraph_checkpoint_ns" in metadata:
-        try:
-            decoded = json.loads(metadata)
-        except (ValueError, RecursionError):
-            return None
-        value = decoded.get("langgraph_checkpoint_ns") if isinstance(decoded, Mapping) else None
-        return str(value) if value else None
-    return None
+    value = _metadata_value(span, "langgraph_checkpoint_ns")
+    return str(value) if value else None
 
 
 def in_graph_node(span: SpanData) -> bool:
-    """Whether the span ran inside a LangGraph node (by the node metadata each dialect records)."""
-    attrs = span.attributes
-    if any(attrs.get(key) for key in _NODE_KEYS):
-        return True
-    metadata = attrs.get("metadata")  # OpenInference: the LangChain run's metadata as JSON
-    if isinstance(metadata, str) and "langgraph_node" in metadata:
-        try:
-            decoded = json.loads(metadata)
-        except (ValueError, RecursionError):
-            return False
-        return isinstance(decoded, Mapping) and bool(decoded.get("langgraph_node"))
-    return False
+    """Whether the span ran inside a LangGraph node (by the node metadata each dialect records: :func:`_node_name`)."""
+    return bool(_node_name(span))
 
 
 def with_task(run: list[SpanData]) -> list[SpanData]:
