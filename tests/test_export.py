@@ -20,7 +20,7 @@ from ee_middleware.export import export_jsonl, export_parquet
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.testing.store_conformance import sample_trajectory
-from tests.store.mounts import nfs_locks_stand_in, no_locks_stand_in
+from tests.store.mounts import nfs_locks_stand_in, no_locks_stand_in, open_fds
 
 
 def _own_messages(store_path: Path) -> LocalExperienceStore:
@@ -362,16 +362,15 @@ def test_an_export_writes_on_a_file_system_without_locks_stand_in_no_locks(
 ) -> None:
     """Where ``flock`` fails (ENOLCK: NFS without a lock daemon) the export failed ("No locks available") and leaked a
     descriptor, while the store's own writes went on unlocked. It writes now, as they do, and leaves nothing behind."""
-    import os
 
     _own_messages(store_path).close()
     out = tmp_path / "out" / f"train.{kind}"
     out.parent.mkdir()
     no_locks_stand_in(monkeypatch, under=out.parent)  # the output's folder; the store's is a local disk
-    before = set(os.listdir("/proc/self/fd"))
+    before = open_fds(tmp_path)  # the store's folder and the output's
     export = export_jsonl if kind == "jsonl" else export_parquet
     assert export(LocalExperienceStore(store_path), out) == 1
-    assert set(os.listdir("/proc/self/fd")) == before
+    assert open_fds(tmp_path) == before
     assert [p.name for p in out.parent.iterdir()] == [out.name]
 
 

@@ -24,7 +24,7 @@ from ee_middleware._files import (
     remove_abandoned_temps,
     temp_path_for,
 )
-from tests.store.mounts import nfs_locks_stand_in, no_locks_stand_in, read_only_view
+from tests.store.mounts import nfs_locks_stand_in, no_locks_stand_in, open_fds, read_only_view
 
 
 class Boom(Exception):
@@ -122,21 +122,6 @@ def test_only_whole_file_modes_are_accepted(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
-def _open_fds(folder: Path) -> set[tuple[str, str]]:
-    """This process's descriptors onto ``folder`` or a file in it (descriptor, path): those a writer there could leave
-    open. Not every descriptor: under ``pytest -n`` a thread an earlier test of the same worker left running may open
-    one of its own meanwhile."""
-    found = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:  # closed since the listing (the listing's own descriptor)
-            continue
-        if target == str(folder) or target.startswith(f"{folder}/"):
-            found.add((fd, target))
-    return found
-
-
 def _left_by_a_killed_writer(final: Path, written_ago: float) -> Path:
     """A temporary file for ``final`` that no process holds, last written ``written_ago`` seconds ago."""
     left = temp_path_for(final)
@@ -152,7 +137,7 @@ def test_writes_go_on_unlocked_on_a_file_system_without_locks_stand_in_no_locks(
     no_locks_stand_in(monkeypatch)
     pl.DataFrame({"a": [1]}).write_parquet(tmp_path / "warm.parquet")  # polars' first write opens descriptors it keeps
     (tmp_path / "warm.parquet").unlink()
-    before = _open_fds(tmp_path)
+    before = open_fds(tmp_path)
     atomic_write_text(tmp_path / "a.json", "x")
     atomic_write_bytes(tmp_path / "b", b"y")
     with atomic_open(tmp_path / "c", "w") as fh:
@@ -164,7 +149,7 @@ def test_writes_go_on_unlocked_on_a_file_system_without_locks_stand_in_no_locks(
     assert [(tmp_path / n).read_bytes() for n in ("a.json", "b", "c", "k")] == [b"x", b"y", b"z", b"s"]
     assert pl.read_parquet(tmp_path / "d.parquet")["a"].to_list() == [1]
     assert _leftovers(tmp_path) == []
-    assert _open_fds(tmp_path) == before
+    assert open_fds(tmp_path) == before
 
 
 @pytest.mark.parametrize("min_age_s", [0.0, 2 * UNLOCKED_TEMP_AGE_S])
@@ -245,11 +230,11 @@ def test_an_interrupt_while_the_temporary_file_is_locked_removes_it_and_closes_i
         return real(*args, **kwargs)
 
     monkeypatch.setattr(module, where, interrupted)
-    before = _open_fds(tmp_path)
+    before = open_fds(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         atomic_write_text(tmp_path / "a.json", "x")
     monkeypatch.undo()
     assert calls, "the interrupt landed"
     assert _leftovers(tmp_path) == []
-    assert _open_fds(tmp_path) == before
+    assert open_fds(tmp_path) == before
     assert not (tmp_path / "a.json").exists()

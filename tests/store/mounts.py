@@ -54,6 +54,21 @@ def read_only_view(folder: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(point)], check=True)
 
 
+def open_fds(folder: Path) -> set[tuple[str, str]]:
+    """This process's descriptors onto ``folder`` or a file in it (descriptor, path): those a writer there could leave
+    open. Not every descriptor: under ``pytest -n`` a thread an earlier test of the same worker left running may open
+    one of its own meanwhile."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own descriptor)
+            continue
+        if target == str(folder) or target.startswith(f"{folder}/"):
+            found.add((fd, target))
+    return found
+
+
 def _on_mount(fd: int, under: Path | None) -> bool:
     """Whether the file open as ``fd`` lies under ``under`` (the stand-in's mount point; ``None``: everywhere)."""
     return under is None or Path(os.readlink(f"/proc/self/fd/{fd}")).is_relative_to(under)
