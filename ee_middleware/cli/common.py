@@ -19,6 +19,7 @@ import typer
 
 from ee_middleware._lifetime import termination_as_interrupt as termination_as_interrupt  # the commands' import
 from ee_middleware.messages import one_line
+from ee_middleware.models.urls import server_url_problem
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -417,70 +418,6 @@ def server_urls(values: list[str], flag: str = "--server") -> list[str]:
                 param_hint=f"'{flag}'",
             )
     return urls
-
-
-_URL_START = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(//)?")
-_HOST_PORT_ONLY = re.compile(r"[\w.-]+:\d+(/.*)?")
-_HOST_PUNCTUATION = frozenset("-._~!$&'()*+,;=%")
-"""What a host name may hold besides letters and digits (RFC 3986's reg-name: unreserved, sub-delims, %HH)."""
-
-
-def server_url_problem(url: str, flag: str = "--server") -> str | None:
-    """What makes ``url`` no model server's URL (see :func:`server_urls`), or None when it is one. Checked here, not left
-    to ``urllib.parse``, which raises on an unclosed ``[``, keeps a host with a space or junk after ``]``, and quietly drops
-    tabs and newlines (the URL given to the HTTP client would keep them)."""
-    import ipaddress
-    from urllib.parse import unquote, urlsplit
-
-    odd = next((char for char in url if char.isspace() or not char.isprintable()), None)
-    if odd is not None:
-        what = "a space" if odd == " " else repr(odd)
-        return f"{what} in it (a URL has none: separate several with commas, or repeat {flag})"
-    start = _URL_START.match(url)
-    scheme = start.group(1) if start else ""
-    if start is None or (start.group(2) is None and scheme.lower() not in ("http", "https")):
-        guess = f" (http://{url}?)" if _HOST_PORT_ONLY.fullmatch(url) else ""
-        return f"it does not start with http:// or https://{guess}"
-    if scheme.lower() not in ("http", "https"):
-        return f"its scheme {scheme!r} is not http or https"
-    if start.group(2) is None:
-        return f"no '//' after '{scheme}:'"
-    host_port = re.split(r"[/?#]", url[start.end() :], maxsplit=1)[0].rpartition("@")[2]
-    if host_port.startswith("["):
-        host, closed, port = host_port[1:].partition("]")
-        if not closed:
-            return "an unclosed '[' in its host (an IPv6 address goes in brackets: http://[::1]:8000/v1)"
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return f"{host!r} is not an IPv6 address (one goes in brackets: http://[::1]:8000/v1)"
-        if port and not port.startswith(":"):
-            return f"{port!r} after the ']' of its host (write [IPv6 address]:port)"
-        port = port[1:]
-    else:
-        for bare in (host_port, host_port.rpartition(":")[0]):
-            try:
-                ipaddress.IPv6Address(bare)
-            except ValueError:
-                continue
-            return "an IPv6 address without brackets (write http://[::1]:8000/v1)"
-        host, _, port = host_port.partition(":")
-        if not host:
-            return "no host"
-        if re.search(r"%(?![0-9A-Fa-f]{2})", host):
-            return f"a '%' not followed by two hex digits in its host {host!r}"
-        odd = next((char for char in unquote(host) if not (char.isalnum() or char in _HOST_PUNCTUATION)), None)
-        if odd is not None:  # (%HH decoded: a %20 is a space too)
-            return f"{'a space' if odd == ' ' else repr(odd)} in its host {host!r}"
-    if port and not (port.isascii() and port.isdigit()):
-        return f"its port {port!r} is not a number"
-    if port and not 0 < int(port) <= 65535:
-        return f"its port {int(port)} is out of range (1-65535)"
-    try:  # what urllib itself refuses, in case it refuses more than the checks above
-        urlsplit(url).port  # noqa: B018
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 def positive_seconds(value: float | None) -> float | None:

@@ -20,6 +20,7 @@ from ee_middleware.cli.common import (
     reading_store,
     user_output_to_stderr,
 )
+from ee_middleware.models.urls import server_url_problem
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
@@ -42,6 +43,12 @@ def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None)
     if endpoint or model:
         if not (endpoint and model):
             raise typer.BadParameter("--endpoint and --model go together (the OpenAI-compatible base URL and the served model name)")
+        problem = server_url_problem(endpoint)
+        if problem:
+            raise typer.BadParameter(
+                f"{endpoint!r} is not an OpenAI-compatible base URL: {problem}. Write http(s)://host:port/v1, e.g. http://127.0.0.1:8000/v1.",
+                param_hint="'--endpoint'",
+            )
         return f"openai:{endpoint}#{model}"
     return model_spec
 

@@ -38,6 +38,7 @@ from typing import Any
 
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
+from ee_middleware.models.urls import server_url_problem, shown_url
 
 API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
 MAX_RETRY_AFTER_S = 60.0
@@ -149,8 +150,10 @@ class OpenAIChatClient:
         transport: Any = None,
         timeout_knob: str | None = None,
     ) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {base_url!r}")
+        problem = server_url_problem(base_url) if isinstance(base_url, str) else "it is no text"
+        if problem:
+            shown = shown_url(base_url) if isinstance(base_url, str) else repr(base_url)
+            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {shown!r}: {problem}")
         if not model:
             raise ValueError("An OpenAI-compatible client needs a model name (the server's served model or adapter name)")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:

@@ -105,3 +105,22 @@ def test_what_the_models_code_prints_goes_to_stderr_and_json_stdout_is_the_summa
     assert "CHATTY-MODEL" not in ran.stdout, ran.stdout
     assert json.loads(ran.stdout)
     assert "CHATTY-MODEL by print" in ran.stderr and "CHATTY-MODEL on fd 1" in ran.stderr
+
+
+def test_a_malformed_endpoint_is_a_usage_error_naming_what_is_wrong(tmp_path: Path) -> None:
+    """Before: ``--endpoint 'http://local host:8000/v1'`` ran the suite and reported the server down on every task (exit
+    1 after the whole run), and an unclosed IPv6 bracket was urllib's "Invalid IPv6 URL" from the model client. Now the
+    flag is checked as ``--server`` is, before anything runs; a well-formed one still runs."""
+    out = tmp_path / "run"
+    for endpoint, said in [
+        ("http://local host:8000/v1", "a space in it"),
+        ("http://[::1:8000/v1", "an unclosed '['"),
+        ("localhost:8000/v1", "does not start with http:// or https://"),
+        ("http://127.0.0.1:99999/v1", "out of range"),
+    ]:
+        result = CliRunner().invoke(
+            app, ["eval", "run", "--suite", "bfcl:simple:1", "--endpoint", endpoint, "--model", "m", "--out", str(out)]
+        )
+        message = " ".join(result.stderr.split())
+        assert result.exit_code == 2 and "--endpoint" in message and said in message, (endpoint, result.output)
+        assert not out.exists()

@@ -312,3 +312,27 @@ def test_a_refusal_about_something_else_is_raised_and_reasoning_is_still_sent() 
     with pytest.raises(ModelRequestError, match="max_tokens is too large"):
         client.complete(state)
     assert len(script.requests) == 1 and json.loads(script.requests[0].content)["messages"][1]["reasoning_content"] == "r"
+
+
+@pytest.mark.parametrize(
+    ("base_url", "said"),
+    [
+        ("http://local host:8000/v1", "a space in it (a URL has none)"),
+        ("http://[::1:8000/v1", "an unclosed '['"),
+        ("http://models.test:80x/v1", "its port '80x' is not a number"),
+        ("http://models.test\t/v1", r"'\\t' in it"),
+    ],
+)
+def test_a_malformed_base_url_is_refused_at_construction_with_what_is_wrong(base_url: str, said: str) -> None:
+    """Before: only the scheme was checked, so a space or a tab in the host reached httpx on the first request (or, for
+    an unclosed IPv6 bracket, urllib's bare "Invalid IPv6 URL"); every --model-spec/--user-model/[eval] URL goes through
+    this client."""
+    with pytest.raises(ValueError, match="base_url must be an http") as raised:
+        OpenAIChatClient(base_url, "m")
+    assert said.replace("\\\\", "\\") in str(raised.value), str(raised.value)
+
+
+def test_a_refused_base_url_keeps_its_credentials_out_of_the_message() -> None:
+    with pytest.raises(ValueError, match=r"'http://\*\*\*@\[::1/v1'") as raised:
+        OpenAIChatClient("http://user:s3cret@[::1/v1", "m")
+    assert "s3cret" not in str(raised.value)
