@@ -139,11 +139,15 @@ class ReplaySummary:
         return bool(self.unusable_proposals) and not self.done
 
     def no_usable_proposal_error(self) -> str:
-        """Why a run whose policy's model gave no usable proposal at all fails, and what to do."""
+        """Why a run whose policy gave no usable proposal at all fails, and what to do (what to fix follows from the policy:
+        :func:`~ee_middleware.replay.policies.registry.unusable_proposals_fix`)."""
+        from ee_middleware.replay.policies.registry import is_model_spec, unusable_proposals_fix
+
+        who = "the policy's model" if is_model_spec(self.policy) else f"the policy {self.policy!r}"
         return (
-            f"the policy's model gave no usable proposal at any state of the {len(self.failed)} trajectory(ies) it was asked "
+            f"{who} gave no usable proposal at any state of the {len(self.failed)} trajectory(ies) it was asked "
             f"about ({unusable_reasons(self.unusable_proposals)}), so nothing it proposed was stored, and these trajectories "
-            "are not done for this configuration: fix the model's server (or the model), then run the same command again."
+            f"are not done for this configuration: {unusable_proposals_fix(self.policy)}, then run the same command again."
         )
 
     @property

@@ -135,3 +135,59 @@ def test_the_timeout_advice_of_a_replay_names_its_policy_setting_not_a_flag_it_l
             knob.complete([{"role": "user", "content": "hi"}])
         assert "raise timeout_s (--timeout N; now 0.5 s)" in str(info.value)
         knob.close()
+
+
+GARBAGE_POLICY = '''
+from ee_middleware.records import ProposerInfo, ToolCall
+from ee_middleware.replay.policies.protocol import Candidate, Proposals
+
+
+class Garbage:
+    """Proposes only calls no offered tool takes (a user's own policy with a bug; no model behind it)."""
+
+    name = "garbage"
+
+    def propose(self, point, k, *, seed):
+        info = ProposerInfo(policy=self.name, seed=seed)
+        return Proposals(candidates=[Candidate(call=ToolCall(id=f"g{i}", name="burn_library", arguments={}), proposer=info) for i in range(k)])
+
+    def describe(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def make():
+    return Garbage()
+'''
+
+
+def test_a_users_own_policy_that_never_proposes_usably_is_told_to_fix_the_policy_not_a_model_server(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "the policy's model gave no usable proposal ...: fix the model's server (or the model)", for a plug-in
+    policy that asks no model (sweep S20, finding 8); the stored reasons said the same. A served policy's advice stays
+    the model's server's (the test above)."""
+    (tmp_path / "garbage_policy.py").write_text(GARBAGE_POLICY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    store = str(bfcl_store_path)
+    result = _ee("replay", "run", "--store", store, "--policy", "garbage_policy:make", "--k", str(K), "--json", "--no-progress")
+    assert result.exit_code == 1, result.output
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert "the policy 'garbage_policy:make' gave no usable proposal at any state" in error, error
+    assert "fix the policy 'garbage_policy:make'" in error and "model's server" not in error, error
+    reasons = json.loads(result.stdout)["failed"].values()
+    assert reasons and all("fix the policy 'garbage_policy:make'" in why and "model's server" not in why for why in reasons), reasons
+
+
+def test_a_served_policys_advice_still_names_the_models_server(bfcl_store_path: Path) -> None:
+    with ScriptedChatServer(["I would not call anything here."]) as server, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        result = _ee(
+            "replay", "run", "--store", str(bfcl_store_path), "--policy", f"openai:{server.base_url}#m", "--k", str(K), "--no-progress"
+        )
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert (
+        result.exit_code == 1 and "the policy's model gave no usable proposal" in error and "fix the model's server (or the model)" in error
+    ), error

@@ -233,6 +233,7 @@ class Proposer:
         from ee_middleware.errors import hide_credentials
         from ee_middleware.messages import one_line
         from ee_middleware.replay.job import unusable_reasons
+        from ee_middleware.replay.policies.registry import unusable_proposals_fix
 
         errors = self.policy_errors(outcome.record.trajectory_id)
         unusable = self.unusable_proposals(outcome.record.trajectory_id)
@@ -268,7 +269,7 @@ class Proposer:
             reason = (
                 f"the policy {record.policy!r} gave no usable proposal at any of the {record.states} state(s) "
                 f"({unusable_reasons(details['unusable_proposals'])}), so none of its alternatives was replayed (only the "
-                "refill's would have been); fix the model's server or the model, then run the same command again"
+                f"refill's would have been); {unusable_proposals_fix(record.policy)}, then run the same command again"
             )
         failed = record.model_copy(update={"status": "failed", "reason": redact(reason), "branches": 0, "errors": 0, "details": details})
         return type(outcome)(failed, [], outcome.stored)

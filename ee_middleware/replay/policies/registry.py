@@ -93,6 +93,17 @@ def is_plugin_policy(spec: str) -> bool:
     return isinstance(spec, str) and not is_model_spec(spec) and spec.strip() not in POLICIES.builtins
 
 
+def unusable_proposals_fix(spec: str) -> str:
+    """What to fix when the policy ``spec`` gave no usable proposal: a model form's server or model; a user's policy
+    itself (or, where it asks a model, that model or its server); a built-in policy, the expert's tool schemas it
+    mutates."""
+    if isinstance(spec, str) and is_model_spec(spec):
+        return "fix the model's server (or the model)"
+    if is_plugin_policy(spec):
+        return f"fix the policy {spec.strip()!r} (or, if it asks a model, the model or its server)"
+    return f"check the tool schemas the policy {spec!r} proposes from (the recorded trajectories' tools)"
+
+
 def _build_plugin(spec: str, options: dict[str, Any], defaults: dict[str, Any]) -> tuple[Policy, dict[str, Any]]:
     """A plug-in policy, or the chat policy around the chat client a plug-in returned, and the options that build it
     again. The factory gets ``options`` (except sampling options it does not take) and those of ``defaults`` it takes."""
