@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 """Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
 ``ReplayRecord.unrestorable``: redacted arguments replay could not restore; 1.2 added
 ``Rollout.synthetic_source``: the experience model's lineage, formerly under
@@ -53,7 +53,9 @@ SCHEMA_VERSION = "1.5"
 sandbox wrote about itself, not the tool's answer; 1.4 added ``Action.reasoning``: a reasoning model's
 reasoning before the action, and ``Step.tools``: the tools offered at one decision, where they were not all of the
 run's; both came in the same unreleased 1.4; 1.5 stores a message's or tool result's text blocks a line apart,
-``"\n"``, where older records hold them joined with nothing between them: replay compares those accordingly)."""
+``"\n"``, where older records hold them joined with nothing between them: replay compares those accordingly; 1.6 added
+``ToolCall.malformed``: whether capture knew the model wrote the call malformed, where its arguments could be read either
+way)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
@@ -107,6 +109,14 @@ class ToolCall(_Record):
     id: str
     name: str = Field(min_length=1)
     arguments: dict[str, Any] = Field(default_factory=dict)
+    malformed: bool | None = Field(None, exclude_if=lambda value: value is None)
+    """Whether the model wrote this call malformed, as capture knew it (schema 1.6): ``True`` for a call the graph
+    refused and no tool ran (LangChain's ``invalid_tool_calls``: ``create_agent`` answers it itself), whose ``arguments``
+    are the text the model wrote, ``{"_raw": text}``; ``False`` for a well-formed call whose only argument is named
+    ``_raw`` (the model wrote that key itself, or a tool ran the call). ``None`` where the arguments say it: every other
+    call, calls of records older than 1.6 or built by hand, and another recorder's calls whose arguments were no JSON
+    object; replay and IL then read ``{"_raw": ...}`` alone as malformed unless the tool declares ``_raw``
+    (:mod:`ee_middleware.replay.malformed`, which replay and IL share). Left out of dumps while ``None``."""
 
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI chat ``tool_calls`` item for this call."""

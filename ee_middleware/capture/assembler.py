@@ -700,6 +700,8 @@ def _steps(
         matched = _call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"])
         for position in d["invalid"] & set(range(len(written))):
             made[position] = _tool_call(written[position], malformed=matched[position] is None, ran=matched[position], redact=redact)
+        # a call a tool ran with _raw as its only argument says so (its arguments alone would read as a malformed call's)
+        made = [_well_formed(call, span) if call.malformed is None else call for call, span in zip(made, matched, strict=True)]
         spans_made = iter(matched)
         made_calls = iter(made)
         for output, message in enumerate(d["outputs"]):
@@ -839,7 +841,9 @@ def _reviewed_turns(
                 sent = None if sent is None else parse_arguments(sent)
                 # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say no edit
                 arguments = proposed.arguments if sent is None or "_raw" in sent else redact(sent)
-                ran = ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments)
+                ran = _well_formed(
+                    ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments), span
+                )
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
                 changed = changed or edited
                 observation, latency = _observation(span, None if edited else reply, redact, max_chars, False if edited else failed)
@@ -1262,8 +1266,9 @@ def _tool_call(call: dict[str, Any], *, malformed: bool = False, ran: SpanData |
     """A reply's tool call (OpenAI shape) as a step's. A ``malformed`` one (LangChain held it as ``invalid_tool_calls``:
     :data:`~ee_middleware.capture.semconv.EE_INVALID_TOOL_CALL_POSITIONS`, and no tool ran it) keeps the text the model
     wrote under ``_raw`` whatever it parses to (JSON that is no object, or an object a parser or a schema check refused),
-    as text that is no JSON is (:func:`~ee_middleware.messages.parse_arguments`): replay leaves it to the graph that
-    answered it and IL leaves it out. One without a name is named :data:`NAMELESS_CALL`.
+    as text that is no JSON is (:func:`~ee_middleware.messages.parse_arguments`), and is marked so
+    (``ToolCall.malformed``): replay leaves it to the graph that answered it and IL leaves it out, even where the tool
+    declares a ``_raw`` parameter. One without a name is named :data:`NAMELESS_CALL`.
 
     An invalid call that a tool span of its id ran (``ran``: a ``wrap_model_call`` middleware repaired it, and the graph
     ran it) is the call that tool received: its name and arguments as the span holds them (redacted by ``redact``), where
@@ -1272,7 +1277,7 @@ def _tool_call(call: dict[str, Any], *, malformed: bool = False, ran: SpanData |
     arguments = function.get("arguments")
     if malformed:
         text = arguments if isinstance(arguments, str) else arguments_json(arguments)
-        return ToolCall(id=call.get("id") or "", name=function.get("name") or NAMELESS_CALL, arguments={"_raw": text})
+        return ToolCall(id=call.get("id") or "", name=function.get("name") or NAMELESS_CALL, arguments={"_raw": text}, malformed=True)
     if ran is not None and redact is not None:
         sent = _span_arguments(ran)
         # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say nothing
@@ -1286,6 +1291,18 @@ def _tool_call(call: dict[str, Any], *, malformed: bool = False, ran: SpanData |
         name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
         arguments=parse_arguments(arguments),
     )
+
+
+def _well_formed(call: ToolCall, span: SpanData | None) -> ToolCall:
+    """``call`` marked well formed (``ToolCall.malformed`` ``False``) where its only argument is ``_raw`` and the tool
+    span of its id (``span``) ran it without failing: the tool took ``_raw`` as its own argument (a schema that declares
+    it, or one that takes any), so the call is no malformed call's text, which its arguments alone would say. Any other
+    call is left as it is (unmarked: its arguments say it)."""
+    if list(call.arguments) != ["_raw"] or span is None or not call.id or str(span.attributes.get(sc.TOOL_CALL_ID) or "") != call.id:
+        return call
+    if span.is_error or span.attributes.get(sc.ERROR_TYPE):
+        return call
+    return ToolCall(id=call.id, name=call.name, arguments=call.arguments, malformed=False)
 
 
 def _call_spans(

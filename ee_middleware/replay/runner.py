@@ -95,7 +95,7 @@ from ee_middleware.messages import clean_text
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch, raised_as_recorded
-from ee_middleware.replay.malformed import malformed_by_the_model
+from ee_middleware.replay.malformed import malformed_call
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import no_schemas_fix
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
@@ -528,11 +528,11 @@ def _alternatives(run: _Run, step: Step, candidates: list[Candidate], first: int
 
 
 def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
-    """Whether ``call`` is one the model wrote malformed, as capture stores it (its only argument ``_raw``: every entry
-    of LangChain's ``invalid_tool_calls``, whatever its arguments parse to, and arguments that were no JSON object): the
-    graph answered it itself, no tool ran. A tool whose recorded schema declares a ``_raw`` parameter is called as usual.
-    The IL builder leaves out the same calls (:func:`~ee_middleware.replay.malformed.malformed_by_the_model`)."""
-    return malformed_by_the_model(trajectory.tools, call.name, call.arguments)
+    """Whether ``call`` is one the model wrote malformed: the graph answered it itself, no tool ran. Capture's mark says
+    it where it was set (``ToolCall.malformed``: every entry of LangChain's ``invalid_tool_calls`` no tool ran, even of a
+    tool that declares ``_raw``); else its arguments (only ``_raw``, unless the tool's recorded schema declares it). The
+    IL builder leaves out the same calls (:func:`~ee_middleware.replay.malformed.malformed_call`)."""
+    return malformed_call(trajectory.tools, call)
 
 
 def _tool_steps(trajectory: Trajectory, *, reachable: bool = True) -> list[Step]:

@@ -47,8 +47,8 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
     build from the row is ``s`` again in every respect, which validating ``s``'s own values again would only copy: every
     field of ``s`` and of its action, call and observation was set (the row path sets them all), and its action's kind
     says whether it has a call (the row path drops a call of an answer); but an action's ``reasoning`` was set exactly
-    when it is not ``None`` (as in a record read from JSON: the row path sets it only then), and so was the step's
-    ``tools``. Else ``row`` as it is."""
+    when it is not ``None`` (as in a record read from JSON: the row path sets it only then), and so were the step's
+    ``tools`` and its call's ``malformed``. Else ``row`` as it is."""
     action, call, observation = s.action, s.action.tool_call, s.observation
     if (
         type(s) is Step
@@ -56,7 +56,13 @@ def keep_step(row: dict[str, Any], s: Step) -> dict[str, Any]:
         and type(action) is Action
         and action.model_fields_set == (_ACTION_FIELDS if action.reasoning is not None else _ACTION_FIELDS_WITHOUT_REASONING)
         and (action.kind == "tool_call") == (call is not None)
-        and (call is None or (type(call) is ToolCall and call.model_fields_set == _CALL_FIELDS))
+        and (
+            call is None
+            or (
+                type(call) is ToolCall
+                and call.model_fields_set == (_CALL_FIELDS if call.malformed is not None else _CALL_FIELDS_WITHOUT_MARK)
+            )
+        )
         and (observation is None or (type(observation) is Observation and observation.model_fields_set == _OBSERVATION_FIELDS))
     ):
         row[_KEPT] = s
@@ -68,6 +74,7 @@ _STEP_FIELDS_WITHOUT_TOOLS = _STEP_FIELDS - {"tools"}
 _ACTION_FIELDS = frozenset(Action.model_fields)
 _ACTION_FIELDS_WITHOUT_REASONING = _ACTION_FIELDS - {"reasoning"}
 _CALL_FIELDS = frozenset(ToolCall.model_fields)
+_CALL_FIELDS_WITHOUT_MARK = _CALL_FIELDS - {"malformed"}
 _OBSERVATION_FIELDS = frozenset(Observation.model_fields) - {"sandbox_failure"}
 """The observation fields the row path sets: a step's ``sandbox_failure`` is never stored (only rollouts carry one)."""
 
@@ -78,7 +85,10 @@ def step_from_row(row: dict[str, Any]) -> Step:
         return kept
     call = None
     if row["action_kind"] == "tool_call":
-        call = ToolCall(id=row["tool_call_id"] or "", name=row["tool_name"], arguments=_loads(row["arguments_json"] or "{}"))
+        marked = row.get("tool_call_malformed")  # null: the arguments say it (and rows older than schema 1.6)
+        # set only where there is a mark, as in a record read from JSON (fields set included)
+        mark: dict[str, Any] = {} if marked is None else {"malformed": marked}
+        call = ToolCall(id=row["tool_call_id"] or "", name=row["tool_name"], arguments=_loads(row["arguments_json"] or "{}"), **mark)
     observation = None
     if row["observation"] is not None:
         observation = Observation(

@@ -81,10 +81,13 @@ STEP_SCHEMA: dict[str, pl.DataType] = {
     "model_latency_ms": pl.Float64(),
     "reasoning": pl.String(),
     "offered_tools_json": pl.String(),
+    "tool_call_malformed": pl.Boolean(),
 }
 """``reasoning`` (schema 1.4): the reasoning the model wrote before the action (``Action.reasoning``); null for a model
 that wrote none and in older parts. ``offered_tools_json`` (schema 1.4): the names of the tools offered at the step
-(``Step.tools``, a JSON list); null where they were all of the trajectory's (``tools_json``) and in older parts."""
+(``Step.tools``, a JSON list); null where they were all of the trajectory's (``tools_json``) and in older parts.
+``tool_call_malformed`` (schema 1.6): whether capture knew the model wrote the call malformed (``ToolCall.malformed``);
+null where the arguments say it (see :mod:`~ee_middleware.replay.malformed`) and in older parts."""
 
 APPROVAL_SCHEMA: dict[str, pl.DataType] = {
     "trajectory_id": pl.String(),
@@ -240,6 +243,7 @@ def step_row(s: Step, encode: Callable[[Any], Any] = dumps) -> dict[str, Any]:
         "model_latency_ms": s.model_latency_ms,
         "reasoning": s.action.reasoning,
         "offered_tools_json": None if s.tools is None else encode(s.tools),
+        "tool_call_malformed": call.malformed if call else None,
     }
 
 

@@ -396,7 +396,7 @@ def test_a_malformed_tool_call_is_kept_as_the_models_action(offload, store_path)
     [step] = t.steps
     assert (step.action.kind, step.action.tool_call.model_dump(), step.observation) == (
         "tool_call",
-        {"id": "call_bad", "name": "refund", "arguments": {"_raw": '{"order_id": "A-1"'}},
+        {"id": "call_bad", "name": "refund", "arguments": {"_raw": '{"order_id": "A-1"'}, "malformed": True},
         None,
     )
     assert t.messages[-1]["tool_calls"] == [  # the conversation shows the call as the model wrote it (since 41f3e1f)
@@ -409,7 +409,9 @@ def test_a_malformed_tool_call_is_kept_as_the_models_action(offload, store_path)
     agent.invoke({"messages": [("user", "refund A-1")]})
     [t] = _recorded(agent, store_path / "nameless")  # (was: the run failed to assemble, a ToolCall needs a name)
     # named so that no tool can be (was unknown_tool: IL taught it, replay looked for it: tests/capture/test_invalid_tool_calls.py)
-    assert [s.action.tool_call.model_dump() for s in t.steps] == [{"id": "", "name": "(no name)", "arguments": {"_raw": '{"order'}}]
+    assert [s.action.tool_call.model_dump() for s in t.steps] == [
+        {"id": "", "name": "(no name)", "arguments": {"_raw": '{"order'}, "malformed": True}
+    ]
 
 
 def _breakpoint_agent(**graph_options: Any) -> Any:

@@ -83,9 +83,9 @@ def test_an_invalid_call_whose_arguments_are_json_is_recorded_as_malformed(offlo
     calls = [(s.action.tool_call.model_dump(), s.observation.content) for s in t.steps if s.action.tool_call is not None]
     assert [call for call, _ in calls] == [
         {"id": calls[0][0]["id"], "name": "refund", "arguments": {"order_id": "A-1"}},
-        {"id": "v1", "name": "refund", "arguments": {"_raw": '{"order_id":"B-2"}'}},
-        {"id": "v2", "name": "refund", "arguments": {"_raw": '["B-2"]'}},
-        {"id": "v3", "name": "refund", "arguments": {"_raw": "null"}},
+        {"id": "v1", "name": "refund", "arguments": {"_raw": '{"order_id":"B-2"}'}, "malformed": True},
+        {"id": "v2", "name": "refund", "arguments": {"_raw": '["B-2"]'}, "malformed": True},
+        {"id": "v3", "name": "refund", "arguments": {"_raw": "null"}, "malformed": True},
     ]
     assert calls[0][1] == "refunded A-1"
     assert all(REFUSED in observation for _, observation in calls[1:])
@@ -197,7 +197,7 @@ def test_an_invalid_call_a_middleware_repaired_and_the_tool_ran_is_recorded_as_t
     graph = create_agent(ScriptedChatModel(script=replies), [refund, adjust_stock], middleware=[repair])
     agent = record_experience(graph, app="shop", store=store_path, offload=offload)
     agent.invoke({"messages": [("user", "refund A-1, add one A1")]})
-    assert ran == [("A1", 1), ("B2", 2)]  # production ran the repaired calls
+    assert sorted(ran) == [("A1", 1), ("B2", 2)]  # production ran the repaired calls (its tools run concurrently: any order)
     t = _recorded(agent, store_path)
     calls = [(s.action.tool_call, s.observation) for s in t.steps if s.action.tool_call is not None]
     assert [(c.id, c.name, c.arguments) for c, _ in calls] == [
@@ -243,3 +243,82 @@ def test_a_return_direct_run_keeps_its_closing_tool_message_when_the_model_reuse
     ]
     assert [m["content"] for m in t.messages if m["role"] == "tool"] == ["refunded A-1", "FINAL: ticket T-9 closed ✅"]
     assert t.final_answer == t.steps[-1].observation.content == "FINAL: ticket T-9 closed ✅"
+
+
+def _raw_tools(seen: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """store_raw, whose schema declares a ``_raw`` parameter, and free, whose schema does not but takes any argument."""
+    from langchain_core.tools import StructuredTool
+
+    def _store(**arguments: Any) -> str:
+        seen.append(("store_raw", arguments))
+        return f"stored {arguments['_raw']}"
+
+    def _free(**arguments: Any) -> str:
+        seen.append(("free", arguments))
+        return f"free {sorted(arguments)}"
+
+    raw = {"type": "object", "properties": {"_raw": {"type": "string"}}, "required": ["_raw"]}
+    free = {"type": "object", "properties": {"note": {"type": "string"}}, "additionalProperties": True}
+    return [
+        StructuredTool.from_function(func=_store, name="store_raw", description="Store raw text.", args_schema=raw),
+        StructuredTool.from_function(func=_free, name="free", description="Takes anything.", args_schema=free),
+    ]
+
+
+RAW_REPLIES = [
+    AIMessage(
+        content="",
+        tool_calls=[
+            {"name": "store_raw", "args": {"_raw": "hello"}, "id": "v0", "type": "tool_call"},
+            {"name": "free", "args": {"_raw": "hi"}, "id": "v1", "type": "tool_call"},
+        ],
+        invalid_tool_calls=[invalid("store_raw", '{"_raw": 5', "i0")],
+    ),
+    AIMessage(content="done"),
+]
+
+
+@OFFLOADS
+def test_whether_a_call_is_malformed_is_recorded_where_its_arguments_could_be_read_either_way(offload, store_path):
+    """A call capture knew was invalid was stored as {"_raw": text} alone, which a tool whose schema declares ``_raw``
+    is called with too: replay executed the refused store_raw call and IL taught it. And a valid free(_raw="hi") that
+    production ran looked like a malformed call's text to both. Capture now says which is which
+    (``ToolCall.malformed``), and the mark is kept by the store (its spool and its Parquet parts)."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=RAW_REPLIES), _raw_tools(seen)), app="shop", store=store_path, offload=offload
+    )
+    agent.invoke({"messages": [("user", "store hello")]})
+    # the graph refused the invalid call (its tools run concurrently: in any order)
+    assert sorted(seen, key=lambda call: call[0]) == [("free", {"_raw": "hi"}), ("store_raw", {"_raw": "hello"})]
+    t = _recorded(agent, store_path)
+    marked = [(s.action.tool_call.id, s.action.tool_call.arguments, s.action.tool_call.malformed) for s in t.steps if s.action.tool_call]
+    assert marked == [
+        ("v0", {"_raw": "hello"}, False),
+        ("v1", {"_raw": "hi"}, False),
+        ("i0", {"_raw": '{"_raw": 5'}, True),
+    ]
+    store = LocalExperienceStore(store_path)
+    try:
+        store.compact()
+        [again] = list(store.iter_trajectories())
+        assert [s.action.tool_call.malformed for s in again.steps if s.action.tool_call] == [False, False, True]
+        assert store.steps()["tool_call_malformed"].to_list() == [False, False, True, None]
+    finally:
+        store.close()
+
+
+def test_an_ordinary_call_is_not_marked(store_path):
+    """Only calls whose arguments could be read either way carry a mark: every other call's record is as before."""
+    agent = record_experience(
+        create_agent(
+            ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")]), AIMessage(content="ok")]),
+            [refund],
+        ),
+        app="shop",
+        store=store_path,
+    )
+    agent.invoke({"messages": [("user", "refund A-1")]})
+    t = _recorded(agent, store_path)
+    assert t.steps[0].action.tool_call.malformed is None
+    assert "malformed" not in t.steps[0].action.tool_call.model_dump()

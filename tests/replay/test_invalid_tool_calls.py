@@ -120,8 +120,9 @@ def _sandbox(received: list[tuple[str, dict[str, Any]]]) -> PythonSandbox:
 
 
 def with_arguments(step: Any, arguments: dict[str, Any]) -> Any:
-    """``step`` with its call's arguments replaced (as a store recorded before, or another recorder, holds them)."""
-    call = step.action.tool_call.model_copy(update={"arguments": arguments})
+    """``step`` with its call's arguments replaced and capture's mark left out (as a store recorded before schema 1.6, or
+    another recorder, holds them)."""
+    call = ToolCall(id=step.action.tool_call.id, name=step.action.tool_call.name, arguments=arguments)
     return step.model_copy(update={"action": step.action.model_copy(update={"tool_call": call})})
 
 
@@ -198,3 +199,91 @@ def test_an_invalid_call_a_middleware_repaired_and_ran_is_executed_as_production
         ("get_item", {"sku": "A1"}),
     ]
     assert [r.observation.content for r in outcome.rollouts] == ["A1=19", "A1=20"]  # each state saw the world production had
+
+
+def test_capture_s_mark_decides_where_the_arguments_could_be_read_either_way(tmp_path: Path) -> None:
+    """store_raw's schema declares ``_raw``; free's does not (it takes any argument). The model's invalid store_raw call
+    was refused by the graph, yet stored as {"_raw": text} alone it read as an ordinary call of store_raw: replay
+    executed it (a world production never had, and a fidelity mismatch). And free(_raw="hi"), which production ran,
+    read as a malformed call's text: replay left it unexecuted. Capture's mark (``ToolCall.malformed``) now decides."""
+    from langchain_core.tools import StructuredTool
+
+    production: list[str] = []
+
+    def _store(**arguments: Any) -> str:
+        production.append(arguments["_raw"])
+        return f"stored {arguments['_raw']}"
+
+    def _free(**arguments: Any) -> str:
+        return f"free {sorted(arguments)}"
+
+    raw = {"type": "object", "properties": {"_raw": {"type": "string"}}, "required": ["_raw"]}
+    anything = {"type": "object", "properties": {"note": {"type": "string"}}, "additionalProperties": True}
+    tools = [
+        StructuredTool.from_function(func=_store, name="store_raw", description="Store raw text.", args_schema=raw),
+        StructuredTool.from_function(func=_free, name="free", description="Takes anything.", args_schema=anything),
+    ]
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[
+                {"name": "store_raw", "args": {"_raw": "hello"}, "id": "v0", "type": "tool_call"},
+                {"name": "free", "args": {"_raw": "hi"}, "id": "v1", "type": "tool_call"},
+            ],
+            invalid_tool_calls=[invalid("store_raw", '{"_raw": 5', "i0")],
+        ),
+        AIMessage(content="done"),
+    ]
+    agent = record_experience(create_agent(ScriptedChatModel(script=replies), tools), app="shop", store=tmp_path / "store")
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "store hello")]})
+    assert production == ["hello"]
+
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    def sandboxed(name: str) -> Any:
+        def run(world: list[str], **arguments: Any) -> str:
+            received.append((name, arguments))
+            if name == "store_raw":
+                world.append(arguments["_raw"])
+                return f"stored {arguments['_raw']}"
+            return f"free {sorted(arguments)}"
+
+        return run
+
+    class _Store:
+        name = "scripted"
+
+        def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
+            call = ToolCall(id="alt", name="store_raw", arguments={"_raw": "alt"})
+            return Proposals([Candidate(call=call, proposer=ProposerInfo(policy=self.name))])
+
+        def describe(self) -> dict[str, Any]:
+            return {}
+
+    sandbox = PythonSandbox(lambda env: [], tools={"store_raw": sandboxed("store_raw"), "free": sandboxed("free")})
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(_Store(), k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
+    assert record.details["malformed_calls_not_executed"] == [{"step": 2, "tool": "store_raw"}]
+    expert = [call for call in received if call[1].get("_raw") != "alt"]
+    assert expert == [("store_raw", {"_raw": "hello"}), ("free", {"_raw": "hi"})], "the refused call never reached the sandbox"
+
+
+def test_the_shared_rule_reads_capture_s_mark_and_guesses_only_without_one() -> None:
+    """:mod:`ee_middleware.replay.malformed`, which replay and IL read: the mark decides; without one (records older than
+    schema 1.6) the arguments do, as before (only ``_raw``, unless the tool declares it)."""
+    from ee_middleware.replay.malformed import malformed_arguments_json, malformed_by_the_model, malformed_call
+
+    declares = [{"type": "function", "function": {"name": "store_raw", "parameters": {"properties": {"_raw": {"type": "string"}}}}}]
+    assert malformed_by_the_model(declares, "store_raw", {"_raw": "x"}) is False  # unmarked: the schema says
+    assert malformed_by_the_model(declares, "store_raw", {"_raw": "x"}, True) is True
+    assert malformed_by_the_model([], "free", {"_raw": "x"}) is True
+    assert malformed_by_the_model([], "free", {"_raw": "x"}, False) is False
+    assert malformed_call(declares, ToolCall(id="i", name="store_raw", arguments={"_raw": "{"}, malformed=True)) is True
+    assert malformed_call([], ToolCall(id="v", name="free", arguments={"_raw": "hi"}, malformed=False)) is False
+    assert malformed_call([], ToolCall(id="v", name="free", arguments={"_raw": "hi"})) is True
+    tools_json = '[{"type":"function","function":{"name":"store_raw","parameters":{"properties":{"_raw":{}}}}}]'
+    assert malformed_arguments_json(tools_json, "store_raw", '{"_raw":"{"}') is False
+    assert malformed_arguments_json(tools_json, "store_raw", '{"_raw":"{"}', True) is True
+    assert malformed_arguments_json(None, "free", '{"_raw":"hi"}') is True
+    assert malformed_arguments_json(None, "free", '{"_raw":"hi"}', False) is False

@@ -85,8 +85,8 @@ def test_an_old_store_still_tells_another_world_apart(old_store: Path) -> None:
 
 
 def test_a_store_recorded_now_holds_blocks_a_line_apart_and_compares_them_exactly(tmp_path: Path) -> None:
-    """Records written now say schema 1.5: their text is compared as it is, a sandbox that joins blocks with nothing
-    between them is unfaithful to them."""
+    """Records written now say schema 1.5 or later (1.6): their text is compared as it is, a sandbox that joins blocks
+    with nothing between them is unfaithful to them."""
     world = _build_world()
 
     @tool("list_files")
@@ -103,7 +103,7 @@ def test_a_store_recorded_now_holds_blocks_a_line_apart_and_compares_them_exactl
         [trajectory] = list(store.iter_trajectories())
     finally:
         store.close()
-    assert trajectory.schema_version == SCHEMA_VERSION == "1.5"
+    assert trajectory.schema_version == SCHEMA_VERSION == "1.6"
     assert trajectory.steps[0].observation.content == "report.pdf\nsummary.txt"
 
     assert _replay(trajectory, _sandbox()).record.fidelity_mismatches == 0

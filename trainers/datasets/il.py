@@ -19,19 +19,23 @@ def malformed_steps(steps: pl.DataFrame, trajectories: pl.DataFrame) -> pl.Serie
     stores every entry of LangChain's ``invalid_tool_calls`` and arguments that were no JSON object, unless the tool's
     schema in ``trajectories``' ``tools_json`` declares a ``_raw`` parameter): replay never executes them, and IL never
     teaches them."""
+    if "tool_call_malformed" not in steps.columns:  # (a frame built without it: no call was marked)
+        steps = steps.with_columns(pl.lit(None, dtype=pl.Boolean).alias("tool_call_malformed"))
     maybe = steps.select(_MAYBE_MALFORMED.fill_null(False).alias("_maybe"))["_maybe"]
     if not maybe.any():
         return maybe
     rows = (
         steps.with_row_index("_row")
         .filter(maybe)
-        .select("_row", "trajectory_id", "tool_name", "arguments_json")
+        .select("_row", "trajectory_id", "tool_name", "arguments_json", "tool_call_malformed")
         .join(trajectories.select("id", "tools_json"), left_on="trajectory_id", right_on="id", how="left", maintain_order="left")
     )
     malformed = {
         row
-        for row, tools_json, name, arguments in rows.select("_row", "tools_json", "tool_name", "arguments_json").iter_rows()
-        if malformed_arguments_json(tools_json, name, arguments)
+        for row, tools_json, name, arguments, marked in rows.select(
+            "_row", "tools_json", "tool_name", "arguments_json", "tool_call_malformed"
+        ).iter_rows()
+        if malformed_arguments_json(tools_json, name, arguments, marked)
     }
     return pl.Series("malformed", [i in malformed for i in range(steps.height)], dtype=pl.Boolean)
 

@@ -96,3 +96,43 @@ def test_il_and_replay_count_the_same_calls_malformed(tmp_path: Path) -> None:
     rows = pl.read_parquet(tmp_path / "ds" / "il.parquet")
     taught = [call["function"]["arguments"] for call in json.loads(rows["completion"][0])[0]["tool_calls"]]
     assert taught == ['{"_raw":"x","sku":"A1"}', '{"sku":"A1"}']
+
+
+def test_il_reads_capture_s_mark_where_the_arguments_could_be_read_either_way(tmp_path: Path) -> None:
+    """store_raw's schema declares ``_raw``, free's does not. IL taught the invalid store_raw call the graph refused
+    (stored as {"_raw": text} alone, which reads as store_raw's own argument) and left out free(_raw="hi"), which
+    production ran. Capture's mark (the steps' ``tool_call_malformed``) now decides, as it does for replay."""
+    from langchain_core.tools import StructuredTool
+
+    raw = {"type": "object", "properties": {"_raw": {"type": "string"}}, "required": ["_raw"]}
+    anything = {"type": "object", "properties": {"note": {"type": "string"}}, "additionalProperties": True}
+    tools = [
+        StructuredTool.from_function(
+            func=lambda **a: f"stored {a['_raw']}", name="store_raw", description="Store raw text.", args_schema=raw
+        ),
+        StructuredTool.from_function(
+            func=lambda **a: f"free {sorted(a)}", name="free", description="Takes anything.", args_schema=anything
+        ),
+    ]
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[
+                {"name": "store_raw", "args": {"_raw": "hello"}, "id": "v0", "type": "tool_call"},
+                {"name": "free", "args": {"_raw": "hi"}, "id": "v1", "type": "tool_call"},
+            ],
+            invalid_tool_calls=[invalid("store_raw", '{"_raw": 5', "i0")],
+        ),
+        AIMessage(content="done"),
+    ]
+    store_path = tmp_path / "store"
+    agent = record_experience(create_agent(ScriptedChatModel(script=replies), tools), app="shop", store=store_path)
+    trajectory = record_once(agent, store_path, {"messages": [("user", "store hello")]})
+    store = LocalExperienceStore(store_path)
+    store.approve([trajectory.id], by="test")
+    store.close()
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il", heldout_share=0))
+    assert summary["datasets"]["il"]["malformed_calls_left_out"] == 1
+    rows = pl.read_parquet(tmp_path / "ds" / "il.parquet")
+    taught = [(c["function"]["name"], c["function"]["arguments"]) for c in json.loads(rows["completion"][0])[0]["tool_calls"]]
+    assert taught == [("store_raw", '{"_raw":"hello"}'), ("free", '{"_raw":"hi"}')]
