@@ -6,8 +6,8 @@ check_retriever(lambda: MyRetriever())
 It checks the :class:`~ee_middleware.replay.retrieval.Retriever` protocol the way the experience
 sandbox, ``ee experience eval`` and the ``em`` dataset use it: one score per added text in order
 (none before any text), a text that shares nothing with the query scores 0 or less, a text is its
-own best match, texts added after a query are found by the next query (the buffer grows while a
-replay runs), and scores are deterministic. Then, through a
+own best match, texts added after a query are found by the next query, the same query asked again too (the buffer
+grows while a replay runs: scores kept per query go stale), and scores are deterministic. Then, through a
 :class:`~ee_middleware.replay.retrieval.TransitionIndex`, the rules every query obeys whatever the
 retriever: never the transition being predicted, never a transition of an excluded (held-out or
 own) trajectory, even when it is the best match; at most k results; transitions of the queried
@@ -70,13 +70,27 @@ def _protocol_and_scores(make: MakeRetriever) -> None:
 
 
 def _grows_after_queries(make: MakeRetriever) -> None:
+    """Texts added after a query are scored by the next one, a different query or the same one asked again (a retriever
+    that keeps each query's scores must not answer with those from before the add)."""
     retriever = make()
     retriever.add(_TEXTS[:2])
-    retriever.scores(_TEXTS[0])
+    asked = (_TEXTS[0], _TEXTS[3])  # one about a text added before the add below, one about a text it adds
+    for query in asked:
+        before = retriever.scores(query)
+        assert len(before) == 2, f"one score per added text: got {len(before)} for 2 ({query!r})"
     retriever.add(_TEXTS[2:])
-    scores = [float(s) for s in retriever.scores(_TEXTS[3])]
+    scores = [float(s) for s in retriever.scores("zebra " + _TEXTS[3])]
     assert len(scores) == len(_TEXTS), "texts added after a query are scored by the next one"
-    assert max(range(len(scores)), key=lambda d: scores[d]) == 3, f"a text added after a query is found: {scores}"
+    for own, query in zip((0, 3), asked, strict=True):
+        scores = [float(s) for s in retriever.scores(query)]
+        assert len(scores) == len(_TEXTS), (
+            f"the same query asked again after add() must score every text, the new ones too: got {len(scores)} scores for "
+            f"{len(_TEXTS)} texts ({query!r}, asked before {len(_TEXTS) - 2} texts were added). A retriever that keeps the "
+            "scores of the queries it was asked must drop them in add(): replay's buffer grows while it asks"
+        )
+        assert max(range(len(scores)), key=lambda d: (scores[d], -d)) == own, (
+            f"a text added after a query is found, and the others still are, by the same query asked again: {scores} for {query!r}"
+        )
 
 
 def _index_rules(make: MakeRetriever) -> None:
