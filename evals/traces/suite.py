@@ -462,20 +462,24 @@ def _expert_world(sandbox: Any, task: EvalTask) -> _ExpertWorld:
     start = state_digest(sandbox)
     uncovered = []
     for call in task.payload["expert_calls"]:
-        if not sandbox.covers(call["name"]) and not _malformed(call, task):  # asked as replay asks: before the call
+        if _malformed(call, task):
+            continue  # no tool ran it in production (the graph answered it): replay leaves it unexecuted too
+        if not sandbox.covers(call["name"]):  # asked as replay asks: before the call
             uncovered.append(call)
         world.execute(ToolCall(**call))
     return _ExpertWorld(start, state_digest(sandbox), world.unrestored, uncovered)
 
 
 def _malformed(call: dict[str, Any], task: EvalTask) -> bool:
-    """Whether ``call`` is one the model wrote malformed (its only argument ``_raw``, whatever it holds; not for a tool
-    whose offered schema declares ``_raw``): the graph answered it itself, no tool ran, so no candidate is asked to make
-    it and a candidate's never counts as made. The one rule replay and IL read (:mod:`ee_middleware.replay.malformed`)."""
+    """Whether ``call`` (a :class:`~ee_middleware.records.ToolCall` dumped) is one the model wrote malformed: capture's
+    mark (``malformed``) where it is recorded, else its only argument ``_raw``, whatever it holds, for a tool whose
+    offered schema does not declare ``_raw``. The graph answered it itself, no tool ran, so the expert world does not
+    execute it, no candidate is asked to make it and a candidate's never counts as made. The one rule replay and IL
+    read (:mod:`ee_middleware.replay.malformed`)."""
     from ee_middleware.replay.malformed import malformed_by_the_model
 
     tools = [schema for turn in task.tools for schema in turn]
-    return malformed_by_the_model(tools, str(call.get("name") or ""), call.get("arguments") or {})
+    return malformed_by_the_model(tools, str(call.get("name") or ""), call.get("arguments") or {}, call.get("malformed"))
 
 
 def task_privacy(task: EvalTask) -> ReplayPrivacy:

@@ -216,3 +216,42 @@ def test_a_candidate_call_the_model_wrote_malformed_counts_as_replay_and_il_coun
     ]
     match = uncovered_calls_not_made(TASK, uncovered, made)
     assert match.missing == [] and match.extra == [], match
+
+
+NOTE_SCHEMA = {
+    "type": "function",
+    "function": {
+        "name": "store_note",
+        "description": "Store a note verbatim.",
+        "parameters": {"type": "object", "properties": {"_raw": {"type": "string"}}, "required": ["_raw"]},
+    },
+}
+
+
+def _notes_sandbox() -> Any:
+    from ee_middleware.replay.sandboxes.python import PythonSandbox
+
+    def store_note(world: dict[str, Any], _raw: str) -> str:
+        world["notes"].append(_raw)
+        return "stored"
+
+    return PythonSandbox(lambda environment: {"notes": list(environment["notes"])}, tools={"store_note": store_note}, kind="notes")
+
+
+@pytest.mark.parametrize(("malformed", "stored"), [(True, []), (False, ["hi"]), (None, ["hi"])])
+def test_the_expert_world_reads_captures_mark_for_a_tool_that_declares_raw(malformed: bool | None, stored: list[str]) -> None:
+    """A tool whose schema declares ``_raw``: the expert's call ``{"_raw": "hi"}`` that capture marked malformed (schema
+    1.6: LangChain held it as an invalid call, no tool ran it) is not executed in the expert world, as replay leaves it;
+    one marked well formed, or unmarked (an older record: the schema decides), is. Before, every expert call was
+    executed, so the expert world held a note production never stored and a candidate that stored none failed."""
+    from ee_middleware.evals.traces.suite import expert_digests
+    from ee_middleware.replay.sandboxes.protocol import state_digest
+
+    call = ToolCall(id="e0", name="store_note", arguments={"_raw": "hi"}, malformed=malformed)
+    task = replace(TASK, tools=[[NOTE_SCHEMA]], payload={"environment": {"notes": []}, "expert_calls": [call.model_dump()]})
+    start, end = expert_digests(_notes_sandbox(), task)
+    expected = _notes_sandbox()
+    expected.reset({"notes": []})
+    for note in stored:
+        expected.execute(ToolCall(id="x", name="store_note", arguments={"_raw": note}))
+    assert end == state_digest(expected) and (end == start) == (not stored)
