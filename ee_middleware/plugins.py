@@ -59,12 +59,18 @@ def _options_taken(factory: Callable[..., Any], positional: int = 0) -> list[str
     return [p.name for i, p in enumerate(parameters) if p.kind in keyword and i >= positional]
 
 
-def _did_you_mean(name: str, names: list[str]) -> str:
-    """`` (did you mean NAME?)`` for an option spelled close to one of ``names``; else nothing."""
+def _did_you_mean(name: str, names: list[str], *, quoted: bool = False) -> str:
+    """`` (did you mean NAME?)`` for an option spelled close to one of ``names`` (``quoted``: ``'NAME'``, for a plug-in's
+    name or a factory's); else nothing."""
     from ee_middleware._toml import _closest  # the rule config files' unknown keys are told with
 
     close = _closest(name, names)
-    return f" (did you mean {close}?)" if close else ""
+    return f" (did you mean {close!r}?)" if close and quoted else f" (did you mean {close}?)" if close else ""
+
+
+def _public_callables(target: Any) -> list[str]:
+    """The names of ``target``'s public callables (a module's functions and classes): what a factory spec may name."""
+    return [name for name in dir(target) if not name.startswith("_") and callable(getattr(target, name, None))]
 
 
 def _arguments_not_fitting(factory: Callable[..., Any], args: tuple[Any, ...], options: Mapping[str, Any]) -> str | None:
@@ -86,30 +92,55 @@ def _call_text(name: str, args: tuple[Any, ...], options: Mapping[str, Any]) -> 
     return f"{name}({', '.join([repr(a) for a in args] + [f'{key}={value!r}' for key, value in options.items()])})"
 
 
-def _where_raised(exc: BaseException) -> str:
+def _where_raised(exc: BaseException, module: str | None = None) -> str:
     """Where ``exc`` was raised in the user's code: the last frame of its traceback outside ee_middleware, the standard
     library and installed packages (the first frame below the caller when every frame is theirs), as ``FILE:LINE, in
-    FUNCTION: `CODE```; the file relative to the working folder when it is inside it. Empty without a traceback."""
+    FUNCTION: `CODE```; the file relative to the working folder when it is inside it. Empty without a traceback.
+
+    With ``module`` (a plug-in's module that raised while it was imported): a frame in that module's top package counts
+    as the user's too (an installed plug-in lives in site-packages), a SyntaxError is told at the line of the file that
+    Python could not read (``FILE:LINE: `CODE```), and without a frame of the user's (the module is not found) it is
+    empty: the frames left are the import machinery's."""
     import traceback
 
+    if module is not None and isinstance(exc, SyntaxError) and exc.filename and exc.lineno and not exc.filename.startswith("<"):
+        return _frame_text(traceback.FrameSummary(exc.filename, exc.lineno, "", line=(exc.text or "").strip() or None))
     tb = exc.__traceback__
-    frames = traceback.extract_tb(tb.tb_next) if tb is not None and tb.tb_next is not None else []
-    if not frames:
+    walked = list(traceback.walk_tb(tb.tb_next)) if tb is not None and tb.tb_next is not None else []
+    if not walked:
         return ""
+    frames = traceback.StackSummary.extract(walked)
     others = {Path(__file__).resolve().parent, *_library_roots()}
-    theirs = [f for f in frames if not f.filename.startswith("<") and not any(Path(f.filename).resolve().is_relative_to(o) for o in others)]
+    top = module.partition(".")[0] if module is not None else None
+
+    def users(i: int) -> bool:
+        if top is not None and str(walked[i][0].f_globals.get("__name__", "")).partition(".")[0] == top:
+            return True
+        filename = frames[i].filename
+        return not filename.startswith("<") and not any(Path(filename).resolve().is_relative_to(o) for o in others)
+
+    theirs = [frame for i, frame in enumerate(frames) if users(i)]
+    if not theirs and module is not None:
+        return ""
     return _frame_text(theirs[-1] if theirs else frames[0])
 
 
 def _frame_text(frame: Any) -> str:
     """A traceback frame (``traceback.FrameSummary``) as ``FILE:LINE, in FUNCTION: `CODE```, the file relative to the
-    working folder when it is inside it."""
+    working folder when it is inside it (without ``, in FUNCTION`` for a frame without a name: a SyntaxError's line)."""
     path = Path(frame.filename)
     try:
         shown = str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         shown = str(path)
-    return f"{shown}:{frame.lineno}, in {frame.name}" + (f": `{frame.line}`" if frame.line else "")
+    return f"{shown}:{frame.lineno}" + (f", in {frame.name}" if frame.name else "") + (f": `{frame.line}`" if frame.line else "")
+
+
+def _reproduce(module: str, attr: str | None = None, arguments: str = "") -> str:
+    """The one-liner that shows the whole traceback of a plug-in's failure: importing ``module``, and calling its ``attr``
+    with ``arguments`` (code) when given."""
+    call = f" as m; m.{attr}({arguments})" if attr is not None else ""
+    return f'python -c "import {module}{call}"'
 
 
 _LOADED: dict[str, tuple[str, str]] = {}
@@ -240,11 +271,23 @@ class PluginKind:
         return forms
 
     def unknown(self, spec: Any, why: str) -> EEError:
-        """The error for a spec that names nothing: what is wrong, and every form that would work."""
+        """The error for a spec that names nothing: what is wrong, the built-in or installed name it is spelled close to
+        (its ``NAME`` before ``:LOCATION`` too: ``jsonstor:/data``), and every form that would work."""
         shown = hide_credentials(repr(spec))  # a spec may be a URL with user:password@
         return self.error(
-            f"Unknown {self.kind} {shown} ({hide_credentials(why)}). Accepted forms: " + "; ".join(self.accepted_forms()) + "."
+            f"Unknown {self.kind} {shown} ({hide_credentials(why)}){self._near_name(spec)}. Accepted forms: "
+            + "; ".join(self.accepted_forms())
+            + "."
         )
+
+    def _near_name(self, spec: Any) -> str:
+        """`` (did you mean 'NAME'?)`` for a spec whose name (before any ``:``) is spelled close to a built-in name or an
+        installed entry point's of this kind; else nothing (a name that is one of them, a path, a spec that is no name)."""
+        name = spec.strip().partition(":")[0] if isinstance(spec, str) else ""
+        names = sorted({*self.builtins, *self.installed()})
+        if not re.fullmatch(r"[A-Za-z_][\w.+-]*", name) or name in names:
+            return ""
+        return _did_you_mean(name, names, quoted=True)
 
     def resolve(self, spec: str) -> Callable[..., Any]:
         """The factory ``spec`` names (imported now), without calling it."""
@@ -257,12 +300,7 @@ class PluginKind:
             return self._load(spec, spec)
         entry_point = self.installed().get(spec)
         if entry_point is not None:
-            try:
-                factory = entry_point.load()
-            except Exception as exc:
-                raise self.error(
-                    f"The {self.kind} plug-in {spec!r} ({entry_point.value}) failed to load: {type(exc).__name__}: {exc}"
-                ) from exc
+            factory = self._load(f"{entry_point.module}:{entry_point.attr or ''}", spec, entry_point=entry_point)
             _remember(entry_point.module, self.kind, spec)
             return factory
         raise self.unknown(spec, _module_form_of_path(spec, self.kind) or "it matches none of the accepted forms")
@@ -356,7 +394,7 @@ class PluginKind:
             module, _, attr = spec.strip().partition(":")
             arguments = ", ".join(f"{key}={value!r}" for key, value in options.items())
             text += f"{'; to' if isinstance(exc, TypeError) else '. To'} see the whole traceback, run: "
-            text += f'python -c "import {module} as m; m.{attr}({arguments})"'
+            text += _reproduce(module, attr, arguments)
         return self.error(text + ".")
 
     def failed_at_work(self, spec: str, call: str, exc: BaseException) -> EEError:
@@ -369,21 +407,49 @@ class PluginKind:
             "traceback)."
         )
 
-    def _load(self, path: str, spec: str) -> Any:
+    def _load(self, path: str, spec: str, *, entry_point: EntryPoint | None = None) -> Any:
+        """What ``path`` (``module:attr.path``) names, imported now for ``spec`` (a built-in name, a factory spec, or the
+        name of ``entry_point``, whose module is imported as an installed one). Both forms of a plug-in fail alike: a
+        module that cannot be found, or raises while Python imports it (its error and the user's line), and a name it
+        does not have (with the public callable spelled close to it)."""
         module_name, _, attr_path = path.partition(":")
+        head = (
+            f"The {self.kind} plug-in {spec!r} ({entry_point.value}) failed to load"
+            if entry_point is not None
+            else f"Cannot import {module_name!r} for {self.kind} {spec!r}"
+        )
         try:
-            target: Any = _import_from_installed_or_working_folder(module_name)
+            target: Any = (
+                importlib.import_module(module_name) if entry_point is not None else _import_from_installed_or_working_folder(module_name)
+            )
         except ImportError as exc:
-            raise self.error(
-                f"Cannot import {module_name!r} for {self.kind} {spec!r}: {exc}. Is the package installed in this environment "
-                "(and on PYTHONPATH)?"
-            ) from exc
-        for attr in attr_path.split("."):
+            raised = f"{type(exc).__name__}: " if entry_point is not None else ""
+            raise self.error(f"{head}: {raised}{exc}. Is the package installed in this environment (and on PYTHONPATH)?") from exc
+        except Exception as exc:
+            if module_name.partition(".")[0] == "ee_middleware":
+                raise  # ee's own module (a built-in's): a bug in ee-middleware, told as one
+            raise self._import_failed(head, module_name, exc) from exc
+        for attr in filter(None, attr_path.split(".")):
             try:
                 target = getattr(target, attr)
             except AttributeError:
-                raise self.error(f"{module_name!r} has no attribute {attr_path!r} ({self.kind} spec {spec!r})") from None
+                near = _did_you_mean(attr, _public_callables(target), quoted=True)
+                missing = f"{module_name!r} has no attribute {attr_path!r}{near}"
+                text = f"{head}: {missing}" if entry_point is not None else f"{missing} ({self.kind} spec {spec!r})"
+                raise self.error(text) from None
         return target
+
+    def _import_failed(self, head: str, module: str, exc: BaseException) -> EEError:
+        """The error for a plug-in's module that raised while Python imported it (anything but ImportError: a
+        SyntaxError, a KeyError from ``os.environ[...]``): ``head`` (which plug-in), its error, where in the user's code,
+        and what to do; as :meth:`_failed` tells a factory that raised."""
+        where = _where_raised(exc, module)
+        message = exc.msg if isinstance(exc, SyntaxError) and where else str(exc)  # its str repeats the file and line
+        return self.error(
+            f"{head}: {type(exc).__name__}: {message}" + (f" (at {where})" if where else "") + ". "
+            f"The error was raised by the {self.kind}'s own module while Python imported it, not by ee-middleware: fix it "
+            f"there; to see the whole traceback, run: {_reproduce(module)}."
+        )
 
 
 def _import_from_installed_or_working_folder(module_name: str) -> Any:

@@ -326,3 +326,137 @@ def test_an_unknown_spec_with_credentials_is_named_without_them() -> None:
     with pytest.raises(EEError) as caught:
         open_store("pg://ee:S3cretPw@db.internal/exp", create=False)
     assert "S3cretPw" not in str(caught.value) and "pg://***@db.internal/exp" in str(caught.value)
+
+
+def _install(root: Path, monkeypatch: pytest.MonkeyPatch, entry_points: str) -> None:
+    """A real installed distribution under ``root`` (a .dist-info folder put on sys.path) declaring ``entry_points``
+    (the text of its entry_points.txt)."""
+    dist = root / "helpdesk_plugins-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: helpdesk-plugins\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+
+
+def _kind(name: str) -> PluginKind:
+    """The registry of one real kind of part."""
+    if name == "sandbox":
+        from ee_middleware.replay.sandboxes.registry import SANDBOXES
+
+        return SANDBOXES
+    if name == "policy":
+        from ee_middleware.replay.policies.registry import POLICIES
+
+        return POLICIES
+    if name == "store":
+        from ee_middleware.store.registry import STORES
+
+        return STORES
+    from ee_middleware.replay.retrieval import RETRIEVERS
+
+    return RETRIEVERS
+
+
+_IMPORT_FAILURES = {
+    # a setting read from the environment when the module is imported (the common case)
+    "environment": (
+        {"broken.py": "import os\n\nDATABASE = os.environ['EE_TEST_HELPDESK_DATABASE_UNSET']\n\n\ndef make():\n    return None\n"},
+        "KeyError: 'EE_TEST_HELPDESK_DATABASE_UNSET'",
+        f"{Path('helpdesk', 'broken.py')}:3, in <module>: `DATABASE = os.environ['EE_TEST_HELPDESK_DATABASE_UNSET']`",
+    ),
+    "syntax": (
+        {"broken.py": "def make()\n    return None\n"},
+        "SyntaxError: expected ':'",
+        f"{Path('helpdesk', 'broken.py')}:1: `def make()`",
+    ),
+    # raised in a helper module of the plug-in's package that the plug-in's module imports: that module's line
+    "helper": (
+        {"broken.py": "from helpdesk.settings import LIMIT\n\n\ndef make():\n    return LIMIT\n", "settings.py": "LIMIT = int('ten')\n"},
+        "ValueError: invalid literal for int() with base 10: 'ten'",
+        f"{Path('helpdesk', 'settings.py')}:1, in <module>: `LIMIT = int('ten')`",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", ["sandbox", "policy", "store", "retriever"])
+@pytest.mark.parametrize("failure", sorted(_IMPORT_FAILURES))
+def test_a_plugin_module_that_raises_while_imported_is_named_with_its_line_in_both_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, failure: str
+) -> None:
+    """A `package.module:factory` plug-in whose module raised anything but ImportError while imported (a KeyError from
+    `os.environ[...]`, a SyntaxError) reached the CLI as "unexpected KeyError: 'LIBRARY_DB' (a bug in ee-middleware ...
+    report it)", naming neither the plug-in nor its file; its entry-point form said "failed to load: ..." without the
+    line. Both forms now name the kind, the spec, the error and the user's file:line, and say how to see the traceback."""
+    files, raised, where = _IMPORT_FAILURES[failure]
+    package = tmp_path / "helpdesk"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name, body in files.items():
+        (package / name).write_text(body)
+    registry = _kind(kind)
+    _install(tmp_path, monkeypatch, f"[{registry.group}]\nhelpdesk-broken = helpdesk.broken:make\n")
+    monkeypatch.chdir(tmp_path)
+    texts = []
+    for spec, head in (
+        ("helpdesk.broken:make", f"Cannot import 'helpdesk.broken' for {kind} 'helpdesk.broken:make': {raised} (at {where})"),
+        ("helpdesk-broken", f"The {kind} plug-in 'helpdesk-broken' (helpdesk.broken:make) failed to load: {raised} (at {where})"),
+    ):
+        with pytest.raises(registry.error) as info:
+            registry.resolve(spec)
+        text = str(info.value)
+        assert head in text, text
+        assert f"raised by the {kind}'s own module while Python imported it, not by ee-middleware: fix it there" in text, text
+        assert 'to see the whole traceback, run: python -c "import helpdesk.broken"' in text, text
+        assert "report" not in text, text
+        texts.append(text.partition(": ")[2])
+    assert texts[0] == texts[1]  # the two forms of the same plug-in fail alike
+
+
+@pytest.mark.parametrize(
+    ("spec", "suggested"),
+    [
+        ("libary", "library"),  # an installed entry point's name
+        ("mutat", "mutate"),  # a built-in name
+        ("helpdesk.replay_sandbox:make_sql_sandbx", "make_sql_sandbox"),  # a public callable of the module
+        ("library-typo", "make_sql_sandbox"),  # the same, named by an entry point
+    ],
+)
+def test_a_near_miss_plugin_name_says_which_name_it_means(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, suggested: str
+) -> None:
+    """`--sandbox libary` (the installed entry point is 'library'), `--policy mutat` and a factory's misspelled function
+    listed every accepted form but suggested nothing."""
+    from ee_middleware.replay.policies.registry import POLICIES
+    from ee_middleware.replay.sandboxes.registry import SANDBOXES
+
+    _user_package(
+        tmp_path,
+        "from tests.test_plugins import _ping_sandbox\n\n\ndef make_sql_sandbox():\n    return _ping_sandbox()\n\n\n"
+        "def make_dict_sandbox():\n    return _ping_sandbox()\n\n\n_make_private_sandbox = make_sql_sandbox\n",
+    )
+    _install(
+        tmp_path,
+        monkeypatch,
+        "[ee_middleware.sandboxes]\nlibrary = helpdesk.replay_sandbox:make_sql_sandbox\n"
+        "library-typo = helpdesk.replay_sandbox:make_sql_sandbx\n",
+    )
+    registry = POLICIES if spec == "mutat" else SANDBOXES
+    with pytest.raises(registry.error) as info:
+        registry.resolve(spec)
+    assert f"(did you mean '{suggested}'?)" in str(info.value), str(info.value)
+    assert registry.resolve(suggested if ":" not in spec and "-" not in spec else f"helpdesk.replay_sandbox:{suggested}")
+    # a name close to nothing gets no guess
+    with pytest.raises(registry.error) as info:
+        registry.resolve("hammer" if ":" not in spec else "helpdesk.replay_sandbox:hammer")
+    assert "did you mean" not in str(info.value)
+
+
+def test_a_near_miss_store_name_before_its_location_says_which_store_it_means(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--store jsonstor:/data/exp` (the installed entry point is 'jsonstore') named no store to use."""
+    from ee_middleware.store.registry import StoreError, open_store
+
+    _install(tmp_path, monkeypatch, "[ee_middleware.stores]\njsonstore = tests.cli.store_plugins:locked\n")
+    with pytest.raises(StoreError) as info:
+        open_store(f"jsonstor:{tmp_path / 'exp'}", create=False)
+    assert "(did you mean 'jsonstore'?)" in str(info.value), str(info.value)

@@ -135,3 +135,30 @@ def test_the_standard_librarys_classes_a_plugin_inherits_from_are_not_taken_for_
     monkeypatch.setattr(plugins, "_LOADED", {})
     STORES.build(f"{PLUGINS}:closing").close()
     assert sorted(plugins._LOADED) == [PLUGINS]
+
+
+def test_a_store_plugin_whose_module_raises_while_imported_is_named_not_called_a_bug_in_ee(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: 'error: unexpected KeyError: 'LIBRARY_DB' (a bug in ee-middleware ... report it)' for a store module that reads
+    its configuration from the environment when imported, naming neither the store nor its file."""
+    import sys
+
+    package = tmp_path / "importfail_store"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "store.py").write_text("import os\n\nDATABASE = os.environ['EE_TEST_LIBRARY_DB_UNSET']\n\n\ndef make():\n    return None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    spec = "importfail_store.store:make"
+    try:
+        result = ee("traces", "list", "--store", spec)
+    finally:
+        for name in [n for n in sys.modules if n.partition(".")[0] == "importfail_store"]:
+            del sys.modules[name]
+    assert result.exit_code == 1, result.output
+    line = _error_line(result)
+    assert f"Cannot import 'importfail_store.store' for store '{spec}': KeyError: 'EE_TEST_LIBRARY_DB_UNSET' (at " in line, line
+    assert f"{Path('importfail_store', 'store.py')}:3, in <module>: `DATABASE = os.environ[" in line, line
+    assert 'python -c "import importfail_store.store"' in line, line
+    assert "unexpected" not in line and "report it" not in line and "bug in ee-middleware" not in line, line
