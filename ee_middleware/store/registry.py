@@ -134,6 +134,8 @@ def _resolve_factory(text: str) -> None:
     try:
         STORES.resolve(text)
     except StoreError as exc:
+        if exc.__cause__ is not None and not isinstance(exc.__cause__, ImportError):
+            raise  # a module that exists raised while imported (its own line named): no folder to mean instead
         message = str(exc)
         raise StoreError(
             f"{message}{'' if message.endswith(('.', '?')) else '.'} For a folder whose name has a colon, write local:{text}."
