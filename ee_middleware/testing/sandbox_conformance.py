@@ -18,12 +18,15 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * ``acts_outside_world`` (optional; see :mod:`ee_middleware.replay.sandboxes.protocol`): false for every tool the kit
   knows of but those it is told the sandbox declares (``outside_world_tools``: tools that act only outside the world,
   whose expert calls replay leaves unexecuted), never true for a tool the sandbox covers; a declared tool is not
-  covered, has a ``refusal_hint`` (before a reset, as ``ee replay run`` asks it, and after one) and is never executed:
-  ``execute`` gives an error observation and the world is unchanged;
+  covered and has a ``refusal_hint`` (before a reset, as ``ee replay run`` asks it, and after one). That is what keeps
+  it from running: replay calls ``execute`` only for tools the sandbox covers. The kit never calls ``execute`` on a
+  declared tool either (it would page someone, send an e-mail), and checks the declarations before it calls anything;
 * snapshot/restore exactness: after ``restore(s)`` the reads show exactly what they showed when
   ``s`` was taken, for any snapshot, in any order, as often as asked;
 * snapshots pickle (``subprocess_isolation``): under ``--isolation subprocess`` every snapshot leaves the sandbox's
-  child process as a pickle, and an unpickled copy must restore the world exactly. By default (as replay's default
+  child process as a pickle, and an unpickled copy must restore the world exactly, in the same sandbox and in a fresh
+  one from the factory after ``reset(environment)`` (as a restarted child restores it after a tool timeout, a crash or
+  the memory limit): a snapshot must hold the world itself, not a key into the sandbox. By default (as replay's default
   isolation runs the sandbox in process, where snapshots need not pickle) a sandbox failing it gets a
   :class:`SubprocessIsolationWarning`; ``subprocess_isolation=True`` makes it a failure, ``False`` skips it;
 * branch isolation: a mutating call made after a restore is gone after the next restore, and the
@@ -40,7 +43,11 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 A failure names the broken promise, what the read calls showed against what they should have
 shown, and the usual cause: state kept outside the world (a module-level variable), a tool that
 shows the clock, random numbers or fresh ids, or one that returns an object with no JSON form
-(shown by its repr, with its memory address).
+(shown by its repr, with its memory address). When the reads differ after a restore because the
+snapshot itself changed (a deep copy of it, taken earlier, still restores the world), it names
+that instead: ``restore()`` handing the snapshot (or a shallow copy) to the world, so the next
+branch writes into it, or ``snapshot()`` returning the live world (or a shallow copy), so the
+world's later changes write into it.
 """
 
 from __future__ import annotations
@@ -69,6 +76,21 @@ OUTSIDE_STATE = (
 NONDETERMINISM = (
     "A tool that shows the clock, random numbers or fresh ids (uuid) answers differently every time, and replay reports "
     "each such step as a fidelity error: take them from the world (a fixed time, a seeded random.Random built from the environment)."
+)
+RESTORE_SHARES_THE_SNAPSHOT = (
+    "restore() hands the snapshot itself (or a shallow copy of it) to the world, so the next branch writes into the "
+    "snapshot: a deep copy of it, taken before that branch, still restores the world, and the snapshot itself no longer "
+    "does. Copy it deeply in restore() (copy.deepcopy(snapshot)), as snapshot() copies the world."
+)
+SNAPSHOT_SHARES_THE_WORLD = (
+    "snapshot() returns the live world or a shallow copy of it, so the world's later changes write into the snapshot: a "
+    "deep copy of it, taken when it was, still restores the world, and the snapshot itself no longer does. Copy the world "
+    "deeply in snapshot() (copy.deepcopy), and the snapshot again in restore()."
+)
+KEY_NOT_WORLD = (
+    "The snapshot pickles, but its copy does not hold the world: it holds something that points at it (a path, an id, a "
+    "connection's name, a key into the sandbox's own store of snapshots) rather than the data. Make snapshot() return the "
+    "data itself."
 )
 _DEFAULT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9a-fA-F]+>")
 """An object shown by Python's default repr, with its memory address."""
@@ -134,9 +156,11 @@ def check_sandbox(
             (``[replay] isolation``, ``"none"``: in process), so a sandbox that does not gets a
             :class:`SubprocessIsolationWarning` saying why, and the check goes on.
         outside_world_tools: tools the sandbox declares to act only outside its world (``acts_outside_world``, e.g.
-            ``PythonSandbox(outside_world_tools=...)``; one name or several): each must be declared, not covered, have a
-            ``refusal_hint`` and never be executed. Whatever is given, no tool the kit knows of (these, ``mutate``'s,
-            ``read``'s and an unknown one) may be both covered and declared, and an unknown tool must not be declared.
+            ``PythonSandbox(outside_world_tools=...)``; one name or several): each must be declared, not covered and have
+            a ``refusal_hint``. Replay calls only the tools a sandbox covers, so that is what keeps them from running;
+            the kit never calls ``execute`` on them either. Whatever is given, no tool the kit knows of (these,
+            ``mutate``'s, ``read``'s and an unknown one) may be both covered and declared (checked before the kit calls
+            anything), and an unknown tool must not be declared.
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
@@ -148,12 +172,13 @@ def check_sandbox(
     pristine = copy.deepcopy(environment)
     make_sandbox = _factory(make_sandbox)
     sandbox = make_sandbox()
-    probe = _Probe(sandbox, environment, mutate, reads)
+    probe = _Probe(sandbox, environment, mutate, reads, make_sandbox)
     try:
         _check_shape(sandbox, mutate, reads)
         hints_before_reset = {name: _refusal_hint(sandbox, name) for name in declared}  # as ee replay run asks them
+        sandbox.reset(environment)
+        _check_outside_world(probe, declared, hints_before_reset)  # before any call: a declared tool given to call never runs
         probe.check_preconditions()
-        _check_outside_world(probe, declared, hints_before_reset)
         probe.check_restore_is_exact()
         if subprocess_isolation or (subprocess_isolation is None and _replay_isolates()):
             probe.check_snapshots_pickle()
@@ -200,11 +225,19 @@ def _factory(make_sandbox: Any) -> Callable[[], Any]:
 class _Probe:
     """One sandbox under test, observed through its read calls."""
 
-    def __init__(self, sandbox: Any, environment: dict[str, Any] | None, mutate: ToolCall, reads: list[ToolCall]) -> None:
+    def __init__(
+        self,
+        sandbox: Any,
+        environment: dict[str, Any] | None,
+        mutate: ToolCall,
+        reads: list[ToolCall],
+        make_sandbox: Callable[[], Any] | None = None,
+    ) -> None:
         self.sandbox = sandbox
         self.environment = environment
         self.mutate = mutate
         self.reads = reads
+        self.make_sandbox = make_sandbox
         self.start: tuple[str, ...] = ()
         self.changed: tuple[str, ...] = ()
         self.mutated: Observation | None = None
@@ -230,7 +263,8 @@ class _Probe:
         return tuple(seen)
 
     def expect(self, expected: tuple[str, ...], promise: str, cause: str = OUTSIDE_STATE) -> None:
-        """The read calls show ``expected``, or fail with ``promise``, what they showed instead, and the usual ``cause``."""
+        """The read calls show ``expected``, or fail with ``promise``, what they showed instead, and the usual ``cause``
+        (or, when the snapshot itself changed, :meth:`shared_world_cause`'s)."""
         seen = self.observe()
         if seen != expected:
             differing = [(call, got, want) for call, got, want in zip(self.reads, seen, expected, strict=True) if got != want]
@@ -238,7 +272,38 @@ class _Probe:
             between = "\n" if diffs else "; "
             shown = between.join(_shown(call, got, want) for call, got, want in differing)
             ended = "\n" if diffs else ". "
+            shared = self.shared_world_cause()
+            if shared:
+                raise _SharedWorld(f"{promise}: {shown}{ended}{shared}")
             raise AssertionError(f"{promise}: {shown}{ended}{_cause([t for _, *texts in differing for t in texts], cause)}")
+
+    def shared_world_cause(self) -> str | None:
+        """Why restores fail when it is the snapshot object that changed: :data:`SNAPSHOT_SHARES_THE_WORLD` when a snapshot
+        changes as the world changes after it was taken, :data:`RESTORE_SHARES_THE_SNAPSHOT` when one changes during a
+        branch from it; ``None`` for any other cause (or when the snapshot cannot be copied to tell).
+
+        Asked only once a check has failed (it resets the sandbox). Each experiment starts from a reset, takes a snapshot
+        (and, for the branch, restores it), deep-copies it (or copies it through a pickle), makes the mutating call, then
+        restores the copy and the snapshot: the copy must show the world as it was (else something else is wrong: state
+        outside the world, a clock) and the snapshot itself no longer does."""
+        try:
+            for restore_first, cause in ((False, SNAPSHOT_SHARES_THE_WORLD), (True, RESTORE_SHARES_THE_SNAPSHOT)):
+                self.sandbox.reset(copy.deepcopy(self.environment))  # a sandbox sharing the caller's gets no more calls on it
+                before = self.observe()
+                snapshot = self.sandbox.snapshot()
+                if restore_first:
+                    self.sandbox.restore(snapshot)  # the branch's world is what restore() made of it
+                kept = _copy_of(snapshot)
+                self.execute(self.mutate)
+                self.sandbox.restore(kept)
+                if self.observe() != before:
+                    return None
+                self.sandbox.restore(snapshot)
+                if self.observe() != before:
+                    return cause
+        except Exception:  # noqa: BLE001 - cannot tell: the check's own usual cause stands
+            return None
+        return None
 
     def check_preconditions(self) -> None:
         self.sandbox.reset(self.environment)
@@ -271,27 +336,32 @@ class _Probe:
 
     def check_snapshots_pickle(self) -> None:
         """An unpickled copy of a snapshot restores the world, as under ``--isolation subprocess`` (the child sends each
-        snapshot out as a pickle, and a later child restores from it)."""
+        snapshot out as a pickle, and restores from it): in this sandbox, and in a fresh one from the factory after
+        ``reset(environment)``, as a child restarted after a tool timeout, a crash or the memory limit does (a snapshot
+        that is a key into the sandbox finds nothing there)."""
         self.sandbox.restore(self.start_snapshot)
         self.execute(self.mutate)
         after = self.sandbox.snapshot()
-        for snapshot, world, when in ((self.start_snapshot, self.start, "at step 0"), (after, self.changed, "after the mutating call")):
-            copied = _pickled_copy(snapshot)
+        taken = ((self.start_snapshot, self.start, "at step 0"), (after, self.changed, "after the mutating call"))
+        for snapshot, world, when in taken:
+            _restore_copy(self, snapshot, world, f"taken {when} (as --isolation subprocess restores it)")
+        if self.make_sandbox is not None:
+            fresh = _Probe(self.make_sandbox(), self.environment, self.mutate, self.reads)
             try:
-                self.sandbox.restore(copied)
-            except Exception as exc:
-                raise AssertionError(
-                    f"restore() of an unpickled copy of the snapshot taken {when} (as --isolation subprocess restores it) raised "
-                    f"{type(exc).__name__}: {exc}. A snapshot must hold the world itself, not a key that only the sandbox's own "
-                    f"copy of it finds. {SUBPROCESS_ONLY}"
-                ) from exc
-            self.expect(
-                world,
-                f"restoring an unpickled copy of the snapshot taken {when} (as --isolation subprocess does) must put the world "
-                "back as it was then",
-                "The snapshot pickles, but its copy does not hold the world: it holds something that points at it (a path, an "
-                "id, a connection's name) rather than the data. Make snapshot() return the data itself.",
-            )
+                fresh.sandbox.reset(self.environment)
+                for snapshot, world, when in taken:
+                    _restore_copy(
+                        fresh,
+                        snapshot,
+                        world,
+                        f"taken {when}, in a fresh sandbox from the factory after reset(environment) (as --isolation "
+                        "subprocess restores it in a child restarted after a tool timeout, a crash or the memory limit),",
+                    )
+            finally:
+                try:
+                    fresh.sandbox.close()
+                except Exception:  # noqa: BLE001 - close is checked on the sandbox under test
+                    pass
         self.sandbox.restore(self.start_snapshot)
 
     def check_branches_are_isolated(self) -> None:
@@ -305,9 +375,10 @@ class _Probe:
                 if max(len(first), len(then)) <= QUOTED_CHARS
                 else f"gave two answers that part {_difference(first, then, 'first', 'then')}\n"
             )
-            raise AssertionError(
+            shared = self.shared_world_cause()
+            raise (_SharedWorld if shared else AssertionError)(
                 f"the same call from the same snapshot must give the same observation: {_call_text(self.mutate)} {shown}"
-                f"{_cause([first, then], NONDETERMINISM)}"
+                f"{shared or _cause([first, then], NONDETERMINISM)}"
             )
         self.expect(self.changed, "the same call from the same snapshot must change the world the same way", NONDETERMINISM)
         self.sandbox.restore(self.start_snapshot)  # branch 2
@@ -337,6 +408,11 @@ SUBPROCESS_ONLY = (
 )
 
 
+class _SharedWorld(AssertionError):
+    """A failure whose cause is a snapshot sharing the world (:meth:`_Probe.shared_world_cause`): a failure in process
+    too, never only a :class:`SubprocessIsolationWarning`."""
+
+
 class SubprocessIsolationWarning(UserWarning):
     """:func:`check_sandbox`'s default: the sandbox works in process (replay's default isolation) but its snapshots do
     not survive ``--isolation subprocess``."""
@@ -353,6 +429,8 @@ def _warn_unless_snapshots_pickle(probe: _Probe) -> None:
     """The pickling check, its failure told as a :class:`SubprocessIsolationWarning` (the other checks go on)."""
     try:
         probe.check_snapshots_pickle()
+    except _SharedWorld:
+        raise  # restores fail in process too
     except AssertionError as exc:
         reason = str(exc).replace(SUBPROCESS_ONLY, "").strip()
         warnings.warn(
@@ -368,6 +446,28 @@ def _warn_unless_snapshots_pickle(probe: _Probe) -> None:
             probe.sandbox.restore(probe.start_snapshot)
         except Exception:  # noqa: BLE001 - the next check restores again and names what fails
             pass
+
+
+def _restore_copy(probe: _Probe, snapshot: Any, world: tuple[str, ...], which: str) -> None:
+    """Restore an unpickled copy of ``snapshot`` (``which``: when it was taken, and where and how it is restored) in
+    ``probe``'s sandbox; its reads must show ``world``."""
+    copied = _pickled_copy(snapshot)
+    try:
+        probe.sandbox.restore(copied)
+    except Exception as exc:
+        raise AssertionError(
+            f"restore() of an unpickled copy of the snapshot {which} raised {type(exc).__name__}: {exc}. A snapshot must hold "
+            f"the world itself, not a key that only the sandbox's own copy of it finds. {SUBPROCESS_ONLY}"
+        ) from exc
+    probe.expect(world, f"restoring an unpickled copy of the snapshot {which} must put the world back as it was then", KEY_NOT_WORLD)
+
+
+def _copy_of(snapshot: Any) -> Any:
+    """A deep copy of ``snapshot``, else one through a pickle (raises when neither can be made)."""
+    try:
+        return copy.deepcopy(snapshot)
+    except Exception:  # noqa: BLE001 - a connection, a lock: try its pickled form
+        return pickle.loads(pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _pickled_copy(snapshot: Any) -> Any:
@@ -434,9 +534,10 @@ def _refusal_hint(sandbox: Any, name: str) -> Any:
 
 
 def _check_outside_world(probe: _Probe, declared: Sequence[str], hints_before_reset: dict[str, Any]) -> None:
-    """After a reset: no tool the kit knows is both covered and declared outside the world; an unknown tool is not
-    declared; each ``declared`` tool is declared, not covered, explained by ``refusal_hint`` (before the reset too) and
-    never executed (an error observation, the world unchanged)."""
+    """After a reset, before any call: no tool the kit knows is both covered and declared outside the world; an unknown
+    tool is not declared; each ``declared`` tool is declared, not covered and explained by ``refusal_hint`` (before the
+    reset too). Replay calls ``execute`` only for a covered tool, so a declared one never runs there; the kit never calls
+    it either (against a sandbox that ran it, it would page someone, send an e-mail)."""
     sandbox = probe.sandbox
     known = sorted({probe.mutate.name, *(c.name for c in probe.reads), *declared, UNKNOWN_TOOL})
     for name in known:
@@ -477,13 +578,6 @@ def _check_outside_world(probe: _Probe, declared: Sequence[str], hints_before_re
                 )
                 + " (PythonSandbox and McpSandbox say it is declared in outside_world_tools)"
             )
-        call = ToolCall(id=f"outside-{name}", name=name, arguments={})
-        observation = probe.execute(call)
-        assert observation.is_error, (
-            f"execute({name}) must give an error observation: the sandbox declares it to act only outside its world, which "
-            f"replay must never reach (it would page someone, send an e-mail), got {observation!r}"
-        )
-        probe.expect(probe.changed, f"a call of {name}, declared outside the world, must change nothing in it")
 
 
 def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall]) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import os
 import re
+import signal
 import sqlite3
 import warnings
 from collections.abc import Callable
@@ -504,3 +506,165 @@ def test_a_snapshot_that_pickles_but_whose_copy_restores_nothing_fails_the_kit()
     with pytest.warns(UserWarning, match=r"restore\(\) of an unpickled copy of the snapshot taken at step 0"):
         check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP))
     check_sandbox(KeyedSnapshotSandbox, **copy.deepcopy(SHOP), subprocess_isolation=False)
+
+
+class IntKeySnapshots(SqlShopSandbox):
+    """Keeps its snapshots itself and hands out numbers as keys: a key pickles, and its unpickled copy finds the world
+    again in this sandbox, but not in a fresh one (a restarted --isolation subprocess child)."""
+
+    def __init__(self) -> None:
+        super().__init__(as_bytes=True)
+        self.kept: dict[int, bytes] = {}
+
+    def snapshot(self) -> Any:
+        self.kept[len(self.kept)] = super().snapshot()
+        return len(self.kept) - 1
+
+    def restore(self, snapshot: Any) -> None:
+        super().restore(self.kept[snapshot])
+
+
+def test_a_snapshot_that_is_a_key_into_the_sandbox_fails_as_a_restarted_subprocess_child_fails_it() -> None:
+    """The kit restored the unpickled copy into the same sandbox, which still held its dict of snapshots, so a key
+    passed; ee replay run --isolation subprocess then failed after its first restart (a tool timeout, a crash, the
+    memory limit), whose fresh child knows no key. The kit now restores the copy into a fresh sandbox from the factory
+    (after reset(environment)), as the restarted child does, and fails it with its advice."""
+    sandbox = SubprocessSandbox(IntKeySnapshots, timeout_s=30)  # what replay meets
+    try:
+        sandbox.reset(SHOP["environment"])
+        sandbox.execute(SHOP["mutate"])
+        sandbox.restore(sandbox.snapshot())  # the one to rebuild after a restart
+        os.kill(sandbox.pid, signal.SIGKILL)  # as a tool timeout or the memory limit ends the child
+        with pytest.raises(SandboxError, match=r"could not be rebuilt afterwards: KeyError"):
+            sandbox.execute(SHOP["read"])
+    finally:
+        sandbox.close()
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(IntKeySnapshots, **copy.deepcopy(SHOP), subprocess_isolation=True)
+    message = str(failed.value)
+    assert "restore() of an unpickled copy of the snapshot taken at step 0, in a fresh sandbox from the factory after " in message, message
+    assert "raised KeyError: 0" in message, message
+    assert "A snapshot must hold the world itself, not a key that only the sandbox's own copy of it finds" in message, message
+    with pytest.warns(UserWarning, match=r"in a fresh sandbox .* raised KeyError"):
+        check_sandbox(IntKeySnapshots, **copy.deepcopy(SHOP))
+    check_sandbox(IntKeySnapshots, **copy.deepcopy(SHOP), subprocess_isolation=False)  # in process, where it works
+
+
+# --- a restore or a snapshot that shares the world is named as the cause ---------------------------------------
+
+
+class ShelfSandbox:
+    """A sandbox written straight against the protocol over a nested dict world (stock per item, a list of orders), as
+    a user writes one: snapshot() and restore() copy it deeply. The variants below get one of them wrong."""
+
+    kind = "shelf"
+
+    def __init__(self) -> None:
+        self.world: dict[str, Any] = {}
+        self.closed = False
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SandboxError("the shelf sandbox is closed")
+
+    def covers(self, tool_name: str) -> bool:
+        return tool_name in ("order_item", "check_stock", "list_orders")
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        self._check_open()
+        self.world = {"stock": dict((environment or {})["stock"]), "orders": []}
+
+    def execute(self, call: ToolCall) -> Observation:
+        self._check_open()
+        if not self.covers(call.name) or set(call.arguments) - {"item"}:
+            return Observation(content=f"Error: bad call {call.name}({call.arguments})", is_error=True)
+        item = call.arguments.get("item", "")
+        if call.name == "check_stock":
+            return Observation(content=str(self.world["stock"].get(item, 0)))
+        if call.name == "list_orders":
+            return Observation(content=", ".join(self.world["orders"]) or "none")
+        if self.world["stock"].get(item, 0) < 1:
+            return Observation(content=f"Error: no {item} left", is_error=True)
+        self.world["stock"][item] -= 1
+        self.world["orders"].append(item)
+        return Observation(content=f"ordered 1 {item}")
+
+    def snapshot(self) -> Any:
+        self._check_open()
+        return copy.deepcopy(self.world)
+
+    def restore(self, snapshot: Any) -> None:
+        self._check_open()
+        self.world = copy.deepcopy(snapshot)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RestoreHandsOverTheSnapshot(ShelfSandbox):
+    def restore(self, snapshot: Any) -> None:
+        self._check_open()
+        self.world = snapshot  # the next branch writes into the snapshot
+
+
+class RestoreCopiesShallowly(ShelfSandbox):
+    def restore(self, snapshot: Any) -> None:
+        self._check_open()
+        self.world = dict(snapshot)  # the stock dict and the orders list are the snapshot's own
+
+
+class SnapshotIsTheWorld(ShelfSandbox):
+    def snapshot(self) -> Any:
+        self._check_open()
+        return self.world
+
+
+class SnapshotCopiesShallowly(ShelfSandbox):
+    def snapshot(self) -> Any:
+        self._check_open()
+        return dict(self.world)
+
+
+SHELF = {
+    "environment": {"stock": {"apple": 3}},
+    "mutate": ToolCall(id="m", name="order_item", arguments={"item": "apple"}),
+    "read": ToolCall(id="r", name="check_stock", arguments={"item": "apple"}),
+}
+SHELF_TWO_READS = {**SHELF, "read": [SHELF["read"], ToolCall(id="r2", name="list_orders", arguments={})]}
+RESTORE_ALIASES = "restore() hands the snapshot itself (or a shallow copy of it) to the world"
+SNAPSHOT_ALIASES = "snapshot() returns the live world or a shallow copy of it"
+
+
+def test_a_sandbox_that_copies_its_world_deeply_passes() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_sandbox(ShelfSandbox, **copy.deepcopy(SHELF))
+        check_sandbox(ShelfSandbox, **copy.deepcopy(SHELF_TWO_READS), subprocess_isolation=True)
+
+
+@pytest.mark.parametrize("probe", [SHELF, SHELF_TWO_READS], ids=["one-read", "two-reads"])
+@pytest.mark.parametrize("isolation", [False, True, None], ids=["in-process", "subprocess", "default"])
+@pytest.mark.parametrize(
+    ("make", "cause", "fix"),
+    [
+        (RestoreHandsOverTheSnapshot, RESTORE_ALIASES, "Copy it deeply in restore()"),
+        (RestoreCopiesShallowly, RESTORE_ALIASES, "Copy it deeply in restore()"),
+        (SnapshotIsTheWorld, SNAPSHOT_ALIASES, "Copy the world deeply in snapshot()"),
+        (SnapshotCopiesShallowly, SNAPSHOT_ALIASES, "Copy the world deeply in snapshot()"),
+    ],
+    ids=["restore-aliases", "restore-shallow", "snapshot-aliases", "snapshot-shallow"],
+)
+def test_a_restore_or_snapshot_sharing_the_world_is_named_not_blamed_on_the_clock_or_outside_state(
+    make: Callable[[], Any], cause: str, fix: str, isolation: bool | None, probe: dict[str, Any]
+) -> None:
+    """The kit failed these (the most common mistakes in a hand-written sandbox), but blamed a tool showing the clock or
+    random numbers, state outside the world, or a snapshot whose pickled copy points at the world: none of them here.
+    It now tells them apart: a deep copy of the snapshot still restores the world, the snapshot itself no longer does,
+    having changed during a branch (restore) or as the world changed after it was taken (snapshot)."""
+    with warnings.catch_warnings(record=True) as warned, pytest.raises(AssertionError) as failed:
+        warnings.simplefilter("always")
+        check_sandbox(make, **copy.deepcopy(probe), subprocess_isolation=isolation)
+    for message in [str(failed.value), *(str(w.message) for w in warned)]:
+        assert cause in message and fix in message, message
+        assert "the clock" not in message and "outside the world" not in message, message
+        assert "points at it" not in message, message

@@ -83,12 +83,31 @@ class DeclaresWithoutAHint(PythonSandbox):
         return None
 
 
+PAGED: list[str] = []
+"""What the sandboxes below really did outside their world: on-call pages sent (the e-mail, the page a user's tool sends)."""
+
+
 class RunsADeclaredTool(PythonSandbox):
-    """Declares page_oncall, yet executes it when asked (it would page someone on every call replay made)."""
+    """Declares page_oncall (not covered), yet its execute() would page someone if asked; answers with an error, or with
+    ``succeeds``, as if it had worked. Replay never asks it: it calls only the tools a sandbox covers."""
+
+    def __init__(self, *args: Any, succeeds: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.succeeds = succeeds
 
     def execute(self, call: ToolCall) -> Observation:
-        if call.name == "page_oncall":
-            return Observation(content="paged identity")
+        if self.acts_outside_world(call.name):
+            PAGED.append(call.name)
+            return Observation(content="paged identity", is_error=not self.succeeds)
+        return super().execute(call)
+
+
+class RecordsTheToolsItRuns(PythonSandbox):
+    """Notes every tool its execute() runs: whatever the kit is told, it must never run a tool declared outside."""
+
+    def execute(self, call: ToolCall) -> Observation:
+        if self.acts_outside_world(call.name):
+            PAGED.append(call.name)
         return super().execute(call)
 
 
@@ -120,17 +139,12 @@ def _page(world: dict[str, int], team: str = "identity") -> str:
             r"refusal_hint\('page_oncall'\) must say why replay never calls it",
         ),
         (
-            functools.partial(RunsADeclaredTool, build_world, tools=TOOLS, outside_world_tools=["page_oncall"]),
-            ["page_oncall"],
-            r"execute\(page_oncall\) must give an error observation",
-        ),
-        (
             functools.partial(PythonSandbox, build_world, tools=TOOLS),
             ["page_oncall"],
             r"acts_outside_world\('page_oncall'\) must be true",
         ),
     ],
-    ids=["declares-a-covered-tool", "covers-a-declared-tool", "declares-everything", "no-hint", "runs-it", "not-declared"],
+    ids=["declares-a-covered-tool", "covers-a-declared-tool", "declares-everything", "no-hint", "not-declared"],
 )
 def test_a_broken_declaration_fails_with_the_broken_promise(make: Any, declared: Any, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
@@ -156,3 +170,28 @@ def test_a_sandbox_without_refusal_hint_that_declares_a_tool_is_told_to_add_one(
     message = str(failed.value)
     assert "refusal_hint('page_oncall') must say why replay never calls it" in message, message
     assert "add a refusal_hint(tool_name) method" in message, message
+
+
+@pytest.mark.parametrize("succeeds", [False, True], ids=["answers-an-error", "answers-as-if-it-worked"])
+def test_the_kit_never_runs_a_tool_declared_outside_the_world(succeeds: bool) -> None:
+    """The kit checked 'never executed' by executing the declared tool: against a sandbox that runs it, the user's own
+    test suite paged someone (sent the e-mail), and a sandbox that ran it but answered with an error passed. Replay
+    calls only the tools a sandbox covers (a declared tool is refused before execute), so what it relies on is the
+    declaration (declared, not covered, a refusal hint), which the kit checks; it no longer calls the tool."""
+    PAGED.clear()
+    make = functools.partial(RunsADeclaredTool, build_world, tools=TOOLS, outside_world_tools=["page_oncall"], succeeds=succeeds)
+    check_sandbox(make, **probe(), outside_world_tools=["page_oncall"])
+    assert PAGED == [], "the kit ran a tool the sandbox declares to act outside its world"
+
+
+def test_the_kit_runs_no_tool_declared_outside_the_world_even_one_it_was_given_to_call() -> None:
+    """A sandbox declaring the tool the kit is given as its mutating call fails for it, before the kit calls anything."""
+    PAGED.clear()
+
+    class DeclaresTheMutatingTool(RecordsTheToolsItRuns):
+        def acts_outside_world(self, tool_name: str) -> bool:
+            return tool_name == "add"
+
+    with pytest.raises(AssertionError, match=r"covers\('add'\) and acts_outside_world\('add'\) are both true"):
+        check_sandbox(functools.partial(DeclaresTheMutatingTool, build_world, tools=TOOLS), **probe())
+    assert PAGED == [], "the kit ran a tool the sandbox declares to act outside its world"
