@@ -278,6 +278,21 @@ def _failures(rows: list[dict[str, Any]], suites: list[str] | None = None, limit
     return sorted(by_task.values(), key=lambda row: rank[row["suite"]])  # stable: each suite's rows keep their order
 
 
+def failures_left_out(rows: list[dict[str, Any]], shown: list[dict[str, Any]]) -> str:
+    """The line under the "First failures" table of ``shown`` (:func:`_failures`) that counts the failed tasks it leaves
+    out, per suite when more than one suite has some (``... and 30 more failed tasks (see results.parquet)``); "" when
+    it lists every failed task."""
+    listed = {(r["suite"], r["task_id"]) for r in shown}
+    rank = {suite: i for i, suite in enumerate(dict.fromkeys(r["suite"] for r in shown))}  # the table's order of suites
+    more = Counter(suite for suite, task in {(r["suite"], r["task_id"]) for r in rows if not r["success"]} - listed)
+    if not more:
+        return ""
+    total = sum(more.values())
+    suites = sorted(more.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0]))
+    where = ", ".join(f"{suite}: {n}" for suite, n in suites) + "; " if len(more) > 1 else ""
+    return f"... and {total} more failed task{'s' if total > 1 else ''} ({where}see results.parquet)"
+
+
 def rate_text(suite: dict[str, Any], key: str) -> str:
     """A summary's rate as a percentage; ``no task`` for a suite that scored none (0.0% would read as all failed)."""
     return f"{100 * suite[key]:.1f}%" if suite["tasks"] and suite.get(key) is not None else "no task"
@@ -432,6 +447,9 @@ def markdown_report(
         ]
         for r in failed:
             lines.append(f"| {_cell(r['suite'])} | {_cell(r['task_id'])} | {r['trial']} | {_cell((r['reason'] or '')[:REASON_CHARS])} |")
+        more = failures_left_out(rows, failed)
+        if more:
+            lines += ["", _cell(more)]
     return "\n".join(lines) + "\n"
 
 
@@ -481,6 +499,9 @@ def html_report(
             for r in failed
         ]
         body.append("</table>")
+        more = failures_left_out(rows, failed)
+        if more:
+            body.append(f"<p>{e(more)}</p>")
     style = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
     )
