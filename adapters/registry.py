@@ -33,7 +33,7 @@ import shutil
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -61,7 +61,7 @@ from ee_middleware.adapters.records import (
 )
 from ee_middleware.errors import StoreCorruptionWarning
 from ee_middleware.messages import finite_or_null
-from ee_middleware.plugins import FACTORY_SPEC, PluginKind
+from ee_middleware.plugins import FACTORY_SPEC, PluginKind, _did_you_mean
 
 INDEX_SCHEMA_VERSION = 1
 DEFAULT_MAX_LORA_RANK = 16
@@ -605,10 +605,16 @@ def _new_app() -> dict[str, Any]:
     return {"live": None, "previous": [], "versions": 0}
 
 
+def no_app_message(app: str, apps: Iterable[str]) -> str:
+    """What ``rollback``, ``list --app`` and the like say of an app the registry has never held (``apps``: the ones it
+    has): that it holds none by that name and, for a near miss, the one it probably means."""
+    return f"No app named {app!r} in the registry{_did_you_mean(app, sorted(apps), quoted=True)}. See `ee adapters list`."
+
+
 def _rollback_name(index: dict[str, Any], app: str) -> str:
     entry = index["apps"].get(app)
     if entry is None:
-        raise AdapterNotFoundError(f"No app named {app!r} in the registry. See `ee adapters list`.")
+        raise AdapterNotFoundError(no_app_message(app, index["apps"]))
     usable = [n for n in entry["previous"] if index["adapters"][n]["status"] == Status.retired]
     if not usable and entry.get("live") is None:
         raise InvalidTransitionError(
