@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from ee_middleware._lifetime import stopping_signal
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
@@ -133,14 +134,25 @@ def run_cmd(
     job = EvalJob.load(config, **overrides)
     out_console = console()
     bars = _Bars(progress_console()) if progress and not as_json else None
-    try:
-        # what the model's or the sandbox's code prints goes to stderr (stdout holds the answer alone); a traces: suite
-        # on a damaged store is refused unless --allow-partial
-        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            summary = run_eval(job, progress=bars.update if bars else None)
-    finally:
+    counted: dict[str, tuple[int, int]] = {}  # suite -> (task trials done, its task trials), for the line an interrupt prints
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        counted[name] = (done, total)
         if bars:
-            bars.stop()
+            bars.update(name, done, total)
+
+    try:
+        try:
+            # what the model's or the sandbox's code prints goes to stderr (stdout holds the answer alone); a traces:
+            # suite on a damaged store is refused unless --allow-partial
+            with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
+                summary = run_eval(job, progress=on_progress)
+        finally:
+            if bars:
+                bars.stop()
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
+        _say_interrupted(job, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
+        raise
     warnings = [line for text in (unanswered_warning(summary), never_answered_warning(summary)) for line in text.splitlines() if line]
     cut = cut_warning(summary, job.max_tokens)
     text_calls = text_calls_note(summary)
@@ -160,6 +172,32 @@ def run_cmd(
             for text in warnings:
                 typer.echo(f"error: {text.removeprefix('Warning: ')}", err=True)
         raise typer.Exit(1)
+
+
+def _say_interrupted(job: Any, signal_name: str, counted: dict[str, tuple[int, int]]) -> None:
+    """One line on stderr for a run stopped by a signal: how many task trials are done and where their results are, and
+    that the same command resumes it (``counted``: each suite's task trials done and in all, as last reported)."""
+    from ee_middleware.evals.runner import JOURNAL
+
+    unit = "tasks" if job.trials == 1 else "task trials"
+    if not counted:
+        typer.secho(
+            f"interrupted: the evaluation stopped ({signal_name}) before it ran any task. Run the same command again to run it.",
+            err=True,
+            fg="yellow",
+        )
+        return
+    done, total = (sum(numbers) for numbers in zip(*counted.values(), strict=True))
+    running = ""
+    if done < total:
+        running = " (those its workers were running included)" if job.workers > 1 else " (the one it was running included)"
+    typer.secho(
+        f"interrupted: the evaluation stopped ({signal_name}) with {done} of {total} {unit} done; their results are in "
+        f"{Path(job.out) / JOURNAL}. Run the same command again to resume: it runs only the {unit} not done{running}. "
+        f"`ee eval gate` refuses this run ({job.out}) until it is complete.",
+        err=True,
+        fg="yellow",
+    )
 
 
 def never_answered_warning(summary: list[dict[str, Any]], limit: int = 300) -> str:
