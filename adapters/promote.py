@@ -490,11 +490,36 @@ def last_gate(record: AdapterRecord) -> dict[str, Any] | None:
     Reads both shapes: ``ee eval gate --adapter`` (``kind: gate``, ``passed``, ``reasons``) and the improve
     job's (``gate_passed``, ``gate_reasons``)."""
     for entry in reversed(record.evals or []):
-        if entry.get("kind") == "gate" and isinstance(entry.get("passed"), bool):
-            return {"passed": entry["passed"], "reasons": list(entry.get("reasons") or []), "at": entry.get("at")}
-        if isinstance(entry.get("gate_passed"), bool):
-            return {"passed": entry["gate_passed"], "reasons": list(entry.get("gate_reasons") or []), "at": entry.get("at")}
+        verdict = gate_verdict(entry)
+        if verdict is not None:
+            return {key: verdict[key] for key in ("passed", "reasons", "at")}
     return None
+
+
+def gate_verdict(entry: Any) -> dict[str, Any] | None:
+    """The gate decision one of an adapter's evals records, None for an eval that is no gate decision: ``passed``,
+    ``reasons``, ``at``, ``runs`` (what was compared, in words: ``ee eval gate --adapter``'s candidate and baseline run
+    folders, or the ``ee improve`` run and its baseline; None when the entry names none) and ``notes`` (the gate's
+    remarks that decided nothing). Reads both shapes, as :func:`last_gate`."""
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("kind") == "gate" and isinstance(entry.get("passed"), bool):
+        passed, reasons = entry["passed"], entry.get("reasons")
+        compared = [f"{side} run {entry[f'{side}_run']}" for side in ("candidate", "baseline") if entry.get(f"{side}_run")]
+    elif isinstance(entry.get("gate_passed"), bool):
+        passed, reasons = entry["gate_passed"], entry.get("gate_reasons")
+        compared = [f"ee improve run {entry['run']}"] if entry.get("run") else []
+        compared += [f"baseline {entry['baseline']}"] if entry.get("baseline") else []
+    else:
+        return None
+    notes = entry.get("notes")
+    return {
+        "passed": passed,
+        "reasons": [str(reason) for reason in reasons or []] if isinstance(reasons, list) else [str(reasons)] if reasons else [],
+        "at": entry.get("at"),
+        "runs": ", ".join(compared) or None,
+        "notes": [str(note) for note in notes] if isinstance(notes, list) else [],
+    }
 
 
 def _check_servable(registry: AdapterRegistry, record: AdapterRecord) -> None:

@@ -246,12 +246,45 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
             )
         )
         out.print(escape(f"datasets: {datasets or '-'}"))
+    verdicts = _gate_verdicts(record)
+    for position, (_, verdict) in enumerate(verdicts):
+        said = "PASS" if verdict["passed"] else "FAIL"
+        out.print(escape(f"gate {_when(verdict['at'])}: {said}" + (f" ({verdict['runs']})" if verdict["runs"] else "")))
+        for reason in verdict["reasons"]:
+            out.print(escape(f"    - {reason}"))
+        for note in verdict["notes"]:
+            out.print(escape(f"    note: {note}"))
+        if position == len(verdicts) - 1 and not verdict["passed"]:
+            out.print(escape(f"    its last gate failed: ee adapters promote {name} refuses it unless --ignore-gate"))
+    gates = _gate_of_eval_event(record, history)
     for event in history:
         applied = "" if event.get("applied", True) else "  (interrupted: not applied)"
+        gate = gates.get(id(event))
+        verdict = "" if gate is None else f"  (gate {'PASS' if gate['passed'] else 'FAIL'})"
         line = (
-            f"  {_when(event.get('at'))}  {_said(event.get('action')):<16} by {_said(event.get('by'))}{_replacement(event, name)}{applied}"
+            f"  {_when(event.get('at'))}  {_said(event.get('action')):<16} by {_said(event.get('by'))}"
+            f"{_replacement(event, name)}{verdict}{applied}"
         )
         out.print(escape(line))
+
+
+def _gate_verdicts(record: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The gate decisions among ``record``'s evals, oldest first, each with its position in the evals
+    (:func:`~ee_middleware.adapters.promote.gate_verdict`)."""
+    from ee_middleware.adapters.promote import gate_verdict
+
+    verdicts = [(i, gate_verdict(entry)) for i, entry in enumerate(record.evals or [])]
+    return [(i, verdict) for i, verdict in verdicts if verdict is not None]
+
+
+def _gate_of_eval_event(record: Any, history: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The gate decision each ``eval`` event of ``record``'s history recorded, by the event's ``id()``: the n-th applied
+    eval event added the n-th of its evals. Nothing where the two do not pair up (a registry plug-in keeping them
+    otherwise): the verdicts are then shown above the history alone."""
+    events = [e for e in history if e.get("action") == "eval" and e.get("adapter") == record.name and e.get("applied", True)]
+    if len(events) != len(record.evals or []):
+        return {}
+    return {id(events[i]): verdict for i, verdict in _gate_verdicts(record)}
 
 
 def _when(value: Any) -> str:
