@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ee_middleware._toml import build_config, finite_seconds, layered_values
+from ee_middleware.errors import ConfigError
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import SuiteSettings
 
@@ -59,8 +60,23 @@ class EvalJob(BaseModel):
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> EvalJob:
         """Defaults <- TOML ``[eval]`` table <- ``overrides``. ``nightly``: ``path`` is ee improve's file, read for its
-        evaluate stage, so it may leave ``[eval]`` out."""
-        return build_config(cls, layered_values(path, "eval", overrides, job="eval job", nightly=nightly), "eval")
+        evaluate stage, so it may leave ``[eval]`` out.
+
+        An ``endpoint`` key (the ``--endpoint`` flag has no key of its own) is an error that names the key it and
+        ``--model`` make, ``model = "openai:URL#NAME"`` (:func:`served_model_hint`), besides the table's other problems."""
+        values = layered_values(path, "eval", overrides, job="eval job", nightly=nightly)
+        endpoint = ""
+        if "endpoint" in values:
+            endpoint = f"endpoint: not an [eval] key: {served_model_hint(values.pop('endpoint'), values.get('model'))}"
+        try:
+            job = build_config(cls, values, "eval")
+        except ConfigError as exc:
+            if not endpoint:
+                raise
+            raise ConfigError(f"{INVALID}{endpoint}; {str(exc).removeprefix(INVALID)}") from None
+        if endpoint:
+            raise ConfigError(INVALID + endpoint)
+        return job
 
     def loop_config(self) -> LoopConfig:
         return LoopConfig(
@@ -122,6 +138,32 @@ class EvalJob(BaseModel):
     def run_key(self) -> str:
         """A digest of :meth:`run_settings` (recorded in ``run.json``; holds no credential, not even hashed)."""
         return hashlib.sha256(json.dumps(self.run_settings(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+INVALID = "Invalid eval configuration: "
+"""How an [eval] table's problems begin (:func:`~ee_middleware._toml.build_config`'s, for the ``eval`` job)."""
+
+
+def served_model_hint(endpoint: Any = None, name: Any = None) -> str:
+    """What the ``model`` key holds for a model an OpenAI-compatible server serves, which the flags give as ``--endpoint
+    URL --model NAME``: ``model = "openai:URL#NAME"``, and the file's own values in it where they are these (``endpoint``: the
+    URL; ``name``: a served model's bare name, not a model spec)."""
+    url = endpoint if isinstance(endpoint, str) and endpoint.strip() else "URL"
+    served = name if is_bare_model_name(name) else "NAME"
+    text = '--endpoint URL with --model NAME is model = "openai:URL#NAME"'
+    return text if (url, served) == ("URL", "NAME") else f'{text}, here model = "openai:{url}#{served}"'
+
+
+def is_bare_model_name(model: Any) -> bool:
+    """Whether ``model`` reads as a served model's name (``base``, ``my-adapter``), which no model spec is but an installed
+    ``ee_middleware.models`` entry point's, ``oracle`` and ``noop``: no ``:``, no path."""
+    if not isinstance(model, str) or not model.strip() or model.strip() in ("oracle", "noop"):
+        return False
+    if any(mark in model for mark in (":", "/", "\\")) or model.startswith("."):
+        return False
+    from ee_middleware.models.spec import CHAT_CLIENTS
+
+    return model.strip() not in CHAT_CLIENTS.installed()
 
 
 def settings_changes(

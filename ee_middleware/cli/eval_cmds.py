@@ -110,7 +110,8 @@ def run_cmd(
     (cut_answers) with a warning; the run still counts as done. So does a suite that scored no task (it loaded none, or
     left every one out): a warning on stderr names it, its success_rate and pass_hat_k are null, and the gate refuses it.
     """
-    from ee_middleware.evals.job import EvalJob
+    from ee_middleware.errors import ModelError
+    from ee_middleware.evals.job import EvalJob, is_bare_model_name
     from ee_middleware.evals.report import cut_warning, mixed_models_warning, no_task_warning, text_calls_note, unanswered_warning
     from ee_middleware.evals.runner import run_eval
 
@@ -153,6 +154,14 @@ def run_cmd(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
         _say_interrupted(job, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
         raise
+    except ModelError as exc:  # the model could not be built: the file's model may be a served model's bare name
+        if config is None or overrides["model"] is not None or not is_bare_model_name(job.model):
+            raise
+        raise ModelError(
+            f"{exc} In the [eval] table of {config}, model is a whole model spec, not the served model's name that --model "
+            f"gives: for a model an OpenAI-compatible server serves as {job.model!r}, write model = "
+            f'"openai:URL#{job.model}" (what --endpoint URL --model {job.model} give).'
+        ) from exc
     warnings = [line for text in (unanswered_warning(summary), never_answered_warning(summary)) for line in text.splitlines() if line]
     cut = cut_warning(summary, job.max_tokens)
     text_calls = text_calls_note(summary)
