@@ -117,10 +117,15 @@ def test_runs_recorded_on_one_thread_id_get_a_warning_naming_it_in_datasets_json
         opened.approve(frame["id"].to_list(), by="alice")
         on_thread = set(frame.filter(pl.col("thread_id") == "1")["id"].to_list())
         earliest = frame.filter(pl.col("thread_id") == "1").sort("started_at", "id")["id"][0]
+        solo = frame.filter(pl.col("thread_id") == "solo-13")["id"][0]
     finally:
         opened.close()
     out = tmp_path / "data"
-    result = runner.invoke(app, ["datasets", "build", "--store", str(store), "--out", str(out), "--kinds", "il", "--heldout-share", "0.2"])
+    listed = tmp_path / "heldout.txt"
+    listed.write_text(solo + "\n")  # one solo run held out (a 0.2 share of random ids held out all 3 units 0.8% of runs)
+    result = runner.invoke(
+        app, ["datasets", "build", "--store", str(store), "--out", str(out), "--kinds", "il", "--heldout-ids", str(listed)]
+    )
     assert result.exit_code == 0, result.output
     units: dict[str, Any] = json.loads((out / "datasets.json").read_text())["split"]["units"]
     thread = units["largest"]["linked_by"]["thread"]
