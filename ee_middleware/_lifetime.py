@@ -166,6 +166,13 @@ def termination_as_interrupt() -> Iterator[None]:
             _STOPPED_BY.clear()
 
 
+SIGNAL_CHECK_S = 0.2
+"""How often a command's main thread, while it waits on its workers, wakes to run the signal handlers. Only the main
+thread runs them, and the kernel may deliver a signal (a Ctrl-C to the process group, a SIGTERM) to another of the
+process's threads (a library's native threads: polars's, tqdm's monitor); a blocking wait of the main thread is then
+not woken, and the signal is acted on only when the wait ends, never while the workers hang."""
+
+
 _SILENCED: set[int] = set()
 """The signals :func:`termination_as_interrupt` ignores because a first one stopped the command (its clean-up runs)."""
 

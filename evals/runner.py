@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware._lifetime import die_with_parent
+from ee_middleware._lifetime import SIGNAL_CHECK_S, die_with_parent
 from ee_middleware._locks import holder_lock
 from ee_middleware._version import __version__
 from ee_middleware.errors import ConfigError, EEError, ModelRequestError
@@ -1000,7 +1000,10 @@ def _in_processes(
             if not queued and not any(slot.items for slot in slots):
                 return
             rows = []
-            ready = set(connection_wait([handle for slot in slots for handle in (slot.conn, slot.process.sentinel)]))
+            handles = [handle for slot in slots for handle in (slot.conn, slot.process.sentinel)]
+            ready: set[Any] = set()
+            while not ready:  # woken to run the signal handlers: a Ctrl-C another thread took still stops a hung run
+                ready = set(connection_wait(handles, SIGNAL_CHECK_S))
             for slot in list(slots):
                 if slot.conn not in ready and slot.process.sentinel not in ready:
                     continue

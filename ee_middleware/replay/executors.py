@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ee_middleware._lifetime import die_with_parent, second_signal_ends
+from ee_middleware._lifetime import SIGNAL_CHECK_S, die_with_parent, second_signal_ends
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import (
     EEError,
@@ -1243,15 +1243,9 @@ class ProcessExecutor:
             _join(ender)
 
 
-_SIGNAL_CHECK_S = 0.2
-"""How often the job's thread, while it waits on its workers, runs the signal handlers. Only the main thread runs them,
-and the kernel may deliver a signal to another of the job's threads (a library's native threads: polars's); a blocking
-wait of the main thread is then not woken, and the signal was acted on only once a worker's call came back."""
-
-
 def _first_done(futures: Iterable[Future[Any]]) -> set[Future[Any]]:
     """``concurrent.futures.wait(futures, return_when=FIRST_COMPLETED)``'s done set, waking every
-    :data:`_SIGNAL_CHECK_S` so that a signal is acted on at once (see there). And it never waits inside a
+    :data:`~ee_middleware._lifetime.SIGNAL_CHECK_S` so that a signal is acted on at once (see there). And it never waits inside a
     :class:`threading.Condition`: a signal handler that raises (Ctrl-C, SIGTERM) there can leave the condition's lock
     released, and the stop then surfaced as ``RuntimeError: release unlocked lock``."""
     futures = list(futures)
@@ -1260,16 +1254,16 @@ def _first_done(futures: Iterable[Future[Any]]) -> set[Future[Any]]:
         future.add_done_callback(arrived.put)
     while True:
         try:
-            arrived.get(timeout=_SIGNAL_CHECK_S)
+            arrived.get(timeout=SIGNAL_CHECK_S)
         except queue.Empty:
             continue
         return {future for future in futures if future.done()}
 
 
 def _join(thread: threading.Thread) -> None:
-    """``thread.join()``, waking every :data:`_SIGNAL_CHECK_S` to run the signal handlers (see there)."""
+    """``thread.join()``, waking every :data:`~ee_middleware._lifetime.SIGNAL_CHECK_S` to run the signal handlers (see there)."""
     while thread.is_alive():
-        thread.join(_SIGNAL_CHECK_S)
+        thread.join(SIGNAL_CHECK_S)
 
 
 def _signal_process(process: multiprocessing.process.BaseProcess | None, sig: signal.Signals) -> None:

@@ -3,6 +3,7 @@ it was running, and the run goes on with a new process (real worker processes, k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -347,6 +348,47 @@ def test_a_stopped_run_ends_its_hung_workers_all_at_once(
         run_eval(_job(tmp_path, "hangs", suite="bfcl:simple:6", workers=3))
     took = time.monotonic() - stopped[0]
     assert took < 8, f"stopping 3 hung workers took {took:.1f} s (each may take 5 s after SIGTERM before it is killed)"
+    assert not outliving()
+
+
+def test_a_ctrl_c_another_thread_took_still_stops_a_run_whose_workers_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outliving: Callable[[], set[int]]
+) -> None:
+    """The kernel may hand a process's Ctrl-C to any of its threads (the main thread already had a signal pending, under
+    load). Only the main thread runs Python's handlers, and it waited for its workers' rows without a timeout: a Ctrl-C
+    another thread took was acted on only when a row came, never while the workers hung (a CI run hung 300 s so). Here
+    the main thread blocks SIGINT, so the kernel must give it to the watcher; the watcher kills the hung workers after
+    20 s, which ended the wait before the fix."""
+    import threading
+    import time
+
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    monkeypatch.setenv("EE_TEST_HUNG", str(hung))
+    stopped: list[float] = []
+
+    def interrupt_when_all_hang() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # it starts with the main thread's mask
+        deadline = time.monotonic() + 60
+        while len(list(hung.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(20)
+        for pid in (int(p.name) for p in hung.iterdir()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        watcher = threading.Thread(target=interrupt_when_all_hang, daemon=True)
+        watcher.start()
+        with pytest.raises(KeyboardInterrupt):
+            run_eval(_job(tmp_path, "hangs", suite="bfcl:simple:4", workers=2))
+        took = time.monotonic() - stopped[0]
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    assert took < 15, f"the Ctrl-C was acted on {took:.1f} s after it came (when the watcher killed the workers)"
     assert not outliving()
 
 
