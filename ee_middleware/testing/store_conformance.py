@@ -1,7 +1,7 @@
 """A conformance kit for experience stores: run it against any implementation.
 
 from ee_middleware.testing import check_store
-check_store(lambda: MyStore(tmp_path / "s"))
+check_store(functools.partial(MyStore, tmp_path / "s"))   # or a spec: check_store("mystore:/tmp/s")
 
 It exercises every member of :class:`~ee_middleware.store.protocol.ExperienceStore` the way capture,
 ``ee traces``, the replay job and dataset building use them: trajectories and approvals (with the
@@ -15,14 +15,60 @@ It also checks the metadata blobs the store keeps for redaction (the optional ``
 through another handle too, and ``exclusive=True`` writes only where nothing is yet, one winner among writers racing.
 A store that keeps none passes with a :class:`~ee_middleware.store.metadata.MetadataNotKeptWarning` saying what
 that loses.
+
+Last comes the crash check (``check_store(..., crash=...)``, on by default). A child process opens the store with
+``make_store`` and makes four calls: ``write()`` of a new trajectory, ``write_replay()`` of a record with its three
+rollouts, ``write()`` of two larger ones, ``write_replay()`` of a record with two. A first run goes to the end and counts
+the kill points on the way: right after each call that changes something outside the process (an ``open()`` for
+writing, ``os.replace``/``os.rename``, ``os.remove``, ``os.mkdir``, ``os.truncate``, ``os.link``, ``sqlite3.connect``,
+``socket.connect``, seen through an audit hook; a C function or method that writes, flushes or commits: ``write``,
+``flush``, ``fsync``, ``commit``, ``execute``, ``send``..., seen through a profile function), and right after each
+store call returns. Then one run per kill point (at most :data:`CRASH_MAX_KILLS`, spread over them; within
+:data:`CRASH_BUDGET_S`), each with new ids, that sends itself SIGKILL there. After each run, a new handle in this
+process must open and read the store without raising, show every trajectory whose ``write()`` returned (in that run,
+every earlier one and before the check) exactly as written, keep every approval decision, and show no replay record of
+the check without all of its rollouts. A failure names the promise, where the writer was killed (the call, and the
+file), what a new handle showed, and the fix. The kill points are found, not timed, so a store fails or passes at the
+same point on every run (unless what its writes do depends on the clock or chance).
+
+What the crash check proves, for those calls on a handle in a fresh process: a process killed at any point where it
+had changed something through Python loses nothing ``write()`` had returned for, leaves nothing unreadable, and never
+makes a replay record visible before its rollouts. So it fails a store that rewrites a file in place (open for
+writing, which empties it, then write), writes a replay's record before its rollouts, or holds writes in memory or in a
+buffer when ``write()`` returns. What it does not prove: that what the kernel holds reaches the disk (machine crashes,
+power loss: a missing ``fsync`` of a file, or of its folder after a rename, is not found, nor a write torn inside one
+system call); crashes inside one native call (a C or Rust library writing a file in several steps, a database's own
+commit: SQLite's journal keeps that safe), or in other threads and processes of the store's except where the calling
+thread passes a kill point; other calls (``set_approval``, ``compact``, ``write_meta``), writers running at once with
+the one killed, or stores on other machines (an object store's consistency). Replays that ``write_replay()`` returned
+for may be lost (the protocol allows it: the next run makes them again); only their order is checked.
+
+It needs ``fork()`` (Linux, macOS) and a factory the child process can import: a store spec, a module-level function
+or class, ``functools.partial(MyStore, path)``, but not a lambda. Without them the check is skipped with a
+:class:`CrashCheckWarning` saying why (``crash=True`` makes that an error; ``crash=False`` skips it quietly, for a store
+that lives in one process's memory). It takes a few seconds: a fresh interpreter, then one forked writer per kill point.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import io
+import json
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
 import threading
+import time
+import traceback
+import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
@@ -142,11 +188,26 @@ def sample_replay_record(
     )
 
 
-def check_store(make_store: MakeStore) -> None:
+def check_store(make_store: MakeStore | str, *, crash: bool | None = None) -> None:
     """Assert the store protocol's behaviour. ``make_store`` must open the *same* store each call.
+
+    Args:
+        make_store: opens a handle on the store under test, the same store each call; or a store spec as
+            ``--store`` takes it (``NAME:LOCATION``, ``package.module:factory``), opened with
+            :func:`~ee_middleware.store.registry.open_store`.
+        crash: whether to run the crash check last (see the module docstring). It runs the store's writes in a child
+            process, which must build the store from ``make_store``, so ``make_store`` must pickle: a store spec, a
+            module-level function or class, or ``functools.partial(MyStore, path)`` (not a lambda). ``None``
+            (default): run it where it can run, else warn with a :class:`CrashCheckWarning` saying why; ``True``: the
+            same, but a factory that cannot run it is a :class:`TypeError` and any other reason it cannot run a
+            failure; ``False``: skip it (a store that lives in one process's memory, which no crash leaves anything
+            of).
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
+    make_store = _store_factory(make_store)
+    if crash:
+        _crash_check_possible(make_store, required=True)
     store = make_store()
     _check_trajectories(store, make_store)
     _check_approvals(store)
@@ -155,6 +216,22 @@ def check_store(make_store: MakeStore) -> None:
     _check_metadata(store, make_store)
     _check_compaction(store, make_store)
     _check_info_and_close(store, make_store)
+    if crash is not False:
+        _check_crashes(make_store, required=bool(crash))
+
+
+def _store_factory(make_store: MakeStore | str) -> MakeStore:
+    """``make_store`` as a function that opens the store: a spec is opened as ``--store`` opens it."""
+    if isinstance(make_store, str):
+        from ee_middleware.store.registry import open_store
+
+        return functools.partial(open_store, make_store)
+    if not callable(make_store):
+        raise TypeError(
+            "check_store needs a function that opens the store under test (the same store each call), or a store spec "
+            f"('NAME:LOCATION', 'package.module:factory'); got a {type(make_store).__name__}."
+        )
+    return make_store
 
 
 # --- trajectories and approvals -----------------------------------------------------------------------
@@ -164,9 +241,18 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
     assert store.trajectories().height == 0, "a new store must be empty"
     assert store.rollouts().height == 0 and store.replays().height == 0, "a new store has no rollouts and no replay records"
     originals = [sample_trajectory(i, steps=n + 1) for n, i in enumerate((A, B, C))]
-    assert store.write(originals) == 3
-    assert store.trajectories()["id"].to_list() == [A, B, C], "trajectories come back in write order"
-    assert make_store().trajectories()["id"].to_list() == [A, B, C], "another handle sees a write as soon as write() returns"
+    written = store.write(originals)
+    assert written == 3, f"write() returns how many trajectories it wrote: it returned {written!r} for 3"
+    shown = store.trajectories()["id"].to_list()
+    assert shown == [A, B, C], (
+        f"trajectories come back in write order, on the handle that wrote them as soon as write() returns: write() returned "
+        f"{written} for {[A, B, C]} but trajectories() on the same handle shows {_ids(shown)}"
+    )
+    shown = make_store().trajectories()["id"].to_list()
+    assert shown == [A, B, C], (
+        f"another handle sees a write as soon as write() returns: write() returned {written} for {[A, B, C]} but "
+        f"trajectories() on a new handle shows {_ids(shown)}"
+    )
     assert store.get(C) == originals[2], "a trajectory must round-trip exactly"
     assert store.steps([B]).height == 3 and store.steps().height == 2 + 3 + 4
     assert store.write([originals[0]]) == 1
@@ -260,8 +346,15 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
     ordered = sorted(b_rollouts, key=lambda r: (r.step_index, r.branch_index)) + c_rollouts
     frame = store.rollouts()
     _expect_columns(frame, "rollouts")
-    assert frame["id"].to_list() == [r.id for r in ordered], "rollouts come back ordered by trajectory, step and branch"
-    assert make_store().rollouts().height == 6, "another handle sees rollouts as soon as write_replay() returns"
+    assert frame["id"].to_list() == [r.id for r in ordered], (
+        f"rollouts come back ordered by trajectory, step and branch: expected {[r.id for r in ordered]}, "
+        f"rollouts() shows {_ids(frame['id'].to_list())}"
+    )
+    shown = make_store().rollouts()["id"].to_list()
+    assert len(shown) == 6, (
+        f"another handle sees rollouts as soon as write_replay() returns: wrote {sorted(r.id for r in ordered)}, "
+        f"rollouts() on a new handle shows {_ids(shown)}"
+    )
     assert list(store.iter_rollouts()) == ordered, "rollouts must round-trip exactly, in the order of rollouts()"
     assert store.rollouts([C])["id"].to_list() == [r.id for r in c_rollouts], "rollouts(ids) filters by trajectory"
     assert store.rollouts([D]).height == 0
@@ -412,6 +505,11 @@ def _snapshot(store: Any) -> tuple[Any, ...]:
     )
 
 
+def _ids(ids: Sequence[str]) -> str:
+    """Ids as a failure shows them: the list, or ``nothing``."""
+    return repr(list(ids)) if ids else "nothing"
+
+
 def _must(call: Callable[[], Any], what: str) -> Any:
     try:
         return call()
@@ -439,3 +537,584 @@ def _expect_columns(frame: Any, table: str, *extra: str) -> None:
     }[table]
     missing = [c for c in [*schema, *extra] if c not in frame.columns]
     assert not missing, f"{table} frames must have the columns of ee_middleware.store.tables; missing {missing}"
+
+
+# --- crashes: the store's writes in a child process, killed at every point where they change something --------------
+
+
+class CrashCheckWarning(UserWarning):
+    """:func:`check_store`'s crash check did not run, or did not reach every kill point: the message says why, and how to
+    make it run."""
+
+
+CRASH_REPLAY_ID = "ee-conformance-crash"
+"""The ``replay_id`` of the replay records and rollouts the crash check writes."""
+CRASH_MAX_KILLS = 120
+"""The most kill points the crash check tries; a store whose writes pass more is killed at as many spread over them."""
+CRASH_BUDGET_S = 20.0
+"""Kit time the crash check may take; the kill points it has not reached by then are skipped, with a
+:class:`CrashCheckWarning`."""
+CRASH_ROUND_TIMEOUT_S = 60
+"""How long the child process may take for one round of writes before the crash check gives up on it."""
+CRASH_START_TIMEOUT_S = 120
+"""How long the crash check waits for its child process to start (a fresh interpreter importing the store's module)."""
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_CHANGING_EVENTS = frozenset(
+    {
+        "os.rename",  # os.rename and os.replace
+        "os.remove",  # os.remove and os.unlink
+        "os.rmdir",
+        "os.mkdir",
+        "os.truncate",  # os.truncate and os.ftruncate
+        "os.link",
+        "os.symlink",
+        "os.chmod",
+        "os.utime",
+        "shutil.copyfile",
+        "shutil.copytree",
+        "shutil.move",
+        "shutil.rmtree",
+        "sqlite3.connect",
+        "socket.connect",
+        "socket.sendto",
+        "socket.sendmsg",
+    }
+)
+"""Audit events (:func:`sys.addaudithook`) of calls that change something outside the process: a kill point follows each."""
+_EVENT_NAMES = {"os.rename": "os.rename/os.replace", "os.remove": "os.remove/os.unlink", "os.truncate": "os.truncate/os.ftruncate"}
+"""How a failure names the calls behind an audit event (several calls raise the same one)."""
+_WRITING_CALLS = frozenset(
+    {
+        "write",
+        "writelines",
+        "writev",
+        "pwrite",
+        "pwritev",
+        "flush",
+        "fsync",
+        "fdatasync",
+        "sync",
+        "sendfile",
+        "copy_file_range",
+        "commit",
+        "execute",
+        "executemany",
+        "executescript",
+        "send",
+        "sendall",
+        "sendto",
+        "sendmsg",
+    }
+)
+"""Names of C functions and methods that write (a file, a database, a socket), which raise no audit event: a kill point
+follows each (on anything but an in-memory buffer or container)."""
+_WRITING_PREFIXES = ("write_", "sink_", "put_", "upload")
+_IN_MEMORY = (io.StringIO, io.BytesIO, str, bytes, bytearray, memoryview, list, dict, set)
+
+
+@dataclass(frozen=True)
+class _CrashOp:
+    """One call the crash check's child process makes: ``write(trajectories)``, or ``write_replay(record, rollouts)``."""
+
+    label: str
+    trajectories: tuple[Trajectory, ...] = ()
+    record: ReplayRecord | None = None
+    rollouts: tuple[Rollout, ...] = ()
+
+    def run(self, store: Any) -> None:
+        if self.record is None:
+            store.write(list(self.trajectories))
+        else:
+            store.write_replay(self.record, list(self.rollouts))
+
+
+def _crash_plan(round_no: int) -> list[_CrashOp]:
+    """The calls of one round: new trajectories (one, then a batch of two larger ones), each followed by its replay."""
+    first = sample_trajectory(f"crash-{round_no:03d}-a")
+    batch = (sample_trajectory(f"crash-{round_no:03d}-b", steps=6), sample_trajectory(f"crash-{round_no:03d}-c", steps=6))
+
+    def replay(trajectory: Trajectory, branches: int) -> _CrashOp:
+        rollouts = tuple(sample_rollout(f"{trajectory.id}-ro-{k}", trajectory.id, 0, k, replay_id=CRASH_REPLAY_ID) for k in range(branches))
+        record = sample_replay_record(trajectory.id, replay_id=CRASH_REPLAY_ID, branches=branches)
+        return _CrashOp(f"write_replay(the record of {trajectory.id} and its {branches} rollouts)", record=record, rollouts=rollouts)
+
+    return [
+        _CrashOp(f"write([{first.id}])", (first,)),
+        replay(first, 3),
+        _CrashOp(f"write([{batch[0].id}, {batch[1].id}])", batch),
+        replay(batch[0], 2),
+    ]
+
+
+def _crash_check_possible(make_store: MakeStore, *, required: bool, stacklevel: int = 5) -> bool:
+    """Whether the crash check can run with ``make_store``; if not, a :class:`TypeError` (``required``) or a warning."""
+    reason = None
+    if not hasattr(os, "fork"):
+        reason = "this platform has no fork()"
+    else:
+        try:
+            pickle.dumps(make_store)
+        except Exception as exc:  # noqa: BLE001 - any failure to pickle: told below
+            reason = (
+                f"make_store does not pickle ({type(exc).__name__}: {exc}), so the child process the crash check writes from "
+                "cannot build the store with it. Pass functools.partial(MyStore, path), a module-level function, or a store "
+                "spec ('NAME:LOCATION', 'package.module:factory') instead of a lambda or a function defined inside another"
+            )
+    if reason is None:
+        return True
+    if required:
+        raise TypeError(f"check_store(..., crash=True) needs a factory another process can import: {reason}.")
+    _crash_check_not_run(reason, required=False, stacklevel=stacklevel)
+    return False
+
+
+def _crash_check_not_run(reason: str, *, required: bool, stacklevel: int = 4) -> None:
+    """Why the crash check did not run: a failure (``required``), else a :class:`CrashCheckWarning` at ``stacklevel``."""
+    if required:
+        raise AssertionError(f"check_store's crash check could not run: {reason}.")
+    warnings.warn(
+        f"check_store's crash check did not run: {reason}. It checks that a writer killed mid-write loses nothing written "
+        "before and never leaves a replay record without its rollouts; everything else was checked. "
+        "check_store(..., crash=False) skips it without this warning.",
+        CrashCheckWarning,
+        stacklevel=stacklevel,
+    )
+
+
+class _CrashCheckStuck(Exception):
+    """The crash check's child process did not answer: the check is inconclusive, not failed."""
+
+
+def _check_crashes(make_store: MakeStore, *, required: bool) -> None:
+    """The crash check (see the module docstring): a first round of writes runs to its end and counts the kill points;
+    then one round per kill point, each killed there; after each, a new handle must read what was written before."""
+    if not _crash_check_possible(make_store, required=required):
+        return
+    started = time.monotonic()
+    try:
+        child = _CrashChild(make_store)
+    except _CrashCheckStuck as exc:
+        _crash_check_not_run(str(exc), required=required)
+        return
+    except Exception as exc:  # noqa: BLE001 - inconclusive: said in a warning (or a failure when required)
+        _crash_check_not_run(f"its child process could not start ({type(exc).__name__}: {exc})", required=required)
+        return
+    try:
+        ledger = _CrashLedger.of(make_store)
+        first = child.round(None, _crash_plan(0))
+        ledger.verify(make_store, first)
+        total = first.points
+        targets = _spread(total, CRASH_MAX_KILLS)
+        for round_no, kill_at in enumerate(targets, start=1):
+            if time.monotonic() - started > CRASH_BUDGET_S:
+                warnings.warn(
+                    f"check_store's crash check killed the store's writer at {round_no - 1} of its {len(targets)} kill points in "
+                    f"the {CRASH_BUDGET_S:.0f} s it may take, and skipped the rest: the store's writes are slow for it "
+                    "(ee_middleware.testing.store_conformance.CRASH_BUDGET_S sets the time).",
+                    CrashCheckWarning,
+                    stacklevel=3,
+                )
+                break
+            ledger.verify(make_store, child.round(kill_at, _crash_plan(round_no), total=total))
+    except _CrashCheckStuck as exc:
+        _crash_check_not_run(str(exc), required=required)
+    finally:
+        child.close()
+
+
+def _spread(total: int, most: int) -> list[int]:
+    """Kill points 1..``total``; at most ``most`` of them, spread evenly, the first and the last kept."""
+    if total <= most:
+        return list(range(1, total + 1))
+    return sorted({1 + round(i * (total - 1) / (most - 1)) for i in range(most)})
+
+
+@dataclass
+class _CrashRound:
+    """What one round's child process did: the calls that returned, where it was killed (if it was), and an error."""
+
+    plan: list[_CrashOp]
+    returned: list[int]
+    points: int
+    killed: dict[str, Any] | None
+    error: dict[str, Any] | None
+    total: int | None
+
+    @classmethod
+    def of(cls, plan: list[_CrashOp], result: dict[str, Any], total: int | None) -> _CrashRound:
+        messages = result["messages"]
+        killed = next((m for m in messages if "killed" in m), None)
+        finished = next((m["finished"] for m in messages if "finished" in m), None)
+        error = next((m for m in messages if "error" in m), None)
+        points = finished if finished is not None else (killed or {}).get("point", 0)
+        if killed is None and finished is None and error is None:
+            raise _CrashCheckStuck(
+                f"its child process ended without a word ({result['how']}) while writing"
+                + (", and did not finish in time" if result["hung"] else "")
+            )
+        return cls(plan, [m["ack"] for m in messages if "ack" in m], points, killed, error, total)
+
+    @property
+    def written(self) -> list[Trajectory]:
+        """The trajectories of the ``write()`` calls that returned."""
+        return [t for n in self.returned for t in self.plan[n].trajectories]
+
+    def where(self) -> str:
+        """How the child process ended, for a failure."""
+        if self.killed is None:
+            return "ended (os._exit(), no close()) once its last write had returned, as if killed there"
+        of = f"of {self.total}" if self.total else "of its"
+        at = f"(kill point {self.killed['point']} {of}, {len(self.returned)} of its {len(self.plan)} calls returned)"
+        if self.killed.get("between"):
+            return f"killed right after {self.killed['killed']} {at}"
+        doing = "make_store()" if self.killed["op"] < 0 else self.plan[self.killed["op"]].label
+        return f"killed during {doing}, right after {self.killed['killed']} {at}"
+
+
+_REWRITE_ADVICE = (
+    "The usual cause: rewriting a file in place (open(path, 'w') empties it before the new content is written), or keeping "
+    "writes in memory or in a buffer not yet flushed when write() returns. Write the new content to a temporary file in the "
+    "same folder, flush and fsync it, then os.replace() it over the old one (or only ever append), before write() returns."
+)
+
+
+@dataclass
+class _CrashLedger:
+    """What must survive a crash: every trajectory whose ``write()`` returned (and those written before the check), the
+    approval decisions made before it; and which rollouts each replay record the check wrote needs."""
+
+    durable: dict[str, None]
+    approvals: int
+    rollouts_of: dict[str, tuple[str, ...]]
+
+    @classmethod
+    def of(cls, make_store: MakeStore) -> _CrashLedger:
+        handle = make_store()
+        try:
+            ids = handle.trajectories()["id"].to_list()
+            return cls(dict.fromkeys(ids), handle.approvals().height, {})
+        finally:
+            _close_quietly(handle)
+
+    def verify(self, make_store: MakeStore, crashed: _CrashRound) -> None:
+        if crashed.error is not None:
+            doing = "make_store()" if crashed.error["op"] < 0 else crashed.plan[crashed.error["op"]].label
+            raise AssertionError(
+                f"in the crash check's child process (a new handle from make_store() in another process, writing new "
+                f"trajectories and replays), {doing} raised {crashed.error['error']}; a store must work from several processes "
+                f"(a store in one process's memory cannot: check_store(..., crash=False)).\n{crashed.error['traceback']}"
+            )
+        written = crashed.written
+        self.durable.update(dict.fromkeys(t.id for t in written))
+        for op in crashed.plan:
+            if op.record is not None:
+                self.rollouts_of[op.record.trajectory_id] = tuple(r.id for r in op.rollouts)
+        where = f"after a child process writing to the store was {crashed.where()}"
+        seen = _read_after_crash(make_store, written, where)
+        lost = [i for i in self.durable if i not in seen.ids]
+        if lost:
+            if crashed.killed is None:
+                raise AssertionError(
+                    f"a store must hold what write() returned for, not only after close(): write() returned in another process "
+                    f"for {_ids(lost[:8])}, which then {crashed.where().replace('ended', 'ended without a crash')}, but a new "
+                    f"handle here shows {_ids(seen.ids[-8:]) if seen.ids else 'nothing'}"
+                    f"{' (the last 8)' if len(seen.ids) > 8 else ''}. {_REWRITE_ADVICE} (A store that lives in one process's memory "
+                    "cannot pass this: check_store(..., crash=False).)"
+                )
+            raise AssertionError(
+                f"a crash must leave everything written before it readable (write() 'durably appends'): {where}, a new handle "
+                f"shows {len(seen.ids)} trajectories but not {_ids(lost[:8])}{f' and {len(lost) - 8} more' if len(lost) > 8 else ''}, "
+                f"though write() had returned for them. {_REWRITE_ADVICE}"
+            )
+        changed = [t.id for t in written if seen.got[t.id] != t]
+        assert not changed, f"{where}, get() of {_ids(changed)} does not give back what write() wrote"
+        assert seen.approvals >= self.approvals, (
+            f"a crash must leave everything written before it readable: {where}, approvals() shows {seen.approvals} decisions, "
+            f"{self.approvals} before. {_REWRITE_ADVICE}"
+        )
+        for record in seen.replays:
+            needed = self.rollouts_of.get(record["trajectory_id"], ())
+            have = [r for r in needed if r in seen.rollouts]
+            assert len(have) == len(needed), (
+                f"a replay record must become visible no earlier than its rollouts (ExperienceStore.write_replay), so that a "
+                f"replay resuming after a crash redoes the trajectory: {where}, replays() shows the record of "
+                f"{record['trajectory_id']} (status {record['status']!r}, {record['branches']} branches) but rollouts() shows "
+                f"{len(have)} of its {len(needed)} rollouts, so a resumed replay would count {record['trajectory_id']} as done "
+                "and never make them. Write the rollouts first and the record last (or both in one atomic write)."
+            )
+
+
+@dataclass
+class _Seen:
+    ids: list[str]
+    got: dict[str, Trajectory]
+    approvals: int
+    replays: list[dict[str, Any]]
+    rollouts: set[str]
+
+
+def _read_after_crash(make_store: MakeStore, written: list[Trajectory], where: str) -> _Seen:
+    """Everything the crash check compares, read through a new handle; a call that raises is the failure."""
+    doing = "make_store()"
+    handle = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a store may warn about what a killed writer left; only what it reads counts
+        try:
+            handle = make_store()
+            doing = "trajectories()"
+            ids = handle.trajectories()["id"].to_list()
+            doing = "get()"
+            got = {t.id: handle.get(t.id) for t in written if t.id in ids}
+            doing = "approvals()"
+            approvals = handle.approvals().height
+            doing = f"replays(replay_id={CRASH_REPLAY_ID!r})"
+            replays = handle.replays(replay_id=CRASH_REPLAY_ID).to_dicts()
+            doing = f"rollouts(replay_id={CRASH_REPLAY_ID!r})"
+            rollouts = set(handle.rollouts(replay_id=CRASH_REPLAY_ID)["id"].to_list())
+        except Exception as exc:
+            raise AssertionError(
+                f"a crash must leave everything written before it readable: {where}, {doing} on a new handle raised "
+                f"{type(exc).__name__}: {exc}. {_REWRITE_ADVICE}"
+            ) from exc
+        finally:
+            if handle is not None:
+                _close_quietly(handle)
+    return _Seen(ids, got, approvals, replays, rollouts)
+
+
+def _close_quietly(handle: Any) -> None:
+    try:
+        handle.close()
+    except Exception:  # noqa: BLE001 - only letting go of a handle the check read through
+        pass
+
+
+_CHILD_MAIN = (
+    "import sys; sys.path[:] = sys.argv[3:]; "
+    "from ee_middleware.testing.store_conformance import _crash_child_main; _crash_child_main(int(sys.argv[1]), int(sys.argv[2]))"
+)
+
+
+class _CrashChild:
+    """The crash check's child process: a fresh interpreter (so no thread of this process is copied into it, and no
+    script's top level runs again) that loads the factory once, then forks one writer per round, so that a round costs a
+    fork, not an interpreter."""
+
+    def __init__(self, make_store: MakeStore) -> None:
+        from multiprocessing.connection import Connection
+
+        child_reads, parent_writes = os.pipe()
+        parent_reads, child_writes = os.pipe()
+        self._send = Connection(parent_writes, readable=False)
+        self._recv = Connection(parent_reads, writable=False)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_MAIN, str(child_reads), str(child_writes), *sys.path],
+                pass_fds=(child_reads, child_writes),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: close() ends it with the writer it may have forked
+            )
+        except BaseException:
+            self._send.close()
+            self._recv.close()
+            raise
+        finally:
+            os.close(child_reads)
+            os.close(child_writes)
+        try:
+            self._send.send_bytes(pickle.dumps(make_store))
+            hello = self._answer(CRASH_START_TIMEOUT_S, "to start")
+        except BaseException:
+            self.close()
+            raise
+        if "load_error" in hello:
+            self.close()
+            raise _CrashCheckStuck(
+                f"its child process could not load make_store: {hello['load_error']} (a class or function of a script, or of "
+                "a module not on sys.path: put it in a module the child process can import)"
+            )
+
+    def round(self, kill_at: int | None, plan: list[_CrashOp], *, total: int | None = None) -> _CrashRound:
+        self._send.send((kill_at, plan))
+        return _CrashRound.of(plan, self._answer(CRASH_ROUND_TIMEOUT_S + 30, "to write"), total)
+
+    def _answer(self, timeout: float, doing: str) -> dict[str, Any]:
+        if not self._recv.poll(timeout):
+            raise _CrashCheckStuck(f"its child process took more than {timeout:.0f} s {doing}")
+        try:
+            answer: dict[str, Any] = self._recv.recv()
+        except (EOFError, OSError) as exc:
+            code = self._process.wait(5)
+            raise _CrashCheckStuck(f"its child process ended (exit code {code}) {doing}") from exc
+        return answer
+
+    def close(self) -> None:
+        try:
+            self._send.send(None)
+        except (OSError, ValueError):
+            pass
+        self._send.close()
+        try:
+            self._process.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait(10)
+        self._recv.close()
+
+
+def _crash_child_main(from_parent: int, to_parent: int) -> None:
+    """The child process's main: load the factory once, then one forked writer per round asked for, until told to stop
+    (``None``) or this process's parent is gone."""
+    from multiprocessing.connection import Connection
+
+    recv, send = Connection(from_parent, writable=False), Connection(to_parent, readable=False)
+    try:
+        make_store = pickle.loads(recv.recv_bytes())
+    except BaseException as exc:  # noqa: BLE001 - told to the parent, which warns or fails
+        send.send({"load_error": f"{type(exc).__name__}: {exc}"})
+        return
+    send.send({"ready": True})
+    while True:
+        try:
+            command = recv.recv()
+        except (EOFError, OSError):
+            return
+        if command is None:
+            return
+        kill_at, plan = command
+        send.send(_crash_round(make_store, kill_at, plan))
+
+
+def _crash_round(make_store: MakeStore, kill_at: int | None, plan: list[_CrashOp]) -> dict[str, Any]:
+    """Fork a writer that runs ``plan`` and kills itself at kill point ``kill_at``; what it said, and how it ended."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the writer
+        try:
+            os.close(read_fd)
+            signal.alarm(CRASH_ROUND_TIMEOUT_S)  # its default action ends the process: never left behind
+            _crash_writer(make_store, kill_at, plan, write_fd)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    data = bytearray()
+    status: int | None = None
+    hung = False
+    deadline = time.monotonic() + CRASH_ROUND_TIMEOUT_S + 10
+    try:
+        while True:
+            ready, _, _ = select.select([read_fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(read_fd, 1 << 16)
+                if chunk:
+                    data += chunk
+                    continue
+                break  # the writer is gone
+            if status is not None:
+                break  # gone, and a process it started holds the pipe open
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = code
+            elif time.monotonic() > deadline and not hung:
+                hung = True
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        os.close(read_fd)
+        if status is None:
+            _, status = os.waitpid(pid, 0)
+    how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit code {os.waitstatus_to_exitcode(status)}"
+    messages = [json.loads(line) for line in bytes(data).splitlines() if line.strip()]
+    return {"messages": messages, "how": how, "hung": hung}
+
+
+def _crash_writer(make_store: MakeStore, kill_at: int | None, plan: list[_CrashOp], report_fd: int) -> None:
+    """The forked writer: open the store, make the calls of ``plan``, report each that returned; killed at ``kill_at``."""
+    points = _KillPoints(kill_at, report_fd)
+    points.install()
+    try:
+        store = make_store()
+        points.point("make_store() returned", between=True)
+        for n, op in enumerate(plan):
+            points.op = n
+            op.run(store)
+            points.send({"ack": n})
+            points.point(f"{op.label} returned", between=True)
+    except BaseException as exc:  # noqa: BLE001 - told to the parent, which fails naming the call
+        points.send({"error": f"{type(exc).__name__}: {exc}", "op": points.op, "traceback": traceback.format_exc(limit=-6)})
+        return
+    points.send({"finished": points.count})
+
+
+class _KillPoints:
+    """Where the writer may be killed: right after each call that changes something outside the process (an audit event
+    of :data:`_CHANGING_EVENTS`, an ``open`` for writing, a C call of :data:`_WRITING_CALLS`), found with an audit hook
+    and a profile function, and right after each store call returns. The writer counts them; at ``kill_at`` it tells the
+    parent where it is and sends itself SIGKILL."""
+
+    def __init__(self, kill_at: int | None, report_fd: int) -> None:
+        self.kill_at = kill_at
+        self.report_fd = report_fd
+        self.count = 0
+        self.op = -1
+        self.pending: str | None = None
+        self.quiet = False
+
+    def install(self) -> None:
+        sys.addaudithook(self._audit)
+        threading.setprofile(self._profile)
+        sys.setprofile(self._profile)
+
+    def _audit(self, event: str, args: tuple[Any, ...]) -> None:
+        if self.quiet:
+            return
+        if event == "open":
+            if len(args) > 2 and isinstance(args[2], int) and args[2] & _WRITE_FLAGS:
+                self.pending = f"open({_short(args[0])}, {args[1]!r})" if args[1] else f"os.open({_short(args[0])})"
+        elif event in _CHANGING_EVENTS:
+            self.pending = f"{_EVENT_NAMES.get(event, event)}({', '.join(_short(a) for a in args[:2])})"
+
+    def _profile(self, frame: Any, event: str, arg: Any) -> None:
+        if self.quiet:
+            return
+        if event in ("c_return", "c_exception") and (what := _writing_call(arg)) is not None:
+            self.pending = None
+            self.point(what)
+        elif self.pending is not None:
+            what, self.pending = self.pending, None
+            self.point(what)
+
+    def point(self, what: str, *, between: bool = False) -> None:
+        self.count += 1
+        if self.count == self.kill_at:
+            self.send({"killed": what, "op": self.op, "point": self.count, "between": between})
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.quiet = True
+        try:
+            os.write(self.report_fd, json.dumps(message).encode() + b"\n")
+        finally:
+            self.quiet = False
+
+
+def _writing_call(function: Any) -> str | None:
+    """``function`` (a C function or method the profile function saw return) as a kill point's name, if it writes."""
+    name = getattr(function, "__name__", None)
+    if not isinstance(name, str) or not (name in _WRITING_CALLS or name.startswith(_WRITING_PREFIXES)):
+        return None
+    owner = getattr(function, "__self__", None)
+    if isinstance(owner, _IN_MEMORY):
+        return None
+    if owner is None or isinstance(owner, types.ModuleType):
+        module = getattr(owner, "__name__", None) or getattr(function, "__module__", None) or ""
+        module = "os" if module in ("posix", "nt") else module
+        return f"{module}.{name}()" if module else f"{name}()"
+    path = getattr(owner, "name", None)
+    return f"{type(owner).__name__}.{name}()" + (f" on {_short(path)}" if isinstance(path, (str, bytes, os.PathLike)) else "")
+
+
+def _short(value: Any) -> str:
+    text = repr(os.fspath(value) if isinstance(value, os.PathLike) else value)
+    return text if len(text) <= 160 else f"{text[:157]}..."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -25,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_local_store_passes_the_conformance_kit(store_path: Path):
-    check_store(lambda: LocalExperienceStore(store_path))
+    check_store(functools.partial(LocalExperienceStore, store_path), crash=True)  # a writer killed at every kill point too
 
 
 def test_records_are_readable_as_soon_as_written_and_after_compaction(store: LocalExperienceStore, store_path: Path):
