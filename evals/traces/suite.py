@@ -16,8 +16,9 @@ Each trajectory is a task:
 * success: the sandbox's :meth:`state_digest` after the candidate's run equals the digest after
   replaying the expert's recorded calls on a fresh world, **and** the facts of the expert's final
   answer appear in the candidate's replies (:func:`answer_facts`: its numbers and identifiers,
-  and the words it took from the tools' results; :func:`missing_facts` says which do not, reading a
-  fact as a whole word and a number by its value and sign). Otherwise the reason says which check failed,
+  and the words it took from the tools' results, a capital that begins a sentence being no sign of a name;
+  :func:`missing_facts` says which do not, reading a fact as a whole word and a number by its value and sign, never
+  inside a longer token: the 3 of ``SKU-3`` or of ``3-5``, the 5 of ``2025-05-01`` are no number). Otherwise the reason says which check failed,
   with the expert calls the candidate did not make or the facts it did not state;
 * the expert's calls of tools the sandbox does not provide (``covers()`` false after the reset: a tool that acts outside
   the world, such as paging on-call, which docs/sandboxes.md says to list nowhere) change no world the digest could
@@ -48,7 +49,9 @@ A trajectory that gives nothing to check (the expert changed nothing, called no 
 its answer states no fact),
 whose world cannot be rebuilt, whose expert's redacted arguments cannot be restored, or that is a curriculum
 rollout (``source = curriculum``: the policy's own rollout on a model-written task) is left out when
-the suite is built; the summary's ``excluded`` counts them and ``excluded_reasons`` says why.
+the suite is built; the summary's ``excluded`` counts them and ``excluded_reasons`` says why. A ``sandbox`` setting
+that names nothing (a typo in its module or factory) is no such trajectory: it fails when the suite is built, before
+anything is written, with the plug-in registry's error (``did you mean ...?``).
 """
 
 from __future__ import annotations
@@ -146,8 +149,14 @@ def read_split(path: str | Path) -> tuple[set[str], set[str]]:
 
 def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]:
     """The facts of an expert's final answer: tokens with a digit (amounts, dates, ids), and words of three letters or
-    more that the expert's tool results contain, capitalized or not purely alphabetic, or lowercase where a result
-    holds them as values of their own (:func:`_returned_as_value`: a product in a list, a quoted status)."""
+    more that the expert's tool results contain, capitalized as a name is (:func:`_capitalised`) or not purely
+    alphabetic, or lowercase where a result holds them as values of their own (:func:`_returned_as_value`: a product in
+    a list, a quoted status).
+
+    A capital that begins a sentence or a line is no evidence of a name: a word the answer capitalises only there
+    (``Moved 2 units ...``) counts as capitalised only where the tools' results capitalise it where no sentence begins
+    either (``shipped to Raleigh``, ``"city": "Raleigh"``), so ``Moved 2 units ...`` and ``I moved 2 units ...`` have
+    the same facts."""
     if not final_answer:
         return []
     seen = _facts_text(" ".join(observations))
@@ -160,16 +169,52 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
             token = f"-{token}"  # the sign is part of the fact, as the candidate's numbers keep theirs (_numbers)
         if not token or token in facts:
             continue
-        original = re.search(re.escape(token), final_answer, re.IGNORECASE)
-        word = original.group(0) if original else token
         if any(c.isdigit() for c in token) or (
             len(token) >= 3
             and token not in _STOPWORDS
-            and (word[0].isupper() or not token.isalpha() or _returned_as_value(token, values))
+            and (not token.isalpha() or _returned_as_value(token, values) or _capitalised(token, final_answer, observations))
             and re.search(rf"(?<!\w){re.escape(token)}(?!\w)", seen)
         ):
             facts.append(token)
     return facts
+
+
+def _capitalised(word: str, answer: str, observations: list[str]) -> bool:
+    """Whether ``word`` (lower case) is written as a name is: capitalised in the ``answer`` where no sentence or line
+    begins (:func:`_starts_sentence`), or there in capitals throughout (``IBM``: a sentence's start explains one capital,
+    not all); or, when the answer capitalises it only where a sentence begins, capitalised in one of the tools'
+    ``observations`` where no sentence or line begins either. A word the answer never capitalises is none."""
+    pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
+    initial = False
+    for match in pattern.finditer(answer):
+        written = match.group(0)
+        if not written[0].isupper():
+            continue
+        if written.isupper() or not _starts_sentence(answer, match.start()):
+            return True
+        initial = True
+    if not initial:
+        return False
+    return any(
+        match.group(0)[0].isupper() and not _starts_sentence(observation, match.start())
+        for observation in observations
+        for match in pattern.finditer(observation)
+    )
+
+
+_OPENERS = frozenset("\"'\u201c\u2018\u00ab([{*\u2022\u00b7-\u2013\u2014>#")
+"""What may stand between a sentence's start and its first word: opening quotes and brackets, bullets, dashes, ``>`` and
+``#`` (a quoted or a Markdown line)."""
+
+
+def _starts_sentence(text: str, start: int) -> bool:
+    """Whether the word at ``start`` in ``text`` begins a sentence or a line: only whitespace and :data:`_OPENERS` stand
+    between it and the text's start, a line break, or a ``.``, ``!`` or ``?`` (with one of them after it: ``3.5`` and
+    ``Done.Moved`` are no sentence's end). A colon ends no sentence (``Done: Moved``, ``"city": "Raleigh"``)."""
+    at = start
+    while at > 0 and text[at - 1] not in "\n\r" and (text[at - 1].isspace() or text[at - 1] in _OPENERS):
+        at -= 1
+    return at == 0 or text[at - 1] in "\n\r" or (text[at - 1] in ".!?" and at < start)
 
 
 def _negative(text: str, start: int, raw: str, token: str) -> bool:
@@ -218,7 +263,8 @@ def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
     """The ``facts`` (from :func:`answer_facts`) that none of the candidate's ``replies`` states.
 
     A fact is stated as a whole word, never inside a longer one (``ua100`` is not in ``UA1000``, ``2`` not in
-    ``DL200``), with the case and thousands separators ignored. A number is stated by its value and sign however it is
+    ``DL200``, ``3`` not in ``SKU-3``, ``5`` not in ``2025-05-01``, ``o-104`` not in ``O-104-2``; a range written
+    ``3-5`` states ``3-5``, not 3 nor 5, one written ``3 to 5`` both: see :func:`_numbers`), with the case and thousands separators ignored. A number is stated by its value and sign however it is
     written (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``, ``-250`` by ``-$250`` or with a U+2212 minus sign, not by ``250``), a count up to twenty also in words (``3`` by ``three``), a number
     with a unit by the same number and unit (``21c`` by ``21 °C``), and a date also as ``May 1, 2024`` or
     ``1 May 2024`` (``2024-05-01``).
@@ -231,8 +277,11 @@ def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
 
 def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.date]) -> bool:
     number = _NUMBER.fullmatch(fact)
-    # A whole word: not inside a longer one, nor a longer number (12 is not stated by 12.99, nor 3 by 3.5).
-    whole = rf"(?<![a-z0-9])(?<!\d\.){re.escape(fact)}(?![a-z0-9])(?!\.\d)"
+    # A whole word: not inside a longer one, nor a longer number (12 is not stated by 12.99, nor 3 by 3.5); a fact with a
+    # digit (an id, a date) not inside a longer token a hyphen joins either (O-104 is not stated by O-104-2, A1 by SKU-A1).
+    joined = r"(?<![a-z0-9]-)" if any(c.isdigit() for c in fact) else ""
+    after = r"(?!-[a-z0-9])" if joined else ""
+    whole = rf"(?<![a-z0-9]){joined}(?<!\d\.){re.escape(fact)}(?![a-z0-9]){after}(?!\.\d)"
     if not number and any(re.search(whole, text) for text in texts):
         return True
     if number:
@@ -240,12 +289,17 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
         if value in numbers:
             return True
         word = _COUNT_WORDS.get(int(value)) if value == value.to_integral_value() and 0 <= value <= 20 else None
-        return word is not None and any(re.search(rf"(?<![a-z]){word}(?![a-z])", text) for text in texts)
+        # a word of its own: twenty-one does not state 20, as 21-a does not state 21
+        spelled = rf"(?<![a-z])(?<![a-z0-9]-){word}(?![a-z])(?!-[a-z0-9])"
+        return word is not None and any(re.search(spelled, text) for text in texts)
     with_unit = _WITH_UNIT.fullmatch(fact)
     if with_unit:
         amount, unit = with_unit.groups()
-        sign = _SIGN if amount.startswith("-") else rf"(?<!{_SIGN})"  # the same sign: -5c is not stated by 5 °C
-        pattern = rf"(?<![\d.]){sign}{re.escape(amount.lstrip('-'))}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z])"
+        # the same sign (-5c is not stated by 5 °C), and no '-' before a positive one: a sign, or a hyphen joining it to
+        # a longer token (room A-5C), as the number alone in _numbers
+        sign = _SIGN if amount.startswith("-") else r"(?<!-)"
+        digits = re.escape(amount.lstrip("-"))
+        pattern = rf"(?<![\w.]){sign}{digits}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z0-9])(?!-[a-z0-9])"
         return any(re.search(pattern, text) for text in texts)
     if _ISO_DATE.fullmatch(fact):
         try:
@@ -256,7 +310,16 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
 
 
 def _numbers(text: str) -> set[Decimal]:
-    """The numbers ``text`` states, by value and with their sign (``-250``, ``-$250`` and ``$-250`` are all -250)."""
+    """The numbers ``text`` states, by value and with their sign (``-250``, ``-$250`` and ``$-250`` are all -250).
+
+    A number is a token of its own: digits a hyphen joins to a letter or a digit are part of a longer token and no number
+    (the 3 of ``SKU-3``, the 20 of ``UA-20``, the 2025, 05 and 01 of ``2025-05-01``, the 3 of ``3-day``), nor are
+    digits a dot joins to more digits (``1.2.3``, a version, states no 1.2). So a range written with a hyphen, ``3-5``,
+    is one token that states neither 3 nor 5 (it states the expert's own ``3-5``, read as a whole word, as the
+    expert's answer reads it): a hyphen between digits is as often an id's, a date's or a phone number's, and a wrong
+    number stated must not pass. A range written with spaces or words (``3 - 5``, ``3 to 5``) or an en dash
+    (``3``, U+2013, ``5``) states both numbers, and a minus sign not after a letter, a digit or a dot is a sign
+    (``-3``, ``a change of -3``, ``(-3)``)."""
     found = set()
     for sign, value in _SIGNED_NUMBER.findall(text):
         found.add(-Decimal(value) if "-" in sign else Decimal(value))
@@ -287,7 +350,10 @@ _NUMBER = re.compile(r"[$€£]?(-?\d+(?:\.\d+)?)%?")
 _WITH_UNIT = re.compile(r"(-?\d+(?:\.\d+)?)([a-z%°]{1,4})")
 _SIGN = r"(?:(?<![\w.])-)"
 """A minus sign: a ``-`` not after a letter, a digit or a dot (``A-20`` and ``10-20`` join words)."""
-_SIGNED_NUMBER = re.compile(rf"(?<![\w.])({_SIGN}[$€£]?|[$€£]-|[$€£]?)(\d+(?:\.\d+)?)(?!\d)")
+_SIGNED_NUMBER = re.compile(rf"(?<![\w.])(?<![\w.]-)({_SIGN}[$€£]?|[$€£]-|[$€£]?)(\d+(?:\.\d+)?)(?!\d)(?!\.\d)(?!-\w)")
+"""A number of its own (:func:`_numbers`): with its sign, not after a letter, a digit or a dot, nor after a hyphen that
+follows one (``SKU-3``), and not followed by more digits, a dot and a digit (``1.2.3``) or a hyphen and a letter or a
+digit (``2025-05``, ``3-day``)."""
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MONTHS = {
     name: number for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)
@@ -521,7 +587,11 @@ class _AtTheSandbox:
 
 
 class TracesSuite:
-    """Held-out approved trajectories of a store (optionally one app) as an eval suite."""
+    """Held-out approved trajectories of a store (optionally one app) as an eval suite.
+
+    ``sandbox`` (a spec for :func:`~ee_middleware.replay.sandboxes.registry.build_sandbox`) is resolved when the suite is
+    built (:func:`~ee_middleware.replay.sandboxes.registry.check_sandbox_spec`: its module imported, its factory found),
+    so that one that names nothing raises :class:`~ee_middleware.errors.SandboxError` before anything is written."""
 
     def __init__(
         self, store: str, app: str | None = None, limit: int | None = None, *, split: str | None = None, sandbox: str | None = None
@@ -532,6 +602,14 @@ class TracesSuite:
                 "was trained from: --split DATA_DIR/datasets.json (or split under [eval]); build one with "
                 "`ee datasets build --heldout-share 0.1` (or --heldout-ids/--heldout-app/--heldout-after)."
             )
+        if sandbox:
+            from ee_middleware.replay.sandboxes.registry import check_sandbox_spec
+
+            # A spec that names nothing (a typo in its module or factory) is the command's error, raised here, before
+            # any run folder is written, with the plug-in registry's "did you mean"; left to each trajectory, it read as
+            # every world being impossible to rebuild, and the run "scored no task" with exit 0. A sandbox that resolves
+            # but cannot rebuild a trajectory's world still leaves that trajectory out (_task).
+            check_sandbox_spec(sandbox)
         self.store, self.app, self.limit, self.split, self.sandbox = store, app, limit, split, sandbox
         self.name = f"traces:{store}" + (f":{app}" if app else "")
         self.excluded: dict[str, str] = {}

@@ -433,3 +433,66 @@ def test_a_traces_suite_whose_tasks_cannot_load_claims_no_folder_and_an_old_phan
     run_eval(job.model_copy(update={"model": "noop", "out": str(tmp_path / "base")}))
     outcome = gate(out, tmp_path / "base", GatePolicy(min_tasks=1))
     assert outcome.passed, outcome.reasons
+
+
+@pytest.mark.parametrize(
+    ("answer", "observation", "reply", "missing"),
+    [
+        # a number after a hyphen inside an identifier or a date is part of that token, no number of its own
+        ("We have 3 units of SKU-3.", '{"sku": "SKU-3", "total": 3}', "We have 9 units of SKU-3.", ["3"]),
+        ("Flight UA-20 has 20 seats free.", '{"flight": "UA-20", "free": 20}', "Flight UA-20 has 0 seats free.", ["20"]),
+        ("Your refund of 5 dollars is booked.", '{"refund": 5}', "Your refund of 50 dollars is booked on 2025-05-01.", ["5"]),
+        ("Your refund of 1 dollar is booked.", '{"refund": 1}', "Your refund of 10 dollars is booked on 2025-05-01.", ["1"]),
+        ("It was built in 2025.", '{"year": 2025}', "It was built on 2025-05-01.", ["2025"]),
+        ("Bin A1 holds 1 unit of SKU-3.", '{"bins": {"C3": 7, "A1": 1}}', "Bin A1 holds 0 units of SKU-3.", ["1"]),
+        ("Install version 1.2 now.", '{"v": "1.2"}', "Install version 1.2.3 now.", ["1.2"]),  # a version is one token
+        ("Order O-104 ships.", '{"order": "O-104"}', "Order O-104-2 ships.", ["o-104"]),  # an id inside a longer id
+        ("It is 5C in Oslo.", '{"Oslo": "5C"}', "Room A-5C in Oslo is cold.", ["5c"]),
+        ("Bin A1 is full.", '{"bin": "A1"}', "Bin SKU-A1 is full.", ["a1"]),
+        ("I found 20 seats.", "{}", "I found twenty-one seats.", ["20"]),
+        # a range written with a hyphen is one token (as the expert's own 3-5 is): it states 3-5, not 3 nor 5
+        ("Seats 3 to 5 are free.", "{}", "Seats 3-5 are free.", ["3", "5"]),
+        ("It takes 3 days.", "{}", "It is a 3-day wait.", ["3"]),
+        ("Seats 3-5 are free.", "{}", "Seats 3-5 are free.", []),
+        # ... written with spaces, words or an en dash it states its numbers
+        ("Seats 3 to 5 are free.", "{}", "Seats 3 - 5 are free.", []),
+        ("Seats 3 to 5 are free.", "{}", "Seats 3\u20135 are free.", []),
+        # the number itself, and real negative numbers, still read as numbers
+        ("We have 3 units of SKU-3.", '{"sku": "SKU-3", "total": 3}', "SKU-3: 3 units.", []),
+        ("The change is -3.", "{}", "That is a change of -3.", []),
+        ("The change is -3.", "{}", "The change (-3) is booked.", []),
+        ("The change is -3.", "{}", "The change is 3 on SKU-3.", ["-3"]),
+        ("The change is 3.", "{}", "The change is -3.", ["3"]),
+        # digits of other scripts are read as numbers, inside an id as outside
+        ("We have 3 units of SKU-3.", '{"sku": "SKU-3", "total": 3}', "We have \u0663 units of SKU-3.", []),
+        ("We have 3 units of SKU-3.", '{"sku": "SKU-3", "total": 3}', "We have 9 units of SKU-\u0663.", ["3"]),
+    ],
+)
+def test_a_number_inside_an_identifier_a_date_or_a_version_states_no_number(
+    answer: str, observation: str, reply: str, missing: list[str]
+) -> None:
+    """Before: the digits after a hyphen that joins two words (``SKU-3``, ``UA-20``, the ``05`` and ``01`` of
+    ``2025-05-01``) were read as a number the candidate stated, so one that read the right record and then stated the
+    wrong quantity passed (sweep s19, finding 1)."""
+    assert missing_facts(answer_facts(answer, [observation]), [reply]) == missing
+
+
+def test_a_sentence_initial_capital_makes_no_word_a_fact() -> None:
+    """Before: 'Moved 2 units ...' required the word 'moved' (in the tool's result, capitalised in the answer only because
+    it begins the sentence) while 'I moved 2 units ...' did not, so a candidate that said 'transferred' failed (sweep s19,
+    finding 2). A capital counts only where no sentence (or line) begins."""
+    tool = ["moved 2 SKU-1 from A1 to C3"]
+    facts = ["2", "sku-1", "a1", "c3"]
+    assert answer_facts("Moved 2 units of SKU-1 from A1 to C3.", tool) == facts
+    assert answer_facts("I moved 2 units of SKU-1 from A1 to C3.", tool) == facts
+    assert answer_facts("Done. Moved 2 units of SKU-1 from A1 to C3.", tool) == facts
+    assert answer_facts("- Moved 2 units of SKU-1 from A1 to C3.", tool) == facts
+    assert missing_facts(facts, ["Done: 2 units of SKU-1 were transferred from A1 to C3."]) == []
+    # a tool result that starts with the word gives no evidence either, nor does a second result starting with it
+    assert answer_facts("Moved 2 units.", ["Moved 2 SKU-1 from A1 to C3"]) == ["2"]
+    assert answer_facts("Moved 2 units.", ["ok", "Moved 2 SKU-1 from A1 to C3"]) == ["2"]
+    # a capital mid-sentence is still a name's: in the tool's result, in the answer, or an acronym at the start
+    assert answer_facts("Raleigh gets the refund.", ["The refund goes to Raleigh today"]) == ["raleigh"]
+    assert answer_facts("Delta is late; I asked Delta twice.", ["delta is late"]) == ["delta"]
+    assert answer_facts("IBM ordered 2 units.", ["order of ibm: 2 units"]) == ["ibm", "2"]
+    assert answer_facts("Your refund goes to Raleigh.", ["the refund goes to raleigh"]) == ["raleigh"]

@@ -44,3 +44,29 @@ def test_the_same_suite_with_a_sandbox_runs(desk: tuple[Path, Path], tmp_path: P
         run_eval(job)
     [summary] = run_eval(job.model_copy(update={"sandbox": SANDBOX}))
     assert summary["success_rate"] == 1.0 and summary["tasks"] == 3, summary
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "said"),
+    [
+        (f"{SANDBOX}x", "has no attribute 'make_sandboxx' (did you mean 'make_sandbox'?)"),
+        (SANDBOX.replace("uncovered_calls", "uncovered_callz"), "Cannot import 'tests.evals.test_traces_uncovered_callz'"),
+    ],
+)
+def test_a_sandbox_that_does_not_resolve_fails_before_anything_is_written(
+    desk: tuple[Path, Path], tmp_path: Path, sandbox: str, said: str
+) -> None:
+    """Before: a typo in --sandbox (module or attribute) left every trajectory out ('its world cannot be rebuilt in the
+    ... sandbox'), wrote a run folder and exited 0, unlike a typo in --model-spec (sweep s19, finding 3)."""
+    from ee_middleware.errors import SandboxError
+    from ee_middleware.evals.suites import SuiteSettings, load_suite
+
+    store, split = desk
+    out = tmp_path / "run"
+    args = ["eval", "run", "--suite", f"traces:{store}:desk", "--split", str(split), "--model-spec", "oracle", "--sandbox", sandbox]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert said in " ".join(result.output.split()), result.output
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+    with pytest.raises(SandboxError, match="did you mean" if "attribute" in said else "Cannot import"):
+        load_suite(f"traces:{store}:desk", SuiteSettings(split=str(split), sandbox=sandbox))
