@@ -20,8 +20,10 @@ tokenizer for the base here) the check says it could not tell.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -31,7 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware.adapters.records import MANIFEST_FILE
+from ee_middleware.adapters.records import MANIFEST_FILE, normalize_base
 from ee_middleware.adapters.templates import ServedTemplate, cache_folder
 
 STATE_SCHEMA_VERSION = 1
@@ -177,7 +179,11 @@ def check_rendering(
     """Compare the rendering ``adapter`` was trained with (its ``manifest``) with what the server at ``server`` renders
     (its state file, :func:`server_record`; ``None`` when it has none). Parts compare by whether the chat template or a
     fallback renders them, so the wording of a manifest from an older version does not count as a difference; the text
-    and call ids the template is given (:data:`AS_SENT`) by whether each is changed for it."""
+    and call ids the template is given (:data:`AS_SENT`) by whether each is changed for it.
+
+    ``base_model``: the base the adapter was trained on. A server of another base is compared only when ``base_model``
+    is a copy of it (the same model by the promote's base check, and the same tokenizer and chat template files, byte for
+    byte: the message says so); otherwise the check is ``unknown``, saying why."""
     trained = trained_rendering(manifest)
     if trained is None:
         return RenderingCheck(
@@ -203,15 +209,20 @@ def check_rendering(
             f"Not checked whether {server} renders prompts as {adapter} was trained ({_summary(trained)}): {why}. "
             "Serve with `ee serve vllm --base BASE` (no --chat-template: it renders as the trainer does) to have it checked.",
         )
-    from ee_middleware.adapters.records import normalize_base
-
     served_base = str(state.get("base") or "") if isinstance(state, Mapping) else ""
+    copy = ""
     if base_model and served_base and normalize_base(served_base) != normalize_base(base_model):
-        return RenderingCheck(
-            adapter,
-            server,
-            "unknown",
-            f"Not compared: {server} serves the base {served_base}, {adapter} was trained on {base_model}.",
+        unlike = _unlike_for_rendering(base_model, served_base)
+        if unlike is not None:
+            return RenderingCheck(
+                adapter,
+                server,
+                "unknown",
+                f"Not compared: {server} serves the base {served_base}, {adapter} was trained on {base_model}{unlike}.",
+            )
+        copy = (
+            f" {base_model}, which {adapter} was trained on, is a copy of {served_base}, the base {server} serves (the same "
+            "weights, tokenizer and chat template files): compared as that base."
         )
     differences = [
         {"part": part, "trained": trained[part], "served": str(served.get(part, AS_TEMPLATE))}
@@ -225,7 +236,7 @@ def check_rendering(
     )
     differences += _given_differences(trained, served, parts_by_vllm=parts_by_vllm)
     if not differences:
-        return RenderingCheck(adapter, server, "same", f"{server} renders prompts as {adapter} was trained ({_summary(trained)}).")
+        return RenderingCheck(adapter, server, "same", f"{server} renders prompts as {adapter} was trained ({_summary(trained)}).{copy}")
     said = "; ".join(f"{d['part']}: trained with {_how(d['trained'])}, served with {_how(d['served'])}" for d in differences)
     if isinstance(template, Mapping) and template.get("as_trainer"):  # the server renders as ee train does today
         fix = (
@@ -242,9 +253,57 @@ def check_rendering(
         server,
         "differs",
         f"{adapter} would see prompts unlike its training rows on {server} ({said}): it answers worse there, with no error "
-        f"to say why. {fix}.",
+        f"to say why. {fix}.{copy}",
         differences,
     )
+
+
+_TOKENIZER_FILE = re.compile(
+    r"(tokenizer.*|chat_template.*|special_tokens_map\.json|added_tokens\.json|vocab\..*|merges\.txt|.*\.model|"
+    r"(pre)?processor_config\.json)"
+)
+"""The files of a model folder its tokenizer and chat template are read from (Hugging Face's names; ``*.model``: a
+sentencepiece model), and the folder ``additional_chat_templates``."""
+
+
+def _unlike_for_rendering(trained_on: str, served: str) -> str | None:
+    """Why an adapter's training rendering, made with the base ``trained_on``, cannot be compared with what a server of
+    the base ``served`` (another name) renders: ``None`` when it can, ``trained_on`` being a copy of ``served``. A copy is
+    what the promote's base check takes for the same model
+    (:func:`~ee_middleware.adapters.promote.same_base`: the same config and weight files) whose tokenizer and chat
+    template files (:data:`_TOKENIZER_FILE`) are the same too, byte for byte; the base check compares no tokenizer, and
+    the manifest's rendering is in the terms of the template the adapter was trained with."""
+    from ee_middleware.adapters.promote import same_base  # the promote's own rule (it imports this module)
+
+    same = same_base(trained_on, served)
+    if same is not True:
+        return "" if same is False else " (whether they are the same model cannot be told from the names)"
+    ours, theirs = Path(normalize_base(trained_on)), Path(normalize_base(served))
+    if not (ours.is_dir() and theirs.is_dir()):
+        return (
+            " (the same model, but not both folders on this machine, so whether they have the same tokenizer and chat "
+            "template cannot be told)"
+        )
+    try:
+        mine, its = _tokenizer_files(ours), _tokenizer_files(theirs)
+    except OSError as exc:
+        return f" (the same weights, but their tokenizer and chat template files could not be read: {exc})"
+    differ = sorted(name for name in mine.keys() | its.keys() if mine.get(name) != its.get(name))
+    if not differ:
+        return None
+    return (
+        f" (the same weights, but other tokenizer or chat template files: {', '.join(differ)} differ), so the rendering it "
+        f"was trained with, made with {trained_on}'s template, says nothing of what the server renders with {served}'s. "
+        f"Train it on {served}, or serve {trained_on}, to have it checked"
+    )
+
+
+def _tokenizer_files(folder: Path) -> dict[str, str]:
+    """The sha256 of each of ``folder``'s tokenizer and chat template files (:data:`_TOKENIZER_FILE`), by its path in it."""
+    paths = [p for p in folder.iterdir() if p.is_file() and _TOKENIZER_FILE.fullmatch(p.name)]
+    extra = folder / "additional_chat_templates"
+    paths += sorted(p for p in extra.rglob("*") if p.is_file()) if extra.is_dir() else []
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
 def _given_differences(trained: Mapping[str, str], served: Mapping[str, Any], *, parts_by_vllm: bool) -> list[dict[str, str]]:

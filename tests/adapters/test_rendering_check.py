@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -219,3 +220,62 @@ def test_a_server_failing_part_way_through_the_questions_is_no_answer(
     with _json_server(lambda n: (200, {"tokens": [1, 2], "count": 2}) if n == 0 else (503, {"detail": "overloaded"})) as url:
         template = LocalBackend(url).probe_template(str(tiny_base))["chat_template"]
         assert template["rendering"] is None and "failed part-way" in template["note"] and "unlike both" not in template["note"]
+
+
+def _copy_of(base: Path, folder: Path) -> Path:
+    """A byte-identical copy of the base model folder ``base`` at another path (what `cp -r` makes)."""
+    shutil.copytree(base, folder)
+    return folder
+
+
+def test_an_adapter_trained_on_a_copy_of_the_served_base_is_compared_as_on_the_base_itself(
+    local_server: Any, tiny_base: Path, tmp_path: Path
+) -> None:
+    """The server serves tiny_base; the adapters were trained on a byte-identical copy at another path. The base check
+    (same_base) takes the copy for the same model and lets the promote go ahead, but the rendering check said only "Not
+    compared: ... serves the base A, ... was trained on B", so an adapter trained before the fallbacks was promoted
+    into a server rendering otherwise without a word. Now the two are compared as for the same path: the copy holds
+    the same weights and the same tokenizer and chat template files."""
+    copy = _copy_of(tiny_base, tmp_path / "copy-of-base")
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    old = registry.register(_adapter(copy, tmp_path / "old", 31, BEFORE_FALLBACKS), "support-bot")
+    assert Path(old.base_model).resolve() == copy.resolve()
+    replicas = [LocalBackend(local_server.url)]
+    with pytest.raises(ChatTemplateMismatchError, match="tools: trained with the chat template, served with the fallback") as caught:
+        promote(registry, old.name, replicas)
+    assert f"{copy}, which {old.name} was trained on, is a copy of {tiny_base}" in " ".join(str(caught.value).split())
+    assert old.name not in replicas[0].list()
+
+    matching = registry.register(_adapter(copy, tmp_path / "new", 32, TOOLS_AS_TEXT), "support-bot")
+    result = promote(registry, matching.name, replicas)
+    [check] = result.rendering
+    assert check.status == "same", check.message
+    assert f"{copy}, which {matching.name} was trained on, is a copy of {tiny_base}" in " ".join(check.message.split()), check.message
+    replicas[0].unload(matching.name)
+
+
+def test_a_copy_of_the_served_base_with_another_chat_template_is_not_compared(tiny_base: Path, tmp_path: Path) -> None:
+    """Same weights and config (same_base: the same model), but the copy's chat template was edited: the manifest's
+    rendering was made with that template, so it says nothing of what the server renders with its own. The check says
+    so, naming the file that differs, instead of calling the rendering the same."""
+    copy = _copy_of(tiny_base, tmp_path / "edited-copy")
+    template = copy / "chat_template.jinja"
+    assert template.is_file()
+    template.write_text(template.read_text() + "{# edited #}")
+    state = {"base": str(tiny_base), "chat_template": ServedTemplate("file", "/t.jinja", TOOLS_AS_TEXT).to_json()}
+    check = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, "http://s/v1", state, base_model=str(copy))
+    assert check.status == "unknown", check.message
+    flat = " ".join(check.message.split())
+    assert "same weights" in flat and "chat_template.jinja" in flat and str(copy) in flat and str(tiny_base) in flat, flat
+
+
+def test_an_adapter_trained_on_another_model_is_still_not_compared(tiny_base: Path, tmp_path: Path) -> None:
+    """A base with other weights (another seed) and the same tokenizer: not the same model, not compared."""
+    import transformers
+
+    from ee_middleware.testing.tiny_models import save_tiny_llama
+
+    other = save_tiny_llama(tmp_path / "other", transformers.AutoTokenizer.from_pretrained(tiny_base), seed=5)
+    state = {"base": str(tiny_base), "chat_template": ServedTemplate("file", "/t.jinja", TOOLS_AS_TEXT).to_json()}
+    check = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, "http://s/v1", state, base_model=str(other))
+    assert check.status == "unknown" and check.message.startswith("Not compared"), check.message
