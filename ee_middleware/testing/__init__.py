@@ -14,7 +14,7 @@ from ee_middleware.scripted import ScriptedChatModel, tool_call
 from ee_middleware.testing.http import Reply, ScriptedChatServer, ScriptedChatServerError
 from ee_middleware.testing.retriever_conformance import check_retriever
 from ee_middleware.testing.sandbox_conformance import SubprocessIsolationWarning, check_sandbox
-from ee_middleware.testing.store_conformance import check_store
+from ee_middleware.testing.store_conformance import CrashCheckWarning, check_store
 
 if TYPE_CHECKING:
     from ee_middleware.testing.tiny_models import build_test_tokenizer, build_tiny_llama, save_tiny_llama
@@ -26,6 +26,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "CrashCheckWarning",
     "Reply",
     "ScriptedChatModel",
     "ScriptedChatServer",
