@@ -254,31 +254,28 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_MissingDependencySkips(), "ee-missing-dependency-skips")
 
 
-# --- Signal handlers a test left changed ---------------------------------------------------------------------------
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
+# --- A Ctrl-C handler or signal mask a test left changed ------------------------------------------------------------
 @pytest.fixture(autouse=True)
-def _signal_handlers_put_back(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every test finds the main thread's stop-signal handlers and signal mask as the session had them: one left changed
-    (a Ctrl-C handler that does nothing, SIGINT blocked) would make a later test's Ctrl-C or SIGTERM do nothing, and in
-    the heavy step's single process such a test then hung until pytest-timeout. A test that leaves them changed gets a
-    warning naming it, and they are put back."""
+def _ctrl_c_put_back(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test finds the main thread's SIGINT handler and signal mask as the session had them: one left changed (a
+    Ctrl-C handler that does nothing, SIGINT blocked) would make a later test's Ctrl-C do nothing, and in the heavy step's
+    single process such a test then hangs until pytest-timeout. A test that leaves them changed gets a warning naming
+    it, and they are put back. (SIGTERM is not checked: capture keeps a SIGTERM handler for the life of the process, by
+    design, see ee_middleware/capture/shutdown.py.)"""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    handler, mask = signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, [])
     yield
-    changed = [signal.Signals(sig).name for sig, handler in handlers.items() if signal.getsignal(sig) is not handler]
+    changed = []
     if signal.pthread_sigmask(signal.SIG_BLOCK, []) != mask:
         changed.append("the signal mask")
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-    for sig, handler in handlers.items():
-        if handler is not None and signal.getsignal(sig) is not handler:
-            signal.signal(sig, handler)
+    if handler is not None and signal.getsignal(signal.SIGINT) is not handler:
+        changed.append("the SIGINT handler")
+        signal.signal(signal.SIGINT, handler)
     if changed:
-        warnings.warn(f"{request.node.nodeid} left {', '.join(changed)} changed (put back)", stacklevel=1)
+        warnings.warn(f"{request.node.nodeid} left {' and '.join(changed)} changed (put back)", stacklevel=1)
 
 
 # --- Heavy tests by id, beside those marked `heavy` in their files -------------------------------------------------

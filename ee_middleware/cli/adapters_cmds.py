@@ -155,27 +155,23 @@ def register(
 @app.command("list", epilog=examples("ee adapters list -r ./registry --app support-bot"))
 def list_adapters(
     registry: str = RegistryOption,
-    app_name: str | None = typer.Option(
-        None, "--app", "-a", help="Only this app (one the registry has never held: an error, exit 1, --json still an array)."
-    ),
+    app_name: str | None = typer.Option(None, "--app", "-a", help="Only this app (one the registry has never held: an error, exit 1)."),
     status: StatusChoice | None = typer.Option(None, "--status", help="Only candidate, live, retired or failed."),
     as_json: bool = JsonOption,
 ) -> None:
     """List registered adapters (--json: one array of records).
 
     An --app the registry has never held (a typo) is an error: the error: line names the app it probably means, and the
-    exit status is 1; --json prints an empty array all the same."""
+    exit status is 1 (--json: {"error": ...}, as for every failure)."""
     reg = _registry(registry)
     records = reg.list(app=app_name, status=status.value if status else None)
-    unknown = app_name is not None and not records and app_name not in reg.apps()
-    if as_json:
-        print_json([_record_json(r) for r in records])
-    if unknown:
+    if app_name is not None and not records and app_name not in reg.apps():
+        from ee_middleware.adapters.errors import AdapterNotFoundError
         from ee_middleware.adapters.registry import no_app_message
 
-        typer.secho(f"error: {no_app_message(app_name, reg.apps())}", err=True, fg="red")
-        raise typer.Exit(1)
+        raise AdapterNotFoundError(no_app_message(app_name, reg.apps()))  # (--json: the {"error": ...} of every failure)
     if as_json:
+        print_json([_record_json(r) for r in records])
         return
     from rich import box
     from rich.table import Column, Table

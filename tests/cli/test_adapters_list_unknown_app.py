@@ -1,5 +1,5 @@
 """`ee adapters list --app APP` for an app the registry has never held says so on stderr, with the app it probably
-means, and exits 1; ``--json`` still prints a JSON array (empty) on stdout. Before, a typo (``--app warhouse``) printed
+means, and exits 1; ``--json`` prints the ``{"error": ...}`` every failed command prints. Before, a typo (``--app warhouse``) printed
 an empty table ("0 adapters") with exit 0, while ``rollback`` and ``show`` of an unknown app said "No app named ...".
 A REAL local registry with adapters registered through it, the REAL CLI."""
 
@@ -29,12 +29,13 @@ def test_list_of_an_app_never_registered_says_so_with_did_you_mean_and_exits_1(t
     assert "0 adapters" not in result.output
 
 
-def test_list_json_of_an_unknown_app_is_an_empty_array_and_exit_1(tmp_path: Path) -> None:
+def test_list_json_of_an_unknown_app_is_the_json_error_and_exit_1(tmp_path: Path) -> None:
     root = _registry(tmp_path)
     result = CliRunner().invoke(app, ["adapters", "list", "-r", str(root), "--app", "warhouse", "--json"])
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout) == []
-    assert "(did you mean 'warehouse'?)" in result.stderr
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "AdapterNotFoundError" and error["exit_code"] == 1, error
+    assert "(did you mean 'warehouse'?)" in error["message"] and "(did you mean 'warehouse'?)" in result.stderr
 
 
 def test_list_of_a_known_app_with_no_adapter_of_that_status_is_an_empty_answer_exit_0(tmp_path: Path) -> None:
