@@ -541,11 +541,31 @@ def _malformed(call: dict[str, Any], task: EvalTask) -> bool:
     mark (``malformed``) where it is recorded, else its only argument ``_raw``, whatever it holds, for a tool whose
     offered schema does not declare ``_raw``. The graph answered it itself, no tool ran, so the expert world does not
     execute it, no candidate is asked to make it and a candidate's never counts as made. The one rule replay and IL
-    read (:mod:`ee_middleware.replay.malformed`)."""
-    from ee_middleware.replay.malformed import malformed_by_the_model
+    read (:mod:`ee_middleware.replay.malformed`).
+
+    A candidate's calls carry no mark (the model parser holds no call it could not read: that is a parse problem), so a
+    ``_raw``-only one is judged by the shape rule, but for a tool production ran with ``_raw`` as its only argument (an
+    expert call of it marked well formed: a tool that takes any argument): the same call by the candidate is the
+    expert's, not a malformed one."""
+    from ee_middleware.replay.malformed import malformed_arguments, malformed_by_the_model
 
     tools = [schema for turn in task.tools for schema in turn]
-    return malformed_by_the_model(tools, str(call.get("name") or ""), call.get("arguments") or {}, call.get("malformed"))
+    name, arguments, mark = str(call.get("name") or ""), call.get("arguments") or {}, call.get("malformed")
+    if mark is None and malformed_arguments(arguments) and name in _tools_run_with_raw(task):
+        return False
+    return malformed_by_the_model(tools, name, arguments, mark)
+
+
+def _tools_run_with_raw(task: EvalTask) -> set[str]:
+    """The tools of the expert's calls with ``_raw`` as their only argument that capture marked well formed (a tool ran
+    them in production)."""
+    from ee_middleware.replay.malformed import malformed_arguments
+
+    return {
+        str(call.get("name") or "")
+        for call in task.payload.get("expert_calls") or []
+        if call.get("malformed") is False and malformed_arguments(call.get("arguments") or {})
+    }
 
 
 def task_privacy(task: EvalTask) -> ReplayPrivacy:

@@ -255,3 +255,18 @@ def test_the_expert_world_reads_captures_mark_for_a_tool_that_declares_raw(malfo
     for note in stored:
         expected.execute(ToolCall(id="x", name="store_note", arguments={"_raw": note}))
     assert end == state_digest(expected) and (end == start) == (not stored)
+
+
+def test_a_raw_only_call_production_ran_is_matched_by_the_same_candidate_call() -> None:
+    """A tool that takes any argument, which production ran with ``_raw`` as its only argument (capture marks that call
+    well formed, schema 1.6), acting outside the world: the candidate that makes the same call made the expert's call.
+    Before (R7, finding 1), the candidate's call (no mark: a model parser holds no unreadable call) was judged by its
+    shape alone, malformed, so even a perfect candidate failed with uncovered_call_missing. A candidate's ``_raw``-only
+    call of a tool production never ran so still counts as no call (the test above)."""
+    free_note = {"type": "function", "function": {"name": "free_note", "description": "Note anything.", "parameters": {"type": "object"}}}
+    expert = {"id": "v1", "name": "free_note", "arguments": {"_raw": "hi"}, "malformed": False}
+    task = replace(TASK, tools=[[PAGE_SCHEMA, free_note]], payload={"expert_calls": [expert]})
+    match = uncovered_calls_not_made(task, [expert], [ToolCall(id="c0", name="free_note", arguments={"_raw": "hi"})])
+    assert match.missing == [] and match.extra == [], match
+    page = uncovered_calls_not_made(task, [expert], [ToolCall(id="c0", name="page_oncall", arguments={"_raw": "hi"})])
+    assert page.missing == [expert], page
