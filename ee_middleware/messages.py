@@ -644,7 +644,7 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
                         "type": "tool_call",
                         "id": call.get("id", ""),
                         "name": function.get("name", ""),
-                        "arguments": _genai_arguments(function.get("arguments")),
+                        "arguments": genai_arguments(function.get("arguments")),
                     }
                 )
         item: dict[str, Any] = {"role": role, "parts": parts}
@@ -654,10 +654,11 @@ def openai_to_genai(messages: Iterable[Message]) -> list[dict[str, Any]]:
     return converted
 
 
-def _genai_arguments(arguments: Any) -> Any:
+def genai_arguments(arguments: Any) -> Any:
     """A ``tool_call`` part's arguments: the object (:func:`parse_arguments`), or, for text that is no JSON object (a
     malformed call, or JSON such as ``"hello"`` or ``[1, 2]``), that text as written, so that :func:`genai_to_openai`
-    gives back what the model wrote (the conventions allow any value here)."""
+    gives back what the model wrote (the conventions allow any value here), and an object there is always one the model
+    wrote, never ``{"_raw": ...}`` made of text that was none."""
     if isinstance(arguments, str) and arguments.strip():
         try:
             decoded = json.loads(arguments)
@@ -675,18 +676,24 @@ def message_reasoning(message: Mapping[str, Any]) -> str | None:
     return "\n\n".join(pieces) if pieces else None
 
 
-def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
+def genai_to_openai(messages: Iterable[Mapping[str, Any]], *, object_arguments: bool = False) -> list[Message]:
     """GenAI ``{"role", "parts"}`` messages -> OpenAI chat messages.
 
     Also accepts messages that are already in OpenAI shape (``content``/``tool_calls``), which some
     instrumentations emit under the GenAI attribute names.
+
+    A tool call's arguments are given as :func:`arguments_json` writes them. ``object_arguments``: the messages were
+    written by :func:`openai_to_genai` (ee-middleware's capture), whose calls hold an object only where the model wrote
+    one (:func:`genai_arguments`: text that is no JSON object stays text): each object is given as its JSON, a real
+    ``{"_raw": "hello"}`` included (LangChain's ``tool_calls`` entry), where other recorders' ``{"_raw": "<text>"}`` is
+    read as the text a parser put there.
     """
     out: list[Message] = []
     for message in messages:
         if not isinstance(message, Mapping):
             raise ValueError(f"a message must be an object, got {type(message).__name__}")
         if "parts" not in message:
-            out.append(_openai_shaped(message))
+            out.append(_openai_shaped(message, object_arguments))
             continue
         role = str(message.get("role") or "user")
         texts: list[Any] = []  # text, and the parts that are not text (blob, uri, file): content_to_text says them
@@ -708,7 +715,7 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
                         "type": "function",
                         "function": {
                             "name": str(part.get("name") or ""),
-                            "arguments": arguments_json(part.get("arguments")),
+                            "arguments": _call_arguments(part.get("arguments"), object_arguments),
                         },
                     }
                 )
@@ -734,6 +741,13 @@ def genai_to_openai(messages: Iterable[Mapping[str, Any]]) -> list[Message]:
             converted["name"] = message["name"]
         out.append(converted)
     return out
+
+
+def _call_arguments(arguments: Any, object_arguments: bool) -> str:
+    """A call's arguments as :func:`genai_to_openai` gives them (see its ``object_arguments``)."""
+    if object_arguments and isinstance(arguments, Mapping):
+        return dumps(to_jsonable(arguments))
+    return arguments_json(arguments)
 
 
 def _response_text(response: Any) -> str:
@@ -789,7 +803,7 @@ def _set_reasoning(converted: Message, reasoning: str | None) -> None:
         converted["reasoning_content"] = reasoning
 
 
-def _openai_shaped(message: Mapping[str, Any]) -> Message:
+def _openai_shaped(message: Mapping[str, Any], object_arguments: bool = False) -> Message:
     role = str(message.get("role") or "user")
     content = message.get("content")
     converted: Message = {"role": role, "content": content_to_text(_assistant_content(content) if role == "assistant" else content)}
@@ -804,7 +818,7 @@ def _openai_shaped(message: Mapping[str, Any]) -> Message:
                 "type": "function",
                 "function": {
                     "name": str(function.get("name") or ""),
-                    "arguments": arguments_json(function.get("arguments", call.get("args"))),
+                    "arguments": _call_arguments(function.get("arguments", call.get("args")), object_arguments),
                 },
             }
         )

@@ -113,10 +113,14 @@ class ToolCall(_Record):
     """Whether the model wrote this call malformed, as capture knew it (schema 1.6): ``True`` for a call the graph
     refused and no tool ran (LangChain's ``invalid_tool_calls``: ``create_agent`` answers it itself), whose ``arguments``
     are the text the model wrote, ``{"_raw": text}``; ``False`` for a well-formed call whose only argument is named
-    ``_raw`` (the model wrote that key itself, or a tool ran the call). ``None`` where the arguments say it: every other
-    call, calls of records older than 1.6 or built by hand, and another recorder's calls whose arguments were no JSON
-    object; replay and IL then read ``{"_raw": ...}`` alone as malformed unless the tool declares ``_raw``
-    (:mod:`ee_middleware.replay.malformed`, which replay and IL share). Left out of dumps while ``None``."""
+    ``_raw``: the model wrote that key itself (an object; in capture's own runs every call LangChain parsed, held in
+    ``tool_calls``, whether or not its tool then failed or exists), or a tool received it (an invalid call a
+    ``wrap_model_call`` middleware repaired into ``{"_raw": ...}``, which the graph ran). ``None`` where the arguments
+    say it: every other call, calls of records older than 1.6 or built by hand, and another recorder's calls whose
+    arguments were no JSON object (``Paris``, held as ``{"_raw": "Paris"}``), also where a tool span ran them (the
+    tool got the text, not a ``_raw`` argument); replay and IL then read ``{"_raw": ...}`` alone as malformed unless
+    the tool declares ``_raw`` (:mod:`ee_middleware.replay.malformed`, which replay and IL share). Left out of dumps
+    while ``None``."""
 
     def to_openai(self) -> dict[str, Any]:
         """The OpenAI chat ``tool_calls`` item for this call."""

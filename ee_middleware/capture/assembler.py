@@ -472,26 +472,28 @@ class _RunMemo:
     same text in every span. Decoding each span whole made assembly quadratic in the run's length."""
 
     def __init__(self) -> None:
-        self._history: tuple[str, list[dict[str, Any]]] | None = None  # the last input text and its messages
+        self._history: tuple[str, bool, list[dict[str, Any]]] | None = None  # the last input text, whose, its messages
         self._tools: dict[str, list[dict[str, Any]]] = {}
 
     def input_messages(self, span: SpanData) -> list[dict[str, Any]]:
         raw = span.attributes.get(sc.INPUT_MESSAGES)
         if not isinstance(raw, str):
             return _messages_attr(span, sc.INPUT_MESSAGES)
-        messages = self._extend(raw)
+        own = _captured(span)
+        messages = self._extend(raw, own)
         if messages is None:
             messages = _messages_attr(span, sc.INPUT_MESSAGES)
         if raw.endswith("]") and messages:
-            self._history = (raw, messages)
+            self._history = (raw, own, messages)
         return list(messages)
 
-    def _extend(self, raw: str) -> list[dict[str, Any]] | None:
-        """The messages of ``raw`` when it is the last input text with more items after a comma:
-        the known messages plus the new ones decoded alone; None when it is not (or they do not decode)."""
-        if self._history is None:
+    def _extend(self, raw: str, own: bool) -> list[dict[str, Any]] | None:
+        """The messages of ``raw`` when it is the last input text with more items after a comma (of a span of the same
+        recorder, ``own``: :func:`_captured`): the known messages plus the new ones decoded alone; None when it is not
+        (or they do not decode)."""
+        if self._history is None or self._history[1] != own:
             return None
-        text, messages = self._history
+        text, _, messages = self._history
         if raw == text:
             return messages
         prefix = len(text) - 1  # the last text without its closing bracket
@@ -499,7 +501,7 @@ class _RunMemo:
             return None
         try:
             tail = json.loads("[" + raw[prefix + 1 :])
-            return [*messages, *genai_to_openai(tail)] if isinstance(tail, list) else None
+            return [*messages, *genai_to_openai(tail, object_arguments=own)] if isinstance(tail, list) else None
         except (ValueError, AttributeError, TypeError, RecursionError):
             return None  # decoded whole again, for the error message with its position
 
@@ -695,13 +697,12 @@ def _steps(
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
         written = [call for message in d["outputs"] for call in message.get("tool_calls") or []]
         # an invalid call (LangChain's invalid_tool_calls) gets only a tool span of its own id run for this decision: a
-        # middleware repaired it and the graph ran it. One no tool ran (create_agent answers it itself) is malformed
+        # middleware repaired it and the graph ran it. One no tool ran (create_agent answers it itself) is malformed.
+        # Every other call is one the model wrote well formed (a _raw-only one says so: see _tool_call)
         made = [_tool_call(call) for call in written]
         matched = _call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"])
         for position in d["invalid"] & set(range(len(written))):
             made[position] = _tool_call(written[position], malformed=matched[position] is None, ran=matched[position], redact=redact)
-        # a call a tool ran with _raw as its only argument says so (its arguments alone would read as a malformed call's)
-        made = [_well_formed(call, span) if call.malformed is None else call for call, span in zip(made, matched, strict=True)]
         spans_made = iter(matched)
         made_calls = iter(made)
         for output, message in enumerate(d["outputs"]):
@@ -827,23 +828,17 @@ def _reviewed_turns(
         taught: list[tuple[ToolCall, Observation | None, float | None]] = []
         changed = False  # a call the reviewer edited, or left out of the turn (rejected, never answered)
         for call in message.get("tool_calls") or ():
-            function = call.get("function", {})
-            proposed = ToolCall(
-                id=call.get("id") or "", name=function.get("name") or UNKNOWN_TOOL, arguments=parse_arguments(function.get("arguments"))
-            )
+            proposed = _tool_call(call)
             found = _tool_reply(history, position + 1, proposed.id) if proposed.id else None
             reply, failed = (found[1], found[0] in first["errors"]) if found is not None else (None, False)
             runs = carried.get(proposed.id) if proposed.id in made_at[position] else None
             if runs:
                 span = runs[-1]  # a retried call's result is its last attempt's
                 used.update(id(s) for s in runs)
-                sent = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
-                sent = None if sent is None else parse_arguments(sent)
+                sent = _span_object(span)
                 # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say no edit
-                arguments = proposed.arguments if sent is None or "_raw" in sent else redact(sent)
-                ran = _well_formed(
-                    ToolCall(id=proposed.id, name=str(span.attributes.get(sc.TOOL_NAME) or proposed.name), arguments=arguments), span
-                )
+                name = str(span.attributes.get(sc.TOOL_NAME) or proposed.name)
+                ran = proposed.model_copy(update={"name": name}) if sent is None else _ran_call(proposed.id, name, redact(sent))
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
                 changed = changed or edited
                 observation, latency = _observation(span, None if edited else reply, redact, max_chars, False if edited else failed)
@@ -1272,37 +1267,64 @@ def _tool_call(call: dict[str, Any], *, malformed: bool = False, ran: SpanData |
 
     An invalid call that a tool span of its id ran (``ran``: a ``wrap_model_call`` middleware repaired it, and the graph
     ran it) is the call that tool received: its name and arguments as the span holds them (redacted by ``redact``), where
-    they are an object; else as the model wrote them."""
+    its arguments attribute is a JSON object (:func:`_span_object`); else as the model wrote them.
+
+    Any other call is one the model wrote well formed: where its only argument is ``_raw`` and the model wrote an object
+    (its arguments text decodes to one: the key is the model's own, not the one :func:`parse_arguments` puts text that
+    is no object under), or a tool received that object, it is marked so (``ToolCall.malformed`` ``False``), whether or
+    not its tool ran without error or exists: its arguments alone would read as a malformed call's. Capture's own runs
+    write every call LangChain held in ``tool_calls`` as its JSON (and every other one at
+    :data:`~ee_middleware.capture.semconv.EE_INVALID_TOOL_CALL_POSITIONS`), so each such call is marked; another
+    recorder's whose text was no object (``Paris``: the tool got the text) is left unmarked, and judged by its shape."""
     function = call.get("function", {})
     arguments = function.get("arguments")
     if malformed:
         text = arguments if isinstance(arguments, str) else arguments_json(arguments)
         return ToolCall(id=call.get("id") or "", name=function.get("name") or NAMELESS_CALL, arguments={"_raw": text}, malformed=True)
     if ran is not None and redact is not None:
-        sent = _span_arguments(ran)
+        name = str(ran.attributes.get(sc.TOOL_NAME) or function.get("name") or UNKNOWN_TOOL)
+        sent = _span_object(ran)
         # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say nothing
-        return ToolCall(
-            id=call.get("id") or "",
-            name=str(ran.attributes.get(sc.TOOL_NAME) or function.get("name") or UNKNOWN_TOOL),
-            arguments=parse_arguments(arguments) if sent is None or "_raw" in sent else redact(sent),
+        return (
+            ToolCall(id=call.get("id") or "", name=name, arguments=parse_arguments(arguments))
+            if sent is None
+            else _ran_call(call.get("id") or "", name, redact(sent))
         )
+    parsed = parse_arguments(arguments)
+    written = list(parsed) == ["_raw"] and _json_object(arguments) is not None
     return ToolCall(
         id=call.get("id") or "",
         name=function.get("name") or UNKNOWN_TOOL,  # a malformed call may have lost it: the call is still kept
-        arguments=parse_arguments(arguments),
+        arguments=parsed,
+        **({"malformed": False} if written else {}),
     )
 
 
-def _well_formed(call: ToolCall, span: SpanData | None) -> ToolCall:
-    """``call`` marked well formed (``ToolCall.malformed`` ``False``) where its only argument is ``_raw`` and the tool
-    span of its id (``span``) ran it without failing: the tool took ``_raw`` as its own argument (a schema that declares
-    it, or one that takes any), so the call is no malformed call's text, which its arguments alone would say. Any other
-    call is left as it is (unmarked: its arguments say it)."""
-    if list(call.arguments) != ["_raw"] or span is None or not call.id or str(span.attributes.get(sc.TOOL_CALL_ID) or "") != call.id:
-        return call
-    if span.is_error or span.attributes.get(sc.ERROR_TYPE):
-        return call
-    return ToolCall(id=call.id, name=call.name, arguments=call.arguments, malformed=False)
+def _ran_call(call_id: str, name: str, arguments: dict[str, Any]) -> ToolCall:
+    """The call a tool span ran, with the ``arguments`` object it received: one whose only argument is ``_raw`` is marked
+    well formed (the tool got that key, whether or not it then failed)."""
+    return ToolCall(id=call_id, name=name, arguments=arguments, **({"malformed": False} if list(arguments) == ["_raw"] else {}))
+
+
+def _json_object(arguments: Any) -> dict[str, Any] | None:
+    """``arguments`` as written (a call's, a tool span's attribute) where they are a JSON object: a mapping, or text that
+    decodes to one; ``None`` for any other (text that is no JSON, JSON that is no object, none)."""
+    if isinstance(arguments, Mapping):
+        return parse_arguments(arguments)
+    if not isinstance(arguments, str):
+        return None
+    try:
+        decoded = json.loads(arguments)
+    except (ValueError, RecursionError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+def _span_object(span: SpanData) -> dict[str, Any] | None:
+    """The arguments a tool span says its tool received, where its attribute is a JSON object (:func:`_json_object`);
+    ``None`` where it is not: no attribute, or a value that is no object (OpenInference writes a one-argument tool's
+    input as that value), which :func:`_span_arguments` reads as ``{"_raw": value}``."""
+    return _json_object(span.attributes.get(sc.TOOL_CALL_ARGUMENTS))
 
 
 def _call_spans(
@@ -1705,9 +1727,17 @@ def _messages_attr(span: SpanData, key: str) -> list[dict[str, Any]]:
     if raw is None:
         return []
     try:
-        return genai_to_openai(raw)
+        return genai_to_openai(raw, object_arguments=_captured(span))
     except (ValueError, AttributeError, TypeError) as exc:
         raise IngestError(f"Span {span.span_id} ({span.name}): {key} does not hold GenAI messages: {exc}") from exc
+
+
+def _captured(span: SpanData) -> bool:
+    """Whether ``span`` is one of ee-middleware's capture (:data:`~ee_middleware.capture.semconv.EE_RECORDER`, on each
+    of its spans; also read back from OTLP by ``ee traces ingest``): its messages' calls hold an object only where the
+    model wrote one (:func:`~ee_middleware.messages.genai_arguments`), read as its JSON, a real ``{"_raw": ...}``
+    included (``genai_to_openai``'s ``object_arguments``)."""
+    return sc.EE_RECORDER in span.attributes
 
 
 def _json_attr(span: SpanData, key: str, *, expect: type) -> Any:

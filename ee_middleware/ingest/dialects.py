@@ -118,10 +118,10 @@ from ee_middleware.messages import (
     arguments_json,
     content_to_text,
     dumps,
+    genai_arguments,
     genai_to_openai,
     langchain_to_openai,
     media_placeholder,
-    parse_arguments,
 )
 
 _MESSAGE_EVENTS = {f"gen_ai.{role}.message": role for role in ("system", "user", "assistant", "tool")}
@@ -981,7 +981,7 @@ def _indexed_message(message: Mapping[str, Any], role: str) -> dict[str, Any]:
     for call in message.get("tool_calls") or []:
         if isinstance(call, Mapping) and call.get("name") and (not call.get("id") or call.get("id") not in made):
             parts.append(
-                {"type": "tool_call", "id": call.get("id"), "name": call["name"], "arguments": parse_arguments(call.get("arguments"))}
+                {"type": "tool_call", "id": call.get("id"), "name": call["name"], "arguments": genai_arguments(call.get("arguments"))}
             )
     return {"role": role, "parts": parts}
 
@@ -1419,7 +1419,8 @@ def _from_litellm(span: SpanData) -> SpanData:
     calls = [c for c in calls if isinstance(c, Mapping) and c.get("name")]
     if calls and isinstance(reply, list) and reply and isinstance(reply[0], Mapping):
         parts = [p for p in reply[0].get("parts") or [] if not (isinstance(p, Mapping) and p.get("type") == "tool_call")]
-        parts += [{"type": "tool_call", "id": None, "name": c["name"], "arguments": parse_arguments(c.get("arguments"))} for c in calls]
+        # text that is no JSON object stays as written (genai_arguments): never an object with a _raw key it did not have
+        parts += [{"type": "tool_call", "id": None, "name": c["name"], "arguments": genai_arguments(c.get("arguments"))} for c in calls]
         new[sc.OUTPUT_MESSAGES] = dumps([{**reply[0], "parts": parts}, *reply[1:]])
     return replace(span, attributes={**attrs, **new}) if new else span
 
@@ -1541,7 +1542,7 @@ def _litellm_message(message: Any) -> Any:
     for call in message.get("tool_calls") or []:
         function = call.get("function") if isinstance(call, Mapping) else None
         if isinstance(function, Mapping):
-            arguments = parse_arguments(function.get("arguments"))
+            arguments = genai_arguments(function.get("arguments"))
             parts.append({"type": "tool_call", "id": call.get("id"), "name": str(function.get("name") or ""), "arguments": arguments})
     return {**fields, "parts": parts}
 

@@ -322,3 +322,115 @@ def test_an_ordinary_call_is_not_marked(store_path):
     t = _recorded(agent, store_path)
     assert t.steps[0].action.tool_call.malformed is None
     assert "malformed" not in t.steps[0].action.tool_call.model_dump()
+
+
+def _failing_tool() -> Any:
+    """free_fail: takes any argument (its schema does not declare ``_raw``) and raises, as the graph reports it."""
+    from langchain_core.tools import StructuredTool, ToolException
+
+    def _fail(**arguments: Any) -> str:
+        raise ToolException(f"free_fail failed on {sorted(arguments)}")
+
+    anything = {"type": "object", "properties": {"note": {"type": "string"}}, "additionalProperties": True}
+    return StructuredTool.from_function(
+        func=_fail, name="free_fail", description="Takes anything, fails.", args_schema=anything, handle_tool_error=True
+    )
+
+
+@OFFLOADS
+def test_a_raw_call_langchain_parsed_is_well_formed_though_its_tool_raised_or_does_not_exist(offload, store_path):
+    """free_fail(_raw="boom") and nosuch(_raw="x") were calls LangChain parsed (``tool_calls``, not
+    ``invalid_tool_calls``): the graph ran the first (its tool raised) and answered the second (no such tool). Both were
+    left unmarked, so their arguments alone read as a malformed call's text: replay never executed or checked them, IL
+    left them out. Capture knows every invalid call of its own runs (their positions): any other call is well formed."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    replies = [
+        AIMessage(
+            content="",
+            tool_calls=[
+                {"name": "free_fail", "args": {"_raw": "boom"}, "id": "e1", "type": "tool_call"},
+                {"name": "nosuch", "args": {"_raw": "x"}, "id": "u1", "type": "tool_call"},
+                {"name": "free", "args": {"_raw": "hi"}, "id": "v1", "type": "tool_call"},
+            ],
+        ),
+        AIMessage(content="done"),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [*_raw_tools(seen), _failing_tool()])
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    agent.invoke({"messages": [("user", "free boom")]})
+    t = _recorded(agent, store_path)
+    calls = [(s.action.tool_call, s.observation) for s in t.steps if s.action.tool_call is not None]
+    assert [(c.id, c.name, c.arguments, c.malformed, o.is_error) for c, o in calls] == [
+        ("e1", "free_fail", {"_raw": "boom"}, False, True),
+        ("u1", "nosuch", {"_raw": "x"}, False, True),
+        ("v1", "free", {"_raw": "hi"}, False, False),
+    ]
+
+
+@OFFLOADS
+def test_an_invalid_call_repaired_into_raw_is_recorded_with_the_arguments_its_tool_received(offload, store_path):
+    """A ``wrap_model_call`` middleware repairs the model's invalid calls into free(_raw="fixed") and
+    free_fail(_raw="fixed"), and the graph runs them with {"_raw": "fixed"}. Capture took a tool span whose arguments
+    hold ``_raw`` for one whose arguments were no object, so it recorded the model's broken text instead
+    ({"_raw": '{"_raw": '}), which replay then executed: arguments production never sent. The call is the one its tool
+    received, well formed whether the tool succeeded or raised."""
+    from langchain.agents.middleware import ModelResponse, wrap_model_call
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    @wrap_model_call
+    def repair(request: Any, handler: Any) -> Any:
+        response = handler(request)
+        result = []
+        for m in response.result:
+            if isinstance(m, AIMessage) and m.invalid_tool_calls:
+                fixed = [{"name": c["name"], "args": {"_raw": "fixed"}, "id": c["id"], "type": "tool_call"} for c in m.invalid_tool_calls]
+                m = AIMessage(content=m.content, tool_calls=[*m.tool_calls, *fixed], invalid_tool_calls=[], id=m.id)
+            result.append(m)
+        return ModelResponse(result=result, structured_response=response.structured_response)
+
+    replies = [
+        AIMessage(content="", invalid_tool_calls=[invalid("free", '{"_raw": ', "r1"), invalid("free_fail", '{"_raw": ', "r2")]),
+        AIMessage(content="done"),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [*_raw_tools(seen), _failing_tool()], middleware=[repair])
+    agent = record_experience(graph, app="shop", store=store_path, offload=offload)
+    agent.invoke({"messages": [("user", "repair")]})
+    assert seen == [("free", {"_raw": "fixed"})]
+    t = _recorded(agent, store_path)
+    calls = [(s.action.tool_call, s.observation) for s in t.steps if s.action.tool_call is not None]
+    assert [(c.id, c.name, c.arguments, c.malformed, o.is_error) for c, o in calls] == [
+        ("r1", "free", {"_raw": "fixed"}, False, False),
+        ("r2", "free_fail", {"_raw": "fixed"}, False, True),
+    ]
+
+
+@OFFLOADS
+def test_a_raw_call_shows_in_messages_states_and_the_jsonl_export_as_the_json_the_model_wrote(offload, store_path, tmp_path):
+    """store_raw(_raw="hello") and free(_raw="hi") were stored in the conversation, the step states and the JSONL
+    export with the bare text hello and hi as their arguments: JSON the model never wrote (an export taught invalid
+    argument JSON). LangChain held them in ``tool_calls``: they show as their JSON. The invalid call keeps the text the
+    model wrote."""
+    import json
+
+    from ee_middleware.export import export_jsonl
+
+    seen: list[tuple[str, dict[str, Any]]] = []
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=RAW_REPLIES), _raw_tools(seen)), app="shop", store=store_path, offload=offload
+    )
+    agent.invoke({"messages": [("user", "store hello")]})
+    t = _recorded(agent, store_path)
+    written = ['{"_raw":"hello"}', '{"_raw":"hi"}', '{"_raw": 5']
+    [turn] = [m for m in t.messages if m.get("tool_calls")]
+    assert [c["function"]["arguments"] for c in turn["tool_calls"]] == written
+    [later] = [m for m in t.steps[-1].state if m.get("tool_calls")]  # the state of the answer that followed
+    assert [c["function"]["arguments"] for c in later["tool_calls"]] == written
+    store = LocalExperienceStore(store_path)
+    try:
+        assert export_jsonl(store, tmp_path / "out.jsonl", status=None) == 1
+    finally:
+        store.close()
+    [example] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    [exported] = [m for m in example["messages"] if m.get("tool_calls")]
+    assert [c["function"]["arguments"] for c in exported["tool_calls"]] == written

@@ -287,3 +287,78 @@ def test_the_shared_rule_reads_capture_s_mark_and_guesses_only_without_one() -> 
     assert malformed_arguments_json(tools_json, "store_raw", '{"_raw":"{"}', True) is True
     assert malformed_arguments_json(None, "free", '{"_raw":"hi"}') is True
     assert malformed_arguments_json(None, "free", '{"_raw":"hi"}', False) is False
+
+
+def test_a_raw_call_whose_tool_raised_and_a_call_repaired_into_raw_are_executed_as_production_sent_them(tmp_path: Path) -> None:
+    """free_fail(_raw="boom") was a call LangChain parsed; its tool ran and raised. Capture left it unmarked, so replay
+    read it as a malformed call's text and never executed or checked it. And a ``wrap_model_call`` middleware repaired
+    an invalid call into free(_raw="fixed"), which production ran with {"_raw": "fixed"}: capture recorded the model's
+    broken text ('{"_raw": '), which replay then executed. Replay now executes both, with what production sent."""
+    from langchain.agents.middleware import ModelResponse, wrap_model_call
+    from langchain_core.tools import StructuredTool, ToolException
+
+    production: list[tuple[str, dict[str, Any]]] = []
+
+    def _free(**arguments: Any) -> str:
+        production.append(("free", arguments))
+        return f"free {sorted(arguments)}"
+
+    def _fail(**arguments: Any) -> str:
+        production.append(("free_fail", arguments))
+        raise ToolException(f"free_fail failed on {sorted(arguments)}")
+
+    anything = {"type": "object", "properties": {"note": {"type": "string"}}, "additionalProperties": True}
+    tools = [
+        StructuredTool.from_function(func=_free, name="free", description="Takes anything.", args_schema=anything),
+        StructuredTool.from_function(
+            func=_fail, name="free_fail", description="Takes anything, fails.", args_schema=anything, handle_tool_error=True
+        ),
+    ]
+
+    @wrap_model_call
+    def repair(request: Any, handler: Any) -> Any:
+        response = handler(request)
+        result = []
+        for m in response.result:
+            if isinstance(m, AIMessage) and m.invalid_tool_calls:
+                fixed = [{"name": c["name"], "args": {"_raw": "fixed"}, "id": c["id"], "type": "tool_call"} for c in m.invalid_tool_calls]
+                m = AIMessage(content=m.content, tool_calls=[*m.tool_calls, *fixed], invalid_tool_calls=[], id=m.id)
+            result.append(m)
+        return ModelResponse(result=result, structured_response=response.structured_response)
+
+    replies = [
+        AIMessage(content="", tool_calls=[{"name": "free_fail", "args": {"_raw": "boom"}, "id": "e1", "type": "tool_call"}]),
+        AIMessage(content="", invalid_tool_calls=[invalid("free", '{"_raw": ', "r1")]),
+        AIMessage(content="done"),
+    ]
+    agent = record_experience(
+        create_agent(ScriptedChatModel(script=replies), tools, middleware=[repair]), app="shop", store=tmp_path / "store"
+    )
+    trajectory = record_once(agent, tmp_path / "store", {"messages": [("user", "free boom")]})
+    assert production == [("free_fail", {"_raw": "boom"}), ("free", {"_raw": "fixed"})]
+
+    received: list[tuple[str, dict[str, Any]]] = []
+
+    def sandboxed(name: str) -> Any:
+        def run(world: list[str], **arguments: Any) -> str:
+            received.append((name, arguments))
+            return f"{'free_fail failed on' if name == 'free_fail' else 'free'} {sorted(arguments)}"  # as production answered
+
+        return run
+
+    class _Free:
+        name = "scripted"
+
+        def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
+            call = ToolCall(id="alt", name="free", arguments={"note": "alt"})
+            return Proposals([Candidate(call=call, proposer=ProposerInfo(policy=self.name))])
+
+        def describe(self) -> dict[str, Any]:
+            return {}
+
+    sandbox = PythonSandbox(lambda env: [], tools={"free": sandboxed("free"), "free_fail": sandboxed("free_fail")})
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(_Free(), k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
+    assert "malformed_calls_not_executed" not in record.details, record.details
+    assert [call for call in received if call[1] != {"note": "alt"}] == [("free_fail", {"_raw": "boom"}), ("free", {"_raw": "fixed"})]
