@@ -2,7 +2,8 @@
 never teaches them), kept in the light core so that both read the same function (see :func:`malformed_by_the_model`).
 
 Capture says it of each call whose arguments could be read either way (:attr:`~ee_middleware.records.ToolCall.malformed`,
-schema 1.6: set from LangChain's ``invalid_tool_calls`` and the tool spans that ran): that mark decides. Calls without it
+schema 1.6: set from LangChain's ``invalid_tool_calls``, the argument text the model wrote, and the tool spans that
+ran repaired calls): that mark decides. Calls without it
 (records older than 1.6, records built by hand, another recorder's calls whose arguments were no JSON object) are judged
 by their arguments' shape (:func:`malformed_arguments`)."""
 
