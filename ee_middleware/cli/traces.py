@@ -165,6 +165,8 @@ def show(
         call = step.action.tool_call
         obs = step.observation
         observation = "" if obs is None else observation_cell(obs.content, obs.is_error, 300)
+        if obs is not None and obs.truncated_chars:  # the stored text carries no marker of the cut
+            observation += f"\n[dim]({obs.truncated_chars:,} more chars cut at capture: max_observation_chars)[/]"
         action = escape(call.name) if call else "[bold]answer[/]"
         if step.tools is not None:  # the tools offered at this decision, where they were not the run's (schema 1.4)
             action += f"\n[dim]offered: {escape(', '.join(step.tools)) or 'no tool'}[/]"
