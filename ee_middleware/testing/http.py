@@ -1,11 +1,14 @@
-"""A real HTTP server on a background thread for as long as a ``with`` block lasts, a JSON answer for its handlers, and
-:class:`ScriptedChatServer`, a stand-in for an OpenAI-compatible chat server answering from a script."""
+"""A real HTTP server on a background thread for as long as a ``with`` block lasts, a JSON answer and a server-sent event
+stream for its handlers, and :class:`ScriptedChatServer`, a stand-in for an OpenAI-compatible chat server answering from a
+script (streamed when asked)."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -40,6 +43,21 @@ def send_json(handler: BaseHTTPRequestHandler, body: Any, status: int = 200) -> 
     handler.send_header("Content-Length", str(len(data)))
     handler.end_headers()
     handler.wfile.write(data)
+
+
+def send_events(handler: BaseHTTPRequestHandler, events: Iterator[Any]) -> None:
+    """Answer the request ``handler`` is serving with a server-sent event stream: each of ``events`` as a
+    ``data: JSON`` event (``"[DONE]"`` as it is), sent as it comes; the connection closes after the last one."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    for event in events:
+        data = event if event == "[DONE]" else json.dumps(event)
+        handler.wfile.write(f"data: {data}\n\n".encode())
+        handler.wfile.flush()
 
 
 @dataclass(frozen=True)
@@ -84,7 +102,16 @@ class ScriptedChatServer:
     ``max_model_len``); ``models=None`` answers it 404 as a server without a listing does, and a :class:`Reply` answers
     it as it is. Any other path is answered 404.
 
-    ``requests`` holds the body of every chat request, in the order they came (kept after the block);
+    A request with ``"stream": true`` gets its answer as OpenAI and vLLM stream one: ``text/event-stream``, one
+    ``data: {...}`` event per ``chat.completion.chunk`` (for each choice the role with empty content, any other field of
+    the message such as ``reasoning_content``, the content in word-sized pieces, each tool call opening with its
+    ``index``, ``id``, ``type`` and ``name`` and then its ``arguments`` in pieces, and a last chunk with the
+    ``finish_reason``); with ``stream_options.include_usage`` a chunk with empty ``choices`` and the ``usage`` (a
+    :class:`Reply`'s own, else counted in words); then ``data: [DONE]``. A :class:`Reply` is streamed that way when its
+    status is 200 and its body is a completion with ``choices`` of messages; any other (a refusal, an odd body) is sent
+    as it is, as JSON, as a server answers before its stream starts.
+
+    ``requests`` holds the body of every chat request, in the order they came (kept after the block), streamed or not;
     ``model_listings`` counts the ``GET /models``. Requests are served concurrently; the script is called outside any
     lock, so a callable that keeps state shared between requests guards it itself.
 
@@ -174,6 +201,75 @@ def _reply(answer: Answer, n: int, model: Any) -> Reply:
     return Reply({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": model, "choices": [choice]})
 
 
+def _is_completion(body: Any) -> bool:
+    """Whether ``body`` is a chat completion that can be streamed: a dict whose ``choices`` are dicts with a message."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    return isinstance(choices, list) and all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices)
+
+
+def _pieces(text: str) -> list[str]:
+    """``text`` cut after each run of whitespace (as a model's tokens come): the pieces join up to it."""
+    return [piece for piece in re.split(r"(?<=\s)(?=\S)", text) if piece]
+
+
+def _completion_chunks(completion: dict[str, Any], request: dict[str, Any], *, include_usage: bool) -> Iterator[Any]:
+    """The events of ``completion`` streamed as vLLM streams an answer to ``request``: the ``chat.completion.chunk``
+    dicts per choice, the usage chunk when asked, ``"[DONE]"``."""
+    head = {
+        "id": completion.get("id"),
+        "object": "chat.completion.chunk",
+        "created": completion.get("created", int(time.time())),
+        "model": completion.get("model"),
+    }
+    pieces = 0  # of content and arguments: the completion tokens of a usage counted here
+
+    def chunk(index: Any, delta: dict[str, Any], finish_reason: Any = None) -> dict[str, Any]:
+        nonlocal pieces
+        pieces += "content" in delta or any(
+            "arguments" in call.get("function", {}) for call in delta.get("tool_calls", []) if isinstance(call, dict)
+        )
+        return {**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+    for position, choice in enumerate(completion["choices"]):
+        index, message = choice.get("index", position), choice["message"]
+        yield chunk(index, {"role": message.get("role", "assistant"), "content": ""})
+        for key, value in message.items():  # reasoning_content, refusal, ...: sent as they are, before the content
+            if key not in ("role", "content", "tool_calls") and value is not None:
+                yield chunk(index, {key: value})
+        content = message.get("content")
+        if isinstance(content, str):
+            for piece in _pieces(content):
+                yield chunk(index, {"content": piece})
+        elif content is not None:
+            yield chunk(index, {"content": content})
+        for number, call in enumerate(message.get("tool_calls") or []):
+            if not isinstance(call, dict) or not isinstance(call.get("function"), dict):
+                yield chunk(index, {"tool_calls": [{"index": number, **call} if isinstance(call, dict) else call]})
+                continue
+            function = call["function"]
+            arguments = function.get("arguments")
+            opening = {k: v for k, v in call.items() if k != "function"}
+            opened = {k: v for k, v in function.items() if k != "arguments"}
+            if not isinstance(arguments, str):  # not text: sent whole, as it is
+                yield chunk(index, {"tool_calls": [{"index": number, **opening, "function": dict(function)}]})
+                continue
+            yield chunk(index, {"tool_calls": [{"index": number, **opening, "function": {**opened, "arguments": ""}}]})
+            for piece in _pieces(arguments):
+                yield chunk(index, {"tool_calls": [{"index": number, "function": {"arguments": piece}}]})
+        yield chunk(index, {}, choice.get("finish_reason", "stop"))
+    if include_usage:
+        usage = completion.get("usage")
+        if not isinstance(usage, dict):
+            words = sum(
+                len(m["content"].split())
+                for m in request.get("messages") or []
+                if isinstance(m, dict) and isinstance(m.get("content"), str)
+            )
+            usage = {"prompt_tokens": words, "completion_tokens": pieces, "total_tokens": words + pieces}
+        yield {**head, "choices": [], "usage": usage}
+    yield "[DONE]"
+
+
 def _models_reply(models: Models) -> Reply:
     if models is None:
         return _NOT_FOUND
@@ -233,4 +329,9 @@ class _ChatHandler(BaseHTTPRequestHandler):
             send_json(self, {"error": {"message": f"the body is not JSON: {error}", "type": "BadRequestError", "code": 400}}, 400)
             return
         reply = self.server.owner._answer_chat(body)
-        send_json(self, reply.body, reply.status)
+        if isinstance(body, dict) and body.get("stream") is True and reply.status == 200 and _is_completion(reply.body):
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and options.get("include_usage") is True
+            send_events(self, _completion_chunks(reply.body, body, include_usage=include_usage))
+        else:
+            send_json(self, reply.body, reply.status)
