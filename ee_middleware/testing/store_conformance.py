@@ -199,9 +199,10 @@ def check_store(make_store: MakeStore | str, *, crash: bool | None = None) -> No
             process, which must build the store from ``make_store``, so ``make_store`` must pickle: a store spec, a
             module-level function or class, or ``functools.partial(MyStore, path)`` (not a lambda). ``None``
             (default): run it where it can run, else warn with a :class:`CrashCheckWarning` saying why; ``True``: the
-            same, but a factory that cannot run it is a :class:`TypeError` and any other reason it cannot run a
-            failure; ``False``: skip it (a store that lives in one process's memory, which no crash leaves anything
-            of).
+            same, but a factory that does not pickle is a :class:`TypeError`, and any other reason it cannot run
+            (a platform without ``fork()``, a child process that cannot import the factory) a failure
+            (:class:`AssertionError`); ``False``: skip it (a store that lives in one process's memory, which no crash
+            leaves anything of).
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
@@ -648,9 +649,13 @@ def _crash_plan(round_no: int) -> list[_CrashOp]:
 
 
 def _crash_check_possible(make_store: MakeStore, *, required: bool, stacklevel: int = 5) -> bool:
-    """Whether the crash check can run with ``make_store``; if not, a :class:`TypeError` (``required``) or a warning."""
+    """Whether the crash check can run with ``make_store``; if not, a warning, or (``required``) a :class:`TypeError` for a
+    factory another process cannot import and an :class:`AssertionError` for a platform without ``fork()`` (no fault of
+    the factory)."""
     reason = None
     if not hasattr(os, "fork"):
+        if required:
+            _crash_check_not_run("this platform has no fork()", required=True)
         reason = "this platform has no fork()"
     else:
         try:

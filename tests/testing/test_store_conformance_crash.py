@@ -321,3 +321,17 @@ def test_a_handle_that_does_not_see_its_own_writes_is_shown_what_it_returned(tmp
         match=r"write\(\) returned 3 for \['traj-0a', 'traj-1b', 'traj-1b7'\] but trajectories\(\) on the same handle shows nothing",
     ):
         check_store(functools.partial(SavesOnClose, tmp_path / "store"), crash=False)
+
+
+def test_no_fork_simulated_by_removing_os_fork_fails_a_required_crash_check_and_warns_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A platform without fork() (Windows; simulated here by removing ``os.fork``, the real thing cannot run on Linux) is
+    no fault of the factory: with crash=True it is the failure the docstring promises (AssertionError, the reason named),
+    not the TypeError kept for a factory another process cannot import; by default a CrashCheckWarning."""
+    monkeypatch.delattr(os, "fork")
+    factory = functools.partial(JsonFileStore, tmp_path / "store")
+    with pytest.raises(AssertionError, match=r"crash check could not run: this platform has no fork\(\)"):
+        check_store(factory, crash=True)
+    with pytest.warns(CrashCheckWarning, match=r"did not run: this platform has no fork\(\)"):
+        check_store(factory)
