@@ -3,7 +3,9 @@
 :class:`ServerProcess` starts a command in its own process group (``start_new_session``), sends its
 output to a log file, waits until ``GET /v1/models`` answers (or the process exits, or the timeout
 passes: then it is stopped and :class:`~ee_middleware.adapters.errors.ServerStartError` carries the
-last lines of its log), and stops the whole group (SIGTERM, then SIGKILL) on :meth:`stop`.
+last lines of its log), and stops the whole group (SIGTERM, then SIGKILL) on :meth:`stop`. A log it made itself (no
+``log_path`` given: ``ee-NAME-*.log`` in the temporary folder) is deleted when the server is stopped; it is kept when
+the server failed to start (the error names it) or ended by itself with a failure. A ``log_path`` given is never deleted.
 
 :func:`vllm_command` builds vLLM's command line: ``vllm serve MODEL`` (``launcher="cli"``, the GPU
 default) or ``python -m vllm.entrypoints.openai.api_server --model MODEL`` (``launcher="module"``:
@@ -166,6 +168,8 @@ class ServerProcess:
     url: str
     env: dict[str, str] | None = None
     log_path: Path | None = None
+    """Where the server's output goes (appended). ``None``: a new ``ee-NAME-*.log`` in the temporary folder, made at
+    :meth:`start` and deleted by :meth:`stop` unless the server failed (``log_path`` is ``None`` again then)."""
     name: str = "server"
     end_with_parent: bool = False
     """Linux: the server gets SIGTERM when the thread that started it ends, even by SIGKILL (``prctl``
@@ -173,21 +177,31 @@ class ServerProcess:
     as it should (``ee serve vllm``): a server started from a worker thread would be ended with that thread."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _own_log: bool = field(default=False, init=False, repr=False)  # log_path was made by start(): stop() deletes it
+    _failed: bool = field(default=False, init=False, repr=False)  # start() failed: its error names the log, kept
+    _ended: bool = field(default=False, init=False, repr=False)  # stop() or kill() ended the process (not a failure)
 
     def start(self, *, timeout_s: float = 300.0, poll_s: float = 0.5) -> ServerProcess:
         """Start the process and wait until ``/v1/models`` answers; :class:`ServerStartError` (with the log's tail) otherwise."""
         self._check_address()
+        self._failed = self._ended = False
         if self.log_path is None:
-            self.log_path = Path(tempfile.mkstemp(prefix=f"ee-{self.name}-", suffix=".log")[1])
+            descriptor, path = tempfile.mkstemp(prefix=f"ee-{self.name}-", suffix=".log")
+            os.close(descriptor)
+            self.log_path, self._own_log = Path(path), True
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            self.command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-            preexec_fn=parent_death_preexec(signal.SIGTERM) if self.end_with_parent else None,
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.command,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=parent_death_preexec(signal.SIGTERM) if self.end_with_parent else None,
+            )
+        except BaseException:  # no such program, say: the log is closed (and, empty, deleted when made here)
+            self.stop()
+            raise
         client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key="")
         deadline = time.monotonic() + timeout_s
         try:
@@ -222,6 +236,7 @@ class ServerProcess:
             # another address problem (a host name of another machine, say): the server's own log will say
 
     def _start_error(self, what: str) -> ServerStartError:
+        self._failed = True  # the error names the log: stop() keeps it
         return ServerStartError(
             f"The {self.name} ({' '.join(self.command[:4])} ...) {what}. Last lines of its log {self.log_path}:\n{self.log_tail()}",
             url=self.url,
@@ -241,7 +256,14 @@ class ServerProcess:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, *, grace_s: float = 15.0) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace_s``; idempotent."""
+        """SIGTERM the process group, SIGKILL it after ``grace_s``; idempotent.
+
+        The log :meth:`start` made (no ``log_path`` given) is deleted, unless the server failed: its start failed, or it
+        had ended by itself with a status other than 0 before this stop (or :meth:`kill`)."""
+        if self.process is not None and not self._ended:
+            if self.process.poll() not in (None, 0):
+                self._failed = True  # it ended by itself, failing: its log says why
+            self._ended = True
         if self.process is not None:
             _signal_group(self.process.pid, signal.SIGTERM)
             try:
@@ -253,10 +275,18 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self._own_log and not self._failed and self.log_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.log_path.unlink()
+            self.log_path, self._own_log = None, False
 
     def kill(self) -> None:
-        """SIGKILL the whole group at once (tests: a server that dies)."""
+        """SIGKILL the whole group at once (tests: a server that dies); its log is then deleted by :meth:`stop` as after
+        a clean stop."""
         if self.process is not None:
+            if not self._ended and self.process.poll() not in (None, 0):
+                self._failed = True  # it had already failed by itself: stop() keeps its log
+            self._ended = True
             _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 

@@ -231,3 +231,88 @@ def test_ee_serve_vllm_records_its_max_lora_rank_and_promote_refuses_a_larger_ra
         psutil.wait_procs(_ours(marker, ee.pid), timeout=10)
         for process in _ours(marker, ee.pid):
             process.kill()
+
+
+TINY_SERVER = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+print("tiny server up", flush=True)
+class Models(BaseHTTPRequestHandler):
+    def do_GET(self):
+        data = json.dumps({"object": "list", "data": [{"id": "m"}]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Models).serve_forever()
+"""
+
+
+@pytest.fixture
+def temp_dir(tmp_path, monkeypatch):
+    """The folder tempfile makes files in, for this test alone (where the launcher puts the logs it makes)."""
+    import tempfile
+
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def _tiny(**kwargs) -> ServerProcess:
+    port = free_port()
+    return ServerProcess([sys.executable, "-c", TINY_SERVER, str(port)], f"http://127.0.0.1:{port}/v1", name="tiny server", **kwargs)
+
+
+def test_the_log_the_launcher_made_is_deleted_when_the_server_is_stopped(temp_dir) -> None:
+    """Before: every server started without a log_path left an ee-<name>-*.log in /tmp for good."""
+    with _tiny() as server:
+        log = server.log_path
+        assert log is not None and log.parent == temp_dir and log.name.startswith("ee-tiny server-")
+        assert "tiny server up" in server.log_tail()
+    assert not log.exists() and list(temp_dir.iterdir()) == []
+    assert server.log_path is None and server.log_tail() == "(no log)"
+    server.stop()  # stopping again changes nothing
+
+    killed = _tiny().start(timeout_s=30, poll_s=0.05)
+    killed_log = killed.log_path
+    killed.kill()  # ended on purpose, not by a failure of its own
+    killed.stop()
+    assert killed_log is not None and not killed_log.exists() and list(temp_dir.iterdir()) == []
+
+
+def test_a_log_path_given_is_never_deleted(tmp_path, temp_dir) -> None:
+    given = tmp_path / "server.log"
+    with _tiny(log_path=given) as server:
+        pass
+    assert server.log_path == given and "tiny server up" in given.read_text()
+    assert list(temp_dir.iterdir()) == []
+
+
+def test_the_log_of_a_server_that_failed_is_kept_and_named_in_the_error(temp_dir) -> None:
+    command = [sys.executable, "-c", "import sys; print('error: no model at /nowhere', flush=True); sys.exit(3)"]
+    server = ServerProcess(command, f"http://127.0.0.1:{free_port()}/v1", name="failing server")
+    with pytest.raises(ServerStartError) as raised:
+        server.start(timeout_s=30, poll_s=0.05)
+    [log] = temp_dir.iterdir()
+    assert str(log) in str(raised.value) and "error: no model at /nowhere" in log.read_text()
+    assert server.log_path == log
+    server.stop()
+    assert log.exists(), "stopping again after the failure keeps it"
+
+    crashing = f"{TINY_SERVER}\n".replace("serve_forever()", "handle_request(); sys.exit('crashed after one request')")
+    port = free_port()
+    crashed = ServerProcess([sys.executable, "-c", crashing, str(port)], f"http://127.0.0.1:{port}/v1", name="crashing server")
+    with crashed:
+        crashed.process.wait(timeout=30)  # it answered the readiness check, then ended by itself
+        crashed_log = crashed.log_path
+    assert crashed_log is not None and crashed_log.exists() and "crashed after one request" in crashed_log.read_text()
+    assert crashed.log_path == crashed_log
+    crashed.stop()
+    assert crashed_log.exists(), "stopping again keeps it"
+
+
+def test_a_command_that_cannot_be_run_leaves_no_log(temp_dir) -> None:
+    server = ServerProcess([str(temp_dir / "no-such-program")], f"http://127.0.0.1:{free_port()}/v1", name="missing server")
+    with pytest.raises(FileNotFoundError):
+        server.start(timeout_s=5)
+    assert list(temp_dir.iterdir()) == [] and server._log is None
