@@ -15,11 +15,13 @@ Each trajectory is a task:
   apps that ``ee bfcl record-experts`` writes), reset to the trajectory's environment reference;
 * success: the sandbox's :meth:`state_digest` after the candidate's run equals the digest after
   replaying the expert's recorded calls on a fresh world, **and** the facts of the expert's final
-  answer appear in the candidate's replies (:func:`answer_facts`: its numbers and identifiers,
-  and the words it took from the tools' results, a capital that begins a sentence being no sign of a name;
-  :func:`missing_facts` says which do not, reading a fact as a whole word and a number by its value and sign, never
-  inside a longer token: the 3 of ``SKU-3`` or of ``3-5``, the 5 of ``2025-05-01`` are no number). Otherwise the reason says which check failed,
-  with the expert calls the candidate did not make or the facts it did not state;
+  answer appear in the candidate's replies (:func:`answer_facts`: its numbers, dates and identifiers, and the words it
+  took from the tools' results, a capital that begins a sentence being no sign of a name unless the results never write
+  the word in lower case; :func:`missing_facts` says which do not, reading a fact as a whole word and a number by its
+  value and sign, never inside a longer token: the 3 of ``SKU-3``, ``SKU/3``, ``item:3`` or ``3rd``, the 5 of
+  ``2025-05-01`` are no number, while ``3-day`` states 3 and a range ``3-5`` both 3 and 5, as ``3 to 5`` does).
+  Otherwise the reason says which check failed, with the expert calls the candidate did not make or the facts it did
+  not state;
 * the expert's calls of tools the sandbox does not provide (``covers()`` false after the reset: a tool that acts outside
   the world, such as paging on-call, which docs/sandboxes.md says to list nowhere) change no world the digest could
   compare, so they are checked as calls (:func:`uncovered_calls_not_made`): the candidate must have made each of them, by
@@ -64,6 +66,7 @@ import re
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -153,37 +156,93 @@ def answer_facts(final_answer: str | None, observations: list[str]) -> list[str]
     alphabetic, or lowercase where a result holds them as values of their own (:func:`_returned_as_value`: a product in
     a list, a quoted status).
 
-    A capital that begins a sentence or a line is no evidence of a name: a word the answer capitalises only there
-    (``Moved 2 units ...``) counts as capitalised only where the tools' results capitalise it where no sentence begins
-    either (``shipped to Raleigh``, ``"city": "Raleigh"``), so ``Moved 2 units ...`` and ``I moved 2 units ...`` have
-    the same facts."""
+    A capital that begins a sentence or a line is no evidence of a name by itself: a word the answer capitalises only
+    there (``Moved 2 units ...``) is a name where the tools' results capitalise it where no sentence begins either
+    (``shipped to Raleigh``, ``"city": "Raleigh"``) or never write it in lower case (``Smith approved the refund.``),
+    and none where they do (``moved 2 SKU-1 ...``), so ``Moved 2 units ...`` and ``I moved 2 units ...`` then have the
+    same facts.
+
+    Numbers are read as the candidate's are (:func:`_readings`): a date in words is its ISO date (``May 1, 2025``:
+    ``2025-05-01``), a range ``3-5`` its two numbers, ``3-day`` the number 3."""
     if not final_answer:
         return []
     seen = _facts_text(" ".join(observations))
     values = "\n".join(observations).lower()  # as written, list separators kept
     facts: list[str] = []
-    text = _facts_text(final_answer)
-    for match in _TOKEN.finditer(text):
-        token = match.group(0).strip(".:/-$#")
-        if token and _negative(text, match.start(), match.group(0), token):
-            token = f"-{token}"  # the sign is part of the fact, as the candidate's numbers keep theirs (_numbers)
-        if not token or token in facts:
-            continue
-        if any(c.isdigit() for c in token) or (
-            len(token) >= 3
-            and token not in _STOPWORDS
-            and (not token.isalpha() or _returned_as_value(token, values) or _capitalised(token, final_answer, observations))
-            and re.search(rf"(?<!\w){re.escape(token)}(?!\w)", seen)
-        ):
-            facts.append(token)
+    judged: set[str] = set()  # a token's verdict does not depend on where it stands: each is judged once
+    for reading in _readings(_facts_text(final_answer)):
+        for token in reading.facts:
+            if token in judged:
+                continue
+            judged.add(token)
+            if any(c.isdigit() for c in token) or (
+                len(token) >= 3
+                and token not in _STOPWORDS
+                and (not token.isalpha() or _returned_as_value(token, values) or _capitalised(token, final_answer, observations))
+                and re.search(rf"(?<!\w){re.escape(token)}(?!\w)", seen)
+            ):
+                facts.append(token)
     return facts
+
+
+class _Reading(NamedTuple):
+    """A token of a text and the facts it states (:func:`_readings`)."""
+
+    start: int
+    end: int
+    """Where the text that states ``facts`` is: the token's, a written date's, the number of ``3-day``."""
+    facts: list[str]
+
+
+def _readings(text: str) -> Iterator[_Reading]:
+    """The tokens of ``text`` (as :func:`_facts_text` wrote it), each with the facts it states, read as :func:`_numbers`
+    reads the candidate's numbers, so that a text states every fact read in it:
+
+    * a date written in words (``may 1 2025``, ``1st of may 2025``) is one fact, its ISO date (``2025-05-01``), which any
+      common form of it states; its month, day and year are no facts of their own;
+    * a number with a minus sign before it is negative (``-250``, :func:`_negative`);
+    * a number a hyphen joins to words (``3-day``, ``2.5-hour``, ``3-day-old``) is that number: ``a 3-day wait`` states
+      3 as ``3 days`` does;
+    * a short range ``3-5`` (:func:`_range`) is both its numbers, as ``3 to 5`` is (``#3-5`` is an id's: itself);
+    * any other token is itself, without the punctuation around it (``sku-3``, ``10:30``, ``1.2.3``, ``w5952658``)."""
+    dates = [(match.start(), match.end(), iso) for match in _WRITTEN_DATE.finditer(text) if (iso := _written_date(match))]
+    date_end = -1  # the end of the date in words the last tokens were part of
+    for match in _TOKEN.finditer(text):
+        if match.start() < date_end:
+            continue
+        while dates and dates[0][1] <= match.start():
+            dates.pop(0)
+        if dates and dates[0][0] <= match.start():  # a date in words is read once, at its first token
+            start, date_end, iso = dates.pop(0)
+            yield _Reading(start, date_end, [iso])
+            continue
+        raw = match.group(0)
+        token = raw.strip(".:/-$#")
+        if not token:
+            continue
+        lead = raw[: raw.find(token)]
+        compound = _COMPOUND.fullmatch(token)
+        parts = _range(token) if "#" not in lead else None
+        if compound:
+            number = compound.group(1)
+            sign = "-" if _negative(text, match.start(), raw, number) else ""
+            at = match.start() + len(lead)
+            yield _Reading(match.start(), at + len(number), [sign + number])
+        elif parts:
+            yield _Reading(match.start(), match.end(), list(parts))
+        elif _negative(text, match.start(), raw, token):
+            yield _Reading(match.start(), match.end(), [f"-{token}"])  # the sign is part of the fact, as in _numbers
+        else:
+            yield _Reading(match.start(), match.end(), [token])
 
 
 def _capitalised(word: str, answer: str, observations: list[str]) -> bool:
     """Whether ``word`` (lower case) is written as a name is: capitalised in the ``answer`` where no sentence or line
     begins (:func:`_starts_sentence`), or there in capitals throughout (``IBM``: a sentence's start explains one capital,
     not all); or, when the answer capitalises it only where a sentence begins, capitalised in one of the tools'
-    ``observations`` where no sentence or line begins either. A word the answer never capitalises is none."""
+    ``observations`` where no sentence or line begins either, or, if they too capitalise it only where a sentence begins,
+    never written in lower case in them (``Smith approved the refund.``: a name; ``moved 2 SKU-1``: a capital that
+    only begins a sentence). A word the answer never capitalises is none."""
     pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)", re.IGNORECASE)
     initial = False
     for match in pattern.finditer(answer):
@@ -195,11 +254,14 @@ def _capitalised(word: str, answer: str, observations: list[str]) -> bool:
         initial = True
     if not initial:
         return False
-    return any(
-        match.group(0)[0].isupper() and not _starts_sentence(observation, match.start())
-        for observation in observations
-        for match in pattern.finditer(observation)
-    )
+    lowercase = False
+    for observation in observations:
+        for match in pattern.finditer(observation):
+            if not match.group(0)[0].isupper():
+                lowercase = True
+            elif not _starts_sentence(observation, match.start()):
+                return True
+    return not lowercase
 
 
 _OPENERS = frozenset("\"'\u201c\u2018\u00ab([{*\u2022\u00b7-\u2013\u2014>#")
@@ -235,11 +297,19 @@ _SIGN_DASHES = re.compile(r"[\u2212\ufe63\uff0d]|(?<![\w.])\u2013(?=[$€£]?\d)
 and an en dash (U+2013) before a number where a ``-`` would be a sign (not in ``10`` en dash ``20``, a range)."""
 
 
+_HYPHENS = re.compile(r"[\u2010\u2011]|(?<![\w.])([^\W\d_]+)\u2013(?=\d)")
+"""Dashes written as a hyphen: the hyphen (U+2010) and the non-breaking hyphen (U+2011), and an en dash (U+2013) between a
+word of letters and a digit (``SKU`` en dash ``3`` is ``SKU-3``; not after a number's unit, ``9am`` en dash ``5pm``, a
+range). An em dash is prose's punctuation (``done`` em dash ``3 units moved``), never an id's, and stays one."""
+
+
 def _facts_text(text: str) -> str:
     """``text`` as facts are read in it: :func:`normalize`, with every minus sign written ``-`` (``250`` after a U+2212
-    minus sign is ``-250``) and every decimal digit written in ASCII (``١٢٣``, in Arabic-Indic digits, or in fullwidth ones,
-    are ``123``: a number is one token, whatever script its digits are in)."""
-    return _SIGN_DASHES.sub("-", _UNICODE_DIGIT.sub(lambda digit: str(unicodedata.decimal(digit.group(0))), normalize(text)))
+    minus sign is ``-250``), every hyphen written ``-`` (:data:`_HYPHENS`: ``SKU`` U+2011 ``3`` is ``sku-3``) and every
+    decimal digit written in ASCII (``١٢٣``, in Arabic-Indic digits, or in fullwidth ones, are ``123``: a number is one
+    token, whatever script its digits are in)."""
+    ascii_digits = _UNICODE_DIGIT.sub(lambda digit: str(unicodedata.decimal(digit.group(0))), normalize(text))
+    return _SIGN_DASHES.sub("-", _HYPHENS.sub(lambda dash: f"{dash.group(1) or ''}-", ascii_digits))
 
 
 _UNICODE_DIGIT = re.compile(r"(?![0-9])\d")
@@ -263,8 +333,9 @@ def missing_facts(facts: list[str], replies: list[str]) -> list[str]:
     """The ``facts`` (from :func:`answer_facts`) that none of the candidate's ``replies`` states.
 
     A fact is stated as a whole word, never inside a longer one (``ua100`` is not in ``UA1000``, ``2`` not in
-    ``DL200``, ``3`` not in ``SKU-3``, ``5`` not in ``2025-05-01``, ``o-104`` not in ``O-104-2``; a range written
-    ``3-5`` states ``3-5``, not 3 nor 5, one written ``3 to 5`` both: see :func:`_numbers`), with the case and thousands separators ignored. A number is stated by its value and sign however it is
+    ``DL200``, ``3`` not in ``SKU-3``, ``SKU/3``, ``item:3`` or ``3rd``, ``5`` not in ``2025-05-01``, ``o-104`` not in
+    ``O-104-2``; a range ``3-5`` states 3 and 5, as ``3 to 5`` does, and ``3-day`` states 3: see :func:`_numbers`),
+    with the case and thousands separators ignored. A number is stated by its value and sign however it is
     written (``1250.00`` by ``$1,250``, ``40.5`` by ``40.50``, ``-250`` by ``-$250`` or with a U+2212 minus sign, not by ``250``), a count up to twenty also in words (``3`` by ``three``), a number
     with a unit by the same number and unit (``21c`` by ``21 °C``), and a date also as ``May 1, 2024`` or
     ``1 May 2024`` (``2024-05-01``).
@@ -289,8 +360,8 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
         if value in numbers:
             return True
         word = _COUNT_WORDS.get(int(value)) if value == value.to_integral_value() and 0 <= value <= 20 else None
-        # a word of its own: twenty-one does not state 20, as 21-a does not state 21
-        spelled = rf"(?<![a-z])(?<![a-z0-9]-){word}(?![a-z])(?!-[a-z0-9])"
+        # a word of its own: twenty-one does not state 20, as 21-a does not state 21; three-day states 3, as 3-day does
+        spelled = rf"(?<![a-z])(?<![a-z0-9]-){word}(?![a-z])(?!-(?!(?!{_UNIT_WORDS}){_HYPHEN_WORDS}))"
         return word is not None and any(re.search(spelled, text) for text in texts)
     with_unit = _WITH_UNIT.fullmatch(fact)
     if with_unit:
@@ -299,7 +370,7 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
         # a longer token (room A-5C), as the number alone in _numbers
         sign = _SIGN if amount.startswith("-") else r"(?<!-)"
         digits = re.escape(amount.lstrip("-"))
-        pattern = rf"(?<![\w.]){sign}{digits}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z0-9])(?!-[a-z0-9])"
+        pattern = rf"(?<![\w.]){sign}(?<!\w[/:]){digits}(?:\.0+)?\s*°?\s*{re.escape(unit)}(?![a-z0-9])(?!-[a-z0-9])"
         return any(re.search(pattern, text) for text in texts)
     if _ISO_DATE.fullmatch(fact):
         try:
@@ -312,32 +383,52 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
 def _numbers(text: str) -> set[Decimal]:
     """The numbers ``text`` states, by value and with their sign (``-250``, ``-$250`` and ``$-250`` are all -250).
 
-    A number is a token of its own: digits a hyphen joins to a letter or a digit are part of a longer token and no number
-    (the 3 of ``SKU-3``, the 20 of ``UA-20``, the 2025, 05 and 01 of ``2025-05-01``, the 3 of ``3-day``), nor are
-    digits a dot joins to more digits (``1.2.3``, a version, states no 1.2). So a range written with a hyphen, ``3-5``,
-    is one token that states neither 3 nor 5 (it states the expert's own ``3-5``, read as a whole word, as the
-    expert's answer reads it): a hyphen between digits is as often an id's, a date's or a phone number's, and a wrong
-    number stated must not pass. A range written with spaces or words (``3 - 5``, ``3 to 5``) or an en dash
-    (``3``, U+2013, ``5``) states both numbers, and a minus sign not after a letter, a digit or a dot is a sign
-    (``-3``, ``a change of -3``, ``(-3)``)."""
+    A number is a token of its own: digits a hyphen, a slash or a colon joins to a letter or a digit are part of a longer
+    token and no number (the 3 of ``SKU-3``, ``SKU/3`` and ``item:3``, the 20 of ``UA-20``, the 2025, 05 and 01 of
+    ``2025-05-01`` and ``2025/05/01``, the 10 and 30 of ``10:30``, the 3 of ``3-a1``), nor are an ordinal (``3rd``) or
+    digits a dot joins to more digits (``1.2.3``, a version, states no 1.2). A hyphen and a word after a number leave it
+    a number (``3-day``, ``2.5-hour``: an adjective, not an id), and so does ``#`` before it (``order #123`` states the
+    ``123`` of ``order 123``).
+
+    A range states both its numbers: written with spaces or words (``3 - 5``, ``3 to 5``), an en dash (``3``, U+2013,
+    ``5``), or a hyphen where it can be nothing else (:func:`_range`: ``3-5``, ``10-20``, ``2019-2024``; not a date,
+    a phone number or its pieces, a score ``2-1``, nor a part of a longer id). A minus sign not after a letter, a digit or
+    a dot is a sign (``-3``, ``a change of -3``, ``(-3)``)."""
     found = set()
     for sign, value in _SIGNED_NUMBER.findall(text):
         found.add(-Decimal(value) if "-" in sign else Decimal(value))
+    for match in _RANGE.finditer(text):
+        found.update(Decimal(part) for part in _range(match.group(0)) or ())
     return found
 
 
+def _range(token: str) -> tuple[str, str] | None:
+    """The two numbers of ``token`` when it is a range written with a hyphen, else None: two parts of digits only, the
+    first smaller, without a leading zero, each of one to three digits or both of four (``3-5``, ``10-20``,
+    ``2019-2024``). Not a year and a month (``2025-05``), a phone number's pieces (``555-1234``), a score (``2-1``) or
+    ``01-05``; a date or a phone number, of three parts, is no two-part token."""
+    match = _RANGE_PARTS.fullmatch(token)
+    if not match:
+        return None
+    low, high = match.groups()
+    if any(len(part) > 1 and part.startswith("0") for part in (low, high)) or int(low) >= int(high):
+        return None
+    if (len(low) == 4) != (len(high) == 4):
+        return None
+    return low, high
+
+
+def _written_date(match: re.Match[str]) -> str | None:
+    """The ISO date (``2025-05-01``) a :data:`_WRITTEN_DATE` match writes, None when it is no date (``may 32 2025``)."""
+    month, day, year = match.group("month") or match.group("month2"), match.group("day") or match.group("day2"), match.group("year")
+    try:
+        return dt.date(int(year), _MONTHS[month[:3]], int(day)).isoformat()
+    except (KeyError, ValueError):
+        return None
+
+
 def _dates(text: str) -> set[dt.date]:
-    found = set()
-    for match in _WRITTEN_DATE.finditer(text):
-        month_first, day_first, year = (
-            match.group("month") or match.group("month2"),
-            match.group("day") or match.group("day2"),
-            match.group("year"),
-        )
-        try:
-            found.add(dt.date(int(year), _MONTHS[month_first[:3]], int(day_first)))
-        except (KeyError, ValueError):
-            continue
+    found = {dt.date.fromisoformat(iso) for match in _WRITTEN_DATE.finditer(text) if (iso := _written_date(match))}
     for match in re.finditer(r"\b(\d{4})[-/](\d{1,2})[-/](\d{1,2})\b", text):
         try:
             found.add(dt.date(*(int(part) for part in match.groups())))
@@ -350,10 +441,25 @@ _NUMBER = re.compile(r"[$€£]?(-?\d+(?:\.\d+)?)%?")
 _WITH_UNIT = re.compile(r"(-?\d+(?:\.\d+)?)([a-z%°]{1,4})")
 _SIGN = r"(?:(?<![\w.])-)"
 """A minus sign: a ``-`` not after a letter, a digit or a dot (``A-20`` and ``10-20`` join words)."""
-_SIGNED_NUMBER = re.compile(rf"(?<![\w.])(?<![\w.]-)({_SIGN}[$€£]?|[$€£]-|[$€£]?)(\d+(?:\.\d+)?)(?!\d)(?!\.\d)(?!-\w)")
-"""A number of its own (:func:`_numbers`): with its sign, not after a letter, a digit or a dot, nor after a hyphen that
-follows one (``SKU-3``), and not followed by more digits, a dot and a digit (``1.2.3``) or a hyphen and a letter or a
-digit (``2025-05``, ``3-day``)."""
+_HYPHEN_WORDS = r"[^\W\d_]{2,}(?:-[^\W\d_]{2,})*(?![\w-])"
+"""What may follow a number and a hyphen, the number staying one: words of two letters or more (``3-day``,
+``3-day-old``), not an id's part (``3-a``, ``3-a1``, ``3-ab1``) nor a number (``2025-05``)."""
+_UNIT_WORDS = r"(?:one|two|three|four|five|six|seven|eight|nine|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth)(?![a-z])"
+"""Count words a hyphen joins to a tens word (``twenty-one``), which then states no number of its own."""
+_SIGNED_NUMBER = re.compile(
+    rf"(?<![\w.])(?<![\w.]-)({_SIGN}[$€£]?|[$€£]-|[$€£]?)(?<!\w[/:])(\d+(?:\.\d+)?)"
+    rf"(?!\d)(?!\.\d)(?![/:]\d)(?!(?:st|nd|rd|th)(?![^\W\d_]))(?!-(?!{_HYPHEN_WORDS}))"
+)
+"""A number of its own (:func:`_numbers`): with its sign, not after a letter, a digit or a dot, nor after a hyphen, a
+slash or a colon that follows one (``SKU-3``, ``SKU/3``, ``item:3``, ``10:30``), and not followed by
+more digits, a dot and a digit (``1.2.3``), a slash or a colon and a digit (``3/5``, ``10:30``), an ordinal's suffix
+(``3rd``) or a hyphen and anything but words (``2025-05``, ``3-a1``; ``3-day`` is 3)."""
+_RANGE_PARTS = re.compile(r"(\d+)-(\d+)")
+_RANGE = re.compile(r"(?<![\w.\-/:#])\d+-\d+(?![\w-])(?!\.\d)(?![/:]\d)")
+"""A token of two hyphenated numbers, not part of a longer one (:func:`_range` says whether it is a range)."""
+_COMPOUND = re.compile(rf"(\d+(?:\.\d+)?)-{_HYPHEN_WORDS}")
+"""A number a hyphen joins to words (``3-day``): the number (:func:`_readings`)."""
+
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MONTHS = {
     name: number for number, name in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1)
@@ -1023,23 +1129,20 @@ class _Prose:
 
 
 def _prose(text: str) -> _Prose:
-    """Read a free text: its facts (as :func:`answer_facts` reads a number, its sign and an identifier; the case of no
-    word matters, a capital that starts a sentence least of all), its content words, whether it negates."""
+    """Read a free text: its facts (as :func:`answer_facts` reads a number, its sign, a range, a date in words and an
+    identifier: :func:`_readings`; the case of no word matters, a capital that starts a sentence least of all), its
+    content words (the ``day`` of ``3-day`` too), whether it negates."""
     normal = _facts_text(text)
     facts: list[str] = []
     pieces: list[str] = []  # the text without its facts, whose letters are no words of their own
     end = 0
-    for match in _TOKEN.finditer(normal):
-        raw = match.group(0)
-        token = raw.strip(".:/-$#")
-        if not token or not (any(c.isdigit() for c in token) or _ID_CHARACTERS.search(token)):
+    for reading in _readings(normal):
+        kept = [fact for fact in reading.facts if any(c.isdigit() for c in fact) or _ID_CHARACTERS.search(fact)]
+        if not kept:
             continue
-        pieces.append(normal[end : match.start()])
-        end = match.end()
-        if _negative(normal, match.start(), raw, token):
-            token = f"-{token}"
-        if token not in facts:
-            facts.append(token)
+        pieces.append(normal[end : reading.start])
+        end = reading.end
+        facts.extend(fact for fact in kept if fact not in facts)
     pieces.append(normal[end:])
     rest = " ".join(pieces)
     words = [word for word in dict.fromkeys(_WORD.findall(rest)) if word not in _PROSE_STOPWORDS and len(word) > 1]

@@ -450,9 +450,9 @@ def test_a_traces_suite_whose_tasks_cannot_load_claims_no_folder_and_an_old_phan
         ("It is 5C in Oslo.", '{"Oslo": "5C"}', "Room A-5C in Oslo is cold.", ["5c"]),
         ("Bin A1 is full.", '{"bin": "A1"}', "Bin SKU-A1 is full.", ["a1"]),
         ("I found 20 seats.", "{}", "I found twenty-one seats.", ["20"]),
-        # a range written with a hyphen is one token (as the expert's own 3-5 is): it states 3-5, not 3 nor 5
-        ("Seats 3 to 5 are free.", "{}", "Seats 3-5 are free.", ["3", "5"]),
-        ("It takes 3 days.", "{}", "It is a 3-day wait.", ["3"]),
+        # a short range written with a hyphen states both its numbers, and 3-day its 3 (r8 A1, A3: before, neither)
+        ("Seats 3 to 5 are free.", "{}", "Seats 3-5 are free.", []),
+        ("It takes 3 days.", "{}", "It is a 3-day wait.", []),
         ("Seats 3-5 are free.", "{}", "Seats 3-5 are free.", []),
         # ... written with spaces, words or an en dash it states its numbers
         ("Seats 3 to 5 are free.", "{}", "Seats 3 - 5 are free.", []),
@@ -488,9 +488,12 @@ def test_a_sentence_initial_capital_makes_no_word_a_fact() -> None:
     assert answer_facts("Done. Moved 2 units of SKU-1 from A1 to C3.", tool) == facts
     assert answer_facts("- Moved 2 units of SKU-1 from A1 to C3.", tool) == facts
     assert missing_facts(facts, ["Done: 2 units of SKU-1 were transferred from A1 to C3."]) == []
-    # a tool result that starts with the word gives no evidence either, nor does a second result starting with it
-    assert answer_facts("Moved 2 units.", ["Moved 2 SKU-1 from A1 to C3"]) == ["2"]
-    assert answer_facts("Moved 2 units.", ["ok", "Moved 2 SKU-1 from A1 to C3"]) == ["2"]
+    # a tool result that also writes the word in lower case explains the capital: no name
+    assert answer_facts("Moved 2 units.", ["Moved 2 SKU-1 from A1 to C3", "moved 1 SKU-2 from B2 to C3"]) == ["2"]
+    # one that capitalises it only where its sentences begin, and never writes it in lower case, holds it as a name
+    # (r8 A4: 'Smith approved the refund.' gave 'Smith approved it.' no fact, so 'Jones approved it.' passed)
+    assert answer_facts("Smith approved it.", ["Smith approved the refund."]) == ["smith"]
+    assert answer_facts("Moved 2 units.", ["ok", "Moved 2 SKU-1 from A1 to C3"]) == ["moved", "2"]
     # a capital mid-sentence is still a name's: in the tool's result, in the answer, or an acronym at the start
     assert answer_facts("Raleigh gets the refund.", ["The refund goes to Raleigh today"]) == ["raleigh"]
     assert answer_facts("Delta is late; I asked Delta twice.", ["delta is late"]) == ["delta"]
