@@ -223,6 +223,7 @@ def _check_replay_id(store: Any, replay_id: str, where: Any) -> None:
     import polars as pl
 
     from ee_middleware.errors import ConfigError, hide_credentials
+    from ee_middleware.models.urls import shown_spec
 
     where = hide_credentials(str(where))  # a store spec may hold user:password@
     records = store.replays()
@@ -238,8 +239,9 @@ def _check_replay_id(store: Any, replay_id: str, where: Any) -> None:
         .agg(pl.col("policy").first(), pl.col("sandbox").first(), pl.col("k").first(), pl.len().alias("trajectories"))
         .sort("replay_id")
     )
-    listed = "; ".join(
-        f"{r['replay_id']} (policy {r['policy']}, sandbox {r['sandbox']}, K={r['k']}, {_plural(r['trajectories'], 'trajectory', 'trajectories')})"
+    listed = "; ".join(  # the specs with their URLs' credentials masked (a store replayed before they were masked holds them)
+        f"{r['replay_id']} (policy {shown_spec(str(r['policy']))}, sandbox {shown_spec(str(r['sandbox']))}, K={r['k']}, "
+        f"{_plural(r['trajectories'], 'trajectory', 'trajectories')})"
         for r in replays.head(10).iter_rows(named=True)
     ) + (f"; and {replays.height - 10} more" if replays.height > 10 else "")
     starting = [r for r in replays["replay_id"].to_list() if r.startswith(replay_id)]

@@ -617,6 +617,8 @@ def _replays_shown(opened: Any, trajectory_id: str, rollouts: list[Any]) -> dict
     configuration as its newest record of the trajectory says (policy, K, seed, sandbox) and how many rollouts it has."""
     import polars as pl
 
+    from ee_middleware.models.urls import shown_spec
+
     counts: dict[str, int] = {}
     policies: dict[str, str] = {}
     for r in rollouts:
@@ -636,7 +638,8 @@ def _replays_shown(opened: Any, trajectory_id: str, rollouts: list[Any]) -> dict
     for rid in ordered:
         row = newest.get(rid)
         how = (
-            f"policy {row['policy']}, k={row['k']}, seed {row['seed']}, sandbox {row['sandbox']}"
+            # the specs with their URLs' credentials masked (a store replayed before they were masked holds them)
+            f"policy {shown_spec(str(row['policy']))}, k={row['k']}, seed {row['seed']}, sandbox {shown_spec(str(row['sandbox']))}"
             if row is not None
             else f"policy {policies[rid]}, no replay record"
         )

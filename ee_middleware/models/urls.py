@@ -73,6 +73,54 @@ def server_url_problem(url: str, flag: str | None = None) -> str | None:
     return None
 
 
+_USERINFO = re.compile(r"""(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'"<>]*@""")
+"""A URL's ``user:password@`` part: up to its last ``@`` before the path (``urllib`` splits there too)."""
+_QUERY_ITEM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#?\s'\"<>]+)=(?P<value>[^&;#\s'\"<>]*)")
+"""A query parameter and its value, up to the next parameter, the fragment (a spec's ``#MODEL``) or a space."""
+_URL_SECRET_WORDS = frozenset({"sig", "signature", "code", "jwt", "pass", "session", "sessionid", "otp"})
+"""Query parameter words that hold a secret in URLs though their names do not say so to the settings' rule
+(``sig``/``signature`` of signed URLs, Azure Functions' ``code``, ...)."""
+
+
+def _secret_query_name(name: str) -> bool:
+    """Whether a URL's query parameter ``name`` (percent-decoded) holds a secret: a name the settings' rule takes for one
+    (``api_key``, ``key``, ``token``, ``access_token``, ``password``, ``client_secret``, ``X-Amz-Credential``, ...), or a
+    word of :data:`_URL_SECRET_WORDS` (``sig``, ``X-Amz-Signature``, ``code``, ...)."""
+    from urllib.parse import unquote_plus
+
+    from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
+
+    name = unquote_plus(name)
+    return _is_secret_name(name) or any(word in _URL_SECRET_WORDS for word in re.split(r"[^a-z0-9]+", name.lower()))
+
+
+def shown_spec(spec: str) -> str:
+    """``spec`` (a model spec such as ``openai:BASE_URL#MODEL``, a sandbox or store spec, a URL, or a text holding URLs)
+    as it may be printed, logged, stored in records or written to manifests and reports: in every URL in it, the
+    ``user:password@`` part written ``***@`` and the value of every secret-looking query parameter (``api_key``,
+    ``key``, ``token``, ``access_token``, ``password``, ``secret``, ``sig``, ...) written ``***``; the rest as it is.
+    A URL's query runs to its fragment (a spec's ``#MODEL``), a space or a quote; a malformed URL (a space in its host)
+    is masked as well.
+
+    A spec without credentials comes back unchanged (ids derived from the shown spec, as a replay's, keep their values),
+    and two specs that differ only in their credentials are shown alike. What makes the requests is the spec itself:
+    only what is shown of it is masked.
+
+    >>> shown_spec("openai:http://alice:s3cret@127.0.0.1:8000/v1?api_key=sk-1&api-version=2024#flight-bot")
+    'openai:http://***@127.0.0.1:8000/v1?api_key=***&api-version=2024#flight-bot'
+    """
+    if "://" not in spec:
+        return spec
+
+    def item(match: re.Match[str]) -> str:
+        secret = match["value"] and _secret_query_name(match["name"])
+        return f"{match['lead']}{match['name']}=***" if secret else match[0]
+
+    masked = _USERINFO.sub(r"\1***@", spec)
+    start = masked.index("://")  # query parameters after the first URL's start only (not a local path's before it)
+    return masked[:start] + _QUERY_ITEM.sub(item, masked[start:])
+
+
 def shown_url(url: str) -> str:
-    """``url`` for a message: a ``user:password@`` part written ``***@`` (credentials are kept out of messages)."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@", r"\1***@", url)
+    """``url`` for a message, credentials kept out: :func:`shown_spec`."""
+    return shown_spec(url)

@@ -259,8 +259,14 @@ class ReplayConfig(BaseModel):
 
     @property
     def configuration_id(self) -> str:
-        """Identifies the configuration that shapes rollouts, whichever its attempt (its first attempt's replay id)."""
-        shaping = {"sandbox": self.sandbox, "policy": self.policy, "k": self.k, "seed": self.seed}
+        """Identifies the configuration that shapes rollouts, whichever its attempt (its first attempt's replay id).
+
+        The policy and sandbox specs count as they are shown (:func:`~ee_middleware.models.urls.shown_spec`, credentials
+        in their URLs masked): the same id as ever for a spec without credentials, and one id for specs that differ only
+        in their credentials (a rotated password replays the same configuration: it shapes no rollout)."""
+        from ee_middleware.models.urls import shown_spec
+
+        shaping = {"sandbox": shown_spec(self.sandbox), "policy": shown_spec(self.policy), "k": self.k, "seed": self.seed}
         if self.allow_network:  # only when on, so that earlier ids stay valid
             shaping["allow_network"] = True
         if self.sandbox_settings:

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import EEError, ModelError, PolicyError
+from ee_middleware.models.urls import shown_spec
 from ee_middleware.replay.config import LOCAL_WORKERS_PER_CORE, ReplayConfig, max_workers
 from ee_middleware.replay.executors import (
     Executor,
@@ -398,9 +399,11 @@ def run_replay(
     probe = build_sandbox(config.sandbox, **options)  # a sandbox that cannot be built fails here, with its reason, before any worker starts
     probe.close()
     policy_options, policy_defaults = _checked_policy_options(config)
+    # What is printed and stored of the specs: their URLs' credentials masked (the workers build the policy from the spec)
+    policy, sandbox = shown_spec(config.policy), shown_spec(config.sandbox)
     settings = ReplaySettings(
         replay_id=config.replay_id,
-        policy=config.policy,
+        policy=policy,
         k=config.k,
         seed=config.seed,
         check_fidelity=config.check_fidelity,
@@ -436,8 +439,8 @@ def run_replay(
     summary = ReplaySummary(
         replay_id=config.replay_id,
         attempt=config.attempt,
-        sandbox=config.sandbox,
-        policy=config.policy,
+        sandbox=sandbox,
+        policy=policy,
         k=config.k,
         executor=config.executor,
         workers=config.workers,

@@ -40,6 +40,7 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.messages import with_decoded_arguments
+from ee_middleware.models.urls import shown_spec
 from ee_middleware.records import SANDBOX_FAILURES
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
@@ -240,7 +241,7 @@ def build_datasets(
                 both |= set(heldout_index.trajectories["id"].to_list())
             used = used.subset(both)
     summary: dict[str, Any] = {
-        "store": str(config.store),
+        "store": shown_spec(str(config.store)),
         "source_hash": used.source_hash,
         "trajectories": used.trajectories.height,
         "steps": used.steps.height,
@@ -293,10 +294,11 @@ def build_datasets(
 
 
 def _config_record(config: DatasetConfig) -> dict[str, Any]:
-    """The settings as ``datasets.json`` records them: a secret-named teacher setting (``api_key``) as ``***``."""
+    """The settings as ``datasets.json`` records them: a secret-named teacher setting (``api_key``) as ``***``, and the
+    teacher's and store's specs with the credentials in their URLs masked (``openai:http://***@host/v1#model``)."""
     from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
 
-    record = json.loads(config.model_dump_json())
+    record = _shown_specs(json.loads(config.model_dump_json()), ("teacher", "store"))
     record["teacher_settings"] = {
         key: "***" if _is_secret_name(key) and value not in (None, "") else value for key, value in record["teacher_settings"].items()
     }
@@ -417,7 +419,9 @@ def fidelity_mismatches_left_out(index: SourceIndex) -> dict[str, Any]:
     return {
         "rollouts": int(left["rollouts"].sum()),
         "trajectories": left["trajectory_id"].n_unique(),
-        "replays": [{**row, "rollouts": int(row["rollouts"])} for row in replays.head(MAX_LISTED_REPLAYS).iter_rows(named=True)],
+        "replays": [
+            _shown_specs({**row, "rollouts": int(row["rollouts"])}) for row in replays.head(MAX_LISTED_REPLAYS).iter_rows(named=True)
+        ],
         "replays_not_listed": max(0, replays.height - MAX_LISTED_REPLAYS),
         "wrong_tools": [{**row, "rollouts": int(row["rollouts"])} for row in wrong_tools.iter_rows(named=True)],
         "reason": (
@@ -441,10 +445,18 @@ def replays_used(index: SourceIndex, replay_id: str | None) -> dict[str, Any]:
         "alternatives (--replay-id ID uses one)"
     )
     used = [
-        {**row, "newest_finished_at": row["newest_finished_at"].isoformat() if row["newest_finished_at"] is not None else None}
+        _shown_specs(
+            {**row, "newest_finished_at": row["newest_finished_at"].isoformat() if row["newest_finished_at"] is not None else None}
+        )
         for row in index.replays.iter_rows(named=True)
     ]
     return {"rule": rule, "used": used, "trajectories_with_several": index.trajectories_with_several_replays}
+
+
+def _shown_specs(row: dict[str, Any], keys: tuple[str, ...] = ("policy", "sandbox")) -> dict[str, Any]:
+    """``row`` with its specs (``keys``) as ``datasets.json`` shows them: credentials in their URLs masked
+    (:func:`~ee_middleware.models.urls.shown_spec`; a store replayed before they were masked at replay holds them)."""
+    return {key: shown_spec(value) if key in keys and isinstance(value, str) else value for key, value in row.items()}
 
 
 NO_SCHEMAS = pl.col("tools_json").is_null() | pl.col("tools_json").str.strip_chars().is_in(["", "[]"])
@@ -598,7 +610,9 @@ def _writer(
         )
         return IWMWriter(parts, index, options, find_repeated_rollouts(reader, index, budget))
     assert teacher is not None
-    return SRWriter(parts, teacher, SROptions(k=config.sr_k, seed=config.seed, teacher_spec=config.teacher), index, on_sr_progress)
+    return SRWriter(
+        parts, teacher, SROptions(k=config.sr_k, seed=config.seed, teacher_spec=shown_spec(config.teacher)), index, on_sr_progress
+    )
 
 
 ROW_GROUP_BYTES = 8 * 2**20

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from ee_middleware.errors import SandboxError
 from ee_middleware.models.protocol import Sampling
+from ee_middleware.models.urls import shown_spec
 from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Retriever, Transition, TransitionIndex, build_retriever, state_text
 
 if TYPE_CHECKING:
@@ -308,10 +309,12 @@ def load_fidelity(
         if model is None or not any(measured.values()):
             variant = "retrieval"
         else:
-            matching = [name for name, m in measured.items() if m == model]
+            # compared as shown (credentials masked): a report of an earlier version may hold the spec as it was given
+            matching = [name for name, m in measured.items() if isinstance(m, str) and shown_spec(m) == shown_spec(model)]
             if not matching:
                 raise SandboxError(
-                    f"The fidelity report measured {sorted({m for m in measured.values() if m})}, not {model!r}. Measure this model "
+                    f"The fidelity report measured {sorted({shown_spec(str(m)) for m in measured.values() if m})}, not "
+                    f"{shown_spec(model)!r}. Measure this model "
                     "with 'ee experience eval --json', or name the report's variant to use with fidelity_variant."
                 )
             variant = matching[-1]
@@ -454,7 +457,8 @@ class ExperienceSandbox:
             check_endpoint=check_endpoint,
         )
         min_fidelity = _checked_min_fidelity(min_fidelity)
-        self.model = model or str(getattr(client, "model", "client"))
+        # the spec as printed and stored (synthetic observations' source, the fidelity report): credentials masked
+        self.model = shown_spec(model) if model else str(getattr(client, "model", "client"))
         self._client = client
         self._store_spec = store
         self._index = index
@@ -661,12 +665,12 @@ def build_experience_sandbox(spec: str, **options: Any) -> ExperienceSandbox:
         raise SandboxError("Write the experience sandbox as 'experience:MODEL_SPEC', e.g. 'experience:openai:http://127.0.0.1:8000/v1#em'.")
     if "model" in options:
         raise SandboxError(
-            f"Bad options for sandbox {spec!r}: the model is the sandbox spec's own ('experience:MODEL_SPEC'), not a setting: "
+            f"Bad options for sandbox {shown_spec(spec)!r}: the model is the sandbox spec's own ('experience:MODEL_SPEC'), not a setting: "
             "leave out model."
         )
     if "timeout_knob" in options:
         raise SandboxError(
-            f"Bad options for sandbox {spec!r}: timeout_knob is not a setting; set the model's request timeout with timeout_s."
+            f"Bad options for sandbox {shown_spec(spec)!r}: timeout_knob is not a setting; set the model's request timeout with timeout_s."
         )
     # The registry's checks, as for every sandbox: an unknown setting is 'Bad options' (with a did-you-mean), a value of the
     # wrong type or range 'Bad settings' (see ExperienceSandbox), each naming the setting and the fix.

@@ -1,0 +1,155 @@
+"""A served policy's ``user:password@`` (and secret query values) in its spec reach the server but nothing printed or
+stored: ``ee replay run``'s summary, the replay records (spool and Parquet), ``ee replay show``, ``ee datasets build``'s
+``datasets.json`` and every other file it writes show the spec with ``***`` (S22 finding 3).
+
+The replay id is derived from the spec as shown: a spec without credentials keeps the id it always had (existing
+stores resume), and specs differing only in their credentials (a rotated password) are the same configuration.
+
+Against a real HTTP server (:class:`~ee_middleware.testing.http.ScriptedChatServer`, its handler wrapped to keep each
+request's ``Authorization`` header, which the server does not keep) and the BFCL expert store."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.models.openai_compat import FewerChoicesWarning
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import http as testing_http
+from ee_middleware.testing.http import ScriptedChatServer
+from tests.conftest import BFCL_ENTRIES
+
+K = 2
+USER, PASSWORD = "alice", "s3cr3tpw"
+A_CALL = '<tool_call>{"name": "pwd", "arguments": {}}</tool_call>'
+"""A usable answer at every BFCL state (``pwd``: an offered tool with no arguments)."""
+
+
+def _ee(*args: str) -> Any:
+    from ee_middleware.cli.app import app
+
+    return CliRunner().invoke(app, list(args), terminal_width=400)
+
+
+@pytest.fixture
+def authorization(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """Every ``Authorization`` header a ScriptedChatServer's chat requests came with (the handler itself answers)."""
+    seen: list[str | None] = []
+    answer = testing_http._ChatHandler.do_POST
+
+    def do_post(handler: Any) -> None:
+        seen.append(handler.headers.get("Authorization"))
+        answer(handler)
+
+    monkeypatch.setattr(testing_http._ChatHandler, "do_POST", do_post)
+    return seen
+
+
+def _everything_in(folder: Path) -> str:
+    """Every byte of every file under ``folder`` as text, and every Parquet file's values (compressed on disk) as JSON."""
+    texts = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        texts.append(path.read_bytes().decode("utf-8", "replace"))
+        if path.suffix == ".parquet":
+            texts.append(pl.read_parquet(path).write_json())
+    return "\n".join(texts)
+
+
+def _leaks(text: str) -> list[str]:
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    return [secret for secret in (PASSWORD, basic) if secret in text]
+
+
+def test_a_policy_url_with_credentials_is_used_for_requests_and_shown_masked_everywhere(
+    bfcl_store_path: Path, tmp_path: Path, authorization: list[str | None]
+) -> None:
+    store = str(bfcl_store_path)
+    with ScriptedChatServer([A_CALL], models=["flight-bot"]) as server, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        host = server.base_url.removeprefix("http://")
+        spec = f"openai:http://{USER}:{PASSWORD}@{host}#flight-bot"
+        result = _ee("replay", "run", "--store", store, "--policy", spec, "--k", str(K), "--workers", "2", "--no-progress")
+        assert result.exit_code == 0, result.output
+        as_json = _ee("replay", "run", "--store", store, "--policy", spec, "--k", str(K), "--json", "--no-progress")
+        assert as_json.exit_code == 0, as_json.output
+    assert server.requests, "the policy asked the server"
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert authorization and set(authorization) == {expected}, "every request carried the spec's credentials"
+
+    shown = f"openai:http://***@{host}#flight-bot"
+    assert f"policy={shown}" in result.stdout, result.stdout
+    assert not _leaks(result.stdout + result.stderr) and not _leaks(as_json.stdout + as_json.stderr)
+    summary = json.loads(as_json.stdout)
+    assert summary["policy"] == shown and summary["already_done"] == BFCL_ENTRIES, "the second run resumed the first's replay"
+
+    assert not _leaks(_everything_in(bfcl_store_path)), "no spool file of the store holds the password"
+    compacted = _ee("store", "compact", "--store", store)
+    assert compacted.exit_code == 0, compacted.output
+    assert any(bfcl_store_path.rglob("*.parquet"))
+    assert not _leaks(_everything_in(bfcl_store_path)), "no Parquet file of the store holds the password"
+    replays = LocalExperienceStore(store).replays()
+    assert set(replays["policy"].to_list()) == {shown}
+    trajectory_id = replays["trajectory_id"][0]
+    show = _ee("replay", "show", trajectory_id, "--store", store)
+    assert show.exit_code == 0, show.output
+    assert not _leaks(show.stdout + show.stderr)
+
+    out = tmp_path / "ds"
+    built = _ee("datasets", "build", "--store", store, "--out", str(out))
+    assert built.exit_code == 0, built.output
+    assert not _leaks(built.stdout + built.stderr)
+    manifest = json.loads((out / "datasets.json").read_text())
+    assert [replay["policy"] for replay in manifest["replays"]["used"]] == [shown]
+    assert not _leaks(_everything_in(out)), "no file of the build holds the password"
+
+
+def test_the_replay_id_of_a_spec_without_credentials_is_the_one_it_always_had() -> None:
+    spec = "openai:http://127.0.0.1:8000/v1?api-version=2024-06-01#flight-bot"
+    config = ReplayConfig(store="s", policy=spec, k=3)
+    shaping = {"sandbox": "bfcl", "policy": spec, "k": 3, "seed": 0, **config.policy_options()}
+    assert config.replay_id == hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def test_specs_differing_only_in_their_credentials_are_one_replay_configuration() -> None:
+    ids = {
+        ReplayConfig(store="s", policy=spec, k=3).replay_id
+        for spec in (
+            "openai:http://alice:old@127.0.0.1:8000/v1#flight-bot",
+            "openai:http://alice:rotated@127.0.0.1:8000/v1#flight-bot",
+            "openai:http://bob:x@127.0.0.1:8000/v1#flight-bot",
+        )
+    }
+    assert len(ids) == 1
+    plain = ReplayConfig(store="s", policy="openai:http://127.0.0.1:8000/v1#flight-bot", k=3).replay_id
+    assert plain not in ids, "a server asked without credentials is told apart from one asked with them"
+
+
+def test_an_experience_models_url_with_credentials_is_used_for_requests_and_stored_masked(
+    bfcl_store_path: Path, authorization: list[str | None]
+) -> None:
+    from ee_middleware.replay.job import run_replay
+
+    prediction = json.dumps({"reasoning": "a listing", "observation": "notes.txt", "is_error": False})
+    with ScriptedChatServer([prediction], models=["em"]) as server:
+        host = server.base_url.removeprefix("http://")
+        sandbox = f"experience:openai:http://{USER}:{PASSWORD}@{host}#em"
+        config = ReplayConfig.load(store=bfcl_store_path, sandbox=sandbox, sandbox_settings={"top_k": 0}, k=K, limit=1)
+        summary = run_replay(config)
+    assert server.requests and summary.synthetic_branches, "the experience model predicted observations"
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert authorization and set(authorization) == {expected}, "every request carried the spec's credentials"
+
+    shown = f"experience:openai:http://***@{host}#em"
+    assert summary.sandbox == shown and not _leaks(json.dumps(summary.to_dict()))
+    synthetic = [r for r in LocalExperienceStore(bfcl_store_path).iter_rollouts() if r.synthetic_source is not None]
+    assert synthetic and {r.synthetic_source.model for r in synthetic} == {f"openai:http://***@{host}#em"}
+    assert not _leaks(_everything_in(bfcl_store_path)), "no file of the store holds the password"
