@@ -394,11 +394,11 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     status, error = _status(root, spans)
     if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
         status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)
+    answer = redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer
     if status == "completed":
-        stopped = _stopped_by(root, decisions, redact)
+        stopped = _stopped_by(root, decisions, redact) or _unfinished_end(decisions, steps, answer)
         if stopped is not None:
             status, error = "stopped", stopped
-    answer = redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer
     if status == "interrupted" and final_tool_messages:
         # paused in a tool (interrupt() in one of parallel calls): the results of the calls that did run are in the
         # state the caller got (the messages hold them), and none of them is the run's answer (spans written before
@@ -445,10 +445,16 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
 
 def _model(chats: list[SpanData]) -> str | None:
     """The model that made the run's first decision: a failed call (a model that ModelFallbackMiddleware or
-    ModelRetryMiddleware then replaced) decided nothing."""
+    ModelRetryMiddleware then replaced) decided nothing. For capture's own spans, the one that answered where the
+    provider named it (``gen_ai.response.model``: a router serving an alias answers with the adapter's own name, a
+    provider with the dated version of the model asked for), else the one asked for. Another instrumentation's spans
+    keep the one asked for: some write a placeholder as the answering model where the reply named none (OpenLLMetry's
+    ``unknown``)."""
     if not chats:
         return None
-    return _span_model(next((c for c in chats if not c.is_error), chats[0]))
+    chat = next((c for c in chats if not c.is_error), chats[0])
+    answered = _opt_str(chat.attributes.get(sc.RESPONSE_MODEL)) if sc.EE_RECORDER in chat.attributes else None
+    return answered or _span_model(chat)
 
 
 def _span_model(chat: SpanData) -> str | None:
@@ -1593,6 +1599,42 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
         return None  # a model call wrote it; the calls after it were read by their nodes (a grader, a router)
     quoted = text if len(text) <= 200 else text[:200] + "..."
     return f"a middleware or graph node ended the run, not the model: no model call wrote its last message ({quoted!r})"
+
+
+def _unfinished_end(decisions: list[dict[str, Any]], steps: list[Step], answer: str | None) -> str | None:
+    """Why a run that returned normally on its model's last turn did not finish its work, or None when it did: that turn
+    was cut at the request's ``max_tokens`` (its span's finish reason ``length``: an answer cut mid-sentence, which an
+    approval rule on ``completed`` would teach), or it wrote only malformed tool calls that no tool ran, and the run gave
+    no answer (``create_agent`` ends a run whose reply holds only ``invalid_tool_calls``: the user got nothing). Such a
+    run is ``stopped``. A turn cut or malformed earlier, that the graph went on from (the model answered after), ended
+    nothing."""
+    acted = [i for i in range(len(decisions) - 1, -1, -1) if not decisions[i]["span"].is_error and decisions[i]["outputs"]]
+    last = next((decisions[i] for i in acted if not _discarded(i, decisions)), None)  # a reply thrown away never acted
+    if last is None:
+        return None
+    reasons = last["span"].attributes.get(sc.RESPONSE_FINISH_REASONS)
+    if isinstance(reasons, str):
+        reasons = (reasons,)
+    if isinstance(reasons, Sequence) and sc.FINISH_REASON_LENGTH in reasons:
+        cut = "answer" if not any(m.get("tool_calls") for m in last["outputs"]) else "model turn"
+        return f"the last {cut} was cut at max_tokens (finish_reason {sc.FINISH_REASON_LENGTH})"
+    if answer is not None or not steps:
+        return None
+    final = [s for s in steps if s.decision_index == steps[-1].decision_index]
+    calls = [s.action.tool_call for s in final]
+    if not all(c is not None and c.malformed for c in calls):
+        return None
+    named = "; ".join(
+        f"{c.name} (call {c.id or 'without id'}), arguments {_quoted(c.arguments.get('_raw'))}" for c in calls if c is not None
+    )
+    if len(calls) == 1:
+        return f"the run ended on a model turn whose only tool call was malformed, with no answer: {named} (no tool ran it)"
+    return f"the run ended on a model turn whose {len(calls)} tool calls were all malformed, with no answer: {named} (no tool ran them)"
+
+
+def _quoted(raw: Any) -> str:
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+    return repr(text if len(text) <= 200 else text[:200] + "...")
 
 
 def _answer_formatting(root: SpanData, decisions: list[dict[str, Any]], tools: list[SpanData]) -> set[int]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
@@ -36,7 +36,7 @@ logger = logging.getLogger("ee_middleware.capture")
 
 Call = tuple[str, int, int, tuple[Any, ...], Any, "BaseException | None"]
 """One finished model or tool call: (``"chat"`` or ``"tool"``, start ns, end ns, raw start data,
-result (a chat call's reply messages, a tool's output), error)."""
+result (a chat call's :class:`ChatReply`, a tool's output), error)."""
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -267,7 +267,13 @@ class RunCapture(BaseCallbackHandler):
             )
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        self._close(run_id, _reply_messages(response), None)
+        if run_id not in self._open:  # a call not recorded (a middleware's own, another recorder's)
+            self._close(run_id, None, None)
+            return
+        reply = chat_reply(response)
+        if reply.choices_dropped:
+            self.recorder.processor.stats.choices_dropped += reply.choices_dropped
+        self._close(run_id, reply, None)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
         self._close(run_id, None, error)
@@ -355,8 +361,10 @@ class RunCapture(BaseCallbackHandler):
     def _base_attributes(self, operation: str) -> dict[str, Any]:
         return {sc.EE_RECORDER: self.recorder.id, sc.EE_TRAJECTORY_ID: self.trajectory_id, sc.OPERATION_NAME: operation}
 
-    def _emit_chat(self, start: int, end: int, data: tuple[Any, ...], outputs: list[Any] | None, error: BaseException | None) -> None:
+    def _emit_chat(self, start: int, end: int, data: tuple[Any, ...], reply: ChatReply | None, error: BaseException | None) -> None:
         inputs, params, metadata = data
+        if reply is not None and not isinstance(reply, ChatReply):  # a run sent by an agent process of an older version
+            reply = ChatReply(list(reply))
         model = params.get("model") or params.get("model_name") or metadata.get("ls_model_name") or params.get("_type") or "unknown"
         attrs = self._base_attributes(sc.OP_CHAT)
         attrs[sc.REQUEST_MODEL] = str(model)
@@ -375,11 +383,23 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_STRUCTURED_OUTPUT] = True
         if params.get("temperature") is not None:
             attrs[sc.REQUEST_TEMPERATURE] = float(params["temperature"])
+        if reply is not None:
+            if reply.response_model:
+                attrs[sc.RESPONSE_MODEL] = reply.response_model
+            if reply.input_tokens is not None:
+                attrs[sc.USAGE_INPUT_TOKENS] = reply.input_tokens
+            if reply.output_tokens is not None:
+                attrs[sc.USAGE_OUTPUT_TOKENS] = reply.output_tokens
+            if reply.choices_dropped:
+                attrs[sc.EE_CHOICES_DROPPED] = reply.choices_dropped
         # encoded first and given to start_span: one pass over the attributes instead of two
         encoded = False
         try:
             if error is None:
-                attrs.update(self.recorder.encoder.chat_attributes(inputs, outputs or [], params.get("tools"), self.fragments))
+                messages, reason = (reply.messages, reply.finish_reason) if reply is not None else ([], None)
+                attrs.update(
+                    self.recorder.encoder.chat_attributes(inputs, messages, params.get("tools"), self.fragments, finish_reason=reason)
+                )
             else:
                 attrs[sc.INPUT_MESSAGES] = self.recorder.encoder.messages(inputs, self.fragments)
                 if errors := tool_error_positions(inputs):  # its history may be the one that holds a call's reply
@@ -559,9 +579,72 @@ def _tool_names(tools: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _reply_messages(response: Any) -> list[Any]:
-    """The messages of a model's reply (an ``LLMResult``)."""
-    return [g.message for g in response.generations[0] if hasattr(g, "message")] if response.generations else []
+class ChatReply(NamedTuple):
+    """What a ``chat`` span records of a model call's reply (an ``LLMResult``, read by :func:`chat_reply`): the result of
+    a chat :data:`Call`."""
+
+    messages: list[Any]
+    """The reply the graph went on with: the first choice's message (one, or none where the reply held no message)."""
+    finish_reason: str | None = None
+    """Why the model stopped, as its provider said (``length``, ``tool_calls``, ``end_turn``, ...); ``None`` where it
+    did not say."""
+    response_model: str | None = None
+    """The model that answered, as the server named it (a router names the adapter it resolved an alias to)."""
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    choices_dropped: int = 0
+    """The other choices of a request for several (``n`` > 1): never seen by the graph, not recorded."""
+
+
+FINISH_REASON_KEYS = ("finish_reason", "stop_reason", "done_reason", "stopReason")
+"""Where LangChain's chat models put the finish reason in a generation's ``generation_info`` or its message's
+``response_metadata``: OpenAI's, Mistral's, Gemini's (``finish_reason``), Anthropic's (``stop_reason``), Ollama's
+(``done_reason``), Bedrock Converse's (``stopReason``)."""
+RESPONSE_MODEL_KEYS = ("model_name", "model", "model_id")
+"""Where they name the model that answered, in ``response_metadata`` or the result's ``llm_output``."""
+
+
+def chat_reply(response: Any) -> ChatReply:
+    """What a model call's reply (an ``LLMResult``) records. Of several choices (a request made with ``n`` > 1: one
+    generation each), only the first is the reply: ``BaseChatModel.invoke`` and ``ainvoke`` return
+    ``generations[0][0]``'s message, the others never reach the graph (recorded, they were steps no tool ran and a second
+    answer). The finish reason, the answering model and the usage are that choice's, else the result's ``llm_output``'s
+    (``BaseChatModel`` merges ``llm_output`` into the message's ``response_metadata`` only for a single choice)."""
+    generations = [g for g in (response.generations[0] if response.generations else ()) if hasattr(g, "message")]
+    if not generations:
+        return ChatReply([])
+    chosen = generations[0]
+    message = chosen.message
+    info = chosen.generation_info if isinstance(chosen.generation_info, Mapping) else {}
+    metadata = getattr(message, "response_metadata", None)
+    metadata = metadata if isinstance(metadata, Mapping) else {}
+    output = response.llm_output if isinstance(response.llm_output, Mapping) else {}
+    reason = _first_text((info, metadata), FINISH_REASON_KEYS)
+    model = _first_text((metadata, output), RESPONSE_MODEL_KEYS)
+    usage = getattr(message, "usage_metadata", None)
+    if isinstance(usage, Mapping):
+        tokens = (_count(usage.get("input_tokens")), _count(usage.get("output_tokens")))
+    else:
+        given = output.get("token_usage") or output.get("usage")
+        given = given if isinstance(given, Mapping) else {}
+        tokens = (
+            _count(given.get("prompt_tokens", given.get("input_tokens"))),
+            _count(given.get("completion_tokens", given.get("output_tokens"))),
+        )
+    return ChatReply([message], reason, model, *tokens, choices_dropped=len(generations) - 1)
+
+
+def _first_text(sources: tuple[Mapping[str, Any], ...], keys: tuple[str, ...]) -> str | None:
+    for source in sources:
+        for key in keys:
+            value = source.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 # --- one whole run ------------------------------------------------------------------------------

@@ -107,21 +107,34 @@ class PayloadEncoder:
         return hit[1]
 
     def chat_attributes(
-        self, inputs: Sequence[Any], outputs: Sequence[Any], tools: Sequence[Any] | None, cache: FragmentCache | None = None
+        self,
+        inputs: Sequence[Any],
+        outputs: Sequence[Any],
+        tools: Sequence[Any] | None,
+        cache: FragmentCache | None = None,
+        *,
+        finish_reason: str | None = None,
     ) -> dict[str, Any]:
+        """A ``chat`` span's messages, tools and finish reasons. ``finish_reason``: why the model stopped, as its provider
+        said (:func:`genai_finish_reason` writes it as the GenAI conventions do); where it did not say, each reply's is
+        ``tool_call`` or ``stop`` by whether it calls a tool."""
         cache = {} if cache is None else cache
         attrs: dict[str, Any] = {sc.INPUT_MESSAGES: self.messages(inputs, cache)}
+        said = genai_finish_reason(finish_reason) if finish_reason else None
         if self._fragments_compose and not any(message_type(m) == "tool" for m in outputs):
             # the reply's fragment, reused by the next span's input and the run's output
             replies = [self._fragment(cache, message) for message in outputs]
-            reasons = tuple("tool_call" if calls else "stop" for _, _, calls in replies)
-            members = (f'{fragment[:-1]},"finish_reason":"{reason}"}}' for (_, fragment, _), reason in zip(replies, reasons, strict=True))
+            reasons = tuple(said or ("tool_call" if calls else "stop") for _, _, calls in replies)
+            members = (
+                f'{fragment[:-1]},"finish_reason":{json.dumps(reason, ensure_ascii=False)}}}'
+                for (_, fragment, _), reason in zip(replies, reasons, strict=True)
+            )
             attrs[sc.OUTPUT_MESSAGES] = "[" + ",".join(members) + "]"
             attrs[sc.RESPONSE_FINISH_REASONS] = reasons
         else:
             output = openai_to_genai(langchain_to_openai(outputs))
             for message in output:
-                message["finish_reason"] = "tool_call" if any(p["type"] == "tool_call" for p in message["parts"]) else "stop"
+                message["finish_reason"] = said or ("tool_call" if any(p["type"] == "tool_call" for p in message["parts"]) else "stop")
             attrs[sc.OUTPUT_MESSAGES] = self._encode(output)
             attrs[sc.RESPONSE_FINISH_REASONS] = tuple(m["finish_reason"] for m in output)
         definitions = self.tool_definitions(tools, cache)
@@ -266,6 +279,38 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(answer),
         }
+
+
+_FINISH_REASONS = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "max_output_tokens": "length",
+    "model_length": "length",
+    "tool_calls": "tool_call",
+    "tool_call": "tool_call",
+    "tool_use": "tool_call",
+    "function_call": "tool_call",
+    "content_filter": "content_filter",
+    "safety": "content_filter",
+    "recitation": "content_filter",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+    "refusal": "content_filter",
+    "error": "error",
+}
+"""Providers' finish reasons (lower-cased) as the GenAI conventions write them (``stop``, ``length``, ``tool_call``,
+``content_filter``, ``error``): OpenAI's ``tool_calls``, Anthropic's ``end_turn``/``max_tokens``/``tool_use``, Gemini's
+``STOP``/``MAX_TOKENS``/``SAFETY``, Bedrock's, Ollama's."""
+
+
+def genai_finish_reason(reason: str) -> str:
+    """A provider's finish reason as the GenAI conventions write it (:data:`_FINISH_REASONS`); one they have no word for
+    is kept as the provider said it."""
+    return _FINISH_REASONS.get(reason.strip().lower(), reason)
 
 
 def _outcome_length(messages: Sequence[Any]) -> int:

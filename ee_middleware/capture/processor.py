@@ -69,6 +69,10 @@ class CaptureStats:
     spans_failed: int = 0
     """Calls whose span could not be finished whole (a ``redact_fn`` or the encoder raised on its payload): the run
     holding one is not stored and counts once in ``runs_failed``; this counts each such span."""
+    choices_dropped: int = 0
+    """Choices of model calls made with ``n`` > 1 that were left out: each call is recorded with its first choice, the
+    reply LangChain's ``invoke`` returns and the graph went on with (the others never reached it). Counted in the agent's
+    process (:data:`~ee_middleware.capture.semconv.EE_CHOICES_DROPPED` on each such call's span)."""
 
     def record_error(self, message: str, *, runs: int = 1, spans: int = 0) -> None:
         """Count a failure of ``runs`` runs (not stored) or of ``spans`` spans, and keep its message."""
@@ -89,6 +93,7 @@ class CaptureStats:
             runs_recovered=self.runs_recovered + other.runs_recovered,
             offload_start_failures=self.offload_start_failures + other.offload_start_failures,
             spans_failed=self.spans_failed + other.spans_failed,
+            choices_dropped=self.choices_dropped + other.choices_dropped,
         )
 
 

@@ -100,6 +100,13 @@ EE_NESTED_ON_THREAD = "ee.langgraph.nested_on_thread"
 """Set beside :data:`EE_NESTED_IN`: whether that graph run is on the recorded run's thread (invoked with its tool's
 configuration, by a tool of the recorded run or of a graph run that is itself on it), as capture saw it while it ran;
 it tells also where the tool's span does not (a tool that never ended: cancelled, paused inside)."""
+EE_CHOICES_DROPPED = "ee.response.choices_dropped"
+"""Set on a ``chat`` span whose model call returned several choices (a request made with ``n`` > 1): how many were
+left out. The span's output is the first, the reply LangChain's ``invoke`` returns and the graph went on with; the others
+never reached the graph (counted in the recorder's ``stats.choices_dropped``)."""
+FINISH_REASON_LENGTH = "length"
+"""The finish reason (:data:`RESPONSE_FINISH_REASONS`) of a reply cut at the request's ``max_tokens``: a run whose last
+reply was cut is ``stopped``, not ``completed``."""
 EE_CAPTURE_FAILED = "ee.capture.failed"
 """Set on a span capture could not finish whole (encoding or redacting its payload raised, a ``redact_fn`` that raised):
 what failed and the exception's type. A run with such a span is not stored (the failure is counted in ``stats``)."""
