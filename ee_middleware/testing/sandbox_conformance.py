@@ -24,11 +24,19 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * snapshot/restore exactness: after ``restore(s)`` the reads show exactly what they showed when
   ``s`` was taken, for any snapshot, in any order, as often as asked;
 * snapshots pickle (``subprocess_isolation``): under ``--isolation subprocess`` every snapshot leaves the sandbox's
-  child process as a pickle, and an unpickled copy must restore the world exactly, in the same sandbox and in a fresh
+  child process as a pickle, and an unpickled copy must restore the world exactly, in the same sandbox and in a second
   one from the factory after ``reset(environment)`` (as a restarted child restores it after a tool timeout, a crash or
-  the memory limit): a snapshot must hold the world itself, not a key into the sandbox. By default (as replay's default
-  isolation runs the sandbox in process, where snapshots need not pickle) a sandbox failing it gets a
-  :class:`SubprocessIsolationWarning`; ``subprocess_isolation=True`` makes it a failure, ``False`` skips it;
+  the memory limit): a snapshot must hold the world itself, not a key into a store of snapshots. The second sandbox is
+  built once the first is closed, as a restarted child is built once the old one is gone (a factory that allows one
+  open sandbox at a time, on a fixed port or behind a lock file, passes). By default it is built in this process only,
+  which finds a key into the sandbox's own store but not one into a module-level or class-level store, which outlives
+  the sandbox in this process; ``subprocess_isolation=True`` also builds it in a child process, a
+  :class:`~ee_middleware.replay.sandboxes.isolated.SubprocessSandbox` as that isolation builds it, whose fresh
+  interpreter has no such store (that costs about a second: a fresh interpreter importing the factory's module; a
+  factory that does not pickle, or lives in an interactive ``__main__``, is checked in this process only). By default
+  (as replay's default isolation runs the sandbox in process, where snapshots need not pickle) a sandbox failing it gets
+  a :class:`SubprocessIsolationWarning`; ``subprocess_isolation=True`` makes it a failure, ``False`` skips it. A factory
+  that hands back the sandbox under test fails either way: it must build a new, independent sandbox on each call;
 * branch isolation: a mutating call made after a restore is gone after the next restore, and the
   same call from the same state gives the same observation;
 * ``reset`` rebuilds step 0 whatever happened before, and never changes the environment it is given;
@@ -37,7 +45,7 @@ and checks what replay relies on (see :mod:`ee_middleware.replay.sandboxes.proto
 * ``close``: idempotent; afterwards ``execute``, ``snapshot`` and ``restore`` raise
   :class:`~ee_middleware.errors.SandboxError`;
 * ``state_digest`` (optional, checked when the sandbox has it or ``require_digest=True``): equal
-  states give equal digests (in this sandbox and in a second one built the same way), reading
+  states give equal digests (in this sandbox and in a second one built the same way, once the first is closed), reading
   changes nothing, the mutating call changes it, and restore and reset bring the old one back.
 
 A failure names the broken promise, what the read calls showed against what they should have
@@ -52,12 +60,16 @@ world's later changes write into it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import pickle
 import re
+import sys
+import types
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from ee_middleware.errors import SandboxError, StateDigestUnavailableError
 from ee_middleware.records import Observation, ToolCall
@@ -141,8 +153,11 @@ def check_sandbox(
     """Assert the sandbox protocol's behaviour on a sandbox from ``make_sandbox``.
 
     Args:
-        make_sandbox: builds a fresh sandbox (the kit closes it); or a sandbox spec as ``ee replay run --sandbox`` takes
-            it (``package.module:factory``, ``mcp:servers.json``), built as replay builds it.
+        make_sandbox: builds a new sandbox, independent of any other it built, on each call (the kit closes each, and
+            builds a second one once the first is closed, as replay builds another after closing one that failed): not
+            one shared instance (``functools.lru_cache``), nor sandboxes sharing what their ``close()`` closes (a client,
+            a connection). Or a sandbox spec as ``ee replay run --sandbox`` takes it (``package.module:factory``,
+            ``mcp:servers.json``), built as replay builds it.
         environment: an environment reference the sandbox can reset to.
         mutate: a call that succeeds from that environment and changes what ``read`` shows.
         read: one or more calls that change nothing and show the world.
@@ -150,9 +165,13 @@ def check_sandbox(
             argument no tool takes. A call to an unknown tool is always checked too.
         require_digest: fail when the sandbox has no ``state_digest()`` (the eval suites need it).
         subprocess_isolation: whether it must work with ``ee replay run --isolation subprocess`` too: every snapshot
-            pickles (it leaves the child process as bytes) and an unpickled copy restores the world exactly. ``True``:
-            a sandbox that does not is a failure; ``False``: not checked (a sandbox only ever replayed in process, whose
-            snapshot may hold a connection or a lambda); ``None`` (default): as replay's default isolation needs
+            pickles (it leaves the child process as bytes) and an unpickled copy restores the world exactly, in this
+            sandbox and in a second one (see the module docstring). ``True``: a sandbox that does not is a failure, and
+            the second sandbox is also built in a child process, as that isolation builds it (a factory that does not
+            pickle, or that a fresh interpreter cannot import, is checked in this process only; the child imports the
+            script that calls the kit, which therefore needs the ``if __name__ == "__main__":`` guard, as any script
+            starting a :class:`~ee_middleware.replay.sandboxes.isolated.SubprocessSandbox` does); ``False``: not checked
+            (a sandbox only ever replayed in process, whose snapshot may hold a connection or a lambda); ``None`` (default): as replay's default isolation needs
             (``[replay] isolation``, ``"none"``: in process), so a sandbox that does not gets a
             :class:`SubprocessIsolationWarning` saying why, and the check goes on.
         outside_world_tools: tools the sandbox declares to act only outside its world (``acts_outside_world``, e.g.
@@ -164,6 +183,8 @@ def check_sandbox(
 
     Raises :class:`AssertionError` naming the first broken promise.
     """
+    if _in_a_starting_child():
+        raise RuntimeError(CALLED_IN_A_STARTING_CHILD)
     reads = [read] if isinstance(read, ToolCall) else list(read)
     assert reads, "check_sandbox needs at least one read call"
     declared = sorted({outside_world_tools} if isinstance(outside_world_tools, str) else set(outside_world_tools))
@@ -180,20 +201,30 @@ def check_sandbox(
         _check_outside_world(probe, declared, hints_before_reset)  # before any call: a declared tool given to call never runs
         probe.check_preconditions()
         probe.check_restore_is_exact()
-        if subprocess_isolation or (subprocess_isolation is None and _replay_isolates()):
+        required = subprocess_isolation or (subprocess_isolation is None and _replay_isolates())
+        if required:
             probe.check_snapshots_pickle()
         elif subprocess_isolation is None:
-            _warn_unless_snapshots_pickle(probe)
+            _warn_unless_snapshots_pickle(probe, probe.check_snapshots_pickle)
         probe.check_branches_are_isolated()
         probe.check_reset_rebuilds_step_zero()
         digests = _has_digest(sandbox, environment)
         assert digests or not require_digest, (
             f"{type(sandbox).__name__} has no state_digest() (see ee_middleware.replay.sandboxes.protocol)"
         )
-        if digests:
-            _check_state_digest(probe, make_sandbox)
+        digest_values = _check_state_digest(probe) if digests else None
         _check_error_observations(probe, [ToolCall(id="bad-unknown", name=UNKNOWN_TOOL, arguments={}), *bad_calls])
         assert environment == pristine, "the sandbox must never change the environment reference it was given"
+        sandbox.close()
+        # A second sandbox from the factory once this one is closed, as replay builds one after closing a sandbox that
+        # failed, and as --isolation subprocess restarts its child once the old one is gone.
+        if digest_values is not None:
+            _check_digest_in_a_second_sandbox(probe, make_sandbox, *digest_values)
+        if probe.pickled:  # the pickling check ran, and passed in this sandbox
+            if required:
+                probe.check_pickles_restore_in_a_second_sandbox(in_a_child=True)
+            else:
+                _warn_unless_snapshots_pickle(probe, probe.check_pickles_restore_in_a_second_sandbox)
         _check_close(sandbox, probe.start_snapshot, reads[0], digests)
     finally:
         try:
@@ -242,6 +273,8 @@ class _Probe:
         self.changed: tuple[str, ...] = ()
         self.mutated: Observation | None = None
         self.start_snapshot: Any = None
+        self.pickled: list[_Pickled] = []
+        """The snapshots :meth:`check_snapshots_pickle` pickled, once it passed in this sandbox."""
 
     def execute(self, call: ToolCall) -> Observation:
         try:
@@ -335,34 +368,40 @@ class _Probe:
         self.expect(self.start, "snapshots must be restorable in any order")
 
     def check_snapshots_pickle(self) -> None:
-        """An unpickled copy of a snapshot restores the world, as under ``--isolation subprocess`` (the child sends each
-        snapshot out as a pickle, and restores from it): in this sandbox, and in a fresh one from the factory after
-        ``reset(environment)``, as a child restarted after a tool timeout, a crash or the memory limit does (a snapshot
-        that is a key into the sandbox finds nothing there)."""
+        """An unpickled copy of a snapshot restores the world in this sandbox, as under ``--isolation subprocess`` (the
+        child sends each snapshot out as a pickle, and restores from it). Keeps the pickles for
+        :meth:`check_pickles_restore_in_a_second_sandbox`, run once this sandbox is closed."""
+        self.pickled = []
         self.sandbox.restore(self.start_snapshot)
         self.execute(self.mutate)
         after = self.sandbox.snapshot()
-        taken = ((self.start_snapshot, self.start, "at step 0"), (after, self.changed, "after the mutating call"))
-        for snapshot, world, when in taken:
-            _restore_copy(self, snapshot, world, f"taken {when} (as --isolation subprocess restores it)")
-        if self.make_sandbox is not None:
-            fresh = _Probe(self.make_sandbox(), self.environment, self.mutate, self.reads)
-            try:
-                fresh.sandbox.reset(self.environment)
-                for snapshot, world, when in taken:
-                    _restore_copy(
-                        fresh,
-                        snapshot,
-                        world,
-                        f"taken {when}, in a fresh sandbox from the factory after reset(environment) (as --isolation "
-                        "subprocess restores it in a child restarted after a tool timeout, a crash or the memory limit),",
-                    )
-            finally:
-                try:
-                    fresh.sandbox.close()
-                except Exception:  # noqa: BLE001 - close is checked on the sandbox under test
-                    pass
+        pickled = []
+        for snapshot, world, when in ((self.start_snapshot, self.start, "at step 0"), (after, self.changed, "after the mutating call")):
+            data = _pickled(snapshot)
+            _restore_copy(self, _unpickled(data, snapshot), world, f"taken {when} (as --isolation subprocess restores it)")
+            pickled.append(_Pickled(data, world, when))
         self.sandbox.restore(self.start_snapshot)
+        self.pickled = pickled
+
+    def check_pickles_restore_in_a_second_sandbox(self, in_a_child: bool = False) -> None:
+        """The snapshots :meth:`check_snapshots_pickle` pickled restore the world in a second sandbox from the factory after
+        ``reset(environment)``, as in a child restarted after a tool timeout, a crash or the memory limit (a snapshot that
+        is a key into the sandbox's own store finds nothing there). Run once the sandbox under test is closed, as the
+        restarted child is built once the old one is gone (a factory that allows one open sandbox at a time passes).
+
+        The second sandbox is built in this process; with ``in_a_child``, in a child process too, a
+        :class:`~ee_middleware.replay.sandboxes.isolated.SubprocessSandbox` as ``--isolation subprocess`` builds it, whose
+        modules start afresh, so a key into a module-level or class-level store finds nothing there either."""
+        assert self.make_sandbox is not None
+        where = (
+            "in a fresh sandbox from the factory after reset(environment) (as --isolation subprocess restores it in a child "
+            "restarted after a tool timeout, a crash or the memory limit),"
+        )
+        with _second_sandbox(self, self.make_sandbox, "the restarted-child check", SUBPROCESS_ONLY) as fresh:
+            for kept in self.pickled:
+                _restore_copy(fresh, pickle.loads(kept.data), kept.world, f"taken {kept.when}, {where}")
+        if in_a_child:
+            _restore_in_a_child(self, self.make_sandbox)
 
     def check_branches_are_isolated(self) -> None:
         self.sandbox.restore(self.start_snapshot)
@@ -408,9 +447,29 @@ SUBPROCESS_ONLY = (
 )
 
 
-class _SharedWorld(AssertionError):
-    """A failure whose cause is a snapshot sharing the world (:meth:`_Probe.shared_world_cause`): a failure in process
-    too, never only a :class:`SubprocessIsolationWarning`."""
+class _InProcessToo(AssertionError):
+    """A failure found by the pickling check that breaks replay in process too: never only a
+    :class:`SubprocessIsolationWarning`."""
+
+
+class _SharedWorld(_InProcessToo):
+    """A failure whose cause is a snapshot sharing the world (:meth:`_Probe.shared_world_cause`)."""
+
+
+class _NotIndependent(_InProcessToo):
+    """The factory handed back the sandbox under test (replay closes a sandbox that failed and builds another)."""
+
+
+class _NoSecondSandbox(AssertionError):
+    """The factory could not build a second sandbox, or it could not be reset (no fault of the snapshots)."""
+
+
+NOT_INDEPENDENT = (
+    "make_sandbox must build a new, independent sandbox on each call: it handed back the sandbox under test, which the "
+    "kit has closed (replay, too, closes a sandbox that failed and builds another). Build one per call, not one "
+    "cached (functools.lru_cache) or shared instance"
+)
+"""Why a factory that hands back the sandbox under test fails."""
 
 
 class SubprocessIsolationWarning(UserWarning):
@@ -425,33 +484,38 @@ def _replay_isolates() -> bool:
     return ReplayConfig.model_fields["isolation"].default == "subprocess"
 
 
-def _warn_unless_snapshots_pickle(probe: _Probe) -> None:
-    """The pickling check, its failure told as a :class:`SubprocessIsolationWarning` (the other checks go on)."""
+def _warn_unless_snapshots_pickle(probe: _Probe, check: Callable[[], None]) -> None:
+    """A part of the pickling check, its failure told as a :class:`SubprocessIsolationWarning` (the other checks go on).
+    A failure that breaks replay in process too (:class:`_InProcessToo`) is raised."""
     try:
-        probe.check_snapshots_pickle()
-    except _SharedWorld:
-        raise  # restores fail in process too
+        check()
+    except _InProcessToo:
+        raise
     except AssertionError as exc:
         reason = str(exc).replace(SUBPROCESS_ONLY, "").strip()
+        advice = (
+            ""
+            if isinstance(exc, _NoSecondSandbox)
+            else " To use it there, make snapshot() return data that pickles and holds the world itself (plain data, or a "
+            "database's own bytes: sqlite3's Connection.serialize(), not the connection or a key)."
+        )
         warnings.warn(
             f"{type(probe.sandbox).__name__} works with replay's default isolation (in process), but not with "
-            f"`ee replay run --isolation subprocess` (nor [replay] isolation = 'subprocess'): {reason} To use it there, make "
-            "snapshot() return data that pickles and holds the world itself (plain data, or a database's own bytes: "
-            "sqlite3's Connection.serialize(), not the connection or a key). check_sandbox(..., subprocess_isolation=True) "
-            "makes this a failure; subprocess_isolation=False skips the check.",
+            f"`ee replay run --isolation subprocess` (nor [replay] isolation = 'subprocess'): {reason}{advice} "
+            "check_sandbox(..., subprocess_isolation=True) makes this a failure; subprocess_isolation=False skips the check.",
             SubprocessIsolationWarning,
             stacklevel=3,
         )
+        probe.pickled = []  # one warning: the second sandbox's part is not run
         try:
             probe.sandbox.restore(probe.start_snapshot)
-        except Exception:  # noqa: BLE001 - the next check restores again and names what fails
+        except Exception:  # noqa: BLE001 - the next check restores again and names what fails (closed: none follows)
             pass
 
 
-def _restore_copy(probe: _Probe, snapshot: Any, world: tuple[str, ...], which: str) -> None:
-    """Restore an unpickled copy of ``snapshot`` (``which``: when it was taken, and where and how it is restored) in
-    ``probe``'s sandbox; its reads must show ``world``."""
-    copied = _pickled_copy(snapshot)
+def _restore_copy(probe: _Probe, copied: Any, world: tuple[str, ...], which: str) -> None:
+    """Restore ``copied``, an unpickled copy of a snapshot (``which``: when it was taken, and where and how it is
+    restored), in ``probe``'s sandbox; its reads must show ``world``."""
     try:
         probe.sandbox.restore(copied)
     except Exception as exc:
@@ -462,6 +526,144 @@ def _restore_copy(probe: _Probe, snapshot: Any, world: tuple[str, ...], which: s
     probe.expect(world, f"restoring an unpickled copy of the snapshot {which} must put the world back as it was then", KEY_NOT_WORLD)
 
 
+class _Pickled(NamedTuple):
+    """A snapshot as ``--isolation subprocess`` sends it out of the sandbox's child: its pickle, with the world its
+    reads showed (``world``) and when it was taken (``when``)."""
+
+    data: bytes
+    world: tuple[str, ...]
+    when: str
+
+
+@contextlib.contextmanager
+def _second_sandbox(probe: _Probe, make_sandbox: Callable[[], Any], needed_by: str, skip: str) -> Iterator[_Probe]:
+    """A second sandbox from the factory, reset to ``probe``'s environment, closed on leaving (never the sandbox under
+    test). Built once the sandbox under test is closed. A factory that cannot build or reset it fails with
+    :class:`_NoSecondSandbox` naming the cause, what needs it (``needed_by``) and how to skip that (``skip``); one that
+    hands back the sandbox under test, with :class:`_NotIndependent`."""
+    try:
+        other = make_sandbox()
+    except Exception as exc:
+        raise _NoSecondSandbox(
+            f"the factory could not build a second sandbox once the first was closed ({type(exc).__name__}: {exc}): "
+            f"{needed_by} needs one. {skip}"
+        ) from exc
+    if other is probe.sandbox:
+        raise _NotIndependent(f"{NOT_INDEPENDENT} ({needed_by} needs a second sandbox).")
+    try:
+        try:
+            other.reset(probe.environment)
+        except Exception as exc:
+            raise _NoSecondSandbox(
+                f"a second sandbox from the factory, built once the first was closed, could not be reset to the environment "
+                f"({type(exc).__name__}: {exc}): {needed_by} needs one. make_sandbox must build a new, independent sandbox on "
+                "each call: sandboxes that share what close() closes (a client, a connection) do not work after one is "
+                f"closed, as replay closes a sandbox that failed and builds another. {skip}"
+            ) from exc
+        yield _Probe(other, probe.environment, probe.mutate, probe.reads)
+    finally:
+        try:
+            other.close()
+        except Exception:  # noqa: BLE001 - close is checked on the sandbox under test
+            pass
+
+
+CHILD_TIMEOUT_S = 60.0
+"""How long one call may take in the child process the restarted-child check builds a sandbox in."""
+
+
+def _restore_in_a_child(probe: _Probe, make_sandbox: Callable[[], Any]) -> None:
+    """:meth:`_Probe.check_pickles_restore_in_a_second_sandbox` in a child process: the factory builds the sandbox in a
+    :class:`~ee_middleware.replay.sandboxes.isolated.SubprocessSandbox` (a fresh interpreter, as ``--isolation
+    subprocess`` starts its child), which gets each snapshot as its pickle only, as a restarted child does. Left out for
+    a sandbox under test that is itself a ``SubprocessSandbox`` (its second sandbox was a fresh child already) and for a
+    factory a fresh interpreter cannot rebuild (:func:`_rebuilt_elsewhere`)."""
+    from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox, SubprocessSnapshot
+
+    if isinstance(probe.sandbox, SubprocessSandbox) or not _rebuilt_elsewhere(make_sandbox):
+        return
+    try:
+        child = SubprocessSandbox(make_sandbox, timeout_s=CHILD_TIMEOUT_S, memory_mb=None)
+    except Exception as exc:
+        raise _NoSecondSandbox(
+            f"the factory could not build a sandbox in a child process ({_first_line(exc)}): the restarted-child check needs "
+            "one, as --isolation subprocess builds it there (a script that runs the kit needs the `if __name__ == "
+            "'__main__':` guard: the child imports it). " + SUBPROCESS_ONLY
+        ) from exc
+    where = "in a sandbox from the factory built in a child process after reset(environment) (as --isolation subprocess builds it),"
+    try:
+        try:
+            child.reset(probe.environment)
+        except Exception as exc:
+            raise _NoSecondSandbox(
+                f"a sandbox from the factory built in a child process could not be reset to the environment "
+                f"({_first_line(exc)}): the restarted-child check needs one. {SUBPROCESS_ONLY}"
+            ) from exc
+        in_child = _Probe(child, probe.environment, probe.mutate, probe.reads)
+        for kept in probe.pickled:
+            try:
+                child.restore(SubprocessSnapshot("ee-conformance-kit", 0, kept.data))  # another sandbox's: restored from bytes
+            except Exception as exc:
+                raise AssertionError(
+                    f"restore() of an unpickled copy of the snapshot taken {kept.when}, {where} raised {_first_line(exc)}. A "
+                    "snapshot must hold the world itself, not a key into a store in memory (the sandbox's own, or a "
+                    "module-level or class-level one): a restarted child's store is empty. " + SUBPROCESS_ONLY
+                ) from exc
+            in_child.expect(
+                kept.world,
+                f"restoring an unpickled copy of the snapshot taken {kept.when}, {where} must put the world back as it was then",
+                KEY_NOT_WORLD,
+            )
+    finally:
+        child.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    """A :class:`SandboxError`'s first line (a child's error, without the traceback a ``SubprocessSandbox`` adds to it);
+    any other exception's class and message on one line."""
+    if isinstance(exc, SandboxError):
+        lines = str(exc).strip().splitlines()
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+CALLED_IN_A_STARTING_CHILD = (
+    "check_sandbox was called while a child process imports the script that started it: the child a SubprocessSandbox "
+    "runs in (such as the one check_sandbox(..., subprocess_isolation=True) builds a sandbox in) imports the parent's "
+    "__main__, and this script runs its checks at its top level. Put them under `if __name__ == '__main__':`, so that "
+    "the child does not run them again (and fill module-level state the check needs empty)."
+)
+
+
+def _in_a_starting_child() -> bool:
+    """Whether this process is a child :mod:`multiprocessing` is still starting (``spawn``, ``forkserver``), importing
+    the parent's ``__main__``: the flag multiprocessing itself reads to refuse starting a process then."""
+    import multiprocessing
+
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def _rebuilt_elsewhere(factory: Callable[[], Any]) -> bool:
+    """Whether a fresh interpreter can rebuild ``factory`` from its pickle: it pickles (not a lambda, not a local
+    function), and names no function or class of an interactive ``__main__`` (a notebook, the REPL, ``python -c``),
+    which the child cannot import. Replay builds a sandbox from its spec, which the kit cannot see from such a factory."""
+    main = sys.modules.get("__main__")
+    interactive = not getattr(main, "__file__", None) and getattr(getattr(main, "__spec__", None), "name", None) is None
+    in_main: list[Any] = []
+
+    class _Finder(pickle.Pickler):
+        def reducer_override(self, obj: Any) -> Any:
+            if isinstance(obj, (type, types.FunctionType)) and getattr(obj, "__module__", None) == "__main__":
+                in_main.append(obj)
+            return NotImplemented
+
+    try:
+        _Finder(io.BytesIO(), protocol=pickle.HIGHEST_PROTOCOL).dump(factory)
+    except Exception:  # noqa: BLE001 - any failure to pickle: not rebuilt elsewhere
+        return False
+    return not (interactive and in_main)
+
+
 def _copy_of(snapshot: Any) -> Any:
     """A deep copy of ``snapshot``, else one through a pickle (raises when neither can be made)."""
     try:
@@ -470,10 +672,10 @@ def _copy_of(snapshot: Any) -> Any:
         return pickle.loads(pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def _pickled_copy(snapshot: Any) -> Any:
-    """``snapshot`` through a pickle, as ``--isolation subprocess`` sends it out of the sandbox's child process."""
+def _pickled(snapshot: Any) -> bytes:
+    """``snapshot`` pickled, as ``--isolation subprocess`` sends it out of the sandbox's child process."""
     try:
-        data = pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(snapshot, protocol=pickle.HIGHEST_PROTOCOL)
     except SandboxError as exc:  # the snapshot explained itself (PythonSandbox's names the part of the world to blame)
         raise AssertionError(
             f"snapshot() must return data that pickles, which --isolation subprocess needs: {exc} {SUBPROCESS_ONLY}"
@@ -485,6 +687,10 @@ def _pickled_copy(snapshot: Any) -> Any:
             "(plain data, or a database's own bytes: sqlite3's Connection.serialize(), not the connection). "
             f"{SUBPROCESS_ONLY}"
         ) from exc
+
+
+def _unpickled(data: bytes, snapshot: Any) -> Any:
+    """``data``, the pickle of ``snapshot``, unpickled."""
     try:
         return pickle.loads(data)
     except Exception as exc:
@@ -613,7 +819,8 @@ def _digest(sandbox: Any) -> str:
     return value
 
 
-def _check_state_digest(probe: _Probe, make_sandbox: Callable[[], Any]) -> None:
+def _check_state_digest(probe: _Probe) -> tuple[str, str]:
+    """The state digest in the sandbox under test; its digests at step 0 and after the mutating call."""
     sandbox = probe.sandbox
     sandbox.reset(probe.environment)
     start = _digest(sandbox)
@@ -630,18 +837,21 @@ def _check_state_digest(probe: _Probe, make_sandbox: Callable[[], Any]) -> None:
     assert _digest(sandbox) == changed, "restoring a later snapshot must give its state digest"
     sandbox.reset(probe.environment)
     assert _digest(sandbox) == start, "reset() must bring the state digest of step 0 back"
-    other = make_sandbox()
-    try:
-        other.reset(probe.environment)
-        assert _digest(other) == start, "two sandboxes reset to the same environment must give the same state digest"
+    return start, changed
+
+
+def _check_digest_in_a_second_sandbox(probe: _Probe, make_sandbox: Callable[[], Any], start: str, changed: str) -> None:
+    """A second sandbox from the factory (built once the sandbox under test is closed) gives the same digests: ``start``
+    once reset, ``changed`` after the mutating call."""
+    skip = "(Two sandboxes reset to the same environment must give the same digest: the eval suites compare them.)"
+    with _second_sandbox(probe, make_sandbox, "the state digest check", skip) as other:
+        assert _digest(other.sandbox) == start, "two sandboxes reset to the same environment must give the same state digest"
         other.execute(probe.mutate)
-        assert _digest(other) == changed, "the same call from the same state must give the same state digest in another sandbox"
-    finally:
-        other.close()
+        assert _digest(other.sandbox) == changed, "the same call from the same state must give the same state digest in another sandbox"
 
 
 def _check_close(sandbox: Any, snapshot: Any, read: ToolCall, digests: bool = False) -> None:
-    sandbox.close()
+    """``sandbox``, closed once already: closing it again passes, and using it raises :class:`SandboxError`."""
     try:
         sandbox.close()
     except Exception as exc:
