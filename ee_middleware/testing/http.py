@@ -111,7 +111,8 @@ class ScriptedChatServer:
     status is 200 and its body is a completion with ``choices`` of messages; any other (a refusal, an odd body) is sent
     as it is, as JSON, as a server answers before its stream starts.
 
-    ``requests`` holds the body of every chat request, in the order they came (kept after the block), streamed or not;
+    ``requests`` holds the body of every chat request, in the order they came (kept after the block), streamed or not,
+    and ``request_headers`` its HTTP headers at the same index, names in lower case (what a test checks credentials by);
     ``model_listings`` counts the ``GET /models``. Requests are served concurrently; the script is called outside any
     lock, so a callable that keeps state shared between requests guards it itself.
 
@@ -132,6 +133,7 @@ class ScriptedChatServer:
         self.models = _models_reply(models)
         self.path = "/" + path.strip("/") if path.strip("/") else ""
         self.requests: list[dict[str, Any]] = []
+        self.request_headers: list[dict[str, str]] = []
         self.model_listings = 0
         self._base_url: str | None = None
         self._errors: list[tuple[int, BaseException]] = []
@@ -162,10 +164,11 @@ class ScriptedChatServer:
             more = f" (and {len(self._errors) - 1} more)" if len(self._errors) > 1 else ""
             raise ScriptedChatServerError(f"ScriptedChatServer's script failed on request {n + 1}{more}: {error}") from error
 
-    def _answer_chat(self, body: dict[str, Any]) -> Reply:
+    def _answer_chat(self, body: dict[str, Any], headers: dict[str, str]) -> Reply:
         with self._lock:
             n = len(self.requests)
             self.requests.append(body)
+            self.request_headers.append(headers)
         try:
             answer = self.script(body) if callable(self.script) else self.script[min(n, len(self.script) - 1)]
             reply = _reply(answer, n, body.get("model"))
@@ -328,7 +331,7 @@ class _ChatHandler(BaseHTTPRequestHandler):
         except ValueError as error:
             send_json(self, {"error": {"message": f"the body is not JSON: {error}", "type": "BadRequestError", "code": 400}}, 400)
             return
-        reply = self.server.owner._answer_chat(body)
+        reply = self.server.owner._answer_chat(body, {name.lower(): value for name, value in self.headers.items()})
         if isinstance(body, dict) and body.get("stream") is True and reply.status == 200 and _is_completion(reply.body):
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and options.get("include_usage") is True

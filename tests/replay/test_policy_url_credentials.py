@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.models.openai_compat import FewerChoicesWarning
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.store import LocalExperienceStore
-from ee_middleware.testing import http as testing_http
 from ee_middleware.testing.http import ScriptedChatServer
 from tests.conftest import BFCL_ENTRIES
 
@@ -38,20 +36,6 @@ def _ee(*args: str) -> Any:
     from ee_middleware.cli.app import app
 
     return CliRunner().invoke(app, list(args), terminal_width=400)
-
-
-@pytest.fixture
-def authorization(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
-    """Every ``Authorization`` header a ScriptedChatServer's chat requests came with (the handler itself answers)."""
-    seen: list[str | None] = []
-    answer = testing_http._ChatHandler.do_POST
-
-    def do_post(handler: Any) -> None:
-        seen.append(handler.headers.get("Authorization"))
-        answer(handler)
-
-    monkeypatch.setattr(testing_http._ChatHandler, "do_POST", do_post)
-    return seen
 
 
 def _everything_in(folder: Path) -> str:
@@ -69,9 +53,7 @@ def _leaks(text: str) -> list[str]:
     return [secret for secret in (PASSWORD, basic) if secret in text]
 
 
-def test_a_policy_url_with_credentials_is_used_for_requests_and_shown_masked_everywhere(
-    bfcl_store_path: Path, tmp_path: Path, authorization: list[str | None]
-) -> None:
+def test_a_policy_url_with_credentials_is_used_for_requests_and_shown_masked_everywhere(bfcl_store_path: Path, tmp_path: Path) -> None:
     store = str(bfcl_store_path)
     with ScriptedChatServer([A_CALL], models=["flight-bot"]) as server, warnings.catch_warnings():
         warnings.simplefilter("ignore", FewerChoicesWarning)
@@ -83,6 +65,7 @@ def test_a_policy_url_with_credentials_is_used_for_requests_and_shown_masked_eve
         assert as_json.exit_code == 0, as_json.output
     assert server.requests, "the policy asked the server"
     expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    authorization = [h.get("authorization") for h in server.request_headers]
     assert authorization and set(authorization) == {expected}, "every request carried the spec's credentials"
 
     shown = f"openai:http://***@{host}#flight-bot"
@@ -133,9 +116,7 @@ def test_specs_differing_only_in_their_credentials_are_one_replay_configuration(
     assert plain not in ids, "a server asked without credentials is told apart from one asked with them"
 
 
-def test_an_experience_models_url_with_credentials_is_used_for_requests_and_stored_masked(
-    bfcl_store_path: Path, authorization: list[str | None]
-) -> None:
+def test_an_experience_models_url_with_credentials_is_used_for_requests_and_stored_masked(bfcl_store_path: Path) -> None:
     from ee_middleware.replay.job import run_replay
 
     prediction = json.dumps({"reasoning": "a listing", "observation": "notes.txt", "is_error": False})
@@ -146,6 +127,7 @@ def test_an_experience_models_url_with_credentials_is_used_for_requests_and_stor
         summary = run_replay(config)
     assert server.requests and summary.synthetic_branches, "the experience model predicted observations"
     expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    authorization = [h.get("authorization") for h in server.request_headers]
     assert authorization and set(authorization) == {expected}, "every request carried the spec's credentials"
 
     shown = f"experience:openai:http://***@{host}#em"

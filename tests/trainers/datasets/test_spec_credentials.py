@@ -12,7 +12,6 @@ import base64
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pytest
@@ -21,7 +20,6 @@ from typer.testing import CliRunner
 from ee_middleware.cli.app import app
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory
 from ee_middleware.store.local import LocalExperienceStore
-from ee_middleware.testing import http as testing_http
 from ee_middleware.testing.http import ScriptedChatServer
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a key up.", "parameters": {"type": "object"}}}]
@@ -105,20 +103,6 @@ def old_store(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def authorization(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
-    """Every ``Authorization`` header a ScriptedChatServer's chat requests came with (the handler itself answers)."""
-    seen: list[str | None] = []
-    answer = testing_http._ChatHandler.do_POST
-
-    def do_post(handler: Any) -> None:
-        seen.append(handler.headers.get("Authorization"))
-        answer(handler)
-
-    monkeypatch.setattr(testing_http._ChatHandler, "do_POST", do_post)
-    return seen
-
-
 def _everything_in(folder: Path) -> str:
     """Every byte of every file under ``folder`` as text, and every Parquet file's values (compressed on disk) as JSON."""
     texts = []
@@ -133,9 +117,7 @@ def _leaks(text: str) -> list[str]:
     return [secret for secret in (POLICY_PASSWORD, TEACHER_PASSWORD) if secret in text]
 
 
-def test_datasets_json_and_the_build_show_no_credential_of_the_policy_sandbox_or_teacher(
-    old_store: Path, tmp_path: Path, authorization: list[str | None]
-) -> None:
+def test_datasets_json_and_the_build_show_no_credential_of_the_policy_sandbox_or_teacher(old_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     with ScriptedChatServer(["Looking up a missing key errors; the expert's key exists."], models=["t"]) as server:
         host = server.base_url.removeprefix("http://")
@@ -150,6 +132,7 @@ def test_datasets_json_and_the_build_show_no_credential_of_the_policy_sandbox_or
         assert left_out.exit_code == 0, left_out.output
     assert server.requests, "the teacher asked its server"
     expected = "Basic " + base64.b64encode(f"bob:{TEACHER_PASSWORD}".encode()).decode()
+    authorization = [h.get("authorization") for h in server.request_headers]
     assert authorization and set(authorization) == {expected}, "every teacher request carried the spec's credentials"
 
     assert not _leaks(result.stdout + result.stderr) and not _leaks(left_out.stdout + left_out.stderr)
