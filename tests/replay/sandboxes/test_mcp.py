@@ -48,12 +48,28 @@ def http_server() -> McpServer:
     return McpServer(sys.executable, (SERVER, "--http", "{port}"), transport="streamable_http")
 
 
+def _another_sessions(proc: Any) -> bool:
+    """Whether ``proc`` descends from a pytest process other than this one (another test session, or another xdist
+    worker of this one, whose servers are its own business). A server this process started descends from it; one it
+    leaked has been handed to init (or a subreaper) and descends from no pytest: both count."""
+    try:
+        for parent in proc.parents():
+            if parent.pid == os.getpid():
+                return False
+            if any(Path(arg).name in {"pytest", "py.test"} for arg in parent.cmdline()[:4]):  # `pytest`, `-m pytest`
+                return True
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return False
+
+
 def server_processes() -> list[Any]:
-    """Every process running the notes server (or a helper it started), on this machine."""
+    """Every process running the notes server (or a helper it started) that this test session started or leaked."""
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if proc.info["status"] != psutil.STATUS_ZOMBIE and (SERVER in cmdline or "time.sleep(300)" in cmdline):
+        matches = SERVER in cmdline or "time.sleep(300)" in cmdline
+        if matches and proc.info["status"] != psutil.STATUS_ZOMBIE and not _another_sessions(proc):
             found.append(proc)
     return found
 
