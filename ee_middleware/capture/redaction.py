@@ -302,11 +302,100 @@ def _assignments(text: str) -> Iterator[_Found]:
             start, end = _secret_span(match, "value")
             if not (_ISO_TIME.fullmatch(text, start, end) and _names_secret_metadata(match.group("name"))):
                 yield _Found(start, end)
-        elif not (
-            (_JSON_NUMBER.fullmatch(value) or _ISO_TIME.fullmatch(value)) and _names_secret_metadata(match.group("name"))
-        ):  # a word, or a bracket that opens no JSON-like value: up to a space, a quote or a comma (a secret's
-            # metadata as a number or a date is kept, as :meth:`Redactor.redact_value` keeps it)
-            yield _Found(*match.span("value"), "" if value[0] in "{[" else quote)
+        elif (_JSON_NUMBER.fullmatch(value) or _ISO_TIME.fullmatch(value)) and _names_secret_metadata(match.group("name")):
+            continue  # a secret's metadata as a number or a date is kept, as :meth:`Redactor.redact_value` keeps it
+        elif value[0] in "{[":  # a bracket that opens no JSON-like value: up to a space, a quote or a comma
+            yield _Found(*match.span("value"))
+        elif (credential := _credential_after_scheme(text, match)) is not None:  # Authorization: Token 9f8e...
+            yield credential
+        else:  # a word: up to a space, a quote or a comma
+            yield _Found(*match.span("value"), quote)
+
+
+_AUTH_SCHEMES = frozenset(
+    {
+        *("token", "bearer", "basic", "digest", "negotiate", "ntlm", "kerberos", "apikey", "api-key", "key", "aws"),
+        *("aws4-hmac-sha256", "hmac-sha256", "eg1-hmac-sha256", "hoba", "mutual", "scram-sha-1", "scram-sha-256", "vapid"),
+        *("oauth", "dpop", "gnap", "privatetoken", "concealed", "sharedkey", "sharedkeylite", "ssws", "hawk", "mac"),
+        *("signature", "jwt", "googlelogin", "splunk", "sso", "bot", "client-id"),
+    }
+)
+"""HTTP authentication scheme words (IANA's registry and common vendor ones), lower-cased: in ``Authorization: Token
+9f8e...`` the credential is what follows the word, not the word."""
+_HEADER_SCHEMES = (
+    *("aws4-hmac-sha256", "scram-sha-256", "scram-sha-1", "privatetoken", "negotiate", "sharedkey", "api-key", "apikey"),
+    *("digest", "token", "oauth", "vapid", "ntlm", "hoba", "dpop", "gnap", "ssws", "hawk"),
+)
+"""The scheme words that mark a credential after any header name (``X-Custom-Auth: Token 9f8e...``), when it looks like
+one (:func:`_scheme_headers`); Bearer and Basic have rules of their own."""
+_SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9._~+/-]{0,39})[ \t]+")
+_UNKNOWN_SCHEME = re.compile(r"[A-Za-z]{2,24}|[A-Za-z][A-Za-z0-9]{0,15}(?:-[A-Za-z0-9]{1,15}){1,4}")
+"""What an auth scheme not in :data:`_AUTH_SCHEMES` looks like after ``Authorization:`` (``Acme-Signed``,
+``EG2-HMAC-SHA512``): letters, or parts joined by hyphens; a credential has digits and no hyphenated words."""
+_PARAM = r"""[A-Za-z_][\w.-]*=(?:"(?:[^"\\\n]|\\.)*"|\\"(?:[^"\\]|\\[^"])*\\"|[^\s,"'`\\]+)"""
+_CREDENTIAL = re.compile(rf"""(?:{_PARAM}|[^\s,"'`\\]+)(?:,[ \t]*{_PARAM})*""")
+"""A credential after a scheme word: a token (``9f8e...``, base64), or ``name=value`` parameters joined by commas (Digest's
+``username="Mufasa", response="6629..."``, AWS's ``Credential=..., SignedHeaders=..., Signature=...``), their quotes
+written escaped too (in JSON text), up to a space, a quote or a backslash outside them."""
+_OPENERS = {")": "(", "]": "[", "}": "{"}
+
+
+def _trimmed(text: str, start: int, end: int) -> int:
+    """``end`` of the value ``text[start:end]`` without the punctuation that ends a clause or closes what the value is
+    written in (``,`` ``;`` ``&`` ``|``, and a bracket the value does not open): ``f(password=abc)``, ``pwd=abc, then``."""
+    while end > start + 1 and (char := text[end - 1]) in ",;&|)]}":
+        if char in _OPENERS and text.count(_OPENERS[char], start, end) >= text.count(char, start, end):
+            break
+        end -= 1
+    return end
+
+
+def _last_name_word(name: str) -> str:
+    words = [w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w]
+    return words[-1] if words else ""
+
+
+def _credential_after_scheme(text: str, match: re.Match[str]) -> _Found | None:
+    """The credential after an auth scheme word that starts the value of secret name ``match`` (``Authorization: Token
+    9f8e...``, ``Proxy-Authorization: Negotiate YIIC...``, ``Authorization: Digest username="x", response="..."``), the
+    scheme word kept; ``None`` where the value starts with no scheme word followed by a credential on its line. Any word
+    in :data:`_AUTH_SCHEMES` counts; after an ``...Authorization`` name, any word shaped as one (:data:`_UNKNOWN_SCHEME`)
+    too, but those that say something about the header (``required``, ``missing``)."""
+    scheme = _SCHEME.match(text, match.start("value"))
+    if scheme is None:
+        return None
+    word = scheme.group("scheme")
+    if word.lower() not in _AUTH_SCHEMES and not (
+        _UNKNOWN_SCHEME.fullmatch(word) and word.lower() not in _PROSE_STOP and _last_name_word(match.group("name")) == "authorization"
+    ):
+        return None
+    credential = _CREDENTIAL.match(text, scheme.end())
+    if credential is None:
+        return None
+    return _Found(scheme.end(), _trimmed(text, scheme.end(), credential.end()))
+
+
+_SCHEME_AFTER_COLON = re.compile(r"(?i):[ \t]*(?:" + "|".join(re.escape(s) for s in _HEADER_SCHEMES) + r")[ \t]+")
+_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def _scheme_headers(text: str) -> Iterator[_Found]:
+    """Credentials after a scheme word of :data:`_HEADER_SCHEMES` in a ``Name: Scheme credential`` line whose name is no
+    secret name (``X-Custom-Auth: Token 9f8e...``; the ``secret`` rule's :func:`_assignments` reads those): taken where
+    the credential looks like one (8 characters or more, with a digit or mixed case over 20: :func:`_is_token`), so
+    ``Status: Token expired`` is left alone."""
+    for hit in _SCHEME_AFTER_COLON.finditer(text):
+        start = hit.start()
+        while start > 0 and text[start - 1] in _HEADER_NAME_CHARS:
+            start -= 1
+        if start == hit.start() or not text[start].isalpha():
+            continue
+        credential = _CREDENTIAL.match(text, hit.end())
+        if credential is None:
+            continue
+        end = _trimmed(text, hit.end(), credential.end())
+        if end - hit.end() >= 8 and _is_token(text[hit.end() : end]):
+            yield _Found(hit.end(), end)
 
 
 _VALUE = r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s"'`,;&|}\])\\]+)"""
@@ -638,6 +727,13 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         lambda v: v.strip("\\\"'").lower() not in ("bearer", "basic", "", "null", "none", "true", "false"),
         finder=_assignments,
         needs=_NAME_WORD_LIST,
+    ),
+    Rule(
+        "secret",
+        _SCHEME_AFTER_COLON,
+        _having(_SCHEME_AFTER_COLON.pattern.removeprefix("(?i)")),
+        finder=_scheme_headers,
+        needs=_HEADER_SCHEMES,
     ),
     Rule(
         "password",
