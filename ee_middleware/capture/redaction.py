@@ -280,7 +280,7 @@ def _assignments(text: str) -> Iterator[_Found]:
             start -= 1
         while start < hit.start() and not (text[start].isalpha() or text[start] == "_"):
             start += 1
-        if start == last or start < covered:  # (inside an object or list whose values are all given)
+        if start == last or start < covered:  # (inside a value given, or an object or list whose values are all given)
             continue
         last = start
         match = _ASSIGNMENT.match(text, start)
@@ -308,8 +308,11 @@ def _assignments(text: str) -> Iterator[_Found]:
             yield _Found(*match.span("value"))
         elif (credential := _credential_after_scheme(text, match)) is not None:  # Authorization: Token 9f8e...
             yield credential
-        else:  # a word: up to a space, a quote or a comma
+        elif match.group("quote"):  # a bare value after a quoted name (JSON, a repr): up to a space, a comma or a bracket
             yield _Found(*match.span("value"), quote)
+        else:  # a word in prose or an environment line: its whole token, or a passphrase (:func:`_bare_value_end`)
+            covered = _bare_value_end(text, match)
+            yield _Found(match.start("value"), covered)
 
 
 _AUTH_SCHEMES = frozenset(
@@ -373,6 +376,94 @@ def _credential_after_scheme(text: str, match: re.Match[str]) -> _Found | None:
     if credential is None:
         return None
     return _Found(scheme.end(), _trimmed(text, scheme.end(), credential.end()))
+
+
+_BARE_RUN = re.compile(r"""[^\s"'`\\&,;#]+""")
+"""What a bare value's token holds up to a character :func:`_token_end` looks at."""
+_NEXT_PARAMETER = re.compile(r"(?:amp;)?[A-Za-z_][\w.\[\]%-]*=")
+"""After an ``&``: the next parameter of a URL query or a form body (``&user=bob``, ``&amp;state=x``)."""
+_NEXT_FIELD = re.compile(r"[ \t]*[A-Za-z_][\w.-]*[ \t]*[:=]")
+"""After a ``,`` or ``;`` (or a space, in a passphrase): the next field (``,user: bob``, ``;Database=shop``)."""
+_ESCAPED = frozenset("bfnrtux")
+
+
+def _token_end(text: str, pos: int, in_query: bool) -> int:
+    """Where the whitespace-delimited token of a bare value starting at ``pos`` ends: a space ends it, and so do a
+    quote or a backtick that close what it is written in (one followed by no letter or digit: ``'pwd=abc'``,
+    ``"DB_PASSWORD=abc",``), a backslash escape (``\\n``, ``\\"``: JSON text), a ``,`` or ``;`` before the next
+    field (``;Database=shop``), and an ``&`` before the next parameter (``&user=bob``), or any ``&`` or ``#`` in a URL
+    query (``in_query``). Any other character is the value's (``Abcde&123xyz``, ``p@ss;word``, ``ab"cd``)."""
+    end = len(text)
+    while True:
+        run = _BARE_RUN.match(text, pos)
+        if run is not None:
+            pos = run.end()
+        if pos >= end:
+            return end
+        char, after = text[pos], text[pos + 1 : pos + 2]
+        if char.isspace():
+            return pos
+        if char in "\"'`":
+            if not after.isalnum():
+                return pos
+        elif char == "\\":
+            if not after.isalnum() or after in _ESCAPED:
+                return pos
+        elif char in "&#":
+            if in_query or (char == "&" and _NEXT_PARAMETER.match(text, pos + 1)):
+                return pos
+        elif _NEXT_FIELD.match(text, pos + 1):  # , or ;
+            return pos
+        pos += 1
+
+
+_PASSPHRASE_NAMES = frozenset({"password", "passwd", "passphrase", "passcode", "pwd", "pw"})
+"""Last words of a name after which ``:`` starts a passphrase that may have several words (``Password: correct horse
+battery staple``; YAML's ``db_password: my secret phrase``)."""
+_PASSPHRASE_WORDS = 8
+_PASSPHRASE_CHARS = 128
+_NEXT_WORD = re.compile(r"[ \t]+")
+_CLAUSE_END = frozenset(".!?:")
+
+
+def _bare_value_end(text: str, match: re.Match[str]) -> int:
+    """Where the unquoted value of secret name ``match`` (written unquoted: prose, an environment line, a URL) ends: at
+    the end of its token (:func:`_token_end`), less the punctuation that closes a clause or a bracket it does not open
+    (:func:`_trimmed`: ``password=hunter2, then``, ``connect(password=hunter2)``). After ``password:`` (a name of
+    :data:`_PASSPHRASE_NAMES` and a colon) the value is a passphrase: the next words on its line are taken too, up to
+    a clause's end (``,`` ``.`` ``;``), the next field (``user: bob``), a quote that closes the line, or 8 words and 128
+    characters (``Password: correct horse battery staple``; ``Password: incorrect, try again`` takes its first word, as
+    any value is taken where a name holding a secret is followed by a word)."""
+    start, name_start = match.start("value"), match.start("name")
+    in_query = name_start > 0 and text[name_start - 1] in "?&"
+    end = _token_end(text, start, in_query)
+    last = _trimmed(text, start, end)
+    if (
+        in_query
+        or last != end
+        or text[last - 1] in _CLAUSE_END
+        or ":" not in text[match.end("name") : start]
+        or _last_name_word(match.group("name")) not in _PASSPHRASE_NAMES
+    ):
+        return last
+    for _ in range(_PASSPHRASE_WORDS - 1):
+        gap = _NEXT_WORD.match(text, end)
+        if gap is None or gap.end() >= len(text):
+            break
+        word = gap.end()
+        if text[word] in "\"'`\\" or text.startswith("[REDACTED:", word) or _NEXT_FIELD.match(text, word):
+            break
+        word_end = _token_end(text, word, False)
+        if word_end == word or word_end - start > _PASSPHRASE_CHARS:
+            break
+        trimmed = _trimmed(text, start, word_end)
+        while trimmed > word and text[trimmed - 1] in _CLAUSE_END:
+            trimmed -= 1
+        if trimmed > word:  # (a word of punctuation alone, "&" or "-", ends it)
+            end = trimmed
+        if trimmed != word_end:
+            break
+    return end
 
 
 _SCHEME_AFTER_COLON = re.compile(r"(?i):[ \t]*(?:" + "|".join(re.escape(s) for s in _HEADER_SCHEMES) + r")[ \t]+")

@@ -6,7 +6,8 @@ data, user, system and model messages, the environment reference, the thread id,
 ends a run, a tool error that reaches the user's tracer provider as a span event). The runs go
 through ``langchain.agents.create_agent`` graphs wrapped with ``record_experience``; then every file
 under the store (Parquet decoded, everything else as bytes) and every span the user's in-memory
-exporter received is searched for the planted values. A clean corpus (order ids, dates, prices,
+exporter received is searched for the planted values, whole or in part (a tail of 4 characters or more
+right after a placeholder: a rule that stopped inside the value, ``[REDACTED:secret]&723iAD``). A clean corpus (order ids, dates, prices,
 ISO timestamps, UUIDs, ...) goes through the same places and must come out unchanged.
 
     python -m tests.capture.redaction_corpus --report [--seed 7] [--json]
@@ -21,6 +22,7 @@ import argparse
 import base64
 import json
 import random
+import re
 import string
 import tempfile
 import uuid
@@ -278,6 +280,15 @@ class Plant:
             values = set(self.value.splitlines()[1:-1])
         return {v for v in values if v}
 
+    def tails(self) -> re.Pattern[str] | None:
+        """A placeholder followed by a tail of the value (4 characters or more, not the whole: ``[REDACTED:secret]&723iAD``
+        where a rule stopped inside ``NfngA&723iAD``), in each spelling :meth:`needles` searches: a partial leak."""
+        if self.kind == "private_key" or len(self.value) <= 4:
+            return None
+        tails = {self.value[i:] for i in range(1, len(self.value) - 3)}
+        spellings = {spelling for tail in tails for spelling in (tail, json.dumps(tail)[1:-1], json.dumps(json.dumps(tail)[1:-1])[1:-1])}
+        return re.compile(r"\[REDACTED:[A-Za-z0-9_.-]+(?::[0-9a-f]{8})?\](?:" + "|".join(map(re.escape, sorted(spellings))) + ")")
+
 
 @dataclass
 class Run:
@@ -380,6 +391,8 @@ class Outcome:
     planted: Counter[tuple[str, str]] = field(default_factory=Counter)
     found: Counter[tuple[str, str]] = field(default_factory=Counter)
     found_where: Counter[tuple[str, str]] = field(default_factory=Counter)  # (kind, "store"/"exporter")
+    partial: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """Of ``found``, the values found only as a tail after a placeholder (:meth:`Plant.tails`)."""
     clean_values: int = 0
     trajectories_stored: int = 0
     capture_failures: list[str] = field(default_factory=list)
@@ -456,6 +469,11 @@ def _count_planted(runs: list[Run], blobs: dict[str, str], outcome: Outcome) -> 
         for plant in run.plants:
             outcome.planted[plant.kind, plant.place] += 1
             where = [name for name, blob in blobs.items() if any(n in blob for n in plant.needles())]
+            tails = plant.tails()
+            partly = [name for name, blob in blobs.items() if name not in where and tails is not None and tails.search(blob)]
+            if partly and not where:
+                outcome.partial[plant.kind, plant.place] += 1
+            where += partly
             if where:
                 outcome.found[plant.kind, plant.place] += 1
                 for name in where:
@@ -510,7 +528,8 @@ def report(outcome: Outcome) -> str:
     console.print(
         f"runs: {outcome.runs}; trajectories stored: {outcome.trajectories_stored}; capture failures: {len(outcome.capture_failures)}; "
         f"planted: {sum(outcome.planted.values())}; found: {sum(outcome.found.values())} "
-        f"(default kinds: {outcome.found_default()}); clean values: {outcome.clean_values}, "
+        f"(default kinds: {outcome.found_default()}; only a tail after a placeholder: {sum(outcome.partial.values())}); "
+        f"clean values: {outcome.clean_values}, "
         f"changed by redaction (false positives): {len(outcome.false_positives)}"
     )
     for place, value in outcome.false_positives:
@@ -532,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
                     "planted": sum(outcome.planted.values()),
                     "found": sum(outcome.found.values()),
                     "found_default_kinds": outcome.found_default(),
+                    "found_as_a_tail_only": sum(outcome.partial.values()),
                     "found_by_kind_place": {f"{k}/{p}": n for (k, p), n in sorted(outcome.found.items())},
                     "runs": outcome.runs,
                     "trajectories_stored": outcome.trajectories_stored,
