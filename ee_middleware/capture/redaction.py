@@ -111,7 +111,7 @@ def _is_prose_password(text: str) -> bool:
 
 # --- secret-named keys --------------------------------------------------------------------------
 
-_STRONG_WORDS = {"password", "passwd", "passphrase", "passcode", "pwd", "secret", "secrets", "credential", "credentials"}
+_STRONG_WORDS = {"password", "passwd", "passphrase", "passcode", "pwd", "pw", "secret", "secrets", "credential", "credentials"}
 """Words that make a name a strong secret name wherever they are in it (``db_password``, ``client_secret``), unless a
 word of :data:`_ABOUT_A_SECRET` follows them."""
 _ABOUT_A_SECRET = {
@@ -142,7 +142,7 @@ there (``password_hint``, ``password_hash``, ``password_last``, ``password_set``
 _ISO_TIME = re.compile(r"\d{4}-[01]\d-[0-3]\d(?:[T ][0-2]\d:[0-5]\d(?::[0-6]\d(?:[.,]\d{1,9})?)?(?:Z|[+-][0-2]\d(?::?[0-5]\d)?)?)?")
 """An ISO 8601 date, or date and time (``2026-01-01``, ``2026-01-01T08:30:00.123+02:00``, ``2026-01-01 08:30:00``)."""
 _STRONG_LAST_WORDS = {"authorization", "apikey", "privatekey", "cvv", "cvc", "ssn"}
-_WEAK_LAST_WORDS = {"token", "cookie", "pass", "pin", "dsn"}
+_WEAK_LAST_WORDS = {"token", "cookie", "pass", "pin", "dsn", "otp", "totp"}
 """Last words that name a secret when they hold one value (a PIN, a token), but also ordinary objects: a boarding
 pass, a currency token, a map pin, a cookie's settings."""
 _STRONG_LAST_PAIRS = {
@@ -154,6 +154,18 @@ _STRONG_LAST_PAIRS = {
     ("encryption", "key"),
     ("master", "key"),
     ("client", "key"),
+    ("security", "answer"),
+    ("security", "answers"),
+    ("security", "code"),
+    ("verification", "code"),
+    ("time", "code"),  # one_time_code, oneTimeCode
+    ("otp", "code"),
+    ("totp", "code"),
+    ("mfa", "code"),
+    ("2fa", "code"),
+    ("recovery", "code"),
+    ("recovery", "codes"),
+    ("backup", "codes"),
 }
 _WEAK_LAST_PAIRS = {("session", "id")}
 _TOKEN_KINDS = {"access", "refresh", "auth", "bearer", "session", "api", "oauth", "oauth2", "id", "csrf", "xsrf", "jwt", "sso", "security"}
@@ -250,7 +262,10 @@ _WORDS = re.compile(r"[^\\^$.|?*+()\[\]{}]+(?:\|[^\\^$.|?*+()\[\]{}]+)*")
 """A regex that is only words or other plain strings, ``|``-separated."""
 
 
-_NAME_WORD_LIST = ("pass", "pwd", "secret", "token", "key", "auth", "cookie", "credential", "pin", "cvv", "cvc", "ssn", "dsn", "session")
+_NAME_WORD_LIST = (
+    *("pass", "pw", "secret", "token", "key", "auth", "cookie", "credential", "pin", "cvv", "cvc", "ssn", "dsn", "session"),
+    *("otp", "securit", "verification", "time_code", "timecode", "time-code", "recovery", "backup_code", "mfa", "2fa"),
+)
 _NAME_WORDS = "(?:" + "|".join(_NAME_WORD_LIST) + ")"
 _NAME_WORD = re.compile(_NAME_WORDS)  # searched in lower-cased text
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -710,6 +725,45 @@ def _iban_within(text: str, match: re.Match[str]) -> re.Match[str] | None:
     return None
 
 
+_IBAN_ANY_CASE = re.compile(_IBAN.pattern, re.IGNORECASE)
+_IBAN_LENGTHS = {
+    **dict(AD=24, AE=23, AL=28, AT=20, AZ=28, BA=20, BE=16, BG=22, BH=22, BI=27, BR=29, BY=28, CH=21, CR=22, CY=28, CZ=24),
+    **dict(DE=22, DJ=27, DK=18, DO=28, EE=20, EG=29, ES=24, FI=18, FK=18, FO=18, FR=27, GB=22, GE=22, GI=23, GL=18, GR=27),
+    **dict(GT=28, HR=21, HU=28, IE=22, IL=23, IQ=23, IS=26, IT=27, JO=30, KW=30, KZ=20, LB=28, LC=32, LI=21, LT=20, LU=20),
+    **dict(LV=21, LY=25, MC=27, MD=24, ME=22, MK=19, MN=20, MR=27, MT=31, MU=30, NI=28, NL=18, NO=15, OM=23, PK=24, PL=28),
+    **dict(PS=29, PT=25, QA=29, RO=24, RS=22, RU=33, SA=24, SC=31, SD=18, SE=24, SI=19, SK=24, SM=27, SO=23, ST=25, SV=28),
+    **dict(TL=23, TN=24, TR=26, UA=29, VA=22, VG=24, XK=20, YE=30),
+}
+"""Each country's IBAN length (the SWIFT IBAN registry): an IBAN not written in capitals (``de89 3704 ...``) is taken only
+with its country's length, since lower-case ids (hex digests, session ids) are many and 1 in 97 passes the checksum."""
+
+
+def _is_iban_any_case(text: str) -> bool:
+    compact = text.replace(" ", "").upper()
+    return _IBAN_LENGTHS.get(compact[:2]) == len(compact) and _is_iban(compact)
+
+
+def _ibans_any_case(text: str) -> Iterator[re.Match[str]]:
+    """IBANs not written in capitals (``de89370400440532013000``, ``gb29 nwbk ...``) that pass the check and have their
+    country's length (:data:`_IBAN_LENGTHS`), the longest part ending at a space if the whole run does not (as
+    :func:`_ibans` reads capitals)."""
+    pos = 0
+    while (match := _IBAN_ANY_CASE.search(text, pos)) is not None:
+        pos = match.end()
+        if match.group().isupper():
+            continue  # (:func:`_ibans` reads those)
+        if _is_iban_any_case(match.group()):
+            yield match
+            continue
+        end = match.end()
+        while (end := text.rfind(" ", match.start(), end)) > match.start():
+            shorter = _IBAN_ANY_CASE.fullmatch(text, match.start(), end)
+            if shorter is not None and _is_iban_any_case(shorter.group()):
+                yield shorter
+                pos = shorter.end()
+                break
+
+
 _LETTER = r"[^\W\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\uff00-\uffef]"
 """A letter, digit or ``_`` of any script but those written without spaces (CJK, where an address stops at them)."""
 
@@ -836,10 +890,34 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "value",
         _is_prose_password,
     ),
+    Rule(
+        "password",
+        re.compile(
+            r"(?i)\b(?:pin(?:[ -]?(?:code|number|no\.?))?|passcode)"
+            r"(?:\s*[:=#]\s*|\s+(?:(?!is\b|was\b)[\w'-]+\s+){0,4}?(?:is|was)(?:\s+now)?\s*:?\s*|\s+)"
+            r"(?P<value>\d{4,8})(?![\d-]|[.,]\d)"
+        ),
+        _having(r"\bpin\b|passcode"),
+        "value",
+        needs=("pin", "passcode"),
+        digits=4,
+    ),
     Rule("email", _EMAIL, _having("@|%40|%2540"), finder=_emails),
     Rule("credit_card", _CARD, _LONG_NUMBER, check=_is_card, finder=_cards, digits=7),
     Rule("iban", _IBAN, _LONG_NUMBER, check=_is_iban, finder=_ibans, digits=7),
+    Rule("iban", _IBAN_ANY_CASE, _LONG_NUMBER, check=_is_iban_any_case, finder=_ibans_any_case, digits=7),
     Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER, digits=7),
+    Rule(
+        "us_ssn",
+        re.compile(
+            r"(?i)\b(?:ssn|social[ -]security(?:[ -](?:number|no\.?|#))?)"
+            r"(?:\s*(?:[:=#]|is\b|was\b|number\b|no\.)\s*)*\s*"
+            r"(?P<value>(?!000|666|9\d\d)\d{3}(?P<gap> ?)(?!00)\d{2}(?P=gap)(?!0000)\d{4})(?![\d-])"
+        ),
+        _having("ssn|social security|social-security"),
+        "value",
+        digits=9,
+    ),
     Rule(
         "phone",
         re.compile(
@@ -870,13 +948,15 @@ KINDS: dict[str, tuple[bool, str]] = {
     "secret": (
         True,
         "values under secret-named keys (every string and number of an object or a list under a strong name: password, "
-        "client_secret, api_key, access_token, ...): JSON fields, key=value, DB_PASSWORD=... environment lines",
+        "client_secret, api_key, access_token, security_answer, one_time_code, ...; otp, pin, token: single values): JSON "
+        "fields, key=value, DB_PASSWORD=... environment lines (the whole token), Password: <passphrase>, the credential "
+        "after an auth scheme (Authorization: Token ...)",
     ),
-    "password": (True, 'passwords in prose ("my password is ...")'),
+    "password": (True, 'passwords and PINs in prose ("my password is ...", "my PIN is 4821")'),
     "email": (True, "e-mail addresses, non-ASCII and URL-encoded (%40) ones too"),
     "credit_card": (True, "payment card numbers (Luhn-checked; also followed by an amount, a CVV or an expiry)"),
-    "iban": (True, "IBANs (checksum-checked; also followed by a number or a word)"),
-    "us_ssn": (True, "US social security numbers (123-45-6789)"),
+    "iban": (True, "IBANs (checksum-checked; also followed by a number or a word; lower-case ones of their country's length)"),
+    "us_ssn": (True, "US social security numbers (123-45-6789; 123456789 after SSN or social security)"),
     "phone": (True, "phone numbers (+ international, or US (415) 555-0134 / 415-555-0134)"),
     "ip_address": (False, "IPv4 addresses"),
 }
