@@ -965,6 +965,34 @@ KINDS: dict[str, tuple[bool, str]] = {
 DEFAULT_KINDS = tuple(kind for kind, (on, _) in KINDS.items() if on)
 
 
+# --- pseudonyms ---------------------------------------------------------------------------------
+
+_NOT_A_NUMBER_CHAR = re.compile(r"[^0-9 \t().+/-]")
+"""A character that is neither a digit nor a separator a number is written with."""
+_COMPACT_IBAN = re.compile(r"[A-Za-z]{2}[0-9]{2}[A-Za-z0-9 ]+")
+
+
+def canonical_form(kind: str, value: str | int | float) -> str:
+    """The text a value's pseudonym tag is the keyed hash of (:meth:`Redactor.placeholder`): for an e-mail address the
+    address lower-cased (a URL-encoded ``@``, ``%40`` or ``%2540``, read as one), for a card number or an SSN its
+    digits, for an IBAN its compact upper-case form, for a phone number its digits after a leading ``+`` if it has one
+    (``+442079460958``); each also a working value for the thing it names. Any other value, and one of those kinds that
+    is not written as such (a user pattern named ``phone`` matching ``EXT-A1``), is its text as written; a number is
+    its digits as text (a whole-number float card, ``4111111111111111.0``, those of its integer)."""
+    if isinstance(value, float) and kind in ("credit_card", "us_ssn", "phone") and value.is_integer():
+        value = int(value)
+    text = value if isinstance(value, str) else str(value)
+    if kind == "email":
+        text = _ENCODED_AT.sub("@", text) if "%" in text else text
+        return text.lower() if "@" in text else text
+    if kind in ("credit_card", "us_ssn", "phone") and _NOT_A_NUMBER_CHAR.search(text) is None and any(c.isdigit() for c in text):
+        digits = "".join(c for c in text if c.isdigit())
+        return "+" + digits if kind == "phone" and text.lstrip().startswith("+") else digits
+    if kind == "iban" and _COMPACT_IBAN.fullmatch(text):
+        return text.replace(" ", "").upper()
+    return text
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 
@@ -1072,12 +1100,15 @@ class Redactor:
     def placeholder(self, kind: str, value: str | int | float) -> str:
         """``[REDACTED:<kind>]``, or ``[REDACTED:<kind>:<tag>]`` with a salt (same value, same tag).
 
-        A number (a JSON number replaced whole) gets the tag of its digits as text (the pseudonym recorded for it before
+        The tag is that of the value's :func:`canonical_form`: every spelling of one e-mail address, card, IBAN, SSN or
+        phone number gets one pseudonym (``Jane.Doe@Gmail.com`` and ``jane.doe@gmail.com``, ``4111 1111 1111 1111``
+        and ``4111111111111111``), while ``on_replace`` gets the value as written. A number (a JSON number replaced
+        whole) gets the tag of its digits as text (the pseudonym recorded for it before
         numbers were typed, so replaying an older store compares equal); ``on_replace`` gets the number itself, and
         the vault restores it as a number unless the same tag was also seen as a string (:mod:`~.vault`)."""
         if self.salt is None:
             return f"[REDACTED:{kind}]"
-        text = value if isinstance(value, str) else str(value)
+        text = canonical_form(kind, value)
         tag = hmac.new(self.salt, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
         placeholder = f"[REDACTED:{kind}:{tag}]"
         if self.on_replace is not None:
