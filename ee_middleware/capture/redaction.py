@@ -635,6 +635,94 @@ def _is_schema(value: Any) -> bool:
     return _looks_like_schema(set(value), types)
 
 
+# --- the context of a number: an id word before it, a currency next to it -------------------------------------------
+
+_ID_WORDS = frozenset(
+    {"order", "orders", "invoice", "invoices", "ticket", "tickets", "ref", "refs", "reference", "references", "ean", "upc"}
+    | {"isbn", "sku", "skus", "part", "parts", "tracking", "gtin"}
+)
+"""Words that say the number after them (or under a key made of them: ``order_id``, ``part_no``) is an id: an order
+number, an invoice, an EAN, a part number, not a card, a phone number or an SSN."""
+_ID_MARKERS = frozenset({"no", "nr", "num", "number", "id", "ids", "#"})
+"""Words between a name and its number (``order no.``, ``ticket #``, ``orderNumber``, ``order_id``). In text ``#``,
+``no.`` and ``nr.`` mark an id without an id word too (``item #5890...``, ``Ref. No.``), unless a word near them names a
+number that is personal data (:data:`_NAMES_PERSONAL_NUMBERS`: ``card no.``); ``number`` and ``id`` alone do not
+(``your number: 4111 ...``, a card object's ``"number"``)."""
+_ID_ABBREVIATIONS = frozenset({"#", "no", "nr"})
+_NAMES_PERSONAL_NUMBERS = frozenset(
+    {"card", "cards", "credit", "debit", "visa", "mastercard", "amex", "pan", "cc", "account", "acct", "iban", "phone"}
+    | {"phones", "telephone", "tel", "mobile", "cell", "fax", "whatsapp", "ssn", "social", "security", "passport", "tax"}
+    | {"tin", "sin", "routing"}
+)
+_CONTEXT_CHARS = 64
+_CONTEXT_SEPARATORS = frozenset(" \t\"'`:=._-\\")
+_NAME_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+
+
+def _words_before(text: str, start: int) -> list[str]:
+    """The words (lower-cased, ``#`` one of them) before ``start`` on its line, nearest first, up to 6, through spaces,
+    quotes and ``: = . _ -`` only (``order no. ``, ``"order_id": ``, ``\\"orderNumber\\":``); any other character ends
+    them (a bracket, a comma, a line break)."""
+    window = text[max(0, start - _CONTEXT_CHARS) : start]
+    words: list[str] = []
+    end = len(window)
+    while end > 0 and len(words) < 6:
+        while end > 0 and window[end - 1] in _CONTEXT_SEPARATORS:
+            end -= 1
+        if end > 0 and window[end - 1] == "#":
+            words.append("#")
+            end -= 1
+            continue
+        begin = end
+        while begin > 0 and window[begin - 1].isascii() and window[begin - 1].isalnum():
+            begin -= 1
+        if begin == end:
+            break
+        words.extend(part.lower() for part in reversed(_NAME_PARTS.findall(window[begin:end])))
+        end = begin
+    return words
+
+
+def _names_an_id(words: list[str], *, abbreviations: bool = True) -> bool:
+    """Whether ``words`` (nearest first, :func:`_words_before`) say the number after them is an id: the first word that
+    is no marker (``no``, ``#``, ``id``: :data:`_ID_MARKERS`) is an id word (:data:`_ID_WORDS`), or (``abbreviations``)
+    ``#``, ``no`` or ``nr`` comes before it; and no word near it names a card, a phone number or an SSN (``card no.``,
+    ``card_ref``, ``my visa is #``)."""
+    first = next((at for at, word in enumerate(words) if word not in _ID_MARKERS), len(words))
+    if _NAMES_PERSONAL_NUMBERS.intersection(words[first : first + 3]):
+        return False
+    if first < len(words) and words[first] in _ID_WORDS:
+        return True
+    return abbreviations and not _ID_ABBREVIATIONS.isdisjoint(words[:first])
+
+
+def _after_an_id_word(text: str, start: int) -> bool:
+    """Whether the number at ``start`` directly follows a word saying it is an id (:func:`_names_an_id`): ``order no.
+    5890820148538237``, ``EAN 3816941836104``, ``"order_id": 5890...``, ``ticket 191-453-6524``, ``part 539-12-2211``."""
+    return start > 0 and _names_an_id(_words_before(text, start))
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_names_an_id(key: str) -> bool:
+    """:func:`_names_an_id` of a JSON key's words (``order_id``, ``orderNumber``, ``ean``, ``tracking_number``)."""
+    words = [part.lower() for part in reversed(_NAME_PARTS.findall(key))]
+    return len(key) <= 64 and _names_an_id(words, abbreviations=False)
+
+
+_CURRENCIES = (
+    "USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|CNY|RMB|HKD|SGD|SEK|NOK|DKK|PLN|CZK|HUF|RUB|INR|BRL|MXN|ZAR|TRY|KRW|AED|SAR|ILS|THB"
+    "|IDR|MYR|PHP|TWD|RON|BGN|ISK|UAH|NGN|KES|EGP|ARS|CLP|COP|PEN|VND|PKR|BDT|BTC|ETH|USDT|USDC"
+)
+_CURRENCY_AFTER = re.compile(rf"[ \t]*(?:(?:{_CURRENCIES})(?![A-Za-z])|[€$£¥₹₽₩₺₪]|(?:cents?|ct|pts|points|units|pcs|shares)\b)")
+_CURRENCY_BEFORE = re.compile(rf"(?:(?<![A-Za-z])(?:{_CURRENCIES})|[€$£¥₹₽₩₺₪])[ \t]*\Z")
+
+
+def _next_to_a_currency(text: str, start: int, end: int) -> bool:
+    """Whether a currency (an ISO code, a symbol) or a unit of counting (cents, points, units) is written right after or
+    before the number at ``start:end``: an amount (``+71 949 259 EUR``, ``EUR +71 949 259``), no phone number."""
+    return _CURRENCY_AFTER.match(text, end) is not None or _CURRENCY_BEFORE.search(text, max(0, start - 8), start) is not None
+
+
 # --- numbers with a check: a card or an IBAN inside a longer run ----------------------------------------------------
 
 _CARD = re.compile(r"(?<![\d-])(?<!\d\.)\d(?:[ -]?\d){12,18}(?![\d-])")
@@ -647,14 +735,17 @@ _CARD_LAYOUTS = ((4, 4, 4, 4, 3), (4, 4, 4, 4), (4, 6, 5), (4, 6, 4))
 def _cards(text: str) -> Iterator[re.Match[str] | _Found]:
     """The ``credit_card`` rule's candidates: each number of 13-19 digits :data:`_CARD` finds that passes the check,
     or where one fails it because more digits are next to the card ("4539 1488 0343 6467 10 EUR", a CVV, an expiry,
-    "qty 2 4111 ..."), the card inside that run of digit groups (:func:`_card_within`)."""
+    "qty 2 4111 ..."), the card inside that run of digit groups (:func:`_card_within`); none right after an id word
+    (``order no. 5890820148538237``, ``EAN 3816941836104``: :func:`_after_an_id_word`)."""
     pos = 0
     while (match := _CARD.search(text, pos)) is not None:
         pos = match.end()
         if _is_card(match.group()):
-            yield match
+            if not _after_an_id_word(text, match.start()):
+                yield match
         elif (card := _card_within(text, match)) is not None:
-            yield card
+            if not _after_an_id_word(text, card.start):
+                yield card
             pos = card.end
 
 
@@ -815,6 +906,27 @@ def _ats(text: str) -> Iterator[tuple[int, int]]:
     yield from sorted(encoded) if "%" in text else encoded
 
 
+_SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
+_PHONE = re.compile(
+    r"(?:(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\d])"
+    r"|(?<![\w+(])(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-.]\d{4}(?![\d-]))"
+)
+
+
+def _ssns(text: str) -> Iterator[re.Match[str]]:
+    """What :data:`_SSN` finds, but right after an id word (``part 539-12-2211``, ``SKU 310-42-1187``)."""
+    return (match for match in _SSN.finditer(text) if not _after_an_id_word(text, match.start()))
+
+
+def _phones(text: str) -> Iterator[re.Match[str]]:
+    """What :data:`_PHONE` finds, but right after an id word (``ticket 191-453-6524``) or next to a currency (an amount:
+    ``+71 949 259 EUR``)."""
+    for match in _PHONE.finditer(text):
+        start, end = match.span()
+        if not (_after_an_id_word(text, start) or _next_to_a_currency(text, start, end)):
+            yield match
+
+
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule(
         "private_key",
@@ -906,7 +1018,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("credit_card", _CARD, _LONG_NUMBER, check=_is_card, finder=_cards, digits=7),
     Rule("iban", _IBAN, _LONG_NUMBER, check=_is_iban, finder=_ibans, digits=7),
     Rule("iban", _IBAN_ANY_CASE, _LONG_NUMBER, check=_is_iban_any_case, finder=_ibans_any_case, digits=7),
-    Rule("us_ssn", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), _LONG_NUMBER, digits=7),
+    Rule("us_ssn", _SSN, _LONG_NUMBER, finder=_ssns, digits=7),
     Rule(
         "us_ssn",
         re.compile(
@@ -918,16 +1030,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "value",
         digits=9,
     ),
-    Rule(
-        "phone",
-        re.compile(
-            r"(?:(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\d])"
-            r"|(?<![\w+(])(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-.]\d{4}(?![\d-]))"
-        ),
-        _LONG_NUMBER,
-        check=_is_phone,
-        digits=7,
-    ),
+    Rule("phone", _PHONE, _LONG_NUMBER, check=_is_phone, finder=_phones, digits=7),
     Rule(
         "ip_address",
         re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"),
@@ -1158,7 +1261,27 @@ class Redactor:
             return self._redact_single(key, value)
         if strength == 2:
             return self._redact_schema(value) if _is_schema(value) else self._redact_secret(value)
+        if isinstance(key, str) and not isinstance(value, (bool, list, tuple)) and _key_names_an_id(key):
+            if isinstance(value, Mapping):  # {"orders": {"5890820148538237": {...}}}: keyed by ids
+                return {self._redact_id(k) if isinstance(k, str) else k: self._redact_member(k, v) for k, v in value.items()}
+            if isinstance(value, (str, int, float)):
+                return self._redact_id(value)
         return self.redact_value(value)  # (an object or a list below a weak secret name is ordinary data)
+
+    def _redact_id(self, value: str | int | float) -> Any:
+        """A value below a key that names an id (``order_id``, ``ean``, ``part_no``: :func:`_key_names_an_id`), or a key of
+        an object there (``{"orders": {"5890820148538237": ...}}``): a number, or a number that starts a string, is not a
+        card, a phone number or an SSN, as a number right after such a word in text is not (:func:`_after_an_id_word`:
+        the same in JSON text, but for the keys of such an object, which text leaves redacted); anything else in it is
+        redacted as anywhere."""
+        if not isinstance(value, str):
+            return self._redact_number(value, an_id=True) if self._rules else value
+        first = len(value) - len(value.lstrip())
+        if first == len(value) or value[first] in '{["' or "\\" in value:  # (JSON in it, escapes: read as any string is)
+            return self.redact_value(value)
+        found = [f for f in self._find(value) if not (f[2] in _NUMBER_KINDS and f[0] == first)] if self._rules else []
+        text = self._apply_found(value, found)
+        return self.custom(text) if self.custom is not None else text
 
     def _redact_schema(self, value: Any, names: bool = False) -> Any:
         """A JSON Schema below a strong secret name (a tool's ``api_key`` parameter), or a part of it (``names``: a
@@ -1183,15 +1306,18 @@ class Redactor:
             return [self._redact_schema(item) for item in value]
         return self.redact_value(value)
 
-    def _redact_number(self, value: int | float) -> int | float | str:
+    def _redact_number(self, value: int | float, *, an_id: bool = False) -> int | float | str:
         """A JSON number (``{"card_number": 4111111111111111}``): an integer a built-in kind takes whole (a card number)
         becomes its placeholder, a string, and so does a whole-number float whose integer one takes
         (``4111111111111111.0``: a card column of a pandas frame with a missing value is float64); any other float is
         never a card, a phone number or an id, so no built-in kind applies to one. User patterns run over the number's
         JSON text, an integer's or a float's: one that takes it whole makes it the placeholder, one that takes part of
         it makes it its text with the placeholder in it. Any other number is kept as it is (and not remembered: a long
-        list of numbers would fill the clean-text memo)."""
-        if isinstance(value, int):
+        list of numbers would fill the clean-text memo). Below a key that names an id (``an_id``) no built-in kind
+        takes it (an order number is no card)."""
+        if an_id:
+            kind = None
+        elif isinstance(value, int):
             kind = self._whole_int_kind(value)
         elif 1e12 <= value < 1e20 and value.is_integer():  # (no card has 20 digits; NaN and inf fail the first test)
             kind = self._whole_int_kind(int(value))
@@ -1433,6 +1559,9 @@ _IN_SHORT_KEY = re.compile(r"\d|[sr]k_|whsec_|AKIA|ASIA")
 """Found in every short identifier (under 32 characters) a built-in rule matches in: the provider keys that are
 identifiers (``AKIA...``, ``sk_live_...``, ``whsec_...``) start so, and the other kinds that fit (an IBAN without
 spaces) have digits. Other short identifiers (``role``, ``order_id``) are JSON keys not scanned."""
+
+_NUMBER_KINDS = frozenset({"credit_card", "phone", "us_ssn"})
+"""The kinds of numbers an id word before them rules out (:func:`_after_an_id_word`)."""
 
 _INT_KINDS: tuple[tuple[str, Callable[[str], bool]], ...] = (("credit_card", _is_card),)
 """The built-in kinds whose rule matches a JSON integer's text whole (digits alone, 13 or more), with the test that
