@@ -25,7 +25,7 @@ from typing import Any
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.normalize import normalize, operation_of
-from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.redaction import PLACEHOLDER, Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.errors import IngestError, RecordError
 from ee_middleware.messages import (
@@ -55,6 +55,128 @@ def run_trajectory_id(trace_id: str, root_span_id: str) -> str:
     """The id of the trajectory of a run whose spans carry none (``ee.trajectory.id``): named by its trace and root span,
     so that reading the same spans again gives the same id."""
     return uuid.uuid5(_ID_NAMESPACE, f"{trace_id}:{root_span_id}").hex
+
+
+CUT_MARGIN = 16_384
+"""Characters past the cut that :func:`redact_and_cut` redacts with a long text's kept part (and more where redaction
+shrank them): a value the cut falls in is redacted as it is in the whole text when it is shorter than this (a PEM key,
+a JWT, a card, an e-mail address all are)."""
+
+
+def cut_redacted(text: str, max_chars: int) -> str:
+    """Redacted ``text`` cut to at most ``max_chars`` characters, never inside a placeholder: one the cut would split
+    (``[REDACTED:email:1a2b3c4d]``) is left out whole, so the cut text ends before it (never on ``[RED``)."""
+    if len(text) <= max_chars:
+        return text
+    if "[REDACTED:" in text:
+        start = max(0, max_chars - _PLACEHOLDER_MAX)
+        for placeholder in PLACEHOLDER.finditer(text, start, max_chars + _PLACEHOLDER_MAX):
+            if placeholder.start() < max_chars < placeholder.end():
+                return text[: placeholder.start()]
+            if placeholder.start() >= max_chars:
+                break
+    return text[:max_chars]
+
+
+_PLACEHOLDER_MAX = 256
+"""Longer than any placeholder (``[REDACTED:<kind>:<tag>]``, a user pattern's kind a name of a few words)."""
+
+
+def redact_and_cut(text: str, max_chars: int, redact: Callable[[Any], Any] | None) -> tuple[str, int]:
+    """``text`` redacted by ``redact`` (``None``: as it is), then cut to ``max_chars`` characters (:func:`cut_redacted`),
+    and how many characters were cut: never cut first and redacted after, which left the value the cut fell in partly in
+    plain text (12 of a card's 16 digits, ``jane.doe@gma``).
+
+    A text over ``max_chars`` + :data:`CUT_MARGIN` characters is not redacted whole (5 MB took seconds): only its start
+    is, up to that many characters, or more until the redacted start is as long (redaction that shrank it, long tokens
+    made placeholders), so that the kept part is what redacting the whole text and then cutting gives for every value
+    shorter than :data:`CUT_MARGIN`. The count is then the redacted start's characters cut plus the rest's (not
+    redacted)."""
+    if redact is None:
+        kept = cut_redacted(text, max_chars)
+        return kept, len(text) - len(kept)
+    end = len(text) if len(text) <= max_chars + CUT_MARGIN else max_chars + CUT_MARGIN
+    while True:
+        redacted = redact(text[:end] if end < len(text) else text)
+        if not isinstance(redacted, str):  # (a redact_fn that returned something else: as the text it was given)
+            redacted = str(redacted)
+        short = max_chars + CUT_MARGIN - len(redacted)
+        if end >= len(text) or short <= 0:
+            break
+        # as much more as redaction shrank this start by (PEM keys, JWTs), and a margin: read again from the start
+        end = min(len(text), end + short * max(1, end // max(len(redacted), 1)) + CUT_MARGIN)
+    kept = cut_redacted(redacted, max_chars)
+    return kept, len(redacted) - len(kept) + len(text) - end
+
+
+def redact_tool_schemas(schemas: list[dict[str, Any]], redactor: Redactor | None) -> list[dict[str, Any]]:
+    """Tool schemas (OpenAI form, ``{"type": "function", "function": {...}}``) with the text they carry redacted: each
+    tool's description (and any other field but its name), and in its parameters' JSON Schema every description,
+    title and ``$comment``, the values given as ``default``, ``examples``, ``example``, ``enum`` and ``const``, and
+    ``x-`` extensions. A value given for a parameter is redacted as that parameter's value in a call is (below a
+    secret name such as ``api_key``, replaced whole). Names (the tool's, its parameters'), types, ``required`` and the
+    schema's structure are kept: it stays a JSON Schema the model can call the tool with. A tool built at run time
+    (``f"Send mail as {user_email}"``) or an MCP server's tool description otherwise kept the user's data in the
+    trajectory's ``tools``, on the user's spans (``gen_ai.tool.definitions``), in exports and in dataset rows."""
+    if redactor is None or not redactor.enabled:
+        return schemas
+    out: list[dict[str, Any]] = []
+    for schema in schemas:
+        function = schema.get("function") if isinstance(schema, Mapping) else None
+        if not isinstance(function, Mapping):
+            out.append(schema)
+            continue
+        redacted: dict[str, Any] = {}
+        for key, value in function.items():
+            if key in ("name", "strict"):
+                redacted[key] = value
+            elif key == "parameters":
+                redacted[key] = _redact_json_schema(value, redactor, None)
+            else:
+                redacted[key] = redactor.redact_value(value)
+        out.append({**schema, "function": redacted})
+    return out
+
+
+_SCHEMA_TEXT = frozenset({"description", "title", "$comment"})
+"""JSON Schema keywords whose value is prose."""
+_SCHEMA_DATA = frozenset({"default", "examples", "example", "enum", "const"})
+"""JSON Schema keywords whose value is a value of the data the schema describes (a parameter's)."""
+_SCHEMA_NAMED = frozenset({"properties", "patternProperties"})
+"""JSON Schema keywords mapping parameters' names to their schemas."""
+_SCHEMA_MAPS = frozenset({*_SCHEMA_NAMED, "$defs", "definitions", "dependentSchemas"})
+"""JSON Schema keywords mapping names to schemas."""
+_SCHEMA_PARTS = frozenset(
+    {
+        *("items", "prefixItems", "additionalItems", "additionalProperties", "unevaluatedItems", "unevaluatedProperties"),
+        *("contains", "propertyNames", "not", "if", "then", "else", "anyOf", "oneOf", "allOf", "contentSchema"),
+    }
+)
+"""JSON Schema keywords whose value is a schema or a list of schemas (of the same parameter)."""
+
+
+def _redact_json_schema(schema: Any, redactor: Redactor, name: str | None) -> Any:
+    """:func:`redact_tool_schemas`'s walk of a JSON Schema, the schema of parameter ``name`` (``None``: no parameter's)."""
+    if isinstance(schema, list):
+        return [_redact_json_schema(item, redactor, name) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema  # (true, false: schemas too)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _SCHEMA_TEXT and isinstance(value, str):
+            out[key] = redactor.redact_value(value)
+        elif key in _SCHEMA_DATA:
+            # as the parameter's value in a call: {"api_key": ...} replaced whole below a secret name
+            out[key] = redactor.redact_value(value) if name is None else next(iter(redactor.redact_value({name: value}).values()))
+        elif key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            out[key] = {k: _redact_json_schema(v, redactor, k if key in _SCHEMA_NAMED else None) for k, v in value.items()}
+        elif key in _SCHEMA_PARTS:
+            out[key] = _redact_json_schema(value, redactor, name)
+        elif isinstance(key, str) and key.startswith("x-"):
+            out[key] = redactor.redact_value(value)
+        else:
+            out[key] = value  # type, required, format, pattern, bounds, ...
+    return out
 
 
 PausedTools = Callable[[str | None, Sequence[str], int, bool], list[dict[str, Any]] | None]
@@ -345,7 +467,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             "a trajectory needs the model's inputs and outputs. Enable message capture in the instrumentation."
         )
     redact = options.redactor.redact if options.redactor is not None else (lambda v: v)
-    memo = _RunMemo()
+    memo = _RunMemo(options.redactor)
     decisions = [_decision(chat, redact, memo) for chat in chats]
     formatting = _answer_formatting(root, decisions, tools)
     decisions = [d for index, d in enumerate(decisions) if index not in formatting]
@@ -477,9 +599,10 @@ class _RunMemo:
     history so far (the previous span's input plus the new messages), and the tool list is the
     same text in every span. Decoding each span whole made assembly quadratic in the run's length."""
 
-    def __init__(self) -> None:
+    def __init__(self, redactor: Redactor | None = None) -> None:
         self._history: tuple[str, bool, list[dict[str, Any]]] | None = None  # the last input text, whose, its messages
         self._tools: dict[str, list[dict[str, Any]]] = {}
+        self._redactor = redactor  # the tool schemas' text redacted by it (:func:`redact_tool_schemas`)
 
     def input_messages(self, span: SpanData) -> list[dict[str, Any]]:
         raw = span.attributes.get(sc.INPUT_MESSAGES)
@@ -526,6 +649,8 @@ class _RunMemo:
                 raise IngestError(f"Span {span.span_id} ({span.name}): {sc.TOOL_DEFINITIONS} is not a list of tool schemas: {exc}") from exc
             if isinstance(raw, str) and _TOOL_SCHEMAS.seen_before(raw):
                 _TOOL_SCHEMAS.put(raw, schemas)
+        # (the cache above keeps them as the spans gave them: another assembly may redact with other rules)
+        schemas = redact_tool_schemas(schemas, self._redactor)
         if isinstance(raw, str):
             self._tools[raw] = schemas
         return schemas
@@ -1413,8 +1538,9 @@ def _observation(
         result = span.attributes.get(sc.TOOL_CALL_RESULT)
         if result is None:
             result = span.exception_message() or span.status_message or ("tool failed" if is_error else "")
-    text = redact(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False))
-    return Observation(content=text, is_error=is_error, truncated_chars=truncated).capped(max_chars), latency
+    # redacted, then cut (never inside a placeholder): a text capture cut is within the cap already
+    text, cut = redact_and_cut(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False), max_chars, redact)
+    return Observation(content=text, is_error=is_error, truncated_chars=truncated + cut), latency
 
 
 def _status(root: SpanData, spans: Sequence[SpanData]) -> tuple[str, str | None]:
@@ -1604,7 +1730,8 @@ def _stopped_by(root: SpanData, decisions: list[dict[str, Any]], redact: Any) ->
 def _unfinished_end(decisions: list[dict[str, Any]], steps: list[Step], answer: str | None) -> str | None:
     """Why a run that returned normally on its model's last turn did not finish its work, or None when it did: that turn
     was cut at the request's ``max_tokens`` (its span's finish reason ``length``: an answer cut mid-sentence, which an
-    approval rule on ``completed`` would teach), or it wrote only malformed tool calls that no tool ran, and the run gave
+    approval rule on ``completed`` would teach), or stopped by the provider's content filter (``content_filter``:
+    OpenAI's word, Gemini's ``SAFETY``, Bedrock's ``guardrail_intervened``: an empty or partial answer), or it wrote only malformed tool calls that no tool ran, and the run gave
     no answer (``create_agent`` ends a run whose reply holds only ``invalid_tool_calls``: the user got nothing). Such a
     run is ``stopped``. A turn cut or malformed earlier, that the graph went on from (the model answered after), ended
     nothing."""
@@ -1615,9 +1742,13 @@ def _unfinished_end(decisions: list[dict[str, Any]], steps: list[Step], answer: 
     reasons = last["span"].attributes.get(sc.RESPONSE_FINISH_REASONS)
     if isinstance(reasons, str):
         reasons = (reasons,)
-    if isinstance(reasons, Sequence) and sc.FINISH_REASON_LENGTH in reasons:
-        cut = "answer" if not any(m.get("tool_calls") for m in last["outputs"]) else "model turn"
-        return f"the last {cut} was cut at max_tokens (finish_reason {sc.FINISH_REASON_LENGTH})"
+    # (as the GenAI conventions write them: capture's are; another instrumentation's may be the provider's own words)
+    said = {genai_finish_reason(r) for r in reasons if isinstance(r, str)} if isinstance(reasons, Sequence) else set()
+    turn = "answer" if not any(m.get("tool_calls") for m in last["outputs"]) else "model turn"
+    if sc.FINISH_REASON_LENGTH in said:
+        return f"the last {turn} was cut at max_tokens (finish_reason {sc.FINISH_REASON_LENGTH})"
+    if FINISH_REASON_CONTENT_FILTER in said:
+        return f"the last {turn} was stopped by the provider's content filter (finish_reason {FINISH_REASON_CONTENT_FILTER})"
     if answer is not None or not steps:
         return None
     final = [s for s in steps if s.decision_index == steps[-1].decision_index]
@@ -1630,6 +1761,43 @@ def _unfinished_end(decisions: list[dict[str, Any]], steps: list[Step], answer: 
     if len(calls) == 1:
         return f"the run ended on a model turn whose only tool call was malformed, with no answer: {named} (no tool ran it)"
     return f"the run ended on a model turn whose {len(calls)} tool calls were all malformed, with no answer: {named} (no tool ran them)"
+
+
+_FINISH_REASONS = {
+    "stop": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "eos": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "max_output_tokens": "length",
+    "model_length": "length",
+    "tool_calls": "tool_call",
+    "tool_call": "tool_call",
+    "tool_use": "tool_call",
+    "function_call": "tool_call",
+    "content_filter": "content_filter",
+    "safety": "content_filter",
+    "recitation": "content_filter",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+    "refusal": "content_filter",
+    "error": "error",
+}
+"""Providers' finish reasons (lower-cased) as the GenAI conventions write them (``stop``, ``length``, ``tool_call``,
+``content_filter``, ``error``): OpenAI's ``tool_calls``, Anthropic's ``end_turn``/``max_tokens``/``tool_use``, Gemini's
+``STOP``/``MAX_TOKENS``/``SAFETY``, Bedrock's, Ollama's."""
+
+
+def genai_finish_reason(reason: str) -> str:
+    """A provider's finish reason as the GenAI conventions write it (:data:`_FINISH_REASONS`); one they have no word for
+    is kept as the provider said it."""
+    return _FINISH_REASONS.get(reason.strip().lower(), reason)
+
+
+FINISH_REASON_CONTENT_FILTER = "content_filter"
+"""The finish reason (GenAI conventions) of a reply the provider's content filter stopped: a run whose last reply it
+stopped is ``stopped``, not ``completed``, as one cut at ``max_tokens`` is."""
 
 
 def _quoted(raw: Any) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.assembler import genai_finish_reason, redact_and_cut, redact_tool_schemas
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.messages import (
     content_to_text,
@@ -81,7 +82,7 @@ class PayloadEncoder:
         if hit is None or hit[0] is not message:
             [converted] = langchain_to_openai([message])
             if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
-                converted["content"] = self._cut(converted["content"])[0]
+                converted["content"] = self._cut(converted["content"])[0]  # redacted, then cut
             [genai] = openai_to_genai([converted])
             hit = (message, self._encode(genai), any(p["type"] == "tool_call" for p in genai["parts"]))
             cache[id(message)] = hit
@@ -94,6 +95,8 @@ class PayloadEncoder:
         return not self.redactor.enabled or self.redactor.builtin_only
 
     def tool_definitions(self, tools: Sequence[Any] | None, cache: FragmentCache | None = None) -> str | None:
+        """``gen_ai.tool.definitions`` for the tools a model was given (redacted: see :func:`_encode_tool_definitions`),
+        encoded once for the same tool objects; ``None`` for none."""
         if not tools:
             return None
         # Each call gets a new list of the same schema objects: key on those (kept alive by the entry).
@@ -102,7 +105,7 @@ class PayloadEncoder:
         if hit is None or any(a is not b for a, b in zip(hit[0], tools, strict=True)):
             if len(self._tool_definitions) >= 64:
                 self._tool_definitions.pop(next(iter(self._tool_definitions)))
-            hit = (tuple(tools), _encode_tool_definitions(tools))
+            hit = (tuple(tools), _encode_tool_definitions(tools, self.redactor))
             self._tool_definitions[key] = hit
         return hit[1]
 
@@ -163,15 +166,18 @@ class PayloadEncoder:
         else:
             is_error = False
             text = output if isinstance(output, str) else dumps(output)
-        text = self._redact(text)
         text, truncated = self._cut(text)
         return text, is_error, truncated
 
-    def _cut(self, text: str) -> tuple[str, int]:
-        if len(text) <= self.max_observation_chars:
-            return text, 0
-        cut = len(text) - self.max_observation_chars
-        return text[: self.max_observation_chars], cut
+    def _cut(self, content: Any) -> tuple[Any, int]:
+        """A tool result's text redacted, then cut to ``max_observation_chars`` (never inside a placeholder; a huge one
+        redacted in a window past the cut: :func:`~ee_middleware.capture.assembler.redact_and_cut`), and the characters
+        cut. Content blocks (a list: images, files) are kept to as many blocks, each block redacted when encoded."""
+        if isinstance(content, str):
+            return redact_and_cut(content, self.max_observation_chars, self._redact if self.redactor.enabled else None)
+        if len(content) <= self.max_observation_chars:
+            return content, 0
+        return content[: self.max_observation_chars], len(content) - self.max_observation_chars
 
     def graph_input_attributes(self, graph_input: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
         """The run's input messages and its task (the first user message among them): a state's conversation
@@ -279,38 +285,6 @@ class PayloadEncoder:
             sc.OUTPUT_MESSAGES: "[" + self._fragment({} if cache is None else cache, messages[-1])[1] + "]",
             sc.EE_FINAL_ANSWER: self._redact(answer),
         }
-
-
-_FINISH_REASONS = {
-    "stop": "stop",
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "eos": "stop",
-    "length": "length",
-    "max_tokens": "length",
-    "max_output_tokens": "length",
-    "model_length": "length",
-    "tool_calls": "tool_call",
-    "tool_call": "tool_call",
-    "tool_use": "tool_call",
-    "function_call": "tool_call",
-    "content_filter": "content_filter",
-    "safety": "content_filter",
-    "recitation": "content_filter",
-    "guardrail_intervened": "content_filter",
-    "content_filtered": "content_filter",
-    "refusal": "content_filter",
-    "error": "error",
-}
-"""Providers' finish reasons (lower-cased) as the GenAI conventions write them (``stop``, ``length``, ``tool_call``,
-``content_filter``, ``error``): OpenAI's ``tool_calls``, Anthropic's ``end_turn``/``max_tokens``/``tool_use``, Gemini's
-``STOP``/``MAX_TOKENS``/``SAFETY``, Bedrock's, Ollama's."""
-
-
-def genai_finish_reason(reason: str) -> str:
-    """A provider's finish reason as the GenAI conventions write it (:data:`_FINISH_REASONS`); one they have no word for
-    is kept as the provider said it."""
-    return _FINISH_REASONS.get(reason.strip().lower(), reason)
 
 
 def _outcome_length(messages: Sequence[Any]) -> int:
@@ -657,8 +631,11 @@ def _command_tool_messages(output: Any) -> list[Any]:
     return [m for m in flat if hasattr(m, "tool_call_id") and hasattr(m, "content")]
 
 
-def _encode_tool_definitions(tools: Sequence[Any]) -> str:
-    return dumps([{"type": "function", **schema["function"]} for schema in openai_tool_schemas(tools)])
+def _encode_tool_definitions(tools: Sequence[Any], redactor: Redactor) -> str:
+    """``gen_ai.tool.definitions``: the tools' schemas, their descriptions and the values they give (defaults, examples,
+    enums) redacted (:func:`~ee_middleware.capture.assembler.redact_tool_schemas`), names, types and structure kept."""
+    schemas = redact_tool_schemas(openai_tool_schemas(tools), redactor)
+    return dumps([{"type": "function", **schema["function"]} for schema in schemas])
 
 
 class CapturedError(Exception):
