@@ -49,7 +49,6 @@ from typing import Any
 from ee_middleware._lifetime import awaiting_with_signal_checks, result_with_signal_checks
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.messages import content_to_text, kept_as_tool_content
-from ee_middleware.models.protocol import clip
 from ee_middleware.records import Observation, ToolCall, ToolSchema, tool_schema_name
 from ee_middleware.replay.sandboxes.digest import Unencodable, digest_of
 from ee_middleware.replay.sandboxes.injected import CALL_ID, injected_parameters, refusal_reason
@@ -615,7 +614,7 @@ class PythonSandbox:
         except EnvironmentUnavailableError:
             raise
         except Exception as exc:  # say from what: a missing snapshot file is named by the environment, rarely by the error
-            shown = clip(json.dumps(environment, ensure_ascii=False, default=str), 300)
+            shown = quoted_environment(environment)
             raise EnvironmentUnavailableError(
                 f"{self.kind} sandbox could not rebuild the world from the environment {shown}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -864,3 +863,46 @@ class PythonSandbox:
     def _check_open(self) -> None:
         if self._closed:
             raise SandboxError(f"{self.kind} sandbox is closed; call reset(environment) to use it again.")
+
+
+QUOTED_ENVIRONMENT_CHARS = 300
+"""How much of the environment's JSON text a reason quotes at most (:func:`quoted_environment`)."""
+
+
+def quoted_environment(environment: Any, limit: int = QUOTED_ENVIRONMENT_CHARS) -> str:
+    """``environment`` as compact JSON for a reason (why a world could not be rebuilt), at most about ``limit``
+    characters: cut before the string or number the limit falls in, never inside it, saying so.
+
+    With the vault the environment is the restored, real one; the sandbox has no redactor, and the reason is redacted by
+    the store's rules later (the replay runner's). A value cut in the middle is no longer one the rules take (``"(415)
+    555-01``: 8 of a phone number's 10 digits were printed and stored); a value quoted whole is redacted whole."""
+    text = json.dumps(environment, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return text
+    return text[: _whole_value_cut(text, limit)] + f"... (cut at {limit} characters, before a value, never inside one)"
+
+
+def _whole_value_cut(text: str, limit: int) -> int:
+    """Where to cut JSON ``text`` at ``limit`` characters or before: at ``limit``, or at the start of the string or bare
+    token (a number, ``true``) that the cut would split."""
+    token = -1  # where the string or bare token being read starts (-1: between tokens)
+    in_string = False
+    i = 0
+    while i < limit:
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                i += 2
+                continue
+            if c == '"':
+                in_string, token = False, -1
+        elif c == '"':
+            in_string, token = True, i
+        elif c in " \t\n\r,:[]{}":
+            token = -1
+        elif token < 0:
+            token = i
+        i += 1
+    if in_string or (token >= 0 and limit < len(text) and text[limit] not in " \t\n\r,:[]{}"):
+        return token
+    return limit
