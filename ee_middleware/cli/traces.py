@@ -64,7 +64,7 @@ def list_traces(
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         frame = opened.trajectories()
-        redact = _current_rules(opened)
+        redact = _redact_fn(_current_redactor(opened))
     every_id = frame["id"].to_list()
     if status is not StatusFilter.all:
         frame = frame.filter(pl.col("approval") == status.value)
@@ -73,7 +73,10 @@ def list_traces(
     frame = frame.sort("started_at")
     if limit is not None:
         frame = frame.tail(limit)
-    rows = [{**row, "task": redact(row["task"])} for row in frame.select(LIST_COLUMNS).to_dicts()]
+    rows = [
+        {**row, **{key: redact(row[key]) for key in ("task", "approval_by", "approval_reason")}}
+        for row in frame.select(LIST_COLUMNS).to_dicts()
+    ]
     if as_json:
         print_json([{k: _jsonable(v) for k, v in row.items()} for row in rows])
         return
@@ -135,9 +138,14 @@ def show(
     """Show one trajectory with every step (tool call, arguments, observation) and its approval history."""
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
-        trajectory = _redacted(opened.get(trajectory_id), _current_rules(opened))
+        redactor = _current_redactor(opened)
+        trajectory = _redacted(opened.get(trajectory_id), redactor)
         history = opened.approvals([trajectory.id])
-    decisions = [{k: _jsonable(v) for k, v in row.items() if k != "trajectory_id"} for row in history.to_dicts()]
+    redact = _redact_fn(redactor)
+    decisions = [
+        {k: redact(v) if k in _DECISION_TEXT else _jsonable(v) for k, v in row.items() if k != "trajectory_id"}
+        for row in history.to_dicts()
+    ]
     if as_json:
         print_json({**trajectory.model_dump(mode="json"), "approval_history": decisions})
         return
@@ -187,21 +195,40 @@ def show(
         out.print(_history_table(decisions))
 
 
-def _current_rules(store: Any) -> Any:
-    """The store's redaction as it is now (``redact_value``): what capture stored under older rules is shown as exports
-    and dataset builds write it, so a rule added since (a recorder's new pattern) hides its values here too."""
+def _current_redactor(store: Any) -> Any:
+    """The store's redaction as it is now (a :class:`~ee_middleware.capture.redaction.Redactor`, ``None`` where it
+    redacts nothing): what capture stored under older rules, or a recorder without the store's rules, is shown as
+    exports and dataset builds write it, so a rule added since (a recorder's new pattern) hides its values here too."""
     from ee_middleware.capture.store_redaction import store_redactor
 
     redactor = store_redactor(store, create_salt=False)
-    return redactor.redact_value if redactor.enabled else (lambda value: value)
+    return redactor if redactor.enabled else None
 
 
-def _redacted(trajectory: Any, redact: Any) -> Any:
-    """``trajectory`` with its user data (task, answer, error, messages, each step's state, action and observation)
-    redacted by ``redact``; ids, times and tool schemas as stored."""
+def _redact_fn(redactor: Any) -> Any:
+    return redactor.redact_value if redactor is not None else (lambda value: value)
+
+
+_DECISION_TEXT = frozenset({"by", "reason", "overrides_by", "overrides_reason"})
+"""The columns of a decision (the approval history) that people wrote: redacted when shown, as stored decisions made
+before ``ee traces approve/reject`` redacted them may hold a customer's data."""
+
+
+def _redacted(trajectory: Any, redactor: Any) -> Any:
+    """``trajectory`` with its user data (task, answer, error, messages, environment, tool schemas' text, its approval's
+    reviewer and reason, each step's state, action and observation) redacted by ``redactor`` (``None``: as stored);
+    ids, times, names and the schemas' structure as stored."""
+    if redactor is None:
+        return trajectory
+    from ee_middleware.capture.assembler import redact_tool_schemas
+
+    redact = redactor.redact_value
     data = trajectory.model_dump(mode="json")
-    for key in ("task", "final_answer", "error", "messages"):
+    for key in ("task", "final_answer", "error", "messages", "environment"):
         data[key] = redact(data[key])
+    data["tools"] = redact_tool_schemas(data["tools"], redactor)
+    if data.get("approval"):
+        data["approval"]["by"], data["approval"]["reason"] = redact(data["approval"].get("by")), redact(data["approval"].get("reason"))
     for step in data["steps"]:
         step["state"] = redact(step["state"])
         action = step["action"]
@@ -234,8 +261,10 @@ def _history_table(decisions: list[dict[str, Any]]) -> Any:
 def approve(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
     store: str = StoreOption,
-    by: str = typer.Option(..., "--by", callback=actor_name, help="Who approves (stored with the decision)."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
+    by: str = typer.Option(
+        ..., "--by", callback=actor_name, help="Who approves (stored with the decision, redacted: an e-mail becomes its pseudonym)."
+    ),
+    reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision, redacted by the store's rules)."),
     force: bool = typer.Option(False, "--force", help="Overturn a rejection (the history keeps both decisions)."),
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -247,8 +276,10 @@ def approve(
 def reject(
     trajectory_ids: list[str] = typer.Argument(..., help="Trajectory ids (unique prefixes are enough)."),
     store: str = StoreOption,
-    by: str = typer.Option(..., "--by", callback=actor_name, help="Who rejects (stored with the decision)."),
-    reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision)."),
+    by: str = typer.Option(
+        ..., "--by", callback=actor_name, help="Who rejects (stored with the decision, redacted: an e-mail becomes its pseudonym)."
+    ),
+    reason: str | None = typer.Option(None, "--reason", help="Why (stored with the decision, redacted by the store's rules)."),
     force: bool = typer.Option(False, "--force", help="Overturn an approval (the history keeps both decisions)."),
     allow_partial: bool = AllowPartialOption,
 ) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
@@ -43,6 +43,11 @@ def decide(
     """Record ``status`` for the trajectories ``ids`` (unique prefixes accepted) and return the events; ``reason`` may
     give each trajectory its own, by its full id.
 
+    ``by`` and ``reason`` are stored redacted by the store's rules (:func:`_reviewer_text`): a reviewer quoting a
+    customer's card or address, or named by an e-mail address, leaves no plain value in the store (an e-mail reviewer
+    is stored as its pseudonym, ``[REDACTED:email:1a2b3c4d]``, the same for every decision they make; a plain name such
+    as ``alice`` is kept as it is).
+
     Raises :class:`~ee_middleware.errors.ApprovalConflictError`, recording nothing, when a
     trajectory already has the opposite decision and ``force`` is false.
     """
@@ -65,6 +70,9 @@ def _decide(
             "Re-run with --force (force=True) to overturn it; both decisions stay in the history (ee traces show)."
         )
     latest = _latest_decided(store, resolved)
+    redact = _reviewer_text(store)
+    by = redact(by)
+    reason = {i: redact(text) for i, text in reason.items()} if isinstance(reason, Mapping) else redact(reason)
     now = utcnow()
     events = [
         ApprovalEvent(
@@ -79,6 +87,17 @@ def _decide(
     ]
     store.set_approval(events)
     return events
+
+
+def _reviewer_text(store: ExperienceStore) -> Callable[[Any], Any]:
+    """How a decision's ``by`` and ``reason`` are redacted before they are stored: by the store's rules, kinds,
+    patterns, ``redact_fn`` and pseudonym salt (:func:`~ee_middleware.capture.store_redaction.store_redactor`, as every
+    writer after capture uses them), so a value gets the pseudonym it has in the store's runs. A rule's
+    ``redact_fn`` that cannot be imported raises a :class:`~ee_middleware.errors.ConfigError` (nothing is recorded)."""
+    from ee_middleware.capture.store_redaction import store_redactor
+
+    redactor = store_redactor(store)
+    return redactor.redact_value if redactor.enabled else (lambda value: value)
 
 
 TICK = dt.timedelta(microseconds=1)
