@@ -8,6 +8,7 @@ the report counts the rest.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 from collections import Counter, defaultdict
@@ -21,12 +22,14 @@ import polars as pl
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, split_nested
+from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
-from ee_middleware.errors import IngestError, StoreError
+from ee_middleware.capture.vault import Vault
+from ee_middleware.errors import ConfigError, IngestError, StoreError
 from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_EVENTS, adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
@@ -126,13 +129,59 @@ class IngestReport:
         }
 
 
-def _ingest_redactor(store: ExperienceStore, redactor: Redactor | None) -> Redactor:
-    """``redactor`` (its rules recorded with the store), or the store's own rules and salt."""
+def _ingest_redactor(store: ExperienceStore, redactor: Redactor | None) -> tuple[Redactor, StoreRedaction]:
+    """``redactor`` (its rules recorded with the store), or the store's own rules and salt; with the store's redaction
+    settings in force (``redaction.json``, which names its vault)."""
     if redactor is not None:
-        record_store_redaction(store, StoreRedaction(rules=redactor.rules, pseudonyms=redactor.salt is not None))
-        return redactor
-    record_store_redaction(store, read_store_redaction(store))
-    return store_redactor(store)
+        settings = record_store_redaction(store, StoreRedaction(rules=redactor.rules, pseudonyms=redactor.salt is not None))
+        return redactor, settings
+    settings = record_store_redaction(store, read_store_redaction(store))
+    return store_redactor(store), settings
+
+
+VAULT_ENV = "EE_VAULT"
+"""As for replay (:attr:`ee_middleware.replay.privacy.VAULT_ENV`): another vault file than the one ``redaction.json``
+names, or ``off`` (0, false, no) to ingest without adding to it."""
+
+
+def _vault_to_feed(settings: StoreRedaction) -> str | None:
+    """The vault ingest adds its pseudonyms to: the one the store's ``redaction.json`` names (capture's ``vault=``), at
+    the path ``EE_VAULT`` gives where it names one (replay reads that one too), none with ``EE_VAULT=off`` (as replay
+    then restores from none) or where the store names none."""
+    if not settings.vault:
+        return None
+    given = env_flag(VAULT_ENV, or_path=True)
+    if given is False:
+        return None
+    return settings.vault if given is None or given is True else str(given)
+
+
+def _open_vault(path: str) -> Vault:
+    """The store's vault, opened to add to (created, as capture creates it, where it is missing); a
+    :class:`~ee_middleware.errors.ConfigError` saying what to do where it cannot be (encrypted and ``EE_VAULT_KEY``
+    unset or wrong, a key set for a plain vault, loose permissions, a folder that cannot be written)."""
+    why = (
+        "ingest adds each pseudonym it makes to the redaction vault the store's redaction.json names, as capture does, so "
+        "that replay can restore the ingested runs' redacted arguments"
+    )
+    off = f"{VAULT_ENV}=off ingests without adding to it (replay then cannot restore the values only this ingest saw)"
+    try:
+        return Vault(path, create=True)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} ({why}; {off}.)") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"Cannot create the redaction vault {path} ({exc}): {why}. Set {VAULT_ENV}=PATH to where this store's vault "
+            f"is on this machine, or {off}."
+        ) from exc
+
+
+def _also(first: Any, then: Any) -> Any:
+    def both(placeholder: str, value: Any) -> None:
+        first(placeholder, value)
+        then(placeholder, value)
+
+    return both
 
 
 class _Target:
@@ -196,8 +245,51 @@ class _Target:
 
     @cached_property
     def options(self) -> AssemblyOptions:
-        redactor = _ingest_redactor(self.store, self._redactor)
+        redactor, settings = _ingest_redactor(self.store, self._redactor)
+        redactor = self._feeding_vault(redactor, settings)
         return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
+
+    vault: Vault | None = None
+    """The store's redaction vault, fed the pseudonyms this ingest makes (:func:`_vault_to_feed`)."""
+    unfed: tuple[str, set[str]] | None = None
+    """With ``EE_VAULT=off``: the vault the store names, and the pseudonyms this ingest made that were not added to it."""
+
+    def _feeding_vault(self, redactor: Redactor, settings: StoreRedaction) -> Redactor:
+        """``redactor`` adding every pseudonym it makes to the store's vault (a copy; :func:`_vault_to_feed`), as capture's
+        redactor does; with ``EE_VAULT=off``, counting them for a note instead."""
+        if not settings.vault or redactor.salt is None:  # no vault, or plain placeholders: nothing a vault could restore
+            return redactor
+        path = _vault_to_feed(settings)
+        if path is None:
+            self.unfed = (settings.vault, set())
+            made = self.unfed[1]
+
+            def add(placeholder: str, value: Any) -> None:
+                made.add(placeholder)
+        else:
+            self.vault = _open_vault(path)
+            add = self.vault.add
+        fed = copy.copy(redactor)  # the caller's redactor is left as it was
+        fed.on_replace = add if redactor.on_replace is None else _also(redactor.on_replace, add)
+        return fed
+
+    def flush_vault(self) -> None:
+        """Make the vault entries added so far durable (before the trajectories holding their pseudonyms are written)."""
+        if self.vault is not None:
+            self.vault.flush()
+
+    def close(self, report: IngestReport) -> None:
+        """Close the vault; note the pseudonyms not added to it with ``EE_VAULT=off``."""
+        if self.vault is not None:
+            self.vault.close()
+        if self.unfed is not None and self.unfed[1]:
+            vault, made = self.unfed
+            report.notes.append(
+                f"{VAULT_ENV}=off: the {len(made)} pseudonym(s) this ingest made were not added to the store's redaction "
+                f"vault {vault}; replay cannot restore those the vault did not already hold (their steps are flagged "
+                f"unrestorable). Ingesting the same files again without {VAULT_ENV}=off adds them (their runs are found "
+                "stored, and redacted again as they are read)."
+            )
 
     @cached_property
     def stored(self) -> pl.DataFrame:
@@ -408,39 +500,43 @@ def _ingest_traces(
     def flush(at_least: int) -> None:
         nonlocal new, supersede
         if new and len(new) >= at_least:
+            target.flush_vault()
             _write(target.store, new, report)
             _supersede(target, supersede, report)
             new, supersede = [], []
 
     bare: list[BareCall] = []
-    for trace_id, trace_spans in spill.traces():
-        found = _trace_trajectories(
-            trace_id,
-            trace_spans,
-            _with_untraced(rejected_by_trace.get(trace_id, []), untraced, trace_spans),
-            target,
-            report,
-            unended_by_trace[trace_id],
-            bare,
-        )
-        for trajectory in found:
-            keep(trajectory, {t.id for t in found if t is not trajectory})
-        flush(WRITE_BATCH)
-    joined = 0
-    for calls in join_bare_calls(bare):
-        grouped = [group_runs(c.trace_id, spill.trace(c.trace_id)) for c in calls]
-        runs = [g.runs[0] for g in grouped]
-        for g in grouped:
-            _count_choices(g.choices, report)
-        report.runs += 1
-        trajectory = _run_trajectory(calls[0].trace_id, joined_run(runs), None, None, [], target, report)
-        if trajectory is not None:
-            keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]])
-        joined += len(calls) > 1
-        flush(WRITE_BATCH)
-    flush(1)
-    if joined:
-        report.notes.append(_joined_note(len(bare), joined))
+    try:
+        for trace_id, trace_spans in spill.traces():
+            found = _trace_trajectories(
+                trace_id,
+                trace_spans,
+                _with_untraced(rejected_by_trace.get(trace_id, []), untraced, trace_spans),
+                target,
+                report,
+                unended_by_trace[trace_id],
+                bare,
+            )
+            for trajectory in found:
+                keep(trajectory, {t.id for t in found if t is not trajectory})
+            flush(WRITE_BATCH)
+        joined = 0
+        for calls in join_bare_calls(bare):
+            grouped = [group_runs(c.trace_id, spill.trace(c.trace_id)) for c in calls]
+            runs = [g.runs[0] for g in grouped]
+            for g in grouped:
+                _count_choices(g.choices, report)
+            report.runs += 1
+            trajectory = _run_trajectory(calls[0].trace_id, joined_run(runs), None, None, [], target, report)
+            if trajectory is not None:
+                keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]])
+            joined += len(calls) > 1
+            flush(WRITE_BATCH)
+        flush(1)
+        if joined:
+            report.notes.append(_joined_note(len(bare), joined))
+    finally:
+        target.close(report)  # the vault's entries made durable, also where a write failed
     if report.several_choices:
         report.notes.append(_choices_note(report.several_choices, report.first_choice_kept))
     if report.unread_spans and not report.runs:
