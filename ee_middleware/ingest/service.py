@@ -1374,11 +1374,34 @@ def _assemble(trace_id: str, run: list[SpanData], options: AssemblyOptions, repo
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
         report.problem(f"Trace {trace_id}: run {root.name!r} could not be read as a trajectory ({type(exc).__name__}: {exc}); skipped.")
         return None
+    trajectory.model = _answering_model(models) or trajectory.model
     outside = trajectory_problem(trajectory)
     if outside is not None:  # a span's number (ee.observation.truncated_chars) the store's write would refuse
         report.problem(f"Trace {trace_id}: run {root.name!r}: {outside}; run skipped.")
         return None
     return trajectory
+
+
+PLACEHOLDER_MODELS = frozenset({"unknown", "none", "null", "n/a"})
+"""What instrumentations write as the answering model when the reply named none (OpenLLMetry's ``unknown``): no model's
+name, so the one asked for is kept."""
+
+
+def _answering_model(models: list[SpanData]) -> str | None:
+    """The model that answered the run's first decision, as capture records it since cdc489c: the first model call that
+    did not fail (one that failed decided nothing: a fallback replaced it), in the order the assembler reads them, and
+    its ``gen_ai.response.model`` (a router serving an alias answers with the adapter's own name, a provider with the
+    dated version of the model asked for, an OpenAI-compatible server with the model it loaded); ``None`` where that
+    call names none (or a placeholder, :data:`PLACEHOLDER_MODELS`): the trajectory keeps the model asked for.
+    ``models``: the run's model spans, normalized."""
+    if not models:
+        return None
+    chats = sorted(models, key=lambda s: (s.start_ns, s.end_ns))
+    chat = next((c for c in chats if not c.is_error), chats[0])
+    answered = chat.attributes.get(sc.RESPONSE_MODEL)
+    if not isinstance(answered, str) or answered.strip().lower() in PLACEHOLDER_MODELS | {""}:
+        return None
+    return answered
 
 
 def _no_model_calls(run: list[SpanData]) -> str:
