@@ -185,8 +185,11 @@ class ChatTemplateError(ModelError):
     """A model's chat template cannot render the given messages."""
 
 
-_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
-_SECRET_ASSIGNMENT = re.compile(r"(?i)\b((?:api[_-]?key|token|secret|password|passwd|authorization)\s*[=:]\s*)[^\s,;'\"]+")
+_SECRET_ASSIGNMENT = re.compile(r"(?i)(?:\b|(?<=[_-]))((?:api[_-]?key|token|secret|password|passwd|authorization)\s*[=:]\s*)[^\s,;'\"]+")
+"""``api_key=...``, ``token: ...`` and the like in prose, after a prefix too (``access_token=``, ``hf_token:``,
+``client_secret=``), outside URLs: in a URL, :func:`~ee_middleware.models.urls.shown_spec` masks the query parameters."""
+_URL_REST = re.compile(r"://[^\s'\"<>]*")
+"""A URL after its scheme, to its end (a space, a quote or an angle bracket), as :func:`hide_credentials` finds URLs."""
 
 
 # A quoted key and its value, as a dict's repr or JSON writes them: 'api_key': 'sk-...', "hf_token": "hf_..."
@@ -198,11 +201,14 @@ _QUOTED_ITEM = re.compile(
 
 
 def hide_credentials(text: str) -> str:
-    """``text`` for a message or a log: the ``user:password@`` part of every URL in it, the value of every
-    ``api_key=...``/``token: ...``-like assignment, and the value of every quoted secret-named key (``'api_key': '...'``
-    in a dict's repr, ``"hf_token": "..."`` in JSON), replaced by ``***`` (a setting's value quoted back to its user may
-    land in a CI log or a run report)."""
+    """``text`` for a message or a log: in every URL in it, the ``user:password@`` part and the value of every
+    secret-looking query parameter (``api_key``, ``key``, ``access_token``, ``sig``, ``X-Amz-Signature``, ``code``, ...:
+    :func:`~ee_middleware.models.urls.shown_spec`, the one rule for URLs); the value of every
+    ``api_key=...``/``access_token: ...``-like assignment; and the value of every quoted secret-named key
+    (``'api_key': '...'`` in a dict's repr, ``"hf_token": "..."`` in JSON), replaced by ``***`` (a setting's value quoted
+    back to its user may land in a CI log or a run report)."""
     from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
+    from ee_middleware.models.urls import shown_spec  # the one rule for credentials in URLs (imports only re)
 
     def quoted(match: re.Match[str]) -> str:
         if not _is_secret_name(match["name"]):
@@ -210,5 +216,10 @@ def hide_credentials(text: str) -> str:
         mark = match["vq"] or ""
         return f"{match['key']}{mark}***{mark}"
 
-    text = _QUOTED_ITEM.sub(quoted, _URL_CREDENTIALS.sub(r"\1***@", text))
-    return _SECRET_ASSIGNMENT.sub(r"\1***", text)
+    text = _QUOTED_ITEM.sub(quoted, shown_spec(text))
+    parts, at = [], 0
+    for url in _URL_REST.finditer(text):  # URLs as shown_spec masks them: a query's secret-named values, not the rest
+        parts += [_SECRET_ASSIGNMENT.sub(r"\1***", text[at : url.start()]), url[0]]
+        at = url.end()
+    parts.append(_SECRET_ASSIGNMENT.sub(r"\1***", text[at:]))
+    return "".join(parts)

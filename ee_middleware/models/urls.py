@@ -73,8 +73,10 @@ def server_url_problem(url: str, flag: str | None = None) -> str | None:
     return None
 
 
-_USERINFO = re.compile(r"""(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'"<>]*@""")
-"""A URL's ``user:password@`` part: up to its last ``@`` before the path (``urllib`` splits there too)."""
+_USERINFO = re.compile(r"""(://)[^/?#\s'"<>]*@""")
+"""A URL's ``user:password@`` part: up to its last ``@`` before the path (``urllib`` splits there too). Found from the
+``://`` alone, the scheme before it left as it is: a pattern starting at the scheme's first letter tried every word of a
+long run of letters, dots and hyphens (``a.a.a...``) to its end, in time growing with the square of its length."""
 _QUERY_ITEM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#?\s'\"<>]+)=(?P<value>[^&;#\s'\"<>]*)")
 """A query parameter and its value, up to the next parameter, the fragment (a spec's ``#MODEL``) or a space."""
 _URL_SECRET_WORDS = frozenset({"sig", "signature", "code", "jwt", "pass", "session", "sessionid", "otp"})
