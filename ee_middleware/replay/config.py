@@ -263,17 +263,41 @@ class ReplayConfig(BaseModel):
 
         The policy and sandbox specs count as they are shown (:func:`~ee_middleware.models.urls.shown_spec`, credentials
         in their URLs masked): the same id as ever for a spec without credentials, and one id for specs that differ only
-        in their credentials (a rotated password replays the same configuration: it shapes no rollout)."""
+        in their credentials (a rotated password replays the same configuration: it shapes no rollout). The policy's and
+        the sandbox's settings count alike (:func:`shaping_settings`): a secret-named one (``api_key``, ``hf_token``,
+        ``Authorization``, at any depth) is left out, so a rotated key resumes the configuration and no key is an input
+        of the id."""
         from ee_middleware.models.urls import shown_spec
 
         shaping = {"sandbox": shown_spec(self.sandbox), "policy": shown_spec(self.policy), "k": self.k, "seed": self.seed}
         if self.allow_network:  # only when on, so that earlier ids stay valid
             shaping["allow_network"] = True
-        if self.sandbox_settings:
-            shaping["sandbox_settings"] = self.sandbox_settings
-        if self.policy != "mutate" or self.policy_settings:
-            shaping.update(self.policy_options())
+        sandbox_settings = shaping_settings(self.sandbox_settings)
+        if sandbox_settings:
+            shaping["sandbox_settings"] = sandbox_settings
+        policy_options = shaping_settings(self.policy_options())
+        if self.policy != "mutate" or policy_options:
+            shaping.update(policy_options)
         return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def shaping_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (a policy's or a sandbox's keyword options) as they count in a replay id: every secret-named entry
+    left out (:func:`~ee_middleware._toml._is_secret_name`: ``api_key``, ``hf_token``, ``client_secret``, ``Authorization``,
+    in nested tables too), and the credentials of URLs in text values masked (:func:`~ee_middleware.models.urls.shown_spec`);
+    settings without either unchanged (their ids are the ones they always had). A credential picks the account that
+    answers, not the rollouts."""
+    from ee_middleware._toml import _is_secret_name
+    from ee_middleware.models.urls import shown_spec
+
+    def shaped(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: shaped(item) for key, item in value.items() if not (isinstance(key, str) and _is_secret_name(key))}
+        if isinstance(value, (list, tuple)):
+            return [shaped(item) for item in value]
+        return shown_spec(value) if isinstance(value, str) else value
+
+    return shaped(settings)  # type: ignore[no-any-return]
 
 
 _RUN_ONLY = {"again", "attempt"}

@@ -135,3 +135,65 @@ def test_an_experience_models_url_with_credentials_is_used_for_requests_and_stor
     synthetic = [r for r in LocalExperienceStore(bfcl_store_path).iter_rollouts() if r.synthetic_source is not None]
     assert synthetic and {r.synthetic_source.model for r in synthetic} == {f"openai:http://***@{host}#em"}
     assert not _leaks(_everything_in(bfcl_store_path)), "no file of the store holds the password"
+
+
+API_KEY, ROTATED = "sk-proj-FIRSTKEY0001", "sk-proj-ROTATED0002"
+
+
+def test_a_secret_named_policy_setting_reaches_the_server_and_is_neither_in_the_replay_id_nor_printed(
+    bfcl_store_path: Path,
+) -> None:
+    """``--policy-setting api_key=...`` counted in the replay id: a rotated key made a new configuration, so the next run
+    replayed everything again, and the key was an input of the id. Now it is left out of the id (as a spec's
+    credentials are masked) and shown nowhere."""
+    store = str(bfcl_store_path)
+    with ScriptedChatServer([A_CALL], models=["flight-bot"]) as server, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        spec = f"openai:{server.base_url}#flight-bot"
+        run = ("replay", "run", "--store", store, "--policy", spec, "--k", str(K), "--no-progress")
+        first = _ee(*run, "--policy-setting", f"api_key={API_KEY}")
+        assert first.exit_code == 0, first.output
+        asked = len(server.requests)
+        rotated = _ee(*run, "--policy-setting", f"api_key={ROTATED}", "--json")
+        assert rotated.exit_code == 0, rotated.output
+    authorization = {h.get("authorization") for h in server.request_headers}
+    assert authorization == {f"Bearer {API_KEY}"}, "the first run's requests carried its key"
+    summary = json.loads(rotated.stdout)
+    assert (summary["already_done"], summary["selected"], len(server.requests)) == (BFCL_ENTRIES, 0, asked), "the rotated key resumed"
+    assert summary["replay_id"] == ReplayConfig(store=store, policy=spec, k=K).replay_id, "the same id as without a key"
+    for result in (first, rotated):
+        assert API_KEY not in result.output and ROTATED not in result.output
+        assert API_KEY not in result.stderr and ROTATED not in result.stderr
+    assert API_KEY not in _everything_in(bfcl_store_path) and ROTATED not in _everything_in(bfcl_store_path)
+
+
+def test_secret_named_settings_anywhere_in_the_settings_are_left_out_of_the_replay_id() -> None:
+    spec = "openai:http://127.0.0.1:8000/v1#flight-bot"
+    for given, counted in (
+        ({"api_key": "sk-1"}, {}),
+        ({"api_key": "sk-2", "hf_token": "hf_1"}, {}),
+        (
+            {"client_secret": "c", "Authorization": "Bearer x", "extra_headers": {"X-Api-Key": "k", "X-Org": "o"}},
+            {"extra_headers": {"X-Org": "o"}},
+        ),
+    ):
+        config = ReplayConfig(store="s", policy=spec, k=3, policy_settings={"stop": ["</s>"], **given})
+        assert config.replay_id == ReplayConfig(store="s", policy=spec, k=3, policy_settings={"stop": ["</s>"], **counted}).replay_id
+    # a setting holding a URL with credentials counts as shown (masked), as the spec does
+    url = ReplayConfig(store="s", policy=spec, k=3, policy_settings={"base": "http://alice:pw@h/v1?api_key=a"}).replay_id
+    assert url == ReplayConfig(store="s", policy=spec, k=3, policy_settings={"base": "http://bob:x@h/v1?api_key=b"}).replay_id
+    # sandbox settings: the same rule; a sandbox given only a key is the configuration without settings
+    assert ReplayConfig(store="s", sandbox_settings={"api_key": "a"}).replay_id == ReplayConfig(store="s").replay_id
+    assert (
+        ReplayConfig(store="s", sandbox_settings={"top_k": 2, "api_key": "a"}).replay_id
+        == ReplayConfig(store="s", sandbox_settings={"top_k": 2}).replay_id
+    )
+    # mutate given only a secret-named setting is plain mutate
+    assert ReplayConfig(store="s", policy_settings={"api_key": "a"}).replay_id == ReplayConfig(store="s").replay_id
+
+
+def test_the_replay_id_of_settings_without_secrets_is_the_one_they_always_had() -> None:
+    settings = {"stop": ["</s>"], "max_tokens_hint": 5, "nested": {"a": [1, "x"]}, "base": "http://h/v1?api-version=1"}
+    config = ReplayConfig(store="s", policy="mutate", k=3, policy_settings=settings, sandbox_settings={"top_k": 2})
+    shaping = {"sandbox": "bfcl", "policy": "mutate", "k": 3, "seed": 0, "sandbox_settings": {"top_k": 2}, **settings}
+    assert config.replay_id == hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
