@@ -1219,9 +1219,17 @@ class Redactor:
         return placeholder
 
     def redact_text(self, text: str) -> str:
-        """Return ``text`` with every secret replaced by its placeholder. JSON objects and arrays written inside it
-        with backslash escapes (an error ``API error 422: {"email": "m\\u00fcller@..."}``) are read through their
-        escapes, as :meth:`redact_value` reads a string holding JSON."""
+        """Return ``text`` with every secret replaced by its placeholder. A text that parses as a JSON object or array is
+        redacted as data and written back in its layout, as :meth:`redact_value` redacts a string holding one (what
+        capture stores for a tool result): it stays JSON, an integer card number becoming a quoted placeholder. JSON
+        objects and arrays written inside other text with backslash escapes (an error ``API error 422: {"email":
+        "m\\u00fcller@..."}``) are read through their escapes, as :meth:`redact_value` reads a string holding JSON."""
+        if self.enabled and (redacted := self._redact_json_text(text)) is not None:
+            return redacted
+        return self._redact_plain(text)
+
+    def _redact_plain(self, text: str) -> str:
+        """:meth:`redact_text` of a text that is no JSON object or array: the rules over it, then ``custom``."""
         if self._rules and text:
             if "\\" in text and _HIDING_ESCAPE.search(text) and _EMBEDDED_START.search(text):
                 text = self._redact_embedded_json(text)
@@ -1485,20 +1493,30 @@ class Redactor:
                     return text
                 start = text.index('"')
                 return text[:start] + _dump_like(redacted, inner, stripped) + text[start + len(stripped) :]
-        if len(stripped) > 1 and stripped[0] in "{[" and stripped[-1] in "}]":
-            if self._clean_json(stripped):
-                return text
-            try:
-                data = json.loads(stripped)
-            except ValueError:
-                data = None
-            if isinstance(data, (dict, list)):
-                redacted = self.redact_value(data)
-                if redacted == data:
-                    return text
-                start = text.index(stripped[0])
-                return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
-        return self.redact_text(text)
+        if (redacted := self._redact_json_text(text)) is not None:
+            return redacted
+        return self._redact_plain(text)
+
+    def _redact_json_text(self, text: str) -> str | None:
+        """``text`` redacted as the JSON object or array it holds (surrounding white space kept): walked as data
+        (:meth:`redact_value`) and written back in its layout (:func:`_dump_like`), ``text`` itself when nothing in it
+        is secret; ``None`` if it holds no JSON object or array (then the rules read it as text)."""
+        stripped = text.strip()
+        if not (len(stripped) > 1 and stripped[0] in "{[" and stripped[-1] in "}]"):
+            return None
+        if self._clean_json(stripped):
+            return text
+        try:
+            data = json.loads(stripped)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(data, (dict, list)):
+            return None
+        redacted = self.redact_value(data)
+        if redacted == data:
+            return text
+        start = text.index(stripped[0])
+        return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
 
     def _redact_embedded_json(self, text: str) -> str:
         """``text`` with each JSON object or array inside it that holds an escape (or a JSON string holding one, read
