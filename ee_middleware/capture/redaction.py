@@ -161,11 +161,6 @@ _STRONG_LAST_PAIRS = {
     ("time", "code"),  # one_time_code, oneTimeCode
     ("otp", "code"),
     ("totp", "code"),
-    ("mfa", "code"),
-    ("2fa", "code"),
-    ("recovery", "code"),
-    ("recovery", "codes"),
-    ("backup", "codes"),
 }
 _WEAK_LAST_PAIRS = {("session", "id")}
 _TOKEN_KINDS = {"access", "refresh", "auth", "bearer", "session", "api", "oauth", "oauth2", "id", "csrf", "xsrf", "jwt", "sso", "security"}
@@ -262,9 +257,10 @@ _WORDS = re.compile(r"[^\\^$.|?*+()\[\]{}]+(?:\|[^\\^$.|?*+()\[\]{}]+)*")
 """A regex that is only words or other plain strings, ``|``-separated."""
 
 
+# (every strong or weak secret name holds one of these, lower-cased: a JSON text's members are found by them)
 _NAME_WORD_LIST = (
     *("pass", "pw", "secret", "token", "key", "auth", "cookie", "credential", "pin", "cvv", "cvc", "ssn", "dsn", "session"),
-    *("otp", "securit", "verification", "time_code", "timecode", "time-code", "recovery", "backup_code", "mfa", "2fa"),
+    *("otp", "securit", "verification", "time_code", "timecode", "time-code"),
 )
 _NAME_WORDS = "(?:" + "|".join(_NAME_WORD_LIST) + ")"
 _NAME_WORD = re.compile(_NAME_WORDS)  # searched in lower-cased text
@@ -299,7 +295,11 @@ def _assignments(text: str) -> Iterator[_Found]:
             continue
         last = start
         match = _ASSIGNMENT.match(text, start)
-        if match is None or not (strength := _secret_name_strength(match.group("name"))):
+        if match is None:
+            continue
+        if not (strength := _secret_name_strength(match.group("name"))):
+            if (credential := _header_credential(text, match)) is not None:
+                yield credential
             continue
         value = match.group("value")
         quote = match.group("quote") if match.group("quote").endswith(("'", '"')) else ""
@@ -340,12 +340,12 @@ _AUTH_SCHEMES = frozenset(
 )
 """HTTP authentication scheme words (IANA's registry and common vendor ones), lower-cased: in ``Authorization: Token
 9f8e...`` the credential is what follows the word, not the word."""
-_HEADER_SCHEMES = (
-    *("aws4-hmac-sha256", "scram-sha-256", "scram-sha-1", "privatetoken", "negotiate", "sharedkey", "api-key", "apikey"),
-    *("digest", "token", "oauth", "vapid", "ntlm", "hoba", "dpop", "gnap", "ssws", "hawk"),
+_HEADER_SCHEMES = frozenset(
+    {"aws4-hmac-sha256", "scram-sha-256", "scram-sha-1", "privatetoken", "negotiate", "sharedkey", "api-key", "apikey"}
+    | {"digest", "token", "oauth", "vapid", "ntlm", "hoba", "dpop", "gnap", "ssws", "hawk"}
 )
-"""The scheme words that mark a credential after any header name (``X-Custom-Auth: Token 9f8e...``), when it looks like
-one (:func:`_scheme_headers`); Bearer and Basic have rules of their own."""
+"""The scheme words that mark a credential after a header name that is no secret name (``X-Custom-Auth: Token
+9f8e...``), when it looks like one (:func:`_header_credential`); Bearer and Basic have rules of their own."""
 _SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9._~+/-]{0,39})[ \t]+")
 _UNKNOWN_SCHEME = re.compile(r"[A-Za-z]{2,24}|[A-Za-z][A-Za-z0-9]{0,15}(?:-[A-Za-z0-9]{1,15}){1,4}")
 """What an auth scheme not in :data:`_AUTH_SCHEMES` looks like after ``Authorization:`` (``Acme-Signed``,
@@ -481,27 +481,21 @@ def _bare_value_end(text: str, match: re.Match[str]) -> int:
     return end
 
 
-_SCHEME_AFTER_COLON = re.compile(r"(?i):[ \t]*(?:" + "|".join(re.escape(s) for s in _HEADER_SCHEMES) + r")[ \t]+")
-_HEADER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-def _scheme_headers(text: str) -> Iterator[_Found]:
-    """Credentials after a scheme word of :data:`_HEADER_SCHEMES` in a ``Name: Scheme credential`` line whose name is no
-    secret name (``X-Custom-Auth: Token 9f8e...``; the ``secret`` rule's :func:`_assignments` reads those): taken where
-    the credential looks like one (8 characters or more, with a digit or mixed case over 20: :func:`_is_token`), so
-    ``Status: Token expired`` is left alone."""
-    for hit in _SCHEME_AFTER_COLON.finditer(text):
-        start = hit.start()
-        while start > 0 and text[start - 1] in _HEADER_NAME_CHARS:
-            start -= 1
-        if start == hit.start() or not text[start].isalpha():
-            continue
-        credential = _CREDENTIAL.match(text, hit.end())
-        if credential is None:
-            continue
-        end = _trimmed(text, hit.end(), credential.end())
-        if end - hit.end() >= 8 and _is_token(text[hit.end() : end]):
-            yield _Found(hit.end(), end)
+def _header_credential(text: str, match: re.Match[str]) -> _Found | None:
+    """The credential in a ``Name: Scheme credential`` line whose name is no secret name but holds a word secret names
+    are made of (``X-Custom-Auth: Token 9f8e...``, ``X-Session: Digest ...``; :func:`_assignments` reads it there): after
+    a scheme word of :data:`_HEADER_SCHEMES`, where it looks like a credential (8 characters or more, with a digit or
+    mixed case over 20: :func:`_is_token`), so ``X-Auth-Mode: Token exchange`` is left alone."""
+    if match.group("quote") or ":" not in text[match.end("name") : match.start("value")]:
+        return None
+    scheme = _SCHEME.match(text, match.start("value"))
+    if scheme is None or scheme.group("scheme").lower() not in _HEADER_SCHEMES:
+        return None
+    credential = _CREDENTIAL.match(text, scheme.end())
+    if credential is None:
+        return None
+    end = _trimmed(text, scheme.end(), credential.end())
+    return _Found(scheme.end(), end) if end - scheme.end() >= 8 and _is_token(text[scheme.end() : end]) else None
 
 
 _VALUE = r"""(?P<value>\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s"'`,;&|}\])\\]+)"""
@@ -816,7 +810,7 @@ def _iban_within(text: str, match: re.Match[str]) -> re.Match[str] | None:
     return None
 
 
-_IBAN_ANY_CASE = re.compile(_IBAN.pattern, re.IGNORECASE)
+_IBAN_ANY_CASE = re.compile(r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b")
 _IBAN_LENGTHS = {
     **dict(AD=24, AE=23, AL=28, AT=20, AZ=28, BA=20, BE=16, BG=22, BH=22, BI=27, BR=29, BY=28, CH=21, CR=22, CY=28, CZ=24),
     **dict(DE=22, DJ=27, DK=18, DO=28, EE=20, EG=29, ES=24, FI=18, FK=18, FO=18, FR=27, GB=22, GE=22, GI=23, GL=18, GR=27),
@@ -913,6 +907,11 @@ _PHONE = re.compile(
 )
 
 
+_PIN_OR_SSN = _having(r"\bpin\b|passcode|ssn|social[ -]security")
+_PIN_OR_SSN_WORDS = ("pin", "passcode", "ssn", "social")
+"""The one prefilter of the PIN-in-prose and SSN-after-its-name rules (one gate for both: fewer scans of clean text)."""
+
+
 def _ssns(text: str) -> Iterator[re.Match[str]]:
     """What :data:`_SSN` finds, but right after an id word (``part 539-12-2211``, ``SKU 310-42-1187``)."""
     return (match for match in _SSN.finditer(text) if not _after_an_id_word(text, match.start()))
@@ -986,13 +985,6 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         needs=_NAME_WORD_LIST,
     ),
     Rule(
-        "secret",
-        _SCHEME_AFTER_COLON,
-        _having(_SCHEME_AFTER_COLON.pattern.removeprefix("(?i)")),
-        finder=_scheme_headers,
-        needs=_HEADER_SCHEMES,
-    ),
-    Rule(
         "password",
         re.compile(
             r"(?i)\b(?:password|passwd|passphrase|passcode|pwd)\b(?:\s+(?!is\b|was\b)[\w'-]+){0,4}?\s+(?:is|was)(?:\s+now)?\s+"
@@ -1009,9 +1001,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
             r"(?:\s*[:=#]\s*|\s+(?:(?!is\b|was\b)[\w'-]+\s+){0,4}?(?:is|was)(?:\s+now)?\s*:?\s*|\s+)"
             r"(?P<value>\d{4,8})(?![\d-]|[.,]\d)"
         ),
-        _having(r"\bpin\b|passcode"),
+        _PIN_OR_SSN,
         "value",
-        needs=("pin", "passcode"),
+        needs=_PIN_OR_SSN_WORDS,
         digits=4,
     ),
     Rule("email", _EMAIL, _having("@|%40|%2540"), finder=_emails),
@@ -1026,9 +1018,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
             r"(?:\s*(?:[:=#]|is\b|was\b|number\b|no\.)\s*)*\s*"
             r"(?P<value>(?!000|666|9\d\d)\d{3}(?P<gap> ?)(?!00)\d{2}(?P=gap)(?!0000)\d{4})(?![\d-])"
         ),
-        _having("ssn|social security|social-security"),
+        _PIN_OR_SSN,
         "value",
-        digits=9,
+        needs=_PIN_OR_SSN_WORDS,
+        digits=4,
     ),
     Rule("phone", _PHONE, _LONG_NUMBER, check=_is_phone, finder=_phones, digits=7),
     Rule(

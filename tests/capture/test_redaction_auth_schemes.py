@@ -22,7 +22,7 @@ HEADERS = [
     ("Authorization: NTLM TlRMTVNTUAABAAAAB4IIAAAAAAAAAAAAAAAAAAAAAAA=", "Authorization: NTLM [REDACTED:secret]", ["TlRMTVNT"]),
     # an unknown scheme under an Authorization header: the word kept, the credential replaced
     ("Authorization: Acme-Signed zq81Vb0c77", "Authorization: Acme-Signed [REDACTED:secret]", ["zq81Vb0c77"]),
-    # a known scheme under any header, with a credential that looks like one
+    # a known scheme after a header name that is no secret name (but holds auth, key, token...), a credential that looks like one
     ("X-Custom-Auth: Token 9f8e7d6c5b4a39281706", "X-Custom-Auth: Token [REDACTED:secret]", ["9f8e7d6c5b4a39281706"]),
     ("X-Api-Key: ApiKey k_7Hq2LmZ0pX", "X-Api-Key: ApiKey [REDACTED:secret]", ["k_7Hq2LmZ0pX"]),
     # Bearer and Basic credentials the bearer_token and basic_auth rules do not take (no digit, no user:password)

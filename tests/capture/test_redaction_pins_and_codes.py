@@ -57,6 +57,24 @@ def test_one_time_and_security_codes_are_secret_names(key):
         assert redactor.redact_value({"content": json.dumps(data)}) == {"content": json.dumps({"user": "ann", key: "[REDACTED:secret]"})}
 
 
+SPELLINGS = [
+    *("otp", "OTP", "totp", "otp_code", "smsOtp", "one_time_code", "oneTimeCode", "one-time-code", "ONE_TIME_CODE"),
+    *("security_code", "securityCode", "security-code", "security_answer", "SecurityAnswers", "verification_code"),
+    *("verificationCode", "pw", "user_pw", "newPW", "db-pw"),
+]
+
+
+@pytest.mark.parametrize("key", SPELLINGS)
+def test_every_spelling_of_these_names_is_found_in_json_text_as_in_data(key):
+    """JSON text is scanned for the words secret names are made of before it is walked (a clean text is not): each
+    spelling of the new names must hold one, or redact_json and a tool result holding JSON would keep its value."""
+    redactor = Redactor()
+    data = {"user": "ann", key: "x1y2z3"}
+    assert redactor.redact_value(data)[key] == "[REDACTED:secret]"
+    assert json.loads(redactor.redact_json(data))[key] == "[REDACTED:secret]"
+    assert json.loads(redactor.redact_value(json.dumps(data)))[key] == "[REDACTED:secret]"
+
+
 def test_a_security_answer_object_is_secret_whole_and_an_otp_object_is_ordinary_data():
     """``security_answer`` and ``security_code`` are strong names (an object below them is secret whole); ``otp`` is weak,
     as ``pin`` and ``token`` are (an otp settings object is ordinary data, a single value below it is secret)."""
