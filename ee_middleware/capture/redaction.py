@@ -378,13 +378,15 @@ def _credential_after_scheme(text: str, match: re.Match[str]) -> _Found | None:
     9f8e...``, ``Proxy-Authorization: Negotiate YIIC...``, ``Authorization: Digest username="x", response="..."``), the
     scheme word kept; ``None`` where the value starts with no scheme word followed by a credential on its line. Any word
     in :data:`_AUTH_SCHEMES` counts; after an ``...Authorization`` name, any word shaped as one (:data:`_UNKNOWN_SCHEME`)
-    too, but those that say something about the header (``required``, ``missing``)."""
-    scheme = _SCHEME.match(text, match.start("value"))
-    if scheme is None:
+    too, but those that say something about the header (``required``, ``missing``). Not after ``password:`` and its
+    kin (:data:`_PASSPHRASE_NAMES`): there the value is a passphrase, whose first word may be a scheme's (``key lime``)."""
+    last_word = _last_name_word(match.group("name"))
+    scheme = None if last_word in _PASSPHRASE_NAMES else _SCHEME.match(text, match.start("value"))
+    if scheme is None:  # (after password: a passphrase, whose first word may be one: "key lime pie 42")
         return None
     word = scheme.group("scheme")
     if word.lower() not in _AUTH_SCHEMES and not (
-        _UNKNOWN_SCHEME.fullmatch(word) and word.lower() not in _PROSE_STOP and _last_name_word(match.group("name")) == "authorization"
+        _UNKNOWN_SCHEME.fullmatch(word) and word.lower() not in _PROSE_STOP and last_word == "authorization"
     ):
         return None
     credential = _CREDENTIAL.match(text, scheme.end())

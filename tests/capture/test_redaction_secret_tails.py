@@ -51,6 +51,7 @@ PASSPHRASES = [
     ("password: hunter two user: bob", "password: [REDACTED:secret] user: bob"),
     ("db_password: my secret phrase", "db_password: [REDACTED:secret]"),
     ("Passcode: blue 42 moon (new)", "Passcode: [REDACTED:secret]"),
+    ("Password: key lime pie 42", "Password: [REDACTED:secret]"),  # (its first word an auth scheme's)
     # bounded: 8 words at most
     ("Password: a1 b2 c3 d4 e5 f6 g7 h8 i9 j10 k11", "Password: [REDACTED:secret] i9 j10 k11"),
     # after '=' a space ends the value, as in a shell
