@@ -12,6 +12,7 @@ store                   ``EE_STORE``                 experience store folder
 redact                  ``EE_REDACT`` (on/off)       the built-in redaction kinds (default on)
 redaction_kinds         (TOML only)                  ``{kind = true/false}``: one kind on or off
 redaction_patterns      (TOML only)                  extra ``{kind = regex}`` rules
+redaction_keys          (TOML only)                  ``["dob", ...]``: key names whose values are secrets
 redaction_pseudonyms    ``EE_REDACTION_PSEUDONYMS``  ``[REDACTED:kind:tag]``, same value same tag
 vault                   ``EE_VAULT`` (on/off, path)  opt-in: keep pseudonym -> value for replay
 max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
@@ -32,7 +33,7 @@ import difflib
 import functools
 import os
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,12 @@ class CaptureConfig:
     redact: bool = True
     redaction_kinds: Mapping[str, bool] = field(default_factory=dict)
     redaction_patterns: Mapping[str, str] = field(default_factory=dict)
+    redaction_keys: Sequence[str] = ()
+    """Extra key names whose values are always redacted as secrets wherever they are a key of JSON or of a dict (a tool's
+    arguments, a JSON result, the environment), whatever the kinds say: ``["dob", "national_id", "tax_id"]`` (compared
+    by their words: ``nationalId`` and ``National-ID`` are ``national_id``). A pattern sees each value alone, so it
+    cannot tell a date of birth from any other date; a key name can. Recorded in the store's ``redaction.json`` as the
+    patterns are (every later writer, and every recorder of the store, applies them)."""
     redaction_pseudonyms: bool = True
     redact_fn: Callable[[str], str] | None = None
     vault: bool | str = False
@@ -143,7 +150,11 @@ class CaptureConfig:
             raise ConfigError(f"CaptureConfig.offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.offload!r}.")
         if self.max_observation_chars < 1:
             raise ConfigError(f"CaptureConfig.max_observation_chars must be positive, got {self.max_observation_chars}.")
-        self.redaction_rules()  # unknown kinds and bad patterns fail here, not at the first run
+        keys = self.redaction_keys
+        if not all(isinstance(key, str) and key.strip() for key in keys):
+            raise ConfigError(f"CaptureConfig.redaction_keys must be a list of key names, e.g. ['dob', 'national_id']; got {list(keys)!r}.")
+        object.__setattr__(self, "redaction_keys", tuple(dict.fromkeys(key.strip() for key in keys)))
+        self.redaction_rules()  # unknown kinds, bad patterns and key names fail here, not at the first run
         if self.vault and not self.redaction_pseudonyms:
             raise ConfigError(
                 "CaptureConfig.vault needs redaction_pseudonyms=True: the vault maps each pseudonym to its value, and plain "
@@ -152,7 +163,10 @@ class CaptureConfig:
 
     def redaction_rules(self) -> RedactionRules:
         """What capture redacts (see :data:`~ee_middleware.capture.redaction.KINDS`)."""
-        return RedactionRules(defaults=self.redact, kinds=dict(self.redaction_kinds), patterns=dict(self.redaction_patterns))
+        from ee_middleware.capture.store_redaction import rules_with_keys
+
+        rules = RedactionRules(defaults=self.redact, kinds=dict(self.redaction_kinds), patterns=dict(self.redaction_patterns))
+        return rules_with_keys(rules, self.redaction_keys)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> CaptureConfig:
@@ -251,7 +265,9 @@ def _type_problems(values: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str
 
 
 def _as_read(value: Any) -> Any:
-    """``value`` as a TOML file would give it: a path as its string, a mapping as a dict."""
+    """``value`` as a TOML file would give it: a path as its string, a tuple or a set as a list, a mapping as a dict."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, (tuple, set, frozenset)):  # a list however code gives it (a set of key names)
+        return list(value)
     return dict(value) if isinstance(value, Mapping) and not isinstance(value, dict) else value

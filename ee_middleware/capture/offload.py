@@ -7,8 +7,8 @@ the agent's process only pickles each finished run's raw objects (:class:`RunRec
 outputs, times; about 0.1 ms) and writes them to a pipe; a child process started from this module
 (:func:`child_main`) makes the spans with the same code as the thread path
 (:func:`~ee_middleware.capture.callbacks.emit_run`), made directly for its own processor, with the
-same redaction rules, salt and vault, and writes the trajectories to the same store (its own spool
-segment).
+same redaction rules (the recorder's own united with the store's recorded ones: :class:`CaptureRedaction`), salt and
+vault, and writes the trajectories to the same store (its own spool segment).
 
 Only for a recorder without the user's own ``tracer_provider``: spans made in the child never reach a provider of
 the agent's process, so with the user's own ``tracer_provider`` capture stays in-thread.
@@ -88,6 +88,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("ee_middleware.capture")
 
 MODES = ("thread", "process", "auto")
+STORE_RULES_CHECK_S = 5.0
+"""How often (seconds, at most) a recorder reads its store's ``redaction.json`` again while it records
+(:meth:`CaptureRedaction.refresh`): rules another writer added since it started then reach its runs."""
 SPAN_PROCESSOR_ENV = "EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR"
 """``package.module:factory`` of a span processor for the child's spans (tests read them with it): the child then makes
 them through the OpenTelemetry SDK, on a provider of its own, instead of directly."""
@@ -125,18 +128,131 @@ def private_provider(config: CaptureConfig) -> TracerProvider:
     return TracerProvider(resource=Resource.create(_service_attributes(config)), sampler=ALWAYS_ON, shutdown_on_exit=False)
 
 
-def redaction_settings(config: CaptureConfig, vault: Vault | None) -> StoreRedaction:
+def redaction_settings(config: CaptureConfig, vault: Vault | os.PathLike[str] | str | None) -> StoreRedaction:
     """The redaction settings a recorder of ``config`` keeps with its store (``redaction.json``), in the agent's process and
-    in the capture process."""
-    from ee_middleware.capture.store_redaction import StoreRedaction
+    in the capture process (``vault``: the vault, or its path)."""
+    from ee_middleware.capture.store_redaction import StoreRedaction, function_name
 
     fn = config.redact_fn
+    path = getattr(vault, "path", vault)
     return StoreRedaction(
         rules=config.redaction_rules(),
         pseudonyms=config.redaction_pseudonyms,
-        vault=str(vault.path) if vault is not None else None,
-        custom_function=f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', '?')}" if fn is not None else None,
+        vault=os.fspath(path) if path is not None else None,
+        custom_function=function_name(fn) if fn is not None else None,
     )
+
+
+class CaptureRedaction:
+    """The redaction a recorder applies at capture, in the agent's process and in the capture process: its own settings
+    united with the ones its store recorded (``redaction.json``: every kind, pattern, key name and ``redact_fn`` any
+    writer of the store used; :func:`~ee_middleware.capture.store_redaction.settings_in_force`), as read when the
+    recorder started and again every :data:`STORE_RULES_CHECK_S` seconds (:meth:`refresh`).
+
+    ``custom`` is the ``redact_fn`` to apply (:func:`~ee_middleware.capture.store_redaction.capture_custom_function` of
+    ``settings``), made by the caller before anything is written, so that one it cannot import stops the recorder there.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        config: CaptureConfig,
+        settings: StoreRedaction,
+        *,
+        custom: Callable[[str], str] | None,
+        salt: bytes | None,
+        vault: Vault | None,
+        check_s: float | None = None,
+    ) -> None:
+        self.store = store
+        self.own_fn = config.redact_fn
+        self.pseudonyms = config.redaction_pseudonyms
+        self.settings = settings
+        """What is applied: the recorder's settings and the store's, as last read."""
+        self.salt = salt
+        self.vault = vault
+        self.redactor = self._redactor(custom)
+        self.check_s = STORE_RULES_CHECK_S if check_s is None else check_s
+        """How often the store's settings are read again (:data:`STORE_RULES_CHECK_S`; the capture process gets its
+        recorder's)."""
+        self._next_check = time.monotonic() + self.check_s
+
+    def _redactor(self, custom: Callable[[str], str] | None) -> Redactor:
+        from ee_middleware.capture.redaction import Redactor
+
+        on_replace = self.vault.add if self.vault is not None else None
+        return Redactor(self.settings.rules, salt=self.salt, custom=custom, on_replace=on_replace)
+
+    def claim(self) -> bool:
+        """Whether the store's settings are due to be read again (:meth:`refresh`); the next time is then set, so that
+        of threads asking at once, one (or a few) go on to read them."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        self._next_check = now + self.check_s
+        return True
+
+    def refresh(self) -> bool:
+        """Read the store's ``redaction.json`` again: where another writer widened it since (a kind, a pattern, a key name,
+        a ``redact_fn``), :attr:`settings` and :attr:`redactor` take it in and True is returned.
+
+        A ``redact_fn`` recorded since that cannot be imported here cannot be applied: the redactor then fails every run
+        with the :class:`~ee_middleware.errors.ConfigError` that names it (each run is counted in ``stats.runs_failed``,
+        not stored in plain text; logged once here). Never raises: a file that cannot be read leaves the rules as they
+        were (a warning)."""
+        from ee_middleware.capture.store_redaction import capture_custom_function, has_rules, same_redaction, settings_in_force
+        from ee_middleware.errors import ConfigError
+
+        self._next_check = time.monotonic() + self.check_s
+        try:
+            wider = settings_in_force(self.store, self.settings)
+        except Exception as exc:  # noqa: BLE001 - capture goes on with the rules it has
+            logger.warning("ee-middleware: cannot read the store's redaction settings again (%s); capture keeps the rules it has.", exc)
+            return False
+        if same_redaction(wider, self.settings):
+            return False
+        try:
+            custom = capture_custom_function(wider, self.own_fn)
+        except ConfigError as exc:
+            logger.error("ee-middleware: %s Until then this recorder's runs are not stored.", exc)
+            custom = functools.partial(_cannot_apply, str(exc))
+        salt = self.salt
+        if salt is None and self.pseudonyms and has_rules(wider.rules):
+            from ee_middleware.capture.redaction import store_salt
+
+            try:
+                salt = store_salt(self.store)
+            except OSError:
+                salt = None
+        settings, self.settings, self.salt = self.settings, wider, salt
+        try:
+            redactor = self._redactor(custom)
+        except Exception as exc:  # noqa: BLE001 - a pattern another writer recorded that does not compile here
+            logger.warning("ee-middleware: cannot apply the store's widened redaction settings (%s); capture keeps the rules it has.", exc)
+            self.settings = settings
+            return False
+        self.redactor = redactor
+        logger.info("ee-middleware: another writer widened the store's redaction settings; this recorder applies them now.")
+        return True
+
+
+def use_redaction(recorder: Any, redaction: CaptureRedaction) -> None:
+    """Have ``recorder`` (a :class:`~ee_middleware.capture.recorder.Recorder` or the capture process's worker) redact the
+    next runs' payloads and failure messages with ``redaction``'s redactor (after :meth:`CaptureRedaction.refresh`), and
+    write its settings into a store folder made again."""
+    from ee_middleware.capture.payloads import PayloadEncoder
+
+    redactor = redaction.redactor
+    recorder.encoder = PayloadEncoder(redactor, recorder.config.max_observation_chars)
+    recorder.processor.redact_message = redactor.redact_text
+    keep_redaction_when_restored(recorder.store, redaction.settings, redaction.salt)
+
+
+def _cannot_apply(message: str, text: str) -> str:
+    """The ``redact_fn`` of a recorder that cannot import one the store recorded since it started: fails every run."""
+    from ee_middleware.errors import ConfigError
+
+    raise ConfigError(message)
 
 
 def keep_redaction_when_restored(store: Any, settings: StoreRedaction, salt: bytes | None) -> None:
@@ -176,17 +292,14 @@ def recording_parts(
     recorder_id: str,
     strict: bool,
     approve_if: Any,
-    salt: bytes | None,
-    vault: Vault | None,
-) -> tuple[Redactor, PayloadEncoder, ExperienceSpanProcessor]:
-    """A recorder's redactor, payload encoder and span processor: the same in the agent's process
-    (thread mode) and in the capture process."""
+    redactor: Redactor,
+) -> tuple[PayloadEncoder, ExperienceSpanProcessor]:
+    """A recorder's payload encoder and span processor, redacting with ``redactor`` (:attr:`CaptureRedaction.redactor`):
+    the same in the agent's process (thread mode) and in the capture process."""
     from ee_middleware.capture.assembler import AssemblyOptions
     from ee_middleware.capture.payloads import PayloadEncoder
     from ee_middleware.capture.processor import ExperienceSpanProcessor
-    from ee_middleware.capture.redaction import Redactor
 
-    redactor = Redactor(config.redaction_rules(), salt=salt, custom=config.redact_fn, on_replace=vault.add if vault is not None else None)
     processor = ExperienceSpanProcessor(
         store,
         recorder_id=recorder_id,
@@ -202,7 +315,7 @@ def recording_parts(
         strict=strict,
         redact_message=redactor.redact_text,
     )
-    return redactor, PayloadEncoder(redactor, config.max_observation_chars), processor
+    return PayloadEncoder(redactor, config.max_observation_chars), processor
 
 
 def picklable_problem(name: str, value: Any) -> str | None:
@@ -788,17 +901,28 @@ class _Worker:
         salt: bytes | None,
         vault: str | None,
         approve_if: Any,
+        redaction: StoreRedaction | None = None,
+        rules_check_s: float | None = None,
     ) -> None:
+        from ee_middleware.capture.redaction import store_salt
+        from ee_middleware.capture.store_redaction import capture_custom_function, has_rules, settings_in_force
         from ee_middleware.capture.vault import Vault
         from ee_middleware.store.local import LocalExperienceStore
 
         self.config, self.id, self.strict = config, recorder_id, strict
         self.store = LocalExperienceStore(store["root"], fsync=store["fsync"])  # the agent's store: its resolved folder
         self.vault = Vault(vault) if vault is not None else None
-        _, self.encoder, self.processor = recording_parts(
-            config, self.store, recorder_id=recorder_id, strict=strict, approve_if=approve_if, salt=salt, vault=self.vault
+        # what the recorder applies (its settings and the store's, as it read them) and what the store has recorded since;
+        # a recorded redact_fn this process cannot import stops the child here: the runs take the agent's threads
+        settings = settings_in_force(self.store, redaction if redaction is not None else redaction_settings(config, self.vault))
+        custom = capture_custom_function(settings, config.redact_fn)
+        if salt is None and config.redaction_pseudonyms and has_rules(settings.rules):  # rules recorded since the recorder read them
+            salt = store_salt(self.store)
+        self.redaction = CaptureRedaction(self.store, config, settings, custom=custom, salt=salt, vault=self.vault, check_s=rules_check_s)
+        self.encoder, self.processor = recording_parts(
+            config, self.store, recorder_id=recorder_id, strict=strict, approve_if=approve_if, redactor=self.redaction.redactor
         )
-        keep_redaction_when_restored(self.store, redaction_settings(config, self.vault), salt)  # a store folder made again
+        keep_redaction_when_restored(self.store, settings, salt)  # a store folder made again
         self.tracer: Tracer | DirectTracer
         tap = os.environ.get(SPAN_PROCESSOR_ENV)
         if not tap:
@@ -823,6 +947,8 @@ class _Worker:
 
         emitting = False
         try:
+            if self.redaction.claim() and self.redaction.refresh():  # another writer widened the store's rules
+                self._use_refreshed_redaction()
             if record.tool_lists:
                 self._tool_lists.update(record.tool_lists)
             for _, _, _, data, _, _ in record.calls:  # numbered tool lists: the same objects every time, so encoded once
@@ -835,6 +961,11 @@ class _Worker:
             failure = _without_data(f"could not record a run sent by the agent's process ({len(record.calls)} model calls)", exc)
             # from emit_run: its root's outcome could not be recorded (the root is marked, as the thread path's finisher says)
             (self.processor.report_span_failure if emitting else self.report_failure)(*failure)
+
+    def _use_refreshed_redaction(self) -> None:
+        """Redact the next runs (their payloads and failure messages) with :attr:`redaction`'s new redactor, and write its
+        settings into a store folder made again."""
+        use_redaction(self, self.redaction)
 
     def flush(self, timeout: float) -> tuple[bool, str | None]:
         error = None

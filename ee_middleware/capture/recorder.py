@@ -75,6 +75,7 @@ from ee_middleware.capture.callbacks import (
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.direct_spans import DirectTracer, RootIds, StandInSpan
 from ee_middleware.capture.offload import (
+    CaptureRedaction,
     ProcessOffload,
     direct_tracer,
     frozen_problem,
@@ -83,16 +84,25 @@ from ee_middleware.capture.offload import (
     picklable_problem,
     recording_parts,
     redaction_settings,
+    use_redaction,
 )
 from ee_middleware.capture.payloads import captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, strict_default
 from ee_middleware.capture.redaction import store_salt
 from ee_middleware.capture.shutdown import flush_on_sigterm
-from ee_middleware.capture.store_redaction import record_store_redaction
+from ee_middleware.capture.store_redaction import (
+    StoreRedaction,
+    capture_custom_function,
+    has_rules,
+    record_store_redaction,
+    same_redaction,
+    settings_in_force,
+)
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.store.local import LocalExperienceStore
+from ee_middleware.store.metadata import keeps_metadata
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import open_store
 
@@ -124,25 +134,43 @@ class Recorder:
         self.config = config
         self.id = uuid.uuid4().hex
         self.strict = config.strict or strict_default()
-        self.store: ExperienceStore = store if store is not None else open_store(config.store)
         self.approve_if = approve_if
-        salt = self._pseudonym_salt()
-        self.vault = self._open_vault() if salt is not None else None
-        self.redactor, self.encoder, self.processor = recording_parts(
-            config, self.store, recorder_id=self.id, strict=self.strict, approve_if=approve_if, salt=salt, vault=self.vault
+        # Settings are refused before anything is made (the store's folder, its salt, a vault, redaction.json).
+        if tracer_provider is not None and not hasattr(tracer_provider, "add_span_processor"):
+            raise ConfigError(
+                f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(tracer_provider).__name__}); "
+                "pass opentelemetry.sdk.trace.TracerProvider() or leave it out."
+            )
+        self._offload_blocker: str | None = None
+        self._offload_problems(tracer_provider, approve_if, None)  # what does not depend on the store
+        self.store: ExperienceStore = store if store is not None else open_store(config.store)
+        store_spec = self._offload_problems(tracer_provider, approve_if, self.store)
+        vault_path = self._vault_path()
+        own = redaction_settings(config, vault_path)
+        # the store's recorded rules too (another service's patterns, kinds, key names, redact_fn): the union is applied
+        settings = settings_in_force(self.store, own)  # (refuses an unreadable or newer file, another vault)
+        custom = capture_custom_function(settings, config.redact_fn)  # a recorded redact_fn not importable here: refused
+        if not keeps_metadata(self.store):
+            record_store_redaction(self.store, own)  # writes nothing: refuses what such a store's later writers would lose
+        salt = self._pseudonym_salt(settings)
+        self.vault = Vault(vault_path, create=True) if salt is not None and vault_path is not None else None
+        if vault_path is not None and self.vault is None:  # no pseudonyms to keep: no vault, none recorded
+            own = redaction_settings(config, None)
+            settings = settings_in_force(self.store, own)
+        settings, custom = self._record_redaction(own, settings, custom, salt)
+        self.redaction = CaptureRedaction(self.store, config, settings, custom=custom, salt=salt, vault=self.vault)
+        """What capture redacts: this recorder's settings and the store's (read again every STORE_RULES_CHECK_S)."""
+        self.redactor = self.redaction.redactor
+        self.encoder, self.processor = recording_parts(
+            config, self.store, recorder_id=self.id, strict=self.strict, approve_if=approve_if, redactor=self.redactor
         )
-        self._record_redaction(salt)
+        keep_redaction_when_restored(self.store, settings, salt)
         self.finisher = SpanFinisher(self.processor.report_span_failure)
         self.tracer_provider = tracer_provider
         """The user's own tracer provider, or None: the recorder's spans then reach only its processor, made directly."""
         self.tracer: Tracer | DirectTracer
         if tracer_provider is None:
             self.tracer = direct_tracer(config, self.processor)
-        elif not hasattr(tracer_provider, "add_span_processor"):
-            raise ConfigError(
-                f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(tracer_provider).__name__}); "
-                "pass opentelemetry.sdk.trace.TracerProvider() or leave it out."
-            )
         else:
             tracer_provider.add_span_processor(self.processor)
             self.tracer = tracer_provider.get_tracer("ee_middleware", __version__)
@@ -151,7 +179,6 @@ class Recorder:
         self.offload: ProcessOffload | None = None
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
-        self._offload_blocker: str | None = None
         self._in_flight: dict[str, weakref.ref[_Run]] = {}  # trajectory id -> its run, until the run ends (or is collected)
         self._reading: dict[str, _StateRead] = {}  # trajectory id -> the read its stopped run waits for (keeps the run)
         self._failed_seen = 0  # stats.runs_failed as the last flush saw it: a flush after more failed returns False
@@ -159,7 +186,7 @@ class Recorder:
         self._ready_in: int | None = None  # the process where this recorder's writing threads run ahead (_ready_for_a_run)
         self.closed = False
         """Set by :meth:`close`: runs are no longer recorded (each is counted in ``stats.runs_failed``)."""
-        self._plan_offload(tracer_provider, approve_if, salt)
+        self._plan_offload(store_spec, approve_if, salt)
         _live_recorders.add(self)
         # atexit runs the last registered first: registered again now, the recorder's exit flush runs before the exit hook
         # of a tracer provider made before it (the user's own), which would shut its processor down with runs unfinished
@@ -172,22 +199,23 @@ class Recorder:
         # capture's threads start with a recorder's first run (_ready_for_a_run), not here: an agent built and never run
         # (at import, per request, in a registry) costs none
 
-    def _plan_offload(self, provider: TracerProvider | None, approve_if: Any, salt: bytes | None) -> None:
-        """Decide ``config.offload``: start the capture process now (``"process"``), later under
-        sustained load (``"auto"``), or never (``"thread"``, or ``"auto"`` where it cannot)."""
+    def _offload_problems(self, provider: TracerProvider | None, approve_if: Any, store: ExperienceStore | None) -> dict[str, Any] | None:
+        """Check ``config.offload`` before anything is made: :class:`ConfigError` for ``"process"`` where the capture
+        process cannot be used (``"auto"`` notes why, in ``_offload_blocker``); the store's folder to open there, if any
+        (``store``: None before the store is opened, whose kind is then not checked)."""
         mode = self.config.offload
         if mode == "thread" or in_capture_process():  # a recorder the app's modules build in a capture process: never used
-            return
+            return None
         problems = []
         if provider is not None:
             problems.append("records to your own tracer_provider (its exporters must see the spans in this process)")
         store_spec: dict[str, Any] | None = None
-        if type(self.store) is LocalExperienceStore:
+        if type(store) is LocalExperienceStore:
             # resolved now: the app may change directory before the process starts (auto mode)
-            store_spec = {"root": str(Path(self.store.root).resolve()), "fsync": getattr(self.store, "_fsync", True)}
-        else:  # a subclass or another kind of store may write differently: only the local folder is opened there
+            store_spec = {"root": str(Path(store.root).resolve()), "fsync": getattr(store, "_fsync", True)}
+        elif store is not None:  # a subclass or another kind of store may write differently: only the local folder is opened there
             problems.append(
-                f"records to a {type(self.store).__name__}, which the capture process does not open (it opens only a "
+                f"records to a {type(store).__name__}, which the capture process does not open (it opens only a "
                 "LocalExperienceStore folder); pass the store's folder as store="
             )
         problems += [
@@ -202,6 +230,14 @@ class Recorder:
                     f"offload='process' cannot be used: the recorder {self._offload_blocker}. Define functions at module level "
                     "in an importable module, or use offload='thread'."
                 )
+            return None
+        return store_spec
+
+    def _plan_offload(self, store_spec: dict[str, Any] | None, approve_if: Any, salt: bytes | None) -> None:
+        """Decide ``config.offload`` (checked by :meth:`_offload_problems`): start the capture process now
+        (``"process"``), later under sustained load (``"auto"``), or never (``"thread"``, or ``"auto"`` where it cannot)."""
+        mode = self.config.offload
+        if store_spec is None:  # thread mode, a capture process, or a reason noted in _offload_blocker
             return
         if mode == "auto" and len(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)) < 2:
             self._offload_blocker = "has one CPU to run on (a second process would only take turns with the agent)"
@@ -214,6 +250,8 @@ class Recorder:
             "salt": salt,
             "vault": str(self.vault.path) if self.vault is not None else None,
             "approve_if": approve_if,
+            "redaction": self.redaction.settings,  # the store's rules too, as read here (the child reads them again later)
+            "rules_check_s": self.redaction.check_s,
         }
         if mode == "process":
             self._start_offload(wait_first=True)
@@ -255,13 +293,12 @@ class Recorder:
                 self._offload_lock.release()
         return None
 
-    def _pseudonym_salt(self) -> bytes | None:
+    def _pseudonym_salt(self, settings: StoreRedaction) -> bytes | None:
         """The store's salt (placeholders are consistent pseudonyms within a store, in every process): kept through
         the store's ``read_meta``/``write_meta`` or in its folder; a salt of this recorder's own for a store that keeps
         no metadata (:func:`~ee_middleware.capture.store_redaction.record_store_redaction` warns), or if the store's
-        cannot be read."""
-        config = self.config
-        if not config.redaction_pseudonyms or not (config.redact or config.redaction_patterns):
+        cannot be read. None without pseudonyms, or where ``settings`` (what is applied) redact nothing."""
+        if not self.config.redaction_pseudonyms or not has_rules(settings.rules):
             return None
         try:
             salt = store_salt(self.store)
@@ -282,19 +319,31 @@ class Recorder:
         root = Path(root).absolute()
         return root.with_name(root.name + ".vault")
 
-    def _open_vault(self) -> Vault | None:
-        path = self._vault_path()
-        return Vault(path, create=True) if path is not None else None
-
-    def _record_redaction(self, salt: bytes | None) -> None:
-        """Keep the rules with the store (``redaction.json``), for replay, datasets and exports; and have the store write
-        them and the salt again if its folder is removed and made again while this recorder writes to it."""
-        settings = redaction_settings(self.config, self.vault)
+    def _record_redaction(
+        self, own: StoreRedaction, settings: StoreRedaction, custom: Callable[[str], str] | None, salt: bytes | None
+    ) -> tuple[StoreRedaction, Callable[[str], str] | None]:
+        """Keep this recorder's settings (``own``) with the store (``redaction.json``, the union with what is there), for
+        replay, datasets, exports and later recorders; return what capture applies (``settings``, the union read before,
+        and its ``custom`` function), wider where another writer recorded more meanwhile. The store writes them and the
+        salt again if its folder is removed and made again while this recorder writes to it."""
+        if not keeps_metadata(self.store):
+            return settings, custom  # (refused or warned about before anything was made)
         try:
-            record_store_redaction(self.store, settings)
+            merged = record_store_redaction(self.store, own)
         except OSError as exc:
             logger.warning("ee-middleware: cannot write the store's redaction settings (%s); replay and datasets use the defaults.", exc)
-        keep_redaction_when_restored(self.store, settings, salt)
+            return settings, custom
+        if same_redaction(merged.union(settings), settings):
+            return settings, custom
+        settings = merged.union(settings)
+        return settings, capture_custom_function(settings, self.config.redact_fn)
+
+    def _refresh_redaction(self) -> None:
+        """Apply what another writer added to the store's redaction settings since this recorder read them
+        (:meth:`~ee_middleware.capture.offload.CaptureRedaction.refresh`) to the runs from now on."""
+        if self.redaction.refresh():
+            use_redaction(self, self.redaction)
+            self.redactor = self.redaction.redactor
 
     @property
     def stats(self) -> CaptureStats:
@@ -410,6 +459,8 @@ class Recorder:
         if self.closed:
             self._not_stored_after_close("started")
             return _Run.disabled(self, config)
+        if self.redaction.claim():  # the store's redaction settings, read again on the finisher's thread, before this run's work
+            self.finisher.submit(self._refresh_redaction)
         try:
             return _Run(self, graph_input, config)
         except ConfigError:
@@ -1348,7 +1399,11 @@ def record_experience(
         environment: environment reference for replay: a dict or a hook ``(input, config) -> dict``
             (a run's ``config["configurable"]["ee_environment"]`` takes its place); anything but a dict
             raises :class:`ConfigError` when the run starts.
-        redact / redaction_patterns / redact_fn: secret scrubbing (on by default).
+        redact / redaction_patterns / redact_fn: secret scrubbing (on by default; ``redaction_kinds`` and
+            ``redaction_keys``, key names whose values are always secrets, go in ``**settings``). The recorder also
+            applies what the store's ``redaction.json`` recorded (every other writer's kinds, patterns, key names and
+            ``redact_fn``; :mod:`ee_middleware.capture.store_redaction`): a recorded ``redact_fn`` it cannot import
+            raises :class:`ConfigError` naming it.
         config: a :class:`CaptureConfig` or the path of a TOML file with a ``[capture]`` table.
         **settings: any other :class:`CaptureConfig` field, e.g. ``offload="process"`` (capture's
             work in a child process: the low-overhead mode under sustained load; see

@@ -8,6 +8,8 @@ pseudonym salt), as metadata blobs the store keeps (:mod:`ee_middleware.store.me
      "rules": {"defaults": true, "kinds": {"phone": false}, "patterns": {"ticket": "TCK-\\\\d+"}},
      "pseudonyms": true, "vault": "/data/experience.vault", "custom_function": null}
 
+(``rules.keys``, the ``redaction_keys`` capture was given, is written only when there are some, with version 3.)
+
 Replay (rollout observations and proposed arguments, replay records and their fidelity details),
 the dataset builders (every row, held-out ones too) and the exports read it back with
 :func:`store_redactor`, so they use the app's own kinds, patterns and salt: the same value gets the
@@ -29,10 +31,23 @@ in plain text. A file with one name (or none) is written as before. One that
 cannot be imported (a ``lambda``, a function of a script run as ``__main__``, a module not on the
 import path) is never dropped: :meth:`StoreRedaction.redactor` raises a
 :class:`~ee_middleware.errors.ConfigError` naming it and the fix.
+
+Capture is a writer too: a recorder applies the union of its own settings and the store's recorded ones
+(:func:`settings_in_force`, :func:`capture_custom_function`), so a second service or worker recording into the
+store without the app's ``[capture]`` settings still redacts every kind, pattern, key name and ``redact_fn`` recorded
+there. A recorded ``redact_fn`` it cannot import stops it from starting (a ``ConfigError`` naming the function: make it
+importable, or pass it as ``redact_fn=``). A recorder reads the file when it starts, and again every
+:data:`~ee_middleware.capture.offload.STORE_RULES_CHECK_S` seconds while it records, so rules another writer adds later
+reach it within that time (the first run after the check: a run already being written keeps the rules it had; replay,
+datasets, exports and ``ee traces show`` apply the store's rules again as they read). One recorded since that it
+cannot import fails its runs (not stored, counted in ``stats.runs_failed``, logged naming it) rather than storing what
+it removes. The union covers what is redacted, not the vault: a recorder without ``vault=`` adds no pseudonyms to the
+store's vault, so replay cannot restore the values it redacted (those steps are flagged unrestorable).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -50,8 +65,9 @@ logger = logging.getLogger("ee_middleware.capture")
 
 REDACTION_FILE = "redaction.json"
 FORMAT = "ee-redaction"
-VERSION = 2
-"""The newest redaction.json this version reads and writes (1: one redact_fn or none; 2: a list of them)."""
+VERSION = 3
+"""The newest redaction.json this version reads and writes (1: one redact_fn or none; 2: a list of them; 3: key names
+whose values are secrets, ``rules.keys``, which an older reader would drop)."""
 
 
 @dataclass(frozen=True)
@@ -79,9 +95,11 @@ class StoreRedaction:
         return _names(self.custom_function)
 
     def to_dict(self) -> dict[str, Any]:
+        # 3: key names (an older reader refuses the file rather than drop them); 2: several redact_fns (a list)
+        version = 3 if rule_keys(self.rules) else 2 if isinstance(self.custom_function, tuple) else 1
         return {
             "format": FORMAT,
-            "version": 2 if isinstance(self.custom_function, tuple) else 1,  # 2: several redact_fns (a list)
+            "version": version,
             "rules": self.rules.to_dict(),
             "pseudonyms": self.pseudonyms,
             "vault": self.vault,
@@ -99,13 +117,24 @@ class StoreRedaction:
                 f"does not (this one reads up to version {VERSION}). Upgrade ee-middleware on this machine before writing "
                 "to this store."
             )
+        rules = data.get("rules") or {}
+        if not isinstance(rules, dict):
+            raise ConfigError(f"{where}: rules must be an object, got {rules!r}.")
+        keys = rules.get("keys")
+        if keys is not None and (isinstance(keys, str) or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+            raise ConfigError(f"{where}: rules.keys must be a list of key names, got {keys!r}.")
+        if keys and not _KEYS_SUPPORTED:
+            raise ConfigError(
+                f"{where} lists key names whose values are secrets (rules.keys: {', '.join(keys)}), which this build's "
+                "redactor cannot apply (RedactionRules has no keys field). Upgrade ee-middleware before writing to this store."
+            )
         custom = data.get("custom_function")
         if not (custom is None or isinstance(custom, str) or (isinstance(custom, list) and all(isinstance(n, str) for n in custom))):
             raise ConfigError(
                 f"{where}: custom_function must be a redact_fn's 'module.function' name, a list of them, or null; got {custom!r}."
             )
         return cls(
-            rules=RedactionRules.from_dict(data.get("rules") or {}),
+            rules=RedactionRules.from_dict(rules),
             pseudonyms=bool(data.get("pseudonyms", True)),
             vault=data.get("vault"),
             custom_function=tuple(custom) if isinstance(custom, list) else custom,
@@ -124,8 +153,12 @@ class StoreRedaction:
             if patterns.get(name, regex) != regex:
                 name = next(f"{name}_{i}" for i in range(2, 1000) if patterns.get(f"{name}_{i}", regex) == regex)
             patterns[name] = regex
+        keys = rule_keys(self.rules) | rule_keys(other.rules)
         same_kinds = kinds == sorted(self.rules.enabled_kinds())
-        rules = self.rules if same_kinds and patterns == dict(self.rules.patterns) else _rules_for(kinds, patterns)
+        if same_kinds and patterns == dict(self.rules.patterns) and keys == rule_keys(self.rules):
+            rules = self.rules
+        else:
+            rules = _rules_for(kinds, patterns, keys)
         return StoreRedaction(
             rules=rules,
             pseudonyms=self.pseudonyms or other.pseudonyms,
@@ -138,6 +171,33 @@ class StoreRedaction:
         (imported by its name; :class:`~ee_middleware.errors.ConfigError` when one cannot be)."""
         custom = load_custom_function(self.custom_function) if self.custom_function else None
         return Redactor(self.rules, salt=salt if self.pseudonyms else None, custom=custom)
+
+
+_KEYS_SUPPORTED = "keys" in {f.name for f in dataclasses.fields(RedactionRules)}
+"""Whether :class:`~ee_middleware.capture.redaction.RedactionRules` takes key names (``keys``)."""
+
+
+def rule_keys(rules: RedactionRules) -> frozenset[str]:
+    """The key names whose values ``rules`` always redact (``redaction_keys``; none where the redactor takes none)."""
+    return frozenset(getattr(rules, "keys", ()))
+
+
+def rules_with_keys(rules: RedactionRules, keys: Sequence[str] | frozenset[str]) -> RedactionRules:
+    """``rules`` with key names whose values are always secrets (:func:`rule_keys`); a
+    :class:`~ee_middleware.errors.ConfigError` where this build's redactor takes none (they would be dropped)."""
+    if not keys:
+        return rules
+    if not _KEYS_SUPPORTED:
+        raise ConfigError(
+            f"redaction_keys ({', '.join(keys)}) cannot be applied: this build's redactor takes no key names "
+            "(RedactionRules has no keys field). Upgrade ee-middleware, or redact those values with redaction_patterns."
+        )
+    return replace(rules, keys=frozenset(keys))  # type: ignore[call-arg]
+
+
+def has_rules(rules: RedactionRules) -> bool:
+    """Whether ``rules`` redact anything (a kind, a pattern or a key name): pseudonyms then need the store's salt."""
+    return bool(rules.enabled_kinds() or rules.patterns or rule_keys(rules))
 
 
 def _names(custom_function: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -163,6 +223,19 @@ def load_custom_function(name: str | tuple[str, ...]) -> Callable[[str], str]:
     if not isinstance(name, str):
         functions = tuple(load_custom_function(one) for one in _names(name))
         return functions[0] if len(functions) == 1 else functools.partial(_in_turn, functions)
+    function, why = _imported_function(name)
+    if function is not None:
+        return function
+    raise ConfigError(
+        f"This store was recorded with redact_fn={name}, which every later writer (replay, datasets, exports, ingest) "
+        f"must apply as capture did, but it cannot be imported: {why}. Define it at module level in a module on the import "
+        "path (install your app's package, set PYTHONPATH, or run from the folder holding it); if it moved, put its "
+        f"'module.function' name in the store's {REDACTION_FILE} under \"custom_function\"."
+    )
+
+
+def _imported_function(name: str) -> tuple[Callable[[str], str] | None, str]:
+    """The function qualified name ``name`` (``module.function``) names, imported; else ``None`` and why not."""
     from ee_middleware.plugins import _import_from_installed_or_working_folder  # the one way ee imports the app's code
 
     parts = name.split(".")
@@ -191,19 +264,66 @@ def load_custom_function(name: str | tuple[str, ...]) -> Callable[[str], str]:
             if not callable(target):
                 why = f"{name} is a {type(target).__name__}, not a function"
                 break
-            return target  # type: ignore[no-any-return]
-    raise ConfigError(
-        f"This store was recorded with redact_fn={name}, which every later writer (replay, datasets, exports, ingest) "
-        f"must apply as capture did, but it cannot be imported: {why}. Define it at module level in a module on the import "
-        "path (install your app's package, set PYTHONPATH, or run from the folder holding it); if it moved, put its "
-        f"'module.function' name in the store's {REDACTION_FILE} under \"custom_function\"."
+            return target, ""
+    return None, why
+
+
+def function_name(function: Callable[..., Any]) -> str:
+    """The qualified name (``module.function``) a ``redact_fn`` is recorded under (``custom_function``)."""
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+
+
+def capture_custom_function(settings: StoreRedaction, own: Callable[[str], str] | None) -> Callable[[str], str] | None:
+    """The ``redact_fn`` a recorder applies at capture: every one ``settings`` name (the union of its own settings and the
+    store's recorded ones, :func:`settings_in_force`), in their order, its own (``own``) where its name comes, the others
+    imported by name (:func:`load_custom_function`), so that capture removes what every later writer removes.
+
+    Raises :class:`~ee_middleware.errors.ConfigError` naming a recorded function this process cannot import and the
+    fixes (make it importable, or pass it as ``redact_fn=``): without it, the recorder would write in plain text what
+    that function removed from the store's other runs."""
+    mine = function_name(own) if own is not None else None
+    functions: list[Callable[[str], str]] = []
+    for name in settings.custom_functions:
+        if name == mine and own is not None:
+            functions.append(own)
+            continue
+        function, why = _imported_function(name)
+        if function is None:
+            raise ConfigError(
+                f"This store's {REDACTION_FILE} says its runs were redacted with redact_fn={name}, which this recorder must "
+                "apply too (a recorder applies the store's recorded rules besides its own, or it would write in plain text "
+                f"what that function removes), but it cannot be imported here: {why}. Make it importable (define it at "
+                "module level in a module on the import path: install your app's package, set PYTHONPATH, or run from the "
+                f"folder holding it), or pass that function to this recorder: record_experience(..., redact_fn={name.rsplit('.', 1)[-1]})."
+            )
+        functions.append(function)
+    if not functions:
+        return None
+    return functions[0] if len(functions) == 1 else functools.partial(_in_turn, tuple(functions))
+
+
+def settings_in_force(store: Any, own: StoreRedaction) -> StoreRedaction:
+    """What a recorder of ``own`` settings applies at capture: the union of ``own`` and the store's ``redaction.json`` (as
+    recorded when this is called; ``own`` where the store has none). A :class:`~ee_middleware.errors.ConfigError` for a
+    file that cannot be read, one from a newer ee-middleware, or another vault than ``own``'s."""
+    recorded = read_store_redaction(store)
+    return recorded.union(own) if recorded.recorded else own
+
+
+def same_redaction(one: StoreRedaction, other: StoreRedaction) -> bool:
+    """Whether ``one`` and ``other`` redact alike at capture (rules and ``redact_fn`` names; not the vault or the form)."""
+    return (
+        one.rules.enabled_kinds() == other.rules.enabled_kinds()
+        and dict(one.rules.patterns) == dict(other.rules.patterns)
+        and rule_keys(one.rules) == rule_keys(other.rules)
+        and one.custom_functions == other.custom_functions
     )
 
 
-def _rules_for(kinds: list[str], patterns: dict[str, str]) -> RedactionRules:
+def _rules_for(kinds: list[str], patterns: dict[str, str], keys: frozenset[str] = frozenset()) -> RedactionRules:
     from ee_middleware.capture.redaction import KINDS
 
-    return RedactionRules(defaults=False, kinds={k: k in kinds for k in KINDS}, patterns=patterns)
+    return rules_with_keys(RedactionRules(defaults=False, kinds={k: k in kinds for k in KINDS}, patterns=patterns), keys)
 
 
 def read_store_redaction(store: Any) -> StoreRedaction:
@@ -258,6 +378,7 @@ def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
     defaults = RedactionRules()
     lost = [f"the kind {kind}" for kind in settings.rules.enabled_kinds() if kind not in defaults.enabled_kinds()]
     lost += [f"the pattern {name}" for name in settings.rules.patterns]
+    lost += [f"the redaction key {name}" for name in sorted(rule_keys(settings.rules))]
     lost += [f"redact_fn={name}" for name in settings.custom_functions]
     fix = (
         f"Give {type(store).__name__} the two optional methods read_meta(name) -> bytes | None and write_meta(name, data, *, "
@@ -271,7 +392,7 @@ def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
             f"with the default rules only and write what {'they' if len(lost) > 1 else 'it'} removed in plain text. {fix}."
         )
     losses = []
-    if settings.pseudonyms and settings.rules.enabled_kinds():
+    if settings.pseudonyms and has_rules(settings.rules):
         losses.append(
             "pseudonyms are made with a salt of each recorder's own, so the same value gets another pseudonym in each process, "
             "and replay writes plain [REDACTED:<kind>] placeholders, so every redacted observation counts as a fidelity mismatch"
@@ -299,7 +420,7 @@ def store_redactor(store: Any, *, create_salt: bool = True) -> Redactor:
     one, what is left to redact becomes a plain ``[REDACTED:<kind>]``."""
     settings = read_store_redaction(store)
     salt = None
-    if settings.pseudonyms and settings.rules.enabled_kinds() + list(settings.rules.patterns):
+    if settings.pseudonyms and has_rules(settings.rules):
         salt = store_salt(store) if create_salt else _existing_salt(store)
     return settings.redactor(salt)
 

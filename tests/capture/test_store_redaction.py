@@ -14,6 +14,7 @@ import pytest
 from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
 from ee_middleware.capture.store_redaction import (
     REDACTION_FILE,
+    VERSION,
     StoreRedaction,
     read_store_redaction,
     record_store_redaction,
@@ -310,6 +311,6 @@ def test_settings_with_several_redact_fns_say_so_and_a_newer_file_is_refused_cle
     assert one.to_dict()["version"] == 1
     assert several.to_dict()["version"] == 2
     assert StoreRedaction.from_dict(several.to_dict()).custom_functions == ("scrub_a.scrub", "scrub_b.scrub")
-    newer = several.to_dict() | {"version": 3}
-    with pytest.raises(ConfigError, match=r"version 3: it was written by a newer ee-middleware.*Upgrade"):
+    newer = several.to_dict() | {"version": VERSION + 1}
+    with pytest.raises(ConfigError, match=rf"version {VERSION + 1}: it was written by a newer ee-middleware.*Upgrade"):
         StoreRedaction.from_dict(newer, where=str(tmp_path / "redaction.json"))
