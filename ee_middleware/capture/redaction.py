@@ -277,15 +277,17 @@ class _Found:
     quote: str = ""
 
 
-def _assignments(text: str) -> Iterator[_Found]:
+def _assignments(text: str, names: Pattern[str] = _NAME_WORD, strength_of: Callable[[str], int] | None = None) -> Iterator[_Found]:
     """The values of ``name = value`` / ``"name": value`` assignments to secret names (the ``secret`` rule), looked for
     only around the words secret names are made of (scanning every word of a long text with the full rule is ten times
     slower). A value written as an object or a list gives each string and number inside it after a strong secret name,
     as :meth:`Redactor.redact_value` replaces every one there (:func:`_structure`); after a weak one (``token``,
     ``pin``), none: it is read as any text is, its own secret names one by one."""
+    builtin = strength_of is None  # the built-in secret names (``names`` and ``strength_of`` give RedactionRules.keys)
+    strength_of = strength_of or _secret_name_strength
     last = covered = -1
     budget = 4 * len(text) + 10_000  # characters read as objects or lists, at most (where unclosed ones nest)
-    for hit in _NAME_WORD.finditer(_lower(text)):
+    for hit in names.finditer(_lower(text)):
         start = hit.start()
         while start > 0 and text[start - 1] in _NAME_CHARS:
             start -= 1
@@ -297,8 +299,8 @@ def _assignments(text: str) -> Iterator[_Found]:
         match = _ASSIGNMENT.match(text, start)
         if match is None:
             continue
-        if not (strength := _secret_name_strength(match.group("name"))):
-            if (credential := _header_credential(text, match)) is not None:
+        if not (strength := strength_of(match.group("name"))):
+            if builtin and (credential := _header_credential(text, match)) is not None:
                 yield credential
             continue
         value = match.group("value")
@@ -1091,6 +1093,28 @@ def canonical_form(kind: str, value: str | int | float) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=4096)
+def key_form(name: str) -> str:
+    """A key name as :attr:`RedactionRules.keys` compares it: its words, lower-cased, joined by ``_`` (``nationalId``,
+    ``National-ID`` and ``national_id`` are one name)."""
+    return "_".join(w for w in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if w)
+
+
+def _keys_rule(forms: frozenset[str]) -> Rule:
+    """The ``secret`` rule for the key names of :attr:`RedactionRules.keys` (``forms``, as :func:`key_form` gives them)
+    in text: ``"dob": "1985-07-14"`` in JSON text, ``dob=...``, ``dob: ...``, found as the built-in secret names are."""
+    first_words = sorted({re.escape(form.split("_")[0]) for form in forms}, key=len, reverse=True)
+    return Rule(
+        "secret",
+        _ASSIGNMENT,
+        group="value",
+        check=lambda v: v.strip("\\\"'").lower() not in ("", "null", "none", "true", "false"),
+        finder=functools.partial(
+            _assignments, names=re.compile("|".join(first_words)), strength_of=lambda name: 2 if key_form(name) in forms else 0
+        ),
+    )
+
+
 # --- configuration ------------------------------------------------------------------------------
 
 
@@ -1100,31 +1124,50 @@ class RedactionRules:
 
     ``defaults`` turns the built-in kinds on as a group; ``kinds`` switches single built-in kinds
     on or off (``{"phone": False, "ip_address": True}``); ``patterns`` adds ``{kind: regex}``
-    rules (a group named ``value`` marks the part to replace; the rest of the match is kept).
+    rules (a group named ``value`` marks the part to replace; the rest of the match is kept); ``keys`` names keys
+    whose values are always secrets (``{"dob", "national_id"}``).
     """
 
     defaults: bool = True
     kinds: Mapping[str, bool] = field(default_factory=dict)
     patterns: Mapping[str, str] = field(default_factory=dict)
+    keys: frozenset[str] = frozenset()
+    """Extra key names whose values are replaced whole as secrets wherever they are a key of JSON-like data (or a name
+    of ``name: value`` / ``name=value`` in text), whatever the built-in kinds say; compared by :func:`key_form`
+    (case, camelCase, ``-`` and ``_`` alike)."""
 
     def __post_init__(self) -> None:
+        from ee_middleware.errors import ConfigError
+
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown:
-            from ee_middleware.errors import ConfigError
-
             raise ConfigError(f"Unknown redaction kind(s) {', '.join(unknown)}. Built-in kinds: {', '.join(KINDS)}.")
+        keys = self.keys
+        if isinstance(keys, str) or not all(isinstance(k, str) and key_form(k) for k in keys):
+            raise ConfigError(f"Redaction keys must be a list of key names (letters or digits in each), got {keys!r}.")
+        object.__setattr__(self, "keys", frozenset(keys))
 
     def enabled_kinds(self) -> list[str]:
         """The built-in kinds this configuration applies."""
         return [k for k, (on, _) in KINDS.items() if self.kinds.get(k, on and self.defaults)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"defaults": self.defaults, "kinds": dict(self.kinds), "patterns": {k: str(v) for k, v in self.patterns.items()}}
+        data: dict[str, Any] = {
+            "defaults": self.defaults,
+            "kinds": dict(self.kinds),
+            "patterns": {k: str(v) for k, v in self.patterns.items()},
+        }
+        if self.keys:  # (written only when given: a file without them reads as it did)
+            data["keys"] = sorted(self.keys)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RedactionRules:
         return cls(
-            defaults=bool(data.get("defaults", True)), kinds=dict(data.get("kinds") or {}), patterns=dict(data.get("patterns") or {})
+            defaults=bool(data.get("defaults", True)),
+            kinds=dict(data.get("kinds") or {}),
+            patterns=dict(data.get("patterns") or {}),
+            keys=frozenset(data.get("keys") or ()),
         )
 
 
@@ -1159,7 +1202,7 @@ class Redactor:
     ) -> None:
         rules = rules or RedactionRules()
         if defaults is not None:
-            rules = RedactionRules(defaults=defaults, kinds=rules.kinds, patterns=rules.patterns)
+            rules = RedactionRules(defaults=defaults, kinds=rules.kinds, patterns=rules.patterns, keys=rules.keys)
         self.rules = rules
         self.custom = custom
         self.salt = salt.encode() if isinstance(salt, str) else salt
@@ -1170,6 +1213,9 @@ class Redactor:
         self._int_kinds = enabled
         extras = extra_patterns.items() if isinstance(extra_patterns, Mapping) else (("custom", p) for p in extra_patterns)
         self._user = [_user_rule(kind, pattern) for kind, pattern in [*rules.patterns.items(), *extras]]
+        self._extra_keys = frozenset(key_form(k) for k in rules.keys)
+        if self._extra_keys:
+            self._user.append(_keys_rule(self._extra_keys))
         self._rules = self._builtin + self._user
         # the built-in prefilters find nothing in most strings: then no built-in rule can match
         self._gates = _gates(self._builtin)
@@ -1258,8 +1304,17 @@ class Redactor:
             return key  # "role", "content", "order_id": no built-in kind matches in them
         return self.redact_text(key)
 
+    def _key_strength(self, key: Any) -> int:
+        """How secret a key's name says its value is (:func:`_secret_name_strength`, where the ``secret`` kind is on); 2
+        for a name of :attr:`RedactionRules.keys`, whatever the kinds."""
+        if not isinstance(key, str):
+            return 0
+        if self._extra_keys and key_form(key) in self._extra_keys:
+            return 2
+        return _secret_name_strength(key) if self._secret_keys else 0
+
     def _redact_member(self, key: Any, value: Any) -> Any:
-        strength = _secret_name_strength(key) if self._secret_keys and isinstance(key, str) else 0
+        strength = self._key_strength(key)
         if strength and not isinstance(value, (Mapping, list, tuple)):
             return self._redact_single(key, value)
         if strength == 2:
@@ -1296,7 +1351,7 @@ class Redactor:
                 if not names and key in _SCHEMA_VALUES:
                     out[self._redact_key(key)] = self._redact_secret(item)
                     continue
-                strength = _secret_name_strength(key) if self._secret_keys and isinstance(key, str) else 0
+                strength = self._key_strength(key)
                 if strength and not isinstance(item, (Mapping, list, tuple)):
                     item = self._redact_single(key, item)  # (as _redact_member does)
                 elif strength == 2 and not _is_schema(item):

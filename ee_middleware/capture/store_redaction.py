@@ -47,7 +47,6 @@ store's vault, so replay cannot restore the values it redacted (those steps are 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
@@ -123,11 +122,6 @@ class StoreRedaction:
         keys = rules.get("keys")
         if keys is not None and (isinstance(keys, str) or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
             raise ConfigError(f"{where}: rules.keys must be a list of key names, got {keys!r}.")
-        if keys and not _KEYS_SUPPORTED:
-            raise ConfigError(
-                f"{where} lists key names whose values are secrets (rules.keys: {', '.join(keys)}), which this build's "
-                "redactor cannot apply (RedactionRules has no keys field). Upgrade ee-middleware before writing to this store."
-            )
         custom = data.get("custom_function")
         if not (custom is None or isinstance(custom, str) or (isinstance(custom, list) and all(isinstance(n, str) for n in custom))):
             raise ConfigError(
@@ -173,26 +167,14 @@ class StoreRedaction:
         return Redactor(self.rules, salt=salt if self.pseudonyms else None, custom=custom)
 
 
-_KEYS_SUPPORTED = "keys" in {f.name for f in dataclasses.fields(RedactionRules)}
-"""Whether :class:`~ee_middleware.capture.redaction.RedactionRules` takes key names (``keys``)."""
-
-
 def rule_keys(rules: RedactionRules) -> frozenset[str]:
-    """The key names whose values ``rules`` always redact (``redaction_keys``; none where the redactor takes none)."""
-    return frozenset(getattr(rules, "keys", ()))
+    """The key names whose values ``rules`` always redact (``redaction_keys``)."""
+    return rules.keys
 
 
 def rules_with_keys(rules: RedactionRules, keys: Sequence[str] | frozenset[str]) -> RedactionRules:
-    """``rules`` with key names whose values are always secrets (:func:`rule_keys`); a
-    :class:`~ee_middleware.errors.ConfigError` where this build's redactor takes none (they would be dropped)."""
-    if not keys:
-        return rules
-    if not _KEYS_SUPPORTED:
-        raise ConfigError(
-            f"redaction_keys ({', '.join(keys)}) cannot be applied: this build's redactor takes no key names "
-            "(RedactionRules has no keys field). Upgrade ee-middleware, or redact those values with redaction_patterns."
-        )
-    return replace(rules, keys=frozenset(keys))  # type: ignore[call-arg]
+    """``rules`` with key names whose values are always secrets (:func:`rule_keys`)."""
+    return replace(rules, keys=frozenset(keys)) if keys else rules
 
 
 def has_rules(rules: RedactionRules) -> bool:
