@@ -28,20 +28,32 @@ new_key; print(new_key())"``) values are encrypted (``"c"`` instead of ``"v"``; 
 JSON text, under ``"n"``). Encryption
 needs ``cryptography``: ``pip install 'ee-middleware[vault]'``.
 
+A pseudonym's tag is that of its value's canonical form (:func:`~ee_middleware.capture.redaction.canonical_form`), so
+spellings of one value share it: ``Jane.Doe@Gmail.com`` and ``jane.doe@gmail.com``, a card sent as the number
+``4111111111111111`` and as the text ``4111 1111 1111 1111``, an IBAN spaced and compact, ``+44 20 7946 0958`` and
+``+442079460958``. Where one pseudonym was recorded with two such spellings the vault keeps their canonical form, a
+string that works for both (the lower-cased address, the card's digits, the compact IBAN, the phone number's digits
+after its ``+``), in memory as when the file is read back (the file keeps every spelling as it was seen); a LangChain
+tool's ``int`` parameter gets the card's digits as an ``int`` still (its argument schema converts them). Two numbers
+that are the same integer (``4111111111111111`` and ``4111111111111111.0``) keep the integer. A number and its own
+digits as text keep the string, as before (above).
+
 A vault whose file is readable by group or others is refused (``chmod 600 PATH``). A placeholder
-that maps to two different values (two values whose 8-hex-digit tags collide) is *ambiguous*:
-replay does not restore it and says so.
+that maps to two different values (two values whose 8-hex-digit tags collide, or a vault shared by stores of
+different salts) is *ambiguous*: replay does not restore it and says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import threading
 from pathlib import Path
 from typing import Any
 
+from ee_middleware.capture.redaction import canonical_form
 from ee_middleware.errors import ConfigError
 
 FORMAT = "ee-redaction-vault"
@@ -176,7 +188,10 @@ class Vault:
     def _remember(self, placeholder: str, value: str | int | float) -> bool:
         """Record ``value`` for ``placeholder``; whether that changed what it stands for. A number and its digits as
         text share a pseudonym (``pin=4821`` and ``"pin is 4821"``): where both were seen the string is kept, what
-        replay gave before numbers were typed."""
+        replay gave before numbers were typed. Two spellings of one canonical form (the placeholder's kind says which:
+        ``Jane@X.com`` and ``jane@x.com``) share one too: their canonical form is kept, or the integer where both were
+        numbers. Only values of different canonical forms make it :data:`AMBIGUOUS`. :meth:`_load` replays this for
+        every line of the file, so a vault read back holds what the live one did."""
         known = self._values.get(placeholder)
         if known is None:
             self._values[placeholder] = value
@@ -188,7 +203,13 @@ class Vault:
                 return False
             self._values[placeholder] = value
             return True
-        self._values[placeholder] = AMBIGUOUS
+        kept = _one_value(placeholder, known, value)
+        if kept is None:
+            self._values[placeholder] = AMBIGUOUS
+            return True
+        if kept == known and type(kept) is type(known):
+            return False
+        self._values[placeholder] = kept
         return True
 
     # --- use ---
@@ -243,6 +264,26 @@ class Vault:
 def _text(value: str | int | float) -> str:
     """A vault value as text: a number as the digits its pseudonym was made of (:meth:`Redactor.placeholder`)."""
     return value if isinstance(value, str) else str(value)
+
+
+_TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):[0-9a-f]{8}\]")
+"""A pseudonym, its kind (the group): ``[REDACTED:email:1a2b3c4d]``."""
+
+
+def _one_value(placeholder: str, known: str | int | float, value: str | int | float) -> str | int | None:
+    """The value that stands for both ``known`` and ``value`` under ``placeholder`` when they are spellings of one
+    canonical form of its kind (:func:`~ee_middleware.capture.redaction.canonical_form`): that form, or the integer where
+    both are numbers of the same integer value; ``None`` when they are different values."""
+    match = _TAGGED.fullmatch(placeholder)
+    if match is None:
+        return None
+    kind = match.group(1)
+    canonical = canonical_form(kind, value)
+    if canonical_form(kind, known) != canonical:
+        return None
+    if not isinstance(known, str) and not isinstance(value, str) and known == value and float(value).is_integer():
+        return int(value)
+    return canonical
 
 
 _OPEN: dict[tuple[str, int, int, str | None], Vault] = {}

@@ -1,6 +1,8 @@
 """The redaction vault keeps a redacted value's JSON type: a real ``create_agent`` run recorded with
 ``record_experience(..., vault=True)`` (numbers under secret names, a card number sent as a JSON number), then what
-replay gives the sandbox (:meth:`ReplayPrivacy.restore`) is exactly the recorded call, numbers as numbers."""
+replay gives the sandbox (:meth:`ReplayPrivacy.restore`) is exactly the recorded call, numbers as numbers; but for a
+card sent in one call both as a number and as spaced text (one pseudonym since tags are canonical): the vault keeps its
+digits, which the tool still receives as an ``int`` where its parameter is one (LangChain's argument schema)."""
 
 from __future__ import annotations
 
@@ -18,22 +20,31 @@ from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.vault import KEY_ENV, Vault, new_key
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.privacy import ReplayPrivacy
+from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 
 UNLOCK = {"account": "A-7", "pin": 4821, "otp_secret": 0.5, "access_token": {"ttl": 3600, "scopes": ["read", 2]}}
 CHARGE = {"card_number": 4111111111111111, "amount": 12.5, "card_text": "4111 1111 1111 1111", "note": "paid with 5555555555554444 today"}
+CHARGE_RESTORED = {**CHARGE, "card_number": "4111111111111111", "card_text": "4111111111111111"}
+"""What replay gives back for CHARGE: the card's two spellings share a pseudonym (its canonical form, 17f4b2e), and the
+vault keeps one value for it, the one that works for both: its digits as text (a number and its digits as text keep
+the string, as before numbers were typed). Before 17f4b2e each spelling had a tag of its own and came back as sent."""
+RECEIVED: list[dict[str, Any]] = []
+"""The arguments the tools' functions were called with, as given (types included)."""
 
 
 @tool
 def unlock(account: str, pin: int, otp_secret: float, access_token: dict) -> str:
     """Unlock an account."""
+    RECEIVED.append({"account": account, "pin": pin, "otp_secret": otp_secret, "access_token": access_token})
     return "ok"
 
 
 @tool
 def charge(card_number: int, amount: float, card_text: str, note: str) -> str:
     """Charge a card."""
+    RECEIVED.append({"card_number": card_number, "amount": amount, "card_text": card_text, "note": note})
     return "charged"
 
 
@@ -65,11 +76,19 @@ def test_replay_restores_redacted_numbers_as_the_numbers_recorded(tmp_path: Path
     stored = json.dumps([unlock_call.arguments, charge_call.arguments])
     assert "4821" not in stored and "4111" not in stored and "3600" not in stored, "the store keeps placeholders"
     privacy = ReplayPrivacy.of_store(store)
-    for call, original in ((unlock_call, UNLOCK), (charge_call, CHARGE)):
+    sandbox = PythonSandbox(lambda environment: {}, {}, read_only_tools={"unlock": unlock, "charge": charge})
+    sandbox.reset({})
+    RECEIVED.clear()
+    for call, original in ((unlock_call, UNLOCK), (charge_call, CHARGE_RESTORED)):
         restored, unrestored = privacy.restore(call)
         assert unrestored == []
         assert restored.arguments == original
         assert json.dumps(restored.arguments) == json.dumps(original), "same JSON types (4821, not '4821'; 0.5, not '0.5')"
+        assert sandbox.execute(restored).is_error is False  # as the replay runner executes it (_Run.execute)
+    # what the tools' functions received: the recorded call's values and types; the card's digits an int where the
+    # parameter is one (LangChain's argument schema converts the text), the spaced text as its digits
+    assert RECEIVED == [UNLOCK, {**CHARGE, "card_text": "4111111111111111"}]
+    assert type(RECEIVED[0]["pin"]) is int and type(RECEIVED[1]["card_number"]) is int and type(RECEIVED[1]["card_text"]) is str
 
 
 def test_a_number_and_the_same_digits_in_text_share_a_pseudonym_and_replay_gives_the_string_as_before(tmp_path: Path) -> None:
