@@ -10,7 +10,9 @@ A match becomes a placeholder ``[REDACTED:<kind>]``, or with a salt (capture kee
 a consistent pseudonym ``[REDACTED:<kind>:<tag>]``: ``tag`` is the first 8 hex digits of
 HMAC-SHA256(salt, value), so the same value gets the same placeholder everywhere in a store (the
 same e-mail in a user turn, a tool argument and a tool result stays recognisably the same), while
-different stores, or no salt, give unrelated tags.
+different stores, or no salt, give unrelated tags. The value hashed is its :func:`canonical_form` (one tag for every
+spelling of an e-mail address, card, IBAN, SSN or phone number), or, for a store recorded before pseudonyms were
+canonical, the value as written (:attr:`RedactionRules.canonical_pseudonyms`, kept in the store's ``redaction.json``).
 
 :meth:`Redactor.redact_value` walks JSON-like data: values under secret-named keys (``password``,
 ``db_password``, ``apiKey``, ``client_secret``, ``pin``, ...) are replaced whole (but a number, a boolean, null or an
@@ -42,7 +44,7 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from re import Pattern
 from typing import Any
 
@@ -1030,7 +1032,8 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("phone", _PHONE, _LONG_NUMBER, check=_is_phone, finder=_phones, digits=7),
     Rule(
         "ip_address",
-        re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?![\d.])"),
+        # not followed by a digit, nor by a period and a digit (10.20.30.40.5 is no address; "from 10.20.30.40." is one)
+        re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\.?\d)"),
         _having(r"\d\.\d+\.\d"),
         needs=(".",),
         digits=3,
@@ -1073,7 +1076,8 @@ _COMPACT_IBAN = re.compile(r"[A-Za-z]{2}[0-9]{2}[A-Za-z0-9 ]+")
 
 
 def canonical_form(kind: str, value: str | int | float) -> str:
-    """The text a value's pseudonym tag is the keyed hash of (:meth:`Redactor.placeholder`): for an e-mail address the
+    """The text a value's pseudonym tag is the keyed hash of (:meth:`Redactor.placeholder`, with canonical pseudonyms,
+    :attr:`RedactionRules.canonical_pseudonyms`; else :func:`written_form`): for an e-mail address the
     address lower-cased (a URL-encoded ``@``, ``%40`` or ``%2540``, read as one), for a card number or an SSN its
     digits, for an IBAN its compact upper-case form, for a phone number its digits after a leading ``+`` if it has one
     (``+442079460958``); each also a working value for the thing it names. Any other value, and one of those kinds that
@@ -1091,6 +1095,12 @@ def canonical_form(kind: str, value: str | int | float) -> str:
     if kind == "iban" and _COMPACT_IBAN.fullmatch(text):
         return text.replace(" ", "").upper()
     return text
+
+
+def written_form(value: str | int | float) -> str:
+    """The text a value's pseudonym tag is the keyed hash of in a store recorded before pseudonyms were canonical
+    (``canonical_pseudonyms=False``): the value as written, a number as its text (``str(value)``)."""
+    return value if isinstance(value, str) else str(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -1125,7 +1135,8 @@ class RedactionRules:
     ``defaults`` turns the built-in kinds on as a group; ``kinds`` switches single built-in kinds
     on or off (``{"phone": False, "ip_address": True}``); ``patterns`` adds ``{kind: regex}``
     rules (a group named ``value`` marks the part to replace; the rest of the match is kept); ``keys`` names keys
-    whose values are always secrets (``{"dob", "national_id"}``).
+    whose values are always secrets (``{"dob", "national_id"}``); ``canonical_pseudonyms`` says which text of a value
+    its pseudonym tag is made of.
     """
 
     defaults: bool = True
@@ -1135,6 +1146,11 @@ class RedactionRules:
     """Extra key names whose values are replaced whole as secrets wherever they are a key of JSON-like data (or a name
     of ``name: value`` / ``name=value`` in text), whatever the built-in kinds say; compared by :func:`key_form`
     (case, camelCase, ``-`` and ``_`` alike)."""
+    canonical_pseudonyms: bool = True
+    """True: a pseudonym's tag is that of the value's :func:`canonical_form` (one tag for every spelling of an e-mail
+    address, card, IBAN, SSN or phone number). False: that of the value as written (:func:`written_form`), the tags of
+    a store recorded before pseudonyms were canonical; its ``redaction.json`` keeps this, so that every later writer
+    gives a value the tag its older runs have (:mod:`~ee_middleware.capture.store_redaction`)."""
 
     def __post_init__(self) -> None:
         from ee_middleware.errors import ConfigError
@@ -1159,6 +1175,8 @@ class RedactionRules:
         }
         if self.keys:  # (written only when given: a file without them reads as it did)
             data["keys"] = sorted(self.keys)
+        if not self.canonical_pseudonyms:  # (likewise: rules written without it read as canonical)
+            data["canonical_pseudonyms"] = False
         return data
 
     @classmethod
@@ -1168,6 +1186,7 @@ class RedactionRules:
             kinds=dict(data.get("kinds") or {}),
             patterns=dict(data.get("patterns") or {}),
             keys=frozenset(data.get("keys") or ()),
+            canonical_pseudonyms=data.get("canonical_pseudonyms", True) is not False,
         )
 
 
@@ -1185,9 +1204,10 @@ class Redactor:
 
     ``rules`` says what to redact (default: the built-in kinds that are on by default); ``salt``
     makes placeholders consistent pseudonyms; ``custom`` is a last ``str -> str`` pass over every
-    string. ``defaults=`` and ``extra_patterns=`` are shorthands for the same fields of ``rules``.
-    ``on_replace(pseudonym, value)`` is told of every pseudonym made (with a salt only): capture's
-    redaction vault (:mod:`ee_middleware.capture.vault`) is fed this way.
+    string. ``defaults=``, ``extra_patterns=`` and ``canonical_pseudonyms=`` are shorthands for the same fields of
+    ``rules`` (:attr:`RedactionRules.canonical_pseudonyms`: ``False`` makes the tags of the value as written, those of a
+    store recorded before pseudonyms were canonical). ``on_replace(pseudonym, value)`` is told of every pseudonym made
+    (with a salt only): capture's redaction vault (:mod:`ee_middleware.capture.vault`) is fed this way.
     """
 
     def __init__(
@@ -1199,11 +1219,16 @@ class Redactor:
         defaults: bool | None = None,
         extra_patterns: Mapping[str, str | Pattern[str]] | Iterable[str | Pattern[str]] = (),
         on_replace: Callable[[str, str], None] | None = None,
+        canonical_pseudonyms: bool | None = None,
     ) -> None:
         rules = rules or RedactionRules()
         if defaults is not None:
-            rules = RedactionRules(defaults=defaults, kinds=rules.kinds, patterns=rules.patterns, keys=rules.keys)
+            rules = replace(rules, defaults=defaults)
+        if canonical_pseudonyms is not None:
+            rules = replace(rules, canonical_pseudonyms=canonical_pseudonyms)
         self.rules = rules
+        self.canonical_pseudonyms = rules.canonical_pseudonyms
+        """Whether a tag is that of the value's :func:`canonical_form` (else that of the value as written)."""
         self.custom = custom
         self.salt = salt.encode() if isinstance(salt, str) else salt
         self.on_replace = on_replace if self.salt is not None else None
@@ -1246,13 +1271,14 @@ class Redactor:
 
         The tag is that of the value's :func:`canonical_form`: every spelling of one e-mail address, card, IBAN, SSN or
         phone number gets one pseudonym (``Jane.Doe@Gmail.com`` and ``jane.doe@gmail.com``, ``4111 1111 1111 1111``
-        and ``4111111111111111``), while ``on_replace`` gets the value as written. A number (a JSON number replaced
+        and ``4111111111111111``), while ``on_replace`` gets the value as written; with ``canonical_pseudonyms=False``
+        (a store recorded before pseudonyms were canonical) the tag is that of the value as written. A number (a JSON number replaced
         whole) gets the tag of its digits as text (the pseudonym recorded for it before
         numbers were typed, so replaying an older store compares equal); ``on_replace`` gets the number itself, and
         the vault restores it as a number unless the same tag was also seen as a string (:mod:`~.vault`)."""
         if self.salt is None:
             return f"[REDACTED:{kind}]"
-        text = canonical_form(kind, value)
+        text = canonical_form(kind, value) if self.canonical_pseudonyms else written_form(value)
         tag = hmac.new(self.salt, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:8]
         placeholder = f"[REDACTED:{kind}:{tag}]"
         if self.on_replace is not None:

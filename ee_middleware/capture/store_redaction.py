@@ -4,11 +4,22 @@ Capture and ingest write ``redaction.json`` when they first write to a store (be
 pseudonym salt), as metadata blobs the store keeps (:mod:`ee_middleware.store.metadata`: a plug-in store's
 ``read_meta``/``write_meta``, the local store's files ``<store>/redaction.json`` and ``<store>/redaction.key``)::
 
-    {"format": "ee-redaction", "version": 1,
+    {"format": "ee-redaction", "version": 4,
      "rules": {"defaults": true, "kinds": {"phone": false}, "patterns": {"ticket": "TCK-\\\\d+"}},
-     "pseudonyms": true, "vault": "/data/experience.vault", "custom_function": null}
+     "pseudonyms": true, "pseudonym_form": "canonical", "vault": "/data/experience.vault", "custom_function": null}
 
-(``rules.keys``, the ``redaction_keys`` capture was given, is written only when there are some, with version 3.)
+(``rules.keys``, the ``redaction_keys`` capture was given, is written only when there are some, with version 3 or above.)
+
+``pseudonym_form`` says which text of a value its pseudonym tag is the keyed hash of: ``"canonical"`` (one tag for
+every spelling of an e-mail address, card, IBAN, SSN or phone number: :func:`~ee_middleware.capture.redaction.canonical_form`),
+what a store made from now on records, or ``"as_written"``, the tags of a store recorded before pseudonyms were canonical:
+a ``redaction.json`` without the field was written by an older ee-middleware, whose tags were those of each value as
+written, so its store keeps them (every writer, capture appending runs included, gives a value the tag its older runs
+hold, and replay's re-redacted observations compare equal with the recorded ones). When settings are united, a store
+stays ``as_written`` if either is: its data decides. A canonical file is version 4, so that an ee-middleware from before
+this field refuses the store ("written by a newer ee-middleware") instead of reading it and appending runs whose tags
+differ from the store's for the same value; an ``as_written`` one keeps the version of its content (1 to 3), which an
+ee-middleware from before canonical pseudonyms reads and writes with the tags the store already has.
 
 Replay (rollout observations and proposed arguments, replay records and their fidelity details),
 the dataset builders (every row, held-out ones too) and the exports read it back with
@@ -64,9 +75,15 @@ logger = logging.getLogger("ee_middleware.capture")
 
 REDACTION_FILE = "redaction.json"
 FORMAT = "ee-redaction"
-VERSION = 3
+VERSION = 4
 """The newest redaction.json this version reads and writes (1: one redact_fn or none; 2: a list of them; 3: key names
-whose values are secrets, ``rules.keys``, which an older reader would drop)."""
+whose values are secrets, ``rules.keys``, which an older reader would drop; 4: canonical pseudonyms, ``pseudonym_form``,
+whose tags an older writer would not make)."""
+
+CANONICAL = "canonical"
+AS_WRITTEN = "as_written"
+PSEUDONYM_FORMS = (CANONICAL, AS_WRITTEN)
+"""The values of ``pseudonym_form`` (:attr:`StoreRedaction.pseudonym_form`)."""
 
 
 @dataclass(frozen=True)
@@ -93,14 +110,30 @@ class StoreRedaction:
         """The names of every ``redact_fn`` recorded (empty for none), in the order later writers apply them."""
         return _names(self.custom_function)
 
+    @property
+    def canonical_pseudonyms(self) -> bool:
+        """Whether pseudonym tags are those of the values' canonical forms (else of the values as written: a store
+        recorded before pseudonyms were canonical); kept in :attr:`rules`, so that every redactor made of them has it."""
+        return self.rules.canonical_pseudonyms
+
+    @property
+    def pseudonym_form(self) -> str:
+        """``"canonical"`` or ``"as_written"`` (:attr:`canonical_pseudonyms`), as ``redaction.json`` says it."""
+        return CANONICAL if self.canonical_pseudonyms else AS_WRITTEN
+
     def to_dict(self) -> dict[str, Any]:
+        # 4: canonical pseudonyms (an older writer refuses the file rather than append runs with other tags);
         # 3: key names (an older reader refuses the file rather than drop them); 2: several redact_fns (a list)
-        version = 3 if rule_keys(self.rules) else 2 if isinstance(self.custom_function, tuple) else 1
+        canonical = self.canonical_pseudonyms
+        version = 4 if canonical else 3 if rule_keys(self.rules) else 2 if isinstance(self.custom_function, tuple) else 1
+        rules = self.rules.to_dict()
+        rules.pop("canonical_pseudonyms", None)  # said once, as pseudonym_form
         return {
             "format": FORMAT,
             "version": version,
-            "rules": self.rules.to_dict(),
+            "rules": rules,
             "pseudonyms": self.pseudonyms,
+            "pseudonym_form": self.pseudonym_form,
             "vault": self.vault,
             "custom_function": list(self.custom_function) if isinstance(self.custom_function, tuple) else self.custom_function,
         }
@@ -122,20 +155,24 @@ class StoreRedaction:
         keys = rules.get("keys")
         if keys is not None and (isinstance(keys, str) or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
             raise ConfigError(f"{where}: rules.keys must be a list of key names, got {keys!r}.")
+        form = data.get("pseudonym_form", AS_WRITTEN)  # none: written by an ee from before canonical pseudonyms
+        if form not in PSEUDONYM_FORMS:
+            raise ConfigError(f"{where}: pseudonym_form must be one of {', '.join(map(repr, PSEUDONYM_FORMS))}, got {form!r}.")
         custom = data.get("custom_function")
         if not (custom is None or isinstance(custom, str) or (isinstance(custom, list) and all(isinstance(n, str) for n in custom))):
             raise ConfigError(
                 f"{where}: custom_function must be a redact_fn's 'module.function' name, a list of them, or null; got {custom!r}."
             )
         return cls(
-            rules=RedactionRules.from_dict(rules),
+            rules=RedactionRules.from_dict({**rules, "canonical_pseudonyms": form == CANONICAL}),
             pseudonyms=bool(data.get("pseudonyms", True)),
             vault=data.get("vault"),
             custom_function=tuple(custom) if isinstance(custom, list) else custom,
         )
 
     def union(self, other: StoreRedaction) -> StoreRedaction:
-        """Settings that redact everything either does (for a store written under both)."""
+        """Settings that redact everything either does (for a store written under both); pseudonyms as written if
+        either settings make them so (a store recorded before pseudonyms were canonical keeps its tags)."""
         if self.vault and other.vault and Path(self.vault) != Path(other.vault):
             raise ConfigError(
                 f"This store's redaction vault is {self.vault}; a recorder asked for {other.vault}. Use one vault per store "
@@ -148,11 +185,12 @@ class StoreRedaction:
                 name = next(f"{name}_{i}" for i in range(2, 1000) if patterns.get(f"{name}_{i}", regex) == regex)
             patterns[name] = regex
         keys = rule_keys(self.rules) | rule_keys(other.rules)
+        canonical = self.canonical_pseudonyms and other.canonical_pseudonyms
         same_kinds = kinds == sorted(self.rules.enabled_kinds())
         if same_kinds and patterns == dict(self.rules.patterns) and keys == rule_keys(self.rules):
-            rules = self.rules
+            rules = self.rules if canonical == self.canonical_pseudonyms else replace(self.rules, canonical_pseudonyms=canonical)
         else:
-            rules = _rules_for(kinds, patterns, keys)
+            rules = _rules_for(kinds, patterns, keys, canonical=canonical)
         return StoreRedaction(
             rules=rules,
             pseudonyms=self.pseudonyms or other.pseudonyms,
@@ -161,8 +199,9 @@ class StoreRedaction:
         )
 
     def redactor(self, salt: bytes | None) -> Redactor:
-        """The redactor of these settings: the rules, ``salt`` (with pseudonyms), and every ``redact_fn`` capture applied
-        (imported by its name; :class:`~ee_middleware.errors.ConfigError` when one cannot be)."""
+        """The redactor of these settings: the rules (the pseudonym form with them), ``salt`` (with pseudonyms), and
+        every ``redact_fn`` capture applied (imported by its name; :class:`~ee_middleware.errors.ConfigError` when one
+        cannot be)."""
         custom = load_custom_function(self.custom_function) if self.custom_function else None
         return Redactor(self.rules, salt=salt if self.pseudonyms else None, custom=custom)
 
@@ -293,19 +332,22 @@ def settings_in_force(store: Any, own: StoreRedaction) -> StoreRedaction:
 
 
 def same_redaction(one: StoreRedaction, other: StoreRedaction) -> bool:
-    """Whether ``one`` and ``other`` redact alike at capture (rules and ``redact_fn`` names; not the vault or the form)."""
+    """Whether ``one`` and ``other`` redact alike at capture (rules, pseudonym form and ``redact_fn`` names; not the vault
+    or how the names are written)."""
     return (
-        one.rules.enabled_kinds() == other.rules.enabled_kinds()
+        one.canonical_pseudonyms == other.canonical_pseudonyms
+        and one.rules.enabled_kinds() == other.rules.enabled_kinds()
         and dict(one.rules.patterns) == dict(other.rules.patterns)
         and rule_keys(one.rules) == rule_keys(other.rules)
         and one.custom_functions == other.custom_functions
     )
 
 
-def _rules_for(kinds: list[str], patterns: dict[str, str], keys: frozenset[str] = frozenset()) -> RedactionRules:
+def _rules_for(kinds: list[str], patterns: dict[str, str], keys: frozenset[str] = frozenset(), *, canonical: bool = True) -> RedactionRules:
     from ee_middleware.capture.redaction import KINDS
 
-    return rules_with_keys(RedactionRules(defaults=False, kinds={k: k in kinds for k in KINDS}, patterns=patterns), keys)
+    rules = RedactionRules(defaults=False, kinds={k: k in kinds for k in KINDS}, patterns=patterns, canonical_pseudonyms=canonical)
+    return rules_with_keys(rules, keys)
 
 
 def read_store_redaction(store: Any) -> StoreRedaction:

@@ -23,7 +23,11 @@ app = typer.Typer(help="Inspect and maintain an experience store.", no_args_is_h
 
 @app.command("info", epilog=examples("ee store info --store ./experience"))
 def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bool = AllowPartialOption) -> None:
-    """Counts of trajectories by approval, spool segments and Parquet parts.
+    """Counts of trajectories by approval, spool segments and Parquet parts, and the store's pseudonym form.
+
+    pseudonyms: canonical (a value's tag is that of its canonical form: one per e-mail address, card, IBAN, SSN or phone
+    number however it is written), as_written (a store recorded before pseudonyms were canonical keeps the tags of each
+    value as written), or off (plain [REDACTED:<kind>] placeholders); as its redaction.json says.
 
     A file of the store that cannot be read (no permission, a folder in its place, a failed disk) is named with what to do.
     """
@@ -36,6 +40,8 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
             data = opened.info()
         except OSError as exc:
             raise StoreError(store_unreadable(getattr(opened, "root", store), exc)) from exc
+        pseudonyms, why = _pseudonym_form(opened)
+    data = {**data, "pseudonyms": pseudonyms}
     if as_json:
         print_json(data)
         return
@@ -44,8 +50,29 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
     table = Table(title=f"Experience store {data['root']}", show_header=False)
     for key, value in data.items():
         if key != "root":
-            table.add_row(key.replace("_", " "), str(value))
+            table.add_row(key.replace("_", " "), why if key == "pseudonyms" else str(value))
     console().print(table)
+
+
+_PSEUDONYM_FORMS = {
+    "canonical": "canonical (one tag per value, however it is written)",
+    "as_written": "as written (the tags of each value as written: recorded before pseudonyms were canonical)",
+    "off": "off (plain [REDACTED:<kind>] placeholders)",
+}
+
+
+def _pseudonym_form(store: object) -> tuple[str | None, str]:
+    """How ``store``'s pseudonym tags are made (its ``redaction.json``): ``canonical``, ``as_written`` or ``off``
+    (``None`` where the file cannot be read), and the same in words."""
+    from ee_middleware.capture.store_redaction import read_store_redaction
+    from ee_middleware.errors import ConfigError
+
+    try:
+        settings = read_store_redaction(store)
+    except ConfigError as exc:
+        return None, f"unknown: {exc}"
+    form = settings.pseudonym_form if settings.pseudonyms else "off"
+    return form, _PSEUDONYM_FORMS[form]
 
 
 @app.command("compact", epilog=examples("ee store compact --store ./experience"))

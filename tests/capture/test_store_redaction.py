@@ -303,13 +303,15 @@ def test_a_store_recorded_with_one_redact_fn_before_keeps_loading_and_takes_a_se
 
 
 def test_settings_with_several_redact_fns_say_so_and_a_newer_file_is_refused_clearly(tmp_path: Path) -> None:
-    """Several redact_fns are written as version 2 (one or none stays version 1, as ever); a redaction.json from a
+    """Several redact_fns are written as version 2 (one or none stays version 1, as ever) in a store whose pseudonyms
+    are as written (recorded before canonical ones; a canonical store is version 4); a redaction.json from a
     newer ee-middleware than this one is refused naming the file, not half-read (it may redact in ways this one
     cannot)."""
-    one = StoreRedaction(custom_function="scrub_a.scrub")
+    one = StoreRedaction(rules=RedactionRules(canonical_pseudonyms=False), custom_function="scrub_a.scrub")
     several = one.union(StoreRedaction(custom_function="scrub_b.scrub"))
     assert one.to_dict()["version"] == 1
     assert several.to_dict()["version"] == 2
+    assert StoreRedaction(custom_function=("scrub_a.scrub", "scrub_b.scrub")).to_dict()["version"] == 4
     assert StoreRedaction.from_dict(several.to_dict()).custom_functions == ("scrub_a.scrub", "scrub_b.scrub")
     newer = several.to_dict() | {"version": VERSION + 1}
     with pytest.raises(ConfigError, match=rf"version {VERSION + 1}: it was written by a newer ee-middleware.*Upgrade"):

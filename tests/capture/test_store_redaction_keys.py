@@ -87,7 +87,7 @@ def test_values_under_the_redaction_keys_are_redacted_at_capture_and_the_keys_ke
     assert step.action.tool_call.arguments["profile"]["member_since"] == SINCE
     assert trajectory.environment["customers"]["CU-1001"]["DOB"].startswith("[REDACTED:secret:")
     saved = json.loads((store_path / REDACTION_FILE).read_text())
-    assert saved["rules"]["keys"] == sorted(KEYS) and saved["version"] == 3
+    assert saved["rules"]["keys"] == sorted(KEYS) and saved["version"] == 4  # (a new store: canonical pseudonyms, 4)
 
 
 def test_later_recorders_and_writers_apply_the_store_s_redaction_keys(store_path: Path) -> None:
@@ -130,8 +130,10 @@ def test_redaction_keys_are_read_from_a_capture_file_and_given_in_code(tmp_path:
 
 
 def test_settings_with_key_names_union_and_are_written_as_version_3() -> None:
-    one = StoreRedaction(rules=RedactionRules(keys=frozenset({"dob"})))
+    """(In a store whose pseudonyms are as written, recorded before canonical ones: a canonical store is version 4.)"""
+    one = StoreRedaction(rules=RedactionRules(keys=frozenset({"dob"}), canonical_pseudonyms=False))
     both = one.union(StoreRedaction(rules=RedactionRules(patterns={"t": "TCK-1"}, keys=frozenset({"tax_id"}))))
     assert set(both.rules.keys) == {"dob", "tax_id"} and both.rules.patterns == {"t": "TCK-1"}
-    assert both.to_dict()["version"] == 3 and StoreRedaction().to_dict()["version"] == 1
+    assert both.to_dict()["version"] == 3 and StoreRedaction(rules=RedactionRules(canonical_pseudonyms=False)).to_dict()["version"] == 1
     assert StoreRedaction.from_dict(both.to_dict()) == both
+    assert StoreRedaction(rules=RedactionRules(keys=frozenset({"dob"}))).to_dict()["version"] == 4
