@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import json
+import logging
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,9 +27,15 @@ from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_traje
 from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.paused import PausedDecisions
-from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.redaction import SALT_FILE, Redactor, store_salt
 from ee_middleware.capture.spandata import SpanData
-from ee_middleware.capture.store_redaction import StoreRedaction, read_store_redaction, record_store_redaction, store_redactor
+from ee_middleware.capture.store_redaction import (
+    StoreRedaction,
+    has_rules,
+    load_custom_function,
+    read_store_redaction,
+    record_store_redaction,
+)
 from ee_middleware.capture.vault import Vault
 from ee_middleware.errors import ConfigError, IngestError, StoreError
 from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_EVENTS, adapt, run_problem
@@ -49,9 +57,12 @@ from ee_middleware.ingest.spill import SpanSpill
 from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_schema_name, utcnow
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.int64 import trajectory_problem
+from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import StoreSpec, open_store
 from ee_middleware.store.rows import trajectory_from_rows
+
+logger = logging.getLogger("ee_middleware.ingest")
 
 MAX_LISTED_PROBLEMS = 200
 MAX_LISTED_PER_FILE = 20
@@ -129,14 +140,58 @@ class IngestReport:
         }
 
 
-def _ingest_redactor(store: ExperienceStore, redactor: Redactor | None) -> tuple[Redactor, StoreRedaction]:
-    """``redactor`` (its rules recorded with the store), or the store's own rules and salt; with the store's redaction
-    settings in force (``redaction.json``, which names its vault)."""
+def _ingest_settings(store: ExperienceStore, redactor: Redactor | None) -> StoreRedaction:
+    """The redaction settings ingest applies, kept as the store's ``redaction.json`` (which names its vault): the store's
+    own; with a caller's ``redactor``, the union of its rules and the store's (:meth:`StoreRedaction.union`), as every
+    recorder applies the store's recorded rules besides its own."""
+    own = read_store_redaction(store) if redactor is None else StoreRedaction(rules=redactor.rules, pseudonyms=redactor.salt is not None)
+    return record_store_redaction(store, own)
+
+
+def _ingest_salt(store: ExperienceStore, settings: StoreRedaction, given: bytes | None) -> bytes | None:
+    """The pseudonym salt ingest redacts with: the store's (``redaction.key``), so that a value gets the pseudonym it has
+    in the store's other runs and that every later writer gives it (replay, datasets, exports). A caller's redactor's salt
+    (``given``) becomes the store's where the store has none yet; for a store that keeps no metadata it is the one used.
+    ``None`` without pseudonyms, or where the settings redact nothing."""
+    if not (settings.pseudonyms and has_rules(settings.rules)):
+        return None
+    if not keeps_metadata(store):
+        return given
+    if given is not None and read_meta(store, SALT_FILE) is None:
+        write_meta(store, SALT_FILE, (given.hex() + "\n").encode(), exclusive=True)  # (another writer's, if it came first)
+    salt = store_salt(store)
+    if given is not None and salt != given:
+        logger.warning(
+            "ee-middleware: ingest redacts with the store's pseudonym salt, not the redactor's: a value gets the pseudonym it "
+            "has in the store's other runs."
+        )
+    return salt if salt is not None else given
+
+
+def _ingest_redactor(
+    settings: StoreRedaction, salt: bytes | None, redactor: Redactor | None, on_replace: Callable[[str, Any], None] | None = None
+) -> Redactor:
+    """What ingest redacts with: the rules of ``settings`` (:func:`_ingest_settings`), ``salt`` (:func:`_ingest_salt`),
+    every ``redact_fn`` the store recorded (imported by its name), and then, where the caller gave one, its ``redactor``
+    whole as a last pass over each text: what ``redaction.json`` cannot name (its ``extra_patterns=`` rules, its
+    ``custom`` function) is applied too, with the store's salt. ``on_replace`` is told of every pseudonym made (the
+    vault), as the caller's redactor's own ``on_replace`` is. The caller's redactor is left as it was."""
+    told = on_replace
+    if redactor is not None and redactor.on_replace is not None:
+        told = redactor.on_replace if on_replace is None else _also(redactor.on_replace, on_replace)
+    custom = load_custom_function(settings.custom_function) if settings.custom_function else None
     if redactor is not None:
-        settings = record_store_redaction(store, StoreRedaction(rules=redactor.rules, pseudonyms=redactor.salt is not None))
-        return redactor, settings
-    settings = record_store_redaction(store, read_store_redaction(store))
-    return store_redactor(store), settings
+        own = copy.copy(redactor)
+        own.salt, own.on_replace = salt, told if salt is not None else None
+        own.canonical_pseudonyms = settings.canonical_pseudonyms
+        custom = own.redact_text if custom is None else functools.partial(_in_turn, (custom, own.redact_text))
+    return Redactor(settings.rules, salt=salt, custom=custom, on_replace=told)
+
+
+def _in_turn(functions: tuple[Callable[[str], str], ...], text: str) -> str:
+    for function in functions:
+        text = function(text)
+    return text
 
 
 VAULT_ENV = "EE_VAULT"
@@ -157,23 +212,31 @@ def _vault_to_feed(settings: StoreRedaction) -> str | None:
 
 
 def _open_vault(path: str) -> Vault:
-    """The store's vault, opened to add to (created, as capture creates it, where it is missing); a
+    """The store's vault (which exists: only capture creates one), opened to add to; a
     :class:`~ee_middleware.errors.ConfigError` saying what to do where it cannot be (encrypted and ``EE_VAULT_KEY``
-    unset or wrong, a key set for a plain vault, loose permissions, a folder that cannot be written)."""
+    unset or wrong, a key set for a plain vault, loose permissions, a file that cannot be written)."""
     why = (
         "ingest adds each pseudonym it makes to the redaction vault the store's redaction.json names, as capture does, so "
         "that replay can restore the ingested runs' redacted arguments"
     )
     off = f"{VAULT_ENV}=off ingests without adding to it (replay then cannot restore the values only this ingest saw)"
     try:
-        return Vault(path, create=True)
+        return Vault(path)
     except ConfigError as exc:
         raise ConfigError(f"{exc} ({why}; {off}.)") from None
     except OSError as exc:
         raise ConfigError(
-            f"Cannot create the redaction vault {path} ({exc}): {why}. Set {VAULT_ENV}=PATH to where this store's vault "
+            f"Cannot open the redaction vault {path} ({exc}): {why}. Set {VAULT_ENV}=PATH to where this store's vault "
             f"is on this machine, or {off}."
         ) from exc
+
+
+def _missing_vault(path: str, where: str) -> str:
+    """What the warning and the report's note about a vault that is not there (``where``: who names it) begin with."""
+    return (
+        f"The redaction vault {path} ({where}) is missing: ingest created none (only capture creates a vault; one made here "
+        "would hold the real values in plain text, apart from the store's own vault)"
+    )
 
 
 def _also(first: Any, then: Any) -> Any:
@@ -244,34 +307,60 @@ class _Target:
         return PausedDecisions(self.store)
 
     @cached_property
+    def _redaction(self) -> tuple[StoreRedaction, bytes | None]:
+        """The redaction settings in force (recorded with the store) and the salt: :func:`_ingest_settings`, :func:`_ingest_salt`."""
+        settings = _ingest_settings(self.store, self._redactor)
+        return settings, _ingest_salt(self.store, settings, None if self._redactor is None else self._redactor.salt)
+
+    @cached_property
     def options(self) -> AssemblyOptions:
-        redactor, settings = _ingest_redactor(self.store, self._redactor)
-        redactor = self._feeding_vault(redactor, settings)
+        settings, salt = self._redaction
+        redactor = _ingest_redactor(settings, salt, self._redactor, self._vault_feed(settings, salt))
         return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
+
+    @cached_property
+    def _reviewer(self) -> Redactor:
+        return _ingest_redactor(*self._redaction, self._redactor)
+
+    def reviewer_text(self, text: str) -> str:
+        """``text`` a person wrote (``--approve-by``'s name, the decision's reason) as it is stored: redacted by the
+        ingest's rules and salt, as :func:`~ee_middleware.store.approvals.decide` stores a reviewer's (an e-mail address
+        becomes the pseudonym it has in the store's runs; not added to the vault)."""
+        return self._reviewer.redact_text(text) if self._reviewer.enabled else text
 
     vault: Vault | None = None
     """The store's redaction vault, fed the pseudonyms this ingest makes (:func:`_vault_to_feed`)."""
-    unfed: tuple[str, set[str]] | None = None
-    """With ``EE_VAULT=off``: the vault the store names, and the pseudonyms this ingest made that were not added to it."""
+    unfed: tuple[str, set[str], str | None] | None = None
+    """With ``EE_VAULT=off``, or where the vault to feed is missing: that vault, the pseudonyms this ingest made that were
+    not added to it, and (missing) who names it."""
 
-    def _feeding_vault(self, redactor: Redactor, settings: StoreRedaction) -> Redactor:
-        """``redactor`` adding every pseudonym it makes to the store's vault (a copy; :func:`_vault_to_feed`), as capture's
-        redactor does; with ``EE_VAULT=off``, counting them for a note instead."""
-        if not settings.vault or redactor.salt is None:  # no vault, or plain placeholders: nothing a vault could restore
-            return redactor
+    def _vault_feed(self, settings: StoreRedaction, salt: bytes | None) -> Callable[[str, Any], None] | None:
+        """What is told of every pseudonym this ingest makes: the store's vault (:func:`_vault_to_feed`), as capture's
+        redactor feeds it; with ``EE_VAULT=off``, or where that vault is missing, a count for the report's note instead.
+        A missing vault is never created here (only capture creates one): a store copied without its vault, or whose
+        ``redaction.json`` names another machine's path, got a new vault in plain text, even where the store's own was
+        encrypted. It is left out, as replay leaves it out, with a warning (stderr) and a note."""
+        if not settings.vault or salt is None:  # no vault, or plain placeholders: nothing a vault could restore
+            return None
         path = _vault_to_feed(settings)
-        if path is None:
-            self.unfed = (settings.vault, set())
-            made = self.unfed[1]
-
-            def add(placeholder: str, value: Any) -> None:
-                made.add(placeholder)
-        else:
+        if path is not None and Path(path).expanduser().exists():
             self.vault = _open_vault(path)
-            add = self.vault.add
-        fed = copy.copy(redactor)  # the caller's redactor is left as it was
-        fed.on_replace = add if redactor.on_replace is None else _also(redactor.on_replace, add)
-        return fed
+            return self.vault.add
+        where = None
+        if path is not None:
+            where = f"{VAULT_ENV} names it" if path != settings.vault else "the store's redaction.json names it"
+            logger.warning(
+                "%s; this ingest adds its pseudonyms to no vault. Set %s=PATH to where this store's vault is on this machine.",
+                _missing_vault(path, where),
+                VAULT_ENV,
+            )
+        self.unfed = (path or settings.vault, set(), where)
+        made = self.unfed[1]
+
+        def add(placeholder: str, value: Any) -> None:
+            made.add(placeholder)
+
+        return add
 
     def flush_vault(self) -> None:
         """Make the vault entries added so far durable (before the trajectories holding their pseudonyms are written)."""
@@ -279,16 +368,24 @@ class _Target:
             self.vault.flush()
 
     def close(self, report: IngestReport) -> None:
-        """Close the vault; note the pseudonyms not added to it with ``EE_VAULT=off``."""
+        """Close the vault; note the pseudonyms not added to it (``EE_VAULT=off``, a vault that is missing)."""
         if self.vault is not None:
             self.vault.close()
-        if self.unfed is not None and self.unfed[1]:
-            vault, made = self.unfed
+        if self.unfed is None:
+            return
+        vault, made, missing = self.unfed
+        lost = "replay cannot restore those the vault did not already hold (their steps are flagged unrestorable)"
+        again = "(their runs are found stored, and redacted again as they are read)"
+        if missing is not None:
+            report.notes.append(
+                f"{_missing_vault(vault, missing)}, so the {len(made)} pseudonym(s) this ingest made were not added to a "
+                f"vault; {lost}. Set {VAULT_ENV}=PATH to where this store's vault is on this machine and ingest the same "
+                f"files again to add them {again}."
+            )
+        elif made:
             report.notes.append(
                 f"{VAULT_ENV}=off: the {len(made)} pseudonym(s) this ingest made were not added to the store's redaction "
-                f"vault {vault}; replay cannot restore those the vault did not already hold (their steps are flagged "
-                f"unrestorable). Ingesting the same files again without {VAULT_ENV}=off adds them (their runs are found "
-                "stored, and redacted again as they are read)."
+                f"vault {vault}; {lost}. Ingesting the same files again without {VAULT_ENV}=off adds them {again}."
             )
 
     @cached_property
@@ -492,7 +589,9 @@ def _ingest_traces(
                         f"{len(unseen)} of its decisions ({'; '.join(unseen)}): review them with `ee traces show {trajectory.id}`."
                     )
         elif approve_by:
-            trajectory.approval = Approval(status="approved", by=approve_by, at=utcnow(), reason="approved at ingest")
+            trajectory.approval = Approval(
+                status="approved", by=target.reviewer_text(approve_by), at=utcnow(), reason=target.reviewer_text("approved at ingest")
+            )
         target.add(trajectory)
         new.append(trajectory)
         supersede.extend((old, trajectory) for old in versions.partial)

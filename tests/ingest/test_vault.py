@@ -7,6 +7,10 @@ restores is read with replay's own :class:`~ee_middleware.replay.privacy.ReplayP
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +121,8 @@ def test_ee_vault_naming_another_file_is_the_one_fed(tmp_path: Path, monkeypatch
     store_path = _captured_store(tmp_path)
     recorded = (tmp_path / "experience.vault").read_text()
     moved = tmp_path / "elsewhere" / "moved.vault"
+    moved.parent.mkdir()
+    shutil.copy2(tmp_path / "experience.vault", moved)  # the store's vault, where it is on this machine
     monkeypatch.setenv("EE_VAULT", str(moved))
     ingest_files([_spans(tmp_path)], str(store_path))
     assert (tmp_path / "experience.vault").read_text() == recorded and MAIL in moved.read_text()
@@ -130,3 +136,61 @@ def test_a_store_without_a_vault_gets_none(tmp_path: Path) -> None:
     assert not (tmp_path / "experience.vault").exists()
     arguments, missing = _replayed_arguments(store_path)
     assert arguments["email"].startswith("[REDACTED:email:") and len(missing) == 1
+
+
+def _missing_vault_note(report: Any, vault: Path) -> str:
+    [note] = [n for n in report.notes if "is missing" in n]
+    assert f"The redaction vault {vault}" in note and "1 pseudonym(s) this ingest made" in note, note
+    assert "EE_VAULT=PATH" in note and "plain text" in note, note
+    return note
+
+
+def test_a_missing_vault_of_an_encrypted_store_is_not_made_again_in_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """r9b finding 2: a store recorded with an encrypted vault, copied without it (or whose vault moved), ingested with no
+    key: before, ingest created a new plaintext ``<store>.vault`` holding the ingested runs' real values. Now it never
+    creates one (only capture does): the runs are ingested, and the report and stderr say what was left out and how to
+    point at the vault (as replay goes on without a missing vault)."""
+    monkeypatch.setenv(KEY_ENV, new_key())
+    store_path = _captured_store(tmp_path)
+    vault = tmp_path / "experience.vault"
+    (tmp_path / "away").mkdir()
+    shutil.move(vault, tmp_path / "away" / "experience.vault")  # the vault stays on the recording machine
+    monkeypatch.delenv(KEY_ENV)
+    report = ingest_files([_spans(tmp_path)], str(store_path))
+    assert (len(report.ingested), report.problems) == (1, 0), report.errors
+    assert not vault.exists(), "no vault made: it would hold the values in plain text, apart from the store's own"
+    _missing_vault_note(report, vault)
+    arguments, missing = _replayed_arguments(store_path)
+    assert arguments["email"].startswith("[REDACTED:email:") and len(missing) == 1
+
+
+def test_a_vault_path_from_another_machine_makes_no_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """r9b finding 2: ``redaction.json`` names the recording machine's absolute path; ingest made its folders and a
+    plaintext vault there. ``ee traces ingest`` says so on stderr and in its report, and exits 0."""
+    store_path = _captured_store(tmp_path)
+    elsewhere = tmp_path / "recmachine" / "data" / "experience.vault"
+    settings = json.loads((store_path / "redaction.json").read_text())
+    (store_path / "redaction.json").write_text(json.dumps({**settings, "vault": str(elsewhere)}))
+    result = subprocess.run(
+        [sys.executable, "-m", "ee_middleware.cli", "traces", "ingest", str(_spans(tmp_path)), "--store", str(store_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "500"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "recmachine").exists()
+    assert f"The redaction vault {elsewhere}" in result.stderr and "EE_VAULT=PATH" in result.stderr, result.stderr
+    assert "is missing" in result.stdout, result.stdout  # the report's note
+    assert len(list(LocalExperienceStore(store_path).iter_trajectories())) == 1
+
+
+def test_ee_vault_naming_a_missing_file_makes_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only capture creates a vault: a mistyped ``EE_VAULT=PATH`` makes no file there either."""
+    store_path = _captured_store(tmp_path)
+    wrong = tmp_path / "typo" / "experience.vault"
+    monkeypatch.setenv("EE_VAULT", str(wrong))
+    report = ingest_files([_spans(tmp_path)], str(store_path))
+    assert (len(report.ingested), report.problems) == (1, 0), report.errors
+    assert not (tmp_path / "typo").exists()
+    _missing_vault_note(report, wrong)
