@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -259,14 +260,21 @@ class ReplayConfig(BaseModel):
 
     @property
     def configuration_id(self) -> str:
-        """Identifies the configuration that shapes rollouts, whichever its attempt (its first attempt's replay id).
+        """Identifies the configuration that shapes rollouts, whichever its attempt (its first attempt's replay id): the
+        hash of :attr:`rollout_shaping`."""
+        return hashlib.sha256(json.dumps(self.rollout_shaping, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def rollout_shaping(self) -> dict[str, Any]:
+        """What shapes this configuration's rollouts, as :attr:`configuration_id` hashes it.
 
         The policy and sandbox specs count as they are shown (:func:`~ee_middleware.models.urls.shown_spec`, credentials
         in their URLs masked): the same id as ever for a spec without credentials, and one id for specs that differ only
         in their credentials (a rotated password replays the same configuration: it shapes no rollout). The policy's and
-        the sandbox's settings count alike (:func:`shaping_settings`): a secret-named one (``api_key``, ``hf_token``,
-        ``Authorization``, at any depth) is left out, so a rotated key resumes the configuration and no key is an input
-        of the id."""
+        the sandbox's settings count alike (:func:`shaping_settings`): a credential (``api_key``, ``hf_token``,
+        ``Authorization``, at any depth) is left out and a credential-shaped value of any other setting masked, so a
+        rotated key resumes the configuration and no key is an input of the id; every other setting counts
+        (``token_budget``, ``eos_token``, ``key``)."""
         from ee_middleware.models.urls import shown_spec
 
         shaping = {"sandbox": shown_spec(self.sandbox), "policy": shown_spec(self.policy), "k": self.k, "seed": self.seed}
@@ -278,24 +286,79 @@ class ReplayConfig(BaseModel):
         policy_options = shaping_settings(self.policy_options())
         if self.policy != "mutate" or policy_options:
             shaping.update(policy_options)
-        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
+        return shaping
+
+
+_CREDENTIAL_WORDS = frozenset(
+    {"password", "passwd", "passphrase", "pwd", "secret", "secrets", "apikey", "authorization", "auth", "token"}
+    | {"credential", "credentials", "cookie"}
+)
+"""A setting's last word that makes it a credential (``db_password``, ``client_secret``, ``Proxy-Authorization``,
+``basic_auth``, ``token``: Hugging Face's ``token=``); ``token`` after another word only as :data:`_TOKEN_KINDS` say."""
+_KEY_KINDS = frozenset(
+    {"api", "access", "secret", "private", "signing", "encryption", "master", "client", "subscription", "account", "auth"}
+    | {"session", "license"}
+)
+"""The words before a last ``key`` that make it a credential (``api_key``, ``X-Api-Key``, ``aws_secret_access_key``,
+``Ocp-Apim-Subscription-Key``); ``key``, ``cache_key``, ``sort_key`` are not."""
+_TOKEN_KINDS = frozenset(
+    {"access", "refresh", "id", "auth", "bearer", "session", "api", "oauth", "oauth2", "jwt", "sso", "csrf", "xsrf", "security"}
+    | {"hf", "hub", "huggingface", "github", "gh", "gitlab", "slack", "wandb", "openai", "anthropic", "bot", "discord"}
+    | {"service", "app", "client", "admin", "master", "private", "secret", "personal"}
+)
+"""The words before a last ``token`` that make it a credential (``access_token``, ``hf_token``, ``github_token``,
+``X-Auth-Token``). A tokenizer's tokens (``eos_token``, ``pad_token``, ``stop_token``) and counts (``token_budget``,
+``max_tokens``) are not: a word not here keeps the setting in the id (a credential's form is masked there still)."""
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+"""Where a camelCase name's words meet (``apiKey``, ``HFToken``, ``APIKey``)."""
+
+
+def is_credential_name(name: str) -> bool:
+    """Whether a setting named ``name`` holds a credential: it picks the account that answers, never the rollouts.
+
+    Narrower than the names masked for display (:func:`~ee_middleware._toml._is_secret_name`, which takes any name that
+    might hold one: ``key``, ``eos_token``, ``token_budget``, ``auth_mode``): a name's last word, or last two, must name
+    a credential (``api_key``, ``apiKey``, ``password``, ``client_secret``, ``Authorization``, ``access_token``,
+    ``hf_token``, ``github_token``, ``token``, ``private_key``, ``credentials``)."""
+    words = [word for word in re.split(r"[^a-z0-9]+", _CAMEL.sub("_", name).lower()) if word]
+    if not words:
+        return False
+    last, before = words[-1], words[-2] if len(words) > 1 else None
+    if last == "token":
+        return before is None or before in _TOKEN_KINDS
+    if last == "key":
+        return before in _KEY_KINDS
+    return last in _CREDENTIAL_WORDS
+
+
+_CREDENTIAL_FORMS = {"private_key": True, "jwt": True, "basic_auth": True, "bearer_token": True, "api_key": True}
+"""The built-in redaction kinds (:mod:`~ee_middleware.capture.redaction`) of a credential's form: masked in the value of
+any setting, whatever its name (``key="sk-..."``, ``{"X-Custom": "Bearer ..."}``)."""
 
 
 def shaping_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` (a policy's or a sandbox's keyword options) as they count in a replay id: every secret-named entry
-    left out (:func:`~ee_middleware._toml._is_secret_name`: ``api_key``, ``hf_token``, ``client_secret``, ``Authorization``,
-    in nested tables too), and the credentials of URLs in text values masked (:func:`~ee_middleware.models.urls.shown_spec`);
-    settings without either unchanged (their ids are the ones they always had). A credential picks the account that
-    answers, not the rollouts."""
-    from ee_middleware._toml import _is_secret_name
+    """``settings`` (a policy's or a sandbox's keyword options) as they count in a replay id.
+
+    - A credential (:func:`is_credential_name`: ``api_key``, ``hf_token``, ``client_secret``, ``Authorization``, in nested
+      tables too) is left out, whatever its value: the id of a configuration given a key is the one without it (a key
+      from the environment), a rotated key resumes it, and no key is an input of the id.
+    - In every other text value, a credential's form (an OpenAI, Hugging Face, GitHub, ... key, a JWT, ``Bearer ...``,
+      ``Basic ...``, a PEM private key; :data:`_CREDENTIAL_FORMS`) is replaced by its marker (``[REDACTED:api_key]``),
+      the setting kept: ``key="orders"`` and ``key="refunds"`` are two configurations, ``key="sk-..."`` rotated is one.
+    - The credentials of URLs are masked as :func:`~ee_middleware.models.urls.shown_spec` masks them.
+
+    Settings without any are unchanged (their ids are the ones they always had)."""
+    from ee_middleware.capture.redaction import RedactionRules, Redactor
     from ee_middleware.models.urls import shown_spec
+
+    redactor = Redactor(RedactionRules(defaults=False, kinds=_CREDENTIAL_FORMS))
 
     def shaped(value: Any) -> Any:
         if isinstance(value, dict):
-            return {key: shaped(item) for key, item in value.items() if not (isinstance(key, str) and _is_secret_name(key))}
+            return {key: shaped(item) for key, item in value.items() if not (isinstance(key, str) and is_credential_name(key))}
         if isinstance(value, (list, tuple)):
             return [shaped(item) for item in value]
-        return shown_spec(value) if isinstance(value, str) else value
+        return redactor.redact_text(shown_spec(value)) if isinstance(value, str) else value
 
     return shaped(settings)  # type: ignore[no-any-return]
 
