@@ -185,9 +185,17 @@ class ChatTemplateError(ModelError):
     """A model's chat template cannot render the given messages."""
 
 
-_SECRET_ASSIGNMENT = re.compile(r"(?i)(?:\b|(?<=[_-]))((?:api[_-]?key|token|secret|password|passwd|authorization)\s*[=:]\s*)[^\s,;'\"]+")
+_AUTH_SCHEME = r"(?:bearer|basic|token|digest|negotiate|ntlm|apikey|api-key|key|dpop|hawk|mac|oauth|ssws|sso-key|aws4-hmac-sha256)"
+"""The words of HTTP auth schemes (RFC 9110's ``Authorization: <scheme> <credentials>``, and those of common APIs)."""
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)(?:\b|(?<=[_-]))((?:api[_-]?key|token|secret|password|passwd|authorization)\s*[=:]\s*"
+    rf"(?P<quote>['\"])?(?:{_AUTH_SCHEME}\s+(?=[^\s,;'\"]))?)"
+    r"(?(quote)(?:(?!(?P=quote))[^\n])+|[^\s,;'\"]+)"
+)
 """``api_key=...``, ``token: ...`` and the like in prose, after a prefix too (``access_token=``, ``hf_token:``,
-``client_secret=``), outside URLs: in a URL, :func:`~ee_middleware.models.urls.shown_spec` masks the query parameters."""
+``client_secret=``), outside URLs: in a URL, :func:`~ee_middleware.models.urls.shown_spec` masks the query parameters.
+The value is the word after an auth scheme (``Authorization: Bearer eyJ...``: the token, the scheme kept), and a quoted
+value runs to its closing quote (``api_key="sk-..."``, ``password = 'two words'``)."""
 _URL_REST = re.compile(r"://[^\s'\"<>]*")
 """A URL after its scheme, to its end (a space, a quote or an angle bracket), as :func:`hide_credentials` finds URLs."""
 

@@ -67,8 +67,11 @@ def test_a_prefixed_secret_assignment_in_prose_is_hidden() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["a-" * 100_000, "a." * 100_000 + "://x", "token-" * 40_000, "https://h/?" + "a=1&" * 50_000],
-    ids=["hyphenated", "dotted-scheme", "tokens", "query"],
+    [
+        *("a-" * 100_000, "a." * 100_000 + "://x", "token-" * 40_000, "https://h/?" + "a=1&" * 50_000),
+        *('api_key="' * 25_000, "Authorization: Bearer " * 20_000, "https://h/" + "#key=1" * 30_000),
+    ],
+    ids=["hyphenated", "dotted-scheme", "tokens", "query", "open-quotes", "schemes", "fragments"],
 )
 def test_a_long_text_is_hidden_in_time_growing_with_its_length(text: str) -> None:
     # Was: a URL's scheme was matched from every word start of a run of letters, dots and hyphens to its end (200 KB:
@@ -79,3 +82,50 @@ def test_a_long_text_is_hidden_in_time_growing_with_its_length(text: str) -> Non
     hide_credentials(text)
     shown_spec(text)
     assert time.perf_counter() - started < 3
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Authorization: Bearer eyJabc.def.ghi rejected", "Authorization: Bearer *** rejected"),
+        ("Authorization=Bearer sk-abcdefghijklmnop1234 x", "Authorization=Bearer *** x"),
+        ("authorization:bearer abc123", "authorization:bearer ***"),
+        ("Proxy-Authorization: Basic dXNlcjpwYXNz=", "Proxy-Authorization: Basic ***"),
+        ("Authorization: Token abc123, retrying", "Authorization: Token ***, retrying"),
+        ('curl -H "Authorization: Bearer abc123" https://h/v1', 'curl -H "Authorization: Bearer ***" https://h/v1'),
+        ("x-auth-token: Bearer abc123", "x-auth-token: Bearer ***"),
+        ("Authorization: Bearer", "Authorization: ***"),  # no credential after the scheme: the word itself, as before
+    ],
+)
+def test_the_credential_after_an_auth_scheme_is_hidden_not_the_scheme(text: str, shown: str) -> None:
+    # Was: 'Authorization: *** eyJabc.def.ghi': the scheme word was taken for the value, the token after it kept (r9b 8).
+    assert hide_credentials(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ('api_key="sk-abc" x', 'api_key="***" x'),
+        ("password = 'two words' then", "password = '***' then"),
+        ('Authorization: "Bearer eyJabc.def.ghi"', 'Authorization: "Bearer ***"'),
+    ],
+)
+def test_a_quoted_value_of_a_secret_assignment_is_hidden_whole(text: str, shown: str) -> None:
+    # Was: a quote right after '=' or ':' ended the value before it began, so the whole value was kept.
+    assert hide_credentials(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("url=https://h.example/cb#access_token=abc123&state=1", "url=https://h.example/cb#access_token=***&state=1"),
+        ("to https://app.example/#id_token=eyJa.b.c&expires_in=3600 done", "to https://app.example/#id_token=***&expires_in=3600 done"),
+        ("https://app.example/#/callback?code=4321&state=s", "https://app.example/#/callback?code=***&state=s"),
+        ("openai:http://127.0.0.1:8000/v1#flight-bot", "openai:http://127.0.0.1:8000/v1#flight-bot"),  # a spec's model: unchanged
+    ],
+)
+def test_a_secret_in_a_urls_fragment_is_hidden_as_shown_spec_hides_it(text: str, shown: str) -> None:
+    # Was: '#access_token=abc123' (OAuth's implicit flow puts the token in the fragment) was kept: only '?', '&' and
+    # ';' started a parameter.
+    assert hide_credentials(text) == shown
+    assert shown_spec(text) == shown, "one rule for URLs"

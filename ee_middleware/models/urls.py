@@ -77,8 +77,9 @@ _USERINFO = re.compile(r"""(://)[^/?#\s'"<>]*@""")
 """A URL's ``user:password@`` part: up to its last ``@`` before the path (``urllib`` splits there too). Found from the
 ``://`` alone, the scheme before it left as it is: a pattern starting at the scheme's first letter tried every word of a
 long run of letters, dots and hyphens (``a.a.a...``) to its end, in time growing with the square of its length."""
-_QUERY_ITEM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#?\s'\"<>]+)=(?P<value>[^&;#\s'\"<>]*)")
-"""A query parameter and its value, up to the next parameter, the fragment (a spec's ``#MODEL``) or a space."""
+_QUERY_ITEM = re.compile(r"(?P<lead>[?&;#])(?P<name>[^=&;#?\s'\"<>]+)=(?P<value>[^&;#\s'\"<>]*)")
+"""A query parameter and its value, up to the next parameter, the fragment (a spec's ``#MODEL``) or a space; and one
+in a fragment (``#access_token=...``, where OAuth's implicit flow puts the token; a spec's ``#MODEL`` has no ``=``)."""
 _URL_SECRET_WORDS = frozenset({"sig", "signature", "code", "jwt", "pass", "session", "sessionid", "otp"})
 """Query parameter words that hold a secret in URLs though their names do not say so to the settings' rule
 (``sig``/``signature`` of signed URLs, Azure Functions' ``code``, ...)."""

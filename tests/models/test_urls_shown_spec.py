@@ -56,3 +56,17 @@ def test_a_client_refusing_its_base_url_names_it_masked() -> None:
         OpenAIChatClient("http://alice:s3cr3tpw@bad host/v1?api_key=sk-LEAK", "m")
     assert "s3cr3tpw" not in str(refused.value) and "sk-LEAK" not in str(refused.value)
     assert shown_url("http://alice:s3cr3tpw@h/v1?api_key=sk-LEAK") == "http://***@h/v1?api_key=***"
+
+
+@pytest.mark.parametrize(
+    ("spec", "shown"),
+    [
+        ("https://h.example/cb#access_token=abc123&state=1", "https://h.example/cb#access_token=***&state=1"),
+        ("https://h.example/cb#state=1&access_token=abc123", "https://h.example/cb#state=1&access_token=***"),
+        ("openai:http://h/v1?api_key=sk-1#m", "openai:http://h/v1?api_key=***#m"),
+        ("openai:http://h/v1#model=v2", "openai:http://h/v1#model=v2"),  # nothing secret in the fragment: unchanged
+    ],
+)
+def test_a_secret_parameter_in_a_urls_fragment_is_masked(spec: str, shown: str) -> None:
+    # Was: the parameter right after '#' (OAuth's implicit flow: '#access_token=...') was kept.
+    assert shown_spec(spec) == shown
