@@ -22,8 +22,10 @@ told of each such trajectory. The Parquet export keeps its one row and tells ``o
 messages do not hold.
 
 Everything exported goes through the store's own redaction rules and salt once more
-(:func:`~ee_middleware.capture.store_redaction.store_redactor`): what capture stored is already
-redacted, and redacting twice changes nothing; anything a later writer left is caught here.
+(:func:`~ee_middleware.capture.store_redaction.store_redactor`), the tool schemas as capture redacts them
+(:func:`~ee_middleware.capture.assembler.redact_tool_schemas`: their text and values; names and structure kept): what
+capture stored is already redacted, and redacting twice changes nothing; anything a later writer left, a run recorded
+before capture redacted tool schemas or before a pattern was added, is caught here.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any, TypeVar
 import polars as pl
 
 from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_parquet, remove_abandoned_temps
+from ee_middleware.capture.assembler import redact_tool_schemas
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, StoreError, os_error_advice
 from ee_middleware.messages import parse_arguments
@@ -66,7 +69,8 @@ def export_jsonl(
     :class:`~ee_middleware.errors.StoreError` naming the store's file when the store cannot be read.
     """
     path = _output_path(out, "jsonl")
-    redact = _reading(store, path, lambda: store_redactor(store, create_salt=False)).redact_value
+    redactor = _reading(store, path, lambda: store_redactor(store, create_salt=False))
+    redact = redactor.redact_value
     count = 0
     with _writing(path), _output_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for trajectory, weights, others in _deciding(store, status, on_skipped, path):
@@ -80,12 +84,12 @@ def export_jsonl(
             parts = [(trajectory, weights)] if 1 in weights else []
             parts += [(o, decided_by_run(o)) for o in others]
             for messages, example_weights, tools in (e for part, part_weights in parts for e in _examples(part, part_weights)):
-                messages = [_openai_message(m) for m in redact(messages)]  # tool schemas: the app's code, kept
+                messages = [_openai_message(m) for m in redact(messages)]
                 example: dict[str, Any] = {
                     "messages": [{**m, "weight": 0} if w == 0 else m for m, w in zip(messages, example_weights, strict=True)]
                 }
                 if tools:
-                    example["tools"] = tools
+                    example["tools"] = redact_tool_schemas(tools, redactor)
                 fh.write(json.dumps(example, ensure_ascii=False) + "\n")
                 count += 1
     return count
@@ -108,7 +112,8 @@ def export_parquet(
 
     The file is written as :func:`export_jsonl` writes it, with the same errors."""
     path = _output_path(out, "parquet")
-    redact = _reading(store, path, lambda: store_redactor(store, create_salt=False)).redact_value
+    redactor = _reading(store, path, lambda: store_redactor(store, create_salt=False))
+    redact = redactor.redact_value
     rows = []
     for t, weights, others in _deciding(store, status, on_skipped, path):
         if others and on_split is not None:
@@ -133,7 +138,7 @@ def export_parquet(
                     _message_struct(_openai_message(m), w, offered.get(p) if w == 1 else None)
                     for p, (m, w) in enumerate(zip(redact(t.messages), weights, strict=True))
                 ],
-                "tools": json.dumps(t.tools, ensure_ascii=False),
+                "tools": json.dumps(redact_tool_schemas(t.tools, redactor), ensure_ascii=False),
             }
         )
     with _writing(path):
