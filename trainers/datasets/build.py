@@ -48,7 +48,7 @@ from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.iwm import IWMOptions, find_repeated_rollouts
 from ee_middleware.trainers.datasets.passes import ILWriter, IWMWriter, KindWriter, SRWriter, run_pass
-from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redaction_metadata
+from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redact_tools_text, redaction_metadata
 from ee_middleware.trainers.datasets.rows import KINDS, SYNTHETIC, conform
 from ee_middleware.trainers.datasets.source import GROUNDED_ON_HELD_OUT, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.split import (
@@ -787,7 +787,7 @@ def to_hf_dataset(frame: pl.DataFrame, *, redactor: Redactor | None = None) -> A
                 **{k: v for k, v in row.items() if k not in ("prompt", "completion", "tools")},
                 "prompt": json.dumps(redactor.redact_value(with_decoded_arguments(json.loads(row["prompt"])))),
                 "completion": json.dumps(redactor.redact_value(with_decoded_arguments(json.loads(row["completion"])))),
-                "tools": row["tools"],
+                "tools": redact_tools_text(redactor, row["tools"]),
             }
         )
     return datasets.Dataset.from_list(records)

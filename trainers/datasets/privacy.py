@@ -1,21 +1,25 @@
 """The store's redaction on every dataset row, and no training on a placeholder as if it were a value.
 
-Every row of every kind (held-out ones too) has its prompt and completion redacted with the store's
-own rules and salt (:func:`~ee_middleware.capture.store_redaction.store_redactor`) before it is
-written, whatever the store holds. Tool schemas are the app's code, not user data: capture keeps them
-as they are, and so do datasets and exports (a model is trained on the schemas it is served with).
-Then placeholders are dealt with by kind:
+Every row of every kind (held-out ones too) has its prompt, its completion and its tool schemas redacted with
+the store's own rules and salt (:func:`~ee_middleware.capture.store_redaction.store_redactor`) before it is
+written, whatever the store holds. Tool schemas carry user data too (a tool built at run time, ``f"Send mail as
+{user_email}"``; an ``enum`` of addresses; a ``default``): capture redacts their text and values and keeps their names
+and structure (:func:`~ee_middleware.capture.assembler.redact_tool_schemas`), and the rows' ``tools`` go through the
+same function with the store's current rules, so a run recorded before capture did, or before a pattern was added,
+leaks nothing through them. Then placeholders are dealt with by kind, a placeholder counting as *seen* where the row's
+prompt or its tools show it (the model is served those schemas: an ``enum`` of pseudonyms offers the value the
+expert's call copies):
 
 * **IL and SR** (the target is the expert's action): a row whose completion holds a placeholder the
-  prompt does not show is **dropped**. With pseudonyms, a target such as
+  row does not show is **dropped**. With pseudonyms, a target such as
   ``find_user_by_email(email="[REDACTED:email:1a2b3c4d]")`` whose prompt holds the same pseudonym
   (the user gave the address) teaches the model to copy the value it was shown, which is what it
   must do with real values when served; one whose pseudonym appears nowhere in the prompt would
-  teach it to write a placeholder out of nothing. A plain ``[REDACTED:kind]`` names no value, so it
+  teach it to write a placeholder out of nothing (the row's tools count: an ``enum`` shows its values). A plain ``[REDACTED:kind]`` names no value, so it
   can never be checked and its rows are dropped too;
-* **IWM** (the target is the tool's answer): pseudonyms the prompt does not show are **rewritten**
+* **IWM** (the target is the tool's answer): pseudonyms the row does not show are **rewritten**
   to the plain ``[REDACTED:<kind>]`` (the world model learns that an e-mail address is there, not a
-  random tag); pseudonyms the prompt shows stay, so it learns which value comes back;
+  random tag); pseudonyms the row shows stay, so it learns which value comes back;
 * **rollouts the sandbox answered for a placeholder** (``Rollout.unrestored``: replayed without
   the values) are left out of IWM and SR (see :func:`~ee_middleware.trainers.datasets.source.load_source`).
 
@@ -31,6 +35,7 @@ from typing import Any
 
 import polars as pl
 
+from ee_middleware.capture.assembler import redact_tool_schemas
 from ee_middleware.capture.redaction import PLACEHOLDER, Redactor
 
 REDACTION_METADATA_KEY = "ee.redaction"
@@ -40,36 +45,59 @@ _TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):[0-9a-f]{8}\]")
 
 
 def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.DataFrame, dict[str, int]]:
-    """``frame`` redacted with ``redactor``, IL/SR rows with unseen placeholders dropped, IWM ones rewritten."""
+    """``frame`` redacted with ``redactor`` (prompts, completions and tool schemas), IL/SR rows with placeholders they do
+    not show (in their prompt or their tools) dropped, IWM ones rewritten."""
     counts: Counter[str] = Counter()
     if frame.is_empty():
         return frame, {}
     prompts = [_redact(redactor, p) for p in frame["prompt"].to_list()]
     completions = [_redact(redactor, c) for c in frame["completion"].to_list()]
+    redacted_tools: dict[str | None, str | None] = {}  # rows of a trajectory share its tools: each text redacted once
+    tools = frame["tools"].to_list() if "tools" in frame.columns else [None] * frame.height
+    for text in set(tools):
+        redacted_tools[text] = redact_tools_text(redactor, text)
+    tools = [redacted_tools[text] for text in tools]
     keep = [True] * len(prompts)
     for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
         if "[REDACTED:" not in completion:
             continue
-        unseen = [p for p in PLACEHOLDER.findall(completion) if p.count(":") < 2 or p not in prompt]
+        shown = f"{prompt}\n{tools[i] or ''}"  # what the model is given: the conversation and the tools offered
+        unseen = [p for p in PLACEHOLDER.findall(completion) if p.count(":") < 2 or p not in shown]
         if not unseen:
             counts["rows_with_placeholders_seen_in_prompt"] += 1
         elif kind == "iwm":
-            rewritten = _TAGGED.sub(lambda m, seen=prompt: m.group(0) if m.group(0) in seen else f"[REDACTED:{m.group(1)}]", completion)
+            rewritten = _TAGGED.sub(lambda m, seen=shown: m.group(0) if m.group(0) in seen else f"[REDACTED:{m.group(1)}]", completion)
             if rewritten != completion:
                 completions[i] = rewritten
                 counts["rows_with_unseen_pseudonyms_rewritten"] += 1
         else:
             keep[i] = False
             counts["dropped_placeholder_not_in_prompt"] += 1
-    frame = frame.with_columns(
-        pl.Series("prompt", prompts, dtype=pl.String),
-        pl.Series("completion", completions, dtype=pl.String),
-    )
+    columns = [pl.Series("prompt", prompts, dtype=pl.String), pl.Series("completion", completions, dtype=pl.String)]
+    if "tools" in frame.columns:
+        columns.append(pl.Series("tools", tools, dtype=pl.String))
+    frame = frame.with_columns(columns)
     return frame.filter(pl.Series(keep)), dict(counts)
 
 
 def _redact(redactor: Redactor, text: str | None) -> str | None:
     return redactor.redact_value(text) if text and redactor.enabled else text
+
+
+def redact_tools_text(redactor: Redactor, text: str | None) -> str | None:
+    """A row's ``tools`` (tool schemas as JSON text) redacted as capture redacts tool schemas
+    (:func:`~ee_middleware.capture.assembler.redact_tool_schemas`: descriptions, enum/default/example values; names and
+    structure kept); the text as it was where nothing changed. A text that is no JSON list is redacted as text."""
+    if not text or not redactor.enabled:
+        return text
+    try:
+        tools = json.loads(text)
+    except ValueError:
+        tools = None
+    if not isinstance(tools, list):
+        return redactor.redact_text(text)
+    redacted = redact_tool_schemas(tools, redactor)
+    return text if redacted == tools else json.dumps(redacted, ensure_ascii=False, separators=(",", ":"))
 
 
 def redaction_metadata(redactor: Redactor) -> dict[str, str]:
@@ -94,7 +122,11 @@ def dataset_redactor(path: Any) -> Redactor:
 
 
 def redact_messages(redactor: Redactor, example: dict[str, Any]) -> dict[str, Any]:
-    """One exported example's ``messages`` through ``redactor`` (``tools`` are left as they are)."""
+    """One exported example's ``messages`` and ``tools`` through ``redactor`` (the tools as capture redacts tool schemas,
+    :func:`~ee_middleware.capture.assembler.redact_tool_schemas`)."""
     if not redactor.enabled:
         return example
-    return {**example, "messages": redactor.redact_value(example["messages"])}
+    redacted = {**example, "messages": redactor.redact_value(example["messages"])}
+    if example.get("tools"):
+        redacted["tools"] = redact_tool_schemas(example["tools"], redactor)
+    return redacted
