@@ -510,6 +510,12 @@ def ingest_spans(
     without it (a run whose root span was rejected would otherwise lose its status, for example).
     ``store`` may be a spec (see :func:`~ee_middleware.store.registry.open_store`): it is opened only
     when a run assembles, so a new store is not created for input that holds none.
+
+    Runs are redacted with the store's rules, ``redact_fn`` and salt (``redaction.json``), as capture redacts them; a
+    ``redactor`` given here is applied besides them, never instead (:func:`_ingest_redactor`: its rules are recorded with
+    the store's, its salt becomes the store's only where the store has none). ``approve_by`` approves every run stored
+    in that name, redacted as ``ee traces approve`` stores a reviewer's. The store's redaction vault is fed the
+    pseudonyms made, where it exists (``EE_VAULT``; a missing one is never created: a report note says what was left out).
     """
     report = report or IngestReport()
     traces: set[str] = set()
