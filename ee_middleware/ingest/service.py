@@ -180,7 +180,7 @@ def _ingest_redactor(
     if redactor is not None and redactor.on_replace is not None:
         told = redactor.on_replace if on_replace is None else _also(redactor.on_replace, on_replace)
     custom = load_custom_function(settings.custom_function) if settings.custom_function else None
-    if redactor is not None:
+    if redactor is not None and redactor.enabled:  # (one that redacts nothing adds no pass)
         own = copy.copy(redactor)
         own.salt, own.on_replace = salt, told if salt is not None else None
         own.canonical_pseudonyms = settings.canonical_pseudonyms
