@@ -143,6 +143,115 @@ def redaction_settings(config: CaptureConfig, vault: Vault | os.PathLike[str] | 
     )
 
 
+_MAIN_MODULES = ("__main__", "__mp_main__")
+"""The names a script's own module has (``__mp_main__``: the script as a ``multiprocessing`` spawn child imports it)."""
+
+
+def redact_fn_problem(fn: Callable[..., Any]) -> str | None:
+    """Why ``fn``, a recorder's own ``redact_fn``, cannot be recorded in the store's ``redaction.json`` (``None`` when
+    it can): its name there (``module.qualname``, :func:`~ee_middleware.capture.store_redaction.function_name`) must
+    import back to this very function in another process, since replay, dataset builds, exports, ingest and every other
+    recorder of the store import it by that name and apply it. A lambda, a function defined inside another one, a
+    function of the script run as ``__main__`` (a notebook's too), a ``functools.partial`` or a callable object cannot be:
+    once its name is recorded, every other recorder of the store would refuse to start."""
+    from ee_middleware.capture.store_redaction import function_name
+
+    name = function_name(fn)
+    module, qualname = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return f"{name} ({type(fn).__name__}) has no 'module.function' name another process could import it by"
+    if "<lambda>" in qualname:
+        return f"{name} is a lambda, which has no name to import it by"
+    if "<locals>" in qualname:
+        return f"{name} is defined inside another function, which cannot be imported"
+    if module in _MAIN_MODULES:
+        spec = getattr(sys.modules.get(module), "__spec__", None)  # python -m package.module: the script has a module name
+        also = f"; import it from {spec.name} instead (from {spec.name} import {qualname})" if getattr(spec, "name", None) else ""
+        return (
+            f"{name} is defined in the script run as __main__ (or a notebook): replay, dataset builds, exports and other "
+            f"recorders run in processes of their own, whose __main__ is their own program, so they cannot import it{also}"
+        )
+    import importlib
+
+    try:
+        target: Any = importlib.import_module(module)
+        for attr in qualname.split("."):
+            target = getattr(target, attr)
+    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, the module's own error: all mean the same here
+        return f"{name} does not import back ({type(exc).__name__}: {exc})"
+    if target is not fn and target != fn:  # (a bound method compares equal to the same method bound again)
+        return f"{name} imports another object than this redact_fn (a method of an object, or a name reused in its module)"
+    return None
+
+
+def refuse_unimportable_redact_fn(fn: Callable[..., Any] | None) -> None:
+    """Raise :class:`~ee_middleware.errors.ConfigError` for a recorder's own ``redact_fn`` that cannot be recorded in the
+    store (:func:`redact_fn_problem`), saying what to do; called before the recorder makes or writes anything."""
+    from ee_middleware.errors import ConfigError
+
+    why = redact_fn_problem(fn) if fn is not None else None
+    if why is None:
+        return
+    short = getattr(fn, "__name__", None) or "my_scrubber"
+    short = short if short.isidentifier() else "my_scrubber"
+    raise ConfigError(
+        f"redact_fn cannot be used: {why}. The store keeps a redact_fn by its 'module.function' name (redaction.json's "
+        "custom_function), and replay, dataset builds, exports, ingest and every other recorder of the store import it by "
+        "that name and apply it, so one they cannot import would stop all of them. Define it at module level in an "
+        f"importable module (your app's package, e.g. myapp/privacy.py: def {short}(text: str) -> str: ...) and pass that: "
+        f"from myapp.privacy import {short}; record_experience(..., redact_fn={short})."
+    )
+
+
+def recorded_function_fix(store: Any, settings: StoreRedaction, own: Callable[..., Any] | None) -> str:
+    """What to add to the :class:`~ee_middleware.errors.ConfigError` of
+    :func:`~ee_middleware.capture.store_redaction.capture_custom_function` for ``settings`` (a ``redact_fn`` the store
+    recorded that this process cannot import): how to recover where it cannot be made importable (a lambda or a
+    ``__main__`` function another writer recorded), naming the file and the key to edit."""
+    from ee_middleware.capture.store_redaction import REDACTION_FILE, function_name, load_custom_function
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.store.metadata import meta_where
+
+    mine = function_name(own) if own is not None else None
+    missing = []
+    for name in settings.custom_functions:
+        if name == mine:
+            continue
+        try:
+            load_custom_function(name)
+        except ConfigError:
+            missing.append(name)
+    never = [name for name in missing if "<" in name or name.split(".", 1)[0] in _MAIN_MODULES]
+    names = " and ".join(f'"{name}"' for name in missing) or "the name"
+    if never:
+        first = (
+            f"{' and '.join(never)} can never be imported, here or by any other process (a lambda, a function defined "
+            "inside another or in a script run as __main__; a recorder no longer accepts such a redact_fn, an older "
+            "ee-middleware did), so the fixes above do not apply to it. To recover, edit"
+        )
+    else:
+        first = "If it cannot be made importable here, recover as follows: edit"
+    return (
+        f'{first} {meta_where(store, REDACTION_FILE)}: remove {names} from its "custom_function" list, or replace it '
+        "with the 'module.function' name of an importable function that does the same. The runs already stored with it "
+        "were redacted by it at capture and stay so; once it is removed, the store's recorders, replay, datasets and "
+        "exports no longer apply it to what they write."
+    )
+
+
+def capture_function(store: Any, settings: StoreRedaction, own: Callable[[str], str] | None) -> Callable[[str], str] | None:
+    """:func:`~ee_middleware.capture.store_redaction.capture_custom_function` of ``settings``, whose
+    :class:`~ee_middleware.errors.ConfigError` for a recorded ``redact_fn`` this process cannot import also says how to
+    recover (:func:`recorded_function_fix`)."""
+    from ee_middleware.capture.store_redaction import capture_custom_function
+    from ee_middleware.errors import ConfigError
+
+    try:
+        return capture_custom_function(settings, own)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} {recorded_function_fix(store, settings, own)}") from None
+
+
 class CaptureRedaction:
     """The redaction a recorder applies at capture, in the agent's process and in the capture process: its own settings
     united with the ones its store recorded (``redaction.json``: every kind, pattern, key name and ``redact_fn`` any
@@ -200,7 +309,7 @@ class CaptureRedaction:
         with the :class:`~ee_middleware.errors.ConfigError` that names it (each run is counted in ``stats.runs_failed``,
         not stored in plain text; logged once here). Never raises: a file that cannot be read leaves the rules as they
         were (a warning)."""
-        from ee_middleware.capture.store_redaction import capture_custom_function, has_rules, same_redaction, settings_in_force
+        from ee_middleware.capture.store_redaction import has_rules, same_redaction, settings_in_force
         from ee_middleware.errors import ConfigError
 
         self._next_check = time.monotonic() + self.check_s
@@ -212,7 +321,7 @@ class CaptureRedaction:
         if same_redaction(wider, self.settings):
             return False
         try:
-            custom = capture_custom_function(wider, self.own_fn)
+            custom = capture_function(self.store, wider, self.own_fn)
         except ConfigError as exc:
             logger.error("ee-middleware: %s Until then this recorder's runs are not stored.", exc)
             custom = functools.partial(_cannot_apply, str(exc))
@@ -905,7 +1014,7 @@ class _Worker:
         rules_check_s: float | None = None,
     ) -> None:
         from ee_middleware.capture.redaction import store_salt
-        from ee_middleware.capture.store_redaction import capture_custom_function, has_rules, settings_in_force
+        from ee_middleware.capture.store_redaction import has_rules, settings_in_force
         from ee_middleware.capture.vault import Vault
         from ee_middleware.store.local import LocalExperienceStore
 
@@ -915,7 +1024,7 @@ class _Worker:
         # what the recorder applies (its settings and the store's, as it read them) and what the store has recorded since;
         # a recorded redact_fn this process cannot import stops the child here: the runs take the agent's threads
         settings = settings_in_force(self.store, redaction if redaction is not None else redaction_settings(config, self.vault))
-        custom = capture_custom_function(settings, config.redact_fn)
+        custom = capture_function(self.store, settings, config.redact_fn)
         if salt is None and config.redaction_pseudonyms and has_rules(settings.rules):  # rules recorded since the recorder read them
             salt = store_salt(self.store)
         self.redaction = CaptureRedaction(self.store, config, settings, custom=custom, salt=salt, vault=self.vault, check_s=rules_check_s)

@@ -77,6 +77,7 @@ from ee_middleware.capture.direct_spans import DirectTracer, RootIds, StandInSpa
 from ee_middleware.capture.offload import (
     CaptureRedaction,
     ProcessOffload,
+    capture_function,
     direct_tracer,
     frozen_problem,
     in_capture_process,
@@ -84,6 +85,7 @@ from ee_middleware.capture.offload import (
     picklable_problem,
     recording_parts,
     redaction_settings,
+    refuse_unimportable_redact_fn,
     use_redaction,
 )
 from ee_middleware.capture.payloads import captured_error
@@ -92,7 +94,6 @@ from ee_middleware.capture.redaction import store_salt
 from ee_middleware.capture.shutdown import flush_on_sigterm
 from ee_middleware.capture.store_redaction import (
     StoreRedaction,
-    capture_custom_function,
     has_rules,
     record_store_redaction,
     same_redaction,
@@ -141,6 +142,9 @@ class Recorder:
                 f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(tracer_provider).__name__}); "
                 "pass opentelemetry.sdk.trace.TracerProvider() or leave it out."
             )
+        # a redact_fn no other process can import by its name (a lambda, a __main__ function): once redaction.json named
+        # it, every other recorder of the store, replay, datasets and exports would refuse the store
+        refuse_unimportable_redact_fn(config.redact_fn)
         self._offload_blocker: str | None = None
         self._offload_problems(tracer_provider, approve_if, None)  # what does not depend on the store
         self.store: ExperienceStore = store if store is not None else open_store(config.store)
@@ -149,7 +153,7 @@ class Recorder:
         own = redaction_settings(config, vault_path)
         # the store's recorded rules too (another service's patterns, kinds, key names, redact_fn): the union is applied
         settings = settings_in_force(self.store, own)  # (refuses an unreadable or newer file, another vault)
-        custom = capture_custom_function(settings, config.redact_fn)  # a recorded redact_fn not importable here: refused
+        custom = capture_function(self.store, settings, config.redact_fn)  # a recorded redact_fn not importable here: refused
         if not keeps_metadata(self.store):
             record_store_redaction(self.store, own)  # writes nothing: refuses what such a store's later writers would lose
         salt = self._pseudonym_salt(settings)
@@ -336,7 +340,7 @@ class Recorder:
         if same_redaction(merged.union(settings), settings):
             return settings, custom
         settings = merged.union(settings)
-        return settings, capture_custom_function(settings, self.config.redact_fn)
+        return settings, capture_function(self.store, settings, self.config.redact_fn)
 
     def _refresh_redaction(self) -> None:
         """Apply what another writer added to the store's redaction settings since this recorder read them
@@ -459,8 +463,16 @@ class Recorder:
         if self.closed:
             self._not_stored_after_close("started")
             return _Run.disabled(self, config)
-        if self.redaction.claim():  # the store's redaction settings, read again on the finisher's thread, before this run's work
-            self.finisher.submit(self._refresh_redaction)
+        if self.redaction.claim():
+            # the store's redaction settings read again here, before this run encodes anything (its conversation id at
+            # once, below): queued on the finisher, the first run after the check kept its thread id under the old rules.
+            # A read of redaction.json costs about 0.05 ms, once every STORE_RULES_CHECK_S at most.
+            try:
+                self._refresh_redaction()
+            except Exception as exc:  # noqa: BLE001 - the app's run goes on; capture keeps the rules it has
+                logger.warning(
+                    "ee-middleware: cannot apply the store's redaction settings read again (%r); capture keeps the rules it has.", exc
+                )
         try:
             return _Run(self, graph_input, config)
         except ConfigError:
@@ -1403,7 +1415,10 @@ def record_experience(
             ``redaction_keys``, key names whose values are always secrets, go in ``**settings``). The recorder also
             applies what the store's ``redaction.json`` recorded (every other writer's kinds, patterns, key names and
             ``redact_fn``; :mod:`ee_middleware.capture.store_redaction`): a recorded ``redact_fn`` it cannot import
-            raises :class:`ConfigError` naming it.
+            raises :class:`ConfigError` naming it. ``redact_fn`` is recorded by its ``module.function`` name, which
+            every other writer of the store imports: define it at module level in an importable module (a lambda, a
+            function defined inside another or in a script run as ``__main__`` raises :class:`ConfigError`, before
+            anything is written).
         config: a :class:`CaptureConfig` or the path of a TOML file with a ``[capture]`` table.
         **settings: any other :class:`CaptureConfig` field, e.g. ``offload="process"`` (capture's
             work in a child process: the low-overhead mode under sustained load; see

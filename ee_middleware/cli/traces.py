@@ -74,7 +74,8 @@ def list_traces(
     if limit is not None:
         frame = frame.tail(limit)
     rows = [
-        {**row, **{key: redact(row[key]) for key in ("task", "approval_by", "approval_reason")}}
+        # the thread id too: capture redacts it as the task (ids are often e-mail addresses or customer numbers)
+        {**row, **{key: redact(row[key]) for key in ("task", "thread_id", "approval_by", "approval_reason")}}
         for row in frame.select(LIST_COLUMNS).to_dicts()
     ]
     if as_json:
@@ -215,7 +216,7 @@ before ``ee traces approve/reject`` redacted them may hold a customer's data."""
 
 
 def _redacted(trajectory: Any, redactor: Any) -> Any:
-    """``trajectory`` with its user data (task, answer, error, messages, environment, tool schemas' text, its approval's
+    """``trajectory`` with its user data (task, thread id, answer, error, messages, environment, tool schemas' text, its approval's
     reviewer and reason, each step's state, action and observation) redacted by ``redactor`` (``None``: as stored);
     ids, times, names and the schemas' structure as stored."""
     if redactor is None:
@@ -224,7 +225,7 @@ def _redacted(trajectory: Any, redactor: Any) -> Any:
 
     redact = redactor.redact_value
     data = trajectory.model_dump(mode="json")
-    for key in ("task", "final_answer", "error", "messages", "environment"):
+    for key in ("task", "thread_id", "final_answer", "error", "messages", "environment"):
         data[key] = redact(data[key])
     data["tools"] = redact_tool_schemas(data["tools"], redactor)
     if data.get("approval"):

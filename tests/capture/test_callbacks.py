@@ -22,6 +22,18 @@ def scrub_or_fail(text: str) -> str:
     return text
 
 
+SOMETIMES = {"fail": False}
+"""Whether :func:`sometimes` raises (a test switches it)."""
+
+
+def sometimes(text: str) -> str:
+    """A user's ``redact_fn`` that raises on order_item's result while :data:`SOMETIMES` says so (module level: a
+    recorder records a redact_fn only where other processes can import it by its name)."""
+    if SOMETIMES["fail"] and "ordered 5 pear" in text:
+        raise RuntimeError("scrubber crashed")
+    return text
+
+
 def approve_completed(trajectory: Any) -> bool:
     return trajectory.status == "completed"
 
@@ -89,17 +101,11 @@ def test_strict_mode_raises_when_a_run_could_not_be_recorded_whole(react_graph, 
 def test_runs_that_redact_alike_are_still_stored_after_one_that_failed(react_graph, store_path, monkeypatch):
     """Only the run whose call failed is left out: the next run of the same recorder is stored whole."""
     monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
-    fail = {"on": True}
-
-    def sometimes(text: str) -> str:
-        if fail["on"] and "ordered 5 pear" in text:
-            raise RuntimeError("scrubber crashed")
-        return text
-
+    monkeypatch.setitem(SOMETIMES, "fail", True)
     agent = record_experience(react_graph, app="shop", store=store_path, redact_fn=sometimes, strict=False)
     agent.invoke(USER_TASK)
     agent.flush()
-    fail["on"] = False
+    SOMETIMES["fail"] = False
     agent.invoke(USER_TASK)
     agent.flush()
     agent.recorder.close()

@@ -222,9 +222,10 @@ def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(react
     from ee_middleware import record_experience
     from tests.conftest import USER_TASK, record_once
 
-    record_once(
-        record_experience(react_graph, app="shop", store=store_path, redact_fn=lambda s: s.replace(CODENAME, "")), store_path, USER_TASK
-    )
+    record_once(record_experience(react_graph, app="shop", store=store_path, redact_fn=hide_codename), store_path, USER_TASK)
+    # a lambda's name, as an ee-middleware that still accepted one at capture recorded it (a recorder now refuses it)
+    recorded = json.loads((store_path / REDACTION_FILE).read_text())
+    (store_path / REDACTION_FILE).write_text(json.dumps({**recorded, "custom_function": f"{__name__}.<lambda>"}))
     store = LocalExperienceStore(store_path)
     with pytest.raises(ConfigError, match=rf"redact_fn={__name__}\..*<lambda>.*cannot be imported.*module level"):
         store.write_replay(*_replay_holding(CODENAME))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,17 @@ def hide_codename(text: str) -> str:
 
 
 hide_codename_lambda = lambda text: text.replace(CODENAME, "[codename]")  # noqa: E731 - a lambda: importable by no one
-"""The same ``redact_fn`` as a lambda (recorded as ``<module>.<lambda>``, which no other process can import)."""
+"""The same ``redact_fn`` as a lambda (its name would be ``<module>.<lambda>``, which no other process can import)."""
+
+
+def hide_codename_here() -> Any:
+    """The same ``redact_fn`` defined inside a function (``<locals>``: importable by no one)."""
+
+    def hide(text: str) -> str:
+        return text.replace(CODENAME, "[codename]")
+
+    return hide
+
 
 APP_RULES: dict[str, Any] = {"redaction_patterns": TICKETS, "redaction_kinds": {"ip_address": True}, "redact_fn": hide_codename}
 """What the app records with: a pattern, a kind that is off by default, its own function."""
@@ -141,24 +152,49 @@ def hide_ip(text: str) -> str:
 
 
 def test_a_recorded_redact_fn_this_process_cannot_import_stops_the_recorder_naming_it_and_the_fix(store_path: Path) -> None:
-    first = _agent(store_path, redact_fn=hide_codename_lambda)
+    """A store whose redaction.json names a lambda (an ee-middleware before the refusal at capture recorded one): a
+    recorder is refused, naming it and how to recover (the file and key to edit); following that, it records."""
+    first = _agent(store_path, redact_fn=hide_codename)
     _run(first)
     first.recorder.close()
-    before = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
     name = f"{__name__}.<lambda>"
-    with pytest.raises(ConfigError, match=rf"redact_fn={re.escape(name)}.*cannot be imported here.*module level.*redact_fn="):
+    saved = json.loads((store_path / REDACTION_FILE).read_text())
+    (store_path / REDACTION_FILE).write_text(json.dumps({**saved, "custom_function": [f"{__name__}.hide_codename", name]}))
+    before = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
+    with pytest.raises(ConfigError, match=rf"redact_fn={re.escape(name)}.*cannot be imported here.*module level") as refused:
         _agent(store_path)
     assert sorted(p.relative_to(store_path) for p in store_path.rglob("*")) == before, "a refused recorder wrote nothing"
-    # the fix the message names: pass that function (the same object, so the same name)
-    again = _agent(store_path, redact_fn=hide_codename_lambda)
+    message = str(refused.value)
+    assert f'edit {store_path / REDACTION_FILE}: remove "{name}" from its "custom_function" list' in message, message
+    assert "can never be imported, here or by any other process" in message and "runs already stored with it were redacted by it" in message
+    # the recovery the message names: the name out of the list (the importable one stays, and is applied)
+    (store_path / REDACTION_FILE).write_text(json.dumps({**saved, "custom_function": [f"{__name__}.hide_codename"]}))
+    again = _agent(store_path)
     _run(again)
     again.recorder.close()
     assert CODENAME not in _store_text(store_path)
     # a function whose module is not importable here is refused the same way
-    saved = json.loads((store_path / REDACTION_FILE).read_text())
     (store_path / REDACTION_FILE).write_text(json.dumps({**saved, "custom_function": "no_such_module_here.scrub"}))
     with pytest.raises(ConfigError, match=r"redact_fn=no_such_module_here\.scrub.*No module named 'no_such_module_here'.*PYTHONPATH"):
         _agent(store_path, offload="process")
+
+
+@pytest.mark.usefixtures("rules_read_at_every_run")
+@pytest.mark.parametrize("redact_fn", [hide_codename_lambda, hide_codename_here()], ids=["lambda", "local-function"])
+def test_a_writer_with_a_redact_fn_no_one_can_import_is_refused_and_the_running_recorders_go_on(store_path: Path, redact_fn: Any) -> None:
+    """Review r9b, finding 1: the app records (its redact_fn importable); another writer brings a lambda. It was accepted
+    and wrote its name into redaction.json, and the app's running recorder failed every later run (not stored)."""
+    app = _agent(store_path, **APP_RULES)
+    _run(app)
+    saved = (store_path / REDACTION_FILE).read_text()
+    with pytest.raises(ConfigError, match=r"redact_fn cannot be used: .*Define it at module level in an importable module"):
+        _agent(store_path, redact_fn=redact_fn)
+    assert (store_path / REDACTION_FILE).read_text() == saved, "the refused writer recorded nothing"
+    _run(app)  # the app's next run reads the store's rules again: still its own
+    stats = app.recorder.stats
+    app.recorder.close()
+    assert stats.runs_failed == 0 and stats.trajectories_written == 2
+    assert _plain_in(store_path) == []
 
 
 def test_the_capture_process_applies_the_store_s_recorded_rules_too(store_path: Path, no_child_left: None) -> None:  # noqa: F811
@@ -221,4 +257,29 @@ def test_a_redact_fn_recorded_after_a_recorder_started_that_it_cannot_import_fai
     early.recorder.close()
     assert stats.runs_failed == 1 and stats.trajectories_written == 0
     assert "redact_fn=no_such_module_here.scrub" in caplog.text
+    assert f'edit {store_path / REDACTION_FILE}: remove "no_such_module_here.scrub" from its "custom_function" list' in caplog.text
     assert _trajectories(store_path) == [] and CODENAME not in _store_text(store_path)
+
+
+@pytest.mark.usefixtures("rules_read_at_every_run")
+def test_the_first_run_after_the_store_s_rules_are_read_again_stores_its_thread_id_under_them(store_path: Path) -> None:
+    """Review r9b, finding 4: the re-read of redaction.json was queued on the finisher thread while the run encoded its
+    thread id (the conversation id) at once, with the rules it had: the task was redacted by a pattern another writer
+    had added, the thread id beside it was stored in plain text. The finisher is kept busy here (a real job that waits)
+    so that a queued re-read cannot run before the run starts, as it could not under load."""
+    early = _agent(store_path)  # the defaults
+    _run(early)
+    later = _agent(store_path, redaction_patterns={"token": r"tok\d-\d{6}"})  # another writer adds a pattern
+    later.recorder.close()
+    gate = threading.Event()
+    early.recorder.finisher.submit(lambda: gate.wait(10))
+    secret = "tok3-884202"
+    early.invoke({"messages": [("user", f"ref {secret}")]}, {"configurable": {"thread_id": f"thr-{secret}"}})
+    gate.set()
+    assert early.flush()
+    early.recorder.close()
+    [run] = [t for t in _trajectories(store_path) if "ref " in (t.task or "")]
+    assert secret not in (run.task or "") and "[REDACTED:token:" in run.task
+    assert secret not in (run.thread_id or ""), f"the thread id was stored under the old rules: {run.thread_id}"
+    assert run.thread_id.startswith("thr-[REDACTED:token:")
+    assert secret not in _store_text(store_path)
