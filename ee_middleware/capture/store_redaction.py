@@ -47,7 +47,9 @@ Capture is a writer too: a recorder applies the union of its own settings and th
 (:func:`settings_in_force`, :func:`capture_custom_function`), so a second service or worker recording into the
 store without the app's ``[capture]`` settings still redacts every kind, pattern, key name and ``redact_fn`` recorded
 there. A recorded ``redact_fn`` it cannot import stops it from starting (a ``ConfigError`` naming the function: make it
-importable, or pass it as ``redact_fn=``). A recorder reads the file when it starts, and again every
+importable, or pass it as ``redact_fn=``, or remove a lambda's or a script's function from ``custom_function``); a
+recorder refuses its own ``redact_fn`` that no other process could import, before it writes anything
+(:func:`~ee_middleware.capture.offload.refuse_unimportable_redact_fn`). A recorder reads the file when it starts, and again every
 :data:`~ee_middleware.capture.offload.STORE_RULES_CHECK_S` seconds while it records, so rules another writer adds later
 reach it within that time (the first run after the check: a run already being written keeps the rules it had; replay,
 datasets, exports and ``ee traces show`` apply the store's rules again as they read). One recorded since that it
