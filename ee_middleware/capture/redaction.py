@@ -267,6 +267,7 @@ _NAME_WORD_LIST = (
 _NAME_WORDS = "(?:" + "|".join(_NAME_WORD_LIST) + ")"
 _NAME_WORD = re.compile(_NAME_WORDS)  # searched in lower-cased text
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_NAME_RUN = re.compile(r"[A-Za-z0-9_.-]*+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,12 +290,17 @@ def _assignments(text: str, names: Pattern[str] = _NAME_WORD, strength_of: Calla
     strength_of = strength_of or _secret_name_strength
     last = covered = -1
     budget = 4 * len(text) + 10_000  # characters read as objects or lists, at most (where unclosed ones nest)
+    run_end = run_start = -1  # the run of name characters the last hit was in, and where its name starts
     for hit in names.finditer(_lower(text)):
-        start = hit.start()
-        while start > 0 and text[start - 1] in _NAME_CHARS:
-            start -= 1
-        while start < hit.start() and not (text[start].isalpha() or text[start] == "_"):
-            start += 1
+        if hit.start() < run_end:  # (another hit in the same run: walking back again is quadratic in a long run)
+            start = run_start
+        else:
+            start = hit.start()
+            while start > 0 and text[start - 1] in _NAME_CHARS:
+                start -= 1
+            while start < hit.start() and not (text[start].isalpha() or text[start] == "_"):
+                start += 1
+            run_start, run_end = start, _NAME_RUN.match(text, hit.start()).end()
         if start == last or start < covered:  # (inside a value given, or an object or list whose values are all given)
             continue
         last = start
@@ -984,7 +990,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "secret",
         # the value is matched in a lookahead, so that "Note: password: x" is tried at "password" too
         _ASSIGNMENT,
-        _having(_NAME_WORDS + r"[a-z0-9_.-]*+\\?[\"']?\s*[:=]"),
+        _having(r"(?<![a-z0-9_.-])(?=[a-z0-9_.-]*?" + _NAME_WORDS + r")[a-z0-9_.-]*+\\?[\"']?\s*[:=]"),
         "value",
         lambda v: v.strip("\\\"'").lower() not in ("bearer", "basic", "", "null", "none", "true", "false"),
         finder=_assignments,
@@ -1004,7 +1010,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "password",
         re.compile(
             r"(?i)\b(?:pin(?:[ -]?(?:code|number|no\.?))?|passcode)"
-            r"(?:\s*[:=#]\s*|\s+(?:(?!is\b|was\b)[\w'-]+\s+){0,4}?(?:is|was)(?:\s+now)?\s*:?\s*|\s+)"
+            r"(?:\s*+[:=#]\s*+|\s+(?:(?!is\b|was\b)[\w'-]+\s+){0,4}?(?:is|was)(?:\s+now)?\s*+(?::\s*+)?|\s+)"
             r"(?P<value>\d{4,8})(?![\d-]|[.,]\d)"
         ),
         _PIN_OR_SSN,
@@ -1021,7 +1027,7 @@ BUILTIN_RULES: tuple[Rule, ...] = (
         "us_ssn",
         re.compile(
             r"(?i)\b(?:ssn|social[ -]security(?:[ -](?:number|no\.?|#))?)"
-            r"(?:\s*(?:[:=#]|is\b|was\b|number\b|no\.)\s*)*\s*"
+            r"(?:\s*+(?:[:=#]|is\b|was\b|number\b|no\.))*+\s*+"
             r"(?P<value>(?!000|666|9\d\d)\d{3}(?P<gap> ?)(?!00)\d{2}(?P=gap)(?!0000)\d{4})(?![\d-])"
         ),
         _PIN_OR_SSN,
