@@ -641,7 +641,7 @@ def _is_schema(value: Any) -> bool:
     return _looks_like_schema(set(value), types)
 
 
-# --- the context of a number: an id word before it, a currency next to it -------------------------------------------
+# --- the context of a number: an id word before it --------------------------------------------------------------------
 
 _ID_WORDS = frozenset(
     {"order", "orders", "invoice", "invoices", "ticket", "tickets", "ref", "refs", "reference", "references", "ean", "upc"}
@@ -650,25 +650,25 @@ _ID_WORDS = frozenset(
 """Words that say the number after them (or under a key made of them: ``order_id``, ``part_no``) is an id: an order
 number, an invoice, an EAN, a part number, not a card, a phone number or an SSN."""
 _ID_MARKERS = frozenset({"no", "nr", "num", "number", "id", "ids", "#"})
-"""Words between a name and its number (``order no.``, ``ticket #``, ``orderNumber``, ``order_id``). In text ``#``,
-``no.`` and ``nr.`` mark an id without an id word too (``item #5890...``, ``Ref. No.``), unless a word near them names a
-number that is personal data (:data:`_NAMES_PERSONAL_NUMBERS`: ``card no.``); ``number`` and ``id`` alone do not
-(``your number: 4111 ...``, a card object's ``"number"``)."""
-_ID_ABBREVIATIONS = frozenset({"#", "no", "nr"})
+"""Words between a name and its number (``order no.``, ``ticket #``, ``orderNumber``, ``order_id``). None of them
+marks an id without an id word (:data:`_ID_WORDS`) before it: ``Contact No.``, ``Home #``, ``SS#``, ``Telefon-Nr.``,
+``No. 4111 ...``, a "No" cell before a phone, ``your number: 4111 ...``, a card object's ``"number"`` are no ids."""
 _NAMES_PERSONAL_NUMBERS = frozenset(
     {"card", "cards", "credit", "debit", "visa", "mastercard", "amex", "pan", "cc", "account", "acct", "iban", "phone"}
     | {"phones", "telephone", "tel", "mobile", "cell", "fax", "whatsapp", "ssn", "social", "security", "passport", "tax"}
-    | {"tin", "sin", "routing"}
+    | {"tin", "sin", "routing", "contact", "home", "cellphone", "handphone", "landline", "mob", "mobil", "ph", "telefon"}
+    | {"telefono", "handy", "celular", "ss", "soc", "sec", "karte", "karten", "kreditkarte", "kreditkarten", "tarjeta"}
+    | {"mc", "discover", "jcb", "maestro", "diners", "unionpay"}
 )
 _CONTEXT_CHARS = 64
-_CONTEXT_SEPARATORS = frozenset(" \t\"'`:=._-\\")
+_CONTEXT_SEPARATORS = frozenset(" \"'`:=._-\\")
 _NAME_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
 
 
 def _words_before(text: str, start: int) -> list[str]:
     """The words (lower-cased, ``#`` one of them) before ``start`` on its line, nearest first, up to 6, through spaces,
     quotes and ``: = . _ -`` only (``order no. ``, ``"order_id": ``, ``\\"orderNumber\\":``); any other character ends
-    them (a bracket, a comma, a line break)."""
+    them (a bracket, a comma, a tab: a table's previous cell, a line break)."""
     window = text[max(0, start - _CONTEXT_CHARS) : start]
     words: list[str] = []
     end = len(window)
@@ -689,17 +689,14 @@ def _words_before(text: str, start: int) -> list[str]:
     return words
 
 
-def _names_an_id(words: list[str], *, abbreviations: bool = True) -> bool:
+def _names_an_id(words: list[str]) -> bool:
     """Whether ``words`` (nearest first, :func:`_words_before`) say the number after them is an id: the first word that
-    is no marker (``no``, ``#``, ``id``: :data:`_ID_MARKERS`) is an id word (:data:`_ID_WORDS`), or (``abbreviations``)
-    ``#``, ``no`` or ``nr`` comes before it; and no word near it names a card, a phone number or an SSN (``card no.``,
-    ``card_ref``, ``my visa is #``)."""
+    is no marker (``no``, ``#``, ``id``: :data:`_ID_MARKERS`) is an id word (:data:`_ID_WORDS`), and no word near it
+    names a card, a phone number or an SSN (``card ref``, ``Visa order no.``, ``Phone ticket``)."""
     first = next((at for at, word in enumerate(words) if word not in _ID_MARKERS), len(words))
     if _NAMES_PERSONAL_NUMBERS.intersection(words[first : first + 3]):
         return False
-    if first < len(words) and words[first] in _ID_WORDS:
-        return True
-    return abbreviations and not _ID_ABBREVIATIONS.isdisjoint(words[:first])
+    return first < len(words) and words[first] in _ID_WORDS
 
 
 def _after_an_id_word(text: str, start: int) -> bool:
@@ -712,21 +709,7 @@ def _after_an_id_word(text: str, start: int) -> bool:
 def _key_names_an_id(key: str) -> bool:
     """:func:`_names_an_id` of a JSON key's words (``order_id``, ``orderNumber``, ``ean``, ``tracking_number``)."""
     words = [part.lower() for part in reversed(_NAME_PARTS.findall(key))]
-    return len(key) <= 64 and _names_an_id(words, abbreviations=False)
-
-
-_CURRENCIES = (
-    "USD|EUR|GBP|JPY|CHF|CAD|AUD|NZD|CNY|RMB|HKD|SGD|SEK|NOK|DKK|PLN|CZK|HUF|RUB|INR|BRL|MXN|ZAR|TRY|KRW|AED|SAR|ILS|THB"
-    "|IDR|MYR|PHP|TWD|RON|BGN|ISK|UAH|NGN|KES|EGP|ARS|CLP|COP|PEN|VND|PKR|BDT|BTC|ETH|USDT|USDC"
-)
-_CURRENCY_AFTER = re.compile(rf"[ \t]*(?:(?:{_CURRENCIES})(?![A-Za-z])|[€$£¥₹₽₩₺₪]|(?:cents?|ct|pts|points|units|pcs|shares)\b)")
-_CURRENCY_BEFORE = re.compile(rf"(?:(?<![A-Za-z])(?:{_CURRENCIES})|[€$£¥₹₽₩₺₪])[ \t]*\Z")
-
-
-def _next_to_a_currency(text: str, start: int, end: int) -> bool:
-    """Whether a currency (an ISO code, a symbol) or a unit of counting (cents, points, units) is written right after or
-    before the number at ``start:end``: an amount (``+71 949 259 EUR``, ``EUR +71 949 259``), no phone number."""
-    return _CURRENCY_AFTER.match(text, end) is not None or _CURRENCY_BEFORE.search(text, max(0, start - 8), start) is not None
+    return len(key) <= 64 and _names_an_id(words)
 
 
 # --- numbers with a check: a card or an IBAN inside a longer run ----------------------------------------------------
@@ -930,12 +913,10 @@ def _ssns(text: str) -> Iterator[re.Match[str]]:
 
 
 def _phones(text: str) -> Iterator[re.Match[str]]:
-    """What :data:`_PHONE` finds, but right after an id word (``ticket 191-453-6524``) or next to a currency (an amount:
-    ``+71 949 259 EUR``)."""
-    for match in _PHONE.finditer(text):
-        start, end = match.span()
-        if not (_after_an_id_word(text, start) or _next_to_a_currency(text, start, end)):
-            yield match
+    """What :data:`_PHONE` finds, but right after an id word (``ticket 191-453-6524``). Next to a currency it is still
+    a phone number: every number :data:`_PHONE` finds has a phone's shape (a ``+`` prefix, ``(415) 555-0134``,
+    ``415-555-0134``), and a price list or a report puts phones next to amounts (``+1 415 555 0134 $5/min``)."""
+    return (match for match in _PHONE.finditer(text) if not _after_an_id_word(text, match.start()))
 
 
 BUILTIN_RULES: tuple[Rule, ...] = (

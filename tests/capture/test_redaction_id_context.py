@@ -1,10 +1,11 @@
 """Ordinary numeric ids are not taken for cards, phone numbers or SSNs where their context says what they are (privacy
 sweep s23, finding 9): a number directly after an id word (order, invoice, ticket, ref, reference, EAN, UPC, ISBN, SKU,
-part, tracking; ``no.``/``#`` after a word that names no card, phone or SSN), also as the value of a JSON key so named
-(``"order_id": 5890820148538237``), and an amount next to a currency (``+71 949 259 EUR``). Before, 4-5% of Luhn-valid
-order numbers, invoices and EANs became card placeholders (a JSON integer id a string), ``ddd-dd-dddd`` part numbers
-SSNs and ``ddd-ddd-dddd`` tickets and signed amounts phone numbers. The same numbers after a word naming a card, a phone
-or an SSN, or with no context, are still redacted."""
+part, tracking, then ``no.``/``#`` or none), also as the value of a JSON key so named (``"order_id": 5890820148538237``).
+Before, 4-5% of Luhn-valid order numbers, invoices and EANs became card placeholders (a JSON integer id a string),
+``ddd-dd-dddd`` part numbers SSNs and ``ddd-ddd-dddd`` tickets phone numbers. The same numbers after a word naming a
+card, a phone or an SSN, or with no context, are still redacted; so are ``#``/``No.`` without an id word (``item #``)
+and signed, space-grouped amounts next to a currency (``+71 949 259 EUR``): they have a phone's shape, and review r9a
+found real phones next to currencies in reports and price lists (``+44 20 7946 0958    GBP  1,204.00``)."""
 
 from __future__ import annotations
 
@@ -34,15 +35,10 @@ ORDINARY = [
     "transaction ref 4539578763621486",
     "reference 5500000000000004",
     "tracking number 4111111111111111",
-    "item #4111 1111 1111 1111",
     "part 539-12-2211",
     "SKU 310-42-1187",
     "ticket 191-453-6524",
     "Ticket No. 191-453-6524",
-    "delta +71 949 259 EUR",
-    "balance change +12 345 678 cents",
-    "EUR +71 949 259 credited",
-    "credited +44 207 946 USD",
 ]
 
 
@@ -65,6 +61,10 @@ STILL_CAUGHT = [
     ("SSN # 123-45-6789", "SSN # [REDACTED:us_ssn]"),
     ("my social security number is 539-12-2211", "my social security number is [REDACTED:us_ssn]"),
     ("539-12-2211", "[REDACTED:us_ssn]"),
+    # review r9a: a bare "#" is no id word, and a "+" number next to a currency has a phone's shape
+    ("item #4111 1111 1111 1111", "item #[REDACTED:credit_card]"),
+    ("delta +71 949 259 EUR", "delta [REDACTED:phone] EUR"),
+    ("EUR +71 949 259 credited", "EUR [REDACTED:phone] credited"),
 ]
 
 
@@ -136,7 +136,6 @@ def test_seeded_random_ids_after_id_words_are_never_redacted():
         lambda: json.dumps({"order_id": rng.randint(3 * 10**15, 7 * 10**15)}),
         lambda: f"part {rng.randint(100, 899)}-{rng.randint(10, 99)}-{rng.randint(1000, 9999)}",
         lambda: f"ticket {rng.randint(100, 999)}-{rng.randint(100, 999)}-{rng.randint(1000, 9999)}",
-        lambda: f"delta +{rng.randint(10, 99)} {rng.randint(100, 999)} {rng.randint(100, 999)} EUR",
     ]
     changed = [text for make in makers for text in (make() for _ in range(1000)) if redactor.redact_text(text) != text]
     assert changed == []

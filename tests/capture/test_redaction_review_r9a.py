@@ -63,3 +63,79 @@ def test_long_runs_of_short_secret_name_words_are_fast(redactor: Redactor, run: 
     started = time.perf_counter()
     assert redactor.redact_text(run) == run
     assert time.perf_counter() - started < 2
+
+
+# --- findings 1 and 2: id-word and currency context let phones, cards and SSNs through -------------------------------
+
+LABELLED_PERSONAL_NUMBERS = [
+    ("Contact No. 415-555-0134", "415-555-0134"),
+    ("Contact #: +1 415 555 0134", "415 555 0134"),
+    ("Emergency contact no. +44 20 7946 0958", "7946 0958"),
+    ("Home #: 415-555-0134", "415-555-0134"),
+    ("Work # 415-555-0134", "415-555-0134"),
+    ("Cellphone No.: +63 917 123 4567", "123 4567"),
+    ("Handphone No. +60 12-345 6789", "345 6789"),
+    ("Landline No. +44 20 7946 0958", "7946 0958"),
+    ("Mob. No. +91 98765 43210", "98765 43210"),
+    ("Ph. No. +91 98765 43210", "98765 43210"),
+    ("Telefon-Nr. +49 30 1234567", "1234567"),
+    ("Handy-Nr.: +49 151 23456789", "23456789"),
+    ("Mobil-Nr. +49 151 23456789", "23456789"),
+    ("Teléfono No. +34 612 345 678", "612 345 678"),
+    ("Celular No. +52 55 1234 5678", "1234 5678"),
+    ("SS# 123-45-6789", "6789"),
+    ("SS No. 123-45-6789", "6789"),
+    ("Soc. Sec. No. 123-45-6789", "6789"),
+    ("ID No. 123-45-6789", "6789"),
+    ("Kreditkarten-Nr. 4111 1111 1111 1111", "1111 1111"),
+    ("Karten-Nr.: 4111111111111111", "4111111111111111"),
+    ("Tarjeta No. 4111 1111 1111 1111", "1111 1111"),
+    ("MC # 5555 5555 5555 4444", "5555 4444"),
+    ("Discover #6011111111111117", "6011111111111117"),
+    ("JCB No. 3530111333300000", "3530111333300000"),
+    ("Maestro Nr. 6759649826438453", "6759649826438453"),
+    ("Number #4111111111111111", "4111111111111111"),
+    ("No. 4111 1111 1111 1111", "1111 1111"),
+    ("John Roe\tNo\t+1 415 555 0188", "555 0188"),
+    ("Do you have another card? No 4111 1111 1111 1111 is my only one", "1111 1111"),
+    ("order\t4111111111111111", "4111111111111111"),
+    ("order no.\n4111111111111111", "4111111111111111"),
+    ("Visa order no. 4111111111111111", "4111111111111111"),
+    ("Phone ticket 415-555-0134", "415-555-0134"),
+]
+
+
+@pytest.mark.parametrize(("text", "number"), LABELLED_PERSONAL_NUMBERS)
+def test_a_personal_number_after_a_label_or_a_bare_no_or_hash_is_redacted(redactor: Redactor, text: str, number: str) -> None:
+    assert number not in redactor.redact_text(text)
+
+
+PHONES_NEXT_TO_A_CURRENCY = [
+    ("Jane Doe    +44 20 7946 0958    GBP  1,204.00", "7946 0958"),
+    ("Jane Doe\t+44 20 7946 0958\tGBP\t1204.00", "7946 0958"),
+    ("GBP  +44 20 7946 0958  Jane Doe", "7946 0958"),
+    ("Hotline: +1 415 555 0134 $5/min", "555 0134"),
+    ("Call +44 20 7946 0958 € 0.20 per minute", "7946 0958"),
+    ("Text WIN to +1 415-555-0134 points apply", "555-0134"),
+    ("Premium line 415-555-0134 $2.99 per call", "555-0134"),
+    ("$ 415-555-0134", "555-0134"),
+    ("(415) 555-0134 USD", "555-0134"),
+    ("call +44 207 946 USD", "207 946"),
+]
+
+
+@pytest.mark.parametrize(("text", "number"), PHONES_NEXT_TO_A_CURRENCY)
+def test_a_phone_next_to_a_currency_is_still_a_phone(redactor: Redactor, text: str, number: str) -> None:
+    assert number not in redactor.redact_text(text)
+    assert number not in str(redactor.redact_value({"report": text}))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        *("order no. 5890820148538237", "Order #5890820148538237", "invoice: 3749725536725", "ticket 191-453-6524"),
+        *("Ticket No. 191-453-6524", "EAN 3816941836104", "part 539-12-2211", "tracking number: 4111111111111111"),
+    ],
+)
+def test_a_number_right_after_a_real_id_word_is_still_an_id(redactor: Redactor, text: str) -> None:
+    assert redactor.redact_text(text) == text
