@@ -211,10 +211,10 @@ def check_store(make_store: MakeStore | str, *, crash: bool | None = None) -> No
         _crash_check_possible(make_store, required=True)
     store = make_store()
     _check_trajectories(store, make_store)
+    _check_metadata(store, make_store)  # before approvals: decide() reads the store's redaction settings and salt
     _check_approvals(store)
     _check_id_resolution(store)
     _check_rollouts_and_replays(store, make_store)
-    _check_metadata(store, make_store)
     _check_compaction(store, make_store)
     _check_info_and_close(store, make_store)
     if crash is not False:
