@@ -1451,10 +1451,12 @@ class Redactor:
         # secret name can hold thousands of values, each tested against the others
         starts: list[int] = []
         ends: list[int] = []
+        placeholders: set[int] = set()  # the starts of those already there
         if "[REDACTED:" in text:
             for placeholder in PLACEHOLDER.finditer(text):
                 starts.append(placeholder.start())
                 ends.append(placeholder.end())
+                placeholders.add(placeholder.start())
         for rule in rules:
             if rule.prefilter and not all(
                 _found(seen, p, lowered, rule.needs, rule.digits) if p is rule.prefilter[-1] else _found(seen, p, lowered)
@@ -1467,13 +1469,49 @@ class Redactor:
                 else:
                     (start, end), quote = _secret_span(match, rule.group), ""
                 at = bisect.bisect_right(starts, start)
-                if start == end or (at and ends[at - 1] > start) or (at < len(starts) and starts[at] < end):
+                if start == end or (rule.check is not None and not rule.check(text[start:end])):
                     continue
-                if rule.check is not None and not rule.check(text[start:end]):
+                first = at - 1 if at and ends[at - 1] > start else at
+                if first == len(starts) or starts[first] >= end:  # (overlaps nothing taken)
+                    starts.insert(at, start)
+                    ends.insert(at, end)
+                    yield start, end, rule.kind, quote
                     continue
-                starts.insert(at, start)
-                ends.insert(at, end)
-                yield start, end, rule.kind, quote
+                # it overlaps matches of earlier rules: its parts outside them are redacted too (a password before an
+                # API key in its passphrase window, an AWS4 signature after the access key id); next to a placeholder
+                # already in the text, nothing (redacting a redacted text again changes nothing)
+                # (but for an e-mail address whose user part another rule took, ``https://bob:pw@host``: the host left)
+                if rule.kind != "email":
+                    yield from self._parts_outside(text, start, end, first, rule.kind, starts, ends, placeholders)
+
+    @staticmethod
+    def _parts_outside(
+        text: str, start: int, end: int, first: int, kind: str, starts: list[int], ends: list[int], placeholders: set[int]
+    ) -> Iterator[tuple[int, int, str, str]]:
+        """The parts of the match ``start:end`` outside the spans taken (``starts``/``ends`` from index ``first`` on),
+        without white space around them, those with a letter or a digit, as :meth:`_matches` gives them (and takes
+        them); none where the match overlaps a placeholder already in the text (``placeholders``)."""
+        parts, pos, at = [], start, first
+        while at < len(starts) and starts[at] < end:
+            if starts[at] in placeholders:
+                return
+            if starts[at] > pos:
+                parts.append((pos, starts[at]))
+            pos = max(pos, ends[at])
+            at += 1
+        if pos < end:
+            parts.append((pos, end))
+        for part_start, part_end in parts:
+            while part_start < part_end and text[part_start].isspace():
+                part_start += 1
+            while part_end > part_start and text[part_end - 1].isspace():
+                part_end -= 1
+            if not any(c.isalnum() for c in text[part_start:part_end]):
+                continue
+            at = bisect.bisect_right(starts, part_start)
+            starts.insert(at, part_start)
+            ends.insert(at, part_end)
+            yield part_start, part_end, kind, ""
 
     def _find(self, text: str, *, first_only: bool = False) -> list[tuple[int, int, str, str]]:
         """:meth:`_matches` in ``text`` (only the first with ``first_only``); none for a text

@@ -139,3 +139,40 @@ def test_a_phone_next_to_a_currency_is_still_a_phone(redactor: Redactor, text: s
 )
 def test_a_number_right_after_a_real_id_word_is_still_an_id(redactor: Redactor, text: str) -> None:
     assert redactor.redact_text(text) == text
+
+
+# --- finding 3: a match overlapping an earlier rule's was dropped whole ---------------------------------------------
+
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.abcdefghijklmnop"
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    ("text", "secret", "other"),
+    [
+        ("Password: hunter2 and the key is sk-abcdefghijklmnopqrstuvwx", "hunter2", "sk-abcdefghijklmnopqrstuvwx"),
+        (f"password: Tr0ub4dor3 token {JWT}", "Tr0ub4dor3", JWT),
+        ("Password: hunter2 Bearer abcdef1234567890", "hunter2", "abcdef1234567890"),
+        (f"db_password: P@ssw0rd99 aws AKIAABCDEFGHIJKLMNOP {AWS_SECRET}", "P@ssw0rd99", "AKIAABCDEFGHIJKLMNOP"),
+    ],
+)
+def test_a_password_before_another_rules_match_is_redacted_too(redactor: Redactor, text: str, secret: str, other: str) -> None:
+    redacted = redactor.redact_text(text)
+    assert secret not in redacted
+    assert other not in redacted
+
+
+def test_an_aws4_signature_is_redacted_when_the_credential_holds_a_real_access_key_id(redactor: Redactor) -> None:
+    header = (
+        "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request, "
+        "SignedHeaders=host;range;x-amz-date, "
+        "Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024"
+    )
+    redacted = redactor.redact_text(header)
+    assert "AKIAIOSFODNN7EXAMPLE" not in redacted
+    assert "fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024" not in redacted
+
+
+def test_redacting_twice_changes_nothing_more_where_matches_overlapped(redactor: Redactor) -> None:
+    once = redactor.redact_text("Password: hunter2 and the key is sk-abcdefghijklmnopqrstuvwx")
+    assert redactor.redact_text(once) == once
