@@ -360,6 +360,17 @@ _SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9._~+/-]{0,39})[ \t]+")
 _UNKNOWN_SCHEME = re.compile(r"[A-Za-z]{2,24}|[A-Za-z][A-Za-z0-9]{0,15}(?:-[A-Za-z0-9]{1,15}){1,4}")
 """What an auth scheme not in :data:`_AUTH_SCHEMES` looks like after ``Authorization:`` (``Acme-Signed``,
 ``EG2-HMAC-SHA512``): letters, or parts joined by hyphens; a credential has digits and no hyphenated words."""
+_HEX_PART = re.compile(r"[0-9A-Fa-f]+")
+
+
+def _token_shaped(word: str) -> bool:
+    """Whether ``word``, shaped as an unknown auth scheme (:data:`_UNKNOWN_SCHEME`), is rather a credential: 16 or more
+    characters with a digit (``f00dbabe12345678``), or hex parts with a digit (a UUID, ``ab12-cd34``)."""
+    if not any(c.isdigit() for c in word):
+        return False
+    return len(word) >= 16 or all(_HEX_PART.fullmatch(part) for part in word.split("-"))
+
+
 _PARAM = r"""[A-Za-z_][\w.-]*=(?:"(?:[^"\\\n]|\\.)*"|\\"(?:[^"\\]|\\[^"])*\\"|[^\s,"'`\\]+)"""
 _CREDENTIAL = re.compile(rf"""(?:{_PARAM}|[^\s,"'`\\]+)(?:,[ \t]*{_PARAM})*""")
 """A credential after a scheme word: a token (``9f8e...``, base64), or ``name=value`` parameters joined by commas (Digest's
@@ -396,7 +407,7 @@ def _credential_after_scheme(text: str, match: re.Match[str]) -> _Found | None:
         return None
     word = scheme.group("scheme")
     if word.lower() not in _AUTH_SCHEMES and not (
-        _UNKNOWN_SCHEME.fullmatch(word) and word.lower() not in _PROSE_STOP and last_word == "authorization"
+        _UNKNOWN_SCHEME.fullmatch(word) and not _token_shaped(word) and word.lower() not in _PROSE_STOP and last_word == "authorization"
     ):
         return None
     credential = _CREDENTIAL.match(text, scheme.end())

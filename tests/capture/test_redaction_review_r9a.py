@@ -176,3 +176,33 @@ def test_an_aws4_signature_is_redacted_when_the_credential_holds_a_real_access_k
 def test_redacting_twice_changes_nothing_more_where_matches_overlapped(redactor: Redactor) -> None:
     once = redactor.redact_text("Password: hunter2 and the key is sk-abcdefghijklmnopqrstuvwx")
     assert redactor.redact_text(once) == once
+
+
+# --- finding 4: a token-shaped word after Authorization: is the credential, no scheme -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [
+        ("Authorization: d3b07384-d9a0-4c9f-8e2b-6f1c2a7e9b10 was rejected", "d3b07384-d9a0-4c9f-8e2b-6f1c2a7e9b10"),
+        ("GET /v1/orders Authorization: a1b2c3d4-e5f6-7890-abcd-ef1234567890 (user alice) 401", "a1b2c3d4-e5f6-7890"),
+        ("Authorization: f00dbabe12345678 expired", "f00dbabe12345678"),
+        ("Authorization: ab12-cd34-ef56 now", "ab12-cd34-ef56"),
+    ],
+)
+def test_a_token_shaped_first_word_after_authorization_is_the_credential(redactor: Redactor, text: str, token: str) -> None:
+    redacted = redactor.redact_text(text)
+    assert token not in redacted
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Authorization: EG2-HMAC-SHA512 Credential=abc123def456", "EG2-HMAC-SHA512"),
+        ("Authorization: Acme-Signed 9f8e7d6c5b4a", "Acme-Signed"),
+    ],
+)
+def test_an_unknown_scheme_word_is_still_kept_before_its_credential(redactor: Redactor, text: str, kept: str) -> None:
+    redacted = redactor.redact_text(text)
+    assert kept in redacted
+    assert redacted.count("[REDACTED:") == 1
