@@ -1555,6 +1555,14 @@ class Redactor:
         seen = {} if seen is None else seen
         return any(_found(seen, pattern, lowered, needs, min_digits) for pattern, needs, min_digits in self._gates)
 
+    def _secret_spaced_key(self, text: str) -> bool:
+        """Whether JSON ``text`` has a member whose key is no identifier (``"Security Code"``, ``"Date of Birth"``,
+        ``"API Key"``) but names a secret to the walk (:meth:`_key_strength`): the text rules find names without
+        spaces or punctuation only, so such a text is walked, not scanned."""
+        if not (self._secret_keys or self._extra_keys):
+            return False
+        return any(self._key_strength(key.group(1)) for key in _SPACED_KEY.finditer(text))
+
     def _clean_json(self, text: str) -> bool:
         """Whether JSON ``text`` surely holds nothing to redact: no rule matches in it (secret-named
         members included: the ``secret`` rule sees ``"password": ...``), and no JSON text sits two
@@ -1564,7 +1572,7 @@ class Redactor:
         the rules (an address in Cyrillic, ``postgres:\\/\\/user:pw@``, a password after a line break): in a text
         holding them the rules run over it with those escapes decoded (and once more with those one string deeper
         decoded, where there are any)."""
-        if self.custom is not None or '\\\\\\"' in text:
+        if self.custom is not None or '\\\\\\"' in text or self._secret_spaced_key(text):
             return False
         if "\\" not in text:
             return self._no_match(text)
@@ -1572,7 +1580,7 @@ class Redactor:
         if text in self._clean_json_texts:
             return True
         view = _decode_escapes(text)  # what the strings say
-        if not self._no_match(view):
+        if self._secret_spaced_key(view) or not self._no_match(view):
             return False
         if "\\\\" in view:  # and the JSON texts in them
             deeper = _decode_escapes(view, deeper=True)
@@ -1684,6 +1692,10 @@ class Redactor:
         out.append(text[last:])
         return "".join(out)
 
+
+_SPACED_KEY = re.compile(r'\\?"([^"\\\n]{0,64}?[^\w"\\\n][^"\\\n]{0,64}?)\\?"\s*:')
+"""A JSON member's key (up to 129 characters, no escapes; its quotes escaped too, a JSON text in a string) holding a
+character no identifier has (a space, ``#``)."""
 
 _IN_SHORT_KEY = re.compile(r"\d|[sr]k_|whsec_|AKIA|ASIA")
 """Found in every short identifier (under 32 characters) a built-in rule matches in: the provider keys that are

@@ -5,11 +5,12 @@ unredacted. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from ee_middleware.capture.redaction import Redactor
+from ee_middleware.capture.redaction import RedactionRules, Redactor
 
 
 @pytest.fixture
@@ -206,3 +207,36 @@ def test_an_unknown_scheme_word_is_still_kept_before_its_credential(redactor: Re
     redacted = redactor.redact_text(text)
     assert kept in redacted
     assert redacted.count("[REDACTED:") == 1
+
+
+# --- finding 6: the JSON clean-check scan missed keys the walk redacts under ----------------------------------------
+
+SPACED_SECRET_KEYS = [
+    {"Security Code": "123"},
+    {"Security Answer": "Fluffy"},
+    {"One Time Code": "884213"},
+    {"Verification Code": "884213"},
+    {"API Key": "abc123def456"},
+    {"Contact No.": "415-555-0134"},
+    {"Home #": "415-555-0134"},
+    {"SS#": "123-45-6789"},
+]
+
+
+@pytest.mark.parametrize("data", SPACED_SECRET_KEYS)
+def test_json_text_and_redact_json_agree_with_the_walk_for_spaced_keys(redactor: Redactor, data: dict) -> None:
+    [value] = data.values()
+    walked = redactor.redact_value(data)
+    assert value not in json.dumps(walked)
+    assert value not in redactor.redact_json(data)
+    assert value not in redactor.redact_text(json.dumps(data))
+    assert value not in redactor.redact_value({"content": json.dumps(data)})["content"]
+    assert value not in redactor.redact_value({"content": json.dumps({"inner": json.dumps(data)})})["content"]
+
+
+def test_spaced_redaction_keys_are_redacted_in_json_text_too() -> None:
+    redactor = Redactor(salt=b"s", rules=RedactionRules(keys=["date_of_birth", "national_id"]))
+    data = {"arguments": {"Date of Birth": "1985-07-14", "National ID": "QQ123456C"}}
+    for out in (redactor.redact_json(data), redactor.redact_text(json.dumps(data)), json.dumps(redactor.redact_value(data))):
+        assert "1985-07-14" not in out
+        assert "QQ123456C" not in out
