@@ -1627,8 +1627,8 @@ class Redactor:
         if self._clean_json(stripped):
             return text
         try:
-            data = json.loads(stripped)
-        except (ValueError, RecursionError):
+            data = _DECODER.decode(stripped)
+        except (ValueError, RecursionError):  # (not JSON, or a key twice: read as text)
             return None
         if not isinstance(data, (dict, list)):
             return None
@@ -1722,7 +1722,18 @@ _EMBEDDED_FAILURES = 64
 the rules alone, as a text without escapes is): each costs up to the text's length (see there)."""
 _HIDING_ESCAPE = re.compile(r"\\[u/nrtbf]")
 """An escape that hides what it stands for from the rules (:data:`_SIMPLE_ESCAPES`, ``\\uXXXX``)."""
-_DECODER = json.JSONDecoder()
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's members as a dict, or ``ValueError`` where a key repeats: ``json`` keeps the last value only, and
+    the walk would not see (and the text written back would lose) the first; such a text is read as text."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return data
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
 
 _CLEAN_MEMO_CHARS = 4_000_000
 """Characters of clean text a redactor remembers at most (texts over 1/64 of it are not kept)."""

@@ -240,3 +240,20 @@ def test_spaced_redaction_keys_are_redacted_in_json_text_too() -> None:
     for out in (redactor.redact_json(data), redactor.redact_text(json.dumps(data)), json.dumps(redactor.redact_value(data))):
         assert "1985-07-14" not in out
         assert "QQ123456C" not in out
+
+
+# --- finding 7: JSON text with a duplicate key -----------------------------------------------------------------------
+
+DUPLICATE_KEYS = [
+    '{"card": "4111111111111111", "card": "none"}',
+    '{"customer": {"card": "4111 1111 1111 1111", "email": "jane.doe@gmail.com", "card": null}, "status": "ok"}',
+    'Result: {"card": "4111111111111111", "card": "none"} \\n done',
+]
+
+
+@pytest.mark.parametrize("text", DUPLICATE_KEYS)
+def test_json_with_a_duplicate_key_is_redacted_as_text_and_keeps_every_member(redactor: Redactor, text: str) -> None:
+    for out in (redactor.redact_text(text), redactor.redact_value({"tool_result": text})["tool_result"]):
+        assert "4111" not in out
+        assert "jane.doe" not in out
+        assert out.count('"card"') == text.count('"card"')
