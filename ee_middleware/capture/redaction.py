@@ -464,6 +464,10 @@ _NEXT_WORD = re.compile(r"[ \t]+")
 _CLAUSE_END = frozenset(".!?:")
 
 
+_DIGIT_GROUPS = re.compile(r"(?:[ -]\d{1,8})+(?![\w-])")
+"""The further groups of a number written in groups after its first (`` 45 6789``, ``-213``)."""
+
+
 def _bare_value_end(text: str, match: re.Match[str]) -> int:
     """Where the unquoted value of secret name ``match`` (written unquoted: prose, an environment line, a URL) ends: at
     the end of its token (:func:`_token_end`), less the punctuation that closes a clause or a bracket it does not open
@@ -476,6 +480,10 @@ def _bare_value_end(text: str, match: re.Match[str]) -> int:
     in_query = name_start > 0 and text[name_start - 1] in "?&"
     end = _token_end(text, start, in_query)
     last = _trimmed(text, start, end)
+    if not in_query and last > start and text[start:last].isascii() and text[start:last].isdigit():
+        groups = _DIGIT_GROUPS.match(text, last)  # (a number in groups: "SSN: 123 45 6789", "otp: 884 213")
+        if groups is not None:
+            return groups.end()
     if (
         in_query
         or last != end

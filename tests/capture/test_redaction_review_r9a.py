@@ -257,3 +257,20 @@ def test_json_with_a_duplicate_key_is_redacted_as_text_and_keeps_every_member(re
         assert "4111" not in out
         assert "jane.doe" not in out
         assert out.count('"card"') == text.count('"card"')
+
+
+# --- finding 8: a numeric secret written in groups after its name ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "groups"),
+    [("SSN: 123 45 6789", ("45", "6789")), ("otp: 884 213", ("213",)), ("pin: 4821 9921.", ("9921",)), ("my otp: 884-213", ("213",))],
+)
+def test_every_digit_group_of_a_secret_after_its_name_is_redacted(redactor: Redactor, text: str, groups: tuple) -> None:
+    redacted = redactor.redact_text(text)
+    for group in groups:
+        assert group not in redacted
+
+
+def test_words_after_a_numeric_secret_are_kept(redactor: Redactor) -> None:
+    assert redactor.redact_text("otp: 884 213 expires in 5 minutes").endswith(" expires in 5 minutes")
