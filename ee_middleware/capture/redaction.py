@@ -160,7 +160,6 @@ _STRONG_LAST_PAIRS = {
     ("security", "answers"),
     ("security", "code"),
     ("verification", "code"),
-    ("time", "code"),  # one_time_code, oneTimeCode
     ("otp", "code"),
     ("totp", "code"),
 }
@@ -192,6 +191,7 @@ def _secret_name_strength(name: str) -> int:
         strong_at
         or last in _STRONG_LAST_WORDS
         or pair in _STRONG_LAST_PAIRS
+        or words[-3:] == ["one", "time", "code"]  # (one_time_code, oneTimeCode; not a media time_code: 01:00:00:00)
         or (last == "token" and len(words) > 1 and words[-2] in _TOKEN_KINDS)
     ):
         return 2

@@ -274,3 +274,22 @@ def test_every_digit_group_of_a_secret_after_its_name_is_redacted(redactor: Reda
 
 def test_words_after_a_numeric_secret_are_kept(redactor: Redactor) -> None:
     assert redactor.redact_text("otp: 884 213 expires in 5 minutes").endswith(" expires in 5 minutes")
+
+
+# --- finding 12: over-redaction by the new rules --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [{"start_time_code": "01:00:00:00"}, {"timeCode": "00:01:23:12"}, {"time_code": {"h": 1, "f": 12}}])
+def test_a_media_time_code_is_no_secret(redactor: Redactor, data: dict) -> None:
+    assert redactor.redact_value(data) == data
+    assert redactor.redact_text(json.dumps(data)) == json.dumps(data)
+
+
+def test_a_media_time_code_in_text_is_no_secret(redactor: Redactor) -> None:
+    assert redactor.redact_text("time_code: 01:00:00:00") == "time_code: 01:00:00:00"
+
+
+@pytest.mark.parametrize("key", ["one_time_code", "oneTimeCode", "One Time Code", "otp_code"])
+def test_a_one_time_code_is_still_a_secret(redactor: Redactor, key: str) -> None:
+    assert "884213" not in json.dumps(redactor.redact_value({key: "884213"}))
+    assert "884213" not in redactor.redact_json({key: "884213"})
