@@ -497,8 +497,8 @@ def _bare_value_end(text: str, match: re.Match[str]) -> int:
         if gap is None or gap.end() >= len(text):
             break
         word = gap.end()
-        if text[word] in "\"'`\\" or text.startswith("[REDACTED:", word) or _NEXT_FIELD.match(text, word):
-            break
+        if text[word] in "\"'`\\#" or text.startswith("[REDACTED:", word) or _NEXT_FIELD.match(text, word):
+            break  # (a "#" after a space starts a comment: "password: hunter2 # rotate monthly")
         word_end = _token_end(text, word, False)
         if word_end == word or word_end - start > _PASSPHRASE_CHARS:
             break
@@ -509,6 +509,11 @@ def _bare_value_end(text: str, match: re.Match[str]) -> int:
             end = trimmed
         if trimmed != word_end:
             break
+    else:  # 8 words of letters and more on the line: prose, no passphrase ("Password: must be at least 8 characters ...")
+        gap = _NEXT_WORD.match(text, end)
+        more = gap is not None and gap.end() < len(text) and text[gap.end()].isalnum()
+        if more and sum(word.isalpha() for word in text[start:end].split()) >= _PASSPHRASE_WORDS - 2:
+            return last
     return end
 
 

@@ -293,3 +293,22 @@ def test_a_media_time_code_in_text_is_no_secret(redactor: Redactor) -> None:
 def test_a_one_time_code_is_still_a_secret(redactor: Redactor, key: str) -> None:
     assert "884213" not in json.dumps(redactor.redact_value({key: "884213"}))
     assert "884213" not in redactor.redact_json({key: "884213"})
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("password: hunter2 # rotate monthly", " # rotate monthly"),
+        ("Password: must be at least 8 characters long and contain a digit.", " be at least 8 characters long and contain a digit."),
+        ("Password: Enter the password you set when you signed up", " the password you set when you signed up"),
+    ],
+)
+def test_a_passphrase_ends_at_a_comment_and_prose_keeps_all_but_its_first_word(redactor: Redactor, text: str, kept: str) -> None:
+    assert redactor.redact_text(text).endswith(kept)
+
+
+def test_a_passphrase_of_several_words_is_still_taken_whole(redactor: Redactor) -> None:
+    redacted = redactor.redact_text("Password: correct horse battery staple")
+    assert redacted.startswith("Password: [REDACTED:secret")
+    assert "correct" not in redacted
+    assert "staple" not in redacted
