@@ -1014,8 +1014,10 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule(
         "password",
         re.compile(
-            r"(?i)\b(?:pin(?:[ -]?(?:code|number|no\.?))?|passcode)"
-            r"(?:\s*+[:=#]\s*+|\s+(?:(?!is\b|was\b)[\w'-]+\s+){0,4}?(?:is|was)(?:\s+now)?\s*+(?::\s*+)?|\s+)"
+            r"(?i)(?:\b(?:pin(?:[ -]?(?:code|number|no\.?))?|passcode)"
+            r"(?:\s*+[:=#]\s*+|\s+(?:(?!is\b|was\b)[\w'-]+\s+){0,4}?(?:is|was)(?:\s+now)?\s*+(?::\s*+)?)"
+            # a number right after the word: "PIN 4821", "my pin 4821", "pin code 4821", not a header's "pin 8080"
+            r"|\b(?:(?-i:PIN|Pin)|(?<=\bmy )pin|(?<=\byour )pin|pin[ -]?(?:code|number|no\.?)|passcode)\s+)"
             r"(?P<value>\d{4,8})(?![\d-]|[.,]\d)"
         ),
         _PIN_OR_SSN,

@@ -312,3 +312,13 @@ def test_a_passphrase_of_several_words_is_still_taken_whole(redactor: Redactor) 
     assert redacted.startswith("Password: [REDACTED:secret")
     assert "correct" not in redacted
     assert "staple" not in redacted
+
+
+@pytest.mark.parametrize("text", ["Use pin 8080 for the LED", "GPIO 17 is on pin 2710 here", "Map pin 2034 placed", "set pin 5000 high"])
+def test_a_lowercase_pin_with_a_number_in_hardware_text_is_no_secret(redactor: Redactor, text: str) -> None:
+    assert redactor.redact_text(text) == text
+
+
+@pytest.mark.parametrize("text", ["PIN 4821", "my pin 4821", "Your Pin 4821", "pin code 4821", "pin: 4821", "my pin is 4821", "Pin 4821"])
+def test_a_pin_as_a_secret_is_still_redacted(redactor: Redactor, text: str) -> None:
+    assert "4821" not in redactor.redact_text(text)
