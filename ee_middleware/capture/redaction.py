@@ -332,7 +332,8 @@ def _assignments(text: str, names: Pattern[str] = _NAME_WORD, strength_of: Calla
         elif value[0] in "{[":  # a bracket that opens no JSON-like value: up to a space, a quote or a comma
             yield _Found(*match.span("value"))
         elif (credential := _credential_after_scheme(text, match)) is not None:  # Authorization: Token 9f8e...
-            yield credential
+            if _DOCS_PLACEHOLDER.fullmatch(text, credential.start, credential.end) is None:  # (Bearer <token>: kept)
+                yield credential
         elif match.group("quote"):  # a bare value after a quoted name (JSON, a repr): up to a space, a comma or a bracket
             yield _Found(*match.span("value"), quote)
         else:  # a word in prose or an environment line: its whole token, or a passphrase (:func:`_bare_value_end`)
@@ -357,6 +358,9 @@ _HEADER_SCHEMES = frozenset(
 """The scheme words that mark a credential after a header name that is no secret name (``X-Custom-Auth: Token
 9f8e...``), when it looks like one (:func:`_header_credential`); Bearer and Basic have rules of their own."""
 _SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9._~+/-]{0,39})[ \t]+")
+_DOCS_PLACEHOLDER = re.compile(r"<[A-Za-z][A-Za-z _.-]{0,39}>|\$\{?[A-Z_][A-Z0-9_]*\}?|\{\{\s*[A-Za-z_][\w.-]*\s*\}\}|base64\([\w:.-]*\)")
+"""What documentation writes for a credential after an auth scheme (``Bearer <token>``, ``Bearer $TOKEN``,
+``${API_TOKEN}``, ``{{token}}``, ``Basic base64(user:pass)``): no credential, kept."""
 _UNKNOWN_SCHEME = re.compile(r"[A-Za-z]{2,24}|[A-Za-z][A-Za-z0-9]{0,15}(?:-[A-Za-z0-9]{1,15}){1,4}")
 """What an auth scheme not in :data:`_AUTH_SCHEMES` looks like after ``Authorization:`` (``Acme-Signed``,
 ``EG2-HMAC-SHA512``): letters, or parts joined by hyphens; a credential has digits and no hyphenated words."""

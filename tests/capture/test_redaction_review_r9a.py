@@ -322,3 +322,29 @@ def test_a_lowercase_pin_with_a_number_in_hardware_text_is_no_secret(redactor: R
 @pytest.mark.parametrize("text", ["PIN 4821", "my pin 4821", "Your Pin 4821", "pin code 4821", "pin: 4821", "my pin is 4821", "Pin 4821"])
 def test_a_pin_as_a_secret_is_still_redacted(redactor: Redactor, text: str) -> None:
     assert "4821" not in redactor.redact_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer <token>",
+        "Authorization: Bearer $TOKEN",
+        'curl -H "Authorization: Bearer ${API_TOKEN}"',
+        "Authorization: Basic base64(user:pass)",
+        "Authorization: Bearer {{token}}",
+    ],
+)
+def test_a_documentation_placeholder_after_an_auth_scheme_is_kept(redactor: Redactor, text: str) -> None:
+    assert redactor.redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer <abc123def456ghi789>",
+        "Authorization: Bearer $2b$12$abcdefghijklmnopqrstuv",
+        "Authorization: Token $abc123def456",
+    ],
+)
+def test_a_credential_that_only_starts_like_a_placeholder_is_redacted(redactor: Redactor, text: str) -> None:
+    assert "[REDACTED:" in redactor.redact_text(text)
