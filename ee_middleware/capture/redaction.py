@@ -1654,6 +1654,8 @@ class Redactor:
         redacted = self.redact_value(data)
         if redacted == data:
             return text
+        if _dump_like(data, data, stripped) != stripped:  # (a layout or a number it cannot write back: 1e400, indent 3)
+            return None
         start = text.index(stripped[0])
         return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
 

@@ -348,3 +348,21 @@ def test_a_documentation_placeholder_after_an_auth_scheme_is_kept(redactor: Reda
 )
 def test_a_credential_that_only_starts_like_a_placeholder_is_redacted(redactor: Redactor, text: str) -> None:
     assert "[REDACTED:" in redactor.redact_text(text)
+
+
+# --- finding 13: the JSON path rewrote numbers and layout ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ('{"big": 1e400, "card": "4111111111111111"}', "1e400"),
+        ('{"z": -0, "h": 1.0e2, "card": "4111111111111111"}', "1.0e2"),
+        ('{\n   "a": 1,\n   "card": "4111111111111111"\n}', '\n   "a": 1,\n   "card": '),
+    ],
+)
+def test_json_text_keeps_its_numbers_and_layout_where_something_is_redacted(redactor: Redactor, text: str, kept: str) -> None:
+    redacted = redactor.redact_text(text)
+    assert "4111111111111111" not in redacted
+    assert kept in redacted
+    assert "Infinity" not in redacted
