@@ -1645,6 +1645,8 @@ class Redactor:
             return None
         if self._clean_json(stripped):
             return text
+        if self._user and next(self._matches(stripped, self._user), None) is not None:
+            return None  # (a user pattern matches the JSON text itself, "dob": "..."; the walk shows it single strings)
         try:
             data = _DECODER.decode(stripped)
         except (ValueError, RecursionError):  # (not JSON, or a key twice: read as text)

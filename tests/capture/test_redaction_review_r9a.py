@@ -366,3 +366,14 @@ def test_json_text_keeps_its_numbers_and_layout_where_something_is_redacted(reda
     assert "4111111111111111" not in redacted
     assert kept in redacted
     assert "Infinity" not in redacted
+
+
+# --- finding 9: a user pattern written for JSON text (key context) ---------------------------------------------------
+
+
+def test_a_user_pattern_using_json_key_context_applies_to_json_text() -> None:
+    redactor = Redactor(RedactionRules(patterns={"dob": r'"dob":\s*"(?P<value>\d{4}-\d\d-\d\d)"'}), salt=b"s")
+    redacted = redactor.redact_text('{"name": "x", "dob": "1985-07-14", "card": "4111111111111111"}')
+    assert "1985-07-14" not in redacted
+    assert "4111111111111111" not in redacted
+    assert "1985-07-14" not in redactor.redact_text('{"name": "x", "dob": "1985-07-14"}')
