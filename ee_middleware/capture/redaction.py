@@ -727,10 +727,15 @@ def _names_an_id(words: list[str]) -> bool:
     return first < len(words) and words[first] in _ID_WORDS
 
 
-def _after_an_id_word(text: str, start: int) -> bool:
-    """Whether the number at ``start`` directly follows a word saying it is an id (:func:`_names_an_id`): ``order no.
-    5890820148538237``, ``EAN 3816941836104``, ``"order_id": 5890...``, ``ticket 191-453-6524``, ``part 539-12-2211``."""
-    return start > 0 and _names_an_id(_words_before(text, start))
+def _after_an_id_word(text: str, start: int, end: int) -> bool:
+    """Whether the number at ``start:end`` directly follows a word saying it is an id (:func:`_names_an_id`): ``order
+    no. 5890820148538237``, ``EAN 3816941836104``, ``"order_id": 5890...``, ``ticket 191-453-6524``, ``part
+    539-12-2211``; in a quoted string (``"ticket": "191-453-6524"``) only where it is the whole string, as
+    :meth:`Redactor.redact_value` keeps only a whole value under an id key (``"ticket": "+1 415 555 0134 called"`` is
+    free text, its phone number redacted)."""
+    if start == 0 or not _names_an_id(_words_before(text, start)):
+        return False
+    return text[start - 1] != '"' or text.startswith('"', end) or text.startswith('\\"', end)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -758,10 +763,10 @@ def _cards(text: str) -> Iterator[re.Match[str] | _Found]:
     while (match := _CARD.search(text, pos)) is not None:
         pos = match.end()
         if _is_card(match.group()):
-            if not _after_an_id_word(text, match.start()):
+            if not _after_an_id_word(text, match.start(), match.end()):
                 yield match
         elif (card := _card_within(text, match)) is not None:
-            if not _after_an_id_word(text, card.start):
+            if not _after_an_id_word(text, card.start, card.end):
                 yield card
             pos = card.end
 
@@ -937,14 +942,14 @@ _PIN_OR_SSN_WORDS = ("pin", "passcode", "ssn", "social")
 
 def _ssns(text: str) -> Iterator[re.Match[str]]:
     """What :data:`_SSN` finds, but right after an id word (``part 539-12-2211``, ``SKU 310-42-1187``)."""
-    return (match for match in _SSN.finditer(text) if not _after_an_id_word(text, match.start()))
+    return (match for match in _SSN.finditer(text) if not _after_an_id_word(text, match.start(), match.end()))
 
 
 def _phones(text: str) -> Iterator[re.Match[str]]:
     """What :data:`_PHONE` finds, but right after an id word (``ticket 191-453-6524``). Next to a currency it is still
     a phone number: every number :data:`_PHONE` finds has a phone's shape (a ``+`` prefix, ``(415) 555-0134``,
     ``415-555-0134``), and a price list or a report puts phones next to amounts (``+1 415 555 0134 $5/min``)."""
-    return (match for match in _PHONE.finditer(text) if not _after_an_id_word(text, match.start()))
+    return (match for match in _PHONE.finditer(text) if not _after_an_id_word(text, match.start(), match.end()))
 
 
 BUILTIN_RULES: tuple[Rule, ...] = (
@@ -1380,7 +1385,8 @@ class Redactor:
         first = len(value) - len(value.lstrip())
         if first == len(value) or value[first] in '{["' or "\\" in value:  # (JSON in it, escapes: read as any string is)
             return self.redact_value(value)
-        found = [f for f in self._find(value) if not (f[2] in _NUMBER_KINDS and f[0] == first)] if self._rules else []
+        last = len(value.rstrip())  # (only a whole value is an id: a number starting free text is not)
+        found = [f for f in self._find(value) if not (f[2] in _NUMBER_KINDS and f[0] == first and f[1] == last)] if self._rules else []
         text = self._apply_found(value, found)
         return self.custom(text) if self.custom is not None else text
 

@@ -117,7 +117,7 @@ def test_a_number_under_a_key_naming_a_card_or_a_phone_is_still_redacted(data):
     ],
 )
 def test_data_and_its_json_text_are_redacted_alike(data):
-    """Only the number that starts a value under an id key is kept, as in JSON text the number right after the key."""
+    """Only a number that is the whole value under an id key is kept, as in JSON text the whole string after the key."""
     redactor = Redactor()
     redacted = redactor.redact_value(data)
     assert json.loads(redactor.redact_text(json.dumps(data))) == redacted
@@ -179,5 +179,7 @@ def test_an_order_number_stays_an_integer_in_the_call_and_unchanged_in_the_task_
 def test_the_keys_of_an_object_under_an_id_key_are_ids():
     data = {"orders": {str(LUHN_ORDER): {"status": "shipped"}, "4111 1111 1111 1111 card": {}}}
     redacted = Redactor().redact_value(data)
-    assert str(LUHN_ORDER) in redacted["orders"] and "4111 1111 1111 1111 card" in redacted["orders"]
+    assert str(LUHN_ORDER) in redacted["orders"]
+    # review r9a: only a whole key is an id; a card starting a longer key is redacted
+    assert "4111 1111 1111 1111 card" not in redacted["orders"]
     assert Redactor().redact_value({"customers": {str(LUHN_ORDER): {}}}) == {"customers": {"[REDACTED:credit_card]": {}}}

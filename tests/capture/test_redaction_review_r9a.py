@@ -377,3 +377,26 @@ def test_a_user_pattern_using_json_key_context_applies_to_json_text() -> None:
     assert "1985-07-14" not in redacted
     assert "4111111111111111" not in redacted
     assert "1985-07-14" not in redactor.redact_text('{"name": "x", "dob": "1985-07-14"}')
+
+
+# --- finding 1 (same family): a JSON id key holding free text that starts with a phone or a card ---------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "number"),
+    [
+        ({"ticket": "+1 415 555 0134 called about card 4111 1111 1111 1111"}, "555 0134"),
+        ({"ref_no": "4111 1111 1111 1111 and 4242 4242 4242 4242"}, "4111 1111"),
+        ({"sku": "310-42-1187 x"}, "310-42-1187"),
+    ],
+)
+def test_a_number_starting_free_text_under_an_id_key_is_redacted(redactor: Redactor, data: dict, number: str) -> None:
+    assert number not in json.dumps(redactor.redact_value(data))
+    assert number not in redactor.redact_text(json.dumps(data))
+    assert number not in redactor.redact_json(data)
+
+
+@pytest.mark.parametrize("data", [{"ticket": "191-453-6524"}, {"reference": "5890820148538237"}, {"order_id": 5890820148538237}])
+def test_a_whole_id_under_an_id_key_is_still_kept(redactor: Redactor, data: dict) -> None:
+    assert redactor.redact_value(data) == data
+    assert redactor.redact_text(json.dumps(data)) == json.dumps(data)
