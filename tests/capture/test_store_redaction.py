@@ -23,6 +23,7 @@ from ee_middleware.capture.store_redaction import (
 from ee_middleware.capture.vault import AMBIGUOUS, KEY_ENV, Vault, new_key
 from ee_middleware.errors import ConfigError
 from ee_middleware.store import LocalExperienceStore
+from tests.capture.redaction_capture import files_text
 from tests.examples.conftest import EXAMPLES
 
 assert EXAMPLES.is_dir()  # importing it put examples/ on sys.path: the retail agent is a real LangGraph graph
@@ -40,18 +41,6 @@ def record_experts(*args, **kwargs):
     from retail_db.agent import record_experts
 
     return record_experts(*args, **kwargs)
-
-
-def _store_text(root: Path) -> str:
-    import polars as pl
-
-    parts = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            parts.append(
-                pl.read_parquet(path).write_ndjson() if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
-            )
-    return "\n".join(parts)
 
 
 def test_capture_keeps_its_rules_with_the_store_and_later_writers_make_the_same_pseudonyms(tmp_path: Path) -> None:
@@ -102,7 +91,7 @@ def test_the_vault_maps_every_pseudonym_in_the_store_to_its_value_and_stays_out_
     assert placeholders and all(vault.lookup(p) for p in placeholders)
     phone = re.search(r"\d{3}-555-\d{4}", task[0].user).group(0)
     assert phone in {vault.lookup(p) for p in placeholders}
-    assert phone not in _store_text(store), "the real value is only in the vault"
+    assert phone not in files_text(store), "the real value is only in the vault"
 
 
 def test_an_encrypted_vault_holds_no_plain_value_and_refuses_a_wrong_or_missing_key(
@@ -213,7 +202,7 @@ def test_later_writers_apply_the_redact_fn_capture_applied(react_graph, store_pa
     assert store_redactor(store, create_salt=False).redact_text(f"for {CODENAME}") == "for [codename]"
     store.write_replay(*_replay_holding(CODENAME))
     store.close()
-    assert CODENAME not in _store_text(store_path), "the replay record and rollout were written with the redact_fn"
+    assert CODENAME not in files_text(store_path), "the replay record and rollout were written with the redact_fn"
 
 
 def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(react_graph, store_path: Path) -> None:
@@ -230,7 +219,7 @@ def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(react
     with pytest.raises(ConfigError, match=rf"redact_fn={__name__}\..*<lambda>.*cannot be imported.*module level"):
         store.write_replay(*_replay_holding(CODENAME))
     store.close()
-    assert CODENAME not in _store_text(store_path)
+    assert CODENAME not in files_text(store_path)
     settings = json.loads((store_path / REDACTION_FILE).read_text())
     (store_path / REDACTION_FILE).write_text(json.dumps({**settings, "custom_function": "no_such_module_here.scrub"}))
     with pytest.raises(ConfigError, match=r"redact_fn=no_such_module_here\.scrub.*No module named 'no_such_module_here'.*PYTHONPATH"):
@@ -275,7 +264,7 @@ def test_apps_sharing_a_store_with_different_redact_fns_have_every_one_applied_b
     store.write_replay(*_replay_holding(OTHER_CODENAME))
     store.write_replay(*_replay_holding(CODENAME))
     store.close()
-    text = _store_text(store_path)
+    text = files_text(store_path)
     assert CODENAME not in text and OTHER_CODENAME not in text, "replay records of either app were written with both"
     from ee_middleware.replay.privacy import ReplayPrivacy
 

@@ -25,6 +25,7 @@ from ee_middleware.capture.redaction import RedactionRules
 from ee_middleware.capture.store_redaction import REDACTION_FILE, StoreRedaction, read_store_redaction, store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.redaction_capture import files_text
 
 DOB = "1985-07-14"
 NINO = "QQ 12 34 56 C"
@@ -60,25 +61,13 @@ def _record(store: Path, **settings: Any) -> None:
     agent.recorder.close()
 
 
-def _store_text(root: Path) -> str:
-    import polars as pl
-
-    parts = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            parts.append(
-                pl.read_parquet(path).write_ndjson() if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
-            )
-    return "\n".join(parts)
-
-
 def _plain(text: str) -> list[str]:
     return [value for value in SECRET_VALUES if value in text]
 
 
 def test_values_under_the_redaction_keys_are_redacted_at_capture_and_the_keys_kept_with_the_store(store_path: Path) -> None:
     _record(store_path, redaction_keys=KEYS)
-    text = _store_text(store_path)
+    text = files_text(store_path)
     assert _plain(text) == [], "arguments, the JSON result and the environment hold no value under those keys"
     assert SINCE in text, "other dates stay"
     [trajectory] = LocalExperienceStore(store_path).iter_trajectories()
@@ -93,7 +82,7 @@ def test_values_under_the_redaction_keys_are_redacted_at_capture_and_the_keys_ke
 def test_later_recorders_and_writers_apply_the_store_s_redaction_keys(store_path: Path) -> None:
     _record(store_path, redaction_keys=KEYS)
     _record(store_path)  # a second service without the setting
-    assert _plain(_store_text(store_path)) == [], "the second recorder applied the keys the store recorded"
+    assert _plain(files_text(store_path)) == [], "the second recorder applied the keys the store recorded"
     store = LocalExperienceStore(store_path)
     redactor = store_redactor(store, create_salt=False)
     assert redactor.redact_value({"tax_id": TAX_ID, "since": SINCE})["tax_id"].startswith("[REDACTED:secret:")
@@ -107,7 +96,7 @@ def test_ee_traces_export_applies_redaction_keys_recorded_after_the_runs(store_p
     from ee_middleware.cli.app import app
 
     _record(store_path)  # before the keys existed: the values are in the store
-    assert DOB in _store_text(store_path)
+    assert DOB in files_text(store_path)
     _record(store_path, redaction_keys=KEYS)
     out = tmp_path / "export.jsonl"
     result = CliRunner().invoke(app, ["traces", "export", "--store", str(store_path), "-f", "jsonl", "-o", str(out), "--status", "all"])

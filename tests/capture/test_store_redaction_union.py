@@ -25,6 +25,7 @@ from ee_middleware.capture import offload
 from ee_middleware.capture.store_redaction import REDACTION_FILE, read_store_redaction
 from ee_middleware.errors import ConfigError
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.redaction_capture import files_text
 from tests.capture.test_offload import no_child_left  # noqa: F401 - a fixture: no capture process is left behind
 
 CODENAME = "Project Nightjar"
@@ -79,21 +80,8 @@ def _run(agent: Any) -> None:
     assert agent.flush()
 
 
-def _store_text(root: Path) -> str:
-    """Every file of the store as text (the spool, the Parquet parts, the metadata)."""
-    import polars as pl
-
-    parts = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            parts.append(
-                pl.read_parquet(path).write_ndjson() if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
-            )
-    return "\n".join(parts)
-
-
 def _plain_in(root: Path) -> list[str]:
-    text = _store_text(root)
+    text = files_text(root)
     return [value for value in PLAIN if value in text]
 
 
@@ -172,7 +160,7 @@ def test_a_recorded_redact_fn_this_process_cannot_import_stops_the_recorder_nami
     again = _agent(store_path)
     _run(again)
     again.recorder.close()
-    assert CODENAME not in _store_text(store_path)
+    assert CODENAME not in files_text(store_path)
     # a function whose module is not importable here is refused the same way
     (store_path / REDACTION_FILE).write_text(json.dumps({**saved, "custom_function": "no_such_module_here.scrub"}))
     with pytest.raises(ConfigError, match=r"redact_fn=no_such_module_here\.scrub.*No module named 'no_such_module_here'.*PYTHONPATH"):
@@ -258,7 +246,7 @@ def test_a_redact_fn_recorded_after_a_recorder_started_that_it_cannot_import_fai
     assert stats.runs_failed == 1 and stats.trajectories_written == 0
     assert "redact_fn=no_such_module_here.scrub" in caplog.text
     assert f'edit {store_path / REDACTION_FILE}: remove "no_such_module_here.scrub" from its "custom_function" list' in caplog.text
-    assert _trajectories(store_path) == [] and CODENAME not in _store_text(store_path)
+    assert _trajectories(store_path) == [] and CODENAME not in files_text(store_path)
 
 
 @pytest.mark.usefixtures("rules_read_at_every_run")
@@ -282,4 +270,4 @@ def test_the_first_run_after_the_store_s_rules_are_read_again_stores_its_thread_
     assert secret not in (run.task or "") and "[REDACTED:token:" in run.task
     assert secret not in (run.thread_id or ""), f"the thread id was stored under the old rules: {run.thread_id}"
     assert run.thread_id.startswith("thr-[REDACTED:token:")
-    assert secret not in _store_text(store_path)
+    assert secret not in files_text(store_path)
