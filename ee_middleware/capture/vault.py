@@ -66,6 +66,21 @@ AMBIGUOUS = object()
 """What :meth:`Vault.lookup` returns for a placeholder recorded with two different values."""
 
 
+VAULT_ENV = "EE_VAULT"
+"""Another vault file than the one a store's ``redaction.json`` names, or ``off`` (0, false, no) to go without it:
+read by replay and by ingest alike (:func:`vault_in_force`)."""
+
+
+def vault_in_force(named: str | None) -> str | None:
+    """The vault to use for a store whose ``redaction.json`` names ``named``: that one, the path ``EE_VAULT`` gives
+    instead, or none with ``EE_VAULT=off`` (a misspelt switch is refused:
+    :func:`~ee_middleware.capture.config.env_flag`)."""
+    from ee_middleware.capture.config import env_flag
+
+    given = env_flag(VAULT_ENV, or_path=True)
+    return named if given is None or given is True else given or None
+
+
 def new_key() -> str:
     """A new Fernet key for ``EE_VAULT_KEY`` (needs ``cryptography``)."""
     return _fernet_module().Fernet.generate_key().decode()

@@ -24,7 +24,6 @@ import polars as pl
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, split_nested
-from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import SALT_FILE, Redactor, store_salt
@@ -36,7 +35,7 @@ from ee_middleware.capture.store_redaction import (
     read_store_redaction,
     record_store_redaction,
 )
-from ee_middleware.capture.vault import Vault
+from ee_middleware.capture.vault import VAULT_ENV, Vault, vault_in_force
 from ee_middleware.errors import ConfigError, IngestError, StoreError
 from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_EVENTS, adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
@@ -194,21 +193,13 @@ def _in_turn(functions: tuple[Callable[[str], str], ...], text: str) -> str:
     return text
 
 
-VAULT_ENV = "EE_VAULT"
-"""As for replay (:attr:`ee_middleware.replay.privacy.VAULT_ENV`): another vault file than the one ``redaction.json``
-names, or ``off`` (0, false, no) to ingest without adding to it."""
-
-
 def _vault_to_feed(settings: StoreRedaction) -> str | None:
     """The vault ingest adds its pseudonyms to: the one the store's ``redaction.json`` names (capture's ``vault=``), at
     the path ``EE_VAULT`` gives where it names one (replay reads that one too), none with ``EE_VAULT=off`` (as replay
     then restores from none) or where the store names none."""
     if not settings.vault:
         return None
-    given = env_flag(VAULT_ENV, or_path=True)
-    if given is False:
-        return None
-    return settings.vault if given is None or given is True else str(given)
+    return vault_in_force(settings.vault)
 
 
 def _open_vault(path: str) -> Vault:

@@ -33,17 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.redaction import PLACEHOLDER, RedactionRules, Redactor, store_salt
 from ee_middleware.capture.store_redaction import is_pseudonym, load_custom_function, read_store_redaction
-from ee_middleware.capture.vault import AMBIGUOUS, Vault, read_vault
+from ee_middleware.capture.vault import AMBIGUOUS, Vault, read_vault, vault_in_force
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.store.metadata import keeps_metadata
 
 logger = logging.getLogger("ee_middleware.replay")
-
-VAULT_ENV = "EE_VAULT"
-"""Overrides the vault path recorded with the store (``off`` disables restoring)."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +88,7 @@ class ReplayPrivacy:
             load_custom_function(settings.custom_function)  # one that cannot be imported fails here, before any work starts
         redacts = bool(settings.rules.enabled_kinds() or settings.rules.patterns or settings.custom_function)
         salt = store_salt(store) if redacts and settings.pseudonyms else None
-        given = env_flag(VAULT_ENV, or_path=True)
-        vault = settings.vault if given is None or given is True else given or None
+        vault = vault_in_force(settings.vault)
         if vault and not Path(vault).expanduser().exists():
             logger.warning("The redaction vault %s is missing: redacted arguments are replayed as placeholders (and flagged).", vault)
             vault = None
