@@ -196,6 +196,10 @@ _SECRET_ASSIGNMENT = re.compile(
 ``client_secret=``), outside URLs: in a URL, :func:`~ee_middleware.models.urls.shown_spec` masks the query parameters.
 The value is the word after an auth scheme (``Authorization: Bearer eyJ...``: the token, the scheme kept), and a quoted
 value runs to its closing quote (``api_key="sk-..."``, ``password = 'two words'``)."""
+_BARE_BEARER = re.compile(r"(?i)(?<![\w-])(bearer\s+)(?=[\w.~+/=-]{16,})(?=[^\s,;'\"]*[\d.~+/=_-])[\w.~+/-]+=*")
+"""A bearer token after ``Bearer`` with no ``Authorization:`` before it (an error quoting a header's value, ``token
+Bearer eyJ... expired``): the word after it, where it looks like one (16 or more token characters, a digit or one of
+``. _ - ~ + / =`` among them), so that prose (``Bearer authentication``) stays as it is."""
 _URL_REST = re.compile(r"://[^\s'\"<>]*")
 """A URL after its scheme, to its end (a space, a quote or an angle bracket), as :func:`hide_credentials` finds URLs."""
 
@@ -212,7 +216,7 @@ def hide_credentials(text: str) -> str:
     """``text`` for a message or a log: in every URL in it, the ``user:password@`` part and the value of every
     secret-looking query parameter (``api_key``, ``key``, ``access_token``, ``sig``, ``X-Amz-Signature``, ``code``, ...:
     :func:`~ee_middleware.models.urls.shown_spec`, the one rule for URLs); the value of every
-    ``api_key=...``/``access_token: ...``-like assignment; and the value of every quoted secret-named key
+    ``api_key=...``/``access_token: ...``-like assignment, and a token after a bare ``Bearer``; and the value of every quoted secret-named key
     (``'api_key': '...'`` in a dict's repr, ``"hf_token": "..."`` in JSON), replaced by ``***`` (a setting's value quoted
     back to its user may land in a CI log or a run report)."""
     from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
@@ -227,7 +231,11 @@ def hide_credentials(text: str) -> str:
     text = _QUOTED_ITEM.sub(quoted, shown_spec(text))
     parts, at = [], 0
     for url in _URL_REST.finditer(text):  # URLs as shown_spec masks them: a query's secret-named values, not the rest
-        parts += [_SECRET_ASSIGNMENT.sub(r"\1***", text[at : url.start()]), url[0]]
+        parts += [_assignments_hidden(text[at : url.start()]), url[0]]
         at = url.end()
-    parts.append(_SECRET_ASSIGNMENT.sub(r"\1***", text[at:]))
+    parts.append(_assignments_hidden(text[at:]))
     return "".join(parts)
+
+
+def _assignments_hidden(text: str) -> str:
+    return _BARE_BEARER.sub(r"\1***", _SECRET_ASSIGNMENT.sub(r"\1***", text))

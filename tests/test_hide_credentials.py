@@ -105,6 +105,24 @@ def test_the_credential_after_an_auth_scheme_is_hidden_not_the_scheme(text: str,
 @pytest.mark.parametrize(
     ("text", "shown"),
     [
+        ("401: token Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc expired", "401: token Bearer *** expired"),
+        ("rejected header 'Bearer sk-proj-abcdefghijklmnop' (401)", "rejected header 'Bearer ***' (401)"),
+        ("bearer AbCdEfGhIjKlMnOp12==, retrying", "bearer ***, retrying"),
+        # prose and short words stay
+        ("Bearer authentication is required", "Bearer authentication is required"),
+        ("use a Bearer token here", "use a Bearer token here"),
+        ("Bearer abc123", "Bearer abc123"),
+        ("the Bearer-Token header", "the Bearer-Token header"),
+    ],
+)
+def test_a_token_after_a_bare_bearer_is_hidden_where_it_looks_like_one(text: str, shown: str) -> None:
+    # Was: kept whole without an 'Authorization:' before it (an error quoting the header's value).
+    assert hide_credentials(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
         ('api_key="sk-abc" x', 'api_key="***" x'),
         ("password = 'two words' then", "password = '***' then"),
         ('Authorization: "Bearer eyJabc.def.ghi"', 'Authorization: "Bearer ***"'),
