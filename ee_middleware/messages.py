@@ -371,6 +371,14 @@ def one_line(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
+    """The reasons a model's answers (an experience model's predictions, a policy's proposals) were unusable
+    (``failures``: counts by reason), the most frequent first, with their counts."""
+    reasons = sorted(failures.items(), key=lambda item: (-item[1], item[0]))
+    shown = "; ".join(f"{one_line(reason, 160)} ({count})" for reason, count in reasons[:most])
+    return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
+
+
 def decode_tool_call(call: Any) -> Any:
     """An OpenAI ``tool_calls`` item with its ``arguments`` decoded from JSON text to an object,
     as chat templates expect. Empty text becomes ``{}``; an item whose arguments are not valid JSON

@@ -43,6 +43,8 @@ class BFCLSandbox:
     """
 
     kind = "bfcl"
+    worker_modules = ("ee_middleware.bfcl.warm",)
+    """Imported once by a replay job's fork server for all its workers: the backend classes, loaded (see the protocol)."""
 
     def __init__(self, *, allow_network: bool = False) -> None:
         self.allow_network = allow_network

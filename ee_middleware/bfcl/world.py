@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from ee_middleware.bfcl._package import import_bfcl
-from ee_middleware.errors import EnvironmentUnavailableError
+from ee_middleware.errors import EnvironmentUnavailableError, MissingExtraError
 from ee_middleware.records import Observation, ToolCall
 
 World = dict[str, Any]
@@ -59,6 +59,24 @@ def _backend_class(class_name: str) -> type:
 # entry to the next, outside any snapshot. Every call gets its own copy of the default as it was
 # when the class was loaded, which is what a fresh process would see.
 _PRISTINE_DEFAULTS: dict[type, dict[str, dict[str, Any]]] = {}
+
+
+def load_offline_backends() -> list[str]:
+    """Load every BFCL backend class that stays offline (all but :data:`NETWORK_CLASSES` and the memory backends, which
+    keep files of their own), as a sandbox does on first use of each; returns the names loaded. A class whose module
+    cannot be imported here (a dependency bfcl-eval leaves optional) is left for the sandbox to report when an
+    environment needs it. What a replay job's fork server runs once for all its workers (:mod:`ee_middleware.bfcl.warm`)."""
+    config = import_bfcl("constants.executable_backend_config")
+    loaded = []
+    for class_name in config.CLASS_FILE_PATH_MAPPING:
+        if class_name in NETWORK_CLASSES or class_name.startswith("MemoryAPI"):
+            continue
+        try:
+            _backend_class(class_name)
+        except (EnvironmentUnavailableError, MissingExtraError):
+            continue
+        loaded.append(class_name)
+    return loaded
 
 
 def _mutable_defaults(cls: type) -> dict[str, dict[str, Any]]:

@@ -326,7 +326,8 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     from rich import box
     from rich.table import Table
 
-    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, UNCOVERED_CALLS_NOT_EXECUTED, refused_tool_text, unusable_reasons
+    from ee_middleware.messages import unusable_reasons
+    from ee_middleware.replay.job import FINAL_CALLS_NOT_REPLAYED, UNCOVERED_CALLS_NOT_EXECUTED, refused_tool_text
 
     attempt = f" (attempt {summary.attempt})" if summary.attempt > 1 else ""
     table = Table(

@@ -19,7 +19,7 @@ batches (Ray actors): a worker sent trajectories call by call holds its latest u
 :meth:`_Worker.replay_all`), so the server's request slots stay busy across trajectories.
 
 Local workers are forked from a fork server of the job's own, which imports what a worker needs once
-(see :class:`_JobForkServer`): a worker starts in milliseconds instead of a fresh interpreter's
+(see :class:`JobForkServer`): a worker starts in milliseconds instead of a fresh interpreter's
 ~0.4 s of imports each.
 
 Every worker closes its sandbox and policy when it ends, and no worker outlives the job: the fork
@@ -744,7 +744,7 @@ def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int, 
     signal.signal(signal.SIGINT, _on_stop_signal)  # (SIGTERM stays deadly: the pool ends a broken worker with it)
     if listening is not None:
         listening.set()
-    _JobForkServer.release_in_worker()
+    JobForkServer.release_in_worker()
     os.environ.setdefault("OMP_NUM_THREADS", str(torch_threads))
     _PROCESS_WORKER = worker = _Worker(spec)
     # A worker process ends through multiprocessing's exit function, which waits for every child
@@ -827,11 +827,18 @@ WORKER_MODULES = (
     "ee_middleware.replay.policies.mutate",
     "ee_middleware.store.replay_spool",
     "ee_middleware.capture.store_redaction",
+    "ee_middleware.replay.sandboxes.registry",  # the spec's sandbox factory
+    "multiprocessing.popen_forkserver",  # what a worker unpickles: its process object, the job's stop event
+    "multiprocessing.synchronize",
+    "jsonschema",  # words why a proposal does not fit its tool (schema.py imports it on first use)
+    "jsonschema_rs",  # the [fast] extra's validator (skipped where it is not installed)
+    "ctypes",  # die_with_parent's prctl
+    "resource",  # the spool's file-size limit (_files.py)
 )
-"""What every local worker imports, once, in the job's fork server (see :class:`_JobForkServer`)."""
+"""What every local worker imports, once, in the job's fork server (see :class:`JobForkServer`)."""
 
 
-class _JobForkServer:
+class JobForkServer:
     """A fork server of the job's own: one fresh interpreter that imports what a worker needs, then forks each worker.
 
     Spawning a worker costs a fresh interpreter and ~0.4 s CPU of imports, in every worker; forking this server costs
@@ -856,6 +863,7 @@ class _JobForkServer:
         with _sigint_ignored_by_children():
             server.ensure_running()
         self._server = server
+        self._stopped = False
         try:
             self.pid: int = server._forkserver_pid  # type: ignore[attr-defined]
             self.context = _fork_server_context(server)
@@ -864,7 +872,11 @@ class _JobForkServer:
             raise
 
     def stop(self) -> None:
-        """End the server (its workers have ended: it holds nothing but imported modules)."""
+        """End the server (its workers have ended: it holds nothing but imported modules). Once: stopping it again
+        does nothing (its pid may be another process's by then)."""
+        if self._stopped:
+            return
+        self._stopped = True
         # SIGTERM ends it at once (it handles only SIGCHLD and SIGINT); on EOF of its alive pipe alone it would first
         # tear its interpreter down, ~0.1 s on the job's path.
         try:
@@ -932,11 +944,22 @@ def _refers_to_main(spec: WorkerSpec) -> bool:
         return False
 
 
-def _start_fork_server(preload: list[str]) -> _JobForkServer | None:
+def start_job_fork_server(preload: Iterable[str] = ()) -> JobForkServer | None:
+    """A fork server for a job's local workers, importing :data:`WORKER_MODULES` and ``preload`` (the sandbox's module,
+    its ``worker_modules``: each must import without raising anything but ``ImportError``, which the server skips);
+    ``None`` where this Python cannot fork from one (workers are then spawned). Started before the workers are made,
+    so that its imports overlap the job's own set-up; the :class:`ProcessExecutor` it is given stops it, and so may the
+    caller (:meth:`JobForkServer.stop` is idempotent)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    return _start_fork_server([*WORKER_MODULES, *preload])
+
+
+def _start_fork_server(preload: list[str]) -> JobForkServer | None:
     """The job's fork server; ``None`` (workers are then spawned) where this Python's :mod:`multiprocessing`
-    internals differ from the CPython 3.11-3.14 ones :class:`_JobForkServer` relies on."""
+    internals differ from the CPython 3.11-3.14 ones :class:`JobForkServer` relies on."""
     try:
-        return _JobForkServer(preload)
+        return JobForkServer(preload)
     except (AttributeError, TypeError) as exc:
         logger.warning("ee-middleware: cannot start replay workers from a fork server on this Python (%r); spawning them instead.", exc)
         return None
@@ -1005,10 +1028,13 @@ other (the calls it has queued)."""
 
 
 class ProcessExecutor:
-    """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`_JobForkServer`).
+    """Replays in ``workers`` local processes, forked from a fork server of the job's own (see :class:`JobForkServer`).
 
     ``start_method="spawn"`` spawns each worker instead (a fresh interpreter each). Either way nothing of the job
     process's state leaks into a worker: a worker is a fresh interpreter, or a fork of one that only imported modules.
+    The fork server imports :data:`WORKER_MODULES` and ``preload``; ``fork_server``, one started before (see
+    :func:`start_job_fork_server`), is taken over instead (stopped when the executor closes, or at once where workers
+    are spawned).
 
     Each worker is a pool of one process with :data:`_CALLS_PER_WORKER` calls queued, each carrying about
     :data:`_LOCAL_BATCH_S` of replay (:class:`_BatchSizes`, from the outcomes that came back: one trajectory per call
@@ -1032,15 +1058,18 @@ class ProcessExecutor:
         *,
         start_method: str = "forkserver",
         preload: Iterable[str] = (),
+        fork_server: JobForkServer | None = None,
         torch_threads: int = 1,
         replay_while_starting: bool | None = None,
     ) -> None:
         self.workers = workers
         if replay_while_starting is not None:
             self.replay_while_starting = replay_while_starting
-        self._server: _JobForkServer | None = None
+        self._server: JobForkServer | None = None
         if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods() and not _refers_to_main(spec):
-            self._server = _start_fork_server([*WORKER_MODULES, *preload])
+            self._server = fork_server or _start_fork_server([*WORKER_MODULES, *preload])
+        elif fork_server is not None:
+            fork_server.stop()  # (workers are spawned: see _refers_to_main)
         if self._server is not None:
             context, parent_pid = self._server.context, self._server.pid
         else:

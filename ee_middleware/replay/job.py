@@ -22,14 +22,17 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.errors import EEError, ModelError, PolicyError
+from ee_middleware.messages import unusable_reasons
 from ee_middleware.models.urls import shown_spec
 from ee_middleware.replay.config import LOCAL_WORKERS_PER_CORE, ReplayConfig, max_workers
 from ee_middleware.replay.executors import (
     Executor,
     InlineExecutor,
+    JobForkServer,
     ProcessExecutor,
     RayExecutor,
     WorkerSpec,
+    start_job_fork_server,
     store_marker,
     write_outcome,
 )
@@ -217,14 +220,31 @@ class ReplaySummary:
                 self.policy_error_examples.append({"trajectory_id": r.trajectory_id, **example})
 
 
-def unusable_reasons(failures: dict[str, int], most: int = 5) -> str:
-    """The reasons a model's answers (an experience model's predictions, a policy's proposals) were unusable
-    (``failures``: counts by reason), the most frequent first, with their counts."""
-    from ee_middleware.messages import one_line
+def worker_modules(sandbox: object) -> list[str]:
+    """The modules of the sandbox's optional ``worker_modules`` (see :mod:`~ee_middleware.replay.sandboxes.protocol`)
+    that import here, imported: the job's fork server may take them. A module that raises as it is imported would stop
+    the fork server (it survives only an ``ImportError``), so one that fails here is left to the workers, with a warning
+    naming it. Importing them here costs the job nothing it would not pay anyway: its process replays with the same
+    sandbox while its workers start."""
+    import importlib
 
-    reasons = sorted(failures.items(), key=lambda item: (-item[1], item[0]))
-    shown = "; ".join(f"{one_line(reason, 160)} ({count})" for reason, count in reasons[:most])
-    return shown + (f"; {len(reasons) - most} other reason(s)" if len(reasons) > most else "")
+    names = getattr(sandbox, "worker_modules", ())
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        return []
+    imported = []
+    for name in dict.fromkeys(n for n in names if isinstance(n, str) and n):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - whatever it raises, the workers import it themselves
+            warnings.warn(
+                f"ee replay: sandbox {type(sandbox).__name__} names worker module {name!r}, which does not import ({exc!r}); "
+                "each worker imports it itself.",
+                UserWarning,
+                stacklevel=3,
+            )
+            continue
+        imported.append(name)
+    return imported
 
 
 def refused_tool_text(tool: str, sandbox: str, hints: Mapping[str, str]) -> str:
@@ -363,13 +383,14 @@ def _checked_policy_options(config: ReplayConfig) -> tuple[dict[str, Any], dict[
     return given, defaults
 
 
-def build_executor(config: ReplayConfig, spec: WorkerSpec, *, preload: Sequence[str] = ()) -> Executor:
-    """The executor ``config`` asks for; ``preload``: modules local workers import once, in the job's fork server."""
+def build_executor(config: ReplayConfig, spec: WorkerSpec, *, fork_server: JobForkServer | None = None) -> Executor:
+    """The executor ``config`` asks for; ``fork_server``: the job's fork server (see :func:`start_job_fork_server`), for
+    local workers (the caller stops it where the executor does not take it)."""
     if config.executor == "ray":
         return RayExecutor(spec, config.workers, address=config.ray_address, replay_while_starting=light_in_process(config))
     if config.workers == 1:
         return InlineExecutor(spec)
-    return ProcessExecutor(spec, config.workers, preload=preload, replay_while_starting=light_in_process(config))
+    return ProcessExecutor(spec, config.workers, fork_server=fork_server, replay_while_starting=light_in_process(config))
 
 
 def light_in_process(config: ReplayConfig) -> bool:
@@ -398,6 +419,27 @@ def run_replay(
     )
     probe = build_sandbox(config.sandbox, **options)  # a sandbox that cannot be built fails here, with its reason, before any worker starts
     probe.close()
+    # Local workers are forked by a fork server of the job's: started now, it imports what they need while the job
+    # reads the store. The executor takes it over (a job that ends up needing none stops it: see the end).
+    forks = config.executor == "local" and config.workers > 1
+    fork_server = start_job_fork_server([type(probe).__module__, *worker_modules(probe)]) if forks else None
+    try:
+        return _replay_selected(config, store, factory, options, fork_server, on_outcome, on_start)
+    finally:
+        if fork_server is not None:
+            fork_server.stop()  # (a no-op where the executor stopped it)
+
+
+def _replay_selected(
+    config: ReplayConfig,
+    store: ExperienceStore,
+    factory: Callable[[], Any],
+    options: dict[str, Any],
+    fork_server: JobForkServer | None,
+    on_outcome: ProgressCallback | None,
+    on_start: Callable[[int], None] | None,
+) -> ReplaySummary:
+    """:func:`run_replay` once its store is open and its sandbox checked: select, replay, store and sum up."""
     policy_options, policy_defaults = _checked_policy_options(config)
     # What is printed and stored of the specs: their URLs' credentials masked (the workers build the policy from the spec)
     policy, sandbox = shown_spec(config.policy), shown_spec(config.sandbox)
@@ -459,7 +501,7 @@ def run_replay(
     read = getattr(store, "iter_trajectory_rows", None) or store.iter_trajectories
     trajectories = (t for t in read(status="approved") if t.id in wanted)
     started = time.perf_counter()
-    executor = build_executor(config, spec, preload=[type(probe).__module__])
+    executor = build_executor(config, spec, fork_server=fork_server)
     n = 0
     # What the process holds already (the loaded store, the caller's own data) lives through the whole job: the garbage
     # collector's full passes need not walk it again every few thousand allocations (see _frozen_heap).

@@ -32,6 +32,12 @@ class FlakyBFCLSandbox(BFCLSandbox):
         super().reset(environment)
 
 
+class BrokenWorkerModulesBFCLSandbox(BFCLSandbox):
+    """The real BFCL sandbox naming, besides a module that imports, one that raises as it is imported and a non-string."""
+
+    worker_modules = ("tests.replay.broken_worker_module", 42, "tests.replay.gated_preload")  # type: ignore[assignment]
+
+
 def not_a_sandbox() -> object:
     return object()
 

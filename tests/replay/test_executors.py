@@ -191,6 +191,63 @@ def test_a_job_that_stops_while_its_workers_start_hands_them_nothing(
     assert _own_processes() == before
 
 
+def test_workers_forked_by_the_job_import_no_module_themselves(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a worker needs is imported once, by the job's fork server (``WORKER_MODULES``, the sandbox's module and its
+    ``worker_modules``): workers replaying BFCL with the mutation policy import nothing after they are forked. Before,
+    each imported polars and the job module (through the proposer), the chat policies and the model layer (through the
+    policy registry), jsonschema, mpmath and BFCL's backends: about 0.2 s of CPU per worker."""
+    from ee_middleware.replay import job
+
+    imports = tmp_path / "imports"
+    imports.mkdir()
+    monkeypatch.setenv("EE_TEST_WORKER_IMPORTS", str(imports))
+    monkeypatch.setattr(executors, "WORKER_MODULES", ("tests.replay.recording_preload", *executors.WORKER_MODULES))
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
+    stored: list[bool] = []
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2), on_outcome=lambda o, n, total: stored.append(o.stored))
+
+    assert summary.done == BFCL_ENTRIES and stored == [True] * BFCL_ENTRIES, "the workers replayed and wrote every trajectory"
+    workers = sorted(imports.iterdir())
+    assert len(workers) == 2, workers
+    imported = {path.name: path.read_text().split() for path in workers}
+    assert imported == {path.name: [] for path in workers}, imported
+
+
+def test_the_jobs_fork_server_is_stopped_once_however_often_it_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The job starts its fork server before its executor and stops it after the executor did: the second stop sends
+    nothing (the server's pid may be another process's by then)."""
+    server = executors.start_job_fork_server()
+    assert server is not None
+    killed: list[tuple[int, int]] = []
+    real_kill = os.kill
+    monkeypatch.setattr(executors.os, "kill", lambda pid, sig: (killed.append((pid, sig)), real_kill(pid, sig)))
+    server.stop()
+    server.stop()
+    assert killed == [(server.pid, executors.signal.SIGTERM)]
+    assert server.pid not in _own_processes()
+
+
+def test_a_sandbox_worker_module_that_does_not_import_is_left_to_the_workers_with_a_warning(bfcl_store_path: Path) -> None:
+    """A module that raises (not an ImportError) would stop the fork server: the job imports each first and leaves such
+    a one out (the workers import it themselves, and say what fails), as it does a name that is not a string."""
+    from ee_middleware.replay.job import worker_modules
+    from tests.replay.sandboxes_for_tests import BrokenWorkerModulesBFCLSandbox
+
+    with pytest.warns(UserWarning, match=r"worker module 'tests.replay.broken_worker_module', which does not import \(RuntimeError"):
+        assert worker_modules(BrokenWorkerModulesBFCLSandbox()) == ["tests.replay.gated_preload"]
+    before = _own_processes()
+    with pytest.warns(UserWarning, match="broken_worker_module"):
+        summary = run_replay(
+            ReplayConfig.load(
+                store=bfcl_store_path, k=2, workers=2, sandbox="tests.replay.sandboxes_for_tests:BrokenWorkerModulesBFCLSandbox"
+            )
+        )
+    assert summary.done == BFCL_ENTRIES and summary.failed == {}
+    assert _own_processes() == before
+
+
 def test_a_stored_trajectory_that_cannot_be_built_fails_alone_and_keeps_the_sandbox(bfcl_store_path: Path, tmp_path: Path) -> None:
     from ee_middleware.replay.executors import WorkerSpec, _Worker
     from ee_middleware.replay.runner import ReplaySettings

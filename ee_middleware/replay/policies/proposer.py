@@ -231,8 +231,7 @@ class Proposer:
         how many by reason), ``failed`` without rollouts: only the refill's alternatives were replayed, so the trajectory is
         not done for this policy, and the next run replays it again."""
         from ee_middleware.errors import hide_credentials
-        from ee_middleware.messages import one_line
-        from ee_middleware.replay.job import unusable_reasons
+        from ee_middleware.messages import one_line, unusable_reasons
         from ee_middleware.replay.policies.registry import unusable_proposals_fix
 
         errors = self.policy_errors(outcome.record.trajectory_id)

@@ -53,9 +53,13 @@ user left at their defaults only where it names them; a user's chat client's wra
 def build_policy(spec: str, **options: Any) -> Policy:
     """The policy named by ``spec``, built with ``options`` as keyword arguments (a plug-in factory gets the
     :data:`SAMPLING_OPTIONS` among them only where it takes them when it returns a chat client, whose wrapper gets them)."""
-    from ee_middleware.replay.policies.chat import OpenAIPolicy, TransformersPolicy
-
+    if isinstance(spec, str) and spec.strip() in POLICIES.builtins:
+        # (not through build_from_spec, which imports the chat policies for its client wrapper: a replay worker running
+        # the mutation policy would import them, and with them the model layer, for nothing)
+        return POLICIES.build(spec.strip(), **options)
     if not is_plugin_policy(spec):
+        from ee_middleware.replay.policies.chat import OpenAIPolicy, TransformersPolicy
+
         return build_from_spec(spec, POLICIES, local=TransformersPolicy, openai=OpenAIPolicy, **options)
     return _build_plugin(spec, options, {})[0]
 
