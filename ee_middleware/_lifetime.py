@@ -17,7 +17,6 @@ often enough to take such a stop (:func:`awaiting_with_signal_checks`, :func:`re
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import queue
@@ -315,6 +314,8 @@ async def awaiting_with_signal_checks(coroutine: Any) -> Any:
     next runs Python code. A signal taken by another thread of the process, or arriving just before the loop enters
     ``select()``, does not interrupt that wait, so the handler ran only once the awaited call ended (a minute for an HTTP
     call's time-out). Each wake runs it instead; the awaited code's own task is untouched (the timer is the loop's)."""
+    import asyncio  # (here: asyncio and ssl cost a replay worker's fork server about 20 ms to import)
+
     loop = asyncio.get_running_loop()
     timer: asyncio.TimerHandle | None = None
 
