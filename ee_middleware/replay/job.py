@@ -222,10 +222,10 @@ class ReplaySummary:
 
 def worker_modules(sandbox: object) -> list[str]:
     """The modules of the sandbox's optional ``worker_modules`` (see :mod:`~ee_middleware.replay.sandboxes.protocol`)
-    that import here, imported: the job's fork server may take them. A module that raises as it is imported would stop
-    the fork server (it survives only an ``ImportError``), so one that fails here is left to the workers, with a warning
-    naming it. Importing them here costs the job nothing it would not pay anyway: its process replays with the same
-    sandbox while its workers start."""
+    the job's fork server may import. A module that raises as it is imported would stop the fork server (it survives
+    only an ``ImportError``), so each is imported here first, and one that fails is left to the workers, with a warning
+    naming it; this library's own (``ee_middleware.*``, which catch their own failures) are not, so that the server
+    starts without waiting for them."""
     import importlib
 
     names = getattr(sandbox, "worker_modules", ())
@@ -233,6 +233,9 @@ def worker_modules(sandbox: object) -> list[str]:
         return []
     imported = []
     for name in dict.fromkeys(n for n in names if isinstance(n, str) and n):
+        if name.startswith("ee_middleware."):
+            imported.append(name)
+            continue
         try:
             importlib.import_module(name)
         except Exception as exc:  # noqa: BLE001 - whatever it raises, the workers import it themselves
