@@ -44,7 +44,7 @@ from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-from ee_middleware.testing import ScriptedChatModel, tool_call
+from ee_middleware.scripted import ScriptedChatModel, tool_call
 
 
 @tool
