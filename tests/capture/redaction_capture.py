@@ -29,15 +29,15 @@ def record(store: Path, tools: list[Any], calls: list[tuple[str, dict[str, Any]]
 
 
 def files_text(root: Path) -> str:
-    """Every file under ``root`` as text (Parquet parts decoded to JSON lines)."""
+    """Every byte of every file under ``root`` as text, and each Parquet file's values (compressed on disk) as JSON lines."""
     import polars as pl
 
     texts = []
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            texts.append(
-                pl.read_parquet(path).write_ndjson() if path.suffix == ".parquet" else path.read_bytes().decode("utf-8", "replace")
-            )
+            texts.append(path.read_bytes().decode("utf-8", "replace"))
+            if path.suffix == ".parquet":
+                texts.append(pl.read_parquet(path).write_ndjson())
     return "\n".join(texts)
 
 

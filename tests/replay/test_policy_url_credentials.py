@@ -17,13 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 from typer.testing import CliRunner
 
 from ee_middleware.models.openai_compat import FewerChoicesWarning
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing.http import ScriptedChatServer
+from tests.capture.redaction_capture import files_text
 from tests.conftest import BFCL_ENTRIES
 
 K = 2
@@ -36,16 +36,6 @@ def _ee(*args: str) -> Any:
     from ee_middleware.cli.app import app
 
     return CliRunner().invoke(app, list(args), terminal_width=400)
-
-
-def _everything_in(folder: Path) -> str:
-    """Every byte of every file under ``folder`` as text, and every Parquet file's values (compressed on disk) as JSON."""
-    texts = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        texts.append(path.read_bytes().decode("utf-8", "replace"))
-        if path.suffix == ".parquet":
-            texts.append(pl.read_parquet(path).write_json())
-    return "\n".join(texts)
 
 
 def _leaks(text: str) -> list[str]:
@@ -74,11 +64,11 @@ def test_a_policy_url_with_credentials_is_used_for_requests_and_shown_masked_eve
     summary = json.loads(as_json.stdout)
     assert summary["policy"] == shown and summary["already_done"] == BFCL_ENTRIES, "the second run resumed the first's replay"
 
-    assert not _leaks(_everything_in(bfcl_store_path)), "no spool file of the store holds the password"
+    assert not _leaks(files_text(bfcl_store_path)), "no spool file of the store holds the password"
     compacted = _ee("store", "compact", "--store", store)
     assert compacted.exit_code == 0, compacted.output
     assert any(bfcl_store_path.rglob("*.parquet"))
-    assert not _leaks(_everything_in(bfcl_store_path)), "no Parquet file of the store holds the password"
+    assert not _leaks(files_text(bfcl_store_path)), "no Parquet file of the store holds the password"
     replays = LocalExperienceStore(store).replays()
     assert set(replays["policy"].to_list()) == {shown}
     trajectory_id = replays["trajectory_id"][0]
@@ -92,7 +82,7 @@ def test_a_policy_url_with_credentials_is_used_for_requests_and_shown_masked_eve
     assert not _leaks(built.stdout + built.stderr)
     manifest = json.loads((out / "datasets.json").read_text())
     assert [replay["policy"] for replay in manifest["replays"]["used"]] == [shown]
-    assert not _leaks(_everything_in(out)), "no file of the build holds the password"
+    assert not _leaks(files_text(out)), "no file of the build holds the password"
 
 
 def test_the_replay_id_of_a_spec_without_credentials_is_the_one_it_always_had() -> None:
@@ -134,7 +124,7 @@ def test_an_experience_models_url_with_credentials_is_used_for_requests_and_stor
     assert summary.sandbox == shown and not _leaks(json.dumps(summary.to_dict()))
     synthetic = [r for r in LocalExperienceStore(bfcl_store_path).iter_rollouts() if r.synthetic_source is not None]
     assert synthetic and {r.synthetic_source.model for r in synthetic} == {f"openai:http://***@{host}#em"}
-    assert not _leaks(_everything_in(bfcl_store_path)), "no file of the store holds the password"
+    assert not _leaks(files_text(bfcl_store_path)), "no file of the store holds the password"
 
 
 API_KEY, ROTATED = "sk-proj-FIRSTKEY0001", "sk-proj-ROTATED0002"
@@ -164,7 +154,7 @@ def test_a_secret_named_policy_setting_reaches_the_server_and_is_neither_in_the_
     for result in (first, rotated):
         assert API_KEY not in result.output and ROTATED not in result.output
         assert API_KEY not in result.stderr and ROTATED not in result.stderr
-    assert API_KEY not in _everything_in(bfcl_store_path) and ROTATED not in _everything_in(bfcl_store_path)
+    assert API_KEY not in files_text(bfcl_store_path) and ROTATED not in files_text(bfcl_store_path)
 
 
 def test_secret_named_settings_anywhere_in_the_settings_are_left_out_of_the_replay_id() -> None:

@@ -13,7 +13,6 @@ import datetime as dt
 import json
 from pathlib import Path
 
-import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -21,6 +20,7 @@ from ee_middleware.cli.app import app
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.testing.http import ScriptedChatServer
+from tests.capture.redaction_capture import files_text
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a key up.", "parameters": {"type": "object"}}}]
 POLICY_PASSWORD, TEACHER_PASSWORD = "p0licyPW", "t34cherPW"
@@ -103,16 +103,6 @@ def old_store(tmp_path: Path) -> Path:
     return path
 
 
-def _everything_in(folder: Path) -> str:
-    """Every byte of every file under ``folder`` as text, and every Parquet file's values (compressed on disk) as JSON."""
-    texts = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        texts.append(path.read_bytes().decode("utf-8", "replace"))
-        if path.suffix == ".parquet":
-            texts.append(pl.read_parquet(path).write_json())
-    return "\n".join(texts)
-
-
 def _leaks(text: str) -> list[str]:
     return [secret for secret in (POLICY_PASSWORD, TEACHER_PASSWORD) if secret in text]
 
@@ -140,10 +130,10 @@ def test_datasets_json_and_the_build_show_no_credential_of_the_policy_sandbox_or
     assert {replay["policy"] for replay in manifest["replays"]["used"]} == {"openai:http://***@10.0.0.7:8000/v1#flight-bot"}
     assert {replay["sandbox"] for replay in manifest["replays"]["used"]} == {"python", "mcp:http://***@10.0.0.8/mcp"}
     assert manifest["config"]["teacher"] == f"openai:http://***@{host}#t"
-    assert not _leaks(_everything_in(out)), "no file of the build holds a password"
+    assert not _leaks(files_text(out)), "no file of the build holds a password"
     mismatches = json.loads((tmp_path / "ds2" / "datasets.json").read_text())["fidelity_mismatches_left_out"]["replays"]
     assert [replay["policy"] for replay in mismatches] == ["openai:http://***@10.0.0.7:8000/v1#flight-bot"]
-    assert not _leaks(_everything_in(tmp_path / "ds2"))
+    assert not _leaks(files_text(tmp_path / "ds2"))
 
 
 def test_an_unknown_replay_id_lists_the_stores_replays_without_credentials(old_store: Path, tmp_path: Path) -> None:
