@@ -821,6 +821,7 @@ def _until_error(replays: Iterator[ReplayOutcome]) -> tuple[list[ReplayOutcome],
 
 
 WORKER_MODULES = (
+    "ee_middleware.replay.fork_server_path",  # first: the job's sys.path, before anything else is imported
     "ee_middleware.replay.executors",
     "ee_middleware.replay.policies.registry",
     "ee_middleware.replay.policies.proposer",

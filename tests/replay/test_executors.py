@@ -90,6 +90,55 @@ def test_a_sandbox_defined_in_the_users_script_reaches_the_workers(bfcl_store_pa
     assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
 
 
+SHADOWING_MODULE = """
+import os
+
+open(os.environ["EE_TEST_SHADOW_MARK"], "a").close()
+raise ImportError("a module of the job's working directory: only that it was imported is recorded")
+"""
+
+JOB_SCRIPT = """
+import sys
+
+from ee_middleware.replay.config import ReplayConfig
+from ee_middleware.replay.job import run_replay
+
+if __name__ == "__main__":
+    summary = run_replay(ReplayConfig.load(store=sys.argv[1], k=2, workers=2))
+    print(summary.done, summary.failed)
+"""
+
+
+def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directory(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """CPython 3.11's fork server preloads with ``python -c``'s path (the working directory first), not the job's:
+    a job started from a folder holding a module of a preloaded name (here ``jsonschema_rs.py``) had its fork server
+    import that module, and its workers run with it. The server now takes the job's path first (fork_server_path)."""
+    import subprocess
+    import sys
+
+    working_directory = tmp_path / "project"
+    working_directory.mkdir()
+    (working_directory / "jsonschema_rs.py").write_text(SHADOWING_MODULE)
+    script = tmp_path / "jobs" / "nightly.py"
+    script.parent.mkdir()
+    script.write_text(JOB_SCRIPT)
+    mark = tmp_path / "imported-from-the-working-directory"
+    env = {**os.environ, "EE_TEST_SHADOW_MARK": str(mark)}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        [sys.executable, str(script), str(bfcl_store_path)],
+        cwd=working_directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
+    assert not mark.exists(), "the fork server imported the working directory's jsonschema_rs.py"
+
+
 def test_the_job_replays_trajectories_itself_until_a_worker_has_started_then_hands_them_out(
     bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
