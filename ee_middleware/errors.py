@@ -196,10 +196,22 @@ _SECRET_ASSIGNMENT = re.compile(
 ``client_secret=``), outside URLs: in a URL, :func:`~ee_middleware.models.urls.shown_spec` masks the query parameters.
 The value is the word after an auth scheme (``Authorization: Bearer eyJ...``: the token, the scheme kept), and a quoted
 value runs to its closing quote (``api_key="sk-..."``, ``password = 'two words'``)."""
-_BARE_BEARER = re.compile(r"(?i)(?<![\w-])(bearer\s+)(?=[\w.~+/=-]{16,})(?=[^\s,;'\"]*[\d.~+/=_-])[\w.~+/-]+=*")
-"""A bearer token after ``Bearer`` with no ``Authorization:`` before it (an error quoting a header's value, ``token
-Bearer eyJ... expired``): the word after it, where it looks like one (16 or more token characters, a digit or one of
-``. _ - ~ + / =`` among them), so that prose (``Bearer authentication``) stays as it is."""
+_BARE_BEARER = re.compile(r"(?i)(?<![\w-])(bearer:?\s+['\"]?)([A-Za-z0-9][\w.~+/-]*=*)")
+"""``Bearer`` with no ``Authorization:`` before it (an error quoting a header's value, ``token Bearer eyJ... expired``,
+``Bearer: ...``, ``Bearer "..."``), and the word after it: hidden where :func:`_looks_like_a_token`."""
+
+
+def _looks_like_a_token(word: str) -> bool:
+    """16 or more token characters with a digit or one of ``. ~ + / = -`` among them, or 24 or more letters of both
+    cases (base64 without a digit): not prose (``Bearer authentication``), a setting's name (``token_refresh_interval``)
+    or a path (``/home/...``: the pattern's word starts with a letter or a digit)."""
+    if len(word) < 16:
+        return False
+    if any(c.isdigit() or c in ".~+/=-" for c in word):
+        return True
+    return len(word) >= 24 and any(c.islower() for c in word) and any(c.isupper() for c in word[1:])
+
+
 _URL_REST = re.compile(r"://[^\s'\"<>]*")
 """A URL after its scheme, to its end (a space, a quote or an angle bracket), as :func:`hide_credentials` finds URLs."""
 
@@ -238,4 +250,5 @@ def hide_credentials(text: str) -> str:
 
 
 def _assignments_hidden(text: str) -> str:
-    return _BARE_BEARER.sub(r"\1***", _SECRET_ASSIGNMENT.sub(r"\1***", text))
+    text = _SECRET_ASSIGNMENT.sub(r"\1***", text)
+    return _BARE_BEARER.sub(lambda m: f"{m[1]}***" if _looks_like_a_token(m[2]) else m[0], text)

@@ -108,11 +108,17 @@ def test_the_credential_after_an_auth_scheme_is_hidden_not_the_scheme(text: str,
         ("401: token Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc expired", "401: token Bearer *** expired"),
         ("rejected header 'Bearer sk-proj-abcdefghijklmnop' (401)", "rejected header 'Bearer ***' (401)"),
         ("bearer AbCdEfGhIjKlMnOp12==, retrying", "bearer ***, retrying"),
+        ('rejected header value: Bearer "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig"', 'rejected header value: Bearer "***"'),
+        ("Bearer: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig", "Bearer: ***"),
+        ("invalid token Bearer QWxhZGRpbnNlc2FtZWxvbmdyYW5kb20", "invalid token Bearer ***"),  # base64 letters, no digit
         # prose and short words stay
         ("Bearer authentication is required", "Bearer authentication is required"),
         ("use a Bearer token here", "use a Bearer token here"),
         ("Bearer abc123", "Bearer abc123"),
         ("the Bearer-Token header", "the Bearer-Token header"),
+        ("cannot read the bearer /home/alice/.config/ee/token.txt", "cannot read the bearer /home/alice/.config/ee/token.txt"),
+        ("set the bearer token_refresh_interval option", "set the bearer token_refresh_interval option"),
+        ('WWW-Authenticate: Bearer realm="api", error="invalid_token"', 'WWW-Authenticate: Bearer realm="api", error="invalid_token"'),
     ],
 )
 def test_a_token_after_a_bare_bearer_is_hidden_where_it_looks_like_one(text: str, shown: str) -> None:

@@ -861,7 +861,7 @@ class JobForkServer:
         for module, name in _FORK_SERVER_INTERNALS:
             getattr(server if module is None else importlib.import_module(module), name)  # AttributeError if it moved
         server.set_forkserver_preload(list(dict.fromkeys(preload)))
-        with _sigint_ignored_by_children():
+        with _sigint_ignored_by_children(), _safe_path_for_children():
             server.ensure_running()
         self._server = server
         self._stopped = False
@@ -917,6 +917,24 @@ def _sigint_ignored_by_children() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def _safe_path_for_children() -> Iterator[None]:
+    """A Python that multiprocessing starts in this block (the job's fork server) runs with ``-P``: the working directory
+    is not put first on its ``sys.path`` (``python -c`` puts it there). Before CPython 3.12.8 and 3.13.1 the fork server
+    imports its preload with that path, and :mod:`~ee_middleware.replay.fork_server_path` can set the job's only once
+    the ``ee_middleware`` package is imported: from a working directory holding an ``ee_middleware`` folder (a checkout),
+    that would be the folder's, and so would every module the workers run. (The job's own path, which may hold the
+    working directory, is applied by that module and, in each worker, by multiprocessing.)"""
+    from multiprocessing import util
+
+    flags = util._args_from_interpreter_flags  # type: ignore[attr-defined]
+    util._args_from_interpreter_flags = lambda: [*flags(), "-P"]  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        util._args_from_interpreter_flags = flags  # type: ignore[attr-defined]
+
+
 _FORK_SERVER_INTERNALS: tuple[tuple[str | None, str], ...] = (
     (None, "_forkserver_pid"),  # None: an attribute of the ForkServer instance
     (None, "_forkserver_alive_fd"),
@@ -930,6 +948,7 @@ _FORK_SERVER_INTERNALS: tuple[tuple[str | None, str], ...] = (
     ("multiprocessing.context", "set_spawning_popen"),
     ("multiprocessing.context", "ForkServerProcess"),
     ("multiprocessing.context", "ForkServerContext"),
+    ("multiprocessing.util", "_args_from_interpreter_flags"),
 )
 """The parts of CPython's :mod:`multiprocessing` (3.11-3.14) the job's fork server relies on."""
 

@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -229,7 +229,9 @@ def worker_modules(sandbox: object) -> list[str]:
     import importlib
 
     names = getattr(sandbox, "worker_modules", ())
-    if isinstance(names, str) or not isinstance(names, Sequence):
+    if isinstance(names, str):
+        names = [names]  # one module's name
+    elif not isinstance(names, Iterable):
         return []
     imported = []
     for name in dict.fromkeys(n for n in names if isinstance(n, str) and n):

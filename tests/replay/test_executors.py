@@ -109,16 +109,20 @@ if __name__ == "__main__":
 """
 
 
-def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directory(bfcl_store_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("shadow", ["jsonschema_rs.py", "ee_middleware/__init__.py"], ids=["a preloaded module", "a checkout"])
+def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directory(
+    shadow: str, bfcl_store_path: Path, tmp_path: Path
+) -> None:
     """CPython 3.11's fork server preloads with ``python -c``'s path (the working directory first), not the job's:
-    a job started from a folder holding a module of a preloaded name (here ``jsonschema_rs.py``) had its fork server
-    import that module, and its workers run with it. The server now takes the job's path first (fork_server_path)."""
+    a job started from a folder holding a module of a preloaded name (``jsonschema_rs.py``, or an ``ee_middleware``
+    folder: a checkout) had its fork server import that module, and its workers run with it. The server now starts
+    with ``-P`` (no working directory on its path) and takes the job's path first (fork_server_path)."""
     import subprocess
     import sys
 
     working_directory = tmp_path / "project"
-    working_directory.mkdir()
-    (working_directory / "jsonschema_rs.py").write_text(SHADOWING_MODULE)
+    (working_directory / shadow).parent.mkdir(parents=True, exist_ok=True)
+    (working_directory / shadow).write_text(SHADOWING_MODULE)
     script = tmp_path / "jobs" / "nightly.py"
     script.parent.mkdir()
     script.write_text(JOB_SCRIPT)
@@ -136,7 +140,7 @@ def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directo
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
-    assert not mark.exists(), "the fork server imported the working directory's jsonschema_rs.py"
+    assert not mark.exists(), f"the fork server imported the working directory's {shadow}"
 
 
 def test_the_job_replays_trajectories_itself_until_a_worker_has_started_then_hands_them_out(
@@ -252,7 +256,9 @@ def test_workers_forked_by_the_job_import_no_module_themselves(
     imports = tmp_path / "imports"
     imports.mkdir()
     monkeypatch.setenv("EE_TEST_WORKER_IMPORTS", str(imports))
-    monkeypatch.setattr(executors, "WORKER_MODULES", ("tests.replay.recording_preload", *executors.WORKER_MODULES))
+    # (after fork_server_path, which gives the server the job's path: the tests' modules are found through it)
+    first, *rest = executors.WORKER_MODULES
+    monkeypatch.setattr(executors, "WORKER_MODULES", (first, "tests.replay.recording_preload", *rest))
     monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
     stored: list[bool] = []
     summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2), on_outcome=lambda o, n, total: stored.append(o.stored))
