@@ -292,6 +292,8 @@ def test_a_sandbox_worker_module_that_does_not_import_is_left_to_the_workers_wit
 
     with pytest.warns(UserWarning, match=r"worker module 'tests.replay.broken_worker_module', which does not import \(RuntimeError"):
         assert worker_modules(BrokenWorkerModulesBFCLSandbox()) == ["tests.replay.gated_preload"]
+    one = type("OneModuleSandbox", (), {"worker_modules": "tests.replay.gated_preload"})()
+    assert worker_modules(one) == ["tests.replay.gated_preload"], "a string names one module (not its letters)"
     before = _own_processes()
     with pytest.warns(UserWarning, match="broken_worker_module"):
         summary = run_replay(
