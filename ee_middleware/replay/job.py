@@ -220,6 +220,20 @@ class ReplaySummary:
                 self.policy_error_examples.append({"trajectory_id": r.trajectory_id, **example})
 
 
+def forked_worker_modules(config: ReplayConfig, probe: object) -> list[str]:
+    """What the job's fork server imports for this job besides :data:`~ee_middleware.replay.executors.WORKER_MODULES`:
+    the sandbox's module, the modules of the plug-in factories its sandbox and policy specs name (a function in the
+    user's package that builds a :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`: the class's module alone
+    would leave each worker to import the user's), and the sandbox's ``worker_modules`` (:func:`worker_modules`).
+    The factories' modules are imported here (the sandbox's already is, by the probe built from it)."""
+    from ee_middleware.replay.policies.registry import plugin_module
+    from ee_middleware.replay.sandboxes.registry import factory_module
+
+    plugins = [factory_module(config.sandbox), plugin_module(config.policy) if isinstance(config.policy, str) else None]
+    # (a factory in the job's __main__ is not imported by name: such workers are spawned, see executors._refers_to_main)
+    return [type(probe).__module__, *(module for module in plugins if module and module != "__main__"), *worker_modules(probe)]
+
+
 def worker_modules(sandbox: object) -> list[str]:
     """The modules of the sandbox's optional ``worker_modules`` (see :mod:`~ee_middleware.replay.sandboxes.protocol`)
     the job's fork server may import. A module that raises as it is imported would stop the fork server (it survives
@@ -427,7 +441,7 @@ def run_replay(
     # Local workers are forked by a fork server of the job's: started now, it imports what they need while the job
     # reads the store. The executor takes it over (a job that ends up needing none stops it: see the end).
     forks = config.executor == "local" and config.workers > 1
-    fork_server = start_job_fork_server([type(probe).__module__, *worker_modules(probe)]) if forks else None
+    fork_server = start_job_fork_server(forked_worker_modules(config, probe)) if forks else None
     try:
         return _replay_selected(config, store, factory, options, fork_server, on_outcome, on_start)
     finally:

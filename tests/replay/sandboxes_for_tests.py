@@ -38,6 +38,11 @@ class BrokenWorkerModulesBFCLSandbox(BFCLSandbox):
     worker_modules = ("tests.replay.broken_worker_module", 42, "tests.replay.gated_preload")  # type: ignore[assignment]
 
 
+def make_bfcl_sandbox(**options: Any) -> BFCLSandbox:
+    """A factory function in a user's module (as a PythonSandbox is usually built): the sandbox's class is the library's."""
+    return BFCLSandbox(**options)
+
+
 def not_a_sandbox() -> object:
     return object()
 

@@ -244,13 +244,15 @@ def test_a_job_that_stops_while_its_workers_start_hands_them_nothing(
     assert _own_processes() == before
 
 
+@pytest.mark.parametrize("sandbox", ["bfcl", "tests.replay.sandboxes_for_tests:make_bfcl_sandbox"], ids=["built-in", "a factory function"])
 def test_workers_forked_by_the_job_import_no_module_themselves(
-    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: str, bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What a worker needs is imported once, by the job's fork server (``WORKER_MODULES``, the sandbox's module and its
     ``worker_modules``): workers replaying BFCL with the mutation policy import nothing after they are forked. Before,
     each imported polars and the job module (through the proposer), the chat policies and the model layer (through the
-    policy registry), jsonschema, mpmath and BFCL's backends: about 0.2 s of CPU per worker."""
+    policy registry), jsonschema, mpmath and BFCL's backends: about 0.2 s of CPU per worker; and a sandbox built by a
+    factory function imported the function's module (the fork server had the sandbox class's alone)."""
     from ee_middleware.replay import job
 
     imports = tmp_path / "imports"
@@ -261,7 +263,9 @@ def test_workers_forked_by_the_job_import_no_module_themselves(
     monkeypatch.setattr(executors, "WORKER_MODULES", (first, "tests.replay.recording_preload", *rest))
     monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
     stored: list[bool] = []
-    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2), on_outcome=lambda o, n, total: stored.append(o.stored))
+    summary = run_replay(
+        ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, sandbox=sandbox), on_outcome=lambda o, n, total: stored.append(o.stored)
+    )
 
     assert summary.done == BFCL_ENTRIES and stored == [True] * BFCL_ENTRIES, "the workers replayed and wrote every trajectory"
     workers = sorted(imports.iterdir())

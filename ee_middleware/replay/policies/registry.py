@@ -91,6 +91,15 @@ def prepare_policy(spec: str, options: Mapping[str, Any], defaults: Mapping[str,
     return _build_plugin(spec, dict(options), dict(defaults))
 
 
+def plugin_module(spec: str) -> str | None:
+    """The module of the factory a plug-in policy ``spec`` names (see :func:`is_plugin_policy`), imported; ``None`` for a
+    built-in policy or a model form. Raises :class:`~ee_middleware.errors.PolicyError` for a spec that names nothing."""
+    if not is_plugin_policy(spec):
+        return None
+    module = getattr(resolve_plugin(spec, POLICIES), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
 def is_plugin_policy(spec: str) -> bool:
     """Whether ``spec`` names a user's policy or chat client (a factory, an entry point) rather than a built-in policy
     or a model form (``local:``, ``openai:``)."""

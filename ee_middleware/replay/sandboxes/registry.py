@@ -77,6 +77,16 @@ def check_sandbox_spec(spec: str) -> None:
         SANDBOXES.resolve(spec)
 
 
+def factory_module(spec: str) -> str | None:
+    """The module of the factory ``spec`` names (a plug-in's own module, for ``package.module:factory`` and entry
+    points), imported; ``None`` for ``experience:`` and ``mcp:`` specs, which name no factory. Raises the sandbox kind's
+    error for a spec that names nothing."""
+    if _is_experience(spec) or _is_mcp(spec):
+        return None
+    module = getattr(SANDBOXES.resolve(spec), "__module__", None)
+    return module if isinstance(module, str) else None
+
+
 def sandbox_factory(
     spec: str, *, isolation: str = "none", timeout_s: float = 30.0, memory_mb: int | None = None, options: dict[str, Any] | None = None
 ) -> Callable[[], Sandbox]:
