@@ -1,33 +1,74 @@
-"""Imported first by a replay job's fork server: puts the job's ``sys.path`` in place before the server imports the rest.
+"""Imported first by a replay job's fork server: puts the job's ``sys.path`` in place, then imports the rest of the
+server's preload so that no module can stop the server.
 
 multiprocessing starts a fork server as ``python -c ...`` and passes it the parent's ``sys.path``, which
 ``multiprocessing.forkserver.main`` applies before its preload only from CPython 3.12.8 and 3.13.1 on (gh-117378).
-Before, the preload imports with ``python -c``'s own path, the current directory first: a job run from a folder holding
-a module of a preloaded name (a checkout, a ``resource.py``) had its workers run that folder's code, and a module found
-only through the job's own path was skipped. This module reads the path ``main`` was given from its frame and applies
-it; where ``main`` applies it itself, it finds the same path. Nothing else is imported here, so what it runs before the
-path is in place is this package's light ``__init__`` alone.
+Before, the preload imports with ``python -c``'s own path: a module found only through the job's own path was skipped.
+(The server starts with ``-P``, so the working directory is not on that path: see
+:func:`ee_middleware.replay.executors._safe_path_for_children`.) This module reads the path ``main`` was given from
+its frame and applies it; where ``main`` applies it itself, it finds the same path.
+
+``main`` survives only an ``ImportError`` from a preloaded module: anything else (a user's module that reads
+``sys.argv`` or a setting only the job's process has, as it is imported) ended the server, and the job with an
+``EOFError``. So this module imports the rest of the preload itself, and puts its own name in the place of one that
+raises (``main`` then imports nothing there), saying on stderr which and why: each worker imports it itself, as the
+job's process did. Nothing else is imported before the path is in place but this package's light ``__init__``.
 """
 
 from __future__ import annotations
 
 import sys
+from types import FrameType
 
 
-def _apply_server_path() -> bool:
-    """Set ``sys.path`` to the ``sys_path`` that ``multiprocessing.forkserver.main`` was called with; ``False`` when
-    this is not imported under it (a plain import: nothing changes)."""
+def _forkserver_main() -> FrameType | None:
+    """The frame of ``multiprocessing.forkserver.main`` that is importing this module, if any."""
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "main" and frame.f_globals.get("__name__") == "multiprocessing.forkserver":
-            path = frame.f_locals.get("sys_path")
-            if isinstance(path, list) and all(isinstance(entry, str) for entry in path):
-                sys.path[:] = path
-                return True
-            return False
+            return frame
         frame = frame.f_back
+    return None
+
+
+def _apply_server_path(frame: FrameType | None) -> bool:
+    """Set ``sys.path`` to the ``sys_path`` that ``main`` was called with; ``False`` when there is none (a plain import)."""
+    path = frame.f_locals.get("sys_path") if frame is not None else None
+    if isinstance(path, list) and all(isinstance(entry, str) for entry in path):
+        sys.path[:] = path
+        return True
     return False
 
 
-APPLIED = _apply_server_path()
+def _import_the_rest(frame: FrameType | None) -> list[str]:
+    """Import the modules ``main`` is to preload after this one; the names of those that raised something other than
+    ``ImportError`` (which ``main`` skips itself), each replaced in ``main``'s list by this module's name."""
+    import importlib
+
+    preload = frame.f_locals.get("preload") if frame is not None else None
+    if not isinstance(preload, list) or __name__ not in preload:
+        return []
+    failed = []
+    for index in range(preload.index(__name__) + 1, len(preload)):
+        name = preload[index]
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+        except BaseException as exc:  # noqa: BLE001 - the server must go on: each worker imports it again itself
+            preload[index] = __name__
+            failed.append(name)
+            print(
+                f"ee replay: the job's fork server could not import {name!r} ({type(exc).__name__}: {exc}); each worker imports it itself.",
+                file=sys.stderr,
+                flush=True,
+            )
+    return failed
+
+
+_main = _forkserver_main()
+APPLIED = _apply_server_path(_main)
 """Whether this import put a fork server's ``sys.path`` in place."""
+FAILED = _import_the_rest(_main)
+"""The preloaded modules that raised as they were imported (left to the workers)."""
+del _main

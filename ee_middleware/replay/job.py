@@ -236,10 +236,10 @@ def forked_worker_modules(config: ReplayConfig, probe: object) -> list[str]:
 
 def worker_modules(sandbox: object) -> list[str]:
     """The modules of the sandbox's optional ``worker_modules`` (see :mod:`~ee_middleware.replay.sandboxes.protocol`)
-    the job's fork server may import. A module that raises as it is imported would stop the fork server (it survives
-    only an ``ImportError``), so each is imported here first, and one that fails is left to the workers, with a warning
-    naming it; this library's own (``ee_middleware.*``, which catch their own failures) are not, so that the server
-    starts without waiting for them."""
+    the job's fork server may import. Each is imported here first, and one that fails is left to the workers, with a
+    warning of the job's naming it (the server would go on without it too, saying so on its stderr only: see
+    :mod:`~ee_middleware.replay.fork_server_path`); this library's own (``ee_middleware.*``, which catch their own
+    failures) are not, so that the server starts without waiting for them."""
     import importlib
 
     names = getattr(sandbox, "worker_modules", ())

@@ -274,6 +274,20 @@ def test_workers_forked_by_the_job_import_no_module_themselves(
     assert imported == {path.name: [] for path in workers}, imported
 
 
+def test_a_preloaded_module_that_raises_in_the_fork_server_is_left_to_the_workers(
+    bfcl_store_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """multiprocessing's fork server survives only an ImportError from a module it preloads: a sandbox factory's module
+    that raises there (it reads the application's command line) ended it, and the job with ``EOFError: unexpected EOF``.
+    Now the server says which module and goes on, and each worker imports it itself."""
+    before = _own_processes()
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, sandbox="tests.replay.fragile_factory:make_sandbox"))
+    assert summary.done == BFCL_ENTRIES and summary.failed == {}
+    err = capfd.readouterr().err
+    assert "could not import 'tests.replay.fragile_factory' (RuntimeError: this module reads the application's command line)" in err, err
+    assert _own_processes() == before
+
+
 def test_the_jobs_fork_server_is_stopped_once_however_often_it_is_told(monkeypatch: pytest.MonkeyPatch) -> None:
     """The job starts its fork server before its executor and stops it after the executor did: the second stop sends
     nothing (the server's pid may be another process's by then)."""

@@ -30,7 +30,7 @@ tool; :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox` and
 Optional: ``worker_modules``, a sequence of module names a replay job's worker processes would import on first use
 (backends the sandbox loads lazily, their heavy dependencies): the job's fork server imports them once, before it forks
 each worker, so no worker pays for them (see ``docs/replay-scaling.md``). A module that cannot be imported there is
-skipped; the worker then imports it itself, and reports what fails. The BFCL sandbox names its backends.
+skipped, with a warning; the worker then imports it itself, and reports what fails. The BFCL sandbox names its backends.
 
 Optional: ``check_offered_tools(tools)``, given a trajectory's recorded tool schemas after each reset and before
 anything of it runs, raises :class:`~ee_middleware.errors.SandboxError` when the sandbox would call a tool in a way
