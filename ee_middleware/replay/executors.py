@@ -821,7 +821,7 @@ def _until_error(replays: Iterator[ReplayOutcome]) -> tuple[list[ReplayOutcome],
 
 
 WORKER_MODULES = (
-    "ee_middleware.replay.fork_server_path",  # first: the job's sys.path, before anything else is imported
+    "ee_middleware.replay.fork_server_preload",  # first: the job's sys.path, then the rest of this list, guarded
     "ee_middleware.replay.executors",
     "ee_middleware.replay.policies.registry",
     "ee_middleware.replay.policies.proposer",
@@ -921,7 +921,7 @@ def _sigint_ignored_by_children() -> Iterator[None]:
 def _safe_path_for_children() -> Iterator[None]:
     """A Python that multiprocessing starts in this block (the job's fork server) runs with ``-P``: the working directory
     is not put first on its ``sys.path`` (``python -c`` puts it there). Before CPython 3.12.8 and 3.13.1 the fork server
-    imports its preload with that path, and :mod:`~ee_middleware.replay.fork_server_path` can set the job's only once
+    imports its preload with that path, and :mod:`~ee_middleware.replay.fork_server_preload` can set the job's only once
     the ``ee_middleware`` package is imported: from a working directory holding an ``ee_middleware`` folder (a checkout),
     that would be the folder's, and so would every module the workers run. (The job's own path, which may hold the
     working directory, is applied by that module and, in each worker, by multiprocessing.)"""

@@ -238,7 +238,7 @@ def worker_modules(sandbox: object) -> list[str]:
     """The modules of the sandbox's optional ``worker_modules`` (see :mod:`~ee_middleware.replay.sandboxes.protocol`)
     the job's fork server may import. Each is imported here first, and one that fails is left to the workers, with a
     warning of the job's naming it (the server would go on without it too, saying so on its stderr only: see
-    :mod:`~ee_middleware.replay.fork_server_path`); this library's own (``ee_middleware.*``, which catch their own
+    :mod:`~ee_middleware.replay.fork_server_preload`); this library's own (``ee_middleware.*``, which catch their own
     failures) are not, so that the server starts without waiting for them."""
     import importlib
 

@@ -116,7 +116,7 @@ def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directo
     """CPython 3.11's fork server preloads with ``python -c``'s path (the working directory first), not the job's:
     a job started from a folder holding a module of a preloaded name (``jsonschema_rs.py``, or an ``ee_middleware``
     folder: a checkout) had its fork server import that module, and its workers run with it. The server now starts
-    with ``-P`` (no working directory on its path) and takes the job's path first (fork_server_path)."""
+    with ``-P`` (no working directory on its path) and takes the job's path first (fork_server_preload)."""
     import subprocess
     import sys
 
@@ -258,7 +258,7 @@ def test_workers_forked_by_the_job_import_no_module_themselves(
     imports = tmp_path / "imports"
     imports.mkdir()
     monkeypatch.setenv("EE_TEST_WORKER_IMPORTS", str(imports))
-    # (after fork_server_path, which gives the server the job's path: the tests' modules are found through it)
+    # (after fork_server_preload, which gives the server the job's path: the tests' modules are found through it)
     first, *rest = executors.WORKER_MODULES
     monkeypatch.setattr(executors, "WORKER_MODULES", (first, "tests.replay.recording_preload", *rest))
     monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
