@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -78,16 +79,22 @@ if __name__ == "__main__":
 """
 
 
-def test_a_sandbox_defined_in_the_users_script_reaches_the_workers(bfcl_store_path: Path, tmp_path: Path) -> None:
-    """Workers forked by the fork server do not import the job's __main__: a spec naming it gets spawned workers."""
+def _run_job_script(script: Path, store: Path, **run: Any) -> None:
+    """Run ``script`` (a job printing its summary's ``done`` and ``failed``) on ``store`` in a Python of its own
+    (``run``: ``subprocess.run``'s ``cwd``, ``env``) and check that it replayed every trajectory, none failed."""
     import subprocess
     import sys
 
-    script = tmp_path / "my_job.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(bfcl_store_path)], capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([sys.executable, str(script), str(store)], capture_output=True, text=True, timeout=300, check=False, **run)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
+
+
+def test_a_sandbox_defined_in_the_users_script_reaches_the_workers(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Workers forked by the fork server do not import the job's __main__: a spec naming it gets spawned workers."""
+    script = tmp_path / "my_job.py"
+    script.write_text(SCRIPT)
+    _run_job_script(script, bfcl_store_path)
 
 
 SHADOWING_MODULE = """
@@ -117,9 +124,6 @@ def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directo
     a job started from a folder holding a module of a preloaded name (``jsonschema_rs.py``, or an ``ee_middleware``
     folder: a checkout) had its fork server import that module, and its workers run with it. The server now starts
     with ``-P`` (no working directory on its path) and takes the job's path first (fork_server_preload)."""
-    import subprocess
-    import sys
-
     working_directory = tmp_path / "project"
     (working_directory / shadow).parent.mkdir(parents=True, exist_ok=True)
     (working_directory / shadow).write_text(SHADOWING_MODULE)
@@ -129,17 +133,7 @@ def test_the_fork_server_imports_with_the_jobs_path_not_from_its_working_directo
     mark = tmp_path / "imported-from-the-working-directory"
     env = {**os.environ, "EE_TEST_SHADOW_MARK": str(mark)}
     env.pop("PYTHONPATH", None)
-    done = subprocess.run(
-        [sys.executable, str(script), str(bfcl_store_path)],
-        cwd=working_directory,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split()[:2] == [str(BFCL_ENTRIES), "{}"], done.stdout + done.stderr[-2000:]
+    _run_job_script(script, bfcl_store_path, cwd=working_directory, env=env)
     assert not mark.exists(), f"the fork server imported the working directory's {shadow}"
 
 
