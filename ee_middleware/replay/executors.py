@@ -966,21 +966,15 @@ def _refers_to_main(spec: WorkerSpec) -> bool:
 
 def start_job_fork_server(preload: Iterable[str] = ()) -> JobForkServer | None:
     """A fork server for a job's local workers, importing :data:`WORKER_MODULES` and ``preload`` (the sandbox's module,
-    its ``worker_modules``: each must import without raising anything but ``ImportError``, which the server skips);
+    its ``worker_modules``; one that raises as it is imported is skipped: :mod:`~ee_middleware.replay.fork_server_preload`);
     ``None`` where this Python cannot fork from one (workers are then spawned). Started before the workers are made,
     so that its imports overlap the job's own set-up; the :class:`ProcessExecutor` it is given stops it, and so may the
     caller (:meth:`JobForkServer.stop` is idempotent)."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return None
-    return _start_fork_server([*WORKER_MODULES, *preload])
-
-
-def _start_fork_server(preload: list[str]) -> JobForkServer | None:
-    """The job's fork server; ``None`` (workers are then spawned) where this Python's :mod:`multiprocessing`
-    internals differ from the CPython 3.11-3.14 ones :class:`JobForkServer` relies on."""
     try:
-        return JobForkServer(preload)
-    except (AttributeError, TypeError) as exc:
+        return JobForkServer([*WORKER_MODULES, *preload])
+    except (AttributeError, TypeError) as exc:  # this Python's multiprocessing internals differ from those relied on
         logger.warning("ee-middleware: cannot start replay workers from a fork server on this Python (%r); spawning them instead.", exc)
         return None
 
@@ -1087,7 +1081,7 @@ class ProcessExecutor:
             self.replay_while_starting = replay_while_starting
         self._server: JobForkServer | None = None
         if start_method == "forkserver" and start_method in multiprocessing.get_all_start_methods() and not _refers_to_main(spec):
-            self._server = fork_server or _start_fork_server([*WORKER_MODULES, *preload])
+            self._server = fork_server or start_job_fork_server(preload)
         elif fork_server is not None:
             fork_server.stop()  # (workers are spawned: see _refers_to_main)
         if self._server is not None:

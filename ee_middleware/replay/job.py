@@ -404,12 +404,16 @@ def _checked_policy_options(config: ReplayConfig) -> tuple[dict[str, Any], dict[
 
 def build_executor(config: ReplayConfig, spec: WorkerSpec, *, fork_server: JobForkServer | None = None) -> Executor:
     """The executor ``config`` asks for; ``fork_server``: the job's fork server (see :func:`start_job_fork_server`), for
-    local workers (the caller stops it where the executor does not take it)."""
+    local workers (the caller stops it where the executor does not take it), which are spawned without one: the job
+    tried to start it, and this Python cannot (trying again would only say so twice)."""
     if config.executor == "ray":
         return RayExecutor(spec, config.workers, address=config.ray_address, replay_while_starting=light_in_process(config))
     if config.workers == 1:
         return InlineExecutor(spec)
-    return ProcessExecutor(spec, config.workers, fork_server=fork_server, replay_while_starting=light_in_process(config))
+    start_method = "forkserver" if fork_server is not None else "spawn"
+    return ProcessExecutor(
+        spec, config.workers, start_method=start_method, fork_server=fork_server, replay_while_starting=light_in_process(config)
+    )
 
 
 def light_in_process(config: ReplayConfig) -> bool:
