@@ -117,7 +117,7 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     for run in sorted((tree.subtree(root) for root in roots), key=lambda run: (min(s.start_ns for s in run), run[0].span_id)):
         covered.update(s.span_id for s in run)
         runs.append(run)
-    leftover = [s for s in unique if s.span_id not in covered]
+    leftover = _without_echoes_of(runs, [s for s in unique if s.span_id not in covered], tree)
     named_by_first_call: set[int] = set()
     if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
         for n, conversation in enumerate(conversations(leftover, tree)):
@@ -646,6 +646,8 @@ class BareCall:
     """The digest of its history followed by its reply, where the reply asked for tools (None otherwise)."""
     asked: tuple[str, ...]
     """The ids of the tool calls its reply made."""
+    signature: bytes | None = None
+    """Its :func:`call_signature`: a run's model call traced again by a model client's instrumentation has the same."""
 
 
 def bare_call(trace_id: str, grouped: TraceRuns) -> BareCall | None:
@@ -687,6 +689,7 @@ def bare_call(trace_id: str, grouped: TraceRuns) -> BareCall | None:
         answered=tuple(str(m.get("tool_call_id") or "") for m in given[len(given) - tail :]),
         leads=leads,
         asked=tuple(i for i, _, _ in call.asked if i),
+        signature=call_signature(_carrier(root, tree)),
     )
 
 
@@ -727,6 +730,27 @@ def join_bare_calls(calls: Sequence[BareCall]) -> list[list[BareCall]]:
             chain.append(previous[chain[-1]])
         runs.append([ordered[i] for i in reversed(chain)])
     return sorted(runs, key=lambda run: (run[0].start_ns, run[0].trace_id))
+
+
+class ModelCalls:
+    """The model calls of the runs read from every trace, by service and :func:`call_signature`, with their times: a
+    bare call (:class:`BareCall`) within one of them is that call traced again, in a trace of its own, by a model
+    client's instrumentation beside the framework's (no span of the app active where the client ran)."""
+
+    def __init__(self) -> None:
+        self._times: dict[tuple[Any, bytes], list[tuple[int, int]]] = {}
+
+    def add(self, run: Sequence[SpanData]) -> None:
+        for span in run:
+            if operation_of(span.attributes) in sc.MODEL_OPERATIONS and (signature := call_signature(span)) is not None:
+                self._times.setdefault((span.resource.get("service.name"), signature), []).append((span.start_ns, span.end_ns))
+
+    def echoed(self, call: BareCall) -> bool:
+        """Whether bare ``call`` is one of these calls traced again (:func:`traced_twice`)."""
+        if call.signature is None:
+            return False
+        times = self._times.get((call.service, call.signature), ())
+        return any(start <= call.start_ns and call.end_ns <= end for start, end in times)
 
 
 def _answers(answered: Sequence[str], asked: Sequence[str]) -> bool:
@@ -989,6 +1013,10 @@ def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
         if is_model(span):
             outer = [a for a in tree.ancestors(span.span_id) if is_model(a)]
             groups.setdefault((outer[-1] if outer else span).span_id, []).append(span)
+    # the same call traced by two instrumentations that did not nest their spans: the outer call in time keeps it
+    tops = [run_span for run_span in run if run_span.span_id in groups]
+    for echo, outer in _contained_echoes(tops).items():
+        groups[outer.span_id].extend(groups.pop(echo))
     echoes: set[str] = set()
     tools: dict[str, Any] = {}
     for calls in groups.values():
@@ -1008,6 +1036,64 @@ def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
         for s in run
         if s.span_id not in echoes
     ]
+
+
+def call_signature(span: SpanData) -> bytes | None:
+    """What tells a model call apart from its service's other calls, whichever instrumentation traced it: its reply
+    (each message's text and tool calls, their ids included) and the last message it was given, digested; None where
+    either cannot be read. Two instrumentations tracing one call (a framework's and its model client's) write the same."""
+    given = _openai_messages(span, sc.INPUT_MESSAGES)
+    replies = [m for m in _openai_messages(span, sc.OUTPUT_MESSAGES) or [] if m.get("role") == "assistant"]
+    if not given or not replies:
+        return None
+    ids = [tuple(str(c.get("id") or "") for c in m.get("tool_calls") or []) for m in replies]
+    return _digest([*(_message_key(m) for m in replies), ids, _message_key(given[-1])])
+
+
+def traced_twice(outer: SpanData, inner: SpanData, signatures: dict[str, bytes | None] | None = None) -> bool:
+    """Whether model span ``inner`` is the call of model span ``outer`` traced again by another instrumentation, though
+    not under it: a model client's instrumentation whose span is a sibling of the framework's (OpenLLMetry's LangChain
+    spans are not made current) or in a trace of its own (no span of the app active where the client ran). Both of one
+    service, ``inner`` within ``outer``'s time, and the same reply to the same last message (:func:`call_signature`).
+    ``signatures``: the signatures computed so far, by span id."""
+    if outer.span_id == inner.span_id or not (outer.start_ns <= inner.start_ns and inner.end_ns <= outer.end_ns):
+        return False
+    if outer.resource.get("service.name") != inner.resource.get("service.name"):
+        return False
+    memo = {} if signatures is None else signatures
+    for span in (outer, inner):
+        if span.span_id not in memo:
+            memo[span.span_id] = call_signature(span)
+    return memo[outer.span_id] is not None and memo[outer.span_id] == memo[inner.span_id]
+
+
+def _contained_echoes(models: Sequence[SpanData], among: Sequence[SpanData] | None = None) -> dict[str, SpanData]:
+    """The spans of ``among`` (default: ``models``) that are a span of ``models`` traced twice (:func:`traced_twice`),
+    each with the span it echoes (the outermost in time)."""
+    signatures: dict[str, bytes | None] = {}
+    outers = sorted(models, key=lambda s: (s.start_ns, -s.end_ns))
+    found: dict[str, SpanData] = {}
+    for inner in sorted(models if among is None else among, key=lambda s: (s.start_ns, -s.end_ns)):
+        for outer in outers:
+            if outer.start_ns > inner.start_ns:
+                break
+            if outer.span_id not in found and traced_twice(outer, inner, signatures):
+                found[inner.span_id] = outer
+                break
+    return found
+
+
+def _without_echoes_of(runs: Sequence[list[SpanData]], leftover: list[SpanData], tree: _Tree) -> list[SpanData]:
+    """``leftover`` (the spans outside every run) without the model calls that are a run's traced again by a model
+    client's instrumentation beside the framework's (:func:`traced_twice`: a sibling of the graph's span under the app's
+    request span), and the spans under them: they would make a second trajectory of the same decisions."""
+    if not runs or not any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
+        return leftover
+    models = [s for run in runs for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS]
+    echoes = _contained_echoes(models, _top_model_calls(leftover, tree))
+    if not echoes:
+        return leftover
+    return [s for s in leftover if not any(a in echoes for a in _self_and_ancestors(s, tree))]
 
 
 def _with_context(run: list[SpanData], tree: _Tree) -> list[SpanData]:

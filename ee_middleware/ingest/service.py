@@ -45,6 +45,7 @@ from ee_middleware.ingest.runs import (
     BareCall,
     Choices,
     Gaps,
+    ModelCalls,
     bare_call,
     group_runs,
     incomplete_reason,
@@ -602,6 +603,7 @@ def _ingest_traces(
             new, supersede = [], []
 
     bare: list[BareCall] = []
+    model_calls = ModelCalls()
     try:
         for trace_id, trace_spans in spill.traces():
             found = _trace_trajectories(
@@ -612,12 +614,16 @@ def _ingest_traces(
                 report,
                 unended_by_trace[trace_id],
                 bare,
+                model_calls,
             )
             for trajectory in found:
                 keep(trajectory, {t.id for t in found if t is not trajectory})
             flush(WRITE_BATCH)
+        echoes = [call for call in bare if model_calls.echoed(call)]
+        if echoes:
+            report.notes.append(_echoes_note(len(echoes)))
         joined = 0
-        for calls in join_bare_calls(bare):
+        for calls in join_bare_calls([call for call in bare if not model_calls.echoed(call)]):
             grouped = [group_runs(c.trace_id, spill.trace(c.trace_id)) for c in calls]
             runs = [g.runs[0] for g in grouped]
             for g in grouped:
@@ -650,6 +656,14 @@ def _with_untraced(rejected: list[RejectedSpan], untraced: Sequence[RejectedSpan
     parents = {s.parent_span_id for s in spans if s.parent_span_id is not None}
     found = [bad for bad in untraced if bad.parent_span_id in ids or bad.span_id in parents]
     return [*rejected, *found] if found else rejected
+
+
+def _echoes_note(count: int) -> str:
+    return (
+        f"{count} model call(s) traced in a trace of their own by a model client's instrumentation (OpenTelemetry's or "
+        "OpenInference's OpenAI, say) are calls of runs read from their framework's spans (the same reply to the same "
+        "messages, within the framework's model span): each is read once, from the run's trace."
+    )
 
 
 def _count_choices(choices: Choices, report: IngestReport) -> None:
@@ -1139,9 +1153,11 @@ def _trace_trajectories(
     report: IngestReport,
     unended: set[str],
     bare: list[BareCall] | None = None,
+    model_calls: ModelCalls | None = None,
 ) -> list[Trajectory]:
     """The trajectories of one trace's runs. A trace that holds one model call and nothing around it goes to ``bare``
-    instead (when given), to be joined with the calls of other traces it goes on with."""
+    instead (when given), to be joined with the calls of other traces it goes on with; the model calls of the other
+    runs go to ``model_calls`` (when given), which tells the bare calls that are one of them traced again."""
     grouped = group_runs(trace_id, spans, unended)
     report.repeated_spans += grouped.repeated_spans
     if grouped.problem is not None:
@@ -1163,6 +1179,9 @@ def _trace_trajectories(
         bare.append(call)
         return []  # its choices are counted when the bare calls are joined
     _count_choices(grouped.choices, report)
+    if model_calls is not None:
+        for run in grouped.runs:
+            model_calls.add(run)
     out = []
     for *whole, gaps in zip(grouped.runs, grouped.unfinished, grouped.missing_roots, grouped.gaps, strict=True):
         for n, (run, unfinished, absent_root, nested) in enumerate(_runs_of(*whole, rejected, unended)):

@@ -14,6 +14,8 @@ import copy
 import json
 from typing import Any
 
+import pytest
+
 from ee_middleware.ingest import ingest_files
 from tests.ingest.test_instrumentations import FIXTURES, _steps
 
@@ -55,3 +57,51 @@ def test_a_model_call_traced_by_two_instrumentations_is_one_decision(tmp_path, s
         assert [s.decision_index for s in got.steps] == [s.decision_index for s in expected.steps]
         assert [s.state for s in got.steps] == [s.state for s in expected.steps]
         assert (got.tools, got.final_answer, got.status) == (expected.tools, expected.final_answer, "completed")
+
+
+DOUBLE_TRACED = sorted(p.name.removesuffix(".jsonl") for p in FIXTURES.glob("double_traced_*.jsonl"))
+
+
+def _expected_steps(meta: dict[str, Any]) -> list[tuple[Any, ...]]:
+    return [("answer", step[1]) if step[0] == "answer" else (step[0], step[1], step[2], False) for step in meta["steps"]]
+
+
+@pytest.mark.parametrize("name", DOUBLE_TRACED)
+def test_a_run_traced_by_its_framework_and_its_model_clients_instrumentation_is_one_trajectory(tmp_path, store, name):
+    """Real traces (make_double_traced_fixtures.py): a LangChain instrumentation and an OpenAI one on at once, whose
+    client spans are not under the framework's model spans: traces of their own, siblings of the graph's span under
+    the app's, or siblings of OpenLLMetry's model span. Before, the run was stored twice (a second trajectory from the
+    client's spans) or every decision twice in it (six steps for three)."""
+    meta = json.loads((FIXTURES / f"{name}.meta.json").read_text())
+    report = ingest_files([FIXTURES / f"{name}.jsonl"], store)
+    assert (report.problems, report.runs, len(report.ingested)) == (0, 1, 1), (report.errors, report.notes)
+    [trajectory] = store.iter_trajectories()
+    assert _steps(trajectory) == _expected_steps(meta)
+    assert (trajectory.task, trajectory.status, trajectory.thread_id) == (meta["task"], "completed", "thread-0")
+    assert sorted(t["function"]["name"] for t in trajectory.tools) == ["convert_temp", "get_weather"]
+    asked = [s.action.tool_call.id for s in trajectory.steps if s.action.kind == "tool_call"]
+    answered = [m["tool_call_id"] for m in trajectory.steps[-1].state if m["role"] == "tool"]
+    assert all(asked) and asked == answered
+
+
+def _shifted(request: dict[str, Any], scope: str, by_ns: int) -> dict[str, Any]:
+    moved = copy.deepcopy(request)
+    for resource_spans in moved["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            if scope_spans["scope"]["name"] == scope:
+                for span in scope_spans["spans"]:
+                    span["startTimeUnixNano"] = str(int(span["startTimeUnixNano"]) + by_ns)
+                    span["endTimeUnixNano"] = str(int(span["endTimeUnixNano"]) + by_ns)
+    return moved
+
+
+def test_the_same_reply_outside_the_framework_calls_time_is_a_call_of_its_own(tmp_path, store):
+    """What tells a call traced twice is its time as well as its reply: the OpenAI client's calls of the fixture moved
+    an hour later (the same task run again by a script using the client alone) are a run of their own, as before."""
+    [request] = _requests("double_traced_openinference_langchain_openai.jsonl")
+    path = tmp_path / "later.jsonl"
+    path.write_text(json.dumps(_shifted(request, "openinference.instrumentation.openai", 3600 * 10**9)) + "\n")
+    report = ingest_files([path], store)
+    assert (report.problems, len(report.ingested)) == (0, 2), report.errors
+    for trajectory in store.iter_trajectories():
+        assert [step[0] for step in _steps(trajectory)] == ["get_weather", "convert_temp", "answer"]
