@@ -548,8 +548,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             final_answer=answer,
             status=status,
             error=redact(error) if error else None,
-            started_at=_ts(root.start_ns),
-            ended_at=_ts(max(s.end_ns for s in spans)),
+            started_at=span_time(root.start_ns),
+            ended_at=span_time(max(s.end_ns for s in spans)),
             environment=redact(_json_attr(root, sc.EE_ENVIRONMENT, expect=dict)),
             approval=Approval(),
             source=options.source,
@@ -1999,7 +1999,8 @@ def _opt_str(value: Any) -> str | None:
     return None if value in (None, "") else str(value)
 
 
-def _ts(ns: int) -> dt.datetime:
+def span_time(ns: int) -> dt.datetime:
+    """The UTC time of a span's nanosecond timestamp (now for none: 0)."""
     if ns <= 0:
         return utcnow()
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)

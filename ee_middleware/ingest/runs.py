@@ -360,7 +360,7 @@ class _Tree:
         return out
 
 
-_LANGCHAIN_MARKS = ("openinference.span.kind", "traceloop.span.kind", "langsmith.span.kind", "langfuse.observation.type", "mlflow.spanType")
+LANGCHAIN_MARKS = ("openinference.span.kind", "traceloop.span.kind", "langsmith.span.kind", "langfuse.observation.type", "mlflow.spanType")
 """The attributes by which each instrumentation of LangChain marks its spans (a LangChain run each)."""
 
 
@@ -368,7 +368,7 @@ def _same_langchain_run(graph: SpanData, inside: SpanData) -> bool:
     """Whether ``graph`` (a span outside every graph node) may be the span of the graph run that ``inside`` (a span in
     one of its nodes) ran in, where ``graph`` has no node's span under it among the spans read: written by the same
     instrumentation of LangChain (a LangChain run too, not an app's span), on one thread both name."""
-    if not any(key in graph.attributes and key in inside.attributes for key in _LANGCHAIN_MARKS):
+    if not any(key in graph.attributes and key in inside.attributes for key in LANGCHAIN_MARKS):
         return False
     threads = [_thread(s) for s in (graph, inside)]
     return None not in threads and threads[0] == threads[1]

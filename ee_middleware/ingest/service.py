@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, split_nested
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, span_time, split_nested
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import SALT_FILE, Redactor, store_salt
@@ -42,11 +42,13 @@ from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
 from ee_middleware.ingest.otlp_schema import Dropped
 from ee_middleware.ingest.runs import (
+    LANGCHAIN_MARKS,
     BareCall,
     Choices,
     Gaps,
     ModelCalls,
     bare_call,
+    ended_ok,
     group_runs,
     incomplete_reason,
     join_bare_calls,
@@ -1164,9 +1166,16 @@ def _trace_trajectories(
         report.problem(grouped.problem)
         return []
     if not grouped.runs:
-        filled = _filled_in(trace_id, spans, target, report) if grouped.problem is None else []
-        if filled:
+        filled = _filled_in(trace_id, spans, target, report, unended)
+        if filled or _filled_before(trace_id, spans, target, report):
             return filled
+        if not grouped.recognized and any(key in span.attributes for span in spans for key in LANGCHAIN_MARKS):
+            report.problem(
+                f"trace {trace_id}: no agent run found: its {len(spans)} span(s) are a LangChain instrumentation's, with no model, "
+                "agent or tool span among them (a graph's span ends last, so a rotated file may hold it alone: ingest the files "
+                "together, or the earlier one first: the run it stores as interrupted is completed by this span); skipped."
+            )
+            return []
         if grouped.agent_related:
             report.problem(f"trace {trace_id}: no agent run found (no 'chat' or 'invoke_agent' spans among {len(spans)}); skipped.")
         else:
@@ -1175,6 +1184,12 @@ def _trace_trajectories(
             report.unread_spans += len(spans)
             report.unread_keys.update(key for span in spans for key in span.attributes)
         return []
+    if not any(operation_of(span.attributes) in sc.MODEL_OPERATIONS for run in grouped.runs for span in run):
+        # no decision among the spans read now: they may be what a stored version lacked (its root, in a later file)
+        run_roots = {span.span_id: run[0] for run in grouped.runs for span in run}
+        filled = _filled_in(trace_id, spans, target, report, unended, run_roots)
+        if filled or _filled_before(trace_id, spans, target, report):
+            return filled
     if bare is not None and not rejected and (call := bare_call(trace_id, grouped)) is not None:
         bare.append(call)
         return []  # its choices are counted when the bare calls are joined
@@ -1194,22 +1209,44 @@ def _trace_trajectories(
     return out
 
 
-def _filled_in(trace_id: str, spans: list[SpanData], target: _Target, report: IngestReport) -> list[Trajectory]:
-    """The stored versions of this trace's runs that lacked only spans between their root (read) and their steps, each
-    completed where ``spans`` (read now, no run among them: a file holding only such spans, LangGraph's node spans and no
-    model call) are all they lacked, as :func:`_across_ingests` completes a run read now (its last step an answer, its
-    root ended without an error). :func:`_ingest_traces` stores each as the complete version, superseding the stored
-    one (its approval carried over). Nothing where the store does not exist yet."""
+def _filled_in(
+    trace_id: str,
+    spans: list[SpanData],
+    target: _Target,
+    report: IngestReport,
+    unended: Collection[str] = (),
+    run_roots: Mapping[str, SpanData] | None = None,
+) -> list[Trajectory]:
+    """The stored versions of this trace's runs completed by ``spans`` (read now, no model call among them), as
+    :func:`_across_ingests` completes a run read now (its last step an answer, its root ended without an error):
+
+    - a version that lacked only spans between its root (read) and its steps, where ``spans`` hold them all (a file
+      holding only such spans: LangGraph's node spans);
+    - a version that lacked its root span (``interrupted``: "its root span ... is not among the spans read"), where
+      ``spans`` hold it, ended without an error: a rotated file holding the spans that end last (the graph's, the
+      agent's), the run's steps in the file read before and moved away.
+
+    :func:`_ingest_traces` stores each as the complete version, superseding the stored one (its approval carried over).
+    A run completed by its root is named, timed and given its app as the run read whole is (by the root of the run read
+    now that holds that span, ``run_roots``: span id -> its run's root; else the span itself), so that reading all its
+    files again later finds it stored. Nothing where the store does not exist yet."""
     store = target.existing()
     if store is None:
         return []
-    read = {s.span_id for s in spans}
+    by_id = {s.span_id: s for s in spans}
     out = []
     for row in target.in_trace(trace_id):
         if row["status"] != "interrupted" or (row["approval"] == "rejected" and row["approval_by"] == SUPERSEDED_BY):
             continue
         said = read_gaps(row.get("error"))
-        if said is None or said.root is None or not said.ended or not said.lacked or not said.lacked <= read:
+        if said is None or not said.lacked or not said.lacked <= by_id.keys():
+            continue
+        if said.root is None:  # its root is among the spans read now: it must have ended, and well
+            [root_id] = said.lacked
+            root = by_id[root_id]
+            if root_id in unended or not ended_ok(root):
+                continue
+        elif not said.ended:
             continue
         version = target.version(row["id"])
         if not version.steps or version.steps[-1].action.kind != "answer":
@@ -1218,13 +1255,44 @@ def _filled_in(trace_id: str, spans: list[SpanData], target: _Target, report: In
         report.notes.append(
             f"Trace {trace_id}: its spans read now (no model call among them) are the {len(said.lacked)} span(s) between its "
             f"root span {said.root} and its steps that the run stored as {row['id']} lacked: the run is stored completed."
+            if said.root is not None
+            else f"Trace {trace_id}: its spans read now (no model call among them) hold the root span {root.name!r} "
+            f"({root.span_id}) of the run stored as {row['id']}, which lacked it (in a file read later than its steps): the "
+            "run is stored completed."
         )
-        run_id = _run_id(row["id"], target.in_trace(trace_id))  # named as the run it is a version of, as keep() names a merge
-        completed = version.model_copy(update={"id": run_id, "status": "completed", "error": None, "approval": Approval()}, deep=True)
+        update: dict[str, Any] = {"status": "completed", "error": None, "approval": Approval()}
+        if said.root is not None:
+            run_id = _run_id(row["id"], target.in_trace(trace_id))  # named as the run it is a version of, as keep() names a merge
+        else:
+            top = (run_roots or {}).get(root.span_id, root)
+            named = normalize(top).attributes
+            run_id = run_trajectory_id(trace_id, top.span_id)
+            update["app"] = str(named.get(sc.EE_APP) or named.get(sc.AGENT_NAME) or top.resource.get("service.name") or version.app)
+            update["started_at"] = min(version.started_at, span_time(top.start_ns))
+            update["ended_at"] = max(version.ended_at or version.started_at, span_time(top.end_ns))
+        completed = version.model_copy(update={"id": run_id, **update}, deep=True)
         for step in completed.steps:
             step.trajectory_id = run_id
         out.append(completed)
     return out
+
+
+def _filled_before(trace_id: str, spans: list[SpanData], target: _Target, report: IngestReport) -> bool:
+    """Whether ``spans`` (read now, no model call among them) are what a stored version lacked that an earlier ingest
+    completed (:func:`_filled_in`; the version superseded): its run is stored whole, nothing to add (a note says so)."""
+    if target.existing() is None:
+        return False
+    read = {s.span_id for s in spans}
+    for row in target.in_trace(trace_id):
+        if row["approval"] == "rejected" and row["approval_by"] == SUPERSEDED_BY:
+            said = read_gaps(row.get("error"))
+            if said is not None and said.lacked and said.lacked <= read:
+                report.notes.append(
+                    f"Trace {trace_id}: its spans read now are what the run stored as {row['id']} lacked, and an earlier "
+                    "ingest stored that run whole with them: nothing added."
+                )
+                return True
+    return False
 
 
 def _runs_of(
@@ -1534,6 +1602,13 @@ def _no_model_calls(run: list[SpanData]) -> str:
         if crewai
         else "instrument the model client too (the GenAI or OpenInference instrumentation of the SDK that calls the model)"
     )
+    if len(run) <= 3 and all(sum(t.parent_span_id == s.span_id for t in run) <= 1 for s in run):  # a root, nothing under it
+        return (
+            f"no model call among its {len(run)} span(s), the agent's or graph's own with nothing under them read: its steps "
+            "are in files not read with this one (its root ends last, so a rotated file may hold it alone: ingest the files "
+            "together, or the earlier one first: the run it stores as interrupted is completed by these spans), or the "
+            f"instrumentation traced the agent but not its model calls: {hint}"
+        )
     return (
         f"no model call among its {len(run)} span(s) (no span names a chat operation), so there are no decisions to read: "
         f"the instrumentation traced the agent but not its model calls; {hint}"

@@ -157,6 +157,47 @@ def test_a_run_whose_halves_are_ingested_each_alone_keeps_every_decision(tmp_pat
     assert [t.id for t in _current(store)] == [got.id]
 
 
+ROOT_LAST = [("rotation_openinference.jsonl", 14), ("rotation_openllmetry.jsonl", 14)]
+
+
+@pytest.mark.parametrize(("fixture", "cut"), ROOT_LAST)
+def test_a_run_whose_root_spans_alone_come_in_the_later_file_is_completed_by_them(tmp_path, store, fixture, cut):
+    """The root ends last, so a rotated file may hold the graph's span (OpenInference) or the workflow and agent spans
+    (OpenLLMetry) alone, the run's steps in the file read the night before and moved away. Before, the run stayed
+    `interrupted` for good and the second ingest failed: "none of the 1 span(s) read is one ingest understands" (an
+    OpenInference CHAIN span), "no model call among its 2 span(s) ... instrument the model client too" (OpenLLMetry)."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    first, second = _split(tmp_path, fixture, cut)
+    night1 = ingest_files([first], store)
+    (partial,) = _current(store)
+    assert (night1.problems, partial.status) == (0, "interrupted"), night1.errors
+    night2 = ingest_files([second], store)
+    assert night2.problems == 0, night2.errors
+    (got,) = _current(store)
+    assert (got.status, got.error, _run_signature(got)) == ("completed", None, _run_signature(expected))
+    assert (got.app, got.started_at, got.ended_at) == (expected.app, expected.started_at, expected.ended_at)
+    assert [s.trajectory_id for s in got.steps] == [got.id] * got.num_steps
+    assert night2.replaced == [partial.id]
+    kept = store.get(partial.id)
+    assert (kept.approval.status, kept.approval.by) == ("rejected", SUPERSEDED_BY) and got.id in kept.approval.reason
+    for files in ([second], [first], [first, second]):  # read again, in any combination: nothing more
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes, again.errors)
+    assert [t.id for t in _current(store)] == [got.id]
+
+
+def test_a_root_span_whose_run_was_not_ingested_is_not_a_run_and_says_so(tmp_path, store):
+    """The graph's span alone, with nothing stored of its run: nothing to complete, one problem saying where the run's
+    steps may be, not the claim that no span is one ingest understands (the span is OpenInference's)."""
+    for fixture in ("rotation_openinference.jsonl", "rotation_openllmetry.jsonl"):
+        _, second = _split(tmp_path, fixture, 14)
+        report = ingest_files([second], store)
+        assert (report.ingested, report.problems) == ([], 1)
+        assert "ingest understands" not in report.errors[0] and "a rotated file may hold it alone" in report.errors[0], report.errors
+
+
 def test_a_later_half_read_with_the_whole_run_stored_adds_nothing(tmp_path, store):
     """The whole run stored, its later half alone read again (its file ingested once more) holds no decision the
     stored run lacks: already stored, as before."""
