@@ -147,8 +147,10 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _unowned(cls: type, contents: Any) -> Any:
-    """A journaling container outside any journal (unpickled or deep-copied)."""
+def _unowned(cls: type, contents: Any = ()) -> Any:
+    """A journaling container outside any journal (unpickled or deep-copied), empty: pickle and ``copy`` then add its
+    items (``__reduce__``), after remembering it, so that a world whose containers refer back to each other (an order
+    naming its customer, whose list holds the order) copies as it is, not into endless recursion."""
     new = cls(contents)
     new._j = None
     return new
@@ -161,7 +163,7 @@ class JDict(dict):  # type: ignore[type-arg]
     _j: Journal | None  # set by whoever makes one (no __init__: adopting a large world makes many, at C speed)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_unowned, (JDict, dict(self)))
+        return (_unowned, (JDict,), None, None, iter(dict.items(self)))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if self._j is not None:
@@ -232,7 +234,7 @@ class JList(list):  # type: ignore[type-arg]
     _j: Journal | None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_unowned, (JList, list(self)))
+        return (_unowned, (JList,), None, iter(list(self)), None)
 
     def append(self, value: Any) -> None:
         if self._j is not None:

@@ -14,6 +14,7 @@ from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
 from ee_middleware.replay.sandboxes.journal import JDict, JList, JournalSnapshot
 from ee_middleware.replay.sandboxes.python import PythonSandbox, WorldSnapshot
 from ee_middleware.testing import check_sandbox
+from tests.replay.sandboxes import linked_world as linked
 from tests.replay.sandboxes import retail_world as retail
 
 
@@ -177,3 +178,40 @@ def test_replay_gives_the_same_rollouts_with_and_without_the_journal() -> None:
     writes = {"place_order", "cancel_order", "update_address", "remove_tag"}
     assert any(not r["observation"]["is_error"] and r["action"]["tool_call"]["name"] in writes for r in journaled), "no branch wrote"
     assert outcomes[0].record.fidelity_mismatches == 0 == outcomes[1].record.fidelity_mismatches
+
+
+def test_a_world_whose_parts_refer_back_to_each_other_snapshots_restores_and_copies_as_it_is() -> None:
+    """A reviewer's inventory world (an order naming its customer, whose list holds the order): with the journal, a
+    restore past a newer snapshot, a snapshot pickled for the subprocess sandbox and ``close`` raised "cannot snapshot
+    its world ... neither pickled nor deep-copied (RecursionError)", and the conformance kit failed it, though the world
+    pickles and deep-copies as plain data: the journaling containers pickled with their items as constructor arguments."""
+    sandbox = linked.make_sandbox()
+    sandbox.reset({"customers": 2})
+    first = sandbox.snapshot()
+    sandbox.execute(ToolCall(id="w1", name="cancel_order", arguments={"customer_id": "C0", "order_id": "O00"}))
+    second = sandbox.snapshot()
+    sandbox.execute(ToolCall(id="w2", name="cancel_order", arguments={"customer_id": "C1", "order_id": "O11"}))
+    for snapshot, cancelled in ((first, []), (second, ["O00"]), (first, [])):
+        sandbox.restore(snapshot)
+        world = sandbox.world
+        assert [o["id"] for c in world["customers"].values() for o in c["orders"] if o["status"] == "cancelled"] == cancelled
+        assert all(o["customer"] is c for c in world["customers"].values() for o in c["orders"]), "the links kept"
+    for copied in (pickle.loads(pickle.dumps(sandbox.world)), copy.deepcopy(sandbox.world)):
+        assert all(o["customer"] is c for c in copied["customers"].values() for o in c["orders"])
+        assert type(copied["customers"]) is JDict and type(copied["customers"]["C0"]["orders"]) is JList
+    other = linked.make_sandbox()
+    other.reset({"customers": 2})
+    other.restore(pickle.loads(pickle.dumps(second)))
+    assert other.execute(ToolCall(id="r", name="get_order", arguments={"customer_id": "C0", "order_id": "O00"})).content == (
+        '{"id": "O00", "status": "cancelled", "customer": "C0"}'
+    )
+    sandbox.close()
+    other.close()
+    for isolation in (None, True):
+        check_sandbox(
+            "tests.replay.sandboxes.linked_world:make_sandbox",
+            environment={"customers": 2},
+            mutate=ToolCall(id="m", name="cancel_order", arguments={"customer_id": "C1", "order_id": "O10"}),
+            read=ToolCall(id="r", name="get_order", arguments={"customer_id": "C1", "order_id": "O10"}),
+            subprocess_isolation=isolation,
+        )
