@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -831,7 +831,11 @@ def _steps(
         # middleware repaired it and the graph ran it. One no tool ran (create_agent answers it itself) is malformed.
         # Every other call is one the model wrote well formed (a _raw-only one says so: see _tool_call)
         made = [_tool_call(call) for call in written]
-        matched = _call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"])
+        # an id several calls of the reply share (a server or proxy that gives every call the same one) tells none of
+        # them apart: their spans are told by tool and arguments, their results by the tool messages' order after the reply
+        ids = [call.id for call in made if call.id]
+        shared = {call_id for call_id in ids if ids.count(call_id) > 1}
+        matched = _call_spans(made, tools_by_call, unmatched, chat, until, sent, d["invalid"], shared)
         for position in d["invalid"] & set(range(len(written))):
             made[position] = _tool_call(written[position], malformed=matched[position] is None, ran=matched[position], redact=redact)
         spans_made = iter(matched)
@@ -843,8 +847,9 @@ def _steps(
             for position in range(len(calls)):
                 tool_call, span = next(made_calls), next(spans_made)
                 # ids are optional (Gemini's calls have none): the reply's place in the history tells
-                found = _reply_to(tool_call.id, index, decisions, final) if tool_call.id else unnamed.answer(index, output, position)
-                if found is None and tool_call.id:  # a reused id: the message after this reply, not the first of the id anywhere
+                named = tool_call.id and tool_call.id not in shared
+                found = _reply_to(tool_call.id, index, decisions, final) if named else unnamed.answer(index, output, position)
+                if found is None and named:  # a reused id: the message after this reply, not the first of the id anywhere
                     found = (
                         _reply_after(message, tool_call.id, index, decisions, final)
                         if tool_call.id in reused
@@ -1084,6 +1089,18 @@ def _take_tool_span(spans: list[SpanData] | None, chat: SpanData, until: int | N
     return taken
 
 
+def _take_shared_span(
+    spans: list[SpanData] | None, chat: SpanData, until: int | None, name: str, arguments: dict[str, Any]
+) -> SpanData | None:
+    """The first span (removed from ``spans``) of an id several calls of decision ``chat``'s reply share that ran for
+    this decision (after it, before the next one: ``until``) with tool ``name`` and ``arguments``; else None."""
+    for i, span in enumerate(spans or ()):
+        ran = span.start_ns >= chat.start_ns and (until is None or span.start_ns < until)
+        if ran and span.attributes.get(sc.TOOL_NAME) == name and _span_arguments(span) == arguments:
+            return spans.pop(i)  # type: ignore[union-attr]
+    return None
+
+
 def _span_arguments(span: SpanData) -> dict[str, Any] | None:
     raw = span.attributes.get(sc.TOOL_CALL_ARGUMENTS)
     try:
@@ -1215,6 +1232,7 @@ class _UnnamedReplies:
             return None, depended
         copy = (state[at].get("tool_calls") or []) if at >= 0 else []
         ids = [call.get("id") or (copy[p].get("id") if p < len(copy) else None) or None for p, call in enumerate(calls)]
+        ids = [call_id if ids.count(call_id) == 1 else None for call_id in ids]  # one several calls share names none
         named: dict[Any, int] = {}
         for i in block:
             call_id = state[i].get("tool_call_id")
@@ -1466,6 +1484,7 @@ def _call_spans(
     until: int | None,
     sent: dict[int, Any],
     invalid: frozenset[int] = frozenset(),
+    shared: Collection[str] = (),
 ) -> list[SpanData | None]:
     """The tool span of each of decision ``chat``'s calls (taken from the spans left): the span of its id
     (:func:`_take_tool_span`); for a call no span of its id ran, a span that names no id, of its tool and run with its
@@ -1475,10 +1494,13 @@ def _call_spans(
     once per run (by ``id(span)``), as the spans of a tool whose calls never match are compared again at each call. A
     call at one of the ``invalid`` positions (LangChain's ``invalid_tool_calls``, which ``create_agent`` answers itself)
     gets only a span of its own id that ran for this decision (a middleware repaired the call and the graph ran it):
-    never one of another call, nor one of a later decision's call that reused its id."""
+    never one of another call, nor one of a later decision's call that reused its id. A call whose id others of the reply
+    share (``shared``) gets the first span of that id run for this decision with its tool and arguments."""
     spans = [
         (_take_tool_span(_ran_for(tools_by_call.get(call.id), chat, until), chat, until, call.arguments) if call.id else None)
         if i in invalid
+        else _take_shared_span(tools_by_call.get(call.id), chat, until, call.name, call.arguments)
+        if call.id in shared
         else _take_tool_span(tools_by_call.get(call.id), chat, until, call.arguments)
         for i, call in enumerate(calls)
     ]

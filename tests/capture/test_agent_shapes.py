@@ -550,6 +550,54 @@ def test_a_model_that_numbers_its_tool_calls_anew_each_turn_gets_each_calls_own_
 
 
 @OFFLOADS
+def test_parallel_calls_that_share_one_id_each_observe_their_own_result(offload, store_path):
+    """Some servers and proxies give every call of a reply the same id. Each step observes its own call's result, and
+    the last call (the run's last reply: answered on its output) too. Was: every call observed the first one's result
+    ('4' for sq(3) and for cube(2)), stored completed without a warning (found by a reviewer)."""
+
+    @tool
+    def sq(n: int) -> int:
+        """Square a number."""
+        return n * n
+
+    @tool
+    def cube(n: int) -> int:
+        """Cube a number."""
+        if n < 0:
+            raise ToolException("no negative cubes")
+        return n**3
+
+    def call(name: str, n: int) -> dict[str, Any]:
+        return {"name": name, "args": {"n": n}, "id": "dup", "type": "tool_call"}
+
+    script = [
+        AIMessage(content="", tool_calls=[call("sq", 2), call("sq", 3), call("cube", 2)]),
+        AIMessage(content="", tool_calls=[call("cube", -1), call("sq", 4)]),
+        AIMessage(content="4, 9, 8 and 16."),
+    ]
+    bound = ScriptedChatModel(script=script).bind_tools([sq, cube])
+    builder = StateGraph(MessagesState)
+    builder.add_node("agent", lambda state: {"messages": [bound.invoke(state["messages"])]})
+    builder.add_node("tools", ToolNode([sq, cube], handle_tool_errors=lambda exc: f"Error: {exc}"))
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges("agent", tools_condition)
+    builder.add_edge("tools", "agent")
+    agent = record_experience(builder.compile(), app="shop", store=store_path, offload=offload)
+    agent.invoke({"messages": [("user", "square 2, 3 and 4, cube 2 and -1")]})
+    [t] = _recorded(agent, store_path)
+    assert [
+        (s.action.tool_call.name, s.action.tool_call.arguments["n"], s.observation.content, s.observation.is_error) for s in t.steps[:-1]
+    ] == [
+        ("sq", 2, "4", False),
+        ("sq", 3, "9", False),
+        ("cube", 2, "8", False),
+        ("cube", -1, "Error: no negative cubes", True),
+        ("sq", 4, "16", False),
+    ]
+    assert (t.status, t.final_answer) == ("completed", "4, 9, 8 and 16.")
+
+
+@OFFLOADS
 def test_a_tool_the_apps_own_code_calls_before_the_model_is_no_step(offload, store_path):
     """A graph on its own state (no messages in its input) whose first node makes a tool call itself (LangGraph's
     SQL-agent pattern: a fixed list_tables call run by a ToolNode before the model) had that call recorded as a
