@@ -161,6 +161,14 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
             f"Moved spool segment {item['segment']} to {item['moved_to']} ({item['reason']}): its {item['records_kept']} "
             f"whole record(s) are in the store's Parquet parts{lost}."
         )
+    reopened = report.get("replays_reopened", [])
+    if reopened:
+        configurations = len({item["replay_id"] for item in reopened})
+        typer.echo(
+            f"{len(reopened)} replayed trajector{'y' if len(reopened) == 1 else 'ies'} of {configurations} replay "
+            f"configuration{'' if configurations == 1 else 's'} lost rollouts with those parts: "
+            "each is marked failed, and the next `ee replay run` of its configuration replays it again."
+        )
     if not moved and not dropped and not segments:
         typer.echo(f"No damaged parts or spool segments in {store}.")
     elif not unreadable and (moved or dropped):

@@ -904,11 +904,54 @@ class LocalExperienceStore:
         and what to do. A ``manifest.json`` it cannot read raises :class:`StoreError` (nothing is changed)."""
         try:
             with self._compaction_lock():
-                return self._repair_locked()
+                done = self._repair_locked()
         except OSError as exc:
             raise StoreWriteError(
                 f"Cannot repair {self.root}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno
             ) from exc
+        lost = [p for p in done["quarantined_parts"] if Path(p["part"]).parent.name == "rollouts"]
+        lost += [p for p in done["missing_parts_dropped"] if Path(p).parent.name == "rollouts"]
+        done["replays_reopened"] = self._reopen_lost_replays() if lost else []
+        return done
+
+    def _reopen_lost_replays(self) -> list[dict[str, Any]]:
+        """After rollouts parts were taken out (:meth:`repair`): each replay of a trajectory that now has fewer rollouts
+        than its record says it stored gets a ``failed`` record saying so, so that the next ``ee replay run`` of that
+        configuration replays it again (the rollouts it stores anew that are still here, of the same ids, count once).
+        Without it the record would say the trajectory was replayed while its rollouts are gone (the store's rule: no
+        replay record without its rollouts). Returns the replays reopened (``replay_id``, ``trajectory_id``, ``had``,
+        ``left``)."""
+        records = self.replays().filter((pl.col("status") == "done") & (pl.col("branches") > 0))
+        if records.is_empty():
+            return []
+        left = self.rollouts().group_by(["replay_id", "trajectory_id"]).agg(pl.len().alias("left"))
+        short = (
+            records.join(left, on=["replay_id", "trajectory_id"], how="left")
+            .with_columns(pl.col("left").fill_null(0))
+            .filter(pl.col("left") < pl.col("branches"))
+        )
+        reopened = []
+        for row in short.iter_rows(named=True):
+            reason = (
+                f"{row['branches'] - row['left']} of its {row['branches']} rollouts were in a damaged part `ee store repair` "
+                "moved to quarantine/: replayed again by the next `ee replay run` of this configuration"
+            )
+            record = ReplayRecord(
+                replay_id=row["replay_id"],
+                trajectory_id=row["trajectory_id"],
+                status="failed",
+                reason=reason,
+                policy=row["policy"],
+                sandbox=row["sandbox"],
+                k=row["k"],
+                seed=row["seed"],
+            )
+            self.write_replay(record)
+            reopened.append(
+                {"replay_id": row["replay_id"], "trajectory_id": row["trajectory_id"], "had": row["branches"], "left": row["left"]}
+            )
+        self.close()  # the records synced before repair returns
+        return reopened
 
     def _repair_locked(self) -> dict[str, Any]:
         snapshot = read_manifest(self.root, TABLES)

@@ -117,6 +117,33 @@ def test_an_unreadable_parquet_part_is_reported_and_the_rest_still_read(store: L
         assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["kept", "spooled"]
 
 
+def test_repair_reopens_the_replays_whose_rollouts_it_took_out(store: LocalExperienceStore, store_path: Path):
+    """A reviewer's store: repair moved a damaged rollouts part to quarantine/, and the replay records stayed "done", so
+    `ee replay run` said every trajectory was replayed while `ee datasets build` found no rollouts and said to run
+    `ee replay run` first, which did nothing. Each replay that lost rollouts is now marked failed, saying why: the job
+    replays it again; one that kept all of its rollouts stays done."""
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout
+
+    store.write([sample_trajectory("kept"), sample_trajectory("lost")])
+    store.approve(["kept", "lost"], by="reviewer")
+    store.write_replay(sample_replay_record("kept", branches=2), [sample_rollout(f"k{b}", "kept", 0, b) for b in range(2)])
+    store.compact()
+    before = set(store_path.glob("rollouts/part-*.parquet"))
+    store.write_replay(sample_replay_record("lost", branches=3), [sample_rollout(f"l{b}", "lost", b % 2, b) for b in range(3)])
+    store.compact()
+    (part,) = set(store_path.glob("rollouts/part-*.parquet")) - before
+    part.write_bytes(part.read_bytes()[:100])
+    report = LocalExperienceStore(store_path).repair()
+    assert [p["moved_to"] for p in report["quarantined_parts"]] == [str(store_path / "quarantine" / "rollouts" / part.name)]
+    assert report["replays_reopened"] == [{"replay_id": "replay-1", "trajectory_id": "lost", "had": 3, "left": 0}]
+    reread = LocalExperienceStore(store_path)
+    replays = {row["trajectory_id"]: row for row in reread.replays().iter_rows(named=True)}
+    assert (replays["kept"]["status"], replays["lost"]["status"]) == ("done", "failed")
+    assert "moved to quarantine/" in replays["lost"]["reason"]
+    finished = reread.replays(replay_id="replay-1").filter(pl.col("status").is_in(["done", "skipped"]))  # as the job selects
+    assert finished["trajectory_id"].to_list() == ["kept"]
+
+
 WRITER = textwrap.dedent(
     """
     import sys
