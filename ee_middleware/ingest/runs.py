@@ -132,7 +132,10 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     missing = [found[0] if n not in named_by_first_call and (found := missing_root(run, tree)) else None for n, run in enumerate(runs)]
     gaps = [run_gaps(run, tree, unended) for run in runs]
     choices = Choices()
-    runs = [with_task(_with_reply_ids(_with_context(chosen_replies(_without_echoes(run, tree), choices), tree))) for run in runs]
+    runs = [
+        with_task(_with_reply_ids(_with_replies_from_history(_with_context(chosen_replies(_without_echoes(run, tree), choices), tree))))
+        for run in runs
+    ]
     return TraceRuns(
         runs=runs,
         repeated_spans=repeated,
@@ -1332,6 +1335,41 @@ def _returned(run: list[SpanData], choices: list[_Choice]) -> int | None:
     texts.discard("")
     matched = [i for i, (_, keys, asked) in enumerate(choices) if not asked and any(key[1] in texts for key in keys)]
     return matched[0] if len(matched) == 1 else None
+
+
+def _with_replies_from_history(run: list[SpanData]) -> list[SpanData]:
+    """``run`` with the reply of each model call whose span holds none read from the history that follows it: the next
+    model call's input, else what the graph returned (its root's output messages, :func:`_graph_io`), where that history
+    holds this call's input (its system messages aside) followed by an assistant message (the run's last call: the
+    assistant message the graph returned, where that call was not given it). OpenLLMetry 0.48's LangChain
+    spans with langchain-core 1.x write each call's prompt but not its completion: without this the run had no decision
+    and was stored ``stopped``, "a middleware or graph node ended the run". A call that failed, or whose reply no later
+    history shows, is left as it is."""
+    models = sorted((s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), key=lambda s: (s.start_ns, s.end_ns))
+    silent = {s.span_id for s in models if normalize(s).attributes.get(sc.OUTPUT_MESSAGES) in (None, "", "[]") and not s.is_error}
+    if not silent:
+        return run
+    returned = _openai_messages(run[0], sc.OUTPUT_MESSAGES) if run[0].span_id not in {s.span_id for s in models} else None
+
+    def keys(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return [_message_key(m) for m in messages if m.get("role") != "system"]
+
+    changed: dict[str, dict[str, Any]] = {}
+    for n, span in enumerate(models):
+        given = _openai_messages(span, sc.INPUT_MESSAGES) if span.span_id in silent else None
+        if not given:
+            continue
+        asked = keys(given)
+        if n + 1 < len(models):
+            history = [m for m in _openai_messages(models[n + 1], sc.INPUT_MESSAGES) or [] if m.get("role") != "system"]
+            if len(history) > len(asked) and keys(history[: len(asked)]) == asked and history[len(asked)].get("role") == "assistant":
+                changed[span.span_id] = {sc.OUTPUT_MESSAGES: json.dumps([history[len(asked)]], ensure_ascii=False)}
+        elif returned and returned[-1].get("role") == "assistant" and _message_key(returned[-1]) not in asked:
+            # the run's last call, and the graph returned an assistant message it was not given: that call's reply
+            changed[span.span_id] = {sc.OUTPUT_MESSAGES: json.dumps([returned[-1]], ensure_ascii=False)}
+    if not changed:
+        return run
+    return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
 
 
 def _with_reply_ids(run: list[SpanData]) -> list[SpanData]:
