@@ -55,6 +55,8 @@ def normalize(span: SpanData) -> SpanData:
         return span
     attrs.setdefault(sc.OPERATION_NAME, op)
     conversation = attrs.get("session.id") or attrs.get("traceloop.association.properties.thread_id")
+    if not conversation and not attrs.get(sc.CONVERSATION_ID):
+        conversation = traceloop_metadata_value(attrs, "thread_id")  # OpenLLMetry before its association properties
     if conversation and not attrs.get(sc.CONVERSATION_ID):
         attrs[sc.CONVERSATION_ID] = conversation  # OpenInference's session, LangGraph's thread
     if op in sc.MODEL_OPERATIONS:
@@ -68,6 +70,26 @@ def normalize(span: SpanData) -> SpanData:
     if attrs == span.attributes:  # already in GenAI form (capture's own spans): nothing to fill in, nothing to copy
         return span
     return replace(span, attributes=attrs)
+
+
+_TRACELOOP_METADATA = '"metadata": {'
+
+
+def traceloop_metadata_value(attrs: Mapping[str, Any], key: str) -> Any:
+    """``key`` of the LangChain run's metadata OpenLLMetry writes in ``traceloop.entity.input`` (``{"inputs": ...,
+    "metadata": {"thread_id": ...}}``; versions before 0.48 have no ``traceloop.association.properties`` for it), or
+    None. Only the metadata object is decoded (the inputs before it may hold a whole conversation)."""
+    raw = attrs.get("traceloop.entity.input")
+    if not isinstance(raw, str) or key not in raw:
+        return None
+    at = raw.rfind(_TRACELOOP_METADATA)
+    if at < 0:
+        return None
+    try:
+        metadata, _ = json.JSONDecoder().raw_decode(raw, at + len(_TRACELOOP_METADATA) - 1)
+    except (ValueError, RecursionError):
+        return None
+    return metadata.get(key) if isinstance(metadata, dict) else None
 
 
 def unflatten(attrs: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
@@ -103,7 +125,7 @@ def _fill_model_attrs(attrs: dict[str, Any]) -> None:
     if sc.INPUT_MESSAGES not in attrs:
         messages = unflatten(attrs, "gen_ai.prompt") or [m.get("message", m) for m in unflatten(attrs, "llm.input_messages")]
         if messages:
-            attrs[sc.INPUT_MESSAGES] = dumps([_dialect_message(m) for m in messages])
+            attrs[sc.INPUT_MESSAGES] = dumps(_call_ids_from_results([_dialect_message(m) for m in messages]))
     if sc.OUTPUT_MESSAGES not in attrs:
         messages = unflatten(attrs, "gen_ai.completion") or [m.get("message", m) for m in unflatten(attrs, "llm.output_messages")]
         if messages:
@@ -112,6 +134,10 @@ def _fill_model_attrs(attrs: dict[str, Any]) -> None:
         tools = unflatten(attrs, "llm.request.functions")
         if not tools:
             tools = [_json_or_none(t.get("tool", {}).get("json_schema")) for t in unflatten(attrs, "llm.tools")]
+        if not tools:  # OpenInference's LangChain spans before llm.tools (0.1.40): the request's own parameters
+            parameters = _json_or_none(attrs.get("llm.invocation_parameters"))
+            listed = (parameters.get("tools") or parameters.get("functions")) if isinstance(parameters, dict) else None
+            tools = listed if isinstance(listed, list) else []
         tools = [t for t in tools if isinstance(t, dict)]
         if tools:
             for tool in tools:
@@ -121,6 +147,28 @@ def _fill_model_attrs(attrs: dict[str, Any]) -> None:
     model = attrs.get("llm.model_name") or attrs.get("llm.request.model") or attrs.get("traceloop.association.properties.ls_model_name")
     if model and attrs.get(sc.REQUEST_MODEL) in (None, "", "unknown"):
         attrs[sc.REQUEST_MODEL] = model
+
+
+def _call_ids_from_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` (OpenAI's shape) with the ids of an assistant message's tool calls that lack them read from the tool
+    messages right after it, which answer its calls in their order (LangGraph's ``ToolNode`` returns them so): one per
+    call, each naming an id (and, where it says, the call's tool). OpenInference's LangChain spans before 0.1.55 write
+    no tool call ids but keep each tool message's ``tool_call_id``: without them a trajectory's calls and results did
+    not pair by id (OpenAI's fine-tuning format refuses that)."""
+    for n, message in enumerate(messages):
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        if not calls or all(call.get("id") for call in calls):
+            continue
+        results = messages[n + 1 : n + 1 + len(calls)]
+        if len(results) != len(calls) or any(r.get("role") != "tool" or not r.get("tool_call_id") for r in results):
+            continue
+        if any(r.get("name") and r["name"] != c["function"].get("name") for r, c in zip(results, calls, strict=True)):
+            continue
+        if any(c.get("id") and c["id"] != r["tool_call_id"] for r, c in zip(results, calls, strict=True)):
+            continue
+        for call, result in zip(calls, results, strict=True):
+            call["id"] = str(result["tool_call_id"])
+    return messages
 
 
 def _dialect_message(message: Mapping[str, Any], default_role: str = "user") -> dict[str, Any]:

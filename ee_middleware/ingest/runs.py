@@ -47,7 +47,7 @@ from itertools import pairwise
 from typing import Any, NamedTuple
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.normalize import normalize, operation_of
+from ee_middleware.capture.normalize import normalize, operation_of, traceloop_metadata_value
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest.dialects import OUTPUT_CHOICES, graph_run_attributes, litellm_raw_calls
 from ee_middleware.messages import content_to_text, dumps, genai_to_openai, parse_arguments
@@ -398,11 +398,12 @@ def _metadata_thread(span: SpanData) -> Any:
 
 
 def _metadata_value(span: SpanData, key: str) -> Any:
-    """``key`` of a LangChain run's metadata as OpenInference records it (the span's ``metadata`` attribute, JSON), or
-    None (no such attribute, no such key, or no JSON object)."""
+    """``key`` of a LangChain run's metadata as OpenInference records it (the span's ``metadata`` attribute, JSON) or
+    OpenLLMetry before its association properties (in ``traceloop.entity.input``), or None (no such attribute, no such
+    key, or no JSON object)."""
     metadata = span.attributes.get("metadata")
     if not isinstance(metadata, str) or key not in metadata:  # most spans: no JSON to decode
-        return None
+        return traceloop_metadata_value(span.attributes, key)
     try:
         decoded = json.loads(metadata)
     except (ValueError, RecursionError):
