@@ -29,6 +29,8 @@ class SpanData:
     parent_remote: bool | None = None
     """Whether the parent span is in another process (continued from a W3C ``traceparent``: OTLP span ``flags`` bits 8
     and 9); None where that is not recorded (no parent, or an exporter that writes no flags)."""
+    scope: str | None = None
+    """The name of the instrumentation scope that wrote it (``opentelemetry.instrumentation.openai_v2``), where known."""
 
     @property
     def duration_ms(self) -> float:

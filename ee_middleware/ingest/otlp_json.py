@@ -221,7 +221,7 @@ def _read_request(document: Any, where: str, result: ParseResult, seen: Counter[
         for s, scope_spans in enumerate(resource_spans.scopeSpans):
             for k, raw in enumerate(scope_spans.spans):
                 try:
-                    span, dropped = read_span(raw, resource)
+                    span, dropped = read_span(raw, resource, scope_spans.scope_name)
                 except ShapeError as exc:
                     name = raw.get("name") if isinstance(raw, Mapping) else None
                     name = name[:80] if isinstance(name, str) else ""

@@ -190,7 +190,14 @@ class Resource(_Shape):
 
 
 class ScopeSpans(_Shape):
+    scope: Any = Field(default=None, validation_alias=AliasChoices("scope", "instrumentationLibrary"))
     spans: list[Any] = Field(default_factory=list)  # each span is checked on its own
+
+    @property
+    def scope_name(self) -> str | None:
+        """The instrumentation scope's name (the instrumentation that wrote these spans), where it is a string."""
+        name = self.scope.get("name") if isinstance(self.scope, Mapping) else None
+        return name if isinstance(name, str) and name else None
 
 
 class ResourceSpans(_Shape):
@@ -227,9 +234,9 @@ def check_span(raw: Any, resource: Mapping[str, Any]) -> SpanData:
     return read_span(raw, resource)[0]
 
 
-def read_span(raw: Any, resource: Mapping[str, Any]) -> tuple[SpanData, Dropped]:
+def read_span(raw: Any, resource: Mapping[str, Any], scope: str | None = None) -> tuple[SpanData, Dropped]:
     """One span as :class:`SpanData` with what its SDK dropped from it (:class:`Dropped`, empty when nothing); raises
-    :class:`ShapeError` naming what is wrong."""
+    :class:`ShapeError` naming what is wrong. ``scope``: the name of the instrumentation scope it was exported under."""
     if not isinstance(raw, Mapping):
         raise ShapeError(f"a span must be a JSON object, got {_kind(raw)}")
     _check_depth(raw, MAX_SPAN_DEPTH)
@@ -256,6 +263,7 @@ def read_span(raw: Any, resource: Mapping[str, Any]) -> tuple[SpanData, Dropped]
         events=tuple((e.name, attributes_dict(e.attributes)) for e in span.events),
         resource=dict(resource),
         parent_remote=_parent_remote(span.flags) if parent_id else None,
+        scope=scope,
     )
     return data, dropped
 

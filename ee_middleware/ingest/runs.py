@@ -652,6 +652,8 @@ class BareCall:
     """The ids of the tool calls its reply made."""
     signature: bytes | None = None
     """Its :func:`call_signature`: a run's model call traced again by a model client's instrumentation has the same."""
+    scope: str | None = None
+    """The instrumentation scope of its span, where known."""
 
 
 def bare_call(trace_id: str, grouped: TraceRuns) -> BareCall | None:
@@ -694,6 +696,7 @@ def bare_call(trace_id: str, grouped: TraceRuns) -> BareCall | None:
         leads=leads,
         asked=tuple(i for i, _, _ in call.asked if i),
         signature=call_signature(_carrier(root, tree)),
+        scope=root.scope,
     )
 
 
@@ -742,19 +745,22 @@ class ModelCalls:
     client's instrumentation beside the framework's (no span of the app active where the client ran)."""
 
     def __init__(self) -> None:
-        self._times: dict[tuple[Any, bytes], list[tuple[int, int]]] = {}
+        self._times: dict[tuple[Any, bytes], list[tuple[int, int, str | None]]] = {}
 
     def add(self, run: Sequence[SpanData]) -> None:
         for span in run:
             if operation_of(span.attributes) in sc.MODEL_OPERATIONS and (signature := call_signature(span)) is not None:
-                self._times.setdefault((span.resource.get("service.name"), signature), []).append((span.start_ns, span.end_ns))
+                key = (span.resource.get("service.name"), signature)
+                self._times.setdefault(key, []).append((span.start_ns, span.end_ns, span.scope))
 
     def echoed(self, call: BareCall) -> bool:
         """Whether bare ``call`` is one of these calls traced again (:func:`traced_twice`)."""
         if call.signature is None:
             return False
-        times = self._times.get((call.service, call.signature), ())
-        return any(start <= call.start_ns and call.end_ns <= end for start, end in times)
+        return any(
+            start <= call.start_ns and call.end_ns <= end and (scope is None or scope != call.scope)
+            for start, end, scope in self._times.get((call.service, call.signature), ())
+        )
 
 
 def _answers(answered: Sequence[str], asked: Sequence[str]) -> bool:
@@ -1058,12 +1064,15 @@ def traced_twice(outer: SpanData, inner: SpanData, signatures: dict[str, bytes |
     """Whether model span ``inner`` is the call of model span ``outer`` traced again by another instrumentation, though
     not under it: a model client's instrumentation whose span is a sibling of the framework's (OpenLLMetry's LangChain
     spans are not made current) or in a trace of its own (no span of the app active where the client ran). Both of one
-    service, ``inner`` within ``outer``'s time, and the same reply to the same last message (:func:`call_signature`).
+    service, ``inner`` within ``outer``'s time, and the same reply to the same last message (:func:`call_signature`), and
+    not of one instrumentation scope (where the spans name theirs).
     ``signatures``: the signatures computed so far, by span id."""
     if outer.span_id == inner.span_id or not (outer.start_ns <= inner.start_ns and inner.end_ns <= outer.end_ns):
         return False
     if outer.resource.get("service.name") != inner.resource.get("service.name"):
         return False
+    if outer.scope is not None and outer.scope == inner.scope:
+        return False  # one instrumentation traces a call once: two calls of it (Send branches asking alike, at once)
     memo = {} if signatures is None else signatures
     for span in (outer, inner):
         if span.span_id not in memo:

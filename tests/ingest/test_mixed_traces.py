@@ -105,3 +105,20 @@ def test_the_same_reply_outside_the_framework_calls_time_is_a_call_of_its_own(tm
     assert (report.problems, len(report.ingested)) == (0, 2), report.errors
     for trajectory in store.iter_trajectories():
         assert [step[0] for step in _steps(trajectory)] == ["get_weather", "convert_temp", "answer"]
+
+
+def test_two_calls_of_one_instrumentation_alike_and_at_once_are_two_calls(tmp_path, store):
+    """One instrumentation traces a call once: spans of one scope, one within the other's time with the same reply to
+    the same messages (``Send`` branches asking alike at once, a model answering alike) are two calls. The fixture's
+    OpenAI v2 spans put under OpenLLMetry's scope: every call is kept, as before the echo rule."""
+    [request] = _requests("double_traced_openllmetry_langchain_openai_v2.jsonl")
+    same_scope = copy.deepcopy(request)
+    for resource_spans in same_scope["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            scope_spans["scope"] = {"name": "opentelemetry.instrumentation.langchain"}
+    path = tmp_path / "one-scope.jsonl"
+    path.write_text(json.dumps(same_scope) + "\n")
+    report = ingest_files([path], store)
+    assert report.problems == 0, report.errors
+    [trajectory] = store.iter_trajectories()
+    assert [step[0] for step in _steps(trajectory)] == ["get_weather", "get_weather", "convert_temp", "convert_temp", "answer", "answer"]
