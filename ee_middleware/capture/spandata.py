@@ -67,6 +67,7 @@ def from_readable_span(span: Any) -> SpanData:
         events=tuple((e.name, _plain(e.attributes)) for e in span.events),
         resource=_resource_attributes(span.resource),
         parent_remote=parent.is_remote if parent is not None else None,
+        scope=getattr(getattr(span, "instrumentation_scope", None), "name", None) or None,
     )
 
 

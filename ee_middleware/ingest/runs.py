@@ -38,7 +38,9 @@ alternatives are never read as a sequence of messages.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -1050,14 +1052,15 @@ def _without_echoes(run: list[SpanData], tree: _Tree) -> list[SpanData]:
 
 def call_signature(span: SpanData) -> bytes | None:
     """What tells a model call apart from its service's other calls, whichever instrumentation traced it: its reply
-    (each message's text and tool calls, their ids included) and the last message it was given, digested; None where
-    either cannot be read. Two instrumentations tracing one call (a framework's and its model client's) write the same."""
-    given = _openai_messages(span, sc.INPUT_MESSAGES)
+    (each message's text and tool calls, their ids included) and the messages it was given (system messages aside: one
+    instrumentation writes them as system instructions, another as messages), digested; None where either cannot be
+    read. Two instrumentations tracing one call (a framework's and its model client's) write the same."""
+    given = [m for m in _openai_messages(span, sc.INPUT_MESSAGES) or [] if m.get("role") != "system"]
     replies = [m for m in _openai_messages(span, sc.OUTPUT_MESSAGES) or [] if m.get("role") == "assistant"]
     if not given or not replies:
         return None
     ids = [tuple(str(c.get("id") or "") for c in m.get("tool_calls") or []) for m in replies]
-    return _digest([*(_message_key(m) for m in replies), ids, _message_key(given[-1])])
+    return _digest([*(_message_key(m) for m in replies), ids, *(_message_key(m) for m in given)])
 
 
 def traced_twice(outer: SpanData, inner: SpanData, signatures: dict[str, bytes | None] | None = None) -> bool:
@@ -1082,15 +1085,23 @@ def traced_twice(outer: SpanData, inner: SpanData, signatures: dict[str, bytes |
 
 def _contained_echoes(models: Sequence[SpanData], among: Sequence[SpanData] | None = None) -> dict[str, SpanData]:
     """The spans of ``among`` (default: ``models``) that are a span of ``models`` traced twice (:func:`traced_twice`),
-    each with the span it echoes (the outermost in time)."""
+    each with the span it echoes (the outermost in time). Only spans within another's time are compared (found by a
+    sweep over start times: a run's successive calls, none within another, cost no signature at all)."""
+    ordered = sorted(models, key=lambda s: (s.start_ns, -s.end_ns))
+    starts = [s.start_ns for s in ordered]
+    reach = list(itertools.accumulate((s.end_ns for s in ordered), max))  # the latest end among the first i + 1
     signatures: dict[str, bytes | None] = {}
-    outers = sorted(models, key=lambda s: (s.start_ns, -s.end_ns))
     found: dict[str, SpanData] = {}
     for inner in sorted(models if among is None else among, key=lambda s: (s.start_ns, -s.end_ns)):
-        for outer in outers:
-            if outer.start_ns > inner.start_ns:
-                break
-            if outer.span_id not in found and traced_twice(outer, inner, signatures):
+        candidates = []
+        for j in range(bisect.bisect_right(starts, inner.start_ns) - 1, -1, -1):
+            if reach[j] < inner.end_ns:
+                break  # no span starting this early ends late enough to hold it
+            outer = ordered[j]
+            if outer.end_ns >= inner.end_ns and outer.span_id != inner.span_id and outer.span_id not in found:
+                candidates.append(outer)
+        for outer in reversed(candidates):  # the outermost first
+            if traced_twice(outer, inner, signatures):
                 found[inner.span_id] = outer
                 break
     return found
@@ -1351,18 +1362,27 @@ def _with_replies_from_history(run: list[SpanData]) -> list[SpanData]:
     """``run`` with the reply of each model call whose span holds none read from the history that follows it: the next
     model call's input, else what the graph returned (its root's output messages, :func:`_graph_io`), where that history
     holds this call's input (its system messages aside) followed by an assistant message (the run's last call: the
-    assistant message the graph returned, where that call was not given it). OpenLLMetry 0.48's LangChain
+    assistant message the graph returned, where that call was not given it and goes on with the run's conversation:
+    its input starts with the graph's input and with the call before's). OpenLLMetry 0.48's LangChain
     spans with langchain-core 1.x write each call's prompt but not its completion: without this the run had no decision
     and was stored ``stopped``, "a middleware or graph node ended the run". A call that failed, or whose reply no later
     history shows, is left as it is."""
     models = sorted((s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), key=lambda s: (s.start_ns, s.end_ns))
-    silent = {s.span_id for s in models if normalize(s).attributes.get(sc.OUTPUT_MESSAGES) in (None, "", "[]") and not s.is_error}
+    silent = {s.span_id for s in models if not s.is_error and not _reply_written(s)}
     if not silent:
         return run
     returned = _openai_messages(run[0], sc.OUTPUT_MESSAGES) if run[0].span_id not in {s.span_id for s in models} else None
 
     def keys(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return [_message_key(m) for m in messages if m.get("role") != "system"]
+
+    task = keys(_openai_messages(run[0], sc.INPUT_MESSAGES) or []) if run[0].span_id not in {s.span_id for s in models} else []
+
+    def goes_on(asked: list[tuple[Any, ...]], n: int) -> bool:
+        """Whether the call ``n`` given ``asked`` is the run's conversation going on: its input starts with the graph's
+        input messages and with the call before's input (not a node's own prompt: a title, a summary, a grader)."""
+        before = keys(_openai_messages(models[n - 1], sc.INPUT_MESSAGES) or []) if n else []
+        return all(asked[: len(prefix)] == prefix for prefix in (task, before))
 
     changed: dict[str, dict[str, Any]] = {}
     for n, span in enumerate(models):
@@ -1374,12 +1394,23 @@ def _with_replies_from_history(run: list[SpanData]) -> list[SpanData]:
             history = [m for m in _openai_messages(models[n + 1], sc.INPUT_MESSAGES) or [] if m.get("role") != "system"]
             if len(history) > len(asked) and keys(history[: len(asked)]) == asked and history[len(asked)].get("role") == "assistant":
                 changed[span.span_id] = {sc.OUTPUT_MESSAGES: json.dumps([history[len(asked)]], ensure_ascii=False)}
-        elif returned and returned[-1].get("role") == "assistant" and _message_key(returned[-1]) not in asked:
-            # the run's last call, and the graph returned an assistant message it was not given: that call's reply
+        elif returned and returned[-1].get("role") == "assistant" and _message_key(returned[-1]) not in asked and goes_on(asked, n):
+            # the run's last call, in the run's conversation, and the graph returned an assistant message it was not given
             changed[span.span_id] = {sc.OUTPUT_MESSAGES: json.dumps([returned[-1]], ensure_ascii=False)}
     if not changed:
         return run
     return [replace(s, attributes={**s.attributes, **changed[s.span_id]}) if s.span_id in changed else s for s in run]
+
+
+_REPLY_KEYS = ("gen_ai.completion", "llm.output_messages")
+
+
+def _reply_written(span: SpanData) -> bool:
+    """Whether a model span holds its reply: an attribute of its dialect's replies named, else its normalized
+    ``gen_ai.output.messages`` (normalizing every span of a long run only to find each has one costs seconds)."""
+    if any(key.startswith(_REPLY_KEYS) for key in span.attributes) or span.attributes.get(sc.OUTPUT_MESSAGES) not in (None, "", "[]"):
+        return True
+    return normalize(span).attributes.get(sc.OUTPUT_MESSAGES) not in (None, "", "[]")
 
 
 def _with_reply_ids(run: list[SpanData]) -> list[SpanData]:

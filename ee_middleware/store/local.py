@@ -651,13 +651,16 @@ class LocalExperienceStore:
         self._writer.seal()
         try:
             with self._compaction_lock():
-                return self._compact_locked()
+                folded = self._compact_locked()
         except OSError as exc:
             raise StoreWriteError(
                 f"Cannot compact {self.root}: {exc}. Nothing stored was changed or lost. {os_error_advice(exc)}", errno=exc.errno
             ) from exc
+        if any(item["records_lost"] for item in folded.quarantined):
+            self._reopen_lost_replays("damaged records of a spool segment compaction moved to quarantine/")
+        return folded.folded
 
-    def _compact_locked(self) -> int:
+    def _compact_locked(self) -> _Folded:
         snapshot = read_manifest(self.root, TABLES)
         self._refuse_unread_manifest(snapshot, "compact")
         changed = self._remove_leftovers(snapshot)
@@ -670,7 +673,7 @@ class LocalExperienceStore:
                     StoreCorruptionWarning,
                     stacklevel=3,
                 )
-        return self._fold_spool(snapshot, changed=changed).folded
+        return self._fold_spool(snapshot, changed=changed)
 
     def _fold_spool(self, snapshot: Manifest, *, changed: bool = False, damaged_only: bool = False) -> _Folded:
         """Fold the finished spool segments into Parquet parts, live in one manifest swap (written when ``changed`` too),
@@ -909,13 +912,19 @@ class LocalExperienceStore:
             raise StoreWriteError(
                 f"Cannot repair {self.root}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno
             ) from exc
-        lost = [p for p in done["quarantined_parts"] if Path(p["part"]).parent.name == "rollouts"]
-        lost += [p for p in done["missing_parts_dropped"] if Path(p).parent.name == "rollouts"]
-        done["replays_reopened"] = self._reopen_lost_replays() if lost else []
+        whys = []
+        if any(Path(p["part"]).parent.name == "rollouts" for p in done["quarantined_parts"]):
+            whys.append("a damaged Parquet part `ee store repair` moved to quarantine/")
+        if any(Path(p).parent.name == "rollouts" for p in done["missing_parts_dropped"]):
+            whys.append("a Parquet part gone from the store that `ee store repair` dropped from its manifest")
+        if any(item["records_lost"] for item in done["quarantined_segments"]):
+            whys.append("damaged records of a spool segment moved to quarantine/")
+        done["replays_reopened"] = self._reopen_lost_replays(" or ".join(whys)) if whys else []
         return done
 
-    def _reopen_lost_replays(self) -> list[dict[str, Any]]:
-        """After rollouts parts were taken out (:meth:`repair`): each replay of a trajectory that now has fewer rollouts
+    def _reopen_lost_replays(self, why: str) -> list[dict[str, Any]]:
+        """After rollouts were taken out of the store (``why``: a damaged Parquet part or spool segment moved to quarantine/ by
+        :meth:`repair` or :meth:`compact`, a missing part dropped): each replay of a trajectory that now has fewer rollouts
         than its record says it stored gets a ``failed`` record saying so, so that the next ``ee replay run`` of that
         configuration replays it again (the rollouts it stores anew that are still here, of the same ids, count once).
         Without it the record would say the trajectory was replayed while its rollouts are gone (the store's rule: no
@@ -933,9 +942,10 @@ class LocalExperienceStore:
         reopened = []
         for row in short.iter_rows(named=True):
             reason = (
-                f"{row['branches'] - row['left']} of its {row['branches']} rollouts were in a damaged part `ee store repair` "
-                "moved to quarantine/: replayed again by the next `ee replay run` of this configuration"
+                f"{row['branches'] - row['left']} of its {row['branches']} rollouts were lost to the store ({why}): replayed "
+                "again by the next `ee replay run` of this configuration"
             )
+            details = json.loads(row["details_json"] or "{}")
             record = ReplayRecord(
                 replay_id=row["replay_id"],
                 trajectory_id=row["trajectory_id"],
@@ -945,6 +955,7 @@ class LocalExperienceStore:
                 sandbox=row["sandbox"],
                 k=row["k"],
                 seed=row["seed"],
+                details={key: details[key] for key in ("attempt_of", "attempt") if key in details},  # which attempt it was
             )
             self.write_replay(record)
             reopened.append(

@@ -122,3 +122,32 @@ def test_two_calls_of_one_instrumentation_alike_and_at_once_are_two_calls(tmp_pa
     assert report.problems == 0, report.errors
     [trajectory] = store.iter_trajectories()
     assert [step[0] for step in _steps(trajectory)] == ["get_weather", "get_weather", "convert_temp", "convert_temp", "answer", "answer"]
+
+
+def _with_first_user_message(request: dict[str, Any], scope: str, text: str) -> dict[str, Any]:
+    changed = copy.deepcopy(request)
+    for resource_spans in changed["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            if scope_spans["scope"]["name"] == scope:
+                for span in scope_spans["spans"]:
+                    for attribute in span["attributes"]:
+                        if attribute["key"] == "llm.input_messages.0.message.content":
+                            attribute["value"] = {"stringValue": text}
+    return changed
+
+
+def test_a_call_with_the_same_reply_to_the_same_last_message_but_another_history_is_a_call_of_its_own(tmp_path, store):
+    """The echo rule compares the whole history (found by review: with the reply and the last message alone, another
+    user's call within the run's call, its own conversation answered alike, was dropped as an echo)."""
+    [request] = _requests("double_traced_openinference_langchain_openai.jsonl")
+    path = tmp_path / "other.jsonl"
+    other = _with_first_user_message(request, "openinference.instrumentation.openai", "What's the weather in Rome, in Kelvin?")
+    path.write_text(json.dumps(other) + "\n")
+    report = ingest_files([path], store)
+    assert (report.problems, len(report.ingested)) == (0, 2), report.errors
+    assert sorted(t.task for t in store.iter_trajectories()) == [
+        "What's the weather in Paris, in Fahrenheit?",
+        "What's the weather in Rome, in Kelvin?",
+    ]
+    for trajectory in store.iter_trajectories():  # each conversation whole: its later calls answer alike, not echoes
+        assert [step[0] for step in _steps(trajectory)] == ["get_weather", "convert_temp", "answer"], trajectory.task

@@ -144,6 +144,39 @@ def test_repair_reopens_the_replays_whose_rollouts_it_took_out(store: LocalExper
     assert finished["trajectory_id"].to_list() == ["kept"]
 
 
+@pytest.mark.parametrize("how", ["repair", "compact"])
+def test_a_replay_that_loses_rollouts_with_a_damaged_spool_segment_is_reopened(store: LocalExperienceStore, store_path: Path, how: str):
+    """A rollout's line damaged in a spool segment: repair or compaction moves the segment to quarantine/, the rollout is
+    lost, and the replay (an attempt of its configuration: it stays one) is marked failed, to be replayed again (found by
+    review: only lost Parquet parts reopened replays)."""
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout
+
+    store.write([sample_trajectory("lost")])
+    store.approve(["lost"], by="reviewer")
+    store.compact()
+    record = sample_replay_record("lost", branches=3)
+    record.details.update(attempt_of="replay-0", attempt=2)
+    store.write_replay(record, [sample_rollout(f"l{b}", "lost", b % 2, b) for b in range(3)])
+    store.close()
+    [segment] = [p for p in (store_path / "spool").iterdir() if p.suffix == ".jsonl" and p.stat().st_size]
+    lines = segment.read_bytes().split(b"\n")
+    damaged = next(i for i, line in enumerate(lines) if b'"l1"' in line)
+    lines[damaged] = lines[damaged][:40] + b"\x00garbage" + lines[damaged][48:]
+    segment.write_bytes(b"\n".join(lines))
+    reread = LocalExperienceStore(store_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StoreCorruptionWarning)
+        if how == "repair":
+            assert reread.repair()["replays_reopened"] == [{"replay_id": "replay-1", "trajectory_id": "lost", "had": 3, "left": 2}]
+        else:
+            reread.compact()
+    after = LocalExperienceStore(store_path)
+    [row] = after.replays().iter_rows(named=True)
+    assert (row["status"], after.rollouts().height) == ("failed", 2)
+    assert "1 of its 3 rollouts were lost to the store (damaged records of a spool segment" in row["reason"]
+    assert json.loads(row["details_json"]) == {"attempt_of": "replay-0", "attempt": 2}
+
+
 WRITER = textwrap.dedent(
     """
     import sys
