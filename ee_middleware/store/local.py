@@ -272,6 +272,7 @@ class LocalExperienceStore:
         self._open_or_create(create)
         self._writer = spool.SpoolWriter(self.root / "spool", fsync=fsync)
         self._spool = SpoolCache(self.root / "spool")
+        self._damaged: dict[Path, str] = {}  # parts whose data a whole read found damaged (check_parts): scans skip them
 
     def __repr__(self) -> str:
         return f"LocalExperienceStore({str(self.root)!r})"
@@ -537,6 +538,9 @@ class LocalExperienceStore:
         spooled.warn(stacklevel=3)
         frames = [frame([], schema).lazy()]
         for path in snapshot.paths(self.root, table):
+            if path in self._damaged:
+                self._warn_part(path, self._damaged[path])
+                continue
             try:
                 if _named_in_utf8(path):
                     with open(path, "rb") as fh:  # as _read_part: a folder in its place is no empty part
@@ -551,6 +555,30 @@ class LocalExperienceStore:
             frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
         frames.append(spooled.frame(table).lazy())
         return pl.concat(frames, how="vertical")
+
+    def check_parts(self, tables: Iterable[str] = TABLES) -> list[Path]:
+        """Read every Parquet part of ``tables`` whole and return those whose data cannot be decoded (damaged past a
+        footer that reads: a lazy :meth:`scan` only finds them when it is collected, with an error that names no file).
+        Each is warned about as a damaged part is (:class:`~ee_middleware.errors.IncompleteReadWarning`, naming it and
+        ``ee store repair``) and later scans of this store object skip it. A part this process may not read is not
+        damaged (:meth:`scan` says so)."""
+        snapshot = read_manifest(self.root, TABLES)
+        found = []
+        for table in tables:
+            for path in snapshot.paths(self.root, table):
+                if path in self._damaged:
+                    continue
+                try:
+                    _read_part(path, TABLES[table])
+                except FileNotFoundError:
+                    continue  # merged away meanwhile: its rows are in the merged part
+                except Exception as exc:  # noqa: BLE001 - any decoder failure of a file that opens is damage
+                    if refused(exc) is None:
+                        self._damaged[path] = f"its data cannot be read ({exc})"
+                        found.append(path)
+        for path in found:
+            self._warn_part(path, self._damaged[path])
+        return found
 
     def trajectory_index(self, columns: Sequence[str], *, status: StatusSelection = None, app: str | None = None) -> pl.DataFrame:
         """:meth:`trajectories` with only ``columns`` of the trajectories table (and the ``approval*``

@@ -75,10 +75,11 @@ def test_a_damaged_store_fails_every_reading_command_unless_partial_answers_are_
     json.loads(partial.stdout)
 
 
-def damage_a_steps_part(store_path: Path, ids: list[str]) -> tuple[Path, bytes]:
+def damage_a_steps_part(store_path: Path, ids: list[str], *, where: str = "footer") -> tuple[Path, bytes]:
     """Rewrite the store at ``store_path`` as two compacted Parquet parts, the trajectories ``ids`` in the second, and
-    damage that second part of ``steps`` as the docs sweep did (four bytes of its footer overwritten): those trajectories
-    are still listed, their steps cannot be read. Returns the damaged part and its bytes before (a backup to restore)."""
+    damage that second part of ``steps`` as the docs sweep did (four bytes of its footer overwritten), or (``where=
+    "data"``) 200 bytes of its data pages, its footer intact (it opens; decoding fails): those trajectories are still
+    listed, their steps cannot be read. Returns the damaged part and its bytes before (a backup to restore)."""
     import shutil
 
     from ee_middleware.store import LocalExperienceStore
@@ -101,7 +102,10 @@ def damage_a_steps_part(store_path: Path, ids: list[str]) -> tuple[Path, bytes]:
     part = store_path / "steps" / part.name
     backup = part.read_bytes()
     damaged = bytearray(backup)
-    damaged[-12:-8] = b"\xff\xff\xff\x7f"
+    if where == "footer":
+        damaged[-12:-8] = b"\xff\xff\xff\x7f"
+    else:
+        damaged[len(damaged) // 3 : len(damaged) // 3 + 200] = b"A" * 200
     part.write_bytes(bytes(damaged))
     return part, backup
 
@@ -171,6 +175,32 @@ def test_a_damaged_steps_part_fails_the_commands_that_learn_or_measure_from_the_
     partial = ee(*args, "--allow-partial", "--no-progress") if command.startswith("eval") else ee(*args, "--allow-partial")
     assert partial.exit_code == 0, partial.output
     assert "Warning" not in partial.stderr and f"warning: Skipped unreadable Parquet part {part}" in partial.stderr
+
+
+@pytest.mark.filterwarnings("default::ee_middleware.errors.StoreCorruptionWarning")
+def test_a_steps_part_damaged_in_its_data_fails_the_build_naming_it_unless_partial_answers_are_allowed(
+    bfcl_store_path: Path, tmp_path: Path
+):
+    """Its footer reads, so the part opens and only decoding its pages fails, in a lazy read that names no file. Before:
+    "unexpected ComputeError ... a bug in ee-middleware", also with --allow-partial (found by a reviewer)."""
+    from ee_middleware.store import LocalExperienceStore
+
+    opened = LocalExperienceStore(bfcl_store_path)
+    ids = sorted(opened.trajectories()["id"].to_list())
+    opened.close()
+    part, _ = damage_a_steps_part(bfcl_store_path, ids[-2:], where="data")
+    args = ("datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il,iwm", "--out", str(tmp_path / "ds"), "--no-progress")
+    result = ee(*args)
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, f"Skipped unreadable Parquet part {part}", "its data cannot be read", "ee store repair", "--allow-partial")
+    assert not (tmp_path / "ds").exists(), "no dataset is built from an incomplete store"
+    partial = ee(*args, "--allow-partial")
+    assert partial.exit_code == 0, partial.output
+    assert f"warning: Skipped unreadable Parquet part {part}" in partial.stderr
+    import polars as pl
+
+    taught = set(pl.read_parquet(tmp_path / "ds" / "il.parquet")["trajectory_id"])
+    assert taught and taught <= set(ids[:-2]), "the build answers from the other trajectories"
 
 
 def test_an_output_folder_that_is_a_file_is_one_line(bfcl_store_path: Path, tmp_path: Path):

@@ -392,14 +392,22 @@ class SourceReader:
                     raise
                 self._scan()
                 self._rescanned = True
+            except pl.exceptions.ComputeError:
+                # a part damaged past its footer fails only as it is decoded, naming no file: find it (the store warns,
+                # naming it: an error unless --allow-partial) and read again without it
+                check = getattr(self._lazy_store, "check_parts", None)
+                if check is None or attempt == READ_ATTEMPTS - 1 or not check(("steps", "rollouts", "replays")):
+                    raise
+                self._scan()
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _replay_records(self) -> pl.DataFrame:
         """The newest replay record of each configuration (of ``replay_id`` only, when given) and source trajectory
         (:data:`REPLAY_COLUMNS`); read once."""
         if self._records is None:
-            rows = self._replays.filter(pl.col("trajectory_id").is_in(self._trajectories["id"].implode()))
-            records = self._drop("replays", rows.collect()).select(REPLAY_COLUMNS)
+            wanted = self._trajectories["id"].implode()
+            records = self._read(lambda: self._drop("replays", self._replays.filter(pl.col("trajectory_id").is_in(wanted)).collect()))
+            records = records.select(REPLAY_COLUMNS)
             if self.replay_id is not None:  # that configuration's replays, each of its attempts (ee replay run --again)
                 self._attempts = configuration_replays(records, self.replay_id)
                 records = records.filter(pl.col("replay_id").is_in(self._attempts))
