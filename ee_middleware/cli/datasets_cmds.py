@@ -209,6 +209,7 @@ def build(
             out_console.print(
                 f"  of them {added['trajectories']} added to keep held-out targets out of training: {added['same_task']} ask the "
                 f"task of a held-out trajectory, {added['later_in_thread']} continue a held-out run's thread, "
+                f"{added.get('nested_run', 0)} run within a held-out run or hold one (an agent invoked in a tool), "
                 f"{added.get('variant_of_task', 0)} are curriculum rollouts on a variant of a held-out task (split.added in "
                 "datasets.json lists them)"
             )

@@ -204,7 +204,7 @@ def build_datasets(
         split = split_trajectories(reader.trajectories.select("id", "app", "started_at"), rule, recorded)
         if not split.train:
             added = (
-                f" ({len(split.added)} of them because they share a task or a thread with one it holds out, or are rollouts on a "
+                f" ({len(split.added)} of them because they share a task or a thread with one it holds out, run within or around one, or are rollouts on a "
                 "variant of its task)"
                 if split.added
                 else ""

@@ -57,7 +57,7 @@ SPLIT_METADATA_KEY = "ee.split"
 HELDOUT = "heldout"
 HELDOUT_DIR = "heldout"
 
-UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at")
+UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at", "ended_at", "trace_id")
 """The columns of the trajectories table the units are drawn from (:func:`recorded_units`), with ``parent``: the
 trajectory a curriculum trajectory's task is a variant of (:func:`curriculum_parents`; null for the others)."""
 
@@ -66,6 +66,10 @@ SAME_TASK = "same_task"
 LATER_IN_THREAD = "later_in_thread"
 """Why a trajectory was added to the held-out side: a later run of a held-out trajectory's thread (its prompts hold that run's
 messages)."""
+NESTED_RUN = "nested_run"
+"""Why a trajectory was added to the held-out side: one run held within a held-out one's (same trace, within its time: an
+agent invoked inside a tool, each stored as a run of its own), or the run holding a held-out one: the outer run's tool
+result is the inner run's answer, and the inner run's task is the outer run's call."""
 VARIANT_OF_TASK = "variant_of_task"
 """Why a trajectory was added to the held-out side: a rollout on a variant of a held-out trajectory's task (a curriculum
 trajectory whose parent it is: the same world and tools, the request reworded)."""
@@ -240,13 +244,16 @@ class Split:
                 "trajectories": len(self.added),
                 SAME_TASK: reasons.get(SAME_TASK, 0),
                 LATER_IN_THREAD: reasons.get(LATER_IN_THREAD, 0),
+                NESTED_RUN: reasons.get(NESTED_RUN, 0),
                 VARIANT_OF_TASK: reasons.get(VARIANT_OF_TASK, 0),
                 "listed": [{"id": i, "reason": reason, "via": via} for i, (reason, via) in listed],
                 "not_listed": max(0, len(self.added) - MAX_LISTED_ADDED),
                 "why": (
                     "held out with a held-out trajectory (via) so that no training row holds its targets: same_task asks "
                     "the same task (whitespace and case aside), so its rows would repeat held-out examples; later_in_thread "
-                    "is a later run of its thread, whose prompts hold the held-out run's messages; variant_of_task is a "
+                    "is a later run of its thread, whose prompts hold the held-out run's messages; nested_run is a run "
+                    "within it or holding it (an agent invoked inside a tool: the outer run's tool result is the inner "
+                    "run's answer, the inner run's task the outer run's call); variant_of_task is a "
                     "curriculum rollout on a task a model wrote from the held-out one's (same world and tools). An earlier "
                     "run of a held-out run's thread, and the parent of a held-out variant, stay in training (they hold none "
                     "of the held-out targets)"
@@ -415,6 +422,7 @@ class _Units:
             pl.when(pl.col("thread_id") == "").then(None).otherwise(pl.col("thread_id")).alias("thread_id"),
             normalised_task(pl.col("task")).alias("task"),
             _micros(frame["started_at"]).fill_null(LAST).alias("start"),
+            _micros(frame["ended_at"]).alias("end"),
         ).with_row_index("n")
         self.ids: list[str] = frame["id"].to_list()
         self.index = {trajectory_id: n for n, trajectory_id in enumerate(self.ids)}
@@ -440,6 +448,20 @@ class _Units:
         for members in [m for m, _ in self.threads] + self.tasks:
             for n in members[1:]:
                 self._union(members[0], n)
+        self.nested: dict[int, list[int]] = {}  # a run -> the runs within it or holding it (one trace, within its time)
+        traced = ordered.filter(pl.col("trace_id").is_not_null() & (pl.col("trace_id") != "") & pl.col("end").is_not_null())
+        for members, starts, ends in (
+            traced.group_by("trace_id", maintain_order=True).agg("n", "start", "end").select("n", "start", "end").iter_rows()
+        ):
+            running: list[int] = []  # by start: the runs still running when the next one starts (one trace's runs in a
+            for i in range(len(members)):  # batch follow one another: few at a time)
+                running = [j for j in running if ends[j] >= starts[i]]
+                for j in running:
+                    if ends[i] <= ends[j]:
+                        self.nested.setdefault(members[j], []).append(members[i])
+                        self.nested.setdefault(members[i], []).append(members[j])
+                        self._union(members[j], members[i])
+                running.append(i)
         self.variants: dict[int, list[int]] = {}  # a trajectory -> the curriculum trajectories rolled out on variants of its task
         for n, parent in frame.select("n", "parent").filter(pl.col("parent").is_not_null()).iter_rows():
             p = self.index.get(parent)
@@ -524,6 +546,10 @@ class _Units:
                         if other not in reached:
                             reached[other] = (LATER_IN_THREAD, n)
                             queue.append(other)
+            for other in self.nested.get(n, ()):
+                if other not in reached:
+                    reached[other] = (NESTED_RUN, n)
+                    queue.append(other)
             for other in self.variants.get(n, ()):
                 if other not in reached:
                     reached[other] = (VARIANT_OF_TASK, n)
@@ -536,10 +562,13 @@ def _unit_columns(frame: pl.DataFrame) -> pl.DataFrame:
     columns = [
         pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, dtype=pl.String).alias(c)
         for c in (*UNIT_COLUMNS, "parent")
-        if c != "started_at"
+        if c not in ("started_at", "ended_at")
     ]
-    started = frame["started_at"] if "started_at" in frame.columns else pl.Series("started_at", [None] * frame.height)
-    return frame.select(columns).with_columns(_as_utc(started).alias("started_at")).unique("id", keep="first", maintain_order=True)
+    times = {
+        name: _as_utc(frame[name] if name in frame.columns else pl.Series(name, [None] * frame.height)).alias(name)
+        for name in ("started_at", "ended_at")
+    }
+    return frame.select(columns).with_columns(*times.values()).unique("id", keep="first", maintain_order=True)
 
 
 def _with_source(recorded: pl.DataFrame, source: pl.DataFrame) -> pl.DataFrame:

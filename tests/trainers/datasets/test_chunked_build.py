@@ -185,7 +185,8 @@ def test_max_synthetic_share_caps_the_training_side_after_the_split_and_reports_
     for i in range(5):  # rollouts on tasks of their own (no thread, a task no other trajectory asks), as a curriculum run stores
         original, new_id = base[i % len(base)], f"curriculum-{i:02d}"
         steps = [s.model_copy(update={"trajectory_id": new_id}) for s in original.steps]
-        update = {"id": new_id, "source": "curriculum", "thread_id": None, "task": f"variant {i}", "steps": steps}
+        # (a trace of their own: runs of one trace, one within the other's time, go to one side)
+        update = {"id": new_id, "source": "curriculum", "thread_id": None, "task": f"variant {i}", "steps": steps, "trace_id": None}
         variants.append(original.model_copy(update=update))
     store.write(variants)
     store.approve([v.id for v in variants], by="test")

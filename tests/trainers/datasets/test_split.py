@@ -481,3 +481,97 @@ def test_a_curriculum_variant_is_on_its_parent_tasks_side_and_a_held_out_parent_
             assert all((v in split.heldout) == side for v in variants), (seed, parent)
             sides.add(side)
     assert sides == {True, False}
+
+
+def _traced(rows: list[tuple[str, str | None, str, int, int]]) -> pl.DataFrame:
+    """Trajectories as (id, trace, task, start, end in seconds), each on a thread of its own."""
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    return pl.DataFrame(
+        {
+            "id": [r[0] for r in rows],
+            "app": ["shop"] * len(rows),
+            "thread_id": [f"thread-{r[0]}" for r in rows],
+            "task": [r[2] for r in rows],
+            "started_at": [start + timedelta(seconds=r[3]) for r in rows],
+            "ended_at": [start + timedelta(seconds=r[4]) for r in rows],
+            "trace_id": [r[1] for r in rows],
+        }
+    )
+
+
+def test_a_run_within_another_of_its_trace_goes_to_the_same_side_and_runs_after_one_another_do_not() -> None:
+    """An agent invoked inside a tool is a run of its own on a thread of its own: its answer is the outer run's tool
+    result and its task the outer run's call (found by a reviewer: holding out the inner run left the outer one, whose
+    rows hold its targets, in training). Runs of one trace that follow one another (a batch under one span) stay apart."""
+    frame = _traced(
+        [
+            ("outer", "t1", "ask the expert about A-1", 0, 10),
+            ("inner", "t1", "status of A-1?", 2, 5),
+            ("batch-1", "t2", "first", 20, 25),
+            ("batch-2", "t2", "second", 26, 30),
+        ]
+    )
+    split = split_trajectories(frame, SplitRule(ids=("inner",)))
+    assert split.heldout == {"inner", "outer"} and split.added == {"outer": ("nested_run", "inner")}
+    assert split_trajectories(frame, SplitRule(ids=("outer",))).heldout == {"inner", "outer"}
+    assert split_trajectories(frame, SplitRule(ids=("batch-1",))).heldout == {"batch-1"}
+    assert split.describe()["added"]["nested_run"] == 1
+
+
+def test_holding_out_an_agent_invoked_inside_a_tool_keeps_its_answer_out_of_training(tmp_path: Path) -> None:
+    """Real runs: an outer agent whose tool invokes an inner agent (a thread of its own), both recorded; the inner run
+    held out by id. No training row holds its answer, which is the outer run's tool result."""
+    from langchain_core.messages import HumanMessage
+
+    def policy(messages: list[Any], tools: Any) -> AIMessage:
+        asked = next(m.content for m in reversed(messages) if m.type == "human")
+        answered = any(m.type == "tool" for m in messages)
+        if asked == "Hello":
+            return AIMessage("Hi! How can I help?")
+        if asked.startswith("Ask the expert"):
+            return (
+                AIMessage("Shipped, says the expert.")
+                if answered
+                else AIMessage("", tool_calls=[tool_call("ask_expert", question="Status of A-1?")])
+            )
+        return AIMessage("Order A-1 is shipped.") if answered else AIMessage("", tool_calls=[tool_call("lookup", order_id="A-1")])
+
+    @tool
+    def lookup(order_id: str) -> str:
+        """Look an order up."""
+        return f"{order_id}: shipped"
+
+    model = ScriptedChatModel(policy=policy)
+    inner = create_agent(model, [lookup])
+
+    @tool
+    def ask_expert(question: str) -> str:
+        """Ask the order expert."""
+        return inner.invoke({"messages": [HumanMessage(question)]}, {"configurable": {"thread_id": "expert"}})["messages"][-1].content
+
+    store_path = tmp_path / "store"
+    agent = record_experience(create_agent(model, [ask_expert]), app="shop", store=store_path, approve_if=lambda t: True)
+    agent.invoke({"messages": [("user", "Ask the expert about A-1")]}, {"configurable": {"thread_id": "customer"}})
+    agent.invoke({"messages": [("user", "Hello")]}, {"configurable": {"thread_id": "another"}})
+    agent.flush()
+    store = LocalExperienceStore(store_path)
+    by_task = {t.task: t for t in store.iter_trajectories()}
+    assert set(by_task) == {"Ask the expert about A-1", "Status of A-1?", "Hello"}
+    listed = tmp_path / "heldout.txt"
+    listed.write_text(by_task["Status of A-1?"].id + "\n")
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(
+        app,
+        ["datasets", "build", "--store", str(store_path), "--kinds", "il,iwm", "--out", str(out), "--heldout-ids", str(listed), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["split"]["heldout_trajectories"]) == {
+        by_task[t].id for t in ("Ask the expert about A-1", "Status of A-1?")
+    }
+    training = [pl.read_parquet(out / f"{kind}.parquet") for kind in ("il", "iwm") if (out / f"{kind}.parquet").exists()]
+    assert all(
+        "Order A-1 is shipped." not in text
+        for frame in training
+        for column in ("prompt", "completion")
+        for text in frame[column].cast(pl.String)
+    )
