@@ -42,6 +42,7 @@ REDACTION_METADATA_KEY = "ee.redaction"
 """Parquet metadata of a dataset file: the redaction rules it was built with (JSON), for its exports."""
 
 _TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):[0-9a-f]{8}\]")
+_TAG = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):([0-9a-f]{8})\]")
 
 
 def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -62,6 +63,15 @@ def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.D
         if "[REDACTED:" not in completion:
             continue
         shown = f"{prompt}\n{tools[i] or ''}"  # what the model is given: the conversation and the tools offered
+        # one value is one tag whichever rule named its kind ("my password is X" -> password, {"password": X} -> secret):
+        # a target's pseudonym shown under another kind is that value, written as the row shows it (copied, not renamed)
+        as_shown = {m.group(2): m.group(0) for m in reversed(list(_TAG.finditer(shown)))}
+        aligned = _TAG.sub(
+            lambda m, seen=shown, kinds=as_shown: m.group(0) if m.group(0) in seen else kinds.get(m.group(2), m.group(0)), completion
+        )
+        if aligned != completion:
+            completions[i] = completion = aligned
+            counts["placeholders_written_as_the_prompt_shows"] += 1
         unseen = [p for p in PLACEHOLDER.findall(completion) if p.count(":") < 2 or p not in shown]
         if not unseen:
             counts["rows_with_placeholders_seen_in_prompt"] += 1

@@ -70,3 +70,29 @@ def test_a_dataset_file_keeps_its_rules_for_its_exports(tmp_path: Path) -> None:
     frame.write_parquet(path)  # a file without the metadata: the default kinds
     export_chat_jsonl(frame, tmp_path / "il2.jsonl", redactor=dataset_redactor(path))
     assert "4111" not in (tmp_path / "il2.jsonl").read_text() and "[REDACTED:credit_card]" in (tmp_path / "il2.jsonl").read_text()
+
+
+def test_a_value_shown_under_another_kind_is_kept_and_written_as_the_prompt_shows_it() -> None:
+    """One value is one tag whichever rule named its kind: "my password is X" in prose (``password``) and
+    ``{"password": X}`` as a key's value (``secret``). Before, the row teaching the login call was dropped as a
+    placeholder out of nothing, and an exported target renamed the value's kind (found by a reviewer)."""
+    user = REDACTOR.redact_text("Log me in as bob, my password is Sup3rS3cret!x")
+    call = {
+        "id": "c",
+        "type": "function",
+        "function": {"name": "login", "arguments": REDACTOR.redact_json({"user": "bob", "password": "Sup3rS3cret!x"})},
+    }
+    [shown] = [p for p in user.split() if p.startswith("[REDACTED:")]
+    assert shown.startswith("[REDACTED:password:") and shown not in call["function"]["arguments"], "the two rules name two kinds"
+    row = {
+        "id": "login",
+        "kind": "il",
+        "prompt": json.dumps([{"role": "user", "content": user}]),
+        "completion": json.dumps([{"role": "assistant", "content": "", "tool_calls": [call]}]),
+        "tools": "[]",
+    }
+    kept, counts = guard_rows("il", _frame(row), REDACTOR)
+    assert kept["id"].to_list() == ["login"]
+    arguments = json.loads(json.loads(kept["completion"][0])[0]["tool_calls"][0]["function"]["arguments"])
+    assert arguments == {"user": "bob", "password": shown}
+    assert counts == {"placeholders_written_as_the_prompt_shows": 1, "rows_with_placeholders_seen_in_prompt": 1}
