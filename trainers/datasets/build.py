@@ -48,7 +48,13 @@ from ee_middleware.store.registry import store_config_value
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.iwm import IWMOptions, find_repeated_rollouts
 from ee_middleware.trainers.datasets.passes import ILWriter, IWMWriter, KindWriter, SRWriter, run_pass
-from ee_middleware.trainers.datasets.privacy import guard_rows, redact_messages, redact_tools_text, redaction_metadata
+from ee_middleware.trainers.datasets.privacy import (
+    REDACTION_METADATA_KEY,
+    guard_rows,
+    redact_messages,
+    redact_tools_text,
+    redaction_metadata,
+)
 from ee_middleware.trainers.datasets.rows import KINDS, SYNTHETIC, conform
 from ee_middleware.trainers.datasets.source import GROUNDED_ON_HELD_OUT, SourceIndex, SourceReader
 from ee_middleware.trainers.datasets.split import (
@@ -365,8 +371,9 @@ def staging_folder(out: Path) -> Iterator[Path]:
 
 def publish(staging: Path, out: Path) -> list[str]:
     """Move the dataset files written in ``staging`` into ``out`` (and ``out/heldout``) and remove the
-    dataset files (:data:`KINDS`) of an earlier build there that this one did not write, so that the
-    folder holds one build; the removed files' paths relative to ``out``. The earlier ``datasets.json``
+    dataset files (:data:`KINDS`) of an earlier build there that this one did not write (those a build wrote: files of
+    those names that are not, a user's table, stay), so that the folder holds one build; the removed files' paths
+    relative to ``out``. The earlier ``datasets.json``
     goes first: a build killed while it moves files leaves no description of a build the folder no
     longer holds. Other files (an ``em.parquet``, a user's notes) stay."""
     (out / "datasets.json").unlink(missing_ok=True)
@@ -378,7 +385,7 @@ def publish(staging: Path, out: Path) -> list[str]:
             if (staged / name).is_file():
                 folder.mkdir(exist_ok=True)
                 os.replace(staged / name, folder / name)
-            elif (folder / name).is_file():
+            elif (folder / name).is_file() and _written_by_a_build(folder / name):
                 (folder / name).unlink()
                 removed.append(str((folder / name).relative_to(out)))
         if folder != out and folder.is_dir() and not any(folder.iterdir()):
@@ -386,6 +393,15 @@ def publish(staging: Path, out: Path) -> list[str]:
         fsync_dir(folder)
     fsync_dir(out)
     return removed
+
+
+def _written_by_a_build(path: Path) -> bool:
+    """Whether dataset file ``path`` is one a build wrote (its Parquet metadata records the redaction it was built
+    with): a file of that name that is not (a user's table, a text file) is left where it is."""
+    try:
+        return REDACTION_METADATA_KEY in (pl.read_parquet_metadata(path) or {})
+    except Exception:  # noqa: BLE001 - not Parquet, or unreadable: not a build's
+        return False
 
 
 def sandbox_failures_left_out(index: SourceIndex) -> dict[str, int]:
@@ -689,6 +705,11 @@ def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Dataset {path} does not exist. {_build_advice(path)}")
+    if path.is_dir():
+        files = sorted(p.name for p in path.glob("*.parquet") if _file_kind(p) is not None)
+        held = sorted(f"{HELDOUT_DIR}/{p.name}" for p in (path / HELDOUT_DIR).glob("*.parquet") if _file_kind(p) is not None)
+        named = ", ".join(str(path / name) for name in [*files, *held]) or "none: it holds no dataset file"
+        raise ConfigError(f"{path} is a folder: give one dataset file of it (its dataset files: {named}).")
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:

@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
+from ee_middleware.errors import ConfigError
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.trainers.datasets import build as build_module
@@ -250,3 +251,29 @@ def test_a_second_build_into_a_folder_a_build_is_writing_is_refused(
     assert not list(out.glob(".*")), "nothing hidden is left"
     summary = build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids))  # once it is done, a build goes ahead
     assert summary["split"]["heldout_trajectories"] == ["traj-0"] and "traj-0" not in _trajectories(out / "il.parquet")
+
+
+def test_files_of_a_datasets_name_that_no_build_wrote_are_left_where_they_are(store_path: Path, tmp_path: Path) -> None:
+    """A folder holding a user's sr.parquet (a table of theirs) and an iwm.parquet that is text: a build of IL alone
+    leaves both (found by a reviewer: both were deleted as "files of an earlier build")."""
+    out = tmp_path / "data"
+    out.mkdir()
+    pl.DataFrame({"x": [1, 2]}).write_parquet(out / "sr.parquet")
+    (out / "iwm.parquet").write_text("my notes\n")
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    assert summary["stale_removed"] == []
+    assert pl.read_parquet(out / "sr.parquet")["x"].to_list() == [1, 2] and (out / "iwm.parquet").read_text() == "my notes\n"
+
+
+def test_exporting_a_build_folder_asks_for_one_of_its_files(store_path: Path, tmp_path: Path) -> None:
+    """Before: "Dataset DIR is not readable Parquet (...). Rebuild it ...", of a build that is fine (found by a reviewer)."""
+    from ee_middleware.trainers.datasets.build import read_dataset
+
+    out = tmp_path / "data"
+    ids = tmp_path / "heldout.txt"
+    ids.write_text("traj-0\n")
+    build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il", heldout_ids=ids))
+    with pytest.raises(ConfigError, match="is a folder: give one dataset file of it") as raised:
+        read_dataset(out)
+    assert f"{out / 'il.parquet'}, {out / 'heldout' / 'il.parquet'}" in str(raised.value)
+    assert "Rebuild" not in str(raised.value)
