@@ -766,12 +766,28 @@ def chat_examples(frame: pl.DataFrame) -> list[dict[str, Any]]:
     examples = []
     for prompt, completion, tools in frame.select("prompt", "completion", "tools").iter_rows():
         context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in json.loads(prompt)]
-        example: dict[str, Any] = {"messages": context + json.loads(completion)}
+        example: dict[str, Any] = {"messages": _calls_answered(context + json.loads(completion))}
         parsed_tools = json.loads(tools or "[]")
         if parsed_tools:
             example["tools"] = parsed_tools
         examples.append(example)
     return examples
+
+
+def _calls_answered(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` where every tool call but the last message's is answered, as OpenAI's chat format requires: an
+    assistant message whose calls another message follows before any tool message answers them (IWM's proposed call,
+    then the instruction to predict its result) says its calls in its text instead (``Calling lookup(...)``)."""
+    out = []
+    for n, message in enumerate(messages):
+        calls = message.get("tool_calls") if message.get("role") == "assistant" else None
+        following = messages[n + 1] if n + 1 < len(messages) else None
+        if calls and following is not None and following.get("role") != "tool":
+            said = [f"Calling {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments') or ''})" for c in calls]
+            text = "\n".join(part for part in (message.get("content") or "", *said) if part)
+            message = {k: v for k, v in message.items() if k != "tool_calls"} | {"content": text}
+        out.append(message)
+    return out
 
 
 def export_chat_jsonl(frame: pl.DataFrame, path: str | os.PathLike[str], *, redactor: Redactor | None = None) -> int:
