@@ -75,11 +75,12 @@ def test_a_damaged_store_fails_every_reading_command_unless_partial_answers_are_
     json.loads(partial.stdout)
 
 
-def damage_a_steps_part(store_path: Path, ids: list[str], *, where: str = "footer") -> tuple[Path, bytes]:
+def damage_a_steps_part(store_path: Path, ids: list[str], *, where: str = "footer", table: str = "steps") -> tuple[Path, bytes]:
     """Rewrite the store at ``store_path`` as two compacted Parquet parts, the trajectories ``ids`` in the second, and
     damage that second part of ``steps`` as the docs sweep did (four bytes of its footer overwritten), or (``where=
     "data"``) 200 bytes of its data pages, its footer intact (it opens; decoding fails): those trajectories are still
-    listed, their steps cannot be read. Returns the damaged part and its bytes before (a backup to restore)."""
+    listed, their steps cannot be read (``table``: that table's part instead). Returns the damaged part and its bytes before
+    (a backup to restore)."""
     import shutil
 
     from ee_middleware.store import LocalExperienceStore
@@ -92,14 +93,14 @@ def damage_a_steps_part(store_path: Path, ids: list[str], *, where: str = "foote
     if (store_path / "redaction.json").exists():  # its redaction settings and salt travel with the copy
         shutil.copy2(store_path / "redaction.json", rebuilt / "redaction.json")
     for batch in ([t for t in trajectories if t.id not in ids], [t for t in trajectories if t.id in ids]):
-        before = set(rebuilt.glob("steps/*.parquet"))
+        before = set(rebuilt.glob(f"{table}/*.parquet"))
         store.write(batch)
         store.compact()
-    [part] = set(rebuilt.glob("steps/*.parquet")) - before
+    [part] = set(rebuilt.glob(f"{table}/*.parquet")) - before
     store.close()
     shutil.rmtree(store_path)
     rebuilt.rename(store_path)
-    part = store_path / "steps" / part.name
+    part = store_path / table / part.name
     backup = part.read_bytes()
     damaged = bytearray(backup)
     if where == "footer":
@@ -178,8 +179,9 @@ def test_a_damaged_steps_part_fails_the_commands_that_learn_or_measure_from_the_
 
 
 @pytest.mark.filterwarnings("default::ee_middleware.errors.StoreCorruptionWarning")
-def test_a_steps_part_damaged_in_its_data_fails_the_build_naming_it_unless_partial_answers_are_allowed(
-    bfcl_store_path: Path, tmp_path: Path
+@pytest.mark.parametrize("table", ["steps", "trajectories"])
+def test_a_part_damaged_in_its_data_fails_the_build_naming_it_unless_partial_answers_are_allowed(
+    bfcl_store_path: Path, tmp_path: Path, table: str
 ):
     """Its footer reads, so the part opens and only decoding its pages fails, in a lazy read that names no file. Before:
     "unexpected ComputeError ... a bug in ee-middleware", also with --allow-partial (found by a reviewer)."""
@@ -188,7 +190,7 @@ def test_a_steps_part_damaged_in_its_data_fails_the_build_naming_it_unless_parti
     opened = LocalExperienceStore(bfcl_store_path)
     ids = sorted(opened.trajectories()["id"].to_list())
     opened.close()
-    part, _ = damage_a_steps_part(bfcl_store_path, ids[-2:], where="data")
+    part, _ = damage_a_steps_part(bfcl_store_path, ids[-2:], where="data", table=table)
     args = ("datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il,iwm", "--out", str(tmp_path / "ds"), "--no-progress")
     result = ee(*args)
     assert result.exit_code == 1, result.output

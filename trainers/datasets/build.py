@@ -371,11 +371,13 @@ def staging_folder(out: Path) -> Iterator[Path]:
 
 def publish(staging: Path, out: Path) -> list[str]:
     """Move the dataset files written in ``staging`` into ``out`` (and ``out/heldout``) and remove the
-    dataset files (:data:`KINDS`) of an earlier build there that this one did not write (those a build wrote: files of
-    those names that are not, a user's table, stay), so that the folder holds one build; the removed files' paths
+    dataset files (:data:`KINDS`) of an earlier build there that this one did not write (where the folder held a build,
+    or the file says a build wrote it: files of those names that are not, a user's table, stay), so that the folder holds
+    one build; the removed files' paths
     relative to ``out``. The earlier ``datasets.json``
     goes first: a build killed while it moves files leaves no description of a build the folder no
     longer holds. Other files (an ``em.parquet``, a user's notes) stay."""
+    built_here = (out / "datasets.json").is_file()  # the folder held a build: its files are a build's, of any version
     (out / "datasets.json").unlink(missing_ok=True)
     removed = []
     for folder in (out, out / HELDOUT_DIR):
@@ -385,7 +387,7 @@ def publish(staging: Path, out: Path) -> list[str]:
             if (staged / name).is_file():
                 folder.mkdir(exist_ok=True)
                 os.replace(staged / name, folder / name)
-            elif (folder / name).is_file() and _written_by_a_build(folder / name):
+            elif (folder / name).is_file() and (built_here or _written_by_a_build(folder / name)):
                 (folder / name).unlink()
                 removed.append(str((folder / name).relative_to(out)))
         if folder != out and folder.is_dir() and not any(folder.iterdir()):
@@ -705,7 +707,7 @@ def read_dataset(path: str | os.PathLike[str]) -> pl.DataFrame:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"Dataset {path} does not exist. {_build_advice(path)}")
-    if path.is_dir():
+    if path.is_dir() and path.suffix != ".parquet":  # (a folder named KIND.parquet is one dataset written in parts)
         files = sorted(p.name for p in path.glob("*.parquet") if _file_kind(p) is not None)
         held = sorted(f"{HELDOUT_DIR}/{p.name}" for p in (path / HELDOUT_DIR).glob("*.parquet") if _file_kind(p) is not None)
         named = ", ".join(str(path / name) for name in [*files, *held]) or "none: it holds no dataset file"
@@ -778,14 +780,25 @@ def _calls_answered(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``messages`` where every tool call but the last message's is answered, as OpenAI's chat format requires: an
     assistant message whose calls another message follows before any tool message answers them (IWM's proposed call,
     then the instruction to predict its result) says its calls in its text instead (``Calling lookup(...)``)."""
+    from ee_middleware.messages import content_to_text
+
     out = []
     for n, message in enumerate(messages):
         calls = message.get("tool_calls") if message.get("role") == "assistant" else None
-        following = messages[n + 1] if n + 1 < len(messages) else None
-        if calls and following is not None and following.get("role") != "tool":
-            said = [f"Calling {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments') or ''})" for c in calls]
-            text = "\n".join(part for part in (message.get("content") or "", *said) if part)
-            message = {k: v for k, v in message.items() if k != "tool_calls"} | {"content": text}
+        if not calls or n == len(messages) - 1:
+            out.append(message)
+            continue
+        answered = set()
+        for later in messages[n + 1 :]:
+            if later.get("role") != "tool":
+                break
+            answered.add(later.get("tool_call_id"))
+        unanswered = [c for c in calls if c.get("id") not in answered]
+        if unanswered:
+            said = [f"Calling {c.get('function', {}).get('name')}({c.get('function', {}).get('arguments') or ''})" for c in unanswered]
+            text = "\n".join(part for part in (content_to_text(message.get("content")), *said) if part)
+            kept = [c for c in calls if c.get("id") in answered]
+            message = {k: v for k, v in message.items() if k != "tool_calls"} | {"content": text} | ({"tool_calls": kept} if kept else {})
         out.append(message)
     return out
 

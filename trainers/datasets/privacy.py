@@ -69,10 +69,12 @@ def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.D
         aligned = _TAG.sub(
             lambda m, seen=shown, kinds=as_shown: m.group(0) if m.group(0) in seen else kinds.get(m.group(2), m.group(0)), completion
         )
-        if aligned != completion:
+        written_as_shown = aligned != completion
+        if written_as_shown:
             completions[i] = completion = aligned
-            counts["placeholders_written_as_the_prompt_shows"] += 1
         unseen = [p for p in PLACEHOLDER.findall(completion) if p.count(":") < 2 or p not in shown]
+        if written_as_shown and (kind == "iwm" or not unseen):  # (a row dropped below counts once, as dropped)
+            counts["placeholders_written_as_the_prompt_shows"] += 1
         if not unseen:
             counts["rows_with_placeholders_seen_in_prompt"] += 1
         elif kind == "iwm":

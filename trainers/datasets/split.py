@@ -57,7 +57,7 @@ SPLIT_METADATA_KEY = "ee.split"
 HELDOUT = "heldout"
 HELDOUT_DIR = "heldout"
 
-UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at", "ended_at", "trace_id")
+UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at", "ended_at", "trace_id", "final_answer")
 """The columns of the trajectories table the units are drawn from (:func:`recorded_units`), with ``parent``: the
 trajectory a curriculum trajectory's task is a variant of (:func:`curriculum_parents`; null for the others)."""
 
@@ -67,9 +67,9 @@ LATER_IN_THREAD = "later_in_thread"
 """Why a trajectory was added to the held-out side: a later run of a held-out trajectory's thread (its prompts hold that run's
 messages)."""
 NESTED_RUN = "nested_run"
-"""Why a trajectory was added to the held-out side: one run held within a held-out one's (same trace, within its time: an
-agent invoked inside a tool, each stored as a run of its own), or the run holding a held-out one: the outer run's tool
-result is the inner run's answer, and the inner run's task is the outer run's call."""
+"""Why a trajectory was added to the held-out side: a run invoked inside a held-out run's tool, or the run whose tool
+invoked a held-out one (an agent as a tool, each stored as a run of its own: :func:`nested_runs`): the outer run's tool
+result is the inner run's answer, and the inner run's task the outer run's call."""
 VARIANT_OF_TASK = "variant_of_task"
 """Why a trajectory was added to the held-out side: a rollout on a variant of a held-out trajectory's task (a curriculum
 trajectory whose parent it is: the same world and tools, the request reworded)."""
@@ -326,8 +326,68 @@ def recorded_units(store: Any) -> pl.DataFrame:
     """:data:`UNIT_COLUMNS` and ``parent`` of every trajectory ``store`` holds (any review status, any app): what the units
     are drawn over. Read without messages, steps or rollouts where the store can (``trajectory_index``)."""
     frame = store.trajectory_index(list(UNIT_COLUMNS)) if hasattr(store, "trajectory_index") else store.trajectories()
-    units = _unit_columns(frame).drop("parent")
-    return units.join(curriculum_parents(store), on="id", how="left", maintain_order="left")
+    units = _unit_columns(frame).drop("parent", "nested_in")
+    units = units.join(curriculum_parents(store), on="id", how="left", maintain_order="left")
+    return units.join(nested_runs(store, units), on="id", how="left", maintain_order="left")
+
+
+NESTED_SLACK_US = 1_000_000
+"""How far (microseconds) a nested run's start or end may fall outside its outer run's: clocks read apart, rounding."""
+
+
+def nested_runs(store: Any, units: pl.DataFrame) -> pl.DataFrame:
+    """``id`` and ``nested_in`` of the runs invoked inside another run's tool (an agent as a tool, stored as a run of its
+    own, often on a thread of its own): of one trace, within the other's time (give or take :data:`NESTED_SLACK_US`),
+    and whose answer the outer run's messages hold (the tool's result). Concurrent runs of one trace (a batch under one
+    span) are not nested: their answers are not each other's messages. Only the candidates' messages are read."""
+    frame = units.filter(pl.col("trace_id").is_not_null() & (pl.col("trace_id") != "") & pl.col("ended_at").is_not_null())
+    frame = frame.with_columns(_micros(frame["started_at"]).alias("start"), _micros(frame["ended_at"]).alias("end"))
+    candidates: list[tuple[str, str, str]] = []  # (inner, outer, inner's answer)
+    for ids, starts, ends, answers in (
+        frame.sort("start", "id")
+        .group_by("trace_id", maintain_order=True)
+        .agg("id", "start", "end", "final_answer")
+        .select("id", "start", "end", "final_answer")
+        .iter_rows()
+    ):
+        if len(ids) < 2:
+            continue
+        running: list[int] = []  # by start: the runs still running when the next one starts
+        for i in range(len(ids)):
+            running = [j for j in running if ends[j] + NESTED_SLACK_US >= starts[i]]
+            for j in running:  # i within j; or, started at about the same time, j within i
+                if ends[i] <= ends[j] + NESTED_SLACK_US and (answer := (answers[i] or "").strip()):
+                    candidates.append((ids[i], ids[j], answer))
+                if (
+                    starts[i] - starts[j] <= NESTED_SLACK_US
+                    and ends[j] <= ends[i] + NESTED_SLACK_US
+                    and (answer := (answers[j] or "").strip())
+                ):
+                    candidates.append((ids[j], ids[i], answer))
+            running.append(i)
+    empty = pl.DataFrame(schema={"id": pl.String, "nested_in": pl.String})
+    if not candidates:
+        return empty
+    outers = sorted({outer for _, outer, _ in candidates})
+    texts = dict(_messages_of(store, outers))
+    found: dict[str, str] = {}
+    for inner, outer, answer in candidates:
+        text = texts.get(outer) or ""
+        if inner not in found and (answer in text or json.dumps(answer, ensure_ascii=False)[1:-1] in text):
+            found[inner] = outer
+    return pl.DataFrame({"id": list(found), "nested_in": list(found.values())}, schema=empty.schema) if found else empty
+
+
+def _messages_of(store: Any, ids: list[str]) -> list[tuple[str, str]]:
+    """(id, messages as JSON text) of trajectories ``ids``, read without steps where the store can (``scan``)."""
+    if hasattr(store, "scan"):
+        wanted = pl.Series(ids, dtype=pl.String).implode()
+        rows = store.scan("trajectories").filter(pl.col("id").is_in(wanted)).select("id", "messages_json").collect()
+        return [(i, text or "") for i, text in rows.iter_rows()]
+    frame = store.trajectories()
+    if "messages_json" in frame.columns:
+        return [(i, text or "") for i, text in frame.filter(pl.col("id").is_in(ids)).select("id", "messages_json").iter_rows()]
+    return [(t.id, json.dumps(t.messages, ensure_ascii=False)) for t in store.iter_trajectories() if t.id in set(ids)]
 
 
 def curriculum_parents(store: Any) -> pl.DataFrame:
@@ -422,7 +482,6 @@ class _Units:
             pl.when(pl.col("thread_id") == "").then(None).otherwise(pl.col("thread_id")).alias("thread_id"),
             normalised_task(pl.col("task")).alias("task"),
             _micros(frame["started_at"]).fill_null(LAST).alias("start"),
-            _micros(frame["ended_at"]).alias("end"),
         ).with_row_index("n")
         self.ids: list[str] = frame["id"].to_list()
         self.index = {trajectory_id: n for n, trajectory_id in enumerate(self.ids)}
@@ -448,20 +507,13 @@ class _Units:
         for members in [m for m, _ in self.threads] + self.tasks:
             for n in members[1:]:
                 self._union(members[0], n)
-        self.nested: dict[int, list[int]] = {}  # a run -> the runs within it or holding it (one trace, within its time)
-        traced = ordered.filter(pl.col("trace_id").is_not_null() & (pl.col("trace_id") != "") & pl.col("end").is_not_null())
-        for members, starts, ends in (
-            traced.group_by("trace_id", maintain_order=True).agg("n", "start", "end").select("n", "start", "end").iter_rows()
-        ):
-            running: list[int] = []  # by start: the runs still running when the next one starts (one trace's runs in a
-            for i in range(len(members)):  # batch follow one another: few at a time)
-                running = [j for j in running if ends[j] >= starts[i]]
-                for j in running:
-                    if ends[i] <= ends[j]:
-                        self.nested.setdefault(members[j], []).append(members[i])
-                        self.nested.setdefault(members[i], []).append(members[j])
-                        self._union(members[j], members[i])
-                running.append(i)
+        self.nested: dict[int, list[int]] = {}  # a run -> the runs invoked in its tools, and the run that invoked it
+        for n, outer in frame.select("n", "nested_in").filter(pl.col("nested_in").is_not_null()).iter_rows():
+            o = self.index.get(outer)
+            if o is not None and o != n:
+                self.nested.setdefault(o, []).append(n)
+                self.nested.setdefault(n, []).append(o)
+                self._union(o, n)
         self.variants: dict[int, list[int]] = {}  # a trajectory -> the curriculum trajectories rolled out on variants of its task
         for n, parent in frame.select("n", "parent").filter(pl.col("parent").is_not_null()).iter_rows():
             p = self.index.get(parent)
@@ -561,7 +613,7 @@ def _unit_columns(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame``'s :data:`UNIT_COLUMNS` and ``parent`` (a missing one as nulls), one row per id."""
     columns = [
         pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, dtype=pl.String).alias(c)
-        for c in (*UNIT_COLUMNS, "parent")
+        for c in (*UNIT_COLUMNS, "parent", "nested_in")
         if c not in ("started_at", "ended_at")
     ]
     times = {

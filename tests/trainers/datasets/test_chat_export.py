@@ -45,3 +45,22 @@ def test_every_exported_example_answers_each_call_it_shows(bfcl_store_path: Path
             asked = example["messages"][-3]
             assert asked["role"] == "assistant" and asked["content"].splitlines()[-1].startswith("Calling ")
             assert "tool_calls" not in asked and json.loads(asked["content"].split("(", 1)[1].rsplit(")", 1)[0]) is not None
+
+
+def test_calls_a_later_message_leaves_unanswered_are_said_in_text_and_answered_ones_kept() -> None:
+    """Review R12: parallel calls one of which is answered kept the other unanswered; list content crashed."""
+    from ee_middleware.trainers.datasets.build import _calls_answered
+
+    def call(i: str) -> dict[str, Any]:
+        return {"id": i, "type": "function", "function": {"name": "look", "arguments": json.dumps({"q": i})}}
+
+    messages = [
+        {"role": "user", "content": "look a and b"},
+        {"role": "assistant", "content": [{"type": "text", "text": "Both."}], "tool_calls": [call("a"), call("b")]},
+        {"role": "tool", "tool_call_id": "a", "content": "found a"},
+        {"role": "user", "content": "Predict what look(b) returns."},
+        {"role": "assistant", "content": "", "tool_calls": [call("c")]},  # the last message: the target, left as it is
+    ]
+    fixed = _calls_answered(messages)
+    assert fixed[1] == {"role": "assistant", "content": 'Both.\nCalling look({"q": "b"})', "tool_calls": [call("a")]}
+    assert fixed[4] == messages[4] and _problems(fixed) == []

@@ -277,3 +277,16 @@ def test_exporting_a_build_folder_asks_for_one_of_its_files(store_path: Path, tm
         read_dataset(out)
     assert f"{out / 'il.parquet'}, {out / 'heldout' / 'il.parquet'}" in str(raised.value)
     assert "Rebuild" not in str(raised.value)
+
+
+def test_a_folder_that_held_a_build_loses_its_stale_files_whatever_version_wrote_them(store_path: Path, tmp_path: Path) -> None:
+    """Review R12: builds before the redaction metadata wrote files without it; a folder holding such a build (its
+    datasets.json) still loses the files a rebuild does not write, as a held-out file there holds trajectories the new
+    training files teach."""
+    out = tmp_path / "data"
+    (out / "heldout").mkdir(parents=True)
+    (out / "datasets.json").write_text("{}")
+    pl.DataFrame({"trajectory_id": ["traj-0"]}).write_parquet(out / "heldout" / "il.parquet")
+    pl.DataFrame({"trajectory_id": ["traj-1"]}).write_parquet(out / "sr.parquet")
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    assert sorted(summary["stale_removed"]) == ["heldout/il.parquet", "sr.parquet"]

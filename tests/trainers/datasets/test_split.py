@@ -24,7 +24,7 @@ from ee_middleware.store import LocalExperienceStore
 from ee_middleware.store.registry import open_store
 from ee_middleware.testing import ScriptedChatModel, tool_call
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-from ee_middleware.trainers.datasets.split import SPLIT_METADATA_KEY, SplitRule, heldout_ids, in_share, split_trajectories
+from ee_middleware.trainers.datasets.split import SPLIT_METADATA_KEY, SplitRule, heldout_ids, in_share, nested_runs, split_trajectories
 
 runner = CliRunner()
 
@@ -483,8 +483,8 @@ def test_a_curriculum_variant_is_on_its_parent_tasks_side_and_a_held_out_parent_
     assert sides == {True, False}
 
 
-def _traced(rows: list[tuple[str, str | None, str, int, int]]) -> pl.DataFrame:
-    """Trajectories as (id, trace, task, start, end in seconds), each on a thread of its own."""
+def _traced(rows: list[tuple[str, str | None, str, float, float, str | None]]) -> pl.DataFrame:
+    """Trajectories as (id, trace, task, start, end in seconds, answer), each on a thread of its own."""
     start = datetime(2025, 1, 1, tzinfo=UTC)
     return pl.DataFrame(
         {
@@ -495,26 +495,53 @@ def _traced(rows: list[tuple[str, str | None, str, int, int]]) -> pl.DataFrame:
             "started_at": [start + timedelta(seconds=r[3]) for r in rows],
             "ended_at": [start + timedelta(seconds=r[4]) for r in rows],
             "trace_id": [r[1] for r in rows],
+            "final_answer": [r[5] for r in rows],
         }
     )
 
 
-def test_a_run_within_another_of_its_trace_goes_to_the_same_side_and_runs_after_one_another_do_not() -> None:
+class _Messages:
+    """A store as :func:`nested_runs` reads one: the trajectories' messages."""
+
+    def __init__(self, messages: dict[str, list[dict[str, Any]]]) -> None:
+        self.frame = pl.DataFrame({"id": list(messages), "messages_json": [json.dumps(m) for m in messages.values()]})
+
+    def trajectories(self) -> pl.DataFrame:
+        return self.frame
+
+
+def test_a_run_invoked_in_another_runs_tool_is_found_by_its_answer_in_that_runs_messages() -> None:
     """An agent invoked inside a tool is a run of its own on a thread of its own: its answer is the outer run's tool
-    result and its task the outer run's call (found by a reviewer: holding out the inner run left the outer one, whose
-    rows hold its targets, in training). Runs of one trace that follow one another (a batch under one span) stay apart."""
-    frame = _traced(
+    result (found by a reviewer: holding out the inner run left the outer one, whose rows hold its targets, in
+    training). Runs of one trace at the same time whose answers are not each other's messages (a batch of concurrent
+    conversations under one span: found by review of the first version, which linked them by time alone) are not."""
+    units = _traced(
         [
-            ("outer", "t1", "ask the expert about A-1", 0, 10),
-            ("inner", "t1", "status of A-1?", 2, 5),
-            ("batch-1", "t2", "first", 20, 25),
-            ("batch-2", "t2", "second", 26, 30),
+            ("outer", "t1", "ask the expert about A-1", 0, 10, "Shipped, says the expert."),
+            ("inner", "t1", "status of A-1?", 0, 10.5, "Order A-1 is shipped."),  # same start, ends a bit after: clocks
+            ("other", "t1", "hello", 2, 5, "Hi!"),  # concurrent, contained, unrelated
+            ("batch-1", "t2", "first", 20, 25, "one"),
+            ("batch-2", "t2", "second", 26, 30, "two"),
         ]
     )
-    split = split_trajectories(frame, SplitRule(ids=("inner",)))
+    outer_said = [
+        {"role": "user", "content": "ask the expert about A-1"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"id": "c", "type": "function", "function": {"name": "ask_expert", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "c", "content": "Order A-1 is shipped."},
+        {"role": "assistant", "content": "Shipped, says the expert."},
+    ]
+    store = _Messages({"outer": outer_said, "inner": [], "other": [], "batch-1": [], "batch-2": []})
+    assert nested_runs(store, units).rows() == [("inner", "outer")]
+    recorded = units.join(nested_runs(store, units), on="id", how="left")
+    split = split_trajectories(units, SplitRule(ids=("inner",)), recorded)
     assert split.heldout == {"inner", "outer"} and split.added == {"outer": ("nested_run", "inner")}
-    assert split_trajectories(frame, SplitRule(ids=("outer",))).heldout == {"inner", "outer"}
-    assert split_trajectories(frame, SplitRule(ids=("batch-1",))).heldout == {"batch-1"}
+    assert split_trajectories(units, SplitRule(ids=("outer",)), recorded).heldout == {"inner", "outer"}
+    assert split_trajectories(units, SplitRule(ids=("other",)), recorded).heldout == {"other"}
+    assert split_trajectories(units, SplitRule(ids=("batch-1",)), recorded).heldout == {"batch-1"}
     assert split.describe()["added"]["nested_run"] == 1
 
 
