@@ -402,6 +402,9 @@ def _kill_and_wait(pid: int) -> None:
         time.sleep(0.01)
 
 
+# killed mid-write, the child may leave a half-written last record (never acknowledged: the run is recovered), which a
+# read then names (a CI run read it so once)
+@pytest.mark.filterwarnings("default:Skipped a damaged record.*half-written last record:ee_middleware.errors.StoreCorruptionWarning")
 def test_runs_sent_to_a_child_that_is_killed_are_recorded_in_the_agent_process(react_graph, inventory, tmp_path, no_child_left):
     # The OOM killer or an operator's kill: the child was sent runs it had not written yet (it writes in batches). They
     # were lost while flush() returned True (22 of 1,200 in the store sweep); strict mode said only 'Broken pipe'.
