@@ -54,11 +54,14 @@ def normalize(span: SpanData) -> SpanData:
     if op is None:
         return span
     attrs.setdefault(sc.OPERATION_NAME, op)
-    conversation = attrs.get("session.id") or attrs.get("traceloop.association.properties.thread_id")
-    if not conversation and not attrs.get(sc.CONVERSATION_ID):
-        conversation = traceloop_metadata_value(attrs, "thread_id")  # OpenLLMetry before its association properties
-    if conversation and not attrs.get(sc.CONVERSATION_ID):
-        attrs[sc.CONVERSATION_ID] = conversation  # OpenInference's session, LangGraph's thread
+    if not attrs.get(sc.CONVERSATION_ID):  # OpenInference's session, LangGraph's thread (OpenLLMetry before its
+        conversation = (  # association properties: in its entity input's metadata)
+            attrs.get("session.id")
+            or attrs.get("traceloop.association.properties.thread_id")
+            or traceloop_metadata_value(attrs, "thread_id")
+        )
+        if conversation:
+            attrs[sc.CONVERSATION_ID] = conversation
     if op in sc.MODEL_OPERATIONS:
         _fill_model_attrs(attrs)
     elif op == sc.OP_EXECUTE_TOOL:

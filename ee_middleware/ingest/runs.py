@@ -1067,8 +1067,8 @@ def traced_twice(outer: SpanData, inner: SpanData, signatures: dict[str, bytes |
     """Whether model span ``inner`` is the call of model span ``outer`` traced again by another instrumentation, though
     not under it: a model client's instrumentation whose span is a sibling of the framework's (OpenLLMetry's LangChain
     spans are not made current) or in a trace of its own (no span of the app active where the client ran). Both of one
-    service, ``inner`` within ``outer``'s time, and the same reply to the same last message (:func:`call_signature`), and
-    not of one instrumentation scope (where the spans name theirs).
+    service, ``inner`` within ``outer``'s time, the same reply to the same messages (:func:`call_signature`), and not of
+    one instrumentation scope (where the spans name theirs).
     ``signatures``: the signatures computed so far, by span id."""
     if outer.span_id == inner.span_id or not (outer.start_ns <= inner.start_ns and inner.end_ns <= outer.end_ns):
         return False
@@ -1371,27 +1371,34 @@ def _with_replies_from_history(run: list[SpanData]) -> list[SpanData]:
     silent = {s.span_id for s in models if not s.is_error and not _reply_written(s)}
     if not silent:
         return run
-    returned = _openai_messages(run[0], sc.OUTPUT_MESSAGES) if run[0].span_id not in {s.span_id for s in models} else None
+    graph = run[0] if run[0].span_id not in {s.span_id for s in models} else None  # the span the graph's input and output are on
+    returned = _openai_messages(graph, sc.OUTPUT_MESSAGES) if graph is not None else None
+    inputs: dict[int, list[dict[str, Any]]] = {}
+
+    def given(n: int) -> list[dict[str, Any]]:
+        """Model call ``n``'s input messages (decoded once)."""
+        if n not in inputs:
+            inputs[n] = _openai_messages(models[n], sc.INPUT_MESSAGES) or []
+        return inputs[n]
 
     def keys(messages: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         return [_message_key(m) for m in messages if m.get("role") != "system"]
 
-    task = keys(_openai_messages(run[0], sc.INPUT_MESSAGES) or []) if run[0].span_id not in {s.span_id for s in models} else []
+    task = keys(_openai_messages(graph, sc.INPUT_MESSAGES) or []) if graph is not None else []
 
     def goes_on(asked: list[tuple[Any, ...]], n: int) -> bool:
         """Whether the call ``n`` given ``asked`` is the run's conversation going on: its input starts with the graph's
         input messages and with the call before's input (not a node's own prompt: a title, a summary, a grader)."""
-        before = keys(_openai_messages(models[n - 1], sc.INPUT_MESSAGES) or []) if n else []
+        before = keys(given(n - 1)) if n else []
         return all(asked[: len(prefix)] == prefix for prefix in (task, before))
 
     changed: dict[str, dict[str, Any]] = {}
     for n, span in enumerate(models):
-        given = _openai_messages(span, sc.INPUT_MESSAGES) if span.span_id in silent else None
-        if not given:
+        if span.span_id not in silent or not given(n):
             continue
-        asked = keys(given)
+        asked = keys(given(n))
         if n + 1 < len(models):
-            history = [m for m in _openai_messages(models[n + 1], sc.INPUT_MESSAGES) or [] if m.get("role") != "system"]
+            history = [m for m in given(n + 1) if m.get("role") != "system"]
             if len(history) > len(asked) and keys(history[: len(asked)]) == asked and history[len(asked)].get("role") == "assistant":
                 changed[span.span_id] = {sc.OUTPUT_MESSAGES: json.dumps([history[len(asked)]], ensure_ascii=False)}
         elif returned and returned[-1].get("role") == "assistant" and _message_key(returned[-1]) not in asked and goes_on(asked, n):

@@ -621,11 +621,11 @@ def _ingest_traces(
             for trajectory in found:
                 keep(trajectory, {t.id for t in found if t is not trajectory})
             flush(WRITE_BATCH)
-        echoes = [call for call in bare if model_calls.echoed(call)]
-        if echoes:
-            report.notes.append(_echoes_note(len(echoes)))
+        echoed = [model_calls.echoed(call) for call in bare]
+        if any(echoed):
+            report.notes.append(_echoes_note(sum(echoed)))
         joined = 0
-        for calls in join_bare_calls([call for call in bare if not model_calls.echoed(call)]):
+        for calls in join_bare_calls([call for call, echo in zip(bare, echoed, strict=True) if not echo]):
             grouped = [group_runs(c.trace_id, spill.trace(c.trace_id)) for c in calls]
             runs = [g.runs[0] for g in grouped]
             for g in grouped:
@@ -1166,9 +1166,9 @@ def _trace_trajectories(
         report.problem(grouped.problem)
         return []
     if not grouped.runs:
-        filled = _filled_in(trace_id, spans, target, report, unended)
-        if filled or _filled_before(trace_id, spans, target, report):
-            return filled
+        completed = _completed_by(trace_id, spans, target, report, unended)
+        if completed is not None:
+            return completed
         if not grouped.recognized and any(key in span.attributes for span in spans for key in LANGCHAIN_MARKS):
             report.problem(
                 f"trace {trace_id}: no agent run found: its {len(spans)} span(s) are a LangChain instrumentation's, with no model, "
@@ -1186,10 +1186,9 @@ def _trace_trajectories(
         return []
     if not any(operation_of(span.attributes) in sc.MODEL_OPERATIONS for run in grouped.runs for span in run):
         # no decision among the spans read now: they may be what a stored version lacked (its root, in a later file)
-        run_roots = {span.span_id: run[0] for run in grouped.runs for span in run}
-        filled = _filled_in(trace_id, spans, target, report, unended, run_roots)
-        if filled or _filled_before(trace_id, spans, target, report):
-            return filled
+        completed = _completed_by(trace_id, spans, target, report, unended, {span.span_id: run[0] for run in grouped.runs for span in run})
+        if completed is not None:
+            return completed
     if bare is not None and not rejected and (call := bare_call(trace_id, grouped)) is not None:
         bare.append(call)
         return []  # its choices are counted when the bare calls are joined
@@ -1207,6 +1206,20 @@ def _trace_trajectories(
                 if n == 0 and len(run) == len(whole[0]):  # the run as read (not a part of it capture stored apart)
                     target.gaps[id(trajectory)] = gaps
     return out
+
+
+def _completed_by(
+    trace_id: str,
+    spans: list[SpanData],
+    target: _Target,
+    report: IngestReport,
+    unended: Collection[str] = (),
+    run_roots: Mapping[str, SpanData] | None = None,
+) -> list[Trajectory] | None:
+    """The stored runs ``spans`` (read now, no model call among them) complete (:func:`_filled_in`); none (``[]``) where
+    an earlier ingest completed them with these spans (:func:`_filled_before`); None where they complete no stored run."""
+    filled = _filled_in(trace_id, spans, target, report, unended, run_roots)
+    return filled if filled or _filled_before(trace_id, spans, target, report) else None
 
 
 def _filled_in(

@@ -585,14 +585,14 @@ class LocalExperienceStore:
         columns), read without loading steps or rollouts."""
         needed = ["id", "app", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
         wanted = list(dict.fromkeys([*needed, *columns]))
-        try:
-            trajectories = drop_repeats("trajectories", self.scan("trajectories").select(wanted).collect())
-            approvals = drop_repeats("approvals", self.scan("approvals").collect())
-        except pl.exceptions.ComputeError:
-            if not self.check_parts(("trajectories", "approvals")):  # not a part damaged past its footer: a real error
-                raise
-            trajectories = drop_repeats("trajectories", self.scan("trajectories").select(wanted).collect())
-            approvals = drop_repeats("approvals", self.scan("approvals").collect())
+        for again in (False, True):  # again: without the parts damaged past their footer that the first read hit
+            try:
+                trajectories = drop_repeats("trajectories", self.scan("trajectories").select(wanted).collect())
+                approvals = drop_repeats("approvals", self.scan("approvals").collect())
+                break
+            except pl.exceptions.ComputeError:
+                if again or not self.check_parts(("trajectories", "approvals")):  # no damaged part: a real error
+                    raise
         current = _current_approvals(trajectories, approvals)
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)

@@ -84,14 +84,16 @@ def test_a_run_traced_by_its_framework_and_its_model_clients_instrumentation_is_
     assert all(asked) and asked == answered
 
 
+def _scope_spans(request: dict[str, Any], scope: str) -> list[dict[str, Any]]:
+    """The spans of ``request`` exported under instrumentation scope ``scope``."""
+    return [s for rs in request["resourceSpans"] for ss in rs["scopeSpans"] if ss["scope"]["name"] == scope for s in ss["spans"]]
+
+
 def _shifted(request: dict[str, Any], scope: str, by_ns: int) -> dict[str, Any]:
     moved = copy.deepcopy(request)
-    for resource_spans in moved["resourceSpans"]:
-        for scope_spans in resource_spans["scopeSpans"]:
-            if scope_spans["scope"]["name"] == scope:
-                for span in scope_spans["spans"]:
-                    span["startTimeUnixNano"] = str(int(span["startTimeUnixNano"]) + by_ns)
-                    span["endTimeUnixNano"] = str(int(span["endTimeUnixNano"]) + by_ns)
+    for span in _scope_spans(moved, scope):
+        span["startTimeUnixNano"] = str(int(span["startTimeUnixNano"]) + by_ns)
+        span["endTimeUnixNano"] = str(int(span["endTimeUnixNano"]) + by_ns)
     return moved
 
 
@@ -126,13 +128,10 @@ def test_two_calls_of_one_instrumentation_alike_and_at_once_are_two_calls(tmp_pa
 
 def _with_first_user_message(request: dict[str, Any], scope: str, text: str) -> dict[str, Any]:
     changed = copy.deepcopy(request)
-    for resource_spans in changed["resourceSpans"]:
-        for scope_spans in resource_spans["scopeSpans"]:
-            if scope_spans["scope"]["name"] == scope:
-                for span in scope_spans["spans"]:
-                    for attribute in span["attributes"]:
-                        if attribute["key"] == "llm.input_messages.0.message.content":
-                            attribute["value"] = {"stringValue": text}
+    for span in _scope_spans(changed, scope):
+        for attribute in span["attributes"]:
+            if attribute["key"] == "llm.input_messages.0.message.content":
+                attribute["value"] = {"stringValue": text}
     return changed
 
 

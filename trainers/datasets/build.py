@@ -39,7 +39,7 @@ from ee_middleware._toml import build_config, layered_values
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
-from ee_middleware.messages import with_decoded_arguments
+from ee_middleware.messages import content_to_text, with_decoded_arguments
 from ee_middleware.models.urls import shown_spec
 from ee_middleware.records import SANDBOX_FAILURES
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
@@ -373,10 +373,9 @@ def publish(staging: Path, out: Path) -> list[str]:
     """Move the dataset files written in ``staging`` into ``out`` (and ``out/heldout``) and remove the
     dataset files (:data:`KINDS`) of an earlier build there that this one did not write (where the folder held a build,
     or the file says a build wrote it: files of those names that are not, a user's table, stay), so that the folder holds
-    one build; the removed files' paths
-    relative to ``out``. The earlier ``datasets.json``
-    goes first: a build killed while it moves files leaves no description of a build the folder no
-    longer holds. Other files (an ``em.parquet``, a user's notes) stay."""
+    one build; the removed files' paths relative to ``out``. The earlier ``datasets.json`` goes first: a build killed
+    while it moves files leaves no description of a build the folder no longer holds. Other files (an ``em.parquet``, a
+    user's notes) stay."""
     built_here = (out / "datasets.json").is_file()  # the folder held a build: its files are a build's, of any version
     (out / "datasets.json").unlink(missing_ok=True)
     removed = []
@@ -780,8 +779,6 @@ def _calls_answered(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``messages`` where every tool call but the last message's is answered, as OpenAI's chat format requires: an
     assistant message whose calls another message follows before any tool message answers them (IWM's proposed call,
     then the instruction to predict its result) says its calls in its text instead (``Calling lookup(...)``)."""
-    from ee_middleware.messages import content_to_text
-
     out = []
     for n, message in enumerate(messages):
         calls = message.get("tool_calls") if message.get("role") == "assistant" else None

@@ -41,8 +41,8 @@ from ee_middleware.capture.redaction import PLACEHOLDER, Redactor
 REDACTION_METADATA_KEY = "ee.redaction"
 """Parquet metadata of a dataset file: the redaction rules it was built with (JSON), for its exports."""
 
-_TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):[0-9a-f]{8}\]")
-_TAG = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):([0-9a-f]{8})\]")
+_TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):([0-9a-f]{8})\]")
+"""A pseudonym: ``[REDACTED:kind:tag]``, the kind and the value's tag."""
 
 
 def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -65,8 +65,8 @@ def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.D
         shown = f"{prompt}\n{tools[i] or ''}"  # what the model is given: the conversation and the tools offered
         # one value is one tag whichever rule named its kind ("my password is X" -> password, {"password": X} -> secret):
         # a target's pseudonym shown under another kind is that value, written as the row shows it (copied, not renamed)
-        as_shown = {m.group(2): m.group(0) for m in reversed(list(_TAG.finditer(shown)))}
-        aligned = _TAG.sub(
+        as_shown = {m.group(2): m.group(0) for m in reversed(list(_TAGGED.finditer(shown)))}
+        aligned = _TAGGED.sub(
             lambda m, seen=shown, kinds=as_shown: m.group(0) if m.group(0) in seen else kinds.get(m.group(2), m.group(0)), completion
         )
         written_as_shown = aligned != completion

@@ -59,7 +59,8 @@ HELDOUT_DIR = "heldout"
 
 UNIT_COLUMNS = ("id", "app", "thread_id", "task", "started_at", "ended_at", "trace_id", "final_answer")
 """The columns of the trajectories table the units are drawn from (:func:`recorded_units`), with ``parent``: the
-trajectory a curriculum trajectory's task is a variant of (:func:`curriculum_parents`; null for the others)."""
+trajectory a curriculum trajectory's task is a variant of (:func:`curriculum_parents`), and ``nested_in``: the run whose
+tool invoked it (:func:`nested_runs`; both null for the others)."""
 
 SAME_TASK = "same_task"
 """Why a trajectory was added to the held-out side: it asks a held-out trajectory's task (its rows repeat held-out examples)."""
@@ -323,8 +324,9 @@ def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataF
 
 
 def recorded_units(store: Any) -> pl.DataFrame:
-    """:data:`UNIT_COLUMNS` and ``parent`` of every trajectory ``store`` holds (any review status, any app): what the units
-    are drawn over. Read without messages, steps or rollouts where the store can (``trajectory_index``)."""
+    """:data:`UNIT_COLUMNS`, ``parent`` and ``nested_in`` of every trajectory ``store`` holds (any review status, any
+    app): what the units are drawn over. Read without steps or rollouts where the store can (``trajectory_index``), and
+    messages only of the runs that may have invoked another (:func:`nested_runs`)."""
     frame = store.trajectory_index(list(UNIT_COLUMNS)) if hasattr(store, "trajectory_index") else store.trajectories()
     units = _unit_columns(frame).drop("parent", "nested_in")
     units = units.join(curriculum_parents(store), on="id", how="left", maintain_order="left")
@@ -610,7 +612,7 @@ class _Units:
 
 
 def _unit_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame``'s :data:`UNIT_COLUMNS` and ``parent`` (a missing one as nulls), one row per id."""
+    """``frame``'s :data:`UNIT_COLUMNS`, ``parent`` and ``nested_in`` (a missing one as nulls), one row per id."""
     columns = [
         pl.col(c).cast(pl.String) if c in frame.columns else pl.lit(None, dtype=pl.String).alias(c)
         for c in (*UNIT_COLUMNS, "parent", "nested_in")
