@@ -431,6 +431,19 @@ def positive_seconds(value: float | None) -> float | None:
     return value
 
 
+def output_folder(value: Path) -> Path:
+    """An ``--out FOLDER`` option's callback: a path that is, or can become, a folder; a file there (or a file where
+    a folder above it should be) is a usage error before any work, not after it (an eval's predictions, a teacher's
+    answers: minutes to hours on CPU)."""
+    for part in (value, *value.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "" if part == value else f": {part} above it is a file"
+                raise typer.BadParameter(f"{value} is no folder{where}; choose another path, or move the file away.")
+            break
+    return value
+
+
 _HIDDEN_EFFECT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 """Characters a terminal acts on rather than shows, or shows as nothing: C0 and C1 controls but newline and tab (ESC
 starts sequences that recolour, clear or overwrite the screen, set the window title or write the clipboard; C1 CSI and

@@ -193,7 +193,14 @@ def build(
             f"({', '.join(stale)}): the folder holds this build only"
         )
     synthetic = summary.get("synthetic_tasks")
-    if synthetic:
+    if synthetic and synthetic["max_share"] is None:
+        out_console.print(
+            f"synthetic tasks (source={synthetic['source']}): {synthetic['synthetic_trajectories']} trajectories rolled out on "
+            f"generated tasks beside {synthetic['real_trajectories']} real ones"
+            + (" in training" if synthetic.get("heldout") else "")
+            + ", all used (cap them with --max-synthetic-share)"
+        )
+    elif synthetic:
         out_console.print(
             f"synthetic tasks (source={synthetic['source']}): kept {synthetic['kept']} of {synthetic['synthetic_trajectories']} "
             f"trajectories beside {synthetic['real_trajectories']} real ones (max share {synthetic['max_share']}), "

@@ -18,6 +18,7 @@ from ee_middleware.cli.common import (
     examples,
     library_bars_off,
     open_existing_store,
+    output_folder,
     positive_seconds,
     print_json,
     progress_console,
@@ -29,6 +30,13 @@ RetrieverOption = typer.Option(
     "bm25",
     "--retriever",
     help="How the replay buffer is searched: bm25 (built in), bm25s (pip install 'ee-middleware[experience]'), module:factory or an entry point.",
+)
+
+AppOption = typer.Option(
+    None,
+    "--app",
+    help="Only trajectories of this app (a store holding several): held out, indexed and built from, as 'ee datasets build "
+    "--app' and 'ee replay run --app' read them.",
 )
 
 TIMEOUT_KNOB = "`--timeout N`"
@@ -60,6 +68,7 @@ def eval_cmd(
         "served alias): adds the 'retrieval+trained' variant.",
     ),
     store: str = StoreOption,
+    app_name: str | None = AppOption,
     held_out: float = typer.Option(
         0.2,
         "--held-out",
@@ -78,6 +87,7 @@ def eval_cmd(
     out: Path = typer.Option(
         Path("experience-eval"),
         "--out",
+        callback=output_folder,
         help="Folder for report.json and fidelity.png; an eval that ends in an error writes neither (a report already there is kept).",
     ),
     as_json: bool = JsonOption,
@@ -100,10 +110,12 @@ def eval_cmd(
 
     opened = open_existing_store(store)
     with reading_store(allow_partial=allow_partial):  # a split of part of the store would measure the model on part of it
-        split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever)
+        split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever, app=app_name)
     if not split.held_out:
         raise typer.BadParameter(
-            "No held-out transition: the store needs at least two approved trajectories with tool calls.", param_hint="--store"
+            "No held-out transition: the store needs at least two approved trajectories with tool calls"
+            + (f" of the app {app_name!r}{_other_apps(opened, app_name)}." if app_name is not None else "."),
+            param_hint="--app" if app_name is not None else "--store",
         )
     if not len(split.index):
         raise all_held_out(
@@ -141,6 +153,7 @@ def eval_cmd(
                 sandbox.close()
     import json
 
+    report["app"] = app_name
     report["advice"] = prediction_advice(report, max_tokens)
     error = None  # or: a model that answered no prediction (each request refused, or each answer no completion)
     down = unanswered(report)
@@ -167,7 +180,10 @@ def eval_cmd(
 @app.command("dataset", epilog=examples("ee experience dataset --store ./experience --out ./em-data"))
 def dataset_cmd(
     store: str = StoreOption,
-    out: Path = typer.Option(..., "--out", help="Folder for em.parquet (train on it with 'ee train --schedule experience-model')."),
+    app_name: str | None = AppOption,
+    out: Path = typer.Option(
+        ..., "--out", callback=output_folder, help="Folder for em.parquet (train on it with 'ee train --schedule experience-model')."
+    ),
     teacher: str = typer.Option("template", "--teacher", help="Who writes the reasoning: template, local:DIR, openai:BASE_URL#MODEL."),
     held_out: float = typer.Option(
         0.2,
@@ -211,7 +227,7 @@ def dataset_cmd(
             # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
             with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
                 # the split eval makes (same share and seed): to tell a share that holds out everything from a bare store
-                split = split_store(opened, share=held_out, seed=seed, retriever=retriever)
+                split = split_store(opened, share=held_out, seed=seed, retriever=retriever, app=app_name)
                 frame = build_em(
                     opened,
                     held_out=held_out,
@@ -222,6 +238,7 @@ def dataset_cmd(
                     retriever=retriever,
                     on_progress=on_progress,
                     split=split,
+                    app=app_name,
                 )
         finally:
             if client is not None:
@@ -235,9 +252,11 @@ def dataset_cmd(
         )
     if frame.height == 0:
         raise typer.BadParameter(
-            "No real transition of an approved trajectory outside the held-out share: record or approve more trajectories "
-            "(pending ones wait for 'ee traces approve').",
-            param_hint="--store",
+            "No real transition of an approved trajectory"
+            + (f" of the app {app_name!r}" if app_name is not None else "")
+            + " outside the held-out share: record or approve more trajectories (pending ones wait for 'ee traces approve')"
+            + (f"{_other_apps(opened, app_name)}." if app_name is not None else "."),
+            param_hint="--app" if app_name is not None else "--store",
         )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_parquet(frame, out / "em.parquet")  # a full disk, a file-size limit: an OSError naming em.parquet
@@ -248,6 +267,7 @@ def dataset_cmd(
         "teacher": teacher,
         "held_out": held_out,
         "seed": seed,
+        "app": app_name,
         "flagged": flagged,
     }
     if as_json:
@@ -279,6 +299,14 @@ def prediction_advice(report: dict[str, Any], max_tokens: int) -> list[str]:
         "untrained base model rarely does: train one on `ee experience dataset`'s rows with `ee train --schedule "
         "experience-model`, and measure it with --trained)."
     ]
+
+
+def _other_apps(store: Any, app: str) -> str:
+    """The apps ``store`` holds approved trajectories of, when ``app`` is none of them (a misspelt ``--app``)."""
+    apps = sorted({str(a) for a in store.trajectories(status="approved")["app"].to_list() if a is not None})
+    if app in apps or not apps:
+        return ""
+    return f" (the store's approved trajectories are of: {', '.join(apps[:10])}{', ...' if len(apps) > 10 else ''})"
 
 
 def all_held_out(share: float, held: int, consequence: str) -> typer.BadParameter:

@@ -245,10 +245,13 @@ class ReplayConfig(BaseModel):
         return self.sandbox.strip().startswith("experience:")
 
     def sandbox_factory_options(self) -> dict[str, Any]:
-        """:attr:`sandbox_settings`, plus the store for an experience sandbox (its replay buffer)."""
+        """:attr:`sandbox_settings`, plus the store for an experience sandbox (its replay buffer) and, where the job
+        replays one app, that app (the buffer holds its transitions alone, as its datasets do)."""
         options = dict(self.sandbox_settings)
         if self.experience_sandbox:
             options.setdefault("store", str(self.store))
+            if self.app is not None:
+                options.setdefault("app", self.app)
         return options
 
     @property

@@ -62,6 +62,7 @@ from ee_middleware.replay.retrieval import (
     Retriever,
     Transition,
     TransitionIndex,
+    approved_trajectories,
     buffer_transitions,
     expert_transitions,
     words,
@@ -169,12 +170,19 @@ class HeldOutSplit:
 
 
 def split_store(
-    store: Any, *, share: float = 0.2, seed: int = 0, limit: int | None = None, retriever: str | Retriever | None = None
+    store: Any,
+    *,
+    share: float = 0.2,
+    seed: int = 0,
+    limit: int | None = None,
+    retriever: str | Retriever | None = None,
+    app: str | None = None,
 ) -> HeldOutSplit:
     """Hold out ``share`` of the store's approved trajectories (at least one) and index the real transitions of the rest
     (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`). Pending and rejected trajectories
-    are neither held out nor indexed: only what was approved for training is."""
-    approved = list(store.iter_trajectories(status="approved"))  # what training may use, as dataset builds read
+    are neither held out nor indexed: only what was approved for training is. ``app``: only that app's trajectories are
+    held out or indexed (a store holding several apps)."""
+    approved = approved_trajectories(store, app)
     # the expert steps a build teaches: none a paused run's resumed run holds too, nor after its call awaiting review
     taught = expert_transitions(approved)
     trajectories = [t for t in approved if taught[t.id]]  # held out only where there is something to predict

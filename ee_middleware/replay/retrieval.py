@@ -285,6 +285,12 @@ def paused_steps_left_out(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
     return paused_turn_steps(runs_frame, steps_frame, pl.col("observed"))
 
 
+def approved_trajectories(store: Any, app: str | None = None) -> list[Trajectory]:
+    """The store's approved trajectories (what training may use, as dataset builds read), of ``app`` only when given: an
+    experience model for one app is grounded, trained and measured on that app's tools alone, as its datasets are."""
+    return [t for t in store.iter_trajectories(status="approved") if app is None or t.app == app]
+
+
 def expert_transitions(trajectories: Sequence[Trajectory]) -> dict[str, list[Transition]]:
     """Each trajectory's expert transitions (:func:`trajectory_transitions`) that dataset builds teach, by trajectory id:
     none of a paused or cancelled run's steps they leave out (:func:`paused_steps_left_out`: after its call awaiting
@@ -520,7 +526,7 @@ class TransitionIndex:
             self.retriever.add([t.search_text for t in new])
         return len(new)
 
-    def refresh(self, store: Any) -> int:
+    def refresh(self, store: Any, *, app: str | None = None) -> int:
         """Add the store's real transitions not indexed yet; how many. Only approved trajectories are read, as dataset
         builds read them: pending ones wait for their review (and are indexed once approved), rejected ones are left
         out, also when they were rejected after they were indexed (and come back when approved again); so are the rollouts a
@@ -528,10 +534,11 @@ class TransitionIndex:
         ``ee replay run --again`` once its sandbox was fixed; a replay's fidelity mismatches; a paused run's states
         after its call awaiting review, and its turn's calls the resumed run holds), also when the replay was
         superseded or its mismatches recorded after they were indexed; and, as builds, rollouts the sandbox answered
-        for a redaction placeholder replay could not restore (:func:`rollout_transition`)."""
+        for a redaction placeholder replay could not restore (:func:`rollout_transition`). ``app``: only that app's
+        trajectories (the replay job's ``--app``)."""
         trajectories: dict[str, Trajectory] = {}
         fresh: list[Transition] = []
-        for trajectory in store.iter_trajectories(status="approved"):
+        for trajectory in approved_trajectories(store, app):
             trajectories[trajectory.id] = trajectory
             if trajectory.id not in self._seen_trajectories:
                 self._seen_trajectories.add(trajectory.id)

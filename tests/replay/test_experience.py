@@ -424,6 +424,16 @@ def test_replay_through_the_experience_model_stores_synthetic_rollouts_with_thei
     store.close()
 
 
+def test_a_rollout_the_real_sandbox_answered_is_stored_under_its_kind(bfcl_store_path: Path, serve: Any) -> None:
+    """With ``real = "bfcl"`` the branches BFCL's backends ran were stored as ``sandbox="experience"`` (``synthetic``
+    told them apart, the sandbox kind did not)."""
+    model = serve(copy_first_example)
+    _, outcome = _replay(bfcl_store_path, ExperienceSandbox(model.spec, store=str(bfcl_store_path), real="bfcl"))
+    assert outcome.rollouts and not model.requests, "the real sandbox covers every BFCL tool: nothing predicted"
+    assert {(r.sandbox, r.synthetic) for r in outcome.rollouts} == {("bfcl", False)}
+    assert outcome.record.sandbox == "experience", "the replay's record keeps the sandbox the job was given"
+
+
 def test_replay_never_stores_garbage_predictions_and_says_why(bfcl_store_path: Path, serve: Any) -> None:
     model = serve(lambda messages: "The tool probably works." if len(messages) else "")
     _, outcome = _replay(bfcl_store_path, ExperienceSandbox(model.spec, store=str(bfcl_store_path)))

@@ -227,7 +227,9 @@ def build_datasets(
     if split is not None:
         index, heldout_index = index.subset(split.train), index.subset(split.heldout)
     synthetic: dict[str, Any] | None = None
-    if config.max_synthetic_share is not None:  # a cap on what is trained on: after the split, over the training side
+    # a cap on what is trained on: after the split, over the training side; without one, trajectories of generated tasks
+    # in the source are still counted, so a dataset says how much of it is the policy's own rollouts on them
+    if config.max_synthetic_share is not None or index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE).height:
         index, synthetic = cap_synthetic_tasks(index, config.max_synthetic_share, config.seed)
         if heldout_index is not None:
             held_synthetic = heldout_index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE).height
@@ -510,15 +512,15 @@ def tool_schemas_missing(index: SourceIndex, files: dict[str, Path]) -> dict[str
     }
 
 
-def cap_synthetic_tasks(index: SourceIndex, max_share: float, seed: int) -> tuple[SourceIndex, dict[str, Any]]:
+def cap_synthetic_tasks(index: SourceIndex, max_share: float | None, seed: int) -> tuple[SourceIndex, dict[str, Any]]:
     """``index`` with at most ``max_share`` of its trajectories from synthetic tasks (``source =
     curriculum``), and what was kept: at most ``max_share / (1 - max_share)`` of them per real
     trajectory (:func:`~ee_middleware.trainers.datasets.caps.share_cap`), those ranked first by a hash
     of the seed and the id (:func:`synthetic_rank`), so every build of the same store keeps the same
-    ones; adding real trajectories only ever keeps more."""
+    ones; adding real trajectories only ever keeps more. ``max_share`` ``None``: no cap, every one kept and counted."""
     synthetic_ids = index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE)["id"].to_list()
     real = index.trajectories.height - len(synthetic_ids)
-    allowed = share_cap(real, max_share)
+    allowed = None if max_share is None else share_cap(real, max_share)
     ranked = sorted(synthetic_ids, key=lambda i: (synthetic_rank(i, seed), i))
     left_out = set(ranked[allowed:]) if allowed is not None else set()
     info = {

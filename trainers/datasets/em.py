@@ -36,7 +36,7 @@ import polars as pl
 
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.replay.experience_eval import HeldOutSplit, split_store
-from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, expert_transitions
+from ee_middleware.replay.retrieval import DEFAULT_TOP_K, Transition, approved_trajectories, expert_transitions
 from ee_middleware.replay.sandboxes.experience import build_prompt, template_reasoning
 from ee_middleware.trainers.datasets.rows import conform, example_id
 
@@ -297,17 +297,19 @@ def build_em(
     on_progress: Callable[[int, int], None] | None = None,
     retriever: Any = None,
     split: HeldOutSplit | None = None,
+    app: str | None = None,
 ) -> pl.DataFrame:
     """The ``em`` rows of ``store`` (see the module docstring), conforming to the dataset schema; ``retriever``
     searches the replay buffer (see :data:`ee_middleware.replay.retrieval.RETRIEVERS`; ``bm25`` by default).
     ``on_progress(done, total)``: called with ``done`` 0 once the transitions to build are known (``total`` of them),
     then after each row is built (a teacher model answers one request per row), ``done`` ending at ``total``. ``split``:
     the held-out split of ``store`` when the caller made it already (``split_store`` with ``held_out``, ``seed`` and
-    ``retriever``), to tell why no row was built (every trajectory held out, or none to build from)."""
+    ``retriever`` and ``app``), to tell why no row was built (every trajectory held out, or none to build from). ``app``:
+    only that app's trajectories are built from and retrieved (a store holding several apps)."""
     if split is None:
-        split = split_store(store, share=held_out, seed=seed, retriever=retriever)
+        split = split_store(store, share=held_out, seed=seed, retriever=retriever, app=app)
     rows = []
-    approved = list(store.iter_trajectories(status="approved"))
+    approved = approved_trajectories(store, app)
     # as IWM: no paused run's copy of a call its resumed run holds, nor a state after its call awaiting review
     taught = expert_transitions(approved)
     built = [trajectory for trajectory in approved if trajectory.id not in split.held_out_ids]

@@ -385,9 +385,12 @@ def _check_settings(**settings: Any) -> None:
             f"timeout_s must be a finite number of seconds > 0 (per request to the model), got {_shown(timeout_s)}, e.g. "
             "timeout_s = 120, or timeout_s = 3600 for a model that may take very long (there is no 'no limit')."
         )
-    for name in ("real", "fidelity_variant"):
+    for name, example in (
+        ("real", 'real = "bfcl"'),
+        ("fidelity_variant", 'fidelity_variant = "retrieval"'),
+        ("app", 'app = "support-bot"'),
+    ):
         if settings[name] is not None and not isinstance(settings[name], str):
-            example = 'real = "bfcl"' if name == "real" else 'fidelity_variant = "retrieval"'
             raise ValueError(f"{name} must be a string, got {_shown(settings[name])}, e.g. {example}.")
     fidelity = settings["fidelity"]
     if fidelity is not None and not isinstance(fidelity, (str, Path, Mapping)):
@@ -427,6 +430,7 @@ class ExperienceSandbox:
         *,
         client: ChatClient | None = None,
         store: Any = None,
+        app: str | None = None,
         index: TransitionIndex | None = None,
         retriever: str | Retriever | None = None,
         top_k: int = DEFAULT_TOP_K,
@@ -450,6 +454,7 @@ class ExperienceSandbox:
             refresh_s=refresh_s,
             timeout_s=timeout_s,
             real=real,
+            app=app,
             fidelity=fidelity,
             fidelity_variant=fidelity_variant,
             exclude_trajectories=exclude_trajectories,
@@ -461,6 +466,7 @@ class ExperienceSandbox:
         self.model = shown_spec(model) if model else str(getattr(client, "model", "client"))
         self._client = client
         self._store_spec = store
+        self.app = app
         self._index = index
         self._retriever = build_retriever(retriever) if index is None else None  # an unknown one or a missing extra fails here
         self.top_k = top_k
@@ -515,7 +521,7 @@ class ExperienceSandbox:
 
             self._owns_store = isinstance(self._store_spec, (str, Path))
             self._store = open_store(self._store_spec, create=False) if self._owns_store else self._store_spec
-        self._index.refresh(self._store)
+        self._index.refresh(self._store, app=self.app)
         self._refreshed_at = time.monotonic()
 
     # -- the protocol ----------------------------------------------------------------------------
@@ -628,6 +634,12 @@ class ExperienceSandbox:
     def provenance(self) -> dict[str, Any] | None:
         """The lineage of the last :meth:`execute`'s observation when the model wrote it; ``None`` when it is real."""
         return None if self._provenance is None else dict(self._provenance)
+
+    @property
+    def real_kind(self) -> str | None:
+        """The kind of the real sandbox (``real``) that runs the tools it covers, whose observations are real (a rollout
+        it answered is stored under its kind, not ``experience``); ``None`` without one."""
+        return self._real.kind if self._real is not None else None
 
     def snapshot(self) -> Any:
         self._check_open()

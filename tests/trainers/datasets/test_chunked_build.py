@@ -147,7 +147,20 @@ def test_max_synthetic_share_caps_curriculum_trajectories_chosen_by_seed(bfcl_st
         return json.loads((out / "datasets.json").read_text()), ids & set(synthetic)
 
     summary, kept = build("uncapped")
-    assert kept == set(synthetic) and "synthetic_tasks" not in summary and summary["config"]["max_synthetic_share"] is None
+    assert kept == set(synthetic) and summary["config"]["max_synthetic_share"] is None
+    # without a cap they are still counted: a dataset says how much of it is rollouts on generated tasks
+    assert summary["synthetic_tasks"] == {
+        "source": "curriculum",
+        "max_share": None,
+        "synthetic_trajectories": len(synthetic),
+        "kept": len(synthetic),
+        "left_out": 0,
+        "real_trajectories": real,
+    }
+    said = CliRunner().invoke(app, ["datasets", "build", "--store", str(bfcl_store_path), "--out", str(tmp_path / "told"), "--kinds", "il"])
+    assert said.exit_code == 0 and f"{len(synthetic)} trajectories rolled out on generated tasks beside {real} real" in " ".join(
+        said.output.split()
+    ), said.output
 
     summary, kept = build("capped", "--max-synthetic-share", "0.25", "--seed", "7")
     allowed = int(0.25 / 0.75 * real)
