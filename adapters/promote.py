@@ -62,13 +62,9 @@ A plug-in registry gets the same guarantee by offering ``operation(doing, by=, o
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ee_middleware.adapters.errors import (
@@ -87,6 +83,7 @@ from ee_middleware.adapters.records import AdapterRecord, Status, check_register
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.backend import ServingBackend, Verification, rank_advice
 from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
+from ee_middleware.models.bases import same_base as same_base  # (the rendering check's import)
 
 Progress = Callable[[str], None]
 
@@ -369,59 +366,6 @@ def check_served_bases(registry: AdapterRegistry, record: AdapterRecord, replica
             f"{registry.resolve(record.app) or 'the base model'}. Promote it into servers started with --base {record.base_model}, "
             "or train it on the base the servers hold."
         )
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HUB_CACHE = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)(?:/|$)")
-
-
-def same_base(trained_on: str, served: str) -> bool | None:
-    """Whether an adapter trained on ``trained_on`` runs on a server's base ``served``: True for the same name (a folder
-    as its resolved path) or two folders here holding the same model (a copy: same config, same weight files' sizes and
-    first and last MiB); False for two different folders here, or two different hub ids (a Hugging Face cache folder
-    counts as its hub id); None when the names cannot tell (a hub id against a folder, a folder on another machine)."""
-    ours, theirs = normalize_base(trained_on), normalize_base(served)
-    if ours == theirs:
-        return True
-    if os.path.isabs(ours) and os.path.isabs(theirs) and Path(ours).is_dir() and Path(theirs).is_dir():
-        try:
-            return _model_fingerprint(Path(ours)) == _model_fingerprint(Path(theirs))
-        except OSError:  # a folder this process may not read: the names alone cannot tell
-            return None
-    hub_ours, hub_theirs = _hub_id(ours), _hub_id(theirs)
-    if hub_ours and hub_theirs:
-        return hub_ours.lower() == hub_theirs.lower()
-    return None
-
-
-def _hub_id(base: str) -> str | None:
-    """The Hugging Face hub id ``base`` names: ``ORG/NAME`` itself (not a folder here), or the one of a hub cache folder
-    (``.../models--ORG--NAME/snapshots/...``)."""
-    cached = _HUB_CACHE.search(base)
-    if cached:
-        return f"{cached[1]}/{cached[2]}"
-    if _HUB_ID.match(base) and not Path(base).exists():
-        return base
-    return None
-
-
-def _model_fingerprint(folder: Path) -> tuple[Any, ...]:
-    """What tells a model folder's model apart cheaply: its config, and per weight file its name, size and a hash of its
-    first and last MiB (copies of one model agree; two trainings of one architecture differ in their weights)."""
-    config = (folder / "config.json").read_bytes() if (folder / "config.json").is_file() else b""
-    parts = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix not in (".safetensors", ".bin", ".pt", ".gguf") or not path.is_file():
-            continue
-        size = path.stat().st_size
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            digest.update(handle.read(1 << 20))
-            if size > 2 << 20:
-                handle.seek(size - (1 << 20))
-                digest.update(handle.read(1 << 20))
-        parts.append((path.name, size, digest.hexdigest()))
-    return config, tuple(parts)
 
 
 def _check_ranks(registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend], *, say: Progress) -> None:

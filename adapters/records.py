@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware.adapters.errors import AdapterFilesError, RegistryError
+from ee_middleware.models.bases import normalize_base as normalize_base  # (the registry's and promote's import)
 
 RECORD_SCHEMA_VERSION = 1
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -95,15 +96,6 @@ def check_app_name(app: str) -> str:
             "(it becomes part of every adapter name and of the served model name), e.g. --app support-bot."
         )
     return app
-
-
-def normalize_base(value: str) -> str:
-    """A base model's identity for comparisons: a local folder as its resolved path, anything else as given."""
-    path = Path(value).expanduser()
-    try:
-        return str(path.resolve()) if path.exists() else value.rstrip("/")
-    except OSError:
-        return value
 
 
 def inspect_adapter(folder: str | Path) -> AdapterFiles:

@@ -165,6 +165,7 @@ RESULT_COLUMNS = (
     "request_refused",
     "server_refused",
     "served_model",
+    "task_digest",
 )
 """The columns of a run's results.parquet the gate reads (all but ``suite``, ``task_id`` and ``success`` where the run
 has them)."""
@@ -368,6 +369,10 @@ def gate(
     A run whose answers came from more than one served model (a run through a router's alias resumed after a promote)
     is refused, unless ``allow_mixed_models`` (then a note names them)."""
     results = {"candidate": _finished_results(candidate_dir), "baseline": _finished_results(baseline_dir)}  # each file read once
+    digests = {
+        "candidate": _task_digests(results["candidate"], candidate_dir),
+        "baseline": _task_digests(results["baseline"], baseline_dir),
+    }
     (candidate, candidate_trials), (baseline, baseline_trials) = _outcomes(results["candidate"]), _outcomes(results["baseline"])
     why = _failure_reasons(results["candidate"])
     cut = {role: _cut_answers(frame) for role, frame in results.items()}
@@ -437,6 +442,14 @@ def gate(
         result = compare(suite, candidate[suite], baseline[suite], why.get(suite, {}))
         result = replace(result, candidate_cut_answers=cut["candidate"].get(suite, 0), baseline_cut_answers=cut["baseline"].get(suite, 0))
         comparisons.append(result)
+        edited = _other_tasks_of_one_id(digests["candidate"].get(suite, {}), digests["baseline"].get(suite, {}))
+        if edited:  # a task file, its data or a checkout changed between the runs: the delta would measure that change
+            reasons.append(
+                f"{suite}: {len(edited)} task(s) of the same id are other tasks in the two runs ({_some(edited)}): their inputs, "
+                "expected outputs or world differ (the suite's task file, data or checkout changed between the runs), so the "
+                "delta would measure that change, not the model; run both on the same tasks (the baseline again, into a new "
+                "--out, on the tasks as they are now)"
+            )
         if candidate_trials[suite] != baseline_trials[suite]:  # pass^3 is harder than pass^1: the delta would measure k, not the model
             reasons.append(
                 f"{suite}: the candidate ran {candidate_trials[suite]} trial(s) per task and the baseline {baseline_trials[suite]}, "
@@ -471,6 +484,34 @@ def gate(
         notes=_notes(overall, policy) + _cut_notes(comparisons) + _died_notes(died) + mixed_notes,
         served_models=served,
     )
+
+
+def _task_digests(frame: Any, run_dir: str | os.PathLike[str]) -> dict[str, dict[str, set[str]]]:
+    """suite -> task id -> the digests of what the task was (:func:`~ee_middleware.evals.runner.task_digest`) its trials
+    recorded: from results.parquet, or for a run written before it held them, from its journal (results.jsonl); a trial
+    that recorded none (an older version's) tells nothing."""
+    import polars as pl
+
+    from ee_middleware.evals.runner import JOURNAL, read_journal
+
+    if "task_digest" in frame.columns:
+        rows = frame.filter(pl.col("task_digest").is_not_null()).select("suite", "task_id", "task_digest").iter_rows()
+    else:
+        rows = ((r.get("suite"), r.get("task_id"), r.get("task_digest")) for r in read_journal(Path(run_dir) / JOURNAL))
+    out: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for suite, task_id, digest in rows:
+        if isinstance(digest, str) and digest:
+            out[str(suite)][str(task_id)].add(digest)
+    return out
+
+
+def _other_tasks_of_one_id(candidate: Mapping[str, set[str]], baseline: Mapping[str, set[str]]) -> list[str]:
+    """The ids both runs hold whose recorded task digests have none in common: not the same task under one id."""
+    return sorted(t for t in set(candidate) & set(baseline) if not candidate[t] & baseline[t])
+
+
+def _some(ids: list[str], shown: int = 5) -> str:
+    return ", ".join(ids[:shown]) + (f", ... and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def _served_models(frame: Any) -> dict[str, int]:
@@ -814,16 +855,21 @@ def _notes(overall: SuiteComparison | None, policy: GatePolicy) -> list[str]:
     if overall is None or not overall.tasks:
         return []
     interval = f"95% CI [{100 * overall.ci_low:+.1f}, {100 * overall.ci_high:+.1f}] points"
+    tie = (
+        f"a tie passes while min_improvement is {policy.min_improvement:g}"
+        if policy.min_improvement <= 0
+        else f"a tie fails while min_improvement is {policy.min_improvement:g}"
+    )
     if overall.candidate_only == overall.baseline_only == 0:
         return [
             f"no task changed outcome: both pass {overall.both} of {overall.tasks} paired task(s), so the runs cannot tell the "
-            f"models apart ({interval}); a tie passes while min_improvement is {policy.min_improvement:g}"
+            f"models apart ({interval}); {tie}"
         ]
     if overall.candidate_only == overall.baseline_only:  # a tie by offsetting changes: the same score, other tasks
         return [
             f"a tie: the candidate gained {overall.candidate_only} task(s) and lost as many ({overall.tasks} paired; McNemar "
             f"p = {overall.p_value:.3g}), so the runs cannot tell the models apart ({interval}), though they differ on those "
-            f"tasks (see each suite's regressed and improved); a tie passes while min_improvement is {policy.min_improvement:g}"
+            f"tasks (see each suite's regressed and improved); {tie}"
         ]
     if overall.delta > 0 and overall.p_value >= policy.alpha and not policy.require_significant:
         return [

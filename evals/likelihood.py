@@ -159,7 +159,15 @@ def score_likelihood(
 
     A state whose expert action alone takes ``max_length`` tokens or more (or renders to none) is left out, as training
     leaves such a row out; every score counts them (:func:`left_out_text` says it in words). Each adapter is named by
-    :func:`adapter_labels`."""
+    :func:`adapter_labels`. An adapter trained on another base than ``base`` (:func:`~ee_middleware.models.bases.same_base`:
+    other weights or config) is a :class:`ModelLoadError` naming both, before the model is loaded: it would score a
+    model nobody trained (``ee adapters promote`` refuses the same pairing)."""
+    from ee_middleware.models.bases import other_base_problem
+
+    for adapter in adapters:
+        problem = other_base_problem(adapter, base)
+        if problem is not None:
+            raise ModelLoadError(f"Cannot score {adapter} on {base}: {problem}.")
     torch = import_optional("torch", extra="train", purpose=_PURPOSE)
     if num_threads is not None:
         torch.set_num_threads(num_threads)

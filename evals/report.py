@@ -209,6 +209,7 @@ _SCHEMA = {
     "details": str,
     "cut_answers": int,
     "text_calls": int,
+    "task_digest": str,
 }
 
 

@@ -175,11 +175,10 @@ def run_cmd(
             if text:
                 typer.echo(text, err=True)
     else:
-        _print_summary(out_console, summary, Path(job.out), "\n".join(warnings), cut, text_calls, mixed)
+        _print_summary(out_console, summary, Path(job.out), "", cut, text_calls, mixed)
     if warnings:  # an incomplete run, or one that measured no model: a script or CI step must not read it as done
-        if as_json:
-            for text in warnings:
-                typer.echo(f"error: {text.removeprefix('Warning: ')}", err=True)
+        for text in warnings:  # (the table's form too: a CI log that keeps stderr alone shows why it failed)
+            typer.secho(f"error: {text.removeprefix('Warning: ')}", err=True, fg="red")
         raise typer.Exit(1)
 
 
@@ -209,15 +208,18 @@ def _say_interrupted(job: Any, signal_name: str, counted: dict[str, tuple[int, i
     )
 
 
-def never_answered_warning(summary: list[dict[str, Any]], limit: int = 300) -> str:
+def never_answered_warning(summary: list[dict[str, Any]], limit: int = 600) -> str:
     """A warning naming the suites in which the model never answered (``never_answered`` in the summary of
-    :func:`~ee_middleware.evals.runner.run_eval`), with each one's first reason; "" when it answered in every suite."""
+    :func:`~ee_middleware.evals.runner.run_eval`), with each one's first reason; "" when it answered in every suite. A
+    reason over ``limit`` characters keeps its start and its end (where it says what to fix), cut in the middle (a
+    server's long answer quoted)."""
     silent = [s for s in summary if s.get("never_answered")]
     if not silent:
         return ""
+    half = limit // 2
     where = "; ".join(
         f"{s['suite']}: all {s['runs']} task trial(s), the first: "
-        + (s["never_answered"] if len(s["never_answered"]) <= limit else s["never_answered"][:limit] + "...")
+        + (s["never_answered"] if len(s["never_answered"]) <= limit else f"{s['never_answered'][:half]} ... {s['never_answered'][-half:]}")
         for s in silent
     )
     return (

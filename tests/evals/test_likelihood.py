@@ -190,3 +190,21 @@ def test_a_max_length_beyond_the_bases_context_is_refused_before_the_model_loads
     save_metadata_gguf(tmp_path / "m.gguf", context_length=48)  # loading it would fail: the check comes first
     with pytest.raises(ConfigError, match=r"\(48 tokens: llama.context_length in .*m.gguf\)\. Set --max-length to 48 or less"):
         score_likelihood(states, tmp_path / "m.gguf", max_length=1024)
+
+
+def test_an_adapter_trained_on_another_base_is_refused_naming_both(
+    base_dir: Path, heldout_dir: Path, zero_adapter: Path, tmp_path: Path
+) -> None:
+    """Another base of the same shapes (other weights): the adapter loaded and was scored as a model nobody trained, with
+    no word (ee adapters promote refuses the same pairing). A copy of the base is the same model, and scores as before."""
+    import shutil
+
+    other = save_tiny_llama(tmp_path / "other", build_tokenizer(TOOL_CHAT_TEMPLATE), seed=1)
+    args = ["eval", "likelihood", "--data", str(heldout_dir), "--base", str(other), "--adapter", str(zero_adapter), "--limit", "2"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code != 0, result.output
+    said = " ".join(result.output.split())
+    assert f"trained on base model {base_dir}, not on {other}" in said and f"Use --base {base_dir}" in said, said
+    copy = shutil.copytree(base_dir, tmp_path / "copy")
+    _, zero = report(score_likelihood(load_heldout(heldout_dir)[:2], copy, [zero_adapter], max_length=256))
+    assert abs(zero["paired_diff"]) < 1e-5

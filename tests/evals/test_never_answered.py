@@ -145,7 +145,18 @@ def test_ee_eval_run_exits_1_naming_a_suite_its_model_never_answered(tmp_path: P
     assert json.loads(result.stdout)["never_answered"].startswith("the model client raised RuntimeError: no credentials")
     assert "error: the model never answered in 1 suite(s)" in result.stderr and "bfcl:irrelevance: all 4 task trial(s)" in result.stderr
     table = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
-    assert table.exit_code == 1 and "Warning: the model never answered" in " ".join(table.stdout.split())
+    assert table.exit_code == 1 and "Warning: the model never answered" not in table.stdout
+    # the table's form says it on stderr too, as one error line (was: a yellow warning on stdout, nothing on stderr)
+    assert "error: the model never answered in 1 suite(s)" in " ".join(table.stderr.split()), table.stderr
+
+
+def test_a_long_reason_keeps_its_end_where_it_says_what_to_fix() -> None:
+    """A reason quoting a server's long answer was cut at 300 characters, before the fix it ends with."""
+    from ee_middleware.cli.eval_cmds import never_answered_warning
+
+    reason = "HTTP 404: " + "x" * 900 + " and that base_url ends in the API version (/v1)"
+    text = never_answered_warning([{"suite": "s", "runs": 2, "never_answered": reason}])
+    assert "base_url ends in the API version (/v1)" in text and "HTTP 404: xxx" in text and reason not in text
 
 
 @pytest.mark.slow
