@@ -82,6 +82,17 @@ def os_error_advice(exc: OSError, *, output: bool = False) -> str:
             errno.EACCES: "Permission denied: run as a user who may write there, or fix the folder's permissions.",
             errno.EPERM: "Operation not permitted: run as a user who may write there, or fix the folder's permissions.",
         }
+    # the path itself is wrong, not the disk nor the permissions: advice about either would send the user the wrong way
+    advice[errno.EISDIR] = (
+        "A folder is where a file is to be written: name a file (a path inside that folder, or another one), not the folder."
+        if output
+        else "A folder is where a file is expected: move that folder away, or point at the file itself."
+    )
+    advice[errno.ENOTDIR] = (
+        "A part of the path is a file, not a folder: choose a path whose parents are folders."
+        if output
+        else "A part of the path is a file, not a folder: check the path, or move that file away."
+    )
     advice[errno.EFBIG] = (
         "A file-size limit stopped the write (the process's `ulimit -f`, systemd's LimitFSIZE=, or the largest "
         "file the file system holds): raise the limit for this process, then try again."

@@ -2,10 +2,14 @@
 
 ``ee curriculum run tasks.jsonl`` (tasks from ``ee curriculum propose``): for each task, ``k`` times,
 the sandbox is reset to the task's environment reference and the policy runs the one agent loop
-(:func:`ee_middleware.evals.loop.run_conversation`) with the task's tools. A generated task has no
+(:func:`ee_middleware.evals.loop.run_conversation`) with the task's tools, prompted as its parent was (the task's
+``system`` messages, then its instruction). A task whose world the sandbox cannot rebuild, or whose tools it refuses
+(:class:`~ee_middleware.errors.SandboxError` from its reset or ``check_offered_tools``), is skipped with the reason
+(:attr:`CurriculumRun.skipped`) and the others run. A generated task has no
 ground truth, so the outcome is verified by a judge model (DreamGym's outcome reward: the experience
 model, or any chat model) that sees the task and the whole conversation, tool results included, and
-answers ``{"reasoning": ..., "reward": 0 or 1}``. A rollout is kept only when no observation came from an experience model
+answers ``{"reasoning": ..., "reward": 0 or 1}`` (another reward is no verdict: :data:`JUDGE_NOT_BINARY`).
+A rollout is kept only when no observation came from an experience model
 (a trajectory is stored as recorded experience: IL, IWM, SR and the replay buffer read its observations as what the
 tools returned; a model that was asked for one and gave nothing usable counts too), every call it made named a tool the
 task offers (:data:`UNKNOWN_TOOL_DROPPED`: such a call ends the rollout before the sandbox sees it) and one the sandbox
@@ -13,8 +17,11 @@ covers (:data:`UNCOVERED_TOOL_DROPPED`: refused as ``ee replay run`` refuses it,
 :attr:`CurriculumRun.refused_tools`, it ends the rollout too: the sandbox's refusal is no observation production gives,
 and stored it would teach IL, IWM and the experience model that the tool answers so), the loop ended
 without an error, every call the policy wrote could be read (:data:`UNPARSABLE_DROPPED`), it made at least one tool call
-and the judge's reward is 1 (the judge is asked last); it is stored as a trajectory with ``source="curriculum"``,
-``pending`` for approval unless ``approve_if`` accepts it, so it feeds IL/IWM/SR like any other once approved. Its
+and the judge's reward is 1 (the judge is asked last); it is stored as a trajectory with ``source="curriculum"``
+under the task's ``app`` (its parent's: that app's datasets and ``ee improve`` read it; ``app`` of
+:func:`run_curriculum` for a task that names none), its steps as capture records a run's (each tool call, then the
+final reply as an ``answer`` step), ``pending`` for approval unless ``approve_if`` accepts it (one that raises leaves it
+pending: :attr:`CurriculumRun.approve_if_failed`), so it feeds IL/IWM/SR like any other once approved. Its
 environment reference names the task it is a variant of (:func:`~ee_middleware.replay.curriculum.with_parent`), which
 the held-out split follows. Everything else is counted by reason, a judge that failed after its client's retries (timed
 out, a server error) too (:data:`JUDGE_FAILED`): the run goes on.
@@ -35,15 +42,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ee_middleware.errors import ConfigError, ModelError, ModelRequestError
+from ee_middleware.errors import ConfigError, ModelError, ModelRequestError, SandboxError
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
 from ee_middleware.evals.tasks import Step as Answer
-from ee_middleware.messages import message_reasoning
+from ee_middleware.messages import content_to_text, message_reasoning
 from ee_middleware.models.parsing import CALL_FIELDS, CALL_TYPES, MISNAMED_ARGUMENTS, misnamed_arguments, without_reasoning
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
-from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, with_parent, world_environment
+from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, DEFAULT_APP, with_parent, world_environment
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 from ee_middleware.replay.sandboxes.protocol import check_offered_tools
 
@@ -97,6 +104,11 @@ JUDGE_NO_VERDICT = "the judge gave no verdict"
 cut off at ``max_tokens``, while the judge was still reasoning (:meth:`~ee_middleware.models.Choice.cut_while_reasoning`)
 or in its verdict (:data:`JUDGE_CUT`)."""
 
+JUDGE_NOT_BINARY = f"{JUDGE_NO_VERDICT}: its reward was neither 0 nor 1 (it is asked for 1 if the task was accomplished, else 0)"
+"""The reason a rollout is dropped when the judge's reward is a number between 0 and 1 (``0.5``, "partly"): the judge is
+asked for a binary verdict, and a rollout is kept only on a reward of exactly 1; a partial one is no verdict, not a
+success."""
+
 JUDGE_CUT = "the answer was cut off at max_tokens (finish_reason 'length')"
 """In the reason of a judge whose (non-reasoning) answer stopped at ``max_tokens`` before its verdict was complete
 (``the judge gave no verdict: <this>: <the fix>``); one cut off while still reasoning says
@@ -126,6 +138,14 @@ class CurriculumRun:
     refused_tools: Counter[str] = field(default_factory=Counter)
     """Calls the policy made of a tool the sandbox does not cover, by tool (``ee replay run``'s ``refused_tools``): never
     executed; each ended its rollout, dropped as :data:`UNCOVERED_TOOL_DROPPED`."""
+    unknown_tools: Counter[str] = field(default_factory=Counter)
+    """Calls the policy made of a tool the task does not offer, by tool (each ended its rollout: :data:`UNKNOWN_TOOL_DROPPED`)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Tasks not rolled out, by task id: the reason (the sandbox cannot rebuild the task's world, or refuses its tools)."""
+    approve_if_failed: list[str] = field(default_factory=list)
+    """Kept trajectories ``approve_if`` raised on: stored, left pending for a reviewer."""
+    approve_if_error: str | None = None
+    """What ``approve_if`` raised the first time (its error, and where)."""
 
 
 def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
@@ -152,6 +172,18 @@ def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
                 f"tasks line {number}: 'tools' is not a list of tool schemas, each with a name "
                 '({"type": "function", "function": {"name": ..., "parameters": ...}}): '
                 "write tasks with 'ee curriculum propose'."
+            )
+        app = task.get("app")
+        if app is not None and (not isinstance(app, str) or not app.strip()):
+            raise ConfigError(f"tasks line {number}: 'app' is {app!r}, not an app's name (write tasks with 'ee curriculum propose').")
+        system = task.get("system")
+        if system is not None and (
+            not isinstance(system, list)
+            or any(not isinstance(m, dict) or m.get("role") not in ("system", "developer") or "content" not in m for m in system)
+        ):
+            raise ConfigError(
+                f"tasks line {number}: 'system' is not a list of system messages "
+                '([{"role": "system", "content": ...}]): write tasks with \'ee curriculum propose\'.'
             )
         tasks.append(task)
     return tasks
@@ -191,6 +223,8 @@ def judge(
             continue
         reward = data.get("reward") if isinstance(data, dict) else None
         if isinstance(reward, (int, float)) and not isinstance(reward, bool) and 0.0 <= reward <= 1.0:  # (NaN fails both)
+            if reward not in (0, 1):  # asked for 1 or 0: "partly" is no verdict, and never a success
+                return None, JUDGE_NOT_BINARY
             return float(reward), str(data.get("reasoning") or "")
     if choices and choices[0].problem is None and choices[0].finish_reason == "length":
         # a verdict cut short is not a judge that cannot follow the format: the fix is more tokens (or a longer context)
@@ -431,31 +465,45 @@ class _Recording:
 
 
 def to_trajectory(
-    task: dict[str, Any], conversation: Conversation, observations: dict[str, Observation], *, policy: str, trial: int, started: Any
+    task: dict[str, Any],
+    conversation: Conversation,
+    observations: dict[str, Observation],
+    *,
+    policy: str,
+    trial: int,
+    started: Any,
+    app: str = DEFAULT_APP,
 ) -> Trajectory:
     """One rollout as a stored trajectory (``source="curriculum"``, pending; its id: :func:`rollout_id`; ``trial`` is not part
-    of it: two trials that held the same conversation are one trajectory)."""
+    of it: two trials that held the same conversation are one trajectory), under the task's ``app`` (``app`` when it
+    names none).
+
+    Its steps are those capture records for a run: each tool call (the text the policy wrote beside its calls kept with
+    the first of them), and each reply without calls as an ``answer`` step (the final one: what IL teaches the policy to
+    answer after the tools; an empty reply after a tool's result that ended the run too, as the model stopping)."""
     trajectory_id = rollout_id(task, policy, conversation)
     steps: list[Step] = []
-    for position, message in enumerate(conversation.messages):
-        calls = (message.get("tool_calls") or []) if message.get("role") == "assistant" else []
-        for call in calls:
+    messages = conversation.messages
+    for position, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        calls = message.get("tool_calls") or []
+        text = content_to_text(message.get("content"))
+        reasoning = message_reasoning(message)
+        for number, call in enumerate(calls):
             arguments = json.loads(call["function"]["arguments"] or "{}")
             tool_call = ToolCall(id=call["id"], name=call["function"]["name"], arguments=arguments)
+            action = Action(kind="tool_call", tool_call=tool_call, content=text or None if number == 0 else None, reasoning=reasoning)
+            steps.append(_step(trajectory_id, len(steps), position, messages, action, observations.get(call["id"])))
+        ended_after_tool = position == len(messages) - 1 and position > 0 and messages[position - 1].get("role") == "tool"
+        if not calls and (text or ended_after_tool):
             steps.append(
-                Step(
-                    trajectory_id=trajectory_id,
-                    index=len(steps),
-                    decision_index=position,
-                    state=conversation.messages[:position],
-                    action=Action(kind="tool_call", tool_call=tool_call, reasoning=message_reasoning(message)),
-                    observation=observations.get(call["id"]),
-                )
+                _step(trajectory_id, len(steps), position, messages, Action(kind="answer", content=text, reasoning=reasoning), None)
             )
     replies = conversation.replies
     return Trajectory(
         id=trajectory_id,
-        app="curriculum",
+        app=task.get("app") or app,
         task=task["instruction"],
         tools=task["tools"],
         model=policy,
@@ -469,6 +517,21 @@ def to_trajectory(
         source=CURRICULUM_SOURCE,
         steps=steps,
     )
+
+
+def _step(
+    trajectory_id: str, index: int, position: int, messages: list[dict[str, Any]], action: Action, observation: Observation | None
+) -> Step:
+    """The step of the policy's reply at ``position`` of the conversation: its history is what came before."""
+    return Step(
+        trajectory_id=trajectory_id, index=index, decision_index=position, state=messages[:position], action=action, observation=observation
+    )
+
+
+def task_messages(task: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the policy is prompted with for ``task``: its parent's system messages (``system``), then its instruction."""
+    system = [{"role": m["role"], "content": m.get("content") or ""} for m in task.get("system") or []]
+    return [*system, {"role": "user", "content": task["instruction"]}]
 
 
 def legacy_rollout_id(task: dict[str, Any], policy: str, trial: int) -> str:
@@ -511,9 +574,15 @@ def run_curriculum(
     loop: LoopConfig = LoopConfig(max_steps_per_turn=10),
     progress: Callable[[int], None] | None = None,
     judge_max_tokens: int = JUDGE_MAX_TOKENS,
+    app: str = DEFAULT_APP,
+    describe_approve_if_error: Callable[[Exception], str] | None = None,
 ) -> CurriculumRun:
     """Roll ``policy`` out ``k`` times on each task and store the verified successes (see the module docstring); the
-    judge may write ``judge_max_tokens`` tokens per verdict."""
+    judge may write ``judge_max_tokens`` tokens per verdict. A task that names no ``app`` is stored under ``app``.
+
+    ``approve_if`` raising leaves that trajectory pending and the run goes on: its id is in
+    :attr:`CurriculumRun.approve_if_failed`, and the first error in :attr:`CurriculumRun.approve_if_error`, told by
+    ``describe_approve_if_error`` (the caller names the plug-in and the line) or as ``Type: message``."""
     run = CurriculumRun()
     held = _curriculum_reviews(store)
     sandbox = make_sandbox()
@@ -523,20 +592,27 @@ def run_curriculum(
                 suite="curriculum",
                 id=task["id"],
                 category="curriculum",
-                turns=[[{"role": "user", "content": task["instruction"]}]],
+                turns=[task_messages(task)],
                 tools=[task["tools"]],
                 reference=[],
             )
             for trial in range(k):
-                run.rollouts += 1
                 started = utcnow()
-                sandbox.reset(world_environment(task.get("environment")))
-                check_offered_tools(sandbox, task["tools"])  # a production tool where the world goes raises before it runs
+                try:
+                    sandbox.reset(world_environment(task.get("environment")))
+                    check_offered_tools(sandbox, task["tools"])  # a production tool where the world goes raises before it runs
+                except SandboxError as exc:
+                    # as ee replay run skips a trajectory whose world cannot be rebuilt: this task's trials cannot run, the
+                    # other tasks' can
+                    run.skipped[str(task["id"])] = f"the sandbox cannot run it: {type(exc).__name__}: {exc}"
+                    break
+                run.rollouts += 1
                 environment = _Recording(sandbox, [name for tool in task["tools"] if (name := tool_schema_name(tool)) is not None])
                 conversation = run_conversation(policy, eval_task, environment, loop, trial=trial)
                 if progress is not None:
                     progress(1)
                 run.refused_tools.update(environment.uncovered)  # counted whatever the rollout is dropped for
+                run.unknown_tools.update(environment.unknown)
                 if environment.synthetic:
                     # a stored trajectory is recorded experience: IL, IWM, SR and the experience model's replay buffer
                     # read its observations as what the tools returned, and nothing on a trajectory marks one a model wrote.
@@ -569,10 +645,12 @@ def run_curriculum(
                 if reward is None:
                     run.dropped[why] += 1
                     continue
-                if reward < 0.5:
+                if reward != 1:  # the verdict is binary (judge): 1 is a success, 0 is not
                     run.dropped["judged unsuccessful"] += 1
                     continue
-                trajectory = to_trajectory(task, conversation, environment.observations, policy=policy_spec, trial=trial, started=started)
+                trajectory = to_trajectory(
+                    task, conversation, environment.observations, policy=policy_spec, trial=trial, started=started, app=app
+                )
                 status = held.get(trajectory.id)
                 if status is None:
                     store.write([trajectory])  # pending
@@ -583,7 +661,12 @@ def run_curriculum(
                 # A rollout of this task, policy and trial a reviewer rejected under the previous version's id (which
                 # named no content) may be this one: it stays pending for a person, never approved by approve_if.
                 rejected_before = held.get(legacy_rollout_id(task, policy_spec, trial)) == "rejected"
-                if status == "pending" and approve_if is not None and not rejected_before and approve_if(trajectory):
+                if (
+                    status == "pending"
+                    and approve_if is not None
+                    and not rejected_before
+                    and _approves(approve_if, trajectory, run, describe_approve_if_error)
+                ):
                     store.approve([trajectory.id], by="auto:approve_if", reason="approve_if returned True")  # as for capture
                     held[trajectory.id] = "approved"
                     run.approved += 1
@@ -592,3 +675,18 @@ def run_curriculum(
     finally:
         sandbox.close()
     return run
+
+
+def _approves(
+    approve_if: Callable[[Trajectory], bool], trajectory: Trajectory, run: CurriculumRun, describe: Callable[[Exception], str] | None
+) -> bool:
+    """Whether ``approve_if`` accepts ``trajectory``; one that raises does not (as capture treats it: the trajectory stays
+    pending, stored), and the run notes it (:attr:`CurriculumRun.approve_if_failed`)."""
+    try:
+        return bool(approve_if(trajectory))
+    except Exception as exc:  # noqa: BLE001 - the user's rule: its error is told, the trajectory left for a reviewer
+        if trajectory.id not in run.approve_if_failed:
+            run.approve_if_failed.append(trajectory.id)
+        if run.approve_if_error is None:
+            run.approve_if_error = describe(exc) if describe is not None else f"{type(exc).__name__}: {exc}"
+        return False

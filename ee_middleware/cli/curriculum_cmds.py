@@ -36,8 +36,16 @@ def propose_cmd(
         ..., "--model", "-m", help="The model that writes variants: local:DIR, openai:BASE_URL#MODEL or module:factory."
     ),
     store: str = StoreOption,
-    n: int = typer.Option(10, "--n", min=1, help="Variants to write."),
-    out: Path = typer.Option(Path("tasks.jsonl"), "--out", help="Where the variants go (JSON lines)."),
+    n: int = typer.Option(
+        10,
+        "--n",
+        min=1,
+        help=(
+            "Variants to write, allotted to the tasks in proportion to p(1-p): the highest-variance tasks get the most, "
+            "a task whose share rounds to nothing gets none."
+        ),
+    ),
+    out: Path = typer.Option(Path("tasks.jsonl"), "--out", help="The file the variants go to (JSON lines; not a folder)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed of MODEL (variant k uses seed + k)."),
     max_tokens: int = typer.Option(
         200, "--max-tokens", min=1, help="Tokens MODEL may write per variant (raise it for a model that reasons first)."
@@ -48,12 +56,15 @@ def propose_cmd(
 ) -> None:
     """Have MODEL write variants of the tasks the policy solves about half the time.
 
-    Scores each task by the variance p(1-p) of its outcomes in an eval run, and has MODEL write variants of
-    the highest-scoring ones (same tools and environment, validated against the tool schemas)."""
+    Scores each task by the variance p(1-p) of its outcomes in an eval run (trials the model server gave no answer to
+    are left out of p, and counted), and has MODEL write variants of the highest-scoring ones: --n is allotted to the
+    tasks in proportion to p(1-p). A variant keeps its parent's tools, environment, app and system prompt, and is
+    validated against the tool schemas. A writer that fails part-way keeps the variants written before it (exit 1)."""
     from ee_middleware.evals.results import read_results
     from ee_middleware.replay.curriculum import propose, score_tasks
     from ee_middleware.replay.sandboxes.experience import build_model_client
 
+    _check_out(out)  # before any model work: a folder or a file where a folder goes is the user's to fix first
     scores = score_tasks(read_results(results))
     opened = open_existing_store(store)
     client = build_model_client(model, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
@@ -63,9 +74,18 @@ def propose_cmd(
             proposal = propose(client, scores, opened.iter_trajectories(), n=n, max_tokens=max_tokens, seed=seed)
     finally:
         client.close()
-    problem = None if proposal.variants else _why_no_variant(scores, proposal, model, max_tokens)
+    if proposal.failed is not None and not proposal.variants:
+        raise proposal.failed  # nothing written before it: the writer's own error, as before any variant
+    problem = None if proposal.variants else _why_no_variant(scores, proposal, model, max_tokens, results)
     if problem is None:  # an earlier tasks.jsonl is never replaced by an empty one
         _write_variants(out, proposal.variants)
+    if proposal.failed is not None:
+        problem = (
+            f"{model} failed at request {proposal.attempts} ({proposal.failed}): the {len(proposal.variants)} variant(s) it "
+            f"wrote before are in {out}, of {n} asked for. Run the command again once the model answers (the same --seed "
+            "writes the same variants first), or use these."
+        )
+    unanswered = [s for s in scores if s.unanswered]
     summary = {
         "out": str(out),
         "variants": len(proposal.variants),  # distinct: a repeat is rejected as a duplicate
@@ -73,26 +93,72 @@ def propose_cmd(
         "attempts": proposal.attempts,
         "rejected": proposal.rejected,
         "unmatched": proposal.unmatched,
-        "top_tasks": [{"task_id": s.task_id, "n": s.n, "p": s.p, "variance": s.variance} for s in scores[:10]],
+        "allotted": proposal.allotted,
+        "unanswered": sum(s.unanswered for s in scores),  # trials left out of p: the model server gave no answer
+        "unanswered_tasks": [s.task_id for s in unanswered],
+        "top_tasks": [
+            {"task_id": s.task_id, "n": s.n, "p": s.p, "variance": s.variance, "unanswered": s.unanswered} for s in scores[:10] if s.n
+        ],
         "error": problem,
     }
     if as_json:
         print_json(summary)
     else:
         _print_summary(summary, scores, proposal)
+    if unanswered and any(s.n for s in scores):
+        typer.secho(f"warning: {_unanswered_note(scores, results)}", err=True, fg="yellow")
     if problem is not None:
-        typer.secho(f"error: no variant written ({out} left as it was): {problem}", err=True, fg="red")
+        written = "" if proposal.variants else f"no variant written ({out} left as it was): "  # else the problem says what was
+        typer.secho(f"error: {written}{problem}", err=True, fg="red")
         raise typer.Exit(1)
 
 
-def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str, max_tokens: int) -> str:
+def _check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be the tasks file, before any model work: a folder (a file goes there, not into
+    it), or a path under a file (where a folder would go)."""
+    if out.is_dir():
+        raise typer.BadParameter(
+            f"{out} is a folder: --out names the tasks file to write, e.g. --out {out / 'tasks.jsonl'}.", param_hint="--out"
+        )
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise typer.BadParameter(
+                    f"{parent} is a file, not a folder, so {out} cannot be written under it: choose another --out.", param_hint="--out"
+                )
+            break
+
+
+def _unanswered_note(scores: list[TaskScore], results: Path) -> str:
+    """What the scores left out: trials the model server gave no answer to, and how to complete them."""
+    left = [s for s in scores if s.unanswered]
+    total = sum(s.unanswered for s in left)
+    named = ", ".join(f"{s.task_id} ({s.unanswered})" for s in left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return (
+        f"{total} trial(s) of the eval run in {results} got no answer from the model server (no_answer: it was down, timed out "
+        f"or failed; server_refused: its chat template failed on the request), so they say nothing of the tasks and were left "
+        f"out of p: {named}. The eval is incomplete: run the same `ee eval run ... --out` command again (it runs those "
+        "trials again), then propose from it."
+    )
+
+
+def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str, max_tokens: int, results: Path) -> str:
     """Why ``propose`` wrote nothing, and what to do about it (``max_tokens``: what MODEL was asked to write at most)."""
     if not scores:
         return "the eval run has no results rows."
+    if not any(s.n for s in scores):
+        trials = sum(s.unanswered for s in scores)
+        return (
+            f"the model server answered none of the {trials} trial(s) of the eval run in {results} (no_answer / "
+            "server_refused: it was down, timed out, failed, or its chat template failed on the requests), so no task was "
+            "evaluated. Once the server answers, run the same `ee eval run ... --out` command again (it runs those trials "
+            "again), then propose from it."
+        )
     if all(s.variance == 0 for s in scores):
+        incomplete = f" ({_unanswered_note(scores, results)})" if any(s.unanswered for s in scores) else ""
         return (
             "every task was always or never solved (p(1-p) = 0), so none is worth varying: evaluate more trials "
-            "(ee eval run --trials) or other tasks."
+            f"(ee eval run --trials) or other tasks.{incomplete}"
         )
     if not proposal.rejected:
         return (
@@ -130,8 +196,11 @@ def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: P
             else ""
         )
         typer.echo(f"{len(proposal.variants)} distinct variants written to {out}{short}")
-    for s in scores[:5]:
-        typer.echo(f"  {s.task_id}: p={s.p:.2f} p(1-p)={s.variance:.3f} over {s.n} trials")
+    for s in [s for s in scores if s.n][:5]:
+        allotted = proposal.allotted.get(s.task_id)
+        share = f", {allotted} variant(s) allotted" if allotted else ""
+        left_out = f" ({s.unanswered} unanswered left out)" if s.unanswered else ""
+        typer.echo(f"  {s.task_id}: p={s.p:.2f} p(1-p)={s.variance:.3f} over {s.n} trials{left_out}{share}")
     if proposal.rejected:
         typer.echo(f"rejected: {proposal.rejected}")
     if proposal.unmatched:
@@ -169,17 +238,34 @@ def run_cmd(
     ),
     store: str = StoreOption,
     k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
-    approve_if: str | None = typer.Option(None, "--approve-if", help="module:function(trajectory) -> bool; others stay pending."),
+    approve_if: str | None = typer.Option(
+        None,
+        "--approve-if",
+        help=(
+            "module:function(trajectory) -> bool; others stay pending, and so does one it raises on (the run goes on, then "
+            "exits 1 naming the function and the line that raised)."
+        ),
+    ),
+    app_name: str = typer.Option(
+        "curriculum",  # replay.curriculum.DEFAULT_APP
+        "--app",
+        help=(
+            "The app to store the trajectories of tasks that name none under (tasks from 'ee curriculum propose' carry "
+            "their parent's app and are stored under it, so that app's datasets and 'ee improve' train on them)."
+        ),
+    ),
     timeout_s: float = timeout_option("the policy and the judge"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Roll the policy out K times on each task and store the successes a judge verifies.
 
-    They are stored as trajectories with source=curriculum, pending for approval unless --approve-if
-    accepts them. A rollout that calls a tool the sandbox does not cover is ended there and not kept
-    (refused_tools counts those calls by tool; exit 1 when no rollout was kept). Run again, it stores the new rollouts; one the store already holds (the same
-    conversation) is counted as already stored, not stored twice."""
+    They are stored as trajectories with source=curriculum under their parent task's app (--app for a task that names
+    none), pending for approval unless --approve-if accepts them. A rollout that calls a tool the sandbox does not
+    cover is ended there and not kept (refused_tools counts those calls by tool; exit 1 when no rollout was kept). A
+    task whose world the sandbox cannot rebuild is skipped with its reason (skipped_tasks), the others run. Run again, it
+    stores the new rollouts; one the store already holds (the same conversation) is counted as already stored, not
+    stored twice."""
     import functools
     import importlib
 
@@ -191,6 +277,8 @@ def run_cmd(
         POLICY_FAILED,
         SYNTHETIC_DROPPED,
         UNCOVERED_TOOL_DROPPED,
+        UNKNOWN_TOOL_DROPPED,
+        UNPARSABLE_DROPPED,
         is_context_refusal,
         read_tasks,
         run_curriculum,
@@ -231,6 +319,8 @@ def run_cmd(
                 k=k,
                 approve_if=predicate,
                 judge_max_tokens=judge_max_tokens,
+                app=app_name,
+                describe_approve_if_error=functools.partial(_approve_if_failed, approve_if),
             )
     finally:
         policy_client.close()
@@ -245,7 +335,15 @@ def run_cmd(
     too_long = sum(count for reason, count in failures.items() if is_context_refusal(reason))
     problem = None
     policy_failed = sum(n for reason, n in result.dropped.items() if reason.startswith(POLICY_FAILED))
-    if policy_failed and policy_failed == sum(result.dropped.values()) and not result.kept:
+    no_call = {r: n for r, n in result.dropped.items() if r in ("no tool call", UNKNOWN_TOOL_DROPPED, UNPARSABLE_DROPPED)}
+    if result.skipped and not result.rollouts:
+        first_id, first = next(iter(result.skipped.items()))
+        problem = (
+            f"no task could be rolled out: the sandbox {sandbox} could not run any of the {len(result.skipped)} task(s) (see "
+            f"'skipped_tasks'; {first_id}: {first}). Give each task the environment its sandbox rebuilds the world from, or "
+            "pass the sandbox its app's trajectories were recorded for."
+        )
+    elif policy_failed and policy_failed == sum(result.dropped.values()) and not result.kept:
         first = next(reason for reason in result.dropped if reason.startswith(POLICY_FAILED))
         said = first[len(POLICY_FAILED) :].strip()
         said = said[1:-1] if said.startswith("(") and said.endswith(")") else said
@@ -262,6 +360,13 @@ def run_cmd(
             f"tools gave (the sandbox's refusal is none). To keep such rollouts, add {it} to the sandbox's tools with the world "
             f"{acts} on (docs/sandboxes.md); a tool declared in outside_world_tools is never called, so a task that needs "
             "it cannot be rolled out."
+        )
+    elif no_call and not result.kept and sum(no_call.values()) + policy_failed == sum(result.dropped.values()):
+        # nothing reached the judge: the policy made no call the sandbox could run, as a run of such a policy always will
+        causes = _no_call_causes(no_call, result.unknown_tools)
+        problem = (
+            f"no rollout was kept: in none of the {sum(no_call.values())} rollout(s) did the policy {policy} make a usable "
+            f"tool call ({causes})."
         )
     elif too_long and not result.kept and not no_verdict and not result.dropped.get("judged unsuccessful"):
         problem = (
@@ -291,6 +396,12 @@ def run_cmd(
             f"the judge {judge} gave no verdict on any of the {no_verdict} rollout(s) it was shown: it must answer one JSON "
             'object such as {"reasoning": "...", "reward": 1}. Check --judge (a chat model that follows instructions).'
         )
+    if problem is None and result.approve_if_failed:
+        n = len(result.approve_if_failed)
+        problem = (
+            f"{result.approve_if_error} It raised on {n} of the {len(result.kept)} kept trajectories: they are stored and stay "
+            "pending (see 'approve_if_failed'); review them (ee traces approve ID ... --store) once the function is fixed."
+        )
     kept = len(result.kept)  # each trajectory once, as `trajectories` lists them (two trials may give one rollout)
     summary = {
         "rollouts": result.rollouts,
@@ -300,6 +411,8 @@ def run_cmd(
         "approved": result.approved,
         "dropped": dict(result.dropped),
         "refused_tools": dict(result.refused_tools),  # calls of tools the sandbox does not cover, by tool (as ee replay run's)
+        "skipped_tasks": result.skipped,  # task id -> why it was not rolled out (its world cannot be rebuilt)
+        "approve_if_failed": result.approve_if_failed,  # kept trajectories --approve-if raised on: stored, pending
     }
     if as_json:
         print_json({**summary, "trajectories": result.kept, "stored_trajectories": result.stored, "error": problem})
@@ -315,10 +428,45 @@ def run_cmd(
             )
         for reason, count in result.dropped.most_common():
             typer.echo(f"  dropped {count}: {reason}")
+        for task_id, reason in result.skipped.items():
+            typer.echo(f"  skipped task {task_id}: {reason}")
         _print_refused(result.refused_tools, sandbox)
     if problem is not None:
         typer.secho(f"error: {problem}", err=True, fg="red")
         raise typer.Exit(1)
+
+
+def _no_call_causes(no_call: dict[str, int], unknown_tools: dict[str, int]) -> str:
+    """Why the policy's rollouts held no usable call, by cause, each with what to check."""
+    from ee_middleware.evals.curriculum import UNKNOWN_TOOL_DROPPED, UNPARSABLE_DROPPED
+
+    causes = []
+    if no_call.get("no tool call"):
+        causes.append(
+            f"{no_call['no tool call']} answered without calling a tool: check that --policy is a tool-calling model and that "
+            "its server offers it the tools (vLLM: --enable-auto-tool-choice with a --tool-call-parser for the model)"
+        )
+    if no_call.get(UNKNOWN_TOOL_DROPPED):
+        tools = ", ".join(f"{tool} ({count})" for tool, count in sorted(unknown_tools.items()))
+        causes.append(f"{no_call[UNKNOWN_TOOL_DROPPED]} called a tool the task does not offer ({tools})")
+    if no_call.get(UNPARSABLE_DROPPED):
+        causes.append(f"{no_call[UNPARSABLE_DROPPED]} wrote a tool call that could not be read: {UNPARSABLE_DROPPED.partition(': ')[2]}")
+    return "; ".join(causes)
+
+
+def _approve_if_failed(spec: str, exc: Exception) -> str:
+    """What an --approve-if function that raised is told as: the function, its error and the line of its code that
+    raised it (the whole traceback goes to the log: `ee --verbose`)."""
+    import logging
+
+    from ee_middleware.plugins import _where_raised
+
+    logging.getLogger(__name__).info("--approve-if %s raised", spec, exc_info=exc)
+    where = _where_raised(exc)
+    return (
+        f"The --approve-if function {spec!r} raised {type(exc).__name__}: {exc}" + (f" (at {where})" if where else "") + ". "
+        "The error was raised in its own code, not in ee-middleware: fix it there (`ee --verbose ...` logs the whole traceback)."
+    )
 
 
 def _print_refused(refused_tools: dict[str, int], sandbox: str) -> None:

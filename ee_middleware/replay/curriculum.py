@@ -3,15 +3,21 @@
 Given a group of outcomes per task (an eval run's ``results.jsonl`` / ``results.parquet``: one row
 per task and trial with ``success``), each task is scored by the variance of its outcome,
 ``p(1 - p)`` for success rate ``p``: highest for tasks the policy solves about half the time, zero
-for tasks it always or never solves, which teach it nothing new. The highest-scoring tasks are
-given to a model that writes variants: a new instruction for the same tools and the same
-environment reference. A variant is kept only when it parses, differs from its parent and every
-tool it names is one of the parent's tool schemas; the others are counted by reason.
+for tasks it always or never solves, which teach it nothing new. A trial the model server gave no
+answer to (``no_answer``: down, timing out; ``server_refused``: its chat template failed on the
+request) says nothing of the task and is left out of ``p`` (:func:`unanswered`), counted in
+:attr:`TaskScore.unanswered`. The ``n`` variants asked for are allotted to the tasks in proportion to
+their ``p(1 - p)`` (:func:`allot`): the highest-variance tasks get the most, a task whose share rounds
+to nothing gets none. A model writes each variant: a new instruction for the same tools, the same
+environment reference, the same app and the same system prompt. A variant is kept only when it
+parses, differs from its parent (up to case and spacing) and every tool it names is one of the
+parent's tool schemas; the others are counted by reason.
 
 Tasks are matched to stored trajectories (their tool schemas and environment reference) by the
-environment's ``entry_id`` equal to the task id, else by the task text equal to the first user
-message of the task's conversation; a task without a match cannot be validated and is listed as
-unmatched.
+trajectory id equal to the task id (a ``traces:`` suite's task is the stored trajectory it was made
+from), else by the environment's ``entry_id`` equal to the task id, else by the task text equal to
+the first user message of the task's conversation; a task without a match cannot be validated and
+is listed as unmatched.
 
 Lineage: a variant names its parent (``parent``: the eval task and the stored trajectory it was matched to), and a
 trajectory rolled out on it (``ee curriculum run``, ``source = curriculum``) keeps that in its environment reference
@@ -24,17 +30,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
+import math
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, Sampling
 from ee_middleware.records import ToolSchema, Trajectory, tool_schema_name
 
 CURRICULUM_SOURCE = "curriculum"
 """``Trajectory.source`` of the trajectories rolled out on tasks a model wrote (``ee curriculum run``)."""
+
+DEFAULT_APP = "curriculum"
+"""The app a curriculum trajectory is stored under when its task names none (a tasks file written by hand, or by a
+version before variants carried their parent's ``app``) and ``ee curriculum run --app`` gives none either."""
 
 PARENT_KEY = "curriculum_parent"
 """The key of a curriculum trajectory's environment reference naming the task it is a variant of: ``{"trajectory_id": the
@@ -71,34 +82,68 @@ SYSTEM_PROMPT = (
 )
 
 
+def system_messages(trajectory: Trajectory) -> list[dict[str, Any]]:
+    """The system (or developer) messages a trajectory's conversation starts with, as ``{"role", "content"}``: what its
+    app prompted the model with (its first decision's history, else its messages), which a variant keeps so that the
+    policy is rolled out, and trained, on the prompt production gives it."""
+    first = min(trajectory.steps, key=lambda s: s.index).state if trajectory.steps else []
+    out = []
+    for message in first or trajectory.messages:
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer"):
+            break
+        out.append({"role": message["role"], "content": message.get("content") or ""})
+    return out
+
+
 @dataclass(frozen=True)
 class TaskScore:
-    """A task's outcome group: ``n`` trials, success rate ``p`` and its variance ``p(1 - p)``."""
+    """A task's outcome group: ``n`` answered trials, success rate ``p`` over them and its variance ``p(1 - p)``;
+    ``unanswered``: its trials the model server gave no answer to (:func:`unanswered`), left out of ``n`` and ``p``."""
 
     suite: str
     task_id: str
     n: int
     p: float
     instruction: str
+    unanswered: int = 0
 
     @property
     def variance(self) -> float:
         return self.p * (1 - self.p)
 
 
+def unanswered(row: dict[str, Any]) -> bool:
+    """Whether an eval results row is a trial the model server gave no answer to: ``no_answer`` (it was down, timed out,
+    failed after its client's retries, or refused every request for its setup) or ``server_refused`` (its chat template
+    failed on the request). Its ``success`` is false, but it says nothing of the task: ``ee eval run`` runs such a trial
+    again when the same command is run again."""
+    return any(_flag(row.get(key)) for key in ("no_answer", "server_refused"))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return value is True or (isinstance(value, (int, float)) and value == 1)
+
+
 def score_tasks(rows: Iterable[dict[str, Any]]) -> list[TaskScore]:
-    """Every task's outcome group, highest ``p(1 - p)`` first (ties: more trials, then the task id)."""
+    """Every task's outcome group, highest ``p(1 - p)`` first (ties: more trials, then the task id). Trials the model
+    server gave no answer to (:func:`unanswered`) are left out of ``p`` and counted apart; a task with only those has
+    ``n = 0`` and ``p = 0`` (never picked)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict):
             raise ConfigError(f"Results row {number} is {type(row).__name__} {row!r:.80}, not an object with 'task_id' and 'success'.")
         if "task_id" not in row or "success" not in row:
             raise ConfigError(f"A results row needs 'task_id' and 'success', got the fields {sorted(row)}.")
-        groups[(str(row.get("suite", "")), str(row["task_id"]))].append({**row, "success": _success(row["success"], number)})
-    scores = [
-        TaskScore(suite, task_id, len(group), sum(r["success"] for r in group) / len(group), _instruction(group))
-        for (suite, task_id), group in groups.items()
-    ]
+        skipped = unanswered(row)
+        success = False if skipped else _success(row["success"], number)
+        groups[(str(row.get("suite", "")), str(row["task_id"]))].append({**row, "success": success, "_unanswered": skipped})
+    scores = []
+    for (suite, task_id), group in groups.items():
+        answered = [r for r in group if not r["_unanswered"]]
+        p = sum(r["success"] for r in answered) / len(answered) if answered else 0.0
+        scores.append(TaskScore(suite, task_id, len(answered), p, _instruction(group), len(group) - len(answered)))
     return sorted(scores, key=lambda s: (-s.variance, -s.n, s.suite, s.task_id))
 
 
@@ -136,6 +181,9 @@ def match_trajectories(scores: Sequence[TaskScore], trajectories: Iterable[Traje
     # The expert's own completed run first: a curriculum variant copies its parent's entry id (its rollout is the
     # policy's), and an interrupted or failed run is a partial one.
     ranked = sorted(trajectories, key=lambda t: (t.source == CURRICULUM_SOURCE, t.status != "completed"))
+    # A traces: suite's task id is the stored trajectory's id: that trajectory, whatever other run asked the same question
+    # (another app, another world) or shares its entry id.
+    by_id = {t.id: t for t in ranked}
     for t in ranked:
         entry = (t.environment or {}).get("entry_id")
         if entry is not None:
@@ -144,7 +192,7 @@ def match_trajectories(scores: Sequence[TaskScore], trajectories: Iterable[Traje
             by_task.setdefault(t.task, t)
     out = {}
     for score in scores:
-        match = by_entry.get(score.task_id) or by_task.get(score.instruction)
+        match = by_id.get(score.task_id) or by_entry.get(score.task_id) or by_task.get(score.instruction)
         if match is not None:
             out[score.task_id] = match
     return out
@@ -175,12 +223,16 @@ spacing): it would be rolled out and judged again for nothing."""
 @dataclass
 class Proposal:
     """The curriculum's output: the variants kept (all distinct), the rejections by reason, the tasks it could not
-    match and the requests it made (``attempts``)."""
+    match and the requests it made (``attempts``); ``failed``: the writer's error where a request failed after its
+    client's retries (the proposal stopped there, keeping the variants written before)."""
 
     variants: list[dict[str, Any]] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     unmatched: list[str] = field(default_factory=list)
     attempts: int = 0
+    allotted: dict[str, int] = field(default_factory=dict)
+    """The variants allotted to each task (task id -> count; :func:`allot`), the tasks allotted none left out."""
+    failed: ModelError | None = None
 
     @property
     def cut(self) -> int:
@@ -210,7 +262,7 @@ def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[s
     instruction = data.get("instruction")
     if not isinstance(instruction, str) or not instruction.strip():
         return None, "empty instruction"
-    if instruction.strip() == parent_instruction.strip():
+    if _same_instruction(instruction) == _same_instruction(parent_instruction):
         return None, "same instruction as its parent"
     tools = data.get("tools", [])
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
@@ -221,39 +273,73 @@ def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[s
     return {"instruction": instruction.strip(), "tools": tools}, None
 
 
+def allot(scores: Sequence[TaskScore], n: int) -> list[int]:
+    """How many of ``n`` variants each of ``scores`` gets: in proportion to its ``p(1 - p)`` (the largest-remainder
+    method: each task its whole share, the variants left over to the largest fractions, ties to the task ranked first).
+    A task solved half the time (0.25) gets about five times the variants of one solved 1 time in 20 (0.0475); a task
+    whose share is below one variant gets one only while variants are left after the larger shares, so with ``n``
+    smaller than the number of tasks the highest-variance ones get them; ``p(1 - p) = 0`` gets none."""
+    total = sum(s.variance for s in scores)
+    if n <= 0 or total <= 0:
+        return [0] * len(scores)
+    exact = [n * s.variance / total for s in scores]
+    counts = [math.floor(x) for x in exact]
+    for i in sorted(range(len(scores)), key=lambda i: (-(exact[i] - counts[i]), i))[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 def propose(
     client: Any, scores: Sequence[TaskScore], trajectories: Iterable[Trajectory], *, n: int, max_tokens: int = 200, seed: int = 0
 ) -> Proposal:
     """Up to ``n`` validated, distinct variants of the highest-variance tasks (tasks with ``p(1 - p) = 0`` are never
-    picked), in at most ``3 * n`` requests of ``max_tokens`` tokens each.
+    picked), allotted to the tasks by :func:`allot`, in at most ``3 *`` a task's allotment requests of ``max_tokens``
+    tokens each (``3 * n`` in all).
 
     A variant repeating one already kept for the same parent is rejected as :data:`DUPLICATE` (the writer is shown the
     ones kept, and asked again within the budget); an answer cut off at ``max_tokens`` is rejected as such
-    (:data:`CUT_AT_MAX_TOKENS`, or the reasoning cut of :meth:`~ee_middleware.models.Choice.cut_while_reasoning`)."""
+    (:data:`CUT_AT_MAX_TOKENS`, or the reasoning cut of :meth:`~ee_middleware.models.Choice.cut_while_reasoning`). A
+    request that fails after the client's retries (:class:`~ee_middleware.errors.ModelError`) ends the proposal: the
+    variants written before it are kept, and the error is :attr:`Proposal.failed`."""
     result = Proposal()
     candidates = [s for s in scores if s.variance > 0]
     matched = match_trajectories(candidates, trajectories)
     result.unmatched = [s.task_id for s in candidates if s.task_id not in matched]
     usable = [s for s in candidates if s.task_id in matched]
+    quota = {(s.suite, s.task_id): count for s, count in zip(usable, allot(usable, n), strict=True)}
+    result.allotted = {task_id: count for (_, task_id), count in quota.items() if count}
     rejected: dict[str, int] = defaultdict(int)
     kept: dict[tuple[str, str], list[str]] = defaultdict(list)  # the instructions kept, by parent task
+    tried: Counter[tuple[str, str]] = Counter()  # the requests made, by parent task
     attempt = 0
-    while usable and len(result.variants) < n and attempt < 3 * n:
-        score = usable[attempt % len(usable)]
+    while len(result.variants) < n:
+        # the task furthest from its allotment that has requests left (3 per variant allotted), the higher-ranked on ties
+        open_tasks = [
+            s
+            for s in usable
+            if len(kept[s.suite, s.task_id]) < quota[s.suite, s.task_id] and tried[s.suite, s.task_id] < 3 * quota[s.suite, s.task_id]
+        ]
+        if not open_tasks:
+            break
+        score = max(open_tasks, key=lambda s: quota[s.suite, s.task_id] - len(kept[s.suite, s.task_id]))
+        key = (score.suite, score.task_id)
         parent = matched[score.task_id]
         known = tool_names(parent)
         instruction = score.instruction or parent.task or ""
-        user = f"Task: {instruction}\nTools: {json.dumps(known)}\nWrite variant number {attempt // len(usable) + 1}."
-        if kept[score.suite, score.task_id]:
-            user += (
-                f"\nVariants already written (write a different one): {json.dumps(kept[score.suite, score.task_id], ensure_ascii=False)}"
-            )
-        choices = client.complete(
-            [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
-            n=1,
-            sampling=Sampling(temperature=1.0, max_tokens=max_tokens, seed=seed + attempt),
-        )
+        user = f"Task: {instruction}\nTools: {json.dumps(known)}\nWrite variant number {tried[key] + 1}."
+        if kept[key]:
+            user += f"\nVariants already written (write a different one): {json.dumps(kept[key], ensure_ascii=False)}"
+        tried[key] += 1
         attempt += 1
+        try:
+            choices = client.complete(
+                [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}],
+                n=1,
+                sampling=Sampling(temperature=1.0, max_tokens=max_tokens, seed=seed + attempt - 1),
+            )
+        except ModelError as exc:  # after the client's retries: what was written so far is kept, and the caller says so
+            result.failed = exc
+            break
         choice = choices[0] if choices else None
         cut = choice.cut_while_reasoning(max_tokens) if choice is not None else None
         if cut is not None:  # not "no JSON object": its max_tokens went to reasoning
@@ -266,10 +352,10 @@ def propose(
                 reason = f"{CUT_AT_MAX_TOKENS}: {reason}"
             rejected[reason or "unknown"] += 1
             continue
-        if _same_instruction(variant["instruction"]) in {_same_instruction(i) for i in kept[score.suite, score.task_id]}:
+        if _same_instruction(variant["instruction"]) in {_same_instruction(i) for i in kept[key]}:
             rejected[DUPLICATE] += 1
             continue
-        kept[score.suite, score.task_id].append(variant["instruction"])
+        kept[key].append(variant["instruction"])
         digest = hashlib.blake2b(f"{score.suite}:{score.task_id}:{variant['instruction']}".encode(), digest_size=8).hexdigest()
         result.variants.append(
             {
@@ -282,7 +368,9 @@ def propose(
                     "p": score.p,
                     "variance": score.variance,
                 },
+                "app": parent.app,  # stored under its parent's app: that app's datasets and `ee improve` train on it
                 "instruction": variant["instruction"],
+                "system": system_messages(parent),  # rolled out (and trained) on the prompt production gives
                 "tools": named_tools(parent),
                 "needs": variant["tools"],
                 "environment": world_environment(parent.environment),  # a variant of a variant: its own lineage only

@@ -72,7 +72,11 @@ def _tasks(store_path: Path, folder: Path, parent_entry: str = "multi_turn_base_
 def _curriculum(store_path: Path) -> dict[str, list[str]]:
     store = LocalExperienceStore(store_path)
     try:
-        return {t.id: [s.action.tool_call.name for s in t.steps] for t in store.iter_trajectories() if t.source == "curriculum"}
+        return {
+            t.id: [s.action.tool_call.name for s in t.steps if s.action.tool_call is not None]
+            for t in store.iter_trajectories()
+            if t.source == "curriculum"
+        }
     finally:
         store.close()
 
@@ -251,11 +255,11 @@ def test_a_policy_server_that_reuses_call_ids_stores_each_step_with_its_own_obse
     store = LocalExperienceStore(bfcl_store_path)
     trajectory = store.get(trajectory_id)
     store.close()
-    steps = {s.action.tool_call.name: s for s in trajectory.steps}
+    steps = {s.action.tool_call.name: s for s in trajectory.steps if s.action.tool_call is not None}
     assert sorted(steps) == ["ls", "pwd"]
     assert "current_directory_content" in steps["ls"].observation.content, steps["ls"].observation
     assert "current_working_directory" in steps["pwd"].observation.content, steps["pwd"].observation
-    assert len({s.action.tool_call.id for s in trajectory.steps}) == 2
+    assert len({s.action.tool_call.id for s in trajectory.steps if s.action.tool_call is not None}) == 2
     sent = seen[-1]["messages"]
     results = {m["tool_call_id"]: m["content"] for m in sent if m["role"] == "tool"}
     calls = [c for m in sent if m["role"] == "assistant" for c in m.get("tool_calls") or []]
@@ -325,9 +329,10 @@ def test_a_rollout_with_a_tool_call_whose_arguments_cannot_be_read_is_dropped_as
         args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
         args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path)]
         result = runner.invoke(app, [*args, "--json", "--approve-if", "tests.evals.test_curriculum:approve_all"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # nothing kept, as no rollout had a usable call (rdream F12)
     summary = json.loads(result.stdout)
     assert summary["dropped"] == {UNPARSABLE_DROPPED: 1}, summary
+    assert "could not be read" in summary["error"], summary
     assert UNPARSABLE_DROPPED.startswith("unparsable") and "arguments" in UNPARSABLE_DROPPED
     assert (summary["kept"], summary["stored"], summary["approved"]) == (0, 0, 0)
     assert not judge.requests, "dropped before the judge is asked"
@@ -360,7 +365,8 @@ def test_a_rollout_that_calls_a_tool_the_task_does_not_offer_is_dropped_before_t
             args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
             args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), *as_json]
             result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # nothing kept, as no rollout had a usable call (rdream F12)
+        assert "called a tool the task does not offer" in result.output, result.output
         # the rollout ended at the unknown call: the policy was not asked again after it (DONE is never sent)
         assert len(policy.requests) == len(answers) - 1, policy.requests
         if as_json:
@@ -435,9 +441,10 @@ def test_a_rollout_whose_only_answer_is_json_and_not_a_call_is_dropped_as_no_too
     with ScriptedChatServer([answer]) as policy:
         args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
         result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # nothing kept, as no rollout had a usable call (rdream F12)
     summary = json.loads(result.stdout)
     assert summary["dropped"] == {"no tool call": 1}, summary
+    assert "answered without calling a tool" in summary["error"], summary
     assert UNPARSABLE_DROPPED not in summary["dropped"] and not judge.requests and not _curriculum(bfcl_store_path)
 
 
@@ -466,7 +473,7 @@ def test_an_answer_in_a_tool_calls_shape_whose_call_cannot_be_read_is_unparsable
     with ScriptedChatServer(answers) as policy:
         args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
         result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # nothing kept, as no rollout had a usable call (rdream F12)
     summary = json.loads(result.stdout)
     assert summary["dropped"] == {UNPARSABLE_DROPPED: 1}, summary
     assert not judge.requests and not _curriculum(bfcl_store_path)

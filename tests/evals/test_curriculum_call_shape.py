@@ -25,7 +25,8 @@ def _dropped(answer: str, store: Path, folder: Path, serve: Serve) -> dict[str, 
     with ScriptedChatServer([answer]) as policy:
         args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
         result = runner.invoke(app, [*args, "--judge", f"openai:{judge.base_url}#j", "--store", str(store), "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # nothing kept, as no rollout had a usable call (rdream F12)
+    assert "usable tool call" in json.loads(result.stdout)["error"], result.output
     assert not judge.requests and not _curriculum(store)
     return json.loads(result.stdout)["dropped"]
 

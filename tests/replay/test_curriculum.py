@@ -103,8 +103,8 @@ def test_curriculum_propose_writes_validated_variants_of_the_highest_variance_ta
 
 
 def approve_short(trajectory: Any) -> bool:
-    """An approve_if rule for the test: accept trajectories of one step."""
-    return len(trajectory.steps) == 1
+    """An approve_if rule for the test: accept trajectories of one tool call."""
+    return len(trajectory.tool_names) == 1
 
 
 def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectories(
@@ -149,7 +149,8 @@ def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectorie
     store = LocalExperienceStore(bfcl_store_path)
     kept = store.get(summary["trajectories"][0])
     assert kept.source == "curriculum" and kept.approval.status == "approved" and kept.task == "List the files here."
-    assert [s.action.tool_call.name for s in kept.steps] == ["ls"] and kept.steps[0].observation is not None
+    assert kept.tool_names == ["ls"] and kept.steps[0].observation is not None
+    assert [s.action.kind for s in kept.steps] == ["tool_call", "answer"] and kept.steps[-1].action.content == kept.final_answer
     assert not kept.steps[0].observation.is_error and kept.environment == parent.environment
     assert len(list(store.iter_trajectories())) == before + 1, "the same rollout is stored once"
     store.close()
@@ -342,8 +343,9 @@ def test_a_curriculum_rollout_keeps_the_reasoning_of_a_reasoning_models_calls() 
     task = {"id": "t1", "instruction": "Find pears.", "tools": []}
     observations = {"c1": Observation(content="3 pears")}
     trajectory = to_trajectory(task, Conversation(messages=messages), observations, policy="p", trial=0, started=utcnow())
-    [step] = trajectory.steps
+    step, answer = trajectory.steps
     assert step.action.reasoning == "The user wants pears: look them up."
+    assert (answer.action.kind, answer.action.content) == ("answer", "There are 3 pears.")
 
 
 def test_a_task_is_matched_to_its_experts_completed_run_not_a_variant_or_a_partial_run(bfcl_store_path: Path) -> None:
