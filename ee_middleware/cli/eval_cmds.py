@@ -365,6 +365,13 @@ def gate_cmd(
                 + ")",
                 param_hint=flag,
             )
+    if adapter is None and candidate.resolve() == baseline.resolve():  # (with --adapter: the adapter check says it)
+        raise typer.BadParameter(
+            f"--candidate and --baseline are the same run folder ({candidate.resolve()}): a run gated against itself ties "
+            "whatever the model, so it says nothing of it. Give --candidate the candidate's run and --baseline the live "
+            "model's, on the same suites.",
+            param_hint="--baseline",
+        )
     adapters = None
     if adapter is not None and registry is not None:
         from ee_middleware.adapters.registry import open_registry
