@@ -37,9 +37,11 @@ from ee_middleware.trainers.training.errors import (
     TrainError,
     TrainOutOfMemoryError,
 )
-from ee_middleware.trainers.training.model import add_lora, check_context, load_base, plain_base, resolve_base
+from ee_middleware.trainers.training.model import add_lora, check_context, default_base_cache, load_base, plain_base, resolve_base
 from ee_middleware.trainers.training.render import Example, RenderStats, tokenize_rows
 from ee_middleware.trainers.training.report import (
+    LOSS_PLOT_FILE,
+    MANIFEST_FILE,
     MANIFEST_SCHEMA_VERSION,
     RENDER_CUTS_FILE,
     library_versions,
@@ -86,7 +88,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if not existing.is_dir():  # checked before training: the adapter is written only at the end
         raise TrainError(f"{existing} is a file, not a folder: set output_dir (--output-dir) to a new folder for the adapter.")
     with _holding_output(output_dir):
-        _refuse_an_adapter(output_dir)
+        refuse_output_dir(output_dir)
         return _train(config, output_dir, started, progress)
 
 
@@ -97,7 +99,7 @@ def _train(config: TrainConfig, output_dir: Path, started: float, progress: bool
     check_one_build(datasets)
 
     source = resolve_base(config.base_model)
-    cache_dir = Path(config.base_cache_dir or output_dir.parent / "base-models").expanduser().resolve()
+    cache_dir = Path(config.base_cache_dir).expanduser().resolve() if config.base_cache_dir else default_base_cache()
     base_folder, cached_now = plain_base(source, cache_dir)
     dtype = torch.bfloat16 if runtime.bf16 else torch.float32
     model, tokenizer = load_base(base_folder, dtype=dtype)
@@ -157,10 +159,37 @@ LOCK_SUFFIX = ".train.lock"
 """The lock file a run holds beside its output folder (``.NAME.train.lock``), removed when the run ends."""
 
 
-def _refuse_an_adapter(output_dir: Path) -> None:
-    """Refuse an ``output_dir`` that holds an adapter: adapters are immutable per version."""
+OUTPUT_FILES = (*ADAPTER_FILES, "README.md", MANIFEST_FILE, RENDER_CUTS_FILE, LOSS_PLOT_FILE)
+"""Every file a run writes into its ``output_dir`` (``README.md``: peft's model card)."""
+_MODEL_WEIGHTS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.pt", "*.pth", "tf_model.h5", "flax_model.msgpack")
+
+
+def refuse_output_dir(output_dir: Path) -> None:
+    """Refuse an ``output_dir`` the adapter may not be written into, with :class:`TrainError` naming the fix: one that
+    holds an adapter (adapters are immutable per version), a model (``config.json`` and weights, or a ``.gguf``: the base
+    model's own folder, which would load with the adapter applied from then on), or a file of a name the run writes
+    (:data:`OUTPUT_FILES`: a user's ``README.md`` or ``manifest.json`` is never replaced). Other files may stay: the
+    adapter's files are put beside them."""
     if any((output_dir / name).exists() for name in ADAPTER_FILES):
         raise TrainError(f"{output_dir} already holds an adapter. Adapters are immutable per version: pick a new output_dir, or delete it.")
+    if not output_dir.is_dir():
+        return
+    weights = sorted({p.name for pattern in _MODEL_WEIGHTS for p in output_dir.glob(pattern) if p.is_file()})
+    ggufs = sorted(p.name for p in output_dir.glob("*.gguf"))
+    if ggufs or ((output_dir / "config.json").is_file() and weights):
+        held = ", ".join(ggufs) if ggufs else f"config.json and {', '.join(weights[:3])}{', ...' if len(weights) > 3 else ''}"
+        raise TrainError(
+            f"{output_dir} holds a model ({held}): an adapter is never written into a model's folder (the model would load "
+            "with the adapter applied from then on, and its files could be replaced). Set output_dir (--output-dir) to a new "
+            "folder for the adapter."
+        )
+    taken = [name for name in OUTPUT_FILES if (output_dir / name).exists()]
+    if taken:
+        raise TrainError(
+            f"{output_dir} already holds {', '.join(taken)}, which the adapter's folder is made of ({', '.join(OUTPUT_FILES)}); "
+            "files already there are never replaced. Set output_dir (--output-dir) to a new folder (the adapter is written "
+            "there whole), or move those files out of it."
+        )
 
 
 def _runtime(config: TrainConfig, torch: Any, progress: bool) -> backends.Runtime:
@@ -332,7 +361,7 @@ def _write_output(
         raise
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _refuse_an_adapter(output_dir)  # again: something that holds no lock (a copy, an older version) may have put one there
+        refuse_output_dir(output_dir)  # again: something that holds no lock (a copy, an older version) may have put one there
         if not output_dir.exists() or not any(output_dir.iterdir()):
             partial.replace(output_dir)  # the adapter appears whole, in one rename (also over an empty folder)
             return
@@ -343,7 +372,8 @@ def _write_output(
             f"Not written to {output_dir}: {exc if isinstance(exc, TrainError) else f'moving the adapter into place failed ({exc})'}. "
             f"This run's adapter is in {kept}: move it to a new folder (or delete it)."
         ) from exc
-    # a non-adapter folder the user pointed us at (notes, a README): merge into it, the adapter's own files last
+    # a folder of the user's other files (notes): the run's files go in beside them (none has their names: checked just
+    # above), the adapter's own files last, so that a folder holding them holds the whole adapter
     for item in sorted(partial.iterdir(), key=lambda p: p.name in ADAPTER_FILES):
         item.replace(output_dir / item.name)
     partial.rmdir()
@@ -360,4 +390,4 @@ def _fill_output(
         step += run.steps
         boundaries.append((step, f"{runs[len(boundaries) + 1].name} starts"))
     title = f"{manifest['schedule']['name']} schedule, {manifest['metrics']['backend']} on {manifest['metrics']['device']}"
-    plot_loss(partial / "loss.png", [tuple(p) for p in manifest["losses"]], boundaries, title)
+    plot_loss(partial / LOSS_PLOT_FILE, [tuple(p) for p in manifest["losses"]], boundaries, title)

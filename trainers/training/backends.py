@@ -77,6 +77,13 @@ def _run_trl(
     run = StageRun(name)
 
     class _Record(transformers.TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # the stage's last update is logged too (the mean since the last log), as the peft-loop backend does: the
+            # Trainer logs every logging_steps only, so a stage shorter than that (an iwm schedule's IWM stage of 1-2
+            # updates) recorded no loss at all, and a longer one lost its last partial window
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
             if logs and "loss" in logs:
                 run.losses.append((offset + state.global_step, float(logs["loss"])))

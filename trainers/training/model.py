@@ -62,6 +62,16 @@ def resolve_base(spec: str) -> BaseSource:
     )
 
 
+def default_base_cache() -> Path:
+    """Where a GGUF base is converted once for every training run of this user: ``$EE_CACHE_DIR/base-models`` (default
+    ``$XDG_CACHE_HOME/ee-middleware``, ``~/.cache/ee-middleware``: the cache ``ee serve`` keeps its chat templates and
+    server records in, ``ee_middleware.adapters.templates.cache_folder``, which this layer does not import). One shared
+    folder: the same GGUF is dequantized once, and every adapter trained on it names the same base folder (the registry
+    refuses to mix adapters of different base folders under one app)."""
+    root = os.environ.get("EE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ee-middleware"
+    return (Path(root).expanduser() / "base-models").resolve()
+
+
 def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
     """A plain folder for ``source``: itself, or a cached dequantized copy of its GGUF. Returns (folder, created)."""
     if source.gguf_file is None:
@@ -143,19 +153,38 @@ def linear_layer_names(model: Any) -> list[str]:
     return sorted(names)
 
 
+def _adaptable(module: Any) -> bool:
+    """Whether peft's LoRA can wrap ``module`` itself: a linear layer (quantized ones subclass it), a GPT-2-style Conv1D,
+    an embedding table, a convolution or ``nn.MultiheadAttention``; not a block of layers (an attention block, a decoder
+    layer, an MLP), a norm, or a rotary embedding."""
+    import torch
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.MultiheadAttention)
+    return isinstance(module, kinds) or type(module).__name__ in ("Linear", "Conv1D", "Embedding")
+
+
+def _named_like(name: str, target: str) -> bool:
+    """Whether the module ``name`` (its full dotted name) is one peft adapts for the ``target_modules`` entry ``target``:
+    the name itself or its last parts (``q_proj``, ``self_attn.q_proj``)."""
+    return name == target or name.endswith("." + target)
+
+
 def target_modules(model: Any, config: TrainConfig) -> list[str]:
     """The layers to adapt: ``config.target_modules``, or the default for this base (see :class:`TrainConfig`)."""
     return modules_to_adapt(model, config.target_modules)
 
 
 def modules_to_adapt(model: Any, target: Sequence[str] | None) -> list[str]:
-    """The layers of ``model`` to adapt: ``target`` (each must be a module name of the model), or, for ``None``, the
-    default for this base; :class:`BaseModelError` naming its linear layers otherwise."""
+    """The layers of ``model`` to adapt: ``target`` (each must name layers LoRA can adapt, as peft matches them: a module's
+    name or its last parts), or, for ``None``, the default for this base; :class:`BaseModelError` naming its linear layers
+    otherwise: for a name no module has, and for one that names modules LoRA cannot adapt (an attention block, a rotary
+    embedding: peft's ``get_peft_model`` would stop with a bare ``ValueError``)."""
     layers = linear_layer_names(model)
-    have = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    modules = [(name, module) for name, module in model.named_modules() if name]
     model_type = str(getattr(getattr(model, "config", None), "model_type", "") or "")
     wanted = list(target or ())
     if not wanted:
+        have = {name.rsplit(".", 1)[-1] for name, _ in modules}
         if all(m in have for m in DEFAULT_TARGET_MODULES):
             return list(DEFAULT_TARGET_MODULES)
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
@@ -168,12 +197,24 @@ def modules_to_adapt(model: Any, target: Sequence[str] | None) -> list[str]:
                 "e.g. the attention projections."
             )
         return wanted
-    missing = [m for m in wanted if m not in have]
-    if missing:
+    missing, unadaptable = [], []
+    for entry in wanted:
+        found = [module for name, module in modules if _named_like(name, entry)]
+        if not found:
+            missing.append(entry)
+        elif not all(_adaptable(module) for module in found):
+            kinds = sorted({type(module).__name__ for module in found if not _adaptable(module)})
+            unadaptable.append(f"{entry} ({', '.join(kinds)})")
+    if missing or unadaptable:
+        said = [f"has no module(s) named {', '.join(missing)}"] if missing else []
+        if unadaptable:
+            said.append(
+                f"{'and ' if missing else ''}{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA "
+                "can adapt (a block of layers, a norm or a rotary embedding, not a linear or embedding layer)"
+            )
         raise BaseModelError(
-            f"The base model ({model_type or 'unknown type'}) has no module(s) named {', '.join(missing)}; "
-            f"its linear layers are {', '.join(layers) or 'none found'}. Set target_modules in [train] to some of them "
-            "(or leave it out for the default of this architecture)."
+            f"The base model ({model_type or 'unknown type'}) {'; '.join(said)}; its linear layers are {', '.join(layers) or 'none found'}. "
+            "Set target_modules in [train] to some of them (or leave it out for the default of this architecture)."
         )
     return wanted
 
@@ -220,12 +261,22 @@ def _has_custom_code(path: Path) -> bool:
 
 
 def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -> Any:
-    """The model wrapped in a fresh LoRA adapter (peft ``LoraConfig``) on :func:`target_modules`."""
+    """The model wrapped in a fresh LoRA adapter (peft ``LoraConfig``) on :func:`target_modules`, its initialisation drawn
+    after seeding with ``config.seed``."""
     peft = import_optional("peft", extra="train", purpose=_PURPOSE)
+    transformers = import_optional("transformers", extra="train", purpose=_PURPOSE)
     modules = target_modules(model, config)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # under its current name where transformers has it (5.2x renamed it; the old name warns, FutureWarning)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
+    # lora_A's initialisation is drawn from torch's global generator (and the peft-loop's dropout later): seeded here, the
+    # same config gives the same adapter (python's, numpy's and torch's generators, every GPU's too)
+    transformers.set_seed(config.seed)
     lora = peft.LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,

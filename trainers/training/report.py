@@ -25,9 +25,13 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
+MANIFEST_FILE = "manifest.json"
+LOSS_PLOT_FILE = "loss.png"
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (a reader never sees half a file)."""
-    path = folder / "manifest.json"
+    path = folder / MANIFEST_FILE
     atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
     return path
 
