@@ -119,7 +119,9 @@ def tokenize_pair(
     :func:`fit_messages` (then cut from the left if still too long); the completion is never cut, but with
     ``cut_completion`` (IWM rows, whose target is an observation the builder already cut to a budget that is an
     estimate) a completion that is one assistant message's text and leaves the prompt neither its own length nor half of
-    ``max_length`` keeps its head, as the builder cuts (``completion_cut_chars`` records the rest).
+    ``max_length`` keeps its head, as the builder cuts (``completion_cut_chars`` records the rest), and gives way further,
+    down to :data:`MIN_TARGET_SHARE` of ``max_length``, where the fitted prompt needs more than that half (so that its
+    system message and tools are not cut from the left).
     A completion that alone reaches ``max_length`` otherwise comes back as it is, for the caller to drop."""
     prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, tools, support)
     prompt_ids = _ids(tokenizer, prompt_text)
@@ -135,8 +137,21 @@ def tokenize_pair(
     fit = fit_messages(tokenizer, prompt, tools, support, budget)
     prompt_text, completion_text, fallback = render_pair(tokenizer, fit.messages, completion, fit.tools, support)
     prompt_ids, completion_ids = _ids(tokenizer, prompt_text), _ids(tokenizer, completion_text)
+    if cut_completion and len(prompt_ids) > budget and (text := _answer_text(completion)) is not None:
+        # the fitted prompt (system message, tools, the request and the call asked about) needs more than the half the
+        # target kept: the target gives way, down to MIN_TARGET_SHARE of max_length, before the prompt loses its start
+        room = max(max_length - len(prompt_ids), int(max_length * MIN_TARGET_SHARE))
+        if room < len(completion_ids):
+            completion, completion_ids, fallback, more = _cut_answer(tokenizer, fit.messages, completion[0], text, fit.tools, support, room)
+            cut_chars += more
+            budget = max_length - len(completion_ids)
     left_cut = max(0, len(prompt_ids) - budget)
     return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut, cut_chars)
+
+
+MIN_TARGET_SHARE = 0.125
+"""The least share of ``max_length`` an IWM target (an observation) keeps when the fitted prompt needs the rest: below
+it, the prompt is cut from the left instead (a target of a few tokens teaches nothing)."""
 
 
 def _answer_text(completion: Sequence[dict[str, Any]]) -> str | None:

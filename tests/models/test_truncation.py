@@ -383,3 +383,27 @@ def test_the_current_request_is_shortened_after_the_tool_results(tokenizer: Any)
     assert fit.tokens <= budget and fit.shortened_messages == 1
     assert fit.messages[1]["content"] == request and fit.messages[-1]["content"] != listing
     assert "characters omitted to fit the context" in fit.messages[-1]["content"]
+
+
+def test_an_iwm_target_gives_way_before_the_system_message_and_tools_are_cut(tokenizer: Any) -> None:
+    """A long state whose fitted prompt (system message, tools, the request, the call asked about) needs more than half
+    of max_length, and a long observation to predict: the target kept half of max_length, so the prompt was cut from the
+    left, losing the system message and the first tools (39% of a tester's IWM rows). Now the target is cut further
+    (down to MIN_TARGET_SHARE of max_length) and the prompt starts whole."""
+    from ee_middleware.models.truncation import MIN_TARGET_SHARE, tokenize_pair
+    from ee_middleware.trainers.datasets.rows import IWM_INSTRUCTION
+
+    support = probe_template(tokenizer)
+    state = [*long_state(8), {"role": "assistant", "content": "", "tool_calls": [call(77)]}, {"role": "user", "content": IWM_INSTRUCTION}]
+    target = [{"role": "assistant", "content": "report_77.pdf notes_77.txt archive " * 80}]
+    minimal = fit_messages(tokenizer, state, TOOLS, support, budget=1).tokens  # everything droppable dropped
+    max_length = int(minimal * 1.5)  # the fitted prompt needs about two thirds: more than the half the target kept
+    assert minimal > max_length // 2 and max_length - minimal > max_length * MIN_TARGET_SHARE
+    pair = tokenize_pair(tokenizer, state, target, TOOLS, support, max_length, cut_completion=True)
+    assert pair.left_cut == 0 and len(pair.ids) <= max_length
+    assert tokenizer.decode(pair.prompt_ids).count(SYSTEM["content"]) == 1 and pair.completion_cut_chars > 0
+    assert len(pair.completion_ids) >= max_length * MIN_TARGET_SHARE
+
+    # a prompt that needs nearly all of max_length still leaves the target its least share, and is cut from the left
+    tight = tokenize_pair(tokenizer, state, target, TOOLS, support, int(minimal * 1.05), cut_completion=True)
+    assert tight.left_cut > 0 and len(tight.completion_ids) >= int(int(minimal * 1.05) * MIN_TARGET_SHARE) - 2
