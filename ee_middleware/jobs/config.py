@@ -181,6 +181,30 @@ def _absolute_store(value: Any) -> Any:
     return absolute_path(spec) if isinstance(spec, Path) else spec
 
 
+def _no_heldout_text(table: Mapping[str, Any]) -> str:
+    """Why a ``[datasets]`` table holds out nothing, for the improve job that evaluates on the held-out trajectories: the
+    settings written that hold out nothing (``heldout_share = 0.0``) are named, with the value to write instead."""
+    rules = "name the held-out trajectories with heldout_ids, heldout_app or heldout_started_after/before"
+    written = [key for key in table if key.startswith("heldout_")]
+    if "heldout_share" in written:
+        return (
+            f"[datasets] heldout_share = {table['heldout_share']!r} holds out nothing, so the improve job would have no held-out "
+            f"trajectories to evaluate the candidate on: set heldout_share above 0 (e.g. {DEFAULT_HELDOUT_SHARE}, a seeded share "
+            f"of the app's trajectories), or {rules}."
+        )
+    if written:
+        settings = ", ".join(f"{key} = {table[key]!r}" for key in written)
+        return (
+            f"[datasets] {settings} {'hold' if len(written) > 1 else 'holds'} out nothing, so the improve job would have no held-out trajectories to evaluate the "
+            f"candidate on: set heldout_share above 0 (e.g. {DEFAULT_HELDOUT_SHARE}), or give heldout_ids, heldout_app or "
+            "heldout_started_after/before a value."
+        )
+    return (
+        "The improve job evaluates on held-out trajectories: set a held-out rule in [datasets] "
+        f"(heldout_share = {DEFAULT_HELDOUT_SHARE}, heldout_ids, heldout_app, heldout_started_after/before)."
+    )
+
+
 class ImproveConfig(BaseModel):
     """Everything ``ee improve`` needs (see the module docstring).
 
@@ -570,10 +594,7 @@ class ImproveConfig(BaseModel):
         if needed:
             raise ConfigError(f"schedule {self.schedule!r} trains on {', '.join(sorted(needed))}: add it to kinds in [datasets].")
         if not config.split_rule().active:
-            raise ConfigError(
-                "The improve job evaluates on held-out trajectories: set a held-out rule in [datasets] "
-                f"(heldout_share = {DEFAULT_HELDOUT_SHARE}, heldout_ids, heldout_app, heldout_started_after/before)."
-            )
+            raise ConfigError(_no_heldout_text(table))
         return config
 
     def train_config(self, data: Path, output_dir: Path, *, max_steps: int | None, base_model: str | None = None) -> TrainConfig:

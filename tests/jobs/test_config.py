@@ -43,8 +43,12 @@ def test_datasets_need_a_heldout_rule_and_the_kinds_of_the_schedule(tmp_path: Pa
     config = ImproveConfig.load(_config(tmp_path))
     data = config.dataset_config(tmp_path / "data", "abc")
     assert data.heldout_share == 0.2 and data.kinds == ("il", "iwm") and data.replay_id == "abc"
-    with pytest.raises(ConfigError, match="held-out rule"):
+    # Was: "set a held-out rule in [datasets] (heldout_share = 0.2, ...)" to a user who had set heldout_share = 0.0.
+    with pytest.raises(ConfigError) as zero:
         ImproveConfig.load(_config(tmp_path, "[datasets]\nheldout_share = 0.0\n")).dataset_config(tmp_path, None)
+    said = str(zero.value)
+    assert said.startswith("[datasets] heldout_share = 0.0 holds out nothing") and "set heldout_share above 0 (e.g. 0.2" in said, said
+    assert "set a held-out rule" not in said
     with pytest.raises(ConfigError, match="trains on sr"):
         ImproveConfig.load(_config(tmp_path, 'schedule = "sr"\n[datasets]\nkinds = ["il"]\n')).dataset_config(tmp_path, None)
 
