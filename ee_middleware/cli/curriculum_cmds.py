@@ -36,6 +36,12 @@ def propose_cmd(
         ..., "--model", "-m", help="The model that writes variants: local:DIR, openai:BASE_URL#MODEL or module:factory."
     ),
     store: str = StoreOption,
+    app_name: str | None = typer.Option(
+        None,
+        "--app",
+        help="Match the eval's tasks only to this app's trajectories (a store holding several apps that ask alike): their "
+        "tools, world and system prompt go into the variants.",
+    ),
     n: int = typer.Option(
         10,
         "--n",
@@ -71,7 +77,8 @@ def propose_cmd(
     try:
         # what the model's code prints (module:factory) goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            proposal = propose(client, scores, opened.iter_trajectories(), n=n, max_tokens=max_tokens, seed=seed)
+            trajectories = (t for t in opened.iter_trajectories() if app_name is None or t.app == app_name)
+            proposal = propose(client, scores, trajectories, n=n, max_tokens=max_tokens, seed=seed)
     finally:
         client.close()
     if proposal.failed is not None and not proposal.variants:

@@ -259,6 +259,23 @@ def test_a_task_is_matched_to_the_trajectory_of_its_id_before_any_with_the_same_
     assert task["system"] == [{"role": "system", "content": OTHER_SYSTEM}]
 
 
+def test_propose_with_app_matches_a_question_both_apps_ask_to_that_apps_trajectory(
+    recorded: tuple[Path, dict[str, Trajectory]], store_path: Path, tmp_path: Path
+) -> None:
+    """F8: another harness's task (an id no trajectory has) asking what both apps ask was matched by its text to the first
+    app's run, whatever app the eval measured; --app chooses the app whose tools, world and system prompt go in."""
+    other = recorded[1]["other-app"]
+    results = _results(tmp_path / "eval", _rows("my-harness", "task-7", [True, False]))
+    for extra, app_name in (((), "kv-app"), (("--app", "other-app"), "other-app")):
+        out = tmp_path / f"tasks-{app_name}.jsonl"
+        with ScriptedChatServer([json.dumps({"instruction": "Tell me the value of a.", "tools": ["kv_get"]})]) as writer:
+            result = _propose(results, store_path, out, writer.base_url, "--n", "1", *extra)
+        assert result.exit_code == 0, result.output
+        [task] = [json.loads(line) for line in out.read_text().splitlines()]
+        assert task["app"] == app_name
+    assert task["parent"]["trajectory_id"] == other.id and task["environment"] == {"kv": {"a": "2"}}
+
+
 # -- F5: trials the server never answered are no outcome ----------------------------------------------------------------
 
 
