@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import socket
 import sys
 import threading
@@ -55,12 +56,27 @@ STOPPING_MESSAGE = "The server is stopping. Send the request again to another re
 class EventStream:
     """An answer sent as it is produced: the bytes of a server-sent event stream (``"stream": true``).
 
-    ``chunks`` is read until it ends; ``close`` runs afterwards, also when the client went away. An
-    exception from ``chunks`` after the first bytes ends the stream with an OpenAI-shaped error event
-    (the status line is already sent by then)."""
+    ``chunks`` is read until it ends; ``close`` runs afterwards, also when the client went away. Only whole events are
+    sent (each up to the blank line that ends it, however ``chunks`` cut them). An exception from ``chunks`` after the
+    first bytes ends the stream with an OpenAI-shaped error event (the status line is already sent by then), sent as the
+    next whole event: the start of an event that broke off is dropped, so an SSE client never parses half of one."""
 
     chunks: Iterable[bytes]
     close: Callable[[], None] = lambda: None
+
+
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
+"""The end of a server-sent event: a line's end followed by an empty line (each line ending in CRLF, LF or CR)."""
+
+
+def split_events(data: bytes) -> tuple[bytes, bytes]:
+    """``(whole events, the rest)``: ``data`` cut after its last complete server-sent event (the blank line that ends
+    it). A CR at the very end may be the start of a CRLF, so it is kept in the rest until the next byte tells."""
+    searched = data[:-1] if data.endswith(b"\r") else data
+    end = 0
+    for found in _EVENT_END.finditer(searched):
+        end = found.end()
+    return data[:end], data[end:]
 
 
 def sse_event(payload: Any) -> bytes:
@@ -129,7 +145,14 @@ class JSONHandler(BaseHTTPRequestHandler):
         if path == "/health":
             self.send_json(200, {})
         elif path == "/v1/models":
-            self.send_json(200, self.models())
+            try:
+                models = self.models()
+            except RequestError as exc:
+                self.send_json(exc.status, error_body(exc.status, str(exc), exc.kind))
+            except Exception as exc:  # noqa: BLE001 - an unreadable registry, say: a clean 500, as a POST gets
+                self.send_json(500, error_body(500, f"{type(exc).__name__}: {exc}", "InternalServerError"))
+            else:
+                self.send_json(200, models)
         else:
             self.send_json(404, error_body(404, f"No route {self.path}", "NotFoundError"))
 
@@ -167,17 +190,21 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            tail = b"\n\n"  # the last bytes sent: an event is complete once they end in a blank line
+            pending = b""  # the start of an event not complete yet: held back until its blank line comes
             try:
                 for chunk in stream.chunks:
-                    if chunk:
-                        self._write_chunk(chunk)
-                        tail = (tail + chunk)[-2:]
+                    whole, pending = split_events(pending + chunk)
+                    if whole:
+                        self._write_chunk(whole)
             except _ClientGone:
                 raise
             except Exception as exc:  # noqa: BLE001 - the status is sent: say what broke inside the stream
+                # The half event held back is dropped: the client reads every event whole, then this error as the next one.
                 error = sse_event(error_body(502, f"the stream broke: {type(exc).__name__}: {exc}", "BadGatewayError"))
-                self._write_chunk(error if tail == b"\n\n" else b"\n\n" + error)  # never inside a half-sent event
+                self._write_chunk(error)
+            else:
+                if pending:  # the stream ended cleanly without a last blank line: passed on as it came
+                    self._write_chunk(pending)
             self._write_chunk(b"")
         except _ClientGone:
             self.close_connection = True  # the client went away; stop reading upstream

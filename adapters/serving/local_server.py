@@ -176,7 +176,7 @@ class LocalModelServer:
     # --- requests ------------------------------------------------------------------------------
 
     def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
-        self._check_model(body.get("model"))
+        self._check_model(_model(body))
         if "messages" in body:
             messages = _messages(body)
             text = self._render(messages, body.get("tools") or None)
@@ -194,7 +194,7 @@ class LocalModelServer:
                 raise RequestError(400, f"stream_options must be an object, got {options!r}")
             completion = cast(dict[str, Any], self.chat({k: v for k, v in body.items() if k not in ("stream", "stream_options")}))
             return EventStream(completion_chunks(completion, include_usage=bool(options.get("include_usage"))))
-        model_name = body.get("model") or self.served_model_name
+        model_name = _model(body) or self.served_model_name
         self._check_model(model_name)
         messages, tools = _messages(body), body.get("tools") or None
         parse_calls = _tool_choice(body, tools)
@@ -404,6 +404,14 @@ def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str
             if finish != "length":
                 finish = "tool_calls"
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": None}
+
+
+def _model(body: dict[str, Any]) -> str | None:
+    """The request's ``model``: a string, or none given (the base model); anything else is a 400 (as vLLM answers)."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError(400, f"model must be a string (the base model's or a loaded adapter's name), got {json.dumps(model)[:200]}")
+    return model
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -6,13 +6,17 @@ for one stable name, the app's name. For each request the router reads the regis
 adapter's immutable name (or the served base model when the app has no live adapter yet) and
 forwards the request to the next replica (round robin), trying the others when one does not
 answer or answers 404 (it does not hold the model: a replica restarted since the promote starts with the base
-alone). The log says once which replica lacks an app's live adapter and how to load it there again
+alone). ``timeout_s`` bounds a replica's answer (a stream's start and each next part); one that did not answer in
+time is not asked again for that request, one that failed otherwise (refused or broke the connection, a 5xx) is asked
+again up to ``retries`` times before the next replica. Passive health: a replica that timed out or could not be reached
+is passed over for ``cooldown_s`` (the log says so once, and when it answers again), then tried again by one request;
+the others go first meanwhile, and it is still tried when every other replica failed too. The log says once which replica lacks an app's live adapter and how to load it there again
 (``ee adapters promote LIVE_NAME ...`` loads the live adapter wherever it is missing), and once again when it
 serves it. The router itself never loads adapters: it holds no registry lease (a load from here could race a
 promote, rollback or retire), several routers may front the same replicas, and a load must be checked and verified
 as a promote does. ``GET /v1/models`` lists the apps and the served base model. ``"stream": true`` answers are relayed as the replica sends them (server-sent events); a
 replica that fails before it answers (its status line) is skipped, one that breaks mid-stream ends the stream with
-an error event. A promote or rollback is one atomic write of the registry index: the next request goes to
+an error event after the last whole event (a stream already started is never sent again elsewhere). A promote or rollback is one atomic write of the registry index: the next request goes to
 the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
 or waits for a restart. Answers keep the adapter's name in ``model``, so recorded traces say which
 adapter answered.
@@ -27,19 +31,44 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import math
 import sys
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, error_body, make_server
-from ee_middleware.errors import ModelError, ModelRequestError
+from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
 FORWARDED = ("/v1/chat/completions", "/v1/completions", "/tokenize")
 _ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 422: "UnprocessableEntityError"}
+
+DEFAULT_TIMEOUT_S = 120.0
+"""How long the router waits for a replica's answer (``ee serve router --timeout``): the whole answer, or a stream's
+start and each next part."""
+DEFAULT_RETRIES = 1
+"""How many more times a replica that failed a request (refused or broke the connection, a 5xx or 429; not a time-out) is
+asked again before the next one (``ee serve router --retries``)."""
+DEFAULT_COOLDOWN_S = 30.0
+"""How long a replica that timed out or could not be reached is passed over (``ee serve router --cooldown``)."""
+RETRY_BACKOFF_S = 0.05
+"""The wait before asking a replica again (doubled for each further attempt)."""
+
+
+@dataclass
+class _Down:
+    """A replica passed over until ``until`` (``time.monotonic``) because of ``why``; ``probing`` while one request tries
+    it again."""
+
+    until: float
+    why: str
+    probing: bool = False
 
 
 def _log_to_stderr(line: str) -> None:
@@ -50,25 +79,36 @@ def _log_to_stderr(line: str) -> None:
 class AliasRouter:
     """Resolves aliases through ``registry`` and forwards requests to ``upstreams`` (OpenAI API roots).
 
-    ``log`` hears what the operator should know (a replica that lacks an app's live adapter, and when it serves it
-    again); by default it goes to stderr."""
+    ``timeout_s``, ``retries`` and ``cooldown_s`` are described in the module docstring (``cooldown_s=0``: never pass a
+    replica over). ``log`` hears what the operator should know (a replica that lacks an app's live adapter, one passed
+    over, and when either serves again); by default it goes to stderr."""
 
     def __init__(
         self,
         registry: AdapterRegistry,
         upstreams: Sequence[str],
         *,
-        timeout_s: float = 120.0,
-        retries: int = 1,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        retries: int = DEFAULT_RETRIES,
+        cooldown_s: float = DEFAULT_COOLDOWN_S,
         log: Callable[[str], None] = _log_to_stderr,
     ) -> None:
         if not upstreams:
             raise ValueError("the router needs at least one upstream server (--server URL)")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
+            raise ValueError(f"timeout_s must be a finite number of seconds > 0 (--timeout), got {timeout_s!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a whole number >= 0 (--retries), got {retries!r}")
+        if isinstance(cooldown_s, bool) or not isinstance(cooldown_s, (int, float)) or not 0 <= cooldown_s < math.inf:
+            raise ValueError(f"cooldown_s must be a finite number of seconds >= 0 (--cooldown), got {cooldown_s!r}")
         self.registry = registry
         self.upstreams = [u.rstrip("/") if u.rstrip("/").endswith("/v1") else u.rstrip("/") + "/v1" for u in upstreams]
         self.timeout_s = timeout_s
         self.retries = retries
+        self.cooldown_s = cooldown_s
         self.log = log
+        self._down: dict[str, _Down] = {}
+        """The replicas passed over for now (timed out or could not be reached), by URL."""
         self._next = itertools.cycle(range(len(self.upstreams)))
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -83,6 +123,8 @@ class AliasRouter:
     def _route(self, model: str | None) -> tuple[str | None, str | None]:
         """``(name sent upstream, the app whose live adapter it is)``; the app is None when ``model`` is no alias with a
         live adapter."""
+        if model is not None and not isinstance(model, str):
+            raise RequestError(400, f"model must be a string (an app's name or a served model's), got {json.dumps(model)[:200]}")
         if not model:
             return model, None
         app = self.registry.apps().get(model)
@@ -94,12 +136,18 @@ class AliasRouter:
     def base_model(self) -> str | None:
         """The served base model's name (the upstream's first model without a parent)."""
         if self._base is None:
-            for url in self.upstreams:
+            for url in self._order():
                 try:
                     self._base = self._client(url).list_models()[0]
-                    break
-                except (ModelError, IndexError):
+                except ModelError as exc:
+                    self._failed(url, exc)
                     continue
+                except IndexError:
+                    continue
+                finally:
+                    self._release(url)
+                self._answered(url)
+                break
         return self._base
 
     def models(self) -> dict[str, Any]:
@@ -118,21 +166,14 @@ class AliasRouter:
         404 is relayed as the replica sent it (for an app's live adapter, the router's own saying which replicas lack it)."""
         model, app = self._route(body.get("model"))
         body = {**body, "model": model}
-        with self._lock:
-            first = next(self._next)
         problems: list[str] = []
         missing: list[str] = []
         refused: tuple[int, Any] | None = None
-        for offset in range(len(self.upstreams)):
-            url = self.upstreams[(first + offset) % len(self.upstreams)]
-            suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
-            root = url if path.startswith("/v1/") else url.removesuffix("/v1")
+        for url in self._order():
             try:
-                if body.get("stream"):
-                    answer: Any = self._open_stream(root, suffix, body)
-                else:
-                    answer = self._client(root).post(suffix, body)
+                answer = self._ask(url, path, body)
             except ModelRequestError as exc:  # the replica's own answer, as it sent it (not the client's advice for the router)
+                self._answered(url)
                 relayed = exc.answer if isinstance(exc.answer, dict) and exc.answer.get("error") else None
                 answered = (exc.status, relayed or error_body(exc.status, exc.refusal, _ERROR_TYPES.get(exc.status, "BadRequestError")))
                 if exc.status != 404:
@@ -143,8 +184,12 @@ class AliasRouter:
                     self._lacks(url, model, app)
                 continue
             except ModelError as exc:
+                self._failed(url, exc)
                 problems.append(f"{url}: {exc}")
                 continue
+            finally:
+                self._release(url)
+            self._answered(url)
             if app is not None and self._lacking and (url, model) in self._lacking:
                 self._serves_again(url, str(model))
             return 200, answer
@@ -158,6 +203,76 @@ class AliasRouter:
             )
             return 404, error_body(404, message, "NotFoundError")
         return 502, error_body(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
+
+    def _ask(self, url: str, path: str, body: dict[str, Any]) -> Any:
+        """The replica's answer to ``body`` (an :class:`EventStream` once a stream has started); a replica that refused
+        or broke the connection, or answered 5xx or 429, is asked again up to ``retries`` times, one that timed out is
+        not (its last error is raised)."""
+        suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
+        root = url if path.startswith("/v1/") else url.removesuffix("/v1")
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+            try:
+                if body.get("stream"):
+                    return self._open_stream(url, root, suffix, body)
+                return self._client(root).post(suffix, body)
+            except ModelRequestError:
+                raise
+            except ModelServerError as exc:
+                if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
+
+    # --- passive health: replicas that timed out or could not be reached are passed over for cooldown_s ---------------
+
+    def _order(self) -> list[str]:
+        """The replicas to try for one request, the first of them tried at once: round robin over those not passed over
+        (one whose cool-down is over is tried first when its turn comes, unless another request is trying it already),
+        then those passed over, the soonest back first."""
+        with self._lock:
+            first = next(self._next)
+            now = time.monotonic()
+            turn = [self.upstreams[(first + offset) % len(self.upstreams)] for offset in range(len(self.upstreams))]
+            ready = []
+            for url in turn:
+                down = self._down.get(url)
+                if down is None:
+                    ready.append(url)
+                elif url == turn[0] and down.until <= now and not down.probing:
+                    down.probing = True  # this request tries it again (released by _release); the others pass it over
+                    ready.append(url)
+            resting = sorted((url for url in turn if url not in ready), key=lambda url: self._down[url].until)
+        return ready + resting
+
+    def _failed(self, url: str, exc: ModelError) -> None:
+        """``url`` failed a request: passed over for ``cooldown_s`` when it timed out or could not be reached (no answer
+        at all); one that answered (a 5xx, something not JSON) is up, and keeps its turn."""
+        if not isinstance(exc, ModelServerError) or isinstance(exc, ModelResponseError) or exc.status is not None:
+            return
+        if not self.cooldown_s:
+            return
+        why = f"no answer within {self.timeout_s:g} s" if exc.timed_out else "could not be reached or broke the connection"
+        with self._lock:
+            new = url not in self._down
+            self._down[url] = _Down(time.monotonic() + self.cooldown_s, why)
+        if new:
+            self.log(
+                f"ee router: {url} is passed over for {self.cooldown_s:g} s ({why}); the other replicas take its requests, "
+                "and it is tried again after that (or before, when every other replica fails too)"
+            )
+
+    def _answered(self, url: str) -> None:
+        with self._lock:
+            was = self._down.pop(url, None)
+        if was is not None:
+            self.log(f"ee router: {url} answers again; it takes its turn of the requests")
+
+    def _release(self, url: str) -> None:
+        """A request done with ``url`` (whatever came of it): another may try it again once its cool-down is over."""
+        with self._lock:
+            if url in self._down:
+                self._down[url].probing = False
 
     def _reload_command(self, model: str) -> str:
         """The command that loads the live adapter ``model`` again wherever it is missing."""
@@ -181,23 +296,35 @@ class AliasRouter:
             self._lacking.discard((url, model))
         self.log(f"ee router: {url} serves {model} again")
 
-    def _open_stream(self, root: str, path: str, body: dict[str, Any]) -> EventStream:
+    def _open_stream(self, url: str, root: str, path: str, body: dict[str, Any]) -> EventStream:
         """The replica's event stream, relayed piece by piece; a replica that fails before it starts
-        answering is skipped like any other (the caller tries the next)."""
+        answering is skipped like any other (the caller tries the next). One that stalls mid-stream for ``timeout_s``
+        ends that stream with an error event, and is passed over for ``cooldown_s``."""
         opened = contextlib.ExitStack()
         try:
             chunks = opened.enter_context(self._client(root).stream(path, body))
         except BaseException:
             opened.close()
             raise
-        return EventStream(chunks, opened.close)
+
+        def watched() -> Iterator[bytes]:
+            try:
+                yield from chunks
+            except ModelServerError as exc:
+                if exc.timed_out:
+                    self._failed(url, exc)
+                raise
+
+        return EventStream(watched(), opened.close)
 
     def _client(self, root: str) -> OpenAIChatClient:
         clients = getattr(self._local, "clients", None)
         if clients is None:
             clients = self._local.clients = {}
         if root not in clients:
-            clients[root] = OpenAIChatClient(root, "ee-router", retries=self.retries, timeout_s=self.timeout_s, backoff_s=0.05, api_key="")
+            clients[root] = OpenAIChatClient(
+                root, "ee-router", retries=0, timeout_s=self.timeout_s, api_key="", timeout_knob="ee serve router --timeout SECONDS"
+            )
         return clients[root]
 
 

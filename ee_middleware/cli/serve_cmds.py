@@ -6,6 +6,7 @@ imported inside the commands.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -311,17 +312,55 @@ def _wait(server: object) -> None:
         server.stop()  # type: ignore[attr-defined]
 
 
+MAX_ROUTER_RETRIES = 10
+"""The most ``--retries`` of ``ee serve router`` takes (each retry of a failing replica holds the request longer)."""
+
+
+def _cooldown_seconds(value: float) -> float:
+    """``--cooldown``: a finite number of seconds >= 0, else a usage error."""
+    if not 0 <= value < math.inf:  # (NaN too)
+        raise typer.BadParameter(
+            f"must be a finite number of seconds >= 0 (0: never pass a replica over), got {value:g}; e.g. --cooldown 30."
+        )
+    return value
+
+
 @app.command("router", epilog=examples("ee serve router -r ./registry --server http://127.0.0.1:8000/v1 --port 9000"))
 def serve_router(
     registry: str = typer.Option(..., "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", show_envvar=True, help="The adapter registry."),
     servers: list[str] = typer.Option([], "--server", envvar="EE_SERVER_URLS", help="A replica's API root (repeat)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", min=1, max=65535, help="Port to listen on (1-65535)."),
+    timeout_s: float = typer.Option(
+        120.0,
+        "--timeout",
+        callback=positive_seconds,
+        help="Seconds a replica may take to answer (a stream: to start, and between its parts); one that takes longer is "
+        "not asked again for that request, the next replica is.",
+    ),
+    retries: int = typer.Option(
+        1,
+        "--retries",
+        min=0,
+        max=MAX_ROUTER_RETRIES,
+        help=f"How many more times (0-{MAX_ROUTER_RETRIES}) a replica that refused or broke the connection, or answered "
+        "5xx or 429, is asked again before the next replica (a time-out is never retried on the same replica).",
+    ),
+    cooldown_s: float = typer.Option(
+        30.0,
+        "--cooldown",
+        callback=_cooldown_seconds,
+        help="Seconds a replica that timed out or could not be reached is passed over (0: never); then one request tries "
+        "it again. It is still tried when every other replica fails.",
+    ),
 ) -> None:
     """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas.
 
     A replica that does not hold the live adapter (restarted since the promote) is passed over, and the log says so once,
-    with the command that loads it there again (ee adapters promote LIVE_NAME ...)."""
+    with the command that loads it there again (ee adapters promote LIVE_NAME ...). A replica that does not answer within
+    --timeout, or cannot be reached, is passed over for --cooldown seconds (the log says so, and when it answers again),
+    so that one stuck replica does not hold the other requests. A stream that has started is never sent again elsewhere:
+    one that breaks ends with an error event after the last whole event."""
     from ee_middleware.adapters.errors import ServingError
     from ee_middleware.adapters.registry import open_registry
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
@@ -333,7 +372,7 @@ def serve_router(
             "EE_SERVER_URLS=URL,URL), e.g. --server http://127.0.0.1:8000/v1.",
             url="",
         )
-    router = AliasRouter(open_registry(registry, create=False), urls)
+    router = AliasRouter(open_registry(registry, create=False), urls, timeout_s=timeout_s, retries=retries, cooldown_s=cooldown_s)
     server = make_router_server(router, host, port)
     typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1 -> {', '.join(router.upstreams)}")
     try:

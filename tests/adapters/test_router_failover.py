@@ -1,0 +1,361 @@
+"""The alias router against replicas that misbehave, each a real HTTP server: one that accepts connections and never
+answers (passive health: passed over for a cool-down after one time-out), one that breaks a stream in the middle of an
+event (the client reads whole events, then the router's error event), a registry that cannot be read (GET /v1/models
+answers a JSON error), and a ``model`` that is no string (400)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.launch import free_port
+from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
+from ee_middleware.testing.http import ScriptedChatServer, send_json, serving
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+CLIENT_TIMEOUT_S = 60.0
+"""The test client's own time-out: generous, far above the router's --timeout in these tests."""
+
+
+class _EmptyRegistry:
+    def apps(self) -> dict[str, Any]:
+        return {}
+
+
+class StuckReplica(ThreadingHTTPServer):
+    """A replica that accepts connections and reads requests, but answers a POST only once ``release`` is set (then an
+    OpenAI completion); ``posts`` counts the POSTs it got. ``GET /v1/models`` answers at once."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _StuckHandler)
+        self.release = threading.Event()
+        self.posts = 0
+        self.lock = threading.Lock()
+
+
+class _StuckHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: StuckReplica
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        send_json(self, {"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        with self.server.lock:
+            self.server.posts += 1
+        self.server.release.wait(timeout=CLIENT_TIMEOUT_S)
+        choice = {"index": 0, "message": {"role": "assistant", "content": "from the stuck one"}, "finish_reason": "stop"}
+        try:
+            send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body.get("model"), "choices": [choice]})
+        except OSError:
+            pass  # the router gave up on it
+
+
+@contextmanager
+def stuck_replica(port: int = 0) -> Iterator[tuple[StuckReplica, str]]:
+    server = StuckReplica(port)
+    try:
+        with serving(server) as url:
+            yield server, url
+    finally:
+        server.release.set()  # its handler threads end
+
+
+def _chat(routed: str, **body: Any) -> httpx.Response:
+    return httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, **body}, timeout=CLIENT_TIMEOUT_S)
+
+
+def test_a_replica_that_never_answers_is_passed_over_after_one_time_out() -> None:
+    """Before: each request sent first to the stuck replica waited timeout_s twice (a retry on the same replica) and
+    nothing remembered it, so every other request waited again (240 s with the defaults)."""
+    said: list[str] = []
+    with stuck_replica() as (stuck, stuck_url), ScriptedChatServer(["fine"]) as healthy:
+        router = AliasRouter(_EmptyRegistry(), [stuck_url, healthy.base_url], timeout_s=1.0, retries=2, cooldown_s=600, log=said.append)
+        with serving(make_router_server(router, port=0)) as routed:
+            answers = [_chat(routed) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
+        assert {a.json()["choices"][0]["message"]["content"] for a in answers} == {"fine"}
+        assert stuck.posts == 1, "a time-out is not retried on the same replica, and the replica is then passed over"
+        assert len(healthy.requests) == 6
+    assert len(said) == 1 and stuck_url in said[0] and "passed over for 600 s" in said[0] and "no answer within 1 s" in said[0], said
+
+
+def test_requests_sent_while_the_replica_hangs_do_not_all_wait_for_it() -> None:
+    """Eight requests at once: those that reach the stuck replica before it is known to hang wait one time-out, and
+    the replica then gets no more of them; every request is answered."""
+    with stuck_replica() as (stuck, stuck_url), ScriptedChatServer(["fine"]) as healthy:
+        router = AliasRouter(_EmptyRegistry(), [stuck_url, healthy.base_url], timeout_s=1.0, cooldown_s=600, log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            results: list[int] = []
+            threads = [threading.Thread(target=lambda: results.append(_chat(routed).status_code)) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(CLIENT_TIMEOUT_S)
+            later = [_chat(routed).status_code for _ in range(4)]
+        assert results == [200] * 8 and later == [200] * 4
+        first_wave = stuck.posts
+        assert 1 <= first_wave <= 8
+    assert stuck.posts == first_wave, "after the first time-out, no request went to the stuck replica"
+
+
+def test_a_replica_is_tried_again_after_its_cool_down_and_takes_its_turn_once_it_answers() -> None:
+    said: list[str] = []
+    with stuck_replica() as (stuck, stuck_url), ScriptedChatServer(["fine"]) as healthy:
+        router = AliasRouter(_EmptyRegistry(), [stuck_url, healthy.base_url], timeout_s=1.0, cooldown_s=0.5, log=said.append)
+        with serving(make_router_server(router, port=0)) as routed:
+            assert _chat(routed).status_code == 200 and stuck.posts == 1
+            stuck.release.set()  # it answers from now on
+            time.sleep(1.0)  # past the cool-down
+            answers = [_chat(routed).json()["choices"][0]["message"]["content"] for _ in range(4)]
+        assert "from the stuck one" in answers and "fine" in answers, answers
+    assert any("answers again" in line and stuck_url in line for line in said), said
+
+
+def test_when_every_replica_is_passed_over_they_are_still_tried() -> None:
+    """The only replica could not be reached (nothing listened): passed over, but with no other one left the next
+    request still goes to it, and is answered once it is up, within the cool-down."""
+    port = free_port()
+    said: list[str] = []
+    router = AliasRouter(_EmptyRegistry(), [f"http://127.0.0.1:{port}/v1"], timeout_s=5.0, cooldown_s=600, log=said.append)
+    with serving(make_router_server(router, port=0)) as routed:
+        down = _chat(routed)
+        assert down.status_code == 502 and "No replica answered" in down.json()["error"]["message"], down.text
+        assert len(said) == 1 and "could not be reached" in said[0], said
+        with stuck_replica(port) as (stuck, _url):
+            stuck.release.set()
+            up = _chat(routed)
+    assert up.status_code == 200 and up.json()["choices"][0]["message"]["content"] == "from the stuck one", up.text
+    assert "answers again" in said[-1], said
+
+
+def test_a_timed_out_answer_names_the_routers_timeout_flag() -> None:
+    with stuck_replica() as (_stuck, stuck_url):
+        router = AliasRouter(_EmptyRegistry(), [stuck_url], timeout_s=1.0, cooldown_s=600, log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            answer = _chat(routed)
+    assert answer.status_code == 502 and "ee serve router --timeout SECONDS" in answer.json()["error"]["message"], answer.text
+
+
+# --- streams ---------------------------------------------------------------------------------------------------------
+
+
+def _sse_client_events(response: httpx.Response) -> list[Any]:
+    """The events an SSE client (the OpenAI SDK's decoder) reads from ``response``: each event's data lines joined, a
+    ``[DONE]`` as it is, any other data parsed as JSON (a half event would raise here, as it does in the SDK)."""
+    events: list[Any] = []
+    data: list[str] = []
+    for line in response.text.splitlines():
+        if not line:
+            if data:
+                text = "\n".join(data)
+                events.append(text if text == "[DONE]" else json.loads(text))
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    return events  # an event without its blank line at the end is not dispatched (the SSE spec)
+
+
+def _breaking_handler(pieces: list[bytes], *, hang_after: threading.Event | None = None) -> type[BaseHTTPRequestHandler]:
+    class Breaking(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for piece in pieces:
+                self.wfile.write(f"{len(piece):X}\r\n".encode() + piece + b"\r\n")
+                self.wfile.flush()
+            if hang_after is not None:
+                hang_after.wait(CLIENT_TIMEOUT_S)
+                return
+            self.connection.shutdown(socket.SHUT_RDWR)  # gone in the middle of an event, without the closing chunk
+
+    return Breaking
+
+
+FIRST = b'data: {"id":"x","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [FIRST, b'data: {"id":"x","obj'],  # the tester's: broken inside an event's data line
+        [FIRST[:30], FIRST[30:] + b"data: [DO"],  # an event across two pieces, then half of the next
+        [FIRST.replace(b"\n", b"\r\n"), b'data: {"id":"x"}\r\n'],  # CRLF lines; broken between the data line and its blank line
+        [FIRST + b"data: {\n", b'data: "a": 1}\n'],  # a half event of two data lines
+    ],
+    ids=["mid-line", "across-pieces", "crlf-before-blank-line", "multi-line"],
+)
+def test_a_stream_broken_mid_event_ends_with_the_error_as_the_next_whole_event(pieces: list[bytes]) -> None:
+    """Before: the half event was relayed and closed with a blank line, so an SSE client parsed half a JSON object
+    (JSONDecodeError in the OpenAI SDK) instead of the router's error event."""
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _breaking_handler(pieces))
+    upstream.daemon_threads = True
+    with serving(upstream) as url, serving(make_router_server(AliasRouter(_EmptyRegistry(), [url], retries=0), port=0)) as routed:
+        response = _chat(routed, stream=True)
+    assert response.status_code == 200
+    events = _sse_client_events(response)
+    assert events[0]["choices"][0]["delta"] == {"content": "Hel"}, "what arrived whole was relayed"
+    assert len(events) == 2, events
+    error = events[-1]["error"]
+    assert error["type"] == "BadGatewayError" and "the stream broke" in error["message"], error
+    assert response.text.endswith("\n\n") and response.text.count("data:") == 2, "no half event is sent"
+
+
+def test_a_stream_that_stalls_is_not_sent_again_elsewhere_and_its_replica_is_passed_over() -> None:
+    release = threading.Event()
+    said: list[str] = []
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _breaking_handler([FIRST, b"data: {"], hang_after=release))
+    upstream.daemon_threads = True
+    try:
+        with serving(upstream) as url, ScriptedChatServer(["fine"]) as healthy:
+            router = AliasRouter(_EmptyRegistry(), [url, healthy.base_url], timeout_s=1.0, cooldown_s=600, log=said.append)
+            with serving(make_router_server(router, port=0)) as routed:
+                streamed = _chat(routed, stream=True)
+                after = [_chat(routed, stream=True) for _ in range(2)]
+            assert len(healthy.requests) == 2, "the started stream was not sent to the other replica; the next two went there"
+    finally:
+        release.set()
+    events = _sse_client_events(streamed)
+    assert events[0]["choices"][0]["delta"] == {"content": "Hel"} and "stalled" in events[-1]["error"]["message"], events
+    assert all(_sse_client_events(r)[-1] == "[DONE]" for r in after)
+    assert len(said) == 1 and url in said[0] and "passed over" in said[0], said
+
+
+def test_a_stream_that_ends_cleanly_is_relayed_byte_for_byte() -> None:
+    body = FIRST + b": a comment\r\n\r\n" + b"data: [DONE]\n\n" + b"data: no blank line at the end"
+
+    class Whole(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            for start in range(0, len(body), 7):  # in odd pieces
+                self.wfile.write(body[start : start + 7])
+                self.wfile.flush()
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Whole)
+    upstream.daemon_threads = True
+    with serving(upstream) as url, serving(make_router_server(AliasRouter(_EmptyRegistry(), [url], retries=0), port=0)) as routed:
+        response = _chat(routed, stream=True)
+    assert response.content == body
+
+
+# --- GET /v1/models and the request's model ------------------------------------------------------------------------
+
+
+def test_models_with_an_unreadable_registry_is_a_json_error_not_a_dropped_connection(tmp_path: Path) -> None:
+    """Before: the connection closed with no answer (curl: Empty reply from server), while a POST got a clean 500."""
+    from tests.adapters.helpers import write_adapter
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    registry.register(write_adapter(tmp_path / "adapter"), "bot")
+    (tmp_path / "reg" / "index.json").write_text('{"apps": ')
+    with ScriptedChatServer(["fine"]) as replica:
+        router = AliasRouter(LocalAdapterRegistry(tmp_path / "reg"), [replica.base_url], log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            listed = httpx.get(f"{routed}/models", timeout=CLIENT_TIMEOUT_S)
+            posted = _chat(routed, model="bot")
+            health = httpx.get(f"{routed.removesuffix('/v1')}/health", timeout=CLIENT_TIMEOUT_S)
+    assert listed.status_code == posted.status_code == 500, (listed.text, posted.text)
+    error = listed.json()["error"]
+    assert error["type"] == "InternalServerError" and error["message"] == posted.json()["error"]["message"], error
+    assert health.status_code == 200
+
+
+@pytest.mark.parametrize("model", [["shop"], {"name": "shop"}, 3, True])
+def test_a_model_that_is_no_string_is_a_400_through_the_router(model: Any) -> None:
+    """Before: 500 "TypeError: unhashable type: 'list'"."""
+    with ScriptedChatServer(["fine"]) as replica:
+        with serving(make_router_server(AliasRouter(_EmptyRegistry(), [replica.base_url], log=lambda _: None), port=0)) as routed:
+            answer = _chat(routed, model=model)
+            streamed = _chat(routed, model=model, stream=True)
+        assert replica.requests == [], "refused before any replica was asked"
+    for response in (answer, streamed):
+        error = response.json()["error"]
+        assert response.status_code == 400 and error["message"].startswith("model must be a string"), response.text
+        assert error["type"] == "BadRequestError"
+
+
+# --- the command line ------------------------------------------------------------------------------------------------
+
+
+class _Started(Exception):
+    pass
+
+
+@pytest.fixture
+def router_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from tests.adapters.helpers import write_adapter
+
+    def started(router: Any, host: str, port: int) -> None:
+        raise _Started(f"timeout_s={router.timeout_s} retries={router.retries} cooldown_s={router.cooldown_s}")
+
+    monkeypatch.setattr("ee_middleware.adapters.serving.router.make_router_server", started)
+    LocalAdapterRegistry(tmp_path / "registry").register(write_adapter(tmp_path / "adapter"), "bot")
+    return tmp_path / "registry"
+
+
+def test_serve_router_takes_timeout_retries_and_cooldown(router_registry: Path) -> None:
+    from ee_middleware.cli.app import app
+
+    base = ["serve", "router", "-r", str(router_registry), "--server", "http://127.0.0.1:8000/v1"]
+    given = CliRunner().invoke(app, [*base, "--timeout", "5", "--retries", "0", "--cooldown", "12.5"])
+    assert "_Started: timeout_s=5.0 retries=0 cooldown_s=12.5" in given.output, given.output
+    default = CliRunner().invoke(app, base)
+    assert "_Started: timeout_s=120.0 retries=1 cooldown_s=30.0" in default.output, default.output
+    shown = CliRunner().invoke(app, ["serve", "router", "--help"]).output
+    assert "--timeout" in shown and "--retries" in shown and "--cooldown" in shown
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        *(["--timeout", value] for value in ("0", "-1", "inf", "nan", "soon")),
+        *(["--retries", value] for value in ("-1", "11", "1.5")),
+        *(["--cooldown", value] for value in ("-1", "inf", "nan")),
+    ],
+)
+def test_serve_router_refuses_bad_timeout_retries_and_cooldown(router_registry: Path, args: list[str]) -> None:
+    from ee_middleware.cli.app import app
+
+    result = CliRunner().invoke(app, ["serve", "router", "-r", str(router_registry), "--server", "http://127.0.0.1:8000/v1", *args])
+    assert result.exit_code == 2 and "_Started" not in result.output and args[0] in result.stderr, result.output
+
+
+def test_the_router_refuses_bad_settings_in_python() -> None:
+    for bad in ({"timeout_s": 0}, {"timeout_s": float("inf")}, {"retries": -1}, {"retries": 1.5}, {"cooldown_s": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            AliasRouter(_EmptyRegistry(), ["http://127.0.0.1:1/v1"], **bad)
