@@ -45,6 +45,11 @@ from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.plugins import PluginKind
 
+DEFAULT_TIMEOUT_S = 60.0
+"""How long one request to a server may take during a promote, rollback or retire, unless told otherwise."""
+TIMEOUT_KNOB = "--timeout SECONDS of ee adapters promote/rollback/retire"
+"""How a user raises that time-out, named in the advice after one."""
+
 SMOKE_MESSAGES = ({"role": "user", "content": "Reply with OK."},)
 SMOKE_SAMPLING = Sampling(temperature=0.0, max_tokens=4, seed=0)
 
@@ -90,8 +95,10 @@ class HTTPServingBackend:
     """A server that speaks vLLM's runtime LoRA API (see the module docstring).
 
     ``max_lora_rank`` (the server's ``--max-lora-rank``, when known) lets :meth:`load` refuse a
-    too-large adapter before asking the server. ``timeout_s`` bounds each request; ``smoke_*`` set the
-    smoke request of :meth:`verify`.
+    too-large adapter before asking the server. ``timeout_s`` bounds each request (``ee adapters promote/rollback/retire
+    --timeout``); ``timeout_knob`` is how the user sets it, which the advice after a time-out names (:data:`TIMEOUT_KNOB`
+    unless the caller says otherwise, e.g. ``[improve.serving] timeout_s``); ``smoke_*`` set the smoke request of
+    :meth:`verify`.
     """
 
     kind = "http"
@@ -101,7 +108,8 @@ class HTTPServingBackend:
         url: str,
         *,
         max_lora_rank: int | None = None,
-        timeout_s: float = 60.0,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        timeout_knob: str | None = None,
         smoke_messages: tuple[dict[str, Any], ...] = SMOKE_MESSAGES,
         smoke_sampling: Sampling = SMOKE_SAMPLING,
         transport: Any = None,
@@ -111,6 +119,7 @@ class HTTPServingBackend:
             self.url += "/v1"
         self.max_lora_rank = max_lora_rank
         self.timeout_s = timeout_s
+        self.timeout_knob = timeout_knob or TIMEOUT_KNOB
         self.smoke_messages = smoke_messages
         self.smoke_sampling = smoke_sampling
         self._transport = transport
@@ -252,8 +261,8 @@ class HTTPServingBackend:
         if isinstance(exc, ModelServerError) and exc.timed_out:
             return ServerTimeoutError(
                 f"{self.url} did not answer a smoke chat request through {name} in {self.timeout_s:g} s. Is it overloaded or "
-                "stuck? That says nothing about the adapter: check the server's log, and promote again once it answers (raise "
-                "the timeout if it is just slow).",
+                "stuck? That says nothing about the adapter: check the server's log, and promote again once it answers (if it "
+                f"is just slow, raise the timeout: {self.timeout_knob}).",
                 url=self.url,
             )
         if isinstance(exc, ModelRequestError) and exc.status == 404:
@@ -345,14 +354,24 @@ class HTTPServingBackend:
         if isinstance(exc, ModelServerError) and exc.timed_out:
             return ServerTimeoutError(
                 f"{url} did not answer in {self.timeout_s:g} s when asked to {doing}. Is it overloaded or stuck? Check its log; "
-                "raise the timeout if it is just slow.",
+                f"if it is just slow, raise the timeout ({self.timeout_knob}).",
                 url=self.url,
             )
         if isinstance(exc, ModelServerError):
             return ServerUnavailableError(
-                f"No usable answer from the {self.kind} server at {url} when asked to {doing}: {exc}{self.start_hint}", url=self.url
+                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {exc}{self.start_hint}", url=self.url
             )
-        return ServingError(f"The {self.kind} server at {url} could not {doing}: {exc}", url=self.url)
+        return ServingError(f"{self.server_name().capitalize()} at {url} could not {doing}: {exc}", url=self.url)
+
+    def server_name(self) -> str:
+        """What the server is, for messages: what it recorded at start (``the vLLM server``, ``the local server``), else
+        ``the server`` (``--backend`` names the API it speaks, not what answers: a local server is promoted into with the
+        default ``--backend vllm`` too)."""
+        from ee_middleware.adapters.serving.rendering import server_record
+
+        state = server_record(self.url)
+        renderer = state.get("renderer") if state is not None else None
+        return {"vllm": "the vLLM server", "local": "the local server (ee serve local)"}.get(str(renderer), "the server")
 
     start_hint = ""
 

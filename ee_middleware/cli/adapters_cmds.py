@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, actor_name, console, escape, examples, print_json, server_urls, short
+from ee_middleware.cli.common import JsonOption, actor_name, console, escape, examples, positive_seconds, print_json, server_urls, short
 
 app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
 
@@ -63,6 +63,13 @@ BackendOption = typer.Option(
     help="What the servers are: vllm, local (ee serve local), or a serving-backend plug-in: package.module:factory or the "
     "name of an ee_middleware.serving_backends entry point (as [improve.serving] backend).",
 )
+TimeoutOption = typer.Option(
+    None,
+    "--timeout",
+    callback=positive_seconds,
+    help="Seconds each request to a server may take (a load, the smoke chat request, an unload, a listing); raise it for a "
+    "server busy with long answers. [default: 60]",
+)
 RegistryOnlyOption = typer.Option(
     False,
     "--registry-only",
@@ -84,13 +91,23 @@ def _registry(spec: str, *, create: bool = False) -> Any:
     return open_registry(spec, create=create)
 
 
-def _replicas(urls: list[str], backend: str, max_lora_rank: int | None) -> list[Any]:
+def _replicas(urls: list[str], backend: str, max_lora_rank: int | None, timeout_s: float | None = None) -> list[Any]:
     from ee_middleware.adapters.serving.backend import build_backends
 
-    return build_backends(urls, kind=backend, max_lora_rank=max_lora_rank)
+    # --timeout goes to the backend only when given: a serving-backend plug-in need not take it
+    options = {} if timeout_s is None else {"timeout_s": timeout_s}
+    return build_backends(urls, kind=backend, max_lora_rank=max_lora_rank, **options)
 
 
-def _switch_replicas(ctx: typer.Context, servers: list[str], backend: str, max_lora_rank: int | None, *, registry_only: bool) -> list[Any]:
+def _switch_replicas(
+    ctx: typer.Context,
+    servers: list[str],
+    backend: str,
+    max_lora_rank: int | None,
+    *,
+    registry_only: bool,
+    timeout_s: float | None = None,
+) -> list[Any]:
     """The replicas a promote or rollback loads on: those ``--server`` names, or none with ``--registry-only`` (servers
     from EE_SERVER_URLS are then left out, with a note; given on the command line, they are a usage error)."""
     urls = server_urls(servers)
@@ -101,7 +118,7 @@ def _switch_replicas(ctx: typer.Context, servers: list[str], backend: str, max_l
                 "http://127.0.0.1:8000/v1; or --registry-only to switch the alias in the registry alone, loading it on no server.",
                 param_hint="'--server'",
             )
-        return _replicas(urls, backend, max_lora_rank)
+        return _replicas(urls, backend, max_lora_rank, timeout_s)
     if urls:
         if getattr(ctx.get_parameter_source("servers"), "name", None) != "ENVIRONMENT":  # typer's own click: by name
             raise typer.BadParameter(
@@ -337,6 +354,7 @@ def promote(
     backend: str = BackendOption,
     registry_only: bool = RegistryOnlyOption,
     max_lora_rank: int | None = RankOption,
+    timeout_s: float | None = TimeoutOption,
     by: str | None = ByOption,
     ignore_gate: bool = typer.Option(
         False, "--ignore-gate", help="Promote even though its last recorded deploy gate failed (the history records it)."
@@ -360,7 +378,7 @@ def promote(
     load; an adapter an earlier version marked failed for it is made a candidate again and promoted."""
     from ee_middleware.adapters.promote import promote as run_promote
 
-    replicas = _switch_replicas(ctx, servers, backend, max_lora_rank, registry_only=registry_only)
+    replicas = _switch_replicas(ctx, servers, backend, max_lora_rank, registry_only=registry_only, timeout_s=timeout_s)
     progress = None if as_json else lambda t: typer.echo(t, err=True)
     result = run_promote(
         _registry(registry), name, replicas, by=by, progress=progress, ignore_gate=ignore_gate, ignore_rendering=ignore_rendering
@@ -383,6 +401,7 @@ def rollback(
     backend: str = BackendOption,
     registry_only: bool = RegistryOnlyOption,
     max_lora_rank: int | None = RankOption,
+    timeout_s: float | None = TimeoutOption,
     by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -390,7 +409,7 @@ def rollback(
     from ee_middleware.adapters.promote import rollback as run_rollback
 
     progress = None if as_json else lambda t: typer.echo(t, err=True)
-    replicas = _switch_replicas(ctx, servers, backend, max_lora_rank, registry_only=registry_only)
+    replicas = _switch_replicas(ctx, servers, backend, max_lora_rank, registry_only=registry_only, timeout_s=timeout_s)
     result = run_rollback(_registry(registry), app_name, replicas, by=by, progress=progress)
     if as_json:
         print_json(result.to_json())
@@ -405,6 +424,7 @@ def retire(
     servers: list[str] = ServerOption,
     backend: str = BackendOption,
     reason: str | None = typer.Option(None, "--reason", help="Why, for the record."),
+    timeout_s: float | None = TimeoutOption,
     by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -412,7 +432,7 @@ def retire(
     from ee_middleware.adapters.promote import retire as run_retire
 
     urls = server_urls(servers)
-    replicas = _replicas(urls, backend, None) if urls else []
+    replicas = _replicas(urls, backend, None, timeout_s) if urls else []
     progress = None if as_json else lambda t: typer.echo(t, err=True)
     record, problems = run_retire(_registry(registry), name, replicas, by=by, reason=reason, progress=progress)
     if as_json:
