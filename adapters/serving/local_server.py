@@ -146,11 +146,36 @@ class LocalModelServer:
                 else:
                     self.model.load_adapter(str(folder), adapter_name=peft_name, is_trainable=False)
             except Exception as exc:
+                self._undo_failed_load(peft_name)
                 raise RequestError(400, f"Cannot load the adapter at {path}: {type(exc).__name__}: {exc}") from exc
             self.model.eval()
             self.adapters[name] = str(folder)
             self._peft_names[name] = peft_name
         return f"Success: LoRA adapter '{name}' added successfully."
+
+    def _undo_failed_load(self, peft_name: str) -> None:
+        """Take out what a load that failed part-way left in the model: peft injects an adapter's LoRA layers before it
+        reads the weights, so a mismatch (an adapter for another base) leaves them in place. A first adapter's are
+        taken out of the base model (its modules back to the plain layers, without a ``peft_config``), a further one's
+        deleted from the model that holds the others."""
+        if self.model is not self.base_model:
+            if peft_name in getattr(self.model, "peft_config", {}):
+                try:
+                    self.model.delete_adapter(peft_name)
+                except Exception:  # noqa: BLE001 - a half-made adapter peft cannot delete: its layers stay unused
+                    pass
+            return
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        model = self.base_model
+        injected = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
+        for name, module in injected:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):
+            if attribute in vars(model):
+                delattr(model, attribute)
 
     def unload_adapter(self, body: dict[str, Any]) -> str:
         name = body.get("lora_name")
