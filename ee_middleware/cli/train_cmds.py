@@ -6,11 +6,16 @@ the same single command (used by the tests).
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from ee_middleware._lifetime import stopping_signal
 from ee_middleware.cli.common import JsonOption, examples, print_json
 from ee_middleware.errors import EEError
 
@@ -64,6 +69,8 @@ def train(
     from ee_middleware.trainers.training import train as run_training
     from ee_middleware.trainers.training.errors import MissingDatasetError
 
+    cfg = None
+    written_before = False
     try:
         cfg = TrainConfig.load(
             config,
@@ -80,10 +87,15 @@ def train(
             backend=backend.value if backend else None,
             seed=seed,
         )
+        written_before = _holds_adapter(cfg.output_dir)
         try:
-            result = run_training(cfg, progress=progress and not as_json)
+            with _warnings_as_lines():
+                result = run_training(cfg, progress=progress and not as_json)
         except MissingDatasetError as exc:
             raise exc.named_by(_data_setting(ctx, config)) from exc
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
+        _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", written_before)
+        raise
     except EEError as exc:  # said here for the standalone app too; --json's error object names its type
         from ee_middleware.cli.app import fail
 
@@ -92,6 +104,49 @@ def train(
         print_json({"adapter_dir": str(result.adapter_dir), **result.metrics})
     elif not progress:
         typer.echo(str(result.adapter_dir))
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """The warnings training gives (``ContextBudgetWarning``, ``RenderingFallbackWarning``, the libraries' own) as one
+    ``warning: ...`` line each on stderr, as the other commands say theirs, without Python's file name, line number and
+    source line (an internal line of the trainer the user can do nothing with). Python's filters still decide which are
+    shown (``-W``, ``PYTHONWARNINGS``); both are put back on the way out."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        typer.secho(f"warning: {' '.join(str(message).split())}", err=True, fg="yellow")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _holds_adapter(folder: Path) -> bool:
+    from ee_middleware.trainers.training.api import ADAPTER_FILES
+
+    return all((Path(folder) / name).is_file() for name in ADAPTER_FILES)
+
+
+def _say_interrupted(cfg: Any, signal_name: str, written_before: bool) -> None:
+    """One line on stderr for a training run stopped by a signal, as ``ee replay run`` and ``ee eval run`` say theirs:
+    whether the adapter was written, and that the same command trains again from the start (a run keeps no checkpoint)."""
+    if cfg is None:
+        said = "before it started training"
+    elif not written_before and _holds_adapter(cfg.output_dir):  # stopped after the adapter was renamed into place
+        typer.secho(
+            f"interrupted: training stopped ({signal_name}) after the adapter was written to {cfg.output_dir}; it is complete.",
+            err=True,
+            fg="yellow",
+        )
+        return
+    else:
+        said = f"before the adapter was written: nothing was written to {cfg.output_dir}"
+    typer.secho(
+        f"interrupted: training stopped ({signal_name}) {said}. Training keeps no checkpoints: the same command starts it "
+        "again from the beginning.",
+        err=True,
+        fg="yellow",
+    )
 
 
 def _data_setting(ctx: typer.Context, config: Path | None) -> str:

@@ -254,6 +254,19 @@ class LocalGenerator:
         return length if isinstance(length, int) and 0 < length < 10_000_000 else _FALLBACK_MAX_LENGTH
 
 
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.tiktoken",
+)
+"""The files one of which every tokenizer transformers loads from a folder is saved in."""
+
+
 def load_pretrained(
     folder: Path, *, gguf_file: str | None = None, dtype: Any = None, require_chat_template: bool = True
 ) -> tuple[Any, Any]:
@@ -269,10 +282,18 @@ def load_pretrained(
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": False}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
+    tokenizer = None
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(folder, **kwargs)
         model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs, **({"dtype": dtype} if dtype is not None else {}))
     except Exception as exc:
+        if tokenizer is None and gguf_file is None and not _has_tokenizer_files(Path(folder)) and _has_weights(Path(folder)):
+            # said first: transformers' own message asks to install sentencepiece or tiktoken, which would not help
+            raise ModelLoadError(
+                f"{folder} has no tokenizer files (no tokenizer.json, tokenizer_config.json, tokenizer.model or vocab.json), "
+                "only the model's. Save the tokenizer of the model the weights come from beside them: "
+                "tokenizer.save_pretrained(DIR); nothing is downloaded."
+            ) from exc
         # transformers refuses a folder it could only load by running its code with a message naming trust_remote_code;
         # a folder naming its own code that fails for another reason (missing weights) gets the usual message
         code = custom_code(Path(folder), files=("config.json", "tokenizer_config.json")) if "trust_remote_code" in str(exc) else []
@@ -298,6 +319,15 @@ def load_pretrained(
         )
     check_vocabulary(tokenizer, model, f"{folder}" + (f" (GGUF file {gguf_file})" if gguf_file else ""))
     return tokenizer, model
+
+
+def _has_tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in _TOKENIZER_FILES) or any(folder.glob("*.tiktoken"))
+
+
+def _has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds a model's weights (a folder without them gets the message naming every file it needs)."""
+    return any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.safetensors.index.json"))
 
 
 def check_vocabulary(tokenizer: Any, model: Any, where: str) -> None:

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
@@ -32,9 +32,14 @@ class TrainConfig(BaseModel):
 
     ``None`` for ``bf16``, ``gradient_checkpointing`` and ``num_threads`` means "pick for the
     device": bf16 and gradient checkpointing on a GPU, fp32 and one torch thread on the CPU.
+
+    The paths (``base_model``, ``data``, ``output_dir``, ``base_cache_dir``) are made absolute against the working
+    directory (``~`` expanded), as every ``ee`` command reads paths, also those in a config file (not from the file's
+    folder, as ``ee improve`` reads its file): the manifest records them so. Every number is finite (``inf`` and
+    ``nan`` are refused: ``epochs = inf`` would plan endless steps).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_default=True)
 
     base_model: str
     """A local folder saved with ``save_pretrained``, a ``.gguf`` file, or a folder holding one .gguf file."""
@@ -80,7 +85,18 @@ class TrainConfig(BaseModel):
     """``trl``: trl's SFTTrainer (the default); ``peft-loop``: a plain PyTorch loop, single process, for comparison."""
     logging_steps: int = Field(1, ge=1)
     base_cache_dir: Path | None = None
-    """Where a base model read from GGUF is saved once as a plain folder (default: ``<output_dir>/../base-models``)."""
+    """Where a base model read from GGUF is saved once as a plain folder (default: the user's cache,
+    ``$EE_CACHE_DIR/base-models`` or ``~/.cache/ee-middleware/base-models``, shared by every run: see
+    :func:`~ee_middleware.trainers.training.model.default_base_cache`)."""
+
+    @field_validator("base_model", "data", "output_dir", "base_cache_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Any) -> Any:
+        if isinstance(value, Path):
+            return Path(os.path.abspath(value.expanduser()))
+        if isinstance(value, str) and value.strip():
+            return os.path.abspath(os.path.expanduser(value))
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

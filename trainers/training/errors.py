@@ -225,10 +225,19 @@ class MissingDatasetError(TrainDataError):
     def __init__(self, path: str | os.PathLike[str], kind: str, setting: str = "--data (or data in [train])") -> None:
         self.path, self.kind = Path(path), kind
         folder = self.path.parent
+        if folder.is_file() or folder.suffix == ".parquet":  # --data data/il.parquet: the file, not its folder
+            holder = folder.parent
+            super().__init__(
+                f"{setting} must be the folder that holds the dataset files ({self.path.name} and the others of the build), "
+                f"not a file: {folder} {'is a file' if folder.is_file() else f'names a dataset file ({folder.name})'}. Set "
+                f"{setting} to {holder}, its folder."
+            )
+            return
         advice = build_advice(kind, folder)
         build = f"`{advice.command}`" + (f"; {advice.note}" if advice.note else "")
+        where = f"{self.path}" + ("" if self.path.is_absolute() else f" ({self.path.absolute()})")
         super().__init__(
-            f"No {kind.upper()} dataset at {self.path} ({self.path.absolute()}): {setting} names the folder {folder}. Build the "
+            f"No {kind.upper()} dataset at {where}: {setting} names the folder {folder}. Build the "
             f"datasets there first ({build}), or set {setting} to the folder that holds {self.path.name}."
         )
 

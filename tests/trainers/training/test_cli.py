@@ -74,22 +74,23 @@ def test_train_progress_keeps_trl_log_lines_off_stdout(tiny_model_dir: Path, dat
 def test_a_missing_dataset_names_the_setting_that_gave_its_folder_and_the_command_that_builds_it(tmp_path: Path, monkeypatch) -> None:
     # Was: "No IL dataset at nodata/il.parquet. Build it first (ee_middleware.trainers.datasets), or point --data at ...":
     # a module, not the command; --data even when the folder came from [train]; the relative path never resolved.
+    # Relative paths are read from the working directory and said absolute (sweep rtrain 7).
     from ee_middleware.cli.app import app as root
 
     monkeypatch.chdir(tmp_path)
     toml = tmp_path / "train.toml"
     toml.write_text('[train]\nbase_model = "base"\ndata = "nodata"\n')
     cases = [
-        (["--config", str(toml)], f"data in [train] of {toml} names the folder nodata"),
-        (["--config", str(toml), "--data", "other"], "--data names the folder other"),
-        (["--base-model", "base"], "--data (default: data; or data in [train]) names the folder data"),
+        (["--config", str(toml)], f"data in [train] of {toml} names the folder {tmp_path / 'nodata'}"),
+        (["--config", str(toml), "--data", "other"], f"--data names the folder {tmp_path / 'other'}"),
+        (["--base-model", "base"], f"--data (default: data; or data in [train]) names the folder {tmp_path / 'data'}"),
     ]
     for args, setting in cases:
         result = CliRunner().invoke(root, ["train", *args, "-o", str(tmp_path / "o")])
         assert result.exit_code == 1, result.output
         error = " ".join(result.stderr.split())
         folder = setting.rsplit(" ", 1)[-1]
-        assert error.startswith(f"error: No IL dataset at {folder}/il.parquet ({tmp_path / folder / 'il.parquet'}): {setting}"), error
+        assert error.startswith(f"error: No IL dataset at {folder}/il.parquet: {setting}"), error
         assert f"ee datasets build --store STORE --out {folder}" in error and "ee_middleware.trainers" not in error
 
 
