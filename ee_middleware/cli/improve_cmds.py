@@ -284,6 +284,15 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
             out.print(f"[red]gate failed[/]: {escape(reason)}")
     if run.status == "nothing-new" and (run.data.get("outcome") or {}).get("reason"):  # in full: the table cuts it
         out.print(f"nothing new: {escape(str(run.data['outcome']['reason']))}")
+    datasets = (manifests.get("datasets") or {}).get("outputs") or {}
+    if datasets.get("left_out"):  # in full: the table cuts its result column
+        from ee_middleware.jobs.stages import left_out_text
+
+        out.print(escape(f"left out of the datasets: {left_out_text(datasets['left_out'])} (why and the fix: the report)"), style="yellow")
+    for tool in datasets.get("tools_without_examples") or []:
+        from ee_middleware.jobs.stages import lost_tool_text
+
+        out.print(escape(f"WARNING: {lost_tool_text(tool)}"), style="yellow")
     for cut in run.data.get("budget_cuts") or []:
         out.print(escape(f"budget {cut['budget']} ({cut.get('limit')}): {cut['cut']}"), style="yellow")
     held = (run.data.get("watermark") or {}).get("held")

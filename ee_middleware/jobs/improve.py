@@ -44,7 +44,7 @@ from ee_middleware.errors import EEError
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted, JobError, LiveAdapterChangedError
 from ee_middleware.jobs.memory import PeakMemory
-from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, RUNNING, STOPPED, SUCCEEDED, Run, RunsDir, job_table, now
+from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, STOPPED, SUCCEEDED, Run, RunsDir, continue_attempt, job_table, now
 from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
 
 STAGES = ("select", "replay", "datasets", "train", "register", "evaluate", "gate", "promote")
@@ -98,10 +98,11 @@ def run_improve(
             return config.config_hash(recorded=job_table(earlier))
 
         run = runs.resumable(config_hash, config.scope(), hash_like=same, refused=config.refused_changes)
+        redo = _selection_to_redo(run) if run is not None else None
         if not new_run:
             # so does a server it names that does not answer (a wrong port), of the stages still to run: a run continued
             # past its replay no longer needs the replay policy's server
-            check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name)])
+            check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name) or (redo and name in RESELECT)])
             if run is None or not run.stage_done("evaluate"):  # it may build a sandbox: a run left with gate or promote needs none
                 config.check_evaluation_sandbox()
         if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
@@ -114,8 +115,10 @@ def run_improve(
             say.info(f"run {run.id} started in {run.folder}")
         else:
             done = [name for name in STAGES if run.stage_done(name)]
-            run.update(status=RUNNING, attempts=int(run.data.get("attempts", 1)) + 1, resumed_at=now(), error=None)
+            continue_attempt(run)
             say.info(f"continuing run {run.id} (attempt {run.data['attempts']}; finished stages: {', '.join(done) or 'none'})")
+            if redo:
+                _redo_selection(run, redo, say)
         if (run.folder / CONFIG_COPY).is_file():  # the stages read the file as it was when the run started
             config = config.model_copy(update={"config_path": run.folder / CONFIG_COPY})
         deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None
@@ -139,6 +142,40 @@ def run_improve(
     if config.keep_runs is not None:
         _prune_old_runs(run, runs, config.keep_runs, say)
     return run
+
+
+RESELECT = ("select", "replay")
+"""The stages a continued run whose selection held nothing runs again (see :func:`_selection_to_redo`)."""
+
+
+def _selection_to_redo(run: Run) -> str | None:
+    """Why the continued ``run`` selects again, or None. A run whose select stage selected nothing (no trajectory approved
+    since the watermark, nothing to replay: it went on under ``--force``) and whose datasets stage has not finished
+    selects again, and replays what it then selects: the datasets it builds are of every approved trajectory of the app,
+    so trajectories approved since (the usual fix of a forced run that failed for want of approved trajectories) would
+    be learned from unreplayed, reported as awaiting review, and selected and trained on again by the next run. Once its
+    datasets are built, a run keeps its selection: what was approved since is the next run's."""
+    select = run.stage("select")
+    if select is None or select.get("status") != "done" or not (select.get("outputs") or {}).get("nothing_new"):
+        return None
+    if run.stage_done("datasets"):
+        return None
+    return (
+        f"its select stage (attempt {select.get('attempt', 1)}, {select.get('finished_at') or '?'}) selected nothing and its "
+        "datasets are not built yet: select runs again, and replay with it, so that trajectories approved since are replayed "
+        "and learned from by this run"
+    )
+
+
+def _redo_selection(run: Run, why: str, say: Progress) -> None:
+    """Mark the run's finished select and replay stages ``superseded`` (so that they run again; each keeps its attempt
+    count and time) and record the reselection in run.json's ``reselected``."""
+    for name in RESELECT:
+        manifest = run.stage(name)
+        if manifest is not None and manifest.get("status") == "done":
+            run.write_stage(name, {**manifest, "status": "superseded", "superseded": why})
+    run.update(reselected=[*run.data.get("reselected", []), {"attempt": run.data.get("attempts"), "at": now(), "why": why}])
+    say.info(f"run {run.id}: {why}")
 
 
 def _prune_old_runs(run: Run, runs: RunsDir, keep: int, say: Progress) -> None:
@@ -303,6 +340,8 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
         run.write_stage(name, manifest)
         raise
     seconds = round(time.perf_counter() - started, 3)
+    if previous and previous.get("status") == "superseded":  # a continued run that selects again (see _selection_to_redo)
+        result.decisions.insert(0, f"run again in attempt {run.data.get('attempts')}: {previous.get('superseded')}")
     manifest.update(
         status="done",
         finished_at=now(),

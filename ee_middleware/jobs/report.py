@@ -186,7 +186,27 @@ def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
         decisions = m.get("error") or "; ".join(([m["summary"]] if m.get("summary") else []) + list(m.get("decisions") or []))
         rows.append((name, m["status"], _seconds_text(m), str(m.get("attempt", 1)), peak_rss_text(m), decisions))
     header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (own / children)", "result and decisions")
-    return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header)]
+    return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header), *_earlier_attempts(run)]
+
+
+def _earlier_attempts(run: Run) -> list[Block]:
+    """How each earlier attempt of a continued run ended (run.json's ``earlier_attempts``): its process, where and why."""
+    lines = []
+    for attempt in run.data.get("earlier_attempts") or []:
+        where = f" in its {attempt['stage']} stage" if attempt.get("stage") else ""
+        error = f": {attempt['error']}" if attempt.get("error") else ""
+        lines.append(
+            (
+                f"attempt {attempt.get('attempt', '?')} (pid {attempt.get('pid', '?')} on {attempt.get('host') or '?'}, started "
+                f"{attempt.get('started_at') or '?'}) {attempt.get('ended', 'ended')}{where} at {attempt.get('ended_at') or '?'}{error}",
+            )
+        )
+    if not lines:
+        return []
+    return [
+        Block("p", "Earlier attempts of this run (each later one continued it from its first unfinished stage):"),
+        Block("list", rows=tuple(lines)),
+    ]
 
 
 def _cuts(run: Run) -> list[Block]:
@@ -294,7 +314,32 @@ def _datasets(done: dict[str, dict[str, Any]]) -> list[Block]:
         f"{data['train_trajectories']} trajectories for training, {data['heldout_trajectories']} held out (rule: "
         f"{_describe_rule(data.get('split_rule'))})."
     )
-    return [Block("h2", "Datasets"), Block("p", text), Block("table", rows=rows, header=("kind", "rows", "held-out rows", "sha256"))]
+    blocks = [Block("h2", "Datasets"), Block("p", text), Block("table", rows=rows, header=("kind", "rows", "held-out rows", "sha256"))]
+    return blocks + _left_out(data)
+
+
+def _left_out(data: dict[str, Any]) -> list[Block]:
+    """The rows the build left out, per kind, split and reason, with the fix; the tools IL lost every example of; the
+    trajectories approved after the select stage (in the datasets, not replayed by the run)."""
+    from ee_middleware.jobs.stages import approved_after_select_text, lost_tool_text
+
+    blocks: list[Block] = []
+    left_out = data.get("left_out") or []
+    if left_out:
+        rows = tuple((e["kind"], e["split"], str(e["count"]), e["why"], e["fix"]) for e in left_out)
+        blocks.append(
+            Block("p", "Left out of the datasets (expert steps of IL, rows of IWM and SR, and rollouts before any kind was built):")
+        )
+        blocks.append(Block("table", rows=rows, header=("kind", "split", "left out", "why", "fix")))
+    by_tool = data.get("il_by_tool") or {}
+    if by_tool:
+        rows = tuple((tool, str(n["expert_calls"]), str(n["taught"])) for tool, n in by_tool.items())
+        blocks.append(Block("p", "Tools with expert calls in the training trajectories that IL does not teach:"))
+        blocks.append(Block("table", rows=rows, header=("tool", "expert calls", "taught by IL")))
+    blocks += [Block("p", f"WARNING: {lost_tool_text(tool)}.") for tool in data.get("tools_without_examples") or []]
+    if data.get("approved_after_select"):
+        blocks.append(Block("p", approved_after_select_text(data["approved_after_select"]) + "."))
+    return blocks
 
 
 def _describe_rule(rule: Any) -> str:

@@ -434,6 +434,43 @@ class RunsDir:
         return [r for r in runs if all(same_place(job_table(r).get(key), value) for key, value in scope.items())]
 
 
+ATTEMPT_END_FIELDS = ("failed_at", "stopped_at", "error", "traceback", "report_error")
+"""The fields of run.json that tell how the current attempt ended: a continued attempt moves them into
+``earlier_attempts``, so that a run continued to success reads as one that succeeded."""
+
+
+def continue_attempt(run: Run) -> None:
+    """Start the next attempt of ``run`` (this process continues it): the attempt that ended is recorded in
+    ``earlier_attempts`` (its number, host and pid, when it started, how it ended: ``failed``, ``stopped`` or ``killed``
+    for one that left the run ``running``, when, and its error and traceback) and the fields that told how it ended
+    (:data:`ATTEMPT_END_FIELDS`) leave run.json's top level; ``pid``, ``host`` and ``resumed_at`` are this attempt's,
+    ``attempts`` counts it."""
+    data = run.data
+    attempt = int(data.get("attempts", 1))
+    status = str(data.get("status"))
+    started = data.get("resumed_at") or data.get("started_at")
+    ended: dict[str, Any] = {"attempt": attempt, "host": data.get("host"), "pid": data.get("pid"), "started_at": started}
+    ended["ended"] = "killed" if status == RUNNING else status  # running while no process held the lock: it was killed
+    ended["ended_at"] = data.get("failed_at") or data.get("stopped_at") or data.get("updated_at")
+    ended.update({key: data[key] for key in ATTEMPT_END_FIELDS if key not in ("failed_at", "stopped_at") and data.get(key) is not None})
+    if status == RUNNING:
+        ended["error"] = (
+            "the process ended without marking the run (SIGKILL, out of memory, a power loss); ended_at is the last time it wrote run.json"
+        )
+    with contextlib.suppress(JobError):  # a damaged manifest: the stage is left unsaid (the stage itself says so when run)
+        ended["stage"] = next((name for name in data.get("stage_order") or [] if not run.stage_done(name)), None)
+    for key in ATTEMPT_END_FIELDS:
+        data.pop(key, None)
+    run.update(
+        status=RUNNING,
+        attempts=attempt + 1,
+        resumed_at=now(),
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        earlier_attempts=[*data.get("earlier_attempts", []), ended],
+    )
+
+
 def _damaged(path: Path, problem: str, fix: str) -> str:
     """The error for a run's file (run.json, a stage manifest) that cannot be read: which, why, and what to do."""
     from ee_middleware.messages import one_line
@@ -467,6 +504,7 @@ STAGE_FIELDS: dict[str, str] = {
     "incomplete_reads": "array of strings",
     "error": "string",
     "live_changed": "object",
+    "superseded": "string",
 }
 """What each field of a stage manifest besides ``stage`` and ``status`` holds when it is there and not null (the improve
 job writes them; ``ee runs list``/``show``, the report, a continued run and a prune read them): a manifest with one of
@@ -477,6 +515,7 @@ RUN_FIELDS: dict[str, str] = {
     "config": "object",
     "stage_order": "array of strings",
     "attempts": "whole number",
+    "earlier_attempts": "array of objects",
     "started_at": "time",
     "finished_at": "time",
     "outcome": "object",
@@ -484,6 +523,7 @@ RUN_FIELDS: dict[str, str] = {
     "watermark": "object",
     "budget_cuts": "array of objects",
     "incomplete_reads": "array of strings",
+    "reselected": "array of objects",
     "report": "object",
 }
 """As :data:`STAGE_FIELDS`, for the fields of run.json besides ``id`` and ``status`` that are read back (a dotted key: a

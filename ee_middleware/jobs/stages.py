@@ -794,7 +794,189 @@ def datasets(ctx: StageContext) -> StageResult:
     )
     rows = ", ".join(f"{kind} {n}" for kind, n in result.outputs["rows"].items())
     result.summary = f"{rows} rows; {result.outputs['heldout_trajectories']} trajectories held out"
+    left_out = left_out_rows(summary)
+    tools = _tools_without_examples(ctx, summary, files)
+    result.outputs.update(left_out=left_out, il_by_tool=tools["by_tool"], tools_without_examples=tools["lost"])
+    if left_out:
+        said = left_out_text(left_out)
+        result.decisions.append(f"left out of the datasets: {said}")
+        result.summary += f"; left out: {said}"
+    for tool in tools["lost"]:
+        line = lost_tool_text(tool)
+        result.decisions.append(line)
+        result.summary += f"; WARNING: {line}"
+    after = _approved_after_select(ctx, split)
+    if after:
+        result.outputs["approved_after_select"] = after
+        result.decisions.append(approved_after_select_text(after))
     return result
+
+
+LEFT_OUT: dict[str, tuple[str, str]] = {
+    "dropped_placeholder_not_in_prompt": (
+        "its target writes a redacted value (a [REDACTED:kind:tag] placeholder, such as an e-mail address) that its prompt "
+        "and tools never show, so the model could not learn where it comes from",
+        "where such values are no secret for this app, record with that kind off (record_experience(..., "
+        "redaction_kinds={'email': False})), or let the agent see the value (the user's message, a tool result) before it "
+        "writes it; a vault does not help here: datasets never hold restored values",
+    ),
+    "malformed_calls_left_out": (
+        "the model wrote the call malformed (its arguments were no JSON object): imitating it would teach the malformed call",
+        "none needed",
+    ),
+    "calls_awaiting_review_left_out": (
+        "a turn of a paused run that awaits a human review: the resumed run's trajectory teaches it as decided",
+        "none needed",
+    ),
+    "errors_left_out": (
+        "error observations over [datasets] iwm_max_error_share",
+        "raise iwm_max_error_share in [datasets] to keep more of them",
+    ),
+    "repeats_left_out": ("rollouts that repeat another replay's call in the same state", "none needed"),
+    "rollouts_after_call_awaiting_review_left_out": ("rollouts after a paused run's call that awaits a human review", "none needed"),
+    "paused_turn_repeats_left_out": ("copies of a paused turn's calls that a resumed run holds", "none needed"),
+    "expert_steps_after_unanswered_call_left_out": ("expert steps after a paused run's call that was never answered", "none needed"),
+    "same_outcome_left_out": ("rollouts whose outcome is the expert call's own, shown as no alternative", "none needed"),
+    "same_outcome_only": (
+        "states whose every alternative had the expert call's own outcome: no contrast to reflect on",
+        "a higher [replay] k or another policy proposes more varied alternatives",
+    ),
+    "label_leak": ("the teacher's rationale named labels ('expert', 'Action 2')", "none needed (another teacher may leak less)"),
+    "recommends_alternative": ("the teacher's rationale argued for an alternative's tool", "none needed (check the teacher)"),
+    "empty": ("the teacher's rationale was empty", "check the [datasets] teacher"),
+}
+"""Per key that datasets.json records of a kind's rows left out (see ``trainers/datasets/build.py``): why, and the fix."""
+
+ROLLOUTS_LEFT_OUT: dict[str, tuple[str, str]] = {
+    "sandbox_failures": (
+        "the sandbox failed on them (timeout, crash, memory)",
+        "see `ee replay list` for the failures; fix the sandbox, then `ee replay run --again`",
+    ),
+    "unrestored": (
+        "their redacted arguments could not be restored for the sandbox",
+        "record with record_experience(..., vault=True) so that replay can restore them",
+    ),
+    "fidelity_mismatches": (
+        "the sandbox answered the expert's own recorded call otherwise than production",
+        "see the replay's fidelity mismatches; keep the tool's answers in the sandbox's world (docs/sandboxes.md)",
+    ),
+    "synthetic_grounded_on_held_out": (
+        "synthetic rollouts whose experience model was shown held-out trajectories",
+        "none needed",
+    ),
+}
+"""The rollouts a build leaves out before any kind is built (datasets.json's top level): why, and the fix."""
+
+
+def left_out_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a build's ``datasets.json`` (``summary``) records of the rows it left out, one entry per kind, split and reason
+    with a count above 0: ``{"kind", "split" (train or held-out), "reason" (its key), "count", "why", "fix"}``; the
+    rollouts left out before any kind was built are of kind ``rollouts``."""
+    entries: list[dict[str, Any]] = []
+    sides = [("train", summary.get("datasets") or {}), ("held-out", (summary.get("split") or {}).get("datasets") or {})]
+    for split, kinds in sides:
+        for kind, info in kinds.items():
+            counts = {key: info.get(key) for key in LEFT_OUT}
+            counts.update({key: n for key, n in (info.get("placeholders") or {}).items() if key in LEFT_OUT})
+            counts.update({key: n for key, n in (info.get("dropped") or {}).items()})  # SR: rationales dropped, by guard
+            for key, count in counts.items():
+                if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                    why, fix = LEFT_OUT.get(key, (f"dropped: {key}", "see datasets.json"))
+                    entries.append({"kind": kind, "split": split, "reason": key, "count": count, "why": why, "fix": fix})
+    rollouts = {
+        "sandbox_failures": (summary.get("sandbox_failures_left_out") or {}).get("total"),
+        "unrestored": (summary.get("redaction") or {}).get("unrestored_rollouts_left_out"),
+        "fidelity_mismatches": (summary.get("fidelity_mismatches_left_out") or {}).get("rollouts"),
+        "synthetic_grounded_on_held_out": (summary.get("rollouts_left_out") or {}).get("synthetic_grounded_on_held_out"),
+    }
+    for key, count in rollouts.items():
+        if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+            why, fix = ROLLOUTS_LEFT_OUT[key]
+            entries.append({"kind": "rollouts", "split": "all", "reason": key, "count": count, "why": why, "fix": fix})
+    return entries
+
+
+def left_out_text(left_out: list[dict[str, Any]]) -> str:
+    """``il 12 (placeholder_not_in_prompt 10, held-out 2), ...``: the counts of :func:`left_out_rows`, per kind."""
+    kinds: dict[str, list[str]] = {}
+    for entry in left_out:
+        side = " held-out" if entry["split"] == "held-out" else ""
+        kinds.setdefault(entry["kind"], []).append(f"{entry['count']}{side} {entry['reason']}")
+    return "; ".join(f"{kind} {', '.join(parts)}" for kind, parts in kinds.items())
+
+
+def lost_tool_text(tool: dict[str, Any]) -> str:
+    """The warning for a tool whose every expert call was left out of the IL training rows."""
+    kinds = f" (its calls write redacted values: {', '.join(tool['redacted_kinds'])})" if tool.get("redacted_kinds") else ""
+    return (
+        f"tool {tool['tool']}: all {tool['expert_calls']} expert call(s) in the training trajectories were left out of IL{kinds}, "
+        "so the candidate is never taught to call it"
+    )
+
+
+def _tools_without_examples(ctx: StageContext, summary: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """Per tool, the expert calls of the training trajectories and the calls the IL training rows teach (``by_tool``: tool ->
+    ``{"expert_calls", "taught"}``, for tools with calls left out), and the tools none of whose calls is taught (``lost``,
+    with the redaction kinds their calls write)."""
+    import re
+
+    import polars as pl
+
+    from ee_middleware.store.registry import open_store
+
+    ids = (summary.get("split") or {}).get("train_trajectories")
+    if "il" not in files or not ids:
+        return {"by_tool": {}, "lost": []}
+    store = open_store(ctx.config.store, create=False)
+    try:
+        steps = store.steps(ids).filter(pl.col("action_kind") == "tool_call").select("tool_name", "arguments_json")
+    finally:
+        store.close()
+    expert = Counter(steps["tool_name"].to_list())
+    taught: Counter[str] = Counter()
+    for completion in pl.read_parquet(files["il"]["path"], columns=["completion"])["completion"].to_list():
+        for message in json.loads(completion or "[]"):
+            for call in message.get("tool_calls") or [] if isinstance(message, dict) else []:
+                taught[str((call.get("function") or {}).get("name"))] += 1
+    by_tool = {tool: {"expert_calls": n, "taught": taught.get(tool, 0)} for tool, n in expert.most_common() if taught.get(tool, 0) < n}
+    lost = []
+    for tool, counts in by_tool.items():
+        if counts["taught"] == 0:
+            arguments = steps.filter(pl.col("tool_name") == tool)["arguments_json"].drop_nulls().to_list()
+            kinds = sorted({kind for text in arguments for kind in re.findall(r"\[REDACTED:([a-z_]+):", text)})
+            lost.append({"tool": tool, "expert_calls": counts["expert_calls"], "redacted_kinds": kinds})
+    return {"by_tool": by_tool, "lost": lost}
+
+
+def _approved_after_select(ctx: StageContext, split: dict[str, Any]) -> dict[str, Any] | None:
+    """The trajectories in the datasets that were approved after the run's select stage (the datasets are built from every
+    approved trajectory of the app when they are built): this run neither selected nor replayed them; the next run does."""
+    import polars as pl
+
+    from ee_middleware.store.registry import open_store
+
+    select = ctx.run.stage("select") or {}
+    snapshot = (select.get("outputs") or {}).get("watermark_after")
+    used = set(split.get("train_trajectories", [])) | set(split.get("heldout_trajectories", []))
+    store = open_store(ctx.config.store, create=False)
+    try:
+        approved = store.trajectories(status="approved", app=ctx.config.app).select("id", "approval_at")
+    finally:
+        store.close()
+    if snapshot is not None:
+        approved = approved.filter(pl.col("approval_at") > datetime.fromisoformat(snapshot))
+    ids = sorted(set(approved["id"].to_list()) & used)
+    if not ids:
+        return None
+    return {"count": len(ids), "ids_sample": ids[:20], "select_finished_at": select.get("finished_at")}
+
+
+def approved_after_select_text(after: dict[str, Any]) -> str:
+    return (
+        f"{after['count']} trajectories in the datasets were approved after this run's select stage "
+        f"({after.get('select_finished_at') or '?'}): this run did not select or replay them (their rows are the expert's "
+        "only); the next run selects and replays them"
+    )
 
 
 def _heldout_fix(rule: dict[str, Any], app: str) -> str:
