@@ -129,6 +129,59 @@ def kill_process_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         pass
 
 
+GROUP_WATCHDOG_GRACE_S = 15.0
+"""How long a group watchdog (:func:`start_group_watchdog`) waits after its SIGTERM before it SIGKILLs the group."""
+
+
+def start_group_watchdog(pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S) -> Any:
+    """Start a small process that ends process group ``pgid`` when this process goes away, however it ends (a SIGKILL
+    too): SIGTERM to the whole group, then SIGKILL after ``grace_s``. It exits by itself once the group is gone.
+
+    For a child started in a group of its own (``start_new_session``: a model server) whose own children must not
+    outlive this process: the parent-death signal reaches only the direct child, which may not end its children (a
+    wrapper script does not). The watchdog gets the parent-death signal (Linux) and watches :func:`os.getppid` as well;
+    it runs in a session of its own, so a Ctrl-C in the terminal does not end it before this process's clean-up has run.
+    The caller ends it (SIGKILL) once it has stopped the group itself. Returns its :class:`subprocess.Popen`."""
+    import subprocess
+
+    code = "from ee_middleware._lifetime import _watch_group; _watch_group()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(os.getpid()), str(pgid), repr(float(grace_s))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=parent_death_preexec(signal.SIGTERM),
+    )
+
+
+def _watch_group() -> None:
+    """The group watchdog's main (see :func:`start_group_watchdog`; arguments: parent pid, group id, grace seconds)."""
+    parent, pgid, grace_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    orphaned = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: orphaned.set())  # the parent-death signal
+    while not orphaned.wait(WATCHDOG_INTERVAL_S / 4) and os.getppid() == parent:
+        if not _group_alive(pgid):
+            return  # the group ended (stopped by the parent, or by itself): nothing left to watch
+    kill_process_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    kill_process_group(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a process left (one this user may signal)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def termination_as_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager, a Kubernetes pod stopped, ``kill``) and SIGHUP (a closed terminal) end the command the

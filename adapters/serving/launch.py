@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ee_middleware._lifetime import parent_death_preexec
+from ee_middleware._lifetime import parent_death_preexec, start_group_watchdog
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
@@ -172,10 +172,14 @@ class ServerProcess:
     :meth:`start` and deleted by :meth:`stop` unless the server failed (``log_path`` is ``None`` again then)."""
     name: str = "server"
     end_with_parent: bool = False
-    """Linux: the server gets SIGTERM when the thread that started it ends, even by SIGKILL (``prctl``
-    parent-death signal). Only for a server started from the main thread of a process that lives as long
-    as it should (``ee serve vllm``): a server started from a worker thread would be ended with that thread."""
+    """The server's whole process group ends with the process that started it, even by SIGKILL: the server gets SIGTERM
+    when the thread that started it ends (Linux, ``prctl`` parent-death signal), and a small watchdog process
+    (:func:`~ee_middleware._lifetime.start_group_watchdog`) then ends the rest of its group (the server's own children:
+    vLLM's engine, whatever a wrapper script started), SIGKILL after :data:`~ee_middleware._lifetime.GROUP_WATCHDOG_GRACE_S`.
+    Only for a server started from the main thread of a process that lives as long as it should (``ee serve vllm``): a
+    server started from a worker thread would be ended with that thread."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
     _own_log: bool = field(default=False, init=False, repr=False)  # log_path was made by start(): stop() deletes it
     _failed: bool = field(default=False, init=False, repr=False)  # start() failed: its error names the log, kept
@@ -202,6 +206,12 @@ class ServerProcess:
         except BaseException:  # no such program, say: the log is closed (and, empty, deleted when made here)
             self.stop()
             raise
+        if self.end_with_parent:
+            try:
+                self._watchdog = start_group_watchdog(self.process.pid)
+            except BaseException:
+                self.stop()
+                raise
         client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key="")
         deadline = time.monotonic() + timeout_s
         try:
@@ -272,6 +282,7 @@ class ServerProcess:
                 _signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=grace_s)
             _signal_group(self.process.pid, signal.SIGKILL)  # children the leader left behind
+        self._end_watchdog()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -289,6 +300,15 @@ class ServerProcess:
             self._ended = True
             _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+        self._end_watchdog()
+
+    def _end_watchdog(self) -> None:
+        """The group is stopped (or killed) here: its watchdog has nothing left to do."""
+        if self._watchdog is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._watchdog.kill()
+            self._watchdog.wait(timeout=30)
+            self._watchdog = None
 
     def __enter__(self) -> ServerProcess:
         return self if self.running() else self.start()

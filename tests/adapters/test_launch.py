@@ -70,8 +70,9 @@ import json, signal, subprocess, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 port = int(sys.argv[sys.argv.index("--port") + 1])
 worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "{marker}-worker"])
-def stop(*_):  # as vLLM does on SIGTERM: end the workers, then itself
-    worker.kill()
+def stop(*_):  # as vLLM does on SIGTERM: end the workers, then itself ({reaps}: else as a wrapper script, itself alone)
+    if {reaps}:
+        worker.kill()
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 if not {answer}:
@@ -95,10 +96,17 @@ def _ours(marker: str, ee_pid: int) -> list[psutil.Process]:
     return found
 
 
-@pytest.mark.parametrize(("sig", "answer"), [("SIGTERM", True), ("SIGHUP", True), ("SIGTERM", False), ("SIGKILL", True)])
-def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_in_vllm(tmp_path, sig: str, answer: bool) -> None:
+@pytest.mark.parametrize(
+    ("sig", "answer", "reaps"),
+    [("SIGTERM", True, True), ("SIGHUP", True, True), ("SIGTERM", False, True), ("SIGKILL", True, True), ("SIGKILL", True, False)],
+)
+def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_in_vllm(
+    tmp_path, sig: str, answer: bool, reaps: bool
+) -> None:
     """Before: SIGTERM or SIGHUP ended `ee serve vllm` at once and left vLLM (its own session) running, port and GPU held.
-    A SIGKILL runs no clean-up in ee: vLLM gets SIGTERM from Linux (its parent-death signal) and stops its workers."""
+    A SIGKILL runs no clean-up in ee: vLLM gets SIGTERM from Linux (its parent-death signal), and ee's group watchdog
+    ends the rest of its process group; before, a server that does not end its own children on SIGTERM (a wrapper
+    script as --vllm-python, reaps=False) left them running."""
     import functools
     import signal
     import subprocess
@@ -106,7 +114,7 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
 
     marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
     fake = tmp_path / f"{marker}.py"
-    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=answer))
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=answer, reaps=reaps))
     fake.chmod(0o755)
     command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path), "--port", str(free_port())]
     command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
@@ -124,13 +132,24 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
         assert len(_ours(marker, ee.pid)) == 2
         ee.send_signal(getattr(signal, sig))
         ee.wait(timeout=60)
-        psutil.wait_procs(_ours(marker, ee.pid), timeout=10)
+        psutil.wait_procs(_ours(marker, ee.pid) + _watchdogs(ee.pid), timeout=30)
         assert _ours(marker, ee.pid) == [], "the server or its worker outlived `ee serve vllm`"
+        assert _watchdogs(ee.pid) == [], "the group watchdog ended too"
     finally:
         ee.kill()
         ee.wait(timeout=30)
-        for process in _ours(marker, ee.pid):
+        for process in _ours(marker, ee.pid) + _watchdogs(ee.pid):
             process.kill()
+
+
+def _watchdogs(ee_pid: int) -> list[psutil.Process]:
+    """The group watchdogs ``ee`` (process ``ee_pid``) started (ee_middleware._lifetime.start_group_watchdog)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if any("_watch_group" in part for part in cmdline) and str(ee_pid) in cmdline:
+            found.append(process)
+    return found
 
 
 @pytest.fixture
@@ -206,7 +225,7 @@ def test_ee_serve_vllm_records_its_max_lora_rank_and_promote_refuses_a_larger_ra
 
     marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
     fake = tmp_path / f"{marker}.py"
-    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True))
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True, reaps=True))
     fake.chmod(0o755)
     base, port = tmp_path / "base", free_port()
     base.mkdir()
