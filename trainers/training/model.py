@@ -209,11 +209,12 @@ def modules_to_adapt(model: Any, target: Sequence[str] | None) -> list[str]:
         said = [f"has no module(s) named {', '.join(missing)}"] if missing else []
         if unadaptable:
             said.append(
-                f"{'and ' if missing else ''}{', '.join(unadaptable)} {'is' if len(unadaptable) == 1 else 'are'} not a layer LoRA "
-                "can adapt (a block of layers, a norm or a rotary embedding, not a linear or embedding layer)"
+                f"has {', '.join(unadaptable)}, which {'is not a layer' if len(unadaptable) == 1 else 'are not layers'} LoRA can "
+                "adapt (a block of layers, a norm or a rotary embedding, not a linear or embedding layer)"
             )
         raise BaseModelError(
-            f"The base model ({model_type or 'unknown type'}) {'; '.join(said)}; its linear layers are {', '.join(layers) or 'none found'}. "
+            f"The base model ({model_type or 'unknown type'}) {'; and '.join(said)}; its linear layers are "
+            f"{', '.join(layers) or 'none found'}. "
             "Set target_modules in [train] to some of them (or leave it out for the default of this architecture)."
         )
     return wanted

@@ -17,9 +17,9 @@ LLAMA_LAYERS = "its linear layers are down_proj, gate_proj, k_proj, o_proj, q_pr
 @pytest.mark.parametrize(
     ("names", "said"),
     [
-        (("self_attn",), r"self_attn \(LlamaAttention\) is not a layer LoRA can adapt"),
-        (("q_proj", "rotary_emb"), r"rotary_emb \(LlamaRotaryEmbedding\) is not a layer LoRA can adapt"),
-        (("nothing", "mlp"), r"has no module\(s\) named nothing; and mlp \(LlamaMLP\) is not a layer LoRA can adapt"),
+        (("self_attn",), r"\(llama\) has self_attn \(LlamaAttention\), which is not a layer LoRA can adapt"),
+        (("q_proj", "rotary_emb"), r"has rotary_emb \(LlamaRotaryEmbedding\), which is not a layer LoRA can adapt"),
+        (("nothing", "mlp"), r"has no module\(s\) named nothing; and has mlp \(LlamaMLP\), which is not a layer LoRA can adapt"),
     ],
 )
 def test_a_module_lora_cannot_adapt_is_named_with_the_layers_it_can(
