@@ -97,6 +97,7 @@ def other_base_problem(adapter: str | os.PathLike[str], base: str | os.PathLike[
         return None
     return (
         f"the adapter {adapter} was trained on base model {trained_on}, not on {base}: a LoRA adapter works only on the base "
-        f"it was trained on (on another of the same shapes it loads and answers as a model nobody trained). Use --base "
-        f"{trained_on} (or a copy of it), or an adapter trained on {base}"
+        f"it was trained on (on another of the same shapes it loads and answers as a model nobody trained). Run it on "
+        f"{trained_on} or a copy of it (ee eval likelihood's --base, the BASE of local:BASE@ADAPTER), or use an adapter "
+        f"trained on {base}"
     )

@@ -73,6 +73,12 @@ class LocalGenerator:
                 f"No LoRA adapter at {adapter_path} (no adapter_config.json). Point at a folder written by `ee train` "
                 "or peft's save_pretrained, as in 'local:MODEL_DIR@ADAPTER_DIR'."
             )
+        if adapter_path is not None:
+            from ee_middleware.models.bases import other_base_problem
+
+            problem = other_base_problem(adapter_path, path / gguf_file if gguf_file else path)
+            if problem is not None:  # it would load, and answer as a model nobody trained
+                raise ModelLoadError(f"Cannot apply the adapter {adapter_path} to {path}: {problem}.")
         self._path: Path | None = path
         self._gguf_file = gguf_file
         self._adapter = adapter_path

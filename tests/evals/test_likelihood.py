@@ -204,7 +204,14 @@ def test_an_adapter_trained_on_another_base_is_refused_naming_both(
     result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert result.exit_code != 0, result.output
     said = " ".join(result.output.split())
-    assert f"trained on base model {base_dir}, not on {other}" in said and f"Use --base {base_dir}" in said, said
+    assert f"trained on base model {base_dir}, not on {other}" in said and f"Run it on {base_dir} or a copy of it" in said, said
     copy = shutil.copytree(base_dir, tmp_path / "copy")
     _, zero = report(score_likelihood(load_heldout(heldout_dir)[:2], copy, [zero_adapter], max_length=256))
     assert abs(zero["paired_diff"]) < 1e-5
+    # a local:BASE@ADAPTER model spec (ee eval run, ee experience eval --trained, ee improve's local evaluation) too
+    from ee_middleware.errors import ModelLoadError
+    from ee_middleware.models.local import LocalGenerator
+
+    with pytest.raises(ModelLoadError, match=f"trained on base model {base_dir}, not on {other}"):
+        LocalGenerator(other, adapter=zero_adapter)
+    LocalGenerator(copy, adapter=zero_adapter)  # the same model: built (loaded lazily)

@@ -428,7 +428,7 @@ def test_the_promote_by_hand_names_the_servers_backend_and_rank_ee_improve_used(
     done = _run_as_written(command, tmp_path)
 
     assert done.returncode == 1, done.stderr  # not a usage error (2)
-    assert f"the local server at {url}" in done.stderr and "No model server given" not in done.stderr, done.stderr
+    assert f"server at {url}" in done.stderr and "No model server given" not in done.stderr, done.stderr
     assert registry.resolve(APP) == names["v1"]
 
 
