@@ -79,3 +79,19 @@ def test_relative_paths_are_read_from_the_working_directory_and_kept_absolute(
     assert written["base_model"] == str(work / "models" / "base") and written["output_dir"] == str(work / "out" / "il")
     assert written["data"] == str(work / "data") and written["base_cache_dir"] == str(tmp_path / "cache")
     assert result.adapter_dir == work / "out" / "il"
+
+
+@pytest.mark.parametrize("backend", ["trl", "peft-loop"])
+def test_gradient_checkpointing_gives_no_deprecation_warning(backend: str, tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Was: transformers' FutureWarning '`gradient_checkpointing_enable` is deprecated' on every run with
+    gradient_checkpointing = true (the LoRA wrapping called the old name; the trl arguments already used the new one)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        config = TrainConfig(
+            base_model=str(tiny_model_dir), data=data_dir, output_dir=tmp_path / "o", max_steps=1, batch_size=2, max_length=256
+        )
+        train(config.model_copy(update={"gradient_checkpointing": True, "backend": backend}), progress=False)
+    said = [str(w.message) for w in seen if "checkpointing" in str(w.message)]
+    assert not said, said
