@@ -446,7 +446,8 @@ def gate(
         if edited:  # a task file, its data or a checkout changed between the runs: the delta would measure that change
             reasons.append(
                 f"{suite}: {len(edited)} task(s) of the same id are other tasks in the two runs ({_some(edited)}): their inputs, "
-                "expected outputs or world differ (the suite's task file, data or checkout changed between the runs), so the "
+                "expected outputs or world differ (the suite's task file, data or checkout changed between the runs, or the "
+                "ee-middleware versions that ran them build its tasks otherwise), so the "
                 "delta would measure that change, not the model; run both on the same tasks (the baseline again, into a new "
                 "--out, on the tasks as they are now)"
             )
@@ -496,8 +497,14 @@ def _task_digests(frame: Any, run_dir: str | os.PathLike[str]) -> dict[str, dict
 
     if "task_digest" in frame.columns:
         rows = frame.filter(pl.col("task_digest").is_not_null()).select("suite", "task_id", "task_digest").iter_rows()
-    else:
-        rows = ((r.get("suite"), r.get("task_id"), r.get("task_digest")) for r in read_journal(Path(run_dir) / JOURNAL))
+    else:  # the journal also keeps rows of tasks the run's results left out (a smaller :N, another split): not those
+        scored = {(str(suite), str(task)) for suite, task in frame.select("suite", "task_id").iter_rows()}
+        journal = read_journal(Path(run_dir) / JOURNAL)
+        rows = (
+            (r.get("suite"), r.get("task_id"), r.get("task_digest"))
+            for r in journal
+            if (str(r.get("suite")), str(r.get("task_id"))) in scored
+        )
     out: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for suite, task_id, digest in rows:
         if isinstance(digest, str) and digest:
@@ -551,11 +558,7 @@ def check_runs_of_adapter(
     if registered is not None:
         paths = tuple(dict.fromkeys((*paths, registered.path, registered.source_path)))
     if candidate.resolve() == baseline.resolve():
-        raise ConfigError(
-            f"--candidate and --baseline are the same run folder ({candidate.resolve()}): a run gated against itself ties "
-            f"whatever the model, so it says nothing of {name}. Give --candidate the run of {name} and --baseline the run "
-            "of the live model, on the same suites."
-        )
+        raise ConfigError(same_run_folder(candidate, name))
     is_run, why = _run_of_adapter(candidate, name, paths, registered, versions or {})
     if is_run is not True:  # a run that cannot tell which weights it evaluated is no run of them
         local = f"local:{_base_of(candidate) or 'BASE'}@{registered.path if registered is not None else 'ADAPTER_DIR'}"
@@ -611,6 +614,15 @@ def _into_new_out(run: Path) -> str:
     """The advice to evaluate into a new ``--out`` when ``run`` holds a run already (resuming it with other weights is
     refused: its results would be of two adapters)."""
     return f" into a new --out (not {run}: it holds that run's results)" if (run / "run.json").is_file() else ""
+
+
+def same_run_folder(run: Path, candidate: str) -> str:
+    """Why a gate of the run folder ``run`` against itself is refused (``candidate``: what the candidate run is of)."""
+    return (
+        f"--candidate and --baseline are the same run folder ({run.resolve()}): a run gated against itself ties whatever "
+        f"the model, so it says nothing of {candidate}. Give --candidate the run of {candidate} and --baseline the run of "
+        "the live model, on the same suites."
+    )
 
 
 def _run_of_adapter(
@@ -855,11 +867,12 @@ def _notes(overall: SuiteComparison | None, policy: GatePolicy) -> list[str]:
     if overall is None or not overall.tasks:
         return []
     interval = f"95% CI [{100 * overall.ci_low:+.1f}, {100 * overall.ci_high:+.1f}] points"
-    tie = (
-        f"a tie passes while min_improvement is {policy.min_improvement:g}"
-        if policy.min_improvement <= 0
-        else f"a tie fails while min_improvement is {policy.min_improvement:g}"
-    )
+    if policy.require_significant:
+        tie = "a tie fails: require_significant asks for a significant improvement"
+    elif policy.min_improvement > 0:
+        tie = f"a tie fails while min_improvement is {policy.min_improvement:g}"
+    else:
+        tie = f"a tie passes while min_improvement is {policy.min_improvement:g}"
     if overall.candidate_only == overall.baseline_only == 0:
         return [
             f"no task changed outcome: both pass {overall.both} of {overall.tasks} paired task(s), so the runs cannot tell the "

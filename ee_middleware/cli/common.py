@@ -431,16 +431,33 @@ def positive_seconds(value: float | None) -> float | None:
     return value
 
 
+def other_apps_hint(store: Any, app: str, *, approved: bool = True) -> str:
+    """The apps ``store`` holds (``approved``) trajectories of, when ``app`` (a command's ``--app``) is none of them: a
+    misspelt ``--app`` is told the names it could be; "" otherwise."""
+    apps = sorted({str(a) for a in store.trajectories(status="approved" if approved else None)["app"].to_list() if a is not None})
+    if app in apps or not apps:
+        return ""
+    which = "approved trajectories" if approved else "trajectories"
+    return f" (the store's {which} are of: {', '.join(apps[:10])}{', ...' if len(apps) > 10 else ''})"
+
+
+def file_above(path: Path) -> Path | None:
+    """The file standing where a folder above ``path`` should be (so ``path`` can never be written), or None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
 def output_folder(value: Path) -> Path:
     """An ``--out FOLDER`` option's callback: a path that is, or can become, a folder; a file there (or a file where
     a folder above it should be) is a usage error before any work, not after it (an eval's predictions, a teacher's
     answers: minutes to hours on CPU)."""
-    for part in (value, *value.parents):
-        if part.exists():
-            if not part.is_dir():
-                where = "" if part == value else f": {part} above it is a file"
-                raise typer.BadParameter(f"{value} is no folder{where}; choose another path, or move the file away.")
-            break
+    if value.exists() and not value.is_dir():
+        raise typer.BadParameter(f"{value} is no folder; choose another path, or move the file away.")
+    blocking = file_above(value)
+    if blocking is not None:
+        raise typer.BadParameter(f"{value} is no folder: {blocking} above it is a file; choose another path, or move the file away.")
     return value
 
 

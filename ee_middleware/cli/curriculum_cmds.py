@@ -13,7 +13,9 @@ from ee_middleware.cli.common import (
     JsonOption,
     StoreOption,
     examples,
+    file_above,
     open_existing_store,
+    other_apps_hint,
     print_json,
     reading_store,
     user_output_to_stderr,
@@ -83,7 +85,7 @@ def propose_cmd(
         client.close()
     if proposal.failed is not None and not proposal.variants:
         raise proposal.failed  # nothing written before it: the writer's own error, as before any variant
-    problem = None if proposal.variants else _why_no_variant(scores, proposal, model, max_tokens, results)
+    problem = None if proposal.variants else _why_no_variant(scores, proposal, model, max_tokens, results, opened, app_name)
     if problem is None:  # an earlier tasks.jsonl is never replaced by an empty one
         _write_variants(out, proposal.variants)
     if proposal.failed is not None:
@@ -127,13 +129,11 @@ def _check_out(out: Path) -> None:
         raise typer.BadParameter(
             f"{out} is a folder: --out names the tasks file to write, e.g. --out {out / 'tasks.jsonl'}.", param_hint="--out"
         )
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise typer.BadParameter(
-                    f"{parent} is a file, not a folder, so {out} cannot be written under it: choose another --out.", param_hint="--out"
-                )
-            break
+    blocking = file_above(out)
+    if blocking is not None:
+        raise typer.BadParameter(
+            f"{blocking} is a file, not a folder, so {out} cannot be written under it: choose another --out.", param_hint="--out"
+        )
 
 
 def _unanswered_note(scores: list[TaskScore], results: Path) -> str:
@@ -149,8 +149,11 @@ def _unanswered_note(scores: list[TaskScore], results: Path) -> str:
     )
 
 
-def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str, max_tokens: int, results: Path) -> str:
-    """Why ``propose`` wrote nothing, and what to do about it (``max_tokens``: what MODEL was asked to write at most)."""
+def _why_no_variant(
+    scores: list[TaskScore], proposal: Proposal, model: str, max_tokens: int, results: Path, store: Any, app: str | None
+) -> str:
+    """Why ``propose`` wrote nothing, and what to do about it (``max_tokens``: what MODEL was asked to write at most;
+    ``store`` and ``app``: where the tasks' trajectories were looked for)."""
     if not scores:
         return "the eval run has no results rows."
     if not any(s.n for s in scores):
@@ -168,9 +171,11 @@ def _why_no_variant(scores: list[TaskScore], proposal: Proposal, model: str, max
             f"(ee eval run --trials) or other tasks.{incomplete}"
         )
     if not proposal.rejected:
+        of_app = "" if app is None else f" of the app {app!r}{other_apps_hint(store, app, approved=False)}"
         return (
-            "no task with varying outcomes has a stored trajectory (matched by the environment's entry_id or the task text): "
-            "record those tasks into --store, or point --store at the store they were recorded in."
+            f"no task with varying outcomes has a stored trajectory{of_app} (matched by the trajectory id a traces: task "
+            "is, the environment's entry_id, or the task text): record those tasks into --store, or point --store at the "
+            "store they were recorded in" + (", or give the --app they were recorded under." if app is not None else ".")
         )
     if proposal.cut:
         return (

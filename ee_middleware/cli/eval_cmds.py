@@ -353,7 +353,8 @@ def gate_cmd(
     evaluated the adapter's registered weights: the content hash its run.json records is the adapter's content_hash
     (a folder retrained after the run is refused).
     """
-    from ee_middleware.evals.gate import GatePolicy, check_runs_of_adapter, gate
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.evals.gate import GatePolicy, check_runs_of_adapter, gate, same_run_folder
 
     if (adapter is None) != (registry is None):
         raise typer.BadParameter("--adapter and --registry go together: the adapter the gate decides on, and its registry")
@@ -366,12 +367,7 @@ def gate_cmd(
                 param_hint=flag,
             )
     if adapter is None and candidate.resolve() == baseline.resolve():  # (with --adapter: the adapter check says it)
-        raise typer.BadParameter(
-            f"--candidate and --baseline are the same run folder ({candidate.resolve()}): a run gated against itself ties "
-            "whatever the model, so it says nothing of it. Give --candidate the candidate's run and --baseline the live "
-            "model's, on the same suites.",
-            param_hint="--baseline",
-        )
+        raise ConfigError(same_run_folder(candidate, "the candidate"))
     adapters = None
     if adapter is not None and registry is not None:
         from ee_middleware.adapters.registry import open_registry

@@ -18,6 +18,7 @@ from ee_middleware.cli.common import (
     examples,
     library_bars_off,
     open_existing_store,
+    other_apps_hint,
     output_folder,
     positive_seconds,
     print_json,
@@ -114,7 +115,7 @@ def eval_cmd(
     if not split.held_out:
         raise typer.BadParameter(
             "No held-out transition: the store needs at least two approved trajectories with tool calls"
-            + (f" of the app {app_name!r}{_other_apps(opened, app_name)}." if app_name is not None else "."),
+            + (f" of the app {app_name!r}{other_apps_hint(opened, app_name)}." if app_name is not None else "."),
             param_hint="--app" if app_name is not None else "--store",
         )
     if not len(split.index):
@@ -255,7 +256,7 @@ def dataset_cmd(
             "No real transition of an approved trajectory"
             + (f" of the app {app_name!r}" if app_name is not None else "")
             + " outside the held-out share: record or approve more trajectories (pending ones wait for 'ee traces approve')"
-            + (f"{_other_apps(opened, app_name)}." if app_name is not None else "."),
+            + (f"{other_apps_hint(opened, app_name)}." if app_name is not None else "."),
             param_hint="--app" if app_name is not None else "--store",
         )
     out.mkdir(parents=True, exist_ok=True)
@@ -299,14 +300,6 @@ def prediction_advice(report: dict[str, Any], max_tokens: int) -> list[str]:
         "untrained base model rarely does: train one on `ee experience dataset`'s rows with `ee train --schedule "
         "experience-model`, and measure it with --trained)."
     ]
-
-
-def _other_apps(store: Any, app: str) -> str:
-    """The apps ``store`` holds approved trajectories of, when ``app`` is none of them (a misspelt ``--app``)."""
-    apps = sorted({str(a) for a in store.trajectories(status="approved")["app"].to_list() if a is not None})
-    if app in apps or not apps:
-        return ""
-    return f" (the store's approved trajectories are of: {', '.join(apps[:10])}{', ...' if len(apps) > 10 else ''})"
 
 
 def all_held_out(share: float, held: int, consequence: str) -> typer.BadParameter:

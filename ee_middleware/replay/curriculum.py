@@ -294,7 +294,8 @@ def propose(
 ) -> Proposal:
     """Up to ``n`` validated, distinct variants of the highest-variance tasks (tasks with ``p(1 - p) = 0`` are never
     picked), allotted to the tasks by :func:`allot`, in at most ``3 *`` a task's allotment requests of ``max_tokens``
-    tokens each (``3 * n`` in all).
+    tokens each (``3 * n`` in all); what a task the writer could not vary leaves is allotted again to the tasks that got
+    their share (:attr:`Proposal.allotted` counts what each got in the end).
 
     A variant repeating one already kept for the same parent is rejected as :data:`DUPLICATE` (the writer is shown the
     ones kept, and asked again within the budget); an answer cut off at ``max_tokens`` is rejected as such
@@ -307,7 +308,6 @@ def propose(
     result.unmatched = [s.task_id for s in candidates if s.task_id not in matched]
     usable = [s for s in candidates if s.task_id in matched]
     quota = {(s.suite, s.task_id): count for s, count in zip(usable, allot(usable, n), strict=True)}
-    result.allotted = {task_id: count for (_, task_id), count in quota.items() if count}
     rejected: dict[str, int] = defaultdict(int)
     kept: dict[tuple[str, str], list[str]] = defaultdict(list)  # the instructions kept, by parent task
     tried: Counter[tuple[str, str]] = Counter()  # the requests made, by parent task
@@ -320,6 +320,16 @@ def propose(
             if len(kept[s.suite, s.task_id]) < quota[s.suite, s.task_id] and tried[s.suite, s.task_id] < 3 * quota[s.suite, s.task_id]
         ]
         if not open_tasks:
+            # tasks the writer could not vary (repeats, cut answers, unknown tools) leave their share to those that got
+            # theirs, allotted alike, within the 3 * n requests in all
+            takers = [s for s in usable if len(kept[s.suite, s.task_id]) >= quota[s.suite, s.task_id]]
+            extra = allot(takers, n - len(result.variants)) if takers and attempt < 3 * n else []
+            if not any(extra):
+                break
+            for taker, count in zip(takers, extra, strict=True):
+                quota[taker.suite, taker.task_id] += count
+            continue
+        if attempt >= 3 * n:
             break
         score = max(open_tasks, key=lambda s: quota[s.suite, s.task_id] - len(kept[s.suite, s.task_id]))
         key = (score.suite, score.task_id)
@@ -376,6 +386,7 @@ def propose(
                 "environment": world_environment(parent.environment),  # a variant of a variant: its own lineage only
             }
         )
+    result.allotted = {task_id: count for (_, task_id), count in quota.items() if count}
     result.rejected = dict(rejected)
     result.attempts = attempt
     return result

@@ -143,3 +143,15 @@ def test_an_out_path_that_is_a_file_is_refused_before_any_prediction(bfcl_store_
     assert built.exit_code == 2, built.output
     assert "above it is a file" in " ".join(built.output.replace("│", " ").split())
     assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_a_fidelity_report_of_another_app_is_refused_for_this_apps_replay() -> None:
+    """Review R13 L3: the report records its app, but the fidelity gate never compared it."""
+    from ee_middleware.errors import SandboxError
+    from ee_middleware.replay.sandboxes.experience import load_fidelity
+
+    report = {"app": "support-bot", "variants": {"retrieval": {"model": None, "top_k": 3, "tools": {"get": {"token_f1": 0.9}}}}}
+    assert load_fidelity(report, app="support-bot") == {"get": 0.9}
+    assert load_fidelity(report) == {"get": 0.9} and load_fidelity({**report, "app": None}, app="shop") == {"get": 0.9}
+    with pytest.raises(SandboxError, match=r"measured the app 'support-bot', not 'shop'.*ee experience eval --app shop"):
+        load_fidelity(report, app="shop")

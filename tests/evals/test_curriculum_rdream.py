@@ -274,6 +274,10 @@ def test_propose_with_app_matches_a_question_both_apps_ask_to_that_apps_trajecto
         [task] = [json.loads(line) for line in out.read_text().splitlines()]
         assert task["app"] == app_name
     assert task["parent"]["trajectory_id"] == other.id and task["environment"] == {"kv": {"a": "2"}}
+    with ScriptedChatServer([json.dumps({"instruction": "Tell me the value of a.", "tools": ["kv_get"]})]) as writer:
+        misspelt = _propose(results, store_path, tmp_path / "none.jsonl", writer.base_url, "--n", "1", "--app", "other-ap")
+    said = " ".join(misspelt.output.split())
+    assert misspelt.exit_code == 1 and "of the app 'other-ap' (the store's trajectories are of: kv-app, other-app)" in said, said
 
 
 # -- F5: trials the server never answered are no outcome ----------------------------------------------------------------
@@ -414,6 +418,39 @@ def test_variants_are_allotted_in_proportion_to_the_outcome_variance() -> None:
     assert allot([score("a", 0.5), score("b", 0.5), score("c", 0.4)], 2) == [1, 1, 0], "n below the tasks: the top ones"
     assert allot([score("a", 0.5), score("never", 0.0)], 3) == [3, 0]
     assert sum(allot([score(str(i), 0.1 * i) for i in range(1, 10)], 7)) == 7
+
+
+def test_a_task_the_writer_cannot_vary_leaves_its_share_to_the_others(recorded: tuple[Path, dict[str, Trajectory]]) -> None:
+    """Review R13 M2: with the share allotted per task, a parent the writer only repeats used up its requests and its
+    share stayed empty: 2 of 4 variants, exit 0 (the round-robin before wrote 4 within its 3 * n requests)."""
+    from ee_middleware.models.protocol import Choice
+    from ee_middleware.replay.curriculum import propose, score_tasks
+
+    first, second = recorded[1]["kv-app"], recorded[1]["other-app"]
+    parents = [first.model_copy(update={"task": "Task A"}), second.model_copy(update={"task": "Task B"})]
+    rows = [
+        {"suite": "s", "task_id": t.id, "success": ok, "conversation": [{"role": "user", "content": t.task}]}
+        for t in parents
+        for ok in (True, False, True, False)
+    ]
+    written = iter(range(100))
+
+    class Writer:
+        """Repeats task A's question (no variant), varies task B."""
+
+        requests = 0
+
+        def complete(self, messages: list[dict[str, Any]], **_: Any) -> list[Choice]:
+            self.requests += 1
+            same = messages[-1]["content"].startswith("Task: Task A")
+            text = json.dumps({"instruction": "Task A" if same else f"Task B, variant {next(written)}", "tools": ["kv_get"]})
+            return [Choice(message={"role": "assistant", "content": text}, raw=text, finish_reason="stop")]
+
+    writer = Writer()
+    proposal = propose(writer, score_tasks(rows), parents, n=4)
+    assert len(proposal.variants) == 4 and writer.requests <= 12, (proposal.rejected, writer.requests)
+    assert {v["parent"]["task_id"] for v in proposal.variants} == {second.id}
+    assert proposal.allotted[second.id] == 4 and proposal.rejected == {"same instruction as its parent": writer.requests - 4}
 
 
 def test_propose_gives_the_task_solved_half_the_time_most_of_the_variants(

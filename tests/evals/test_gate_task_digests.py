@@ -101,6 +101,8 @@ def test_a_tie_under_a_required_improvement_is_noted_as_failing(tmp_path: Path) 
     assert note.endswith("a tie fails while min_improvement is 0.1"), note
     [note] = gate(tmp_path / "c", tmp_path / "b", GatePolicy(min_tasks=1)).notes
     assert note.endswith("a tie passes while min_improvement is 0"), note
+    significant = gate(tmp_path / "c", tmp_path / "b", GatePolicy(min_tasks=1, require_significant=True))
+    assert not significant.passed and significant.notes[0].endswith("a tie fails: require_significant asks for a significant improvement")
 
 
 def test_a_run_gated_against_itself_is_refused(tmp_path: Path) -> None:
@@ -108,4 +110,4 @@ def test_a_run_gated_against_itself_is_refused(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     pl.DataFrame([{"suite": "s", "task_id": "t", "trial": 0, "success": True}]).write_parquet(tmp_path / "run" / "results.parquet")
     shown = CliRunner().invoke(app, ["eval", "gate", "--candidate", str(tmp_path / "run"), "--baseline", str(tmp_path / "run" / ".")])
-    assert shown.exit_code != 0 and "are the same run folder" in " ".join(shown.output.split()), shown.output
+    assert shown.exit_code == 1 and "are the same run folder" in " ".join(shown.output.split()), shown.output

@@ -229,7 +229,10 @@ def build_datasets(
     synthetic: dict[str, Any] | None = None
     # a cap on what is trained on: after the split, over the training side; without one, trajectories of generated tasks
     # in the source are still counted, so a dataset says how much of it is the policy's own rollouts on them
-    if config.max_synthetic_share is not None or index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE).height:
+    sides = [index] if heldout_index is None else [index, heldout_index]
+    if config.max_synthetic_share is not None or any(
+        side.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE).height for side in sides
+    ):
         index, synthetic = cap_synthetic_tasks(index, config.max_synthetic_share, config.seed)
         if heldout_index is not None:
             held_synthetic = heldout_index.trajectories.filter(pl.col("source") == SYNTHETIC_TASK_SOURCE).height

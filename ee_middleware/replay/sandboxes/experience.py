@@ -276,13 +276,15 @@ def build_prompt(task: str, state: str, call_name: str, arguments: dict[str, Any
 
 
 def load_fidelity(
-    source: str | Path | Mapping[str, Any] | None, variant: str | None = None, *, model: str | None = None
+    source: str | Path | Mapping[str, Any] | None, variant: str | None = None, *, model: str | None = None, app: str | None = None
 ) -> dict[str, float]:
     """Per-tool fidelity (token F1) from an ``ee experience eval --json`` report, or a tool -> score mapping.
 
     The report's variant is ``variant`` when given; otherwise the variant with retrieval that measured
     ``model`` (``retrieval`` for the base model, ``retrieval+trained`` for the trained one), and
-    ``retrieval`` in reports that do not name their variants' models.
+    ``retrieval`` in reports that do not name their variants' models. A report measured on one app (``ee experience
+    eval --app``) is refused for a sandbox replaying another ``app`` (two apps may have tools of one name over other
+    worlds).
     """
     if source is None:
         return {}
@@ -298,6 +300,12 @@ def load_fidelity(
     variants = source.get("variants") if isinstance(source, Mapping) else None
     if not isinstance(variants, Mapping) or not variants:
         raise SandboxError("The fidelity report has no variants; write one with 'ee experience eval --json'.")
+    measured_app = source.get("app") if isinstance(source, Mapping) else None
+    if isinstance(measured_app, str) and app is not None and measured_app != app:
+        raise SandboxError(
+            f"The fidelity report measured the app {measured_app!r}, not {app!r}, which this replay runs: measure this app "
+            f"with 'ee experience eval --app {app} --json'."
+        )
     malformed = sorted(name for name, v in variants.items() if not _well_formed_variant(v))
     if malformed:
         raise SandboxError(
@@ -478,7 +486,7 @@ class ExperienceSandbox:
         self.max_tokens = max_tokens
         self.exclude_trajectories = set(exclude_trajectories or ())
         self.min_fidelity = dict(min_fidelity or {})
-        self.fidelity = load_fidelity(fidelity, fidelity_variant, model=self.model) if self.min_fidelity else {}
+        self.fidelity = load_fidelity(fidelity, fidelity_variant, model=self.model, app=app) if self.min_fidelity else {}
         self._real = None
         if real:
             from ee_middleware.replay.sandboxes.registry import build_sandbox, sandbox_options

@@ -236,6 +236,15 @@ def test_max_synthetic_share_caps_the_training_side_after_the_split_and_reports_
     result = CliRunner().invoke(app, [*args, "--max-synthetic-share", "0.25", "--heldout-ids", str(only_synthetic)])
     assert result.exit_code != 0 and "leaves nothing to train on" in result.output, result.output
 
+    # every curriculum trajectory held out, no cap: they are counted all the same (review R13 L4: no synthetic_tasks)
+    (tmp_path / "variants.txt").write_text("\n".join(f"curriculum-{i:02d}" for i in range(5)))
+    held = tmp_path / "held"
+    result = CliRunner().invoke(app, [*args[:5], str(held), *args[6:], "--heldout-ids", str(tmp_path / "variants.txt")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((held / "datasets.json").read_text())
+    assert summary["synthetic_tasks"]["synthetic_trajectories"] == 0 and summary["synthetic_tasks"]["max_share"] is None
+    assert summary["synthetic_tasks"]["heldout"] == {"synthetic_trajectories": 5, "real_trajectories": 0}
+
 
 class _EagerOnlyStore:
     """A store without lazy reads (only the ExperienceStore protocol's frames), as a plug-in store may be."""
