@@ -382,6 +382,12 @@ def _write_output(
 def _fill_output(
     model: Any, manifest: dict[str, Any], runs: list[backends.StageRun], partial: Path, cuts: dict[str, list[dict[str, Any]]]
 ) -> None:
+    for config in getattr(model, "peft_config", {}).values():
+        # peft writes a set (target_modules, ...) as a list in the set's order, which Python's string hashing makes differ
+        # from one process to the next: the same weights would get another content hash, so another registry version
+        for name, value in vars(config).items():
+            if isinstance(value, set) and all(isinstance(item, str) for item in value):
+                setattr(config, name, sorted(value))
     model.save_pretrained(partial)
     write_manifest(partial, manifest)
     write_render_cuts(partial / RENDER_CUTS_FILE, cuts)
