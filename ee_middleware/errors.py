@@ -162,14 +162,16 @@ class ModelServerError(ModelError):
     """A model server gave no usable answer: unreachable, timed out, or failing (5xx, 429) after retries.
 
     ``status`` is the HTTP status of the last answer (``None`` when none came: refused or timed out);
-    ``timed_out`` says the last attempt ran out of time.
+    ``timed_out`` says the last attempt ran out of time; ``retry_after`` the seconds the last answer asked to wait
+    before another try (its ``Retry-After``; 0 when none), for a caller that retries itself (the alias router).
     """
 
-    def __init__(self, message: str, *, url: str, status: int | None = None, timed_out: bool = False) -> None:
+    def __init__(self, message: str, *, url: str, status: int | None = None, timed_out: bool = False, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
         self.timed_out = timed_out
+        self.retry_after = retry_after
 
 
 class ModelRequestError(ModelServerError):

@@ -110,6 +110,7 @@ class AliasRouter:
         self._down: dict[str, _Down] = {}
         """The replicas passed over for now (timed out or could not be reached), by URL."""
         self._next = itertools.cycle(range(len(self.upstreams)))
+        self._ready_next = itertools.count()
         self._lock = threading.Lock()
         self._local = threading.local()
         self._base: str | None = None
@@ -210,9 +211,10 @@ class AliasRouter:
         not (its last error is raised)."""
         suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
         root = url if path.startswith("/v1/") else url.removesuffix("/v1")
+        wait = 0.0
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(RETRY_BACKOFF_S * 2 ** (attempt - 1))
+            if attempt:  # the back-off, or longer where the replica's Retry-After asked for it (a 429, a 503)
+                time.sleep(max(RETRY_BACKOFF_S * 2 ** (attempt - 1), wait))
             try:
                 if body.get("stream"):
                     return self._open_stream(url, root, suffix, body)
@@ -221,7 +223,10 @@ class AliasRouter:
                 raise
             except ModelServerError as exc:
                 if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError):
+                    if attempt:  # the client's message counts its own attempt alone
+                        exc.args = (f"{exc} (asked {attempt + 1} times by the router)",)
                     raise
+                wait = exc.retry_after
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
     # --- passive health: replicas that timed out or could not be reached are passed over for cooldown_s ---------------
@@ -231,18 +236,19 @@ class AliasRouter:
         (one whose cool-down is over is tried first when its turn comes, unless another request is trying it already),
         then those passed over, the soonest back first."""
         with self._lock:
-            first = next(self._next)
+            own = self.upstreams[next(self._next)]  # the replica whose turn this is, healthy or not
             now = time.monotonic()
-            turn = [self.upstreams[(first + offset) % len(self.upstreams)] for offset in range(len(self.upstreams))]
-            ready = []
-            for url in turn:
-                down = self._down.get(url)
-                if down is None:
-                    ready.append(url)
-                elif url == turn[0] and down.until <= now and not down.probing:
-                    down.probing = True  # this request tries it again (released by _release); the others pass it over
-                    ready.append(url)
-            resting = sorted((url for url in turn if url not in ready), key=lambda url: self._down[url].until)
+            ready = [url for url in self.upstreams if url not in self._down]
+            if ready:  # round robin over the healthy ones alone: a replica passed over leaves its turns to all of them
+                start = next(self._ready_next) % len(ready)
+                ready = ready[start:] + ready[:start]
+            down = self._down.get(own)
+            self._local.probing = None
+            if down is not None and down.until <= now and not down.probing:
+                down.probing = True  # this request tries it again (released by _release); the others pass it over
+                self._local.probing = own
+                ready.insert(0, own)
+            resting = sorted((url for url in self.upstreams if url not in ready), key=lambda url: self._down[url].until)
         return ready + resting
 
     def _failed(self, url: str, exc: ModelError) -> None:
@@ -269,7 +275,11 @@ class AliasRouter:
             self.log(f"ee router: {url} answers again; it takes its turn of the requests")
 
     def _release(self, url: str) -> None:
-        """A request done with ``url`` (whatever came of it): another may try it again once its cool-down is over."""
+        """A request done with ``url`` (whatever came of it): another may try it again once its cool-down is over, when
+        this request was the one trying it (a request that fell back to a resting replica leaves another's try alone)."""
+        if getattr(self._local, "probing", None) != url:
+            return
+        self._local.probing = None
         with self._lock:
             if url in self._down:
                 self._down[url].probing = False

@@ -52,9 +52,13 @@ def _replicas_of(config: ImproveConfig) -> list[Any]:
 def _serving_replicas(serving: Serving) -> list[Any]:
     if not serving.servers:
         return []
-    from ee_middleware.adapters.serving.backend import build_backends
+    from ee_middleware.adapters.serving.backend import BACKENDS, build_backends
 
-    return build_backends(list(serving.servers), kind=serving.backend, max_lora_rank=serving.max_lora_rank)
+    options: dict[str, Any] = {"max_lora_rank": serving.max_lora_rank}
+    if serving.backend in BACKENDS.builtins:  # (a plug-in backend takes what its factory takes)
+        # each request to the servers (a load, the smoke request, an unload) may take [improve.serving] timeout_s
+        options.update(timeout_s=serving.timeout_s, timeout_knob="[improve.serving] timeout_s")
+    return build_backends(list(serving.servers), kind=serving.backend, **options)
 
 
 def _silent_replicas(config: ImproveConfig) -> tuple[list[str], int]:

@@ -433,6 +433,7 @@ class OpenAIChatClient:
             url=url,
             status=last_status,
             timed_out=timed_out,
+            retry_after=wait,
         )
 
     def _attempt(self, client: Any, method: str, url: str, body: dict[str, Any] | None, *, stream: bool) -> Any:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -359,3 +359,56 @@ def test_the_router_refuses_bad_settings_in_python() -> None:
     for bad in ({"timeout_s": 0}, {"timeout_s": float("inf")}, {"retries": -1}, {"retries": 1.5}, {"cooldown_s": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             AliasRouter(_EmptyRegistry(), ["http://127.0.0.1:1/v1"], **bad)
+
+
+def test_a_replica_passed_over_leaves_its_turns_to_all_the_healthy_ones() -> None:
+    """Review R14 M1: a replica passed over gave all its turns to the next in the ring (one of three down: one healthy
+    replica took 2/3 of the requests, a cascade waiting to happen)."""
+    import collections
+
+    from ee_middleware.adapters.serving.router import _Down
+
+    router = AliasRouter(_EmptyRegistry(), [f"http://{name}/v1" for name in "abcd"], log=lambda _: None)
+    router._down["http://b/v1"] = _Down(time.monotonic() + 1e6, "test")
+    firsts = collections.Counter(router._order()[0] for _ in range(300))
+    assert firsts == {"http://a/v1": 100, "http://c/v1": 100, "http://d/v1": 100}, firsts
+
+
+class _RateLimited(BaseHTTPRequestHandler):
+    """429 with Retry-After: 1 within a second of the first request, then an answer."""
+
+    protocol_version = "HTTP/1.1"
+    asked: ClassVar[list[float]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.asked.append(time.monotonic())
+        if self.asked[-1] - self.asked[0] < 1.0:
+            data = json.dumps({"error": {"message": "slow down", "type": "RateLimitError"}}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            answer = {"role": "assistant", "content": "ok"}
+            choices = [{"index": 0, "message": answer, "finish_reason": "stop"}]
+            send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": choices})
+
+
+def test_a_replica_that_asks_to_wait_is_asked_again_after_its_retry_after() -> None:
+    """Review R14 M2: the router's own retry slept its short back-off, not the replica's Retry-After (a rate-limited
+    replica gave the client a 502 after 0.45 s)."""
+    handler = type("Handler", (_RateLimited,), {"asked": []})
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    replica.daemon_threads = True
+    with serving(replica) as url:
+        router = AliasRouter(_EmptyRegistry(), [url], retries=1, timeout_s=10, log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            answered = _chat(routed, model="m", messages=[{"role": "user", "content": "hi"}])
+    assert answered.status_code == 200, answered.text
+    assert len(handler.asked) == 2 and handler.asked[1] - handler.asked[0] >= 0.95

@@ -471,3 +471,14 @@ def test_the_promote_by_hand_with_a_serving_backend_plug_in_works_as_written(
     assert registry.resolve(APP) == names["cand"]
     assert names["cand"] in stand_in_vllm.loaded
     assert (tmp_path / "team-serving.log").read_text() == f"{url} {names['cand']}\n"  # loaded through the plug-in
+
+
+def test_the_jobs_replicas_take_the_serving_timeout_and_their_advice_names_it() -> None:
+    """Review R14 M3: ee improve's promote built its replicas without [improve.serving] timeout_s (60 s, whatever it said)
+    and a time-out's advice named `ee adapters promote --timeout`, which does nothing for the job."""
+    from ee_middleware.jobs.config import Serving
+    from ee_middleware.jobs.deploy import _serving_replicas
+
+    for backend in ("vllm", "local"):
+        [replica] = _serving_replicas(Serving(backend=backend, servers=["http://127.0.0.1:9/v1"], timeout_s=900))
+        assert replica.timeout_s == 900 and replica.timeout_knob == "[improve.serving] timeout_s"
