@@ -79,7 +79,7 @@ from ee_middleware.adapters.errors import (
     ServerUnavailableError,
     ServingError,
 )
-from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files, normalize_base
+from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.backend import ServingBackend, Verification, rank_advice
 from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
@@ -475,7 +475,7 @@ def _check_servable(registry: AdapterRegistry, record: AdapterRecord) -> None:
     if live_name is None or live_name == record.name:
         return
     live = registry.get(live_name)
-    if normalize_base(live.base_model) != normalize_base(record.base_model):
+    if not same_base(live.base_model, record.base_model):  # (copies of one model are one base)
         raise BaseModelMismatchError(
             f"{record.name} was trained on base model {record.base_model}, but {record.app}'s live adapter {live.name} runs on "
             f"{live.base_model}; the servers hold only that base, so {record.name} cannot be served there. Train on "

@@ -57,10 +57,10 @@ from ee_middleware.adapters.records import (
     check_app_name,
     content_hash,
     inspect_adapter,
-    normalize_base,
 )
 from ee_middleware.errors import StoreCorruptionWarning
 from ee_middleware.messages import finite_or_null
+from ee_middleware.models.bases import same_base
 from ee_middleware.plugins import FACTORY_SPEC, PluginKind, _did_you_mean
 
 INDEX_SCHEMA_VERSION = 1
@@ -416,7 +416,7 @@ class LocalAdapterRegistry:
         if live is None or live == what:
             return
         live_base = index["adapters"][live]["base_model"]
-        if normalize_base(live_base) != normalize_base(base):
+        if not same_base(live_base, base):  # (two copies of one model, e.g. one GGUF dequantized in two caches, are one base)
             raise BaseModelMismatchError(
                 f"{what} was trained on base model {base}, but {app}'s live adapter {live} runs on {live_base}; the servers "
                 f"hold only that base. Train on {live_base}, or register it under another app."
