@@ -74,7 +74,8 @@ def test_the_gate_given_a_results_file_names_the_run_folder(tmp_path: Path) -> N
     message = " ".join(result.stderr.split())
     assert f"{out / 'results.parquet'} is a file: --candidate takes a run folder" in message, message
     assert f"here {out}" in message and "does not exist" not in message
-    assert CliRunner().invoke(app, [*args[:3], str(out), *args[4:]]).exit_code == 0
+    folder = CliRunner().invoke(app, [*args[:3], str(out), *args[4:]])  # taken as a run folder: here, the baseline's own
+    assert folder.exit_code == 1 and "are the same run folder" in " ".join(folder.output.split()), folder.output
 
 
 class _ChattyNoop(NoopClient):

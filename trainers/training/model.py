@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._files import remove_left_behind
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import MissingExtraError, ModelLoadError
 from ee_middleware.models.local import CONTEXT_FIELDS, custom_code, load_pretrained, model_context, refuse_tokens_past_embeddings
@@ -73,34 +72,54 @@ def default_base_cache() -> Path:
 
 
 def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
-    """A plain folder for ``source``: itself, or a cached dequantized copy of its GGUF. Returns (folder, created)."""
+    """A plain folder for ``source``: itself, or a cached dequantized copy of its GGUF. Returns (folder, created).
+
+    The cache may be shared (a home folder on several machines, containers): one conversion of a file at a time holds
+    its lock (the others wait, then take its result), a copy is written under a name of its own and renamed whole, and
+    only a copy a killed conversion left is removed (the lock's holder is the one live writer of that file's copy)."""
     if source.gguf_file is None:
         return source.folder, False
+    import fcntl
+
     gguf = source.folder / source.gguf_file
-    if cache_dir.is_dir():  # conversions killed while saving left <name>.partial-<pid>; a live writer's stays
-        remove_left_behind(cache_dir, "*.partial-*", ".partial-")
     target = cache_dir / f"{gguf.stem}-{_file_hash(gguf)[:12]}"
-    if (target / "config.json").is_file():
+    if _converted(target):
         return target, False
-    tokenizer, model = _load(source.folder, gguf_file=source.gguf_file, require_chat_template=False)
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        # transformers 5.x still marks a dequantized GGUF model as quantized, which blocks saving and training.
-        quantizer.remove_quantization_config(model)
-    partial = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        model.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-    except BaseException:  # a full disk, Ctrl-C: the half-written copy goes now, not at the next run's start
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    try:
-        partial.rename(target)
-    except OSError:  # another process saved it first
-        shutil.rmtree(partial, ignore_errors=True)
+    try:  # before the slow conversion: a cache that cannot be written is told now, naming the setting
+        (cache_dir / ".locks").mkdir(parents=True, exist_ok=True)  # (kept: removing a lock file others wait on races)
+        lock = open(cache_dir / ".locks" / f"{target.name}.lock", "a")  # noqa: SIM115 (held for the conversion below)
+    except OSError as exc:
+        raise BaseModelError(
+            f"Cannot write the converted copy of {gguf} into {cache_dir}: {exc}. Set base_cache_dir (--config's [train]) or "
+            "EE_CACHE_DIR to a folder this user may write."
+        ) from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _converted(target):  # another process converted it while this one waited
+            return target, False
+        for left in cache_dir.glob(f"{target.name}.partial-*"):  # a killed conversion's (the lock's holder is the writer)
+            shutil.rmtree(left, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)  # a copy without its weights (written before this check) is made again
+        tokenizer, model = _load(source.folder, gguf_file=source.gguf_file, require_chat_template=False)
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            # transformers 5.x still marks a dequantized GGUF model as quantized, which blocks saving and training.
+            quantizer.remove_quantization_config(model)
+        partial = target.with_name(f"{target.name}.partial-{os.uname().nodename}-{os.getpid()}")
+        partial.mkdir(parents=True)
+        try:
+            model.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+            partial.rename(target)
+        except BaseException:  # a full disk, Ctrl-C: the half-written copy goes now, not at the next conversion
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
     return target, True
+
+
+def _converted(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole converted base: its config and its weights."""
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def load_base(folder: Path, *, dtype: Any) -> tuple[Any, Any]:

@@ -462,36 +462,52 @@ def test_a_gguf_bases_context_is_checked_at_start_up_from_its_metadata(tmp_path:
     assert check_base(str(tmp_path), max_length=48).gguf_file == "m.gguf", "a folder holding one .gguf"
 
 
-def test_stale_partial_conversions_are_removed_when_the_gguf_cache_is_used(tmp_path: Path) -> None:
-    """A conversion killed while saving left ``<name>-<hash>.partial-<pid>`` in the cache forever; the next use of the cache
-    removes those of processes that are gone, never a live writer's."""
-    import subprocess
-    import sys
-
+def test_a_killed_conversions_copy_is_removed_by_the_next_conversion_of_that_file_alone(tmp_path: Path) -> None:
+    """A conversion killed while saving left ``<name>-<hash>.partial-...`` in the cache forever. The cache may be shared by
+    machines or containers that cannot see each other's processes (review R15 M1: a partial whose pid this process
+    could not see was removed, under a live writer on another machine): a partial copy is removed only by the next
+    conversion of the same file, which holds that file's lock (so no other writer of it is alive); other files'
+    partials are left alone, and a cached copy is used as it is."""
     from ee_middleware.testing.tiny_models import save_metadata_gguf
     from ee_middleware.trainers.training.model import BaseSource, _file_hash, plain_base
 
     gguf = save_metadata_gguf(tmp_path / "m.gguf", context_length=48)
     cache = tmp_path / "base-models"
-    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    killed.kill()
-    killed.wait()
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        target = cache / "m-0123456789ab"  # a finished conversion of another file, and partial ones beside it
-        target.mkdir(parents=True)
-        (target / "config.json").write_text("{}")
-        for name in (f"m-0123456789ab.partial-{killed.pid}", f"m-0123456789ab.partial-{alive.pid}"):
-            (cache / name).mkdir()
-            (cache / name / "model.safetensors").write_bytes(b"half")
-        done = cache / f"m-{_file_hash(gguf)[:12]}"  # this file's conversion: the cache is used, nothing is converted
-        done.mkdir()
-        (done / "config.json").write_text("{}")
-        assert plain_base(BaseSource(tmp_path, "m.gguf"), cache) == (done, False)
-        assert sorted(p.name for p in cache.iterdir()) == sorted([target.name, done.name, f"m-0123456789ab.partial-{alive.pid}"])
-    finally:
-        alive.kill()
-        alive.wait()
+    other = cache / "m-0123456789ab.partial-elsewhere-4242"  # another file's conversion, maybe live on another machine
+    other.mkdir(parents=True)
+    (other / "model.safetensors").write_bytes(b"half")
+    done = cache / f"m-{_file_hash(gguf)[:12]}"  # this file's conversion: the cache is used, nothing is converted
+    done.mkdir()
+    (done / "config.json").write_text("{}")
+    (done / "model.safetensors").write_bytes(b"weights")
+    assert plain_base(BaseSource(tmp_path, "m.gguf"), cache) == (done, False)
+    assert sorted(p.name for p in cache.iterdir() if p.name != ".locks") == sorted([other.name, done.name])
+
+
+def test_a_copy_without_its_weights_is_converted_again_and_killed_copies_of_the_file_go(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached folder holding a config but no weights (review R15 M1: a conversion whose partial folder was removed under
+    it published tokenizer files alone, and every later run got that folder back) is made again, under the file's lock;
+    a killed conversion's partial copy of the same file goes then."""
+    from ee_middleware.trainers.training import model as model_module
+    from ee_middleware.trainers.training.model import BaseSource, _file_hash, plain_base
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    cache = tmp_path / "base-models"
+    target = cache / f"m-{_file_hash(gguf)[:12]}"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # weights missing
+    killed = cache / f"{target.name}.partial-elsewhere-4242"
+    killed.mkdir()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    real = (AutoTokenizer.from_pretrained(tiny_model_dir), AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    monkeypatch.setattr(model_module, "_load", lambda *args, **kwargs: real)  # a stand-in for dequantizing the GGUF
+    folder, created = plain_base(BaseSource(tmp_path, "m.gguf"), cache)
+    assert (folder, created) == (target, True) and any(target.glob("*.safetensors"))
+    assert not killed.exists() and not list(cache.glob("*.partial-*"))
 
 
 def test_a_conversion_interrupted_while_saving_leaves_no_partial_folder(
@@ -516,4 +532,4 @@ def test_a_conversion_interrupted_while_saving_leaves_no_partial_folder(
     cache = tmp_path / "base-models"
     with pytest.raises(KeyboardInterrupt):
         base_model.plain_base(base_model.BaseSource(tmp_path, gguf.name), cache)
-    assert sorted(p.name for p in cache.iterdir()) == [], "neither a partial copy nor a finished-looking one is left"
+    assert sorted(p.name for p in cache.iterdir() if p.name != ".locks") == [], "neither a partial copy nor a finished-looking one is left"
