@@ -303,7 +303,9 @@ def add_lora(model: Any, config: TrainConfig, *, gradient_checkpointing: bool) -
         lora_dropout=config.lora_dropout,
         target_modules=modules,
         # GPT-2-style Conv1D layers store their weight transposed; saying so spares peft's warning that it corrected it.
-        fan_in_fan_out=any(type(m).__name__ == "Conv1D" for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in modules),
+        fan_in_fan_out=any(
+            type(m).__name__ == "Conv1D" for n, m in model.named_modules() if any(_named_like(n, target) for target in modules)
+        ),
         task_type="CAUSAL_LM",
         bias="none",
     )
