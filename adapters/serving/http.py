@@ -69,14 +69,17 @@ _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 """The end of a server-sent event: a line's end followed by an empty line (each line ending in CRLF, LF or CR)."""
 
 
-def split_events(data: bytes) -> tuple[bytes, bytes]:
-    """``(whole events, the rest)``: ``data`` cut after its last complete server-sent event (the blank line that ends
-    it). A CR at the very end may be the start of a CRLF, so it is kept in the rest until the next byte tells."""
-    searched = data[:-1] if data.endswith(b"\r") else data
+def event_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where ``data``'s last complete server-sent event ends (after the blank line that ends it; 0 for none), looked for
+    from ``start`` on (what was searched before holds none: a stream's held-back event is not searched again for every
+    chunk). A CR at the very end that follows content may be the start of a CRLF, so it is not taken as a line's end
+    until the next byte tells (after a CRLF, a CR then LF ends the event there); one after another CR (a stream of
+    CR-only line ends) ends the event either way, so it is not kept waiting for the next event."""
+    searched = len(data) - 1 if data.endswith(b"\r") and not data.endswith(b"\r\r") else len(data)
     end = 0
-    for found in _EVENT_END.finditer(searched):
+    for found in _EVENT_END.finditer(data, max(0, start), searched):
         end = found.end()
-    return data[:end], data[end:]
+    return end
 
 
 def sse_event(payload: Any) -> bytes:
@@ -190,12 +193,16 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            pending = b""  # the start of an event not complete yet: held back until its blank line comes
+            pending = bytearray()  # the start of an event not complete yet: held back until its blank line comes
             try:
                 for chunk in stream.chunks:
-                    whole, pending = split_events(pending + chunk)
-                    if whole:
-                        self._write_chunk(whole)
+                    # an event's end is at most 4 bytes (CRLF CRLF): only those before the new bytes are searched again
+                    searched_before = len(pending) - 4
+                    pending += chunk
+                    end = event_end(pending, searched_before)
+                    if end:
+                        self._write_chunk(bytes(pending[:end]))
+                        del pending[:end]
             except _ClientGone:
                 raise
             except Exception as exc:  # noqa: BLE001 - the status is sent: say what broke inside the stream
@@ -204,7 +211,7 @@ class JSONHandler(BaseHTTPRequestHandler):
                 self._write_chunk(error)
             else:
                 if pending:  # the stream ended cleanly without a last blank line: passed on as it came
-                    self._write_chunk(pending)
+                    self._write_chunk(bytes(pending))
             self._write_chunk(b"")
         except _ClientGone:
             self.close_connection = True  # the client went away; stop reading upstream
