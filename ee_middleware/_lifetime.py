@@ -150,7 +150,9 @@ def start_group_watchdog(pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S) 
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=parent_death_preexec(signal.SIGTERM),
+        # SIGURG, ignored by default: a parent that dies before the watchdog's handler is in (its interpreter starting,
+        # ~0.1 s) does not kill the watchdog with it; the parent-pid check below sees that death at the first look
+        preexec_fn=parent_death_preexec(signal.SIGURG),
     )
 
 
@@ -160,7 +162,8 @@ def _watch_group() -> None:
     orphaned = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: orphaned.set())  # the parent-death signal
+    signal.signal(signal.SIGURG, lambda *_: orphaned.set())  # the parent-death signal
+    signal.signal(signal.SIGTERM, lambda *_: orphaned.set())  # a stop of everything (the group goes too)
     while not orphaned.wait(WATCHDOG_INTERVAL_S / 4) and os.getppid() == parent:
         if not _group_alive(pgid):
             return  # the group ended (stopped by the parent, or by itself): nothing left to watch

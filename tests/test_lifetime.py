@@ -198,3 +198,39 @@ def test_an_error_of_end_now_is_raised_once_the_block_is_over_not_in_its_middle(
         signal.signal(signal.SIGINT, before)
     assert cleaned_up == [True], "the clean-up went on to its end"
     assert [t for t in threading.enumerate() if t.name == _lifetime.HANDOFF_THREAD_NAME] == []
+
+
+def test_a_parent_killed_as_the_group_watchdog_starts_still_has_its_group_ended() -> None:
+    """Review R14 L3: the watchdog's parent-death signal was SIGTERM, whose default action killed the watchdog when the
+    parent died in the ~0.1 s before its interpreter had installed a handler, and the server's children outlived both."""
+    psutil = pytest.importorskip("psutil")
+    parent = textwrap.dedent(
+        """
+        import os, signal, subprocess, sys
+        from ee_middleware._lifetime import parent_death_preexec, start_group_watchdog
+        server = subprocess.Popen(["sh", "-c", "sleep 600 & wait"], start_new_session=True, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, preexec_fn=parent_death_preexec(signal.SIGTERM))
+        watchdog = start_group_watchdog(server.pid)
+        print(server.pid, watchdog.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    server, watchdog = (int(pid) for pid in done.stdout.split())
+    deadline = time.monotonic() + 20
+    group = []
+    while time.monotonic() < deadline:
+        group = [p for p in psutil.process_iter(["pid"]) if _in_group(p, server)]
+        if not group and not psutil.pid_exists(watchdog):
+            break
+        time.sleep(0.2)
+    for process in group:  # (a failure leaves nothing behind either)
+        process.kill()
+    assert not group, [p.pid for p in group]
+
+
+def _in_group(process: object, pgid: int) -> bool:
+    try:
+        return os.getpgid(process.pid) == pgid  # type: ignore[attr-defined]
+    except (ProcessLookupError, PermissionError):
+        return False
