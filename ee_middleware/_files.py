@@ -81,6 +81,13 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
 
 
+def cache_folder() -> Path:
+    """ee-middleware's cache: ``$EE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ee-middleware``, ``~/.cache/ee-middleware``):
+    ``ee serve``'s chat templates and server records, ``ee train``'s converted GGUF bases."""
+    root = os.environ.get("EE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ee-middleware"
+    return Path(root).expanduser()
+
+
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Flush a folder's entries (renames, new and deleted files) to disk. No-op where unsupported."""
     try:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ee_middleware._files import cache_folder as cache_folder  # (rendering's import)
 from ee_middleware.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -58,12 +59,6 @@ class DerivedTemplate:
     """What is rendered by a fallback rather than the model's own template (:meth:`TemplateSupport.describe`)."""
     calls_as_text: bool
     """Tool calls are ``<tool_call>`` text: the server must parse answers with the ``hermes`` tool-call parser."""
-
-
-def cache_folder() -> Path:
-    """ee-middleware's cache: ``$EE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/ee-middleware``, ``~/.cache/ee-middleware``)."""
-    root = os.environ.get("EE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ee-middleware"
-    return Path(root).expanduser()
 
 
 def derived_templates_folder() -> Path:

@@ -918,10 +918,9 @@ def _tools_without_examples(ctx: StageContext, summary: dict[str, Any], files: d
     """Per tool, the expert calls of the training trajectories and the calls the IL training rows teach (``by_tool``: tool ->
     ``{"expert_calls", "taught"}``, for tools with calls left out), and the tools none of whose calls is taught (``lost``,
     with the redaction kinds their calls write)."""
-    import re
-
     import polars as pl
 
+    from ee_middleware.capture.redaction import PLACEHOLDER
     from ee_middleware.store.registry import open_store
 
     ids = (summary.get("split") or {}).get("train_trajectories")
@@ -943,7 +942,7 @@ def _tools_without_examples(ctx: StageContext, summary: dict[str, Any], files: d
     for tool, counts in by_tool.items():
         if counts["taught"] == 0:
             arguments = steps.filter(pl.col("tool_name") == tool)["arguments_json"].drop_nulls().to_list()
-            kinds = sorted({kind for text in arguments for kind in re.findall(r"\[REDACTED:([a-z_]+):", text)})
+            kinds = sorted({m.group(0)[len("[REDACTED:") : -1].split(":")[0] for text in arguments for m in PLACEHOLDER.finditer(text)})
             lost.append({"tool": tool, "expert_calls": counts["expert_calls"], "redacted_kinds": kinds})
     return {"by_tool": by_tool, "lost": lost}
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._files import cache_folder
 from ee_middleware._optional import import_optional
 from ee_middleware.errors import MissingExtraError, ModelLoadError
 from ee_middleware.models.local import CONTEXT_FIELDS, custom_code, load_pretrained, model_context, refuse_tokens_past_embeddings
@@ -62,13 +63,10 @@ def resolve_base(spec: str) -> BaseSource:
 
 
 def default_base_cache() -> Path:
-    """Where a GGUF base is converted once for every training run of this user: ``$EE_CACHE_DIR/base-models`` (default
-    ``$XDG_CACHE_HOME/ee-middleware``, ``~/.cache/ee-middleware``: the cache ``ee serve`` keeps its chat templates and
-    server records in, ``ee_middleware.adapters.templates.cache_folder``, which this layer does not import). One shared
-    folder: the same GGUF is dequantized once, and every adapter trained on it names the same base folder (the registry
-    refuses to mix adapters of different base folders under one app)."""
-    root = os.environ.get("EE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ee-middleware"
-    return (Path(root).expanduser() / "base-models").resolve()
+    """Where a GGUF base is converted once for every training run of this user: ``base-models`` in ee-middleware's cache
+    (:func:`~ee_middleware._files.cache_folder`, the one ``ee serve`` keeps its chat templates and server records in). One
+    shared folder: the same GGUF is dequantized once, and every adapter trained on it names the same base folder."""
+    return (cache_folder() / "base-models").resolve()
 
 
 def plain_base(source: BaseSource, cache_dir: Path) -> tuple[Path, bool]:
