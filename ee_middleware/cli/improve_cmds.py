@@ -282,6 +282,10 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
     if gate and not gate.get("passed"):  # in full: the table cuts its result column
         for reason in gate.get("reasons") or []:
             out.print(f"[red]gate failed[/]: {escape(reason)}")
+    promote = (manifests.get("promote") or {}).get("outputs") or {}
+    if promote.get("turned_down"):  # the gate passed; in full: the table cuts it
+        for reason in promote.get("reasons") or []:
+            out.print(escape(f"not promoted: {reason}"), style="yellow")
     if run.status == "nothing-new" and (run.data.get("outcome") or {}).get("reason"):  # in full: the table cuts it
         out.print(f"nothing new: {escape(str(run.data['outcome']['reason']))}")
     datasets = (manifests.get("datasets") or {}).get("outputs") or {}

@@ -146,8 +146,12 @@ def _by(ctx: StageContext) -> str:
     return _by_run(ctx.run.id)
 
 
+_IMPROVE = "ee improve"
+"""How the job signs what it does in the registry's history (``by``), before the run's id."""
+
+
 def _by_run(run_id: str) -> str:
-    return f"ee improve (run {run_id})"
+    return f"{_IMPROVE} (run {run_id})"
 
 
 # --- register ----------------------------------------------------------------------------------------------
@@ -527,6 +531,9 @@ def promote(ctx: StageContext) -> StageResult:
         with _operation_lease(registry, f"promote of {name}", by=_by(ctx), say=ctx.progress.info):
             live_before = registry.resolve(ctx.config.alias_name)
             unchecked = _refuse_unseen_live(ctx, name, live_before, registry)
+            turned_down = _turned_down_by_a_person(registry, name) if live_before != name else None
+            if turned_down is not None:
+                return _declined(ctx, result, name, live_before, turned_down, unchecked)
             switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
         replaced = switched.replaced or live_before
         if replaced == name:  # an earlier attempt switched the alias and was stopped before this manifest: what was live then
@@ -546,6 +553,54 @@ def promote(ctx: StageContext) -> StageResult:
     result.outputs = {"promoted": False, "live": live_before, "reasons": gate_out["reasons"], "unload_problems": problems}
     result.decisions.append(f"not promoted: {reason}; {ctx.config.alias_name} still serves {live_before or 'the base model'}")
     result.summary = f"not promoted; {ctx.config.alias_name} still serves {live_before or 'the base model'}"
+    return result
+
+
+def _turned_down_by_a_person(registry: Any, name: str) -> dict[str, Any] | None:
+    """The event by which someone other than ``ee improve`` last took the weights ``name`` off (``ee adapters rollback``
+    from it) or retired them (``ee adapters retire``), unless it was promoted again after that; ``None`` when there is
+    none, or the registry keeps no history. The same weights trained again (the same data and seed) come back as that
+    record, and a gate that passes against what is live now does not undo a person's verdict on them: the job leaves
+    promoting them again to a person."""
+    history = getattr(registry, "history", None)
+    try:
+        events = list(history(adapter=name) or ()) if callable(history) else []
+    except NotImplementedError:
+        return None
+    verdict = None
+    for event in events:
+        if not isinstance(event, dict) or event.get("applied") is False:
+            continue
+        action, by = event.get("action"), str(event.get("by") or "")
+        rolled_back = action == "rollback" and event.get("replaced") == name
+        if rolled_back or (action == "retire" and event.get("adapter") == name and not by.startswith(_IMPROVE)):
+            verdict = event
+        elif action == "promote" and event.get("adapter") == name:
+            verdict = None
+    return verdict
+
+
+def _declined(
+    ctx: StageContext, result: StageResult, name: str, live: str | None, event: dict[str, Any], unchecked: list[str]
+) -> StageResult:
+    """The promote stage's outcome for a candidate whose weights a person took off or retired (see
+    :func:`_turned_down_by_a_person`): not promoted, the record left as it is, with who and when and how to promote it."""
+    alias = ctx.config.alias_name
+    who, when = str(event.get("by") or "someone"), _moment_text(event.get("at"))
+    how = (
+        f"rolled back to {event.get('adapter') or 'an earlier adapter'}"
+        if event.get("action") == "rollback"
+        else "retired" + (f" ({event['reason']})" if event.get("reason") else "")
+    )
+    reason = (
+        f"{name} holds the same weights as the adapter {who} {how} at {when}; ee improve does not promote weights a person "
+        f"took off, even when they pass the gate: promote them by hand if they should be live (`{promote_command(ctx.config, name)}`)"
+    )
+    result.outputs = {"promoted": False, "live": live, "reasons": [reason], "turned_down": event, "unload_problems": []}
+    result.decisions.append(f"not promoted: {reason}; {alias} still serves {live or 'the base model'}")
+    result.decisions.extend(unchecked)
+    result.summary = f"not promoted ({who} {how.split(' (')[0]} these weights); {alias} still serves {live or 'the base model'}"
+    ctx.progress.info(f"not promoted: {reason}")
     return result
 
 

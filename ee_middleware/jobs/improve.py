@@ -296,6 +296,7 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
             "live": promote.get("live"),
             "reasons": outputs["gate"].get("reasons", []),
             "moved": outputs["gate"].get("moved", []),
+            **({"not_promoted": promote["reasons"]} if promote.get("turned_down") else {}),
         },
     )
 

@@ -147,6 +147,8 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         else:
             live = promote.get("live")
             text = f"Not promoted; the live model stays {f'`{live}`' if live else 'the base model'}."
+            if promote.get("turned_down"):  # the gate passed: why it was not promoted
+                text += " " + "; ".join(promote.get("reasons") or []) + "."
         blocks.append(Block("p", text))
     return blocks
 

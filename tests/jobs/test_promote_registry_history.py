@@ -197,7 +197,7 @@ def test_a_history_that_fails_refuses_the_promote_and_the_next_call_promotes_onc
 def test_event_times_as_datetimes_or_epoch_seconds_keep_an_old_rollback_of_the_same_weights_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
 ) -> None:
-    """As tests/jobs/test_promote_rolled_back.py's test of the same weights taken off before this run registered them,
+    """As tests/jobs/test_promote_rolled_back.py's test of the same weights rolled back before this run registered them,
     through a plug-in whose events give ``at`` as an aware datetime or epoch seconds. (A time without a zone:
     test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_every_zone.)"""
     monkeypatch.setenv("TEAM_AT_FORM", form)
@@ -209,9 +209,18 @@ def test_event_times_as_datetimes_or_epoch_seconds_keep_an_old_rollback_of_the_s
 
     said = _promote(config, run)
 
-    assert registry.resolve(APP) == names["cand"]
-    assert run.outputs("promote")["replaced"] == names["v1"]
+    _assert_declined_not_refused(config, run, names)
     assert not [text for text in said if "history" in text or "ISO 8601" in text], said
+
+
+def _assert_declined_not_refused(config: ImproveConfig, run: Run, names: dict[str, str]) -> None:
+    """The rollback was read as older than the run's register stage (no refusal naming it as this run's candidate taken
+    off); being alice's rollback of the same weights, the promote stage finishes without promoting them (see
+    tests/jobs/test_promote_rolled_back.py)."""
+    assert open_registry(config.registry).resolve(APP) == names["v1"]
+    assert run.stage("promote")["status"] == "done"  # type: ignore[index]
+    outputs = run.outputs("promote")
+    assert outputs["promoted"] is False and outputs["turned_down"]["by"] == "alice", outputs
 
 
 @pytest.mark.parametrize("form", ["aware", "naive", "epoch"])
@@ -331,7 +340,7 @@ def test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_ever
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, form: str
 ) -> None:
     """The same weights rolled back two days before the run registered them: older than the register stage in every
-    zone, so the promote goes on without a word."""
+    zone, so no refusal (a person's rollback of those weights: not promoted, the stage done) and no warning."""
     monkeypatch.setenv("TEAM_AT_FORM", form)
     config, run, names = _plugin_setup(tmp_path, "team-timed")
     registry = open_registry(config.registry)
@@ -342,7 +351,7 @@ def test_a_rollback_whose_time_names_no_zone_is_kept_out_only_when_older_in_ever
 
     said = _promote(config, run)
 
-    assert registry.resolve(APP) == names["cand"]
+    _assert_declined_not_refused(config, run, names)
     assert not [text for text in said if "history" in text or "zone" in text], said
 
 

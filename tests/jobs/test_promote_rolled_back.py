@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from ee_middleware.adapters.promote import promote, rollback
+from ee_middleware.adapters.promote import promote, retire, rollback
 from ee_middleware.adapters.registry import open_registry
 from ee_middleware.jobs.deploy import promote_command
 from ee_middleware.jobs.errors import LiveAdapterChangedError
 from ee_middleware.jobs.improve import _run_stage
-from ee_middleware.jobs.runs import now
+from ee_middleware.jobs.report import _outcome
+from ee_middleware.jobs.runs import Run, now
 from tests.jobs.test_promote_live_changed import APP, _context, _setup
 
 STOPPED = "ee improve (stopped after the switch, before the manifest)"
@@ -74,17 +75,68 @@ def test_promoting_the_candidate_by_hand_after_the_refusal_lets_the_run_finish(t
     assert run.outputs("promote")["promoted"] is True
 
 
-def test_the_same_weights_taken_off_before_this_run_registered_them_are_promoted(tmp_path: Path) -> None:
-    """The registry hands back the record of weights it holds already: their history before this run's register stage
-    is not this run's candidate being rolled back."""
+def _register_now(run: Run) -> None:
+    time.sleep(1.05)  # the run's times are whole seconds
+    run.write_stage(
+        "register",
+        {"stage": "register", "status": "done", "started_at": now(), "outputs": {"candidate": run.outputs("register")["candidate"]}},
+    )
+
+
+def test_the_same_weights_a_person_rolled_back_before_this_run_are_not_promoted_again(tmp_path: Path) -> None:
+    """The registry hands back the record of weights it holds already (the same data and seed train the same weights): a
+    gate that passes against what is live now does not undo the rollback a person made of them before this run."""
     config, run, names = _setup(tmp_path)
     registry = open_registry(config.registry)
-    registry.switch_live(names["cand"], by="an earlier run")
+    registry.switch_live(names["cand"], by="ee improve (run an-earlier-run)")
     rollback(registry, APP, [], by="alice")
-    time.sleep(1.05)  # the run's times are whole seconds
-    run.write_stage("register", {"stage": "register", "status": "done", "started_at": now(), "outputs": {"candidate": names["cand"]}})
+    rolled_back_at = registry.history(adapter=names["cand"])[-1]["at"]
+    _register_now(run)
+
+    _run_stage(_context(config, run), "promote")
+
+    assert registry.resolve(APP) == names["v1"]  # alice's rollback stands
+    assert registry.get(names["cand"]).status == "retired"
+    outputs = run.outputs("promote")
+    assert outputs["promoted"] is False and outputs["live"] == names["v1"]
+    assert outputs["turned_down"]["by"] == "alice" and outputs["turned_down"]["action"] == "rollback"
+    (reason,) = outputs["reasons"]
+    assert f"the same weights as the adapter alice rolled back to {names['v1']} at {rolled_back_at}" in reason, reason
+    assert f"promote them by hand if they should be live (`{promote_command(config, names['cand'])}`)" in reason
+    assert run.stage("promote")["status"] == "done"  # declined, not failed: the run finishes
+    outcome = _outcome(run, {"gate": run.outputs("gate"), "promote": outputs})
+    assert any(reason in block.text for block in outcome), outcome  # the report says why
+
+
+def test_the_same_weights_a_person_retired_are_not_promoted_again(tmp_path: Path) -> None:
+    config, run, names = _setup(tmp_path)
+    registry = open_registry(config.registry)
+    retire(registry, names["cand"], [], by="bob", reason="answers in French")
+    _register_now(run)
+
+    _run_stage(_context(config, run), "promote")
+
+    assert registry.resolve(APP) == names["v1"]
+    (reason,) = run.outputs("promote")["reasons"]
+    assert "the adapter bob retired (answers in French) at " in reason, reason
+
+
+@pytest.mark.parametrize("earlier", ["a failed gate of an earlier run", "promoted again by a person after the rollback"])
+def test_the_same_weights_not_turned_down_by_a_person_are_promoted(tmp_path: Path, earlier: str) -> None:
+    """Retired by an earlier run's failed gate (the job's own verdict, which this run's gate measured again), or rolled
+    back and then promoted again by a person and superseded by a newer adapter: the gate's verdict decides."""
+    config, run, names = _setup(tmp_path)
+    registry = open_registry(config.registry)
+    if earlier.startswith("a failed gate"):
+        retire(registry, names["cand"], [], by="ee improve (run an-earlier-run)", reason="did not pass the gate in run an-earlier-run")
+    else:
+        registry.switch_live(names["cand"], by="alice")
+        rollback(registry, APP, [], by="alice")
+        promote(registry, names["cand"], [], by="alice")
+        promote(registry, names["v1"], [], by="bob")
+    _register_now(run)
 
     _run_stage(_context(config, run), "promote")
 
     assert registry.resolve(APP) == names["cand"]
-    assert run.outputs("promote")["replaced"] == names["v1"]
+    assert run.outputs("promote")["promoted"] is True and run.outputs("promote")["replaced"] == names["v1"]
