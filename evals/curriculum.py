@@ -604,7 +604,8 @@ def run_curriculum(
                 except SandboxError as exc:
                     # as ee replay run skips a trajectory whose world cannot be rebuilt: this task's trials cannot run, the
                     # other tasks' can
-                    run.skipped[str(task["id"])] = f"the sandbox cannot run it: {type(exc).__name__}: {exc}"
+                    ran = f" after {trial} of its {k} trials ran (those are counted and kept as usual)" if trial else ""
+                    run.skipped[str(task["id"])] = f"the sandbox cannot run it{ran}: {type(exc).__name__}: {exc}"
                     break
                 run.rollouts += 1
                 environment = _Recording(sandbox, [name for tool in task["tools"] if (name := tool_schema_name(tool)) is not None])

@@ -11,6 +11,7 @@ from typing import Any
 
 from ee_middleware._files import atomic_path, atomic_write_parquet, atomic_write_text
 from ee_middleware.errors import hide_credentials
+from ee_middleware.models.protocol import clip_middle
 
 SUMMARY = "summary.json"
 
@@ -359,8 +360,7 @@ def unanswered_warning(summary: list[dict[str, Any]], limit: int = 300) -> str:
     refused = [s for s in summary if s.get("server_refused")]
     if refused:
         where = "; ".join(
-            f"{s['suite']}: {s['server_refused']} of {s['runs']}, the first: "
-            + (s["server_refused_reason"] if len(s["server_refused_reason"]) <= limit else s["server_refused_reason"][:limit] + "...")
+            f"{s['suite']}: {s['server_refused']} of {s['runs']}, the first: " + clip_middle(s["server_refused_reason"], limit)
             for s in refused
         )
         said.append(

@@ -166,13 +166,19 @@ class LocalModelServer:
                     pass
             return
         from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper
 
         model = self.base_model
-        injected = [(name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)]
-        for name, module in injected:
+        # LoRA layers, and the wrappers of an adapter's modules_to_save (lm_head) or trainable tokens, which hold the
+        # base's own module as original_module (and may hold the failed adapter's copy of it, loaded before the error)
+        injected = [
+            (name, module) for name, module in model.named_modules() if isinstance(module, BaseTunerLayer | AuxiliaryTrainingWrapper)
+        ]
+        for name, module in reversed(injected):  # innermost first: a wrapper may hold an injected layer
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
+            plain = module.original_module if isinstance(module, AuxiliaryTrainingWrapper) else module.get_base_layer()
+            setattr(parent, child, plain)
         for attribute in ("peft_config", "_hf_peft_config_loaded"):
             if attribute in vars(model):
                 delattr(model, attribute)

@@ -216,12 +216,9 @@ def never_answered_warning(summary: list[dict[str, Any]], limit: int = 600) -> s
     silent = [s for s in summary if s.get("never_answered")]
     if not silent:
         return ""
-    half = limit // 2
-    where = "; ".join(
-        f"{s['suite']}: all {s['runs']} task trial(s), the first: "
-        + (s["never_answered"] if len(s["never_answered"]) <= limit else f"{s['never_answered'][:half]} ... {s['never_answered'][-half:]}")
-        for s in silent
-    )
+    from ee_middleware.models.protocol import clip_middle
+
+    where = "; ".join(f"{s['suite']}: all {s['runs']} task trial(s), the first: " + clip_middle(s["never_answered"], limit) for s in silent)
     return (
         f"Warning: the model never answered in {len(silent)} suite(s): every task trial failed before its first answer "
         f"({where}). These scores measure the model's setup, not the model, and `ee eval gate` refuses them. Fix what the "

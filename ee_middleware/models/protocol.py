@@ -206,3 +206,10 @@ def _content_text(message: Mapping[str, Any]) -> str:
 def clip(text: str, limit: int = _MAX_RAW_CHARS) -> str:
     """``text`` cut to ``limit`` characters, with an ellipsis when cut."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def clip_middle(text: str, limit: int) -> str:
+    """``text`` when it has at most ``limit`` characters, else its first and last ``limit // 2`` with `` ... `` between
+    them: an error's end often says what to fix, and a server's long answer quoted in the middle is what goes."""
+    half = limit // 2
+    return text if len(text) <= limit else f"{text[:half]} ... {text[len(text) - half :]}"

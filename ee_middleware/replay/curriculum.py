@@ -32,7 +32,7 @@ import hashlib
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,20 @@ class TaskScore:
     @property
     def variance(self) -> float:
         return self.p * (1 - self.p)
+
+
+def allotment_key(suite: str, task_id: str, shared: Collection[str]) -> str:
+    """How :attr:`Proposal.allotted` names a task: its id, or ``suite/id`` where tasks of several suites share the id
+    (``shared``: :func:`ids_in_several_suites`)."""
+    return f"{suite}/{task_id}" if task_id in shared else task_id
+
+
+def ids_in_several_suites(tasks: Iterable[tuple[str, str]]) -> set[str]:
+    """The task ids of ``tasks`` (``(suite, task id)`` pairs) that tasks of more than one suite have."""
+    suites: dict[str, set[str]] = defaultdict(set)
+    for suite, task_id in tasks:
+        suites[task_id].add(suite)
+    return {task_id for task_id, names in suites.items() if len(names) > 1}
 
 
 def unanswered(row: dict[str, Any]) -> bool:
@@ -231,7 +245,8 @@ class Proposal:
     unmatched: list[str] = field(default_factory=list)
     attempts: int = 0
     allotted: dict[str, int] = field(default_factory=dict)
-    """The variants allotted to each task (task id -> count; :func:`allot`), the tasks allotted none left out."""
+    """The variants allotted to each task (:func:`allotment_key` -> count; :func:`allot`), the tasks allotted none left
+    out: keyed by task id, or ``suite/task id`` for an id that tasks of several suites have."""
     failed: ModelError | None = None
 
     @property
@@ -386,7 +401,8 @@ def propose(
                 "environment": world_environment(parent.environment),  # a variant of a variant: its own lineage only
             }
         )
-    result.allotted = {task_id: count for (_, task_id), count in quota.items() if count}
+    shared = ids_in_several_suites(quota)
+    result.allotted = {allotment_key(suite, task_id, shared): count for (suite, task_id), count in quota.items() if count}
     result.rejected = dict(rejected)
     result.attempts = attempt
     return result

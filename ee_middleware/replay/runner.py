@@ -628,8 +628,8 @@ def _execute_alternative(run: _Run, step: Step, branch: int, candidate: Candidat
         synthetic=lineage is not None,
         synthetic_source=lineage,
         unrestored=sorted({u.placeholder for u in unrestored}),
-        # a real sandbox inside an experience sandbox answered: its kind (the observation is real)
-        sandbox=run.sandbox.kind if lineage is not None else getattr(run.sandbox, "real_kind", None) or run.sandbox.kind,
+        # a real sandbox inside an experience sandbox answered, or the recording did: that kind (the observation is real)
+        sandbox=run.sandbox.kind if lineage is not None else getattr(run.sandbox, "answered_kind", None) or run.sandbox.kind,
         duration_ms=duration_ms,
     )
 

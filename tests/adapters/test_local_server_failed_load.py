@@ -77,3 +77,34 @@ def test_a_first_load_that_fails_leaves_the_base_model_as_it_was(server: Any, ti
     server.load_adapter({"lora_name": "good", "lora_path": str(good)})
     assert _answer(server, "good") == with_good
     server.unload_adapter({"lora_name": "good"})
+
+
+def test_a_failed_first_load_of_an_adapter_with_modules_to_save_leaves_no_wrapper(tiny_base: Path, tmp_path: Path) -> None:
+    """Review R14 L4: peft wraps a ``modules_to_save`` module (``lm_head``) in a ``ModulesToSaveWrapper``, no LoRA layer,
+    which the clean-up left in the base model, holding the failed adapter's own ``lm_head`` copy."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    from transformers import AutoModelForCausalLM
+
+    from ee_middleware.adapters.serving.http import RequestError
+    from ee_middleware.adapters.serving.local_server import LocalModelServer
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"])
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), config).save_pretrained(tmp_path / "good")
+    bad = _misshapen(tmp_path / "good", tmp_path / "bad")
+    shutil.rmtree(tmp_path / "good")
+    server = LocalModelServer(tiny_base, served_model_name="tiny-base")
+    before = _answer(server, "tiny-base")
+    head = server.base_model.get_submodule("lm_head")
+
+    with pytest.raises(RequestError, match="Cannot load the adapter"):
+        server.load_adapter({"lora_name": "bad", "lora_path": str(bad)})
+
+    wrapped = [name for name, module in server.base_model.named_modules() if isinstance(module, AuxiliaryTrainingWrapper)]
+    assert wrapped == [] and _injected(server.base_model) == [], wrapped
+    assert server.base_model.get_submodule("lm_head") is head, "the base's own lm_head, not the adapter's copy"
+    assert _answer(server, "tiny-base") == before

@@ -71,6 +71,22 @@ def strict_sandbox(**options: Any) -> PythonSandbox:
     return PythonSandbox(_strict_world, tools={"kv_get": _kv_get, "kv_set": _kv_set}, kind="kv-strict")
 
 
+class _FailsFromSecondReset(PythonSandbox):
+    resets = 0
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        _FailsFromSecondReset.resets += 1
+        if _FailsFromSecondReset.resets > 1:
+            raise EnvironmentUnavailableError("the world's database went away")
+        super().reset(environment)
+
+
+def flaky_sandbox(**options: Any) -> PythonSandbox:
+    """A sandbox that rebuilds the first world asked for, then no more (a database that went away mid-run)."""
+    _FailsFromSecondReset.resets = 0
+    return _FailsFromSecondReset(_strict_world, tools={"kv_get": _kv_get, "kv_set": _kv_set}, kind="kv-flaky")
+
+
 def boom(trajectory: Trajectory) -> bool:
     """An --approve-if rule with a bug."""
     raise RuntimeError("my approver broke")
@@ -548,3 +564,44 @@ def test_the_advice_for_a_folder_where_a_file_goes_is_about_the_path(number: int
     for output in (True, False):
         advice = os_error_advice(OSError(number, "x"), output=output)
         assert "permissions" not in advice and "free space" not in advice and "folder" in advice, advice
+
+
+def test_tasks_of_two_suites_with_one_id_are_allotted_apart(recorded: tuple[Path, dict[str, Trajectory]]) -> None:
+    """Review R15: ``allotted`` was keyed by task id alone, so two suites' tasks of one id showed one count (the last
+    one's) for both; they are ``suite/id`` now, and an id of one suite stays the plain id."""
+    from ee_middleware.models.protocol import Choice
+    from ee_middleware.replay.curriculum import propose, score_tasks
+
+    first, second = recorded[1]["kv-app"], recorded[1]["other-app"]
+    parent = first.model_copy(update={"task": "Task A"})
+    other = second.model_copy(update={"task": "Task B"})
+    rows = [
+        {"suite": suite, "task_id": t.id, "success": ok, "conversation": [{"role": "user", "content": t.task}]}
+        for suite, t, outcomes in (("s1", parent, (True, False)), ("s2", parent, (True, False, False, False)), ("s1", other, (True, False)))
+        for ok in outcomes
+    ]
+    written = iter(range(100))
+
+    class Writer:
+        def complete(self, messages: list[dict[str, Any]], **_: Any) -> list[Choice]:
+            text = json.dumps({"instruction": f"Task, variant {next(written)}", "tools": ["kv_get"]})
+            return [Choice(message={"role": "assistant", "content": text}, raw=text, finish_reason="stop")]
+
+    proposal = propose(Writer(), score_tasks(rows), [parent, other], n=6)
+
+    assert set(proposal.allotted) == {f"s1/{parent.id}", f"s2/{parent.id}", other.id}, proposal.allotted
+    assert sum(proposal.allotted.values()) == len(proposal.variants) == 6
+
+
+def test_a_task_skipped_after_some_of_its_trials_ran_says_so(
+    recorded: tuple[Path, dict[str, Trajectory]], store_path: Path, tmp_path: Path
+) -> None:
+    """Review R15: the reason of a task whose world failed at its second trial read as if none had run ("skipped")."""
+    tasks = _write_tasks(tmp_path / "tasks.jsonl", [_task(recorded[1]["kv-app"], "Tell me the value of a.", id="half")])
+    with ScriptedChatServer(_calls_then_answer()) as policy, ScriptedChatServer([VERDICT]) as judge:
+        result = _run(tasks, store_path, policy.base_url, judge.base_url, "--json", "--k", "3", sandbox=f"{HERE}:flaky_sandbox")
+    summary = json.loads(result.stdout)
+    assert summary["rollouts"] == 1 and summary["kept"] == 1, summary
+    reason = summary["skipped_tasks"]["half"]
+    assert reason.startswith("the sandbox cannot run it after 1 of its 3 trials ran"), reason
+    assert "the world's database went away" in reason

@@ -45,3 +45,13 @@ def test_both_kinds_give_one_line_each_the_servers_first() -> None:
     assert unanswered_warning(summary) == "\n".join(
         [SERVER.format(n=4, where="bfcl:simple: 2, tau:retail: 2"), DEATHS.format(n=1, where="bfcl:simple: 1")]
     )
+
+
+def test_a_long_refusal_reason_keeps_its_end() -> None:
+    """Review R15: the server_refused reason kept only its first 300 characters, cutting off the template's error at the
+    end of a server's long answer."""
+    reason = "HTTP 400: " + "x" * 2000 + " jinja2.exceptions.TemplateError: Conversation roles must alternate"
+    summary = [{"suite": "bfcl:simple", "runs": 4, "server_refused": 1, "server_refused_reason": reason}]
+    warning = unanswered_warning(summary)
+    assert "HTTP 400: xxx" in warning and "Conversation roles must alternate" in warning, warning
+    assert len(warning) < len(reason)

@@ -434,6 +434,31 @@ def test_a_rollout_the_real_sandbox_answered_is_stored_under_its_kind(bfcl_store
     assert outcome.record.sandbox == "experience", "the replay's record keeps the sandbox the job was given"
 
 
+def test_each_observation_says_who_answered_it(bfcl_store_path: Path, serve: Any) -> None:
+    """The expert's own call is answered by its recorded observation (``recorded``, real), a covered tool by the real
+    sandbox (its kind), any other call by the model (``None``: the lineage says which, under ``experience``). Before, the
+    recorded observation of an experience sandbox with ``real`` was labelled with the real sandbox's kind."""
+    model = serve(copy_first_example)
+    trajectory = next(t for t in _trajectories(bfcl_store_path) if t.environment["entry_id"] == "multi_turn_base_0")
+    step = next(s for s in trajectory.steps if s.action.tool_call is not None)
+    expert = step.action.tool_call
+    other = ToolCall(id="o", name="ls", arguments={"a": True})
+    assert (other.name, other.arguments) != (expert.name, expert.arguments)
+    for real, covered in ((None, None), ("bfcl", "bfcl")):
+        sandbox = ExperienceSandbox(model.spec, store=str(bfcl_store_path), **({"real": real} if real else {}))
+        try:
+            sandbox.reset(trajectory.environment)
+            sandbox.at_step(trajectory, step)
+            if real is None:
+                assert sandbox.execute(expert) == step.observation and sandbox.answered_kind == "recorded"
+                assert sandbox.provenance() is None
+            sandbox.execute(other)
+            assert sandbox.answered_kind == covered
+            assert (sandbox.provenance() is None) is (covered is not None)
+        finally:
+            sandbox.close()
+
+
 def test_replay_never_stores_garbage_predictions_and_says_why(bfcl_store_path: Path, serve: Any) -> None:
     model = serve(lambda messages: "The tool probably works." if len(messages) else "")
     _, outcome = _replay(bfcl_store_path, ExperienceSandbox(model.spec, store=str(bfcl_store_path)))

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 
 PREFIX = "experience:"
 FIDELITY_METRIC = "token_f1"
+RECORDED = "recorded"
+"""The sandbox kind of a rollout the recording answered: the expert's own call, its recorded observation (real)."""
 """The metric ``min_fidelity`` thresholds compare against."""
 
 SYSTEM_PROMPT = (
@@ -431,6 +433,7 @@ class ExperienceSandbox:
     """
 
     kind = "experience"
+    _answered_kind: str | None = None
 
     def __init__(
         self,
@@ -579,6 +582,7 @@ class ExperienceSandbox:
         self._check_open()
         self._provenance = None
         if self._real is not None and self._real.covers(call.name):
+            self._answered_kind = self._real.kind
             return self._real.execute(call)
         step = self._step
         expert = step.action.tool_call if step is not None else None
@@ -588,7 +592,9 @@ class ExperienceSandbox:
             and expert is not None
             and (expert.name, expert.arguments) == (call.name, call.arguments)
         ):
+            self._answered_kind = RECORDED
             return step.observation  # the expert's own call: the recorded observation keeps the history real
+        self._answered_kind = None
         prediction, examples = self.predict(call)
         self._provenance = {
             "model": self.model,
@@ -644,10 +650,11 @@ class ExperienceSandbox:
         return None if self._provenance is None else dict(self._provenance)
 
     @property
-    def real_kind(self) -> str | None:
-        """The kind of the real sandbox (``real``) that runs the tools it covers, whose observations are real (a rollout
-        it answered is stored under its kind, not ``experience``); ``None`` without one."""
-        return self._real.kind if self._real is not None else None
+    def answered_kind(self) -> str | None:
+        """Who answered the last :meth:`execute` with a real observation, the kind a rollout of it is stored under: the
+        real sandbox's kind (``real``, for the tools it covers), :data:`RECORDED` for the expert's own call (its recorded
+        observation); ``None`` when the model wrote it (:meth:`provenance` then says which, under ``experience``)."""
+        return self._answered_kind
 
     def snapshot(self) -> Any:
         self._check_open()
