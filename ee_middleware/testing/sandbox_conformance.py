@@ -72,6 +72,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from ee_middleware.errors import SandboxError, StateDigestUnavailableError
+from ee_middleware.models.protocol import clip
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.fidelity import describe_mismatch
 from ee_middleware.replay.sandboxes.protocol import Sandbox, acts_outside_world
@@ -277,12 +278,19 @@ class _Probe:
         """The snapshots :meth:`check_snapshots_pickle` pickled, once it passed in this sandbox."""
 
     def execute(self, call: ToolCall) -> Observation:
+        given = (call.id, call.name, copy.deepcopy(call.arguments))
         try:
             observation = self.sandbox.execute(call)
         except Exception as exc:
             raise AssertionError(
                 f"execute({call.name}) raised {type(exc).__name__}: {exc}; a tool's failure must be an error observation"
             ) from exc
+        after = (call.id, call.name, call.arguments)
+        assert after == given, (
+            f"execute({call.name}) changed the call it was given: {clip(repr(given), 200)} became {clip(repr(after), 200)}. The replay "
+            "stores each call as it was proposed, and the same call object is the expert's next step too: execute() must "
+            "leave its call as it is (copy call.arguments before changing them)"
+        )
         assert isinstance(observation, Observation), f"execute({call.name}) returned {type(observation).__name__}, not an Observation"
         return observation
 

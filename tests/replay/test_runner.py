@@ -429,3 +429,33 @@ def test_a_malformed_call_the_graph_answered_is_not_executed_and_its_state_still
         3: "found alt (search #3)",
         4: "found alt (search #3)",
     }
+
+
+class _TagsTheCall(PythonSandbox):
+    """A plug-in sandbox that marks the arguments it is given (a bug the conformance kit names, checked here at run time)."""
+
+    def execute(self, call: ToolCall) -> Observation:
+        observation = super().execute(call)
+        call.arguments["_sandbox_seen"] = True
+        return observation
+
+
+def test_a_sandbox_that_changes_the_call_it_is_given_changes_no_stored_call() -> None:
+    """Sweep (plug-ins) 1: the rollouts (and the IWM rows built from them) showed an argument no policy proposed."""
+    trajectory = _shop_trajectory(then_check=True)
+    expert_calls = [step.action.tool_call.model_dump() for step in trajectory.steps]
+
+    def order_item(world: dict[str, Any], item: str) -> str:
+        world["stock"][item] -= 1
+        return f"ordered {item}, {world['stock'][item]} left"
+
+    sandbox = _TagsTheCall(
+        lambda env: {"stock": dict(env["stock"])}, tools={"order_item": order_item, "check_stock": lambda world, item: "ok"}
+    )
+    proposed = ToolCall(id="p", name="check_stock", arguments={"item": "pear"})
+    outcome = replay_trajectory(trajectory, sandbox, Proposer(_ScriptedPolicy([proposed]), k=1, refill=None), SETTINGS)
+
+    assert outcome.rollouts and all(r.action.tool_call.arguments == {"item": "pear"} for r in outcome.rollouts)
+    assert proposed.arguments == {"item": "pear"}
+    assert [step.action.tool_call.model_dump() for step in trajectory.steps] == expert_calls
+    assert outcome.record.fidelity_mismatches == 0

@@ -180,6 +180,24 @@ class CoversEverything(PythonSandbox):
         return True
 
 
+class TagsTheCall(PythonSandbox):
+    """Marks the arguments it was given, then runs a copy without the mark (the sweep's TagsCallArgs)."""
+
+    def execute(self, call: ToolCall) -> Observation:
+        call.arguments["_sandbox_seen"] = True
+        return super().execute(call.model_copy(update={"arguments": {k: v for k, v in call.arguments.items() if k != "_sandbox_seen"}}))
+
+
+class TakesItsDefault(PythonSandbox):
+    """Pops an argument it treats as optional out of the caller's call (the sweep's MutatesCallArgs)."""
+
+    def execute(self, call: ToolCall) -> Observation:
+        if call.name != "add":
+            return super().execute(call)
+        n = call.arguments.pop("n", 1)
+        return super().execute(call.model_copy(update={"arguments": {**call.arguments, "n": n}}))
+
+
 _ticks = itertools.count()
 
 
@@ -221,6 +239,8 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
             {**COUNTER, "mutate": ToolCall(id="m", name="add", arguments={"key": "zzz"})},
             "changed nothing the read calls show",
         ),
+        (python_variant(TagsTheCall), COUNTER, r"execute\(get\) changed the call it was given: .*'_sandbox_seen': True"),
+        (python_variant(TakesItsDefault), COUNTER, r"execute\(add\) changed the call it was given: .*must leave its call as it is"),
     ],
     ids=[
         "shallow-snapshot",
@@ -233,6 +253,8 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
         "nondeterministic-tool",
         "read-call-mutates",
         "mutating-call-shows-nothing",
+        "execute-marks-the-callers-arguments",
+        "execute-pops-an-argument",
     ],
 )
 def test_a_broken_sandbox_fails_with_the_broken_promise(make: Callable[[], Any], probe: dict[str, Any], message: str) -> None:
