@@ -16,10 +16,11 @@ gets the same rules:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 import sys
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -241,15 +242,37 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         wrong = _wrong_types(cls, layered)
         if wrong:
             raise ConfigError(f"Invalid {job} configuration: {'; '.join(wrong)}")
+        hidden = _wrong_types(cls, layered, overridden=True)
+        if hidden:  # the flag's value is used now; a run without the flag (a scheduled one) fails on the file's
+            raise ConfigError(
+                f"Invalid {job} configuration: {'; '.join(hidden)} (overridden here, by a flag or the job, but the file is read as a "
+                "whole: fix it)"
+            )
     try:
         return cls(**values)
     except ValidationError as exc:
         flags = _flags(cls, layered) if layered is not None else {}
+        errors = exc.errors()
         problems = "; ".join(
-            f"{_where(e['loc'], flags)}: {e['msg']}" + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e))
-            for e in exc.errors()
+            f"{_where(e['loc'], flags)}: {e['msg']}" + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e)) for e in errors
         )
-        raise ConfigError(f"Invalid {job} configuration: {problems}") from None
+        message = f"Invalid {job} configuration: {problems}"
+        if layered is not None and layered.path is not None:
+            message = _in_file(message, errors, layered, flags)
+        raise ConfigError(message) from None
+
+
+def _in_file(message: str, errors: list[Any], values: _Layered, flags: Mapping[str, str]) -> str:
+    """``message`` with where in the file the keys it names are, when the file gave them (not a flag): the unknown keys'
+    tables and the fix (:func:`naming_file`), else ``in [table] of PATH``."""
+    from_file = [e for e in errors if e["loc"] and e["loc"][0] in values.from_file and e["loc"][0] not in flags]
+    if not from_file:
+        return message
+    if any(e["type"] == "extra_forbidden" for e in from_file):
+        tables, sub_tables = _tables_of_unknown_keys(message, values.table, values.path)
+        fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
+        return f"{message}: in {' and '.join(tables)} of {values.path} ({fix})"
+    return f"{message}: in [{values.table}] of {values.path}"
 
 
 def _where(loc: tuple[Any, ...], flags: Mapping[str, str]) -> str:
@@ -320,11 +343,15 @@ def _same_value(given: Any, used: Any) -> bool:
 # --- TOML types -------------------------------------------------------------------------------------------------------
 
 
-def _wrong_types(cls: type[BaseModel], values: _Layered) -> list[str]:
-    """The file's values (those the job uses as read) whose TOML type is not their setting's, as error lines."""
+def _wrong_types(cls: type[BaseModel], values: _Layered, *, overridden: bool = False) -> list[str]:
+    """The file's values (those the job uses as read; with ``overridden``, those a flag replaced) whose TOML type is not
+    their setting's, as error lines."""
     wrong: list[str] = []
     for key, value in values.from_file.items():
-        if key in values and values[key] is value:  # not replaced by a flag, nor rewritten by the job's load()
+        if overridden:
+            if key in values.overridden and not isinstance(value, dict):  # a table is merged with the flag's, checked as used
+                _check_value(cls, key, value, (key,), values, wrong)
+        elif key in values and values[key] is value:  # not replaced by a flag, nor rewritten by the job's load()
             _check_value(cls, key, value, (key,), values, wrong)
     return wrong
 
@@ -597,3 +624,53 @@ def _closest(key: str, names: list[str]) -> str | None:
         return found[0]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.75)
     return close[0] if close else None
+
+
+# --- naming the file an error's key came from -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def naming_file(table: str, path: Path | None) -> Iterator[None]:
+    """An unknown key in ``[table]`` of the config file at ``path`` is refused naming the file, as a value of the wrong
+    type is (pydantic's 'Extra inputs are not permitted' named the key only: with several config files, or a file
+    beside the run's copies, which one was not said)."""
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        if path is None or str(path) in text or _UNKNOWN_KEY not in text:
+            raise
+        tables, sub_tables = _tables_of_unknown_keys(text, table, path)
+        fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
+        raise ConfigError(f"{text}: in {' and '.join(tables)} of {path} ({fix})") from exc
+
+
+_UNKNOWN_KEY = "Extra inputs are not permitted"
+
+
+def _tables_of_unknown_keys(text: str, table: str, path: Path) -> tuple[list[str], bool]:
+    """The tables of ``path`` (``[improve.serving]``, ``[train.lora]``) that hold the unknown keys ``text`` names by their
+    path from ``[table]`` (``serving.servrs``, ``lora``), and whether each is itself a table the user wrote (``[train.lora]``
+    where [train] has no setting ``lora``)."""
+    import re
+
+    try:
+        root: Any = read_toml(path).get(table, {})
+    except Exception:  # noqa: BLE001 - the file was read once already; its table is named as it was written
+        root = {}
+    named: list[str] = []
+    whole_tables = True
+    for location in re.findall(rf"(?:^|: |; )([^\s:;()]+): {_UNKNOWN_KEY}", text):
+        node, names = root, [table]
+        *parents, last = location.split(".")
+        for part in parents:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                break
+            node = node[part]
+            names.append(part)
+        is_table = len(names) == len(parents) + 1 and isinstance(node, dict) and isinstance(node.get(last), dict)
+        whole_tables &= is_table
+        shown = "[" + ".".join([*names, last] if is_table else names) + "]"
+        if shown not in named:
+            named.append(shown)
+    return named or [f"[{table}]"], bool(named) and whole_tables

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,8 +53,34 @@ def test_a_misspelled_setting_is_named_with_the_setting_meant(tmp_path: Path) ->
         ImproveConfig.load(_file(tmp_path, improve + 'schedul = "il"\n'))
     with pytest.raises(ConfigError, match=r"budgets\.max_minute: .*\(did you mean max_minutes\?\)"):
         ImproveConfig.load(_file(tmp_path, improve + "[improve.budgets]\nmax_minute = 5\n"))
-    with pytest.raises(ConfigError, match=r"zzz: Extra inputs are not permitted(;|$)"):  # nothing close: no guess
+    with pytest.raises(ConfigError, match=r"zzz: Extra inputs are not permitted: in \[replay\] of "):  # nothing close: no guess
         ReplayConfig.load(_file(tmp_path, "[replay]\nzzz = 2\n"), store="s")
+
+
+def test_a_problem_with_a_key_of_the_file_names_the_file_and_the_fix_in_every_job(tmp_path: Path) -> None:
+    """Sweep (plug-ins) 7: ``ee replay run`` (and the other jobs' own loads) named neither the file nor the fix for an
+    unknown key or a value out of range, where ``ee improve`` did; a value of the wrong type hidden by a flag passed."""
+    path = _file(tmp_path, "[replay]\nkk = 2\n")
+    with pytest.raises(ConfigError) as caught:
+        ReplayConfig.load(path, store="s")
+    assert str(caught.value).endswith(f"kk: Extra inputs are not permitted: in [replay] of {path} (remove the key, or correct its name)")
+    path = _file(tmp_path, "[replay]\nk = 0\n")
+    with pytest.raises(
+        ConfigError, match=rf"k: Input should be greater than or equal to 1 \(got 0\): in \[replay\] of {re.escape(str(path))}$"
+    ):
+        ReplayConfig.load(path, store="s")
+    assert "of " not in _message(lambda: ReplayConfig.load(None, store="s", k=0)), "a value no file gave names no file"
+    path = _file(tmp_path, '[replay]\nk = "two"\n')
+    with pytest.raises(
+        ConfigError, match=r"k: Input should be a valid integer \(got 'two'\).*overridden here, by a flag or the job, but .*: fix it"
+    ):
+        ReplayConfig.load(path, store="s", k=1)
+
+
+def _message(load: Any) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load()
+    return str(caught.value)
 
 
 # --- TOML types: a value from the file has its setting's type ---------------------------------------------------------

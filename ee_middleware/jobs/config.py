@@ -45,20 +45,19 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_config, finite_seconds, layered_values, read_toml, read_toml_table
+from ee_middleware._toml import build_config, finite_seconds, layered_values, naming_file, read_toml, read_toml_table
 from ee_middleware.errors import ConfigError, EEError
 from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
+    from collections.abc import Mapping
 
     from ee_middleware.evals.gate import GatePolicy
     from ee_middleware.evals.job import EvalJob
@@ -270,7 +269,7 @@ class ImproveConfig(BaseModel):
         if path is not None:
             values["config_path"] = Path(path).expanduser().resolve()
             _check_sub_table_keys(values["config_path"], getattr(values, "from_file", {}))
-        with _naming_file("improve", values.get("config_path")):
+        with naming_file("improve", values.get("config_path")):
             return build_config(cls, values, "improve")
 
     @property
@@ -366,15 +365,15 @@ class ImproveConfig(BaseModel):
             _check_table_names(self.config_path)
         self._check_owned_keys()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
-        with _naming_file("replay", self.config_path):
+        with naming_file("replay", self.config_path):
             replay = self.replay_config()
-        with _naming_file("datasets", self.config_path):
+        with naming_file("datasets", self.config_path):
             data = self.dataset_config(folder / "data", None)
-        with _naming_file("train", self.config_path):
+        with naming_file("train", self.config_path):
             train = self.train_config(folder / "data", folder / "adapter", max_steps=None)
-        with _naming_file("eval", self.config_path):
+        with naming_file("eval", self.config_path):
             job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
-        with _naming_file("gate", self.config_path):
+        with naming_file("gate", self.config_path):
             self.gate_policy()
         _check_specs(replay.sandbox, replay.policy, job.sandbox, data.teacher if "sr" in data.kinds else None)
         if evaluation_sandbox:
@@ -398,7 +397,7 @@ class ImproveConfig(BaseModel):
         import tempfile
 
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
-        with _naming_file("eval", self.config_path):
+        with naming_file("eval", self.config_path):
             job = self.eval_job("noop", folder / "eval", folder / "data" / "datasets.json")
         self._check_traces_sandbox(job.sandbox)
 
@@ -714,53 +713,6 @@ def _check_sub_table_keys(path: Path, table: Mapping[str, Any]) -> None:
             f"{path}: {moves}, not directly in [improve]. Move {'it' if sum(map(len, misplaced.values())) == 1 else 'them'} "
             f"below {lines} (after the [improve] keys), e.g.\n[{next(iter(misplaced))}]\n{next(iter(misplaced.values()))[0]} = ..."
         )
-
-
-@contextlib.contextmanager
-def _naming_file(table: str, path: Path | None) -> Iterator[None]:
-    """An unknown key in ``[table]`` of the config file at ``path`` is refused naming the file, as a value of the wrong
-    type is (pydantic's 'Extra inputs are not permitted' named the key only: with several config files, or a file
-    beside the run's copies, which one was not said)."""
-    try:
-        yield
-    except ConfigError as exc:
-        text = str(exc)
-        if path is None or str(path) in text or _UNKNOWN_KEY not in text:
-            raise
-        tables, sub_tables = _tables_of_unknown_keys(text, table, path)
-        fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
-        raise ConfigError(f"{text}: in {' and '.join(tables)} of {path} ({fix})") from exc
-
-
-_UNKNOWN_KEY = "Extra inputs are not permitted"
-
-
-def _tables_of_unknown_keys(text: str, table: str, path: Path) -> tuple[list[str], bool]:
-    """The tables of ``path`` (``[improve.serving]``, ``[train.lora]``) that hold the unknown keys ``text`` names by their
-    path from ``[table]`` (``serving.servrs``, ``lora``), and whether each is itself a table the user wrote (``[train.lora]``
-    where [train] has no setting ``lora``)."""
-    import re
-
-    try:
-        root: Any = read_toml(path).get(table, {})
-    except Exception:  # noqa: BLE001 - the file was read once already; its table is named as it was written
-        root = {}
-    named: list[str] = []
-    whole_tables = True
-    for location in re.findall(rf"(?:^|: |; )([^\s:;()]+): {_UNKNOWN_KEY}", text):
-        node, names = root, [table]
-        *parents, last = location.split(".")
-        for part in parents:
-            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
-                break
-            node = node[part]
-            names.append(part)
-        is_table = len(names) == len(parents) + 1 and isinstance(node, dict) and isinstance(node.get(last), dict)
-        whole_tables &= is_table
-        shown = "[" + ".".join([*names, last] if is_table else names) + "]"
-        if shown not in named:
-            named.append(shown)
-    return named or [f"[{table}]"], bool(named) and whole_tables
 
 
 def _registry_missing(exc: BaseException) -> bool:
