@@ -339,20 +339,29 @@ class TauDomain:
             return known
         sandbox = self.sandbox()
         try:
-            sandbox.reset(None)
-            fresh = before = sandbox.state_digest()
-            errors, failed, failed_changing = [], [], []
-            for i, action in enumerate(task.actions):
-                observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=action.name, arguments=action.arguments))
-                after = sandbox.state_digest()
-                if observation.is_error:
-                    errors.append(f"{action.name}: {observation.content[:200]}")
-                    failed.append(i)
-                    if after != before:
-                        failed_changing.append(i)
-                before = after
+            runs = []
+            for _ in range(2):  # twice: runs are scored against the database it leaves, which must be the same every time
+                sandbox.reset(None)
+                fresh = before = sandbox.state_digest()
+                errors, failed, failed_changing, seen = [], [], [], [fresh]
+                for i, action in enumerate(task.actions):
+                    observation = sandbox.execute(ToolCall(id=f"gt_{i}", name=action.name, arguments=action.arguments))
+                    after = sandbox.state_digest()
+                    if observation.is_error:
+                        errors.append(f"{action.name}: {observation.content[:200]}")
+                        failed.append(i)
+                        if after != before:
+                            failed_changing.append(i)
+                    before = after
+                    seen.append(after)
+                runs.append(seen)
+            first_change = next((i for i, (a, b) in enumerate(zip(*runs, strict=True)) if a != b), None)
             effect = GroundTruth(
-                changes=before != fresh, errors=tuple(errors), failed=tuple(failed), failed_changing=tuple(failed_changing)
+                changes=before != fresh,
+                errors=tuple(errors),
+                failed=tuple(failed),
+                failed_changing=tuple(failed_changing),
+                differs_from=first_change,
             )
         finally:
             sandbox.close()
@@ -396,6 +405,16 @@ class TauDomain:
         an overdue loan), is a legitimate part of a task and loads. A tau-bench checkout's tasks are not checked here:
         one whose ground truth fails is scored as ``task_error`` (:attr:`categories_from_ground_truth`)."""
         effect = self.ground_truth(task)
+        if effect.differs_from is not None:
+            # the fresh database is one JSON text (fresh_data): the first difference is after an action
+            where = f"they differ from its action {task.actions[effect.differs_from - 1].name} on (action {effect.differs_from})"
+            raise ConfigError(
+                f"Task {task.id!r} of the tau domain {self.name!r} (split {split!r}): its ground truth, run twice on fresh "
+                f"databases, left two different databases: {where}. Runs are scored against the database the ground truth "
+                "leaves, so a model doing exactly the same would fail at random (even the `oracle` model spec). Make the "
+                "domain deterministic: no random numbers, clock times or fresh ids written into the database unless they come "
+                "from the tool's arguments or from a random.Random seeded by the database."
+            )
         if not effect.failed_changing:
             return
         first = effect.failed_changing[0]
@@ -431,6 +450,9 @@ class GroundTruth:
     """The positions of those actions in :attr:`TauTask.actions`."""
     failed_changing: tuple[int, ...] = ()
     """Those of :attr:`failed` whose action changed the database (its digest differs before and after that action)."""
+    differs_from: int | None = None
+    """Where two runs on fresh databases first left different databases: after the ``i``-th action (counting from 1);
+    ``None`` when both left the same at every step."""
 
 
 _EXACT = frozenset({str, int, bool, type(None)})

@@ -145,3 +145,30 @@ def test_a_call_the_tool_refuses_by_design_loads() -> None:
     [loaded] = tries.tasks("test")
     assert loaded.id == "overdue-tries-renew"
     assert tries.ground_truth(loaded).errors and not tries.ground_truth(loaded).changes
+
+
+def reset_password_with_a_ticket(data: dict[str, Any], user_id: str, delivery: dict[str, Any]) -> str:
+    """Writes a random ticket number into the database: two runs of the same calls leave two databases."""
+    import random
+
+    data["users"][user_id]["locked"] = False
+    data["users"][user_id]["ticket"] = random.randrange(10**9)
+    return f"A reset link was sent by {delivery['channel']}."
+
+
+def test_a_ground_truth_that_leaves_a_different_database_each_run_is_refused(tmp_path: Path) -> None:
+    """Sweep (plug-ins) 8: a non-deterministic domain scored the oracle at 50% (database_mismatch), reported as the model's
+    failure; run twice on fresh databases when the tasks load, the ground truth must leave the same database."""
+    message = (
+        r"Task 'unlock-u1' of the tau domain 'helpdesk' \(split 'test'\): its ground truth, run twice on fresh databases, "
+        r"left two different databases: they differ from its action reset_password on \(action 1\).*Make the domain deterministic"
+    )
+    with pytest.raises(ConfigError, match=message):
+        _domain(reset_password_with_a_ticket).tasks("test")
+    with pytest.raises(ConfigError, match="'unlock-u1'"):
+        run_eval(EvalJob(suites=[f"tau:{__name__}:ticket_domain"], model="oracle", out=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def ticket_domain() -> TauDomain:
+    return _domain(reset_password_with_a_ticket)
