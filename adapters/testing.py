@@ -39,6 +39,22 @@ def _expect(error: type[BaseException], action: Callable[[], Any], what: str) ->
     raise AssertionError(f"{what}: expected {error.__name__}, nothing was raised")
 
 
+def _broken(call: str, got: Any, wanted: Any, promise: str, fix: str) -> str:
+    """A failure's message: the call the implementation answered, what it returned against what the protocol requires,
+    the promise it broke and the fix (values as :func:`_shown` writes them)."""
+    return f"{call} returned {_shown(got)} where the protocol requires {_shown(wanted)}: {promise}. {fix}"
+
+
+class _Said(str):
+    """Text written for a failure's message, which :func:`_shown` shows as it is (any other value: its repr)."""
+
+
+def _shown(value: Any, limit: int = 160) -> str:
+    """A value as a failure shows it: its repr (text written for the message, :class:`_Said`, as it is); clipped."""
+    text = value if isinstance(value, _Said) else repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _adapter(folder: Path, seed: int, rank: int = 4, base: str = "/models/conformance-base") -> Path:
     """A small adapter folder with deterministic bytes (no numeric library needed)."""
     import struct
@@ -75,38 +91,175 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     registry = factory()
     assert isinstance(registry, AdapterRegistry), f"{registry!r} does not implement AdapterRegistry"
     a = registry.register(_adapter(work / "a", 1), "conformance", by="kit")
-    assert a.status == "candidate" and a.app == "conformance" and a.version == 1
-    assert a.name == f"conformance-v1-{a.content_hash[:8]}", a.name
+    assert (a.status, a.app, a.version) == ("candidate", "conformance", 1), _broken(
+        "register() of an app's first adapter: its (status, app, version)",
+        (a.status, a.app, a.version),
+        ("candidate", "conformance", 1),
+        "a registered adapter is a candidate of the app it was registered for, its versions counted from 1",
+        "Build the record from register()'s app, with status 'candidate' and the app's next version.",
+    )
+    assert a.name == f"conformance-v1-{a.content_hash[:8]}", _broken(
+        "register() of an app's first adapter: its name",
+        a.name,
+        f"conformance-v1-{a.content_hash[:8]}",
+        "an adapter's name is its app, its version and the first 8 characters of its content hash",
+        "Name each adapter f'{app}-v{version}-{content_hash[:8]}'.",
+    )
     assert registry.register(work / "a", "conformance") == a, "registering the same weights again must return the same record"
     b = registry.register(_adapter(work / "b", 2), "conformance")
-    assert b.version == 2 and b.name != a.name
-    assert registry.get(a.name) == a and [r.name for r in registry.list(app="conformance")] == [a.name, b.name]
+    assert b.version == 2, _broken(
+        "register() of an app's second weights: its version",
+        b.version,
+        2,
+        "each new weights of an app get the app's next version",
+        "Count versions per app, one more than the last registered.",
+    )
+    assert b.name != a.name, _broken(
+        "register() of other weights of the same app: its name",
+        b.name,
+        _Said(f"a name other than {a.name!r}"),
+        "names are immutable and name one set of weights",
+        "Name each adapter app-vVERSION-HASH8 (HASH: the weights' content hash).",
+    )
+    got = registry.get(a.name)
+    assert got == a, _broken(
+        f"get({a.name!r})", got, a, "get() returns the record register() returned", "Keep every field of the record as registered."
+    )
+    names = [r.name for r in registry.list(app="conformance")]
+    assert names == [a.name, b.name], _broken(
+        "list(app='conformance') (names)",
+        names,
+        [a.name, b.name],
+        "list(app=...) returns that app's adapters, oldest registered first",
+        "Keep only the app's records, in the order registered.",
+    )
     _expect(AdapterNotFoundError, lambda: registry.get("conformance-v9-00000000"), "get of an unknown name")
     _expect(
         RankTooLargeError, lambda: registry.register(_adapter(work / "big", 3, rank=64), "conformance", max_lora_rank=16), "rank 64 > 16"
     )
-    assert registry.resolve("conformance") is None
-    assert registry.switch_live(a.name) is None
-    assert registry.switch_live(b.name).name == a.name
-    assert registry.resolve("conformance") == b.name and registry.apps()["conformance"]["live"] == b.name
-    assert registry.get(a.name).status == "retired" and registry.rollback_target("conformance").name == a.name
+    live = registry.resolve("conformance")
+    assert live is None, _broken(
+        "resolve('conformance') before any promote",
+        live,
+        None,
+        "an app has no live adapter until one is switched live",
+        "Return None for an app with none live; registering makes a candidate, never a live adapter.",
+    )
+    replaced = registry.switch_live(a.name)
+    assert replaced is None, _broken(
+        f"switch_live({a.name!r}), the app's first",
+        replaced,
+        None,
+        "switch_live() returns the adapter it replaced, and none was live",
+        "Return the record of the app's live adapter before the switch, or None.",
+    )
+    replaced = registry.switch_live(b.name)
+    assert getattr(replaced, "name", replaced) == a.name, _broken(
+        f"switch_live({b.name!r}) while {a.name} is live (its name)",
+        getattr(replaced, "name", replaced),
+        a.name,
+        "switch_live() returns the adapter it replaced",
+        "Return the record of the app's live adapter before the switch.",
+    )
+    live = registry.resolve("conformance")
+    assert live == b.name, _broken(
+        f"resolve('conformance') after switch_live({b.name!r})",
+        live,
+        b.name,
+        "resolve() names the adapter live for the app now",
+        "Record the switch where resolve() reads it.",
+    )
+    shown = (registry.apps().get("conformance") or {}).get("live")
+    assert shown == b.name, _broken(
+        f"apps()['conformance']['live'] after switch_live({b.name!r})",
+        shown,
+        b.name,
+        "apps() shows each app's live adapter, as resolve() does",
+        "Give apps() the live adapter from the same place resolve() reads it.",
+    )
+    status = registry.get(a.name).status
+    assert status == "retired", _broken(
+        f"get({a.name!r}).status after switch_live({b.name!r}) replaced it",
+        status,
+        "retired",
+        "the adapter a switch replaces is retired (and kept as the rollback target)",
+        "Set the replaced adapter's status to 'retired' in the same switch.",
+    )
+    target = registry.rollback_target("conformance")
+    assert getattr(target, "name", target) == a.name, _broken(
+        "rollback_target('conformance') (its name)",
+        getattr(target, "name", target),
+        a.name,
+        "a rollback makes the adapter the last switch replaced live again",
+        "Keep a stack of the adapters each switch replaced; the target is its top.",
+    )
     _expect(InvalidTransitionError, lambda: registry.retire(b.name), "retiring the live adapter")
     c = registry.register(_adapter(work / "c", 4), "conformance")
-    assert registry.mark_failed(c.name, "kit").status == "failed"
+    status = registry.mark_failed(c.name, "kit").status
+    assert status == "failed", _broken(
+        f"mark_failed({c.name!r}, 'kit').status",
+        status,
+        "failed",
+        "mark_failed() returns the record as it is now, failed",
+        "Set the status to 'failed' and return the updated record.",
+    )
     _expect(InvalidTransitionError, lambda: registry.switch_live(c.name), "promoting a failed adapter")
     registry.switch_live(a.name, action="rollback")
-    assert registry.resolve("conformance") == a.name and registry.get(b.name).status == "retired"
-    assert registry.retire(b.name).status == "retired"
+    live = registry.resolve("conformance")
+    assert live == a.name, _broken(
+        f"resolve('conformance') after switch_live({a.name!r}, action='rollback')",
+        live,
+        a.name,
+        "a rollback makes the adapter it names live again",
+        "Record the rollback's switch where resolve() reads it.",
+    )
+    status = registry.get(b.name).status
+    assert status == "retired", _broken(
+        f"get({b.name!r}).status after a rollback replaced it",
+        status,
+        "retired",
+        "the adapter a rollback replaces is retired",
+        "Set the replaced adapter's status to 'retired' in the same switch.",
+    )
+    status = registry.retire(b.name).status
+    assert status == "retired", _broken(
+        f"retire({b.name!r}) of a retired adapter: its status",
+        status,
+        "retired",
+        "retire() returns the record, retired (retiring a retired adapter changes nothing)",
+        "Return the adapter's record after retiring it.",
+    )
     registry.add_eval(a.name, {"suite": "kit", "score": 1.0})
-    assert registry.get(a.name).evals[-1]["score"] == 1.0
+    evals = registry.get(a.name).evals
+    assert evals and evals[-1].get("suite") == "kit" and evals[-1].get("score") == 1.0, _broken(
+        f"get({a.name!r}).evals after add_eval({a.name!r}, {{'suite': 'kit', 'score': 1.0}})",
+        evals,
+        _Said("the result (suite 'kit', score 1.0) as its last entry"),
+        "add_eval() appends the result to the adapter's evals, its keys as given (it may add its own, as 'at')",
+        "Append the result dict to the record's evals and keep it.",
+    )
     registry.note("promote-started", app="conformance", adapter=c.name)
     actions = [e["action"] for e in registry.history(app="conformance")]
-    assert actions == ["register", "register", "promote", "promote", "register", "fail", "rollback", "retire", "eval", "promote-started"], (
-        actions
+    made_by_kit = ["register", "register", "promote", "promote", "register", "fail", "rollback", "retire", "eval", "promote-started"]
+    assert actions == made_by_kit, _broken(
+        "history(app='conformance') (its actions)",
+        actions,
+        made_by_kit,
+        "history() gives one event per change made (a register of weights already registered makes none), and each "
+        "note(), in the order made",
+        "Append one event per change, in the same operation as the change.",
     )
     # only the kit's own events (its app): a shared registry's other apps may hold older or interrupted events
     made = registry.history(app="conformance")
-    assert all(e["applied"] for e in made) and all({"at", "by", "action"} <= set(e) for e in made)
+    for event in made:
+        missing = sorted({"at", "by", "action"} - set(event))
+        assert not missing and event.get("applied"), _broken(
+            f"history(app='conformance'): the event {event.get('action')!r}",
+            event,
+            _Said("an event applied, with at, by and action"),
+            "history() gives each event with who made it (by), when (at), what (action) and whether it was applied",
+            f"Record {', '.join(missing)} with each event." if missing else "Mark each event applied once its change is made.",
+        )
     ended = datetime.now(UTC)
     for event in made:
         at = _iso_time(event["at"])
@@ -167,21 +320,56 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
     backend.load(zero, str(adapters.zero))
     backend.load(perturbed, str(adapters.perturbed))
     try:
-        assert {zero, perturbed} <= set(backend.list())
-        assert backend.verify(zero).adapter == zero
+        listed = backend.list()
+        assert {zero, perturbed} <= set(listed), _broken(
+            f"list() after load() of {zero} and {perturbed}",
+            listed,
+            _Said("both names among the listed models"),
+            "a loaded adapter is listed by the server under its name",
+            "Load each adapter under the name given, and list the models the server serves.",
+        )
+        verified = getattr(backend.verify(zero), "adapter", None)
+        assert verified == zero, _broken(
+            f"verify({zero!r}).adapter",
+            verified,
+            zero,
+            "verify() names the adapter it verified",
+            "Return the verification of the adapter asked for.",
+        )
         assert _chat(backend.url, zero, messages) == base_answer, "a zero-B adapter must answer exactly like the base model"
         assert _chat(backend.url, perturbed, messages) != base_answer, "a perturbed adapter must change the greedy answer"
         assert _chat(backend.url, base_model, messages) == base_answer, "the base model must be unchanged by loaded adapters"
         _expect(AdapterNameInUseError, lambda: backend.load(perturbed, str(adapters.perturbed)), "loading a name twice")
         _expect(AdapterPathNotFoundError, lambda: backend.load(f"{run}-missing", str(adapters.zero) + "-missing"), "a missing path")
         _expect(ServerRankError, lambda: backend.load(f"{run}-big", str(adapters.too_big)), "a rank above --max-lora-rank")
-        assert f"{run}-big" not in backend.list() and f"{run}-missing" not in backend.list()
+        listed = backend.list()
+        left = [name for name in (f"{run}-big", f"{run}-missing") if name in listed]
+        assert not left, _broken(
+            "list() after loads refused (a rank above --max-lora-rank, a missing path)",
+            left,
+            [],
+            "a refused load leaves nothing loaded under its name",
+            "Unload (or never register) what a failed load left behind before raising its error.",
+        )
     finally:
         backend.unload(perturbed)
         backend.unload(zero)
-    assert not {zero, perturbed} & set(backend.list())
+    left = sorted({zero, perturbed} & set(backend.list()))
+    assert not left, _broken(
+        f"list() after unload() of {zero} and {perturbed}",
+        left,
+        [],
+        "an unloaded adapter is no longer listed (nor answered for)",
+        "Unload it from the server, not only from the backend's own records.",
+    )
     refused = _expect(ModelRequestError, lambda: _chat(backend.url, perturbed, messages), "a request for an unloaded adapter")
-    assert getattr(refused, "status", None) in (400, 404), refused
+    assert getattr(refused, "status", None) in (400, 404), _broken(
+        f"the server, asked for {perturbed} after unload()",
+        refused,
+        _Said("a refusal with HTTP status 400 or 404"),
+        "a request for an adapter that is not loaded is refused as a bad request or not found",
+        "Unload it from the server, so the server itself refuses it.",
+    )
     backend.unload(perturbed)  # unloading what is not loaded is a no-op
 
 

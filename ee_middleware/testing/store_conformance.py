@@ -255,13 +255,42 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
         f"trajectories() on a new handle shows {_ids(shown)}"
     )
     assert store.get(C) == originals[2], "a trajectory must round-trip exactly"
-    assert store.steps([B]).height == 3 and store.steps().height == 2 + 3 + 4
-    assert store.write([originals[0]]) == 1
+    of_b = store.steps([B])
+    assert of_b.height == 3, _broken(
+        f"steps([{B!r}])",
+        _rows(of_b, "trajectory_id"),
+        _Said(f"the 3 steps of {B}"),
+        "steps(ids) returns the steps of the given trajectories only",
+        "Keep only the rows whose trajectory_id is among the ids given.",
+    )
+    every = store.steps()
+    assert every.height == 2 + 3 + 4, _broken(
+        "steps()",
+        _rows(every, "trajectory_id"),
+        _Said(f"9 rows (2, 3 and 4 steps of {A}, {B} and {C})"),
+        "steps() without ids returns one row per step of every trajectory written",
+        "Return each trajectory's Trajectory.steps, one row each, once per trajectory.",
+    )
+    again = store.write([originals[0]])
+    assert again == 1, _broken(
+        f"write() of 1 trajectory written before ({A})",
+        again,
+        1,
+        "write() returns how many trajectories it wrote, a repeat counted (reads drop it by id)",
+        "Return the number of trajectories given and written.",
+    )
     assert store.trajectories().height == 3, "writing a trajectory again must not duplicate it"
     assert store.steps().height == 9, "writing a trajectory again must not duplicate its steps"
     store.write([sample_trajectory(D, app="other-app")])
     assert store.trajectories(app="other-app")["id"].to_list() == [D], "trajectories(app=...) filters by app"
-    assert store.trajectories(app="conformance").height == 3
+    shown = store.trajectories(app="conformance")["id"].to_list()
+    assert shown == [A, B, C], _broken(
+        'trajectories(app="conformance")',
+        shown,
+        [A, B, C],
+        f"trajectories(app=...) returns that app's trajectories only, oldest write first ({D} is of app 'other-app')",
+        "Keep only the rows whose app is the one given.",
+    )
     _expect_not_found(lambda: store.get("no-such-trajectory"), "get() of an unknown id")
     _expect_columns(store.trajectories(), "trajectories", "approval", "approval_by", "approval_at", "approval_reason")
     _expect_columns(store.steps(), "steps")
@@ -270,18 +299,42 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
 def _check_approvals(store: Any) -> None:
     store.set_approval([ApprovalEvent(trajectory_id=A, status="approved", by="alice", reason="good")])
     store.set_approval([ApprovalEvent(trajectory_id=B, status="rejected", by="bob")])
-    assert store.trajectories(status="approved")["id"].to_list() == [A]
-    assert store.trajectories(status="rejected")["id"].to_list() == [B]
-    assert store.trajectories(status="pending")["id"].to_list() == [C, D]
+    done = f"set_approval() approved {A} and rejected {B}"
+    _expect_status_filter(store, "approved", [A], done)
+    _expect_status_filter(store, "rejected", [B], done)
+    _expect_status_filter(store, "pending", [C, D], done)
     store.set_approval([ApprovalEvent(trajectory_id=A, status="rejected", by="carol", reason="changed my mind")])
     approval = store.get(A).approval
     assert (approval.status, approval.by, approval.reason) == ("rejected", "carol", "changed my mind"), "the latest decision wins"
-    assert [t.id for t in store.iter_trajectories(status="rejected")] == [A, B]
+    shown = [t.id for t in store.iter_trajectories(status="rejected")]
+    assert shown == [A, B], _broken(
+        'iter_trajectories(status="rejected")',
+        shown,
+        [A, B],
+        f"it yields the trajectories whose latest decision is 'rejected', oldest write first ({A} was approved, then "
+        f"rejected by carol; {B} rejected by bob)",
+        "Filter on each trajectory's current approval, the latest decision, not its first.",
+    )
     store.approve([C], by="dana", reason="fine")
     store.reject([D], by="dana")
-    assert store.get(C).approval.status == "approved" and store.get(D).approval.status == "rejected"
+    for trajectory_id, status, how in ((C, "approved", "approve"), (D, "rejected", "reject")):
+        got = store.get(trajectory_id).approval.status
+        assert got == status, _broken(
+            f"get({trajectory_id!r}).approval.status after {how}([{trajectory_id!r}])",
+            got,
+            status,
+            "get() returns the trajectory with its current approval, the latest decision recorded (by any handle)",
+            "Read the decisions on each get(); a cache of get()'s records must not outlive a set_approval().",
+        )
     store.approve([A], by="erin")
-    assert [t.id for t in store.iter_trajectories(status="approved")] == [A, C]
+    shown = [t.id for t in store.iter_trajectories(status="approved")]
+    assert shown == [A, C], _broken(
+        'iter_trajectories(status="approved")',
+        shown,
+        [A, C],
+        f"approve([{A!r}]) overturns its rejection: the latest decision wins, and the trajectories come oldest write first",
+        "Filter on each trajectory's latest decision.",
+    )
     _expect_not_found(
         lambda: store.set_approval([ApprovalEvent(trajectory_id="nope", status="approved", by="x")]), "approving an unknown id"
     )
@@ -299,7 +352,13 @@ def _check_approval_history(store: Any) -> None:
     history = store.approvals([A])
     _expect_columns(history, "approvals")
     assert history["status"].to_list() == ["approved", "rejected", "approved"], "approvals() keeps every decision, oldest first"
-    assert history["by"].to_list() == ["alice", "carol", "erin"]
+    assert history["by"].to_list() == ["alice", "carol", "erin"], _broken(
+        f"approvals([{A!r}])['by']",
+        history["by"].to_list(),
+        ["alice", "carol", "erin"],
+        "approvals() keeps each decision as given, with who made it, oldest first",
+        "Store each ApprovalEvent's by with its decision.",
+    )
     assert history["overrides_status"].to_list() == [None, None, "rejected"], (
         "approve() of a rejected trajectory records the decision it overturned (overrides_*)"
     )
@@ -317,14 +376,28 @@ def _check_approval_history(store: Any) -> None:
     assert (last["status"], last["overrides_status"], last["overrides_by"]) == ("approved", "rejected", "dana"), (
         "a forced override is stored with both decisions"
     )
-    assert store.get(D).approval.reason == "on second thought"
+    reason = store.get(D).approval.reason
+    assert reason == "on second thought", _broken(
+        f"get({D!r}).approval.reason after decide(..., reason='on second thought', force=True)",
+        reason,
+        "on second thought",
+        "get()'s approval is the latest decision, with its reason (a forced override too)",
+        "Give get() every field of the latest decision.",
+    )
 
 
 def _check_id_resolution(store: Any) -> None:
     assert _must(lambda: store.resolve_id(B), "resolve_id() of an exact id") == B, (
         "an exact id resolves to itself, even when it prefixes another id"
     )
-    assert _must(lambda: store.resolve_id(C), "resolve_id() of an exact id") == C
+    resolved = _must(lambda: store.resolve_id(C), "resolve_id() of an exact id")
+    assert resolved == C, _broken(
+        f"resolve_id({C!r})",
+        resolved,
+        C,
+        "an exact id resolves to itself",
+        "Return an id that exists as it is, before looking for prefixes.",
+    )
     assert _must(lambda: store.resolve_id("traj-0"), "resolve_id() of a unique prefix") == A, "a unique prefix resolves to its id"
     assert _must(lambda: store.get("traj-0"), "get() of a unique prefix").id == A, "get() accepts a unique prefix"
     for ambiguous in ("traj-1", "traj-"):
@@ -358,8 +431,22 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
     )
     assert list(store.iter_rollouts()) == ordered, "rollouts must round-trip exactly, in the order of rollouts()"
     assert store.rollouts([C])["id"].to_list() == [r.id for r in c_rollouts], "rollouts(ids) filters by trajectory"
-    assert store.rollouts([D]).height == 0
-    assert [r.id for r in store.iter_rollouts([B], replay_id="replay-1")] == [r.id for r in ordered[:4]]
+    shown = store.rollouts([D])["id"].to_list()
+    assert not shown, _broken(
+        f"rollouts([{D!r}])",
+        shown,
+        [],
+        f"rollouts(ids) returns the rollouts of those trajectories only, and {D} has none",
+        "Keep only the rows whose trajectory_id is among the ids given.",
+    )
+    shown = [r.id for r in store.iter_rollouts([B], replay_id="replay-1")]
+    assert shown == [r.id for r in ordered[:4]], _broken(
+        f'iter_rollouts([{B!r}], replay_id="replay-1")',
+        shown,
+        [r.id for r in ordered[:4]],
+        "iter_rollouts() yields the rollouts of those trajectories and that replay, in the order of rollouts()",
+        "Pass the ids and replay_id on to rollouts() and read its rows in order.",
+    )
     assert store.rollouts(replay_id="replay-2").height == 0, "rollouts(replay_id=...) filters by replay configuration"
 
     replays = store.replays()
@@ -375,9 +462,42 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
 
     other = sample_rollout("ro-b-0-0-r2", B, 0, 0, replay_id="replay-2")
     store.write_replay(sample_replay_record(B, replay_id="replay-2", branches=1), [other])
-    assert store.replays().height == 4 and store.replays(replay_id="replay-2")["trajectory_id"].to_list() == [B]
-    assert store.rollouts(replay_id="replay-2")["id"].to_list() == [other.id]
-    assert store.rollouts([B]).height == 5
+    replays = store.replays()
+    kept = sorted(zip(replays["replay_id"].to_list(), replays["trajectory_id"].to_list(), strict=True))
+    wanted = sorted([("replay-1", A), ("replay-1", B), ("replay-1", C), ("replay-2", B)])
+    assert kept == wanted, _broken(
+        "replays() (as sorted (replay_id, trajectory_id) pairs)",
+        kept,
+        wanted,
+        f"replays() keeps the latest record per (replay_id, trajectory): {B}'s record under replay-2 is one more, not a "
+        "replacement of its replay-1 record",
+        "Keep one record per (replay_id, trajectory_id) pair, not per trajectory.",
+    )
+    shown = store.replays(replay_id="replay-2")["trajectory_id"].to_list()
+    assert shown == [B], _broken(
+        'replays(replay_id="replay-2")["trajectory_id"]',
+        shown,
+        [B],
+        "replays(replay_id=...) returns the records of that replay only",
+        "Keep only the rows whose replay_id is the one given.",
+    )
+    shown = store.rollouts(replay_id="replay-2")["id"].to_list()
+    assert shown == [other.id], _broken(
+        'rollouts(replay_id="replay-2")',
+        shown,
+        [other.id],
+        "rollouts(replay_id=...) returns the rollouts of that replay only",
+        "Keep only the rows whose replay_id is the one given.",
+    )
+    shown = store.rollouts([B])["id"].to_list()
+    wanted = [r.id for r in sorted([*b_rollouts, other], key=lambda r: (r.step_index, r.branch_index))]
+    assert len(shown) == 5, _broken(
+        f"rollouts([{B!r}])",
+        shown,
+        wanted,
+        f"rollouts(ids) without replay_id returns the rollouts of every replay: {B} has 4 under replay-1 and 1 under replay-2",
+        "Filter by the ids given only; a rollout is one by its id, whatever its replay.",
+    )
     _check_get_rollout(store, b_rollouts)
 
 
@@ -386,8 +506,14 @@ def _check_get_rollout(store: Any, b_rollouts: list[Rollout]) -> None:
     assert _must(lambda: store.get_rollout("ro-b-1-0"), "get_rollout() of an id") == by_id["ro-b-1-0"], (
         "get_rollout() must round-trip a rollout exactly"
     )
-    assert _must(lambda: store.get_rollout("ro-b-1"), "get_rollout() accepts a unique prefix: get_rollout('ro-b-1')").id == "ro-b-1-0"
-    assert _must(lambda: store.get_rollout("ro-b-0-0"), "get_rollout() of an exact id that prefixes no other").id == "ro-b-0-0"
+    for given, wanted, promise in (
+        ("ro-b-1", "ro-b-1-0", "get_rollout() accepts a unique prefix"),
+        ("ro-b-0-0", "ro-b-0-0", "get_rollout() of an exact id gives that rollout"),
+    ):
+        got = _must(lambda g=given: store.get_rollout(g), f"{promise}: get_rollout({given!r})").id
+        assert got == wanted, _broken(
+            f"get_rollout({given!r}).id", got, wanted, promise, "Match the id exactly first, then a prefix that fits one id only."
+        )
     _expect_not_found(lambda: store.get_rollout("ro-b-0-"), "get_rollout() of a prefix of several ids")
     _expect_not_found(lambda: store.get_rollout("no-such-rollout"), "get_rollout() of an unknown id")
 
@@ -474,8 +600,18 @@ def _check_compaction(store: Any, make_store: MakeStore) -> None:
     store.compact()
     reopened = make_store()
     assert _snapshot(reopened) == before, "compaction must not change what is read"
-    assert reopened.get(B) == store.get(B)
-    assert reopened.get_rollout("ro-c-0-1") == store.get_rollout("ro-c-0-1")
+    for call, read in (
+        (f"get({B!r})", lambda handle: handle.get(B)),
+        ("get_rollout('ro-c-0-1')", lambda handle: handle.get_rollout("ro-c-0-1")),
+    ):
+        got, kept = read(reopened), read(store)
+        assert got == kept, _broken(
+            f"{call} on a new handle after compact()",
+            _Said(f"a record differing in {_fields_differ(got, kept)}"),
+            _Said(f"the record {call} gives on the handle that compacted"),
+            "compaction never changes what is read",
+            "Fold pending writes into the long-term form without changing any field (types, time zones, empty lists).",
+        )
     store.compact()
     assert _snapshot(make_store()) == before, "compacting again must not change what is read"
     if metadata.keeps_metadata(store):
@@ -503,6 +639,72 @@ def _snapshot(store: Any) -> tuple[Any, ...]:
         store.rollouts().to_dicts(),
         sorted(store.replays().to_dicts(), key=lambda r: (r["replay_id"], r["trajectory_id"])),
         store.approvals().to_dicts(),
+    )
+
+
+def _broken(call: str, got: Any, wanted: Any, promise: str, fix: str) -> str:
+    """A failure's message: the call the store answered, what it returned against what the protocol requires, the
+    promise it broke and the fix (values as :func:`_shown` writes them)."""
+    return f"{call} returned {_shown(got)} where the protocol requires {_shown(wanted)}: {promise}. {fix}"
+
+
+class _Said(str):
+    """Text written for a failure's message, which :func:`_shown` shows as it is (any other value: its repr)."""
+
+
+def _shown(value: Any) -> str:
+    """A value as a failure shows it: its repr (text written for the message, :class:`_Said`, as it is); clipped."""
+    text = value if isinstance(value, _Said) else repr(value)
+    return text if len(text) <= 160 else f"{text[:157]}..."
+
+
+def _rows(frame: Any, key: str) -> str:
+    """A frame as a failure shows it: how many rows, and how many of each value of ``key``."""
+    try:
+        values = frame[key].to_list()
+    except Exception:  # noqa: BLE001 - a frame without the column: its size says enough
+        return _Said(f"{getattr(frame, 'height', '?')} rows")
+    counts = {v: values.count(v) for v in dict.fromkeys(values)}
+    return _Said(f"{len(values)} rows (by {key}: {_shown(counts)})")
+
+
+def _fields_differ(got: Any, wanted: Any) -> str:
+    """The fields of two records (pydantic models) that differ, as a failure names them."""
+    names = getattr(type(wanted), "model_fields", None)
+    if not names or type(got) is not type(wanted):
+        return f"its type ({type(got).__name__}, not {type(wanted).__name__})"
+    differ = [n for n in names if getattr(got, n, None) != getattr(wanted, n, None)]
+    return ", ".join(differ)[:160] or "none of its fields"
+
+
+def _expect_status_filter(store: Any, status: str, wanted: list[str], done: str) -> None:
+    """``trajectories(status=status)`` shows ``wanted``; a failure tells a filter not applied from decisions not kept."""
+    shown = store.trajectories(status=status)["id"].to_list()
+    if shown == wanted:
+        return
+    try:
+        table = store.trajectories()
+        current = dict(zip(table["id"].to_list(), table["approval"].to_list(), strict=True))
+    except Exception:  # noqa: BLE001 - only for the message
+        current = None
+    if current is not None and [i for i, s in current.items() if s == status] == wanted:
+        fix = (
+            f"trajectories() without a filter shows the decisions ({_shown(current)}), so status= is not applied: keep "
+            f"only the rows whose approval is {status!r}."
+        )
+    else:
+        fix = (
+            f"trajectories() without a filter shows the approvals {_shown(current)}: set_approval() must record each "
+            "decision where every handle reads it (the latest per trajectory wins)."
+        )
+    raise AssertionError(
+        _broken(
+            f"trajectories(status={status!r})",
+            shown,
+            wanted,
+            f"it returns the trajectories whose latest decision is {status!r}, oldest write first (after {done})",
+            fix,
+        )
     )
 
 

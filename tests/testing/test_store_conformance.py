@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from ee_middleware.errors import TrajectoryNotFoundError
-from ee_middleware.records import ApprovalEvent, Rollout
+from ee_middleware.records import ApprovalEvent, Rollout, Trajectory
 from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.store.metadata import MetadataNotKeptWarning
 from ee_middleware.store.spool_cache import SpoolRows
@@ -173,3 +173,73 @@ def test_a_plug_in_store_with_the_metadata_methods_passes_and_one_without_is_tol
         check_store(lambda: SqliteMetaStore(str(tmp_path / "meta.sqlite")), crash=False)  # crash check: test_store_conformance_crash
     with pytest.warns(MetadataNotKeptWarning, match=r"SqliteStore keeps no metadata.*pseudonyms differ in each process.*read_meta\(name\)"):
         check_store(lambda: SqliteStore(str(tmp_path / "plain.sqlite")), crash=False)
+
+
+# --- the message of every check names the call, what it returned, what the protocol requires and the fix ---------------
+
+
+class IgnoresStatusFilter(LocalExperienceStore):
+    """Returns every trajectory, whatever ``status=`` asks for."""
+
+    def trajectories(self, *, status: str | None = None, app: str | None = None) -> pl.DataFrame:  # type: ignore[override]
+        return super().trajectories(app=app)
+
+
+class ApprovalsInMemory(LocalExperienceStore):
+    """Keeps approval decisions in this handle's memory only, where no read ever looks."""
+
+    def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
+        self.decisions = [*getattr(self, "decisions", []), *events]
+
+
+class CachedGet(LocalExperienceStore):
+    """Caches the records ``get()`` returns, so a decision recorded later never shows."""
+
+    def get(self, trajectory_id: str) -> Trajectory:
+        cache: dict[str, Trajectory] = self.__dict__.setdefault("cache", {})
+        if trajectory_id not in cache:
+            cache[trajectory_id] = super().get(trajectory_id)
+        return cache[trajectory_id]
+
+
+class StepsOfEveryTrajectory(LocalExperienceStore):
+    """Ignores the ids ``steps()`` is given."""
+
+    def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        return super().steps()
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (
+            IgnoresStatusFilter,
+            r"^trajectories\(status='approved'\) returned \['traj-0a', 'traj-1b', 'traj-1b7', 'traj-2c'\] where the protocol "
+            r"requires \['traj-0a'\]: it returns the trajectories whose latest decision is 'approved'.*status= is not applied",
+        ),
+        (
+            ApprovalsInMemory,
+            r"^trajectories\(status='approved'\) returned \[\] where the protocol requires \['traj-0a'\].*"
+            r"set_approval\(\) must record each decision where every handle reads it",
+        ),
+        (
+            CachedGet,
+            r"^get\('traj-1b7'\)\.approval\.status after approve\(\['traj-1b7'\]\) returned 'pending' where the protocol "
+            r"requires 'approved': get\(\) returns the trajectory with its current approval.*a cache of get\(\)'s records",
+        ),
+        (
+            StepsOfEveryTrajectory,
+            r"^steps\(\['traj-1b'\]\) returned 9 rows \(by trajectory_id: \{'traj-0a': 2, 'traj-1b': 3, 'traj-1b7': 4\}\) "
+            r"where the protocol requires the 3 steps of traj-1b: steps\(ids\) returns the steps of the given trajectories only",
+        ),
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else "",
+)
+def test_a_failed_check_says_which_call_returned_what_against_what_the_protocol_requires(
+    broken: type[LocalExperienceStore], message: str, store_path: Path
+) -> None:
+    """The kit's checks are plain asserts in an installed package, which pytest does not rewrite: without a message of
+    their own a broken store failed with an empty AssertionError."""
+    with pytest.raises(AssertionError, match=message) as caught:
+        check_store(lambda: broken(store_path), crash=False)
+    assert len(str(caught.value)) < 700, "values in a failure are clipped"
