@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -377,9 +378,12 @@ def transitions_out_of_use(store: Any, trajectories: Sequence[Trajectory], trans
 class Retriever(Protocol):
     """Scores the search texts it was given for a query (see the module docstring).
 
-    ``add`` appends texts (document ``i`` is the ``i``-th text ever added); ``scores`` returns one
-    score per added text, in that order, higher is more similar, and 0 or less for a text that
-    does not match at all (it is never returned). Exclusions and the top-k cut are the index's.
+    ``add`` appends texts (document ``i`` is the ``i``-th text ever added); ``scores`` returns a sequence
+    (a list, a tuple, a numpy array) of one finite real number per added text, in that order, higher is
+    more similar: above 0 for a text that matches, 0 or less for one that does not match at all (it is
+    never returned; so a distance, 0 for an exact match, must become a similarity). A NaN or infinite
+    score is refused (:class:`~ee_middleware.errors.SandboxError`), and an index whose first searches
+    score nothing above 0 warns (:class:`NothingRetrievedWarning`). Exclusions and the top-k cut are the index's.
     """
 
     name: str
@@ -485,6 +489,15 @@ class BM25SRetriever:
         return self._model.get_scores(tokens).tolist()
 
 
+UNMATCHED_SEARCHES_WARNING = 3
+"""After this many searches of a non-empty buffer that scored nothing above 0 (and none that did), the index warns once:
+its retriever likely scores a match 0 or less (a distance), so nothing is ever retrieved."""
+
+
+class NothingRetrievedWarning(UserWarning):
+    """A :class:`TransitionIndex`'s retriever scored no transition above 0 in its first searches: nothing is retrieved."""
+
+
 @dataclass
 class TransitionIndex:
     """Real transitions, searchable through a retriever, grown incrementally (see the module docstring)."""
@@ -501,6 +514,10 @@ class TransitionIndex:
     """Transitions a dataset build would leave out now (:func:`transitions_out_of_use`), also those indexed before
     their replay was superseded or found mismatching, or before a later run of their paused thread was approved: they
     are never returned."""
+    _matched: bool = False
+    """Whether a search of this index has scored a transition above 0 (then :meth:`_note_match` is no longer called)."""
+    _unmatched: int = 0
+    """The searches, before the first that matched, that scored no transition above 0."""
 
     @classmethod
     def of(cls, retriever: str | Retriever | None = None, **options: Any) -> TransitionIndex:
@@ -578,12 +595,40 @@ class TransitionIndex:
                 f"it must score every text it was given {fix}"
             )
         try:
-            return [float(score) for score in raw]
-        except (TypeError, ValueError):
+            scores = [float(score) for score in raw]
+        except (TypeError, ValueError, OverflowError):
             bad = next(score for score in raw if not _is_number(score))
             raise SandboxError(
-                f"The retriever {self.retriever_name!r} returned the score {bad!r} ({type(bad).__name__}): scores are numbers {fix}"
+                f"The retriever {self.retriever_name!r} returned the score {bad!r} ({type(bad).__name__}): scores are real numbers {fix}"
             ) from None
+        if not math.isfinite(sum(scores)):  # one pass: a NaN or an infinity makes the sum one (so does an overflow)
+            doc, bad_score = next(((d, s) for d, s in enumerate(scores) if not math.isfinite(s)), (None, 0.0))
+            if doc is not None:
+                raise SandboxError(
+                    f"The retriever {self.retriever_name!r} returned the score {bad_score!r} for transition {doc} of "
+                    f"{len(scores)}: every score must be finite. NaN compares false with every score (the transition is "
+                    "silently never retrieved) and an infinite score ties every transition scored so (their ranking is "
+                    f"lost); score a text that does not match 0 or less, a match a finite number above 0 {fix}"
+                )
+        return scores
+
+    def _note_match(self, matched: bool) -> None:
+        """Count the searches of this index that scored nothing above 0 until one does; after the first
+        :data:`UNMATCHED_SEARCHES_WARNING` of them, warn once (:class:`NothingRetrievedWarning`)."""
+        if matched:
+            self._matched = True
+            return
+        self._unmatched += 1
+        if self._unmatched == UNMATCHED_SEARCHES_WARNING:
+            warnings.warn(
+                f"The retriever {self.retriever_name!r} scored none of the {len(self.transitions)} transitions of the replay "
+                f"buffer above 0 in its first {self._unmatched} searches, so nothing was retrieved: only transitions scored "
+                "above 0 are retrieved (0 or less means no match), and the experience model predicts without examples. A "
+                "retriever that scores by distance (0 for an exact match, negative further away) must score a match above "
+                "0, e.g. 1 / (1 + distance) (check it with ee_middleware.testing.check_retriever).",
+                NothingRetrievedWarning,
+                stacklevel=3,
+            )
 
     def search(
         self,
@@ -599,13 +644,16 @@ class TransitionIndex:
 
         Transitions of the same tool rank above all others (an example of another tool says little
         about what this one returns); ties keep indexing order. Only transitions the retriever
-        scores above 0 are returned.
+        scores above 0 are returned. A score that is not a finite number is a
+        :class:`~ee_middleware.errors.SandboxError` naming the retriever.
         """
         if k <= 0 or not self.transitions:
             return []
         skip_ids, skip_trajectories = set(exclude_ids), set(exclude_trajectories) | self._unapproved
         scores = self._scores(f"{tool} {json.dumps(arguments, ensure_ascii=False, sort_keys=True)} {state}")
         matched = [d for d, score in enumerate(scores) if score > 0]
+        if not self._matched:
+            self._note_match(bool(matched))
         ranked = sorted(matched, key=lambda d: (self.transitions[d].tool != tool, -scores[d], d))
         out = []
         for doc in ranked:
@@ -621,6 +669,6 @@ class TransitionIndex:
 def _is_number(value: Any) -> bool:
     try:
         float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return True
