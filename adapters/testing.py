@@ -29,6 +29,7 @@ from ee_middleware.adapters.serving.backend import ServingBackend
 from ee_middleware.errors import ModelRequestError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
+from ee_middleware.testing.messages import Said, broken
 
 
 def _expect(error: type[BaseException], action: Callable[[], Any], what: str) -> BaseException:
@@ -37,22 +38,6 @@ def _expect(error: type[BaseException], action: Callable[[], Any], what: str) ->
     except error as exc:
         return exc
     raise AssertionError(f"{what}: expected {error.__name__}, nothing was raised")
-
-
-def _broken(call: str, got: Any, wanted: Any, promise: str, fix: str) -> str:
-    """A failure's message: the call the implementation answered, what it returned against what the protocol requires,
-    the promise it broke and the fix (values as :func:`_shown` writes them)."""
-    return f"{call} returned {_shown(got)} where the protocol requires {_shown(wanted)}: {promise}. {fix}"
-
-
-class _Said(str):
-    """Text written for a failure's message, which :func:`_shown` shows as it is (any other value: its repr)."""
-
-
-def _shown(value: Any, limit: int = 160) -> str:
-    """A value as a failure shows it: its repr (text written for the message, :class:`_Said`, as it is); clipped."""
-    text = value if isinstance(value, _Said) else repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _adapter(folder: Path, seed: int, rank: int = 4, base: str = "/models/conformance-base") -> Path:
@@ -91,14 +76,14 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     registry = factory()
     assert isinstance(registry, AdapterRegistry), f"{registry!r} does not implement AdapterRegistry"
     a = registry.register(_adapter(work / "a", 1), "conformance", by="kit")
-    assert (a.status, a.app, a.version) == ("candidate", "conformance", 1), _broken(
+    assert (a.status, a.app, a.version) == ("candidate", "conformance", 1), broken(
         "register() of an app's first adapter: its (status, app, version)",
         (a.status, a.app, a.version),
         ("candidate", "conformance", 1),
         "a registered adapter is a candidate of the app it was registered for, its versions counted from 1",
         "Build the record from register()'s app, with status 'candidate' and the app's next version.",
     )
-    assert a.name == f"conformance-v1-{a.content_hash[:8]}", _broken(
+    assert a.name == f"conformance-v1-{a.content_hash[:8]}", broken(
         "register() of an app's first adapter: its name",
         a.name,
         f"conformance-v1-{a.content_hash[:8]}",
@@ -107,26 +92,26 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     )
     assert registry.register(work / "a", "conformance") == a, "registering the same weights again must return the same record"
     b = registry.register(_adapter(work / "b", 2), "conformance")
-    assert b.version == 2, _broken(
+    assert b.version == 2, broken(
         "register() of an app's second weights: its version",
         b.version,
         2,
         "each new weights of an app get the app's next version",
         "Count versions per app, one more than the last registered.",
     )
-    assert b.name != a.name, _broken(
+    assert b.name != a.name, broken(
         "register() of other weights of the same app: its name",
         b.name,
-        _Said(f"a name other than {a.name!r}"),
+        Said(f"a name other than {a.name!r}"),
         "names are immutable and name one set of weights",
         "Name each adapter app-vVERSION-HASH8 (HASH: the weights' content hash).",
     )
     got = registry.get(a.name)
-    assert got == a, _broken(
+    assert got == a, broken(
         f"get({a.name!r})", got, a, "get() returns the record register() returned", "Keep every field of the record as registered."
     )
     names = [r.name for r in registry.list(app="conformance")]
-    assert names == [a.name, b.name], _broken(
+    assert names == [a.name, b.name], broken(
         "list(app='conformance') (names)",
         names,
         [a.name, b.name],
@@ -138,7 +123,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         RankTooLargeError, lambda: registry.register(_adapter(work / "big", 3, rank=64), "conformance", max_lora_rank=16), "rank 64 > 16"
     )
     live = registry.resolve("conformance")
-    assert live is None, _broken(
+    assert live is None, broken(
         "resolve('conformance') before any promote",
         live,
         None,
@@ -146,7 +131,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Return None for an app with none live; registering makes a candidate, never a live adapter.",
     )
     replaced = registry.switch_live(a.name)
-    assert replaced is None, _broken(
+    assert replaced is None, broken(
         f"switch_live({a.name!r}), the app's first",
         replaced,
         None,
@@ -154,7 +139,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Return the record of the app's live adapter before the switch, or None.",
     )
     replaced = registry.switch_live(b.name)
-    assert getattr(replaced, "name", replaced) == a.name, _broken(
+    assert getattr(replaced, "name", replaced) == a.name, broken(
         f"switch_live({b.name!r}) while {a.name} is live (its name)",
         getattr(replaced, "name", replaced),
         a.name,
@@ -162,7 +147,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Return the record of the app's live adapter before the switch.",
     )
     live = registry.resolve("conformance")
-    assert live == b.name, _broken(
+    assert live == b.name, broken(
         f"resolve('conformance') after switch_live({b.name!r})",
         live,
         b.name,
@@ -170,7 +155,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Record the switch where resolve() reads it.",
     )
     shown = (registry.apps().get("conformance") or {}).get("live")
-    assert shown == b.name, _broken(
+    assert shown == b.name, broken(
         f"apps()['conformance']['live'] after switch_live({b.name!r})",
         shown,
         b.name,
@@ -178,7 +163,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Give apps() the live adapter from the same place resolve() reads it.",
     )
     status = registry.get(a.name).status
-    assert status == "retired", _broken(
+    assert status == "retired", broken(
         f"get({a.name!r}).status after switch_live({b.name!r}) replaced it",
         status,
         "retired",
@@ -186,7 +171,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Set the replaced adapter's status to 'retired' in the same switch.",
     )
     target = registry.rollback_target("conformance")
-    assert getattr(target, "name", target) == a.name, _broken(
+    assert getattr(target, "name", target) == a.name, broken(
         "rollback_target('conformance') (its name)",
         getattr(target, "name", target),
         a.name,
@@ -196,7 +181,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     _expect(InvalidTransitionError, lambda: registry.retire(b.name), "retiring the live adapter")
     c = registry.register(_adapter(work / "c", 4), "conformance")
     status = registry.mark_failed(c.name, "kit").status
-    assert status == "failed", _broken(
+    assert status == "failed", broken(
         f"mark_failed({c.name!r}, 'kit').status",
         status,
         "failed",
@@ -206,7 +191,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     _expect(InvalidTransitionError, lambda: registry.switch_live(c.name), "promoting a failed adapter")
     registry.switch_live(a.name, action="rollback")
     live = registry.resolve("conformance")
-    assert live == a.name, _broken(
+    assert live == a.name, broken(
         f"resolve('conformance') after switch_live({a.name!r}, action='rollback')",
         live,
         a.name,
@@ -214,7 +199,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Record the rollback's switch where resolve() reads it.",
     )
     status = registry.get(b.name).status
-    assert status == "retired", _broken(
+    assert status == "retired", broken(
         f"get({b.name!r}).status after a rollback replaced it",
         status,
         "retired",
@@ -222,7 +207,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Set the replaced adapter's status to 'retired' in the same switch.",
     )
     status = registry.retire(b.name).status
-    assert status == "retired", _broken(
+    assert status == "retired", broken(
         f"retire({b.name!r}) of a retired adapter: its status",
         status,
         "retired",
@@ -231,17 +216,17 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     )
     registry.add_eval(a.name, {"suite": "kit", "score": 1.0})
     evals = registry.get(a.name).evals
-    assert evals and evals[-1].get("suite") == "kit" and evals[-1].get("score") == 1.0, _broken(
+    assert evals and evals[-1].get("suite") == "kit" and evals[-1].get("score") == 1.0, broken(
         f"get({a.name!r}).evals after add_eval({a.name!r}, {{'suite': 'kit', 'score': 1.0}})",
         evals,
-        _Said("the result (suite 'kit', score 1.0) as its last entry"),
+        Said("the result (suite 'kit', score 1.0) as its last entry"),
         "add_eval() appends the result to the adapter's evals, its keys as given (it may add its own, as 'at')",
         "Append the result dict to the record's evals and keep it.",
     )
     registry.note("promote-started", app="conformance", adapter=c.name)
     actions = [e["action"] for e in registry.history(app="conformance")]
     made_by_kit = ["register", "register", "promote", "promote", "register", "fail", "rollback", "retire", "eval", "promote-started"]
-    assert actions == made_by_kit, _broken(
+    assert actions == made_by_kit, broken(
         "history(app='conformance') (its actions)",
         actions,
         made_by_kit,
@@ -253,10 +238,10 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     made = registry.history(app="conformance")
     for event in made:
         missing = sorted({"at", "by", "action"} - set(event))
-        assert not missing and event.get("applied"), _broken(
+        assert not missing and event.get("applied"), broken(
             f"history(app='conformance'): the event {event.get('action')!r}",
             event,
-            _Said("an event applied, with at, by and action"),
+            Said("an event applied, with at, by and action"),
             "history() gives each event with who made it (by), when (at), what (action) and whether it was applied",
             f"Record {', '.join(missing)} with each event." if missing else "Mark each event applied once its change is made.",
         )
@@ -321,15 +306,15 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
     backend.load(perturbed, str(adapters.perturbed))
     try:
         listed = backend.list()
-        assert {zero, perturbed} <= set(listed), _broken(
+        assert {zero, perturbed} <= set(listed), broken(
             f"list() after load() of {zero} and {perturbed}",
             listed,
-            _Said("both names among the listed models"),
+            Said("both names among the listed models"),
             "a loaded adapter is listed by the server under its name",
             "Load each adapter under the name given, and list the models the server serves.",
         )
         verified = getattr(backend.verify(zero), "adapter", None)
-        assert verified == zero, _broken(
+        assert verified == zero, broken(
             f"verify({zero!r}).adapter",
             verified,
             zero,
@@ -344,7 +329,7 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
         _expect(ServerRankError, lambda: backend.load(f"{run}-big", str(adapters.too_big)), "a rank above --max-lora-rank")
         listed = backend.list()
         left = [name for name in (f"{run}-big", f"{run}-missing") if name in listed]
-        assert not left, _broken(
+        assert not left, broken(
             "list() after loads refused (a rank above --max-lora-rank, a missing path)",
             left,
             [],
@@ -355,7 +340,7 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
         backend.unload(perturbed)
         backend.unload(zero)
     left = sorted({zero, perturbed} & set(backend.list()))
-    assert not left, _broken(
+    assert not left, broken(
         f"list() after unload() of {zero} and {perturbed}",
         left,
         [],
@@ -363,10 +348,10 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
         "Unload it from the server, not only from the backend's own records.",
     )
     refused = _expect(ModelRequestError, lambda: _chat(backend.url, perturbed, messages), "a request for an unloaded adapter")
-    assert getattr(refused, "status", None) in (400, 404), _broken(
+    assert getattr(refused, "status", None) in (400, 404), broken(
         f"the server, asked for {perturbed} after unload()",
         refused,
-        _Said("a refusal with HTTP status 400 or 404"),
+        Said("a refusal with HTTP status 400 or 404"),
         "a request for an adapter that is not loaded is refused as a bad request or not found",
         "Unload it from the server, so the server itself refuses it.",
     )

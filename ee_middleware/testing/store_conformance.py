@@ -75,6 +75,8 @@ from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
 from ee_middleware.records import Action, ApprovalEvent, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.store import metadata
 from ee_middleware.store.approvals import decide
+from ee_middleware.testing.messages import Said, broken
+from ee_middleware.testing.messages import shown as _shown
 
 MakeStore = Callable[[], Any]
 
@@ -256,23 +258,23 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
     )
     assert store.get(C) == originals[2], "a trajectory must round-trip exactly"
     of_b = store.steps([B])
-    assert of_b.height == 3, _broken(
+    assert of_b.height == 3, broken(
         f"steps([{B!r}])",
         _rows(of_b, "trajectory_id"),
-        _Said(f"the 3 steps of {B}"),
+        Said(f"the 3 steps of {B}"),
         "steps(ids) returns the steps of the given trajectories only",
         "Keep only the rows whose trajectory_id is among the ids given.",
     )
     every = store.steps()
-    assert every.height == 2 + 3 + 4, _broken(
+    assert every.height == 2 + 3 + 4, broken(
         "steps()",
         _rows(every, "trajectory_id"),
-        _Said(f"9 rows (2, 3 and 4 steps of {A}, {B} and {C})"),
+        Said(f"9 rows (2, 3 and 4 steps of {A}, {B} and {C})"),
         "steps() without ids returns one row per step of every trajectory written",
         "Return each trajectory's Trajectory.steps, one row each, once per trajectory.",
     )
     again = store.write([originals[0]])
-    assert again == 1, _broken(
+    assert again == 1, broken(
         f"write() of 1 trajectory written before ({A})",
         again,
         1,
@@ -284,7 +286,7 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
     store.write([sample_trajectory(D, app="other-app")])
     assert store.trajectories(app="other-app")["id"].to_list() == [D], "trajectories(app=...) filters by app"
     shown = store.trajectories(app="conformance")["id"].to_list()
-    assert shown == [A, B, C], _broken(
+    assert shown == [A, B, C], broken(
         'trajectories(app="conformance")',
         shown,
         [A, B, C],
@@ -307,7 +309,7 @@ def _check_approvals(store: Any) -> None:
     approval = store.get(A).approval
     assert (approval.status, approval.by, approval.reason) == ("rejected", "carol", "changed my mind"), "the latest decision wins"
     shown = [t.id for t in store.iter_trajectories(status="rejected")]
-    assert shown == [A, B], _broken(
+    assert shown == [A, B], broken(
         'iter_trajectories(status="rejected")',
         shown,
         [A, B],
@@ -319,7 +321,7 @@ def _check_approvals(store: Any) -> None:
     store.reject([D], by="dana")
     for trajectory_id, status, how in ((C, "approved", "approve"), (D, "rejected", "reject")):
         got = store.get(trajectory_id).approval.status
-        assert got == status, _broken(
+        assert got == status, broken(
             f"get({trajectory_id!r}).approval.status after {how}([{trajectory_id!r}])",
             got,
             status,
@@ -328,7 +330,7 @@ def _check_approvals(store: Any) -> None:
         )
     store.approve([A], by="erin")
     shown = [t.id for t in store.iter_trajectories(status="approved")]
-    assert shown == [A, C], _broken(
+    assert shown == [A, C], broken(
         'iter_trajectories(status="approved")',
         shown,
         [A, C],
@@ -352,7 +354,7 @@ def _check_approval_history(store: Any) -> None:
     history = store.approvals([A])
     _expect_columns(history, "approvals")
     assert history["status"].to_list() == ["approved", "rejected", "approved"], "approvals() keeps every decision, oldest first"
-    assert history["by"].to_list() == ["alice", "carol", "erin"], _broken(
+    assert history["by"].to_list() == ["alice", "carol", "erin"], broken(
         f"approvals([{A!r}])['by']",
         history["by"].to_list(),
         ["alice", "carol", "erin"],
@@ -377,7 +379,7 @@ def _check_approval_history(store: Any) -> None:
         "a forced override is stored with both decisions"
     )
     reason = store.get(D).approval.reason
-    assert reason == "on second thought", _broken(
+    assert reason == "on second thought", broken(
         f"get({D!r}).approval.reason after decide(..., reason='on second thought', force=True)",
         reason,
         "on second thought",
@@ -391,7 +393,7 @@ def _check_id_resolution(store: Any) -> None:
         "an exact id resolves to itself, even when it prefixes another id"
     )
     resolved = _must(lambda: store.resolve_id(C), "resolve_id() of an exact id")
-    assert resolved == C, _broken(
+    assert resolved == C, broken(
         f"resolve_id({C!r})",
         resolved,
         C,
@@ -432,7 +434,7 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
     assert list(store.iter_rollouts()) == ordered, "rollouts must round-trip exactly, in the order of rollouts()"
     assert store.rollouts([C])["id"].to_list() == [r.id for r in c_rollouts], "rollouts(ids) filters by trajectory"
     shown = store.rollouts([D])["id"].to_list()
-    assert not shown, _broken(
+    assert not shown, broken(
         f"rollouts([{D!r}])",
         shown,
         [],
@@ -440,7 +442,7 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
         "Keep only the rows whose trajectory_id is among the ids given.",
     )
     shown = [r.id for r in store.iter_rollouts([B], replay_id="replay-1")]
-    assert shown == [r.id for r in ordered[:4]], _broken(
+    assert shown == [r.id for r in ordered[:4]], broken(
         f'iter_rollouts([{B!r}], replay_id="replay-1")',
         shown,
         [r.id for r in ordered[:4]],
@@ -465,7 +467,7 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
     replays = store.replays()
     kept = sorted(zip(replays["replay_id"].to_list(), replays["trajectory_id"].to_list(), strict=True))
     wanted = sorted([("replay-1", A), ("replay-1", B), ("replay-1", C), ("replay-2", B)])
-    assert kept == wanted, _broken(
+    assert kept == wanted, broken(
         "replays() (as sorted (replay_id, trajectory_id) pairs)",
         kept,
         wanted,
@@ -474,7 +476,7 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
         "Keep one record per (replay_id, trajectory_id) pair, not per trajectory.",
     )
     shown = store.replays(replay_id="replay-2")["trajectory_id"].to_list()
-    assert shown == [B], _broken(
+    assert shown == [B], broken(
         'replays(replay_id="replay-2")["trajectory_id"]',
         shown,
         [B],
@@ -482,7 +484,7 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
         "Keep only the rows whose replay_id is the one given.",
     )
     shown = store.rollouts(replay_id="replay-2")["id"].to_list()
-    assert shown == [other.id], _broken(
+    assert shown == [other.id], broken(
         'rollouts(replay_id="replay-2")',
         shown,
         [other.id],
@@ -491,7 +493,7 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
     )
     shown = store.rollouts([B])["id"].to_list()
     wanted = [r.id for r in sorted([*b_rollouts, other], key=lambda r: (r.step_index, r.branch_index))]
-    assert len(shown) == 5, _broken(
+    assert len(shown) == 5, broken(
         f"rollouts([{B!r}])",
         shown,
         wanted,
@@ -511,7 +513,7 @@ def _check_get_rollout(store: Any, b_rollouts: list[Rollout]) -> None:
         ("ro-b-0-0", "ro-b-0-0", "get_rollout() of an exact id gives that rollout"),
     ):
         got = _must(lambda g=given: store.get_rollout(g), f"{promise}: get_rollout({given!r})").id
-        assert got == wanted, _broken(
+        assert got == wanted, broken(
             f"get_rollout({given!r}).id", got, wanted, promise, "Match the id exactly first, then a prefix that fits one id only."
         )
     _expect_not_found(lambda: store.get_rollout("ro-b-0-"), "get_rollout() of a prefix of several ids")
@@ -605,10 +607,10 @@ def _check_compaction(store: Any, make_store: MakeStore) -> None:
         ("get_rollout('ro-c-0-1')", lambda handle: handle.get_rollout("ro-c-0-1")),
     ):
         got, kept = read(reopened), read(store)
-        assert got == kept, _broken(
+        assert got == kept, broken(
             f"{call} on a new handle after compact()",
-            _Said(f"a record differing in {_fields_differ(got, kept)}"),
-            _Said(f"the record {call} gives on the handle that compacted"),
+            Said(f"a record differing in {_fields_differ(got, kept)}"),
+            Said(f"the record {call} gives on the handle that compacted"),
             "compaction never changes what is read",
             "Fold pending writes into the long-term form without changing any field (types, time zones, empty lists).",
         )
@@ -642,30 +644,14 @@ def _snapshot(store: Any) -> tuple[Any, ...]:
     )
 
 
-def _broken(call: str, got: Any, wanted: Any, promise: str, fix: str) -> str:
-    """A failure's message: the call the store answered, what it returned against what the protocol requires, the
-    promise it broke and the fix (values as :func:`_shown` writes them)."""
-    return f"{call} returned {_shown(got)} where the protocol requires {_shown(wanted)}: {promise}. {fix}"
-
-
-class _Said(str):
-    """Text written for a failure's message, which :func:`_shown` shows as it is (any other value: its repr)."""
-
-
-def _shown(value: Any) -> str:
-    """A value as a failure shows it: its repr (text written for the message, :class:`_Said`, as it is); clipped."""
-    text = value if isinstance(value, _Said) else repr(value)
-    return text if len(text) <= 160 else f"{text[:157]}..."
-
-
 def _rows(frame: Any, key: str) -> str:
     """A frame as a failure shows it: how many rows, and how many of each value of ``key``."""
     try:
         values = frame[key].to_list()
     except Exception:  # noqa: BLE001 - a frame without the column: its size says enough
-        return _Said(f"{getattr(frame, 'height', '?')} rows")
+        return Said(f"{getattr(frame, 'height', '?')} rows")
     counts = {v: values.count(v) for v in dict.fromkeys(values)}
-    return _Said(f"{len(values)} rows (by {key}: {_shown(counts)})")
+    return Said(f"{len(values)} rows (by {key}: {_shown(counts)})")
 
 
 def _fields_differ(got: Any, wanted: Any) -> str:
@@ -698,7 +684,7 @@ def _expect_status_filter(store: Any, status: str, wanted: list[str], done: str)
             "decision where every handle reads it (the latest per trajectory wins)."
         )
     raise AssertionError(
-        _broken(
+        broken(
             f"trajectories(status={status!r})",
             shown,
             wanted,
