@@ -6,7 +6,9 @@ unknown tool, arguments that fail the schema, a duplicate of an earlier candidat
 action are rejected and counted by reason. When fewer than K remain, the mutation policy tops the
 list up (``refill``), and the refilled candidates say so in their proposer metadata.
 
-An exception the policy raises at a state is counted (``policy_error``) and the state refilled; the proposer keeps the
+An exception the policy raises at a state is counted (``policy_error``) and the state refilled, as is an answer outside
+the policy protocol (:func:`answer_problem`: not ``Proposals`` of ``Candidate`` s whose call is a ``ToolCall``), whose
+message names the policy, what it returned and what the protocol requires; the proposer keeps the
 first few messages per trajectory, which :meth:`Proposer.settle` puts in its replay record
 (``details["policy_error_examples"]``). A trajectory at every state of which the policy raised has only the refill's
 alternatives: it fails (the next run replays it again, once the policy works) rather than being done. So does a
@@ -24,9 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ee_middleware.errors import ConfigError, MissingExtraError, ModelError, PolicyError
 from ee_middleware.models.parsing import canonical_call
-from ee_middleware.records import tool_schema_name
+from ee_middleware.records import ProposerInfo, ToolCall, tool_schema_name
 from ee_middleware.replay.policies.mutate import MutationPolicy
-from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy
+from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy, Proposals
+from ee_middleware.replay.policies.registry import settings_problem, value_kind
 from ee_middleware.replay.policies.schema import tool_schemas_for
 
 if TYPE_CHECKING:
@@ -107,6 +110,43 @@ def unusable_reason(rejection: Rejection) -> str:
         return NO_TOOL_CALL_ADVICE
     detail = one_line(rejection.detail, 200)
     return detail if rejection.reason == "unparsable" else f"{rejection.reason}: {detail}"
+
+
+PROPOSALS_REQUIRED = (
+    "a policy's propose(point, k, *, seed) must return Proposals of Candidates whose call is a ToolCall (or None, with "
+    "problem saying why) and whose proposer is a ProposerInfo of JSON-able settings"
+)
+"""What the policy protocol requires of an answer, for the message of one that is not (see :func:`answer_problem`)."""
+
+_ANSWERED = "propose() returned"
+"""How every :func:`answer_problem` begins (:meth:`Proposer.settle` tells such a policy from one that raised)."""
+
+
+def answer_problem(proposals: Any) -> str | None:
+    """What is wrong with ``proposals`` (what a policy's ``propose`` returned) as the protocol sees it, in words: not
+    :class:`~ee_middleware.replay.policies.protocol.Proposals`, a candidate that is no
+    :class:`~ee_middleware.replay.policies.protocol.Candidate`, a call that is no :class:`~ee_middleware.records.ToolCall`,
+    a proposer that is no :class:`~ee_middleware.records.ProposerInfo` or whose settings are not JSON-able (replay
+    records keep them); ``None`` when nothing is. The proposer counts such an answer as ``policy_error``, as it counts
+    a policy that raised."""
+    if not isinstance(proposals, Proposals):
+        return f"{_ANSWERED} {value_kind(proposals)}, not Proposals"
+    candidates = proposals.candidates
+    if not isinstance(candidates, list | tuple):
+        return f"{_ANSWERED} Proposals whose candidates are {value_kind(candidates)}, not a list of Candidates"
+    for index, candidate in enumerate(candidates):
+        if not isinstance(candidate, Candidate):
+            return f"{_ANSWERED} Proposals whose candidate {index} is {value_kind(candidate)}, not a Candidate"
+        if candidate.call is not None and not isinstance(candidate.call, ToolCall):
+            return f"{_ANSWERED} a Candidate (candidate {index}) whose call is {value_kind(candidate.call)}, not a ToolCall"
+        info = candidate.proposer
+        if not isinstance(info, ProposerInfo):
+            return f"{_ANSWERED} a Candidate (candidate {index}) whose proposer is {value_kind(info)}, not a ProposerInfo"
+        if info.settings:
+            problem = settings_problem(info.settings)
+            if problem is not None:
+                return f"{_ANSWERED} a Candidate (candidate {index}) whose proposer.settings are not JSON-able: {problem}"
+    return None
 
 
 _DEFAULT_REFILL: Any = object()
@@ -256,8 +296,10 @@ class Proposer:
         for replayed in ("synthetic_branches", "unrestored_branches", "sandbox_failures"):  # of the rollouts dropped
             details.pop(replayed, None)
         if unusable is None or not unusable.states:
+            first = examples[0]["error"] if examples else ""
+            failed = "answered outside the policy protocol" if f": {_ANSWERED} " in first else "raised"
             reason = (
-                f"the policy {record.policy!r} raised at every state ({record.states}), so none of its alternatives was replayed "
+                f"the policy {record.policy!r} {failed} at every state ({record.states}), so none of its alternatives was replayed "
                 f"(the first: {examples[0]['error'] if examples else '?'}); fix the policy, then run the same command again"
             )
         else:
@@ -298,6 +340,10 @@ class _Selection:
             raise
         except Exception as exc:  # noqa: BLE001 - one bad state must not end the replay; the error is counted
             self.result.rejected.append(Rejection("policy_error", f"{policy.name}: {type(exc).__name__}: {exc}", refill=refill))
+            return
+        problem = answer_problem(proposals)
+        if problem is not None:  # counted as a policy that raised is: the whole answer, the state refilled
+            self.result.rejected.append(Rejection("policy_error", f"{policy.name}: {problem}; {PROPOSALS_REQUIRED}", refill=refill))
             return
         for candidate in proposals.candidates:
             if len(self.result.accepted) >= self.k:

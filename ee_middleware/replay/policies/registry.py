@@ -21,7 +21,9 @@ Construction is cheap for every built-in (models load on first ``propose``), so 
 options are what a replay ships to worker processes. Before its workers start, the job checks the policy
 (:func:`check_policy`): a built-in is built once, a plug-in's factory only resolved and its signature read, never
 called (it may load a model: the job's process would pay for it once more and keep it); each worker builds it
-(:func:`prepare_policy`), and the first build that fails stops the job.
+(:func:`prepare_policy`), and the first build that fails stops the job. A plug-in's policy whose ``describe()`` does not
+return JSON-able settings (:func:`settings_problem`: replay records keep them) is refused when it is built
+(:func:`check_described`).
 """
 
 from __future__ import annotations
@@ -129,7 +131,89 @@ def _build_plugin(spec: str, options: dict[str, Any], defaults: dict[str, Any]) 
     if isinstance(part, Policy) and any(name in not_taken for name in options):  # a sampling option the user set, not taken
         _close(part)
         POLICIES.construct(spec, factory, **options)  # raises its 'Bad options' error, naming it (before calling the factory)
-    return part_or_client(spec, POLICIES, part, _chat_policy), given
+    policy = part_or_client(spec, POLICIES, part, _chat_policy)
+    try:
+        check_described(spec, policy)
+    except BaseException:
+        _close(policy)
+        raise
+    return policy, given
+
+
+def settings_problem(value: Any) -> str | None:
+    """Why ``value`` (what a policy's ``describe()`` returned) is not a dict of JSON-able settings, in words (``"key 'fn'
+    holds a function"``); ``None`` when it is one: a dict with text keys whose values are dicts like it, lists (or
+    tuples), strings, numbers, booleans and ``None``. Replay records keep these settings as JSON (each candidate's
+    ``proposer.settings``), so a set (no order), a function or an object is refused when the policy is built, rather
+    than when a record is written."""
+    if not isinstance(value, dict):
+        return f"it returned {value_kind(value)}, not a dict"
+    return _json_problem(value, "")
+
+
+def check_described(spec: str, policy: Any) -> None:
+    """Raise :class:`~ee_middleware.errors.PolicyError` when ``policy``'s ``describe()`` (the policy ``spec`` built)
+    raises or does not return JSON-able settings (:func:`settings_problem`), naming the policy and the value at fault."""
+    try:
+        described = policy.describe()
+    except Exception as exc:
+        raise POLICIES.failed_at_work(spec.strip(), "describe()", exc) from exc
+    problem = settings_problem(described)
+    if problem is not None:
+        raise PolicyError(
+            f"policy {spec.strip()!r}: its describe() must return JSON-able settings: {problem}. {JSON_SETTINGS}; replay records "
+            "keep them with every alternative the policy proposes"
+        )
+
+
+JSON_SETTINGS = "Return a dict with text keys holding only dicts, lists, strings, numbers, booleans and None"
+"""What a policy's ``describe()`` (and a candidate's ``proposer.settings``) may hold, for messages."""
+
+_MAX_DEPTH = 50
+
+
+def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
+    """Where in ``value`` (at ``where``, a key path such as ``'model.paths[1]'``) something is not JSON, or ``None``."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return None
+    if depth > _MAX_DEPTH:
+        return f"key {where!r} nests more than {_MAX_DEPTH} levels deep (a dict or list that holds itself?)"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{'key ' + repr(where) + ' holds ' if where else ''}a key {key!r} that is {value_kind(key)}, not text"
+            problem = _json_problem(item, f"{where}.{key}" if where else key, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{index}]", depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"key {where!r} holds {value_kind(value)}"
+
+
+def value_kind(value: Any) -> str:
+    """``value``'s kind in words, for messages: ``a function``, ``a set ({1, 2})``, ``a PosixPath (PosixPath('/m'))``."""
+    import inspect
+
+    if inspect.isroutine(value):
+        name = getattr(value, "__qualname__", None)
+        return f"a function ({name if isinstance(name, str) else type(value).__name__})"
+    from ee_middleware.messages import one_line
+
+    kind = "a set" if isinstance(value, set | frozenset) else f"{_article(type(value).__name__)} {type(value).__name__}"
+    try:
+        shown = one_line(repr(value), 80)
+    except Exception:  # noqa: BLE001 - a repr that raises: the kind alone
+        return kind
+    return f"{kind} ({shown})"
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def _plugin_options(factory: Any, merged: dict[str, Any], defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], set[str]]:
