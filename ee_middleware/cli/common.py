@@ -164,6 +164,25 @@ def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
 
 
 @contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """The warnings a command gives (its own checks', ``ContextBudgetWarning``, the libraries') as one ``warning: ...``
+    line each on stderr, as the other commands say theirs, without Python's file name, line number and source line (an
+    internal line the user can do nothing with), each text once. Python's filters still decide which are shown (``-W``,
+    ``PYTHONWARNINGS``); both are put back on the way out."""
+    said: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        text = " ".join(str(message).split())
+        if text not in said:
+            said.add(text)
+            typer.secho(f"warning: {text}", err=True, fg="yellow")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+@contextmanager
 def user_output_to_stderr(*, enabled: bool = True) -> Iterator[None]:
     """While a command runs the user's code (tools in a sandbox, a policy, a model factory) and the processes it starts
     (replay workers, sandbox children, servers), what they print goes to stderr, so that stdout holds the command's

@@ -26,6 +26,7 @@ from ee_middleware.cli.common import (
     store_origin,
     termination_as_interrupt,
     user_output_to_stderr,
+    warnings_as_lines,
 )
 
 EXIT_STOPPED = 3
@@ -116,59 +117,60 @@ def improve(
         "runs": setting_origin(ctx, config, "improve", "runs", envvar="EE_RUNS"),
         "base_model": setting_origin(ctx, config, "improve", "base_model"),
     }
-    try:
-        job = ImproveConfig.load(
-            config,
-            store=store,
-            app=app_name,
-            registry=registry,
-            runs=str(runs) if runs else None,
-            base_model=base_model,
-            schedule=schedule.value if schedule else None,
-            allow_partial=allow_partial,
-            keep_runs=keep_runs,
-        )
-    except Exception as exc:
-        if as_json:  # no run: stdout still says why, as JSON
-            print_json(_failure_json(exc))
-        raise
-    # stage rules, info lines and bars on stderr: stdout holds the summary (or the JSON) alone
-    display = RichProgress(progress_console()) if progress and not as_json else QuietProgress()
-    started: list[Any] = []
+    with warnings_as_lines():  # a config's unknown table, the promote's unchecked history: warning lines
+        try:
+            job = ImproveConfig.load(
+                config,
+                store=store,
+                app=app_name,
+                registry=registry,
+                runs=str(runs) if runs else None,
+                base_model=base_model,
+                schedule=schedule.value if schedule else None,
+                allow_partial=allow_partial,
+                keep_runs=keep_runs,
+            )
+        except Exception as exc:
+            if as_json:  # no run: stdout still says why, as JSON
+                print_json(_failure_json(exc))
+            raise
+        # stage rules, info lines and bars on stderr: stdout holds the summary (or the JSON) alone
+        display = RichProgress(progress_console()) if progress and not as_json else QuietProgress()
+        started: list[Any] = []
 
-    def on_start(run: Any) -> None:
-        run.update(settings_from=settings_from)
-        started.append(run)
+        def on_start(run: Any) -> None:
+            run.update(settings_from=settings_from)
+            started.append(run)
 
-    try:
-        # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time; what the sandbox's
-        # tools, policies and models print goes to stderr (stdout holds the answer alone), and so, without progress,
-        # do none of the libraries' own bars (transformers' "Loading weights")
-        # (a store read that damage made incomplete fails the run unless allow_partial; the damage is listed on stderr)
-        with (
-            termination_as_interrupt(),
-            user_output_to_stderr(),
-            library_bars_off(enabled=not progress or as_json),
-            reading_store(allow_partial=job.allow_partial),
-        ):
-            run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=on_start)
-    except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
-        if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
-            print_json(run_json(started[0]))
-        elif as_json and isinstance(exc, Exception):  # no run of its own (refused, or stopped before one started): why, as JSON
-            print_json(_failure_json(exc, job.runs))
-        if isinstance(exc, KeyboardInterrupt) and started:  # an error line says the rest; an interrupt said nothing
-            _say_interrupted(started[0])
-        raise
-    finally:
-        if isinstance(display, RichProgress):
-            display.close()
-    if as_json:
-        print_json(run_json(run))
-    else:
-        print_summary(console(), run)
-    if run.status == "stopped":
-        raise typer.Exit(EXIT_STOPPED)
+        try:
+            # a CronJob's SIGTERM stops the run as Ctrl-C does: marked, reported, continued next time; what the sandbox's
+            # tools, policies and models print goes to stderr (stdout holds the answer alone), and so, without progress,
+            # do none of the libraries' own bars (transformers' "Loading weights")
+            # (a store read that damage made incomplete fails the run unless allow_partial; the damage is listed on stderr)
+            with (
+                termination_as_interrupt(),
+                user_output_to_stderr(),
+                library_bars_off(enabled=not progress or as_json),
+                reading_store(allow_partial=job.allow_partial),
+            ):
+                run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=on_start)
+        except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
+            if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
+                print_json(run_json(started[0]))
+            elif as_json and isinstance(exc, Exception):  # no run of its own (refused, or stopped before one started): why, as JSON
+                print_json(_failure_json(exc, job.runs))
+            if isinstance(exc, KeyboardInterrupt) and started:  # an error line says the rest; an interrupt said nothing
+                _say_interrupted(started[0])
+            raise
+        finally:
+            if isinstance(display, RichProgress):
+                display.close()
+        if as_json:
+            print_json(run_json(run))
+        else:
+            print_summary(console(), run)
+        if run.status == "stopped":
+            raise typer.Exit(EXIT_STOPPED)
 
 
 def _failure_json(exc: Exception, runs: Path | None = None) -> dict[str, Any]:

@@ -6,9 +6,6 @@ the same single command (used by the tests).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
-from ee_middleware.cli.common import JsonOption, examples, print_json
+from ee_middleware.cli.common import JsonOption, examples, print_json, warnings_as_lines
 from ee_middleware.errors import EEError
 
 
@@ -89,7 +86,7 @@ def train(
         )
         written_before = _holds_adapter(cfg.output_dir)
         try:
-            with _warnings_as_lines():
+            with warnings_as_lines():
                 result = run_training(cfg, progress=progress and not as_json)
         except MissingDatasetError as exc:
             raise exc.named_by(_data_setting(ctx, config)) from exc
@@ -104,21 +101,6 @@ def train(
         print_json({"adapter_dir": str(result.adapter_dir), **result.metrics})
     elif not progress:
         typer.echo(str(result.adapter_dir))
-
-
-@contextmanager
-def _warnings_as_lines() -> Iterator[None]:
-    """The warnings training gives (``ContextBudgetWarning``, ``RenderingFallbackWarning``, the libraries' own) as one
-    ``warning: ...`` line each on stderr, as the other commands say theirs, without Python's file name, line number and
-    source line (an internal line of the trainer the user can do nothing with). Python's filters still decide which are
-    shown (``-W``, ``PYTHONWARNINGS``); both are put back on the way out."""
-
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
-        typer.secho(f"warning: {' '.join(str(message).split())}", err=True, fg="yellow")
-
-    with warnings.catch_warnings():
-        warnings.showwarning = show
-        yield
 
 
 def _holds_adapter(folder: Path) -> bool:
