@@ -26,6 +26,10 @@ Everything exported goes through the store's own redaction rules and salt once m
 (:func:`~ee_middleware.capture.assembler.redact_tool_schemas`: their text and values; names and structure kept): what
 capture stored is already redacted, and redacting twice changes nothing; anything a later writer left, a run recorded
 before capture redacted tool schemas or before a pattern was added, is caught here.
+
+An export that selects nothing (no trajectory of the status asked, or none that decided anything) writes nothing and
+returns 0: an existing output file (an earlier export) is kept as it was, never replaced by an empty one, and no file
+or folder is made.
 """
 
 from __future__ import annotations
@@ -65,14 +69,15 @@ def export_jsonl(
     (``on_split(trajectory_id, what)``; see the module docstring). Returns the number of examples written.
 
     The file is replaced whole or not at all (on any failure nothing is left behind and an existing file is kept
-    as it was); raises :class:`~ee_middleware.errors.OutputError` when it cannot be written, and
+    as it was). With no example to write nothing is written and 0 is returned: an existing file is kept as it was
+    (an empty export never replaces an earlier one). Raises :class:`~ee_middleware.errors.OutputError` when it cannot be written, and
     :class:`~ee_middleware.errors.StoreError` naming the store's file when the store cannot be read.
     """
     path = _output_path(out, "jsonl")
     redactor = _reading(store, path, lambda: store_redactor(store, create_salt=False))
     redact = redactor.redact_value
     count = 0
-    with _writing(path), _output_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with _unless_empty(), _writing(path), _output_temp(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for trajectory, weights, others in _deciding(store, status, on_skipped, path):
             if others and on_split is not None:
                 decisions = sum(len({s.decision_index for s in o.steps}) for o in others)
@@ -92,6 +97,8 @@ def export_jsonl(
                     example["tools"] = redact_tool_schemas(tools, redactor)
                 fh.write(json.dumps(example, ensure_ascii=False) + "\n")
                 count += 1
+        if not count:  # the temporary file and the folders made for it are removed, the output left as it was
+            raise _NothingToWrite
     return count
 
 
@@ -110,7 +117,8 @@ def export_parquet(
     last one in its row; ``on_split(trajectory_id, what)`` says which decisions the row leaves out (the JSONL export
     gives them examples of their own).
 
-    The file is written as :func:`export_jsonl` writes it, with the same errors."""
+    The file is written as :func:`export_jsonl` writes it, with the same errors; with no row to write nothing is
+    written (an existing file is kept as it was) and 0 is returned."""
     path = _output_path(out, "parquet")
     redactor = _reading(store, path, lambda: store_redactor(store, create_salt=False))
     redact = redactor.redact_value
@@ -141,6 +149,8 @@ def export_parquet(
                 "tools": json.dumps(redact_tool_schemas(t.tools, redactor), ensure_ascii=False),
             }
         )
+    if not rows:  # an empty export never replaces an earlier one
+        return 0
     with _writing(path):
         remove_abandoned_temps(path.parent, of={path.name})  # as _output_temp does
         atomic_write_parquet(pl.DataFrame(rows, schema=_EXPORT_SCHEMA), path, locked=True, compression="zstd")
@@ -396,6 +406,19 @@ def _store_failure(store: ExperienceStore, exc: OSError, out: Path) -> str:
         root_hint = f" `ee store info --store {root}` tells when the store reads again." if root is not None else ""
         advice = f"{read_advice(exc)}{root_hint}"
     return f"Cannot read {where}: {file}{reason}. Nothing was written to {out}. {advice}"
+
+
+class _NothingToWrite(Exception):
+    """Raised inside :func:`_writing` by an export that found nothing to write: its temporary file and the folders
+    made for it are removed as on a failure, and :func:`_unless_empty` ends the export there."""
+
+
+@contextlib.contextmanager
+def _unless_empty() -> Iterator[None]:
+    """Where an export writing a temporary file as it reads finds that it wrote nothing (:class:`_NothingToWrite`):
+    the export ends cleanly, the output left as it was."""
+    with contextlib.suppress(_NothingToWrite):
+        yield
 
 
 def _output_path(out: str | os.PathLike[str], suffix: str) -> Path:

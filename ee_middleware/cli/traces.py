@@ -317,7 +317,8 @@ def export(
     stretch of decisions offered the same tools, each offering exactly those; a run holding several conversations
     (parallel Send branches) one per conversation, and the command lists such runs. The file is written whole or not at all: on any failure, no partial or
     temporary file is left and an existing one is kept as it was. A failure names its cause: the store's file that
-    cannot be read (and the fix), or the output file that cannot be written.
+    cannot be read (and the fix), or the output file that cannot be written. An export that selects nothing (no
+    trajectory of --status, or none that decided anything) writes nothing, keeps an existing file as it was, and exits 1.
     """
     from ee_middleware.export import export_jsonl, export_parquet
 
@@ -340,9 +341,11 @@ def export(
             on_skipped=lambda trajectory_id, reason: skipped.append(trajectory_id),
             on_split=lambda trajectory_id, what: split.append(f"{trajectory_id} ({what})"),
         )
+        held = _approvals(source) if count == 0 and not skipped else {}
     # JSONL: one example per trajectory, per stretch of decisions offered the same tools, or per conversation of a run
     # that held several (see ee_middleware.export)
-    typer.echo(f"Wrote {count} {'examples' if fmt is ExportFormat.jsonl else 'trajectories'} to {out}")
+    if count:
+        typer.echo(f"Wrote {count} {'examples' if fmt is ExportFormat.jsonl else 'trajectories'} to {out}")
     if split:
         how = "each conversation is an example" if fmt is ExportFormat.jsonl else "each row keeps the last one"
         typer.echo(f"{len(split)} trajectories hold several conversations ({how}):")
@@ -353,8 +356,41 @@ def export(
     if skipped:
         shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
         typer.echo(f"Left out {len(skipped)} whose run decided nothing (a resumed run that called no model): {shown}")
-    if count == 0 and not skipped:
-        typer.secho(f"note: no {status.value} trajectories in {store}; approve some with `ee traces approve`.", err=True, fg="yellow")
+    if not count:
+        _nothing_exported(store, out, status, skipped, held)
+
+
+# What gives a store trajectories of each --status, for an export that found none
+_STATUS_HINTS = {
+    StatusFilter.approved: "approve some with `ee traces approve`",
+    StatusFilter.rejected: "reject some with `ee traces reject`",
+    StatusFilter.pending: "record more: a run is pending until `ee traces approve` or `ee traces reject` decides it",
+}
+_RECORD_HINT = "record some first (record_experience, or `ee traces ingest` for OTLP files)"
+
+
+def _approvals(store: Any) -> dict[str, int]:
+    """How many trajectories ``store`` holds of each approval status."""
+    return dict(store.trajectories().group_by("approval").len().iter_rows())
+
+
+def _nothing_exported(store: str, out: Path, status: StatusFilter, skipped: list[str], held: dict[str, int]) -> None:
+    """End an export that wrote nothing: say why, what to do, and that ``out`` was left as it was (an earlier export
+    is never replaced by an empty one); exit 1, as nothing was exported."""
+    from ee_middleware.errors import hide_credentials
+
+    where = hide_credentials(str(store))  # a store spec may hold user:password@
+    which = "" if status is StatusFilter.all else f"{status.value} "
+    if skipped:
+        why = f"every {which}trajectory in {where} was left out (its run decided nothing)"
+    elif not held:
+        why = f"no trajectories in {where}; {_RECORD_HINT}"
+    else:
+        counts = ", ".join(f"{held[s]} {s}" for s in ("approved", "pending", "rejected") if held.get(s))
+        why = f"no {which}trajectories in {where} (it holds {counts}); {_STATUS_HINTS.get(status, _RECORD_HINT)}"
+    kept = f"{out} was left as it was" if out.exists() else f"{out} was not written"
+    typer.secho(f"error: nothing exported: {why}. {kept}.", err=True, fg="red")
+    raise typer.Exit(1)
 
 
 @app.command("ingest", epilog=examples("ee traces ingest otel/traces.json --store ./experience --app support-bot"))
