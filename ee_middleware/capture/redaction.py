@@ -1898,25 +1898,134 @@ def _dump_like(value: Any, original: Any, text: str) -> str:
 # --- the per-store salt -------------------------------------------------------------------------
 
 
+SALT_BYTES = 32
+"""How long a pseudonym key ee makes is (``redaction.key``: this many random bytes, written as twice as many hex digits);
+a shorter one is refused (:func:`store_salt`)."""
+
+NEW_KEY_ENV = "EE_NEW_REDACTION_KEY"
+"""Set to 1 to have a new pseudonym key made for a store that already holds runs but lost its ``redaction.key``
+(:func:`store_salt`): the values in the runs from then on get other tags than in those already stored."""
+
+
 def store_salt(store: Any) -> bytes | None:
     """The pseudonym salt kept with a store (``redaction.key``, created on first use: owner-only in a local folder);
     ``None`` for a store that keeps no metadata (neither ``read_meta``/``write_meta`` nor a local folder,
     :mod:`ee_middleware.store.metadata`).
 
-    Created with an exclusive write, and read back: writers in many processes starting at once agree on one salt."""
+    Created with an exclusive write, and read back: writers in many processes starting at once agree on one salt.
+
+    Raises :class:`~ee_middleware.errors.ConfigError` naming the file and the fix for a key that is empty, not hex or
+    shorter than the :data:`SALT_BYTES` ee makes (a partial copy or restore: with an empty key anyone could recompute a
+    value's tag), and for a missing key in a store that already holds runs recorded with pseudonyms (a new one would
+    give every value another tag than in those runs, silently), unless :data:`NEW_KEY_ENV` asks for a new one."""
     from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
 
     if not keeps_metadata(store):
         return None
     kept = read_meta(store, SALT_FILE)
     if kept is None:
-        write_meta(store, SALT_FILE, (secrets.token_hex(32) + "\n").encode(), exclusive=True)
+        _refuse_new_key_for_stored_runs(store)
+        write_meta(store, SALT_FILE, (secrets.token_hex(SALT_BYTES) + "\n").encode(), exclusive=True)
         kept = read_meta(store, SALT_FILE)
         if kept is None:
             from ee_middleware.errors import StoreError
 
             raise StoreError(f"{store!r} did not keep the pseudonym salt: read_meta({SALT_FILE!r}) is None right after write_meta.")
-    return bytes.fromhex(kept.decode("ascii").strip())
+    return _checked_salt(store, kept)
+
+
+def _checked_salt(store: Any, kept: bytes) -> bytes:
+    """The key ``kept`` (``redaction.key``'s bytes: hex digits, a line end after them) as bytes; a
+    :class:`~ee_middleware.errors.ConfigError` naming the file and the fix when it is not a key ee made."""
+    text = kept.strip()
+    salt = None
+    try:
+        salt = bytes.fromhex(text.decode("ascii"))
+    except ValueError:  # (UnicodeDecodeError is one)
+        pass
+    if salt is not None and len(salt) >= SALT_BYTES:
+        return salt
+    if not text:
+        what = "is empty (a partial copy or restore of the store?)"
+    elif salt is None:
+        what = f"does not hold a key of hex digits (its {len(text)} byte(s) are not all hex digits)"
+    else:
+        what = f"holds a key of {len(salt)} byte(s), shorter than the {SALT_BYTES} ee makes"
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.store.metadata import meta_where
+
+    raise ConfigError(
+        f"{meta_where(store, SALT_FILE)} {what}. It is the secret key of this store's pseudonym tags "
+        "([REDACTED:<kind>:<tag>]); a key that is empty or short lets anyone who guesses a value recompute its tag, so "
+        f"ee does not record, replay or read with it. Restore the file from a backup of the store (ee writes it as "
+        f"{2 * SALT_BYTES} hex digits). Or, if the tags of the runs recorded from now on need not match those already "
+        f"stored, delete it and set {NEW_KEY_ENV}=1 for one run: a new key is made, and every value then gets another "
+        "tag than in the stored runs (datasets no longer link them, and replay's re-redacted observations of the stored "
+        "runs no longer equal the recorded ones)."
+    )
+
+
+def _refuse_new_key_for_stored_runs(store: Any) -> None:
+    """Refuse to make a new pseudonym key for a store whose stored runs hold tags (``[REDACTED:<kind>:<tag>]``) made
+    with the one it lost: a new one would give every value another tag, silently. Unless :data:`NEW_KEY_ENV` is set
+    (then warned about). A store whose runs hold no tags (written before any rule or pseudonym) gets its key as before."""
+    from ee_middleware.capture.config import env_flag
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.store.metadata import meta_where
+
+    held = _tagged_runs(store)
+    if not held:
+        return
+    where = meta_where(store, SALT_FILE)
+    if env_flag(NEW_KEY_ENV):
+        logger.warning(
+            "ee-middleware: %s was missing in a store whose runs hold pseudonym tags (%s); %s=1 is set, so a new pseudonym "
+            "key is made: values get other tags from now on than in the runs already stored.",
+            where,
+            held,
+            NEW_KEY_ENV,
+        )
+        return
+    raise ConfigError(
+        f"{where} is missing, but this store already holds runs ({held}) whose pseudonym tags ([REDACTED:<kind>:<tag>]) "
+        "were made with it. A new key would give every value another tag than in those runs, silently: datasets would no "
+        "longer link them, and replay's re-redacted observations of the stored runs would no longer equal the recorded "
+        f"ones. Restore the file from a backup of the store. Or, if the tags from now on need not match the stored ones, "
+        f"start new pseudonyms: set {NEW_KEY_ENV}=1 for one run, which makes a new key."
+    )
+
+
+_TAG = r"\[REDACTED:[A-Za-z0-9_.-]+:[0-9a-f]{8}\]"
+"""A placeholder with a pseudonym tag (:data:`PLACEHOLDER`, the tag required), as a polars regex."""
+
+
+def _tagged_runs(store: Any) -> str:
+    """The runs of ``store`` described (``3 trajectories``) when a text of them holds a pseudonym tag; empty when none
+    does (or the store holds none). Read through the store's API (trajectories, then steps): only when a key is to be
+    made for a store that holds something. A store that cannot be read counts as tagged when it has a store's files."""
+    import polars as pl
+
+    from ee_middleware.store.metadata import meta_folder
+
+    folder = meta_folder(store)
+    files = ""
+    if folder is not None and folder.is_dir():
+        from ee_middleware.store.local import _store_files
+
+        files = ", ".join(_store_files(folder))
+        if not files:
+            return ""
+    try:
+        trajectories = store.trajectories()
+        if trajectories.height == 0:
+            return ""
+        held = f"{trajectories.height} trajectories"
+        for table in (trajectories, store.steps()):
+            if table.height and table.select(pl.any_horizontal(pl.col(pl.String).str.contains(_TAG)).any()).item():
+                return held
+    except Exception:  # noqa: BLE001 - a store that cannot be read now: what it holds may be tagged
+        return files
+    return ""
 
 
 NO_REDACTION = Redactor(defaults=False)

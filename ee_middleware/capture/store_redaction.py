@@ -154,9 +154,7 @@ class StoreRedaction:
         rules = data.get("rules") or {}
         if not isinstance(rules, dict):
             raise ConfigError(f"{where}: rules must be an object, got {rules!r}.")
-        keys = rules.get("keys")
-        if keys is not None and (isinstance(keys, str) or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
-            raise ConfigError(f"{where}: rules.keys must be a list of key names, got {keys!r}.")
+        _check_rules(rules, where)
         form = data.get("pseudonym_form", AS_WRITTEN)  # none: written by an ee from before canonical pseudonyms
         if form not in PSEUDONYM_FORMS:
             raise ConfigError(f"{where}: pseudonym_form must be one of {', '.join(map(repr, PSEUDONYM_FORMS))}, got {form!r}.")
@@ -165,8 +163,16 @@ class StoreRedaction:
             raise ConfigError(
                 f"{where}: custom_function must be a redact_fn's 'module.function' name, a list of them, or null; got {custom!r}."
             )
+        for name, wanted in (("pseudonyms", "true or false"), ("vault", "the redaction vault's path, or null")):
+            value = data.get(name)
+            if value is not None and not isinstance(value, bool if name == "pseudonyms" else str):
+                raise ConfigError(f"{where}: {name} must be {wanted}, got {value!r}.{_FIX}")
+        try:
+            rules_read = RedactionRules.from_dict({**rules, "canonical_pseudonyms": form == CANONICAL})
+        except ConfigError as exc:  # (what the checks above let through: said as the file's)
+            raise ConfigError(f"{where}: {exc}{_FIX}") from exc
         return cls(
-            rules=RedactionRules.from_dict({**rules, "canonical_pseudonyms": form == CANONICAL}),
+            rules=rules_read,
             pseudonyms=bool(data.get("pseudonyms", True)),
             vault=data.get("vault"),
             custom_function=tuple(custom) if isinstance(custom, list) else custom,
@@ -206,6 +212,50 @@ class StoreRedaction:
         cannot be)."""
         custom = load_custom_function(self.custom_function) if self.custom_function else None
         return Redactor(self.rules, salt=salt if self.pseudonyms else None, custom=custom)
+
+
+_FIX = (
+    " This file says how this store's data was redacted (every later writer redacts with it): correct the field, or restore "
+    "the file from a backup of the store."
+)
+
+
+def _check_rules(rules: dict[str, Any], where: str) -> None:
+    """Refuse a ``rules`` object (of ``redaction.json``, at ``where``) whose fields have not the shape ee writes, naming
+    the file and the field, as :class:`~ee_middleware.capture.config.CaptureConfig` names a setting: ``defaults`` true or
+    false, ``kinds`` an object of built-in kinds switched on or off, ``patterns`` an object of valid regular expressions
+    by kind, ``keys`` a list of key names."""
+    from ee_middleware.capture.redaction import KINDS, _user_rule
+
+    defaults = rules.get("defaults")
+    if defaults is not None and not isinstance(defaults, bool):
+        raise ConfigError(f"{where}: rules.defaults must be true or false, got {defaults!r}.{_FIX}")
+    kinds = rules.get("kinds")
+    if kinds is not None and not isinstance(kinds, dict):
+        raise ConfigError(
+            f'{where}: rules.kinds must be an object of built-in kinds switched on or off, e.g. {{"phone": false}}; got {kinds!r}.{_FIX}'
+        )
+    for kind, on in (kinds or {}).items():
+        if kind not in KINDS:
+            raise ConfigError(f"{where}: rules.kinds.{kind}: unknown redaction kind {kind!r}. Built-in kinds: {', '.join(KINDS)}.{_FIX}")
+        if not isinstance(on, bool):
+            raise ConfigError(f"{where}: rules.kinds.{kind} must be true or false, got {on!r}.{_FIX}")
+    patterns = rules.get("patterns")
+    if patterns is not None and not isinstance(patterns, dict):
+        raise ConfigError(
+            f'{where}: rules.patterns must be an object of regular expressions by kind, e.g. {{"ticket": "TCK-\\\\d+"}}; '
+            f"got {patterns!r}.{_FIX}"
+        )
+    for kind, regex in (patterns or {}).items():
+        if not isinstance(regex, str):
+            raise ConfigError(f"{where}: rules.patterns.{kind} must be a regular expression (a string), got {regex!r}.{_FIX}")
+        try:
+            _user_rule(kind, regex)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: rules.patterns.{kind}: {exc}.{_FIX}") from exc
+    keys = rules.get("keys")
+    if keys is not None and (isinstance(keys, str) or not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+        raise ConfigError(f"{where}: rules.keys must be a list of key names, got {keys!r}.{_FIX}")
 
 
 def rule_keys(rules: RedactionRules) -> frozenset[str]:
