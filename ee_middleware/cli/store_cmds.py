@@ -169,6 +169,7 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
             f"configuration{'' if configurations == 1 else 's'} lost rollouts with those parts: "
             "each is marked failed, and the next `ee replay run` of its configuration replays it again."
         )
+    _say_losses(report)
     if not moved and not dropped and not segments:
         typer.echo(f"No damaged parts or spool segments in {store}.")
     elif not unreadable and (moved or dropped):
@@ -178,3 +179,37 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     if unreadable:
         typer.secho("error: reads stay incomplete until these files can be read.", err=True, fg="red")
         raise typer.Exit(1)
+
+
+def _ids(ids: list[str]) -> str:
+    shown = ", ".join(i[:12] for i in ids[:20])
+    return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+
+
+def _say_losses(report: dict[str, object]) -> None:
+    """Say, per part repair took out, which trajectories lost what, and how the store marked them (``parts_lost``,
+    ``steps_lost``, ``decisions_lost``, ``trajectories_lost`` of the report)."""
+    for item in report.get("parts_lost", []):  # type: ignore[attr-defined]
+        ids = item["trajectories"]
+        name = Path(item["part"]).name
+        if item["table"] == "steps" and ids:
+            typer.echo(
+                f"{item['table']}/{name} held steps of {len(ids)} trajector{'y' if len(ids) == 1 else 'ies'} now missing "
+                f"some: {_ids(ids)}. Each is rejected by `ee store repair`, saying so (ee traces show): restore the part "
+                "from a backup into steps/ and run `ee store compact`, then approve it with --force."
+            )
+        elif item["table"] == "approvals" and ids:
+            typer.echo(
+                f"{item['table']}/{name} held approval decisions, which are lost; {len(ids)} trajector"
+                f"{'y' if len(ids) == 1 else 'ies'} may have had one in it: {_ids(ids)}. Each is pending again, by "
+                "`ee store repair` saying so: check it (ee traces show) and decide again with --force."
+            )
+        elif item["table"] == "trajectories" and ids:
+            typer.echo(
+                f"{item['table']}/{name} held trajectory records: {len(ids)} trajector{'y' if len(ids) == 1 else 'ies'} "
+                f"lost theirs (their steps, decisions or rollouts are left): {_ids(ids)}."
+            )
+        elif item["table"] == "replays":
+            typer.echo(f"{item['table']}/{name} held replay records: the next `ee replay run` replays their trajectories again.")
+        elif not ids and item["table"] in ("steps", "approvals", "trajectories"):
+            typer.echo(f"{item['table']}/{name} held {item['lost']}: no trajectory in the store is missing any of them.")

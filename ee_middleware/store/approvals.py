@@ -56,12 +56,41 @@ def decide(
         return _decide(store, ids, status, by=by, reason=reason, force=force)
 
 
+REPAIRER = "ee store repair"
+"""Who the decisions ``ee store repair`` records are by (:mod:`~ee_middleware.store.repair_losses`): a trajectory that
+lost steps is rejected by it, and one that may have lost a decision is set back to pending by it, which a later
+decision must overturn with ``force``."""
+
+
+def decide_as_repair(store: ExperienceStore, reasons: Mapping[str, str], status: ApprovalStatus) -> list[ApprovalEvent]:
+    """Record ``status`` by :data:`REPAIRER` for the trajectories ``reasons`` names (full ids), each with its reason,
+    overturning any decision (recorded as such). Not redacted: repair's reasons hold only ids, counts, times and paths."""
+    locked = getattr(store, "decisions_locked", None)
+    with locked() if locked is not None else contextlib.nullcontext():
+        return _decide(store, list(reasons), status, by=REPAIRER, reason=reasons, force=True, redact=False)
+
+
 def _decide(
-    store: ExperienceStore, ids: Sequence[str], status: ApprovalStatus, *, by: str, reason: str | Mapping[str, str] | None, force: bool
+    store: ExperienceStore,
+    ids: Sequence[str],
+    status: ApprovalStatus,
+    *,
+    by: str,
+    reason: str | Mapping[str, str] | None,
+    force: bool,
+    redact: bool = True,
 ) -> list[ApprovalEvent]:
     frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
     current = {row["id"]: row for row in frame.to_dicts()}
     resolved = list(dict.fromkeys(i if i in current else store.resolve_id(i) for i in ids))
+    lost = {i: current[i] for i in resolved if current[i]["approval"] == "pending" and current[i]["approval_by"] == REPAIRER}
+    if lost and not force:
+        listed = "; ".join(f"{i[:12]}: {row['approval_reason'] or 'pending by ' + REPAIRER}" for i, row in lost.items())
+        raise ApprovalConflictError(
+            f"Not {status}: {len(lost)} trajectory(ies) may have lost an earlier decision when `ee store repair` took a "
+            f"damaged approvals part out ({listed}). Check each (ee traces show), then re-run with --force (force=True) "
+            "to record this decision; the history keeps what is left."
+        )
     overturned = {i: current[i] for i in resolved if current[i]["approval"] not in ("pending", status)}
     if overturned and not force:
         listed = "; ".join(f"{i[:12]} was {_describe(row)}" for i, row in overturned.items())
@@ -70,9 +99,10 @@ def _decide(
             "Re-run with --force (force=True) to overturn it; both decisions stay in the history (ee traces show)."
         )
     latest = _latest_decided(store, resolved)
-    redact = _reviewer_text(store)
-    by = redact(by)
-    reason = {i: redact(text) for i, text in reason.items()} if isinstance(reason, Mapping) else redact(reason)
+    if redact:
+        redacted = _reviewer_text(store)
+        by = redacted(by)
+        reason = {i: redacted(text) for i, text in reason.items()} if isinstance(reason, Mapping) else redacted(reason)
     now = utcnow()
     events = [
         ApprovalEvent(

@@ -60,6 +60,7 @@ from ee_middleware.store.approvals import decide, in_order_decided
 from ee_middleware.store.int64 import check_trajectories
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.metadata import check_meta_name, read_file, write_file
+from ee_middleware.store.repair_losses import record_losses
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.rows import TrajectoryRows
 from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows
@@ -147,6 +148,13 @@ class _MarkerDamaged(StoreError):
 class _MarkerRefused(StoreError):
     """The system would not let this process read the folder's ``ee-store.json`` (:func:`~ee_middleware.store.access.refused`):
     it may be whole, so ``ee store repair`` leaves it as it is."""
+
+
+def _refuse_file(root: Path) -> None:
+    """Raise :class:`StoreError` when ``root`` (a store's folder) is a file, or leads to one: every way of opening a store
+    would otherwise blame a file inside it (``ee-store.json: Not a directory``), or find no store and say to record one."""
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"{root} is a file, not a folder: pass the store's folder (--store), or a new path for a new store.")
 
 
 def _marker_example() -> str:
@@ -280,6 +288,7 @@ class LocalExperienceStore:
     # --- set-up ------------------------------------------------------------------------------
 
     def _open_or_create(self, create: bool) -> None:
+        _refuse_file(self.root)
         marker = self.root / MARKER
         if not marker.exists():
             if not create:
@@ -322,6 +331,7 @@ class LocalExperienceStore:
         The marker only says that the folder is a store and which major schema version it holds; nothing stored is in it.
         Safe while agents are recording and when run twice at once."""
         root = Path(root).expanduser()
+        _refuse_file(root)
         marker = root / MARKER
         try:
             _check_marker(root, _read_marker(root))
@@ -939,7 +949,12 @@ class LocalExperienceStore:
 
         A part or spool segment the system would not let this process read (no permission, a folder in its place, a
         failed disk) is not known to be damaged: it is left where it is, and listed under ``unreadable_files`` with why
-        and what to do. A ``manifest.json`` it cannot read raises :class:`StoreError` (nothing is changed)."""
+        and what to do. A ``manifest.json`` it cannot read raises :class:`StoreError` (nothing is changed).
+
+        What the parts taken out held is recorded per trajectory (:mod:`~ee_middleware.store.repair_losses`), and listed:
+        ``steps_lost`` (each such trajectory is rejected by ``ee store repair``), ``decisions_lost`` (set back to pending
+        by it: deciding again needs ``force``), ``trajectories_lost`` and ``parts_lost`` (per part: what it held and which
+        trajectories lost it); lost rollouts reopen their replays (``replays_reopened``)."""
         try:
             with self._compaction_lock():
                 done = self._repair_locked()
@@ -955,6 +970,7 @@ class LocalExperienceStore:
         if any(item["records_lost"] for item in done["quarantined_segments"]):
             whys.append("damaged records of a spool segment moved to quarantine/")
         done["replays_reopened"] = self._reopen_lost_replays(" or ".join(whys)) if whys else []
+        done.update(record_losses(self, done))
         return done
 
     def _reopen_lost_replays(self, why: str) -> list[dict[str, Any]]:
