@@ -333,6 +333,9 @@ class CaptureRedaction:
                 salt = store_salt(self.store)
             except OSError:
                 salt = None
+            except ConfigError as exc:  # a damaged or missing redaction.key: the rules stay as they were until it is fixed
+                logger.error("ee-middleware: %s Capture keeps the redaction rules it has.", exc)
+                return False
         settings, self.settings, self.salt = self.settings, wider, salt
         try:
             redactor = self._redactor(custom)
