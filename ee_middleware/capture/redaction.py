@@ -2015,16 +2015,25 @@ def _tagged_runs(store: Any) -> str:
         files = ", ".join(_store_files(folder))
         if not files:
             return ""
+    reader, opened = store, False
     try:
-        trajectories = store.trajectories()
+        if not callable(getattr(store, "trajectories", None)) and folder is not None:
+            # a writer of the store that reads nothing itself (a replay job's spool): read its folder as a store
+            from ee_middleware.store.local import LocalExperienceStore
+
+            reader, opened = LocalExperienceStore(folder), True
+        trajectories = reader.trajectories()
         if trajectories.height == 0:
             return ""
         held = f"{trajectories.height} trajectories"
-        for table in (trajectories, store.steps()):
+        for table in (trajectories, reader.steps()):
             if table.height and table.select(pl.any_horizontal(pl.col(pl.String).str.contains(_TAG)).any()).item():
                 return held
     except Exception:  # noqa: BLE001 - a store that cannot be read now: what it holds may be tagged
         return files
+    finally:
+        if opened:
+            reader.close()
     return ""
 
 
