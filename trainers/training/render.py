@@ -23,6 +23,7 @@ from ee_middleware.models.chat_template import (
 from ee_middleware.models.truncation import Fit, tokenize_pair
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.errors import TrainDataError
+from ee_middleware.trainers.training.tokens import CachedTokenizer
 
 
 @dataclass(frozen=True)
@@ -154,10 +155,13 @@ def tokenize_rows(
     or user message shortened in its middle; a left cut only as the last resort); an IWM target too long to leave
     the prompt room keeps its head (``tokenize_pair``'s ``cut_completion``); other rows whose completion alone is too
     long are dropped. ``stats.cuts`` says what each fitted row lost. ``progress``: a label for a progress bar on stderr
-    (rendering and fitting take about 0.1 s per long row on a CPU core: minutes before the first step of a large build),
+    (rendering and fitting a long BFCL row takes a few ms on a CPU core, each text piece tokenized once: see
+    :mod:`~ee_middleware.trainers.training.tokens`; about 0.1 s before: minutes before the first step of a large build),
     ``None`` for none. ``on_row(done)``: called after each row, ``done`` the rows tokenized so far (a caller's own bar)."""
     stats = RenderStats(rows=len(rows))
     examples = []
+    # fitting a long state tokenizes texts that share most of their pieces a dozen times: each piece once (same ids)
+    tokenizer = tokenizer if isinstance(tokenizer, CachedTokenizer) else CachedTokenizer(tokenizer)
     bar = None
     if progress is not None:
         from tqdm.auto import tqdm
