@@ -26,7 +26,7 @@ from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, span_time, split_nested
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.paused import PausedDecisions
-from ee_middleware.capture.redaction import SALT_FILE, Redactor, store_salt
+from ee_middleware.capture.redaction import SALT_BYTES, SALT_FILE, Redactor, store_salt
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import (
     StoreRedaction,
@@ -160,6 +160,12 @@ def _ingest_salt(store: ExperienceStore, settings: StoreRedaction, given: bytes 
     if not keeps_metadata(store):
         return given
     if given is not None and read_meta(store, SALT_FILE) is None:
+        if len(given) < SALT_BYTES:  # kept as the store's key, which every later reader would refuse as too short
+            raise ConfigError(
+                f"The redactor given to ingest has a pseudonym salt of {len(given)} byte(s); it would become the store's "
+                f"redaction.key, which must hold at least {SALT_BYTES} (a short key lets anyone who guesses a value recompute "
+                f"its tag). Give it secrets.token_bytes({SALT_BYTES}), or no redactor: the store makes its own key."
+            )
         write_meta(store, SALT_FILE, (given.hex() + "\n").encode(), exclusive=True)  # (another writer's, if it came first)
     salt = store_salt(store)
     if given is not None and salt != given:

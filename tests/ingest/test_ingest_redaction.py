@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.recorder import Recorder
 from ee_middleware.capture.redaction import RedactionRules, Redactor, store_salt
 from ee_middleware.capture.store_redaction import store_redactor
+from ee_middleware.errors import ConfigError
 from ee_middleware.ingest import ingest_files
 from ee_middleware.store import LocalExperienceStore
 from tests.ingest.otlp_builders import GENAI_FILE, _request
@@ -109,3 +112,11 @@ def test_a_callers_salt_becomes_a_new_stores_salt(tmp_path: Path) -> None:
     store = LocalExperienceStore(store_path)
     assert store_salt(store) == b"1" * 32
     assert _stored_email(store_path) == caller.redact_text(MAIL) == store_redactor(store).redact_text(MAIL)
+
+
+def test_a_callers_short_salt_is_refused_before_it_becomes_the_stores_key(tmp_path: Path) -> None:
+    """Kept as redaction.key, a salt under 32 bytes made every later read of the store fail (a key too short)."""
+    store_path = tmp_path / "experience"
+    with pytest.raises(ConfigError, match=r"pseudonym salt of 4 byte\(s\).*at least 32.*secrets.token_bytes\(32\)"):
+        ingest_files([_spans(tmp_path)], str(store_path), redactor=Redactor(salt=b"salt"))
+    assert not (store_path / "redaction.key").exists()
