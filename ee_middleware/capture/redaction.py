@@ -1899,6 +1899,10 @@ def _dump_like(value: Any, original: Any, text: str) -> str:
 
 
 SALT_BYTES = 32
+MIN_KEY_BYTES = 8
+"""The shortest ``redaction.key`` ee reads: ee makes 32 bytes, but ingest kept a caller's salt as it was before it
+refused short ones (the Redactor's own example has 10), and those stores must stay readable; a key of 1-7 bytes is
+guessed by trying them all."""
 """How long a pseudonym key ee makes is (``redaction.key``: this many random bytes, written as twice as many hex digits);
 a shorter one is refused (:func:`store_salt`)."""
 
@@ -1924,7 +1928,15 @@ def store_salt(store: Any) -> bytes | None:
         return None
     kept = read_meta(store, SALT_FILE)
     if kept is None:
-        _refuse_new_key_for_stored_runs(store)
+        from ee_middleware.errors import ConfigError
+
+        try:
+            _refuse_new_key_for_stored_runs(store)
+        except ConfigError:
+            kept = read_meta(store, SALT_FILE)  # another writer made the key (and stored a run) since it was read
+            if kept is None:
+                raise
+    if kept is None:
         write_meta(store, SALT_FILE, (secrets.token_hex(SALT_BYTES) + "\n").encode(), exclusive=True)
         kept = read_meta(store, SALT_FILE)
         if kept is None:
@@ -1943,14 +1955,14 @@ def _checked_salt(store: Any, kept: bytes) -> bytes:
         salt = bytes.fromhex(text.decode("ascii"))
     except ValueError:  # (UnicodeDecodeError is one)
         pass
-    if salt is not None and len(salt) >= SALT_BYTES:
+    if salt is not None and len(salt) >= MIN_KEY_BYTES:
         return salt
     if not text:
         what = "is empty (a partial copy or restore of the store?)"
     elif salt is None:
         what = f"does not hold a key of hex digits (its {len(text)} byte(s) are not all hex digits)"
     else:
-        what = f"holds a key of {len(salt)} byte(s), shorter than the {SALT_BYTES} ee makes"
+        what = f"holds a key of {len(salt)} byte(s), shorter than the {MIN_KEY_BYTES} ee reads (it makes {SALT_BYTES})"
     from ee_middleware.errors import ConfigError
     from ee_middleware.store.metadata import meta_where
 

@@ -64,8 +64,8 @@ def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (b"", "is empty"),
         (b"\n", "is empty"),
         (b"not-hex\n", "not all hex digits"),
-        (b"ab\n", "holds a key of 1 byte(s), shorter than the 32 ee makes"),
-        (b"00" * 16 + b"\n", "holds a key of 16 byte(s)"),
+        (b"ab\n", "holds a key of 1 byte(s), shorter than the 8 ee reads (it makes 32)"),
+        (b"00" * 4 + b"\n", "holds a key of 4 byte(s)"),
     ],
 )
 def test_a_damaged_key_is_refused_by_recording_and_reading_naming_the_file_and_the_fix(recorded: Path, content: bytes, said: str) -> None:
@@ -174,3 +174,28 @@ def test_a_store_written_without_tags_gets_a_key_when_rules_are_recorded_later(t
     store.write([sample_trajectory("t1")])  # runs written through the API, no pseudonyms in them
     record_store_redaction(store, StoreRedaction(rules=RedactionRules(patterns={"ticket": r"TCK-\d+"})))
     assert len(store_salt(store)) == SALT_BYTES  # nothing to keep consistent with: made, as before
+
+
+def test_a_key_another_writer_made_while_this_one_looked_is_used_not_refused(recorded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review R16: a writer that read no key, then found the other writer's tagged runs while checking the store, refused
+    with 'redaction.key is missing' though that writer had made the key meanwhile."""
+    import ee_middleware.store.metadata as metadata
+
+    real, first = metadata.read_meta, [True]
+
+    def read_meta(store: Any, name: str) -> bytes | None:
+        if name == SALT_FILE and first[0]:  # read a moment before the other writer made it
+            first[0] = False
+            return None
+        return real(store, name)
+
+    monkeypatch.setattr(metadata, "read_meta", read_meta)
+    monkeypatch.delenv(NEW_KEY_ENV, raising=False)
+    assert store_salt(LocalExperienceStore(recorded)) == bytes.fromhex((recorded / SALT_FILE).read_text().strip())
+
+
+def test_a_short_key_an_earlier_ingest_kept_is_still_read(recorded: Path) -> None:
+    """Review R16: ingest kept a caller's salt as it was before it refused short ones (Redactor's own example has 10
+    bytes); such a store was refused on every read, with no fix that keeps its tags."""
+    (recorded / SALT_FILE).write_text(b"store-salt".hex() + "\n")
+    assert store_salt(LocalExperienceStore(recorded)) == b"store-salt"

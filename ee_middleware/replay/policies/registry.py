@@ -143,7 +143,7 @@ def _build_plugin(spec: str, options: dict[str, Any], defaults: dict[str, Any]) 
 def settings_problem(value: Any) -> str | None:
     """Why ``value`` (what a policy's ``describe()`` returned) is not a dict of JSON-able settings, in words (``"key 'fn'
     holds a function"``); ``None`` when it is one: a dict with text keys whose values are dicts like it, lists (or
-    tuples), strings, numbers, booleans and ``None``. Replay records keep these settings as JSON (each candidate's
+    tuples), strings, numbers, booleans and ``None``, or values pydantic's JSON mode writes (a path, an enum, a date). Replay records keep these settings as JSON (each candidate's
     ``proposer.settings``), so a set (no order), a function or an object is refused when the policy is built, rather
     than when a record is written."""
     if not isinstance(value, dict):
@@ -192,7 +192,15 @@ def _json_problem(value: Any, where: str, depth: int = 0) -> str | None:
             if problem is not None:
                 return problem
         return None
-    return f"key {where!r} holds {value_kind(value)}"
+    if isinstance(value, set | frozenset):  # written as a list in no stable order: two runs' records would differ
+        return f"key {where!r} holds {value_kind(value)}"
+    from pydantic_core import PydanticSerializationError, to_jsonable_python
+
+    try:  # what the store writes settings with (pydantic's JSON mode) also keeps a path, an enum, a date
+        to_jsonable_python(value)
+    except (PydanticSerializationError, ValueError, TypeError):
+        return f"key {where!r} holds {value_kind(value)}"
+    return None
 
 
 def value_kind(value: Any) -> str:

@@ -61,7 +61,7 @@ class SetDescribe(_Base):
 
 class NestedDescribe(_Base):
     def describe(self) -> Any:
-        return {"model": {"paths": ["/m", Path("/adapter")]}}
+        return {"model": {"paths": ["/m", len]}}
 
 
 class IntKeys(_Base):
@@ -134,7 +134,7 @@ def make_lambda_describe() -> Any:
     [
         ("LambdaDescribe", "key 'fn' holds a function (LambdaDescribe.describe.<locals>.<lambda>)"),
         ("SetDescribe", "key 'weights' holds a set ({1, 2, 3})"),
-        ("NestedDescribe", "key 'model.paths[1]' holds a PosixPath (PosixPath('/adapter'))"),
+        ("NestedDescribe", "key 'model.paths[1]' holds a function (len)"),
         ("IntKeys", "a key 1 that is an int (1), not text"),
         ("StrDescribe", "it returned a str ('v1'), not a dict"),
     ],
@@ -228,3 +228,18 @@ def test_the_job_fails_the_trajectories_of_a_policy_answering_a_list_naming_it(k
         assert "returns-list: propose() returned a list" in reason and "AttributeError" not in reason
     assert summary.rejected_by_reason == {"policy_error": 4}
     assert "not Proposals" in summary.policy_error_examples[0]["error"]
+
+
+class PathsAndEnums(_Base):
+    def describe(self) -> Any:
+        import enum
+
+        return {"model_dir": Path("/models/m"), "mode": enum.Enum("Mode", {"FAST": "fast"}).FAST}
+
+
+def test_a_describe_with_values_the_store_writes_as_json_is_accepted() -> None:
+    """Review R16: a path or an enum in describe() was refused, though the store writes settings in pydantic's JSON mode,
+    which keeps them (a plug-in policy that worked before the check)."""
+    from ee_middleware.replay.policies.registry import check_described
+
+    check_described(f"{HERE}:make", PathsAndEnums())
