@@ -3,9 +3,7 @@ a non-empty buffer never score above 0 (a distance retriever: nothing is ever re
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Sequence
 
 import pytest
 
@@ -15,46 +13,8 @@ from ee_middleware.replay.retrieval import (
     NothingRetrievedWarning,
     Transition,
     TransitionIndex,
-    tokenize,
 )
-
-
-class Overlap:
-    """A user's retriever: the share of the text's words the query has (0 when none)."""
-
-    name = "overlap"
-
-    def __init__(self) -> None:
-        self.docs: list[set[str]] = []
-
-    def add(self, texts: Sequence[str]) -> None:
-        self.docs.extend(set(tokenize(t)) for t in texts)
-
-    def scores(self, query: str) -> list[float]:
-        words = set(tokenize(query))
-        return [len(words & doc) / (1 + len(doc)) for doc in self.docs]
-
-
-class NegativeDistance(Overlap):
-    name = "negdist"
-
-    def scores(self, query: str) -> list[float]:
-        words = set(tokenize(query))
-        return [-float(len(words ^ doc)) for doc in self.docs]
-
-
-class NaNForUnmatched(Overlap):
-    name = "nan-unmatched"
-
-    def scores(self, query: str) -> list[float]:
-        return [s if s > 0 else math.nan for s in super().scores(query)]
-
-
-class InfForMatches(Overlap):
-    name = "inf-matches"
-
-    def scores(self, query: str) -> list[float]:
-        return [math.inf if s > 0 else 0.0 for s in super().scores(query)]
+from tests.testing.test_retriever_conformance_scores import InfForMatches, NaNForUnmatched, NegativeDistance, Overlap
 
 
 class Huge(Overlap):
