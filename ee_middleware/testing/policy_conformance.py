@@ -235,24 +235,29 @@ def _check_describe(policy: Any) -> dict[str, Any]:
 def _check_answer(policy: Any, point: DecisionPoint, k: int, seed: int, require_usable: bool) -> list[tuple[str, str]]:
     """What ``policy`` proposed at ``point`` (each call's name and canonical arguments), its answer checked."""
     where = f"state {point.step_index} (the expert called {point.expert.name}; k={k}, seed={seed})"
+    answer = _proposals(policy, point, k, seed, where)
+    calls = _calls(answer.candidates)
+    if require_usable:
+        _check_usable(answer.candidates, point, k, where)
+    again = _calls(_proposals(policy, point, k, seed, f"{where}, asked again").candidates)
+    assert again == calls, (
+        f"propose() is deterministic: the same point, k and seed give the same candidates (replay's records must be "
+        f"reproducible; draw from a random.Random(seed), not the module's random, the clock or the policy's own counters). At "
+        f"{where} it proposed {_shown(calls)}, then {_shown(again)}"
+    )
+    return calls
+
+
+def _proposals(policy: Any, point: DecisionPoint, k: int, seed: int, where: str) -> Proposals:
+    """``policy.propose(point, k, seed=seed)``, its answer checked to keep the protocol (``where``: the state and the
+    asking, as failures name them)."""
     answer = _call(lambda: policy.propose(point, k, seed=seed), f"propose() at {where}")
     problem = answer_problem(answer)
     assert problem is None, (
         f"propose() returns Proposals of Candidates whose call is a ToolCall (and whose proposer is a ProposerInfo): at {where}, {problem}"
     )
     assert isinstance(answer, Proposals)
-    calls = _calls(answer.candidates)
-    if require_usable:
-        _check_usable(answer.candidates, point, k, where)
-    again = _call(lambda: policy.propose(point, k, seed=seed), f"propose() at {where}, asked again")
-    problem = answer_problem(again)
-    assert problem is None, f"propose() returns Proposals: at {where}, asked again, {problem}"
-    assert _calls(again.candidates) == calls, (
-        f"propose() is deterministic: the same point, k and seed give the same candidates (replay's records must be "
-        f"reproducible; draw from a random.Random(seed), not the module's random, the clock or the policy's own counters). At "
-        f"{where} it proposed {_shown(calls)}, then {_shown(_calls(again.candidates))}"
-    )
-    return calls
+    return answer
 
 
 def _check_usable(candidates: list[Candidate], point: DecisionPoint, k: int, where: str) -> None:
@@ -295,12 +300,10 @@ def _check_pickles(make_policy: MakePolicy, point: DecisionPoint, k: int, seed: 
             "__getstate__ and make it again in __setstate__"
         ) from exc
     where = f"state {point.step_index} (k={k}, seed={seed})"
-    answer = _call(lambda: copy.propose(point, k, seed=seed), f"propose() of the unpickled copy at {where}")
-    problem = answer_problem(answer)
-    assert problem is None, f"the unpickled policy returns Proposals: at {where}, {problem}"
-    assert _calls(answer.candidates) == proposed, (
+    copied = _calls(_proposals(copy, point, k, seed, f"{where}, asked of the unpickled copy").candidates)
+    assert copied == proposed, (
         f"an unpickled copy of the policy proposes what the policy does (same point, k and seed): at {where} the policy "
-        f"proposed {_shown(proposed)}, its copy {_shown(_calls(answer.candidates))}"
+        f"proposed {_shown(proposed)}, its copy {_shown(copied)}"
     )
     for what, part in (("the unpickled copy", copy), ("a policy that never proposed", fresh)):
         try:
