@@ -56,6 +56,12 @@ SKEW = timedelta(minutes=10)
 """How far a registry's clock (its history's ``at``) may be from this machine's for :func:`check_registry`."""
 
 
+def _equal(what: str, got: Any, expected: Any, rule: str, fix: str) -> None:
+    """Fail with :func:`~ee_middleware.testing.messages.broken`'s message unless ``got == expected``."""
+    if got != expected:
+        raise AssertionError(broken(what, got, expected, rule, fix))
+
+
 def _iso_time(value: Any) -> datetime | None:
     """An ISO 8601 string as an aware datetime (UTC when it names no zone), or ``None``."""
     if not isinstance(value, str):
@@ -76,14 +82,14 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     registry = factory()
     assert isinstance(registry, AdapterRegistry), f"{registry!r} does not implement AdapterRegistry"
     a = registry.register(_adapter(work / "a", 1), "conformance", by="kit")
-    assert (a.status, a.app, a.version) == ("candidate", "conformance", 1), broken(
+    _equal(
         "register() of an app's first adapter: its (status, app, version)",
         (a.status, a.app, a.version),
         ("candidate", "conformance", 1),
         "a registered adapter is a candidate of the app it was registered for, its versions counted from 1",
         "Build the record from register()'s app, with status 'candidate' and the app's next version.",
     )
-    assert a.name == f"conformance-v1-{a.content_hash[:8]}", broken(
+    _equal(
         "register() of an app's first adapter: its name",
         a.name,
         f"conformance-v1-{a.content_hash[:8]}",
@@ -92,7 +98,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     )
     assert registry.register(work / "a", "conformance") == a, "registering the same weights again must return the same record"
     b = registry.register(_adapter(work / "b", 2), "conformance")
-    assert b.version == 2, broken(
+    _equal(
         "register() of an app's second weights: its version",
         b.version,
         2,
@@ -111,7 +117,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         f"get({a.name!r})", got, a, "get() returns the record register() returned", "Keep every field of the record as registered."
     )
     names = [r.name for r in registry.list(app="conformance")]
-    assert names == [a.name, b.name], broken(
+    _equal(
         "list(app='conformance') (names)",
         names,
         [a.name, b.name],
@@ -139,7 +145,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Return the record of the app's live adapter before the switch, or None.",
     )
     replaced = registry.switch_live(b.name)
-    assert getattr(replaced, "name", replaced) == a.name, broken(
+    _equal(
         f"switch_live({b.name!r}) while {a.name} is live (its name)",
         getattr(replaced, "name", replaced),
         a.name,
@@ -147,7 +153,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Return the record of the app's live adapter before the switch.",
     )
     live = registry.resolve("conformance")
-    assert live == b.name, broken(
+    _equal(
         f"resolve('conformance') after switch_live({b.name!r})",
         live,
         b.name,
@@ -155,7 +161,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Record the switch where resolve() reads it.",
     )
     shown = (registry.apps().get("conformance") or {}).get("live")
-    assert shown == b.name, broken(
+    _equal(
         f"apps()['conformance']['live'] after switch_live({b.name!r})",
         shown,
         b.name,
@@ -163,7 +169,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Give apps() the live adapter from the same place resolve() reads it.",
     )
     status = registry.get(a.name).status
-    assert status == "retired", broken(
+    _equal(
         f"get({a.name!r}).status after switch_live({b.name!r}) replaced it",
         status,
         "retired",
@@ -171,7 +177,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Set the replaced adapter's status to 'retired' in the same switch.",
     )
     target = registry.rollback_target("conformance")
-    assert getattr(target, "name", target) == a.name, broken(
+    _equal(
         "rollback_target('conformance') (its name)",
         getattr(target, "name", target),
         a.name,
@@ -181,7 +187,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     _expect(InvalidTransitionError, lambda: registry.retire(b.name), "retiring the live adapter")
     c = registry.register(_adapter(work / "c", 4), "conformance")
     status = registry.mark_failed(c.name, "kit").status
-    assert status == "failed", broken(
+    _equal(
         f"mark_failed({c.name!r}, 'kit').status",
         status,
         "failed",
@@ -191,7 +197,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     _expect(InvalidTransitionError, lambda: registry.switch_live(c.name), "promoting a failed adapter")
     registry.switch_live(a.name, action="rollback")
     live = registry.resolve("conformance")
-    assert live == a.name, broken(
+    _equal(
         f"resolve('conformance') after switch_live({a.name!r}, action='rollback')",
         live,
         a.name,
@@ -199,7 +205,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Record the rollback's switch where resolve() reads it.",
     )
     status = registry.get(b.name).status
-    assert status == "retired", broken(
+    _equal(
         f"get({b.name!r}).status after a rollback replaced it",
         status,
         "retired",
@@ -207,7 +213,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
         "Set the replaced adapter's status to 'retired' in the same switch.",
     )
     status = registry.retire(b.name).status
-    assert status == "retired", broken(
+    _equal(
         f"retire({b.name!r}) of a retired adapter: its status",
         status,
         "retired",
@@ -226,7 +232,7 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     registry.note("promote-started", app="conformance", adapter=c.name)
     actions = [e["action"] for e in registry.history(app="conformance")]
     made_by_kit = ["register", "register", "promote", "promote", "register", "fail", "rollback", "retire", "eval", "promote-started"]
-    assert actions == made_by_kit, broken(
+    _equal(
         "history(app='conformance') (its actions)",
         actions,
         made_by_kit,
@@ -314,7 +320,7 @@ def check_serving_backend(backend: ServingBackend, adapters: ConformanceAdapters
             "Load each adapter under the name given, and list the models the server serves.",
         )
         verified = getattr(backend.verify(zero), "adapter", None)
-        assert verified == zero, broken(
+        _equal(
             f"verify({zero!r}).adapter",
             verified,
             zero,
