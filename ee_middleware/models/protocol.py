@@ -145,6 +145,10 @@ class ChatClient(Protocol):
     ``model`` names the model for lineage records. ``describe`` returns the settings that shape
     answers (never secrets). ``complete`` raises :class:`~ee_middleware.errors.ModelError`
     subclasses when the model cannot answer at all; a garbled answer is returned, not raised.
+
+    Writing your own (a ``package.module:factory`` or an ``ee_middleware.models`` entry point)? Check it with
+    :func:`ee_middleware.testing.client_conformance.check_chat_client`, which asks it as replay, teachers, the eval
+    harness and the experience sandbox do and names any promise it breaks.
     """
 
     model: str
