@@ -1,5 +1,5 @@
 """Test helpers that build real objects: a scripted chat model, a scripted chat-completions server (real HTTP), store,
-sandbox, retriever and proposal-policy conformance kits, and tiny random models to dry-run training and ``ee improve`` with.
+sandbox, retriever, proposal-policy and model-client conformance kits, and tiny random models to dry-run training and ``ee improve`` with.
 
 Import from tests and examples only; this module imports LangChain. The tiny-model helpers
 (:func:`build_test_tokenizer`, :func:`build_tiny_llama`, :func:`save_tiny_llama`, from
@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ee_middleware._lazy import lazy_exports
 from ee_middleware.scripted import ScriptedChatModel, tool_call
+from ee_middleware.testing.client_conformance import check_chat_client
 from ee_middleware.testing.http import Reply, ScriptedChatServer, ScriptedChatServerError
 from ee_middleware.testing.policy_conformance import check_policy
 from ee_middleware.testing.retriever_conformance import check_retriever
@@ -35,6 +36,7 @@ __all__ = [
     "SubprocessIsolationWarning",
     "build_test_tokenizer",
     "build_tiny_llama",
+    "check_chat_client",
     "check_policy",
     "check_retriever",
     "check_sandbox",
