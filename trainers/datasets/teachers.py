@@ -11,6 +11,10 @@ and alternatives with their real outcomes) and returns a short first-person rati
 
 Model-backed teachers are thin users of :mod:`ee_middleware.models` (one client, one spec grammar).
 
+A teacher of your own keeps :class:`Teacher`'s promises; check it with the conformance kit every built-in teacher passes:
+``check_teacher(lambda: MyTeacher(...))`` from :mod:`ee_middleware.trainers.datasets.testing` (``deterministic=True``
+for a teacher that draws nothing at random).
+
 Prompts never say which action is the reference one's label: no "expert", no "Action 1/2".
 """
 
@@ -106,7 +110,13 @@ def teacher_prompt(case: ReflectionCase) -> str:
 @runtime_checkable
 class Teacher(Protocol):
     """Writes one rationale per case. A teacher that holds a model or connections may also have a ``close()``, which a
-    dataset build calls once it is done with the teacher (:func:`closing_teacher`)."""
+    dataset build calls once it is done with the teacher (:func:`closing_teacher`).
+
+    ``name``: a non-empty str, the same all along (every SR row records it). ``write(cases)``: one text per case, in
+    their order (``None`` or ``""`` where it has none: that case gives no row), as a list or another iterable that is
+    not a str or a mapping, also for ``[]``; it leaves the cases as they were. ``close()`` may be called more than
+    once, also on a teacher that never wrote; a ``write`` after it works again or raises an error saying the teacher is
+    closed. :func:`ee_middleware.trainers.datasets.testing.check_teacher` checks all of this."""
 
     name: str
 
