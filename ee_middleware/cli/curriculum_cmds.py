@@ -9,18 +9,21 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ee_middleware.cli.common import (
+    STORE_HELP,
     AllowPartialOption,
     JsonOption,
     StoreOption,
     examples,
     file_above,
     open_existing_store,
+    open_job_store,
     other_apps_hint,
     print_json,
     reading_store,
+    store_origin,
     user_output_to_stderr,
 )
-from ee_middleware.cli.experience_cmds import TIMEOUT_KNOB, timeout_option
+from ee_middleware.cli.experience_cmds import TIMEOUT_KNOB, config_option, timeout_option
 
 if TYPE_CHECKING:
     from ee_middleware.replay.curriculum import Proposal, TaskScore
@@ -225,34 +228,38 @@ def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: P
 @app.command(
     "run",
     epilog=examples(
-        "ee curriculum run tasks.jsonl --policy local:./models/smollm2 --sandbox bfcl --judge local:./models/smollm2 --store ./experience"
+        "ee curriculum run tasks.jsonl --policy local:./models/smollm2 --sandbox bfcl --judge local:./models/smollm2 --store ./experience",
+        "ee curriculum run --config curriculum.toml --k 4",
     ),
 )
 def run_cmd(
-    tasks: Path = typer.Argument(..., help="tasks.jsonl from 'ee curriculum propose'."),
-    policy: str = typer.Option(
-        ..., "--policy", help="The policy to roll out: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+    ctx: typer.Context,
+    tasks: Path | None = typer.Argument(
+        None, help="tasks.jsonl from 'ee curriculum propose' (or tasks in the [curriculum] table of --config).", show_default=False
     ),
-    sandbox: str = typer.Option(
-        ...,
+    policy: str | None = typer.Option(
+        None, "--policy", help="The policy to roll out: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+    ),
+    sandbox: str | None = typer.Option(
+        None,
         "--sandbox",
         help=(
             "Sandbox of the real tools (bfcl, module:factory); rollouts whose observations an experience model wrote, or that "
             "call a tool it does not cover (refused_tools), are not kept."
         ),
     ),
-    judge: str = typer.Option(..., "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
-    judge_max_tokens: int = typer.Option(
-        1024,  # evals.curriculum.JUDGE_MAX_TOKENS (not imported here: the CLI imports evals lazily)
+    judge: str | None = typer.Option(None, "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
+    judge_max_tokens: int | None = typer.Option(
+        None,
         "--judge-max-tokens",
         min=1,
         help=(
             "Tokens the judge may write per verdict, its reasoning included (a reasoning judge cut off while thinking gives "
-            "none); fewer where its server refuses them as more than the model's context leaves after the prompt."
+            "none); fewer where its server refuses them as more than the model's context leaves after the prompt. [default: 1024]"
         ),
     ),
-    store: str = StoreOption,
-    k: int = typer.Option(1, "--k", min=1, help="Rollouts per task."),
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
+    k: int | None = typer.Option(None, "--k", min=1, help="Rollouts per task. [default: 1]"),
     approve_if: str | None = typer.Option(
         None,
         "--approve-if",
@@ -261,15 +268,17 @@ def run_cmd(
             "exits 1 naming the function and the line that raised)."
         ),
     ),
-    app_name: str = typer.Option(
-        "curriculum",  # replay.curriculum.DEFAULT_APP
+    app_name: str | None = typer.Option(
+        None,
         "--app",
         help=(
             "The app to store the trajectories of tasks that name none under (tasks from 'ee curriculum propose' carry "
-            "their parent's app and are stored under it, so that app's datasets and 'ee improve' train on them)."
+            "their parent's app and are stored under it, so that app's datasets and 'ee improve' train on them). "
+            "[default: curriculum]"
         ),
     ),
-    timeout_s: float = timeout_option("the policy and the judge"),
+    timeout_s: float | None = timeout_option("the policy and the judge", default=None),
+    config: Path | None = config_option("curriculum"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -280,7 +289,8 @@ def run_cmd(
     cover is ended there and not kept (refused_tools counts those calls by tool; exit 1 when no rollout was kept). A
     task whose world the sandbox cannot rebuild is skipped with its reason (skipped_tasks), the others run. Run again, it
     stores the new rollouts; one the store already holds (the same conversation) is counted as already stored, not
-    stored twice."""
+    stored twice. Settings come from the [curriculum] table of --config (tasks, policy, sandbox, judge, store, k,
+    approve_if, app, judge_max_tokens, timeout_s); TASKS and the flags override them."""
     import functools
     import importlib
 
@@ -300,11 +310,29 @@ def run_cmd(
     )
     from ee_middleware.models.protocol import CUT_WHILE_REASONING
     from ee_middleware.models.spec import endpoint_problem
+    from ee_middleware.replay.curriculum_config import TABLE, CurriculumRunConfig
     from ee_middleware.replay.sandboxes.experience import build_model_client
     from ee_middleware.replay.sandboxes.registry import build_sandbox
 
+    cfg = CurriculumRunConfig.load(
+        config,
+        tasks=tasks,
+        policy=policy,
+        sandbox=sandbox,
+        judge=judge,
+        judge_max_tokens=judge_max_tokens,
+        store=store,
+        k=k,
+        approve_if=approve_if,
+        app=app_name,
+        timeout_s=timeout_s,
+    )
+    tasks_hint = "TASKS" if tasks is not None else f"tasks in [{TABLE}] of {config}"
+    approve_if_hint = "--approve-if" if approve_if is not None else f"approve_if in [{TABLE}] of {config}"
+    tasks, policy, sandbox, judge, approve_if = cfg.tasks, cfg.policy, cfg.sandbox, cfg.judge, cfg.approve_if
+    judge_max_tokens, k, app_name, timeout_s = cfg.judge_max_tokens, cfg.k, cfg.app, cfg.timeout_s
     if not tasks.exists():
-        raise typer.BadParameter(f"{tasks} does not exist: write it with 'ee curriculum propose'.", param_hint="TASKS")
+        raise typer.BadParameter(f"{tasks} does not exist: write it with 'ee curriculum propose'.", param_hint=tasks_hint)
     todo = read_tasks(tasks.read_text(encoding="utf-8").splitlines())
     predicate = None
     if approve_if:
@@ -312,8 +340,8 @@ def run_cmd(
         try:
             predicate = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
-            raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint="--approve-if") from None
-    opened = open_existing_store(store)
+            raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint=approve_if_hint) from None
+    opened = open_job_store(cfg.store, store_origin(ctx, config, TABLE))
     build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
     policy_client, judge_client = (build_model_client(spec, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB) for spec in (policy, judge))
     try:

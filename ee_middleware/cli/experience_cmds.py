@@ -8,29 +8,38 @@ from typing import Any
 import typer
 
 from ee_middleware.cli.common import (
+    STORE_HELP,
     AllowPartialOption,
     JsonOption,
     ProgressBars,
     ProgressOption,
-    StoreOption,
     console,
     escape,
     examples,
+    key_value_settings,
     library_bars_off,
-    open_existing_store,
+    open_job_store,
     other_apps_hint,
     output_folder,
     positive_seconds,
     print_json,
     progress_console,
     reading_store,
+    store_origin,
     user_output_to_stderr,
 )
 
 RetrieverOption = typer.Option(
-    "bm25",
+    None,
     "--retriever",
-    help="How the replay buffer is searched: bm25 (built in), bm25s (pip install 'ee-middleware[experience]'), module:factory or an entry point.",
+    help="How the replay buffer is searched: bm25 (built in), bm25s (pip install 'ee-middleware[experience]'), module:factory or "
+    "an entry point. [default: bm25]",
+)
+RetrieverSettingOption = typer.Option(
+    None,
+    "--retriever-setting",
+    help="KEY=VALUE option of the retriever (repeatable; VALUE is read as JSON when it parses), e.g. k1=1.2 for bm25, or your "
+    "factory's own.",
 )
 
 AppOption = typer.Option(
@@ -40,27 +49,66 @@ AppOption = typer.Option(
     "--app' and 'ee replay run --app' read them.",
 )
 
+OptionalStoreOption = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True)
+"""``--store``, which the command's config file may give instead (``store`` in its table)."""
+
 TIMEOUT_KNOB = "`--timeout N`"
 """How these commands' user sets the model client's ``timeout_s`` (what the advice after a timeout names)."""
 
 
-def timeout_option(who: str) -> Any:
-    """A ``--timeout`` option: seconds per request to ``who`` (an ``openai:`` model; others have no request timeout)."""
+def timeout_option(who: str, *, default: float | None = 60.0) -> Any:
+    """A ``--timeout`` option: seconds per request to ``who`` (an ``openai:`` model; others have no request timeout).
+    ``default`` ``None``: a config file may give it (its help then shows the default, 60)."""
     return typer.Option(
-        60.0,
+        default,
         "--timeout",
         callback=positive_seconds,
-        help=f"Seconds per request to {who} when it is an openai: model (one served on CPU takes seconds per answer, more behind a queue).",
+        help=f"Seconds per request to {who} when it is an openai: model (one served on CPU takes seconds per answer, more behind a queue)."
+        + (" [default: 60]" if default is None else ""),
     )
+
+
+def config_option(table: str) -> Any:
+    """A ``--config/-c`` option: the TOML file whose ``[table]`` holds the command's settings, which flags override."""
+    article = "an" if table[0] in "aeiou" else "a"
+    return typer.Option(None, "--config", "-c", help=f"TOML file with {article} [{table}] table; flags override it.")
+
+
+def out_folder(value: Path | None) -> Path | None:
+    """An ``--out FOLDER`` option's callback that may be left out (a config file gives it): see :func:`output_folder`."""
+    return None if value is None else output_folder(value)
+
+
+def check_out_folder(ctx: typer.Context, cfg: Any, config: Path | None, table: str) -> None:
+    """``cfg.out`` where the ``--out`` flag did not give it (its callback checked that): refused before any work where it
+    cannot be a folder, naming the key and the file that gave it."""
+    source = ctx.get_parameter_source("out")
+    if source is not None and source.name == "COMMANDLINE":
+        return
+    try:
+        output_folder(cfg.out)
+    except typer.BadParameter as exc:
+        if "out" not in cfg.model_fields_set or config is None:  # the default
+            raise typer.BadParameter(exc.message, param_hint="--out") from None
+        from ee_middleware.errors import ConfigError
+
+        raise ConfigError(f"out = {str(cfg.out)!r} in [{table}] of {config}: {exc.message}") from None
 
 
 app = typer.Typer(help="The experience model: a language model standing in for tools that cannot be replayed.", no_args_is_help=True)
 
 
-@app.command("eval", epilog=examples("ee experience eval --model local:./models/smollm2 --store ./experience --out ./experience-eval"))
+@app.command(
+    "eval",
+    epilog=examples(
+        "ee experience eval --model local:./models/smollm2 --store ./experience --out ./experience-eval",
+        "ee experience eval --config experience.toml --retriever-setting k1=1.2",
+    ),
+)
 def eval_cmd(
-    model: str = typer.Option(
-        ..., "--model", "-m", help="The experience model: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
+    ctx: typer.Context,
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="The experience model: local:DIR[@ADAPTER], openai:BASE_URL#MODEL or module:factory."
     ),
     trained: str | None = typer.Option(
         None,
@@ -68,29 +116,34 @@ def eval_cmd(
         help="A trained experience model (e.g. local:BASE_DIR@ADAPTER_DIR from 'ee train --schedule experience-model', or its "
         "served alias): adds the 'retrieval+trained' variant.",
     ),
-    store: str = StoreOption,
+    store: str | None = OptionalStoreOption,
     app_name: str | None = AppOption,
-    held_out: float = typer.Option(
-        0.2,
+    held_out: float | None = typer.Option(
+        None,
         "--held-out",
         min=0.0,
         max=1.0,
         help="Share of the approved trajectories held out: predicted, never indexed, never retrieved. At least one is held out, "
         "also at 0 (the eval needs something to predict), and at least one must stay to be retrieved from: a share that "
-        "holds out every trajectory (1.0) is refused.",
+        "holds out every trajectory (1.0) is refused. [default: 0.2]",
     ),
-    retriever: str = RetrieverOption,
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Retrieved real transitions per prediction in the 'retrieval' variant."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split."),
+    retriever: str | None = RetrieverOption,
+    retriever_setting: list[str] | None = RetrieverSettingOption,
+    top_k: int | None = typer.Option(
+        None, "--top-k", min=1, help="Retrieved real transitions per prediction in the 'retrieval' variant. [default: 3]"
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the held-out split. [default: 0]"),
     limit: int | None = typer.Option(None, "--limit", min=1, help="At most this many held-out transitions."),
-    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Tokens the model may write per prediction."),
-    timeout_s: float = timeout_option("the model"),
-    out: Path = typer.Option(
-        Path("experience-eval"),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=1, help="Tokens the model may write per prediction. [default: 256]"),
+    timeout_s: float | None = timeout_option("the model", default=None),
+    out: Path | None = typer.Option(
+        None,
         "--out",
-        callback=output_folder,
-        help="Folder for report.json and fidelity.png; an eval that ends in an error writes neither (a report already there is kept).",
+        callback=out_folder,
+        help="Folder for report.json and fidelity.png; an eval that ends in an error writes neither (a report already there is "
+        "kept). [default: experience-eval]",
     ),
+    config: Path | None = config_option("experience_eval"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -100,18 +153,50 @@ def eval_cmd(
     and the trained experience model; per tool: exact match, token F1, error/success agreement and reward
     agreement. Writes OUT/report.json (a replay config's fidelity gate reads it) and OUT/fidelity.png.
 
+    Settings come from the [experience_eval] table of --config (the same keys as the flags: model, store, held_out,
+    retriever, retriever_settings, top_k, ...), flags override them.
+
     A model that stops answering (its server down: failing after the client's retries and not answering GET /models
     either) stops the eval at that prediction with an error, as it stops a replay; an eval that ends in an error writes
     no report, so one already in OUT is kept. A prediction the server fails on while it still answers (a per-input
     crash) is counted as a model error, and the eval goes on."""
     from ee_middleware._files import atomic_write_text
     from ee_middleware.errors import ModelError, hide_credentials
+    from ee_middleware.replay.experience_config import EVAL_TABLE, ExperienceEvalConfig
     from ee_middleware.replay.experience_eval import split_store, unanswered, variant_plan, write_chart
     from ee_middleware.replay.sandboxes.experience import ExperienceSandbox
 
-    opened = open_existing_store(store)
-    with reading_store(allow_partial=allow_partial):  # a split of part of the store would measure the model on part of it
-        split = split_store(opened, share=held_out, seed=seed, limit=limit, retriever=retriever, app=app_name)
+    cfg = ExperienceEvalConfig.load(
+        config,
+        model=model,
+        trained=trained,
+        store=store,
+        app=app_name,
+        held_out=held_out,
+        retriever=retriever,
+        retriever_settings=_retriever_settings(retriever_setting),
+        top_k=top_k,
+        seed=seed,
+        limit=limit,
+        max_tokens=max_tokens,
+        timeout_s=timeout_s,
+        out=out,
+    )
+    check_out_folder(ctx, cfg, config, EVAL_TABLE)
+    model, trained, app_name, held_out, top_k, out = cfg.model, cfg.trained, cfg.app, cfg.held_out, cfg.top_k, cfg.out
+    max_tokens, timeout_s = cfg.max_tokens, cfg.timeout_s
+    opened = open_job_store(cfg.store, store_origin(ctx, config, EVAL_TABLE))
+    # a split of part of the store would measure the model on part of it; what a retriever's code prints goes to stderr
+    with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
+        split = split_store(
+            opened,
+            share=held_out,
+            seed=cfg.seed,
+            limit=cfg.limit,
+            retriever=cfg.retriever,
+            retriever_settings=cfg.retriever_settings,
+            app=app_name,
+        )
     if not split.held_out:
         raise typer.BadParameter(
             "No held-out transition: the store needs at least two approved trajectories with tool calls"
@@ -178,25 +263,37 @@ def eval_cmd(
         raise typer.Exit(1)
 
 
-@app.command("dataset", epilog=examples("ee experience dataset --store ./experience --out ./em-data"))
+@app.command(
+    "dataset",
+    epilog=examples("ee experience dataset --store ./experience --out ./em-data", "ee experience dataset --config experience.toml"),
+)
 def dataset_cmd(
-    store: str = StoreOption,
+    ctx: typer.Context,
+    store: str | None = OptionalStoreOption,
     app_name: str | None = AppOption,
-    out: Path = typer.Option(
-        ..., "--out", callback=output_folder, help="Folder for em.parquet (train on it with 'ee train --schedule experience-model')."
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        callback=out_folder,
+        help="Folder for em.parquet (train on it with 'ee train --schedule experience-model').",
     ),
-    teacher: str = typer.Option("template", "--teacher", help="Who writes the reasoning: template, local:DIR, openai:BASE_URL#MODEL."),
-    held_out: float = typer.Option(
-        0.2,
+    teacher: str | None = typer.Option(
+        None, "--teacher", help="Who writes the reasoning: template, local:DIR, openai:BASE_URL#MODEL. [default: template]"
+    ),
+    held_out: float | None = typer.Option(
+        None,
         "--held-out",
         min=0.0,
         max=1.0,
-        help="Share of the approved trajectories held out, as 'ee experience eval' holds them out (at least one, also at 0).",
+        help="Share of the approved trajectories held out, as 'ee experience eval' holds them out (at least one, also at 0). "
+        "[default: 0.2]",
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the held-out split (as 'ee experience eval')."),
-    top_k: int = typer.Option(3, "--top-k", min=0, help="Retrieved real transitions in each prompt."),
-    retriever: str = RetrieverOption,
-    timeout_s: float = timeout_option("the teacher"),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the held-out split (as 'ee experience eval'). [default: 0]"),
+    top_k: int | None = typer.Option(None, "--top-k", min=0, help="Retrieved real transitions in each prompt. [default: 3]"),
+    retriever: str | None = RetrieverOption,
+    retriever_setting: list[str] | None = RetrieverSettingOption,
+    timeout_s: float | None = timeout_option("the teacher", default=None),
+    config: Path | None = config_option("experience_dataset"),
     as_json: bool = JsonOption,
     progress: bool = ProgressOption,
     allow_partial: bool = AllowPartialOption,
@@ -205,12 +302,29 @@ def dataset_cmd(
 
     Each row: the serving prompt (task, state, retrieved transitions, call) -> reasoning, real observation, reward.
     The held-out share is left out, so 'ee experience eval' with the same share and seed measures
-    transitions never trained on."""
+    transitions never trained on. Settings come from the [experience_dataset] table of --config (the same keys as the
+    flags: store, out, teacher, held_out, retriever, retriever_settings, ...), flags override them."""
     from ee_middleware._files import atomic_write_parquet
+    from ee_middleware.replay.experience_config import DATASET_TABLE, ExperienceDatasetConfig
     from ee_middleware.replay.experience_eval import split_store
     from ee_middleware.trainers.datasets.em import build_em
 
-    opened = open_existing_store(store)
+    cfg = ExperienceDatasetConfig.load(
+        config,
+        store=store,
+        app=app_name,
+        out=out,
+        teacher=teacher,
+        held_out=held_out,
+        seed=seed,
+        top_k=top_k,
+        retriever=retriever,
+        retriever_settings=_retriever_settings(retriever_setting),
+        timeout_s=timeout_s,
+    )
+    check_out_folder(ctx, cfg, config, DATASET_TABLE)
+    app_name, out, teacher, held_out, seed = cfg.app, cfg.out, cfg.teacher, cfg.held_out, cfg.seed
+    opened = open_job_store(cfg.store, store_origin(ctx, config, DATASET_TABLE))
     show = progress and not as_json
     client = None
 
@@ -223,20 +337,27 @@ def dataset_cmd(
         if teacher != "template":
             from ee_middleware.replay.sandboxes.experience import build_model_client
 
-            client = build_model_client(teacher, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
+            client = build_model_client(teacher, timeout_s=cfg.timeout_s, timeout_knob=TIMEOUT_KNOB)
         try:
             # what a local teacher or a retriever's code prints goes to stderr: stdout holds the answer alone
             with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
                 # the split eval makes (same share and seed): to tell a share that holds out everything from a bare store
-                split = split_store(opened, share=held_out, seed=seed, retriever=retriever, app=app_name)
+                split = split_store(
+                    opened,
+                    share=held_out,
+                    seed=seed,
+                    retriever=cfg.retriever,
+                    retriever_settings=cfg.retriever_settings,
+                    app=app_name,
+                )
                 frame = build_em(
                     opened,
                     held_out=held_out,
                     seed=seed,
-                    top_k=top_k,
+                    top_k=cfg.top_k,
                     teacher=client or "template",
                     teacher_name=teacher,
-                    retriever=retriever,
+                    retriever=split.index.retriever,
                     on_progress=on_progress,
                     split=split,
                     app=app_name,
@@ -269,12 +390,19 @@ def dataset_cmd(
         "held_out": held_out,
         "seed": seed,
         "app": app_name,
+        "retriever": split.index.retriever_name,
+        "retriever_settings": split.shown_retriever_settings,
         "flagged": flagged,
     }
     if as_json:
         print_json(summary)
         return
     typer.echo(f"{frame.height} em rows written to {summary['path']} (teacher {teacher}; {flagged} reasoning(s) replaced by the template)")
+
+
+def _retriever_settings(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--retriever-setting KEY=VALUE`` flags as the retriever's keyword options (``None``: none given)."""
+    return key_value_settings(pairs, "--retriever-setting", "k1=1.2") if pairs else None
 
 
 def prediction_advice(report: dict[str, Any], max_tokens: int) -> list[str]:

@@ -39,7 +39,9 @@ does a run of :data:`~ee_middleware.replay.executors.SERVER_FAILURES_IN_A_ROW` p
 that still lists its models (its generation is down behind a live listing). A replay follows the same rule
 (:func:`~ee_middleware.replay.executors.fails_alone`, :class:`~ee_middleware.replay.executors.ServerFailuresInARow`).
 
-Each variant records the ``model`` it ran. A replay config's fidelity gate reads the retrieval
+Each variant records the ``model`` it ran; the report records the ``retriever`` (its name) and the
+``retriever_settings`` it was built with (a credential among them left out, as a replay id leaves it out), so that
+two evaluations with different retriever options are told apart. A replay config's fidelity gate reads the retrieval
 variant of the model it replays with (:func:`ee_middleware.replay.sandboxes.experience.load_fidelity`).
 """
 
@@ -48,8 +50,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +169,17 @@ class HeldOutSplit:
     held_out: list[tuple[Trajectory, Transition]]
     held_out_ids: set[str]
     index: TransitionIndex
+    retriever_settings: dict[str, Any] = field(default_factory=dict)
+    """The keyword options the index's retriever was built with (``retriever_settings``)."""
+
+    @property
+    def shown_retriever_settings(self) -> dict[str, Any]:
+        """:attr:`retriever_settings` as a report records them: a credential left out and a credential's form masked
+        (:func:`~ee_middleware.replay.config.shaping_settings`, as a replay id counts a sandbox's settings), the rest kept,
+        so that two evaluations with different retriever options are told apart."""
+        from ee_middleware.replay.config import shaping_settings
+
+        return shaping_settings(self.retriever_settings)
 
 
 def split_store(
@@ -177,11 +190,15 @@ def split_store(
     limit: int | None = None,
     retriever: str | Retriever | None = None,
     app: str | None = None,
+    retriever_settings: Mapping[str, Any] | None = None,
 ) -> HeldOutSplit:
     """Hold out ``share`` of the store's approved trajectories (at least one) and index the real transitions of the rest
-    (searched by ``retriever``: see :data:`ee_middleware.replay.retrieval.RETRIEVERS`). Pending and rejected trajectories
-    are neither held out nor indexed: only what was approved for training is. ``app``: only that app's trajectories are
-    held out or indexed (a store holding several apps)."""
+    (searched by ``retriever``, built with the keyword options ``retriever_settings``: see
+    :data:`ee_middleware.replay.retrieval.RETRIEVERS`; an option its factory takes no parameter for is refused there).
+    Pending and rejected trajectories are neither held out nor indexed: only what was approved for training is. ``app``:
+    only that app's trajectories are held out or indexed (a store holding several apps)."""
+    settings = dict(retriever_settings or {})
+    index = TransitionIndex.of(retriever, **settings)  # an unknown retriever or option fails here, before reading the store
     approved = approved_trajectories(store, app)
     # the expert steps a build teaches: none a paused run's resumed run holds too, nor after its call awaiting review
     taught = expert_transitions(approved)
@@ -189,12 +206,11 @@ def split_store(
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and len(trajectories) > 1:
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
-    index = TransitionIndex.of(retriever)
     # every approved trajectory not held out, as IWM and the live buffer: a paused run none of whose calls is taught
     # still gives its rollouts at states before the pause
     index.add(buffer_transitions(store, approved, leave_out=held, taught=taught))
     pairs = [(t, tr) for t in trajectories if t.id in held for tr in taught[t.id]]
-    return HeldOutSplit(pairs[:limit] if limit else pairs, held, index)
+    return HeldOutSplit(pairs[:limit] if limit else pairs, held, index, settings)
 
 
 def evaluate(
@@ -228,6 +244,7 @@ def evaluate(
         "held_out_transitions": len(split.held_out),
         "indexed_transitions": len(split.index),
         "retriever": split.index.retriever_name,
+        "retriever_settings": split.shown_retriever_settings,
         "top_k": top_k,
         "variants": {},
         "model_errors": 0,

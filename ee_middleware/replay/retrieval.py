@@ -404,10 +404,18 @@ RETRIEVERS = PluginKind(
 
 
 def build_retriever(spec: str | Retriever | None = None, **options: Any) -> Retriever:
-    """The retriever ``spec`` names (default ``bm25``), or ``spec`` itself when it already is one."""
+    """The retriever ``spec`` names (default ``bm25``), built with the keyword ``options`` (``retriever_settings``: an
+    option its factory takes no parameter for is the registry's 'Bad options' error), or ``spec`` itself when it already
+    is one (which takes no options: they would be dropped without a word)."""
     if spec is None:
         spec = DEFAULT_RETRIEVER
     if isinstance(spec, Retriever):
+        if options:
+            raise SandboxError(
+                f"Retriever options ({', '.join(sorted(options))}) were given with a retriever already built "
+                f"({type(spec).__name__}): they apply only where a retriever is named by its spec. Build it with them, or "
+                "name it (package.module:factory) and pass them as retriever_settings."
+            )
         return spec
     return RETRIEVERS.build(spec, **options)
 

@@ -17,7 +17,9 @@ stores no observation.
 
 Per tool: with ``real=SPEC`` the tools that real sandbox covers run there for real (not synthetic),
 the rest go to the model. ``retriever`` picks how the replay buffer is searched (``bm25``, the
-default, ``bm25s`` or a plug-in: :data:`ee_middleware.replay.retrieval.RETRIEVERS`). ``min_fidelity`` (tool -> minimum token F1, ``"*"`` for every tool) with
+default, ``bm25s`` or a plug-in: :data:`ee_middleware.replay.retrieval.RETRIEVERS`), ``retriever_settings`` (a table)
+gives its factory keyword options (``{ k1 = 1.2 }`` for ``bm25``, a plug-in's own; one it takes no parameter for is the
+registry's 'Bad options' error); both are sandbox settings, so part of a replay's id. ``min_fidelity`` (tool -> minimum token F1, ``"*"`` for every tool) with
 ``fidelity`` (a report of ``ee experience eval --json``, whose variant that measured this model is
 read unless ``fidelity_variant`` names one, or a tool -> score mapping) refuses the
 tools whose measured fidelity is below their threshold or was never measured; :meth:`refusal_hint`
@@ -376,6 +378,24 @@ def _checked_min_fidelity(value: Any) -> dict[str, float]:
     return thresholds
 
 
+def _checked_retriever_settings(value: Any, index: TransitionIndex | None) -> dict[str, Any]:
+    """``retriever_settings`` as the retriever's keyword options; ``ValueError`` naming the setting and how to write it when
+    it is not a table of named options, or is given with an ``index`` (whose retriever is built already)."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ValueError(
+            f"retriever_settings must be a table of the retriever's keyword options, got {_shown(value)}, e.g. "
+            "retriever_settings = { k1 = 1.2, b = 0.75 } for bm25."
+        )
+    if value and index is not None:
+        raise ValueError(
+            "retriever_settings apply to the retriever the sandbox builds; with an index given, its retriever is built "
+            "already: build the index with them (TransitionIndex.of(retriever, **settings)), or leave them out."
+        )
+    return dict(value)
+
+
 def _check_settings(**settings: Any) -> None:
     """``ValueError`` naming the first setting whose value is not of the type (or range) the sandbox takes, and the fix."""
     top_k, max_tokens, refresh_s = settings["top_k"], settings["max_tokens"], settings["refresh_s"]
@@ -444,6 +464,7 @@ class ExperienceSandbox:
         app: str | None = None,
         index: TransitionIndex | None = None,
         retriever: str | Retriever | None = None,
+        retriever_settings: Mapping[str, Any] | None = None,
         top_k: int = DEFAULT_TOP_K,
         real: str | None = None,
         min_fidelity: Mapping[str, float] | None = None,
@@ -472,6 +493,7 @@ class ExperienceSandbox:
             allow_network=allow_network,
             check_endpoint=check_endpoint,
         )
+        retriever_settings = _checked_retriever_settings(retriever_settings, index)
         min_fidelity = _checked_min_fidelity(min_fidelity)
         # the spec as printed and stored (synthetic observations' source, the fidelity report): credentials masked
         self.model = shown_spec(model) if model else str(getattr(client, "model", "client"))
@@ -479,7 +501,8 @@ class ExperienceSandbox:
         self._store_spec = store
         self.app = app
         self._index = index
-        self._retriever = build_retriever(retriever) if index is None else None  # an unknown one or a missing extra fails here
+        # an unknown retriever, an option it takes no parameter for, or a missing extra fails here
+        self._retriever = build_retriever(retriever, **retriever_settings) if index is None else None
         self.top_k = top_k
         self.refresh_s = refresh_s
         self.timeout_s = timeout_s

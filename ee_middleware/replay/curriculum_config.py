@@ -1,0 +1,87 @@
+"""Configuration of ``ee curriculum run``: one typed object, loadable from TOML, overridable by CLI flags.
+
+Precedence, lowest first: defaults, the TOML file's ``[curriculum]`` table, then flags (and ``TASKS``, the command's
+argument). Example ``curriculum.toml``::
+
+    [curriculum]
+    tasks = "tasks.jsonl"                 # from `ee curriculum propose`
+    policy = "openai:http://vllm:8000/v1#policy"
+    sandbox = "support_tools.sandbox:make_sandbox"
+    judge = "openai:http://vllm:8000/v1#judge"
+    store = "/data/experience"
+    k = 4
+    approve_if = "support_tools.review:short_and_clean"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ee_middleware._toml import build_config, finite_seconds, layered_values
+from ee_middleware.errors import ConfigError
+from ee_middleware.replay.curriculum import DEFAULT_APP
+from ee_middleware.store.registry import store_config_value
+
+TABLE = "curriculum"
+"""The table ``ee curriculum run`` reads from its ``--config`` file."""
+
+JUDGE_MAX_TOKENS = 1024
+"""Tokens the judge may write per verdict (``ee_middleware.evals.curriculum.JUDGE_MAX_TOKENS``; not imported: replay is
+a lower layer than evals)."""
+
+NEEDED = {
+    "tasks": "TASKS (the argument)",
+    "policy": "--policy",
+    "sandbox": "--sandbox",
+    "judge": "--judge",
+    "store": "--store",
+}
+"""The settings ``ee curriculum run`` cannot do without, and the argument or flag that gives each."""
+
+
+class CurriculumRunConfig(BaseModel):
+    """Everything ``ee curriculum run`` needs (its ``[curriculum]`` table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tasks: Path
+    """``tasks.jsonl`` from ``ee curriculum propose``."""
+    policy: str
+    """The policy to roll out: ``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
+    sandbox: str
+    """Sandbox of the real tools (``bfcl``, ``package.module:factory``)."""
+    judge: str
+    """The model that verifies each outcome."""
+    judge_max_tokens: int = Field(JUDGE_MAX_TOKENS, ge=1)
+    """Tokens the judge may write per verdict, its reasoning included."""
+    store: Annotated[Path | str, BeforeValidator(store_config_value)]
+    """The experience store the kept trajectories go to: a folder, or a store spec."""
+    k: int = Field(1, ge=1)
+    """Rollouts per task."""
+    approve_if: str | None = None
+    """``module:function(trajectory) -> bool``: the kept trajectories it accepts are approved, the others stay pending."""
+    app: str = DEFAULT_APP
+    """The app to store the trajectories of tasks that name none under."""
+    timeout_s: Annotated[float, finite_seconds("per request to the policy and the judge", "120, or 3600")] = Field(60.0, gt=0)
+    """Seconds per request to an ``openai:`` policy or judge."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> CurriculumRunConfig:
+        """Defaults <- the TOML file's ``[curriculum]`` table <- ``overrides`` (``None`` values are ignored). A required
+        setting neither gives is a :class:`ConfigError` naming its flag and its key, after the file's own problems (a key
+        spelled as its flag gets its 'did you mean')."""
+        values = layered_values(path, TABLE, overrides, job="curriculum run job")
+        missing = [key for key in NEEDED if values.get(key) is None]
+        if missing:
+            stand_ins = {**overrides, **dict.fromkeys(missing, "(not given)")}
+            build_config(cls, layered_values(path, TABLE, stand_ins, job="curriculum run job"), "curriculum run")
+            raise ConfigError(
+                "The curriculum run needs "
+                + " and ".join(f"{NEEDED[key]} (or {key} in the [{TABLE}] table of the --config file)" for key in missing)
+                + "."
+            )
+        return build_config(cls, values, "curriculum run")
