@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
-KNOWN_TABLES = ("improve", "replay", "datasets", "train", "eval", "gate", "capture")
+KNOWN_TABLES = ("improve", "replay", "datasets", "train", "eval", "gate", "capture", "experience_eval", "experience_dataset", "curriculum")
 """The tables ee reads from a configuration file (``ee improve`` reads them all from one file)."""
 
 READ_BY = {
@@ -41,6 +41,9 @@ READ_BY = {
     "eval": "ee eval run",
     "gate": "ee eval gate --policy",
     "capture": "record_experience's capture config",
+    "experience_eval": "ee experience eval",
+    "experience_dataset": "ee experience dataset",
+    "curriculum": "ee curriculum run",
 }
 """Who reads each table (named in the errors about a file given to the wrong job)."""
 

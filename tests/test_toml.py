@@ -228,6 +228,13 @@ def test_settings_above_the_jobs_table_are_refused(tmp_path: Path, job: str, tex
         ),
         ("eval", '[train]\nbase_model = "m"\n', r"no \[eval\] table"),
         ("improve", '[capture]\napp = "shop"\n', r"no \[improve\] table.*it has \[capture\] \(read by record_experience"),
+        # the experience and curriculum commands' tables are ee's own too (was: "read by no ee job", "rename it [replay]")
+        (
+            "replay",
+            "[experience_eval]\ntop_k = 3\n",
+            r"no \[replay\] table.*it has \[experience_eval\] \(read by ee experience eval\)\. Give",
+        ),
+        ("train", "[curriculum]\nk = 2\n", r"no \[train\] table.*it has \[curriculum\] \(read by ee curriculum run\)\. Give"),
     ],
 )
 def test_a_file_without_the_jobs_table_is_refused_naming_the_tables_it_has(tmp_path: Path, job: str, text: str, message: str) -> None:

@@ -196,6 +196,20 @@ def test_a_table_another_tool_reads_is_said_not_refused(tmp_path: Path, body: st
     assert f"improve.toml has {named}, which no ee job reads: ee improve ignores" in said[0]
 
 
+def test_another_ee_commands_table_in_the_improve_file_is_not_said(tmp_path: Path) -> None:
+    """Was: one file holding [experience_eval] or [curriculum] beside the nightly job's tables (as their --config reads
+    them) warned that no ee job reads them."""
+    import warnings
+
+    LocalExperienceStore(tmp_path / "s").close()
+    body = '[replay]\nsandbox = "bfcl"\n[experience_eval]\ntop_k = 3\n[experience_dataset]\nseed = 1\n[curriculum]\nk = 2\n'
+    path = _improve_file(tmp_path, _base_folder(tmp_path), body)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ImproveConfig.load(path).check()
+    assert not [str(w.message) for w in caught if "no ee job reads" in str(w.message)]
+
+
 def test_a_mistaken_table_is_still_refused_next_to_another_tools_table(tmp_path: Path) -> None:
     LocalExperienceStore(tmp_path / "s").close()
     path = _improve_file(tmp_path, _base_folder(tmp_path), "[notify]\nx = 1\n[budgets]\nmax_trajectories = 1\n")
