@@ -51,6 +51,7 @@ from ee_middleware.models.parsing import CALL_FIELDS, CALL_TYPES, MISNAMED_ARGUM
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
 from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, DEFAULT_APP, with_parent, world_environment
+from ee_middleware.replay.curriculum_config import JUDGE_MAX_TOKENS
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
 from ee_middleware.replay.sandboxes.protocol import check_offered_tools
 
@@ -86,11 +87,6 @@ world): ``ee replay run`` refuses such a call (its ``refused_tools``), and so do
 it. Its refusal is no observation production gives: stored and approved, it would become an IWM and experience-model
 target. A covered tool's own error (it raised, as in production) is an observation like any other."""
 
-JUDGE_MAX_TOKENS = 1024
-"""The judge's ``max_tokens`` unless told otherwise (``ee curriculum run --judge-max-tokens``): its verdict is a short JSON
-object, but a reasoning judge (Qwen3, an R1 distill) thinks first, and one cut off while thinking gives no verdict. A
-server that refuses it for its context (vLLM ``--max-model-len 2048`` and the judge's prompt of up to ~2k tokens) is
-asked again with what the context leaves (:func:`judge`)."""
 
 JUDGE_MIN_TOKENS = 32
 """The fewest tokens the judge is asked for when its context leaves less than ``max_tokens``: below, no verdict fits."""

@@ -30,8 +30,10 @@ TABLE = "curriculum"
 """The table ``ee curriculum run`` reads from its ``--config`` file."""
 
 JUDGE_MAX_TOKENS = 1024
-"""Tokens the judge may write per verdict (``ee_middleware.evals.curriculum.JUDGE_MAX_TOKENS``; not imported: replay is
-a lower layer than evals)."""
+"""The judge's ``max_tokens`` unless told otherwise (``ee curriculum run --judge-max-tokens``): its verdict is a short JSON
+object, but a reasoning judge (Qwen3, an R1 distill) thinks first, and one cut off while thinking gives no verdict. A
+server that refuses it for its context (vLLM ``--max-model-len 2048`` and the judge's prompt of up to ~2k tokens) is
+asked again with what the context leaves (``ee_middleware.evals.curriculum.judge``, which reads it from here)."""
 
 NEEDED = {
     "tasks": "TASKS (the argument)",
