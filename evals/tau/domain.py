@@ -149,7 +149,12 @@ def _outputs(task: Mapping[str, Any], where: str) -> tuple[str, ...]:
 class TauDomain:
     """A domain: ``load_data()`` returns a fresh database (JSON data: dicts with string keys, lists, strings, finite
     numbers, booleans, None, or subclasses of these whose JSON copy compares equal, such as an ``OrderedDict``, an
-    ``IntEnum`` or a ``numpy.float64``); ``splits`` name -> loader of its tasks."""
+    ``IntEnum`` or a ``numpy.float64``); ``splits`` name -> loader of its tasks.
+
+    Check your own domain with the conformance kit, in your tests: ``check_tau_domain(factory)`` from
+    :mod:`ee_middleware.evals.tau.testing` runs the checks below and what the harness relies on beyond them (a fresh,
+    independent database from every ``load_data()`` call, tools that read their ``data`` argument and survive bad
+    arguments, schemas that fit their functions, the ``oracle`` passing every task)."""
 
     name: str
     policy: str

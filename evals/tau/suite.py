@@ -50,7 +50,8 @@ TAU_DOMAINS = PluginKind(
     forms=tuple(f"{name!r} (with a tau-bench checkout)" for name in tau_bench.DOMAINS),
 )
 """Where ``tau:DOMAIN`` finds its domain: a built-in, ``package.module:factory`` (a callable returning a
-:class:`TauDomain`: a user's own tools, database, policy and tasks) or an installed entry point."""
+:class:`TauDomain`: a user's own tools, database, policy and tasks) or an installed entry point. Check a factory with
+``ee_middleware.evals.tau.testing.check_tau_domain(factory)`` before registering it (the built-in library passes it)."""
 
 
 def resolve_domain(name: str, tau_bench_dir: str | None = None, *, split: str | None = None) -> TauDomain:
