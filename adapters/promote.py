@@ -169,6 +169,7 @@ def _promote(
             f"Evaluate a better candidate, or promote it anyway with --ignore-gate (ignore_gate=True; the history records it)."
         )
     _check_servable(registry, record)
+    _check_reachable(registry, record, replicas, by=by, say=say)
     check_served_bases(registry, record, replicas, say=say)
     _check_ranks(registry, record, replicas, say=say)
     checks = _checked_rendering(registry, record, replicas, say=say, ignore_rendering=ignore_rendering)
@@ -206,6 +207,19 @@ def _promote(
         checks,
         reinstated=reinstated,
     )
+
+
+def _check_reachable(
+    registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend], *, by: str | None, say: Progress
+) -> None:
+    """Every replica answers its model listing before the checks that ask the replicas (base model, rank, chat template):
+    one that cannot be reached fails the promote with that alone (:func:`_fail`: nothing loaded, the adapter not at
+    fault), not after notes that blame its setup for what it did not say."""
+    for replica in replicas:
+        try:
+            replica.list()
+        except ServingError as exc:
+            _fail(registry, record, replica, exc, [], [], by=by, say=say)
 
 
 def failed_for_rank(record: AdapterRecord) -> bool:

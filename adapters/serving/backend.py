@@ -2,8 +2,9 @@
 
 Both built-in servers speak the same API, so one client class does the work:
 
-- ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` — 400 for a name already loaded, 404 for
-  a path the server cannot see, 500 (vLLM) when loading failed: for an adapter it cannot use (a rank
+- ``POST /v1/load_lora_adapter {"lora_name", "lora_path"}`` — 400 for a name already loaded, 404 naming the
+  missing adapter for a path the server cannot see (``No adapter found``; a 404 without it, such as FastAPI's
+  ``{"detail": "Not Found"}``, means the server has no such route: no runtime LoRA API), 500 (vLLM) when loading failed: for an adapter it cannot use (a rank
   above ``--max-lora-rank``, other target modules, ...) and for its own trouble (out of memory, no free
   slot, a dead engine) alike; :func:`adapter_problem` tells them apart by the message;
 - ``POST /v1/unload_lora_adapter {"lora_name"}``;
@@ -181,6 +182,15 @@ class HTTPServingBackend:
         )
 
     def _load_refused(self, exc: ModelRequestError, name: str, path: str, rank: int | None) -> ServingError:
+        if exc.status == 404 and not _NO_ADAPTER_FOUND.search(exc.refusal):
+            return ServerUnavailableError(
+                f"{self.url} has no runtime LoRA API: POST {self.url}/load_lora_adapter answered HTTP 404 without saying that "
+                f"the adapter folder is missing ({_refusal_text(exc)}), which is the answer for a route the server does not "
+                "serve: vLLM started without VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or a server that is not vLLM. Start vLLM "
+                f"with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora (ee serve vllm does both), or ee serve local. "
+                f"{name} was not loaded there.",
+                url=self.url,
+            )
         if exc.status == 404:
             return AdapterPathNotFoundError(
                 f"{self.url} cannot find the adapter folder {path} (HTTP 404). The server must see the same file system: "
@@ -445,6 +455,19 @@ def rank_advice(rank: int | None, limit: int | None = None) -> str:
         f"({how}){which} and promote it again (where you give the promote "
         f"--max-lora-rank or EE_MAX_LORA_RANK, raise that to {value} too); or train with {smaller}."
     )
+
+
+_NO_ADAPTER_FOUND = re.compile(r"No adapter found", re.IGNORECASE)
+"""What a server's 404 to a load says when the adapter folder is missing: vLLM's ``Loading lora NAME failed: No adapter
+found for PATH`` (its ``LoRAAdapterNotFoundError``, answered 404 by ``load_lora_adapter``) and the local server's ``No
+adapter found at PATH``. A 404 without it (FastAPI's ``{"detail": "Not Found"}``) is a route the server does not serve."""
+
+
+def _refusal_text(exc: ModelRequestError) -> str:
+    """The body of a refusal as the server sent it (the client's refusal text without its "The server at URL refused the
+    request with" preamble)."""
+    found = re.search(r"HTTP \d{3}: (.*?)\.?$", exc.refusal, re.DOTALL)
+    return found.group(1) if found else exc.refusal
 
 
 def _server_answer(exc: ModelServerError) -> str:

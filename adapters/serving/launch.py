@@ -4,7 +4,7 @@
 output to a log file, waits until ``GET /v1/models`` answers (or the process exits, or the timeout
 passes: then it is stopped and :class:`~ee_middleware.adapters.errors.ServerStartError` carries the
 last lines of its log), and stops the whole group (SIGTERM, then SIGKILL) on :meth:`stop`. A log it made itself (no
-``log_path`` given: ``ee-NAME-*.log`` in the temporary folder) is deleted when the server is stopped; it is kept when
+``log_path`` given: ``ee-NAME-*.log`` in the temporary folder, the name as a slug: ``ee-vllm-server-*.log``) is deleted when the server is stopped; it is kept when
 the server failed to start (the error names it) or ended by itself with a failure. A ``log_path`` given is never deleted.
 
 :func:`vllm_command` builds vLLM's command line: ``vllm serve MODEL`` (``launcher="cli"``, the GPU
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -190,7 +191,7 @@ class ServerProcess:
         self._check_address()
         self._failed = self._ended = False
         if self.log_path is None:
-            descriptor, path = tempfile.mkstemp(prefix=f"ee-{self.name}-", suffix=".log")
+            descriptor, path = tempfile.mkstemp(prefix=f"ee-{_slug(self.name)}-", suffix=".log")
             os.close(descriptor)
             self.log_path, self._own_log = Path(path), True
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -203,8 +204,12 @@ class ServerProcess:
                 start_new_session=True,
                 preexec_fn=parent_death_preexec(signal.SIGTERM) if self.end_with_parent else None,
             )
-        except BaseException:  # no such program, say: the log is closed (and, empty, deleted when made here)
+        except BaseException as exc:  # no such program, say: the log is closed (and, empty, deleted when made here);
+            # vLLM's own program missing is said as such (ee serve vllm without vLLM), any other error as it is
             self.stop()
+            missing = _missing_vllm(self.command, exc)
+            if missing is not None:
+                raise ServerStartError(missing, url=self.url) from exc
             raise
         if self.end_with_parent:
             try:
@@ -315,6 +320,37 @@ class ServerProcess:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _slug(name: str) -> str:
+    """``name`` as a file name's part: lower case, runs of anything but letters and digits as one ``-`` (``vLLM server``:
+    ``vllm-server``), so that a log's path can be pasted into a shell as it is."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "server"
+
+
+_VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def _missing_vllm(command: Sequence[str], exc: BaseException) -> str | None:
+    """What to do when the program of a vLLM command line (:func:`vllm_command`) cannot be run because it does not
+    exist: ``vllm`` is not on PATH (``launcher="cli"``), or the ``--vllm-python`` given is no file (``"module"``); None for
+    another failure or another command (its own ``FileNotFoundError`` stays as it is)."""
+    if not isinstance(exc, FileNotFoundError) or not command:
+        return None
+    program = command[0]
+    if Path(program).name == "vllm":
+        where = "on PATH" if program == "vllm" else f"at {program}"
+        return (
+            f"The `vllm` command is not {where}. Install vLLM in its own "
+            "environment and pass --launcher module --vllm-python ENV/bin/python (that environment's Python), or use "
+            "ee serve local (no vLLM needed)."
+        )
+    if list(command[1:3]) == ["-m", _VLLM_MODULE]:
+        return (
+            f"The Python of vLLM's environment, {program}, does not exist. Pass --vllm-python the python of the environment "
+            "vLLM is installed in (ENV/bin/python), or use ee serve local (no vLLM needed)."
+        )
+    return None
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -18,7 +18,9 @@ and for vLLM (:class:`~ee_middleware.adapters.serving.backend.LocalBackend`):
   token), with a usage chunk when ``stream_options.include_usage`` is set;
 - ``GET /v1/models``, ``GET /health``;
 - ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` — vLLM's status codes: 400 for a
-  name already loaded, 404 for a missing path, 500 for a rank above ``--max-lora-rank``;
+  name already loaded, 404 for a missing path, 500 for a rank above ``--max-lora-rank``; and 400 naming both models for
+  an adapter whose ``adapter_config.json`` names another base than the served one (as ``ee adapters promote`` compares
+  them), which vLLM would load;
 - ``POST /tokenize`` — ``{"model", "messages", "tools", "add_generation_prompt"}`` -> ``{"tokens", "count"}``,
   like vLLM's, to check that the served prompt is the trained one.
 
@@ -64,6 +66,7 @@ from ee_middleware.adapters.serving.http import (
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
 from ee_middleware.adapters.templates import local_served_template, refusal_to_serve
 from ee_middleware.errors import ChatTemplateError
+from ee_middleware.models.bases import adapter_base, same_base
 from ee_middleware.models.chat_template import TemplateDoesNotCompileError, TemplateShowsNoTextError, probe_template, render_prompt
 from ee_middleware.models.local import Generated, LocalGenerator, load_pretrained
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
@@ -133,6 +136,7 @@ class LocalModelServer:
             folder = Path(path)
             if not (folder / "adapter_config.json").is_file():
                 raise RequestError(404, f"No adapter found at {path} (no adapter_config.json).", "NotFoundError")
+            self._check_adapter_base(folder)
             rank = _adapter_rank(folder)
             if rank > self.max_lora_rank:
                 raise RequestError(500, f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.", "InternalServerError")
@@ -152,6 +156,21 @@ class LocalModelServer:
             self.adapters[name] = str(folder)
             self._peft_names[name] = peft_name
         return f"Success: LoRA adapter '{name}' added successfully."
+
+    def _check_adapter_base(self, folder: Path) -> None:
+        """A 400 naming both models for an adapter whose ``adapter_config.json`` names another base than the one served,
+        compared as a promote compares them (:func:`~ee_middleware.models.bases.same_base`: a copy of the base is the
+        base); one that names none, or one the names cannot tell apart (a hub id against a folder), is loaded. Another
+        base of the same shapes would load without an error and answer as a model nobody trained."""
+        trained_on = adapter_base(folder)
+        if trained_on is None or same_base(trained_on, str(self.base_path)) is not False:
+            return
+        raise RequestError(
+            400,
+            f"The adapter at {folder} was trained on base model {trained_on}, but this server serves {self.base_path}. A LoRA "
+            f"adapter works only on the base it was trained on: load it into a server started with --base {trained_on}, or "
+            f"load an adapter trained on {self.base_path}.",
+        )
 
     def _undo_failed_load(self, peft_name: str) -> None:
         """Take out what a load that failed part-way left in the model: peft injects an adapter's LoRA layers before it

@@ -14,8 +14,13 @@ the others go first meanwhile, and it is still tried when every other replica fa
 (``ee adapters promote LIVE_NAME ...`` loads the live adapter wherever it is missing), and once again when it
 serves it. The router itself never loads adapters: it holds no registry lease (a load from here could race a
 promote, rollback or retire), several routers may front the same replicas, and a load must be checked and verified
-as a promote does. ``GET /v1/models`` lists the apps and the served base model. ``"stream": true`` answers are relayed as the replica sends them (server-sent events); a
-replica that fails before it answers (its status line) is skipped, one that breaks mid-stream ends the stream with
+as a promote does. ``GET /v1/models`` lists the apps and the served base model. A replica's HTTP 200 answer to a
+completion request (``/v1/chat/completions``, ``/v1/completions``) that is not one (not JSON, or no ``choices`` list: a
+misconfigured replica or ingress answering ``{"hello": "world"}`` or an HTML page) is a failure like an unreachable
+replica's: the next replica is asked, it is passed over for ``cooldown_s`` (the log says so), and when every replica
+failed the answer is a 502 naming each one's reason. ``"stream": true`` answers are relayed as the replica sends them
+(server-sent events), not checked (a stream is relayed byte for byte as it comes, keep-alive comments and all; reading
+ahead to its first event would hold back its start); a replica that fails before it answers (its status line) is skipped, one that breaks mid-stream ends the stream with
 an error event after the last whole event (a stream already started is never sent again elsewhere). A promote or rollback is one atomic write of the registry index: the next request goes to
 the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
 or waits for a restart. Answers keep the adapter's name in ``model``, so recorded traces say which
@@ -162,8 +167,9 @@ class AliasRouter:
         return {"object": "list", "data": data}
 
     def forward(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-        """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``. A replica that does not answer, or
-        answers 404 (it does not hold the model), is passed over for the next; when every one answered 404, the first
+        """Send ``body`` (model resolved) to the replicas in turn; ``(status, answer)``. A replica that does not answer,
+        answers 404 (it does not hold the model), or answers a completion request with HTTP 200 and no completion
+        (:func:`_checked_answer`), is passed over for the next; when every one answered 404, the first
         404 is relayed as the replica sent it (for an app's live adapter, the router's own saying which replicas lack it)."""
         model, app = self._route(body.get("model"))
         body = {**body, "model": model}
@@ -203,7 +209,7 @@ class AliasRouter:
                 f"Load it again on every replica: {self._reload_command(str(model))}"
             )
             return 404, error_body(404, message, "NotFoundError")
-        return 502, error_body(502, "No replica answered: " + " | ".join(problems), "BadGatewayError")
+        return 502, error_body(502, "No replica answered with a usable answer: " + " | ".join(problems), "BadGatewayError")
 
     def _ask(self, url: str, path: str, body: dict[str, Any]) -> Any:
         """The replica's answer to ``body`` (an :class:`EventStream` once a stream has started); a replica that refused
@@ -218,7 +224,7 @@ class AliasRouter:
             try:
                 if body.get("stream"):
                     return self._open_stream(url, root, suffix, body)
-                return self._client(root).post(suffix, body)
+                return _checked_answer(f"{root}{suffix}", path, self._client(root).post(suffix, body))
             except ModelRequestError:
                 raise
             except ModelServerError as exc:
@@ -253,12 +259,17 @@ class AliasRouter:
 
     def _failed(self, url: str, exc: ModelError) -> None:
         """``url`` failed a request: passed over for ``cooldown_s`` when it timed out or could not be reached (no answer
-        at all); one that answered (a 5xx, something not JSON) is up, and keeps its turn."""
-        if not isinstance(exc, ModelServerError) or isinstance(exc, ModelResponseError) or exc.status is not None:
+        at all), or answered with something that is no answer of the API (HTTP 200 with a body that is not JSON, or not a
+        completion: a misconfigured replica or ingress, which answers so every time); one that answered a 5xx is up, and
+        keeps its turn."""
+        if not isinstance(exc, ModelServerError) or not self.cooldown_s:
             return
-        if not self.cooldown_s:
+        if isinstance(exc, ModelResponseError):
+            why = f"an unusable answer: {exc}"
+        elif exc.status is not None:
             return
-        why = f"no answer within {self.timeout_s:g} s" if exc.timed_out else "could not be reached or broke the connection"
+        else:
+            why = f"no answer within {self.timeout_s:g} s" if exc.timed_out else "could not be reached or broke the connection"
         with self._lock:
             new = url not in self._down
             self._down[url] = _Down(time.monotonic() + self.cooldown_s, why)
@@ -336,6 +347,22 @@ class AliasRouter:
                 root, "ee-router", retries=0, timeout_s=self.timeout_s, api_key="", timeout_knob="ee serve router --timeout SECONDS"
             )
         return clients[root]
+
+
+COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+"""The forwarded paths whose answer is a completion: an HTTP 200 body without a ``choices`` list is a replica's failure."""
+
+
+def _checked_answer(url: str, path: str, answer: Any) -> Any:
+    """``answer``, the JSON a replica sent with HTTP 200 for ``path``; :class:`ModelResponseError` when ``path`` asks
+    for a completion and the answer is none (not an object with a ``choices`` list), so the router passes the replica
+    over rather than relay it as the app's answer."""
+    if path not in COMPLETION_PATHS or (isinstance(answer, dict) and isinstance(answer.get("choices"), list)):
+        return answer
+    kind = "chat completion" if path == "/v1/chat/completions" else "completion"
+    shown = json.dumps(answer, ensure_ascii=False)
+    shown = shown if len(shown) <= 200 else shown[:200] + "..."
+    raise ModelResponseError(f"{url} answered HTTP 200 with something that is not a {kind} (no 'choices' list): {shown}", url=url)
 
 
 class _Handler(JSONHandler):

@@ -78,7 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
             if body["lora_name"] in self.server.loaded:
                 return send_json(self, {"error": {"message": "already loaded"}}, 400)
             if not Path(body["lora_path"]).is_dir():
-                return send_json(self, {"error": {"message": "not found"}}, 404)
+                message = f"Loading lora {body['lora_name']} failed: No adapter found for {body['lora_path']}"  # vLLM's words
+                return send_json(self, {"error": {"message": message, "type": "NotFoundError", "param": None, "code": 404}}, 404)
             self.server.loaded[body["lora_name"]] = body["lora_path"]
             return send_json(self, {})
         if self.path == "/v1/unload_lora_adapter":

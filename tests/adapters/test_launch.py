@@ -286,7 +286,7 @@ def test_the_log_the_launcher_made_is_deleted_when_the_server_is_stopped(temp_di
     """Before: every server started without a log_path left an ee-<name>-*.log in /tmp for good."""
     with _tiny() as server:
         log = server.log_path
-        assert log is not None and log.parent == temp_dir and log.name.startswith("ee-tiny server-")
+        assert log is not None and log.parent == temp_dir and log.name.startswith("ee-tiny-server-")
         assert "tiny server up" in server.log_tail()
     assert not log.exists() and list(temp_dir.iterdir()) == []
     assert server.log_path is None and server.log_tail() == "(no log)"

@@ -4,6 +4,8 @@ app that never had a live adapter serves the base model, and has nothing to roll
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +15,22 @@ from ee_middleware.adapters.errors import InvalidTransitionError, PromotionError
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
-from ee_middleware.adapters.serving.launch import free_port
+from ee_middleware.testing import ScriptedChatServer
 
 from .conftest import train_shaped_adapter
+
+
+@contextmanager
+def _no_runtime_lora_api() -> Iterator[LocalBackend]:
+    """A replica that answers (its model listing, chat) but fails every load for its own reason, not the adapter's: it
+    has no runtime LoRA API (a replica that is down is found before anything is loaded, so it cannot show what a failed
+    promote says about the replicas it loaded the adapter on)."""
+    with ScriptedChatServer(["OK"], models=["tiny-base"]) as plain:
+        backend = LocalBackend(plain.base_url, timeout_s=5)
+        try:
+            yield backend
+        finally:
+            backend.close()
 
 
 def _rolled_back(local_server: Any, tiny_base: Path, tmp_path: Path) -> tuple[LocalAdapterRegistry, str, str, LocalBackend]:
@@ -37,10 +52,9 @@ def test_a_failed_promote_of_a_retired_adapter_says_it_stays_retired_and_stays_l
     """Before: 'It was unloaded from every replica it had been loaded on, and stays a candidate', while it stayed
     retired and stayed loaded on the replica that answered (this promote had loaded it nowhere)."""
     registry, first, second, good = _rolled_back(local_server, tiny_base, tmp_path)
-    dead = LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
     try:
-        with pytest.raises(PromotionError) as caught:
-            promote(registry, second, [good, dead])
+        with _no_runtime_lora_api() as other, pytest.raises(PromotionError) as caught:
+            promote(registry, second, [good, other])
         message = str(caught.value)
         assert isinstance(caught.value.__cause__, ServerUnavailableError)
         assert "stays a candidate" not in message and "unloaded" not in message, message
@@ -74,9 +88,8 @@ def test_a_failed_promote_of_a_candidate_says_where_this_promote_had_loaded_it(l
     registry = LocalAdapterRegistry(tmp_path / "reg")
     good = LocalBackend(local_server.url)
     name = registry.register(train_shaped_adapter(tiny_base, tmp_path / "a", seed=83), "bot").name
-    dead = LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
-    with pytest.raises(PromotionError) as caught:
-        promote(registry, name, [good, dead])
+    with _no_runtime_lora_api() as other, pytest.raises(PromotionError) as caught:
+        promote(registry, name, [good, other])
     message = str(caught.value)
     assert f"It was unloaded from {good.url}, where this promote had loaded it." in message, message
     assert "stays loaded" not in message and "It stays a candidate: the adapter is not at fault." in message

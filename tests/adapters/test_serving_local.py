@@ -123,19 +123,23 @@ def test_promote_switches_the_alias_and_rollback_restores_the_previous_answer(lo
             replicas[0].unload(name)
 
 
-def test_a_promote_that_fails_on_a_dead_second_replica_unloads_it_from_the_first_and_keeps_it_a_candidate(
+def test_a_promote_that_fails_on_a_second_replica_unloads_it_from_the_first_and_keeps_it_a_candidate(
     local_server: Any, tiny_base: Path, tmp_path: Path
 ) -> None:
-    from ee_middleware.adapters.serving.launch import free_port
+    """The second replica answers but cannot load it for its own reason (no runtime LoRA API: a route's 404); one that is
+    down is found before anything is loaded (tests/adapters/test_promote_unreachable_replica.py)."""
+    from ee_middleware.testing import ScriptedChatServer
 
     registry = LocalAdapterRegistry(tmp_path / "reg")
     live = registry.register(train_shaped_adapter(tiny_base, tmp_path / "a", seed=21), "bot")
     good = LocalBackend(local_server.url)
     promote(registry, live.name, [good])
     candidate = registry.register(train_shaped_adapter(tiny_base, tmp_path / "b", seed=22), "bot")
-    dead = LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=5)
-    with pytest.raises(PromotionError, match=r"It was unloaded from http\S+, where this promote had loaded it") as caught:
-        promote(registry, candidate.name, [good, dead])
+    with ScriptedChatServer(["OK"], models=["tiny-base"]) as plain:
+        other = LocalBackend(plain.base_url, timeout_s=5)
+        with pytest.raises(PromotionError, match=r"It was unloaded from http\S+, where this promote had loaded it") as caught:
+            promote(registry, candidate.name, [good, other])
+        other.close()
     assert isinstance(caught.value.__cause__, ServerUnavailableError)
     assert candidate.name not in good.list()
     assert registry.get(candidate.name).status == "candidate", "a replica that is down says nothing about the adapter"

@@ -1,0 +1,53 @@
+"""A promote into a replica that cannot be reached says that alone: no setup notes blaming the server first ("does not
+say which base model it serves", "did not record its --max-lora-rank ... not started by ee serve vllm or ee serve
+local", false for a local server that was simply stopped), and nothing is loaded on the replicas that answer.
+
+The replicas are real HTTP servers (vLLM's runtime LoRA API stand-in); the one that is down is a port nobody listens on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.adapters.errors import PromotionError, ServerUnavailableError
+from ee_middleware.adapters.promote import promote
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.backend import LocalBackend, VLLMBackend
+from ee_middleware.adapters.serving.launch import free_port
+from ee_middleware.testing.http import serving
+
+from .helpers import StandInVLLM, write_adapter
+
+
+def test_a_promote_into_a_replica_that_is_down_says_only_that(tmp_path: Path) -> None:
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    name = registry.register(write_adapter(tmp_path / "src"), "bot").name
+    said: list[str] = []
+    good = StandInVLLM()
+    with serving(good) as url:
+        replicas = [VLLMBackend(url, timeout_s=5), LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)]
+        try:
+            with pytest.raises(PromotionError, match="Connection refused") as caught:
+                promote(registry, name, replicas, progress=said.append)
+        finally:
+            for replica in replicas:
+                replica.close()
+    assert isinstance(caught.value.__cause__, ServerUnavailableError)
+    assert said == [], said
+    assert good.loaded == {} and not any(r.startswith("POST") for r in good.requests), good.requests
+    assert registry.get(name).status == "candidate" and registry.resolve("bot") is None
+
+
+def test_ee_adapters_promote_into_a_stopped_server_prints_the_connection_error_alone(tmp_path: Path) -> None:
+    from ee_middleware.cli.app import app
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    name = registry.register(write_adapter(tmp_path / "src"), "bot").name
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    result = CliRunner().invoke(app, ["adapters", "promote", name, "-r", str(registry.root), "--server", down, "--backend", "local"])
+    assert result.exit_code == 1, result.output
+    assert "note:" not in result.output and "--max-lora-rank" not in result.output, result.output
+    assert "does not say which base model" not in result.output, result.output
+    assert result.stderr.lstrip().startswith("error: Promoting") and "Connection refused" in result.stderr, result.stderr
