@@ -64,7 +64,9 @@ class AdapterRecord:
     base_model: str
     rank: int
     path: str
-    """The registry's own copy of the adapter folder (what servers load)."""
+    """The registry's own copy of the adapter folder (what servers load): an absolute path (or a URL the servers read).
+    The local registry stores it relative to its folder (``adapters/NAME``) and hands it out resolved from where the
+    registry is now."""
     source_path: str
     created_at: str
     created_by: str
@@ -124,14 +126,18 @@ def inspect_adapter(folder: str | Path) -> AdapterFiles:
 def check_registered_files(record: AdapterRecord, registry: str, *, fix: str | None = None) -> None:
     """The registry's copy of ``record`` is still what was registered (same content hash); otherwise
     :class:`AdapterFilesError` names the adapter and what to do (``fix``, else the general advice). A server
-    refusing damaged weights says only that it cannot read them; this says which adapter and how to get past it."""
-    fix = fix or (
+    refusing damaged weights says only that it cannot read them; this says which adapter and how to get past it.
+
+    A missing folder is most often a registry moved or copied without its ``adapters/`` folder, or a copy deleted
+    by hand: the message says where the folder was looked for and how to restore it before any other ``fix``."""
+    default = (
         f"Registered adapters are never edited: roll {record.app} back to an intact version (ee adapters rollback {record.app} "
         f"-r {registry}) when {record.name} is live, retire it otherwise (ee adapters retire {record.name} -r {registry}), "
         "or restore the folder from a backup."
     )
     if not Path(record.path).is_dir():  # inspect_adapter's advice (pass the folder ee train wrote) is for registering
-        raise AdapterFilesError(f"The registered adapter {record.name} is damaged: its folder {record.path} is gone. {fix}")
+        raise AdapterFilesError(f"{missing_copy_message(record, registry)} {fix or _without_restore(record, registry)}")
+    fix = fix or default
     try:
         files = inspect_adapter(record.path)
     except AdapterFilesError as exc:
@@ -141,6 +147,49 @@ def check_registered_files(record: AdapterRecord, registry: str, *, fix: str | N
             f"The files of the registered adapter {record.name} in {record.path} changed since it was registered (content hash "
             f"{files.content_hash[:12]}, registered {record.content_hash[:12]}). {fix}"
         )
+
+
+def missing_copy_message(record: AdapterRecord, registry: str) -> str:
+    """What :func:`check_registered_files` says first of a registered adapter whose folder is not there: where it was
+    looked for, and the two usual causes with their fixes (a registry moved or copied without its ``adapters/`` folder;
+    a copy deleted: the same weights registered again restore it, their content hash checked)."""
+    return (
+        f"The registered adapter {record.name} has no copy in the registry: its folder {record.path} is gone. If the registry "
+        f"was moved or copied from another folder, copy its adapters/{record.name} folder along (it was registered from "
+        f"{record.source_path}). Otherwise restore the folder from a backup, or register the same weights again (ee adapters "
+        f"register {record.source_path} --app {record.app} -r {registry}: the registry restores its copy when their content "
+        "hash matches)."
+    )
+
+
+def _without_restore(record: AdapterRecord, registry: str) -> str:
+    return (
+        f"Only if it cannot be restored: roll {record.app} back (ee adapters rollback {record.app} -r {registry}) when {record.name} is live, retire it "
+        f"otherwise (ee adapters retire {record.name} -r {registry})."
+    )
+
+
+def copy_problem(record: AdapterRecord, *, verify: bool) -> str | None:
+    """What is wrong with the registry's copy of ``record`` (None: nothing found; also for a path that is a URL, which
+    only the servers can read). ``verify=False``: only whether the folder, its config and a weights file are there (a
+    few ``stat`` calls, for listing every adapter); ``verify=True``: read the files and compare their content hash with
+    the registered one (reads every byte of the weights, about 1 s per GB)."""
+    if "://" in record.path:
+        return None
+    folder = Path(record.path)
+    if not folder.is_dir():
+        return f"its folder {folder} is missing"
+    if not verify:
+        missing = [] if (folder / CONFIG_FILE).is_file() else [CONFIG_FILE]
+        missing += [] if any((folder / name).is_file() for name in WEIGHT_FILES) else [" or ".join(WEIGHT_FILES)]
+        return f"{folder} lacks {', '.join(missing)}" if missing else None
+    try:
+        files = inspect_adapter(folder)
+    except AdapterFilesError as exc:
+        return str(exc).split(". ")[0]  # the finding, without inspect_adapter's advice to train again
+    if files.content_hash != record.content_hash:
+        return f"its files in {folder} changed since it was registered (content hash {files.content_hash[:12]}, registered {record.content_hash[:12]})"
+    return None
 
 
 def content_hash(folder: Path, weights_file: str) -> str:

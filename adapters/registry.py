@@ -9,7 +9,11 @@
       history.jsonl     one JSON line per action (who, what, when), appended and fsync-ed BEFORE the
                         index changes; an event whose index write never happened (a crash) reads
                         back with "applied": false
-      adapters/NAME/    the registry's own copy of each adapter (config, weights, manifest), what servers load
+      adapters/NAME/    the registry's own copy of each adapter (config, weights, manifest), what servers load;
+                        index.json records it as "adapters/NAME", relative to the registry's folder, so a registry
+                        moved or copied elsewhere serves its own copies (an index written before holds absolute
+                        paths, ".../adapters/NAME": read as this folder's adapters/NAME too). Records handed to
+                        callers (get, list, ...) carry the absolute path, as servers need
       .lock             writers take an exclusive lock (several CLI processes may write at once)
       .operation.lock   the operation lease: one promote, rollback, retire or switch at a time, held across
                         the servers' loads and unloads and the index change (see :meth:`LocalAdapterRegistry.operation`)
@@ -17,7 +21,7 @@
 An app's name is its **alias**: applications ask for ``support-bot`` and the router serves
 whatever adapter is live for it (:meth:`AdapterRegistry.resolve`). Names are never reused: the name
 carries the content hash of the weights, and registering the same weights again for the same app
-returns the existing record.
+returns the existing record (restoring the registry's copy where it is missing or altered).
 """
 
 from __future__ import annotations
@@ -51,11 +55,13 @@ from ee_middleware.adapters.errors import (
     RegistryNotFoundError,
 )
 from ee_middleware.adapters.records import (
+    AdapterFiles,
     AdapterRecord,
     Status,
     adapter_name,
     check_app_name,
     content_hash,
+    copy_problem,
     inspect_adapter,
 )
 from ee_middleware.errors import StoreCorruptionWarning
@@ -179,10 +185,10 @@ class LocalAdapterRegistry:
         data = self._read_index()["adapters"].get(name)
         if data is None:
             raise AdapterNotFoundError(f"No adapter named {name!r} in the registry at {self.root}. See `ee adapters list`.")
-        return AdapterRecord.from_json(data)
+        return self._public(data)
 
     def list(self, *, app: str | None = None, status: str | None = None) -> list[AdapterRecord]:
-        records = [AdapterRecord.from_json(d) for d in self._read_index()["adapters"].values()]
+        records = [self._public(d) for d in self._read_index()["adapters"].values()]
         records = [r for r in records if (app is None or r.app == app) and (status is None or r.status == status)]
         return sorted(records, key=lambda r: (r.app, r.version))
 
@@ -213,7 +219,7 @@ class LocalAdapterRegistry:
 
     def rollback_target(self, app: str) -> AdapterRecord:
         index = self._read_index()
-        return AdapterRecord.from_json(index["adapters"][_rollback_name(index, app)])
+        return self._public(index["adapters"][_rollback_name(index, app)])
 
     def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
         applied_up_to = self._read_index()["last_event"]
@@ -225,8 +231,20 @@ class LocalAdapterRegistry:
 
     # --- writing -------------------------------------------------------------------------------
 
-    def register(self, path: str | os.PathLike[str], app: str, *, by: str | None = None, max_lora_rank: int | None = None) -> AdapterRecord:
+    def register(
+        self,
+        path: str | os.PathLike[str],
+        app: str,
+        *,
+        by: str | None = None,
+        max_lora_rank: int | None = None,
+        on_restore: Callable[[str], None] | None = None,
+    ) -> AdapterRecord:
         """Copy the adapter in under a new versioned name (or return the record of the same weights).
+
+        Where the same weights are registered already but the registry's copy of them is missing or altered (deleted
+        by hand, a registry moved without its ``adapters/`` folder), they are copied in again (their content hash
+        checked), a ``restore`` event is added to the history, and ``on_restore`` hears what was restored and why.
 
         Refused with :class:`BaseModelMismatchError` when the app's live adapter has another base
         model, and with :class:`RankTooLargeError` when the rank exceeds ``max_lora_rank``
@@ -245,7 +263,7 @@ class LocalAdapterRegistry:
             index = self._read_index()
             for data in index["adapters"].values():
                 if data["app"] == app and data["content_hash"] == files.content_hash:
-                    return AdapterRecord.from_json(data)
+                    return self._registered_again(index, data, files, by=by, on_restore=on_restore)
             self._check_base(index, app, files.base_model, str(files.path))
             version = index["apps"].get(app, {}).get("versions", 0) + 1
             name = adapter_name(app, version, files.content_hash)
@@ -259,7 +277,7 @@ class LocalAdapterRegistry:
                 status=Status.candidate.value,
                 base_model=files.base_model,
                 rank=files.rank,
-                path=str(copy),
+                path=str(copy),  # (stored relative to the registry's folder: _write_index)
                 source_path=str(files.path),
                 created_at=stamp,
                 created_by=who,
@@ -271,6 +289,22 @@ class LocalAdapterRegistry:
             index["adapters"][name] = record.to_json()
             self._commit(index, "register", app=app, adapter=name, by=who, source=str(files.path), base_model=files.base_model)
             return record
+
+    def _registered_again(
+        self, index: dict[str, Any], data: dict[str, Any], files: AdapterFiles, *, by: str | None, on_restore: Callable[[str], None] | None
+    ) -> AdapterRecord:
+        """The record of weights registered before, its registry copy restored from ``files`` where it is missing or
+        altered (under the writers' lock, like every change)."""
+        record = self._public(data)
+        problem = copy_problem(record, verify=True)
+        if problem is None:
+            return record
+        self._copy_in(files.path, record.name, files.weights_file, files.content_hash)
+        data["path"] = f"{_COPIES}/{record.name}"  # (where the copy is now, whatever a hand edit had put there)
+        self._commit(index, "restore", app=record.app, adapter=record.name, by=by or current_user(), source=str(files.path), was=problem)
+        if on_restore is not None:
+            on_restore(f"restored the registry's copy of {record.name} from {files.path} (same content hash): {problem}")
+        return self._public(data)
 
     def switch_live(self, name: str, *, by: str | None = None, action: str = "promote", reason: str | None = None) -> AdapterRecord | None:
         with self.operation(f"{action} of {name}", by=by), self._locked():
@@ -300,7 +334,7 @@ class LocalAdapterRegistry:
             app["live"] = name
             record.update(status=Status.live.value, reason=reason, updated_at=stamp)
             self._commit(index, action, app=record["app"], adapter=name, by=by or current_user(), replaced=previous_name)
-            return AdapterRecord.from_json(previous) if previous else None
+            return self._public(previous) if previous else None
 
     def mark_failed(self, name: str, reason: str, *, by: str | None = None) -> AdapterRecord:
         with self.operation(f"fail of {name}", by=by), self._locked():
@@ -312,7 +346,7 @@ class LocalAdapterRegistry:
             app = index["apps"][record["app"]]
             app["previous"] = [n for n in app["previous"] if n != name]
             self._commit(index, "fail", app=record["app"], adapter=name, by=by or current_user(), reason=reason)
-            return AdapterRecord.from_json(record)
+            return self._public(record)
 
     def reinstate(self, name: str, reason: str, *, by: str | None = None) -> AdapterRecord:
         """Make the failed adapter ``name`` a candidate again, for a failure that was not its own (a server's
@@ -327,7 +361,7 @@ class LocalAdapterRegistry:
             was = record.get("reason")
             record.update(status=Status.candidate.value, reason=None, updated_at=now())
             self._commit(index, "reinstate", app=record["app"], adapter=name, by=by or current_user(), reason=reason, was=was)
-            return AdapterRecord.from_json(record)
+            return self._public(record)
 
     def retire(self, name: str, *, by: str | None = None, reason: str | None = None) -> AdapterRecord:
         with self.operation(f"retire of {name}", by=by), self._locked():
@@ -341,7 +375,7 @@ class LocalAdapterRegistry:
             app = index["apps"][record["app"]]
             app["previous"] = [n for n in app["previous"] if n != name]
             self._commit(index, "retire", app=record["app"], adapter=name, by=by or current_user(), reason=reason)
-            return AdapterRecord.from_json(record)
+            return self._public(record)
 
     def add_eval(self, name: str, result: dict[str, Any], *, by: str | None = None) -> AdapterRecord:
         with self._locked():
@@ -350,7 +384,7 @@ class LocalAdapterRegistry:
             record["evals"] = [*record.get("evals", []), {"at": now(), **result}]
             record["updated_at"] = now()
             self._commit(index, "eval", app=record["app"], adapter=name, by=by or current_user())
-            return AdapterRecord.from_json(record)
+            return self._public(record)
 
     def note(self, action: str, *, app: str | None = None, adapter: str | None = None, by: str | None = None, **details: Any) -> None:
         with self._locked():
@@ -404,6 +438,21 @@ class LocalAdapterRegistry:
 
     # --- internals -----------------------------------------------------------------------------
 
+    def _public(self, data: dict[str, Any]) -> AdapterRecord:
+        """A stored record as callers get it: its ``path`` the absolute path of this registry's copy."""
+        return AdapterRecord.from_json({**data, "path": self._copy_path(data)})
+
+    def _copy_path(self, data: dict[str, Any]) -> str:
+        """Where the copy of the record ``data`` is now: ``adapters/NAME`` (as written now) and an absolute
+        ``.../adapters/NAME`` (as written before: the folder the registry was in then) are this registry's
+        ``adapters/NAME``; any other absolute path (a hand edit) is kept as it is."""
+        stored = Path(str(data.get("path") or ""))
+        if not stored.is_absolute():
+            return str(self.root / stored)
+        if stored.parts[-2:] == (_COPIES, data["name"]):
+            return str(self.root / _COPIES / data["name"])
+        return str(stored)
+
     def _record(self, index: dict[str, Any], name: str) -> dict[str, Any]:
         record = index["adapters"].get(name)
         if record is None:
@@ -423,7 +472,7 @@ class LocalAdapterRegistry:
             )
 
     def _copy_in(self, source: Path, name: str, weights_file: str, expected_hash: str) -> Path:
-        target = self.root / "adapters" / name
+        target = self.root / _COPIES / name
         partial = target.with_name(f".{name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -499,6 +548,9 @@ class LocalAdapterRegistry:
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
+        for record in index["adapters"].values():  # relative to the registry's folder, so a moved registry keeps working
+            if Path(str(record.get("path") or "")).parts[-2:] == (_COPIES, record["name"]):
+                record["path"] = f"{_COPIES}/{record['name']}"
         text = json.dumps(finite_or_null(index), ensure_ascii=False, indent=1, sort_keys=True, default=str, allow_nan=False)
         atomic_write_text(self.root / "index.json", text)
 
@@ -555,6 +607,8 @@ def _wait_s() -> float:
         raise RegistryError(f"EE_REGISTRY_WAIT_S={text!r} is not a number of seconds; set it to e.g. 120 (0: do not wait).") from None
 
 
+_COPIES = "adapters"
+"""The folder, in a local registry's folder, that holds the registry's copy of each adapter (``adapters/NAME``)."""
 _RESTORE = "Restore index.json from a backup, or correct that entry by hand (history.jsonl lists every action); nothing was changed."
 _RECORD_FIELDS = tuple(
     f.name for f in dataclasses.fields(AdapterRecord) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -586,6 +640,24 @@ def _index_problem(index: dict[str, Any]) -> str | None:
         unknown = [n for n in [entry.get("live"), *entry["previous"]] if n is not None and n not in adapters]
         if unknown:
             return f"apps.{app} refers to {', '.join(map(repr, unknown))}, which has no record under 'adapters'"
+    return _live_problem(adapters, apps)
+
+
+def _live_problem(adapters: dict[str, Any], apps: dict[str, Any]) -> str | None:
+    """Where an app's live adapter (``apps.APP.live``) and the adapters whose status is ``live`` disagree (every write
+    changes both at once: one adapter, of that app, is live exactly when the app names it), or None."""
+    marked: dict[str, list[str]] = {app: [] for app in apps}
+    for name, record in adapters.items():
+        if record["status"] == Status.live:
+            marked[record["app"]].append(name)
+    for app, entry in apps.items():
+        named = [] if entry.get("live") is None else [entry["live"]]
+        if sorted(marked[app]) != named:
+            said = ", ".join(map(repr, sorted(marked[app]))) or "none"
+            return (
+                f"apps.{app}.live names {entry.get('live')!r}, but the adapters of {app} with status 'live' are {said} "
+                "(an app has one live adapter, the one apps.APP.live names)"
+            )
     return None
 
 

@@ -116,6 +116,14 @@ def check_registry(factory: Callable[[], AdapterRegistry], work: Path) -> None:
     assert got == a, broken(
         f"get({a.name!r})", got, a, "get() returns the record register() returned", "Keep every field of the record as registered."
     )
+    for record in (a, b, got):
+        assert Path(record.path).is_absolute() or "://" in record.path, broken(
+            f"the record of {record.name}: its path",
+            record.path,
+            Said("an absolute path (or a URL the servers read)"),
+            "servers load an adapter from its record's path, and they do not share the caller's working directory",
+            "Give each record the absolute path of the registry's copy (a local registry: resolved from where the registry is now).",
+        )
     names = [r.name for r in registry.list(app="conformance")]
     _equal(
         "list(app='conformance') (names)",

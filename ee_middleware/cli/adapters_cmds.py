@@ -143,8 +143,15 @@ def register(
     by: str | None = ByOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Register an adapter under an immutable versioned name (APP-vN-HASH) as a candidate."""
-    record = _registry(registry, create=True).register(path, app_name, by=by, max_lora_rank=max_lora_rank)
+    """Register an adapter under an immutable versioned name (APP-vN-HASH) as a candidate.
+
+    The same weights registered again return their record; where the registry's copy of them is missing or altered,
+    it is copied in again (their content hash checked) and a note says so."""
+    from ee_middleware.adapters.registry import LocalAdapterRegistry
+
+    reg = _registry(registry, create=True)
+    restored = {"on_restore": lambda text: typer.echo(f"note: {text}", err=True)} if isinstance(reg, LocalAdapterRegistry) else {}
+    record = reg.register(path, app_name, by=by, max_lora_rank=max_lora_rank, **restored)
     if as_json:
         print_json(_record_json(record))
     else:
@@ -178,6 +185,11 @@ def list_adapters(
 ) -> None:
     """List registered adapters (--json: one array of records).
 
+    The status of the retired adapter a rollback of its app would make live again is marked "retired *", the table's
+    caption says why (--json: "rollback_target": true); an adapter whose copy in the registry is missing or incomplete (its folder, its
+    config or its weights: not their content hash, see ee adapters show) is marked "files missing", with a warning
+    (--json: "files_problem", else null).
+
     An --app the registry has never held (a typo) is an error: the error: line names the app it probably means, and the
     exit status is 1 (--json: {"error": ...}, as for every failure)."""
     reg = _registry(registry)
@@ -187,9 +199,16 @@ def list_adapters(
         from ee_middleware.adapters.registry import no_app_message
 
         raise AdapterNotFoundError(no_app_message(app_name, reg.apps()))  # (--json: the {"error": ...} of every failure)
+    from ee_middleware.adapters.records import copy_problem
+
+    targets = _rollback_targets(reg, {r.app for r in records if r.status == "retired"})
+    problems = {r.name: copy_problem(r, verify=False) for r in records}
     if as_json:
-        print_json([_record_json(r) for r in records])
+        print_json([{**_record_json(r), "rollback_target": r.name in targets, "files_problem": problems[r.name]} for r in records])
         return
+    for name, problem in problems.items():
+        if problem:
+            typer.secho(f"warning: {name}: {problem}. ee adapters show {name} -r {registry} says how to restore it.", err=True, fg="yellow")
     from rich import box
     from rich.table import Column, Table
 
@@ -212,31 +231,54 @@ def list_adapters(
     columns += [Column("base model", overflow="fold", ratio=2)] if "base" not in shared else []
     columns += [Column("by", overflow="fold", ratio=1)] if "by" not in shared else []
     columns.append(Column("reason", overflow="fold", ratio=2))
-    table = Table(*columns, title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    marked = sorted({r.app for r in records if r.name in targets})
+    caption = (
+        f"* the rollback target: ee adapters rollback {marked[0] if len(marked) == 1 else 'APP'} makes it live again" if marked else None
+    )
+    table = Table(*columns, title=escape(title), caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for r in records:
         style = {"live": "bold green", "failed": "red", "retired": "dim"}.get(r.status)
         table.add_row(
             escape(r.name),
             *([escape(r.app)] if "app" not in shared else []),
-            r.status,
+            r.status + (" *" if r.name in targets else "") + (" (files missing)" if problems[r.name] else ""),
             str(r.rank),
             r.created_at[:16].replace("T", " "),
             *([escape(short(r.base_model, 60))] if "base" not in shared else []),
             *([escape(r.created_by or "")] if "by" not in shared else []),
             escape(short(r.reason or "", 80)),
-            style=style,
+            style="red" if problems[r.name] else style,
         )
     console().print(table)
 
 
+def _rollback_targets(reg: Any, apps: set[str]) -> set[str]:
+    """The adapters a rollback of each of ``apps`` would make live again (none for an app that has no such adapter)."""
+    from ee_middleware.adapters.errors import RegistryError
+
+    targets = set()
+    for app_name in sorted(apps):
+        try:
+            targets.add(reg.rollback_target(app_name).name)
+        except RegistryError:  # nothing to roll back to
+            continue
+    return targets
+
+
 @app.command("show", epilog=examples("ee adapters show support-bot-v3-1a2b3c -r ./registry"))
 def show(name: str = typer.Argument(..., help="An adapter name."), registry: str = RegistryOption, as_json: bool = JsonOption) -> None:
-    """An adapter's record, its training manifest and its history."""
+    """An adapter's record, its training manifest and its history.
+
+    The registry's copy of its files is checked (read and hashed): one that is missing or differs from what was
+    registered is reported, with how to restore it (--json: "files_problem", else null)."""
+    from ee_middleware.adapters.records import copy_problem
+
     reg = _registry(registry)
     record = reg.get(name)
     history = reg.history(adapter=name)
+    problem = copy_problem(record, verify=True)
     if as_json:
-        print_json({**_record_json(record), "history": history})
+        print_json({**_record_json(record), "files_problem": problem, "history": history})
         return
     manifest = record.manifest or {}
     out = console()
@@ -245,6 +287,8 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         f"rank {record.rank}"
     )
     out.print(escape(f"base model: {record.base_model}\npath: {record.path} (registered from {record.source_path})"))
+    if problem:
+        typer.secho(f"warning: {_copy_warning(record, registry, problem)}", err=True, fg="yellow")
     if record.reason:
         out.print(escape(f"reason: {record.reason}"))
     if manifest:
@@ -279,6 +323,21 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
             f"{_replacement(event, name)}{verdict}{applied}"
         )
         out.print(escape(line))
+
+
+def _copy_warning(record: Any, registry: str, problem: str) -> str:
+    """What ``show`` says of an adapter whose registry copy has ``problem`` (:func:`~ee_middleware.adapters.records.copy_problem`):
+    where it was looked for and how to restore it."""
+    from ee_middleware.adapters.records import missing_copy_message
+
+    if not Path(record.path).is_dir():
+        return missing_copy_message(record, registry)
+    return (
+        f"The registry's copy of the registered adapter {record.name} is damaged: {problem}. Registered adapters are never "
+        f"edited: register the same weights again to restore it (ee adapters register {record.source_path} --app {record.app} "
+        f"-r {registry}: the registry restores its copy when their content hash matches), or restore the folder from a backup. "
+        "A promote refuses it until then."
+    )
 
 
 def _gate_verdicts(record: Any) -> list[tuple[int, dict[str, Any]]]:

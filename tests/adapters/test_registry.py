@@ -321,7 +321,11 @@ def test_resolving_an_alias_reads_the_index_again_only_when_it_changed(tmp_path:
     assert router_view.resolve("bot") == second and len(reads) == 3  # the writer's own read, then the router's
     index = router_view.root / "index.json"
     stamp = index.stat()
-    text = index.read_text().replace(f'"live": "{second}"', f'"live": "{first}"')  # same length: a hand edit in place
+    edited = json.loads(index.read_text())  # a hand edit in place, of the same length: first live again
+    edited["apps"]["bot"].update(live=first, previous=[second])
+    edited["adapters"][first]["status"], edited["adapters"][second]["status"] = "live", "retired"
+    text = json.dumps(edited, ensure_ascii=False, indent=1, sort_keys=True)
+    assert len(text.encode()) == stamp.st_size
     with open(index, "r+") as fh:
         fh.write(text)
     os.utime(index, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
