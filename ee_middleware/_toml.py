@@ -30,7 +30,21 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 
-KNOWN_TABLES = ("improve", "replay", "datasets", "train", "eval", "gate", "capture", "experience_eval", "experience_dataset", "curriculum")
+KNOWN_TABLES = (
+    "improve",
+    "replay",
+    "datasets",
+    "train",
+    "eval",
+    "gate",
+    "capture",
+    "experience_eval",
+    "experience_dataset",
+    "curriculum",
+    "curriculum_propose",
+    "serve",
+    "likelihood",
+)
 """The tables ee reads from a configuration file (``ee improve`` reads them all from one file)."""
 
 READ_BY = {
@@ -44,6 +58,9 @@ READ_BY = {
     "experience_eval": "ee experience eval",
     "experience_dataset": "ee experience dataset",
     "curriculum": "ee curriculum run",
+    "curriculum_propose": "ee curriculum propose",
+    "serve": "ee serve local and ee serve vllm",
+    "likelihood": "ee eval likelihood",
 }
 """Who reads each table (named in the errors about a file given to the wrong job)."""
 

@@ -12,10 +12,8 @@ from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
-    StoreOption,
     examples,
     file_above,
-    open_existing_store,
     open_job_store,
     other_apps_hint,
     print_json,
@@ -33,35 +31,46 @@ app = typer.Typer(help="The curriculum: new tasks like the ones the policy solve
 
 @app.command(
     "propose",
-    epilog=examples("ee curriculum propose --from ./eval/base --model local:./models/smollm2 --store ./experience --out tasks.jsonl"),
+    epilog=examples(
+        "ee curriculum propose --from ./eval/base --model local:./models/smollm2 --store ./experience --out tasks.jsonl",
+        "ee curriculum propose --config curriculum.toml --n 20",
+    ),
 )
 def propose_cmd(
-    results: Path = typer.Option(..., "--from", help="An eval run's folder (or its results.jsonl / results.parquet)."),
-    model: str = typer.Option(
-        ..., "--model", "-m", help="The model that writes variants: local:DIR, openai:BASE_URL#MODEL or module:factory."
+    ctx: typer.Context,
+    results: Path | None = typer.Option(
+        None,
+        "--from",
+        help="An eval run's folder (or its results.jsonl / results.parquet). Required: here, or results in "
+        "[curriculum_propose] of --config.",
+        show_default=False,
     ),
-    store: str = StoreOption,
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="The model that writes variants: local:DIR, openai:BASE_URL#MODEL or module:factory."
+    ),
+    store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     app_name: str | None = typer.Option(
         None,
         "--app",
         help="Match the eval's tasks only to this app's trajectories (a store holding several apps that ask alike): their "
         "tools, world and system prompt go into the variants.",
     ),
-    n: int = typer.Option(
-        10,
+    n: int | None = typer.Option(
+        None,
         "--n",
         min=1,
         help=(
             "Variants to write, allotted to the tasks in proportion to p(1-p): the highest-variance tasks get the most, "
-            "a task whose share rounds to nothing gets none."
+            "a task whose share rounds to nothing gets none. [default: 10]"
         ),
     ),
-    out: Path = typer.Option(Path("tasks.jsonl"), "--out", help="The file the variants go to (JSON lines; not a folder)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed of MODEL (variant k uses seed + k)."),
-    max_tokens: int = typer.Option(
-        200, "--max-tokens", min=1, help="Tokens MODEL may write per variant (raise it for a model that reasons first)."
+    out: Path | None = typer.Option(None, "--out", help="The file the variants go to (JSON lines; not a folder). [default: tasks.jsonl]"),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed of MODEL (variant k uses seed + k). [default: 0]"),
+    max_tokens: int | None = typer.Option(
+        None, "--max-tokens", min=1, help="Tokens MODEL may write per variant (raise it for a model that reasons first). [default: 200]"
     ),
-    timeout_s: float = timeout_option("MODEL"),
+    timeout_s: float | None = timeout_option("MODEL", default=None),
+    config: Path | None = config_option("curriculum_propose"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -70,15 +79,32 @@ def propose_cmd(
     Scores each task by the variance p(1-p) of its outcomes in an eval run (trials the model server gave no answer to
     are left out of p, and counted), and has MODEL write variants of the highest-scoring ones: --n is allotted to the
     tasks in proportion to p(1-p). A variant keeps its parent's tools, environment, app and system prompt, and is
-    validated against the tool schemas. A writer that fails part-way keeps the variants written before it (exit 1)."""
+    validated against the tool schemas. A writer that fails part-way keeps the variants written before it (exit 1).
+    Settings come from the [curriculum_propose] table of --config (results, model, store, app, n, out, seed,
+    max_tokens, timeout_s); flags override them."""
     from ee_middleware.evals.results import read_results
+    from ee_middleware.models.urls import shown_spec
     from ee_middleware.replay.curriculum import propose, score_tasks
+    from ee_middleware.replay.curriculum_propose_config import TABLE, CurriculumProposeConfig
     from ee_middleware.replay.sandboxes.experience import build_model_client
 
-    _check_out(out)  # before any model work: a folder or a file where a folder goes is the user's to fix first
+    cfg = CurriculumProposeConfig.load(
+        config,
+        results=results,
+        model=model,
+        store=store,
+        app=app_name,
+        n=n,
+        out=out,
+        seed=seed,
+        max_tokens=max_tokens,
+        timeout_s=timeout_s,
+    )
+    results, model, app_name, n, out, seed, max_tokens = cfg.results, cfg.model, cfg.app, cfg.n, cfg.out, cfg.seed, cfg.max_tokens
+    _check_propose_out(ctx, cfg, config, TABLE)
     scores = score_tasks(read_results(results))
-    opened = open_existing_store(store)
-    client = build_model_client(model, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB)
+    opened = open_job_store(cfg.store, store_origin(ctx, config, TABLE))
+    client = build_model_client(model, timeout_s=cfg.timeout_s, timeout_knob=TIMEOUT_KNOB)
     try:
         # what the model's code prints (module:factory) goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
@@ -88,12 +114,13 @@ def propose_cmd(
         client.close()
     if proposal.failed is not None and not proposal.variants:
         raise proposal.failed  # nothing written before it: the writer's own error, as before any variant
-    problem = None if proposal.variants else _why_no_variant(scores, proposal, model, max_tokens, results, opened, app_name)
+    shown = shown_spec(model)  # a credential in its URL is not printed
+    problem = None if proposal.variants else _why_no_variant(scores, proposal, shown, max_tokens, results, opened, app_name)
     if problem is None:  # an earlier tasks.jsonl is never replaced by an empty one
         _write_variants(out, proposal.variants)
     if proposal.failed is not None:
         problem = (
-            f"{model} failed at request {proposal.attempts} ({proposal.failed}): the {len(proposal.variants)} variant(s) it "
+            f"{shown} failed at request {proposal.attempts} ({proposal.failed}): the {len(proposal.variants)} variant(s) it "
             f"wrote before are in {out}, of {n} asked for. Run the command again once the model answers (the same --seed "
             "writes the same variants first), or use these."
         )
@@ -123,6 +150,21 @@ def propose_cmd(
         written = "" if proposal.variants else f"no variant written ({out} left as it was): "  # else the problem says what was
         typer.secho(f"error: {written}{problem}", err=True, fg="red")
         raise typer.Exit(1)
+
+
+def _check_propose_out(ctx: typer.Context, cfg: Any, config: Path | None, table: str) -> None:
+    """:func:`_check_out`, its error naming ``out`` in the config file where the file gave it (not ``--out``)."""
+    out, source = cfg.out, getattr(ctx.get_parameter_source("out"), "name", None)
+    try:
+        _check_out(out)
+    except typer.BadParameter as exc:
+        if source == "COMMANDLINE" or config is None or "out" not in cfg.model_fields_set:
+            raise
+        from ee_middleware.errors import ConfigError
+
+        raise ConfigError(
+            f"out = {str(out)!r} in [{table}] of {config}: {exc.message.replace('e.g. --out ', 'e.g. out = ').replace('--out', 'out')}"
+        ) from None
 
 
 def _check_out(out: Path) -> None:

