@@ -155,7 +155,7 @@ def improve(
             ):
                 run = run_improve(job, progress=display, new_run=new_run, force=force, on_start=on_start)
         except (Exception, KeyboardInterrupt) as exc:  # KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt)
-            if as_json and started:  # the run is marked failed: stdout still says which run, where, and how far it got
+            if as_json and started:  # the run is marked failed or stopped: stdout still says which run, where, how far it got
                 print_json(run_json(started[0]))
             elif as_json and isinstance(exc, Exception):  # no run of its own (refused, or stopped before one started): why, as JSON
                 print_json(_failure_json(exc, job.runs))
@@ -288,6 +288,9 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
     if promote.get("turned_down"):  # the gate passed; in full: the table cuts it
         for reason in promote.get("reasons") or []:
             out.print(escape(f"not promoted: {reason}"), style="yellow")
+    register = (manifests.get("register") or {}).get("outputs") or {}
+    if register.get("unchanged"):  # the live adapter's weights, nothing evaluated or promoted; in full: the table cuts it
+        out.print(escape(f"unchanged: {register['unchanged']}"), style="yellow")
     if run.status == "nothing-new" and (run.data.get("outcome") or {}).get("reason"):  # in full: the table cuts it
         out.print(f"nothing new: {escape(str(run.data['outcome']['reason']))}")
     datasets = (manifests.get("datasets") or {}).get("outputs") or {}
@@ -305,7 +308,8 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
     if held:
         out.print(escape(f"watermark kept: {held}"), style="yellow")
     if run.data.get("error"):
-        out.print(f"[red]{run.status}[/]: {escape(str(run.data['error']))}")
+        colour = "yellow" if run.status == "stopped" else "red"  # stopped (max_minutes, a signal): the next call continues it
+        out.print(f"[{colour}]{run.status}[/]: {escape(str(run.data['error']))}")
     report = run.data.get("report") or {}
     if report:
         out.print(f"Report: {report.get('markdown')} and {report.get('html')}")
@@ -407,38 +411,40 @@ def list_runs(ctx: typer.Context, runs: Path | None = RunsOption, config: Path |
         columns.append(Column("app", overflow="fold", ratio=1))
     # a long status ('running (killed?)') wraps at its space, so that the candidate keeps room for its header
     stages = [_finished_stages(r) for r in records]
-    statuses = [folder.shown_status(r, held=held) if done is not None else DAMAGED for r, (done, _) in zip(records, stages, strict=True)]
+    statuses = [folder.shown_status(r, held=held) if done is not None else DAMAGED for r, (done, *_) in zip(records, stages, strict=True)]
     status_width = max((len(word) for status in statuses for word in status.split()), default=6)
     columns += [Column("status", min_width=status_width), Column("stages", no_wrap=True)]
     columns += [Column("candidate", overflow="fold", ratio=2, min_width=len("candidate"))]
     columns += [Column(name, no_wrap=True) for name in ("gate", "promoted")] + [Column("new", no_wrap=True, justify="right")]
     table = Table(*columns, title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for r, status, (done, select) in zip(records, statuses, stages, strict=True):
+    for r, status, (done, select, register) in zip(records, statuses, stages, strict=True):
         outcome = r.data.get("outcome") or {}
         gate = "-" if outcome.get("gate_passed") is None else ("pass" if outcome["gate_passed"] else "fail")
+        promoted = "yes" if outcome.get("promoted") else "unchanged" if outcome.get("unchanged") else "no"
         table.add_row(
             r.id,
             *([escape(r.app or "-")] if len(apps) > 1 else []),
             status,
             f"{'?' if done is None else len(done)}/{len(r.data.get('stage_order', []))}",
-            escape(outcome.get("candidate") or "-"),
+            # an unfinished run (stopped, failed, running) has no outcome yet: the candidate its register stage registered
+            escape(outcome.get("candidate") or register.get("candidate") or "-"),
             gate,
-            "yes" if outcome.get("promoted") else "no",
+            promoted,
             str(select.get("new", "-")),
         )
     console().print(table)
 
 
-def _finished_stages(run: Any) -> tuple[list[str] | None, dict[str, Any]]:
-    """A run's finished stages and its select stage's outputs, as ``ee runs list`` shows them; ``(None, {})`` for a run
-    with a stage manifest that cannot be read (listed as damaged, as a run whose run.json cannot be read is: ``ee runs
-    show`` names the file and the fix)."""
+def _finished_stages(run: Any) -> tuple[list[str] | None, dict[str, Any], dict[str, Any]]:
+    """A run's finished stages and its select and register stages' outputs, as ``ee runs list`` shows them; ``(None, {},
+    {})`` for a run with a stage manifest that cannot be read (listed as damaged, as a run whose run.json cannot be read
+    is: ``ee runs show`` names the file and the fix)."""
     from ee_middleware.jobs.errors import JobError
 
     try:
-        return [m["stage"] for m in run.stages() if m.get("status") == "done"], run.outputs("select")
+        return [m["stage"] for m in run.stages() if m.get("status") == "done"], run.outputs("select"), run.outputs("register")
     except JobError:
-        return None, {}
+        return None, {}, {}
 
 
 @runs_app.command("show", epilog=examples("ee runs show latest --runs ./runs"))

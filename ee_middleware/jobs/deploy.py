@@ -178,7 +178,26 @@ def register(ctx: StageContext) -> StageResult:
     if record.status != "candidate":
         result.decisions.append(f"the registry already had these weights as {record.name} ({record.status})")
     result.summary = f"{record.name} ({record.status})"
+    if registry.resolve(ctx.config.alias_name) == record.name:
+        from ee_middleware.adapters.records import check_registered_files
+
+        # no evaluate stage reads the live adapter's registered copy now: a damaged one is named here, with the fix
+        check_registered_files(record, str(ctx.config.registry))
+        result.outputs["unchanged"] = unchanged_text(record.name, ctx.config.alias_name)
+        result.decisions.append(result.outputs["unchanged"])
+        result.summary += ": the live adapter's weights, nothing to evaluate or promote"
+        ctx.progress.info(result.outputs["unchanged"])
     return result
+
+
+def unchanged_text(name: str, alias: str) -> str:
+    """Why a run whose training reproduced the live adapter's weights ends after its register stage (``unchanged`` in
+    the register stage's outputs and the run's outcome): the registry handed back the live record (the same data and
+    seed train the same weights: ``--force`` on the same data, or new trajectories that all went to the held-out split)."""
+    return (
+        f"the trained weights are those of the live adapter {name} ({alias} serves them already): nothing to evaluate, gate "
+        f"or promote, so the run finishes unchanged; {alias} still serves {name}"
+    )
 
 
 # --- evaluate ----------------------------------------------------------------------------------------------
@@ -532,6 +551,7 @@ def promote(ctx: StageContext) -> StageResult:
             live_before = registry.resolve(ctx.config.alias_name)
             unchecked = _refuse_unseen_live(ctx, name, live_before, registry)
             turned_down = _turned_down_by_a_person(registry, name) if live_before != name else None
+            turned_down = turned_down or _failed_before(registry, name)
             if turned_down is not None:
                 return _declined(ctx, result, name, live_before, turned_down, unchecked)
             switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
@@ -580,6 +600,30 @@ def _turned_down_by_a_person(registry: Any, name: str) -> dict[str, Any] | None:
     return verdict
 
 
+def _failed_before(registry: Any, name: str) -> dict[str, Any] | None:
+    """The ``fail`` event of the weights ``name`` when the registry holds them as ``failed`` (a promote refused them: a
+    server could not load them, or they failed the smoke request), which the registry never serves again; the same
+    weights trained again come back as that record, and promoting them would fail the stage at every call. ``None`` for
+    any other status, and for one failed for a server's ``--max-lora-rank`` (the promote reinstates it: the servers'
+    setting, not the adapter's fault). Without a history, the record's reason stands in for the event."""
+    from ee_middleware.adapters.promote import failed_for_rank
+
+    record = registry.get(name)
+    if str(record.status) != "failed" or failed_for_rank(record):
+        return None
+    history = getattr(registry, "history", None)
+    try:
+        events = list(history(adapter=name) or ()) if callable(history) else []
+    except NotImplementedError:
+        events = []
+    fails = [
+        e
+        for e in events
+        if isinstance(e, dict) and e.get("action") == "fail" and e.get("adapter") == name and e.get("applied") is not False
+    ]
+    return fails[-1] if fails else {"action": "fail", "adapter": name, "reason": record.reason, "at": record.updated_at}
+
+
 def _declined(
     ctx: StageContext, result: StageResult, name: str, live: str | None, event: dict[str, Any], unchecked: list[str]
 ) -> StageResult:
@@ -587,15 +631,20 @@ def _declined(
     :func:`_turned_down_by_a_person`): not promoted, the record left as it is, with who and when and how to promote it."""
     alias = ctx.config.alias_name
     who, when = str(event.get("by") or "someone"), _moment_text(event.get("at"))
-    how = (
-        f"rolled back to {event.get('adapter') or 'an earlier adapter'}"
-        if event.get("action") == "rollback"
-        else "retired" + (f" ({event['reason']})" if event.get("reason") else "")
-    )
-    reason = (
-        f"{name} holds the same weights as the adapter {who} {how} at {when}; ee improve does not promote weights a person "
-        f"took off, even when they pass the gate: promote them by hand if they should be live (`{promote_command(ctx.config, name)}`)"
-    )
+    how = {"rollback": f"rolled back to {event.get('adapter') or 'an earlier adapter'}", "fail": "marked failed"}.get(
+        str(event.get("action")), "retired"
+    ) + (f" ({event['reason']})" if event.get("reason") and event.get("action") != "rollback" else "")
+    if event.get("action") == "fail":  # a failed adapter is never served again, by hand neither
+        reason = (
+            f"{name} holds the same weights as the adapter {who} {how} at {when}; the registry never serves a failed adapter "
+            "again, so it is not promoted even though it passed the gate: fix the cause and train new weights (other data, "
+            "settings or seed)"
+        )
+    else:
+        reason = (
+            f"{name} holds the same weights as the adapter {who} {how} at {when}; ee improve does not promote weights a person "
+            f"took off, even when they pass the gate: promote them by hand if they should be live (`{promote_command(ctx.config, name)}`)"
+        )
     result.outputs = {"promoted": False, "live": live, "reasons": [reason], "turned_down": event, "unload_problems": []}
     result.decisions.append(f"not promoted: {reason}; {alias} still serves {live or 'the base model'}")
     result.decisions.extend(unchecked)

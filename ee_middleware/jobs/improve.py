@@ -9,7 +9,8 @@ Stages, in order (each writes ``stages/NAME.json`` in the run folder, see :mod:`
 3. ``datasets``: IL / IWM / SR from every approved trajectory of the app, held-out split by trajectory
    (stable as the store grows);
 4. ``train``: a LoRA candidate from the live adapter's base (``max_train_steps`` caps it);
-5. ``register``: the candidate under its immutable name;
+5. ``register``: the candidate under its immutable name; weights the registry already holds as the live
+   adapter (the same data and seed trained again) end the run here, ``unchanged`` (nothing to evaluate or promote);
 6. ``evaluate``: the live adapter (the base when none is live) and the candidate on the suites,
    including the app's held-out ``traces:``, and the held-out action likelihood;
 7. ``gate``: the ``[gate]`` policy (and the likelihood rule when ``gate_on_likelihood``);
@@ -73,8 +74,8 @@ def run_improve(
     ``new_run`` marks an unfinished run ``abandoned`` first; ``force`` goes on even when nothing new was
     approved (to retrain on the same data). ``on_start`` is called with the run once it is started or
     continued, before its first stage (the object is the one the job updates, so a caller still holds it
-    when a stage fails). Exceptions from a stage propagate after the run is marked ``failed`` and its
-    report is written.
+    when a stage fails). Exceptions from a stage propagate after the run is marked ``failed`` (``stopped`` for
+    KeyboardInterrupt: Ctrl-C, or SIGTERM/SIGHUP under ``termination_as_interrupt``) and its report is written.
     """
     say = progress or QuietProgress()
     runs = RunsDir(config.runs)
@@ -130,6 +131,12 @@ def run_improve(
         except BudgetExhausted as exc:
             _cut(run, {"budget": "max_minutes", "limit": config.budgets.max_minutes, "stage": _current(run), "cut": str(exc)})
             run.update(status=STOPPED, stopped_at=now(), error=str(exc))
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, or SIGTERM/SIGHUP (a CronJob's deadline, `kill`): stopped, as max_minutes stops it, not failed; the
+            # next call continues it. (A full disk may refuse run.json: the run then reads as killed while running.)
+            with contextlib.suppress(OSError):
+                run.update(status=STOPPED, stopped_at=now(), error=error_text(exc))
+            raise
         except BaseException as exc:
             # A full disk may refuse run.json too: the stage's own error still goes out (the run then reads as killed
             # while running, and is continued all the same).
@@ -255,6 +262,9 @@ def _copy_mode(source: Path) -> int:
 def _run_stages(ctx: StageContext, *, force: bool) -> None:
     run = ctx.run
     for index, name in enumerate(STAGES, 1):
+        if name == "evaluate" and run.outputs("register").get("unchanged"):
+            _finish(run, unchanged=True)  # the trained weights are the live adapter's: nothing to evaluate or promote
+            return
         if run.stage_done(name):
             manifest = run.stage(name) or {}
             ctx.progress.stage_done(name, float(manifest.get("seconds", 0.0)), "finished earlier", skipped=True)
@@ -274,6 +284,13 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
                 reason += f"; {awaiting_review(result.outputs['pending_review'], ctx.config)}"
             run.update(status=NOTHING_NEW, finished_at=now(), outcome={"promoted": False, "reason": reason})
             return
+    _finish(run)
+
+
+def _finish(run: Run, *, unchanged: bool = False) -> None:
+    """Mark ``run`` succeeded, with its watermark and outcome. ``unchanged``: its training reproduced the live adapter's
+    weights (the register stage's ``unchanged``): it ends after its register stage, nothing evaluated, gated or promoted,
+    its outcome's ``unchanged`` saying why (its watermark moves: the trajectories it selected were learned from)."""
     outputs = {name: run.outputs(name) for name in ("select", "register", "evaluate", "gate", "promote")}
     promote = outputs["promote"]
     before = (run.stage("select") or {}).get("inputs", {}).get("watermark")
@@ -284,6 +301,11 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
             after=before,
             held=f"{len(read_around)} read(s) of the store were incomplete (allow_partial); the next run selects these trajectories again",
         )
+    live = outputs["register"].get("candidate") if unchanged else promote.get("live")
+    if unchanged:
+        extra = {"unchanged": outputs["register"]["unchanged"]}
+    else:
+        extra = {"not_promoted": promote["reasons"]} if promote.get("turned_down") else {}
     run.update(
         status=SUCCEEDED,
         finished_at=now(),
@@ -293,10 +315,10 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
             "baseline": outputs["evaluate"].get("baseline"),
             "gate_passed": outputs["gate"].get("passed"),
             "promoted": promote.get("promoted", False),
-            "live": promote.get("live"),
+            "live": live,
             "reasons": outputs["gate"].get("reasons", []),
             "moved": outputs["gate"].get("moved", []),
-            **({"not_promoted": promote["reasons"]} if promote.get("turned_down") else {}),
+            **extra,
         },
     )
 
@@ -313,11 +335,12 @@ def _run_stage(ctx: StageContext, name: str) -> StageResult:
         manifest["seconds_earlier_attempts"] = round(earlier, 3)
     if untimed:
         manifest["untimed_attempts"] = untimed
-    run.write_stage(name, manifest)
     started = time.perf_counter()
     memory = PeakMemory()
     read_around: list[str] = []
     try:
+        # in the try: a SIGTERM while this write ends (the file renamed, the folder not yet synced) marks it stopped too
+        run.write_stage(name, manifest)
         with memory, _reading_store(ctx, name, read_around):
             try:
                 result = _stage_function(name)(ctx)

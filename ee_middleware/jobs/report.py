@@ -137,6 +137,8 @@ def _outcome(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         return [*blocks, Block("p", run.data.get("outcome", {}).get("reason", "nothing new"))]
     if run.data.get("error"):
         blocks.append(Block("p", _ended_text(run)))
+    if done.get("register", {}).get("unchanged"):  # the registry handed back the live adapter: nothing evaluated or promoted
+        blocks.append(Block("p", f"Unchanged: {done['register']['unchanged']}."))
     if gate is not None:
         verdict = "PASSED" if gate["passed"] else "FAILED: " + "; ".join(gate["reasons"])
         blocks.append(Block("p", f"Gate {verdict}."))

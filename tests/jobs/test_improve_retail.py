@@ -115,8 +115,12 @@ def test_a_gpt2_base_learns_from_the_retail_agent_and_is_evaluated_in_its_sandbo
     # reads it (was: a SafetensorError from deep inside loading, with advice about model names).
     live = Path(run.outputs("register")["path"]) / "adapter_model.safetensors"
     live.write_bytes(live.read_bytes()[:100])
+    # other weights, evaluated against the live adapter (the same weights trained again would restore the registry's copy
+    # when registered, and end the run unchanged)
+    path = _config(workspace, gpt2_base)
+    path.write_text(path.read_text().replace("max_steps = 2", "max_steps = 1"))
     with pytest.raises(AdapterFilesError, match=r"registered adapter retail-support-v1-\w+ .*ee adapters rollback retail-support"):
-        run_improve(ImproveConfig.load(_config(workspace, gpt2_base)), force=True)
+        run_improve(ImproveConfig.load(path), force=True)
 
 
 def test_held_out_ids_that_match_nothing_name_the_file_not_heldout_share(workspace: Path, gpt2_base: Path) -> None:

@@ -1,0 +1,67 @@
+"""An ``ee improve`` run stopped by a signal (SIGTERM from a CronJob past its deadline or ``kill``, SIGHUP, Ctrl-C: a
+KeyboardInterrupt under ``termination_as_interrupt``) is ``stopped``, as one stopped by ``max_minutes`` is, not
+``failed``: ``ee runs list`` showed "failed" for it, with an empty candidate column although its register stage had
+finished. The next call continues it as before."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.jobs.improve import run_improve
+from ee_middleware.jobs.runs import RESUMABLE, STOPPED, RunsDir
+from tests.jobs.scripted_stages import script_stages, scripted_config
+from tests.jobs.test_promote_live_changed import _adapter
+
+
+def test_a_run_stopped_by_sigterm_is_stopped_shows_its_candidate_and_is_continued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = scripted_config(tmp_path)
+    script_stages(monkeypatch, _adapter(tmp_path / "trained", seed=3), interrupt="evaluate")
+
+    with pytest.raises(KeyboardInterrupt):
+        run_improve(config)
+
+    [run] = RunsDir(config.runs).list()
+    assert run.status == STOPPED and STOPPED in RESUMABLE
+    assert run.data["error"] == "KeyboardInterrupt: SIGTERM" and run.data["stopped_at"] and "failed_at" not in run.data
+    assert run.stage("evaluate")["status"] == "stopped" and run.stage_done("register")
+    candidate = run.outputs("register")["candidate"]
+    assert "The run was interrupted by SIGTERM in its evaluate stage" in (run.folder / "report.md").read_text()
+
+    cli = CliRunner()
+    listed = cli.invoke(app, ["runs", "list", "--runs", str(config.runs)], env={"COLUMNS": "200"})
+    row = next(line for line in listed.output.splitlines() if line.strip().startswith(run.id))
+    assert row.split()[1:] == ["stopped", "5/8", candidate, "-", "no", "2"], listed.output
+    as_json = json.loads(cli.invoke(app, ["runs", "list", "--runs", str(config.runs), "--json"]).output)
+    assert [r["status"] for r in as_json] == ["stopped"]
+    shown = cli.invoke(app, ["runs", "show", "latest", "--runs", str(config.runs)], env={"COLUMNS": "200"})
+    assert "stopped: KeyboardInterrupt: SIGTERM" in shown.output and "failed" not in shown.output, shown.output
+
+    script_stages(monkeypatch, tmp_path / "trained")
+    continued = run_improve(config)
+
+    assert continued.id == run.id and continued.status == "succeeded", continued.data.get("error")
+    assert continued.stage("register")["attempt"] == 1 and continued.stage("evaluate")["attempt"] == 2
+    [earlier] = continued.data["earlier_attempts"]
+    assert earlier["ended"] == "stopped" and earlier["error"] == "KeyboardInterrupt: SIGTERM" and earlier["stage"] == "evaluate"
+    assert continued.data["outcome"]["candidate"] == candidate and continued.data["outcome"]["promoted"] is True
+
+
+def test_ee_improve_json_says_stopped_for_a_run_a_signal_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = scripted_config(tmp_path)
+    path = tmp_path / "improve.toml"
+    path.write_text(
+        f'[improve]\nstore = "{config.store}"\napp = "{config.app}"\nregistry = "{config.registry}"\nruns = "{config.runs}"\n'
+        f'base_model = "{config.base_model}"\n'
+    )
+    script_stages(monkeypatch, _adapter(tmp_path / "trained", seed=3), interrupt="train")
+
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--no-progress", "--json"])
+
+    assert isinstance(result.exception, KeyboardInterrupt) or result.exit_code != 0
+    said = json.loads(result.stdout)
+    assert said["status"] == "stopped" and said["error"] == "KeyboardInterrupt: SIGTERM", said
