@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.errors import ConfigError
-from ee_middleware.evals.matching import normalize
+from ee_middleware.evals.matching import missing_outputs, normalize
 from ee_middleware.records import ToolCall, tool_schema_name
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 
@@ -275,7 +275,8 @@ class TauDomain:
             seen.add(name)
 
     def check_task(self, task: TauTask, split: str) -> None:
-        """The task has turns, each with the user's text; its outputs are texts; every ground-truth action
+        """The task has turns, each with the user's text; its outputs are texts, each said in a turn's reply (the
+        ground truth the ``oracle`` replays, scored as a model's replies are); every ground-truth action
         names one of the domain's tools, one the agent is offered (a schema names it), with arguments it takes.
 
         (A misspelled action would fail on both databases alike, so the task would score every agent
@@ -302,6 +303,16 @@ class TauDomain:
             raise ConfigError(
                 f"{where}: its output {empty[0]!r} is empty, and every reply holds an empty text, so it checks nothing: "
                 "write the text a reply must hold, or remove it."
+            )
+        unsaid = missing_outputs(task.outputs, [turn.reply for turn in task.turns])
+        if unsaid:
+            listed = ", ".join(repr(o) for o in unsaid[:3]) + (f" (and {len(unsaid) - 3} more)" if len(unsaid) > 3 else "")
+            replies = " / ".join(repr(turn.reply[:60]) for turn in task.turns[:3])
+            raise ConfigError(
+                f"{where}: its required output {listed} appears in no reply of its turns ({replies}), so even the oracle "
+                "(its own ground truth, replayed) fails it with missing_output, and the task, not the model, is at fault. A "
+                "turn's 'reply' is what the user must hear (the oracle says each turn's 'reply'; a turn without one says 'Done.'): write the "
+                "outputs into the reply (ee_middleware.evals.tau.domain.respond_text(outputs) writes one), or fix 'outputs'."
             )
         if task.category == "answer" and not task.outputs:
             raise ConfigError(

@@ -3,7 +3,8 @@
 Per task and trial:
 
 1. the agent (any client, through the one agent loop) talks with the user, scripted from the task's
-   turns by default or simulated by a model (``user_model``: :mod:`~ee_middleware.evals.tau.user`),
+   turns by default or simulated by a model (``user_model``: :mod:`~ee_middleware.evals.tau.user`; a spec that names
+   no model client is refused when the suite loads, before any task runs or anything is written),
    with the domain's policy as its system prompt and its tools executing on a fresh copy of the
    database (a :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox`);
 2. the ground-truth actions are replayed on another fresh copy;
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.matching import differences, missing_outputs
@@ -128,6 +129,8 @@ class TauSuite:
         self.user_model = user_model
         self.max_user_turns = max_user_turns
         self.name = f"tau:{domain}:{self.split}"
+        if user_model:  # so does a user simulator that cannot be built (as a model spec: the runner builds it first)
+            user_client(user_model, self.name).close()
 
     def tasks(self) -> list[EvalTask]:
         database = self.database_digest()
@@ -192,9 +195,8 @@ class TauSuite:
         if not self.user_model:
             return None, None
         from ee_middleware.evals.tau.user import SimulatedUser
-        from ee_middleware.models.spec import build_chat_client
 
-        client = build_chat_client(self.user_model)
+        client = user_client(self.user_model, self.name)
         return SimulatedUser(client, task.payload["instruction"], sampling=config.sampling(trial), max_turns=self.max_user_turns), client
 
     def score(
@@ -239,6 +241,25 @@ class TauSuite:
         if not problems:
             return Verdict(True), details
         return Verdict(False, problems[0][0], "; and ".join(text for _, text in problems)), details
+
+
+def user_client(spec: str, suite: str) -> ChatClient:
+    """A new client of the user simulator ``spec`` (``user_model``) for ``suite``, built as ``ee eval run`` builds the
+    model's (no request is made); a spec that names no client is a :class:`ConfigError` naming the setting and the forms
+    it takes."""
+    from ee_middleware.models.spec import MODEL_FORMS, build_chat_client
+
+    try:
+        return build_chat_client(spec)
+    except ModelError as exc:
+        why = str(exc).rstrip()
+        why += "" if why.endswith((".", "?", "!")) else "."
+        if "Accepted forms" not in why:  # the registry lists them only for a spec of no form
+            why += f" Accepted forms: {'; '.join(MODEL_FORMS)}."
+        raise ConfigError(
+            f"The tau user simulator {spec!r} (--user-model, or user_model under [eval]) cannot be built, so every task of "
+            f"{suite} would fail: {why} Fix it, or leave it out for the scripted user."
+        ) from exc
 
 
 def _call_message(call_id: str, name: str, arguments: dict[str, Any]) -> Message:

@@ -411,11 +411,7 @@ def _same_on_another_build(make_domain: MakeDomain, domain: TauDomain, split: st
         )
 
 
-_ORACLE_FIXES = {
-    "missing_output": (
-        "a required output appears in no reply of the task's turns: the oracle says each turn's 'reply', so write the "
-        "outputs into the reply (respond_text(outputs) writes one), or fix 'outputs'"
-    ),
+_ORACLE_FIXES = {  # (a required output said in no reply of the task's: check_task refuses it when the split loads)
     "database_mismatch": (
         "the same calls left another database when the agent made them than when the ground truth was replayed: the "
         "tools must depend only on the data and the arguments they are given (no module globals, caches or clock)"

@@ -34,7 +34,7 @@ SCHEMAS = [{"type": "function", "function": {"name": "get_user", "description": 
 TASKS = [
     {"id": f"where-{n}", "category": "answer", "outputs": [CITY], "instruction": "Ask where you live.",
      "turns": [{"user": f"Where do I (u1) live? ({n})", "actions": [{"name": "get_user", "arguments": {"user_id": "u1"}}],
-                "reply": "You live in Zürich."}]}
+                "reply": f"You live in {CITY}."}]}
     for n in range(4)
 ]
 

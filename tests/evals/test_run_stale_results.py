@@ -60,12 +60,15 @@ def test_an_edited_or_removed_task_of_a_users_domain_is_not_resumed_from_its_old
     [first] = run_eval(job)
     assert (first["tasks"], first["success_rate"]) == (3, 1.0)
     edited = json.loads(json.dumps(TASKS))
-    edited[1]["outputs"] = ["6"]  # the oracle's reply says 5 plums: this task now fails
+    edited[1]["outputs"] = ["6"]  # another answer expected (its reply must say it: a task whose reply does not is refused)
+    edited[1]["turns"][0]["reply"] = "6 plums."
     tasks_file.write_text(json.dumps(edited[:2]))  # and 'refuse-three' is removed
     [fresh] = run_eval(job.model_copy(update={"out": str(tmp_path / "fresh")}))
     caplog.clear()
     [resumed] = run_eval(job)
-    assert (resumed["tasks"], resumed["success_rate"]) == (fresh["tasks"], fresh["success_rate"]) == (2, 0.5)
+    assert (resumed["tasks"], resumed["success_rate"]) == (fresh["tasks"], fresh["success_rate"]) == (2, 1.0)
+    [plums] = [r for r in read_journal(out / JOURNAL) if r["task_id"] == "ask-plums"]
+    assert "6 plums." in plums["conversation"], "the edited task ran again (its old result said 5 plums)"
     said = _warnings(caplog)
     assert "1 earlier result(s)" in said and "are of task(s) the suite does not have now (refuse-three" in said, said
     assert "1 earlier result(s)" in said and "were dropped: they are of task(s) whose definition changed since they ran (ask-plums" in said

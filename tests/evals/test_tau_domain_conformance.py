@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.tau import tau_bench
 from ee_middleware.evals.tau.domain import TauDomain, TauTask
 from ee_middleware.evals.tau.domains import library
@@ -60,9 +61,17 @@ def _silent(task: TauTask) -> TauTask:
     return dataclasses.replace(task, turns=tuple(dataclasses.replace(turn, reply="Done.") for turn in task.turns))
 
 
+def _past_max_steps(task: TauTask) -> TauTask:
+    """``task`` with more ground-truth calls in its first turn than a turn's answers (the oracle's turn is cut before its
+    reply): a task that loads, and that the oracle fails."""
+    first = task.turns[0]
+    long = dataclasses.replace(first, actions=(first.actions[0],) * LoopConfig().max_steps_per_turn + first.actions)
+    return dataclasses.replace(task, turns=(long, *task.turns[1:]))
+
+
 def test_max_tasks_and_splits_limit_what_is_checked() -> None:
     tasks = LIBRARY.tasks("test")
-    third_fails = _library(splits={"test": lambda: [tasks[0], tasks[1], _silent(tasks[10])]})
+    third_fails = _library(splits={"test": lambda: [tasks[0], tasks[1], _past_max_steps(tasks[10])]})
     check_tau_domain(third_fails, splits=["test"], max_tasks=2)
     with pytest.raises(AssertionError, match=r"Task 'due-date-question' .* fails it: missing_output"):
         check_tau_domain(third_fails)
@@ -352,13 +361,16 @@ def test_a_fake_domain_whose_split_a_spec_cannot_read_back_fails(split: str) -> 
         check_tau_domain(_library(splits={split: LIBRARY.splits["test"]}))
 
 
-def test_a_fake_domain_whose_task_reply_lacks_its_required_output_fails_the_oracle() -> None:
+def test_a_fake_domain_whose_task_reply_lacks_its_required_output_is_refused_by_the_domains_own_check() -> None:
+    """The kit says the domain's load-time refusal (TauDomain.check_task), not a copy of its own after the oracle ran."""
+
     def fake_silent_replies() -> list[TauTask]:
         return [_silent(t) if t.id == "due-date-question" else t for t in LIBRARY.tasks("test")]
 
     with pytest.raises(
         AssertionError,
-        match=r"Task 'due-date-question' .*: the oracle .* fails it: missing_output: .*'2025-03-09'.*write the outputs into the reply",
+        match=r"loading the split 'test': Task 'due-date-question' .*output '2025-03-09' appears in no reply .*write the "
+        r"outputs into the reply",
     ):
         check_tau_domain(_library(splits={"test": fake_silent_replies}))
 
