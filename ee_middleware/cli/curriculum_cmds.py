@@ -332,7 +332,8 @@ def run_cmd(
     task whose world the sandbox cannot rebuild is skipped with its reason (skipped_tasks), the others run. Run again, it
     stores the new rollouts; one the store already holds (the same conversation) is counted as already stored, not
     stored twice. Settings come from the [curriculum] table of --config (tasks, policy, sandbox, judge, store, k,
-    approve_if, app, judge_max_tokens, timeout_s); TASKS and the flags override them."""
+    approve_if, app, judge_max_tokens, timeout_s; the sandbox's own options in [curriculum.sandbox_settings]); TASKS and
+    the flags override them."""
     import functools
     import importlib
 
@@ -384,7 +385,7 @@ def run_cmd(
         except (ImportError, AttributeError) as exc:
             raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint=approve_if_hint) from None
     opened = open_job_store(cfg.store, store_origin(ctx, config, TABLE))
-    build_sandbox(sandbox).close()  # a sandbox that cannot be built fails here, before any rollout
+    build_sandbox(sandbox, **cfg.sandbox_settings).close()  # a sandbox that cannot be built fails here, before any rollout
     policy_client, judge_client = (build_model_client(spec, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB) for spec in (policy, judge))
     try:
         # a policy or judge endpoint that is down fails here, before any rollout
@@ -398,7 +399,7 @@ def run_cmd(
                 todo,
                 policy_client,
                 policy,
-                functools.partial(build_sandbox, sandbox),
+                functools.partial(build_sandbox, sandbox, **cfg.sandbox_settings),
                 judge_client,
                 opened,
                 k=k,

@@ -11,6 +11,8 @@ argument). Example ``curriculum.toml``::
     store = "/data/experience"
     k = 4
     approve_if = "support_tools.review:short_and_clean"
+    [curriculum.sandbox_settings]         # keyword options of the sandbox's factory
+    region = "eu"
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class CurriculumRunConfig(BaseModel):
     """The policy to roll out: ``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
     sandbox: str
     """Sandbox of the real tools (``bfcl``, ``package.module:factory``)."""
+    sandbox_settings: dict[str, Any] = Field(default_factory=dict)
+    """Keyword options of the sandbox's factory (``[curriculum.sandbox_settings]``, as ``[replay.sandbox_settings]``),
+    e.g. ``allow_network = true`` for ``bfcl``; an option the factory does not take is refused before any rollout."""
     judge: str
     """The model that verifies each outcome."""
     judge_max_tokens: int = Field(JUDGE_MAX_TOKENS, ge=1)

@@ -103,3 +103,47 @@ def test_help_names_the_config_table_and_the_defaults() -> None:
     entries = help_entries(result.output)
     missing = [flag for flag in ("--k", "--judge-max-tokens", "--app", "--timeout") if "[default:" not in entries.get(flag, "")]
     assert not missing, missing
+
+
+SANDBOX_OPTIONS: list[dict[str, object]] = []
+
+
+def recording_bfcl_sandbox(*, region: str = "us", allow_network: bool = False) -> object:
+    """A user's sandbox factory with an option of its own (the real BFCL sandbox inside); records what it was given."""
+    from ee_middleware.bfcl.sandbox import BFCLSandbox
+
+    SANDBOX_OPTIONS.append({"region": region, "allow_network": allow_network})
+    return BFCLSandbox(allow_network=allow_network)
+
+
+def test_run_gives_the_sandbox_the_tables_sandbox_settings(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was: [curriculum] had no sandbox_settings (a sandbox's factory options could be given to ee replay run only)."""
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    SANDBOX_OPTIONS.clear()
+    with (
+        ScriptedChatServer(lambda body: _policy(body["messages"]), models=["p"]) as policy,
+        ScriptedChatServer(lambda body: VERDICT, models=["j"]) as judge,
+    ):
+        config = _config(
+            tmp_path,
+            f'[curriculum]\ntasks = "{tasks}"\npolicy = "openai:{policy.base_url}#p"\n'
+            f'sandbox = "tests.cli.test_curriculum_config:recording_bfcl_sandbox"\n'
+            f'judge = "openai:{judge.base_url}#j"\nstore = "{bfcl_store_path}"\n'
+            '[curriculum.sandbox_settings]\nregion = "eu"\n',
+        )
+        result = runner.invoke(app, ["curriculum", "run", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    assert SANDBOX_OPTIONS and all(given == {"region": "eu", "allow_network": False} for given in SANDBOX_OPTIONS), SANDBOX_OPTIONS
+
+
+def test_run_refuses_an_option_the_sandbox_does_not_take_before_any_rollout(bfcl_store_path: Path, tmp_path: Path) -> None:
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    config = _config(
+        tmp_path,
+        f'[curriculum]\ntasks = "{tasks}"\npolicy = "openai:http://127.0.0.1:9/v1#p"\nsandbox = "bfcl"\n'
+        f'judge = "openai:http://127.0.0.1:9/v1#j"\nstore = "{bfcl_store_path}"\n[curriculum.sandbox_settings]\nallow_netwrk = true\n',
+    )
+    result = runner.invoke(app, ["curriculum", "run", "--config", str(config)])
+    assert result.exit_code == 1, result.output
+    error = _flat(result.stderr)
+    assert "Bad options for sandbox 'bfcl'" in error and "allow_network" in error, error
