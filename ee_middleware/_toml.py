@@ -282,6 +282,33 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         raise ConfigError(message) from None
 
 
+def build_with_required(
+    cls: type[ModelT],
+    path: str | os.PathLike[str] | None,
+    table: str,
+    overrides: Mapping[str, Any],
+    needed: Mapping[str, str],
+    *,
+    job: str,
+    subject: str,
+) -> ModelT:
+    """:func:`build_config` of :func:`layered_values` (the file's ``[table]`` <- ``overrides``) for the ``job`` (``"curriculum
+    run"``). A setting of ``needed`` (key -> the flag or argument that gives it) that neither gives is a
+    :class:`ConfigError` saying "The ``subject`` needs FLAG (or KEY in the [table] table of the --config file)", raised
+    after the file's own problems (a key spelled as its flag gets its 'did you mean')."""
+    values = layered_values(path, table, overrides, job=f"{job} job")
+    missing = [key for key in needed if values.get(key) is None]
+    if missing:
+        stand_ins = {**overrides, **dict.fromkeys(missing, "(not given)")}
+        build_config(cls, layered_values(path, table, stand_ins, job=f"{job} job"), job)
+        raise ConfigError(
+            f"The {subject} needs "
+            + " and ".join(f"{needed[key]} (or {key} in the [{table}] table of the --config file)" for key in missing)
+            + "."
+        )
+    return build_config(cls, values, job)
+
+
 def _in_file(message: str, errors: list[Any], values: _Layered, flags: Mapping[str, str]) -> str:
     """``message`` with where in the file the keys it names are, when the file gave them (not a flag): the unknown keys'
     tables and the fix (:func:`naming_file`), else ``in [table] of PATH``."""

@@ -30,8 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ee_middleware._toml import build_config, layered_values
-from ee_middleware.errors import ConfigError
+from ee_middleware._toml import build_with_required
 
 TABLE = "likelihood"
 """The table ``ee eval likelihood`` reads from its ``--config`` file."""
@@ -73,14 +72,4 @@ class LikelihoodConfig(BaseModel):
         ``adapters``, are ignored). A required setting neither gives is a :class:`ConfigError` naming its flag and its
         key, after the file's own problems."""
         overrides = {key: (None if value == [] else value) for key, value in overrides.items()}
-        values = layered_values(path, TABLE, overrides, job="likelihood eval job")
-        missing = [key for key in NEEDED if values.get(key) is None]
-        if missing:
-            stand_ins = {**overrides, **dict.fromkeys(missing, "(not given)")}
-            build_config(cls, layered_values(path, TABLE, stand_ins, job="likelihood eval job"), "likelihood eval")
-            raise ConfigError(
-                "The likelihood eval needs "
-                + " and ".join(f"{NEEDED[key]} (or {key} in the [{TABLE}] table of the --config file)" for key in missing)
-                + "."
-            )
-        return build_config(cls, values, "likelihood eval")
+        return build_with_required(cls, path, TABLE, overrides, NEEDED, job="likelihood eval", subject="likelihood eval")

@@ -23,8 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_config, finite_seconds, layered_values
-from ee_middleware.errors import ConfigError
+from ee_middleware._toml import build_with_required, finite_seconds
 from ee_middleware.replay.curriculum import DEFAULT_APP
 from ee_middleware.store.registry import store_config_value
 
@@ -81,14 +80,4 @@ class CurriculumRunConfig(BaseModel):
         """Defaults <- the TOML file's ``[curriculum]`` table <- ``overrides`` (``None`` values are ignored). A required
         setting neither gives is a :class:`ConfigError` naming its flag and its key, after the file's own problems (a key
         spelled as its flag gets its 'did you mean')."""
-        values = layered_values(path, TABLE, overrides, job="curriculum run job")
-        missing = [key for key in NEEDED if values.get(key) is None]
-        if missing:
-            stand_ins = {**overrides, **dict.fromkeys(missing, "(not given)")}
-            build_config(cls, layered_values(path, TABLE, stand_ins, job="curriculum run job"), "curriculum run")
-            raise ConfigError(
-                "The curriculum run needs "
-                + " and ".join(f"{NEEDED[key]} (or {key} in the [{TABLE}] table of the --config file)" for key in missing)
-                + "."
-            )
-        return build_config(cls, values, "curriculum run")
+        return build_with_required(cls, path, TABLE, overrides, NEEDED, job="curriculum run", subject="curriculum run")
