@@ -268,6 +268,29 @@ def test_workers_forked_by_the_job_import_no_module_themselves(
     assert imported == {path.name: [] for path in workers}, imported
 
 
+def test_the_fork_server_freezes_what_it_imported_and_its_workers_collect_as_usual(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fork server imports with the collector off and freezes what it built (it lives as long as the server and
+    every worker): each worker starts with that heap out of the collector's passes, and with the collector on."""
+    from ee_middleware.replay import job
+
+    at_fork = tmp_path / "at-fork"
+    at_fork.mkdir()
+    monkeypatch.setenv("EE_TEST_COLLECTOR_AT_FORK", str(at_fork))
+    first, *rest = executors.WORKER_MODULES
+    monkeypatch.setattr(executors, "WORKER_MODULES", (first, "tests.replay.collector_preload", *rest))
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
+    summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2))
+
+    assert summary.done == BFCL_ENTRIES and summary.failed == {}
+    workers = {path.name: path.read_text().split() for path in at_fork.iterdir()}
+    assert len(workers) == 2, workers
+    for frozen, collecting in workers.values():
+        assert int(frozen) > 10_000, f"the server froze {frozen} objects: its imported modules are more"
+        assert collecting == "True", "a worker starts with the collector off"
+
+
 def test_a_preloaded_module_that_raises_in_the_fork_server_is_left_to_the_workers(
     bfcl_store_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
