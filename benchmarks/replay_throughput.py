@@ -20,6 +20,11 @@ Ray / 1), the load average before and after, peak memory, the CPU seconds of the
 branch (what a single job process still has to do while the workers replay), and checks that every
 run stored the same rollouts (ids, calls, observations, records).
 
+The local jobs also run cold (``job_1_worker_cold``, ``job_2_workers_cold``): each in a fresh Python process, as
+``ee replay`` runs, timed from its call of ``run_replay`` (the imports before it are the same for both), so that the
+1-worker job pays its own first-use costs too instead of running in this warm process. The cold pair is interleaved
+with the other jobs in every round, checked for the same rollouts, and gives ``job_2_vs_1_workers_cold_speedup``.
+
 Ray runs twice: on a local cluster the job starts itself (``ray.init``, its start-up timed with the
 job) and on a running local cluster (``ray start --head --block``, started before the timed job and
 stopped after it, so that no cluster daemon runs beside the other jobs), which is how a cluster is
@@ -232,10 +237,33 @@ def _job_run(store: Path, k: int, workers: int, executor: str = "local", ray_add
 JOBS = (
     ("job_1_worker", 1, "local"),
     ("job_2_workers", 2, "local"),
+    ("job_1_worker_cold", 1, "local-cold"),
+    ("job_2_workers_cold", 2, "local-cold"),
     ("job_ray_2_actors", 2, "ray"),
     ("job_ray_2_actors_running_cluster", 2, "ray-running"),
 )
 RAY_JOBS = ("job_ray_2_actors", "job_ray_2_actors_running_cluster")
+LOCAL_JOBS = ("job_1_worker", "job_2_workers", "job_1_worker_cold", "job_2_workers_cold")
+
+
+def _cold_job_run(store: Path, k: int, workers: int) -> dict:
+    """:func:`_job_run` in a fresh Python process (this script's ``--one-job``), as ``ee replay`` runs a job."""
+    from types import SimpleNamespace
+
+    command = [sys.executable, __file__, "--one-job", str(store), "--workers", str(workers), "--k", str(k)]
+    finished = subprocess.run(command, capture_output=True, text=True, check=False)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the cold job failed ({finished.returncode}):\n{finished.stderr[-3000:]}")
+    run = json.loads(finished.stdout.strip().splitlines()[-1])
+    run["summary"] = SimpleNamespace(**run["summary"])
+    return run
+
+
+def _one_job(store: Path, k: int, workers: int) -> None:
+    """``--one-job``: one local job on ``store``, its :func:`_job_run` printed as JSON (the last line)."""
+    run = _job_run(store, k, workers)
+    run["summary"] = {"branches": run["summary"].branches, "replay_id": run["summary"].replay_id}
+    print(json.dumps(run))
 
 
 @contextlib.contextmanager
@@ -288,6 +316,8 @@ def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, 
         if executor == "ray-running":
             with _running_ray_cluster() as address:
                 run = _job_run(copy_path, k, workers, "ray", ray_address=address)
+        elif executor == "local-cold":
+            run = _cold_job_run(copy_path, k, workers)
         else:
             run = _job_run(copy_path, k, workers, executor)
         branches = expected.setdefault("branches", run["summary"].branches)
@@ -316,7 +346,7 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
     store.compact()
     trajectories = list(store.iter_trajectories(status="approved"))
     load_before = [round(x, 2) for x in os.getloadavg()]
-    runs: dict[str, list[dict]] = {"job_1_worker": [], "job_2_workers": [], **({name: [] for name in RAY_JOBS} if args.ray else {})}
+    runs: dict[str, list[dict]] = {name: [] for name in (*LOCAL_JOBS, *(RAY_JOBS if args.ray else ()))}
     expected: dict = {}
     for repeat in range(args.repeats):
         _job_round(runs, store_path, tmp / f"round-{repeat}", args.k, expected)
@@ -348,7 +378,21 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
         },
         "job_2_vs_1_workers_speedup_median": round(statistics.median(rates["job_2_workers"]) / statistics.median(rates["job_1_worker"]), 2),
         "job_2_vs_1_workers_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
+        **_cold_ratios(rates),
         **ray_ratios,
+    }
+
+
+def _cold_ratios(rates: dict[str, list[float]]) -> dict:
+    """2 workers against 1, both jobs cold (see the docstring): the median's ratio and the min/max of the rounds' ratios."""
+    import statistics
+
+    ratios = [a / b for a, b in zip(rates["job_2_workers_cold"], rates["job_1_worker_cold"], strict=True)]
+    return {
+        "job_2_vs_1_workers_cold_speedup_median": round(
+            statistics.median(rates["job_2_workers_cold"]) / statistics.median(rates["job_1_worker_cold"]), 2
+        ),
+        "job_2_vs_1_workers_cold_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
     }
 
 
@@ -377,7 +421,12 @@ def main() -> None:
     )
     parser.add_argument("--trajectories", type=int, default=4, help="--world retail: trajectories.")
     parser.add_argument("--steps", type=int, default=15, help="--world retail: tool calls per trajectory.")
+    parser.add_argument("--one-job", type=Path, default=None, help=argparse.SUPPRESS)  # a cold job's own process
+    parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_job is not None:
+        _one_job(args.one_job, args.k, args.workers)
+        return
     if args.world == "retail":
         results = retail_main(args)
         print(json.dumps(results, indent=2))
@@ -422,7 +471,7 @@ def main() -> None:
         naive_s = time.perf_counter() - t0
         assert n_naive == n_deep == n_branches
 
-        runs: dict[str, list[dict]] = {"sandbox_only": [], "job_1_worker": [], "job_2_workers": []}
+        runs: dict[str, list[dict]] = {"sandbox_only": [], **{name: [] for name in LOCAL_JOBS}}
         if args.ray:
             runs.update({name: [] for name in RAY_JOBS})
         expected = {"branches": n_branches}
@@ -471,6 +520,7 @@ def main() -> None:
         round(min(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
         round(max(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
     ]
+    results.update(_cold_ratios(rates))
     for name in RAY_JOBS:
         if name in median:
             results[f"{name.removeprefix('job_')}_vs_1_worker_speedup_median"] = round(median[name] / median["job_1_worker"], 2)
@@ -481,17 +531,20 @@ def main() -> None:
         results[f"{name}_first_outcome_s_min_median_max"] = _spread([r["first_outcome_s"] for r in rs], 3)
         # The job process's own CPU per branch: with 2 workers, all it still does (load, hand out, count).
         results[f"{name}_job_process_cpu_us_per_branch_min_median_max"] = _spread([r["job_cpu_s"] / n_branches * 1e6 for r in rs])
-        if name == "job_2_workers":
+        if name in ("job_2_workers", "job_2_workers_cold"):
+            cold = name.removeprefix("job_2_workers")  # "" or "_cold": the 1-worker job it is compared with
             shares = [r["job_cpu_s"] / (r["job_cpu_s"] + r["children_cpu_s"]) for r in rs if r["job_cpu_s"] + r["children_cpu_s"] > 0]
-            results["job_2_workers_job_process_share_of_cpu_min_median_max"] = _spread(shares, 3)
+            results[f"{name}_job_process_share_of_cpu_min_median_max"] = _spread(shares, 3)
             job_cpu = statistics.median(r["job_cpu_s"] for r in rs)
             workers_cpu = statistics.median(r["children_cpu_s"] for r in rs)
-            results["job_2_workers_cpu_s_job_process_and_workers_median"] = [round(job_cpu, 2), round(workers_cpu, 2)]
+            results[f"{name}_cpu_s_job_process_and_workers_median"] = [round(job_cpu, 2), round(workers_cpu, 2)]
             # What 2 workers could give on 2 cores with no start-up and perfect balance: 1 worker's CPU against all the CPU
             # of the 2-worker job (job process, fork server, workers) spread over 2 cores. An upper bound from CPU time,
             # for a machine whose other work makes the wall-clock ratio meaningless.
-            results["job_2_vs_1_workers_cpu_bound_estimate_2_cores"] = round(cpu["job_1_worker"] / ((job_cpu + workers_cpu) / 2), 2)
-            results["job_2_workers_branches_replayed_by_job_process_min_median_max"] = _spread(
+            results[f"job_2_vs_1_workers{cold}_cpu_bound_estimate_2_cores"] = round(
+                cpu[f"job_1_worker{cold}"] / ((job_cpu + workers_cpu) / 2), 2
+            )
+            results[f"{name}_branches_replayed_by_job_process_min_median_max"] = _spread(
                 [r["branches_replayed_by_job_process"] for r in rs], 0
             )
     if sustained is not None:
