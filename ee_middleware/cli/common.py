@@ -276,19 +276,19 @@ def json_answers() -> int:
 
 
 def console() -> Any:
-    """The console every command prints to. No emoji codes: a redaction placeholder such as
-    ``[REDACTED:email:049d4611]`` would otherwise print as ``[REDACTED✉049d4611]``."""
-    from rich.console import Console
+    """The console every command prints to (see :func:`ee_middleware._console.make_console`: no emoji codes, and off a
+    terminal a wide page instead of 80 columns, so that tables in a job's log keep their ids whole)."""
+    from ee_middleware._console import make_console
 
-    return Console(emoji=False)
+    return make_console()
 
 
 def progress_console() -> Any:
     """The console progress bars draw on: stderr, so that stdout holds the command's answer alone
     (``ee ... > out.txt`` or ``| jq`` get no bar, even when it is drawn once at the end off a terminal)."""
-    from rich.console import Console
+    from ee_middleware._console import make_console
 
-    return Console(stderr=True, emoji=False)
+    return make_console(stderr=True)
 
 
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Show progress bars (on stderr; none with --json).")

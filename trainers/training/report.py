@@ -72,8 +72,9 @@ def plot_loss(path: Path, losses: list[tuple[int, float]], boundaries: list[tupl
 
 def print_summary(manifest: dict[str, Any]) -> None:
     """A table of the run's metrics, per stage and in total."""
-    from rich.console import Console
     from rich.table import Table
+
+    from ee_middleware._console import make_console
 
     metrics = manifest["metrics"]
     table = Table(title=f"LoRA training: schedule {manifest['schedule']['name']} ({metrics['backend']}, {metrics['device']})")
@@ -99,7 +100,7 @@ def print_summary(manifest: dict[str, Any]) -> None:
         f"{metrics['train_seconds']:.1f}",
         style="bold",
     )
-    console = Console()
+    console = make_console()
     console.print(table)
     cut = sum(d["render"]["truncated"] for d in manifest["datasets"].values())
     dropped = sum(d["render"]["dropped_too_long"] + d["render"]["dropped_empty"] for d in manifest["datasets"].values())

@@ -1,0 +1,59 @@
+"""Tables printed off a terminal (a nightly job's log, CI, a pipe) keep their cells whole. Before, rich rendered at 80
+columns there and squeezed a wide table's columns until adapter names, hashes and dates ended in "…": the log held
+no name a later command could take. Off a terminal the console is now 200 columns wide unless ``COLUMNS`` says
+otherwise. The REAL CLI (CliRunner: not a terminal) listing a REAL local registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware._console import OFF_TERMINAL_WIDTH, make_console
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.cli.app import app
+from tests.cli.test_adapters_show_event_times import _adapter
+
+
+@pytest.fixture(autouse=True)
+def _off_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+REASON = "bfcl multi_turn_base fell 0.031 below the live adapter's score at the gate"
+
+
+def _registry(tmp_path: Path) -> Path:
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    registry.register(_adapter(tmp_path / "a"), "warehouse-inventory-agent", by="alice@example.com")
+    failed = registry.register(_adapter(tmp_path / "b"), "warehouse-inventory-agent", by="bob@example.com")
+    registry.mark_failed(failed.name, REASON)
+    registry.register(_adapter(tmp_path / "c"), "booking-agent", by="carol@example.com")
+    return registry.root
+
+
+def test_adapters_list_off_a_terminal_prints_a_row_a_line_with_its_cells_whole(tmp_path: Path) -> None:
+    root = _registry(tmp_path)
+    listed = json.loads(CliRunner().invoke(app, ["adapters", "list", "-r", str(root), "--json"]).stdout)
+    table = CliRunner().invoke(app, ["adapters", "list", "-r", str(root)])
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    for row in listed:
+        line = next((line for line in lines if row["name"] in line), "")
+        for cell in (row["app"], row["created_by"], row["reason"] or ""):
+            assert cell in line, f"{cell!r} is not on {row['name']}'s line:\n{table.stdout}"
+
+
+def test_columns_still_decides_off_a_terminal(tmp_path: Path) -> None:
+    root = _registry(tmp_path)
+    narrow = CliRunner().invoke(app, ["adapters", "list", "-r", str(root)], env={"COLUMNS": "60"})
+    assert narrow.exit_code == 0 and max(len(line) for line in narrow.stdout.splitlines()) <= 60, narrow.stdout
+
+
+def test_a_console_off_a_terminal_is_wide_unless_columns_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert make_console().width == OFF_TERMINAL_WIDTH and make_console(stderr=True).width == OFF_TERMINAL_WIDTH
+    monkeypatch.setenv("COLUMNS", "100")
+    assert make_console().width == 100
