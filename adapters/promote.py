@@ -43,7 +43,8 @@ every check. A rollback makes the same check and only says what it found (a roll
 
 **Rollback** ``app``: the previous live adapter is checked on every replica (listed; loaded again if
 a replica lost it, e.g. after a restart, from a registry copy checked first) and made live again; a
-replica that does not answer stops it with the live adapter unchanged. **Retire**: unloaded
+replica that does not answer stops it with the live adapter unchanged (every replica is listed before
+the chat-template checks and any load, so one that is down stops it alone, with nothing loaded). **Retire**: unloaded
 everywhere, withdrawn from the rollback stack.
 
 A process killed mid-promote leaves the adapter ``candidate`` (the history shows the start without
@@ -583,6 +584,12 @@ def _rollback(
     registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None, say: Progress | None, started: float
 ) -> SwitchResult:
     target = registry.rollback_target(app)
+    listed: dict[str, list[str]] = {}
+    for replica in replicas:  # every replica answers before the rendering notes, which would blame a setup it did not say
+        try:
+            listed[replica.url] = replica.list()
+        except ServingError as exc:
+            raise _rollback_stopped(registry, app, target, replica, exc) from exc
     checks = rendering_checks(target, replicas)
     for check in checks:
         if check.status != "same" and say is not None:
@@ -590,7 +597,7 @@ def _rollback(
     loaded = []
     for replica in replicas:
         try:
-            if target.name not in replica.list():
+            if target.name not in listed[replica.url]:
                 if "://" not in target.path:
                     label = _registry_label(registry)
                     check_registered_files(
@@ -607,20 +614,26 @@ def _rollback(
                 replica.verify(target.name)
                 loaded.append(replica.url)
         except ServingError as exc:
-            live = registry.resolve(app)
-            message = (
-                f"Rolling {app} back to {target.name} stopped at {replica.url}: {exc} Nothing was switched: {app} still serves "
-                f"{live or 'the base model'}. Run the rollback again when every replica answers (or without the broken one)."
-            )
-            try:
-                wrapped = type(exc)(message, url=exc.url)
-            except TypeError:  # a plug-in's error class with another signature
-                wrapped = ServingError(message, url=exc.url)
-            raise wrapped from exc
+            raise _rollback_stopped(registry, app, target, replica, exc) from exc
     previous = registry.switch_live(target.name, by=by, action="rollback")
     return SwitchResult(
         registry.get(target.name), previous.name if previous else None, time.perf_counter() - started, loaded_on=loaded, rendering=checks
     )
+
+
+def _rollback_stopped(
+    registry: AdapterRegistry, app: str, target: AdapterRecord, replica: ServingBackend, exc: ServingError
+) -> ServingError:
+    """``exc`` (of the same class where it can be built so) saying that the rollback stopped at ``replica`` and switched nothing."""
+    live = registry.resolve(app)
+    message = (
+        f"Rolling {app} back to {target.name} stopped at {replica.url}: {exc} Nothing was switched: {app} still serves "
+        f"{live or 'the base model'}. Run the rollback again when every replica answers (or without the broken one)."
+    )
+    try:
+        return type(exc)(message, url=exc.url)
+    except TypeError:  # a plug-in's error class with another signature
+        return ServingError(message, url=exc.url)
 
 
 def retire(
