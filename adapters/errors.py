@@ -7,7 +7,7 @@ Match on the class, never on the text:
   :class:`InvalidTransitionError` and its :class:`GateFailedError`, :class:`RegistryCorruptionError`,
   :class:`RegistryBusyError`);
 - :class:`ServingError` — a model server refused or failed a request; ``url`` names it
-  (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`, :class:`AdapterNameInUseError`,
+  (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`, :class:`ServerSetupError`, :class:`AdapterNameInUseError`,
   :class:`AdapterPathNotFoundError`, :class:`ServerRankError`, :class:`AdapterLoadError`,
   :class:`VerificationError`, :class:`ServerStartError`, :class:`ChatTemplateMismatchError`);
 - :class:`PromotionError` — a promote failed on some replica and was rolled back everywhere.
@@ -84,6 +84,12 @@ class ServerUnavailableError(ServingError):
 
 class ServerTimeoutError(ServerUnavailableError):
     """The server did not answer in time."""
+
+
+class ServerSetupError(ServingError):
+    """The server answers, but was started without what the request needs: no runtime LoRA API (vLLM without
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` and ``--enable-lora``, or a server that is not vLLM). Asking again does not
+    help; starting it so does. It says nothing about the adapter."""
 
 
 class AdapterNameInUseError(ServingError):

@@ -77,6 +77,7 @@ from ee_middleware.adapters.errors import (
     InvalidTransitionError,
     PromotionError,
     ServerRankError,
+    ServerSetupError,
     ServerUnavailableError,
     ServingError,
 )
@@ -504,9 +505,9 @@ def _registry_label(registry: AdapterRegistry) -> str:
 
 def _adapter_at_fault(exc: ServingError) -> bool:
     """Whether a promote failure says something about the adapter (then it is marked failed), not about the servers: a
-    replica that did not answer, cannot see the folder, or refuses the rank by its own ``--max-lora-rank`` says nothing
-    about the adapter."""
-    return not isinstance(exc, (ServerUnavailableError, AdapterPathNotFoundError, ServerRankError))
+    replica that did not answer, cannot see the folder, lacks the runtime LoRA API, or refuses the rank by its own
+    ``--max-lora-rank`` says nothing about the adapter."""
+    return not isinstance(exc, (ServerUnavailableError, ServerSetupError, AdapterPathNotFoundError, ServerRankError))
 
 
 def _fail(
@@ -538,7 +539,13 @@ def _fail(
         outcome = "It is marked failed"
     else:
         registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=reason)
-        when = f"once every replica allows rank {record.rank}" if isinstance(exc, ServerRankError) else "when every replica answers"
+        when = (
+            f"once every replica allows rank {record.rank}"
+            if isinstance(exc, ServerRankError)
+            else "once that replica is started as said"
+            if isinstance(exc, ServerSetupError)
+            else "when every replica answers"
+        )
         outcome = (
             f"It stays {_status_text(registry.get(record.name).status)}: the adapter is not at fault. Promote it again {when} "
             f"(ee adapters promote {record.name} ...)"

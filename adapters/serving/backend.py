@@ -35,6 +35,7 @@ from ee_middleware.adapters.errors import (
     AdapterNameInUseError,
     AdapterPathNotFoundError,
     ServerRankError,
+    ServerSetupError,
     ServerTimeoutError,
     ServerUnavailableError,
     ServingError,
@@ -183,7 +184,7 @@ class HTTPServingBackend:
 
     def _load_refused(self, exc: ModelRequestError, name: str, path: str, rank: int | None) -> ServingError:
         if exc.status == 404 and not _NO_ADAPTER_FOUND.search(exc.refusal):
-            return ServerUnavailableError(
+            return ServerSetupError(
                 f"{self.url} has no runtime LoRA API: POST {self.url}/load_lora_adapter answered HTTP 404 without saying that "
                 f"the adapter folder is missing ({_refusal_text(exc)}), which is the answer for a route the server does not "
                 "serve: vLLM started without VLLM_ALLOW_RUNTIME_LORA_UPDATING=True, or a server that is not vLLM. Start vLLM "

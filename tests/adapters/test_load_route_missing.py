@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ee_middleware.adapters.errors import AdapterPathNotFoundError, PromotionError, ServerUnavailableError
+from ee_middleware.adapters.errors import AdapterPathNotFoundError, PromotionError, ServerSetupError, ServerUnavailableError
 from ee_middleware.adapters.promote import promote
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import VLLMBackend
@@ -26,12 +26,12 @@ def test_a_server_without_the_load_route_is_said_to_lack_the_runtime_lora_api(tm
     with ScriptedChatServer(["OK"], models=["base"]) as plain:  # any other path: FastAPI's 404 {"detail": "Not Found"}
         backend = VLLMBackend(plain.base_url, timeout_s=5)
         try:
-            with pytest.raises(ServerUnavailableError) as caught:
+            with pytest.raises(ServerSetupError) as caught:
                 backend.load("bot-v1", str(adapter))
         finally:
             backend.close()
     message = str(caught.value)
-    assert not isinstance(caught.value, AdapterPathNotFoundError), message
+    assert not isinstance(caught.value, (AdapterPathNotFoundError, ServerUnavailableError)), "the server answered: its setup lacks the API"
     assert "no runtime LoRA API" in message and "Not Found" in message, message
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in message and "--enable-lora" in message and "ee serve vllm" in message
     assert "shared" not in message and "same path" not in message and "cannot find the adapter folder" not in message
@@ -60,7 +60,8 @@ def test_a_promote_into_a_replica_without_the_api_leaves_the_adapter_a_candidate
         finally:
             for replica in replicas:
                 replica.close()
-    assert isinstance(caught.value.__cause__, ServerUnavailableError)
+    assert isinstance(caught.value.__cause__, ServerSetupError)
+    assert "Promote it again once that replica is started as said" in str(caught.value), "not: when every replica answers"
     assert "no runtime LoRA API" in str(caught.value) and "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in str(caught.value)
     assert name not in good.loaded, "unloaded again from the replica that had loaded it"
     assert registry.get(name).status == "candidate" and registry.resolve("bot") is None

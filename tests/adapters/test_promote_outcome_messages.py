@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ee_middleware.adapters.errors import InvalidTransitionError, PromotionError, ServerRankError, ServerUnavailableError
+from ee_middleware.adapters.errors import InvalidTransitionError, PromotionError, ServerRankError, ServerSetupError
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
@@ -56,7 +56,7 @@ def test_a_failed_promote_of_a_retired_adapter_says_it_stays_retired_and_stays_l
         with _no_runtime_lora_api() as other, pytest.raises(PromotionError) as caught:
             promote(registry, second, [good, other])
         message = str(caught.value)
-        assert isinstance(caught.value.__cause__, ServerUnavailableError)
+        assert isinstance(caught.value.__cause__, ServerSetupError)
         assert "stays a candidate" not in message and "unloaded" not in message, message
         assert "Nothing was loaded by this promote." in message
         assert f"It stays loaded on {good.url}, which held it before." in message

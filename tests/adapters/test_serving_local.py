@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ee_middleware.adapters.errors import PromotionError, ServerRankError, ServerUnavailableError
+from ee_middleware.adapters.errors import PromotionError, ServerRankError, ServerSetupError
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
@@ -140,13 +140,13 @@ def test_a_promote_that_fails_on_a_second_replica_unloads_it_from_the_first_and_
         with pytest.raises(PromotionError, match=r"It was unloaded from http\S+, where this promote had loaded it") as caught:
             promote(registry, candidate.name, [good, other])
         other.close()
-    assert isinstance(caught.value.__cause__, ServerUnavailableError)
+    assert isinstance(caught.value.__cause__, ServerSetupError)
     assert candidate.name not in good.list()
-    assert registry.get(candidate.name).status == "candidate", "a replica that is down says nothing about the adapter"
+    assert registry.get(candidate.name).status == "candidate", "a replica without the runtime LoRA API says nothing about the adapter"
     assert registry.resolve("bot") == live.name and registry.get(live.name).status == "live"
     events = registry.history(adapter=candidate.name)
     assert [e["action"] for e in events] == ["register", "promote-started", "promote-aborted"]
-    assert "ServerUnavailableError" in events[-1]["reason"]
+    assert "ServerSetupError" in events[-1]["reason"]
     good.unload(live.name)
 
 
