@@ -79,7 +79,29 @@ def _base_option(what: str) -> Any:
 
 
 HostOption = typer.Option(None, "--host", help="Address to listen on (0.0.0.0: every interface). [default: 127.0.0.1]")
+
+
+def _served_model_name_option(default: str) -> Any:
+    """``--served-model-name``, the same for every server; ``default``: what it is when not given."""
+    return typer.Option(
+        None, "--served-model-name", help=f"The base model's name in the API (requests name it as their model). [default: {default}]"
+    )
+
+
 MaxLoraRankHelp = "Largest LoRA rank an adapter may have"
+
+
+def _max_lora_rank_option(allowed: str = "", **checks: Any) -> Any:
+    """``--max-lora-rank`` (also ``EE_MAX_LORA_RANK``), the same for every server; ``allowed``: the ranks this server takes,
+    said in the help; ``checks``: the option's own (``min=1``, a ``callback``)."""
+    return typer.Option(
+        None,
+        "--max-lora-rank",
+        envvar="EE_MAX_LORA_RANK",
+        show_envvar=True,
+        help=f"{MaxLoraRankHelp}{allowed}. [default: {DEFAULT_MAX_LORA_RANK}]",
+        **checks,
+    )
 
 
 def _max_lora_rank_origin(ctx: typer.Context, config: Path | None) -> None:
@@ -100,19 +122,8 @@ def serve_local(
     base_model: Path | None = _base_option("The base model folder (save_pretrained)."),
     host: str | None = HostOption,
     port: int | None = PortOption,
-    base_name: str | None = typer.Option(
-        None,
-        "--served-model-name",
-        help="The base model's name in the API (requests name it as their model). [default: the base folder]",
-    ),
-    max_lora_rank: int | None = typer.Option(
-        None,
-        "--max-lora-rank",
-        envvar="EE_MAX_LORA_RANK",
-        show_envvar=True,
-        min=1,
-        help=f"{MaxLoraRankHelp}. [default: {DEFAULT_MAX_LORA_RANK}]",
-    ),
+    base_name: str | None = _served_model_name_option("the base folder"),
+    max_lora_rank: int | None = _max_lora_rank_option(min=1),
     chat_template: str | None = TemplateOption,
     num_threads: int | None = typer.Option(
         None,
@@ -180,18 +191,9 @@ def serve_vllm(
     base_model: str | None = _base_option("The base model folder (or a model id your vLLM can load offline)."),
     host: str | None = HostOption,
     port: int | None = PortOption,
-    base_name: str | None = typer.Option(
-        None,
-        "--served-model-name",
-        help="The base model's name in the API (requests name it as their model). [default: --base]",
-    ),
-    max_lora_rank: int | None = typer.Option(
-        None,
-        "--max-lora-rank",
-        envvar="EE_MAX_LORA_RANK",
-        show_envvar=True,
-        callback=_vllm_lora_rank,
-        help=f"{MaxLoraRankHelp}: one vLLM accepts (1, 8, 16, 32, 64, 128, 256, 320, 512). [default: {DEFAULT_MAX_LORA_RANK}]",
+    base_name: str | None = _served_model_name_option("--base"),
+    max_lora_rank: int | None = _max_lora_rank_option(
+        ": one vLLM accepts (1, 8, 16, 32, 64, 128, 256, 320, 512)", callback=_vllm_lora_rank
     ),
     max_loras: int | None = typer.Option(
         None, "--max-loras", min=1, help="Adapters in one batch (vLLM's --max-loras). [default: vLLM's, 1]"
