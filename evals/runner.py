@@ -45,7 +45,7 @@ from ee_middleware.evals.clients import build_eval_client
 from ee_middleware.evals.job import EvalJob, adapter_identity, same_split, unresolved_split_text
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
-from ee_middleware.evals.tasks import EvalTask, TaskResult
+from ee_middleware.evals.tasks import EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import CUT_WHILE_REASONING
 from ee_middleware.replay.config import LOCAL_WORKERS_PER_CORE, max_workers
 
@@ -128,6 +128,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     _check_distinct(suites)
     # nor does a suite whose tasks cannot be loaded (a typo'd traces: store, a split whose ids it lacks, a tau loader raising)
     tasks = {spec: suite.tasks() for spec, suite in suites.items()}
+    _warn_turns_beyond_the_step_limit(suites, tasks, job.loop_config())
     worker = _Worker(job)  # nor a model spec that cannot be built (a typo'd local: folder, a missing factory)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +136,41 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
             return _run_claimed(job, out, suites, tasks, progress, worker)
     finally:
         worker.close()
+
+
+def answers_to_follow(reference: list[Message]) -> int:
+    """The model answers a turn takes when each answer with calls is one of its ``reference`` messages (as the oracle
+    answers), then a reply: what a model that makes the ground truth's calls one answer at a time needs."""
+    return sum(1 for message in reference if message.get("tool_calls")) + 1
+
+
+def _warn_turns_beyond_the_step_limit(suites: Mapping[str, Any], tasks: Mapping[str, list[EvalTask]], base: LoopConfig) -> None:
+    """Warn, per suite, about the tasks with a turn whose ground truth takes more answers (its calls one answer at a
+    time, then the reply) than a turn may have (``max_steps_per_turn`` as the suite's loop reads it): a model that calls
+    as the ground truth does (the ``oracle`` included) is cut off before the turn ends, whatever it would have done."""
+    for spec, suite in suites.items():
+        loop_config = getattr(suite, "loop_config", None)
+        config = loop_config(base) if callable(loop_config) else base
+        if not config.execute_tools:
+            continue
+        longest: dict[str, tuple[int, int]] = {}  # task id -> (its turn taking the most answers, that many)
+        for task in tasks[spec]:
+            needed = [answers_to_follow(turn) for turn in task.reference]
+            if needed and max(needed) > config.max_steps_per_turn:
+                longest[task.id] = (needed.index(max(needed)) + 1, max(needed))
+        if not longest:
+            continue
+        added = config.max_steps_per_turn - base.max_steps_per_turn  # answers the suite's loop adds (BFCL's force-quit one)
+        flag = max(answers for _, answers in longest.values()) - added
+        example = ", ".join(f"{task_id} turn {turn}: {answers}" for task_id, (turn, answers) in list(longest.items())[:3])
+        warnings.warn(
+            f"ee eval: {len(longest)} task(s) of {suite.name} have a turn whose ground truth takes more model answers, its "
+            f"calls one answer at a time and then the reply ({example}), than --max-steps-per-turn {base.max_steps_per_turn} "
+            "lets a turn have: a model that calls as the ground truth does (the oracle included) is cut off before the "
+            f"turn ends. Raise --max-steps-per-turn (max_steps_per_turn) to at least {flag}.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _workers_this_machine_takes(job: EvalJob) -> EvalJob:

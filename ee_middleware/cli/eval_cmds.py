@@ -20,6 +20,7 @@ from ee_middleware.cli.common import (
     progress_console,
     reading_store,
     user_output_to_stderr,
+    warnings_as_lines,
 )
 from ee_middleware.models.urls import server_url_problem
 
@@ -146,7 +147,8 @@ def run_cmd(
         try:
             # what the model's or the sandbox's code prints goes to stderr (stdout holds the answer alone); a traces:
             # suite on a damaged store is refused unless --allow-partial
-            with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
+            # its warnings (a step limit shorter than a task's turn, more workers than cores) as warning: lines
+            with warnings_as_lines(), user_output_to_stderr(), reading_store(allow_partial=allow_partial):
                 summary = run_eval(job, progress=on_progress)
         finally:
             if bars:
