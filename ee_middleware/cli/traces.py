@@ -166,7 +166,7 @@ def show(
         + f"environment={short(_environment_text(trajectory.environment), 300) if trajectory.environment is not None else '-'}\n"
     )
     header = f"[bold]{escape(trajectory.id)}[/]{details}[bold]task:[/] {escape(trajectory.task or '-')}"
-    out.print(Panel(header, title="trajectory"))
+    out.print(Panel(header, title="trajectory"), width=out.section_width)  # (a log's panel: 80 columns, its tables wider)
     table = Table(show_lines=True)
     for column in ("#", "action", "arguments / answer", "observation", "ms"):
         table.add_column(column, overflow="fold")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ee_middleware._console import OFF_TERMINAL_WIDTH, make_console
+from ee_middleware._console import OFF_TERMINAL_WIDTH, SECTION_WIDTH, make_console
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.cli.app import app
 from tests.cli.test_adapters_show_event_times import _adapter
@@ -57,3 +57,27 @@ def test_a_console_off_a_terminal_is_wide_unless_columns_is_set(monkeypatch: pyt
     assert make_console().width == OFF_TERMINAL_WIDTH and make_console(stderr=True).width == OFF_TERMINAL_WIDTH
     monkeypatch.setenv("COLUMNS", "100")
     assert make_console().width == 100
+
+
+def test_rules_and_panels_off_a_terminal_keep_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """A section rule or a panel fills the width it is given: at 200 columns every ee improve stage's rule was a line
+    of 200 characters in the job's log. They keep the 80 columns they had; tables take what their cells need."""
+    from rich.panel import Panel
+
+    out = make_console()
+    out.rule("ee improve [1/8] select")
+    out.print(Panel("a trajectory's header", title="trajectory"), width=out.section_width)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(len(line) == SECTION_WIDTH for line in lines), [len(line) for line in lines]
+
+
+def test_ee_traces_show_off_a_terminal_draws_its_panel_at_80_columns(tmp_path: Path) -> None:
+    from ee_middleware.bfcl.experts import record_experts
+
+    store = tmp_path / "store"
+    record_experts(store, "multi_turn_base", limit=1)
+    listed = json.loads(CliRunner().invoke(app, ["traces", "list", "--store", str(store), "--status", "all", "--json"]).stdout)
+    shown = CliRunner().invoke(app, ["traces", "show", listed[0]["id"], "--store", str(store)])
+    assert shown.exit_code == 0, shown.output
+    panel = [line for line in shown.stdout.splitlines() if line.startswith(("╭", "╰"))]
+    assert len(panel) == 2 and all(len(line) == SECTION_WIDTH for line in panel), panel
