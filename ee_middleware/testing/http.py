@@ -21,9 +21,11 @@ from typing import Any
 def serving(server: BaseServer, *, path: str = "/v1") -> Iterator[str]:
     """Run ``server.serve_forever`` on a daemon thread; yield its base URL (``http://HOST:PORT`` + ``path``).
 
-    On leaving the block the server is shut down, its socket closed and its thread joined, also when
-    the block raised.
+    A client that hangs up before its answer is sent (it timed out, or was closed: what timeout tests do) is no error of
+    the server's: it prints no traceback (see :func:`quiet_about_hang_ups`). On leaving the block the server is shut
+    down, its socket closed and its thread joined, also when the block raised.
     """
+    quiet_about_hang_ups(server)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="ee-test-server", daemon=True)
     thread.start()
     host, port = server.server_address[:2]
@@ -33,6 +35,19 @@ def serving(server: BaseServer, *, path: str = "/v1") -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def quiet_about_hang_ups(server: BaseServer) -> None:
+    """Have ``server`` pass over a request whose client closed the connection before the answer was sent (a
+    :class:`ConnectionError`: broken pipe, reset) instead of printing its traceback on stderr; any other error in a
+    handler is reported as before."""
+    report = server.handle_error
+
+    def handle_error(request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            report(request, client_address)
+
+    server.handle_error = handle_error  # type: ignore[method-assign]
 
 
 def send_json(handler: BaseHTTPRequestHandler, body: Any, status: int = 200) -> None:
@@ -297,11 +312,6 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, owner: ScriptedChatServer) -> None:
         super().__init__(("127.0.0.1", 0), _ChatHandler)
         self.owner = owner
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return  # the client closed the connection (it timed out, or was closed) before the answer was sent
-        super().handle_error(request, client_address)
 
 
 class _ChatHandler(BaseHTTPRequestHandler):

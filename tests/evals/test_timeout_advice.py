@@ -15,7 +15,6 @@ from tests.replay.test_unusable_policy import _Hanging  # answers after 2 s
 
 def test_an_evals_timeout_advice_names_its_own_flag(tmp_path: Path) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Hanging)
-    server.handle_error = lambda request, address: None  # type: ignore[method-assign] # a connection the client closed
     with serving(server) as url:
         job = EvalJob(suites=["bfcl:simple:1"], model=f"openai:{url}#m", out=str(tmp_path / "run"), timeout_s=0.5, retries=0)
         [summary] = run_eval(job)

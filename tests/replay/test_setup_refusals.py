@@ -41,7 +41,6 @@ def llama_server_refusing(message: str) -> Iterator[tuple[str, list[Any]]]:
             send_json(self, {"object": "list", "data": [{"id": "m", "object": "model"}]})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.handle_error = lambda request, address: None  # type: ignore[method-assign] # a connection the job closed
     with serving(server) as url:
         yield url, requests
 
