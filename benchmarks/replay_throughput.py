@@ -352,7 +352,6 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
         _job_round(runs, store_path, tmp / f"round-{repeat}", args.k, expected)
     n_branches = expected["branches"]
     rates = {name: [n_branches / r["wall_s"] for r in rs] for name, rs in runs.items()}
-    ratios = [a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)]
     ray_ratios = {
         f"{name.removeprefix('job_')}_vs_1_worker_speedup_median_min_max": [
             round(statistics.median(rates[name]) / statistics.median(rates["job_1_worker"]), 2),
@@ -376,23 +375,22 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
             name: round(statistics.median(r["job_cpu_s"] + r["children_cpu_s"] for r in rs) / n_branches * 1e6, 1)
             for name, rs in runs.items()
         },
-        "job_2_vs_1_workers_speedup_median": round(statistics.median(rates["job_2_workers"]) / statistics.median(rates["job_1_worker"]), 2),
-        "job_2_vs_1_workers_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
-        **_cold_ratios(rates),
+        **_worker_speedups(rates, ""),
+        **_worker_speedups(rates, "_cold"),
         **ray_ratios,
     }
 
 
-def _cold_ratios(rates: dict[str, list[float]]) -> dict:
-    """2 workers against 1, both jobs cold (see the docstring): the median's ratio and the min/max of the rounds' ratios."""
+def _worker_speedups(rates: dict[str, list[float]], cold: str) -> dict:
+    """2 workers against 1, both jobs warm (``cold=""``) or both cold (``"_cold"``, see the docstring): the ratio of the
+    medians and the min/max of the rounds' ratios."""
     import statistics
 
-    ratios = [a / b for a, b in zip(rates["job_2_workers_cold"], rates["job_1_worker_cold"], strict=True)]
+    two, one = rates[f"job_2_workers{cold}"], rates[f"job_1_worker{cold}"]
+    ratios = [a / b for a, b in zip(two, one, strict=True)]
     return {
-        "job_2_vs_1_workers_cold_speedup_median": round(
-            statistics.median(rates["job_2_workers_cold"]) / statistics.median(rates["job_1_worker_cold"]), 2
-        ),
-        "job_2_vs_1_workers_cold_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
+        f"job_2_vs_1_workers{cold}_speedup_median": round(statistics.median(two) / statistics.median(one), 2),
+        f"job_2_vs_1_workers{cold}_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
     }
 
 
@@ -515,12 +513,8 @@ def main() -> None:
     cpu = {name: statistics.median(r["job_cpu_s"] + r["children_cpu_s"] for r in rs) for name, rs in runs.items()}
     results["cpu_us_per_branch_median"] = {name: round(c / n_branches * 1e6, 1) for name, c in cpu.items()}
     results["job_1_worker_vs_sandbox_only_cpu_median"] = round(cpu["sandbox_only"] / cpu["job_1_worker"], 3)
-    results["job_2_vs_1_workers_speedup_median"] = round(median["job_2_workers"] / median["job_1_worker"], 2)
-    results["job_2_vs_1_workers_speedup_min_max"] = [
-        round(min(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
-        round(max(a / b for a, b in zip(rates["job_2_workers"], rates["job_1_worker"], strict=True)), 2),
-    ]
-    results.update(_cold_ratios(rates))
+    results.update(_worker_speedups(rates, ""))
+    results.update(_worker_speedups(rates, "_cold"))
     for name in RAY_JOBS:
         if name in median:
             results[f"{name.removeprefix('job_')}_vs_1_worker_speedup_median"] = round(median[name] / median["job_1_worker"], 2)

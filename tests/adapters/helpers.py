@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from ee_middleware.testing.http import send_json
+from ee_middleware.adapters.serving.backend import LocalBackend, VLLMBackend
+from ee_middleware.adapters.serving.launch import free_port
+from ee_middleware.testing.http import send_json, serving
 
 
 def write_adapter(folder: Path, *, rank: int = 8, base: str = "/models/base", seed: int = 0, manifest: dict | None = None) -> Path:
@@ -92,3 +96,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.release_chat.wait(timeout=60)
         choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
         send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]})
+
+
+@contextmanager
+def good_and_down_replicas() -> Iterator[tuple[StandInVLLM, list[Any]]]:
+    """A replica that answers (the stand-in, served) and one that is down (a port nobody listens on), in that order;
+    both backends are closed on the way out."""
+    good = StandInVLLM()
+    with serving(good) as url:
+        replicas = [VLLMBackend(url, timeout_s=5), LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)]
+        try:
+            yield good, replicas
+        finally:
+            for replica in replicas:
+                replica.close()

@@ -14,26 +14,17 @@ from typer.testing import CliRunner
 from ee_middleware.adapters.errors import PromotionError, ServerUnavailableError
 from ee_middleware.adapters.promote import promote
 from ee_middleware.adapters.registry import LocalAdapterRegistry
-from ee_middleware.adapters.serving.backend import LocalBackend, VLLMBackend
 from ee_middleware.adapters.serving.launch import free_port
-from ee_middleware.testing.http import serving
 
-from .helpers import StandInVLLM, write_adapter
+from .helpers import good_and_down_replicas, write_adapter
 
 
 def test_a_promote_into_a_replica_that_is_down_says_only_that(tmp_path: Path) -> None:
     registry = LocalAdapterRegistry(tmp_path / "reg")
     name = registry.register(write_adapter(tmp_path / "src"), "bot").name
     said: list[str] = []
-    good = StandInVLLM()
-    with serving(good) as url:
-        replicas = [VLLMBackend(url, timeout_s=5), LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)]
-        try:
-            with pytest.raises(PromotionError, match="Connection refused") as caught:
-                promote(registry, name, replicas, progress=said.append)
-        finally:
-            for replica in replicas:
-                replica.close()
+    with good_and_down_replicas() as (good, replicas), pytest.raises(PromotionError, match="Connection refused") as caught:
+        promote(registry, name, replicas, progress=said.append)
     assert isinstance(caught.value.__cause__, ServerUnavailableError)
     assert said == [], said
     assert good.loaded == {} and not any(r.startswith("POST") for r in good.requests), good.requests

@@ -15,11 +15,9 @@ from typer.testing import CliRunner
 from ee_middleware.adapters.errors import ServerUnavailableError
 from ee_middleware.adapters.promote import rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
-from ee_middleware.adapters.serving.backend import LocalBackend, VLLMBackend
 from ee_middleware.adapters.serving.launch import free_port
-from ee_middleware.testing.http import serving
 
-from .helpers import StandInVLLM, write_adapter
+from .helpers import good_and_down_replicas, write_adapter
 
 
 def _rolled_twice(tmp_path: Path) -> tuple[LocalAdapterRegistry, str, str]:
@@ -35,15 +33,8 @@ def _rolled_twice(tmp_path: Path) -> tuple[LocalAdapterRegistry, str, str]:
 def test_a_rollback_with_a_replica_that_is_down_says_only_that_and_loads_nothing(tmp_path: Path) -> None:
     registry, first, second = _rolled_twice(tmp_path)
     said: list[str] = []
-    good = StandInVLLM()
-    with serving(good) as url:
-        replicas = [VLLMBackend(url, timeout_s=5), LocalBackend(f"http://127.0.0.1:{free_port()}/v1", timeout_s=2)]
-        try:
-            with pytest.raises(ServerUnavailableError, match="Connection refused") as caught:
-                rollback(registry, "bot", replicas, progress=said.append)
-        finally:
-            for replica in replicas:
-                replica.close()
+    with good_and_down_replicas() as (good, replicas), pytest.raises(ServerUnavailableError, match="Connection refused") as caught:
+        rollback(registry, "bot", replicas, progress=said.append)
     assert f"Rolling bot back to {first} stopped at {replicas[1].url}" in str(caught.value)
     assert f"Nothing was switched: bot still serves {second}" in str(caught.value)
     assert said == [], said

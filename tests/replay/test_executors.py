@@ -238,6 +238,21 @@ def test_a_job_that_stops_while_its_workers_start_hands_them_nothing(
     assert _own_processes() == before
 
 
+def _preloaded_in_the_fork_server(monkeypatch: pytest.MonkeyPatch, module: str, variable: str, tmp_path: Path) -> Path:
+    """Have the job's fork server import the test module ``module`` first, with ``variable`` naming the folder it
+    writes what each worker saw into (returned), and the workers replay every trajectory (the job none itself)."""
+    from ee_middleware.replay import job
+
+    folder = tmp_path / variable.lower()
+    folder.mkdir()
+    monkeypatch.setenv(variable, str(folder))
+    # (after fork_server_preload, which gives the server the job's path: the tests' modules are found through it)
+    first, *rest = executors.WORKER_MODULES
+    monkeypatch.setattr(executors, "WORKER_MODULES", (first, module, *rest))
+    monkeypatch.setattr(job, "light_in_process", lambda config: False)
+    return folder
+
+
 @pytest.mark.parametrize("sandbox", ["bfcl", "tests.replay.sandboxes_for_tests:make_bfcl_sandbox"], ids=["built-in", "a factory function"])
 def test_workers_forked_by_the_job_import_no_module_themselves(
     sandbox: str, bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -247,15 +262,7 @@ def test_workers_forked_by_the_job_import_no_module_themselves(
     each imported polars and the job module (through the proposer), the chat policies and the model layer (through the
     policy registry), jsonschema, mpmath and BFCL's backends: about 0.2 s of CPU per worker; and a sandbox built by a
     factory function imported the function's module (the fork server had the sandbox class's alone)."""
-    from ee_middleware.replay import job
-
-    imports = tmp_path / "imports"
-    imports.mkdir()
-    monkeypatch.setenv("EE_TEST_WORKER_IMPORTS", str(imports))
-    # (after fork_server_preload, which gives the server the job's path: the tests' modules are found through it)
-    first, *rest = executors.WORKER_MODULES
-    monkeypatch.setattr(executors, "WORKER_MODULES", (first, "tests.replay.recording_preload", *rest))
-    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
+    imports = _preloaded_in_the_fork_server(monkeypatch, "tests.replay.recording_preload", "EE_TEST_WORKER_IMPORTS", tmp_path)
     stored: list[bool] = []
     summary = run_replay(
         ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, sandbox=sandbox), on_outcome=lambda o, n, total: stored.append(o.stored)
@@ -273,14 +280,7 @@ def test_the_fork_server_freezes_what_it_imported_and_its_workers_collect_as_usu
 ) -> None:
     """The fork server imports with the collector off and freezes what it built (it lives as long as the server and
     every worker): each worker starts with that heap out of the collector's passes, and with the collector on."""
-    from ee_middleware.replay import job
-
-    at_fork = tmp_path / "at-fork"
-    at_fork.mkdir()
-    monkeypatch.setenv("EE_TEST_COLLECTOR_AT_FORK", str(at_fork))
-    first, *rest = executors.WORKER_MODULES
-    monkeypatch.setattr(executors, "WORKER_MODULES", (first, "tests.replay.collector_preload", *rest))
-    monkeypatch.setattr(job, "light_in_process", lambda config: False)  # the workers replay every trajectory
+    at_fork = _preloaded_in_the_fork_server(monkeypatch, "tests.replay.collector_preload", "EE_TEST_COLLECTOR_AT_FORK", tmp_path)
     summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2))
 
     assert summary.done == BFCL_ENTRIES and summary.failed == {}
