@@ -3,8 +3,9 @@
 Agent states grow with every tool call: a BFCL multi-turn state is thousands of tokens. Cutting
 from the left throws away the system message, the tool schemas and the request, so a model learns (and
 later emits) calls for tools it cannot see, or for a request it is not shown. :func:`fit_messages` is the one
-truncation policy, used wherever a prompt is rendered (the trainer, the local generator, the local server), so
-that a model is served the prompts it was trained on:
+truncation policy, used wherever ee-middleware renders a prompt (the trainer, the local generator and policy, the
+held-out likelihood), so that a model is asked with the prompts it was trained on (a server renders what a client sends
+whole, and refuses one over its model's context, as vLLM does):
 
 1. keep the leading system messages (and with them the tool schemas), the current request (the latest user
    message that opens a turn: the one the agent is acting on; in a thread's later run, not the thread's first
@@ -13,8 +14,9 @@ that a model is served the prompts it was trained on:
    results, nor a call still unanswered from the message after it, such as IWM's question about it): first
    those before the current request, then those after it; say so with a visible marker where they were, at the
    end of the first user message (a user message kept right after it joins it, so that strict-alternation
-   templates never see two user turns in a row) and, for turns after the current request, at the end of that
-   request;
+   templates never see two user turns in a row; at the start of the first message kept when the state opens with
+   neither a system message nor a user message, such as a graph's greeting) and, for turns after the current
+   request, at the end of that request;
 3. when even those and the last turn do not fit, list the tools compactly (one line per tool:
    name and argument names with types) instead of their full JSON schemas;
 4. when that is still too long and the first user message is an earlier request (a later one is kept), it goes
@@ -243,14 +245,18 @@ def fit_messages(
 
 
 def split_turns(messages: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
-    """``(head, turns)``: the leading system messages and the first user message; then the rest in
-    whole turns, each a user or assistant message with the tool results that answer it (an assistant's
-    calls that no result answers keep what follows them: a question about those calls)."""
+    """``(head, turns)``: the leading system messages and the first user message (with the assistant's words before it
+    that call no tool: a graph's greeting); then the rest in whole turns, each a user or assistant message with the
+    tool results that answer it (an assistant's calls that no result answers keep what follows them: a question about
+    those calls)."""
     index = 0
     while index < len(messages) and messages[index].get("role") in _HEAD_ROLES:
         index += 1
-    if index < len(messages) and messages[index].get("role") == "user":
-        index += 1
+    first_user = index
+    while first_user < len(messages) and messages[first_user].get("role") == "assistant" and not messages[first_user].get("tool_calls"):
+        first_user += 1
+    if first_user < len(messages) and messages[first_user].get("role") == "user":
+        index = first_user + 1
     head, turns = list(messages[:index]), []
     for message in messages[index:]:
         if turns and (message.get("role") == "tool" or _awaits_results(turns[-1])):
@@ -304,7 +310,8 @@ def _fewest_dropped(
             if index not in gone
             for message in (_with_marker(turn, after) if index == request else turn)
         ]
-        marked = _joined(_with_marker(head, before), kept)
+        # with no system message nor task before the turns (a state of calls alone), the first message kept says it
+        marked = _joined(_with_marker(head, before), kept) if head else _with_marker_before(kept, before)
         rendered_tools = tools
         if compact and tools:
             marked, rendered_tools = with_tools_in_system(marked, tools, compact=True), None
@@ -354,6 +361,19 @@ def _with_marker(messages: list[dict[str, Any]], dropped: int) -> list[dict[str,
     text = content if isinstance(content, str) else content_to_text(content)
     last["content"] = f"{text}\n\n{marker}" if text else marker
     return [*messages[:-1], last]
+
+
+def _with_marker_before(messages: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
+    """``messages`` with the :data:`OMITTED_MARKER` for ``dropped`` messages before them at the start of the first one's
+    text: where they were, when nothing is kept before them to say it."""
+    if not dropped or not messages:
+        return list(messages)
+    marker = OMITTED_MARKER.format(n=dropped)
+    first = dict(messages[0])
+    content = first.get("content")
+    text = content if isinstance(content, str) else content_to_text(content)
+    first["content"] = f"{marker}\n\n{text}" if text else marker
+    return [first, *messages[1:]]
 
 
 def _shortened(tokenizer: Any, fit: Fit, support: TemplateSupport, budget: int) -> Fit:

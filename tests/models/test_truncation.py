@@ -90,6 +90,28 @@ def test_a_long_state_keeps_system_tools_task_and_latest_turns_and_drops_whole_m
     assert one_less.dropped_messages > fit.dropped_messages, "the fewest turns are dropped that fit the budget"
 
 
+@pytest.mark.parametrize("opening", ["greeting-then-task", "no-user-message"])
+def test_a_state_that_opens_with_neither_system_nor_user_message_still_says_what_was_dropped(tokenizer: Any, opening: str) -> None:
+    """A graph that greets before the task (or a state of calls alone) has no head to carry the marker: the first message
+    kept carries it, at its start, and the markers add up to the messages dropped."""
+    import re
+
+    support = probe_template(tokenizer)
+    greeting = {"role": "assistant", "content": "Hi! How can I help?"}
+    body = long_state(30)[2:]  # the calls and results, no system message, no task
+    state = [greeting, TASK, *body] if opening == "greeting-then-task" else [greeting, *body]
+    full = count_tokens(tokenizer, render_prompt(tokenizer, state, TOOLS, support))
+    fit = fit_messages(tokenizer, state, TOOLS, support, full // 3)
+    assert fit.tokens <= full // 3 and fit.dropped_messages > 0
+    said = sum(int(n) for n in re.findall(r"\[(\d+) earlier messages omitted to fit the context\]", fit.text))
+    assert said == fit.dropped_messages, (said, fit.dropped_messages)
+    assert len(fit.messages) + fit.dropped_messages == len(state)
+    kept_ids = [m.get("tool_call_id") for m in fit.messages if m.get("role") == "tool"]
+    assert kept_ids == [c["id"] for m in fit.messages for c in m.get("tool_calls") or []]
+    if opening == "greeting-then-task":
+        assert TASK["content"] in fit.text, "the task (the first user message) is kept"
+
+
 def test_when_turns_are_not_enough_tools_are_listed_compactly(tokenizer: Any) -> None:
     support = probe_template(tokenizer)
     state = long_state(6)
