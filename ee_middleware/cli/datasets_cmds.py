@@ -397,13 +397,7 @@ def show(
         for line in histogram_lines(d["lengths"]):
             out.print(line, highlight=False)
         if "budget" in d:
-            b = d["budget"]
-            out.print(
-                f"at max_length {b['max_length']}: {b['over_budget']} of {b['rows']} rows over budget ({b['over_budget_share']:.0%}); "
-                f"{b['older_turns_dropped']} lose older turns only, {b['compact_tools']} get compact tool listings, "
-                f"{b['cut_from_left']} are cut from the left (losing system message, tools or task), "
-                f"{b['dropped_completion_too_long']} dropped (completion alone too long)"
-            )
+            out.print(budget_line(d["budget"]), highlight=False)
         frame = read_dataset(file)
         support = probe_template(tok) if tok is not None and examples else None
         for row in frame.head(examples).iter_rows(named=True):
@@ -413,6 +407,22 @@ def show(
             out.print(visible(render_example(row, tok, support)), markup=False, highlight=False)
     if plot is not None:
         out.print(f"histograms: {plot}")
+
+
+def budget_line(budget: dict[str, Any]) -> str:
+    """What ``ee datasets show --max-length N`` says of a file's budget report (``budget_report``): the rows over budget
+    and what fitting does to them, each way counted (a row fitted in several ways counts under each, but "older turns
+    only")."""
+    b = budget
+    return (
+        f"at max_length {b['max_length']}: {b['over_budget']} of {b['rows']} rows over budget ({b['over_budget_share']:.0%}); "
+        f"{b['older_turns_dropped_only']} lose older turns only; {b['lost_more_than_older_turns']} lose more "
+        f"({b['lost_more_than_older_turns_share']:.0%} of the rows kept): {b['compact_tools']} get compact tool listings, "
+        f"{b['messages_shortened']} have a tool result or user message shortened in its middle, "
+        f"{b['completion_cut']} keep only the head of their target, "
+        f"{b['cut_from_left']} are cut from the left (losing system message, tools or task); "
+        f"{b['dropped_completion_too_long']} dropped (completion alone too long)"
+    )
 
 
 def _bar(bars: ProgressBars, label: str, rows: int) -> Callable[[int], None]:

@@ -231,11 +231,16 @@ def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) ->
         return
     needed = sorted(cut["original_tokens"] for cut in stats.cuts)
     p90 = needed[min(len(needed) - 1, int(0.9 * len(needed)))] if needed else config.max_length
+    losses = [
+        f"{stats.compact_tools} have their tool schemas listed compactly",
+        *([f"{stats.shortened} have a tool result or user message shortened in its middle"] if stats.shortened else []),
+        *([f"{stats.completion_cut} keep only the head of their target"] if stats.completion_cut else []),
+        f"{stats.left_cut} are cut from the left, losing the system message, the tools or the task",
+    ]
     warnings.warn(
         f"{share:.0%} of the {kind.upper()} rows lose more than older turns at max_length={config.max_length}: "
-        f"{stats.compact_tools} have their tool schemas listed compactly and {stats.left_cut} are cut from the left, "
-        f"losing the system message, the tools or the task. Raise max_length (90% of the over-budget prompts need up to "
-        f"{p90} tokens before fitting), or accept compact tool listings by raising max_lost_context_share "
+        f"{', '.join(losses[:-1])} and {losses[-1]}. Raise max_length (90% of the over-budget prompts need up to "
+        f"{p90} tokens before fitting), or accept these losses by raising max_lost_context_share "
         f"(now {config.max_lost_context_share}); see `ee datasets show --tokenizer BASE --max-length N`.",
         ContextBudgetWarning,
         stacklevel=3,

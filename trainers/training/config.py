@@ -66,10 +66,12 @@ class TrainConfig(BaseModel):
     """Examples per device per forward pass."""
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(1024, ge=8)
+    """Tokens per example; a longer prompt is fitted by the truncation policy (``ee_middleware.models.truncation``:
+    older turns dropped first, a cut from the left last), the completion kept."""
     max_lost_context_share: float = Field(0.1, ge=0, le=1)
-    """Warn when more than this share of a dataset's rows lose more than older turns to ``max_length``
-    (compact tool listings, or a cut from the left that loses the system message, tools or task)."""
-    """Tokens per example; longer prompts are cut from the left, the completion is kept."""
+    """Warn when more than this share of a dataset's rows lose more than older turns to ``max_length`` (compact tool
+    listings, a tool result or user message shortened in its middle, a target cut to its head, or a cut from the left
+    that loses the system message, tools or task)."""
     iwm_share: float = Field(0.5, gt=0, lt=1)
     """Most of the ``iwm`` budget the world-modeling stage may take (it also stops after one pass over the IWM rows)."""
     seed: int = Field(0, ge=0, le=2**32 - 1)

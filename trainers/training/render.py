@@ -89,9 +89,20 @@ class RenderStats:
 
     @property
     def lost_essentials_share(self) -> float:
-        """Share of kept rows that lost more than older turns (compact tools or a left cut)."""
-        lost = sum(1 for cut in self.cuts if cut["compact_tools"] or cut["left_cut_tokens"])
-        return lost / self.examples if self.examples else 0.0
+        """Share of kept rows that lost more than older turns: compact tool listings, a tool result or user message
+        shortened in its middle, a target cut to its head, or a cut from the left."""
+        return self.lost_more_than_older_turns / self.examples if self.examples else 0.0
+
+    @property
+    def lost_more_than_older_turns(self) -> int:
+        """Kept rows that lost more than older turns (see :attr:`lost_essentials_share`)."""
+        return sum(1 for cut in self.cuts if _lost_more_than_older_turns(cut))
+
+    @property
+    def older_turns_only(self) -> int:
+        """Kept rows that lost older turns and nothing else (system message, full tool schemas, every message and the
+        whole completion kept)."""
+        return sum(1 for cut in self.cuts if cut["dropped_messages"] and not _lost_more_than_older_turns(cut))
 
     def fallback_note(self, kind: str) -> str | None:
         """What the rendering fallbacks did to ``kind``'s rows, for a warning; ``None`` when no row needed one."""
@@ -125,6 +136,11 @@ class RenderStats:
         data = {k: v for k, v in self.__dict__.items() if k not in ("dropped_ids", "cuts")}
         data["dropped_ids"] = self.dropped_ids[:20]
         return data
+
+
+def _lost_more_than_older_turns(cut: dict[str, Any]) -> bool:
+    """Whether a row's cut (:attr:`RenderStats.cuts`) lost more than older turns."""
+    return bool(cut["compact_tools"] or cut["shortened_messages"] or cut["completion_cut_chars"] or cut["left_cut_tokens"])
 
 
 def render_texts(tokenizer: Any, row: ChatRow, support: TemplateSupport) -> RenderedPair:
