@@ -1,5 +1,5 @@
-"""What benchmark scripts share: running the ``ee`` CLI (the one installed beside this interpreter), and whether the
-project's modules load from bytecode."""
+"""What benchmark scripts share: running the ``ee`` CLI (the one installed beside this interpreter), whether the
+project's modules load from bytecode, and a process's own peak memory."""
 
 from __future__ import annotations
 
@@ -36,3 +36,18 @@ def project_bytecode() -> str:
     if compiled == len(sources):
         return "compiled"
     return "source" if not compiled else f"mixed ({compiled} of {len(sources)} compiled)"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB. Linux's ``VmHWM`` belongs to the process image, so it starts again
+    at ``exec``; ``ru_maxrss`` (also ``wait4``'s) keeps the high-water mark of the image before ``exec``, i.e. of the
+    parent that forked this process, and over-reports a small child (``ru_maxrss`` is the fallback off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -12,7 +12,7 @@ store's real layout (Parquet parts and a manifest), not timed. Then each side bu
 datasets (no error cap, observations cut at 512 tokens) from that store into Parquet files, **each
 run in a fresh process** (cold: nothing imported, read or built before in that process; the OS
 file cache is warm for both), with its peak resident memory taken from the kernel (``VmHWM`` of
-that process, see :func:`peak_rss_mib`) and its time measured over the whole build: opening the store,
+that process, see :func:`_ee.peak_rss_mib`) and its time measured over the whole build: opening the store,
 loading the source, building, redacting and writing the Parquet files.
 
 Sides, interleaved (the order alternates between repeats), each repeat gives min/median/max:
@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from _ee import peak_rss_mib
 
 KINDS = ("il", "iwm")
 """What the sides build by default (the plain-Python side builds only these)."""
@@ -260,21 +261,6 @@ def side_python(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
 
 
 SIDES = {"ee": side_ee, "python": side_python}
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Linux's ``VmHWM`` belongs to the process image, so it
-    starts again at ``exec``; ``ru_maxrss`` (also ``wait4``'s) keeps the high-water mark of the
-    image before ``exec``, i.e. of the parent that forked this process, and over-reports a small child."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(args: argparse.Namespace) -> None:

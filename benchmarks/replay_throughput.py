@@ -11,11 +11,12 @@ truth). Then, with the mutation policy and the same proposals for both:
 (ii) naive: for every branch, rebuild the environment from step 0 and re-run the expert prefix
      before executing the alternative (what you do without snapshots).
 
-Both are timed in this process, side by side. Then the whole job (`run_replay`: loading the store,
-proposals, sandbox, fidelity checks and spool writes) runs with 1 worker, with 2 worker processes
-and (with --ray) with 2 Ray actors, each on a fresh copy of the same store,
-interleaved with the sandbox-only run (snapshot-and-branch over the same proposals) for --repeats
-rounds. It prints min/median/max rates, the ratios (job with 1 worker / sandbox only, 2 workers / 1,
+An untimed pass first checks that all three see the same observation at every branch; then they are timed in this
+process, every round in a rotating order under the same collector state (the process's heap frozen). The whole job
+(`run_replay`: loading the store, proposals, sandbox, fidelity checks and spool writes) runs with 1 worker, with 2
+worker processes and (with --ray) with 2 Ray actors, each on a fresh copy of the same store, in the same rounds
+(--repeats of them), after the ways of branching (snapshot-and-branch with pickled snapshots is the job's baseline,
+"sandbox_only"). It prints min/median/max rates, the ratios (snapshot / naive, job with 1 worker / sandbox only, 2 workers / 1,
 Ray / 1), the load average before and after, peak memory, the CPU seconds of the job process per
 branch (what a single job process still has to do while the workers replay), and checks that every
 run stored the same rollouts (ids, calls, observations, records).
@@ -68,7 +69,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _ee import project_bytecode
+from _ee import peak_rss_mib, project_bytecode
 
 from ee_middleware.bfcl.experts import record_experts
 from ee_middleware.bfcl.sandbox import BFCLSandbox
@@ -81,8 +82,9 @@ from ee_middleware.replay.runner import derive_seed
 from ee_middleware.store import LocalExperienceStore
 
 
-def snapshot_and_branch(trajectories: list, plans: dict, *, deepcopy: bool = False) -> int:
-    """The replay runner's way, through the real BFCL sandbox (``deepcopy=True``: plain deep copies instead of pickled snapshots)."""
+def snapshot_and_branch(trajectories: list, plans: dict, *, deepcopy: bool = False, seen: list[str] | None = None) -> int:
+    """The replay runner's way, through the real BFCL sandbox (``deepcopy=True``: plain deep copies instead of pickled
+    snapshots); ``seen``: each branch's observation appended (the untimed check that every way sees the same)."""
     sandbox = BFCLSandbox()
     branches = 0
     for t in trajectories:
@@ -93,7 +95,9 @@ def snapshot_and_branch(trajectories: list, plans: dict, *, deepcopy: bool = Fal
             snapshot = copy.deepcopy(sandbox.world) if deepcopy else sandbox.snapshot()
             for call in plans[(t.id, step.index)]:
                 _restore(sandbox, snapshot, deepcopy)
-                sandbox.execute(call)
+                observation = sandbox.execute(call)
+                if seen is not None:
+                    seen.append(observation.content)
                 branches += 1
             _restore(sandbox, snapshot, deepcopy)
             sandbox.execute(step.action.tool_call)
@@ -107,7 +111,7 @@ def _restore(sandbox: BFCLSandbox, snapshot: object, deepcopy: bool) -> None:
         sandbox.restore(snapshot)
 
 
-def naive(trajectories: list, plans: dict) -> int:
+def naive(trajectories: list, plans: dict, *, seen: list[str] | None = None) -> int:
     """Without snapshots: rebuild the world from step 0 and re-run the expert prefix for every branch."""
     sandbox = BFCLSandbox()
     branches = 0
@@ -118,9 +122,19 @@ def naive(trajectories: list, plans: dict) -> int:
                 sandbox.reset(t.environment)
                 for prefix in calls[:i]:
                     sandbox.execute(prefix.action.tool_call)
-                sandbox.execute(call)
+                observation = sandbox.execute(call)
+                if seen is not None:
+                    seen.append(observation.content)
                 branches += 1
     return branches
+
+
+SANDBOX_WAYS = {
+    "sandbox_only": lambda trajectories, plans, seen=None: snapshot_and_branch(trajectories, plans, seen=seen),
+    "sandbox_deepcopy": lambda trajectories, plans, seen=None: snapshot_and_branch(trajectories, plans, deepcopy=True, seen=seen),
+    "naive": naive,
+}
+"""The ways of branching timed in this process (the first is the runner's, the baseline of the whole jobs too)."""
 
 
 def retail_branches(sandbox: object, trajectories: list, plans: dict) -> tuple[int, list[str]]:
@@ -172,11 +186,12 @@ def retail_main(args: argparse.Namespace) -> dict:
         for s in t.steps:
             point = DecisionPoint(t.id, s.index, s.state, t.tools, s.action.tool_call)
             plans[(t.id, s.index)] = [c.call for c in proposer.propose(point, seed=derive_seed(0, t.id, s.index)).accepted]
+    load_before = [round(x, 2) for x in os.getloadavg()]
     times: dict[str, list[float]] = {"whole_copy": [], "journal": []}
     outputs: dict[str, list[str]] = {}
     branches = 0
-    for _ in range(args.repeats):  # interleaved
-        for name, journal in (("whole_copy", False), ("journal", True)):
+    for repeat in range(args.repeats):  # interleaved, which runs first alternating
+        for name, journal in (("whole_copy", False), ("journal", True))[:: 1 if repeat % 2 == 0 else -1]:
             sandbox = retail.make_sandbox(journal=journal)
             t0 = time.perf_counter()
             branches, seen = retail_branches(sandbox, trajectories, plans)
@@ -193,7 +208,8 @@ def retail_main(args: argparse.Namespace) -> dict:
         "k": args.k,
         "branches": branches,
         "repeats": args.repeats,
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "load_average_1_5_15_before": load_before,
+        "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         "identical_observations": True,
         "conformance_kit": "passed (journaled, 1 MB world)",
     }
@@ -263,6 +279,7 @@ def _one_job(store: Path, k: int, workers: int) -> None:
     """``--one-job``: one local job on ``store``, its :func:`_job_run` printed as JSON (the last line)."""
     run = _job_run(store, k, workers)
     run["summary"] = {"branches": run["summary"].branches, "replay_id": run["summary"].replay_id}
+    run["job_process_peak_rss_mib"] = peak_rss_mib()  # VmHWM: this process's own (ru_maxrss would be the benchmark's)
     print(json.dumps(run))
 
 
@@ -300,17 +317,18 @@ def _running_ray_cluster(num_cpus: int = 2, timeout_s: float = 120.0) -> Iterato
                     address_file.unlink()
 
 
-def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, expected: dict) -> None:
-    """One whole job for each of ``runs``' job variants, each on a fresh copy of ``store``.
+def _job_round(runs: dict[str, list[dict]], store: Path, scratch: Path, k: int, expected: dict, rotation: int = 0) -> None:
+    """One whole job for each of ``runs``' job variants, each on a fresh copy of ``store``, starting ``rotation`` places
+    into their order (so that no variant always runs first, or right after the ways of branching).
 
     Every job must replay ``expected["branches"]`` branches and store ``expected["outputs"]`` (both taken from the
     first job when missing).
     """
     from tests.replay.golden_replay import outputs
 
-    for name, workers, executor in JOBS:
-        if name not in runs:
-            continue
+    jobs = [job for job in JOBS if job[0] in runs]
+    start = rotation % len(jobs)
+    for name, workers, executor in jobs[start:] + jobs[:start]:
         copy_path = scratch / name
         shutil.copytree(store, copy_path)
         if executor == "ray-running":
@@ -349,7 +367,7 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in (*LOCAL_JOBS, *(RAY_JOBS if args.ray else ()))}
     expected: dict = {}
     for repeat in range(args.repeats):
-        _job_round(runs, store_path, tmp / f"round-{repeat}", args.k, expected)
+        _job_round(runs, store_path, tmp / f"round-{repeat}", args.k, expected, rotation=repeat)
     n_branches = expected["branches"]
     rates = {name: [n_branches / r["wall_s"] for r in rs] for name, rs in runs.items()}
     ray_ratios = {
@@ -401,7 +419,6 @@ def _spread(values: list[float], digits: int = 1) -> list[float]:
 
 
 def main() -> None:
-    import resource
     import statistics
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -461,28 +478,33 @@ def main() -> None:
         propose_s = time.perf_counter() - t0
         n_branches = sum(len(calls) for calls in plans.values())
 
-        t0 = time.perf_counter()
-        n_deep = snapshot_and_branch(trajectories, plans, deepcopy=True)
-        deep_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        n_naive = naive(trajectories, plans)
-        naive_s = time.perf_counter() - t0
-        assert n_naive == n_deep == n_branches
+        # Untimed: every way of branching sees the same observation at every branch (the timed runs below are the same
+        # code without collecting them).
+        observations = {}
+        for name, way in SANDBOX_WAYS.items():
+            observations[name] = []
+            assert way(trajectories, plans, seen=observations[name]) == n_branches, name
+        assert all(seen == observations["sandbox_only"] for seen in observations.values()), (
+            "the ways of branching saw different observations"
+        )
+        del observations
 
-        runs: dict[str, list[dict]] = {"sandbox_only": [], **{name: [] for name in LOCAL_JOBS}}
+        runs: dict[str, list[dict]] = {**{name: [] for name in SANDBOX_WAYS}, **{name: [] for name in LOCAL_JOBS}}
         if args.ray:
             runs.update({name: [] for name in RAY_JOBS})
         expected = {"branches": n_branches}
+        ways = list(SANDBOX_WAYS.items())
         for repeat in range(args.repeats):  # interleaved: every variant once per round
             # The heap this process holds (the loaded store, and ray's modules once a Ray job ran) frozen out of the
             # collector's way, as run_replay does for the job: without it every full collection walks that heap, and
             # after the first Ray job the baseline ran at half its speed while the job did not (a flattering ratio).
             gc.freeze()
-            t0, c0 = time.perf_counter(), time.process_time()
-            assert snapshot_and_branch(trajectories, plans) == n_branches
-            runs["sandbox_only"].append({"wall_s": time.perf_counter() - t0, "job_cpu_s": time.process_time() - c0, "children_cpu_s": 0.0})
+            for name, way in ways[repeat % len(ways) :] + ways[: repeat % len(ways)]:  # which runs first rotates
+                t0, c0 = time.perf_counter(), time.process_time()
+                assert way(trajectories, plans) == n_branches
+                runs[name].append({"wall_s": time.perf_counter() - t0, "job_cpu_s": time.process_time() - c0, "children_cpu_s": 0.0})
             gc.unfreeze()
-            _job_round(runs, store_path, Path(tmp) / f"round-{repeat}", args.k, expected)
+            _job_round(runs, store_path, Path(tmp) / f"round-{repeat}", args.k, expected, rotation=repeat)
         sustained = _sustained(args, Path(tmp) / "sustained") if args.sustained else None
     load_after = [round(x, 2) for x in os.getloadavg()]
 
@@ -501,13 +523,16 @@ def main() -> None:
         "project_bytecode": project_bytecode(),
         "record_experts_s": round(record_s, 2),
         "mutation_proposals_per_s": round(n_branches / propose_s, 1),
-        "snapshot_deepcopy_branch_per_s": round(n_deep / deep_s, 1),
-        "naive_branch_per_s": round(n_naive / naive_s, 1),
+        "snapshot_deepcopy_branch_per_s": round(median["sandbox_deepcopy"], 1),
+        "naive_branch_per_s": round(median["naive"], 1),
+        "identical_observations_across_ways_of_branching": True,
         "identical_rollouts_across_jobs": True,
     }
     for name, values in rates.items():
         results[f"{name}_branches_per_s_min_median_max"] = _spread(values)
-    results["snapshot_vs_naive_speedup"] = round(median["sandbox_only"] / (n_naive / naive_s), 2)
+    results["snapshot_vs_naive_speedup"] = round(median["sandbox_only"] / median["naive"], 2)
+    per_round = [naive_run["wall_s"] / run["wall_s"] for run, naive_run in zip(runs["sandbox_only"], runs["naive"], strict=True)]
+    results["snapshot_vs_naive_speedup_per_round_min_max"] = [round(min(per_round), 2), round(max(per_round), 2)]
     results["job_1_worker_vs_sandbox_only_median"] = round(median["job_1_worker"] / median["sandbox_only"], 3)
     # The same ratio in CPU time, which the load of other work on the machine does not change.
     cpu = {name: statistics.median(r["job_cpu_s"] + r["children_cpu_s"] for r in rs) for name, rs in runs.items()}
@@ -519,7 +544,7 @@ def main() -> None:
         if name in median:
             results[f"{name.removeprefix('job_')}_vs_1_worker_speedup_median"] = round(median[name] / median["job_1_worker"], 2)
     for name, rs in runs.items():
-        if name == "sandbox_only":
+        if name in SANDBOX_WAYS:
             continue
         # Start-up: from the job's start until its first trajectory is done (workers: started, warm, one trajectory replayed).
         results[f"{name}_first_outcome_s_min_median_max"] = _spread([r["first_outcome_s"] for r in rs], 3)
@@ -541,9 +566,12 @@ def main() -> None:
             results[f"{name}_branches_replayed_by_job_process_min_median_max"] = _spread(
                 [r["branches_replayed_by_job_process"] for r in rs], 0
             )
+    for name in ("job_1_worker_cold", "job_2_workers_cold"):
+        if runs.get(name):  # the job's own process, in a fresh interpreter; its workers and fork server are not counted
+            results[f"{name}_job_process_peak_rss_mib_max"] = round(max(r["job_process_peak_rss_mib"] for r in runs[name]), 1)
     if sustained is not None:
         results["sustained"] = sustained
-    results["peak_rss_mib_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    results["peak_rss_mib_this_process"] = round(peak_rss_mib(), 1)
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -17,9 +17,11 @@ workload on both copies once per round) for --repeats rounds:
 Each child times its read in CPU seconds (``time.process_time``: other work on the 2-core machine does
 not change it; wall seconds are printed too) after its imports, then again after a full ``gc.collect()``
 (``settled``: the collector's work the read left behind is counted too, as the store switches the
-collector off while it decodes the spool), and reports its peak RSS and a digest of what it read (every trajectory's ``model_dump_json`` and the frames' rows). The script prints
-min/median/max per workload and copy, the spool/Parquet ratio (median, and the per-round min/max), the
-load average before and after, and checks that every read of both copies gave identical outputs.
+collector off while it decodes the spool), and reports its peak RSS (``VmHWM``, its own image's) and a digest of what it
+read (every trajectory's ``model_dump_json`` and the frames' rows). Which copy is read first alternates round by round.
+The script prints min/median/max per workload and copy, the spool/Parquet ratios (median, and the per-round min/max;
+``settled`` is the one to quote: it counts the collector's work the spool's read defers), the load average before and
+after, and checks that every read of both copies gave identical outputs.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import gc
 import hashlib
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -37,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _ee import peak_rss_mib
 
 WORKLOADS = ("job", "iter", "trajectories")
 
@@ -75,7 +78,7 @@ def _child(store_path: Path, workload: str) -> dict:
         "trajectories": len(trajectories),
         "steps": sum(len(t.steps) for t in trajectories),
         "digest": digest.hexdigest(),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mib(),  # VmHWM: ru_maxrss would report this child's parent's peak (the benchmark's)
     }
 
 
@@ -137,9 +140,10 @@ def main() -> None:
             raise SystemExit(f"{args.store} has nothing in its spool (compacted already?): give a freshly captured store.")
 
         runs: dict[tuple[str, str], list[dict]] = {}
-        for _ in range(args.repeats):  # interleaved: every workload on both copies once per round
+        copies = [("spool", spool_copy), ("parquet", parquet_copy)]
+        for repeat in range(args.repeats):  # interleaved: every workload on both copies once per round, which first alternating
             for workload in workloads:
-                for name, path in (("spool", spool_copy), ("parquet", parquet_copy)):
+                for name, path in copies if repeat % 2 == 0 else copies[::-1]:
                     runs.setdefault((workload, name), []).append(_run_child(path, workload))
     load_after = [round(x, 2) for x in os.getloadavg()]
 
