@@ -8,7 +8,9 @@ wrapped/unwrapped wall time on the agent's thread. Background work (span finishi
 Parquet-spool writes) is drained after each wrapped round and reported separately: it runs off the
 agent's thread, which is the point of the design, and deferred while runs are in flight (see
 ee_middleware/capture/worker.py). ``ratio_including_drain`` adds that work back: the total CPU a
-process pays when its agent never waits on a model. Target: ratio <= 1.10.
+process pays when its agent never waits on a model. Target: ratio <= 1.10. Which side runs first alternates by round;
+the wrapped graph must return what the plain one does, and every stored trajectory must hold the run's steps with the
+observations the tools gave (both modes), or the script fails. The load average is printed before and after.
 
     .venv/bin/python benchmarks/capture_overhead.py --sustained-s 5 [--rounds 5] [--offload thread,process]
 
@@ -122,6 +124,28 @@ class WithFloorHandler:
         return self.graph.invoke(task, {"callbacks": [FloorHandler()]})
 
 
+def answer_of(graph: Any) -> list[tuple[str, str, list[tuple[str, dict]]]]:
+    """One run's returned messages as (type, text, calls): what the wrapped graph must return as the plain one does."""
+    messages = graph.invoke(TASK)["messages"]
+    return [(m.type, str(m.content), [(c["name"], c["args"]) for c in getattr(m, "tool_calls", None) or []]) for m in messages]
+
+
+def stored_steps_problem(store_path: Path, runs: int) -> str | None:
+    """Why the store at ``store_path`` does not hold ``runs`` trajectories of :data:`STEPS_PER_RUN` steps each, every
+    tool call answered as the plain graph answers it; ``None`` when it does."""
+    from ee_middleware import LocalExperienceStore
+
+    trajectories = list(LocalExperienceStore(store_path).iter_trajectories())
+    if len(trajectories) != runs:
+        return f"{len(trajectories)} trajectories stored, {runs} runs"
+    expected = [("add", "3"), ("echo", "hello"), ("add", "7")]
+    for t in trajectories:
+        calls = [(s.action.tool_call.name, s.observation.content if s.observation else None) for s in t.steps if s.action.tool_call]
+        if len(t.steps) != STEPS_PER_RUN or calls != expected:
+            return f"trajectory {t.id} holds {len(t.steps)} steps, calls and observations {calls} (expected {expected})"
+    return None
+
+
 def timed(graph: Any, runs: int) -> float:
     start = time.perf_counter()
     for _ in range(runs):
@@ -145,6 +169,8 @@ def _spread(values: list[float], digits: int = 3) -> list[float]:
 
 
 def sustained(args: argparse.Namespace) -> dict[str, Any]:
+    from _ee import peak_rss_mib
+
     from ee_middleware import LocalExperienceStore, record_experience
 
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -153,11 +179,14 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         wrapped = {m: record_experience(graph, app="bench", store=Path(tmp) / m, offload=m) for m in modes}
+        plain_answer = answer_of(graph)
         timed(graph, 10)
-        for agent in wrapped.values():
+        for mode, agent in wrapped.items():
+            if answer_of(agent) != plain_answer:
+                raise SystemExit(f"error: the graph wrapped with offload={mode} returned something else than the plain one")
             timed(agent, 10)
             agent.flush()
-        total_runs = dict.fromkeys(modes, 10)
+        total_runs = dict.fromkeys(modes, 11)  # the answer check and the warm-up
         measures: dict[str, dict[str, list[float]]] = {m: {} for m in modes}
         plain_ms: list[float] = []
         floor = WithFloorHandler(graph)
@@ -204,6 +233,7 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
             agent, m = wrapped[mode], measures[mode]
             stats = agent.recorder.stats
             agent.recorder.close()
+            problem = stored_steps_problem(Path(tmp) / mode, total_runs[mode])
             results[mode] = {
                 "capture_process": agent.recorder.offload is not None,
                 "agent_thread_ratio_min_median_max": _spread(m["agent_wall"]),
@@ -220,11 +250,13 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
                 "trajectories_stored": LocalExperienceStore(Path(tmp) / mode).trajectories().height,
                 "expected_trajectories": total_runs[mode],
                 "capture_failures": stats.runs_failed,
+                "stored_steps_problem": problem,
             }
     return {
         "mode": f"sustained {args.sustained_s:g} s rounds: plain and one wrapped graph per capture mode, order rotated every round",
         "rounds": args.rounds,
         "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
+        "peak_rss_mib_this_process": round(peak_rss_mib(), 1),  # the agent's process (capture's child not counted)
         "plain_cpu_ms_per_run_min_median_max": _spread(plain_ms),
         "target_agent_thread_ratio": 1.10,
         "callback_floor": {
@@ -251,33 +283,45 @@ def main(argv: list[str] | None = None) -> int:
         result = sustained(args)
         print(json.dumps(result, indent=2))
         modes = [v for k, v in result.items() if k.startswith("offload=")]
-        if any(m["trajectories_stored"] != m["expected_trajectories"] or m["capture_failures"] for m in modes):
+        if any(m["trajectories_stored"] != m["expected_trajectories"] or m["capture_failures"] or m["stored_steps_problem"] for m in modes):
             print("error: not every run was stored", file=sys.stderr)
             return 1
         return 0
 
+    from _ee import peak_rss_mib
+
+    load_before = [round(x, 2) for x in os.getloadavg()]
     graph = build_graph()
     with tempfile.TemporaryDirectory() as tmp:
         store_path = Path(tmp) / "experience"
         wrapped = record_experience(graph, app="bench", store=store_path)
+        if answer_of(wrapped) != answer_of(graph):
+            print("error: the wrapped graph returned something else than the plain one", file=sys.stderr)
+            return 1
         timed(graph, 10)  # warm-up both paths
         timed(wrapped, 10)
         wrapped.flush()
         plain_s, wrapped_s, drain_s = [], [], []
-        for _ in range(args.rounds):
-            plain_s.append(timed(graph, args.runs))
-            wrapped_s.append(timed(wrapped, args.runs))
+        for repeat in range(args.rounds):  # which side runs first alternates
+            if repeat % 2:
+                wrapped_s.append(timed(wrapped, args.runs))
+                plain_s.append(timed(graph, args.runs))
+            else:
+                plain_s.append(timed(graph, args.runs))
+                wrapped_s.append(timed(wrapped, args.runs))
             start = time.perf_counter()
             wrapped.flush()
             drain_s.append(time.perf_counter() - start)
         stats = wrapped.recorder.stats
         stored = LocalExperienceStore(store_path).trajectories().height
+        problem = stored_steps_problem(store_path, (args.rounds * args.runs) + 11)
 
     ratios = [w / p for w, p in zip(wrapped_s, plain_s, strict=True)]
     plain_run = statistics.median(plain_s) / args.runs
     wrapped_run = statistics.median(wrapped_s) / args.runs
     result = {
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "load_average_1_5_15_before": load_before,
+        "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         "runs_per_round": args.runs,
         "rounds": args.rounds,
         "steps_per_run": STEPS_PER_RUN,
@@ -292,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_including_drain": round(statistics.median((w + d) / p for w, d, p in zip(wrapped_s, drain_s, plain_s, strict=True)), 3),
         "trajectories_stored": stored,
         "capture_failures": stats.runs_failed,
+        "identical_answers_and_stored_steps": problem is None,
+        "peak_rss_mib_this_process": round(peak_rss_mib(), 1),
         "target_ratio": 1.10,
     }
     if args.json:
@@ -306,9 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         for key, value in result.items():
             table.add_row(key.replace("_", " "), str(value))
         Console().print(table)
-    expected = (args.rounds * args.runs) + 10
-    if stored != expected or stats.runs_failed:
-        print(f"error: expected {expected} stored trajectories and no failures, got {stored} and {stats.runs_failed}", file=sys.stderr)
+    expected = (args.rounds * args.runs) + 11  # the rounds, the warm-up and the answer check
+    if stored != expected or stats.runs_failed or problem:
+        print(
+            f"error: expected {expected} stored trajectories and no failures, got {stored} and {stats.runs_failed}"
+            + (f"; {problem}" if problem else ""),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -15,7 +15,9 @@ ReAct graph (benchmarks/capture_overhead.py: instant model, trivial tools):
 
 Reported: process CPU per run (ms) for each side's baseline and instrumented graph, the added CPU,
 and ee's added CPU as a share of OpenInference's (paired by repeat; min/median/max; target: <= 0.25), with the
-load average before and after.
+load average before and after, each side's versions of langchain-core, langgraph and the OpenTelemetry SDK (a warning
+when they differ: the callback machinery's cost is part of both sides), each side's peak memory (``VmHWM``; capture's
+child process not counted) and the bytes OpenInference's spans encoded to (a side that recorded nothing is an error).
 """
 
 from __future__ import annotations
@@ -61,6 +63,26 @@ def _rounds(plain: Any, instrumented: Any, drain: Any, rounds: int, seconds: flo
     return {"plain_cpu_ms_per_run": statistics.median(base), "instrumented_cpu_ms_per_run": statistics.median(inst)}
 
 
+COMPARED_PACKAGES = ("langchain-core", "langgraph", "opentelemetry-sdk")
+"""Whose versions each side reports: the callback and graph machinery both sides pay for, which must be the same."""
+
+
+def _side_facts() -> dict[str, Any]:
+    """What each side's interpreter reports beside its timings: its versions of :data:`COMPARED_PACKAGES` and Python, and
+    its process's peak memory (``VmHWM``)."""
+    from importlib import metadata
+
+    from _ee import peak_rss_mib
+
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for name in COMPARED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"versions": versions, "peak_rss_mib": round(peak_rss_mib(), 1)}
+
+
 def side_ee(rounds: int, seconds: float, offload: str = "thread") -> dict[str, float]:
     from capture_overhead import build_graph
 
@@ -98,7 +120,6 @@ def side_openinference(rounds: int, seconds: float) -> dict[str, float]:
 
     plain = build_graph()
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(OTLPBytes()))
     instrumentor = LangChainInstrumentor()
     # instrumenting is process-wide: time the plain graph with it off, the instrumented one with it on
     instrumented = build_graph()
@@ -112,8 +133,11 @@ def side_openinference(rounds: int, seconds: float) -> dict[str, float]:
                 instrumentor.instrument(tracer_provider=provider) if self.on else instrumentor.uninstrument()
             return self.graph.invoke(task)
 
+    exporter = OTLPBytes()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     try:
-        return _rounds(Toggled(plain, False), Toggled(instrumented, True), provider.force_flush, rounds, seconds)
+        result = _rounds(Toggled(plain, False), Toggled(instrumented, True), provider.force_flush, rounds, seconds)
+        return {**result, "exported_otlp_bytes": exporter.bytes}
     finally:
         if instrumentor.is_instrumented_by_opentelemetry:
             instrumentor.uninstrument()
@@ -133,7 +157,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.side is not None:
         result = side_ee(args.rounds, args.seconds, args.ee_offload) if args.side == "ee" else side_openinference(args.rounds, args.seconds)
-        print(json.dumps(result))
+        print(json.dumps({**result, **_side_facts()}))
         return 0
     if not Path(args.instr_python).exists():
         print(
@@ -153,6 +177,9 @@ def main() -> int:
             cmd = [python, str(Path(__file__).resolve()), *flags, "--rounds", str(args.rounds), "--seconds", str(args.seconds)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, timeout=600).stdout
             result = json.loads(out.strip().splitlines()[-1])
+            if side == "openinference" and not result["exported_otlp_bytes"]:
+                print("error: OpenInference's side exported no span: its instrumentation recorded nothing", file=sys.stderr)
+                return 1
             raw[side].append(result)
             added[side].append(result["instrumented_cpu_ms_per_run"] - result["plain_cpu_ms_per_run"])
 
@@ -160,9 +187,21 @@ def main() -> int:
         values = list(values)
         return [round(f(values), 3) for f in (min, statistics.median, max)]
 
+    versions = {side: runs[0]["versions"] for side, runs in raw.items()}
+    differing = sorted({name for v in versions.values() for name in COMPARED_PACKAGES if v[name] != versions["openinference"][name]})
+    if differing:
+        print(
+            f"warning: the two interpreters differ in {', '.join(differing)} ({versions}): part of what is compared is "
+            "then those libraries' own cost; give --instr-python a venv with the same versions",
+            file=sys.stderr,
+        )
     report: dict[str, Any] = {
         "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "repeats": args.repeats,
+        "versions": versions,
+        "same_versions": not differing,
+        "peak_rss_mib_max": {side: max(r["peak_rss_mib"] for r in runs) for side, runs in raw.items()},
+        "openinference_exported_otlp_bytes_median": statistics.median(r["exported_otlp_bytes"] for r in raw["openinference"]),
         "openinference_added_cpu_ms_per_run_min_median_max": spread(added["openinference"]),
         "plain_cpu_ms_per_run_openinference_side_median": round(
             statistics.median(r["plain_cpu_ms_per_run"] for r in raw["openinference"]), 3

@@ -252,6 +252,10 @@ def main() -> None:
     print(json.dumps(results, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
+    if not args.vllm and not results["identical_rollouts_across_jobs"]:
+        # the stand-in answers every request the same way whatever runs beside it: every job must store the same
+        # rollouts (vLLM's batched sampling may not, so there it is only reported)
+        raise SystemExit("error: the jobs stored different rollouts against the stand-in server")
 
 
 if __name__ == "__main__":
