@@ -183,21 +183,28 @@ def _promote(
     loaded: list[ServingBackend] = []
     held: list[ServingBackend] = []  # replicas that held it before this promote (a retired adapter stays loaded for a rollback)
     verifications: list[Verification] = []
-    for replica in replicas:
-        try:
-            if name not in replica.list():
-                say(f"loading {name} on {replica.url}")
-                try:
-                    replica.load(name, record.path)
-                    loaded.append(replica)
-                except AdapterNameInUseError:
-                    held.append(replica)  # another promoter loaded it since the listing: one name is one set of weights
-            else:
-                held.append(replica)
-            say(f"verifying {name} on {replica.url}")
-            verifications.append(replica.verify(name))
-        except ServingError as exc:
-            _fail(registry, record, replica, exc, loaded, held, by=by, say=say)
+    replica = None
+    try:
+        for replica in replicas:
+            try:
+                if name not in replica.list():
+                    say(f"loading {name} on {replica.url}")
+                    try:
+                        replica.load(name, record.path)
+                        loaded.append(replica)
+                    except AdapterNameInUseError:
+                        held.append(replica)  # another promoter loaded it since the listing: one name is one set of weights
+                else:
+                    held.append(replica)
+                say(f"verifying {name} on {replica.url}")
+                verifications.append(replica.verify(name))
+            except ServingError as exc:
+                _fail(registry, record, replica, exc, loaded, held, by=by, say=say)
+        replica = None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP in the CLI: undone as a failure is, then stopped
+        in_flight = replica if replica is not None and replica not in loaded and replica not in held else None
+        _interrupted(registry, record, exc, loaded, in_flight, by=by, say=say)
+        raise
     previous = registry.switch_live(name, by=by)
     say(f"{record.app} -> {name}")
     return SwitchResult(
@@ -508,6 +515,41 @@ def _adapter_at_fault(exc: ServingError) -> bool:
     replica that did not answer, cannot see the folder, lacks the runtime LoRA API, or refuses the rank by its own
     ``--max-lora-rank`` says nothing about the adapter."""
     return not isinstance(exc, (ServerUnavailableError, ServerSetupError, AdapterPathNotFoundError, ServerRankError))
+
+
+def _interrupted(
+    registry: AdapterRegistry,
+    record: AdapterRecord,
+    exc: KeyboardInterrupt,
+    loaded: list[ServingBackend],
+    in_flight: ServingBackend | None,
+    *,
+    by: str | None,
+    say: Progress,
+) -> None:
+    """A promote stopped before its switch (Ctrl-C, SIGTERM): unload the adapter from the replicas it was loaded on, note
+    ``promote-aborted`` with why, and say what is left where. The replica whose load was under way when it stopped is not
+    asked again (it may be the one that hung): it may hold the adapter if that load went through, which is said."""
+    parts = ["before the switch"]
+    for other in loaded:
+        say(f"interrupted: unloading {record.name} from {other.url}")
+        try:
+            other.unload(record.name)
+            parts.append(f"unloaded from {other.url}")
+        except ServingError as unload_exc:
+            parts.append(f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})")
+    if in_flight is not None:
+        parts.append(
+            f"{in_flight.url} had not answered: it holds it if a load there went through (a promote of it again finds it there "
+            "and verifies it)"
+        )
+    kind = type(exc).__name__ + (f": {exc}" if str(exc) else "")
+    registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=f"interrupted ({kind}) " + "; ".join(parts))
+    live = registry.resolve(record.app)
+    say(
+        f"interrupted: promoting {record.name} stopped {'; '.join(parts)}. It stays {_status_text(registry.get(record.name).status)}; "
+        f"{record.app} still serves {live or 'the base model'}."
+    )
 
 
 def _fail(

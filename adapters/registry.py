@@ -694,8 +694,23 @@ def _rollback_name(index: dict[str, Any], app: str) -> str:
             f"rolled back. Promote one first (ee adapters promote NAME ...; see ee adapters list --app {app})."
         )
     if not usable:
+        live = entry.get("live")
+        left = sorted(
+            (
+                record
+                for name, record in index["adapters"].items()
+                if record["app"] == app and name != live and record["status"] == Status.retired
+            ),
+            key=lambda record: str(record.get("updated_at") or ""),
+            reverse=True,
+        )
+        if not left:
+            raise InvalidTransitionError(f"{app} has no earlier live adapter to roll back to (nothing was promoted before {live}).")
+        named = "; ".join(f"{record['name']} ({record.get('reason') or 'retired'})" for record in left[:3])
         raise InvalidTransitionError(
-            f"{app} has no earlier live adapter to roll back to (nothing was promoted before {entry.get('live')})."
+            f"{app} has no earlier live adapter to roll back to: those it served before {live} were left for good, by a "
+            f"rollback from them or a retire ({named}{'; ...' if len(left) > 3 else ''}), and a rollback does not go back to "
+            f"an adapter it left. To serve one of them again, promote it: ee adapters promote {left[0]['name']} ..."
         )
     return usable[-1]
 

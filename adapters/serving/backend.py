@@ -370,7 +370,7 @@ class HTTPServingBackend:
             )
         if isinstance(exc, ModelServerError):
             return ServerUnavailableError(
-                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {exc}{self.start_hint}", url=self.url
+                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {exc}{self._start_hint()}", url=self.url
             )
         return ServingError(f"{self.server_name().capitalize()} at {url} could not {doing}: {exc}", url=self.url)
 
@@ -378,11 +378,20 @@ class HTTPServingBackend:
         """What the server is, for messages: what it recorded at start (``the vLLM server``, ``the local server``), else
         ``the server`` (``--backend`` names the API it speaks, not what answers: a local server is promoted into with the
         default ``--backend vllm`` too)."""
+        return {"vllm": "the vLLM server", "local": "the local server (ee serve local)"}.get(str(self._recorded_kind()), "the server")
+
+    def _recorded_kind(self) -> str | None:
+        """What the server at this URL recorded at start (``vllm``, ``local``), if it did."""
         from ee_middleware.adapters.serving.rendering import server_record
 
         state = server_record(self.url)
-        renderer = state.get("renderer") if state is not None else None
-        return {"vllm": "the vLLM server", "local": "the local server (ee serve local)"}.get(str(renderer), "the server")
+        return state.get("renderer") if state is not None else None
+
+    def _start_hint(self) -> str:
+        """How to start the server that did not answer: as the kind it recorded at start (a local server promoted into with
+        the default ``--backend vllm`` is told to start ``ee serve local``), else as this backend's kind."""
+        kinds = {backend.kind: backend.start_hint for backend in (VLLMBackend, LocalBackend)}
+        return kinds.get(str(self._recorded_kind()), self.start_hint)
 
     start_hint = ""
 

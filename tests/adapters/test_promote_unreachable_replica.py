@@ -42,3 +42,28 @@ def test_ee_adapters_promote_into_a_stopped_server_prints_the_connection_error_a
     assert "note:" not in result.output and "--max-lora-rank" not in result.output, result.output
     assert "does not say which base model" not in result.output, result.output
     assert result.stderr.lstrip().startswith("error: Promoting") and "Connection refused" in result.stderr, result.stderr
+
+
+def test_a_local_server_that_does_not_answer_is_told_to_be_started_as_one(tmp_path: Path) -> None:
+    """A local server (its state file says so) that stopped answering, promoted into with the default ``--backend vllm``:
+    the error said to start `ee serve vllm`. Now the kind the server recorded picks the advice."""
+    import os
+
+    from ee_middleware.adapters.serving.backend import VLLMBackend
+    from ee_middleware.adapters.serving.rendering import record_server
+    from ee_middleware.adapters.templates import AS_IS, ServedTemplate
+
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    template = ServedTemplate("own", None, AS_IS)
+    record_server(down, pid=os.getpid(), base="/b", served_model_name="base", template=template, renderer="local")
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    name = registry.register(write_adapter(tmp_path / "src"), "bot").name
+    backend = VLLMBackend(down, timeout_s=2)
+    try:
+        with pytest.raises(PromotionError) as caught:
+            promote(registry, name, [backend])
+    finally:
+        backend.close()
+    message = str(caught.value)
+    assert "the local server (ee serve local)" in message and "Start one with `ee serve local --base DIR`" in message, message
+    assert "ee serve vllm" not in message, message

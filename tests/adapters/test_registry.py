@@ -127,6 +127,22 @@ def test_promote_rollback_retire_and_fail_move_statuses_and_the_alias(tmp_path: 
     assert all(e["applied"] for e in reg.history())
 
 
+def test_a_rollback_with_nothing_left_says_which_adapters_were_left_and_how_to_serve_one_again(tmp_path: Path) -> None:
+    """Promote A, B, A again, roll back (to B), roll back again. Was: 'nothing was promoted before B', untrue (A was) and
+    naming no fix; A was rolled back from, and a rollback never returns to an adapter it left."""
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a, b = (reg.register(write_adapter(tmp_path / n, seed=i), "app").name for i, n in enumerate("ab"))
+    for name in (a, b, a):
+        reg.switch_live(name)
+    assert reg.rollback_target("app").name == b
+    reg.switch_live(b, action="rollback")
+    with pytest.raises(InvalidTransitionError) as refused:
+        reg.rollback_target("app")
+    message = str(refused.value)
+    assert "nothing was promoted before" not in message, message
+    assert f"{a} (rolled back to {b})" in message and f"To serve one of them again, promote it: ee adapters promote {a} ..." in message
+
+
 def test_list_json_from_the_cli_is_one_array_of_records(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -1,0 +1,73 @@
+"""A promote stopped by Ctrl-C or SIGTERM (the CLI turns both into ``KeyboardInterrupt``) before its switch is undone as a
+failed one is: unloaded from the replicas it reached, ``promote-aborted`` in the history with why, the live adapter
+unchanged, and a line saying what is left where. Was: the adapter stayed loaded on the replicas it reached, and the
+history ended at ``promote-started``.
+
+The replicas are real HTTP servers speaking vLLM's runtime LoRA API (the stand-in of tests/adapters/helpers.py); the
+interruption is raised by a backend at a chosen call, where a signal would land."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.adapters.promote import promote
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.backend import VLLMBackend
+from ee_middleware.testing.http import serving
+
+from .helpers import StandInVLLM, write_adapter
+
+
+class InterruptedAt(VLLMBackend):
+    """A real backend that is interrupted (as by Ctrl-C) when the promote reaches ``call`` on it."""
+
+    def __init__(self, url: str, call: str) -> None:
+        super().__init__(url, timeout_s=5)
+        self.call = call
+
+    def load(self, name: str, path: str) -> None:
+        if self.call == "load":
+            raise KeyboardInterrupt
+        super().load(name, path)
+
+    def verify(self, name: str) -> Any:
+        if self.call == "verify":
+            raise KeyboardInterrupt
+        return super().verify(name)
+
+
+@pytest.fixture
+def two_stand_ins() -> Iterator[tuple[list[StandInVLLM], list[str]]]:
+    servers = [StandInVLLM(), StandInVLLM()]
+    with ExitStack() as stack:
+        urls = [stack.enter_context(serving(server)) for server in servers]
+        yield servers, urls
+
+
+@pytest.mark.parametrize("call", ["load", "verify"])
+def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
+    tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]], call: str
+) -> None:
+    servers, urls = two_stand_ins
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live, candidate = (registry.register(write_adapter(tmp_path / f"src{i}", seed=i), "bot").name for i in range(2))
+    first = VLLMBackend(urls[0], timeout_s=5)
+    promote(registry, live, [first, VLLMBackend(urls[1], timeout_s=5)])
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        promote(registry, candidate, [first, InterruptedAt(urls[1], call)], progress=said.append)
+    assert candidate not in servers[0].loaded, "unloaded from the replica it reached"
+    assert candidate not in servers[1].loaded, "unloaded where its load went through, never loaded where it did not"
+    assert registry.resolve("bot") == live and registry.get(candidate).status == "candidate"
+    events = registry.history(adapter=candidate)
+    assert [e["action"] for e in events] == ["register", "promote-started", "promote-aborted"]
+    reason = events[-1]["reason"]
+    assert reason.startswith("interrupted (KeyboardInterrupt) before the switch") and f"unloaded from {urls[0]}" in reason, reason
+    assert (f"{urls[1]} had not answered" in reason) == (call == "load"), reason
+    assert said[-1].startswith(f"interrupted: promoting {candidate} stopped before the switch"), said
+    assert said[-1].endswith(f"It stays a candidate; bot still serves {live}."), said
