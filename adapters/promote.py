@@ -183,28 +183,32 @@ def _promote(
     loaded: list[ServingBackend] = []
     held: list[ServingBackend] = []  # replicas that held it before this promote (a retired adapter stays loaded for a rollback)
     verifications: list[Verification] = []
-    replica = None
+    loading: ServingBackend | None = None  # the replica asked to load it, until it answers
+    failure: tuple[ServingBackend, ServingError] | None = None
     try:
         for replica in replicas:
             try:
                 if name not in replica.list():
                     say(f"loading {name} on {replica.url}")
+                    loading = replica
                     try:
                         replica.load(name, record.path)
                         loaded.append(replica)
                     except AdapterNameInUseError:
                         held.append(replica)  # another promoter loaded it since the listing: one name is one set of weights
+                    loading = None
                 else:
                     held.append(replica)
                 say(f"verifying {name} on {replica.url}")
                 verifications.append(replica.verify(name))
             except ServingError as exc:
-                _fail(registry, record, replica, exc, loaded, held, by=by, say=say)
-        replica = None
+                failure = (replica, exc)
+                break
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP in the CLI: undone as a failure is, then stopped
-        in_flight = replica if replica is not None and replica not in loaded and replica not in held else None
-        _interrupted(registry, record, exc, loaded, in_flight, by=by, say=say)
+        _interrupted(registry, record, exc, loaded, loading, by=by, say=say)
         raise
+    if failure is not None:  # (out of the handler above: an interrupt during its clean-up stops it, the failure kept)
+        _fail(registry, record, *failure, loaded, held, by=by, say=say)
     previous = registry.switch_live(name, by=by)
     say(f"{record.app} -> {name}")
     return SwitchResult(
@@ -540,8 +544,8 @@ def _interrupted(
             parts.append(f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})")
     if in_flight is not None:
         parts.append(
-            f"{in_flight.url} had not answered: it holds it if a load there went through (a promote of it again finds it there "
-            "and verifies it)"
+            f"{in_flight.url} had not answered its load: it holds it if that load went through (a promote of it again finds it "
+            "there and verifies it)"
         )
     kind = type(exc).__name__ + (f": {exc}" if str(exc) else "")
     registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=f"interrupted ({kind}) " + "; ".join(parts))

@@ -219,7 +219,11 @@ class LocalAdapterRegistry:
 
     def rollback_target(self, app: str) -> AdapterRecord:
         index = self._read_index()
-        return self._public(index["adapters"][_rollback_name(index, app)])
+        return self._public(index["adapters"][_rollback_name(index, app, lambda: self._served(app))])
+
+    def _served(self, app: str) -> set[str]:
+        """The adapters of ``app`` that were ever live (promoted, or rolled back to), from the history."""
+        return {e["adapter"] for e in self._read_history() if e.get("app") == app and e.get("action") in ("promote", "rollback")}
 
     def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
         applied_up_to = self._read_index()["last_event"]
@@ -683,7 +687,9 @@ def no_app_message(app: str, apps: Iterable[str]) -> str:
     return f"No app named {app!r} in the registry{_did_you_mean(app, sorted(apps), quoted=True)}. See `ee adapters list`."
 
 
-def _rollback_name(index: dict[str, Any], app: str) -> str:
+def _rollback_name(index: dict[str, Any], app: str, served: Callable[[], set[str]]) -> str:
+    """The adapter a rollback of ``app`` makes live: the last one a promote replaced that is still retired. ``served``: the
+    adapters of the app that were ever live (read only to say, when there is none, which ones a rollback left)."""
     entry = index["apps"].get(app)
     if entry is None:
         raise AdapterNotFoundError(no_app_message(app, index["apps"]))
@@ -694,12 +700,12 @@ def _rollback_name(index: dict[str, Any], app: str) -> str:
             f"rolled back. Promote one first (ee adapters promote NAME ...; see ee adapters list --app {app})."
         )
     if not usable:
-        live = entry.get("live")
+        live, was_live = entry.get("live"), served()
         left = sorted(
             (
                 record
                 for name, record in index["adapters"].items()
-                if record["app"] == app and name != live and record["status"] == Status.retired
+                if record["app"] == app and name != live and name in was_live and record["status"] == Status.retired
             ),
             key=lambda record: str(record.get("updated_at") or ""),
             reverse=True,

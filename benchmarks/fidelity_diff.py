@@ -10,7 +10,7 @@ difflib's work grow with the square of the lines. Each is compared with the sand
 seconds (``time.process_time``), so other work on the machine counts less; new and old run --repeats times each,
 interleaved (which runs first alternating); the old way runs only up to --old-up-to MB (it takes minutes at 1.7 MB).
 Printed: per size and case, new and old seconds (median, min-max), the ratio of the medians, whether both reports are
-the same, and the load average before and after.
+the same (the script fails when not), and the load average before and after.
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ def main() -> None:
                 print(
                     f"{len(recorded) / 1e6:5.2f} {case:<8} {_spread(seconds['new']):>26} {_spread(seconds['old']):>26} {ratio:8.1f}  {same}"
                 )
+                if not same:
+                    raise SystemExit(f"error: the new way's report of {case} at {size:g} MB differs from the old way's")
             else:
                 print(f"{len(recorded) / 1e6:5.2f} {case:<8} {_spread(seconds['new']):>26} {'-':>26} {'-':>8}  -")
     print(f"load average before {load_before}, after {[round(x, 2) for x in os.getloadavg()]} ({os.cpu_count()} CPUs)")

@@ -305,6 +305,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the three methods, their order rotated")
     parser.add_argument("--pause", type=float, default=0.5, help="seconds of traffic between switches")
     args = parser.parse_args()
+    if min(args.n, args.restarts, args.rounds) < 1:
+        parser.error("--n, --restarts and --rounds must be at least 1")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -224,22 +224,42 @@ def fit_messages(
         return Fit(messages, tool_list, text, original, original)
     head, turns = split_turns(messages)
     request = current_request_turn(turns)
+    # the words an assistant said before the task (a greeting) stay with it, unless they alone keep the prompt too long
+    system = [m for m in head if m.get("role") in _HEAD_ROLES]
+    heads = [(head, 0)]
+    if len(head) > len(system) + 1:
+        heads.append(([*system, head[-1]], len(head) - len(system) - 1))
     tried = []
     for compact in (False, True) if tool_list else (False,):
-        tried.append(_fewest_dropped(tokenizer, head, turns, request, tool_list, support, budget, original, compact=compact))
-        if tried[-1].tokens <= budget:
-            return tried[-1]
-    if head and head[-1].get("role") == "user" and any(turn[0].get("role") == "user" for turn in turns):
-        # the first user message is an earlier request (a later one is kept): it goes before anything is cut from the left
-        without_first = [*head[:-1], {**head[-1], "content": ""}]
-        for compact in (False, True) if tool_list else (False,):
+        for kept_head, gone in heads:
             tried.append(
                 _fewest_dropped(
-                    tokenizer, without_first, turns, request, tool_list, support, budget, original, compact=compact, first_dropped=True
+                    tokenizer, kept_head, turns, request, tool_list, support, budget, original, compact=compact, head_dropped=gone
                 )
             )
             if tried[-1].tokens <= budget:
                 return tried[-1]
+    if head and head[-1].get("role") == "user" and any(turn[0].get("role") == "user" for turn in turns):
+        # the first user message is an earlier request (a later one is kept): it goes before anything is cut from the left
+        for compact in (False, True) if tool_list else (False,):
+            for kept_head, gone in heads:
+                without_first = [*kept_head[:-1], {**kept_head[-1], "content": ""}]
+                tried.append(
+                    _fewest_dropped(
+                        tokenizer,
+                        without_first,
+                        turns,
+                        request,
+                        tool_list,
+                        support,
+                        budget,
+                        original,
+                        compact=compact,
+                        head_dropped=gone + 1,
+                    )
+                )
+                if tried[-1].tokens <= budget:
+                    return tried[-1]
     # the first of the shortest (the least for the caller to cut), an oversized message in it shortened
     return _shortened(tokenizer, min(tried, key=lambda fit: fit.tokens), support, budget)
 
@@ -293,16 +313,17 @@ def _fewest_dropped(
     original: int,
     *,
     compact: bool,
-    first_dropped: bool = False,
+    head_dropped: int = 0,
 ) -> Fit:
     """The fit that drops the fewest oldest turns (never the last one, nor the ``request`` turn: those before it go
-    first, then those after it) and fits, else the one that drops most. ``first_dropped``: ``head``'s user message
-    was emptied, and counts as one message dropped before the turns."""
+    first, then those after it) and fits, else the one that drops most. ``head_dropped``: messages of the head already
+    left out (an assistant's greeting before the task; the task, emptied, when it is an earlier request), counted as
+    dropped before the turns."""
     order = [index for index in range(len(turns) - 1) if index != request]  # the turns in the order they are dropped
 
     def build(drop: int) -> Fit:
         gone = set(order[:drop])
-        before = sum(len(turns[i]) for i in gone if request is None or i < request) + first_dropped
+        before = sum(len(turns[i]) for i in gone if request is None or i < request) + head_dropped
         after = sum(len(turns[i]) for i in gone if request is not None and i > request)
         kept = [
             message

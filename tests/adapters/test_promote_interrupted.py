@@ -24,11 +24,19 @@ from .helpers import StandInVLLM, write_adapter
 
 
 class InterruptedAt(VLLMBackend):
-    """A real backend that is interrupted (as by Ctrl-C) when the promote reaches ``call`` on it."""
+    """A real backend that is interrupted (as by Ctrl-C) when the promote reaches ``call`` on it (``list``: its second
+    listing, the one before the load; the first is the check that every replica answers, before anything is loaded)."""
 
     def __init__(self, url: str, call: str) -> None:
         super().__init__(url, timeout_s=5)
         self.call = call
+        self.listings = 0
+
+    def list(self) -> Any:
+        self.listings += 1
+        if self.call == "list" and self.listings == 2:
+            raise KeyboardInterrupt
+        return super().list()
 
     def load(self, name: str, path: str) -> None:
         if self.call == "load":
@@ -49,7 +57,7 @@ def two_stand_ins() -> Iterator[tuple[list[StandInVLLM], list[str]]]:
         yield servers, urls
 
 
-@pytest.mark.parametrize("call", ["load", "verify"])
+@pytest.mark.parametrize("call", ["list", "load", "verify"])
 def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
     tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]], call: str
 ) -> None:
@@ -68,6 +76,6 @@ def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
     assert [e["action"] for e in events] == ["register", "promote-started", "promote-aborted"]
     reason = events[-1]["reason"]
     assert reason.startswith("interrupted (KeyboardInterrupt) before the switch") and f"unloaded from {urls[0]}" in reason, reason
-    assert (f"{urls[1]} had not answered" in reason) == (call == "load"), reason
+    assert (f"{urls[1]} had not answered its load" in reason) == (call == "load"), reason
     assert said[-1].startswith(f"interrupted: promoting {candidate} stopped before the switch"), said
     assert said[-1].endswith(f"It stays a candidate; bot still serves {live}."), said

@@ -143,6 +143,16 @@ def test_a_rollback_with_nothing_left_says_which_adapters_were_left_and_how_to_s
     assert f"{a} (rolled back to {b})" in message and f"To serve one of them again, promote it: ee adapters promote {a} ..." in message
 
 
+def test_a_rollback_refusal_names_no_adapter_that_was_never_live(tmp_path: Path) -> None:
+    """A candidate retired without ever being served (an abandoned improve run's) is not one the app served before."""
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    served, never = (reg.register(write_adapter(tmp_path / n, seed=i), "app").name for i, n in enumerate("ab"))
+    reg.switch_live(served)
+    reg.retire(never, reason="abandoned improve run")
+    with pytest.raises(InvalidTransitionError, match=rf"no earlier live adapter to roll back to \(nothing was promoted before {served}\)"):
+        reg.rollback_target("app")
+
+
 def test_list_json_from_the_cli_is_one_array_of_records(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -112,6 +112,24 @@ def test_a_state_that_opens_with_neither_system_nor_user_message_still_says_what
         assert TASK["content"] in fit.text, "the task (the first user message) is kept"
 
 
+def test_words_before_the_task_give_way_before_the_system_message_is_cut(tokenizer: Any) -> None:
+    """An assistant's words before the task stay with it, unless they alone keep the prompt too long: then they are
+    dropped (and said), not the system message and tools cut from the left."""
+    import re
+
+    support = probe_template(tokenizer)
+    status = [{"role": "assistant", "content": f"Status update {i}: still indexing the archive folder and its reports."} for i in range(20)]
+    state = [SYSTEM, *status, TASK]
+    without = count_tokens(tokenizer, render_prompt(tokenizer, [SYSTEM, TASK], TOOLS, support))
+    budget = without + 80  # the task and the marker saying what went (the test tokenizer spends many tokens on it)
+    fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+    assert fit.tokens <= budget < fit.original_tokens and fit.dropped_messages == 20 and not fit.compact_tools
+    assert fit.messages[0] == SYSTEM and fit.tools == TOOLS and fit.messages[-1]["content"].startswith(TASK["content"])
+    assert [int(n) for n in re.findall(r"\[(\d+) earlier messages omitted", fit.text)] == [20]
+    roomy = fit_messages(tokenizer, [SYSTEM, status[0], TASK, *long_state(30)[2:]], TOOLS, support, without + 400)
+    assert status[0] in roomy.messages and roomy.dropped_messages > 0, "a greeting that fits stays with the task"
+
+
 def test_when_turns_are_not_enough_tools_are_listed_compactly(tokenizer: Any) -> None:
     support = probe_template(tokenizer)
     state = long_state(6)
