@@ -198,16 +198,7 @@ def hot_swap(args: argparse.Namespace, base: Path, work: Path, adapters: list[Pa
             counts = client.stop()
             router.shutdown()
             router.server_close()
-    return {
-        "method": "hot swap (promote + rollback)",
-        **counts,
-        "switches": 2 * args.n,
-        "promote_s": stats(promotes),
-        "_promote_s": promotes,
-        "rollback_s": stats(rollbacks),
-        "_rollback_s": rollbacks,
-        "peak_rss_mb": max(rss),
-    }
+    return _result("hot swap (promote + rollback)", counts, 2 * args.n, rss, promote_s=promotes, rollback_s=rollbacks)
 
 
 def direct_loads(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict[str, Any]:
@@ -234,14 +225,7 @@ def direct_loads(args: argparse.Namespace, base: Path, adapters: list[Path]) -> 
                 rss.append(peak_rss_mb(server))
         finally:
             counts = client.stop()
-    return {
-        "method": "baseline: direct runtime load, the client switched to the new name",
-        **counts,
-        "switches": args.n,
-        "load_s": stats(times),
-        "_load_s": times,
-        "peak_rss_mb": max(rss or [0]),
-    }
+    return _result("baseline: direct runtime load, the client switched to the new name", counts, args.n, rss, load_s=times)
 
 
 def restarts(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict[str, Any]:
@@ -270,12 +254,18 @@ def restarts(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict
     finally:
         counts = client.stop()
         server.stop()
+    return _result("baseline: full server restart", counts, args.restarts, rss, restart_s=times)
+
+
+def _result(method: str, counts: dict[str, Any], switches: int, rss: list[float], **latencies: list[float]) -> dict[str, Any]:
+    """One method's run: its client's counts, each latency's stats (and, under ``_NAME``, the samples, for the rounds'
+    merge), the server's peak memory."""
     return {
-        "method": "baseline: full server restart",
+        "method": method,
         **counts,
-        "switches": args.restarts,
-        "restart_s": stats(times),
-        "_restart_s": times,
+        "switches": switches,
+        **{name: stats(values) for name, values in latencies.items()},
+        **{f"_{name}": values for name, values in latencies.items()},
         "peak_rss_mb": max(rss or [0]),
     }
 
