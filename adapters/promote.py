@@ -78,6 +78,7 @@ from ee_middleware.adapters.errors import (
     PromotionError,
     ServerRankError,
     ServerSetupError,
+    ServerTimeoutError,
     ServerUnavailableError,
     ServingError,
 )
@@ -207,8 +208,8 @@ def _promote(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP in the CLI: undone as a failure is, then stopped
         _interrupted(registry, record, exc, loaded, loading, by=by, say=say)
         raise
-    if failure is not None:  # (out of the handler above: an interrupt during its clean-up stops it, the failure kept)
-        _fail(registry, record, *failure, loaded, held, by=by, say=say)
+    if failure is not None:  # (out of the handler above: _fail records the failure even when stopped while undoing it)
+        _fail(registry, record, *failure, loaded, held, by=by, say=say, loading=loading)
     previous = registry.switch_live(name, by=by)
     say(f"{record.app} -> {name}")
     return SwitchResult(
@@ -566,20 +567,47 @@ def _fail(
     *,
     by: str | None,
     say: Progress,
+    loading: ServingBackend | None = None,
 ) -> None:
     """Undo what this promote loaded, mark the adapter failed where it is at fault, and raise :class:`PromotionError`
     saying what happened: which replicas it was unloaded from or stays loaded on, and its status now (a retired
-    adapter that is not at fault stays retired, not a candidate)."""
-    problems = []
-    for other in loaded:
-        say(f"rolling back: unloading {record.name} from {other.url}")
-        try:
-            other.unload(record.name)
-        except ServingError as unload_exc:
-            problems.append(f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})")
+    adapter that is not at fault stays retired, not a candidate). ``loading``: the replica whose load failed without an
+    answer (a timeout), which holds the adapter if that load went through after all. Stopped while undoing (Ctrl-C), it
+    records the failure with the replicas still holding the adapter, then stops."""
+    problems: list[str] = []
+    undone: list[ServingBackend] = []
     reason = f"{type(exc).__name__} on {replica.url}: {exc}"
+    try:
+        for other in loaded:
+            say(f"rolling back: unloading {record.name} from {other.url}")
+            try:
+                other.unload(record.name)
+                undone.append(other)
+            except ServingError as unload_exc:
+                problems.append(f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})")
+    except KeyboardInterrupt:
+        unloading, *left = [other.url for other in loaded if other not in undone]  # (the first: its unload was under way)
+        still = f"still loaded on {', '.join(left)}" if left else "loaded on no other replica"
+        _record_failure(registry, record, exc, f"{reason} Then interrupted while unloading it from {unloading}: {still}.", by=by)
+        raise
     if problems:
         reason += " Also " + "; ".join(problems) + "."
+    unanswered = ""
+    if loading is not None and isinstance(exc, ServerTimeoutError):
+        unanswered = f" {loading.url} did not answer its load in time: it holds {record.name} if that load went through."
+        reason += unanswered
+    outcome = _record_failure(registry, record, exc, reason, by=by)
+    live = registry.resolve(record.app)
+    raise PromotionError(
+        f"Promoting {record.name} failed on {replica.url}: {exc} {_unload_text(loaded, held, problems)}{unanswered} {outcome}. "
+        f"{record.app} still serves {live or 'the base model'}.",
+        adapter=record.name,
+        replica=replica.url,
+    ) from exc
+
+
+def _record_failure(registry: AdapterRegistry, record: AdapterRecord, exc: ServingError, reason: str, *, by: str | None) -> str:
+    """Mark the adapter failed where ``exc`` is its own fault, else note ``promote-aborted``; what its status now is, said."""
     if _adapter_at_fault(exc):
         registry.mark_failed(record.name, reason, by=by)
         outcome = "It is marked failed"
@@ -596,13 +624,7 @@ def _fail(
             f"It stays {_status_text(registry.get(record.name).status)}: the adapter is not at fault. Promote it again {when} "
             f"(ee adapters promote {record.name} ...)"
         )
-    live = registry.resolve(record.app)
-    raise PromotionError(
-        f"Promoting {record.name} failed on {replica.url}: {exc} {_unload_text(loaded, held, problems)} {outcome}. "
-        f"{record.app} still serves {live or 'the base model'}.",
-        adapter=record.name,
-        replica=replica.url,
-    ) from exc
+    return outcome
 
 
 def _status_text(status: Status | str) -> str:

@@ -711,6 +711,18 @@ def _rollback_name(index: dict[str, Any], app: str, served: Callable[[], set[str
             reverse=True,
         )
         if not left:
+            others = sorted(was_live - {live})
+            if not was_live:  # no history to tell (a registry restored without its history.jsonl): no claim about it
+                raise InvalidTransitionError(
+                    f"{app} has no earlier live adapter to roll back to: no adapter a promote replaced is retired and waiting "
+                    f"(`ee adapters list --app {app}` shows the others; promoting one serves it)."
+                )
+            if others:
+                states = "; ".join(f"{name} ({index['adapters'][name]['status']})" for name in others if name in index["adapters"])
+                raise InvalidTransitionError(
+                    f"{app} has no earlier live adapter to roll back to: none of those it served before {live} can be served "
+                    f"again ({states})."
+                )
             raise InvalidTransitionError(f"{app} has no earlier live adapter to roll back to (nothing was promoted before {live}).")
         named = "; ".join(f"{record['name']} ({record.get('reason') or 'retired'})" for record in left[:3])
         raise InvalidTransitionError(

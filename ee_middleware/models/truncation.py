@@ -9,7 +9,9 @@ whole, and refuses one over its model's context, as vLLM does):
 
 1. keep the leading system messages (and with them the tool schemas), the current request (the latest user
    message that opens a turn: the one the agent is acting on; in a thread's later run, not the thread's first
-   request), the thread's first user message, the most recent turns and the whole completion;
+   request), the thread's first user message (and an assistant's words before it that call no tool, a greeting, while
+   they fit: they give way, as turns before it, before tools are listed compactly), the most recent turns and the
+   whole completion;
 2. drop the oldest turns in between, whole (an assistant tool call is never separated from its tool
    results, nor a call still unanswered from the message after it, such as IWM's question about it): first
    those before the current request, then those after it; say so with a visible marker where they were, at the
@@ -35,6 +37,7 @@ What was done is returned as a :class:`Fit`, so trainers and reports can record 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -407,7 +410,9 @@ def _shortened(tokenizer: Any, fit: Fit, support: TemplateSupport, budget: int) 
     if fit.tokens <= budget:
         return fit
     lengths = {
-        index: len(_text(message.get("content"))) for index, message in enumerate(fit.messages) if message.get("role") in SHORTENED_ROLES
+        index: len(_without_markers(_text(message.get("content")))[1])
+        for index, message in enumerate(fit.messages)
+        if message.get("role") in SHORTENED_ROLES
     }
     request = _request_index(fit.messages)
     # the longest first (of equals, the latest), the current request last
@@ -448,8 +453,8 @@ def _with_messages_cut(tokenizer: Any, fit: Fit, keep: dict[int, int], support: 
     and counted (``shortened``: the fit's ``shortened_messages``, else the number of messages cut)."""
     messages, omitted = list(fit.messages), 0
     for index, kept in keep.items():
-        text = _text(messages[index].get("content"))
-        messages[index] = {**messages[index], "content": _cut_middle(text, kept)}
+        before, text, after = _without_markers(_text(messages[index].get("content")))
+        messages[index] = {**messages[index], "content": before + _cut_middle(text, kept) + after}
         omitted += len(text) - kept
     rendered = render_prompt(tokenizer, messages, fit.tools, support)
     return replace(
@@ -462,13 +467,31 @@ def _with_messages_cut(tokenizer: Any, fit: Fit, keep: dict[int, int], support: 
     )
 
 
+_OMITTED = re.compile(r"\[\d+ earlier messages omitted to fit the context\]")
+_LEADING_MARKER = re.compile(r"\A\[\d+ earlier messages omitted to fit the context\](?:\n\n|\Z)")
+_TRAILING_MARKER = re.compile(r"(?:\A|\n\n)\[\d+ earlier messages omitted to fit the context\]\Z")
+
+
+def _without_markers(text: str) -> tuple[str, str, str]:
+    """``(leading marker, the message's own text, trailing marker)``: the :data:`OMITTED_MARKER` s the policy put at the
+    start or end of a message, which shortening the message keeps whole (its count stays what was dropped)."""
+    lead = _LEADING_MARKER.match(text)
+    before = lead.group(0) if lead else ""
+    rest = text[len(before) :]
+    trail = _TRAILING_MARKER.search(rest) if rest else None
+    after = trail.group(0) if trail else ""
+    return before, rest[: len(rest) - len(after)], after
+
+
 def _cut_middle(text: str, keep: int) -> str:
     """``text`` with ``keep`` of its characters, its head and its tail (the last ``keep // SHORTENED_TAIL``), and the
     :data:`SHORTENED_MARKER` for the others between them on a line of its own."""
     marker = SHORTENED_MARKER.format(n=len(text) - keep)
     tail = keep // SHORTENED_TAIL
     head = text[: keep - tail]
-    return "\n".join(part for part in (head, marker, text[len(text) - tail :] if tail else "") if part)
+    # the policy's own markers in the part that goes (a later request joined to the task) stay: they say what was dropped
+    kept_markers = _OMITTED.findall(text[keep - tail : len(text) - tail])
+    return "\n".join(part for part in (head, marker, *kept_markers, text[len(text) - tail :] if tail else "") if part)
 
 
 def _text(content: Any) -> str:

@@ -79,3 +79,62 @@ def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
     assert (f"{urls[1]} had not answered its load" in reason) == (call == "load"), reason
     assert said[-1].startswith(f"interrupted: promoting {candidate} stopped before the switch"), said
     assert said[-1].endswith(f"It stays a candidate; bot still serves {live}."), said
+
+
+class FailingAt(VLLMBackend):
+    """A real backend whose smoke request names a problem with the adapter (``verify``), whose load answers too late
+    although it went through (``timeout``), or that is interrupted right after an unload went through (``unload``)."""
+
+    def __init__(self, url: str, mode: str | None = None) -> None:
+        super().__init__(url, timeout_s=5)
+        self.mode = mode
+
+    def unload(self, name: str) -> None:
+        super().unload(name)
+        if self.mode == "unload":
+            raise KeyboardInterrupt
+
+    def load(self, name: str, path: str) -> None:
+        super().load(name, path)
+        if self.mode == "timeout":
+            from ee_middleware.adapters.errors import ServerTimeoutError
+
+            raise ServerTimeoutError("the load timed out", url=self.url)
+
+    def verify(self, name: str) -> Any:
+        if self.mode == "verify":
+            from ee_middleware.adapters.errors import VerificationError
+
+            raise VerificationError("the smoke request names a problem with the adapter", url=self.url)
+        return super().verify(name)
+
+
+def test_a_failed_promote_interrupted_while_undoing_still_records_its_failure(
+    tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]]
+) -> None:
+    """The second replica's smoke request fails for the adapter's own fault; Ctrl-C lands after the first unload. Was:
+    the history ended at promote-started, the adapter a candidate, loaded on the failing replica, nothing said."""
+    servers, urls = two_stand_ins
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live, candidate = (registry.register(write_adapter(tmp_path / f"src{i}", seed=i), "bot").name for i in range(2))
+    promote(registry, live, [VLLMBackend(urls[0], timeout_s=5), VLLMBackend(urls[1], timeout_s=5)])
+    with pytest.raises(KeyboardInterrupt):
+        promote(registry, candidate, [FailingAt(urls[0], "unload"), FailingAt(urls[1], "verify")])
+    record = registry.get(candidate)
+    assert record.status == "failed" and registry.resolve("bot") == live
+    assert "VerificationError" in record.reason
+    assert f"Then interrupted while unloading it from {urls[0]}: still loaded on {urls[1]}." in record.reason, record.reason
+    assert [candidate in server.loaded for server in servers] == [False, True]
+
+
+def test_a_load_that_timed_out_is_said_to_have_perhaps_gone_through(
+    tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]]
+) -> None:
+    from ee_middleware.adapters.errors import PromotionError
+
+    _, urls = two_stand_ins
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    candidate = registry.register(write_adapter(tmp_path / "src"), "bot").name
+    with pytest.raises(PromotionError, match=rf"{urls[1]} did not answer its load in time: it holds {candidate} if that load went"):
+        promote(registry, candidate, [FailingAt(urls[0]), FailingAt(urls[1], "timeout")])
+    assert "did not answer its load in time" in registry.history(adapter=candidate)[-1]["reason"]

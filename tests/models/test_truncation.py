@@ -130,6 +130,27 @@ def test_words_before_the_task_give_way_before_the_system_message_is_cut(tokeniz
     assert status[0] in roomy.messages and roomy.dropped_messages > 0, "a greeting that fits stays with the task"
 
 
+def test_shortening_a_message_keeps_the_markers_of_what_was_dropped(tokenizer: Any) -> None:
+    """Step 5 cuts the middle of the longest message; the marker of dropped messages at its end (the task's, after a
+    greeting or older turns went) or joined into it stays whole, so the markers still add up to what was dropped
+    (was: cut out with the message's middle, 1 dropped and none said)."""
+    import re
+
+    support = probe_template(tokenizer)
+    greeting = {"role": "assistant", "content": "Status update: still indexing the archive folder and its reports. " * 10}
+    task = {"role": "user", "content": TASK["content"] + " notes report folder" * 400}
+    states = [[SYSTEM, greeting, task], [SYSTEM, task, *long_state(4)[2:]], [SYSTEM, greeting, task, *long_state(7)[2:]]]
+    shortened = 0
+    for state in states:
+        full = count_tokens(tokenizer, render_prompt(tokenizer, state, TOOLS, support))
+        for budget in range(full // 12, full, max(1, full // 40)):
+            fit = fit_messages(tokenizer, state, TOOLS, support, budget)
+            said = sum(int(n) for n in re.findall(r"\[(\d+) earlier messages omitted to fit the context\]", fit.text))
+            assert said == fit.dropped_messages, (budget, said, fit.describe())
+            shortened += fit.shortened_messages > 0 and fit.dropped_messages > 0
+    assert shortened, "some fits both dropped and shortened messages"
+
+
 def test_when_turns_are_not_enough_tools_are_listed_compactly(tokenizer: Any) -> None:
     support = probe_template(tokenizer)
     state = long_state(6)
