@@ -535,14 +535,9 @@ def _interrupted(
     """A promote stopped before its switch (Ctrl-C, SIGTERM): unload the adapter from the replicas it was loaded on, note
     ``promote-aborted`` with why, and say what is left where. The replica whose load was under way when it stopped is not
     asked again (it may be the one that hung): it may hold the adapter if that load went through, which is said."""
-    parts = ["before the switch"]
-    for other in loaded:
-        say(f"interrupted: unloading {record.name} from {other.url}")
-        try:
-            other.unload(record.name)
-            parts.append(f"unloaded from {other.url}")
-        except ServingError as unload_exc:
-            parts.append(f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})")
+    results: list[tuple[ServingBackend, str | None]] = []
+    _unload_each(record.name, loaded, "interrupted", results, say=say)
+    parts = ["before the switch", *(problem or f"unloaded from {other.url}" for other, problem in results)]
     if in_flight is not None:
         parts.append(
             f"{in_flight.url} had not answered its load: it holds it if that load went through (a promote of it again finds it "
@@ -574,22 +569,17 @@ def _fail(
     adapter that is not at fault stays retired, not a candidate). ``loading``: the replica whose load failed without an
     answer (a timeout), which holds the adapter if that load went through after all. Stopped while undoing (Ctrl-C), it
     records the failure with the replicas still holding the adapter, then stops."""
-    problems: list[str] = []
-    undone: list[ServingBackend] = []
+    results: list[tuple[ServingBackend, str | None]] = []
     reason = f"{type(exc).__name__} on {replica.url}: {exc}"
     try:
-        for other in loaded:
-            say(f"rolling back: unloading {record.name} from {other.url}")
-            try:
-                other.unload(record.name)
-                undone.append(other)
-            except ServingError as unload_exc:
-                problems.append(f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})")
+        _unload_each(record.name, loaded, "rolling back", results, say=say)
     except KeyboardInterrupt:
-        unloading, *left = [other.url for other in loaded if other not in undone]  # (the first: its unload was under way)
+        answered = [other for other, _ in results]
+        unloading, *left = [other.url for other in loaded if other not in answered]  # (the first: its unload was under way)
         still = f"still loaded on {', '.join(left)}" if left else "loaded on no other replica"
         _record_failure(registry, record, exc, f"{reason} Then interrupted while unloading it from {unloading}: {still}.", by=by)
         raise
+    problems = [problem for _, problem in results if problem]
     if problems:
         reason += " Also " + "; ".join(problems) + "."
     unanswered = ""
@@ -604,6 +594,21 @@ def _fail(
         adapter=record.name,
         replica=replica.url,
     ) from exc
+
+
+def _unload_each(
+    name: str, replicas: list[ServingBackend], doing: str, results: list[tuple[ServingBackend, str | None]], *, say: Progress
+) -> None:
+    """Unload adapter ``name`` from each of ``replicas`` in turn, saying so (``doing``: why); each answer goes into
+    ``results`` as it comes, ``(replica, None)`` or ``(replica, what went wrong)``, so a caller stopped midway knows how far
+    it got."""
+    for other in replicas:
+        say(f"{doing}: unloading {name} from {other.url}")
+        try:
+            other.unload(name)
+            results.append((other, None))
+        except ServingError as unload_exc:
+            results.append((other, f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})"))
 
 
 def _record_failure(registry: AdapterRegistry, record: AdapterRecord, exc: ServingError, reason: str, *, by: str | None) -> str:

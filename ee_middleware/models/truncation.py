@@ -232,33 +232,17 @@ def fit_messages(
     heads = [(head, 0)]
     if len(head) > len(system) + 1:
         heads.append(([*system, head[-1]], len(head) - len(system) - 1))
-    tried = []
-    for compact in (False, True) if tool_list else (False,):
-        for kept_head, gone in heads:
-            tried.append(
-                _fewest_dropped(
-                    tokenizer, kept_head, turns, request, tool_list, support, budget, original, compact=compact, head_dropped=gone
-                )
-            )
-            if tried[-1].tokens <= budget:
-                return tried[-1]
+    stages = [heads]
     if head and head[-1].get("role") == "user" and any(turn[0].get("role") == "user" for turn in turns):
         # the first user message is an earlier request (a later one is kept): it goes before anything is cut from the left
+        stages.append([([*kept[:-1], {**kept[-1], "content": ""}], gone + 1) for kept, gone in heads])
+    tried = []
+    for stage in stages:
         for compact in (False, True) if tool_list else (False,):
-            for kept_head, gone in heads:
-                without_first = [*kept_head[:-1], {**kept_head[-1], "content": ""}]
+            for kept_head, gone in stage:
                 tried.append(
                     _fewest_dropped(
-                        tokenizer,
-                        without_first,
-                        turns,
-                        request,
-                        tool_list,
-                        support,
-                        budget,
-                        original,
-                        compact=compact,
-                        head_dropped=gone + 1,
+                        tokenizer, kept_head, turns, request, tool_list, support, budget, original, compact=compact, head_dropped=gone
                     )
                 )
                 if tried[-1].tokens <= budget:
@@ -335,7 +319,7 @@ def _fewest_dropped(
             for message in (_with_marker(turn, after) if index == request else turn)
         ]
         # with no system message nor task before the turns (a state of calls alone), the first message kept says it
-        marked = _joined(_with_marker(head, before), kept) if head else _with_marker_before(kept, before)
+        marked = _joined(_with_marker(head, before), kept) if head else _with_marker(kept, before, at_start=True)
         rendered_tools = tools
         if compact and tools:
             marked, rendered_tools = with_tools_in_system(marked, tools, compact=True), None
@@ -374,30 +358,20 @@ def _joined(head: list[dict[str, Any]], kept: list[dict[str, Any]]) -> list[dict
     return [*head[:-1], {**head[-1], "content": f"{first}\n\n{second}" if first else second}, *kept[1:]]
 
 
-def _with_marker(messages: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
+def _with_marker(messages: list[dict[str, Any]], dropped: int, *, at_start: bool = False) -> list[dict[str, Any]]:
     """``messages`` with the :data:`OMITTED_MARKER` for ``dropped`` messages at the end of the last one's text (content
-    parts become their text, which is how templates render them: the message is never replaced by the marker)."""
+    parts become their text, which is how templates render them: the message is never replaced by the marker); with
+    ``at_start``, for messages dropped before them, at the start of the first one's text (where they were, when nothing
+    is kept before them to say it)."""
     if not dropped or not messages:
         return list(messages)
     marker = OMITTED_MARKER.format(n=dropped)
-    last = dict(messages[-1])
-    content = last.get("content")
+    position = 0 if at_start else len(messages) - 1
+    message = dict(messages[position])
+    content = message.get("content")
     text = content if isinstance(content, str) else content_to_text(content)
-    last["content"] = f"{text}\n\n{marker}" if text else marker
-    return [*messages[:-1], last]
-
-
-def _with_marker_before(messages: list[dict[str, Any]], dropped: int) -> list[dict[str, Any]]:
-    """``messages`` with the :data:`OMITTED_MARKER` for ``dropped`` messages before them at the start of the first one's
-    text: where they were, when nothing is kept before them to say it."""
-    if not dropped or not messages:
-        return list(messages)
-    marker = OMITTED_MARKER.format(n=dropped)
-    first = dict(messages[0])
-    content = first.get("content")
-    text = content if isinstance(content, str) else content_to_text(content)
-    first["content"] = f"{marker}\n\n{text}" if text else marker
-    return [first, *messages[1:]]
+    message["content"] = (f"{marker}\n\n{text}" if at_start else f"{text}\n\n{marker}") if text else marker
+    return [*messages[:position], message, *messages[position + 1 :]]
 
 
 def _shortened(tokenizer: Any, fit: Fit, support: TemplateSupport, budget: int) -> Fit:
@@ -467,9 +441,9 @@ def _with_messages_cut(tokenizer: Any, fit: Fit, keep: dict[int, int], support: 
     )
 
 
-_OMITTED = re.compile(r"\[\d+ earlier messages omitted to fit the context\]")
-_LEADING_MARKER = re.compile(r"\A\[\d+ earlier messages omitted to fit the context\](?:\n\n|\Z)")
-_TRAILING_MARKER = re.compile(r"(?:\A|\n\n)\[\d+ earlier messages omitted to fit the context\]\Z")
+_OMITTED = re.compile(re.escape(OMITTED_MARKER).replace(re.escape("{n}"), r"\d+"))
+_LEADING_MARKER = re.compile(rf"\A{_OMITTED.pattern}(?:\n\n|\Z)")
+_TRAILING_MARKER = re.compile(rf"(?:\A|\n\n){_OMITTED.pattern}\Z")
 
 
 def _without_markers(text: str) -> tuple[str, str, str]:
