@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,27 @@ def project_bytecode() -> str:
     return "source" if not compiled else f"mixed ({compiled} of {len(sources)} compiled)"
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory in MiB. Linux's ``VmHWM`` belongs to the process image, so it starts again
-    at ``exec``; ``ru_maxrss`` (also ``wait4``'s) keeps the high-water mark of the image before ``exec``, i.e. of the
-    parent that forked this process, and over-reports a small child (``ru_maxrss`` is the fallback off Linux)."""
+def peak_rss_mib(pid: int | None = None) -> float:
+    """The peak resident memory in MiB of this process (or of process ``pid``: 0 when it is gone). Linux's ``VmHWM``
+    belongs to the process image, so it starts again at ``exec``; ``ru_maxrss`` (also ``wait4``'s) keeps the high-water
+    mark of the image before ``exec``, i.e. of the parent that forked this process, and over-reports a small child
+    (``ru_maxrss`` is this process's fallback off Linux)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if pid is not None:
+        return 0.0
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def spread(values: Iterable[float], digits: int = 3) -> list[float]:
+    """``[min, median, max]`` of ``values``, each rounded to ``digits``: how every benchmark reports its repeats."""
+    import statistics
+
+    values = list(values)
+    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]

@@ -183,12 +183,8 @@ def sustained_round(graph: Any, seconds: float) -> dict[str, float]:
     return {"runs": runs, "wall": wall, "cpu": time.process_time() - cpu0, "thread": time.thread_time() - thread0}
 
 
-def _spread(values: list[float], digits: int = 3) -> list[float]:
-    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
-
-
 def sustained(args: argparse.Namespace) -> dict[str, Any]:
-    from _ee import peak_rss_mib
+    from _ee import peak_rss_mib, spread
 
     from ee_middleware import LocalExperienceStore, record_experience
 
@@ -259,12 +255,12 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
             problem = stored_steps_problem(Path(tmp) / mode, total_runs[mode])
             results[mode] = {
                 "capture_process": agent.recorder.offload is not None,
-                "agent_thread_ratio_min_median_max": _spread(m["agent_wall"]),
-                "agent_thread_cpu_ratio_min_median_max": _spread(m["agent_cpu"]),
-                "process_cpu_ratio_with_drain_and_child_min_median_max": _spread(m["process_cpu"]),
-                "added_cpu_ms_per_run_min_median_max": _spread(m["added_cpu_ms"]),
-                "background_cpu_ms_per_run_min_median_max": _spread(m["background_ms"]),
-                "child_process_cpu_ms_per_run_min_median_max": _spread(m["child_ms"]),
+                "agent_thread_ratio_min_median_max": spread(m["agent_wall"]),
+                "agent_thread_cpu_ratio_min_median_max": spread(m["agent_cpu"]),
+                "process_cpu_ratio_with_drain_and_child_min_median_max": spread(m["process_cpu"]),
+                "added_cpu_ms_per_run_min_median_max": spread(m["added_cpu_ms"]),
+                "background_cpu_ms_per_run_min_median_max": spread(m["background_ms"]),
+                "child_process_cpu_ms_per_run_min_median_max": spread(m["child_ms"]),
                 **(
                     {"background_share_inside_window_median": round(statistics.median(m["background_in_window"]), 3)}
                     if m.get("background_in_window")
@@ -281,12 +277,12 @@ def sustained(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "load_average_1_5_15_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
         "peak_rss_mib_this_process": round(peak_rss_mib(), 1),  # the agent's process (capture's child not counted)
-        "plain_cpu_ms_per_run_min_median_max": _spread(plain_ms),
+        "plain_cpu_ms_per_run_min_median_max": spread(plain_ms),
         "target_agent_thread_ratio": 1.10,
         "callback_floor": {
             "what": "the plain graph with a callback handler that takes capture's events and does nothing",
-            "agent_thread_ratio_min_median_max": _spread(floor_ratios["agent_wall"]),
-            "agent_thread_cpu_ratio_min_median_max": _spread(floor_ratios["agent_cpu"]),
+            "agent_thread_ratio_min_median_max": spread(floor_ratios["agent_wall"]),
+            "agent_thread_cpu_ratio_min_median_max": spread(floor_ratios["agent_cpu"]),
         },
         **{f"offload={mode}": result for mode, result in results.items()},
     }

@@ -183,9 +183,7 @@ def main() -> int:
             raw[side].append(result)
             added[side].append(result["instrumented_cpu_ms_per_run"] - result["plain_cpu_ms_per_run"])
 
-    def spread(values: Any) -> list[float]:
-        values = list(values)
-        return [round(f(values), 3) for f in (min, statistics.median, max)]
+    from _ee import spread
 
     versions = {side: runs[0]["versions"] for side, runs in raw.items()}
     differing = sorted({name for v in versions.values() for name in COMPARED_PACKAGES if v[name] != versions["openinference"][name]})

@@ -37,6 +37,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import psutil
+from _ee import peak_rss_mib
 
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
@@ -162,14 +163,7 @@ def peak_rss_mb(server: ServerProcess) -> float:
         processes = [proc, *proc.children(recursive=True)]
     except psutil.Error:
         return float("nan")
-    total = 0
-    for process in processes:
-        try:
-            status = Path(f"/proc/{process.pid}/status").read_text()
-        except OSError:
-            continue
-        total += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")), 0)
-    return round(total / 1024, 1)
+    return round(sum(peak_rss_mib(process.pid) for process in processes), 1)
 
 
 def hot_swap(args: argparse.Namespace, base: Path, work: Path, adapters: list[Path]) -> dict[str, Any]:

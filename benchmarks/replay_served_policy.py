@@ -214,8 +214,7 @@ def main() -> None:
             if server is not None:
                 server.stop()
 
-    def spread(values: list[float]) -> list[float]:
-        return [round(min(values), 3), round(statistics.median(values), 3), round(max(values), 3)]
+    from _ee import spread
 
     baseline = statistics.median(r["wall_s"] for r in runs[settings[0]])
     reference = stored[settings[0]][0]

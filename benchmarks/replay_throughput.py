@@ -69,7 +69,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _ee import peak_rss_mib, project_bytecode
+from _ee import peak_rss_mib, project_bytecode, spread
 
 from ee_middleware.bfcl.experts import record_experts
 from ee_middleware.bfcl.sandbox import BFCLSandbox
@@ -373,7 +373,7 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
     ray_ratios = {
         f"{name.removeprefix('job_')}_vs_1_worker_speedup_median_min_max": [
             round(statistics.median(rates[name]) / statistics.median(rates["job_1_worker"]), 2),
-            *_spread([a / b for a, b in zip(rates[name], rates["job_1_worker"], strict=True)], 2)[::2],
+            *spread([a / b for a, b in zip(rates[name], rates["job_1_worker"], strict=True)], 2)[::2],
         ]
         for name in RAY_JOBS
         if name in rates
@@ -386,9 +386,9 @@ def _sustained(args: argparse.Namespace, tmp: Path) -> dict:
         "load_average_1_5_15_before": load_before,
         "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         "identical_rollouts_across_jobs": True,
-        **{f"{name}_branches_per_s_min_median_max": _spread(values) for name, values in rates.items()},
-        **{f"{name}_wall_s_min_median_max": _spread([r["wall_s"] for r in rs], 2) for name, rs in runs.items()},
-        **{f"{name}_first_outcome_s_min_median_max": _spread([r["first_outcome_s"] for r in rs], 3) for name, rs in runs.items()},
+        **{f"{name}_branches_per_s_min_median_max": spread(values, 1) for name, values in rates.items()},
+        **{f"{name}_wall_s_min_median_max": spread([r["wall_s"] for r in rs], 2) for name, rs in runs.items()},
+        **{f"{name}_first_outcome_s_min_median_max": spread([r["first_outcome_s"] for r in rs], 3) for name, rs in runs.items()},
         "cpu_us_per_branch_median": {
             name: round(statistics.median(r["job_cpu_s"] + r["children_cpu_s"] for r in rs) / n_branches * 1e6, 1)
             for name, rs in runs.items()
@@ -410,12 +410,6 @@ def _worker_speedups(rates: dict[str, list[float]], cold: str) -> dict:
         f"job_2_vs_1_workers{cold}_speedup_median": round(statistics.median(two) / statistics.median(one), 2),
         f"job_2_vs_1_workers{cold}_speedup_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
     }
-
-
-def _spread(values: list[float], digits: int = 1) -> list[float]:
-    import statistics
-
-    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
 
 
 def main() -> None:
@@ -529,7 +523,7 @@ def main() -> None:
         "identical_rollouts_across_jobs": True,
     }
     for name, values in rates.items():
-        results[f"{name}_branches_per_s_min_median_max"] = _spread(values)
+        results[f"{name}_branches_per_s_min_median_max"] = spread(values, 1)
     results["snapshot_vs_naive_speedup"] = round(median["sandbox_only"] / median["naive"], 2)
     per_round = [naive_run["wall_s"] / run["wall_s"] for run, naive_run in zip(runs["sandbox_only"], runs["naive"], strict=True)]
     results["snapshot_vs_naive_speedup_per_round_min_max"] = [round(min(per_round), 2), round(max(per_round), 2)]
@@ -547,13 +541,13 @@ def main() -> None:
         if name in SANDBOX_WAYS:
             continue
         # Start-up: from the job's start until its first trajectory is done (workers: started, warm, one trajectory replayed).
-        results[f"{name}_first_outcome_s_min_median_max"] = _spread([r["first_outcome_s"] for r in rs], 3)
+        results[f"{name}_first_outcome_s_min_median_max"] = spread([r["first_outcome_s"] for r in rs], 3)
         # The job process's own CPU per branch: with 2 workers, all it still does (load, hand out, count).
-        results[f"{name}_job_process_cpu_us_per_branch_min_median_max"] = _spread([r["job_cpu_s"] / n_branches * 1e6 for r in rs])
+        results[f"{name}_job_process_cpu_us_per_branch_min_median_max"] = spread([r["job_cpu_s"] / n_branches * 1e6 for r in rs], 1)
         if name in ("job_2_workers", "job_2_workers_cold"):
             cold = name.removeprefix("job_2_workers")  # "" or "_cold": the 1-worker job it is compared with
             shares = [r["job_cpu_s"] / (r["job_cpu_s"] + r["children_cpu_s"]) for r in rs if r["job_cpu_s"] + r["children_cpu_s"] > 0]
-            results[f"{name}_job_process_share_of_cpu_min_median_max"] = _spread(shares, 3)
+            results[f"{name}_job_process_share_of_cpu_min_median_max"] = spread(shares, 3)
             job_cpu = statistics.median(r["job_cpu_s"] for r in rs)
             workers_cpu = statistics.median(r["children_cpu_s"] for r in rs)
             results[f"{name}_cpu_s_job_process_and_workers_median"] = [round(job_cpu, 2), round(workers_cpu, 2)]
@@ -563,7 +557,7 @@ def main() -> None:
             results[f"job_2_vs_1_workers{cold}_cpu_bound_estimate_2_cores"] = round(
                 cpu[f"job_1_worker{cold}"] / ((job_cpu + workers_cpu) / 2), 2
             )
-            results[f"{name}_branches_replayed_by_job_process_min_median_max"] = _spread(
+            results[f"{name}_branches_replayed_by_job_process_min_median_max"] = spread(
                 [r["branches_replayed_by_job_process"] for r in rs], 0
             )
     for name in ("job_1_worker_cold", "job_2_workers_cold"):

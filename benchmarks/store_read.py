@@ -39,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _ee import peak_rss_mib
+from _ee import peak_rss_mib, spread
 
 WORKLOADS = ("job", "iter", "trajectories")
 
@@ -93,10 +93,6 @@ def _run_child(store_path: Path, workload: str) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"reading {store_path} ({workload}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])
-
-
-def _spread(values: list[float], digits: int = 3) -> list[float]:
-    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
 
 
 def main() -> None:
@@ -165,16 +161,16 @@ def main() -> None:
         results[workload] = {
             "trajectories": spool_runs[0]["trajectories"],
             "steps": spool_runs[0]["steps"],
-            "spool_cpu_s_min_median_max": _spread([r["cpu_s"] for r in spool_runs]),
-            "parquet_cpu_s_min_median_max": _spread([r["cpu_s"] for r in parquet_runs]),
-            "spool_wall_s_min_median_max": _spread([r["wall_s"] for r in spool_runs]),
-            "parquet_wall_s_min_median_max": _spread([r["wall_s"] for r in parquet_runs]),
+            "spool_cpu_s_min_median_max": spread([r["cpu_s"] for r in spool_runs]),
+            "parquet_cpu_s_min_median_max": spread([r["cpu_s"] for r in parquet_runs]),
+            "spool_wall_s_min_median_max": spread([r["wall_s"] for r in spool_runs]),
+            "parquet_wall_s_min_median_max": spread([r["wall_s"] for r in parquet_runs]),
             "spool_vs_parquet_cpu_median": round(
                 statistics.median(r["cpu_s"] for r in spool_runs) / statistics.median(r["cpu_s"] for r in parquet_runs), 2
             ),
             "spool_vs_parquet_cpu_per_round_min_max": [round(min(ratios), 2), round(max(ratios), 2)],
-            "spool_settled_cpu_s_min_median_max": _spread([r["settled_cpu_s"] for r in spool_runs]),
-            "parquet_settled_cpu_s_min_median_max": _spread([r["settled_cpu_s"] for r in parquet_runs]),
+            "spool_settled_cpu_s_min_median_max": spread([r["settled_cpu_s"] for r in spool_runs]),
+            "parquet_settled_cpu_s_min_median_max": spread([r["settled_cpu_s"] for r in parquet_runs]),
             "spool_vs_parquet_settled_cpu_median": round(
                 statistics.median(r["settled_cpu_s"] for r in spool_runs) / statistics.median(r["settled_cpu_s"] for r in parquet_runs), 2
             ),

@@ -48,7 +48,7 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from _ee import peak_rss_mib
+from _ee import peak_rss_mib, spread
 
 from ee_middleware.models.packaged import smollm2_gguf as packaged_smollm2
 from ee_middleware.trainers.training import TrainConfig, train
@@ -132,8 +132,8 @@ def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: s
     for backend, runs in samples.items():
         out[backend] = {
             "tokens": runs[0]["tokens"],
-            "tokens_per_s_min_median_max": _spread([m["tokens_per_s"] for m in runs], 1),
-            "seconds_per_step_min_median_max": _spread([m["train_seconds"] / m["steps"] for m in runs], 3),
+            "tokens_per_s_min_median_max": spread([m["tokens_per_s"] for m in runs], 1),
+            "seconds_per_step_min_median_max": spread([m["train_seconds"] / m["steps"] for m in runs], 3),
             "final_loss": sorted({round(m["final_loss"], 4) for m in runs}),
         }
     ratios = [t["tokens_per_s"] / loop["tokens_per_s"] for t, loop in zip(samples["trl"], samples["peft-loop"], strict=True)]
@@ -144,10 +144,6 @@ def measure(base: str, data: Path, work: Path, steps: int, cache: Path, label: s
     if out["final_loss_relative_spread"] > LOSS_TOLERANCE:
         raise SystemExit(f"{label}: the backends' final losses differ by more than {LOSS_TOLERANCE:.0%}: {json.dumps(out)}")
     return out
-
-
-def _spread(values: list[float], digits: int) -> list[float]:
-    return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
 
 
 def bfcl_rows(folder: Path, trajectories: int) -> Path:
