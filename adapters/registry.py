@@ -222,16 +222,16 @@ class LocalAdapterRegistry:
         return self._public(index["adapters"][_rollback_name(index, app, lambda: self._served(app))])
 
     def _served(self, app: str) -> set[str]:
-        """The adapters of ``app`` that were ever live (promoted, or rolled back to), from the history."""
-        return {e["adapter"] for e in self._read_history() if e.get("app") == app and e.get("action") in ("promote", "rollback")}
+        """The adapters of ``app`` that were ever live (promoted, or rolled back to), from the history's applied events."""
+        return {e["adapter"] for e in self.history(app=app) if e["action"] in ("promote", "rollback") and e["applied"]}
 
     def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
-        applied_up_to = self._read_index()["last_event"]
-        events = []
-        for event in self._read_history():
-            if (app is None or event.get("app") == app) and (adapter is None or adapter in (event.get("adapter"), event.get("replaced"))):
-                events.append({**event, "applied": event.get("seq", 0) <= applied_up_to})
-        return events
+        events = _with_applied(self._read_history(), self._read_index()["last_event"])
+        return [
+            event
+            for event in events
+            if (app is None or event.get("app") == app) and (adapter is None or adapter in (event.get("adapter"), event.get("replaced")))
+        ]
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -685,6 +685,17 @@ def no_app_message(app: str, apps: Iterable[str]) -> str:
     """What ``rollback``, ``list --app`` and the like say of an app the registry has never held (``apps``: the ones it
     has): that it holds none by that name and, for a near miss, the one it probably means."""
     return f"No app named {app!r} in the registry{_did_you_mean(app, sorted(apps), quoted=True)}. See `ee adapters list`."
+
+
+def _with_applied(events: list[dict[str, Any]], applied_up_to: int) -> list[dict[str, Any]]:
+    """Each history event with ``applied``: whether the index change it records was made. The index counts the events
+    applied (``last_event``); one written after that count, its index write lost to a crash, was not, and the next commit
+    takes its ``seq`` again: of the events sharing a ``seq``, only the last can have been applied."""
+    last_with_seq = {event["seq"]: position for position, event in enumerate(events) if isinstance(event.get("seq"), int)}
+    return [
+        {**event, "applied": event.get("seq", 0) <= applied_up_to and last_with_seq.get(event.get("seq"), position) == position}
+        for position, event in enumerate(events)
+    ]
 
 
 def _rollback_name(index: dict[str, Any], app: str, served: Callable[[], set[str]]) -> str:

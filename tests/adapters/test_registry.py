@@ -242,6 +242,28 @@ reg.switch_live({a.name!r})
     assert (last["action"], last["applied"]) == ("promote", False)
     reg.switch_live(a.name)
     assert reg.resolve("bot") == a.name and reg.history()[-1]["applied"] is True
+    # the promote that took the crashed one's seq does not make that one read as applied
+    assert [e["applied"] for e in reg.history() if e["action"] == "promote"] == [False, True]
+
+
+def test_a_promote_cut_off_by_a_crash_is_not_named_as_once_served_when_a_rollback_is_refused(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a = reg.register(write_adapter(tmp_path / "a"), "bot")
+    b = reg.register(write_adapter(tmp_path / "b", seed=1), "bot")
+    reg.switch_live(a.name)
+    code = f"""
+import os
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+reg = LocalAdapterRegistry({str(reg.root)!r})
+reg._write_index = lambda index: os._exit(9)
+reg.switch_live({b.name!r})
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 9, result.stderr
+    reg.retire(b.name, reason="not needed")  # takes the crashed promote's seq
+    with pytest.raises(InvalidTransitionError) as refused:
+        reg.rollback_target("bot")
+    assert f"nothing was promoted before {a.name}" in str(refused.value) and b.name not in str(refused.value)
 
 
 def test_a_half_written_history_line_is_skipped_with_a_warning_and_the_next_one_starts_on_its_own_line(tmp_path: Path) -> None:
