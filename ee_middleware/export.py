@@ -3,8 +3,9 @@
 Each example teaches what its own run decided. An assistant message it did not decide is kept as context with
 ``"weight": 0`` (OpenAI's fine-tuning format; the Parquet export's ``weight`` field): replies of earlier runs of the
 thread that the run was given as history (each is taught by its own trajectory), calls awaiting a human review at the
-end of a paused (``interrupted``) run, and a call the reviewer changed or rejected (the resumed run's trajectory
-holds the turn as the reviewer decided it; see :func:`decided_by_run`). A trajectory that decided nothing (a resumed
+end of a paused (``interrupted``) run, a message a tool or a node wrote into the conversation (a
+``Command(update=...)``'s ``AIMessage``: no answer of the run's model), and a call the reviewer changed or rejected
+(the resumed run's trajectory holds the turn as the reviewer decided it; see :func:`decided_by_run`). A trajectory that decided nothing (a resumed
 run that called no model) is left out, with ``on_skipped`` told why.
 
 A run whose model calls were offered different tools (a middleware choosing them per call, such as
@@ -47,7 +48,7 @@ from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_pa
 from ee_middleware.capture.assembler import redact_tool_schemas
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, StoreError, os_error_advice
-from ee_middleware.messages import parse_arguments
+from ee_middleware.messages import content_to_text, parse_arguments
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
 from ee_middleware.store.access import read_advice
@@ -163,8 +164,9 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
 
     Not decided by the run: the history it was given (the messages before its first decision's state ends: earlier
     runs' replies), a turn with a call awaiting a human review (an ``interrupted`` trajectory's call without an
-    observation), and a call that is no step of the run as written (a reviewer edited or rejected it). A trajectory
-    without steps decided nothing."""
+    observation), a call that is no step of the run as written (a reviewer edited or rejected it), and a reply without
+    calls that is no answer step of the run (a message a tool or a node wrote into the conversation, such as a
+    ``Command(update=...)``'s ``AIMessage``). A trajectory without steps decided nothing."""
     messages = trajectory.messages
     if not trajectory.steps:
         return [0 if m.get("role") == "assistant" else None for m in messages]
@@ -180,36 +182,46 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
         for s in trajectory.steps
         if s.action.tool_call is not None and s.decision_index not in awaiting
     }
+    answered: set[int] | None = None  # where the run's answers are, found once a reply without calls needs it
     weights: list[int | None] = []
     for position, message in enumerate(messages):
         if message.get("role") != "assistant":
             weights.append(None)
             continue
         calls = message.get("tool_calls") or []
-        made = all(_call_key(call) in taught for call in calls)
+        if calls:
+            made = all(_call_key(call) in taught for call in calls)
+        else:  # an answer of the run's model; not one a tool or a node wrote into the conversation (Command(update=...))
+            if answered is None:
+                answered = {p for p, step in _decision_positions(trajectory).items() if step.action.tool_call is None}
+            made = position in answered
         weights.append(1 if position >= context and made else 0)
     return weights
 
 
 def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
     """Position in ``trajectory.messages`` -> the tool names offered at the decision that assistant message holds, for
-    the decisions offered only some of the trajectory's tools (``Step.tools`` set). A step is found at its state's
-    length (the messages its model call was given precede its own); one whose state is no prefix of the messages (a
-    middleware that trimmed the history) is found by its tool call's id, or an answer by its text (answers with the
-    same text take the last such replies, in order), else it is taken to have been offered all."""
+    the decisions offered only some of the trajectory's tools (``Step.tools`` set); the others were offered all."""
     if all(step.tools is None for step in trajectory.steps):
         return {}
+    return {position: list(step.tools) for position, step in _decision_positions(trajectory).items() if step.tools is not None}
+
+
+def _decision_positions(trajectory: Trajectory) -> dict[int, Step]:
+    """Position in ``trajectory.messages`` -> the step whose decision the assistant message there holds. A step is found
+    at its state's length (the messages its model call was given precede its own); one whose state is no prefix of the
+    messages (a middleware that trimmed the history) is found by its tool call's id, or an answer by its text (answers
+    with the same text take the last such replies, in order); a step found nowhere is left out."""
     messages = trajectory.messages
     by_call_id: dict[str, int] = {}
-    found_at: dict[int, list[str] | None] = {}  # every step found, also those offered all (None): they take their reply
-    by_text: dict[str, list[list[str] | None]] = {}  # answers still to find by their text: the tools of each, in order
+    found_at: dict[int, Step] = {}
+    by_text: dict[str, list[Step]] = {}  # answers still to find by their text, in order
     for step in trajectory.steps:
-        tools = None if step.tools is None else list(step.tools)
         position = len(step.state)
         found = position < len(messages) and messages[position].get("role") == "assistant" and messages[:position] == step.state
         call = step.action.tool_call
         if not found and call is None and step.action.content is not None:  # an answer after a trimmed history: its text
-            by_text.setdefault(step.action.content, []).append(tools)
+            by_text.setdefault(step.action.content, []).append(step)
             continue
         if not found and call is not None and call.id:
             if not by_call_id:
@@ -223,17 +235,20 @@ def _offered_at(trajectory: Trajectory) -> dict[int, list[str]]:
             position = by_call_id.get(call.id, -1)
             found = position >= 0
         if found:
-            found_at[position] = tools
+            found_at[position] = step
     for text, answers in by_text.items():
         replies = [
             p
             for p, m in enumerate(messages)
-            if p not in found_at and m.get("role") == "assistant" and not m.get("tool_calls") and m.get("content") == text
+            if p not in found_at
+            and m.get("role") == "assistant"
+            and not m.get("tool_calls")
+            and (m.get("content") == text or content_to_text(m.get("content")) == text)
         ]
         # the last replies with this text are this run's answers (an earlier one may be history it was given)
-        for position, tools in zip(replies[-len(answers) :], answers[-len(replies) :] if replies else [], strict=True):
-            found_at[position] = tools
-    return {position: tools for position, tools in found_at.items() if tools is not None}
+        for position, step in zip(replies[-len(answers) :], answers[-len(replies) :] if replies else [], strict=True):
+            found_at[position] = step
+    return found_at
 
 
 def _examples(trajectory: Trajectory, weights: list[int | None]) -> Iterator[tuple[list[Message], list[int | None], list[ToolSchema]]]:

@@ -10,9 +10,9 @@ from typing import Annotated, TypedDict
 import polars as pl
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
-from langchain_core.tools import tool
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.graph import START, StateGraph
-from langgraph.types import Send
+from langgraph.types import Command, Send
 
 from ee_middleware import record_experience
 from ee_middleware.errors import OutputError
@@ -149,6 +149,42 @@ def test_replies_of_earlier_runs_are_context_and_a_run_that_decided_nothing_is_l
     examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     weights = [[(m["content"], m.get("weight", 1)) for m in e["messages"] if m["role"] == "assistant"] for e in examples]
     assert sorted(weights, key=len) == [[("Hello, Ada.", 1)], [("Hello, Ada.", 0), ("You asked about pears.", 1)]]
+
+
+def test_an_assistant_message_a_tool_wrote_into_the_conversation_is_context_not_taught(tmp_path: Path) -> None:
+    """A tool that hands off returns ``Command(update={"messages": [ToolMessage, AIMessage]})``: the note it writes is
+    in the conversation the model sees next, but the model never wrote it (capture's steps hold no such decision), so
+    neither export teaches it (weight 0); the model's own answer after it is taught."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import ToolMessage
+
+    @tool
+    def escalate(reason: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+        """Hand the conversation to a human."""
+        note = AIMessage(content="[system note] A human agent has been paged.")
+        return Command(update={"messages": [ToolMessage(content=f"escalated: {reason}", tool_call_id=tool_call_id), note]})
+
+    def policy(messages: list, tools: list) -> AIMessage:
+        if not any(m.type == "tool" for m in messages):
+            return AIMessage(content="", tool_calls=[tool_call("escalate", reason="angry")])
+        return AIMessage(content="A colleague will join shortly.")
+
+    store_path = tmp_path / "store"
+    agent = record_experience(create_agent(ScriptedChatModel(policy=policy), [escalate]), app="desk", store=store_path)
+    agent.invoke({"messages": [("user", "I want a human")]})
+    agent.flush()
+    agent.recorder.close()
+    store = LocalExperienceStore(store_path)
+    store.approve([t.id for t in store.iter_trajectories()], by="alice")
+    assert export_jsonl(store, tmp_path / "out.jsonl") == 1 and export_parquet(store, tmp_path / "out.parquet") == 1
+    (line,) = (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()
+    taught = {"[system note] A human agent has been paged.": 0, "A colleague will join shortly.": 1, None: 1}
+    jsonl = [(m.get("content") or None, m.get("weight", 1)) for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+    assert jsonl == [(None, 1), ("[system note] A human agent has been paged.", 0), ("A colleague will join shortly.", 1)]
+    parquet = [
+        (m["content"] or None, m["weight"]) for m in pl.read_parquet(tmp_path / "out.parquet")["messages"][0] if m["role"] == "assistant"
+    ]
+    assert parquet == [(text, taught[text]) for text, _ in jsonl]
 
 
 def _record_tools_chosen_per_call(store_path: Path) -> None:
