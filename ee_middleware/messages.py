@@ -25,11 +25,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import enum
 import functools
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any
 
 Message = dict[str, Any]
@@ -46,7 +49,9 @@ def clean_text(text: str) -> str:
 
 
 def to_jsonable(value: Any, _depth: int = 0) -> Any:
-    """Turn ``value`` into plain JSON data; objects JSON cannot hold become their ``repr``."""
+    """Turn ``value`` into plain JSON data, as pydantic's JSON mode writes the types it knows (an enum member its value,
+    a UUID its text, a date, time or duration ISO 8601 text; a ``Decimal`` is a number: :func:`decimal_number`);
+    objects JSON cannot hold become their ``repr``."""
     if _depth > 64:
         return "<nested too deep>"
     if value is None or isinstance(value, (bool, int)):
@@ -61,8 +66,16 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return [to_jsonable(v, _depth + 1) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return {"type": "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (dt.datetime, dt.date)):
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value, _depth + 1)
+    if isinstance(value, (uuid.UUID, dt.timedelta)):
+        from pydantic_core import to_jsonable_python
+
+        return to_jsonable_python(value)  # "PT4H" for 4 hours, as pydantic writes (and reads back) a duration
+    if isinstance(value, Decimal):
+        return decimal_number(value)
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump):
         try:
@@ -72,6 +85,17 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value), _depth + 1)
     return clean_text(repr(value))
+
+
+def decimal_number(value: Decimal) -> int | float | str:
+    """A ``Decimal`` as a JSON number: an integer where it is whole, a float where the float is the same number, else
+    (and for NaN or infinity) its text, which no float would keep exactly."""
+    if not value.is_finite():
+        return str(value)
+    if value == value.to_integral_value():
+        return int(value)
+    number = float(value)
+    return number if Decimal(repr(number)) == value else str(value)
 
 
 def finite_or_null(value: Any) -> Any:

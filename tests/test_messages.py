@@ -6,7 +6,10 @@ import base64
 import copy
 import dataclasses
 import datetime as dt
+import decimal
+import enum
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -131,6 +134,30 @@ def test_to_jsonable_keeps_json_scalars_and_turns_the_rest_into_json_data():
     assert to_jsonable(_Point) == repr(_Point)  # a dataclass type is not an instance
     assert to_jsonable(_BrokenModel()) == "<broken model>"
     assert to_jsonable(object) == "<class 'object'>"
+
+
+class _Kind(enum.Enum):
+    refund = "refund"
+    nested = (1, uuid.UUID(int=1))
+
+
+@dataclasses.dataclass
+class _Verdict:
+    kind: _Kind
+    ref: uuid.UUID
+    amount: decimal.Decimal
+    within: dt.timedelta
+
+
+def test_to_jsonable_writes_stdlib_values_as_pydantic_s_json_mode_does_not_as_their_repr():
+    """A UUID, an enum member, a duration, a time and a Decimal (in an environment, a dataclass structured answer) were
+    their repr ("UUID('...')", "<Kind.refund: 'refund'>"), which a sandbox or a trainer reading the JSON cannot use."""
+    verdict = _Verdict(_Kind.refund, uuid.UUID(int=5), decimal.Decimal("12.50"), dt.timedelta(days=1, seconds=90))
+    assert to_jsonable(verdict) == {"kind": "refund", "ref": "00000000-0000-0000-0000-000000000005", "amount": 12.5, "within": "P1DT1M30S"}
+    assert to_jsonable(_Kind.nested) == [1, "00000000-0000-0000-0000-000000000001"]
+    assert to_jsonable(dt.time(9, 30, 1)) == "09:30:01"
+    assert [to_jsonable(decimal.Decimal(v)) for v in ("3", "0.1000000000000000000001", "NaN")] == [3, "0.1000000000000000000001", "NaN"]
+    assert json.loads(dumps({"v": verdict})) == {"v": to_jsonable(verdict)}
 
 
 def test_to_jsonable_stops_at_a_depth_limit():

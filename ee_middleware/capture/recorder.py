@@ -102,6 +102,7 @@ from ee_middleware.capture.store_redaction import (
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
+from ee_middleware.messages import decimal_number
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.store.metadata import keeps_metadata
 from ee_middleware.store.protocol import ExperienceStore
@@ -856,12 +857,7 @@ def _json_ready(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return str(value)
-        if value == value.to_integral_value():
-            return int(value)
-        number = float(value)
-        return number if Decimal(repr(number)) == value else str(value)
+        return decimal_number(value)
     return value
 
 

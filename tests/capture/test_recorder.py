@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import enum
 import inspect
 import json
 import threading
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -314,17 +316,37 @@ def test_an_environment_reference_that_is_not_a_dict_is_refused_before_the_run(r
     assert store.trajectories().height == 0
 
 
+class _Tier(enum.Enum):
+    gold = "gold"
+
+
 def test_paths_and_decimals_in_an_environment_are_stored_as_text_and_numbers(react_graph, store, store_path):
+    """Values a sandbox reads back: paths and UUIDs as their text, numbers as numbers, an enum member as its value,
+    dates, times and durations as ISO 8601 text (as pydantic's JSON mode writes them; a UUID, an enum and a duration
+    were their Python repr, "UUID('...')", which no sandbox could parse)."""
     environment = {
         "data": Path("/data/x"),
         "prices": [Decimal("1.10"), Decimal("3"), Decimal("0.1000000000000000000001")],
         "when": datetime.date(2026, 11, 22),
+        "customer": uuid.UUID(int=5),
+        "tier": _Tier.gold,
+        "sla": datetime.timedelta(hours=4),
+        "opens": datetime.time(9, 30),
     }
     agent = record_experience(react_graph, app="shop", store=store_path, environment=lambda graph_input, config: environment)
     agent.invoke(USER_TASK)
     agent.flush()
     [t] = list(store.iter_trajectories())
-    assert t.environment == {"data": "/data/x", "prices": [1.1, 3, "0.1000000000000000000001"], "when": "2026-11-22"}
+    assert t.environment == {
+        "data": "/data/x",
+        "prices": [1.1, 3, "0.1000000000000000000001"],
+        "when": "2026-11-22",
+        "customer": "00000000-0000-0000-0000-000000000005",
+        "tier": "gold",
+        "sla": "PT4H",
+        "opens": "09:30:00",
+    }
+    assert uuid.UUID(t.environment["customer"]) == environment["customer"]
     assert environment["data"] == Path("/data/x"), "the caller's data is not changed"
 
 
