@@ -2,8 +2,9 @@
 
 On the agent's thread it only notes the time and keeps references to the raw inputs and outputs.
 The ``chat`` and ``execute_tool`` spans are created on the :class:`SpanFinisher` thread with those
-exact start and end times, as children of the run's ``invoke_agent`` span (which is live, so that
-spans the user's own code opens nest under it).
+exact start and end times, as children of the run's ``invoke_agent`` span (which is live, and the current span
+while the graph runs where the spans reach the user's own ``tracer_provider``, so that spans the user's own code opens
+nest under it there).
 
 When capture offloads to a process (:mod:`ee_middleware.capture.offload`), the handler keeps the
 run's calls (``buffered=True``) instead; they are sent to that process with the end of the run and
@@ -57,7 +58,8 @@ class RunCapture(BaseCallbackHandler):
         self.recorder = recorder
         self.trajectory_id = trajectory_id
         self.raise_error = recorder.strict
-        self._parent = parent
+        self.parent_context = parent
+        """The context of the run's root span (what its calls' spans start in)."""
         # run id -> (start ns, "chat" or "tool", raw start data)
         self._open: dict[UUID, tuple[int, str, tuple[Any, ...]]] = {}
         self.fragments: FragmentCache = {}  # the run's encoded messages; touched only on the finisher thread
@@ -458,7 +460,7 @@ class RunCapture(BaseCallbackHandler):
         (:data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`), and its run is not stored as if whole."""
         if failed:
             attrs[sc.EE_CAPTURE_FAILED] = capture_failed(name.partition(" ")[0])
-        span = self.recorder.tracer.start_span(name, context=self._parent, kind=kind, attributes=attrs, start_time=start)
+        span = self.recorder.tracer.start_span(name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start)
         try:
             if error is not None:
                 self._set_error(span, error)
@@ -675,7 +677,8 @@ class RunRecord:
     last_reply_task: str | None = None
     """The LangGraph node run that wrote the run's last reply (:meth:`RunCapture.last_reply_task`); ``None`` where unknown."""
     root_ids: RootIds | None = None
-    """The ids of the run's root span, decided when the run started (the user's spans nested under a stand-in with them);
+    """The ids of the run's root span, decided when the run started (an inner recorded run's root nested under a stand-in
+    with them);
     ``None``: new ones when the root is made."""
     parent_resuming: bool = False
     """The run was invoked with the configuration of a graph that was resuming (:func:`parent_resuming`): it may have

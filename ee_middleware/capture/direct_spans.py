@@ -58,8 +58,9 @@ _RANDOM_TRACE_ID = int(getattr(TraceFlags, "RANDOM_TRACE_ID", 0))
 
 
 class RootIds(NamedTuple):
-    """A root span's ids decided in one process and used to make the span in another (the capture process): the user's
-    spans nest under a stand-in with these ids while the run is in flight, and the stored run is in the same trace."""
+    """A root span's ids decided in one process and used to make the span in another (the capture process): a recorded
+    run inside it nests under a stand-in with these ids while the run is in flight, and the stored run is in the same
+    trace."""
 
     trace_id: int
     span_id: int
@@ -333,9 +334,10 @@ class DirectSpan(trace.Span):
 
 
 class StandInSpan(NonRecordingSpan):
-    """The current span of a run whose spans the capture process makes (``offload="process"``): it records nothing here,
-    and reads as the run's root span does in thread mode where the agent's process knows it (name, parent, times);
-    ``attributes`` and ``events`` are empty (they are made there)."""
+    """The root span, in the agent's process, of a run whose spans the capture process makes (``offload="process"``),
+    what a recorded run inside it starts under: it records nothing here, and reads as the run's root span does in thread
+    mode where the agent's process knows it (name, parent, times); ``attributes`` and ``events`` are empty (they are
+    made there)."""
 
     def __init__(self, name: str, ids: RootIds, start_ns: int) -> None:
         own, parent = ids.contexts()

@@ -598,15 +598,16 @@ class _Run:
         self.environment = self._environment(graph_input, in_effect, cfg.get("configurable") or {})
         _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
+        parent = _outer_run_context()
         if self.offload is not None:
-            # the spans are made in the capture process; the user's spans nest under a stand-in here, with the ids the
-            # root gets there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
+            # the spans are made in the capture process; the run's root here is a stand-in with the ids the root gets
+            # there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
             self.start_ns = time.time_ns()
-            self.root_ids: RootIds = _root_ids(recorder)
+            self.root_ids: RootIds = _root_ids(recorder, parent)
             self.span = StandInSpan(root_span_name(recorder), self.root_ids, self.start_ns)
         else:
             attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
-            self.span = recorder.tracer.start_span(root_span_name(recorder), kind=SpanKind.INTERNAL, attributes=attrs)
+            self.span = recorder.tracer.start_span(root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs)
         self.context = trace.set_span_in_context(self.span)
         self.paused = False
         """Whether the run stopped at a static breakpoint (``interrupt_before``/``interrupt_after``), set by the graph's
@@ -649,13 +650,15 @@ class _Run:
 
     @contextmanager
     def active(self) -> Iterator[None]:
-        """Make the root span current, so spans the user's code opens nest under it, and this run the one in flight
-        (:data:`~ee_middleware.capture.callbacks.RECORDING`: an outer recorded run whose tool invokes this agent leaves
-        its calls to this recorder)."""
+        """Make this run the one in flight (:data:`~ee_middleware.capture.callbacks.RECORDING`: an outer recorded run
+        whose tool invokes this agent leaves its calls to this recorder) and, where its spans reach the user's own
+        ``tracer_provider``, its root span the current span, so that spans the user's code opens nest under it there.
+        Without one the root reaches no exporter of the user's: spans the user's code opens keep the parent they have
+        without capture (their own request span, another instrumentation's), never one their backend is not sent."""
         if not self.enabled:
             yield
             return
-        token = otel_context.attach(self.context)
+        token = otel_context.attach(self.context) if self.recorder.tracer_provider is not None else None
         recording = RECORDING.set(self.handler)
         try:
             yield
@@ -664,7 +667,8 @@ class _Run:
                 RECORDING.reset(recording)
             except ValueError:  # left in another context than it was entered in (a stream stepped from another task)
                 RECORDING.set(None if recording.old_value is recording.MISSING else recording.old_value)
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
 
     def stopped_state_config(self, exc: BaseException) -> dict[str, Any] | None:
         """The config to read the thread's state with where this run stops on ``exc`` without an output and needs it
@@ -821,12 +825,24 @@ def _config_in_effect(config: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _root_ids(recorder: Recorder) -> RootIds:
-    """The ids a run's root span will have, decided in the agent's process. A recorder that offloads has no tracer
-    provider of the user's (the capture process could not reach its exporters), so its tracer is always direct."""
+def _root_ids(recorder: Recorder, context: otel_context.Context | None = None) -> RootIds:
+    """The ids a run's root span will have (the child of the span in ``context``, the current context's when ``None``),
+    decided in the agent's process. A recorder that offloads has no tracer provider of the user's (the capture process
+    could not reach its exporters), so its tracer is always direct."""
     tracer = recorder.tracer
     assert isinstance(tracer, DirectTracer), "a recorder with the user's own tracer provider never offloads"
-    return tracer.root_ids(root_span_name(recorder))
+    return tracer.root_ids(root_span_name(recorder), context)
+
+
+def _outer_run_context() -> otel_context.Context | None:
+    """The context a run's root span starts in where it is made inside another recorded run whose root is not the current
+    span (its spans reach no provider of the user's, so it was not made current: :meth:`_Run.active`): that run's root,
+    so that the inner run is in the outer run's trace, below it, as nested runs are told apart
+    (:mod:`~ee_middleware.replay.paused_turns`). ``None`` (the current context) for every other run."""
+    outer = RECORDING.get()
+    if outer is None or outer.recorder.tracer_provider is not None:
+        return None
+    return outer.parent_context
 
 
 def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:

@@ -158,14 +158,15 @@ def test_direct_spans_reach_the_recorders_processor_only_once_each(react_graph, 
     assert len({t.id for t in _stored(store_path)}) == 3
 
 
-def _agent_with_user_spans(expert_model: Any, user_tracer: Any, store_path: Path, offload: str, seen: list[Any]) -> Any:
-    """A ReAct agent whose stock tool opens a span of the user's own and reads the current span as an SDK span."""
+def _agent_with_user_spans(
+    expert_model: Any, user_tracer: Any, store_path: Path, offload: str, seen: list[Any], tracer_provider: Any = None
+) -> Any:
+    """A ReAct agent whose stock tool opens a span of the user's own and notes the current span."""
 
     @tool
     def check_stock(item: str) -> str:
         """How many of an item are in stock."""
-        current = trace.get_current_span()  # the run's root span (thread mode) or its stand-in (process mode)
-        seen.append({k: getattr(current, k, None) for k in ("name", "attributes", "parent", "status", "start_time")})
+        seen.append(trace.get_current_span())
         with user_tracer.start_as_current_span("db.query"):
             return "0"
 
@@ -174,11 +175,15 @@ def _agent_with_user_spans(expert_model: Any, user_tracer: Any, store_path: Path
         """Order more of an item."""
         return "ok"
 
-    return record_experience(create_react_agent(expert_model, [check_stock, order_item]), app="shop", store=store_path, offload=offload)
+    graph = create_react_agent(expert_model, [check_stock, order_item])
+    return record_experience(graph, app="shop", store=store_path, offload=offload, tracer_provider=tracer_provider)
 
 
 @pytest.mark.parametrize("offload", ["thread", "process"])
-def test_a_run_inside_the_users_span_is_stored_in_the_users_trace_with_their_spans_under_it(expert_model, tmp_path, offload):
+def test_a_run_inside_the_users_span_is_stored_in_the_users_trace_and_leaves_their_spans_where_they_were(expert_model, tmp_path, offload):
+    """The run's root span reaches no exporter of the user's (no ``tracer_provider=``), so the spans their code opens
+    inside the run keep the parent they have without capture: under it they pointed at a parent their backend is never
+    sent (a trace with a missing parent in Jaeger or Tempo, and another instrumentation's spans cut off from theirs)."""
     exporter = InMemorySpanExporter()
     user_provider = TracerProvider()
     user_provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -194,14 +199,31 @@ def test_a_run_inside_the_users_span_is_stored_in_the_users_trace_with_their_spa
     trace_id = request.get_span_context().trace_id
     assert trajectory.trace_id == f"{trace_id:032x}"  # process mode too: the capture process made the root with these ids
     assert spans["db.query"].context.trace_id == trace_id
-    assert spans["db.query"].parent.span_id != request.get_span_context().span_id  # below the run's root, not beside it
-    # the run's root span (or its stand-in while the capture process makes it) reads as an SDK span in the user's code
-    assert seen[0]["name"] == "invoke_agent shop" and seen[0]["start_time"] > 0
-    assert seen[0]["parent"].span_id == request.get_span_context().span_id and seen[0]["status"].status_code is StatusCode.UNSET
-    if offload == "thread":
-        assert seen[0]["attributes"]["gen_ai.operation.name"] == "invoke_agent"
-    else:
-        assert dict(seen[0]["attributes"]) == {}
+    assert spans["db.query"].parent.span_id == request.get_span_context().span_id  # as without capture
+    exported = {s.context.span_id for s in spans.values()}
+    assert all(s.parent is None or s.parent.span_id in exported for s in spans.values()), "no span points at one never exported"
+    assert seen == [request]  # the current span in a tool is the user's own
+
+
+def test_with_the_users_tracer_provider_their_spans_inside_a_run_nest_under_its_root(expert_model, tmp_path):
+    """Where the run's spans reach the user's provider, the root is the current span while the graph runs: the user's
+    spans nest under it, in one tree their backend receives whole."""
+    exporter = InMemorySpanExporter()
+    user_provider = TracerProvider()
+    user_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    user_tracer = user_provider.get_tracer("user-code")
+    seen: list[Any] = []
+    agent = _agent_with_user_spans(expert_model, user_tracer, tmp_path / "store", "thread", seen, tracer_provider=user_provider)
+    with user_tracer.start_as_current_span("request"):
+        agent.invoke(USER_TASK)
+    assert agent.flush()
+    agent.recorder.close()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["db.query"].parent.span_id == spans["invoke_agent shop"].context.span_id
+    assert spans["invoke_agent shop"].parent.span_id == spans["request"].context.span_id
+    assert seen[0].name == "invoke_agent shop" and seen[0].attributes["gen_ai.operation.name"] == "invoke_agent"
+    exported = {s.context.span_id for s in spans.values()}
+    assert all(s.parent is None or s.parent.span_id in exported for s in spans.values())
 
 
 @pytest.mark.parametrize("offload", ["thread", "process"])
