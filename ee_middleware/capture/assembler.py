@@ -506,7 +506,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         # the history holds before its first decision, not the thread's first (an earlier turn's). Any other run on a
         # thread whose input did not say (fields none of which reads as the question, another instrumentation's spans)
         # asked the first user message after the history's last reply: its turn's question, not what followed it
-        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else _turn_user_text if thread_id else _first_user_text
+        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else turn_question if thread_id else _first_user_text
         task = attrs.get(sc.EE_TASK) or ask(decisions[0]["state"])
     else:
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
@@ -2004,10 +2004,11 @@ def _last_user_text(state: list[dict[str, Any]]) -> str | None:
     return next((content_to_text(m.get("content")) for m in reversed(state) if m.get("role") == "user"), None)
 
 
-def _turn_user_text(state: list[dict[str, Any]]) -> str | None:
-    """The question of a run on a thread: the first user message after the last assistant message of its model's first
-    input (a thread's history comes before it, the turn's context messages after it); the last user message where none
-    follows a reply (a node wrote an assistant message before the model was called)."""
+def turn_question(state: list[dict[str, Any]]) -> str | None:
+    """The question of a conversation's current turn: the first user message after its last assistant message (earlier
+    turns' history comes before it, the turn's context messages after it); the last user message where none follows a
+    reply (a node wrote an assistant message before the model was called); the first user message where no assistant
+    message is there."""
     start = next((len(state) - i for i, m in enumerate(reversed(state)) if m.get("role") == "assistant"), 0)
     return next((content_to_text(m.get("content")) for m in state[start:] if m.get("role") == "user"), None) or _last_user_text(state)
 

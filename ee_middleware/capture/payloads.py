@@ -17,7 +17,7 @@ from typing import Any
 from langchain_core.messages import BaseMessage
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import genai_finish_reason, redact_and_cut, redact_tool_schemas
+from ee_middleware.capture.assembler import genai_finish_reason, redact_and_cut, redact_tool_schemas, turn_question
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.messages import (
     content_to_text,
@@ -180,7 +180,8 @@ class PayloadEncoder:
         return content[: self.max_observation_chars], len(content) - self.max_observation_chars
 
     def graph_input_attributes(self, graph_input: Any, cache: FragmentCache | None = None) -> dict[str, Any]:
-        """The run's input messages and its task (the first user message among them): a state's conversation
+        """The run's input messages and its task (the turn's question among them, :func:`turn_question`: the first user
+        message unless earlier turns come before it): a state's conversation
         (:func:`state_messages`), the messages a Functional API ``@entrypoint`` was given, or, for one given a string,
         that string as the task. An input without messages (``{"question": q}``, an input schema's instance) has its
         text field as the task (:func:`input_text`). On a thread this is the turn's question, never the history the
@@ -203,9 +204,11 @@ class PayloadEncoder:
         if text is not None:
             attrs[sc.EE_TASK] = self._redact(text)
             return attrs
-        task = next((m for m in converted if m["role"] == "user"), None)
-        if task is not None:
-            attrs[sc.EE_TASK] = self._redact(content_to_text(task["content"]))
+        # the turn's question: a thread's history the checkpointer adds is not in the input, but one given in it is (an
+        # app that sends the whole conversation, an agent run as a node of a graph whose state holds earlier turns)
+        task = turn_question(converted)
+        if task:
+            attrs[sc.EE_TASK] = self._redact(task)
         return attrs
 
     def graph_output_attributes(

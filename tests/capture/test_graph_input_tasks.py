@@ -284,6 +284,39 @@ def test_an_input_with_a_chat_history_has_its_question_as_its_task(on_thread: bo
     assert [len(t.steps[0].state) for t in runs] == [1, 3, 5]
 
 
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_an_app_that_sends_the_whole_conversation_has_each_turns_question_as_its_task(offload: str, store_path: Any) -> None:
+    """A stateless app that sends the conversation so far with each turn (no checkpointer): the earlier turns are
+    history given in the input, the turn's question the user message after them (was: the first question every turn)."""
+    model = ScriptedChatModel(script=[AIMessage(content="Sure.")])
+    graph = chain_graph(PydanticState, ("agent", lambda state: {"messages": [model.invoke(state.messages)]}))
+    agent = record_experience(graph.copy(update={"checkpointer": None}), app="shop", store=store_path, offload=offload)
+    history: list[BaseMessage] = []
+    for question in THREE_QUESTIONS:
+        history = [*history, HumanMessage(question)]
+        agent.invoke({"messages": history})
+        history = [*history, AIMessage("Sure.")]
+    runs = recorded(agent, store_path)
+    assert [t.task for t in runs] == THREE_QUESTIONS
+    assert [len(t.steps[0].state) for t in runs] == [1, 3, 5]
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_recorded_agent_run_as_a_node_of_a_checkpointed_graph_has_each_turns_question_as_its_task(offload: str, tmp_path: Any) -> None:
+    """The node is given the graph's state, the thread's earlier turns included: the inner agent's second run took the
+    thread's first question as its task while its steps answered the second (the outer run's task was right)."""
+    from langchain.agents import create_agent
+    from langgraph.graph import MessagesState
+
+    model = ScriptedChatModel(script=[AIMessage(content="Sure.")])
+    inner = record_experience(create_agent(model, []), app="inner", store=tmp_path / "inner", offload=offload)
+    outer = record_experience(chain_graph(MessagesState, ("agent", inner)), app="outer", store=tmp_path / "outer", offload=offload)
+    for question in QUESTIONS:
+        outer.invoke({"messages": [HumanMessage(question)]}, THREAD)
+    assert [t.task for t in recorded(inner, tmp_path / "inner")] == QUESTIONS
+    assert [t.task for t in recorded(outer, tmp_path / "outer")] == QUESTIONS
+
+
 def _wrapping_graph(field: str) -> Any:
     """A graph given one text field ``field`` (not named as a question) that wraps it in a RAG-style prompt for its model."""
     model = ScriptedChatModel(script=[AIMessage(content="Done.")])
