@@ -503,10 +503,10 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         # structured output's): what the graph returned, as a run that paused in a tool keeps them (see below)
         messages = _with_closing_tool_messages(decisions[-1]["state"] + decisions[-1]["outputs"], decisions[-1], root_output, redact)
         # a resumed run's input (Command, None) has no message: its task is the turn it resumed, the last user message
-        # the history holds before its first decision, not the thread's first (an earlier turn's). Any other run on a
-        # thread whose input did not say (fields none of which reads as the question, another instrumentation's spans)
-        # asked the first user message after the history's last reply: its turn's question, not what followed it
-        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else turn_question if thread_id else _first_user_text
+        # the history holds before its first decision, not the thread's first (an earlier turn's). Any other run whose
+        # input did not say (fields none of which reads as the question, another instrumentation's spans) asked the
+        # first user message after the history's last reply (a thread's, or one the app sent): its turn's question
+        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else turn_question
         task = attrs.get(sc.EE_TASK) or ask(decisions[0]["state"])
     else:
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)

@@ -222,6 +222,24 @@ def test_an_input_whose_only_field_is_an_identifier_has_the_models_question_as_i
     assert run.task == f"Customer writes about {value}: my blender arrived broken, can I get a refund?"
 
 
+def test_a_model_shown_a_worked_example_before_the_question_has_the_question_as_its_task(store_path: Any) -> None:
+    """A graph given only an identifier whose node shows the model an example exchange (a user message and its reply)
+    before the question: the example is no turn of this run, the question after its reply is the task (was: the
+    example's question, the first user message the model was given)."""
+    model = ScriptedChatModel(script=[AIMessage(content="Refund issued.")])
+
+    def answer(state: Ticket) -> dict[str, Any]:
+        asked = HumanMessage(f"Customer writes about {state['ticket_id']}: my blender arrived broken, can I get a refund?")
+        example = [HumanMessage("Customer writes about T-1: where is my parcel?"), AIMessage("It ships today.")]
+        return {"messages": [asked, model.invoke([*example, asked])]}
+
+    agent = record_experience(chain_graph(Ticket, ("answer", answer)).copy(update={"checkpointer": None}), app="shop", store=store_path)
+    agent.invoke({"ticket_id": "T-1042"})
+    [run] = recorded(agent, store_path)
+    assert run.task == "Customer writes about T-1042: my blender arrived broken, can I get a refund?"
+    assert run.steps[0].state[0]["content"] == "Customer writes about T-1: where is my parcel?"
+
+
 def _question_with_context_graph(*, checkpointer: bool) -> Any:
     """A graph given ``{"ticket": q, "customer": name}`` (no field named as the question) whose node sends the question,
     then a message of context about the customer, as the turn's user messages."""
