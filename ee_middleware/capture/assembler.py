@@ -866,7 +866,16 @@ def _steps(
                 answers.append((index, text))
                 answer = Action(kind="answer", content=text, reasoning=reasoning)
                 steps.append(_step(len(steps), index, d["state"], answer, None, None, chat, offered))
-    return steps, _last_answer(answers, decisions)
+    return _numbered_decisions(steps), _last_answer(answers, decisions)
+
+
+def _numbered_decisions(steps: list[Step]) -> list[Step]:
+    """``steps`` with ``decision_index`` counting the decisions that are steps, 0, 1, ...: a model call that decided
+    nothing kept (a failed attempt a retry asked again, a reply a middleware threw away, a router's) takes no number."""
+    ranks = {decision: rank for rank, decision in enumerate(dict.fromkeys(s.decision_index for s in steps))}
+    if all(rank == decision for decision, rank in ranks.items()):
+        return steps
+    return [s.model_copy(update={"decision_index": ranks[s.decision_index]}) for s in steps]
 
 
 def _ended_on_empty_reply(index: int, output: int, decisions: list[dict[str, Any]], chat: SpanData) -> bool:

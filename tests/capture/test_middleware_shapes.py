@@ -190,7 +190,7 @@ def test_a_tool_that_interrupts_has_no_observation_until_the_thread_resumes(tmp_
 
 def test_retried_model_and_tool_calls_are_one_step_with_the_last_attempts_result(tmp_path: Path) -> None:
     """ModelRetryMiddleware and ToolRetryMiddleware call the model or the tool again after a failure. A failed model
-    attempt made no decision (no step); a tool's result is its last attempt's. Before, a retried tool's step took the
+    attempt made no decision (no step, no decision number); a tool's result is its last attempt's. Before, a retried tool's step took the
     first attempt's span: the observation the model saw ('0') was flagged as a tool error, with the failed attempt's
     latency, and replay or datasets read a working call as a failing one."""
     world = {"stock": {"pear": 0, "apple": 3}}
@@ -227,6 +227,7 @@ def test_retried_model_and_tool_calls_are_one_step_with_the_last_attempts_result
         ("tool_call", "order_item"),
         ("answer", PLAN[-1].content),
     ]
+    assert [s.decision_index for s in trajectory.steps] == [0, 1, 2, 3]  # the failed attempt takes no number (was 0, 2, 3, 4)
     for step, (seen, _) in zip(trajectory.steps, model.seen, strict=True):
         assert step.state == as_recorded(seen)
     first = trajectory.steps[0]
