@@ -152,10 +152,24 @@ def answer_problem(proposals: Any) -> str | None:
 _DEFAULT_REFILL: Any = object()
 
 
+def _default_refill(policy: Policy) -> MutationPolicy:
+    """The mutation policy that tops up K: one with ``policy``'s settings where ``policy`` is a mutation policy (under
+    the refill's own name, so its draws are the refill's), else one with the defaults."""
+    if isinstance(policy, MutationPolicy):
+        return MutationPolicy(
+            same_tool_share=policy.same_tool_share,
+            optional_arg_rate=policy.optional_arg_rate,
+            invalid_share=policy.invalid_share,
+            patience=policy.patience,
+        )
+    return MutationPolicy()
+
+
 class Proposer:
     """Asks ``policy`` for alternatives and keeps exactly ``k`` valid, distinct ones where it can.
 
-    ``refill`` (the :class:`MutationPolicy` by default; ``None`` for no refill) tops up the list
+    ``refill`` (the :class:`MutationPolicy` by default, with the policy's own settings where the policy is one: a user's
+    ``invalid_share=0`` holds for the alternatives it tops up too; ``None`` for no refill) tops up the list
     when the policy's own candidates fall short, in up to ``max_refill_rounds`` rounds. Accepted calls
     get deterministic ids ``alt-{step_index}-{branch}``. An exception from ``policy.propose`` is
     counted as ``policy_error`` and the point is refilled, except :class:`PolicyError` and
@@ -167,7 +181,7 @@ class Proposer:
             raise ConfigError(f"k must be 0 or more, got {k}")
         self.policy = policy
         self.k = k
-        self.refill: Policy | None = MutationPolicy() if refill is _DEFAULT_REFILL else refill
+        self.refill: Policy | None = _default_refill(policy) if refill is _DEFAULT_REFILL else refill
         self.max_refill_rounds = max_refill_rounds
         self._policy_errors: dict[str, PolicyErrors] = {}
         self._unusable: dict[str, UnusableProposals] = {}

@@ -103,6 +103,19 @@ def test_refills_to_k_with_mutations_marked_as_refill(shop_point: DecisionPoint)
     assert result.counts == {"unparsable": 1, "unknown_tool": 1, "invalid_arguments": 1, "expert_action": 1, "duplicate": 1}
 
 
+def test_the_refill_of_a_mutation_policy_keeps_its_settings(shop_point: DecisionPoint) -> None:
+    """``--policy mutate --policy-setting invalid_share=0``: the alternatives the refill tops up where the sandbox
+    refused some (its tool not provided) were drawn with the default settings, 15% deliberately invalid."""
+    policy = MutationPolicy(invalid_share=0.0, same_tool_share=1.0, optional_arg_rate=0.5)
+    proposer = Proposer(policy, k=8)
+    assert proposer.refill is not None and proposer.refill.describe() == policy.describe()
+    result = proposer.propose(shop_point, seed=3)
+    more = proposer.top_up(shop_point, result, covers=lambda name: name != "order_item", seed=3)
+    assert more and all("deliberately_invalid" not in c.proposer.settings for c in [*result.accepted, *more])
+    assert all(c.proposer.settings["invalid_share"] == 0.0 for c in more)
+    assert Proposer(TextPolicy(SCRIPT), k=2).refill.describe() == MutationPolicy().describe()  # a model's: the defaults
+
+
 def test_refill_rejections_are_kept_apart(shop_point: DecisionPoint) -> None:
     """Refill candidates that repeat accepted calls are counted apart from the policy's own rejections."""
     policy = TextPolicy(['{"name": "check_stock", "arguments": {"item": "apple"}}'])
