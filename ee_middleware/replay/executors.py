@@ -862,6 +862,7 @@ class JobForkServer:
             getattr(server if module is None else importlib.import_module(module), name)  # AttributeError if it moved
         server.set_forkserver_preload(list(dict.fromkeys(preload)))
         with _sigint_ignored_by_children(), _safe_path_for_children():
+            _start_resource_tracker()
             server.ensure_running()
         self._server = server
         self._stopped = False
@@ -915,6 +916,24 @@ def _sigint_ignored_by_children() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _start_resource_tracker() -> None:
+    """Start :mod:`multiprocessing`'s resource tracker (it unlinks the semaphores the job shares with its workers) with
+    SIGHUP blocked, as it keeps SIGINT and SIGTERM out itself: a closed terminal or a dropped ssh session sends SIGHUP to
+    the whole process group, and the tracker died of it, leaving its "process died unexpectedly, relaunching. Some
+    resources might leak" and a ``KeyError`` traceback per semaphore on the job's stderr. A signal blocked stays blocked
+    across ``exec``, and the tracker unblocks only the two it ignores; it still ends when the job's process does. A
+    no-op where it runs already or this platform has no signal mask."""
+    from multiprocessing import resource_tracker
+
+    if not hasattr(signal, "pthread_sigmask") or not hasattr(signal, "SIGHUP"):
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextlib.contextmanager

@@ -156,7 +156,9 @@ def stopped(job: Job, within_s: float) -> str:
     return stderr
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to the job", "Ctrl-C to its process group", "SIGINT to the job alone"])
+@pytest.mark.parametrize(
+    "how", ["SIGTERM to the job", "Ctrl-C to its process group", "SIGINT to the job alone", "SIGHUP to its process group"]
+)
 def test_a_job_with_workers_stops_at_once_and_says_what_it_kept(bfcl_store_path: Path, jobs: list[Job], how: str) -> None:
     # Each reset takes 30 s: a worker that finished the trajectory it replays, and those queued for it, took minutes.
     job = Job(
@@ -170,10 +172,13 @@ def test_a_job_with_workers_stops_at_once_and_says_what_it_kept(bfcl_store_path:
         job.proc.send_signal(signal.SIGTERM)
     elif how.endswith("alone"):  # (the kernel may hand it to one of polars's threads: it was acted on 30 s later)
         job.proc.send_signal(signal.SIGINT)
+    elif how.startswith("SIGHUP"):  # a closed terminal: it killed multiprocessing's resource tracker (its traceback)
+        os.killpg(job.proc.pid, signal.SIGHUP)
     else:
         os.killpg(job.proc.pid, signal.SIGINT)
     stderr = stopped(job, STOPS_WITHIN_S)
-    signal_name = "SIGTERM" if how.startswith("SIGTERM") else "SIGINT"
+    assert "might leak" not in stderr, stderr
+    signal_name = how.split()[0] if how.startswith(("SIGTERM", "SIGHUP")) else "SIGINT"
     assert f"interrupted: the replay stopped ({signal_name}" in stderr, stderr
     assert "0 of 6 trajectories replayed and stored" in stderr, stderr  # none had finished its first reset
     assert "continues where it stopped" in stderr, stderr
