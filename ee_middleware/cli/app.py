@@ -119,7 +119,12 @@ def _json_failure(exc: BaseException) -> tuple[str, str, int] | None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         return type(exc).__name__, message, getattr(exc, "exit_code", 2)
     if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, SIGTERM/SIGHUP: typer exits 130
-        return "KeyboardInterrupt", f"interrupted ({exc or 'SIGINT'})", 130
+        from ee_middleware._lifetime import stopping_signal
+        from ee_middleware.cli.common import INTERRUPTED_PREFIX
+
+        said = str(exc)  # a command that said what it kept raises its `interrupted:` line's text again
+        message = said.removeprefix(INTERRUPTED_PREFIX) if said.startswith(INTERRUPTED_PREFIX) else None
+        return "KeyboardInterrupt", message or f"interrupted ({said or stopping_signal() or 'SIGINT'})", 130
     return None
 
 

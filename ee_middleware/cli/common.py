@@ -35,6 +35,11 @@ AllowPartialOption = typer.Option(
 )
 
 
+INTERRUPTED_PREFIX = "interrupted: "
+"""How a command stopped by a signal starts the line that says what it kept; raised again as the ``KeyboardInterrupt``'s
+text, the rest is its ``--json`` error's ``message``."""
+
+
 def open_existing_store(spec: str | Path) -> ExperienceStore:
     """The store ``spec`` names, which must exist already (a CLI command never creates one by mistake)."""
     from ee_middleware.store.registry import open_store

@@ -12,6 +12,7 @@ import typer
 from ee_middleware._lifetime import stopping_signal
 from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
+    INTERRUPTED_PREFIX,
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
@@ -187,8 +188,8 @@ def run(
             if "progress" in bar:
                 bar["progress"].stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
-        raise
+        line = _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
+        raise KeyboardInterrupt(line) from exc  # its text is --json's error message
     errors = _run_errors(summary)
     if as_json:  # the stderr lines' text (one a line), as `ee experience eval --json` and `ee curriculum run --json` say it
         print_json({**summary.to_dict(), "error": "\n".join(errors) or None})
@@ -250,8 +251,9 @@ def _print_fewer_answers(summary: Any, out: Any) -> None:
         )
 
 
-def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> None:
-    """One line on stderr for a replay stopped by a signal: what is stored, and that the same command continues."""
+def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> str:
+    """One line on stderr for a replay stopped by a signal: what is stored, and that the same command continues (the
+    line is returned)."""
     if not counted:
         kept = "before replaying any trajectory"
     else:
@@ -265,11 +267,9 @@ def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> None:
             more = " (its workers may have stored a few more)" if cfg.workers > 1 else ""
             kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
     again = " without --again" if cfg.again else ""  # with it, a run starts the next attempt instead
-    typer.secho(
-        f"interrupted: the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped.",
-        err=True,
-        fg="yellow",
-    )
+    line = f"{INTERRUPTED_PREFIX}the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped."
+    typer.secho(line, err=True, fg="yellow")
+    return line
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:

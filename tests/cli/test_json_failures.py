@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from ee_middleware import record_experience
 from ee_middleware.cli.app import app
 from ee_middleware.jobs.runs import RunsDir
+from ee_middleware.store import LocalExperienceStore
 from tests.cli.json_failure import json_failure
 from tests.conftest import USER_TASK
 
@@ -83,6 +84,35 @@ def test_an_interrupted_json_command_says_so_as_json(monkeypatch: pytest.MonkeyP
     assert result.exit_code == 130, result.output
     error = json.loads(result.stdout)["error"]
     assert error == {"type": "KeyboardInterrupt", "message": "interrupted (SIGTERM)", "exit_code": 130}
+
+
+def test_a_bare_interrupt_names_the_signal_not_an_empty_pair_of_parentheses(monkeypatch: pytest.MonkeyPatch, recorded: Path) -> None:
+    from ee_middleware.cli import traces
+
+    def interrupted(spec: Any) -> Any:
+        raise KeyboardInterrupt  # Ctrl-C: no text (was "interrupted ()")
+
+    monkeypatch.setattr(traces, "open_existing_store", interrupted)
+    result = ee("traces", "list", "-s", recorded, "--json")
+    assert json.loads(result.stdout)["error"]["message"] == "interrupted (SIGINT)"
+
+
+def test_an_interrupted_replay_says_what_it_kept_in_its_json_error(monkeypatch: pytest.MonkeyPatch, recorded: Path) -> None:
+    """The error's message is the text of the stderr line that says what was stored (was: "interrupted ()")."""
+    from ee_middleware.replay import job as replay_job
+
+    def interrupted(cfg: Any, on_start: Any = None, on_outcome: Any = None) -> Any:
+        on_start(3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay_job, "run_replay", interrupted)  # (the command imports it when it runs)
+    LocalExperienceStore(recorded).approve([t.id for t in LocalExperienceStore(recorded).iter_trajectories()], by="alice")
+    result = ee("replay", "run", "-s", recorded, "--json")
+    assert result.exit_code == 130, result.output
+    error = json.loads(result.stdout)["error"]
+    line = next(line for line in result.stderr.splitlines() if line.startswith("interrupted: "))
+    assert error["message"] == line.removeprefix("interrupted: ")
+    assert error["message"].startswith("the replay stopped (SIGINT") and "0 of 3 trajectories replayed and stored" in error["message"]
 
 
 def test_success_output_and_the_commands_own_failure_json_are_kept(recorded: Path, tmp_path: Path) -> None:
