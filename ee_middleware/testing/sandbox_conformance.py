@@ -66,6 +66,7 @@ import io
 import pickle
 import re
 import sys
+import traceback
 import types
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -227,11 +228,32 @@ def check_sandbox(
             else:
                 _warn_unless_snapshots_pickle(probe, probe.check_pickles_restore_in_a_second_sandbox)
         _check_close(sandbox, probe.start_snapshot, reads[0], digests)
+    except AssertionError:
+        raise
+    except Exception as exc:  # the sandbox raised where the protocol has it work (execute's failures are checked apart)
+        raise AssertionError(_sandbox_raised(sandbox, exc)) from exc
     finally:
         try:
             sandbox.close()
         except Exception:  # noqa: BLE001 - already failing or already checked; only cleaning up
             pass
+
+
+_SANDBOX_METHOD = re.compile(r"\.(snapshot|restore|reset|close|execute|covers|state_digest)\(")
+
+
+def _sandbox_raised(sandbox: Any, exc: Exception) -> str:
+    """What :func:`check_sandbox` says of an exception a sandbox raised where it must work: the method (read from the
+    kit's line that called it), the kit's check, and why replay needs it to work."""
+    here = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == __file__]
+    called = _SANDBOX_METHOD.search(here[-1].line or "") if here else None
+    method = f"{called.group(1)}()" if called else "a method of the sandbox"
+    check = f" (the kit's {here[-1].name.lstrip('_').replace('_', ' ')})" if here else ""
+    return (
+        f"{type(sandbox).__name__}.{method} raised {type(exc).__name__}: {clip(str(exc), 300)}{check}. snapshot(), "
+        "restore() and reset() must work on every world the sandbox's own calls make, and restore() on every snapshot it "
+        "took (any number of times): replay fails each trajectory whose sandbox raises there (SandboxError)."
+    )
 
 
 def _factory(make_sandbox: Any) -> Callable[[], Any]:

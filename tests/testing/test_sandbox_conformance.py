@@ -198,6 +198,19 @@ class TakesItsDefault(PythonSandbox):
         return super().execute(call.model_copy(update={"arguments": {**call.arguments, "n": n}}))
 
 
+class RestoreFailsOnItsSecondUse(PythonSandbox):
+    def restore(self, snapshot: Any) -> None:
+        self._restores = getattr(self, "_restores", 0) + 1
+        if self._restores == 2:
+            raise RuntimeError("restore exploded: disk gone")
+        super().restore(snapshot)
+
+
+class SnapshotRaises(PythonSandbox):
+    def snapshot(self) -> Any:
+        raise OSError("no space left for the snapshot")
+
+
 _ticks = itertools.count()
 
 
@@ -241,6 +254,16 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
         ),
         (python_variant(TagsTheCall), COUNTER, r"execute\(get\) changed the call it was given: .*'_sandbox_seen': True"),
         (python_variant(TakesItsDefault), COUNTER, r"execute\(add\) changed the call it was given: .*must leave its call as it is"),
+        (
+            python_variant(RestoreFailsOnItsSecondUse),
+            COUNTER,
+            r"RestoreFailsOnItsSecondUse\.restore\(\) raised RuntimeError: restore exploded: disk gone \(the kit's check .*replay fails",
+        ),
+        (
+            python_variant(SnapshotRaises),
+            COUNTER,
+            r"SnapshotRaises\.snapshot\(\) raised OSError: no space left for the snapshot \(the kit's",
+        ),
     ],
     ids=[
         "shallow-snapshot",
@@ -255,6 +278,8 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
         "mutating-call-shows-nothing",
         "execute-marks-the-callers-arguments",
         "execute-pops-an-argument",
+        "restore-raises",
+        "snapshot-raises",
     ],
 )
 def test_a_broken_sandbox_fails_with_the_broken_promise(make: Callable[[], Any], probe: dict[str, Any], message: str) -> None:
