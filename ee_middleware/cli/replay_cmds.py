@@ -475,6 +475,8 @@ def list_rollouts(
         # Every rollout, read once (a read of the store reads all its spool): the table shows their ids as prefixes unique
         # among them all, and the filters pick from them.
         everything = opened.rollouts()
+        if replay_id is not None:
+            _check_replay_id(opened, everything, replay_id, store)
         trajectory_ids = opened.trajectories()["id"].to_list() if not as_json else []
     frame = everything
     if only is not None:
@@ -520,6 +522,21 @@ def list_rollouts(
             observation_cell(r.observation.content, r.is_error, 100),
         )
     console().print(table)
+
+
+def _check_replay_id(opened: Any, rollouts: Any, replay_id: str, store: str) -> None:
+    """Raise :class:`~ee_middleware.errors.ReplayNotFoundError` for a ``--replay-id`` no replay of the store has (a typo
+    listed nothing, exit 0: a script read it as nothing replayed), naming those it has."""
+    from ee_middleware.errors import ReplayNotFoundError
+    from ee_middleware.plugins import _did_you_mean
+
+    known = sorted({*rollouts["replay_id"].to_list(), *opened.replays()["replay_id"].to_list()})
+    if replay_id in known:
+        return
+    listed = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "") if known else "none"
+    raise ReplayNotFoundError(
+        f"No replay {replay_id!r} in {store}{_did_you_mean(replay_id, known, quoted=True)}; its replays: {listed}."
+    )
 
 
 @app.command("show", epilog=examples("ee replay show 3f2a9c1b --store ./experience"))

@@ -70,3 +70,18 @@ def test_one_rollout_shown_by_its_id_has_no_replay_label(bfcl_store_path: Path) 
     rollout = json.loads(_run("replay", "list", "--store", str(bfcl_store_path), "--json").stdout)[0]
     text = _run("replay", "show", rollout["id"], "--store", str(bfcl_store_path)).stdout
     assert "replays shown" not in text and f"#{rollout['branch_index']} mutate" in text
+
+
+def test_replay_list_of_a_replay_id_the_store_has_not_is_an_error_naming_those_it_has(bfcl_store_path: Path) -> None:
+    """A typo'd --replay-id listed nothing and exited 0 ("0 rollouts", `[]` with --json): a script read that as a
+    replay that stored nothing. Now exit 1, naming the store's replays and the near miss."""
+    store = bfcl_store_path
+    replayed = _replay(store)["replay_id"]
+    typo = replayed[:-1] + ("0" if replayed[-1] != "0" else "1")
+    result = runner.invoke(app, ["replay", "list", "--store", str(store), "--replay-id", typo, "--json"])
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "ReplayNotFoundError" and f"No replay {typo!r}" in error["message"], error
+    assert f"did you mean {replayed!r}?" in error["message"] and f"its replays: {replayed}." in error["message"], error
+    listed = json.loads(_run("replay", "list", "--store", str(store), "--replay-id", replayed, "--json").stdout)
+    assert listed and {r["replay_id"] for r in listed} == {replayed}
