@@ -319,8 +319,8 @@ def test_replay_list_shows_ids_that_share_their_start_long_enough_to_use(tmp_pat
 
     as_json = json.loads(ee("replay", "list", "--store", str(root), "--json").stdout)
     assert sorted(r["id"] for r in as_json) == sorted(rollouts), "--json keeps whole ids"
-    for replay, count in (("replay-1", 2), ("replay-2", 0)):  # the filters still pick from the rollouts read
-        filtered = ee("replay", "list", "--store", str(root), "--replay-id", replay, "-t", "bfcl-multi_turn_base_12", "--json")
+    for trajectory, count in (("bfcl-multi_turn_base_12", 2), ("bfcl-multi_turn_base_13", 1)):  # the filters pick from the rollouts read
+        filtered = ee("replay", "list", "--store", str(root), "--replay-id", "replay-1", "-t", trajectory, "--json")
         assert len(json.loads(filtered.stdout)) == count, filtered.output
 
 
