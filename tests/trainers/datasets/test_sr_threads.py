@@ -34,11 +34,11 @@ def threads(threads_template: Path, tmp_path: Path) -> Path:
 
 def test_the_teacher_is_told_the_request_the_run_works_on(threads: Path) -> None:
     """At weather(Rome) the agent works on ROME, in the thread's second run (its state starts with the first run's
-    NOTE) and in the run given the history by its caller (its stored ``task`` is NOTE, the first message it was given).
-    Before, the teacher was told NOTE in both: the state's first user message."""
+    NOTE) and in the run given the history by its caller (its stored ``task`` is ROME too, its turn's question; it was
+    NOTE, the first message it was given). Before, the teacher was told NOTE in both: the state's first user message."""
     store = LocalExperienceStore(threads)
     tasks = {t.id: t.task for t in store.iter_trajectories()}
-    assert sorted(tasks.values()) == sorted([NOTE, ROME, NOTE]), "the history run's stored task is the thread's first request"
+    assert sorted(tasks.values()) == sorted([NOTE, ROME, ROME]), "the history run's stored task is its turn's question"
     store.close()
     teacher = RecordingTeacher(["I call it because it answers the question."])
     build_sr(load_source(LocalExperienceStore(threads)), teacher, SROptions(k=3))
