@@ -300,8 +300,19 @@ class _ValueMaker:
                 fitting = fits.others(pool, current)
                 if fitting:
                     return self.choice(fitting)
+        if role == "date" and (schema.get("format") == "date" or (isinstance(current, str) and DATE.match(current))):
+            made = self._new_date(current)  # no other date seen: one a date argument takes, not a word ("notes_35")
+            if made is not None and fits(made):
+                return made
         synthetic = f"{self.choice(_SYNTHETIC)}_{self.rng.randint(1, 99)}"
         return (synthetic + "x" * fits.low)[: max(fits.low, min(fits.high, len(synthetic)))]
+
+    def _new_date(self, current: Any) -> str | None:
+        """An ISO date other than ``current``: ``current`` moved by some days where it is a date, else a day of 2025-2026
+        (fixed, so that proposals stay the same whatever day replay runs)."""
+        if isinstance(current, str) and DATE.match(current):
+            return _shift_date(current, self.choice((-30, -14, -3, 3, 14, 30)))
+        return (_FIRST_NEW_DATE + dt.timedelta(days=self.rng.randint(0, 729))).isoformat()
 
     def _near_misses(self, values: list[str]) -> list[str]:
         """``[_corrupt(self.rng, v, self.choice) for v in values]``: for a plain ``random.Random``, the draws of
@@ -504,6 +515,9 @@ _OTHER_LETTERS = {c: tuple(x for x in _LETTERS if x != c) for c in _LETTERS}
 def _positions(value: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Where ``value`` has digits and letters (``str.isdigit``/``isalpha``; cached: the same values are corrupted again and again)."""
     return tuple(i for i, c in enumerate(value) if c.isdigit()), tuple(i for i, c in enumerate(value) if c.isalpha())
+
+
+_FIRST_NEW_DATE = dt.date(2025, 1, 1)
 
 
 def _shift_date(value: str, days: int) -> str | None:

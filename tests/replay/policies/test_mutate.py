@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -387,3 +388,36 @@ def test_the_fast_chooser_draws_exactly_what_random_choice_draws() -> None:
             return seq[0]
 
     assert _chooser(Custom(0))([3, 4, 5]) == 3, "a subclass keeps its own choice"
+
+
+CALLBACK_TOOLS = [
+    function_tool(
+        "book_callback",
+        "Book a call back on a day.",
+        {"type": "object", "properties": {"day": {"type": "string", "format": "date"}}, "required": ["day"]},
+    ),
+    function_tool(
+        "lookup_ticket",
+        "Look a ticket up.",
+        {"type": "object", "properties": {"ticket": {"type": "string"}}, "required": ["ticket"]},
+    ),
+]
+
+
+@pytest.mark.parametrize("expert", [ToolCall(id="c", name="book_callback", arguments={"day": "2026-01-02"}), None])
+def test_a_date_argument_gets_dates_where_the_conversation_shows_none(expert: ToolCall | None) -> None:
+    """``day`` with ``format: date`` and no other date seen: the alternatives gave it words ("notes_35", "beta_48"),
+    which the tool refuses as a validation error, unmarked; now dates (moved from the expert's, else of 2025-2026),
+    only the deliberately invalid ones not."""
+    expert = expert or ToolCall(id="c", name="lookup_ticket", arguments={"ticket": "T-1044"})
+    state = [{"role": "user", "content": "Please call me back about ticket T-1044."}]
+    days: list[tuple[str, bool]] = []
+    for seed in range(40):
+        proposals = MutationPolicy(invalid_share=0.15).propose(DecisionPoint("t", 0, state, CALLBACK_TOOLS, expert), 8, seed=seed)
+        days += [
+            (c.call.arguments["day"], c.proposer.settings.get("deliberately_invalid") == "day")
+            for c in proposals.candidates
+            if c.call is not None and c.call.name == "book_callback"
+        ]
+    valid = [day for day, broken in days if not broken]
+    assert valid and all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) for day in valid), sorted(set(valid))
