@@ -1659,13 +1659,16 @@ class Redactor:
             return None
         if not isinstance(data, (dict, list)):
             return None
-        redacted = self.redact_value(data)
-        if redacted == data:
-            return text
-        if _dump_like(data, data, stripped) != stripped:  # (a layout or a number it cannot write back: 1e400, indent 3)
+        try:
+            redacted = self.redact_value(data)
+            if redacted == data:
+                return text
+            if _dump_like(data, data, stripped) != stripped:  # (a layout or a number it cannot write back: 1e400, indent 3)
+                return None
+            start = text.index(stripped[0])
+            return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
+        except RecursionError:  # nested too deep to walk (hundreds of levels): the rules read it as text, keys included
             return None
-        start = text.index(stripped[0])
-        return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
 
     def _redact_embedded_json(self, text: str) -> str:
         """``text`` with each JSON object or array inside it that holds an escape (or a JSON string holding one, read

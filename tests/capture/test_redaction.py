@@ -255,3 +255,16 @@ def test_error_messages_and_exception_events_are_redacted(store_path, tracer_pro
     text = json.dumps([dict(e.attributes) for e in events])
     assert "4111" not in text and "eve@example.com" not in text and "sk_live_abcdef" not in text
     assert all(e.attributes["exception.stacktrace"].startswith("Traceback") for e in events)
+
+
+def test_json_nested_too_deep_to_walk_is_redacted_as_text_not_a_lost_run() -> None:
+    """A tool result of JSON nested hundreds of levels deep (Python's json and LangChain take it) raised RecursionError
+    in the walk, and capture dropped the whole run. It is read as text then: the rules, secret-named keys included."""
+    deep = {"name": "intern", "email": "ada@example.com", "password": "hunter2"}
+    for _ in range(450):
+        deep = {"reports_to": deep}
+    text = json.dumps(deep)
+    redacted = Redactor().redact_text(text)
+    assert "ada@example.com" not in redacted and "hunter2" not in redacted
+    assert '"email": "[REDACTED:email]"' in redacted and '"password": "[REDACTED:secret]"' in redacted
+    assert redacted.count('{"reports_to": ') == 450 and json.loads(redacted) is not None  # still the same JSON
