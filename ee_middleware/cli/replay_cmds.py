@@ -373,6 +373,13 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
             highlight=False,
         )
     _print_fewer_answers(summary, out)
+    if summary.states_short_of_k:
+        out.print(
+            f"[yellow]fewer than K[/]: {summary.states_short_of_k} of {summary.states} state(s) got fewer than k={summary.k} "
+            f"alternatives ({summary.alternatives_short_of_k} in all): the tools' schemas allow fewer distinct calls there, the "
+            "sandbox refused some (below) or predictions failed (above)",
+            highlight=False,
+        )
     if summary.rejected_by_reason:
         out.print("rejected by reason: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.rejected_by_reason.items())))
     for example in summary.policy_error_examples:
@@ -534,9 +541,7 @@ def _check_replay_id(opened: Any, rollouts: Any, replay_id: str, store: str) -> 
     if replay_id in known:
         return
     listed = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "") if known else "none"
-    raise ReplayNotFoundError(
-        f"No replay {replay_id!r} in {store}{_did_you_mean(replay_id, known, quoted=True)}; its replays: {listed}."
-    )
+    raise ReplayNotFoundError(f"No replay {replay_id!r} in {store}{_did_you_mean(replay_id, known, quoted=True)}; its replays: {listed}.")
 
 
 @app.command("show", epilog=examples("ee replay show 3f2a9c1b --store ./experience"))

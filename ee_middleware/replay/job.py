@@ -96,6 +96,12 @@ class ReplaySummary:
     unanswered_calls_not_executed: dict[str, int] = field(default_factory=dict)
     """Expert calls a paused or cancelled run ended on (awaiting review, or cut off), by tool: never executed (the reviewer
     may reject the call); the alternatives at their state ran, and no later state was branched from."""
+    states_short_of_k: int = 0
+    """States where fewer than K alternatives were stored: the tools' schemas allow fewer distinct calls than K there
+    (mutate with a large K), the sandbox refused some and the refill found no others, or an experience model's
+    predictions failed (:attr:`synthetic_failures`)."""
+    alternatives_short_of_k: int = 0
+    """The alternatives those states lacked to have K."""
     states_not_reached: int = 0
     """Tool-call states after such a call: not branched from (the world there is no state production had), nor counted in
     :attr:`states`."""
@@ -196,6 +202,8 @@ class ReplaySummary:
         unanswered.update(call["tool"] for call in r.details.get("unanswered_calls_not_executed", []))
         self.unanswered_calls_not_executed = dict(unanswered)
         self.states_not_reached += len(r.details.get("states_not_reached", []))
+        self.states_short_of_k += r.details.get("states_short_of_k", 0)
+        self.alternatives_short_of_k += r.details.get("alternatives_short_of_k", 0)
         if r.status == "done" and "expert_sandbox_failure" in r.details:  # at the last tool-call step (a failed record's: earlier)
             failed_last = Counter(self.final_call_sandbox_failures)
             failed_last[r.details["expert_sandbox_failure"]["tool"]] += 1

@@ -301,7 +301,7 @@ def replay_trajectory(
             return ReplayOutcome(run.record("failed", _expert_failure_reason(failed), details=details))
     if run.world_diverged:
         run.flag_environment()
-    return ReplayOutcome(run.record("done", None, **run.counts(states=len(tool_steps))), run.rollouts)
+    return ReplayOutcome(run.record("done", None, **run.counts(tool_steps)), run.rollouts)
 
 
 @dataclass
@@ -368,9 +368,14 @@ class _Run:
         attempt = {"attempt_of": self.settings.attempt_of, "attempt": self.settings.attempt}
         return {**counts, "details": {**counts.get("details", {}), **attempt}}
 
-    def counts(self, states: int) -> dict[str, Any]:
-        """The counts and details of a finished replay, for :meth:`record`."""
+    def counts(self, states: list[Step]) -> dict[str, Any]:
+        """The counts and details of a finished replay whose tool-call ``states`` were branched from, for :meth:`record`."""
         details: dict[str, Any] = {}
+        stored = Counter(r.step_index for r in self.rollouts)
+        short = [self.settings.k - stored[s.index] for s in states if stored[s.index] < self.settings.k]
+        if short:  # the schemas allow fewer distinct calls than K there, the sandbox refused some, or predictions failed
+            details["states_short_of_k"] = len(short)
+            details["alternatives_short_of_k"] = sum(short)
         if self.rejected:
             details["rejected_by_reason"] = dict(self.rejected)
         if self.synthetic_failures:
@@ -406,7 +411,7 @@ class _Run:
         if failures:
             details["sandbox_failures"] = dict(failures)
         return {
-            "states": states,
+            "states": len(states),
             "branches": len(self.rollouts),
             "errors": sum(r.is_error for r in self.rollouts),
             "rejected": sum(self.rejected.values()),

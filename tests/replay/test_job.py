@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pytest
@@ -17,6 +18,7 @@ import pytest
 from ee_middleware.errors import ConfigError, SandboxError
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import run_replay
+from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store import LocalExperienceStore
 from tests.conftest import BFCL_ENTRIES
 
@@ -477,3 +479,58 @@ def test_a_tool_without_a_sandbox_at_a_trajectorys_last_step_is_counted_and_said
     summary = run_replay(ReplayConfig.load(store=bfcl_store_path, k=3, sandbox=sandbox))
     assert summary.final_calls_not_replayed == {tool: last} and len(summary.skipped) == earlier
     assert summary.done == BFCL_ENTRIES - earlier and summary.fidelity_mismatches == 0
+
+
+def _light(world: dict[str, Any], state: Literal["on", "off"]) -> str:
+    world["light"] = state
+    return f"light {state}"
+
+
+def _status(world: dict[str, Any]) -> str:
+    return f"light {world['light']}"
+
+
+def light_sandbox() -> PythonSandbox:
+    """A world whose tools allow three distinct calls: light(on), light(off), status()."""
+    return PythonSandbox(lambda environment: {"light": "off"}, tools={"light": _light, "status": _status}, kind="light")
+
+
+def test_states_that_got_fewer_than_k_alternatives_are_counted_and_said(tmp_path: Path) -> None:
+    """Tools whose schemas allow two calls other than the expert's, replayed with K=5: each state stored two, with
+    nothing saying so (a user took it for K per state; with mutate and --k 256 on richer tools, a few dozen). Now
+    counted per state and said."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from typer.testing import CliRunner
+
+    from ee_middleware import record_experience
+    from ee_middleware.cli.app import app
+    from ee_middleware.testing import ScriptedChatModel, tool_call
+
+    @tool
+    def light(state: Literal["on", "off"]) -> str:
+        """Switch the light."""
+        return f"light {state}"
+
+    @tool
+    def status() -> str:
+        """Whether the light is on."""
+        return "light on"
+
+    script = [AIMessage("", tool_calls=[tool_call("light", state="on")]), AIMessage("", tool_calls=[tool_call("status")]), AIMessage("On.")]
+    store = tmp_path / "store"
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [light, status]), app="home", store=store)
+    agent.invoke({"messages": [("user", "Light on please")]})
+    assert agent.flush()
+    agent.recorder.close()
+    LocalExperienceStore(store).approve([t.id for t in LocalExperienceStore(store).iter_trajectories()], by="alice")
+    run = ["replay", "run", "--store", str(store), "--k", "5", "--sandbox", "tests.replay.test_job:light_sandbox", "--no-progress"]
+    summary = json.loads(CliRunner().invoke(app, [*run, "--json"]).stdout)
+    assert (summary["states"], summary["branches"]) == (2, 4), summary
+    assert (summary["states_short_of_k"], summary["alternatives_short_of_k"]) == (2, 6), summary
+    said = CliRunner().invoke(app, [*run, "--again"], env={"COLUMNS": "300"})
+    assert said.exit_code == 0, said.output
+    assert "2 of 2 state(s) got fewer than k=5 alternatives (6 in all)" in said.output, said.output
+    few = run_replay(ReplayConfig.load(store=store, k=2, sandbox="tests.replay.test_job:light_sandbox", seed=7))
+    assert few.branches == 4 and few.states_short_of_k == few.alternatives_short_of_k == 0
