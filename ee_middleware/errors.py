@@ -118,10 +118,6 @@ class TrajectoryNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class ReplayNotFoundError(TrajectoryNotFoundError):
-    """No replay configuration with the given id has stored anything in the store."""
-
-
 class CaptureError(EEError):
     """Recording a run failed. Raised only in strict mode; otherwise logged and counted."""
 

@@ -584,3 +584,40 @@ def _common_prefix(a: str, b: str) -> int:
             break
         n += 1
     return n
+
+
+def check_replay_id(store: Any, replay_id: str, where: Any, *, given: str, without: str) -> None:
+    """Raise :class:`~ee_middleware.errors.ConfigError` for a replay id ``store`` holds no replay of (a typo gave an empty
+    answer, exit 0, which reads as a replay that stored nothing), naming the replays it holds and the one meant. ``where``:
+    the store as the user gave it (shown with a URL's credentials masked); ``given``: how the id was given (``--replay-id
+    ID``); ``without``: what leaving it out does."""
+    import polars as pl
+
+    from ee_middleware.errors import ConfigError, hide_credentials
+    from ee_middleware.models.urls import shown_spec
+    from ee_middleware.plugins import _did_you_mean
+
+    where = hide_credentials(str(where))  # a store spec may hold user:password@
+    records = store.replays()
+    if replay_id in set(records["replay_id"].to_list()):
+        return
+    if records.is_empty():
+        raise ConfigError(f"{given}: {where} holds no replay yet. Run `ee replay run --store {where}` first, or {without}.")
+    replays = (
+        records.group_by("replay_id")
+        .agg(pl.col("policy").first(), pl.col("sandbox").first(), pl.col("k").first(), pl.len().alias("trajectories"))
+        .sort("replay_id")
+    )
+    listed = "; ".join(  # the specs with their URLs' credentials masked (a store replayed before they were masked holds them)
+        f"{r['replay_id']} (policy {shown_spec(str(r['policy']))}, sandbox {shown_spec(str(r['sandbox']))}, K={r['k']}, "
+        f"{r['trajectories']} {'trajectory' if r['trajectories'] == 1 else 'trajectories'})"
+        for r in replays.head(10).iter_rows(named=True)
+    ) + (f"; and {replays.height - 10} more" if replays.height > 10 else "")
+    ids = replays["replay_id"].to_list()
+    starting = [r for r in ids if r.startswith(replay_id)]
+    meant = (
+        f" Did you mean {starting[0]}? A replay id is given whole."
+        if len(starting) == 1 and replay_id
+        else _did_you_mean(replay_id, ids).replace(" (did you mean", " Did you mean").removesuffix(")")
+    )
+    raise ConfigError(f"{given}: {where} holds no replay of that id.{meant} Its replays: {listed}. {without[0].upper()}{without[1:]}.")

@@ -16,6 +16,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     ProgressBars,
     ProgressOption,
+    check_replay_id,
     console,
     escape,
     examples,
@@ -135,7 +136,13 @@ def build(
     try:
         if cfg.replay_id is not None:
             with reading_store(allow_partial=allow_partial):
-                _check_replay_id(opened, cfg.replay_id, cfg.store)
+                check_replay_id(
+                    opened,
+                    cfg.replay_id,
+                    cfg.store,
+                    given=f"--replay-id {cfg.replay_id} (or replay_id in [datasets])",
+                    without="leave --replay-id out to use every replay's rollouts (none would be used)",
+                )
     finally:
         opened.close()
     out_console = console()
@@ -223,41 +230,6 @@ def build(
         large = (split.get("units") or {}).get("warning")
         if large:
             typer.secho(f"warning: {large}", err=True, fg="yellow")
-
-
-def _check_replay_id(store: Any, replay_id: str, where: Any) -> None:
-    """A replay id the store has no replay of is an error listing the ones it has: the build would use no rollout (IWM
-    and SR empty), and say so only in a table cell."""
-    import polars as pl
-
-    from ee_middleware.errors import ConfigError, hide_credentials
-    from ee_middleware.models.urls import shown_spec
-
-    where = hide_credentials(str(where))  # a store spec may hold user:password@
-    records = store.replays()
-    if replay_id in set(records["replay_id"].to_list()):
-        return
-    if records.is_empty():
-        raise ConfigError(
-            f"--replay-id {replay_id} (or replay_id in [datasets]): {where} holds no replay yet. Run `ee replay run --store "
-            f"{where}` first, or leave --replay-id out."
-        )
-    replays = (
-        records.group_by("replay_id")
-        .agg(pl.col("policy").first(), pl.col("sandbox").first(), pl.col("k").first(), pl.len().alias("trajectories"))
-        .sort("replay_id")
-    )
-    listed = "; ".join(  # the specs with their URLs' credentials masked (a store replayed before they were masked holds them)
-        f"{r['replay_id']} (policy {shown_spec(str(r['policy']))}, sandbox {shown_spec(str(r['sandbox']))}, K={r['k']}, "
-        f"{_plural(r['trajectories'], 'trajectory', 'trajectories')})"
-        for r in replays.head(10).iter_rows(named=True)
-    ) + (f"; and {replays.height - 10} more" if replays.height > 10 else "")
-    starting = [r for r in replays["replay_id"].to_list() if r.startswith(replay_id)]
-    meant = f" Did you mean {starting[0]}? A replay id is given whole." if len(starting) == 1 and replay_id else ""
-    raise ConfigError(
-        f"--replay-id {replay_id} (or replay_id in [datasets]): {where} holds no replay of that id, so no rollout would be "
-        f"used.{meant} Its replays: {listed}. Leave --replay-id out to use every replay's rollouts."
-    )
 
 
 def _plural(n: int, one: str, many: str) -> str:

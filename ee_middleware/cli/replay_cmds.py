@@ -17,6 +17,7 @@ from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
     StoreOption,
+    check_replay_id,
     console,
     escape,
     examples,
@@ -483,7 +484,7 @@ def list_rollouts(
         # among them all, and the filters pick from them.
         everything = opened.rollouts()
         if replay_id is not None:
-            _check_replay_id(opened, everything, replay_id, store)
+            check_replay_id(opened, replay_id, store, given=f"--replay-id {replay_id}", without="leave --replay-id out to list them all")
         trajectory_ids = opened.trajectories()["id"].to_list() if not as_json else []
     frame = everything
     if only is not None:
@@ -531,19 +532,6 @@ def list_rollouts(
     console().print(table)
 
 
-def _check_replay_id(opened: Any, rollouts: Any, replay_id: str, store: str) -> None:
-    """Raise :class:`~ee_middleware.errors.ReplayNotFoundError` for a ``--replay-id`` no replay of the store has (a typo
-    listed nothing, exit 0: a script read it as nothing replayed), naming those it has."""
-    from ee_middleware.errors import ReplayNotFoundError
-    from ee_middleware.plugins import _did_you_mean
-
-    known = sorted({*rollouts["replay_id"].to_list(), *opened.replays()["replay_id"].to_list()})
-    if replay_id in known:
-        return
-    listed = ", ".join(known[:10]) + (f" and {len(known) - 10} more" if len(known) > 10 else "") if known else "none"
-    raise ReplayNotFoundError(f"No replay {replay_id!r} in {store}{_did_you_mean(replay_id, known, quoted=True)}; its replays: {listed}.")
-
-
 @app.command("show", epilog=examples("ee replay show 3f2a9c1b --store ./experience"))
 def show(
     item_id: str = typer.Argument(..., help="A trajectory id (all its rollouts) or a rollout id; a unique prefix is enough."),
@@ -560,6 +548,8 @@ def show(
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
+        if replay_id is not None:
+            check_replay_id(opened, replay_id, store, given=f"--replay-id {replay_id}", without="leave --replay-id out to show them all")
         trajectory = None
         try:
             trajectory = opened.get(item_id)

@@ -376,6 +376,8 @@ def test_replay_show_says_why_a_trajectory_has_no_rollouts(tmp_path: Path) -> No
     store.write_replay(sample_replay_record("skipped", status="skipped"), [])
     store.write_replay(sample_replay_record("failed", status="failed"), [])
     store.write_replay(sample_replay_record("replayed", branches=1), [sample_rollout("r-1", "replayed", 0, 0)])
+    store.write([sample_trajectory("other")])
+    store.write_replay(sample_replay_record("other", replay_id="replay-2", branches=1), [sample_rollout("r-2", "other", 0, 0)])
     store.close()
 
     def show(*args: str) -> Any:
@@ -398,6 +400,8 @@ def test_replay_show_says_why_a_trajectory_has_no_rollouts(tmp_path: Path) -> No
     code, text, result = show("r-1", "--replay-id", "replay-2")
     assert code == 1 and "Rollout r-1 is of replay replay-1, not replay-2" in result.output, result.output
     assert show("r-1", "--replay-id", "replay-1")[0] == 0
+    code, text, result = show("replayed", "--replay-id", "replay-3")  # no replay of that id at all: a typo
+    assert code == 1 and "--replay-id replay-3: " in result.output and "holds no replay of that id" in result.output
     as_json = runner.invoke(app, ["replay", "show", "never", "--store", str(root), "--json"])
     assert as_json.exit_code == 0 and json.loads(as_json.stdout) == []
 

@@ -73,15 +73,19 @@ def test_one_rollout_shown_by_its_id_has_no_replay_label(bfcl_store_path: Path) 
 
 
 def test_replay_list_of_a_replay_id_the_store_has_not_is_an_error_naming_those_it_has(bfcl_store_path: Path) -> None:
-    """A typo'd --replay-id listed nothing and exited 0 ("0 rollouts", `[]` with --json): a script read that as a
-    replay that stored nothing. Now exit 1, naming the store's replays and the near miss."""
+    """A typo'd --replay-id listed nothing and exited 0 ("0 rollouts", `[]` with --json; `replay show` too): a script
+    read that as a replay that stored nothing. Now exit 1, naming the store's replays and the near miss, as `ee datasets
+    build --replay-id` says it (one check_replay_id)."""
     store = bfcl_store_path
     replayed = _replay(store)["replay_id"]
     typo = replayed[:-1] + ("0" if replayed[-1] != "0" else "1")
     result = runner.invoke(app, ["replay", "list", "--store", str(store), "--replay-id", typo, "--json"])
     assert result.exit_code == 1, result.output
     error = json.loads(result.stdout)["error"]
-    assert error["type"] == "ReplayNotFoundError" and f"No replay {typo!r}" in error["message"], error
-    assert f"did you mean {replayed!r}?" in error["message"] and f"its replays: {replayed}." in error["message"], error
+    assert error["type"] == "ConfigError" and f"--replay-id {typo}: {store} holds no replay of that id." in error["message"]
+    assert f"Did you mean {replayed}?" in error["message"] and f"Its replays: {replayed} (policy mutate" in error["message"], error
+    trajectory = json.loads(_run("replay", "list", "--store", str(store), "--json").stdout)[0]["trajectory_id"]
+    shown = runner.invoke(app, ["replay", "show", trajectory, "--store", str(store), "--replay-id", typo])
+    assert shown.exit_code == 1 and "holds no replay of that id" in shown.output, shown.output  # was: nothing listed, exit 0
     listed = json.loads(_run("replay", "list", "--store", str(store), "--replay-id", replayed, "--json").stdout)
     assert listed and {r["replay_id"] for r in listed} == {replayed}

@@ -129,14 +129,14 @@ def test_an_unknown_replay_id_names_its_store_without_credentials(bfcl_store_pat
     the password."""
     import pytest
 
-    from ee_middleware.cli.datasets_cmds import _check_replay_id
+    from ee_middleware.cli.common import check_replay_id
     from ee_middleware.errors import ConfigError
 
     _add_rollouts(bfcl_store_path)
     store = LocalExperienceStore(bfcl_store_path)
     try:
         with pytest.raises(ConfigError) as caught:
-            _check_replay_id(store, "typo", "pg://ee:S3cretPw@db.internal/exp")
+            check_replay_id(store, "typo", "pg://ee:S3cretPw@db.internal/exp", given="--replay-id typo", without="leave it out")
     finally:
         store.close()
     assert "S3cretPw" not in str(caught.value) and "pg://***@db.internal/exp holds no replay of that id" in str(caught.value)
