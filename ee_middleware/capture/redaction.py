@@ -1659,16 +1659,16 @@ class Redactor:
             return None
         if not isinstance(data, (dict, list)):
             return None
+        start = text.index(stripped[0])
         try:
             redacted = self.redact_value(data)
             if redacted == data:
                 return text
             if _dump_like(data, data, stripped) != stripped:  # (a layout or a number it cannot write back: 1e400, indent 3)
                 return None
-            start = text.index(stripped[0])
             return text[:start] + _dump_like(redacted, data, stripped) + text[start + len(stripped) :]
-        except RecursionError:  # nested too deep to walk (hundreds of levels): the rules read it as text, keys included
-            return None
+        except RecursionError:  # nested too deep to walk (hundreds of levels): read as text (see _unescaped)
+            return text[:start] + self._redact_plain(_unescaped(data)) + text[start + len(stripped) :]
 
     def _redact_embedded_json(self, text: str) -> str:
         """``text`` with each JSON object or array inside it that holds an escape (or a JSON string holding one, read
@@ -1699,7 +1699,12 @@ class Redactor:
                 continue
             if not _HIDING_ESCAPE.search(segment):
                 continue
-            redacted = self._redact_string(data) if isinstance(data, str) else self.redact_value(data)
+            try:
+                redacted = self._redact_string(data) if isinstance(data, str) else self.redact_value(data)
+            except RecursionError:  # nested too deep to walk: its text with the escapes read, for the rules after this
+                out += [text[last:begin], _unescaped(data)]
+                last = resume = end
+                continue
             if redacted != data:
                 out += [text[last:begin], _dump_like(redacted, data, segment)]
                 last = resume = end
@@ -1723,6 +1728,14 @@ class Redactor:
             last = end
         out.append(text[last:])
         return "".join(out)
+
+
+def _unescaped(data: Any) -> str:
+    """JSON ``data`` too deeply nested for the redaction's walk, as JSON text whose escapes are read (no ``\\u0040`` is
+    left to hide an ``@`` from the rules, which then read it, secret-named keys included), in ``json.dumps``' layout. Too
+    deep even for that, the ``RecursionError`` goes on: the value is not stored (a run fails whole rather than keep a
+    secret)."""
+    return json.dumps(data, ensure_ascii=False)
 
 
 _SPACED_KEY = re.compile(r'\\?"([^"\\\n]{0,64}?[^\w"\\\n][^"\\\n]{0,64}?)\\?"\s*:')

@@ -268,3 +268,10 @@ def test_json_nested_too_deep_to_walk_is_redacted_as_text_not_a_lost_run() -> No
     assert "ada@example.com" not in redacted and "hunter2" not in redacted
     assert '"email": "[REDACTED:email]"' in redacted and '"password": "[REDACTED:secret]"' in redacted
     assert redacted.count('{"reports_to": ') == 450 and json.loads(redacted) is not None  # still the same JSON
+    # json.dumps' default escapes (a non-ASCII name), and an escape hiding the '@' from the rules: read, then redacted
+    escaped = json.dumps(deep).replace("intern", "M\\u00fcller").replace("ada@", "ada\\u0040")
+    assert json.loads(escaped) is not None and "Müller" not in escaped
+    for text in (escaped, f"tool said: {escaped} (end)"):
+        redacted = Redactor().redact_text(text)
+        assert "ada@example.com" not in redacted and "ada\\u0040example.com" not in redacted and "hunter2" not in redacted, text[:80]
+        assert "Müller" in redacted and "[REDACTED:email]" in redacted
