@@ -1117,6 +1117,7 @@ class ProcessExecutor:
         # Everything from here on is undone when it fails or is interrupted (Ctrl-C while many workers are set up): the
         # fork server started above must not outlive the job.
         try:
+            _start_resource_tracker()  # (the fork server's start did where there is one; spawned workers' Events start it)
             self._stop = context.Event()  # set when the job ends early: every call a worker gets then replays nothing
             self._listening = [context.Event() for _ in range(workers)]  # set once that worker takes the stop signal
             for _ in range(workers):
