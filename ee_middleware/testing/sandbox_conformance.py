@@ -228,10 +228,13 @@ def check_sandbox(
             else:
                 _warn_unless_snapshots_pickle(probe, probe.check_pickles_restore_in_a_second_sandbox)
         _check_close(sandbox, probe.start_snapshot, reads[0], digests)
-    except AssertionError:
+    except (AssertionError, Warning):  # (a warning of the kit's that a caller turned into an error stays what it is)
         raise
     except Exception as exc:  # the sandbox raised where the protocol has it work (execute's failures are checked apart)
-        raise AssertionError(_sandbox_raised(sandbox, exc)) from exc
+        said = _sandbox_raised(sandbox, exc)
+        if said is None:
+            raise
+        raise AssertionError(said) from exc
     finally:
         try:
             sandbox.close()
@@ -239,20 +242,22 @@ def check_sandbox(
             pass
 
 
-_SANDBOX_METHOD = re.compile(r"\.(snapshot|restore|reset|close|execute|covers|state_digest)\(")
+_WORLD_METHOD = re.compile(r"\.(snapshot|restore|reset)\(")
 
 
-def _sandbox_raised(sandbox: Any, exc: Exception) -> str:
-    """What :func:`check_sandbox` says of an exception a sandbox raised where it must work: the method (read from the
-    kit's line that called it), the kit's check, and why replay needs it to work."""
+def _sandbox_raised(sandbox: Any, exc: Exception) -> str | None:
+    """What :func:`check_sandbox` says of an exception the sandbox's ``snapshot()``, ``restore()`` or ``reset()``
+    raised (the method read from the kit's line that called it): the method, the kit's check, and why replay needs it to
+    work. ``None`` for any other exception (a factory's, a child process's, the kit's own), which goes on as it is."""
     here = [frame for frame in traceback.extract_tb(exc.__traceback__) if frame.filename == __file__]
-    called = _SANDBOX_METHOD.search(here[-1].line or "") if here else None
-    method = f"{called.group(1)}()" if called else "a method of the sandbox"
-    check = f" (the kit's {here[-1].name.lstrip('_').replace('_', ' ')})" if here else ""
+    called = _WORLD_METHOD.search(here[-1].line or "") if here else None
+    if called is None:
+        return None
+    check = here[-1].name.lstrip("_").replace("_", " ")
     return (
-        f"{type(sandbox).__name__}.{method} raised {type(exc).__name__}: {clip(str(exc), 300)}{check}. snapshot(), "
-        "restore() and reset() must work on every world the sandbox's own calls make, and restore() on every snapshot it "
-        "took (any number of times): replay fails each trajectory whose sandbox raises there (SandboxError)."
+        f"{type(sandbox).__name__}.{called.group(1)}() raised {type(exc).__name__}: {clip(str(exc), 300)} (the kit's {check}). "
+        "snapshot(), restore() and reset() must work on every world the sandbox's own calls make, and restore() on every "
+        "snapshot it took (any number of times): replay fails each trajectory whose sandbox raises there (SandboxError)."
     )
 
 
