@@ -36,8 +36,16 @@ AllowPartialOption = typer.Option(
 
 
 INTERRUPTED_PREFIX = "interrupted: "
-"""How a command stopped by a signal starts the line that says what it kept; raised again as the ``KeyboardInterrupt``'s
-text, the rest is its ``--json`` error's ``message``."""
+"""How a command stopped by a signal starts the line that says what it kept (:func:`interrupted`); raised again as the
+``KeyboardInterrupt``'s text, the rest is its ``--json`` error's ``message``."""
+
+
+def interrupted(text: str) -> KeyboardInterrupt:
+    """Say on stderr that the command stopped (``text``: by what, what it kept, how to go on), and return the
+    ``KeyboardInterrupt`` to raise again (exit 130), whose text is the line: ``--json``'s error message."""
+    line = INTERRUPTED_PREFIX + text
+    typer.secho(line, err=True, fg="yellow")
+    return KeyboardInterrupt(line)
 
 
 def open_existing_store(spec: str | Path) -> ExperienceStore:

@@ -15,6 +15,7 @@ from ee_middleware.cli.common import (
     console,
     escape,
     examples,
+    interrupted,
     positive_seconds,
     print_json,
     progress_console,
@@ -154,8 +155,7 @@ def run_cmd(
             if bars:
                 bars.stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        _say_interrupted(job, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
-        raise
+        raise interrupted(_interrupted_text(job, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)) from exc
     except ModelError as exc:  # the model could not be built: the file's model may be a served model's bare name
         if config is None or overrides["model"] is not None or not is_bare_model_name(job.model):
             raise
@@ -184,29 +184,23 @@ def run_cmd(
         raise typer.Exit(1)
 
 
-def _say_interrupted(job: Any, signal_name: str, counted: dict[str, tuple[int, int]]) -> None:
-    """One line on stderr for a run stopped by a signal: how many task trials are done and where their results are, and
-    that the same command resumes it (``counted``: each suite's task trials done and in all, as last reported)."""
+def _interrupted_text(job: Any, signal_name: str, counted: dict[str, tuple[int, int]]) -> str:
+    """What the line of a run stopped by a signal says (:func:`~ee_middleware.cli.common.interrupted`): how many task
+    trials are done and where their results are, and that the same command resumes it (``counted``: each suite's task
+    trials done and in all, as last reported)."""
     from ee_middleware.evals.runner import JOURNAL
 
     unit = "tasks" if job.trials == 1 else "task trials"
     if not counted:
-        typer.secho(
-            f"interrupted: the evaluation stopped ({signal_name}) before it ran any task. Run the same command again to run it.",
-            err=True,
-            fg="yellow",
-        )
-        return
+        return f"the evaluation stopped ({signal_name}) before it ran any task. Run the same command again to run it."
     done, total = (sum(numbers) for numbers in zip(*counted.values(), strict=True))
     running = ""
     if done < total:
         running = " (those its workers were running included)" if job.workers > 1 else " (the one it was running included)"
-    typer.secho(
-        f"interrupted: the evaluation stopped ({signal_name}) with {done} of {total} {unit} done; their results are in "
+    return (
+        f"the evaluation stopped ({signal_name}) with {done} of {total} {unit} done; their results are in "
         f"{Path(job.out) / JOURNAL}. Run the same command again to resume: it runs only the {unit} not done{running}. "
-        f"`ee eval gate` refuses this run ({job.out}) until it is complete.",
-        err=True,
-        fg="yellow",
+        f"`ee eval gate` refuses this run ({job.out}) until it is complete."
     )
 
 

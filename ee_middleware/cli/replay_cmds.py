@@ -12,7 +12,6 @@ import typer
 from ee_middleware._lifetime import stopping_signal
 from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
-    INTERRUPTED_PREFIX,
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
@@ -21,6 +20,7 @@ from ee_middleware.cli.common import (
     console,
     escape,
     examples,
+    interrupted,
     key_value_settings,
     observation_cell,
     open_existing_store,
@@ -189,8 +189,7 @@ def run(
             if "progress" in bar:
                 bar["progress"].stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        line = _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)
-        raise KeyboardInterrupt(line) from exc  # its text is --json's error message
+        raise interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)) from exc
     errors = _run_errors(summary)
     if as_json:  # the stderr lines' text (one a line), as `ee experience eval --json` and `ee curriculum run --json` say it
         print_json({**summary.to_dict(), "error": "\n".join(errors) or None})
@@ -252,9 +251,9 @@ def _print_fewer_answers(summary: Any, out: Any) -> None:
         )
 
 
-def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> str:
-    """One line on stderr for a replay stopped by a signal: what is stored, and that the same command continues (the
-    line is returned)."""
+def _interrupted_text(cfg: Any, signal_name: str, counted: list[int]) -> str:
+    """What the line of a replay stopped by a signal says (:func:`~ee_middleware.cli.common.interrupted`): what is
+    stored, and that the same command continues."""
     if not counted:
         kept = "before replaying any trajectory"
     else:
@@ -268,9 +267,7 @@ def _say_interrupted(cfg: Any, signal_name: str, counted: list[int]) -> str:
             more = " (its workers may have stored a few more)" if cfg.workers > 1 else ""
             kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
     again = " without --again" if cfg.again else ""  # with it, a run starts the next attempt instead
-    line = f"{INTERRUPTED_PREFIX}the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped."
-    typer.secho(line, err=True, fg="yellow")
-    return line
+    return f"the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped."
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
-from ee_middleware.cli.common import JsonOption, examples, print_json, warnings_as_lines
+from ee_middleware.cli.common import JsonOption, examples, interrupted, print_json, warnings_as_lines
 from ee_middleware.errors import EEError
 
 
@@ -91,8 +91,7 @@ def train(
         except MissingDatasetError as exc:
             raise exc.named_by(_data_setting(ctx, config)) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        _say_interrupted(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", written_before)
-        raise
+        raise interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", written_before)) from exc
     except EEError as exc:  # said here for the standalone app too; --json's error object names its type
         from ee_middleware.cli.app import fail
 
@@ -109,26 +108,17 @@ def _holds_adapter(folder: Path) -> bool:
     return all((Path(folder) / name).is_file() for name in ADAPTER_FILES)
 
 
-def _say_interrupted(cfg: Any, signal_name: str, written_before: bool) -> None:
-    """One line on stderr for a training run stopped by a signal, as ``ee replay run`` and ``ee eval run`` say theirs:
-    whether the adapter was written, and that the same command trains again from the start (a run keeps no checkpoint)."""
+def _interrupted_text(cfg: Any, signal_name: str, written_before: bool) -> str:
+    """What the line of a training run stopped by a signal says (:func:`~ee_middleware.cli.common.interrupted`), as
+    ``ee replay run`` and ``ee eval run`` say theirs: whether the adapter was written, and that the same command trains
+    again from the start (a run keeps no checkpoint)."""
     if cfg is None:
         said = "before it started training"
     elif not written_before and _holds_adapter(cfg.output_dir):  # stopped after the adapter was renamed into place
-        typer.secho(
-            f"interrupted: training stopped ({signal_name}) after the adapter was written to {cfg.output_dir}; it is complete.",
-            err=True,
-            fg="yellow",
-        )
-        return
+        return f"training stopped ({signal_name}) after the adapter was written to {cfg.output_dir}; it is complete."
     else:
         said = f"before the adapter was written: nothing was written to {cfg.output_dir}"
-    typer.secho(
-        f"interrupted: training stopped ({signal_name}) {said}. Training keeps no checkpoints: the same command starts it "
-        "again from the beginning.",
-        err=True,
-        fg="yellow",
-    )
+    return f"training stopped ({signal_name}) {said}. Training keeps no checkpoints: the same command starts it again from the beginning."
 
 
 def _data_setting(ctx: typer.Context, config: Path | None) -> str:

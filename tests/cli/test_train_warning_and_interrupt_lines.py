@@ -4,6 +4,7 @@ left (sweep rtrain finding 7): was, Python's format (the trainer's file, line nu
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -66,3 +67,7 @@ def test_an_interrupt_says_whether_the_adapter_was_written_and_that_a_rerun_star
         assert not out.exists()
     else:
         assert f"interrupted: training stopped (SIGINT (Ctrl-C)) after the adapter was written to {out}; it is complete." in line, line
+    if when == "training":  # --json's error message is that line's text (was "interrupted ()")
+        as_json = CliRunner().invoke(app, [*command, "--json"])
+        error = json.loads(as_json.stdout)["error"]
+        assert as_json.exit_code == 130 and error["message"].startswith("training stopped (SIGINT (Ctrl-C)) before the adapter"), error
