@@ -223,7 +223,7 @@ class LocalAdapterRegistry:
 
     def _served(self, app: str) -> set[str]:
         """The adapters of ``app`` that were ever live (promoted, or rolled back to), from the history's applied events."""
-        return {e["adapter"] for e in self.history(app=app) if e["action"] in ("promote", "rollback") and e["applied"]}
+        return {e["adapter"] for e in self.history(app=app) if e.get("action") in ("promote", "rollback") and e["applied"]}
 
     def history(self, *, app: str | None = None, adapter: str | None = None) -> list[dict[str, Any]]:
         events = _with_applied(self._read_history(), self._read_index()["last_event"])

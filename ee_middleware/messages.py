@@ -61,7 +61,7 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, Mapping):
-        return {clean_text(str(k)): to_jsonable(v, _depth + 1) for k, v in value.items()}
+        return {_key_text(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
         return [to_jsonable(v, _depth + 1) for v in value]
     if isinstance(value, (bytes, bytearray)):
@@ -85,6 +85,16 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value), _depth + 1)
     return clean_text(repr(value))
+
+
+def _key_text(key: Any) -> str:
+    """A mapping's key as JSON's text: an enum member, a UUID, a date, time or duration as :func:`to_jsonable` writes
+    them as values; any other key its ``str``."""
+    if isinstance(key, enum.Enum):
+        key = key.value  # (a str or int enum's str() is "Tier.gold" before Python 3.12)
+    if isinstance(key, (uuid.UUID, dt.date, dt.time, dt.timedelta)):
+        key = to_jsonable(key)
+    return clean_text(str(key))
 
 
 def decimal_number(value: Decimal) -> int | float | str:

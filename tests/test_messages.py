@@ -158,6 +158,8 @@ def test_to_jsonable_writes_stdlib_values_as_pydantic_s_json_mode_does_not_as_th
     assert to_jsonable(dt.time(9, 30, 1)) == "09:30:01"
     assert [to_jsonable(decimal.Decimal(v)) for v in ("3", "0.1000000000000000000001", "NaN")] == [3, "0.1000000000000000000001", "NaN"]
     assert json.loads(dumps({"v": verdict})) == {"v": to_jsonable(verdict)}
+    keyed = {_Kind.refund: 1, dt.timedelta(hours=4): 2, uuid.UUID(int=1): 3, dt.date(2026, 1, 2): 4, 5: 5, None: 6}
+    assert to_jsonable(keyed) == {"refund": 1, "PT4H": 2, "00000000-0000-0000-0000-000000000001": 3, "2026-01-02": 4, "5": 5, "None": 6}
 
 
 def test_to_jsonable_stops_at_a_depth_limit():

@@ -512,7 +512,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
         # a resumed run's messages start with the conversation it continued (see graph_output_attributes): its task is
         # the turn it resumed, the last user message there, not the thread's first
-        task = attrs.get(sc.EE_TASK) or (_last_user_text if attrs.get(sc.EE_RESUMED) else _first_user_text)(messages)
+        task = attrs.get(sc.EE_TASK) or (_last_user_text if attrs.get(sc.EE_RESUMED) else turn_question)(messages)
     status, error = _status(root, spans)
     if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
         status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)

@@ -8,18 +8,19 @@ plain :class:`SpanData` the assembler reads): a fifth of the capture process's C
 the recorder or the user's code can see a difference:
 
 - A span's parent is the span in the context it is started in (the current one without a context,
-  as the SDK's ``start_span``): a run inside the user's own span continues its trace.
+  as the SDK's ``start_span``): a run inside the user's own span continues its trace (the root is never made the
+  current span: no exporter of the user's gets it, so spans their code opens keep the parent they have without capture;
+  a recorded run inside another starts under the outer run's root, in its trace).
 - Attribute values are kept as the SDK keeps them: sequences become tuples, other types go through
   the SDK's own cleaning. Unlike a private SDK provider, no ``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`` or
   ``OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`` set for the user's exporters cuts a recorded payload.
 - Every span is recorded: ``OTEL_TRACES_SAMPLER`` and an unsampled parent are the user's choices
   for what their exporters see, not for what capture stores (a private SDK provider read them and
   stored none or a fraction of the runs). A run's root span is *marked* sampled or not as the user's
-  sampler decides (their global SDK provider's, else the one ``OTEL_TRACES_SAMPLER`` names), so that the spans the user's
-  code starts below it are exported as they would be without capture; spans below the root share
-  its flags.
-- Read as an SDK span by the user's code (``trace.get_current_span()`` in a node or tool): ``name``,
-  ``attributes``, ``parent``, ``status``, ``events``, ``start_time``... are there, read-only.
+  sampler decides (their global SDK provider's, else the one ``OTEL_TRACES_SAMPLER`` names), as the stored run's trace
+  flags say; spans below the root share its flags.
+- Read as an SDK span (by a span processor, or code handed the span): ``name``, ``attributes``, ``parent``,
+  ``status``, ``events``, ``start_time``... are there, read-only.
 - ``set_status``, ``record_exception`` and calls on an ended span behave as the SDK's; a span ended on
   one thread while another still sets attributes on it takes none after its end.
 
