@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -943,6 +944,12 @@ def _holds(these: Counter[DecisionKey], those: Counter[DecisionKey]) -> bool:
     return not (those - these)
 
 
+def _first_decision_order(version: Trajectory) -> tuple[float, dt.datetime]:
+    """Versions of one run ordered by how early their first decision came: how many messages it was given, then when
+    the version started (one with no decision last)."""
+    return (len(version.steps[0].state) if version.steps else math.inf, _utc(version.started_at))
+
+
 def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: int) -> tuple[Trajectory, int]:
     """The run ``trajectory`` is, with the decisions of its stored versions ``earlier`` that it lacks, and how many of
     its decisions only they held (see :func:`_versions`: each version's messages start the others' or hold them).
@@ -953,8 +960,9 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     where none did, the status and error are an ended version's (one that never ended knows less of how the run ended)
     and the id that of one whose time holds the others' (named after the span above those it read, the nearest to the
     root known). The time spans them all; tools offered in one
-    version only are added (a step offered its own version's tools keeps them named); a thread, task or model one
-    version lacks is taken from another. The steps are the longest version's, each added step before the first one
+    version only are added (a step offered its own version's tools keeps them named); a thread or model one version
+    lacks is taken from another; the task is that of the version that read the run's first model call (whose first
+    decision was given the fewest messages) where it has one. The steps are the longest version's, each added step before the first one
     given more messages than it, numbered again in that order (decisions too). A call whose version read no result for
     it (its run was still waiting for the tool there) observes the tool message answering it in the messages, as the
     whole run's assembly reads it (``max_chars`` caps it); its error flag, which a tool span or the instrumentation's
@@ -1019,7 +1027,10 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
             "started_at": start,
             "ended_at": end,
             "thread_id": next((t.thread_id for t in (base, *versions) if t.thread_id), None),
-            "task": next((t.task for t in (base, *versions) if t.task), None),
+            # the task its first model call asked: the version's that read it (its first decision given the fewest
+            # messages); a later part read alone takes its own first call's last user message, a later question of
+            # the run ("Summarize that." after "Write a haiku about snow")
+            "task": next((t.task for t in sorted(versions, key=_first_decision_order) if t.task), None),
             "model": next((t.model for t in (base, *versions) if t.model), None),
             "approval": trajectory.approval,
             "trace_id": trajectory.trace_id,

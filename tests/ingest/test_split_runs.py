@@ -122,7 +122,12 @@ def _run_signature(t: Any) -> tuple[Any, ...]:
 
 # (fixture, cut) whose second file alone holds the run's last model call(s) and its root: a version that holds the
 # whole history in its last call's input, but not the first file's decisions
-LATER_HALVES = [("rotation_openinference.jsonl", 2), ("rotation_openai_v2.jsonl", 2)]
+LATER_HALVES = [
+    ("rotation_openinference.jsonl", 2),
+    ("rotation_openai_v2.jsonl", 2),
+    # the later half alone took its first call's question ("Summarize that.") as the merged run's task (sweep H4)
+    ("rotation_openllmetry_chained.jsonl", 1),
+]
 
 
 @pytest.mark.parametrize("order", ["first-half-first", "later-half-first"])
