@@ -224,19 +224,24 @@ def test_list_status_takes_only_the_statuses_there_are(tmp_path: Path) -> None:
     assert [r["status"] for r in json.loads(listed.stdout)] == ["candidate"]
 
 
-def test_a_crash_between_the_history_line_and_the_index_write_reads_back_as_not_applied(tmp_path: Path) -> None:
-    reg = LocalAdapterRegistry(tmp_path / "reg")
-    a = reg.register(write_adapter(tmp_path / "a"), "bot")
-    # A child process appends the history event, then dies before writing the index (os._exit in the writer).
+def _promote_and_crash_before_the_index_write(reg: LocalAdapterRegistry, name: str) -> None:
+    """A child process promotes ``name``: it appends the history event, then dies before writing the index (os._exit in
+    the writer)."""
     code = f"""
 import os
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 reg = LocalAdapterRegistry({str(reg.root)!r})
 reg._write_index = lambda index: os._exit(9)
-reg.switch_live({a.name!r})
+reg.switch_live({name!r})
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 9, result.stderr
+
+
+def test_a_crash_between_the_history_line_and_the_index_write_reads_back_as_not_applied(tmp_path: Path) -> None:
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a = reg.register(write_adapter(tmp_path / "a"), "bot")
+    _promote_and_crash_before_the_index_write(reg, a.name)
     assert reg.resolve("bot") is None and reg.get(a.name).status == "candidate"
     last = reg.history()[-1]
     assert (last["action"], last["applied"]) == ("promote", False)
@@ -251,15 +256,7 @@ def test_a_promote_cut_off_by_a_crash_is_not_named_as_once_served_when_a_rollbac
     a = reg.register(write_adapter(tmp_path / "a"), "bot")
     b = reg.register(write_adapter(tmp_path / "b", seed=1), "bot")
     reg.switch_live(a.name)
-    code = f"""
-import os
-from ee_middleware.adapters.registry import LocalAdapterRegistry
-reg = LocalAdapterRegistry({str(reg.root)!r})
-reg._write_index = lambda index: os._exit(9)
-reg.switch_live({b.name!r})
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert result.returncode == 9, result.stderr
+    _promote_and_crash_before_the_index_write(reg, b.name)
     reg.retire(b.name, reason="not needed")  # takes the crashed promote's seq
     with pytest.raises(InvalidTransitionError) as refused:
         reg.rollback_target("bot")
