@@ -2002,13 +2002,6 @@ def _json_attr(span: SpanData, key: str, *, expect: type) -> Any:
     return value
 
 
-def _first_user_text(state: list[dict[str, Any]]) -> str | None:
-    for message in state:
-        if message.get("role") == "user":
-            return content_to_text(message.get("content"))
-    return None
-
-
 def _last_user_text(state: list[dict[str, Any]]) -> str | None:
     return next((content_to_text(m.get("content")) for m in reversed(state) if m.get("role") == "user"), None)
 

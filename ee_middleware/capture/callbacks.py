@@ -678,8 +678,7 @@ class RunRecord:
     """The LangGraph node run that wrote the run's last reply (:meth:`RunCapture.last_reply_task`); ``None`` where unknown."""
     root_ids: RootIds | None = None
     """The ids of the run's root span, decided when the run started (an inner recorded run's root nested under a stand-in
-    with them);
-    ``None``: new ones when the root is made."""
+    with them); ``None``: new ones when the root is made."""
     parent_resuming: bool = False
     """The run was invoked with the configuration of a graph that was resuming (:func:`parent_resuming`): it may have
     resumed with it from a checkpoint of its own (see :data:`~ee_middleware.capture.semconv.EE_PARENT_RESUMING`)."""

@@ -601,9 +601,9 @@ def check_replay_id(store: Any, replay_id: str, where: Any, *, given: str, witho
     ID``); ``without``: what leaving it out does."""
     import polars as pl
 
+    from ee_middleware._toml import _closest
     from ee_middleware.errors import ConfigError, hide_credentials
     from ee_middleware.models.urls import shown_spec
-    from ee_middleware.plugins import _did_you_mean
 
     where = hide_credentials(str(where))  # a store spec may hold user:password@
     records = store.replays()
@@ -618,14 +618,22 @@ def check_replay_id(store: Any, replay_id: str, where: Any, *, given: str, witho
     )
     listed = "; ".join(  # the specs with their URLs' credentials masked (a store replayed before they were masked holds them)
         f"{r['replay_id']} (policy {shown_spec(str(r['policy']))}, sandbox {shown_spec(str(r['sandbox']))}, K={r['k']}, "
-        f"{r['trajectories']} {'trajectory' if r['trajectories'] == 1 else 'trajectories'})"
+        f"{plural(r['trajectories'], 'trajectory', 'trajectories')})"
         for r in replays.head(10).iter_rows(named=True)
     ) + (f"; and {replays.height - 10} more" if replays.height > 10 else "")
     ids = replays["replay_id"].to_list()
     starting = [r for r in ids if r.startswith(replay_id)]
+    close = _closest(replay_id, ids)
     meant = (
         f" Did you mean {starting[0]}? A replay id is given whole."
         if len(starting) == 1 and replay_id
-        else _did_you_mean(replay_id, ids).replace(" (did you mean", " Did you mean").removesuffix(")")
+        else f" Did you mean {close}?"
+        if close
+        else ""
     )
     raise ConfigError(f"{given}: {where} holds no replay of that id.{meant} Its replays: {listed}. {without[0].upper()}{without[1:]}.")
+
+
+def plural(n: int, one: str, many: str) -> str:
+    """``n`` and the word for it: ``1 trajectory``, ``2 trajectories``."""
+    return f"{n} {one if n == 1 else many}"

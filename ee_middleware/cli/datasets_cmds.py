@@ -22,6 +22,7 @@ from ee_middleware.cli.common import (
     examples,
     key_value_settings,
     open_job_store,
+    plural,
     print_json,
     reading_store,
     short,
@@ -232,10 +233,6 @@ def build(
             typer.secho(f"warning: {large}", err=True, fg="yellow")
 
 
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
 def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
     """The line naming the replays whose rollouts were used, and the warning for those left out for fidelity mismatches."""
     replays = summary.get("replays") or {}
@@ -245,16 +242,14 @@ def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
         def named(replay: dict[str, Any]) -> str:
             how = [f"{key} {replay[key]}" for key in ("policy", "sandbox") if replay.get(key)]
             how += [f"K={replay['k']}"] if replay.get("k") is not None else []
-            counts = (
-                f"{_plural(replay['trajectories'], 'trajectory', 'trajectories')}, {_plural(replay['rollouts'], 'rollout', 'rollouts')}"
-            )
+            counts = f"{plural(replay['trajectories'], 'trajectory', 'trajectories')}, {plural(replay['rollouts'], 'rollout', 'rollouts')}"
             return f"{replay['replay_id']} ({', '.join(how) + ': ' if how else ''}{counts})"
 
         several = replays.get("trajectories_with_several") or 0
-        line = f"rollouts from {_plural(len(used), 'replay', 'replays')}: {'; '.join(named(r) for r in used)}"
+        line = f"rollouts from {plural(len(used), 'replay', 'replays')}: {'; '.join(named(r) for r in used)}"
         if several:
             line += (
-                f". {_plural(several, 'trajectory has', 'trajectories have')} rollouts of more than one replay: all are used "
+                f". {plural(several, 'trajectory has', 'trajectories have')} rollouts of more than one replay: all are used "
                 "(every replay's rollouts by default; --replay-id ID uses one)"
             )
         out_console.print(escape(line), highlight=False)
@@ -274,11 +269,11 @@ def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
     if wrong_tools:
         calls = sum(t["rollouts"] for t in wrong_tools)
         tools = ", ".join(sorted({t["tool"] for t in wrong_tools}))
-        elsewhere = f", and {_plural(calls, 'call', 'calls')} to {tools} the same sandbox answered in other trajectories"
+        elsewhere = f", and {plural(calls, 'call', 'calls')} to {tools} the same sandbox answered in other trajectories"
     typer.secho(
-        f"warning: left out {_plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
+        f"warning: left out {plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
         f"own recorded call otherwise than production (fidelity mismatches: {visible(where)}): "
-        f"{'their' if len(listed) != 1 else 'its'} {_plural(own, 'rollout', 'rollouts')} from that step on{visible(elsewhere)}. "
+        f"{'their' if len(listed) != 1 else 'its'} {plural(own, 'rollout', 'rollouts')} from that step on{visible(elsewhere)}. "
         "Fix the sandbox and replay again (ee replay show TRAJECTORY_ID shows the diff; a tool whose answer holds the time "
         "or a fresh id never matches: docs/sandboxes.md says how to keep those in the world); --include-fidelity-mismatches "
         "uses them.",
