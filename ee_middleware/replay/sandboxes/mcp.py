@@ -324,7 +324,7 @@ class _Instance:
         self.pgid: int | None = None
         self._variable = variable
         self._pid_file = workdir / f"{name}-{serial}.pid"
-        self._stderr = workdir / f"{name}-{serial}.stderr"
+        self._stderr = self._pid_file.with_suffix(".stderr")  # the guard finds it by this name when orphaned
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stopping = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -771,6 +771,9 @@ class McpSandbox(ClosedOnExit):
                 for instance in [*self._active.values(), *self._spares.values()]:
                     instance.kill()
                 loop.call_soon(loop.stop)  # type: ignore[union-attr]
+                if self._workdir is not None:
+                    shutil.rmtree(self._workdir, ignore_errors=True)
+                    self._workdir = None
                 return
             if loop is not None and thread is not None and thread.is_alive():
                 try:

@@ -10,7 +10,10 @@ cannot be asked to die with the replay job. The sandbox therefore starts this gu
 - watches the process that started it (:func:`~ee_middleware._lifetime.die_with_parent`): once that is gone, even
   killed with ``SIGKILL``, it kills the whole group within a second;
 - when the server exits (its standard input closed, as when the sandbox's process died), kills what is left of the
-  group (processes the server started) and exits with the server's exit code.
+  group (processes the server started) and exits with the server's exit code;
+- once orphaned, removes its files from the sandbox's working folder (``NAME.pid`` and the server's ``NAME.stderr``
+  beside it), and the folder once it is empty: the sandbox removes them itself when it closes, which a job killed
+  with ``SIGKILL`` never does.
 
 Run as ``python -c "<import and call main>" PARENT_PID PID_FILE -- COMMAND [ARGS...]`` (see ``McpSandbox``); it imports
 nothing but the standard library and :mod:`ee_middleware._lifetime`.
@@ -44,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(written, pid_file)
 
     def orphaned() -> None:
+        _remove_own_files(pid_file)
         kill_process_group(group)  # the server, what it started, and this guard
         os._exit(1)
 
@@ -57,7 +61,24 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: None)
     code = server.wait()
     _kill_group_but_me(group)
+    if os.getppid() != parent:  # the server ended because the sandbox's process died (its pipes closed)
+        _remove_own_files(pid_file)
     return code if code >= 0 else 128 - code
+
+
+def _remove_own_files(pid_file: str) -> None:
+    """Remove this guard's pid file and its server's stderr file, then their folder if nothing else is left in it (of
+    several guards orphaned at once, the last to get here removes it)."""
+    stem, _ = os.path.splitext(pid_file)
+    for path in (pid_file, f"{stem}.stderr", f"{pid_file}.tmp"):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    try:
+        os.rmdir(os.path.dirname(pid_file) or ".")
+    except OSError:  # another guard's files are still there, or it is gone already
+        pass
 
 
 def _kill_group_but_me(group: int) -> None:

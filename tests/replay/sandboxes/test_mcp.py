@@ -285,7 +285,8 @@ def test_a_crash_or_a_time_out_is_a_sandbox_failure_and_the_world_is_rebuilt() -
 
 
 def test_a_killed_job_leaves_no_server(tmp_path: Path) -> None:
-    """The replay's process killed with SIGKILL (no clean-up runs): the guard kills the server's group within a second."""
+    """The replay's process killed with SIGKILL (no clean-up runs): the guard kills the server's group within a second,
+    and the guards remove the sandbox's working folder (their pid files, the servers' stderr)."""
     script = tmp_path / "job.py"
     script.write_text(
         textwrap.dedent(
@@ -296,6 +297,7 @@ def test_a_killed_job_leaves_no_server(tmp_path: Path) -> None:
             sandbox = McpSandbox({{"notes": McpServer(sys.executable, ({SERVER!r},))}})
             sandbox.reset({ENVIRONMENT!r})
             print(sandbox.execute(ToolCall(id="h", name="spawn_helper", arguments={{}})).content, flush=True)
+            print(sandbox._workdir, flush=True)
             time.sleep(300)
             """
         )
@@ -303,11 +305,20 @@ def test_a_killed_job_leaves_no_server(tmp_path: Path) -> None:
     job = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[3])
     try:
         helper = int(job.stdout.readline())  # type: ignore[union-attr]
-        assert psutil.pid_exists(helper) and server_processes()
+        workdir = Path(job.stdout.readline().strip())  # type: ignore[union-attr]
+        assert (
+            psutil.pid_exists(helper)
+            and server_processes()
+            and sorted(p.suffix for p in workdir.iterdir()) == [".pid", ".pid", ".stderr", ".stderr"]
+        )
     finally:
         job.send_signal(signal.SIGKILL)
         job.wait()
     assert_no_server_left(timeout=10)
+    deadline = time.monotonic() + 10
+    while workdir.exists() and time.monotonic() < deadline:  # the guards remove their files, the last one the folder
+        time.sleep(0.1)
+    assert not workdir.exists(), f"the sandbox's working folder was left: {sorted(p.name for p in workdir.iterdir())}"
 
 
 # -- configuration and the registry -------------------------------------------------------------------------------------
