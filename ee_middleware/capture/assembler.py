@@ -210,13 +210,20 @@ class AssemblyOptions:
     does not know, a reviewed turn gets the resumed run's own tools, and one calling a tool none of them is is left out."""
 
 
-def split_runs(spans: Sequence[SpanData]) -> list[list[SpanData]]:
-    """Group one trace's spans into agent runs (outermost ``invoke_agent`` subtrees)."""
+def split_runs(spans: Sequence[SpanData], unread_parents: Mapping[str, str] | None = None) -> list[list[SpanData]]:
+    """Group one trace's spans into agent runs (outermost ``invoke_agent`` subtrees).
+
+    ``unread_parents``: the parent of each span of the trace that is not among ``spans`` (a span the live processor did
+    not keep, such as a LangGraph node's): a span under one of them belongs under its nearest ancestor that is."""
     by_id = {s.span_id: s for s in spans}
     children: dict[str | None, list[SpanData]] = {}
     for s in spans:
-        parent = s.parent_span_id if s.parent_span_id in by_id else None
-        children.setdefault(parent, []).append(s)
+        parent = s.parent_span_id
+        if unread_parents:
+            seen = 0
+            while parent is not None and parent not in by_id and seen <= len(unread_parents):  # (bounded: a cycle ends)
+                parent, seen = unread_parents.get(parent), seen + 1
+        children.setdefault(parent if parent in by_id else None, []).append(s)
 
     def subtree(root: SpanData) -> list[SpanData]:
         out, todo = [], [root]
@@ -244,6 +251,17 @@ def split_runs(spans: Sequence[SpanData]) -> list[list[SpanData]]:
     if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
         runs.append(leftover)
     return runs
+
+
+def recorded_spans_only(run: list[SpanData]) -> list[SpanData]:
+    """``run`` (its root first) with ee-middleware's own spans alone where its root is capture's (``record_experience``
+    exporting to a provider that other instrumentations trace to as well): their spans under it (OpenInference's,
+    OpenLLMetry's) are the same graph, model and tool calls traced again, each decision a second time. Any other run
+    as it is."""
+    root = run[0]
+    if sc.EE_RECORDER not in root.attributes or operation_of(root.attributes) != sc.OP_INVOKE_AGENT:
+        return run
+    return [s for s in run if sc.EE_RECORDER in s.attributes]
 
 
 def split_nested(spans: Sequence[SpanData]) -> list[list[SpanData]]:

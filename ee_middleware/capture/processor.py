@@ -31,7 +31,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_nested, split_runs
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, recorded_spans_only, split_nested, split_runs
 from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
@@ -185,7 +185,10 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._last_write = 0.0  # when the last write started
         self._flushing = 0
         self._buffers: OrderedDict[str, list[SpanData]] = OrderedDict()
-        self._jobs: list[list[SpanData]] = []
+        self._unread: OrderedDict[str, dict[str, str]] = OrderedDict()
+        """Without ``recorder_id``: per trace, the parent of each span not kept (no GenAI operation), by the span's id,
+        for :func:`~ee_middleware.capture.assembler.split_runs` to tell which run a kept span under one belongs to."""
+        self._jobs: list[tuple[list[SpanData], dict[str, str]]] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._busy = False
@@ -229,8 +232,31 @@ class ExperienceSpanProcessor(SpanProcessor):
         else:
             key, done = trace_id, is_root
             if operation_of(attrs) is None and not (done and key in self._buffers):
+                self._unread_span(key, done, span)
                 return
         self._buffer(key, done, convert(span) if convert is not None else span)
+
+    def _unread_span(self, key: str, done: bool, span: Any) -> None:
+        """Remember the parent of a span not kept (a LangGraph node's, an app's own) while its trace has runs to come: a
+        GenAI span under it may belong to a run of another instrumentation's spans above it (ee-middleware's own, where
+        :func:`~ee_middleware.record_experience` shares this provider), not be a run of its own."""
+        with self._lock:
+            if done:  # a trace that ended holding no GenAI span
+                self._unread.pop(key, None)
+                return
+            if isinstance(span, SpanData):
+                span_id, parent = span.span_id, span.parent_span_id
+            else:
+                parent = f"{span.parent.span_id:016x}" if span.parent is not None else None
+                span_id = f"{span.context.span_id:016x}"
+            if parent is None or self._closed:
+                return
+            links = self._unread.get(key)
+            if links is None:
+                links = self._unread[key] = {}
+                while len(self._unread) > self._max_buffered:
+                    self._unread.popitem(last=False)
+            links[span_id] = parent
 
     def _buffer(self, key: str, done: bool, data: SpanData) -> None:
         """Keep ``data`` with its run's spans (``key``); ``done``: the run's root, whose run goes to the writer."""
@@ -240,7 +266,7 @@ class ExperienceSpanProcessor(SpanProcessor):
             self._buffers.setdefault(key, []).append(data)
             self._buffers.move_to_end(key)
             if done:
-                self._jobs.append(self._buffers.pop(key))
+                self._jobs.append((self._buffers.pop(key), self._unread.pop(key, {})))
                 self._ensure_worker()
                 # the writer waits without a time-out only on an empty queue: wake it for the first run, and at the batch
                 # bound; between, it keeps its own time (min_write_interval_s). Waking it at every run's end only sent it
@@ -287,6 +313,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._buffers = OrderedDict()
+        self._unread = OrderedDict()
         self._jobs = []
         self._busy = False
         self._flushing = 0
@@ -334,13 +361,13 @@ class ExperienceSpanProcessor(SpanProcessor):
                     self._busy = False
                     self._wake.notify_all()
 
-    def _write(self, jobs: list[list[SpanData]]) -> None:
+    def _write(self, jobs: list[tuple[list[SpanData], dict[str, str]]]) -> None:
         trajectories: list[Trajectory] = []
         options = (
             self.options if self.options.paused_tools is not None else dataclasses.replace(self.options, paused_tools=self.paused.tools)
         )
-        for spans in jobs:
-            runs = [spans] if self.recorder_id is not None else split_runs(spans)
+        for spans, unread in jobs:
+            runs = [spans] if self.recorder_id is not None else [recorded_spans_only(run) for run in split_runs(spans, unread)]
             for outer in runs:
                 # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
                 parts = split_nested(outer)

@@ -49,6 +49,7 @@ from itertools import pairwise
 from typing import Any, NamedTuple
 
 from ee_middleware.capture import semconv as sc
+from ee_middleware.capture.assembler import recorded_spans_only
 from ee_middleware.capture.normalize import normalize, operation_of, traceloop_metadata_value
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest.dialects import OUTPUT_CHOICES, graph_run_attributes, litellm_raw_calls
@@ -135,7 +136,11 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     gaps = [run_gaps(run, tree, unended) for run in runs]
     choices = Choices()
     runs = [
-        with_task(_with_reply_ids(_with_replies_from_history(_with_context(chosen_replies(_without_echoes(run, tree), choices), tree))))
+        with_task(
+            _with_reply_ids(
+                _with_replies_from_history(_with_context(chosen_replies(_without_echoes(recorded_spans_only(run), tree), choices), tree))
+            )
+        )
         for run in runs
     ]
     return TraceRuns(

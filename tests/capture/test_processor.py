@@ -128,3 +128,35 @@ def test_a_forked_process_writes_its_own_runs_and_not_the_runs_its_parent_had_qu
     tasks = sorted(r["data"]["task"] for r in records if r["kind"] == "trajectory")
     assert tasks == ["child 0", "parent 0", "parent 1"], "each run written once, by the process that recorded it"
     provider.shutdown()
+
+
+def test_a_run_captured_and_traced_by_openinference_on_one_provider_is_one_trajectory_live(tmp_path):
+    """Real spans (tests/ingest/fixtures/make_double_traced_fixtures.py --ee-capture): ``record_experience(...,
+    tracer_provider=provider)`` and OpenInference's LangChain instrumentation on one provider, fed to a processor on it
+    in the order they ended. OpenInference's model spans hang under its node spans (no GenAI operation: not kept), so
+    they were taken for a run of their own: the run was stored twice (app ``shop`` and ``unknown_service``). Now they
+    are read as under capture's root, and that run's own spans alone make it, as ``ee traces ingest`` stores it."""
+    from pathlib import Path
+
+    from ee_middleware.ingest.otlp_json import ParseResult, iter_otlp_json
+    from ee_middleware.ingest.service import ingest_files
+
+    fixture = Path(__file__).parents[1] / "ingest" / "fixtures" / "double_traced_ee_capture_openinference_langchain.jsonl"
+    meta = json.loads(fixture.with_name(fixture.name.replace(".jsonl", ".meta.json")).read_text())
+    spans = sorted(iter_otlp_json(fixture, ParseResult()), key=lambda s: s.end_ns)
+    assert {s.attributes.get("openinference.span.kind") for s in spans} >= {"LLM", "CHAIN", "TOOL"}
+    store = LocalExperienceStore(tmp_path / "live")
+    processor = ExperienceSpanProcessor(store)
+    for span in spans:
+        processor.on_end_data(span)
+    assert processor.force_flush()
+    [live] = store.iter_trajectories()
+    ingested_store = LocalExperienceStore(tmp_path / "ingested")
+    ingest_files([fixture], ingested_store)
+    [ingested] = ingested_store.iter_trajectories()
+    steps = [(s.action.tool_call.name, s.action.tool_call.arguments) if s.action.tool_call else s.action.content for s in live.steps]
+    assert steps == [("get_weather", {"city": "Paris"}), ("convert_temp", {"celsius": 20}), meta["steps"][-1][1]]
+    assert (live.app, live.task, live.status, live.final_answer) == ("shop", meta["task"], "completed", meta["steps"][-1][1])
+    assert [s.observation for s in live.steps] == [s.observation for s in ingested.steps]
+    assert processor.pending_spans() == 0 and not processor._unread
+    processor.shutdown()
