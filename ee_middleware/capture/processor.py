@@ -97,6 +97,16 @@ class CaptureStats:
         )
 
 
+@dataclass
+class _Ancestry:
+    """The spans of one trace not kept that hold a span kept (:meth:`ExperienceSpanProcessor._unread_span`)."""
+
+    wanted: set[str] = field(default_factory=set)
+    """The parents of the spans kept and remembered: a span not kept is remembered when it is one of them."""
+    parents: dict[str, str] = field(default_factory=dict)
+    """The parent of each span remembered, by its id."""
+
+
 def _capture_failure(spans: list[SpanData]) -> str | None:
     """Why a run's ``spans`` are not stored, when capture could not finish one of them whole (a ``redact_fn`` or the
     encoder raised on its payload: :data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`). Assembled from the spans
@@ -185,9 +195,8 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._last_write = 0.0  # when the last write started
         self._flushing = 0
         self._buffers: OrderedDict[str, list[SpanData]] = OrderedDict()
-        self._unread: OrderedDict[str, dict[str, str]] = OrderedDict()
-        """Without ``recorder_id``: per trace, the parent of each span not kept (no GenAI operation), by the span's id,
-        for :func:`~ee_middleware.capture.assembler.split_runs` to tell which run a kept span under one belongs to."""
+        self._unread: dict[str, _Ancestry] = {}
+        """Without ``recorder_id``: per trace with spans buffered, the spans not kept (no GenAI operation) above them."""
         self._jobs: list[tuple[list[SpanData], dict[str, str]]] = []
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -232,31 +241,27 @@ class ExperienceSpanProcessor(SpanProcessor):
         else:
             key, done = trace_id, is_root
             if operation_of(attrs) is None and not (done and key in self._buffers):
-                self._unread_span(key, done, span)
+                if not done:
+                    self._unread_span(key, span)
                 return
         self._buffer(key, done, convert(span) if convert is not None else span)
 
-    def _unread_span(self, key: str, done: bool, span: Any) -> None:
-        """Remember the parent of a span not kept (a LangGraph node's, an app's own) while its trace has runs to come: a
-        GenAI span under it may belong to a run of another instrumentation's spans above it (ee-middleware's own, where
-        :func:`~ee_middleware.record_experience` shares this provider), not be a run of its own."""
-        with self._lock:
-            if done:  # a trace that ended holding no GenAI span
-                self._unread.pop(key, None)
-                return
-            if isinstance(span, SpanData):
-                span_id, parent = span.span_id, span.parent_span_id
-            else:
-                parent = f"{span.parent.span_id:016x}" if span.parent is not None else None
-                span_id = f"{span.context.span_id:016x}"
-            if parent is None or self._closed:
-                return
-            links = self._unread.get(key)
-            if links is None:
-                links = self._unread[key] = {}
-                while len(self._unread) > self._max_buffered:
-                    self._unread.popitem(last=False)
-            links[span_id] = parent
+    def _unread_span(self, key: str, span: Any) -> None:
+        """Remember the parent of a span not kept (a LangGraph node's) that holds a span kept: the run that span belongs
+        to may be that of another instrumentation's spans above it (ee-middleware's own, where
+        :func:`~ee_middleware.record_experience` shares this provider), not one of its own. A span ends after the spans
+        under it, so only the spans over a GenAI span are remembered, not every span of the app."""
+        ancestry = self._unread.get(key)
+        if ancestry is None:
+            return
+        span_id = span.span_id if isinstance(span, SpanData) else f"{span.context.span_id:016x}"
+        if span_id not in ancestry.wanted:
+            return
+        parent = span.parent_span_id if isinstance(span, SpanData) else f"{span.parent.span_id:016x}" if span.parent else None
+        if parent is not None:
+            with self._lock:
+                ancestry.parents[span_id] = parent
+                ancestry.wanted.add(parent)
 
     def _buffer(self, key: str, done: bool, data: SpanData) -> None:
         """Keep ``data`` with its run's spans (``key``); ``done``: the run's root, whose run goes to the writer."""
@@ -265,8 +270,11 @@ class ExperienceSpanProcessor(SpanProcessor):
                 return
             self._buffers.setdefault(key, []).append(data)
             self._buffers.move_to_end(key)
+            if self.recorder_id is None and data.parent_span_id is not None:
+                self._unread.setdefault(key, _Ancestry()).wanted.add(data.parent_span_id)
             if done:
-                self._jobs.append((self._buffers.pop(key), self._unread.pop(key, {})))
+                ancestry = self._unread.pop(key, None)
+                self._jobs.append((self._buffers.pop(key), ancestry.parents if ancestry is not None else {}))
                 self._ensure_worker()
                 # the writer waits without a time-out only on an empty queue: wake it for the first run, and at the batch
                 # bound; between, it keeps its own time (min_write_interval_s). Waking it at every run's end only sent it
@@ -274,7 +282,8 @@ class ExperienceSpanProcessor(SpanProcessor):
                 if len(self._jobs) == 1 or len(self._jobs) >= self._max_batch:
                     self._wake.notify_all()  # all: force_flush waits on the same condition
             while len(self._buffers) > self._max_buffered:
-                _, dropped = self._buffers.popitem(last=False)
+                evicted, dropped = self._buffers.popitem(last=False)
+                self._unread.pop(evicted, None)
                 self.stats.spans_dropped += len(dropped)
                 logger.warning("ee-middleware dropped %d spans of a run that never finished (buffer full).", len(dropped))
 
@@ -313,7 +322,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._buffers = OrderedDict()
-        self._unread = OrderedDict()
+        self._unread = {}
         self._jobs = []
         self._busy = False
         self._flushing = 0

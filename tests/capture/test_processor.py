@@ -160,3 +160,39 @@ def test_a_run_captured_and_traced_by_openinference_on_one_provider_is_one_traje
     assert [s.observation for s in live.steps] == [s.observation for s in ingested.steps]
     assert processor.pending_spans() == 0 and not processor._unread
     processor.shutdown()
+
+
+def test_model_spans_under_spans_not_kept_belong_to_the_agent_run_above_them(tmp_path):
+    """An agent span (OpenInference's ``AGENT`` kind) whose model call hangs under a chain span of no GenAI operation
+    (a LangGraph node's), real SDK spans: the call is the agent's step, one run, not a run of its own beside an agent
+    run with no call. Of the spans not kept, only those over a kept span are remembered (the app's database spans are
+    not), and nothing once the trace has ended."""
+    store = LocalExperienceStore(tmp_path / "s")
+    processor = ExperienceSpanProcessor(store)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("another-instrumentation")
+    with tracer.start_as_current_span("request") as request:
+        with tracer.start_as_current_span("agent", attributes={"openinference.span.kind": "AGENT", "gen_ai.agent.name": "planner"}):
+            for n in range(3):
+                with tracer.start_as_current_span(f"db query {n}"):
+                    pass
+            chat = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "m",
+                "gen_ai.input.messages": json.dumps([{"role": "user", "parts": [{"type": "text", "content": "plan a trip"}]}]),
+                "gen_ai.output.messages": json.dumps([{"role": "assistant", "parts": [{"type": "text", "content": "ok"}]}]),
+            }
+            with (
+                tracer.start_as_current_span("model", attributes={"openinference.span.kind": "CHAIN"}) as node,
+                tracer.start_as_current_span("chat m", attributes=chat),
+            ):
+                pass
+        trace_id = f"{request.get_span_context().trace_id:032x}"
+        [ancestry] = processor._unread.values()
+        assert ancestry.parents == {f"{node.get_span_context().span_id:016x}": f"{node.parent.span_id:016x}"}
+    assert processor.force_flush()
+    [trajectory] = store.iter_trajectories()
+    assert (trajectory.app, trajectory.task, trajectory.final_answer, trajectory.status) == ("planner", "plan a trip", "ok", "completed")
+    assert trace_id not in processor._unread and processor.pending_spans() == 0
+    provider.shutdown()
