@@ -995,7 +995,9 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "aws_secret_key",
-        re.compile(r"(?<![A-Za-z0-9/+=])(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
+        # 40 characters that stand alone: not within a longer name (a file's, a folder's: "tmp39_ab/t/experience/spool/
+        # 20261204T192310-6339.jsonl" holds 40), where an underscore, a hyphen or a dot joins them to more of it
+        re.compile(r"(?<![A-Za-z0-9/+=])(?<![A-Za-z0-9][-_.])(?P<value>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])(?![-_.][A-Za-z0-9])"),
         _having(r"[a-z0-9/+]{40}"),
         "value",
         _is_aws_secret,

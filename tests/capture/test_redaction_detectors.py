@@ -673,3 +673,34 @@ def _strings(value):
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return [value] if isinstance(value, str) else []
+
+
+AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a store's spool segment in a capture error message: 40 characters of a path between "tmp39_" and "-633..."
+        "Could not write to spool segment /tmp/tmp39_hiwwc/t/experience/spool/20261204T192310-633972326-vm-994-a6c9d43d.jsonl",
+        "reports/q3_Data2024/summary/v2/final/Report1Q.pdf-old",
+        "build-x7Kd9/artifacts/linux/amd64/Release2024v1.tar.gz",
+    ],
+)
+def test_forty_characters_within_a_longer_file_name_are_no_aws_secret_key(text):
+    assert Redactor().redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"aws_secret_access_key = {AWS_SECRET}",
+        f"The key is {AWS_SECRET}.",
+        f"key:{AWS_SECRET}, next",
+        f'"SecretAccessKey": "{AWS_SECRET}"',
+        f"({AWS_SECRET})",
+        f"{AWS_SECRET}-",
+    ],
+)
+def test_an_aws_secret_key_standing_alone_is_still_redacted(text):
+    assert AWS_SECRET not in Redactor().redact_text(text)
