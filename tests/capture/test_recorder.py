@@ -595,11 +595,11 @@ def _order_agent() -> Any:
 def test_flush_returns_false_when_runs_could_not_be_written_to_a_full_disk(offload: str, tmp_path: Path, monkeypatch) -> None:
     """On a full disk the runs were lost (logged, counted in runs_failed), yet flush() returned True in thread mode,
     while process mode returned False for runs lost with a dead child. flush() now returns False in either mode when a
-    run failed to be stored since the last flush (once), and True again once runs are written. A real full tmpfs."""
-    import errno
+    run failed to be stored since the last flush (once), and True again once runs are written. A real full tmpfs, filled
+    to its last byte (filled 64 KiB at a time, a run written alone could still fit in what was left)."""
     import os
 
-    from tests.store.mounts import tiny_tmpfs
+    from tests.store.mounts import fill_up, tiny_tmpfs
 
     monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
     with tiny_tmpfs(tmp_path, "512k") as disk:
@@ -608,13 +608,7 @@ def test_flush_returns_false_when_runs_could_not_be_written_to_a_full_disk(offlo
             agent.invoke({"messages": [("user", "where is A-1")]})
             assert agent.flush(30)
             filler = disk / "filler"
-            with open(filler, "wb") as fh:
-                try:
-                    while True:
-                        fh.write(b"x" * 65536)
-                        fh.flush()
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
+            fill_up(filler)
             for order in ("B-1", "B-2"):
                 agent.invoke({"messages": [("user", f"where is {order}")]})
             assert not agent.flush(30), "runs were lost to the full disk"
@@ -623,10 +617,14 @@ def test_flush_returns_false_when_runs_could_not_be_written_to_a_full_disk(offlo
             agent.invoke({"messages": [("user", "where is C-1")]})
             assert agent.flush(30)
             stats = agent.recorder.stats
-            assert stats.runs_failed == 2 and stats.trajectories_written == 2
+            # both B runs lost, or in process mode B-1 written alone before B-2 came (it fits in the room the spool
+            # segment's last page has left; the two together do not): each run counted once, written or failed
+            assert stats.runs_failed >= 1 and stats.runs_failed + stats.trajectories_written == 4, stats
+            assert offload == "process" or stats.runs_failed == 2
         finally:
             agent.recorder.close()
-        assert sorted(LocalExperienceStore(disk / "experience").trajectories()["task"].to_list()) == ["where is A-1", "where is C-1"]
+        tasks = sorted(LocalExperienceStore(disk / "experience").trajectories()["task"].to_list())
+        assert len(tasks) == stats.trajectories_written and {"where is A-1", "where is C-1"} <= set(tasks)
 
 
 @pytest.mark.parametrize("offload", ["thread", "process"])

@@ -39,6 +39,20 @@ def tiny_tmpfs(parent: Path, size: str = "1m") -> Iterator[Path]:
         subprocess.run(["umount", str(point)], check=True)
 
 
+def fill_up(path: Path) -> None:
+    """Write ``path`` until its file system has not one byte left: 64 KiB at a time, then ever smaller writes down to one
+    byte (stopping at the first 64 KiB that does not fit left up to 64 KiB free, room for a small write after all)."""
+    with open(path, "wb", buffering=0) as out:
+        chunk = 65536
+        while chunk:
+            try:
+                out.write(b"x" * chunk)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                chunk //= 2
+
+
 @contextmanager
 def read_only_view(folder: Path) -> Iterator[Path]:
     """``folder`` bind-mounted read-only at a new path (root can write through chmod, not through this)."""
