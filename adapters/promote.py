@@ -203,13 +203,17 @@ def _promote(
                 say(f"verifying {name} on {replica.url}")
                 verifications.append(replica.verify(name))
             except ServingError as exc:
-                failure = (replica, exc)
-                break
+                failure = failure or (replica, exc)
+                if not _adapter_at_fault(exc):
+                    break
+                # the adapter's fault, or this replica's: the replicas left tell which (one that serves it clears it)
+                say(f"{name} failed on {replica.url}; trying the other replicas, to tell whether the adapter is at fault")
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP in the CLI: undone as a failure is, then stopped
         _interrupted(registry, record, exc, loaded, loading, by=by, say=say)
         raise
     if failure is not None:  # (out of the handler above: _fail records the failure even when stopped while undoing it)
-        _fail(registry, record, *failure, loaded, held, by=by, say=say, loading=loading)
+        cleared = _cleared(registry, record, verifications)
+        _fail(registry, record, *failure, loaded, held, by=by, say=say, loading=loading, cleared=cleared)
     previous = registry.switch_live(name, by=by)
     say(f"{record.app} -> {name}")
     return SwitchResult(
@@ -563,8 +567,10 @@ def _fail(
     by: str | None,
     say: Progress,
     loading: ServingBackend | None = None,
+    cleared: str | None = None,
 ) -> None:
-    """Undo what this promote loaded, mark the adapter failed where it is at fault, and raise :class:`PromotionError`
+    """Undo what this promote loaded, mark the adapter failed where it is at fault (not where ``cleared`` says why it is
+    not: :func:`_cleared`), and raise :class:`PromotionError`
     saying what happened: which replicas it was unloaded from or stays loaded on, and its status now (a retired
     adapter that is not at fault stays retired, not a candidate). ``loading``: the replica whose load failed without an
     answer (a timeout), which holds the adapter if that load went through after all. Stopped while undoing (Ctrl-C), it
@@ -577,7 +583,9 @@ def _fail(
         answered = [other for other, _ in results]
         unloading, *left = [other.url for other in loaded if other not in answered]  # (the first: its unload was under way)
         still = f"still loaded on {', '.join(left)}" if left else "loaded on no other replica"
-        _record_failure(registry, record, exc, f"{reason} Then interrupted while unloading it from {unloading}: {still}.", by=by)
+        _record_failure(
+            registry, record, exc, f"{reason} Then interrupted while unloading it from {unloading}: {still}.", by=by, cleared=cleared
+        )
         raise
     problems = [problem for _, problem in results if problem]
     if problems:
@@ -586,7 +594,7 @@ def _fail(
     if loading is not None and isinstance(exc, ServerTimeoutError):
         unanswered = f" {loading.url} did not answer its load in time: it holds {record.name} if that load went through."
         reason += unanswered
-    outcome = _record_failure(registry, record, exc, reason, by=by)
+    outcome = _record_failure(registry, record, exc, reason, by=by, cleared=cleared)
     live = registry.resolve(record.app)
     raise PromotionError(
         f"Promoting {record.name} failed on {replica.url}: {exc} {_unload_text(loaded, held, problems)}{unanswered} {outcome}. "
@@ -611,25 +619,50 @@ def _unload_each(
             results.append((other, f"could not unload it from {other.url} ({type(unload_exc).__name__}: {unload_exc})"))
 
 
-def _record_failure(registry: AdapterRegistry, record: AdapterRecord, exc: ServingError, reason: str, *, by: str | None) -> str:
-    """Mark the adapter failed where ``exc`` is its own fault, else note ``promote-aborted``; what its status now is, said."""
-    if _adapter_at_fault(exc):
+def _record_failure(
+    registry: AdapterRegistry, record: AdapterRecord, exc: ServingError, reason: str, *, by: str | None, cleared: str | None = None
+) -> str:
+    """Mark the adapter failed where ``exc`` is its own fault and nothing ``cleared`` it, else note ``promote-aborted``;
+    what its status now is, said."""
+    if _adapter_at_fault(exc) and cleared is None:
         registry.mark_failed(record.name, reason, by=by)
         outcome = "It is marked failed"
     else:
+        if cleared is not None and _adapter_at_fault(exc):
+            reason += f" Not the adapter's fault: {cleared}."
         registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=reason)
+        replica_at_fault = cleared is not None and _adapter_at_fault(exc)
         when = (
             f"once every replica allows rank {record.rank}"
             if isinstance(exc, ServerRankError)
             else "once that replica is started as said"
             if isinstance(exc, ServerSetupError)
+            else "once that replica serves it as the others do (see its log), or without that replica"
+            if replica_at_fault
             else "when every replica answers"
         )
+        why = f"{cleared}, so the fault is that replica's, not the adapter's" if replica_at_fault else "the adapter is not at fault"
         outcome = (
-            f"It stays {_status_text(registry.get(record.name).status)}: the adapter is not at fault. Promote it again {when} "
+            f"It stays {_status_text(registry.get(record.name).status)}: {why}. Promote it again {when} "
             f"(ee adapters promote {record.name} ...)"
         )
     return outcome
+
+
+def _cleared(registry: AdapterRegistry, record: AdapterRecord, verifications: Sequence[Verification]) -> str | None:
+    """Why a failure of ``record`` on one replica is not its own, or ``None``: another replica served it in this promote
+    (loaded, listed, answered its smoke request), or it served its app before (promoted or rolled back to: the
+    registry's copy checked intact since). A replica that answers with no choices, or does not list an adapter it
+    accepted, then has trouble of its own, which marking the adapter failed for good would not fix."""
+    if verifications:
+        return f"it served a smoke request on {', '.join(v.url for v in verifications)} in this promote"
+    try:
+        events = registry.history(adapter=record.name)
+    except Exception:  # noqa: BLE001 - a plug-in registry without a readable history: no evidence either way
+        return None
+    if any(e.get("action") in ("promote", "rollback") and e.get("applied", True) for e in events):
+        return f"it served {record.app} before (ee adapters history {record.name})"
+    return None
 
 
 def _status_text(status: Status | str) -> str:

@@ -230,8 +230,10 @@ class HTTPServingBackend:
         """``name`` is listed by ``GET /v1/models`` and a greedy smoke chat request through it answers.
 
         :class:`VerificationError` when it is not listed or the server's answer names a problem with the adapter; a smoke
-        request that fails for the server's own reasons (5xx, a broken connection, a time-out) is the server's error
-        (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`), which says nothing about the adapter."""
+        request that fails for the server's own reasons (5xx, a broken connection, a time-out, a 200 that holds no chat
+        completion) is the server's error (:class:`ServerUnavailableError`, :class:`ServerTimeoutError`), which says
+        nothing about the adapter, and so is an answer by another model than ``name`` (:class:`ServerSetupError`: the
+        server did not apply the adapter)."""
         started = time.perf_counter()
         listed = self.list()
         if name not in listed:
@@ -247,8 +249,23 @@ class HTTPServingBackend:
             raise self._smoke_failed(exc, name) from exc
         finally:
             client.close()
-        if choice.problem is not None:
-            raise VerificationError(f"A smoke chat request through {name} at {self.url} got no answer: {choice.problem}", url=self.url)
+        if choice.problem is not None:  # a 200 that is no chat completion: the server's (or what answers on its port)
+            raise ServerUnavailableError(
+                f"A smoke chat request through {name} at {self.url} was answered with HTTP 200 but no chat completion "
+                f"({choice.problem}). That says nothing about the adapter (a server that cannot use an adapter refuses the "
+                "request, naming why): is it the vLLM server you meant, or something else on that port or in front of it? "
+                "See its log, and promote again once it answers chat requests.",
+                url=self.url,
+            )
+        answered = getattr(choice, "model", None)
+        if isinstance(answered, str) and answered and answered != name and not answered.endswith(f"/{name}"):
+            raise ServerSetupError(
+                f"A smoke chat request through {name} at {self.url} was answered by model {answered!r}, not {name}: that "
+                "server did not apply the adapter (vLLM answers with the adapter's name, or refuses a name it does not "
+                "serve). A proxy in front of it that maps every name to one model, or another server on that port? Point "
+                "the promote at the vLLM server itself.",
+                url=self.url,
+            )
         return Verification(self.url, name, choice.raw, time.perf_counter() - started)
 
     def _smoke_failed(self, exc: ModelError, name: str) -> ServingError:

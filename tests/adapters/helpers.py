@@ -38,7 +38,10 @@ class StandInVLLM(ThreadingHTTPServer):
 
     ``fail`` maps a path to the status it answers instead, or to ``(status, message)`` for vLLM's error body
     with that message. While ``hold_chat`` is set, a smoke chat request for a loaded adapter sets
-    ``chat_arrived`` and is answered only once ``release_chat`` is set (a slow replica, mid-verification)."""
+    ``chat_arrived`` and is answered only once ``release_chat`` is set (a slow replica, mid-verification). A replica in
+    trouble of its own: ``chat_choices`` answers chat requests with that ``choices`` list (``[]``: a 200 without an
+    answer), ``chat_model`` names that model as the one that answered, ``unlisted`` leaves loaded adapters out of
+    ``/v1/models``."""
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
@@ -49,6 +52,9 @@ class StandInVLLM(ThreadingHTTPServer):
         self.hold_chat = threading.Event()
         self.chat_arrived = threading.Event()
         self.release_chat = threading.Event()
+        self.chat_choices: list[Any] | None = None
+        self.chat_model: str | None = None
+        self.unlisted = False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -71,7 +77,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if not self._failed():
-            models = [{"id": "base"}] + [{"id": name, "parent": "base"} for name in self.server.loaded]
+            listed = () if self.server.unlisted else self.server.loaded
+            models = [{"id": "base"}] + [{"id": name, "parent": "base"} for name in listed]
             send_json(self, {"object": "list", "data": models})
 
     def do_POST(self) -> None:
@@ -95,7 +102,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.chat_arrived.set()
             self.server.release_chat.wait(timeout=60)
         choice = {"index": 0, "message": {"role": "assistant", "content": "OK"}, "finish_reason": "stop"}
-        send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"], "choices": [choice]})
+        choices = [choice] if self.server.chat_choices is None else self.server.chat_choices
+        model = self.server.chat_model or body["model"]
+        send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": model, "choices": choices})
 
 
 @contextmanager

@@ -102,6 +102,80 @@ def test_an_adapter_whose_smoke_request_answer_names_an_adapter_problem_is_marke
     assert registry.get(name).status == "failed" and name not in server.loaded
 
 
+@pytest.mark.parametrize("trouble", ["no choices", "unlisted"])
+def test_a_replica_in_trouble_of_its_own_does_not_condemn_an_adapter_another_replica_serves_stand_in_replica(
+    tmp_path: Path, trouble: str
+) -> None:
+    """Before: one replica answering the smoke request with HTTP 200 and ``"choices": []``, or accepting the load without
+    listing the adapter, marked it failed for good, though the other replica served it in the same promote (and with
+    the bad replica first, before any other was tried). Now every replica is tried, and one that serves it clears it."""
+    good, bad = StandInVLLM(), StandInVLLM()
+    if trouble == "no choices":
+        bad.chat_choices = []
+    else:
+        bad.unlisted = True
+    with serving(good) as good_url, serving(bad) as bad_url:
+        replicas = [VLLMBackend(bad_url, timeout_s=5), VLLMBackend(good_url, timeout_s=5)]
+        registry, (name,) = _registry(tmp_path, "/models/base")
+        with pytest.raises(PromotionError, match="stays a candidate") as caught:
+            promote(registry, name, replicas)
+        if trouble == "unlisted":  # the adapter's fault as far as that replica tells: the other replica clears it
+            assert f"it served a smoke request on {good_url} in this promote, so the fault is that replica's" in str(caught.value)
+        else:  # a 200 holding no chat completion says nothing about the adapter
+            assert isinstance(caught.value.__cause__, ServerUnavailableError) and "no chat completion" in str(caught.value)
+        assert registry.get(name).status == "candidate" and registry.resolve("bot") is None
+        assert name not in good.loaded, "unloaded where it was loaded and listed: nothing is left half-served"
+        assert promote(registry, name, replicas[1:]).live.name == name, "without the bad replica, the same adapter goes live"
+
+
+def test_a_200_without_choices_on_the_only_replica_leaves_the_adapter_a_candidate_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """A 200 holding no chat completion is no answer about the adapter (a server that cannot use one refuses, naming
+    why): the server's trouble, as a 5xx is."""
+    server, backend = stand_in
+    server.chat_choices = []
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    with pytest.raises(PromotionError, match="stays a candidate") as caught:
+        promote(registry, name, [backend])
+    assert isinstance(caught.value.__cause__, ServerUnavailableError) and "no chat completion" in str(caught.value)
+    assert registry.get(name).status == "candidate"
+
+
+def test_a_replica_answering_as_another_model_is_not_verified_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """Before: a replica whose smoke answer said ``"model": "base"`` (it did not apply the adapter: a proxy mapping every
+    name to the base) was listed in ``verified_on`` and the alias switched to an adapter nothing served."""
+    from ee_middleware.adapters.errors import ServerSetupError
+
+    server, backend = stand_in
+    server.chat_model = "base"
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    with pytest.raises(PromotionError, match="stays a candidate") as caught:
+        promote(registry, name, [backend])
+    assert isinstance(caught.value.__cause__, ServerSetupError) and "answered by model 'base'" in str(caught.value)
+    assert registry.resolve("bot") is None and registry.get(name).status == "candidate"
+    server.chat_model = f"hosted_vllm/{name}"  # a provider prefix before the adapter's name is the adapter's name
+    assert promote(registry, name, [backend]).live.name == name
+
+
+def test_an_adapter_that_served_before_is_not_condemned_by_a_replica_that_does_not_list_it_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """The rollback target promoted again through one replica in trouble (it accepts the load and lists nothing): before,
+    it was marked failed, and the app had nothing left to roll back to."""
+    server, backend = stand_in
+    registry, (first, _second) = _promoted_in_turn(tmp_path, backend)
+    server.loaded.pop(first)
+    server.unlisted = True
+    with pytest.raises(PromotionError, match=rf"it served bot before \(ee adapters history {first}\), so the fault is that replica's"):
+        promote(registry, first, [backend])
+    assert registry.get(first).status == "retired" and registry.rollback_target("bot").name == first
+    server.unlisted = False
+    assert rollback(registry, "bot", [backend]).live.name == first
+
+
 @pytest.mark.parametrize("trouble", [500, 503, 429, "time-out"])
 def test_a_smoke_request_failing_for_the_servers_own_trouble_leaves_the_adapter_a_candidate_stand_in_replica(
     stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, trouble: int | str

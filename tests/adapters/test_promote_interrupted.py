@@ -112,8 +112,10 @@ class FailingAt(VLLMBackend):
 def test_a_failed_promote_interrupted_while_undoing_still_records_its_failure(
     tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]]
 ) -> None:
-    """The second replica's smoke request fails for the adapter's own fault; Ctrl-C lands after the first unload. Was:
-    the history ended at promote-started, the adapter a candidate, loaded on the failing replica, nothing said."""
+    """The second replica's smoke request fails as for the adapter's own fault; Ctrl-C lands after the first unload. Was:
+    the history ended at promote-started, the adapter a candidate, loaded on the failing replica, nothing said. The first
+    replica served it in the same promote, so the failure is recorded as that replica's (promote-aborted), and the
+    adapter stays a candidate."""
     servers, urls = two_stand_ins
     registry = LocalAdapterRegistry(tmp_path / "reg")
     live, candidate = (registry.register(write_adapter(tmp_path / f"src{i}", seed=i), "bot").name for i in range(2))
@@ -121,9 +123,11 @@ def test_a_failed_promote_interrupted_while_undoing_still_records_its_failure(
     with pytest.raises(KeyboardInterrupt):
         promote(registry, candidate, [FailingAt(urls[0], "unload"), FailingAt(urls[1], "verify")])
     record = registry.get(candidate)
-    assert record.status == "failed" and registry.resolve("bot") == live
-    assert "VerificationError" in record.reason
-    assert f"Then interrupted while unloading it from {urls[0]}: still loaded on {urls[1]}." in record.reason, record.reason
+    assert record.status == "candidate" and registry.resolve("bot") == live
+    [aborted] = [e for e in registry.history(adapter=candidate) if e["action"] == "promote-aborted"]
+    assert "VerificationError" in aborted["reason"]
+    assert f"Then interrupted while unloading it from {urls[0]}: still loaded on {urls[1]}." in aborted["reason"], aborted
+    assert f"Not the adapter's fault: it served a smoke request on {urls[0]} in this promote." in aborted["reason"]
     assert [candidate in server.loaded for server in servers] == [False, True]
 
 
