@@ -355,14 +355,16 @@ COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 def _checked_answer(url: str, path: str, answer: Any) -> Any:
     """``answer``, the JSON a replica sent with HTTP 200 for ``path``; :class:`ModelResponseError` when ``path`` asks
-    for a completion and the answer is none (not an object with a ``choices`` list), so the router passes the replica
-    over rather than relay it as the app's answer."""
-    if path not in COMPLETION_PATHS or (isinstance(answer, dict) and isinstance(answer.get("choices"), list)):
+    for a completion and the answer is none (not an object with a non-empty ``choices`` list: a request asks for at
+    least one), so the router passes the replica over rather than relay it as the app's answer."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if path not in COMPLETION_PATHS or (isinstance(choices, list) and choices):
         return answer
     kind = "chat completion" if path == "/v1/chat/completions" else "completion"
     shown = json.dumps(answer, ensure_ascii=False)
     shown = shown if len(shown) <= 200 else shown[:200] + "..."
-    raise ModelResponseError(f"{url} answered HTTP 200 with something that is not a {kind} (no 'choices' list): {shown}", url=url)
+    lacking = "an empty 'choices' list" if isinstance(choices, list) else "no 'choices' list"
+    raise ModelResponseError(f"{url} answered HTTP 200 with something that is not a {kind} ({lacking}): {shown}", url=url)
 
 
 class _Handler(JSONHandler):

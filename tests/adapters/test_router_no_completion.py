@@ -27,7 +27,9 @@ def _chat(routed: str, **body: Any) -> httpx.Response:
     return httpx.post(f"{routed}/chat/completions", json={"model": "m", "messages": MESSAGES, **body}, timeout=60)
 
 
-@pytest.mark.parametrize("garbage", [Reply({"hello": "world"}), Reply("not an object"), Reply({"choices": "none"})])
+@pytest.mark.parametrize(
+    "garbage", [Reply({"hello": "world"}), Reply("not an object"), Reply({"choices": "none"}), Reply({"id": "c", "choices": []})]
+)
 def test_a_replica_answering_200_without_a_completion_is_passed_over_and_put_aside(garbage: Reply) -> None:
     said: list[str] = []
     with ScriptedChatServer([garbage]) as broken, ScriptedChatServer(["fine"]) as healthy:
