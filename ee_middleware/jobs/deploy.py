@@ -446,7 +446,7 @@ def likelihood_reasons(task_gate: dict[str, Any], likelihood: dict[str, Any] | N
         return [
             f"likelihood: no task changed outcome, and the candidate's held-out action NLL is higher than the baseline's by "
             f"{diff:.{decimals}f} (± {se:.{decimals}f} s.e., beyond 2 s.e.): the tie is broken against it "
-            "(gate_on_likelihood = true makes the likelihood decide every time)"
+            "(gate_on_likelihood is off: the likelihood decides only such ties; on, it would decide every time)"
         ]
     return []
 

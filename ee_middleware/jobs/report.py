@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -596,6 +597,9 @@ def _lineage(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     if ev:
         dirs = ", ".join(v["dir"] for v in ev["runs"].values())
         rows.append(("eval", f"candidate and {ev['baseline']}: {dirs}", _gate_command(run, ev)))
+    decided = done.get("gate", {})
+    if "passed" in decided:
+        rows.append(("gate", _gate_text(decided), shlex.join(["ee", "runs", "show", run.folder.name, "--runs", str(run.folder.parent)])))
     if promote:
         state = (
             f"promoted, {improve.get('alias') or improve.get('app')} -> {promote.get('live')}"
@@ -608,11 +612,21 @@ def _lineage(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     return [Block("h2", "Lineage"), Block("table", rows=tuple(rows), header=("step", "what", "follow it with"))]
 
 
+def _gate_text(decided: dict[str, Any]) -> str:
+    """The run's gate decision for the lineage: passed or failed and why, and where the held-out likelihood took part
+    (which ``ee eval gate``, on the eval row, does not take: it decides on task success alone)."""
+    reasons = [str(reason) for reason in decided.get("reasons") or []]
+    text = "passed" if decided["passed"] else "failed: " + "; ".join(reasons)
+    if decided.get("gate_on_likelihood"):
+        return text + " (task success, then the held-out likelihood: gate_on_likelihood; ee eval gate takes task success alone)"
+    if any(reason.startswith("likelihood:") for reason in reasons):
+        return text + " (the held-out likelihood broke a tie that ee eval gate, on task success alone, passes)"
+    return text
+
+
 def _gate_command(run: Run, ev: dict[str, Any]) -> str:
     """The ``ee eval gate`` command that takes the run's own task-success decision again: with ``--policy`` the run's
     configuration file where it set a ``[gate]`` table (else the gate's defaults, which the run used too)."""
-    import shlex
-
     from ee_middleware.jobs.improve import CONFIG_COPY
 
     words = ["ee", "eval", "gate", "--candidate", ev["runs"]["candidate"]["dir"], "--baseline", ev["runs"]["baseline"]["dir"]]

@@ -72,3 +72,23 @@ def test_two_tau_suites_are_told_apart_in_the_chart_and_the_stage_summary() -> N
     # Where the short names would be the same, the suites' full names.
     same = ["tau:a.flights:domain:test", "tau:b.flights:domain:test", "traces:/a:shop", "traces:/b:shop"]
     assert suite_labels(same) == same
+
+
+def test_the_lineage_says_where_the_held_out_likelihood_decided_the_gate_that_ee_eval_gate_does_not_take(tmp_path: Path) -> None:
+    """Before: the lineage gave `ee eval gate ...` as the command that shows the gate, which printed PASS (exit 0) for a
+    run whose gate FAILED on the likelihood tie-break, and nothing said the likelihood had decided. A gate row now says
+    the run's own decision and why, and points at `ee runs show`."""
+    run = _evaluated_run(tmp_path, '[improve]\napp = "shop"\n\n[gate]\nmin_tasks = 1\n', {"gate": {"min_tasks": 1}})
+    reason = "likelihood: no task changed outcome, and the candidate's held-out action NLL is higher than the baseline's"
+    run.write_stage(
+        "gate", {"stage": "gate", "status": "done", "outputs": {"passed": False, "reasons": [reason], "gate_on_likelihood": False}}
+    )
+    run.update(stage_order=["evaluate", "gate"])
+    lineage = to_markdown(build_blocks(run)).split("## Lineage")[1]
+    [row] = [line for line in lineage.splitlines() if line.startswith("| gate |")]
+    _, _step, what, follow, _ = row.split("|")
+    assert what.strip().startswith(f"failed: {reason}") and "ee eval gate, on task success alone, passes" in what, row
+    assert shlex.split(follow.strip().strip("`")) == ["ee", "runs", "show", run.folder.name, "--runs", str(run.folder.parent)]
+    shown = CliRunner().invoke(app, shlex.split(follow.strip().strip("`"))[1:])
+    assert shown.exit_code == 0 and "likelihood" in shown.output, shown.output
+    assert CliRunner().invoke(app, _gate_command(run)).exit_code == 0, "the task-success part alone passes"
