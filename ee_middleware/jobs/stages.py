@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware.jobs.errors import BudgetExhausted, JobError
-from ee_middleware.jobs.runs import Run, RunsDir, file_entry, ids_digest
+from ee_middleware.jobs.runs import Run, RunsDir, file_entry, ids_digest, same_place
 
 if TYPE_CHECKING:
     import polars as pl
@@ -1009,6 +1009,14 @@ def train(ctx: StageContext) -> StageResult:
     if live is not None and Path(live["base_model"]).is_dir():
         base = live["base_model"]
         result.decisions.append(f"trained from the base of the live adapter {live['name']}: {base}")
+        if not same_place(base, ctx.config.base_model):  # a base_model given to move to another base: said, not silently dropped
+            said = (
+                f"warning: base_model {ctx.config.base_model} is not trained on: {ctx.config.app}'s live adapter {live['name']} "
+                f"runs on {base}, and a candidate must run where it would replace it (base_model is used when no adapter is "
+                "live). To move to another base, train for another app served from that base"
+            )
+            ctx.progress.info(said)
+            result.decisions.append(said.removeprefix("warning: "))
     budget = ctx.config.budgets.max_train_steps
     preview = ctx.config.train_config(data, output, max_steps=None, base_model=base)
     rows = ctx.run.outputs("datasets").get("rows", {})

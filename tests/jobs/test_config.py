@@ -602,3 +602,45 @@ def test_the_run_folders_copies_of_a_private_config_file_are_private(tmp_path: P
     shared.chmod(0o640)
     run = run_improve(ImproveConfig.load(shared))
     assert stat.S_IMODE((run.folder / CONFIG_COPY).stat().st_mode) == 0o640  # the source's own permissions
+
+
+def test_a_base_model_other_than_the_live_adapters_is_said_not_to_be_trained_on(tmp_path: Path, monkeypatch) -> None:
+    """Before: `ee improve --base-model OTHER` while an adapter was live trained on the live adapter's base without a word
+    (run.json recording OTHER). The train stage now says, on the progress and in its decisions, that it is not trained on
+    and why. (Stopped right after, where the training would start.)"""
+    import json
+
+    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.adapters.testing import _adapter
+    from ee_middleware.jobs.runs import RunsDir
+    from ee_middleware.jobs.stages import QuietProgress, StageContext, train
+
+    live_base = tmp_path / "live-base"
+    live_base.mkdir()
+    (live_base / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (live_base / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    registry = open_registry(str(tmp_path / "r"), create=True)
+    record = registry.register(_adapter(tmp_path / "a1", seed=1, base=str(live_base)), "shop")
+    registry.switch_live(record.name)
+    config = ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path)))
+
+    class Training(Exception):
+        pass
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise Training
+
+    said: list[str] = []
+
+    class Said(QuietProgress):
+        def info(self, text: str) -> None:
+            said.append(text)
+
+    monkeypatch.setattr(ImproveConfig, "train_config", stop)
+    runs = RunsDir(tmp_path / "runs")
+    ctx = StageContext(config=config, run=runs.create("improve", {"improve": {"app": "shop"}}, "hash"), runs=runs, progress=Said())
+    with pytest.raises(Training):
+        train(ctx)
+    [warning] = said
+    assert warning.startswith(f"warning: base_model {tmp_path / 'base'} is not trained on: shop's live adapter {record.name} runs on")
+    assert str(live_base) in warning and "base_model is used when no adapter is live" in warning
