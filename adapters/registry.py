@@ -375,8 +375,10 @@ class LocalAdapterRegistry:
                 raise InvalidTransitionError(
                     f"{name} is the live adapter of {record['app']}: promote another one or `ee adapters rollback {record['app']}` first."
                 )
-            record.update(status=Status.retired.value, reason=reason or "retired", updated_at=now())
             app = index["apps"][record["app"]]
+            if record["status"] == Status.retired and name not in app["previous"]:  # retired by hand before: no change
+                return self._public(record)  # (retired again to unload it from more replicas: one retire in the history)
+            record.update(status=Status.retired.value, reason=reason or "retired", updated_at=now())
             app["previous"] = [n for n in app["previous"] if n != name]
             self._commit(index, "retire", app=record["app"], adapter=name, by=by or current_user(), reason=reason)
             return self._public(record)

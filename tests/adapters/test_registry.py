@@ -127,6 +127,17 @@ def test_promote_rollback_retire_and_fail_move_statuses_and_the_alias(tmp_path: 
     assert all(e["applied"] for e in reg.history())
 
 
+def test_retiring_a_retired_adapter_again_changes_nothing_and_adds_no_event(tmp_path: Path) -> None:
+    """Was: a second `retire` event (and its reason over the first) for an adapter retired already; retiring it again is
+    for unloading it from more replicas."""
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a = reg.register(write_adapter(tmp_path / "a"), "bot").name
+    first = reg.retire(a, reason="replaced by the new prompt")
+    again = reg.retire(a, reason="clean-up")
+    assert again.status == "retired" and again.reason == first.reason == "replaced by the new prompt"
+    assert [e["action"] for e in reg.history(adapter=a)] == ["register", "retire"]
+
+
 def test_a_rollback_with_nothing_left_says_which_adapters_were_left_and_how_to_serve_one_again(tmp_path: Path) -> None:
     """Promote A, B, A again, roll back (to B), roll back again. Was: 'nothing was promoted before B', untrue (A was) and
     naming no fix; A was rolled back from, and a rollback never returns to an adapter it left."""
