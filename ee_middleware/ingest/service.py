@@ -48,6 +48,7 @@ from ee_middleware.ingest.runs import (
     Choices,
     Gaps,
     ModelCalls,
+    SaidGaps,
     bare_call,
     ended_ok,
     group_runs,
@@ -1256,6 +1257,10 @@ def _filled_in(
       ``spans`` hold it, ended without an error: a rotated file holding the spans that end last (the graph's, the
       agent's), the run's steps in the file read before and moved away.
 
+    Versions whose missing spans lead, through ``spans``, to the same root are pieces of one run (a file rotated between
+    the last model span and its graph node's span stored the last call apart from the nodes before it): they are merged
+    (:func:`_merged`) and completed as one run, never each on its own.
+
     :func:`_ingest_traces` stores each as the complete version, superseding the stored one (its approval carried over).
     A run completed by its root is named, timed and given its app as the run read whole is (by the root of the run read
     now that holds that span, ``run_roots``: span id -> its run's root; else the span itself), so that reading all its
@@ -1264,7 +1269,7 @@ def _filled_in(
     if store is None:
         return []
     by_id = {s.span_id: s for s in spans}
-    out = []
+    pieces: dict[str, list[tuple[dict[str, Any], SaidGaps]]] = {}
     for row in target.in_trace(trace_id):
         if row["status"] != "interrupted" or (row["approval"] == "rejected" and row["approval_by"] == SUPERSEDED_BY):
             continue
@@ -1273,27 +1278,49 @@ def _filled_in(
             continue
         if said.root is None:  # its root is among the spans read now: it must have ended, and well
             [root_id] = said.lacked
-            root = by_id[root_id]
-            if root_id in unended or not ended_ok(root):
+            root = _top_read(by_id[root_id], by_id)
+            if root.span_id in unended or not ended_ok(root):
                 continue
+            key = root.span_id
         elif not said.ended:
             continue
-        version = target.version(row["id"])
+        else:
+            key = said.root
+        pieces.setdefault(key, []).append((row, said))
+    for key, group in list(pieces.items()):
+        parent = by_id[key].parent_span_id if key in by_id else None
+        if parent in pieces and all(said.root is None for _, said in group):
+            # pieces under a span read now whose parent is the root another stored piece read: one run
+            pieces[parent].extend(pieces.pop(key))
+    out = []
+    for key, group in pieces.items():
+        rows = [row for row, _ in group]
+        said = next((said for _, said in group if said.root is not None), group[0][1])
+        versions = [target.version(row["id"]) for row in rows]
+        version = versions[0]
+        if len(versions) > 1:
+            # pieces of one run (a rotated file cut inside it stored each part apart, their spans below the ones read now):
+            # merged, as keep() merges the versions of a run read now
+            version, _ = _merged(versions[0], versions[1:], target.options.max_observation_chars)
         if not version.steps or version.steps[-1].action.kind != "answer":
             continue
         report.runs += 1
+        stored_as = ", ".join(row["id"] for row in rows)
+        pieces_of = f"runs stored as {stored_as} (pieces of one run)" if len(rows) > 1 else f"run stored as {stored_as}"
+        lacked = set().union(*(said.lacked for _, said in group))
         report.notes.append(
-            f"Trace {trace_id}: its spans read now (no model call among them) are the {len(said.lacked)} span(s) between its "
-            f"root span {said.root} and its steps that the run stored as {row['id']} lacked: the run is stored completed."
+            f"Trace {trace_id}: its spans read now (no model call among them) are the {len(lacked)} span(s) between its "
+            f"root span {said.root} and its steps that the {pieces_of} lacked: the run is stored completed."
             if said.root is not None
-            else f"Trace {trace_id}: its spans read now (no model call among them) hold the root span {root.name!r} "
-            f"({root.span_id}) of the run stored as {row['id']}, which lacked it (in a file read later than its steps): the "
-            "run is stored completed."
+            else f"Trace {trace_id}: its spans read now (no model call among them) hold the root span {by_id[key].name!r} "
+            f"({key}) of the {pieces_of}, which lacked it (in a file read later than its steps): the run is stored completed."
         )
         update: dict[str, Any] = {"status": "completed", "error": None, "approval": Approval()}
         if said.root is not None:
-            run_id = _run_id(row["id"], target.in_trace(trace_id))  # named as the run it is a version of, as keep() names a merge
+            run_id = _run_id(next(row["id"] for row, s in group if s is said), target.in_trace(trace_id))
+            # (named as the run it is a version of, as keep() names a merge)
         else:
+            root = by_id[key]
             top = (run_roots or {}).get(root.span_id, root)
             named = normalize(top).attributes
             run_id = run_trajectory_id(trace_id, top.span_id)
@@ -1305,6 +1332,15 @@ def _filled_in(
             step.trajectory_id = run_id
         out.append(completed)
     return out
+
+
+def _top_read(span: SpanData, by_id: Mapping[str, SpanData]) -> SpanData:
+    """The highest span above ``span`` (or itself) among ``by_id`` (the spans read now), following their parents."""
+    seen = {span.span_id}
+    while span.parent_span_id in by_id and span.parent_span_id not in seen:
+        span = by_id[span.parent_span_id]
+        seen.add(span.span_id)
+    return span
 
 
 def _filled_before(trace_id: str, spans: list[SpanData], target: _Target, report: IngestReport) -> bool:

@@ -377,3 +377,42 @@ def test_an_approval_carried_over_to_a_merged_run_names_the_decisions_it_did_not
     [note] = [n for n in night2.notes if "given without" in n]
     assert f"the approval of {partial} by alice is carried over to {whole}" in note
     assert "without 1 of its decisions (step 2 (the answer))" in note and f"ee traces show {whole}" in note
+
+
+# (fixture, cut) where the first file ends with the run's last model span, its node span and the graph's root in the
+# second: read alone, the first file holds two pieces of the run (the earlier nodes under the missing root, the last
+# model call under its missing node span), each stored interrupted
+NODE_AFTER_MODEL = [
+    ("rotation_openinference_create_agent.jsonl", 5),  # [tool_call] and [answer]
+    ("rotation_openllmetry_two_nodes.jsonl", 3),  # two model calls, no tools: [answer] and [answer]
+]
+
+
+@pytest.mark.parametrize(("fixture", "cut"), NODE_AFTER_MODEL)
+def test_pieces_of_a_run_completed_by_the_same_later_spans_are_one_run(tmp_path, store, fixture, cut):
+    """Defect (sweep H4, finding 2): the file rotated between the last model span and its graph node's span. The first
+    ingest stored two pieces of the run; the second read the node's span and the graph's root (no model call) and
+    completed each piece on its own: the last model call's piece as a `completed` run of one step, the other left
+    `interrupted`: two live trajectories for one run, the first decision never in a completed one. Now the pieces those
+    spans join under one root are merged into one run, stored as the run read whole is, both pieces superseded."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    first, second = _split(tmp_path, fixture, cut)
+    night1 = ingest_files([first], store)
+    assert (night1.problems, len(night1.ingested)) == (0, 2), night1.errors
+    night2 = ingest_files([second], store)
+    assert night2.problems == 0, night2.errors
+    (got,) = _current(store)
+    assert (got.status, got.error, _run_signature(got)) == ("completed", None, _run_signature(expected))
+    assert decided_by_run(got) == decided_by_run(expected), "every decision of the run is taught"
+    assert (got.app, got.started_at, got.ended_at) == (expected.app, expected.started_at, expected.ended_at)
+    assert [s.trajectory_id for s in got.steps] == [got.id] * got.num_steps
+    assert sorted(night2.replaced) == sorted(night1.ingested)
+    for old in night2.replaced:
+        kept = store.get(old)
+        assert (kept.approval.status, kept.approval.by) == ("rejected", SUPERSEDED_BY) and got.id in kept.approval.reason
+    for files in ([second], [first], [first, second]):  # read again, in any combination: nothing more
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes, again.errors)
+    assert [t.id for t in _current(store)] == [got.id]
