@@ -470,8 +470,8 @@ class _Target:
     def version(self, trajectory_id: str) -> Trajectory:
         """A stored version of a run read now (a row of :meth:`in_trace`), from the rows read once per ingest."""
         index = self._stored_index.get(trajectory_id)
-        if index is None:  # written by an earlier batch of this ingest
-            return self.store.get(trajectory_id)
+        if index is None or not self._read_now(self.stored.row(index, named=True).get("trace_id")):
+            return self.store.get(trajectory_id)  # written by an earlier batch of this ingest, or of a trace not read now
         steps, by_id = self._stored_steps
         return trajectory_from_rows(self.stored.row(index, named=True), steps[by_id.get(trajectory_id, [])].to_dicts())
 
@@ -480,6 +480,9 @@ class _Target:
         if "decisions" in row:
             return row["decisions"]
         if row["id"] in self._stored_decisions:
+            return self._stored_decisions[row["id"]]
+        if not self._read_now(row.get("trace_id")):  # a run of bare model calls stored from other traces (bare_versions)
+            self._stored_decisions[row["id"]] = _decisions(self.version(row["id"]).steps)
             return self._stored_decisions[row["id"]]
         steps, by_id = self._stored_steps
         keys: Counter[tuple[Any, ...]] = Counter()
@@ -494,6 +497,73 @@ class _Target:
     @cached_property
     def _stored_decisions(self) -> dict[str, Counter[tuple[Any, ...]]]:
         return {}
+
+    def _read_now(self, trace_id: str | None) -> bool:
+        """Whether the trace ``trace_id`` is among those read now (all are where they are not known)."""
+        return self._traces is None or trace_id is None or trace_id in self._traces
+
+    @cached_property
+    def _bare_runs(self) -> dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]]:
+        """The stored runs that may be of bare model calls (ingested, no thread), of traces not read now and not superseded,
+        with their messages' keys, by app and first two messages (a system prompt and the task: what every version of a
+        run starts with, and few other runs)."""
+        out: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]] = defaultdict(list)
+        if self._traces is None or self.existing() is None or "trace_id" not in self.stored.columns or not len(self.stored):
+            return out
+        rows = self.stored.filter(
+            (pl.col("source") == "otlp-ingest")
+            & pl.col("thread_id").is_null()
+            & pl.col("trace_id").is_not_null()
+            & ~pl.col("trace_id").is_in(list(self._traces))
+            & ~((pl.col("approval") == "rejected") & (pl.col("approval_by") == SUPERSEDED_BY))
+        )
+        for row in rows.iter_rows(named=True):
+            keys = _message_keys(json.loads(row["messages_json"] or "[]"))
+            if keys:
+                out[(row["app"], *keys[:2])].append((row, keys))
+        return out
+
+    def bare_versions(self, trajectory: Trajectory) -> tuple[list[dict[str, Any]], str | None]:
+        """The stored versions, in traces not read now, of a run of bare model calls read now (``trajectory``: each call a
+        trace of its own, see :func:`~ee_middleware.ingest.runs.join_bare_calls`), as the calls read in one ingest are
+        joined (a Collector file rotated between two calls of a run, each file ingested alone): the rows of the runs it
+        goes on with (their messages start its own and end on a reply that asked for tools, its first call was given
+        them and the results of those tools, and they ended before it started: its earlier calls) or that go on with it
+        (the other way round: its later calls); and the id of a stored run that holds it whole (its messages, time and
+        decisions: its calls read again), where one does."""
+        mine = _message_keys(trajectory.model_dump(mode="json")["messages"])
+        if not mine:
+            return [], None
+        out = []
+        for row, theirs in self._bare_runs.get((trajectory.app, *mine[:2]), ()):
+            if row["id"] in self.superseded or row["id"] in self._linked:
+                continue
+            shorter, longer = (theirs, mine) if len(theirs) < len(mine) else (mine, theirs)
+            if longer[: len(shorter)] != shorter:
+                continue
+            if len(theirs) >= len(mine) and _within(row, trajectory, inner=False):
+                if _holds(self.decisions(row), _decisions(trajectory.steps)):
+                    return [], row["id"]  # read again: the run it is part of is stored whole
+                continue
+            asked, results = shorter[-1], len(shorter)
+            while results < len(longer) and longer[results][0] == "tool":
+                results += 1
+            if not (asked[0] == "assistant" and asked[2] and results > len(shorter)):
+                continue  # (a new user message after an answer starts a run of its own)
+            earlier = shorter is theirs
+            later = _decisions(trajectory.steps) if earlier else self.decisions(row)
+            if min((key[-1] for key in later), default=None) != results:
+                continue  # the later one's first call was given more than those tool results: another run
+            first, then = (row["ended_at"], trajectory.started_at) if earlier else (trajectory.ended_at, row["started_at"])
+            if _utc(first) <= _utc(then):
+                out.append(row)
+        self._linked.update(row["id"] for row in out)
+        return out, None
+
+    @cached_property
+    def _linked(self) -> set[str]:
+        """The stored versions :meth:`bare_versions` found for a run read now (each is a version of one run only)."""
+        return set()
 
 
 def ingest_spans(
@@ -563,13 +633,17 @@ def _ingest_traces(
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
-    def keep(trajectory: Trajectory, others: Collection[str], parts: Collection[tuple[str, str]] = ()) -> None:
+    def keep(trajectory: Trajectory, others: Collection[str], parts: Collection[tuple[str, str]] = (), bare: bool = False) -> None:
         gaps, read_now = target.gaps.pop(id(trajectory), None), (trajectory.status, trajectory.error)
-        versions = _versions(trajectory, target, others, parts)
+        linked, whole = target.bare_versions(trajectory) if bare else ([], None)
+        versions = _versions(trajectory, target, others, parts, linked)
+        if whole is not None:
+            versions.stored = whole
         if versions.stored is not None:
             report.already_stored.append(versions.stored)
             return
         if versions.merge:  # stored versions holding decisions this one lacks (their spans were not read this time)
+            own = (trajectory.id, trajectory.trace_id, _utc(trajectory.started_at))
             earlier = [next((t for t in new if t.id == row["id"]), None) or target.version(row["id"]) for row in versions.merge]
             trajectory, added = _merged(trajectory, earlier, target.options.max_observation_chars)
             if added:
@@ -579,6 +653,13 @@ def _ingest_traces(
                     "they are kept in the version stored now, with the decisions read now."
                 )
             trajectory.id = _run_id(trajectory.id, versions.rows)  # named after a stored version: the run it is one of
+            if linked:  # named and traced as the run read whole is: after its first call, read now or stored
+                first = min(linked, key=lambda row: _utc(row["started_at"]))
+                if _utc(first["started_at"]) < own[2]:
+                    own = (_run_id(first["id"], target.in_trace(first["trace_id"])), first["trace_id"], own[2])
+                trajectory.id, trajectory.trace_id = own[0], own[1]
+                for step in trajectory.steps:
+                    step.trajectory_id = trajectory.id
         if versions.partial and gaps is not None:
             _across_ingests(trajectory, gaps, versions.partial, report, read_now)
         if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
@@ -641,7 +722,7 @@ def _ingest_traces(
             report.runs += 1
             trajectory = _run_trajectory(calls[0].trace_id, joined_run(runs), None, None, [], target, report)
             if trajectory is not None:
-                keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]])
+                keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]], bare=True)
             joined += len(calls) > 1
             flush(WRITE_BATCH)
         flush(1)
@@ -736,7 +817,11 @@ class _RunVersions:
 
 
 def _versions(
-    trajectory: Trajectory, target: _Target, others: Collection[str] = (), parts: Collection[tuple[str, str]] = ()
+    trajectory: Trajectory,
+    target: _Target,
+    others: Collection[str] = (),
+    parts: Collection[tuple[str, str]] = (),
+    linked: Sequence[dict[str, Any]] = (),
 ) -> _RunVersions:
     """The stored versions of the run ``trajectory`` is (a run's spans may arrive in several ingests: a file read while
     the run was still written, a rotated file holding its first spans).
@@ -748,7 +833,9 @@ def _versions(
     Another run of the same trace (a later turn whose history holds the earlier one) starts later, so it is never one;
     nor is one stored under the id of another run read now (``others``: two loops of the same task, one within the other).
     A run joined from several traces (bare model calls, see :func:`~ee_middleware.ingest.runs.join_bare_calls`) names
-    its later traces and the ids their calls had as runs of their own (``parts``): those are versions too.
+    its later traces and the ids their calls had as runs of their own (``parts``): those are versions too, as are the
+    stored runs of its earlier or later bare calls in traces not read now (``linked``: :meth:`_Target.bare_versions`),
+    merged into it.
 
     A version is complete by its messages (a later model call's input holds the whole history before it) and by its
     decisions (its steps: one per model call whose span was read). Only a stored version that holds both of the run
@@ -762,6 +849,8 @@ def _versions(
         rows += target.in_trace(trace_id)
     out = _RunVersions(rows=rows)
     if not rows:
+        out.partial, out.merge = list(linked), list(linked)
+        out.decision, out.decided_on = _carried_decision(out.partial)
         return out
     messages = _message_keys(trajectory.model_dump(mode="json")["messages"])
     mine = _completeness(trajectory)
@@ -812,6 +901,8 @@ def _versions(
                 return out
             out.partial.append(row)  # more of the run's messages, but not the decisions read now: merged with them
             out.merge.append(row)
+    out.partial += linked
+    out.merge += linked
     out.decision, out.decided_on = _carried_decision(out.partial)
     return out
 
