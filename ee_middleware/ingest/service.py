@@ -287,7 +287,7 @@ class _Target:
 
     @cached_property
     def _trial(self) -> AssemblyOptions:
-        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest")
+        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest", unread_model_calls=True)
 
     @cached_property
     def store(self) -> ExperienceStore:
@@ -318,7 +318,9 @@ class _Target:
     def options(self) -> AssemblyOptions:
         settings, salt = self._redaction
         redactor = _ingest_redactor(settings, salt, self._redactor, self._vault_feed(settings, salt))
-        return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
+        return AssemblyOptions(
+            app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools, unread_model_calls=True
+        )
 
     @cached_property
     def _reviewer(self) -> Redactor:
@@ -1545,6 +1547,9 @@ def _run_trajectory(
     trajectory = target.assemble(trace_id, run, report, nested=nested)
     if trajectory is not None:
         report.notes.extend(notes)
+        unread = _unread_calls_note(trace_id, run, trajectory)
+        if unread is not None:
+            report.notes.append(unread)
     if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
         # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
         # later finds it stored instead of storing the same run a second time
@@ -1564,6 +1569,34 @@ def _run_trajectory(
             f"Trace {trace_id}: run {run[0].name!r} is stored as {trajectory.status}, with the steps its finished spans show: {unfinished}."
         )
     return trajectory
+
+
+def _unread_calls_note(trace_id: str, run: list[SpanData], trajectory: Trajectory) -> str | None:
+    """What a note says of the steps of a run (not resumed) read from its tool spans that ran before its first model
+    span read, their calls made in that model call's history (:attr:`~ee_middleware.capture.assembler.AssemblyOptions.
+    unread_model_calls`): the model span that made them was not read. None where there are none."""
+    if any(s.attributes.get(sc.EE_RESUMED) for s in run):
+        return None  # a resumed run's reviewed turns: decided in the paused run, as capture records them
+    first = min((s.start_ns for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), default=None)
+    if first is None:
+        return None
+    early = {
+        str(call_id)
+        for s in run
+        if s.start_ns < first
+        and operation_of(s.attributes) == sc.OP_EXECUTE_TOOL
+        and (call_id := normalize(s).attributes.get(sc.TOOL_CALL_ID))
+    }
+    calls = [f"{c.name} ({c.id})" for step in trajectory.steps if (c := step.action.tool_call) is not None and c.id in early]
+    if not calls:
+        return None
+    return (
+        f"Trace {trace_id}: run {run[0].name!r}: the model span that made its call(s) {', '.join(calls)} is not among the spans "
+        "read (in a file not read with this one: a rotated file's earlier part, read in another ingest or lost); each call is "
+        "a step read from the next model call's history and its tool span (its result and error), without the model call's "
+        "latency; ingesting that file too completes them (or, where the app itself wrote that call in the history before "
+        "any model call, it is no decision of the model: reject the run with `ee traces reject`)."
+    )
 
 
 _LIMITS = (
