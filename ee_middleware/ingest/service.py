@@ -641,6 +641,9 @@ def _ingest_traces(
         versions = _versions(trajectory, target, others, parts, linked)
         if whole is not None:
             versions.stored = whole
+        if any(_unread_call(step) for step in trajectory.steps):
+            # a call read from its tool span: a stored version that read its model span gives the model's own step
+            versions.merge += [row for row in versions.partial if all(row is not kept for kept in versions.merge)]
         if versions.stored is not None:
             report.already_stored.append(versions.stored)
             return
@@ -1081,6 +1084,14 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
             (key,) = _decisions([step])
             seen[key] += 1
             if seen[key] <= have[key]:
+                at = next((i for i, (s, _) in enumerate(steps) if _read_from_tool_span(s, step) and _decisions([s])[key]), None)
+                if at is not None:  # held as read from its tool span (its model span not read there): the model's own step
+                    held, where = steps[at]
+                    update = {"decision_index": held.decision_index, "observation": held.observation, "latency_ms": held.latency_ms}
+                    if step.tools is None and own is not None:
+                        update["tools"] = own
+                    steps[at] = (step.model_copy(update=update), where)
+                    added = True
                 continue  # held already
             have[key] += 1
             added = True
@@ -1131,6 +1142,18 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         }
     )
     return merged, only_stored
+
+
+def _unread_call(step: Step) -> bool:
+    """Whether ``step`` may be a call read without its model span, from a later call's history and its tool span (see
+    :func:`_unread_calls_note`; a resumed run's reviewed turns are read so too): no model latency, a tool's result."""
+    return step.action.tool_call is not None and step.model_latency_ms is None and step.observation is not None
+
+
+def _read_from_tool_span(held: Step, step: Step) -> bool:
+    """Whether ``held`` is a step of the same decision as ``step`` read without its model span (:func:`_unread_call`),
+    where ``step`` was read from that model span."""
+    return _unread_call(held) and step.model_latency_ms is not None
 
 
 def _carried_decision(partial: list[dict[str, Any]]) -> tuple[Approval | None, dict[str, Any] | None]:

@@ -447,3 +447,29 @@ def test_a_later_part_read_alone_keeps_the_calls_its_tool_spans_ran(tmp_path, st
     (note,) = [n for n in report.notes if "is not among the spans read" in n]
     call = got.steps[0].action.tool_call
     assert f"{call.name} ({call.id})" in note
+
+
+@pytest.mark.parametrize("order", ["first-half-first", "later-half-first"])
+@pytest.mark.parametrize("cut", [1, 2, 3])
+@pytest.mark.parametrize("fixture", TOOL_ERRORS)
+def test_a_tool_error_survives_a_run_split_between_two_ingests(tmp_path, store, fixture, cut, order):
+    """Defect (sweep H4, finding 4): the file rotated right after the run's first model span (or its node's span), the
+    parts ingested one after the other in either order: the merged run's tool call observed the tool message of its
+    messages, which carries no error flag (`is_error=False`), and the later part's tool span, which does, was no step of
+    it. Now the later part reads the call from its tool span, with its error, and the merged run keeps the model's own
+    step (from the earlier part, with its model latency) observing that span: the run read whole."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    first, second = _split(tmp_path, fixture, cut)
+    for path in [first, second] if order == "first-half-first" else [second, first]:
+        report = ingest_files([path], store)
+        assert report.problems == 0, report.errors
+    (got,) = _current(store)
+    assert (got.status, _run_signature(got)) == ("completed", _run_signature(expected))
+    assert [s.observation.is_error for s in got.steps if s.observation] == [True]
+    if order == "first-half-first":
+        assert [s.model_latency_ms for s in got.steps] == [s.model_latency_ms for s in expected.steps]
+    for files in ([first, second], [first], [second]):  # read again, in any combination: nothing more
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes, again.errors)
