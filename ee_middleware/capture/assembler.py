@@ -208,6 +208,12 @@ class AssemblyOptions:
     """Where a run resumed after a human review finds the tools offered at the decision that paused its thread (see
     :data:`PausedTools`; the recorder's :class:`~ee_middleware.capture.paused.PausedDecisions`). Without it, or where it
     does not know, a reviewed turn gets the resumed run's own tools, and one calling a tool none of them is is left out."""
+    unread_model_calls: bool = False
+    """Whether a run's tool spans that ran before its first model span, answering calls that an assistant message in
+    that call's history made, are steps, as a resumed run's reviewed turns are (:func:`_reviewed_turns`), also in a run
+    that was not resumed: ingest reads a run whose earlier model spans are in a file not read with this one (a rotated
+    file, the earlier one lost or read in another ingest), its calls known from the later call's history and their
+    results (and errors) from the tool spans. Capture's own spans hold every model call of their run."""
 
 
 def split_runs(spans: Sequence[SpanData], unread_parents: Mapping[str, str] | None = None) -> list[list[SpanData]]:
@@ -500,9 +506,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None),
     )
     offered = _offered_tools(decisions)
-    reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars)
+    reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars, options.unread_model_calls)
     if reviewed:
-        paused = options.paused_tools
+        paused = options.paused_tools if attrs.get(sc.EE_RESUMED) else None
         own = set(_tool_names(offered))
         per_call = len({tuple(_tool_names(d["tools"])) for d in decisions}) > 1 or any(
             s.action.tool_call is not None and s.action.tool_call.name not in own for s in reviewed
@@ -940,7 +946,7 @@ def _parallel(one: SpanData, other: SpanData) -> bool:
 
 
 def _reviewed_turns(
-    root: SpanData, decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int
+    root: SpanData, decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, unread: bool = False
 ) -> tuple[list[Step], list[SpanData]]:
     """The turns of an earlier run of the thread that this run carried out, as steps, and the tool spans left for this
     run's own decisions.
@@ -957,8 +963,12 @@ def _reviewed_turns(
     history answers it without an error (it ran before the pause, or the reviewer answered for the tool: ``respond``):
     a call answered with an error and not run (``reject``) is no step. A turn none of whose calls ran here (all rejected
     or answered by the reviewer) is none either, nor is any in a run that calls no model: nothing in it says what prompt
-    and tools the model had."""
-    if not decisions or not root.attributes.get(sc.EE_RESUMED):
+    and tools the model had.
+
+    ``unread``: the same for a run that was not resumed (:attr:`AssemblyOptions.unread_model_calls`): its tool spans
+    before its first model span ran calls of a model call whose span was not read (ingest: in a file not read with
+    this one)."""
+    if not decisions or not (root.attributes.get(sc.EE_RESUMED) or unread):
         # No model call, or a run started from new input: a tool that ran before its first model call is the app's
         # own (a node that calls a tool itself), never a reviewed turn.
         return [], tools

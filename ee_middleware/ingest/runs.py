@@ -120,7 +120,8 @@ def group_runs(trace_id: str, spans: Sequence[SpanData], unended: Collection[str
     for run in sorted((tree.subtree(root) for root in roots), key=lambda run: (min(s.start_ns for s in run), run[0].span_id)):
         covered.update(s.span_id for s in run)
         runs.append(run)
-    leftover = _without_echoes_of(runs, [s for s in unique if s.span_id not in covered], tree)
+    leftover = _with_orphan_tools(runs, [s for s in unique if s.span_id not in covered], tree)
+    leftover = _without_echoes_of(runs, leftover, tree)
     named_by_first_call: set[int] = set()
     if any(operation_of(s.attributes) in sc.MODEL_OPERATIONS for s in leftover):
         for n, conversation in enumerate(conversations(leftover, tree)):
@@ -1110,6 +1111,36 @@ def _contained_echoes(models: Sequence[SpanData], among: Sequence[SpanData] | No
                 found[inner.span_id] = outer
                 break
     return found
+
+
+def _with_orphan_tools(runs: list[list[SpanData]], leftover: list[SpanData], tree: _Tree) -> list[SpanData]:
+    """``leftover`` (the spans outside every run) without the tool spans whose parent was not read that ran a call a
+    model span of one of ``runs`` made (by its id): each is added to that run, whose step it observes. A file rotated
+    between a tool's span and its graph node's span holds the tool's result (and error) apart from the node that links
+    it to its run; left out, a later ingest reading the node completes the run without it."""
+    orphans = [
+        s
+        for s in leftover
+        if operation_of(s.attributes) == sc.OP_EXECUTE_TOOL and s.parent_span_id is not None and tree.up(s.span_id) is None
+    ]
+    if not orphans or not runs:
+        return leftover
+    made: dict[str, list[int]] = {}
+    for n, run in enumerate(runs):
+        for span in run:
+            if operation_of(span.attributes) in sc.MODEL_OPERATIONS:
+                for message in _openai_messages(span, sc.OUTPUT_MESSAGES) or ():
+                    for call in message.get("tool_calls") or ():
+                        if isinstance(call, Mapping) and call.get("id"):
+                            made.setdefault(str(call["id"]), []).append(n)
+    taken: set[str] = set()
+    for span in orphans:
+        owners = set(made.get(str(normalize(span).attributes.get(sc.TOOL_CALL_ID) or ""), ()))
+        if len(owners) == 1:  # (a call id two runs' replies made says nothing)
+            [n] = owners
+            runs[n] = [*runs[n], *tree.subtree(span.span_id)]
+            taken.update(s.span_id for s in runs[n])
+    return [s for s in leftover if s.span_id not in taken] if taken else leftover
 
 
 def _without_echoes_of(runs: Sequence[list[SpanData]], leftover: list[SpanData], tree: _Tree) -> list[SpanData]:

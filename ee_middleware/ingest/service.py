@@ -48,6 +48,7 @@ from ee_middleware.ingest.runs import (
     Choices,
     Gaps,
     ModelCalls,
+    SaidGaps,
     bare_call,
     ended_ok,
     group_runs,
@@ -286,7 +287,7 @@ class _Target:
 
     @cached_property
     def _trial(self) -> AssemblyOptions:
-        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest")
+        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest", unread_model_calls=True)
 
     @cached_property
     def store(self) -> ExperienceStore:
@@ -317,7 +318,9 @@ class _Target:
     def options(self) -> AssemblyOptions:
         settings, salt = self._redaction
         redactor = _ingest_redactor(settings, salt, self._redactor, self._vault_feed(settings, salt))
-        return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
+        return AssemblyOptions(
+            app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools, unread_model_calls=True
+        )
 
     @cached_property
     def _reviewer(self) -> Redactor:
@@ -469,8 +472,8 @@ class _Target:
     def version(self, trajectory_id: str) -> Trajectory:
         """A stored version of a run read now (a row of :meth:`in_trace`), from the rows read once per ingest."""
         index = self._stored_index.get(trajectory_id)
-        if index is None:  # written by an earlier batch of this ingest
-            return self.store.get(trajectory_id)
+        if index is None or not self._read_now(self.stored.row(index, named=True).get("trace_id")):
+            return self.store.get(trajectory_id)  # written by an earlier batch of this ingest, or of a trace not read now
         steps, by_id = self._stored_steps
         return trajectory_from_rows(self.stored.row(index, named=True), steps[by_id.get(trajectory_id, [])].to_dicts())
 
@@ -479,6 +482,9 @@ class _Target:
         if "decisions" in row:
             return row["decisions"]
         if row["id"] in self._stored_decisions:
+            return self._stored_decisions[row["id"]]
+        if not self._read_now(row.get("trace_id")):  # a run of bare model calls stored from other traces (bare_versions)
+            self._stored_decisions[row["id"]] = _decisions(self.version(row["id"]).steps)
             return self._stored_decisions[row["id"]]
         steps, by_id = self._stored_steps
         keys: Counter[tuple[Any, ...]] = Counter()
@@ -493,6 +499,73 @@ class _Target:
     @cached_property
     def _stored_decisions(self) -> dict[str, Counter[tuple[Any, ...]]]:
         return {}
+
+    def _read_now(self, trace_id: str | None) -> bool:
+        """Whether the trace ``trace_id`` is among those read now (all are where they are not known)."""
+        return self._traces is None or trace_id is None or trace_id in self._traces
+
+    @cached_property
+    def _bare_runs(self) -> dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]]:
+        """The stored runs that may be of bare model calls (ingested, no thread), of traces not read now and not superseded,
+        with their messages' keys, by app and first two messages (a system prompt and the task: what every version of a
+        run starts with, and few other runs)."""
+        out: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]] = defaultdict(list)
+        if self._traces is None or self.existing() is None or "trace_id" not in self.stored.columns or not len(self.stored):
+            return out
+        rows = self.stored.filter(
+            (pl.col("source") == "otlp-ingest")
+            & pl.col("thread_id").is_null()
+            & pl.col("trace_id").is_not_null()
+            & ~pl.col("trace_id").is_in(list(self._traces))
+            & ~((pl.col("approval") == "rejected") & (pl.col("approval_by") == SUPERSEDED_BY))
+        )
+        for row in rows.iter_rows(named=True):
+            keys = _message_keys(json.loads(row["messages_json"] or "[]"))
+            if keys:
+                out[(row["app"], *keys[:2])].append((row, keys))
+        return out
+
+    def bare_versions(self, trajectory: Trajectory) -> tuple[list[dict[str, Any]], str | None]:
+        """The stored versions, in traces not read now, of a run of bare model calls read now (``trajectory``: each call a
+        trace of its own, see :func:`~ee_middleware.ingest.runs.join_bare_calls`), as the calls read in one ingest are
+        joined (a Collector file rotated between two calls of a run, each file ingested alone): the rows of the runs it
+        goes on with (their messages start its own and end on a reply that asked for tools, its first call was given
+        them and the results of those tools, and they ended before it started: its earlier calls) or that go on with it
+        (the other way round: its later calls); and the id of a stored run that holds it whole (its messages, time and
+        decisions: its calls read again), where one does."""
+        mine = _message_keys(trajectory.model_dump(mode="json")["messages"])
+        if not mine:
+            return [], None
+        out = []
+        for row, theirs in self._bare_runs.get((trajectory.app, *mine[:2]), ()):
+            if row["id"] in self.superseded or row["id"] in self._linked:
+                continue
+            shorter, longer = (theirs, mine) if len(theirs) < len(mine) else (mine, theirs)
+            if longer[: len(shorter)] != shorter:
+                continue
+            if len(theirs) >= len(mine) and _within(row, trajectory, inner=False):
+                if _holds(self.decisions(row), _decisions(trajectory.steps)):
+                    return [], row["id"]  # read again: the run it is part of is stored whole
+                continue
+            asked, results = shorter[-1], len(shorter)
+            while results < len(longer) and longer[results][0] == "tool":
+                results += 1
+            if not (asked[0] == "assistant" and asked[2] and results > len(shorter)):
+                continue  # (a new user message after an answer starts a run of its own)
+            earlier = shorter is theirs
+            later = _decisions(trajectory.steps) if earlier else self.decisions(row)
+            if min((key[-1] for key in later), default=None) != results:
+                continue  # the later one's first call was given more than those tool results: another run
+            first, then = (row["ended_at"], trajectory.started_at) if earlier else (trajectory.ended_at, row["started_at"])
+            if _utc(first) <= _utc(then):
+                out.append(row)
+        self._linked.update(row["id"] for row in out)
+        return out, None
+
+    @cached_property
+    def _linked(self) -> set[str]:
+        """The stored versions :meth:`bare_versions` found for a run read now (each is a version of one run only)."""
+        return set()
 
 
 def ingest_spans(
@@ -562,13 +635,20 @@ def _ingest_traces(
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
-    def keep(trajectory: Trajectory, others: Collection[str], parts: Collection[tuple[str, str]] = ()) -> None:
+    def keep(trajectory: Trajectory, others: Collection[str], parts: Collection[tuple[str, str]] = (), bare: bool = False) -> None:
         gaps, read_now = target.gaps.pop(id(trajectory), None), (trajectory.status, trajectory.error)
-        versions = _versions(trajectory, target, others, parts)
+        linked, whole = target.bare_versions(trajectory) if bare else ([], None)
+        versions = _versions(trajectory, target, others, parts, linked)
+        if whole is not None:
+            versions.stored = whole
+        if any(_unread_call(step) for step in trajectory.steps):
+            # a call read from its tool span: a stored version that read its model span gives the model's own step
+            versions.merge += [row for row in versions.partial if all(row is not kept for kept in versions.merge)]
         if versions.stored is not None:
             report.already_stored.append(versions.stored)
             return
         if versions.merge:  # stored versions holding decisions this one lacks (their spans were not read this time)
+            own = (trajectory.id, trajectory.trace_id, _utc(trajectory.started_at))
             earlier = [next((t for t in new if t.id == row["id"]), None) or target.version(row["id"]) for row in versions.merge]
             trajectory, added = _merged(trajectory, earlier, target.options.max_observation_chars)
             if added:
@@ -578,6 +658,13 @@ def _ingest_traces(
                     "they are kept in the version stored now, with the decisions read now."
                 )
             trajectory.id = _run_id(trajectory.id, versions.rows)  # named after a stored version: the run it is one of
+            if linked:  # named and traced as the run read whole is: after its first call, read now or stored
+                first = min(linked, key=lambda row: _utc(row["started_at"]))
+                if _utc(first["started_at"]) < own[2]:
+                    own = (_run_id(first["id"], target.in_trace(first["trace_id"])), first["trace_id"], own[2])
+                trajectory.id, trajectory.trace_id = own[0], own[1]
+                for step in trajectory.steps:
+                    step.trajectory_id = trajectory.id
         if versions.partial and gaps is not None:
             _across_ingests(trajectory, gaps, versions.partial, report, read_now)
         if trajectory.id in target.known:  # the same run stored less complete: this version gets an id of its own
@@ -640,7 +727,7 @@ def _ingest_traces(
             report.runs += 1
             trajectory = _run_trajectory(calls[0].trace_id, joined_run(runs), None, None, [], target, report)
             if trajectory is not None:
-                keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]])
+                keep(trajectory, (), [(c.trace_id, run_trajectory_id(c.trace_id, c.span_id)) for c in calls[1:]], bare=True)
             joined += len(calls) > 1
             flush(WRITE_BATCH)
         flush(1)
@@ -735,7 +822,11 @@ class _RunVersions:
 
 
 def _versions(
-    trajectory: Trajectory, target: _Target, others: Collection[str] = (), parts: Collection[tuple[str, str]] = ()
+    trajectory: Trajectory,
+    target: _Target,
+    others: Collection[str] = (),
+    parts: Collection[tuple[str, str]] = (),
+    linked: Sequence[dict[str, Any]] = (),
 ) -> _RunVersions:
     """The stored versions of the run ``trajectory`` is (a run's spans may arrive in several ingests: a file read while
     the run was still written, a rotated file holding its first spans).
@@ -747,7 +838,9 @@ def _versions(
     Another run of the same trace (a later turn whose history holds the earlier one) starts later, so it is never one;
     nor is one stored under the id of another run read now (``others``: two loops of the same task, one within the other).
     A run joined from several traces (bare model calls, see :func:`~ee_middleware.ingest.runs.join_bare_calls`) names
-    its later traces and the ids their calls had as runs of their own (``parts``): those are versions too.
+    its later traces and the ids their calls had as runs of their own (``parts``): those are versions too, as are the
+    stored runs of its earlier or later bare calls in traces not read now (``linked``: :meth:`_Target.bare_versions`),
+    merged into it.
 
     A version is complete by its messages (a later model call's input holds the whole history before it) and by its
     decisions (its steps: one per model call whose span was read). Only a stored version that holds both of the run
@@ -761,6 +854,8 @@ def _versions(
         rows += target.in_trace(trace_id)
     out = _RunVersions(rows=rows)
     if not rows:
+        out.partial, out.merge = list(linked), list(linked)
+        out.decision, out.decided_on = _carried_decision(out.partial)
         return out
     messages = _message_keys(trajectory.model_dump(mode="json")["messages"])
     mine = _completeness(trajectory)
@@ -811,6 +906,8 @@ def _versions(
                 return out
             out.partial.append(row)  # more of the run's messages, but not the decisions read now: merged with them
             out.merge.append(row)
+    out.partial += linked
+    out.merge += linked
     out.decision, out.decided_on = _carried_decision(out.partial)
     return out
 
@@ -987,6 +1084,14 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
             (key,) = _decisions([step])
             seen[key] += 1
             if seen[key] <= have[key]:
+                at = next((i for i, (s, _) in enumerate(steps) if _read_from_tool_span(s, step) and _decisions([s])[key]), None)
+                if at is not None:  # held as read from its tool span (its model span not read there): the model's own step
+                    held, where = steps[at]
+                    update = {"decision_index": held.decision_index, "observation": held.observation, "latency_ms": held.latency_ms}
+                    if step.tools is None and own is not None:
+                        update["tools"] = own
+                    steps[at] = (step.model_copy(update=update), where)
+                    added = True
                 continue  # held already
             have[key] += 1
             added = True
@@ -1037,6 +1142,18 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         }
     )
     return merged, only_stored
+
+
+def _unread_call(step: Step) -> bool:
+    """Whether ``step`` may be a call read without its model span, from a later call's history and its tool span (see
+    :func:`_unread_calls_note`; a resumed run's reviewed turns are read so too): no model latency, a tool's result."""
+    return step.action.tool_call is not None and step.model_latency_ms is None and step.observation is not None
+
+
+def _read_from_tool_span(held: Step, step: Step) -> bool:
+    """Whether ``held`` is a step of the same decision as ``step`` read without its model span (:func:`_unread_call`),
+    where ``step`` was read from that model span."""
+    return _unread_call(held) and step.model_latency_ms is not None
 
 
 def _carried_decision(partial: list[dict[str, Any]]) -> tuple[Approval | None, dict[str, Any] | None]:
@@ -1256,6 +1373,10 @@ def _filled_in(
       ``spans`` hold it, ended without an error: a rotated file holding the spans that end last (the graph's, the
       agent's), the run's steps in the file read before and moved away.
 
+    Versions whose missing spans lead, through ``spans``, to the same root are pieces of one run (a file rotated between
+    the last model span and its graph node's span stored the last call apart from the nodes before it): they are merged
+    (:func:`_merged`) and completed as one run, never each on its own.
+
     :func:`_ingest_traces` stores each as the complete version, superseding the stored one (its approval carried over).
     A run completed by its root is named, timed and given its app as the run read whole is (by the root of the run read
     now that holds that span, ``run_roots``: span id -> its run's root; else the span itself), so that reading all its
@@ -1264,7 +1385,7 @@ def _filled_in(
     if store is None:
         return []
     by_id = {s.span_id: s for s in spans}
-    out = []
+    pieces: dict[str, list[tuple[dict[str, Any], SaidGaps]]] = {}
     for row in target.in_trace(trace_id):
         if row["status"] != "interrupted" or (row["approval"] == "rejected" and row["approval_by"] == SUPERSEDED_BY):
             continue
@@ -1273,27 +1394,49 @@ def _filled_in(
             continue
         if said.root is None:  # its root is among the spans read now: it must have ended, and well
             [root_id] = said.lacked
-            root = by_id[root_id]
-            if root_id in unended or not ended_ok(root):
+            root = _top_read(by_id[root_id], by_id)
+            if root.span_id in unended or not ended_ok(root):
                 continue
+            key = root.span_id
         elif not said.ended:
             continue
-        version = target.version(row["id"])
+        else:
+            key = said.root
+        pieces.setdefault(key, []).append((row, said))
+    for key, group in list(pieces.items()):
+        parent = by_id[key].parent_span_id if key in by_id else None
+        if parent in pieces and all(said.root is None for _, said in group):
+            # pieces under a span read now whose parent is the root another stored piece read: one run
+            pieces[parent].extend(pieces.pop(key))
+    out = []
+    for key, group in pieces.items():
+        rows = [row for row, _ in group]
+        said = next((said for _, said in group if said.root is not None), group[0][1])
+        versions = [target.version(row["id"]) for row in rows]
+        version = versions[0]
+        if len(versions) > 1:
+            # pieces of one run (a rotated file cut inside it stored each part apart, their spans below the ones read now):
+            # merged, as keep() merges the versions of a run read now
+            version, _ = _merged(versions[0], versions[1:], target.options.max_observation_chars)
         if not version.steps or version.steps[-1].action.kind != "answer":
             continue
         report.runs += 1
+        stored_as = ", ".join(row["id"] for row in rows)
+        pieces_of = f"runs stored as {stored_as} (pieces of one run)" if len(rows) > 1 else f"run stored as {stored_as}"
+        lacked = set().union(*(said.lacked for _, said in group))
         report.notes.append(
-            f"Trace {trace_id}: its spans read now (no model call among them) are the {len(said.lacked)} span(s) between its "
-            f"root span {said.root} and its steps that the run stored as {row['id']} lacked: the run is stored completed."
+            f"Trace {trace_id}: its spans read now (no model call among them) are the {len(lacked)} span(s) between its "
+            f"root span {said.root} and its steps that the {pieces_of} lacked: the run is stored completed."
             if said.root is not None
-            else f"Trace {trace_id}: its spans read now (no model call among them) hold the root span {root.name!r} "
-            f"({root.span_id}) of the run stored as {row['id']}, which lacked it (in a file read later than its steps): the "
-            "run is stored completed."
+            else f"Trace {trace_id}: its spans read now (no model call among them) hold the root span {by_id[key].name!r} "
+            f"({key}) of the {pieces_of}, which lacked it (in a file read later than its steps): the run is stored completed."
         )
         update: dict[str, Any] = {"status": "completed", "error": None, "approval": Approval()}
         if said.root is not None:
-            run_id = _run_id(row["id"], target.in_trace(trace_id))  # named as the run it is a version of, as keep() names a merge
+            run_id = _run_id(next(row["id"] for row, s in group if s is said), target.in_trace(trace_id))
+            # (named as the run it is a version of, as keep() names a merge)
         else:
+            root = by_id[key]
             top = (run_roots or {}).get(root.span_id, root)
             named = normalize(top).attributes
             run_id = run_trajectory_id(trace_id, top.span_id)
@@ -1305,6 +1448,15 @@ def _filled_in(
             step.trajectory_id = run_id
         out.append(completed)
     return out
+
+
+def _top_read(span: SpanData, by_id: Mapping[str, SpanData]) -> SpanData:
+    """The highest span above ``span`` (or itself) among ``by_id`` (the spans read now), following their parents."""
+    seen = {span.span_id}
+    while span.parent_span_id in by_id and span.parent_span_id not in seen:
+        span = by_id[span.parent_span_id]
+        seen.add(span.span_id)
+    return span
 
 
 def _filled_before(trace_id: str, spans: list[SpanData], target: _Target, report: IngestReport) -> bool:
@@ -1418,6 +1570,9 @@ def _run_trajectory(
     trajectory = target.assemble(trace_id, run, report, nested=nested)
     if trajectory is not None:
         report.notes.extend(notes)
+        unread = _unread_calls_note(trace_id, run, trajectory)
+        if unread is not None:
+            report.notes.append(unread)
     if trajectory is not None and absent_root is not None and sc.EE_TRAJECTORY_ID not in run[0].attributes:
         # named after the root it lacks, as the whole run will be once its root is exported: ingesting the files again
         # later finds it stored instead of storing the same run a second time
@@ -1437,6 +1592,34 @@ def _run_trajectory(
             f"Trace {trace_id}: run {run[0].name!r} is stored as {trajectory.status}, with the steps its finished spans show: {unfinished}."
         )
     return trajectory
+
+
+def _unread_calls_note(trace_id: str, run: list[SpanData], trajectory: Trajectory) -> str | None:
+    """What a note says of the steps of a run (not resumed) read from its tool spans that ran before its first model
+    span read, their calls made in that model call's history (:attr:`~ee_middleware.capture.assembler.AssemblyOptions.
+    unread_model_calls`): the model span that made them was not read. None where there are none."""
+    if any(s.attributes.get(sc.EE_RESUMED) for s in run):
+        return None  # a resumed run's reviewed turns: decided in the paused run, as capture records them
+    first = min((s.start_ns for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS), default=None)
+    if first is None:
+        return None
+    early = {
+        str(call_id)
+        for s in run
+        if s.start_ns < first
+        and operation_of(s.attributes) == sc.OP_EXECUTE_TOOL
+        and (call_id := normalize(s).attributes.get(sc.TOOL_CALL_ID))
+    }
+    calls = [f"{c.name} ({c.id})" for step in trajectory.steps if (c := step.action.tool_call) is not None and c.id in early]
+    if not calls:
+        return None
+    return (
+        f"Trace {trace_id}: run {run[0].name!r}: the model span that made its call(s) {', '.join(calls)} is not among the spans "
+        "read (in a file not read with this one: a rotated file's earlier part, read in another ingest or lost); each call is "
+        "a step read from the next model call's history and its tool span (its result and error), without the model call's "
+        "latency; ingesting that file too completes them (or, where the app itself wrote that call in the history before "
+        "any model call, it is no decision of the model: reject the run with `ee traces reject`)."
+    )
 
 
 _LIMITS = (

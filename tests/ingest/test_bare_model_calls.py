@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ee_middleware.ingest import ingest_files
 from ee_middleware.store.approvals import decide
 from tests.ingest.test_instrumentations import _steps
@@ -80,14 +82,21 @@ def test_a_run_joined_from_its_calls_is_the_run_traced_under_the_apps_span(tmp_p
     assert _step_fields(booking) == _step_fields(expected)
 
 
+def _store_each_call_apart(tmp_path: Path, store: Any) -> None:
+    """Each call of :data:`CALLS` stored as a trajectory of its own, as ingest stored every such call before (each read
+    into a store of its own, then written to ``store``: an ingest now joins a call with the stored calls of its run)."""
+    for n, line in enumerate(CALLS.read_text(encoding="utf-8").splitlines(keepends=True)):
+        (tmp_path / f"call-{n}.json").write_text(line, encoding="utf-8")
+        alone = type(store)(tmp_path / f"alone-{n}")
+        assert ingest_files([tmp_path / f"call-{n}.json"], alone).problems == 0
+        store.write(list(alone.iter_trajectories()))
+
+
 def test_calls_read_in_several_ingests_are_stored_as_one_run_once_read_together(tmp_path, store):
-    """Each call ingested alone is a trajectory of its own (as ingest stored every such call before); read together
+    """Each call stored as a trajectory of its own (as ingest stored every such call before); read together
     later, the calls of a run are stored as one, and each single-call version is rejected as superseded by it. A
     reviewer's decision on one carries over; ingesting the calls again adds nothing."""
-    lines = CALLS.read_text(encoding="utf-8").splitlines(keepends=True)
-    for n, line in enumerate(lines):
-        (tmp_path / f"call-{n}.json").write_text(line, encoding="utf-8")
-        assert ingest_files([tmp_path / f"call-{n}.json"], store).problems == 0
+    _store_each_call_apart(tmp_path, store)
     singles = {t.id: t for t in store.iter_trajectories()}
     assert len(singles) == 9
     last_booking = next(t for t in singles.values() if t.final_answer and t.final_answer.startswith("H-7 war ausgebucht"))
@@ -105,15 +114,13 @@ def test_calls_read_in_several_ingests_are_stored_as_one_run_once_read_together(
 
 
 def test_a_call_a_reviewer_rejected_keeps_the_run_joined_from_it_out_of_training(tmp_path, store):
-    """Each call ingested alone: a reviewer rejects the one whose decision is book_room(H-7) (it failed) and approves the
+    """Each call stored alone (as before): a reviewer rejects the one whose decision is book_room(H-7) (it failed) and approves the
     one holding the booking turn's final answer. Read together, the joined run took the decision of its longest part
     only: stored approved by the reviewer (so trained on) with the rejected book_room(H-7) step in it, and the rejection
     survived nowhere (that part became 'rejected by ee traces ingest, superseded'). Now the rejection carries over to
     the joined run, naming the part, its reason and the approval not carried over, also with --approve-by; both
     decisions stay in the parts' histories."""
-    for n, line in enumerate(CALLS.read_text(encoding="utf-8").splitlines(keepends=True)):
-        (tmp_path / f"call-{n}.json").write_text(line, encoding="utf-8")
-        assert ingest_files([tmp_path / f"call-{n}.json"], store).problems == 0
+    _store_each_call_apart(tmp_path, store)
     singles = list(store.iter_trajectories())
     h7 = next(t for t in singles if t.steps[-1].action.tool_call and t.steps[-1].action.tool_call.arguments.get("hotel_id") == "H-7")
     last = next(t for t in singles if t.final_answer and t.final_answer.startswith("H-7 war ausgebucht"))
@@ -148,3 +155,54 @@ def test_a_run_whose_last_calls_are_read_later_is_completed_by_the_later_ingest(
     night2 = ingest_files([first, CALLS], store)
     assert (night2.problems, len(night2.replaced), len(night2.already_stored)) == (0, 1, 1), night2.errors
     assert [(t.status, t.num_steps) for t in _runs(store)] == [("completed", 3), ("completed", 3), ("completed", 2), ("completed", 2)]
+
+
+def _run_signature(trajectory: Any) -> tuple[Any, ...]:
+    return (trajectory.status, trajectory.task, trajectory.messages, trajectory.final_answer, trajectory.tools, _step_fields(trajectory))
+
+
+@pytest.mark.parametrize("order", ["oldest first", "newest first"])
+def test_calls_ingested_one_per_ingest_are_joined_with_the_stored_calls_of_their_run(tmp_path, store, order):
+    """Defect (sweep H4, finding 1): a Collector file rotated between two calls of a run, each file ingested alone, left
+    the calls read in one ingest as a run of their own beside those of the other (an `interrupted` run of the first
+    calls, a `completed` one of the rest that starts mid-way, nothing superseded): the runs were joined only among the
+    calls read in one ingest. Now a run of bare calls read now is joined with the stored runs of bare calls of other
+    traces that it goes on with (or that go on with it), as the calls read together are: each ingest leaves the runs read
+    so far, and the last one the runs read whole, each once, named as they are; reading the calls again adds nothing."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([CALLS], whole)
+    expected = sorted((_run_signature(t) for t in _runs(whole)), key=repr)
+    files = []
+    for n, line in enumerate(CALLS.read_text(encoding="utf-8").splitlines(keepends=True)):
+        files.append(tmp_path / f"call-{n}.json")
+        files[-1].write_text(line, encoding="utf-8")
+    for path in files if order == "oldest first" else files[::-1]:
+        report = ingest_files([path], store)
+        assert report.problems == 0, report.errors
+    assert sorted((_run_signature(t) for t in _runs(store)), key=repr) == expected
+    live = sorted(t.id for t in _runs(store))
+    for again in ([CALLS], *([path] for path in files)):
+        report = ingest_files(again, store)
+        assert (report.ingested, report.replaced, report.problems) == ([], [], 0), (again, report.notes)
+    assert sorted(t.id for t in _runs(store)) == live
+
+
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_a_run_of_bare_calls_split_between_two_ingests_is_stored_whole(tmp_path, store, cut):
+    """The calls file rotated at every line, the two files ingested one after the other, in either order: the runs read
+    whole, each once (sweep H4, finding 1)."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([CALLS], whole)
+    expected = sorted((_run_signature(t) for t in _runs(whole)), key=repr)
+    lines = CALLS.read_text(encoding="utf-8").splitlines(keepends=True)
+    first, second = tmp_path / "calls-1.json", tmp_path / "calls-2.json"
+    first.write_text("".join(lines[:cut]), encoding="utf-8")
+    second.write_text("".join(lines[cut:]), encoding="utf-8")
+    for name, nights in (("in order", [first, second]), ("newest first", [second, first])):
+        split = type(store)(tmp_path / name)
+        for path in nights:
+            report = ingest_files([path], split)
+            assert report.problems == 0, (name, report.errors)
+        assert sorted((_run_signature(t) for t in _runs(split)), key=repr) == expected, name
+        report = ingest_files([CALLS], split)
+        assert (report.ingested, report.replaced, report.problems) == ([], [], 0), (name, report.notes)

@@ -120,25 +120,28 @@ def _run_signature(t: Any) -> tuple[Any, ...]:
     return t.status, t.messages, t.final_answer, t.task, t.thread_id, t.tools, steps
 
 
-# (fixture, cut) whose second file alone holds the run's last model call(s) and its root: a version that holds the
-# whole history in its last call's input, but not the first file's decisions
+# (fixture, cut, told) whose second file alone holds the run's last model call(s) and its root: a version that holds
+# the whole history in its last call's input, but not the first file's model spans; ``told``: it holds the tool span of
+# the first call, which it reads as a step (from that span and the later call's history), so it lacks no decision
 LATER_HALVES = [
-    ("rotation_openinference.jsonl", 2),
-    ("rotation_openai_v2.jsonl", 2),
+    ("rotation_openinference.jsonl", 2, True),
+    ("rotation_openai_v2.jsonl", 2, False),
     # the later half alone took its first call's question ("Summarize that.") as the merged run's task (sweep H4)
-    ("rotation_openllmetry_chained.jsonl", 1),
+    ("rotation_openllmetry_chained.jsonl", 1, False),
 ]
 
 
 @pytest.mark.parametrize("order", ["first-half-first", "later-half-first"])
-@pytest.mark.parametrize(("fixture", "cut"), LATER_HALVES)
-def test_a_run_whose_halves_are_ingested_each_alone_keeps_every_decision(tmp_path, store, fixture, cut, order):
+@pytest.mark.parametrize(("fixture", "cut", "told"), LATER_HALVES)
+def test_a_run_whose_halves_are_ingested_each_alone_keeps_every_decision(tmp_path, store, fixture, cut, told, order):
     """Defect: the nightly job read the first file (the run's first model call and its tool) one night and only the new,
     rotated file (the last model call and the root span) the next. The later half holds more messages (its call's input
     is the whole history) but only its own decision, and it superseded the stored first half: the first decision (the
     tool call) survived only in a rejected trajectory, never trained on (openinference: 1 step of 2 live; openai-v2: 1 of
     3). Read the other way round, the first half was dropped as "a part of a run stored whole". Now a version supersedes
-    a stored one only when it holds its decisions; otherwise they are merged: one live trajectory, the whole run's."""
+    a stored one only when it holds its decisions; otherwise they are merged: one live trajectory, the whole run's.
+    A later half that read the first call's tool span holds that decision too (sweep H4, finding 5): read first, it is
+    the run stored whole, and the first half read later adds nothing."""
     whole = type(store)(tmp_path / "whole")
     ingest_files([FIXTURES / fixture], whole)
     (expected,) = whole.iter_trajectories()
@@ -151,11 +154,15 @@ def test_a_run_whose_halves_are_ingested_each_alone_keeps_every_decision(tmp_pat
     assert _run_signature(got) == _run_signature(expected)
     assert decided_by_run(got) == decided_by_run(expected), "every decision of the run is taught"
     assert [s.trajectory_id for s in got.steps] == [got.id] * got.num_steps
-    assert set(night2.replaced) == set(night1.ingested), "the stored half is superseded by the whole run"
+    if told and order == "later-half-first":
+        assert (night2.ingested, night2.replaced, night2.already_stored) == ([], [], night1.ingested)
+    else:
+        assert set(night2.replaced) == set(night1.ingested), "the stored half is superseded by the whole run"
     for old in night2.replaced:
         kept = store.get(old)
         assert (kept.approval.status, kept.approval.by) == ("rejected", SUPERSEDED_BY) and got.id in kept.approval.reason
-    assert any("kept in the version stored now" in note for note in night2.notes), night2.notes
+    if not told:
+        assert any("kept in the version stored now" in note for note in night2.notes), night2.notes
     for files in ([first, second], [first], [second]):  # read again, in any combination: nothing more
         again = ingest_files(files, store)
         assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes)
@@ -377,3 +384,92 @@ def test_an_approval_carried_over_to_a_merged_run_names_the_decisions_it_did_not
     [note] = [n for n in night2.notes if "given without" in n]
     assert f"the approval of {partial} by alice is carried over to {whole}" in note
     assert "without 1 of its decisions (step 2 (the answer))" in note and f"ee traces show {whole}" in note
+
+
+# (fixture, cut) where the first file ends with the run's last model span, its node span and the graph's root in the
+# second: read alone, the first file holds two pieces of the run (the earlier nodes under the missing root, the last
+# model call under its missing node span), each stored interrupted
+NODE_AFTER_MODEL = [
+    ("rotation_openinference_create_agent.jsonl", 5),  # [tool_call] and [answer]
+    ("rotation_openllmetry_two_nodes.jsonl", 3),  # two model calls, no tools: [answer] and [answer]
+]
+
+
+@pytest.mark.parametrize(("fixture", "cut"), NODE_AFTER_MODEL)
+def test_pieces_of_a_run_completed_by_the_same_later_spans_are_one_run(tmp_path, store, fixture, cut):
+    """Defect (sweep H4, finding 2): the file rotated between the last model span and its graph node's span. The first
+    ingest stored two pieces of the run; the second read the node's span and the graph's root (no model call) and
+    completed each piece on its own: the last model call's piece as a `completed` run of one step, the other left
+    `interrupted`: two live trajectories for one run, the first decision never in a completed one. Now the pieces those
+    spans join under one root are merged into one run, stored as the run read whole is, both pieces superseded."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    first, second = _split(tmp_path, fixture, cut)
+    night1 = ingest_files([first], store)
+    assert (night1.problems, len(night1.ingested)) == (0, 2), night1.errors
+    night2 = ingest_files([second], store)
+    assert night2.problems == 0, night2.errors
+    (got,) = _current(store)
+    assert (got.status, got.error, _run_signature(got)) == ("completed", None, _run_signature(expected))
+    assert decided_by_run(got) == decided_by_run(expected), "every decision of the run is taught"
+    assert (got.app, got.started_at, got.ended_at) == (expected.app, expected.started_at, expected.ended_at)
+    assert [s.trajectory_id for s in got.steps] == [got.id] * got.num_steps
+    assert sorted(night2.replaced) == sorted(night1.ingested)
+    for old in night2.replaced:
+        kept = store.get(old)
+        assert (kept.approval.status, kept.approval.by) == ("rejected", SUPERSEDED_BY) and got.id in kept.approval.reason
+    for files in ([second], [first], [first, second]):  # read again, in any combination: nothing more
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes, again.errors)
+    assert [t.id for t in _current(store)] == [got.id]
+
+
+TOOL_ERRORS = ["rotation_openinference_tool_error.jsonl", "rotation_openllmetry_tool_error.jsonl"]
+
+
+@pytest.mark.parametrize("fixture", TOOL_ERRORS)
+def test_a_later_part_read_alone_keeps_the_calls_its_tool_spans_ran(tmp_path, store, fixture):
+    """Defect (sweep H4, finding 5): the later part of a rotated file read alone (the earlier one lost, or only today's
+    file ingested), every span of the run but its first model span: the run was stored `completed`, with no note, with
+    only its answer as a step, though its messages show the tool call and its tool span (with the tool's error) was
+    read. Now the call is a step, read from the later model call's history and its tool span, as a resumed run's
+    reviewed turn is, and a note names the model span not read: the run read whole, but for that call's model latency."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    _, later = _split(tmp_path, fixture, 1)
+    report = ingest_files([later], store)
+    assert report.problems == 0, report.errors
+    (got,) = _current(store)
+    assert (got.id, got.status, _run_signature(got)) == (expected.id, "completed", _run_signature(expected))
+    assert [s.observation.is_error for s in got.steps if s.observation] == [True]
+    (note,) = [n for n in report.notes if "is not among the spans read" in n]
+    call = got.steps[0].action.tool_call
+    assert f"{call.name} ({call.id})" in note
+
+
+@pytest.mark.parametrize("order", ["first-half-first", "later-half-first"])
+@pytest.mark.parametrize("cut", [1, 2, 3])
+@pytest.mark.parametrize("fixture", TOOL_ERRORS)
+def test_a_tool_error_survives_a_run_split_between_two_ingests(tmp_path, store, fixture, cut, order):
+    """Defect (sweep H4, finding 4): the file rotated right after the run's first model span (or its node's span), the
+    parts ingested one after the other in either order: the merged run's tool call observed the tool message of its
+    messages, which carries no error flag (`is_error=False`), and the later part's tool span, which does, was no step of
+    it. Now the later part reads the call from its tool span, with its error, and the merged run keeps the model's own
+    step (from the earlier part, with its model latency) observing that span: the run read whole."""
+    whole = type(store)(tmp_path / "whole")
+    ingest_files([FIXTURES / fixture], whole)
+    (expected,) = whole.iter_trajectories()
+    first, second = _split(tmp_path, fixture, cut)
+    for path in [first, second] if order == "first-half-first" else [second, first]:
+        report = ingest_files([path], store)
+        assert report.problems == 0, report.errors
+    (got,) = _current(store)
+    assert (got.status, _run_signature(got)) == ("completed", _run_signature(expected))
+    assert [s.observation.is_error for s in got.steps if s.observation] == [True]
+    if order == "first-half-first":
+        assert [s.model_latency_ms for s in got.steps] == [s.model_latency_ms for s in expected.steps]
+    for files in ([first, second], [first], [second]):  # read again, in any combination: nothing more
+        again = ingest_files(files, store)
+        assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes, again.errors)
