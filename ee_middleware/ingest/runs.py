@@ -1503,6 +1503,21 @@ def _checkpoint_ns(span: SpanData) -> str | None:
     return str(value) if value else None
 
 
+def lost_model_calls(run: Sequence[SpanData]) -> bool:
+    """Whether the spans of ``run`` show a model call of it that was not read: a span of the LangGraph node its model
+    calls run in (a node a model span read ran in) that ended before its first model span read without holding one
+    (the node's model span was in a file not read with this one: a rotated file's earlier part). Then the calls that
+    model call made, which the next call's history holds and tool spans ran, are the model's decisions
+    (:attr:`~ee_middleware.capture.assembler.AssemblyOptions.unread_model_calls`); without such a span a tool call
+    before the first model call is the app's own (a node that writes a call to force a tool), never a step."""
+    models = [s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS]
+    if not models:
+        return False
+    first = min(m.start_ns for m in models)
+    nodes = {name for m in models if (name := _node_name(m))}
+    return any(s.end_ns <= first and operation_of(s.attributes) not in sc.MODEL_OPERATIONS and _node_name(s) in nodes for s in run)
+
+
 def in_graph_node(span: SpanData) -> bool:
     """Whether the span ran inside a LangGraph node (by the node metadata each dialect records: :func:`_node_name`)."""
     return bool(_node_name(span))

@@ -16,7 +16,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ from ee_middleware.ingest.runs import (
     incomplete_reason,
     join_bare_calls,
     joined_run,
+    lost_model_calls,
     read_gaps,
 )
 from ee_middleware.ingest.spill import SpanSpill
@@ -278,16 +279,21 @@ class _Target:
         ``nested``: a graph run inside a tool of another run (:func:`_runs_of`), whose pause is its outer run's, as the
         recorder reads it (no paused note of its own).
         """
-        if "options" not in self.__dict__ and _assemble(trace_id, run, self._trial, report) is None:
+        lost = lost_model_calls(run)  # its calls read from the next call's history and their tool spans
+
+        def given(options: AssemblyOptions) -> AssemblyOptions:
+            return replace(options, unread_model_calls=True) if lost else options
+
+        if "options" not in self.__dict__ and _assemble(trace_id, run, given(self._trial), report) is None:
             return None
-        trajectory = _assemble(trace_id, run, self.options, report)
+        trajectory = _assemble(trace_id, run, given(self.options), report)
         if trajectory is not None and not nested:
             self.paused.remember(trajectory)  # a later run resuming its thread after a human review finds its tools
         return trajectory
 
     @cached_property
     def _trial(self) -> AssemblyOptions:
-        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest", unread_model_calls=True)
+        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest")
 
     @cached_property
     def store(self) -> ExperienceStore:
@@ -318,9 +324,7 @@ class _Target:
     def options(self) -> AssemblyOptions:
         settings, salt = self._redaction
         redactor = _ingest_redactor(settings, salt, self._redactor, self._vault_feed(settings, salt))
-        return AssemblyOptions(
-            app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools, unread_model_calls=True
-        )
+        return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
 
     @cached_property
     def _reviewer(self) -> Redactor:
