@@ -163,6 +163,7 @@ def _warn_turns_beyond_the_step_limit(suites: Mapping[str, Any], tasks: Mapping[
         added = config.max_steps_per_turn - base.max_steps_per_turn  # answers the suite's loop adds (BFCL's force-quit one)
         flag = max(answers for _, answers in longest.values()) - added
         example = ", ".join(f"{task_id} turn {turn}: {answers}" for task_id, (turn, answers) in list(longest.items())[:3])
+        example += f", and {len(longest) - 3} more" if len(longest) > 3 else ""
         warnings.warn(
             f"ee eval: {len(longest)} task(s) of {suite.name} have a turn whose ground truth takes more model answers, its "
             f"calls one answer at a time and then the reply ({example}), than --max-steps-per-turn {base.max_steps_per_turn} "

@@ -318,9 +318,13 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         applied = "" if event.get("applied", True) else "  (interrupted: not applied)"
         gate = gates.get(id(event))
         verdict = "" if gate is None else f"  (gate {'PASS' if gate['passed'] else 'FAIL'})"
+        overrides = [
+            flag for key, flag in (("ignored_gate", "--ignore-gate"), ("ignored_rendering", "--ignore-rendering")) if event.get(key)
+        ]
+        overridden = f"  (with {' and '.join(overrides)})" if overrides else ""
         line = (
             f"  {_when(event.get('at'))}  {_said(event.get('action')):<16} by {_said(event.get('by'))}"
-            f"{_replacement(event, name)}{verdict}{applied}"
+            f"{_replacement(event, name)}{verdict}{overridden}{applied}"
         )
         out.print(escape(line))
 

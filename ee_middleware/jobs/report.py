@@ -188,7 +188,11 @@ def _stages(run: Run, manifests: dict[str, dict[str, Any]]) -> list[Block]:
         if m is None:
             rows.append((name, "not run", "-", "-", "-", ""))
             continue
-        decisions = m.get("error") or "; ".join(([m["summary"]] if m.get("summary") else []) + list(m.get("decisions") or []))
+        said = list(m.get("decisions") or [])
+        summary = m.get("summary")
+        if summary and any(d.lower().startswith(summary.lower()) for d in said):  # a decision says it, and more (the gate's)
+            summary = None
+        decisions = m.get("error") or "; ".join(([summary] if summary else []) + said)
         rows.append((name, m["status"], _seconds_text(m), str(m.get("attempt", 1)), peak_rss_text(m), decisions))
     header = ("stage", "status", "seconds", "attempt", "peak RSS MiB (own / children)", "result and decisions")
     return [Block("h2", "Stages"), Block("table", rows=tuple(rows), header=header), *_earlier_attempts(run)]

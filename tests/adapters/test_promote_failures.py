@@ -349,6 +349,8 @@ def test_an_adapter_that_failed_its_recorded_gate_is_promoted_only_with_ignore_g
     assert json.loads(forced.stdout)["live"] == worse and registry.resolve("bot") == worse
     [started] = [e for e in registry.history(adapter=worse) if e["action"] == "promote-started"]
     assert started["ignored_gate"] is True
+    shown = runner.invoke(app, ["adapters", "show", worse, "-r", str(registry.root)])  # (was: only in history.jsonl)
+    assert [line for line in shown.stdout.splitlines() if "promote-started" in line and "(with --ignore-gate)" in line], shown.stdout
     registry.add_eval(live, {"run": "r1", "gate_passed": False, "gate_reasons": ["held-out NLL rose"]})  # the improve job's shape
     with pytest.raises(GateFailedError, match="held-out NLL rose"):
         promote(registry, live, [backend])

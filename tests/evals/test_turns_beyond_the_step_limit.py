@@ -28,11 +28,14 @@ def test_a_step_limit_shorter_than_a_ground_truth_turn_is_said_and_the_limit_it_
     tasks = load_suite("tau:library").tasks()
     most = max(answers_to_follow(turn) for task in tasks for turn in task.reference)
     assert most >= 3, "the library's tasks make several calls in a turn"
-    short = most - 1
+    short = 2  # below the longest turn, and below several tasks' turns (more than the three a warning names)
     with pytest.warns(UserWarning, match=r"task\(s\) of tau:library:test have a turn whose ground truth takes more model answers") as said:
         run_eval(EvalJob(suites=["tau:library"], model="oracle", out=str(tmp_path / "short"), max_steps_per_turn=short))
     text = str(said[0].message)
     assert f"than --max-steps-per-turn {short} lets a turn have" in text and f"to at least {most}." in text, text
+    over = sum(any(answers_to_follow(turn) > short for turn in task.reference) for task in tasks)
+    assert f"ee eval: {over} task(s) of tau:library:test" in text
+    assert over > 3 and f", and {over - 3} more)" in text, text  # three named, the rest counted (was: "15 task(s)", three named)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # at the limit it names: nothing said, and the oracle passes every task

@@ -80,10 +80,13 @@ def test_the_lineage_says_where_the_held_out_likelihood_decided_the_gate_that_ee
     the run's own decision and why, and points at `ee runs show`."""
     run = _evaluated_run(tmp_path, '[improve]\napp = "shop"\n\n[gate]\nmin_tasks = 1\n', {"gate": {"min_tasks": 1}})
     reason = "likelihood: no task changed outcome, and the candidate's held-out action NLL is higher than the baseline's"
-    run.write_stage(
-        "gate", {"stage": "gate", "status": "done", "outputs": {"passed": False, "reasons": [reason], "gate_on_likelihood": False}}
-    )
+    outputs = {"passed": False, "reasons": [reason], "gate_on_likelihood": False}
+    said = {"summary": f"fail: {reason}", "decisions": [f"FAIL: {reason} (candidate shop-v1 vs base)"]}  # as the stage writes them
+    run.write_stage("gate", {"stage": "gate", "status": "done", "outputs": outputs, **said})
     run.update(stage_order=["evaluate", "gate"])
+    markdown = to_markdown(build_blocks(run))
+    [stage_row] = [line for line in markdown.split("## Lineage")[0].splitlines() if line.startswith("| gate |")]
+    assert stage_row.count(reason) == 1, stage_row  # (was: "fail: R; FAIL: R (candidate ...)")
     lineage = to_markdown(build_blocks(run)).split("## Lineage")[1]
     [row] = [line for line in lineage.splitlines() if line.startswith("| gate |")]
     _, _step, what, follow, _ = row.split("|")
