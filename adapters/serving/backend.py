@@ -349,8 +349,9 @@ class HTTPServingBackend:
         try:
             try:
                 root.post("/tokenize", {"prompt": "ping"})
-            except ModelError as exc:
-                note = f"could not be asked what it renders: POST {root.base_url}/tokenize failed ({exc})"
+            except ModelError as exc:  # (a refusal's own words: the client's advice names its placeholder model)
+                said = exc.refusal if isinstance(exc, ModelRequestError) else str(exc)
+                note = f"could not be asked what it renders: POST {root.base_url}/tokenize failed ({said})"
                 return {"chat_template": ServedTemplate("server", None, None, note).to_json()}
 
             failures: list[ModelError] = []

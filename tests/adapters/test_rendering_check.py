@@ -207,6 +207,7 @@ def test_a_server_that_cannot_be_asked_leaves_the_check_unknown(tiny_base: Path,
         asked = LocalBackend(url).probe_template(str(tiny_base))
         assert asked is not None and asked["chat_template"]["rendering"] is None
         assert "/tokenize" in asked["chat_template"]["note"] and "404" in asked["chat_template"]["note"]
+        assert "ee-adapters-admin" not in asked["chat_template"]["note"], "(was: the client's advice on its placeholder model)"
         check = check_rendering("a", {"rendering": TOOLS_AS_TEXT}, url, asked)
         assert check.status == "unknown" and "/tokenize" in check.message
 
