@@ -20,7 +20,8 @@ misconfigured replica or ingress answering ``{"hello": "world"}`` or an HTML pag
 replica's: the next replica is asked, it is passed over for ``cooldown_s`` (the log says so), and when every replica
 failed the answer is a 502 naming each one's reason. ``"stream": true`` answers are relayed as the replica sends them
 (server-sent events), not checked (a stream is relayed byte for byte as it comes, keep-alive comments and all; reading
-ahead to its first event would hold back its start); a replica that fails before it answers (its status line) is skipped, one that breaks mid-stream ends the stream with
+ahead to its first event would hold back its start); a replica that fails before it answers (its status line), or answers
+without an event stream (its ``Content-Type``), is skipped, one that breaks mid-stream ends the stream with
 an error event after the last whole event (a stream already started is never sent again elsewhere). A promote or rollback is one atomic write of the registry index: the next request goes to
 the new adapter, requests in flight finish on the old one (it stays loaded), and no request fails
 or waits for a restart. Answers keep the adapter's name in ``model``, so recorded traces say which

@@ -332,12 +332,28 @@ class OpenAIChatClient:
 
         Retried as :meth:`post` is until the server starts answering; a connection that breaks after
         that raises :class:`~ee_middleware.errors.ModelServerError` from the iterator (what was read
-        is not re-sent). The response is closed when the ``with`` block ends.
+        is not re-sent). The response is closed when the ``with`` block ends. An answer that is no event stream (its
+        ``Content-Type`` not ``text/event-stream``: a proxy's HTML page, a JSON answer of a server that ignored
+        ``stream``) raises :class:`~ee_middleware.errors.ModelResponseError` before anything is yielded.
         """
         import httpx
 
         url = f"{self.base_url}{path}"
         response = self._open("POST", path, body, stream=True)
+        kind = response.headers.get("content-type", "")
+        if "text/event-stream" not in kind.lower():
+            try:
+                response.read()
+                shown = _shown_body(response)
+            except httpx.HTTPError as exc:  # (what it said cannot be read: that alone)
+                shown = f"a body that could not be read ({type(exc).__name__})"
+            finally:
+                response.close()
+            raise ModelResponseError(
+                f"The server at {url} answered a stream request with HTTP {response.status_code} but no event stream "
+                f"(Content-Type {kind or 'missing'}): {shown}",
+                url=url,
+            )
         received = 0
 
         def chunks() -> Iterator[bytes]:

@@ -6,6 +6,7 @@ Before: ``{"hello": "world"}`` was relayed verbatim with 200, every other reques
 
 from __future__ import annotations
 
+import contextlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -89,3 +90,27 @@ def test_streams_are_still_relayed_through_a_checked_router() -> None:
         with serving(make_router_server(router, port=0)) as routed:
             streamed = _chat(routed, stream=True)
     assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]"), streamed.text
+
+
+@pytest.mark.parametrize("answer", ["page", "json"])
+def test_a_stream_request_answered_200_without_an_event_stream_is_passed_over(answer: str) -> None:
+    """Before: with ``"stream": true`` a replica's HTML page (a misrouted ingress), or a whole JSON answer of a server that
+    ignored ``stream``, was relayed to the app as its stream, which its SSE client cannot read (sweep S1, low). No event
+    stream, no answer: the next replica streams it."""
+    said: list[str] = []
+    page = ThreadingHTTPServer(("127.0.0.1", 0), _HTMLPage)
+    page.daemon_threads = True
+    with contextlib.ExitStack() as stack:
+        if answer == "page":
+            broken_url = stack.enter_context(serving(page))
+        else:
+            broken_url = stack.enter_context(ScriptedChatServer([Reply({"id": "c", "choices": [{"index": 0}]})])).base_url
+        healthy = stack.enter_context(ScriptedChatServer(["fine"]))
+        router = AliasRouter(_EmptyRegistry(), [broken_url, healthy.base_url], cooldown_s=600, log=said.append)
+        routed = stack.enter_context(serving(make_router_server(router, port=0)))
+        answers = [_chat(routed, stream=True) for _ in range(2)]
+    assert all(a.status_code == 200 and a.headers["content-type"].startswith("text/event-stream") for a in answers), [
+        a.text for a in answers
+    ]
+    assert all("fine" in a.text for a in answers) and len(healthy.requests) == 2
+    assert len(said) == 1 and broken_url in said[0] and "no event stream" in said[0], said
