@@ -251,15 +251,13 @@ class ExperienceSpanProcessor(SpanProcessor):
         to may be that of another instrumentation's spans above it (ee-middleware's own, where
         :func:`~ee_middleware.record_experience` shares this provider), not one of its own. A span ends after the spans
         under it, so only the spans over a GenAI span are remembered, not every span of the app."""
-        ancestry = self._unread.get(key)
-        if ancestry is None:
+        if key not in self._unread:  # (the common case, a trace holding no GenAI span yet: no lock taken)
             return
         span_id = span.span_id if isinstance(span, SpanData) else f"{span.context.span_id:016x}"
-        if span_id not in ancestry.wanted:
-            return
         parent = span.parent_span_id if isinstance(span, SpanData) else f"{span.parent.span_id:016x}" if span.parent else None
-        if parent is not None:
-            with self._lock:
+        with self._lock:  # (its run may be handed to the writer meanwhile: then nothing is added to what it reads)
+            ancestry = self._unread.get(key)
+            if ancestry is not None and parent is not None and span_id in ancestry.wanted:
                 ancestry.parents[span_id] = parent
                 ancestry.wanted.add(parent)
 

@@ -1504,9 +1504,10 @@ def _checkpoint_ns(span: SpanData) -> str | None:
 
 
 def lost_model_calls(run: Sequence[SpanData]) -> bool:
-    """Whether the spans of ``run`` show a model call of it that was not read: a span of the LangGraph node its model
-    calls run in (a node a model span read ran in) that ended before its first model span read without holding one
-    (the node's model span was in a file not read with this one: a rotated file's earlier part). Then the calls that
+    """Whether the spans of ``run`` show a model call of it that was not read: the span of the LangGraph node its model
+    calls run in (a node a model span read ran in; its own span, not one inside it) that ended before its first model
+    span read, so holding none (the node's model span was in a file not read with this one: a rotated file's earlier
+    part). Then the calls that
     model call made, which the next call's history holds and tool spans ran, are the model's decisions
     (:attr:`~ee_middleware.capture.assembler.AssemblyOptions.unread_model_calls`); without such a span a tool call
     before the first model call is the app's own (a node that writes a call to force a tool), never a step."""
@@ -1515,7 +1516,15 @@ def lost_model_calls(run: Sequence[SpanData]) -> bool:
         return False
     first = min(m.start_ns for m in models)
     nodes = {name for m in models if (name := _node_name(m))}
-    return any(s.end_ns <= first and operation_of(s.attributes) not in sc.MODEL_OPERATIONS and _node_name(s) in nodes for s in run)
+    by_id = {s.span_id: s for s in run}
+
+    def node_span(span: SpanData) -> bool:  # the node's own span, not one inside it (create_react_agent's prompt step)
+        parent = by_id.get(span.parent_span_id or "")
+        return parent is None or _node_name(parent) != _node_name(span)
+
+    return any(
+        s.end_ns <= first and operation_of(s.attributes) not in sc.MODEL_OPERATIONS and _node_name(s) in nodes and node_span(s) for s in run
+    )
 
 
 def in_graph_node(span: SpanData) -> bool:

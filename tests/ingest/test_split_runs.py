@@ -487,3 +487,42 @@ def test_a_tool_error_survives_a_run_split_between_two_ingests(tmp_path, store, 
     for files in ([first, second], [first], [second]):  # read again, in any combination: nothing more
         again = ingest_files(files, store)
         assert (again.ingested, again.replaced, again.problems) == ([], [], 0), (files, again.notes, again.errors)
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("*.jsonl")))
+def test_no_run_read_whole_shows_a_model_call_missing(fixture):
+    """Every real trace read whole: no run's spans say a model call was lost (review of b34b584: create_react_agent's
+    prompt step, a span inside the model's node that ends before the model span, was taken for the node's own span, so
+    nearly every such run was read as missing a call, and an app's own tool call before the first model call became a
+    step)."""
+    from collections import defaultdict
+
+    from ee_middleware.ingest.otlp_json import read_otlp_json
+    from ee_middleware.ingest.runs import group_runs, lost_model_calls
+
+    traces = defaultdict(list)
+    for span in read_otlp_json(FIXTURES / fixture).spans:
+        traces[span.trace_id].append(span)
+    assert not [trace_id for trace_id, spans in traces.items() for run in group_runs(trace_id, spans).runs if lost_model_calls(run)]
+
+
+def test_an_apps_own_tool_call_before_the_first_model_call_is_no_step_in_a_run_read_whole(tmp_path, store):
+    """The real create_react_agent trace (rotation_openinference.jsonl) without its first agent node's spans, as if a node
+    of the app had written the first call (LangGraph's SQL agent does so to force a tool): read in one ingest, nothing
+    missing, that call is no step of the model's, and no note says a model span is missing (review of b34b584: it was
+    read as a step, with that note)."""
+    first_agent_node = ("2475aa", "2b99ab", "fad1b7", "0f7f36", "0c3364", "ce5c5c")
+    lines = []
+    for line in (FIXTURES / "rotation_openinference.jsonl").read_text().splitlines():
+        request = json.loads(line)
+        for resource in request["resourceSpans"]:
+            for scope in resource["scopeSpans"]:
+                scope["spans"] = [s for s in scope["spans"] if not s["spanId"].startswith(first_agent_node)]
+        lines.append(json.dumps(request))
+    forced = tmp_path / "forced.jsonl"
+    forced.write_text("\n".join(lines) + "\n")
+    report = ingest_files([forced], store)
+    assert report.problems == 0, report.errors
+    (got,) = _current(store)
+    assert [s.action.kind for s in got.steps] == ["answer"]
+    assert not [n for n in report.notes if "is not among the spans read" in n]
