@@ -508,16 +508,19 @@ class _Target:
         """Whether the trace ``trace_id`` is among those read now (all are where they are not known)."""
         return self._traces is None or trace_id is None or trace_id in self._traces
 
-    @cached_property
-    def _bare_runs(self) -> dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]]:
-        """The stored runs that may be of bare model calls (ingested, no thread), of traces not read now and not superseded,
-        with their messages' keys, by app and first two messages (a system prompt and the task: what every version of a
-        run starts with, and few other runs)."""
+    def _bare_runs(self, app: str) -> dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]]:
+        """The stored runs of ``app`` that may be of bare model calls (ingested, no thread), of traces not read now and not
+        superseded, with their messages' keys, by first two messages (a system prompt and the task: what every version of
+        a run starts with, and few other runs); read once per app and ingest, that app's rows alone decoded."""
+        if app in self._bare_runs_by_app:
+            return self._bare_runs_by_app[app]
         out: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]] = defaultdict(list)
+        self._bare_runs_by_app[app] = out
         if self._traces is None or self.existing() is None or "trace_id" not in self.stored.columns or not len(self.stored):
             return out
         rows = self.stored.filter(
-            (pl.col("source") == "otlp-ingest")
+            (pl.col("app") == app)
+            & (pl.col("source") == "otlp-ingest")
             & pl.col("thread_id").is_null()
             & pl.col("trace_id").is_not_null()
             & ~pl.col("trace_id").is_in(list(self._traces))
@@ -526,8 +529,12 @@ class _Target:
         for row in rows.iter_rows(named=True):
             keys = _message_keys(json.loads(row["messages_json"] or "[]"))
             if keys:
-                out[(row["app"], *keys[:2])].append((row, keys))
+                out[tuple(keys[:2])].append((row, keys))
         return out
+
+    @cached_property
+    def _bare_runs_by_app(self) -> dict[str, dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]]]:
+        return {}
 
     def bare_versions(self, trajectory: Trajectory) -> tuple[list[dict[str, Any]], str | None]:
         """The stored versions, in traces not read now, of a run of bare model calls read now (``trajectory``: each call a
@@ -541,7 +548,7 @@ class _Target:
         if not mine:
             return [], None
         out = []
-        for row, theirs in self._bare_runs.get((trajectory.app, *mine[:2]), ()):
+        for row, theirs in self._bare_runs(trajectory.app).get(tuple(mine[:2]), ()):
             if row["id"] in self.superseded or row["id"] in self._linked:
                 continue
             shorter, longer = (theirs, mine) if len(theirs) < len(mine) else (mine, theirs)
