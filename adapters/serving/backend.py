@@ -388,7 +388,8 @@ class HTTPServingBackend:
             )
         if isinstance(exc, ModelServerError):
             return ServerUnavailableError(
-                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {exc}{self._start_hint()}", url=self.url
+                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {_sentence(str(exc))}{self._start_hint()}",
+                url=self.url,
             )
         return ServingError(f"{self.server_name().capitalize()} at {url} could not {doing}: {exc}", url=self.url)
 
@@ -412,6 +413,12 @@ class HTTPServingBackend:
         return kinds.get(str(self._recorded_kind()), self.start_hint)
 
     start_hint = ""
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending as a sentence does (a full stop added where it ends otherwise), for a sentence to follow it."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?", ".)")) else f"{text}."
 
 
 _WHERE_SERVERS_ARE_NAMED = " (--server URL, or `servers` under [improve.serving] for ee improve)"
