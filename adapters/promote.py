@@ -84,7 +84,7 @@ from ee_middleware.adapters.errors import (
 )
 from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files
 from ee_middleware.adapters.registry import AdapterRegistry
-from ee_middleware.adapters.serving.backend import ServingBackend, Verification, rank_advice
+from ee_middleware.adapters.serving.backend import ServingBackend, Verification, as_sentence, rank_advice
 from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
 from ee_middleware.models.bases import same_base as same_base  # (the rendering check's import)
 
@@ -595,9 +595,18 @@ def _fail(
         unanswered = f" {loading.url} did not answer its load in time: it holds {record.name} if that load went through."
         reason += unanswered
     outcome = _record_failure(registry, record, exc, reason, by=by, cleared=cleared)
+    if held and registry.get(record.name).status == Status.failed:  # never served again: nothing to keep it loaded for
+        done: list[tuple[ServingBackend, str | None]] = []
+        _unload_each(record.name, held, "failed", done, say=say)
+        problems += [problem for _, problem in done if problem]
+        dropped, held = held, []
+    else:
+        dropped = []
     live = registry.resolve(record.app)
     raise PromotionError(
-        f"Promoting {record.name} failed on {replica.url}: {exc} {_unload_text(loaded, held, problems)}{unanswered} {outcome}. "
+        f"Promoting {record.name} failed on {replica.url}: {as_sentence(str(exc))} {_unload_text(loaded, held, problems, dropped)}"
+        f"{unanswered} "
+        f"{outcome}. "
         f"{record.app} still serves {live or 'the base model'}.",
         adapter=record.name,
         replica=replica.url,
@@ -671,11 +680,15 @@ def _status_text(status: Status | str) -> str:
     return "a candidate" if value == Status.candidate.value else str(value)
 
 
-def _unload_text(loaded: list[ServingBackend], held: list[ServingBackend], problems: list[str]) -> str:
-    """What a failed promote did on the replicas: unloaded it where it had loaded it (bar the ``problems``), and left it
-    where a replica held it before."""
-    if loaded:
-        text = f"It was unloaded from {', '.join(r.url for r in loaded)}, where this promote had loaded it"
+def _unload_text(
+    loaded: list[ServingBackend], held: list[ServingBackend], problems: list[str], dropped: Sequence[ServingBackend] = ()
+) -> str:
+    """What a failed promote did on the replicas: unloaded it where it had loaded it, and where a replica held it before
+    (``dropped``) once it is marked failed (bar the ``problems``), and left it where a replica held it before."""
+    if loaded or dropped:
+        parts = [f"from {', '.join(r.url for r in loaded)}, where this promote had loaded it"] if loaded else []
+        parts += [f"from {', '.join(r.url for r in dropped)}, which held it before (a failed adapter is never served)"] if dropped else []
+        text = "It was unloaded " + ", and ".join(parts)
         text += f" (except: {'; '.join(problems)})." if problems else "."
     else:
         text = "Nothing was loaded by this promote."

@@ -388,7 +388,7 @@ class HTTPServingBackend:
             )
         if isinstance(exc, ModelServerError):
             return ServerUnavailableError(
-                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {_sentence(str(exc))}{self._start_hint()}",
+                f"No usable answer from {self.server_name()} at {url} when asked to {doing}: {as_sentence(str(exc))}{self._start_hint()}",
                 url=self.url,
             )
         return ServingError(f"{self.server_name().capitalize()} at {url} could not {doing}: {exc}", url=self.url)
@@ -415,7 +415,7 @@ class HTTPServingBackend:
     start_hint = ""
 
 
-def _sentence(text: str) -> str:
+def as_sentence(text: str) -> str:
     """``text`` ending as a sentence does (a full stop added where it ends otherwise), for a sentence to follow it."""
     text = text.rstrip()
     return text if text.endswith((".", "!", "?", ".)")) else f"{text}."

@@ -176,6 +176,21 @@ def test_an_adapter_that_served_before_is_not_condemned_by_a_replica_that_does_n
     assert rollback(registry, "bot", [backend]).live.name == first
 
 
+def test_an_adapter_marked_failed_is_unloaded_also_where_it_was_loaded_before_the_promote_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """ee improve loads its candidate on the replicas to evaluate it; a promote that then marks it failed left it loaded
+    there ("stays loaded on X, which held it before"), a LoRA slot taken by an adapter never served again (sweep S1)."""
+    server, backend = stand_in
+    registry, (name,) = _registry(tmp_path, "/models/base")
+    backend.load(name, registry.get(name).path)  # as the evaluate stage does
+    server.fail["/v1/chat/completions"] = (500, ADAPTER_PROBLEMS["target-modules"])
+    with pytest.raises(PromotionError, match="is marked failed") as caught:
+        promote(registry, name, [backend])
+    assert f"It was unloaded from {backend.url}, which held it before (a failed adapter is never served)." in str(caught.value)
+    assert registry.get(name).status == "failed" and name not in server.loaded
+
+
 @pytest.mark.parametrize("trouble", [500, 503, 429, "time-out"])
 def test_a_smoke_request_failing_for_the_servers_own_trouble_leaves_the_adapter_a_candidate_stand_in_replica(
     stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path, trouble: int | str
