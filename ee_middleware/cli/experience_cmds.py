@@ -434,6 +434,13 @@ def all_held_out(share: float, held: int, consequence: str) -> typer.BadParamete
     """The refusal of a ``--held-out`` share that holds out all ``held`` approved trajectories with tool calls, saying
     what that leaves (``consequence``) and what to do: ``ee experience eval`` and ``ee experience dataset`` share the
     split, and say the same."""
+    if held == 1:  # the one held out at any share, and the only one
+        return typer.BadParameter(
+            "the store has one approved trajectory with tool calls, and one is always held out (also at --held-out 0: "
+            f"ee experience eval measures the model on it, so no dataset may train on it): {consequence}. Record and "
+            "approve more trajectories.",
+            param_hint="--store",
+        )
     return typer.BadParameter(
         f"a share of {share:g} holds out all {held} approved trajectories with tool calls: {consequence}. Hold out a smaller "
         "share (e.g. --held-out 0.2) or record and approve more trajectories.",

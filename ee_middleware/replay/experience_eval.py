@@ -204,7 +204,7 @@ def split_store(
     taught = expert_transitions(approved)
     trajectories = [t for t in approved if taught[t.id]]  # held out only where there is something to predict
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
-    if not held and len(trajectories) > 1:
+    if not held and trajectories:  # also the only one: a dataset built now must not train on what a later eval holds out
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
     # every approved trajectory not held out, as IWM and the live buffer: a paused run none of whose calls is taught
     # still gives its rollouts at states before the pause

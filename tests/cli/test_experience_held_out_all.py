@@ -53,3 +53,29 @@ def test_a_store_with_nothing_to_build_from_still_names_the_store(tmp_path: Path
     assert result.exit_code == 2, result.output
     said = _said(result.output)
     assert "Invalid value for --store" in said and "record or approve more trajectories" in said, said
+
+
+def test_with_one_approved_trajectory_it_is_held_out_and_no_dataset_trains_on_it(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was (sweep S2): with one approved trajectory nothing was held out, so `ee experience dataset` trained on it; once a
+    second was approved, `ee experience eval` held out one of the two (the one with the smallest hash), often that very
+    one: the fidelity gate then read a model on a trajectory it was trained on. One is held out whatever the count."""
+    import shutil
+
+    from ee_middleware.replay.experience_eval import split_store
+    from ee_middleware.store.local import LocalExperienceStore
+
+    store_path = tmp_path / "store"
+    shutil.copytree(bfcl_store_path, store_path)
+    store = LocalExperienceStore(store_path)
+    try:
+        only, *others = store.trajectories(status="approved")["id"].to_list()
+        store.reject(others, by="alice", reason="keep one")
+        assert split_store(store, share=0.0, seed=0).held_out_ids == {only}
+    finally:
+        store.close()
+    args = ["experience", "dataset", "--store", str(store_path), "--out", str(tmp_path / "em"), "--held-out", "0"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    said = _said(result.output)
+    assert "the store has one approved trajectory with tool calls, and one is always held out" in said, said
+    assert not (tmp_path / "em" / "em.parquet").exists()

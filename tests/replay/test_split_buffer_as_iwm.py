@@ -41,13 +41,13 @@ def test_the_eval_split_indexes_a_paused_runs_rollouts_before_its_pause_as_iwm_a
 
     opened = LocalExperienceStore(store)
     try:
-        split = split_store(opened, share=0.0, seed=0)  # one trajectory has a step to predict: nothing is held out
+        split = split_store(opened, share=0.0, seed=0)  # one trajectory has a step to predict: it is held out (one always is)
         live = TransitionIndex.of()
         live.refresh(opened)
     finally:
         opened.close()
 
-    assert not split.held_out_ids
-    assert _keys(split.index.transitions) == taught_by_iwm
+    assert split.held_out_ids == {resumed.id}
+    assert _keys(split.index.transitions) == {key for key in taught_by_iwm if key[0] != resumed.id}
     assert _keys([t for t in live.transitions if t.id not in live._out_of_use]) == taught_by_iwm
     assert resumed.id in {t for t, _, _ in taught_by_iwm}

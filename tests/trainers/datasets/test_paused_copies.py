@@ -150,7 +150,15 @@ def test_em_never_trains_a_paused_runs_copy_of_a_call_its_resumed_run_holds(tmp_
 
 
 def test_em_trains_the_only_copy_of_a_call_a_run_never_resumed_ran(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    [paused] = _record_pay(store, resume=False)
+    from ee_middleware.replay.experience_eval import split_store
 
-    assert _em_rows(_em(store, 0)) == [(paused.id, 0, "tokyo: sunny")]
+    store = tmp_path / "store"
+    _record_pay(store, resume=False)
+    paused, other = _record_pay(store, resume=False)  # two such runs: one is always held out (for ee experience eval)
+    opened = LocalExperienceStore(store)
+    try:
+        seed = next(s for s in range(64) if split_store(opened, share=0.0, seed=s).held_out_ids == {other.id})
+    finally:
+        opened.close()
+
+    assert _em_rows(_em(store, seed)) == [(paused.id, 0, "tokyo: sunny")]
