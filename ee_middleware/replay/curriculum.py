@@ -230,8 +230,8 @@ variant (``<this>: <what was wrong>``); one cut off while still reasoning says
 :data:`~ee_middleware.models.protocol.CUT_WHILE_REASONING` instead."""
 
 DUPLICATE = "duplicate of an earlier variant"
-"""The reason a variant is rejected when it repeats one already kept (same parent, same instruction up to case and
-spacing): it would be rolled out and judged again for nothing."""
+"""The reason a variant is rejected when it repeats one already kept (for any parent: the same instruction up to case
+and spacing): it would be rolled out and judged again for nothing."""
 
 
 @dataclass
@@ -245,7 +245,8 @@ class Proposal:
     unmatched: list[str] = field(default_factory=list)
     attempts: int = 0
     allotted: dict[str, int] = field(default_factory=dict)
-    """The variants allotted to each task (:func:`allotment_key` -> count; :func:`allot`), the tasks allotted none left
+    """The variants each task got in the end (:func:`allotment_key` -> count; its share by :func:`allot`, less what the
+    writer could not vary, plus what other tasks left it; they sum to ``len(variants)``), the tasks that got none left
     out: keyed by task id, or ``suite/task id`` for an id that tasks of several suites have."""
     failed: ModelError | None = None
 
@@ -253,6 +254,11 @@ class Proposal:
     def cut(self) -> int:
         """Rejections of an answer cut off at ``max_tokens`` (while reasoning or not): more tokens is the fix."""
         return sum(n for reason, n in self.rejected.items() if reason.startswith((CUT_AT_MAX_TOKENS, CUT_WHILE_REASONING)))
+
+
+EXISTING_TASK = "an existing task"
+"""The reason a variant is rejected when it is one of the tasks already there (an evaluated task, or a matched parent's
+task, up to case and spacing): rolled out, it teaches nothing the task itself does not."""
 
 
 def _same_instruction(text: str) -> str:
@@ -312,8 +318,9 @@ def propose(
     tokens each (``3 * n`` in all); what a task the writer could not vary leaves is allotted again to the tasks that got
     their share (:attr:`Proposal.allotted` counts what each got in the end).
 
-    A variant repeating one already kept for the same parent is rejected as :data:`DUPLICATE` (the writer is shown the
-    ones kept, and asked again within the budget); an answer cut off at ``max_tokens`` is rejected as such
+    A variant repeating one already kept (for any parent) is rejected as :data:`DUPLICATE` (the writer is shown the ones
+    kept for its parent, and asked again within the budget), one that is a task already there (an evaluated task's
+    instruction, a matched parent's task) as :data:`EXISTING_TASK`; an answer cut off at ``max_tokens`` is rejected as such
     (:data:`CUT_AT_MAX_TOKENS`, or the reasoning cut of :meth:`~ee_middleware.models.Choice.cut_while_reasoning`). A
     request that fails after the client's retries (:class:`~ee_middleware.errors.ModelError`) ends the proposal: the
     variants written before it are kept, and the error is :attr:`Proposal.failed`."""
@@ -325,6 +332,8 @@ def propose(
     quota = {(s.suite, s.task_id): count for s, count in zip(usable, allot(usable, n), strict=True)}
     rejected: dict[str, int] = defaultdict(int)
     kept: dict[tuple[str, str], list[str]] = defaultdict(list)  # the instructions kept, by parent task
+    written: set[str] = set()  # every instruction kept, whatever its parent: `variants` counts distinct ones
+    existing = {_same_instruction(text) for text in [*(s.instruction for s in scores), *(t.task for t in matched.values())] if text}
     tried: Counter[tuple[str, str]] = Counter()  # the requests made, by parent task
     attempt = 0
     while len(result.variants) < n:
@@ -377,9 +386,11 @@ def propose(
                 reason = f"{CUT_AT_MAX_TOKENS}: {reason}"
             rejected[reason or "unknown"] += 1
             continue
-        if _same_instruction(variant["instruction"]) in {_same_instruction(i) for i in kept[key]}:
-            rejected[DUPLICATE] += 1
+        same = _same_instruction(variant["instruction"])
+        if same in written or same in existing:
+            rejected[DUPLICATE if same in written else EXISTING_TASK] += 1
             continue
+        written.add(same)
         kept[key].append(variant["instruction"])
         digest = hashlib.blake2b(f"{score.suite}:{score.task_id}:{variant['instruction']}".encode(), digest_size=8).hexdigest()
         result.variants.append(
@@ -402,7 +413,8 @@ def propose(
             }
         )
     shared = ids_in_several_suites(quota)
-    result.allotted = {allotment_key(suite, task_id, shared): count for (suite, task_id), count in quota.items() if count}
+    # what each task got in the end: its share, less what the writer could not vary, plus what others left it
+    result.allotted = {allotment_key(suite, task_id, shared): len(kept[suite, task_id]) for suite, task_id in quota if kept[suite, task_id]}
     result.rejected = dict(rejected)
     result.attempts = attempt
     return result

@@ -96,3 +96,34 @@ def test_the_writer_is_asked_for_200_tokens_by_default_scripted_server(bfcl_stor
         result, _ = _propose(bfcl_store_path, tmp_path, server.base_url, "--n", "1")
         assert result.exit_code == 0, result.output
         assert [request["max_tokens"] for request in server.requests] == [200]
+
+
+def test_variants_are_distinct_across_parents_new_and_counted_as_written_scripted_server(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was (sweep S2): the same instruction kept for two parents ('variants' counting it twice), a variant that is a task
+    already evaluated kept as new, and 'allotted' summing to more than the variants written (what each task was allotted,
+    not what it got; a task shown allotted one that got none)."""
+    store = LocalExperienceStore(bfcl_store_path)
+    first, second = sorted(t.environment["entry_id"] for t in store.iter_trajectories())[:2]
+    store.close()
+    existing = "Tell me how many files are in the current folder."  # an evaluated task, solved every time: p(1-p) = 0
+    conversation = json.dumps([{"role": "user", "content": existing}])
+    rows = [{"suite": "bfcl", "task_id": task, "trial": i, "success": ok} for task in (first, second) for i, ok in enumerate([True, False])]
+    rows += [{"suite": "bfcl", "task_id": "solved", "trial": i, "success": True, "conversation": conversation} for i in range(2)]
+    results = tmp_path / "results.jsonl"
+    results.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    answers = iter([LIST, LIST, json.dumps({"instruction": existing.upper(), "tools": ["ls"]}), PWD, DRAFTS, DRAFTS, DRAFTS])
+    out = tmp_path / "tasks.jsonl"
+    with ScriptedChatServer(lambda body: next(answers)) as server:
+        args = ["curriculum", "propose", "--from", str(results), "--model", f"openai:{server.base_url}#writer"]
+        result = CliRunner().invoke(app, [*args, "--store", str(bfcl_store_path), "--out", str(out), "--json", "--n", "3"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    variants = [json.loads(line) for line in out.read_text().splitlines()]
+    instructions = [v["instruction"] for v in variants]
+    assert len(set(instructions)) == len(instructions) == summary["variants"] == 3, instructions
+    assert existing.upper() not in instructions
+    assert summary["rejected"] == {DUPLICATE: 1, "an existing task": 1}, summary["rejected"]
+    written: dict[str, int] = {}
+    for variant in variants:
+        written[variant["parent"]["task_id"]] = written.get(variant["parent"]["task_id"], 0) + 1
+    assert summary["allotted"] == written and sum(summary["allotted"].values()) == len(variants), (summary["allotted"], written)
