@@ -20,6 +20,9 @@ The metrics:
   an array), F1 over their fields, each leaf value under its path counting once (:func:`fields_f1`: a wrong value under
   the right key scores 0 for that field); otherwise the word F1 of the two texts, words as they appear, no name split
   into parts (:func:`words_f1`). ``docs/experience-model.md`` works an example;
+* where the real observation was cut when recorded (``truncated_chars``), it is the real answer's start, as replay
+  compares it: a prediction that starts with it is exact, and ``token_f1`` reads the prediction's start of the same
+  length;
 * ``error_agreement``: the predicted ``is_error`` equals the real one;
 * ``reward_agreement``: on a trajectory's last step, whether a predicted reward (>= 0.5 is success)
   agrees with the real outcome (``None`` where no prediction had a reward);
@@ -310,10 +313,16 @@ def _score(sandbox: ExperienceSandbox, call: ToolCall, real: Transition) -> dict
     reward = None
     if real.reward is not None and prediction["reward"] is not None:
         reward = float((prediction["reward"] >= 0.5) == (real.reward >= 0.5))
+    predicted = prediction["observation"]
+    if real.truncated_chars:  # the recording was cut: it is the real observation's start, compared as such (as replay does)
+        exact = predicted.startswith(real.observation) or predicted.strip() == real.observation.strip()
+        predicted = predicted[: len(real.observation)]
+    else:
+        exact = predicted.strip() == real.observation.strip()
     return {
         "failed": False,
-        "exact": float(prediction["observation"].strip() == real.observation.strip()),
-        "token_f1": token_f1(prediction["observation"], real.observation),
+        "exact": float(exact),
+        "token_f1": token_f1(predicted, real.observation),
         "error_agreement": float(prediction["is_error"] == real.is_error),
         "reward": reward,
     }

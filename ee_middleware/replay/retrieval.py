@@ -181,6 +181,9 @@ class Transition:
     """The trajectory's outcome (1.0 completed, 0.0 error) on its last tool step; ``None`` elsewhere."""
     replay_id: str | None = None
     """The replay a rollout's transition came from; ``None`` for an expert step."""
+    truncated_chars: int = 0
+    """Characters cut from the end of ``observation`` when it was recorded (``Observation.truncated_chars``): the real
+    observation starts with it."""
 
     @property
     def search_text(self) -> str:
@@ -218,6 +221,7 @@ def trajectory_transitions(trajectory: Trajectory) -> list[Transition]:
                 observation=obs.content,
                 is_error=obs.is_error,
                 reward=(1.0 if trajectory.status == "completed" else 0.0) if last else None,
+                truncated_chars=obs.truncated_chars,
             )
         )
     return out
@@ -242,6 +246,7 @@ def rollout_transition(rollout: Rollout, trajectory: Trajectory) -> Transition |
         observation=rollout.observation.content,
         is_error=rollout.is_error,
         replay_id=rollout.replay_id,
+        truncated_chars=rollout.observation.truncated_chars,
     )
 
 

@@ -315,3 +315,46 @@ def test_a_server_whose_generation_is_dead_behind_a_live_listing_stops_the_evalu
             sandbox.close()
     assert sum(made) == SERVER_FAILURES_IN_A_ROW - 1 and model.crashes == 3 * SERVER_FAILURES_IN_A_ROW
     assert "Background loop has errored already" in str(stopped.value) and stopped.value.url.startswith(url)
+
+
+def test_a_model_answering_the_whole_observation_of_a_recording_cut_when_stored_scores_in_full(bfcl_store_path: Path, serve: Any) -> None:
+    """Was (sweep S2): a model answering the real tool's whole answer scored exact 0 and a token F1 below 1 where the
+    stored observation had been cut to its first characters (Observation.truncated_chars), which replay compares as the
+    real answer's start. A real BFCL split whose held-out observations are cut in half, scripted models behind a real
+    HTTP server answering the whole observation (full marks) and a wrong one (none)."""
+    import dataclasses
+
+    from ee_middleware.replay.sandboxes.experience import build_prompt
+
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    whole = {build_prompt(t.task, t.state, t.tool, t.arguments, [])[-1]["content"]: t.observation for _, t in split.held_out}
+    split.held_out = [
+        (
+            trajectory,
+            dataclasses.replace(
+                t, observation=t.observation[: len(t.observation) // 2], truncated_chars=len(t.observation) - len(t.observation) // 2
+            ),
+        )
+        for trajectory, t in split.held_out
+    ]
+
+    def answer_whole(messages: list[dict[str, Any]]) -> str:
+        return json.dumps({"reasoning": "r", "observation": whole[messages[-1]["content"]], "is_error": False})
+
+    def answer_other(messages: list[dict[str, Any]]) -> str:
+        return json.dumps({"reasoning": "r", "observation": "something else entirely", "is_error": False})
+
+    scores = {}
+    for name, answer in (("whole", answer_whole), ("other", answer_other)):
+        sandbox = ExperienceSandbox(serve(answer).spec)
+        try:
+            report = evaluate(sandbox, split, top_k=0)
+        finally:
+            sandbox.close()
+        scores[name] = report["variants"]["no-retrieval"]["overall"]
+    assert scores["whole"]["n"] >= 10 and scores["whole"]["exact"] == scores["whole"]["token_f1"] == 1.0, scores["whole"]
+    assert scores["other"]["exact"] == 0.0 and scores["other"]["token_f1"] < 0.2, scores["other"]

@@ -343,6 +343,7 @@ def build_em(
                     "step_index": transition.step_index,
                     "proposer": "expert",
                     "is_error": transition.is_error,
+                    "observation_truncated_chars": transition.truncated_chars,
                     "teacher": teacher_name,
                     "quality_flags": json.dumps(flags),
                     "retrieved": [e.id for e in examples],

@@ -93,3 +93,31 @@ def test_em_reports_its_progress_over_the_transitions_it_builds(bfcl_store_path:
     total = frame.height
     assert total > 3
     assert calls == [(done, total) for done in range(total + 1)], calls
+
+
+def test_em_rows_say_how_much_of_their_target_observation_was_cut_when_recorded(bfcl_store_path: Path) -> None:
+    """Was (sweep S2): observation_truncated_chars null on every em row, also where the store recorded the target
+    observation cut (Observation.truncated_chars), so nothing told which targets are the start of a longer answer."""
+    copy_id = "cut-copy"
+    assert not is_held_out(copy_id, 0.34, 0)
+    store = LocalExperienceStore(bfcl_store_path)
+    try:
+        source = _entry(store, "multi_turn_base_0")
+        cut_at = next(s.index for s in source.steps if s.observation is not None and s.action.tool_call is not None)
+        steps = [
+            s.model_copy(
+                update={
+                    "trajectory_id": copy_id,
+                    "observation": s.observation.model_copy(update={"truncated_chars": 1234})
+                    if s.index == cut_at and s.observation
+                    else s.observation,
+                }
+            )
+            for s in source.steps
+        ]
+        store.write([source.model_copy(update={"id": copy_id, "steps": steps, "approval": Approval(status="approved", by="r")})])
+        em = build_em(store, held_out=0.34, seed=0)
+    finally:
+        store.close()
+    cut = {row["step_index"]: row["observation_truncated_chars"] for row in em.filter(em["trajectory_id"] == copy_id).iter_rows(named=True)}
+    assert cut[cut_at] == 1234 and all(n == 0 for index, n in cut.items() if index != cut_at), cut
