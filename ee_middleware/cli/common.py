@@ -565,19 +565,27 @@ def observation_cell(content: str | None, is_error: bool, width: int) -> str:
 SHORT_ID = 12
 """How many characters of an id a table shows at least."""
 
+_NAMED_ID = re.compile(r"[A-Za-z_]*[g-zG-Z_][A-Za-z_]*-(?=[0-9a-f]+$)")
+"""A name before an id's hex digits (``curriculum-9f3a...``): the digits, not the name, tell such ids apart."""
+
+_ID_DIGITS = 8
+"""How many of such an id's hex digits a table shows at least (a prefix that stays unique as the store grows)."""
+
 
 def short_ids(ids: Iterable[str], *, among: Iterable[str] = ()) -> dict[str, str]:
     """Each of ``ids`` as its shortest prefix of at least :data:`SHORT_ID` characters that no other id (of ``ids`` and
     ``among``) starts with, or the whole id where it is the start of another: what a person copies from a table and a
     command that takes an id (``ee traces show``, ``ee replay show``) resolves. Give ``among`` every id of the store,
     not only those shown. Ids that share their first characters (``bfcl-simple_python_0``, ``bfcl-simple_python_1``)
-    are shown as long as it takes."""
+    are shown as long as it takes, and an id of a name and hex digits (``curriculum-9f3a0c1d2e4b5a6f``) with at least
+    eight of its digits: ``curriculum-9`` is unique today, and the next curriculum run makes it ambiguous."""
     wanted = set(ids)
     ordered = sorted(wanted.union(among))
     shown = {}
     for current in wanted:
         n = bisect.bisect_left(ordered, current)
-        length = SHORT_ID
+        named = _NAMED_ID.match(current)
+        length = max(SHORT_ID, named.end() + _ID_DIGITS) if named else SHORT_ID
         for neighbour in ordered[max(n - 1, 0) : n + 2]:
             if neighbour != current:
                 length = max(length, _common_prefix(current, neighbour) + 1)
