@@ -228,7 +228,11 @@ def _why_no_variant(
             f"answer(s) were cut off at max_tokens before a whole variant. Raise --max-tokens (now {max_tokens}), e.g. "
             f"--max-tokens {max_tokens * 4} for a model that reasons first."
         )
-    return f"{model} wrote no usable variant (rejected: {proposal.rejected}); try another model or a larger --n."
+    from ee_middleware.replay.curriculum import DUPLICATE, EXISTING_TASK
+
+    if any(reason in (DUPLICATE, EXISTING_TASK) for reason in proposal.rejected):  # more tries may give new ones
+        return f"{model} wrote no usable variant (rejected: {proposal.rejected}); try another model, or a larger --n (three tries per variant)."
+    return f"{model} wrote no usable variant (rejected: {proposal.rejected}): none was a variant as the prompt asks for one; try another model."
 
 
 def _write_variants(out: Path, variants: list[dict[str, Any]]) -> None:

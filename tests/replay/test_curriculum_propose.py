@@ -127,3 +127,14 @@ def test_variants_are_distinct_across_parents_new_and_counted_as_written_scripte
     for variant in variants:
         written[variant["parent"]["task_id"]] = written.get(variant["parent"]["task_id"], 0) + 1
     assert summary["allotted"] == written and sum(summary["allotted"].values()) == len(variants), (summary["allotted"], written)
+
+
+def test_a_writer_that_only_writes_prose_is_not_told_to_ask_for_more_scripted_server(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was (sweep S2): 'try another model or a larger --n', though more requests of a writer that never writes the JSON
+    the prompt asks for give nothing more."""
+    with ScriptedChatServer(lambda body: "Sure! Here is a nice variant: list the files, please.") as server:
+        result, out = _propose(bfcl_store_path, tmp_path, server.base_url, "--n", "2")
+    assert result.exit_code == 1, result.output
+    error = " ".join(result.stderr.split())
+    assert "none was a variant as the prompt asks for one; try another model." in error and "larger --n" not in error, error
+    assert not out.exists()
