@@ -119,3 +119,25 @@ def good_and_down_replicas() -> Iterator[tuple[StandInVLLM, list[Any]]]:
         finally:
             for replica in replicas:
                 replica.close()
+
+
+class WebServerPage(BaseHTTPRequestHandler):
+    """A web server's page (nginx's welcome page) with HTTP 200 for every GET and POST: what answers where a proxy or
+    another service holds the port a replica should."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        page = b"<html><head><title>Welcome to nginx!</title></head></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.do_GET()

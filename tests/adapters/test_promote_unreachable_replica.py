@@ -16,7 +16,7 @@ from ee_middleware.adapters.promote import promote
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.launch import free_port
 
-from .helpers import good_and_down_replicas, write_adapter
+from .helpers import WebServerPage, good_and_down_replicas, write_adapter
 
 
 def test_a_promote_into_a_replica_that_is_down_says_only_that(tmp_path: Path) -> None:
@@ -72,24 +72,12 @@ def test_a_local_server_that_does_not_answer_is_told_to_be_started_as_one(tmp_pa
 def test_a_replica_answering_with_a_proxys_page_is_named_in_sentences(tmp_path: Path) -> None:
     """A real HTTP server answering /v1/models with a web server's page (HTTP 200): the reason and the advice after it read as
     sentences (was: "... a proxy or web server answered at this URL Start one with `ee serve local` ...", sweep S1)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import ThreadingHTTPServer
 
     from ee_middleware.adapters.serving.backend import LocalBackend
     from ee_middleware.testing.http import serving
 
-    class Proxy(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_GET(self) -> None:
-            page = b"<html><head><title>Welcome to nginx!</title></head></html>"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.send_header("Content-Length", str(len(page)))
-            self.end_headers()
-            self.wfile.write(page)
-
-    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), WebServerPage)
     proxy.daemon_threads = True
     with serving(proxy) as url, pytest.raises(ServerUnavailableError) as caught:
         LocalBackend(url, timeout_s=5).list()

@@ -7,7 +7,7 @@ Before: ``{"hello": "world"}`` was relayed verbatim with 200, every other reques
 from __future__ import annotations
 
 import contextlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -15,6 +15,8 @@ import pytest
 
 from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
 from ee_middleware.testing.http import Reply, ScriptedChatServer, serving
+
+from .helpers import WebServerPage
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -55,25 +57,9 @@ def test_when_every_replica_answers_no_completion_the_app_gets_a_502_naming_why(
     assert error["message"].count("not a chat completion") == 2 and '"hello": "world"' in error["message"], error
 
 
-class _HTMLPage(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        page = b"<html><head><title>Welcome to nginx!</title></head></html>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(page)))
-        self.end_headers()
-        self.wfile.write(page)
-
-
 def test_a_replica_answering_200_with_a_page_that_is_not_json_is_put_aside_too() -> None:
     said: list[str] = []
-    page = ThreadingHTTPServer(("127.0.0.1", 0), _HTMLPage)
+    page = ThreadingHTTPServer(("127.0.0.1", 0), WebServerPage)
     page.daemon_threads = True
     with serving(page) as url, ScriptedChatServer(["fine"]) as healthy:
         router = AliasRouter(_EmptyRegistry(), [url, healthy.base_url], cooldown_s=600, log=said.append)
@@ -98,7 +84,7 @@ def test_a_stream_request_answered_200_without_an_event_stream_is_passed_over(an
     ignored ``stream``, was relayed to the app as its stream, which its SSE client cannot read (sweep S1, low). No event
     stream, no answer: the next replica streams it."""
     said: list[str] = []
-    page = ThreadingHTTPServer(("127.0.0.1", 0), _HTMLPage)
+    page = ThreadingHTTPServer(("127.0.0.1", 0), WebServerPage)
     page.daemon_threads = True
     with contextlib.ExitStack() as stack:
         if answer == "page":

@@ -76,19 +76,25 @@ def wrong_values(messages: list[dict[str, Any]]) -> str:
     return json.dumps({"reasoning": "same fields as a similar call", "observation": spoiled, "is_error": False})
 
 
+def _held_out_questions(store_path: Path) -> tuple[Any, dict[str, str]]:
+    """The real store's split at 0.34 (seed 0), and each held-out transition's real observation by the question the
+    model is asked (a prompt's last message, without retrieved examples)."""
+    from ee_middleware.replay.sandboxes.experience import build_prompt
+
+    store = LocalExperienceStore(store_path)
+    try:
+        split = split_store(store, share=0.34, seed=0)
+    finally:
+        store.close()
+    return split, {build_prompt(t.task, t.state, t.tool, t.arguments, [])[-1]["content"]: t.observation for _, t in split.held_out}
+
+
 def test_right_keys_with_wrong_values_score_near_zero_on_the_real_store(bfcl_store_path: Path, serve: Any) -> None:
     """On the real BFCL transitions, a model that copies the retrieved example's keys and gets every value wrong scored
     a token F1 of 0.22 here (keys counted in parts, and as often as their values); it now scores only where a real
     value is empty (an empty object or array is the same leaf either way). The real answers written otherwise (keys in another order, indented) score
     1.0, though never an exact match."""
-    from ee_middleware.replay.sandboxes.experience import build_prompt
-
-    store = LocalExperienceStore(bfcl_store_path)
-    try:
-        split = split_store(store, share=0.34, seed=0)
-    finally:
-        store.close()
-    real = {build_prompt(t.task, t.state, t.tool, t.arguments, [])[-1]["content"]: t.observation for _, t in split.held_out}
+    split, real = _held_out_questions(bfcl_store_path)
 
     def reformatted(messages: list[dict[str, Any]]) -> str:
         """The real answer (looked up by the question), its JSON keys reversed and indented."""
@@ -324,14 +330,7 @@ def test_a_model_answering_the_whole_observation_of_a_recording_cut_when_stored_
     HTTP server answering the whole observation (full marks) and a wrong one (none)."""
     import dataclasses
 
-    from ee_middleware.replay.sandboxes.experience import build_prompt
-
-    store = LocalExperienceStore(bfcl_store_path)
-    try:
-        split = split_store(store, share=0.34, seed=0)
-    finally:
-        store.close()
-    whole = {build_prompt(t.task, t.state, t.tool, t.arguments, [])[-1]["content"]: t.observation for _, t in split.held_out}
+    split, whole = _held_out_questions(bfcl_store_path)
     split.held_out = [
         (
             trajectory,
