@@ -131,9 +131,10 @@ def check_registered_files(record: AdapterRecord, registry: str, *, fix: str | N
     A missing folder is most often a registry moved or copied without its ``adapters/`` folder, or a copy deleted
     by hand: the message says where the folder was looked for and how to restore it before any other ``fix``."""
     default = (
-        f"Registered adapters are never edited: roll {record.app} back to an intact version (ee adapters rollback {record.app} "
-        f"-r {registry}) when {record.name} is live, retire it otherwise (ee adapters retire {record.name} -r {registry}), "
-        "or restore the folder from a backup."
+        f"Registered adapters are never edited: register the same weights again (ee adapters register {record.source_path} "
+        f"--app {record.app} -r {registry}: the registry restores its copy when their content hash matches), or restore the "
+        f"folder from a backup; else roll {record.app} back to an intact version (ee adapters rollback {record.app} -r "
+        f"{registry}) when {record.name} is live, and retire it otherwise (ee adapters retire {record.name} -r {registry})."
     )
     if not Path(record.path).is_dir():  # inspect_adapter's advice (pass the folder ee train wrote) is for registering
         raise AdapterFilesError(f"{missing_copy_message(record, registry)} {fix or _without_restore(record, registry)}")

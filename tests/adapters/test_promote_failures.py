@@ -251,9 +251,14 @@ def test_a_damaged_registry_copy_is_refused_before_any_server_loads_it_stand_in_
         shutil.copy(write_adapter(tmp_path / "other", seed=99) / "adapter_model.safetensors", weights)
     else:
         weights.write_bytes(weights.read_bytes()[:40])
-    with pytest.raises(AdapterFilesError, match=f"registered adapter {name}"):
+    with pytest.raises(AdapterFilesError, match=f"registered adapter {name}") as caught:
         promote(registry, name, [backend])
     assert server.requests == [] and registry.get(name).status == "candidate" and registry.resolve("bot") is None
+    # what the refusal advises first (was: roll back, retire or a backup, as sweep S1 found; `show` named this) works
+    source = registry.get(name).source_path
+    assert f"register the same weights again (ee adapters register {source} --app bot" in " ".join(str(caught.value).split())
+    assert registry.register(Path(source), "bot").name == name
+    assert promote(registry, name, [backend]).live.name == name
 
 
 def test_a_rollback_that_cannot_reach_a_replica_says_nothing_was_switched_stand_in_replica(
