@@ -84,8 +84,9 @@ from ee_middleware.adapters.errors import (
 )
 from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files
 from ee_middleware.adapters.registry import AdapterRegistry
-from ee_middleware.adapters.serving.backend import ServingBackend, Verification, as_sentence, rank_advice
+from ee_middleware.adapters.serving.backend import ServingBackend, Verification, rank_advice
 from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
+from ee_middleware.errors import as_sentence
 from ee_middleware.models.bases import same_base as same_base  # (the rendering check's import)
 
 Progress = Callable[[str], None]
@@ -605,8 +606,7 @@ def _fail(
     live = registry.resolve(record.app)
     raise PromotionError(
         f"Promoting {record.name} failed on {replica.url}: {as_sentence(str(exc))} {_unload_text(loaded, held, problems, dropped)}"
-        f"{unanswered} "
-        f"{outcome}. "
+        f"{unanswered} {outcome}. "
         f"{record.app} still serves {live or 'the base model'}.",
         adapter=record.name,
         replica=replica.url,
@@ -633,14 +633,15 @@ def _record_failure(
 ) -> str:
     """Mark the adapter failed where ``exc`` is its own fault and nothing ``cleared`` it, else note ``promote-aborted``;
     what its status now is, said."""
-    if _adapter_at_fault(exc) and cleared is None:
+    blamed = _adapter_at_fault(exc)
+    if blamed and cleared is None:
         registry.mark_failed(record.name, reason, by=by)
         outcome = "It is marked failed"
     else:
-        if cleared is not None and _adapter_at_fault(exc):
+        replica_at_fault = blamed and cleared is not None
+        if replica_at_fault:
             reason += f" Not the adapter's fault: {cleared}."
         registry.note("promote-aborted", app=record.app, adapter=record.name, by=by, reason=reason)
-        replica_at_fault = cleared is not None and _adapter_at_fault(exc)
         when = (
             f"once every replica allows rank {record.rank}"
             if isinstance(exc, ServerRankError)

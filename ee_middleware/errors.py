@@ -58,6 +58,13 @@ class ApprovalConflictError(StoreError):
     """
 
 
+def as_sentence(text: str) -> str:
+    """``text`` ending as a sentence does (a full stop added where it ends otherwise), for a sentence to follow it in a
+    message."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?", ".)")) else f"{text}."
+
+
 def os_error_advice(exc: OSError, *, output: bool = False) -> str:
     """What to do about a failed file operation, by its error number (one sentence).
 

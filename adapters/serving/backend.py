@@ -42,7 +42,7 @@ from ee_middleware.adapters.errors import (
     VerificationError,
 )
 from ee_middleware.adapters.records import adapter_rank
-from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError, as_sentence
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.plugins import PluginKind
@@ -413,12 +413,6 @@ class HTTPServingBackend:
         return kinds.get(str(self._recorded_kind()), self.start_hint)
 
     start_hint = ""
-
-
-def as_sentence(text: str) -> str:
-    """``text`` ending as a sentence does (a full stop added where it ends otherwise), for a sentence to follow it."""
-    text = text.rstrip()
-    return text if text.endswith((".", "!", "?", ".)")) else f"{text}."
 
 
 _WHERE_SERVERS_ARE_NAMED = " (--server URL, or `servers` under [improve.serving] for ee improve)"

@@ -260,10 +260,10 @@ def _print_summary(summary: dict[str, Any], scores: list[TaskScore], proposal: P
     from ee_middleware.replay.curriculum import allotment_key, ids_in_several_suites
 
     shared = ids_in_several_suites((s.suite, s.task_id) for s in scores)
-    given = [s for s in scores if proposal.allotted.get(allotment_key(s.suite, s.task_id, shared))]  # every task varied
-    shown = given + [s for s in scores if s.n and s not in given][: max(0, 5 - len(given))]
-    for s in shown:
-        allotted = proposal.allotted.get(allotment_key(s.suite, s.task_id, shared))
+    written = [(s, proposal.allotted.get(allotment_key(s.suite, s.task_id, shared))) for s in scores]
+    given = [(s, n) for s, n in written if n]  # every task varied
+    shown = given + [(s, n) for s, n in written if s.n and not n][: max(0, 5 - len(given))]
+    for s, allotted in shown:
         share = f", {allotted} variant(s) written" if allotted else ""
         left_out = f" ({s.unanswered} unanswered left out)" if s.unanswered else ""
         typer.echo(f"  {s.task_id}: p={s.p:.2f} p(1-p)={s.variance:.3f} over {s.n} trials{left_out}{share}")

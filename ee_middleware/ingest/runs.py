@@ -1138,8 +1138,9 @@ def _with_orphan_tools(runs: list[list[SpanData]], leftover: list[SpanData], tre
         owners = set(made.get(str(normalize(span).attributes.get(sc.TOOL_CALL_ID) or ""), ()))
         if len(owners) == 1:  # (a call id two runs' replies made says nothing)
             [n] = owners
-            runs[n] = [*runs[n], *tree.subtree(span.span_id)]
-            taken.update(s.span_id for s in runs[n])
+            subtree = tree.subtree(span.span_id)
+            runs[n] = [*runs[n], *subtree]
+            taken.update(s.span_id for s in subtree)
     return [s for s in leftover if s.span_id not in taken] if taken else leftover
 
 
@@ -1507,10 +1508,9 @@ def lost_model_calls(run: Sequence[SpanData]) -> bool:
     """Whether the spans of ``run`` show a model call of it that was not read: the span of the LangGraph node its model
     calls run in (a node a model span read ran in; its own span, not one inside it) that ended before its first model
     span read, so holding none (the node's model span was in a file not read with this one: a rotated file's earlier
-    part). Then the calls that
-    model call made, which the next call's history holds and tool spans ran, are the model's decisions
-    (:attr:`~ee_middleware.capture.assembler.AssemblyOptions.unread_model_calls`); without such a span a tool call
-    before the first model call is the app's own (a node that writes a call to force a tool), never a step."""
+    part). Then the calls that model call made, which the next call's history holds and tool spans ran, are the model's
+    decisions (:attr:`~ee_middleware.capture.assembler.AssemblyOptions.unread_model_calls`); without such a span a tool
+    call before the first model call is the app's own (a node that writes a call to force a tool), never a step."""
     models = [s for s in run if operation_of(s.attributes) in sc.MODEL_OPERATIONS]
     if not models:
         return False

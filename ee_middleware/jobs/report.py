@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_path, atomic_write_text
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, as_sentence
 from ee_middleware.jobs.runs import Run
 
 CHART = "eval.png"
@@ -165,7 +165,7 @@ def _ended_text(run: Run) -> str:
     if error.startswith("KeyboardInterrupt"):  # Ctrl-C, or SIGTERM/SIGHUP from a scheduler (see error_text)
         signal = error.partition(":")[2].strip().split(" ")[0] or "SIGINT"
         return f"The run was interrupted by {signal}{where}; {advice}"
-    said = error if error.endswith((".", ".)", "!", "?")) else error + "."
+    said = as_sentence(error)
     if "continues it" in error:  # max_minutes' own words give the advice already
         return f"The run {'stopped' if run.status == 'stopped' else 'failed'}{where}: {said}"
     return f"The run {'stopped' if run.status == 'stopped' else 'failed'}{where}: {said} {advice}"
