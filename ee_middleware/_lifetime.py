@@ -39,6 +39,7 @@ __all__ = [
     "set_parent_death_signal",
     "stopping_signal",
     "termination_as_interrupt",
+    "wait_for_group_end",
 ]
 
 WATCHDOG_INTERVAL_S = 1.0
@@ -132,10 +133,18 @@ def kill_process_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
 GROUP_WATCHDOG_GRACE_S = 15.0
 """How long a group watchdog (:func:`start_group_watchdog`) waits after its SIGTERM before it SIGKILLs the group."""
 
+SHARED_MEMORY_LOOK_S = 1.0
+SHARED_MEMORY_EARLY_S = 300.0
+SHARED_MEMORY_LATER_LOOK_S = 30.0
+"""A group watchdog notes the shared memory the group holds every :data:`SHARED_MEMORY_LOOK_S` for its first
+:data:`SHARED_MEMORY_EARLY_S` (a server makes it as it starts), every :data:`SHARED_MEMORY_LATER_LOOK_S` after that
+(reading ``/proc`` costs a few milliseconds for a vLLM server's processes)."""
+
 
 def start_group_watchdog(pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S) -> Any:
     """Start a small process that ends process group ``pgid`` when this process goes away, however it ends (a SIGKILL
-    too): SIGTERM to the whole group, then SIGKILL after ``grace_s``. It exits by itself once the group is gone.
+    too): SIGTERM to the whole group, then SIGKILL after ``grace_s``, and it removes the shared memory in /dev/shm the
+    group left (:mod:`ee_middleware._shared_memory`). It exits by itself once the group is gone.
 
     For a child started in a group of its own (``start_new_session``: a model server) whose own children must not
     outlive this process: the parent-death signal reaches only the direct child, which may not end its children (a
@@ -164,14 +173,35 @@ def _watch_group() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGURG, lambda *_: orphaned.set())  # the parent-death signal
     signal.signal(signal.SIGTERM, lambda *_: orphaned.set())  # a stop of everything (the group goes too)
+    from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory
+
+    shared_memory: set[str] = set()
+    started = next_look = time.monotonic()
     while not orphaned.wait(WATCHDOG_INTERVAL_S / 4) and os.getppid() == parent:
-        if not _group_alive(pgid):
-            return  # the group ended (stopped by the parent, or by itself): nothing left to watch
+        if not _group_alive(pgid):  # the group ended (stopped by the parent, or by itself): nothing left to watch
+            remove_orphaned_shared_memory(shared_memory)
+            return
+        if time.monotonic() >= next_look:
+            shared_memory |= group_shared_memory(pgid)
+            early = time.monotonic() - started < SHARED_MEMORY_EARLY_S
+            next_look = time.monotonic() + (SHARED_MEMORY_LOOK_S if early else SHARED_MEMORY_LATER_LOOK_S)
+    shared_memory |= group_shared_memory(pgid)
     kill_process_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
     kill_process_group(pgid, signal.SIGKILL)
+    remove_orphaned_shared_memory(shared_memory)
+
+
+def wait_for_group_end(pgid: int, timeout_s: float, *, poll_s: float = 0.05) -> bool:
+    """Wait up to ``timeout_s`` for every process of group ``pgid`` to end; whether they did."""
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def _group_alive(pgid: int) -> bool:

@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ee_middleware._lifetime import parent_death_preexec, start_group_watchdog
+from ee_middleware._lifetime import parent_death_preexec, start_group_watchdog, wait_for_group_end
+from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
 LOG_TAIL_LINES = 30
+LEFTOVER_GRACE_S = 2.0
+"""How long :meth:`ServerProcess.stop` lets the processes its server's leader left end by themselves before their SIGKILL."""
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The values vLLM 0.32 accepts for --max-lora-rank (it exits with a usage error on any other)."""
 
@@ -185,6 +188,9 @@ class ServerProcess:
     _own_log: bool = field(default=False, init=False, repr=False)  # log_path was made by start(): stop() deletes it
     _failed: bool = field(default=False, init=False, repr=False)  # start() failed: its error names the log, kept
     _ended: bool = field(default=False, init=False, repr=False)  # stop() or kill() ended the process (not a failure)
+    _shared_memory: set[str] = field(default_factory=set, init=False, repr=False)
+    """The /dev/shm files the server's processes were seen holding (:mod:`ee_middleware._shared_memory`): those the group
+    leaves behind (its engine killed before it unlinked them) are removed once it has ended."""
 
     def start(self, *, timeout_s: float = 300.0, poll_s: float = 0.5) -> ServerProcess:
         """Start the process and wait until ``/v1/models`` answers; :class:`ServerStartError` (with the log's tail) otherwise."""
@@ -221,10 +227,12 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         try:
             while True:
+                self._note_shared_memory()
                 if self.process.poll() is not None:
                     raise self._start_error(f"exited with status {self.process.returncode} before it answered")
                 try:
                     client.list_models()
+                    self._note_shared_memory()
                     return self
                 except ModelError:
                     pass
@@ -280,13 +288,18 @@ class ServerProcess:
                 self._failed = True  # it ended by itself, failing: its log says why
             self._ended = True
         if self.process is not None:
+            self._note_shared_memory()
             _signal_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 _signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=grace_s)
-            _signal_group(self.process.pid, signal.SIGKILL)  # children the leader left behind
+            # children the leader left behind; those that end by themselves once it has gone are given a moment first:
+            # multiprocessing's resource tracker (it ignores SIGTERM) unlinks the semaphores it was told of then
+            wait_for_group_end(self.process.pid, min(grace_s, LEFTOVER_GRACE_S))
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self._remove_shared_memory_left()
         self._end_watchdog()
         if self._log is not None:
             self._log.close()
@@ -303,9 +316,21 @@ class ServerProcess:
             if not self._ended and self.process.poll() not in (None, 0):
                 self._failed = True  # it had already failed by itself: stop() keeps its log
             self._ended = True
+            self._note_shared_memory()
             _signal_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
+            self._remove_shared_memory_left()
         self._end_watchdog()
+
+    def _note_shared_memory(self) -> None:
+        if self.process is not None:  # (the leader may have ended and left its group running)
+            self._shared_memory |= group_shared_memory(self.process.pid)
+
+    def _remove_shared_memory_left(self) -> None:
+        """Unlink the /dev/shm files the ended group left (those its processes were seen holding, held by no one now)."""
+        if self._shared_memory:
+            remove_orphaned_shared_memory(self._shared_memory)
+            self._shared_memory = set()
 
     def _end_watchdog(self) -> None:
         """The group is stopped (or killed) here: its watchdog has nothing left to do."""

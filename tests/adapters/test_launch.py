@@ -6,10 +6,12 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
 
+from ee_middleware._lifetime import SHARED_MEMORY_LOOK_S
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
 
@@ -69,7 +71,10 @@ FAKE_VLLM = """#!{python}
 import json, signal, subprocess, sys, time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 port = int(sys.argv[sys.argv.index("--port") + 1])
-worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(900)", "{marker}-worker"])
+# the worker holds shared memory in /dev/shm, as vLLM's engine does, which it has no chance to unlink (killed)
+WORKER = "import mmap, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600); os.ftruncate(fd, 1 << 20); "
+WORKER += "held = mmap.mmap(fd, 1 << 20); os.close(fd); time.sleep(900)"
+worker = subprocess.Popen([sys.executable, "-c", WORKER, "{shared_memory}", "{marker}-worker"])
 def stop(*_):  # as vLLM does on SIGTERM: end the workers, then itself ({reaps}: else as a wrapper script, itself alone)
     if {reaps}:
         worker.kill()
@@ -106,7 +111,8 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
     """Before: SIGTERM or SIGHUP ended `ee serve vllm` at once and left vLLM (its own session) running, port and GPU held.
     A SIGKILL runs no clean-up in ee: vLLM gets SIGTERM from Linux (its parent-death signal), and ee's group watchdog
     ends the rest of its process group; before, a server that does not end its own children on SIGTERM (a wrapper
-    script as --vllm-python, reaps=False) left them running."""
+    script as --vllm-python, reaps=False) left them running. And the shared memory in /dev/shm its worker held, which
+    the worker had no chance to unlink, was left there for good (vLLM's message queues: CI's machine had 14 of them)."""
     import functools
     import signal
     import subprocess
@@ -114,7 +120,8 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
 
     marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
     fake = tmp_path / f"{marker}.py"
-    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=answer, reaps=reaps))
+    shared_memory = Path("/dev/shm") / f"{marker}-queue"  # (where there is no /dev/shm, the worker fails: not checked)
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=answer, reaps=reaps, shared_memory=shared_memory))
     fake.chmod(0o755)
     command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path), "--port", str(free_port())]
     command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
@@ -127,19 +134,31 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
             lines = iter(ee.stdout.readline, "")
             assert any("vLLM serving" in line for line in lines), "the stand-in never answered"
         deadline = time.monotonic() + 60
-        while len(_ours(marker, ee.pid)) < 2 and time.monotonic() < deadline:  # the server and its worker
-            time.sleep(0.1)
-        assert len(_ours(marker, ee.pid)) == 2
+        while (len(_ours(marker, ee.pid)) < 2 or not _mapped(shared_memory)) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server and its worker, holding its shared memory
+        assert len(_ours(marker, ee.pid)) == 2 and _mapped(shared_memory)
+        if sig == "SIGKILL":  # then the group watchdog removes it: it looks at what the group holds every second
+            time.sleep(1.5 * SHARED_MEMORY_LOOK_S)
         ee.send_signal(getattr(signal, sig))
         ee.wait(timeout=60)
         psutil.wait_procs(_ours(marker, ee.pid) + _watchdogs(ee.pid), timeout=30)
         assert _ours(marker, ee.pid) == [], "the server or its worker outlived `ee serve vllm`"
         assert _watchdogs(ee.pid) == [], "the group watchdog ended too"
+        assert not shared_memory.exists(), "the worker's shared memory was left in /dev/shm"
     finally:
         ee.kill()
         ee.wait(timeout=30)
         for process in _ours(marker, ee.pid) + _watchdogs(ee.pid):
             process.kill()
+        shared_memory.unlink(missing_ok=True)
+
+
+SHM = Path("/dev/shm").is_dir()
+
+
+def _mapped(path: Path) -> bool:
+    """Whether ``path`` exists, or where there is no /dev/shm, True (the check is Linux's)."""
+    return path.exists() if SHM else True
 
 
 def _watchdogs(ee_pid: int) -> list[psutil.Process]:
@@ -225,7 +244,7 @@ def test_ee_serve_vllm_records_its_max_lora_rank_and_promote_refuses_a_larger_ra
 
     marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
     fake = tmp_path / f"{marker}.py"
-    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True, reaps=True))
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True, reaps=True, shared_memory=tmp_path / "queue"))
     fake.chmod(0o755)
     base, port = tmp_path / "base", free_port()
     base.mkdir()
@@ -335,3 +354,24 @@ def test_a_command_that_cannot_be_run_leaves_no_log(temp_dir) -> None:
     with pytest.raises(FileNotFoundError):
         server.start(timeout_s=5)
     assert list(temp_dir.iterdir()) == [] and server._log is None
+
+
+# A server whose helper process ignores SIGTERM and ends by itself once the server has gone, after its clean-up (as
+# multiprocessing's resource tracker does: it unlinks the semaphores and shared memory it was told of then)
+SERVER_WITH_A_TRACKER = """
+import subprocess, sys
+TRACKER = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); sys.stdin.read(); time.sleep(0.3); open(sys.argv[1], 'w').write('cleaned'); sys.exit(0)"
+tracker = subprocess.Popen([sys.executable, "-c", TRACKER, sys.argv[2]], stdin=subprocess.PIPE)
+exec(sys.argv[3])
+"""
+
+
+def test_what_the_server_leaves_running_may_finish_its_clean_up_before_it_is_killed(tmp_path) -> None:
+    """Before: the SIGKILL for the processes the leader left came the moment the leader had gone, so vLLM's resource
+    tracker never unlinked its semaphores and shared memory (CI's machine kept a server's /dev/shm files per run)."""
+    cleaned, port = tmp_path / "cleaned", free_port()
+    command = [sys.executable, "-c", SERVER_WITH_A_TRACKER, str(port), str(cleaned), TINY_SERVER.replace("int(sys.argv[1])", str(port))]
+    server = ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="tiny server").start(timeout_s=30, poll_s=0.05)
+    server.stop()
+    assert cleaned.read_text() == "cleaned"
+    assert not server.running()
