@@ -123,7 +123,7 @@ def run(
     experience-model sandbox gave no usable prediction at all.
     """
     from ee_middleware.replay.config import ReplayConfig
-    from ee_middleware.replay.job import run_replay
+    from ee_middleware.replay.job import run_replay, with_attempt
 
     cfg = ReplayConfig.load(
         config,
@@ -146,7 +146,12 @@ def run(
         ray_address=ray_address,
         again=again or None,
     )
-    open_job_store(cfg.store, store_origin(ctx, config, "replay")).close()  # a clear error before any worker starts
+    opened = open_job_store(cfg.store, store_origin(ctx, config, "replay"))  # a clear error before any worker starts
+    try:
+        with reading_store(allow_partial=allow_partial):
+            cfg = with_attempt(opened, cfg)  # the attempt the job replays as (--again: the next), for the bar's replay id
+    finally:
+        opened.close()
     out = console()
     bar: dict[str, Any] = {}
     counted: list[int] = []  # the trajectories to replay, then how many are stored (for the line an interrupt prints)

@@ -775,3 +775,15 @@ def test_json_answers_hold_no_lone_surrogate() -> None:
     ran = _ee_process("-c", script)
     assert ran.returncode == 0, ran.stderr.decode(errors="replace")
     assert json.loads(ran.stdout.decode("utf-8")) == {"name": "caf\ufffd.txt", "title": "Great day \ufffd"}
+
+
+def test_the_progress_bar_of_replay_run_again_names_the_new_attempts_replay_id(tmp_path: Path) -> None:
+    """Sweep S3: `--again` drew its bar as `replay <the first attempt's id>` while its summary said the new one's."""
+    store = str(tmp_path / "experience")
+    _ledger_store(Path(store))
+    args = ["replay", "run", "--store", store, "--sandbox", "tests.cli.test_replay_cli:ledger_sandbox", "--k", "1"]
+    first = json.loads(ee(*args, "--json").stdout)["replay_id"]
+    again = runner.invoke(app, [*args, "--again"], terminal_width=200)
+    assert again.exit_code == 0, again.output
+    second = json.loads(ee(*args, "--json").stdout)["replay_id"]  # a plain run continues the newest attempt
+    assert second != first and f"replay {second}" in again.stderr and f"replay {first}" not in again.stderr, again.stderr
