@@ -343,8 +343,10 @@ def _load_live_again(
         ) from first
     if lacking:
         say(f"{record.app} -> {name} (already live; loaded again on {', '.join(loaded)})")
-    else:
+    elif replicas:
         say(f"{name} is already live on every replica: nothing to load")
+    else:  # (--registry-only: no server was asked)
+        say(f"{name} is already live in the registry: nothing to switch")
     return SwitchResult(record, None, time.perf_counter() - started, verifications, loaded, checks, already_live=True)
 
 

@@ -449,7 +449,13 @@ def promote(
     if as_json:
         print_json(result.to_json())
     elif result.already_live:
-        where = f"loaded again on {', '.join(result.loaded_on)}" if result.loaded_on else "every replica holds it; nothing loaded"
+        where = (
+            f"loaded again on {', '.join(result.loaded_on)}"
+            if result.loaded_on
+            else "every replica holds it; nothing loaded"
+            if replicas
+            else "no server asked (--registry-only)"
+        )
         typer.echo(f"{result.live.app} -> {result.live.name} (already live; {where}) in {result.seconds:.3f} s")
     else:
         typer.echo(f"{result.live.app} -> {result.live.name} (was {result.replaced or 'none'}) in {result.seconds:.3f} s")

@@ -48,6 +48,12 @@ def test_registry_only_promotes_and_rolls_back_in_the_registry_alone(tmp_path: P
     assert back.exit_code == 0, back.output
     assert LocalAdapterRegistry(folder).resolve(APP) == v1
 
+    # sweep S3: promoting the live one again said "every replica holds it", though no server was asked
+    live = runner.invoke(app, ["adapters", "promote", v1, "-r", str(folder), "--registry-only"])
+    assert live.exit_code == 0, live.output
+    assert f"{APP} -> {v1} (already live; no server asked (--registry-only))" in live.stdout
+    assert "replica" not in live.output and "already live in the registry: nothing to switch" in live.stderr
+
 
 def test_without_a_server_or_registry_only_the_usage_error_names_both(tmp_path: Path) -> None:
     folder, (v1, _) = _registry(tmp_path)
