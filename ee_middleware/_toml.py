@@ -301,12 +301,18 @@ def build_with_required(
     if missing:
         stand_ins = {**overrides, **dict.fromkeys(missing, "(not given)")}
         build_config(cls, layered_values(path, table, stand_ins, job=f"{job} job"), job)
-        raise ConfigError(
-            f"The {subject} needs "
-            + " and ".join(f"{needed[key]} (or {key} in the [{table}] table of the --config file)" for key in missing)
-            + "."
-        )
+        raise missing_settings(subject, table, {key: needed[key] for key in missing})
     return build_config(cls, values, job)
+
+
+def missing_settings(subject: str, table: str, missing: Mapping[str, str]) -> ConfigError:
+    """The error for settings (key -> the flag that gives it) that neither the command line nor the ``--config`` file's
+    ``[table]`` gave: "The ``subject`` needs FLAG (or KEY in the [table] table of the --config file)"."""
+    return ConfigError(
+        f"The {subject} needs "
+        + " and ".join(f"{flag} (or {key} in the [{table}] table of the --config file)" for key, flag in missing.items())
+        + "."
+    )
 
 
 def _in_file(message: str, errors: list[Any], values: _Layered, flags: Mapping[str, str]) -> str:

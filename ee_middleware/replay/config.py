@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ee_middleware._limits import INT64_MAX, INT64_MIN
-from ee_middleware._toml import build_config, finite_seconds, layered_values
+from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
@@ -144,7 +144,7 @@ class ReplayConfig(BaseModel):
             )
         values = layered_values(path, "replay", overrides, job="replay job", nightly=nightly)
         if "store" not in values:
-            raise ConfigError("The replay job needs a store: pass --store DIR or set store in the [replay] table.")
+            raise missing_settings("replay job", "replay", {"store": "--store"})
         return build_config(cls, values, "replay")
 
     def policy_options(self) -> dict[str, Any]:

@@ -34,8 +34,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_config, finite_seconds, layered_values
-from ee_middleware.errors import ConfigError
+from ee_middleware._toml import build_with_required, finite_seconds
 from ee_middleware.replay.retrieval import DEFAULT_RETRIEVER, DEFAULT_TOP_K
 from ee_middleware.store.registry import store_config_value
 
@@ -119,15 +118,5 @@ def _load(
     cls: type[ConfigT], path: str | os.PathLike[str] | None, table: str, job: str, overrides: dict[str, Any], *, needed: dict[str, str]
 ) -> ConfigT:
     """``cls`` from ``path``'s ``[table]`` and ``overrides``; a required setting neither gives is a :class:`ConfigError`
-    naming its flag and its key (``needed``: setting -> flag). The file's own problems come first: a key spelled as its
-    flag (``models``) gets its 'did you mean model?', which the missing setting would hide."""
-    values = layered_values(path, table, overrides, job=f"{job} job")
-    missing = [key for key in needed if values.get(key) is None]
-    if missing:
-        build_config(cls, layered_values(path, table, {**overrides, **dict.fromkeys(missing, "(not given)")}, job=f"{job} job"), job)
-        raise ConfigError(
-            f"The {job} needs "
-            + " and ".join(f"{needed[key]} (or {key} in the [{table}] table of the --config file)" for key in missing)
-            + "."
-        )
-    return build_config(cls, values, job)
+    naming its flag and its key (``needed``: setting -> flag; see :func:`~ee_middleware._toml.build_with_required`)."""
+    return build_with_required(cls, path, table, overrides, needed, job=job, subject=job)

@@ -157,7 +157,7 @@ def test_ray_executor_on_a_local_cluster_stores_the_same_rollouts(bfcl_store_pat
 def test_bad_configuration_is_reported_before_any_work(bfcl_store_path: Path) -> None:
     with pytest.raises(ConfigError, match="k"):
         ReplayConfig.load(store=bfcl_store_path, k=0)
-    with pytest.raises(ConfigError, match="needs a store"):
+    with pytest.raises(ConfigError, match=r"The replay job needs --store \(or store in the \[replay\] table of the --config file\)"):
         ReplayConfig.load()
     with pytest.raises(SandboxError, match="Unknown sandbox 'nope'"):
         run_replay(ReplayConfig.load(store=bfcl_store_path, sandbox="nope"))

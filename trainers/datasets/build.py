@@ -35,7 +35,7 @@ import polars as pl
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._files import atomic_open, atomic_write_parquet, atomic_write_text, fsync_dir, remove_left_behind
-from ee_middleware._toml import build_config, layered_values
+from ee_middleware._toml import build_config, layered_values, missing_settings
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
@@ -167,9 +167,9 @@ class DatasetConfig(BaseModel):
         unknown = [k for k in values.get("kinds", ()) if k not in KINDS]
         if unknown:
             raise ConfigError(f"Unknown dataset kind(s) {', '.join(unknown)}. Choose from: {', '.join(KINDS)}.")
-        for required in ("store", "out"):
-            if required not in values:
-                raise ConfigError(f"The dataset build needs --{required}.")
+        missing = {key: f"--{key}" for key in ("store", "out") if key not in values}
+        if missing:
+            raise missing_settings("dataset build", "datasets", missing)
         return build_config(cls, values, "dataset")
 
 
