@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
+from ee_middleware.capture.clock import now_ns
 from ee_middleware.capture.direct_spans import DirectTracer, RootIds
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
 from ee_middleware.messages import message_type
@@ -245,7 +245,7 @@ class RunCapture(BaseCallbackHandler):
         if self.calls is not None:  # kept for the capture process: only what its span reads (smaller to send)
             params = {k: params[k] for k in CHAT_PARAMS if k in params}
             metadata = {k: metadata[k] for k in CHAT_METADATA if k in metadata}
-        self._open[run_id] = (time.time_ns(), "chat", (list(messages[0]) if messages else [], params, metadata))
+        self._open[run_id] = (now_ns(), "chat", (list(messages[0]) if messages else [], params, metadata))
 
     def _note_tools(self, tools: Any) -> None:
         """Say (once per recorder) when this run's model calls are offered different tools (a middleware that changes
@@ -295,7 +295,7 @@ class RunCapture(BaseCallbackHandler):
             return
         on_thread = self._on_thread.get(nested, False) if nested is not None else None
         self._open[run_id] = (
-            time.time_ns(),
+            now_ns(),
             "tool",
             (name, kwargs.get("tool_call_id"), inputs if inputs is not None else input_str, nested, on_thread),
         )
@@ -334,7 +334,7 @@ class RunCapture(BaseCallbackHandler):
             hosted = self._end_tool(run_id)
             if hosted is not None:  # (name, call id, arguments, nested in, on thread, its namespace, the keys it held)
                 data = (*data, namespace, hosted)
-        end = time.time_ns()
+        end = now_ns()
         if self.calls is not None:
             self.calls.append((kind, start, end, data, result, error))
         else:

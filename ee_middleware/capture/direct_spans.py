@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import traceback
 import types
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from opentelemetry.attributes import _clean_attribute_value
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 from opentelemetry.trace.status import Status, StatusCode
 
+from ee_middleware.capture.clock import now_ns
 from ee_middleware.capture.spandata import SpanData
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class DirectTracer:
     ) -> DirectSpan:
         """A started span, the child of the span in ``context`` (the current context when ``None``), or with the ``ids``
         decided earlier (:meth:`root_ids`)."""
-        start = time.time_ns() if start_time is None else start_time
+        start = now_ns() if start_time is None else start_time
         if ids is None:
             parent_span = trace.get_current_span(context)
             if isinstance(parent_span, DirectSpan):  # a call's span below its run's root: the root's trace and flags
@@ -217,7 +217,7 @@ class DirectSpan(trace.Span):
         self.set_attributes({key: value})
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
-        event = (name, _cleaned(attributes) if attributes else {}, time.time_ns() if timestamp is None else timestamp)
+        event = (name, _cleaned(attributes) if attributes else {}, now_ns() if timestamp is None else timestamp)
         with self._lock:
             if self._end_ns is None:
                 self._events.append(event)
@@ -257,7 +257,7 @@ class DirectSpan(trace.Span):
         with self._lock:
             if self._end_ns is not None:
                 return
-            self._end_ns = time.time_ns() if end_time is None else end_time
+            self._end_ns = now_ns() if end_time is None else end_time
         parent = self._parent
         status = self._status
         self._tracer.processor.on_end_data(

@@ -72,6 +72,7 @@ from ee_middleware.capture.callbacks import (
     root_span_name,
     sendable_calls,
 )
+from ee_middleware.capture.clock import CLOCK, now_ns
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.direct_spans import DirectTracer, RootIds, StandInSpan
 from ee_middleware.capture.offload import (
@@ -599,16 +600,25 @@ class _Run:
         _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
         parent = _outer_run_context()
-        if self.offload is not None:
-            # the spans are made in the capture process; the run's root here is a stand-in with the ids the root gets
-            # there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
-            self.start_ns = time.time_ns()
-            self.root_ids: RootIds = _root_ids(recorder, parent)
-            self.span = StandInSpan(root_span_name(recorder), self.root_ids, self.start_ns)
-        else:
-            attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
-            self.span = recorder.tracer.start_span(root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs)
-        self.context = trace.set_span_in_context(self.span)
+        CLOCK.run_started()  # its spans' times from now on keep their order whatever the wall clock does (capture.clock)
+        try:
+            if self.offload is not None:
+                # the spans are made in the capture process; the run's root here is a stand-in with the ids the root gets
+                # there (in the current trace, marked sampled as the user's sampler says: DirectTracer.root_ids)
+                self.start_ns = now_ns()
+                self.root_ids: RootIds = _root_ids(recorder, parent)
+                self.span = StandInSpan(root_span_name(recorder), self.root_ids, self.start_ns)
+            else:
+                attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
+                self.span = recorder.tracer.start_span(
+                    root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=now_ns()
+                )
+            self.context = trace.set_span_in_context(self.span)
+            self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
+            self.config = _with_callback(cfg, self.handler)
+        except BaseException:
+            CLOCK.run_ended()
+            raise
         self.paused = False
         """Whether the run stopped at a static breakpoint (``interrupt_before``/``interrupt_after``), set by the graph's
         wrapper: LangGraph returns such a run's state as if it had ended."""
@@ -617,12 +627,11 @@ class _Run:
         (:meth:`stopped_state_config`), set by the graph's wrapper; ``None`` for every other run."""
         self.read: _StateRead | None = None
         """The read of the thread's state the run waits for before it is ended, if one was started."""
-        self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
-        self.config = _with_callback(cfg, self.handler)
         recorder.finisher.run_started()
         self._ending: tuple[str, BaseException | None, str | None] | None = None  # how it ended, if held at SIGTERM
         in_flight, key = recorder._in_flight, self.trajectory_id
-        in_flight[key] = weakref.ref(self, lambda _: in_flight.pop(key, None))  # a run abandoned unended is not kept
+        # a run abandoned unended is not kept (nor counted in flight by the clock)
+        in_flight[key] = weakref.ref(self, lambda _: in_flight.pop(key, None) is not None and CLOCK.run_ended())
 
     @classmethod
     def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
@@ -740,6 +749,7 @@ class _Run:
             return False
         if recorder.closed:  # closed while the run was in flight: its parts are gone
             recorder.finisher.run_ended()
+            CLOCK.run_ended()
             recorder._not_stored_after_close("ended")
             return True
         handler.close_open_spans()
@@ -750,7 +760,7 @@ class _Run:
             record = RunRecord(
                 self.trajectory_id,
                 self.start_ns,
-                time.time_ns(),
+                now_ns(),
                 self.thread_id,
                 status,
                 captured_error(error),
@@ -771,7 +781,7 @@ class _Run:
             record = RunRecord(
                 self.trajectory_id,
                 0,
-                time.time_ns(),  # the root ends when the run did, not when the finisher thread gets to it
+                now_ns(),  # the root ends when the run did, not when the finisher thread gets to it
                 self.thread_id,
                 status,
                 error,
@@ -788,6 +798,7 @@ class _Run:
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments, end_time=record.end_ns))
         recorder.finisher.run_ended()
+        CLOCK.run_ended()
         return True
 
     def _first_state(self) -> Any:
