@@ -66,10 +66,14 @@ class Journal:
         self.live: weakref.WeakSet[JournalSnapshot] = weakref.WeakSet()
         self.sealed = 0
 
-    def undo_to(self, mark: int) -> None:
+    def undo_to(self, mark: int, redo: list[tuple[Any, Any, Any]] | None = None) -> None:
+        """Undo the writes after ``mark``; with ``redo``, first note in it what each undone write had written
+        (:meth:`redo` writes it again)."""
         entries = self.entries
         while len(entries) > mark:
             container, key, old = entries.pop()
+            if redo is not None:
+                redo.append((container, key, _current(container, key, old)))
             if key is _REPLACE:
                 if isinstance(container, dict):
                     dict.clear(container)
@@ -83,6 +87,25 @@ class Journal:
             else:
                 dict.__setitem__(container, key, old)
         self.sealed = min(self.sealed, mark)
+
+    def redo(self, redo: list[tuple[Any, Any, Any]], entries: list[tuple[Any, Any, Any]], sealed: int) -> None:
+        """Write again what :meth:`undo_to` noted in ``redo``, and put back its ``entries`` (those it undid, in order)
+        and the ``sealed`` position it had: the world and the journal as they were before the undo."""
+        for container, key, new in reversed(redo):
+            if key is _REPLACE:
+                if isinstance(container, dict):
+                    dict.clear(container)
+                    dict.update(container, new)
+                else:
+                    list.__setitem__(container, slice(None), new)
+            elif key is _TRUNCATE:
+                list.extend(container, new)
+            elif new is _MISSING:
+                dict.pop(container, key, None)
+            else:
+                dict.__setitem__(container, key, new)
+        self.entries.extend(entries)
+        self.sealed = sealed
 
     def seal(self) -> None:
         """Adopt the plain containers inserted since the last seal (raises :class:`NotJournalable`)."""
@@ -154,6 +177,15 @@ def _unowned(cls: type, contents: Any = ()) -> Any:
     new = cls(contents)
     new._j = None
     return new
+
+
+def _current(container: Any, key: Any, old: Any) -> Any:
+    """What a journal entry's slot holds now (what undoing it overwrites): for :meth:`Journal.redo`."""
+    if key is _REPLACE:
+        return dict(container) if isinstance(container, dict) else list(list.__iter__(container))
+    if key is _TRUNCATE:
+        return list.__getitem__(container, slice(old, None))
+    return dict.get(container, key, _MISSING)
 
 
 class JDict(dict):  # type: ignore[type-arg]

@@ -91,6 +91,10 @@ class WorldSnapshot:
             except Exception as exc:  # a connection, socket or file: say where it is and what to do
                 raise SandboxError(_uncopyable_message(kind, world, exc)) from exc
 
+    def same_bytes(self, other: WorldSnapshot) -> bool:
+        """Whether both are pickled and their bytes are the same (then so are the worlds they copied)."""
+        return self._data is not None and self._data == other._data
+
     def __getstate__(self) -> tuple[bytes | None, Any, str]:
         """Pickled (a subprocess sandbox sends its snapshots out as bytes): a deep-copied world must pickle too."""
         if self._data is None:
@@ -198,6 +202,63 @@ _LIVENESS_CHECK_S = 1.0
 """How often a call waiting on the sandbox's loop thread checks that the thread still runs (so it never waits forever)."""
 
 _log = logging.getLogger(__name__)
+
+
+def _same_plain_data(first: Any, second: Any) -> bool:
+    """Whether two worlds of dicts, lists and immutable values hold the same data (as ``==`` says, dicts in any order), also
+    where their parts refer back to each other (``==`` recurses without end there) and where a float is NaN in both."""
+    pending, seen = [(first, second)], set()
+    while pending:
+        a, b = pending.pop()
+        if a is b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            if (id(a), id(b)) in seen:
+                continue
+            seen.add((id(a), id(b)))
+            if a.keys() != b.keys():
+                return False
+            pending.extend((value, b[key]) for key, value in a.items())
+        elif isinstance(a, list) and isinstance(b, list):
+            if (id(a), id(b)) in seen:
+                continue
+            seen.add((id(a), id(b)))
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif isinstance(a, tuple) and isinstance(b, tuple) and type(a) is type(b):
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif isinstance(a, (dict, list)) or isinstance(b, (dict, list)) or not _same_value(a, b):
+            return False
+    return True
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and (a == b or (isinstance(a, float) and a != a and b != b))  # (NaN: in both)
+
+
+_PAST_THE_JOURNAL = "heapq on a list, list.__init__ or dict.__init__ called on one, exec into a dict"
+
+JOURNAL_AUDITED_CALLS = 1
+
+AUDIT_COPY_CHARS = 256_000
+"""A world whose JSON text is at most this long is also copied before a call whose journal is checked, so that a write
+the journal missed is recovered from (larger: the trajectory fails, naming the fix)."""
+
+
+def _world_text(world: Any) -> str | None:
+    """The world as JSON text (values JSON has no form for as their ``repr``), or ``None`` where JSON cannot write it
+    (keys that are not text or numbers, parts that refer back to each other)."""
+    try:
+        return json.dumps(world, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+"""How many calls of each tool a journaled sandbox checks for writes its journal does not see (see
+:meth:`PythonSandbox._audit_journal`)."""
 
 _TOOL_TASKS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 """The tasks the sandbox runs async tools in (named after the tool); any other task on its loop is one a tool started."""
@@ -554,6 +615,7 @@ class PythonSandbox:
         self._format_error = format_error
         self._state = state
         self._journaling = journal
+        self._audited: dict[str, int] = {}  # tool -> its calls whose journal was checked whole (see _audit_journal)
         self._journal: Journal | None = None
         self._world: Any = None
         self._ready = False
@@ -644,7 +706,65 @@ class PythonSandbox:
             if world in call.arguments:  # a second guard (see check_offered_tools): a production tool among world tools
                 raise SandboxError(_misplaced_tool_message(call.name, world, where="this call gives it"))
             return self._invoke_langchain_tool(self._world_tools[call.name], call)
-        return self._invoke(tool, arguments, self._world, name=call.name)
+        journal = self._journal
+        if journal is None or self._audited.get(call.name, 0) >= JOURNAL_AUDITED_CALLS:
+            return self._invoke(tool, arguments, self._world, name=call.name)
+        text = _world_text(self._world)
+        before = WorldSnapshot(self._world, kind=self.kind) if text is None or len(text) <= AUDIT_COPY_CHARS else None
+        mark, sealed = len(journal.entries), journal.sealed
+        observation = self._invoke(tool, arguments, self._world, name=call.name)
+        if self._journal is journal:
+            self._audit_journal(journal, (text, before), mark, sealed, call.name)
+        return observation
+
+    def _audit_journal(self, journal: Journal, before: tuple[str | None, WorldSnapshot | None], mark: int, sealed: int, name: str) -> None:
+        """Check that tool ``name``'s call just made wrote the world only where its journal saw (undoing the journal's
+        entries since ``mark`` gives ``before`` back; then they are written again). A write made past the containers' own
+        methods -- ``heapq`` on a list, ``list.__init__(l, ...)``, ``exec`` into a dict: C code that changes a list or
+        dict in place -- is not journaled, so a restore would leave it and the next branch would see it: where the check
+        finds one, the world is copied whole at each snapshot from now on (as with ``journal=False``) and a warning names
+        the tool. Done for each tool's first :data:`JOURNAL_AUDITED_CALLS` calls."""
+        text, copied = before
+        entries, redo = journal.entries[mark:], []
+        journal.undo_to(mark, redo)
+        if text is not None:  # a world JSON writes (the journal keeps every dict's order): the same text, the same data
+            same = _world_text(self._world) == text
+        else:  # as data: the same pickled bytes, else the same values (a NaN, parts that refer back to each other)
+            assert copied is not None
+            undone = WorldSnapshot(self._world, kind=self.kind)
+            same = undone.same_bytes(copied) or _same_plain_data(undone.materialize(), copied.materialize())
+        journal.redo(redo, entries, sealed)
+        if same:
+            self._audited[name] = self._audited.get(name, 0) + 1
+            return
+        if copied is None:  # a large world, not copied for the check: the snapshots taken before the call are lost
+            self._journaling = False  # (whole copies from the next reset on)
+            raise SandboxError(
+                f"{self.kind} sandbox: tool {name!r} writes the world past its dicts' and lists' own methods "
+                f"({_PAST_THE_JOURNAL}), which the journal does not see: a restore would leave that write for the next "
+                "branch to see, so this trajectory is not replayed. Build the sandbox with PythonSandbox(..., journal=False) "
+                "(this sandbox copies whole worlds from its next trajectory on)."
+            )
+        earlier = [s for s in journal.live if s.copy is None and s.reachable(journal) and s.mark < mark]
+        if earlier:  # undoing to them would keep the unseen write
+            raise SandboxError(
+                f"{self.kind} sandbox: tool {name!r} writes the world past its dicts' and lists' own methods ({_PAST_THE_JOURNAL}), "
+                "which the journal does not see, so the snapshots taken before it cannot be restored exactly. Build the "
+                "sandbox with PythonSandbox(..., journal=False)."
+            )
+        _log.warning(
+            "%s sandbox: tool %r writes the world past its dicts' and lists' own methods (%s), which the journal does not "
+            "see: the world is copied whole at each snapshot from now on, as PythonSandbox(..., journal=False) does.",
+            self.kind,
+            name,
+            _PAST_THE_JOURNAL,
+        )
+        for snapshot in journal.live:
+            if snapshot.copy is None and snapshot.reachable(journal):  # (at ``mark``: the world as it was before the call)
+                snapshot.copy = copied
+        current = WorldSnapshot(self._world, kind=self.kind)
+        self._release()
+        self._world, self._journaling = current.materialize(), False
 
     def _with_injected(self, call: ToolCall) -> dict[str, Any]:
         """The call's arguments with its id given to the parameters that take it (over any value the model wrote), as LangGraph does."""

@@ -215,3 +215,79 @@ def test_a_world_whose_parts_refer_back_to_each_other_snapshots_restores_and_cop
             read=ToolCall(id="r", name="get_order", arguments={"customer_id": "C1", "order_id": "O10"}),
             subprocess_isolation=isolation,
         )
+
+
+def _job_queue_sandbox(**options: Any) -> PythonSandbox:
+    """A scheduler's world: a heap of jobs that ``add_job`` pushes with heapq (C code that writes the list in place, past
+    its own methods), and two read-only tools."""
+    import heapq
+
+    def add_job(world: dict[str, Any], priority: int, name: str) -> str:
+        heapq.heappush(world["queue"], [priority, name])
+        return f"queued {name}"
+
+    def list_jobs(world: dict[str, Any]) -> list[Any]:
+        return world["queue"]
+
+    def count_jobs(world: dict[str, Any]) -> int:
+        return len(world["queue"])
+
+    def build(environment: dict[str, Any] | None) -> dict[str, Any]:
+        return {"queue": [[1, "deploy"], [5, "backup"]]}
+
+    return PythonSandbox(build, tools={"add_job": add_job, "list_jobs": list_jobs, "count_jobs": count_jobs}, **options)
+
+
+def test_writes_made_past_the_lists_own_methods_never_reach_the_next_branch(caplog: Any) -> None:
+    """Sweep S5: ``heapq.heappush`` on a journaled list wrote it without the journal seeing it, so every branch after one
+    that queued a job saw that job (0 fidelity mismatches); the conformance kit blamed state kept outside the world."""
+    sandbox = _job_queue_sandbox()
+    sandbox.reset(None)
+    start = sandbox.snapshot()
+    listed = sandbox.execute(ToolCall(id="r", name="list_jobs", arguments={}))
+    assert sandbox._journal is not None, "a tool that writes nothing (or through the containers) keeps the journal"
+    for name in ("report", "cleanup", "index"):  # alternatives, each from the same state
+        sandbox.restore(start)
+        sandbox.execute(ToolCall(id=name, name="add_job", arguments={"priority": 3, "name": name}))
+        sandbox.restore(start)
+        assert sandbox.execute(ToolCall(id="r", name="list_jobs", arguments={})).content == listed.content
+    assert "writes the world past its dicts' and lists' own methods" in caplog.text and "'add_job'" in caplog.text
+    check_sandbox(
+        _job_queue_sandbox,
+        environment=None,
+        mutate=ToolCall(id="m", name="add_job", arguments={"priority": 0, "name": "urgent"}),
+        read=[ToolCall(id="r", name="list_jobs", arguments={}), ToolCall(id="c", name="count_jobs", arguments={})],
+    )
+
+
+def test_tools_that_write_through_the_containers_keep_the_journal_after_their_check() -> None:
+    sandbox = retail.make_sandbox()
+    sandbox.reset(retail.SMALL)
+    start = sandbox.snapshot()
+    for _ in range(3):
+        sandbox.restore(start)
+        sandbox.execute(ToolCall(id="m", name="place_order", arguments={"user_id": "u1", "product_id": "p2", "quantity": 1}))
+    assert sandbox._journal is not None and isinstance(sandbox.snapshot(), JournalSnapshot)
+
+
+def test_a_large_world_written_past_the_journal_fails_its_trajectory_naming_the_fix(monkeypatch: Any) -> None:
+    """Above AUDIT_COPY_CHARS the world is not copied for the check: the write cannot be recovered from, so the call fails
+    loudly (never a silently wrong branch), and the sandbox copies whole worlds from its next trajectory on."""
+    import pytest
+
+    from ee_middleware.errors import SandboxError
+    from ee_middleware.replay.sandboxes import python
+
+    monkeypatch.setattr(python, "AUDIT_COPY_CHARS", 0)
+    sandbox = _job_queue_sandbox()
+    sandbox.reset(None)
+    start = sandbox.snapshot()
+    with pytest.raises(SandboxError, match=r"tool 'add_job' writes the world past .*PythonSandbox\(\.\.\., journal=False\)"):
+        sandbox.execute(ToolCall(id="a", name="add_job", arguments={"priority": 3, "name": "report"}))
+    sandbox.reset(None)
+    assert isinstance(sandbox.snapshot(), WorldSnapshot), "whole copies from the next trajectory on"
+    for name in ("report", "cleanup"):
+        start = sandbox.snapshot()
+        sandbox.execute(ToolCall(id=name, name="add_job", arguments={"priority": 3, "name": name}))
+        sandbox.restore(start)
+        assert sandbox.execute(ToolCall(id="r", name="count_jobs", arguments={})).content == "2"
