@@ -19,7 +19,8 @@ process per trajectory, and talks to it with the ``mcp`` package's own client (`
   is free. A server that has tools ``ee_snapshot`` (no arguments, answers a token as text) and ``ee_restore``
   (``token``) is branched with them instead: the fast path.
 - **Safety.** A tool whose annotations say ``openWorldHint: true`` reaches the world outside the server, and so does one
-  that says nothing of it (the MCP spec's default), unless it says ``readOnlyHint: true``; replay never calls such a
+  that says nothing of it (the MCP spec's default), unless it says ``readOnlyHint: true`` (and not ``destructiveHint:
+  true`` as well: contradicting annotations are read the safe way); replay never calls such a
   tool unless allowed by name (``allow_open_world``), with ``--allow-network``, or, for a server whose unannotated tools
   act only on its own world, ``open_world_default=False``: proposals to call it are refused and counted, and
   :meth:`McpSandbox.refusal_hint` says how to allow it.
@@ -902,7 +903,10 @@ class McpSandbox(ClosedOnExit):
 
     @staticmethod
     def _read_only(tool: Mapping[str, Any]) -> bool:
-        return bool((tool.get("annotations") or {}).get("readOnlyHint"))
+        """Whether the tool says ``readOnlyHint: true`` and not ``destructiveHint: true`` too: annotations that contradict
+        each other are read the safe way (the spec reads ``destructiveHint`` only where a tool is not read-only)."""
+        annotations = tool.get("annotations") or {}
+        return bool(annotations.get("readOnlyHint")) and not annotations.get("destructiveHint")
 
     @staticmethod
     def _fast(instance: _Instance) -> bool:

@@ -489,6 +489,12 @@ def test_a_tool_that_says_nothing_of_the_outside_world_is_refused_as_the_mcp_spe
             def search_inbox(query: str) -> str:
                 return "no mail"
 
+            @server.tool(annotations=ToolAnnotations(readOnlyHint=True, destructiveHint=True))
+            def wipe_remote(target: str) -> str:
+                with open({str(outside)!r}, "a") as fh:
+                    fh.write(f"WIPED {{target}}\\n")
+                return "wiped"
+
             server.run()
             """
         )
@@ -501,6 +507,9 @@ def test_a_tool_that_says_nothing_of_the_outside_world_is_refused_as_the_mcp_spe
         assert hint is not None and "say nothing of openWorldHint" in hint and "allow_open_world=['send_email']" in hint
         assert sandbox.execute(call("send_email", to="ceo@example.com", body="x")).is_error
         assert sandbox.execute(call("search_inbox", query="x")).content == "no mail"
+        # sweep S5: read-only and destructive at once (the spec reads destructiveHint only where a tool is not read-only):
+        # it was taken as read-only, so its missing openWorldHint as a lookup's, and replay called it
+        assert not sandbox.covers("wipe_remote") and sandbox.execute(call("wipe_remote", target="a")).is_error
     assert not outside.exists(), "replay reached the outside world"
     with McpSandbox({"mail": mail}, allow_open_world=["send_email"]) as allowed:
         allowed.reset(None)
