@@ -99,7 +99,11 @@ def run(
     allow_network: bool | None = typer.Option(
         None,
         "--allow-network/--no-allow-network",
-        help="Let the sandbox run tools that send real network requests (refused by default).",
+        help=(
+            "Let the sandbox run tools that send real network requests, where it tells them apart (BFCL's network tools and an MCP server's "
+            "openWorldHint tools are refused by default). Your own sandbox's tools are not stopped from reaching the "
+            "network: isolation is no security boundary."
+        ),
         show_default=False,
     ),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),

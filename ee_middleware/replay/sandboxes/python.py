@@ -707,6 +707,8 @@ class PythonSandbox:
                 raise SandboxError(_misplaced_tool_message(call.name, world, where="this call gives it"))
             return self._invoke_langchain_tool(self._world_tools[call.name], call)
         journal = self._journal
+        if self._world is None:
+            return self._without_a_world(self._invoke(tool, arguments, None, name=call.name), call.name)
         if journal is None or self._audited.get(call.name, 0) >= JOURNAL_AUDITED_CALLS:
             return self._invoke(tool, arguments, self._world, name=call.name)
         text = _world_text(self._world)
@@ -716,6 +718,17 @@ class PythonSandbox:
         if self._journal is journal:
             self._audit_journal(journal, (text, before), mark, sealed, call.name)
         return observation
+
+    def _without_a_world(self, observation: Observation, name: str) -> Observation:
+        """A world tool's observation where ``build`` gave no world: its failure is said to be the build's (a missing
+        ``return``), not left as the tool's error on every call (every expert step a fidelity error)."""
+        if not observation.is_error:
+            return observation
+        built = getattr(self._build, "__qualname__", type(self._build).__name__)
+        raise SandboxError(
+            f"{self.kind} sandbox: tool {name!r} failed on the world None ({observation.content[:200]}): the build function "
+            f"{built}() returned None. Return the world it builds (a missing `return`?)."
+        )
 
     def _audit_journal(self, journal: Journal, before: tuple[str | None, WorldSnapshot | None], mark: int, sealed: int, name: str) -> None:
         """Check that tool ``name``'s call just made wrote the world only where its journal saw (undoing the journal's

@@ -233,3 +233,25 @@ def test_a_world_that_cannot_be_rebuilt_names_the_environment_it_was_given(tmp_p
         PythonSandbox(lambda env: 1 / 0, tools={}).reset({"blob": "x" * 1000})
     with pytest.raises(EnvironmentUnavailableError, match=r'from the environment \{"id": 7, "blob": \.\.\. \(cut .*\): ZeroDivisionError'):
         PythonSandbox(lambda env: 1 / 0, tools={}).reset({"id": 7, "blob": "x" * 1000})
+
+
+def test_a_build_function_that_returns_nothing_is_named_at_reset() -> None:
+    """Sweep S5: a build that forgot its `return` made every expert call a fidelity error ('NoneType' object has no
+    attribute 'stock'); a sandbox of read-only tools alone still builds no world."""
+    import pytest
+
+    from ee_middleware.errors import SandboxError
+
+    def build(environment: Any) -> None:
+        {"stock": {"apple": 3}}  # noqa: B018 - the missing return
+
+    def stock(world: dict[str, Any], item: str) -> int:
+        return world["stock"][item]
+
+    sandbox = PythonSandbox(build, tools={"stock": stock})
+    sandbox.reset(None)
+    with pytest.raises(SandboxError, match=r"tool 'stock' failed on the world None .*the build function .*build\(\) returned None"):
+        sandbox.execute(ToolCall(id="s", name="stock", arguments={"item": "apple"}))
+    alone = PythonSandbox(lambda environment: None, {}, read_only_tools={"now": lambda: "12:00"})
+    alone.reset(None)
+    assert alone.execute(ToolCall(id="n", name="now", arguments={})).content == "12:00"
