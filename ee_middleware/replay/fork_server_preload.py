@@ -83,9 +83,44 @@ def _import_after_this(preload: list[str]) -> list[str]:
     return failed
 
 
+def _remove_listener_if_orphaned(frame: FrameType | None) -> None:
+    """In the fork server: at its exit, where the job's process is gone (killed: it then reads EOF and exits), remove its
+    listening socket and the job's ``pymp-*`` folder that held it, if nothing else is left there; the job removes them
+    itself when it ends otherwise (a SIGKILL left one in the temporary folder per killed job)."""
+    import atexit
+    import os
+    import socket
+
+    fd = frame.f_locals.get("listener_fd") if frame is not None else None
+    if not isinstance(fd, int):
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, fileno=os.dup(fd)) as listener:
+            address = listener.getsockname()
+    except OSError:
+        return
+    if not isinstance(address, str) or not address.startswith("/"):  # (an abstract socket leaves no file)
+        return
+    job = os.getppid()
+
+    def remove() -> None:
+        if os.getppid() == job:  # the job is alive: it removes its own folder
+            return
+        try:
+            os.unlink(address)
+            folder = os.path.dirname(address)
+            if os.path.basename(folder).startswith("pymp-"):
+                os.rmdir(folder)  # (only when empty)
+        except OSError:
+            pass
+
+    atexit.register(remove)
+
+
 _main = _forkserver_main()
 APPLIED = _apply_server_path(_main)
 """Whether this import put a fork server's ``sys.path`` in place."""
+_remove_listener_if_orphaned(_main)
 FAILED = _import_the_rest(_main)
 """The preloaded modules that raised as they were imported (left to the workers)."""
 del _main

@@ -114,8 +114,15 @@ def test_processes_a_tool_started_end_with_the_job(bfcl_store_path: Path, jobs: 
     assert wait_until_none_left(job.marker) == []
 
 
-def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_along(bfcl_store_path: Path, jobs: list[Job]) -> None:
-    job = Job(bfcl_store_path, "--workers", "2", "--isolation", "subprocess", "--sandbox", FORKING, env={"EE_TEST_RESET_DELAY": "5"})
+def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_along(
+    bfcl_store_path: Path, jobs: list[Job], tmp_path: Path
+) -> None:
+    """...and its fork server's listening socket and the folder holding it (sweep S4: a ``pymp-*`` folder was left in
+    the temporary folder by 12 of 13 SIGKILLs)."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {"EE_TEST_RESET_DELAY": "5", "TMPDIR": str(temporary)}
+    job = Job(bfcl_store_path, "--workers", "2", "--isolation", "subprocess", "--sandbox", FORKING, env=env)
     jobs.append(job)
     # Kill it once both workers' sandbox children are inside a reset, each having started a process.
     deadline = time.monotonic() + ENDS_WITHIN_S
@@ -125,9 +132,11 @@ def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_
         time.sleep(0.1)
     alive = processes_of(job.marker)
     assert len(alive) >= 7  # the job, 2 workers, 2 sandbox children, 2 tool processes (and multiprocessing's helpers)
+    assert list(temporary.glob("pymp-*/listener-*")), "the fork server listens in the job's folder"
     os.kill(job.proc.pid, signal.SIGKILL)  # the job's process only: nothing of its own clean-up runs
     job.proc.wait()
     assert wait_until_none_left(job.marker) == []
+    assert list(temporary.glob("pymp-*")) == []
 
 
 STOPS_WITHIN_S = 15.0
