@@ -94,7 +94,8 @@ def _quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spoo
     damaged records went with it: only a half-written last line, never acknowledged to its writer, loses nothing)."""
     lost = [p for p in problems if p.hides_records]
     where = f"line {lost[0].line}: " if lost and lost[0].line else ""  # 0: a whole record that fits no schema
-    what = f"{len(lost)} damaged record(s) ({where}{lost[0].reason})" if lost else problems[0].reason
+    # a line is one record, or more where the damage took a line break too (the records around it run together)
+    what = f"{len(lost)} damaged line(s) of one record or more ({where}{lost[0].reason})" if lost else problems[0].reason
     return {"segment": str(segment), "moved_to": str(moved_to), "reason": what, "records_kept": folded, "records_lost": bool(lost)}
 
 

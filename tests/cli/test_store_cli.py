@@ -85,7 +85,7 @@ def test_compact_says_which_damaged_spool_segment_it_moved_to_quarantine(store_p
     compacted = ee("store", "compact", "--store", str(store_path))
     assert compacted.exit_code == 0, compacted.output  # the store is whole again: what was readable is in parts
     assert f"warning: Moved the spool segment {segment.name} to {store_path / 'quarantine' / segment.name}" in compacted.stderr
-    assert "1 damaged record(s)" in compacted.stderr and "lost to the store" in compacted.stderr
+    assert "1 damaged line(s) of one record or more" in compacted.stderr and "lost to the store" in compacted.stderr
     assert "ee store repair" not in compacted.stderr, "a spool segment needs no repair after compaction"
     assert (store_path / "quarantine" / segment.name).exists()
 

@@ -97,7 +97,7 @@ def test_a_damaged_record_in_the_middle_is_skipped_and_the_segment_quarantined(s
         assert LocalExperienceStore(store_path).trajectories()["id"].to_list() == ["before", "after"]
     with pytest.warns(
         StoreCorruptionWarning,
-        match=rf"Moved the spool segment {segment.name} to .*quarantine.*1 damaged record\(s\) \(line 2: checksum mismatch.*Its 2 whole record\(s\) are in the store's Parquet parts now; the damaged ones are lost",
+        match=rf"Moved the spool segment {segment.name} to .*quarantine.*1 damaged line\(s\) of one record or more \(line 2: checksum mismatch.*Its 2 whole record\(s\) are in the store's Parquet parts now; the damaged ones are lost",
     ):
         LocalExperienceStore(store_path).compact()
     assert [p.name for p in (store_path / "quarantine").iterdir()] == [segment.name]

@@ -46,7 +46,7 @@ def test_repair_quarantines_a_segment_holding_an_integer_outside_64_bits(tmp_pat
     report = json.loads(repaired.stdout)
     (moved,) = report["quarantined_segments"]
     assert moved["segment"] == str(segment) and moved["moved_to"] == str(store.root / "quarantine" / segment.name), moved
-    assert moved["records_kept"] == 1 and "2 damaged record(s)" in moved["reason"], moved
+    assert moved["records_kept"] == 1 and "2 damaged line(s) of one record or more" in moved["reason"], moved
     assert "truncated_chars 18446744073709551616" in moved["reason"], moved
     assert not segment.exists()
     kept = (store.root / "quarantine" / segment.name).read_bytes()
