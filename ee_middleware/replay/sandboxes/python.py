@@ -242,6 +242,9 @@ def _same_value(a: Any, b: Any) -> bool:
 _PAST_THE_JOURNAL = "heapq on a list, list.__init__ or dict.__init__ called on one, exec into a dict"
 
 JOURNAL_AUDITED_CALLS = 1
+JOURNAL_AUDIT_TRIES = 8
+"""A journaled sandbox checks each tool's calls for writes its journal does not see until this many of them wrote the
+world, at most ``JOURNAL_AUDIT_TRIES`` calls (see :meth:`PythonSandbox._audit_journal`)."""
 
 AUDIT_COPY_CHARS = 256_000
 """A world whose JSON text is at most this long is also copied before a call whose journal is checked, so that a write
@@ -256,9 +259,6 @@ def _world_text(world: Any) -> str | None:
     except (TypeError, ValueError, RecursionError):
         return None
 
-
-"""How many calls of each tool a journaled sandbox checks for writes its journal does not see (see
-:meth:`PythonSandbox._audit_journal`)."""
 
 _TOOL_TASKS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 """The tasks the sandbox runs async tools in (named after the tool); any other task on its loop is one a tool started."""
@@ -615,7 +615,8 @@ class PythonSandbox:
         self._format_error = format_error
         self._state = state
         self._journaling = journal
-        self._audited: dict[str, int] = {}  # tool -> its calls whose journal was checked whole (see _audit_journal)
+        self._audited: dict[str, int] = {}  # tool -> its calls that wrote the world, checked whole (see _audit_journal)
+        self._audit_tries: dict[str, int] = {}  # tool -> its calls checked
         self._journal: Journal | None = None
         self._world: Any = None
         self._ready = False
@@ -705,24 +706,31 @@ class PythonSandbox:
             world = self._world_parameters[call.name]
             if world in call.arguments:  # a second guard (see check_offered_tools): a production tool among world tools
                 raise SandboxError(_misplaced_tool_message(call.name, world, where="this call gives it"))
-            return self._invoke_langchain_tool(self._world_tools[call.name], call)
-        journal = self._journal
+            world_tool = self._world_tools[call.name]
+            return self._checked(call.name, lambda: self._invoke_langchain_tool(world_tool, call))
+        return self._checked(call.name, lambda: self._invoke(tool, arguments, self._world, name=call.name))
+
+    def _checked(self, name: str, invoke: Callable[[], Observation]) -> Observation:
+        """``invoke()`` (a call of the world tool ``name``), its journal checked where the tool's calls are still checked
+        (:meth:`_audit_journal`), its failure on the world ``None`` said to be the build's (:meth:`_without_a_world`)."""
         if self._world is None:
-            return self._without_a_world(self._invoke(tool, arguments, None, name=call.name), call.name)
-        if journal is None or self._audited.get(call.name, 0) >= JOURNAL_AUDITED_CALLS:
-            return self._invoke(tool, arguments, self._world, name=call.name)
+            return self._without_a_world(invoke(), name)
+        journal = self._journal
+        if journal is None or self._audited.get(name, 0) >= JOURNAL_AUDITED_CALLS or self._audit_tries.get(name, 0) >= JOURNAL_AUDIT_TRIES:
+            return invoke()
         text = _world_text(self._world)
         before = WorldSnapshot(self._world, kind=self.kind) if text is None or len(text) <= AUDIT_COPY_CHARS else None
         mark, sealed = len(journal.entries), journal.sealed
-        observation = self._invoke(tool, arguments, self._world, name=call.name)
+        observation = invoke()
         if self._journal is journal:
-            self._audit_journal(journal, (text, before), mark, sealed, call.name)
+            self._audit_journal(journal, (text, before), mark, sealed, name)
         return observation
 
     def _without_a_world(self, observation: Observation, name: str) -> Observation:
-        """A world tool's observation where ``build`` gave no world: its failure is said to be the build's (a missing
-        ``return``), not left as the tool's error on every call (every expert step a fidelity error)."""
-        if not observation.is_error:
+        """A world tool's observation where ``build`` gave no world: a failure on ``None`` (``'NoneType' object ...``) is
+        said to be the build's (a missing ``return``), not left as the tool's error on every call (every expert step a
+        fidelity error); a world of ``None`` that the tools do not read (their state elsewhere) goes on as it is."""
+        if not observation.is_error or "NoneType" not in observation.content:
             return observation
         built = getattr(self._build, "__qualname__", type(self._build).__name__)
         raise SandboxError(
@@ -736,34 +744,34 @@ class PythonSandbox:
         methods -- ``heapq`` on a list, ``list.__init__(l, ...)``, ``exec`` into a dict: C code that changes a list or
         dict in place -- is not journaled, so a restore would leave it and the next branch would see it: where the check
         finds one, the world is copied whole at each snapshot from now on (as with ``journal=False``) and a warning names
-        the tool. Done for each tool's first :data:`JOURNAL_AUDITED_CALLS` calls."""
+        the tool. Each tool's calls are checked until :data:`JOURNAL_AUDITED_CALLS` of them wrote the world (a call that
+        wrote nothing, a failed one say, shows nothing), at most :data:`JOURNAL_AUDIT_TRIES`."""
         text, copied = before
+        after = WorldSnapshot(self._world, kind=self.kind) if copied is not None else None  # the tool's world, exactly
         entries, redo = journal.entries[mark:], []
         journal.undo_to(mark, redo)
-        if text is not None:  # a world JSON writes (the journal keeps every dict's order): the same text, the same data
-            same = _world_text(self._world) == text
-        else:  # as data: the same pickled bytes, else the same values (a NaN, parts that refer back to each other)
-            assert copied is not None
-            undone = WorldSnapshot(self._world, kind=self.kind)
-            same = undone.same_bytes(copied) or _same_plain_data(undone.materialize(), copied.materialize())
-        journal.redo(redo, entries, sealed)
+        try:
+            if text is not None:  # a world JSON writes (the journal keeps every dict's order): the same text, the same data
+                same = _world_text(self._world) == text
+            else:  # as data: the same pickled bytes, else the same values (a NaN, parts that refer back to each other)
+                assert copied is not None
+                undone = WorldSnapshot(self._world, kind=self.kind)
+                same = undone.same_bytes(copied) or _same_plain_data(undone.materialize(), copied.materialize())
+        finally:
+            journal.redo(redo, entries, sealed)
+        self._audit_tries[name] = self._audit_tries.get(name, 0) + 1
         if same:
-            self._audited[name] = self._audited.get(name, 0) + 1
+            if entries:  # (a call that wrote nothing at all shows nothing of the tool)
+                self._audited[name] = self._audited.get(name, 0) + 1
             return
-        if copied is None:  # a large world, not copied for the check: the snapshots taken before the call are lost
+        lacking = [s for s in journal.live if s.copy is None and s.reachable(journal)]
+        if (copied is None and lacking) or any(s.mark < mark for s in lacking):
             self._journaling = False  # (whole copies from the next reset on)
             raise SandboxError(
                 f"{self.kind} sandbox: tool {name!r} writes the world past its dicts' and lists' own methods "
-                f"({_PAST_THE_JOURNAL}), which the journal does not see: a restore would leave that write for the next "
-                "branch to see, so this trajectory is not replayed. Build the sandbox with PythonSandbox(..., journal=False) "
-                "(this sandbox copies whole worlds from its next trajectory on)."
-            )
-        earlier = [s for s in journal.live if s.copy is None and s.reachable(journal) and s.mark < mark]
-        if earlier:  # undoing to them would keep the unseen write
-            raise SandboxError(
-                f"{self.kind} sandbox: tool {name!r} writes the world past its dicts' and lists' own methods ({_PAST_THE_JOURNAL}), "
-                "which the journal does not see, so the snapshots taken before it cannot be restored exactly. Build the "
-                "sandbox with PythonSandbox(..., journal=False)."
+                f"({_PAST_THE_JOURNAL}), which the journal does not see, so the snapshots taken before it cannot be restored "
+                "exactly and this trajectory is not replayed. Build the sandbox with PythonSandbox(..., journal=False) (this "
+                "sandbox copies whole worlds from its next trajectory on)."
             )
         _log.warning(
             "%s sandbox: tool %r writes the world past its dicts' and lists' own methods (%s), which the journal does not "
@@ -772,10 +780,9 @@ class PythonSandbox:
             name,
             _PAST_THE_JOURNAL,
         )
-        for snapshot in journal.live:
-            if snapshot.copy is None and snapshot.reachable(journal):  # (at ``mark``: the world as it was before the call)
-                snapshot.copy = copied
-        current = WorldSnapshot(self._world, kind=self.kind)
+        for snapshot in lacking:  # (at ``mark``: the world as it was before the call)
+            snapshot.copy = copied
+        current = after or WorldSnapshot(self._world, kind=self.kind)
         self._release()
         self._world, self._journaling = current.materialize(), False
 

@@ -291,3 +291,65 @@ def test_a_large_world_written_past_the_journal_fails_its_trajectory_naming_the_
         sandbox.execute(ToolCall(id=name, name="add_job", arguments={"priority": 3, "name": name}))
         sandbox.restore(start)
         assert sandbox.execute(ToolCall(id="r", name="count_jobs", arguments={})).content == "2"
+
+
+def test_a_world_tool_given_as_a_langchain_tool_is_checked_too() -> None:
+    """Review: the check ran only for world tools given as functions; an ``@tool`` object taking the world was not."""
+    import heapq
+
+    from langchain_core.tools import tool
+
+    @tool
+    def add_job(world: dict, priority: int, name: str) -> str:
+        """Queue a job."""
+        heapq.heappush(world["queue"], [priority, name])
+        return f"queued {name}"
+
+    def list_jobs(world: dict[str, Any]) -> list[Any]:
+        return world["queue"]
+
+    sandbox = PythonSandbox(
+        lambda environment: {"queue": [[1, "deploy"], [5, "backup"]]}, tools={"add_job": add_job, "list_jobs": list_jobs}
+    )
+    sandbox.reset(None)
+    start = sandbox.snapshot()
+    listed = sandbox.execute(ToolCall(id="r", name="list_jobs", arguments={})).content
+    for name in ("a", "b"):
+        sandbox.restore(start)
+        assert sandbox.execute(ToolCall(id=name, name="add_job", arguments={"priority": 3, "name": name})).content == f"queued {name}"
+        sandbox.restore(start)
+        assert sandbox.execute(ToolCall(id="r", name="list_jobs", arguments={})).content == listed
+
+
+def test_a_first_call_that_writes_nothing_does_not_clear_the_tool() -> None:
+    """Review: a tool's first call that failed (a duplicate job) counted as its check; its next call wrote past the
+    journal unchecked. The world the tool left (keys in its order) is the one replay goes on with."""
+    import heapq
+
+    def add_job(world: dict[str, Any], priority: int, name: str) -> str:
+        if any(job[1] == name for job in world["queue"]):
+            raise ValueError(f"{name} is queued already")
+        world["names"][name] = priority  # journaled, a key at the end
+        heapq.heappush(world["queue"], [priority, name])
+        return f"queued {name}"
+
+    def show(world: dict[str, Any]) -> str:
+        return json.dumps(world)
+
+    import json
+
+    sandbox = PythonSandbox(
+        lambda environment: {"queue": [[1, "deploy"]], "names": {"deploy": 1}}, tools={"add_job": add_job, "show": show}
+    )
+    sandbox.reset(None)
+    start = sandbox.snapshot()
+    shown = sandbox.execute(ToolCall(id="s", name="show", arguments={})).content
+    assert sandbox.execute(ToolCall(id="d", name="add_job", arguments={"priority": 1, "name": "deploy"})).is_error
+    sandbox.restore(start)
+    sandbox.execute(ToolCall(id="a", name="add_job", arguments={"priority": 3, "name": "report"}))
+    assert json.loads(sandbox.execute(ToolCall(id="s", name="show", arguments={})).content) == {
+        "queue": [[1, "deploy"], [3, "report"]],
+        "names": {"deploy": 1, "report": 3},
+    }
+    sandbox.restore(start)
+    assert sandbox.execute(ToolCall(id="s", name="show", arguments={})).content == shown
