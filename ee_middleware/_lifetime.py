@@ -141,7 +141,9 @@ SHARED_MEMORY_LATER_LOOK_S = 30.0
 (reading ``/proc`` costs a few milliseconds for a vLLM server's processes)."""
 
 
-def start_group_watchdog(pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S) -> Any:
+def start_group_watchdog(
+    pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S, shared_memory_before: dict[str, tuple[int, int]] | None = None
+) -> Any:
     """Start a small process that ends process group ``pgid`` when this process goes away, however it ends (a SIGKILL
     too): SIGTERM to the whole group, then SIGKILL after ``grace_s``, and it removes the shared memory in /dev/shm the
     group left (:mod:`ee_middleware._shared_memory`). It exits by itself once the group is gone.
@@ -150,19 +152,25 @@ def start_group_watchdog(pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S) 
     outlive this process: the parent-death signal reaches only the direct child, which may not end its children (a
     wrapper script does not). The watchdog gets the parent-death signal (Linux) and watches :func:`os.getppid` as well;
     it runs in a session of its own, so a Ctrl-C in the terminal does not end it before this process's clean-up has run.
-    The caller ends it (SIGKILL) once it has stopped the group itself. Returns its :class:`subprocess.Popen`."""
+    The caller ends it (SIGKILL) once it has stopped the group itself. ``shared_memory_before``: the files in /dev/shm
+    before the group started (:func:`~ee_middleware._shared_memory.shared_memory_files`), never removed (default: those
+    when the watchdog starts). Returns its :class:`subprocess.Popen`."""
+    import json
     import subprocess
 
     code = "from ee_middleware._lifetime import _watch_group; _watch_group()"
-    return subprocess.Popen(
+    watchdog = subprocess.Popen(
         [sys.executable, "-c", code, str(os.getpid()), str(pgid), repr(float(grace_s))],
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
         # SIGURG, ignored by default: a parent that dies before the watchdog's handler is in (its interpreter starting,
         # ~0.1 s) does not kill the watchdog with it; the parent-pid check below sees that death at the first look
         preexec_fn=parent_death_preexec(signal.SIGURG),
     )
+    with watchdog.stdin:  # type: ignore[union-attr]  # (read whole at its start: a pipe's buffer holds thousands of names)
+        watchdog.stdin.write(json.dumps(shared_memory_before).encode())  # type: ignore[union-attr]
+    return watchdog
 
 
 def _watch_group() -> None:
@@ -173,13 +181,17 @@ def _watch_group() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGURG, lambda *_: orphaned.set())  # the parent-death signal
     signal.signal(signal.SIGTERM, lambda *_: orphaned.set())  # a stop of everything (the group goes too)
-    from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory
+    import json
 
+    from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory, shared_memory_files
+
+    given = json.loads(sys.stdin.buffer.read() or b"null")
+    existed = {path: tuple(identity) for path, identity in given.items()} if isinstance(given, dict) else shared_memory_files()
     shared_memory: set[str] = set()
     started = next_look = time.monotonic()
     while not orphaned.wait(WATCHDOG_INTERVAL_S / 4) and os.getppid() == parent:
         if not _group_alive(pgid):  # the group ended (stopped by the parent, or by itself): nothing left to watch
-            remove_orphaned_shared_memory(shared_memory)
+            remove_orphaned_shared_memory(shared_memory, existed=existed)
             return
         if time.monotonic() >= next_look:
             shared_memory |= group_shared_memory(pgid)
@@ -191,7 +203,7 @@ def _watch_group() -> None:
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
     kill_process_group(pgid, signal.SIGKILL)
-    remove_orphaned_shared_memory(shared_memory)
+    remove_orphaned_shared_memory(shared_memory, existed=existed)
 
 
 def wait_for_group_end(pgid: int, timeout_s: float, *, poll_s: float = 0.05) -> bool:

@@ -5,9 +5,10 @@ address space each, and multiprocessing's ``sem.mp-*`` semaphores). They unlink 
 server whose engine is killed before its clean-up (its own shutdown timing out on a loaded machine, a SIGKILL of the
 group after the grace period) leaves them for good: /dev/shm is memory, and in a container often only 64 MiB.
 
-The launcher notes which of those files the group's processes have mapped or open while they run
-(:func:`group_shared_memory`, read from ``/proc``), and once the group has ended unlinks those still there that no
-live process holds (:func:`remove_orphaned_shared_memory`). Without ``/proc`` (not Linux) both do nothing.
+The launcher lists /dev/shm before it starts the group (:func:`shared_memory_files`), notes which files the group's
+processes have mapped or open while they run (:func:`group_shared_memory`, read from ``/proc``), and once the group has
+ended unlinks those still there that were not there before and that no live process holds
+(:func:`remove_orphaned_shared_memory`). Without ``/proc`` (not Linux) both do nothing.
 """
 
 from __future__ import annotations
@@ -30,11 +31,33 @@ def group_shared_memory(pgid: int) -> set[str]:
     return found
 
 
-def remove_orphaned_shared_memory(paths: Iterable[str], *, wait_s: float = 5.0, poll_s: float = 0.05) -> list[str]:
-    """Unlink those of ``paths`` (files in /dev/shm) that still exist, belong to this user and that no live process holds
+def shared_memory_files() -> dict[str, tuple[int, int]]:
+    """The files in /dev/shm now, with their (device, inode): what was there before a group started is not its to leave
+    (a model file served from RAM, another program's memory)."""
+    found: dict[str, tuple[int, int]] = {}
+    try:
+        with os.scandir(SHARED_MEMORY_DIR) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    info = entry.stat(follow_symlinks=False)
+                    found[entry.path] = (info.st_dev, info.st_ino)
+    except OSError:
+        pass
+    return found
+
+
+def remove_orphaned_shared_memory(
+    paths: Iterable[str], *, existed: dict[str, tuple[int, int]], wait_s: float = 5.0, poll_s: float = 0.05
+) -> list[str]:
+    """Unlink those of ``paths`` (files in /dev/shm) that still exist, were not there before the group started (not in
+    ``existed``, :func:`shared_memory_files` then, as the same file), belong to this user and that no live process holds
     any longer, waiting up to ``wait_s`` for processes that were just killed to go; returns the paths removed. A file a
     process still holds after that is left alone (it is someone's, outside the group that made it)."""
-    pending = {p for p in paths if os.path.dirname(os.path.normpath(p)) == SHARED_MEMORY_DIR and _own_file(p)}
+    pending = {
+        p
+        for p in paths
+        if os.path.dirname(os.path.normpath(p)) == SHARED_MEMORY_DIR and _own_file(p) and _identity(p) != existed.get(p, (-1, -1))
+    }
     removed: list[str] = []
     deadline = time.monotonic() + wait_s
     while pending:
@@ -48,6 +71,14 @@ def remove_orphaned_shared_memory(paths: Iterable[str], *, wait_s: float = 5.0, 
             break
         time.sleep(poll_s)
     return removed
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _own_file(path: str) -> bool:
@@ -87,9 +118,9 @@ def _held_by(pid: int) -> set[str]:
     try:
         with open(f"{_PROC}/{pid}/maps", encoding="utf-8", errors="surrogateescape") as maps:
             for line in maps:
-                start = line.find(_PREFIX)
-                if start != -1 and not line.endswith(" (deleted)\n"):
-                    held.add(line[start:].rstrip("\n"))
+                fields = line.split(maxsplit=5)  # address, perms, offset, device, inode, path
+                if len(fields) == 6 and fields[5].startswith(_PREFIX) and not fields[5].endswith(" (deleted)\n"):
+                    held.add(fields[5].rstrip("\n"))
     except OSError:
         return held
     with contextlib.suppress(OSError):

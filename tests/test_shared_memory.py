@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ee_middleware._shared_memory import SHARED_MEMORY_DIR, group_shared_memory, remove_orphaned_shared_memory
+from ee_middleware._shared_memory import SHARED_MEMORY_DIR, group_shared_memory, remove_orphaned_shared_memory, shared_memory_files
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/maps").is_file() or not Path(SHARED_MEMORY_DIR).is_dir(), reason="Linux's /proc and /dev/shm"
@@ -70,12 +70,12 @@ def test_what_a_killed_group_held_in_dev_shm_is_found_while_it_runs_and_removed_
         held = group_shared_memory(group.pid)
         assert {str(mapped), str(opened), str(block)} <= held
         assert all(path.startswith(SHARED_MEMORY_DIR + "/") for path in held)
-        assert remove_orphaned_shared_memory(held, wait_s=0) == [], "nothing is removed while the group holds it"
+        assert remove_orphaned_shared_memory(held, existed={}, wait_s=0) == [], "nothing is removed while the group holds it"
         assert mapped.exists() and opened.exists() and block.exists()
     finally:
         _end(group)
     assert mapped.exists() and opened.exists(), "the group left them (its SIGKILL ran no clean-up)"
-    removed = remove_orphaned_shared_memory(held)
+    removed = remove_orphaned_shared_memory(held, existed={})
     assert set(removed) >= {str(mapped), str(opened)}
     assert not mapped.exists() and not opened.exists() and not block.exists()
 
@@ -92,23 +92,39 @@ def test_a_file_someone_outside_the_group_still_holds_is_kept(names: tuple[Path,
         _end(group)
     try:
         started = time.monotonic()
-        removed = remove_orphaned_shared_memory(held, wait_s=0.3)
+        removed = remove_orphaned_shared_memory(held, existed={}, wait_s=0.3)
         assert str(mapped) not in removed and mapped.exists(), "held by a live process outside the group"
         assert str(opened) in removed and not opened.exists() and not block.exists()
         assert time.monotonic() - started < 10
     finally:
         ours.close()
-    assert remove_orphaned_shared_memory({str(mapped)}) == [str(mapped)] and not mapped.exists()
+    assert remove_orphaned_shared_memory({str(mapped)}, existed={}) == [str(mapped)] and not mapped.exists()
 
 
 def test_only_files_in_dev_shm_are_ever_removed(tmp_path: Path) -> None:
     elsewhere = tmp_path / "queue"
     elsewhere.write_bytes(b"x")
     gone = Path(SHARED_MEMORY_DIR) / f"ee-test-gone-{uuid.uuid4().hex}"
-    assert remove_orphaned_shared_memory({str(elsewhere), str(gone), f"{SHARED_MEMORY_DIR}/../..{elsewhere}"}) == []
+    assert remove_orphaned_shared_memory({str(elsewhere), str(gone), f"{SHARED_MEMORY_DIR}/../..{elsewhere}"}, existed={}) == []
     assert elsewhere.exists()
 
 
 def test_a_group_that_is_gone_holds_nothing() -> None:
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, start_new_session=True)
     assert group_shared_memory(int(done.stdout)) == set()
+
+
+def test_a_file_that_was_there_before_the_group_started_is_never_removed(names: tuple[Path, Path]) -> None:
+    """Review: a model file served from RAM (``vllm serve /dev/shm/model.gguf``), mapped by the server, was unlinked when
+    the server stopped."""
+    mapped, opened = names
+    mapped.write_bytes(b"\0" * 65536)  # the user's file, there before the group
+    before = shared_memory_files()
+    group, block = _start_holders(mapped, opened)
+    try:
+        held = group_shared_memory(group.pid)
+    finally:
+        _end(group)
+    removed = remove_orphaned_shared_memory(held, existed=before)
+    assert str(mapped) not in removed and mapped.exists(), "there before: not the group's"
+    assert str(opened) in removed and not opened.exists() and not block.exists(), "made by the group and left"

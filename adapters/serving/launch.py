@@ -32,7 +32,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from ee_middleware._lifetime import parent_death_preexec, start_group_watchdog, wait_for_group_end
-from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory
+from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory, shared_memory_files
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
@@ -189,6 +189,7 @@ class ServerProcess:
     _failed: bool = field(default=False, init=False, repr=False)  # start() failed: its error names the log, kept
     _ended: bool = field(default=False, init=False, repr=False)  # stop() or kill() ended the process (not a failure)
     _shared_memory: set[str] = field(default_factory=set, init=False, repr=False)
+    _shared_memory_before: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False)
     """The /dev/shm files the server's processes were seen holding (:mod:`ee_middleware._shared_memory`): those the group
     leaves behind (its engine killed before it unlinked them) are removed once it has ended."""
 
@@ -201,6 +202,7 @@ class ServerProcess:
             os.close(descriptor)
             self.log_path, self._own_log = Path(path), True
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._shared_memory_before = shared_memory_files()  # never the group's to leave (a model served from /dev/shm)
         try:
             self.process = subprocess.Popen(
                 self.command,
@@ -219,7 +221,7 @@ class ServerProcess:
             raise
         if self.end_with_parent:
             try:
-                self._watchdog = start_group_watchdog(self.process.pid)
+                self._watchdog = start_group_watchdog(self.process.pid, shared_memory_before=self._shared_memory_before)
             except BaseException:
                 self.stop()
                 raise
@@ -329,7 +331,7 @@ class ServerProcess:
     def _remove_shared_memory_left(self) -> None:
         """Unlink the /dev/shm files the ended group left (those its processes were seen holding, held by no one now)."""
         if self._shared_memory:
-            remove_orphaned_shared_memory(self._shared_memory)
+            remove_orphaned_shared_memory(self._shared_memory, existed=self._shared_memory_before)
             self._shared_memory = set()
 
     def _end_watchdog(self) -> None:
