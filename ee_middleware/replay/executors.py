@@ -47,6 +47,7 @@ import os
 import queue
 import signal
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -995,6 +996,16 @@ def start_job_fork_server(preload: Iterable[str] = ()) -> JobForkServer | None:
         return JobForkServer([*WORKER_MODULES, *preload])
     except (AttributeError, TypeError) as exc:  # this Python's multiprocessing internals differ from those relied on
         logger.warning("ee-middleware: cannot start replay workers from a fork server on this Python (%r); spawning them instead.", exc)
+        return None
+    except OSError as exc:  # its socket's path (in the temporary folder) longer than a Unix socket's 107 bytes
+        if "too long" not in str(exc):
+            raise
+        logger.warning(
+            "ee-middleware: cannot start replay workers from a fork server: its socket's path in the temporary folder %s is "
+            "too long for a Unix socket (%s); spawning them instead (slower to start). A shorter TMPDIR avoids it.",
+            tempfile.gettempdir(),
+            exc,
+        )
         return None
 
 

@@ -84,9 +84,9 @@ def _import_after_this(preload: list[str]) -> list[str]:
 
 
 def _remove_listener_if_orphaned(frame: FrameType | None) -> None:
-    """In the fork server: at its exit, where the job's process is gone (killed: it then reads EOF and exits), remove its
-    listening socket and the job's ``pymp-*`` folder that held it, if nothing else is left there; the job removes them
-    itself when it ends otherwise (a SIGKILL left one in the temporary folder per killed job)."""
+    """In the fork server: at its exit, once the job's process is ending or gone (it then reads EOF and exits), remove its
+    listening socket and the job's ``pymp-*`` folder that held it, if nothing else is left there (a SIGKILLed job left one
+    in the temporary folder each time; a job that ends otherwise has removed them itself)."""
     import atexit
     import os
     import socket
@@ -101,10 +101,14 @@ def _remove_listener_if_orphaned(frame: FrameType | None) -> None:
         return
     if not isinstance(address, str) or not address.startswith("/"):  # (an abstract socket leaves no file)
         return
-    job = os.getppid()
+    server = os.getpid()
 
     def remove() -> None:
-        if os.getppid() == job:  # the job is alive: it removes its own folder
+        # The server alone (a process forked from it inherits this hook: a tool's own fork ending with sys.exit). It exits
+        # by itself only on EOF of its "alive" pipe, which the job's process alone holds open: the job is ending (its own
+        # clean-up has removed the folder already) or killed (nothing else will). (Its parent is not asked: the pipe is
+        # closed before a killed job's children are given another parent.)
+        if os.getpid() != server:
             return
         try:
             os.unlink(address)

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -119,8 +120,7 @@ def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_
 ) -> None:
     """...and its fork server's listening socket and the folder holding it (sweep S4: a ``pymp-*`` folder was left in
     the temporary folder by 12 of 13 SIGKILLs)."""
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
+    temporary = Path(tempfile.mkdtemp(prefix="ee-t-", dir="/tmp"))  # short: a Unix socket's path has 107 bytes at most
     env = {"EE_TEST_RESET_DELAY": "5", "TMPDIR": str(temporary)}
     job = Job(bfcl_store_path, "--workers", "2", "--isolation", "subprocess", "--sandbox", FORKING, env=env)
     jobs.append(job)
@@ -137,6 +137,21 @@ def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_
     job.proc.wait()
     assert wait_until_none_left(job.marker) == []
     assert list(temporary.glob("pymp-*")) == []
+    temporary.rmdir()
+
+
+def test_a_temporary_folder_too_long_for_the_fork_servers_socket_spawns_the_workers(
+    bfcl_store_path: Path, jobs: list[Job], tmp_path: Path
+) -> None:
+    """Sweep S4's runs found it: with TMPDIR deeper than a Unix socket's path allows, `ee replay run --workers 2` failed
+    with "unexpected OSError: AF_UNIX path too long"; its workers are spawned instead, with a warning."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    job = Job(bfcl_store_path, "--workers", "2", env={"TMPDIR": str(deep)})
+    jobs.append(job)
+    stderr = finish(job)
+    assert "too long for a Unix socket" in stderr and "spawning them instead" in stderr
+    assert LocalExperienceStore(bfcl_store_path).replays().height == BFCL_ENTRIES
 
 
 STOPS_WITHIN_S = 15.0
