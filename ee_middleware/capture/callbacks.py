@@ -463,7 +463,7 @@ class RunCapture(BaseCallbackHandler):
         span = self.recorder.tracer.start_span(name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start)
         try:
             if error is not None:
-                self._set_error(span, error)
+                self._set_error(span, error, end)
             elif status is not None:
                 span.set_status(status)
         except Exception:
@@ -472,10 +472,10 @@ class RunCapture(BaseCallbackHandler):
         finally:
             span.end(end_time=end)
 
-    def _set_error(self, span: Any, error: BaseException) -> None:
+    def _set_error(self, span: Any, error: BaseException, at: int) -> None:
         encoder = self.recorder.encoder
         span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
-        span.add_event("exception", encoder.exception_attributes(error))
+        span.add_event("exception", encoder.exception_attributes(error), timestamp=at)  # (when it ended, on the run's clock)
         span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
 
 
@@ -743,7 +743,7 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         exc = record.error
         if exc is not None and record.status == "error":
             span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-            span.add_event("exception", encoder.exception_attributes(exc))
+            span.add_event("exception", encoder.exception_attributes(exc), timestamp=record.end_ns)
             span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {exc}")[:1000]))
     except Exception:  # its outcome is not on the span: the run must not be stored as if it were
         span.set_attribute(sc.EE_CAPTURE_FAILED, capture_failed(sc.OP_INVOKE_AGENT))

@@ -5,7 +5,8 @@ NTP correction, a virtual machine resumed, someone setting the date), and a step
 the run's calls put a later call first: the run was stored with its steps out of order, and nothing said so. So capture
 reads the wall clock once, when a run starts and no other is in flight (the anchor), and every time after that as the
 anchor plus the monotonic time since: runs that overlap share one anchor and keep their order between them too, and the
-next run started when none is in flight reads the wall clock again (a step is then taken in, between runs).
+next run started when none is in flight reads the wall clock again (a step is then taken in, between runs). A step
+forward is taken in at the next run's start even while others are in flight: times that jump forward keep the order.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import threading
 import time
 
 from ee_middleware._lifetime import process_hooks
+
+FORWARD_STEP_NS = 1_000_000_000
+"""How far the wall clock may run ahead of a :class:`RunClock` with runs in flight before a run's start follows it."""
 
 
 class RunClock:
@@ -30,10 +34,14 @@ class RunClock:
         return wall + time.monotonic_ns() - monotonic
 
     def run_started(self) -> None:
-        """A run starts: the wall clock is read again where no other run is in flight."""
+        """A run starts: the wall clock is read again where no other run is in flight, or where it is ahead of this clock
+        by more than :data:`FORWARD_STEP_NS` (a forward step, a suspend the monotonic clock did not count: moving forward
+        keeps every run's order, so a service that always has a run in flight follows the wall clock too)."""
         with self._lock:
-            if self._in_flight == 0:
-                self._anchor = (time.time_ns(), time.monotonic_ns())
+            wall, monotonic = time.time_ns(), time.monotonic_ns()
+            anchored_wall, anchored_monotonic = self._anchor
+            if self._in_flight == 0 or wall > anchored_wall + monotonic - anchored_monotonic + FORWARD_STEP_NS:
+                self._anchor = (wall, monotonic)
             self._in_flight += 1
 
     def run_ended(self) -> None:

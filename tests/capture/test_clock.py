@@ -93,3 +93,15 @@ def test_the_clock_reads_the_wall_clock_again_only_when_no_run_is_in_flight(step
     clock.run_ended()  # (more ends than starts never counts below none)
     clock.run_started()
     assert abs(clock.now_ns() - time.time_ns()) < 1_000_000_000
+
+
+def test_a_forward_step_is_followed_at_the_next_run_start_even_with_runs_in_flight(stepped_clock: list[int]) -> None:
+    """Review: a service that always has a run in flight never read the wall clock again, so a forward step (or a
+    suspend the monotonic clock did not count) left every later span behind the real time."""
+    clock = RunClock()
+    clock.run_started()
+    stepped_clock[0] -= 5 * STEP_BACK_NS  # the wall clock jumps 15 s ahead
+    clock.run_started()  # the first run is still in flight
+    assert abs(clock.now_ns() - time.time_ns()) < 1_000_000_000
+    clock.run_ended()
+    clock.run_ended()
