@@ -244,7 +244,7 @@ _PAST_THE_JOURNAL = "heapq on a list, list.__init__ or dict.__init__ called on o
 JOURNAL_AUDITED_CALLS = 1
 JOURNAL_AUDIT_TRIES = 8
 """A journaled sandbox checks each tool's calls for writes its journal does not see until this many of them wrote the
-world, at most ``JOURNAL_AUDIT_TRIES`` calls (see :meth:`PythonSandbox._audit_journal`)."""
+world or succeeded, at most ``JOURNAL_AUDIT_TRIES`` calls (see :meth:`PythonSandbox._audit_journal`)."""
 
 AUDIT_COPY_CHARS = 256_000
 """A world whose JSON text is at most this long is also copied before a call whose journal is checked, so that a write
@@ -723,7 +723,7 @@ class PythonSandbox:
         mark, sealed = len(journal.entries), journal.sealed
         observation = invoke()
         if self._journal is journal:
-            self._audit_journal(journal, (text, before), mark, sealed, name)
+            self._audit_journal(journal, (text, before), mark, sealed, name, failed=observation.is_error)
         return observation
 
     def _without_a_world(self, observation: Observation, name: str) -> Observation:
@@ -738,14 +738,16 @@ class PythonSandbox:
             f"{built}() returned None. Return the world it builds (a missing `return`?)."
         )
 
-    def _audit_journal(self, journal: Journal, before: tuple[str | None, WorldSnapshot | None], mark: int, sealed: int, name: str) -> None:
+    def _audit_journal(
+        self, journal: Journal, before: tuple[str | None, WorldSnapshot | None], mark: int, sealed: int, name: str, *, failed: bool
+    ) -> None:
         """Check that tool ``name``'s call just made wrote the world only where its journal saw (undoing the journal's
         entries since ``mark`` gives ``before`` back; then they are written again). A write made past the containers' own
         methods -- ``heapq`` on a list, ``list.__init__(l, ...)``, ``exec`` into a dict: C code that changes a list or
         dict in place -- is not journaled, so a restore would leave it and the next branch would see it: where the check
         finds one, the world is copied whole at each snapshot from now on (as with ``journal=False``) and a warning names
-        the tool. Each tool's calls are checked until :data:`JOURNAL_AUDITED_CALLS` of them wrote the world (a call that
-        wrote nothing, a failed one say, shows nothing), at most :data:`JOURNAL_AUDIT_TRIES`."""
+        the tool. Each tool's calls are checked until :data:`JOURNAL_AUDITED_CALLS` of them wrote the world or succeeded (a
+        failed call that wrote nothing shows nothing of the tool), at most :data:`JOURNAL_AUDIT_TRIES`."""
         text, copied = before
         after = WorldSnapshot(self._world, kind=self.kind) if copied is not None else None  # the tool's world, exactly
         entries, redo = journal.entries[mark:], []
@@ -761,7 +763,7 @@ class PythonSandbox:
             journal.redo(redo, entries, sealed)
         self._audit_tries[name] = self._audit_tries.get(name, 0) + 1
         if same:
-            if entries:  # (a call that wrote nothing at all shows nothing of the tool)
+            if entries or not failed:  # (a failed call that wrote nothing shows nothing of the tool)
                 self._audited[name] = self._audited.get(name, 0) + 1
             return
         lacking = [s for s in journal.live if s.copy is None and s.reachable(journal)]
