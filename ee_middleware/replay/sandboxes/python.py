@@ -239,10 +239,14 @@ def _same_value(a: Any, b: Any) -> bool:
     return type(a) is type(b) and (a == b or (isinstance(a, float) and a != a and b != b))  # (NaN: in both)
 
 
+def _nothing() -> None:
+    pass
+
+
 _PAST_THE_JOURNAL = "heapq on a list, list.__init__ or dict.__init__ called on one, exec into a dict"
 
 JOURNAL_AUDITED_CALLS = 1
-JOURNAL_AUDIT_TRIES = 8
+JOURNAL_AUDIT_TRIES = 3
 """A journaled sandbox checks each tool's calls for writes its journal does not see until this many of them wrote the
 world or succeeded, at most ``JOURNAL_AUDIT_TRIES`` calls (see :meth:`PythonSandbox._audit_journal`)."""
 
@@ -707,23 +711,29 @@ class PythonSandbox:
             if world in call.arguments:  # a second guard (see check_offered_tools): a production tool among world tools
                 raise SandboxError(_misplaced_tool_message(call.name, world, where="this call gives it"))
             world_tool = self._world_tools[call.name]
-            return self._checked(call.name, lambda: self._invoke_langchain_tool(world_tool, call))
-        return self._checked(call.name, lambda: self._invoke(tool, arguments, self._world, name=call.name))
+            return self._checked(call.name, lambda calling: (calling(), self._invoke_langchain_tool(world_tool, call))[1])
+        return self._checked(call.name, lambda calling: self._invoke(tool, arguments, self._world, name=call.name, calling=calling))
 
-    def _checked(self, name: str, invoke: Callable[[], Observation]) -> Observation:
-        """``invoke()`` (a call of the world tool ``name``), its journal checked where the tool's calls are still checked
-        (:meth:`_audit_journal`), its failure on the world ``None`` said to be the build's (:meth:`_without_a_world`)."""
+    def _checked(self, name: str, invoke: Callable[[Callable[[], None]], Observation]) -> Observation:
+        """``invoke(calling)`` (a call of the world tool ``name``, which calls ``calling()`` just before the tool runs: not
+        for arguments it refuses), its journal checked where the tool's calls are still checked (:meth:`_audit_journal`),
+        its failure on the world ``None`` said to be the build's (:meth:`_without_a_world`)."""
         if self._world is None:
-            return self._without_a_world(invoke(), name)
+            return self._without_a_world(invoke(_nothing), name)
         journal = self._journal
         if journal is None or self._audited.get(name, 0) >= JOURNAL_AUDITED_CALLS or self._audit_tries.get(name, 0) >= JOURNAL_AUDIT_TRIES:
-            return invoke()
-        text = _world_text(self._world)
-        before = WorldSnapshot(self._world, kind=self.kind) if text is None or len(text) <= AUDIT_COPY_CHARS else None
-        mark, sealed = len(journal.entries), journal.sealed
-        observation = invoke()
-        if self._journal is journal:
-            self._audit_journal(journal, (text, before), mark, sealed, name, failed=observation.is_error)
+            return invoke(_nothing)
+        noted: list[Any] = []
+
+        def note_before() -> None:  # the world as the tool is given it
+            text = _world_text(self._world)
+            copied = WorldSnapshot(self._world, kind=self.kind) if text is None or len(text) <= AUDIT_COPY_CHARS else None
+            noted[:] = [(text, copied), len(journal.entries), journal.sealed]
+
+        observation = invoke(note_before)
+        if noted and self._journal is journal:
+            before, mark, sealed = noted
+            self._audit_journal(journal, before, mark, sealed, name, failed=observation.is_error)
         return observation
 
     def _without_a_world(self, observation: Observation, name: str) -> Observation:
@@ -795,7 +805,10 @@ class PythonSandbox:
             return call.arguments
         return {**call.arguments, **{name: call.id for name, kind in injected.items() if kind == CALL_ID}}
 
-    def _invoke(self, fn: Callable[..., Any], arguments: dict[str, Any], *world: Any, name: str) -> Observation:
+    def _invoke(
+        self, fn: Callable[..., Any], arguments: dict[str, Any], *world: Any, name: str, calling: Callable[[], None] | None = None
+    ) -> Observation:
+        """Call ``fn`` as LangChain's tool calls its function (``calling()`` first, once the arguments are valid)."""
         try:
             # A copy, so that the world never shares a list or dict with the caller's records.
             arguments = copy.deepcopy(arguments)
@@ -805,6 +818,8 @@ class PythonSandbox:
             if schema is not None:  # as LangChain's tool gives them to its function
                 arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}))
             filled = self._filled.get(name) or filled_parameters(fn, skip=len(world))
+            if calling is not None:
+                calling()
             # as LangChain's tool calls its function (LangChain's values over any the model wrote); an ``async def``
             # tool's result, not the coroutine
             value = call_function(fn, world, arguments, filled, partial(self._await, name=name), as_langchain=self._validate)
