@@ -74,36 +74,20 @@ class Journal:
             container, key, old = entries.pop()
             if redo is not None:
                 redo.append((container, key, _current(container, key, old)))
-            if key is _REPLACE:
-                if isinstance(container, dict):
-                    dict.clear(container)
-                    dict.update(container, old)
-                else:
-                    list.__setitem__(container, slice(None), old)
-            elif key is _TRUNCATE:
+            if key is _TRUNCATE:
                 list.__delitem__(container, slice(old, None))
-            elif old is _MISSING:
-                dict.pop(container, key, None)
             else:
-                dict.__setitem__(container, key, old)
+                _write(container, key, old)
         self.sealed = min(self.sealed, mark)
 
     def redo(self, redo: list[tuple[Any, Any, Any]], entries: list[tuple[Any, Any, Any]], sealed: int) -> None:
         """Write again what :meth:`undo_to` noted in ``redo``, and put back its ``entries`` (those it undid, in order)
         and the ``sealed`` position it had: the world and the journal as they were before the undo."""
         for container, key, new in reversed(redo):
-            if key is _REPLACE:
-                if isinstance(container, dict):
-                    dict.clear(container)
-                    dict.update(container, new)
-                else:
-                    list.__setitem__(container, slice(None), new)
-            elif key is _TRUNCATE:
+            if key is _TRUNCATE:
                 list.extend(container, new)
-            elif new is _MISSING:
-                dict.pop(container, key, None)
             else:
-                dict.__setitem__(container, key, new)
+                _write(container, key, new)
         self.entries.extend(entries)
         self.sealed = sealed
 
@@ -177,6 +161,21 @@ def _unowned(cls: type, contents: Any = ()) -> Any:
     new = cls(contents)
     new._j = None
     return new
+
+
+def _write(container: Any, key: Any, value: Any) -> None:
+    """Make a journal entry's slot hold ``value`` (past the journaling methods): a container's whole contents
+    (``_REPLACE``), a dict's key (``_MISSING``: no such key). Not for ``_TRUNCATE``, whose undo and redo differ."""
+    if key is _REPLACE:
+        if isinstance(container, dict):
+            dict.clear(container)
+            dict.update(container, value)
+        else:
+            list.__setitem__(container, slice(None), value)
+    elif value is _MISSING:
+        dict.pop(container, key, None)
+    else:
+        dict.__setitem__(container, key, value)
 
 
 def _current(container: Any, key: Any, old: Any) -> Any:
