@@ -18,6 +18,7 @@ often enough to take such a stop (:func:`awaiting_with_signal_checks`, :func:`re
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import queue
 import signal
@@ -155,7 +156,6 @@ def start_group_watchdog(
     The caller ends it (SIGKILL) once it has stopped the group itself. ``shared_memory_before``: the files in /dev/shm
     before the group started (:func:`~ee_middleware._shared_memory.shared_memory_files`), never removed (default: those
     when the watchdog starts). Returns its :class:`subprocess.Popen`."""
-    import json
     import subprocess
 
     code = "from ee_middleware._lifetime import _watch_group; _watch_group()"
@@ -181,8 +181,6 @@ def _watch_group() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGURG, lambda *_: orphaned.set())  # the parent-death signal
     signal.signal(signal.SIGTERM, lambda *_: orphaned.set())  # a stop of everything (the group goes too)
-    import json
-
     from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory, shared_memory_files
 
     given = json.loads(sys.stdin.buffer.read() or b"null")
@@ -199,9 +197,7 @@ def _watch_group() -> None:
             next_look = time.monotonic() + (SHARED_MEMORY_LOOK_S if early else SHARED_MEMORY_LATER_LOOK_S)
     shared_memory |= group_shared_memory(pgid)
     kill_process_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _group_alive(pgid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_group_end(pgid, grace_s, poll_s=0.1)
     kill_process_group(pgid, signal.SIGKILL)
     remove_orphaned_shared_memory(shared_memory, existed=existed)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ee_middleware._lifetime import parent_death_preexec, start_group_watchdog, wait_for_group_end
+from ee_middleware._lifetime import kill_process_group, parent_death_preexec, start_group_watchdog, wait_for_group_end
 from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_shared_memory, shared_memory_files
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
@@ -291,16 +291,16 @@ class ServerProcess:
             self._ended = True
         if self.process is not None:
             self._note_shared_memory()
-            _signal_group(self.process.pid, signal.SIGTERM)
+            kill_process_group(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                _signal_group(self.process.pid, signal.SIGKILL)
+                kill_process_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=grace_s)
             # children the leader left behind; those that end by themselves once it has gone are given a moment first:
             # multiprocessing's resource tracker (it ignores SIGTERM) unlinks the semaphores it was told of then
             wait_for_group_end(self.process.pid, min(grace_s, LEFTOVER_GRACE_S))
-            _signal_group(self.process.pid, signal.SIGKILL)
+            kill_process_group(self.process.pid, signal.SIGKILL)
             self._remove_shared_memory_left()
         self._end_watchdog()
         if self._log is not None:
@@ -319,7 +319,7 @@ class ServerProcess:
                 self._failed = True  # it had already failed by itself: stop() keeps its log
             self._ended = True
             self._note_shared_memory()
-            _signal_group(self.process.pid, signal.SIGKILL)
+            kill_process_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
             self._remove_shared_memory_left()
         self._end_watchdog()
@@ -378,8 +378,3 @@ def _missing_vllm(command: Sequence[str], exc: BaseException) -> str | None:
             "vLLM is installed in (ENV/bin/python), or use ee serve local (no vLLM needed)."
         )
     return None
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
