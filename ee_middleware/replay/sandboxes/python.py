@@ -243,6 +243,11 @@ def _nothing() -> None:
     pass
 
 
+def _last_entry(journal: Journal, mark: int) -> Any:
+    """The journal's entry just before ``mark`` (``None`` at 0): with ``mark``, the state its entries lead to there."""
+    return journal.entries[mark - 1] if mark else None
+
+
 _PAST_THE_JOURNAL = "heapq on a list, list.__init__ or dict.__init__ called on one, exec into a dict"
 
 JOURNAL_AUDITED_CALLS = 1
@@ -251,16 +256,18 @@ JOURNAL_AUDIT_TRIES = 3
 world or succeeded, at most ``JOURNAL_AUDIT_TRIES`` calls (see :meth:`PythonSandbox._audit_journal`)."""
 
 AUDIT_COPY_CHARS = 256_000
-"""A world whose JSON text is at most this long is also copied before a call whose journal is checked, so that a write
-the journal missed is recovered from (larger: the trajectory fails, naming the fix)."""
+"""A world whose text (:func:`_world_text`) is at most this long is also copied before a call whose journal is checked,
+so that a write the journal missed is recovered from (larger: the trajectory fails, naming the fix)."""
 
 
 def _world_text(world: Any) -> str | None:
-    """The world as JSON text (values JSON has no form for as their ``repr``), or ``None`` where JSON cannot write it
-    (keys that are not text or numbers, parts that refer back to each other)."""
+    """The world as the text its ``repr`` writes: dicts and lists write every item, keys in their order, at C speed, and
+    tell apart what JSON would not (the key ``1`` from ``"1"``, a tuple from a list); ``None`` where it cannot be
+    written (a ``__repr__`` that raises, nesting deeper than the recursion limit, an int past the digit limit): the
+    check then compares pickled copies."""
     try:
-        return json.dumps(world, default=repr)
-    except (TypeError, ValueError, RecursionError):
+        return repr(world)
+    except Exception:  # noqa: BLE001 - whatever a value's own __repr__ raises: the check compares copies instead
         return None
 
 
@@ -621,6 +628,9 @@ class PythonSandbox:
         self._journaling = journal
         self._audited: dict[str, int] = {}  # tool -> its calls that wrote the world, checked whole (see _audit_journal)
         self._audit_tries: dict[str, int] = {}  # tool -> its calls checked
+        # (journal, mark, its last entry, the world's text there): the world's text at a journal state a check found,
+        # while that state is still the one its entries lead to (entries are never reused: the last one names the state)
+        self._known_text: tuple[Journal, int, Any, str] | None = None
         self._journal: Journal | None = None
         self._world: Any = None
         self._ready = False
@@ -726,9 +736,14 @@ class PythonSandbox:
         noted: list[Any] = []
 
         def note_before() -> None:  # the world as the tool is given it
-            text = _world_text(self._world)
+            mark = len(journal.entries)
+            known = self._known_text
+            if known is not None and known[0] is journal and known[1] == mark and known[2] is _last_entry(journal, mark):
+                text: str | None = known[3]
+            else:
+                text = _world_text(self._world)
             copied = WorldSnapshot(self._world, kind=self.kind) if text is None or len(text) <= AUDIT_COPY_CHARS else None
-            noted[:] = [(text, copied), len(journal.entries), journal.sealed]
+            noted[:] = [(text, copied), mark, journal.sealed]
 
         observation = invoke(note_before)
         if noted and self._journal is journal:
@@ -763,8 +778,10 @@ class PythonSandbox:
         entries, redo = journal.entries[mark:], []
         journal.undo_to(mark, redo)
         try:
-            if text is not None:  # a world JSON writes (the journal keeps every dict's order): the same text, the same data
+            if text is not None:  # a world its repr writes (the journal keeps every dict's order): the same text, the same data
                 same = _world_text(self._world) == text
+                if same:  # the next call checked from this state (the next branch from the same snapshot) need not write it
+                    self._known_text = (journal, mark, _last_entry(journal, mark), text)
             else:  # as data: the same pickled bytes, else the same values (a NaN, parts that refer back to each other)
                 assert copied is not None
                 undone = WorldSnapshot(self._world, kind=self.kind)
@@ -982,6 +999,7 @@ class PythonSandbox:
     def _release(self) -> None:
         """Before the journaled world is replaced: copy every snapshot still reachable through its journal."""
         journal = self._journal
+        self._known_text = None
         if journal is None:
             return
         for other in sorted((s for s in journal.live if s.copy is None and s.reachable(journal)), key=lambda s: -s.mark):

@@ -353,3 +353,51 @@ def test_a_first_call_that_writes_nothing_does_not_clear_the_tool() -> None:
     }
     sandbox.restore(start)
     assert sandbox.execute(ToolCall(id="s", name="show", arguments={})).content == shown
+
+
+def test_a_write_past_the_journal_that_json_would_not_show_is_found(caplog: Any) -> None:
+    """The check compared the worlds' JSON text, which writes the key ``1`` as ``"1"`` and a tuple as a list: a tool that
+    swapped one for the other past the journal left the same text, and every later branch saw its write."""
+
+    def relabel(world: dict[str, Any]) -> str:
+        dict.clear(world["stock"])  # past JDict's own methods
+        dict.__setitem__(world["stock"], "1", ("apple", 3))
+        return "relabelled"
+
+    def show(world: dict[str, Any]) -> str:
+        return repr(world)
+
+    sandbox = PythonSandbox(lambda environment: {"stock": {1: ["apple", 3]}}, tools={"relabel": relabel, "show": show})
+    sandbox.reset(None)
+    start = sandbox.snapshot()
+    shown = sandbox.execute(ToolCall(id="s", name="show", arguments={})).content
+    sandbox.restore(start)
+    sandbox.execute(ToolCall(id="r", name="relabel", arguments={}))
+    assert "'relabel' writes the world past its dicts' and lists' own methods" in caplog.text
+    sandbox.restore(start)
+    assert sandbox.execute(ToolCall(id="s", name="show", arguments={})).content == shown
+
+
+def test_a_check_from_a_state_already_checked_does_not_write_the_world_again(monkeypatch: Any) -> None:
+    """The branches of a step start from the same snapshot: the world's text there, found by the first call checked, is
+    the text the next check starts from (writing a 1 MB world's text costs about 20 ms); a state moved on is written anew."""
+    from ee_middleware.replay.sandboxes import python
+
+    written: list[int] = []
+    world_text = python._world_text
+    monkeypatch.setattr(python, "_world_text", lambda world: written.append(1) or world_text(world))
+    sandbox = retail.make_sandbox()
+    sandbox.reset(retail.SMALL)
+    start = sandbox.snapshot()
+    sandbox.execute(ToolCall(id="u", name="get_user", arguments={"user_id": "u1"}))
+    assert len(written) == 2, "the state before the call and after its writes are undone"
+    sandbox.restore(start)
+    sandbox.execute(ToolCall(id="p", name="get_product", arguments={"product_id": "p2"}))
+    assert len(written) == 3, "the state before the call was known: only the one after the undo"
+    sandbox.execute(ToolCall(id="m", name="place_order", arguments={"user_id": "u1", "product_id": "p2", "quantity": 1}))
+    assert len(written) == 4, "place_order starts from the state the read-only get_product left, known too"
+    sandbox.execute(ToolCall(id="o", name="list_orders", arguments={"user_id": "u1"}))
+    assert len(written) == 6, "a state place_order's writes moved on to is written anew"
+    sandbox.reset(retail.SMALL)
+    sandbox.execute(ToolCall(id="c", name="get_order", arguments={"order_id": "o1"}))
+    assert len(written) == 8, "a new trajectory's world is written anew"
