@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, MissingSettingError
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -305,10 +305,10 @@ def build_with_required(
     return build_config(cls, values, job)
 
 
-def missing_settings(subject: str, table: str, missing: Mapping[str, str]) -> ConfigError:
+def missing_settings(subject: str, table: str, missing: Mapping[str, str]) -> MissingSettingError:
     """The error for settings (key -> the flag that gives it) that neither the command line nor the ``--config`` file's
     ``[table]`` gave: "The ``subject`` needs FLAG (or KEY in the [table] table of the --config file)"."""
-    return ConfigError(
+    return MissingSettingError(
         f"The {subject} needs "
         + " and ".join(f"{flag} (or {key} in the [{table}] table of the --config file)" for key, flag in missing.items())
         + "."

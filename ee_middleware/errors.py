@@ -18,6 +18,11 @@ class ConfigError(EEError, ValueError):
     """A configuration value is missing, malformed or inconsistent."""
 
 
+class MissingSettingError(ConfigError):
+    """A setting the job needs that neither its flag nor its ``--config`` file gave: on the command line, a usage error
+    (exit code 2, with the command's usage line), as a missing option is."""
+
+
 class RecordError(EEError, ValueError):
     """A record (trajectory, step, approval) does not fit the schema."""
 

@@ -49,7 +49,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_config, finite_seconds, layered_values, read_toml_table
+from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings, read_toml_table
 from ee_middleware.errors import ConfigError
 
 TABLE = "serve"
@@ -140,11 +140,7 @@ class ServeConfig(BaseModel):
         values = layered_values(path, TABLE, overrides, job=f"{job} job")
         missing = [key for key in NEEDED if values.get(key) is None]
         if missing:
-            raise ConfigError(
-                f"The {job} command needs "
-                + " and ".join(f"{NEEDED[key]} (or {key} in the [{TABLE}] table of the --config file)" for key in missing)
-                + "."
-            )
+            raise missing_settings(f"{job} command", TABLE, {key: NEEDED[key] for key in missing})
         return build_config(cls, values, job)
 
 

@@ -28,7 +28,7 @@ from ee_middleware.cli import (
     traces,
     train_cmds,
 )
-from ee_middleware.errors import EEError
+from ee_middleware.errors import EEError, MissingSettingError
 from ee_middleware.messages import one_line
 
 
@@ -47,21 +47,24 @@ class _Root(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         if _colour_off():
             ctx.color = False  # every typer.secho/click.echo under this context (the subcommands' too) strips its colour
-        as_json = _asks_for_json(self, ctx)
+        named = _named_commands(self, ctx)  # (before the groups take the arguments)
+        as_json = "--json" in _command_line(ctx) and _has_json_option(named[-1][1] if named else self)
         from ee_middleware.cli.common import json_answers
 
         answered = json_answers()
         try:
-            return self._invoke(ctx)
+            return self._invoke(ctx, named)
         except BaseException as exc:
             failure = _json_failure(exc) if as_json and json_answers() == answered else None
             if failure is not None:
                 _print_json_failure(*failure)
             raise
 
-    def _invoke(self, ctx: Any) -> Any:
+    def _invoke(self, ctx: Any, named: list[tuple[str, Any]]) -> Any:
         try:
             return super().invoke(ctx)
+        except MissingSettingError as exc:  # a usage error, as a missing option is: the command's usage line, exit 2
+            raise typer.BadParameter(str(exc), ctx=_command_context(ctx, named)) from exc
         except EEError as exc:
             if ctx.params.get("verbose") and exc.__cause__ is not None and not isinstance(exc.__cause__, EEError):
                 traceback.print_exception(exc, file=sys.stderr)  # a plug-in's own error, told as ee's: where it came from
@@ -87,19 +90,36 @@ def _colour_off() -> bool:
     return bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
 
 
-def _asks_for_json(root: TyperGroup, ctx: Any) -> bool:
-    """Whether the command line names a command that has a ``--json`` option and gives it (before a ``--``)."""
+def _command_line(ctx: Any) -> list[str]:
+    """The root context's arguments, up to a ``--``."""
     args = [*getattr(ctx, "_protected_args", []), *ctx.args]
-    if "--" in args:
-        args = args[: args.index("--")]
-    if "--json" not in args:
-        return False
+    return args[: args.index("--")] if "--" in args else args
+
+
+def _named_commands(root: TyperGroup, ctx: Any) -> list[tuple[str, Any]]:
+    """The groups and the command the command line names, below ``root``, as (name, command), in order (an option's value
+    that is a command's name is no harm here: only a group's own commands are looked for)."""
+    named: list[tuple[str, Any]] = []
     command: Any = root
-    for arg in args:  # down the groups to the command (an option's value that is a command's name is no harm here)
+    for arg in _command_line(ctx):
         commands = getattr(command, "commands", None)
         if isinstance(commands, dict) and arg in commands:
             command = commands[arg]
+            named.append((arg, command))
+    return named
+
+
+def _has_json_option(command: Any) -> bool:
     return any("--json" in getattr(param, "opts", ()) for param in command.params)
+
+
+def _command_context(ctx: Any, named: list[tuple[str, Any]]) -> Any:
+    """A context of the command ``named`` (:func:`_named_commands`) below the root context ``ctx``: its usage line and
+    its ``-h`` hint, for a usage error raised past it."""
+    current = ctx
+    for name, command in named:
+        current = typer.Context(command, info_name=name, parent=current)
+    return current
 
 
 JSON_FAILURE_KEYS = ("type", "message", "exit_code")

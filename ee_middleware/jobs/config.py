@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ee_middleware._toml import KNOWN_TABLES, build_config, finite_seconds, layered_values, naming_file, read_toml, read_toml_table
-from ee_middleware.errors import ConfigError, EEError
+from ee_middleware.errors import ConfigError, EEError, MissingSettingError
 from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
 
@@ -262,7 +262,7 @@ class ImproveConfig(BaseModel):
             _check_table_names(Path(path).expanduser().resolve(), warn=False)
         missing = [name for name in ("store", "app", "registry", "runs", "base_model") if not values.get(name)]
         if missing:
-            raise ConfigError(
+            raise MissingSettingError(
                 f"The improve job needs {', '.join(missing)}: set {'it' if len(missing) == 1 else 'them'} in the [improve] table "
                 "of --config FILE (or pass the flags)."
             )

@@ -456,3 +456,28 @@ def test_user_output_to_stderr_restores_stdout_after_uses_that_overlap_without_n
     out, err = capfd.readouterr()
     assert out == "the answer\n" and "user code A" in err and "user code B" in err, (out, err)
     assert sys.stdout is stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "needs"),
+    [
+        (["replay", "run"], "The replay job needs --store"),
+        (["datasets", "build", "--store", "s"], "The dataset build needs --out"),
+        (["curriculum", "run"], "The curriculum run needs TASKS (the argument)"),
+        (["serve", "vllm"], "The serve vllm command needs --base"),
+        (["improve"], "The improve job needs store"),
+    ],
+)
+def test_a_setting_a_job_needs_and_nobody_gave_is_a_usage_error(command: list[str], needs: str) -> None:
+    """Sweep S3: a job command missing a setting exited 1 with an ``error:`` line, while ``ee eval run`` and ``ee runs
+    list`` missing theirs exited 2 with the command's usage line, as the README's convention for a usage error says;
+    now every one does, ``--json`` too."""
+    result = runner.invoke(app, command, env={"EE_STORE": None, "EE_ADAPTER_REGISTRY": None, "EE_RUNS": None})
+    assert result.exit_code == 2, result.output
+    assert f"Usage: ee {' '.join(c for c in command if not c.startswith('-') and c != 's')} [OPTIONS]" in result.stderr
+    assert needs in " ".join(result.stderr.split()) and "Traceback" not in result.output
+
+
+def test_a_missing_setting_given_json_says_so_as_json_with_the_usage_errors_code() -> None:
+    result = runner.invoke(app, ["replay", "run", "--json"], env={"EE_STORE": None})
+    assert json_failure(result, "BadParameter")["exit_code"] == 2

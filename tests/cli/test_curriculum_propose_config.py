@@ -96,10 +96,10 @@ def test_propose_refuses_a_files_mistake_naming_the_file_the_table_and_the_key(
 def test_propose_without_a_model_names_the_flag_and_the_key(bfcl_store_path: Path, tmp_path: Path) -> None:
     config = _config(tmp_path, f'[curriculum_propose]\nresults = "{tmp_path}"\nstore = "{bfcl_store_path}"\n')
     result = runner.invoke(app, ["curriculum", "propose", "-c", str(config)], env={"EE_STORE": None})
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert "needs --model (or model in the [curriculum_propose] table of the --config file)." in _flat(result.stderr), result.stderr
     bare = runner.invoke(app, ["curriculum", "propose"], env={"EE_STORE": None})
-    assert bare.exit_code == 1 and "needs --from (or results in the [curriculum_propose] table" in _flat(bare.stderr), bare.output
+    assert bare.exit_code == 2 and "needs --from (or results in the [curriculum_propose] table" in _flat(bare.stderr), bare.output
 
 
 def test_curriculum_propose_is_ee_s_own_table(tmp_path: Path) -> None:

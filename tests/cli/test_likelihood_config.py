@@ -120,10 +120,10 @@ def test_a_files_mistake_is_refused_naming_the_file_the_table_and_the_key(line: 
 def test_without_a_base_the_flag_and_the_key_are_named(tmp_path: Path) -> None:
     config = _config(tmp_path, f'[likelihood]\ndata = "{tmp_path}"\n')
     result = runner.invoke(app, ["eval", "likelihood", "-c", str(config)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert "needs --base (or base_model in the [likelihood] table of the --config file)." in _flat(result.stderr), result.stderr
     bare = runner.invoke(app, ["eval", "likelihood"])
-    assert bare.exit_code == 1 and "needs --data (or data in the [likelihood] table" in _flat(bare.stderr), bare.output
+    assert bare.exit_code == 2 and "Usage: ee eval likelihood" in bare.stderr and "needs --data (or data in the [likelihood] table" in _flat(bare.stderr), bare.output
 
 
 def test_likelihood_is_ee_s_own_table(tmp_path: Path) -> None:

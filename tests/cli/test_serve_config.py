@@ -153,7 +153,7 @@ def test_without_a_base_the_flag_and_the_key_are_named(command: str, tmp_path: P
     config = _config(tmp_path, "[serve]\nport = 8001\n")
     for args in (["-c", str(config)], []):
         result = runner.invoke(app, ["serve", command, *args])
-        assert result.exit_code == 1, result.output
+        assert result.exit_code == 2, result.output
         assert f"The serve {command} command needs --base (or base_model in the [serve] table of the --config file)." in _flat(
             result.stderr
         ), result.stderr
