@@ -93,7 +93,12 @@ def test_run_without_a_judge_names_the_flag_and_the_key(bfcl_store_path: Path, t
     assert result.exit_code == 2, result.output
     assert "needs --judge (or judge in the [curriculum] table of the --config file)" in _flat(result.stderr), result.stderr
     bare = runner.invoke(app, ["curriculum", "run"])
-    assert bare.exit_code == 2 and "Try 'ee curriculum run -h' for help." in bare.stderr and "needs TASKS (the argument)" in _flat(bare.stderr) and "--policy" in bare.stderr, bare.output
+    assert (
+        bare.exit_code == 2
+        and "Try 'ee curriculum run -h' for help." in bare.stderr
+        and "needs TASKS (the argument)" in _flat(bare.stderr)
+        and "--policy" in bare.stderr
+    ), bare.output
 
 
 def test_help_names_the_config_table_and_the_defaults() -> None:

@@ -96,7 +96,11 @@ def test_eval_refuses_a_files_mistake_naming_the_file_the_table_and_the_key(
 def test_eval_without_a_model_names_the_flag_and_the_key(bfcl_store_path: Path, tmp_path: Path) -> None:
     config = _write(tmp_path, f'[experience_eval]\nstore = "{bfcl_store_path}"\n')
     result = runner.invoke(app, ["experience", "eval", "--config", str(config)])
-    assert result.exit_code == 2 and "Usage: ee experience eval" in result.stderr and "needs --model (or model in the [experience_eval] table of the --config file)" in _flat(result.stderr)
+    assert (
+        result.exit_code == 2
+        and "Usage: ee experience eval" in result.stderr
+        and "needs --model (or model in the [experience_eval] table of the --config file)" in _flat(result.stderr)
+    )
     misspelt = _write(tmp_path, f'[experience_eval]\nstore = "{bfcl_store_path}"\nmodels = "openai:http://x/v1#em"\n')
     result = runner.invoke(app, ["experience", "eval", "--config", str(misspelt)])
     assert "models: Extra inputs are not permitted (did you mean model?)" in _flat(result.stderr), result.stderr

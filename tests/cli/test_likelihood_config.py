@@ -123,7 +123,11 @@ def test_without_a_base_the_flag_and_the_key_are_named(tmp_path: Path) -> None:
     assert result.exit_code == 2, result.output
     assert "needs --base (or base_model in the [likelihood] table of the --config file)." in _flat(result.stderr), result.stderr
     bare = runner.invoke(app, ["eval", "likelihood"])
-    assert bare.exit_code == 2 and "Usage: ee eval likelihood" in bare.stderr and "needs --data (or data in the [likelihood] table" in _flat(bare.stderr), bare.output
+    assert (
+        bare.exit_code == 2
+        and "Usage: ee eval likelihood" in bare.stderr
+        and "needs --data (or data in the [likelihood] table" in _flat(bare.stderr)
+    ), bare.output
 
 
 def test_likelihood_is_ee_s_own_table(tmp_path: Path) -> None:
