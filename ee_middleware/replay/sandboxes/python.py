@@ -263,12 +263,14 @@ so that a write the journal missed is recovered from (larger: the trajectory fai
 def _world_text(world: Any) -> str | None:
     """The world as the text its ``repr`` writes: dicts and lists write every item, keys in their order, at C speed, and
     tell apart what JSON would not (the key ``1`` from ``"1"``, a tuple from a list); ``None`` where it cannot be
-    written (a ``__repr__`` that raises, nesting deeper than the recursion limit, an int past the digit limit): the
-    check then compares pickled copies."""
+    written (a ``__repr__`` that raises, nesting deeper than the recursion limit, an int past the digit limit) or where
+    it does not say all (a part that refers back to a container it is in is written ``[...]`` or ``{...}``, whichever
+    it is: text holding those marks): the check then compares pickled copies."""
     try:
-        return repr(world)
+        text = repr(world)
     except Exception:  # noqa: BLE001 - whatever a value's own __repr__ raises: the check compares copies instead
         return None
+    return None if "...]" in text or "...}" in text else text
 
 
 _TOOL_TASKS: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()

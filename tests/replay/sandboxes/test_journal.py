@@ -401,3 +401,17 @@ def test_a_check_from_a_state_already_checked_does_not_write_the_world_again(mon
     sandbox.reset(retail.SMALL)
     sandbox.execute(ToolCall(id="c", name="get_order", arguments={"order_id": "o1"}))
     assert len(written) == 8, "a new trajectory's world is written anew"
+
+
+def test_a_world_whose_text_does_not_say_all_is_checked_as_copies() -> None:
+    """``repr`` writes a part that refers back to a container it is in as ``[...]``/``{...}``, whichever it is: such a
+    world's text cannot show a write that swaps one for another, so it is compared as copies, as are worlds ``repr``
+    cannot write."""
+    from ee_middleware.replay.sandboxes.python import _world_text
+
+    customer: dict[str, Any] = {"id": "C1", "orders": []}
+    customer["orders"].append({"id": "O1", "customer": customer})
+    assert _world_text({"customers": [customer]}) is None
+    assert _world_text({"note": "see [...]"}) is None, "(text holding the marks: copies too, never a wrong answer)"
+    assert _world_text({"pin": 10**5000}) is None
+    assert _world_text({"stock": {1: ("apple", 3)}}) == "{'stock': {1: ('apple', 3)}}"
