@@ -57,7 +57,7 @@ def _record(tmp_path: Path) -> LocalExperienceStore:
     store = tmp_path / "store"
     agent = record_experience(create_agent(ScriptedChatModel(script=script), [unlock, charge]), app="bank", store=store, vault=True)
     agent.invoke({"messages": [("user", "unlock A-7 and pay")]})
-    agent.flush()
+    assert agent.flush(timeout=120), f"the run was not stored: {agent.recorder.stats}"
     agent.recorder.close()
     return LocalExperienceStore(store)
 
