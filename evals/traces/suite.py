@@ -82,7 +82,13 @@ from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 
 BFCL_APP_PREFIX = "bfcl."
-_TOKEN = re.compile(r"[A-Za-z0-9$#@][\w.\-@/#:$]*[A-Za-z0-9]|\d")
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+"""Kana, CJK ideographs and Hangul: scripts whose words are not set apart by spaces (``合計は1234円です``): their letters
+next to a number or a Latin token do not join it into a longer one (that answer states 1234)."""
+_WORD_CHAR = rf"[^\W{_UNSPACED}]"
+"""A letter of a script written with spaces (Latin, Cyrillic, Greek...), a digit or ``_``."""
+_LETTER_OR_DIGIT = rf"[^\W_{_UNSPACED}]"
+_TOKEN = re.compile(rf"(?:{_LETTER_OR_DIGIT}|[$#@])(?:{_WORD_CHAR}|[.\-@/#:$])*{_LETTER_OR_DIGIT}|\d")
 _STOPWORDS = frozenset(
     [
         "the",
@@ -350,9 +356,9 @@ def _stated(fact: str, texts: list[str], numbers: set[Decimal], dates: set[dt.da
     number = _NUMBER.fullmatch(fact)
     # A whole word: not inside a longer one, nor a longer number (12 is not stated by 12.99, nor 3 by 3.5); a fact with a
     # digit (an id, a date) not inside a longer token a hyphen joins either (O-104 is not stated by O-104-2, A1 by SKU-A1).
-    joined = r"(?<![a-z0-9]-)" if any(c.isdigit() for c in fact) else ""
-    after = r"(?!-[a-z0-9])" if joined else ""
-    whole = rf"(?<![a-z0-9]){joined}(?<!\d\.){re.escape(fact)}(?![a-z0-9]){after}(?!\.\d)"
+    joined = rf"(?<!{_LETTER_OR_DIGIT}-)" if any(c.isdigit() for c in fact) else ""
+    after = rf"(?!-{_LETTER_OR_DIGIT})" if joined else ""
+    whole = rf"(?<!{_LETTER_OR_DIGIT}){joined}(?<!\d\.){re.escape(fact)}(?!{_LETTER_OR_DIGIT}){after}(?!\.\d)"
     if not number and any(re.search(whole, text) for text in texts):
         return True
     if number:
@@ -439,7 +445,7 @@ def _dates(text: str) -> set[dt.date]:
 
 _NUMBER = re.compile(r"[$€£]?(-?\d+(?:\.\d+)?)%?")
 _WITH_UNIT = re.compile(r"(-?\d+(?:\.\d+)?)([a-z%°]{1,4})")
-_SIGN = r"(?:(?<![\w.])-)"
+_SIGN = rf"(?:(?<!{_WORD_CHAR})(?<!\.)-)"
 """A minus sign: a ``-`` not after a letter, a digit or a dot (``A-20`` and ``10-20`` join words)."""
 _HYPHEN_WORDS = r"[^\W\d_]{2,}(?:-[^\W\d_]{2,})*(?![\w-])"
 """What may follow a number and a hyphen, the number staying one: words of two letters or more (``3-day``,
@@ -447,7 +453,7 @@ _HYPHEN_WORDS = r"[^\W\d_]{2,}(?:-[^\W\d_]{2,})*(?![\w-])"
 _UNIT_WORDS = r"(?:one|two|three|four|five|six|seven|eight|nine|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth)(?![a-z])"
 """Count words a hyphen joins to a tens word (``twenty-one``), which then states no number of its own."""
 _SIGNED_NUMBER = re.compile(
-    rf"(?<![\w.])(?<![\w.]-)({_SIGN}[$€£]?|[$€£]-|[$€£]?)(?<!\w[/:])(\d+(?:\.\d+)?)"
+    rf"(?<!{_WORD_CHAR})(?<!\.)(?<!{_WORD_CHAR}-)(?<!\.-)({_SIGN}[$€£]?|[$€£]-|[$€£]?)(?<!{_WORD_CHAR}[/:])(\d+(?:\.\d+)?)"
     rf"(?!\d)(?!\.\d)(?![/:]\d)(?!(?:st|nd|rd|th)(?![^\W\d_]))(?!-(?!{_HYPHEN_WORDS}))"
 )
 """A number of its own (:func:`_numbers`): with its sign, not after a letter, a digit or a dot, nor after a hyphen, a

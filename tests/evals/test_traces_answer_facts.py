@@ -349,3 +349,25 @@ def test_a_free_text_argument_reads_ranges_dates_and_compounds_as_the_final_answ
 
     assert not _missing([{"team": "network", "message": expert}], [{"team": "network", "message": candidate}])
     assert not _missing([{"team": "network", "message": candidate}], [{"team": "network", "message": expert}])
+
+
+@pytest.mark.parametrize(
+    ("answer", "observation", "facts"),
+    [
+        ("合計は1234円です", '{"total": 1234}', ["1234"]),  # kana and ideographs next to a number: no longer token
+        ("ご注文SKU-3は発送済みです", '{"sku": "SKU-3"}', ["sku-3"]),
+        ("Статус: отправлен.", '{"status": "отправлен"}', ["отправлен"]),  # a Cyrillic word, as a Latin one is
+        ("Größe: groß, im Café Zürich", '{"größe": "groß", "name": "Café Zürich"}', ["groß", "café", "zürich"]),
+    ],
+)
+def test_answers_in_other_scripts_state_their_own_facts(answer: str, observation: str, facts: list[str]) -> None:
+    """Sweep B, finding 3: a number between CJK characters was no number of its own (the expert's own answer then missed
+    its fact: the oracle failed with answer_not_covered), and a token had to start and end with an ASCII letter or digit
+    (a Cyrillic answer had no facts; ``café`` was ``caf``)."""
+    assert answer_facts(answer, [observation]) == facts
+    assert missing_facts(facts, [answer]) == []
+
+
+def test_a_word_in_another_script_is_not_stated_inside_a_longer_one() -> None:
+    assert missing_facts(["отправлен"], ["статус: неотправлен"]) == ["отправлен"]
+    assert missing_facts(["1234"], ["合計は1234円です"]) == [] and missing_facts(["1234"], ["SKU1234"]) == ["1234"]
