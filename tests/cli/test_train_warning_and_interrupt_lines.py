@@ -33,7 +33,7 @@ def test_a_training_warning_is_one_line_without_the_source_line(base_and_data: t
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     [warning] = [line for line in lines if "lose more than older turns" in line]
-    assert warning.startswith("warning: 100% of the IL rows lose more than older turns at max_length=96"), warning
+    assert warning.startswith("warning: 100% of the 16 IL rows trained on lose more than older turns at max_length=96"), warning
     assert "ContextBudgetWarning" not in result.stderr and "_prepare(" not in result.stderr and ".py:" not in result.stderr
     assert result.stdout.strip() == str(tmp_path / "out")
     assert warnings.showwarning.__module__ != "ee_middleware.cli.train_cmds", "Python's own display is put back"

@@ -218,11 +218,38 @@ def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConf
                 f"Every row of {dataset.path} was dropped ({stats[kind].dropped_too_long} completions longer than "
                 f"max_length={config.max_length}, {stats[kind].dropped_empty} empty). Raise max_length or rebuild the dataset."
             )
+        _warn_if_rows_dropped(kind, dataset, stats[kind], config)
         _warn_if_context_lost(kind, stats[kind], config)
         note = stats[kind].fallback_note(kind)
         if note:
             warnings.warn(note, RenderingFallbackWarning, stacklevel=2)
     return _Prepared(datasets, examples, stats, support)
+
+
+def _warn_if_rows_dropped(kind: str, dataset: DatasetFile, stats: RenderStats, config: TrainConfig) -> None:
+    """Say that rows of ``dataset`` are not trained on (a target of ``max_length`` tokens or more, or an empty one): the
+    adapter learns from the others only, the long targets left out, which no exit code or loss shows."""
+    dropped = stats.dropped_too_long + stats.dropped_empty
+    if not dropped:
+        return
+    reasons = [
+        *(
+            [
+                f"{stats.dropped_too_long} have a target of max_length={config.max_length} tokens or more (the longest "
+                f"{stats.longest_dropped_completion}): raise max_length, or rebuild the dataset with shorter targets"
+            ]
+            if stats.dropped_too_long
+            else []
+        ),
+        *([f"{stats.dropped_empty} have an empty target: rebuild the dataset"] if stats.dropped_empty else []),
+    ]
+    warnings.warn(
+        f"{dropped} of the {stats.rows} {kind.upper()} rows of {dataset.path} ({dropped / stats.rows:.0%}) are not trained on: "
+        + "; ".join(reasons)
+        + ".",
+        ContextBudgetWarning,
+        stacklevel=3,
+    )
 
 
 def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) -> None:
@@ -238,7 +265,7 @@ def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) ->
         f"{stats.left_cut} are cut from the left, losing the system message, the tools or the task",
     ]
     warnings.warn(
-        f"{share:.0%} of the {kind.upper()} rows lose more than older turns at max_length={config.max_length}: "
+        f"{share:.0%} of the {stats.examples} {kind.upper()} rows trained on lose more than older turns at max_length={config.max_length}: "
         f"{', '.join(losses[:-1])} and {losses[-1]}. Raise max_length (90% of the over-budget prompts need up to "
         f"{p90} tokens before fitting), or accept these losses by raising max_lost_context_share "
         f"(now {config.max_lost_context_share}); see `ee datasets show --tokenizer BASE --max-length N`.",

@@ -47,6 +47,8 @@ class RenderStats:
     examples: int = 0
     truncated: int = 0
     dropped_too_long: int = 0
+    longest_dropped_completion: int = 0
+    """Tokens of the longest completion dropped for reaching ``max_length`` (0: none)."""
     dropped_empty: int = 0
     fallback_completion: int = 0
     """Rows whose completion is the target's text plus end-of-sequence: the template renders the earlier turns
@@ -213,6 +215,7 @@ def _tokenize_row(
     if not pair.completion_ids or len(pair.completion_ids) >= max_length:
         stats.dropped_empty += not pair.completion_ids
         stats.dropped_too_long += bool(pair.completion_ids)
+        stats.longest_dropped_completion = max(stats.longest_dropped_completion, len(pair.completion_ids))
         stats.dropped_ids.append(row.id)
         return
     if pair.fit is not None or pair.completion_cut_chars:

@@ -43,7 +43,7 @@ def test_rows_whose_task_is_shortened_are_warned_about_at_train(tmp_path: object
     config = TrainConfig.model_construct(max_length=256, max_lost_context_share=0.1)
     with pytest.warns(
         ContextBudgetWarning,
-        match=r"100% of the IL rows lose more than older turns at max_length=256: .*6 have a tool "
+        match=r"100% of the 6 IL rows trained on lose more than older turns at max_length=256: .*6 have a tool "
         r"result or user message shortened in its middle",
     ):
         _warn_if_context_lost("il", stats, config)

@@ -221,6 +221,21 @@ def test_all_rows_too_long(tiny_model_dir: Path, data_dir: Path, tmp_path: Path)
         train(config(tiny_model_dir, data_dir, tmp_path / "out", max_length=8), progress=False)
 
 
+def test_rows_dropped_for_their_target_s_length_are_said(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Sweep B, finding 2: with some rows' targets longer than max_length, ``ee train`` exited 0 having trained on the
+    rest, saying nothing of those it dropped (75% of the SR rows there); the context warning counted only the kept
+    rows but called them "the SR rows"."""
+    long = il_row(1, "temp")
+    long["completion"] = json.dumps([{"role": "assistant", "content": "word " * 400}])
+    write_dataset(tmp_path / "data", "il", [il_row(0, "temp"), long, il_row(2, "temp")])
+    with pytest.warns(ContextBudgetWarning) as caught:
+        train(config(tiny_model_dir, tmp_path / "data", tmp_path / "out", max_length=256, max_steps=1), progress=False)
+    said = [str(w.message) for w in caught if "not trained on" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
+    assert "1 of the 3 IL rows of " in said[0] and "(33%) are not trained on: 1 have a target of max_length=256 tokens or more" in said[0]
+    assert "raise max_length" in said[0]
+
+
 def test_out_of_memory_suggests_smaller_settings(
     tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
