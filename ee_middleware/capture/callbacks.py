@@ -161,7 +161,11 @@ class RunCapture(BaseCallbackHandler):
     def last_reply_task(self, output: Any) -> str | None:
         """The checkpoint namespace of the LangGraph node run that wrote the last reply (an assistant message without
         tool calls) in the graph's final state ``output``, or ``None`` where no node returned that message object."""
-        reply = _last_reply(state_messages(output) or ())
+        try:
+            reply = _last_reply(state_messages(output) or ())
+        except Exception:  # an output of a shape capture does not read: unknown, never the agent's error
+            logger.debug("ee-middleware: could not read the last reply of a graph's output", exc_info=True)
+            return None
         if reply is None:
             return None
         found = self._writers.get(id(reply))

@@ -572,18 +572,49 @@ def _field_text(value: Any) -> str | None:
 
 
 def state_messages(state: Any) -> Any:
-    """The conversation in a graph's input or final state: its ``messages`` (``MessagesState``, ``create_agent``), else
-    the value that is a list of messages under another key (a custom state's ``chat``); of several such lists, the
-    first that holds a model's reply, else the first. The state is a dict, or an instance of a pydantic or dataclass
-    state schema (a graph invoked with ``State(messages=[...])``). ``None`` for a state without one."""
+    """The conversation in a graph's input or final state, as a list: its ``messages`` (``MessagesState``,
+    ``create_agent``), else the value that is a list of messages under another key (a custom state's ``chat``); of
+    several such lists, the first that holds a model's reply, else the first. The state is a dict, or an instance of a
+    pydantic or dataclass state schema (a graph invoked with ``State(messages=[...])``). ``None`` for a state without one.
+
+    ``messages`` holding one message (a message, a role dict, a ``("user", text)`` pair or a text: LangGraph's
+    ``add_messages`` takes it so, and a channel without a reducer keeps the last message so) is that message's list; a
+    ``messages`` that holds no conversation (a counter, a list of notices beside the conversation under another key) is
+    passed over for that other key."""
     state = _state_fields(state)
     if state is None:
         return None
+    kept = state.get("messages") if "messages" in state else None
     if "messages" in state:
-        return state.get("messages")
-    lists = [value for value in state.values() if _is_message_list(value)]
+        if kept is None:
+            return None
+        if _is_one_message(kept):
+            return [kept]
+        if isinstance(kept, list | tuple) and (not kept or _is_message_list(kept)):
+            return _as_list(kept)
+    lists = [value for key, value in state.items() if key != "messages" and _is_message_list(value)]
     replied = [value for value in lists if any(message_type(m) == "ai" for m in value)]
-    return (replied or lists or [None])[0]
+    if replied or lists:
+        return _as_list((replied or lists)[0])
+    if isinstance(kept, list | tuple) and all(isinstance(item, str) for item in kept):
+        return _as_list(kept)  # texts, which add_messages reads as user messages: the conversation there is
+    return None
+
+
+def _as_list(messages: Sequence[Any]) -> list[Any]:
+    """``messages`` as a list: the state's own list object where it is one (its messages are found by identity)."""
+    return messages if isinstance(messages, list) else list(messages)
+
+
+def _is_one_message(value: Any) -> bool:
+    """Whether ``value`` is one message as LangGraph's ``add_messages`` takes one: a LangChain message, an OpenAI-style
+    role dict, a ``("user", text)`` pair or a text."""
+    return (
+        isinstance(value, str)
+        or (hasattr(value, "type") and hasattr(value, "content") and not isinstance(value, Sequence))
+        or (isinstance(value, Mapping) and "role" in value and "content" in value)
+        or (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], str | list))
+    )
 
 
 def _state_fields(state: Any) -> Mapping[str, Any] | None:
