@@ -76,6 +76,7 @@ from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
+from ee_middleware.messages import parse_arguments
 from ee_middleware.models.protocol import ChatClient
 from ee_middleware.records import Observation, ToolCall, Trajectory
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
@@ -503,7 +504,7 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str, privacy: R
             turns[-1].append({"role": role, "content": message.get("content") or ""})
         elif role == "assistant" and turns:
             reference[-1].append({k: message[k] for k in ("role", "content", "tool_calls") if k in message})
-    calls = [s.action.tool_call for s in trajectory.steps if s.action.tool_call is not None]
+    calls = [*earlier_runs_calls(trajectory), *(s.action.tool_call for s in trajectory.steps if s.action.tool_call is not None)]
     observations = [s.observation.content for s in trajectory.steps if s.observation is not None and not s.observation.is_error]
     return EvalTask(
         suite=suite,
@@ -522,6 +523,26 @@ def trajectory_task(trajectory: Trajectory, suite: str, sandbox: str, privacy: R
         },
         system="\n\n".join(system) or None,
     )
+
+
+def earlier_runs_calls(trajectory: Trajectory) -> list[ToolCall]:
+    """The tool calls of the thread's earlier runs that this run's conversation holds (the assistant messages of its
+    first decision's history), in order: the world this run started in had them made. A task gives the candidate every
+    user turn of the conversation (:func:`trajectory_task`), so the expert's world makes them before the run's own, and
+    a candidate is asked to make them again; without them the expert's world lacked what the earlier turns wrote, and no
+    answer, the expert's own neither, could match it."""
+    if not trajectory.steps:
+        return []
+    calls = []
+    for message in min(trajectory.steps, key=lambda step: step.index).state:
+        if message.get("role") != "assistant":
+            continue
+        for item in message.get("tool_calls") or ():
+            function = item.get("function") if isinstance(item, dict) else None
+            if isinstance(function, dict) and function.get("name"):
+                arguments = parse_arguments(function.get("arguments"))
+                calls.append(ToolCall(id=str(item.get("id") or ""), name=str(function["name"]), arguments=arguments))
+    return calls
 
 
 def turn_tools(trajectory: Trajectory, turns: int) -> list[list[dict[str, Any]]]:
