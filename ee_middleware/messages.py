@@ -482,6 +482,9 @@ its model and adds the chunks up puts in the graph's state), and of the message 
 def _langchain_message_to_openai(message: Any) -> Message:
     kind = message_type(message)
     role = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}.get(kind, kind)
+    if kind == "chat" and isinstance(getattr(message, "role", None), str) and message.role:
+        # a ChatMessage says its role itself (as LangChain's convert_to_openai_messages reads it)
+        role = {"human": "user", "ai": "assistant"}.get(message.role, message.role)
     content = message.content
     reasoning: list[str] = []
     if kind == "ai":
@@ -523,11 +526,35 @@ def _langchain_message_to_openai(message: Any) -> Message:
 
 
 NOT_ASSISTANT_TEXT = frozenset(
-    {"reasoning", "thinking", "redacted_thinking", "tool_call", "tool_call_chunk", "invalid_tool_call", "tool_use", "function_call"}
+    {
+        "reasoning",
+        "thinking",
+        "redacted_thinking",
+        "tool_call",
+        "tool_call_chunk",
+        "invalid_tool_call",
+        "tool_use",
+        "function_call",
+        # tools the provider ran itself (web search, code execution) and their results
+        "server_tool_call",
+        "server_tool_call_chunk",
+        "server_tool_result",
+        "server_tool_use",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+    }
 )
 """Content blocks of a LangChain AI message that are not what the model said: its reasoning (LangChain's
-standard ``reasoning`` block, Anthropic's ``thinking``/``redacted_thinking``) and the tool calls its
-``tool_calls`` already carry (standard ``tool_call`` blocks, Anthropic's ``tool_use``, OpenAI's ``function_call``)."""
+standard ``reasoning`` block, Anthropic's ``thinking``/``redacted_thinking``), the tool calls its
+``tool_calls`` already carry (standard ``tool_call`` blocks, Anthropic's ``tool_use``, OpenAI's ``function_call``), and
+the calls of tools the provider ran itself with their results (LangChain's standard ``server_tool_call`` /
+``server_tool_result``, Anthropic's ``server_tool_use``, ``web_search_tool_result`` and the like): ``message.text``
+leaves them out too."""
 
 
 _REASONING_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})

@@ -892,3 +892,35 @@ def test_a_streamed_replys_tool_calls_are_kept_as_for_a_whole_reply() -> None:
         {"name": "ship", "arguments": "to Bob, fast"},
     ]
     assert message_type({"role": "user"}) is None
+
+
+def test_a_chat_message_keeps_the_role_it_says() -> None:
+    """Sweep C, finding 4: ``ChatMessage(role="user")`` was stored with the role ``chat`` (the run had no task, and
+    exports wrote ``"role": "chat"``); LangChain's own conversion sends its role."""
+    from langchain_core.messages import ChatMessage
+
+    converted = langchain_to_openai([ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")])
+    assert converted == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert langchain_to_openai([ChatMessage(role="ai", content="Hello")]) == [{"role": "assistant", "content": "Hello"}]
+
+
+def test_blocks_of_tools_the_provider_ran_are_no_part_of_the_answer() -> None:
+    """Sweep C, finding 5: LangChain's standard ``server_tool_call``/``server_tool_result`` blocks and Anthropic's
+    ``server_tool_use``/``web_search_tool_result`` were stored as JSON before the answer (the user got ``message.text``)."""
+    from langchain_core.messages import AIMessage
+
+    answer = "The capital of France is Paris."
+    standard = [
+        {"type": "server_tool_call", "id": "s1", "name": "web_search", "args": {"query": "capital of France"}},
+        {"type": "server_tool_result", "tool_call_id": "s1", "status": "success", "output": [{"url": "https://x"}]},
+        {"type": "text", "text": answer},
+    ]
+    anthropic = [
+        {"type": "server_tool_use", "id": "s1", "name": "web_search", "input": {"query": "capital of France"}},
+        {"type": "web_search_tool_result", "tool_use_id": "s1", "content": [{"type": "web_search_result", "url": "https://x"}]},
+        {"type": "text", "text": answer},
+    ]
+    for content in (standard, anthropic):
+        message = AIMessage(content=content)
+        assert langchain_to_openai([message]) == [{"role": "assistant", "content": message.text}]
+        assert message.text == answer
