@@ -160,6 +160,8 @@ def build(
         with reading_store(allow_partial=allow_partial):
             summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
         bars.complete()
+    for line in _warning_lines(summary):  # on stderr, --json or not (stdout holds the JSON alone)
+        typer.secho(f"warning: {line}", err=True, fg="yellow")
     if as_json:
         print_json(summary)
         return
@@ -177,9 +179,6 @@ def build(
         notes = {k: v for k, v in info.items() if k not in ("path", "rows", "seconds")}
         table.add_row(name, str(info["rows"]), f"{info['seconds']:.2f}", escape(", ".join(f"{k}={v}" for k, v in notes.items())))
     out_console.print(table)
-    missing = summary.get("tool_schemas_missing")
-    if missing:
-        typer.secho(f"warning: {visible(missing['warning'])}", err=True, fg="yellow")
     _print_replays(out_console, summary)
     failures = summary.get("sandbox_failures_left_out") or {}
     if failures.get("total"):
@@ -228,13 +227,28 @@ def build(
                 f"{added.get('variant_of_task', 0)} are curriculum rollouts on a variant of a held-out task (split.added in "
                 "datasets.json lists them)"
             )
-        large = (split.get("units") or {}).get("warning")
-        if large:
-            typer.secho(f"warning: {large}", err=True, fg="yellow")
+
+
+def _warning_lines(summary: dict[str, Any]) -> list[str]:
+    """The build's warnings (``summary``: :func:`build_datasets`'s), each a ``warning:`` line's text: tool schemas
+    missing, rollouts left out for fidelity mismatches, a held-out rule that holds out nothing, a held-out unit grown
+    large."""
+    lines = []
+    missing = summary.get("tool_schemas_missing")
+    if missing:
+        lines.append(visible(missing["warning"]))
+    left = _fidelity_warning(summary)
+    if left:
+        lines.append(left)
+    split = summary.get("split") or {}
+    for warning in (split.get("nothing_held_out"), (split.get("units") or {}).get("warning")):
+        if warning:
+            lines.append(warning)
+    return lines
 
 
 def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
-    """The line naming the replays whose rollouts were used, and the warning for those left out for fidelity mismatches."""
+    """The line naming the replays whose rollouts were used."""
     replays = summary.get("replays") or {}
     used = replays.get("used") or []
     if used:
@@ -253,9 +267,13 @@ def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
                 "(every replay's rollouts by default; --replay-id ID uses one)"
             )
         out_console.print(escape(line), highlight=False)
+
+
+def _fidelity_warning(summary: dict[str, Any]) -> str | None:
+    """The warning for the rollouts left out for fidelity mismatches, or ``None``."""
     left = summary.get("fidelity_mismatches_left_out") or {}
     if not left.get("rollouts"):
-        return
+        return None
     listed = [
         f"replay {r['replay_id']} of {r['trajectory_id']}"
         + (f": {r['tool']} at step {r['first_step']}" if r.get("tool") is not None else "")
@@ -270,15 +288,13 @@ def _print_replays(out_console: Any, summary: dict[str, Any]) -> None:
         calls = sum(t["rollouts"] for t in wrong_tools)
         tools = ", ".join(sorted({t["tool"] for t in wrong_tools}))
         elsewhere = f", and {plural(calls, 'call', 'calls')} to {tools} the same sandbox answered in other trajectories"
-    typer.secho(
-        f"warning: left out {plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
+    return (
+        f"left out {plural(left['rollouts'], 'rollout', 'rollouts')} of replays whose sandbox answered the expert's "
         f"own recorded call otherwise than production (fidelity mismatches: {visible(where)}): "
         f"{'their' if len(listed) != 1 else 'its'} {plural(own, 'rollout', 'rollouts')} from that step on{visible(elsewhere)}. "
         "Fix the sandbox and replay again (ee replay show TRAJECTORY_ID shows the diff; a tool whose answer holds the time "
         "or a fresh id never matches: docs/sandboxes.md says how to keep those in the world); --include-fidelity-mismatches "
-        "uses them.",
-        err=True,
-        fg="yellow",
+        "uses them."
     )
 
 

@@ -207,6 +207,7 @@ def build_datasets(
     if rule.active:
         recorded = recorded_units(store)
         rule = resolve_listed_ids(rule, store, recorded, config.heldout_ids)
+        _check_heldout_app(rule, reader.trajectories, config)
         split = split_trajectories(reader.trajectories.select("id", "app", "started_at"), rule, recorded)
         if not split.train:
             added = (
@@ -284,6 +285,11 @@ def build_datasets(
             "heldout_dir": str(config.out / HELDOUT_DIR),
             **split.describe(),
         }
+        if not split.heldout:
+            summary["split"]["nothing_held_out"] = (
+                f"the held-out rule ({_rule_text(rule)}) holds out none of the {len(split.train)} trajectories built: every "
+                "one is trained on, and no `ee eval` suite has a held-out trajectory to score. Loosen the rule."
+            )
     teacher = build_teacher(config.teacher, **config.teacher_settings) if "sr" in config.kinds else None
     config.out.mkdir(parents=True, exist_ok=True)
     with closing_teacher(teacher), writing_folder(config.out), staging_folder(config.out) as staging:
@@ -314,6 +320,30 @@ def _config_record(config: DatasetConfig) -> dict[str, Any]:
         key: "***" if _is_secret_name(key) and value not in (None, "") else value for key, value in record["teacher_settings"].items()
     }
     return record
+
+
+def _check_heldout_app(rule: SplitRule, trajectories: pl.DataFrame, config: DatasetConfig) -> None:
+    """Refuse a ``heldout_app`` that no trajectory of the build is of (a typo, or an app ``--app`` leaves out): it would
+    hold out nothing of that app, as a held-out id list naming no trajectory is refused."""
+    if rule.app is None or rule.app in set(trajectories["app"].to_list()):
+        return
+    apps = sorted(set(trajectories["app"].to_list()))
+    shown = ", ".join(apps[:10]) + (f" and {len(apps) - 10} more" if len(apps) > 10 else "")
+    within = f" (--app {config.app})" if getattr(config, "app", None) else ""
+    raise ConfigError(
+        f"--heldout-app {rule.app} (heldout_app) names no app of the trajectories this build reads{within}: {shown}. "
+        "Name one of them (ee traces list shows each trajectory's app); nothing was built."
+    )
+
+
+def _rule_text(rule: SplitRule) -> str:
+    """``rule``'s settings as its flags say them."""
+    parts = [f"--heldout-share {rule.share}"] if rule.share else []
+    parts += [f"--heldout-ids ({len(rule.ids)} ids)"] if rule.ids else []
+    parts += [f"--heldout-app {rule.app}"] if rule.app else []
+    parts += [f"--heldout-after {rule.started_after.isoformat()}"] if rule.started_after else []
+    parts += [f"--heldout-before {rule.started_before.isoformat()}"] if rule.started_before else []
+    return ", ".join(parts)
 
 
 def _nothing_approved(store: Any, config: DatasetConfig) -> str:

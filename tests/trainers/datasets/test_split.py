@@ -602,3 +602,19 @@ def test_holding_out_an_agent_invoked_inside_a_tool_keeps_its_answer_out_of_trai
         for column in ("prompt", "completion")
         for text in frame[column].cast(pl.String)
     )
+
+
+def test_a_held_out_app_no_trajectory_is_of_is_refused_and_a_rule_holding_out_nothing_warns(replayed_store: Path, tmp_path: Path) -> None:
+    """Sweep B, finding 4: ``--heldout-app`` misspelt (or naming an app ``--app`` leaves out) and ``--heldout-after`` a
+    future date built with 0 held out, exit 0 and no word (an id list naming no trajectory was refused): the first is
+    now refused, the second warns on stderr, also with ``--json`` (whose warnings went nowhere)."""
+    args = ["datasets", "build", "--store", str(replayed_store), "--kinds", "il", "--no-progress"]
+    typo = runner.invoke(app, [*args, "--out", str(tmp_path / "a"), "--heldout-app", "no-such-app"])
+    assert typo.exit_code == 1 and "--heldout-app no-such-app (heldout_app) names no app of the trajectories" in typo.stderr
+    assert not (tmp_path / "a").exists()
+    for extra in ([], ["--json"]):
+        later = runner.invoke(app, [*args, "--out", str(tmp_path / f"b{len(extra)}"), "--heldout-after", "2100-01-01", *extra])
+        assert later.exit_code == 0, later.output
+        assert "warning: the held-out rule (--heldout-after 2100-01-01T00:00:00) holds out none of the" in later.stderr
+        if extra:
+            assert "nothing_held_out" in json.loads(later.stdout)["split"]
