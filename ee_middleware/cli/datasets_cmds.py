@@ -419,12 +419,28 @@ def export(
     dataset: Path = typer.Argument(..., help="A .parquet dataset file."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file (jsonl) or folder (hf)."),
     fmt: ExportFormat = typer.Option(ExportFormat.jsonl, "--format", help="OpenAI chat JSONL, or a Hugging Face dataset saved to disk."),
+    heldout: bool = typer.Option(
+        False,
+        "--heldout",
+        help="Export a held-out file (OUT/heldout/*.parquet) too: the export loses the mark that keeps trainers off it, so "
+        "use it for evaluation only.",
+    ),
 ) -> None:
     """Export a dataset to OpenAI chat JSONL or a Hugging Face dataset."""
+    import polars as pl
+
     from ee_middleware.trainers.datasets.build import export_chat_jsonl, read_dataset, to_hf_dataset
     from ee_middleware.trainers.datasets.privacy import dataset_redactor
+    from ee_middleware.trainers.datasets.split import is_heldout_file
 
     frame = read_dataset(dataset)
+    if not heldout and is_heldout_file(pl.read_parquet_metadata(dataset)):
+        raise typer.BadParameter(
+            f"{dataset} is a held-out file (ee.split=heldout in its metadata, which ee train refuses): its export would carry "
+            "no such mark, and a trainer given it would learn the very targets evaluation scores. To export it for "
+            "evaluation, pass --heldout.",
+            param_hint="DATASET",
+        )
     redactor = dataset_redactor(dataset)  # the redaction rules the dataset was built with
     if fmt is ExportFormat.jsonl:
         n = export_chat_jsonl(frame, out, redactor=redactor)

@@ -618,3 +618,35 @@ def test_a_held_out_app_no_trajectory_is_of_is_refused_and_a_rule_holding_out_no
         assert "warning: the held-out rule (--heldout-after 2100-01-01T00:00:00) holds out none of the" in later.stderr
         if extra:
             assert "nothing_held_out" in json.loads(later.stdout)["split"]
+
+
+def test_a_held_out_file_is_exported_only_when_asked(replayed_store: Path, tmp_path: Path) -> None:
+    """Sweep B, finding 6: ``ee datasets export`` wrote a held-out file's examples to JSONL (or a Hugging Face dataset)
+    with no word, and the export has no mark a trainer would refuse: ``--heldout`` says it is meant."""
+    out = tmp_path / "data"
+    first = sorted(open_store(replayed_store).trajectories(status="approved")["id"].to_list())[0]
+    (tmp_path / "ids.txt").write_text(first)
+    built = runner.invoke(
+        app,
+        [
+            "datasets",
+            "build",
+            "--store",
+            str(replayed_store),
+            "--out",
+            str(out),
+            "--kinds",
+            "il",
+            "--heldout-ids",
+            str(tmp_path / "ids.txt"),
+        ],
+    )
+    assert built.exit_code == 0, built.output
+    held = out / "heldout" / "il.parquet"
+    for fmt in ("jsonl", "hf"):
+        refused = runner.invoke(app, ["datasets", "export", str(held), "--out", str(tmp_path / f"h.{fmt}"), "--format", fmt])
+        assert refused.exit_code == 2 and "is a held-out file" in refused.stderr and "pass --heldout" in refused.stderr
+        assert not (tmp_path / f"h.{fmt}").exists()
+    asked = runner.invoke(app, ["datasets", "export", str(held), "--out", str(tmp_path / "h.jsonl"), "--heldout"])
+    assert asked.exit_code == 0 and len((tmp_path / "h.jsonl").read_text().splitlines()) == pl.read_parquet(held).height
+    assert runner.invoke(app, ["datasets", "export", str(out / "il.parquet"), "--out", str(tmp_path / "t.jsonl")]).exit_code == 0
