@@ -526,17 +526,16 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         # with the tool messages the run ended on that answer its last decision's calls (a return_direct tool's,
         # structured output's): what the graph returned, as a run that paused in a tool keeps them (see below)
         messages = _with_closing_tool_messages(decisions[-1]["state"] + decisions[-1]["outputs"], decisions[-1], root_output, redact)
-        # a resumed run's input (Command, None) has no message: its task is the turn it resumed, the last user message
-        # the history holds before its first decision, not the thread's first (an earlier turn's). Any other run whose
-        # input did not say (fields none of which reads as the question, another instrumentation's spans) asked the
-        # first user message after the history's last reply (a thread's, or one the app sent): its turn's question
-        ask = _last_user_text if attrs.get(sc.EE_RESUMED) else turn_question
-        task = attrs.get(sc.EE_TASK) or ask(decisions[0]["state"])
+        # a resumed run's input (Command, None) has no message, nor has any other run whose input did not say (fields
+        # none of which reads as the question, another instrumentation's spans): its task is its turn's question, the
+        # first user message after the history's last reply (not the thread's first, an earlier turn's; nor what a node
+        # added when the run resumed, a human's answer to a clarifying interrupt()), as it was when the run paused
+        task = attrs.get(sc.EE_TASK) or turn_question(decisions[0]["state"])
     else:
         messages = _messages_without_model(root, tools, redact, options.max_observation_chars)
         # a resumed run's messages start with the conversation it continued (see graph_output_attributes): its task is
-        # the turn it resumed, the last user message there, not the thread's first
-        task = attrs.get(sc.EE_TASK) or (_last_user_text if attrs.get(sc.EE_RESUMED) else turn_question)(messages)
+        # the turn it resumed, its question there, not the thread's first
+        task = attrs.get(sc.EE_TASK) or turn_question(messages)
     status, error = _status(root, spans)
     if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
         status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)
