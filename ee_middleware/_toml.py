@@ -388,7 +388,7 @@ def _typed_flag(ctx: Any, option: Any) -> str:
 
 def _same_value(given: Any, used: Any) -> bool:
     """A flag's value, as click parsed it, is the value the command passed on for a setting."""
-    if given is None:
+    if given is None or isinstance(given, bool) != isinstance(used, bool):  # (--no-progress's False is no 0)
         return False
     return any(candidate == used for candidate in (given, getattr(given, "value", given), str(given)))
 
@@ -691,8 +691,8 @@ def naming_file(table: str, path: Path | None) -> Iterator[None]:
         yield
     except ConfigError as exc:
         text = str(exc)
-        if path is None or str(path) in text or _UNKNOWN_KEY not in text:
-            raise
+        if path is None or str(path) in text or f"in [{table}] of " in text or _UNKNOWN_KEY not in text:
+            raise  # (named already: build_config names the file as the command line gave it)
         tables, sub_tables = _tables_of_unknown_keys(text, table, path)
         fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
         raise ConfigError(f"{text}: in {' and '.join(tables)} of {path} ({fix})") from exc

@@ -140,3 +140,20 @@ def test_an_ee_store_with_credentials_is_said_with_them_hidden_and_the_same_fold
         "replay", "run", "--config", replay, "--limit", "1", "--json", "--no-progress", env={"EE_STORE": f"./{bfcl_store_path.name}/"}
     )
     assert same.exit_code == 0 and "overrides" not in same.stderr, same.output
+
+
+def test_a_renamed_flag_s_bad_value_is_named_by_the_flag_beside_a_boolean_flag(tmp_path: Path) -> None:
+    """Sweep B, finding 8b: ``--max-observation-tokens 0 --no-progress`` was said as ``iwm_max_observation_tokens``, the
+    setting's own name: --no-progress's False equalled the 0, so two flags held the value and neither was named."""
+    args = ["datasets", "build", "--store", str(tmp_path / "s"), "--out", str(tmp_path / "d"), "--max-observation-tokens", "0"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 1 and "--max-observation-tokens: Input should be greater than or equal to 8" in result.stderr
+
+
+def test_an_unknown_key_of_a_relative_config_path_is_named_once(tmp_path: Path, monkeypatch) -> None:
+    """Sweep B, finding 8a: ``ee improve -c typo.toml`` named the file twice, as given and resolved."""
+    monkeypatch.chdir(tmp_path)
+    Path("typo.toml").write_text('[improve]\nstore="s"\napp="a"\nregistry="r"\nruns="runs"\nbase_model="b"\nschedul="il"\n')
+    result = runner.invoke(app, ["improve", "-c", "typo.toml", "--no-progress"])
+    assert result.exit_code == 1
+    assert " ".join(result.stderr.split()).count("in [improve] of") == 1, result.stderr
