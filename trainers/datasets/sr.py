@@ -25,7 +25,9 @@ Guards keep the data clean, and every row records what they found in ``quality_f
 * ``label_leak``: the rationale names labels ("expert", "Action 2", "option 1"): dropped;
 * ``recommends_alternative``: it argues for one of the alternatives' tools (one the turn does not call): dropped;
 * ``repeated_text``: repeated sentences or paragraphs were removed (kept if text remains);
-* ``empty``: nothing usable: dropped.
+* ``empty``: nothing usable: dropped;
+* ``not_prose``: no text a reader could read (a garbled decode: U+FFFD or control characters; or fewer than ten
+  letters: punctuation, digits, symbols): dropped.
 
 A row whose teacher was shown an alternative an experience model predicted the outcome of (a synthetic rollout: only
 with ``include_synthetic``) is marked ``synthetic``: its rationale rests on that prediction.
@@ -115,6 +117,17 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+_GARBLED = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""What no rationale holds: the replacement character a decode of broken bytes writes, control characters (but tabs and
+line breaks)."""
+
+
+def _prose(text: str) -> bool:
+    """Whether ``text`` reads as a rationale: no garbled character (:data:`_GARBLED`), and ten letters or more, of any
+    script (a teacher that answers punctuation, digits or symbols wrote nothing to learn from)."""
+    return _GARBLED.search(text) is None and sum(c.isalpha() for c in text) >= 10
+
+
 def check_rationale(text: str, chosen_tool: str | Collection[str], alternative_tools: list[str]) -> tuple[str | None, dict[str, Any]]:
     """Apply the guards: the cleaned rationale (``None`` when dropped) and the quality flags. ``chosen_tool``: the
     tool the action taken calls (or the tools, for parallel calls)."""
@@ -122,6 +135,8 @@ def check_rationale(text: str, chosen_tool: str | Collection[str], alternative_t
     text = (text or "").strip()
     if not text:
         return None, {"empty": True}
+    if not _prose(text):
+        return None, {"not_prose": True}
     if _LEAK.search(text):
         return None, {"label_leak": True}
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n{2,}", text) if s.strip()]

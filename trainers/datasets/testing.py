@@ -85,7 +85,7 @@ class TeacherReport:
     kept: int
     """Those rationales the SR guards keep (the others give no row)."""
     dropped: dict[str, int]
-    """Why the guards dropped the others: their flag (``label_leak``, ``recommends_alternative``, ``empty``), counted."""
+    """Why the guards dropped the others: their flag (``label_leak``, ``recommends_alternative``, ``empty``, ``not_prose``), counted."""
     repeatable: bool
     """Whether the same cases gave the same texts each time they were asked (required with ``deterministic=True``)."""
     closes: bool

@@ -138,6 +138,10 @@ def test_sr_teacher_prompts_never_leak_labels_and_bad_rationales_are_dropped(rep
         ("As the expert action shows, cd is right.", "label_leak"),
         ("Action 2 is worse.", "label_leak"),
         ("I should use rm here instead.", "recommends_alternative"),
+        # sweep B, finding 5: a local teacher's garbled output was kept as a training target
+        ("\ufffd\n\ufffd\n\ufffd\ufffd", "not_prose"),
+        ("cd opens it \x00\ufffd\x00 and works", "not_prose"),
+        ("!! ?? -- 42 ...", "not_prose"),
     ],
 )
 def test_rationale_guards(text: str, flag: str) -> None:
@@ -148,6 +152,8 @@ def test_rationale_guards(text: str, flag: str) -> None:
 def test_a_rationale_that_argues_against_an_alternative_is_kept() -> None:
     cleaned, flags = check_rationale("I call cd because it opens the folder. Calling rm instead would fail with an error.", "cd", ["rm"])
     assert cleaned and not flags
+    written, flags = check_rationale("cd で先にフォルダを開くと、次の操作ができる。", "cd", ["rm"])  # letters of any script
+    assert written and not flags
 
 
 @pytest.mark.parametrize("share", [0.0, 0.1, 0.3, 0.5, 0.9, 1.0])
