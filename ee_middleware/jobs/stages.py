@@ -770,7 +770,8 @@ def datasets(ctx: StageContext) -> StageResult:
     heldout = {kind: file_entry(info["path"]) for kind, info in split.get("datasets", {}).items()}
     if not heldout.get("il"):
         raise JobError(
-            f"The held-out rule ({split.get('rule')}) held out no trajectory with an expert action, so nothing can be evaluated. "
+            f"The held-out rule ({_rule_settings(split.get('rule') or {})}) held out no trajectory with an expert action, so "
+            "nothing can be evaluated. "
             + _heldout_fix(split.get("rule") or {}, ctx.config.app)
         )
     result = StageResult(
@@ -976,6 +977,15 @@ def approved_after_select_text(after: dict[str, Any]) -> str:
         f"({after.get('select_finished_at') or '?'}): this run did not select or replay them (their rows are the expert's "
         "only); the next run selects and replays them"
     )
+
+
+def _rule_settings(rule: dict[str, Any]) -> str:
+    """A held-out rule (``split.rule`` of ``datasets.json``) as the [datasets] settings that gave it."""
+    settings = [f"heldout_share = {rule['share']}, seed = {rule.get('seed', 0)}"] if rule.get("share") else []
+    settings += [f"heldout_ids: {rule['ids']} ids"] if rule.get("ids") else []
+    settings += [f"heldout_app = {rule['app']!r}"] if rule.get("app") else []
+    settings += [f"heldout_started_{end} = {rule[f'started_{end}']}" for end in ("after", "before") if rule.get(f"started_{end}")]
+    return "; ".join(settings) or "none"
 
 
 def _heldout_fix(rule: dict[str, Any], app: str) -> str:
