@@ -771,8 +771,7 @@ def datasets(ctx: StageContext) -> StageResult:
     if not heldout.get("il"):
         raise JobError(
             f"The held-out rule ({_rule_settings(split.get('rule') or {})}) held out no trajectory with an expert action, so "
-            "nothing can be evaluated. "
-            + _heldout_fix(split.get("rule") or {}, ctx.config.app)
+            "nothing can be evaluated. " + _heldout_fix(split.get("rule") or {}, ctx.config.app)
         )
     result = StageResult(
         inputs={"store": str(ctx.config.store), "source_hash": summary["source_hash"], "replay_id": replay_id},
