@@ -21,6 +21,7 @@ from ee_middleware.cli.common import (
     escape,
     examples,
     key_value_settings,
+    library_bars_off,
     open_job_store,
     plural,
     print_json,
@@ -157,7 +158,8 @@ def build(
         def on_sr(done: int, total: int) -> None:
             bars.update("building sr", done, total)
 
-        with reading_store(allow_partial=allow_partial):
+        # (a local teacher's own bars, transformers' "Loading weights", are off where the command draws none)
+        with reading_store(allow_partial=allow_partial), library_bars_off(enabled=not progress or as_json):
             summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
         bars.complete()
     for line in _warning_lines(summary):  # on stderr, --json or not (stdout holds the JSON alone)

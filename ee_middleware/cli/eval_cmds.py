@@ -16,6 +16,7 @@ from ee_middleware.cli.common import (
     escape,
     examples,
     interrupted,
+    library_bars_off,
     positive_seconds,
     print_json,
     progress_console,
@@ -513,17 +514,18 @@ def likelihood_cmd(
             bar.update(tasks[name], completed=done)
 
     try:
-        scores = score_likelihood(
-            states,
-            cfg.base_model,
-            cfg.adapters,
-            max_length=max_length,
-            decode_sample=cfg.decode,
-            max_new_tokens=cfg.max_new_tokens,
-            num_threads=cfg.num_threads,
-            device=cfg.device,
-            on_progress=on_progress,
-        )
+        with library_bars_off(enabled=not progress or as_json):  # (transformers' "Loading weights")
+            scores = score_likelihood(
+                states,
+                cfg.base_model,
+                cfg.adapters,
+                max_length=max_length,
+                decode_sample=cfg.decode,
+                max_new_tokens=cfg.max_new_tokens,
+                num_threads=cfg.num_threads,
+                device=cfg.device,
+                on_progress=on_progress,
+            )
     except ConfigError as exc:
         if length_flag == "--max-length" or "--max-length" not in str(exc):
             raise

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
-from ee_middleware.cli.common import JsonOption, examples, interrupted, print_json, warnings_as_lines
+from ee_middleware.cli.common import JsonOption, examples, interrupted, library_bars_off, print_json, warnings_as_lines
 from ee_middleware.errors import EEError
 
 
@@ -86,7 +86,7 @@ def train(
         )
         written_before = _holds_adapter(cfg.output_dir)
         try:
-            with warnings_as_lines():
+            with warnings_as_lines(), library_bars_off(enabled=not progress or as_json):
                 result = run_training(cfg, progress=progress and not as_json)
         except MissingDatasetError as exc:
             raise exc.named_by(_data_setting(ctx, config)) from exc

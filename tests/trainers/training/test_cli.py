@@ -125,3 +125,13 @@ def test_the_manifest_names_the_datasets_by_absolute_paths(tiny_model_dir: Path,
     assert {kind: d["path"] for kind, d in manifest["datasets"].items()} == {
         kind: str((data_dir / f"{kind}.parquet").resolve()) for kind in ("iwm", "il")
     }
+
+
+def test_train_told_not_to_draw_progress_draws_no_library_bar(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Sweep B, finding 8c: ``ee train --no-progress --json`` still wrote transformers' "Loading weights" bar to stderr
+    (ee improve turned it off already)."""
+    args = ["--base-model", str(tiny_model_dir), "--data", str(data_dir), "--max-steps", "1", "--device", "cpu"]
+    for extra in (["--no-progress"], ["--json"]):
+        result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / extra[0].strip("-")), *extra])
+        assert result.exit_code == 0, result.output
+        assert "Loading weights" not in result.stderr and "\r" not in result.stderr, result.stderr
