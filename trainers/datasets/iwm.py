@@ -33,6 +33,7 @@ and is taught. All are left out before the error cap counts.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -389,7 +390,24 @@ def kept_chars(observations: pl.Series, options: IWMOptions) -> list[int | None]
             pl.Series("_over_cost", bounds[3], dtype=pl.Float64),
             pl.Series("_halve", bounds[4], dtype=pl.Boolean),
         )
+    for row, (text, keep) in enumerate(zip(observations.to_list(), kept, strict=True)):
+        if text is not None and keep is not None and keep < len(text):
+            kept[row] = _grapheme_start(text, keep)
     return kept
+
+
+_JOINED = frozenset("\u200c\u200d\ufe0e\ufe0f") | {chr(c) for c in range(0x1F3FB, 0x1F400)} | {chr(c) for c in range(0xE0020, 0xE0080)}
+"""Characters that belong to the one before them: the zero-width joiner and non-joiner, variation selectors, skin-tone
+modifiers and tag characters (a flag's)."""
+
+
+def _grapheme_start(text: str, at: int) -> int:
+    """``at``, moved back to the start of the character a reader sees there (a cut at ``at`` would otherwise keep an
+    emoji's first part and its joiner, ``👩`` + U+200D, or a letter without its accent): before combining marks and the
+    characters of :data:`_JOINED` at ``at``, and before a character a joiner ends on."""
+    while at > 0 and (text[at] in _JOINED or unicodedata.category(text[at]).startswith("M") or text[at - 1] == "\u200d"):
+        at -= 1
+    return at
 
 
 class _Walker:

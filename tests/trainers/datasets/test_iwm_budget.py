@@ -86,3 +86,16 @@ def test_kept_chars_matches_pricing_every_head_at_the_default_budget_where_densi
         *_fuzzed(13, 12, 3000),
     ]
     assert kept_chars(pl.Series(texts), options) == _longest_fitting_heads(texts, options)
+
+
+def test_an_observation_is_cut_between_the_characters_a_reader_sees() -> None:
+    """Sweep B, finding 10: an emoji sequence was cut after its joiner (the target ended ``👩`` + U+200D), and a letter
+    could lose its combining accent."""
+    import unicodedata
+
+    texts = ["status: " + "👩\u200d💻👍🏽" * 300, "Café " * 400, "e\u0301" * 900]
+    for budget in (8, 9, 10, 11, 12, 13):
+        for text, keep in zip(texts, kept_chars(pl.Series(texts), IWMOptions(max_observation_tokens=budget)), strict=True):
+            assert keep is not None and 0 < keep < len(text)
+            assert not text[:keep].endswith("\u200d") and text[keep] not in "\u200d\ufe0f🏽"
+            assert not unicodedata.category(text[keep]).startswith("M"), (budget, text[keep - 3 : keep + 1])
