@@ -371,11 +371,15 @@ class LocalAdapterRegistry:
         with self.operation(f"retire of {name}", by=by), self._locked():
             index = self._read_index()
             record = self._record(index, name)
-            if record["status"] == Status.live:
-                raise InvalidTransitionError(
-                    f"{name} is the live adapter of {record['app']}: promote another one or `ee adapters rollback {record['app']}` first."
-                )
             app = index["apps"][record["app"]]
+            if record["status"] == Status.live:
+                try:  # (the rollback's own rule: only where one would go somewhere)
+                    target = _rollback_name(index, record["app"], lambda: self._served(record["app"]))
+                except InvalidTransitionError:
+                    target = None
+                back = f" or `ee adapters rollback {record['app']}` (to {target})" if target else ""
+                nothing = "" if back else f" (no earlier adapter of {record['app']} is left to roll back to)"
+                raise InvalidTransitionError(f"{name} is the live adapter of {record['app']}: promote another one{back} first{nothing}.")
             if record["status"] == Status.retired and name not in app["previous"]:  # retired by hand before: no change
                 return self._public(record)  # (retired again to unload it from more replicas: one retire in the history)
             record.update(status=Status.retired.value, reason=reason or "retired", updated_at=now())

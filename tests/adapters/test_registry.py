@@ -154,6 +154,19 @@ def test_a_rollback_with_nothing_left_says_which_adapters_were_left_and_how_to_s
     assert f"{a} (rolled back to {b})" in message and f"To serve one of them again, promote it: ee adapters promote {a} ..." in message
 
 
+def test_retiring_the_live_adapter_suggests_a_rollback_only_where_one_would_go(tmp_path: Path) -> None:
+    """Sweep B, finding 9: the refusal said "promote another one or `ee adapters rollback APP` first" where no earlier
+    adapter was left (the one before it retired by hand), and that rollback was then refused too."""
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a, b = (reg.register(write_adapter(tmp_path / n, seed=i), "bot").name for i, n in enumerate("ab"))
+    reg.switch_live(a)
+    with pytest.raises(InvalidTransitionError, match=r"promote another one first \(no earlier adapter of bot is left to roll back to\)"):
+        reg.retire(a)
+    reg.switch_live(b)
+    with pytest.raises(InvalidTransitionError, match=rf"promote another one or `ee adapters rollback bot` \(to {a}\) first\."):
+        reg.retire(b)
+
+
 def test_a_rollback_refusal_names_no_adapter_that_was_never_live(tmp_path: Path) -> None:
     """A candidate retired without ever being served (an abandoned improve run's) is not one the app served before."""
     reg = LocalAdapterRegistry(tmp_path / "reg")
