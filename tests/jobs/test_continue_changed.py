@@ -26,7 +26,7 @@ def test_a_run_failed_at_its_datasets_stage_goes_on_after_the_datasets_settings_
     path = write_config(workspace, tiny_base)
     good = path.read_text()
     heldout = next(line for line in good.splitlines() if line.startswith("heldout_ids"))
-    path.write_text(good.replace(heldout, 'heldout_app = "no-such-app"'))  # passes the check, holds out nothing
+    path.write_text(good.replace(heldout, 'heldout_app = "no-such-app"'))  # an app no trajectory is of: the stage fails
     failed = improve(path)
     assert failed.exit_code == 1, failed.output
     runs = RunsDir(workspace / "runs")

@@ -41,7 +41,7 @@ def test_a_run_continued_to_success_keeps_no_failure_fields_and_names_its_own_pr
         assert data["pid"] == os.getpid() and data["attempts"] == 2
         [earlier] = data["earlier_attempts"]
         assert earlier["pid"] == 1 and earlier["ended"] == "failed" and earlier["stage"] == "datasets"
-        assert "held-out" in earlier["error"] and earlier["traceback"]
+        assert "heldout_app" in earlier["error"] and earlier["traceback"]
 
 
 def _set_pending(store_path: Path) -> list[str]:
