@@ -91,6 +91,19 @@ class Journal:
         self.entries.extend(entries)
         self.sealed = sealed
 
+    def position(self) -> tuple[int, Any]:
+        """Where the journal is: how many entries it holds and the last of them (``None`` for none). Entries are never
+        reused, so a position names the world's state for as long as undoing leads back to it (:meth:`leads_to`)."""
+        return len(self.entries), self.entries[-1] if self.entries else None
+
+    def leads_to(self, mark: int, token: Any) -> bool:
+        """Whether undoing this journal leads back to the position ``(mark, token)`` (:meth:`position`)."""
+        return len(self.entries) >= mark and (mark == 0 or self.entries[mark - 1] is token)
+
+    def at(self, mark: int, token: Any) -> bool:
+        """Whether this journal is at the position ``(mark, token)`` now."""
+        return len(self.entries) == mark and self.leads_to(mark, token)
+
     def seal(self) -> None:
         """Adopt the plain containers inserted since the last seal (raises :class:`NotJournalable`)."""
         memo: dict[int, Any] = {}
@@ -122,8 +135,7 @@ class JournalSnapshot:
 
     def __init__(self, journal: Journal) -> None:
         self.journal: Journal | None = journal
-        self.mark = len(journal.entries)
-        self.token = journal.entries[-1] if journal.entries else None
+        self.mark, self.token = journal.position()
         self.copy: Any = None
         journal.live.add(self)
 
@@ -131,7 +143,7 @@ class JournalSnapshot:
         """Pickles as a full copy (the form the subprocess sandbox sends its parent): taken now if the world is at this snapshot."""
         if self.copy is None:
             journal = self.journal
-            if journal is None or not self.reachable(journal) or len(journal.entries) != self.mark:
+            if journal is None or not journal.at(self.mark, self.token):
                 raise TypeError("a journal snapshot pickles only while its world is at it; pickle it right after snapshot()")
             from ee_middleware.replay.sandboxes.python import WorldSnapshot
 
@@ -140,9 +152,7 @@ class JournalSnapshot:
 
     def reachable(self, journal: Journal | None) -> bool:
         """Whether undoing ``journal`` leads back to this snapshot."""
-        if journal is None or self.journal is not journal or len(journal.entries) < self.mark:
-            return False
-        return self.mark == 0 or journal.entries[self.mark - 1] is self.token
+        return journal is not None and self.journal is journal and journal.leads_to(self.mark, self.token)
 
     def rebind(self, journal: Journal) -> None:
         """This snapshot is the state ``journal`` starts from."""

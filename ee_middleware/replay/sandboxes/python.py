@@ -243,11 +243,6 @@ def _nothing() -> None:
     pass
 
 
-def _last_entry(journal: Journal, mark: int) -> Any:
-    """The journal's entry just before ``mark`` (``None`` at 0): with ``mark``, the state its entries lead to there."""
-    return journal.entries[mark - 1] if mark else None
-
-
 _PAST_THE_JOURNAL = "heapq on a list, list.__init__ or dict.__init__ called on one, exec into a dict"
 
 JOURNAL_AUDITED_CALLS = 1
@@ -630,8 +625,8 @@ class PythonSandbox:
         self._journaling = journal
         self._audited: dict[str, int] = {}  # tool -> its calls that wrote the world, checked whole (see _audit_journal)
         self._audit_tries: dict[str, int] = {}  # tool -> its calls checked
-        # (journal, mark, its last entry, the world's text there): the world's text at a journal state a check found,
-        # while that state is still the one its entries lead to (entries are never reused: the last one names the state)
+        # (journal, its position, the world's text there): the world's text at a journal state a check found, while the
+        # journal is still at that position (Journal.position: entries are never reused, so it names the state)
         self._known_text: tuple[Journal, int, Any, str] | None = None
         self._journal: Journal | None = None
         self._world: Any = None
@@ -738,14 +733,13 @@ class PythonSandbox:
         noted: list[Any] = []
 
         def note_before() -> None:  # the world as the tool is given it
-            mark = len(journal.entries)
             known = self._known_text
-            if known is not None and known[0] is journal and known[1] == mark and known[2] is _last_entry(journal, mark):
+            if known is not None and known[0] is journal and journal.at(known[1], known[2]):
                 text: str | None = known[3]
             else:
                 text = _world_text(self._world)
             copied = WorldSnapshot(self._world, kind=self.kind) if text is None or len(text) <= AUDIT_COPY_CHARS else None
-            noted[:] = [(text, copied), mark, journal.sealed]
+            noted[:] = [(text, copied), len(journal.entries), journal.sealed]
 
         observation = invoke(note_before)
         if noted and self._journal is journal:
@@ -783,7 +777,7 @@ class PythonSandbox:
             if text is not None:  # a world its repr writes (the journal keeps every dict's order): the same text, the same data
                 same = _world_text(self._world) == text
                 if same:  # the next call checked from this state (the next branch from the same snapshot) need not write it
-                    self._known_text = (journal, mark, _last_entry(journal, mark), text)
+                    self._known_text = (journal, *journal.position(), text)  # (undone to mark: at it)
             else:  # as data: the same pickled bytes, else the same values (a NaN, parts that refer back to each other)
                 assert copied is not None
                 undone = WorldSnapshot(self._world, kind=self.kind)
