@@ -38,9 +38,9 @@ def shared_memory_files() -> dict[str, tuple[int, int]]:
     try:
         with os.scandir(SHARED_MEMORY_DIR) as entries:
             for entry in entries:
-                with contextlib.suppress(OSError):
-                    info = entry.stat(follow_symlinks=False)
-                    found[entry.path] = (info.st_dev, info.st_ino)
+                identity = _identity(entry.path)
+                if identity is not None:
+                    found[entry.path] = identity
     except OSError:
         pass
     return found

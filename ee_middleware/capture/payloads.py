@@ -584,7 +584,7 @@ def state_messages(state: Any) -> Any:
     state = _state_fields(state)
     if state is None:
         return None
-    kept = state.get("messages") if "messages" in state else None
+    kept = state.get("messages")
     if "messages" in state:
         if kept is None:
             return None
@@ -609,12 +609,7 @@ def _as_list(messages: Sequence[Any]) -> list[Any]:
 def _is_one_message(value: Any) -> bool:
     """Whether ``value`` is one message as LangGraph's ``add_messages`` takes one: a LangChain message, an OpenAI-style
     role dict, a ``("user", text)`` pair or a text."""
-    return (
-        isinstance(value, str)
-        or (hasattr(value, "type") and hasattr(value, "content") and not isinstance(value, Sequence))
-        or (isinstance(value, Mapping) and "role" in value and "content" in value)
-        or (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], str | list))
-    )
+    return isinstance(value, str) or _is_message(value)
 
 
 def _state_fields(state: Any) -> Mapping[str, Any] | None:
@@ -635,11 +630,15 @@ def _state_fields(state: Any) -> Mapping[str, Any] | None:
 def _is_message_list(value: Any) -> bool:
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not value:
         return False
-    return all(
-        (hasattr(m, "type") and hasattr(m, "content"))  # a LangChain message
-        or (isinstance(m, Mapping) and "role" in m and "content" in m)
-        or (isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], str))  # ("user", "text")
-        for m in value
+    return all(_is_message(m) for m in value)
+
+
+def _is_message(value: Any) -> bool:
+    """Whether ``value`` is a message: a LangChain message, an OpenAI-style role dict or a ``("user", "text")`` pair."""
+    return (
+        (hasattr(value, "type") and hasattr(value, "content"))
+        or (isinstance(value, Mapping) and "role" in value and "content" in value)
+        or (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str))
     )
 
 

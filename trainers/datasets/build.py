@@ -325,11 +325,11 @@ def _config_record(config: DatasetConfig) -> dict[str, Any]:
 def _check_heldout_app(rule: SplitRule, trajectories: pl.DataFrame, config: DatasetConfig) -> None:
     """Refuse a ``heldout_app`` that no trajectory of the build is of (a typo, or an app ``--app`` leaves out): it would
     hold out nothing of that app, as a held-out id list naming no trajectory is refused."""
-    if rule.app is None or rule.app in set(trajectories["app"].to_list()):
-        return
     apps = sorted(set(trajectories["app"].to_list()))
+    if rule.app is None or rule.app in apps:
+        return
     shown = ", ".join(apps[:10]) + (f" and {len(apps) - 10} more" if len(apps) > 10 else "")
-    within = f" (--app {config.app})" if getattr(config, "app", None) else ""
+    within = f" (--app {config.app})" if config.app else ""
     raise ConfigError(
         f"--heldout-app {rule.app} (heldout_app) names no app of the trajectories this build reads{within}: {shown}. "
         "Name one of them (ee traces list shows each trajectory's app); nothing was built."

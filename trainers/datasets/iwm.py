@@ -390,9 +390,10 @@ def kept_chars(observations: pl.Series, options: IWMOptions) -> list[int | None]
             pl.Series("_over_cost", bounds[3], dtype=pl.Float64),
             pl.Series("_halve", bounds[4], dtype=pl.Boolean),
         )
-    for row, (text, keep) in enumerate(zip(observations.to_list(), kept, strict=True)):
-        if text is not None and keep is not None and keep < len(text):
-            kept[row] = _grapheme_start(text, keep)
+    lengths = observations.str.len_chars().to_list()
+    cut = [row for row, (keep, length) in enumerate(zip(kept, lengths, strict=True)) if keep is not None and keep < length]
+    for row, text in zip(cut, observations.gather(cut).to_list(), strict=True):  # (only the texts cut: most are whole)
+        kept[row] = _grapheme_start(text, kept[row])
     return kept
 
 

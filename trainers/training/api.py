@@ -232,17 +232,14 @@ def _warn_if_rows_dropped(kind: str, dataset: DatasetFile, stats: RenderStats, c
     dropped = stats.dropped_too_long + stats.dropped_empty
     if not dropped:
         return
-    reasons = [
-        *(
-            [
-                f"{stats.dropped_too_long} have a target of max_length={config.max_length} tokens or more (the longest "
-                f"{stats.longest_dropped_completion}): raise max_length, or rebuild the dataset with shorter targets"
-            ]
-            if stats.dropped_too_long
-            else []
-        ),
-        *([f"{stats.dropped_empty} have an empty target: rebuild the dataset"] if stats.dropped_empty else []),
-    ]
+    reasons = []
+    if stats.dropped_too_long:
+        reasons.append(
+            f"{stats.dropped_too_long} have a target of max_length={config.max_length} tokens or more (the longest "
+            f"{stats.longest_dropped_completion}): raise max_length, or rebuild the dataset with shorter targets"
+        )
+    if stats.dropped_empty:
+        reasons.append(f"{stats.dropped_empty} have an empty target: rebuild the dataset")
     warnings.warn(
         f"{dropped} of the {stats.rows} {kind.upper()} rows of {dataset.path} ({dropped / stats.rows:.0%}) are not trained on: "
         + "; ".join(reasons)
