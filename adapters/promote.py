@@ -173,10 +173,15 @@ def _promote(
             f"Evaluate a better candidate, or promote it anyway with --ignore-gate (ignore_gate=True; the history records it)."
         )
     _check_servable(registry, record)
-    _check_reachable(registry, record, replicas, by=by, say=say)
-    check_served_bases(registry, record, replicas, say=say)
-    _check_ranks(registry, record, replicas, say=say)
-    checks = _checked_rendering(registry, record, replicas, say=say, ignore_rendering=ignore_rendering)
+    asking: list[ServingBackend] = []  # the replica the reachability check waits on, while it does
+    try:
+        _check_reachable(registry, record, replicas, by=by, say=say, asking=asking)
+        check_served_bases(registry, record, replicas, say=say)
+        _check_ranks(registry, record, replicas, say=say)
+        checks = _checked_rendering(registry, record, replicas, say=say, ignore_rendering=ignore_rendering)
+    except KeyboardInterrupt as exc:  # stopped while asking the replicas, before anything was loaded
+        _interrupted(registry, record, exc, [], None, by=by, say=say, checking=asking[0] if asking else True)
+        raise
     differing = [check for check in checks if check.differs]
     overridden: dict[str, Any] = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
     if differing:
@@ -229,16 +234,25 @@ def _promote(
 
 
 def _check_reachable(
-    registry: AdapterRegistry, record: AdapterRecord, replicas: Sequence[ServingBackend], *, by: str | None, say: Progress
+    registry: AdapterRegistry,
+    record: AdapterRecord,
+    replicas: Sequence[ServingBackend],
+    *,
+    by: str | None,
+    say: Progress,
+    asking: list[ServingBackend],
 ) -> None:
     """Every replica answers its model listing before the checks that ask the replicas (base model, rank, chat template):
     one that cannot be reached fails the promote with that alone (:func:`_fail`: nothing loaded, the adapter not at
-    fault), not after notes that blame its setup for what it did not say."""
+    fault), not after notes that blame its setup for what it did not say. ``asking`` holds the replica asked, until it
+    answers (a stuck one is named where the promote is stopped meanwhile)."""
     for replica in replicas:
+        asking[:] = [replica]
         try:
             replica.list()
         except ServingError as exc:
             _fail(registry, record, replica, exc, [], [], by=by, say=say)
+    asking.clear()
 
 
 def failed_for_rank(record: AdapterRecord) -> bool:
@@ -538,13 +552,20 @@ def _interrupted(
     *,
     by: str | None,
     say: Progress,
+    checking: ServingBackend | bool = False,
 ) -> None:
     """A promote stopped before its switch (Ctrl-C, SIGTERM): unload the adapter from the replicas it was loaded on, note
     ``promote-aborted`` with why, and say what is left where. The replica whose load was under way when it stopped is not
-    asked again (it may be the one that hung): it may hold the adapter if that load went through, which is said."""
+    asked again (it may be the one that hung): it may hold the adapter if that load went through, which is said.
+    ``checking``: stopped before any load, while checking the replicas (the replica whose model listing the checks waited
+    on, where they did)."""
     results: list[tuple[ServingBackend, str | None]] = []
     _unload_each(record.name, loaded, "interrupted", results, say=say)
     parts = ["before the switch", *(problem or f"unloaded from {other.url}" for other, problem in results)]
+    if checking is not False:
+        parts.append("while checking the replicas, before any load")
+    if not isinstance(checking, bool):
+        parts.append(f"{checking.url} had not answered its model listing")
     if in_flight is not None:
         parts.append(
             f"{in_flight.url} had not answered its load: it holds it if that load went through (a promote of it again finds it "

@@ -8,7 +8,8 @@ compares with the trainer). An adapter loaded into a server that renders a part 
 training rows: no error, only worse answers. :func:`check_rendering` compares the two.
 
 **Where a server's template is recorded.** ``ee serve vllm`` and the local server write a small state file once the
-server answers: ``$EE_CACHE_DIR/servers/PORT.json`` (default ``~/.cache/ee-middleware/servers``) with its URL, process,
+server answers: ``$EE_CACHE_DIR/servers/PORT.json`` (default ``~/.cache/ee-middleware/servers``; ``PORT@HOST.json`` for a
+second server on the port, bound to another address while the first runs) with its URL, process,
 base model, ``--max-lora-rank`` and :class:`~ee_middleware.adapters.templates.ServedTemplate`. :func:`server_record` finds it by the URL a
 promote is given (a server on this machine, or on the host the file names when the cache folder is shared); a file
 whose process is gone is ignored. A server started otherwise (``vllm serve`` by hand, on another machine) has none: it
@@ -73,6 +74,15 @@ def record_server(
     larger adapter before asking it."""
     parts = urlsplit(url)
     path = servers_folder() / f"{parts.port}.json"
+    other = _state(path)
+    if (
+        other is not None
+        and other.get("pid") != pid
+        and other.get("hostname") == socket.gethostname()
+        and _alive(other.get("pid"))
+        and str(other.get("host", "")).lower() != (parts.hostname or "").lower()
+    ):  # another server runs on this port, bound to another address: each keeps its own file
+        path = path.with_name(f"{parts.port}@{_file_safe(parts.hostname or '')}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "schema_version": STATE_SCHEMA_VERSION,
@@ -104,19 +114,38 @@ def server_record(url: str) -> dict[str, Any] | None:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.port is None:
         return None
-    path = servers_folder() / f"{parts.port}.json"
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or not isinstance(state.get("chat_template"), dict):
-        return None
     host = (parts.hostname or "").lower()
+    folder = servers_folder()
+    own = _state(folder / f"{parts.port}@{_file_safe(host)}.json")  # a second server on the port, bound to this address
+    if own is not None and str(own.get("host", "")).lower() == host and _alive(own.get("pid")):
+        return own
+    state = _state(folder / f"{parts.port}.json")
+    if host in _LOCAL_NAMES and (state is None or str(state.get("host", "")).lower() not in _LOCAL_NAMES):
+        for path in sorted(folder.glob(f"{parts.port}@*.json")):  # the port's first server is bound to another address
+            other = _state(path)
+            if other is not None and str(other.get("host", "")).lower() in _LOCAL_NAMES and _alive(other.get("pid")):
+                return other
+    if state is None:
+        return None
     here = socket.gethostname()
     if state.get("hostname") == here:
         local = host in _LOCAL_NAMES or host in {here.lower(), socket.getfqdn().lower(), str(state.get("host", "")).lower()}
         return state if local and _alive(state.get("pid")) else None
     return state if host and host in {str(state.get("hostname", "")).lower(), str(state.get("host", "")).lower()} else None
+
+
+def _state(path: Path) -> dict[str, Any] | None:
+    """The server state file at ``path``, or ``None`` where there is none (or it is not one: no chat template)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("chat_template"), dict) else None
+
+
+def _file_safe(host: str) -> str:
+    """``host`` as a part of a file name (an IPv6 address's colons left out)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", host)
 
 
 def _alive(pid: Any) -> bool:

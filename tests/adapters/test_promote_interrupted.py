@@ -25,7 +25,8 @@ from .helpers import StandInVLLM, write_adapter
 
 class InterruptedAt(VLLMBackend):
     """A real backend that is interrupted (as by Ctrl-C) when the promote reaches ``call`` on it (``list``: its second
-    listing, the one before the load; the first is the check that every replica answers, before anything is loaded)."""
+    listing, the one before the load; ``check``: its first, the check that every replica answers, before anything is
+    loaded: a stuck replica stops a promote there)."""
 
     def __init__(self, url: str, call: str) -> None:
         super().__init__(url, timeout_s=5)
@@ -34,7 +35,7 @@ class InterruptedAt(VLLMBackend):
 
     def list(self) -> Any:
         self.listings += 1
-        if self.call == "list" and self.listings == 2:
+        if (self.call, self.listings) in (("list", 2), ("check", 1)):
             raise KeyboardInterrupt
         return super().list()
 
@@ -142,3 +143,30 @@ def test_a_load_that_timed_out_is_said_to_have_perhaps_gone_through(
     with pytest.raises(PromotionError, match=rf"{urls[1]} did not answer its load in time: it holds {candidate} if that load went"):
         promote(registry, candidate, [FailingAt(urls[0]), FailingAt(urls[1], "timeout")])
     assert "did not answer its load in time" in registry.history(adapter=candidate)[-1]["reason"]
+
+
+def test_a_promote_interrupted_while_checking_the_replicas_is_noted_and_said(
+    tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]]
+) -> None:
+    """Stopped while the first check waits on a replica's model listing (a stuck replica: SIGTERM to a hung promote).
+    Was: nothing said, nothing recorded (exit 130 with an empty stderr), where a --timeout there records promote-aborted."""
+    servers, urls = two_stand_ins
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live, candidate = (registry.register(write_adapter(tmp_path / f"src{i}", seed=i), "bot").name for i in range(2))
+    first = VLLMBackend(urls[0], timeout_s=5)
+    promote(registry, live, [first, VLLMBackend(urls[1], timeout_s=5)])
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        promote(registry, candidate, [first, InterruptedAt(urls[1], "check")], progress=said.append)
+    assert not any(candidate in server.loaded for server in servers)
+    assert registry.resolve("bot") == live and registry.get(candidate).status == "candidate"
+    events = registry.history(adapter=candidate)
+    assert [e["action"] for e in events] == ["register", "promote-aborted"]
+    assert events[-1]["reason"] == (
+        f"interrupted (KeyboardInterrupt) before the switch; while checking the replicas, before any load; {urls[1]} had not "
+        "answered its model listing"
+    )
+    assert said[-1] == (
+        f"interrupted: promoting {candidate} stopped before the switch; while checking the replicas, before any load; "
+        f"{urls[1]} had not answered its model listing. It stays a candidate; bot still serves {live}."
+    )

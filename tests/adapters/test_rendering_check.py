@@ -20,7 +20,7 @@ from ee_middleware.adapters.errors import ChatTemplateMismatchError
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
-from ee_middleware.adapters.serving.rendering import check_rendering, record_server, server_record, servers_folder
+from ee_middleware.adapters.serving.rendering import check_rendering, forget_server, record_server, server_record, servers_folder
 from ee_middleware.adapters.templates import AS_IS, ServedTemplate
 
 from .conftest import train_shaped_adapter
@@ -131,6 +131,37 @@ def test_a_state_file_of_a_server_gone_or_on_another_host_is_not_taken_for_the_s
     )
     assert server_record("http://localhost:59872/v1") is not None
     assert server_record("http://gpu-box.example:59872/v1") is None  # another machine's server on that port
+
+
+def test_two_servers_on_one_port_bound_to_other_addresses_keep_their_own_state_files(tmp_path: Path) -> None:
+    # The second overwrote the first's PORT.json, and stopping it removed the file while the first still served: a
+    # promote into the first then checked nothing of its rank or template.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        template = ServedTemplate("own", None, AS_IS)
+        first = record_server(
+            "http://127.0.0.1:59873/v1", pid=os.getpid(), base="/a", served_model_name="a", template=template, max_lora_rank=8
+        )
+        second = record_server(
+            "http://127.0.0.2:59873/v1", pid=other.pid, base="/b", served_model_name="b", template=template, max_lora_rank=64
+        )
+        assert first != second and first.is_file() and second.is_file()
+        assert [server_record(f"http://{host}:59873/v1")["max_lora_rank"] for host in ("127.0.0.1", "localhost", "127.0.0.2")] == [8, 8, 64]
+        forget_server(second, other.pid)
+        assert not second.exists() and server_record("http://localhost:59873/v1")["max_lora_rank"] == 8
+        # the other way round: the first bound to another address than the one a local name gives
+        third = record_server(
+            "http://127.0.0.2:59874/v1", pid=other.pid, base="/b", served_model_name="b", template=template, max_lora_rank=64
+        )
+        fourth = record_server(
+            "http://127.0.0.1:59874/v1", pid=os.getpid(), base="/a", served_model_name="a", template=template, max_lora_rank=8
+        )
+        assert third != fourth
+        assert [server_record(f"http://{host}:59874/v1")["max_lora_rank"] for host in ("localhost", "127.0.0.1", "127.0.0.2")] == [8, 8, 64]
+    finally:
+        other.kill()
+        other.wait()
+    assert server_record("http://127.0.0.2:59873/v1") is None  # gone
 
 
 def test_the_comparison_goes_by_template_or_fallback_not_by_wording() -> None:
