@@ -101,7 +101,7 @@ from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import no_schemas_fix
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
-from ee_middleware.replay.sandboxes.protocol import acts_outside_world, check_offered_tools
+from ee_middleware.replay.sandboxes.protocol import acts_outside_world, check_offered_tools, executed
 
 if TYPE_CHECKING:
     from concurrent.futures import Executor
@@ -436,7 +436,7 @@ class _Run:
         if restored is call:  # the sandbox gets arguments of its own: one that changes them changes no record
             restored = call.model_copy()
             restored.arguments = _own_copy(call.arguments)  # ToolCall validates no assignment: a third of model_copy(update=)
-        observation = self.sandbox.execute(restored)
+        observation = executed(self.sandbox, restored)
         text = clean_text(observation.content)
         if text is not observation.content:
             observation = observation.model_copy(update={"content": text})

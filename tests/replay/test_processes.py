@@ -140,6 +140,17 @@ def test_a_sigkilled_job_takes_its_workers_sandbox_children_and_their_processes_
     temporary.rmdir()
 
 
+def test_a_sigkilled_job_without_workers_takes_its_sandbox_childs_processes_along(bfcl_store_path: Path, jobs: list[Job]) -> None:
+    """Short resets: the sandbox child sees its pipe's end between calls, before its watchdog sees its parent gone. It
+    then exited by itself and left the processes its tools started running (sweep D: 13 of 13 after a SIGKILL)."""
+    job = Job(bfcl_store_path, "--workers", "1", "--isolation", "subprocess", "--sandbox", FORKING, env={"EE_TEST_RESET_DELAY": "0.3"})
+    jobs.append(job)
+    wait_for_resets(job, 3)
+    os.kill(job.proc.pid, signal.SIGKILL)
+    job.proc.wait()
+    assert wait_until_none_left(job.marker) == []
+
+
 def test_a_temporary_folder_too_long_for_the_fork_servers_socket_spawns_the_workers(
     bfcl_store_path: Path, jobs: list[Job], tmp_path: Path
 ) -> None:

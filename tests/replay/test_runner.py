@@ -214,6 +214,33 @@ def test_a_side_effecting_tool_without_a_sandbox_is_never_called() -> None:
     assert outcome.record.fidelity_mismatches == 0
 
 
+def test_a_sandbox_answering_no_observation_fails_the_trajectory_naming_it() -> None:
+    # Was: AttributeError: 'dict' object has no attribute 'content', naming neither the sandbox nor its execute().
+    from ee_middleware.errors import SandboxError
+
+    class DictAnswers:
+        def covers(self, name: str) -> bool:
+            return name == "order_item"
+
+        def reset(self, environment: Any) -> None:
+            pass
+
+        def execute(self, call: ToolCall) -> Any:
+            return {"content": "ordered"}
+
+        def snapshot(self) -> Any:
+            return None
+
+        def restore(self, snapshot: Any) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    with pytest.raises(SandboxError, match=r"DictAnswers returned dict from execute\(\) for tool 'order_item', not an Observation"):
+        replay_trajectory(_shop_trajectory(), DictAnswers(), Proposer(MutationPolicy(), k=1), SETTINGS)
+
+
 def test_an_expert_path_through_an_unsandboxed_tool_is_skipped_with_the_fix() -> None:
     sandbox = PythonSandbox(lambda env: {}, tools={"check_stock": lambda world, item: "ok"})
     outcome = replay_trajectory(_shop_trajectory(then_check=True), sandbox, Proposer(MutationPolicy(), k=2), SETTINGS)

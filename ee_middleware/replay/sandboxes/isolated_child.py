@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from ee_middleware._lifetime import die_with_parent, kill_process_group
 from ee_middleware.errors import SandboxError
 from ee_middleware.records import Observation, ToolCall
+from ee_middleware.replay.sandboxes.protocol import executed
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -80,24 +81,27 @@ def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None,
         send_error(conn, exc)
         conn.close()
         return
+    closed = False
     try:
         send_reply(conn, {"kind": kind, "pid": os.getpid()})
-        _serve(conn, inner, ChildServer(inner, memory_mb, max_snapshots))
+        closed = _serve(conn, inner, ChildServer(inner, memory_mb, max_snapshots))
     except (BrokenPipeError, ConnectionResetError):
         # The parent's end of the pipe is gone (a replay job killed with SIGKILL while this child answered it): there is
         # no one to answer, so the child ends as on EOF, without a traceback on the stderr it shares with the job.
         pass
     conn.close()
+    if not closed:  # the parent went away (killed, or its end closed): nobody kills this group after it, so it does
+        _kill_own_group()
 
 
-def _serve(conn: Connection, inner: Sandbox, server: ChildServer) -> None:
+def _serve(conn: Connection, inner: Sandbox, server: ChildServer) -> bool:
     """Answer the parent's requests until EOF or close; a reply the parent can no longer receive raises
-    ``BrokenPipeError`` (or ``ConnectionResetError``)."""
+    ``BrokenPipeError`` (or ``ConnectionResetError``). ``True`` where the parent asked to close, ``False`` on EOF."""
     while True:
         try:
             op, args, drops = conn.recv()
         except (EOFError, OSError):  # the parent went away
-            break
+            return False
         for handle in drops:
             server.snapshots.pop(handle, None)
         if op == "close":
@@ -107,7 +111,7 @@ def _serve(conn: Connection, inner: Sandbox, server: ChildServer) -> None:
                 send_error(conn, exc)
             else:
                 send_reply(conn, None)
-            break
+            return True
         try:
             value = server.handle(op, args)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent
@@ -266,11 +270,12 @@ class ChildServer:
             self.snapshots.popitem(last=False)
 
     def execute(self, call: ToolCall) -> Observation:
-        """Run ``call``; tool failures (``MemoryError`` and ``SystemExit`` included) become error observations. A
+        """Run ``call``; tool failures (``MemoryError`` and ``SystemExit`` included) become error observations (a value
+        other than an observation is the inner sandbox's bug: :func:`executed` raises it as :class:`SandboxError`). A
         :class:`PythonSandbox` makes a tool's exception its observation itself, with its ``format_error``, as in
         process; an exception another inner sandbox lets escape is written as the default ``format_error`` writes it."""
         try:
-            result = self.inner.execute(call)
+            result = executed(self.inner, call)
         except MemoryError:
             return Observation(content=self._memory_message(call.name), is_error=True, sandbox_failure="memory")
         except SandboxError:
@@ -279,11 +284,6 @@ class ChildServer:
             from ee_middleware.replay.sandboxes.python import format_exception
 
             return Observation(content=format_exception(exc), is_error=True)
-        if not isinstance(result, Observation):
-            return Observation(
-                content=f"Error: the inner sandbox returned {type(result).__name__} for tool '{call.name}', not an Observation.",
-                is_error=True,
-            )
         if result.is_error and self.memory_mb is not None and "MemoryError" in result.content:
             # The inner sandbox caught the MemoryError itself; still say which limit was hit.
             hint = self._memory_message(call.name)

@@ -43,8 +43,11 @@ import os
 import weakref
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
+from ee_middleware.errors import SandboxError
+from ee_middleware.records import Observation
+
 if TYPE_CHECKING:
-    from ee_middleware.records import Observation, ToolCall
+    from ee_middleware.records import ToolCall
 
 
 @runtime_checkable
@@ -111,6 +114,22 @@ class StatefulSandbox(Sandbox, Protocol):
         :class:`~ee_middleware.errors.SandboxError` when closed or before :meth:`reset`.
         """
         ...
+
+
+def executed(sandbox: Any, call: ToolCall) -> Observation:
+    """``sandbox.execute(call)``, checked to be an :class:`~ee_middleware.records.Observation`: anything else is a bug in
+    the sandbox, raised as :class:`~ee_middleware.errors.SandboxError` naming it (never stored as what the tool returned,
+    which datasets would learn)."""
+    result = sandbox.execute(call)
+    if not isinstance(result, Observation):
+        kind = type(sandbox)
+        raise SandboxError(
+            f"the sandbox {kind.__module__}.{kind.__qualname__} returned {type(result).__name__} from execute() for tool "
+            f"{call.name!r}, not an Observation: a bug in the sandbox. Its execute() must return "
+            "ee_middleware.records.Observation(content=..., is_error=...) (the Sandbox protocol; "
+            "ee_middleware.testing.check_sandbox checks it)."
+        )
+    return result
 
 
 def check_offered_tools(sandbox: Any, tools: Any) -> None:

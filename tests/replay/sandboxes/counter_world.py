@@ -235,3 +235,18 @@ class LockSnapshotSandbox(CounterSandbox):
 
     def restore(self, snapshot: Any) -> None:
         super().restore(snapshot[0])
+
+
+class DictAnswerSandbox(CounterSandbox):
+    """A sandbox with a bug: ``get`` of the key ``odd`` answers a dict instead of an :class:`Observation`."""
+
+    kind = "dict-answer"
+
+    def execute(self, call: ToolCall) -> Any:
+        if call.name == "get" and call.arguments.get("key") == "odd":
+            return {"content": "oops"}
+        return super().execute(call)
+
+
+def make_dict_answer_sandbox() -> DictAnswerSandbox:
+    return DictAnswerSandbox()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox, SubprocessSnapshot
 from ee_middleware.replay.sandboxes.protocol import Sandbox
-from tests.replay.sandboxes.counter_world import PYTHON_SANDBOX_FACTORY, broken_factory, make_counter_sandbox
+from tests.replay.sandboxes.counter_world import PYTHON_SANDBOX_FACTORY, broken_factory, make_counter_sandbox, make_dict_answer_sandbox
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -135,6 +136,17 @@ def test_a_sandbox_error_from_the_inner_execute_is_raised_as_in_process() -> Non
             box.execute(call("get", key="a"))
         box.reset(None)
         assert value(box, "a") == "0"
+
+
+def test_an_inner_execute_answering_no_observation_is_the_sandboxs_error_as_in_process() -> None:
+    # Was: an error observation "Error: the inner sandbox returned dict ..." stored as what the tool returned (datasets
+    # learned it), where in process the job failed with a bare AttributeError.
+    with SubprocessSandbox(make_dict_answer_sandbox, memory_mb=None) as box:
+        box.reset({"counts": {"a": 1}})
+        message = "the sandbox tests.replay.sandboxes.counter_world.DictAnswerSandbox returned dict from execute() for tool 'get'"
+        with pytest.raises(SandboxError, match=re.escape(message)):
+            box.execute(call("get", key="odd"))
+        assert value(box, "a") == "1"  # the child goes on
 
 
 def test_forkserver_start_method() -> None:
