@@ -11,16 +11,19 @@ since: see :attr:`~ee_middleware.replay.config.ReplayConfig.again`); a plain run
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import polars as pl
 
+from ee_middleware._locks import holder_lock
 from ee_middleware.errors import EEError, ModelError, PolicyError
 from ee_middleware.messages import unusable_reasons
 from ee_middleware.models.urls import shown_spec
@@ -40,6 +43,7 @@ from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.runner import ReplayOutcome, ReplaySettings
 from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
+from ee_middleware.store.metadata import meta_folder
 from ee_middleware.store.protocol import ExperienceStore
 
 ProgressCallback = Callable[[ReplayOutcome, int, int], None]
@@ -444,21 +448,52 @@ def run_replay(
 
     store = open_store(config.store, create=False)
     config = with_attempt(store, config)
-    options = {**sandbox_options(allow_network=config.allow_network), **config.sandbox_factory_options()}
-    factory = sandbox_factory(
-        config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb, options=options
-    )
-    probe = build_sandbox(config.sandbox, **options)  # a sandbox that cannot be built fails here, with its reason, before any worker starts
-    probe.close()
-    # Local workers are forked by a fork server of the job's: started now, it imports what they need while the job
-    # reads the store. The executor takes it over (a job that ends up needing none stops it: see the end).
-    forks = config.executor == "local" and config.workers > 1
-    fork_server = start_job_fork_server(forked_worker_modules(config, probe)) if forks else None
-    try:
-        return _replay_selected(config, store, factory, options, fork_server, on_outcome, on_start)
-    finally:
-        if fork_server is not None:
-            fork_server.stop()  # (a no-op where the executor stopped it)
+    with replaying_alone(store, config.replay_id):
+        options = {**sandbox_options(allow_network=config.allow_network), **config.sandbox_factory_options()}
+        factory = sandbox_factory(
+            config.sandbox, isolation=config.isolation, timeout_s=config.tool_timeout_s, memory_mb=config.memory_mb, options=options
+        )
+        # a sandbox that cannot be built fails here, with its reason, before any worker starts
+        probe = build_sandbox(config.sandbox, **options)
+        probe.close()
+        # Local workers are forked by a fork server of the job's: started now, it imports what they need while the job
+        # reads the store. The executor takes it over (a job that ends up needing none stops it: see the end).
+        forks = config.executor == "local" and config.workers > 1
+        fork_server = start_job_fork_server(forked_worker_modules(config, probe)) if forks else None
+        try:
+            return _replay_selected(config, store, factory, options, fork_server, on_outcome, on_start)
+        finally:
+            if fork_server is not None:
+                fork_server.stop()  # (a no-op where the executor stopped it)
+
+
+class ReplayRunningError(EEError):
+    """Another replay job of the same configuration is replaying the store now."""
+
+
+@contextmanager
+def replaying_alone(store: ExperienceStore, replay_id: str) -> Iterator[None]:
+    """Hold the store's lock for replay id ``replay_id`` (a file in a local store's folder) for the block; raise
+    :class:`ReplayRunningError` at once where another process holds it. Two jobs of one configuration would each replay
+    every trajectory the other has not finished yet: every tool call made twice, every rollout stored twice. Jobs of other
+    configurations (another policy, K, seed or attempt) run beside each other. A store without a local folder (a plug-in's)
+    is not locked."""
+    folder = meta_folder(store)
+    if folder is None or not folder.is_dir():
+        yield
+        return
+    name = f"replay-{hashlib.sha256(replay_id.encode()).hexdigest()[:16]}.lock"
+
+    def busy(holder: str) -> ReplayRunningError:
+        return ReplayRunningError(
+            f"Another replay of this configuration (replay id {replay_id}) is running on {folder} ({holder}): both would "
+            "replay the same trajectories, every tool call made and every rollout stored twice. Wait for it to end, or stop "
+            "that process (the lock is released when it exits, even if it is killed). A replay of another configuration "
+            "(another --policy, --k, --seed, or --again) may run beside it."
+        )
+
+    with holder_lock(folder / name, busy, doing=f"replay {replay_id}", remove=True):
+        yield
 
 
 def _replay_selected(

@@ -52,6 +52,24 @@ def test_a_run_replays_every_approved_trajectory_and_a_rerun_does_nothing_new(bf
     assert store.rollouts(replay_id=other_k.replay_id).height == other_k.branches
 
 
+def test_a_second_job_of_the_same_configuration_is_refused_while_one_runs(bfcl_store_path: Path) -> None:
+    # Sweep D: two overlapping runs (a cron job and a manual one) both replayed every trajectory: every tool call made
+    # twice, every rollout stored twice. The lock is held as a running job holds it (another open file, as in another
+    # process); another configuration runs beside it.
+    from ee_middleware.replay.job import ReplayRunningError, replaying_alone, with_attempt
+
+    store = LocalExperienceStore(bfcl_store_path)
+    config = with_attempt(store, ReplayConfig.load(store=bfcl_store_path, k=2))
+    with replaying_alone(store, config.replay_id):
+        with pytest.raises(ReplayRunningError, match=rf"Another replay of this configuration \(replay id {config.replay_id}\) is running"):
+            run_replay(ReplayConfig.load(store=bfcl_store_path, k=2))
+        assert store.replays().height == 0
+        other = run_replay(ReplayConfig.load(store=bfcl_store_path, k=3))
+        assert other.done == BFCL_ENTRIES
+    assert run_replay(ReplayConfig.load(store=bfcl_store_path, k=2)).done == BFCL_ENTRIES  # released
+    assert not list(bfcl_store_path.glob("replay-*.lock"))  # nothing left in the store's folder
+
+
 def test_two_worker_processes_store_the_same_rollouts_as_one(bfcl_store_path: Path, tmp_path: Path) -> None:
     import shutil
 
