@@ -92,7 +92,7 @@ def _call_text(name: str, args: tuple[Any, ...], options: Mapping[str, Any]) -> 
     return f"{name}({', '.join([repr(a) for a in args] + [f'{key}={value!r}' for key, value in options.items()])})"
 
 
-def _where_raised(exc: BaseException, module: str | None = None) -> str:
+def _where_raised(exc: BaseException, module: str | None = None, *, users_only: bool = False) -> str:
     """Where ``exc`` was raised in the user's code: the last frame of its traceback outside ee_middleware, the standard
     library and installed packages (the first frame below the caller when every frame is theirs), as ``FILE:LINE, in
     FUNCTION: `CODE```; the file relative to the working folder when it is inside it. Empty without a traceback.
@@ -100,7 +100,7 @@ def _where_raised(exc: BaseException, module: str | None = None) -> str:
     With ``module`` (a plug-in's module that raised while it was imported): a frame in that module's top package counts
     as the user's too (an installed plug-in lives in site-packages), a SyntaxError is told at the line of the file that
     Python could not read (``FILE:LINE: `CODE```), and without a frame of the user's (the module is not found) it is
-    empty: the frames left are the import machinery's."""
+    empty: the frames left are the import machinery's. ``users_only``: empty, too, where no frame is the user's."""
     import traceback
 
     if module is not None and isinstance(exc, SyntaxError) and exc.filename and exc.lineno and not exc.filename.startswith("<"):
@@ -120,9 +120,15 @@ def _where_raised(exc: BaseException, module: str | None = None) -> str:
         return not filename.startswith("<") and not any(Path(filename).resolve().is_relative_to(o) for o in others)
 
     theirs = [frame for i, frame in enumerate(frames) if users(i)]
-    if not theirs and module is not None:
+    if not theirs and (module is not None or users_only):
         return ""
     return _frame_text(theirs[-1] if theirs else frames[0])
+
+
+def where_user_code_raised(exc: BaseException) -> str:
+    """Where ``exc`` was raised in the user's own code (a plug-in's sandbox, policy or tool: see :func:`_where_raised`),
+    as ``FILE:LINE, in FUNCTION: `CODE```; empty where no frame of its traceback is the user's (ee's own errors)."""
+    return _where_raised(exc, users_only=True)
 
 
 def _frame_text(frame: Any) -> str:

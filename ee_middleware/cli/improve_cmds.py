@@ -18,7 +18,6 @@ from ee_middleware.cli.common import (
     escape,
     examples,
     library_bars_off,
-    open_job_store,
     print_json,
     progress_console,
     reading_store,
@@ -131,9 +130,7 @@ def improve(
                 allow_partial=allow_partial,
                 keep_runs=keep_runs,
             )
-            # a store that is not there is named as the flag, variable or file that set it (the job's own check says
-            # [improve] store, whichever set it)
-            open_job_store(job.store, settings_from["store"])
+            job.store_set_by(settings_from["store"])  # an error about the store names the flag, variable or file that set it
         except Exception as exc:
             if as_json:  # no run: stdout still says why, as JSON
                 print_json(_failure_json(exc))

@@ -65,7 +65,7 @@ def run(
         "--policy",
         help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. [default: mutate]",
     ),
-    k: int | None = typer.Option(None, "--k", "-k", min=1, help="Alternatives per recorded state. [default: 8]"),
+    k: int | None = typer.Option(None, "--k", "-k", min=1, max=256, help="Alternatives per recorded state. [default: 8]"),
     workers: int | None = typer.Option(
         None,
         "--workers",

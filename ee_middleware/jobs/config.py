@@ -49,7 +49,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from ee_middleware._toml import KNOWN_TABLES, build_config, finite_seconds, layered_values, naming_file, read_toml, read_toml_table
 from ee_middleware.errors import ConfigError, EEError, MissingSettingError
@@ -253,6 +253,7 @@ class ImproveConfig(BaseModel):
     serving: Serving = Field(default_factory=Serving)
     config_path: Path | None = None
     """The TOML file the stage tables are read from (set by :meth:`load`)."""
+    _store_origin: str | None = PrivateAttr(None)  # where store came from, for its error (store_set_by); no setting
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ImproveConfig:
@@ -458,6 +459,11 @@ class ImproveConfig(BaseModel):
                 "ee eval run, read them)."
             )
 
+    def store_set_by(self, origin: str) -> None:
+        """Say where :attr:`store` came from (``--store``, ``EE_STORE=VALUE``, ``store in [improve] of FILE``: the CLI's
+        :func:`~ee_middleware.cli.common.store_origin`), for the error about a store that is not there."""
+        self._store_origin = origin
+
     def _check_store(self, replay_sandbox: str = "") -> None:
         """The store is there, and records this app if it records any: a misspelt app in a store of other apps would end
         every night as 'nothing-new' (exit status 0) and never learn anything. With the built-in ``bfcl`` replay sandbox
@@ -471,7 +477,11 @@ class ImproveConfig(BaseModel):
         try:
             store = open_store(self.store, create=False)
         except StoreError as exc:
-            raise ConfigError(f"[improve] store = {str(self.store)!r} (or --store, EE_STORE): {exc}") from exc
+            if self._store_origin is None:
+                raise ConfigError(f"[improve] store = {str(self.store)!r} (or --store, EE_STORE): {exc}") from exc
+            if self._store_origin == "--store":
+                raise ConfigError(str(exc)) from exc
+            raise ConfigError(f"{exc} (This store was set by {self._store_origin}.)") from exc
         try:  # the app column alone where the store can read so, not every table
             index = getattr(store, "trajectory_index", None)
             frame = index(["app"]) if callable(index) else store.trajectories()

@@ -393,9 +393,14 @@ class _Worker:
         return self._requests
 
     def _failed(self, trajectory_id: str, exc: Exception) -> ReplayOutcome:
-        """A ``failed`` record for ``trajectory_id`` (retried by the next run), the error's last line as its reason."""
+        """A ``failed`` record for ``trajectory_id`` (retried by the next run), the error's last line as its reason, and
+        where the user's code raised it (a plug-in sandbox's or policy's bug), if it did."""
+        from ee_middleware.plugins import where_user_code_raised
+
         settings = self.spec.settings
         tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        where = where_user_code_raised(exc)
+        tb += f" (raised at {where})" if where else ""
         record = ReplayRecord(
             replay_id=settings.replay_id,
             trajectory_id=trajectory_id,

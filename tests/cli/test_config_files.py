@@ -157,22 +157,3 @@ def test_an_unknown_key_of_a_relative_config_path_is_named_once(tmp_path: Path, 
     result = runner.invoke(app, ["improve", "-c", "typo.toml", "--no-progress"])
     assert result.exit_code == 1
     assert " ".join(result.stderr.split()).count("in [improve] of") == 1, result.stderr
-
-
-def test_ee_improve_names_where_a_missing_store_was_set(bfcl_store_path: Path, tmp_path: Path) -> None:
-    # A --store or EE_STORE naming no store was reported as "[improve] store = '<that path>' (or --store, EE_STORE)",
-    # as if the file (which named another, existing store) had set it.
-    missing = tmp_path / "no-store"
-    config = _file(
-        tmp_path,
-        f'[improve]\nstore = "{bfcl_store_path}"\napp = "bfcl"\nregistry = "{tmp_path / "reg"}"\nruns = "{tmp_path / "runs"}"\n'
-        f'base_model = "{tmp_path / "base"}"\n',
-    )
-    flagged = ee("improve", "--config", config, "--store", missing)
-    assert flagged.exit_code == 1, flagged.output
-    error = flagged.stderr.strip().splitlines()[-1]
-    assert error == f"error: No experience store at {missing}. Record a run into it first, or check the --store path.", flagged.stderr
-    from_env = ee("improve", "--config", config, "--json", env={"EE_STORE": str(missing)})
-    assert from_env.exit_code == 1, from_env.output
-    assert json.loads(from_env.stdout)["error"].endswith(f"(This store was set by EE_STORE={missing}.)"), from_env.stdout
-    assert "[improve] store" not in flagged.stderr + from_env.stderr + from_env.stdout

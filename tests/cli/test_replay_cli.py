@@ -787,3 +787,11 @@ def test_the_progress_bar_of_replay_run_again_names_the_new_attempts_replay_id(t
     assert again.exit_code == 0, again.output
     second = json.loads(ee(*args, "--json").stdout)["replay_id"]  # a plain run continues the newest attempt
     assert second != first and f"replay {second}" in again.stderr and f"replay {first}" not in again.stderr, again.stderr
+
+
+def test_a_k_beyond_its_limit_is_a_usage_error_that_names_it(tmp_path: Path) -> None:
+    # --k 0 was a usage error (exit 2) but --k 300 a configuration error (exit 1), and the help named no maximum.
+    for k in ("0", "300"):
+        result = ee("replay", "run", "--store", tmp_path, "--k", k)
+        assert result.exit_code == 2, (k, result.output)
+    assert "1<=x<=256" in " ".join(ee("replay", "run", "--help").output.split())

@@ -51,3 +51,22 @@ def test_runs_prune_json_says_why_when_a_run_holds_the_lock(tmp_path: Path) -> N
     assert result.exit_code == 1
     data = json.loads(result.stdout)
     assert data["status"] == "refused" and "Another run holds" in data["error"] and data["runs"] == str(runs.root)
+
+
+def test_a_missing_store_is_named_by_the_flag_variable_or_file_that_set_it(tmp_path: Path, tiny_base: Path) -> None:
+    """Sweep E: a --store or EE_STORE naming no store was reported as "[improve] store = '<that path>' (or --store,
+    EE_STORE)", as if the file (which named another, existing store) had set it."""
+    path = write_config(tmp_path, base=tiny_base)
+    record(tmp_path / "store", 1)
+    missing = tmp_path / "no-store"
+    flagged = CliRunner().invoke(app, ["improve", "--config", str(path), "--store", str(missing)])
+    assert flagged.exit_code == 1, flagged.output
+    error = flagged.stderr.strip().splitlines()[-1]
+    assert error == f"error: No experience store at {missing}. Record a run into it first, or check the --store path.", flagged.stderr
+    from_env = CliRunner().invoke(app, ["improve", "--config", str(path), "--json"], env={"EE_STORE": str(missing)})
+    assert from_env.exit_code == 1, from_env.output
+    assert json.loads(from_env.stdout)["error"].endswith(f"(This store was set by EE_STORE={missing}.)"), from_env.stdout
+    path.write_text(path.read_text().replace(str(tmp_path / "store"), str(missing)))
+    in_file = CliRunner().invoke(app, ["improve", "--config", str(path)])
+    assert in_file.exit_code == 1 and f"(This store was set by store in [improve] of {path}.)" in in_file.stderr, in_file.output
+    assert "[improve] store =" not in flagged.stderr + from_env.stdout + in_file.stderr

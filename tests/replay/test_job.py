@@ -143,6 +143,10 @@ def test_a_failing_trajectory_is_recorded_and_retried_on_the_next_run(bfcl_store
     config = ReplayConfig.load(store=bfcl_store_path, k=2, sandbox="tests.replay.sandboxes_for_tests:FlakyBFCLSandbox")
     summary = run_replay(config)
     assert len(summary.failed) == 1 and "backend connection lost" in next(iter(summary.failed.values()))
+    # where the sandbox's own code raised it (sweep D: the bare exception named neither the plug-in nor its line)
+    reason = next(iter(summary.failed.values()))
+    assert reason.startswith("RuntimeError: backend connection lost (raised at tests/replay/sandboxes_for_tests.py:"), reason
+    assert reason.endswith(', in execute: `raise RuntimeError("backend connection lost")`)'), reason
     assert summary.done == BFCL_ENTRIES - 1
     monkeypatch.setenv("EE_TEST_FLAKY_FIXED", "1")
     retry = run_replay(config)
