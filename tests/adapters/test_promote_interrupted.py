@@ -58,11 +58,9 @@ def two_stand_ins() -> Iterator[tuple[list[StandInVLLM], list[str]]]:
         yield servers, urls
 
 
-@pytest.mark.parametrize("call", ["list", "load", "verify"])
-def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
-    tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]], call: str
-) -> None:
-    servers, urls = two_stand_ins
+def _interrupted_promote(tmp_path: Path, urls: list[str], call: str) -> tuple[LocalAdapterRegistry, str, str, list[str]]:
+    """A live adapter promoted on both replicas, then a candidate's promote interrupted at ``call`` on the second (see
+    :class:`InterruptedAt`): the registry, the live adapter, the candidate, and what the promote said."""
     registry = LocalAdapterRegistry(tmp_path / "reg")
     live, candidate = (registry.register(write_adapter(tmp_path / f"src{i}", seed=i), "bot").name for i in range(2))
     first = VLLMBackend(urls[0], timeout_s=5)
@@ -70,6 +68,15 @@ def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
         promote(registry, candidate, [first, InterruptedAt(urls[1], call)], progress=said.append)
+    return registry, live, candidate, said
+
+
+@pytest.mark.parametrize("call", ["list", "load", "verify"])
+def test_a_promote_interrupted_before_its_switch_is_undone_and_noted(
+    tmp_path: Path, two_stand_ins: tuple[list[StandInVLLM], list[str]], call: str
+) -> None:
+    servers, urls = two_stand_ins
+    registry, live, candidate, said = _interrupted_promote(tmp_path, urls, call)
     assert candidate not in servers[0].loaded, "unloaded from the replica it reached"
     assert candidate not in servers[1].loaded, "unloaded where its load went through, never loaded where it did not"
     assert registry.resolve("bot") == live and registry.get(candidate).status == "candidate"
@@ -151,13 +158,7 @@ def test_a_promote_interrupted_while_checking_the_replicas_is_noted_and_said(
     """Stopped while the first check waits on a replica's model listing (a stuck replica: SIGTERM to a hung promote).
     Was: nothing said, nothing recorded (exit 130 with an empty stderr), where a --timeout there records promote-aborted."""
     servers, urls = two_stand_ins
-    registry = LocalAdapterRegistry(tmp_path / "reg")
-    live, candidate = (registry.register(write_adapter(tmp_path / f"src{i}", seed=i), "bot").name for i in range(2))
-    first = VLLMBackend(urls[0], timeout_s=5)
-    promote(registry, live, [first, VLLMBackend(urls[1], timeout_s=5)])
-    said: list[str] = []
-    with pytest.raises(KeyboardInterrupt):
-        promote(registry, candidate, [first, InterruptedAt(urls[1], "check")], progress=said.append)
+    registry, live, candidate, said = _interrupted_promote(tmp_path, urls, "check")
     assert not any(candidate in server.loaded for server in servers)
     assert registry.resolve("bot") == live and registry.get(candidate).status == "candidate"
     events = registry.history(adapter=candidate)
