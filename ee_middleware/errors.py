@@ -23,6 +23,11 @@ class MissingSettingError(ConfigError):
     (exit code 2, with the command's usage line), as a missing option is."""
 
 
+class RedactFnError(EEError, ValueError):
+    """A ``redact_fn`` (a redactor's ``custom`` function) raised. Its message names the function and the exception's type
+    and where the function raised it, never the exception's own message, which may quote the text it was given."""
+
+
 class RecordError(EEError, ValueError):
     """A record (trajectory, step, approval) does not fit the schema."""
 

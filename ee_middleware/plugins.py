@@ -125,10 +125,12 @@ def _where_raised(exc: BaseException, module: str | None = None, *, users_only: 
     return _frame_text(theirs[-1] if theirs else frames[0])
 
 
-def where_user_code_raised(exc: BaseException) -> str:
+def where_user_code_raised(exc: BaseException, *, code: bool = True) -> str:
     """Where ``exc`` was raised in the user's own code (a plug-in's sandbox, policy or tool: see :func:`_where_raised`),
-    as ``FILE:LINE, in FUNCTION: `CODE```; empty where no frame of its traceback is the user's (ee's own errors)."""
-    return _where_raised(exc, users_only=True)
+    as ``FILE:LINE, in FUNCTION: `CODE``` (without the code where ``code`` is false: a ``redact_fn``'s line may spell out
+    what it removes); empty where no frame of its traceback is the user's (ee's own errors)."""
+    where = _where_raised(exc, users_only=True)
+    return where if code else where.partition(": `")[0]
 
 
 def _frame_text(frame: Any) -> str:

@@ -31,6 +31,7 @@ from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.clock import now_ns
 from ee_middleware.capture.direct_spans import DirectTracer, RootIds
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
+from ee_middleware.errors import RedactFnError
 from ee_middleware.messages import message_type
 
 logger = logging.getLogger("ee_middleware.capture")
@@ -763,7 +764,10 @@ def capture_failed(operation: str) -> str:
     what = {sc.OP_CHAT: "a model call's messages", sc.OP_EXECUTE_TOOL: "a tool call's arguments or result"}.get(
         operation, "the run's input, output or environment"
     )
-    return f"{what} could not be encoded or redacted ({type(exc).__name__ if exc is not None else 'failed'})"
+    kind = type(exc).__name__ if exc is not None else "failed"
+    if isinstance(exc, RedactFnError) and exc.__cause__ is not None:
+        kind += f": the redact_fn raised {type(exc.__cause__).__name__}"
+    return f"{what} could not be encoded or redacted ({kind})"
 
 
 def resumes_from_checkpoint(graph_input: Any) -> bool:

@@ -1326,8 +1326,27 @@ class Redactor:
                 text = self._redact_embedded_json(text)
             text = self._apply_rules(text)
         if self.custom is not None:
-            text = self.custom(text)
+            text = self._custom(text)
         return text
+
+    def _custom(self, text: str) -> str:
+        """``custom`` over ``text``; what it raises is raised as :class:`~ee_middleware.errors.RedactFnError` (its cause),
+        without its message: a function that quotes the text it failed on (``ValueError(f"cannot scrub {text!r}")``) would otherwise put
+        the value it was to remove in a report, a log or stderr."""
+        try:
+            return self.custom(text)  # type: ignore[misc]
+        except Exception as exc:  # whatever the user's function raises: told without its message
+            from ee_middleware.errors import RedactFnError
+            from ee_middleware.plugins import where_user_code_raised
+
+            name = f"{getattr(self.custom, '__module__', '?')}.{getattr(self.custom, '__qualname__', type(self.custom).__name__)}"
+            where = where_user_code_raised(exc, code=False)
+            raise RedactFnError(
+                f"the redact_fn {name} raised {type(exc).__module__}.{type(exc).__qualname__}"
+                + (f" at {where}" if where else "")
+                + " (its message is not shown: it may quote the text it was given). Make it return the text it cannot "
+                "redact otherwise, redacted whole if need be, rather than raise."
+            ) from exc  # (its own exception stays its cause, for a traceback: strict mode's CaptureError, a debugger)
 
     def redact_value(self, value: Any) -> Any:
         """Redact every string inside JSON-like data (keys included); values under secret-named keys
@@ -1390,7 +1409,7 @@ class Redactor:
         last = len(value.rstrip())  # (only a whole value is an id: a number starting free text is not)
         found = [f for f in self._find(value) if not (f[2] in _NUMBER_KINDS and f[0] == first and f[1] == last)] if self._rules else []
         text = self._apply_found(value, found)
-        return self.custom(text) if self.custom is not None else text
+        return self._custom(text) if self.custom is not None else text
 
     def _redact_schema(self, value: Any, names: bool = False) -> Any:
         """A JSON Schema below a strong secret name (a tool's ``api_key`` parameter), or a part of it (``names``: a

@@ -26,11 +26,13 @@ import polars as pl
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, span_time, split_nested
 from ee_middleware.capture.normalize import normalize, operation_of
+from ee_middleware.capture.offload import refuse_unimportable_redact_fn
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.redaction import SALT_BYTES, SALT_FILE, Redactor, store_salt
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.capture.store_redaction import (
     StoreRedaction,
+    function_name,
     has_rules,
     load_custom_function,
     read_store_redaction,
@@ -147,9 +149,15 @@ class IngestReport:
 
 def _ingest_settings(store: ExperienceStore, redactor: Redactor | None) -> StoreRedaction:
     """The redaction settings ingest applies, kept as the store's ``redaction.json`` (which names its vault): the store's
-    own; with a caller's ``redactor``, the union of its rules and the store's (:meth:`StoreRedaction.union`), as every
-    recorder applies the store's recorded rules besides its own."""
-    own = read_store_redaction(store) if redactor is None else StoreRedaction(rules=redactor.rules, pseudonyms=redactor.salt is not None)
+    own; with a caller's ``redactor``, the union of its rules and its ``custom`` function's name (a ``redact_fn``, which
+    every later writer of the store imports and applies: one no other process can import is refused, as a recorder's is)
+    with the store's (:meth:`StoreRedaction.union`), as every recorder applies the store's recorded rules besides its own.
+    A redactor without a salt leaves pseudonyms as the store has them (on by default): its salt is only the one to use."""
+    if redactor is None:
+        return record_store_redaction(store, read_store_redaction(store))
+    custom = redactor.custom
+    refuse_unimportable_redact_fn(custom)
+    own = StoreRedaction(rules=redactor.rules, custom_function=function_name(custom) if custom is not None else None)
     return record_store_redaction(store, own)
 
 
@@ -194,6 +202,8 @@ def _ingest_redactor(
     if redactor is not None and redactor.enabled:  # (one that redacts nothing adds no pass)
         own = copy.copy(redactor)
         own.salt, own.on_replace = salt, told if salt is not None else None
+        if own.custom is not None and function_name(own.custom) in settings.custom_functions:
+            own.custom = None  # recorded with the store's: applied above, by its name, once
         own.canonical_pseudonyms = settings.canonical_pseudonyms
         custom = own.redact_text if custom is None else functools.partial(_in_turn, (custom, own.redact_text))
     return Redactor(settings.rules, salt=salt, custom=custom, on_replace=told)

@@ -10,7 +10,7 @@ import pytest
 
 from ee_middleware import record_experience
 from ee_middleware.capture import semconv as sc
-from ee_middleware.errors import CaptureError
+from ee_middleware.errors import CaptureError, RedactFnError
 from ee_middleware.store import LocalExperienceStore
 from tests.conftest import USER_TASK
 
@@ -79,7 +79,10 @@ def test_a_run_whose_redact_fn_raised_on_one_call_is_not_stored_as_if_whole(
     assert stats.trajectories_written == stats.trajectories_auto_approved == 0
     assert (stats.runs_failed, stats.spans_failed) == (1, 2), stats
     reason = stats.errors[-1]
-    assert "was not stored" in reason and "tool call's arguments or result could not be encoded or redacted (RuntimeError)" in reason
+    assert (
+        "was not stored" in reason
+        and "tool call's arguments or result could not be encoded or redacted (RedactFnError: the redact_fn raised RuntimeError)" in reason
+    )
     assert "ordered 5 pear" not in reason
     if offload == "thread":  # the user's own exporter gets the span marked, without the value
         [tool_span] = [s for s in span_exporter.get_finished_spans() if s.name == "execute_tool order_item"]
@@ -92,8 +95,10 @@ def test_strict_mode_raises_when_a_run_could_not_be_recorded_whole(react_graph, 
     agent.invoke(USER_TASK)
     with pytest.raises(CaptureError, match="Recording failed") as raised:
         agent.flush()
-    assert isinstance(raised.value.__cause__, RuntimeError), "the redact_fn's own exception"
-    assert "scrubber crashed" in str(raised.value.__cause__)
+    cause = raised.value.__cause__
+    assert isinstance(cause, RedactFnError) and "scrub_or_fail raised builtins.RuntimeError" in str(cause)
+    assert "scrubber crashed" not in str(raised.value), "never its message: it may quote the text it was given"
+    assert isinstance(cause.__cause__, RuntimeError) and "scrubber crashed" in str(cause.__cause__), "its own, for a traceback"
     agent.recorder.close()
     assert _stored(store_path) == []
 

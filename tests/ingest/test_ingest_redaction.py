@@ -17,7 +17,7 @@ from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
 from ee_middleware.ingest import ingest_files
 from ee_middleware.store import LocalExperienceStore
-from tests.ingest.otlp_builders import GENAI_FILE, _request
+from tests.ingest.otlp_builders import GENAI_FILE, TRACE, _request
 
 MAIL = "zed.new@example.org"
 PLAIN = ("Jane Doe", "CU-1001", "1985-07-14", MAIL)
@@ -91,15 +91,55 @@ def test_a_callers_redactor_applies_the_stores_rules_and_salt_too(tmp_path: Path
     assert _stored_email(store_path) == store_redactor(store).redact_text(MAIL), "the store's salt: one value, one pseudonym"
 
 
+def scrub_orgs(text: str) -> str:
+    """A caller's own ``custom`` function (importable, as a ``redact_fn`` must be)."""
+    return text.replace("Acme", "[ORG]")
+
+
+def refuse_to_scrub(text: str) -> str:
+    """A ``redact_fn`` that raises, quoting the text it was given."""
+    if "Jane" in text:
+        raise ValueError(f"cannot scrub {text!r}")
+    return text
+
+
 def test_a_callers_redactor_keeps_its_own_rules_and_function(tmp_path: Path) -> None:
     """The caller's redactor still applies all of its own: an ``extra_patterns=`` rule and its ``custom`` function, on
     top of the store's rules (a recorder's own rules are applied with the store's alike)."""
     store_path = _app_store(tmp_path)
-    caller = Redactor(extra_patterns={"ticket": r"TCK-\d+"}, custom=lambda text: text.replace("Acme", "[ORG]"))
+    caller = Redactor(extra_patterns={"ticket": r"TCK-\d+"}, custom=scrub_orgs)
     report = ingest_files([_spans(tmp_path, extra=" ticket TCK-991 at Acme")], str(store_path), redactor=caller)
     assert (len(report.ingested), report.problems) == (1, 0), report.errors
     held = _held(store_path)
     assert [value for value in (*PLAIN, "TCK-991", "Acme") if value in held] == []
+
+
+def test_a_callers_function_is_recorded_with_the_store_and_applied_by_later_writers(tmp_path: Path) -> None:
+    """Sweep F: the caller's ``custom`` function was applied to its own ingest only: redaction.json did not name it, so
+    a later ``ee traces ingest`` (and exports) wrote what it removes in plain text. A function no other process could
+    import is refused, as a recorder's ``redact_fn`` is; a redactor without a salt no longer turned the store's
+    pseudonyms off for good."""
+    store_path = tmp_path / "experience"
+    with pytest.raises(ConfigError, match="redact_fn cannot be used"):
+        ingest_files([_spans(tmp_path)], str(store_path), redactor=Redactor(custom=lambda text: text))
+    report = ingest_files([_spans(tmp_path, extra=" at Acme")], str(store_path), redactor=Redactor(custom=scrub_orgs))
+    assert (len(report.ingested), report.problems) == (1, 0), report.errors
+    recorded = json.loads((store_path / "redaction.json").read_text())
+    assert recorded["custom_function"] == f"{__name__}.scrub_orgs" and recorded["pseudonyms"] is True
+    later = tmp_path / "later.jsonl"  # another run, ingested with no redactor
+    later.write_text(_spans(tmp_path, extra=" at Acme Corp").read_text().replace(TRACE, "6" + TRACE[1:]))
+    again = ingest_files([later], str(store_path))
+    assert (len(again.ingested), again.problems) == (1, 0), again.errors
+    assert "Acme" not in _held(store_path)
+    assert "[REDACTED:email:" in _held(store_path)  # pseudonyms (a tag per value), not plain placeholders
+
+
+def test_a_redact_fn_that_raises_is_reported_without_the_text_it_quoted(tmp_path: Path) -> None:
+    """Sweep F: the report quoted the function's message, which held the very text it was to scrub."""
+    report = ingest_files([_spans(tmp_path)], str(tmp_path / "experience"), redactor=Redactor(custom=refuse_to_scrub))
+    assert report.ingested == [] and report.problems == 1
+    [error] = report.errors
+    assert "Jane" not in error and "RedactFnError: the redact_fn" in error and "refuse_to_scrub raised builtins.ValueError" in error
 
 
 def test_a_callers_salt_becomes_a_new_stores_salt(tmp_path: Path) -> None:
