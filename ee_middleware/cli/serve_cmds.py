@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +252,7 @@ def serve_vllm(
     """
     from ee_middleware.adapters.serving.config import ServeConfig
     from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, command_max_lora_rank, vllm_command, vllm_env
-    from ee_middleware.adapters.serving.rendering import forget_server, record_server
+    from ee_middleware.adapters.serving.rendering import record_server
 
     cfg = ServeConfig.load(
         config,
@@ -307,8 +308,8 @@ def serve_vllm(
         return
     server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
     typer.echo(f"starting: {_shown_command(command)}", err=True)
-    with termination_as_interrupt():
-        server.start(timeout_s=v.start_timeout_s)
+
+    def ready() -> Path:
         state = record_server(
             server.url,
             pid=server.pid or 0,
@@ -318,10 +319,11 @@ def serve_vllm(
             template=served,
         )
         typer.echo(f"vLLM serving {options.served_model_name or base} at {server.url} (log: {server.log_path}); Ctrl-C stops it")
-        try:
-            _wait(server)
-        finally:
-            forget_server(state, server.pid or 0)
+        return state
+
+    with termination_as_interrupt():
+        server.start(timeout_s=v.start_timeout_s)
+        _wait(server, ready)
 
 
 def _shown_command(command: list[str]) -> str:
@@ -442,16 +444,25 @@ def _training_rendering(base: str, tool_call_parser: str | None) -> str | None:
     return str(derived.path)
 
 
-def _wait(server: object) -> None:
+def _wait(server: Any, ready: Callable[[], Path]) -> None:
+    """Record the started ``server`` (``ready``: writes its state file, says it serves) and wait until it exits (an error)
+    or Ctrl-C, SIGTERM or SIGHUP stops it; it is stopped and its state file removed however this ends, a stop that
+    lands while it is being recorded or said included (it was left running, and its shared memory in /dev/shm)."""
+    state: Path | None = None
     try:
-        while server.running():  # type: ignore[attr-defined]
+        state = ready()
+        while server.running():
             time.sleep(1)
-        typer.secho(f"the server exited:\n{server.log_tail()}", err=True, fg="red")  # type: ignore[attr-defined]
+        typer.secho(f"the server exited:\n{server.log_tail()}", err=True, fg="red")
         raise typer.Exit(1)
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()  # type: ignore[attr-defined]
+        server.stop()
+        if state is not None:
+            from ee_middleware.adapters.serving.rendering import forget_server
+
+            forget_server(state, server.pid or 0)
 
 
 MAX_ROUTER_RETRIES = 10

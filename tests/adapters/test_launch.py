@@ -156,6 +156,36 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
 SHM = Path("/dev/shm").is_dir()
 
 
+def test_a_stop_that_lands_while_ee_serve_says_it_serves_still_stops_the_server(tmp_path) -> None:
+    """CI found it: SIGHUP delivered right after `vLLM serving ...` was printed, before the wait's own clean-up was in
+    place, left the server running (ended later by its parent-death signal) and its worker's shared memory in /dev/shm.
+    Here the stop lands inside the step that records and announces the server (the stand-in vLLM of the test above)."""
+    from ee_middleware.cli.serve_cmds import _wait
+
+    marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
+    fake = tmp_path / f"{marker}.py"
+    shared_memory = Path("/dev/shm") / f"{marker}-queue"
+    fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True, reaps=True, shared_memory=shared_memory))
+    port = free_port()
+    server = ServerProcess([sys.executable, str(fake), "--port", str(port)], f"http://127.0.0.1:{port}/v1", name="stand-in vLLM")
+    server.start(timeout_s=60)
+    try:
+        deadline = time.monotonic() + 60
+        while not _mapped(shared_memory) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _mapped(shared_memory)
+
+        def ready() -> Path:
+            raise KeyboardInterrupt  # a SIGHUP or SIGTERM, as termination_as_interrupt raises it
+
+        _wait(server, ready)
+        assert not server.running() and _ours(marker, os.getpid()) == []
+        assert not shared_memory.exists(), "the worker's shared memory was left in /dev/shm"
+    finally:
+        server.kill()
+        shared_memory.unlink(missing_ok=True)
+
+
 def _mapped(path: Path) -> bool:
     """Whether ``path`` exists, or where there is no /dev/shm, True (the check is Linux's)."""
     return path.exists() if SHM else True
