@@ -180,7 +180,7 @@ def _promote(
         _check_ranks(registry, record, replicas, say=say)
         checks = _checked_rendering(registry, record, replicas, say=say, ignore_rendering=ignore_rendering)
     except KeyboardInterrupt as exc:  # stopped while asking the replicas, before anything was loaded
-        _interrupted(registry, record, exc, [], None, by=by, say=say, checking=asking[0] if asking else True)
+        _interrupted(registry, record, exc, [], None, by=by, say=say, checking=True, unanswered=asking[0] if asking else None)
         raise
     differing = [check for check in checks if check.differs]
     overridden: dict[str, Any] = {"ignored_gate": True} if gate is not None and not gate["passed"] else {}
@@ -552,20 +552,21 @@ def _interrupted(
     *,
     by: str | None,
     say: Progress,
-    checking: ServingBackend | bool = False,
+    checking: bool = False,
+    unanswered: ServingBackend | None = None,
 ) -> None:
     """A promote stopped before its switch (Ctrl-C, SIGTERM): unload the adapter from the replicas it was loaded on, note
     ``promote-aborted`` with why, and say what is left where. The replica whose load was under way when it stopped is not
     asked again (it may be the one that hung): it may hold the adapter if that load went through, which is said.
-    ``checking``: stopped before any load, while checking the replicas (the replica whose model listing the checks waited
-    on, where they did)."""
+    ``checking``: stopped before any load, while checking the replicas; ``unanswered``: the replica whose model listing
+    the checks waited on, where they did."""
     results: list[tuple[ServingBackend, str | None]] = []
     _unload_each(record.name, loaded, "interrupted", results, say=say)
     parts = ["before the switch", *(problem or f"unloaded from {other.url}" for other, problem in results)]
-    if checking is not False:
+    if checking:
         parts.append("while checking the replicas, before any load")
-    if not isinstance(checking, bool):
-        parts.append(f"{checking.url} had not answered its model listing")
+    if unanswered is not None:
+        parts.append(f"{unanswered.url} had not answered its model listing")
     if in_flight is not None:
         parts.append(
             f"{in_flight.url} had not answered its load: it holds it if that load went through (a promote of it again finds it "

@@ -92,7 +92,7 @@ def _call_text(name: str, args: tuple[Any, ...], options: Mapping[str, Any]) -> 
     return f"{name}({', '.join([repr(a) for a in args] + [f'{key}={value!r}' for key, value in options.items()])})"
 
 
-def _where_raised(exc: BaseException, module: str | None = None, *, users_only: bool = False) -> str:
+def _where_raised(exc: BaseException, module: str | None = None, *, users_only: bool = False, code: bool = True) -> str:
     """Where ``exc`` was raised in the user's code: the last frame of its traceback outside ee_middleware, the standard
     library and installed packages (the first frame below the caller when every frame is theirs), as ``FILE:LINE, in
     FUNCTION: `CODE```; the file relative to the working folder when it is inside it. Empty without a traceback.
@@ -100,7 +100,8 @@ def _where_raised(exc: BaseException, module: str | None = None, *, users_only: 
     With ``module`` (a plug-in's module that raised while it was imported): a frame in that module's top package counts
     as the user's too (an installed plug-in lives in site-packages), a SyntaxError is told at the line of the file that
     Python could not read (``FILE:LINE: `CODE```), and without a frame of the user's (the module is not found) it is
-    empty: the frames left are the import machinery's. ``users_only``: empty, too, where no frame is the user's."""
+    empty: the frames left are the import machinery's. ``users_only``: empty, too, where no frame is the user's.
+    ``code``: with the frame's line of code (``: `CODE```)."""
     import traceback
 
     if module is not None and isinstance(exc, SyntaxError) and exc.filename and exc.lineno and not exc.filename.startswith("<"):
@@ -122,26 +123,26 @@ def _where_raised(exc: BaseException, module: str | None = None, *, users_only: 
     theirs = [frame for i, frame in enumerate(frames) if users(i)]
     if not theirs and (module is not None or users_only):
         return ""
-    return _frame_text(theirs[-1] if theirs else frames[0])
+    return _frame_text(theirs[-1] if theirs else frames[0], code=code)
 
 
 def where_user_code_raised(exc: BaseException, *, code: bool = True) -> str:
     """Where ``exc`` was raised in the user's own code (a plug-in's sandbox, policy or tool: see :func:`_where_raised`),
     as ``FILE:LINE, in FUNCTION: `CODE``` (without the code where ``code`` is false: a ``redact_fn``'s line may spell out
     what it removes); empty where no frame of its traceback is the user's (ee's own errors)."""
-    where = _where_raised(exc, users_only=True)
-    return where if code else where.partition(": `")[0]
+    return _where_raised(exc, users_only=True, code=code)
 
 
-def _frame_text(frame: Any) -> str:
+def _frame_text(frame: Any, *, code: bool = True) -> str:
     """A traceback frame (``traceback.FrameSummary``) as ``FILE:LINE, in FUNCTION: `CODE```, the file relative to the
-    working folder when it is inside it (without ``, in FUNCTION`` for a frame without a name: a SyntaxError's line)."""
+    working folder when it is inside it (without ``, in FUNCTION`` for a frame without a name: a SyntaxError's line;
+    without ``: `CODE``` where ``code`` is false)."""
     path = Path(frame.filename)
     try:
         shown = str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         shown = str(path)
-    return f"{shown}:{frame.lineno}" + (f", in {frame.name}" if frame.name else "") + (f": `{frame.line}`" if frame.line else "")
+    return f"{shown}:{frame.lineno}" + (f", in {frame.name}" if frame.name else "") + (f": `{frame.line}`" if code and frame.line else "")
 
 
 def _reproduce(module: str, attr: str | None = None, arguments: str = "") -> str:

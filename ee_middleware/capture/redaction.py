@@ -1336,13 +1336,13 @@ class Redactor:
         try:
             return self.custom(text)  # type: ignore[misc]
         except Exception as exc:  # whatever the user's function raises: told without its message
+            from ee_middleware.capture.store_redaction import function_name
             from ee_middleware.errors import RedactFnError
             from ee_middleware.plugins import where_user_code_raised
 
-            name = f"{getattr(self.custom, '__module__', '?')}.{getattr(self.custom, '__qualname__', type(self.custom).__name__)}"
             where = where_user_code_raised(exc, code=False)
             raise RedactFnError(
-                f"the redact_fn {name} raised {type(exc).__module__}.{type(exc).__qualname__}"
+                f"the redact_fn {function_name(self.custom)} raised {type(exc).__module__}.{type(exc).__qualname__}"
                 + (f" at {where}" if where else "")
                 + " (its message is not shown: it may quote the text it was given). Make it return the text it cannot "
                 "redact otherwise, redacted whole if need be, rather than raise."

@@ -125,13 +125,14 @@ def open_job_store(spec: str | Path, origin: str) -> ExperienceStore:
     """:func:`open_existing_store`, its error naming where ``spec`` came from (:func:`store_origin`) when that was not
     ``--store`` (a store set by ``EE_STORE`` or a config file read 'check the --store path')."""
     from ee_middleware.errors import StoreError
+    from ee_middleware.store.registry import said_where_set
 
     try:
         return open_existing_store(spec)
     except StoreError as exc:
         if origin == "--store":
             raise
-        raise StoreError(f"{exc} (This store was set by {origin}.)") from exc
+        raise StoreError(said_where_set(str(exc), origin)) from exc
 
 
 @dataclass

@@ -472,16 +472,14 @@ class ImproveConfig(BaseModel):
         import difflib
 
         from ee_middleware.errors import StoreError
-        from ee_middleware.store.registry import open_store
+        from ee_middleware.store.registry import open_store, said_where_set
 
         try:
             store = open_store(self.store, create=False)
         except StoreError as exc:
             if self._store_origin is None:
                 raise ConfigError(f"[improve] store = {str(self.store)!r} (or --store, EE_STORE): {exc}") from exc
-            if self._store_origin == "--store":
-                raise ConfigError(str(exc)) from exc
-            raise ConfigError(f"{exc} (This store was set by {self._store_origin}.)") from exc
+            raise ConfigError(said_where_set(str(exc), self._store_origin)) from exc
         try:  # the app column alone where the store can read so, not every table
             index = getattr(store, "trajectory_index", None)
             frame = index(["app"]) if callable(index) else store.trajectories()

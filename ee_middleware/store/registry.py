@@ -66,6 +66,13 @@ STORES = _StoreKind(
 )
 
 
+def said_where_set(message: str, origin: str) -> str:
+    """An error ``message`` about a store, naming where the store's spec came from (``origin``: ``EE_STORE=VALUE``,
+    ``store in [TABLE] of FILE``) unless it was ``--store``, which the message names already ('check the --store
+    path')."""
+    return message if origin == "--store" else f"{message} (This store was set by {origin}.)"
+
+
 def open_store(spec: StoreSpec | ExperienceStore, *, create: bool = True) -> ExperienceStore:
     """Open the store ``spec`` names (see the module docstring); an open store is passed through.
 
