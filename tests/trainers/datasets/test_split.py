@@ -626,22 +626,7 @@ def test_a_held_out_file_is_exported_only_when_asked(replayed_store: Path, tmp_p
     out = tmp_path / "data"
     first = sorted(open_store(replayed_store).trajectories(status="approved")["id"].to_list())[0]
     (tmp_path / "ids.txt").write_text(first)
-    built = runner.invoke(
-        app,
-        [
-            "datasets",
-            "build",
-            "--store",
-            str(replayed_store),
-            "--out",
-            str(out),
-            "--kinds",
-            "il",
-            "--heldout-ids",
-            str(tmp_path / "ids.txt"),
-        ],
-    )
-    assert built.exit_code == 0, built.output
+    _build(replayed_store, out, "--heldout-ids", str(tmp_path / "ids.txt"))
     held = out / "heldout" / "il.parquet"
     for fmt in ("jsonl", "hf"):
         refused = runner.invoke(app, ["datasets", "export", str(held), "--out", str(tmp_path / f"h.{fmt}"), "--format", fmt])
