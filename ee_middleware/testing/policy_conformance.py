@@ -11,10 +11,11 @@ and a state offered only some of the tools), built as replay builds them, and ch
 * the protocol: a non-empty ``name`` (rollout records show it), ``propose(point, k, *, seed)``, ``describe()`` and
   ``close()``;
 * ``describe()`` returns the policy's settings as a dict of JSON-able values (replay records keep them; ``ee replay
-  run`` refuses a policy whose settings are not), the same each time;
+  run`` refuses a policy whose settings are not), the same each time, after proposing too;
 * ``propose`` returns :class:`~ee_middleware.replay.policies.protocol.Proposals` of
   :class:`~ee_middleware.replay.policies.protocol.Candidate` s whose ``call`` is a :class:`~ee_middleware.records.ToolCall`
-  and whose ``proposer`` is a :class:`~ee_middleware.records.ProposerInfo` (the proposer counts any other answer as a
+  and whose ``proposer`` is a :class:`~ee_middleware.records.ProposerInfo` naming the policy (``policy=self.name``:
+  rollout records say by it who proposed each alternative; the proposer counts any other answer as a
   ``policy_error``, as it counts a policy that raised);
 * usable alternatives (``require_usable``, the default): at most ``k`` candidates, each a call of a tool offered at
   its state, with arguments valid for that tool's schema, none the expert's own action and no two the same (as the tool
@@ -189,12 +190,17 @@ def check_policy(
     assert points, "the trajectory has no tool-call step: no decision point to propose at"
     policy = make_policy()
     _check_protocol(policy)
-    _check_describe(policy)
+    described = _check_describe(policy)
     proposed: dict[tuple[int, int, int], list[tuple[str, str]]] = {}
     for point in points:
         for seed in seeds:
             for asked in dict.fromkeys((k, 1)):
                 proposed[point.step_index, asked, seed] = _check_answer(policy, point, asked, seed, require_usable)
+    after = _call(policy.describe, "describe()")
+    assert _settings_text(after) == _settings_text(described), (
+        "describe() returns the same settings after the policy proposed (a replay records them once, for all its "
+        f"proposals; what the policy counts or learns while proposing is no setting): {described!r} before, {after!r} after"
+    )
     if require_usable:
         assert any(proposed.values()), (
             f"a policy proposes alternatives: {policy.name!r} proposed no candidate at any of the {len(points)} states "
@@ -226,10 +232,15 @@ def _check_describe(policy: Any) -> dict[str, Any]:
         f"refuses the policy otherwise): {problem}"
     )
     again = _call(policy.describe, "describe()")
-    assert json.dumps(again, sort_keys=True) == json.dumps(described, sort_keys=True), (
+    assert _settings_text(again) == _settings_text(described), (
         f"describe() returns the same settings each time (they name what shaped the proposals): {described!r}, then {again!r}"
     )
     return described
+
+
+def _settings_text(settings: Any) -> str:
+    """``settings`` (JSON-able, :func:`_check_describe` checked) as JSON with sorted keys, to compare two answers."""
+    return json.dumps(settings, sort_keys=True, default=repr)
 
 
 def _check_answer(policy: Any, point: DecisionPoint, k: int, seed: int, require_usable: bool) -> list[tuple[str, str]]:
@@ -252,9 +263,10 @@ def _proposals(policy: Any, point: DecisionPoint, k: int, seed: int, where: str)
     """``policy.propose(point, k, seed=seed)``, its answer checked to keep the protocol (``where``: the state and the
     asking, as failures name them)."""
     answer = _call(lambda: policy.propose(point, k, seed=seed), f"propose() at {where}")
-    problem = answer_problem(answer)
+    problem = answer_problem(answer, policy.name)
     assert problem is None, (
-        f"propose() returns Proposals of Candidates whose call is a ToolCall (and whose proposer is a ProposerInfo): at {where}, {problem}"
+        "propose() returns Proposals of Candidates whose call is a ToolCall (and whose proposer is a ProposerInfo naming the "
+        f"policy): at {where}, {problem}"
     )
     assert isinstance(answer, Proposals)
     return answer

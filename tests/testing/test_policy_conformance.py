@@ -220,6 +220,28 @@ class FunctionInSettings(Seeded):
         return ProposerInfo(policy=self.name, settings={"sample": random.random})
 
 
+class NamesAnotherPolicy(Seeded):
+    """Sweep G: its candidates said the mutation policy proposed them; rollout records kept that, as if refills."""
+
+    def info(self) -> ProposerInfo:
+        return ProposerInfo(policy="mutate", temperature=self.temperature)
+
+
+class DescribeCountsProposals(Seeded):
+    """Sweep G: describe() was checked before the policy proposed only; this one's changes with every proposal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proposed = 0
+
+    def describe(self) -> Any:
+        return {"temperature": self.temperature, "proposed": self.proposed}
+
+    def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Any:
+        self.proposed += 1
+        return super().propose(point, k, seed=seed)
+
+
 def test_the_mutation_policy_passes() -> None:
     check_policy(MutationPolicy)
     check_policy(lambda: MutationPolicy(same_tool_share=0.8, invalid_share=0.5), k=6, seeds=range(4))
@@ -278,6 +300,16 @@ def test_a_policy_is_checked_on_a_trajectory_of_the_users_own() -> None:
         (ForgetsOnPickle, r"an unpickled copy of the policy proposes what the policy does"),
         (CloseRaises, r"close\(\) returns.*RuntimeError: already closed"),
         (ProposesNothing, r"a policy proposes alternatives: 'seeded' proposed no candidate at any of the 4 states"),
+        (
+            NamesAnotherPolicy,
+            r"propose\(\) returns Proposals .*at state 0 .*candidate 0\) whose proposer names the policy 'mutate', and the "
+            r"policy is 'seeded'.*Build each candidate's ProposerInfo with policy=self.name",
+        ),
+        (
+            DescribeCountsProposals,
+            r"describe\(\) returns the same settings after the policy proposed .*\{'temperature': 0.7, 'proposed': 0\} before, "
+            r"\{'temperature': 0.7, 'proposed': 32\} after",
+        ),
     ],
 )
 def test_a_broken_policy_fails_naming_the_promise_it_broke(make: Any, broken: str) -> None:

@@ -7,7 +7,8 @@ action are rejected and counted by reason. When fewer than K remain, the mutatio
 list up (``refill``), and the refilled candidates say so in their proposer metadata.
 
 An exception the policy raises at a state is counted (``policy_error``) and the state refilled, as is an answer outside
-the policy protocol (:func:`answer_problem`: not ``Proposals`` of ``Candidate`` s whose call is a ``ToolCall``), whose
+the policy protocol (:func:`answer_problem`: not ``Proposals`` of ``Candidate`` s whose call is a ``ToolCall`` and whose
+proposer names the policy), whose
 message names the policy, what it returned and what the protocol requires; the proposer keeps the
 first few messages per trajectory, which :meth:`Proposer.settle` puts in its replay record
 (``details["policy_error_examples"]``). A trajectory at every state of which the policy raised has only the refill's
@@ -114,7 +115,7 @@ def unusable_reason(rejection: Rejection) -> str:
 
 PROPOSALS_REQUIRED = (
     "a policy's propose(point, k, *, seed) must return Proposals of Candidates whose call is a ToolCall (or None, with "
-    "problem saying why) and whose proposer is a ProposerInfo of JSON-able settings"
+    "problem saying why) and whose proposer is a ProposerInfo naming the policy (policy=self.name), of JSON-able settings"
 )
 """What the policy protocol requires of an answer, for the message of one that is not (see :func:`answer_problem`)."""
 
@@ -122,13 +123,14 @@ _ANSWERED = "propose() returned"
 """How every :func:`answer_problem` begins (:meth:`Proposer.settle` tells such a policy from one that raised)."""
 
 
-def answer_problem(proposals: Any) -> str | None:
+def answer_problem(proposals: Any, policy_name: str | None = None) -> str | None:
     """What is wrong with ``proposals`` (what a policy's ``propose`` returned) as the protocol sees it, in words: not
     :class:`~ee_middleware.replay.policies.protocol.Proposals`, a candidate that is no
     :class:`~ee_middleware.replay.policies.protocol.Candidate`, a call that is no :class:`~ee_middleware.records.ToolCall`,
-    a proposer that is no :class:`~ee_middleware.records.ProposerInfo` or whose settings are not JSON-able (replay
-    records keep them); ``None`` when nothing is. The proposer counts such an answer as ``policy_error``, as it counts
-    a policy that raised."""
+    a proposer that is no :class:`~ee_middleware.records.ProposerInfo`, whose settings are not JSON-able (replay
+    records keep them) or that names another policy than ``policy_name`` (the policy's own name, where given: rollout
+    records say by it who proposed each alternative); ``None`` when nothing is. The proposer counts such an answer as
+    ``policy_error``, as it counts a policy that raised."""
     if not isinstance(proposals, Proposals):
         return f"{_ANSWERED} {value_kind(proposals)}, not Proposals"
     candidates = proposals.candidates
@@ -142,6 +144,13 @@ def answer_problem(proposals: Any) -> str | None:
         info = candidate.proposer
         if not isinstance(info, ProposerInfo):
             return f"{_ANSWERED} a Candidate (candidate {index}) whose proposer is {value_kind(info)}, not a ProposerInfo"
+        if policy_name is not None and info.policy != policy_name:
+            return (
+                f"{_ANSWERED} a Candidate (candidate {index}) whose proposer names the policy {info.policy!r}, and the policy "
+                f"is {policy_name!r}: rollout records say by proposer.policy who proposed each alternative (a refill says "
+                "it is one). Build each candidate's ProposerInfo with policy=self.name; a policy that hands on another "
+                "policy's candidates names itself and may keep the other's name in proposer.settings"
+            )
         if info.settings:
             problem = settings_problem(info.settings)
             if problem is not None:
@@ -355,7 +364,7 @@ class _Selection:
         except Exception as exc:  # noqa: BLE001 - one bad state must not end the replay; the error is counted
             self.result.rejected.append(Rejection("policy_error", f"{policy.name}: {type(exc).__name__}: {exc}", refill=refill))
             return
-        problem = answer_problem(proposals)
+        problem = answer_problem(proposals, policy.name)
         if problem is not None:  # counted as a policy that raised is: the whole answer, the state refilled
             self.result.rejected.append(Rejection("policy_error", f"{policy.name}: {problem}; {PROPOSALS_REQUIRED}", refill=refill))
             return

@@ -117,6 +117,12 @@ class FunctionInSettings(_Base):
         return Proposals([Candidate(call, ProposerInfo(policy=self.name, settings={"fn": len}))])
 
 
+class NamesAnotherPolicy(_Base):
+    def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Any:
+        call = ToolCall(id="x", name="check_stock", arguments={"item": "kiwi"})
+        return Proposals([Candidate(call, ProposerInfo(policy="mutate"))])
+
+
 def make(kind: str, **options: Any) -> Any:
     """The plug-in factory the specs below name: ``HERE:make`` with ``kind`` the class."""
     return globals()[kind](**options)
@@ -173,6 +179,8 @@ def test_a_policy_with_json_settings_still_builds() -> None:
         (ToolCallsAsCandidates(), "propose() returned Proposals whose candidate 0 is a ToolCall"),
         (DictProposer(), "whose proposer is a dict ({'policy': 'user'}), not a ProposerInfo"),
         (FunctionInSettings(), "whose proposer.settings are not JSON-able: key 'fn' holds a function (len)"),
+        # sweep G: the rollouts of a policy whose candidates named the mutation policy were stored as the mutation policy's
+        (NamesAnotherPolicy(), "whose proposer names the policy 'mutate', and the policy is 'user'"),
     ],
 )
 def test_an_answer_outside_the_protocol_is_a_policy_error_naming_the_policy(shop_point: DecisionPoint, policy: Any, returned: str) -> None:
