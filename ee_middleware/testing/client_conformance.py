@@ -27,7 +27,8 @@ tool, and checks what they rely on:
 * tool calls name only the tools offered (none when no tool is offered);
 * ``complete`` changes neither the messages nor the tools it was given (replay passes a recorded state, the eval
   harness its conversation, and goes on using them);
-* ``close()`` returns, called twice, for a client that answered and for one that never did.
+* ``close()`` returns, called twice, for a client that answered and for one that never did;
+* ``complete`` and ``close`` return within ``timeout_s`` (a consumer waits for them): a client that hangs fails the kit.
 
 What a model says varies, so nothing is checked of the words: only shapes, types, counts and the inputs left as they
 were. A model may write a tool call that cannot be read (a :class:`~ee_middleware.models.parsing.ParseProblem`:
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -111,15 +113,19 @@ def check_chat_client(
     tools: Sequence[ToolSchema] | None = None,
     n: int = 3,
     max_tokens: int = 64,
+    timeout_s: float = 300.0,
 ) -> None:
     """Run every check on clients built by ``make_client`` (a new one each time it is called); raises ``AssertionError``.
 
     ``messages``: the conversation asked without tools (default :data:`CONVERSATION`); ``tool_messages`` and ``tools``:
     the conversation asked with tools offered and those tools (default :data:`TOOL_CONVERSATION` and :data:`TOOLS`);
     ``n``: how many sampled answers to ask for at once (2 or more); ``max_tokens``: the longest answer asked for (small
-    keeps a real model quick). Each request is made once, with a copy of the conversation and tools the kit owns."""
+    keeps a real model quick); ``timeout_s``: how long each ``complete`` and ``close`` may take (a client that never
+    returns fails the kit rather than hanging it: its call is left running on a daemon thread). Each request is made
+    once, with a copy of the conversation and tools the kit owns."""
     assert n >= 2, f"n is how many answers the kit asks for at once (n > 1 is what replay asks), 2 or more: got {n}"
     assert max_tokens >= 1, f"max_tokens must be 1 or more, got {max_tokens}"
+    assert timeout_s > 0, f"timeout_s must be more than 0 seconds, got {timeout_s}"
     plain = list(messages if messages is not None else CONVERSATION)
     with_tools = list(tool_messages if tool_messages is not None else TOOL_CONVERSATION)
     offered = list(tools if tools is not None else TOOLS)
@@ -130,9 +136,9 @@ def check_chat_client(
     described = _check_describe(client)
     greedy = Sampling(temperature=0.0, max_tokens=max_tokens, seed=0)
     sampled = Sampling(temperature=1.0, max_tokens=max_tokens, seed=0)
-    _ask(client, plain, None, 1, greedy)  # as teachers and the tau user simulator ask: tools and n left out
-    _ask(client, with_tools, offered, 1, greedy)  # as the eval harness asks
-    _ask(client, with_tools, offered, n, sampled)  # as the replay policy asks
+    _ask(client, plain, None, 1, greedy, timeout_s)  # as teachers and the tau user simulator ask: tools and n left out
+    _ask(client, with_tools, offered, 1, greedy, timeout_s)  # as the eval harness asks
+    _ask(client, with_tools, offered, n, sampled, timeout_s)  # as the replay policy asks
     after = _call(client.describe, "describe() after complete()")
     assert _json(after) == _json(described), broken(
         "describe() after complete()",
@@ -141,8 +147,8 @@ def check_chat_client(
         "describe() returns the settings that shape answers, the same each time (replay records keep them)",
         "Return the client's settings, not what its answers changed (counters, the last request); keep those in attributes",
     )
-    _check_close(client, "a client that answered")
-    _check_close(_make(make_client), "a client that never answered")
+    _check_close(client, "a client that answered", timeout_s)
+    _check_close(_make(make_client), "a client that never answered", timeout_s)
 
 
 def _make(make_client: MakeClient) -> Any:
@@ -191,7 +197,9 @@ def _check_describe(client: Any) -> dict[str, Any]:
     return described
 
 
-def _ask(client: Any, messages: list[Message], tools: list[ToolSchema] | None, n: int, sampling: Sampling) -> list[Choice]:
+def _ask(
+    client: Any, messages: list[Message], tools: list[ToolSchema] | None, n: int, sampling: Sampling, timeout_s: float
+) -> list[Choice]:
     """``client.complete`` asked as a consumer asks it (without ``tools`` and ``n`` when ``tools`` is None and ``n`` 1),
     with copies of ``messages`` and ``tools`` that are then checked unchanged; its answer checked."""
     given_messages, given_tools = copy.deepcopy(messages), copy.deepcopy(tools)
@@ -205,9 +213,11 @@ def _ask(client: Any, messages: list[Message], tools: list[ToolSchema] | None, n
     )
     try:
         if defaults:
-            choices = client.complete(given_messages, sampling=sampling)
+            choices = _within(lambda: client.complete(given_messages, sampling=sampling), call, timeout_s)
         else:
-            choices = client.complete(given_messages, tools=given_tools, n=n, sampling=sampling)
+            choices = _within(lambda: client.complete(given_messages, tools=given_tools, n=n, sampling=sampling), call, timeout_s)
+    except _NotReturned:
+        raise
     except TypeError as exc:
         hint = " Teachers and the tau user simulator leave tools and n out: default them to None and 1." if defaults else ""
         raise AssertionError(f"{call} raised TypeError: {exc}. A ChatClient has {_PROTOCOL}.{hint}") from exc
@@ -369,15 +379,47 @@ def _calls_problem(choice: Choice, offered: dict[str, list[str]] | None) -> str 
     return None
 
 
-def _check_close(client: Any, what: str) -> None:
+def _check_close(client: Any, what: str, timeout_s: float) -> None:
     for time in ("", " again"):
         try:
-            client.close()
+            _within(client.close, f"close() called{time} on {what}", timeout_s)
+        except _NotReturned:
+            raise
         except Exception as exc:
             raise AssertionError(
                 f"close() called{time} on {what} raised {type(exc).__name__}: {exc}. close() releases what the client holds "
                 "and may be called more than once (a consumer's error path and its end may both close it): do nothing when already closed"
             ) from exc
+
+
+class _NotReturned(AssertionError):
+    """A call of the client's that did not return within the kit's ``timeout_s``."""
+
+
+def _within(function: Callable[[], Any], call: str, timeout_s: float) -> Any:
+    """``function()``'s result, or what it raised, once it returns within ``timeout_s``; else :class:`_NotReturned`
+    naming ``call`` (the call goes on, on a daemon thread: nothing can stop it from outside)."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as it is
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=run, name="ee-client-conformance", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        raise _NotReturned(
+            f"{call} did not return within {timeout_s:g} s. A consumer waits for it (a replay's worker, the eval harness, "
+            "a teacher): give every request a time limit (the HTTP client's timeout, a generation's max_new_tokens) and "
+            "raise ee_middleware.errors.ModelError when it runs out. A slow model that needs longer: pass timeout_s="
+        )
+    returned, value = outcome[0]
+    if not returned:
+        raise value
+    return value
 
 
 def _call(function: Callable[[], Any], what: str) -> Any:

@@ -5,6 +5,7 @@ message naming the promise it broke."""
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,26 @@ BROKEN = [
 def test_a_broken_fake_client_fails_with_a_message_naming_the_broken_promise(fake: type, message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         check_chat_client(fake)
+
+
+def test_a_client_that_never_answers_fails_the_kit_instead_of_hanging_it() -> None:
+    """Sweep G: a client whose complete() hung (a request without a time limit) hung the kit and the user's test."""
+    released = threading.Event()
+
+    class FakeHangs(FakeWeatherClient):
+        def complete(self, messages: Any, *, tools: Any = None, n: int = 1, sampling: Sampling = Sampling()) -> list[Choice]:
+            released.wait(60)
+            return super().complete(messages, tools=tools, n=n, sampling=sampling)
+
+    class FakeCloseHangs(FakeWeatherClient):
+        def close(self) -> None:
+            released.wait(60)
+
+    try:
+        with pytest.raises(AssertionError, match=r"complete\(<2 messages>, sampling=.*\) did not return within 0.5 s\. .*pass timeout_s="):
+            check_chat_client(FakeHangs, timeout_s=0.5)
+        with pytest.raises(AssertionError, match=r"close\(\) called on a client that answered did not return within 0.5 s"):
+            check_chat_client(FakeCloseHangs, timeout_s=0.5)
+    finally:
+        released.set()
+    check_chat_client(FakeWeatherClient, timeout_s=5)
