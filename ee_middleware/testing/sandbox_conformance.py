@@ -91,6 +91,13 @@ NONDETERMINISM = (
     "A tool that shows the clock, random numbers or fresh ids (uuid) answers differently every time, and replay reports "
     "each such step as a fidelity error: take them from the world (a fixed time, a seeded random.Random built from the environment)."
 )
+RESTORE_MISSES = (
+    "Either restore(snapshot) does not rebuild the world from the snapshot it is given (it must, from any snapshot, in "
+    f"any order: not from the last one taken or restored, nor from a world it keeps aside), or: {OUTSIDE_STATE}"
+)
+"""The usual causes of a restore that does not give the world back, where the kit cannot tell which."""
+BRANCHES_DIFFER = f"{NONDETERMINISM} Or: {OUTSIDE_STATE}"
+"""The usual causes of one call answering differently from one snapshot, where the kit cannot tell which."""
 RESTORE_SHARES_THE_SNAPSHOT = (
     "restore() hands the snapshot itself (or a shallow copy of it) to the world, so the next branch writes into the "
     "snapshot: a deep copy of it, taken before that branch, still restores the world, and the snapshot itself no longer "
@@ -100,6 +107,12 @@ SNAPSHOT_SHARES_THE_WORLD = (
     "snapshot() returns the live world or a shallow copy of it, so the world's later changes write into the snapshot: a "
     "deep copy of it, taken when it was, still restores the world, and the snapshot itself no longer does. Copy the world "
     "deeply in snapshot() (copy.deepcopy), and the snapshot again in restore()."
+)
+LIVE_SNAPSHOT = (
+    "snapshot() returned a {kind}, which can be neither deep-copied nor pickled ({error}): a live object, such as a "
+    "connection or an open file. Either it is the world itself, so the world's later changes write into it, or restore() "
+    "adopts it as the world, so the next branch does. Make snapshot() return the data (for sqlite3, "
+    "connection.serialize()) and restore() build the world from a copy of it (deserialize() into a new connection)."
 )
 KEY_NOT_WORLD = (
     "The snapshot pickles, but its copy does not hold the world: it holds something that points at it (a path, an id, a "
@@ -330,7 +343,7 @@ class _Probe:
             seen.append(observation.content)
         return tuple(seen)
 
-    def expect(self, expected: tuple[str, ...], promise: str, cause: str = OUTSIDE_STATE) -> None:
+    def expect(self, expected: tuple[str, ...], promise: str, cause: str = RESTORE_MISSES) -> None:
         """The read calls show ``expected``, or fail with ``promise``, what they showed instead, and the usual ``cause``
         (or, when the snapshot itself changed, :meth:`shared_world_cause`'s)."""
         seen = self.observe()
@@ -348,7 +361,8 @@ class _Probe:
     def shared_world_cause(self) -> str | None:
         """Why restores fail when it is the snapshot object that changed: :data:`SNAPSHOT_SHARES_THE_WORLD` when a snapshot
         changes as the world changes after it was taken, :data:`RESTORE_SHARES_THE_SNAPSHOT` when one changes during a
-        branch from it; ``None`` for any other cause (or when the snapshot cannot be copied to tell).
+        branch from it, :data:`LIVE_SNAPSHOT` when it cannot be copied (a live object: either of the two, the kit cannot
+        tell which); ``None`` for any other cause.
 
         Asked only once a check has failed (it resets the sandbox). Each experiment starts from a reset, takes a snapshot
         (and, for the branch, restores it), deep-copies it (or copies it through a pickle), makes the mutating call, then
@@ -361,7 +375,10 @@ class _Probe:
                 snapshot = self.sandbox.snapshot()
                 if restore_first:
                     self.sandbox.restore(snapshot)  # the branch's world is what restore() made of it
-                kept = _copy_of(snapshot)
+                try:
+                    kept = _copy_of(snapshot)
+                except Exception as exc:  # noqa: BLE001 - whatever copying a live object raises
+                    return LIVE_SNAPSHOT.format(kind=type(snapshot).__name__, error=f"{type(exc).__name__}: {exc}")
                 self.execute(self.mutate)
                 self.sandbox.restore(kept)
                 if self.observe() != before:
@@ -452,9 +469,9 @@ class _Probe:
             shared = self.shared_world_cause()
             raise (_SharedWorld if shared else AssertionError)(
                 f"the same call from the same snapshot must give the same observation: {_call_text(self.mutate)} {shown}"
-                f"{shared or _cause([first, then], NONDETERMINISM)}"
+                f"{shared or _cause([first, then], BRANCHES_DIFFER)}"
             )
-        self.expect(self.changed, "the same call from the same snapshot must change the world the same way", NONDETERMINISM)
+        self.expect(self.changed, "the same call from the same snapshot must change the world the same way", BRANCHES_DIFFER)
         self.sandbox.restore(self.start_snapshot)  # branch 2
         self.expect(self.start, "a mutating call made in one branch must not be visible after restoring for the next")
         fresh = self.sandbox.snapshot()

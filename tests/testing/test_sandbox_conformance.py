@@ -717,3 +717,59 @@ def test_a_restore_or_snapshot_sharing_the_world_is_named_not_blamed_on_the_cloc
         assert cause in message and fix in message, message
         assert "the clock" not in message and "outside the world" not in message, message
         assert "points at it" not in message, message
+
+
+# --- sweep G: the causes named where the kit cannot tell which it is --------------------------------------------
+
+
+class SnapshotIsTheLiveConnection(SqlShopSandbox):
+    def snapshot(self) -> Any:
+        return self._open()  # the world itself: the next calls write into the "snapshot"
+
+
+class RestoreAdoptsTheSnapshot(SqlShopSandbox):
+    def restore(self, snapshot: Any) -> None:
+        self._open()
+        self.db = snapshot  # a copy when taken, but the next branch writes into it
+
+
+class RestoresTheLatestSnapshot(ShelfSandbox):
+    """Ignores which snapshot it is given: rebuilds the world from the last one taken."""
+
+    def snapshot(self) -> Any:
+        self.latest = super().snapshot()
+        return len(self.latest["orders"])
+
+    def restore(self, snapshot: Any) -> None:
+        super().restore(self.latest)
+
+
+_ORDER_NUMBERS: list[str] = []
+
+
+class NumbersOrdersOutsideTheWorld(ShelfSandbox):
+    def execute(self, call: ToolCall) -> Observation:
+        observation = super().execute(call)
+        if call.name == "order_item" and not observation.is_error:
+            _ORDER_NUMBERS.append(call.arguments["item"])  # module-level: no restore puts it back
+            return Observation(content=f"{observation.content} (order #{len(_ORDER_NUMBERS)})")
+        return observation
+
+
+@pytest.mark.parametrize(
+    ("make", "probe", "names"),
+    [
+        (SnapshotIsTheLiveConnection, SHOP, ["snapshot() returned a Connection, which can be neither deep-copied nor pickled"]),
+        (RestoreAdoptsTheSnapshot, SHOP, ["snapshot() returned a Connection", "or restore() adopts it as the world"]),
+        (RestoresTheLatestSnapshot, SHELF, ["restore(snapshot) does not rebuild the world from the snapshot it is given"]),
+        (NumbersOrdersOutsideTheWorld, SHELF, ["the clock, random numbers or fresh ids", "Or: If a tool keeps state outside the world"]),
+    ],
+    ids=["snapshot-is-the-connection", "restore-adopts-a-connection", "restores-the-latest", "numbers-outside-the-world"],
+)
+def test_a_failure_names_every_usual_cause_where_the_kit_cannot_tell_which(make: Any, probe: dict[str, Any], names: list[str]) -> None:
+    """Sweep G: these failed the kit, blamed on state outside the world (a live connection as the snapshot, a restore that
+    ignores which snapshot it is given) or on the clock (an order number kept in a module): a cause they do not have."""
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(make, **copy.deepcopy(probe), subprocess_isolation=False)
+    message = str(failed.value)
+    assert all(name in message for name in names), message
