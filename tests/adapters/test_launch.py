@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -92,6 +93,20 @@ HTTPServer(("127.0.0.1", port), Models).serve_forever()
 """
 
 
+def _wait_or_say_where(process: subprocess.Popen[str], timeout_s: float, what: str) -> None:
+    """Wait for ``process`` (run with ``-X faulthandler``, its output a pipe); where it has not exited in ``timeout_s``,
+    fail with where its threads stand (SIGABRT has faulthandler print their stacks) and the end of its output: a hang
+    seen once in CI, under load, that did not show up again when run alone."""
+    import signal
+
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        output, _ = process.communicate(timeout=30)
+        pytest.fail(f"{what}. Its threads, and the end of its output:\n{(output or '')[-8000:]}")
+
+
 def _ours(marker: str, ee_pid: int) -> list[psutil.Process]:
     """The stand-in server and its worker (``ee`` itself names the stand-in's file in its arguments)."""
     found = []
@@ -115,7 +130,6 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
     the worker had no chance to unlink, was left there for good (vLLM's message queues: CI's machine had 14 of them)."""
     import functools
     import signal
-    import subprocess
     import uuid
 
     marker = f"ee-fake-vllm-{uuid.uuid4().hex}"
@@ -123,8 +137,9 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
     shared_memory = Path("/dev/shm") / f"{marker}-queue"  # (where there is no /dev/shm, the worker fails: not checked)
     fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=answer, reaps=reaps, shared_memory=shared_memory))
     fake.chmod(0o755)
-    command = [sys.executable, "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path), "--port", str(free_port())]
-    command += ["--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
+    # -X faulthandler: where ee does not exit, SIGABRT has it print where each of its threads stands (_wait_or_say_where)
+    command = [sys.executable, "-X", "faulthandler", "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path)]
+    command += ["--port", str(free_port()), "--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # the server's log goes there, not into /tmp
     # SIGHUP as a terminal gives it: a test run under nohup would pass it on ignored, and ee rightly leaves it so
     hangup = functools.partial(signal.signal, signal.SIGHUP, signal.SIG_DFL)
@@ -140,7 +155,7 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
         if sig == "SIGKILL":  # then the group watchdog removes it: it looks at what the group holds every second
             time.sleep(1.5 * SHARED_MEMORY_LOOK_S)
         ee.send_signal(getattr(signal, sig))
-        ee.wait(timeout=60)
+        _wait_or_say_where(ee, 60, f"`ee serve vllm` had not exited 60 s after {sig}")
         psutil.wait_procs(_ours(marker, ee.pid) + _watchdogs(ee.pid), timeout=30)
         assert _ours(marker, ee.pid) == [], "the server or its worker outlived `ee serve vllm`"
         assert _watchdogs(ee.pid) == [], "the group watchdog ended too"
