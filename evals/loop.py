@@ -127,12 +127,21 @@ def _next_user_turn(task: EvalTask, index: int, conversation: Conversation, user
     return task.turns[index] if index < len(task.turns) else None
 
 
+class NoMessageError(ModelError):
+    """The model server answered without a message: no choices, or a choice without a message object (the client's
+    :attr:`~ee_middleware.models.protocol.Choice.problem`). The server gave no answer, as one that is down gives none:
+    nothing the model wrote is scored (:func:`gave_no_answer`)."""
+
+
 def gave_no_answer(exc: BaseException) -> bool:
-    """Whether ``exc`` means the model server gave no answer (unreachable, timed out, 5xx after retries, or a refusal
-    for its setup that every request like it gets: llama-server without ``--jinja``, :attr:`ModelRequestError.setup`).
+    """Whether ``exc`` means the model server gave no answer (unreachable, timed out, 5xx after retries, an answer
+    without a message: :class:`NoMessageError`, or a refusal for its setup that every request like it gets: llama-server
+    without ``--jinja``, :attr:`ModelRequestError.setup`).
 
     Another refused request (4xx: a prompt longer than the context) or an answer that is not a chat completion is the
     model's or the settings' doing, and stays a plain failure."""
+    if isinstance(exc, NoMessageError):
+        return True
     if isinstance(exc, ModelRequestError):
         return exc.setup
     return isinstance(exc, ModelServerError) and not isinstance(exc, ModelResponseError)
@@ -161,10 +170,10 @@ def _run_turn(
     for _ in range(config.max_steps_per_turn):
         choices = client.complete(conversation.messages, tools=tools or None, n=1, sampling=sampling)
         if not choices:
-            raise ModelError("the model returned no answer")
+            raise NoMessageError("the model returned no answer")
         if choices[0].problem is not None:  # no message at all: not an empty answer (irrelevance would score it a pass)
             raw = f" (it sent {choices[0].raw})" if choices[0].raw else ""
-            raise ModelError(f"the server's answer holds no message: {choices[0].problem}{raw}")
+            raise NoMessageError(f"the server's answer holds no message: {choices[0].problem}{raw}")
         step = _read_answer(choices[0], config)
         step.calls = _with_unique_ids(step.calls, conversation.messages)
         turn.steps.append(step)

@@ -54,6 +54,8 @@ class SimulatedUser:
             return None
         why = _why_no_message(choices, self.sampling.max_tokens)
         if why is not None:  # not the customer being done: the task fails with the reason, never scored on half a talk
+            # an answer without a message is the server's giving none (NoMessageError); one cut off is the settings'
+            conversation.no_answer = not choices or choices[0].problem is not None
             self.error = f"the user simulator's model wrote no message: {why}"
             return None
         text = choices[0].text.strip()

@@ -193,6 +193,7 @@ def test_a_server_answer_without_any_message_fails_the_task_and_never_passes_irr
         summaries = run_eval(job)
     assert [s["success_rate"] for s in summaries] == [0.0, 0.0]
     assert [s["failures"] for s in summaries] == [{"model_error": 2}, {"model_error": 1}]
+    assert [s.get("no_answer") for s in summaries] == [2, 1], "the server gave no answer: the tasks run again (sweep H)"
     rows = _rows(tmp_path)
-    assert all("holds no message: the response has no choices" in row["reason"] for row in rows)
+    assert all("holds no message: the response has no choices" in row["reason"] and row["no_answer"] for row in rows)
     assert all(len(json.loads(row["conversation"])) <= 3 for row in rows), "the conversation ended at the empty answer"

@@ -8,6 +8,7 @@ import shutil
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 import pytest
@@ -143,6 +144,48 @@ def test_a_server_that_goes_down_halfway_costs_a_rerun_of_those_tasks_not_a_scor
     rows = {r["task_id"]: r for r in pl.read_parquet(out / "results.parquet").to_dicts()}
     assert all(rows[t]["conversation"] == kept[t]["conversation"] for t in kept) and len(kept) == 2
     assert gate(out, out, GatePolicy(min_tasks=1)).passed
+
+
+class _AnswersWithoutAMessage(_Answering):
+    """From when ``empty`` is set: 200 with JSON holding no message (``body``), as a gateway in trouble answers."""
+
+    empty = False
+    body: ClassVar[dict] = {}
+
+    def do_POST(self) -> None:
+        if not self.empty:
+            super().do_POST()
+            return
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        send_json(self, self.body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"id": "x", "object": "chat.completion", "choices": []}, {"choices": [{"index": 0, "finish_reason": "stop"}]}],
+    ids=["no-choices", "a-choice-without-a-message"],
+)
+def test_a_server_answering_without_a_message_halfway_costs_a_rerun_of_those_tasks_not_a_score(tmp_path: Path, body: dict) -> None:
+    """Sweep H: such answers on some requests were scored as the model's failures (``no_answer`` false), the run exited
+    0, and a gate passed a candidate against it; only a server that answered every request so was caught."""
+    out = tmp_path / "run"
+    handler = type("Handler", (_AnswersWithoutAMessage,), {"requests": [], "delay_s": 0.0, "body": body})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    with serving(server) as url:
+        job = EvalJob(suites=["bfcl:simple:5"], model=f"openai:{url}#m", out=str(out), retries=0, timeout_s=5)
+
+        def empty_after_two(suite: str, done: int, total: int) -> None:
+            if done == 2:
+                handler.empty = True
+
+        [summary] = run_eval(job, progress=empty_after_two)
+        assert summary["no_answer"] == 3 and len(handler.requests) == 2
+        result = gate(out, out, GatePolicy(min_tasks=1))
+        assert not result.passed and any("no answer on 3 task trial(s) of the candidate run" in r for r in result.reasons)
+        handler.empty = False  # the gateway answers again: the same command runs those three again
+        [summary] = run_eval(job)
+    assert len(handler.requests) == 5 and "no_answer" not in summary and summary["runs"] == 5
 
 
 def test_a_damaged_run_record_or_journal_line_is_named_or_run_again_not_a_crash(tmp_path: Path) -> None:

@@ -187,6 +187,27 @@ def test_a_user_simulator_that_is_down_fails_the_task_with_the_reason(tmp_path: 
     assert summary["failures"] == {"user_model_error": 2}
 
 
+@pytest.mark.parametrize("body", [{"choices": []}, {"choices": [{"index": 0, "finish_reason": "stop"}]}], ids=["no-choices", "no-message"])
+def test_a_user_simulator_answered_without_a_message_is_no_answer_run_again_not_a_score(body: dict[str, Any], tmp_path: Path) -> None:
+    """Sweep H: a server's answer without a message failed the task as the simulator's (user_model_error) for good; it
+    is the server giving no answer, as one that is down gives none (the same command runs the task again)."""
+
+    class _NoMessage(_ScriptedUserModel):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), _NoMessage)) as url:
+        job = EvalJob(suites=["tau:library:2"], model="oracle", out=str(tmp_path), user_model=f"openai:{url}#u", retries=0)
+        [summary] = run_eval(job)
+    assert summary["failures"] == {"user_model_error": 2} and summary["no_answer"] == 2
+
+
 def test_suite_specs_and_their_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(load_suite("tau:library:test:3").tasks()) == 3
     assert len(load_suite("tau:library:4").tasks()) == 4
