@@ -227,8 +227,9 @@ def chart_figure(summary: list[dict[str, Any]]) -> Any:
     bars = ax.barh(range(len(names)), [100 * (s["success_rate"] or 0.0) for s in summary], color="#4C72B0", height=0.7)
     ax.set_yticks(range(len(names)), labels=names, fontsize=8)
     ax.invert_yaxis()
-    ax.bar_label(bars, labels=[rate_text(s, "success_rate") for s in summary], fontsize=8, padding=3)
-    ax.set_xlim(0, 115)
+    ax.bar_label(bars, labels=[rate_cell(s, "success_rate") for s in summary], fontsize=8, padding=3)
+    ax.set_xlim(0, 140 if any(s.get("no_answer") for s in summary) else 115)  # room for "(N unanswered)"
+    ax.set_xticks(range(0, 101, 20))
     ax.set_xlabel("success (%)")
     ax.set_title("Success rate per suite")
     fig.tight_layout()
@@ -298,6 +299,14 @@ def failures_left_out(rows: list[dict[str, Any]], shown: list[dict[str, Any]]) -
 def rate_text(suite: dict[str, Any], key: str) -> str:
     """A summary's rate as a percentage; ``no task`` for a suite that scored none (0.0% would read as all failed)."""
     return f"{100 * suite[key]:.1f}%" if suite["tasks"] and suite.get(key) is not None else "no task"
+
+
+def rate_cell(suite: dict[str, Any], key: str) -> str:
+    """:func:`rate_text` as the report tables and chart show it: with how many task trials the model server gave no
+    answer to, where it gave none to some (``no_answer``: counted as failed until the same command has run them again),
+    so that an outage does not read as a model that failed them."""
+    unanswered = suite.get("no_answer") or 0
+    return f"{rate_text(suite, key)} ({unanswered} unanswered)" if unanswered else rate_text(suite, key)
 
 
 def no_task_warning(summary: list[dict[str, Any]]) -> str:
@@ -430,7 +439,7 @@ def markdown_report(
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         lines.append(
-            f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_text(s, 'success_rate')} | {rate_text(s, 'pass_hat_k')} | {failures} "
+            f"| {_cell(s['suite'])} | {s['tasks']} | {s['trials']} | {rate_cell(s, 'success_rate')} | {rate_cell(s, 'pass_hat_k')} | {failures} "
             f"| {s.get('cut_answers', 0)} |"
         )
     for warning in _report_warnings(summary, max_tokens):
@@ -482,8 +491,8 @@ def html_report(
     for s in summary:
         failures = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "-"
         body.append(
-            f"<tr><td>{e(s['suite'])}</td><td>{s['tasks']}</td><td>{s['trials']}</td><td>{rate_text(s, 'success_rate')}</td>"
-            f"<td>{rate_text(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
+            f"<tr><td>{e(s['suite'])}</td><td>{s['tasks']}</td><td>{s['trials']}</td><td>{rate_cell(s, 'success_rate')}</td>"
+            f"<td>{rate_cell(s, 'pass_hat_k')}</td><td>{e(failures)}</td><td>{s.get('cut_answers', 0)}</td></tr>"
         )
     body.append("</table>")
     for warning in _report_warnings(summary, max_tokens):

@@ -280,7 +280,7 @@ def _print_summary(
 ) -> None:
     from rich.table import Table
 
-    from ee_middleware.evals.report import CUT_COLUMN, rate_text, run_served_models
+    from ee_middleware.evals.report import CUT_COLUMN, rate_cell, run_served_models
 
     table = Table(title=f"Results in {folder}")
     for column in ("suite", "tasks", "trials", "success", "pass^k", "failures", CUT_COLUMN):
@@ -291,8 +291,8 @@ def _print_summary(
             escape(s["suite"]),
             str(s["tasks"]),
             str(s["trials"]),
-            rate_text(s, "success_rate"),
-            rate_text(s, "pass_hat_k"),
+            rate_cell(s, "success_rate"),
+            rate_cell(s, "pass_hat_k"),
             escape(failures),
             str(s.get("cut_answers", 0)),
         )

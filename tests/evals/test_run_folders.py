@@ -130,7 +130,10 @@ def test_a_server_that_goes_down_halfway_costs_a_rerun_of_those_tasks_not_a_scor
 
         [summary] = run_eval(job, progress=down_after_two)
     assert len(first) == 2 and summary["no_answer"] == 3 and summary["failures"]["model_error"] == 3
-    assert "gave no answer on 3 task trial(s)" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "gave no answer on 3 task trial(s)" in report
+    # sweep H: the table read "0.0% ... model_error: 3", an outage shown as a model failing those tasks
+    assert "| bfcl:simple | 5 | 1 | 0.0% (3 unanswered) | 0.0% (3 unanswered) |" in report, report
     result = gate(out, out, GatePolicy(min_tasks=1))
     assert not result.passed and any("no answer on 3 task trial(s) of the candidate run" in r for r in result.reasons)
     kept = {r["task_id"]: r for r in read_journal(out / "results.jsonl") if not r["no_answer"]}
