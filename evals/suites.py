@@ -82,9 +82,16 @@ def load_suite(spec: str, settings: SuiteSettings = SuiteSettings()) -> Suite:
         if len(parts) >= 2 and "." in parts[0] and FACTORY_SPEC.match(f"{parts[0]}:{parts[1]}"):  # a user's package.module:factory
             parts = [f"{parts[0]}:{parts[1]}", *parts[2:]]
         if len(parts) > 2 or (len(parts) == 2 and parts[1].isdigit()):
+            undotted = len(parts) == 3 and FACTORY_SPEC.match(f"{parts[0]}:{parts[1]}")  # tau:module:factory:SPLIT
             raise ConfigError(
                 f"Cannot read the suite {spec!r}: write tau:DOMAIN[:SPLIT][:N], e.g. tau:library:test:10 "
                 "(DOMAIN: a built-in name, package.module:factory or an entry point's name)."
+                + (
+                    f" A factory is read only with a dotted module path: put {parts[0]!r} in a package and write "
+                    f"tau:PACKAGE.{parts[0]}:{parts[1]}:{parts[2]}, or register the factory as an entry point."
+                    if undotted
+                    else ""
+                )
             )
         split = parts[1] if len(parts) == 2 else None
         return TauSuite(

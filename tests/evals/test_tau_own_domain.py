@@ -207,6 +207,10 @@ def test_a_factory_in_a_top_level_module_is_an_error_saying_how_the_spec_was_rea
     )
     with pytest.raises(ConfigError, match=message):
         load_suite(f"tau:{top}:make_domain")
+    # sweep H: with a split as well, only the generic "write tau:DOMAIN[:SPLIT][:N]"
+    with_split = rf"Cannot read the suite 'tau:{top}:make_domain:test'.*dotted module path.*tau:PACKAGE\.{top}:make_domain:test"
+    with pytest.raises(ConfigError, match=with_split):
+        load_suite(f"tau:{top}:make_domain:test")
     with pytest.raises(ConfigError, match=r"Unknown tau domain 'clinic'.*the domain 'clinic' and the split 'test' \(a factory.*dotted"):
         load_suite("tau:clinic:test:5")
     assert [t.id for t in load_suite(f"tau:{pantry}:make_domain").tasks()] == ["order-apples", "ask-plums", "refuse-three"]
