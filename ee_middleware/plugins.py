@@ -20,6 +20,7 @@ import importlib
 import inspect
 import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -275,7 +276,8 @@ class PluginKind:
         forms += list(self.forms)
         forms.append(f"'package.module:factory' (a callable that returns a {self.kind})")
         installed = sorted(self.installed())
-        where = f"installed: {', '.join(repr(n) for n in installed)}" if installed else "none installed"
+        shown = [f"{name!r} (unused: the built-in has that name)" if name in self.builtins else repr(name) for name in installed]
+        where = f"installed: {', '.join(shown)}" if installed else "none installed"
         forms.append(f"the name of a '{self.group}' entry point ({where})")
         return forms
 
@@ -304,6 +306,7 @@ class PluginKind:
             raise self.unknown(spec, "the spec is empty")
         spec = spec.strip()
         if spec in self.builtins:
+            self._warn_shadowed(spec)
             return self._load(self.builtins[spec], spec)
         if FACTORY_SPEC.match(spec):
             return self._load(spec, spec)
@@ -313,6 +316,23 @@ class PluginKind:
             _remember(entry_point.module, self.kind, spec)
             return factory
         raise self.unknown(spec, _module_form_of_path(spec, self.kind) or "it matches none of the accepted forms")
+
+    def _warn_shadowed(self, name: str) -> None:
+        """Warn (once per entry point) that an installed entry point named ``name``, a built-in name, is not used: the
+        built-in is (a plug-in's author may not know the name is taken, and its user would get the built-in unawares)."""
+        entry_point = self.installed().get(name)
+        if entry_point is None or (self.group, name, entry_point.value) in _SHADOWED_WARNED:
+            return
+        _SHADOWED_WARNED.add((self.group, name, entry_point.value))
+        distribution = getattr(getattr(entry_point, "dist", None), "name", None)
+        origin = f" of the distribution {distribution!r}" if distribution else ""
+        warnings.warn(
+            f"The '{self.group}' entry point {name!r}{origin} ({entry_point.value}) is not used: {name!r} is the built-in "
+            f"{self.kind}, which takes its place. Name that entry point another way, or give its factory "
+            f"({entry_point.value}) as the spec.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def build(self, spec: str, *args: Any, **options: Any) -> Any:
         """The part ``spec`` names, built with ``args`` and ``options``, checked against the protocol."""
@@ -459,6 +479,10 @@ class PluginKind:
             f"The error was raised by the {self.kind}'s own module while Python imported it, not by ee-middleware: fix it "
             f"there; to see the whole traceback, run: {_reproduce(module)}."
         )
+
+
+_SHADOWED_WARNED: set[tuple[str, str, str]] = set()
+"""The entry points :meth:`PluginKind._warn_shadowed` has warned of (group, name, value): once per process."""
 
 
 def _import_from_installed_or_working_folder(module_name: str) -> Any:

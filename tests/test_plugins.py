@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -460,3 +461,20 @@ def test_a_near_miss_store_name_before_its_location_says_which_store_it_means(tm
     with pytest.raises(StoreError) as info:
         open_store(f"jsonstor:{tmp_path / 'exp'}", create=False)
     assert "(did you mean 'jsonstore'?)" in str(info.value), str(info.value)
+
+
+def test_an_entry_point_named_as_a_built_in_is_said_unused_not_listed_as_if_it_worked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweep G: an entry point 'bfcl' was silently ignored for the built-in bfcl sandbox, and listed as installed."""
+    _install(tmp_path, monkeypatch, f"[ee_middleware_test.gadgets]\nspanner = {__name__}:not_a_gadget\nbig-spanner = {__name__}:Spanner\n")
+    with pytest.warns(
+        UserWarning, match=r"entry point 'spanner' of the distribution 'helpdesk-plugins' .* is not used: 'spanner' is the built-in gadget"
+    ):
+        assert GADGETS.build("spanner").run() == "spanner-10"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GADGETS.build("spanner")  # said once
+        GADGETS.build("big-spanner")
+    with pytest.raises(GadgetError, match=r"installed: 'big-spanner', 'spanner' \(unused: the built-in has that name\)"):
+        GADGETS.resolve("hammer")
