@@ -8,7 +8,7 @@ from typing import Any
 
 from ee_middleware.models.protocol import clip
 
-__all__ = ["Said", "broken", "shown"]
+__all__ = ["Said", "broken", "first_difference", "shown"]
 
 
 class Said(str):
@@ -24,3 +24,32 @@ def broken(call: str, got: Any, wanted: Any, promise: str, fix: str) -> str:
     """A failure's message: the call the implementation answered, what it returned against what the protocol requires,
     the promise it broke and the fix (values as :func:`shown` writes them)."""
     return f"{call} returned {shown(got)} where the protocol requires {shown(wanted)}: {promise}. {fix}"
+
+
+def first_difference(wrote: Any, got: Any, path: str = "") -> str | None:
+    """Where ``got`` first differs from ``wrote`` (records, as a store gave one back), as ``PATH: wrote X, got Y`` (``PATH``
+    the field, item and key names down to it: ``steps[0].index``); ``None`` when they are equal. Records are compared
+    field by field (pydantic models as their fields, in order), lists item by item, dicts key by key."""
+    if wrote == got:
+        return None
+    fields = getattr(type(wrote), "model_fields", None)
+    if fields is not None and type(got) is type(wrote):
+        for name in fields:
+            found = first_difference(getattr(wrote, name), getattr(got, name), f"{path}.{name}" if path else name)
+            if found:
+                return found
+    elif isinstance(wrote, list | tuple) and isinstance(got, list | tuple):
+        for index, (a, b) in enumerate(zip(wrote, got, strict=False)):
+            found = first_difference(a, b, f"{path}[{index}]")
+            if found:
+                return found
+        if len(wrote) != len(got):
+            return f"{path or 'the record'}: wrote {len(wrote)} items, got {len(got)}"
+    elif isinstance(wrote, dict) and isinstance(got, dict):
+        for key in [*wrote, *(k for k in got if k not in wrote)]:
+            if key not in got or key not in wrote:
+                return f"{path}[{key!r}]: {'missing' if key not in got else 'not written'}"
+            found = first_difference(wrote[key], got[key], f"{path}[{key!r}]")
+            if found:
+                return found
+    return f"{path or 'the record'}: wrote {shown(wrote, 120)}, got {shown(got, 120)}"

@@ -75,7 +75,7 @@ from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
 from ee_middleware.records import Action, ApprovalEvent, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.store import metadata
 from ee_middleware.store.approvals import decide
-from ee_middleware.testing.messages import Said, broken
+from ee_middleware.testing.messages import Said, broken, first_difference
 from ee_middleware.testing.messages import shown as _shown
 
 MakeStore = Callable[[], Any]
@@ -256,7 +256,12 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
         f"another handle sees a write as soon as write() returns: write() returned {written} for {[A, B, C]} but "
         f"trajectories() on a new handle shows {_ids(shown)}"
     )
-    assert store.get(C) == originals[2], "a trajectory must round-trip exactly"
+    returned = store.get(C)
+    assert returned == originals[2], (
+        f"a trajectory must round-trip exactly: get({C!r}) differs from the trajectory written, at "
+        f"{first_difference(originals[2], returned)}. Store every field as written, in order (steps by index), and build "
+        "it back with the same types"
+    )
     of_b = store.steps([B])
     assert of_b.height == 3, broken(
         f"steps([{B!r}])",
@@ -422,6 +427,11 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
     ordered = sorted(b_rollouts, key=lambda r: (r.step_index, r.branch_index)) + c_rollouts
     frame = store.rollouts()
     _expect_columns(frame, "rollouts")
+    missing = sorted({r.id for r in ordered} - set(frame["id"].to_list()))
+    assert not missing, (
+        f"every rollout write_replay() was given is stored: rollouts() lacks {missing} of the {len(ordered)} written "
+        "with their replay records"
+    )
     assert frame["id"].to_list() == [r.id for r in ordered], (
         f"rollouts come back ordered by trajectory, step and branch: expected {[r.id for r in ordered]}, "
         f"rollouts() shows {_ids(frame['id'].to_list())}"
@@ -431,7 +441,10 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
         f"another handle sees rollouts as soon as write_replay() returns: wrote {sorted(r.id for r in ordered)}, "
         f"rollouts() on a new handle shows {_ids(shown)}"
     )
-    assert list(store.iter_rollouts()) == ordered, "rollouts must round-trip exactly, in the order of rollouts()"
+    assert list(store.iter_rollouts()) == ordered, (
+        "rollouts must round-trip exactly, in the order of rollouts(): iter_rollouts() differs from the rollouts written, "
+        f"at {first_difference(ordered, list(store.iter_rollouts()))}"
+    )
     assert store.rollouts([C])["id"].to_list() == [r.id for r in c_rollouts], "rollouts(ids) filters by trajectory"
     shown = store.rollouts([D])["id"].to_list()
     assert not shown, broken(
@@ -505,8 +518,10 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
 
 def _check_get_rollout(store: Any, b_rollouts: list[Rollout]) -> None:
     by_id = {r.id: r for r in b_rollouts}
-    assert _must(lambda: store.get_rollout("ro-b-1-0"), "get_rollout() of an id") == by_id["ro-b-1-0"], (
-        "get_rollout() must round-trip a rollout exactly"
+    returned = _must(lambda: store.get_rollout("ro-b-1-0"), "get_rollout() of an id")
+    assert returned == by_id["ro-b-1-0"], (
+        f"get_rollout() must round-trip a rollout exactly: get_rollout('ro-b-1-0') differs from the rollout written, at "
+        f"{first_difference(by_id['ro-b-1-0'], returned)}"
     )
     for given, wanted, promise in (
         ("ro-b-1", "ro-b-1-0", "get_rollout() accepts a unique prefix"),

@@ -108,9 +108,30 @@ class StaleInfo(LocalExperienceStore):
         return {**super().info(), "trajectories": self._read_parts("trajectories").height}
 
 
+class StepsBackwards(LocalExperienceStore):
+    """Gives a trajectory's steps back in reverse order (sweep G: said only "a trajectory must round-trip exactly")."""
+
+    def get(self, trajectory_id: str) -> Trajectory:
+        trajectory = super().get(trajectory_id)
+        return trajectory.model_copy(update={"steps": list(reversed(trajectory.steps))})
+
+
+class DropsALastRollout(LocalExperienceStore):
+    """Loses the last rollout of each replay record (sweep G: reported as rollouts in the wrong order)."""
+
+    def write_replay(self, record: object, rollouts: Sequence[Rollout] = ()) -> None:
+        super().write_replay(record, list(rollouts)[:-1])
+
+
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
+        (
+            StepsBackwards,
+            r"a trajectory must round-trip exactly: get\('traj-1b7'\) differs from the trajectory written, at steps\[0\]\.index: "
+            r"wrote 0, got 3\. Store every field as written, in order",
+        ),
+        (DropsALastRollout, r"every rollout write_replay\(\) was given is stored: rollouts\(\) lacks \['ro-b-0-1', 'ro-c-0-1'\]"),
         (RolloutsNotDeduplicated, "must not duplicate them"),
         (FirstMatchingId, r"resolve_id\('traj-1'\), a prefix of several ids"),
         (ExactRolloutIdsOnly, "get_rollout\\(\\) accepts a unique prefix"),
