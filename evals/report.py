@@ -133,12 +133,13 @@ def _by_count(values: Iterable[str]) -> dict[str, int]:
 
 def _pass_hat(per_task: dict[str, list[bool]], trials: int) -> dict[str, float]:
     """tau-bench's pass^k for k = 1..trials (tasks with fewer trials than k are left out of that k)."""
+    from fractions import Fraction
     from math import comb
 
     result = {}
-    for k in range(1, trials + 1):
-        values = [comb(sum(v), k) / comb(len(v), k) for v in per_task.values() if len(v) >= k]
-        result[str(k)] = sum(values) / len(values) if values else 0.0
+    for k in range(1, trials + 1):  # exact fractions, rounded once: 3/4 is 0.75, not 0.7499999999999999
+        values = [Fraction(comb(sum(v), k), comb(len(v), k)) for v in per_task.values() if len(v) >= k]
+        result[str(k)] = float(sum(values) / len(values)) if values else 0.0
     return result
 
 

@@ -113,3 +113,15 @@ def test_the_summary_is_the_same_whatever_order_the_results_came_in() -> None:
     excluded = {"s": {"x": "no state change", "y": "interrupted"}}
     flipped = {"s": dict(reversed(list(excluded["s"].items())))}
     assert json.dumps(summarize(rows, ["s"], excluded)) == json.dumps(summarize(rows, ["s"], flipped))
+
+
+def test_pass_hat_is_the_exact_fraction_rounded_once() -> None:
+    """Sweep H: pass^1 over tasks passing 3 of 3, 2 of 3, 3 of 3 and 1 of 3 trials read 0.7499999999999999 in --json."""
+    outcomes = {"a": [True, True, True], "b": [True, True, False], "c": [True, True, True], "d": [True, False, False]}
+    rows = [
+        {"suite": "s", "task_id": task, "trial": trial, "success": ok, "reason": "" if ok else "r", "error_type": None if ok else "x"}
+        for task, trials in outcomes.items()
+        for trial, ok in enumerate(trials)
+    ]
+    [summary] = summarize(rows, ["s"])
+    assert summary["pass_hat"] == {"1": 0.75, "2": 7 / 12, "3": 0.5}  # by hand: (1 + 1/3 + 1 + 0) / 4 for k=2
