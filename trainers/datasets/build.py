@@ -265,6 +265,8 @@ def build_datasets(
             GROUNDED_ON_HELD_OUT: grounded,
         },
         "fidelity_mismatches_left_out": fidelity_mismatches_left_out(used),
+        # a decision two trajectories of one trace hold (a recorded graph used as a node of another): taught once
+        **({"repeated_decisions_left_out": repeats} if (repeats := used.repeats_left_out()) else {}),
         "replays": replays_used(used, config.replay_id),
         "config": _config_record(config),
         "redaction": {

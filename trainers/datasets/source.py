@@ -14,6 +14,11 @@ answer to the expert's own recorded call differed from production's: ``ReplayRec
 newest record of that configuration and trajectory) is left out whole unless ``include_fidelity_mismatches``
 (:func:`untrusted_replays`): its sandbox answers some tool differently from production, at every state that tool is
 called, and from the mismatching step on its world is no longer production's.
+
+A decision two trajectories of one trace both hold (a graph wrapped with ``record_experience`` and used as a node of
+another recorded graph: the same state and the same action, its tool call's id included, stored by both recorders) is
+taught once, from the trajectory that started first (:func:`repeated_decisions`); the other's copy of the step and its
+rollouts are left out.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ class DatasetSource:
     """Rollouts left out because their observation is the sandbox's own failure, by kind (``Observation.sandbox_failure``)."""
     fidelity_mismatch_rollouts: int = 0
     """Rollouts left out because their replay reported fidelity mismatches (:func:`untrusted_replays`)."""
+    repeated_decisions: int = 0
+    """Steps left out (with their rollouts) because an earlier trajectory of their trace holds the same decision
+    (:func:`repeated_decisions`)."""
     content_hash: str | None = None
     """The hash of the whole source this is a group of trajectories of (see :attr:`source_hash`)."""
 
@@ -116,6 +124,52 @@ def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) 
     return digest.hexdigest()[:16]
 
 
+DECISION_COLUMNS = ("state_json", "action_kind", "tool_call_id", "tool_name", "arguments_json", "content")
+"""The step columns that make a decision (the state it was made in and the action, its tool call's id included)."""
+
+
+def shared_trace_trajectories(trajectories: pl.DataFrame) -> pl.Series:
+    """The ids of ``trajectories`` (``id``, ``trace_id``) that share their trace with another of them: those that may hold
+    one decision twice (:func:`repeated_decisions`); none where no ``trace_id`` is kept."""
+    if "trace_id" not in trajectories.columns:
+        return pl.Series("id", [], dtype=pl.String)
+    traced = trajectories.filter(pl.col("trace_id").is_not_null())
+    return traced.filter(pl.len().over("trace_id") > 1)["id"]
+
+
+def repeated_decisions(trajectories: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:
+    """``trajectory_id`` and ``index`` of the ``steps`` (with a ``decision_key``: a hash of :data:`DECISION_COLUMNS`) that
+    an earlier trajectory of the same trace (``trajectories``: ``id``, ``trace_id``, ``started_at``) holds too: the same
+    state and the same action, its tool call's id included, so the same model call stored twice. That is what a graph
+    wrapped with ``record_experience`` and used as a node of another recorded graph leaves: its steps are the outer
+    run's too, and both recorders store them. The decision is kept in the trajectory that started first (the outer
+    run: it holds the node's steps and its own), ties by id; the later copies are these rows."""
+    traced = trajectories.select(pl.col("id").alias("trajectory_id"), "trace_id", "started_at").filter(pl.col("trace_id").is_not_null())
+    keyed = steps.select("trajectory_id", "index", "decision_key").join(traced, on="trajectory_id", how="inner")
+    if keyed.is_empty():
+        return pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64})
+    keyed = keyed.sort("started_at", "trajectory_id", "index", nulls_last=True)
+    keeper = pl.col("trajectory_id").first().over("trace_id", "decision_key")
+    return keyed.filter(pl.col("trajectory_id") != keeper).select("trajectory_id", pl.col("index").cast(pl.Int64))
+
+
+def decision_key() -> pl.Expr:
+    """A step's decision as one hash (see :func:`repeated_decisions`)."""
+    return pl.struct(*DECISION_COLUMNS).hash().alias("decision_key")
+
+
+def without_repeats(steps: pl.DataFrame, rollouts: pl.DataFrame, repeats: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``steps`` and ``rollouts`` without the ``repeats`` (:func:`repeated_decisions`) and the rollouts branched from them."""
+    if repeats.is_empty():
+        return steps, rollouts
+    repeats = repeats.with_columns(pl.col("index").cast(steps.schema["index"]))
+    steps = steps.join(repeats, on=["trajectory_id", "index"], how="anti", maintain_order="left")
+    if not rollouts.is_empty():
+        at = repeats.rename({"index": "step_index"}).with_columns(pl.col("step_index").cast(rollouts.schema["step_index"]))
+        rollouts = rollouts.join(at, on=["trajectory_id", "step_index"], how="anti", maintain_order="left")
+    return steps, rollouts
+
+
 def load_source(
     store: Any,
     *,
@@ -164,6 +218,9 @@ def load_source(
     if not include_sandbox_failures and "sandbox_failure" in rollouts.columns:
         failures = failure_counts(rollouts["sandbox_failure"])
         rollouts = rollouts.filter(pl.col("sandbox_failure").is_null())
+    shared = shared_trace_trajectories(trajectories)
+    repeats = repeated_decisions(trajectories, steps.filter(pl.col("trajectory_id").is_in(shared.implode())).with_columns(decision_key()))
+    steps, rollouts = without_repeats(steps, rollouts, repeats)
     return DatasetSource(
         trajectories=trajectories,
         steps=steps,
@@ -171,6 +228,7 @@ def load_source(
         unrestored_rollouts=unrestored,
         sandbox_failures=failures,
         fidelity_mismatch_rollouts=mismatched,
+        repeated_decisions=repeats.height,
     )
 
 
@@ -234,6 +292,19 @@ class SourceIndex:
     ``policy``, ``sandbox``, ``k``, ``seed``, ``trajectories``, ``rollouts`` and ``newest_finished_at``; and how many
     trajectories have rollouts of more than one is :attr:`trajectories_with_several_replays`."""
     trajectories_with_several_replays: int = 0
+    repeats: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64}))
+    """The steps left out of ``steps`` (and their rollouts of ``rollouts``) because an earlier trajectory of their trace
+    holds the same decision (:func:`repeated_decisions`, of the whole source): ``trajectory_id``, ``index`` and, where
+    any were, ``rollouts`` (how many of the step's rollouts that left out)."""
+
+    def repeats_left_out(self) -> dict[str, int]:
+        """How many steps of this index's trajectories, and rollouts branched from them, :attr:`repeats` left out (the
+        summary's ``repeated_decisions_left_out``; empty when none)."""
+        mine = self.repeats.filter(pl.col("trajectory_id").is_in(self.trajectories["id"].implode()))
+        if mine.is_empty():
+            return {}
+        rollouts = int(mine["rollouts"].sum()) if "rollouts" in mine.columns else 0
+        return {"steps": mine.height, "trajectories": mine["trajectory_id"].n_unique(), "rollouts": rollouts}
 
     @cached_property
     def source_hash(self) -> str:
@@ -253,6 +324,7 @@ class SourceIndex:
             self.untrusted,
             self.replays,
             self.trajectories_with_several_replays,
+            self.repeats,
         )
 
     def storage_order(self) -> list[str]:
@@ -320,6 +392,7 @@ class SourceReader:
         self._untrusted: pl.DataFrame | None = None
         self._left_out: pl.Series | None = None  # rollouts no read returns (leave_out_grounded_on_held_out)
         self._grounded = 0
+        self._repeats = pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64})  # (repeated_decisions)
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
 
@@ -491,8 +564,14 @@ class SourceReader:
             pl.col("state_json").str.len_bytes().cast(pl.Int64).alias("state_bytes"),
         )
         steps = self._drop("steps", steps.collect(engine="streaming"))
+        self._repeats = self._repeated_decisions()
         selected = self._rollout_rows(ids, ("id", "trajectory_id", "step_index", "branch_index", "is_error"))
-        rollouts = selected.rows
+        steps, rollouts = without_repeats(steps, selected.rows, self._repeats)
+        if not self._repeats.is_empty():  # with how many rollouts each repeat leaves out (the summary counts them)
+            branched = selected.rows.group_by("trajectory_id", pl.col("step_index").cast(pl.Int64).alias("index")).len("rollouts")
+            self._repeats = self._repeats.join(branched, on=["trajectory_id", "index"], how="left").with_columns(
+                pl.col("rollouts").fill_null(0).cast(pl.Int64)
+            )
         replays = self._replays_used(rollouts)
         several = rollouts.group_by("trajectory_id").agg(pl.col("_replay").n_unique().alias("n")).filter(pl.col("n") > 1).height
         index = SourceIndex(
@@ -506,9 +585,19 @@ class SourceReader:
             self._untrusted_replays(),
             replays,
             several,
+            self._repeats,
         )
         self._indexed_rollouts = rollouts["id"]
         return index
+
+    def _repeated_decisions(self) -> pl.DataFrame:
+        """:func:`repeated_decisions` of the source: only the steps of trajectories sharing a trace are read (hashed), so
+        a store without such trajectories (no recorded graph used as a node of another) costs nothing more."""
+        shared = shared_trace_trajectories(self._trajectories)
+        if shared.is_empty():
+            return self._repeats.clear()
+        steps = self._steps.filter(pl.col("trajectory_id").is_in(shared.implode())).select("trajectory_id", "index", decision_key())
+        return repeated_decisions(self._trajectories, steps.collect(engine="streaming").unique(["trajectory_id", "index"]))
 
     def _replays_used(self, rollouts: pl.DataFrame) -> pl.DataFrame:
         """One row per replay configuration among ``rollouts`` (those a build uses, with their ``_replay``): see
@@ -554,7 +643,8 @@ class SourceReader:
         other: a pass that needs a few columns of many rollouts (``columns`` must hold ``id``, ``trajectory_id``,
         ``step_index`` and ``branch_index``, which the selection reads)."""
         keep = pl.Series(list(ids), dtype=pl.String)
-        return self._read(lambda: self._rollout_rows(keep, columns).rows.drop("_replay"))
+        rows = self._read(lambda: self._rollout_rows(keep, columns).rows.drop("_replay"))
+        return without_repeats(pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64}), rows, self._repeats)[1]
 
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
@@ -569,6 +659,7 @@ class SourceReader:
             return steps, self._rollout_rows(keep).rows.drop("_replay")
 
         steps, rows = self._read(read)
+        steps, rows = without_repeats(steps, rows, self._repeats)
         return DatasetSource(trajectories=trajectories, steps=steps, rollouts=rows, content_hash=content_hash)
 
 

@@ -126,7 +126,8 @@ def _add_curriculum_trajectories(store_path: Path, n: int) -> list[str]:
     for i in range(n):
         original, new_id = base[i % len(base)], f"curriculum-{i:02d}"
         steps = [s.model_copy(update={"trajectory_id": new_id}) for s in original.steps]
-        copies.append(original.model_copy(update={"id": new_id, "source": "curriculum", "steps": steps}))
+        # a run of its own: its own trace (two trajectories of one trace holding one decision teach it once)
+        copies.append(original.model_copy(update={"id": new_id, "source": "curriculum", "steps": steps, "trace_id": f"{i + 1:032x}"}))
     store.write(copies)
     store.approve([c.id for c in copies], by="test")
     store.close()
