@@ -523,10 +523,13 @@ class ProcessOffload:
         self._lock = threading.Lock()  # the queue, the tool-list numbers, the state (held briefly)
         self._wake = threading.Condition(self._lock)
         self._read_lock = threading.Lock()  # one reader of the child's answers at a time
-        self._queue: deque[memoryview] = deque()  # framed messages (or what is left of one) for the sender
+        # framed messages (or what is left of one) for the sender, each with the number of the run it holds (None: a flush
+        # or close message, or the start-up ones)
+        self._queue: deque[tuple[memoryview, int | None]] = deque()
         self._queued_bytes = 0
         self._writing = False  # the sender thread is writing a message taken from the queue
-        self._state = "starting"  # starting | ready | failed | closed | forked
+        self._cut: int | None = None  # the run whose message the sender left unfinished when runs were withdrawn
+        self._state = "starting"  # starting | ready | failed | closed | forked | withdrawn
         self.stats = CaptureStats()
         self.cpu_s = 0.0  # the child's CPU time, as of its last answer
         self.pid: int | None = None
@@ -570,8 +573,8 @@ class ProcessOffload:
         os.set_blocking(to_child_w, False)  # a write takes what fits in the pipe now, never waits
         self._out_fd = to_child_w
         self._in = Connection(from_child_r, writable=False)
-        self._queue.append(_frame(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL)))
-        self._queue.append(_frame(pickle.dumps(init, protocol=_PICKLE_PROTOCOL)))
+        self._queue.append((_frame(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL)), None))
+        self._queue.append((_frame(pickle.dumps(init, protocol=_PICKLE_PROTOCOL)), None))
         self._sender = threading.Thread(target=self._send_loop, name="ee-capture-offload-sender", daemon=True)
         self._sender.start()
         _instances.add(self)
@@ -667,7 +670,7 @@ class ProcessOffload:
                 self._unnumber_tool_lists(record, sent_tools)
                 self._note_fallback(why)
                 return False
-            self._enqueue(data)
+            self._enqueue(data, self._sent + 1)  # (the number _keep gives it)
             self._unacked += 1
             self._keep(data, sent_tools)
             ask = self._background_token is None and (
@@ -747,10 +750,11 @@ class ProcessOffload:
                 return f"killed by signal {-code}"
         return f"exit code {code}"
 
-    def _enqueue(self, data: bytes) -> None:
+    def _enqueue(self, data: bytes, run: int | None = None) -> None:
         """(With ``_lock`` held.) Write the message now as far as the pipe takes it without waiting
         (the agent's thread then makes one ``write`` call and wakes no thread); what does not fit
-        is queued for the sender thread, which waits for the child to read."""
+        is queued for the sender thread, which waits for the child to read. ``run``: the number of the kept run the
+        message holds (:meth:`withdraw_unsent` takes it back while it is queued)."""
         frame = _frame(data)
         if not self._queue and not self._writing and self._state == "ready":  # nothing ahead of it: write here
             try:
@@ -762,7 +766,7 @@ class ProcessOffload:
             if written == len(frame):
                 return
             frame = frame[written:]
-        self._queue.append(frame)
+        self._queue.append((frame, run))
         self._queued_bytes += len(frame)
         if len(self._queue) == 1:
             self._wake.notify()
@@ -777,13 +781,14 @@ class ProcessOffload:
                     self._wake.wait()
                 if not self._queue or self._state not in ("starting", "ready", "closed"):
                     return
-                frame = self._queue.popleft()
+                frame, run = self._queue.popleft()
                 self._queued_bytes -= len(frame)
                 self._writing = True
             try:
                 while frame:
                     if self._state not in ("starting", "ready", "closed"):
-                        return  # failed: the child is being stopped
+                        self._cut = run  # (withdrawn: this message never reached the child whole)
+                        return  # failed: the child is being stopped; or its runs are withdrawn
                     if not poller.poll(200):
                         continue  # no room yet (the child is busy, or stopped)
                     try:
@@ -890,6 +895,54 @@ class ProcessOffload:
                 return not lost, None
         finally:
             self._read_lock.release()
+
+    def withdraw_unsent(self, timeout: float) -> int:
+        """This process is ending (SIGTERM): wait at most ``timeout`` for every queued message to reach the pipe, then take
+        back the runs that did not, and record them on this process's threads (``on_lost``); returns how many.
+
+        The child outlives this process to write what it read and what the pipe holds, but what is still queued here
+        (the pipe was full: a child that gets little CPU on a busy machine, at its nice 19, reads slowly) ends with this
+        process. Those runs, and one whose message the sender had written only part of (the child cannot read it), are
+        recorded here instead, as the runs of a child that died are; nothing is sent to the child after that (its runs
+        take the thread path), and the pipe is closed, so that the child writes what it has and exits."""
+        if self._forked():
+            return 0
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._state != "ready":
+                return 0
+            while (self._queue or self._writing) and (remaining := deadline - time.monotonic()) > 0:
+                self._wake.wait(remaining)
+            if not (self._queue or self._writing):
+                return 0  # all in the pipe: the child writes it, after this process too
+            self._state = "withdrawn"
+            self._wake.notify_all()
+        self._sender.join(1.0)  # it sees the state at its next look (every 0.2 s while it waits for room), and stops
+        with self._lock:
+            unsent = {run for _, run in self._queue if run is not None}
+            if self._cut is not None:
+                unsent.add(self._cut)
+            self._queue.clear()
+            self._queued_bytes = 0
+            taken = [(data, slots) for number, data, slots in self._kept if number in unsent]
+            self._kept = deque(kept for kept in self._kept if kept[0] not in unsent)
+            self._kept_bytes = sum(len(kept[1]) for kept in self._kept)
+            self._unacked = max(0, self._unacked - len(taken))
+        if not self._sender.is_alive():
+            self._close_out()  # (a sender still writing keeps the pipe: the process's end closes it)
+        missing = len(unsent) - len(taken)  # no longer kept (past max_kept_bytes): lost with this process
+        logger.warning(
+            "ee-middleware: the capture process had not taken the last %s sent to it when this process was told to stop "
+            "(on a busy machine it gets little CPU: it runs at nice %d); %s recorded by this process instead%s.",
+            _runs(len(unsent)),
+            CHILD_NICE,
+            "they are" if len(unsent) != 1 else "it is",
+            f", but {_runs(missing)} of them could not be (no longer kept) and are lost" if missing else "",
+        )
+        if taken and self._on_lost is not None:
+            self.stats.runs_recovered += len(taken)
+            self._on_lost([_restored(data, slots) for data, slots in taken])
+        return len(taken)
 
     def _await(self, token: int, deadline: float) -> tuple[bool, str | None]:
         """(With ``_read_lock`` held.) Read answers until ``token``'s; an answer to an earlier flush

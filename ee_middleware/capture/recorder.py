@@ -382,9 +382,11 @@ class Recorder:
 
         self._settle_state_reads(left())
         try:
-            offloaded, error = self.offload.flush(left()) if self.offload is not None else (True, None)
-            # (after the capture process's flush: the runs a dying capture process was sent are recorded here)
+            # this process's own work first (the runs it records itself end with it; a capture process outlives it)
             done = self.finisher.flush(left())
+            offloaded, error = self.offload.flush(left()) if self.offload is not None else (True, None)
+            if self.offload is not None:  # again: the runs a dying capture process was sent are recorded here
+                done = self.finisher.flush(left()) and done
             flushed = self.processor.force_flush(int(left() * 1000)) and done and offloaded
         finally:  # (strict mode raised the failure: said once, as this return value says it once)
             with self._failed_lock:
@@ -1738,18 +1740,33 @@ def _flush_at_sigterm(seconds: float, reason: str) -> None:
     """At SIGTERM (:mod:`ee_middleware.capture.shutdown`): hold the runs ending now (:class:`_EndGate`), end every live
     recorder's runs in flight (those held as they ended, the others as ``interrupted`` with ``reason``), then write what
     each holds, all within ``seconds``. A capture process is flushed, not stopped: it outlives this process to write
-    what was sent to it (stopping it in time would mean killing it)."""
+    what was sent to it (stopping it in time would mean killing it); what has not reached it by half the time (a child
+    starved of CPU on a busy machine reads its pipe slowly) is taken back and written here
+    (:meth:`~ee_middleware.capture.offload.ProcessOffload.withdraw_unsent`). Says so when not everything was written."""
     deadline = time.monotonic() + seconds
     _END_GATE.close()
     recorders = list(_live_recorders)
     for recorder in recorders:
         recorder._end_runs_in_flight(reason)
+    for recorder in recorders:  # what has not reached a capture process by half the time is written here
+        if recorder.offload is not None:
+            try:
+                recorder.offload.withdraw_unsent(max(0.0, deadline - time.monotonic()) / 2)
+            except Exception:
+                logger.exception("ee-middleware: taking back the runs the capture process had not taken failed")
+    flushed: dict[int, bool] = {}
     for _ in range(2):  # again for a run that was past the gate when it closed, and ended during the first
         for recorder in recorders:
             try:
-                recorder.flush(timeout=max(0.0, deadline - time.monotonic()))
+                flushed[id(recorder)] = recorder.flush(timeout=max(0.0, deadline - time.monotonic()))
             except Exception:
                 logger.exception("ee-middleware: writing recorded runs at SIGTERM failed")
+    if not all(flushed.values()):
+        logger.warning(
+            "ee-middleware: not every recorded run was written within the %.0f s SIGTERM allows: runs may be lost (a "
+            "capture process goes on writing what it was sent after this process ends).",
+            seconds,
+        )
     for recorder in recorders:
         close = getattr(recorder.store, "close", None)
         if callable(close):

@@ -10,6 +10,7 @@ then its original handler put back and the signal raised again); the real local 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -410,3 +411,63 @@ def test_capture_sets_a_wakeup_fd_only_in_multiprocessing_workers_and_only_where
     out = run_script(OWN_WAKEUP_FD, str(tmp_path / "store"), app, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:2] == expected, out.stdout
+
+
+STARVED_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from agent import ask, build, say
+
+    from ee_middleware.capture.offload import ProcessOffload
+
+    withdraw = ProcessOffload.withdraw_unsent
+
+    def withdraw_then_resume(offload, timeout):  # the child runs again once the runs it never read are taken back (a
+        taken = withdraw(offload, timeout)      # stopped child whose parent dies is killed by SIGHUP: its group is orphaned)
+        os.kill(offload.pid, signal.SIGCONT)
+        return taken
+
+    ProcessOffload.withdraw_unsent = withdraw_then_resume
+    agent = build(sys.argv[1], "process")
+    ask(agent, "first")
+    os.kill(agent.recorder.offload.pid, signal.SIGSTOP)  # a capture process that gets no CPU: it reads nothing more
+    say(f"capture process {agent.recorder.offload.pid}")
+    for k in range(80):  # more than its pipe holds: the last ones wait in this process's queue
+        ask(agent, f"later-{k}")
+    say(f"queued {len(agent.recorder.offload._queue)}")
+    signal.raise_signal(signal.SIGTERM)
+    """
+)
+
+
+def test_sigterm_takes_back_the_runs_a_starved_capture_process_had_not_read_and_writes_them_once(tmp_path: Path) -> None:
+    """Sweep J: a uvicorn service recording with offload="process" lost answered runs at SIGTERM on a busy machine. The
+    capture process (nice 19) got almost no CPU, its pipe was full, and the runs still queued in the agent's process died
+    with it, while the flush waited the whole 5 s for the child's answer; nothing was said. Here the child is stopped
+    (SIGSTOP) until the agent's process has taken back the runs it never read: those are written by the agent's process,
+    the ones in its pipe by the child, each once, and a warning says so."""
+    store = tmp_path / "experience"
+    script = _script(tmp_path, "starved.py", STARVED_CHILD)
+    agent = subprocess.Popen(
+        [sys.executable, str(script), str(store)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    capture_pid = None
+    try:
+        out, err = agent.communicate(timeout=120)
+        assert agent.returncode == -signal.SIGTERM, err
+        lines = out.splitlines()
+        capture_pid = int(next(line for line in lines if line.startswith("capture process")).split()[-1])
+        assert int(next(line for line in lines if line.startswith("queued")).split()[-1]) > 0, "some runs never reached the pipe"
+        assert "the capture process had not taken the last" in err and "recorded by this process instead" in err, err
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        if capture_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(capture_pid, signal.SIGCONT)  # (the script failed before it did)
+    assert capture_pid is not None and _gone(capture_pid)  # it read what its pipe held, then its end: wrote that, exited
+    stored = _stored(store)
+    assert stored["id"].n_unique() == stored.height
+    assert sorted(stored["thread_id"]) == sorted(["first", *(f"later-{k}" for k in range(80))])  # each run once
+    assert set(stored["status"]) == {"completed"}
