@@ -299,7 +299,10 @@ def _lora_a_rows(weights: Path) -> list[int]:
 
 
 def _check_weights(path: Path) -> None:
-    """A safetensors file must have a readable header (a truncated or garbled file fails here, not on a server)."""
+    """A safetensors file must have a readable header (a truncated or garbled file fails here, not on a server), and
+    every weight must be a finite number: a NaN or an infinity (a training run that diverged) loads, answers greedy
+    requests with nothing and fails every sampled one (the probabilities are NaN), so it is refused here, at
+    registration, and a registered copy is checked again before a promote."""
     if path.suffix != ".safetensors":
         return
     try:
@@ -309,9 +312,59 @@ def _check_weights(path: Path) -> None:
             if size <= 0 or size > total - 8:
                 raise ValueError(f"header length {size} does not fit a {total}-byte file")
             header = json.loads(fh.read(size))
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
-        if not tensors or 8 + size + end > total:
-            raise ValueError("the tensors it lists run past the end of the file" if tensors else "it holds no tensors")
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
+            if not tensors or 8 + size + end > total:
+                raise ValueError("the tensors it lists run past the end of the file" if tensors else "it holds no tensors")
+            not_finite = [name for name, info in tensors.items() if _holds_non_finite(fh, 8 + size, info)]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise AdapterFilesError(f"{path} is not a valid safetensors file ({exc}). The adapter is damaged: train it again.") from exc
+    if not_finite:
+        shown = ", ".join(sorted(not_finite)[:3]) + (f" and {len(not_finite) - 3} more" if len(not_finite) > 3 else "")
+        raise AdapterFilesError(
+            f"{path} holds weights that are not finite numbers (NaN or infinity) in {len(not_finite)} of its {len(tensors)} "
+            f"tensors ({shown}): the training diverged (a learning rate too high, an fp16 overflow). Served, it would answer "
+            "greedy requests with nothing and fail every sampled one. Train it again (a lower learning rate, bf16 or fp32)."
+        )
+
+
+# Where a float's exponent bits lie, by safetensors dtype: (element size, [(byte offset in the element, mask)]). A value
+# is NaN or infinite exactly when its exponent bits are all set.
+_EXPONENT_BYTES: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {
+    "F64": (8, ((7, 0x7F), (6, 0xF0))),
+    "F32": (4, ((3, 0x7F), (2, 0x80))),
+    "BF16": (2, ((1, 0x7F), (0, 0x80))),
+    "F16": (2, ((1, 0x7C),)),
+}
+_CHUNK_BYTES = 64 * 1024 * 1024
+
+
+def _holds_non_finite(fh: Any, data_start: int, info: dict[str, Any]) -> bool:
+    """Whether the tensor ``info`` (a safetensors header entry) of the open file ``fh`` holds a NaN or an infinity; read
+    in chunks (little-endian, as safetensors stores them), each byte of the exponent compared at C speed: the bytes at
+    one offset of every element (a strided slice) mapped to 1 where their exponent bits are all set, the maps of the
+    element's exponent bytes ANDed as integers. Other dtypes (integers) are never non-finite."""
+    layout = _EXPONENT_BYTES.get(str(info.get("dtype")))
+    if layout is None:
+        return False
+    width, parts = layout
+    start, stop = (int(offset) for offset in info["data_offsets"])
+    chunk = _CHUNK_BYTES - _CHUNK_BYTES % width
+    fh.seek(data_start + start)
+    left = stop - start
+    while left > 0:
+        data = memoryview(fh.read(min(chunk, left)))
+        if not data:
+            raise ValueError("the file ended inside a tensor")
+        left -= len(data)
+        full = data[: len(data) - len(data) % width]
+        found = -1
+        for offset, mask in parts:
+            table = bytes(1 if value & mask == mask else 0 for value in range(256))
+            hits = int.from_bytes(bytes(full[offset::width]).translate(table), "little")
+            found &= hits
+            if not found:
+                break
+        if found:
+            return True
+    return False

@@ -18,6 +18,7 @@ from ee_middleware.adapters.errors import (
     RankTooLargeError,
     RegistryCorruptionError,
 )
+from ee_middleware.adapters.records import check_registered_files
 from ee_middleware.adapters.registry import LocalAdapterRegistry, open_registry
 from ee_middleware.adapters.testing import check_registry
 from ee_middleware.errors import StoreCorruptionWarning
@@ -434,3 +435,32 @@ def test_an_evaluation_holding_nan_is_written_as_null(tmp_path: Path) -> None:
     for line in (reg.root / "history.jsonl").read_text().splitlines():
         strict(line)
     assert LocalAdapterRegistry(tmp_path / "reg").get(record.name).name == record.name
+
+
+@pytest.mark.parametrize("dtype", ["F32", "F16", "BF16"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_weights_that_are_not_finite_are_refused_at_registration_and_before_a_promote(tmp_path: Path, dtype: str, value: float) -> None:
+    """Sweep S: an adapter whose weights were NaN (a diverged training run) was registered and promoted; served, it
+    answered greedy requests with nothing and every sampled request with a 502 until someone rolled back."""
+    import torch
+    from safetensors.torch import save_file as save_torch
+
+    torch_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[dtype]
+    folder = write_adapter(tmp_path / "a")
+    weights = folder / "adapter_model.safetensors"
+    good = torch.randn(8, 4, dtype=torch_dtype)
+    save_torch({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": good}, str(weights))
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    record = reg.register(folder, "bot")  # finite weights of each dtype: registered
+    bad = good.clone()
+    bad[5, 3] = value
+    save_torch({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": bad}, str(weights))
+    with pytest.raises(
+        AdapterFilesError,
+        match=r"not finite numbers \(NaN or infinity\) in 1 of its 1 tensors \(.*q_proj.lora_A.weight\): the training diverged",
+    ):
+        reg.register(folder, "bot")
+    assert [r.name for r in reg.list()] == [record.name]
+    save_torch({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": bad}, str(Path(record.path) / "adapter_model.safetensors"))
+    with pytest.raises(AdapterFilesError, match=r"is damaged: .*not finite numbers"):  # the registry's copy, edited since
+        check_registered_files(record, str(tmp_path / "reg"))
