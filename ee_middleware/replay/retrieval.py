@@ -300,9 +300,14 @@ def approved_trajectories(store: Any, app: str | None = None) -> list[Trajectory
 def expert_transitions(trajectories: Sequence[Trajectory]) -> dict[str, list[Transition]]:
     """Each trajectory's expert transitions (:func:`trajectory_transitions`) that dataset builds teach, by trajectory id:
     none of a paused or cancelled run's steps they leave out (:func:`paused_steps_left_out`: after its call awaiting
-    review or cut off, or a call of its turn a later run of the thread holds). ``trajectories``: all those a build reads
-    (the store's approved ones), so that a resumed run is found."""
+    review or cut off, or a call of its turn a later run of the thread holds), nor a decision an earlier trajectory of
+    its trace holds too (:func:`~ee_middleware.replay.repeated_decisions.repeated_steps`: a recorded graph used as a
+    node of another). ``trajectories``: all those a build reads (the store's approved ones), so that a resumed run, and
+    the outer run of a subgraph, are found."""
+    from ee_middleware.replay.repeated_decisions import repeated_steps
+
     left_out = {(t, i) for t, i in paused_steps_left_out(trajectories).select("trajectory_id", "step_index").iter_rows()}
+    left_out |= repeated_steps(trajectories)
     return {
         trajectory.id: [tr for tr in trajectory_transitions(trajectory) if (tr.trajectory_id, tr.step_index) not in left_out]
         for trajectory in trajectories
@@ -345,16 +350,19 @@ def transitions_out_of_use(store: Any, trajectories: Sequence[Trajectory], trans
     first mismatching step on; its configuration's answers to a tool it got wrong, anywhere). Rollouts and expert steps,
     by :func:`paused_steps_left_out` (as IWM): rollouts at a state after a paused or cancelled run's call awaiting
     review or cut off (stored by a replay made before replay stopped there); the expert steps after that call, and
-    those of its turn a later run of the thread (the resumed run) holds too."""
+    those of its turn a later run of the thread (the resumed run) holds too. Rollouts and expert steps at a decision an
+    earlier trajectory of the trace holds too (:func:`~ee_middleware.replay.repeated_decisions.repeated_steps`)."""
     import polars as pl
 
     from ee_middleware.replay.attempts import rollouts_in_use
+    from ee_middleware.replay.repeated_decisions import repeated_steps
 
     trajectories = list(trajectories)
     transitions = list(transitions)
     paused = paused_steps_left_out(trajectories)
-    after = {(t, i) for t, i in paused.filter(pl.col("after")).select("trajectory_id", "step_index").iter_rows()}
-    left_out = {(t, i) for t, i in paused.select("trajectory_id", "step_index").iter_rows()}
+    repeats = repeated_steps(trajectories)  # expert steps and their rollouts: the decision is taught from its other copy
+    after = {(t, i) for t, i in paused.filter(pl.col("after")).select("trajectory_id", "step_index").iter_rows()} | repeats
+    left_out = {(t, i) for t, i in paused.select("trajectory_id", "step_index").iter_rows()} | repeats
     out = {
         t.id
         for t in transitions

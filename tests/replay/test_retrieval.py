@@ -352,7 +352,10 @@ def test_the_buffer_reads_approved_trajectories_only(bfcl_store_path: Path) -> N
         )
         for s in source.steps
     ]
-    store.write([source.model_copy(update={"id": pending_id, "steps": steps, "approval": Approval(status="pending")})])
+    # a run of its own, in its own trace (two trajectories of one trace holding one decision teach it once)
+    store.write(
+        [source.model_copy(update={"id": pending_id, "steps": steps, "approval": Approval(status="pending"), "trace_id": "c2" * 16})]
+    )
     assert store.get(pending_id).approval.status == "pending"
 
     index = TransitionIndex()

@@ -17,8 +17,8 @@ called, and from the mismatching step on its world is no longer production's.
 
 A decision two trajectories of one trace both hold (a graph wrapped with ``record_experience`` and used as a node of
 another recorded graph: the same state and the same action, its tool call's id included, stored by both recorders) is
-taught once, from the trajectory that started first (:func:`repeated_decisions`); the other's copy of the step and its
-rollouts are left out.
+taught once, from the trajectory that started first; the other's copy of the step and its rollouts are left out
+(:mod:`~ee_middleware.replay.repeated_decisions`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from ee_middleware.replay.attempts import (
     untrusted_replays,
 )
 from ee_middleware.replay.paused_turns import call_key, turn_key
+from ee_middleware.replay.repeated_decisions import REPEATS_SCHEMA, decision_key, repeated_decisions, shared_trace_trajectories
 from ee_middleware.replay.retrieval import ROLLOUT_PREFIX, STEP_PREFIX
 
 _T = TypeVar("_T")
@@ -122,40 +123,6 @@ def content_hash(trajectory_ids: pl.Series, rollout_ids: pl.Series, steps: int) 
         digest.update(b"\x00")
     digest.update(str(steps).encode())
     return digest.hexdigest()[:16]
-
-
-DECISION_COLUMNS = ("state_json", "action_kind", "tool_call_id", "tool_name", "arguments_json", "content")
-"""The step columns that make a decision (the state it was made in and the action, its tool call's id included)."""
-
-
-def shared_trace_trajectories(trajectories: pl.DataFrame) -> pl.Series:
-    """The ids of ``trajectories`` (``id``, ``trace_id``) that share their trace with another of them: those that may hold
-    one decision twice (:func:`repeated_decisions`); none where no ``trace_id`` is kept."""
-    if "trace_id" not in trajectories.columns:
-        return pl.Series("id", [], dtype=pl.String)
-    traced = trajectories.filter(pl.col("trace_id").is_not_null())
-    return traced.filter(pl.len().over("trace_id") > 1)["id"]
-
-
-def repeated_decisions(trajectories: pl.DataFrame, steps: pl.DataFrame) -> pl.DataFrame:
-    """``trajectory_id`` and ``index`` of the ``steps`` (with a ``decision_key``: a hash of :data:`DECISION_COLUMNS`) that
-    an earlier trajectory of the same trace (``trajectories``: ``id``, ``trace_id``, ``started_at``) holds too: the same
-    state and the same action, its tool call's id included, so the same model call stored twice. That is what a graph
-    wrapped with ``record_experience`` and used as a node of another recorded graph leaves: its steps are the outer
-    run's too, and both recorders store them. The decision is kept in the trajectory that started first (the outer
-    run: it holds the node's steps and its own), ties by id; the later copies are these rows."""
-    traced = trajectories.select(pl.col("id").alias("trajectory_id"), "trace_id", "started_at").filter(pl.col("trace_id").is_not_null())
-    keyed = steps.select("trajectory_id", "index", "decision_key").join(traced, on="trajectory_id", how="inner")
-    if keyed.is_empty():
-        return pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64})
-    keyed = keyed.sort("started_at", "trajectory_id", "index", nulls_last=True)
-    keeper = pl.col("trajectory_id").first().over("trace_id", "decision_key")
-    return keyed.filter(pl.col("trajectory_id") != keeper).select("trajectory_id", pl.col("index").cast(pl.Int64))
-
-
-def decision_key() -> pl.Expr:
-    """A step's decision as one hash (see :func:`repeated_decisions`)."""
-    return pl.struct(*DECISION_COLUMNS).hash().alias("decision_key")
 
 
 def without_repeats(steps: pl.DataFrame, rollouts: pl.DataFrame, repeats: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -292,7 +259,7 @@ class SourceIndex:
     ``policy``, ``sandbox``, ``k``, ``seed``, ``trajectories``, ``rollouts`` and ``newest_finished_at``; and how many
     trajectories have rollouts of more than one is :attr:`trajectories_with_several_replays`."""
     trajectories_with_several_replays: int = 0
-    repeats: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64}))
+    repeats: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=REPEATS_SCHEMA))
     """The steps left out of ``steps`` (and their rollouts of ``rollouts``) because an earlier trajectory of their trace
     holds the same decision (:func:`repeated_decisions`, of the whole source): ``trajectory_id``, ``index`` and, where
     any were, ``rollouts`` (how many of the step's rollouts that left out)."""
@@ -392,7 +359,7 @@ class SourceReader:
         self._untrusted: pl.DataFrame | None = None
         self._left_out: pl.Series | None = None  # rollouts no read returns (leave_out_grounded_on_held_out)
         self._grounded = 0
-        self._repeats = pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64})  # (repeated_decisions)
+        self._repeats = pl.DataFrame(schema=REPEATS_SCHEMA)  # (repeated_decisions)
         if hasattr(store, "scan") and hasattr(store, "trajectory_index"):
             from ee_middleware.store.local import drop_repeats
 
@@ -644,7 +611,7 @@ class SourceReader:
         ``step_index`` and ``branch_index``, which the selection reads)."""
         keep = pl.Series(list(ids), dtype=pl.String)
         rows = self._read(lambda: self._rollout_rows(keep, columns).rows.drop("_replay"))
-        return without_repeats(pl.DataFrame(schema={"trajectory_id": pl.String, "index": pl.Int64}), rows, self._repeats)[1]
+        return without_repeats(pl.DataFrame(schema=REPEATS_SCHEMA), rows, self._repeats)[1]
 
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);

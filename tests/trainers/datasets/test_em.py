@@ -32,7 +32,8 @@ def _unreviewed_copy(trajectory: Trajectory, new_id: str) -> Trajectory:
         )
         for s in trajectory.steps
     ]
-    return trajectory.model_copy(update={"id": new_id, "steps": steps, "approval": Approval(status="pending")})
+    # a run of its own, in its own trace (two trajectories of one trace holding one decision teach it once)
+    return trajectory.model_copy(update={"id": new_id, "steps": steps, "approval": Approval(status="pending"), "trace_id": "c0" * 16})
 
 
 def test_em_trains_on_approved_trajectories_only(bfcl_store_path: Path) -> None:
@@ -115,7 +116,8 @@ def test_em_rows_say_how_much_of_their_target_observation_was_cut_when_recorded(
             )
             for s in source.steps
         ]
-        store.write([source.model_copy(update={"id": copy_id, "steps": steps, "approval": Approval(status="approved", by="r")})])
+        approved = Approval(status="approved", by="r")
+        store.write([source.model_copy(update={"id": copy_id, "steps": steps, "approval": approved, "trace_id": "c1" * 16})])
         em = build_em(store, held_out=0.34, seed=0)
     finally:
         store.close()

@@ -132,3 +132,24 @@ def test_the_rollouts_of_a_repeated_decision_are_left_out_with_it(tmp_path: Path
     iwm = pl.read_parquet(tmp_path / "built" / "iwm.parquet")
     assert set(iwm["trajectory_id"]) <= {t.id for t in trajectories if t.app == "supervisor"}
     assert json.loads((tmp_path / "built" / "datasets.json").read_text())["repeated_decisions_left_out"]["rollouts"] == 2
+
+
+def test_the_experience_models_rows_and_buffer_hold_a_repeated_decision_once(tmp_path: Path) -> None:
+    """The same rule for the experience model: its rows, its replay buffer and ee experience eval read
+    expert_transitions; a twin left in the buffer would be retrieved as the example of its own decision, its
+    observation the very target (and a held-out split could put the twins on both sides)."""
+    from ee_middleware.replay.repeated_decisions import repeated_steps
+    from ee_middleware.replay.retrieval import buffer_transitions, expert_transitions
+
+    store = tmp_path / "experience"
+    record_supervisor_runs(store)
+    experience = LocalExperienceStore(store)
+    approved = list(experience.iter_trajectories(status="approved"))
+    inner = {t.id for t in approved if t.app == "crm-sub"}
+    assert {trajectory_id for trajectory_id, _ in repeated_steps(approved)} == inner
+    taught = expert_transitions(approved)
+    assert all(not taught[i] for i in inner) and all(taught[t.id] for t in approved if t.id not in inner)
+    keys = [(json.dumps(tr.state), tr.tool, json.dumps(tr.arguments)) for tr in buffer_transitions(experience, approved)]
+    assert len(keys) == len(set(keys)), "each decision once in the replay buffer"
+    alone = [t for t in approved if t.id in inner]  # the sub-agent's app read alone keeps its decisions
+    assert all(expert_transitions(alone)[i] for i in inner)
