@@ -112,7 +112,7 @@ def inspect_adapter(folder: str | Path) -> AdapterFiles:
             f"{path} has no adapter weights ({' or '.join(WEIGHT_FILES)}). Was the training run interrupted? Train again."
         )
     rank = adapter_rank(path, config)
-    _check_weights(path / weights)
+    _check_targets(path, config, _check_weights(path / weights))
     manifest = _read_json(path / MANIFEST_FILE, what="the training manifest") if (path / MANIFEST_FILE).is_file() else None
     base = _base_model(config, manifest)
     if not base:
@@ -298,13 +298,32 @@ def _lora_a_rows(weights: Path) -> list[int]:
     return rows
 
 
-def _check_weights(path: Path) -> None:
+def _check_targets(path: Path, config: dict[str, Any], tensors: list[str]) -> None:
+    """Every LoRA weight must be of a module the config targets: peft loads only the weights of the modules its
+    ``target_modules`` name, and drops the others without a word (an adapter edited or assembled by hand), so the
+    served adapter would not be the one trained. (A target with no weights is not a problem: peft saves the names it
+    was given, of which a model may lack some.)"""
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or not targets:
+        return  # a regular expression, "all-linear", or none named: peft decides when it loads
+    modules = {name.split(".lora_", 1)[0].rsplit(".", 1)[-1] for name in tensors if ".lora_" in name}
+    untargeted = sorted(modules - {str(t).rsplit(".", 1)[-1] for t in targets})
+    if untargeted:
+        raise AdapterFilesError(
+            f"{path} holds LoRA weights for {', '.join(untargeted)}, which its {CONFIG_FILE} does not target (target_modules: "
+            f"{', '.join(map(str, targets))}): peft would load the adapter without them, a different one from the one "
+            f"trained. Add them to target_modules, or register the folder the training wrote, unedited."
+        )
+
+
+def _check_weights(path: Path) -> list[str]:
     """A safetensors file must have a readable header (a truncated or garbled file fails here, not on a server), and
     every weight must be a finite number: a NaN or an infinity (a training run that diverged) loads, answers greedy
     requests with nothing and fails every sampled one (the probabilities are NaN), so it is refused here, at
-    registration, and a registered copy is checked again before a promote."""
+    registration, and a registered copy is checked again before a promote. Returns the names of its tensors (none for
+    a file of another format, which is not read)."""
     if path.suffix != ".safetensors":
-        return
+        return []
     try:
         with open(path, "rb") as fh:
             size = int.from_bytes(fh.read(8), "little")
@@ -326,6 +345,7 @@ def _check_weights(path: Path) -> None:
             f"tensors ({shown}): the training diverged (a learning rate too high, an fp16 overflow). Served, it would answer "
             "greedy requests with nothing and fail every sampled one. Train it again (a lower learning rate, bf16 or fp32)."
         )
+    return list(tensors)
 
 
 # Where a float's exponent bits lie, by safetensors dtype: (element size, [(byte offset in the element, mask)]). A value

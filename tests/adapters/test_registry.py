@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ee_middleware.adapters.errors import (
@@ -464,3 +465,28 @@ def test_weights_that_are_not_finite_are_refused_at_registration_and_before_a_pr
     save_torch({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": bad}, str(Path(record.path) / "adapter_model.safetensors"))
     with pytest.raises(AdapterFilesError, match=r"is damaged: .*not finite numbers"):  # the registry's copy, edited since
         check_registered_files(record, str(tmp_path / "reg"))
+
+
+def test_weights_of_modules_the_config_does_not_target_are_refused(tmp_path: Path) -> None:
+    """Sweep S: an adapter whose config targeted q_proj and a module the model lacks, its weights holding q_proj and
+    v_proj, was registered and promoted; peft loaded it without its v_proj weights, silently, so another adapter than
+    the one trained answered."""
+    from safetensors.numpy import save_file
+
+    folder = write_adapter(tmp_path / "a")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "zz_proj"]}))
+    weights = {
+        f"base_model.model.layers.0.self_attn.{m}.lora_{ab}.weight": np.zeros((8, 4), np.float32)
+        for m in ("q_proj", "v_proj")
+        for ab in "AB"
+    }
+    save_file(weights, str(folder / "adapter_model.safetensors"))
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    with pytest.raises(
+        AdapterFilesError,
+        match=r"holds LoRA weights for v_proj, which its adapter_config.json does not target \(target_modules: q_proj, zz_proj\)",
+    ):
+        reg.register(folder, "bot")
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj", "gate_proj"]}))
+    assert reg.register(folder, "bot").rank == 8  # a target without weights (a module the model lacks) is no problem
