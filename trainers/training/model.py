@@ -156,6 +156,10 @@ def _load(folder: Path, **kwargs: Any) -> tuple[Any, Any]:
 
 DEFAULT_TARGET_MODULES = ("q_proj", "v_proj")
 
+FUSED_ATTENTION_PROJECTIONS = ("qkv_proj", "query_key_value", "c_attn", "Wqkv", "W_pack")
+"""The names of a fused query-key-value projection (Phi-3 and Phi-4, GPT-NeoX, GPT-2, MPT, Baichuan): the default
+targets of a base with neither ``q_proj``/``v_proj`` nor a peft default for its architecture."""
+
 
 def linear_layer_names(model: Any) -> list[str]:
     """The names (last part) of the layers LoRA can adapt: linear and GPT-2-style Conv1D layers, the output head left out."""
@@ -208,6 +212,9 @@ def modules_to_adapt(model: Any, target: Sequence[str] | None) -> list[str]:
 
         wanted = list(PEFT_DEFAULTS.get(model_type) or ())
         if not wanted or any(m not in have for m in wanted):
+            fused = next((name for name in FUSED_ATTENTION_PROJECTIONS if name in have), None)
+            if fused is not None and all(_adaptable(module) for name, module in modules if _named_like(name, fused)):
+                return [fused]  # (peft has no default for Phi-3: its attention is one qkv_proj layer)
             raise BaseModelError(
                 f"No default LoRA target modules for this {model_type or 'unknown'} base model (it has no q_proj/v_proj); "
                 f"its linear layers are {', '.join(layers) or 'none found'}. Set target_modules in [train] to some of them, "

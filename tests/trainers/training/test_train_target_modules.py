@@ -41,3 +41,14 @@ def test_layers_lora_adapts_are_accepted_by_their_last_names_and_dotted_suffixes
     check_target_modules(source, ["q_proj", "self_attn.v_proj", "mlp.down_proj", "embed_tokens", "lm_head"])
     with pytest.raises(BaseModelError, match=r"no module\(s\) named attn\.v_proj"):
         check_target_modules(source, ["attn.v_proj"])  # a suffix of whole names only, as peft matches
+
+
+def test_a_base_without_q_proj_nor_a_peft_default_adapts_its_fused_attention_projection() -> None:
+    """Sweep N: `ee train` on a Phi-3 base stopped with "No default LoRA target modules" (peft has no default for
+    phi3, whose attention is one qkv_proj layer), and `ee train` has no flag to set them."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from ee_middleware.trainers.training.model import modules_to_adapt
+
+    config = Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, pad_token_id=0)
+    assert modules_to_adapt(Phi3ForCausalLM(config), None) == ["qkv_proj"]
