@@ -314,6 +314,7 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         if position == len(verdicts) - 1 and not verdict["passed"]:
             out.print(escape(f"    its last gate failed: ee adapters promote {name} refuses it unless --ignore-gate"))
     gates = _gate_of_eval_event(record, history)
+    unfinished = _unfinished_promotes(history, name)
     for event in history:
         applied = "" if event.get("applied", True) else "  (interrupted: not applied)"
         gate = gates.get(id(event))
@@ -327,6 +328,34 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
             f"{_replacement(event, name)}{verdict}{overridden}{applied}"
         )
         out.print(escape(line))
+        if id(event) in unfinished:
+            out.print(
+                escape(
+                    "    no outcome recorded: that promote is still running, or was ended without a word (killed), and may "
+                    f"have left the adapter loaded on {', '.join(map(str, event.get('replicas') or [])) or 'its replicas'}"
+                )
+            )
+        if isinstance(event.get("reason"), str) and event["reason"]:
+            out.print(escape(f"    reason: {event['reason']}"))
+
+
+_PROMOTE_OUTCOMES = ("promote", "fail", "promote-aborted")
+"""The history actions that end a ``promote-started`` of the same adapter (it went live, failed, or was undone)."""
+
+
+def _unfinished_promotes(history: list[dict[str, Any]], name: str) -> set[int]:
+    """The ``id()`` of each ``promote-started`` event of adapter ``name`` in ``history`` that no outcome
+    (:data:`_PROMOTE_OUTCOMES`) followed before the adapter's next promote began, or at all: a promote killed (SIGKILL)
+    records nothing more (a stopped one records ``promote-aborted``)."""
+    mine = [event for event in history if event.get("adapter") == name]
+    unfinished = set()
+    for position, event in enumerate(mine):
+        if event.get("action") != "promote-started":
+            continue
+        later = (e.get("action") for e in mine[position + 1 :] if e.get("action") in (*_PROMOTE_OUTCOMES, "promote-started"))
+        if next(later, "promote-started") == "promote-started":
+            unfinished.add(id(event))
+    return unfinished
 
 
 def _copy_warning(record: Any, registry: str, problem: str) -> str:

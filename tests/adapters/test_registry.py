@@ -490,3 +490,21 @@ def test_weights_of_modules_the_config_does_not_target_are_refused(tmp_path: Pat
         reg.register(folder, "bot")
     (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj", "gate_proj"]}))
     assert reg.register(folder, "bot").rank == 8  # a target without weights (a module the model lacks) is no problem
+
+
+def test_show_says_why_a_promote_was_aborted_and_which_promote_has_no_outcome(tmp_path: Path) -> None:
+    """Sweep S: `ee adapters show` listed promote-aborted without the reason history.jsonl records, and a promote killed
+    with SIGKILL (a lone promote-started) as if nothing were amiss, though it had left the adapter loaded."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    a = reg.register(write_adapter(tmp_path / "a"), "bot")
+    reg.note("promote-started", app="bot", adapter=a.name, replicas=["http://r1/v1"])
+    reg.note("promote-aborted", app="bot", adapter=a.name, reason="interrupted (KeyboardInterrupt: SIGTERM) while loading")
+    reg.note("promote-started", app="bot", adapter=a.name, replicas=["http://r1/v1", "http://r2/v1"])  # then killed
+    text = " ".join(CliRunner().invoke(app, ["adapters", "show", a.name, "-r", str(tmp_path / "reg")]).output.split())
+    assert "reason: interrupted (KeyboardInterrupt: SIGTERM) while loading" in text
+    assert text.count("no outcome recorded") == 1, text  # the first promote-started was ended by its promote-aborted
+    assert "left the adapter loaded on http://r1/v1, http://r2/v1" in text
