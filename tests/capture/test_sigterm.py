@@ -323,6 +323,40 @@ def test_ee_capture_sigterm_off_leaves_sigterm_at_its_default(tmp_path: Path, sw
     assert out.stdout.strip().splitlines()[-1] == expected
 
 
+UVICORN_WORKER = textwrap.dedent(
+    """
+    import signal, sys
+    import uvicorn
+    from agent import build
+
+    server = uvicorn.Server(uvicorn.Config("agent:build"))
+    signal.signal(signal.SIGTERM, server.handle_exit)  # as uvicorn's serve() does before a --workers worker imports the app
+    build(sys.argv[1])
+    build(sys.argv[1] + "-2")  # said once per process
+    print("uvicorn's" if signal.getsignal(signal.SIGTERM) == server.handle_exit else "replaced")
+    """
+)
+
+
+@pytest.mark.parametrize("switch", [None, "0"])
+def test_a_recorder_built_where_uvicorn_owns_sigterm_says_to_flush_in_the_lifespan(tmp_path: Path, switch: str | None) -> None:
+    """Sweep J: under `uvicorn --workers 2` without a lifespan flush, 15 of 22 answered runs were lost at SIGTERM, and
+    nothing said so: capture rightly leaves a handler the server installed before importing the app, and uvicorn ends
+    the process at once after its graceful shutdown. Now a recorder built there says what to do, once; with
+    EE_CAPTURE_SIGTERM=0 (SIGTERM left to the app on purpose) it says nothing."""
+    env = {k: v for k, v in os.environ.items() if k != "EE_CAPTURE_SIGTERM"}
+    if switch is not None:
+        env["EE_CAPTURE_SIGTERM"] = switch
+    script = _script(tmp_path, "worker.py", UVICORN_WORKER)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "uvicorn's"  # left as it was
+    said = out.stderr.count("uvicorn handles SIGTERM in this process")
+    assert said == (0 if switch else 1), out.stderr
+    if not switch:
+        assert "await asyncio.to_thread(agent.flush)" in out.stderr and "EE_CAPTURE_SIGTERM=0" in out.stderr
+
+
 def test_a_misspelt_ee_capture_sigterm_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "EE_CAPTURE_SIGTERM": "of"}
     script = _script(tmp_path, "check.py", HANDLER_AFTER_BUILD)
