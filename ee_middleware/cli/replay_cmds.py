@@ -243,7 +243,19 @@ def _run_errors(summary: Any) -> list[str]:
 
 
 def _print_fewer_answers(summary: Any, out: Any) -> None:
-    """What the summary counts of a policy's model answering fewer alternatives than asked (summed over every worker)."""
+    """What the summary counts of a policy's model answering fewer alternatives than asked (summed over every worker),
+    and how many stored alternatives the refill supplied: more than half of them a warning."""
+    if summary.refilled_branches and summary.policy != "mutate":
+        share = f"{summary.refilled_branches} of the {summary.branches} stored alternatives"
+        if summary.mostly_refilled:
+            out.print(
+                f"[yellow]mostly refilled[/]: {share} were proposed by the refill (schema mutations), not by the policy: it "
+                "gave too few usable proposals (see rejected by reason below). Its rollouts are marked "
+                "(proposer.settings.refill_for); fix the policy's answers and replay with --again for rollouts of its own",
+                highlight=False,
+            )
+        else:
+            out.print(f"refilled: {share} were proposed by the refill (schema mutations), not by the policy", highlight=False)
     if summary.server_short_answers:
         failed = f", {summary.failed_extra_requests} of which failed" if summary.failed_extra_requests else ""
         out.print(

@@ -112,6 +112,10 @@ class ReplaySummary:
     sandbox_failures: dict[str, int] = field(default_factory=dict)
     """Rollouts whose observation is the sandbox's own failure, by kind (``timeout``, ``crash``, ``memory``): stored
     marked (``Observation.sandbox_failure``), left out of datasets."""
+    refilled_branches: int = 0
+    """Stored rollouts the refill (schema mutations) proposed in place of the policy: at states where the policy gave
+    fewer than K usable alternatives (prose, unknown tools, duplicates, a policy error). Marked in their proposer
+    (``settings.refill_for``); a policy whose proposals are mostly refilled is said so (see :attr:`mostly_refilled`)."""
     synthetic_branches: int = 0
     """Stored rollouts whose observation an experience model predicted (``synthetic``)."""
     synthetic_failures: dict[str, int] = field(default_factory=dict)
@@ -135,6 +139,12 @@ class ReplaySummary:
     vault: str | None = None
     """The redaction vault replay restored arguments from (``None``: none)."""
     duration_s: float = 0.0
+
+    @property
+    def mostly_refilled(self) -> bool:
+        """Whether more than half of the stored alternatives came from the refill rather than the policy (another policy
+        than the refill's own, ``mutate``): the replay then says so, as the rollouts are mostly not the policy's."""
+        return self.policy != "mutate" and self.branches > 0 and self.refilled_branches * 2 > self.branches
 
     @property
     def no_usable_prediction(self) -> bool:
@@ -216,6 +226,7 @@ class ReplaySummary:
         failures.update(r.details.get("sandbox_failures", {}))  # counted by the runner, wherever the rollouts went
         self.sandbox_failures = dict(failures)
         self.synthetic_branches += r.details.get("synthetic_branches", 0)  # counted by the runner, wherever the rollouts went
+        self.refilled_branches += r.details.get("refilled_branches", 0)
         for name, count in r.fewer_answers().items():  # counted by the worker that replayed it (0 in older records)
             setattr(self, name, getattr(self, name) + count)
         proposals = Counter(self.unusable_proposals)

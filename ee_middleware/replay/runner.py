@@ -380,6 +380,9 @@ class _Run:
             details["rejected_by_reason"] = dict(self.rejected)
         if self.synthetic_failures:
             details["synthetic_failures"] = dict(self.synthetic_failures)
+        refilled = sum(r.proposer.settings.get("refill_for") is not None for r in self.rollouts)
+        if refilled:  # stored alternatives the refill proposed in place of the policy (see the summary's refilled_branches)
+            details["refilled_branches"] = refilled
         synthetic = sum(r.synthetic for r in self.rollouts)
         if synthetic:
             details["synthetic_branches"] = synthetic  # beside the failures: whether the model gave anything usable at all

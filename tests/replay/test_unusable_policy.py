@@ -88,6 +88,29 @@ def test_a_served_policy_usable_at_some_states_only_replays_every_trajectory_as_
     assert summary.rejected_by_reason.get("unparsable", 0) > 0 and summary.unusable_proposals == {}
 
 
+def test_a_replay_whose_alternatives_are_mostly_refilled_says_so(bfcl_store_path: Path) -> None:
+    """Sweep V: a policy usable at each trajectory's first state only stored 108 of 128 alternatives from the refill,
+    exit 0, and the summary said only `unparsable=108` under rejections: nothing told the rollouts were mostly not the
+    policy's. The summary counts them (refilled_branches) and, past half, the replay warns."""
+
+    def answer(body: dict[str, Any]) -> str:
+        return A_CALL if len(body["messages"]) <= 2 else "I would not call anything here."
+
+    with ScriptedChatServer(answer) as server, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerChoicesWarning)
+        spec = f"openai:{server.base_url}#m"
+        result = _ee("replay", "run", "--store", str(bfcl_store_path), "--policy", spec, "--k", str(K), "--no-progress", "--json")
+        shown = _ee("replay", "run", "--store", str(bfcl_store_path), "--policy", spec, "--k", str(K), "--no-progress", "--again")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    rollouts = LocalExperienceStore(bfcl_store_path).rollouts()
+    rollouts = rollouts.filter(rollouts["replay_id"] == summary["replay_id"])  # (the first run's; --again made more)
+    refilled = rollouts.filter(rollouts["proposer_policy"] == "mutate").height
+    assert summary["refilled_branches"] == refilled and refilled * 2 > summary["branches"] > 0
+    text = " ".join(shown.output.split())
+    assert f"mostly refilled: {refilled} of the {summary['branches']} stored alternatives were proposed by the refill" in text, text
+
+
 def test_the_fewer_choices_count_does_not_count_the_problem_made_up_for_a_body_without_choices(bfcl_store_path: Path) -> None:
     no_choices = ScriptedChatServer([Reply({"id": "x", "object": "chat.completion"})])
     with no_choices as server, pytest.warns(FewerChoicesWarning, match=rf"asked 'm' for {K} answers and got 0:"):
