@@ -33,6 +33,7 @@ from ee_middleware.cli.common import (
     store_origin,
     user_output_to_stderr,
 )
+from ee_middleware.errors import EEError
 
 app = typer.Typer(help="Replay recorded states with K alternative tool calls in a sandbox; inspect rollouts.", no_args_is_help=True)
 
@@ -199,6 +200,13 @@ def run(
                 bar["progress"].stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
         raise interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)) from exc
+    except EEError as exc:  # the job stopped (a policy's server down, say): with --json, what it did before, and why
+        partial = getattr(exc, "replay_summary", None)
+        if not as_json or partial is None:
+            raise
+        print_json({**partial.to_dict(), "error": str(exc)})
+        typer.secho(f"error: {exc}", err=True, fg="red")
+        raise typer.Exit(1) from None
     errors = _run_errors(summary)
     if as_json:  # the stderr lines' text (one a line), as `ee experience eval --json` and `ee curriculum run --json` say it
         print_json({**summary.to_dict(), "error": "\n".join(errors) or None})

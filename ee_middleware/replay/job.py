@@ -595,11 +595,13 @@ def _replay_selected(
         cause = getattr(exc, "cause", None)  # Ray wraps worker exceptions
         if isinstance(cause, EEError):
             exc = cause
-        saved = f"{n} trajectories finished before this are saved; re-run the same command to continue."
+        saved = _saved_text(summary)
         if isinstance(exc, PolicyError):
-            raise PolicyError(f"{exc} ({saved})") from None
-        if isinstance(exc, ModelError) and len(exc.args) == 1:
+            exc = PolicyError(f"{exc} ({saved})")
+        elif isinstance(exc, ModelError) and len(exc.args) == 1:
             exc.args = (f"{exc} ({saved})",)  # the same error (its type and fields: url, status), told what is kept
+        if isinstance(exc, EEError):
+            exc.replay_summary = summary  # type: ignore[attr-defined]  # what ran before it (`ee replay run --json` prints it)
         raise exc from None
     finally:
         if frozen:
@@ -609,6 +611,15 @@ def _replay_selected(
         store.close()
     summary.refused_hints = refusal_hints(config.sandbox, summary.refused_tools, **options)
     return summary
+
+
+def _saved_text(summary: ReplaySummary) -> str:
+    """What a job that stopped on an error says is kept: the trajectories replayed before it (stored, done) and, apart,
+    those that failed or were skipped (recorded so: a failed one is retried by the next run)."""
+    others = [f"{len(summary.failed)} failed" if summary.failed else "", f"{len(summary.skipped)} skipped" if summary.skipped else ""]
+    recorded = " and ".join(part for part in others if part)
+    also = f", and {recorded} (recorded so: the next run retries the failed ones)" if recorded else ""
+    return f"{summary.done} trajectories replayed before this are saved{also}; re-run the same command to continue."
 
 
 def _frozen_heap() -> bool:

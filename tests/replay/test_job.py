@@ -317,7 +317,7 @@ def test_a_served_policy_that_is_down_stops_the_job_with_its_address(workers: in
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # nothing listens there once closed
-    with pytest.raises(ModelServerError, match=f"127.0.0.1:{port}.*0 trajectories finished before this are saved") as stopped:
+    with pytest.raises(ModelServerError, match=f"127.0.0.1:{port}.*0 trajectories replayed before this are saved") as stopped:
         run_replay(
             ReplayConfig.load(
                 store=bfcl_store_path, k=2, workers=workers, policy=f"openai:http://127.0.0.1:{port}/v1#m", requests_in_flight=4

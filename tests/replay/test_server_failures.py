@@ -123,13 +123,28 @@ def test_a_policy_server_whose_generation_is_dead_behind_a_live_listing_stops_th
             run_replay(config)
     message = str(stopped.value)
     assert "Background loop has errored already" in message and "generation is down" in message
-    assert f"{SERVER_FAILURES_IN_A_ROW - 1} trajectories finished before this are saved" in message
+    # sweep V: it said "2 trajectories finished before this are saved" of 2 failed ones, none saved
+    assert f"0 trajectories replayed before this are saved, and {SERVER_FAILURES_IN_A_ROW - 1} failed (recorded so" in message
     assert stopped.value.url.startswith(server.base_url) and stopped.value.status == 500
     records = _records(bfcl_store_path)
     assert len(records) == SERVER_FAILURES_IN_A_ROW - 1 and set(records.values()) == {"failed"}
     tasks = _tasks(bfcl_store_path)
     asked = {task for task in tasks.values() for body in server.requests if _mentions(body, task)}
     assert len(asked) <= SERVER_FAILURES_IN_A_ROW + 1, "the trajectories left were not asked for (but one asked ahead)"
+
+
+def test_a_job_stopped_by_its_policy_server_still_prints_its_summary_with_json(bfcl_store_path: Path) -> None:
+    """Sweep V: with --json, the error object replaced the whole summary, so a script lost `failed`, `states` and the
+    other counts on exactly the runs where they matter."""
+    with ScriptedChatServer([DEAD]) as server:
+        spec = f"openai:{server.base_url}#m"
+        result = _ee("replay", "run", "--store", str(bfcl_store_path), "--policy", spec, "--k", "2", "--no-progress", "--json",
+                     "--policy-setting", "backoff_s=0.01")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert len(summary["failed"]) == SERVER_FAILURES_IN_A_ROW - 1 and summary["done"] == 0
+    assert "failed the last 3 trajectories in a row" in summary["error"] and "0 trajectories replayed before this" in summary["error"]
+    assert "error: " in result.stderr
 
 
 def test_a_policy_server_that_does_not_list_its_models_either_stops_the_job_at_once(bfcl_store_path: Path) -> None:
@@ -139,7 +154,7 @@ def test_a_policy_server_that_does_not_list_its_models_either_stops_the_job_at_o
         config = ReplayConfig.load(
             store=bfcl_store_path, k=2, workers=1, policy=f"openai:{server.base_url}#m", policy_settings={"backoff_s": 0.01}
         )
-        with pytest.raises(ModelServerError, match="0 trajectories finished before this are saved") as stopped:
+        with pytest.raises(ModelServerError, match="0 trajectories replayed before this are saved") as stopped:
             run_replay(config)
     assert "in a row" not in str(stopped.value) and server.model_listings >= 1
     assert _records(bfcl_store_path) == {}
@@ -213,7 +228,7 @@ def test_a_down_policy_server_is_not_judged_by_the_experience_server_that_is_up(
             policy=f"{__name__}:RoutedPolicy",
             sandbox=f"experience:openai:{experience.base_url}#em",
         )
-        with pytest.raises(ModelServerError, match="0 trajectories finished before this are saved") as stopped:
+        with pytest.raises(ModelServerError, match="0 trajectories replayed before this are saved") as stopped:
             run_replay(config)
         listings = experience.model_listings
     message = str(stopped.value)
@@ -304,7 +319,7 @@ def test_a_hung_policy_server_stops_the_job_after_one_short_listing_check(bfcl_s
             policy=f"openai:{server.url}#m",
             policy_settings={"backoff_s": 0.01, "timeout_s": 1.0},
         )
-        with pytest.raises(ModelServerError, match="0 trajectories finished before this are saved") as stopped:
+        with pytest.raises(ModelServerError, match="0 trajectories replayed before this are saved") as stopped:
             run_replay(config)
         posts, listings = server.posts, server.listings
     assert "after 3 attempt(s): timed out after 1 s" in str(stopped.value) and posts >= 3, "(several states are asked at once)"
