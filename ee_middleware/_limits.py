@@ -7,3 +7,7 @@ from __future__ import annotations
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 """The range of the store's ``Int64`` columns: a seed, a limit or a count outside it cannot be stored or read back."""
+
+INT32_MAX = 2**31 - 1
+"""The largest count a C ``int`` holds: what a training setting counted in steps, rows, tokens or threads may be (torch,
+the tokenizers and ``itertools.islice`` take such counts; a larger one failed deep inside them instead of as a setting)."""

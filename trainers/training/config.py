@@ -21,10 +21,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ee_middleware._limits import INT32_MAX
 from ee_middleware._toml import build_config, layered_values
 from ee_middleware.errors import ConfigError
 
 Schedule = Literal["il", "iwm", "sr", "experience-model"]
+
+
+MAX_LORA_RANK = 65_536
+"""The largest LoRA rank a run takes (far above any a server loads: vLLM's ``--max-lora-rank`` goes to 512); a larger one
+failed inside torch, allocating the adapter."""
 
 
 class TrainConfig(BaseModel):
@@ -50,22 +56,23 @@ class TrainConfig(BaseModel):
     output_dir: Path = Path("adapter")
     """Where the adapter, ``manifest.json`` and ``loss.png`` are written."""
 
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
+    lora_r: int = Field(8, ge=1, le=MAX_LORA_RANK)
+    lora_alpha: int = Field(16, ge=1, le=INT32_MAX)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: tuple[str, ...] | None = None
     """The base's layers that get LoRA weights. ``None``: ``q_proj`` and ``v_proj`` where the base has them (Llama,
-    Qwen, Mistral, ...), else peft's default for its architecture (GPT-2: ``c_attn``)."""
+    Qwen, Mistral, ...), else peft's default for its architecture (GPT-2: ``c_attn``), else a fused attention projection
+    (Phi-3: ``qkv_proj``)."""
 
     learning_rate: float = Field(2e-4, gt=0)
     lr_scheduler: Literal["linear", "constant"] = "linear"
     epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1, le=INT32_MAX)
     """Optimizer updates of the whole schedule; overrides ``epochs``."""
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=INT32_MAX)
     """Examples per device per forward pass."""
-    gradient_accumulation: int = Field(1, ge=1)
-    max_length: int = Field(1024, ge=8)
+    gradient_accumulation: int = Field(1, ge=1, le=INT32_MAX)
+    max_length: int = Field(1024, ge=8, le=INT32_MAX)
     """Tokens per example; a longer prompt is fitted by the truncation policy (``ee_middleware.models.truncation``:
     older turns dropped first, a cut from the left last), the completion kept."""
     max_lost_context_share: float = Field(0.1, ge=0, le=1)
@@ -82,10 +89,10 @@ class TrainConfig(BaseModel):
     bf16: bool | None = None
     gradient_checkpointing: bool | None = None
     packing: bool = False
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, le=INT32_MAX)
     backend: Literal["trl", "peft-loop"] = "trl"
     """``trl``: trl's SFTTrainer (the default); ``peft-loop``: a plain PyTorch loop, single process, for comparison."""
-    logging_steps: int = Field(1, ge=1)
+    logging_steps: int = Field(1, ge=1, le=INT32_MAX)
     base_cache_dir: Path | None = None
     """Where a base model read from GGUF is saved once as a plain folder (default: the user's cache,
     ``$EE_CACHE_DIR/base-models`` or ``~/.cache/ee-middleware/base-models``, shared by every run: see

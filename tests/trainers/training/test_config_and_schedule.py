@@ -33,6 +33,19 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         TrainConfig.load(None, base_model="x", learning_rat=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("key", "bound"),
+    [("batch_size", "2147483647"), ("lora_r", "65536"), ("gradient_accumulation", "2147483647"), ("logging_steps", "2147483647")],
+)
+def test_a_count_too_large_for_training_is_a_config_error_naming_the_key_and_file(tmp_path: Path, key: str, bound: str) -> None:
+    """Sweep U: batch_size = 99999999999999999999 failed in itertools.islice, lora_r = ... inside torch, as 'unexpected'
+    errors (a bug in ee-middleware); gradient_accumulation and logging_steps were accepted and recorded."""
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'[train]\nbase_model = "/models/x"\n{key} = 99999999999999999999\n')
+    with pytest.raises(ConfigError, match=rf"{key}: Input should be less than or equal to {bound}.*train.toml"):
+        TrainConfig.load(toml)
+
+
 @pytest.mark.parametrize("il_rows", [1, 5, 16, 33, 100])
 @pytest.mark.parametrize("iwm_rows", [1, 7, 64, 500])
 @pytest.mark.parametrize("epochs", [0.5, 1, 3])
