@@ -92,6 +92,10 @@ def read_config_text(path: Path) -> str:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"Config file {path} does not exist.") from None
+    except IsADirectoryError:  # (the generic message for a folder where a file is expected is about writing one)
+        raise ConfigError(f"Config file {path} is a folder: give the path of the TOML file.") from None
+    except PermissionError:
+        raise ConfigError(f"Config file {path} cannot be read: permission denied.") from None
     encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8-sig")
     utf8 = path.with_name(f"{path.stem}-utf8{path.suffix}")
     resave = f"Save it as UTF-8 (an editor's 'Save with encoding'; in PowerShell: Get-Content {path} | Out-File -Encoding utf8 {utf8})."

@@ -345,3 +345,16 @@ def test_an_error_about_a_count_of_tokens_says_the_value(tmp_path: Path) -> None
     """'iwm_max_observation_tokens: Input should be >= 8' hid '(got 2)': "token" was taken for a secret's name."""
     with pytest.raises(ConfigError, match=r"iwm_max_observation_tokens: Input should be greater than or equal to 8 \(got 2\)"):
         _load("datasets", _file(tmp_path, "[datasets]\niwm_max_observation_tokens = 2\n"))
+
+
+def test_a_folder_given_as_the_config_file_is_said_to_be_one(tmp_path: Path) -> None:
+    """Sweep U: `--config dirconf` (a folder) got the message for a folder where a file is to be written."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    (tmp_path / "dirconf").mkdir()
+    with pytest.raises(ConfigError, match=r"Config file .*dirconf is a folder: give the path of the TOML file"):
+        ReplayConfig.load(tmp_path / "dirconf", store=tmp_path)
+    result = CliRunner().invoke(app, ["replay", "run", "--config", str(tmp_path / "dirconf"), "--store", str(tmp_path)])
+    assert result.exit_code == 1 and "is a folder: give the path of the TOML file" in result.output and "to write" not in result.output
