@@ -46,7 +46,7 @@ def test_the_outcome_says_how_and_where_a_run_ended_in_one_sentence(tmp_path: Pa
     [said] = [line for line in stopped.splitlines() if line.startswith("The run ")]
     assert said.count("continues it") == 1 and ".." not in said
 
-    error = "ModelServerError: No usable answer (0 trajectories finished before this are saved; re-run the same command to continue.)"
+    error = "ModelServerError: No usable answer (0 trajectories replayed before this are saved; re-run the same command to continue.)"
     failed = _ended(tmp_path / "c", "failed", error, "replay", "failed")
     assert f"The run failed in its replay stage: {error} `ee improve` with the same config continues it." in failed
     assert ".)." not in failed

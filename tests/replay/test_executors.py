@@ -432,7 +432,7 @@ def test_local_workers_are_sent_batches_and_a_policy_that_stops_mid_batch_keeps_
     monkeypatch.setenv("EE_TEST_FAIL_ON", order[1])
     finished: list[str] = []
     before = _own_processes()
-    with pytest.raises(PolicyError, match=f"went away at {order[1]}.*finished before this are saved"):
+    with pytest.raises(PolicyError, match=f"went away at {order[1]}.*replayed before this are saved"):
         run_replay(
             ReplayConfig.load(store=fresh, k=2, workers=2, policy="tests.replay.policies_for_tests:failing"),
             on_outcome=lambda o, n, total: finished.append(o.record.trajectory_id),
@@ -503,7 +503,7 @@ def test_on_ray_a_policy_that_stops_working_mid_batch_stops_the_job_and_keeps_wh
 
     monkeypatch.setattr(executors, "_BatchSizes", ThreeAtOnce)
     finished: list[str] = []
-    with pytest.raises(PolicyError, match=f"went away at {order[1]}.*finished before this are saved"):
+    with pytest.raises(PolicyError, match=f"went away at {order[1]}.*replayed before this are saved"):
         run_replay(
             ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, executor="ray", policy="tests.replay.policies_for_tests:failing"),
             on_outcome=lambda o, n, total: finished.append(o.record.trajectory_id),
