@@ -318,7 +318,8 @@ def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
 
 
 def _why_nothing_to_replay(cfg: Any) -> str:
-    """Why a run found no trajectory to replay, nor any replayed before: the store (or its --app) has none, or none approved."""
+    """Why a run found no trajectory to replay, nor any replayed before: the store (or its --app) has none, none approved,
+    or none of the approved ones is among ``trajectory_ids`` (a list the configuration gives)."""
     import polars as pl
 
     from ee_middleware.errors import hide_credentials
@@ -334,6 +335,15 @@ def _why_nothing_to_replay(cfg: Any) -> str:
     if mine.is_empty():
         return f"no trajectories{where} in {store} to replay: record some first."
     counts = dict(mine.group_by("approval").len().iter_rows())
+    if counts.get("approved") and cfg.trajectory_ids is not None:  # the approved ones are there: the id list chose none
+        shown = ", ".join(map(repr, cfg.trajectory_ids[:5])) + (
+            f" and {len(cfg.trajectory_ids) - 5} more" if len(cfg.trajectory_ids) > 5 else ""
+        )
+        return (
+            f"none of the trajectory_ids given ({shown or 'an empty list'}) is an approved trajectory{where} in {store}, which holds "
+            f"{counts['approved']} approved: check the ids (ee traces list --store {store} --status approved), or leave "
+            "trajectory_ids out to replay them all."
+        )
     held = ", ".join(f"{counts[status]} {status}" for status in ("pending", "rejected") if counts.get(status))
     return (
         f"no approved trajectories{where} in {store} to replay ({held}): replay takes approved ones only; "

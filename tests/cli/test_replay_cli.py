@@ -327,6 +327,11 @@ def test_replay_list_shows_ids_that_share_their_start_long_enough_to_use(tmp_pat
 # --- an empty answer says why it is empty ----------------------------------------------------------------
 
 
+def _file_with(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def test_replay_run_says_why_nothing_was_replayed(tmp_path: Path) -> None:
     """A store of pending trajectories (recorded without approve_if) replayed nothing: a table of zeros, exit 0, no
     word on why; a misspelt --app the same."""
@@ -359,6 +364,11 @@ def test_replay_run_says_why_nothing_was_replayed(tmp_path: Path) -> None:
     store = LocalExperienceStore(root)
     store.approve(["t-0"], by="alice")
     store.close()
+    # sweep U: a [replay] trajectory_ids list that names none of them was said to be a store with no approved trajectory
+    listed = _file_with(tmp_path / "ids.toml", f'[replay]\ntrajectory_ids = ["nope"]\nsandbox = "{spec}"\n')
+    chosen = ee("replay", "run", "--store", str(root), "--config", str(listed), "--no-progress")
+    note = " ".join(chosen.stderr.split())
+    assert chosen.exit_code == 0 and f"none of the trajectory_ids given ('nope') is an approved trajectory in {root}, which holds 1" in note
     done = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
     assert done.exit_code == 0 and "no approved" not in done.stderr and "no trajectories" not in done.stderr, done.stderr
     again = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
