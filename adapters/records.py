@@ -348,13 +348,18 @@ def _check_weights(path: Path) -> list[str]:
     return list(tensors)
 
 
-# Where a float's exponent bits lie, by safetensors dtype: (element size, [(byte offset in the element, mask)]). A value
-# is NaN or infinite exactly when its exponent bits are all set.
-_EXPONENT_BYTES: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {
-    "F64": (8, ((7, 0x7F), (6, 0xF0))),
-    "F32": (4, ((3, 0x7F), (2, 0x80))),
-    "BF16": (2, ((1, 0x7F), (0, 0x80))),
-    "F16": (2, ((1, 0x7C),)),
+def _all_set(mask: int) -> bytes:
+    """A ``bytes.translate`` table mapping each byte to 1 where every bit of ``mask`` is set in it, else to 0."""
+    return bytes(1 if value & mask == mask else 0 for value in range(256))
+
+
+# Where a float's exponent bits lie, by safetensors dtype: (element size, [(byte offset in the element, its
+# :func:`_all_set` table)]). A value is NaN or infinite exactly when its exponent bits are all set.
+_EXPONENT_BYTES: dict[str, tuple[int, tuple[tuple[int, bytes], ...]]] = {
+    "F64": (8, ((7, _all_set(0x7F)), (6, _all_set(0xF0)))),
+    "F32": (4, ((3, _all_set(0x7F)), (2, _all_set(0x80)))),
+    "BF16": (2, ((1, _all_set(0x7F)), (0, _all_set(0x80)))),
+    "F16": (2, ((1, _all_set(0x7C)),)),
 }
 _CHUNK_BYTES = 64 * 1024 * 1024
 
@@ -379,8 +384,7 @@ def _holds_non_finite(fh: Any, data_start: int, info: dict[str, Any]) -> bool:
         left -= len(data)
         full = data[: len(data) - len(data) % width]
         found = -1
-        for offset, mask in parts:
-            table = bytes(1 if value & mask == mask else 0 for value in range(256))
+        for offset, table in parts:
             hits = int.from_bytes(bytes(full[offset::width]).translate(table), "little")
             found &= hits
             if not found:

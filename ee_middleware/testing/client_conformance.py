@@ -51,7 +51,7 @@ from ee_middleware.models.parsing import ParseProblem
 from ee_middleware.models.protocol import ChatClient, Choice, Message, Sampling, ToolSchema
 from ee_middleware.records import ToolCall
 from ee_middleware.replay.policies.registry import settings_problem
-from ee_middleware.testing.messages import Said, broken, shown
+from ee_middleware.testing.messages import Said, broken, settings_text, shown
 
 __all__ = ["CONVERSATION", "TOOLS", "TOOL_CONVERSATION", "check_chat_client"]
 
@@ -140,7 +140,7 @@ def check_chat_client(
     _ask(client, with_tools, offered, 1, greedy, timeout_s)  # as the eval harness asks
     _ask(client, with_tools, offered, n, sampled, timeout_s)  # as the replay policy asks
     after = _call(client.describe, "describe() after complete()")
-    assert _json(after) == _json(described), broken(
+    assert settings_text(after) == settings_text(described), broken(
         "describe() after complete()",
         after,
         Said(f"what it returned before: {shown(described)}"),
@@ -187,7 +187,7 @@ def _check_describe(client: Any) -> dict[str, Any]:
         "Return a dict with text keys holding only dicts, lists, strings, numbers, booleans and None (never a secret)",
     )
     again = _call(client.describe, "describe()")
-    assert _json(again) == _json(described), broken(
+    assert settings_text(again) == settings_text(described), broken(
         "describe(), asked again,",
         again,
         Said(f"what it returned the first time: {shown(described)}"),
@@ -427,10 +427,6 @@ def _call(function: Callable[[], Any], what: str) -> Any:
         return function()
     except Exception as exc:
         raise AssertionError(f"{what} raised {type(exc).__name__}: {exc}") from exc
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=repr)
 
 
 def _tool_names(tools: Sequence[ToolSchema]) -> list[str]:

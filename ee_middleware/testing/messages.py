@@ -4,11 +4,12 @@ author sees)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ee_middleware.models.protocol import clip
 
-__all__ = ["Said", "broken", "first_difference", "shown"]
+__all__ = ["Said", "broken", "first_difference", "settings_text", "shown"]
 
 
 class Said(str):
@@ -24,6 +25,11 @@ def broken(call: str, got: Any, wanted: Any, promise: str, fix: str) -> str:
     """A failure's message: the call the implementation answered, what it returned against what the protocol requires,
     the promise it broke and the fix (values as :func:`shown` writes them)."""
     return f"{call} returned {shown(got)} where the protocol requires {shown(wanted)}: {promise}. {fix}"
+
+
+def settings_text(settings: Any) -> str:
+    """``settings`` (what a part's ``describe()`` returned) as JSON with sorted keys: how a kit compares two answers."""
+    return json.dumps(settings, sort_keys=True, default=repr)
 
 
 def first_difference(wrote: Any, got: Any, path: str = "") -> str | None:

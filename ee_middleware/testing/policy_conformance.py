@@ -47,6 +47,7 @@ from ee_middleware.replay.policies.proposer import answer_problem
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Policy, Proposals
 from ee_middleware.replay.policies.registry import settings_problem
 from ee_middleware.replay.policies.schema import tool_schemas_for
+from ee_middleware.testing.messages import settings_text
 
 MakePolicy = Callable[[], Any]
 
@@ -197,7 +198,7 @@ def check_policy(
             for asked in dict.fromkeys((k, 1)):
                 proposed[point.step_index, asked, seed] = _check_answer(policy, point, asked, seed, require_usable)
     after = _call(policy.describe, "describe()")
-    assert _settings_text(after) == _settings_text(described), (
+    assert settings_text(after) == settings_text(described), (
         "describe() returns the same settings after the policy proposed (a replay records them once, for all its "
         f"proposals; what the policy counts or learns while proposing is no setting): {described!r} before, {after!r} after"
     )
@@ -232,15 +233,10 @@ def _check_describe(policy: Any) -> dict[str, Any]:
         f"refuses the policy otherwise): {problem}"
     )
     again = _call(policy.describe, "describe()")
-    assert _settings_text(again) == _settings_text(described), (
+    assert settings_text(again) == settings_text(described), (
         f"describe() returns the same settings each time (they name what shaped the proposals): {described!r}, then {again!r}"
     )
     return described
-
-
-def _settings_text(settings: Any) -> str:
-    """``settings`` (JSON-able, :func:`_check_describe` checked) as JSON with sorted keys, to compare two answers."""
-    return json.dumps(settings, sort_keys=True, default=repr)
 
 
 def _check_answer(policy: Any, point: DecisionPoint, k: int, seed: int, require_usable: bool) -> list[tuple[str, str]]:

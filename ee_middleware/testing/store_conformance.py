@@ -441,9 +441,10 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
         f"another handle sees rollouts as soon as write_replay() returns: wrote {sorted(r.id for r in ordered)}, "
         f"rollouts() on a new handle shows {_ids(shown)}"
     )
-    assert list(store.iter_rollouts()) == ordered, (
+    iterated = list(store.iter_rollouts())
+    assert iterated == ordered, (
         "rollouts must round-trip exactly, in the order of rollouts(): iter_rollouts() differs from the rollouts written, "
-        f"at {first_difference(ordered, list(store.iter_rollouts()))}"
+        f"at {first_difference(ordered, iterated)}"
     )
     assert store.rollouts([C])["id"].to_list() == [r.id for r in c_rollouts], "rollouts(ids) filters by trajectory"
     shown = store.rollouts([D])["id"].to_list()

@@ -129,12 +129,16 @@ def without_repeats(steps: pl.DataFrame, rollouts: pl.DataFrame, repeats: pl.Dat
     """``steps`` and ``rollouts`` without the ``repeats`` (:func:`repeated_decisions`) and the rollouts branched from them."""
     if repeats.is_empty():
         return steps, rollouts
-    repeats = repeats.with_columns(pl.col("index").cast(steps.schema["index"]))
-    steps = steps.join(repeats, on=["trajectory_id", "index"], how="anti", maintain_order="left")
-    if not rollouts.is_empty():
-        at = repeats.rename({"index": "step_index"}).with_columns(pl.col("step_index").cast(rollouts.schema["step_index"]))
-        rollouts = rollouts.join(at, on=["trajectory_id", "step_index"], how="anti", maintain_order="left")
-    return steps, rollouts
+    at = repeats.select("trajectory_id", pl.col("index").cast(steps.schema["index"]))
+    return steps.join(at, on=["trajectory_id", "index"], how="anti", maintain_order="left"), rollouts_without_repeats(rollouts, repeats)
+
+
+def rollouts_without_repeats(rollouts: pl.DataFrame, repeats: pl.DataFrame) -> pl.DataFrame:
+    """``rollouts`` without those branched from the ``repeats`` (:func:`repeated_decisions`)."""
+    if repeats.is_empty() or rollouts.is_empty():
+        return rollouts
+    at = repeats.select("trajectory_id", pl.col("index").cast(rollouts.schema["step_index"]).alias("step_index"))
+    return rollouts.join(at, on=["trajectory_id", "step_index"], how="anti", maintain_order="left")
 
 
 def load_source(
@@ -611,7 +615,7 @@ class SourceReader:
         ``step_index`` and ``branch_index``, which the selection reads)."""
         keep = pl.Series(list(ids), dtype=pl.String)
         rows = self._read(lambda: self._rollout_rows(keep, columns).rows.drop("_replay"))
-        return without_repeats(pl.DataFrame(schema=REPEATS_SCHEMA), rows, self._repeats)[1]
+        return rollouts_without_repeats(rows, self._repeats)
 
     def load(self, ids: Sequence[str], content_hash: str, *, rollouts: bool = True) -> DatasetSource:
         """The frames of these trajectories (as :func:`load_source` reads them, restricted to ``ids``);
