@@ -311,14 +311,20 @@ HANDLER_AFTER_BUILD = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize(("switch", "expected"), [(None, "ee_middleware.capture.shutdown"), ("0", "default"), ("off", "default")])
-def test_ee_capture_sigterm_off_leaves_sigterm_at_its_default(tmp_path: Path, switch: str | None, expected: str) -> None:
-    """EE_CAPTURE_SIGTERM=0 (or off) switches the handler off for the process: SIGTERM stays at its default."""
+def _run_with_switch(tmp_path: Path, name: str, text: str, switch: str | None) -> subprocess.CompletedProcess[str]:
+    """The script ``text`` run as ``name`` on a store in ``tmp_path``, with ``EE_CAPTURE_SIGTERM`` set to ``switch``
+    (unset for ``None``)."""
     env = {k: v for k, v in os.environ.items() if k != "EE_CAPTURE_SIGTERM"}
     if switch is not None:
         env["EE_CAPTURE_SIGTERM"] = switch
-    script = _script(tmp_path, "check.py", HANDLER_AFTER_BUILD)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    script = _script(tmp_path, name, text)
+    return subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(("switch", "expected"), [(None, "ee_middleware.capture.shutdown"), ("0", "default"), ("off", "default")])
+def test_ee_capture_sigterm_off_leaves_sigterm_at_its_default(tmp_path: Path, switch: str | None, expected: str) -> None:
+    """EE_CAPTURE_SIGTERM=0 (or off) switches the handler off for the process: SIGTERM stays at its default."""
+    out = _run_with_switch(tmp_path, "check.py", HANDLER_AFTER_BUILD, switch)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == expected
 
@@ -344,11 +350,7 @@ def test_a_recorder_built_where_uvicorn_owns_sigterm_says_to_flush_in_the_lifesp
     nothing said so: capture rightly leaves a handler the server installed before importing the app, and uvicorn ends
     the process at once after its graceful shutdown. Now a recorder built there says what to do, once; with
     EE_CAPTURE_SIGTERM=0 (SIGTERM left to the app on purpose) it says nothing."""
-    env = {k: v for k, v in os.environ.items() if k != "EE_CAPTURE_SIGTERM"}
-    if switch is not None:
-        env["EE_CAPTURE_SIGTERM"] = switch
-    script = _script(tmp_path, "worker.py", UVICORN_WORKER)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    out = _run_with_switch(tmp_path, "worker.py", UVICORN_WORKER, switch)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "uvicorn's"  # left as it was
     said = out.stderr.count("uvicorn handles SIGTERM in this process")

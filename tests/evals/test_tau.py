@@ -21,7 +21,7 @@ from ee_middleware.evals.suites import SuiteSettings, load_suite
 from ee_middleware.evals.tasks import EvalTask
 from ee_middleware.evals.tau.suite import TauSuite
 from ee_middleware.records import ToolCall
-from ee_middleware.testing.http import serving
+from ee_middleware.testing.http import send_json, serving
 
 
 @pytest.fixture(scope="module")
@@ -195,12 +195,7 @@ def test_a_user_simulator_answered_without_a_message_is_no_answer_run_again_not_
     class _NoMessage(_ScriptedUserModel):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, body)
 
     with serving(ThreadingHTTPServer(("127.0.0.1", 0), _NoMessage)) as url:
         job = EvalJob(suites=["tau:library:2"], model="oracle", out=str(tmp_path), user_model=f"openai:{url}#u", retries=0)

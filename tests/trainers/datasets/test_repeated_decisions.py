@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
-from langgraph.prebuilt import ToolNode, tools_condition
 
 from ee_middleware import record_experience
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, ToolCall
@@ -36,20 +36,12 @@ def lookup_customer(customer_id: str) -> str:
 
 
 def specialist(customer_id: str) -> Any:
-    """The CRM specialist: a ReAct graph that looks the customer up, then answers."""
-    model = ScriptedChatModel(
-        script=[
-            AIMessage(content="", tool_calls=[tool_call("lookup_customer", customer_id=customer_id)]),
-            AIMessage(content=f"{customer_id}: {CUSTOMERS[customer_id]}"),
-        ]
-    ).bind_tools([lookup_customer])
-    graph = StateGraph(MessagesState)
-    graph.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
-    graph.add_node("tools", ToolNode([lookup_customer]))
-    graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", tools_condition)
-    graph.add_edge("tools", "agent")
-    return graph.compile()
+    """The CRM specialist: a ReAct agent (``create_agent``) that looks the customer up, then answers."""
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("lookup_customer", customer_id=customer_id)]),
+        AIMessage(content=f"{customer_id}: {CUSTOMERS[customer_id]}"),
+    ]
+    return create_agent(ScriptedChatModel(script=script), [lookup_customer])
 
 
 def record_supervisor_runs(store: Path) -> None:
