@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ee_middleware._limits import INT64_MAX, INT64_MIN
 from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings
@@ -125,6 +125,9 @@ class ReplayConfig(BaseModel):
     attempt: int = Field(1, ge=1)
     """Which replay of this configuration (1: the first). The job sets it from the store (the newest attempt, or the
     next with :attr:`again`); from 2 on it is part of :attr:`replay_id`."""
+    _continued_id: str | None = PrivateAttr(None)
+    """The :attr:`configuration_id` this configuration had before transport settings left the id (see
+    :meth:`continuing`), where the store holds replays under it: the job continues them."""
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, *, nightly: bool = False, **overrides: Any) -> ReplayConfig:
@@ -264,8 +267,26 @@ class ReplayConfig(BaseModel):
     @property
     def configuration_id(self) -> str:
         """Identifies the configuration that shapes rollouts, whichever its attempt (its first attempt's replay id): the
-        hash of :attr:`rollout_shaping`."""
-        return hashlib.sha256(json.dumps(self.rollout_shaping, sort_keys=True).encode()).hexdigest()[:12]
+        hash of :attr:`rollout_shaping` (or the earlier id it continues, see :meth:`continuing`)."""
+        if self._continued_id is not None:
+            return self._continued_id
+        return _shaping_id(self.rollout_shaping)
+
+    @property
+    def transport_inclusive_id(self) -> str | None:
+        """The :attr:`configuration_id` this configuration had while transport settings (:data:`TRANSPORT_SETTINGS`)
+        counted in it, where it sets any (``None`` where it sets none: its id is the same)."""
+        with_transport = self._shaping(transport=True)
+        return _shaping_id(with_transport) if with_transport != self.rollout_shaping else None
+
+    def continuing(self, configuration_id: str) -> ReplayConfig:
+        """This configuration under ``configuration_id``, its :attr:`transport_inclusive_id`: a store's replays made
+        before transport settings left the id are continued (and attempted again) under the id they have."""
+        if configuration_id != self.transport_inclusive_id:
+            raise ValueError(f"{configuration_id} is not this configuration's earlier id ({self.transport_inclusive_id})")
+        copy = self.model_copy()
+        copy._continued_id = configuration_id
+        return copy
 
     @property
     def rollout_shaping(self) -> dict[str, Any]:
@@ -277,19 +298,43 @@ class ReplayConfig(BaseModel):
         the sandbox's settings count alike (:func:`shaping_settings`): a credential (``api_key``, ``hf_token``,
         ``Authorization``, at any depth) is left out and a credential-shaped value of any other setting masked, so a
         rotated key resumes the configuration and no key is an input of the id; every other setting counts
-        (``token_budget``, ``eos_token``, ``key``)."""
+        (``token_budget``, ``eos_token``, ``key``).
+
+        How a served model is reached (:data:`TRANSPORT_SETTINGS`: ``timeout_s``, ``retries``, ``backoff_s`` of an
+        ``openai:`` policy or of an experience sandbox) shapes no rollout either: raising a time-out after a replay timed
+        out continues that replay (:attr:`transport_inclusive_id` is the id such settings gave before)."""
+        return self._shaping(transport=False)
+
+    def _shaping(self, *, transport: bool) -> dict[str, Any]:
         from ee_middleware.models.urls import shown_spec
 
         shaping = {"sandbox": shown_spec(self.sandbox), "policy": shown_spec(self.policy), "k": self.k, "seed": self.seed}
         if self.allow_network:  # only when on, so that earlier ids stay valid
             shaping["allow_network"] = True
         sandbox_settings = shaping_settings(self.sandbox_settings)
+        if not transport and self.experience_sandbox:
+            sandbox_settings = _without_transport(sandbox_settings)
         if sandbox_settings:
             shaping["sandbox_settings"] = sandbox_settings
         policy_options = shaping_settings(self.policy_options())
+        if not transport and self.served_policy:
+            policy_options = _without_transport(policy_options)
         if self.policy != "mutate" or policy_options:
             shaping.update(policy_options)
         return shaping
+
+
+TRANSPORT_SETTINGS = frozenset({"timeout_s", "retries", "backoff_s"})
+"""Settings of an ``openai:`` policy and of an experience sandbox that say how its server is reached, not what it
+answers: they are not part of a replay id."""
+
+
+def _without_transport(settings: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in settings.items() if name not in TRANSPORT_SETTINGS}
+
+
+def _shaping_id(shaping: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _CREDENTIAL_WORDS = frozenset(

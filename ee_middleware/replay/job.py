@@ -375,6 +375,9 @@ def with_attempt(store: ExperienceStore, config: ReplayConfig) -> ReplayConfig:
     scan = getattr(store, "scan", None)  # the replay ids alone, not every table, where the store reads lazily
     ids = scan("replays").select("replay_id").unique().collect() if callable(scan) else store.replays().select("replay_id")
     replayed = set(ids["replay_id"].to_list())
+    earlier = config.transport_inclusive_id
+    if earlier is not None and earlier in replayed and config.configuration_id not in replayed:
+        config = config.continuing(earlier)  # replayed before transport settings left the id: continued under its id
     attempt, newest = 1, 0
     while (config.configuration_id if attempt == 1 else attempt_id(config.configuration_id, attempt)) in replayed:
         newest, attempt = attempt, attempt + 1
