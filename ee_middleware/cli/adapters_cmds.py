@@ -181,9 +181,23 @@ def list_adapters(
     registry: str = RegistryOption,
     app_name: str | None = typer.Option(None, "--app", "-a", help="Only this app (one the registry has never held: an error, exit 1)."),
     status: StatusChoice | None = typer.Option(None, "--status", help="Only candidate, live, retired or failed."),
+    servers: list[str] = typer.Option(
+        [],
+        "--server",
+        help="Also ask this replica (its OpenAI API root) which adapters it holds: the 'loaded on' column; once per replica. "
+        "EE_SERVER_URLS is not read here: a listing asks no server unless told to.",
+    ),
+    backend: str = BackendOption,
+    timeout_s: float | None = TimeoutOption,
     as_json: bool = JsonOption,
 ) -> None:
     """List registered adapters (--json: one array of records).
+
+    With --server, each replica is asked which adapters it holds (--json: "loaded_on", the replicas holding each):
+    an adapter a rollback left (retired, it stays loaded so that requests naming it are still answered) keeps a LoRA
+    slot of each replica until `ee adapters retire NAME --server ...` unloads it; a warning names those (not the
+    retired adapters a rollback would go back to, kept loaded so that it is an alias switch). A replica that does not
+    answer is an error (exit 1).
 
     The status of the retired adapter a rollback of its app would make live again is marked "retired *", the table's
     caption says why (--json: "rollback_target": true); an adapter whose copy in the registry is missing or incomplete (its folder, its
@@ -203,12 +217,31 @@ def list_adapters(
 
     targets = _rollback_targets(reg, {r.app for r in records if r.status == "retired"})
     problems = {r.name: copy_problem(r, verify=False) for r in records}
+    urls = server_urls(servers)
+    held = _held_on(_replicas(urls, backend, None, timeout_s)) if urls else None
+    loaded_on = {r.name: [url for url, names in held.items() if r.name in names] for r in records} if held is not None else {}
     if as_json:
-        print_json([{**_record_json(r), "rollback_target": r.name in targets, "files_problem": problems[r.name]} for r in records])
+        print_json(
+            [
+                {**_record_json(r), "rollback_target": r.name in targets, "files_problem": problems[r.name]}
+                | ({"loaded_on": loaded_on[r.name]} if held is not None else {})
+                for r in records
+            ]
+        )
         return
     for name, problem in problems.items():
         if problem:
             typer.secho(f"warning: {name}: {problem}. ee adapters show {name} -r {registry} says how to restore it.", err=True, fg="yellow")
+    kept = {name for entry in reg.apps().values() for name in entry.get("previous") or []} if held is not None else set()
+    resident = [r.name for r in records if r.status in ("retired", "failed") and r.name not in kept and loaded_on.get(r.name)]
+    if resident:  # (a retired adapter a rollback could go back to stays loaded on purpose: the rollback is an alias switch)
+        them = " ".join(f"--server {url}" for url in urls) + ("" if backend == "vllm" else f" --backend {backend}")
+        typer.secho(
+            f"warning: {', '.join(resident)} {'is' if len(resident) == 1 else 'are'} not served by any app but still loaded "
+            f"(each holds a LoRA slot of the replicas it is loaded on): ee adapters retire NAME -r {registry} {them} unloads it.",
+            err=True,
+            fg="yellow",
+        )
     from rich import box
     from rich.table import Column, Table
 
@@ -230,6 +263,7 @@ def list_adapters(
     columns += [Column("status", no_wrap=True), Column("rank", no_wrap=True, justify="right"), Column("created (UTC)", no_wrap=True)]
     columns += [Column("base model", overflow="fold", ratio=2)] if "base" not in shared else []
     columns += [Column("by", overflow="fold", ratio=1)] if "by" not in shared else []
+    columns += [Column("loaded on", overflow="fold", ratio=1)] if held is not None else []
     columns.append(Column("reason", overflow="fold", ratio=2))
     marked = sorted({r.app for r in records if r.name in targets})
     caption = (
@@ -246,10 +280,36 @@ def list_adapters(
             r.created_at[:16].replace("T", " "),
             *([escape(short(r.base_model, 60))] if "base" not in shared else []),
             *([escape(r.created_by or "")] if "by" not in shared else []),
+            *([_loaded_on_cell(loaded_on[r.name], len(urls))] if held is not None else []),
             escape(short(r.reason or "", 80)),
             style="red" if problems[r.name] else style,
         )
     console().print(table)
+
+
+def _held_on(replicas: list[Any]) -> dict[str, set[str]]:
+    """The models each replica lists (its base model and the adapters it holds), by its URL."""
+    from ee_middleware.adapters.errors import ServingError
+
+    held = {}
+    for replica in replicas:
+        try:
+            held[replica.url] = set(replica.list())
+        except ServingError as exc:
+            raise ServingError(
+                f"Could not ask {replica.url} which adapters it holds: {exc} Leave it out of --server (or every --server, to "
+                "list the registry alone).",
+                url=replica.url,
+            ) from exc
+    return held
+
+
+def _loaded_on_cell(urls: list[str], replicas: int) -> str:
+    if not urls:
+        return "-"
+    if len(urls) == replicas:
+        return "all" if replicas > 1 else escape(urls[0])
+    return escape(", ".join(urls))
 
 
 def _rollback_targets(reg: Any, apps: set[str]) -> set[str]:
@@ -511,8 +571,15 @@ def rollback(
     result = run_rollback(_registry(registry), app_name, replicas, by=by, progress=progress)
     if as_json:
         print_json(result.to_json())
-    else:
-        typer.echo(f"{app_name} -> {result.live.name} (was {result.replaced}) in {result.seconds:.3f} s")
+        return
+    typer.echo(f"{app_name} -> {result.live.name} (was {result.replaced}) in {result.seconds:.3f} s")
+    if replicas and result.replaced:
+        them = " ".join(f"--server {replica.url}" for replica in replicas) + ("" if backend == "vllm" else f" --backend {backend}")
+        typer.echo(
+            f"note: {result.replaced} is retired and stays loaded, so that requests naming it are still answered; once none "
+            f"do, ee adapters retire {result.replaced} -r {registry} {them} unloads it.",
+            err=True,
+        )
 
 
 @app.command("retire", epilog=examples("ee adapters retire support-bot-v2-9f8e7d -r ./registry --server http://127.0.0.1:8000/v1"))
