@@ -766,6 +766,8 @@ def _rollback(
                 loaded.append(replica.url)
         except ServingError as exc:
             raise _rollback_stopped(registry, app, target, replica, exc) from exc
+    if loaded:  # as a promote's re-load: which replicas it was loaded on again, before the switch
+        registry.note("reload", app=app, adapter=target.name, by=by, loaded_on=loaded)
     previous = registry.switch_live(target.name, by=by, action="rollback")
     return SwitchResult(
         registry.get(target.name), previous.name if previous else None, time.perf_counter() - started, loaded_on=loaded, rendering=checks

@@ -436,3 +436,20 @@ def test_a_500_on_load_for_the_servers_own_trouble_leaves_the_adapter_a_candidat
     assert [e["action"] for e in registry.history(adapter=name)] == ["register", "promote-started", "promote-aborted"]
     del server.fail["/v1/load_lora_adapter"]  # the server recovered
     assert promote(registry, name, [backend]).live.name == name
+
+
+def test_a_rollback_that_loads_its_target_again_records_the_reload_in_the_history_stand_in_replica(
+    stand_in: tuple[StandInVLLM, VLLMBackend], tmp_path: Path
+) -> None:
+    """Sweep S: a rollback that loaded its target again on a replica that lost it said so in its result alone; the
+    history, which says where a promote re-loaded an adapter (``reload``), did not."""
+    server, backend = stand_in
+    registry, (first, second, _) = _registry(tmp_path, "/models/base", "/models/base", "/models/base")
+    for name in (first, second, _):
+        promote(registry, name, [backend])
+    assert rollback(registry, "bot", [backend]).loaded_on == []  # nothing lost: no reload recorded
+    assert [(e["action"], e.get("adapter")) for e in registry.history(app="bot")][-1:] == [("rollback", second)]
+    server.loaded.pop(first)  # the replica restarted and lost it
+    assert rollback(registry, "bot", [backend]).loaded_on == [backend.url]
+    events = [(e["action"], e.get("adapter"), e.get("loaded_on")) for e in registry.history(app="bot")][-3:]
+    assert events == [("rollback", second, None), ("reload", first, [backend.url]), ("rollback", first, None)]
