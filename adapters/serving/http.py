@@ -49,6 +49,9 @@ STOP_GRACE_S = 8.0
 :meth:`~ee_middleware.adapters.serving.launch.ServerProcess.stop`'s 15 s before their SIGKILL); those still running then
 are answered 503."""
 
+LOCAL_SERVER_OWNER = "ee"
+"""The ``owned_by`` of the models an ``ee serve local`` server lists (how the router tells such a replica from vLLM)."""
+
 STOPPING_MESSAGE = "The server is stopping. Send the request again to another replica, or to this one once it is back."
 
 

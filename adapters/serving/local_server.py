@@ -54,6 +54,7 @@ from ee_middleware._optional import import_optional
 from ee_middleware.adapters.errors import AdapterFilesError
 from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.adapters.serving.http import (
+    LOCAL_SERVER_OWNER,
     STOP_GRACE_S,
     EventStream,
     JSONHandler,
@@ -216,11 +217,10 @@ class LocalModelServer:
         return f"Success: LoRA adapter '{name}' removed successfully."
 
     def models(self) -> dict[str, Any]:
-        data = [{"id": self.served_model_name, "object": "model", "created": self.created, "owned_by": "ee", "root": str(self.base_path)}]
+        listed = {"object": "model", "created": self.created, "owned_by": LOCAL_SERVER_OWNER}
+        data = [{"id": self.served_model_name, **listed, "root": str(self.base_path)}]
         for name, path in list(self.adapters.items()):
-            data.append(
-                {"id": name, "object": "model", "created": self.created, "owned_by": "ee", "root": path, "parent": self.served_model_name}
-            )
+            data.append({"id": name, **listed, "root": path, "parent": self.served_model_name})
         return {"object": "list", "data": data}
 
     # --- requests ------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 
 from ee_middleware.adapters.registry import AdapterRegistry
-from ee_middleware.adapters.serving.http import EventStream, JSONHandler, RequestError, error_body, make_server
+from ee_middleware.adapters.serving.http import LOCAL_SERVER_OWNER, EventStream, JSONHandler, RequestError, error_body, make_server
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.openai_compat import OpenAIChatClient
 
@@ -120,6 +120,8 @@ class AliasRouter:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._base: str | None = None
+        self._local_servers: dict[str, bool] = {}
+        """Whether each replica asked so far is an ``ee serve local`` server (for the re-load command's ``--backend``)."""
         self._lacking: set[tuple[str, str]] = set()
         """(replica, live adapter) pairs the replica answered 404 for, said once in the log until it serves it again."""
 
@@ -297,9 +299,23 @@ class AliasRouter:
                 self._down[url].probing = False
 
     def _reload_command(self, model: str) -> str:
-        """The command that loads the live adapter ``model`` again wherever it is missing."""
+        """The command that loads the live adapter ``model`` again wherever it is missing (with ``--backend local`` where
+        the replicas are ``ee serve local`` servers: a promote speaking vLLM's API to them would fail)."""
         registry = getattr(self.registry, "root", None) or "REGISTRY"
-        return f"ee adapters promote {model} -r {registry} " + " ".join(f"--server {url}" for url in self.upstreams)
+        command = f"ee adapters promote {model} -r {registry} " + " ".join(f"--server {url}" for url in self.upstreams)
+        return command + (" --backend local" if any(self._is_local_server(url) for url in self.upstreams) else "")
+
+    def _is_local_server(self, url: str) -> bool:
+        """Whether the replica at ``url`` is an ``ee serve local`` server (its models are ``owned_by`` ``ee``); asked once,
+        and False where it does not answer (then asked again next time)."""
+        known = self._local_servers.get(url)
+        if known is None:
+            try:
+                entries = self._client(url).model_entries()
+            except ModelError:
+                return False
+            known = self._local_servers[url] = any(entry.get("owned_by") == LOCAL_SERVER_OWNER for entry in entries)
+        return known
 
     def _lacks(self, url: str, model: str, app: str) -> None:
         with self._lock:

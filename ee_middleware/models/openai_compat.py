@@ -314,13 +314,17 @@ class OpenAIChatClient:
 
     def list_models(self) -> list[str]:
         """The model (and loaded adapter) names the server serves (``GET /models``)."""
+        return [str(item.get("id")) for item in self.model_entries() if item.get("id")]
+
+    def model_entries(self) -> list[dict[str, Any]]:
+        """The entries of ``GET /models`` (``id``, ``owned_by``, ``parent``, ``max_model_len``, ... as the server gives them)."""
         response = self._send("GET", "/models", None)
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, list):
             raise ModelResponseError(
                 f"{self.base_url}/models answered without a 'data' list: {clip(json.dumps(response))}", url=f"{self.base_url}/models"
             )
-        return [str(item.get("id")) for item in data if isinstance(item, dict) and item.get("id")]
+        return [item for item in data if isinstance(item, dict)]
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST ``body`` to ``base_url + path`` with retries; the decoded JSON answer."""

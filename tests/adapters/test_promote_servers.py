@@ -26,9 +26,10 @@ from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend
 from ee_middleware.adapters.serving.launch import ServerProcess, free_port, local_command
 from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
-from ee_middleware.testing.http import serving
+from ee_middleware.testing.http import Reply, ScriptedChatServer, serving
 
 from .conftest import CORPUS, SMOLLM2_TEMPLATE, train_shaped_adapter
+from .helpers import write_adapter
 from .test_serving_local import MESSAGES, _answer
 
 pytestmark = pytest.mark.heavy  # several real local servers per test: make test-heavy
@@ -78,6 +79,7 @@ def test_the_router_sends_an_apps_requests_to_the_replicas_that_hold_its_live_ad
         [line] = said  # said once, not per request
         assert second_server.url in line and live in line and "bot" in line
         assert f"ee adapters promote {live} -r {registry.root}" in line, "the log says how to load it there again"
+        assert line.endswith(" --backend local"), "ee serve local replicas: a promote speaking vLLM's API to them fails"
         promote(registry, live, replicas)  # loads it again where it is missing (the next test shows it)
         for _ in range(2):
             assert httpx.post(f"{routed}/chat/completions", json={"model": "bot", "messages": MESSAGES}, timeout=60).status_code == 200
@@ -100,6 +102,23 @@ def test_no_replica_holding_the_live_adapter_is_a_404_saying_so_and_how_to_load_
     assert refused.status_code == 404
     message = refused.json()["error"]["message"]
     assert f"No replica holds {live}, the live adapter of bot" in message and f"ee adapters promote {live}" in message
+    assert message.endswith(f"--server {local_server.url} --backend local"), "ee serve local replicas: a vLLM promote would fail"
+
+
+def test_the_reload_command_for_vllm_replicas_names_no_backend(tmp_path: Path) -> None:
+    """A replica that is not ``ee serve local`` (vLLM lists its models ``owned_by`` ``vllm``) gets the promote's default."""
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live = registry.register(write_adapter(tmp_path / "a"), "bot").name
+    registry.switch_live(live)
+    missing = Reply({"object": "error", "message": f"The model `{live}` does not exist.", "type": "NotFoundError", "code": 404}, 404)
+    listing = [{"id": "base", "object": "model", "owned_by": "vllm"}]
+    with ScriptedChatServer([missing], models=listing) as vllm:
+        router = AliasRouter(registry, [vllm.base_url], retries=0, log=lambda _line: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            refused = httpx.post(f"{routed}/chat/completions", json={"model": "bot", "messages": MESSAGES}, timeout=60)
+    assert refused.status_code == 404
+    assert refused.json()["error"]["message"].endswith(f"ee adapters promote {live} -r {registry.root} --server {vllm.base_url}")
 
 
 def test_promoting_the_live_adapter_again_loads_it_on_a_restarted_replica_and_says_so(
