@@ -329,6 +329,9 @@ def _nested_root(
     }
     if attrs.get(sc.CONVERSATION_ID) and on_outer_thread:
         own[sc.CONVERSATION_ID] = attrs[sc.CONVERSATION_ID]
+    read = _json_attr(host, sc.EE_NESTED_ENVIRONMENTS, expect=dict) if host is not None else None
+    if read and read.get(key) is not None:  # the world as it started (the hook asked again then), not the outer run's
+        own[sc.EE_ENVIRONMENT] = json.dumps(read[key])
     if attrs.get(sc.EE_RESUMED) and _resumed_inside(spans):
         # the outer run resumed: its tool ran again, and a graph run inside it that paused (interrupt() in one of its
         # tools) resumed from its own checkpoint, though its input is new. The calls it ran before its first model

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -95,6 +95,10 @@ class RunCapture(BaseCallbackHandler):
         self._open_tools: dict[UUID, tuple[str | None, str | None]] = {}
         self._hosts: dict[UUID, list[str]] = {}  # tool calls graphs ran inside, with the keys of those graph runs
         self._on_thread: dict[str, bool] = {}  # by key: whether that graph run is on the recorded run's thread
+        self.nested_environment: Callable[[], dict[str, Any] | None] | None = None
+        """Reads the environment reference again (the recorder's ``environment=`` hook, as the run started), for each graph
+        run inside a tool when it starts (set by the run where it has a hook to ask)."""
+        self._nested_environments: dict[str, dict[str, Any] | None] = {}  # by key: what it read when that graph run started
         # where another recorded run is in flight (see _elsewhere): the open chains' inputs with the recorded run in flight
         # where each started, and the recorded graphs run as nodes of this run (its subgraphs)
         self._chains: dict[UUID, tuple[Any, RunCapture | None]] = {}
@@ -203,11 +207,34 @@ class RunCapture(BaseCallbackHandler):
                     # invoked with the tool's configuration (the thread, and the tool's namespace above its own), by a
                     # tool of the recorded run or of a graph run that is itself on the thread
                     self._on_thread[key] = str(mine).startswith(f"{namespace}|") and (outer is None or self._on_thread.get(outer, False))
+                    if self.nested_environment is not None:
+                        self._read_nested_environment(key)
                 return key
             path.append(parent)
             parent = self._parents.get(parent)
             seen += 1
         return None
+
+    def _read_nested_environment(self, key: str) -> None:
+        """Ask the recorder's ``environment=`` hook again as the graph run ``key`` (inside a tool) starts: the world it
+        begins in is the one the outer run's calls so far left, not the one the outer run started in. A hook that raises
+        here (given the outer run's input and config, as it was when the run started) leaves it the outer run's
+        environment, with a warning (once per recorder); it never fails the tool's call."""
+        assert self.nested_environment is not None
+        try:
+            self._nested_environments[key] = self.nested_environment()
+        except Exception as exc:  # the user's hook: whatever it raises, the tool's call goes on
+            if self.recorder.strict:
+                raise
+            if not self.recorder.warned_nested_environment:
+                self.recorder.warned_nested_environment = True
+                logger.warning(
+                    "ee-middleware: app %r: the environment= hook raised %s when an agent run inside a tool started; that run "
+                    "keeps the environment of the run whose tool ran it (its replay may then start from a world its steps did "
+                    "not see). (Said once.)",
+                    self.recorder.config.app,
+                    type(exc).__name__,
+                )
 
     def _nested_graph(self, path: list[UUID], namespace: str, tool: UUID) -> str:
         """The key of the graph run a call belongs to, from ``path`` (the open chains from the call up to the tool
@@ -337,8 +364,10 @@ class RunCapture(BaseCallbackHandler):
         if kind == "tool":
             namespace = self._open_tools.get(run_id, (None, None))[0]
             hosted = self._end_tool(run_id)
-            if hosted is not None:  # (name, call id, arguments, nested in, on thread, its namespace, the keys it held)
-                data = (*data, namespace, hosted)
+            if hosted is not None:  # (name, call id, arguments, nested in, on thread, its namespace, the keys it held, and
+                read = self._nested_environments  # the environments read as those graph runs started)
+                environments = {key: read.pop(key) for key in hosted if key in read} if read else {}
+                data = (*data, namespace, hosted, environments)
         end = now_ns()
         if self.calls is not None:
             self.calls.append((kind, start, end, data, result, error))
@@ -426,11 +455,13 @@ class RunCapture(BaseCallbackHandler):
         if nested:
             attrs[sc.EE_NESTED_IN] = str(nested)
             attrs[sc.EE_NESTED_ON_THREAD] = bool(on_thread)
-        if len(hosting) == 2:
+        if hosting:
             if hosting[0]:
                 attrs[sc.EE_LANGGRAPH_CHECKPOINT_NS] = str(hosting[0])
             keys = [str(key) for key in hosting[1]]
             attrs[sc.EE_NESTED_RUN] = keys[0] if len(keys) == 1 else keys
+            if hosting[2]:
+                attrs[sc.EE_NESTED_ENVIRONMENTS] = encoder.encode({str(key): value for key, value in hosting[2].items()})
         encoded, status = False, None
         try:
             attrs[sc.TOOL_CALL_ARGUMENTS] = encoder.tool_arguments(arguments)

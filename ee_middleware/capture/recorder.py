@@ -182,6 +182,7 @@ class Recorder:
             self.tracer = tracer_provider.get_tracer("ee_middleware", __version__)
         self.warned_tool_lists = False  # said once: a run's model calls were offered different tools (RunCapture)
         self.warned_emulated_tools = False  # said once: LLMToolEmulator wrote tool results (RunCapture)
+        self.warned_nested_environment = False  # said once: the environment= hook raised for a graph run inside a tool
         self.offload: ProcessOffload | None = None
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
@@ -617,6 +618,9 @@ class _Run:
                 )
             self.context = trace.set_span_in_context(self.span)
             self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
+            hook = recorder.config.environment
+            if callable(hook) and (cfg.get("configurable") or {}).get("ee_environment") is None:
+                self.handler.nested_environment = functools.partial(_hook_environment, hook, graph_input, in_effect)
             self.config = _with_callback(cfg, self.handler)
         except BaseException:
             CLOCK.run_ended()
@@ -650,8 +654,7 @@ class _Run:
             return _environment_reference(own["ee_environment"], "config['configurable']['ee_environment']")
         hook = self.recorder.config.environment
         if callable(hook):
-            name = getattr(hook, "__qualname__", None) or type(hook).__name__
-            return _environment_reference(hook(graph_input, in_effect), f"the environment= hook {name}() returned a value that")
+            return _hook_environment(hook, graph_input, in_effect)
         if hook is not None:
             return _environment_reference(hook, "environment=")  # a dict (CaptureConfig checked it)
         inherited = in_effect["configurable"].get("ee_environment")
@@ -856,6 +859,13 @@ def _outer_run_context() -> otel_context.Context | None:
     if outer is None or outer.recorder.tracer_provider is not None:
         return None
     return outer.parent_context
+
+
+def _hook_environment(hook: Callable[..., Any], graph_input: Any, in_effect: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The environment reference the ``environment=`` hook gives for a run started with ``graph_input`` and ``in_effect``
+    (called as the run starts, and again as each graph run inside one of its tools starts)."""
+    name = getattr(hook, "__qualname__", None) or type(hook).__name__
+    return _environment_reference(hook(graph_input, in_effect), f"the environment= hook {name}() returned a value that")
 
 
 def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:

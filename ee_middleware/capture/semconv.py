@@ -96,6 +96,10 @@ Such a run becomes a trajectory of its own; the outer run keeps the tool call an
 EE_NESTED_RUN = "ee.langgraph.nested_run"
 """Set on the span of a tool call a graph ran inside (see :data:`EE_NESTED_IN`): the key its spans name (a list of keys
 where the tool ran several graph runs, each a trajectory of its own)."""
+EE_NESTED_ENVIRONMENTS = "ee.langgraph.nested_environments"
+"""Set beside :data:`EE_NESTED_RUN`: JSON ``{key: environment reference}`` of the graph runs inside the tool call whose
+environment was read when each started (the recorder's ``environment=`` hook, called again then: the world the inner run
+began in, after the outer run's earlier calls changed it); a key not in it takes the outer run's."""
 EE_NESTED_ON_THREAD = "ee.langgraph.nested_on_thread"
 """Set beside :data:`EE_NESTED_IN`: whether that graph run is on the recorded run's thread (invoked with its tool's
 configuration, by a tool of the recorded run or of a graph run that is itself on it), as capture saw it while it ran;
