@@ -150,3 +150,19 @@ def _open_up(folder: Path) -> None:
             _open_up(inner)
         elif not inner.is_symlink():
             inner.chmod(0o644)
+
+
+def python_as_held_user(code: str, cwd: Path) -> tuple[int, str]:
+    """Python ``code`` run in a child process by a user whom file permissions stop (see the module docstring), in
+    ``cwd`` (a folder that user may reach, :func:`open_folder`): exit code and output."""
+    if HELD is None:
+        raise RuntimeError(f"no user whom file permissions stop: {MISSING}")  # the test lacks @needs_held_user
+    done = subprocess.run(
+        [*HELD, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "HOME": "/tmp", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        timeout=300,
+    )
+    return done.returncode, done.stdout + done.stderr

@@ -91,7 +91,7 @@ from ee_middleware.capture.offload import (
 )
 from ee_middleware.capture.payloads import captured_error
 from ee_middleware.capture.processor import ApprovePredicate, CaptureStats, strict_default
-from ee_middleware.capture.redaction import store_salt
+from ee_middleware.capture.redaction import SALT_FILE, store_salt
 from ee_middleware.capture.shutdown import flush_on_sigterm
 from ee_middleware.capture.store_redaction import (
     StoreRedaction,
@@ -303,15 +303,24 @@ class Recorder:
     def _pseudonym_salt(self, settings: StoreRedaction) -> bytes | None:
         """The store's salt (placeholders are consistent pseudonyms within a store, in every process): kept through
         the store's ``read_meta``/``write_meta`` or in its folder; a salt of this recorder's own for a store that keeps
-        no metadata (:func:`~ee_middleware.capture.store_redaction.record_store_redaction` warns), or if the store's
-        cannot be read. None without pseudonyms, or where ``settings`` (what is applied) redact nothing."""
+        no metadata (:func:`~ee_middleware.capture.store_redaction.record_store_redaction` warns). One that cannot be read
+        or made (another user's, owner-only) is a :class:`ConfigError`: a salt of its own would tag values otherwise than
+        the store's runs. None without pseudonyms, or where ``settings`` (what is applied) redact nothing."""
         if not self.config.redaction_pseudonyms or not has_rules(settings.rules):
             return None
         try:
             salt = store_salt(self.store)
         except OSError as exc:
-            logger.warning("ee-middleware: cannot read or create the store's redaction salt (%s); using one for this recorder only.", exc)
-            salt = None
+            # a salt of this recorder's own would give the same value another tag than the store's runs have, silently
+            from ee_middleware.capture.store_redaction import permission_fix
+            from ee_middleware.store.metadata import meta_where
+
+            where = meta_where(self.store, SALT_FILE)
+            fix = permission_fix() if isinstance(exc, PermissionError) else "check the folder's permissions and free space."
+            raise ConfigError(
+                f"Cannot read or create the store's pseudonym key {where} ({exc}): the same value would get another tag here "
+                f"than in the runs stored so far, so nothing is recorded without it. {fix[0].upper()}{fix[1:]}"
+            ) from exc
         return salt if salt is not None else secrets.token_bytes(32)
 
     def _vault_path(self) -> Path | None:

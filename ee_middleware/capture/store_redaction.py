@@ -63,6 +63,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -402,12 +403,33 @@ def _rules_for(kinds: list[str], patterns: dict[str, str], keys: frozenset[str] 
     return rules_with_keys(rules, keys)
 
 
+def permission_fix() -> str:
+    """How to let this process read a store's redaction files that another user wrote (owner-only, as ee makes them)."""
+    user = _user_name()
+    return f"run as the user that owns it, or let this one ({user}) read it (a group both users are in: chgrp GROUP FILE; chmod g+r FILE)."
+
+
+def _user_name() -> str:
+    """This process's user name (its uid where it has none)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
 def read_store_redaction(store: Any) -> StoreRedaction:
     """The settings in the store's ``redaction.json``; the defaults (``recorded=False``) when there is none, or the store
     keeps no metadata (:mod:`ee_middleware.store.metadata`)."""
     try:
         raw = read_meta(store, REDACTION_FILE)
         data = json.loads(raw) if raw is not None else None
+    except PermissionError as exc:  # the file is fine: this process may not read it (another service user's store)
+        raise ConfigError(
+            f"{meta_where(store, REDACTION_FILE)} cannot be read by this process ({exc}). It says how this store's data is "
+            f"redacted: {permission_fix()} Do not delete it: later writers would redact less than the runs stored so far."
+        ) from exc
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{meta_where(store, REDACTION_FILE)} is unreadable ({exc}). It says how this store's data is redacted; restore it, "
