@@ -146,6 +146,8 @@ class CaptureConfig:
             raise ConfigError("; ".join(wrong) + ".")
         if not self.app:
             raise ConfigError("CaptureConfig.app must be a non-empty string naming the agent, e.g. app='support-bot'.")
+        for name in ("app", "app_version"):
+            object.__setattr__(self, name, _text(name, getattr(self, name)))
         if self.offload not in OFFLOAD_MODES:
             raise ConfigError(f"CaptureConfig.offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.offload!r}.")
         if self.max_observation_chars < 1:
@@ -200,6 +202,26 @@ class CaptureConfig:
         return cls(**values)
 
 
+def _text(name: str, value: str | None) -> str | None:
+    """``value`` as text every record can hold. A name read from bytes that were not text in this process's encoding
+    (``EE_APP`` or an argument in an ASCII-locale Python: lone surrogates) is the UTF-8 text those bytes are where they
+    are some; otherwise a :class:`ConfigError` (stored, it failed every run's record, and each run was lost)."""
+    if value is None or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(value).decode("utf-8")
+    except (UnicodeError, ValueError):
+        raise ConfigError(
+            f"CaptureConfig.{name} {value!r} holds bytes that are not UTF-8 text (read from an environment variable or a file "
+            f"name in another encoding?): give it as text, e.g. {name}='support-bot'."
+        ) from None
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -220,6 +242,8 @@ def _from_environment() -> dict[str, Any]:
                 values[name] = int(raw)
             except ValueError:
                 raise ConfigError(f"{var}={raw!r} is not an integer.") from None
+            if values[name] < 1:
+                raise ConfigError(f"{var}={raw!r}: the most characters of a tool result kept must be positive, e.g. {var}=20000.")
         elif name == "offload":  # a word, read as the on/off switches are: any case, spaces around ignored
             word = raw.strip().lower()
             if not word:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +241,40 @@ def test_a_wrong_ee_capture_offload_names_the_variable(monkeypatch):
         CaptureConfig.load()
     monkeypatch.setenv("EE_CAPTURE_OFFLOAD", "  ")
     assert CaptureConfig.load().offload == "thread", "blank is unset, as for the other EE_* variables"
+
+
+def test_an_app_name_read_from_utf8_bytes_in_an_ascii_locale_is_that_text_and_one_that_is_no_text_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweep W: ``EE_APP=应用`` in an ASCII-locale Python (or ``app\\xff`` in any) gave an app name holding lone
+    surrogates; it was accepted, and every run then failed its record (a pydantic error in the log, flush() False, the
+    store empty)."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware import record_experience
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.testing import ScriptedChatModel
+
+    as_ascii_python_reads_it = "应用".encode().decode("ascii", "surrogateescape")
+    monkeypatch.setenv("EE_APP", as_ascii_python_reads_it)
+    assert CaptureConfig.load().app == "应用"
+    model = ScriptedChatModel(policy=lambda messages, tools: AIMessage("Noted."), model_name="m")
+    agent = record_experience(create_agent(model, []), store=tmp_path / "store", app_version="v\udce2\udc9c\udc93")
+    agent.invoke({"messages": [("user", "hi")]})
+    assert agent.flush()
+    (stored,) = LocalExperienceStore(tmp_path / "store").iter_trajectories(status=None)
+    assert (stored.app, stored.app_version) == ("应用", "v✓")
+
+    monkeypatch.setenv("EE_APP", "app\udcff")  # a latin-1 byte: no UTF-8 text
+    with pytest.raises(ConfigError, match=r"CaptureConfig.app 'app\\udcff' holds bytes that are not UTF-8 text"):
+        CaptureConfig.load()
+
+
+@pytest.mark.parametrize("value", ["-5", "0"])
+def test_a_max_observation_chars_below_one_from_the_environment_names_the_variable(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EE_MAX_OBSERVATION_CHARS", value)
+    with pytest.raises(
+        ConfigError, match=f"EE_MAX_OBSERVATION_CHARS='{value}': the most characters of a tool result kept must be positive"
+    ):
+        CaptureConfig.load()
