@@ -34,6 +34,7 @@ import fcntl
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Collection, Iterator
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FileTooLargeError",
+    "NotARegularFileError",
     "atomic_open",
     "atomic_path",
     "atomic_write_parquet",
@@ -154,11 +156,30 @@ def _held_temp(final: Path, mode: int = 0o666) -> Iterator[tuple[Path, int]]:
         os.close(fd)
 
 
-def _refuse_folder(final: Path) -> None:
-    """``IsADirectoryError`` naming ``final`` when a folder is there, before anything is written: the rename at the end
-    would fail only after the whole file was written, naming the temporary file, which the caller never named."""
-    if final.is_dir():
+class NotARegularFileError(OSError):
+    """What is at a path to be replaced by a file is a device, a pipe or a socket (``/dev/stdout``, ``/dev/null``, a
+    FIFO): the rename would put a regular file in its place (for root, replacing ``/dev/null`` for every process)."""
+
+
+_SPECIAL_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a pipe (FIFO)"))
+
+
+def _destination(path: str | os.PathLike[str]) -> Path:
+    """The file an atomic write of ``path`` replaces: the file a symbolic link points to (the link is kept, and its
+    target gets the new content, as a shell's ``>`` writes it); refused before anything is written where that is a
+    folder (``IsADirectoryError``: the rename would fail only at the end, naming the temporary file) or no regular file
+    (:class:`NotARegularFileError`)."""
+    final = Path(path)
+    try:
+        mode = final.stat().st_mode  # (through any links)
+    except OSError:
+        mode = None  # nothing there (or nothing this process may see): the write says what is wrong
+    if mode is not None and stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(final))
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = next((what for test, what in _SPECIAL_KINDS if test(mode)), "a socket" if stat.S_ISSOCK(mode) else "no regular file")
+        raise NotARegularFileError(errno.EINVAL, f"it is {kind}, not a file", os.fspath(final))
+    return Path(os.path.realpath(final)) if final.is_symlink() else final
 
 
 @contextlib.contextmanager
@@ -176,8 +197,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True, locked: boo
     the writer writes into it by name (``open``, ``write_parquet``) rather than putting another file
     in its place.
     """
-    final = Path(path)
-    _refuse_folder(final)
+    final = _destination(path)
     with _held_temp(final) if locked else contextlib.nullcontext((temp_path_for(final), -1)) as (tmp, _fd):
         try:
             yield tmp
@@ -200,8 +220,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}")
-    final = Path(path)
-    _refuse_folder(final)
+    final = _destination(path)
     # Written through the descriptor that holds the lock: the file is never opened again by name.
     with _held_temp(final) as (tmp, fd):
         try:

@@ -110,6 +110,13 @@ def os_error_advice(exc: OSError, *, output: bool = False) -> str:
         if output
         else "A part of the path is a file, not a folder: check the path, or move that file away."
     )
+    from ee_middleware._files import NotARegularFileError
+
+    if isinstance(exc, NotARegularFileError):
+        return (
+            "Name a regular file's path: the output is written to a new file that replaces what is there whole, which "
+            "would put a file in the place of a device, pipe or socket (it was left as it is)."
+        )
     advice[errno.EFBIG] = (
         "A file-size limit stopped the write (the process's `ulimit -f`, systemd's LimitFSIZE=, or the largest "
         "file the file system holds): raise the limit for this process, then try again."

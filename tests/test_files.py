@@ -238,3 +238,41 @@ def test_an_interrupt_while_the_temporary_file_is_locked_removes_it_and_closes_i
     assert _leftovers(tmp_path) == []
     assert open_fds(tmp_path) == before
     assert not (tmp_path / "a.json").exists()
+
+
+def test_an_atomic_write_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path: Path) -> None:
+    """Sweep W: the rename replaced the link itself with a file; the file it pointed to kept the old content."""
+    target = tmp_path / "shared" / "out.jsonl"
+    target.parent.mkdir()
+    target.write_text("old\n")
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target)
+    atomic_write_text(link, "new\n")
+    assert link.is_symlink() and link.resolve() == target and target.read_text() == "new\n"
+    with atomic_path(link) as tmp:
+        tmp.write_text("newer\n")
+    assert link.is_symlink() and target.read_text() == "newer\n"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.jsonl"], "no temporary file left"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link_to_fifo"])
+def test_an_atomic_write_to_a_pipe_or_device_is_refused_and_leaves_it_in_place(tmp_path: Path, kind: str) -> None:
+    """Sweep W: ``ee traces export -o /dev/stdout`` (or a FIFO, ``/dev/null``) put a regular file in the device's place,
+    for root for every process, said it wrote there, and the reader got nothing."""
+    import stat
+
+    from ee_middleware._files import NotARegularFileError
+    from ee_middleware.errors import os_error_advice
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    path = fifo if kind == "fifo" else tmp_path / "stdout"
+    if kind != "fifo":
+        path.symlink_to(fifo)
+    with pytest.raises(NotARegularFileError, match="it is a pipe \\(FIFO\\), not a file") as refused:
+        atomic_write_text(path, "data\n")
+    assert refused.value.filename == str(path) and "device, pipe or socket" in os_error_advice(refused.value, output=True)
+    with pytest.raises(NotARegularFileError), atomic_path(path):
+        pass
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and (kind == "fifo" or path.is_symlink())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"pipe", path.name}), "nothing written beside it"
