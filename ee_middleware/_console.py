@@ -27,10 +27,19 @@ def make_console(*, stderr: bool = False) -> Any:
     ``[REDACTED:email:049d4611]`` would otherwise print as ``[REDACTED✉049d4611]``), at :data:`OFF_TERMINAL_WIDTH`
     columns off a terminal when ``COLUMNS`` is not set, its rules and panels at :data:`SECTION_WIDTH` there."""
     out = _console_class()(stderr=stderr, emoji=False)
-    if not out.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
-        out.width = OFF_TERMINAL_WIDTH
-        out.section_width = SECTION_WIDTH
+    if not _columns_given():
+        if not out.is_terminal:
+            out.width = OFF_TERMINAL_WIDTH
+            out.section_width = SECTION_WIDTH
+        elif out.width < 1:  # a terminal that says it has no columns (COLUMNS=0 reads so too): rich printed nothing
+            out.width = SECTION_WIDTH
     return out
+
+
+def _columns_given() -> bool:
+    """Whether ``COLUMNS`` sets a width rich can print at (``COLUMNS=0`` had every table print nothing, exit 0)."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    return columns.isdigit() and int(columns) > 0
 
 
 @functools.cache

@@ -81,3 +81,16 @@ def test_ee_traces_show_off_a_terminal_draws_its_panel_at_80_columns(tmp_path: P
     assert shown.exit_code == 0, shown.output
     panel = [line for line in shown.stdout.splitlines() if line.startswith(("╭", "╰"))]
     assert len(panel) == 2 and all(len(line) == SECTION_WIDTH for line in panel), panel
+
+
+@pytest.mark.parametrize("terminal", [False, True], ids=["off_a_terminal", "on_a_terminal"])
+def test_columns_0_prints_the_table_all_the_same(tmp_path: Path, terminal: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweep W: ``COLUMNS=0`` had every table command print nothing and exit 0 (an empty store, to the reader)."""
+    root = _registry(tmp_path)
+    monkeypatch.setenv("COLUMNS", "0")
+    if terminal:
+        monkeypatch.setenv("TTY_COMPATIBLE", "1")
+        monkeypatch.setenv("TTY_INTERACTIVE", "1")
+        assert make_console().is_terminal and make_console().width == SECTION_WIDTH
+    table = CliRunner().invoke(app, ["adapters", "list", "-r", str(root)])
+    assert table.exit_code == 0 and "warehouse-inventory-agent" in table.stdout and "booking-agent" in table.stdout, table.stdout
