@@ -342,6 +342,7 @@ def main() -> None:
     from ee_middleware._lifetime import termination_as_interrupt
 
     _closed_streams_to_devnull()
+    _streams_that_write_any_text()
     Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     try:
         with termination_as_interrupt():
@@ -380,6 +381,20 @@ def _closed_streams_to_devnull() -> None:
                 stream = open(fd, "r" if fd == 0 else "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - it lives as long as the process
                 setattr(sys, name, stream)
         except OSError:  # no /dev/null (a bare chroot): leave the stream as Python made it
+            pass
+
+
+def _streams_that_write_any_text() -> None:
+    """Let stdout write a character its encoding lacks as an escape (``\\u2026``), as Python's stderr does: in a locale
+    that is not UTF-8 (``PYTHONIOENCODING=ascii``, a Latin-1 terminal) a table's "…" or a task's "é" ended the command
+    with an UnicodeEncodeError called a bug. ``--json`` is ASCII with JSON's own escapes there (:func:`print_json`)."""
+    from ee_middleware.cli.common import stream_is_utf8
+
+    stream = sys.stdout
+    if stream is not None and not stream_is_utf8(stream) and callable(getattr(stream, "reconfigure", None)):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (ValueError, OSError):  # a stream already written to that cannot change its error handler: as it was
             pass
 
 

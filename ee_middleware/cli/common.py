@@ -273,9 +273,23 @@ def print_json(data: Any) -> None:
     stores it, where stdout would have written it as an invalid byte or failed."""
     from ee_middleware.messages import clean_text, finite_or_null
 
-    text = json.dumps(finite_or_null(data), ensure_ascii=False, indent=2, default=str, allow_nan=False)
+    ascii_only = not stream_is_utf8(sys.stdout)  # a stdout in another encoding gets JSON's escapes (\u00e9), valid there
+    text = json.dumps(finite_or_null(data), ensure_ascii=ascii_only, indent=2, default=str, allow_nan=False)
     _json_answers[0] += 1
     sys.stdout.write(clean_text(text) + "\n")
+
+
+def stream_is_utf8(stream: Any) -> bool:
+    """Whether ``stream`` encodes text as UTF-8 (a stream that says no encoding counts as one)."""
+    import codecs
+
+    encoding = getattr(stream, "encoding", None)
+    if not isinstance(encoding, str) or not encoding:
+        return True
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return True
 
 
 _json_answers = [0]
