@@ -243,10 +243,26 @@ def _end_on_closed_stdout() -> NoReturn:
     raise typer.Exit(EXIT_CLOSED_STDOUT)
 
 
+def _open_files_advice(number: int) -> str:
+    """What to do when the process (EMFILE) or the machine (ENFILE) has no file descriptor left."""
+    if number == errno.ENFILE:
+        return "The machine has no file descriptor left (fs.file-max): close other programs' files, or raise that limit."
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    allowed = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    return (
+        f"This process may open {soft} files at once (ulimit -n; the hard limit is {allowed}): raise it (ulimit -n 4096, or "
+        "LimitNOFILE= for a systemd service), or run fewer workers at once."
+    )
+
+
 def _describe_os_error(exc: OSError) -> str:
     """What went wrong with which path, and what to check (not Python's ``[Errno 17] File exists: 'x'``). An error that
     names no path (a write to an open file on a full disk) says so instead of naming 'a path'."""
     reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):  # not the file's fault, whichever it names: the process's limit
+        return f"{reason}{f' ({exc.filename})' if exc.filename is not None else ''}. {_open_files_advice(exc.errno)}"
     if exc.filename is None:
         unnamed = f"{reason} (the operation that failed names no file)"
         if exc.errno == errno.ENOSPC:

@@ -481,3 +481,22 @@ def test_a_setting_a_job_needs_and_nobody_gave_is_a_usage_error(command: list[st
 def test_a_missing_setting_given_json_says_so_as_json_with_the_usage_errors_code() -> None:
     result = runner.invoke(app, ["replay", "run", "--json"], env={"EE_STORE": None})
     assert json_failure(result, "BadParameter")["exit_code"] == 2
+
+
+@pytest.mark.parametrize("number", [errno.EMFILE, errno.ENFILE])
+def test_too_many_open_files_says_which_limit_to_raise_injected(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, number: int
+):
+    """Sweep W: at a low ``ulimit -n`` the error said only "Too many open files (the operation that failed names no
+    file)", or blamed the file it named. Injected (the limit's failures land anywhere): the build's Parquet write."""
+    import polars as pl
+
+    def out_of_descriptors(self, *args, **kwargs):
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", out_of_descriptors)
+    result = ee("datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il", "--out", str(tmp_path / "ds"))
+    assert result.exit_code == 1, result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert os.strerror(number) in line and "names no file" not in line
+    assert ("ulimit -n" in line and "run fewer workers" in line) if number == errno.EMFILE else "fs.file-max" in line, line
