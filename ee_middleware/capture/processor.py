@@ -44,6 +44,9 @@ logger = logging.getLogger("ee_middleware.capture")
 
 ApprovePredicate = Callable[[Trajectory], bool]
 
+AUTO_APPROVER = "auto:approve_if"
+"""Who approved a run ``approve_if`` approved (its ``approval.by``)."""
+
 
 @dataclass
 class CaptureStats:
@@ -393,7 +396,7 @@ class ExperienceSpanProcessor(SpanProcessor):
             return
         try:
             self.store.write(trajectories)
-            self.stats.trajectories_written += len(trajectories)
+            self._count_written(trajectories)
         except Exception as exc:  # noqa: BLE001
             if len(trajectories) == 1 or _refuses_every_write(exc):
                 message = f"could not write {_trajectories(len(trajectories))} to {self.store!r}: {exc}"
@@ -412,7 +415,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         for position, trajectory in enumerate(trajectories):
             try:
                 self.store.write([trajectory])
-                self.stats.trajectories_written += 1
+                self._count_written([trajectory])
                 same, in_a_row = None, 0
             except RecordError as refused:  # a fault of this run's record (an integer outside 64 bits): not the store's,
                 # so neither counted towards nor breaking a run of failures that says the store refuses every write
@@ -441,9 +444,14 @@ class ExperienceSpanProcessor(SpanProcessor):
             self.stats.approve_if_failed += 1
             return trajectory
         if approved:
-            trajectory.approval = Approval(status="approved", by="auto:approve_if", at=utcnow(), reason="approve_if returned True")
-            self.stats.trajectories_auto_approved += 1
+            trajectory.approval = Approval(status="approved", by=AUTO_APPROVER, at=utcnow(), reason="approve_if returned True")
         return trajectory
+
+    def _count_written(self, trajectories: list[Trajectory]) -> None:
+        """Count ``trajectories`` as stored, and those ``approve_if`` approved as auto-approved (once stored: a run the store
+        refused was approved by no one)."""
+        self.stats.trajectories_written += len(trajectories)
+        self.stats.trajectories_auto_approved += sum(1 for t in trajectories if t.approval.by == AUTO_APPROVER)
 
     def report_failure(self, message: str, exc: BaseException, *, runs: int = 1) -> None:
         """Count (``runs`` runs not stored, in ``runs_failed``) and log a capture failure (and keep it for strict mode's

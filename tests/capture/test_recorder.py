@@ -715,3 +715,28 @@ def test_a_decorated_builder_of_an_uncompiled_graph_or_a_context_manager_is_told
     assert "take @record_experience off " in message and "yield record_experience(graph, app=..., store=...)" in message
     assert "Decorate the function" not in message
     assert not store_path.exists(), "nothing was recorded, nor a store created"
+
+
+def test_a_run_the_store_refused_is_not_counted_as_auto_approved_injected(react_graph, store_path, monkeypatch):
+    """Sweep W: ``trajectories_auto_approved`` counted runs approve_if approved before the store refused them (12 against
+    5 written on a full disk). Injected (no full disk here): the store's write raises ENOSPC for the second run."""
+    import errno
+    import os
+
+    from ee_middleware.store import LocalExperienceStore
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=store_path, approve_if=lambda t: True, strict=False)
+    agent.invoke(USER_TASK)
+    assert agent.flush()
+    real_write = LocalExperienceStore.write
+
+    def full(self, trajectories):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(LocalExperienceStore, "write", full)
+    agent.invoke(USER_TASK)
+    assert not agent.flush()
+    monkeypatch.setattr(LocalExperienceStore, "write", real_write)
+    stats = agent.recorder.stats
+    assert (stats.trajectories_written, stats.trajectories_auto_approved, stats.runs_failed) == (1, 1, 1), stats
