@@ -56,7 +56,9 @@ __all__ = [
     "fsync_dir",
     "file_size_limit",
     "fsync_file",
+    "named_in_utf8",
     "open_for_lock",
+    "parquet_sources",
     "pid_alive",
     "remove_abandoned_temps",
     "remove_left_behind",
@@ -296,6 +298,28 @@ def file_size_limit() -> int | None:
         return None
     soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+def named_in_utf8(path: str | os.PathLike[str]) -> bool:
+    """Whether polars can open ``path`` by name. A name that is not UTF-8 (a folder named in Latin-1: Linux names are
+    bytes; any non-ASCII name in an ASCII-locale Python) it cannot: open the file and give polars the open file."""
+    try:
+        os.fsdecode(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def parquet_sources(paths: list[Path]) -> Iterator[list[Path] | list[BinaryIO]]:
+    """``paths`` as ``pl.scan_parquet`` can take them: the paths themselves where polars can open each by name
+    (:func:`named_in_utf8`), else the files opened here (closed when the block ends: what reads them must be done by
+    then, a lazy frame collected or sunk inside it)."""
+    if all(named_in_utf8(path) for path in paths):
+        yield paths
+        return
+    with contextlib.ExitStack() as files:
+        yield [files.enter_context(open(path, "rb")) for path in paths]
 
 
 def atomic_write_parquet(

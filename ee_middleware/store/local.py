@@ -42,6 +42,7 @@ from ee_middleware._files import (
     atomic_write_parquet,
     create_exclusive,
     fsync_dir,
+    named_in_utf8,
     remove_abandoned_temps,
 )
 from ee_middleware.errors import (
@@ -553,7 +554,7 @@ class LocalExperienceStore:
                 self._warn_part(path, self._damaged[path])
                 continue
             try:
-                if _named_in_utf8(path):
+                if named_in_utf8(path):
                     with open(path, "rb") as fh:  # as _read_part: a folder in its place is no empty part
                         columns = pl.read_parquet_schema(fh)
                 else:
@@ -562,7 +563,7 @@ class LocalExperienceStore:
                 self._warn_part(path, exc)
                 continue
             absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in columns]
-            part = pl.scan_parquet(path) if _named_in_utf8(path) else _read_part(path, schema).lazy()
+            part = pl.scan_parquet(path) if named_in_utf8(path) else _read_part(path, schema).lazy()
             frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
         frames.append(spooled.frame(table).lazy())
         return pl.concat(frames, how="vertical")
@@ -1118,16 +1119,6 @@ def _unreadable_segments(spool_dir: Path) -> list[dict[str, str]]:
     return found
 
 
-def _named_in_utf8(path: Path) -> bool:
-    """Whether polars can open ``path`` by name. A name that is not UTF-8 (a folder named in Latin-1: Linux names are
-    bytes) it cannot: such files are opened here and polars is given the open file."""
-    try:
-        os.fsdecode(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _unknown_columns(path: Path, schema: dict[str, pl.DataType]) -> list[str]:
     """The columns of a part that ``schema`` does not have (a newer ee-middleware wrote it), read from its footer."""
     with open(path, "rb") as fh:
@@ -1140,7 +1131,7 @@ def _read_part(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     place as an empty dataset, and reports its errors as its own), which is no sign of damage
     (:func:`~ee_middleware.store.access.refused`)."""
     with open(path, "rb") as fh:
-        df = pl.read_parquet(path) if _named_in_utf8(path) else pl.read_parquet(fh)
+        df = pl.read_parquet(path) if named_in_utf8(path) else pl.read_parquet(fh)
     absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in df.columns]
     return (df.with_columns(absent) if absent else df).select(list(schema)).cast(schema)  # type: ignore[arg-type]
 

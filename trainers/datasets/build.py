@@ -34,7 +34,7 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._files import atomic_open, atomic_write_parquet, atomic_write_text, fsync_dir, remove_left_behind
+from ee_middleware._files import atomic_open, atomic_write_parquet, atomic_write_text, fsync_dir, parquet_sources, remove_left_behind
 from ee_middleware._toml import build_config, layered_values, missing_settings
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
@@ -317,7 +317,8 @@ def _config_record(config: DatasetConfig) -> dict[str, Any]:
     teacher's and store's specs with the credentials in their URLs masked (``openai:http://***@host/v1#model``)."""
     from ee_middleware._toml import _is_secret_name  # the one rule for secret-named settings
 
-    record = _shown_specs(json.loads(config.model_dump_json()), ("teacher", "store"))
+    # (not model_dump_json: a path that is not UTF-8, a folder named in Latin-1, failed the build; json.dumps keeps it)
+    record = _shown_specs(config.model_dump(mode="json"), ("teacher", "store"))
     record["teacher_settings"] = {
         key: "***" if _is_secret_name(key) and value not in (None, "") else value for key, value in record["teacher_settings"].items()
     }
@@ -526,10 +527,10 @@ def tool_schemas_missing(index: SourceIndex, files: dict[str, Path]) -> dict[str
     ids = index.trajectories.filter(NO_SCHEMAS & pl.col("id").is_in(calling.implode()))["id"].sort().to_list()
     if not ids:
         return None
-    rows = {
-        kind: pl.scan_parquet(path).filter(pl.col("trajectory_id").is_in(ids)).select(pl.len()).collect().item()
-        for kind, path in files.items()
-    }
+    rows = {}
+    for kind, path in files.items():
+        with parquet_sources([path]) as sources:
+            rows[kind] = pl.scan_parquet(sources).filter(pl.col("trajectory_id").is_in(ids)).select(pl.len()).collect().item()
     with_calls = index.trajectories.filter(pl.col("id").is_in(calling.implode())).height
     return {
         "trajectories": len(ids),
@@ -726,7 +727,8 @@ class PartWriter:
         parts = self._main + self._tail
         if parts:  # row groups of about ROW_GROUP_BYTES of text: the merge holds one at a time
             rows = max(MIN_ROW_GROUP_ROWS, self.rows * ROW_GROUP_BYTES // max(1, self.text_bytes))
-            atomic_write_parquet(pl.scan_parquet(parts), self.path, compression="zstd", metadata=self.metadata, row_group_size=rows)
+            with parquet_sources(parts) as sources:  # (a folder named in Latin-1: the parts opened here)
+                atomic_write_parquet(pl.scan_parquet(sources), self.path, compression="zstd", metadata=self.metadata, row_group_size=rows)
         else:
             atomic_write_parquet(conform(pl.DataFrame()), self.path, compression="zstd", metadata=self.metadata)
         if self._folder is not None:  # merged: the parts' disk space goes back before the next kind's merge

@@ -290,3 +290,25 @@ def test_a_folder_that_held_a_build_loses_its_stale_files_whatever_version_wrote
     pl.DataFrame({"trajectory_id": ["traj-1"]}).write_parquet(out / "sr.parquet")
     summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
     assert sorted(summary["stale_removed"]) == ["heldout/il.parquet", "sr.parquet"]
+
+
+def test_a_store_and_output_in_folders_named_in_another_encoding_build(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Sweep W: a store (or ``--out``) in a folder whose name is no UTF-8 (a Latin-1 byte; any non-ASCII name in an
+    ASCII-locale Python) failed the build with "unexpected PydanticSerializationError ... (a bug)" as datasets.json
+    recorded its settings. ``datasets.json`` keeps the path as Python reads it back (a JSON escape)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    latin = tmp_path / os.fsdecode(b"caf\xe9")
+    store = Path(shutil.copytree(bfcl_store_path, latin / "store"))
+    out = latin / "ds"
+    entry = "import sys; from ee_middleware.cli.app import main; sys.argv[0] = 'ee'; main()"  # a real stdout: its own encoding
+    args = ["datasets", "build", "--store", str(store), "--kinds", "il", "--out", str(out), "--no-progress"]
+    result = subprocess.run([sys.executable, "-c", entry, *args], capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    recorded = json.loads((out / "datasets.json").read_text(encoding="utf-8"))
+    assert recorded["config"]["store"] == str(store) and recorded["config"]["out"] == str(out)
+    with open(out / "il.parquet", "rb") as written:  # (polars opens no name that is not UTF-8)
+        assert pl.read_parquet(written).height > 0
