@@ -299,7 +299,7 @@ def _describe_os_error(exc: OSError) -> str:
         from ee_middleware.errors import os_error_advice
 
         return f"{path}: {reason}. {os_error_advice(exc, output=True)}"
-    return f"{path}: {reason}."
+    return f"{path}: {reason}" + ("" if reason.endswith((".", "!", "?")) else ".")  # (FileTooLargeError's ends on its advice)
 
 
 app = typer.Typer(

@@ -312,3 +312,22 @@ def test_a_store_and_output_in_folders_named_in_another_encoding_build(bfcl_stor
     assert recorded["config"]["store"] == str(store) and recorded["config"]["out"] == str(out)
     with open(out / "il.parquet", "rb") as written:  # (polars opens no name that is not UTF-8)
         assert pl.read_parquet(written).height > 0
+
+
+def test_a_build_that_fails_removes_the_output_folders_it_made_and_says_its_error_once(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Sweep W: under a file-size limit (or on a full disk) a failed build left its empty ``--out`` folder behind, and its
+    error line ended "then try again..". A real limit (``ulimit -f``) set in a real ``ee`` process."""
+    import subprocess
+    import sys
+
+    entry = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+        "from ee_middleware.cli.app import main; sys.argv[0] = 'ee'; main()"
+    )
+    out = tmp_path / "made" / "ds"
+    args = ["datasets", "build", "--store", str(bfcl_store_path), "--kinds", "il", "--out", str(out), "--no-progress"]
+    done = subprocess.run([sys.executable, "-c", entry, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert "File too large" in line and line.endswith("then try again.") and not line.endswith(".."), line
+    assert not (tmp_path / "made").exists(), "the folders the build made are gone"
