@@ -377,6 +377,8 @@ class ImproveConfig(BaseModel):
         with naming_file("gate", self.config_path):
             self.gate_policy()
         _check_specs(replay.sandbox, replay.policy, job.sandbox, data.teacher if "sr" in data.kinds else None)
+        if self.serving.servers:  # (without servers the candidate is promoted in the registry alone: no backend is used)
+            _check_serving_backend(self.serving.backend)
         if evaluation_sandbox:
             self._check_traces_sandbox(job.sandbox)
         from ee_middleware.evals.suites import SuiteSettings, load_suite
@@ -772,6 +774,18 @@ def _check_specs(replay_sandbox: str, policy: str, eval_sandbox: str | None, tea
                 )
         except EEError as exc:
             raise ConfigError(f"{key} = {spec!r}: {exc}") from exc
+
+
+def _check_serving_backend(spec: str) -> None:
+    """``[improve.serving] backend`` names a serving backend (a built-in, a factory that imports, an installed entry
+    point): a typo stopped the job at its promote stage, after hours of replay and training."""
+    from ee_middleware.adapters.serving.backend import BACKENDS
+    from ee_middleware.errors import EEError
+
+    try:
+        BACKENDS.resolve(spec)
+    except EEError as exc:
+        raise ConfigError(f"[improve.serving] backend = {spec!r}: {exc}") from exc
 
 
 def _no_state_digest(spec: str) -> str | None:

@@ -208,3 +208,18 @@ def test_a_registry_plugin_that_says_registry_error_for_a_missing_registry_can_s
     # a plug-in ee cannot build is not taken for a missing registry: the check still says why
     with pytest.raises(RegistryError, match="TEAM_REGISTRY_TOKEN"):
         ImproveConfig.load(path, registry=f"broken:{team}").check()
+
+
+def test_a_misspelt_serving_backend_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    # Sweep U M3: [improve.serving] backend = "vlm" was found by the check of the servers before a run, which named
+    # neither the key nor the file's table ("Unknown serving backend 'vlm'"); now the check of the file names it.
+    from ee_middleware.jobs.config import ImproveConfig
+
+    LocalExperienceStore(tmp_path / "s").close()
+    base = _base_folder(tmp_path)
+    serving = '[improve.serving]\nbackend = "vlm"\nservers = ["http://127.0.0.1:8000/v1"]\n'
+    error = _one_error(improve(_improve_file(tmp_path, base, serving)))
+    assert "[improve.serving] backend = 'vlm':" in error and "'vllm'" in error, error
+    assert RunsDir(tmp_path / "runs").list() == []
+    ImproveConfig.load(_improve_file(tmp_path, base, serving.replace('"vlm"', '"vllm"'))).check()
+    ImproveConfig.load(_improve_file(tmp_path, base, '[improve.serving]\nbackend = "vlm"\n')).check()  # no servers: unused
