@@ -339,7 +339,19 @@ def _nested_root(
         # afresh (after a review of the tool's own) is a run from new input: its task is its first user message
         own[sc.EE_RESUMED] = True
     several = len(siblings) > 1
-    if host is not None:
+    ended = (_json_attr(host if host is not None else outer, sc.EE_NESTED_OUTCOMES, expect=dict) or {}).get(key)
+    own_error: str | None = None
+    if isinstance(ended, dict) and ended.get("status") in ("completed", "error", "detached"):
+        # how its own graph ended, as capture saw it: a failure the tool caught, a success the tool then failed after
+        status = str(ended["status"])
+        if status == "detached":  # the tool returned while it ran (a background task): only its calls until then
+            own[sc.EE_STATUS], own[sc.EE_STATUS_REASON] = "interrupted", DETACHED_REASON
+        else:
+            own[sc.EE_STATUS] = status
+            own_error = str(ended.get("error") or "the agent run failed") if status == "error" else None
+        timed_by_host = host is not None and not several and status != "detached"
+        start, end = (host.start_ns, host.end_ns) if timed_by_host else (min(s.start_ns for s in spans), max(s.end_ns for s in spans))
+    elif host is not None:
         failed = host.is_error and not (several and key != siblings[-1])
         own[sc.EE_STATUS] = "error" if failed else "completed"
         start, end = (min(s.start_ns for s in spans), max(s.end_ns for s in spans)) if several else (host.start_ns, host.end_ns)
@@ -348,7 +360,7 @@ def _nested_root(
         if attrs.get(sc.EE_STATUS_REASON):
             own[sc.EE_STATUS_REASON] = attrs[sc.EE_STATUS_REASON]
         start, end = min(s.start_ns for s in spans), max(s.end_ns for s in spans)
-    failed = host is not None and own[sc.EE_STATUS] == "error"
+    failed = own[sc.EE_STATUS] == "error" and (host is not None or own_error is not None)
     return SpanData(
         trace_id=outer.trace_id,
         span_id=host.span_id if host is not None and not several else key,
@@ -358,10 +370,15 @@ def _nested_root(
         end_ns=end,
         attributes=own,
         status_code="ERROR" if failed else "UNSET",
-        status_message=host.status_message if failed and host is not None else None,
-        events=host.events if failed and host is not None else (),
+        status_message=own_error if own_error is not None else host.status_message if failed and host is not None else None,
+        events=host.events if failed and host is not None and own_error is None else (),
         resource=outer.resource,
     )
+
+
+DETACHED_REASON = "detached: the tool that started it returned before it ended (a background task); its later calls are not recorded"
+"""Why a graph run inside a tool is ``interrupted`` when the tool did not wait for it (:data:`~ee_middleware.capture.semconv.
+EE_NESTED_OUTCOMES`)."""
 
 
 def _resumed_inside(spans: Sequence[SpanData]) -> bool:
@@ -1136,7 +1153,7 @@ def _take_shared_span(
     for i, span in enumerate(spans or ()):
         ran = span.start_ns >= chat.start_ns and (until is None or span.start_ns < until)
         if ran and span.attributes.get(sc.TOOL_NAME) == name and _span_arguments(span) == arguments:
-            return spans.pop(i)  # type: ignore[union-attr]
+            return spans.pop(i)
     return None
 
 

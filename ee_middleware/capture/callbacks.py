@@ -99,6 +99,8 @@ class RunCapture(BaseCallbackHandler):
         """Reads the environment reference again (the recorder's ``environment=`` hook, as the run started), for each graph
         run inside a tool when it starts (set by the run where it has a hook to ask)."""
         self._nested_environments: dict[str, dict[str, Any] | None] = {}  # by key: what it read when that graph run started
+        self._nested_outcomes: dict[str, dict[str, str]] = {}  # by key: how that graph run ended (EE_NESTED_OUTCOMES)
+        self._ended_tools: set[UUID] = set()  # tool calls that ended: a graph a tool started and left running is below one
         # where another recorded run is in flight (see _elsewhere): the open chains' inputs with the recorded run in flight
         # where each started, and the recorded graphs run as nodes of this run (its subgraphs)
         self._chains: dict[UUID, tuple[Any, RunCapture | None]] = {}
@@ -142,6 +144,8 @@ class RunCapture(BaseCallbackHandler):
                 self.first_state = inputs
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        if self._on_thread:  # a graph run inside a tool ended: how, for its own record (not the tool's outcome)
+            self._nested_ended(run_id, None)
         self._parents.pop(run_id, None)
         self._chain_namespaces.pop(run_id, None)
         self._chains.pop(run_id, None)
@@ -153,6 +157,8 @@ class RunCapture(BaseCallbackHandler):
             self.graph_output = outputs
 
     def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        if self._on_thread:
+            self._nested_ended(run_id, error)
         self._parents.pop(run_id, None)
         self._chain_namespaces.pop(run_id, None)
         given = self._chains.pop(run_id, None)
@@ -162,6 +168,22 @@ class RunCapture(BaseCallbackHandler):
                 self.awaits_calls = awaits_calls(given[0] if given is not None else None)
             self.interrupted = True
         self._node_runs.pop(run_id, None)
+
+    def _nested_ended(self, run_id: UUID, error: BaseException | None) -> None:
+        """Note how the graph run inside a tool whose chain ``run_id`` is ended, where it is one (:meth:`_nested_in`):
+        ``completed``, or ``error`` with its error; a pause or a cancellation is left to the tool's outcome (the tool
+        paused or was cancelled with it)."""
+        key = str(run_id)
+        if key not in self._on_thread:
+            return
+        if error is None:
+            self._nested_outcomes[key] = {"status": "completed"}
+        elif not is_interrupt(error) and not is_cancellation(error):
+            self._nested_outcomes[key] = {"status": "error", "error": f"{type(error).__name__}: {error}"}
+
+    def unhosted_outcomes(self) -> dict[str, dict[str, str]] | None:
+        """How the graph runs inside tool calls that never ended ended themselves (for the run's root), if any did."""
+        return dict(self._nested_outcomes) if self._nested_outcomes else None
 
     def last_reply_task(self, output: Any) -> str | None:
         """The checkpoint namespace of the LangGraph node run that wrote the last reply (an assistant message without
@@ -194,6 +216,9 @@ class RunCapture(BaseCallbackHandler):
         :data:`RECORDED_ELSEWHERE` for a call below a tool call that another recorder's run made (:meth:`_elsewhere`)."""
         seen, path = 0, []
         while parent is not None and seen < 1000:  # the open chains' parents, up to the nearest open tool call
+            if parent in self._ended_tools:
+                self._say_detached()
+                return RECORDED_ELSEWHERE  # a graph a tool started and did not wait for: not this run's (nor recorded)
             if parent in self._open_tools:
                 namespace, outer = self._open_tools[parent]
                 if outer == RECORDED_ELSEWHERE:
@@ -214,6 +239,17 @@ class RunCapture(BaseCallbackHandler):
             parent = self._parents.get(parent)
             seen += 1
         return None
+
+    def _say_detached(self) -> None:
+        if self.recorder.warned_detached_graph:
+            return
+        self.recorder.warned_detached_graph = True
+        logger.warning(
+            "ee-middleware: app %r: a tool started a graph run and returned without waiting for it (a background task): "
+            "its model and tool calls after the tool returned are not recorded, in this run or as a run of its own. Await "
+            "it in the tool, or record that agent with record_experience itself. (Said once.)",
+            self.recorder.config.app,
+        )
 
     def _read_nested_environment(self, key: str) -> None:
         """Ask the recorder's ``environment=`` hook again as the graph run ``key`` (inside a tool) starts: the world it
@@ -264,7 +300,7 @@ class RunCapture(BaseCallbackHandler):
         if self._elsewhere():  # a wrapped sub-agent's call: its recorder records it
             return
         params = kwargs.get("invocation_params") or {}
-        nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
+        nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools or self._ended_tools else None
         if nested == RECORDED_ELSEWHERE:  # below a tool call of a wrapped sub-agent's (see on_tool_start)
             return
         structured = bool((kwargs.get("options") or {}).get("ls_structured_output_format"))  # with_structured_output's call
@@ -320,7 +356,7 @@ class RunCapture(BaseCallbackHandler):
         if self._elsewhere():
             nested: str | None = RECORDED_ELSEWHERE
         else:
-            nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools else None
+            nested = self._nested_in(kwargs.get("parent_run_id"), metadata) if self._open_tools or self._ended_tools else None
         namespace = (metadata or {}).get("langgraph_checkpoint_ns")
         self._open_tools[run_id] = (None if namespace is None else str(namespace), nested)
         if nested == RECORDED_ELSEWHERE:  # kept open only so that the calls below it are known as that recorder's too
@@ -352,6 +388,7 @@ class RunCapture(BaseCallbackHandler):
     def _end_tool(self, run_id: UUID) -> tuple[str, ...] | None:
         """Forget an open tool call; the keys of the graph runs it held (:meth:`_nested_in`), if any ran inside it."""
         self._open_tools.pop(run_id, None)
+        self._ended_tools.add(run_id)
         keys = self._hosts.pop(run_id, None)
         return tuple(keys) if keys else None
 
@@ -364,10 +401,12 @@ class RunCapture(BaseCallbackHandler):
         if kind == "tool":
             namespace = self._open_tools.get(run_id, (None, None))[0]
             hosted = self._end_tool(run_id)
-            if hosted is not None:  # (name, call id, arguments, nested in, on thread, its namespace, the keys it held, and
-                read = self._nested_environments  # the environments read as those graph runs started)
+            if hosted is not None:  # (name, call id, arguments, nested in, on thread, its namespace, the keys it held, the
+                read = self._nested_environments  # environments read as those graph runs started, and how they ended)
                 environments = {key: read.pop(key) for key in hosted if key in read} if read else {}
-                data = (*data, namespace, hosted, environments)
+                ended = self._nested_outcomes
+                outcomes = {key: ended.pop(key, {"status": "detached"}) for key in hosted}
+                data = (*data, namespace, hosted, environments, outcomes)
         end = now_ns()
         if self.calls is not None:
             self.calls.append((kind, start, end, data, result, error))
@@ -462,6 +501,7 @@ class RunCapture(BaseCallbackHandler):
             attrs[sc.EE_NESTED_RUN] = keys[0] if len(keys) == 1 else keys
             if hosting[2]:
                 attrs[sc.EE_NESTED_ENVIRONMENTS] = encoder.encode({str(key): value for key, value in hosting[2].items()})
+            attrs[sc.EE_NESTED_OUTCOMES] = encoder.encode({str(key): value for key, value in hosting[3].items()})
         encoded, status = False, None
         try:
             attrs[sc.TOOL_CALL_ARGUMENTS] = encoder.tool_arguments(arguments)
@@ -718,6 +758,9 @@ class RunRecord:
     parent_resuming: bool = False
     """The run was invoked with the configuration of a graph that was resuming (:func:`parent_resuming`): it may have
     resumed with it from a checkpoint of its own (see :data:`~ee_middleware.capture.semconv.EE_PARENT_RESUMING`)."""
+    nested_outcomes: dict[str, dict[str, str]] | None = None
+    """How graph runs inside tool calls that never ended (cancelled with the run) ended themselves, by key (see
+    :data:`~ee_middleware.capture.semconv.EE_NESTED_OUTCOMES`: a sub-agent that answered before its tool was cancelled)."""
     first_state: Any = None
     """Where ``output`` is ``None`` (the graph ended without one: a stream closed early), the state its first node was
     given (:attr:`RunCapture.first_state`), or, where no node was given it, the thread's state read from the
@@ -775,6 +818,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         attrs.update(encoder.graph_output_attributes(output, fragments, paused=paused, resumed=resumed, answer_fields=True))
         if record.environment is not None:
             attrs[sc.EE_ENVIRONMENT] = encoder.encode(record.environment)
+        if record.nested_outcomes:
+            attrs[sc.EE_NESTED_OUTCOMES] = encoder.encode(record.nested_outcomes)
         span.set_attributes(attrs)
         exc = record.error
         if exc is not None and record.status == "error":

@@ -183,6 +183,7 @@ class Recorder:
         self.warned_tool_lists = False  # said once: a run's model calls were offered different tools (RunCapture)
         self.warned_emulated_tools = False  # said once: LLMToolEmulator wrote tool results (RunCapture)
         self.warned_nested_environment = False  # said once: the environment= hook raised for a graph run inside a tool
+        self.warned_detached_graph = False  # said once: a graph run a tool started outlived the tool (RunCapture)
         self.offload: ProcessOffload | None = None
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
@@ -788,6 +789,7 @@ class _Run:
                 parent_resuming=self.parent_resuming,
                 root_ids=self.root_ids,
                 first_state=self._first_state() if output is None else None,
+                nested_outcomes=handler.unhosted_outcomes(),
             )
             if not self.offload.send(record):  # not picklable, or the process is gone: made here, as in thread mode
                 recorder.finisher.submit(lambda: emit_run(recorder, record, recorder.processor.report_span_failure))
@@ -808,6 +810,7 @@ class _Run:
                 last_reply_task=handler.last_reply_task(output),
                 parent_resuming=self.parent_resuming,
                 first_state=self._first_state() if output is None else None,
+                nested_outcomes=handler.unhosted_outcomes(),
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments, end_time=record.end_ns))

@@ -100,6 +100,10 @@ EE_NESTED_ENVIRONMENTS = "ee.langgraph.nested_environments"
 """Set beside :data:`EE_NESTED_RUN`: JSON ``{key: environment reference}`` of the graph runs inside the tool call whose
 environment was read when each started (the recorder's ``environment=`` hook, called again then: the world the inner run
 began in, after the outer run's earlier calls changed it); a key not in it takes the outer run's."""
+EE_NESTED_OUTCOMES = "ee.langgraph.nested_outcomes"
+"""Set beside :data:`EE_NESTED_RUN`: JSON ``{key: {"status": ..., "error": ...}}``, how each graph run inside the tool
+call ended as capture saw it (its own graph's end): ``completed``, ``error`` (its error, redacted) or ``detached`` (it had
+not ended when the tool returned: a background task). A key not in it takes the tool call's outcome."""
 EE_NESTED_ON_THREAD = "ee.langgraph.nested_on_thread"
 """Set beside :data:`EE_NESTED_IN`: whether that graph run is on the recorded run's thread (invoked with its tool's
 configuration, by a tool of the recorded run or of a graph run that is itself on it), as capture saw it while it ran;
