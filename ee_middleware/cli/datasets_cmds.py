@@ -342,8 +342,15 @@ def show(
     if tokenizer is not None:
         from ee_middleware._optional import import_optional
 
+        if not tokenizer.expanduser().is_dir():  # a name would be looked up on the Hugging Face hub: models are never downloaded
+            from ee_middleware.errors import ConfigError
+
+            raise ConfigError(
+                f"--tokenizer {tokenizer}: no such folder. Give the folder of a model or tokenizer saved with save_pretrained "
+                "(e.g. ./models/smollm2); models and tokenizers are never downloaded."
+            )
         transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
-        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True, trust_remote_code=False)
+        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer.expanduser()), local_files_only=True, trust_remote_code=False)
         if not getattr(tok, "chat_template", None):
             from ee_middleware.errors import ConfigError
 

@@ -84,3 +84,19 @@ def test_counting_and_fitting_report_each_row(shown: tuple[Path, Path]) -> None:
     describe_dataset(read_dataset(path), tokenizer, path, on_row=counted.append)
     budget_report(read_dataset(path), path, tokenizer, 64, on_row=fitted.append)
     assert counted == fitted == list(range(1, ROWS["iwm"] + 1))
+
+
+@pytest.mark.parametrize("given", ["HuggingFaceTB/SmolLM2-135M", "no-such-folder"])
+def test_a_tokenizer_that_is_no_folder_is_refused_without_asking_the_hub(shown: tuple[Path, Path], given: str, monkeypatch) -> None:
+    """Sweep Z: a --tokenizer that is no folder went to the Hugging Face hub (about 3 s, then "unexpected OSError: We
+    couldn't connect to 'https://huggingface.co' ... (a bug)"); with a network, a hub name would have been downloaded."""
+    import transformers
+
+    def never(*args, **kwargs):
+        raise AssertionError("AutoTokenizer.from_pretrained was called")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", never)
+    data, _ = shown
+    result = _show(data, "--tokenizer", given)
+    assert result.exit_code == 1, result.output
+    assert f"--tokenizer {given}: no such folder" in result.stderr and "never downloaded" in result.stderr
