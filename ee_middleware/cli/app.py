@@ -55,6 +55,8 @@ class _Root(TyperGroup):
         try:
             return self._invoke(ctx, named)
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                _say_interrupted(exc)
             failure = _json_failure(exc) if as_json and json_answers() == answered else None
             if failure is not None:
                 _print_json_failure(*failure)
@@ -107,6 +109,22 @@ def _named_commands(root: TyperGroup, ctx: Any) -> list[tuple[str, Any]]:
             command = commands[arg]
             named.append((arg, command))
     return named
+
+
+def _say_interrupted(exc: KeyboardInterrupt) -> None:
+    """The ``interrupted:`` line of a command that a signal stopped and that said nothing itself (one that said what it
+    kept raised its line again, :func:`~ee_middleware.cli.common.interrupted`): every stopped command says so on stderr,
+    not only its exit status 130."""
+    from ee_middleware._lifetime import stopping_signal
+    from ee_middleware.cli.common import INTERRUPTED_PREFIX
+
+    if str(exc).startswith(INTERRUPTED_PREFIX):
+        return
+    try:
+        by = str(exc) or stopping_signal() or "SIGINT"
+        typer.secho(f"{INTERRUPTED_PREFIX}stopped by {by} before it finished.", err=True, fg="yellow")
+    except (AttributeError, OSError, ValueError):  # no stderr to write to
+        pass
 
 
 def _has_json_option(command: Any) -> bool:

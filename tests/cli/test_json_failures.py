@@ -128,3 +128,37 @@ def test_success_output_and_the_commands_own_failure_json_are_kept(recorded: Pat
     with runs.lock():
         prune = ee("runs", "prune", "--keep", "1", "--runs", runs.root, "--json")
     assert prune.exit_code == 1 and json.loads(prune.stdout)["status"] == "refused", prune.output
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_command_that_says_nothing_when_interrupted_gets_the_interrupted_line(
+    monkeypatch: pytest.MonkeyPatch, recorded: Path, as_json: bool
+) -> None:
+    """Sweep Z: ee bfcl record-experts, datasets build, experience eval and store compact stopped by Ctrl-C or SIGTERM
+    exited 130 with stderr empty (with --json, the error object on stdout alone)."""
+    from ee_middleware.cli import traces
+
+    def interrupted(spec: Any) -> Any:
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(traces, "open_existing_store", interrupted)
+    result = ee("traces", "list", "-s", recorded, *(["--json"] if as_json else []))
+    assert result.exit_code == 130, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("interrupted: ")] == [
+        "interrupted: stopped by SIGTERM before it finished."
+    ]
+
+
+def test_a_command_that_said_what_it_kept_is_not_said_interrupted_twice(monkeypatch: pytest.MonkeyPatch, recorded: Path) -> None:
+    from ee_middleware.replay import job as replay_job
+
+    def interrupted(cfg: Any, on_start: Any = None, on_outcome: Any = None) -> Any:
+        on_start(3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay_job, "run_replay", interrupted)
+    LocalExperienceStore(recorded).approve([t.id for t in LocalExperienceStore(recorded).iter_trajectories()], by="alice")
+    result = ee("replay", "run", "-s", recorded)
+    assert result.exit_code == 130, result.output
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("interrupted: ")]
+    assert line.startswith("interrupted: the replay stopped (SIGINT")
