@@ -49,7 +49,9 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -1431,6 +1433,52 @@ def _signal_handlers() -> dict[int, Any]:
     return {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
 
+RAY_JOB_ENV = "EE_RAY_JOB"
+"""Set (to a token of the job's) in the environment of the local Ray instance a replay job starts, which every process of
+it inherits: what tells them apart from any other process at the end (:func:`_shut_ray_down`)."""
+
+
+def _shut_ray_down(ray: Any, token: str | None) -> None:
+    """Stop the local Ray instance this job started (``token``: its :data:`RAY_JOB_ENV`), and every process of it:
+    ``ray.shutdown`` stops the processes the driver started, but the agents its raylet started (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) outlived a raylet a Ctrl-C had ended (a terminal's SIGINT reaches the whole process group),
+    or a ``ray.init`` cut short before it knew its node, reparented to init, for about a minute. They are killed."""
+    try:
+        ray.shutdown()
+    except Exception:  # a shutdown that fails leaves what it could not stop; the job's error goes on
+        logger.debug("ray.shutdown() failed", exc_info=True)
+    if token is None:
+        return
+    if os.environ.get(RAY_JOB_ENV) == token:
+        del os.environ[RAY_JOB_ENV]
+    marker = f"{RAY_JOB_ENV}={token}".encode()
+    if _kill_inheriting(marker):  # a raylet cut short may still be starting an agent: looked for again a moment later
+        time.sleep(0.5)
+        _kill_inheriting(marker)
+
+
+def _kill_inheriting(marker: bytes) -> bool:
+    """SIGKILL every other process whose environment holds ``marker``; whether there was one."""
+    found = False
+    try:
+        entries = os.listdir("/proc")  # (Linux; elsewhere nothing more is done)
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                inherited = marker in fh.read().split(b"\0")
+        except OSError:  # gone, or another user's
+            continue
+        if inherited:
+            found = True
+            with contextlib.suppress(OSError):
+                os.kill(int(entry), signal.SIGKILL)
+    return found
+
+
 def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
     for sig, handler in handlers.items():
         if handler is not None and signal.getsignal(sig) is not handler:
@@ -1535,6 +1583,7 @@ class RayExecutor:
         ray = import_optional("ray", extra="ray", purpose="run the replay on a Ray cluster (--executor ray)")
         self._ray = ray
         self._started = False
+        self._token: str | None = None
         if replay_while_starting is not None:
             self.replay_while_starting = replay_while_starting
         if not ray.is_initialized():
@@ -1544,11 +1593,19 @@ class RayExecutor:
                 kwargs["address"] = address
             else:  # a new local instance, even where an earlier `ray start` left its address behind
                 kwargs.update(address="local", num_cpus=max(workers, 1))
+                self._token = os.environ[RAY_JOB_ENV] = uuid.uuid4().hex  # inherited by every process of it
             # Ray's driver puts its own SIGTERM handler in place (and ray.shutdown does not take it back): the job's
             # (``ee improve`` stopping as on Ctrl-C, marking and reporting its run) is put back.
             handlers = _signal_handlers()
             try:
                 ray.init(**kwargs)
+            except BaseException as exc:  # Ctrl-C or SIGTERM while Ray starts: its processes go with the job
+                _shut_ray_down(ray, self._token)
+                job_handler = handlers.get(signal.SIGTERM)
+                if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and callable(job_handler):
+                    _restore_signal_handlers(handlers)
+                    job_handler(signal.SIGTERM, None)  # Ray's handler exited 15, silently: the job's stops it as Ctrl-C does
+                raise
             finally:
                 _restore_signal_handlers(handlers)
             self._started = True
@@ -1641,4 +1698,4 @@ class RayExecutor:
             self._ray.kill(actor)
         self._actors = []
         if self._started:
-            self._ray.shutdown()
+            _shut_ray_down(self._ray, self._token)

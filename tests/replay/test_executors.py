@@ -582,3 +582,35 @@ def test_the_job_returns_only_once_every_worker_has_closed_its_sandbox(
     workers = {int(p.name) for p in closed.iterdir()} - {os.getpid()}
     assert len(workers) == 2, f"the job returned before its workers closed their sandboxes ({len(workers)} of 2 had)"
     assert _own_processes() <= before
+
+
+def test_stopping_the_local_ray_instance_kills_every_process_that_inherited_its_token() -> None:
+    """Sweep Z: a replay on Ray stopped by Ctrl-C while Ray started left its raylet's agents (``ray::DashboardAgent``,
+    ``ray::RuntimeEnvAgent``) running for about a minute, reparented to init. Every process of the instance inherits
+    the job's token (EE_RAY_JOB); the end kills those and no other. Real processes; a stand-in for ray's ``shutdown``."""
+    import os
+    import subprocess
+    import sys
+
+    from ee_middleware.replay.executors import RAY_JOB_ENV, _shut_ray_down
+
+    class StandInRay:
+        shut = 0
+
+        def shutdown(self) -> None:
+            self.shut += 1
+
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    ours = subprocess.Popen(sleep, env={**os.environ, RAY_JOB_ENV: "token-1"})
+    other_job = subprocess.Popen(sleep, env={**os.environ, RAY_JOB_ENV: "token-2"})
+    unrelated = subprocess.Popen(sleep)
+    try:
+        ray = StandInRay()
+        _shut_ray_down(ray, "token-1")
+        assert ray.shut == 1
+        assert ours.wait(timeout=10) == -9
+        assert other_job.poll() is None and unrelated.poll() is None
+    finally:
+        for process in (ours, other_job, unrelated):
+            process.kill()
+            process.wait()
