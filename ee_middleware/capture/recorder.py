@@ -1686,6 +1686,42 @@ def _sigterm_after_the_exit_flush() -> Iterator[None]:
 
 
 def _flush_every_recorder() -> None:
+    with _one_interrupt_waited_out():
+        _flush_recorders()
+
+
+@contextmanager
+def _one_interrupt_waited_out() -> Iterator[None]:
+    """While the runs are written at exit (bounded: 10 s a recorder), a Ctrl-C is said and waited out, the next one
+    stops the writing: a second Ctrl-C a moment after the first (the usual way to stop a program) had every run that
+    finished in the last seconds lost, their answers already given. Outside the main thread, as it is."""
+    if threading.current_thread() is not threading.main_thread() or not _live_recorders:
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    said: list[bool] = []
+
+    def patient(signum: int, frame: Any) -> None:
+        if said:
+            raise KeyboardInterrupt
+        said.append(True)
+        sys.stderr.write(
+            "ee-middleware: writing the recorded runs before exiting (at most a few seconds); press Ctrl-C again to quit without them.\n"
+        )
+
+    try:
+        signal.signal(signal.SIGINT, patient)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError, OSError, TypeError):
+            signal.signal(signal.SIGINT, before)
+
+
+def _flush_recorders() -> None:
     for recorder in list(_live_recorders):
         try:
             try:
