@@ -111,13 +111,16 @@ def _run_trl(
             packing=config.packing,
             completion_only_loss=True,
             include_num_input_tokens_seen="non_padding",
-            disable_tqdm=not runtime.progress,
+            disable_tqdm=not runtime.progress or not _on_terminal(),
             dataloader_num_workers=0,
         )
         with _datasets_bars_off(datasets, enabled=not runtime.progress):  # (trl's dataset passes: "Truncating train dataset")
             trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[_Record()])
             if not runtime.progress:
                 trainer.remove_callback(transformers.PrinterCallback)
+            elif not _on_terminal():  # a log file: about twenty plain lines, not a bar redrawn and a dict per step
+                trainer.remove_callback(transformers.PrinterCallback)
+                trainer.add_callback(_progress_lines(transformers, name, steps))
             else:  # the bar's log lines go where the bar goes: stdout holds the command's answer alone
                 trainer.remove_callback(transformers.ProgressCallback)
                 trainer.add_callback(_progress_on_stderr(transformers))
@@ -157,6 +160,37 @@ def _progress_on_stderr(transformers: Any) -> Any:
                 self.training_bar.write(str(shown), file=sys.stderr)
 
     return _ProgressOnStderr()
+
+
+def _on_terminal() -> bool:
+    """Whether progress goes to a terminal (stderr): elsewhere (a job's log) a redrawn bar is a line per redraw."""
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+PROGRESS_LINES = 20
+"""About how many lines the trl backend writes per stage off a terminal."""
+
+
+def _progress_lines(transformers: Any, stage: str, steps: int) -> Any:
+    """Off a terminal: a line on stderr every ~1/:data:`PROGRESS_LINES` of the stage's steps (and at its last), with the
+    loss logged last (``stage il: step 15/300, loss 7.654``), instead of tqdm's bar and a dict line per logged step."""
+    import sys
+
+    every = max(1, steps // PROGRESS_LINES)
+
+    class _ProgressLines(transformers.TrainerCallback):
+        loss: float | None = None
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                self.loss = float(logs["loss"])
+            step = state.global_step
+            if state.is_world_process_zero and logs and "loss" in logs and (step % every == 0 or step >= state.max_steps):
+                sys.stderr.write(f"stage {stage}: step {step}/{state.max_steps}, loss {self.loss:.4g}\n")
+
+    return _ProgressLines()
 
 
 def _checkpointing_args(transformers: Any, enabled: bool) -> dict[str, Any]:
