@@ -304,9 +304,9 @@ def _print_summary(
         if s.get("excluded"):
             reasons = "; ".join(f"{n}: {why}" for why, n in s["excluded_reasons"].items())
             out.print(escape(f"{s['suite']}: {s['excluded']} trajectories left out ({reasons})"))
-    for text in (mixed, warning, cut, text_calls):
+    for text in (mixed, warning, cut, text_calls):  # on stderr, as every command's warnings (a log keeping stderr has them)
         if text:
-            out.print(f"[yellow]{escape(text)}[/yellow]")
+            typer.secho(text, err=True, fg="yellow")
     out.print(f"Report: {folder / 'report.md'} and {folder / 'report.html'}")
 
 
