@@ -55,6 +55,7 @@ __all__ = [
     "create_exclusive",
     "fsync_dir",
     "file_size_limit",
+    "folders_made",
     "fsync_file",
     "named_in_utf8",
     "open_for_lock",
@@ -298,6 +299,31 @@ def file_size_limit() -> int | None:
         return None
     soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     return None if soft == resource.RLIM_INFINITY else soft
+
+
+@contextlib.contextmanager
+def folders_made(folder: Path) -> Iterator[None]:
+    """``mkdir -p folder`` for an output written inside the block; on any failure in it, the folders this call made (not
+    one another process made meanwhile) are removed again, innermost first, while they are empty: a failed export or
+    dataset build leaves no empty output folder behind."""
+    made: list[Path] = []
+    try:
+        for missing in reversed([p for p in (folder, *folder.parents) if not p.exists()]):
+            try:
+                missing.mkdir()
+            except FileExistsError:
+                if not missing.is_dir():
+                    raise
+                continue
+            made.insert(0, missing)
+        yield
+    except BaseException:
+        for made_here in made:
+            try:
+                made_here.rmdir()
+            except OSError:  # something was put into it: it stays, and so do the ones around it
+                break
+        raise
 
 
 def named_in_utf8(path: str | os.PathLike[str]) -> bool:

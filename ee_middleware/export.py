@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_parquet, remove_abandoned_temps
+from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_parquet, folders_made, remove_abandoned_temps
 from ee_middleware.capture.assembler import redact_tool_schemas
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, StoreError, os_error_advice
@@ -451,41 +451,13 @@ def _writing(path: Path) -> Iterator[None]:
     """Make the output's missing folders, and turn a failed write into one clear :class:`OutputError` (the atomic
     helpers already removed their temporary file). On any failure (the store's too) the folders made here are removed
     again, so that a failed export leaves nothing behind."""
-    made: list[Path] = []
     try:
-        try:
-            _make_folders(path.parent, made)
+        with folders_made(path.parent):
             yield
-        except BaseException:
-            _remove_empty(made)
-            raise
     except FileTooLargeError as exc:
         raise OutputError(f"Cannot write {path}: it would be larger than {exc.which}. Nothing was written. {exc.advice}") from exc
     except OSError as exc:
         raise OutputError(f"Cannot write {path}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc, output=True)}") from exc
-
-
-def _make_folders(folder: Path, made: list[Path]) -> None:
-    """``mkdir -p folder``, adding each folder this call made (not one another process made meanwhile) to ``made``,
-    innermost first."""
-    for missing in reversed([p for p in (folder, *folder.parents) if not p.exists()]):
-        try:
-            missing.mkdir()
-        except FileExistsError:
-            if not missing.is_dir():
-                raise
-            continue
-        made.insert(0, missing)
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove ``folders`` (innermost first) while they are empty: one that something was put into stays, and so do the
-    ones around it."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
 
 
 @contextlib.contextmanager

@@ -34,7 +34,15 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._files import atomic_open, atomic_write_parquet, atomic_write_text, fsync_dir, parquet_sources, remove_left_behind
+from ee_middleware._files import (
+    atomic_open,
+    atomic_write_parquet,
+    atomic_write_text,
+    folders_made,
+    fsync_dir,
+    parquet_sources,
+    remove_left_behind,
+)
 from ee_middleware._toml import build_config, layered_values, missing_settings
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
@@ -293,9 +301,8 @@ def build_datasets(
                 "one is trained on, and no `ee eval` suite has a held-out trajectory to score. Loosen the rule."
             )
     teacher = build_teacher(config.teacher, **config.teacher_settings) if "sr" in config.kinds else None
-    made = [folder for folder in (config.out, *config.out.parents) if not folder.exists()]
-    config.out.mkdir(parents=True, exist_ok=True)
-    with removed_if_failed(made), closing_teacher(teacher), writing_folder(config.out), staging_folder(config.out) as staging:
+    # (a failed build, on a full disk or past a file-size limit, leaves no empty --out folder behind)
+    with folders_made(config.out), closing_teacher(teacher), writing_folder(config.out), staging_folder(config.out) as staging:
         summary["datasets"] = _build_split(
             reader, index, config, teacher, staging, redactor, config.out, on_stage=on_stage, on_sr_progress=on_sr_progress
         )
@@ -311,21 +318,6 @@ def build_datasets(
         summary["stale_removed"] = publish(staging, config.out)
         atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
-
-
-@contextmanager
-def removed_if_failed(made: list[Path]) -> Iterator[None]:
-    """Remove the folders a build made for its output (``made``, innermost first) when it fails and they are empty
-    again: a failed build (a full disk, a file-size limit) left an empty ``--out`` folder behind."""
-    try:
-        yield
-    except BaseException:
-        for folder in made:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty (another writer's files), or gone: left as it is
-                break
-        raise
 
 
 def _config_record(config: DatasetConfig) -> dict[str, Any]:
