@@ -235,7 +235,7 @@ def list_adapters(
     kept = {name for entry in reg.apps().values() for name in entry.get("previous") or []} if held is not None else set()
     resident = [r.name for r in records if r.status in ("retired", "failed") and r.name not in kept and loaded_on.get(r.name)]
     if resident:  # (a retired adapter a rollback could go back to stays loaded on purpose: the rollback is an alias switch)
-        them = " ".join(f"--server {url}" for url in urls) + ("" if backend == "vllm" else f" --backend {backend}")
+        them = _server_args(urls, backend)
         typer.secho(
             f"warning: {', '.join(resident)} {'is' if len(resident) == 1 else 'are'} not served by any app but still loaded "
             f"(each holds a LoRA slot of the replicas it is loaded on): ee adapters retire NAME -r {registry} {them} unloads it.",
@@ -285,6 +285,11 @@ def list_adapters(
             style="red" if problems[r.name] else style,
         )
     console().print(table)
+
+
+def _server_args(urls: list[str], backend: str) -> str:
+    """The ``--server`` options (and ``--backend``, unless vLLM's default) a suggested command names these replicas with."""
+    return " ".join(f"--server {url}" for url in urls) + ("" if backend == "vllm" else f" --backend {backend}")
 
 
 def _held_on(replicas: list[Any]) -> dict[str, set[str]]:
@@ -574,7 +579,7 @@ def rollback(
         return
     typer.echo(f"{app_name} -> {result.live.name} (was {result.replaced}) in {result.seconds:.3f} s")
     if replicas and result.replaced:
-        them = " ".join(f"--server {replica.url}" for replica in replicas) + ("" if backend == "vllm" else f" --backend {backend}")
+        them = _server_args([replica.url for replica in replicas], backend)
         typer.echo(
             f"note: {result.replaced} is retired and stays loaded, so that requests naming it are still answered; once none "
             f"do, ee adapters retire {result.replaced} -r {registry} {them} unloads it.",

@@ -115,16 +115,22 @@ def _say_interrupted(exc: KeyboardInterrupt) -> None:
     """The ``interrupted:`` line of a command that a signal stopped and that said nothing itself (one that said what it
     kept raised its line again, :func:`~ee_middleware.cli.common.interrupted`): every stopped command says so on stderr,
     not only its exit status 130."""
-    from ee_middleware._lifetime import stopping_signal
     from ee_middleware.cli.common import INTERRUPTED_PREFIX
 
     if str(exc).startswith(INTERRUPTED_PREFIX):
         return
     try:
-        by = str(exc) or stopping_signal() or "SIGINT"
-        typer.secho(f"{INTERRUPTED_PREFIX}stopped by {by} before it finished.", err=True, fg="yellow")
+        typer.secho(f"{INTERRUPTED_PREFIX}stopped by {_stopped_by(exc)} before it finished.", err=True, fg="yellow")
     except (AttributeError, OSError, ValueError):  # no stderr to write to
         pass
+
+
+def _stopped_by(exc: KeyboardInterrupt) -> str:
+    """The signal that stopped the command: the interrupt's text (``SIGTERM``), else the one
+    :func:`~ee_middleware._lifetime.termination_as_interrupt` took, else a Ctrl-C's."""
+    from ee_middleware._lifetime import stopping_signal
+
+    return str(exc) or stopping_signal() or "SIGINT"
 
 
 def _has_json_option(command: Any) -> bool:
@@ -157,12 +163,11 @@ def _json_failure(exc: BaseException) -> tuple[str, str, int] | None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         return type(exc).__name__, message, getattr(exc, "exit_code", 2)
     if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, SIGTERM/SIGHUP: typer exits 130
-        from ee_middleware._lifetime import stopping_signal
         from ee_middleware.cli.common import INTERRUPTED_PREFIX
 
         said = str(exc)  # a command that said what it kept raises its `interrupted:` line's text again
         message = said.removeprefix(INTERRUPTED_PREFIX) if said.startswith(INTERRUPTED_PREFIX) else None
-        return "KeyboardInterrupt", message or f"interrupted ({said or stopping_signal() or 'SIGINT'})", 130
+        return "KeyboardInterrupt", message or f"interrupted ({_stopped_by(exc)})", 130
     return None
 
 

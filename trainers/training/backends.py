@@ -89,6 +89,7 @@ def _run_trl(
                 run.losses.append((offset + state.global_step, float(logs["loss"])))
 
     data = datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
+    on_terminal = _on_terminal()
     with tempfile.TemporaryDirectory(prefix="ee-train-") as scratch:
         args = trl.SFTConfig(
             output_dir=scratch,
@@ -111,14 +112,14 @@ def _run_trl(
             packing=config.packing,
             completion_only_loss=True,
             include_num_input_tokens_seen="non_padding",
-            disable_tqdm=not runtime.progress or not _on_terminal(),
+            disable_tqdm=not runtime.progress or not on_terminal,
             dataloader_num_workers=0,
         )
         with _datasets_bars_off(datasets, enabled=not runtime.progress):  # (trl's dataset passes: "Truncating train dataset")
             trainer = trl.SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[_Record()])
             if not runtime.progress:
                 trainer.remove_callback(transformers.PrinterCallback)
-            elif not _on_terminal():  # a log file: about twenty plain lines, not a bar redrawn and a dict per step
+            elif not on_terminal:  # a log file: about twenty plain lines, not a bar redrawn and a dict per step
                 trainer.remove_callback(transformers.PrinterCallback)
                 trainer.add_callback(_progress_lines(transformers, name, steps))
             else:  # the bar's log lines go where the bar goes: stdout holds the command's answer alone
@@ -175,20 +176,16 @@ PROGRESS_LINES = 20
 
 def _progress_lines(transformers: Any, stage: str, steps: int) -> Any:
     """Off a terminal: a line on stderr every ~1/:data:`PROGRESS_LINES` of the stage's steps (and at its last), with the
-    loss logged last (``stage il: step 15/300, loss 7.654``), instead of tqdm's bar and a dict line per logged step."""
+    loss it logged (``stage il: step 15/300, loss 7.654``), instead of tqdm's bar and a dict line per logged step."""
     import sys
 
     every = max(1, steps // PROGRESS_LINES)
 
     class _ProgressLines(transformers.TrainerCallback):
-        loss: float | None = None
-
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-            if logs and "loss" in logs:
-                self.loss = float(logs["loss"])
             step = state.global_step
             if state.is_world_process_zero and logs and "loss" in logs and (step % every == 0 or step >= state.max_steps):
-                sys.stderr.write(f"stage {stage}: step {step}/{state.max_steps}, loss {self.loss:.4g}\n")
+                sys.stderr.write(f"stage {stage}: step {step}/{state.max_steps}, loss {float(logs['loss']):.4g}\n")
 
     return _ProgressLines()
 
