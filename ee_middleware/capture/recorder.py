@@ -188,6 +188,7 @@ class Recorder:
         self._offload_lock = threading.Lock()  # one thread starts the capture process
         self._offload_init: dict[str, Any] | None = None  # what the child needs, once it may start
         self._in_flight: dict[str, weakref.ref[_Run]] = {}  # trajectory id -> its run, until the run ends (or is collected)
+        self._collected: set[str] = set()  # runs collected in flight (_collected_in_flight): their close() ends them still
         self._reading: dict[str, _StateRead] = {}  # trajectory id -> the read its stopped run waits for (keeps the run)
         self._failed_seen = 0  # stats.runs_failed as the last flush saw it: a flush after more failed returns False
         self._failed_lock = threading.Lock()
@@ -645,9 +646,9 @@ class _Run:
         """The read of the thread's state the run waits for before it is ended, if one was started."""
         recorder.finisher.run_started()
         self._ending: tuple[str, BaseException | None, str | None] | None = None  # how it ended, if held at SIGTERM
-        in_flight, key = recorder._in_flight, self.trajectory_id
-        # a run abandoned unended is not kept (nor counted in flight by the clock)
-        in_flight[key] = weakref.ref(self, lambda _: in_flight.pop(key, None) is not None and CLOCK.run_ended())
+        recorder._in_flight[self.trajectory_id] = weakref.ref(
+            self, functools.partial(_collected_in_flight, recorder._in_flight, recorder._collected, recorder.finisher, self.trajectory_id)
+        )
 
     @classmethod
     def disabled(cls, recorder: Recorder, config: Mapping[str, Any] | None) -> _Run:
@@ -756,17 +757,31 @@ class _Run:
     def _end(self, status: str, error: BaseException | None, reason: str | None = None, *, held: bool = True) -> bool:
         """End the run: ``error`` for an ``error`` run, ``reason`` why an ``interrupted`` one stopped if nobody paused it.
         Once: ``False`` when it has ended already (at exit or SIGTERM, while its own thread ends it)."""
-        recorder, handler = self.recorder, self.handler
+        recorder = self.recorder
+        if self.trajectory_id in recorder._collected:
+            # ended by its coroutine's or generator's close() inside the garbage collector, which can run on any thread at
+            # any allocation, one holding a lock that writing the run takes: written on the finisher thread instead
+            recorder._collected.discard(self.trajectory_id)
+            recorder.finisher.submit(functools.partial(self._write, status, error, reason, counted=False))
+            return True
         if held and _END_GATE.holds():
             self._ending = (status, error, reason)
             _END_GATE.wait()  # the process is ending at SIGTERM: the run is written as it ended, and its caller waits
         if recorder._in_flight.pop(self.trajectory_id, None) is None:
             return False
+        self._write(status, error, reason)
+        return True
+
+    def _write(self, status: str, error: BaseException | None, reason: str | None, *, counted: bool = True) -> None:
+        """Write the ended run's record (:meth:`_end`'s); ``counted``: whether it is still counted in flight, by the
+        finisher and the clock (a run collected in flight no longer is: :func:`_collected_in_flight`)."""
+        recorder, handler = self.recorder, self.handler
         if recorder.closed:  # closed while the run was in flight: its parts are gone
-            recorder.finisher.run_ended()
-            CLOCK.run_ended()
+            if counted:
+                recorder.finisher.run_ended()
+                CLOCK.run_ended()
             recorder._not_stored_after_close("ended")
-            return True
+            return
         handler.close_open_spans()
         # the graph's final state, however it was run (see RunCapture); self.output is what the caller gets
         output = handler.graph_output if handler.graph_output is not None else self.output
@@ -814,15 +829,29 @@ class _Run:
             )
             span, fragments = self.span, handler.fragments  # the run's messages, encoded by its chat spans (this job runs after theirs)
             recorder.finisher.submit(lambda: finish_root(recorder, span, record, fragments, end_time=record.end_ns))
-        recorder.finisher.run_ended()
-        CLOCK.run_ended()
-        return True
+        if counted:
+            recorder.finisher.run_ended()
+            CLOCK.run_ended()
 
     def _first_state(self) -> Any:
         """The state a run without an output keeps (:attr:`RunRecord.first_state`): its first node's, else the thread's
         as it stopped (:meth:`stopped_state_config`)."""
         first = self.handler.first_state
         return first if first is not None else self.stopped_state
+
+
+def _collected_in_flight(
+    in_flight: dict[str, weakref.ref[_Run]], collected: set[str], finisher: SpanFinisher, key: str, _collected_ref: object
+) -> None:
+    """The weak reference callback of a run in flight whose :class:`_Run` was collected. A task or stream dropped
+    unfinished (a pending ``ainvoke`` task on an event loop closed at shutdown, a stream left unfinished) is one reference
+    cycle with its coroutine and run, and the collector calls this before it closes the coroutine, whose ``close()``
+    then ends the run (:meth:`_Run.fail`, ``GeneratorExit``): the run is kept in ``collected`` for that and no longer
+    counted in flight. A run never ended (its frame never closed) is not written."""
+    if in_flight.pop(key, None) is not None:
+        collected.add(key)
+        finisher.run_ended()
+        CLOCK.run_ended()
 
 
 _CHECKPOINT_COORDINATES = ("thread_id", "checkpoint_ns", "checkpoint_id", "checkpoint_map")
@@ -1588,6 +1617,7 @@ def _detach_offloads_after_fork() -> None:
         recorder._failed_lock = threading.Lock()
         recorder._failed_seen = recorder.stats.runs_failed  # (without the capture process's now)
         recorder._in_flight.clear()
+        recorder._collected = set()
         recorder._reading = {}
         recorder.finisher.forget_after_fork()  # (its thread starts with the first run here: _ready_for_a_run)
         if recorder.vault is not None:
