@@ -259,7 +259,7 @@ def _examples(trajectory: Trajectory, weights: list[int | None]) -> Iterator[tup
     decision, teaching only that stretch, and offering those tools."""
     offered = _offered_at(trajectory)
     if not offered:
-        yield trajectory.messages, weights, trajectory.tools
+        yield trajectory.messages, weights, offered_tools(trajectory.tools, None)
         return
     stretches: list[tuple[tuple[str, ...] | None, list[int]]] = []
     for position, weight in enumerate(weights):
@@ -275,7 +275,7 @@ def _examples(trajectory: Trajectory, weights: list[int | None]) -> Iterator[tup
         end = positions[-1] + 1
         taught = set(positions)
         stretch_weights = [None if w is None else 1 if p in taught else 0 for p, w in enumerate(weights[:end])]
-        tools = trajectory.tools if key is None else offered_tools(trajectory.tools, list(key))
+        tools = offered_tools(trajectory.tools, None if key is None else list(key))
         yield trajectory.messages[:end], stretch_weights, tools
 
 

@@ -16,7 +16,8 @@ Field by field:
     one decision of the model: ``state`` is the list of messages the model saw when it decided,
     ``action`` the tool call it made (or its answer) with the reasoning it wrote first, if any
     (``action.reasoning``), ``observation`` what the tool returned, ``tools`` the names of the tools
-    offered at that decision where they were not all of the trajectory's ``tools`` (``None``).
+    offered at that decision where they were not all of the trajectory's ``tools`` (``None``), ``NAME#K`` for
+    the K-th other schema the run offered under a name (:class:`ToolCatalog`).
     Parallel tool calls from one model response become several steps sharing ``decision_index``.
 ``Approval``
     whether the trajectory may feed training (``approved``), may not (``rejected``), or waits for a
@@ -39,13 +40,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ee_middleware.errors import RecordError
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 """Version of the record schema written by this library (1.1 added ``Rollout.unrestored`` and
 ``ReplayRecord.unrestorable``: redacted arguments replay could not restore; 1.2 added
 ``Rollout.synthetic_source``: the experience model's lineage, formerly under
@@ -55,7 +57,10 @@ reasoning before the action, and ``Step.tools``: the tools offered at one decisi
 run's; both came in the same unreleased 1.4; 1.5 stores a message's or tool result's text blocks a line apart,
 ``"\n"``, where older records hold them joined with nothing between them: replay compares those accordingly; 1.6 added
 ``ToolCall.malformed``: whether capture knew the model wrote the call malformed, where its arguments could be read either
-way)."""
+way); 1.7: a tool offered under one name with another schema at a later call (a middleware rewriting its
+description or parameters per call) is kept, each such schema once in ``Trajectory.tools`` after the first of its name,
+and named ``NAME#K`` in the ``Step.tools`` of the steps offered it, which every step of such a run has: an older version
+reading it leaves that tool out of those steps' rows)."""
 
 ApprovalStatus = Literal["pending", "approved", "rejected"]
 APPROVAL_STATUSES: tuple[str, ...] = ("pending", "approved", "rejected")
@@ -144,12 +149,13 @@ class Action(_Record):
     records older than schema 1.4. Left out of dumps while ``None``, so that an action without reasoning serializes as
     it did before 1.4."""
 
-    @field_validator("tool_call")
-    @classmethod
-    def _tool_call_matches_kind(cls, value: ToolCall | None, info: Any) -> ToolCall | None:
-        if info.data.get("kind") == "tool_call" and value is None:
+    @model_validator(mode="after")
+    def _tool_call_matches_kind(self) -> Action:
+        # after the fields, so that an action leaving tool_call out is checked too: the store would take it, and no read
+        # could give it back
+        if self.kind == "tool_call" and self.tool_call is None:
             raise ValueError("a 'tool_call' action needs its tool_call")
-        return value
+        return self
 
 
 class Observation(_Record):
@@ -190,8 +196,11 @@ class Step(_Record):
     """The names of the tools offered to the model at this decision, in the order offered, where they were not all of
     the trajectory's ``tools`` (a middleware choosing tools per call, such as ``LLMToolSelectorMiddleware``; a tool
     added at a later turn; several agents in one graph, each with its own); their schemas are the trajectory's of those
-    names (:meth:`Trajectory.step_tools`). ``None`` means all of the trajectory's ``tools``: every step of a run whose
-    tools never change, and records older than schema 1.4. Left out of dumps while ``None``."""
+    names (:meth:`Trajectory.step_tools`). A tool offered with another schema than the first one of its name (a
+    middleware rewriting its description or parameters per call) is named ``NAME#K``: the K-th other schema of that name
+    in the trajectory's ``tools`` (schema 1.7, :class:`ToolCatalog`); every step of such a run has its ``tools``.
+    ``None`` means all of the trajectory's ``tools``: every step of a run whose tools never change, and records older
+    than schema 1.4. Left out of dumps while ``None``."""
 
 
 class Approval(_Record):
@@ -397,10 +406,11 @@ class Trajectory(_Record):
         return offered_tools(self.tools, step.tools)
 
     def to_openai_chat(self) -> dict[str, Any]:
-        """This trajectory as one OpenAI chat fine-tuning example (``messages`` and ``tools``)."""
+        """This trajectory as one OpenAI chat fine-tuning example (``messages`` and ``tools``: the first schema of each
+        name, where a tool was offered with several)."""
         example: dict[str, Any] = {"messages": self.messages}
         if self.tools:
-            example["tools"] = self.tools
+            example["tools"] = offered_tools(self.tools, None)
         return example
 
 
@@ -414,13 +424,76 @@ def tool_schema_name(schema: Any) -> str | None:
 
 
 def offered_tools(tools: list[ToolSchema], names: list[str] | None) -> list[ToolSchema]:
-    """The schemas of ``tools`` offered at a step whose ``Step.tools`` is ``names``: all of them where ``names`` is
-    ``None``, else those named, in ``names``' order (a name without a schema in ``tools`` is left out)."""
-    if names is None:
-        return tools
-    by_name: dict[str, ToolSchema] = {}
+    """The schemas of ``tools`` (a trajectory's) offered at a step whose ``Step.tools`` is ``names``: all of them where
+    ``names`` is ``None`` (the first schema of each name, where a tool was offered with several), else those named, in
+    ``names``' order, ``NAME#K`` being the K-th schema of that name after its first (:class:`ToolCatalog`); a name
+    without a schema in ``tools`` is left out."""
+    by_ref: dict[str, ToolSchema] = {}
+    before: dict[str, int] = {}  # name -> how many schemas of that name came before
+    firsts: list[ToolSchema] = []
     for schema in tools:
         name = tool_schema_name(schema)
-        if name is not None:
-            by_name.setdefault(name, schema)
-    return [by_name[n] for n in names if n in by_name]
+        if name is None:
+            firsts.append(schema)
+            continue
+        k = before[name] = before.get(name, -1) + 1
+        if k == 0:
+            firsts.append(schema)
+        by_ref.setdefault(variant_ref(name, k), schema)  # (a tool itself named like a variant, listed first, stays itself)
+    if names is None:
+        return firsts if len(firsts) < len(tools) else tools
+    return [by_ref[n] for n in names if n in by_ref]
+
+
+def variant_ref(name: str, k: int) -> str:
+    """How ``Step.tools`` names the ``k``-th schema offered under tool ``name`` after its first (``name`` for ``k`` 0)."""
+    return name if k == 0 else f"{name}#{k}"
+
+
+class ToolCatalog:
+    """A run's tool schemas as its model calls were offered them, for its trajectory's ``tools`` and its steps'
+    ``Step.tools``: every schema once, first offer first, and a reference to each (:meth:`ref`): its name, or ``NAME#K``
+    for the K-th schema offered under a name after its first (a middleware that rewrites a tool's description or
+    parameters per call: each step is shown the schema its model call was given). Schemas are told apart by value
+    (``==``), so one decoded again for every call is one schema."""
+
+    def __init__(self, tools: Iterable[ToolSchema] = ()) -> None:
+        self.tools: list[ToolSchema] = []
+        """Every schema, in the order first offered (a trajectory's ``tools``)."""
+        self._by_name: dict[str, list[ToolSchema]] = {}
+        for schema in tools:
+            self.ref(schema)
+
+    def ref(self, schema: ToolSchema) -> str | None:
+        """The ``Step.tools`` reference of ``schema`` (``None`` for one without a name), added if new."""
+        name = tool_schema_name(schema)
+        if name is None:
+            if schema not in self.tools:
+                self.tools.append(schema)
+            return None
+        same = self._by_name.setdefault(name, [])
+        for k, known in enumerate(same):
+            if known == schema:
+                return variant_ref(name, k)
+        same.append(schema)
+        self.tools.append(schema)
+        return variant_ref(name, len(same) - 1)
+
+    def refs(self, schemas: Iterable[ToolSchema]) -> list[str]:
+        """The references of ``schemas`` (one model call's tools), in their order; those without a name left out."""
+        return [ref for schema in schemas if (ref := self.ref(schema)) is not None]
+
+    @property
+    def varies(self) -> bool:
+        """Whether a tool was offered with several schemas: then every step names its tools (``None`` would mean the
+        first schema of each name, which a step offered another one was not shown)."""
+        return any(len(same) > 1 for same in self._by_name.values())
+
+    def default_refs(self) -> list[str]:
+        """What a step whose ``Step.tools`` is ``None`` is offered: the first schema of each name, in order."""
+        return list(self._by_name)
+
+    def step_tools(self, refs: list[str]) -> list[str] | None:
+        """The ``Step.tools`` of a step offered ``refs``: ``None`` where they are all of the run's tools, in their order,
+        and no tool was offered with several schemas (:attr:`varies`), else ``refs``."""
+        return None if not self.varies and refs == self.default_refs() else refs

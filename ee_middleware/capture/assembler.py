@@ -43,6 +43,7 @@ from ee_middleware.records import (
     Observation,
     Step,
     ToolCall,
+    ToolCatalog,
     Trajectory,
     tool_schema_name,
     utcnow,
@@ -529,13 +530,13 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars, options.unread_model_calls)
     if reviewed:
         paused = options.paused_tools if attrs.get(sc.EE_RESUMED) else None
-        own = set(_tool_names(offered))
-        per_call = len({tuple(_tool_names(d["tools"])) for d in decisions}) > 1 or any(
+        own = set(offered.default_refs())
+        per_call = len({tuple(offered.refs(d["tools"])) for d in decisions}) > 1 or any(
             s.action.tool_call is not None and s.action.tool_call.name not in own for s in reviewed
         )
         look_up = (lambda ids: paused(thread_id, ids, root.start_ns, per_call)) if paused is not None else (lambda ids: None)
-        reviewed, offered = _reviewed_tools(reviewed, offered, look_up)
-    steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final, _tool_names(offered))
+        reviewed = _reviewed_tools(reviewed, offered, look_up)
+    steps, final_answer = _steps(decisions, tools_here, redact, options.max_observation_chars, final, offered)
     if reviewed:
         turns = reviewed[-1].decision_index + 1
         steps = [
@@ -585,7 +586,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
             app_version=_opt_str(attrs.get(sc.EE_APP_VERSION) or attrs.get(sc.AGENT_VERSION) or root.resource.get("service.version")),
             thread_id=thread_id,
             task=redact(task) if task else None,
-            tools=offered,
+            tools=offered.tools,
             model=_model(chats),
             messages=messages,
             final_answer=answer,
@@ -843,10 +844,10 @@ def _system_text(system: Any) -> str:
 
 
 def _steps(
-    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final: dict[str, Any], union: list[str]
+    decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, final: dict[str, Any], catalog: ToolCatalog
 ) -> tuple[list[Step], str | None]:
     """The steps of the run's decisions; ``final``: the tool messages the run ended on (``state``) and the ids of those
-    that report an error (``errors``: their positions there); ``union``: the names of every tool the run offered (the
+    that report an error (``errors``: their positions there); ``catalog``: every tool schema the run offered (the
     trajectory's ``tools``), for each step's own (:func:`_step_tools`)."""
     tools_by_call: dict[str, list[SpanData]] = {}
     for t in tools:  # in start order; a model may reuse an id across its turns (servers that number calls per reply)
@@ -867,7 +868,7 @@ def _steps(
         if _discarded(index, decisions):
             continue
         chat: SpanData = d["span"]
-        offered = _step_tools(d, union)
+        offered = _step_tools(d, catalog)
         until = decisions[index + 1]["span"].start_ns if index + 1 < len(decisions) else None
         written = [call for message in d["outputs"] for call in message.get("tool_calls") or []]
         # an invalid call (LangChain's invalid_tool_calls) gets only a tool span of its own id run for this decision: a
@@ -1057,11 +1058,9 @@ def _reviewed_turns(
     return steps, [t for t in tools if id(t) not in used]
 
 
-def _reviewed_tools(
-    reviewed: list[Step], offered: list[dict[str, Any]], look_up: Callable[[list[str]], list[dict[str, Any]] | None]
-) -> tuple[list[Step], list[dict[str, Any]]]:
-    """The reviewed turns (:func:`_reviewed_turns`), each with the tools its decision was offered, and the run's tools
-    (``offered``) with those of their schemas it lacks added at its end.
+def _reviewed_tools(reviewed: list[Step], offered: ToolCatalog, look_up: Callable[[list[str]], list[dict[str, Any]] | None]) -> list[Step]:
+    """The reviewed turns (:func:`_reviewed_turns`), each with the tools its decision was offered; those of their
+    schemas the run's tools (``offered``) lack are added to it.
 
     The paused run's decision was offered what ``look_up(call_ids)`` says (a middleware choosing the tools per call:
     ``LLMToolSelectorMiddleware``, a ``wrap_model_call`` setting ``request.tools``, may have offered it tools none of
@@ -1070,8 +1069,7 @@ def _reviewed_tools(
     to this store), a turn gets this run's own tools, and is left out if it calls a tool none of them is: a row
     offering them would teach a call of a tool it does not list. ``Step.tools`` is set only where the turn's tools are
     not the run's, so a run whose tools never change is recorded as before. Renumbered."""
-    own = _tool_names(offered)
-    union = list(offered)
+    own = offered.default_refs()
     kept: list[tuple[list[Step], list[str]]] = []
     for turn in dict.fromkeys(s.decision_index for s in reviewed):
         steps = [s for s in reviewed if s.decision_index == turn]
@@ -1079,17 +1077,15 @@ def _reviewed_tools(
         names = own if schemas is None else _tool_names(schemas)
         if any(s.action.tool_call is not None and s.action.tool_call.name not in names for s in steps):
             continue
-        known = set(_tool_names(union))
-        union.extend(schema for schema in schemas or () if tool_schema_name(schema) not in known)
-        kept.append((steps, names))
-    every = _tool_names(union)
+        kept.append((steps, own if schemas is None else offered.refs(schemas)))
     out: list[Step] = []
-    for turn, (steps, names) in enumerate(kept):
+    for turn, (steps, refs) in enumerate(kept):
         # as a record read from JSON: ``tools`` set only where there are some (see _step)
-        update: dict[str, Any] = {} if names == every else {"tools": names}
+        step_tools = offered.step_tools(refs)
+        update: dict[str, Any] = {} if step_tools is None else {"tools": step_tools}
         base = len(out)  # read once: a generator reading len(out) while extend appends counted each step twice
         out.extend(s.model_copy(update={"index": base + i, "decision_index": turn, **update}) for i, s in enumerate(steps))
-    return out, union
+    return out
 
 
 def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:
@@ -1447,14 +1443,13 @@ def _step(
     )
 
 
-def _step_tools(decision: dict[str, Any], union: list[str]) -> list[str] | None:
+def _step_tools(decision: dict[str, Any], catalog: ToolCatalog) -> list[str] | None:
     """The names of the tools offered at ``decision`` (``Step.tools``), in the order offered; ``None`` where they are
-    the run's (``union``), or where its span does not say (an instrumentation that records no tool definitions: the
-    capture's own spans leave them out only where the model was offered none)."""
+    the run's (:meth:`ToolCatalog.step_tools`), or where its span does not say (an instrumentation that records no tool
+    definitions: the capture's own spans leave them out only where the model was offered none)."""
     if not decision["told"]:
         return None
-    names = _tool_names(decision["tools"])
-    return None if names == union else names
+    return catalog.step_tools(catalog.refs(decision["tools"]))
 
 
 def _tool_names(schemas: list[dict[str, Any]]) -> list[str]:
@@ -2078,12 +2073,12 @@ def span_time(ns: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.UTC)
 
 
-def _offered_tools(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every tool schema offered during the run (tools added mid-run included), first offer first; each step's own are
-    in ``Step.tools`` where they are not all of these (:func:`_step_tools`)."""
-    seen: dict[str, dict[str, Any]] = {}
+def _offered_tools(decisions: list[dict[str, Any]]) -> ToolCatalog:
+    """Every tool schema offered during the run (tools added mid-run included, and each other schema a tool was offered
+    with under its name), first offer first; each step's own are in ``Step.tools`` where they are not all of these
+    (:func:`_step_tools`)."""
+    catalog = ToolCatalog()
     for decision in decisions:
         for schema in decision["tools"]:
-            name = tool_schema_name(schema)
-            seen.setdefault(name or json.dumps(schema, sort_keys=True, default=str), schema)
-    return list(seen.values())
+            catalog.ref(schema)
+    return catalog

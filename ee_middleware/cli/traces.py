@@ -450,7 +450,11 @@ def _environment_text(environment: dict[str, Any]) -> str:
 
 
 def _tool_names(tools: list[dict[str, Any]]) -> list[str]:
-    return [t.get("function", {}).get("name", "?") for t in tools]
+    """The trajectory's tools as its steps' ``offered:`` lines name them (``NAME#K``: another schema of a tool)."""
+    from ee_middleware.records import ToolCatalog
+
+    catalog = ToolCatalog()
+    return [catalog.ref(t) or "?" for t in tools]
 
 
 def _jsonable(value: Any) -> Any:

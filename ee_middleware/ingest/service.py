@@ -61,7 +61,7 @@ from ee_middleware.ingest.runs import (
     read_gaps,
 )
 from ee_middleware.ingest.spill import SpanSpill
-from ee_middleware.records import Approval, Observation, Step, Trajectory, tool_schema_name, utcnow
+from ee_middleware.records import Approval, Observation, Step, ToolCatalog, Trajectory, offered_tools, utcnow
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.int64 import trajectory_problem
 from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
@@ -1095,37 +1095,40 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     named = named or ended
     have = _decisions(base.steps)
     steps: list[tuple[Step, int]] = [(s, 0) for s in base.steps]  # (step, which version's decision it is)
-    tools = list(base.tools)
-    names = {tool_schema_name(t) for t in tools}
+    catalog = ToolCatalog(base.tools)  # the base's steps keep their Step.tools: its schemas come first, in its order
     added = False
     for source, version in enumerate((v for v in versions if v is not base), start=1):
         seen: Counter[DecisionKey] = Counter()
-        own = None if {tool_schema_name(t) for t in version.tools} == names else [n for t in version.tools if (n := tool_schema_name(t))]
+        known = set(catalog.default_refs())
+        offered = catalog.refs(offered_tools(version.tools, None))  # what the version's steps without Step.tools were offered
+        own = None if set(offered) == known else offered
         for step in version.steps:
             (key,) = _decisions([step])
             seen[key] += 1
+            # its Step.tools, named as the merged run's tools name them (a tool's other schemas are numbered there)
+            tools = own if step.tools is None else catalog.refs(version.step_tools(step))
             if seen[key] <= have[key]:
                 at = next((i for i, (s, _) in enumerate(steps) if _read_from_tool_span(s, step) and _decisions([s])[key]), None)
                 if at is not None:  # held as read from its tool span (its model span not read there): the model's own step
                     held, where = steps[at]
                     update = {"decision_index": held.decision_index, "observation": held.observation, "latency_ms": held.latency_ms}
-                    if step.tools is None and own is not None:
-                        update["tools"] = own
+                    if tools is not None:
+                        update["tools"] = tools
                     steps[at] = (step.model_copy(update=update), where)
                     added = True
                 continue  # held already
             have[key] += 1
             added = True
-            if step.tools is None and own is not None:
-                step = step.model_copy(update={"tools": own})
+            if tools != step.tools:
+                step = step.model_copy(update={"tools": tools})
             at = next((i for i, (s, _) in enumerate(steps) if len(s.state) > len(step.state)), len(steps))
             steps.insert(at, (step, source))
-        for schema in version.tools:
-            if tool_schema_name(schema) not in names:
-                tools.append(schema)
-                names.add(tool_schema_name(schema))
+        catalog.refs(version.tools)
     if not added and base is trajectory and named is trajectory:
         return trajectory, 0
+    if catalog.varies:  # a tool offered with several schemas: every step names the ones it was offered (Step.tools)
+        every = catalog.default_refs()
+        steps = [(s if s.tools is not None else s.model_copy(update={"tools": every}), where) for s, where in steps]
     only_stored = sum((_decisions(s for s, _ in steps) - _decisions(trajectory.steps)).values())
     replies = {
         str(m["tool_call_id"]): (position, m)
@@ -1147,7 +1150,7 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         update={
             "id": named.id,
             "steps": numbered,
-            "tools": tools,
+            "tools": catalog.tools,
             "status": ended.status,
             "error": ended.error,
             "started_at": start,

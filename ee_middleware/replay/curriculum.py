@@ -38,7 +38,7 @@ from typing import Any
 
 from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, Sampling
-from ee_middleware.records import ToolSchema, Trajectory, tool_schema_name
+from ee_middleware.records import ToolSchema, Trajectory, offered_tools, tool_schema_name
 
 CURRICULUM_SOURCE = "curriculum"
 """``Trajectory.source`` of the trajectories rolled out on tasks a model wrote (``ee curriculum run``)."""
@@ -216,12 +216,12 @@ def named_tools(trajectory: Trajectory) -> list[ToolSchema]:
     """The tool schemas a trajectory offered that have a name (a variant's ``tools``): a stored trajectory may hold one
     without (capture keeps an OpenAI schema whose function has no name), which no call can name and which
     ``ee curriculum run`` refuses in a tasks file."""
-    return [t for t in trajectory.tools if tool_schema_name(t) is not None]
+    return [t for t in offered_tools(trajectory.tools, None) if tool_schema_name(t) is not None]
 
 
 def tool_names(trajectory: Trajectory) -> list[str]:
     """The names of the tool schemas a trajectory offered (those without a name left out)."""
-    return [name for t in trajectory.tools if (name := tool_schema_name(t)) is not None]
+    return [name for t in offered_tools(trajectory.tools, None) if (name := tool_schema_name(t)) is not None]
 
 
 CUT_AT_MAX_TOKENS = "the answer was cut off at max_tokens (finish_reason 'length')"

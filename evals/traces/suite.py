@@ -78,7 +78,7 @@ from ee_middleware.evals.matching import normalize
 from ee_middleware.evals.tasks import Conversation, EvalTask, Message, TaskResult
 from ee_middleware.messages import parse_arguments
 from ee_middleware.models.protocol import ChatClient
-from ee_middleware.records import Observation, ToolCall, Trajectory
+from ee_middleware.records import Observation, ToolCall, Trajectory, offered_tools, tool_schema_name
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
 
@@ -550,17 +550,20 @@ def turn_tools(trajectory: Trajectory, turns: int) -> list[list[dict[str, Any]]]
     where its steps record their own (``Step.tools``: a tool added at a later turn, as BFCL ``multi_turn_miss_func``
     does; a middleware choosing tools per call) those of the turn's steps, first offer first (a turn without steps is
     offered all; one whose steps were offered none, none). A step's turn is the number of user turns its state holds."""
+    every = offered_tools(trajectory.tools, None)  # (the first schema of a tool offered with several)
     if all(step.tools is None for step in trajectory.steps):
-        return [list(trajectory.tools)] * turns
+        return [list(every)] * turns
     offered: list[dict[str, dict[str, Any]] | None] = [None] * turns  # None: no step of that turn says
     for step in trajectory.steps:
         turn = min(max(_user_turns(step.state) - 1, 0), turns - 1)
         if offered[turn] is None:
             offered[turn] = {}
         for schema in trajectory.step_tools(step):
-            offered[turn].setdefault(json.dumps(schema, sort_keys=True), schema)  # type: ignore[union-attr]
+            # one schema per name: a tool the turn's steps were offered with several (rewritten per call) keeps its first
+            key = tool_schema_name(schema) or json.dumps(schema, sort_keys=True)
+            offered[turn].setdefault(key, schema)  # type: ignore[union-attr]
     # A turn whose steps were offered no tool at all ([]) is offered none, not all of them.
-    return [list(schemas.values()) if schemas is not None else list(trajectory.tools) for schemas in offered]
+    return [list(schemas.values()) if schemas is not None else list(every) for schemas in offered]
 
 
 def _user_turns(state: list[Message]) -> int:

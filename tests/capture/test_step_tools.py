@@ -370,3 +370,95 @@ def test_a_pause_assembled_just_before_its_resume_is_known_without_the_store(tmp
     forgetful = PausedDecisions(None)
     forgetful.max_threads = 0  # remembers nothing: not known, so not taught (as without a recorded pause)
     assert resumed_steps(forgetful) == [("answer", [])]
+
+
+# --- a tool rewritten per call (schema 1.7) ----------------------------------------------------------------------------
+
+
+@wrap_model_call
+def stock_count_in_description(request: Any, handler: Any) -> Any:
+    """Rewrites check_stock's description at every model call, as a middleware that puts live facts in a tool's
+    description (the rows checked so far, an allowed-values list) does: same name, another schema."""
+    done = sum(1 for m in request.messages if m.type == "tool")
+    tools = [
+        t.model_copy(update={"description": f"How many of an item are in stock ({done} checked so far)."}) if t.name == "check_stock" else t
+        for t in request.tools
+    ]
+    return handler(request.override(tools=tools))
+
+
+def _descriptions(schemas: list[dict[str, Any]] | str) -> dict[str, str]:
+    listed = json.loads(schemas) if isinstance(schemas, str) else schemas
+    names = [t["function"]["name"] for t in listed]
+    assert len(names) == len(set(names)), names  # never one name twice in what a model is offered
+    return {t["function"]["name"]: t["function"]["description"] for t in listed}
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_a_tool_rewritten_per_call_keeps_each_steps_schema_in_records_rows_and_exports(tmp_path: Path, offload: str) -> None:
+    """Before, a tool offered under one name with another schema at a later call kept its first schema: every later step,
+    its IL, IWM and SR rows, replay's proposals and the JSONL export showed the model a description (or parameters) it
+    was not given at that step."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.export import export_jsonl
+
+    model = planned_model()
+    graph = create_agent(model, shop_tools({"pear": 0, "apple": 3}), middleware=[stock_count_in_description])
+    store = tmp_path / "s"
+    environment = {"stock": {"pear": 0, "apple": 3}}
+    trajectory = record_once(record_experience(graph, app="shop", store=store, offload=offload, environment=environment), store, TASK)
+
+    said = [f"How many of an item are in stock ({k} checked so far)." for k in range(4)]
+    assert [s.tools for s in trajectory.steps] == [
+        ["check_stock", "order_item"],
+        ["check_stock#1", "order_item"],
+        ["check_stock#2", "order_item"],
+        ["check_stock#3", "order_item"],
+    ]
+    assert [_descriptions(trajectory.step_tools(s))["check_stock"] for s in trajectory.steps] == said
+    assert [_descriptions([t])["check_stock"] for t in trajectory.tools if t["function"]["name"] == "check_stock"] == said
+    assert _descriptions(trajectory.to_openai_chat()["tools"])["check_stock"] == said[0]  # one schema per name
+
+    shown = CliRunner().invoke(app, ["traces", "show", trajectory.id, "--store", str(store)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "offered: check_stock#1, order_item" in shown.output
+
+    opened = LocalExperienceStore(store)
+    opened.approve([trajectory.id], by="test")
+    assert export_jsonl(opened, tmp_path / "out.jsonl") == 4  # one example per decision: each was offered its own schema
+    opened.close()
+    examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [_descriptions(e["tools"])["check_stock"] for e in examples] == said
+
+    if offload == "process":
+        return
+    config = ReplayConfig.load(store=store, k=4, sandbox=f"{__name__}:shop_sandbox")
+    assert run_replay(config).done == 1
+    build_datasets(DatasetConfig.load(store=store, out=tmp_path / "data", iwm_max_error_share=1.0))
+    for kind in ("il", "iwm", "sr"):
+        rows = pl.read_parquet(tmp_path / "data" / f"{kind}.parquet")
+        assert rows.height > 0, kind
+        for step_index, tools in rows.select("step_index", "tools").iter_rows():
+            assert _descriptions(tools)["check_stock"] == said[step_index], (kind, step_index)
+
+
+def test_offered_tools_resolves_a_tools_other_schemas_and_a_name_that_only_looks_like_one() -> None:
+    from ee_middleware.records import ToolCatalog, offered_tools
+
+    def schema(name: str, description: str) -> dict[str, Any]:
+        return {"type": "function", "function": {"name": name, "description": description}}
+
+    first, second, third = schema("lookup", "v1"), schema("lookup", "v2"), schema("lookup", "v3")
+    other, odd = schema("order", "o"), schema("sku#1", "a tool of that name")
+    catalog = ToolCatalog()
+    assert catalog.refs([first, other, odd]) == ["lookup", "order", "sku#1"]
+    assert catalog.step_tools(["order", "lookup", "sku#1"]) == ["order", "lookup", "sku#1"]  # not the run's order
+    assert catalog.step_tools(catalog.default_refs()) is None  # no tool varies yet: as before schema 1.7
+    assert catalog.refs([third, dict(first), second]) == ["lookup#1", "lookup", "lookup#2"]  # told apart by value
+    assert catalog.varies and catalog.tools == [first, other, odd, third, second]
+    assert catalog.step_tools(catalog.default_refs()) == ["lookup", "order", "sku#1"]  # every step says its tools now
+    assert offered_tools(catalog.tools, None) == [first, other, odd]
+    assert offered_tools(catalog.tools, ["lookup#2", "sku#1", "lookup#1"]) == [second, odd, third]
+    assert offered_tools(catalog.tools, ["lookup#3", "order#1"]) == []  # a name without a schema is left out

@@ -103,7 +103,7 @@ def test_a_store_recorded_now_holds_blocks_a_line_apart_and_compares_them_exactl
         [trajectory] = list(store.iter_trajectories())
     finally:
         store.close()
-    assert trajectory.schema_version == SCHEMA_VERSION == "1.6"
+    assert trajectory.schema_version == SCHEMA_VERSION == "1.7"
     assert trajectory.steps[0].observation.content == "report.pdf\nsummary.txt"
 
     assert _replay(trajectory, _sandbox()).record.fidelity_mismatches == 0
