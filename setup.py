@@ -16,7 +16,13 @@ for folder in MAPPED_FOLDERS:
     packages.append(f"ee_middleware.{folder}")
     packages += [f"ee_middleware.{folder}.{sub}" for sub in find_packages(where=folder)]
 
-# The tau-style harness's own domain ships as data (a JSON database, a policy, tasks).
-package_data = {"ee_middleware.evals.tau.domains.library": ["*.json", "*.md"]}
+# Files that are not modules and ship in the wheel: the type-checking marker (PEP 561), the chat templates `ee serve
+# --chat-template NAME` names, the tau-style harness's own domain (a JSON database, a policy, tasks).
+# tests/test_packaging.py checks that every such file in the package folders is listed here.
+package_data = {
+    "ee_middleware": ["py.typed"],
+    "ee_middleware.adapters.templates": ["*.jinja"],
+    "ee_middleware.evals.tau.domains.library": ["*.json", "*.md"],
+}
 
 setup(packages=packages, package_dir=package_dir, package_data=package_data)

@@ -184,9 +184,9 @@ class CaptureConfig:
         if _is_number(values.get("app_version")):
             values["app_version"] = str(values["app_version"])  # a version written as a number: its text
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted((set(values) | set(overrides)) - known)  # a misspelled keyword given None too
         if unknown:
-            raise ConfigError(f"Unknown capture setting(s) {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+            raise ConfigError(_unknown_settings(unknown, known, layered.from_file if layered is not None else {}, path))  # type: ignore[attr-defined]
         if layered is not None:
             used = {key: value for key, value in layered.from_file.items() if values.get(key) is value}  # type: ignore[attr-defined]
             wrong = [
@@ -224,6 +224,23 @@ def _text(name: str, value: str | None) -> str | None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+RECORDER_ARGUMENTS = ("approve_if", "tracer_provider", "config")
+"""``record_experience``'s keywords that are no :class:`CaptureConfig` setting (a misspelled one is told from them too)."""
+
+
+def _unknown_settings(unknown: list[str], known: set[str], from_file: Mapping[str, Any], path: Any) -> str:
+    """The message for capture settings no one knows: each named, with where it came from (the file) and the setting it is
+    a letter or two away from."""
+    from ee_middleware._toml import _closest  # the rule config files' unknown keys are told with
+
+    told = []
+    for key in unknown:
+        close = _closest(key, sorted(known | set(RECORDER_ARGUMENTS)))
+        where = f" (in [capture] of {path})" if key in from_file else ""
+        told.append(f"{key}{where}" + (f" (did you mean {close}?)" if close else ""))
+    return f"Unknown capture setting(s) {'; '.join(told)}. Known: {', '.join(sorted(known | set(RECORDER_ARGUMENTS)))}."
 
 
 def _from_environment() -> dict[str, Any]:

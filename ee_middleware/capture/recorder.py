@@ -977,6 +977,23 @@ class RecordedGraph(Runnable[Any, Any]):
     def __repr__(self) -> str:
         return f"RecordedGraph({self._graph!r}, app={self._recorder.config.app!r})"
 
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(dir(self._graph)))
+
+    def copy(self, *args: Any, **kwargs: Any) -> RecordedGraph:
+        """The graph's ``copy(update=...)``, recorded by this agent's recorder (the graph's own would record nothing)."""
+        return RecordedGraph(self._graph.copy(*args, **kwargs), self._recorder, self._config)
+
+    def validate(self) -> RecordedGraph:
+        """Validate the graph (its ``validate()``); this agent, as the graph's returns the graph."""
+        self._graph.validate()
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RecordedGraph:
+        """A deep copy of the graph, recorded by this agent's recorder: the recorder (its store, threads and capture
+        process) is shared, as one graph's copies share a checkpointer's connection pool."""
+        return RecordedGraph(copy.deepcopy(self._graph, memo), self._recorder, copy.deepcopy(self._config, memo))
+
     @property
     def recorder(self) -> Recorder:
         return self._recorder
