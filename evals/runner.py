@@ -47,6 +47,7 @@ from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tasks import EvalTask, Message, TaskResult
 from ee_middleware.models.protocol import CUT_WHILE_REASONING
+from ee_middleware.records import utcnow
 from ee_middleware.replay.config import LOCAL_WORKERS_PER_CORE, max_workers
 
 RUN_FILE = "run.json"
@@ -548,7 +549,7 @@ def _claim_run_dir(out: Path, job: EvalJob, names: list[str]) -> tuple[list[str]
     record["adapter"] = _resumed_adapter(out, previous, adapter)
     record["suite_names"] = names
     record["excluded"] = excluded
-    record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["started"] = utcnow().isoformat(timespec="seconds")  # UTC, as every time ee writes
     record["finished"] = None  # until the results and reports of this invocation are written: the gate refuses the run
     atomic_write_text(run_file, json.dumps(record, indent=2))
     return list(names), excluded
@@ -667,7 +668,7 @@ def _mark_finished(out: Path, excluded: dict[str, dict[str, str]], job: EvalJob)
             record["adapter"] = {**recorded, "content_hash": None, "unknown": why}
             logger.warning("%s: %s, so its results may be of either: evaluate it again into another --out once it is written.", out, why)
     record["excluded"] = excluded
-    record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["finished"] = utcnow().isoformat(timespec="seconds")
     atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
 
 

@@ -664,7 +664,8 @@ class TransitionIndex:
         """The ``k`` best transitions for the query, best first; excluded ids and trajectories never come back.
 
         Transitions of the same tool rank above all others (an example of another tool says little
-        about what this one returns); ties keep indexing order. Only transitions the retriever
+        about what this one returns); ties go by transition id (not the indexing order, which follows the order the
+        store's trajectories were written in: the same store's examples whatever it was written in). Only transitions the retriever
         scores above 0 are returned. A score that is not a finite number is a
         :class:`~ee_middleware.errors.SandboxError` naming the retriever.
         """
@@ -675,7 +676,7 @@ class TransitionIndex:
         matched = [d for d, score in enumerate(scores) if score > 0]
         if not self._matched:
             self._note_match(bool(matched))
-        ranked = sorted(matched, key=lambda d: (self.transitions[d].tool != tool, -scores[d], d))
+        ranked = sorted(matched, key=lambda d: (self.transitions[d].tool != tool, -scores[d], self.transitions[d].id))
         out = []
         for doc in ranked:
             transition = self.transitions[doc]

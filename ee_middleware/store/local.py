@@ -435,7 +435,7 @@ class LocalExperienceStore:
     # --- reading -----------------------------------------------------------------------------
 
     def trajectories(self, *, status: StatusSelection = None, app: str | None = None) -> pl.DataFrame:
-        """One row per trajectory (oldest first) with its current ``approval``, ``approval_by``,
+        """One row per trajectory (in the order they were written: oldest write first) with its current ``approval``, ``approval_by``,
         ``approval_at`` and ``approval_reason``; ``status`` keeps those with that approval (``"all"`` or ``None``: every
         one; another word raises :class:`~ee_middleware.errors.ConfigError`)."""
         tables = self._load()

@@ -778,6 +778,8 @@ class TracesSuite:
         try:
             privacy = ReplayPrivacy.of_store(store)  # the store's redaction rules, salt and vault, as replay reads them
             frame = store.trajectories(status="approved", app=self.app)
+            if "started_at" in frame.columns:  # oldest first (the first N of :N), not in the order they were written in
+                frame = frame.sort(["started_at", "id"], nulls_last=True)
             ids = [i for i in frame["id"].to_list() if i in heldout and i not in trained]
             if not ids:
                 where = f"{self.store}" + (f" (app {self.app})" if self.app else "")

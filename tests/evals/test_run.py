@@ -156,15 +156,25 @@ def test_an_interrupted_run_resumes_without_running_a_task_twice(tmp_path: Path)
         run_eval(job.model_copy(update={"seed": 5}))
 
 
-def test_ee_eval_run_json_and_report_files(tmp_path: Path) -> None:
+def test_ee_eval_run_json_and_report_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
     from ee_middleware.cli.app import app
 
     out = tmp_path / "run"
     args = ["eval", "run", "--suite", "bfcl:multi_turn_miss_param:3", "--model-spec", "oracle", "--out", str(out), "--json"]
-    result = CliRunner().invoke(app, args)
+    monkeypatch.setenv("TZ", "America/New_York")  # run.json's times are UTC whatever the machine's zone (they were local)
+    time.tzset()
+    try:
+        result = CliRunner().invoke(app, args)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["suite"] == "bfcl:multi_turn_miss_param" and data["tasks"] == 3 and data["success_rate"] == 1.0
+    recorded = json.loads((out / "run.json").read_text())
+    assert recorded["started"].endswith("+00:00") and recorded["finished"].endswith("+00:00"), recorded
     two = CliRunner().invoke(app, [*args[:4], "--suite", "bfcl:irrelevance:2", *args[4:-2], str(tmp_path / "two"), "--json"])
     assert [d["suite"] for d in json.loads(two.output)] == ["bfcl:multi_turn_miss_param", "bfcl:irrelevance"]
     assert "| bfcl:multi_turn_miss_param | 3 | 1 | 100.0% |" in (out / "report.md").read_text()

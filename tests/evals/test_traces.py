@@ -499,3 +499,24 @@ def test_a_sentence_initial_capital_makes_no_word_a_fact() -> None:
     assert answer_facts("Delta is late; I asked Delta twice.", ["delta is late"]) == ["delta"]
     assert answer_facts("IBM ordered 2 units.", ["order of ibm: 2 units"]) == ["ibm", "2"]
     assert answer_facts("Your refund goes to Raleigh.", ["the refund goes to raleigh"]) == ["raleigh"]
+
+
+def test_the_first_n_held_out_trajectories_are_the_oldest_whatever_order_they_were_written_in(
+    bfcl_store: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """``traces:STORE::N`` takes the first N held-out trajectories: by when they started, not by the order the store
+    was written in (a store written in another order, by ingest or several recording processes, evaluated other tasks)."""
+    from ee_middleware.store import LocalExperienceStore
+
+    store, data, split = bfcl_store
+    source = LocalExperienceStore(store)
+    trajectories = sorted(source.iter_trajectories(), key=lambda t: t.started_at)
+    source.close()
+    reversed_store = LocalExperienceStore(tmp_path / "reversed")
+    reversed_store.write(list(reversed(trajectories)))  # newest first
+    reversed_store.approve([t.id for t in trajectories], by="test")
+    reversed_store.close()
+    heldout = [t.id for t in trajectories if t.id in set(split["heldout_trajectories"])]
+    for where in (store, tmp_path / "reversed"):
+        tasks = load_suite(f"traces:{where}::3", SuiteSettings(split=str(data))).tasks()
+        assert [task.id for task in tasks] == heldout[:3], where

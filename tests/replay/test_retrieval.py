@@ -370,3 +370,19 @@ def test_the_buffer_reads_approved_trajectories_only(bfcl_store_path: Path) -> N
     assert probe.observation == '{"unreviewed": "PENDINGMARK"}', "indexed once approved"
     assert pending_id in {h.trajectory_id for h in index.search(probe.tool, probe.arguments, probe.state, k=5)}
     store.close()
+
+
+def test_tied_transitions_come_back_in_the_same_order_whatever_order_they_were_indexed_in() -> None:
+    """Ties went by indexing order, which follows the order the store's trajectories were written in: the same store
+    written in another order (ingest order, several recording processes) gave an experience model other examples."""
+    from ee_middleware.replay.retrieval import Transition
+
+    def transition(i: int) -> Transition:
+        return Transition(f"t{i}", f"traj{i}", 0, "", "", "weather", {"city": "Paris"}, "Paris: ok", False)
+
+    found = []
+    for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
+        index = TransitionIndex()
+        index.add([transition(i) for i in order])
+        found.append([t.id for t in index.search("weather", {"city": "Paris"}, k=3)])
+    assert found[0] == found[1] == ["t0", "t1", "t2"]

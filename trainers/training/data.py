@@ -76,7 +76,10 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
             "Point --data at the training folder (the parent of heldout/), or evaluate with it instead."
         )
     hashes = tuple(sorted(frame["source_hash"].drop_nulls().unique().to_list())) if "source_hash" in frame.columns else ()
-    rows = rows_from_frame(frame, path, kind)
+    # in the order of their ids (content-derived), not the file's: a file's order follows the order the store's
+    # trajectories were written in (ingest order, several recording processes), and the seeded shuffle of row positions
+    # would make the same rows another training (another adapter) for each
+    rows = sorted(rows_from_frame(frame, path, kind), key=lambda row: row.id)
     # the manifest names the file by its absolute path: one relative to where ee train ran points nowhere from the adapter
     return DatasetFile(kind=kind, path=path.resolve(), sha256=_sha256(path), rows=rows, metadata=metadata, source_hashes=hashes)
 
