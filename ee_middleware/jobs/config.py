@@ -887,10 +887,13 @@ def _edits(a: str, b: str) -> int:
 
 
 def _without_secrets(value: Any) -> Any:
-    """``value`` with the value of every secret-named key (:func:`~ee_middleware._toml._is_secret_name`) as ``***``."""
+    """``value`` with the value of every secret-named key (:func:`~ee_middleware._toml._is_secret_name`) as ``***``, and
+    the credentials of every URL in a string (``user:password@``, a secret-looking query parameter:
+    :func:`~ee_middleware.models.urls.shown_spec`) as ``***``."""
     from collections.abc import Mapping
 
     from ee_middleware._toml import _is_secret_name
+    from ee_middleware.models.urls import shown_spec
 
     if isinstance(value, Mapping):
         return {
@@ -898,4 +901,4 @@ def _without_secrets(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [_without_secrets(v) for v in value]
-    return value
+    return shown_spec(value) if isinstance(value, str) else value

@@ -941,6 +941,27 @@ def _moment_text(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else moment.isoformat()  # a naive datetime stays zone-less
 
 
+def _with_credentials(run: Run, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The run's ``[improve.serving]`` as run.json recorded it (``recorded``), with the credentials it shows as ``***``
+    (a secret-named key, a password or key in a server's URL) read from the run's own copy of its config file, where
+    that gives the same settings: unloading from a replica that asks for them needs them. ``recorded`` as it is where
+    nothing is hidden, or the copy is gone or says otherwise (``--server`` flags gave other servers)."""
+    from ee_middleware._toml import read_toml_table
+    from ee_middleware.jobs.config import _without_secrets
+    from ee_middleware.jobs.improve import CONFIG_COPY
+
+    copy = run.folder / CONFIG_COPY
+    if "***" not in json.dumps(recorded, default=str) or not copy.is_file():
+        return recorded
+    try:
+        own = read_toml_table(copy, "improve").get("serving")
+    except Exception:  # noqa: BLE001 - a copy that cannot be read: the recorded settings, as before
+        return recorded
+    if not isinstance(own, dict) or any(_without_secrets({key: value})[key] != recorded.get(key) for key, value in own.items()):
+        return recorded
+    return {**recorded, **own}
+
+
 def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
     """Retire the candidate of ``run``, an improve run being abandoned (``--new-run``), and unload it from its replicas,
     with the promote stage's :func:`~ee_middleware.adapters.promote.retire` (as for a failed gate): the adapter its
@@ -980,7 +1001,7 @@ def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
             continue
     if not candidates:
         return {}
-    serving = improve.get("serving") if isinstance(improve.get("serving"), dict) else {}
+    serving = _with_credentials(run, improve.get("serving") if isinstance(improve.get("serving"), dict) else {})
     replicas = _serving_replicas(Serving(**serving))
     problems: list[str] = []
     try:

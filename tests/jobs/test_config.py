@@ -539,6 +539,41 @@ def test_the_configuration_a_run_records_shows_no_secret(tmp_path: Path) -> None
     assert "LEAKME" not in json.dumps(described)
 
 
+def test_credentials_in_the_urls_a_run_records_are_hidden(tmp_path: Path) -> None:
+    """A password in a URL (``user:password@``, ``?api_key=``) of [replay] policy or [improve.serving] servers was written
+    to run.json (0644) and printed by `ee improve --json` and `ee runs show --json` in plain text (sweep S 3), though
+    the README says such credentials are shown and stored as ***."""
+    body = (
+        '[improve.serving]\nservers = ["http://bob:SrvPassw0rd@127.0.0.1:8000/v1?api_key=sk-QUERYabcdef"]\n'
+        '[replay]\npolicy = "openai:http://carol:PolPassw0rd@127.0.0.1:8001/v1#m"\n'
+    )
+    described = ImproveConfig.load(_config(tmp_path, body)).describe()
+    shown = json.dumps(described)
+    assert not any(secret in shown for secret in ("SrvPassw0rd", "PolPassw0rd", "sk-QUERYabcdef")), shown
+    assert described["improve"]["serving"]["servers"] == ["http://***@127.0.0.1:8000/v1?api_key=***"]
+    assert described["replay"]["policy"] == "openai:http://***@127.0.0.1:8001/v1#m"
+
+
+def test_retiring_an_abandoned_runs_candidate_unloads_with_the_credentials_run_json_hides(tmp_path: Path) -> None:
+    """--new-run unloads the abandoned run's candidate from the servers its run.json records, where their credentials
+    read ***: they are read from the run's own copy of its config file (0600), where it names the same servers."""
+    from types import SimpleNamespace
+
+    from ee_middleware.jobs.deploy import _with_credentials
+
+    server = "http://bob:SrvPassw0rd@127.0.0.1:8000/v1"
+    path = _config(tmp_path, f'[improve.serving]\nservers = ["{server}"]\ntimeout_s = 30\n')
+    recorded = ImproveConfig.load(path).describe()["improve"]["serving"]
+    assert recorded["servers"] == ["http://***@127.0.0.1:8000/v1"]
+    run = SimpleNamespace(folder=tmp_path)
+    (tmp_path / "config.toml").write_text(path.read_text())  # the run's copy (CONFIG_COPY)
+    restored = _with_credentials(run, recorded)  # type: ignore[arg-type]
+    assert restored["servers"] == [server]
+    assert {k: v for k, v in restored.items() if k != "servers"} == {k: v for k, v in recorded.items() if k != "servers"}
+    (tmp_path / "config.toml").write_text(_config(tmp_path, '[improve.serving]\nservers = ["http://a:b@other:8000/v1"]\n').read_text())
+    assert _with_credentials(run, recorded) == recorded  # the copy names other servers (flags gave these): as recorded
+
+
 @pytest.mark.parametrize(
     ("key", "table"),
     [
