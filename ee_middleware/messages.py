@@ -50,8 +50,9 @@ def clean_text(text: str) -> str:
 
 def to_jsonable(value: Any, _depth: int = 0) -> Any:
     """Turn ``value`` into plain JSON data, as pydantic's JSON mode writes the types it knows (an enum member its value,
-    a UUID its text, a date, time or duration ISO 8601 text; a ``Decimal`` is a number: :func:`decimal_number`);
-    objects JSON cannot hold become their ``repr``."""
+    a UUID its text, a date, time or duration ISO 8601 text; a ``Decimal`` is a number: :func:`decimal_number`); a
+    numpy scalar or array is its Python value (``tolist()``), a float that is no finite number its text (``"nan"``,
+    ``"inf"``: JSON has none); objects JSON cannot hold become their ``repr``."""
     if _depth > 64:
         return "<nested too deep>"
     if value is None or isinstance(value, (bool, int)):
@@ -76,6 +77,10 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
         return to_jsonable_python(value)  # "PT4H" for 4 hours, as pydantic writes (and reads back) a duration
     if isinstance(value, Decimal):
         return decimal_number(value)
+    if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
+        # numpy's scalars and arrays (a DataFrame's cell, an environment built with numpy): their Python values, not
+        # their repr ('np.int64(7)'), which would rebuild a world from text
+        return to_jsonable(value.tolist(), _depth + 1)
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump):
         try:

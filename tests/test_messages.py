@@ -924,3 +924,12 @@ def test_blocks_of_tools_the_provider_ran_are_no_part_of_the_answer() -> None:
         message = AIMessage(content=content)
         assert langchain_to_openai([message]) == [{"role": "assistant", "content": message.text}]
         assert message.text == answer
+
+
+def test_to_jsonable_writes_numpy_values_as_their_python_values() -> None:
+    """A numpy scalar is no ``int``/``float``: it was written as its repr (``'np.int64(7)'``), so a world rebuilt from a
+    recorded environment held text where the app had a number, and a tool's numpy argument was taught as a string."""
+    np = pytest.importorskip("numpy")
+    environment = {"stock": np.int64(7), "price": np.float32(0.5), "grid": np.arange(4).reshape(2, 2), "ok": np.bool_(True)}
+    assert to_jsonable(environment) == {"stock": 7, "price": 0.5, "grid": [[0, 1], [2, 3]], "ok": True}
+    assert to_jsonable(np.float64("nan")) == "nan"  # as a float that is no finite number

@@ -879,7 +879,8 @@ class PythonSandbox:
                 raise self._callable_failed("format_result", name, value, exc) from exc
         try:
             return Observation(content=format_result(value), is_error=is_error)
-        except (RecursionError, ValueError) as exc:  # json.dumps and str() both refused the value: the tool's failure
+        except Exception as exc:  # noqa: BLE001 - json.dumps and str() both refused the value (a __str__ that raises): the
+            # tool's failure, as LangGraph's ToolNode makes it an error message in production
             return Observation(content=self._format_error(exc), is_error=True)
 
     @staticmethod

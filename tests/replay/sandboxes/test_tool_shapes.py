@@ -540,3 +540,20 @@ def test_world_tools_get_the_arguments_a_langchain_tool_gives_its_function(tmp_p
     assert outcome.record.status == "done" and outcome.record.fidelity_mismatches == 0, outcome.record.details
     assert not [r for r in outcome.rollouts if "has no attribute" in r.observation.content]
     sandbox.close()
+
+
+class _Unprintable:
+    """A tool's result that neither JSON nor ``str()`` can write (its ``__str__`` raises)."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("str exploded")
+
+
+def test_a_result_neither_json_nor_str_can_write_is_an_error_observation() -> None:
+    """LangGraph's ToolNode makes such a result an error message in production; before, the sandbox let the exception
+    out and the trajectory's replay failed, again at every retry (only RecursionError and ValueError were caught)."""
+    sandbox = PythonSandbox(lambda env: {}, tools={"odd": lambda world: _Unprintable()})
+    sandbox.reset({})
+    got = sandbox.execute(ToolCall(id="c1", name="odd", arguments={}))
+    sandbox.close()
+    assert (got.content, got.is_error) == ("Error: RuntimeError: str exploded", True)
