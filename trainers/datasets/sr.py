@@ -47,6 +47,7 @@ import polars as pl
 
 from ee_middleware.messages import content_to_text
 from ee_middleware.models.parsing import canonical_call
+from ee_middleware.replay.policies.schema import json_numbers
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, SYNTHETIC, conform, expert_turns, offered_tools_json
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher, write_rationales
@@ -291,12 +292,13 @@ class SRBuilder:
 
 
 def _call_key(name: str, arguments_json: str | None) -> str:
-    """A call's identity for comparing calls (arguments compared as values; text that is not JSON as it is)."""
+    """A call's identity for comparing calls (arguments compared as values, numbers as replay compares them: ``2.0`` is
+    ``2``, :func:`~ee_middleware.replay.policies.schema.json_numbers`; text that is not JSON as it is)."""
     try:
         arguments = json.loads(arguments_json or "{}")
     except ValueError:
         return f"{name}\0{arguments_json}"
-    return canonical_call(name, arguments) if isinstance(arguments, dict) else f"{name}\0{arguments_json}"
+    return canonical_call(name, json_numbers(arguments)) if isinstance(arguments, dict) else f"{name}\0{arguments_json}"
 
 
 def _outcome_key(observation: str | None, is_error: bool | None) -> tuple[str, bool]:

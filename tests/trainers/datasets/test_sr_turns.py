@@ -215,3 +215,14 @@ def test_an_alternative_that_is_another_call_of_the_turn_is_not_shown_as_an_alte
     paris, rome = ([a for a, _ in call.alternatives] for call in turn.calls)
     assert "weather(city='Oslo')" in paris and "weather(city='Oslo')" in rome
     assert "weather(city='Rome')" not in paris and "weather(city='Paris')" not in rome
+
+
+def test_a_rollout_repeating_the_experts_call_with_a_whole_float_is_the_experts_call() -> None:
+    """SR leaves out a turn's rollouts that repeat one of its expert calls; ``{"x": 2.0}`` was another call than the
+    expert's ``{"x": 2}`` here, though replay's proposer calls them one (numbers compared as JSON reads them)."""
+    from ee_middleware.trainers.datasets.sr import _call_key
+
+    assert _call_key("set_x", '{"x": 2}') == _call_key("set_x", '{"x": 2.0}') == _call_key("set_x", '{"x":2}')
+    assert _call_key("set_x", '{"x": true}') != _call_key("set_x", '{"x": 1}')  # a boolean is no number
+    assert _call_key("set_x", '{"x": 2.5}') != _call_key("set_x", '{"x": 2}')
+    assert _call_key("set_x", "not json") == "set_x\0not json"
