@@ -54,6 +54,17 @@ LOCAL_SERVER_OWNER = "ee"
 
 STOPPING_MESSAGE = "The server is stopping. Send the request again to another replica, or to this one once it is back."
 
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""The largest request body the servers read (a chat request of a long context with images is a few MB): a larger or
+unreadable ``Content-Length`` is refused before anything is read, so that one client cannot make the server hold
+gigabytes or wait for bytes that never come."""
+
+IDLE_TIMEOUT_S = 120.0
+"""How long a connection may stay silent while the server waits for it (a request's head or body, the next request
+on a kept-alive connection, a client that stopped reading an answer): then it is closed, so that connections left half
+open (a client that died, one that sends nothing) do not each keep a thread of the server. A request being worked on
+(a long generation) is not timed: the server is not reading then."""
+
 
 @dataclass
 class EventStream:
@@ -95,6 +106,7 @@ class JSONHandler(BaseHTTPRequestHandler):
     """Routes ``GET /health`` and ``GET /v1/models``; subclasses set :meth:`models` and :meth:`post`."""
 
     protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT_S  # (StreamRequestHandler sets it on the connection's socket)
 
     def models(self) -> Any:
         raise NotImplementedError
@@ -165,7 +177,7 @@ class JSONHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            body = json.loads(self._body() or b"{}")
             if not isinstance(body, dict):
                 raise RequestError(400, "the request body must be a JSON object")
             status, payload = self.post(path, body)
@@ -184,6 +196,43 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_bytes(status, payload.encode(), "text/plain; charset=utf-8")  # as vLLM answers a LoRA load/unload
         else:
             self.send_json(status, payload)
+
+    def _body(self) -> bytes:
+        """The request's body, read whole; a :class:`RequestError` (408, the connection then closed) for a client that
+        stopped sending it for :data:`IDLE_TIMEOUT_S`."""
+        length = self._body_length()
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(408, f"The request body did not come within {IDLE_TIMEOUT_S:.0f} s.", "RequestTimeoutError") from None
+        if len(body) < length:  # the client closed before sending it all
+            self.close_connection = True
+            raise RequestError(400, f"Bad request: the body ended after {len(body)} of its {length} bytes.")
+        return body
+
+    def _body_length(self) -> int:
+        """The request's ``Content-Length``: a :class:`RequestError` (the connection then closed, its body unread) for one
+        that is no number, negative, or over :data:`MAX_BODY_BYTES`, and for a chunked body (this server reads none)."""
+        given = self.headers.get("Content-Length")
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            self.close_connection = True
+            raise RequestError(
+                411, "Send the request body with a Content-Length (this server reads no chunked body).", "LengthRequiredError"
+            )
+        try:
+            length = int(given or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self.close_connection = True
+            raise RequestError(400, f"Bad request: Content-Length {given!r} is not a length in bytes.")
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            raise RequestError(
+                413, f"The request body is {length} bytes, over this server's limit of {MAX_BODY_BYTES} bytes.", "RequestTooLargeError"
+            )
+        return length
 
     def send_json(self, status: int, payload: Any) -> None:
         self.send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")

@@ -177,10 +177,28 @@ def serve_local(
     from ee_middleware.adapters.templates import refusal_to_serve
     from ee_middleware.models.chat_template import TemplateShowsNoTextError
 
+    _warn_open_to_others(cfg.host, "load and unload adapters (/v1/load_lora_adapter) and ask the model")
     try:
         main(argv)
     except TemplateShowsNoTextError as exc:  # the server's probe of the template it renders with, before it serves
         raise refusal_to_serve(exc, base=base, template=template, server="The local server") from exc
+
+
+def _warn_open_to_others(host: str, what: str) -> None:
+    """Say, on stderr, that a server asking no one who calls it listens beyond this machine (``host`` not loopback)."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: where it resolves is not known here
+        loopback = False
+    if not loopback:
+        typer.secho(
+            f"warning: listening on {host}: the server asks no one who calls it, so anyone who can reach this address "
+            f"can {what}. Keep it on a private network, or put a proxy that authenticates in front.",
+            err=True,
+            fg="yellow",
+        )
 
 
 @app.command(
@@ -525,6 +543,7 @@ def serve_router(
             "EE_SERVER_URLS=URL,URL), e.g. --server http://127.0.0.1:8000/v1.",
             url="",
         )
+    _warn_open_to_others(host, "ask every app's model through it")
     router = AliasRouter(open_registry(registry, create=False), urls, timeout_s=timeout_s, retries=retries, cooldown_s=cooldown_s)
     server = make_router_server(router, host, port)
     typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1 -> {', '.join(router.upstreams)}")

@@ -1,0 +1,104 @@
+"""The servers' HTTP side refuses what would make it hold memory or a thread without end (sweep S 2): a body over its
+limit (413) or with a length that is no length (400), before reading any of it; a chunked body it does not read (411);
+a client that stops sending its body (408 after the idle time-out, the connection closed). Before, a 300 MiB body was
+read into memory, ``Content-Length: 10000000000000`` answered 500 ``MemoryError``, ``Content-Length: -1`` waited for
+the client to hang up, and each stalled connection kept a thread for as long as its client liked. A real
+``ThreadingHTTPServer`` (``make_server``) and raw sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ee_middleware.adapters.serving.http import MAX_BODY_BYTES, JSONHandler, make_server
+
+
+class _Echo(JSONHandler):
+    def models(self) -> Any:
+        return {"object": "list", "data": []}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, {"echo": body}
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, int]]:
+    httpd = make_server(_Echo, {"timeout": 0.5, "log_message": lambda *args: None}, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[:2]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+def _exchange(address: tuple[str, int], head: str, body: bytes = b"") -> tuple[int, dict[str, Any], bool]:
+    """(status, JSON answer, whether the server closed the connection after it) for one raw request."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        headers, _, rest = data.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in headers.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += sock.recv(65536)
+        sock.settimeout(0.2)  # (under the idle time-out, 0.5 s: a kept connection is still open then)
+        try:
+            closed = sock.recv(1) == b""
+        except TimeoutError:
+            closed = False
+    return int(headers.split(b" ")[1]), json.loads(rest[:length]), closed
+
+
+def _post(length: str, extra: str = "") -> str:
+    return f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n{extra}"
+
+
+def test_a_request_within_the_limits_is_answered_and_the_connection_kept(server: tuple[str, int]) -> None:
+    body = json.dumps({"model": "m"}).encode()
+    assert _exchange(server, _post(str(len(body))), body) == (200, {"echo": {"model": "m"}}, False)
+
+
+@pytest.mark.parametrize(
+    ("length", "status", "said"),
+    [
+        (str(MAX_BODY_BYTES + 1), 413, "over this server's limit"),
+        ("10000000000000", 413, "over this server's limit"),
+        ("-1", 400, "is not a length in bytes"),
+        ("lots", 400, "is not a length in bytes"),
+    ],
+)
+def test_a_body_length_over_the_limit_or_no_length_is_refused_unread(server: tuple[str, int], length: str, status: int, said: str) -> None:
+    answered, payload, closed = _exchange(server, _post(length))
+    assert (answered, closed) == (status, True)
+    assert said in payload["error"]["message"]
+
+
+def test_a_chunked_body_is_refused(server: tuple[str, int]) -> None:
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    answered, payload, closed = _exchange(server, head, b'5\r\n{"a":\r\n0\r\n\r\n')
+    assert (answered, closed) == (411, True) and "Content-Length" in payload["error"]["message"]
+
+
+def test_a_client_that_stops_sending_its_body_is_answered_408_and_let_go(server: tuple[str, int]) -> None:
+    answered, payload, closed = _exchange(server, _post("100"), b'{"model": ')  # 10 of 100 bytes, then silence
+    assert (answered, closed) == (408, True) and "did not come within" in payload["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"), [("127.0.0.1", False), ("::1", False), ("localhost", False), ("0.0.0.0", True), ("10.0.0.5", True)]
+)
+def test_a_server_listening_beyond_this_machine_says_it_asks_no_one(host: str, warned: bool, capsys: pytest.CaptureFixture[str]) -> None:
+    from ee_middleware.cli.serve_cmds import _warn_open_to_others
+
+    _warn_open_to_others(host, "load and unload adapters")
+    err = capsys.readouterr().err
+    assert ("asks no one who calls it" in err) is warned, err
