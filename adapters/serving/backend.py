@@ -45,6 +45,7 @@ from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError, as_sentence
 from ee_middleware.models.openai_compat import OpenAIChatClient
 from ee_middleware.models.protocol import Sampling
+from ee_middleware.models.urls import shown_url
 from ee_middleware.plugins import PluginKind
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -116,6 +117,7 @@ class HTTPServingBackend:
         smoke_sampling: Sampling = SMOKE_SAMPLING,
         transport: Any = None,
     ) -> None:
+        url, _, self._query = url.partition("?")  # (a gateway's ?api_key=: sent with every request, never shown)
         self.url = url.rstrip("/")
         if not self.url.endswith("/v1"):
             self.url += "/v1"
@@ -132,7 +134,8 @@ class HTTPServingBackend:
 
     def _client(self, model: str, url: str | None = None) -> OpenAIChatClient:
         """A client of this server's API root (``url``: another root of the same server, such as its ``/tokenize``'s)."""
-        return OpenAIChatClient(url or self.url, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key="")
+        root = (url or self.url) + (f"?{self._query}" if self._query else "")
+        return OpenAIChatClient(root, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key="")
 
     def close(self) -> None:
         self._admin.close()
@@ -379,7 +382,7 @@ class HTTPServingBackend:
             root.close()
 
     def _translate(self, exc: ModelError, doing: str) -> ServingError:
-        url = getattr(exc, "url", self.url)
+        url = shown_url(getattr(exc, "url", self.url))
         if isinstance(exc, ModelServerError) and exc.timed_out:
             return ServerTimeoutError(
                 f"{url} did not answer in {self.timeout_s:g} s when asked to {doing}. Is it overloaded or stuck? Check its log; "

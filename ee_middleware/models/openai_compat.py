@@ -163,6 +163,9 @@ class OpenAIChatClient:
                 "e.g. 120, or 3600 for a model that may take very long (there is no 'no limit')"
             )
         self.base_url, self._auth = _without_credentials(base_url.rstrip("/"))
+        # a query (Azure's ?api-version=..., a gateway's ?api_key=...) goes with every request, not before its path (the
+        # requests went to BASE?q=v/chat/completions), and is kept out of URLs in messages, where a key would show
+        self.base_url, self._params = _without_query(self.base_url)
         for endpoint in ("/chat/completions", "/completions"):
             if self.base_url.endswith(endpoint):
                 raise ValueError(
@@ -524,7 +527,9 @@ class OpenAIChatClient:
             with _CLIENT_LOCK:  # threads asking at once (a replay worker's concurrent proposals) share one pool
                 if self._client is None:
                     headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-                    self._client = httpx.Client(timeout=self.timeout_s, headers=headers, auth=self._auth, transport=self._transport)
+                    self._client = httpx.Client(
+                        timeout=self.timeout_s, headers=headers, auth=self._auth, params=self._params, transport=self._transport
+                    )
                 client = self._client
         return client
 
@@ -714,6 +719,16 @@ def _without_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
         return url, None
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=host)), (unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def _without_query(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """``url`` without its query (and fragment), and the query's parameters, in order."""
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.query and not parts.fragment:
+        return url, []
+    return urlunsplit(parts._replace(query="", fragment="")).rstrip("/"), parse_qsl(parts.query, keep_blank_values=True)
 
 
 def _shown_body(response: Any) -> str:

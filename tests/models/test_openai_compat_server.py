@@ -444,3 +444,32 @@ def test_a_further_request_that_fails_keeps_the_answers_received(waits: list[flo
     assert (client.short_answers, client.extra_requests, client.failed_requests) == (1, 1, 1)
     said = [str(w.message) for w in caught if issubclass(w.category, FewerChoicesWarning)]
     assert any("1 answer(s) of the n=4 asked come back" in text and "server busy" in text for text in said), said
+
+
+def test_a_query_in_the_base_url_goes_with_every_request_and_never_into_a_message() -> None:
+    """A gateway that takes its key in the query (``?api_key=``), Azure's ``?api-version=``: the path was appended after
+    the query (``POST /v1?api_key=sk-.../chat/completions``, which no server answers), and errors showed the key. Now
+    the query follows each request's path, and messages name the URL without it (sweep S 4)."""
+    paths: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            paths.append(self.path)
+            send_json(self, ANSWER)
+
+    with serving(ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as url:
+        client = OpenAIChatClient(f"{url}?api-version=2024-10&api_key=sk-SECRET123", "m", retries=0)
+        [choice] = client.complete([{"role": "user", "content": "hi"}])
+        client.close()
+    assert choice.message["content"] == "hi"
+    assert paths == ["/v1/chat/completions?api-version=2024-10&api_key=sk-SECRET123"]
+    assert "SECRET" not in json.dumps(client.describe())
+    down = OpenAIChatClient("http://127.0.0.1:9/v1?api_key=sk-SECRET123", "m", retries=0, timeout_s=2)
+    with pytest.raises(ModelServerError) as failed:
+        down.complete([{"role": "user", "content": "hi"}])
+    down.close()
+    assert "SECRET" not in str(failed.value) and "http://127.0.0.1:9/v1/chat/completions" in str(failed.value)
