@@ -191,6 +191,10 @@ def refuse_unimportable_redact_fn(fn: Callable[..., Any] | None) -> None:
 
     why = redact_fn_problem(fn) if fn is not None else None
     if why is None:
+        if fn is not None:
+            from ee_middleware.capture.store_redaction import function_name, trust_redact_fn
+
+            trust_redact_fn(function_name(fn))  # given the function itself: the store naming it names this one
         return
     short = getattr(fn, "__name__", None) or "my_scrubber"
     short = short if short.isidentifier() else "my_scrubber"
@@ -243,11 +247,13 @@ def capture_function(store: Any, settings: StoreRedaction, own: Callable[[str], 
     """:func:`~ee_middleware.capture.store_redaction.capture_custom_function` of ``settings``, whose
     :class:`~ee_middleware.errors.ConfigError` for a recorded ``redact_fn`` this process cannot import also says how to
     recover (:func:`recorded_function_fix`)."""
-    from ee_middleware.capture.store_redaction import capture_custom_function
+    from ee_middleware.capture.store_redaction import UntrustedRedactFnError, capture_custom_function
     from ee_middleware.errors import ConfigError
 
     try:
         return capture_custom_function(settings, own)
+    except UntrustedRedactFnError:
+        raise  # (it says what to do)
     except ConfigError as exc:
         raise ConfigError(f"{exc} {recorded_function_fix(store, settings, own)}") from None
 

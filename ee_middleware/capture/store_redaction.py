@@ -34,7 +34,9 @@ would write what they removed in plain text), and warned about what else it lose
 recorders with different rules write to one store, the file keeps the union (every kind either
 enabled, every pattern), since the store then holds data redacted under both. A ``redact_fn``
 (a Python function) cannot be stored: its qualified name (``custom_function``, ``module.function``)
-is, and every later writer imports it and applies it after the rules, as capture did. Apps that
+is, and every later writer imports it and applies it after the rules, as capture did, where it trusts that name
+(:func:`check_trusted`: the file is data any writer of the store can change; a process trusts the function it was
+given, and the names ``EE_TRUSTED_REDACT_FNS`` lists). Apps that
 share a store with different ``redact_fn`` functions are all kept (``custom_function`` is then a list of
 names, in the order they were recorded) and later writers apply every one, one after the other:
 they cannot tell which app wrote a trajectory, and a scrubber left out would write what it removes
@@ -287,15 +289,65 @@ def _in_turn(functions: tuple[Callable[[str], str], ...], text: str) -> str:
     return text
 
 
-@functools.lru_cache(maxsize=16)
+TRUSTED_REDACT_FNS_ENV = "EE_TRUSTED_REDACT_FNS"
+"""The ``redact_fn`` names (``module.function``, separated by commas or spaces; ``*``: every one) a process may import
+where a store's ``redaction.json`` names them. A recorder or ingest given the function itself adds its name (and so
+trusts it in the processes it starts: the capture process, replay's workers)."""
+
+
+class UntrustedRedactFnError(ConfigError):
+    """A store's ``redaction.json`` names a ``redact_fn`` this process was not told to trust (:func:`check_trusted`)."""
+
+
+def trusted_redact_fns() -> list[str]:
+    """The names :data:`TRUSTED_REDACT_FNS_ENV` lists."""
+    return [name for name in os.environ.get(TRUSTED_REDACT_FNS_ENV, "").replace(",", " ").split() if name]
+
+
+def trust_redact_fn(name: str) -> None:
+    """Trust ``name`` here and in the processes this one starts from now on: this process was given the function itself
+    (``redact_fn=``, an ingest's redactor), so the store naming it names the function its app wrote."""
+    trusted = trusted_redact_fns()
+    if name not in trusted and "*" not in trusted:
+        os.environ[TRUSTED_REDACT_FNS_ENV] = ",".join([*trusted, name])
+
+
+def check_trusted(name: str) -> None:
+    """Raise :class:`UntrustedRedactFnError` unless this process may import and run ``name``, a ``redact_fn`` a store's
+    ``redaction.json`` names: the file is data, which anyone who can write the store (every host that records into
+    it) can change, and the function it names runs on every text a reader of the store writes (``os.system`` too)."""
+    trusted = trusted_redact_fns()
+    if name in trusted or "*" in trusted:
+        return
+    raise UntrustedRedactFnError(
+        f"This store's {REDACTION_FILE} names redact_fn={name}, a function every writer of the store (capture, replay, "
+        "datasets, exports, ingest) runs on the text it writes, but this process was not told to trust it: ee runs a "
+        "function a store's file names only where the process was given that function (record_experience(..., "
+        f"redact_fn=...)) or {TRUSTED_REDACT_FNS_ENV} lists it, since anyone who can write the store's files could "
+        f"otherwise make its readers run any function. If {name} is your app's scrubber, set "
+        f"{TRUSTED_REDACT_FNS_ENV}={name} in this job's environment"
+        + (f" (beside the names it lists: {','.join(trusted)},{name})" if trusted else "")
+        + f" (names separated by commas; * trusts every name a store records); if you do not know it, look into the "
+        f'store\'s {REDACTION_FILE} ("custom_function") first.'
+    )
+
+
 def load_custom_function(name: str | tuple[str, ...]) -> Callable[[str], str]:
     """The ``redact_fn`` a store's ``redaction.json`` names (``custom_function``: ``module.function``), imported; for
     several names (apps with different ones sharing the store), one function applying each in turn.
 
-    Raises :class:`~ee_middleware.errors.ConfigError` naming the function and how to make it importable when it cannot
-    be imported: writing without it would store in plain text what it removed at capture."""
+    Raises :class:`UntrustedRedactFnError` for a name this process was not told to trust (:func:`check_trusted`), and
+    :class:`~ee_middleware.errors.ConfigError` naming the function and how to make it importable when it cannot be
+    imported: writing without it would store in plain text what it removed at capture."""
+    for one in (name,) if isinstance(name, str) else _names(name):
+        check_trusted(one)
+    return _load_custom_function(name)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_custom_function(name: str | tuple[str, ...]) -> Callable[[str], str]:
     if not isinstance(name, str):
-        functions = tuple(load_custom_function(one) for one in _names(name))
+        functions = tuple(_load_custom_function(one) for one in _names(name))
         return functions[0] if len(functions) == 1 else functools.partial(_in_turn, functions)
     function, why = _imported_function(name)
     if function is not None:
@@ -361,6 +413,7 @@ def capture_custom_function(settings: StoreRedaction, own: Callable[[str], str] 
         if name == mine and own is not None:
             functions.append(own)
             continue
+        check_trusted(name)
         function, why = _imported_function(name)
         if function is None:
             raise ConfigError(

@@ -54,9 +54,12 @@ def keep_text(text: str) -> str:
     return text
 
 
-def test_a_recorder_refused_for_a_store_s_redact_fn_it_cannot_import_leaves_no_vault_behind(react_graph: Any, store_path: Path) -> None:
+def test_a_recorder_refused_for_a_store_s_redact_fn_it_cannot_import_leaves_no_vault_behind(
+    react_graph: Any, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A store whose redaction.json names a lambda (recorded by an ee-middleware that still accepted one): a recorder is
     refused before it makes a vault, and the error says how to recover (the file and the key to edit)."""
+    monkeypatch.setenv("EE_TRUSTED_REDACT_FNS", "*")  # the names the store records are trusted (the refusal: test_store_redaction_trust.py)
     first = record_experience(react_graph, app="shop", store=store_path, redact_fn=keep_text)
     first.invoke(USER_TASK)
     assert first.flush()

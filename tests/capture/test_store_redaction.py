@@ -205,9 +205,12 @@ def test_later_writers_apply_the_redact_fn_capture_applied(react_graph, store_pa
     assert CODENAME not in files_text(store_path), "the replay record and rollout were written with the redact_fn"
 
 
-def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(react_graph, store_path: Path) -> None:
+def test_a_redact_fn_that_cannot_be_imported_stops_later_writers_naming_it(
+    react_graph, store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A lambda (or a function of a script run as __main__) cannot be imported by a later writer: it must not be dropped
     silently (the value it removed would be written in plain text), so writing fails, naming it and the fix."""
+    monkeypatch.setenv("EE_TRUSTED_REDACT_FNS", "*")  # the names the store records are trusted (the refusal: test_store_redaction_trust.py)
     from ee_middleware import record_experience
     from tests.conftest import USER_TASK, record_once
 

@@ -139,9 +139,12 @@ def hide_ip(text: str) -> str:
     return text.replace(IP, "[ip]")
 
 
-def test_a_recorded_redact_fn_this_process_cannot_import_stops_the_recorder_naming_it_and_the_fix(store_path: Path) -> None:
+def test_a_recorded_redact_fn_this_process_cannot_import_stops_the_recorder_naming_it_and_the_fix(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A store whose redaction.json names a lambda (an ee-middleware before the refusal at capture recorded one): a
     recorder is refused, naming it and how to recover (the file and key to edit); following that, it records."""
+    monkeypatch.setenv("EE_TRUSTED_REDACT_FNS", "*")  # the names the store records are trusted (the refusal: test_store_redaction_trust.py)
     first = _agent(store_path, redact_fn=hide_codename)
     _run(first)
     first.recorder.close()
@@ -234,6 +237,7 @@ def test_a_capture_process_started_before_another_writer_widened_the_store_s_rul
 def test_a_redact_fn_recorded_after_a_recorder_started_that_it_cannot_import_fails_its_runs_not_stores_them_plain(
     store_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("EE_TRUSTED_REDACT_FNS", "*")  # the names the store records are trusted (the refusal: test_store_redaction_trust.py)
     monkeypatch.setenv("EE_CAPTURE_STRICT", "0")  # as in production: a run's failure is logged and counted, not raised
     early = _agent(store_path)
     saved = json.loads((store_path / REDACTION_FILE).read_text())

@@ -415,6 +415,7 @@ def test_the_redact_fn_capture_applied_redacts_what_the_sandbox_says(tmp_path: P
     """Privacy sweep defect 2: replay redacted the sandbox's answers with the rules alone, so what the user's
     ``redact_fn`` removed at capture came back in plain text (rollouts, the fidelity diff) and every step whose
     observation held it was a fidelity mismatch. A ``redact_fn`` that cannot be imported stops replay before any work."""
+    monkeypatch.setenv("EE_TRUSTED_REDACT_FNS", "*")  # the names the store records are trusted (the refusal: test_store_redaction_trust.py)
     monkeypatch.setitem(PROFILES, "ann_1", {**PROFILES["ann_1"], "project": CODENAME})
     store = LocalExperienceStore(tmp_path / "experience")
     settings = StoreRedaction(RedactionRules(), custom_function=f"{__name__}.hide_codename")
