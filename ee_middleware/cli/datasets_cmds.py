@@ -414,6 +414,11 @@ def budget_line(budget: dict[str, Any]) -> str:
         f"{b['completion_cut']} keep only the head of their target, "
         f"{b['cut_from_left']} are cut from the left (losing system message, tools or task); "
         f"{b['dropped_completion_too_long']} dropped (completion alone too long)"
+        + (
+            f"; {b['dropped_control_tokens']} dropped (the tokenizer's control tokens in a message's text)"
+            if b.get("dropped_control_tokens")
+            else ""
+        )
     )
 
 

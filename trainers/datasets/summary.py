@@ -128,6 +128,7 @@ def budget_report(
         "lost_more_than_older_turns": stats.lost_more_than_older_turns,
         "lost_more_than_older_turns_share": round(stats.lost_essentials_share, 4),
         "dropped_completion_too_long": stats.dropped_too_long,
+        "dropped_control_tokens": stats.dropped_control_tokens,
         "prompt_tokens_before_fitting": {"median": needed[len(needed) // 2], "max": needed[-1]} if needed else None,
     }
 

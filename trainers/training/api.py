@@ -216,7 +216,8 @@ def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConf
         if not examples[kind]:
             raise TrainDataError(
                 f"Every row of {dataset.path} was dropped ({stats[kind].dropped_too_long} completions longer than "
-                f"max_length={config.max_length}, {stats[kind].dropped_empty} empty). Raise max_length or rebuild the dataset."
+                f"max_length={config.max_length}, {stats[kind].dropped_empty} empty, {stats[kind].dropped_control_tokens} "
+                "holding the tokenizer's control tokens in their text). Raise max_length or rebuild the dataset."
             )
         _warn_if_rows_dropped(kind, dataset, stats[kind], config)
         _warn_if_context_lost(kind, stats[kind], config)
@@ -229,10 +230,17 @@ def _prepare(datasets: dict[str, DatasetFile], tokenizer: Any, config: TrainConf
 def _warn_if_rows_dropped(kind: str, dataset: DatasetFile, stats: RenderStats, config: TrainConfig) -> None:
     """Say that rows of ``dataset`` are not trained on (a target of ``max_length`` tokens or more, or an empty one): the
     adapter learns from the others only, the long targets left out, which no exit code or loss shows."""
-    dropped = stats.dropped_too_long + stats.dropped_empty
+    dropped = stats.dropped_too_long + stats.dropped_empty + stats.dropped_control_tokens
     if not dropped:
         return
     reasons = []
+    if stats.dropped_control_tokens:
+        reasons.append(
+            f"{stats.dropped_control_tokens} hold the base tokenizer's control tokens "
+            f"({', '.join(stats.control_token_examples)}) inside a message's text, a call or a tool schema (a tool's "
+            "result quoting a chat template, a web page): a server tokenizes them as the real tokens, so these rows would "
+            "teach a turn that ends, or another that starts, inside an observation"
+        )
     if stats.dropped_too_long:
         reasons.append(
             f"{stats.dropped_too_long} have a target of max_length={config.max_length} tokens or more (the longest "

@@ -7,6 +7,8 @@ generator and the servers share (so a model is served the prompts it was trained
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +52,13 @@ class RenderStats:
     longest_dropped_completion: int = 0
     """Tokens of the longest completion dropped for reaching ``max_length`` (0: none)."""
     dropped_empty: int = 0
+    dropped_control_tokens: int = 0
+    """Rows holding one of the tokenizer's control tokens (``<|im_end|>``, ``<|eot_id|>``, ...) inside a message's text,
+    tool call or tool schema (a tool's result quoting a chat template, a web page): tokenized as a server tokenizes a
+    rendered prompt, the token is a real one there, so the row would teach a turn that ends, or another that starts,
+    inside an observation or a call."""
+    control_token_examples: list[str] = field(default_factory=list)
+    """The control tokens found, each once (at most 5), for the warning."""
     fallback_completion: int = 0
     """Rows whose completion is the target's text plus end-of-sequence: the template renders the earlier turns
     otherwise once a reply follows (Mistral v3 moves the system message)."""
@@ -180,6 +189,7 @@ def tokenize_rows(
     examples = []
     # fitting a long state tokenizes texts that share most of their pieces a dozen times: each piece once (same ids)
     tokenizer = tokenizer if isinstance(tokenizer, CachedTokenizer) else CachedTokenizer(tokenizer)
+    control = control_tokens(tokenizer)
     bar = None
     if progress is not None:
         from tqdm.auto import tqdm
@@ -189,7 +199,8 @@ def tokenize_rows(
         for done, row in enumerate(rows, 1):
             if bar is not None:
                 bar.update()
-            _tokenize_row(tokenizer, row, max_length, support, stats, examples)
+            if control is None or not _holds_control_token(row, control, stats):
+                _tokenize_row(tokenizer, row, max_length, support, stats, examples)
             if on_row is not None:
                 on_row(done)
     finally:
@@ -197,6 +208,31 @@ def tokenize_rows(
             bar.close()
     stats.examples = len(examples)
     return examples, stats
+
+
+def control_tokens(tokenizer: Any) -> re.Pattern[str] | None:
+    """A pattern finding the tokenizer's control tokens (its special tokens: beginning and end of sequence, turn markers
+    such as ``<|im_start|>``, ``<|eot_id|>``) in a text; ``None`` for a tokenizer without any."""
+    found = {str(token) for token in getattr(tokenizer, "all_special_tokens", None) or ()}
+    added = getattr(tokenizer, "added_tokens_decoder", None)
+    if isinstance(added, dict):
+        found |= {str(token.content) for token in added.values() if getattr(token, "special", False)}
+    found = {token for token in found if token.strip()}
+    return re.compile("|".join(map(re.escape, sorted(found, key=len, reverse=True)))) if found else None
+
+
+def _holds_control_token(row: ChatRow, control: re.Pattern[str], stats: RenderStats) -> bool:
+    """Whether ``row``'s messages, calls or tool schemas hold a control token in their text (counted, and its id kept
+    among the dropped, in ``stats``)."""
+    text = json.dumps([row.prompt, row.completion, row.tools], ensure_ascii=False)
+    found = control.search(text)
+    if found is None:
+        return False
+    stats.dropped_control_tokens += 1
+    stats.dropped_ids.append(row.id)
+    if found[0] not in stats.control_token_examples and len(stats.control_token_examples) < 5:
+        stats.control_token_examples.append(found[0])
+    return True
 
 
 def _tokenize_row(

@@ -103,7 +103,10 @@ def print_summary(manifest: dict[str, Any]) -> None:
     console = make_console()
     console.print(table)
     cut = sum(d["render"]["truncated"] for d in manifest["datasets"].values())
-    dropped = sum(d["render"]["dropped_too_long"] + d["render"]["dropped_empty"] for d in manifest["datasets"].values())
+    dropped = sum(
+        d["render"]["dropped_too_long"] + d["render"]["dropped_empty"] + d["render"].get("dropped_control_tokens", 0)
+        for d in manifest["datasets"].values()
+    )
     console.print(f"adapter: {manifest['adapter_dir']}  (prompts cut to fit max_length: {cut}, rows dropped: {dropped})")
 
 
