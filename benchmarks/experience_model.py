@@ -127,7 +127,9 @@ def alternatives(trajectories: list, k: int, states: int) -> list[list[tuple]]:
         for step in t.steps:
             if step.action.tool_call is None:
                 continue
-            point = DecisionPoint(trajectory_id=t.id, step_index=step.index, state=step.state, tools=t.tools, expert=step.action.tool_call)
+            point = DecisionPoint(
+                trajectory_id=t.id, step_index=step.index, state=step.state, tools=t.step_tools(step), expert=step.action.tool_call
+            )
             calls = [(t, step, c.call) for c in proposer.propose(point, seed=derive_seed(0, t.id, step.index)).accepted]
             if len(calls) == k:
                 out.append(calls)

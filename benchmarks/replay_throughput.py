@@ -185,7 +185,7 @@ def retail_main(args: argparse.Namespace) -> dict:
     plans = {}
     for t in trajectories:
         for s in t.steps:
-            point = DecisionPoint(t.id, s.index, s.state, t.tools, s.action.tool_call)
+            point = DecisionPoint(t.id, s.index, s.state, t.step_tools(s), s.action.tool_call)
             plans[(t.id, s.index)] = [c.call for c in proposer.propose(point, seed=derive_seed(0, t.id, s.index)).accepted]
     load_before = [round(x, 2) for x in os.getloadavg()]
     times: dict[str, list[float]] = {"whole_copy": [], "journal": []}
@@ -470,7 +470,7 @@ def main() -> None:
         for t in trajectories:
             for s in t.steps:
                 if s.action.tool_call is not None:
-                    point = DecisionPoint(t.id, s.index, s.state, t.tools, s.action.tool_call)
+                    point = DecisionPoint(t.id, s.index, s.state, t.step_tools(s), s.action.tool_call)
                     plans[(t.id, s.index)] = [c.call for c in proposer.propose(point, seed=derive_seed(0, t.id, s.index)).accepted]
         propose_s = time.perf_counter() - t0
         n_branches = sum(len(calls) for calls in plans.values())

@@ -13,7 +13,10 @@ A run whose model calls were offered different tools (a middleware choosing them
 example per stretch of decisions offered the same tools, since an OpenAI example has one tool list: each holds the
 conversation up to its last decision, teaches that stretch (the earlier decisions are context, weight 0) and offers
 exactly its tools. The Parquet export keeps one row per trajectory and gives each taught message the names of the
-tools its decision was offered (``tools``; null where they were all of the trajectory's).
+tools its decision was offered (``tools``; null where they were all of the trajectory's), as ``Step.tools`` names them:
+a tool offered with several schemas under its name (rewritten per call) is ``NAME#K`` there, the K-th schema of that
+name after its first in the row's ``tools``, which lists each schema once, in the order first offered
+(:func:`~ee_middleware.records.offered_tools` resolves them). A JSONL example offers one schema per name.
 
 A run holding several conversations (parallel ``Send`` branches each running its own model; an agent run inside a tool,
 recorded before capture split those into trajectories of their own) keeps only its last conversation in ``messages``,
@@ -114,7 +117,8 @@ def export_parquet(
     """One row per trajectory: lineage columns, ``messages`` as nested chat structs (``weight``: 1 for an assistant
     message the run decided, 0 for one it did not, null for other roles), ``tools`` as JSON; a trajectory that decided
     nothing is left out (``on_skipped``). Each message's ``tools``: for one the run decided at a decision offered
-    only some of the trajectory's tools, their names; else null. A trajectory holding several conversations keeps its
+    only some of the trajectory's tools, their names (``NAME#K``: the K-th schema of NAME after its first in the row's
+    ``tools``, where a tool was offered with several); else null. A trajectory holding several conversations keeps its
     last one in its row; ``on_split(trajectory_id, what)`` says which decisions the row leaves out (the JSONL export
     gives them examples of their own).
 

@@ -1448,7 +1448,8 @@ def _step_tools(decision: dict[str, Any], catalog: ToolCatalog) -> list[str] | N
     the run's (:meth:`ToolCatalog.step_tools`), or where its span does not say (an instrumentation that records no tool
     definitions: the capture's own spans leave them out only where the model was offered none)."""
     if not decision["told"]:
-        return None
+        # all of the run's, as far as is known; named where a tool varies (None would offer every schema of its name)
+        return catalog.default_refs() if catalog.varies else None
     return catalog.step_tools(catalog.refs(decision["tools"]))
 
 

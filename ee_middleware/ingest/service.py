@@ -61,7 +61,7 @@ from ee_middleware.ingest.runs import (
     read_gaps,
 )
 from ee_middleware.ingest.spill import SpanSpill
-from ee_middleware.records import Approval, Observation, Step, ToolCatalog, Trajectory, offered_tools, utcnow
+from ee_middleware.records import SCHEMA_VERSION, Approval, Observation, Step, ToolCatalog, Trajectory, offered_tools, utcnow
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.int64 import trajectory_problem
 from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
@@ -1151,6 +1151,8 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
             "id": named.id,
             "steps": numbered,
             "tools": catalog.tools,
+            # a version's NAME#K refs are this library's: the merged run is read as this schema says
+            "schema_version": SCHEMA_VERSION,
             "status": ended.status,
             "error": ended.error,
             "started_at": start,

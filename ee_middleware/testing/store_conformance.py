@@ -88,7 +88,8 @@ A, B, C, D = "traj-0a", "traj-1b", "traj-1b7", "traj-2c"
 def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conformance") -> Trajectory:
     """A small valid trajectory with tool-call steps and a final answer (with the model's reasoning before it,
     ``Action.reasoning``, and offered no tools, ``Step.tools == []``, which must round-trip too: an empty list is not
-    ``None``, all of the trajectory's tools)."""
+    ``None``, all of the trajectory's tools). Its tool ``lookup`` was offered with two schemas (rewritten per call,
+    schema 1.7): ``tools`` must keep both in their order, and each step its ``NAME#K`` reference."""
     start = utcnow()
     history: list[dict[str, Any]] = [{"role": "user", "content": f"task {trajectory_id} ✓ 日本"}]
     recorded = []
@@ -104,6 +105,7 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
                 observation=Observation(content=f"result {i}"),
                 latency_ms=1.5,
                 model_latency_ms=2.0,
+                tools=["lookup" if i % 2 == 0 else "lookup#1"],
             )
         )
         history += [
@@ -137,7 +139,15 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
                     "description": "Look up.",
                     "parameters": {"type": "object", "properties": {"i": {"type": "integer"}}},
                 },
-            }
+            },
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "description": "Look up (the second schema of the name).",
+                    "parameters": {"type": "object", "properties": {"i": {"type": "integer"}, "q": {"type": "string"}}},
+                },
+            },
         ],
         environment={"seed": 1},
     )
