@@ -761,6 +761,17 @@ REGISTRIES = PluginKind(
 )
 
 
+def imports_code(spec: str | os.PathLike[str]) -> bool:
+    """Whether opening the registry ``spec`` names would import a module of its own (``package.module:factory``), not a
+    folder's or an installed plug-in's: a spec read from a run's records (a runs folder's files, which whoever can write
+    there can change) is opened only where the job's own configuration names the same registry."""
+    text = os.fspath(spec)
+    name, sep, _ = text.partition(":")
+    if not sep or name == "local" or name in REGISTRIES.installed():
+        return False
+    return bool(FACTORY_SPEC.match(text)) and not Path(text).expanduser().is_dir()
+
+
 def open_registry(spec: str | os.PathLike[str] | AdapterRegistry, *, create: bool = True) -> AdapterRegistry:
     """The registry ``spec`` names: a folder (or ``local:PATH``), ``NAME:LOCATION`` for a plug-in, or ``package.module:factory``."""
     if isinstance(spec, AdapterRegistry):

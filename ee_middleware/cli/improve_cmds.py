@@ -384,6 +384,21 @@ def _runs_dir(ctx: typer.Context, runs: Path | None, config: Path | None) -> Any
     return RunsDir(runs)
 
 
+def _configured_registry(config: Path | None) -> str | None:
+    """The adapter registry the job's configuration names (``EE_ADAPTER_REGISTRY``, else ``--config``'s ``[improve]
+    registry``): a registry a run records as ``module:factory`` is opened only where it is this one."""
+    import os
+
+    if os.environ.get("EE_ADAPTER_REGISTRY"):
+        return os.environ["EE_ADAPTER_REGISTRY"]
+    if config is None:
+        return None
+    from ee_middleware._toml import read_toml_table
+
+    value = read_toml_table(config, "improve").get("registry")
+    return str(value) if value else None
+
+
 RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (or --config improve.toml).")
 
 
@@ -494,7 +509,7 @@ def prune_runs(
     folder = None
     try:
         folder = _runs_dir(ctx, runs, config)
-        result = folder.prune(keep, dry_run=dry_run)
+        result = folder.prune(keep, dry_run=dry_run, registry=_configured_registry(config))
     except Exception as exc:
         if as_json:  # refused (a run holds the folder's lock) or failed: stdout still says why, as JSON
             print_json(_failure_json(exc, folder.root if folder is not None else None))

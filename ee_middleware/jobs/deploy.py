@@ -941,33 +941,14 @@ def _moment_text(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else moment.isoformat()  # a naive datetime stays zone-less
 
 
-def _with_credentials(run: Run, recorded: dict[str, Any]) -> dict[str, Any]:
-    """The run's ``[improve.serving]`` as run.json recorded it (``recorded``), with the credentials it shows as ``***``
-    (a secret-named key, a password or key in a server's URL) read from the run's own copy of its config file, where
-    that gives the same settings: unloading from a replica that asks for them needs them. ``recorded`` as it is where
-    nothing is hidden, or the copy is gone or says otherwise (``--server`` flags gave other servers)."""
-    from ee_middleware._toml import read_toml_table
-    from ee_middleware.jobs.config import _without_secrets
-    from ee_middleware.jobs.improve import CONFIG_COPY
-
-    copy = run.folder / CONFIG_COPY
-    if "***" not in json.dumps(recorded, default=str) or not copy.is_file():
-        return recorded
-    try:
-        own = read_toml_table(copy, "improve").get("serving")
-    except Exception:  # noqa: BLE001 - a copy that cannot be read: the recorded settings, as before
-        return recorded
-    if not isinstance(own, dict) or any(_without_secrets({key: value})[key] != recorded.get(key) for key, value in own.items()):
-        return recorded
-    return {**recorded, **own}
-
-
-def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
+def retire_abandoned(run: Run, reason: str, config: ImproveConfig) -> dict[str, Any]:
     """Retire the candidate of ``run``, an improve run being abandoned (``--new-run``), and unload it from its replicas,
     with the promote stage's :func:`~ee_middleware.adapters.promote.retire` (as for a failed gate): the adapter its
     register stage recorded, and any other its attempts registered (``created_by`` this run: one killed before the
     register manifest was written), while its status is still ``candidate`` (a live or retired one is left as it is).
-    The registry is the one the run registered into; the replicas are the run's ``[improve.serving]`` servers.
+    The registry is the one the run registered into (one given as ``module:factory`` only where ``config``, the job's
+    own configuration, names it too: a runs folder's records choose no code to import); the replicas are ``config``'s
+    ``[improve.serving]`` servers, the fleet the job serves now (with their credentials, which run.json hides).
 
     Returns ``{}`` when there was none, else ``{"candidates": [...], "reason", "unload_problems": [...]}`` (a replica
     that could not unload it, down or refusing, is named there, as the promote stage names it). A registry that is not
@@ -975,8 +956,8 @@ def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
     abandoned, and the next call tries again)."""
     from ee_middleware.adapters.errors import AdapterNotFoundError
     from ee_middleware.adapters.promote import retire
-    from ee_middleware.adapters.registry import open_registry
-    from ee_middleware.jobs.config import Serving, _registry_missing
+    from ee_middleware.adapters.registry import imports_code, open_registry
+    from ee_middleware.jobs.config import _registry_missing
     from ee_middleware.jobs.runs import job_table
 
     register = run.outputs("register")
@@ -984,6 +965,12 @@ def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
     location = register.get("registry") or improve.get("registry")
     if not location:
         return {}
+    if imports_code(str(location)) and str(location) != str(config.registry):
+        why = (
+            f"not retired: the run records its registry as {location}, a plug-in factory, which is built only where the "
+            f"job's configuration names it (it names {config.registry})"
+        )
+        return {"candidates": [], "reason": reason, "unload_problems": [why]}
     try:
         registry = open_registry(str(location), create=False)
     except Exception as exc:
@@ -1001,8 +988,7 @@ def retire_abandoned(run: Run, reason: str) -> dict[str, Any]:
             continue
     if not candidates:
         return {}
-    serving = _with_credentials(run, improve.get("serving") if isinstance(improve.get("serving"), dict) else {})
-    replicas = _serving_replicas(Serving(**serving))
+    replicas = _serving_replicas(config.serving)
     problems: list[str] = []
     try:
         for name in candidates:

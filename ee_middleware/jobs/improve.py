@@ -91,7 +91,7 @@ def run_improve(
             # abandoned (its candidate retired and unloaded), so a refused --new-run changes nothing
             check_servers(config, STAGES)
             config.check_evaluation_sandbox()
-            for run_id in runs.abandon_unfinished("--new-run", config.scope()):
+            for run_id in runs.abandon_unfinished("--new-run", config.scope(), config=config):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
         config_hash = config.config_hash()
 
@@ -120,8 +120,10 @@ def run_improve(
             say.info(f"continuing run {run.id} (attempt {run.data['attempts']}; finished stages: {', '.join(done) or 'none'})")
             if redo:
                 _redo_selection(run, redo, say)
-        if (run.folder / CONFIG_COPY).is_file():  # the stages read the file as it was when the run started
-            config = config.model_copy(update={"config_path": run.folder / CONFIG_COPY})
+        # The stages read the user's own file, not the run folder's copy (kept for lineage: what the run was made with):
+        # continuing, its settings are the copy's (the configuration hash says so, but for secrets, which it leaves out,
+        # and changes _take_changes just copied), and a copy edited in the runs folder (by whoever can write there)
+        # would choose the sandbox, policy and teacher factories the stages build, an `mcp:` server command among them.
         deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None
         if on_start is not None:
             on_start(run)
@@ -147,7 +149,7 @@ def run_improve(
             if report:
                 _write_report(run, say)
     if config.keep_runs is not None:
-        _prune_old_runs(run, runs, config.keep_runs, say)
+        _prune_old_runs(run, runs, config.keep_runs, say, registry=str(config.registry))
     return run
 
 
@@ -185,13 +187,13 @@ def _redo_selection(run: Run, why: str, say: Progress) -> None:
     say.info(f"run {run.id}: {why}")
 
 
-def _prune_old_runs(run: Run, runs: RunsDir, keep: int, say: Progress) -> None:
+def _prune_old_runs(run: Run, runs: RunsDir, keep: int, say: Progress, *, registry: str) -> None:
     """``[improve] keep_runs``: remove old runs once the run is done (and the folder's lock released); what went is
     recorded in the run's ``pruned`` (``ee runs show``, ``--json``). The night's run is what the exit status reports: a
     prune that fails (another process holds the lock, a disk error) is recorded and left for the next night or ``ee runs
     prune``."""
     try:
-        pruned = runs.prune(keep)
+        pruned = runs.prune(keep, registry=registry)
     except (EEError, OSError) as exc:
         say.info(f"old runs not pruned (keep_runs = {keep}): {exc}")
         with contextlib.suppress(OSError):

@@ -325,7 +325,7 @@ class RunsDir:
             )
         return run
 
-    def abandon_unfinished(self, reason: str, scope: Mapping[str, Any] | None = None) -> list[str]:
+    def abandon_unfinished(self, reason: str, scope: Mapping[str, Any] | None = None, *, config: Any = None) -> list[str]:
         """Mark every unfinished run (of ``scope``) ``abandoned`` (its folder stays, for the record); their ids.
 
         An improve run's candidate goes with it: one it registered that is still ``candidate`` (its evaluation may have
@@ -333,15 +333,17 @@ class RunsDir:
         promote stage retires a candidate that failed its gate (:func:`ee_middleware.jobs.deploy.retire_abandoned`;
         ``abandoned_candidate`` in the run's outcome). Left there, nothing would ever retire it: each abandoned night
         kept one more adapter loaded (a LoRA slot and memory on vLLM) and one more ``candidate`` in the registry. A
-        registry that cannot be written stops here, before the run is marked (the next call tries again)."""
+        registry that cannot be written stops here, before the run is marked (the next call tries again). ``config``: the
+        job's :class:`~ee_middleware.jobs.config.ImproveConfig` (its registry and replicas); without it no candidate is
+        retired."""
         ids = []
         for run in self._of(scope):
             if run.status in RESUMABLE:
                 retired: dict[str, Any] = {}
-                if run.data.get("job") == "improve":
+                if run.data.get("job") == "improve" and config is not None:
                     from ee_middleware.jobs.deploy import retire_abandoned
 
-                    retired = retire_abandoned(run, f"run {run.id} abandoned ({reason})")
+                    retired = retire_abandoned(run, f"run {run.id} abandoned ({reason})", config)
                 outcome = {**run.data.get("outcome", {}), "abandoned": reason}
                 if retired:
                     outcome["abandoned_candidate"] = retired
@@ -349,7 +351,7 @@ class RunsDir:
                 ids.append(run.id)
         return ids
 
-    def prune(self, keep: int, *, dry_run: bool = False) -> dict[str, Any]:
+    def prune(self, keep: int, *, dry_run: bool = False, registry: str | None = None) -> dict[str, Any]:
         """Remove old runs' folders, keeping the ``keep`` newest runs and every run something still needs:
 
         - an unfinished run (``running``, ``failed``, ``stopped``): the next call continues it;
@@ -357,7 +359,8 @@ class RunsDir:
           next run starts;
         - the live adapter's lineage: a run whose candidate is live, or the adapter a rollback returns to, in the
           registry it registered into (its datasets, evaluation and report; a registry that cannot be read keeps every
-          run that registered into it).
+          run that registered into it, and so does one a run records as ``module:factory`` where ``registry``, the
+          registry the job's own configuration names, is another: a runs folder's records choose no code to import).
 
         The folder lock is held throughout (a job that is running refuses it, and no job starts meanwhile). A folder is
         moved into ``.pruning/`` before it is deleted, so that one cut short is never listed as a damaged run; a later
@@ -370,7 +373,7 @@ class RunsDir:
             return {"root": str(self.root), "keep": keep, "dry_run": dry_run, "removed": [], "kept": [], "bytes_freed": 0}
         with self.lock(doing="prune its runs"):
             runs = self.list()
-            needed = self._needed(runs)
+            needed = self._needed(runs, registry)
             newest = {r.id for r in runs[len(runs) - keep :]} if keep else set()
             removed, kept = [], []
             for run in runs:
@@ -394,7 +397,7 @@ class RunsDir:
         freed = sum(entry["bytes"] for entry in removed)
         return {"root": str(self.root), "keep": keep, "dry_run": dry_run, "removed": removed, "kept": kept, "bytes_freed": freed}
 
-    def _needed(self, runs: list[Run]) -> dict[str, str]:
+    def _needed(self, runs: list[Run], registry: str | None = None) -> dict[str, str]:
         """Run id -> why it is kept whatever ``keep`` says (see :meth:`prune`), every reason that holds."""
         needed: dict[str, list[str]] = {}
         for run in runs:
@@ -414,7 +417,8 @@ class RunsDir:
         for run in runs:
             register = run.outputs("register")
             if register.get("candidate"):
-                why = _adapter_needs(register.get("registry") or job_table(run).get("registry"), register["candidate"], opened)
+                location = register.get("registry") or job_table(run).get("registry")
+                why = _adapter_needs(location, register["candidate"], opened, configured=registry)
                 if why:
                     needed.setdefault(run.id, []).append(why)
         return {run_id: "; ".join(reasons) for run_id, reasons in needed.items()}
@@ -576,17 +580,22 @@ def _json_kind(value: Any) -> str:
     return {dict: "object", list: "array", str: "string"}.get(type(value), type(value).__name__)
 
 
-def _adapter_needs(registry: Any, name: str, opened: dict[str, Any]) -> str | None:
+def _adapter_needs(registry: Any, name: str, opened: dict[str, Any], *, configured: str | None = None) -> str | None:
     """Why the run that registered ``name`` into ``registry`` is needed: its adapter is live, or the one a rollback
     returns to; also when the registry cannot be read (nothing can be told then, so the run is kept). ``opened``: the
     registries opened so far (location -> registry, or the exception opening it raised)."""
     if not registry:
         return None
     from ee_middleware.adapters.errors import AdapterError, AdapterNotFoundError
-    from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.adapters.registry import imports_code, open_registry
     from ee_middleware.messages import one_line
 
     location = str(registry)
+    if imports_code(location) and location != str(configured):
+        return (
+            f"its registry {location} is a plug-in factory, built only where the job's configuration names it (--config), "
+            "never from a run's records, so whether its adapter is live cannot be told: it is kept"
+        )
     try:
         if location not in opened:
             try:

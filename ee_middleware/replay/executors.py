@@ -60,6 +60,7 @@ from typing import Any, Protocol
 
 from ee_middleware._lifetime import SIGNAL_CHECK_S, die_with_parent, second_signal_ends
 from ee_middleware._optional import import_optional
+from ee_middleware.capture.store_redaction import TRUSTED_REDACT_FNS_ENV
 from ee_middleware.errors import (
     EEError,
     MissingExtraError,
@@ -1591,6 +1592,9 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if address:
                 kwargs["address"] = address
+                trusted = os.environ.get(TRUSTED_REDACT_FNS_ENV)
+                if trusted:  # a running cluster's workers have their nodes' environment: the store's redact_fn trusted here
+                    kwargs["runtime_env"] = {"env_vars": {TRUSTED_REDACT_FNS_ENV: trusted}}
             else:  # a new local instance, even where an earlier `ray start` left its address behind
                 kwargs.update(address="local", num_cpus=max(workers, 1))
                 self._token = os.environ[RAY_JOB_ENV] = uuid.uuid4().hex  # inherited by every process of it

@@ -554,24 +554,35 @@ def test_credentials_in_the_urls_a_run_records_are_hidden(tmp_path: Path) -> Non
     assert described["replay"]["policy"] == "openai:http://***@127.0.0.1:8001/v1#m"
 
 
-def test_retiring_an_abandoned_runs_candidate_unloads_with_the_credentials_run_json_hides(tmp_path: Path) -> None:
-    """--new-run unloads the abandoned run's candidate from the servers its run.json records, where their credentials
-    read ***: they are read from the run's own copy of its config file (0600), where it names the same servers."""
-    from types import SimpleNamespace
+def test_a_registry_a_run_records_as_a_plug_in_factory_is_never_imported_from_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ee runs prune` (also --dry-run, also ee improve's keep_runs) and --new-run's retiring opened the registry a run's
+    records name, and a `module:factory` one imports that module: whoever can write a runs folder made them run code
+    (review of the redact_fn trust gate, F2). Such a registry is built only where the job's own configuration names it;
+    else the run is kept (prune) or its candidate left (--new-run), saying why."""
+    from ee_middleware.jobs.deploy import retire_abandoned
 
-    from ee_middleware.jobs.deploy import _with_credentials
-
-    server = "http://bob:SrvPassw0rd@127.0.0.1:8000/v1"
-    path = _config(tmp_path, f'[improve.serving]\nservers = ["{server}"]\ntimeout_s = 30\n')
-    recorded = ImproveConfig.load(path).describe()["improve"]["serving"]
-    assert recorded["servers"] == ["http://***@127.0.0.1:8000/v1"]
-    run = SimpleNamespace(folder=tmp_path)
-    (tmp_path / "config.toml").write_text(path.read_text())  # the run's copy (CONFIG_COPY)
-    restored = _with_credentials(run, recorded)  # type: ignore[arg-type]
-    assert restored["servers"] == [server]
-    assert {k: v for k, v in restored.items() if k != "servers"} == {k: v for k, v in recorded.items() if k != "servers"}
-    (tmp_path / "config.toml").write_text(_config(tmp_path, '[improve.serving]\nservers = ["http://a:b@other:8000/v1"]\n').read_text())
-    assert _with_credentials(run, recorded) == recorded  # the copy names other servers (flags gave these): as recorded
+    (tmp_path / "planted_registry.py").write_text(
+        "from pathlib import Path\n\ndef make(*args, **kwargs):\n    Path('MARKER').write_text('ran')\n    raise RuntimeError('ran')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = tmp_path / "MARKER"
+    monkeypatch.chdir(tmp_path)
+    runs = RunsDir(tmp_path / "runs")
+    run = runs.create("improve", {"improve": {"store": "s", "app": "shop", "registry": "r"}}, "hash")
+    run.write_stage(
+        "register", {"stage": "register", "status": "done", "outputs": {"candidate": "c1", "registry": "planted_registry:make"}}
+    )
+    run.update(status="succeeded")
+    result = runs.prune(0, dry_run=True, registry=str(tmp_path / "r"))
+    [kept] = result["kept"]
+    assert kept["id"] == run.id and "plug-in factory" in kept["why"]
+    assert not marker.exists(), "the registry factory the run recorded was imported"
+    config = ImproveConfig.load(_config(tmp_path))
+    retired = retire_abandoned(run, "--new-run", config)
+    assert retired["candidates"] == [] and "plug-in factory" in retired["unload_problems"][0]
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(

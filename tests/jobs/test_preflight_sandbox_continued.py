@@ -72,3 +72,31 @@ def test_a_new_run_is_stopped_before_it_starts(tmp_path: Path, sandboxes: str) -
         run_improve(ImproveConfig.load(path), report=False)
 
     assert RunsDir(tmp_path / "runs").list() == []
+
+
+def test_a_continued_runs_stages_read_the_users_own_file_not_the_run_folders_copy(
+    tmp_path: Path,
+    sandboxes: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The copy in the run folder is data whoever can write the runs folder can change: continuing a run, the stages
+    read their tables (sandbox, policy, teacher factories; an ``mcp:`` server's command) from it. They read the user's
+    file, whose settings the configuration hash found to be the run's (review of the redact_fn trust gate, F1)."""
+    from ee_middleware.jobs import improve
+
+    path = _config(tmp_path, f"{sandboxes}:make_raising")
+    run, _ = _run_done_up_to(path, tmp_path, "gate")
+    copy = run.folder / CONFIG_COPY
+    copy.write_text(copy.read_text().replace(f"{sandboxes}:make_raising", "mcp:/tmp/planted.json"))
+    seen: list[tuple[Path | None, str]] = []
+    original = improve._run_stages
+
+    def recording(ctx: object, **kwargs: object) -> None:
+        config = ctx.config  # type: ignore[attr-defined]
+        seen.append((config.config_path, config.tables()["replay"]["sandbox"]))
+        original(ctx, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(improve, "_run_stages", recording)
+    continued = run_improve(ImproveConfig.load(path), report=False)
+    assert continued.id == run.id
+    assert seen == [(path, f"{sandboxes}:make_raising")]

@@ -614,3 +614,29 @@ def test_stopping_the_local_ray_instance_kills_every_process_that_inherited_its_
         for process in (ours, other_job, unrelated):
             process.kill()
             process.wait()
+
+
+def test_the_workers_of_a_running_ray_cluster_are_given_the_redact_fns_trusted_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running cluster's workers have their nodes' environment, not the driver's: EE_TRUSTED_REDACT_FNS set here (by
+    the job's environment, or a recorder given the function) did not reach them, and replay of a store recorded with a
+    redact_fn stopped there as untrusted. ``ray.init`` is given it as the job's runtime environment (a stand-in for the
+    cluster: ``ray.init`` records what it is given and stops, since no cluster runs here)."""
+    import ray
+
+    from ee_middleware.capture.store_redaction import TRUSTED_REDACT_FNS_ENV
+    from ee_middleware.replay.executors import RayExecutor, WorkerSpec
+    from ee_middleware.replay.runner import ReplaySettings
+    from ee_middleware.replay.sandboxes.registry import sandbox_factory
+
+    given: dict[str, Any] = {}
+
+    def init(**kwargs: Any) -> None:
+        given.update(kwargs)
+        raise RuntimeError("no cluster here")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setenv(TRUSTED_REDACT_FNS_ENV, "myapp.privacy.scrub")
+    spec = WorkerSpec(sandbox_factory("bfcl"), "mutate", ReplaySettings(replay_id="r", policy="mutate", k=2))
+    with pytest.raises(RuntimeError, match="no cluster here"):
+        RayExecutor(spec, 2, address="ray://cluster:10001")
+    assert given["runtime_env"] == {"env_vars": {TRUSTED_REDACT_FNS_ENV: "myapp.privacy.scrub"}}
