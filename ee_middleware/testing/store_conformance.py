@@ -52,6 +52,7 @@ that lives in one process's memory). It takes a few seconds: a fresh interpreter
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import functools
 import io
@@ -85,11 +86,32 @@ MakeStore = Callable[[], Any]
 A, B, C, D = "traj-0a", "traj-1b", "traj-1b7", "traj-2c"
 
 
-def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conformance") -> Trajectory:
+_LOOKUP_SCHEMAS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look up.",
+            "parameters": {"type": "object", "properties": {"i": {"type": "integer"}}},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "Look up (the second schema of the name).",
+            "parameters": {"type": "object", "properties": {"i": {"type": "integer"}, "q": {"type": "string"}}},
+        },
+    },
+]
+"""The sample trajectory's tool schemas: ``lookup``, and the other schema it was offered with where it varies."""
+
+
+def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conformance", tool_variants: bool = False) -> Trajectory:
     """A small valid trajectory with tool-call steps and a final answer (with the model's reasoning before it,
     ``Action.reasoning``, and offered no tools, ``Step.tools == []``, which must round-trip too: an empty list is not
-    ``None``, all of the trajectory's tools). Its tool ``lookup`` was offered with two schemas (rewritten per call,
-    schema 1.7): ``tools`` must keep both in their order, and each step its ``NAME#K`` reference."""
+    ``None``, all of the trajectory's tools). With ``tool_variants``, its tool ``lookup`` was offered with two schemas
+    (rewritten per call, schema 1.7): ``tools`` must keep both in their order, and each step its ``NAME#K`` reference."""
     start = utcnow()
     history: list[dict[str, Any]] = [{"role": "user", "content": f"task {trajectory_id} ✓ 日本"}]
     recorded = []
@@ -105,7 +127,7 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
                 observation=Observation(content=f"result {i}"),
                 latency_ms=1.5,
                 model_latency_ms=2.0,
-                tools=["lookup" if i % 2 == 0 else "lookup#1"],
+                tools=["lookup" if i % 2 == 0 else "lookup#1"] if tool_variants else None,
             )
         )
         history += [
@@ -131,24 +153,7 @@ def sample_trajectory(trajectory_id: str, *, steps: int = 2, app: str = "conform
         started_at=start,
         ended_at=start + dt.timedelta(seconds=1),
         steps=recorded,
-        tools=[
-            {
-                "type": "function",
-                "function": {
-                    "name": "lookup",
-                    "description": "Look up.",
-                    "parameters": {"type": "object", "properties": {"i": {"type": "integer"}}},
-                },
-            },
-            {
-                "type": "function",
-                "function": {
-                    "name": "lookup",
-                    "description": "Look up (the second schema of the name).",
-                    "parameters": {"type": "object", "properties": {"i": {"type": "integer"}, "q": {"type": "string"}}},
-                },
-            },
-        ],
+        tools=copy.deepcopy(_LOOKUP_SCHEMAS[: 2 if tool_variants else 1]),
         environment={"seed": 1},
     )
 
@@ -253,7 +258,7 @@ def _store_factory(make_store: MakeStore | str) -> MakeStore:
 def _check_trajectories(store: Any, make_store: MakeStore) -> None:
     assert store.trajectories().height == 0, "a new store must be empty"
     assert store.rollouts().height == 0 and store.replays().height == 0, "a new store has no rollouts and no replay records"
-    originals = [sample_trajectory(i, steps=n + 1) for n, i in enumerate((A, B, C))]
+    originals = [sample_trajectory(i, steps=n + 1, tool_variants=i == C) for n, i in enumerate((A, B, C))]
     written = store.write(originals)
     assert written == 3, f"write() returns how many trajectories it wrote: it returned {written!r} for 3"
     shown = store.trajectories()["id"].to_list()
