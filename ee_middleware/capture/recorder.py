@@ -39,11 +39,11 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypedDict, overload
 
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.base import RunnableBindingBase
@@ -108,6 +108,9 @@ from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.store.metadata import keeps_metadata
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import open_store
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -1467,6 +1470,58 @@ def _same_store(recorder: Recorder, spec: Any) -> bool:
 
 _UNNAMED_APP = next(f.default for f in dataclasses.fields(CaptureConfig) if f.name == "app")
 """``CaptureConfig.app`` when nothing named the app."""
+
+
+_P = ParamSpec("_P")
+
+
+class RecordingOptions(TypedDict, total=False):
+    """The keywords :func:`record_experience` takes, its own and every :class:`CaptureConfig` setting (for type
+    checkers: a misspelled one is an error there, as it is when the call runs)."""
+
+    app: str | None
+    store: str | os.PathLike[str] | ExperienceStore | None
+    app_version: str | None
+    approve_if: ApprovePredicate | None
+    tracer_provider: TracerProvider | None
+    environment: Mapping[str, Any] | Callable[[Any, Mapping[str, Any]], Mapping[str, Any] | None] | None
+    redact: bool | None
+    redaction_patterns: Mapping[str, str] | None
+    redact_fn: Callable[[str], str] | None
+    config: CaptureConfig | str | None
+    redaction_kinds: Mapping[str, bool]
+    redaction_keys: Sequence[str]
+    redaction_pseudonyms: bool
+    vault: bool | str
+    max_observation_chars: int
+    strict: bool
+    offload: str
+
+
+class RecordingDecorator(Protocol):
+    """What ``@record_experience(app=..., ...)`` gives: a decorator of a function returning a graph (an ``async def``
+    one stays async)."""
+
+    @overload
+    def __call__(
+        self, factory: Callable[_P, Awaitable[PregelProtocol | RecordedGraph]]
+    ) -> Callable[_P, Coroutine[Any, Any, RecordedGraph]]: ...
+    @overload
+    def __call__(self, factory: Callable[_P, PregelProtocol | RecordedGraph]) -> Callable[_P, RecordedGraph]: ...
+
+
+@overload
+def record_experience(graph: PregelProtocol | RecordedGraph, **options: Unpack[RecordingOptions]) -> RecordedGraph: ...
+@overload
+def record_experience(
+    graph: Callable[_P, Awaitable[PregelProtocol | RecordedGraph]], **options: Unpack[RecordingOptions]
+) -> Callable[_P, Coroutine[Any, Any, RecordedGraph]]: ...
+@overload
+def record_experience(
+    graph: Callable[_P, PregelProtocol | RecordedGraph], **options: Unpack[RecordingOptions]
+) -> Callable[_P, RecordedGraph]: ...
+@overload
+def record_experience(graph: None = None, **options: Unpack[RecordingOptions]) -> RecordingDecorator: ...
 
 
 def record_experience(

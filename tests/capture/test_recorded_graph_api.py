@@ -61,3 +61,20 @@ def test_a_misspelled_key_in_the_config_file_names_the_file(tmp_path: Path) -> N
     path.write_text('[capture]\napp = "greeter"\nredaction_patern = { ticket = "TCK-\\\\d+" }\n')
     with pytest.raises(ConfigError, match=rf"redaction_patern \(in \[capture\] of {path}\) \(did you mean redaction_patterns\?\)"):
         CaptureConfig.load(path)
+
+
+def test_the_keywords_type_checkers_are_told_are_every_keyword_record_experience_takes() -> None:
+    """``record_experience`` was typed ``-> Any`` (sweep A 4): overloads now give a graph's caller a ``RecordedGraph`` and
+    a decorated factory a factory of one (an async one a coroutine of one), and ``RecordingOptions`` lists its keywords,
+    so a misspelled one is a type error. The list must stay every keyword the call takes: its own and every
+    ``CaptureConfig`` setting (checked with mypy --strict on a user's file when the overloads were written)."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from ee_middleware.capture.recorder import RecordingOptions, record_experience
+
+    own = [name for name, p in inspect.signature(record_experience).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    settings = [f.name for f in dataclasses.fields(CaptureConfig)]
+    assert set(RecordingOptions.__annotations__) == set(own) | set(settings)
+    assert len(typing.get_overloads(record_experience)) == 4
