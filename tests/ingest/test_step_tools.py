@@ -23,14 +23,16 @@ ORDER = {"type": "function", "name": "order", "description": "Order a fruit.", "
 OFFERED: list[list[dict[str, Any]] | None] = [[CHECK], [ORDER], None]  # the last span records no tool definitions
 
 
-def _spans_file(tmp_path: Path) -> Path:
+def spans_file(tmp_path: Path, replies: list[dict[str, Any]] = PEARS, offered: list[list[dict[str, Any]] | None] = OFFERED) -> Path:
+    """An OTLP JSON file of one request whose model spans were offered ``offered`` (``None``: no tool definitions on the
+    span) and replied ``replies``, each call run by an ``execute_tool`` span."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("shop")
     history: list[dict[str, Any]] = [{"role": "user", "content": "Pears?"}]
     with tracer.start_as_current_span("POST /shop", kind=SpanKind.SERVER):
-        for reply, tools in zip(PEARS, OFFERED, strict=True):
+        for reply, tools in zip(replies, offered, strict=True):
             with tracer.start_as_current_span("chat shop", kind=SpanKind.CLIENT) as span:
                 attributes = _chat(history, reply)
                 if tools is not None:
@@ -51,7 +53,7 @@ def _spans_file(tmp_path: Path) -> Path:
 
 
 def test_ingested_steps_offer_the_tools_their_span_defines(tmp_path, store):
-    report, (t,) = _ingest(store, _spans_file(tmp_path))
+    report, (t,) = _ingest(store, spans_file(tmp_path))
     assert report.problems == 0, report.errors
     assert [t["function"]["name"] for t in t.tools] == ["check_stock", "order"]  # the run's
     assert [s.tools for s in t.steps] == [["check_stock"], ["order"], None]

@@ -12,17 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
 
-from ee_middleware.capture import semconv as sc
 from ee_middleware.ingest.service import _merged
 from ee_middleware.records import SCHEMA_VERSION, Action, Observation, Step, ToolCall, Trajectory
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
-from tests.ingest.test_conversations import _call, _chat, _exported, _ingest, _tool_span
+from tests.ingest.test_conversations import _call, _ingest
+from tests.ingest.test_step_tools import spans_file
 
 
 def _schema(description: str) -> dict[str, Any]:
@@ -30,28 +26,16 @@ def _schema(description: str) -> dict[str, Any]:
 
 
 def test_a_step_whose_span_names_no_tools_still_names_them_where_a_tool_varies(tmp_path: Path) -> None:
-    exporter, provider = InMemorySpanExporter(), TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("shop")
     offered = [[_schema("v1")], [_schema("v2")], None, [_schema("v1")]]  # the third span records no tool definitions
+    fruits = ["pears", "apples", "pears"]
     replies = [
-        *({"role": "assistant", "content": "", "tool_calls": [_call(f"call_{i}", "check_stock", {"fruit": f"f{i}"})]} for i in range(3)),
+        *(
+            {"role": "assistant", "content": "", "tool_calls": [_call(f"call_{i}", "check_stock", {"fruit": f})]}
+            for i, f in enumerate(fruits)
+        ),
         {"role": "assistant", "content": "Done."},
     ]
-    history: list[dict[str, Any]] = [{"role": "user", "content": "Stock?"}]
-    with tracer.start_as_current_span("POST /shop", kind=SpanKind.SERVER):
-        for reply, tools in zip(replies, offered, strict=True):
-            with tracer.start_as_current_span("chat shop", kind=SpanKind.CLIENT) as span:
-                attributes = _chat(history, reply)
-                if tools is not None:
-                    attributes[sc.TOOL_DEFINITIONS] = json.dumps(tools)
-                span.set_attributes(attributes)
-            history.append(reply)
-            for call in reply.get("tool_calls") or []:
-                with tracer.start_as_current_span("execute_tool check_stock") as span:
-                    span.set_attributes(_tool_span(call, "3 in stock"))
-                history.append({"role": "tool", "tool_call_id": call["id"], "content": "3 in stock"})
-    path, _ = _exported(exporter, provider, tmp_path / "request.jsonl")
+    path = spans_file(tmp_path, replies, offered)
     store = LocalExperienceStore(tmp_path / "s")
     _, [trajectory] = _ingest(store, path)
     assert [s.tools for s in trajectory.steps] == [["check_stock"], ["check_stock#1"], ["check_stock"], ["check_stock"]]
