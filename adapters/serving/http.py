@@ -61,9 +61,12 @@ gigabytes or wait for bytes that never come."""
 
 IDLE_TIMEOUT_S = 120.0
 """How long a connection may stay silent while the server waits for it (a request's head or body, the next request
-on a kept-alive connection, a client that stopped reading an answer): then it is closed, so that connections left half
-open (a client that died, one that sends nothing) do not each keep a thread of the server. A request being worked on
-(a long generation) is not timed: the server is not reading then."""
+on a kept-alive connection, a client that stopped reading an answer, each 64 KiB of an answer given the time): then it
+is closed, so that connections left half open (a client that died, one that sends nothing) do not each keep a thread of
+the server. A request being worked on (a long generation) is not timed: the server is not reading then."""
+
+_SEND_SLICE = 64 * 1024
+"""How much of an answer one send writes: the socket's time-out bounds each send whole."""
 
 
 @dataclass
@@ -282,7 +285,15 @@ class JSONHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        # a slice at a time: the socket's time-out bounds each send whole, so a big answer to a slow reader goes out whole
+        view = memoryview(data)
+        for start in range(0, len(data), _SEND_SLICE):
+            self.wfile.write(view[start : start + _SEND_SLICE])
+
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out"):  # a kept-alive connection left idle, closed (IDLE_TIMEOUT_S): no error
+            return
+        super().log_error(format, *args)
 
 
 _IDLE, _WORKING, _ANSWERING, _ABANDONED = "idle", "working", "answering", "abandoned"

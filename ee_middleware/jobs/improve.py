@@ -120,10 +120,13 @@ def run_improve(
             say.info(f"continuing run {run.id} (attempt {run.data['attempts']}; finished stages: {', '.join(done) or 'none'})")
             if redo:
                 _redo_selection(run, redo, say)
-        # The stages read the user's own file, not the run folder's copy (kept for lineage: what the run was made with):
-        # continuing, its settings are the copy's (the configuration hash says so, but for secrets, which it leaves out,
-        # and changes _take_changes just copied), and a copy edited in the runs folder (by whoever can write there)
-        # would choose the sandbox, policy and teacher factories the stages build, an `mcp:` server command among them.
+        if config.config_path is not None:
+            # the stages read the file as it is now, copied into the run folder: its settings are the run's (the
+            # configuration hash says so, secrets aside), an edit of the user's file while the run goes on reaches no
+            # stage, and a copy edited in the runs folder meanwhile (whoever can write there could have it choose the
+            # sandbox, policy and teacher factories the stages build, an `mcp:` server's command) is written over
+            copy_config(config.config_path, run.folder / CONFIG_COPY)
+            config = config.model_copy(update={"config_path": run.folder / CONFIG_COPY})
         deadline = started + 60 * config.budgets.max_minutes if config.budgets.max_minutes else None
         if on_start is not None:
             on_start(run)

@@ -593,8 +593,9 @@ def _adapter_needs(registry: Any, name: str, opened: dict[str, Any], *, configur
     location = str(registry)
     if imports_code(location) and location != str(configured):
         return (
-            f"its registry {location} is a plug-in factory, built only where the job's configuration names it (--config), "
-            "never from a run's records, so whether its adapter is live cannot be told: it is kept"
+            f"its registry {location} is a plug-in factory, built only where the job's configuration names it (--config, "
+            "or EE_ADAPTER_REGISTRY), never from a run's records, so whether its adapter is live cannot be told: it is kept "
+            "(prune with --config naming that registry to have it read)"
         )
     try:
         if location not in opened:

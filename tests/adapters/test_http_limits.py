@@ -102,3 +102,45 @@ def test_a_server_listening_beyond_this_machine_says_it_asks_no_one(host: str, w
     _warn_open_to_others(host, "load and unload adapters")
     err = capsys.readouterr().err
     assert ("asks no one who calls it" in err) is warned, err
+
+
+class _Big(_Echo):
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, {"text": "x" * (8 * 1024 * 1024)}
+
+
+def test_a_big_answer_to_a_reader_slower_than_the_idle_time_out_is_sent_whole() -> None:
+    """The socket's time-out bounds a whole send: an 8 MB answer written at once was cut off at the idle time-out for a
+    client reading it steadily but slowly (a VPN), though it never went silent (review R3)."""
+    import time
+
+    httpd = make_server(_Big, {"timeout": 0.5, "log_message": lambda *args: None}, "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(httpd.server_address[:2], timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.sendall(_post("2").encode() + b"\r\n{}")
+            received = b""
+            started = time.monotonic()
+            while not received.endswith(b'"}'):
+                chunk = sock.recv(256 * 1024)
+                if not chunk:
+                    break
+                received += chunk
+                time.sleep(0.01)  # about 1.5 s for the whole answer: three idle time-outs, never silent for one
+            assert time.monotonic() - started > 0.5
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+    assert received.endswith(b'"}') and len(received.partition(b"\r\n\r\n")[2]) == len(json.dumps({"text": "x" * (8 * 1024 * 1024)}))
+
+
+def test_an_idle_kept_alive_connection_closed_is_no_error_in_the_log() -> None:
+    logged: list[str] = []
+    handler = _Echo.__new__(_Echo)
+    handler.log_message = lambda format, *args: logged.append(format % args)  # type: ignore[method-assign]
+    handler.log_error("Request timed out: %r", TimeoutError("timed out"))
+    handler.log_error("code %d, message %s", 400, "Bad request")
+    assert logged == ["code 400, message Bad request"]

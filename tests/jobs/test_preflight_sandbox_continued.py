@@ -80,8 +80,10 @@ def test_a_continued_runs_stages_read_the_users_own_file_not_the_run_folders_cop
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The copy in the run folder is data whoever can write the runs folder can change: continuing a run, the stages
-    read their tables (sandbox, policy, teacher factories; an ``mcp:`` server's command) from it. They read the user's
-    file, whose settings the configuration hash found to be the run's (review of the redact_fn trust gate, F1)."""
+    read their tables (sandbox, policy, teacher factories; an ``mcp:`` server's command) from it as it was. The user's
+    file, whose settings the configuration hash found to be the run's, is copied there again when the run goes on
+    (review of the redact_fn trust gate, F1); and the stages keep reading the copy, so an edit of the user's file
+    while the run goes on reaches none of them."""
     from ee_middleware.jobs import improve
 
     path = _config(tmp_path, f"{sandboxes}:make_raising")
@@ -93,10 +95,12 @@ def test_a_continued_runs_stages_read_the_users_own_file_not_the_run_folders_cop
 
     def recording(ctx: object, **kwargs: object) -> None:
         config = ctx.config  # type: ignore[attr-defined]
+        path.write_text(path.read_text().replace(f"{sandboxes}:make_raising", f"{sandboxes}:edited_mid_run"))
         seen.append((config.config_path, config.tables()["replay"]["sandbox"]))
         original(ctx, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(improve, "_run_stages", recording)
     continued = run_improve(ImproveConfig.load(path), report=False)
     assert continued.id == run.id
-    assert seen == [(path, f"{sandboxes}:make_raising")]
+    assert seen == [(copy, f"{sandboxes}:make_raising")]
+    assert "mcp:" not in copy.read_text()
