@@ -226,21 +226,19 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-RECORDER_ARGUMENTS = ("approve_if", "tracer_provider", "config")
-"""``record_experience``'s keywords that are no :class:`CaptureConfig` setting (a misspelled one is told from them too)."""
-
-
 def _unknown_settings(unknown: list[str], known: set[str], from_file: Mapping[str, Any], path: Any) -> str:
-    """The message for capture settings no one knows: each named, with where it came from (the file) and the setting it is
-    a letter or two away from."""
+    """The message for capture settings no one knows: each named, with where it came from (the file) and the setting or
+    ``record_experience`` keyword it is a letter or two away from."""
     from ee_middleware._toml import _closest  # the rule config files' unknown keys are told with
+    from ee_middleware.capture.recorder import RecordingOptions  # (every keyword record_experience takes)
 
+    names = sorted(known | set(RecordingOptions.__annotations__))
     told = []
     for key in unknown:
-        close = _closest(key, sorted(known | set(RECORDER_ARGUMENTS)))
+        close = _closest(key, names)
         where = f" (in [capture] of {path})" if key in from_file else ""
         told.append(f"{key}{where}" + (f" (did you mean {close}?)" if close else ""))
-    return f"Unknown capture setting(s) {'; '.join(told)}. Known: {', '.join(sorted(known | set(RECORDER_ARGUMENTS)))}."
+    return f"Unknown capture setting(s) {'; '.join(told)}. Known: {', '.join(names)}."
 
 
 def _from_environment() -> dict[str, Any]:

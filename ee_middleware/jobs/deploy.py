@@ -988,7 +988,7 @@ def retire_abandoned(run: Run, reason: str, config: ImproveConfig) -> dict[str, 
             continue
     if not candidates:
         return {}
-    replicas = _serving_replicas(config.serving)
+    replicas = _replicas_of(config)
     problems: list[str] = []
     try:
         for name in candidates:

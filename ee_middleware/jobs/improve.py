@@ -109,9 +109,7 @@ def run_improve(
         if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
             _take_changes(run, config, config_hash, say)  # settings of stages it has not finished, which it now runs with
         if run is None:
-            run = runs.create(JOB, config.describe(), config_hash)
-            if config.config_path is not None:
-                copy_config(config.config_path, run.folder / CONFIG_COPY)
+            run = runs.create(JOB, config.describe(), config_hash)  # (its config file is copied in below, as a run's going on)
             run.update(stage_order=list(STAGES), force=force)
             say.info(f"run {run.id} started in {run.folder}")
         else:

@@ -25,7 +25,7 @@ from ee_middleware.models.chat_template import (
 from ee_middleware.models.truncation import Fit, tokenize_pair
 from ee_middleware.trainers.training.data import ChatRow
 from ee_middleware.trainers.training.errors import TrainDataError
-from ee_middleware.trainers.training.tokens import CachedTokenizer
+from ee_middleware.trainers.training.tokens import CachedTokenizer, _added_tokens, _splitter
 
 
 @dataclass(frozen=True)
@@ -214,11 +214,9 @@ def control_tokens(tokenizer: Any) -> re.Pattern[str] | None:
     """A pattern finding the tokenizer's control tokens (its special tokens: beginning and end of sequence, turn markers
     such as ``<|im_start|>``, ``<|eot_id|>``) in a text; ``None`` for a tokenizer without any."""
     found = {str(token) for token in getattr(tokenizer, "all_special_tokens", None) or ()}
-    added = getattr(tokenizer, "added_tokens_decoder", None)
-    if isinstance(added, dict):
-        found |= {str(token.content) for token in added.values() if getattr(token, "special", False)}
+    found |= {text for text, token in (_added_tokens(tokenizer) or {}).items() if getattr(token, "special", False)}
     found = {token for token in found if token.strip()}
-    return re.compile("|".join(map(re.escape, sorted(found, key=len, reverse=True)))) if found else None
+    return _splitter(sorted(found)) if found else None
 
 
 def _holds_control_token(row: ChatRow, control: re.Pattern[str], stats: RenderStats) -> bool:
