@@ -15,6 +15,10 @@ from typing import Any
 import pytest
 
 os.environ.setdefault("EE_CAPTURE_STRICT", "1")  # capture failures raise under the test suite
+# a developer's own server keys: the servers the tests start would ask for them
+os.environ.pop("EE_SERVE_API_KEY", None)
+os.environ.pop("EE_UPSTREAM_API_KEY", None)
+os.environ.pop("VLLM_API_KEY", None)
 
 from langchain_core.messages import AIMessage
 from langchain_core.tools import ToolException, tool

@@ -43,9 +43,9 @@ from ee_middleware.adapters.errors import (
 )
 from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError, as_sentence
-from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.openai_compat import OpenAIChatClient, serving_api_key
 from ee_middleware.models.protocol import Sampling
-from ee_middleware.models.urls import shown_url
+from ee_middleware.models.urls import api_root, shown_url
 from ee_middleware.plugins import PluginKind
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -101,7 +101,7 @@ class HTTPServingBackend:
     too-large adapter before asking the server. ``timeout_s`` bounds each request (``ee adapters promote/rollback/retire
     --timeout``); ``timeout_knob`` is how the user sets it, which the advice after a time-out names (:data:`TIMEOUT_KNOB`
     unless the caller says otherwise, e.g. ``[improve.serving] timeout_s``); ``smoke_*`` set the smoke request of
-    :meth:`verify`.
+    :meth:`verify`. ``api_key``: the key the server requires (default: ``EE_SERVE_API_KEY``; ``""``: none sent).
     """
 
     kind = "http"
@@ -116,11 +116,10 @@ class HTTPServingBackend:
         smoke_messages: tuple[dict[str, Any], ...] = SMOKE_MESSAGES,
         smoke_sampling: Sampling = SMOKE_SAMPLING,
         transport: Any = None,
+        api_key: str | None = None,
     ) -> None:
-        url, _, self._query = url.partition("?")  # (a gateway's ?api_key=: sent with every request, never shown)
-        self.url = url.rstrip("/")
-        if not self.url.endswith("/v1"):
-            self.url += "/v1"
+        self._api_key = serving_api_key() if api_key is None else api_key
+        self.url, _, self._query = api_root(url).partition("?")  # (a gateway's ?api_key=: sent with every request, never shown)
         self.max_lora_rank = max_lora_rank
         self.timeout_s = timeout_s
         self.timeout_knob = timeout_knob or TIMEOUT_KNOB
@@ -135,7 +134,7 @@ class HTTPServingBackend:
     def _client(self, model: str, url: str | None = None) -> OpenAIChatClient:
         """A client of this server's API root (``url``: another root of the same server, such as its ``/tokenize``'s)."""
         root = (url or self.url) + (f"?{self._query}" if self._query else "")
-        return OpenAIChatClient(root, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key="")
+        return OpenAIChatClient(root, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key=self._api_key)
 
     def close(self) -> None:
         self._admin.close()

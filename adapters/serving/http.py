@@ -8,6 +8,7 @@ client (and :class:`~ee_middleware.models.OpenAIChatClient`) reads them the same
 from __future__ import annotations
 
 import errno
+import hmac
 import json
 import re
 import socket
@@ -68,6 +69,11 @@ the server. A request being worked on (a long generation) is not timed: the serv
 _SEND_SLICE = 64 * 1024
 """How much of an answer one send writes: the socket's time-out bounds each send whole."""
 
+UNAUTHORIZED_MESSAGE = (
+    "Missing or wrong API key: send the key this server was started with (--api-key or EE_SERVE_API_KEY) as "
+    "'Authorization: Bearer KEY' (OpenAI clients: api_key=KEY; ee's commands send EE_SERVE_API_KEY)."
+)
+
 
 @dataclass
 class EventStream:
@@ -110,6 +116,9 @@ class JSONHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT_S  # (StreamRequestHandler sets it on the connection's socket)
+    api_key: str | None = None
+    """When set, every request but ``GET /health`` must carry ``Authorization: Bearer API_KEY`` (vLLM's ``--api-key``
+    rule); any other is answered 401 before its body is read."""
 
     def models(self) -> Any:
         raise NotImplementedError
@@ -161,10 +170,30 @@ class JSONHandler(BaseHTTPRequestHandler):
         if stopping:
             self.send_header("Connection", "close")  # the client opens its next request elsewhere
 
+    def _authorized(self) -> bool:
+        """Whether the request carries the server's :attr:`api_key` (always, when it has none); else it is answered 401
+        (with ``WWW-Authenticate: Bearer``) and the connection closed, its body unread."""
+        if not self.api_key:
+            return True
+        scheme, _, token = (self.headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            return True
+        self.close_connection = True
+        data = json.dumps(error_body(401, UNAUTHORIZED_MESSAGE, "AuthenticationError")).encode()
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Bearer realm="ee"')
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        return False
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/health":
             self.send_json(200, {})
+        elif not self._authorized():
+            return
         elif path == "/v1/models":
             try:
                 models = self.models()
@@ -178,6 +207,8 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_json(404, error_body(404, f"No route {self.path}", "NotFoundError"))
 
     def do_POST(self) -> None:
+        if not self._authorized():
+            return
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
             body = json.loads(self._body() or b"{}")
@@ -415,8 +446,8 @@ def _shut(handler: BaseHTTPRequestHandler) -> None:
 
 
 def make_server(handler: type[JSONHandler], attributes: dict[str, Any], host: str, port: int) -> StoppingHTTPServer:
-    """A threading HTTP server whose handler class carries ``attributes`` (the app it serves); port 0 picks a free one.
-    It stops cleanly under traffic (:meth:`StoppingHTTPServer.stop`).
+    """A threading HTTP server whose handler class carries ``attributes`` (the app it serves, its ``api_key``); port 0
+    picks a free one. It stops cleanly under traffic (:meth:`StoppingHTTPServer.stop`).
 
     :class:`~ee_middleware.adapters.errors.ServerStartError` when the address cannot be taken (a port in use)."""
     try:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -36,7 +36,7 @@ from ee_middleware._shared_memory import group_shared_memory, remove_orphaned_sh
 from ee_middleware.adapters.errors import ServerStartError
 from ee_middleware.adapters.serving.http import check_port_free
 from ee_middleware.errors import ModelError
-from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.openai_compat import OpenAIChatClient, serving_api_key
 
 LOG_TAIL_LINES = 30
 LEFTOVER_GRACE_S = 2.0
@@ -135,6 +135,18 @@ def command_max_lora_rank(command: Sequence[str]) -> int | None:
         return None
 
 
+def vllm_api_key(command: Sequence[str], env: Mapping[str, str]) -> str:
+    """The API key a vLLM command requires (``""``: none): the first of its last ``--api-key`` (vLLM takes one or more
+    keys there, ``--api-key=KEY`` too), else ``VLLM_API_KEY`` of its environment ``env``."""
+    key = None
+    for index, arg in enumerate(command):
+        if arg == "--api-key" and index + 1 < len(command):
+            key = command[index + 1]
+        elif arg.startswith("--api-key="):
+            key = arg.partition("=")[2]
+    return key if key is not None else env.get("VLLM_API_KEY", "")
+
+
 def vllm_env(options: VLLMOptions, base_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for vLLM: runtime LoRA updating on, offline, no usage stats; the CPU KV cache size when given."""
     env = dict(os.environ if base_env is None else base_env)
@@ -182,6 +194,9 @@ class ServerProcess:
     vLLM's engine, whatever a wrapper script started), SIGKILL after :data:`~ee_middleware._lifetime.GROUP_WATCHDOG_GRACE_S`.
     Only for a server started from the main thread of a process that lives as long as it should (``ee serve vllm``): a
     server started from a worker thread would be ended with that thread."""
+    api_key: str | None = None
+    """The key the server requires, sent by :meth:`start`'s probe of ``/v1/models``; ``None``: ``EE_SERVE_API_KEY`` of
+    the server's environment (``env``, else this process's), the key an ``ee serve local`` server requires."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
@@ -225,7 +240,8 @@ class ServerProcess:
             except BaseException:
                 self.stop()
                 raise
-        client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key="")
+        key = self.api_key if self.api_key is not None else serving_api_key(self.env)
+        client = OpenAIChatClient(self.url, "health", retries=0, timeout_s=5, api_key=key)
         deadline = time.monotonic() + timeout_s
         try:
             while True:

@@ -70,6 +70,7 @@ from ee_middleware.errors import ChatTemplateError
 from ee_middleware.models.bases import adapter_base, same_base
 from ee_middleware.models.chat_template import TemplateDoesNotCompileError, TemplateShowsNoTextError, probe_template, render_prompt
 from ee_middleware.models.local import Generated, LocalGenerator, load_pretrained
+from ee_middleware.models.openai_compat import SERVE_API_KEY_ENV
 from ee_middleware.models.parsing import ParseProblem, parse_tool_calls
 from ee_middleware.models.protocol import Sampling
 
@@ -534,9 +535,10 @@ class _Handler(JSONHandler):
         return 200, routes[path](body)
 
 
-def make_http_server(app: LocalModelServer, host: str = "127.0.0.1", port: int = 8000) -> StoppingHTTPServer:
-    """A threading HTTP server for ``app`` (call ``serve_forever``); port 0 picks a free one."""
-    return make_server(_Handler, {"app": app}, host, port)
+def make_http_server(app: LocalModelServer, host: str = "127.0.0.1", port: int = 8000, *, api_key: str | None = None) -> StoppingHTTPServer:
+    """A threading HTTP server for ``app`` (call ``serve_forever``); port 0 picks a free one. ``api_key``: the key every
+    request but ``GET /health`` must carry (``Authorization: Bearer KEY``); none for ``None`` or ``""``."""
+    return make_server(_Handler, {"app": app, "api_key": api_key or None}, host, port)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -548,7 +550,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-lora-rank", type=int, default=DEFAULT_MAX_LORA_RANK)
     parser.add_argument("--chat-template", default=None, help="a Jinja chat template file replacing the tokenizer's")
     parser.add_argument("--num-threads", type=int, default=1)
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"the key every request but GET /health must carry (Authorization: Bearer KEY); default: ${SERVE_API_KEY_ENV}",
+    )
     args = parser.parse_args(argv)
+    api_key = args.api_key or os.environ.get(SERVE_API_KEY_ENV) or None
     try:
         grace_s = stop_grace_s()
     except ValueError as exc:
@@ -561,9 +569,10 @@ def main(argv: list[str] | None = None) -> None:
         chat_template=args.chat_template,
         num_threads=args.num_threads,
     )
-    server = make_http_server(app, args.host, args.port)
+    server = make_http_server(app, args.host, args.port, api_key=api_key)
     host, port = server.server_address[:2]
-    print(f"ee local server: serving {app.served_model_name} at http://{host}:{port}/v1", flush=True)
+    needs = " (requests need its API key)" if api_key else ""
+    print(f"ee local server: serving {app.served_model_name} at http://{host}:{port}/v1{needs}", flush=True)
     with termination_as_interrupt():  # SIGTERM (systemd, docker stop, ServerProcess.stop) stops it as Ctrl-C does
         try:
             state = record_server(

@@ -51,6 +51,7 @@ from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.http import LOCAL_SERVER_OWNER, EventStream, JSONHandler, RequestError, error_body, make_server
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.urls import api_root, shown_url
 
 FORWARDED = ("/v1/chat/completions", "/v1/completions", "/tokenize")
 _ERROR_TYPES = {401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 422: "UnprocessableEntityError"}
@@ -98,6 +99,7 @@ class AliasRouter:
         retries: int = DEFAULT_RETRIES,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         log: Callable[[str], None] = _log_to_stderr,
+        upstream_api_key: str = "",
     ) -> None:
         if not upstreams:
             raise ValueError("the router needs at least one upstream server (--server URL)")
@@ -108,11 +110,12 @@ class AliasRouter:
         if isinstance(cooldown_s, bool) or not isinstance(cooldown_s, (int, float)) or not 0 <= cooldown_s < math.inf:
             raise ValueError(f"cooldown_s must be a finite number of seconds >= 0 (--cooldown), got {cooldown_s!r}")
         self.registry = registry
-        self.upstreams = [u.rstrip("/") if u.rstrip("/").endswith("/v1") else u.rstrip("/") + "/v1" for u in upstreams]
+        self.upstreams = [api_root(u) for u in upstreams]
         self.timeout_s = timeout_s
         self.retries = retries
         self.cooldown_s = cooldown_s
         self.log = log
+        self._upstream_api_key = upstream_api_key
         self._down: dict[str, _Down] = {}
         """The replicas passed over for now (timed out or could not be reached), by URL."""
         self._next = itertools.cycle(range(len(self.upstreams)))
@@ -195,7 +198,7 @@ class AliasRouter:
                 continue
             except ModelError as exc:
                 self._failed(url, exc)
-                problems.append(f"{url}: {exc}")
+                problems.append(f"{shown_url(url)}: {exc}")
                 continue
             finally:
                 self._release(url)
@@ -208,7 +211,7 @@ class AliasRouter:
                 return refused
             down = f" ({'; '.join(problems)} did not answer)" if problems else ""
             message = (
-                f"No replica holds {model}, the live adapter of {app}: {', '.join(missing)} answered that it does not exist{down}. "
+                f"No replica holds {model}, the live adapter of {app}: {', '.join(map(shown_url, missing))} answered that it does not exist{down}. "
                 f"Load it again on every replica: {self._reload_command(str(model))}"
             )
             return 404, error_body(404, message, "NotFoundError")
@@ -219,7 +222,8 @@ class AliasRouter:
         or broke the connection, or answered 5xx or 429, is asked again up to ``retries`` times, one that timed out is
         not (its last error is raised)."""
         suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
-        root = url if path.startswith("/v1/") else url.removesuffix("/v1")
+        base, mark, query = url.partition("?")  # (a query, ?api_key=..., goes with every request to the replica)
+        root = url if path.startswith("/v1/") else base.removesuffix("/v1") + mark + query
         wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:  # the back-off, or longer where the replica's Retry-After asked for it (a 429, a 503)
@@ -227,7 +231,7 @@ class AliasRouter:
             try:
                 if body.get("stream"):
                     return self._open_stream(url, root, suffix, body)
-                return _checked_answer(f"{root}{suffix}", path, self._client(root).post(suffix, body))
+                return _checked_answer(f"{root.partition('?')[0]}{suffix}", path, self._client(root).post(suffix, body))
             except ModelRequestError:
                 raise
             except ModelServerError as exc:
@@ -278,7 +282,7 @@ class AliasRouter:
             self._down[url] = _Down(time.monotonic() + self.cooldown_s, why)
         if new:
             self.log(
-                f"ee router: {url} is passed over for {self.cooldown_s:g} s ({why}); the other replicas take its requests, "
+                f"ee router: {shown_url(url)} is passed over for {self.cooldown_s:g} s ({why}); the other replicas take its requests, "
                 "and it is tried again after that (or before, when every other replica fails too)"
             )
 
@@ -286,7 +290,7 @@ class AliasRouter:
         with self._lock:
             was = self._down.pop(url, None)
         if was is not None:
-            self.log(f"ee router: {url} answers again; it takes its turn of the requests")
+            self.log(f"ee router: {shown_url(url)} answers again; it takes its turn of the requests")
 
     def _release(self, url: str) -> None:
         """A request done with ``url`` (whatever came of it): another may try it again once its cool-down is over, when
@@ -302,7 +306,7 @@ class AliasRouter:
         """The command that loads the live adapter ``model`` again wherever it is missing (with ``--backend local`` where
         the replicas are ``ee serve local`` servers: a promote speaking vLLM's API to them would fail)."""
         registry = getattr(self.registry, "root", None) or "REGISTRY"
-        command = f"ee adapters promote {model} -r {registry} " + " ".join(f"--server {url}" for url in self.upstreams)
+        command = f"ee adapters promote {model} -r {registry} " + " ".join(f"--server {shown_url(url)}" for url in self.upstreams)
         return command + (" --backend local" if any(self._is_local_server(url) for url in self.upstreams) else "")
 
     def _is_local_server(self, url: str) -> bool:
@@ -323,7 +327,7 @@ class AliasRouter:
                 return
             self._lacking.add((url, model))
         self.log(
-            f"ee router: {url} does not hold {model}, the live adapter of {app} (HTTP 404: restarted since the promote?); "
+            f"ee router: {shown_url(url)} does not hold {model}, the live adapter of {app} (HTTP 404: restarted since the promote?); "
             f"{app}'s requests go to the other replicas. To load it there again: {self._reload_command(model)}"
         )
 
@@ -332,7 +336,7 @@ class AliasRouter:
             if (url, model) not in self._lacking:
                 return
             self._lacking.discard((url, model))
-        self.log(f"ee router: {url} serves {model} again")
+        self.log(f"ee router: {shown_url(url)} serves {model} again")
 
     def _open_stream(self, url: str, root: str, path: str, body: dict[str, Any]) -> EventStream:
         """The replica's event stream, relayed piece by piece; a replica that fails before it starts
@@ -361,7 +365,12 @@ class AliasRouter:
             clients = self._local.clients = {}
         if root not in clients:
             clients[root] = OpenAIChatClient(
-                root, "ee-router", retries=0, timeout_s=self.timeout_s, api_key="", timeout_knob="ee serve router --timeout SECONDS"
+                root,
+                "ee-router",
+                retries=0,
+                timeout_s=self.timeout_s,
+                api_key=self._upstream_api_key,
+                timeout_knob="ee serve router --timeout SECONDS",
             )
         return clients[root]
 
@@ -381,7 +390,7 @@ def _checked_answer(url: str, path: str, answer: Any) -> Any:
     shown = json.dumps(answer, ensure_ascii=False)
     shown = shown if len(shown) <= 200 else shown[:200] + "..."
     lacking = "an empty 'choices' list" if isinstance(choices, list) else "no 'choices' list"
-    raise ModelResponseError(f"{url} answered HTTP 200 with something that is not a {kind} ({lacking}): {shown}", url=url)
+    raise ModelResponseError(f"{shown_url(url)} answered HTTP 200 with something that is not a {kind} ({lacking}): {shown}", url=url)
 
 
 class _Handler(JSONHandler):
@@ -397,6 +406,9 @@ class _Handler(JSONHandler):
         return self.router.forward(path, body)
 
 
-def make_router_server(router: AliasRouter, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
-    """A threading HTTP server for ``router`` (call ``serve_forever``); port 0 picks a free one."""
-    return make_server(_Handler, {"router": router}, host, port)
+def make_router_server(
+    router: AliasRouter, host: str = "127.0.0.1", port: int = 8080, *, api_key: str | None = None
+) -> ThreadingHTTPServer:
+    """A threading HTTP server for ``router`` (call ``serve_forever``); port 0 picks a free one. ``api_key``: the key
+    every request but ``GET /health`` must carry (``Authorization: Bearer KEY``); none for ``None`` or ``""``."""
+    return make_server(_Handler, {"router": router, "api_key": api_key or None}, host, port)

@@ -47,6 +47,31 @@ DEFAULT_TOOL_CALL_PARSER = "hermes"
 PortOption = typer.Option(None, "--port", min=1, max=65535, help=f"Port to listen on (1-65535). [default: {DEFAULT_PORT}]")
 
 
+def _api_key(value: str | None) -> str | None:
+    """An API key a client can send (printable ASCII without spaces: it goes in an HTTP header); ``None`` for none."""
+    if not value:
+        return None
+    if not all("!" <= c <= "~" for c in value):
+        raise typer.BadParameter(
+            "the key must be printable ASCII without spaces (it is sent in an HTTP header, where no client can send other "
+            "characters): pick another key (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return value
+
+
+ApiKeyOption = typer.Option(
+    None,
+    "--api-key",
+    envvar="EE_SERVE_API_KEY",
+    show_envvar=True,
+    show_default=False,
+    callback=_api_key,
+    help="The key every request but GET /health must carry (Authorization: Bearer KEY), as vLLM's --api-key; prefer the "
+    "environment variable (a flag shows in ps). ee's commands that talk to your servers send EE_SERVE_API_KEY. "
+    "[default: none: anyone who can reach the server may use it]",
+)
+
+
 def _vllm_lora_rank(value: int | None) -> int | None:
     """``--max-lora-rank`` of ``ee serve vllm``: one of the ranks vLLM accepts, else a usage error naming the next one up
     (``None``: not given, the config file's or the default)."""
@@ -134,6 +159,7 @@ def serve_local(
         help=f"torch threads, 1-{MAX_THREADS} (1 is often fastest on a shared CPU). [default: 1]",
     ),
     config: Path | None = _config_option(),
+    api_key: str | None = ApiKeyOption,
 ) -> None:
     """Serve BASE with transformers + peft; adapters are loaded at run time (vLLM's API), the base stays in memory.
 
@@ -177,7 +203,10 @@ def serve_local(
     from ee_middleware.adapters.templates import refusal_to_serve
     from ee_middleware.models.chat_template import TemplateShowsNoTextError
 
-    _warn_open_to_others(cfg.host, "load and unload adapters (/v1/load_lora_adapter) and ask the model")
+    if api_key:
+        argv += ["--api-key", api_key]  # (main runs in this process: the key shows in no process list)
+    else:
+        _warn_open_to_others(cfg.host, "load and unload adapters (/v1/load_lora_adapter) and ask the model")
     try:
         main(argv)
     except TemplateShowsNoTextError as exc:  # the server's probe of the template it renders with, before it serves
@@ -195,7 +224,7 @@ def _warn_open_to_others(host: str, what: str) -> None:
     if not loopback:
         typer.secho(
             f"warning: listening on {host}: the server asks no one who calls it, so anyone who can reach this address "
-            f"can {what}. Keep it on a private network, or put a proxy that authenticates in front.",
+            f"can {what}. Set EE_SERVE_API_KEY (or --api-key) so that it asks for a key, and keep it on a private network.",
             err=True,
             fg="yellow",
         )
@@ -269,7 +298,14 @@ def serve_vllm(
     cpu_kv_cache_gb, vllm_args, start_timeout_s); flags override them.
     """
     from ee_middleware.adapters.serving.config import ServeConfig
-    from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, command_max_lora_rank, vllm_command, vllm_env
+    from ee_middleware.adapters.serving.launch import (
+        ServerProcess,
+        VLLMOptions,
+        command_max_lora_rank,
+        vllm_api_key,
+        vllm_command,
+        vllm_env,
+    )
     from ee_middleware.adapters.serving.rendering import record_server
 
     cfg = ServeConfig.load(
@@ -324,7 +360,10 @@ def serve_vllm(
     if print_command:
         typer.echo("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 " + " ".join(command))
         return
-    server = ServerProcess(command, f"http://{host}:{port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True)
+    env = vllm_env(options)
+    server = ServerProcess(
+        command, f"http://{host}:{port}/v1", env=env, name="vLLM server", end_with_parent=True, api_key=vllm_api_key(command, env)
+    )
     typer.echo(f"starting: {_shown_command(command)}", err=True)
 
     def ready() -> Path:
@@ -348,7 +387,10 @@ def _shown_command(command: list[str]) -> str:
     """vLLM's command line for the log, vLLM's ``--api-key`` (given in vllm_args, perhaps in a config file) as ``***``."""
     from ee_middleware.errors import hide_credentials
 
-    shown = ["***" if before == "--api-key" else arg for before, arg in zip(["", *command], command, strict=False)]
+    shown = [
+        "***" if before == "--api-key" else "--api-key=***" if arg.startswith("--api-key=") else arg
+        for before, arg in zip(["", *command], command, strict=False)
+    ]
     return hide_credentials(" ".join(shown))
 
 
@@ -524,6 +566,17 @@ def serve_router(
         help="Seconds a replica that timed out or could not be reached is passed over (0: never); then one request tries "
         "it again. It is still tried when every other replica fails.",
     ),
+    api_key: str | None = ApiKeyOption,
+    upstream_api_key: str | None = typer.Option(
+        None,
+        "--upstream-api-key",
+        envvar="EE_UPSTREAM_API_KEY",
+        show_envvar=True,
+        show_default=False,
+        callback=_api_key,
+        help="The key the replicas require (vLLM's --api-key), sent with every request the router forwards. "
+        "[default: the router's own --api-key / EE_SERVE_API_KEY]",
+    ),
 ) -> None:
     """An OpenAI-compatible proxy: requests for an app's name go to its live adapter on the replicas.
 
@@ -543,10 +596,21 @@ def serve_router(
             "EE_SERVER_URLS=URL,URL), e.g. --server http://127.0.0.1:8000/v1.",
             url="",
         )
-    _warn_open_to_others(host, "ask every app's model through it")
-    router = AliasRouter(open_registry(registry, create=False), urls, timeout_s=timeout_s, retries=retries, cooldown_s=cooldown_s)
-    server = make_router_server(router, host, port)
-    typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1 -> {', '.join(router.upstreams)}")
+    if not api_key:
+        _warn_open_to_others(host, "ask every app's model through it")
+    router = AliasRouter(
+        open_registry(registry, create=False),
+        urls,
+        timeout_s=timeout_s,
+        retries=retries,
+        cooldown_s=cooldown_s,
+        upstream_api_key=upstream_api_key or api_key or "",
+    )
+    server = make_router_server(router, host, port, api_key=api_key)
+    from ee_middleware.models.urls import shown_url
+
+    needs = " (requests need its API key)" if api_key else ""
+    typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1{needs} -> {', '.join(map(shown_url, router.upstreams))}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -40,7 +40,21 @@ from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseErr
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
 from ee_middleware.models.urls import server_url_problem, shown_url
 
-API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
+SERVE_API_KEY_ENV = "EE_SERVE_API_KEY"
+"""The API key of your own model servers: ``ee serve local`` and ``ee serve router`` require it when set (as vLLM's
+``--api-key``), and ee's clients of those servers (promote, rollback, the router's requests to its replicas, the start
+probe) send it."""
+API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY", SERVE_API_KEY_ENV)
+"""Where a client's ``api_key`` comes from when none is given, first set first."""
+
+
+def serving_api_key(environ: Mapping[str, str] | None = None) -> str:
+    """The key ee's clients of your model servers send (:data:`SERVE_API_KEY_ENV`; ``""`` for none), from ``environ``
+    (default: this process's environment). Unlike a model client's default, never ``OPENAI_API_KEY``: a key for
+    OpenAI's API is not sent to your own servers."""
+    return (os.environ if environ is None else environ).get(SERVE_API_KEY_ENV, "")
+
+
 MAX_RETRY_AFTER_S = 60.0
 """The longest wait a server's ``Retry-After`` can ask of one retry (a longer one is cut to this)."""
 _HTML_TITLE = re.compile(r"<(title|h1)[^>]*>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
@@ -129,7 +143,7 @@ class OpenAIChatClient:
 
     ``base_url`` is the API root including the version, as for the OpenAI SDK
     (``http://127.0.0.1:8000/v1`` for vLLM); ``model`` the served model (or adapter) name.
-    ``api_key`` defaults to ``EE_OPENAI_API_KEY``, then ``OPENAI_API_KEY``; no key sends no
+    ``api_key`` defaults to ``EE_OPENAI_API_KEY``, then ``OPENAI_API_KEY``, then ``EE_SERVE_API_KEY``; no key sends no
     ``Authorization`` header. ``tool_choice`` and ``extra_body`` go into every request that offers
     tools / every request. ``transport`` is an ``httpx`` transport (tests pass ``httpx.MockTransport``).
     ``timeout_knob`` is how the user of the command that made the client sets ``timeout_s`` (``"--timeout N"``,

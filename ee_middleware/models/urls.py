@@ -124,6 +124,14 @@ def shown_spec(spec: str) -> str:
     return masked[:start] + _QUERY_ITEM.sub(item, masked[start:])
 
 
+def api_root(url: str) -> str:
+    """``url``, an OpenAI-compatible server's address, as its API root: ``/v1`` added to its path unless it ends so
+    (``http://host:8000`` -> ``http://host:8000/v1``), a query (a gateway's ``?api_key=``) kept after it."""
+    base, mark, query = url.partition("?")
+    base = base.rstrip("/")
+    return (base if base.endswith("/v1") else base + "/v1") + mark + query
+
+
 def shown_url(url: str) -> str:
     """``url`` for a message, credentials kept out: :func:`shown_spec`."""
     return shown_spec(url)

@@ -320,8 +320,9 @@ class _Started(Exception):
 def router_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from tests.adapters.helpers import write_adapter
 
-    def started(router: Any, host: str, port: int) -> None:
-        raise _Started(f"timeout_s={router.timeout_s} retries={router.retries} cooldown_s={router.cooldown_s}")
+    def started(router: Any, host: str, port: int, *, api_key: str | None = None) -> None:
+        keys = f" api_key={api_key} upstream_api_key={router._upstream_api_key!r}"
+        raise _Started(f"timeout_s={router.timeout_s} retries={router.retries} cooldown_s={router.cooldown_s}{keys}")
 
     monkeypatch.setattr("ee_middleware.adapters.serving.router.make_router_server", started)
     LocalAdapterRegistry(tmp_path / "registry").register(write_adapter(tmp_path / "adapter"), "bot")
@@ -338,6 +339,24 @@ def test_serve_router_takes_timeout_retries_and_cooldown(router_registry: Path) 
     assert "_Started: timeout_s=120.0 retries=1 cooldown_s=30.0" in default.output, default.output
     shown = CliRunner().invoke(app, ["serve", "router", "--help"]).output
     assert "--timeout" in shown and "--retries" in shown and "--cooldown" in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "said"),
+    [
+        ([], {}, "api_key=None upstream_api_key=''"),
+        (["--api-key", "fleet"], {}, "api_key=fleet upstream_api_key='fleet'"),  # one key for the fleet: sent on too
+        (["--api-key", "mine", "--upstream-api-key", "theirs"], {}, "api_key=mine upstream_api_key='theirs'"),
+        ([], {"EE_SERVE_API_KEY": "env", "EE_UPSTREAM_API_KEY": "up"}, "api_key=env upstream_api_key='up'"),
+        ([], {"OPENAI_API_KEY": "sk-openai"}, "api_key=None upstream_api_key=''"),  # never sent to the replicas
+    ],
+)
+def test_serve_router_takes_its_key_and_the_replicas_key(router_registry: Path, args: list[str], env: dict[str, str], said: str) -> None:
+    from ee_middleware.cli.app import app
+
+    base = ["serve", "router", "-r", str(router_registry), "--server", "http://127.0.0.1:8000/v1"]
+    result = CliRunner().invoke(app, [*base, *args], env=env)
+    assert said in result.output, result.output
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ class _Started(Exception):
 
 @pytest.fixture
 def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    def started(router: Any, host: str, port: int) -> None:
+    def started(router: Any, host: str, port: int, **options: Any) -> None:
         raise _Started(", ".join(router.upstreams))
 
     monkeypatch.setattr("ee_middleware.adapters.serving.router.make_router_server", started)
