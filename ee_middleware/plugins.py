@@ -27,7 +27,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from ee_middleware.errors import EEError, hide_credentials
+from ee_middleware.errors import ConfigError, EEError, hide_credentials
 
 FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 """``package.module:attr.path``: what a user's own factory looks like."""
@@ -371,6 +371,10 @@ class PluginKind:
         self.check_call(spec, factory, *args, **options)
         try:
             part = factory(*args, **options)
+        except ConfigError as exc:
+            if type(exc) is not ConfigError:  # a more specific one (a missing setting, say) says what to do itself
+                raise
+            raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
         except EEError:
             raise
         except TypeError as exc:

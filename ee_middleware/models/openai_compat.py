@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.errors import ConfigError, ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
 from ee_middleware.models.urls import server_url_problem, shown_url
 
@@ -167,12 +167,12 @@ class OpenAIChatClient:
         problem = server_url_problem(base_url) if isinstance(base_url, str) else "it is no text"
         if problem:
             shown = shown_url(base_url) if isinstance(base_url, str) else repr(base_url)
-            raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {shown!r}: {problem}")
+            raise ConfigError(f"base_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got {shown!r}: {problem}")
         if not model:
-            raise ValueError("An OpenAI-compatible client needs a model name (the server's served model or adapter name)")
+            raise ConfigError("An OpenAI-compatible client needs a model name (the server's served model or adapter name)")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s < math.inf:
             # inf would pass "> 0", then fail every request: httpx's deadline overflows time_t
-            raise ValueError(
+            raise ConfigError(
                 f"timeout_s must be a finite number of seconds > 0 (how long one request may take), got {timeout_s!r}; "
                 "e.g. 120, or 3600 for a model that may take very long (there is no 'no limit')"
             )
@@ -182,7 +182,7 @@ class OpenAIChatClient:
         self.base_url, self._params = _without_query(self.base_url)
         for endpoint in ("/chat/completions", "/completions"):
             if self.base_url.endswith(endpoint):
-                raise ValueError(
+                raise ConfigError(
                     f"base_url is the API root, not an endpoint: use {self.base_url[: -len(endpoint)]!r} "
                     f"(requests go to BASE_URL/chat/completions), got {self.base_url!r}"
                 )

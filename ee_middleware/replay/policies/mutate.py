@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from ee_middleware.errors import ConfigError
 from ee_middleware.models.parsing import call_id_of, canonical_call
 from ee_middleware.records import ProposerInfo, ToolCall
 from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
@@ -590,7 +591,7 @@ class MutationPolicy:
             ("invalid_share", invalid_share),
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{option} must be a number between 0 and 1, got {value!r}")
+                raise ConfigError(f"{option} must be a number between 0 and 1, got {value!r}")
         self.name = name
         self.same_tool_share = float(same_tool_share)
         self.optional_arg_rate = float(optional_arg_rate)
