@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
@@ -239,6 +239,7 @@ class LocalModelServer:
         return {"tokens": tokens, "count": len(tokens), "max_model_len": self._max_len()}
 
     def chat(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
+        _refuse_unsupported(body)
         if body.get("stream"):
             options = body.get("stream_options") or {}
             if not isinstance(options, dict):
@@ -257,7 +258,7 @@ class LocalModelServer:
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
             raise RequestError(400, f"seed must be an integer, got {seed!r}")
         stops = _stop(body)
-        max_tokens = _int(body, "max_tokens", 0, low=1, key2="max_completion_tokens") or None
+        max_tokens = _int(body, "max_completion_tokens", 0, low=1, key2="max_tokens") or None  # (OpenAI's newer name first, as vLLM)
         temperature = _float(body, "temperature", 1.0)
         with self.lock:
             # Again under the lock: an unload that ran while this request waited for the model would otherwise leave it
@@ -278,7 +279,8 @@ class LocalModelServer:
                 generated = generator.generate(input_ids, n=n, sampling=sampling)
         answers = [_cut_at_stop(self.tokenizer, answer, stops) for answer in generated]
         answers = (answers * n)[:n] if len(answers) < n else answers  # greedy: n identical answers, as vLLM gives
-        out = [_choice(i, text, tools if parse_calls else None, finish) for i, (text, finish, _) in enumerate(answers)]
+        one_call = body.get("parallel_tool_calls") is False
+        out = [_choice(i, text, tools if parse_calls else None, finish, one_call=one_call) for i, (text, finish, _) in enumerate(answers)]
         completion_tokens = sum(used for _, _, used in answers)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
@@ -367,6 +369,48 @@ def _tool_choice(body: dict[str, Any], tools: Any) -> bool:
     )
 
 
+_GUIDED = "it cannot constrain what the model writes (vLLM does it with guided decoding)"
+_NO_LOGPROBS = "it does not return log-probabilities"
+_SAMPLING = "its sampling has temperature, top_p, seed and max_tokens only"
+UNSUPPORTED_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "response_format": (lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"), _GUIDED),
+    "structured_outputs": (lambda v: not v, _GUIDED),
+    **{name: (lambda v: not v, _GUIDED) for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar")},
+    "logprobs": (lambda v: v is None or v is False, _NO_LOGPROBS),
+    "top_logprobs": (lambda v: v is None or v == 0, _NO_LOGPROBS),
+    "prompt_logprobs": (lambda v: v is None, _NO_LOGPROBS),
+    "presence_penalty": (lambda v: v is None or v == 0, _SAMPLING),
+    "frequency_penalty": (lambda v: v is None or v == 0, _SAMPLING),
+    "repetition_penalty": (lambda v: v is None or v == 1, _SAMPLING),
+    "length_penalty": (lambda v: v is None or v == 1, _SAMPLING),
+    "logit_bias": (lambda v: not v, _SAMPLING),
+    "top_k": (lambda v: v is None or v in (0, -1), _SAMPLING),
+    "min_p": (lambda v: v is None or v == 0, _SAMPLING),
+    "min_tokens": (lambda v: v is None or v == 0, _SAMPLING),
+    "ignore_eos": (lambda v: v is None or v is False, _SAMPLING),
+    "use_beam_search": (lambda v: v is None or v is False, _SAMPLING),
+    "echo": (lambda v: v is None or v is False, "it answers with the completion alone"),
+}
+"""The request parameters vLLM honours that this server does not, each with what asks nothing of it (left out, or its
+neutral value) and why it is refused otherwise: an answer that quietly ignored one (a JSON ``response_format``, a
+``logit_bias``) would look like the model's failure to a client that relies on it."""
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    """A 400 naming the first parameter of ``body`` this server cannot honour (:data:`UNSUPPORTED_PARAMETERS`), and one
+    for ``stream_options`` without ``stream`` (vLLM's check and wording)."""
+    for name, (neutral, why) in UNSUPPORTED_PARAMETERS.items():
+        if name in body and not neutral(body[name]):
+            shown = json.dumps(body[name], ensure_ascii=False)
+            raise RequestError(
+                400,
+                f"{name}={shown[:200]} is not supported by the local server: {why}. Leave it out, or serve the model with "
+                "`ee serve vllm`, which supports it.",
+            )
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise RequestError(400, "Stream options can only be defined when `stream=True`.")
+
+
 def _stop(body: dict[str, Any]) -> list[str]:
     """The ``stop`` strings of a request (a string or a list of them)."""
     stop = body.get("stop")
@@ -430,14 +474,18 @@ def _cut_at_stop(tokenizer: Any, answer: Generated, stops: list[str]) -> tuple[s
     return text[: min(found)], "stop", low
 
 
-def _choice(index: int, text: str, tools: Any, finish: str = "stop") -> dict[str, Any]:
-    """One answer as a chat-completion choice; with ``tools``, ``<tool_call>`` blocks are its ``tool_calls``.
+def _choice(index: int, text: str, tools: Any, finish: str = "stop", *, one_call: bool = False) -> dict[str, Any]:
+    """One answer as a chat-completion choice; with ``tools``, ``<tool_call>`` blocks are its ``tool_calls``, as vLLM's
+    hermes parser reads them: all of them, or, when one of them is no readable call, none (the whole text is the
+    content); ``one_call`` (``parallel_tool_calls: false``) keeps the first call alone, as vLLM does.
     ``finish`` is the generator's finish reason (``stop``, or ``length`` for an answer cut at max_tokens); an answer
     that ended with calls says ``tool_calls``, one cut at max_tokens still says ``length`` (its last call is
     usually the one cut off, and a client counts such answers)."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tools and "<tool_call>" in text:
-        calls = [c for c in parse_tool_calls(text) if not isinstance(c, ParseProblem)]
+        parsed = parse_tool_calls(text)
+        calls = [] if any(isinstance(c, ParseProblem) for c in parsed) else parsed
+        calls = calls[:1] if one_call else calls
         if calls:
             before = text.split("<tool_call>", 1)[0]
             message = {
@@ -473,11 +521,13 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _int(body: dict[str, Any], key: str, default: int, *, low: int, key2: str | None = None) -> int:
-    value = body.get(key, body.get(key2) if key2 else None)
+    """``body[key]`` (else ``body[key2]``), a whole number >= ``low``: a 400 naming the one given otherwise."""
+    name = key if body.get(key) is not None or key2 is None else key2
+    value = body.get(name)
     if value is None:
         return default
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise RequestError(400, f"{key} must be an integer >= {low}, got {value!r}")
+        raise RequestError(400, f"{name} must be an integer >= {low}, got {value!r}")
     return value
 
 

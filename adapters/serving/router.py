@@ -164,12 +164,14 @@ class AliasRouter:
 
     def models(self) -> dict[str, Any]:
         """The apps (each with its live adapter) and the served base model, which requests may name too."""
+        now = int(time.time())  # (every model card of vLLM's list has its "created", and clients read it)
         data = [
-            {"id": app, "object": "model", "owned_by": "ee-router", "live": info.get("live")} for app, info in self.registry.apps().items()
+            {"id": app, "object": "model", "created": now, "owned_by": "ee-router", "live": info.get("live")}
+            for app, info in self.registry.apps().items()
         ]
         base = self.base_model()
         if base is not None and all(entry["id"] != base for entry in data):
-            data.append({"id": base, "object": "model", "owned_by": "ee-router"})
+            data.append({"id": base, "object": "model", "created": now, "owned_by": "ee-router"})
         return {"object": "list", "data": data}
 
     def forward(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
@@ -189,7 +191,7 @@ class AliasRouter:
                 self._answered(url)
                 relayed = exc.answer if isinstance(exc.answer, dict) and exc.answer.get("error") else None
                 answered = (exc.status, relayed or error_body(exc.status, exc.refusal, _ERROR_TYPES.get(exc.status, "BadRequestError")))
-                if exc.status != 404:
+                if exc.status != 404 or _route_missing(exc, model):
                     return answered
                 refused = refused or answered  # this replica does not hold the model: another one may
                 missing.append(url)
@@ -377,6 +379,15 @@ class AliasRouter:
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 """The forwarded paths whose answer is a completion: an HTTP 200 body without a ``choices`` list is a replica's failure."""
+
+
+def _route_missing(exc: ModelRequestError, model: Any) -> bool:
+    """Whether a replica's 404 says that what it lacks is the route (``/v1/completions`` on an ``ee serve local``
+    replica; FastAPI's ``{"detail": "Not Found"}``), not the model: the answer does not name ``model``, as vLLM's and ee's
+    "The model `NAME` does not exist." do. Relayed as it is, rather than taken for a replica without the adapter."""
+    if not isinstance(model, str) or not model:
+        return False
+    return model not in str(exc.refusal) and model not in json.dumps(exc.answer, ensure_ascii=False, default=str)
 
 
 def _checked_answer(url: str, path: str, answer: Any) -> Any:

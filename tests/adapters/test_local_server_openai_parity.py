@@ -1,0 +1,133 @@
+"""The local server answers OpenAI clients as vLLM does where it can, and refuses what it cannot honour (sweep of real
+``openai`` SDK and LangChain ``ChatOpenAI`` clients): before, ``response_format`` (LangChain's
+``with_structured_output``), ``logprobs``, penalties, ``logit_bias`` and the like were accepted and quietly ignored
+(200 with free text, ``logprobs: null``), ``parallel_tool_calls: false`` returned every call, one good and one broken
+``<tool_call>`` gave the good one alone where vLLM's hermes parser gives none, ``max_tokens`` won over
+``max_completion_tokens``, and ``stream_options`` without ``stream`` was taken. The router took a replica's 404 for a
+route it lacks (``/v1/completions`` on a local replica) for a replica that lacks the app's live adapter. A real local
+server process (the tiny model) and the real router."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+from ee_middleware.adapters.serving.http import JSONHandler, RequestError, make_server
+from ee_middleware.adapters.serving.local_server import _choice
+from ee_middleware.adapters.serving.router import AliasRouter
+from tests.adapters.helpers import write_adapter
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _chat(server: Any, **body: Any) -> httpx.Response:
+    return httpx.post(f"{server.url}/chat/completions", json={"model": "tiny-base", "messages": MESSAGES, **body}, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "why"),
+    [
+        ("response_format", {"type": "json_object"}, "cannot constrain"),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}, "cannot constrain"),
+        ("structured_outputs", {"choice": ["yes", "no"]}, "cannot constrain"),
+        ("logprobs", True, "log-probabilities"),
+        ("top_logprobs", 2, "log-probabilities"),
+        ("presence_penalty", -5, "sampling"),
+        ("frequency_penalty", 0.5, "sampling"),
+        ("logit_bias", {"42": 100}, "sampling"),
+        ("top_k", 5, "sampling"),
+        ("min_tokens", 3, "sampling"),
+        ("repetition_penalty", 1.2, "sampling"),
+        ("ignore_eos", True, "sampling"),
+    ],
+)
+def test_a_parameter_the_server_cannot_honour_is_a_400_naming_it(local_server: Any, parameter: str, value: Any, why: str) -> None:
+    for stream in (False, True):
+        answer = _chat(local_server, **{parameter: value}, stream=stream)
+        assert answer.status_code == 400, answer.text
+        message = answer.json()["error"]["message"]
+        assert message.startswith(f"{parameter}=") and why in message and "ee serve vllm" in message, message
+
+
+def test_neutral_values_of_those_parameters_are_taken(local_server: Any) -> None:
+    neutral = {
+        "response_format": {"type": "text"},
+        "logprobs": False,
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "logit_bias": {},
+        "top_k": -1,
+        "repetition_penalty": 1.0,
+        "ignore_eos": False,
+        "parallel_tool_calls": True,
+    }
+    answer = _chat(local_server, **neutral, max_tokens=1, temperature=0)
+    assert answer.status_code == 200, answer.text
+
+
+def test_stream_options_without_stream_is_refused_in_vllms_words(local_server: Any) -> None:
+    answer = _chat(local_server, stream_options={"include_usage": True}, max_tokens=1)
+    assert answer.status_code == 400 and answer.json()["error"]["message"] == "Stream options can only be defined when `stream=True`."
+
+
+def test_max_completion_tokens_wins_over_max_tokens(local_server: Any) -> None:
+    answer = _chat(local_server, max_tokens=5, max_completion_tokens=1, temperature=0)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 1, answer.text
+    bad = _chat(local_server, max_tokens=0)
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("max_tokens must be"), bad.text
+
+
+TOOLS = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("get_weather", "get_time")]
+TWO_CALLS = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_time", "arguments": {"city": "Paris"}}\n</tool_call>'
+)
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call_alone() -> None:
+    both = _choice(0, TWO_CALLS, TOOLS)["message"]["tool_calls"]
+    assert [c["function"]["name"] for c in both] == ["get_weather", "get_time"]
+    first = _choice(0, TWO_CALLS, TOOLS, one_call=True)
+    assert [c["function"]["name"] for c in first["message"]["tool_calls"]] == ["get_weather"]
+    assert first["finish_reason"] == "tool_calls"
+
+
+def test_one_broken_call_among_good_ones_gives_no_calls_and_the_whole_text() -> None:
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n<tool_call>\n{name: get_time, arguments: {city: Paris}}\n</tool_call>'
+    choice = _choice(0, text, TOOLS)
+    assert "tool_calls" not in choice["message"] and choice["message"]["content"] == text and choice["finish_reason"] == "stop"
+
+
+class _NoCompletionsRoute(JSONHandler):
+    """A replica as ``ee serve local`` answers a route it does not have."""
+
+    def models(self) -> Any:
+        return {"object": "list", "data": [{"id": "base", "object": "model"}]}
+
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        raise RequestError(404, f"No route {self.path}", "NotFoundError")
+
+
+def test_the_router_relays_a_replicas_missing_route_as_it_is(tmp_path: Path) -> None:
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    name = registry.register(write_adapter(tmp_path / "adapter"), "bot").name
+    registry.switch_live(name)
+    server = make_server(_NoCompletionsRoute, {"log_message": lambda *a: None}, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    logged: list[str] = []
+    try:
+        router = AliasRouter(registry, [f"http://127.0.0.1:{server.server_address[1]}/v1"], log=logged.append)
+        status, answer = router.forward("/v1/completions", {"model": "bot", "prompt": "hi"})
+        assert status == 404 and answer["error"]["message"] == "No route /v1/completions", answer
+        assert not logged  # no "does not hold the live adapter" for the operator
+        assert all(isinstance(entry["created"], int) for entry in router.models()["data"])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
