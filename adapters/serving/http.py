@@ -11,6 +11,7 @@ import errno
 import hmac
 import json
 import re
+import select
 import socket
 import sys
 import threading
@@ -39,6 +40,11 @@ def error_body(status: int, message: str, kind: str = "BadRequestError") -> dict
 
 class _ClientGone(Exception):
     """Writing to the client failed: it closed the connection (or it broke)."""
+
+
+class ClientGone(Exception):
+    """Raised by an app's route when the client went away while its request was worked on (:meth:`JSONHandler.client_gone`):
+    nothing is answered, the connection is closed."""
 
 
 class _Abandoned(Exception):
@@ -170,6 +176,15 @@ class JSONHandler(BaseHTTPRequestHandler):
         if stopping:
             self.send_header("Connection", "close")  # the client opens its next request elsewhere
 
+    def client_gone(self) -> bool:
+        """Whether the client closed its connection while its request is being worked on (what it sent is read, so a
+        readable socket that yields nothing is one closed; a next request sent ahead is not)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):  # reset, or closed already
+            return True
+
     def _authorized(self) -> bool:
         """Whether the request carries the server's :attr:`api_key` (always, when it has none); else it is answered 401
         (with ``WWW-Authenticate: Bearer``) and the connection closed, its body unread."""
@@ -215,6 +230,10 @@ class JSONHandler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise RequestError(400, "the request body must be a JSON object")
             status, payload = self.post(path, body)
+        except ClientGone:
+            self.close_connection = True
+            self.log_message("%s", f"the client of POST {path} went away; its request was stopped, nothing answered")
+            return
         except RequestError as exc:
             self.send_json(exc.status, error_body(exc.status, str(exc), exc.kind))
             return

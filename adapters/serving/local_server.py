@@ -56,6 +56,7 @@ from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.adapters.serving.http import (
     LOCAL_SERVER_OWNER,
     STOP_GRACE_S,
+    ClientGone,
     EventStream,
     JSONHandler,
     RequestError,
@@ -238,13 +239,17 @@ class LocalModelServer:
         tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return {"tokens": tokens, "count": len(tokens), "max_model_len": self._max_len()}
 
-    def chat(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
+    def chat(self, body: dict[str, Any], *, client_gone: Callable[[], bool] | None = None) -> dict[str, Any] | EventStream:
+        """A chat completion for ``body`` (an event stream with ``stream``); ``client_gone`` (the HTTP handler's) is asked
+        while it generates: a client that went away stops the generation (:class:`ClientGone`), so that the next request,
+        waiting for the model, does not wait for an answer no one reads (vLLM aborts it too)."""
         _refuse_unsupported(body)
         if body.get("stream"):
             options = body.get("stream_options") or {}
             if not isinstance(options, dict):
                 raise RequestError(400, f"stream_options must be an object, got {options!r}")
-            completion = cast(dict[str, Any], self.chat({k: v for k, v in body.items() if k not in ("stream", "stream_options")}))
+            unstreamed = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+            completion = cast(dict[str, Any], self.chat(unstreamed, client_gone=client_gone))
             return EventStream(completion_chunks(completion, include_usage=bool(options.get("include_usage"))))
         model_name = _model(body) or self.served_model_name
         self._check_model(model_name)
@@ -271,12 +276,14 @@ class LocalModelServer:
             sampling = Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
             if model_name in self.adapters:
                 self.model.set_adapter(self._peft_names[model_name])
-                generated = generator.generate(input_ids, n=n, sampling=sampling)
+                generated = generator.generate(input_ids, n=n, sampling=sampling, cancelled=client_gone)
             elif self.model is not self.base_model:
                 with self.model.disable_adapter():
-                    generated = generator.generate(input_ids, n=n, sampling=sampling)
+                    generated = generator.generate(input_ids, n=n, sampling=sampling, cancelled=client_gone)
             else:
-                generated = generator.generate(input_ids, n=n, sampling=sampling)
+                generated = generator.generate(input_ids, n=n, sampling=sampling, cancelled=client_gone)
+        if client_gone is not None and client_gone():
+            raise ClientGone
         answers = [_cut_at_stop(self.tokenizer, answer, stops) for answer in generated]
         answers = (answers * n)[:n] if len(answers) < n else answers  # greedy: n identical answers, as vLLM gives
         one_call = body.get("parallel_tool_calls") is False
@@ -575,7 +582,7 @@ class _Handler(JSONHandler):
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         routes = {
-            "/v1/chat/completions": self.app.chat,
+            "/v1/chat/completions": lambda request: self.app.chat(request, client_gone=self.client_gone),
             "/tokenize": self.app.tokenize,
             "/v1/load_lora_adapter": self.app.load_adapter,
             "/v1/unload_lora_adapter": self.app.unload_adapter,

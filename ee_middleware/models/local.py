@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,9 +154,18 @@ class LocalGenerator:
             for a in self.generate(input_ids, n=n, sampling=sampling, max_new_tokens=new_tokens)
         ]
 
-    def generate(self, input_ids: Any, *, n: int, sampling: Sampling, max_new_tokens: int | None = None) -> list[Generated]:
+    def generate(
+        self,
+        input_ids: Any,
+        *,
+        n: int,
+        sampling: Sampling,
+        max_new_tokens: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> list[Generated]:
         """The answers that follow the prompt ``input_ids`` (a ``(1, length)`` tensor), as they were generated: ``n`` of them
-        (one when greedy), each at most ``max_new_tokens`` (default: ``sampling.max_tokens``) tokens long.
+        (one when greedy), each at most ``max_new_tokens`` (default: ``sampling.max_tokens``) tokens long. ``cancelled``
+        is asked after every token: once it says true, generation stops there (a server's client that went away).
 
         The caller fits the prompt to the context (:meth:`prompt_ids` does it as the trainer does); a local server
         refuses a prompt that does not fit instead."""
@@ -170,6 +179,8 @@ class LocalGenerator:
             options["pad_token_id"] = pad
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
+        if cancelled is not None:
+            options["stopping_criteria"] = _stopping_when(cancelled)
         with torch.no_grad():
             output = self._model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **options)
         stops = self._stop_ids()
@@ -484,3 +495,15 @@ def _check_model_folder(path: Path, gguf_file: str | None) -> None:
         )
     if gguf_file is not None and not (path / gguf_file).is_file():
         raise ModelLoadError(f"No GGUF file {gguf_file!r} in {path}. Check the file name, or point at a folder saved with save_pretrained.")
+
+
+def _stopping_when(cancelled: Callable[[], bool]) -> Any:
+    """transformers' stopping criteria that end every sequence once ``cancelled()`` is true."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), bool(cancelled()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Cancelled()])

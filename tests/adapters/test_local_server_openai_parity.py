@@ -9,6 +9,7 @@ server process (the tiny model) and the real router."""
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Any
@@ -131,3 +132,22 @@ def test_the_router_relays_a_replicas_missing_route_as_it_is(tmp_path: Path) -> 
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_client_that_goes_away_stops_its_generation(local_server: Any) -> None:
+    """The client closes its connection right after sending (a time-out, a router giving up): the server stops the
+    generation at the next token and answers nothing, and serves the next request."""
+    import socket
+
+    body = json.dumps({"model": "tiny-base", "messages": MESSAGES, "max_tokens": 400, "temperature": 0}).encode()
+    host, port = local_server.url.split("//")[1].split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert _chat(local_server, max_tokens=1).status_code == 200  # waits for the model until the first request let go
+    import time
+
+    for _ in range(200):  # (said as the first request lets go of the model: a moment after the second may be answered)
+        if "the client of POST /v1/chat/completions went away" in local_server.log_tail(200):
+            break
+        time.sleep(0.05)
+    assert "the client of POST /v1/chat/completions went away" in local_server.log_tail(200)

@@ -278,3 +278,20 @@ def test_a_folder_naming_its_own_code_gets_the_message_of_what_really_failed(tmp
     (custom_tokenizer / "tokenization_x.py").write_text("from transformers import PreTrainedTokenizerFast as XTokenizer\n")
     with pytest.raises(ModelLoadError, match=r"needs its own code \(tokenization_x\.XTokenizer, named by auto_map"):
         load_pretrained(custom_tokenizer, require_chat_template=False)
+
+
+def test_generation_stops_once_cancelled_says_so(tokenizer: Any) -> None:
+    """``cancelled`` (a server's client that went away) is asked after every token; the answer ends there, a prefix of
+    the one generated without it."""
+    generator = LocalGenerator.from_objects(build_tiny_llama(tokenizer), tokenizer)
+    prompt = tokenizer("Are apples in stock?", return_tensors="pt")["input_ids"]
+    greedy = Sampling(temperature=0.0, max_tokens=30)
+    whole = generator.generate(prompt, n=1, sampling=greedy)[0]
+    asked: list[int] = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(asked) >= 4
+
+    cut = generator.generate(prompt, n=1, sampling=greedy, cancelled=cancelled)[0]
+    assert len(whole.token_ids) == 30 and len(cut.token_ids) == 4 and cut.token_ids == whole.token_ids[:4]
