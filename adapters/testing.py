@@ -27,7 +27,7 @@ from ee_middleware.adapters.errors import (
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.backend import ServingBackend
 from ee_middleware.errors import ModelRequestError
-from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.openai_compat import OpenAIChatClient, serving_api_key
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.testing.messages import Said, broken
 
@@ -292,7 +292,7 @@ class ConformanceAdapters:
 
 
 def _chat(url: str, model: str, messages: list[dict[str, Any]]) -> str:
-    client = OpenAIChatClient(url, model, retries=0, timeout_s=300, api_key="")
+    client = OpenAIChatClient(url, model, retries=0, timeout_s=300, api_key=serving_api_key())
     try:
         [choice, *_] = client.complete(messages, n=1, sampling=Sampling(temperature=0.0, max_tokens=8, seed=0))
     finally:
@@ -416,7 +416,9 @@ def check_prompt_parity(server_root: str, served_model: str, tokenizer: Any) -> 
         text = render_prompt(tokenizer, messages, tools, support) if row.fallback else row.prompt
         trained = tokenizer(text, add_special_tokens=False)["input_ids"]
         body = {"model": served_model, "messages": messages, "add_generation_prompt": True, **({"tools": tools} if tools else {})}
-        response = httpx.post(f"{server_root.rstrip('/')}/tokenize", json=body, timeout=120)
+        key = serving_api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = httpx.post(f"{server_root.rstrip('/')}/tokenize", json=body, timeout=120, headers=headers)
         response.raise_for_status()
         served = response.json()["tokens"]
         assert served == trained, f"the served prompt differs from the trained one:\nserved  {served}\ntrained {trained}\n(text {text!r})"

@@ -368,13 +368,15 @@ class PluginKind:
 
     def construct(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
         """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
+        from ee_middleware.models.urls import shown_spec  # (credentials in a spec's URL stay out of its messages)
+
         self.check_call(spec, factory, *args, **options)
         try:
             part = factory(*args, **options)
         except ConfigError as exc:
             if type(exc) is not ConfigError:  # a more specific one (a missing setting, say) says what to do itself
                 raise
-            raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
+            raise self.error(f"Bad settings for {self.kind} {shown_spec(spec)!r}: {exc}") from exc
         except EEError:
             raise
         except TypeError as exc:
@@ -384,7 +386,7 @@ class PluginKind:
                 raise self._cannot_call(spec, factory, args, options, str(exc)) from exc
             raise self._failed(spec, factory, args, options, exc) from exc
         except ValueError as exc:
-            raise self.error(f"Bad settings for {self.kind} {spec!r}: {exc}") from exc
+            raise self.error(f"Bad settings for {self.kind} {shown_spec(spec)!r}: {exc}") from exc
         except Exception as exc:
             raise self._failed(spec, factory, args, options, exc) from exc
         # a method it inherits from a class of the user's, in another module; not a library's class (abc, contextlib, an

@@ -49,6 +49,9 @@ class EvalJob(BaseModel):
     tau_bench_dir: str | None = None
     split: str | None = None
     sandbox: str | None = None
+    api_key_env: str | None = Field(None, min_length=1)
+    """The environment variable whose value the model's client sends as its API key (default: ``EE_OPENAI_API_KEY``,
+    then ``OPENAI_API_KEY``); ``ee improve`` sets ``EE_SERVE_API_KEY`` when it evaluates on its own replicas."""
 
     @field_validator("suites")
     @classmethod
@@ -94,7 +97,12 @@ class EvalJob(BaseModel):
 
     def client_options(self) -> dict[str, Any]:
         """Options for the model client (only an OpenAI-compatible client takes them)."""
-        return {"timeout_s": self.timeout_s, "retries": self.retries} if self.model.startswith("openai:") else {}
+        if not self.model.startswith("openai:"):
+            return {}
+        options: dict[str, Any] = {"timeout_s": self.timeout_s, "retries": self.retries}
+        if self.api_key_env:
+            options["api_key"] = os.environ.get(self.api_key_env, "")
+        return options
 
     def run_settings(self) -> dict[str, Any]:
         """The settings that make the run (two runs with the same ones give the same answers), credentials hidden.
@@ -293,7 +301,7 @@ def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
-ANSWER_NEUTRAL = ("out", "suites", "workers", "timeout_s", "retries")
+ANSWER_NEUTRAL = ("out", "suites", "workers", "timeout_s", "retries", "api_key_env")
 """Settings that do not change the answers: a run resumed with other values of them is the same run."""
 
 

@@ -11,7 +11,6 @@ import errno
 import hmac
 import json
 import re
-import select
 import socket
 import sys
 import threading
@@ -179,11 +178,22 @@ class JSONHandler(BaseHTTPRequestHandler):
     def client_gone(self) -> bool:
         """Whether the client closed its connection while its request is being worked on (what it sent is read, so a
         readable socket that yields nothing is one closed; a next request sent ahead is not)."""
+        connection = self.connection
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):  # reset, or closed already
+            timeout = connection.gettimeout()
+            connection.settimeout(0.0)  # (with a time-out set, a recv waits for data first, whatever its flags)
+            try:
+                return connection.recv(1, socket.MSG_PEEK) == b""
+            finally:
+                connection.settimeout(timeout)
+        except (BlockingIOError, InterruptedError):  # nothing to read: still connected, waiting for its answer
+            return False
+        except OSError:  # reset, or closed already
             return True
+
+    def handle_expect_100(self) -> bool:
+        """``Expect: 100-continue``: a request without the key is answered 401 before its client sends the body."""
+        return self._authorized() and super().handle_expect_100()
 
     def _authorized(self) -> bool:
         """Whether the request carries the server's :attr:`api_key` (always, when it has none); else it is answered 401

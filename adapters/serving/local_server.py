@@ -379,6 +379,7 @@ def _tool_choice(body: dict[str, Any], tools: Any) -> bool:
 _GUIDED = "it cannot constrain what the model writes (vLLM does it with guided decoding)"
 _NO_LOGPROBS = "it does not return log-probabilities"
 _SAMPLING = "its sampling has temperature, top_p, seed and max_tokens only"
+_PROMPT = "it renders every prompt with the template it was started with, as the adapters were trained (--chat-template)"
 UNSUPPORTED_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "response_format": (lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"), _GUIDED),
     "structured_outputs": (lambda v: not v, _GUIDED),
@@ -397,6 +398,17 @@ UNSUPPORTED_PARAMETERS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ignore_eos": (lambda v: v is None or v is False, _SAMPLING),
     "use_beam_search": (lambda v: v is None or v is False, _SAMPLING),
     "echo": (lambda v: v is None or v is False, "it answers with the completion alone"),
+    "best_of": (lambda v: v is None or v == 1, _SAMPLING),
+    "stop_token_ids": (lambda v: not v, _SAMPLING),
+    "allowed_token_ids": (lambda v: not v, _SAMPLING),
+    "bad_words": (lambda v: not v, _SAMPLING),
+    "truncate_prompt_tokens": (lambda v: v is None, "it never cuts a prompt (one that does not fit is refused)"),
+    "include_stop_str_in_output": (lambda v: v is None or v is False, "it leaves the stop string out, as OpenAI does"),
+    "skip_special_tokens": (lambda v: v is None or v is True, "it leaves special tokens out of the answer"),
+    "chat_template_kwargs": (lambda v: not v, _PROMPT),
+    "chat_template": (lambda v: not v, _PROMPT),
+    "add_generation_prompt": (lambda v: v is None or v is True, _PROMPT),
+    "continue_final_message": (lambda v: v is None or v is False, _PROMPT),
 }
 """The request parameters vLLM honours that this server does not, each with what asks nothing of it (left out, or its
 neutral value) and why it is refused otherwise: an answer that quietly ignored one (a JSON ``response_format``, a
@@ -414,7 +426,7 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
                 f"{name}={shown[:200]} is not supported by the local server: {why}. Leave it out, or serve the model with "
                 "`ee serve vllm`, which supports it.",
             )
-    if body.get("stream_options") is not None and not body.get("stream"):
+    if body.get("stream_options") and not body.get("stream"):  # (an empty one is taken, as vLLM takes it)
         raise RequestError(400, "Stream options can only be defined when `stream=True`.")
 
 

@@ -50,7 +50,7 @@ from typing import Any
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.http import LOCAL_SERVER_OWNER, EventStream, JSONHandler, RequestError, error_body, make_server
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
-from ee_middleware.models.openai_compat import OpenAIChatClient
+from ee_middleware.models.openai_compat import OpenAIChatClient, serving_api_key
 from ee_middleware.models.urls import api_root, shown_url
 
 FORWARDED = ("/v1/chat/completions", "/v1/completions", "/tokenize")
@@ -99,7 +99,7 @@ class AliasRouter:
         retries: int = DEFAULT_RETRIES,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         log: Callable[[str], None] = _log_to_stderr,
-        upstream_api_key: str = "",
+        upstream_api_key: str | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError("the router needs at least one upstream server (--server URL)")
@@ -115,7 +115,10 @@ class AliasRouter:
         self.retries = retries
         self.cooldown_s = cooldown_s
         self.log = log
-        self._upstream_api_key = upstream_api_key
+        self._upstream_api_key = serving_api_key() if upstream_api_key is None else upstream_api_key
+        """The key sent to the replicas (default: ``EE_SERVE_API_KEY``; ``""``: none)."""
+        self._refused_key: set[str] = set()
+        """Replicas that refused the router's key (said once in the log)."""
         self._down: dict[str, _Down] = {}
         """The replicas passed over for now (timed out or could not be reached), by URL."""
         self._next = itertools.cycle(range(len(self.upstreams)))
@@ -151,6 +154,10 @@ class AliasRouter:
             for url in self._order():
                 try:
                     self._base = self._client(url).list_models()[0]
+                except ModelRequestError as exc:
+                    if exc.status in (401, 403):
+                        self._key_refused(url, exc.status)
+                    continue
                 except ModelError as exc:
                     self._failed(url, exc)
                     continue
@@ -189,6 +196,9 @@ class AliasRouter:
                 answer = self._ask(url, path, body)
             except ModelRequestError as exc:  # the replica's own answer, as it sent it (not the client's advice for the router)
                 self._answered(url)
+                if exc.status in (401, 403):  # the router's key, not the app's: the app sent the router the right one
+                    problems.append(self._key_refused(url, exc.status))
+                    continue
                 relayed = exc.answer if isinstance(exc.answer, dict) and exc.answer.get("error") else None
                 answered = (exc.status, relayed or error_body(exc.status, exc.refusal, _ERROR_TYPES.get(exc.status, "BadRequestError")))
                 if exc.status != 404 or _route_missing(exc, model):
@@ -218,6 +228,19 @@ class AliasRouter:
             )
             return 404, error_body(404, message, "NotFoundError")
         return 502, error_body(502, "No replica answered with a usable answer: " + " | ".join(problems), "BadGatewayError")
+
+    def _key_refused(self, url: str, status: int) -> str:
+        """What to say of a replica that refused the router's key (``status`` 401 or 403), logged once per replica."""
+        why = (
+            f"{shown_url(url)} refused the router's API key (HTTP {status}): start the router with that replica's key "
+            "(--upstream-api-key or EE_UPSTREAM_API_KEY; by default the router sends its own --api-key / EE_SERVE_API_KEY)"
+        )
+        with self._lock:
+            first = url not in self._refused_key
+            self._refused_key.add(url)
+        if first:
+            self.log(f"ee router: {why}")
+        return why
 
     def _ask(self, url: str, path: str, body: dict[str, Any]) -> Any:
         """The replica's answer to ``body`` (an :class:`EventStream` once a stream has started); a replica that refused

@@ -204,7 +204,9 @@ def serve_local(
     from ee_middleware.models.chat_template import TemplateShowsNoTextError
 
     if api_key:
-        argv += ["--api-key", api_key]  # (main runs in this process: the key shows in no process list)
+        argv.append(
+            f"--api-key={api_key}"
+        )  # (one argument: a key may start with '-'; main runs in this process, so it shows in no process list)
     else:
         _warn_open_to_others(cfg.host, "load and unload adapters (/v1/load_lora_adapter) and ask the model")
     try:

@@ -628,6 +628,10 @@ class ImproveConfig(BaseModel):
         tables = self.tables()
         if model.startswith("openai:") and "timeout_s" not in tables["eval"]:
             options["timeout_s"] = self.serving.timeout_s
+        if model.startswith("openai:") and "api_key_env" not in tables["eval"]:
+            from ee_middleware.models.openai_compat import SERVE_API_KEY_ENV
+
+            options["api_key_env"] = SERVE_API_KEY_ENV  # (only the replicas of [improve.serving] are evaluated on over HTTP)
         replayed_in = tables["replay"].get("sandbox")
         if "sandbox" not in tables["eval"] and isinstance(replayed_in, str) and not replayed_in.strip().startswith("experience:"):
             # The held-out trajectories run in the world their siblings were replayed in (an experience model is not that world).

@@ -42,10 +42,11 @@ from ee_middleware.models.urls import server_url_problem, shown_url
 
 SERVE_API_KEY_ENV = "EE_SERVE_API_KEY"
 """The API key of your own model servers: ``ee serve local`` and ``ee serve router`` require it when set (as vLLM's
-``--api-key``), and ee's clients of those servers (promote, rollback, the router's requests to its replicas, the start
-probe) send it."""
-API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY", SERVE_API_KEY_ENV)
-"""Where a client's ``api_key`` comes from when none is given, first set first."""
+``--api-key``), and ee's clients of the servers it serves, promotes to or evaluates on (the promote backends, the
+router's requests to its replicas, the start probe, ``ee improve``'s evaluation on its ``[improve.serving]`` replicas)
+send it. Never a model client's default: a key for your fleet is not sent to a hosted API."""
+API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
+"""Where a model client's ``api_key`` comes from when none is given, first set first."""
 
 
 def serving_api_key(environ: Mapping[str, str] | None = None) -> str:
@@ -143,7 +144,7 @@ class OpenAIChatClient:
 
     ``base_url`` is the API root including the version, as for the OpenAI SDK
     (``http://127.0.0.1:8000/v1`` for vLLM); ``model`` the served model (or adapter) name.
-    ``api_key`` defaults to ``EE_OPENAI_API_KEY``, then ``OPENAI_API_KEY``, then ``EE_SERVE_API_KEY``; no key sends no
+    ``api_key`` defaults to ``EE_OPENAI_API_KEY``, then ``OPENAI_API_KEY``; no key sends no
     ``Authorization`` header. ``tool_choice`` and ``extra_body`` go into every request that offers
     tools / every request. ``transport`` is an ``httpx`` transport (tests pass ``httpx.MockTransport``).
     ``timeout_knob`` is how the user of the command that made the client sets ``timeout_s`` (``"--timeout N"``,

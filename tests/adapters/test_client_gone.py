@@ -90,3 +90,26 @@ def test_a_client_still_waiting_is_not_taken_for_gone() -> None:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_connection_past_descriptor_1024_is_still_there() -> None:
+    """``select`` refuses descriptors of 1024 and more (a server with many connections, Docker's default limit allows
+    them): taken for a client gone, every generation would have stopped at its first token."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1600:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    left, right = socket.socketpair()
+    high = os.dup2(left.fileno(), 1500)
+    connection = socket.socket(fileno=high)
+    try:
+        handler = type("Handler", (), {"connection": connection})()
+        assert JSONHandler.client_gone(handler) is False  # type: ignore[arg-type]
+        right.close()
+        assert JSONHandler.client_gone(handler) is True  # type: ignore[arg-type]
+    finally:
+        connection.close()
+        left.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

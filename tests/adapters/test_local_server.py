@@ -55,10 +55,10 @@ def held_init(self, *args, **kwargs):
     self.lock = HeldLock()
 
 
-def named_chat(self, body):
+def named_chat(self, body, **options):
     this_request.model = body.get("model")
     try:
-        return chat(self, body)
+        return chat(self, body, **options)
     finally:
         this_request.model = None
 

@@ -45,6 +45,10 @@ def _chat(server: Any, **body: Any) -> httpx.Response:
         ("min_tokens", 3, "sampling"),
         ("repetition_penalty", 1.2, "sampling"),
         ("ignore_eos", True, "sampling"),
+        ("stop_token_ids", [2], "sampling"),
+        ("add_generation_prompt", False, "renders every prompt"),
+        ("continue_final_message", True, "renders every prompt"),
+        ("chat_template_kwargs", {"enable_thinking": False}, "renders every prompt"),
     ],
 )
 def test_a_parameter_the_server_cannot_honour_is_a_400_naming_it(local_server: Any, parameter: str, value: Any, why: str) -> None:
@@ -74,6 +78,7 @@ def test_neutral_values_of_those_parameters_are_taken(local_server: Any) -> None
 def test_stream_options_without_stream_is_refused_in_vllms_words(local_server: Any) -> None:
     answer = _chat(local_server, stream_options={"include_usage": True}, max_tokens=1)
     assert answer.status_code == 400 and answer.json()["error"]["message"] == "Stream options can only be defined when `stream=True`."
+    assert _chat(local_server, stream_options={}, max_tokens=1).status_code == 200  # an empty one, as vLLM takes it
 
 
 def test_max_completion_tokens_wins_over_max_tokens(local_server: Any) -> None:

@@ -81,23 +81,33 @@ def test_the_local_server_answers_only_requests_that_carry_its_key(keyed_local_s
     assert status == 401
 
 
-def test_ee_clients_send_the_key_and_say_what_to_set_without_it(keyed_local_server: ServerProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ee_clients_of_its_servers_send_the_fleets_key_and_model_clients_do_not(
+    keyed_local_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key goes by where a client goes: promote's backends and the nightly evaluation on its replicas send
+    EE_SERVE_API_KEY (never OPENAI_API_KEY); a model client of a model the user names sends EE_OPENAI_API_KEY, else
+    OPENAI_API_KEY, never the fleet's key (which a hosted API must not get)."""
+    from ee_middleware.evals.job import EvalJob
+
     url = keyed_local_server.url
     for name in ("EE_OPENAI_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("EE_SERVE_API_KEY", KEY)
-    chat = OpenAIChatClient(url, "tiny-base", retries=0)  # the model clients' last default: the servers' own key
+    assert LocalBackend(url).list() == ["tiny-base"]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-for-openai")  # a key for OpenAI's API is never what the fleet's clients send
+    assert LocalBackend(url).list() == ["tiny-base"]
+    job = EvalJob(suites=["bfcl:simple"], model=f"openai:{url}#tiny-base", out="x", api_key_env="EE_SERVE_API_KEY")
+    chat = OpenAIChatClient(url, "tiny-base", retries=0, **{k: v for k, v in job.client_options().items() if k == "api_key"})
     answer = chat.complete([{"role": "user", "content": "hi"}], sampling=Sampling(max_tokens=2, temperature=0.0))
     assert answer and answer[0].problem is None, answer
-    assert LocalBackend(url).list() == ["tiny-base"]  # promote's backends send EE_SERVE_API_KEY
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-for-openai")  # a key for OpenAI's API is never sent to the fleet by them
-    assert LocalBackend(url).list() == ["tiny-base"]
+    with pytest.raises(ModelRequestError) as refused:  # a model client's default: OPENAI_API_KEY, refused here
+        OpenAIChatClient(url, "tiny-base", retries=0).list_models()
+    assert refused.value.status == 401 and "EE_SERVE_API_KEY" in str(refused.value)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert OpenAIChatClient(url, "tiny-base", retries=0)._api_key is None  # the fleet's key is no model client's default
     monkeypatch.delenv("EE_SERVE_API_KEY")
     with pytest.raises(ServingError):
         LocalBackend(url).list()
-    with pytest.raises(ModelRequestError) as refused:
-        OpenAIChatClient(url, "tiny-base", retries=0, api_key="").list_models()
-    assert refused.value.status == 401 and "EE_SERVE_API_KEY" in str(refused.value)
 
 
 @pytest.fixture
@@ -126,10 +136,29 @@ def test_the_router_asks_for_its_own_key_and_sends_the_replicas_key(router: str)
     assert answer and answer[0].problem is None, answer
 
 
-def test_a_router_without_the_replicas_key_relays_their_refusal(keyed_local_server: ServerProcess, tmp_path: Path) -> None:
+def test_a_replica_refusing_the_routers_key_is_a_502_naming_the_flag_and_logged_once(
+    keyed_local_server: ServerProcess, tmp_path: Path
+) -> None:
+    """The app sent the router its right key: the replicas' 401 is the router's configuration, not the app's key."""
+    logged: list[str] = []
+    alias = AliasRouter(LocalAdapterRegistry(tmp_path / "registry"), [keyed_local_server.url], upstream_api_key="wrong", log=logged.append)
+    for _ in range(2):
+        status, answer = alias.forward("/v1/chat/completions", {"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]})
+        assert status == 502 and "--upstream-api-key" in answer["error"]["message"], answer
+    assert alias.base_model() is None
+    assert len([line for line in logged if "refused the router's API key" in line]) == 1, logged
+
+
+def test_the_router_sends_the_fleets_key_by_default(
+    keyed_local_server: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the promote backends do (the demo's router, started in a process with EE_SERVE_API_KEY exported)."""
+    monkeypatch.setenv("EE_SERVE_API_KEY", KEY)
     alias = AliasRouter(LocalAdapterRegistry(tmp_path / "registry"), [keyed_local_server.url], log=lambda line: None)
-    status, answer = alias.forward("/v1/chat/completions", {"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]})
-    assert status == 401 and "EE_SERVE_API_KEY" in answer["error"]["message"]
+    status, _ = alias.forward(
+        "/v1/chat/completions", {"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    )
+    assert status == 200 and alias.base_model() == "tiny-base"
 
 
 _KEYED_SERVER = """
@@ -234,3 +263,46 @@ def test_a_key_no_client_can_send_is_refused_at_start(bad: str, tmp_path: Path) 
     result = CliRunner().invoke(app, ["serve", "router", "-r", str(tmp_path), "--server", "http://127.0.0.1:1/v1", "--api-key", bad])
     assert result.exit_code == 2 and "--api-key" in result.stderr and "printable ASCII" in result.stderr, result.output
     assert bad not in result.stderr  # a secret is not echoed
+
+
+def test_a_key_asked_for_before_the_body_is_refused_before_it_is_sent() -> None:
+    """``Expect: 100-continue`` (curl's large uploads): a request without the key gets its 401 instead of the
+    ``100 Continue`` that would have the client upload the body first."""
+
+    class _Open(JSONHandler):
+        def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+            return 200, body
+
+    server = make_server(_Open, {"api_key": "k", "log_message": lambda *a: None}, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+            sock.sendall(head.encode())
+            data = sock.recv(65536)
+        assert data.startswith(b"HTTP/1.1 401"), data[:100]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_ee_serve_local_takes_a_key_that_starts_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``secrets.token_urlsafe`` gives one about once in 64; it was read as an option (``expected one argument``)."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.adapters.serving import local_server
+    from ee_middleware.cli.app import app
+
+    class _Started(Exception):
+        pass
+
+    def started(app_: Any, host: str, port: int, *, api_key: str | None = None) -> None:
+        raise _Started(f"api_key={api_key}")
+
+    monkeypatch.setattr(local_server, "LocalModelServer", lambda *args, **kwargs: type("App", (), {"served_model_name": "m"})())
+    monkeypatch.setattr(local_server, "make_http_server", started)
+    port = str(free_port())
+    result = CliRunner().invoke(app, ["serve", "local", "--base", str(tmp_path), "--port", port], env={"EE_SERVE_API_KEY": "-Xk3secret"})
+    assert "_Started: api_key=-Xk3secret" in result.output, result.output

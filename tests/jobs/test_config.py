@@ -690,3 +690,18 @@ def test_a_base_model_other_than_the_live_adapters_is_said_not_to_be_trained_on(
     [warning] = said
     assert warning.startswith(f"warning: base_model {tmp_path / 'base'} is not trained on: shop's live adapter {record.name} runs on")
     assert str(live_base) in warning and "base_model is used when no adapter is live" in warning
+
+
+def test_the_nightly_evaluation_on_its_replicas_sends_the_fleets_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its candidate and baseline are served by the [improve.serving] replicas (an openai: spec): their client sends
+    EE_SERVE_API_KEY, not OPENAI_API_KEY (which a teacher or user model may need, and which would be refused there);
+    a local: spec has no key to send; [eval] api_key_env wins."""
+    monkeypatch.setenv("EE_SERVE_API_KEY", "fleet")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    config = ImproveConfig.load(_config(tmp_path))
+    served = config.eval_job("openai:http://127.0.0.1:8000/v1#bot-v1", tmp_path / "e", tmp_path / "d")
+    assert served.api_key_env == "EE_SERVE_API_KEY" and served.client_options()["api_key"] == "fleet"
+    assert "api_key" not in config.eval_job("local:/models/base", tmp_path / "e", tmp_path / "d").client_options()
+    own = ImproveConfig.load(_config(tmp_path, '[eval]\napi_key_env = "MY_KEY"\n'))
+    monkeypatch.setenv("MY_KEY", "mine")
+    assert own.eval_job("openai:http://127.0.0.1:8000/v1#bot-v1", tmp_path / "e", tmp_path / "d").client_options()["api_key"] == "mine"

@@ -38,3 +38,10 @@ def test_a_bad_value_is_a_config_error(build: Callable[[], Any], said: str) -> N
 def test_through_a_spec_the_error_still_names_the_spec_and_the_setting() -> None:
     with pytest.raises(ModelError, match=r"Bad settings for model client 'openai:http://127.0.0.1:9/v1#m': timeout_s must be"):
         build_chat_client("openai:http://127.0.0.1:9/v1#m", timeout_s=-1)
+
+
+def test_the_specs_credentials_stay_out_of_the_message() -> None:
+    spec = "openai:http://alice:pw-123@127.0.0.1:9/v1?api_key=sk-SECRET#m"
+    with pytest.raises(ModelError) as raised:
+        build_chat_client(spec, timeout_s=-1)
+    assert "pw-123" not in str(raised.value) and "sk-SECRET" not in str(raised.value) and "Bad settings" in str(raised.value)

@@ -262,10 +262,10 @@ def write_rationales(teacher: Teacher, cases: list[ReflectionCase], *, spec: str
         texts: Any = teacher.write(cases)
         if isinstance(texts, Iterable) and not isinstance(texts, str | bytes | Mapping):
             texts = list(texts)  # a generator's own code runs now
-    except EEError:
-        raise
     except Exception as exc:
-        if not _is_plugin_teacher(teacher, spec):
+        # ee's own errors say what is wrong already; a plain ConfigError is a bad value in the plug-in's own code (a
+        # Sampling(temperature=-1) it built), which needs where it was raised as a ValueError did
+        if not _is_plugin_teacher(teacher, spec) or (isinstance(exc, EEError) and type(exc) is not ConfigError):
             raise
         raise TEACHERS.failed_at_work(named, "write(cases)", exc) from exc
     contract = (

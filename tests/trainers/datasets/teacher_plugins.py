@@ -21,6 +21,10 @@ class ServiceTeacher:
             raise ConnectionError("rationale service at http://rationale.internal returned 503")
         if self.mode == "bug":
             raise RuntimeError("no rationale for " + str(len(cases)) + " cases")
+        if self.mode == "bad_sampling":  # a bad value in the plug-in's own code: ee's ConfigError, raised in its line
+            from ee_middleware.models import Sampling
+
+            Sampling(temperature=-1)
         texts = [f"({self.style}) I call {case.chosen_tool} because it returns what the task asks." for case in cases]
         if self.mode == "short":
             return texts[:-1]
@@ -37,6 +41,10 @@ def make_down() -> ServiceTeacher:
 
 def make_bug() -> ServiceTeacher:
     return ServiceTeacher("bug")
+
+
+def make_bad_sampling() -> ServiceTeacher:
+    return ServiceTeacher("bad_sampling")
 
 
 def make_short() -> ServiceTeacher:
