@@ -135,6 +135,11 @@ class IncompleteReadWarning(StoreCorruptionWarning):
     the answer is incomplete. Commands exit non-zero on it unless given ``--allow-partial``."""
 
 
+class LargeSpoolWarning(UserWarning):
+    """A store's spool holds more than reads keep decoded: every read decodes it again (``ee store compact`` folds it into
+    Parquet parts)."""
+
+
 class TrajectoryNotFoundError(StoreError, KeyError):
     """No trajectory with the given id exists in the store."""
 

@@ -145,13 +145,14 @@ class DamageReport:
 
 @contextmanager
 def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
-    """Read a store with its damage reported as plain lines on stderr, not Python warnings.
+    """Read a store with its damage (and a spool too large to keep decoded) reported as plain lines on stderr, not Python
+    warnings.
 
     Damage that hides stored records (an unreadable part, a damaged record) makes the command fail
     with :class:`~ee_middleware.errors.StoreDamagedError` naming the file and the fix, before it
     prints or writes anything, unless ``allow_partial``; then it answers from the rest.
     """
-    from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreDamagedError
+    from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, StoreCorruptionWarning, StoreDamagedError
 
     report = DamageReport()
     caught: list[warnings.WarningMessage] = []
@@ -169,7 +170,7 @@ def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
     finally:
         # After the recording has stopped: re-emitted inside it, a warning was recorded again, and re-emitted, forever.
         for w in caught:
-            if not issubclass(w.category, StoreCorruptionWarning):
+            if not issubclass(w.category, (StoreCorruptionWarning, LargeSpoolWarning)):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # the user's filters apply
             elif str(w.message) not in report.messages:
                 report.messages.append(str(w.message))

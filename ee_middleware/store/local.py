@@ -404,7 +404,7 @@ class LocalExperienceStore:
 
     def approvals(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
         """Every approval decision, oldest first, with the opposite decision each one overturned."""
-        tables = self._load()
+        tables = self._load(_DECISIONS)
         history = _decisions(tables["trajectories"], tables["approvals"])
         if trajectory_ids is not None:
             history = history.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
@@ -438,7 +438,7 @@ class LocalExperienceStore:
         """One row per trajectory (in the order they were written: oldest write first) with its current ``approval``, ``approval_by``,
         ``approval_at`` and ``approval_reason``; ``status`` keeps those with that approval (``"all"`` or ``None``: every
         one; another word raises :class:`~ee_middleware.errors.ConfigError`)."""
-        tables = self._load()
+        tables = self._load(_DECISIONS)
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)
@@ -447,14 +447,14 @@ class LocalExperienceStore:
         return current
 
     def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
-        steps = self._load()["steps"]
+        steps = self._load(("steps",))["steps"]
         if trajectory_ids is not None:
             steps = steps.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
         return steps
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """The full id of the one trajectory whose id is, or starts with, ``id_or_prefix``."""
-        ids = self._load()["trajectories"]["id"].to_list()
+        ids = self._load(("trajectories",))["trajectories"]["id"].to_list()
         if id_or_prefix in ids:
             return id_or_prefix
         matches = [i for i in ids if i.startswith(id_or_prefix)] if id_or_prefix else []
@@ -466,12 +466,29 @@ class LocalExperienceStore:
         )
 
     def get(self, trajectory_id: str) -> Trajectory:
-        """The full trajectory (an unambiguous id prefix is accepted)."""
-        trajectory_id = self.resolve_id(trajectory_id)
-        tables = self._load()
+        """The full trajectory (an unambiguous id prefix is accepted). Its steps are read alone: the other trajectories'
+        steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table."""
+        tables = self._load(_DECISIONS)
+        if trajectory_id not in set(tables["trajectories"]["id"].to_list()):  # a prefix: resolved as resolve_id does
+            trajectory_id = self.resolve_id(trajectory_id)
         rows = _current_approvals(tables["trajectories"], tables["approvals"]).filter(pl.col("id") == trajectory_id)
-        steps = tables["steps"].filter(pl.col("trajectory_id") == trajectory_id)
+        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=tables.spooled)
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
+
+    def _scanned(
+        self, table: str, where: pl.Expr, columns: Sequence[str] | None = None, *, spooled: SpoolRead | None = None
+    ) -> pl.DataFrame:
+        """The rows of ``table`` that ``where`` keeps (only ``columns``, where given), repeats dropped, read by :meth:`scan`
+        (filter and columns pushed into the Parquet reader); a part damaged past its footer is skipped with a warning,
+        as every read does. ``spooled``: the spool as a read just before saw it (not decoded again)."""
+        for again in (False, True):
+            try:
+                scanned = self._scan(table, spooled).filter(where)
+                return drop_repeats(table, (scanned.select(columns) if columns is not None else scanned).collect())
+            except pl.exceptions.ComputeError:
+                if again or not self.check_parts((table,)):  # no damaged part: a real error
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def iter_trajectories(self, *, status: StatusSelection = None) -> Iterator[Trajectory]:
         for t in self.iter_trajectory_rows(status=status):
@@ -480,7 +497,7 @@ class LocalExperienceStore:
     def iter_trajectory_rows(self, *, status: StatusSelection = None) -> Iterator[Trajectory | TrajectoryRows]:
         """As :meth:`iter_trajectories`, but a trajectory read from Parquet parts comes as its rows (:class:`TrajectoryRows`:
         ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them."""
-        tables = self._load()
+        tables = self._load((*_DECISIONS, "steps"))
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)
@@ -503,7 +520,7 @@ class LocalExperienceStore:
 
     def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""
-        rollouts = self._load()["rollouts"]
+        rollouts = self._load(("rollouts",))["rollouts"]
         if trajectory_ids is not None:
             rollouts = rollouts.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
         if replay_id is not None:
@@ -512,14 +529,14 @@ class LocalExperienceStore:
 
     def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
         """The latest replay record per (replay configuration, trajectory)."""
-        replays = self._load()["replays"]
+        replays = self._load(("replays",))["replays"]
         if replay_id is not None:
             replays = replays.filter(pl.col("replay_id") == replay_id)
         return replays
 
     def get_rollout(self, rollout_id: str) -> Rollout:
         """One rollout by id (an unambiguous prefix is accepted)."""
-        rollouts = self._load()["rollouts"]
+        rollouts = self._load(("rollouts",))["rollouts"]
         exact = rollouts.filter(pl.col("id") == rollout_id)
         if exact.is_empty():
             exact = rollouts.filter(pl.col("id").str.starts_with(rollout_id)) if rollout_id else exact
@@ -543,11 +560,16 @@ class LocalExperienceStore:
         Unlike them, repeated records are still there: filter first (by trajectory: a record's
         repeats share its trajectory), then drop them with :func:`drop_repeats`. Damaged parts are
         skipped with a warning, as :meth:`steps` does."""
+        return self._scan(table)
+
+    def _scan(self, table: str, spooled: SpoolRead | None = None) -> pl.LazyFrame:
+        """:meth:`scan`; ``spooled``: the spool as a read just before saw it (warned about by that read)."""
         schema = TABLES[table]
-        spooled = self._spool.read()  # the spool first, as _load
+        if spooled is None:
+            spooled = self._spool.read()  # the spool first, as _load
+            spooled.warn(stacklevel=4)
         snapshot = read_manifest(self.root, TABLES)
         self._warn_manifest(snapshot)
-        spooled.warn(stacklevel=3)
         frames = [frame([], schema).lazy()]
         for path in snapshot.paths(self.root, table):
             if path in self._damaged:
@@ -612,7 +634,8 @@ class LocalExperienceStore:
             current = current.filter(pl.col("app") == app)
         return current.select(list(dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])))
 
-    def _load(self) -> _Tables:
+    def _load(self, names: Collection[str] = TABLES) -> _Tables:
+        """The tables ``names`` (a read that needs no steps or rollouts does not hold them, the largest by far)."""
         # The spool before the manifest: a compaction in between then shows a record twice (dropped
         # below), never zero times. The manifest's parts are one consistent snapshot; should one of
         # them vanish because a compaction moved on meanwhile, the whole read starts again.
@@ -620,7 +643,7 @@ class LocalExperienceStore:
             spooled = self._spool.read()
             snapshot = read_manifest(self.root, TABLES)
             try:
-                parts = {name: self._read_table(snapshot, name) for name in TABLES}
+                parts = {name: self._read_table(snapshot, name) for name in TABLES if name in names}
             except PartVanished:
                 continue
             break
@@ -1078,7 +1101,7 @@ class LocalExperienceStore:
     def info(self) -> dict[str, Any]:
         """Counts and sizes, for ``ee store info``."""
         segments = spool.list_segments(self.root / "spool")
-        tables = self._load()
+        tables = self._load((*_DECISIONS, "replays"))
         snapshot = read_manifest(self.root, TABLES)
         trajectories = _current_approvals(tables["trajectories"], tables["approvals"])
         counts = trajectories.group_by("approval").len().to_dicts() if not trajectories.is_empty() else []
@@ -1088,7 +1111,9 @@ class LocalExperienceStore:
             "schema_version": SCHEMA_VERSION,
             "trajectories": trajectories.height,
             "by_approval": {c["approval"]: c["len"] for c in counts},
-            "rollouts": tables["rollouts"].height,
+            "rollouts": self._scanned(
+                "rollouts", pl.lit(True), ["id"], spooled=tables.spooled
+            ).height,  # (counted without holding the table)
             "replayed_trajectories": tables["replays"]["trajectory_id"].n_unique(),
             "spool_segments": len(segments),
             "live_segments": sum(spool.is_live(s) for s in segments),
@@ -1150,18 +1175,24 @@ def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
     return df.unique(maintain_order=True)
 
 
+_DECISIONS = ("trajectories", "approvals")
+"""The tables a trajectory's row and its current approval come from."""
+
+
 class _Tables(MutableMapping[str, pl.DataFrame]):
     """One read's tables: the Parquet parts' rows, then the spool's, repeats dropped. A table is put together when first
     asked for, so a read that never needs the steps does not write the spool's states as ``state_json``."""
 
     def __init__(self, parts: dict[str, pl.DataFrame], spooled: SpoolRead) -> None:
         self._parts = parts
-        self._spooled = spooled
+        self.spooled = spooled
         self._tables: dict[str, pl.DataFrame] = {}
 
     def __getitem__(self, name: str) -> pl.DataFrame:
+        if name not in self._tables and name not in self._parts:
+            raise KeyError(f"this read did not load the {name} table (LocalExperienceStore._load(names))")
         if name not in self._tables:
-            self._tables[name] = drop_repeats(name, pl.concat([self._parts[name], self._spooled.frame(name)], how="vertical"))
+            self._tables[name] = drop_repeats(name, pl.concat([self._parts[name], self.spooled.frame(name)], how="vertical"))
         return self._tables[name]
 
     def __setitem__(self, name: str, table: pl.DataFrame) -> None:
@@ -1171,15 +1202,15 @@ class _Tables(MutableMapping[str, pl.DataFrame]):
         raise TypeError("a read's tables cannot be removed")
 
     def __iter__(self) -> Iterator[str]:
-        return iter(TABLES)
+        return iter(self._parts)
 
     def __len__(self) -> int:
-        return len(TABLES)
+        return len(self._parts)
 
     def take_spooled_trajectories(self) -> dict[str, Trajectory]:
         """Trajectories whose rows come from one spool record alone, for the caller to keep (see spool_cache)."""
         in_parts = set(self._parts["trajectories"]["id"].to_list()) | set(self._parts["steps"]["trajectory_id"].unique().to_list())
-        return self._spooled.take_trajectories(exclude=in_parts)
+        return self.spooled.take_trajectories(exclude=in_parts)
 
 
 def _rebuilt(row: dict[str, Any], t: Trajectory) -> Trajectory:

@@ -38,7 +38,7 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import IncompleteReadWarning, RecordError, StoreCorruptionWarning
+from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, RecordError, StoreCorruptionWarning
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ReplayRecord, Rollout, Trajectory
 from ee_middleware.store import spool
 from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, replay_row, rollout_row, step_row, trajectory_row
@@ -46,6 +46,11 @@ from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, r
 CACHE_BYTES = 16 << 20
 """How many bytes of spool segments one store handle keeps decoded. The decoded records, with their table frames, take
 about seven times as much memory (≈ 110 MB at this bound) until ``iter_trajectories`` takes the trajectories over."""
+
+LARGE_SPOOL_BYTES = 64 << 20
+"""A spool larger than this is said once per store handle (:class:`~ee_middleware.errors.LargeSpoolWarning`): reads decode
+what the cache does not keep every time (about 1 s and 7x its size in memory per 40 MB), so a day of traces left
+uncompacted makes a lookup of one trajectory take many seconds and gigabytes."""
 
 _BIG_EXPONENT = (re.compile(rb"e\+?[0-9]{3,}[,\]}\s]"), re.compile(rb"E\+?[0-9]{3,}[,\]}\s]"))
 _DIGITS = bytes.maketrans(b"123456789", b"000000000")
@@ -278,6 +283,7 @@ class SpoolCache:
         self.dir = spool_dir
         self.max_bytes = max_bytes
         self._segments: dict[Path, DecodedSegment] = {}
+        self._said_large = False
 
     def read(self) -> SpoolRead:
         """Every segment's records (oldest first), decoded again only where its bytes changed, and the damaged lines."""
@@ -304,4 +310,17 @@ class SpoolCache:
                 kept[segment] = d
                 room -= len(d.data)
         self._segments = kept  # segments gone from the spool (compacted) are forgotten
+        total = sum(len(d.data) for d in decoded)
+        if total > LARGE_SPOOL_BYTES and not self._said_large:
+            self._said_large = True
+            store = self.dir.parent
+            warnings.warn(
+                LargeSpoolWarning(
+                    f"The spool of {store} holds {total / 2**20:.0f} MB not yet compacted ({len(decoded)} segments): every read "
+                    f"decodes it again, so each command takes seconds and memory several times that size. Run `ee store "
+                    f"compact --store {store}` (ee improve compacts before each run; schedule it hourly where capture "
+                    "writes more between runs)."
+                ),
+                stacklevel=4,
+            )
         return SpoolRead(decoded, problems)

@@ -53,7 +53,7 @@ class AuditedStore(LocalExperienceStore):
 class AuditedLoadingStore(AuditedStore):
     """Passes reads on with ``super()``, and the local store's reading calls back into its own loading, which fails."""
 
-    def _load(self) -> Any:
+    def _load(self, *args: Any, **kwargs: Any) -> Any:
         raise sqlite3.OperationalError("audit log is locked")
 
 

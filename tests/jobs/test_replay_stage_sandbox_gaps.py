@@ -431,10 +431,10 @@ def test_the_skip_check_reads_no_whole_store(tmp_path: Path, monkeypatch: pytest
     whole_reads: list[str] = []
     load, check = LocalExperienceStore._load, stage_code._check_skipped
 
-    def counted_load(self: LocalExperienceStore) -> Any:
+    def counted_load(self: LocalExperienceStore, *args: Any, **kwargs: Any) -> Any:
         if checking:
             whole_reads.append("read")
-        return load(self)
+        return load(self, *args, **kwargs)
 
     def watched_check(*args: Any) -> Any:
         checking.append(True)

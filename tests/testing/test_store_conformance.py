@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -25,8 +26,8 @@ from tests.store.sqlite_plugin import SqliteMetaStore, SqliteStore
 class RolloutsNotDeduplicated(LocalExperienceStore):
     """Forgets to drop rollouts written twice (a retried replay batch)."""
 
-    def _load(self) -> dict[str, pl.DataFrame]:
-        tables = super()._load()
+    def _load(self, *args: Any, **kwargs: Any) -> dict[str, pl.DataFrame]:
+        tables = super()._load(*args, **kwargs)
         spooled = SpoolRows(spool.iter_records(self.root / "spool")).frames()
         tables["rollouts"] = pl.concat([self._read_parts("rollouts"), spooled["rollouts"]])
         return tables
