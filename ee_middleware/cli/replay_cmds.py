@@ -296,7 +296,13 @@ def _interrupted_text(cfg: Any, signal_name: str, counted: list[int]) -> str:
             more = " (its workers may have stored a few more)" if cfg.workers > 1 else ""
             kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
     again = " without --again" if cfg.again else ""  # with it, a run starts the next attempt instead
-    return f"the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped."
+    said = f"the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped"
+    limit = getattr(cfg, "limit", None)
+    if limit is not None and counted and counted[1] < counted[0]:
+        # --limit counts each run's trajectories (oldest not done first): run again, it takes those left, then more
+        left = counted[0] - counted[1]
+        return f"{said}: --limit counts each run's trajectories, so it replays the {left} left, then more up to {limit} (--limit {left} for those alone)."
+    return said + "."
 
 
 def _policy_settings(pairs: list[str]) -> dict[str, Any]:
