@@ -312,6 +312,28 @@ def console() -> Any:
     return make_console()
 
 
+TERMINAL_ROWS = 1000
+"""The most rows a listing draws on a terminal without ``--limit`` (a table of 100k rows took 83 s to appear)."""
+
+
+def terminal_cap(total: int, limit: int | None, as_json: bool) -> int | None:
+    """How many rows a listing of ``total`` draws when it goes to a terminal without ``--limit`` or ``--json`` and holds
+    more than :data:`TERMINAL_ROWS`; ``None`` for all (a pipe, a file and ``--json`` get every row, as scripts expect)."""
+    if limit is not None or as_json or total <= TERMINAL_ROWS or not console().is_terminal:
+        return None
+    return TERMINAL_ROWS
+
+
+def say_capped(shown: int, total: int, what: str, which: str) -> None:
+    """The line under a listing :func:`terminal_cap` cut: how many of how many, and how to see more."""
+    typer.secho(
+        f"showing the {which} {shown} of {total} {what} (a terminal gets at most {TERMINAL_ROWS} without --limit): "
+        "--limit N shows N, and a pipe or --json gets them all",
+        err=True,
+        fg="yellow",
+    )
+
+
 def progress_console() -> Any:
     """The console progress bars draw on: stderr, so that stdout holds the command's answer alone
     (``ee ... > out.txt`` or ``| jq`` get no bar, even when it is drawn once at the end off a terminal)."""

@@ -28,9 +28,11 @@ from ee_middleware.cli.common import (
     print_json,
     progress_console,
     reading_store,
+    say_capped,
     short,
     short_ids,
     store_origin,
+    terminal_cap,
     user_output_to_stderr,
 )
 from ee_middleware.errors import EEError
@@ -537,6 +539,9 @@ def list_rollouts(
         frame = frame.filter(pl.col("is_error"))
     if limit is not None:
         frame = frame.head(limit)
+    matching = frame.height
+    if (cap := terminal_cap(matching, limit, as_json)) is not None:
+        frame = frame.head(cap)
     rollouts = [rollout_from_row(row) for row in frame.iter_rows(named=True)]
     if as_json:
         print_json([_rollout_json(r) for r in rollouts])
@@ -572,6 +577,8 @@ def list_rollouts(
             observation_cell(r.observation.content, r.is_error, 100),
         )
     console().print(table)
+    if len(rollouts) < matching:
+        say_capped(len(rollouts), matching, "rollouts", "first")
 
 
 @app.command("show", epilog=examples("ee replay show 3f2a9c1b --store ./experience"))

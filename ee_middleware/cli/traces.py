@@ -22,8 +22,10 @@ from ee_middleware.cli.common import (
     open_existing_store,
     print_json,
     reading_store,
+    say_capped,
     short,
     short_ids,
+    terminal_cap,
 )
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
@@ -73,6 +75,9 @@ def list_traces(
     frame = frame.sort("started_at")
     if limit is not None:
         frame = frame.tail(limit)
+    matching = frame.height
+    if (cap := terminal_cap(matching, limit, as_json)) is not None:
+        frame = frame.tail(cap)
     rows = [
         # the thread id too: capture redacts it as the task (ids are often e-mail addresses or customer numbers)
         {**row, **{key: redact(row[key]) for key in ("task", "thread_id", "approval_by", "approval_reason")}}
@@ -127,6 +132,8 @@ def list_traces(
     if dropped:
         table.caption = f"not shown at {out.width} columns: {', '.join(dropped)} (--json has them)"
     out.print(table)
+    if len(rows) < matching:
+        say_capped(len(rows), matching, "trajectories", "newest")
 
 
 @app.command("show", epilog=examples("ee traces show 3f2a9c1b --store ./experience"))
