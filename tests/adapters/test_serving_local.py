@@ -112,6 +112,7 @@ def test_promote_switches_the_alias_and_rollback_restores_the_previous_answer(lo
         assert back.live.name == first.name and back.loaded_on == []  # it stayed loaded: only the alias moved
         assert _answer(routed, "bot") == first_answer
         listed = httpx.get(f"{routed}/models", timeout=10).json()["data"]
+        assert all(isinstance(entry.pop("created"), int) for entry in listed)  # (as vLLM's model cards have)
         assert listed == [
             {"id": "bot", "object": "model", "owned_by": "ee-router", "live": first.name},
             {"id": "tiny-base", "object": "model", "owned_by": "ee-router"},

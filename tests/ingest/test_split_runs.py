@@ -334,9 +334,9 @@ class _CountingStore(LocalExperienceStore):
 
     loads = 0
 
-    def _load(self) -> Any:
+    def _load(self, *args: Any, **kwargs: Any) -> Any:
         self.loads += 1
-        return super()._load()
+        return super()._load(*args, **kwargs)
 
 
 def _night2_reads(folder: Path, runs: int) -> int:
