@@ -155,7 +155,9 @@ class AliasRouter:
                 try:
                     self._base = self._client(url).list_models()[0]
                 except ModelRequestError as exc:
-                    if exc.status in (401, 403):
+                    if exc.status not in (401, 403):
+                        self._failed(url, exc)
+                    else:  # the router's key: not a replica to pass over, one to say
                         self._key_refused(url, exc.status)
                     continue
                 except ModelError as exc:
