@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -75,6 +76,24 @@ def _pseudonym_form(store: object) -> tuple[str | None, str]:
     return form, _PSEUDONYM_FORMS[form]
 
 
+SAID_SPOOL_BYTES = 16 << 20
+"""A spool at least this large is said before it is compacted (a compaction of 350 MB takes about half a minute)."""
+
+
+def _say_what_compact_does(opened: Any, store: str) -> None:
+    """On stderr, before a local store's compaction: that it waits for another one running, and what it folds when that
+    is much (the command was silent for minutes)."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    if not isinstance(opened, LocalExperienceStore):
+        return
+    if opened.compaction_running():
+        typer.echo(f"waiting for the compaction of {store} another process runs to finish...", err=True)
+    segments, size = opened.spool_size()
+    if size >= SAID_SPOOL_BYTES:
+        typer.echo(f"compacting {segments} spool segment(s), {size / 2**20:.0f} MB, into Parquet parts...", err=True)
+
+
 @app.command("compact", epilog=examples("ee store compact --store ./experience"))
 def compact(store: str = StoreOption) -> None:
     """Fold finished spool segments into Parquet parts (safe while agents are recording and reading).
@@ -91,7 +110,9 @@ def compact(store: str = StoreOption) -> None:
     with reading_store(allow_partial=True):
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
-            folded = open_existing_store(store).compact()
+            opened = open_existing_store(store)
+            _say_what_compact_does(opened, store)
+            folded = opened.compact()
         for w in seen:  # to reading_store, which says them; the unreadable files are told apart from damage here
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     hiding = [w.category for w in seen if issubclass(w.category, IncompleteReadWarning)]

@@ -947,6 +947,33 @@ class LocalExperienceStore:
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
+    def compaction_running(self) -> bool:
+        """Whether another process (or handle) compacts this store now: :meth:`compact` would wait for it."""
+        lock = self.root / ".compact.lock"
+        if not lock.exists():
+            return False
+        try:
+            with open(lock, "a") as fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return True
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        except OSError:
+            return False  # (a lock file this process cannot open: compact says so itself)
+        return False
+
+    def spool_size(self) -> tuple[int, int]:
+        """The spool's segments not yet compacted: how many, and their bytes."""
+        segments = spool.list_segments(self.root / "spool")
+        size = 0
+        for segment in segments:
+            try:
+                size += segment.stat().st_size
+            except OSError:
+                continue  # compacted away meanwhile, or unreadable (compact names it)
+        return len(segments), size
+
     @contextmanager
     def decisions_locked(self) -> Iterator[None]:
         """Held by :func:`~ee_middleware.store.approvals.decide` from reading the current decisions to recording new ones
