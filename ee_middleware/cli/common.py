@@ -319,9 +319,17 @@ TERMINAL_ROWS = 1000
 def terminal_cap(total: int, limit: int | None, as_json: bool) -> int | None:
     """How many rows a listing of ``total`` draws when it goes to a terminal without ``--limit`` or ``--json`` and holds
     more than :data:`TERMINAL_ROWS`; ``None`` for all (a pipe, a file and ``--json`` get every row, as scripts expect)."""
-    if limit is not None or as_json or total <= TERMINAL_ROWS or not console().is_terminal:
+    if limit is not None or as_json or total <= TERMINAL_ROWS or not _stdout_is_terminal():
         return None
     return TERMINAL_ROWS
+
+
+def _stdout_is_terminal() -> bool:
+    """Whether standard output is a terminal (not rich's ``is_terminal``, which ``FORCE_COLOR`` makes true for a pipe)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
 
 
 def say_capped(shown: int, total: int, what: str, which: str) -> None:

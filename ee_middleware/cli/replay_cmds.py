@@ -303,7 +303,7 @@ def _interrupted_text(cfg: Any, signal_name: str, counted: list[int]) -> str:
     if limit is not None and counted and counted[1] < counted[0]:
         # --limit counts each run's trajectories (oldest not done first): run again, it takes those left, then more
         left = counted[0] - counted[1]
-        return f"{said}: --limit counts each run's trajectories, so it replays the {left} left, then more up to {limit} (--limit {left} for those alone)."
+        return f"{said}: --limit counts each run's trajectories, so it replays the {left} left first, then more up to {limit}."
     return said + "."
 
 
@@ -554,7 +554,8 @@ def list_rollouts(
     from rich import box
     from rich.table import Table
 
-    table = Table(title=escape(f"{len(rollouts)} rollouts in {store}"), box=box.SIMPLE_HEAD, pad_edge=False)
+    counted = f"the first {len(rollouts)} of {matching}" if len(rollouts) < matching else str(len(rollouts))
+    table = Table(title=escape(f"{counted} rollouts in {store}"), box=box.SIMPLE_HEAD, pad_edge=False)
     for column, kwargs in (
         ("id", {"no_wrap": True, "overflow": "fold"}),  # on one line, or folded (never cut) in a narrow terminal
         ("trajectory", {"no_wrap": True, "overflow": "fold"}),

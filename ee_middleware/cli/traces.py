@@ -91,7 +91,8 @@ def list_traces(
     from rich.table import Table
 
     apps = sorted({row["app"] for row in rows})
-    title = escape(f"{len(rows)} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else ""))
+    counted = f"the newest {len(rows)} of {matching}" if len(rows) < matching else str(len(rows))
+    title = escape(f"{counted} trajectories in {store}" + (f" (app {apps[0]})" if len(apps) == 1 else ""))
     out = console()
     # The id is what `ee traces show/approve` take: whole on any terminal (rich took a folding id down to nothing at 40
     # columns). On a narrow one the start time, the task and the app are left out, in that order, rather than squeezed

@@ -469,9 +469,13 @@ class LocalExperienceStore:
         """The full trajectory (an unambiguous id prefix is accepted). Its steps are read alone: the other trajectories'
         steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table."""
         tables = self._load(_DECISIONS)
-        if trajectory_id not in set(tables["trajectories"]["id"].to_list()):  # a prefix: resolved as resolve_id does
+        own_resolution = type(self).resolve_id is not LocalExperienceStore.resolve_id  # a subclass's rule decides, always
+        if own_resolution or trajectory_id not in set(tables["trajectories"]["id"].to_list()):  # a prefix: resolved
             trajectory_id = self.resolve_id(trajectory_id)
         rows = _current_approvals(tables["trajectories"], tables["approvals"]).filter(pl.col("id") == trajectory_id)
+        if rows.is_empty():  # written after the read above (resolve_id read again): read again
+            tables = self._load(_DECISIONS)
+            rows = _current_approvals(tables["trajectories"], tables["approvals"]).filter(pl.col("id") == trajectory_id)
         steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=tables.spooled)
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
 
@@ -480,15 +484,23 @@ class LocalExperienceStore:
     ) -> pl.DataFrame:
         """The rows of ``table`` that ``where`` keeps (only ``columns``, where given), repeats dropped, read by :meth:`scan`
         (filter and columns pushed into the Parquet reader); a part damaged past its footer is skipped with a warning,
-        as every read does. ``spooled``: the spool as a read just before saw it (not decoded again)."""
-        for again in (False, True):
+        as every read does. ``spooled``: the spool as a read just before saw it (not decoded again). A part a compaction
+        merged away meanwhile makes it read the parts again (as :meth:`_load` does)."""
+        checked = False
+        for _ in range(READ_ATTEMPTS):
             try:
-                scanned = self._scan(table, spooled).filter(where)
+                scanned = self._scan(table, spooled, vanished=True).filter(where)
                 return drop_repeats(table, (scanned.select(columns) if columns is not None else scanned).collect())
-            except pl.exceptions.ComputeError:
-                if again or not self.check_parts((table,)):  # no damaged part: a real error
+            except (PartVanished, FileNotFoundError):
+                continue  # the spool read before is still before the new manifest: no record can be missed
+            except pl.exceptions.PolarsError:
+                if checked or not self.check_parts((table,)):  # no damaged part: a real error
                     raise
-        raise AssertionError("unreachable")  # pragma: no cover
+                checked = True
+        raise StoreError(
+            f"The Parquet parts of {self.root} changed {READ_ATTEMPTS} times while being read (compaction running "
+            "without pause?). Try again; nothing stored is affected."
+        )
 
     def iter_trajectories(self, *, status: StatusSelection = None) -> Iterator[Trajectory]:
         for t in self.iter_trajectory_rows(status=status):
@@ -562,8 +574,10 @@ class LocalExperienceStore:
         skipped with a warning, as :meth:`steps` does."""
         return self._scan(table)
 
-    def _scan(self, table: str, spooled: SpoolRead | None = None) -> pl.LazyFrame:
-        """:meth:`scan`; ``spooled``: the spool as a read just before saw it (warned about by that read)."""
+    def _scan(self, table: str, spooled: SpoolRead | None = None, *, vanished: bool = False) -> pl.LazyFrame:
+        """:meth:`scan`; ``spooled``: the spool as a read just before saw it (warned about by that read); ``vanished``: a
+        listed part that is gone since the manifest moved on raises :class:`PartVanished` (the caller reads again)
+        instead of being skipped with a warning."""
         schema = TABLES[table]
         if spooled is None:
             spooled = self._spool.read()  # the spool first, as _load
@@ -581,6 +595,11 @@ class LocalExperienceStore:
                         columns = pl.read_parquet_schema(fh)
                 else:
                     columns = _read_part(path, schema).schema
+            except FileNotFoundError as exc:
+                if vanished and (snapshot.generation is None or not read_manifest(self.root, TABLES).same_as(snapshot)):
+                    raise PartVanished(path) from None
+                self._warn_part(path, f"it is listed in {MANIFEST} but missing" if vanished else exc)
+                continue
             except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged, unreadable or vanished file
                 self._warn_part(path, exc)
                 continue
@@ -895,24 +914,27 @@ class LocalExperienceStore:
             ) from exc
         return final
 
+    def _check_footers(self, snapshot: Manifest, table: str) -> set[str]:
+        """:meth:`_check_parts` of one table."""
+        damaged: set[str] = set()
+        for path in snapshot.paths(self.root, table):
+            try:
+                with open(path, "rb") as fh:
+                    pl.read_parquet_schema(fh)
+            except FileNotFoundError:
+                self._warn_part(path, f"it is listed in {MANIFEST} but missing")
+                damaged.add(path.name)
+            except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged (or unreadable) file
+                self._warn_part(path, exc)
+                damaged.add(path.name)
+        return damaged
+
     def _check_parts(self, snapshot: Manifest) -> dict[str, set[str]]:
         """The live parts whose footer cannot be read (a cut-off or missing file), per table, each warned about as a read
         warns (:class:`IncompleteReadWarning`: `ee store compact` exits 1 naming it and `ee store repair`). Only the
         footer: reading every part in full at each compaction would read the whole store; the parts a merge reads are
         read in full, and ``ee store repair`` reads them all."""
-        damaged: dict[str, set[str]] = {table: set() for table in TABLES}
-        for table in TABLES:
-            for path in snapshot.paths(self.root, table):
-                try:
-                    with open(path, "rb") as fh:
-                        pl.read_parquet_schema(fh)
-                except FileNotFoundError:
-                    self._warn_part(path, f"it is listed in {MANIFEST} but missing")
-                    damaged[table].add(path.name)
-                except Exception as exc:  # noqa: BLE001 - any reader failure means a damaged (or unreadable) file
-                    self._warn_part(path, exc)
-                    damaged[table].add(path.name)
-        return damaged
+        return {table: self._check_footers(snapshot, table) for table in TABLES}
 
     def _merge_parts(self, snapshot: Manifest, table: str, skip: Collection[str] = ()) -> list[Path]:
         """Merge ``table``'s readable parts into one when there are many (``skip``: parts known to be damaged, warned
@@ -964,15 +986,17 @@ class LocalExperienceStore:
         return False
 
     def spool_size(self) -> tuple[int, int]:
-        """The spool's segments not yet compacted: how many, and their bytes."""
-        segments = spool.list_segments(self.root / "spool")
-        size = 0
-        for segment in segments:
+        """The spool's finished segments (what :meth:`compact` folds; a writer's open one is left): how many, and their
+        bytes."""
+        count = size = 0
+        for segment in spool.list_segments(self.root / "spool"):
             try:
-                size += segment.stat().st_size
+                if not spool.is_live(segment):
+                    size += segment.stat().st_size
+                    count += 1
             except OSError:
                 continue  # compacted away meanwhile, or unreadable (compact names it)
-        return len(segments), size
+        return count, size
 
     @contextmanager
     def decisions_locked(self) -> Iterator[None]:
@@ -1130,6 +1154,8 @@ class LocalExperienceStore:
         segments = spool.list_segments(self.root / "spool")
         tables = self._load((*_DECISIONS, "replays"))
         snapshot = read_manifest(self.root, TABLES)
+        for table in ("steps", "rollouts"):  # not read whole here: their footers, as compaction checks them (warned)
+            self._check_footers(snapshot, table)
         trajectories = _current_approvals(tables["trajectories"], tables["approvals"])
         counts = trajectories.group_by("approval").len().to_dicts() if not trajectories.is_empty() else []
         quarantine = self.root / "quarantine"

@@ -311,15 +311,17 @@ class SpoolCache:
                 room -= len(d.data)
         self._segments = kept  # segments gone from the spool (compacted) are forgotten
         total = sum(len(d.data) for d in decoded)
-        if total > LARGE_SPOOL_BYTES and not self._said_large:
+        if total <= LARGE_SPOOL_BYTES:
+            self._said_large = False  # (compacted since: said again should it grow back)
+        elif not self._said_large:
             self._said_large = True
             store = self.dir.parent
             warnings.warn(
                 LargeSpoolWarning(
                     f"The spool of {store} holds {total / 2**20:.0f} MB not yet compacted ({len(decoded)} segments): every read "
                     f"decodes it again, so each command takes seconds and memory several times that size. Run `ee store "
-                    f"compact --store {store}` (ee improve compacts before each run; schedule it hourly where capture "
-                    "writes more between runs)."
+                    f"compact --store {store}`, and schedule it (hourly, say) where capture writes this much between "
+                    "nightly runs."
                 ),
                 stacklevel=4,
             )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -28,7 +27,7 @@ def store(tmp_path: Path) -> Path:
 
 def _on_a_terminal(monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
     monkeypatch.setattr(common, "TERMINAL_ROWS", rows)
-    monkeypatch.setattr(common, "console", lambda: SimpleNamespace(is_terminal=True))
+    monkeypatch.setattr(common, "_stdout_is_terminal", lambda: True)
 
 
 @pytest.mark.parametrize(("command", "what", "which"), [("traces", "trajectories", "newest"), ("replay", "rollouts", "first")])
@@ -38,12 +37,14 @@ def test_a_terminal_gets_at_most_the_cap_and_the_line_saying_so(
     _on_a_terminal(monkeypatch, 3)
     result = CliRunner().invoke(app, [command, "list", "--store", str(store)])
     assert result.exit_code == 0, result.output
-    assert f"3 {what} in" in result.stdout, result.stdout
+    assert f"the {which} 3 of 5 {what} in" in result.stdout, result.stdout  # (said on stdout too: stderr may go elsewhere)
     assert f"showing the {which} 3 of 5 {what}" in result.stderr and "--limit N" in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize(("command", "what"), [("traces", "trajectories"), ("replay", "rollouts")])
 def test_limit_and_json_and_a_pipe_still_get_what_they_ask(store: Path, monkeypatch: pytest.MonkeyPatch, command: str, what: str) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # (rich takes a pipe for a terminal then: the listing must not)
+    monkeypatch.setattr(common, "TERMINAL_ROWS", 3)
     piped = CliRunner().invoke(app, [command, "list", "--store", str(store)])  # (CliRunner's output is no terminal)
     assert f"5 {what} in" in piped.stdout and "showing the" not in piped.stderr, piped.output
     _on_a_terminal(monkeypatch, 3)

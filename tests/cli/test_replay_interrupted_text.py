@@ -1,6 +1,6 @@
 """What ``ee replay run`` says when a signal stops it (sweep of a store at 100k trajectories, L3): with ``--limit``, "the
 same command continues where it stopped" read as if it replayed the rest of that batch; it replays up to --limit more
-(the limit counts each run's trajectories), those left first. The line now says so, and how to replay those alone."""
+(the limit counts each run's trajectories), those left first. The line now says so."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def test_without_a_limit_the_same_command_continues() -> None:
 def test_with_a_limit_it_says_the_next_run_takes_up_to_the_limit_those_left_first() -> None:
     said = _interrupted_text(_config(limit=3000), "SIGINT", [3000, 2770])
     assert said.endswith(
-        "The same command continues where it stopped: --limit counts each run's trajectories, so it replays the 230 left, "
-        "then more up to 3000 (--limit 230 for those alone)."
+        "The same command continues where it stopped: --limit counts each run's trajectories, so it replays the 230 left "
+        "first, then more up to 3000."
     ), said
     assert _interrupted_text(_config(limit=3000), "SIGINT", []).endswith("continues where it stopped.")
