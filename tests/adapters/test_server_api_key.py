@@ -231,25 +231,32 @@ def test_the_key_is_shown_nowhere_in_the_served_command_line() -> None:
     assert "k1" not in shown and "k2" not in shown and "--api-key=***" in shown
 
 
-def test_a_refused_post_closes_the_connection_without_reading_its_body() -> None:
-    class _Echo(JSONHandler):
-        def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-            return 200, body
+class _KeyedEcho(JSONHandler):
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        return 200, body
 
-    server = make_server(_Echo, {"api_key": "k", "log_message": lambda *a: None}, "127.0.0.1", 0)
+
+@pytest.fixture
+def keyed_echo() -> Iterator[tuple[str, int]]:
+    """A real server on the shared HTTP layer asking for the key ``k``; its address."""
+    server = make_server(_KeyedEcho, {"api_key": "k", "log_message": lambda *a: None}, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")  # no body sent
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        assert data.startswith(b"HTTP/1.1 401") and b"AuthenticationError" in data
+        yield server.server_address[:2]
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_refused_post_closes_the_connection_without_reading_its_body(keyed_echo: tuple[str, int]) -> None:
+    with socket.create_connection(keyed_echo, timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")  # no body sent
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 401") and b"AuthenticationError" in data
 
 
 @pytest.mark.parametrize("bad", ["two words", "caf\u00e9", "tab\there"])
@@ -265,27 +272,14 @@ def test_a_key_no_client_can_send_is_refused_at_start(bad: str, tmp_path: Path) 
     assert bad not in result.stderr  # a secret is not echoed
 
 
-def test_a_key_asked_for_before_the_body_is_refused_before_it_is_sent() -> None:
+def test_a_key_asked_for_before_the_body_is_refused_before_it_is_sent(keyed_echo: tuple[str, int]) -> None:
     """``Expect: 100-continue`` (curl's large uploads): a request without the key gets its 401 instead of the
     ``100 Continue`` that would have the client upload the body first."""
-
-    class _Open(JSONHandler):
-        def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-            return 200, body
-
-    server = make_server(_Open, {"api_key": "k", "log_message": lambda *a: None}, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
-            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
-            sock.sendall(head.encode())
-            data = sock.recv(65536)
-        assert data.startswith(b"HTTP/1.1 401"), data[:100]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with socket.create_connection(keyed_echo, timeout=10) as sock:
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n"
+        sock.sendall(head.encode())
+        data = sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 401"), data[:100]
 
 
 def test_ee_serve_local_takes_a_key_that_starts_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
