@@ -56,6 +56,20 @@ def holder_lock(path: Path, busy: Callable[[str], BaseException], *, doing: str 
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def lock_held(path: Path) -> bool:
+    """Whether some process holds ``path``'s ``flock`` now (one working under it: its lock is tried without waiting and
+    dropped at once); ``False`` where no such file is. An ``OSError`` opening it is raised."""
+    if not path.is_file():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return False
+
+
 def _still_at(fh: Any, path: Path) -> bool:
     """Whether the open file ``fh`` is still the file at ``path``."""
     try:

@@ -204,13 +204,7 @@ class JSONHandler(BaseHTTPRequestHandler):
         if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
             return True
         self.close_connection = True
-        data = json.dumps(error_body(401, UNAUTHORIZED_MESSAGE, "AuthenticationError")).encode()
-        self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Bearer realm="ee"')
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(401, error_body(401, UNAUTHORIZED_MESSAGE, "AuthenticationError"), headers={"WWW-Authenticate": 'Bearer realm="ee"'})
         return False
 
     def do_GET(self) -> None:
@@ -297,8 +291,8 @@ class JSONHandler(BaseHTTPRequestHandler):
             )
         return length
 
-    def send_json(self, status: int, payload: Any) -> None:
-        self.send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json")
+    def send_json(self, status: int, payload: Any, *, headers: dict[str, str] | None = None) -> None:
+        self.send_bytes(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers=headers)
 
     def send_stream(self, status: int, stream: EventStream) -> None:
         """Send ``stream`` with chunked transfer encoding, each piece as soon as it is produced."""
@@ -340,8 +334,11 @@ class JSONHandler(BaseHTTPRequestHandler):
         except OSError as exc:
             raise _ClientGone from exc
 
-    def send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+    def send_bytes(self, status: int, data: bytes, content_type: str, *, headers: dict[str, str] | None = None) -> None:
+        """Send ``data`` whole as the answer (``headers``: more of them, such as ``WWW-Authenticate``)."""
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -250,7 +250,9 @@ class AliasRouter:
         not (its last error is raised)."""
         suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
         base, mark, query = url.partition("?")  # (a query, ?api_key=..., goes with every request to the replica)
-        root = url if path.startswith("/v1/") else base.removesuffix("/v1") + mark + query
+        if not path.startswith("/v1/"):
+            base = base.removesuffix("/v1")
+        root = base + mark + query
         wait = 0.0
         for attempt in range(self.retries + 1):
             if attempt:  # the back-off, or longer where the replica's Retry-After asked for it (a 429, a 503)
@@ -258,7 +260,7 @@ class AliasRouter:
             try:
                 if body.get("stream"):
                     return self._open_stream(url, root, suffix, body)
-                return _checked_answer(f"{root.partition('?')[0]}{suffix}", path, self._client(root).post(suffix, body))
+                return _checked_answer(f"{base}{suffix}", path, self._client(root).post(suffix, body))
             except ModelRequestError:
                 raise
             except ModelServerError as exc:

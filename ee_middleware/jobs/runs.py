@@ -19,7 +19,6 @@ other stage runs again from its start (each stage is idempotent).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware._locks import holder_lock
+from ee_middleware._locks import holder_lock, lock_held
 from ee_middleware._version import __version__
 from ee_middleware.jobs.errors import JobError, RunConfigChangedError, RunLockedError, RunNotFoundError
 from ee_middleware.messages import finite_or_null
@@ -206,16 +205,7 @@ class RunsDir:
 
     def locked_by_other(self) -> bool:
         """Whether some process holds the lock now (a ``running`` run is then really running)."""
-        path = self.root / LOCK_FILE
-        if not path.is_file():
-            return False
-        with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-        return False
+        return lock_held(self.root / LOCK_FILE)
 
     def shown_status(self, run: Run, *, held: bool | None = None) -> str:
         """A run's status as ``ee runs list`` and ``ee runs show`` print it: ``running (killed?)`` for a run that says

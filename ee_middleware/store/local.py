@@ -45,6 +45,7 @@ from ee_middleware._files import (
     named_in_utf8,
     remove_abandoned_temps,
 )
+from ee_middleware._locks import lock_held
 from ee_middleware.errors import (
     ConfigError,
     IncompleteReadWarning,
@@ -87,6 +88,8 @@ removes it. This version's writers hold theirs locked, so it only spares writers
 a killed writer's file goes at the first compaction this long after. (A file system without locks lets no writer hold
 one, and the sweep would go by age alone, :data:`~ee_middleware._files.UNLOCKED_TEMP_AGE_S`, but compaction cannot run
 there: it takes a lock of its own.)"""
+COMPACTION_LOCK = ".compact.lock"
+"""The file in a store's folder whose ``flock`` one compaction at a time holds."""
 
 
 def _quarantined(segment: Path, moved_to: Path, folded: int, problems: list[spool.SpoolProblem]) -> dict[str, Any]:
@@ -470,7 +473,7 @@ class LocalExperienceStore:
         steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table."""
         tables = self._load(_DECISIONS)
         own_resolution = type(self).resolve_id is not LocalExperienceStore.resolve_id  # a subclass's rule decides, always
-        if own_resolution or trajectory_id not in set(tables["trajectories"]["id"].to_list()):  # a prefix: resolved
+        if own_resolution or not (tables["trajectories"]["id"] == trajectory_id).any():  # a prefix: resolved
             trajectory_id = self.resolve_id(trajectory_id)
         rows = _current_approvals(tables["trajectories"], tables["approvals"]).filter(pl.col("id") == trajectory_id)
         if rows.is_empty():  # written after the read above (resolve_id read again): read again
@@ -962,7 +965,7 @@ class LocalExperienceStore:
 
     @contextmanager
     def _compaction_lock(self) -> Iterator[None]:
-        with open(self.root / ".compact.lock", "a") as fh:
+        with open(self.root / COMPACTION_LOCK, "a") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -971,19 +974,10 @@ class LocalExperienceStore:
 
     def compaction_running(self) -> bool:
         """Whether another process (or handle) compacts this store now: :meth:`compact` would wait for it."""
-        lock = self.root / ".compact.lock"
-        if not lock.exists():
-            return False
         try:
-            with open(lock, "a") as fh:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return True
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            return lock_held(self.root / COMPACTION_LOCK)
         except OSError:
             return False  # (a lock file this process cannot open: compact says so itself)
-        return False
 
     def spool_size(self) -> tuple[int, int]:
         """The spool's finished segments (what :meth:`compact` folds; a writer's open one is left): how many, and their
