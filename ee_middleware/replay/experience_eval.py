@@ -161,8 +161,13 @@ def _unmatched(values: list[tuple[str, str]], matched: Counter[tuple[str, str]])
 
 def is_held_out(trajectory_id: str, share: float, seed: int = 0) -> bool:
     """Whether ``trajectory_id`` is in the held-out share (deterministic for a seed)."""
+    return held_out_draw(trajectory_id, seed) < share
+
+
+def held_out_draw(trajectory_id: str, seed: int = 0) -> float:
+    """Where ``trajectory_id`` falls in [0, 1) for ``seed``: it is held out by every share above this."""
     digest = hashlib.blake2b(f"{seed}:{trajectory_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64 < share
+    return int.from_bytes(digest, "big") / 2**64
 
 
 @dataclass
@@ -198,7 +203,9 @@ def split_store(
     """Hold out ``share`` of the store's approved trajectories (at least one) and index the real transitions of the rest
     (searched by ``retriever``, built with the keyword options ``retriever_settings``: see
     :data:`ee_middleware.replay.retrieval.RETRIEVERS`; an option its factory takes no parameter for is refused there).
-    Pending and rejected trajectories are neither held out nor indexed: only what was approved for training is. ``app``:
+    Below a share of 1, at least one trajectory of two or more stays in the buffer (a small store whose every id fell
+    in the share would leave nothing to retrieve). Pending and rejected trajectories are neither held out nor indexed:
+    only what was approved for training is. ``app``:
     only that app's trajectories are held out or indexed (a store holding several apps)."""
     settings = dict(retriever_settings or {})
     index = TransitionIndex.of(retriever, **settings)  # an unknown retriever or option fails here, before reading the store
@@ -209,6 +216,10 @@ def split_store(
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and trajectories:  # also the only one: a dataset built now must not train on what a later eval holds out
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
+    elif share < 1 and len(held) > 1 and len(held) == len(approved):
+        # a small store drawn all into the share (5 trajectories at 0.2: 1 in 3,125) would leave the buffer empty: the
+        # last one in the same order (the one a smaller share releases first) is indexed instead
+        held.discard(max(held, key=lambda tid: held_out_draw(tid, seed)))
     # every approved trajectory not held out, as IWM and the live buffer: a paused run none of whose calls is taught
     # still gives its rollouts at states before the pause
     index.add(buffer_transitions(store, approved, leave_out=held, taught=taught))
