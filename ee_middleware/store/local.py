@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -82,6 +83,20 @@ FORMAT = "ee-experience-store"
 MAX_PARTS_BEFORE_MERGE = 16
 READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
+FIRST_READ_GROUP = 64
+"""Trajectories whose steps the first group of :meth:`LocalExperienceStore.iter_trajectory_rows` reads."""
+READ_GROUP_BYTES = 32 * 2**20
+"""About this much of steps (in memory) each later group reads: its size follows the trajectories read before."""
+
+
+def read_group_size(read_bytes: int, trajectories: int) -> int:
+    """How many trajectories the next group reads, after a group of ``trajectories`` whose steps took ``read_bytes``:
+    about :data:`READ_GROUP_BYTES` of them, at least :data:`FIRST_READ_GROUP`. Each group costs a pass over the
+    trajectory ids of every steps part, so groups are as large as that memory allows."""
+    per_trajectory = max(1, read_bytes // max(1, trajectories))
+    return max(FIRST_READ_GROUP, READ_GROUP_BYTES // per_trajectory)
+
+
 ABANDONED_TEMP_AGE_S = 3600.0
 """How old an unlocked temporary file in the store's folder (of a metadata blob, of the marker) must be before compaction
 removes it. This version's writers hold theirs locked, so it only spares writers that take no lock (an older version's);
@@ -483,16 +498,23 @@ class LocalExperienceStore:
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
 
     def _scanned(
-        self, table: str, where: pl.Expr, columns: Sequence[str] | None = None, *, spooled: SpoolRead | None = None
+        self,
+        table: str,
+        where: pl.Expr,
+        columns: Sequence[str] | None = None,
+        *,
+        spooled: SpoolRead | None = None,
+        spool: bool = True,
     ) -> pl.DataFrame:
         """The rows of ``table`` that ``where`` keeps (only ``columns``, where given), repeats dropped, read by :meth:`scan`
         (filter and columns pushed into the Parquet reader); a part damaged past its footer is skipped with a warning,
-        as every read does. ``spooled``: the spool as a read just before saw it (not decoded again). A part a compaction
-        merged away meanwhile makes it read the parts again (as :meth:`_load` does)."""
+        as every read does. ``spooled``: the spool as a read just before saw it (not decoded again); ``spool=False``: the
+        Parquet parts' rows alone. A part a compaction merged away meanwhile makes it read the parts again (as
+        :meth:`_load` does)."""
         checked = False
         for _ in range(READ_ATTEMPTS):
             try:
-                scanned = self._scan(table, spooled, vanished=True).filter(where)
+                scanned = self._scan(table, spooled, vanished=True, spool=spool).filter(where)
                 return drop_repeats(table, (scanned.select(columns) if columns is not None else scanned).collect())
             except (PartVanished, FileNotFoundError):
                 continue  # the spool read before is still before the new manifest: no record can be missed
@@ -511,27 +533,53 @@ class LocalExperienceStore:
 
     def iter_trajectory_rows(self, *, status: StatusSelection = None) -> Iterator[Trajectory | TrajectoryRows]:
         """As :meth:`iter_trajectories`, but a trajectory read from Parquet parts comes as its rows (:class:`TrajectoryRows`:
-        ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them."""
-        tables = self._load((*_DECISIONS, "steps"))
+        ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them.
+
+        The steps are read a group of trajectories at a time (filtered as the Parquet parts are read, see
+        :meth:`_scanned`): an iteration holds about :data:`READ_GROUP_BYTES` of them, not the whole steps table, and its
+        first trajectories come without reading the others' steps."""
+        tables = self._load(_DECISIONS)
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)
+        if current.is_empty():
+            return
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
         # others from their rows; both by trajectory_from_rows, with the same result.
-        decoded = tables.take_spooled_trajectories() if isinstance(tables, _Tables) and not current.is_empty() else {}
-        if decoded:  # keep only those this read yields: the others would stay in memory as long as the iterator
-            selected = set(current["id"].to_list())
-            decoded = {i: t for i, t in decoded.items() if i in selected}
-        steps_by_id = None
-        for row in current.iter_rows(named=True):
-            t = decoded.pop(row["id"], None)
-            if t is not None:
-                yield _rebuilt(row, t)
-                continue
-            if steps_by_id is None:
-                steps_by_id = tables["steps"].partition_by("trajectory_id", as_dict=True)
-            steps = steps_by_id.get((row["id"],))
-            yield TrajectoryRows(row, steps.to_dicts() if steps is not None else [])
+        decoded = self._spooled_alone(tables, current["id"])
+        rows, group = current.iter_rows(named=True), FIRST_READ_GROUP
+        while batch := list(islice(rows, group)):
+            wanted = [row["id"] for row in batch if row["id"] not in decoded]
+            steps_by_id: dict[Any, pl.DataFrame] = {}
+            if wanted:
+                steps = self._scanned(
+                    "steps", pl.col("trajectory_id").is_in(pl.Series(wanted, dtype=pl.String).implode()), spooled=tables.spooled
+                )
+                group = read_group_size(steps.estimated_size(), len(wanted))
+                steps_by_id = steps.partition_by("trajectory_id", as_dict=True)
+                del steps
+            for row in batch:
+                t = decoded.pop(row["id"], None)
+                if t is not None:
+                    yield _rebuilt(row, t)
+                    continue
+                own = steps_by_id.pop((row["id"],), None)
+                yield TrajectoryRows(row, own.to_dicts() if own is not None else [])
+
+    def _spooled_alone(self, tables: _Tables, selected: pl.Series) -> dict[str, Trajectory]:
+        """Of the ``selected`` trajectories, those whose rows come from one spool record alone, decoded (see
+        :meth:`SpoolRead.take_trajectories`): none with a row in the trajectories' parts or a step in the steps' parts."""
+        spooled = tables.spooled.frame("trajectories")["id"]
+        candidates = spooled.filter(spooled.is_in(selected.implode()) & ~spooled.is_in(tables.parts("trajectories")["id"].implode()))
+        if candidates.is_empty():
+            return {}
+        in_parts = set(tables.parts("trajectories")["id"].to_list())
+        where = pl.col("trajectory_id").is_in(candidates.implode())
+        in_parts.update(
+            self._scanned("steps", where, ["trajectory_id", "index"], spooled=tables.spooled, spool=False)["trajectory_id"].to_list()
+        )
+        keep = set(candidates.to_list())
+        return {i: t for i, t in tables.spooled.take_trajectories(exclude=in_parts).items() if i in keep}
 
     def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""
@@ -577,10 +625,10 @@ class LocalExperienceStore:
         skipped with a warning, as :meth:`steps` does."""
         return self._scan(table)
 
-    def _scan(self, table: str, spooled: SpoolRead | None = None, *, vanished: bool = False) -> pl.LazyFrame:
+    def _scan(self, table: str, spooled: SpoolRead | None = None, *, vanished: bool = False, spool: bool = True) -> pl.LazyFrame:
         """:meth:`scan`; ``spooled``: the spool as a read just before saw it (warned about by that read); ``vanished``: a
         listed part that is gone since the manifest moved on raises :class:`PartVanished` (the caller reads again)
-        instead of being skipped with a warning."""
+        instead of being skipped with a warning; ``spool=False``: without the spool's rows."""
         schema = TABLES[table]
         if spooled is None:
             spooled = self._spool.read()  # the spool first, as _load
@@ -609,7 +657,8 @@ class LocalExperienceStore:
             absent = [pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in columns]
             part = pl.scan_parquet(path) if named_in_utf8(path) else _read_part(path, schema).lazy()
             frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
-        frames.append(spooled.frame(table).lazy())
+        if spool:
+            frames.append(spooled.frame(table).lazy())
         return pl.concat(frames, how="vertical")
 
     def check_parts(self, tables: Iterable[str] = TABLES) -> list[Path]:
@@ -1254,10 +1303,9 @@ class _Tables(MutableMapping[str, pl.DataFrame]):
     def __len__(self) -> int:
         return len(self._parts)
 
-    def take_spooled_trajectories(self) -> dict[str, Trajectory]:
-        """Trajectories whose rows come from one spool record alone, for the caller to keep (see spool_cache)."""
-        in_parts = set(self._parts["trajectories"]["id"].to_list()) | set(self._parts["steps"]["trajectory_id"].unique().to_list())
-        return self.spooled.take_trajectories(exclude=in_parts)
+    def parts(self, name: str) -> pl.DataFrame:
+        """``name``'s rows from the Parquet parts alone (repeats still there)."""
+        return self._parts[name]
 
 
 def _rebuilt(row: dict[str, Any], t: Trajectory) -> Trajectory:
