@@ -31,7 +31,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -48,11 +48,11 @@ def clean_text(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def to_jsonable(value: Any, _depth: int = 0) -> Any:
+def to_jsonable(value: Any, _depth: int = 0, *, unknown: Callable[[Any], Any] | None = None) -> Any:
     """Turn ``value`` into plain JSON data, as pydantic's JSON mode writes the types it knows (an enum member its value,
     a UUID its text, a date, time or duration ISO 8601 text; a ``Decimal`` is a number: :func:`decimal_number`); a
     numpy scalar or array is its Python value (``tolist()``), a float that is no finite number its text (``"nan"``,
-    ``"inf"``: JSON has none); objects JSON cannot hold become their ``repr``."""
+    ``"inf"``: JSON has none); objects JSON cannot hold become their ``repr``, or what ``unknown`` makes of them."""
     if _depth > 64:
         return "<nested too deep>"
     if value is None or isinstance(value, (bool, int)):
@@ -62,15 +62,15 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, Mapping):
-        return {_key_text(k): to_jsonable(v, _depth + 1) for k, v in value.items()}
+        return {_key_text(k): to_jsonable(v, _depth + 1, unknown=unknown) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, _depth + 1) for v in value]
+        return [to_jsonable(v, _depth + 1, unknown=unknown) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return {"type": "bytes", "base64": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, enum.Enum):
-        return to_jsonable(value.value, _depth + 1)
+        return to_jsonable(value.value, _depth + 1, unknown=unknown)
     if isinstance(value, (uuid.UUID, dt.timedelta)):
         from pydantic_core import to_jsonable_python
 
@@ -80,16 +80,16 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
         # numpy's scalars and arrays (a DataFrame's cell, an environment built with numpy): their Python values, not
         # their repr ('np.int64(7)'), which would rebuild a world from text
-        return to_jsonable(value.tolist(), _depth + 1)
+        return to_jsonable(value.tolist(), _depth + 1, unknown=unknown)
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump):
         try:
-            return to_jsonable(model_dump(mode="json"), _depth + 1)
+            return to_jsonable(model_dump(mode="json"), _depth + 1, unknown=unknown)
         except Exception:  # noqa: BLE001 - fall through to repr
             pass
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value), _depth + 1)
-    return clean_text(repr(value))
+        return to_jsonable(dataclasses.asdict(value), _depth + 1, unknown=unknown)
+    return unknown(value) if unknown is not None else clean_text(repr(value))
 
 
 def _key_text(key: Any) -> str:

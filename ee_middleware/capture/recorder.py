@@ -43,7 +43,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypedDict, overload
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, Protocol, TypedDict, overload
 
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.base import RunnableBindingBase
@@ -103,7 +103,7 @@ from ee_middleware.capture.store_redaction import (
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
-from ee_middleware.messages import decimal_number
+from ee_middleware.messages import decimal_number, to_jsonable
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.store.metadata import keeps_metadata
 from ee_middleware.store.protocol import ExperienceStore
@@ -497,9 +497,10 @@ class Recorder:
         except ConfigError:
             raise  # an environment reference that is not a dict (_environment_reference): the caller's to fix, before the run
         except Exception as exc:
+            why = str(exc) if isinstance(exc, CaptureError) else repr(exc)  # (a hook's failure names the hook: its own text)
             if self.strict:
-                raise CaptureError(f"could not start recording: {exc!r}") from exc
-            self.processor.report_failure(f"could not start recording: {exc!r}", exc)
+                raise CaptureError(f"could not start recording: {why}") from exc
+            self.processor.report_failure(f"could not start recording: {why}", exc)
             return _Run.disabled(self, config)
 
 
@@ -907,9 +908,14 @@ def _outer_run_context() -> otel_context.Context | None:
 
 def _hook_environment(hook: Callable[..., Any], graph_input: Any, in_effect: Mapping[str, Any]) -> dict[str, Any] | None:
     """The environment reference the ``environment=`` hook gives for a run started with ``graph_input`` and ``in_effect``
-    (called as the run starts, and again as each graph run inside one of its tools starts)."""
+    (called as the run starts, and again as each graph run inside one of its tools starts). An exception of the hook is
+    a :class:`CaptureError` naming it (the run is not recorded; the app's run goes on unless capture is strict)."""
     name = getattr(hook, "__qualname__", None) or type(hook).__name__
-    return _environment_reference(hook(graph_input, in_effect), f"the environment= hook {name}() returned a value that")
+    try:
+        value = hook(graph_input, in_effect)
+    except Exception as exc:
+        raise CaptureError(f"the environment= hook {name}() raised {exc!r}") from exc
+    return _environment_reference(value, f"the environment= hook {name}() returned a value that")
 
 
 def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:
@@ -925,23 +931,39 @@ def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:
             f"{type(value).__name__}. Put the value under a key of your choosing, e.g. {{'snapshot': ...}} instead of the "
             "bare value; or leave it out (None) for a run without one."
         )
-    return _json_ready(value)
+    return _json_ready(value, given_as)
 
 
-def _json_ready(value: Any, _depth: int = 0) -> Any:
+def _json_ready(value: Any, given_as: str, _at: str = "", _depth: int = 0) -> Any:
     """``value`` with paths as their text and ``Decimal`` numbers as numbers, in mappings and sequences (a copy; the
-    caller's data is not changed). Deeper than 64 levels, values are left to the encoder (which cuts such nesting)."""
+    caller's data is not changed). Deeper than 64 levels, values are left to the encoder (which cuts such nesting). A
+    value JSON cannot hold (a live connection, a file, a client: it would be stored as its ``repr``, from which no
+    world can be rebuilt) raises :class:`ConfigError` naming where it is (``_at``) and what ``given_as`` gave it."""
     if _depth > 64:
         return value
     if isinstance(value, Mapping):
-        return {k: _json_ready(v, _depth + 1) for k, v in value.items()}
+        return {k: _json_ready(v, given_as, f"{_at}[{k!r}]", _depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_json_ready(v, _depth + 1) for v in value]
+        return [_json_ready(v, given_as, f"{_at}[{i}]", _depth + 1) for i, v in enumerate(value)]
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, Decimal):
         return decimal_number(value)
+    if value is not None and not isinstance(value, (str, int, float)):
+        to_jsonable(value, unknown=lambda held: _not_json(held, value, given_as, _at))  # (encoded later, as before)
     return value
+
+
+def _not_json(held: Any, value: Any, given_as: str, at: str) -> NoReturn:
+    inside = "" if held is value else f" (inside its {type(value).__module__}.{type(value).__qualname__})"
+    kind = f"{type(held).__module__}.{type(held).__qualname__}"
+    said = f"{given_as} holds" if given_as.endswith(" that") else f"{given_as} must hold JSON data, but holds"
+    raise ConfigError(
+        f"{said} a {kind} at environment{at}{inside}, which JSON cannot hold: it would be stored as its repr, and replay "
+        "could not rebuild the world from it. An environment reference names what replay needs to rebuild the world "
+        "(plain data: ids, a snapshot's path, a database dump such as a SQLite backup file's path or "
+        "'\\n'.join(conn.iterdump())), never a live object: keep connections, files and clients out of it."
+    )
 
 
 def _with_callback(config: dict[str, Any], handler: RunCapture) -> dict[str, Any]:

@@ -316,6 +316,57 @@ def test_an_environment_reference_that_is_not_a_dict_is_refused_before_the_run(r
     assert store.trajectories().height == 0
 
 
+def test_a_live_object_in_an_environment_is_refused_before_the_run_naming_where_it_is(react_graph, store, store_path, inventory, tmp_path):
+    """A sqlite3 connection in the environment (the world itself instead of what rebuilds it) was stored as its repr
+    with no error or warning, flush() True: every replay then skipped the trajectory. It is refused on the agent's
+    thread, before the graph runs, naming the key, the type and what to store instead (a user-journey sweep)."""
+    import sqlite3
+
+    connection = sqlite3.connect(":memory:")
+    try:
+        hooked = record_experience(
+            react_graph, app="shop", store=store_path, environment=lambda graph_input, config: {"db": {"conn": connection}}
+        )
+        with pytest.raises(
+            ConfigError,
+            match=r"hook .*<lambda>\(\) returned a value that holds a sqlite3\.Connection at environment\['db'\]\['conn'\].*iterdump",
+        ):
+            hooked.invoke(USER_TASK)
+        agent = record_experience(react_graph, app="shop", store=store_path)
+        with (
+            open(tmp_path / "fixture.sql", "w") as handle,
+            pytest.raises(
+                ConfigError,
+                match=r"\['ee_environment'\] must hold JSON data, but holds a _io\.TextIOWrapper at environment\['fixtures'\]\[1\]",
+            ),
+        ):
+            agent.invoke(USER_TASK, {"configurable": {"ee_environment": {"fixtures": ["a.sql", handle]}}})
+    finally:
+        connection.close()
+    assert inventory.stock["pear"] == 0, "the graph must not have run"
+    assert hooked.flush() and agent.flush() and store.trajectories().height == 0
+
+
+def test_a_failing_environment_hook_is_named_where_the_run_is_not_recorded(react_graph, store, store_path, monkeypatch):
+    """The log said 'could not start recording: OperationalError('database is locked')', which reads as the store's own
+    lock; it names the hook now. The app's run goes on, unrecorded (strict capture raises it)."""
+    import sqlite3
+
+    def clinic_world(graph_input: Any, config: Any) -> dict[str, Any]:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=store_path, environment=clinic_world, strict=False)
+    assert agent.invoke(USER_TASK)["messages"][-1].content.startswith("Pears")
+    assert not agent.flush()
+    expected = "could not start recording: the environment= hook test_a_failing_environment_hook_is_named_where_the_run_is_not_recorded.<locals>.clinic_world() raised OperationalError('database is locked')"
+    assert agent.recorder.stats.errors == [expected]
+    strict = record_experience(react_graph, app="shop", store=store_path, environment=clinic_world, strict=True)
+    with pytest.raises(CaptureError, match=r"environment= hook .*clinic_world\(\) raised OperationalError"):
+        strict.invoke(USER_TASK)
+    assert store.trajectories().height == 0
+
+
 class _Tier(enum.Enum):
     gold = "gold"
 
