@@ -268,7 +268,7 @@ def _sandbox_raised(sandbox: Any, exc: Exception) -> str | None:
         return None
     check = here[-1].name.lstrip("_").replace("_", " ")
     return (
-        f"{type(sandbox).__name__}.{called.group(1)}() raised {type(exc).__name__}: {clip(str(exc), 300)} (the kit's {check}). "
+        f"{type(sandbox).__name__}.{called.group(1)}() raised {type(exc).__name__}: {clip(str(exc), 2000)} (the kit's {check}). "
         "snapshot(), restore() and reset() must work on every world the sandbox's own calls make, and restore() on every "
         "snapshot it took (any number of times): replay fails each trajectory whose sandbox raises there (SandboxError)."
     )

@@ -402,6 +402,31 @@ def test_a_sqlite_world_that_pickles_as_its_bytes_passes() -> None:
     check_sandbox(make_orders_sandbox, **copy.deepcopy(ORDERS))
 
 
+class RawOrdersWorld:
+    """The orders world without __getstate__/__setstate__: a raw sqlite3 connection, which cannot be pickled."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+
+def test_a_world_holding_a_raw_connection_fails_with_the_sandboxs_whole_advice() -> None:
+    """The kit cut the sandbox's error at 300 characters, in the middle of its fix ('...open connections, files and
+    sockets inside the…'), so the __getstate__/__setstate__ advice that `ee replay run` shows never reached the kit's
+    user (a user-journey sweep)."""
+
+    def make() -> PythonSandbox:
+        return PythonSandbox(
+            lambda environment: RawOrdersWorld(build_orders(environment).db),
+            tools={"cancel_order": cancel_order, "list_orders": list_orders},
+        )
+
+    with pytest.raises(AssertionError) as failed:
+        check_sandbox(make, **copy.deepcopy(ORDERS))
+    message = str(failed.value)
+    assert "PythonSandbox.snapshot() raised SandboxError" in message, message
+    assert "__getstate__/__setstate__" in message and "give ..." not in message, message
+
+
 def test_a_tool_returning_objects_without_json_is_named_not_blamed_on_the_clock() -> None:
     """sqlite3.Row objects become their repr, with a memory address that differs from call to call: the failure says so
     and how to fix it, instead of pointing at the clock and random numbers."""
