@@ -31,7 +31,7 @@ from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.clock import now_ns
 from ee_middleware.capture.direct_spans import DirectTracer, RootIds
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
-from ee_middleware.errors import RedactFnError
+from ee_middleware.errors import CaptureError, RedactFnError
 from ee_middleware.messages import message_type
 
 logger = logging.getLogger("ee_middleware.capture")
@@ -269,7 +269,7 @@ class RunCapture(BaseCallbackHandler):
                     "keeps the environment of the run whose tool ran it (its replay may then start from a world its steps did "
                     "not see). (Said once.)",
                     self.recorder.config.app,
-                    type(exc).__name__,
+                    type(exc.__cause__ if isinstance(exc, CaptureError) and exc.__cause__ else exc).__name__,  # (the hook's own)
                 )
 
     def _nested_graph(self, path: list[UUID], namespace: str, tool: UUID) -> str:

@@ -4,6 +4,7 @@ none is left behind). The golden of both modes is tests/capture/test_golden.py."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pydantic
 import pytest
 
 from ee_middleware import LocalExperienceStore, record_experience
@@ -131,14 +133,12 @@ def test_process_mode_refuses_what_the_child_cannot_have(react_graph, tmp_path, 
         agent.recorder.close()
 
 
-class _Connection:
-    """A user's environment object that cannot be pickled (it holds a lock)."""
+class _Connection(pydantic.BaseModel):
+    """A user's environment object that cannot be pickled (it holds a lock) yet has a JSON form (its fields): a live
+    object JSON cannot hold is refused before the run instead (tests/capture/test_recorder.py)."""
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-
-    def __repr__(self) -> str:
-        return "<Connection db=shop>"
+    db: str = "shop"
+    _lock: Any = pydantic.PrivateAttr(default_factory=threading.Lock)
 
 
 def test_a_run_that_cannot_be_pickled_is_recorded_in_the_agent_process(react_graph, inventory, tmp_path, no_child_left):
@@ -150,7 +150,7 @@ def test_a_run_that_cannot_be_pickled_is_recorded_in_the_agent_process(react_gra
     stats = agent.recorder.stats
     assert (stats.trajectories_written, stats.runs_not_offloaded, stats.runs_failed) == (2, 1, 0)
     environments = sorted(json.dumps(t["environment"], sort_keys=True) for t in _stable(tmp_path / "p"))
-    assert environments == ['{"db": "<Connection db=shop>", "region": "eu"}', '{"region": "us"}']
+    assert environments == ['{"db": {"db": "shop"}, "region": "eu"}', '{"region": "us"}']
     agent.recorder.close()
 
 
@@ -337,11 +337,12 @@ def _rebuild(text: str) -> Any:
     raise ValueError(f"cannot rebuild {text}")
 
 
+@dataclasses.dataclass
 class _Unloadable:
-    """Pickles in the agent's process; unpickling it in the child raises with the data in the message."""
+    """Pickles in the agent's process; unpickling it in the child raises with the data in the message. (A dataclass: its
+    JSON form is its fields.)"""
 
-    def __init__(self, text: str) -> None:
-        self.text = text
+    text: str
 
     def __reduce__(self) -> Any:
         return _rebuild, (self.text,)
