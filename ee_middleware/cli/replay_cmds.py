@@ -126,7 +126,8 @@ def run(
     """Replay every approved trajectory not yet replayed with this configuration (resumable).
 
     A finished configuration is not replayed again by a re-run: after fixing the sandbox's or the policy's code (a
-    fidelity mismatch, a policy error), run with --again. Exit code 1 when a trajectory failed, or when an
+    fidelity mismatch, a policy error), run with --again; a skipped trajectory is finished too. Exit code 1 when a
+    trajectory failed, when every trajectory the run selected was skipped (nothing was replayed), or when an
     experience-model sandbox gave no usable prediction at all.
     """
     from ee_middleware.replay.config import ReplayConfig
@@ -223,6 +224,8 @@ def run(
             err=True,
             fg="yellow",
         )
+    elif summary.skipped and not errors and not as_json:
+        typer.secho(f"note: {SKIPPED_ARE_DONE}", err=True, fg="yellow")
     for error in errors:
         typer.secho(f"error: {error}", err=True, fg="red")
     if errors:
@@ -233,7 +236,8 @@ def _run_errors(summary: Any) -> list[str]:
     """Why ``ee replay run`` exits 1 (none when it does not): its ``error:`` lines on stderr, which its ``--json`` summary
     holds as ``error`` (joined by newlines). A run fails when an experience model gave no usable prediction
     at all, or when a trajectory failed (the policy's model gave no usable proposal anywhere, or something else its
-    reason under ``failed`` names: each one is retried by the next run)."""
+    reason under ``failed`` names: each one is retried by the next run), or when every trajectory it selected was
+    skipped (nothing was replayed)."""
     from ee_middleware.messages import one_line
 
     errors = []
@@ -249,7 +253,21 @@ def _run_errors(summary: Any) -> list[str]:
             f"{n} {'trajectory' if n == 1 else 'trajectories'} failed ({why}). A failed trajectory is not done for this "
             "configuration: the next run of the same command retries it."
         )
+    elif summary.selected and summary.skipped and len(summary.skipped) == summary.selected:
+        n = len(summary.skipped)
+        first = one_line(next(iter(summary.skipped.values())) or "no reason recorded", 300)
+        why = f"its reason: {first}" if n == 1 else f"each one's reason is listed under skipped; the first: {first}"
+        errors.append(
+            f"nothing was replayed: {'the one trajectory' if n == 1 else f'every one of the {n} trajectories'} this run "
+            f"selected was skipped ({why}). {SKIPPED_ARE_DONE}"
+        )
     return errors
+
+
+SKIPPED_ARE_DONE = (
+    "A skipped trajectory is done for this configuration: after fixing what its reason names (an environment its sandbox "
+    "can rebuild again, a tool added to the sandbox), replay with --again."
+)
 
 
 def _print_fewer_answers(summary: Any, out: Any) -> None:

@@ -370,7 +370,9 @@ def test_replay_run_says_why_nothing_was_replayed(tmp_path: Path) -> None:
     note = " ".join(chosen.stderr.split())
     assert chosen.exit_code == 0 and f"none of the trajectory_ids given ('nope') is an approved trajectory in {root}, which holds 1" in note
     done = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
-    assert done.exit_code == 0 and "no approved" not in done.stderr and "no trajectories" not in done.stderr, done.stderr
+    # (the ledger sandbox lacks the sample's tool: the one trajectory selected is skipped, which replays nothing)
+    assert done.exit_code == 1 and "error: nothing was replayed" in done.stderr, done.stderr
+    assert "no approved" not in done.stderr and "no trajectories" not in done.stderr, done.stderr
     again = ee("replay", "run", "--store", str(root), "--sandbox", spec, "--no-progress")
     assert again.exit_code == 0 and "no approved" not in again.stderr, "all replayed already: the table says so"
 
@@ -684,6 +686,48 @@ def test_an_expert_call_the_sandbox_fails_on_fails_the_trajectory_and_the_next_r
     assert again.exit_code == 1 and json.loads(again.stdout)["selected"] == 1, again.output
     table = runner.invoke(app, args, env={"COLUMNS": "300"})
     assert "failed (retried next run)" in table.stdout and f"failed {trajectory_id[:12]}" in table.stdout, table.output
+
+
+def test_a_run_that_skipped_every_trajectory_it_selected_exits_1_and_says_how_to_replay_them(tmp_path: Path) -> None:
+    """Every trajectory's world snapshot was missing: the run skipped them all and exited 0 with 'error': null, so a
+    nightly job passed while replaying nothing, and once the snapshots were back a plain re-run replayed nothing either
+    (skipped ones are done for the configuration) without a word of --again (a user-journey sweep)."""
+    from tests.replay.kv_world import record_kv
+
+    root, snapshot = tmp_path / "experience", tmp_path / "kv-snapshot.json"
+    ids = record_kv(
+        root, [("kv_set", {"key": "s", "value": "9"}), ("kv_get", {"key": "s"})], runs=2, environment={"snapshot": str(snapshot)}
+    )
+    args = ["replay", "run", "--store", str(root), "--sandbox", "tests.replay.kv_world:make_snapshot_sandbox"]
+    args += ["--policy", "tests.replay.kv_world:Lookups", "--k", "1", "--no-progress"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.stdout)
+    assert summary["done"] == 0 and sorted(summary["skipped"]) == sorted(ids), summary
+    assert summary["error"].startswith("nothing was replayed: every one of the 2 trajectories this run selected was skipped")
+    assert "environment cannot be rebuilt" in summary["error"] and "replay with --again" in summary["error"]
+    assert f"error: {summary['error']}" in result.stderr
+
+    snapshot.write_text(json.dumps({"kv": {}}), encoding="utf-8")
+    plain = runner.invoke(app, [*args, "--json"])
+    assert plain.exit_code == 0 and json.loads(plain.stdout)["already_done"] == 2, plain.output
+    again = runner.invoke(app, [*args, "--again", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["done"] == 2, again.output
+
+
+def test_a_run_that_skipped_some_trajectories_notes_how_to_replay_them(tmp_path: Path) -> None:
+    from tests.replay.kv_world import record_kv
+
+    root, snapshot = tmp_path / "experience", tmp_path / "kv-snapshot.json"
+    record_kv(root, [("kv_set", {"key": "s", "value": "9"}), ("kv_get", {"key": "s"})], environment={"snapshot": str(snapshot)})
+    snapshot.write_text(json.dumps({"kv": {}}), encoding="utf-8")
+    record_kv(
+        root, [("kv_set", {"key": "s", "value": "9"}), ("kv_get", {"key": "s"})], environment={"snapshot": str(tmp_path / "gone.json")}
+    )
+    args = ["replay", "run", "--store", str(root), "--sandbox", "tests.replay.kv_world:make_snapshot_sandbox"]
+    result = runner.invoke(app, [*args, "--policy", "tests.replay.kv_world:Lookups", "--k", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "note: A skipped trajectory is done for this configuration" in result.stderr and "--again" in result.stderr
 
 
 def test_a_sandbox_failure_on_the_expert_s_last_call_keeps_the_trajectory_and_its_branches(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ Its tools, in production (:func:`record_kv`) and in the sandbox:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -65,6 +66,18 @@ def make_sandbox(**options: Any) -> PythonSandbox:
     return PythonSandbox(build_world, tools=tools, kind="kv", is_error_result=lambda v: str(v).startswith("Error:"))
 
 
+def build_world_from_snapshot(environment: dict[str, Any] | None) -> dict[str, Any]:
+    """The world from the JSON file ``environment["snapshot"]`` names (its ``kv``): a missing file cannot rebuild it."""
+    with open((environment or {})["snapshot"], encoding="utf-8") as handle:
+        return build_world(json.load(handle))
+
+
+def make_snapshot_sandbox(**options: Any) -> PythonSandbox:
+    """:func:`make_sandbox` whose world is read from a snapshot file (:func:`build_world_from_snapshot`)."""
+    tools = {"note": note, "kv_set": kv_set, "kv_get": kv_get, "clock": clock}
+    return PythonSandbox(build_world_from_snapshot, tools=tools, kind="kv-snapshot", is_error_result=lambda v: str(v).startswith("Error:"))
+
+
 class Notes(FixedCallsPolicy):
     """Proposes a note at every state."""
 
@@ -83,7 +96,7 @@ def record_kv(
     root: Path, calls: list[tuple[str, dict[str, Any]]], *, runs: int = 1, environment: dict[str, Any] | None = None
 ) -> list[str]:
     """Record ``runs`` runs of a real create_agent graph making ``calls`` one after the other, then answering; approve them
-    and return their ids."""
+    and return their ids (``root`` may hold trajectories recorded before: those are left as they are)."""
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
@@ -93,6 +106,10 @@ def record_kv(
     from ee_middleware.testing import ScriptedChatModel, tool_call
 
     world = build_world(environment)
+    before: set[str] = set()
+    if (root / "ee-store.json").exists():
+        earlier = LocalExperienceStore(root)
+        before, _ = set(earlier.trajectories()["id"].to_list()), earlier.close()
 
     @tool("note")
     def note_tool(text: str) -> str:
@@ -127,7 +144,7 @@ def record_kv(
     agent.recorder.close()
     store = LocalExperienceStore(root)
     try:
-        ids = store.trajectories()["id"].to_list()
+        ids = [i for i in store.trajectories()["id"].to_list() if i not in before]
         assert len(ids) == runs, ids
         store.approve(ids, by="test")
     finally:
