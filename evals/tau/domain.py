@@ -15,11 +15,15 @@ the data: the same sandbox type replay uses, with its JSON-canonical :meth:`stat
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import decimal
 import difflib
+import enum
 import functools
 import inspect
 import json
 import math
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,7 +198,7 @@ class TauDomain:
             ) from exc
         if not isinstance(data, dict):
             raise ConfigError(
-                f"The tau domain {self.name!r}'s database is a {type(data).__name__}, not a JSON object: load_data() must "
+                f"The database of the tau domain {self.name!r} is a {type(data).__name__}, not a JSON object: load_data() must "
                 "return a dict (the tools read and change it in place; runs are scored by its JSON form)."
             )
         changes = _json_changes(data)
@@ -204,7 +208,7 @@ class TauDomain:
             return json.dumps(data, allow_nan=False)
         except RecursionError as exc:  # all the walk above lets through: nesting deeper than json's recursion allows
             raise ConfigError(
-                f"The tau domain {self.name!r}'s database is nested too deeply for JSON ({exc}): runs are scored by the JSON "
+                f"The database of the tau domain {self.name!r} is nested too deeply for JSON ({exc}): runs are scored by the JSON "
                 "form of the data, so flatten it (keep records in dicts keyed by id rather than inside each other)."
             ) from exc
 
@@ -494,7 +498,7 @@ class _JsonChanges:
     def message(self, domain: str) -> str:
         more = f" (and {self.count - len(self.shown)} more such places)" if self.count > len(self.shown) else ""
         return (
-            f"The tau domain {domain!r}'s database is not JSON as load_data() returns it, and every run's tools and ground "
+            f"The database of the tau domain {domain!r} is not JSON as load_data() returns it, and every run's tools and ground "
             "truth work on its JSON copy (json.loads(json.dumps(data))), which would differ from it: "
             f"{'; '.join(self.shown)}{more}. {' '.join(self.fixes)}"
         )
@@ -516,6 +520,14 @@ _VALUE_FIX = (
     "JSON form of the data)."
 )
 _CYCLE_FIX = "Remove the circular reference: the database must be a tree of dicts and lists."
+_OBJECT_FIX = (
+    "A live object (a database connection, a file, a client) cannot be the database: every run is given a fresh JSON "
+    "copy of it and scored by its JSON form. Have load_data() return the data itself (for a SQL database, its rows as "
+    "dicts keyed by id: {row['id']: dict(row) for row in conn.execute(...)}) and the tools read and change that."
+)
+_PLAIN_VALUES = (set, frozenset, dt.date, dt.time, dt.timedelta, enum.Enum, decimal.Decimal, uuid.UUID, bytes, bytearray, complex)
+"""Values whose JSON form is a string, number or list away (what :data:`_VALUE_FIX` says); any other object without one
+is taken for a live object (:data:`_OBJECT_FIX`)."""
 
 _Node = tuple["_Node | None", Any, Any]
 """A container on the walk: (its parent node, its key or index there, the container)."""
@@ -628,7 +640,8 @@ def _value_change(value: Any) -> tuple[str, str] | None:
         text = json.dumps(value)
     except (TypeError, ValueError):
         what = "a set" if isinstance(value, (set, frozenset)) else f"the {type(value).__name__} {_short(value)}"
-        return f"{what} has no JSON form ({type(value).__name__} is not JSON serializable)", _VALUE_FIX
+        fix = _VALUE_FIX if isinstance(value, _PLAIN_VALUES) else _OBJECT_FIX
+        return f"{what} has no JSON form ({type(value).__name__} is not JSON serializable)", fix
     copy = json.loads(text)
     if _equal(copy, value):
         return None

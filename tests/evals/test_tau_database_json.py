@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import enum
 import json
+import sqlite3
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -253,6 +254,10 @@ def _circular() -> dict[str, Any]:
         ({"users": {Caseless("Ann"): {}}}, r"at users -> Ann, the key 'Ann' \(a Caseless\) becomes the string \"Ann\""),
         ({"meta": Versioned(a=1)}, r"at meta, the Versioned becomes a plain dict, which does not compare equal to it"),
         (_circular(), r"at rooms -> \[0\] -> self, the list holds itself \(a circular reference\)"),
+        (  # a user-journey sweep: the advice was about dates, sets and enums
+            {"db": sqlite3.connect(":memory:")},
+            r"at db, the Connection .* has no JSON form.*A live object \(a database connection.*rows as dicts keyed by id",
+        ),
     ],
 )
 def test_anything_the_json_copy_would_change_is_refused_naming_the_place_and_what_json_makes_of_it(
@@ -261,7 +266,7 @@ def test_anything_the_json_copy_would_change_is_refused_naming_the_place_and_wha
     """Before: int, float, bool and None keys, tuples, NaN, infinities, enums and dict subclasses were converted
     silently; sets, dates, tuple keys and cycles were refused without saying where in the database they were."""
     domain = TauDomain(name="desk", policy="", tools={}, schemas=[], load_data=lambda: database, splits={})
-    with pytest.raises(ConfigError, match=r"tau domain 'desk''s database is not JSON as load_data\(\) returns it.*" + message):
+    with pytest.raises(ConfigError, match=r"The database of the tau domain 'desk' is not JSON as load_data\(\) returns it.*" + message):
         domain.fresh_data()
 
 

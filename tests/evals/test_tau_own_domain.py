@@ -278,8 +278,8 @@ def test_a_tasks_file_that_is_not_json_is_an_error_naming_the_domain_and_split_n
     ("factory", "message"),
     [
         ("no_database", r"tau domain 'pantry' could not build its database: its load_data\(\) raised FileNotFoundError.*db\.json"),
-        ("dated_database", r"tau domain 'pantry'.*database is not JSON.*date is not JSON serializable.*strings"),
-        ("list_database", r"tau domain 'pantry'.*database is a list, not a JSON object"),
+        ("dated_database", r"database of the tau domain 'pantry' is not JSON.*date is not JSON serializable.*strings"),
+        ("list_database", r"database of the tau domain 'pantry' is a list, not a JSON object"),
     ],
 )
 def test_a_database_that_cannot_be_built_stops_the_run_before_any_task_with_the_reason(
