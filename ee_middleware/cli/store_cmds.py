@@ -95,7 +95,7 @@ def _say_what_compact_does(opened: Any, store: str) -> None:
 
 
 @app.command("compact", epilog=examples("ee store compact --store ./experience"))
-def compact(store: str = StoreOption) -> None:
+def compact(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     """Fold finished spool segments into Parquet parts (safe while agents are recording and reading).
 
     Exits 1 when it finds a damaged Parquet part: it checks every part's footer (a cut-off file) and reads in
@@ -103,6 +103,8 @@ def compact(store: str = StoreOption) -> None:
     takes damaged ones out. Damaged spool segments are moved to quarantine/ (said on stderr, exit 0).
     A part or spool segment it cannot read (no permission, a folder in its place, a failed disk) is left where it
     is and named, the rest compacted (exit 1); a manifest.json it cannot read stops it before it changes anything.
+    With --json: {"store", "segments_folded", "damaged", "unreadable", "warnings"} (the last three: what was said on
+    stderr, one text each).
     """
     from ee_middleware.errors import IncompleteReadWarning
     from ee_middleware.store.access import UnreadableFileWarning
@@ -115,10 +117,14 @@ def compact(store: str = StoreOption) -> None:
             folded = opened.compact()
         for w in seen:  # to reading_store, which says them; the unreadable files are told apart from damage here
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    hiding = [w.category for w in seen if issubclass(w.category, IncompleteReadWarning)]
-    unreadable = any(issubclass(c, UnreadableFileWarning) for c in hiding)
-    damaged = any(not issubclass(c, UnreadableFileWarning) for c in hiding)
-    typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")
+    hiding = [w for w in seen if issubclass(w.category, IncompleteReadWarning)]
+    unreadable = [str(w.message) for w in hiding if issubclass(w.category, UnreadableFileWarning)]
+    damaged = [str(w.message) for w in hiding if not issubclass(w.category, UnreadableFileWarning)]
+    if as_json:
+        others = [str(w.message) for w in seen if not issubclass(w.category, IncompleteReadWarning)]
+        print_json({"store": store, "segments_folded": folded, "damaged": damaged, "unreadable": unreadable, "warnings": others})
+    else:
+        typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")
     if damaged:
         typer.secho(f"error: damaged parts found (above); run `ee store repair --store {store}` to take them out.", err=True, fg="red")
     if unreadable:

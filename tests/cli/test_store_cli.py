@@ -237,6 +237,23 @@ def test_records_of_a_newer_version_are_skipped_with_a_warning_that_says_to_upgr
     assert [r["id"] for r in json.loads(ee("traces", "list", "--store", str(store_path), "--json").stdout)] == ["mine"]
 
 
+def test_compact_json_says_what_it_folded_and_the_damage_it_found(damaged: tuple[Path, Path]):
+    """``ee store compact`` had no --json (earlier notes' L2): a script could tell what it did only from its text."""
+    store_path, part = damaged
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("late")])
+    store.close()
+    compacted = ee("store", "compact", "--store", str(store_path), "--json")
+    assert compacted.exit_code == 1, compacted.output
+    answer = json.loads(compacted.stdout)
+    assert set(answer) == {"store", "segments_folded", "damaged", "unreadable", "warnings"}
+    assert answer["store"] == str(store_path) and answer["segments_folded"] == 1 and answer["unreadable"] == []
+    assert len(answer["damaged"]) == 1 and str(part) in answer["damaged"][0], answer
+    assert ee("store", "repair", "--store", str(store_path)).exit_code == 0
+    again = ee("store", "compact", "--store", str(store_path), "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["segments_folded"] == 0, again.output
+
+
 def test_compact_exits_1_on_a_damaged_part_it_does_not_merge(damaged: tuple[Path, Path]):
     """Its help says it exits 1 when it finds a damaged part; it looked at parts only when it merged them (more than 16
     per table), so it exited 0 on a cut-off part."""
