@@ -20,8 +20,10 @@ def replayed(tmp_path: Path, fixture: str) -> dict:
     ingest = runner.invoke(app, ["traces", "ingest", str(FIXTURES / fixture), "--store", str(store), "--approve-by", "alice"])
     assert ingest.exit_code == 0, ingest.output
     result = runner.invoke(app, ["replay", "run", "--store", str(store), "--sandbox", SHOP, "--k", "4", "--json", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    summary = json.loads(result.stdout)
+    nothing_replayed = summary["selected"] and len(summary["skipped"]) == summary["selected"]
+    assert result.exit_code == (1 if nothing_replayed else 0), result.output  # (a run that skipped them all replayed nothing)
+    return summary
 
 
 def test_trajectories_without_tool_schemas_are_skipped_with_the_reason_and_the_fix(tmp_path: Path) -> None:
