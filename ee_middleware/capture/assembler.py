@@ -862,6 +862,7 @@ def _steps(
     reused = _reused_call_ids(decisions)
     unnamed = _UnnamedReplies(decisions, final)
     sent: dict[int, Any] = {}  # the arguments of tool spans that name no call id, decoded once (see _call_spans)
+    states = _SharedStates()
     steps: list[Step] = []
     answers: list[tuple[int, str]] = []  # (decision, text) of each reply without calls
     for index, d in enumerate(decisions):
@@ -903,13 +904,13 @@ def _steps(
                 observation, latency = _observation(span, reply, redact, max_chars, failed)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
-                steps.append(_step(len(steps), index, d["state"], action, observation, latency, chat, offered))
+                steps.append(_step(len(steps), index, states.of(index, d["state"], d["raw"]), action, observation, latency, chat, offered))
             if not calls and (text or _ended_on_empty_reply(index, output, decisions, chat)):
                 # an empty reply that ended the run (after a tool result: the model stopping) is the model's last
                 # decision too, an answer with empty content; the run's answer stays empty (None)
                 answers.append((index, text))
                 answer = Action(kind="answer", content=text, reasoning=reasoning)
-                steps.append(_step(len(steps), index, d["state"], answer, None, None, chat, offered))
+                steps.append(_step(len(steps), index, states.of(index, d["state"], d["raw"]), answer, None, None, chat, offered))
     return _numbered_decisions(steps), _last_answer(answers, decisions)
 
 
@@ -1418,6 +1419,39 @@ def _positions(span: SpanData, key: str) -> frozenset[int]:
     return frozenset(int(p) for p in positions if isinstance(p, int) or str(p).isdigit())
 
 
+class _SharedStates:
+    """The steps' states, each message's dict one for the run: a decision's state is the one before it and more, and the
+    run's spans share their messages' dicts (:meth:`_RunMemo.input_messages`), so steps share them instead of each
+    holding copies (a run of 2,000 steps held 2 GiB of copies, growing with the square of its length; ``Step`` would copy
+    each dict it validates, so :func:`_step` sets the state as it is). A message is known by its dict before redaction
+    (``raw``, shared by the decisions; redaction gives each decision's state new dicts, the same for the same message)."""
+
+    def __init__(self) -> None:
+        self._messages: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}  # id of a raw message -> (it, its dict)
+        self._states: dict[int, list[dict[str, Any]]] = {}  # decision index -> its state
+
+    def of(self, decision: int, state: list[dict[str, Any]], raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        shared = self._states.get(decision)
+        if shared is None:
+            if len(raw) != len(state) or not all(type(m) is dict and all(type(k) is str for k in m) for m in state):
+                shared = [dict(m) for m in Step.model_validate({**_STEP_STUB, "state": state}).state]  # (validated alone)
+            else:
+                shared = [self._message(m, r) for m, r in zip(state, raw, strict=True)]
+            self._states[decision] = shared
+        return shared
+
+    def _message(self, message: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+        known = self._messages.get(id(raw))
+        if known is not None and known[0] is raw:  # (the dict kept beside it: its id is no other dict's)
+            return known[1]
+        self._messages[id(raw)] = (raw, message)
+        return message
+
+
+_STEP_STUB: dict[str, Any] = {"trajectory_id": "", "index": 0, "decision_index": 0, "action": {"kind": "answer"}}
+"""A step's other fields, to validate a state alone."""
+
+
 def _step(
     i: int,
     decision: int,
@@ -1430,17 +1464,19 @@ def _step(
 ) -> Step:
     # Step.tools set only where the decision's tools were not the run's, as a record read from JSON (fields set included)
     extra: dict[str, Any] = {} if offered is None else {"tools": offered}
-    return Step(
+    step = Step(
         trajectory_id="",
         index=i,
         decision_index=decision,
-        state=state,
+        state=[],
         action=action,
         observation=obs,
         latency_ms=latency,
         model_latency_ms=chat.duration_ms,
         **extra,
     )
+    step.state = state  # (as it is: validated, each dict would be copied; see _SharedStates)
+    return step
 
 
 def _step_tools(decision: dict[str, Any], catalog: ToolCatalog) -> list[str] | None:
