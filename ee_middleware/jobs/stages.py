@@ -824,6 +824,11 @@ LEFT_OUT: dict[str, tuple[str, str]] = {
         "the model wrote the call malformed (its arguments were no JSON object): imitating it would teach the malformed call",
         "none needed",
     ),
+    "unoffered_calls_left_out": (
+        "the model called a tool it was never offered and the graph answered that it is no valid tool: imitating it would "
+        "teach a made-up name",
+        "none needed",
+    ),
     "calls_awaiting_review_left_out": (
         "a turn of a paused run that awaits a human review: the resumed run's trajectory teaches it as decided",
         "none needed",

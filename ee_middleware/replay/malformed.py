@@ -1,5 +1,6 @@
-"""Which expert calls the model wrote malformed: one rule for replay (which never executes them) and the IL builder (which
-never teaches them), kept in the light core so that both read the same function (see :func:`malformed_by_the_model`).
+"""Which expert calls the model wrote malformed, and which name a tool the run was never offered: one rule for replay
+(which never executes them) and the IL builder (which never teaches them), kept in the light core so that both read the
+same functions (see :func:`malformed_by_the_model` and :func:`unoffered_by_the_graph`).
 
 Capture says it of each call whose arguments could be read either way (:attr:`~ee_middleware.records.ToolCall.malformed`,
 schema 1.6: set from LangChain's ``invalid_tool_calls``, the argument text the model wrote, and the tool spans that
@@ -61,3 +62,19 @@ def malformed_arguments_json(tools_json: str | None, name: str | None, arguments
     except (ValueError, RecursionError):
         return False
     return malformed_by_the_model(tools if isinstance(tools, list) else [], name or "", arguments)
+
+
+def unoffered_by_the_graph(tools: Iterable[Any], name: str, is_error: bool | None) -> bool:
+    """Whether a call of tool ``name`` is one the graph answered itself because no tool of that name was offered in the
+    whole run (a name the model made up: ``create_agent``'s tool node answers "... is not a valid tool" and runs
+    nothing): the trajectory's recorded tool schemas ``tools`` name none such, and the call's recorded observation is an
+    error (``is_error``; ``None``: no observation). A call of such a name that answered without an error ran a tool the
+    graph held unoffered, which may change the world: it is not one. A trajectory that records no schemas tells none.
+    Replay never executes these calls and IL never teaches them, as malformed ones (:func:`malformed_by_the_model`)."""
+    names = {known for schema in tools if (known := tool_schema_name(schema)) is not None}
+    return bool(names) and name not in names and is_error is not False
+
+
+def unoffered_call(tools: Iterable[Any], call: ToolCall, is_error: bool | None) -> bool:
+    """:func:`unoffered_by_the_graph` of a recorded ``call`` whose observation's ``is_error`` is given."""
+    return unoffered_by_the_graph(tools, call.name, is_error)

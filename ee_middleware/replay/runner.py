@@ -64,8 +64,9 @@ JSON object; stored with ``_raw`` as its only argument, a call that lost its nam
 by the graph itself (``create_agent`` says it could not be executed), never by the tool: replay neither executes it in
 the sandbox nor checks its observation, nor counts its tool as one the sandbox lacks; the world stays as it is and the
 recorded observation leads to the next state; the alternatives at its state are replayed as at any other
-(``details["malformed_calls_not_executed"]`` lists such calls). IL leaves out the same calls
-(:mod:`ee_middleware.replay.malformed`). Every observation a sandbox returns has its lone
+(``details["malformed_calls_not_executed"]`` lists such calls). So is a call of a tool the run was never offered that
+the graph answered with an error (a name the model made up: ``create_agent`` says it is not a valid tool;
+``details["unoffered_calls_not_executed"]``). IL leaves out the same calls (:mod:`ee_middleware.replay.malformed`). Every observation a sandbox returns has its lone
 surrogates replaced with U+FFFD before it is compared, stored or reported, as capture does (:func:`~ee_middleware.messages.clean_text`).
 
 A run that paused for a human review (``HumanInTheLoopMiddleware``, a breakpoint, ``interrupt()`` in a tool) or was
@@ -96,7 +97,7 @@ from ee_middleware.messages import clean_text
 from ee_middleware.records import Action, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
 from ee_middleware.replay.curriculum import world_environment
 from ee_middleware.replay.fidelity import describe_mismatch, raised_as_recorded
-from ee_middleware.replay.malformed import malformed_call
+from ee_middleware.replay.malformed import malformed_call, unoffered_call
 from ee_middleware.replay.policies.protocol import DecisionPoint
 from ee_middleware.replay.policies.schema import no_schemas_fix
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
@@ -288,6 +289,9 @@ def replay_trajectory(
         if _malformed_by_the_model(trajectory, expert):  # answered by the graph, not the tool: the world is as it was
             run.malformed_not_executed.append({"step": step.index, "tool": expert.name})
             continue
+        if _unoffered(trajectory, step):  # a name the model made up, answered by the graph: the world is as it was
+            run.unoffered_not_executed.append({"step": step.index, "tool": expert.name})
+            continue
         if not sandbox.covers(expert.name):  # declared outside the world, or the last step's: never called (module docstring)
             (run.final_not_replayed if step is tool_steps[-1] else run.uncovered_not_executed).append(
                 {"step": step.index, "tool": expert.name}
@@ -335,6 +339,8 @@ class _Run:
     """The expert's call at the last tool-call step when the sandbox got no answer for it (:func:`_expert_failure`)."""
     malformed_not_executed: list[dict[str, Any]] = field(default_factory=list)
     """The expert's calls whose arguments the model wrote malformed (:func:`_malformed_by_the_model`): not executed."""
+    unoffered_not_executed: list[dict[str, Any]] = field(default_factory=list)
+    """The expert's calls of tools the run was never offered, answered by the graph (:func:`_unoffered`): not executed."""
     environment_unrestored: list[Unrestored] = field(default_factory=list)
     """Placeholders of the environment reference the vault could not restore: the sandbox's world was built with them."""
     unanswered_not_executed: list[dict[str, Any]] = field(default_factory=list)
@@ -397,6 +403,8 @@ class _Run:
             details["expert_sandbox_failure"] = self.final_sandbox_failure
         if self.malformed_not_executed:
             details["malformed_calls_not_executed"] = self.malformed_not_executed
+        if self.unoffered_not_executed:
+            details["unoffered_calls_not_executed"] = self.unoffered_not_executed
         if self.unanswered_not_executed:
             details["unanswered_calls_not_executed"] = self.unanswered_not_executed
         if self.not_reached:
@@ -497,6 +505,7 @@ def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
             and not run.sandbox.covers(call.name)
             and not acts_outside_world(run.sandbox, call.name)
             and not _malformed_by_the_model(run.trajectory, call)
+            and not _unoffered(run.trajectory, s)
         }
     )
     if missing:
@@ -559,6 +568,13 @@ def _malformed_by_the_model(trajectory: Trajectory, call: ToolCall) -> bool:
     tool that declares ``_raw``); else its arguments (only ``_raw``, unless the tool's recorded schema declares it). The
     IL builder leaves out the same calls (:func:`~ee_middleware.replay.malformed.malformed_call`)."""
     return malformed_call(trajectory.tools, call)
+
+
+def _unoffered(trajectory: Trajectory, step: Step) -> bool:
+    """Whether ``step``'s call names a tool the run was never offered and the graph answered it with an error itself (a
+    name the model made up: :func:`~ee_middleware.replay.malformed.unoffered_by_the_graph`). IL leaves out the same calls."""
+    call = step.action.tool_call
+    return call is not None and unoffered_call(trajectory.tools, call, step.observation.is_error if step.observation else None)
 
 
 def _tool_steps(trajectory: Trajectory, *, reachable: bool = True) -> list[Step]:

@@ -362,3 +362,51 @@ def test_a_raw_call_whose_tool_raised_and_a_call_repaired_into_raw_are_executed_
     assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
     assert "malformed_calls_not_executed" not in record.details, record.details
     assert [call for call in received if call[1] != {"note": "alt"}] == [("free_fail", {"_raw": "boom"}), ("free", {"_raw": "fixed"})]
+
+
+def test_a_call_of_a_tool_never_offered_is_left_to_the_graph_by_replay_and_il(tmp_path: Path) -> None:
+    """The model called ``delete_everything``, a tool it was never offered (an MCP sweep): ``create_agent`` answered that
+    it is no valid tool and ran nothing, yet replay skipped the whole trajectory ("the expert calls delete_everything,
+    which sandbox 'python' does not provide", advising outside_world_tools for a made-up name) and IL taught the call."""
+    import json
+
+    import polars as pl
+
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    production = {"A1": 19}
+    get_item, adjust_stock, list_items = production_tools(production)
+    replies = [
+        AIMessage(content="", tool_calls=[tool_call("get_item", sku="A1")]),
+        AIMessage(content="", tool_calls=[tool_call("delete_everything", confirm=True)]),
+        AIMessage(content="", tool_calls=[tool_call("adjust_stock", sku="A1", delta=1)]),
+        AIMessage(content="", tool_calls=[tool_call("get_item", sku="A1")]),
+        AIMessage(content="A1 has 20."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=replies), [get_item, adjust_stock, list_items])
+    store_path = tmp_path / "store"
+    trajectory = record_once(record_experience(graph, app="shop", store=store_path), store_path, {"messages": [("user", "Add one A1.")]})
+    [made_up] = [s for s in trajectory.steps if s.action.tool_call and s.action.tool_call.name == "delete_everything"]
+    assert made_up.observation is not None and made_up.observation.is_error and "not a valid tool" in made_up.observation.content
+
+    received: list[tuple[str, dict[str, Any]]] = []
+    outcome = replay_trajectory(trajectory, _sandbox(received), Proposer(_ReadPolicy(), k=1), SETTINGS)
+    record = outcome.record
+    assert (record.status, record.fidelity_mismatches) == ("done", 0), (record.reason, record.details)
+    assert record.details["unoffered_calls_not_executed"] == [{"step": made_up.index, "tool": "delete_everything"}]
+    assert [name for name, _ in received if name != "list_items"] == ["get_item", "adjust_stock", "get_item"]
+    assert [r.observation.content for r in outcome.rollouts] == ["A1=19", "A1=19", "A1=19", "A1=20"]
+
+    store = LocalExperienceStore(store_path)
+    store.approve([trajectory.id], by="test")
+    store.close()
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il", heldout_share=0))
+    assert summary["datasets"]["il"]["unoffered_calls_left_out"] == 1
+    assert summary["datasets"]["il"]["malformed_calls_left_out"] == 0
+    taught = {
+        call["function"]["name"]
+        for completion in pl.read_parquet(tmp_path / "ds" / "il.parquet")["completion"]
+        for call in json.loads(completion)[0].get("tool_calls") or ()
+    }
+    assert taught == {"get_item", "adjust_stock"}, taught

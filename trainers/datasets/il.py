@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import polars as pl
 
-from ee_middleware.replay.malformed import malformed_arguments_json
+from ee_middleware.replay.malformed import malformed_arguments_json, unoffered_by_the_graph
 from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list, offered_tools
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 
@@ -40,6 +43,46 @@ def malformed_steps(steps: pl.DataFrame, trajectories: pl.DataFrame) -> pl.Serie
     return pl.Series("malformed", [i in malformed for i in range(steps.height)], dtype=pl.Boolean)
 
 
+def unoffered_steps(steps: pl.DataFrame, trajectories: pl.DataFrame) -> pl.Series:
+    """Which of ``steps`` (a boolean per row) are expert calls of a tool the run was never offered that the graph answered
+    with an error itself (a name the model made up), by the rule replay reads
+    (:func:`~ee_middleware.replay.malformed.unoffered_by_the_graph`, given ``trajectories``' ``tools_json``): replay never
+    executes them, and IL never teaches them."""
+    if steps.is_empty() or "tool_name" not in steps.columns:
+        return pl.Series("unoffered", [False] * steps.height, dtype=pl.Boolean)
+    is_error = pl.col("observation_is_error") if "observation_is_error" in steps.columns else pl.lit(None, dtype=pl.Boolean)
+    rows = (
+        steps.with_row_index("_row")
+        .filter(pl.col("tool_name").is_not_null())
+        .select("_row", "trajectory_id", "tool_name", is_error.alias("_error"))
+        .join(trajectories.select("id", "tools_json"), left_on="trajectory_id", right_on="id", how="left", maintain_order="left")
+    )
+    tools: dict[str | None, list[Any]] = {}  # a trajectory's tools_json -> its schemas (decoded once each)
+    unoffered = set()
+    for row, tools_json, name, error in rows.select("_row", "tools_json", "tool_name", "_error").iter_rows():
+        if tools_json not in tools:
+            tools[tools_json] = _schemas(tools_json)
+        if unoffered_by_the_graph(tools[tools_json], name, error):
+            unoffered.add(row)
+    return pl.Series("unoffered", [i in unoffered for i in range(steps.height)], dtype=pl.Boolean)
+
+
+def _schemas(tools_json: str | None) -> list[Any]:
+    """A trajectory's ``tools_json`` decoded (none where it is unreadable: it tells nothing)."""
+    try:
+        decoded = json.loads(tools_json) if tools_json else []
+    except (ValueError, RecursionError):
+        return []
+    return [t for t in decoded if isinstance(t, dict)] if isinstance(decoded, list) else []
+
+
+def unoffered_calls(source: DatasetSource) -> int:
+    """How many expert steps :func:`build_il` leaves out as calls of tools never offered (:func:`unoffered_steps`; a
+    malformed one is counted as malformed alone)."""
+    steps = source.steps
+    return int((unoffered_steps(steps, source.trajectories) & ~malformed_steps(steps, source.trajectories)).sum())
+
+
 def malformed_calls(source: DatasetSource) -> int:
     """How many expert steps :func:`build_il` leaves out as calls the model wrote malformed (:func:`malformed_steps`)."""
     return int(malformed_steps(source.steps, source.trajectories).sum())
@@ -59,10 +102,12 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     ``invalid_tool_calls``, which the graph refused, and arguments that were no JSON object) is left out: imitating it
     would teach the malformed call (see :func:`malformed_steps`; replay leaves the same calls unexecuted). So is a turn
     awaiting a human review (see :func:`~ee_middleware.trainers.datasets.source.taught_steps`): the reviewer may have
-    rejected or changed its calls; the resumed run's trajectory teaches them as decided."""
+    rejected or changed its calls; the resumed run's trajectory teaches them as decided. So is a call of a tool the run
+    was never offered that the graph answered with an error itself (a name the model made up: :func:`unoffered_steps`)."""
     is_call = pl.col("action_kind") == "tool_call"
     steps = taught_steps(source)[0]
     steps = steps.filter(~malformed_steps(steps, source.trajectories))
+    steps = steps.filter(~unoffered_steps(steps, source.trajectories))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     steps = offered_tools(expert_turns(steps), "tools_json")  # the tools offered at the turn (Step.tools), not the run's
     # the reasoning the expert wrote before its turn (its parallel calls share it); stores older than schema 1.4 have none
