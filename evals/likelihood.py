@@ -71,6 +71,12 @@ class ModelScore:
     """States left out because their expert action renders to no token."""
     longest_action_tokens: int = 0
     """Tokens of the longest expert action among all the states given (scored or not)."""
+    fitted: int = 0
+    """Scored states whose prompt did not fit ``max_length`` whole and was fitted as training fits it (older turns
+    dropped, tools listed compactly, a long message shortened in its middle, or cut from the left)."""
+    cut_from_the_left: int = 0
+    """Of those, the states cut from the left as the last resort: their prompt lost the system message, the tools or the
+    task (what ``ee train`` warns of)."""
 
     @property
     def left_out(self) -> int:
@@ -86,6 +92,8 @@ class ModelScore:
             left_out_too_long=self.left_out_too_long,
             left_out_empty=self.left_out_empty,
             longest_action_tokens=self.longest_action_tokens,
+            fitted=self.fitted,
+            cut_from_the_left=self.cut_from_the_left,
         )
         if base is not None and base is not self:
             diffs = [a - b for a, b in zip(self.nll, base.nll, strict=True)]
@@ -194,6 +202,8 @@ def score_likelihood(
         "left_out_too_long": sum(len(p.completion_ids) >= max_length for p in pairs),
         "left_out_empty": sum(not p.completion_ids for p in pairs),
         "longest_action_tokens": max((len(p.completion_ids) for p in pairs), default=0),
+        "fitted": sum(pairs[i].fit is not None or pairs[i].left_cut > 0 for i in keep),
+        "cut_from_the_left": sum(pairs[i].left_cut > 0 for i in keep),
     }
     scores = []
     for name, path, peft_name in zip(names, paths, [BASE, *peft_names], strict=True):
@@ -242,6 +252,21 @@ def left_out_text(score: ModelScore, max_length: int) -> str:
     if len(reasons) == 1:
         return f"{which} held-out states were left out: for each, {reasons[0][1]}."
     return f"{which} held-out states were left out: " + "; ".join(f"{n} because {why}" for n, why in reasons) + "."
+
+
+def fitted_text(score: ModelScore, max_length: int) -> str:
+    """How many scored states did not fit ``--max-length`` whole ("" when every one fitted): each was fitted as training
+    fits it; those cut from the left lost the system message, the tools or the task, so their NLL measures less."""
+    if not score.fitted:
+        return ""
+    scored = len(score.nll)
+    said = f"{score.fitted} of the {scored} scored held-out states did not fit --max-length {max_length} whole and were fitted as training fits them"
+    if score.cut_from_the_left:
+        said += (
+            f"; {score.cut_from_the_left} of them were cut from the left, losing the system message, the tools or the task, "
+            "so their likelihood measures less than the model sees when served: raise --max-length where the model's context allows"
+        )
+    return said + "."
 
 
 def adapter_labels(adapters: Sequence[str | os.PathLike[str]]) -> list[str]:

@@ -476,7 +476,7 @@ def likelihood_cmd(
     Settings come from the [likelihood] table of --config (data, base_model, adapters, max_length, decode,
     max_new_tokens, limit, num_threads, device); flags override them."""
     from ee_middleware.errors import ConfigError
-    from ee_middleware.evals.likelihood import left_out_text, load_heldout, report, score_likelihood
+    from ee_middleware.evals.likelihood import fitted_text, left_out_text, load_heldout, report, score_likelihood
     from ee_middleware.evals.likelihood_config import TABLE, LikelihoodConfig
 
     cfg = LikelihoodConfig.load(
@@ -538,6 +538,8 @@ def likelihood_cmd(
         raise ConfigError(f"No held-out state could be scored. {left_out}")
     if left_out:
         typer.echo(f"Warning: {left_out}", err=True)
+    if fitted := fitted_text(scores[0], max_length).replace("--max-length", length_flag):
+        typer.echo(f"{'Warning' if scores[0].cut_from_the_left else 'Note'}: {fitted}", err=True)
     from ee_middleware.messages import finite_or_null
 
     rows = finite_or_null(report(scores))

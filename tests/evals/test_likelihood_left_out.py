@@ -140,3 +140,22 @@ def test_adapter_labels_are_the_shortest_tails_that_tell_the_folders_apart(tmp_p
     assert adapter_labels(["one/base", "two/other"]) == ["one/base", "other"]  # never the base's own label
     with pytest.raises(ConfigError, match=r"--adapter runs/a/adapter/ names the same folder as --adapter runs/a/adapter .*give each"):
         adapter_labels(["runs/a/adapter", "runs/a/adapter/"])
+
+
+def test_states_fitted_to_max_length_are_counted_and_a_left_cut_is_warned_of(base_dir: Path, data_dir: Path) -> None:
+    """At a --max-length that leaves each state's prompt a few tokens, every scored state was cut from the left (its
+    system message, tools and task gone) and the command printed NLLs with no word of it, nothing in --json either,
+    where `ee train` warns of the same cut (a sweep of unusual data)."""
+    lengths = _action_tokens(base_dir, data_dir)
+    short = max(lengths[i] for i in (0, 2, 3, 5, 6))
+    runner = CliRunner()
+    args = ["eval", "likelihood", "--data", str(data_dir), "--base", str(base_dir), "--json"]
+    cut = runner.invoke(app, [*args, "--max-length", str(short + 4)])
+    assert cut.exit_code == 0, cut.output
+    [row] = json.loads(cut.stdout)
+    assert row["states"] == 5 and row["fitted"] == 5 and row["cut_from_the_left"] == 5, row
+    said = " ".join(cut.stderr.split())
+    assert "Warning: 5 of the 5 scored held-out states did not fit --max-length" in said and "cut from the left" in said, said
+    whole = runner.invoke(app, [*args, "--max-length", "1024"])
+    [row] = json.loads(whole.stdout)
+    assert whole.exit_code == 0 and row["fitted"] == row["cut_from_the_left"] == 0 and "did not fit" not in whole.stderr
