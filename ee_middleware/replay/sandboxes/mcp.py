@@ -224,6 +224,8 @@ def load_mcp_config(path: str | os.PathLike[str]) -> tuple[dict[str, McpServer],
     Beside the servers, :class:`McpSandbox`'s options: ``allow_open_world`` (tool names), ``outside_world_tools`` (tool
     names), ``timeout_s``, ``start_timeout_s``, ``spare_servers``, ``kind``, ``tool_name_prefix``, ``open_world_default``.
     """
+    if not str(path).strip():  # (Path("") is the working folder: "not readable JSON: Is a directory")
+        raise SandboxError("Give the MCP sandbox's config file: --sandbox mcp:CONFIG.json (see docs/sandboxes.md).")
     file = Path(path)
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
@@ -442,11 +444,15 @@ class _Instance:
         return f"{what}{self._stderr_tail()}"
 
     def _stderr_tail(self, chars: int = 2000) -> str:
+        text = self.stderr_end(chars)
+        return f"; its standard error ends with:\n{text}" if text else ""
+
+    def stderr_end(self, chars: int) -> str:
+        """The last ``chars`` characters the server wrote on its standard error ("" for none, or once it is stopped)."""
         try:
-            text = self._stderr.read_text(encoding="utf-8", errors="replace").strip()
+            return self._stderr.read_text(encoding="utf-8", errors="replace").strip()[-chars:]
         except OSError:
             return ""
-        return f"; its standard error ends with:\n{text[-chars:]}" if text else ""
 
     @property
     def group(self) -> int | None:
@@ -722,8 +728,10 @@ class McpSandbox(ClosedOnExit):
                 )
             except Exception as exc:  # noqa: BLE001 - the server's answer, or its death
                 answered = _json_rpc_error(exc)
-                if answered is None:
-                    return self._failed(instance, call, "crash", f"lost its MCP server '{server}' ({type(exc).__name__}: {exc})", "")
+                if answered is None:  # (what the server wrote on its way out is read before its files go with it)
+                    said = instance.stderr_end(600)
+                    said = f" The server's standard error ends with:\n{said}" if said else ""
+                    return self._failed(instance, call, "crash", f"lost its MCP server '{server}' ({type(exc).__name__}: {exc})", said)
                 observation = Observation(content=f"Error: {answered}", is_error=True)
             else:
                 observation = result_observation(wire)
@@ -1026,7 +1034,4 @@ def _json_rpc_error(exc: BaseException) -> str | None:
 
 def build_mcp_sandbox(spec: str, **options: Any) -> McpSandbox:
     """The sandbox of ``mcp:CONFIG.json`` (the registry's spec), ``options`` over the file's own."""
-    path = spec.strip()[len("mcp:") :]
-    if not path:
-        raise SandboxError("Give the MCP sandbox's config file: --sandbox mcp:CONFIG.json (see docs/sandboxes.md).")
-    return McpSandbox.from_config(path, **options)
+    return McpSandbox.from_config(spec.strip()[len("mcp:") :], **options)  # (an empty path is refused there)

@@ -118,7 +118,8 @@ def slow_note(seconds: float) -> str:
 
 @server.tool(annotations=OWN_WORLD)
 def crash() -> str:
-    """End the server at once."""
+    """End the server at once, saying why on its standard error."""
+    print("notes server: the crash tool ends this server (exit code 7)", file=sys.stderr, flush=True)
     os._exit(7)
 
 

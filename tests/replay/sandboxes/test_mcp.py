@@ -277,6 +277,9 @@ def test_a_crash_or_a_time_out_is_a_sandbox_failure_and_the_world_is_rebuilt() -
         sandbox.execute(call("create_note", title="Call mom"))
         crashed = sandbox.execute(call("crash"))
         assert crashed.is_error and crashed.sandbox_failure == "crash", crashed
+        # what the server said on its way out (the crash said only "Connection closed": an MCP sweep)
+        said = crashed.content.partition("The server's standard error ends with:\n")[2]
+        assert said.endswith("notes server: the crash tool ends this server (exit code 7)"), crashed
         assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas\n3: Call mom", "rebuilt to before the call"
         slow = sandbox.execute(call("slow_note", seconds=30))
         assert slow.is_error and slow.sandbox_failure == "timeout", slow
@@ -365,6 +368,16 @@ def test_a_bad_config_says_what_is_wrong(tmp_path: Path, content: dict[str, Any]
     config.write_text(json.dumps(content))
     with pytest.raises(SandboxError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
         load_mcp_config(config)
+
+
+@pytest.mark.parametrize("spec", ["mcp:", "mcp: "])
+def test_a_spec_without_a_config_file_asks_for_one(spec: str) -> None:
+    """``--sandbox mcp:`` said "config '.' is not readable JSON: Is a directory": the registry checked the spec before the
+    builder's own message could say what is missing (an MCP sweep)."""
+    from ee_middleware.replay.sandboxes.registry import check_sandbox_spec
+
+    with pytest.raises(SandboxError, match=r"Give the MCP sandbox's config file: --sandbox mcp:CONFIG.json"):
+        check_sandbox_spec(spec)
 
 
 def test_importing_the_package_and_the_sandbox_module_imports_no_mcp() -> None:
