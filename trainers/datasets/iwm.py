@@ -237,23 +237,30 @@ def world_states(steps: pl.DataFrame) -> pl.DataFrame:
     followed by the assistant message making those calls and a tool message with each one's recorded result. An
     alternative there acts on that world, and the expert's own call returned what it recorded in it."""
     states = steps.select("trajectory_id", pl.col("index").alias("step_index"), "decision_index", "state_json")
+    # the text the model wrote beside its calls, and its reasoning: kept with the turn's first call (capture's Action)
+    text = pl.col("content") if "content" in steps.columns else pl.lit(None, dtype=pl.String)
+    thought = pl.col("reasoning") if "reasoning" in steps.columns else pl.lit(None, dtype=pl.String)
     calls = steps.filter((pl.col("action_kind") == "tool_call") & pl.col("decision_index").is_not_null()).select(
         "trajectory_id",
         "decision_index",
         pl.col("index").alias("prior_index"),
         tool_call_item(pl.col("tool_call_id"), pl.col("tool_name"), pl.col("arguments_json")).alias("_call"),
         tool_result_message(pl.col("tool_call_id"), pl.col("observation")).alias("_result"),
+        text.alias("_text"),
+        thought.alias("_thought"),
     )
     prior = (
         states.join(calls, on=["trajectory_id", "decision_index"], how="inner")
         .filter(pl.col("prior_index") < pl.col("step_index"))
         .sort("trajectory_id", "step_index", "prior_index")
         .group_by("trajectory_id", "step_index", maintain_order=True)
-        .agg("_call", "_result")
+        .agg("_call", "_result", pl.col("_text").drop_nulls().first(), pl.col("_thought").drop_nulls().first())
         .select(
             "trajectory_id",
             "step_index",
-            pl.concat_str([calls_message(pl.col("_call")), pl.col("_result").list.join(",")], separator=",").alias("_prior"),
+            pl.concat_str(
+                [calls_message(pl.col("_call"), pl.col("_text"), pl.col("_thought")), pl.col("_result").list.join(",")], separator=","
+            ).alias("_prior"),
         )
     )
     if prior.is_empty():

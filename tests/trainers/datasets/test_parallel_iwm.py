@@ -39,7 +39,7 @@ def make_sandbox() -> PythonSandbox:
     )
 
 
-def _record(store: Path) -> None:
+def _record(store: Path, text: str = "") -> None:
     stock = {"pear": 0}
     ordered = threading.Event()
 
@@ -59,7 +59,7 @@ def _record(store: Path) -> None:
         return str(stock.get(item, 0))
 
     script = [
-        AIMessage(content="", tool_calls=[tool_call("order_item", item="pear", quantity=2), tool_call("check_stock", item="pear")]),
+        AIMessage(content=text, tool_calls=[tool_call("order_item", item="pear", quantity=2), tool_call("check_stock", item="pear")]),
         AIMessage(content="Ordered 2 pears; 2 in stock."),
     ]
     graph = create_agent(ScriptedChatModel(script=script), [order_item, check_stock])
@@ -94,3 +94,23 @@ def test_iwm_rows_at_the_second_of_two_parallel_calls_show_the_first_call_and_it
         assert prompt[-1]["role"] == "user" and prompt[-2]["tool_calls"][0]["function"] == action
         if row["proposer"] == "expert":
             assert action["name"] == "check_stock" and json.loads(row["completion"])[0]["content"] == "2"
+
+
+def test_the_first_calls_of_a_turn_shown_in_an_iwm_prompt_keep_the_text_the_model_wrote_beside_them(tmp_path: Path) -> None:
+    """The assistant message rebuilt for the calls a turn had run had empty content where the model wrote "Let me order
+    and check." beside its calls (a sweep of unusual data: 20 parallel calls): the IWM prompt was not what the model saw."""
+    _record(tmp_path / "store", text="Let me order and check.")
+    store = LocalExperienceStore(tmp_path / "store")
+    store.approve(store.trajectories()["id"].to_list(), by="test")
+    store.close()
+    assert run_replay(ReplayConfig.load(store=tmp_path / "store", k=2, sandbox=f"{__name__}:make_sandbox")).fidelity_mismatches == 0
+    build_datasets(DatasetConfig.load(store=tmp_path / "store", out=tmp_path / "data", kinds="iwm"))
+    rows = pl.read_parquet(tmp_path / "data" / "iwm.parquet").filter(pl.col("step_index") == 1)
+    assert rows.height
+    for prompt in rows["prompt"]:
+        turn = next(  # the calls the turn had run before this one (an alternative order_item comes after it)
+            m
+            for m in json.loads(prompt)
+            if m["role"] == "assistant" and any(c["function"]["name"] == "order_item" for c in m.get("tool_calls") or ())
+        )
+        assert turn["content"] == "Let me order and check.", turn
