@@ -11,8 +11,9 @@ build them too. ``gated`` and ``failing`` are the mutation policy with one diffe
   ``EE_TEST_CLOSING_DIR``, takes ``EE_TEST_CLOSE_DELAY`` seconds (a model unloading, a connection draining), then leaves
   one in ``EE_TEST_CLOSED_DIR``: a test can stop the job while its workers close, and tell whether they closed to the end;
 - ``dying``: its process dies (SIGKILL) at the trajectory ``EE_TEST_DIE_ON`` names, after writing its pid into the
-  file ``EE_TEST_DIED_PID`` (a worker killed by the kernel's out-of-memory killer, or a native crash); each process
-  that builds it leaves a file named by its pid in ``EE_TEST_BUILD_DIR`` (when set).
+  file ``EE_TEST_DIED_PID`` (a worker killed by the kernel's out-of-memory killer, or a native crash), once
+  ``EE_TEST_DIE_WHEN_BUILT`` processes have built it (when set); each process that builds it leaves a file named by
+  its pid in ``EE_TEST_BUILD_DIR`` (when set).
 
 :class:`FixedCallsPolicy` is the base of tests' policies that propose the same calls at every state.
 """
@@ -76,9 +77,19 @@ def slow_to_close(**options: Any) -> MutationPolicy:
 class _Dying(MutationPolicy):
     def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
         if point.trajectory_id == os.environ.get("EE_TEST_DIE_ON"):
+            _wait_for_builds()
             Path(os.environ["EE_TEST_DIED_PID"]).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
         return super().propose(point, k, seed=seed)
+
+
+def _wait_for_builds(timeout_s: float = 30.0) -> None:
+    """Wait (at most ``timeout_s``) until ``EE_TEST_DIE_WHEN_BUILT`` processes have built the policy (files in
+    ``EE_TEST_BUILD_DIR``): under load, the trajectory to die on can come before the job's other worker has started."""
+    wanted, folder = int(os.environ.get("EE_TEST_DIE_WHEN_BUILT", "0")), os.environ.get("EE_TEST_BUILD_DIR")
+    deadline = time.monotonic() + timeout_s
+    while wanted and folder and len(list(Path(folder).iterdir())) < wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def dying(**options: Any) -> MutationPolicy:
