@@ -224,7 +224,7 @@ def run(
             err=True,
             fg="yellow",
         )
-    elif summary.skipped and not errors and not as_json:
+    elif _fixable_skips(summary) and not errors and not as_json:
         typer.secho(f"note: {SKIPPED_ARE_DONE}", err=True, fg="yellow")
     for error in errors:
         typer.secho(f"error: {error}", err=True, fg="red")
@@ -237,7 +237,7 @@ def _run_errors(summary: Any) -> list[str]:
     holds as ``error`` (joined by newlines). A run fails when an experience model gave no usable prediction
     at all, or when a trajectory failed (the policy's model gave no usable proposal anywhere, or something else its
     reason under ``failed`` names: each one is retried by the next run), or when every trajectory it selected was
-    skipped (nothing was replayed)."""
+    skipped (nothing was replayed) for something to fix (not only trajectories that called no tool)."""
     from ee_middleware.messages import one_line
 
     errors = []
@@ -253,15 +253,23 @@ def _run_errors(summary: Any) -> list[str]:
             f"{n} {'trajectory' if n == 1 else 'trajectories'} failed ({why}). A failed trajectory is not done for this "
             "configuration: the next run of the same command retries it."
         )
-    elif summary.selected and summary.skipped and len(summary.skipped) == summary.selected:
+    elif summary.selected and len(summary.skipped) == summary.selected and (fixable := _fixable_skips(summary)):
         n = len(summary.skipped)
-        first = one_line(next(iter(summary.skipped.values())) or "no reason recorded", 300)
+        first = one_line(fixable[0] or "no reason recorded", 300)
         why = f"its reason: {first}" if n == 1 else f"each one's reason is listed under skipped; the first: {first}"
         errors.append(
             f"nothing was replayed: {'the one trajectory' if n == 1 else f'every one of the {n} trajectories'} this run "
             f"selected was skipped ({why}). {SKIPPED_ARE_DONE}"
         )
     return errors
+
+
+def _fixable_skips(summary: Any) -> list[str]:
+    """The reasons of the run's skipped trajectories that name something to fix (an environment the sandbox cannot
+    rebuild, a tool it lacks, no tool schemas): not a trajectory that called no tool (a plain answer)."""
+    from ee_middleware.replay.runner import NO_TOOL_CALLS
+
+    return [reason for reason in summary.skipped.values() if reason != NO_TOOL_CALLS]
 
 
 SKIPPED_ARE_DONE = (

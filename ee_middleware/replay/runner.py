@@ -475,10 +475,14 @@ def _own_copy(value: Any) -> Any:
 _IMMUTABLE = frozenset({str, int, float, bool, type(None)})
 
 
+NO_TOOL_CALLS = "the trajectory has no tool calls, so there is no state to branch from"
+"""Why a trajectory that called no tool is skipped: nothing to fix (a plain answer), unlike the other reasons."""
+
+
 def _reset_for_replay(run: _Run, tool_steps: list[Step]) -> str | None:
     """Reset the sandbox to the trajectory's step 0; the reason to skip the trajectory when it cannot be replayed."""
     if not tool_steps:
-        return "the trajectory has no tool calls, so there is no state to branch from"
+        return NO_TOOL_CALLS
     if not run.trajectory.tools:
         return (
             "the trajectory records no tool schemas (its spans carried no tool definitions), so no alternative call can be "

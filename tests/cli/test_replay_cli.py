@@ -715,6 +715,27 @@ def test_a_run_that_skipped_every_trajectory_it_selected_exits_1_and_says_how_to
     assert again.exit_code == 0 and json.loads(again.stdout)["done"] == 2, again.output
 
 
+def test_a_run_whose_new_trajectories_all_answered_without_a_tool_exits_0(tmp_path: Path) -> None:
+    """A night whose only new approved trajectories are plain answers (no tool called) replays nothing and has nothing to
+    fix: it exits 0 without the note of --again (a review of the rule above)."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+
+    from ee_middleware import record_experience
+    from ee_middleware.testing import ScriptedChatModel
+
+    root = tmp_path / "experience"
+    graph = create_agent(ScriptedChatModel(script=[AIMessage(content="Hello!")]), [])
+    agent = record_experience(graph, app="kv", store=root, approve_if=lambda t: True)
+    agent.invoke({"messages": [("user", "hi")]})
+    agent.flush()
+    agent.recorder.close()
+    args = ["replay", "run", "--store", str(root), "--sandbox", KV_SANDBOX, "--policy", "tests.replay.kv_world:Lookups", "--k", "1"]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" in result.stdout and "--again" not in result.stderr and "error:" not in result.stderr, result.output
+
+
 def test_a_run_that_skipped_some_trajectories_notes_how_to_replay_them(tmp_path: Path) -> None:
     from tests.replay.kv_world import record_kv
 
