@@ -64,17 +64,18 @@ def malformed_arguments_json(tools_json: str | None, name: str | None, arguments
     return malformed_by_the_model(tools if isinstance(tools, list) else [], name or "", arguments)
 
 
-def unoffered_by_the_graph(tools: Iterable[Any], name: str, is_error: bool | None) -> bool:
+def unoffered_by_the_graph(tools: Iterable[Any], name: str, is_error: bool | None, *, ran: bool = False) -> bool:
     """Whether a call of tool ``name`` is one the graph answered itself because no tool of that name was offered in the
     whole run (a name the model made up: ``create_agent``'s tool node answers "... is not a valid tool" and runs
-    nothing): the trajectory's recorded tool schemas ``tools`` name none such, and the call's recorded observation is an
-    error (``is_error``; ``None``: no observation). A call of such a name that answered without an error ran a tool the
-    graph held unoffered, which may change the world: it is not one. A trajectory that records no schemas tells none.
-    Replay never executes these calls and IL never teaches them, as malformed ones (:func:`malformed_by_the_model`)."""
+    nothing): the trajectory's recorded tool schemas ``tools`` name none such, its recorded observation is an error
+    (``is_error``), and no tool span timed it (``ran``: the step has a tool latency, so a tool of that name ran, one the
+    graph held unoffered or named otherwise in its schema, which may have changed the world). A call without an
+    observation, or of a trajectory that records no schemas, tells nothing. Replay never executes these calls and IL
+    never teaches them, as malformed ones (:func:`malformed_by_the_model`)."""
     names = {known for schema in tools if (known := tool_schema_name(schema)) is not None}
-    return bool(names) and name not in names and is_error is not False
+    return bool(names) and name not in names and is_error is True and not ran
 
 
-def unoffered_call(tools: Iterable[Any], call: ToolCall, is_error: bool | None) -> bool:
+def unoffered_call(tools: Iterable[Any], call: ToolCall, is_error: bool | None, *, ran: bool = False) -> bool:
     """:func:`unoffered_by_the_graph` of a recorded ``call`` whose observation's ``is_error`` is given."""
-    return unoffered_by_the_graph(tools, call.name, is_error)
+    return unoffered_by_the_graph(tools, call.name, is_error, ran=ran)

@@ -578,7 +578,8 @@ def _unoffered(trajectory: Trajectory, step: Step) -> bool:
     """Whether ``step``'s call names a tool the run was never offered and the graph answered it with an error itself (a
     name the model made up: :func:`~ee_middleware.replay.malformed.unoffered_by_the_graph`). IL leaves out the same calls."""
     call = step.action.tool_call
-    return call is not None and unoffered_call(trajectory.tools, call, step.observation.is_error if step.observation else None)
+    is_error = step.observation.is_error if step.observation else None
+    return call is not None and unoffered_call(trajectory.tools, call, is_error, ran=step.latency_ms is not None)
 
 
 def _tool_steps(trajectory: Trajectory, *, reachable: bool = True) -> list[Step]:

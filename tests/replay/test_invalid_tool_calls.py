@@ -410,3 +410,44 @@ def test_a_call_of_a_tool_never_offered_is_left_to_the_graph_by_replay_and_il(tm
         for call in json.loads(completion)[0].get("tool_calls") or ()
     }
     assert taught == {"get_item", "adjust_stock"}, taught
+
+
+def test_an_unoffered_call_needs_the_graph_to_have_answered_it() -> None:
+    """Only a call no tool ran (no tool latency) and whose answer was an error is the graph's own refusal of a made-up
+    name: a call of a tool named otherwise in its schema that ran and raised, or one without an observation, may have
+    changed the world (a review of the rule)."""
+    from ee_middleware.replay.malformed import unoffered_by_the_graph
+
+    schemas = [{"type": "function", "function": {"name": "get_item", "parameters": {}}}]
+    assert unoffered_by_the_graph(schemas, "delete_everything", True)
+    assert not unoffered_by_the_graph(schemas, "delete_everything", True, ran=True)
+    assert not unoffered_by_the_graph(schemas, "delete_everything", None)
+    assert not unoffered_by_the_graph(schemas, "delete_everything", False)
+    assert not unoffered_by_the_graph(schemas, "get_item", True)
+    assert not unoffered_by_the_graph([], "delete_everything", True), "a trajectory that records no schemas tells nothing"
+
+
+def test_a_turn_whose_first_call_is_not_taught_keeps_the_text_written_beside_its_calls(tmp_path: Path) -> None:
+    """Capture keeps what the model wrote beside its calls with the turn's first call; IL took a turn's text from its
+    first taught step, so a turn whose first call was left out (a made-up tool, a malformed call) lost its text (a
+    review)."""
+    import json
+
+    import polars as pl
+
+    from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+
+    get_item, adjust_stock, list_items = production_tools({"A1": 19})
+    turn = AIMessage(content="Let me tidy up and look.", tool_calls=[tool_call("delete_everything"), tool_call("get_item", sku="A1")])
+    graph = create_agent(ScriptedChatModel(script=[turn, AIMessage(content="A1 has 19.")]), [get_item, adjust_stock, list_items])
+    store_path = tmp_path / "store"
+    trajectory = record_once(record_experience(graph, app="shop", store=store_path), store_path, {"messages": [("user", "How many A1?")]})
+    store = LocalExperienceStore(store_path)
+    store.approve([trajectory.id], by="test")
+    store.close()
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=tmp_path / "ds", kinds="il", heldout_share=0))
+    assert summary["datasets"]["il"]["unoffered_calls_left_out"] == 1
+    [target] = [json.loads(c)[0] for c in pl.read_parquet(tmp_path / "ds" / "il.parquet")["completion"] if "tool_calls" in json.loads(c)[0]]
+    assert [c["function"]["name"] for c in target["tool_calls"]] == ["get_item"]
+    assert target["content"] == "Let me tidy up and look.", target

@@ -8,6 +8,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.replay.malformed import malformed_arguments_json, unoffered_by_the_graph
+from ee_middleware.replay.paused_turns import turn_key
 from ee_middleware.trainers.datasets.rows import answer_message, calls_message, conform, example_id, expert_turns, json_list, offered_tools
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
 
@@ -51,9 +52,10 @@ def unoffered_steps(steps: pl.DataFrame, trajectories: pl.DataFrame) -> pl.Serie
     if steps.is_empty() or "tool_name" not in steps.columns:
         return pl.Series("unoffered", [False] * steps.height, dtype=pl.Boolean)
     is_error = pl.col("observation_is_error") if "observation_is_error" in steps.columns else pl.lit(None, dtype=pl.Boolean)
+    ran = pl.col("latency_ms").is_not_null() if "latency_ms" in steps.columns else pl.lit(False)
     rows = (
         steps.with_row_index("_row")
-        .filter(pl.col("tool_name").is_not_null())
+        .filter(pl.col("tool_name").is_not_null() & is_error.fill_null(False) & ~ran)  # (the rule's cheap parts first)
         .select("_row", "trajectory_id", "tool_name", is_error.alias("_error"))
         .join(trajectories.select("id", "tools_json"), left_on="trajectory_id", right_on="id", how="left", maintain_order="left")
     )
@@ -88,6 +90,19 @@ def malformed_calls(source: DatasetSource) -> int:
     return int(malformed_steps(source.steps, source.trajectories).sum())
 
 
+def _turn_text_on_every_call(steps: pl.DataFrame) -> pl.DataFrame:
+    """``steps`` with the text the model wrote beside a turn's calls, and its reasoning, on each call of the turn: capture
+    keeps them with the first call alone, which a turn loses where that call is not taught (malformed, a made-up tool)."""
+    shared = [c for c in ("content", "reasoning") if c in steps.columns]
+    if not shared or steps.is_empty():
+        return steps
+    turn = [pl.col("trajectory_id"), turn_key()]
+    is_call = pl.col("action_kind") == "tool_call"
+    return steps.with_columns(
+        pl.when(is_call).then(pl.col(c).drop_nulls().first().over(turn)).otherwise(pl.col(c)).alias(c) for c in shared
+    )
+
+
 def build_il(source: DatasetSource) -> pl.DataFrame:
     """One row per expert turn of the approved trajectories (vectorised; no Python loop per row): the state ->
     the expert's tool call, or its answer. Parallel tool calls (one model response, recorded as steps sharing a
@@ -105,7 +120,7 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     rejected or changed its calls; the resumed run's trajectory teaches them as decided. So is a call of a tool the run
     was never offered that the graph answered with an error itself (a name the model made up: :func:`unoffered_steps`)."""
     is_call = pl.col("action_kind") == "tool_call"
-    steps = taught_steps(source)[0]
+    steps = _turn_text_on_every_call(taught_steps(source)[0])
     steps = steps.filter(~malformed_steps(steps, source.trajectories))
     steps = steps.filter(~unoffered_steps(steps, source.trajectories))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
