@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import inspect
 import os
 import time
 import warnings
@@ -579,7 +580,11 @@ def _replay_selected(
     # Trajectories as their rows where the store offers them: a worker (a process, a Ray actor) builds each one it is
     # sent, and one that cannot be built fails alone, as any other trajectory would.
     read = getattr(store, "iter_trajectory_rows", None) or store.iter_trajectories
-    trajectories = (t for t in read(status="approved") if t.id in wanted)
+    # the selected ones alone, where the store can read them so: a run of 20 in a store of 40k reads 20 trajectories' steps
+    parameters = inspect.signature(read).parameters
+    takes_ids = "ids" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    chosen = {"ids": wanted} if takes_ids else {}
+    trajectories = (t for t in read(status="approved", **chosen) if t.id in wanted)
     started = time.perf_counter()
     executor = build_executor(config, spec, fork_server=fork_server)
     n = 0

@@ -531,9 +531,12 @@ class LocalExperienceStore:
         for t in self.iter_trajectory_rows(status=status):
             yield t if type(t) is not TrajectoryRows else t.build()
 
-    def iter_trajectory_rows(self, *, status: StatusSelection = None) -> Iterator[Trajectory | TrajectoryRows]:
+    def iter_trajectory_rows(
+        self, *, status: StatusSelection = None, ids: Collection[str] | None = None
+    ) -> Iterator[Trajectory | TrajectoryRows]:
         """As :meth:`iter_trajectories`, but a trajectory read from Parquet parts comes as its rows (:class:`TrajectoryRows`:
-        ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them.
+        ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them; ``ids``: those
+        trajectories alone (the others' steps are not read).
 
         The steps are read a group of trajectories at a time (filtered as the Parquet parts are read, see
         :meth:`_scanned`): an iteration holds about :data:`READ_GROUP_BYTES` of them, not the whole steps table, and its
@@ -542,6 +545,8 @@ class LocalExperienceStore:
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)
+        if ids is not None:
+            current = current.filter(pl.col("id").is_in(pl.Series(list(ids), dtype=pl.String).implode()))
         if current.is_empty():
             return
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the

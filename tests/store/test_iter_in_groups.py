@@ -99,3 +99,35 @@ def test_a_compaction_between_two_groups_loses_and_repeats_nothing(tmp_path: Pat
             other.compact()
     assert seen == expected
     assert "late" in {t.id for t in store.iter_trajectories()}
+
+
+def test_a_read_of_some_ids_reads_their_steps_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay job selects a few trajectories of a large store (``--limit 20``, a night's new ones) and read every
+    approved trajectory's steps to pick them out (a review of the grouped reads): it names them now."""
+    store = _store(tmp_path / "store")
+    wanted = ["s3", "p1-7", "p0-3"]
+    expected = [store.get(i) for i in store.trajectories()["id"].to_list() if i in wanted]
+    read = _steps_rows_read(store, monkeypatch)
+    rows = list(store.iter_trajectory_rows(ids=wanted))
+    assert [row.id for row in rows] == [t.id for t in expected], "in store order"
+    assert [row if isinstance(row, Trajectory) else row.build() for row in rows] == expected
+    assert sum(read) <= sum(len(t.steps) for t in expected) + len(store.get("p0-3").steps), read  # (p0-3's repeat too)
+
+
+def test_the_replay_job_reads_the_trajectories_it_selected_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ee_middleware.replay.config import ReplayConfig
+    from ee_middleware.replay.job import run_replay
+
+    store = _store(tmp_path / "store")
+    store.approve(store.trajectories()["id"].to_list(), by="alice")
+    store.close()
+    asked: list[Any] = []
+    original = LocalExperienceStore.iter_trajectory_rows
+
+    def noted(self: LocalExperienceStore, **kwargs: Any) -> Any:
+        asked.append(kwargs.get("ids"))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(LocalExperienceStore, "iter_trajectory_rows", noted)
+    summary = run_replay(ReplayConfig.load(store=tmp_path / "store", sandbox="tests.replay.sandboxes_for_tests:fruit_shop", k=1, limit=2))
+    assert summary.selected == 2 and len(asked) == 1 and asked[0] is not None and len(asked[0]) == 2, asked
