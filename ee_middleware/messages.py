@@ -77,10 +77,13 @@ def to_jsonable(value: Any, _depth: int = 0, *, unknown: Callable[[Any], Any] | 
         return to_jsonable_python(value)  # "PT4H" for 4 hours, as pydantic writes (and reads back) a duration
     if isinstance(value, Decimal):
         return decimal_number(value)
-    if type(value).__module__ == "numpy" and callable(getattr(value, "tolist", None)):
-        # numpy's scalars and arrays (a DataFrame's cell, an environment built with numpy): their Python values, not
-        # their repr ('np.int64(7)'), which would rebuild a world from text
+    library = type(value).__module__.partition(".")[0]
+    if library in ("numpy", "pandas") and callable(getattr(value, "tolist", None)):
+        # numpy's scalars and arrays, a pandas Series (a DataFrame's cell or column, an environment built with them):
+        # their Python values, not their repr ('np.int64(7)'), which would rebuild a world from text
         return to_jsonable(value.tolist(), _depth + 1, unknown=unknown)
+    if library == "pandas" and type(value).__name__ in ("NAType", "NaTType"):  # a nullable column's missing value
+        return None
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump):
         try:

@@ -950,7 +950,10 @@ def _json_ready(value: Any, given_as: str, _at: str = "", _depth: int = 0) -> An
     if isinstance(value, Decimal):
         return decimal_number(value)
     if value is not None and not isinstance(value, (str, int, float)):
-        to_jsonable(value, unknown=lambda held: _not_json(held, value, given_as, _at))  # (encoded later, as before)
+        try:
+            to_jsonable(value, unknown=lambda held: _not_json(held, value, given_as, _at))  # (encoded later, as before)
+        except (TypeError, ValueError, RecursionError):  # a dataclass's fields copied (asdict) where one cannot be
+            _not_json(value, value, given_as, _at)
     return value
 
 

@@ -118,10 +118,10 @@ def compact(store: str = StoreOption, as_json: bool = JsonOption) -> None:
         for w in seen:  # to reading_store, which says them; the unreadable files are told apart from damage here
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     hiding = [w for w in seen if issubclass(w.category, IncompleteReadWarning)]
-    unreadable = [str(w.message) for w in hiding if issubclass(w.category, UnreadableFileWarning)]
-    damaged = [str(w.message) for w in hiding if not issubclass(w.category, UnreadableFileWarning)]
-    if as_json:
-        others = [str(w.message) for w in seen if not issubclass(w.category, IncompleteReadWarning)]
+    unreadable = list(dict.fromkeys(str(w.message) for w in hiding if issubclass(w.category, UnreadableFileWarning)))
+    damaged = list(dict.fromkeys(str(w.message) for w in hiding if not issubclass(w.category, UnreadableFileWarning)))
+    if as_json:  # (each once, as reading_store says them)
+        others = list(dict.fromkeys(str(w.message) for w in seen if not issubclass(w.category, IncompleteReadWarning)))
         print_json({"store": store, "segments_folded": folded, "damaged": damaged, "unreadable": unreadable, "warnings": others})
     else:
         typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")

@@ -216,7 +216,7 @@ def split_store(
     held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
     if not held and trajectories:  # also the only one: a dataset built now must not train on what a later eval holds out
         held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
-    elif share < 1 and len(held) > 1 and len(held) == len(approved):
+    elif share < 1 and len(held) > 1 and len(held) == len(trajectories):
         # a small store drawn all into the share (5 trajectories at 0.2: 1 in 3,125) would leave the buffer empty: the
         # last one in the same order (the one a smaller share releases first) is indexed instead
         held.discard(max(held, key=lambda tid: held_out_draw(tid, seed)))

@@ -15,21 +15,18 @@ the data: the same sandbox type replay uses, with its JSON-canonical :meth:`stat
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import decimal
 import difflib
-import enum
 import functools
 import inspect
 import json
 import math
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.matching import missing_outputs, normalize
+from ee_middleware.messages import to_jsonable
 from ee_middleware.records import ToolCall, tool_schema_name
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 
@@ -525,9 +522,6 @@ _OBJECT_FIX = (
     "copy of it and scored by its JSON form. Have load_data() return the data itself (for a SQL database, its rows as "
     "dicts keyed by id: {row['id']: dict(row) for row in conn.execute(...)}) and the tools read and change that."
 )
-_PLAIN_VALUES = (set, frozenset, dt.date, dt.time, dt.timedelta, enum.Enum, decimal.Decimal, uuid.UUID, bytes, bytearray, complex)
-"""Values whose JSON form is a string, number or list away (what :data:`_VALUE_FIX` says); any other object without one
-is taken for a live object (:data:`_OBJECT_FIX`)."""
 
 _Node = tuple["_Node | None", Any, Any]
 """A container on the walk: (its parent node, its key or index there, the container)."""
@@ -640,7 +634,9 @@ def _value_change(value: Any) -> tuple[str, str] | None:
         text = json.dumps(value)
     except (TypeError, ValueError):
         what = "a set" if isinstance(value, (set, frozenset)) else f"the {type(value).__name__} {_short(value)}"
-        fix = _VALUE_FIX if isinstance(value, _PLAIN_VALUES) else _OBJECT_FIX
+        live: list[Any] = []  # what has no JSON form even as to_jsonable writes values (a connection, a file, a client)
+        to_jsonable(value, unknown=live.append)
+        fix = _OBJECT_FIX if live else _VALUE_FIX
         return f"{what} has no JSON form ({type(value).__name__} is not JSON serializable)", fix
     copy = json.loads(text)
     if _equal(copy, value):

@@ -347,6 +347,30 @@ def test_a_live_object_in_an_environment_is_refused_before_the_run_naming_where_
     assert hooked.flush() and agent.flush() and store.trajectories().height == 0
 
 
+def test_an_environment_from_a_data_frame_is_stored_and_a_dataclass_holding_a_connection_refused(react_graph, store, store_path):
+    """A review of the refusal above: pandas' missing value (pd.NA, a nullable column's) and a Series were refused as
+    live objects, and a dataclass holding a connection raised a TypeError from copying it (a vague capture failure)."""
+    import dataclasses
+    import sqlite3
+
+    pd = pytest.importorskip("pandas")
+    agent = record_experience(react_graph, app="shop", store=store_path)
+    agent.invoke(USER_TASK, {"configurable": {"ee_environment": {"quota": pd.NA, "skus": pd.Series(["A1", "B2"])}}})
+    agent.flush()
+    assert [t.environment for t in store.iter_trajectories()] == [{"quota": None, "skus": ["A1", "B2"]}]
+
+    @dataclasses.dataclass
+    class World:
+        conn: Any
+
+    connection = sqlite3.connect(":memory:")
+    try:
+        with pytest.raises(ConfigError, match=r"must hold JSON data, but holds a .*World at environment\['world'\]"):
+            agent.invoke(USER_TASK, {"configurable": {"ee_environment": {"world": World(connection)}}})
+    finally:
+        connection.close()
+
+
 def test_a_failing_environment_hook_is_named_where_the_run_is_not_recorded(react_graph, store, store_path, monkeypatch):
     """The log said 'could not start recording: OperationalError('database is locked')', which reads as the store's own
     lock; it names the hook now. The app's run goes on, unrecorded (strict capture raises it)."""

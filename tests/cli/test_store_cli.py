@@ -248,7 +248,7 @@ def test_compact_json_says_what_it_folded_and_the_damage_it_found(damaged: tuple
     answer = json.loads(compacted.stdout)
     assert set(answer) == {"store", "segments_folded", "damaged", "unreadable", "warnings"}
     assert answer["store"] == str(store_path) and answer["segments_folded"] == 1 and answer["unreadable"] == []
-    assert len(answer["damaged"]) == 1 and str(part) in answer["damaged"][0], answer
+    assert len(answer["damaged"]) == 1 and str(part) in answer["damaged"][0], answer  # (said once, as on stderr)
     assert ee("store", "repair", "--store", str(store_path)).exit_code == 0
     again = ee("store", "compact", "--store", str(store_path), "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["segments_folded"] == 0, again.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import enum
 import json
@@ -25,6 +26,14 @@ from ee_middleware.evals.runner import run_eval
 from ee_middleware.evals.suites import load_suite
 from ee_middleware.evals.tau.domain import TauDomain
 from ee_middleware.evals.tau.domains import library
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    """A plain value without a JSON form of json's own (a dataclass)."""
+
+    n: int
+
 
 BANK_MODULE = '''
 from ee_middleware.evals.tau.domain import TauDomain, TauTask
@@ -257,6 +266,10 @@ def _circular() -> dict[str, Any]:
         (  # a user-journey sweep: the advice was about dates, sets and enums
             {"db": sqlite3.connect(":memory:")},
             r"at db, the Connection .* has no JSON form.*A live object \(a database connection.*rows as dicts keyed by id",
+        ),
+        (  # a value with a JSON form is no live object (a review)
+            {"meta": Frozen(1)},
+            r"at meta, the Frozen Frozen\(n=1\) has no JSON form \(Frozen is not JSON serializable\)\. Write dates, sets, enums",
         ),
     ],
 )

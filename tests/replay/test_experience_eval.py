@@ -359,15 +359,21 @@ def test_a_model_answering_the_whole_observation_of_a_recording_cut_when_stored_
     assert scores["other"]["exact"] == 0.0 and scores["other"]["token_f1"] < 0.2, scores["other"]
 
 
-def test_a_small_store_drawn_all_into_the_share_keeps_one_trajectory_to_retrieve(bfcl_store_path: Path) -> None:
+@pytest.mark.parametrize("with_a_plain_answer", [False, True])
+def test_a_small_store_drawn_all_into_the_share_keeps_one_trajectory_to_retrieve(bfcl_store_path: Path, with_a_plain_answer: bool) -> None:
     """A store of 5 trajectories at the default 0.2 had every one held out about once in 3,125 seeds or id sets (a flaky
     benchmark test found it): the buffer was empty and `ee experience eval` refused. Below a share of 1, one of two or more
-    now stays in the buffer: the one a smaller share would release first."""
+    now stays in the buffer: the one a smaller share would release first; also beside an approved trajectory that called
+    no tool (it gives the buffer nothing: a review)."""
     from ee_middleware.replay.experience_eval import held_out_draw, is_held_out
+    from ee_middleware.testing.store_conformance import sample_trajectory
 
     store = LocalExperienceStore(bfcl_store_path)
     try:
         ids = [t.id for t in store.iter_trajectories(status="approved")]
+        if with_a_plain_answer:
+            store.write([sample_trajectory("a-plain-answer", steps=0, app=store.get(ids[0]).app)])
+            store.approve(["a-plain-answer"], by="test")
         assert len(ids) >= 2
         share = 0.5
         seed = next(s for s in range(100_000) if all(is_held_out(tid, share, s) for tid in ids))
