@@ -31,7 +31,7 @@ from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.clock import now_ns
 from ee_middleware.capture.direct_spans import DirectTracer, RootIds
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
-from ee_middleware.errors import CaptureError, RedactFnError
+from ee_middleware.errors import CaptureError, ConfigError, RedactFnError
 from ee_middleware.messages import message_type
 
 logger = logging.getLogger("ee_middleware.capture")
@@ -264,12 +264,14 @@ class RunCapture(BaseCallbackHandler):
                 raise
             if not self.recorder.warned_nested_environment:
                 self.recorder.warned_nested_environment = True
+                # what went wrong: the hook's own exception, or (ConfigError) what its answer holds that no record can
+                raised = exc.__cause__ if isinstance(exc, CaptureError) and exc.__cause__ else exc
+                what = str(exc) if isinstance(exc, ConfigError) else f"the environment= hook raised {type(raised).__name__}"
                 logger.warning(
-                    "ee-middleware: app %r: the environment= hook raised %s when an agent run inside a tool started; that run "
-                    "keeps the environment of the run whose tool ran it (its replay may then start from a world its steps did "
-                    "not see). (Said once.)",
+                    "ee-middleware: app %r: %s when an agent run inside a tool started; that run keeps the environment of "
+                    "the run whose tool ran it (its replay may then start from a world its steps did not see). (Said once.)",
                     self.recorder.config.app,
-                    type(exc.__cause__ if isinstance(exc, CaptureError) and exc.__cause__ else exc).__name__,  # (the hook's own)
+                    what,
                 )
 
     def _nested_graph(self, path: list[UUID], namespace: str, tool: UUID) -> str:

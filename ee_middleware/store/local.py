@@ -539,8 +539,10 @@ class LocalExperienceStore:
         trajectories alone (the others' steps are not read).
 
         The steps are read a group of trajectories at a time (filtered as the Parquet parts are read, see
-        :meth:`_scanned`): an iteration holds about :data:`READ_GROUP_BYTES` of them, not the whole steps table, and its
-        first trajectories come without reading the others' steps."""
+        :meth:`_scanned`): an iteration holds about :data:`READ_GROUP_BYTES` of the parts' steps, not the whole steps
+        table, and its first trajectories come without reading the others' steps. The spool is read whole as every read
+        does (its trajectories decoded at the start are held until yielded). A part damaged past its footer is found by
+        the first group whose read decodes it, and warned about then (a read of the whole table found it at the start)."""
         tables = self._load(_DECISIONS)
         current = _current_approvals(tables["trajectories"], tables["approvals"])
         if (wanted_status := _status_filter(status)) is not None:

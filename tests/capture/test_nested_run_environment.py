@@ -128,3 +128,30 @@ def test_a_hook_that_raises_for_the_inner_run_leaves_it_the_outer_environment_wi
     assert _environments(tmp_path / "store") == ({"snapshot": 0}, {"snapshot": 0})
     assert "the environment= hook raised RuntimeError when an agent run inside a tool started" in caplog.text
     assert "snapshot service down" not in caplog.text
+
+
+def test_a_hook_whose_inner_answer_holds_a_live_object_is_said_so_with_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The warning said "the environment= hook raised ConfigError" where the hook had returned a live object for the
+    inner run (a review): it says what the answer holds and where."""
+    import sqlite3
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    WORLD["version"] = 0
+    connection = sqlite3.connect(":memory:")
+    calls = []
+
+    def live_later(graph_input: Any, config: Any) -> dict[str, Any]:
+        calls.append(1)
+        return {"snapshot": WORLD["version"]} if len(calls) == 1 else {"db": connection}
+
+    try:
+        agent = _agent(tmp_path / "store", "thread", live_later)
+        with caplog.at_level("WARNING", logger="ee_middleware.capture"):
+            agent.invoke({"messages": [("user", "Deposit 5, then check.")]})
+            assert agent.flush()
+    finally:
+        connection.close()
+    assert _environments(tmp_path / "store") == ({"snapshot": 0}, {"snapshot": 0})
+    assert "returned a value that holds a sqlite3.Connection at environment['db']" in caplog.text, caplog.text
