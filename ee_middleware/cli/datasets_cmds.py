@@ -305,6 +305,19 @@ class ExportFormat(StrEnum):
     hf = "hf"
 
 
+EXAMPLE_CHARS = 8000
+"""How much of a rendered example ``ee datasets show`` prints without ``--full``: its head and its tail."""
+
+
+def example_excerpt(text: str, limit: int = EXAMPLE_CHARS) -> str:
+    """``text`` whole, or longer than ``limit`` characters its first and last halves of ``limit`` with a line saying how
+    much of the middle was left out (a rendered example holding a tool result of megabytes filled the terminal)."""
+    if len(text) <= limit:
+        return text
+    head, tail = text[: limit // 2], text[-(limit // 2) :]
+    return f"{head}\n[... {len(text) - len(head) - len(tail):,} characters of this example left out: --full prints it whole ...]\n{tail}"
+
+
 @app.command("show", epilog=examples("ee datasets show ./data --tokenizer ./models/smollm2 --max-length 2048"))
 def show(
     folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
@@ -315,6 +328,9 @@ def show(
     plot: Path | None = typer.Option(None, "--plot", help="Also write the token-length histograms as a PNG here."),
     max_length: int | None = typer.Option(
         None, "--max-length", min=8, help="With --tokenizer: what training at this many tokens per row would cut, per row kind."
+    ),
+    full: bool = typer.Option(
+        False, "--full", help=f"Print each example whole (longer than {EXAMPLE_CHARS:,} characters, its middle is left out)."
     ),
     as_json: bool = JsonOption,
     progress: bool = ProgressOption,
@@ -396,7 +412,8 @@ def show(
             out.print(
                 f"[dim]--- {escape(row['id'])} (trajectory {escape(short(row['trajectory_id'], 12))}, step {row['step_index']}, branch {row['branch_index']})[/]"
             )
-            out.print(visible(render_example(row, tok, support)), markup=False, highlight=False)
+            shown = render_example(row, tok, support)
+            out.print(visible(shown if full else example_excerpt(shown)), markup=False, highlight=False)
     if plot is not None:
         out.print(f"histograms: {plot}")
 

@@ -100,3 +100,20 @@ def test_a_tokenizer_that_is_no_folder_is_refused_without_asking_the_hub(shown: 
     result = _show(data, "--tokenizer", given)
     assert result.exit_code == 1, result.output
     assert f"--tokenizer {given}: no such folder" in result.stderr and "never downloaded" in result.stderr
+
+
+def test_show_prints_the_middle_of_a_huge_example_only_with_full(shown: tuple[Path, Path], tmp_path: Path) -> None:
+    """A row holding a tool result of megabytes was printed whole (5.8 MB of output for a 2.7 MB result, a sweep of
+    unusual data): the head and tail are shown, with how much was left out and --full."""
+    from tests.trainers.training.conftest import iwm_row, write_dataset
+
+    _, tokenizer = shown
+    row = iwm_row(0, "reports")
+    prompt = json.loads(row["prompt"])
+    prompt[-1:-1] = [{"role": "tool", "tool_call_id": "big", "content": "x" * 200_000}]
+    data = write_dataset(tmp_path / "data", "iwm", [{**row, "prompt": json.dumps(prompt)}])
+    short = CliRunner().invoke(app, ["datasets", "show", str(data), "-n", "1", "--tokenizer", str(tokenizer), "--no-progress"])
+    assert short.exit_code == 0, short.output
+    assert len(short.stdout) < 20_000 and "characters of this example left out: --full prints it whole" in short.stdout
+    whole = CliRunner().invoke(app, ["datasets", "show", str(data), "-n", "1", "--tokenizer", str(tokenizer), "--no-progress", "--full"])
+    assert whole.exit_code == 0 and whole.stdout.count("x") >= 200_000 and "left out" not in whole.stdout  # (wrapped lines)
