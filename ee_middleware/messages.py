@@ -82,7 +82,7 @@ def to_jsonable(value: Any, _depth: int = 0, *, unknown: Callable[[Any], Any] | 
         # numpy's scalars and arrays, a pandas Series (a DataFrame's cell or column, an environment built with them):
         # their Python values, not their repr ('np.int64(7)'), which would rebuild a world from text
         return to_jsonable(value.tolist(), _depth + 1, unknown=unknown)
-    if library == "pandas" and type(value).__name__ in ("NAType", "NaTType"):  # a nullable column's missing value
+    if library == "pandas" and type(value).__name__ == "NAType":  # pd.NA, a nullable column's missing value (NaT: a datetime)
         return None
     model_dump = getattr(value, "model_dump", None)
     if callable(model_dump):

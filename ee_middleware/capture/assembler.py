@@ -1433,10 +1433,9 @@ class _SharedStates:
     def of(self, decision: int, state: list[dict[str, Any]], raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
         shared = self._states.get(decision)
         if shared is None:
-            if len(raw) != len(state) or not all(type(m) is dict and all(type(k) is str for k in m) for m in state):
-                shared = [dict(m) for m in Step.model_validate({**_STEP_STUB, "state": state}).state]  # (validated alone)
-            else:
-                shared = [self._message(m, r) for m, r in zip(state, raw, strict=True)]
+            # (redaction keeps a list's length: one that did not is validated alone, as Step would)
+            same = len(raw) == len(state)
+            shared = [self._message(m, r) for m, r in zip(state, raw, strict=True)] if same else _validated_state(state)
             self._states[decision] = shared
         return shared
 
@@ -1444,8 +1443,15 @@ class _SharedStates:
         known = self._messages.get(id(raw))
         if known is not None and known[0] is raw:  # (the dict kept beside it: its id is no other dict's)
             return known[1]
+        if type(message) is not dict or any(type(key) is not str for key in message):  # what Step would make of it
+            [message] = _validated_state([message])
         self._messages[id(raw)] = (raw, message)
         return message
+
+
+def _validated_state(state: list[Any]) -> list[dict[str, Any]]:
+    """``state`` as ``Step`` validates it (each message a new dict; what is no message raises as ``Step`` does)."""
+    return Step.model_validate({**_STEP_STUB, "state": state}).state
 
 
 _STEP_STUB: dict[str, Any] = {"trajectory_id": "", "index": 0, "decision_index": 0, "action": {"kind": "answer"}}

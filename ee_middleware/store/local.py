@@ -580,11 +580,9 @@ class LocalExperienceStore:
         candidates = spooled.filter(spooled.is_in(selected.implode()) & ~spooled.is_in(tables.parts("trajectories")["id"].implode()))
         if candidates.is_empty():
             return {}
-        in_parts = set(tables.parts("trajectories")["id"].to_list())
         where = pl.col("trajectory_id").is_in(candidates.implode())
-        in_parts.update(
-            self._scanned("steps", where, ["trajectory_id", "index"], spooled=tables.spooled, spool=False)["trajectory_id"].to_list()
-        )
+        # (no candidate has a row in the trajectories' parts: those with a step in the steps' parts are the ones left out)
+        in_parts = set(self._scanned("steps", where, ["trajectory_id", "index"], spooled=tables.spooled, spool=False)["trajectory_id"])
         keep = set(candidates.to_list())
         return {i: t for i, t in tables.spooled.take_trajectories(exclude=in_parts).items() if i in keep}
 
