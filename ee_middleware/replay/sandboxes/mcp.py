@@ -32,8 +32,12 @@ process per trajectory, and talks to it with the ``mcp`` package's own client (`
   media placeholders), ``isError`` results an error ``ToolMessage`` with the same blocks, and keeps
   ``structuredContent`` as the message's artifact, which the model never sees (:func:`result_observation`).
 - **Processes.** Every server runs under a small guard (:mod:`ee_middleware.replay.sandboxes.mcp_guard`) that leads
-  its own process group and kills it when the replay's process dies, even by ``SIGKILL``; ``close()``, a restore and
-  a failed start kill the whole group at once, so processes the server started go too.
+  its own process group and kills it when the replay's process dies, even by ``SIGKILL``. A server replay is done
+  with (a restore's old world, the last trajectory's, ``close()``) is let end cleanly, as MCP clients end one: an
+  stdio server's standard input is closed, a streamable-HTTP server gets ``SIGTERM``, and only one still running
+  :data:`SHUTDOWN_GRACE_S` later is killed, so its own clean-up (temporary files, connections) runs; a restore does
+  not wait for it. A server that failed (it timed out, crashed, or did not start) is killed at once. Either way the
+  whole group goes, so processes the server started go too.
 
 On the command line: ``ee replay run --sandbox mcp:CONFIG.json`` (see :func:`load_mcp_config` for the file), or a
 factory of your own returning ``McpSandbox(...)``, named as ``package.module:make_sandbox``.
@@ -42,11 +46,13 @@ factory of your own returning ``McpSandbox(...)``, named as ``package.module:mak
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +99,11 @@ _TRANSPORTS: dict[str, Transport] = {
     "http": "streamable_http",
 }
 _STOP_WAIT_S = 5.0
+SHUTDOWN_GRACE_S = 2.0
+"""How long a server replay is done with has to end by itself (its standard input closed, or ``SIGTERM``), as MCP's own
+stdio client gives it, before it is killed."""
+_ENDING_AT_ONCE = 8
+"""How many servers may be ending cleanly in the background at once; a restore waits for one to end past that."""
 _TOOLS_SHOWN = 20
 """How many of the servers' tools a hint about a tool they do not list names."""
 _PORT_POLL_S = 0.05
@@ -330,6 +341,7 @@ class _Instance:
         self._stderr = self._pid_file.with_suffix(".stderr")  # the guard finds it by this name when orphaned
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stopping = asyncio.Event()
+        self._clean_end = False
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     # life
@@ -408,6 +420,12 @@ class _Instance:
                 break
             async with streamable_http_client(f"http://127.0.0.1:{port}{self.spec.path}") as streams:
                 await self._session(streams)
+            if self._clean_end:  # as a process manager ends a server: SIGTERM (the guard passes it over), then SIGKILL
+                kill_process_group(proc.pid, signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, proc.wait), SHUTDOWN_GRACE_S)
+                except TimeoutError:
+                    pass
         finally:
             self.kill()
             await asyncio.get_running_loop().run_in_executor(None, proc.wait)
@@ -470,8 +488,17 @@ class _Instance:
         if group is not None:
             kill_process_group(group)
 
-    async def stop(self) -> None:
-        self.kill()
+    async def stop(self, *, clean: bool = False) -> None:
+        """End the server: at once (``SIGKILL``), or, ``clean``, as MCP clients end one (its standard input closed, for a
+        streamable-HTTP server ``SIGTERM``), killed only if it still runs :data:`SHUTDOWN_GRACE_S` later."""
+        if clean and self.broken is None and self.session is None and not self.task.done():  # a spare still starting
+            try:
+                await asyncio.wait_for(asyncio.shield(self._ready), SHUTDOWN_GRACE_S)
+            except BaseException:  # noqa: BLE001 - it did not start in time (or at all): killed below
+                pass
+        self._clean_end = clean and self.broken is None and self.session is not None
+        if not self._clean_end:
+            self.kill()
         self._stopping.set()
         try:
             await asyncio.wait_for(asyncio.shield(self.task), _STOP_WAIT_S)
@@ -583,6 +610,7 @@ class McpSandbox(ClosedOnExit):
         self._environment: str | None = None
         self._active: dict[str, _Instance] = {}
         self._spares: dict[str, _Instance] = {}
+        self._ending: dict[concurrent.futures.Future[None], _Instance] = {}  # servers let go, ending cleanly
         self._tools: dict[str, tuple[str, str, dict[str, Any]]] | None = None  # sandbox tool name -> (server, MCP name, tool)
         self._closed = False
         self._close_at_exit()
@@ -687,7 +715,7 @@ class McpSandbox(ClosedOnExit):
             ) from exc
         with self._lock:
             self._open()
-            self._run(self._drop_all(keep_spares_of=text))
+            self._let_go(*self._detach(keep_spares_of=text))
             self._environment = text
             self._tools = None
             started = {name: self._take(name) for name in self.servers}
@@ -777,7 +805,7 @@ class McpSandbox(ClosedOnExit):
             self._environment = None
             loop, thread = self._loop, self._thread
             if thread is threading.current_thread():  # collected on its own loop: kill, never wait on the loop from it
-                for instance in [*self._active.values(), *self._spares.values()]:
+                for instance in [*self._active.values(), *self._spares.values(), *self._ending.values()]:
                     instance.kill()
                 loop.call_soon(loop.stop)  # type: ignore[union-attr]
                 if self._workdir is not None:
@@ -793,9 +821,9 @@ class McpSandbox(ClosedOnExit):
                 thread.join(timeout=_STOP_WAIT_S)
                 if not thread.is_alive():
                     loop.close()
-            for instance in [*self._active.values(), *self._spares.values()]:
+            for instance in [*self._active.values(), *self._spares.values(), *self._ending.values()]:
                 instance.kill()
-            self._active, self._spares = {}, {}
+            self._active, self._spares, self._ending = {}, {}, {}
             self._loop = self._thread = None
             if self._workdir is not None:
                 shutil.rmtree(self._workdir, ignore_errors=True)
@@ -847,24 +875,41 @@ class McpSandbox(ClosedOnExit):
         """A fresh server for the current environment: the warm spare when there is one, and a new spare started."""
         spare = self._spares.pop(name, None)
         if spare is not None and (spare.environment != self._environment or spare.broken is not None or spare.task.done()):
-            self._run(spare.stop(), 2 * _STOP_WAIT_S + 1)
+            self._let_go(spare)
             spare = None
         instance = spare if spare is not None else self._start(name)
         if self.spare_servers:
             self._spares[name] = self._start(name)
         return instance
 
-    async def _drop_all(self, keep_spares_of: str | None = None) -> None:
-        """Stop every running server (and the spares, unless they are for ``keep_spares_of``)."""
-        doomed = list(self._active.values())
+    def _detach(self, keep_spares_of: str | None = None) -> list[_Instance]:
+        """Take every running server off the sandbox (and the spares, unless they are for ``keep_spares_of``)."""
+        detached = list(self._active.values())
         self._active = {}
         if keep_spares_of is None or any(s.environment != keep_spares_of for s in self._spares.values()):
-            doomed += list(self._spares.values())
+            detached += list(self._spares.values())
             self._spares = {}
-        await asyncio.gather(*(instance.stop() for instance in doomed), return_exceptions=True)
+        return detached
+
+    async def _drop_all(self) -> None:
+        """End every server, those let go before included, each cleanly when it is healthy; wait till all have ended."""
+        ending = [asyncio.wrap_future(future) for future in list(self._ending)]
+        stops = [instance.stop(clean=True) for instance in self._detach()]
+        await asyncio.gather(*stops, *ending, return_exceptions=True)
+
+    def _let_go(self, *instances: _Instance) -> None:
+        """End ``instances`` cleanly in the background (:meth:`_Instance.stop`): replay goes on with a fresh server the
+        while; past :data:`_ENDING_AT_ONCE` ending at once, wait for one to end first."""
+        assert self._loop is not None
+        for instance in instances:
+            while len(self._ending) >= _ENDING_AT_ONCE:
+                concurrent.futures.wait(list(self._ending), timeout=2 * _STOP_WAIT_S + 1, return_when=concurrent.futures.FIRST_COMPLETED)
+            future = asyncio.run_coroutine_threadsafe(instance.stop(clean=True), self._loop)
+            self._ending[future] = instance
+            future.add_done_callback(lambda done: self._ending.pop(done, None))
 
     def _restart_all(self, environment: str) -> None:
-        self._run(self._drop_all(keep_spares_of=environment))
+        self._let_go(*self._detach(keep_spares_of=environment))
         self._environment = environment
         self._active = {name: self._take(name) for name in self.servers}
         for name, instance in self._active.items():
@@ -953,7 +998,7 @@ class McpSandbox(ClosedOnExit):
     def _rebuild(self, name: str, calls: list[_Done]) -> _Instance:
         """Replace server ``name`` by a fresh process brought to ``calls`` (the naive strategy)."""
         old = self._active[name]
-        self._run(old.stop(), 2 * _STOP_WAIT_S + 1)
+        self._let_go(old)
         fresh = self._take(name)
         self._active[name] = fresh
         self.restarts += 1

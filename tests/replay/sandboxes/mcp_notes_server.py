@@ -11,7 +11,10 @@ that message on its standard error (a world it cannot build). Tools, with their 
 - ``publish_note`` (openWorldHint: it would post the note to the web);
 - ``slow_note`` (sleeps), ``crash`` (the server dies), ``spawn_helper`` (starts a process that would outlive it): for
   the sandbox's failure and process tests;
-- with ``NOTES_FAST=1`` also ``ee_snapshot`` / ``ee_restore``, McpSandbox's fast path.
+- with ``NOTES_FAST=1`` also ``ee_snapshot`` / ``ee_restore``, McpSandbox's fast path;
+- with ``NOTES_GOODBYE=FOLDER`` it writes ``hello-PID`` there as it starts and ``goodbye-PID`` once it has shut down
+  cleanly (its standard input closed, or ``SIGTERM`` to a streamable-HTTP server): the clean-up a server does on its
+  way out (temporary files, a database connection), which a ``SIGKILL`` never lets run.
 
 Run: ``python mcp_notes_server.py`` (stdio) or ``python mcp_notes_server.py --http PORT`` (streamable HTTP).
 """
@@ -22,6 +25,7 @@ import base64
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -151,4 +155,15 @@ if os.environ.get("NOTES_FAST") == "1":
 
 
 if __name__ == "__main__":
-    server.run(transport="streamable-http" if port is not None else "stdio")
+    goodbye = os.environ.get("NOTES_GOODBYE")
+    if goodbye:
+        with open(os.path.join(goodbye, f"hello-{os.getpid()}"), "w"):
+            pass
+        # uvicorn puts this handler back once it has shut down on SIGTERM and raises the signal again: exit cleanly
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        server.run(transport="streamable-http" if port is not None else "stdio")
+    finally:
+        if goodbye:
+            with open(os.path.join(goodbye, f"goodbye-{os.getpid()}"), "w"):
+                pass

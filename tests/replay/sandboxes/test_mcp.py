@@ -44,8 +44,8 @@ def notes_server(**env: str) -> McpServer:
     return McpServer(sys.executable, (SERVER,), env=env)
 
 
-def http_server() -> McpServer:
-    return McpServer(sys.executable, (SERVER, "--http", "{port}"), transport="streamable_http")
+def http_server(**env: str) -> McpServer:
+    return McpServer(sys.executable, (SERVER, "--http", "{port}"), env=env, transport="streamable_http")
 
 
 def _another_sessions(proc: Any) -> bool:
@@ -256,6 +256,29 @@ def test_close_stops_every_process_the_server_started() -> None:
     assert_no_server_left()
     with pytest.raises(SandboxError):
         sandbox.execute(call("list_notes"))
+
+
+@pytest.mark.parametrize("transport", ["stdio", "streamable_http"])
+def test_every_server_is_let_end_cleanly_on_restores_and_close(tmp_path: Path, transport: str) -> None:
+    """A server's own clean-up on its way out (a temporary database, a connection) runs for every server a replay
+    starts: stdio servers get their standard input closed, HTTP servers SIGTERM, before any SIGKILL (they were all
+    SIGKILLed at once, their clean-up never run: an MCP sweep)."""
+    said = tmp_path / "said"
+    said.mkdir()
+    server = (notes_server if transport == "stdio" else http_server)(NOTES_GOODBYE=str(said))
+    with McpSandbox({"notes": server}) as sandbox:
+        sandbox.reset(ENVIRONMENT)
+        start = sandbox.snapshot()
+        for title in ("Call mom", "Buy milk"):
+            sandbox.execute(call("create_note", title=title))
+            sandbox.restore(start)  # a fresh server; the one that made the note is let go
+            assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas"
+        sandbox.reset({"notes": {}})  # the next trajectory's world: every server of the last one is let go
+        assert sandbox.execute(call("list_notes")).content == "no notes"
+    assert_no_server_left()
+    started = {p.name.partition("-")[2] for p in said.glob("hello-*")}
+    ended = {p.name.partition("-")[2] for p in said.glob("goodbye-*")}
+    assert len(started) >= 4 and ended == started, f"{len(started - ended)} of {len(started)} servers were killed"
 
 
 def test_a_server_that_cannot_build_the_world_skips_the_trajectory_and_leaves_nothing() -> None:
