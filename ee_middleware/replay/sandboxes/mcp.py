@@ -488,9 +488,10 @@ class _Instance:
         if group is not None:
             kill_process_group(group)
 
-    async def stop(self, *, clean: bool = False) -> None:
+    async def stop(self, *, clean: bool = False, terminate: bool = False) -> bool:
         """End the server: at once (``SIGKILL``), or, ``clean``, as MCP clients end one (its standard input closed, for a
-        streamable-HTTP server ``SIGTERM``), killed only if it still runs :data:`SHUTDOWN_GRACE_S` later."""
+        streamable-HTTP server ``SIGTERM``; ``terminate``: ``SIGTERM`` to an stdio server too, as its input closes),
+        killed only if it still runs :data:`SHUTDOWN_GRACE_S` later. Whether it ended within that time."""
         if clean and self.broken is None and self.session is None and not self.task.done():  # a spare still starting
             try:
                 await asyncio.wait_for(asyncio.shield(self._ready), SHUTDOWN_GRACE_S)
@@ -499,6 +500,9 @@ class _Instance:
         self._clean_end = clean and self.broken is None and self.session is not None
         if not self._clean_end:
             self.kill()
+        elif terminate and self.group is not None:
+            kill_process_group(self.group, signal.SIGTERM)  # the guard passes it over to the server
+        began = asyncio.get_running_loop().time()
         self._stopping.set()
         try:
             await asyncio.wait_for(asyncio.shield(self.task), _STOP_WAIT_S)
@@ -508,9 +512,11 @@ class _Instance:
                 await asyncio.wait_for(self.task, _STOP_WAIT_S)
             except BaseException:  # noqa: BLE001
                 pass
+        ended = asyncio.get_running_loop().time() - began < SHUTDOWN_GRACE_S
         self.kill()  # anything the server started while we waited
         for path in (self._pid_file, self._stderr):
             path.unlink(missing_ok=True)
+        return ended
 
     # calls
 
@@ -611,6 +617,7 @@ class McpSandbox(ClosedOnExit):
         self._active: dict[str, _Instance] = {}
         self._spares: dict[str, _Instance] = {}
         self._ending: dict[concurrent.futures.Future[None], _Instance] = {}  # servers let go, ending cleanly
+        self._outlive_input: set[str] = set()  # stdio servers seen running on after their standard input closed
         self._tools: dict[str, tuple[str, str, dict[str, Any]]] | None = None  # sandbox tool name -> (server, MCP name, tool)
         self._closed = False
         self._close_at_exit()
@@ -894,7 +901,7 @@ class McpSandbox(ClosedOnExit):
     async def _drop_all(self) -> None:
         """End every server, those let go before included, each cleanly when it is healthy; wait till all have ended."""
         ending = [asyncio.wrap_future(future) for future in list(self._ending)]
-        stops = [instance.stop(clean=True) for instance in self._detach()]
+        stops = [self._end(instance) for instance in self._detach()]
         await asyncio.gather(*stops, *ending, return_exceptions=True)
 
     def _let_go(self, *instances: _Instance) -> None:
@@ -904,9 +911,17 @@ class McpSandbox(ClosedOnExit):
         for instance in instances:
             while len(self._ending) >= _ENDING_AT_ONCE:
                 concurrent.futures.wait(list(self._ending), timeout=2 * _STOP_WAIT_S + 1, return_when=concurrent.futures.FIRST_COMPLETED)
-            future = asyncio.run_coroutine_threadsafe(instance.stop(clean=True), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._end(instance), self._loop)
             self._ending[future] = instance
             future.add_done_callback(lambda done: self._ending.pop(done, None))
+
+    async def _end(self, instance: _Instance) -> None:
+        """End ``instance`` cleanly; an stdio server that did not end once its input closed gets ``SIGTERM`` at once
+        after (servers that outlive their input would hold a restore up by :data:`SHUTDOWN_GRACE_S` each)."""
+        stdio = instance.spec.transport == "stdio"
+        ended = await instance.stop(clean=True, terminate=stdio and instance.name in self._outlive_input)
+        if stdio and not ended:
+            self._outlive_input.add(instance.name)
 
     def _restart_all(self, environment: str) -> None:
         self._let_go(*self._detach(keep_spares_of=environment))

@@ -14,7 +14,8 @@ that message on its standard error (a world it cannot build). Tools, with their 
 - with ``NOTES_FAST=1`` also ``ee_snapshot`` / ``ee_restore``, McpSandbox's fast path;
 - with ``NOTES_GOODBYE=FOLDER`` it writes ``hello-PID`` there as it starts and ``goodbye-PID`` once it has shut down
   cleanly (its standard input closed, or ``SIGTERM`` to a streamable-HTTP server): the clean-up a server does on its
-  way out (temporary files, a database connection), which a ``SIGKILL`` never lets run.
+  way out (temporary files, a database connection), which a ``SIGKILL`` never lets run; with ``NOTES_OUTLIVE_INPUT=1``
+  too it runs on after its standard input closed, until ``SIGTERM`` (as some servers do).
 
 Run: ``python mcp_notes_server.py`` (stdio) or ``python mcp_notes_server.py --http PORT`` (streamable HTTP).
 """
@@ -163,6 +164,8 @@ if __name__ == "__main__":
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.run(transport="streamable-http" if port is not None else "stdio")
+        if os.environ.get("NOTES_OUTLIVE_INPUT") == "1":
+            time.sleep(300)
     finally:
         if goodbye:
             with open(os.path.join(goodbye, f"goodbye-{os.getpid()}"), "w"):

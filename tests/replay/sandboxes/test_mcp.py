@@ -258,14 +258,15 @@ def test_close_stops_every_process_the_server_started() -> None:
         sandbox.execute(call("list_notes"))
 
 
-@pytest.mark.parametrize("transport", ["stdio", "streamable_http"])
+@pytest.mark.parametrize("transport", ["stdio", "streamable_http", "stdio, running on after its input closed"])
 def test_every_server_is_let_end_cleanly_on_restores_and_close(tmp_path: Path, transport: str) -> None:
     """A server's own clean-up on its way out (a temporary database, a connection) runs for every server a replay
     starts: stdio servers get their standard input closed, HTTP servers SIGTERM, before any SIGKILL (they were all
     SIGKILLed at once, their clean-up never run: an MCP sweep)."""
     said = tmp_path / "said"
     said.mkdir()
-    server = (notes_server if transport == "stdio" else http_server)(NOTES_GOODBYE=str(said))
+    outlives = {"NOTES_OUTLIVE_INPUT": "1"} if "running on" in transport else {}
+    server = (http_server if transport == "streamable_http" else notes_server)(NOTES_GOODBYE=str(said), **outlives)
     with McpSandbox({"notes": server}) as sandbox:
         sandbox.reset(ENVIRONMENT)
         start = sandbox.snapshot()
