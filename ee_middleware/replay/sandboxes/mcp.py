@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
@@ -59,6 +61,7 @@ import sys
 import tempfile
 import threading
 import uuid
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,6 +326,35 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+_SERVER: contextvars.ContextVar[_Instance] = contextvars.ContextVar("ee_mcp_server")
+"""The server whose stdio client runs in this task (its reader tasks inherit it): whose output a log record is about."""
+_STRAY_LINE_LOGGED = "Failed to parse JSONRPC message"
+"""How MCP's stdio client logs (with a traceback) each line a server writes to its standard output that is not MCP."""
+
+
+class _StrayOutputFilter(logging.Filter):
+    """Keeps the first line a sandbox's server wrote to its standard output that is not an MCP message, and drops MCP's
+    traceback for it and every later one (the sandbox warns once per server instead: :meth:`McpSandbox._tell_stray`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        instance = _SERVER.get(None)
+        if instance is None or not str(record.msg).startswith(_STRAY_LINE_LOGGED):
+            return True
+        instance.stray_lines += 1
+        if instance.first_stray_line is None:
+            error = record.exc_info[1] if record.exc_info else None
+            found = getattr(error, "errors", None)
+            try:
+                line = found()[0]["input"] if callable(found) else str(error)
+            except Exception:  # noqa: BLE001 - some other error: its text
+                line = str(error)
+            instance.first_stray_line = str(line)
+        return False
+
+
+_STRAY_OUTPUT_FILTER = _StrayOutputFilter()
+
+
 class _Instance:
     """One process of one server, started for one environment, with the calls that changed it since."""
 
@@ -336,6 +368,8 @@ class _Instance:
         self.broken: str | None = None
         self.session: Any = None
         self.pgid: int | None = None
+        self.stray_lines = 0
+        self.first_stray_line: str | None = None
         self._variable = variable
         self._pid_file = workdir / f"{name}-{serial}.pid"
         self._stderr = self._pid_file.with_suffix(".stderr")  # the guard finds it by this name when orphaned
@@ -384,6 +418,8 @@ class _Instance:
             env=self._environment_variables(),
             cwd=self.spec.cwd,
         )
+        logging.getLogger("mcp.client.stdio").addFilter(_STRAY_OUTPUT_FILTER)  # the same filter once, however often added
+        _SERVER.set(self)
         with open(self._stderr, "w", encoding="utf-8") as errlog:
             async with stdio_client(params, errlog=errlog) as streams:
                 await self._session(streams)
@@ -618,6 +654,7 @@ class McpSandbox(ClosedOnExit):
         self._spares: dict[str, _Instance] = {}
         self._ending: dict[concurrent.futures.Future[None], _Instance] = {}  # servers let go, ending cleanly
         self._outlive_input: set[str] = set()  # stdio servers seen running on after their standard input closed
+        self._told_stray: set[str] = set()  # servers warned of for writing other lines than MCP's to standard output
         self._tools: dict[str, tuple[str, str, dict[str, Any]]] | None = None  # sandbox tool name -> (server, MCP name, tool)
         self._closed = False
         self._close_at_exit()
@@ -733,6 +770,8 @@ class McpSandbox(ClosedOnExit):
                     self._active = started
                     self._run(self._drop_all())
                     raise EnvironmentUnavailableError(f"{self.kind} sandbox: MCP server {name!r} did not start: {exc}") from None
+                finally:
+                    self._tell_stray(instance)
             self._active = started
             self._tools = self._tool_table(started)
 
@@ -935,6 +974,22 @@ class McpSandbox(ClosedOnExit):
             self._run(instance.ready(self.start_timeout_s), self.start_timeout_s + _STOP_WAIT_S)
         except _ServerFailed as exc:
             raise SandboxError(f"{self.kind} sandbox could not {doing}: {exc}") from None
+        finally:
+            self._tell_stray(instance)
+
+    def _tell_stray(self, instance: _Instance) -> None:
+        """Warn, once per server, that it writes lines that are not MCP messages to its standard output (MCP's client
+        logged a traceback for every one of them, at every start of the server)."""
+        if instance.first_stray_line is None or instance.name in self._told_stray:
+            return
+        self._told_stray.add(instance.name)
+        warnings.warn(
+            f"MCP server {instance.name!r} writes lines that are not MCP messages to its standard output (the first: "
+            f"{instance.first_stray_line!r:.200}; {instance.stray_lines} at its start). MCP's stdio client skips them, and "
+            "replay says this once; but standard output is the MCP channel, and such a line can break a message: have the "
+            "server print (and log) to standard error instead.",
+            stacklevel=2,
+        )
 
     def _tool_table(self, instances: Mapping[str, _Instance]) -> dict[str, tuple[str, str, dict[str, Any]]]:
         table: dict[str, tuple[str, str, dict[str, Any]]] = {}

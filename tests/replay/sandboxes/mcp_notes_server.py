@@ -15,7 +15,9 @@ that message on its standard error (a world it cannot build). Tools, with their 
 - with ``NOTES_GOODBYE=FOLDER`` it writes ``hello-PID`` there as it starts and ``goodbye-PID`` once it has shut down
   cleanly (its standard input closed, or ``SIGTERM`` to a streamable-HTTP server): the clean-up a server does on its
   way out (temporary files, a database connection), which a ``SIGKILL`` never lets run; with ``NOTES_OUTLIVE_INPUT=1``
-  too it runs on after its standard input closed, until ``SIGTERM`` (as some servers do).
+  too it runs on after its standard input closed, until ``SIGTERM`` (as some servers do);
+- with ``NOTES_BANNER=1`` it prints a banner on its standard output as it starts (lines that are not MCP messages, as
+  careless servers do).
 
 Run: ``python mcp_notes_server.py`` (stdio) or ``python mcp_notes_server.py --http PORT`` (streamable HTTP).
 """
@@ -44,6 +46,9 @@ OPEN_WORLD = ToolAnnotations(openWorldHint=True)
 OWN_WORLD = ToolAnnotations(openWorldHint=False)  # changes only the server's own world
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 
+if os.environ.get("NOTES_BANNER") == "1":
+    print("notes server 1.0 starting", flush=True)
+    print("ready for requests", flush=True)
 environment = json.loads(os.environ.get("EE_ENVIRONMENT") or "null") or {}
 if environment.get("refuse"):
     print(f"notes server: {environment['refuse']}", file=sys.stderr, flush=True)

@@ -282,6 +282,22 @@ def test_every_server_is_let_end_cleanly_on_restores_and_close(tmp_path: Path, t
     assert len(started) >= 4 and ended == started, f"{len(started - ended)} of {len(started)} servers were killed"
 
 
+def test_a_server_printing_other_lines_than_mcp_on_its_output_is_warned_of_once(caplog: pytest.LogCaptureFixture) -> None:
+    """MCP's stdio client logged a traceback for every non-MCP line of every server start (two per restore here: a
+    banner), flooding a nightly job's log; the sandbox says it once, with what to do."""
+    with McpSandbox({"notes": notes_server(NOTES_BANNER="1")}) as sandbox, pytest.warns(UserWarning) as warned:
+        sandbox.reset(ENVIRONMENT)
+        start = sandbox.snapshot()
+        for title in ("Call mom", "Buy milk", "Walk the dog"):
+            sandbox.execute(call("create_note", title=title))
+            sandbox.restore(start)
+        assert sandbox.execute(call("list_notes")).content == "1: Groceries\n2: Ideas"
+        assert sandbox.restarts == 3
+    said = [str(w.message) for w in warned if "standard output" in str(w.message)]
+    assert len(said) == 1 and "'notes server 1.0 starting'" in said[0] and "standard error" in said[0], said
+    assert not [r for r in caplog.records if "JSONRPC" in r.getMessage()], "MCP's tracebacks for the banner are not logged"
+
+
 def test_a_server_that_cannot_build_the_world_skips_the_trajectory_and_leaves_nothing() -> None:
     sandbox = McpSandbox({"notes": notes_server()})
     try:
