@@ -976,9 +976,9 @@ def _reviewed_turns(
     span says :data:`~ee_middleware.capture.semconv.EE_RESUMED`, the graph's input was ``Command(resume=...)`` or
     ``None``) first runs the calls the paused run's model
     made, as the reviewer decided them; the paused trajectory ends on those calls without an observation, and datasets
-    never teach them from there. Here each such turn (the assistant message, found in the history this run's first
-    model call was given) becomes steps before this run's own, in the message's order, with the state the model decided
-    in. A call this run ran is taught as it ran: a reviewer's edit (other arguments, or another tool) is the action,
+    never teach them from there. Here each such turn (the assistant message, found in the history the first model call
+    after it was given, of those that start a branch: parallel branches resumed together each have their own) becomes
+    steps before this run's own, in the message's order, with the state the model decided in. A call this run ran is taught as it ran: a reviewer's edit (other arguments, or another tool) is the action,
     observed by the tool's own result (the message the model got also holds LangChain's note about the edit); an
     approved call is the model's own. Another call of that turn which this run did not run is kept only where the
     history answers it without an error (it ran before the pause, or the reviewer answered for the tool: ``respond``):
@@ -993,30 +993,45 @@ def _reviewed_turns(
         # No model call, or a run started from new input: a tool that ran before its first model call is the app's
         # own (a node that calls a tool itself), never a reviewed turn.
         return [], tools
-    first = decisions[0]
-    carried: dict[str, list[SpanData]] = {}
+    made_here = {str(c.get("id")) for d in decisions for m in d["raw_outputs"] for c in m.get("tool_calls") or () if c.get("id")}
+    runs_of: dict[str, list[SpanData]] = {}
     for span in tools:
         call_id = span.attributes.get(sc.TOOL_CALL_ID)
-        if call_id and span.start_ns < first["span"].start_ns:
-            carried.setdefault(str(call_id), []).append(span)
+        if call_id and str(call_id) not in made_here:
+            runs_of.setdefault(str(call_id), []).append(span)
+    # A carried call's turn is in the history of the first model call after it that was given it, one whose history
+    # holds no call of this run's (its branch's first): parallel branches resumed together (two subagents, each paused
+    # in a tool) each give theirs only to their own model calls. A call a node wrote later on is no reviewed turn.
+    firsts = [
+        (number, d)
+        for number, d in enumerate(decisions)
+        if not any(c.get("id") in made_here for m in d["raw"] if m.get("role") == "assistant" for c in m.get("tool_calls") or ())
+    ]
+    made_at: dict[tuple[int, int], list[str]] = {}
+    carried: dict[str, list[SpanData]] = {}
+    for call_id, runs in runs_of.items():
+        for number, decision in firsts:
+            if decision["span"].start_ns <= runs[0].start_ns:
+                continue
+            history = decision["state"]
+            position = next(
+                (
+                    i
+                    for i in range(len(history) - 1, -1, -1)
+                    if history[i].get("role") == "assistant" and any(c.get("id") == call_id for c in history[i].get("tool_calls") or ())
+                ),
+                None,
+            )
+            if position is not None:
+                made_at.setdefault((number, position), []).append(call_id)
+                carried[call_id] = runs
+                break
     if not carried:
         return [], tools
-    history = first["state"]
-    made_at: dict[int, list[str]] = {}
-    for call_id in carried:
-        position = next(
-            (
-                i
-                for i in range(len(history) - 1, -1, -1)
-                if history[i].get("role") == "assistant" and any(c.get("id") == call_id for c in history[i].get("tool_calls") or ())
-            ),
-            None,
-        )
-        if position is not None:
-            made_at.setdefault(position, []).append(call_id)
     steps: list[Step] = []
     used: set[int] = set()
-    for turn, position in enumerate(sorted(made_at)):
+    for turn, (number, position) in enumerate(sorted(made_at)):
+        history, errors = decisions[number]["state"], decisions[number]["errors"]
         message = history[position]
         text = content_to_text(message.get("content")) or None
         taught: list[tuple[ToolCall, Observation | None, float | None]] = []
@@ -1024,8 +1039,8 @@ def _reviewed_turns(
         for call in message.get("tool_calls") or ():
             proposed = _tool_call(call)
             found = _tool_reply(history, position + 1, proposed.id) if proposed.id else None
-            reply, failed = (found[1], found[0] in first["errors"]) if found is not None else (None, False)
-            runs = carried.get(proposed.id) if proposed.id in made_at[position] else None
+            reply, failed = (found[1], found[0] in errors) if found is not None else (None, False)
+            runs = carried.get(proposed.id) if proposed.id in made_at[(number, position)] else None
             if runs:
                 span = runs[-1]  # a retried call's result is its last attempt's
                 used.update(id(s) for s in runs)
