@@ -814,7 +814,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
             attrs[sc.EE_LAST_REPLY_TASK] = record.last_reply_task
         paused = record.status == "interrupted"
         output = record.output
-        if output is None and resumed and paused:  # a resumed stream closed early: the state it continued, no outcome
+        if output is None and resumed and (paused or record.status == "error"):
+            # a resumed stream closed early, or a resumed run that raised: the state it continued, no outcome
             output = record.first_state
         # a resumed run's input holds no message: it gets the conversation it continued (its turn's task) as its input
         attrs.update(encoder.graph_output_attributes(output, fragments, paused=paused, resumed=resumed, answer_fields=True))

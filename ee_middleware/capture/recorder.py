@@ -702,13 +702,14 @@ class _Run:
     def stopped_state_config(self, exc: BaseException) -> dict[str, Any] | None:
         """The config to read the thread's state with where this run stops on ``exc`` without an output and needs it
         (``None`` for every other run, which reads nothing: a checkpointer may be a database). A resumed run
-        (``Command``, ``None``) that is cancelled or closed early (or paused by a parent graph) has no output; its record
+        (``Command``, ``None``) that is cancelled or closed early, paused by a parent graph, or raises (the reviewed
+        call's tool raised) has no output; its record
         keeps the conversation it continued from the state its first node was given (:attr:`RunCapture.first_state`).
         Where no node was given the thread's state (the first one it ran is a ``Send``'s target, such as
         ``create_agent``'s tools after ``interrupt()`` in a tool, which is given the tool calls; or none ran), the
         thread's state, as the run left it, stands in. A run already ended (at SIGTERM or exit, before its task was
         cancelled) reads nothing: its record is written."""
-        if not self.enabled or not (is_cancellation(exc) or is_interrupt(exc)) or not resumes_from_checkpoint(self.input):
+        if not self.enabled or not resumes_from_checkpoint(self.input):
             return None
         if self.read is not None or self.trajectory_id not in self.recorder._in_flight:
             return None
