@@ -199,7 +199,13 @@ class CaptureConfig:
             ]
             if wrong:
                 raise ConfigError(f"Invalid capture configuration: {'; '.join(wrong)}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            patterns = layered.from_file.get("redaction_patterns") if layered is not None else None  # type: ignore[attr-defined]
+            if patterns is not None and values.get("redaction_patterns") is patterns and "Redaction pattern" in str(exc):
+                raise ConfigError(f"{exc} (in [capture.redaction_patterns] of {path}: correct it there).") from None
+            raise
 
 
 def _text(name: str, value: str | None) -> str | None:

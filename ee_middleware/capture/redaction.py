@@ -1186,6 +1186,10 @@ class RedactionRules:
         if isinstance(keys, str) or not all(isinstance(k, str) and key_form(k) for k in keys):
             raise ConfigError(f"Redaction keys must be a list of key names (letters or digits in each), got {keys!r}.")
         object.__setattr__(self, "keys", frozenset(keys))
+        for kind, pattern in self.patterns.items():  # a bad one fails here, before any store keeps it in redaction.json
+            if not isinstance(pattern, (str, re.Pattern)):
+                raise ConfigError(f"Redaction pattern for kind {kind!r} must be a regular expression (a string), got {pattern!r}.")
+            _user_rule(kind, pattern)
 
     def enabled_kinds(self) -> list[str]:
         """The built-in kinds this configuration applies."""

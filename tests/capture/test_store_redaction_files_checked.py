@@ -199,3 +199,29 @@ def test_a_short_key_an_earlier_ingest_kept_is_still_read(recorded: Path) -> Non
     bytes); such a store was refused on every read, with no fix that keeps its tags."""
     (recorded / SALT_FILE).write_text(b"store-salt".hex() + "\n")
     assert store_salt(LocalExperienceStore(recorded)) == b"store-salt"
+
+
+@pytest.mark.parametrize("given", ["file", "keyword"])
+def test_an_invalid_pattern_is_refused_before_a_store_keeps_it(recorded: Path, tmp_path: Path, given: str) -> None:
+    """A pattern that is no regex was accepted by the capture config and written into the store's redaction.json, which
+    every later reader of the store then refused, with the store to blame and no way out by correcting the config (a
+    CLI/config sweep). It is refused where it is given, naming it there; the store is left as it was."""
+    from langchain.agents import create_agent
+
+    from ee_middleware.capture.config import CaptureConfig
+
+    kept = (recorded / REDACTION_FILE).read_bytes()
+    config = tmp_path / "capture.toml"
+    config.write_text(f'[capture]\napp = "shop"\nstore = "{recorded}"\n[capture.redaction_patterns]\nticket = "TICKET-(\\\\d+"\n')
+    graph = create_agent(ScriptedChatModel(script=[AIMessage(content="Done.")]), [])
+    with pytest.raises(ConfigError, match=r"'TICKET-\(\\\\d\+' for kind 'ticket' is not a valid regex") as raised:
+        if given == "file":
+            CaptureConfig.load(config)
+        else:
+            record_experience(graph, app="shop", store=str(recorded), redaction_patterns={"ticket": "TICKET-(\\d+"})
+    if given == "file":
+        assert f"[capture.redaction_patterns] of {config}" in str(raised.value)
+    with pytest.raises(ConfigError, match="not a valid regex"):
+        record_experience(graph, config=str(config))
+    assert (recorded / REDACTION_FILE).read_bytes() == kept
+    assert len(list(LocalExperienceStore(recorded).iter_trajectories())) == 1, "the store reads as before"
