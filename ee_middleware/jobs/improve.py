@@ -285,6 +285,10 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
                 from ee_middleware.jobs.stages import awaiting_review
 
                 reason += f"; {awaiting_review(result.outputs['pending_review'], ctx.config)}"
+            if result.outputs.get("app_unrecorded_apps"):
+                from ee_middleware.jobs.stages import app_unrecorded
+
+                reason += f"; {app_unrecorded(result.outputs['app_unrecorded_apps'], ctx.config)}"
             run.update(status=NOTHING_NEW, finished_at=now(), outcome={"promoted": False, "reason": reason})
             return
     _finish(run)

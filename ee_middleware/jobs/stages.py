@@ -120,6 +120,12 @@ def select(ctx: StageContext) -> StageResult:
         todo, cuts = _apply_replay_budgets(pending, states, replay_config.k, config)
         tools = Counter(store.steps(new["id"].to_list()).filter(pl.col("action_kind") == "tool_call")["tool_name"].to_list())
         pending_review = store.trajectories(status="pending", app=config.app).height
+        other_apps: list[str] = []
+        if not approved.height and not pending_review:  # does it record this app at all? (a misnamed app learns nothing)
+            index = getattr(store, "trajectory_index", None)
+            recorded = index(["app"]) if callable(index) else store.trajectories()
+            apps = {str(a) for a in recorded.get_column("app").unique().to_list() if a is not None}
+            other_apps = sorted(apps) if config.app not in apps else []
     finally:
         store.close()
     new_ids = new["id"].to_list()
@@ -153,6 +159,7 @@ def select(ctx: StageContext) -> StageResult:
             "by_tool": dict(tools.most_common()),
             "nothing_new": not new_ids and not todo,
             "pending_review": pending_review,
+            "app_unrecorded_apps": other_apps,
         },
         budget_cuts=cuts,
     )
@@ -163,7 +170,18 @@ def select(ctx: StageContext) -> StageResult:
     result.summary = f"{len(new_ids)} new approved trajectories, {len(todo)} to replay"
     if pending_review:
         result.summary += f"; {awaiting_review(pending_review, config)}"
+    if other_apps:
+        result.summary += f"; {app_unrecorded(other_apps, config)}"
     return result
+
+
+def app_unrecorded(apps: list[str], config: ImproveConfig) -> str:
+    """What to say when the store records other apps and none of ``config.app``: a new app, or a misnamed one."""
+    shown = ", ".join(repr(a) for a in apps[:10]) + (f" and {len(apps) - 10} more" if len(apps) > 10 else "")
+    return (
+        f"the store holds no trajectory of app {config.app!r} (it records {shown}): unless {config.app!r} is an app that has "
+        "yet to record a run, set [improve] app (or --app) to the name the agent records with (record_experience(..., app=...))"
+    )
 
 
 def awaiting_review(count: int, config: ImproveConfig) -> str:

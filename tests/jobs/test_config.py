@@ -705,3 +705,21 @@ def test_the_nightly_evaluation_on_its_replicas_sends_the_fleets_key(tmp_path: P
     own = ImproveConfig.load(_config(tmp_path, '[eval]\napi_key_env = "MY_KEY"\n'))
     monkeypatch.setenv("MY_KEY", "mine")
     assert own.eval_job("openai:http://127.0.0.1:8000/v1#bot-v1", tmp_path / "e", tmp_path / "d").client_options()["api_key"] == "mine"
+
+
+def test_a_night_for_an_app_the_store_does_not_record_says_so(tmp_path: Path) -> None:
+    """An app no typo away from a recorded one (a new app, or a wrong name: `--app support-bot` for a store of
+    `bfcl.multi_turn_base`) runs, as a new app must; but every night ended 'nothing-new' saying only that nothing was
+    approved since the last run (a CLI/config sweep). The select stage and the run's reason now say the store holds
+    none of its trajectories, which apps it does record, and what to set."""
+    from ee_middleware.jobs.improve import run_improve
+
+    _store_with_app(tmp_path / "s", "inventory-bot")
+    run = run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path)), app="billing-assistant"))
+    assert run.status == "nothing-new"
+    said = "the store holds no trajectory of app 'billing-assistant' (it records 'inventory-bot')"
+    assert said in run.stage("select")["summary"] and said in run.data["outcome"]["reason"]
+    assert "set [improve] app (or --app)" in run.data["outcome"]["reason"]
+    _store_with_app(tmp_path / "s2", "shop", approve=False)  # it records the app, awaiting review: not said
+    quiet = run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path)), store=str(tmp_path / "s2"), app="shop"))
+    assert quiet.status == "nothing-new" and "holds no trajectory" not in quiet.data["outcome"]["reason"]
