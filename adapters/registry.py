@@ -64,7 +64,7 @@ from ee_middleware.adapters.records import (
     copy_problem,
     inspect_adapter,
 )
-from ee_middleware.errors import StoreCorruptionWarning
+from ee_middleware.errors import ConfigError, StoreCorruptionWarning
 from ee_middleware.messages import finite_or_null
 from ee_middleware.models.bases import same_base
 from ee_middleware.plugins import FACTORY_SPEC, PluginKind, _did_you_mean
@@ -162,6 +162,11 @@ class LocalAdapterRegistry:
         self._wait_s = None if wait_s is None else max(0.0, wait_s)
         self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
         self._create = create
+        if self.root.exists() and not self.root.is_dir():  # a setting's mistake, not "not there yet" (a first night)
+            raise ConfigError(
+                f"The adapter registry {self.root} is a file, not a folder: name the registry's folder (it holds index.json; "
+                "a new one is made where none is)."
+            )
         if not create and not (self.root / "index.json").is_file():
             raise RegistryNotFoundError(
                 f"No adapter registry at {self.root} (no index.json). Register an adapter first: "

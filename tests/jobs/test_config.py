@@ -723,3 +723,21 @@ def test_a_night_for_an_app_the_store_does_not_record_says_so(tmp_path: Path) ->
     _store_with_app(tmp_path / "s2", "shop", approve=False)  # it records the app, awaiting review: not said
     quiet = run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path)), store=str(tmp_path / "s2"), app="shop"))
     assert quiet.status == "nothing-new" and "holds no trajectory" not in quiet.data["outcome"]["reason"]
+
+
+def test_a_registry_that_is_a_file_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    """A registry path naming a file was taken for a registry not made yet (a first night): the run replayed, built
+    datasets and failed at training with NotADirectoryError, left to be continued; `ee adapters list -r FILE` said to
+    register an adapter first (a CLI/config sweep). Both now say it is a file, not a folder."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.jobs.improve import run_improve
+
+    _store_with_app(tmp_path / "s", "shop")
+    (tmp_path / "r").write_text("not a registry\n")
+    with pytest.raises(ConfigError, match=r"adapter registry .*/r is a file, not a folder"):
+        run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path))))
+    assert RunsDir(tmp_path / "runs").list() == []
+    listed = CliRunner().invoke(app, ["adapters", "list", "-r", str(tmp_path / "r")])
+    assert listed.exit_code == 1 and "is a file, not a folder" in listed.output and "Register an adapter first" not in listed.output
