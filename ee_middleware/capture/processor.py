@@ -8,9 +8,10 @@ finished meanwhile: a third of the CPU per trajectory of writing each alone); ``
 at once.
 
 With ``recorder_id`` set (as :func:`~ee_middleware.record_experience` does), it takes only the spans
-of that recorder. Without it, it takes every GenAI span and assembles a trace when its local root
-span ends: this is how traces from other instrumentations (OpenLLMetry, OpenInference) are captured
-live.
+of that recorder. Without it, it takes every GenAI span, and the spans above them, and reads a trace when its local
+root span ends as ``ee traces ingest`` reads those spans (:func:`~ee_middleware.ingest.service.ingest_spans`: the same
+runs, the other instrumentations' dialects, the store's redaction): this is how traces from other instrumentations
+(OpenLLMetry, OpenInference, the GenAI conventions' event form) are captured live.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, recorded_spans_only, split_nested, split_runs
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_nested
 from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
@@ -108,6 +109,8 @@ class _Ancestry:
     """The parents of the spans kept and remembered: a span not kept is remembered when it is one of them."""
     parents: dict[str, str] = field(default_factory=dict)
     """The parent of each span remembered, by its id."""
+    spans: list[SpanData] = field(default_factory=list)
+    """The spans remembered (a LangGraph graph's or node's span of another instrumentation: what its runs are read by)."""
 
 
 def _capture_failure(spans: list[SpanData]) -> str | None:
@@ -207,6 +210,13 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._closed = False
         self._pending_error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._may_name_operation: Callable[[Mapping[str, Any]], bool] = lambda attributes: False
+        if recorder_id is None:  # other instrumentations' spans are read as ingest reads them: imported here, not in
+            # the threads that end spans and write runs (two threads importing ingest at once deadlocked on its modules)
+            from ee_middleware.ingest.dialects import may_name_operation
+            from ee_middleware.ingest.service import ingest_spans
+
+            self._may_name_operation, self._ingest_spans = may_name_operation, ingest_spans
         _processors.add(self)
 
     # --- SpanProcessor -------------------------------------------------------------------------
@@ -243,13 +253,13 @@ class ExperienceSpanProcessor(SpanProcessor):
             done = operation_of(attrs) == sc.OP_INVOKE_AGENT
         else:
             key, done = trace_id, is_root
-            if operation_of(attrs) is None and not (done and key in self._buffers):
+            if operation_of(attrs) is None and not (done and key in self._buffers) and not self._may_name_operation(attrs):
                 if not done:
-                    self._unread_span(key, span)
+                    self._unread_span(key, span, convert)
                 return
         self._buffer(key, done, convert(span) if convert is not None else span)
 
-    def _unread_span(self, key: str, span: Any) -> None:
+    def _unread_span(self, key: str, span: Any, convert: Callable[[Any], SpanData] | None) -> None:
         """Remember the parent of a span not kept (a LangGraph node's) that holds a span kept: the run that span belongs
         to may be that of another instrumentation's spans above it (ee-middleware's own, where
         :func:`~ee_middleware.record_experience` shares this provider), not one of its own. A span ends after the spans
@@ -260,9 +270,11 @@ class ExperienceSpanProcessor(SpanProcessor):
         parent = span.parent_span_id if isinstance(span, SpanData) else f"{span.parent.span_id:016x}" if span.parent else None
         with self._lock:  # (its run may be handed to the writer meanwhile: then nothing is added to what it reads)
             ancestry = self._unread.get(key)
-            if ancestry is not None and parent is not None and span_id in ancestry.wanted:
-                ancestry.parents[span_id] = parent
-                ancestry.wanted.add(parent)
+            if ancestry is not None and span_id in ancestry.wanted:
+                ancestry.spans.append(convert(span) if convert is not None else span)
+                if parent is not None:
+                    ancestry.parents[span_id] = parent
+                    ancestry.wanted.add(parent)
 
     def _buffer(self, key: str, done: bool, data: SpanData) -> None:
         """Keep ``data`` with its run's spans (``key``); ``done``: the run's root, whose run goes to the writer."""
@@ -275,7 +287,10 @@ class ExperienceSpanProcessor(SpanProcessor):
                 self._unread.setdefault(key, _Ancestry()).wanted.add(data.parent_span_id)
             if done:
                 ancestry = self._unread.pop(key, None)
-                self._jobs.append((self._buffers.pop(key), ancestry.parents if ancestry is not None else {}))
+                spans = self._buffers.pop(key)
+                if ancestry is not None:
+                    spans += ancestry.spans
+                self._jobs.append((spans, ancestry.parents if ancestry is not None else {}))
                 self._ensure_worker()
                 # the writer waits without a time-out only on an empty queue: wake it for the first run, and at the batch
                 # bound; between, it keeps its own time (min_write_interval_s). Waking it at every run's end only sent it
@@ -372,26 +387,27 @@ class ExperienceSpanProcessor(SpanProcessor):
                     self._wake.notify_all()
 
     def _write(self, jobs: list[tuple[list[SpanData], dict[str, str]]]) -> None:
+        if self.recorder_id is None:
+            self._ingest([span for spans, _ in jobs for span in spans], len(jobs))
+            return
         trajectories: list[Trajectory] = []
         options = (
             self.options if self.options.paused_tools is not None else dataclasses.replace(self.options, paused_tools=self.paused.tools)
         )
-        for spans, unread in jobs:
-            runs = [spans] if self.recorder_id is not None else [recorded_spans_only(run) for run in split_runs(spans, unread)]
-            for outer in runs:
-                # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
-                parts = split_nested(outer)
-                for position, (run, failure) in enumerate(zip(parts, _run_failures(parts), strict=True)):
-                    if failure is not None:  # a call of this run could not be recorded whole: not stored cut down
-                        self.report_failure(failure, CaptureError(failure))
-                        continue
-                    try:
-                        trajectory = assemble(run, options)
-                        if position == 0:  # before the next run: a resume may come in the same batch (the thread's own runs)
-                            self.paused.remember(trajectory)
-                        trajectories.append(self._approve(trajectory))
-                    except Exception as exc:  # noqa: BLE001
-                        self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
+        for spans, _ in jobs:
+            # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
+            parts = split_nested(spans)
+            for position, (run, failure) in enumerate(zip(parts, _run_failures(parts), strict=True)):
+                if failure is not None:  # a call of this run could not be recorded whole: not stored cut down
+                    self.report_failure(failure, CaptureError(failure))
+                    continue
+                try:
+                    trajectory = assemble(run, options)
+                    if position == 0:  # before the next run: a resume may come in the same batch (the thread's own runs)
+                        self.paused.remember(trajectory)
+                    trajectories.append(self._approve(trajectory))
+                except Exception as exc:  # noqa: BLE001
+                    self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
         if not trajectories:
             return
         try:
@@ -403,6 +419,34 @@ class ExperienceSpanProcessor(SpanProcessor):
                 self.report_failure(message, exc, runs=len(trajectories))
                 return
             self._write_one_by_one(trajectories)
+
+    def _ingest(self, spans: list[SpanData], traces: int) -> None:
+        """Store the runs of other instrumentations' traces as ``ee traces ingest`` stores them, redacted with the store's
+        rules (and the processor's ``options.redactor``), ``approve_if`` deciding on each new one."""
+        from ee_middleware.ingest.service import IngestReport
+
+        report = IngestReport()
+        approved: set[str] = set()
+
+        def decide(trajectory: Trajectory) -> Trajectory:
+            decided = self._approve(trajectory)
+            if decided.approval.by == AUTO_APPROVER:
+                approved.add(decided.id)
+            return decided
+
+        try:
+            self._ingest_spans(
+                spans, self.store, app=self.options.app, redactor=self.options.redactor, report=report, decide=decide, live=True
+            )
+        except Exception as exc:  # noqa: BLE001 - capture must never break the host
+            self.report_failure(f"could not store the runs of {traces} trace(s) to {self.store!r}: {exc}", exc, runs=max(1, report.runs))
+            return
+        self.stats.trajectories_written += len(report.ingested)
+        self.stats.trajectories_auto_approved += len(approved & set(report.ingested))
+        for problem in report.errors:
+            self.report_failure(problem, CaptureError(problem))
+        if report.unlisted_problems:
+            self.stats.runs_failed += report.unlisted_problems
 
     def _write_one_by_one(self, trajectories: list[Trajectory]) -> None:
         """Write each run of a batch the store refused on its own: a batch is stored whole or not at all, and one run the

@@ -139,6 +139,14 @@ _INDEXED = {
 }
 
 
+def may_name_operation(attributes: Mapping[str, Any]) -> bool:
+    """Whether :func:`adapt` may give a span with these ``attributes`` a GenAI operation they do not name (its dialect's
+    keys are among them): the live span processor keeps such a span as it keeps those that name one."""
+    if any(key in attributes for key in _OPERATION_KEYS):
+        return True
+    return any(_PROMPT_ROLE.match(key) or _RAW_MESSAGES.match(key) for key in attributes)
+
+
 def adapt(span: SpanData) -> SpanData:
     """``span`` with the shapes above rewritten into the GenAI attributes the assembler reads."""
     span = _with_resume_mark(span)
@@ -1592,3 +1600,7 @@ def _filled(span: SpanData, new: Mapping[str, Any]) -> SpanData:
     """``span`` with the ``new`` attributes it does not have already (None values left out)."""
     added = {key: value for key, value in new.items() if value is not None and span.attributes.get(key) in (None, "")}
     return replace(span, attributes={**span.attributes, **added}) if added else span
+
+
+_OPERATION_KEYS = (_LANGFUSE_TYPE, _LANGSMITH_KIND, _MLFLOW_TYPE, _VERCEL_OP, _LOGFIRE_TEMPLATE, _ADK_REQUEST, _ADK_TOOL_ARGS, LITELLM_CALL)
+"""The keys by which :func:`adapt` recognises a dialect whose spans name no GenAI operation (see :func:`may_name_operation`)."""

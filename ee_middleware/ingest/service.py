@@ -272,8 +272,12 @@ class _Target:
         redactor: Redactor | None,
         dropped: Mapping[tuple[str, str], Dropped] | None = None,
         traces: Collection[str] | None = None,
+        live: bool = False,
     ) -> None:
         self._spec, self._app, self._redactor = store, app, redactor
+        self.live = live
+        """Spans recorded live (the span processor's): each run is read once, whole, so no stored version of it is looked
+        for (the store's trajectories are not read: at every batch of a busy service, that was the whole store)."""
         self.dropped: Mapping[tuple[str, str], Dropped] = dropped or {}
         """What the SDK dropped from a span to keep within its span limits, by (trace id, span id) (see
         :func:`_dropped_problem`)."""
@@ -412,7 +416,7 @@ class _Target:
 
     @cached_property
     def known(self) -> set[str]:
-        return set(self.stored["id"].to_list())
+        return set() if self.live else set(self.stored["id"].to_list())
 
     @cached_property
     def _rows_by_trace(self) -> dict[str, list[int]]:
@@ -440,7 +444,7 @@ class _Target:
 
     def in_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The trajectories of ``trace_id`` stored before and in this ingest (the columns :func:`_versions` compares)."""
-        rows = [self.stored.row(i, named=True) for i in self._rows_by_trace.get(trace_id, ())]
+        rows = [] if self.live else [self.stored.row(i, named=True) for i in self._rows_by_trace.get(trace_id, ())]
         return rows + self._added.get(trace_id, [])
 
     def add(self, trajectory: Trajectory) -> None:
@@ -555,7 +559,7 @@ class _Target:
         (the other way round: its later calls); and the id of a stored run that holds it whole (its messages, time and
         decisions: its calls read again), where one does."""
         mine = _message_keys(trajectory.model_dump(mode="json")["messages"])
-        if not mine:
+        if not mine or self.live:
             return [], None
         out = []
         for row, theirs in self._bare_runs(trajectory.app).get(tuple(mine[:2]), ()):
@@ -598,6 +602,8 @@ def ingest_spans(
     redactor: Redactor | None = None,
     report: IngestReport | None = None,
     rejected: Iterable[RejectedSpan] = (),
+    decide: Callable[[Trajectory], Trajectory] | None = None,
+    live: bool = False,
 ) -> IngestReport:
     """Assemble spans into trajectories and write the new ones (ingest is idempotent by id).
 
@@ -609,14 +615,28 @@ def ingest_spans(
     Runs are redacted with the store's rules, ``redact_fn`` and salt (``redaction.json``), as capture redacts them; a
     ``redactor`` given here is applied besides them, never instead (:func:`_ingest_redactor`: its rules are recorded with
     the store's, its salt becomes the store's only where the store has none). ``approve_by`` approves every run stored
-    in that name, redacted as ``ee traces approve`` stores a reviewer's. The store's redaction vault is fed the
+    in that name, redacted as ``ee traces approve`` stores a reviewer's; else ``decide`` (where given) is called with each
+    new run no stored version decided on, before it is stored, and may set its approval (the live span processor's
+    ``approve_if``). ``live``: spans recorded live, each run's all read at once (the span processor's): no stored version
+    of a run is looked for. The store's redaction vault is fed the
     pseudonyms made, where it exists (``EE_VAULT``; a missing one is never created: a report note says what was left out).
     """
     report = report or IngestReport()
     traces: set[str] = set()
     with SpanSpill() as spill:
         report.spans += spill.add(_noted((adapt(span) for span in spans), traces))
-        _ingest_traces(spill, store, app=app, approve_by=approve_by, redactor=redactor, report=report, rejected=rejected, traces=traces)
+        _ingest_traces(
+            spill,
+            store,
+            app=app,
+            approve_by=approve_by,
+            redactor=redactor,
+            report=report,
+            rejected=rejected,
+            traces=traces,
+            decide=decide,
+            live=live,
+        )
     return report
 
 
@@ -639,6 +659,8 @@ def _ingest_traces(
     app: str | None = None,
     approve_by: str | None = None,
     redactor: Redactor | None = None,
+    decide: Callable[[Trajectory], Trajectory] | None = None,
+    live: bool = False,
 ) -> None:
     """Assemble the spilled spans trace by trace, writing the new trajectories in batches; ``traces``: the ids of the
     spilled traces, where known."""
@@ -652,7 +674,7 @@ def _ingest_traces(
     unended_by_trace: dict[str, set[str]] = defaultdict(set)
     for trace_id, span_id in unended:
         unended_by_trace[trace_id].add(span_id)
-    target = _Target(store, app, redactor, dropped, traces)
+    target = _Target(store, app, redactor, dropped, traces, live)
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
@@ -707,6 +729,8 @@ def _ingest_traces(
             trajectory.approval = Approval(
                 status="approved", by=target.reviewer_text(approve_by), at=utcnow(), reason=target.reviewer_text("approved at ingest")
             )
+        elif decide is not None:
+            trajectory = decide(trajectory)
         target.add(trajectory)
         new.append(trajectory)
         supersede.extend((old, trajectory) for old in versions.partial)
@@ -1377,7 +1401,10 @@ def _completed_by(
     run_roots: Mapping[str, SpanData] | None = None,
 ) -> list[Trajectory] | None:
     """The stored runs ``spans`` (read now, no model call among them) complete (:func:`_filled_in`); none (``[]``) where
-    an earlier ingest completed them with these spans (:func:`_filled_before`); None where they complete no stored run."""
+    an earlier ingest completed them with these spans (:func:`_filled_before`); None where they complete no stored run
+    (or the spans are live ones: a run recorded live is read whole)."""
+    if target.live:
+        return None
     filled = _filled_in(trace_id, spans, target, report, unended, run_roots)
     return filled if filled or _filled_before(trace_id, spans, target, report) else None
 

@@ -62,7 +62,9 @@ class _CountingCondition(threading.Condition):
 
 def test_the_store_writer_is_not_woken_at_every_runs_end(tmp_path):
     options = AssemblyOptions(source="record_experience", model_calls_required=False)  # runs that called no model are stored
-    processor = ExperienceSpanProcessor(LocalExperienceStore(tmp_path / "written"), options=options, min_write_interval_s=0.6)
+    processor = ExperienceSpanProcessor(
+        LocalExperienceStore(tmp_path / "written"), recorder_id="bench", options=options, min_write_interval_s=0.6
+    )
     processor._wake = _CountingCondition(processor._lock)
     provider = TracerProvider()
     provider.add_span_processor(processor)
@@ -70,7 +72,8 @@ def test_the_store_writer_is_not_woken_at_every_runs_end(tmp_path):
     try:
         processor.force_flush()
         for i in range(40):  # 40 runs ending while the writer waits out its interval (one write for all of them)
-            root = tracer.start_span("invoke_agent bench", attributes={sc.OPERATION_NAME: sc.OP_INVOKE_AGENT, sc.EE_TRAJECTORY_ID: f"r{i}"})
+            attributes = {sc.OPERATION_NAME: sc.OP_INVOKE_AGENT, sc.EE_TRAJECTORY_ID: f"r{i}", sc.EE_RECORDER: "bench"}
+            root = tracer.start_span("invoke_agent bench", attributes=attributes)
             root.end()
             time.sleep(0.005)
         wakes = processor._wake.wakes
