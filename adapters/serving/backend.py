@@ -43,7 +43,7 @@ from ee_middleware.adapters.errors import (
 )
 from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError, as_sentence
-from ee_middleware.models.openai_compat import OpenAIChatClient, serving_api_key
+from ee_middleware.models.openai_compat import SERVE_API_KEY_ENV, OpenAIChatClient, serving_api_key
 from ee_middleware.models.protocol import Sampling
 from ee_middleware.models.urls import api_root, shown_url
 from ee_middleware.plugins import PluginKind
@@ -119,6 +119,7 @@ class HTTPServingBackend:
         api_key: str | None = None,
     ) -> None:
         self._api_key = serving_api_key() if api_key is None else api_key
+        self._api_key_knob = SERVE_API_KEY_ENV if api_key is None else "the api_key given to the serving backend"
         self.url, _, self._query = api_root(url).partition("?")  # (a gateway's ?api_key=: sent with every request, never shown)
         self.max_lora_rank = max_lora_rank
         self.timeout_s = timeout_s
@@ -134,7 +135,15 @@ class HTTPServingBackend:
     def _client(self, model: str, url: str | None = None) -> OpenAIChatClient:
         """A client of this server's API root (``url``: another root of the same server, such as its ``/tokenize``'s)."""
         root = (url or self.url) + (f"?{self._query}" if self._query else "")
-        return OpenAIChatClient(root, model, retries=0, timeout_s=self.timeout_s, transport=self._transport, api_key=self._api_key)
+        return OpenAIChatClient(
+            root,
+            model,
+            retries=0,
+            timeout_s=self.timeout_s,
+            transport=self._transport,
+            api_key=self._api_key,
+            api_key_knob=self._api_key_knob,
+        )
 
     def close(self) -> None:
         self._admin.close()

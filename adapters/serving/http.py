@@ -230,10 +230,7 @@ class JSONHandler(BaseHTTPRequestHandler):
             return
         path = self.path.split("?", 1)[0].rstrip("/")
         try:
-            body = json.loads(self._body() or b"{}")
-            if not isinstance(body, dict):
-                raise RequestError(400, "the request body must be a JSON object")
-            status, payload = self.post(path, body)
+            status, payload = self.post(path, self._json_body())
         except ClientGone:
             self.close_connection = True
             self.log_message("%s", f"the client of POST {path} went away; its request was stopped, nothing answered")
@@ -253,6 +250,27 @@ class JSONHandler(BaseHTTPRequestHandler):
             self.send_bytes(status, payload.encode(), "text/plain; charset=utf-8")  # as vLLM answers a LoRA load/unload
         else:
             self.send_json(status, payload)
+
+    def _json_body(self) -> dict[str, Any]:
+        """The request's body as a JSON object, or a :class:`RequestError` (400) saying what is wrong with it: no JSON (a
+        ``ValueError``, answered 400 by :meth:`do_POST`), not an object, nested too deeply to read, or holding a lone
+        surrogate escape (``"\\ud800"``: no text, which a tokenizer then failed on with a 500)."""
+        raw = self._body() or b"{}"
+        try:
+            body = json.loads(raw)
+        except RecursionError:
+            raise RequestError(400, "Bad request: the JSON body is nested too deeply to read.") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, "the request body must be a JSON object")
+        if b"\\ud" in raw.lower():  # an escape of a UTF-16 surrogate: a lone one is no text
+            try:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise RequestError(
+                    400,
+                    f"Bad request: the body holds a lone UTF-16 surrogate escape ({exc.object[exc.start : exc.end]!a}), which is no text.",
+                ) from None
+        return body
 
     def _body(self) -> bytes:
         """The request's body, read whole; a :class:`RequestError` (408, the connection then closed) for a client that
@@ -335,17 +353,22 @@ class JSONHandler(BaseHTTPRequestHandler):
             raise _ClientGone from exc
 
     def send_bytes(self, status: int, data: bytes, content_type: str, *, headers: dict[str, str] | None = None) -> None:
-        """Send ``data`` whole as the answer (``headers``: more of them, such as ``WWW-Authenticate``)."""
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        # a slice at a time: the socket's time-out bounds each send whole, so a big answer to a slow reader goes out whole
-        view = memoryview(data)
-        for start in range(0, len(data), _SEND_SLICE):
-            self.wfile.write(view[start : start + _SEND_SLICE])
+        """Send ``data`` whole as the answer (``headers``: more of them, such as ``WWW-Authenticate``); a client gone
+        meanwhile closes the connection, said in one line (not a traceback)."""
+        try:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            # a slice at a time: the socket's time-out bounds each send whole, so a big answer to a slow reader goes out whole
+            view = memoryview(data)
+            for start in range(0, len(data), _SEND_SLICE):
+                self.wfile.write(view[start : start + _SEND_SLICE])
+        except OSError as exc:
+            self.close_connection = True
+            self.log_message("%s", f"the client went away before its answer ({status}) was sent: {type(exc).__name__}")
 
     def log_error(self, format: str, *args: Any) -> None:
         if format.startswith("Request timed out"):  # a kept-alive connection left idle, closed (IDLE_TIMEOUT_S): no error
@@ -369,6 +392,9 @@ class StoppingHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 1024
+    """The listen backlog (the kernel caps it at ``net.core.somaxconn``): socketserver's 5 reset most of a burst of 100
+    clients connecting at once (79 of 100 through the router) instead of queueing them."""
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         self._guard = threading.Condition()

@@ -149,6 +149,8 @@ class OpenAIChatClient:
     tools / every request. ``transport`` is an ``httpx`` transport (tests pass ``httpx.MockTransport``).
     ``timeout_knob`` is how the user of the command that made the client sets ``timeout_s`` (``"--timeout N"``,
     ``"--policy-setting timeout_s=N"``), which the advice after a timeout names; ``None``: it names the setting alone.
+    ``api_key_knob`` is where the key comes from, which the advice after a 401/403 names (default: those variables, or
+    api_key).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class OpenAIChatClient:
         extra_body: dict[str, Any] | None = None,
         transport: Any = None,
         timeout_knob: str | None = None,
+        api_key_knob: str | None = None,
     ) -> None:
         problem = server_url_problem(base_url) if isinstance(base_url, str) else "it is no text"
         if problem:
@@ -190,6 +193,7 @@ class OpenAIChatClient:
         self.model = model
         self.timeout_s = timeout_s
         self.timeout_knob = timeout_knob
+        self.api_key_knob = api_key_knob or f"{' or '.join(API_KEY_ENV)}, or api_key"
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         self.tool_choice = tool_choice
@@ -526,7 +530,7 @@ class OpenAIChatClient:
     def _refusal_advice(self, status: int) -> str:
         """What to check for a request the server refused with ``status`` (4xx)."""
         if status in (401, 403):
-            return f"Check the API key ({' or '.join(API_KEY_ENV)}, or api_key) and that it may use {self.model!r}."
+            return f"Check the API key ({self.api_key_knob}) and that it may use {self.model!r}."
         if status == 404:
             return (
                 f"Check the model name ({self.model!r} must be served there: GET {self.base_url}/models lists them) and that "

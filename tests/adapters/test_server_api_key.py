@@ -106,8 +106,10 @@ def test_ee_clients_of_its_servers_send_the_fleets_key_and_model_clients_do_not(
     monkeypatch.delenv("OPENAI_API_KEY")
     assert OpenAIChatClient(url, "tiny-base", retries=0)._api_key is None  # the fleet's key is no model client's default
     monkeypatch.delenv("EE_SERVE_API_KEY")
-    with pytest.raises(ServingError):
+    with pytest.raises(ServingError) as unkeyed:
         LocalBackend(url).list()
+    # the advice names the key ee's serving clients send, not a model client's (a sweep of serving: it named those)
+    assert "Check the API key (EE_SERVE_API_KEY)" in str(unkeyed.value) and "OPENAI_API_KEY" not in str(unkeyed.value), unkeyed.value
 
 
 @pytest.fixture
