@@ -167,6 +167,8 @@ class LocalAdapterRegistry:
                 f"The adapter registry {self.root} is a file, not a folder: name the registry's folder (it holds index.json; "
                 "a new one is made where none is)."
             )
+        if not create and not (self.root / "index.json").is_file() and self._left_without_index():
+            self._read_index()  # a registry that lost its index says so, not that none is there
         if not create and not (self.root / "index.json").is_file():
             raise RegistryNotFoundError(
                 f"No adapter registry at {self.root} (no index.json). Register an adapter first: "
@@ -543,6 +545,13 @@ class LocalAdapterRegistry:
         try:
             index = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            left = self._left_without_index()
+            if left:  # a registry that lost its index: starting over would number versions anew, the old ones orphaned
+                raise RegistryCorruptionError(
+                    f"The registry at {self.root} has no index.json, but holds {left}: its index was lost (deleted, or a "
+                    "partial copy or restore). Restore index.json from a backup of the registry (history.jsonl lists every "
+                    "action); ee does not start a new registry over an old one's adapters and history."
+                ) from None
             if self._create:  # not made yet: the first write makes it
                 return _empty_index()
             raise RegistryError(f"No adapter registry at {self.root} (no index.json).") from None
@@ -561,6 +570,23 @@ class LocalAdapterRegistry:
         if problem:
             raise RegistryCorruptionError(f"{path} was edited or damaged outside ee-middleware: {problem}. {_RESTORE}")
         return index
+
+    def _left_without_index(self) -> str:
+        """What of a registry that had an index is in its folder without one (its history, its adapters' copies), said;
+        "" for none. A history of one event is a first action whose index write a crash cut (it reads back unapplied):
+        no index was ever written, and the first write makes it."""
+        try:
+            events = sum(1 for line in (self.root / "history.jsonl").read_bytes().splitlines() if line.strip())
+        except OSError:
+            events = 0
+        if events < 2:
+            return ""
+        found = [f"a history of {events} actions (history.jsonl)"]
+        copies = self.root / _COPIES
+        count = sum(1 for entry in copies.iterdir() if entry.is_dir()) if copies.is_dir() else 0
+        if count:
+            found.append(f"{count} adapter cop{'y' if count == 1 else 'ies'} in {_COPIES}/")
+        return " and ".join(found)
 
     def _write_index(self, index: dict[str, Any]) -> None:
         for record in index["adapters"].values():  # relative to the registry's folder, so a moved registry keeps working
@@ -594,6 +620,7 @@ class LocalAdapterRegistry:
         (self.root / "adapters").mkdir(parents=True, exist_ok=True)
         with self._flock():
             if not (self.root / "index.json").is_file():
+                self._read_index()  # (no index: a registry that lost its own is refused, not made anew)
                 self._write_index(_empty_index())
 
 

@@ -508,3 +508,34 @@ def test_show_says_why_a_promote_was_aborted_and_which_promote_has_no_outcome(tm
     assert "reason: interrupted (KeyboardInterrupt: SIGTERM) while loading" in text
     assert text.count("no outcome recorded") == 1, text  # the first promote-started was ended by its promote-aborted
     assert "left the adapter loaded on http://r1/v1, http://r2/v1" in text
+
+
+def test_a_registry_that_lost_its_index_is_not_started_over(tmp_path: Path) -> None:
+    """index.json deleted (or left out of a copy) beside the registry's history and adapter copies: the next register
+    started a new registry there, numbering versions from 1 again (the same weights were 'bot-v2-...', now 'bot-v1-...'),
+    the old records orphaned and the history mixing both (a serving sweep). It is refused as the damage it is."""
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    reg.register(write_adapter(tmp_path / "a", seed=1), "bot")
+    second = reg.register(write_adapter(tmp_path / "b", seed=2), "bot")
+    (tmp_path / "reg" / "index.json").unlink()
+    again = LocalAdapterRegistry(tmp_path / "reg")
+    for act in (lambda: again.register(tmp_path / "b", "bot"), lambda: again.list()):
+        with pytest.raises(RegistryCorruptionError, match=r"has no index.json, but holds a history of 2 actions .* 2 adapter copies"):
+            act()
+    assert not (tmp_path / "reg" / "index.json").exists() and second.name.startswith("bot-v2-")
+    with pytest.raises(RegistryCorruptionError, match=r"Restore index\.json from a backup"):
+        open_registry(str(tmp_path / "reg"), create=False).list()
+
+
+def test_a_first_register_cut_by_a_crash_before_the_index_is_finished_by_the_next(tmp_path: Path) -> None:
+    """Its history holds one event and no index was ever written: not a lost index, the next write makes it."""
+    code = f"""
+import os
+from ee_middleware.adapters.registry import LocalAdapterRegistry
+reg = LocalAdapterRegistry({str(tmp_path / "reg")!r})
+reg._write_index = lambda index: os._exit(9)
+reg.register({str(write_adapter(tmp_path / "a", seed=1))!r}, "bot")
+"""
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, check=False).returncode == 9
+    record = LocalAdapterRegistry(tmp_path / "reg").register(tmp_path / "a", "bot")
+    assert record.name.startswith("bot-v1-")
