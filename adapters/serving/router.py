@@ -400,9 +400,14 @@ class AliasRouter:
                 timeout_s=self.timeout_s,
                 api_key=self._upstream_api_key,
                 timeout_knob="ee serve router --timeout SECONDS",
+                headers={ROUTED_HEADER: "1"},
             )
         return clients[root]
 
+
+ROUTED_HEADER = "X-EE-Routed"
+"""Sent with every request a router forwards: a router that gets one was given a router as a replica (itself, or one that
+forwards back), and refuses it (508) rather than forward it again, in a loop."""
 
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 """The forwarded paths whose answer is a completion: an HTTP 200 body without a ``choices`` list is a replica's failure."""
@@ -436,12 +441,23 @@ class _Handler(JSONHandler):
     router: AliasRouter
 
     def models(self) -> Any:
+        self._refuse_routed()
         return self.router.models()
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        self._refuse_routed()
         if path not in FORWARDED:
             raise RequestError(404, f"No route {self.path} (the router forwards {', '.join(FORWARDED)})", "NotFoundError")
         return self.router.forward(path, body)
+
+    def _refuse_routed(self) -> None:
+        if self.headers.get(ROUTED_HEADER):
+            raise RequestError(
+                508,
+                "This request was forwarded by an ee router: a router's --server names a router (this one, or one that "
+                "forwards back to it), which would forward it again and again. Give the routers the model servers' URLs.",
+                "LoopDetectedError",
+            )
 
 
 def make_router_server(

@@ -150,7 +150,7 @@ class OpenAIChatClient:
     ``timeout_knob`` is how the user of the command that made the client sets ``timeout_s`` (``"--timeout N"``,
     ``"--policy-setting timeout_s=N"``), which the advice after a timeout names; ``None``: it names the setting alone.
     ``api_key_knob`` is where the key comes from, which the advice after a 401/403 names (default: those variables, or
-    api_key).
+    api_key). ``headers`` go with every request.
     """
 
     def __init__(
@@ -167,6 +167,7 @@ class OpenAIChatClient:
         transport: Any = None,
         timeout_knob: str | None = None,
         api_key_knob: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         problem = server_url_problem(base_url) if isinstance(base_url, str) else "it is no text"
         if problem:
@@ -194,6 +195,7 @@ class OpenAIChatClient:
         self.timeout_s = timeout_s
         self.timeout_knob = timeout_knob
         self.api_key_knob = api_key_knob or f"{' or '.join(API_KEY_ENV)}, or api_key"
+        self._headers = dict(headers or {})
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         self.tool_choice = tool_choice
@@ -545,7 +547,7 @@ class OpenAIChatClient:
         if client is None:
             with _CLIENT_LOCK:  # threads asking at once (a replay worker's concurrent proposals) share one pool
                 if self._client is None:
-                    headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+                    headers = {**self._headers, **({"Authorization": f"Bearer {self._api_key}"} if self._api_key else {})}
                     self._client = httpx.Client(
                         timeout=self.timeout_s, headers=headers, auth=self._auth, params=self._params, transport=self._transport
                     )

@@ -471,3 +471,19 @@ def test_events_are_released_whole_however_the_stream_is_cut(stream: bytes) -> N
     if b"\n" not in stream:  # CR-only: each event released with the chunk that ends it
         events = [event + b"\r\r" for event in stream.split(b"\r\r") if event]
         assert relay(events)[2] == list(range(len(events)))
+
+
+def test_a_router_given_itself_as_a_replica_refuses_the_loop_at_once(tmp_path: Path) -> None:
+    """`ee serve router --server <its own URL>` (or two routers naming each other): one client request became 386
+    nested requests and 160 tracebacks in 5 s, then a 502 (a serving sweep). The router now marks what it forwards, and
+    a router that gets such a request answers 508 saying what is wrong: one hop (the model list, which asks the replicas
+    too, ends as well)."""
+    port = free_port()
+    posts: list[str] = []
+    router = AliasRouter(_EmptyRegistry(), [f"http://127.0.0.1:{port}/v1"], log=posts.append, timeout_s=5)
+    with serving(make_router_server(router, port=port)) as routed:
+        chat = _chat(routed, model="bot")
+        listed = httpx.get(f"{routed}/models", timeout=CLIENT_TIMEOUT_S)
+    assert chat.status_code >= 500 and "a router's --server names a router" in chat.text, chat.text
+    assert listed.status_code in (200, 508) or "a router's --server names a router" in listed.text, listed.text
+    assert len(posts) <= 4, posts  # a hop or two logged, not hundreds
