@@ -360,7 +360,7 @@ def serve_vllm(
     )
     command = vllm_command(options)
     if print_command:
-        typer.echo("VLLM_ALLOW_RUNTIME_LORA_UPDATING=True HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 " + " ".join(command))
+        typer.echo(_runnable_command(options, base))
         return
     env = vllm_env(options)
     server = ServerProcess(
@@ -383,6 +383,34 @@ def serve_vllm(
     with termination_as_interrupt():
         server.start(timeout_s=v.start_timeout_s)
         _wait(server, ready)
+
+
+def _runnable_command(options: Any, base: str) -> str:
+    """vLLM's command line as a shell runs it, from any folder: its environment first, every word quoted where it needs
+    to be (a path with a space), a base model given as a local folder by its absolute path (the served name stays as
+    given), and vLLM's ``--api-key`` as ``"$VLLM_API_KEY"`` (a key is not printed: set the variable in that shell)."""
+    import dataclasses
+    import shlex
+
+    from ee_middleware.adapters.serving.launch import vllm_command
+
+    if Path(base).expanduser().exists():
+        options = dataclasses.replace(
+            options, base=str(Path(base).expanduser().resolve()), served_model_name=options.served_model_name or base
+        )
+    words, keyed = [], False
+    for before, arg in zip(["", *vllm_command(options)], vllm_command(options), strict=False):
+        if before == "--api-key":
+            words.append('"$VLLM_API_KEY"')
+            keyed = True
+        elif arg.startswith("--api-key="):
+            words.append('--api-key="$VLLM_API_KEY"')
+            keyed = True
+        else:
+            words.append(shlex.quote(arg))
+    if keyed:
+        typer.echo("The --api-key value is not printed: set VLLM_API_KEY in the shell that runs the command.", err=True)
+    return "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 " + " ".join(words)
 
 
 def _shown_command(command: list[str]) -> str:

@@ -209,3 +209,25 @@ def test_an_api_key_for_vllm_is_not_logged() -> None:
 
     shown = _shown_command(["vllm", "serve", "/m", "--api-key", "sk-one", "--port", "8000", "--api-key=sk-two"])
     assert shown == "vllm serve /m --api-key *** --port 8000 --api-key=***", shown
+
+
+def test_the_printed_vllm_command_runs_as_printed_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--print-command joined the words with spaces, so a base model folder with a space in its name broke the command
+    pasted into a shell, a relative base read like a hub id from any other folder, and vLLM's --api-key was printed in
+    clear (a CLI sweep). The words are shell-quoted, the base is its absolute folder (served under the name given), and
+    the key is read from VLLM_API_KEY where the command runs."""
+    import shlex
+
+    (tmp_path / "my models" / "tiny base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "my models")
+    printed = runner.invoke(
+        app,
+        ["serve", "vllm", "--base", "tiny base", "--print-command", "--chat-template", "own", "--vllm-arg=--api-key=sk-fleet-1234"],
+        env={"EE_MAX_LORA_RANK": None},
+    )
+    assert printed.exit_code == 0, printed.output
+    line = printed.stdout.strip()
+    assert "sk-fleet-1234" not in line and "VLLM_API_KEY" in printed.stderr
+    words = shlex.split(line)
+    assert words[words.index("serve") + 1] == str(tmp_path / "my models" / "tiny base"), words
+    assert words[words.index("--served-model-name") + 1] == "tiny base" and "--api-key=$VLLM_API_KEY" in words, words
