@@ -889,8 +889,10 @@ def _steps(
             calls = message.get("tool_calls") or []
             text = content_to_text(message.get("content"))
             reasoning = message_reasoning(message)  # what a reasoning model wrote first: each of the reply's calls carries it
-            for position in range(len(calls)):
-                tool_call, span = next(made_calls), next(spans_made)
+            turn = [(next(made_calls), next(spans_made)) for _ in calls]
+            replies: list[tuple[dict[str, Any], bool] | None] = []
+            unnamed_positions = []
+            for position, (tool_call, _) in enumerate(turn):
                 # ids are optional (Gemini's calls have none): the reply's place in the history tells
                 named = tool_call.id and tool_call.id not in shared
                 found = _reply_to(tool_call.id, index, decisions, final) if named else unnamed.answer(index, output, position)
@@ -900,7 +902,12 @@ def _steps(
                         if tool_call.id in reused
                         else later_tool_messages.get(tool_call.id)
                     )
-                reply, failed = found or (None, False)
+                replies.append(found)
+                if not named:
+                    unnamed_positions.append(position)
+            _pair_by_span_results(replies, [turn[p][1] for p in unnamed_positions], unnamed_positions)
+            for position, (tool_call, span) in enumerate(turn):
+                reply, failed = replies[position] or (None, False)
                 observation, latency = _observation(span, reply, redact, max_chars, failed)
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
@@ -912,6 +919,31 @@ def _steps(
                 answer = Action(kind="answer", content=text, reasoning=reasoning)
                 steps.append(_step(len(steps), index, states.of(index, d["state"], d["raw"]), answer, None, None, chat, offered))
     return _numbered_decisions(steps), _last_answer(answers, decisions)
+
+
+def _pair_by_span_results(replies: list[tuple[dict[str, Any], bool] | None], spans: list[SpanData | None], positions: list[int]) -> None:
+    """Pair the tool messages of a turn's calls without ids (``positions``, placed by their order after the reply:
+    :class:`_UnnamedReplies`) by what the calls' tool spans say they returned, where that tells otherwise: an app that
+    gives the model the results in the order the calls finished (parallel tools) put them out of the calls' order, and a
+    call got another's result. Only where every such call's span recorded a result and the messages hold exactly those
+    results (in some order) are they re-paired, each call to the message holding its own result."""
+    if len(positions) < 2 or any(span is None or span.attributes.get(sc.TOOL_CALL_RESULT) is None for span in spans):
+        return
+    results = [_text_of(span.attributes[sc.TOOL_CALL_RESULT]) for span in spans if span is not None]
+    found = [replies[p] for p in positions]
+    texts = [_text_of(f[0].get("content")) if f is not None else None for f in found]
+    if texts == results or sorted(map(str, texts)) != sorted(map(str, results)):
+        return
+    pool = list(range(len(found)))
+    for position, result in zip(positions, results, strict=True):
+        taken = next(j for j in pool if texts[j] == result)
+        pool.remove(taken)
+        replies[position] = found[taken]
+
+
+def _text_of(value: Any) -> str:
+    """A tool result or a tool message's content as text, to compare them."""
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else content_to_text(value)
 
 
 def _numbered_decisions(steps: list[Step]) -> list[Step]:

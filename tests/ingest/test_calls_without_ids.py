@@ -180,3 +180,32 @@ def test_a_long_run_whose_calls_cannot_be_paired_decodes_each_call_once(tmp_path
     # per assembly, a step's own call, its reply, and the reply's copy in the histories (shared by them): 3 per call, where
     # every call decoded every later history's calls (some 20 000 times per assembly here)
     assert assembled and decoded <= 3 * calls * assembled, (decoded, assembled)
+
+
+def _tool(span_id: str, sku: str, result: str, start: int) -> dict[str, Any]:
+    attrs = {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": "check_stock",
+        "gen_ai.tool.call.arguments": json.dumps({"sku": sku}),
+        "gen_ai.tool.call.result": result,
+    }
+    return _span(span_id, "execute_tool check_stock", attrs, parent="c000000000000001", start=start, end=start + 1)
+
+
+@pytest.mark.parametrize("order", ["as called", "as finished"])
+def test_results_given_in_the_order_the_calls_finished_go_to_their_own_calls(tmp_path: Path, order: str) -> None:
+    """Parallel calls without ids whose results the app gave the model in the order the calls finished (SKU-4's first):
+    paired by position, SKU-9's call got SKU-4's result, though each call's tool span said what it returned (a sweep of
+    other instrumentations' traces; the wrong pair reached the IWM dataset). Where the tool spans' results are exactly
+    the messages' contents, in another order, each call gets the message holding its own result."""
+    answer = {"role": "assistant", "parts": [{"type": "text", "content": "12 and 3."}], "finish_reason": "stop"}
+    call = _call("SKU-9", "SKU-4")
+    results = ["SKU-9: 12", "SKU-4: 3"] if order == "as called" else ["SKU-4: 3", "SKU-9: 12"]
+    t = _ingest(
+        tmp_path,
+        _model("c000000000000002", [USER], call, 1),
+        _tool("c000000000000004", "SKU-4", "SKU-4: 3", 6),
+        _tool("c000000000000005", "SKU-9", "SKU-9: 12", 7),
+        _model("c000000000000003", [USER, call, _results(*results)], answer, 10),
+    )
+    assert _observations(t) == [("SKU-9", "SKU-9: 12"), ("SKU-4", "SKU-4: 3")]
