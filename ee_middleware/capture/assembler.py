@@ -514,6 +514,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     redact = options.redactor.redact if options.redactor is not None else (lambda v: v)
     memo = _RunMemo(options.redactor)
     decisions = [_decision(chat, redact, memo) for chat in chats]
+    _note_tool_runs(decisions, tools)
     formatting = _answer_formatting(root, decisions, tools)
     decisions = [d for index, d in enumerate(decisions) if index not in formatting]
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
@@ -1155,9 +1156,28 @@ def _discarded(index: int, decisions: list[dict[str, Any]]) -> bool:
             continue
         state = later["raw"]
         if len(state) >= start and state[:start] == seen:
+            if any(decision["span"].end_ns <= at < later["span"].start_ns for at in decision.get("ran_at", ())):
+                return False  # a tool ran one of its calls before the model was asked again: the reply acted (a handoff)
             asked_again = len(state) == start or state[start].get("role") != "assistant"
             return asked_again and later["tools"] == decision["tools"] and _span_model(later["span"]) == _span_model(decision["span"])
     return False
+
+
+def _note_tool_runs(decisions: list[dict[str, Any]], tools: Sequence[SpanData]) -> None:
+    """Note on each decision when tool spans ran calls of its reply (by call id: ``ran_at``, their start times), which
+    :func:`_discarded` reads: a reply a tool acted on was not thrown away, whatever model call comes after it."""
+    starts: dict[str, list[int]] = {}
+    for span in tools:
+        call_id = span.attributes.get(sc.TOOL_CALL_ID)
+        if call_id:
+            starts.setdefault(str(call_id), []).append(span.start_ns)
+    if not starts:
+        return
+    for decision in decisions:
+        ids = {str(c.get("id")) for m in decision["raw_outputs"] for c in m.get("tool_calls") or () if c.get("id")}
+        ran = [at for call_id in ids for at in starts.get(call_id, ())]
+        if ran:
+            decision["ran_at"] = ran
 
 
 def _may_ask_again(first: SpanData, later: SpanData) -> bool:
