@@ -234,7 +234,13 @@ def fail(message: str, exc: BaseException) -> NoReturn:
     """End the command with the ``error:`` line and exit 1; with ``--json``, the error object names ``exc``'s class
     (a command that catches an error itself, for its own standalone app, ends through this too)."""
     typer.secho(f"error: {message}", err=True, fg="red")
-    raise _Failed(message, type(exc).__name__) from exc
+    raise _Failed(message, _public_kind(exc)) from exc
+
+
+def _public_kind(exc: BaseException) -> str:
+    """The name of ``exc``'s class for ``--json``'s ``type``, scripts match on: its first public class (a private
+    subclass, such as the store's ``_MarkerRefused``, is named by the ``StoreError`` it is)."""
+    return next((cls.__name__ for cls in type(exc).__mro__ if not cls.__name__.startswith("_")), type(exc).__name__)
 
 
 EXIT_CLOSED_STDOUT = 141

@@ -199,7 +199,7 @@ def show(
         )
     out.print(table)
     if trajectory.error:
-        out.print(f"[red]error:[/] {escape(trajectory.error)}")
+        out.print(f"[red]run error:[/] {escape(trajectory.error)}")  # (not "error:", which the CLI writes for its own failures)
     if decisions:
         out.print(_history_table(decisions))
 

@@ -14,7 +14,7 @@ import typer
 
 from ee_middleware._lifetime import stopping_signal
 from ee_middleware.cli.common import JsonOption, examples, interrupted, library_bars_off, print_json, warnings_as_lines
-from ee_middleware.errors import EEError
+from ee_middleware.errors import EEError, MissingSettingError
 
 
 class ScheduleChoice(StrEnum):
@@ -92,6 +92,8 @@ def train(
             raise exc.named_by(_data_setting(ctx, config)) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
         raise interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", written_before)) from exc
+    except MissingSettingError as exc:  # a usage error (the command's usage line, exit 2), as ee's other jobs say it
+        raise typer.BadParameter(str(exc)) from exc
     except EEError as exc:  # said here for the standalone app too; --json's error object names its type
         from ee_middleware.cli.app import fail
 

@@ -466,6 +466,7 @@ def test_user_output_to_stderr_restores_stdout_after_uses_that_overlap_without_n
         (["curriculum", "run"], "The curriculum run needs TASKS (the argument)"),
         (["serve", "vllm"], "The serve vllm command needs --base"),
         (["improve"], "The improve job needs store"),
+        (["train"], "The train job needs --base-model"),  # (exited 1: a CLI sweep)
     ],
 )
 def test_a_setting_a_job_needs_and_nobody_gave_is_a_usage_error(command: list[str], needs: str) -> None:

@@ -279,3 +279,37 @@ def test_list_and_show_apply_the_store_s_current_rules_as_export_does(recorded: 
         assert "pear" not in shown.stdout.lower() and "[REDACTED:fruit" in shown.stdout, shown.stdout
     table = ee("traces", "list", "--store", str(recorded))
     assert "pear" not in table.stdout.lower(), table.stdout
+
+
+def test_show_labels_the_runs_own_error_apart_from_the_commands(tmp_path: Path) -> None:
+    """A run's stored error was printed on stdout as "error: cancelled: CancelledError" by a command that exits 0, the
+    form the CLI keeps for its own failures (on stderr, exit 1): scripts grepping for "error:" misread it (a sweep)."""
+    trajectory = sample_trajectory("stopped").model_copy(update={"status": "interrupted", "error": "cancelled: CancelledError"})
+    store = LocalExperienceStore(tmp_path / "s")
+    store.write([trajectory])
+    store.close()
+    shown = CliRunner().invoke(app, ["traces", "show", "stopped", "--store", str(tmp_path / "s")], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert "run error: cancelled: CancelledError" in lines and not any(line.startswith("error:") for line in lines), lines
+
+
+def test_a_private_error_class_is_not_the_json_errors_type(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose marker this process may not read failed `--json` commands with "type": "_MarkerRefused", a private
+    class no script can match on (a CLI sweep); it is named by the public class it is, StoreError."""
+    import pathlib
+
+    from tests.cli.json_failure import json_failure
+
+    LocalExperienceStore(tmp_path / "s").close()
+    read = pathlib.Path.read_bytes
+
+    def refused(self: pathlib.Path) -> bytes:
+        if self.name == "ee-store.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read(self)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refused)
+    listed = CliRunner().invoke(app, ["traces", "list", "--store", str(tmp_path / "s"), "--json"])
+    assert listed.exit_code == 1, listed.output
+    assert json_failure(listed)["type"] == "StoreError", listed.stdout

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ee_middleware._limits import INT32_MAX
-from ee_middleware._toml import build_config, layered_values
+from ee_middleware._toml import build_config, layered_values, missing_settings
 from ee_middleware.errors import ConfigError
 
 Schedule = Literal["il", "iwm", "sr", "experience-model"]
@@ -118,6 +118,8 @@ class TrainConfig(BaseModel):
         """Defaults <- TOML ``[train]`` table <- ``overrides`` (``None`` values are ignored). ``nightly``: ``path`` is
         ee improve's file, read for its train stage, so it may leave ``[train]`` out."""
         values = layered_values(path, "train", overrides, job="training job", nightly=nightly)
+        if not values.get("base_model") and not nightly:  # a usage error (exit 2), as the other jobs' missing settings
+            raise missing_settings("train job", "train", {"base_model": "--base-model PATH (a save_pretrained folder or a .gguf file)"})
         if not values.get("base_model"):
             raise ConfigError(
                 "The train job needs a base model: pass --base-model PATH (a save_pretrained folder or a .gguf file) "

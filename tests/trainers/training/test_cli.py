@@ -32,7 +32,7 @@ def test_train_command_errors_are_one_red_line(tmp_path: Path, data_dir: Path) -
     assert result.exit_code == 1
     assert "error: No base model at" in result.stderr and "Traceback" not in result.output
     result = CliRunner().invoke(app, ["--data", str(data_dir)])
-    assert result.exit_code == 1 and "--base-model" in result.stderr
+    assert result.exit_code == 2 and "--base-model" in result.stderr  # a usage error, as the other jobs' missing settings
 
 
 def test_datasets_show_reports_what_a_max_length_would_cut(tiny_model_dir: Path, data_dir: Path) -> None:
