@@ -178,15 +178,19 @@ def _failure_json(exc: Exception, runs: Path | None = None) -> dict[str, Any]:
     """What ``--json`` prints for an error that left no run of this call's: ``status`` ``refused`` (another run holds
     the runs folder, or the unfinished run cannot be continued with this configuration) or ``failed`` (the config, a
     preflight check), the ``error`` as stderr says it, and the runs folder when known."""
+    from ee_middleware.cli.app import _describe_os_error, _is_file_error
     from ee_middleware.errors import EEError
     from ee_middleware.jobs.errors import RunConfigChangedError, RunLockedError
     from ee_middleware.jobs.improve import error_text
 
     refused = isinstance(exc, (RunLockedError, RunConfigChangedError))
-    data: dict[str, Any] = {
-        "status": "refused" if refused else "failed",
-        "error": str(exc) if isinstance(exc, EEError) else error_text(exc),
-    }
+    if isinstance(exc, EEError):
+        said = str(exc)
+    elif isinstance(exc, OSError) and _is_file_error(exc):  # as the stderr line says it ("is a file, not a folder")
+        said = _describe_os_error(exc)
+    else:
+        said = error_text(exc)
+    data: dict[str, Any] = {"status": "refused" if refused else "failed", "error": said}
     if runs is not None:
         data["runs"] = str(runs)
     return data

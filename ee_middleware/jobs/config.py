@@ -555,7 +555,7 @@ class ImproveConfig(BaseModel):
                     ) from exc
             base_model, where = live_base, f"the base of the live adapter {live}"  # what the candidate trains on
         else:
-            where = "base_model in [improve]"
+            where = "base_model in [improve] (or --base-model)"
         try:
             source = check_base(base_model, max_length=max_length)
         except Exception as exc:

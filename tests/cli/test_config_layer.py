@@ -132,7 +132,7 @@ def test_improve(tmp_path: Path) -> None:
     for encoding in ("utf-16", "utf-8-sig"):
         written = _file(tmp_path, improve + "[replay]\nk = 2\n", f"{encoding}.toml", encoding)
         error = _error(ee("improve", "--config", written))  # read through: the start-up check gets to the base model
-        assert "base_model in [improve]: No base model at" in error, error
+        assert "base_model in [improve] (or --base-model): No base model at" in error, error
 
 
 JOBS = {

@@ -232,7 +232,7 @@ def _base_folder(tmp_path: Path, *, template: bool = True) -> Path:
 def test_a_missing_base_model_or_store_or_chat_template_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
     from ee_middleware.jobs.improve import run_improve
 
-    with pytest.raises(ConfigError, match=r"base_model in \[improve\]: No base model at .*nope"):
+    with pytest.raises(ConfigError, match=r"base_model in \[improve\] \(or --base-model\): No base model at .*nope"):
         run_improve(ImproveConfig.load(_improve_file(tmp_path, tmp_path / "nope")))
     with pytest.raises(ConfigError, match=r"has no chat template .*tokenizer.chat_template = "):
         run_improve(ImproveConfig.load(_improve_file(tmp_path, _base_folder(tmp_path, template=False))))

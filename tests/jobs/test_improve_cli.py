@@ -70,6 +70,18 @@ def test_json_says_why_when_another_run_holds_the_runs_folder(workspace: Path, t
     assert "Another run holds" in result.stderr and runs.list() == []
 
 
+def test_json_says_a_file_error_as_stderr_says_it(workspace: Path, tiny_base: Path) -> None:
+    """A runs folder that is a file: stderr said 'is a file, not a folder: choose another path', the JSON error the raw
+    'FileExistsError: [Errno 17] File exists: ...' (a CLI sweep), though it promises the error as stderr says it."""
+    path = write_config(workspace, tiny_base)
+    (workspace / "afile").write_text("")
+    result = CliRunner().invoke(app, ["improve", "--config", str(path), "--runs", str(workspace / "afile"), "--json"])
+    assert result.exit_code == 1, result.output
+    error = json.loads(result.stdout)["error"]
+    assert "is a file, not a folder" in error and "Errno" not in error, error
+    assert error in " ".join(result.stderr.split()), result.stderr
+
+
 def _ee(*args: str | Path) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "ee_middleware.cli", *map(str, args)]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "80"})

@@ -111,7 +111,7 @@ def test_an_improve_job_refuses_the_base_from_its_files_before_a_run_starts(tool
     with pytest.raises(ConfigError) as caught:
         ImproveConfig.load(improve_file(mismatched)).check()
     message = str(caught.value)
-    assert message.startswith("base_model in [improve]: The tokenizer in ")
+    assert message.startswith("base_model in [improve] (or --base-model): The tokenizer in ")
     assert (
         f"has {len(big)} token ids" in message
         and f"only {len(tool_tokenizer)} rows (vocab_size in {mismatched / 'config.json'})" in message
