@@ -322,7 +322,11 @@ class _Tree:
         if op != sc.OP_INVOKE_AGENT and op not in sc.MODEL_OPERATIONS:
             return None
         if not in_graph_node(span):
-            return span.span_id if op == sc.OP_INVOKE_AGENT else None
+            if op != sc.OP_INVOKE_AGENT:
+                return None
+            if self._under_a_tool(span.span_id) and self._calls_a_model(span.span_id):
+                self.nested.add(span.span_id)  # an agent used as a tool (ADK's AgentTool, agents-as-tools): its own run
+            return span.span_id
         node = span.span_id
         namespaces = {_checkpoint_ns(span)}
         while (up := self.parent(node)) is not None:
@@ -337,6 +341,29 @@ class _Tree:
             namespaces.add(_checkpoint_ns(above))
             node = up
         return self.by_id[node].parent_span_id or node  # the graph's span missing: its id still joins the run
+
+    def _under_a_tool(self, span_id: str) -> bool:
+        """Whether an agent span runs inside a tool call of another run: a tool span above it, below that run's agent
+        span (a tool span with no agent above it, an app's own, runs no other run)."""
+        tool = False
+        for above in self.ancestors(span_id):
+            op = operation_of(above.attributes)
+            if op == sc.OP_EXECUTE_TOOL:
+                tool = True
+            elif op == sc.OP_INVOKE_AGENT:
+                return tool
+        return False
+
+    def _calls_a_model(self, span_id: str) -> bool:
+        """Whether a model span is under ``span_id`` (an agent span of its own run holds its decisions; one that holds
+        none, an instrumentation's wrapper around a graph it traces otherwise, is no run of its own)."""
+        todo = list(self.children.get(span_id, ()))
+        while todo:
+            child = todo.pop()
+            if operation_of(self.by_id[child].attributes) in sc.MODEL_OPERATIONS:
+                return True
+            todo.extend(self.children.get(child, ()))
+        return False
 
     def ancestors(self, span_id: str) -> Iterator[SpanData]:
         """The spans above ``span_id``, nearest first (as far as the parent links are in the trace, and adopted spans'
