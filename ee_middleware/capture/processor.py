@@ -213,10 +213,13 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._may_name_operation: Callable[[Mapping[str, Any]], bool] = lambda attributes: False
         if recorder_id is None:  # other instrumentations' spans are read as ingest reads them: imported here, not in
             # the threads that end spans and write runs (two threads importing ingest at once deadlocked on its modules)
-            from ee_middleware.ingest.dialects import may_name_operation
+            from ee_middleware.capture.offload import refuse_unimportable_redact_fn
+            from ee_middleware.ingest.dialects import adapted_operation, may_name_operation
             from ee_middleware.ingest.service import ingest_spans
 
-            self._may_name_operation, self._ingest_spans = may_name_operation, ingest_spans
+            self._may_name_operation, self._adapted_operation, self._ingest_spans = may_name_operation, adapted_operation, ingest_spans
+            if self.options.redactor is not None:  # refused now, as a recorder's is, not at every write
+                refuse_unimportable_redact_fn(self.options.redactor.custom)
         _processors.add(self)
 
     # --- SpanProcessor -------------------------------------------------------------------------
@@ -253,9 +256,15 @@ class ExperienceSpanProcessor(SpanProcessor):
             done = operation_of(attrs) == sc.OP_INVOKE_AGENT
         else:
             key, done = trace_id, is_root
-            if operation_of(attrs) is None and not (done and key in self._buffers) and not self._may_name_operation(attrs):
-                if not done:
-                    self._unread_span(key, span, convert)
+            if operation_of(attrs) is None and not (done and key in self._buffers):
+                # a span of a dialect that names its operation in its own words (a Langfuse generation) is kept as one
+                # that names it is; its other spans (Logfire's web requests, MLflow's traced functions) are not
+                data = (convert(span) if convert is not None else span) if self._may_name_operation(attrs) else None
+                if data is None or self._adapted_operation(data) is None:
+                    if not done:
+                        self._unread_span(key, span, convert)
+                    return
+                self._buffer(key, done, data)
                 return
         self._buffer(key, done, convert(span) if convert is not None else span)
 
@@ -436,10 +445,20 @@ class ExperienceSpanProcessor(SpanProcessor):
 
         try:
             self._ingest_spans(
-                spans, self.store, app=self.options.app, redactor=self.options.redactor, report=report, decide=decide, live=True
+                spans,
+                self.store,
+                app=self.options.app,
+                redactor=self.options.redactor,
+                report=report,
+                decide=decide,
+                live=True,
+                source=self.options.source,
+                max_observation_chars=self.options.max_observation_chars,
             )
         except Exception as exc:  # noqa: BLE001 - capture must never break the host
-            self.report_failure(f"could not store the runs of {traces} trace(s) to {self.store!r}: {exc}", exc, runs=max(1, report.runs))
+            failed = max(1, report.runs - len(report.ingested))  # (a batch written before the failure is stored)
+            self.report_failure(f"could not store the runs of {traces} trace(s) to {self.store!r}: {exc}", exc, runs=failed)
+            self.stats.trajectories_written += len(report.ingested)
             return
         self.stats.trajectories_written += len(report.ingested)
         self.stats.trajectories_auto_approved += len(approved & set(report.ingested))

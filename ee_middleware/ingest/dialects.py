@@ -141,10 +141,16 @@ _INDEXED = {
 
 def may_name_operation(attributes: Mapping[str, Any]) -> bool:
     """Whether :func:`adapt` may give a span with these ``attributes`` a GenAI operation they do not name (its dialect's
-    keys are among them): the live span processor keeps such a span as it keeps those that name one."""
+    keys are among them: a cheap look before :func:`adapted_operation`, which the live span processor asks then)."""
     if any(key in attributes for key in _OPERATION_KEYS):
         return True
     return any(_PROMPT_ROLE.match(key) or _RAW_MESSAGES.match(key) for key in attributes)
+
+
+def adapted_operation(span: SpanData) -> str | None:
+    """The GenAI operation ``span`` has once adapted (a Langfuse generation's ``chat``; ``None`` for the other spans of
+    its dialect, such as Logfire's web requests, which carry its keys too)."""
+    return operation_of(adapt(span).attributes)
 
 
 def adapt(span: SpanData) -> SpanData:

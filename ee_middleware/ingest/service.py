@@ -60,7 +60,7 @@ from ee_middleware.ingest.runs import (
     lost_model_calls,
     read_gaps,
 )
-from ee_middleware.ingest.spill import SpanSpill
+from ee_middleware.ingest.spill import MemorySpill, SpanSpill
 from ee_middleware.records import SCHEMA_VERSION, Approval, Observation, Step, ToolCatalog, Trajectory, offered_tools, utcnow
 from ee_middleware.store.approvals import decide
 from ee_middleware.store.int64 import trajectory_problem
@@ -273,8 +273,11 @@ class _Target:
         dropped: Mapping[tuple[str, str], Dropped] | None = None,
         traces: Collection[str] | None = None,
         live: bool = False,
+        source: str = "otlp-ingest",
+        max_observation_chars: int | None = None,
     ) -> None:
         self._spec, self._app, self._redactor = store, app, redactor
+        self._source, self._max_chars = source, max_observation_chars
         self.live = live
         """Spans recorded live (the span processor's): each run is read once, whole, so no stored version of it is looked
         for (the store's trajectories are not read: at every batch of a busy service, that was the whole store)."""
@@ -307,7 +310,7 @@ class _Target:
 
     @cached_property
     def _trial(self) -> AssemblyOptions:
-        return AssemblyOptions(app=self._app, redactor=self._redactor, source="otlp-ingest")
+        return AssemblyOptions(app=self._app, redactor=self._redactor, source=self._source, **self._chars)
 
     @cached_property
     def store(self) -> ExperienceStore:
@@ -338,7 +341,11 @@ class _Target:
     def options(self) -> AssemblyOptions:
         settings, salt = self._redaction
         redactor = _ingest_redactor(settings, salt, self._redactor, self._vault_feed(settings, salt))
-        return AssemblyOptions(app=self._app, redactor=redactor, source="otlp-ingest", paused_tools=self.paused.tools)
+        return AssemblyOptions(app=self._app, redactor=redactor, source=self._source, paused_tools=self.paused.tools, **self._chars)
+
+    @property
+    def _chars(self) -> dict[str, int]:
+        return {} if self._max_chars is None else {"max_observation_chars": self._max_chars}
 
     @cached_property
     def _reviewer(self) -> Redactor:
@@ -604,6 +611,8 @@ def ingest_spans(
     rejected: Iterable[RejectedSpan] = (),
     decide: Callable[[Trajectory], Trajectory] | None = None,
     live: bool = False,
+    source: str = "otlp-ingest",
+    max_observation_chars: int | None = None,
 ) -> IngestReport:
     """Assemble spans into trajectories and write the new ones (ingest is idempotent by id).
 
@@ -618,12 +627,14 @@ def ingest_spans(
     in that name, redacted as ``ee traces approve`` stores a reviewer's; else ``decide`` (where given) is called with each
     new run no stored version decided on, before it is stored, and may set its approval (the live span processor's
     ``approve_if``). ``live``: spans recorded live, each run's all read at once (the span processor's): no stored version
-    of a run is looked for. The store's redaction vault is fed the
+    of a run is looked for, the spans are held in memory (no spill file), and a trace holding no run is no problem (an
+    app's other traces). ``source`` and ``max_observation_chars`` are the trajectories' (the span processor's own). The
+    store's redaction vault is fed the
     pseudonyms made, where it exists (``EE_VAULT``; a missing one is never created: a report note says what was left out).
     """
     report = report or IngestReport()
     traces: set[str] = set()
-    with SpanSpill() as spill:
+    with MemorySpill() if live else SpanSpill() as spill:
         report.spans += spill.add(_noted((adapt(span) for span in spans), traces))
         _ingest_traces(
             spill,
@@ -636,6 +647,8 @@ def ingest_spans(
             traces=traces,
             decide=decide,
             live=live,
+            source=source,
+            max_observation_chars=max_observation_chars,
         )
     return report
 
@@ -648,7 +661,7 @@ def _noted(spans: Iterable[SpanData], traces: set[str]) -> Iterator[SpanData]:
 
 
 def _ingest_traces(
-    spill: SpanSpill,
+    spill: SpanSpill | MemorySpill,
     store: ExperienceStore | StoreSpec,
     *,
     report: IngestReport,
@@ -661,6 +674,8 @@ def _ingest_traces(
     redactor: Redactor | None = None,
     decide: Callable[[Trajectory], Trajectory] | None = None,
     live: bool = False,
+    source: str = "otlp-ingest",
+    max_observation_chars: int | None = None,
 ) -> None:
     """Assemble the spilled spans trace by trace, writing the new trajectories in batches; ``traces``: the ids of the
     spilled traces, where known."""
@@ -674,7 +689,7 @@ def _ingest_traces(
     unended_by_trace: dict[str, set[str]] = defaultdict(set)
     for trace_id, span_id in unended:
         unended_by_trace[trace_id].add(span_id)
-    target = _Target(store, app, redactor, dropped, traces, live)
+    target = _Target(store, app, redactor, dropped, traces, live, source, max_observation_chars)
     new: list[Trajectory] = []
     supersede: list[tuple[dict[str, Any], Trajectory]] = []
 
@@ -782,7 +797,7 @@ def _ingest_traces(
         target.close(report)  # the vault's entries made durable, also where a write failed
     if report.several_choices:
         report.notes.append(_choices_note(report.several_choices, report.first_choice_kept))
-    if report.unread_spans and not report.runs:
+    if report.unread_spans and not report.runs and not live:  # (live: an app's other traces, not a file it gave)
         report.problem(_nothing_read(report))
 
 
@@ -1326,9 +1341,30 @@ def _nothing_read(report: IngestReport) -> str:
 
 
 def _write(store: ExperienceStore, trajectories: list[Trajectory], report: IngestReport) -> None:
-    if trajectories:
+    """Write ``trajectories``; where the store refuses the batch, each alone, so that one run it refuses (a record too
+    large to write, one it cannot encode) does not take the others along: each refused one is a problem of the report.
+    A store that refuses the first two alone the same way refuses them all (a full disk): the error is raised."""
+    if not trajectories:
+        return
+    try:
         store.write(trajectories)
+    except Exception:
+        if len(trajectories) == 1:
+            raise
+    else:
         report.ingested.extend(t.id for t in trajectories)
+        return
+    failures: list[str] = []
+    for position, trajectory in enumerate(trajectories):
+        try:
+            store.write([trajectory])
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}")
+            if position == 1 and len(failures) == 2 and failures[0] == failures[1]:
+                raise  # the first two alone, the same way: the store refuses every write
+            report.problem(f"Trace {trajectory.trace_id}: run {trajectory.id} could not be stored ({failures[-1]}); the others were.")
+        else:
+            report.ingested.append(trajectory.id)
 
 
 def _trace_trajectories(

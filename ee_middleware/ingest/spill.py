@@ -170,3 +170,36 @@ class SpanSpill:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+class MemorySpill:
+    """:class:`SpanSpill`'s interface over a dict: the spans of a live batch (the span processor's), already in memory,
+    need no temporary file (nor a writable temporary folder)."""
+
+    def __init__(self) -> None:
+        self._traces: dict[str, list[SpanData]] = {}
+
+    def add(self, spans: Iterable[SpanData]) -> int:
+        """Keep ``spans``; return how many."""
+        count = 0
+        for span in spans:
+            self._traces.setdefault(span.trace_id, []).append(span)
+            count += 1
+        return count
+
+    def traces(self) -> Iterator[tuple[str, list[SpanData]]]:
+        """Each trace id with its spans, in the order the traces were first read."""
+        yield from self._traces.items()
+
+    def trace(self, trace_id: str) -> list[SpanData]:
+        """The spans of one trace, in the order they were read."""
+        return list(self._traces.get(trace_id, ()))
+
+    def close(self) -> None:
+        self._traces = {}
+
+    def __enter__(self) -> MemorySpill:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()

@@ -257,3 +257,73 @@ def test_other_instrumentations_runs_are_redacted_live_with_the_stores_rules(tmp
     assert "bob@example.com" not in trajectory.task and "sk-abcdefghijklmnopqrstuvwxyz123456" not in trajectory.task
     assert "[REDACTED:email" in trajectory.task and "[REDACTED:api_key" in trajectory.task
     provider.shutdown()
+
+
+def test_other_spans_of_a_dialect_are_not_runs_and_no_failures(tmp_path: Path) -> None:
+    """Logfire marks every span (a web request's, a SQL query's) with logfire.msg_template, MLflow every traced function
+    with mlflow.spanType: kept as possible model calls, each such trace went to ingest and came back 'none of the spans
+    is one ingest understands', an error line and a failed run per batch (a review). Only spans that adapt to a GenAI
+    operation are kept; a trace without one is no failure."""
+    from ee_middleware.capture.spandata import SpanData
+
+    store = LocalExperienceStore(tmp_path / "s")
+    processor = ExperienceSpanProcessor(store)
+    for n in range(3):
+        trace = f"{n + 1:032x}"
+        web = SpanData(trace, "1" * 16, None, "GET /health", 1, 5, {"logfire.msg_template": "GET /health", "http.route": "/health"})
+        query = SpanData(trace, "2" * 16, "1" * 16, "SELECT", 2, 3, {"logfire.msg_template": "SELECT 1", "db.system": "sqlite"})
+        mlflow = SpanData(trace, "3" * 16, "1" * 16, "helper", 3, 4, {"mlflow.spanType": "UNKNOWN", "mlflow.spanInputs": "{}"})
+        for span in (query, mlflow, web):
+            processor.on_end_data(span)
+    assert processor.force_flush()
+    assert processor.stats.runs_failed == 0 and not processor.stats.errors, processor.stats
+    assert store.trajectories().height == 0 and processor.pending_spans() == 0
+    processor.shutdown()
+
+
+def test_the_processors_options_hold_for_other_instrumentations_runs(tmp_path: Path) -> None:
+    """A review: live runs of other instrumentations were stored with ingest's source ('otlp-ingest', which a later
+    `ee traces ingest` reads as an ingested run) and its observation cap, not the processor's; a redactor with a
+    function no other process can import failed every write, instead of being refused once, as a recorder refuses it."""
+    from ee_middleware.capture.assembler import AssemblyOptions
+    from ee_middleware.capture.redaction import Redactor
+    from ee_middleware.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="redact_fn cannot be used"):
+        ExperienceSpanProcessor(LocalExperienceStore(tmp_path / "r"), options=AssemblyOptions(redactor=Redactor(custom=lambda t: t)))
+    store = LocalExperienceStore(tmp_path / "s")
+    processor = ExperienceSpanProcessor(store, options=AssemblyOptions(source="otel-processor", max_observation_chars=5))
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    _genai_run(provider.get_tracer("someone-elses-instrumentation"), "plan a trip")
+    assert processor.force_flush()
+    [trajectory] = store.iter_trajectories()
+    assert trajectory.source == "otel-processor"
+    provider.shutdown()
+
+
+class _RefusingStore(LocalExperienceStore):
+    """A real local store that refuses any batch holding the run whose task says 'poison' (a record it cannot write)."""
+
+    def write(self, trajectories):
+        trajectories = list(trajectories)
+        if any("poison" in (t.task or "") for t in trajectories):
+            raise ValueError("this record cannot be written")
+        return super().write(trajectories)
+
+
+def test_one_run_the_store_refuses_does_not_take_the_others_of_its_batch(tmp_path: Path) -> None:
+    """Live runs of other instrumentations went to the store in one write per batch: one run it refused failed the
+    whole batch (up to 256 traces), where capture's own runs are written one by one after a refused batch (a review).
+    Ingest writes a refused batch's runs each alone, too: the others are stored, the refused one is a failure."""
+    store = _RefusingStore(tmp_path / "s")
+    processor = ExperienceSpanProcessor(store, min_write_interval_s=60, strict=False)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("someone-elses-instrumentation")
+    for task in ("plan a trip", "poison the well", "plan a party"):
+        _genai_run(tracer, task)
+    assert processor.force_flush()
+    assert sorted(store.trajectories()["task"].to_list()) == ["plan a party", "plan a trip"]
+    assert processor.stats.runs_failed == 1 and processor.stats.trajectories_written == 2, processor.stats
+    provider.shutdown()
