@@ -368,7 +368,7 @@ class JSONHandler(BaseHTTPRequestHandler):
                 self.wfile.write(view[start : start + _SEND_SLICE])
         except OSError as exc:
             self.close_connection = True
-            self.log_message("%s", f"the client went away before its answer ({status}) was sent: {type(exc).__name__}")
+            self.log_message("%s", f"the client went away (or stopped reading) before its answer ({status}) was sent: {type(exc).__name__}")
 
     def log_error(self, format: str, *args: Any) -> None:
         if format.startswith("Request timed out"):  # a kept-alive connection left idle, closed (IDLE_TIMEOUT_S): no error

@@ -264,7 +264,8 @@ class AliasRouter:
             except ModelRequestError:
                 raise
             except ModelServerError as exc:
-                if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError):
+                looped = exc.status == LOOP_STATUS  # a router as a replica: it answers so every time
+                if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError) or looped:
                     if attempt:  # the client's message counts its own attempt alone
                         exc.args = (f"{exc} (asked {attempt + 1} times by the router)",)
                     raise
@@ -302,6 +303,8 @@ class AliasRouter:
             return
         if isinstance(exc, ModelResponseError):
             why = f"an unusable answer: {exc}"
+        elif exc.status == LOOP_STATUS:
+            why = "it is an ee router, not a model server (its --server is a router: give the routers the model servers' URLs)"
         elif exc.status is not None:
             return
         else:
@@ -405,6 +408,10 @@ class AliasRouter:
         return clients[root]
 
 
+LOOP_STATUS = 508
+"""What a router answers a request another router forwarded (:data:`ROUTED_HEADER`): never asked again, and the replica
+that answered it is passed over (it is a router)."""
+
 ROUTED_HEADER = "X-EE-Routed"
 """Sent with every request a router forwards: a router that gets one was given a router as a replica (itself, or one that
 forwards back), and refuses it (508) rather than forward it again, in a loop."""
@@ -453,7 +460,7 @@ class _Handler(JSONHandler):
     def _refuse_routed(self) -> None:
         if self.headers.get(ROUTED_HEADER):
             raise RequestError(
-                508,
+                LOOP_STATUS,
                 "This request was forwarded by an ee router: a router's --server names a router (this one, or one that "
                 "forwards back to it), which would forward it again and again. Give the routers the model servers' URLs.",
                 "LoopDetectedError",

@@ -487,3 +487,16 @@ def test_a_router_given_itself_as_a_replica_refuses_the_loop_at_once(tmp_path: P
     assert chat.status_code >= 500 and "a router's --server names a router" in chat.text, chat.text
     assert listed.status_code in (200, 508) or "a router's --server names a router" in listed.text, listed.text
     assert len(posts) <= 4, posts  # a hop or two logged, not hundreds
+
+
+def test_a_router_among_the_replicas_is_passed_over_for_the_model_servers(tmp_path: Path) -> None:
+    """A router listing itself beside a real replica: its own 508 was asked again (a 5xx) before the next replica, at
+    every round-robin turn (a review). It is never asked again, and passed over: the replica answers every request."""
+    port = free_port()
+    said: list[str] = []
+    with ScriptedChatServer(["fine"] * 4) as replica:
+        router = AliasRouter(_EmptyRegistry(), [f"http://127.0.0.1:{port}/v1", replica.base_url], log=said.append, timeout_s=5)
+        with serving(make_router_server(router, port=port)) as routed:
+            answers = [_chat(routed, model="m") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert sum("it is an ee router, not a model server" in line for line in said) == 1, said
