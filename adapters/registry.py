@@ -573,15 +573,15 @@ class LocalAdapterRegistry:
 
     def _left_without_index(self) -> str:
         """What of a registry that had an index is in its folder without one (its history, its adapters' copies), said;
-        "" for none. A history of one event is a first action whose index write a crash cut (it reads back unapplied):
-        no index was ever written, and the first write makes it."""
+        "" for none. The index is written before anything else of a registry (:meth:`_make`), so any of them says the
+        registry had one."""
+        found = []
         try:
             events = sum(1 for line in (self.root / "history.jsonl").read_bytes().splitlines() if line.strip())
         except OSError:
             events = 0
-        if events < 2:
-            return ""
-        found = [f"a history of {events} actions (history.jsonl)"]
+        if events:
+            found.append(f"a history of {events} action{'s' if events != 1 else ''} (history.jsonl)")
         copies = self.root / _COPIES
         count = sum(1 for entry in copies.iterdir() if entry.is_dir()) if copies.is_dir() else 0
         if count:
