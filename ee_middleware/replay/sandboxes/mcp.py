@@ -811,6 +811,7 @@ class McpSandbox(ClosedOnExit):
                 observation = result_observation(wire)
             if not self._read_only(tool):
                 instance.log.append(_Done(mcp_name, _sent_text(call.arguments), observation.content, observation.is_error))
+            self._tell_stray(instance)  # (a server that prints inside its tools)
             return observation
 
     def snapshot(self) -> McpSnapshot:
@@ -978,14 +979,14 @@ class McpSandbox(ClosedOnExit):
             self._tell_stray(instance)
 
     def _tell_stray(self, instance: _Instance) -> None:
-        """Warn, once per server, that it writes lines that are not MCP messages to its standard output (MCP's client
-        logged a traceback for every one of them, at every start of the server)."""
+        """Warn, once per server, that it writes lines that are not MCP messages to its standard output, at its start or
+        in a tool call (MCP's client logged a traceback for every one of them)."""
         if instance.first_stray_line is None or instance.name in self._told_stray:
             return
         self._told_stray.add(instance.name)
         warnings.warn(
             f"MCP server {instance.name!r} writes lines that are not MCP messages to its standard output (the first: "
-            f"{instance.first_stray_line!r:.200}; {instance.stray_lines} at its start). MCP's stdio client skips them, and "
+            f"{instance.first_stray_line!r:.200}; {instance.stray_lines} so far). MCP's stdio client skips them, and "
             "replay says this once; but standard output is the MCP channel, and such a line can break a message: have the "
             "server print (and log) to standard error instead.",
             stacklevel=2,

@@ -17,7 +17,7 @@ that message on its standard error (a world it cannot build). Tools, with their 
   way out (temporary files, a database connection), which a ``SIGKILL`` never lets run; with ``NOTES_OUTLIVE_INPUT=1``
   too it runs on after its standard input closed, until ``SIGTERM`` (as some servers do);
 - with ``NOTES_BANNER=1`` it prints a banner on its standard output as it starts (lines that are not MCP messages, as
-  careless servers do).
+  careless servers do); ``chatty_note`` prints on its standard output while it runs (a debugging print in a tool).
 
 Run: ``python mcp_notes_server.py`` (stdio) or ``python mcp_notes_server.py --http PORT`` (streamable HTTP).
 """
@@ -124,6 +124,13 @@ def slow_note(seconds: float) -> str:
     """Take a while."""
     time.sleep(seconds)
     return "done"
+
+
+@server.tool(annotations=READ_ONLY)
+def chatty_note(note_id: str) -> str:
+    """A note's title, printing on standard output on the way (a print left in a tool)."""
+    print(f"DEBUG looking up note {note_id}", flush=True)
+    return notes[note_id]["title"] if note_id in notes else f"no note {note_id}"
 
 
 @server.tool(annotations=OWN_WORLD)

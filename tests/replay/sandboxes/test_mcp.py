@@ -298,6 +298,17 @@ def test_a_server_printing_other_lines_than_mcp_on_its_output_is_warned_of_once(
     assert not [r for r in caplog.records if "JSONRPC" in r.getMessage()], "MCP's tracebacks for the banner are not logged"
 
 
+def test_a_server_printing_inside_a_tool_is_warned_of_too() -> None:
+    """A print left in a tool: its line was dropped from MCP's log and never warned of, the warning given only at a
+    server's start (a review)."""
+    with McpSandbox({"notes": notes_server()}) as sandbox, pytest.warns(UserWarning) as warned:
+        sandbox.reset(ENVIRONMENT)
+        assert sandbox.execute(call("chatty_note", note_id="1")).content == "Groceries"
+        assert sandbox.execute(call("chatty_note", note_id="2")).content == "Ideas"
+    said = [str(w.message) for w in warned if "standard output" in str(w.message)]
+    assert len(said) == 1 and "'DEBUG looking up note 1'" in said[0], said
+
+
 def test_a_server_that_cannot_build_the_world_skips_the_trajectory_and_leaves_nothing() -> None:
     sandbox = McpSandbox({"notes": notes_server()})
     try:
