@@ -207,6 +207,18 @@ class JSONHandler(BaseHTTPRequestHandler):
         self.send_json(401, error_body(401, UNAUTHORIZED_MESSAGE, "AuthenticationError"), headers={"WWW-Authenticate": 'Bearer realm="ee"'})
         return False
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Python's own refusals (a method no route takes: 501; a request line or header it cannot read: 400, 414, 431)
+        in OpenAI's error shape, as JSON, as every other answer (its HTML page was no answer an OpenAI client reads);
+        the connection is closed, as Python closes it."""
+        self.close_connection = True
+        said = message or self.responses.get(code, ("Error",))[0]
+        if explain:
+            said = f"{said}: {explain}"
+        if code == 501 and getattr(self, "command", None):
+            said = f"{said}; this server answers GET and POST"
+        self.send_json(code, error_body(code, said, "NotImplementedError" if code == 501 else "BadRequestError"))
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/health":
@@ -336,6 +348,7 @@ class JSONHandler(BaseHTTPRequestHandler):
                 # The half event held back is dropped: the client reads every event whole, then this error as the next one.
                 error = sse_event(error_body(502, f"the stream broke: {type(exc).__name__}: {exc}", "BadGatewayError"))
                 self._write_chunk(error)
+                self._write_chunk(b"data: [DONE]\n\n")  # the stream's end, as vLLM ends one after its error event
             else:
                 if pending:  # the stream ended cleanly without a last blank line: passed on as it came
                     self._write_chunk(bytes(pending))

@@ -224,7 +224,12 @@ def check_request(document: Any) -> ExportTraceServiceRequest:
         raise ShapeError(f"expected an OTLP export request (a JSON object with 'resourceSpans'), got {_kind(document)}")
     if "resourceSpans" not in document:
         keys = ", ".join(repr(k) for k in list(document)[:5]) or "none"
-        raise ShapeError(f"expected an OTLP export request with 'resourceSpans'; the object's keys are {keys}")
+        snake = (
+            " (protobuf field names: OTLP JSON spells them in lowerCamelCase, as a Collector's file exporter and protobuf's MessageToJson write them by default: export without preserving_proto_field_name)"
+            if "resource_spans" in document
+            else ""
+        )
+        raise ShapeError(f"expected an OTLP export request with 'resourceSpans'; the object's keys are {keys}{snake}")
     _check_depth(document, MAX_SPAN_DEPTH + 8, skip="spans")
     return _validate(ExportTraceServiceRequest, document)
 

@@ -215,3 +215,11 @@ def test_a_client_gone_before_its_answer_leaves_a_line_not_a_traceback() -> None
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+@pytest.mark.parametrize("head", ["PUT /v1/chat/completions HTTP/1.1", "DELETE /v1/models HTTP/1.1", "GET /v1/models extra HTTP/1.1"])
+def test_what_python_refuses_itself_is_answered_in_openais_error_shape(server: tuple[str, int], head: str) -> None:
+    """An unknown method (501) or a request line Python cannot read (400) got Python's HTML error page, no answer an
+    OpenAI client reads (a serving sweep): JSON in OpenAI's error shape, as every other answer."""
+    status, answer, closed = _exchange(server, f"{head}\r\nHost: x\r\nContent-Length: 0\r\n")
+    assert status in (400, 501) and answer["error"]["code"] == status and answer["error"]["message"] and closed, answer

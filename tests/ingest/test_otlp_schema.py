@@ -77,3 +77,12 @@ def test_an_all_zero_trace_or_span_id_stays_an_error(tmp_path: Path, field: str,
     report = ingest_files([_write(tmp_path / "bad.jsonl", _request(spans))], LocalExperienceStore(tmp_path / "s"))
     assert report.problems >= 1
     assert any(f"{field} is all zeros, which OTLP defines as invalid" in error for error in report.errors), report.errors
+
+
+def test_protobuf_field_names_are_refused_saying_how_to_export_otlp_json(tmp_path: Path) -> None:
+    """protobuf's MessageToJson(preserving_proto_field_name=True) writes resource_spans, scope_spans, ...: refused as a
+    whole file, as the OTLP spec says, but the message said only which keys it found (a sweep); it says how to export."""
+    path = tmp_path / "snake.json"
+    path.write_text(json.dumps({"resource_spans": [{"scope_spans": [{"spans": []}]}]}) + "\n")
+    report = ingest_files([path], LocalExperienceStore(tmp_path / "s"))
+    assert any("lowerCamelCase" in e and "preserving_proto_field_name" in e for e in report.errors), report.errors
