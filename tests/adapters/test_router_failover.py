@@ -242,7 +242,8 @@ def test_a_stream_that_stalls_is_not_sent_again_elsewhere_and_its_replica_is_pas
     finally:
         release.set()
     events = _sse_client_events(streamed)
-    assert events[0]["choices"][0]["delta"] == {"content": "Hel"} and "stalled" in events[-1]["error"]["message"], events
+    assert events[0]["choices"][0]["delta"] == {"content": "Hel"} and "stalled" in events[-2]["error"]["message"], events
+    assert events[-1] == "[DONE]", events
     assert all(_sse_client_events(r)[-1] == "[DONE]" for r in after)
     assert len(said) == 1 and url in said[0] and "passed over" in said[0], said
 

@@ -331,8 +331,9 @@ def test_a_replica_that_breaks_mid_stream_ends_the_stream_with_an_error_event_fa
     assert response.status_code == 200
     blocks = [b for b in response.text.split("\n\n") if b.strip()]
     assert json.loads(blocks[0].removeprefix("data: "))["choices"][0]["delta"] == {"content": "Hel"}, "what arrived was relayed"
-    assert len(blocks) == 2 and response.text.count("data:") == 2, "the half event is not relayed"
-    error = json.loads(blocks[-1].removeprefix("data: "))["error"]
+    assert len(blocks) == 3 and response.text.count("data:") == 3, "the half event is not relayed"
+    assert blocks[-1] == "data: [DONE]", "the stream ends as vLLM ends one"
+    error = json.loads(blocks[-2].removeprefix("data: "))["error"]
     assert error["type"] == "BadGatewayError" and "broke after" in error["message"], "the error is an event of its own"
 
 
