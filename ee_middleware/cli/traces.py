@@ -83,7 +83,10 @@ def list_traces(
         {**row, **{key: redact(row[key]) for key in ("task", "thread_id", "approval_by", "approval_reason")}}
         for row in frame.select(LIST_COLUMNS).to_dicts()
     ]
-    if as_json:
+    if as_json:  # with the run's answer and its error (why a stopped run stopped), as `ee traces show` has them
+        extra = [c for c in ("final_answer", "error") if c in frame.columns]
+        for row, more in zip(rows, frame.select(extra).to_dicts() if extra else [{}] * len(rows), strict=True):
+            row.update({key: redact(value) if value is not None else None for key, value in more.items()})
         print_json([{k: _jsonable(v) for k, v in row.items()} for row in rows])
         return
     shown_ids = short_ids((row["id"] for row in rows), among=every_id)  # unique among every id in the store, so each one resolves

@@ -313,3 +313,17 @@ def test_a_private_error_class_is_not_the_json_errors_type(tmp_path: Path, monke
     listed = CliRunner().invoke(app, ["traces", "list", "--store", str(tmp_path / "s"), "--json"])
     assert listed.exit_code == 1, listed.output
     assert json_failure(listed)["type"] == "StoreError", listed.stdout
+
+
+def test_list_json_says_each_runs_answer_and_why_it_stopped(tmp_path: Path) -> None:
+    """The README says a stopped run's error says why (`ee traces list/show`), but `list --json` had no error (nor the
+    answer) of any run (an async/review sweep)."""
+    stopped = sample_trajectory("stopped").model_copy(update={"status": "interrupted", "error": "cancelled: CancelledError"})
+    store = LocalExperienceStore(tmp_path / "s")
+    store.write([stopped, sample_trajectory("done")])
+    store.close()
+    listed = CliRunner().invoke(app, ["traces", "list", "--store", str(tmp_path / "s"), "--json"])
+    assert listed.exit_code == 0, listed.output
+    rows = {row["id"]: row for row in json.loads(listed.stdout)}
+    assert rows["stopped"]["error"] == "cancelled: CancelledError" and rows["done"]["error"] is None
+    assert rows["done"]["final_answer"] == sample_trajectory("done").final_answer
