@@ -702,8 +702,8 @@ class _Run:
     def stopped_state_config(self, exc: BaseException) -> dict[str, Any] | None:
         """The config to read the thread's state with where this run stops on ``exc`` without an output and needs it
         (``None`` for every other run, which reads nothing: a checkpointer may be a database). A resumed run
-        (``Command``, ``None``) that is cancelled or closed early, paused by a parent graph, or raises (the reviewed
-        call's tool raised) has no output; its record
+        (``Command``, ``None``) that is cancelled or closed early, paused by a parent graph, or raises (any error, such as
+        the reviewed call's tool raising, before a node was given the thread's state) has no output; its record
         keeps the conversation it continued from the state its first node was given (:attr:`RunCapture.first_state`).
         Where no node was given the thread's state (the first one it ran is a ``Send``'s target, such as
         ``create_agent``'s tools after ``interrupt()`` in a tool, which is given the tool calls; or none ran), the
