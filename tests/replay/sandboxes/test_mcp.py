@@ -769,7 +769,10 @@ async def test_a_tool_no_mcp_server_lists_is_reported_in_the_mcp_sandboxs_terms(
     summary = run_replay(ReplayConfig.load(store=root, sandbox=f"mcp:{config}", policy="tests.replay.sandboxes.test_mcp:CreateNote", k=1))
     reason = summary.skipped[trajectory_id]
     assert "the expert calls archive_note, which sandbox 'mcp' does not provide" in reason, reason
-    assert "tool 'archive_note': MCP server 'notes' lists no such tool (it lists crash, create_note, delete_note, list_notes, " in reason
+    assert (
+        "tool 'archive_note': MCP server 'notes' lists no such tool (it lists chatty_note, crash, create_note, delete_note, list_notes, "
+        in reason
+    )
     assert "Renamed or removed since the recording?" in reason and "read_only_tools" not in reason, reason
     # asked on a sandbox never reset, as the job asks for the alternatives it refused
     assert "MCP server 'notes' lists no such tool" in refusal_hints(f"mcp:{config}", ["archive_note"])["archive_note"]
