@@ -398,8 +398,9 @@ def _runnable_command(options: Any, base: str) -> str:
         options = dataclasses.replace(
             options, base=str(Path(base).expanduser().resolve()), served_model_name=options.served_model_name or base
         )
+    command = vllm_command(options)
     words, keyed = [], False
-    for before, arg in zip(["", *vllm_command(options)], vllm_command(options), strict=False):
+    for before, arg in zip(["", *command], command, strict=False):
         if before == "--api-key":
             words.append('"$VLLM_API_KEY"')
             keyed = True

@@ -474,7 +474,7 @@ class ImproveConfig(BaseModel):
         import difflib
 
         from ee_middleware.errors import StoreError
-        from ee_middleware.store.registry import open_store, said_where_set
+        from ee_middleware.store.registry import open_store, recorded_apps, said_where_set
 
         try:
             store = open_store(self.store, create=False)
@@ -482,10 +482,8 @@ class ImproveConfig(BaseModel):
             if self._store_origin is None:
                 raise ConfigError(f"[improve] store = {str(self.store)!r} (or --store, EE_STORE): {exc}") from exc
             raise ConfigError(said_where_set(str(exc), self._store_origin)) from exc
-        try:  # the app column alone where the store can read so, not every table
-            index = getattr(store, "trajectory_index", None)
-            frame = index(["app"]) if callable(index) else store.trajectories()
-            apps = sorted(str(a) for a in frame.get_column("app").unique().to_list() if a is not None)
+        try:
+            apps = recorded_apps(store)
             if replay_sandbox.strip() == "bfcl" and self.app in apps:
                 self._check_bfcl_worlds(store)
         finally:

@@ -104,7 +104,7 @@ def select(ctx: StageContext) -> StageResult:
     import polars as pl
 
     from ee_middleware.replay.job import select_trajectories
-    from ee_middleware.store.registry import open_store
+    from ee_middleware.store.registry import open_store, recorded_apps
 
     config = ctx.config
     store = open_store(config.store, create=False)
@@ -122,10 +122,8 @@ def select(ctx: StageContext) -> StageResult:
         pending_review = store.trajectories(status="pending", app=config.app).height
         other_apps: list[str] = []
         if not approved.height and not pending_review:  # does it record this app at all? (a misnamed app learns nothing)
-            index = getattr(store, "trajectory_index", None)
-            recorded = index(["app"]) if callable(index) else store.trajectories()
-            apps = {str(a) for a in recorded.get_column("app").unique().to_list() if a is not None}
-            other_apps = sorted(apps) if config.app not in apps else []
+            apps = recorded_apps(store)
+            other_apps = apps if config.app not in apps else []
     finally:
         store.close()
     new_ids = new["id"].to_list()

@@ -66,6 +66,14 @@ STORES = _StoreKind(
 )
 
 
+def recorded_apps(store: Any) -> list[str]:
+    """The apps ``store`` holds trajectories of, sorted: its app column alone where the store can read so
+    (``trajectory_index``), not every table."""
+    index = getattr(store, "trajectory_index", None)
+    frame = index(["app"]) if callable(index) else store.trajectories()
+    return sorted(str(a) for a in frame.get_column("app").unique().to_list() if a is not None)
+
+
 def said_where_set(message: str, origin: str) -> str:
     """An error ``message`` about a store, naming where the store's spec came from (``origin``: ``EE_STORE=VALUE``,
     ``store in [TABLE] of FILE``) unless it was ``--store``, which the message names already ('check the --store
