@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,33 @@ class AdapterRecord:
     def from_json(cls, data: dict[str, Any]) -> AdapterRecord:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def record_field_problem(record: dict[str, Any]) -> str | None:
+    """The first field of a stored record (a registry index's ``adapters.NAME``) whose value is not of
+    :class:`AdapterRecord`'s type for it (a hand edit such as ``"created_at": 5``), said; None when all are."""
+    for name, allowed in _field_types().items():
+        if name in record and not _is_of(record[name], allowed):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            return f"{name} should be {expected}, got {record[name]!r}"
+    return None
+
+
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """Each :class:`AdapterRecord` field's types (``str | None``: str and NoneType; ``list[dict]``: list)."""
+    hints = typing.get_type_hints(AdapterRecord)
+    found = {}
+    for f in fields(AdapterRecord):
+        hint = hints[f.name]
+        parts = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        found[f.name] = tuple(typing.get_origin(p) or p for p in parts)
+    return found
+
+
+def _is_of(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in allowed:  # JSON true is no version or rank
+        return False
+    return isinstance(value, allowed)
 
 
 def adapter_name(app: str, version: int, content_hash: str) -> str:

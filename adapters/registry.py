@@ -63,6 +63,7 @@ from ee_middleware.adapters.records import (
     content_hash,
     copy_problem,
     inspect_adapter,
+    record_field_problem,
 )
 from ee_middleware.errors import ConfigError, StoreCorruptionWarning
 from ee_middleware.messages import finite_or_null
@@ -671,6 +672,9 @@ def _index_problem(index: dict[str, Any]) -> str | None:
         missing = [f for f in _RECORD_FIELDS if f not in record]
         if missing:
             return f"adapters.{name} lacks {', '.join(missing)}"
+        wrong = record_field_problem(record)
+        if wrong:
+            return f"adapters.{name}.{wrong}"
         if record["name"] != name or record["status"] not in _STATUSES or record["app"] not in apps:
             return (
                 f"adapters.{name} has name {record['name']!r}, status {record['status']!r} and app {record['app']!r} "

@@ -175,3 +175,27 @@ def test_list_marks_the_retired_adapter_a_rollback_makes_live_again(tmp_path: Pa
     lines = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip().startswith("bot-")}
     assert "retired *" in lines[names[0]] and "*" not in lines[names[1]]
     assert "* the rollback target: ee adapters rollback bot" in " ".join(table.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("created_at", 5, "created_at should be str, got 5"),
+        ("version", "2", "version should be int"),
+        ("rank", True, "rank should be int"),
+        ("reason", 3, "reason should be str or null"),
+    ],
+)
+def test_a_record_field_of_the_wrong_type_is_refused_as_an_outside_edit(tmp_path: Path, field: str, value: object, said: str) -> None:
+    registry, (first, _) = _registry(tmp_path)
+    index_file = registry.root / "index.json"
+    index = json.loads(index_file.read_text())
+    index["adapters"][first][field] = value
+    index_file.write_text(json.dumps(index, indent=1))
+    with pytest.raises(RegistryCorruptionError, match=rf"edited or damaged outside ee-middleware: adapters\.{first}\.{said}"):
+        registry.list()
+    for args in (("list",), ("list", "--json")):
+        result = _cli(*args, "-r", str(registry.root))
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert said in " ".join(result.stderr.split())
+    assert json.loads(_cli("list", "-r", str(registry.root), "--json").stdout)["error"]["type"] == "RegistryCorruptionError"
