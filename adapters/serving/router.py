@@ -6,7 +6,9 @@ for one stable name, the app's name. For each request the router reads the regis
 adapter's immutable name (or the served base model when the app has no live adapter yet) and
 forwards the request to the next replica (round robin), trying the others when one does not
 answer or answers 404 (it does not hold the model: a replica restarted since the promote starts with the base
-alone). ``timeout_s`` bounds a replica's answer (a stream's start and each next part); one that did not answer in
+alone). A registry that cannot be read once the router has read it (an index edited by hand into something the
+registry refuses, a permission taken away) is said once in the log, and requests are routed by its last good read until
+it can be read again: the replicas still serve the live adapters. ``timeout_s`` bounds a replica's answer (a stream's start and each next part); one that did not answer in
 time is not asked again for that request, one that failed otherwise (refused or broke the connection, a 5xx) is asked
 again up to ``retries`` times before the next replica. Passive health: a replica that timed out or could not be reached
 is passed over for ``cooldown_s`` (the log says so once, and when it answers again), then tried again by one request;
@@ -47,6 +49,7 @@ from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from ee_middleware.adapters.errors import RegistryError
 from ee_middleware.adapters.registry import AdapterRegistry
 from ee_middleware.adapters.serving.http import LOCAL_SERVER_OWNER, EventStream, JSONHandler, RequestError, error_body, make_server
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
@@ -130,6 +133,10 @@ class AliasRouter:
         """Whether each replica asked so far is an ``ee serve local`` server (for the re-load command's ``--backend``)."""
         self._lacking: set[tuple[str, str]] = set()
         """(replica, live adapter) pairs the replica answered 404 for, said once in the log until it serves it again."""
+        self._last_apps: dict[str, dict[str, Any]] | None = None
+        """The registry's apps as last read whole (what the router routes by while the registry cannot be read)."""
+        self._registry_problem: str | None = None
+        """Why the registry cannot be read now (said once in the log until it can be again), or None."""
 
     def resolve(self, model: str | None) -> str | None:
         """The model name to send upstream for ``model``: the live adapter for an alias, else ``model`` itself."""
@@ -142,11 +149,35 @@ class AliasRouter:
             raise RequestError(400, f"model must be a string (an app's name or a served model's), got {json.dumps(model)[:200]}")
         if not model:
             return model, None
-        app = self.registry.apps().get(model)
+        app = self._apps().get(model)
         if app is None:
             return model, None
         live = app.get("live")
         return (live, model) if live else (self.base_model(), None)
+
+    def _apps(self) -> dict[str, dict[str, Any]]:
+        """The registry's apps; while the registry cannot be read (an index edited by hand into something it refuses, a
+        permission taken away), the apps as last read whole, said once in the log: a damaged registry must not turn
+        every request into an error while the replicas still serve the live adapters. Raises the registry's error when
+        it was never read."""
+        try:
+            apps = self.registry.apps()
+        except (RegistryError, OSError, ValueError) as exc:
+            if self._last_apps is None:
+                raise
+            problem = f"{type(exc).__name__}: {exc}"
+            if problem != self._registry_problem:
+                self._registry_problem = problem
+                self.log(
+                    f"ee router: the registry cannot be read ({problem}); routing by its last good read until it can "
+                    "be read again. Fix it (ee adapters list -r REGISTRY says what is wrong) before the next promote."
+                )
+            return self._last_apps
+        if self._registry_problem is not None:
+            self._registry_problem = None
+            self.log("ee router: the registry can be read again; routing by it")
+        self._last_apps = apps
+        return apps
 
     def base_model(self) -> str | None:
         """The served base model's name (the upstream's first model without a parent)."""
@@ -176,7 +207,7 @@ class AliasRouter:
         now = int(time.time())  # (every model card of vLLM's list has its "created", and clients read it)
         data = [
             {"id": app, "object": "model", "created": now, "owned_by": "ee-router", "live": info.get("live")}
-            for app, info in self.registry.apps().items()
+            for app, info in self._apps().items()
         ]
         base = self.base_model()
         if base is not None and all(entry["id"] != base for entry in data):

@@ -296,6 +296,37 @@ def test_models_with_an_unreadable_registry_is_a_json_error_not_a_dropped_connec
     assert health.status_code == 200
 
 
+def test_a_registry_damaged_while_the_router_serves_routes_by_its_last_good_read(tmp_path: Path) -> None:
+    """An index edited by hand into something the registry refuses turned every request into a 500 (a serving sweep),
+    while the replicas still served the live adapter. The router routes by its last good read, says so once, and
+    routes by the registry again once it is mended."""
+    from tests.adapters.helpers import write_adapter
+
+    registry = LocalAdapterRegistry(tmp_path / "reg")
+    live = registry.register(write_adapter(tmp_path / "adapter"), "bot").name
+    registry.switch_live(live)
+    index_file = tmp_path / "reg" / "index.json"
+    good = index_file.read_text()
+    said: list[str] = []
+    with ScriptedChatServer(["fine"] * 6, models=["base", live]) as replica:
+        router = AliasRouter(LocalAdapterRegistry(tmp_path / "reg"), [replica.base_url], log=said.append)
+        with serving(make_router_server(router, port=0)) as routed:
+            first = _chat(routed, model="bot")
+            for damage in ('{"apps": ', good.replace('"live": "' + live + '"', '"live": 5', 1)):
+                index_file.write_text(damage)
+                damaged = [_chat(routed, model="bot") for _ in range(2)]
+                listed = httpx.get(f"{routed}/models", timeout=CLIENT_TIMEOUT_S)
+                assert [a.status_code for a in damaged] == [200, 200] and listed.status_code == 200, [a.text for a in damaged]
+                assert next(e["id"] for e in listed.json()["data"]) == "bot"
+            index_file.write_text(good)
+            mended = _chat(routed, model="bot")
+    assert first.status_code == mended.status_code == 200
+    assert [r["model"] for r in replica.requests] == [live] * 6
+    lines = [line for line in said if "registry" in line]
+    assert len(lines) == 3 and all("last good read" in line for line in lines[:2]), said
+    assert "can be read again" in lines[2], said
+
+
 @pytest.mark.parametrize("model", [["shop"], {"name": "shop"}, 3, True])
 def test_a_model_that_is_no_string_is_a_400_through_the_router(model: Any) -> None:
     """Before: 500 "TypeError: unhashable type: 'list'"."""
