@@ -77,8 +77,10 @@ def recorded_apps(store: Any) -> list[str]:
 def said_where_set(message: str, origin: str) -> str:
     """An error ``message`` about a store, naming where the store's spec came from (``origin``: ``EE_STORE=VALUE``,
     ``store in [TABLE] of FILE``) unless it was ``--store``, which the message names already ('check the --store
-    path')."""
-    return message if origin == "--store" else f"{message} (This store was set by {origin}.)"
+    path'), whose hint then says the store's path instead of that flag (the command may have none)."""
+    if origin == "--store":
+        return message
+    return f"{message.replace('the --store path', 'its path')} (This store was set by {origin}.)"
 
 
 def open_store(spec: StoreSpec | ExperienceStore, *, create: bool = True) -> ExperienceStore:

@@ -71,7 +71,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ee_middleware.errors import ConfigError, EEError
+from ee_middleware.errors import ConfigError, EEError, StoreError
 from ee_middleware.evals.clients import bind
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.matching import normalize
@@ -771,10 +771,16 @@ class TracesSuite:
         self.excluded: dict[str, str] = {}
 
     def tasks(self) -> list[EvalTask]:
-        from ee_middleware.store.registry import open_store
+        from ee_middleware.store.registry import open_store, said_where_set
 
         heldout, trained = read_split(self.split)  # type: ignore[arg-type]
-        store = open_store(self.store, create=False)
+        try:
+            store = open_store(self.store, create=False)
+        except StoreError as exc:
+            origin = f"the suite {self.name}"
+            if self.store.isdigit():  # traces:2: one part is the store, not N
+                origin += f"; to take {self.store} tasks from a store write traces:STORE:{self.store}"
+            raise StoreError(said_where_set(str(exc), origin)) from exc
         try:
             privacy = ReplayPrivacy.of_store(store)  # the store's redaction rules, salt and vault, as replay reads them
             frame = store.trajectories(status="approved", app=self.app)

@@ -409,9 +409,13 @@ def test_a_traces_suite_whose_tasks_cannot_load_claims_no_folder_and_an_old_phan
     store, data, _ = bfcl_store
     out = tmp_path / "cand"
     typo = EvalJob(suites=[f"traces:{store}x"], model="oracle", out=str(out), split=str(data))
-    with pytest.raises(StoreError, match=r"No experience store at .*x\. "):
+    with pytest.raises(StoreError, match=r"No experience store at .*x\. ") as refused:
         run_eval(typo)
+    # `ee eval run` has no --store flag: the hint names the suite the store came from (was: 'check the --store path')
+    assert "--store" not in str(refused.value) and f"set by the suite traces:{store}x" in str(refused.value)
     assert not out.exists(), "the failed command claimed no folder"
+    with pytest.raises(StoreError, match=r"to take 2 tasks from a store write traces:STORE:2"):
+        run_eval(typo.model_copy(update={"suites": ["traces:2"]}))
     other = tmp_path / "other.json"  # a split of another store's build: none of its held-out ids is here
     other.write_text(json.dumps({"split": {"heldout_trajectories": ["not-here"], "train_trajectories": []}}))
     with pytest.raises(ConfigError, match=r"None of the 1 held-out trajectories"):
