@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 from ee_middleware._lifetime import stopping_signal
 from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
+    INTERRUPTED_PREFIX,
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
@@ -202,7 +204,13 @@ def run(
             if "progress" in bar:
                 bar["progress"].stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        raise interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)) from exc
+        line = interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted))
+        partial = getattr(exc, "replay_summary", None)
+        if as_json and partial is not None:  # what was stored before the stop, with the error object every --json failure has
+            error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
+            with contextlib.suppress(OSError, ValueError):  # a stdout closed by its reader: the stderr line says it
+                print_json({**partial.to_dict(), "error": error})
+        raise line from exc
     except EEError as exc:  # the job stopped (a policy's server down, say): with --json, what it did before, and why
         partial = getattr(exc, "replay_summary", None)
         if not as_json or partial is None:

@@ -599,6 +599,9 @@ def _replay_selected(
             n += 1
             if on_outcome is not None:
                 on_outcome(outcome, n, len(todo))
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: what was stored before it (`ee replay run --json` prints it)
+        exc.replay_summary = summary  # type: ignore[attr-defined]
+        raise
     except Exception as exc:
         cause = getattr(exc, "cause", None)  # Ray wraps worker exceptions
         if isinstance(cause, EEError):

@@ -115,6 +115,35 @@ def test_an_interrupted_replay_says_what_it_kept_in_its_json_error(monkeypatch: 
     assert error["message"].startswith("the replay stopped (SIGINT") and "0 of 3 trajectories replayed and stored" in error["message"]
 
 
+def test_a_replay_interrupted_after_storing_some_prints_its_summary_of_them_with_the_error(
+    monkeypatch: pytest.MonkeyPatch, bfcl_store_path: Path
+) -> None:
+    """Was: the error object alone, while the job had stored trajectories: a script reading `ee replay run --json` could
+    not tell what the stopped run kept. Now the summary of what was stored, with the same error object."""
+    import ee_middleware.replay.executors as executors
+
+    real = executors.write_outcome
+    written: list[str] = []
+
+    def stopped_after_the_first(store: Any, outcome: Any, **kwargs: Any) -> Any:
+        if written:
+            raise KeyboardInterrupt
+        written.append(outcome.record.trajectory_id)
+        return real(store, outcome, **kwargs)
+
+    monkeypatch.setattr(executors, "write_outcome", stopped_after_the_first)
+    monkeypatch.setattr("ee_middleware.replay.job.write_outcome", stopped_after_the_first)
+    total = len(LocalExperienceStore(bfcl_store_path).trajectories(status="approved"))
+    result = ee("replay", "run", "-s", bfcl_store_path, "--k", "2", "--json")
+    assert result.exit_code == 130, result.output
+    answer = json.loads(result.stdout)
+    assert answer["error"]["type"] == "KeyboardInterrupt" and answer["error"]["exit_code"] == 130
+    message = answer["error"]["message"]
+    assert message.startswith("the replay stopped (SIGINT") and f"1 of {total} trajectories" in message, message
+    assert answer["done"] == 1 and answer["branches"] > 0, answer
+    assert len(LocalExperienceStore(bfcl_store_path).rollouts()) == answer["branches"]
+
+
 def test_success_output_and_the_commands_own_failure_json_are_kept(recorded: Path, tmp_path: Path) -> None:
     listing = ee("traces", "list", "-s", recorded, "--json")
     assert listing.exit_code == 0 and isinstance(json.loads(listing.stdout), list), "an answer as it was"
