@@ -196,8 +196,8 @@ def list_adapters(
     With --server, each replica is asked which adapters it holds (--json: "loaded_on", the replicas holding each):
     an adapter a rollback left (retired, it stays loaded so that requests naming it are still answered) keeps a LoRA
     slot of each replica until `ee adapters retire NAME --server ...` unloads it; a warning names those (not the
-    retired adapters a rollback would go back to, kept loaded so that it is an alias switch). A replica that does not
-    answer is an error (exit 1).
+    retired adapters a rollback would go back to, kept loaded so that it is an alias switch), and a warning names each
+    replica that lacks a live adapter (restarted since the promote). A replica that does not answer is an error (exit 1).
 
     The status of the retired adapter a rollback of its app would make live again is marked "retired *", the table's
     caption says why (--json: "rollback_target": true); an adapter whose copy in the registry is missing or incomplete (its folder, its
@@ -232,6 +232,8 @@ def list_adapters(
     for name, problem in problems.items():
         if problem:
             typer.secho(f"warning: {name}: {problem}. ee adapters show {name} -r {registry} says how to restore it.", err=True, fg="yellow")
+    if held is not None:
+        _say_live_not_loaded(records, loaded_on, urls, registry, backend)
     kept = {name for entry in reg.apps().values() for name in entry.get("previous") or []} if held is not None else set()
     resident = [r.name for r in records if r.status in ("retired", "failed") and r.name not in kept and loaded_on.get(r.name)]
     if resident:  # (a retired adapter a rollback could go back to stays loaded on purpose: the rollback is an alias switch)
@@ -285,6 +287,22 @@ def list_adapters(
             style="red" if problems[r.name] else style,
         )
     console().print(table)
+
+
+def _say_live_not_loaded(records: list[Any], loaded_on: dict[str, list[str]], urls: list[str], registry: str, backend: str) -> None:
+    """A warning for each live adapter some replica asked does not hold (a replica restarted since the promote starts with
+    the base alone): the router sends that app's requests to the others, and with every replica lacking it the app is
+    not served."""
+    for record in records:
+        lacking = [url for url in urls if url not in loaded_on[record.name]] if record.status == "live" else []
+        if lacking:
+            typer.secho(
+                f"warning: {record.name} is live for {record.app} but not loaded on {', '.join(lacking)} (restarted since "
+                f"the promote?): ee adapters promote {record.name} -r {registry} {_server_args(urls, backend)} loads it "
+                "wherever it is missing.",
+                err=True,
+                fg="yellow",
+            )
 
 
 def _server_args(urls: list[str], backend: str) -> str:

@@ -59,6 +59,14 @@ def test_list_says_which_replicas_hold_each_adapter_and_warns_of_one_a_rollback_
         rows = json.loads(_ee("list", *serve, "--json").stdout)
         assert {r["name"]: r["loaded_on"] for r in rows}[names[2]] == []
         assert "warning" not in _ee("list", *serve).stderr
+
+        LocalBackend(local_server.url).unload(names[1])  # the replica restarted without the live adapter: said (was not)
+        lacking = " ".join(_ee("list", *serve).stderr.split())
+        assert f"warning: {names[1]} is live for bot but not loaded on {local_server.url}" in lacking, lacking
+        assert f"ee adapters promote {names[1]} -r {folder} --server {local_server.url} --backend local loads it" in lacking
+        again = _ee("promote", names[1], *serve)  # what the warning says to run
+        assert again.exit_code == 0, again.output
+        assert "warning" not in _ee("list", *serve).stderr
     finally:
         for name in names:  # the server is the module's
             LocalBackend(local_server.url).unload(name)
