@@ -265,6 +265,9 @@ class PluginKind:
     protocol: type | None = None
     requires: str = ""
     forms: tuple[str, ...] = ()
+    options_from: str = ""
+    """Where a user gives the factory's keyword options (its jobs' flags and config tables), for the error that says a
+    factory needs some; empty where ee passes them itself."""
 
     def installed(self) -> dict[str, EntryPoint]:
         """The entry points installed in this kind's group, by name."""
@@ -406,10 +409,11 @@ class PluginKind:
         """The error for a factory that cannot be called with what ee passes it (a parameter without a default)."""
         name = getattr(factory, "__name__", None) or type(factory).__name__
         how = f"as {_call_text(name, args, options)}" if args or options else "with no arguments"
+        given = f", give its options with {self.options_from}" if self.options_from else ""
         return self.error(
             f"Cannot build {self.kind} {spec!r}: its factory {name!r} cannot be called as ee calls it: {why}. ee calls it {how}. "
-            f"Give each of its parameters a default, or name a function that takes none and returns the {self.kind} (reading what "
-            "it needs from environment variables or a file)."
+            f"Give each of its parameters a default{given}, or name a function that takes none and returns the {self.kind} "
+            "(reading what it needs from environment variables or a file)."
         )
 
     def _failed(

@@ -94,6 +94,11 @@ def run(
         "--policy-setting",
         help="KEY=VALUE option of the policy (repeatable; VALUE is read as JSON when it parses), e.g. invalid_share=0.1 for mutate.",
     ),
+    sandbox_setting: list[str] | None = typer.Option(
+        None,
+        "--sandbox-setting",
+        help="KEY=VALUE option of the sandbox's factory (repeatable; VALUE is read as JSON when it parses), e.g. root=/data.",
+    ),
     isolation: IsolationChoice | None = typer.Option(
         None, "--isolation", help="'subprocess' runs the sandbox in a child process with time and memory limits. [default: none]"
     ),
@@ -147,6 +152,7 @@ def run(
         seed=seed,
         temperature=temperature,
         policy_settings=_policy_settings(policy_setting) if policy_setting else None,
+        sandbox_settings=key_value_settings(sandbox_setting, "--sandbox-setting", "root=/data") if sandbox_setting else None,
         isolation=isolation.value if isolation else None,
         tool_timeout_s=tool_timeout,
         memory_mb=memory_mb,

@@ -870,3 +870,28 @@ def test_a_k_beyond_its_limit_is_a_usage_error_that_names_it(tmp_path: Path) -> 
         result = ee("replay", "run", "--store", tmp_path, "--k", k)
         assert result.exit_code == 2, (k, result.output)
     assert "1<=x<=256" in " ".join(ee("replay", "run", "--help").output.split())
+
+
+def test_sandbox_setting_passes_options_to_the_sandbox_factory(
+    bfcl_store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sandbox factory with a required option could be given it only in a config file's [replay.sandbox_settings],
+    and the error for leaving it out said nothing of that (a sweep): --sandbox-setting gives it, as --policy-setting
+    gives the policy's, and the error names both ways."""
+    package = tmp_path / "shop_sandbox"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from ee_middleware.bfcl.sandbox import BFCLSandbox\n\n"
+        "def make(world_size, label='x'):\n"
+        "    assert world_size == 3 and label == 'big', (world_size, label)\n"
+        "    return BFCLSandbox()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = ("replay", "run", "--store", bfcl_store_path, "--sandbox", "shop_sandbox:make", "--k", "1", "--limit", "1", "--no-progress")
+    missing = ee(*run)
+    assert missing.exit_code == 1
+    said = " ".join(missing.stderr.split())
+    assert "missing a required argument: 'world_size'" in said and "give its options with --sandbox-setting KEY=VALUE" in said, said
+    given = ee(*run, "--sandbox-setting", "world_size=3", "--sandbox-setting", "label=big", "--json")
+    assert given.exit_code == 0, given.output
+    assert json.loads(given.stdout)["done"] == 1

@@ -231,6 +231,7 @@ TEACHERS = PluginKind(
     protocol=Teacher,
     requires="a 'name' attribute and a 'write(cases) -> list[str]' method",
     forms=MODEL_FORMS,
+    options_from="--teacher-setting KEY=VALUE or a [datasets.teacher_settings] table in the --config file",
 )
 
 

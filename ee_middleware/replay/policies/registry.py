@@ -45,6 +45,7 @@ POLICIES = PluginKind(
     protocol=Policy,
     requires="a 'name' attribute and 'propose(point, k, *, seed)', 'describe()' and 'close()' methods",
     forms=MODEL_FORMS,
+    options_from="--policy-setting KEY=VALUE or a [replay.policy_settings] table in the --config file",
 )
 
 SAMPLING_OPTIONS = ("temperature", "top_p", "max_new_tokens")
