@@ -293,9 +293,8 @@ def replay_trajectory(
             run.unoffered_not_executed.append({"step": step.index, "tool": expert.name})
             continue
         if not sandbox.covers(expert.name):  # declared outside the world, or the last step's: never called (module docstring)
-            (run.final_not_replayed if step is tool_steps[-1] else run.uncovered_not_executed).append(
-                {"step": step.index, "tool": expert.name}
-            )
+            final = step is tool_steps[-1] and not acts_outside_world(sandbox, expert.name)  # (a declared one: said so, anywhere)
+            (run.final_not_replayed if final else run.uncovered_not_executed).append({"step": step.index, "tool": expert.name})
             continue
         failed = _reexecute_expert(run, step, expert)
         if failed is not None and step is tool_steps[-1]:  # no later state depends on the world this call left

@@ -103,6 +103,11 @@ class PageAndRead(FixedCallsPolicy):
 @pytest.fixture
 def recorded(tmp_path: Path) -> tuple[Path, list[str]]:
     """One approved run: page on-call, reset the password, read the account, answer; and what production paged."""
+    return _record(tmp_path)
+
+
+def _record(tmp_path: Path, *, page_last: bool = False) -> tuple[Path, list[str]]:
+    """:func:`recorded`'s run (``page_last``: reset, read, then page, as a run that pages when it is done)."""
     world = _build(ENVIRONMENT)
     pager: list[str] = []
 
@@ -122,21 +127,36 @@ def recorded(tmp_path: Path) -> tuple[Path, list[str]]:
         pager.append(f"{team}: {message}")
         return f"paged {team}"
 
+    page = AIMessage("", tool_calls=[tool_call("page_oncall", team="identity", message="identity flapping")])
     script = [
-        AIMessage("", tool_calls=[tool_call("page_oncall", team="identity", message="identity flapping")]),
         AIMessage("", tool_calls=[tool_call("reset_password", user_id="u101", channel="email")]),
         AIMessage("", tool_calls=[tool_call("get_user", user_id="u101")]),
         AIMessage("Paged identity and reset Grace's password."),
     ]
+    script.insert(2 if page_last else 0, page)
     graph = create_agent(ScriptedChatModel(script=script), [get_user, reset_password, page_oncall])
     store = tmp_path / "experience"
     agent = record_experience(graph, app="helpdesk", store=store, environment=lambda inputs, config: ENVIRONMENT)
     trajectory = record_once(agent, store, {"messages": [("user", TASK)]})
-    assert [s.action.tool_call.name for s in trajectory.steps if s.action.tool_call] == ["page_oncall", "reset_password", "get_user"]
+    order = ["reset_password", "get_user", "page_oncall"] if page_last else ["page_oncall", "reset_password", "get_user"]
+    assert [s.action.tool_call.name for s in trajectory.steps if s.action.tool_call] == order
     opened = LocalExperienceStore(store)
     opened.approve([trajectory.id], by="test")
     opened.close()
     return store, pager
+
+
+def test_a_declared_tool_at_the_last_tool_call_is_counted_as_declared_not_as_one_the_sandbox_lacks(tmp_path: Path) -> None:
+    """Was: listed in final_calls_not_replayed, the summary saying "the sandbox does not provide the tool" as for an
+    undeclared one, so nothing showed that the declaration took effect (a sweep)."""
+    store, pager = _record(tmp_path, page_last=True)
+    declared = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_sandbox", k=2, seed=7))
+    assert declared.done == 1 and declared.states == 3 and declared.fidelity_mismatches == 0, declared.to_dict()
+    assert declared.uncovered_calls_not_executed == {"page_oncall": 1} and declared.final_calls_not_replayed == {}
+    undeclared = run_replay(ReplayConfig.load(store=store, sandbox=f"{HERE}:make_undeclared_sandbox", k=2, seed=7))
+    assert undeclared.done == 1 and undeclared.final_calls_not_replayed == {"page_oncall": 1}
+    assert undeclared.uncovered_calls_not_executed == {}
+    assert pager == ["identity: identity flapping"], "replay paged someone"
 
 
 def _rollouts(store: Path, replay_id: str) -> list[dict[str, Any]]:
