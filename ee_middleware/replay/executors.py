@@ -1266,14 +1266,19 @@ class ProcessExecutor:
         close their sandboxes stops them too, and still ends as stopped (``KeyboardInterrupt``, exit 130)."""
         try:
             early = not self._all_replayed or any(self._unanswered)
-            with second_signal_ends(self._kill_workers, first=None if early else self._stop_workers):
-                if early:
-                    self._stop.set()  # a worker forked from now on skips its warm-up (see _init_process_worker)
-                if self._starter is not None:
-                    _join(self._starter)  # it ends once the server forked the workers, or failed to
-                if early or not self._all_started():
-                    self._stop_workers()
-                self._shut_pools()
+            said = _say_if_slow(_SLOW_STOP_TEXT) if early else None  # a stop that takes a while is said, not silent
+            try:
+                with second_signal_ends(self._kill_workers, first=None if early else self._stop_workers):
+                    if early:
+                        self._stop.set()  # a worker forked from now on skips its warm-up (see _init_process_worker)
+                    if self._starter is not None:
+                        _join(self._starter)  # it ends once the server forked the workers, or failed to
+                    if early or not self._all_started():
+                        self._stop_workers()
+                    self._shut_pools()
+            finally:
+                if said is not None:
+                    said.cancel()
         finally:
             try:
                 self._here.close()
@@ -1323,6 +1328,31 @@ class ProcessExecutor:
             ender.start()
         for ender in enders:
             _join(ender)
+
+
+SLOW_STOP_S = 1.0
+"""How long a job stopping early (Ctrl-C, SIGTERM, an error) waits for its workers before it says that it does."""
+
+_SLOW_STOP_TEXT = (
+    "ee-middleware: stopping the replay workers (each leaves the trajectory it is on unstored and closes its sandbox); "
+    "a second Ctrl-C or SIGTERM kills them.\n"
+)
+
+
+def _say_if_slow(text: str) -> threading.Timer:
+    """A started timer that writes ``text`` to stderr after :data:`SLOW_STOP_S` unless cancelled first: without it a job
+    whose workers took long to stop (a sandbox closing slowly) printed nothing between the Ctrl-C and its last line."""
+
+    def say() -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no stderr to write to
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    timer = threading.Timer(SLOW_STOP_S, say)
+    timer.daemon = True
+    timer.name = "ee-replay-stop-said"
+    timer.start()
+    return timer
 
 
 def _first_done(futures: Iterable[Future[Any]]) -> set[Future[Any]]:
