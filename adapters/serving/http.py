@@ -32,6 +32,24 @@ class RequestError(Exception):
         self.kind = kind
 
 
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE_WORDS = frozenset({"false", "0", "no", "off", "f", "n"})
+
+
+def wants_stream(body: dict[str, Any]) -> bool:
+    """Whether the request asks for a stream, read as vLLM's request model reads ``stream`` (pydantic's booleans:
+    ``"false"`` is False, where its truth as a string streamed the answer); anything else is a 400."""
+    value = body.get("stream")
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in _TRUE_WORDS or word in _FALSE_WORDS:
+        return word in _TRUE_WORDS
+    raise RequestError(400, f"stream must be a boolean, got {json.dumps(value)[:200]}")
+
+
 def error_body(status: int, message: str, kind: str = "BadRequestError") -> dict[str, Any]:
     """An error answer in the OpenAI shape."""
     return {"error": {"message": message, "type": kind, "param": None, "code": status}}

@@ -64,6 +64,7 @@ from ee_middleware.adapters.serving.http import (
     check_port_free,
     make_server,
     sse_event,
+    wants_stream,
 )
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
 from ee_middleware.adapters.templates import local_served_template, refusal_to_serve
@@ -244,7 +245,7 @@ class LocalModelServer:
         while it generates: a client that went away stops the generation (:class:`ClientGone`), so that the next request,
         waiting for the model, does not wait for an answer no one reads (vLLM aborts it too)."""
         _refuse_unsupported(body)
-        if body.get("stream"):
+        if wants_stream(body):
             options = body.get("stream_options") or {}
             if not isinstance(options, dict):
                 raise RequestError(400, f"stream_options must be an object, got {options!r}")
@@ -426,7 +427,7 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
                 f"{name}={shown[:200]} is not supported by the local server: {why}. Leave it out, or serve the model with "
                 "`ee serve vllm`, which supports it.",
             )
-    if body.get("stream_options") and not body.get("stream"):  # (an empty one is taken, as vLLM takes it)
+    if body.get("stream_options") and not wants_stream(body):  # (an empty one is taken, as vLLM takes it)
         raise RequestError(400, "Stream options can only be defined when `stream=True`.")
 
 
@@ -533,9 +534,22 @@ def _model(body: dict[str, Any]) -> str | None:
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages; a content part other than text (an image) is a 400, as a text-only model's server
+    answers it: it was dropped, and the model answered a message the client never sent."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
         raise RequestError(400, "messages must be a non-empty list of chat messages with a role")
+    for number, message in enumerate(messages):
+        content = message.get("content")
+        for part in content if isinstance(content, list) else ():
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise RequestError(
+                    400,
+                    f"messages[{number}] has a content part of type {json.dumps(kind)}: the local server serves text models "
+                    'and reads text parts alone ({"type": "text", "text": ...}). Send text, or serve a multimodal model with '
+                    "`ee serve vllm`.",
+                )
     return messages
 
 

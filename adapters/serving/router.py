@@ -51,7 +51,15 @@ from typing import Any
 
 from ee_middleware.adapters.errors import RegistryError
 from ee_middleware.adapters.registry import AdapterRegistry
-from ee_middleware.adapters.serving.http import LOCAL_SERVER_OWNER, EventStream, JSONHandler, RequestError, error_body, make_server
+from ee_middleware.adapters.serving.http import (
+    LOCAL_SERVER_OWNER,
+    EventStream,
+    JSONHandler,
+    RequestError,
+    error_body,
+    make_server,
+    wants_stream,
+)
 from ee_middleware.errors import ModelError, ModelRequestError, ModelResponseError, ModelServerError
 from ee_middleware.models.openai_compat import OpenAIChatClient, serving_api_key
 from ee_middleware.models.urls import api_root, shown_url
@@ -289,7 +297,7 @@ class AliasRouter:
             if attempt:  # the back-off, or longer where the replica's Retry-After asked for it (a 429, a 503)
                 time.sleep(max(RETRY_BACKOFF_S * 2 ** (attempt - 1), wait))
             try:
-                if body.get("stream"):
+                if wants_stream(body):
                     return self._open_stream(url, root, suffix, body)
                 return _checked_answer(f"{base}{suffix}", path, self._client(root).post(suffix, body))
             except ModelRequestError:

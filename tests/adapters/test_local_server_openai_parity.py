@@ -81,6 +81,53 @@ def test_stream_options_without_stream_is_refused_in_vllms_words(local_server: A
     assert _chat(local_server, stream_options={}, max_tokens=1).status_code == 200  # an empty one, as vLLM takes it
 
 
+def test_stream_is_read_as_a_boolean_as_vllm_reads_it(local_server: Any) -> None:
+    """``"stream": "false"`` streamed the answer (a string's truth); vLLM's request model reads it as false."""
+    for value, streamed in (("false", False), ("true", True), (0, False), (1, True), ("no", False)):
+        answer = _chat(local_server, stream=value, max_tokens=2)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"].startswith("text/event-stream") is streamed, (value, answer.headers)
+    for value in ("maybe", 2, [True], {"on": True}):
+        refused = _chat(local_server, stream=value, max_tokens=2)
+        assert refused.status_code == 400 and "stream must be a boolean" in refused.json()["error"]["message"], refused.text
+    # the router read it so too: it waited for an event stream, took the replica's JSON for a broken one, and passed over
+    # every replica (a 502)
+    router = AliasRouter(_NoApps(), [local_server.url], log=lambda _: None)
+    status, answer = router.forward(
+        "/v1/chat/completions", {"model": "tiny-base", "messages": MESSAGES, "stream": "false", "max_tokens": 2}
+    )
+    assert status == 200 and answer["object"] == "chat.completion", answer
+    with pytest.raises(RequestError, match="stream must be a boolean"):
+        router.forward("/v1/chat/completions", {"model": "tiny-base", "messages": MESSAGES, "stream": "maybe"})
+
+
+class _NoApps:
+    def apps(self) -> dict[str, Any]:
+        return {}
+
+
+def test_an_image_part_is_a_400_not_dropped(local_server: Any) -> None:
+    """An ``image_url`` part was dropped and the model answered the text alone, as if the client had sent no image."""
+    parts = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+    ]
+    answer = httpx.post(
+        f"{local_server.url}/chat/completions",
+        json={"model": "tiny-base", "messages": [{"role": "user", "content": parts}], "max_tokens": 2},
+        timeout=120,
+    )
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["error"]["message"]
+    assert 'messages[0] has a content part of type "image_url"' in message and "ee serve vllm" in message, message
+    text_parts = httpx.post(
+        f"{local_server.url}/chat/completions",
+        json={"model": "tiny-base", "messages": [{"role": "user", "content": parts[:1]}], "max_tokens": 2},
+        timeout=120,
+    )
+    assert text_parts.status_code == 200, text_parts.text
+
+
 def test_max_completion_tokens_wins_over_max_tokens(local_server: Any) -> None:
     answer = _chat(local_server, max_tokens=5, max_completion_tokens=1, temperature=0)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 1, answer.text
