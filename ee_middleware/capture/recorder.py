@@ -390,6 +390,12 @@ class Recorder:
         this flush is called on (``flush()`` in async code, right after a cancelled run whose read took longer than
         :data:`STOPPED_STATE_WAIT_S`) or on a loop that has stopped or closed. ``timeout`` bounds the whole flush, every
         step of it together."""
+        return self._flush(timeout)[0]
+
+    def _flush(self, timeout: float) -> tuple[bool, bool]:
+        """:meth:`flush`'s answer, and whether this process's own work was done in ``timeout`` (``False``: some was not,
+        and the runs it was for are not in the store yet; a capture process writes what it was sent however long that
+        takes, also once this process has ended)."""
         deadline = time.monotonic() + timeout
 
         def left() -> float:
@@ -402,7 +408,9 @@ class Recorder:
             offloaded, error = self.offload.flush(left()) if self.offload is not None else (True, None)
             if self.offload is not None:  # again: the runs a dying capture process was sent are recorded here
                 done = self.finisher.flush(left()) and done
-            flushed = self.processor.force_flush(int(left() * 1000)) and done and offloaded
+            written = self.processor.force_flush(int(left() * 1000))
+            in_time = done and written
+            flushed = in_time and offloaded
         finally:  # (strict mode raised the failure: said once, as this return value says it once)
             with self._failed_lock:
                 failed = self.stats.runs_failed
@@ -413,7 +421,7 @@ class Recorder:
             raise CaptureError(f"Recording failed in the capture process: {error}")
         if self.vault is not None:
             self.vault.flush()
-        return flushed
+        return flushed, in_time
 
     def _settle_state_reads(self, timeout: float) -> None:
         """End the runs waiting for the thread's state (:class:`_StateRead`): each when its read answers, at its bound, or
@@ -1849,16 +1857,28 @@ def _one_interrupt_waited_out() -> Iterator[None]:
             signal.signal(signal.SIGINT, before)
 
 
+EXIT_FLUSH_S = 10.0
+"""How long capture waits at exit for a recorder's runs to be written (its capture process's, once more)."""
+
+
 def _flush_recorders() -> None:
     for recorder in list(_live_recorders):
         try:
             try:
                 recorder._settle_state_reads(timeout=STOPPED_STATE_TIMEOUT_S)  # a run stopped just before: as a flush would
                 recorder._end_runs_in_flight(EXITED)
-                recorder.flush(timeout=10)
+                if not recorder._flush(EXIT_FLUSH_S)[1]:  # (as _flush_at_sigterm says it)
+                    logger.warning(
+                        "ee-middleware: the recorded runs were not all written to the store within the %g s capture waits "
+                        "at exit (app %r): those of the last moments are lost. To keep them, call flush() on the recorded "
+                        "agent before the program ends, with a timeout long enough for its store (it returns False while "
+                        "runs remain unwritten).",
+                        EXIT_FLUSH_S,
+                        recorder.config.app,
+                    )
             finally:
                 if recorder.offload is not None:
-                    recorder.offload.close(timeout=10)
+                    recorder.offload.close(timeout=EXIT_FLUSH_S)
             close = getattr(recorder.store, "close", None)
             if callable(close):
                 close()
