@@ -42,9 +42,9 @@ def wants_stream(body: dict[str, Any]) -> bool:
     value = body.get("stream")
     if value is None or isinstance(value, bool):
         return bool(value)
-    if isinstance(value, int) and value in (0, 1):
+    if isinstance(value, (int, float)) and value in (0, 1):  # (1.0 too, as pydantic takes it)
         return bool(value)
-    word = value.strip().lower() if isinstance(value, str) else None
+    word = value.lower() if isinstance(value, str) else None
     if word in _TRUE_WORDS or word in _FALSE_WORDS:
         return word in _TRUE_WORDS
     raise RequestError(400, f"stream must be a boolean, got {json.dumps(value)[:200]}")

@@ -533,8 +533,16 @@ def _model(body: dict[str, Any]) -> str | None:
     return model
 
 
+MEDIA_PART_TYPES = frozenset(
+    {"image_url", "image", "input_image", "image_pil", "image_embeds", "input_audio", "audio", "audio_url", "video", "video_url"}
+    | {"file", "input_file"}
+)
+"""Content parts a text model cannot read (those vLLM hands a multimodal model's processor); text-like parts (``text``,
+``input_text``, ``refusal``, a plain string: a LangChain tool's ``list[str]`` result) are read as text."""
+
+
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The request's messages; a content part other than text (an image) is a 400, as a text-only model's server
+    """The request's messages; a media content part (an image, audio, a file) is a 400, as a text-only model's server
     answers it: it was dropped, and the model answered a message the client never sent."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
@@ -543,12 +551,11 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         content = message.get("content")
         for part in content if isinstance(content, list) else ():
             kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text":
+            if kind in MEDIA_PART_TYPES:
                 raise RequestError(
                     400,
                     f"messages[{number}] has a content part of type {json.dumps(kind)}: the local server serves text models "
-                    'and reads text parts alone ({"type": "text", "text": ...}). Send text, or serve a multimodal model with '
-                    "`ee serve vllm`.",
+                    "and reads text alone. Send text, or serve a multimodal model with `ee serve vllm`.",
                 )
     return messages
 

@@ -83,11 +83,11 @@ def test_stream_options_without_stream_is_refused_in_vllms_words(local_server: A
 
 def test_stream_is_read_as_a_boolean_as_vllm_reads_it(local_server: Any) -> None:
     """``"stream": "false"`` streamed the answer (a string's truth); vLLM's request model reads it as false."""
-    for value, streamed in (("false", False), ("true", True), (0, False), (1, True), ("no", False)):
+    for value, streamed in (("false", False), ("True", True), (0, False), (1, True), ("no", False), (1.0, True), (0.0, False)):
         answer = _chat(local_server, stream=value, max_tokens=2)
         assert answer.status_code == 200, answer.text
         assert answer.headers["content-type"].startswith("text/event-stream") is streamed, (value, answer.headers)
-    for value in ("maybe", 2, [True], {"on": True}):
+    for value in ("maybe", 2, 0.5, " true", [True], {"on": True}):  # (pydantic refuses " true" too)
         refused = _chat(local_server, stream=value, max_tokens=2)
         assert refused.status_code == 400 and "stream must be a boolean" in refused.json()["error"]["message"], refused.text
     # the router read it so too: it waited for an event stream, took the replica's JSON for a broken one, and passed over
@@ -120,12 +120,14 @@ def test_an_image_part_is_a_400_not_dropped(local_server: Any) -> None:
     assert answer.status_code == 400, answer.text
     message = answer.json()["error"]["message"]
     assert 'messages[0] has a content part of type "image_url"' in message and "ee serve vllm" in message, message
-    text_parts = httpx.post(
-        f"{local_server.url}/chat/completions",
-        json={"model": "tiny-base", "messages": [{"role": "user", "content": parts[:1]}], "max_tokens": 2},
-        timeout=120,
-    )
-    assert text_parts.status_code == 200, text_parts.text
+    # text in other shapes is read as text (a LangChain tool's list[str] result, the Responses API's input_text)
+    for text in (parts[:1], ["alpha", "beta"], [{"type": "input_text", "text": "hi"}], [{"type": "refusal", "refusal": "no"}]):
+        text_parts = httpx.post(
+            f"{local_server.url}/chat/completions",
+            json={"model": "tiny-base", "messages": [{"role": "user", "content": text}], "max_tokens": 2},
+            timeout=120,
+        )
+        assert text_parts.status_code == 200, (text, text_parts.text)
 
 
 def test_max_completion_tokens_wins_over_max_tokens(local_server: Any) -> None:
