@@ -161,7 +161,7 @@ class LocalAdapterRegistry:
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, wait_s: float | None = None) -> None:
         self.root = Path(root).expanduser().resolve()
         self._wait_s = None if wait_s is None else max(0.0, wait_s)
-        self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]]] | None = None
+        self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]] | RegistryError] | None = None
         self._create = create
         if self.root.exists() and not self.root.is_dir():  # a setting's mistake, not "not there yet" (a first night)
             raise ConfigError(
@@ -216,12 +216,19 @@ class LocalAdapterRegistry:
         about half a second to parse on every request. Every write through the registry appends to the
         history before it replaces the index, so the history's size changes with every write even when a
         new index happens to get the same inode, size and time stamp as an older one; an index replaced
-        by other means gets a new inode or time stamp."""
+        by other means gets a new inode or time stamp. An index the registry refuses (damaged, edited by hand) is
+        refused again without parsing it again, until it changes: the router asks on every request meanwhile."""
         key = (_stat_key(self.root / "index.json"), _stat_key(self.root / "history.jsonl"))
         cached = self._apps_cache
         if cached is not None and cached[0] == key:
+            if isinstance(cached[1], RegistryError):
+                raise cached[1].with_traceback(None)
             return cached[1]
-        apps = self._read_index()["apps"]
+        try:
+            apps = self._read_index()["apps"]
+        except RegistryError as exc:
+            self._apps_cache = (key, exc)
+            raise
         self._apps_cache = (key, apps)
         return apps
 
@@ -681,8 +688,18 @@ def _index_problem(index: dict[str, Any]) -> str | None:
                 f"(expected its own name, one of {', '.join(sorted(_STATUSES))}, and an app under 'apps')"
             )
     for app, entry in apps.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("previous"), list) or not isinstance(entry.get("versions"), int):
-            return f"apps.{app} should be an object with 'live', a 'previous' list and a 'versions' integer"
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("previous"), list)
+            or not isinstance(entry.get("versions"), int)
+            or isinstance(entry.get("versions"), bool)
+            or not isinstance(entry.get("live"), (str, type(None)))
+            or not all(isinstance(name, str) for name in entry["previous"])
+        ):
+            return (
+                f"apps.{app} should be an object with 'live' (an adapter's name or null), a 'previous' list of adapter names "
+                "and a 'versions' integer"
+            )
         unknown = [n for n in [entry.get("live"), *entry["previous"]] if n is not None and n not in adapters]
         if unknown:
             return f"apps.{app} refers to {', '.join(map(repr, unknown))}, which has no record under 'adapters'"

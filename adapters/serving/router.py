@@ -145,6 +145,7 @@ class AliasRouter:
         """The registry's apps as last read whole (what the router routes by while the registry cannot be read)."""
         self._registry_problem: str | None = None
         """Why the registry cannot be read now (said once in the log until it can be again), or None."""
+        self._registry_lock = threading.Lock()  # (the two above: requests are served on threads of their own)
 
     def resolve(self, model: str | None) -> str | None:
         """The model name to send upstream for ``model``: the live adapter for an alias, else ``model`` itself."""
@@ -171,20 +172,24 @@ class AliasRouter:
         try:
             apps = self.registry.apps()
         except (RegistryError, OSError, ValueError) as exc:
-            if self._last_apps is None:
-                raise
             problem = f"{type(exc).__name__}: {exc}"
-            if problem != self._registry_problem:
-                self._registry_problem = problem
+            with self._registry_lock:
+                last, said = self._last_apps, problem == self._registry_problem
+                if last is not None:
+                    self._registry_problem = problem
+            if last is None:
+                raise
+            if not said:
                 self.log(
                     f"ee router: the registry cannot be read ({problem}); routing by its last good read until it can "
                     "be read again. Fix it (ee adapters list -r REGISTRY says what is wrong) before the next promote."
                 )
-            return self._last_apps
-        if self._registry_problem is not None:
-            self._registry_problem = None
+            return last
+        with self._registry_lock:
+            mended = self._registry_problem is not None
+            self._registry_problem, self._last_apps = None, apps
+        if mended:
             self.log("ee router: the registry can be read again; routing by it")
-        self._last_apps = apps
         return apps
 
     def base_model(self) -> str | None:

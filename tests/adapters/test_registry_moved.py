@@ -199,3 +199,18 @@ def test_a_record_field_of_the_wrong_type_is_refused_as_an_outside_edit(tmp_path
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert said in " ".join(result.stderr.split())
     assert json.loads(_cli("list", "-r", str(registry.root), "--json").stdout)["error"]["type"] == "RegistryCorruptionError"
+
+
+@pytest.mark.parametrize(("key", "value"), [("live", ["x"]), ("previous", [{"a": 1}]), ("versions", True), ("live", 5)])
+def test_an_app_entry_of_the_wrong_type_is_refused_as_an_outside_edit(tmp_path: Path, key: str, value: object) -> None:
+    """An unhashable live or previous name was a TypeError (a traceback from ee adapters list, a 500 from the router)."""
+    registry, (first, _) = _registry(tmp_path)
+    registry.switch_live(first)
+    index_file = registry.root / "index.json"
+    index = json.loads(index_file.read_text())
+    index["apps"]["bot"][key] = value
+    index_file.write_text(json.dumps(index, indent=1))
+    with pytest.raises(RegistryCorruptionError, match=r"apps\.bot should be an object with 'live' \(an adapter's name or null\)"):
+        registry.list()
+    result = _cli("list", "-r", str(registry.root))
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
