@@ -233,7 +233,7 @@ def list_adapters(
         if problem:
             typer.secho(f"warning: {name}: {problem}. ee adapters show {name} -r {registry} says how to restore it.", err=True, fg="yellow")
     if held is not None:
-        _say_live_not_loaded(records, loaded_on, urls, registry, backend)
+        _say_live_not_loaded(records, loaded_on, list(held), urls, registry, backend)
     kept = {name for entry in reg.apps().values() for name in entry.get("previous") or []} if held is not None else set()
     resident = [r.name for r in records if r.status in ("retired", "failed") and r.name not in kept and loaded_on.get(r.name)]
     if resident:  # (a retired adapter a rollback could go back to stays loaded on purpose: the rollback is an alias switch)
@@ -289,12 +289,14 @@ def list_adapters(
     console().print(table)
 
 
-def _say_live_not_loaded(records: list[Any], loaded_on: dict[str, list[str]], urls: list[str], registry: str, backend: str) -> None:
-    """A warning for each live adapter some replica asked does not hold (a replica restarted since the promote starts with
-    the base alone): the router sends that app's requests to the others, and with every replica lacking it the app is
-    not served."""
+def _say_live_not_loaded(
+    records: list[Any], loaded_on: dict[str, list[str]], replicas: list[str], urls: list[str], registry: str, backend: str
+) -> None:
+    """A warning for each live adapter some replica asked (``replicas``: their API roots, as ``loaded_on`` names them;
+    ``urls``: as given) does not hold (a replica restarted since the promote starts with the base alone): the router
+    sends that app's requests to the others, and with every replica lacking it the app is not served."""
     for record in records:
-        lacking = [url for url in urls if url not in loaded_on[record.name]] if record.status == "live" else []
+        lacking = [url for url in replicas if url not in loaded_on[record.name]] if record.status == "live" else []
         if lacking:
             typer.secho(
                 f"warning: {record.name} is live for {record.app} but not loaded on {', '.join(lacking)} (restarted since "

@@ -59,6 +59,8 @@ def test_list_says_which_replicas_hold_each_adapter_and_warns_of_one_a_rollback_
         rows = json.loads(_ee("list", *serve, "--json").stdout)
         assert {r["name"]: r["loaded_on"] for r in rows}[names[2]] == []
         assert "warning" not in _ee("list", *serve).stderr
+        bare = local_server.url.removesuffix("/v1") + "/"  # the server as given without its /v1: the same replica
+        assert "warning" not in _ee("list", "-r", folder, "--server", bare, "--backend", "local").stderr
 
         LocalBackend(local_server.url).unload(names[1])  # the replica restarted without the live adapter: said (was not)
         lacking = " ".join(_ee("list", *serve).stderr.split())
