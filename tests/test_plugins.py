@@ -245,7 +245,8 @@ def test_a_factory_that_requires_arguments_says_ee_calls_it_with_none(tmp_path: 
         assert "its factory 'make_sandbox' cannot be called as ee calls it: missing a required argument: 'db_path'" in text
         assert f"ee calls it {called}" in text and "Give each of its parameters a default" in text
         # where its options are given (was: only "a default, or a function that takes none", in a sweep)
-        assert "give its options with --sandbox-setting KEY=VALUE (ee replay run) or a [replay.sandbox_settings] table" in text
+        assert "give its options with --sandbox-setting KEY=VALUE or a [replay.sandbox_settings] table" in text
+        assert "ee eval run builds it without options" in text  # (where a job passes none, the hint does not send you there)
     # a callable whose signature cannot be read (a C type): told apart by where the TypeError was raised
     with pytest.raises(GadgetError, match=r"cannot be called as ee calls it: repeat\(\) missing required argument 'object'"):
         GADGETS.construct("repeat", itertools.repeat)

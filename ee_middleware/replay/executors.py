@@ -1335,18 +1335,16 @@ SLOW_STOP_S = 1.0
 
 _SLOW_STOP_TEXT = (
     "ee-middleware: stopping the replay workers (each leaves the trajectory it is on unstored and closes its sandbox); "
-    "a second Ctrl-C or SIGTERM kills them.\n"
+    "a Ctrl-C or SIGTERM now kills them."
 )
 
 
 def _say_if_slow(text: str) -> threading.Timer:
-    """A started timer that writes ``text`` to stderr after :data:`SLOW_STOP_S` unless cancelled first: without it a job
+    """A started timer that logs ``text`` as a warning after :data:`SLOW_STOP_S` unless cancelled first: without it a job
     whose workers took long to stop (a sandbox closing slowly) printed nothing between the Ctrl-C and its last line."""
 
     def say() -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # no stderr to write to
-            sys.stderr.write(text)
-            sys.stderr.flush()
+        logger.warning(text)
 
     timer = threading.Timer(SLOW_STOP_S, say)
     timer.daemon = True

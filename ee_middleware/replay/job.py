@@ -316,7 +316,8 @@ UNCOVERED_CALLS_NOT_EXECUTED = (
     "not execute the expert's call and took its recorded result; every state was branched from. If it changes the world "
     "the sandbox rebuilds, the expert's later calls show fidelity errors naming it: add it to the sandbox's tools instead"
 )
-"""Why the expert's calls before a trajectory's last tool call were not executed (``uncovered_calls_not_executed``)."""
+"""Why the expert's calls of tools the sandbox declares outside its world were not executed, wherever they are in a
+trajectory (``uncovered_calls_not_executed``)."""
 
 
 CUT_OFF = "the answer was cut off at max_tokens"
@@ -618,8 +619,13 @@ def _replay_selected(
         if frozen:
             gc.unfreeze()
         summary.duration_s = time.perf_counter() - started
-        executor.close()
-        store.close()
+        try:
+            executor.close()
+        except KeyboardInterrupt as exc:  # a signal while the workers closed their sandboxes: stopped, all stored
+            exc.replay_summary = summary  # type: ignore[attr-defined]
+            raise
+        finally:
+            store.close()
     summary.refused_hints = refusal_hints(config.sandbox, summary.refused_tools, **options)
     return summary
 

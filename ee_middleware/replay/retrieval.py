@@ -413,7 +413,8 @@ RETRIEVERS = PluginKind(
     builtins={"bm25": "ee_middleware.replay.retrieval:BM25Retriever", "bm25s": "ee_middleware.replay.retrieval:BM25SRetriever"},
     protocol=Retriever,
     requires="a 'name' attribute and 'add(texts)' and 'scores(query) -> one float per added text' methods",
-    options_from="--retriever-setting KEY=VALUE or a [experience_eval.retriever_settings] table in the --config file",
+    options_from="--retriever-setting KEY=VALUE or the retriever_settings of [experience_eval] or [experience_dataset] in the "
+    "--config file ([replay.sandbox_settings.retriever_settings] for an experience sandbox)",
 )
 
 

@@ -780,7 +780,8 @@ class TracesSuite:
             origin = f"the suite {self.name}"
             if self.store.isdigit():  # traces:2: one part is the store, not N
                 origin += f"; to take {self.store} tasks from a store write traces:STORE:{self.store}"
-            raise StoreError(said_where_set(str(exc), origin)) from exc
+            exc.args = (said_where_set(str(exc), origin),)  # the same error (its class: --json's error type), told where
+            raise
         try:
             privacy = ReplayPrivacy.of_store(store)  # the store's redaction rules, salt and vault, as replay reads them
             frame = store.trajectories(status="approved", app=self.app)

@@ -144,6 +144,34 @@ def test_a_replay_interrupted_after_storing_some_prints_its_summary_of_them_with
     assert len(LocalExperienceStore(bfcl_store_path).rollouts()) == answer["branches"]
 
 
+def test_a_replay_interrupted_while_its_workers_close_prints_its_whole_summary(
+    monkeypatch: pytest.MonkeyPatch, bfcl_store_path: Path
+) -> None:
+    """A signal while the workers closed their sandboxes, every trajectory stored (the executor's close raises it): the
+    --json answer was the error object alone (a review)."""
+    from ee_middleware.replay import job as replay_job
+
+    real = replay_job.build_executor
+
+    def closing_interrupted(*args: Any, **kwargs: Any) -> Any:
+        executor = real(*args, **kwargs)
+        close = executor.close
+
+        def interrupted_close() -> None:
+            close()
+            raise KeyboardInterrupt
+
+        executor.close = interrupted_close
+        return executor
+
+    monkeypatch.setattr(replay_job, "build_executor", closing_interrupted)
+    total = len(LocalExperienceStore(bfcl_store_path).trajectories(status="approved"))
+    result = ee("replay", "run", "-s", bfcl_store_path, "--k", "1", "--json")
+    assert result.exit_code == 130, result.output
+    answer = json.loads(result.stdout)
+    assert answer["done"] == total and answer["error"]["type"] == "KeyboardInterrupt", answer
+
+
 def test_success_output_and_the_commands_own_failure_json_are_kept(recorded: Path, tmp_path: Path) -> None:
     listing = ee("traces", "list", "-s", recorded, "--json")
     assert listing.exit_code == 0 and isinstance(json.loads(listing.stdout), list), "an answer as it was"

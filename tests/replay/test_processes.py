@@ -244,7 +244,7 @@ def test_a_second_sigterm_kills_workers_whose_sandboxes_do_not_close(bfcl_store_
     assert "interrupted: the replay stopped (SIGTERM)" in stderr, stderr
     # the wait was said while it lasted (was: nothing between the first signal and the last line)
     said = stderr.find("stopping the replay workers")
-    assert 0 <= said < stderr.find("interrupted: the replay stopped") and "a second Ctrl-C or SIGTERM kills them" in stderr, stderr
+    assert 0 <= said < stderr.find("interrupted: the replay stopped") and "a Ctrl-C or SIGTERM now kills them" in stderr, stderr
     assert wait_until_none_left(job.marker) == []
 
 

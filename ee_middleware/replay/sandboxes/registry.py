@@ -33,8 +33,8 @@ SANDBOXES = PluginKind(
     builtins={"bfcl": "ee_middleware.bfcl.sandbox:BFCLSandbox"},
     protocol=Sandbox,
     requires="the sandbox methods (kind, covers, reset, execute, snapshot, restore, close); see ee_middleware.replay.sandboxes.protocol",
-    options_from="--sandbox-setting KEY=VALUE (ee replay run) or a [replay.sandbox_settings] table in the --config file "
-    "([curriculum.sandbox_settings] for ee curriculum run)",
+    options_from="--sandbox-setting KEY=VALUE or a [replay.sandbox_settings] table in the --config file for ee replay run "
+    "(and ee improve's replay), [curriculum.sandbox_settings] for ee curriculum run; ee eval run builds it without options",
 )
 
 
