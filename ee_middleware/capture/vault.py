@@ -45,14 +45,17 @@ different salts) is *ambiguous*: replay does not restore it and says so.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import stat
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._files import create_exclusive
 from ee_middleware.capture.redaction import canonical_form
 from ee_middleware.errors import ConfigError
 
@@ -102,6 +105,10 @@ def _cipher(key: str) -> Any:
         ) from None
 
 
+EMPTY_WAIT_S = 2.0
+"""How long an empty vault file is waited for to get its first line before it is refused (see :meth:`Vault._written_stat`)."""
+
+
 class Vault:
     """One vault file: append pseudonym -> value pairs (capture), look them up (replay)."""
 
@@ -122,24 +129,45 @@ class Vault:
 
     # --- opening ---
 
+    def _written_stat(self) -> os.stat_result:
+        """The vault file's ``stat``, once it holds its first line: an empty file is waited for a moment (up to
+        :data:`EMPTY_WAIT_S`: another process made it on a file system without hard links and writes it now)."""
+        deadline = time.monotonic() + EMPTY_WAIT_S
+        while (info := self.path.stat()).st_size == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return info
+
     def _create(self, key: str | None) -> None:
+        """Make the vault file with its first line, unless it exists. Written whole and linked into place
+        (:func:`~ee_middleware._files.create_exclusive`): processes starting at once (a server's workers) each find
+        the file whole; created empty and then written, the file was read empty by the ones that lost the race, which
+        refused it as no vault."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        except FileExistsError:
-            return
         header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "encryption": None}
         if key:
             header.update(encryption="fernet", key_check=_cipher(key).encrypt(_KEY_CHECK).decode())
+        line = (json.dumps(header) + "\n").encode()
         try:
-            os.write(fd, (json.dumps(header) + "\n").encode())
+            create_exclusive(self.path, line, mode=0o600)
+            return
+        except FileNotFoundError:
+            pass  # (its temporary file removed by another program's sweep): made as below
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+        try:  # a file system without hard links: created, then written (_open waits for its first line)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except FileExistsError:
+            return
+        try:
+            os.write(fd, line)
             os.fsync(fd)
         finally:
             os.close(fd)
 
     def _open(self, key: str | None) -> Any:
         try:
-            info = self.path.stat()
+            info = self._written_stat()
             with open(self.path, encoding="utf-8") as fh:
                 header = json.loads(fh.readline() or "{}")
         except FileNotFoundError:
@@ -149,6 +177,11 @@ class Vault:
             ) from None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"The redaction vault {self.path} is unreadable ({exc}).") from exc
+        if info.st_size == 0:
+            raise ConfigError(
+                f"The redaction vault {self.path} is empty: the process that made it was stopped before it wrote its first "
+                f"line, so it holds no value. Delete it (rm {self.path}); capture makes it again."
+            )
         if header.get("format") != FORMAT:
             raise ConfigError(f"{self.path} is not a redaction vault (its first line says format={header.get('format')!r}).")
         version = header.get("version", 1)
