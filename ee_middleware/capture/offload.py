@@ -1035,6 +1035,13 @@ class ProcessOffload:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait()
+            if not kill:  # (one killed above was said already)
+                logger.warning(
+                    "ee-middleware: the capture process had not written every run it was sent within %.0f s; stopping it "
+                    "(those runs are lost). Call flush() on the recorded agent before the program ends, with a timeout "
+                    "long enough for its store.",
+                    timeout,
+                )
         try:
             self._in.close()
         except OSError:
