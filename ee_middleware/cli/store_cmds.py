@@ -163,6 +163,8 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     if do_repair is None:
         typer.secho(f"error: the store {store} ({type(opened).__name__}) has no repair; see its own documentation.", err=True, fg="red")
         raise typer.Exit(1)
+    if isinstance(opened, LocalExperienceStore) and opened.compaction_running():  # repair takes the compaction's lock
+        typer.echo(f"waiting for the compaction of {store} another process runs to finish...", err=True)
     report = do_repair()
     if marker is not None:
         report = {**report, "marker_written": marker["marker_written"], "damaged_marker_moved_to": marker["damaged_marker_moved_to"]}

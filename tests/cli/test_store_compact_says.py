@@ -46,3 +46,12 @@ def test_compact_says_the_spool_it_folds_when_it_is_large(store: Path, monkeypat
     assert said.exit_code == 0, said.output
     assert "waiting for the compaction of" in said.stderr and "compacting 1 spool segment(s)" in said.stderr, said.stderr
     assert "Compacted 1 spool segment(s)" in said.stdout
+
+
+def test_repair_says_it_waits_for_a_compaction_another_process_runs(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Repair takes the compaction's lock, and waited for a hung compaction without a word (a multi-process sweep)."""
+    quiet = CliRunner().invoke(app, ["store", "repair", "--store", str(store)])
+    assert quiet.exit_code == 0 and "waiting" not in quiet.stderr, quiet.output
+    monkeypatch.setattr(LocalExperienceStore, "compaction_running", lambda self: True)
+    said = CliRunner().invoke(app, ["store", "repair", "--store", str(store)])
+    assert said.exit_code == 0 and "waiting for the compaction of" in said.stderr, said.output
