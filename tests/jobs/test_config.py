@@ -219,13 +219,16 @@ def test_a_mistaken_table_is_still_refused_next_to_another_tools_table(tmp_path:
 
 
 def _base_folder(tmp_path: Path, *, template: bool = True) -> Path:
-    """A base-model folder's files as far as the check reads them (config.json and the tokenizer's config)."""
+    """A base-model folder's files as far as the check reads them (config.json and the tokenizer's config; the weights
+    and the tokenizer's vocabulary are looked for, not read)."""
     import json
 
     folder = tmp_path / ("base" if template else "base-no-template")
     folder.mkdir(exist_ok=True)
     (folder / "config.json").write_text('{"model_type": "gpt2"}')
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"} if template else {}))
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer.model").write_bytes(b"")
     return folder
 
 

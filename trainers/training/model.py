@@ -352,8 +352,44 @@ def check_base(spec: str, *, max_length: int | None = None) -> BaseSource:
             "a template: tokenizer.chat_template = TEMPLATE; tokenizer.save_pretrained(DIR) (e.g. the ChatML template of a "
             "Qwen or SmolLM2 instruct model)."
         )
+    check_model_files(folder)
     check_vocabulary_files(folder)
     return source
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""A model folder's weights as ``save_pretrained`` writes them: one file, or shards listed in ``NAME.index.json``."""
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+"""Files one of which a saved tokenizer has (a fast tokenizer's, a SentencePiece model, a BPE or WordPiece vocabulary)."""
+
+
+def check_model_files(folder: Path) -> None:
+    """:class:`BaseModelError` when the model folder ``folder`` lacks its weights (no weights file, or a shard its index
+    lists) or any tokenizer file: found when the base model was loaded, after a job's selection, replay and datasets
+    had run (a partial copy or download, a folder of the config alone)."""
+    indexes = [folder / f"{name}.index.json" for name in WEIGHT_FILES if (folder / f"{name}.index.json").is_file()]
+    if not indexes and not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise BaseModelError(
+            f"{folder} has no model weights ({' or '.join(WEIGHT_FILES)}, or their shards' index). Was it copied or downloaded "
+            "only in part? Point base_model at a folder saved with model.save_pretrained(DIR)."
+        )
+    for index in indexes:
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # an index the loader reads itself names what is wrong with it
+        missing = sorted(name for name in shards if isinstance(name, str) and not (folder / name).is_file())
+        if missing:
+            raise BaseModelError(
+                f"{folder} lacks {len(missing)} of the {len(shards)} weight shards {index.name} lists ({', '.join(missing[:3])}"
+                f"{', ...' if len(missing) > 3 else ''}). Was it copied or downloaded only in part? Copy the missing files."
+            )
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise BaseModelError(
+            f"{folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}). Save the tokenizer beside the model: "
+            "tokenizer.save_pretrained(DIR)."
+        )
 
 
 def check_vocabulary_files(folder: Path) -> None:

@@ -48,6 +48,7 @@ def _custom_base(folder: Path, *, model_type: str = "my_custom_arch", vocab_size
         json.dumps({"version": "1.0", "added_tokens": [], "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "t0"}})
     )
     (folder / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE}))
+    (folder / "model.safetensors").write_bytes(b"")  # (looked for, not read)
     return marker
 
 
