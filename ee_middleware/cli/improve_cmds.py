@@ -197,7 +197,20 @@ def _failure_json(exc: Exception, runs: Path | None = None) -> dict[str, Any]:
 
 
 def _say_interrupted(run: Any) -> None:
-    """One line on stderr for a run stopped by a signal: which, where, and that the next call continues it."""
+    """One line on stderr for a run stopped by a signal: which, where, and that the next call continues it; for a run
+    that had finished when the signal came, that it had (it was said stopped, to be continued, with nothing left)."""
+    from ee_middleware.jobs.runs import FINISHED
+
+    status = run.data.get("status")
+    if status in FINISHED:
+        report = (run.data.get("report") or {}).get("markdown")
+        typer.secho(
+            f"interrupted: run {run.id} had finished ({status}) when the signal came; nothing of it is left to do"
+            + (f" (its report: {report})." if report else "."),
+            err=True,
+            fg="yellow",
+        )
+        return
     stopped = next((m["stage"] for m in run.stages() if m.get("status") == "stopped"), None)
     where = f" in its {stopped} stage" if stopped else ""
     typer.secho(
@@ -478,8 +491,8 @@ def show_run(
     """One run: every stage's manifest (inputs with hashes, outputs, timings, decisions) and the report's path."""
     folder = _runs_dir(ctx, runs, config)
     run = folder.get(run_id)
-    if as_json:
-        print_json(run_json(run))
+    if as_json:  # lock_held as `ee runs list --json` has it: a "running" run is really running (else it was killed)
+        print_json({**run_json(run), "lock_held": run.status == "running" and folder.locked_by_other()})
         return
     out = console()
     print_summary(out, run, status=folder.shown_status(run))

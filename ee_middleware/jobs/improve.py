@@ -40,12 +40,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._lifetime import second_signal_ends
 from ee_middleware._toml import read_config_text
 from ee_middleware.errors import EEError
 from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted, JobError, LiveAdapterChangedError
 from ee_middleware.jobs.memory import PeakMemory
-from ee_middleware.jobs.runs import FAILED, NOTHING_NEW, STOPPED, SUCCEEDED, Run, RunsDir, continue_attempt, job_table, now
+from ee_middleware.jobs.runs import (
+    FAILED,
+    FINISHED,
+    NOTHING_NEW,
+    STOPPED,
+    SUCCEEDED,
+    Run,
+    RunsDir,
+    continue_attempt,
+    job_table,
+    now,
+)
 from ee_middleware.jobs.stages import Progress, QuietProgress, StageContext, StageResult
 
 STAGES = ("select", "replay", "datasets", "train", "register", "evaluate", "gate", "promote")
@@ -136,9 +148,11 @@ def run_improve(
             run.update(status=STOPPED, stopped_at=now(), error=str(exc))
         except KeyboardInterrupt as exc:
             # Ctrl-C, or SIGTERM/SIGHUP (a CronJob's deadline, `kill`): stopped, as max_minutes stops it, not failed; the
-            # next call continues it. (A full disk may refuse run.json: the run then reads as killed while running.)
-            with contextlib.suppress(OSError):
-                run.update(status=STOPPED, stopped_at=now(), error=error_text(exc))
+            # next call continues it. (A full disk may refuse run.json: the run then reads as killed while running.) A run
+            # that had finished when the signal came stays as it finished: nothing of it is left to continue.
+            if run.data.get("status") not in FINISHED:
+                with contextlib.suppress(OSError):
+                    run.update(status=STOPPED, stopped_at=now(), error=error_text(exc))
             raise
         except BaseException as exc:
             # A full disk may refuse run.json too: the stage's own error still goes out (the run then reads as killed
@@ -148,7 +162,10 @@ def run_improve(
             raise
         finally:
             if report:
-                _write_report(run, say)
+                # a signal while the report is written is held until it is (a second one is not: the report is a second
+                # or two): cut off, the run had no report, and no later call writes one
+                with second_signal_ends(_nothing, first=_nothing):
+                    _write_report(run, say)
     if config.keep_runs is not None:
         _prune_old_runs(run, runs, config.keep_runs, say, registry=str(config.registry))
     return run
@@ -496,6 +513,10 @@ def _current(run: Run) -> str | None:
         if not run.stage_done(name):
             return name
     return None
+
+
+def _nothing() -> None:
+    """What a signal does while the report is written (:func:`~ee_middleware._lifetime.second_signal_ends`): nothing."""
 
 
 def _write_report(run: Run, say: Progress) -> None:

@@ -65,3 +65,51 @@ def test_ee_improve_json_says_stopped_for_a_run_a_signal_stopped(tmp_path: Path,
     assert isinstance(result.exception, KeyboardInterrupt) or result.exit_code != 0
     said = json.loads(result.stdout)
     assert said["status"] == "stopped" and said["error"] == "KeyboardInterrupt: SIGTERM", said
+
+
+def test_a_signal_after_the_run_finished_leaves_it_succeeded_with_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A signal that came once every stage was done (a CronJob's deadline at the last moment) marked the finished run
+    stopped (`ee runs list`: stopped 8/8, promoted), and one that came while its report was written left it with none,
+    which no later call wrote; `ee improve` said the run stopped and that the next call continues it (a sweep)."""
+    import os
+    import signal
+    import time
+
+    from ee_middleware.jobs import improve, report
+
+    config = scripted_config(tmp_path)
+    script_stages(monkeypatch, _adapter(tmp_path / "trained", seed=3))
+    finish = improve._finish
+
+    def finished_then_signalled(run: object, **kwargs: object) -> None:
+        finish(run, **kwargs)
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(improve, "_finish", finished_then_signalled)
+    with pytest.raises(KeyboardInterrupt):
+        run_improve(config)
+    [run] = RunsDir(config.runs).list()
+    assert run.status == "succeeded" and run.data["outcome"]["promoted"] is True and "stopped_at" not in run.data
+    assert (run.folder / "report.md").is_file() and run.data["report"]["markdown"]
+    from ee_middleware.cli.improve_cmds import _say_interrupted
+
+    _say_interrupted(run)  # the line `ee improve` prints
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"run {run.id} had finished (succeeded) when the signal came" in said and "continues it" not in said, said
+
+    monkeypatch.setattr(improve, "_finish", finish)
+    write = report.write_report
+
+    def signalled_while_written(written_run: object) -> object:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the report
+        time.sleep(0.2)
+        return write(written_run)
+
+    monkeypatch.setattr(report, "write_report", signalled_while_written)
+    with pytest.raises(KeyboardInterrupt):
+        run_improve(config, force=True)
+    [latest] = [r for r in RunsDir(config.runs).list() if r.id != run.id]
+    assert latest.status in ("succeeded", "nothing-new"), latest.status
+    assert latest.data.get("report") and (latest.folder / "report.md").is_file(), latest.data.get("report_error")
