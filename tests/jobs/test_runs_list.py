@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,14 @@ def test_runs_show_says_a_killed_run_may_be_dead_as_runs_list_does(tmp_path: Pat
     assert "0.0" not in train_row and " - " in train_row, train_row
     with runs.lock():  # a live process holds the lock: really running
         assert "(killed?)" not in shown("list") and "(killed?)" not in shown("show")
+
+    def as_json(command: str) -> list[bool]:  # `runs show --json` had no lock_held: a killed run read as running (a sweep)
+        answer = json.loads(CliRunner().invoke(app, ["runs", command, "--runs", str(runs.root), "--json"]).stdout)
+        return [r["lock_held"] for r in (answer if isinstance(answer, list) else [answer])]
+
+    assert as_json("list") == as_json("show") == [False]
+    with runs.lock():
+        assert as_json("list") == as_json("show") == [True]
 
 
 def test_a_value_that_cannot_be_computed_is_null_in_run_json_and_json_answers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
