@@ -105,6 +105,8 @@ def run_improve(
             config.check_evaluation_sandbox()
             for run_id in runs.abandon_unfinished("--new-run", config.scope(), config=config):
                 say.info(f"run {run_id} marked abandoned (--new-run)")
+                if report:  # its report said it stopped and that the next call continues it
+                    _write_report(runs.get(run_id), say)
         config_hash = config.config_hash()
 
         def same(earlier: Run) -> str:

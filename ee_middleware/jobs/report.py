@@ -162,13 +162,20 @@ def _ended_text(run: Run) -> str:
     stage = next((m["stage"] for m in run.stages() if m.get("status") in ("failed", "stopped")), None)
     where = f" in its {stage} stage" if stage else ""
     advice = "`ee improve` with the same config continues it."
+    if run.status == "abandoned":  # (--new-run): no call continues it
+        retired = (run.data.get("outcome") or {}).get("abandoned_candidate")
+        advice = f"It was then abandoned ({(run.data.get('outcome') or {}).get('abandoned', 'by hand')}): no call continues it" + (
+            ", and its candidate was retired." if retired else "."
+        )
     if error.startswith("KeyboardInterrupt"):  # Ctrl-C, or SIGTERM/SIGHUP from a scheduler (see error_text)
         signal = error.partition(":")[2].strip().split(" ")[0] or "SIGINT"
         return f"The run was interrupted by {signal}{where}; {advice}"
     said = as_sentence(error)
-    if "continues it" in error:  # max_minutes' own words give the advice already
-        return f"The run {'stopped' if run.status == 'stopped' else 'failed'}{where}: {said}"
-    return f"The run {'stopped' if run.status == 'stopped' else 'failed'}{where}: {said} {advice}"
+    stopped = run.status == "stopped" or (run.status == "abandoned" and "continues it" in error)  # (max_minutes' words)
+    ended = "stopped" if stopped else "failed"
+    if "continues it" in error and run.status != "abandoned":  # max_minutes' own words give the advice already
+        return f"The run {ended}{where}: {said}"
+    return f"The run {ended}{where}: {said} {advice}"
 
 
 def peak_rss_text(manifest: dict[str, Any]) -> str:

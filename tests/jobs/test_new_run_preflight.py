@@ -86,3 +86,25 @@ def test_a_new_run_that_passes_its_checks_abandons_the_unfinished_run_and_retire
     assert new.id != run.id and new.status == "nothing-new", new.data.get("error")
     assert RunsDir(tmp_path / "runs").get(run.id).status == "abandoned"
     assert open_registry(str(tmp_path / "r")).get(candidate).status == "retired"
+
+
+def test_the_report_of_a_run_a_new_run_abandons_says_it_was_abandoned(
+    tmp_path: Path,
+    sandboxes: str,  # noqa: F811
+) -> None:
+    """Its report still said it stopped and that `ee improve` with the same config continues it, while run.json and
+    `ee runs list` said abandoned and its candidate was retired (an improve sweep)."""
+    from ee_middleware.jobs.report import write_report
+
+    path = _config(tmp_path, f"{sandboxes}:make_digest_sandbox")
+    run, candidate = _run_done_up_to(path, tmp_path, "register")
+    outputs = {"candidate": candidate, "content_hash": "0" * 64}  # (what the report shows of a registered candidate)
+    run.write_stage("register", {"stage": "register", "status": "done", "attempt": 1, "outputs": outputs})
+    write_report(run)
+    assert "continues it" in (run.folder / "report.md").read_text()
+
+    run_improve(ImproveConfig.load(path), new_run=True)
+
+    text = " ".join((run.folder / "report.md").read_text().split())
+    assert f"ee improve run {run.id}: abandoned" in text, text
+    assert "abandoned (--new-run): no call continues it, and its candidate was retired" in text and "continues it." not in text, text
