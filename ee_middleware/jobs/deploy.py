@@ -554,7 +554,17 @@ def promote(ctx: StageContext) -> StageResult:
             turned_down = turned_down or _failed_before(registry, name)
             if turned_down is not None:
                 return _declined(ctx, result, name, live_before, turned_down, unchecked)
+            made_live_by = _made_live_by(registry, name) if live_before == name else None
             switched = run_promote(registry, name, replicas, by=_by(ctx), progress=ctx.progress.info)
+        if made_live_by is not None and made_live_by.startswith(_IMPROVE) and made_live_by != _by(ctx):
+            # live already, promoted by another run (the same weights: one record): not by this one. (Promoted by a person,
+            # as a refusal of this run offers, it is this run's promote, done by hand.)
+            where = "" if not replicas else f"; loaded again on {len(replicas)} replica(s) where it was missing"
+            result.outputs = {"promoted": False, "live": name, "reasons": [], "already_live_by": made_live_by, "unload_problems": []}
+            result.decisions.append(f"not promoted: {name} was live already, made so by {made_live_by}{where}")
+            result.decisions.extend(unchecked)
+            result.summary = f"{name} was live already ({made_live_by})"
+            return result
         replaced = switched.replaced or live_before
         if replaced == name:  # an earlier attempt switched the alias and was stopped before this manifest: what was live then
             baseline = ctx.run.outputs("evaluate").get("baseline")
@@ -574,6 +584,24 @@ def promote(ctx: StageContext) -> StageResult:
     result.decisions.append(f"not promoted: {reason}; {ctx.config.alias_name} still serves {live_before or 'the base model'}")
     result.summary = f"not promoted; {ctx.config.alias_name} still serves {live_before or 'the base model'}"
     return result
+
+
+def _made_live_by(registry: Any, name: str) -> str | None:
+    """Who made the live adapter ``name`` live: the ``by`` of the last applied promote or rollback to it in ``registry``'s
+    history (``ee improve (run ID)`` for a run); ``None`` when the registry keeps no history, cannot read it, or it does
+    not say. Two runs with the same settings train the same weights, one registry record: the one that did not promote
+    them is told."""
+    history = getattr(registry, "history", None)
+    try:
+        events = list(history(adapter=name) or ()) if callable(history) else []
+    except Exception:  # noqa: BLE001 - a registry whose history cannot be read (a remote one down): not known, as before
+        return None
+    found = None
+    for event in events:
+        applied = isinstance(event, dict) and event.get("applied") is not False and event.get("adapter") == name
+        if applied and event.get("action") in ("promote", "rollback"):
+            found = str(event.get("by") or "") or None
+    return found
 
 
 def _turned_down_by_a_person(registry: Any, name: str) -> dict[str, Any] | None:

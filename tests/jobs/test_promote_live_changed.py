@@ -126,7 +126,7 @@ def test_promote_switches_when_the_gated_adapter_is_still_live(tmp_path: Path) -
 def test_promote_continues_when_an_earlier_attempt_already_switched_the_alias(tmp_path: Path) -> None:
     config, run, names = _setup(tmp_path)
     registry = open_registry(config.registry)
-    registry.switch_live(names["cand"], by="ee improve (an attempt stopped before its manifest)")
+    registry.switch_live(names["cand"], by=f"ee improve (run {run.id})")  # an attempt stopped before its manifest
 
     _run_stage(_context(config, run), "promote")
 
