@@ -47,6 +47,7 @@ from ee_middleware.jobs.config import ImproveConfig
 from ee_middleware.jobs.errors import BudgetExhausted, JobError, LiveAdapterChangedError
 from ee_middleware.jobs.memory import PeakMemory
 from ee_middleware.jobs.runs import (
+    DAMAGED,
     FAILED,
     FINISHED,
     NOTHING_NEW,
@@ -123,6 +124,7 @@ def run_improve(
         if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
             _take_changes(run, config, config_hash, say)  # settings of stages it has not finished, which it now runs with
         if run is None:
+            _say_damaged_runs(runs, config, say)
             run = runs.create(JOB, config.describe(), config_hash)  # (its config file is copied in below, as a run's going on)
             run.update(stage_order=list(STAGES), force=force)
             say.info(f"run {run.id} started in {run.folder}")
@@ -515,6 +517,24 @@ def _current(run: Run) -> str | None:
         if not run.stage_done(name):
             return name
     return None
+
+
+def _say_damaged_runs(runs: RunsDir, config: ImproveConfig, say: Progress) -> None:
+    """A warning for each run newer than this job's last readable run whose run.json cannot be read: a new run starts
+    instead of continuing it (no job continues such a run), and a candidate it registered stays registered. It was
+    passed over without a word (an improve sweep: a run.json cut short by a full disk)."""
+    listed = runs.list()
+    mine = [r.id for r in runs._of(config.scope()) if r.status != DAMAGED]  # (a damaged run's scope cannot be read)
+    after = max(mine, default="")
+    for damaged in (r for r in listed if r.status == DAMAGED and r.id > after):
+        warning = (
+            f"run {damaged.id}'s run.json cannot be read ({damaged.damage}), so it is not continued: this call starts a new "
+            f"run. Restore its run.json from a backup to continue it instead, or remove its folder; a candidate it registered "
+            f"stays registered (ee adapters list -r {config.registry} --status candidate shows it; ee adapters retire NAME "
+            "retires it)."
+        )
+        say.info(f"warning: {warning}")
+        warnings.warn(f"ee improve: {warning}", UserWarning, stacklevel=3)
 
 
 def _nothing() -> None:

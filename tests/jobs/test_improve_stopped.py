@@ -6,6 +6,7 @@ finished. The next call continues it as before."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,28 @@ def test_a_signal_after_the_run_finished_leaves_it_succeeded_with_its_report(
     [latest] = [r for r in RunsDir(config.runs).list() if r.id != run.id]
     assert latest.status in ("succeeded", "nothing-new"), latest.status
     assert latest.data.get("report") and (latest.folder / "report.md").is_file(), latest.data.get("report_error")
+
+
+def test_an_unfinished_run_whose_run_json_is_damaged_is_said_when_a_new_run_starts_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped after registering its candidate, its run.json then cut short: the next call started a new run and
+    retrained without a word, the candidate left registered (an improve sweep)."""
+    config = scripted_config(tmp_path)
+    script_stages(monkeypatch, _adapter(tmp_path / "trained", seed=3), interrupt="evaluate")
+    with pytest.raises(KeyboardInterrupt):
+        run_improve(config)
+    [stopped] = RunsDir(config.runs).list()
+    text = (stopped.folder / "run.json").read_text()
+    (stopped.folder / "run.json").write_text(text[:300])
+
+    monkeypatch.undo()  # (script_stages wraps the stage functions it finds)
+    script_stages(monkeypatch, tmp_path / "trained")
+    with pytest.warns(
+        UserWarning, match=rf"run {stopped.id}'s run.json cannot be read .*, so it is not continued: this call starts a new run"
+    ):
+        new = run_improve(config)
+    assert new.id != stopped.id and new.status == "succeeded", new.data.get("error")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a later call, the damaged run now older than the last readable one: said no more
+        run_improve(config, force=True)
