@@ -10,6 +10,7 @@ different sets of weights.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -98,8 +99,10 @@ def record_field_problem(record: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
 def _field_types() -> dict[str, tuple[type, ...]]:
-    """Each :class:`AdapterRecord` field's types (``str | None``: str and NoneType; ``list[dict]``: list)."""
+    """Each :class:`AdapterRecord` field's types (``str | None``: str and NoneType; ``list[dict]``: list), worked out once:
+    every record of an index is checked on every read of it."""
     hints = typing.get_type_hints(AdapterRecord)
     found = {}
     for f in fields(AdapterRecord):
