@@ -47,6 +47,16 @@ PLACES = (
 )
 
 
+def parts_left(parts: tuple[str, ...] | list[str], text: str) -> list[str]:
+    """The ``parts`` of planted values found in ``text`` outside its placeholders. A pseudonym tag is 8 random hex
+    digits (the store's salt is new per store), so a short digit run such as ``1111`` turns up inside one by chance
+    (about once in 13,000 tags); the rest of the text, a tail right after a placeholder included, is searched."""
+    from ee_middleware.capture.redaction import PLACEHOLDER
+
+    outside = PLACEHOLDER.sub(" ", text)
+    return [part for part in parts if part in outside]
+
+
 # --- value generators ---------------------------------------------------------------------------
 
 _ALNUM = string.ascii_letters + string.digits

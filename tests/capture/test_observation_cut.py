@@ -29,7 +29,7 @@ from ee_middleware.capture.payloads import PayloadEncoder
 from ee_middleware.capture.redaction import PLACEHOLDER, Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.testing import ScriptedChatModel, tool_call
-from tests.capture.redaction_corpus import build_corpus
+from tests.capture.redaction_corpus import build_corpus, parts_left
 
 PAD = "x" * 50
 RESULT = PAD + " card 4111 1111 1111 1111 mail jane.doe@gmail.com iban DE89 3704 0044 0532 0130 00 key sk_live_51HxYzAbCdEfGhIjKlMnOp"
@@ -90,7 +90,7 @@ def test_a_value_the_cut_falls_in_leaves_no_part_anywhere(store_path: Path, trac
     texts = [observation.content, *state_tool, *message_tool]
     texts += [str(v) for s in spans for k, v in (s.attributes or {}).items() if k in (sc.TOOL_CALL_RESULT, sc.INPUT_MESSAGES)]
     for text in texts:
-        assert not [p for p in PARTS if p in text], text
+        assert not parts_left(PARTS, text), text
         assert not broken_placeholders(text), text
     store.close()
 

@@ -20,6 +20,7 @@ from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.redaction_corpus import parts_left
 
 PAYEE = {
     "email": "Jane.Doe@Gmail.com",
@@ -58,7 +59,7 @@ def test_replay_restores_two_spellings_of_one_value_as_its_canonical_form(
     [trajectory] = store.iter_trajectories()
     [call] = [step.action.tool_call for step in trajectory.steps if step.action.tool_call is not None]
     stored = json.dumps(call.arguments)
-    assert "Jane" not in stored and "jane" not in stored and "DE89" not in stored and "7946" not in stored
+    assert not parts_left(("Jane", "jane", "DE89", "7946"), stored), stored
     assert call.arguments["email"] == call.arguments["confirm_email"], "one pseudonym for both spellings"
 
     restored, unrestored = ReplayPrivacy.of_store(store).restore(call)

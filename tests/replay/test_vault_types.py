@@ -23,6 +23,7 @@ from ee_middleware.replay.privacy import ReplayPrivacy
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.redaction_corpus import parts_left
 
 UNLOCK = {"account": "A-7", "pin": 4821, "otp_secret": 0.5, "access_token": {"ttl": 3600, "scopes": ["read", 2]}}
 CHARGE = {"card_number": 4111111111111111, "amount": 12.5, "card_text": "4111 1111 1111 1111", "note": "paid with 5555555555554444 today"}
@@ -74,7 +75,7 @@ def test_replay_restores_redacted_numbers_as_the_numbers_recorded(tmp_path: Path
     store = _record(tmp_path)
     unlock_call, charge_call = _calls(store)
     stored = json.dumps([unlock_call.arguments, charge_call.arguments])
-    assert "4821" not in stored and "4111" not in stored and "3600" not in stored, "the store keeps placeholders"
+    assert not parts_left(("4821", "4111", "3600"), stored), "the store keeps placeholders"
     privacy = ReplayPrivacy.of_store(store)
     sandbox = PythonSandbox(lambda environment: {}, {}, read_only_tools={"unlock": unlock, "charge": charge})
     sandbox.reset({})

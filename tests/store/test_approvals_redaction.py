@@ -16,7 +16,8 @@ from ee_middleware.testing.store_conformance import sample_trajectory
 
 REVIEWER = "alice@northwind-bank.example"
 REASON = "customer jane.doe@gmail.com / +44 20 7946 0958 disputes card 4111 1111 1111 1111, ticket TCK-4821"
-PLANTED = (REVIEWER, "jane.doe", "7946", "4111", "TCK-4821")
+# Whole values, not short digit runs: "7946" alone turned up by chance in a decision's time or a placeholder's hash.
+PLANTED = (REVIEWER, "jane.doe", "7946 0958", "4111 1111", "TCK-4821")
 
 
 def _files(root: Path) -> str:
