@@ -14,6 +14,7 @@ from ee_middleware.cli.common import (
     JsonOption,
     examples,
     file_above,
+    key_value_settings,
     open_job_store,
     other_apps_hint,
     print_json,
@@ -296,6 +297,12 @@ def run_cmd(
             "call a tool it does not cover (refused_tools), are not kept."
         ),
     ),
+    sandbox_setting: list[str] | None = typer.Option(
+        None,
+        "--sandbox-setting",
+        help="KEY=VALUE option of the sandbox's factory (repeatable; VALUE is read as JSON when it parses), e.g. region=eu; "
+        "over [curriculum.sandbox_settings] key by key.",
+    ),
     judge: str | None = typer.Option(None, "--judge", help="The model that verifies each outcome (e.g. the experience model's spec)."),
     judge_max_tokens: int | None = typer.Option(
         None,
@@ -338,8 +345,8 @@ def run_cmd(
     task whose world the sandbox cannot rebuild is skipped with its reason (skipped_tasks), the others run. Run again, it
     stores the new rollouts; one the store already holds (the same conversation) is counted as already stored, not
     stored twice. Settings come from the [curriculum] table of --config (tasks, policy, sandbox, judge, store, k,
-    approve_if, app, judge_max_tokens, timeout_s; the sandbox's own options in [curriculum.sandbox_settings]); TASKS and
-    the flags override them."""
+    approve_if, app, judge_max_tokens, timeout_s; the sandbox's own options in [curriculum.sandbox_settings], or
+    --sandbox-setting); TASKS and the flags override them."""
     import functools
     import importlib
 
@@ -368,6 +375,7 @@ def run_cmd(
         tasks=tasks,
         policy=policy,
         sandbox=sandbox,
+        sandbox_settings=key_value_settings(sandbox_setting, "--sandbox-setting", "region=eu") if sandbox_setting else None,
         judge=judge,
         judge_max_tokens=judge_max_tokens,
         store=store,

@@ -141,6 +141,30 @@ def test_run_gives_the_sandbox_the_tables_sandbox_settings(bfcl_store_path: Path
     assert SANDBOX_OPTIONS and all(given == {"region": "eu", "allow_network": False} for given in SANDBOX_OPTIONS), SANDBOX_OPTIONS
 
 
+def test_sandbox_setting_flags_give_the_sandbox_options_over_the_table_key_by_key(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was: ee curriculum run had no --sandbox-setting (ee replay run has): a factory's options only from a config file."""
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    SANDBOX_OPTIONS.clear()
+    with (
+        ScriptedChatServer(lambda body: _policy(body["messages"]), models=["p"]) as policy,
+        ScriptedChatServer(lambda body: VERDICT, models=["j"]) as judge,
+    ):
+        config = _config(tmp_path, '[curriculum]\n[curriculum.sandbox_settings]\nregion = "eu"\nallow_network = false\n')
+        result = runner.invoke(
+            app,
+            [
+                "curriculum", "run", str(tasks), "--config", str(config), "--policy", f"openai:{policy.base_url}#p",
+                "--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json",
+                "--sandbox", "tests.cli.test_curriculum_config:recording_bfcl_sandbox", "--sandbox-setting", "region=apac",
+            ],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert SANDBOX_OPTIONS and all(given == {"region": "apac", "allow_network": False} for given in SANDBOX_OPTIONS), SANDBOX_OPTIONS
+
+    bad = runner.invoke(app, ["curriculum", "run", str(tasks), "--config", str(config), "--sandbox-setting", "region"])
+    assert bad.exit_code != 0 and "--sandbox-setting 'region': write KEY=VALUE" in _flat(bad.output + bad.stderr), bad.output
+
+
 def test_run_refuses_an_option_the_sandbox_does_not_take_before_any_rollout(bfcl_store_path: Path, tmp_path: Path) -> None:
     tasks, _ = _tasks(bfcl_store_path, tmp_path)
     config = _config(

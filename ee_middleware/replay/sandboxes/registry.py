@@ -34,7 +34,8 @@ SANDBOXES = PluginKind(
     protocol=Sandbox,
     requires="the sandbox methods (kind, covers, reset, execute, snapshot, restore, close); see ee_middleware.replay.sandboxes.protocol",
     options_from="--sandbox-setting KEY=VALUE or a [replay.sandbox_settings] table in the --config file for ee replay run "
-    "(and ee improve's replay), [curriculum.sandbox_settings] for ee curriculum run; ee eval run builds it without options",
+    "(and ee improve's replay), the same flag or [curriculum.sandbox_settings] for ee curriculum run; ee eval run builds it "
+    "without options",
 )
 
 
