@@ -659,24 +659,27 @@ def _declined(
     :func:`_turned_down_by_a_person`): not promoted, the record left as it is, with who and when and how to promote it."""
     alias = ctx.config.alias_name
     who, when = str(event.get("by") or "someone"), _moment_text(event.get("at"))
-    how = {"rollback": f"rolled back to {event.get('adapter') or 'an earlier adapter'}", "fail": "marked failed"}.get(
-        str(event.get("action")), "retired"
-    ) + (f" ({event['reason']})" if event.get("reason") and event.get("action") != "rollback" else "")
-    if event.get("action") == "fail":  # a failed adapter is never served again, by hand neither
+    action = str(event.get("action"))
+    if action == "rollback":
+        did, why = "took off", f" (rolled back to {event.get('adapter') or 'an earlier adapter'})"
+    else:
+        did = "marked failed" if action == "fail" else "retired"
+        why = f" ({event['reason']})" if event.get("reason") else ""
+    turned_down = f"{name} holds the same weights as an adapter {who} {did} at {when}{why}"
+    if action == "fail":  # a failed adapter is never served again, by hand neither
         reason = (
-            f"{name} holds the same weights as the adapter {who} {how} at {when}; the registry never serves a failed adapter "
-            "again, so it is not promoted even though it passed the gate: fix the cause and train new weights (other data, "
-            "settings or seed)"
+            f"{turned_down}; the registry never serves a failed adapter again, so it is not promoted even though it passed the "
+            "gate: fix the cause and train new weights (other data, settings or seed)"
         )
     else:
         reason = (
-            f"{name} holds the same weights as the adapter {who} {how} at {when}; ee improve does not promote weights a person "
-            f"took off, even when they pass the gate: promote them by hand if they should be live (`{promote_command(ctx.config, name)}`)"
+            f"{turned_down}; ee improve does not promote weights a person took off, even when they pass the gate: promote "
+            f"them by hand if they should be live (`{promote_command(ctx.config, name)}`)"
         )
     result.outputs = {"promoted": False, "live": live, "reasons": [reason], "turned_down": event, "unload_problems": []}
     result.decisions.append(f"not promoted: {reason}; {alias} still serves {live or 'the base model'}")
     result.decisions.extend(unchecked)
-    result.summary = f"not promoted ({who} {how.split(' (')[0]} these weights); {alias} still serves {live or 'the base model'}"
+    result.summary = f"not promoted: {who} {did} these weights{why}; {alias} still serves {live or 'the base model'}"
     ctx.progress.info(f"not promoted: {reason}")
     return result
 

@@ -128,7 +128,8 @@ def test_weights_the_registry_holds_as_failed_are_not_promoted_and_the_run_finis
     outputs = run.outputs("promote")
     assert outputs["promoted"] is False and outputs["live"] == names["v1"] and outputs["turned_down"]["action"] == "fail"
     (reason,) = outputs["reasons"]
-    assert "marked failed (AdapterLoadError: the server could not load it)" in reason and "train new weights" in reason, reason
+    assert "marked failed at " in reason and "(AdapterLoadError: the server could not load it); the registry never" in reason, reason
+    assert "train new weights" in reason, reason
     assert registry.resolve(APP) == names["v1"] and registry.get(names["cand"]).status == "failed"
 
 

@@ -101,11 +101,13 @@ def test_the_same_weights_a_person_rolled_back_before_this_run_are_not_promoted_
     assert outputs["promoted"] is False and outputs["live"] == names["v1"]
     assert outputs["turned_down"]["by"] == "alice" and outputs["turned_down"]["action"] == "rollback"
     (reason,) = outputs["reasons"]
-    assert f"the same weights as the adapter alice rolled back to {names['v1']} at {rolled_back_at}" in reason, reason
+    assert f"the same weights as an adapter alice took off at {rolled_back_at} (rolled back to {names['v1']})" in reason, reason
     assert f"promote them by hand if they should be live (`{promote_command(config, names['cand'])}`)" in reason
     assert run.stage("promote")["status"] == "done"  # declined, not failed: the run finishes
     outcome = _outcome(run, {"gate": run.outputs("gate"), "promote": outputs})
     assert any(reason in block.text for block in outcome), outcome  # the report says why
+    summary = f"not promoted: alice took off these weights (rolled back to {names['v1']}); {APP} still serves {names['v1']}"
+    assert run.stage("promote")["summary"] == summary, run.stage("promote")  # was: "(alice rolled back to v1 these weights)"
 
 
 def test_the_same_weights_a_person_retired_are_not_promoted_again(tmp_path: Path) -> None:
@@ -118,7 +120,10 @@ def test_the_same_weights_a_person_retired_are_not_promoted_again(tmp_path: Path
 
     assert registry.resolve(APP) == names["v1"]
     (reason,) = run.outputs("promote")["reasons"]
-    assert "the adapter bob retired (answers in French) at " in reason, reason
+    assert "as an adapter bob retired at " in reason and reason.split(" at ", 1)[1].split(";")[0].endswith(" (answers in French)"), reason
+    assert (
+        run.stage("promote")["summary"] == f"not promoted: bob retired these weights (answers in French); {APP} still serves {names['v1']}"
+    )
 
 
 @pytest.mark.parametrize("earlier", ["a failed gate of an earlier run", "promoted again by a person after the rollback"])
