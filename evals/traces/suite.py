@@ -30,8 +30,9 @@ Each trajectory is a task:
   prose of four words or more, by the numbers, identifiers and content words it states, and its negation: see
   :func:`_states_the_same`), in any order (a maximum matching), else ``uncovered_call_missing``. Such a tool acts
   outside the world, where a call is not undone, so calling it more often than the expert did (a second page) is
-  ``uncovered_call_extra``. The candidate's calls of such tools are refused by the sandbox, as before (they reach no
-  world), and only matched. The result's ``details`` say how many expert calls were checked so (``uncovered_calls``),
+  ``uncovered_call_extra``. Neither the expert's calls of such tools nor the candidate's are ever executed (the suite
+  asks ``covers()`` before each call, as replay does, whatever the sandbox's ``execute`` would do with it); the candidate's
+  are answered that the tool is not available (:func:`~ee_middleware.replay.sandboxes.protocol.refused`), and only matched. The result's ``details`` say how many expert calls were checked so (``uncovered_calls``),
   which the candidate did not make (``uncovered_calls_missing``) and which of its calls were beyond the expert's count
   (``uncovered_calls_extra``); a task whose expert made no such call is scored as before, with none of these keys.
 
@@ -81,6 +82,7 @@ from ee_middleware.models.protocol import ChatClient
 from ee_middleware.records import Observation, ToolCall, Trajectory, offered_tools, tool_schema_name
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.privacy import NO_PRIVACY, ReplayPrivacy, Unrestored, keys_holding
+from ee_middleware.replay.sandboxes.protocol import refused
 
 BFCL_APP_PREFIX = "bfcl."
 _UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
@@ -656,7 +658,7 @@ class _ExpertWorld:
 
 def _expert_world(sandbox: Any, task: EvalTask) -> _ExpertWorld:
     """:func:`expert_digests`, with the placeholders the sandbox got as they are and the calls of tools it does not
-    provide (which it refuses, as it refuses a candidate's: they change no world)."""
+    provide (never executed, as replay never executes them, nor a candidate's: they change no world)."""
     from ee_middleware.replay.sandboxes.protocol import state_digest
 
     world = _AtTheSandbox(sandbox, task_privacy(task))
@@ -668,6 +670,7 @@ def _expert_world(sandbox: Any, task: EvalTask) -> _ExpertWorld:
             continue  # no tool ran it in production (the graph answered it): replay leaves it unexecuted too
         if not sandbox.covers(call["name"]):  # asked as replay asks: before the call
             uncovered.append(call)
+            continue
         world.execute(ToolCall(**call))
     return _ExpertWorld(start, state_digest(sandbox), world.unrestored, uncovered)
 
@@ -736,6 +739,10 @@ class _AtTheSandbox:
         check_offered_tools(self.sandbox, [schema for turn in tools for schema in turn])
 
     def execute(self, call: ToolCall) -> Observation:
+        """The sandbox's answer to ``call``; a call of a tool it does not cover is refused here, never executed (a tool
+        that acts outside the world: paging on-call, a webhook)."""
+        if not self.sandbox.covers(call.name):
+            return refused(self.sandbox, call.name)
         restored, missing = self.privacy.restore(call)
         self.unrestored += [(call.name, u) for u in missing]
         observation: Observation = self.sandbox.execute(restored)

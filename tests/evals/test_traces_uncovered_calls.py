@@ -28,6 +28,7 @@ from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.runner import run_eval
 from ee_middleware.evals.suites import SuiteSettings, load_suite
 from ee_middleware.evals.tasks import EvalTask
+from ee_middleware.records import Observation, ToolCall
 from ee_middleware.replay.sandboxes.python import PythonSandbox
 from ee_middleware.store.registry import open_store
 from ee_middleware.testing import ScriptedChatModel, tool_call
@@ -200,6 +201,65 @@ def test_a_candidate_page_is_refused_by_the_sandbox_not_executed(desk: tuple[Pat
     assert result.success, result.reason
     [page] = [m for m in result.conversation.messages if m.get("role") == "tool" and m.get("name") == "page_oncall"]
     assert "not available in this sandbox" in page["content"], page
+
+
+PAGED: list[dict[str, Any]] = []
+"""Every page a :class:`DispatchSandbox` sent: none may be, it covers no page_oncall."""
+
+
+class DispatchSandbox:
+    """A user's sandbox written to the protocol (not a PythonSandbox): one dispatch table of the app's tools, of which
+    it covers the world's only. Its ``execute`` runs whatever it is given, page_oncall too, as the protocol allows (no
+    call of a tool it does not cover ever comes)."""
+
+    kind = "desk-dispatch"
+
+    def __init__(self) -> None:
+        self.world: dict[str, Any] = {"tickets": []}
+
+    def covers(self, tool_name: str) -> bool:
+        return tool_name == "create_ticket"
+
+    def reset(self, environment: dict[str, Any] | None) -> None:
+        self.world = {"tickets": []}
+
+    def execute(self, call: ToolCall) -> Observation:
+        if call.name == "page_oncall":
+            PAGED.append(dict(call.arguments))  # a real service would page a person here
+            return Observation(content="Paged.")
+        self.world["tickets"].append(dict(call.arguments))
+        return Observation(content=f"Opened T-{len(self.world['tickets'])}.")
+
+    def snapshot(self) -> Any:
+        return json.dumps(self.world)
+
+    def restore(self, snapshot: Any) -> None:
+        self.world = json.loads(snapshot)
+
+    def state_digest(self) -> str:
+        return json.dumps(self.world, sort_keys=True)
+
+    def close(self) -> None:
+        pass
+
+
+def make_dispatch_sandbox(**options: Any) -> DispatchSandbox:
+    return DispatchSandbox()
+
+
+def test_a_tool_the_sandbox_does_not_cover_is_never_executed_for_the_expert_or_the_candidate(desk: tuple[Path, Path]) -> None:
+    """Was (a sweep): the expert's world replayed every recorded call and the candidate's calls went to execute() without
+    asking covers(), trusting the sandbox to refuse: a sandbox written to the protocol paged on-call for real, twice per
+    task. Now neither reaches execute(); the candidate is answered that the tool is not available."""
+    store, split = desk
+    suite = load_suite(f"traces:{store}:desk", SuiteSettings(split=str(split), sandbox=f"{__name__}:make_dispatch_sandbox"))
+    PAGED.clear()
+    tasks = {task.turns[0][0]["content"].removeprefix("Help: "): task for task in suite.tasks()}
+    results = [suite.run(OracleClient(), tasks[name], 0, LoopConfig()) for name in ("outage", "page-only")]
+    assert PAGED == [], PAGED
+    assert all(result.success for result in results), [result.reason for result in results]
+    [page] = [m for m in results[1].conversation.messages if m.get("role") == "tool" and m.get("name") == "page_oncall"]
+    assert page["content"] == "Error: tool 'page_oncall' is not available in this sandbox.", page
 
 
 def test_an_expert_that_paged_twice_needs_two_pages(desk: tuple[Path, Path]) -> None:
