@@ -120,11 +120,11 @@ def refused(sandbox: Any, tool_name: str) -> Observation:
     """The answer to a call of ``tool_name``, which ``sandbox`` does not cover, where a loop must answer it (an eval's
     candidate, in a ``traces:`` suite): the tool is never executed, whatever the sandbox's :meth:`~Sandbox.execute` would
     do with it (the protocol promises a sandbox no such call). Says why where the sandbox tells (``refusal_hint``), as
-    :class:`~ee_middleware.replay.sandboxes.python.PythonSandbox` answers such a call itself."""
+    the BFCL sandbox answers such a call itself."""
     hint = getattr(sandbox, "refusal_hint", None)
     why = hint(tool_name) if callable(hint) else None
     if why:
-        return Observation(content=f"Error: replay does not call {why}", is_error=True)
+        return Observation(content=f"Error: tool '{tool_name}' was not run: {why}", is_error=True)
     return Observation(content=f"Error: tool '{tool_name}' is not available in this sandbox.", is_error=True)
 
 
