@@ -54,6 +54,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,6 +72,7 @@ from ee_middleware.errors import (
     ModelServerError,
     PolicyError,
     RecordError,
+    SandboxError,
     StoreError,
 )
 from ee_middleware.models.spec import endpoint_problem
@@ -1130,6 +1132,7 @@ class ProcessExecutor:
         self._ready: list[Future[None]] = []  # one per worker: done once that worker has started (see _started)
         self._here = _JobReplays(spec)
         self._unanswered = [0] * workers  # trajectories sent to each worker whose outcomes have not come back
+        self._unanswered_ids: list[dict[str, None]] = [{} for _ in range(workers)]  # their ids, in the order sent
         self._all_replayed = False  # set once map() has yielded every trajectory's outcome
         self._sizes = _BatchSizes(target_s=_LOCAL_BATCH_S)
         self._pools: list[ProcessPoolExecutor] = []  # one per worker (a pool of one process)
@@ -1219,8 +1222,13 @@ class ProcessExecutor:
                 failure: Exception | None = None
                 for future in done:  # every call that came back is counted (its worker stored it), then the error raised
                     index = pending.pop(future)
-                    outcomes, error = future.result()
+                    try:
+                        outcomes, error = future.result()
+                    except BrokenProcessPool as exc:
+                        raise SandboxError(self._worker_died(index)) from exc
                     self._unanswered[index] -= len(outcomes)
+                    for outcome in outcomes:
+                        self._unanswered_ids[index].pop(outcome.record.trajectory_id, None)
                     self._sizes.observe(outcomes)
                     failure = failure or error
                     if failure is None:
@@ -1250,12 +1258,26 @@ class ProcessExecutor:
                     pending[pool.submit(_replay_in_process, batch, True)] = index
                     queued[index] += 1
                     self._unanswered[index] += len(batch)
+                    self._unanswered_ids[index].update(dict.fromkeys(item.id for item in batch))
             else:
                 continue
             for index, pool in enumerate(self._pools):  # none left
                 if not queued[index] and self._unanswered[index]:
                     pending[pool.submit(_replay_in_process, [], False)] = index
             return
+
+    def _worker_died(self, index: int) -> str:
+        """What to tell of worker ``index``, whose process ended without answering (its pool broken)."""
+        ids = list(self._unanswered_ids[index])
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        held = f" while it held trajectories {shown} (one of them the cause)" if ids else ""
+        return (
+            f"replay worker {index + 1} of {self.workers} ended without answering{held}: a tool or the sandbox ended its process "
+            "(os._exit, a crash in native code such as a segfault, or the system's out-of-memory killer). Without isolation the "
+            "sandbox runs inside the worker; run with --isolation subprocess (with --tool-timeout and --memory-mb) to run the "
+            "tools in a child process whose crash is recorded as that call's sandbox failure. What was stored stays; the next "
+            "run continues from there."
+        )
 
     def close(self) -> None:
         """End the workers and the fork server. When the job ends early (Ctrl-C, SIGTERM, an error; also before any

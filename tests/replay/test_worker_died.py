@@ -1,0 +1,58 @@
+"""A replay worker whose process a tool ends (``os._exit``, a segfault, the OOM killer) without isolation: the job ends
+with an error naming the worker, the trajectories it held and ``--isolation subprocess``, and leaves no process. Was (a
+sweep): ``unexpected BrokenProcessPool ... (a bug in ee-middleware ...)``, naming neither.
+
+The real ``ee replay run`` with two real worker processes, a real PythonSandbox whose ``die()`` tool calls ``os._exit``
+(tests/replay/sandbox_failure_world.py) and a real local store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ee_middleware.records import ProposerInfo, ToolCall
+from ee_middleware.replay.policies.protocol import Candidate, DecisionPoint, Proposals
+from ee_middleware.store.local import LocalExperienceStore
+from tests.replay.test_processes import Job, jobs, wait_until_none_left  # noqa: F401 - jobs: the fixture
+from tests.trainers.datasets.test_sandbox_failures import _trajectory
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class DiesPolicy:
+    """Proposes ``die()`` at every state: the tool that ends the process it runs in."""
+
+    name = "dies"
+
+    def __init__(self, **sampling: Any) -> None:
+        pass
+
+    def propose(self, point: DecisionPoint, k: int, *, seed: int) -> Proposals:
+        call = ToolCall(id=f"alt_die_{point.step_index}", name="die", arguments={})
+        return Proposals([Candidate(call=call, proposer=ProposerInfo(policy=self.name))])
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_worker_a_tool_ended_is_named_with_its_trajectories_and_the_fix(tmp_path: Path, jobs: list[Job]) -> None:  # noqa: F811
+    root = tmp_path / "store"
+    store = LocalExperienceStore(root, create=True)
+    store.write([_trajectory(i) for i in range(4)])
+    store.approve([f"traj-{i}" for i in range(4)], by="test")
+    store.close()
+    policy = f"{__name__}:DiesPolicy"
+    job = Job(root, "--sandbox", "tests.replay.sandbox_failure_world:make_sandbox", "--policy", policy, "--workers", "2")
+    jobs.append(job)
+    job.proc.wait(120)
+    stderr = job.proc.stderr.read()
+    assert job.proc.returncode == 1, stderr
+    assert "unexpected" not in stderr and "BrokenProcessPool" not in stderr, stderr
+    assert "replay worker " in stderr and " of 2 ended without answering while it held trajectories traj-" in stderr, stderr
+    assert "os._exit" in stderr and "--isolation subprocess" in stderr, stderr
+    assert wait_until_none_left(job.marker) == []
