@@ -11,12 +11,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import psutil
 import pytest
 
+from ee_middleware.errors import SandboxError
 from ee_middleware.replay.config import ReplayConfig
 from ee_middleware.replay.job import run_replay
 from ee_middleware.store import LocalExperienceStore
@@ -184,7 +184,7 @@ def test_a_job_whose_worker_died_signals_no_longer_its_pid_when_it_stops_signals
         real_kill(pid, sig)
 
     monkeypatch.setattr(os, "kill", recorded_kill)
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(SandboxError, match="ended without answering"):
         run_replay(ReplayConfig.load(store=bfcl_store_path, k=2, workers=2, policy="tests.replay.policies_for_tests:dying"))
     dead = int(died.read_text())
     workers = {int(path.name) for path in built.iterdir()}
