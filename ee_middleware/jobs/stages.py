@@ -845,6 +845,11 @@ LEFT_OUT: dict[str, tuple[str, str]] = {
         "teach a made-up name",
         "none needed",
     ),
+    "turns_without_input_left_out": (
+        "the model was called with no message at all (the agent was invoked with an empty conversation and no system "
+        "prompt): a row without a prompt teaches nothing, and training refuses it",
+        "start the agent with the user's message",
+    ),
     "calls_awaiting_review_left_out": (
         "a turn of a paused run that awaits a human review: the resumed run's trajectory teaches it as decided",
         "none needed",

@@ -85,6 +85,30 @@ def unoffered_calls(source: DatasetSource) -> int:
     return int((unoffered_steps(steps, source.trajectories) & ~malformed_steps(steps, source.trajectories)).sum())
 
 
+EMPTY_STATE = r"^\s*\[\s*\]\s*$"
+"""A step's ``state_json`` that holds no message: the model was called with nothing."""
+
+
+def unprompted_steps(steps: pl.DataFrame) -> pl.Series:
+    """Which of ``steps`` (a boolean per row) were decided with no message at all in the model's input (an agent invoked
+    with an empty conversation and no system prompt; a real model refuses such a request, a scripted one answers): an IL
+    row of one has no prompt, which training refuses (``prompt has no messages``), so :func:`build_il` leaves it out."""
+    if steps.is_empty() or "state_json" not in steps.columns:
+        return pl.Series("unprompted", [False] * steps.height, dtype=pl.Boolean)
+    return steps.select(pl.col("state_json").fill_null("[]").str.contains(EMPTY_STATE).alias("unprompted")).to_series()
+
+
+def unprompted_turns(source: DatasetSource) -> int:
+    """How many expert turns :func:`build_il` leaves out as decided with no message (:func:`unprompted_steps`; parallel
+    calls of one turn count once)."""
+    steps = source.steps
+    if steps.is_empty() or "state_json" not in steps.columns:
+        return 0
+    marked = steps.filter(unprompted_steps(steps))
+    key = ["trajectory_id", "decision_index"] if "decision_index" in marked.columns else ["trajectory_id", "index"]
+    return marked.select(key).unique().height
+
+
 def malformed_calls(source: DatasetSource) -> int:
     """How many expert steps :func:`build_il` leaves out as calls the model wrote malformed (:func:`malformed_steps`)."""
     return int(malformed_steps(source.steps, source.trajectories).sum())
@@ -118,11 +142,13 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     would teach the malformed call (see :func:`malformed_steps`; replay leaves the same calls unexecuted). So is a turn
     awaiting a human review (see :func:`~ee_middleware.trainers.datasets.source.taught_steps`): the reviewer may have
     rejected or changed its calls; the resumed run's trajectory teaches them as decided. So is a call of a tool the run
-    was never offered that the graph answered with an error itself (a name the model made up: :func:`unoffered_steps`)."""
+    was never offered that the graph answered with an error itself (a name the model made up: :func:`unoffered_steps`).
+    So is a turn decided with no message in the model's input (:func:`unprompted_steps`): its row would have no prompt."""
     is_call = pl.col("action_kind") == "tool_call"
     steps = _turn_text_on_every_call(taught_steps(source)[0])
     steps = steps.filter(~malformed_steps(steps, source.trajectories))
     steps = steps.filter(~unoffered_steps(steps, source.trajectories))
+    steps = steps.filter(~unprompted_steps(steps))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     steps = offered_tools(expert_turns(steps), "tools_json")  # the tools offered at the turn (Step.tools), not the run's
     # the reasoning the expert wrote before its turn (its parallel calls share it); stores older than schema 1.4 have none

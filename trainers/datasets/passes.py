@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ee_middleware.replay.paused_turns import paused_turn_steps
-from ee_middleware.trainers.datasets.il import build_il, malformed_calls, unoffered_calls
+from ee_middleware.trainers.datasets.il import build_il, malformed_calls, unoffered_calls, unprompted_turns
 from ee_middleware.trainers.datasets.iwm import (
     MEDIA_SIZE_REMOVED,
     REPEATS_SCHEMA,
@@ -69,11 +69,13 @@ class ILWriter(KindWriter):
         super().__init__(parts)
         self.malformed_calls = 0
         self.unoffered_calls = 0
+        self.unprompted_turns = 0
         self.awaiting_review = 0
 
     def add(self, source: DatasetSource) -> None:
         self.malformed_calls += malformed_calls(source)
         self.unoffered_calls += unoffered_calls(source)
+        self.unprompted_turns += unprompted_turns(source)
         self.awaiting_review += taught_steps(source)[1]
         self.parts.write(build_il(source))
 
@@ -81,6 +83,7 @@ class ILWriter(KindWriter):
         return {
             "malformed_calls_left_out": self.malformed_calls,
             "unoffered_calls_left_out": self.unoffered_calls,
+            "turns_without_input_left_out": self.unprompted_turns,
             "calls_awaiting_review_left_out": self.awaiting_review,
         }
 
