@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -415,14 +416,27 @@ def curriculum_parents(store: Any) -> pl.DataFrame:
 
 def read_id_list(path: Path) -> tuple[str, ...]:
     """Trajectory ids (or unique prefixes of them, as ``ee traces list`` prints them) from a UTF-8 file, one per line
-    (a byte-order mark, blank lines and ``#`` comments ignored). :func:`resolve_listed_ids` makes them full ids."""
+    (a byte-order mark, blank lines and ``#`` comments ignored, a comment after an id too: ``3f2a9c  # the long one``).
+    :func:`resolve_listed_ids` makes them full ids. A file with no id is a :class:`ConfigError`: holding out nothing
+    would train on every trajectory, the ones meant to be held out too."""
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"Cannot read the held-out id list {path}: {exc}. Give a UTF-8 text file with one trajectory id per line."
         ) from exc
-    return tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    ids = tuple(listed for line in lines if (listed := _INLINE_COMMENT.split(line, maxsplit=1)[0].strip()) and not listed.startswith("#"))
+    if not ids:
+        raise ConfigError(
+            f"The held-out id list {path} holds no trajectory id (only blank lines or # comments): holding out nothing would "
+            "train on every trajectory, those meant to be held out too. Put one id a line (`ee traces list` prints them), "
+            "or build without --heldout-ids."
+        )
+    return ids
+
+
+_INLINE_COMMENT = re.compile(r"\s+#")
+"""Where a comment after an id starts (blanks, then ``#``): an id holds no blank, so none is cut."""
 
 
 def resolve_listed_ids(rule: SplitRule, store: Any, recorded: pl.DataFrame, source: Path | None = None) -> SplitRule:

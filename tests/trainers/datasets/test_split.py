@@ -310,6 +310,26 @@ def test_held_out_ids_as_ee_traces_list_prints_them_in_a_file_with_a_bom_are_hel
     assert assert_no_heldout_target_in_training(tmp_path / "data") >= 6
 
 
+def test_a_held_out_id_list_without_an_id_is_refused_and_a_comment_after_an_id_is_one(
+    six_runs: tuple[Path, list[str]], tmp_path: Path
+) -> None:
+    """Was (a sweep): a list of comments only built with no split at all, exit 0, and removed the previous build's
+    heldout/ files (every trajectory held out before was trained on); an id followed by a comment was refused as an id
+    that matches nothing."""
+    store, (pears, kiwis, figs, plums, limes, pears_again) = six_runs
+    held = _build(store, tmp_path / "data", "--heldout-share", "0.5")["split"]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# ids to hold out\n\n   \n")
+    result = runner.invoke(app, ["datasets", "build", "--store", str(store), "--out", str(tmp_path / "data"), "--heldout-ids", str(ids)])
+    assert result.exit_code == 1, result.output
+    assert f"The held-out id list {ids} holds no trajectory id" in " ".join(result.output.split())
+    assert json.loads((tmp_path / "data" / "datasets.json").read_text())["split"] == held  # the last build stands
+
+    ids.write_text(f"{figs[:12]}  # the figs order\n{limes}\t# and limes\n")
+    split = _build(store, tmp_path / "data", "--heldout-ids", str(ids))["split"]
+    assert {figs, limes} <= set(split["heldout_trajectories"]) and split["rule"]["ids"] == 2
+
+
 def test_held_out_ids_that_match_no_trajectory_or_several_are_refused_naming_each(tmp_path: Path) -> None:
     """Was: an id not in the store (a typo, another store's id) or a prefix of several ids held out nothing, silently
     (exit 0). Now the build stops before writing anything, naming each such id and the file. 17 recorded runs: two of
