@@ -463,8 +463,19 @@ def export(
     from ee_middleware.trainers.datasets.build import export_chat_jsonl, read_dataset, to_hf_dataset
     from ee_middleware.trainers.datasets.privacy import dataset_redactor
     from ee_middleware.trainers.datasets.split import is_heldout_file
+    from ee_middleware.trainers.datasets.summary import dataset_kind
+    from ee_middleware.trainers.training.data import check_rows
 
+    if fmt is ExportFormat.jsonl and out.resolve() == dataset.resolve():
+        raise typer.BadParameter(
+            f"{out} is the dataset itself: the export would replace the Parquet file with JSONL. Give another file, e.g. "
+            f"--out {dataset.with_suffix('.jsonl')}.",
+            param_hint="--out",
+        )
     frame = read_dataset(dataset)
+    # every row read as ee train and ee datasets show read them: one that is no chat prompt/completion pair is named (with
+    # the command that writes the file again), never exported as a line no fine-tuning service takes
+    check_rows(frame, dataset, dataset_kind(frame, dataset))
     if not heldout and is_heldout_file(pl.read_parquet_metadata(dataset)):
         raise typer.BadParameter(
             f"{dataset} is a held-out file (ee.split=heldout in its metadata, which ee train refuses): its export would carry "

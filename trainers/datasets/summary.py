@@ -39,7 +39,7 @@ def describe_dataset(
     else:
         from ee_middleware.trainers.training.data import check_rows
 
-        check_rows(frame, path, _kind(frame, path))  # checked, not kept: the lengths below come from the text
+        check_rows(frame, path, dataset_kind(frame, path))  # checked, not kept: the lengths below come from the text
         chars = frame.select((pl.col("prompt").str.len_chars() + pl.col("completion").str.len_chars()).alias("n"))["n"].to_list()
         lengths = [int(c / CHARS_PER_TOKEN) for c in chars]
         unit = "tokens (estimated: chars/4; pass --tokenizer for real counts)"
@@ -90,7 +90,7 @@ def rendered_lengths(frame: pl.DataFrame, path: Path, tokenizer: Any, *, on_row:
 
     support = probe_template(tokenizer)
     lengths = []
-    for row in rows_from_frame(frame, path, _kind(frame, path)):
+    for row in rows_from_frame(frame, path, dataset_kind(frame, path)):
         prompt_text, completion_text, _ = render_texts(tokenizer, row, support)
         lengths.append(count_tokens(tokenizer, prompt_text) + count_tokens(tokenizer, completion_text))
         if on_row is not None:
@@ -109,7 +109,7 @@ def budget_report(
     from ee_middleware.trainers.training.data import rows_from_frame
     from ee_middleware.trainers.training.render import tokenize_rows
 
-    rows = rows_from_frame(frame, path, _kind(frame, path))
+    rows = rows_from_frame(frame, path, dataset_kind(frame, path))
     _, stats = tokenize_rows(tokenizer, rows, max_length, probe_template(tokenizer), on_row=on_row)
     needed = sorted(cut["original_tokens"] for cut in stats.cuts)
     over = stats.truncated + stats.dropped_too_long
@@ -133,7 +133,7 @@ def budget_report(
     }
 
 
-def _kind(frame: pl.DataFrame, path: Path) -> str:
+def dataset_kind(frame: pl.DataFrame, path: Path) -> str:
     """The dataset kind of ``frame``'s rows, as ``ee train`` takes it: the file's name (``il.parquet``: il); for a file
     named otherwise, its ``kind`` column."""
     if path.stem in (*KINDS, "em") or "kind" not in frame.columns or not frame.height:
