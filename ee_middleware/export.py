@@ -303,7 +303,18 @@ def _deciding(
         if 1 in weights or others:
             yield trajectory, weights, others
         elif on_skipped is not None:
-            on_skipped(trajectory.id, "its run decided nothing (a resumed run that called no model): nothing to teach")
+            on_skipped(trajectory.id, undecided_reason(trajectory))
+
+
+def undecided_reason(trajectory: Trajectory) -> str:
+    """Why ``trajectory``, whose run decided nothing (:func:`decided_by_run`), teaches nothing: a paused run whose turn
+    awaits a human review, a run that called no model (a resumed run the reviewed calls alone ended), or one whose every
+    assistant message was given to it or changed by a reviewer."""
+    if trajectory.status == "interrupted" and trajectory.steps:
+        return "its run paused on calls awaiting a human review; the resumed run's trajectory holds them as decided"
+    if not trajectory.steps:
+        return "its run called no model: a resumed run that the reviewed calls alone ended"
+    return "every assistant message of its run was given to it or changed by a reviewer"
 
 
 def other_conversations(trajectory: Trajectory) -> list[Trajectory]:

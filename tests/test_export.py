@@ -145,7 +145,8 @@ def test_replies_of_earlier_runs_are_context_and_a_run_that_decided_nothing_is_l
     store.close()
     result = CliRunner().invoke(app, ["traces", "export", "--store", str(store_path), "-f", "jsonl", "-o", str(tmp_path / "out.jsonl")])
     assert result.exit_code == 0, result.output
-    assert "Wrote 2 examples" in result.output and "Left out 1 whose run decided nothing" in result.output and "no-model" in result.output
+    said = " ".join(result.output.split())
+    assert "Wrote 2 examples" in said and "Left out 1 that teach nothing (each: its run called no model" in said and "no-model" in said
     examples = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     weights = [[(m["content"], m.get("weight", 1)) for m in e["messages"] if m["role"] == "assistant"] for e in examples]
     assert sorted(weights, key=len) == [[("Hello, Ada.", 1)], [("Hello, Ada.", 0), ("You asked about pears.", 1)]]

@@ -340,7 +340,7 @@ def export(
             param_hint="'--out'",
         )
     selected = None if status is StatusFilter.all else status.value
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     split: list[str] = []
     with reading_store(allow_partial=allow_partial):
         source = open_existing_store(store)
@@ -349,7 +349,7 @@ def export(
             source,
             out,
             status=selected,
-            on_skipped=lambda trajectory_id, reason: skipped.append(trajectory_id),
+            on_skipped=lambda trajectory_id, reason: skipped.append((trajectory_id, reason)),
             on_split=lambda trajectory_id, what: split.append(f"{trajectory_id} ({what})"),
         )
         held = _approvals(source) if count == 0 and not skipped else {}
@@ -364,9 +364,12 @@ def export(
             typer.echo(f"  {line}")
         if len(split) > 5:
             typer.echo(f"  and {len(split) - 5} more")
-    if skipped:
-        shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
-        typer.echo(f"Left out {len(skipped)} whose run decided nothing (a resumed run that called no model): {shown}")
+    by_reason: dict[str, list[str]] = {}
+    for trajectory_id, reason in skipped:
+        by_reason.setdefault(reason, []).append(trajectory_id)
+    for reason, ids in by_reason.items():
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        typer.echo(f"Left out {len(ids)} that teach nothing (each: {reason}): {shown}")
     if not count:
         _nothing_exported(store, out, status, skipped, held)
 
@@ -385,7 +388,7 @@ def _approvals(store: Any) -> dict[str, int]:
     return dict(store.trajectories().group_by("approval").len().iter_rows())
 
 
-def _nothing_exported(store: str, out: Path, status: StatusFilter, skipped: list[str], held: dict[str, int]) -> None:
+def _nothing_exported(store: str, out: Path, status: StatusFilter, skipped: list[tuple[str, str]], held: dict[str, int]) -> None:
     """End an export that wrote nothing: say why, what to do, and that ``out`` was left as it was (an earlier export
     is never replaced by an empty one); exit 1, as nothing was exported."""
     from ee_middleware.errors import hide_credentials

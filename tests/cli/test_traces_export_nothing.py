@@ -108,8 +108,23 @@ def test_an_export_of_only_runs_that_decided_nothing_names_them_and_keeps_the_fi
     result = _export(recorded, fmt, out, "rejected")
     assert result.exit_code == 1, result.output
     assert out.read_bytes() == b"an earlier export\n"
-    assert "Left out 1 whose run decided nothing" in result.output and "no-model" in result.output
+    said = " ".join(result.output.split())
+    assert "Left out 1 that teach nothing (each: its run called no model: a resumed run" in said and "no-model" in said, said
     assert "every rejected trajectory" in result.output and "was left out" in result.output and "Wrote 0" not in result.output
+
+
+def test_a_paused_run_awaiting_review_is_said_to_be_one(recorded: Path, tmp_path: Path) -> None:
+    """Was (a sweep): said to be 'a resumed run that called no model', which a paused run is not."""
+    store = LocalExperienceStore(recorded)
+    some = next(t for t in store.iter_trajectories() if t.steps and t.steps[0].action.tool_call is not None)
+    awaiting = some.steps[0].model_copy(update={"observation": None, "trajectory_id": "paused"})
+    store.write([some.model_copy(update={"id": "paused", "status": "interrupted", "steps": [awaiting]})])
+    store.close()
+    _decide(recorded, "reject", ["paused"])
+    result = _export(recorded, "jsonl", tmp_path / "train.jsonl", "rejected")
+    said = " ".join(result.output.split())
+    assert "(each: its run paused on calls awaiting a human review; the resumed run's trajectory holds them" in said, said
+    assert "paused" in said and "called no model" not in said, said
 
 
 @pytest.mark.parametrize("writer", [export_jsonl, export_parquet])
