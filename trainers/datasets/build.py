@@ -188,6 +188,23 @@ SYNTHETIC_TASK_SOURCE = CURRICULUM_SOURCE
 """``Trajectory.source`` of trajectories rolled out on generated tasks (``ee curriculum run``)."""
 
 
+def _check_out_beside(store: Any, out: Path) -> None:
+    """Refuse an output folder that is the store's own folder or inside it (a store with a local folder): the build
+    would write its files and remove its stale ones among the store's, and a store's maintenance (``ee store``) and
+    copies would carry the datasets."""
+    from ee_middleware.store.metadata import meta_folder
+
+    root = meta_folder(store)
+    if root is None:
+        return
+    root, where = root.resolve(), out.expanduser().resolve()
+    if where == root or root in where.parents:
+        raise ConfigError(
+            f"--out {out} is {'the experience store itself' if where == root else 'inside the experience store ' + str(root)}: "
+            f"the datasets would be written among the store's files. Give a folder outside it, e.g. --out {root.parent / 'datasets'}."
+        )
+
+
 def build_datasets(
     config: DatasetConfig,
     *,
@@ -198,6 +215,7 @@ def build_datasets(
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
+    _check_out_beside(store, Path(config.out))
     reader = SourceReader(
         store,
         app=config.app,

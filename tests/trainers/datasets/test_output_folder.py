@@ -331,3 +331,16 @@ def test_a_build_that_fails_removes_the_output_folders_it_made_and_says_its_erro
     [line] = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert "File too large" in line and line.endswith("then try again.") and not line.endswith(".."), line
     assert not (tmp_path / "made").exists(), "the folders the build made are gone"
+
+
+@pytest.mark.parametrize("inside", ["", "datasets"])
+def test_an_output_folder_that_is_the_store_or_inside_it_is_refused_before_anything_is_written(store_path: Path, inside: str) -> None:
+    """Was (a sweep): accepted, the datasets written among the store's own files (and a rebuild's stale-file removal
+    working there)."""
+    before = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
+    out = store_path / inside if inside else store_path
+    result = CliRunner().invoke(app, ["datasets", "build", "--store", str(store_path), "--out", str(out), "--kinds", "il,iwm"])
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert f"--out {out} is" in said and "Give a folder outside it, e.g. --out" in said, said
+    assert sorted(p.relative_to(store_path) for p in store_path.rglob("*")) == before
