@@ -524,7 +524,7 @@ def _say_damaged_runs(runs: RunsDir, config: ImproveConfig, say: Progress) -> No
     instead of continuing it (no job continues such a run), and a candidate it registered stays registered. It was
     passed over without a word (an improve sweep: a run.json cut short by a full disk)."""
     listed = runs.list()
-    mine = [r.id for r in runs._of(config.scope()) if r.status != DAMAGED]  # (a damaged run's scope cannot be read)
+    mine = [r.id for r in runs._of(config.scope(), listed) if r.status != DAMAGED]  # (a damaged run's scope cannot be read)
     after = max(mine, default="")
     for damaged in (r for r in listed if r.status == DAMAGED and r.id > after):
         warning = (

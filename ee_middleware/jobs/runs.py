@@ -421,8 +421,9 @@ class RunsDir:
         done = [r for r in self._of(scope) if r.status == SUCCEEDED]
         return done[-1] if done else None
 
-    def _of(self, scope: Mapping[str, Any] | None) -> list[Run]:
-        runs = self.list()
+    def _of(self, scope: Mapping[str, Any] | None, listed: list[Run] | None = None) -> list[Run]:
+        """The runs of ``scope`` (every run for none), of ``listed`` where given (a listing made already), else read now."""
+        runs = self.list() if listed is None else listed
         if not scope:
             return runs
         return [r for r in runs if all(same_place(job_table(r).get(key), value) for key, value in scope.items())]
