@@ -256,7 +256,7 @@ class LocalModelServer:
         self._check_model(model_name)
         messages, tools = _messages(body), body.get("tools") or None
         parse_calls = _tool_choice(body, tools)
-        n = _int(body, "n", 1, low=1)
+        n = _int(body, "n", 1, low=1, high=MAX_N)
         top_p = body.get("top_p")
         if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0 < top_p <= 1):
             raise RequestError(400, f"top_p must be a number in (0, 1], got {top_p!r}")
@@ -560,14 +560,21 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _int(body: dict[str, Any], key: str, default: int, *, low: int, key2: str | None = None) -> int:
-    """``body[key]`` (else ``body[key2]``), a whole number >= ``low``: a 400 naming the one given otherwise."""
+MAX_N = 128
+"""The most choices one request may ask for (``n``), OpenAI's own bound: one request for ``n=100000`` held the model (and
+every request queued behind it) for as long as those generations took."""
+
+
+def _int(body: dict[str, Any], key: str, default: int, *, low: int, key2: str | None = None, high: int | None = None) -> int:
+    """``body[key]`` (else ``body[key2]``), a whole number >= ``low`` (and <= ``high``): a 400 naming the one given
+    otherwise."""
     name = key if body.get(key) is not None or key2 is None else key2
     value = body.get(name)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise RequestError(400, f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"from {low} to {high}"
+        raise RequestError(400, f"{name} must be an integer {bounds}, got {value!r}")
     return value
 
 

@@ -67,6 +67,8 @@ def test_chat_completions_take_n_seed_and_temperature(local_server: Any) -> None
     assert first["usage"]["prompt_tokens"] > 0
     bad = httpx.post(f"{local_server.url}/chat/completions", json={**body, "n": 0}, timeout=60)
     assert bad.status_code == 400 and "n must be an integer" in bad.json()["error"]["message"]
+    many = httpx.post(f"{local_server.url}/chat/completions", json={**body, "n": 100_000}, timeout=60)  # was: generated them all
+    assert many.status_code == 400 and "n must be an integer from 1 to 128, got 100000" in many.json()["error"]["message"]
     missing = httpx.post(f"{local_server.url}/chat/completions", json={**body, "model": "nope"}, timeout=60)
     assert missing.status_code == 404
 
