@@ -161,6 +161,11 @@ def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
         missing = [key for key in ("id", "instruction", "tools") if key not in task]
         if missing:
             raise ConfigError(f"tasks line {number}: missing {', '.join(missing)} (write tasks with 'ee curriculum propose').")
+        for key in ("id", "instruction"):  # the task's id names its trajectories; its instruction is the user's message
+            if not isinstance(task[key], str) or not task[key].strip():
+                raise ConfigError(
+                    f"tasks line {number}: '{key}' is {task[key]!r}, not a non-empty string (write tasks with 'ee curriculum propose')."
+                )
         tools = task["tools"]
         if not isinstance(tools, list) or any(tool_schema_name(tool) is None for tool in tools):
             # the policy is offered these schemas, and a call is checked against their names

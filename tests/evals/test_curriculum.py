@@ -407,6 +407,22 @@ def test_a_tasks_line_whose_tools_are_not_named_schemas_is_named(tools: Any) -> 
         read_tasks(['{"id": "ok", "instruction": "i", "tools": []}', line])
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("instruction", ["a"]), ("instruction", 42), ("instruction", ""), ("instruction", None), ("id", 7), ("id", " ")]
+)
+def test_a_tasks_line_whose_instruction_or_id_is_no_text_is_named_before_any_rollout(key: str, value: Any) -> None:
+    """Was (a sweep): read, rolled out and judged, then storing it failed with 'unexpected ValidationError' (and every
+    later task was never run); an empty or null instruction was stored as a curriculum trajectory with no task."""
+    from ee_middleware.errors import ConfigError
+    from ee_middleware.evals.curriculum import read_tasks
+
+    line = json.dumps({"id": "a", "instruction": "i", "tools": [], key: value})
+    with pytest.raises(
+        ConfigError, match=rf"tasks line 2: '{key}' is .*, not a non-empty string \(write tasks with 'ee curriculum propose'\)"
+    ):
+        read_tasks(['{"id": "ok", "instruction": "i", "tools": []}', line])
+
+
 def test_a_final_answer_that_starts_like_json_after_a_readable_call_is_judged_and_stored(
     bfcl_store_path: Path, tmp_path: Path, serve: Serve
 ) -> None:
