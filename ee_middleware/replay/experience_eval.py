@@ -60,6 +60,7 @@ from typing import Any
 
 from ee_middleware.errors import ConfigError, ModelError
 from ee_middleware.records import ToolCall, Trajectory
+from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, parent_trajectory_id
 from ee_middleware.replay.executors import SERVER_FAILURES_IN_A_ROW as SERVER_FAILURES_IN_A_ROW  # (the rule is shared)
 from ee_middleware.replay.executors import ServerFailuresInARow, fails_alone, model_unusable
 from ee_middleware.replay.retrieval import (
@@ -164,6 +165,27 @@ def is_held_out(trajectory_id: str, share: float, seed: int = 0) -> bool:
     return held_out_draw(trajectory_id, seed) < share
 
 
+def task_units(trajectories: list[Trajectory]) -> dict[str, str]:
+    """Each trajectory's unit of the held-out draw: the trajectory its curriculum task descends from (the one its task is
+    a variant of, that one's, ...: :func:`~ee_middleware.replay.curriculum.parent_trajectory_id`), else itself. A
+    trajectory without a curriculum parent is its own unit, so a store without curriculum trajectories is split as
+    before, id by id."""
+    parents = {
+        t.id: parent
+        for t in trajectories
+        if t.source == CURRICULUM_SOURCE and (parent := parent_trajectory_id(t.environment)) is not None and parent != t.id
+    }
+
+    def unit(trajectory_id: str) -> str:
+        seen = {trajectory_id}
+        while (parent := parents.get(trajectory_id)) is not None and parent not in seen:
+            trajectory_id = parent
+            seen.add(parent)
+        return trajectory_id
+
+    return {t.id: unit(t.id) for t in trajectories}
+
+
 def held_out_draw(trajectory_id: str, seed: int = 0) -> float:
     """Where ``trajectory_id`` falls in [0, 1) for ``seed``: it is held out by every share above this."""
     digest = hashlib.blake2b(f"{seed}:{trajectory_id}".encode(), digest_size=8).digest()
@@ -205,21 +227,27 @@ def split_store(
     :data:`ee_middleware.replay.retrieval.RETRIEVERS`; an option its factory takes no parameter for is refused there).
     Below a share of 1, at least one trajectory of two or more stays in the buffer (a small store whose every id fell
     in the share would leave nothing to retrieve). Pending and rejected trajectories are neither held out nor indexed:
-    only what was approved for training is. ``app``:
-    only that app's trajectories are held out or indexed (a store holding several apps)."""
+    only what was approved for training is. A curriculum trajectory is drawn with the trajectory its task is a variant
+    of (:func:`task_units`), as ``ee datasets build`` splits them. ``app``: only that app's trajectories are held out or
+    indexed (a store holding several apps)."""
     settings = dict(retriever_settings or {})
     index = TransitionIndex.of(retriever, **settings)  # an unknown retriever or option fails here, before reading the store
     approved = approved_trajectories(store, app)
     # the expert steps a build teaches: none a paused run's resumed run holds too, nor after its call awaiting review
     taught = expert_transitions(approved)
     trajectories = [t for t in approved if taught[t.id]]  # held out only where there is something to predict
-    held = {t.id for t in trajectories if is_held_out(t.id, share, seed)}
-    if not held and trajectories:  # also the only one: a dataset built now must not train on what a later eval holds out
-        held = {min(trajectories, key=lambda t: hashlib.blake2b(f"{seed}:{t.id}".encode()).hexdigest()).id}
-    elif share < 1 and len(held) > 1 and len(held) == len(trajectories):
+    # drawn by unit: a curriculum trajectory goes with the trajectory its task is a variant of (the same calls and
+    # observations, often): one held out while its variant trained it, or was retrieved for it, scored too well
+    unit_of = task_units(approved)
+    units = sorted({unit_of[t.id] for t in trajectories})
+    held_units = {unit for unit in units if is_held_out(unit, share, seed)}
+    if not held_units and units:  # also the only one: a dataset built now must not train on what a later eval holds out
+        held_units = {min(units, key=lambda unit: hashlib.blake2b(f"{seed}:{unit}".encode()).hexdigest())}
+    elif share < 1 and len(held_units) > 1 and len(held_units) == len(units):
         # a small store drawn all into the share (5 trajectories at 0.2: 1 in 3,125) would leave the buffer empty: the
         # last one in the same order (the one a smaller share releases first) is indexed instead
-        held.discard(max(held, key=lambda tid: held_out_draw(tid, seed)))
+        held_units.discard(max(held_units, key=lambda unit: held_out_draw(unit, seed)))
+    held = {t.id for t in approved if unit_of[t.id] in held_units}
     # every approved trajectory not held out, as IWM and the live buffer: a paused run none of whose calls is taught
     # still gives its rollouts at states before the pause
     index.add(buffer_transitions(store, approved, leave_out=held, taught=taught))
