@@ -316,8 +316,11 @@ def test_a_held_out_id_list_without_an_id_is_refused_and_a_comment_after_an_id_i
     """Was (a sweep): a list of comments only built with no split at all, exit 0, and removed the previous build's
     heldout/ files (every trajectory held out before was trained on); an id followed by a comment was refused as an id
     that matches nothing."""
-    store, (_, _, figs, _, limes, _) = six_runs
-    held = _build(store, tmp_path / "data", "--heldout-share", "0.5")["split"]
+    store, (_, kiwis, figs, _, limes, _) = six_runs
+    first = tmp_path / "first.txt"
+    first.write_text(f"{kiwis}\n")
+    held = _build(store, tmp_path / "data", "--heldout-ids", str(first))["split"]
+    assert kiwis in held["heldout_trajectories"]
     ids = tmp_path / "ids.txt"
     ids.write_text("# ids to hold out\n\n   \n")
     result = runner.invoke(app, ["datasets", "build", "--store", str(store), "--out", str(tmp_path / "data"), "--heldout-ids", str(ids)])
