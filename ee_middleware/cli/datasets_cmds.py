@@ -462,6 +462,7 @@ def export(
 
     from ee_middleware.trainers.datasets.build import export_chat_jsonl, read_dataset, to_hf_dataset
     from ee_middleware.trainers.datasets.privacy import dataset_redactor
+    from ee_middleware.trainers.datasets.rows import SYNTHETIC
     from ee_middleware.trainers.datasets.split import is_heldout_file
     from ee_middleware.trainers.datasets.summary import dataset_kind
     from ee_middleware.trainers.training.data import check_rows
@@ -484,8 +485,16 @@ def export(
             param_hint="DATASET",
         )
     redactor = dataset_redactor(dataset)  # the redaction rules the dataset was built with
+    synthetic = int(frame[SYNTHETIC].fill_null(False).sum()) if SYNTHETIC in frame.columns else 0
     if fmt is ExportFormat.jsonl:
         n = export_chat_jsonl(frame, out, redactor=redactor)
+        if synthetic:
+            typer.echo(
+                f"warning: {synthetic} of the {frame.height} rows were built from experience-model predictions (the synthetic "
+                "column: observations a model wrote, not a tool), and OpenAI chat JSONL has no place to mark them. Export "
+                "with --format hf to keep the column, or rebuild without --include-synthetic.",
+                err=True,
+            )
     else:
         to_hf_dataset(frame, redactor=redactor).save_to_disk(str(out))
         n = frame.height

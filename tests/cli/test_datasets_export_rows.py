@@ -84,3 +84,28 @@ def test_out_naming_the_dataset_itself_is_refused_and_the_dataset_stays(il_file:
     assert "is the dataset itself" in " ".join(result.output.split()), result.output
     assert il_file.read_bytes() == before
     assert runner.invoke(app, ["datasets", "export", str(il_file), "--out", str(il_file.with_suffix(".jsonl"))]).exit_code == 0
+
+
+def test_rows_built_from_experience_model_predictions_are_said_to_lose_their_mark_in_jsonl(il_file: Path, tmp_path: Path) -> None:
+    """Was (a sweep): exported as if real tools had answered them, without a word (--format hf keeps the column)."""
+    frame = pl.read_parquet(il_file)
+    marked = tmp_path / "data" / "il.parquet"
+    marked.parent.mkdir()
+    frame.with_columns(synthetic=pl.int_range(pl.len()) == 0).write_parquet(marked)
+    result = runner.invoke(app, ["datasets", "export", str(marked), "--out", str(tmp_path / "il.jsonl")])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert f"warning: 1 of the {frame.height} rows were built from experience-model predictions" in said, said
+    assert "--format hf to keep the column" in said
+    plain = runner.invoke(app, ["datasets", "export", str(il_file), "--out", str(tmp_path / "plain.jsonl")])
+    assert plain.exit_code == 0 and "experience-model" not in plain.stderr
+
+
+def test_a_file_without_ids_is_still_exported(il_file: Path, tmp_path: Path) -> None:
+    """The review of the row check: it read an ``id`` column, which an export never needed ('unexpected
+    ColumnNotFoundError')."""
+    bare = tmp_path / "bare.parquet"
+    pl.read_parquet(il_file).select("prompt", "completion", "tools").write_parquet(bare)
+    result = runner.invoke(app, ["datasets", "export", str(bare), "--out", str(tmp_path / "bare.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "bare.jsonl").read_text().splitlines()) == pl.read_parquet(il_file).height

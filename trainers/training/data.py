@@ -117,7 +117,8 @@ def check_rows(frame: Any, path: Path, kind: str) -> int:
 
 
 def _checked_rows(frame: Any, path: Path, kind: str) -> Iterator[ChatRow]:
-    columns = ["id", "prompt", "completion", "tools"] + (["kind"] if "kind" in frame.columns else [])
+    # (a file without ids, which ee datasets export takes, names its rows by their index)
+    columns = [c for c in ("id", "kind") if c in frame.columns] + ["prompt", "completion", "tools"]
     try:
         for index, record in enumerate(frame.select(columns).iter_rows(named=True)):
             yield _parse_row(path, index, record, kind)
@@ -142,7 +143,10 @@ def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> Cha
         raise _BadRow(f"{where}: prompt has no messages.")
     if len(completion) != 1 or completion[0]["role"] != "assistant":
         raise _BadRow(f"{where}: completion must be a list with one assistant message.")
-    return ChatRow(id=str(record["id"]), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools)
+    row_id = record.get("id")
+    return ChatRow(
+        id=str(row_id if row_id is not None else index), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools
+    )
 
 
 def _json_list(where: str, column: str, text: Any) -> list[Any]:
