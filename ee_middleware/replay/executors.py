@@ -1238,6 +1238,9 @@ class ProcessExecutor:
                     raise KeyboardInterrupt(failure.why)
                 if failure is not None:
                     raise failure
+        except BrokenProcessPool as exc:  # a pool broken before a call was sent to it: submit() raises it
+            broken = [i for i, pool in enumerate(self._pools) if getattr(pool, "_broken", False)]
+            raise SandboxError(self._worker_died(broken[0] if broken else 0)) from exc
         finally:
             if feeder is not None:
                 pending |= feeder.join(quiet=True)
@@ -1267,16 +1270,26 @@ class ProcessExecutor:
             return
 
     def _worker_died(self, index: int) -> str:
-        """What to tell of worker ``index``, whose process ended without answering (its pool broken)."""
+        """What to tell of worker ``index``, whose process ended without answering (its pool broken): while it started
+        (building its policy and sandbox), or while it replayed (a tool, the sandbox or the policy)."""
+        ready = self._ready[index] if index < len(self._ready) else None
+        started = ready is not None and ready.done() and not ready.cancelled() and ready.exception(timeout=0) is None
+        head = f"replay worker {index + 1} of {self.workers} ended without answering"
+        if not started:
+            return (
+                f"{head}, while it started (building its policy and sandbox): their code ended its process (os._exit, a crash "
+                "in native code such as a segfault, or the system's out-of-memory killer: a local model too large for the "
+                "memory left). What was stored stays; the next run continues from there."
+            )
         ids = list(self._unanswered_ids[index])
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         held = f" while it held trajectories {shown} (one of them the cause)" if ids else ""
         return (
-            f"replay worker {index + 1} of {self.workers} ended without answering{held}: a tool or the sandbox ended its process "
-            "(os._exit, a crash in native code such as a segfault, or the system's out-of-memory killer). Without isolation the "
-            "sandbox runs inside the worker; run with --isolation subprocess (with --tool-timeout and --memory-mb) to run the "
-            "tools in a child process whose crash is recorded as that call's sandbox failure. What was stored stays; the next "
-            "run continues from there."
+            f"{head}{held}: a tool, the sandbox or the policy ended its process (os._exit, a crash in native code such as a "
+            "segfault, or the system's out-of-memory killer). Without isolation the sandbox runs inside the worker; where a "
+            "tool is the cause, run with --isolation subprocess (with --tool-timeout and --memory-mb) to run the tools in a "
+            "child process whose crash is recorded as that call's sandbox failure. What was stored stays; the next run "
+            "continues from there."
         )
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ The real ``ee replay run`` with two real worker processes, a real PythonSandbox 
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,5 +56,33 @@ def test_a_worker_a_tool_ended_is_named_with_its_trajectories_and_the_fix(tmp_pa
     assert job.proc.returncode == 1, stderr
     assert "unexpected" not in stderr and "BrokenProcessPool" not in stderr, stderr
     assert "replay worker " in stderr and " of 2 ended without answering while it held trajectories traj-" in stderr, stderr
-    assert "os._exit" in stderr and "--isolation subprocess" in stderr, stderr
+    assert "a tool, the sandbox or the policy ended its process" in stderr and "--isolation subprocess" in stderr, stderr
+    assert wait_until_none_left(job.marker) == []
+
+
+class DiesBuildingPolicy(DiesPolicy):
+    """A policy whose building ends the worker's process (a local model the memory cannot hold): in a worker only."""
+
+    def __init__(self, **sampling: Any) -> None:
+        if multiprocessing.current_process().name != "MainProcess":
+            os._exit(7)
+
+
+def test_a_worker_that_died_while_starting_blames_no_trajectory(tmp_path: Path, jobs: list[Job]) -> None:  # noqa: F811
+    """The review of the first version: a worker dead in its policy's building was said to hold trajectories, one of them
+    the cause, and --isolation subprocess (which does not help there) was offered."""
+    root = tmp_path / "store"
+    store = LocalExperienceStore(root, create=True)
+    store.write([_trajectory(i) for i in range(4)])
+    store.approve([f"traj-{i}" for i in range(4)], by="test")
+    store.close()
+    policy = f"{__name__}:DiesBuildingPolicy"
+    job = Job(root, "--sandbox", "tests.replay.sandbox_failure_world:make_sandbox", "--policy", policy, "--workers", "2")
+    jobs.append(job)
+    job.proc.wait(120)
+    stderr = job.proc.stderr.read()
+    assert job.proc.returncode == 1, stderr
+    assert "unexpected" not in stderr and "BrokenProcessPool" not in stderr, stderr
+    assert "ended without answering, while it started (building its policy and sandbox)" in stderr, stderr
+    assert "held trajectories" not in stderr and "--isolation" not in stderr, stderr
     assert wait_until_none_left(job.marker) == []
