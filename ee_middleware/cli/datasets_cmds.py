@@ -160,7 +160,7 @@ def build(
 
         # (a local teacher's own bars, transformers' "Loading weights", are off where the command draws none)
         with reading_store(allow_partial=allow_partial), library_bars_off(enabled=not progress or as_json):
-            summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr)
+            summary = build_datasets(cfg, on_stage=on_stage, on_sr_progress=on_sr, refuse_out_in_store=True)
         bars.complete()
     for line in _warning_lines(summary):  # on stderr, --json or not (stdout holds the JSON alone)
         typer.secho(f"warning: {line}", err=True, fg="yellow")

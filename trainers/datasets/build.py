@@ -210,12 +210,16 @@ def build_datasets(
     *,
     on_stage: Callable[[str], None] | None = None,
     on_sr_progress: Callable[[int, int], None] | None = None,
+    refuse_out_in_store: bool = False,
 ) -> dict[str, Any]:
-    """Build the configured kinds; return the summary also written to ``OUT/datasets.json``."""
+    """Build the configured kinds; return the summary also written to ``OUT/datasets.json``. ``refuse_out_in_store``
+    (``ee datasets build``): an output folder that is the store's folder or inside it is refused before anything is
+    written (``ee improve`` writes into its run folder, wherever its ``runs`` are: a set-up that worked stays working)."""
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
-    _check_out_beside(store, Path(config.out))
+    if refuse_out_in_store:
+        _check_out_beside(store, Path(config.out))
     reader = SourceReader(
         store,
         app=config.app,

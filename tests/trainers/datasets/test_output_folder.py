@@ -344,3 +344,11 @@ def test_an_output_folder_that_is_the_store_or_inside_it_is_refused_before_anyth
     said = " ".join(result.output.split())
     assert f"--out {out} is" in said and "Give a folder outside it, e.g. --out" in said, said
     assert sorted(p.relative_to(store_path) for p in store_path.rglob("*")) == before
+
+
+def test_ee_improve_builds_into_its_run_folder_wherever_its_runs_are(store_path: Path) -> None:
+    """The review of the refusal above: ee improve's datasets stage writes into its run folder, and a set-up whose runs
+    folder is inside the store's worked before; its stage calls the builder without the CLI's refusal."""
+    out = store_path / "runs" / "20261206-000000-1" / "data"
+    summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
+    assert summary["datasets"]["il"]["rows"] > 0 and (out / "il.parquet").is_file()
