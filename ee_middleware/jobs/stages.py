@@ -863,6 +863,10 @@ LEFT_OUT: dict[str, tuple[str, str]] = {
     "paused_turn_repeats_left_out": ("copies of a paused turn's calls that a resumed run holds", "none needed"),
     "expert_steps_after_unanswered_call_left_out": ("expert steps after a paused run's call that was never answered", "none needed"),
     "same_outcome_left_out": ("rollouts whose outcome is the expert call's own, shown as no alternative", "none needed"),
+    "no_input": (
+        "states where the model was called with no message at all (an empty conversation): a row without a prompt",
+        "start the agent with the user's message",
+    ),
     "same_outcome_only": (
         "states whose every alternative had the expert call's own outcome: no contrast to reflect on",
         "a higher [replay] k or another policy proposes more varied alternatives",

@@ -100,8 +100,9 @@ def unprompted_steps(steps: pl.DataFrame) -> pl.Series:
 
 def unprompted_turns(source: DatasetSource) -> int:
     """How many expert turns :func:`build_il` leaves out as decided with no message (:func:`unprompted_steps`; parallel
-    calls of one turn count once)."""
-    steps = source.steps
+    calls of one turn count once), of those its other rules kept (a turn left out as awaiting review, malformed or
+    unoffered is counted there alone)."""
+    steps = _kept_steps(source)
     if steps.is_empty() or "state_json" not in steps.columns:
         return 0
     marked = steps.filter(unprompted_steps(steps))
@@ -127,6 +128,14 @@ def _turn_text_on_every_call(steps: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _kept_steps(source: DatasetSource) -> pl.DataFrame:
+    """The expert steps IL teaches but for the unprompted rule: the taught ones (none awaiting review), with their turn's
+    text on every call, less the malformed calls and the calls of tools never offered."""
+    steps = _turn_text_on_every_call(taught_steps(source)[0])
+    steps = steps.filter(~malformed_steps(steps, source.trajectories))
+    return steps.filter(~unoffered_steps(steps, source.trajectories))
+
+
 def build_il(source: DatasetSource) -> pl.DataFrame:
     """One row per expert turn of the approved trajectories (vectorised; no Python loop per row): the state ->
     the expert's tool call, or its answer. Parallel tool calls (one model response, recorded as steps sharing a
@@ -145,9 +154,7 @@ def build_il(source: DatasetSource) -> pl.DataFrame:
     was never offered that the graph answered with an error itself (a name the model made up: :func:`unoffered_steps`).
     So is a turn decided with no message in the model's input (:func:`unprompted_steps`): its row would have no prompt."""
     is_call = pl.col("action_kind") == "tool_call"
-    steps = _turn_text_on_every_call(taught_steps(source)[0])
-    steps = steps.filter(~malformed_steps(steps, source.trajectories))
-    steps = steps.filter(~unoffered_steps(steps, source.trajectories))
+    steps = _kept_steps(source)
     steps = steps.filter(~unprompted_steps(steps))
     steps = steps.join(source.trajectories, left_on="trajectory_id", right_on="id", how="inner", maintain_order="left")
     steps = offered_tools(expert_turns(steps), "tools_json")  # the tools offered at the turn (Step.tools), not the run's

@@ -54,6 +54,9 @@ from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionC
 
 _LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
 _RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let me|go with|choose)\b", re.IGNORECASE)
+NO_INPUT = "no_input"
+"""Why a state gave no row: the model was called with no message at all (an agent invoked with an empty conversation),
+so a row would have no prompt, which training refuses (:attr:`SRReport.dropped`)."""
 SAME_OUTCOME_ONLY = "same_outcome_only"
 """Why a state with rollouts gave no row: every alternative replayed there had the outcome of the call it stood in
 place of (:attr:`SRReport.dropped`)."""
@@ -218,6 +221,9 @@ class SRBuilder:
                 continue
             self.report.states += 1
             state = json.loads(turn["state_json"])
+            if not state:
+                self.report.dropped[NO_INPUT] += 1
+                continue
             reflections = [
                 CallReflection(
                     action=_call_text(step["tool_name"], step["arguments_json"]),
