@@ -430,7 +430,7 @@ def read_id_list(path: Path) -> tuple[str, ...]:
         raise ConfigError(
             f"The held-out id list {path} holds no trajectory id (only blank lines or # comments): holding out nothing would "
             "train on every trajectory, those meant to be held out too. Put one id a line (`ee traces list` prints them), "
-            "or build without --heldout-ids."
+            "or build without --heldout-ids (heldout_ids in [datasets])."
         )
     return ids
 
