@@ -266,6 +266,17 @@ def _same_instruction(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
+TOO_LONG = "instruction too long for a variant of its parent"
+"""Why a variant is rejected whose instruction is longer than :func:`max_instruction_chars` allows: a writer behind a
+server (or a proxy) that ignored ``max_tokens`` wrote 700 KB, which every rollout of the task would send the policy."""
+
+
+def max_instruction_chars(parent_instruction: str) -> int:
+    """The longest instruction a variant of ``parent_instruction`` may have: four times its parent's, at least 2,000
+    characters (a variant asks for other details, not a document)."""
+    return max(2000, 4 * len(parent_instruction))
+
+
 def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[str]) -> tuple[dict[str, Any] | None, str | None]:
     """``({"instruction", "tools"}, None)`` for a usable variant, else ``(None, reason)``."""
     decoder = json.JSONDecoder()
@@ -285,6 +296,8 @@ def validate_variant(text: str, parent_instruction: str, known_tools: Sequence[s
         return None, "empty instruction"
     if _same_instruction(instruction) == _same_instruction(parent_instruction):
         return None, "same instruction as its parent"
+    if len(instruction.strip()) > max_instruction_chars(parent_instruction):
+        return None, TOO_LONG
     tools = data.get("tools", [])
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         return None, "'tools' is not a list of names"

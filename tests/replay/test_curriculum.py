@@ -15,7 +15,7 @@ import pytest
 
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.curriculum import SYNTHETIC_DROPPED
-from ee_middleware.replay.curriculum import score_tasks, validate_variant
+from ee_middleware.replay.curriculum import TOO_LONG, max_instruction_chars, score_tasks, validate_variant
 from ee_middleware.store.local import LocalExperienceStore
 from tests.replay.test_experience import ScriptedExperienceModel, _serve_failing_some
 
@@ -68,6 +68,17 @@ def test_variants_naming_unknown_tools_or_copying_the_parent_are_rejected() -> N
     assert validate_variant('{"instruction": "x", "tools": ["rm"]}', "y", ["ls"]) == (None, "unknown tools")
     assert validate_variant('{"instruction": "y", "tools": []}', "y", ["ls"]) == (None, "same instruction as its parent")
     assert validate_variant('ok: {"instruction": "x", "tools": ["ls"]}', "y", ["ls"]) == ({"instruction": "x", "tools": ["ls"]}, None)
+
+
+def test_a_variant_far_longer_than_its_parent_is_rejected() -> None:
+    """Was (a sweep): a writer whose server ignored max_tokens wrote a 700 KB instruction, kept, and sent to the policy on
+    every rollout of the task."""
+    parent = "List the files in my home folder."
+    long = json.dumps({"instruction": "List the files. " + "And again. " * 400, "tools": ["ls"]})
+    assert validate_variant(long, parent, ["ls"]) == (None, TOO_LONG)
+    fits = json.dumps({"instruction": "List the hidden files in my home folder, sorted by size, largest first.", "tools": ["ls"]})
+    assert validate_variant(fits, parent, ["ls"])[1] is None
+    assert max_instruction_chars("x" * 1000) == 4000 and max_instruction_chars(parent) == 2000
 
 
 def test_curriculum_propose_writes_validated_variants_of_the_highest_variance_tasks(
