@@ -129,6 +129,9 @@ class CurriculumRun:
     already_stored: list[str] = field(default_factory=list)
     """Kept rollouts the store already held (the same conversation, from an earlier run or an earlier trial): not stored
     again."""
+    repeats: int = 0
+    """Successful rollouts that repeat one this run kept (another trial gave the same conversation): one trajectory, counted
+    once in :attr:`kept`, so that ``rollouts`` adds up to what is kept, repeated and dropped."""
     approved: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     refused_tools: Counter[str] = field(default_factory=Counter)
@@ -660,6 +663,8 @@ def run_curriculum(
                     run.stored.append(trajectory.id)
                 elif trajectory.id not in run.stored and trajectory.id not in run.already_stored:  # stored once, by an earlier run
                     run.already_stored.append(trajectory.id)
+                else:  # kept already by this run: another trial gave the same conversation
+                    run.repeats += 1
                 # A rollout of this task, policy and trial a reviewer rejected under the previous version's id (which
                 # named no content) may be this one: it stays pending for a person, never approved by approve_if.
                 rejected_before = held.get(legacy_rollout_id(task, policy_spec, trial)) == "rejected"

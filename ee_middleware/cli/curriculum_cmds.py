@@ -508,6 +508,7 @@ def run_cmd(
         "kept": kept,
         "stored": len(result.stored),
         "already_stored": len(result.already_stored),
+        "repeats": result.repeats,  # successful rollouts repeating one kept by this run (the same conversation)
         "approved": result.approved,
         "dropped": dict(result.dropped),
         "refused_tools": dict(result.refused_tools),  # calls of tools the sandbox does not cover, by tool (as ee replay run's)
@@ -526,6 +527,8 @@ def run_cmd(
                 f"  already stored {len(result.already_stored)}: the store held the same rollout (the same conversation), "
                 "from an earlier run or trial; not stored again"
             )
+        if result.repeats:
+            typer.echo(f"  repeats {result.repeats}: another trial gave the same conversation as one kept (one trajectory)")
         for reason, count in result.dropped.most_common():
             typer.echo(f"  dropped {count}: {reason}")
         for task_id, reason in result.skipped.items():

@@ -98,6 +98,8 @@ def test_a_second_run_stores_its_new_rollouts_and_says_what_it_stored(bfcl_store
     # two trials of a deterministic policy: one conversation, stored once (kept counts trajectories, as listed)
     assert (summary["kept"], summary["stored"], summary["already_stored"]) == (1, 1, 0)
     assert len(summary["trajectories"]) == 1 and summary["stored_trajectories"] == summary["trajectories"]
+    # the second trial repeats the first: counted, so that the rollouts add up (was, a sweep: rollouts 2, kept 1, dropped {})
+    assert summary["repeats"] == 1 and summary["rollouts"] == summary["kept"] + summary["repeats"] + sum(summary["dropped"].values())
 
     tool[0] = "pwd"  # the same spec now serves a policy that acts otherwise
     second = runner.invoke(app, [*args, "--json"])
