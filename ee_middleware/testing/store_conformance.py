@@ -7,8 +7,13 @@ It exercises every member of :class:`~ee_middleware.store.protocol.ExperienceSto
 ``ee traces``, the replay job and dataset building use them: trajectories and approvals (with the
 history, and overrides that need ``force`` and keep both decisions), id
 resolution (exact ids, unique prefixes, ambiguous and unknown ones), rollouts and replay records
-(idempotent by id, the latest replay record wins), compaction, ``info`` and ``close``. A store that
-passes it can stand in for the embedded local store everywhere.
+(idempotent by id, the latest replay record wins), compaction, ``info`` and ``close``. Then every field the product reads
+(:func:`_check_every_field`): a trajectory, its rollouts and replay record with every optional field set (the thread, a
+synthetic rollout and its source, a sandbox's failure, fidelity mismatches, a step's reasoning) come back whole from
+``iter_trajectories()`` and ``get()``, and ``trajectories()``, ``steps()``, ``rollouts()`` and ``replays()`` give for them
+what the embedded local store gives, column by column, with the types of :mod:`ee_middleware.store.tables` (checked
+for every frame: a time is a datetime, not text). A store that passes it can stand in for the embedded local store
+everywhere.
 
 It also checks the metadata blobs the store keeps for redaction (the optional ``read_meta``/``write_meta`` of
 :class:`~ee_middleware.store.protocol.KeepsMetadata`, or files in a local ``root`` folder): they round-trip exactly,
@@ -73,7 +78,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
-from ee_middleware.records import Action, ApprovalEvent, Observation, ReplayRecord, Rollout, Step, ToolCall, Trajectory, utcnow
+from ee_middleware.records import (
+    Action,
+    ApprovalEvent,
+    Observation,
+    ReplayRecord,
+    Rollout,
+    Step,
+    SyntheticSource,
+    ToolCall,
+    Trajectory,
+    utcnow,
+)
 from ee_middleware.store import metadata
 from ee_middleware.store.approvals import decide
 from ee_middleware.testing.messages import Said, broken, first_difference
@@ -234,6 +250,7 @@ def check_store(make_store: MakeStore | str, *, crash: bool | None = None) -> No
     _check_rollouts_and_replays(store, make_store)
     _check_compaction(store, make_store)
     _check_info_and_close(store, make_store)
+    _check_every_field(make_store)
     if crash is not False:
         _check_crashes(make_store, required=bool(crash))
 
@@ -757,6 +774,11 @@ def _expect_columns(frame: Any, table: str, *extra: str) -> None:
     }[table]
     missing = [c for c in [*schema, *extra] if c not in frame.columns]
     assert not missing, f"{table} frames must have the columns of ee_middleware.store.tables; missing {missing}"
+    wrong = [f"{c} is {frame.schema[c]}, not {kind}" for c, kind in schema.items() if not _same_kind(frame.schema[c], kind)]
+    assert not wrong, (
+        f"{table} frames must have the types of ee_middleware.store.tables, which the product reads them as: {'; '.join(wrong)}. "
+        "Build the frame with those types (a SQL round trip gives times back as text: parse them)."
+    )
 
 
 # --- crashes: the store's writes in a child process, killed at every point where they change something --------------
@@ -1342,3 +1364,180 @@ def _writing_call(function: Any) -> str | None:
 def _short(value: Any) -> str:
     text = repr(os.fspath(value) if isinstance(value, os.PathLike) else value)
     return text if len(text) <= 160 else f"{text[:157]}..."
+
+
+# --- every field, as the product reads it --------------------------------------------------------------------------
+
+
+E = "conformance-every-field"
+"""The trajectory of :func:`_check_every_field`: every optional field of it, its steps, rollouts and replay record set."""
+
+
+def full_sample_trajectory(trajectory_id: str = E) -> Trajectory:
+    """:func:`sample_trajectory` with every optional field set that the product reads: the thread, model, trace, app
+    version, status and error, a step's cut observation and malformed call."""
+    base = sample_trajectory(trajectory_id, steps=2, tool_variants=True)
+    steps = list(base.steps)
+    first = steps[0]
+    steps[0] = first.model_copy(
+        update={
+            "observation": Observation(content="result 0 (cut)", truncated_chars=1234),
+            "action": Action(
+                kind="tool_call", tool_call=first.action.tool_call.model_copy(update={"malformed": False}), reasoning="I look it up"
+            ),
+        }
+    )
+    return base.model_copy(
+        update={
+            "thread_id": "thread-7",
+            "model": "conformance-model",
+            "trace_id": "0af7651916cd43dd8448eb211c80319c",
+            "app_version": "1.2.3",
+            "status": "error",
+            "error": "RuntimeError: the answer could not be sent",
+            "steps": steps,
+        }
+    )
+
+
+def full_sample_rollouts(trajectory_id: str = E, replay_id: str = "replay-every-field") -> list[Rollout]:
+    """Rollouts with every optional field set: a sandbox failure, an observation cut, placeholders the sandbox could not
+    restore, and one an experience model predicted (``synthetic`` with its source)."""
+    plain = sample_rollout(f"{trajectory_id}-r0", trajectory_id, 0, 0, replay_id=replay_id)
+    failed = sample_rollout(f"{trajectory_id}-r2", trajectory_id, 0, 2, replay_id=replay_id)  # the sandbox's time-out
+    cut = plain.model_copy(
+        update={
+            "id": f"{trajectory_id}-r1",
+            "branch_index": 1,
+            "observation": Observation(content="alt result (cut)", truncated_chars=99),
+            "unrestored": ["[REDACTED:email:0a1b2c3d]"],
+        }
+    )
+    synthetic = plain.model_copy(
+        update={
+            "id": f"{trajectory_id}-r3",
+            "branch_index": 3,
+            "synthetic": True,
+            "synthetic_source": SyntheticSource(
+                model="openai:http://em:8000/v1#em", retrieved=["step:t:0"], reasoning="like t", reward=1.0
+            ),
+        }
+    )
+    return [plain, cut, failed, synthetic]
+
+
+def full_sample_replay_record(trajectory_id: str = E, replay_id: str = "replay-every-field") -> ReplayRecord:
+    """A replay record with every count set (fidelity mismatches, unrestorable steps, errors, states)."""
+    return sample_replay_record(trajectory_id, replay_id=replay_id, branches=4).model_copy(
+        update={"states": 2, "errors": 1, "rejected": 2, "refused": 1, "fidelity_mismatches": 1, "unrestorable": 1, "duration_s": 0.5}
+    )
+
+
+def _check_every_field(make_store: MakeStore) -> None:
+    """What datasets, replay and ``ee traces`` read, field by field: ``iter_trajectories()`` and ``get()`` give the
+    trajectory as written, and ``trajectories()``, ``steps()``, ``rollouts()`` and ``replays()`` give for it what the
+    embedded local store gives, column by column, with the same kinds of types (a time is a datetime, not text). A store
+    that drops a field the kit's other checks never set (``synthetic``, ``fidelity_mismatches``, a step's reasoning in
+    ``steps()``) passed them, and datasets then trained on model-written observations or on a sandbox's failures."""
+    import tempfile
+    from pathlib import Path
+
+    import polars as pl
+
+    from ee_middleware.store.local import LocalExperienceStore
+
+    trajectory, rollouts, record = full_sample_trajectory(), full_sample_rollouts(), full_sample_replay_record()
+    store = make_store()
+    try:
+        store.write([trajectory])
+        store.write_replay(record, rollouts)
+        for how, read in (
+            ("iter_trajectories()", lambda: [t for t in store.iter_trajectories() if t.id == E]),
+            (f"get({E!r})", lambda: [store.get(E)]),
+        ):
+            got = read()
+            assert got == [trajectory], broken(
+                how,
+                Said(f"a trajectory differing at {first_difference(trajectory, got[0])}")
+                if len(got) == 1
+                else Said(f"{len(got)} trajectories"),
+                Said("the trajectory written, every field as written"),
+                "every field round-trips (the thread groups a held-out split; the error and status say how the run ended)",
+                "Store every field of Trajectory, Step, Action and Observation as written.",
+            )
+        with tempfile.TemporaryDirectory(prefix="ee-conformance-") as folder:
+            reference = LocalExperienceStore(Path(folder) / "reference")
+            try:
+                reference.write([trajectory])
+                reference.write_replay(record, rollouts)
+                for table, read in (
+                    ("trajectories()", lambda s: s.trajectories().filter(pl.col("id") == E)),
+                    (f"steps([{E!r}])", lambda s: s.steps([E])),
+                    ("rollouts()", lambda s: s.rollouts().filter(pl.col("trajectory_id") == E)),
+                    ("replays()", lambda s: s.replays().filter(pl.col("trajectory_id") == E)),
+                ):
+                    _expect_same_frame(read(store), read(reference), table)
+            finally:
+                reference.close()
+    finally:
+        store.close()
+
+
+_JSON_COLUMNS = ("state_json", "arguments_json")
+"""Text columns of JSON besides those named ``*_json``: compared by what they decode to (a store may write JSON its way)."""
+
+
+def _expect_same_frame(got: Any, wanted: Any, table: str) -> None:
+    """``got`` (the store's frame) holds every column of ``wanted`` (the local store's, for the same records), with the
+    same kind of type and the same values, row by row in ``wanted``'s key order."""
+    import polars as pl
+
+    missing = [c for c in wanted.columns if c not in got.columns]
+    assert not missing, f"{table} has no column {', '.join(missing)}: the product reads them (see ee_middleware.store.tables)"
+    assert got.height == wanted.height, f"{table} gives {got.height} rows for the records of {E!r}, not {wanted.height}"
+    key = [c for c in ("id", "index", "replay_id") if c in wanted.columns][:2]
+    got, wanted = got.sort(key), wanted.sort(key)
+    for column in wanted.columns:
+        kind, expected = got.schema[column], wanted.schema[column]
+        assert _same_kind(kind, expected), (
+            f"{table} column {column!r} is {kind}, not {expected}: the product reads it as {expected} (ee_middleware.store.tables); "
+            "build the frame with those types (a SQL round trip gives times back as text: parse them)"
+        )
+        mine, theirs = got[column].to_list(), wanted[column].to_list()
+        if column.endswith("_json") or column in _JSON_COLUMNS:
+            mine, theirs = [_decoded(v) for v in mine], [_decoded(v) for v in theirs]
+        elif isinstance(expected, pl.Datetime):
+            mine, theirs = [_utc(v) for v in mine], [_utc(v) for v in theirs]
+        assert mine == theirs, broken(
+            f"{table} column {column!r}",
+            _shown(mine)[:300],
+            _shown(theirs)[:300],
+            "every column holds what was written (datasets and replay read these frames, not get())",
+            "Store the field and give it back in the frame as written.",
+        )
+
+
+def _same_kind(kind: Any, expected: Any) -> bool:
+    """Whether a column's type reads as ``expected``'s: the same type, a time in any zone (or none), any integer width."""
+    import polars as pl
+
+    if isinstance(expected, pl.Datetime):
+        return isinstance(kind, pl.Datetime)
+    if expected.is_integer():
+        return kind.is_integer()
+    if expected.is_float():
+        return kind.is_float() or kind.is_integer()
+    return kind == expected or (kind == pl.Null)
+
+
+def _decoded(value: Any) -> Any:
+    try:
+        return json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value

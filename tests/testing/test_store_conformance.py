@@ -124,9 +124,46 @@ class DropsALastRollout(LocalExperienceStore):
         super().write_replay(record, list(rollouts)[:-1])
 
 
+class FramesLoseSynthetic(LocalExperienceStore):
+    """rollouts() gives every rollout as real (sweep: passed the kit, then datasets trained on model-written observations)."""
+
+    def rollouts(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        return super().rollouts(*args, **kwargs).with_columns(synthetic=pl.lit(False))
+
+
+class ForgetsThreads(LocalExperienceStore):
+    """Stores no thread id (sweep: passed the kit, then a held-out split put one thread on both sides)."""
+
+    def write(self, trajectories: Sequence[Trajectory]) -> int:
+        return super().write([t.model_copy(update={"thread_id": None}) for t in trajectories])
+
+
+class ReplaysLoseCounts(LocalExperienceStore):
+    """replays() gives no fidelity mismatches (sweep: the rollouts of a mismatched sandbox were trained on)."""
+
+    def replays(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        return super().replays(*args, **kwargs).with_columns(fidelity_mismatches=pl.lit(0, dtype=pl.Int64))
+
+
+class TimesAsText(LocalExperienceStore):
+    """Gives times back as ISO text, as a SQL round trip does (sweep: the kit stopped on a bare ValueError, and ee traces
+    list said 'unexpected AttributeError ... a bug in ee-middleware')."""
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        frame = super().trajectories(*args, **kwargs)
+        return frame.with_columns(pl.col("started_at", "ended_at").dt.to_string("%Y-%m-%dT%H:%M:%S%.f"))
+
+
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
+        (FramesLoseSynthetic, r"rollouts\(\) column 'synthetic' returned '\[False, False, False, False\]'"),
+        (ForgetsThreads, r"iter_trajectories\(\) returned a trajectory differing at thread_id: wrote 'thread-7', got None"),
+        (ReplaysLoseCounts, r"replays\(\) column 'fidelity_mismatches' returned '\[0\]'"),
+        (
+            TimesAsText,
+            r"trajectories frames must have the types of ee_middleware.store.tables, which the product reads them as: started_at is String",
+        ),
         (
             StepsBackwards,
             r"a trajectory must round-trip exactly: get\('traj-1b7'\) differs from the trajectory written, at steps\[0\]\.index: "
