@@ -285,10 +285,39 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
         return [item for block in blocks for item in _parse_block(block.strip(), order)]
     if _NAMED_CALL.search(text):
         return _named_calls(text, whole=True)
+    fenced = _FENCED.fullmatch(text.strip())
+    if fenced is not None and fenced.group(1).strip():  # one fenced block, the whole answer: its content (bfcl-eval's
+        text = fenced.group(1).strip()  # prompting handlers strip the backticks and the language name too)
     for marker in _CALL_MARKERS:
-        if text.startswith(marker) and text[len(marker) :].strip():
-            return _parse_block(text[len(marker) :].strip(), order)
-    return _parse_block(text, order, bare=True)
+        if text.startswith(marker) and (payload := _without_trailing_markup(text[len(marker) :]).strip()):
+            if marker == "<|python_tag|>":
+                return _llama_calls(payload, order)
+            return _parse_block(payload, order)
+    return _parse_block(_without_trailing_markup(text), order, bare=True)
+
+
+def _llama_calls(payload: str, order: ParamOrder) -> list[ParsedCall]:
+    """The calls after Llama 3.1's ``<|python_tag|>``: one JSON call, or several separated by ``;`` as bfcl-eval's Llama
+    3.1 handler reads them (``{"name": ...}; {"name": ...}``), or Python call syntax."""
+    parsed = _parse_block(payload, order)
+    if ";" not in payload or not (len(parsed) == 1 and isinstance(parsed[0], ParseProblem)):
+        return parsed
+    decoder = json.JSONDecoder(parse_constant=_reject_constant)
+    calls: list[ParsedCall] = []
+    at = 0
+    while at < len(payload):
+        try:
+            item, at = decoder.raw_decode(payload, at)
+        except (ValueError, RecursionError):
+            return parsed
+        calls += _from_json_payload(item, order)
+        rest = payload[at:].lstrip()
+        if rest and not rest.startswith(";"):
+            return parsed
+        rest = rest[1:].lstrip() if rest else rest
+        at = len(payload) - len(rest)
+    problems = [call for call in calls if isinstance(call, ParseProblem)]
+    return problems or calls or parsed
 
 
 def _family_blocks(text: str, *, executed: bool) -> list[ParsedCall] | None:

@@ -525,3 +525,35 @@ def test_a_llama_function_tag_answer_from_a_server_is_read_with_its_arguments() 
         assert isinstance(call, ToolCall) and (call.name, call.arguments) == ("search_orders", {"customer": "C-17", "status": "open"})
     [bfcl] = from_openai_message({"role": "assistant", "content": content}, bfcl=True)
     assert isinstance(bfcl, ToolCall) and bfcl.arguments == {"customer": "C-17", "status": "open"}
+
+
+LLAMA_AND_FENCED = [
+    # Llama 3.1's parallel calls, as bfcl-eval's Llama 3.1 handler reads them (split at ';'), a ';' inside a string kept
+    (
+        '<|python_tag|>{"name": "a", "parameters": {"x": "1;2"}}; {"name": "b", "parameters": {}}',
+        [("a", {"x": "1;2"}), ("b", {})],
+    ),
+    ('<|python_tag|>{"name": "a", "parameters": {"x": 1}}<|eot_id|>', [("a", {"x": 1})]),  # the end-of-turn token kept
+    ('```json\n{"name": "a", "arguments": {"x": 1}}\n```', [("a", {"x": 1})]),  # one fenced block, the whole answer
+    ('```\n[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]\n```', [("a", {}), ("b", {})]),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LLAMA_AND_FENCED)
+@pytest.mark.parametrize("mode", [{"whole": True}, {"anywhere": True}, {}])
+def test_llama_parallel_calls_and_a_fenced_answer_are_read_in_every_mode(text: str, expected: list[tuple[str, dict]], mode: dict) -> None:
+    """Was (a sweep): BFCL's suites (whole, anywhere) scored these 0: 'invalid JSON (Extra data ...)' and 'not JSON and
+    not a Python call', where the tau suites (the default mode) read them."""
+    assert calls_of(text, **mode) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<|python_tag|>{"name": "a", "parameters": {"x": 1}}; and then I will tell you',  # prose after a ';'
+        'Sure: ```json\n{"name": "a", "arguments": {"x": 1}}\n```',  # prose before the fence
+    ],
+)
+def test_prose_around_calls_is_still_no_whole_answer(text: str) -> None:
+    [problem] = parse_tool_calls(text, whole=True)
+    assert isinstance(problem, ParseProblem), problem
