@@ -269,9 +269,17 @@ def _with_unique_ids(calls: list[ToolCall], messages: list[Message]) -> list[Too
     return unique
 
 
+_CALL_MARKUP = ("<tool_call>", "<|tool_call|>", "<|python_tag|>", "[TOOL_CALLS]", "<function=")
+"""Markup a model family writes its calls in (Hermes/Qwen, Phi, Llama 3.1, Mistral, Llama's function tags): text holding
+one tried to call, and what kept its calls from being read is the reason, not that it made none."""
+
+
 def _looks_like_call(text: str) -> bool:
+    """Whether an answer's text tried to call a tool: call markup anywhere, or JSON (also in a code fence) at its start."""
     stripped = text.lstrip()
-    return "<tool_call>" in text or stripped.startswith(("{", "["))
+    if stripped.startswith("```"):
+        stripped = stripped.lstrip("`").lstrip("abcdefghijklmnopqrstuvwxyz").lstrip()
+    return any(marker in text for marker in _CALL_MARKUP) or stripped.startswith(("{", "["))
 
 
 def _assistant_message(step: Step) -> Message:

@@ -307,7 +307,11 @@ def score_ast(task: EvalTask, conversation: Conversation) -> Verdict:
             return Verdict(False, "ast_decoder:decoder_wrong_output_format", "a call's arguments are JSON but not an object")
         if all(CUT_WHILE_REASONING in problem for problem in first.problems):  # it wrote no call: it never got that far
             return Verdict(False, "ast_decoder:decoder_failed", f"the model made no function call: {first.problems[0]}")
-        return Verdict(False, "ast_decoder:decoder_failed", "the answer holds a call that could not be read, so none of it counts")
+        return Verdict(
+            False,
+            "ast_decoder:decoder_failed",
+            f"the answer holds a call that could not be read ({first.problems[0]}), so none of it counts",
+        )
     if not calls and first is not None and first.text:  # bfcl-eval's FC decoder fails on an answer that is text
         return Verdict(False, "ast_decoder:decoder_failed", "the model answered in text and made no function call")
     output = [{c.name: c.arguments} for c in calls]

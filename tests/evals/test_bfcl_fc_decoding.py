@@ -144,10 +144,12 @@ WHOLE = [
     f'{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}',
     f'[{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}]',
     f"[{TRIANGLE}(base=10, height=5)]",
+    f'```json\n{{"name": "{TRIANGLE}", "arguments": {RIGHT}}}\n```',  # a sweep: scored 0 ('not JSON and not a Python call')
+    f'<|python_tag|>{{"name": "{TRIANGLE}", "parameters": {RIGHT}}}',
 ]
 
 
-@pytest.mark.parametrize("text", WHOLE, ids=["tag", "tag and newlines", "json", "json list", "python list"])
+@pytest.mark.parametrize("text", WHOLE, ids=["tag", "tag and newlines", "json", "json list", "python list", "fenced", "llama tag"])
 def test_an_answer_that_is_wholly_calls_in_text_is_read_and_counted(text: str) -> None:
     """A model without structured tool calls (a local model, a server with no tool parser) still scores its calls, and
     the row says they came from text (bfcl-eval's function-calling runner would fail the answer: decoder_failed)."""
@@ -156,6 +158,14 @@ def test_an_answer_that_is_wholly_calls_in_text_is_read_and_counted(text: str) -
     assert result_row(ours, "m")["text_calls"] == 1 and bfcl_verdict(task, _answer(text)) == (False, "ast_decoder:decoder_failed")
     structured = _ours("simple", 0, _answer(calls=[_call(TRIANGLE, RIGHT)]))[0]
     assert structured.success and result_row(structured, "m")["text_calls"] == 0
+
+
+def test_an_answer_in_call_markup_that_cannot_be_read_says_why() -> None:
+    """Was (a sweep): 'the model answered in text and made no function call' (markup other than <tool_call> was not taken
+    for a try), which told an engineer their model does not call tools."""
+    ours, _ = _ours("simple", 0, _answer(f'<|python_tag|>{{"name": "{TRIANGLE}", "parameters": {{"base": 10,'))
+    assert not ours.success and ours.error_type == "ast_decoder:decoder_failed"
+    assert ours.reason.startswith("the answer holds a call that could not be read (invalid JSON"), ours.reason
 
 
 class _TextCalls(BaseHTTPRequestHandler):
