@@ -55,6 +55,7 @@ from ee_middleware.messages import content_to_text, parse_arguments
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
 from ee_middleware.store.access import read_advice
+from ee_middleware.store.metadata import local_folder
 from ee_middleware.store.protocol import ExperienceStore
 
 
@@ -412,8 +413,8 @@ def _from_store(store: ExperienceStore, out: Path, items: Callable[[], Iterator[
         except OSError as exc:
             raise StoreError(_store_failure(store, exc, out)) from exc
         yield item
-    root = getattr(store, "root", None)
-    if isinstance(root, Path) and not root.is_dir():
+    root = local_folder(store)  # (a plug-in's root may be a file: its own reads say when it is gone)
+    if root is not None and not root.is_dir():
         raise StoreError(
             f"The experience store {root} was removed (or moved) while the export read it, so its trajectories may be "
             f"missing from the export: nothing was written to {out}. Restore the store folder (or give the export the "

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware.records import ToolCall, Trajectory, offered_tools
+from ee_middleware.store.metadata import local_folder
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -55,8 +56,8 @@ class PausedDecisions:
 
     def __init__(self, store: ExperienceStore | None) -> None:
         self._store = store
-        root = getattr(store, "root", None)
-        self._folder = Path(root) / PAUSED_FOLDER if root is not None else None
+        root = local_folder(store)  # (a plug-in's root may be a database file: its pauses are read from its tables)
+        self._folder = root / PAUSED_FOLDER if root is not None else None
         self._lock = threading.Lock()
         self._threads: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()  # thread: paused run's id: note
         self._chosen_per_call = False  # a trajectory with step tools was seen: this app's tools are chosen per call

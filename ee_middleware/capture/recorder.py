@@ -105,7 +105,7 @@ from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.messages import decimal_number, to_jsonable
 from ee_middleware.store.local import LocalExperienceStore
-from ee_middleware.store.metadata import keeps_metadata
+from ee_middleware.store.metadata import keeps_metadata, local_folder
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import open_store
 
@@ -1492,8 +1492,9 @@ def _listed(names: Sequence[str]) -> str:
 
 
 def _same_store(recorder: Recorder, spec: Any) -> bool:
-    """Whether ``recorder`` writes to the store ``spec`` names: its local folder, or another kind's same spec."""
-    root = getattr(recorder.store, "root", None)
+    """Whether ``recorder`` writes to the store ``spec`` names: its local folder, or another kind's same spec (a plug-in's
+    ``root`` is its own: a database file, a URL)."""
+    root = local_folder(recorder.store)
     if root is None:
         return bool(str(recorder.config.store) == str(spec))
     try:

@@ -47,6 +47,15 @@ def has_meta_methods(store: Any) -> bool:
     return all(callable(getattr(store, method, None)) for method in METHODS)
 
 
+def local_folder(store: Any) -> Path | None:
+    """The folder ``store`` keeps its own files in where it is the embedded local store; ``None`` for a store of any other
+    kind, whatever its ``root`` is: a plug-in's ``root`` (``info()['root']``) may name a database file, a URL or a folder
+    of its own layout, which nothing but the plug-in reads or writes."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    return store.root if isinstance(store, LocalExperienceStore) else None
+
+
 def meta_folder(store: Any) -> Path | None:
     """The local folder a store without the methods keeps its blobs in (its ``root``), or ``None``."""
     root = getattr(store, "root", None)

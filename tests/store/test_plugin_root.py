@@ -1,0 +1,55 @@
+"""A plug-in store whose ``root`` is its own (``info()`` reports ``root``, and a plug-in exposes one naturally: here its
+database file) is never taken for the local store's folder. Was (a sweep): ``ee traces export`` said the store "was
+removed (or moved) while the export read it" on every export; wrapping a recorded agent again with the same spec
+raised ConfigError ("the store given here differs"); a paused run's note was written under ``<database file>/paused``
+and warned. A real SQLite plug-in (tests/store/sqlite_plugin.py), real create_agent runs, the real CLI."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from typer.testing import CliRunner
+
+from ee_middleware import record_experience
+from ee_middleware.cli.app import app
+from ee_middleware.testing import ScriptedChatModel
+from tests.store.sqlite_plugin import SqliteMetaStore
+
+DB_ENV = "EE_TEST_ROOTED_DB"
+SPEC = f"{__name__}:rooted_store"
+
+
+class RootedStore(SqliteMetaStore):
+    """The SQLite plug-in with a ``root`` of its own: its database file."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.root = Path(location)
+
+
+def rooted_store() -> RootedStore:
+    return RootedStore(os.environ[DB_ENV])
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "experience.sqlite"))
+    graph = create_agent(ScriptedChatModel(script=[AIMessage(content="Hello.")]), [])
+    agent = record_experience(graph, app="greeter", store=SPEC, approve_if=lambda t: True)
+    agent.invoke({"messages": [("user", "Hi")]})
+    agent.flush()
+    return agent
+
+
+def test_a_plugin_root_that_is_a_file_is_no_store_folder(recorded: object, tmp_path: Path) -> None:
+    again = record_experience(recorded, app="greeter", store=SPEC)  # the README: the same settings give the agent back
+    assert again is recorded
+    result = CliRunner().invoke(app, ["traces", "export", "--store", SPEC, "--format", "jsonl", "--out", str(tmp_path / "out.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "removed (or moved)" not in result.output and len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
+    recorded.recorder.close()  # type: ignore[attr-defined]
+    assert not (tmp_path / "experience.sqlite" / "paused").exists()
