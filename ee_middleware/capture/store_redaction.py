@@ -74,7 +74,15 @@ from typing import Any
 
 from ee_middleware.capture.redaction import PLACEHOLDER, SALT_FILE, RedactionRules, Redactor, store_salt
 from ee_middleware.errors import ConfigError
-from ee_middleware.store.metadata import MetadataNotKeptWarning, keeps_metadata, meta_locked, meta_where, read_meta, write_meta
+from ee_middleware.store.metadata import (
+    MetadataNotKeptWarning,
+    has_meta_methods,
+    keeps_metadata,
+    meta_locked,
+    meta_where,
+    read_meta,
+    write_meta,
+)
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -483,7 +491,18 @@ def read_store_redaction(store: Any) -> StoreRedaction:
             f"{meta_where(store, REDACTION_FILE)} cannot be read by this process ({exc}). It says how this store's data is "
             f"redacted: {permission_fix()} Do not delete it: later writers would redact less than the runs stored so far."
         ) from exc
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        if has_meta_methods(store):  # the store's own read failed (its backend down, a time-out): nothing says the blob is bad
+            raise ConfigError(
+                f"{meta_where(store, REDACTION_FILE)} could not be read: the store's read_meta raised {type(exc).__name__}: {exc}. "
+                "It says how this store's data is redacted, so nothing is read or written without it: try again once the "
+                "store answers. Do not delete it: later writers would redact less than the runs stored so far."
+            ) from exc
+        raise ConfigError(
+            f"{meta_where(store, REDACTION_FILE)} is unreadable ({exc}). It says how this store's data is redacted; restore it, "
+            "or delete it to use the defaults."
+        ) from exc
+    except ValueError as exc:
         raise ConfigError(
             f"{meta_where(store, REDACTION_FILE)} is unreadable ({exc}). It says how this store's data is redacted; restore it, "
             "or delete it to use the defaults."

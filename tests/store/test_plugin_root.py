@@ -53,3 +53,24 @@ def test_a_plugin_root_that_is_a_file_is_no_store_folder(recorded: object, tmp_p
     assert "removed (or moved)" not in result.output and len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
     recorded.recorder.close()  # type: ignore[attr-defined]
     assert not (tmp_path / "experience.sqlite" / "paused").exists()
+
+
+class DownStore(SqliteMetaStore):
+    """The SQLite plug-in whose backend does not answer: read_meta raises ConnectionRefusedError (an OSError)."""
+
+    def read_meta(self, name: str) -> bytes | None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+
+def test_a_backend_that_does_not_answer_is_no_reason_to_delete_the_redaction_settings(tmp_path: Path) -> None:
+    """Was (a sweep): '... is unreadable ([Errno 111] Connection refused) ... restore it, or delete it to use the
+    defaults': deleting it would have later writers redact less than the runs stored so far."""
+    from ee_middleware.capture.store_redaction import read_store_redaction
+    from ee_middleware.errors import ConfigError
+
+    store = DownStore(str(tmp_path / "experience.sqlite"))
+    with pytest.raises(ConfigError) as raised:
+        read_store_redaction(store)
+    said = str(raised.value)
+    assert "could not be read: the store's read_meta raised ConnectionRefusedError" in said and "try again once the store answers" in said
+    assert "Do not delete it" in said and "delete it to use the defaults" not in said
