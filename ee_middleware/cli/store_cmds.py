@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ def compact(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     """
     from ee_middleware.errors import IncompleteReadWarning
     from ee_middleware.store.access import UnreadableFileWarning
+    from ee_middleware.store.local import LocalExperienceStore
 
     with reading_store(allow_partial=True):
         with warnings.catch_warnings(record=True) as seen:
@@ -123,8 +125,10 @@ def compact(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     if as_json:  # (each once, as reading_store says them)
         others = list(dict.fromkeys(str(w.message) for w in seen if not issubclass(w.category, IncompleteReadWarning)))
         print_json({"store": store, "segments_folded": folded, "damaged": damaged, "unreadable": unreadable, "warnings": others})
-    else:
+    elif isinstance(opened, LocalExperienceStore):
         typer.echo(f"Compacted {folded} spool segment(s) into Parquet parts.")
+    else:  # a plug-in's compact() returns what it counts, in its own layout
+        typer.echo(f"Compacted the store {store} ({type(opened).__name__}: compact() returned {folded!r}).")
     if damaged:
         typer.secho(f"error: damaged parts found (above); run `ee store repair --store {store}` to take them out.", err=True, fg="red")
     if unreadable:
@@ -153,6 +157,7 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     it is left where it is and named with what to do (exit 1); one that is ee-store.json or manifest.json
     stops the repair before it changes anything.
     """
+    from ee_middleware.errors import StoreError
     from ee_middleware.store.local import LocalExperienceStore
     from ee_middleware.store.registry import store_config_value
 
@@ -160,9 +165,8 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     marker = LocalExperienceStore.restore_marker(location) if isinstance(location, Path) else None
     opened = open_existing_store(store)
     do_repair = getattr(opened, "repair", None)
-    if do_repair is None:
-        typer.secho(f"error: the store {store} ({type(opened).__name__}) has no repair; see its own documentation.", err=True, fg="red")
-        raise typer.Exit(1)
+    if do_repair is None:  # (raised: --json says why, not only that the command failed)
+        raise StoreError(f"the store {store} ({type(opened).__name__}) has no repair(); see its own documentation.")
     if isinstance(opened, LocalExperienceStore) and opened.compaction_running():  # repair takes the compaction's lock
         typer.echo(f"waiting for the compaction of {store} another process runs to finish...", err=True)
     report = do_repair()
@@ -171,6 +175,13 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     unreadable = report.get("unreadable_files", [])
     if as_json:
         print_json(report)
+        if unreadable:
+            raise typer.Exit(1)
+        return
+    if not isinstance(opened, LocalExperienceStore):  # a plug-in's own repair: its report, in its own words
+        typer.echo(f"Repaired the store {store} ({type(opened).__name__}); its report:")
+        for key, value in report.items():
+            typer.echo(f"  {key}: {json.dumps(value, ensure_ascii=False, default=str)}")
         if unreadable:
             raise typer.Exit(1)
         return

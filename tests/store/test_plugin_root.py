@@ -74,3 +74,31 @@ def test_a_backend_that_does_not_answer_is_no_reason_to_delete_the_redaction_set
     said = str(raised.value)
     assert "could not be read: the store's read_meta raised ConnectionRefusedError" in said and "try again once the store answers" in said
     assert "Do not delete it" in said and "delete it to use the defaults" not in said
+
+
+class RepairingStore(SqliteMetaStore):
+    """The SQLite plug-in with a repair of its own, whose report is in its own words."""
+
+    def repair(self) -> dict[str, object]:
+        return {"vacuumed": True, "rows_dropped": 0}
+
+
+def repairing_store() -> RepairingStore:
+    return RepairingStore(os.environ[DB_ENV])
+
+
+def test_ee_store_repair_and_compact_speak_of_a_plugin_in_its_own_terms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was (a sweep): a plug-in's own repair() report ended in 'unexpected KeyError: quarantined_parts' (the local store's
+    keys); one without repair() gave --json only 'the command failed'; compact said 'Compacted 0 spool segment(s) into
+    Parquet parts', the local store's layout."""
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "experience.sqlite"))
+    runner = CliRunner()
+    own = runner.invoke(app, ["store", "repair", "--store", f"{__name__}:repairing_store"])
+    assert own.exit_code == 0, own.output
+    assert "its report:" in own.output and "vacuumed: true" in own.output and "unexpected" not in own.output
+    none = runner.invoke(app, ["store", "repair", "--store", SPEC, "--json"])
+    assert none.exit_code == 1
+    assert "has no repair()" in none.stdout + none.stderr and "the command failed (exit 1)" not in none.stdout, none.output
+    compacted = runner.invoke(app, ["store", "compact", "--store", SPEC])
+    assert compacted.exit_code == 0, compacted.output
+    assert "spool segment" not in compacted.output and "RootedStore: compact() returned" in compacted.output, compacted.output
