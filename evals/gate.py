@@ -266,6 +266,10 @@ def _cut_answers(frame: Any) -> dict[str, int]:
     return {str(suite): int(n) for suite, n in grouped.iter_rows() if n}
 
 
+UNRECORDED = "the settings of the runs could not be compared"
+"""How the note starts that a gate gives where a run folder holds no readable ``run.json`` (a folder copied without it)."""
+
+
 def setting_differences(candidate_dir: str | os.PathLike[str], baseline_dir: str | os.PathLike[str]) -> list[str]:
     """``[eval] SETTING: BASELINE -> CANDIDATE`` for each setting that changes the answers which the two runs' ``run.json``
     record differently, but the model under test (:data:`UNDER_TEST`) and :data:`CHECKED_PER_SUITE`; none where a run
@@ -391,6 +395,16 @@ def gate(
                     f"behind a router's alias), so its score is no measure of one model; evaluate one model in a new --out "
                     f"folder (by its own served name), or pass --allow-mixed-models to gate it anyway ({run_dir})"
                 )
+    unrecorded = [
+        f"{role} ({run_dir})"
+        for role, run_dir in (("candidate", candidate_dir), ("baseline", baseline_dir))
+        if _recorded_run(run_dir) is None
+    ]
+    if unrecorded:  # a folder copied without its run.json: nothing says the settings were the same
+        mixed_notes.append(
+            f"{UNRECORDED}: no readable run.json with the job in {' and '.join(unrecorded)} "
+            "(a folder copied without it?); other max_tokens, temperature or seeds would make the delta measure the settings"
+        )
     changed = setting_differences(candidate_dir, baseline_dir)
     if changed:  # another max_tokens (answers cut), temperature or seed: the delta would measure the settings
         split = any(change.startswith("[eval] split:") for change in changed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
 from ee_middleware.errors import ConfigError
-from ee_middleware.evals.gate import GatePolicy, gate, mcnemar_exact, newcombe_paired
+from ee_middleware.evals.gate import UNRECORDED, GatePolicy, gate, mcnemar_exact, newcombe_paired
 from ee_middleware.evals.job import EvalJob
 from ee_middleware.evals.runner import run_eval
 from ee_middleware.testing.http import send_json, serving
@@ -202,7 +203,7 @@ def test_a_tie_with_offsetting_changes_gets_a_note(tmp_path: Path) -> None:
     cand = _run_dir(tmp_path / "c", {"t0": False, "t1": True, "t2": True})
     result = gate(cand, base, GatePolicy(min_tasks=1, max_regression=0.5))
     assert result.passed and result.reasons == [], result.reasons
-    [note] = result.notes
+    [note] = [n for n in result.notes if not n.startswith(UNRECORDED)]  # (run folders written here, no run.json)
     assert note.startswith("a tie: the candidate gained 1 task(s) and lost as many (3 paired; McNemar p = 1)"), note
     assert "cannot tell the models apart" in note and "a tie passes while min_improvement is 0" in note
     shown = CliRunner().invoke(app, ["eval", "gate", "--candidate", str(cand), "--baseline", str(base), "--min-tasks", "1"])
@@ -395,3 +396,15 @@ def test_a_suite_an_older_version_recorded_without_running_it_fails_the_gate_nam
     assert reason.endswith(f"run the same `ee eval run ... --out {tmp_path / 'cand'}` command again, which leaves it out")
     run_eval(job)  # that command
     assert gate(tmp_path / "cand", tmp_path / "base", GatePolicy(min_tasks=1)).passed
+
+
+def test_a_run_folder_without_its_run_json_gets_a_note_that_the_settings_were_not_compared(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Was (a sweep): a folder copied without run.json passed where the same pair with it failed for another max_tokens,
+    without a word that nothing was compared."""
+    copied = tmp_path / "copied"
+    shutil.copytree(runs["oracle"], copied)
+    (copied / "run.json").unlink()
+    result = gate(copied, runs["oracle"], GatePolicy(min_tasks=1))
+    [note] = [n for n in result.notes if n.startswith(UNRECORDED)]
+    assert f"no readable run.json with the job in candidate ({copied})" in note and "baseline" not in note, note
+    assert not [n for n in gate(runs["oracle"], runs["oracle"], GatePolicy(min_tasks=1)).notes if n.startswith(UNRECORDED)]

@@ -14,7 +14,7 @@ import polars as pl
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
-from ee_middleware.evals.gate import GatePolicy, gate
+from ee_middleware.evals.gate import UNRECORDED, GatePolicy, gate
 
 DOMAIN = """
 from ee_middleware.evals.tau.domain import TauDomain, TauTask
@@ -97,9 +97,9 @@ def test_a_tie_under_a_required_improvement_is_noted_as_failing(tmp_path: Path) 
         pl.DataFrame(rows).write_parquet(tmp_path / side / "results.parquet")
     result = gate(tmp_path / "c", tmp_path / "b", GatePolicy(min_tasks=1, min_improvement=0.1))
     assert not result.passed and result.reasons == ["overall: delta +0.000 is below the required improvement +0.100"]
-    [note] = result.notes
+    [note] = [n for n in result.notes if not n.startswith(UNRECORDED)]  # (run folders written here, no run.json)
     assert note.endswith("a tie fails while min_improvement is 0.1"), note
-    [note] = gate(tmp_path / "c", tmp_path / "b", GatePolicy(min_tasks=1)).notes
+    [note] = [n for n in gate(tmp_path / "c", tmp_path / "b", GatePolicy(min_tasks=1)).notes if not n.startswith(UNRECORDED)]
     assert note.endswith("a tie passes while min_improvement is 0"), note
     significant = gate(tmp_path / "c", tmp_path / "b", GatePolicy(min_tasks=1, require_significant=True))
     assert not significant.passed and significant.notes[0].endswith("a tie fails: require_significant asks for a significant improvement")
