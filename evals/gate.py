@@ -783,9 +783,10 @@ def _server_refused_reasons(frame: Any, role: str, run_dir: str | os.PathLike[st
         quoted = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + "..."
         reasons.append(
             f"{suite}: the model server refused to render the request of {rows.height} task trial(s) of the {role} run before "
-            f"its model answered it ({quoted}): its chat template failed on the conversation, so those failures measure "
-            f"the template, not the model; fix the template (--chat-template, or the model's own) and run `ee eval run ... "
-            f"--out {run_dir}` again (those trials run again)"
+            f"its model answered it ({quoted}): most often its chat template failing on the conversation, else its check of "
+            f"the request (a tool name or schema it does not take), so those failures measure the server, not the model; fix "
+            f"what it names (the template: --chat-template, or the model's own) and run `ee eval run ... --out {run_dir}` "
+            "again (those trials run again)"
         )
     return reasons
 

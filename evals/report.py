@@ -375,10 +375,12 @@ def unanswered_warning(summary: list[dict[str, Any]], limit: int = 300) -> str:
         )
         said.append(
             f"Warning: the model server refused to render the request of {sum(s['server_refused'] for s in refused)} task "
-            f"trial(s) before the model answered it ({where}). That is its chat template (--chat-template, or the "
-            "model's own) failing on the conversation, not the model's answer: they count as failures here, and "
-            "`ee eval gate` refuses this run. Fix the template (or serve one that renders these conversations) and run "
-            "the same `ee eval run` command (with those suites) again: it runs only those again."
+            f"trial(s) before the model answered it ({where}). That is the server, not the model's answer (its reason, "
+            "quoted: most often its chat template (--chat-template, or the model's own) failing on the conversation, "
+            "else its check of the request, such as a tool name or schema it does not take): they count as failures "
+            "here, and `ee eval gate` refuses this run. Fix what it names (serve a template that renders these "
+            "conversations, or a server that takes these tools) and run the same `ee eval run` command (with those "
+            "suites) again: it runs only those again."
         )
     return "\n".join(said)
 

@@ -68,6 +68,8 @@ def test_a_template_that_fails_on_every_conversation_is_no_silent_zero(tiny_mode
         result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")])
         assert result.exit_code == 1, result.output
         assert "refused to render the request of 3 task trial(s)" in result.output
+        said = " ".join(result.output.split())  # not only the template (a sweep: a 400 for a tool's name was called that)
+        assert "else its check of the request, such as a tool name or schema it does not take" in said, said
         result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c"), "--json"])
         assert result.exit_code == 1 and json.loads(result.stdout)["server_refused"] == 3
 
