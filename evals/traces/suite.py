@@ -31,8 +31,9 @@ Each trajectory is a task:
   :func:`_states_the_same`), in any order (a maximum matching), else ``uncovered_call_missing``. Such a tool acts
   outside the world, where a call is not undone, so calling it more often than the expert did (a second page) is
   ``uncovered_call_extra``. Neither the expert's calls of such tools nor the candidate's are ever executed (the suite
-  asks ``covers()`` before each call, as replay does, whatever the sandbox's ``execute`` would do with it); the candidate's
-  are answered that the tool is not available (:func:`~ee_middleware.replay.sandboxes.protocol.refused`), and only matched. The result's ``details`` say how many expert calls were checked so (``uncovered_calls``),
+  asks ``covers()`` before each call, as replay does, whatever the sandbox's ``execute`` would do with it); the
+  candidate's are answered that the tool is not available (:func:`~ee_middleware.replay.sandboxes.protocol.refused`),
+  and only matched. The result's ``details`` say how many expert calls were checked so (``uncovered_calls``),
   which the candidate did not make (``uncovered_calls_missing``) and which of its calls were beyond the expert's count
   (``uncovered_calls_extra``); a task whose expert made no such call is scored as before, with none of these keys.
 
