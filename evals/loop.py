@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,11 +275,15 @@ _CALL_MARKUP = ("<tool_call>", "<|tool_call|>", "<|python_tag|>", "[TOOL_CALLS]"
 one tried to call, and what kept its calls from being read is the reason, not that it made none."""
 
 
+_FENCE_OPENING = re.compile(r"^```[A-Za-z0-9_-]*")
+"""A code fence's opening line up to its language name (as the parser's fences are read)."""
+
+
 def _looks_like_call(text: str) -> bool:
     """Whether an answer's text tried to call a tool: call markup anywhere, or JSON (also in a code fence) at its start."""
     stripped = text.lstrip()
     if stripped.startswith("```"):
-        stripped = stripped.lstrip("`").lstrip("abcdefghijklmnopqrstuvwxyz").lstrip()
+        stripped = _FENCE_OPENING.sub("", stripped, count=1).lstrip()
     return any(marker in text for marker in _CALL_MARKUP) or stripped.startswith(("{", "["))
 
 

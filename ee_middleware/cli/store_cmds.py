@@ -172,6 +172,8 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     report = do_repair()
     if marker is not None:
         report = {**report, "marker_written": marker["marker_written"], "damaged_marker_moved_to": marker["damaged_marker_moved_to"]}
+    if not isinstance(report, dict):  # a plug-in's repair() returns what it likes (the protocol has none): as it came
+        report = {"report": report}
     unreadable = report.get("unreadable_files", [])
     if as_json:
         print_json(report)

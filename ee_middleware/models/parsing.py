@@ -287,7 +287,7 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
         return _named_calls(text, whole=True)
     fenced = _FENCED.fullmatch(text.strip())
     if fenced is not None and fenced.group(1).strip():  # one fenced block, the whole answer: its content (bfcl-eval's
-        text = fenced.group(1).strip()  # prompting handlers strip the backticks and the language name too)
+        text = fenced.group(1).strip()  # prompting handlers strip the backticks; a text call is read more leniently here)
     for marker in _CALL_MARKERS:
         if text.startswith(marker) and (payload := _without_trailing_markup(text[len(marker) :]).strip()):
             if marker == "<|python_tag|>":
@@ -298,7 +298,9 @@ def _whole_answer(text: str, order: ParamOrder) -> list[ParsedCall]:
 
 def _llama_calls(payload: str, order: ParamOrder) -> list[ParsedCall]:
     """The calls after Llama 3.1's ``<|python_tag|>``: one JSON call, or several separated by ``;`` as bfcl-eval's Llama
-    3.1 handler reads them (``{"name": ...}; {"name": ...}``), or Python call syntax."""
+    3.1 handler reads them (``{"name": ...}; {"name": ...}``; a ``;`` inside a string stays the string's here, where that
+    handler splits at every one: text calls are read more leniently than bfcl-eval and counted apart, ``text_calls``), or
+    Python call syntax."""
     parsed = _parse_block(payload, order)
     if ";" not in payload or not (len(parsed) == 1 and isinstance(parsed[0], ParseProblem)):
         return parsed

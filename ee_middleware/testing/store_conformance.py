@@ -1404,6 +1404,7 @@ def full_sample_rollouts(trajectory_id: str = E, replay_id: str = "replay-every-
     """Rollouts with every optional field set: a sandbox failure, an observation cut, placeholders the sandbox could not
     restore, and one an experience model predicted (``synthetic`` with its source)."""
     plain = sample_rollout(f"{trajectory_id}-r0", trajectory_id, 0, 0, replay_id=replay_id)
+    plain = plain.model_copy(update={"proposer": plain.proposer.model_copy(update={"model": "openai:http://vllm:8000/v1#policy"})})
     failed = sample_rollout(f"{trajectory_id}-r2", trajectory_id, 0, 2, replay_id=replay_id)  # the sandbox's time-out
     cut = plain.model_copy(
         update={
@@ -1429,7 +1430,16 @@ def full_sample_rollouts(trajectory_id: str = E, replay_id: str = "replay-every-
 def full_sample_replay_record(trajectory_id: str = E, replay_id: str = "replay-every-field") -> ReplayRecord:
     """A replay record with every count set (fidelity mismatches, unrestorable steps, errors, states)."""
     return sample_replay_record(trajectory_id, replay_id=replay_id, branches=4).model_copy(
-        update={"states": 2, "errors": 1, "rejected": 2, "refused": 1, "fidelity_mismatches": 1, "unrestorable": 1, "duration_s": 0.5}
+        update={
+            "states": 2,
+            "errors": 1,
+            "rejected": 2,
+            "refused": 1,
+            "fidelity_mismatches": 1,
+            "unrestorable": 1,
+            "duration_s": 0.5,
+            "reason": "1 step's world differed from the recorded one",
+        }
     )
 
 
@@ -1518,9 +1528,12 @@ def _expect_same_frame(got: Any, wanted: Any, table: str) -> None:
 
 
 def _same_kind(kind: Any, expected: Any) -> bool:
-    """Whether a column's type reads as ``expected``'s: the same type, a time in any zone (or none), any integer width."""
+    """Whether a column's type reads as ``expected``'s: the same type, a time in any zone (or none), any integer width; a
+    column every value of which is null may have no type (``pl.DataFrame(rows)`` gives it ``Null``: it reads as empty)."""
     import polars as pl
 
+    if kind == pl.Null:
+        return True
     if isinstance(expected, pl.Datetime):
         return isinstance(kind, pl.Datetime)
     if expected.is_integer():

@@ -163,9 +163,13 @@ def test_an_answer_that_is_wholly_calls_in_text_is_read_and_counted(text: str) -
 def test_an_answer_in_call_markup_that_cannot_be_read_says_why() -> None:
     """Was (a sweep): 'the model answered in text and made no function call' (markup other than <tool_call> was not taken
     for a try), which told an engineer their model does not call tools."""
-    ours, _ = _ours("simple", 0, _answer(f'<|python_tag|>{{"name": "{TRIANGLE}", "parameters": {{"base": 10,'))
-    assert not ours.success and ours.error_type == "ast_decoder:decoder_failed"
-    assert ours.reason.startswith("the answer holds a call that could not be read (invalid JSON"), ours.reason
+    for text in (
+        f'<|python_tag|>{{"name": "{TRIANGLE}", "parameters": {{"base": 10,',
+        f'```JSON\n{{"name": "{TRIANGLE}", "arguments": {{"base"',
+    ):
+        ours, _ = _ours("simple", 0, _answer(text))
+        assert not ours.success and ours.error_type == "ast_decoder:decoder_failed"
+        assert ours.reason.startswith("the answer holds a call that could not be read ("), ours.reason
 
 
 class _TextCalls(BaseHTTPRequestHandler):

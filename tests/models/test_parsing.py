@@ -528,7 +528,8 @@ def test_a_llama_function_tag_answer_from_a_server_is_read_with_its_arguments() 
 
 
 LLAMA_AND_FENCED = [
-    # Llama 3.1's parallel calls, as bfcl-eval's Llama 3.1 handler reads them (split at ';'), a ';' inside a string kept
+    # Llama 3.1's parallel calls, split at ';' as bfcl-eval's Llama 3.1 handler splits them (a ';' inside a string kept:
+    # more lenient than that handler, which splits at every one; text calls are counted apart, text_calls)
     (
         '<|python_tag|>{"name": "a", "parameters": {"x": "1;2"}}; {"name": "b", "parameters": {}}',
         [("a", {"x": "1;2"}), ("b", {})],

@@ -83,6 +83,17 @@ class RepairingStore(SqliteMetaStore):
         return {"vacuumed": True, "rows_dropped": 0}
 
 
+class ListRepairStore(SqliteMetaStore):
+    """A repair whose report is no dict (the protocol has no repair(): a plug-in returns what it likes)."""
+
+    def repair(self) -> list[str]:
+        return ["fixed 2 rows"]
+
+
+def list_repair_store() -> ListRepairStore:
+    return ListRepairStore(os.environ[DB_ENV])
+
+
 def repairing_store() -> RepairingStore:
     return RepairingStore(os.environ[DB_ENV])
 
@@ -96,6 +107,8 @@ def test_ee_store_repair_and_compact_speak_of_a_plugin_in_its_own_terms(tmp_path
     own = runner.invoke(app, ["store", "repair", "--store", f"{__name__}:repairing_store"])
     assert own.exit_code == 0, own.output
     assert "its report:" in own.output and "vacuumed: true" in own.output and "unexpected" not in own.output
+    listed = runner.invoke(app, ["store", "repair", "--store", f"{__name__}:list_repair_store"])  # the review: AttributeError
+    assert listed.exit_code == 0 and 'report: ["fixed 2 rows"]' in listed.output, listed.output
     none = runner.invoke(app, ["store", "repair", "--store", SPEC, "--json"])
     assert none.exit_code == 1
     assert "has no repair()" in none.stdout + none.stderr and "the command failed (exit 1)" not in none.stdout, none.output

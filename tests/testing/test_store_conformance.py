@@ -302,3 +302,15 @@ def test_a_failed_check_says_which_call_returned_what_against_what_the_protocol_
     with pytest.raises(AssertionError, match=message) as caught:
         check_store(lambda: broken(store_path), crash=False)
     assert len(str(caught.value)) < 700, "values in a failure are clipped"
+
+
+class FramesFromRows(LocalExperienceStore):
+    """Builds its frames from plain rows, as a SQL store does (``pl.DataFrame(rows)``): a column whose every value is
+    null has no type (``Null``), which reads as empty. A correct store (the review of the every-field check: it failed)."""
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        return pl.DataFrame(super().trajectories(*args, **kwargs).to_dicts())
+
+
+def test_a_store_giving_untyped_all_null_columns_passes(store_path: Path) -> None:
+    check_store(lambda: FramesFromRows(store_path), crash=False)
