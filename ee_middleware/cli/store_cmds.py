@@ -35,13 +35,19 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
     """
     from ee_middleware.errors import StoreError
     from ee_middleware.store.access import store_unreadable
+    from ee_middleware.store.metadata import local_folder
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         try:
             data = opened.info()
         except OSError as exc:
-            raise StoreError(store_unreadable(getattr(opened, "root", store), exc)) from exc
+            if local_folder(opened) is None:  # a plug-in's own read failed (its backend down, a time-out): no file of ours
+                raise StoreError(
+                    f"Cannot read the experience store {store}: its info() ({type(opened).__name__}) raised "
+                    f"{type(exc).__name__}: {exc}. Try again once the store answers; nothing was changed."
+                ) from exc
+            raise StoreError(store_unreadable(opened.root, exc)) from exc
         pseudonyms, why = _pseudonym_form(opened)
     data = {**data, "pseudonyms": pseudonyms}
     if as_json:

@@ -115,3 +115,25 @@ def test_ee_store_repair_and_compact_speak_of_a_plugin_in_its_own_terms(tmp_path
     compacted = runner.invoke(app, ["store", "compact", "--store", SPEC])
     assert compacted.exit_code == 0, compacted.output
     assert "spool segment" not in compacted.output and "RootedStore: compact() returned" in compacted.output, compacted.output
+
+
+class DownInfoStore(SqliteMetaStore):
+    """The SQLite plug-in whose backend does not answer info()."""
+
+    def info(self) -> dict[str, object]:
+        raise TimeoutError("the database did not answer within 5 s")
+
+
+def down_info_store() -> DownInfoStore:
+    return DownInfoStore(os.environ[DB_ENV])
+
+
+def test_ee_store_info_says_a_plugin_that_does_not_answer_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was (a sweep): 'Cannot read the experience store ...: check the file and its folder (permissions, the disk)', of a
+    store with no file of ee's."""
+    monkeypatch.setenv(DB_ENV, str(tmp_path / "experience.sqlite"))
+    result = CliRunner().invoke(app, ["store", "info", "--store", f"{__name__}:down_info_store"])
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.exit_code == 1, result.output
+    assert "its info() (DownInfoStore) raised TimeoutError: the database did not answer within 5 s" in said, said
+    assert "Try again once the store answers" in said and "permissions" not in said, said
