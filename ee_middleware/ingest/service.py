@@ -68,6 +68,7 @@ from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
 from ee_middleware.store.protocol import ExperienceStore
 from ee_middleware.store.registry import StoreSpec, open_store
 from ee_middleware.store.rows import trajectory_from_rows
+from ee_middleware.store.tables import as_utc
 
 logger = logging.getLogger("ee_middleware.ingest")
 
@@ -589,7 +590,7 @@ class _Target:
             if min((key[-1] for key in later), default=None) != results:
                 continue  # the later one's first call was given more than those tool results: another run
             first, then = (row["ended_at"], trajectory.started_at) if earlier else (trajectory.ended_at, row["started_at"])
-            if _utc(first) <= _utc(then):
+            if as_utc(first) <= as_utc(then):
                 out.append(row)
         self._linked.update(row["id"] for row in out)
         return out, None
@@ -706,7 +707,7 @@ def _ingest_traces(
             report.already_stored.append(versions.stored)
             return
         if versions.merge:  # stored versions holding decisions this one lacks (their spans were not read this time)
-            own = (trajectory.id, trajectory.trace_id, _utc(trajectory.started_at))
+            own = (trajectory.id, trajectory.trace_id, as_utc(trajectory.started_at))
             earlier = [next((t for t in new if t.id == row["id"]), None) or target.version(row["id"]) for row in versions.merge]
             trajectory, added = _merged(trajectory, earlier, target.options.max_observation_chars)
             if added:
@@ -717,8 +718,8 @@ def _ingest_traces(
                 )
             trajectory.id = _run_id(trajectory.id, versions.rows)  # named after a stored version: the run it is one of
             if linked:  # named and traced as the run read whole is: after its first call, read now or stored
-                first = min(linked, key=lambda row: _utc(row["started_at"]))
-                if _utc(first["started_at"]) < own[2]:
+                first = min(linked, key=lambda row: as_utc(row["started_at"]))
+                if as_utc(first["started_at"]) < own[2]:
                     own = (_run_id(first["id"], target.in_trace(first["trace_id"])), first["trace_id"], own[2])
                 trajectory.id, trajectory.trace_id = own[0], own[1]
                 for step in trajectory.steps:
@@ -1104,7 +1105,7 @@ def _holds(these: Counter[DecisionKey], those: Counter[DecisionKey]) -> bool:
 def _first_decision_order(version: Trajectory) -> tuple[float, dt.datetime]:
     """Versions of one run ordered by how early their first decision came: how many messages it was given, then when
     the version started (one with no decision last)."""
-    return (len(version.steps[0].state) if version.steps else math.inf, _utc(version.started_at))
+    return (len(version.steps[0].state) if version.steps else math.inf, as_utc(version.started_at))
 
 
 def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: int) -> tuple[Trajectory, int]:
@@ -1126,8 +1127,8 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
     message marks, is not known then, and is false."""
     versions = [trajectory, *earlier]
     base = max(versions, key=lambda t: (len(t.messages), t.status != "interrupted"))
-    start, end = min(_utc(t.started_at) for t in versions), max(_utc(t.ended_at) for t in versions)
-    outermost = [t for t in versions if _utc(t.started_at) <= start and _utc(t.ended_at) >= end]
+    start, end = min(as_utc(t.started_at) for t in versions), max(as_utc(t.ended_at) for t in versions)
+    outermost = [t for t in versions if as_utc(t.started_at) <= start and as_utc(t.ended_at) >= end]
     ended = next((t for t in outermost if t.status != "interrupted"), None)
     named = ended or next(iter(outermost), None)
     ended = ended or next((t for t in (trajectory, base, *versions) if t.status != "interrupted"), base)
@@ -1234,7 +1235,7 @@ def _carried_decision(partial: list[dict[str, Any]]) -> tuple[Approval | None, d
     decided = [row for row in partial if row["approval"] not in (None, "pending") and row["approval_by"] != SUPERSEDED_BY]
     rejected = [row for row in decided if row["approval"] == "rejected"]
     if rejected:
-        latest = max(rejected, key=lambda row: _utc(row["approval_at"]) or dt.datetime.min.replace(tzinfo=dt.UTC))
+        latest = max(rejected, key=lambda row: as_utc(row["approval_at"]) or dt.datetime.min.replace(tzinfo=dt.UTC))
         reasons = [
             f"{row['approval_reason'] or 'rejected'} (rejected by {row['approval_by']} on {row['id']}, a partial version of this run)"
             for row in rejected
@@ -1279,18 +1280,14 @@ def _completeness(trajectory: Trajectory) -> int:
 def _within(row: dict[str, Any], trajectory: Trajectory, *, inner: bool = True, strict: bool = False) -> bool:
     """Whether the stored ``row``'s time lies within ``trajectory``'s (``inner``), or ``trajectory``'s within the row's;
     ``strict``: within and not the same time."""
-    start, end = _utc(row["started_at"]), _utc(row["ended_at"])
+    start, end = as_utc(row["started_at"]), as_utc(row["ended_at"])
     if start is None or end is None:
         return False
     if strict:
-        return _within(row, trajectory) and (start, end) != (_utc(trajectory.started_at), _utc(trajectory.ended_at))
+        return _within(row, trajectory) and (start, end) != (as_utc(trajectory.started_at), as_utc(trajectory.ended_at))
     if inner:
-        return start >= _utc(trajectory.started_at) and end <= _utc(trajectory.ended_at)
-    return start <= _utc(trajectory.started_at) and end >= _utc(trajectory.ended_at)
-
-
-def _utc(value: Any) -> Any:
-    return value if value is None or value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+        return start >= as_utc(trajectory.started_at) and end <= as_utc(trajectory.ended_at)
+    return start <= as_utc(trajectory.started_at) and end >= as_utc(trajectory.ended_at)
 
 
 def _supersede(target: _Target, pairs: list[tuple[dict[str, Any], Trajectory]], report: IngestReport) -> None:

@@ -166,7 +166,8 @@ TABLES: dict[str, dict[str, pl.DataType]] = {
 """The store's tables and their schemas."""
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
+def as_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """``value`` with its zone, UTC where it names none (the store keeps times in UTC); ``None`` as it is."""
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
@@ -206,14 +207,14 @@ def trajectory_row(t: Trajectory, encode: Callable[[Any], Any] = dumps) -> dict[
         "status": t.status,
         "error": t.error,
         "final_answer": t.final_answer,
-        "started_at": _utc(t.started_at),
-        "ended_at": _utc(t.ended_at),
+        "started_at": as_utc(t.started_at),
+        "ended_at": as_utc(t.ended_at),
         "num_steps": t.num_steps,
         "source": t.source,
         "trace_id": t.trace_id,
         "recorded_approval": t.approval.status,
         "recorded_approval_by": t.approval.by,
-        "recorded_approval_at": _utc(t.approval.at),
+        "recorded_approval_at": as_utc(t.approval.at),
         "recorded_approval_reason": t.approval.reason,
         "tools_json": encode(t.tools),
         "messages_json": encode(t.messages),
@@ -253,11 +254,11 @@ def approval_row(e: ApprovalEvent) -> dict[str, Any]:
         "trajectory_id": e.trajectory_id,
         "status": e.status,
         "by": e.by,
-        "at": _utc(e.at),
+        "at": as_utc(e.at),
         "reason": e.reason,
         "overrides_status": old.status if old else None,
         "overrides_by": old.by if old else None,
-        "overrides_at": _utc(old.at) if old else None,
+        "overrides_at": as_utc(old.at) if old else None,
         "overrides_reason": old.reason if old else None,
     }
 
@@ -300,7 +301,7 @@ def rollout_row(r: Rollout) -> dict[str, Any]:
         "synthetic": r.synthetic,
         "sandbox": r.sandbox,
         "duration_ms": r.duration_ms,
-        "created_at": _utc(r.created_at),
+        "created_at": as_utc(r.created_at),
         "unrestored_json": dumps(r.unrestored) if r.unrestored else None,
         "synthetic_model": r.synthetic_source.model if r.synthetic_source else None,
         "synthetic_source_json": dumps(r.synthetic_source.model_dump(mode="json")) if r.synthetic_source else None,
@@ -360,7 +361,7 @@ def replay_row(r: ReplayRecord) -> dict[str, Any]:
         "details_json": dumps(r.details),
         "unrestorable": r.unrestorable,
         "duration_s": r.duration_s,
-        "finished_at": _utc(r.finished_at),
+        "finished_at": as_utc(r.finished_at),
     }
 
 

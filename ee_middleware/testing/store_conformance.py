@@ -1502,6 +1502,8 @@ def _expect_same_frame(got: Any, wanted: Any, table: str) -> None:
     same kind of type and the same values, row by row in ``wanted``'s key order."""
     import polars as pl
 
+    from ee_middleware.store.tables import as_utc
+
     missing = [c for c in wanted.columns if c not in got.columns]
     assert not missing, f"{table} has no column {', '.join(missing)}: the product reads them (see ee_middleware.store.tables)"
     assert got.height == wanted.height, f"{table} gives {got.height} rows for the records of {E!r}, not {wanted.height}"
@@ -1517,7 +1519,7 @@ def _expect_same_frame(got: Any, wanted: Any, table: str) -> None:
         if column.endswith("_json") or column in _JSON_COLUMNS:
             mine, theirs = [_decoded(v) for v in mine], [_decoded(v) for v in theirs]
         elif isinstance(expected, pl.Datetime):
-            mine, theirs = [_utc(v) for v in mine], [_utc(v) for v in theirs]
+            mine, theirs = [as_utc(v) for v in mine], [as_utc(v) for v in theirs]
         assert mine == theirs, broken(
             f"{table} column {column!r}",
             _shown(mine)[:300],
@@ -1548,9 +1550,3 @@ def _decoded(value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
     except ValueError:
         return value
-
-
-def _utc(value: Any) -> Any:
-    if isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
