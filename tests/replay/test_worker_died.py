@@ -42,17 +42,23 @@ class DiesPolicy:
         pass
 
 
-def test_a_worker_a_tool_ended_is_named_with_its_trajectories_and_the_fix(tmp_path: Path, jobs: list[Job]) -> None:  # noqa: F811
+def _replay_with(tmp_path: Path, jobs: list[Job], policy: type) -> tuple[Job, str]:  # noqa: F811
+    """``ee replay run --workers 2`` of four approved trajectories with ``policy`` (a class of this module), run to its
+    end; the job and what it said on stderr."""
     root = tmp_path / "store"
     store = LocalExperienceStore(root, create=True)
     store.write([_trajectory(i) for i in range(4)])
     store.approve([f"traj-{i}" for i in range(4)], by="test")
     store.close()
-    policy = f"{__name__}:DiesPolicy"
-    job = Job(root, "--sandbox", "tests.replay.sandbox_failure_world:make_sandbox", "--policy", policy, "--workers", "2")
+    spec = f"{__name__}:{policy.__name__}"
+    job = Job(root, "--sandbox", "tests.replay.sandbox_failure_world:make_sandbox", "--policy", spec, "--workers", "2")
     jobs.append(job)
     job.proc.wait(120)
-    stderr = job.proc.stderr.read()
+    return job, job.proc.stderr.read()
+
+
+def test_a_worker_a_tool_ended_is_named_with_its_trajectories_and_the_fix(tmp_path: Path, jobs: list[Job]) -> None:  # noqa: F811
+    job, stderr = _replay_with(tmp_path, jobs, DiesPolicy)
     assert job.proc.returncode == 1, stderr
     assert "unexpected" not in stderr and "BrokenProcessPool" not in stderr, stderr
     assert "replay worker " in stderr and " of 2 ended without answering while it held trajectories traj-" in stderr, stderr
@@ -71,16 +77,7 @@ class DiesBuildingPolicy(DiesPolicy):
 def test_a_worker_that_died_while_starting_blames_no_trajectory(tmp_path: Path, jobs: list[Job]) -> None:  # noqa: F811
     """The review of the first version: a worker dead in its policy's building was said to hold trajectories, one of them
     the cause, and --isolation subprocess (which does not help there) was offered."""
-    root = tmp_path / "store"
-    store = LocalExperienceStore(root, create=True)
-    store.write([_trajectory(i) for i in range(4)])
-    store.approve([f"traj-{i}" for i in range(4)], by="test")
-    store.close()
-    policy = f"{__name__}:DiesBuildingPolicy"
-    job = Job(root, "--sandbox", "tests.replay.sandbox_failure_world:make_sandbox", "--policy", policy, "--workers", "2")
-    jobs.append(job)
-    job.proc.wait(120)
-    stderr = job.proc.stderr.read()
+    job, stderr = _replay_with(tmp_path, jobs, DiesBuildingPolicy)
     assert job.proc.returncode == 1, stderr
     assert "unexpected" not in stderr and "BrokenProcessPool" not in stderr, stderr
     assert "ended without answering, while it started (building its policy and sandbox)" in stderr, stderr
