@@ -189,6 +189,13 @@ different tools, or none offered the reviewed turn's); without that sign a costl
 the run's own tools being then as good."""
 
 
+PausedSteps = Callable[[str | None, Sequence[str], int], list[Step] | None]
+"""``paused_steps(thread_id, call_ids, before_ns)``: the steps awaiting review of the decision that made any of
+``call_ids`` in the latest interrupted run of thread ``thread_id`` started before ``before_ns`` (as its trajectory
+records them: the state the model decided in, the calls it made, in order), or ``None`` when not known; for a run that
+resumed it and called no model (see :func:`_reviewed_without_model`)."""
+
+
 @dataclass(frozen=True)
 class AssemblyOptions:
     """How spans become a trajectory.
@@ -209,6 +216,10 @@ class AssemblyOptions:
     """Where a run resumed after a human review finds the tools offered at the decision that paused its thread (see
     :data:`PausedTools`; the recorder's :class:`~ee_middleware.capture.paused.PausedDecisions`). Without it, or where it
     does not know, a reviewed turn gets the resumed run's own tools, and one calling a tool none of them is is left out."""
+    paused_steps: PausedSteps | None = None
+    """Where a run resumed after a human review that called no model (a ``return_direct`` tool, a reviewed tool that
+    raised) finds the decision its reviewed turn carried out (see :data:`PausedSteps`; the recorder's
+    :class:`~ee_middleware.capture.paused.PausedDecisions`). Without it, or where it does not know, that turn is no step."""
     unread_model_calls: bool = False
     """Whether a run's tool spans that ran before its first model span, answering calls that an assistant message in
     that call's history made, are steps, as a resumed run's reviewed turns are (:func:`_reviewed_turns`), also in a run
@@ -529,6 +540,11 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     )
     offered = _offered_tools(decisions)
     reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars, options.unread_model_calls)
+    if not decisions and attrs.get(sc.EE_RESUMED) and options.paused_steps is not None and tools:
+        ran = [str(t.attributes[sc.TOOL_CALL_ID]) for t in tools if t.attributes.get(sc.TOOL_CALL_ID)]
+        paused_turn = options.paused_steps(thread_id, ran, root.start_ns) if ran else None
+        if paused_turn:
+            reviewed, tools_here = _reviewed_without_model(paused_turn, tools, redact, options.max_observation_chars)
     if reviewed:
         paused = options.paused_tools if attrs.get(sc.EE_RESUMED) else None
         own = set(offered.default_refs())
@@ -1104,6 +1120,50 @@ def _reviewed_turns(
                     latency_ms=latency,
                 )
             )
+    return steps, [t for t in tools if id(t) not in used]
+
+
+def _reviewed_without_model(paused: list[Step], tools: list[SpanData], redact: Any, max_chars: int) -> tuple[list[Step], list[SpanData]]:
+    """The reviewed turn of a run resumed after a human review that called no model (a ``return_direct`` tool ended it;
+    a reviewed tool raised and ended it), as steps, and the tool spans left; ``paused``: the paused run's steps awaiting
+    review of that turn (see :data:`PausedSteps`). Nothing in such a run's spans says what the model was given (its
+    system prompt, its tools), so the turn is the paused decision's: in its state, each call this run ran taught as it
+    ran (a reviewer's edit as the reviewer's call), observed by the tool's own result or error, as
+    :func:`_reviewed_turns` teaches a turn whose resume called a model; a call it did not run (rejected) is no step."""
+    runs_of: dict[str, list[SpanData]] = {}
+    for span in tools:
+        if span.attributes.get(sc.TOOL_CALL_ID):
+            runs_of.setdefault(str(span.attributes[sc.TOOL_CALL_ID]), []).append(span)
+    taught: list[tuple[ToolCall, Observation | None, float | None]] = []
+    used: set[int] = set()
+    changed = False  # a call the reviewer edited, or left out of the turn
+    for step in paused:
+        proposed = step.action.tool_call
+        runs = runs_of.get(proposed.id) if proposed is not None and proposed.id else None
+        if proposed is None or not runs:
+            changed = True
+            continue
+        span = runs[-1]  # a retried call's result is its last attempt's
+        used.update(id(s) for s in runs)
+        sent = _span_object(span)
+        name = str(span.attributes.get(sc.TOOL_NAME) or proposed.name)
+        ran = proposed.model_copy(update={"name": name}) if sent is None else _ran_call(proposed.id, name, redact(sent))
+        changed = changed or (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
+        taught.append((ran, *_observation(span, None, redact, max_chars)))
+    first = paused[0]
+    reasoning = None if changed else first.action.reasoning  # it argued for the turn as proposed
+    steps = [
+        Step(
+            trajectory_id="",
+            index=i,
+            decision_index=0,
+            state=first.state,
+            action=Action(kind="tool_call", tool_call=call, content=first.action.content if i == 0 else None, reasoning=reasoning),
+            observation=observation,
+            latency_ms=latency,
+        )
+        for i, (call, observation, latency) in enumerate(taught)
+    ]
     return steps, [t for t in tools if id(t) not in used]
 
 

@@ -7,7 +7,9 @@ capture records them as its first steps (the reviewed turn). Where a middleware 
 (``LLMToolSelectorMiddleware``, a ``wrap_model_call`` setting ``request.tools``), what that decision was offered is in
 none of the resumed run's spans: it is in the paused trajectory. :class:`PausedDecisions` finds it there: in the
 trajectories the same span processor assembled (kept per thread, a bounded number), else in the store, which every
-process recording the app writes (its spool, or its Parquet parts once compacted).
+process recording the app writes (its spool, or its Parquet parts once compacted). A resumed run that calls no model
+(a ``return_direct`` tool, a reviewed tool that raised) holds not even the state that decision was made in: its
+reviewed turn is the paused trajectory's steps awaiting review (:meth:`PausedDecisions.awaiting_steps`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware._files import atomic_write_text
-from ee_middleware.records import ToolCall, Trajectory, offered_tools
+from ee_middleware.records import Step, ToolCall, Trajectory, offered_tools
 from ee_middleware.store.metadata import local_folder
 
 if TYPE_CHECKING:
@@ -60,6 +62,7 @@ class PausedDecisions:
         self._folder = root / PAUSED_FOLDER if root is not None else None
         self._lock = threading.Lock()
         self._threads: OrderedDict[str, dict[str, dict[str, Any]]] = OrderedDict()  # thread: paused run's id: note
+        self._awaiting: OrderedDict[str, list[Step]] = OrderedDict()  # paused run's id: its steps awaiting review
         self._chosen_per_call = False  # a trajectory with step tools was seen: this app's tools are chosen per call
         self._pruned_at = 0.0
 
@@ -97,6 +100,9 @@ class PausedDecisions:
             self._threads.move_to_end(trajectory.thread_id)
             while len(self._threads) > self.max_threads:
                 self._threads.popitem(last=False)
+            self._awaiting[trajectory.id] = awaiting
+            while len(self._awaiting) > self.max_threads:
+                self._awaiting.popitem(last=False)
         if self._folder is not None:
             try:
                 self._folder.mkdir(exist_ok=True)
@@ -133,6 +139,45 @@ class PausedDecisions:
                 type(exc).__name__,
             )
             return None
+
+    def awaiting_steps(self, thread_id: str | None, call_ids: Sequence[str], before_ns: int) -> list[Step] | None:
+        """The steps awaiting review of the decision that made any of ``call_ids``, in the latest interrupted run of
+        ``thread_id`` started before ``before_ns``: the paused trajectory's own (the state the model decided in, its
+        calls as it made them, in its order), or ``None`` when that run is not known. For a run that resumed it and
+        called no model (a ``return_direct`` tool; a reviewed tool that raised and ended the run), whose spans hold
+        neither that state nor the decision's calls. Found as :meth:`tools` finds its notes, the steps themselves in
+        memory or else read from the store (the paused run is written there before the resume is recorded)."""
+        if thread_id is None or not call_ids:
+            return None
+        before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
+        with self._lock:
+            entries = list(self._threads.get(thread_id, {}).values())
+        entry = _latest(entries, call_ids, before)
+        if entry is None and self._folder is not None:
+            entry = _latest([entry for entry, _ in self._read(thread_id)], call_ids, before)
+        try:
+            paused_id = str(entry["trajectory_id"]) if entry is not None else None
+            with self._lock:
+                steps = self._awaiting.get(paused_id) if paused_id is not None else None
+            if steps is None and self._store is not None:
+                if paused_id is None:
+                    row = _latest_paused_row(self._store, thread_id, call_ids, before)
+                    paused_id = None if row is None else row["id"]
+                if paused_id is not None:
+                    steps = [s for s in self._store.get(paused_id).steps if s.action.tool_call is not None and s.observation is None]
+        except Exception as exc:  # noqa: BLE001 - not knowing is the fallback: the reviewed turn is then not taught
+            logger.warning(
+                "ee-middleware capture: could not read a paused run's decision from %r (%s); the run resuming it without a "
+                "model call is recorded without its reviewed turn.",
+                self._store,
+                type(exc).__name__,
+            )
+            return None
+        if not steps:
+            return None
+        wanted = set(call_ids)
+        turn = next((s.decision_index for s in steps if s.action.tool_call is not None and s.action.tool_call.id in wanted), None)
+        return None if turn is None else [s for s in steps if s.decision_index == turn]
 
     def _thread_folder(self, thread_id: str) -> Path:
         assert self._folder is not None
@@ -209,6 +254,7 @@ class PausedDecisions:
             kept = self._threads.get(thread_id, {})
             for entry, _ in ended:
                 kept.pop(str(entry.get("trajectory_id")), None)
+                self._awaiting.pop(str(entry.get("trajectory_id")), None)
             if not kept:
                 self._threads.pop(thread_id, None)
         for _, path in ended:
@@ -262,15 +308,22 @@ def _answers(entry: dict[str, Any], call_id: str, made: str) -> bool:
     return call_id in _calls(entry) and (not isinstance(kept, dict) or kept.get(call_id) in (None, made))
 
 
-def _offered(entries: Sequence[dict[str, Any]], call_ids: Sequence[str], before: dt.datetime) -> list[dict[str, Any]] | None:
-    """The schemas the latest of the :meth:`PausedDecisions.remember` ``entries`` whose run started before ``before``
-    and made any of ``call_ids`` says that decision was offered."""
+def _latest(entries: Sequence[dict[str, Any]], call_ids: Sequence[str], before: dt.datetime) -> dict[str, Any] | None:
+    """The latest of the :meth:`PausedDecisions.remember` ``entries`` whose run started before ``before`` and made any
+    of ``call_ids``."""
     made = [
         entry for entry in entries if isinstance(entry, dict) and _started(entry) < before and any(c in _calls(entry) for c in call_ids)
     ]
-    if not made:  # an unreadable start is the latest time, so never before
+    return max(made, key=_started) if made else None  # an unreadable start is the latest time, so never before
+
+
+def _offered(entries: Sequence[dict[str, Any]], call_ids: Sequence[str], before: dt.datetime) -> list[dict[str, Any]] | None:
+    """The schemas the latest of the :meth:`PausedDecisions.remember` ``entries`` whose run started before ``before``
+    and made any of ``call_ids`` says that decision was offered."""
+    entry = _latest(entries, call_ids, before)
+    if entry is None:
         return None
-    calls = _calls(max(made, key=_started))
+    calls = _calls(entry)
     for call_id in call_ids:
         schemas = calls.get(call_id)
         if isinstance(schemas, list):
@@ -284,6 +337,17 @@ def paused_decision_tools(
     """The schemas offered at the decision that made any of ``call_ids`` awaiting review (a tool call step without an
     observation) in the latest ``interrupted`` trajectory of ``thread_id`` in ``store`` started before ``before``, or
     ``None`` when there is none. A store with lazy reads (``scan``: the local store) reads only those rows."""
+    row = _latest_paused_row(store, thread_id, call_ids, before)
+    if row is None:
+        return None
+    names = None if row["offered_tools_json"] is None else json.loads(row["offered_tools_json"])
+    return offered_tools(json.loads(row["tools_json"] or "[]"), names)
+
+
+def _latest_paused_row(store: ExperienceStore, thread_id: str, call_ids: Sequence[str], before: dt.datetime) -> dict[str, Any] | None:
+    """The latest ``interrupted`` trajectory of ``thread_id`` in ``store`` started before ``before`` with a call of
+    ``call_ids`` awaiting review, as a row: its ``id``, ``started_at``, ``tools_json`` and that step's
+    ``offered_tools_json``; ``None`` when there is none (see :func:`paused_decision_tools`)."""
     import polars as pl
 
     awaiting = (pl.col("action_kind") == "tool_call") & pl.col("tool_call_id").is_in(list(call_ids)) & pl.col("observation").is_null()
@@ -300,8 +364,4 @@ def paused_decision_tools(
             return None
         steps = store.steps(trajectories["id"].to_list()).filter(awaiting).select("trajectory_id", "offered_tools_json")
     found = trajectories.join(steps, left_on="id", right_on="trajectory_id").sort("started_at", maintain_order=True)
-    if found.is_empty():
-        return None
-    row = found.row(found.height - 1, named=True)
-    names = None if row["offered_tools_json"] is None else json.loads(row["offered_tools_json"])
-    return offered_tools(json.loads(row["tools_json"] or "[]"), names)
+    return None if found.is_empty() else found.row(found.height - 1, named=True)

@@ -400,9 +400,11 @@ class ExperienceSpanProcessor(SpanProcessor):
             self._ingest([span for spans, _ in jobs for span in spans], len(jobs))
             return
         trajectories: list[Trajectory] = []
-        options = (
-            self.options if self.options.paused_tools is not None else dataclasses.replace(self.options, paused_tools=self.paused.tools)
-        )
+        options = self.options
+        if options.paused_tools is None:
+            options = dataclasses.replace(options, paused_tools=self.paused.tools)
+        if options.paused_steps is None:
+            options = dataclasses.replace(options, paused_steps=self.paused.awaiting_steps)
         for spans, _ in jobs:
             # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
             parts = split_nested(spans)

@@ -342,7 +342,14 @@ class _Target:
     def options(self) -> AssemblyOptions:
         settings, salt = self._redaction
         redactor = _ingest_redactor(settings, salt, self._redactor, self._vault_feed(settings, salt))
-        return AssemblyOptions(app=self._app, redactor=redactor, source=self._source, paused_tools=self.paused.tools, **self._chars)
+        return AssemblyOptions(
+            app=self._app,
+            redactor=redactor,
+            source=self._source,
+            paused_tools=self.paused.tools,
+            paused_steps=self.paused.awaiting_steps,
+            **self._chars,
+        )
 
     @property
     def _chars(self) -> dict[str, int]:

@@ -151,7 +151,7 @@ async def test_every_way_of_running_records_the_outcome_of_the_run(way, offload,
 @OFFLOADS
 def test_a_resumed_run_that_calls_no_model_is_recorded(offload, store_path):
     """Resuming after a human review often runs only tools or the reviewer's node: the run is still
-    stored, with its thread, status, the tool results it produced and its answer (was: lost, with
+    stored, with its thread, status, the tool results it produced, its reviewed turn and its answer (was: lost, with
     an error asking to 'enable message capture', raised by flush in strict mode)."""
     graph = create_agent(
         ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("refund", order_id="A-1")])]),
@@ -167,7 +167,11 @@ def test_a_resumed_run_that_calls_no_model_is_recorded(offload, store_path):
     paused, resumed = _recorded(agent, store_path)
     call = paused.steps[-1].action.tool_call
     assert (paused.status, call.name, paused.steps[-1].observation) == ("interrupted", "refund", None)
-    assert (resumed.status, resumed.thread_id, resumed.steps, resumed.model) == ("completed", "hitl-1", [], None)
+    assert (resumed.status, resumed.thread_id, resumed.model) == ("completed", "hitl-1", None)
+    # its reviewed turn, in the paused decision's state (tests/capture/test_resumed_without_model.py)
+    assert [(s.action.tool_call, s.observation.content, s.state) for s in resumed.steps] == [
+        (call, "Refund for A-1 issued.", paused.steps[-1].state)
+    ]
     assert resumed.final_answer == "Refund for A-1 issued."
     assert {"role": "tool", "tool_call_id": call.id, "content": "Refund for A-1 issued."} in resumed.messages
 
