@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import builtins
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -531,7 +532,8 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     # a run that ends on tool messages (structured output, return_direct tools) keeps them on its root
     root_output = _messages_attr(root, sc.OUTPUT_MESSAGES)
     final_tool_messages = redact([m for m in root_output if m.get("role") == "tool"])
-    final = {"state": final_tool_messages, "errors": _error_positions(root, 0)}
+    final = {"state": final_tool_messages, "errors": _error_positions(root, 0), "cut": _cut_positions(root, 0)}
+    final["cut_replies"] = _cut_replies([*decisions, final])
     attrs = root.attributes
     thread_id = _redact_opt(
         redact,
@@ -539,7 +541,9 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
         or next((c.attributes.get(sc.CONVERSATION_ID) for c in chats if c.attributes.get(sc.CONVERSATION_ID)), None),
     )
     offered = _offered_tools(decisions)
-    reviewed, tools_here = _reviewed_turns(root, decisions, tools, redact, options.max_observation_chars, options.unread_model_calls)
+    reviewed, tools_here = _reviewed_turns(
+        root, decisions, tools, redact, options.max_observation_chars, options.unread_model_calls, final["cut_replies"]
+    )
     if not decisions and attrs.get(sc.EE_RESUMED) and options.paused_steps is not None and tools:
         ran = [str(t.attributes[sc.TOOL_CALL_ID]) for t in tools if t.attributes.get(sc.TOOL_CALL_ID)]
         paused_turn = options.paused_steps(thread_id, ran, root.start_ns) if ran else None
@@ -811,6 +815,7 @@ def _decision(chat: SpanData, redact: Any, memo: _RunMemo) -> dict[str, Any]:
         "tools": memo.tool_schemas(chat),
         "told": sc.TOOL_DEFINITIONS in chat.attributes or sc.EE_RECORDER in chat.attributes,
         "errors": errors,
+        "cut": _cut_positions(chat, len(state) - len(given)),
         "invalid": _positions(chat, sc.EE_INVALID_TOOL_CALL_POSITIONS),
     }
 
@@ -925,7 +930,7 @@ def _steps(
             _pair_by_span_results(replies, [turn[p][1] for p in unnamed_positions], unnamed_positions)
             for position, (tool_call, span) in enumerate(turn):
                 reply, failed = replies[position] or (None, False)
-                observation, latency = _observation(span, reply, redact, max_chars, failed)
+                observation, latency = _observation(span, reply, redact, max_chars, failed, final["cut_replies"])
                 # what the model said beside its calls ("Let me check both.") is part of its turn: kept with the first call
                 action = Action(kind="tool_call", tool_call=tool_call, content=text or None if position == 0 else None, reasoning=reasoning)
                 steps.append(_step(len(steps), index, states.of(index, d["state"], d["raw"]), action, observation, latency, chat, offered))
@@ -1016,7 +1021,13 @@ def _parallel(one: SpanData, other: SpanData) -> bool:
 
 
 def _reviewed_turns(
-    root: SpanData, decisions: list[dict[str, Any]], tools: list[SpanData], redact: Any, max_chars: int, unread: bool = False
+    root: SpanData,
+    decisions: list[dict[str, Any]],
+    tools: list[SpanData],
+    redact: Any,
+    max_chars: int,
+    unread: bool = False,
+    cut_replies: Mapping[tuple[Any, str], int] | None = None,
 ) -> tuple[list[Step], list[SpanData]]:
     """The turns of an earlier run of the thread that this run carried out, as steps, and the tool spans left for this
     run's own decisions.
@@ -1099,10 +1110,12 @@ def _reviewed_turns(
                 ran = proposed.model_copy(update={"name": name}) if sent is None else _ran_call(proposed.id, name, redact(sent))
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
                 changed = changed or edited
-                observation, latency = _observation(span, None if edited else reply, redact, max_chars, False if edited else failed)
+                observation, latency = _observation(
+                    span, None if edited else reply, redact, max_chars, False if edited else failed, cut_replies
+                )
                 taught.append((ran, observation, latency))
             elif reply is not None and not failed:
-                taught.append((proposed, *_observation(None, reply, redact, max_chars)))
+                taught.append((proposed, *_observation(None, reply, redact, max_chars, cut_replies=cut_replies)))
             else:
                 changed = True  # not run: rejected by the reviewer, or never answered
         # the model's reasoning argued for the turn it proposed: kept only where the turn is taught as proposed
@@ -1534,6 +1547,37 @@ def _tool_reply(messages: list[dict[str, Any]], start: int, call_id: str) -> tup
     )
 
 
+def _cut_positions(span: SpanData, shift: int) -> dict[int, int]:
+    """The positions of the tool messages capture cut in ``span``'s messages, each with the characters it cut
+    (:data:`~ee_middleware.capture.semconv.EE_TOOL_TRUNCATED`), moved by ``shift`` (a system message put before them)."""
+    pairs = span.attributes.get(sc.EE_TOOL_TRUNCATED)
+    if not isinstance(pairs, Sequence) or isinstance(pairs, str):
+        return {}
+    cut: dict[int, int] = {}
+    for position, chars in zip(pairs[::2], pairs[1::2], strict=False):
+        with contextlib.suppress(TypeError, ValueError):
+            cut[int(position) + shift] = int(chars)
+    return cut
+
+
+def _reply_key(message: Mapping[str, Any]) -> tuple[Any, str]:
+    """A tool message as :func:`_cut_replies` knows it: its call's id and its content (ids alone may repeat)."""
+    content = message.get("content")
+    return message.get("tool_call_id"), content if isinstance(content, str) else json.dumps(content, sort_keys=True, default=str)
+
+
+def _cut_replies(parts: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, str], int]:
+    """The tool messages capture cut, in the run's decisions' states and the messages it ended on (``parts``: each with
+    its ``state`` and ``cut`` positions), by :func:`_reply_key`, each with the characters cut."""
+    cut: dict[tuple[Any, str], int] = {}
+    for part in parts:
+        state = part["state"]
+        for position, chars in part.get("cut", {}).items():
+            if 0 <= position < len(state) and state[position].get("role") == "tool":
+                cut[_reply_key(state[position])] = chars
+    return cut
+
+
 def _error_positions(span: SpanData, shift: int) -> frozenset[int]:
     """The positions of the tool messages that report an error in ``span``'s messages (``ee.tool_call.error_positions``),
     moved by ``shift`` (a system message put before them)."""
@@ -1764,15 +1808,24 @@ def _take_by_name(
 
 
 def _observation(
-    span: SpanData | None, message: dict[str, Any] | None, redact: Any, max_chars: int, reported_error: bool = False
+    span: SpanData | None,
+    message: dict[str, Any] | None,
+    redact: Any,
+    max_chars: int,
+    reported_error: bool = False,
+    cut_replies: Mapping[tuple[Any, str], int] | None = None,
 ) -> tuple[Observation | None, float | None]:
     """The observation the model saw (the tool message of a later model input) or, for the last
     call of a run, the tool span's result; timing comes from the tool span, the error flag from it or from the tool
-    message the model was given (``reported_error``: a middleware that answered for the tool with an error)."""
+    message the model was given (``reported_error``: a middleware that answered for the tool with an error), the
+    characters capture cut from it from the tool span or, for a message, ``cut_replies`` (:func:`_cut_replies`: the
+    tool span of a tool that raised says nothing of the text ToolNode wrote for the model)."""
     if span is None and message is None:
         return None, None
     latency = span.duration_ms if span is not None else None
     truncated = int(span.attributes.get(sc.EE_OBSERVATION_TRUNCATED) or 0) if span is not None else 0
+    if message is not None and cut_replies:
+        truncated = cut_replies.get(_reply_key(message)) or truncated
     is_error = reported_error or (span is not None and (span.is_error or bool(span.attributes.get(sc.ERROR_TYPE))))
     if message is not None:
         result: Any = message.get("content", "")

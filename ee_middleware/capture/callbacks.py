@@ -481,6 +481,8 @@ class RunCapture(BaseCallbackHandler):
                 attrs[sc.INPUT_MESSAGES] = self.recorder.encoder.messages(inputs, self.fragments)
                 if errors := tool_error_positions(inputs):  # its history may be the one that holds a call's reply
                     attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
+                if cut := self.recorder.encoder.cut_tool_replies(inputs, self.fragments):
+                    attrs[sc.EE_TOOL_TRUNCATED] = cut
             encoded = True
         finally:  # the span is made even if encoding failed, with the attributes made so far
             self._span(f"chat {model}", SpanKind.CLIENT, attrs, start, end, error if encoded else None, None, failed=not encoded)

@@ -29,9 +29,9 @@ from ee_middleware.messages import (
     to_jsonable,
 )
 
-FragmentCache = dict[int, tuple[Any, str, bool]]
-"""id(message) -> (message, its redacted GenAI JSON, whether it calls a tool); the message is kept
-so that its id is not reused."""
+FragmentCache = dict[int, tuple[Any, str, bool, int]]
+"""id(message) -> (message, its redacted GenAI JSON, whether it calls a tool, the characters cut from a tool message's
+content); the message is kept so that its id is not reused."""
 
 
 class PayloadEncoder:
@@ -81,12 +81,23 @@ class PayloadEncoder:
         hit = cache.get(id(message))
         if hit is None or hit[0] is not message:
             [converted] = langchain_to_openai([message])
+            cut = 0
             if converted["role"] == "tool":  # a huge result would otherwise repeat in every later span
-                converted["content"] = self._cut(converted["content"])[0]  # redacted, then cut
+                converted["content"], cut = self._cut(converted["content"])  # redacted, then cut
             [genai] = openai_to_genai([converted])
-            hit = (message, self._encode(genai), any(p["type"] == "tool_call" for p in genai["parts"]))
+            hit = (message, self._encode(genai), any(p["type"] == "tool_call" for p in genai["parts"]), cut)
             cache[id(message)] = hit
         return hit
+
+    def cut_tool_replies(self, messages: Sequence[Any], cache: FragmentCache) -> tuple[int, ...]:
+        """:data:`~ee_middleware.capture.semconv.EE_TOOL_TRUNCATED` for ``messages`` as :meth:`messages` encoded them
+        into ``cache``: the positions of the tool messages it cut, each with the characters cut."""
+        pairs: list[int] = []
+        for position, message in enumerate(messages):
+            hit = cache.get(id(message))
+            if hit is not None and hit[0] is message and hit[3]:
+                pairs += (position, hit[3])
+        return tuple(pairs)
 
     @property
     def _fragments_compose(self) -> bool:
@@ -127,10 +138,10 @@ class PayloadEncoder:
         if self._fragments_compose and not any(message_type(m) == "tool" for m in outputs):
             # the reply's fragment, reused by the next span's input and the run's output
             replies = [self._fragment(cache, message) for message in outputs]
-            reasons = tuple(said or ("tool_call" if calls else "stop") for _, _, calls in replies)
+            reasons = tuple(said or ("tool_call" if calls else "stop") for _, _, calls, _ in replies)
             members = (
                 f'{fragment[:-1]},"finish_reason":{json.dumps(reason, ensure_ascii=False)}}}'
-                for (_, fragment, _), reason in zip(replies, reasons, strict=True)
+                for (_, fragment, _, _), reason in zip(replies, reasons, strict=True)
             )
             attrs[sc.OUTPUT_MESSAGES] = "[" + ",".join(members) + "]"
             attrs[sc.RESPONSE_FINISH_REASONS] = reasons
@@ -149,6 +160,8 @@ class PayloadEncoder:
         errors = tool_error_positions(inputs)
         if errors:
             attrs[sc.EE_TOOL_ERROR_POSITIONS] = errors
+        if cut := self.cut_tool_replies(inputs, cache):
+            attrs[sc.EE_TOOL_TRUNCATED] = cut
         return attrs
 
     def tool_arguments(self, arguments: Any) -> str:
@@ -268,8 +281,14 @@ class PayloadEncoder:
             tail += 1
         structured = _structured_answer(messages, tail, output.get("structured_response") if isinstance(output, Mapping) else None)
         if tail:
-            tools = [dict(m, content=self._cut(content_to_text(m["content"]))[0]) for m in langchain_to_openai(messages[-tail:])]
+            tools, cut = [], []
+            for position, message in enumerate(langchain_to_openai(messages[-tail:])):
+                content, chars = self._cut(content_to_text(message["content"]))
+                tools.append(dict(message, content=content))
+                cut += (position, chars) if chars else ()
             attrs: dict[str, Any] = {sc.OUTPUT_MESSAGES: self._encode(openai_to_genai(tools))}
+            if cut:
+                attrs[sc.EE_TOOL_TRUNCATED] = tuple(cut)
             if not paused and not _unanswered_calls(messages, tail):
                 answer = structured if structured is not None else content_to_text(tools[-1]["content"])
                 attrs[sc.EE_FINAL_ANSWER] = self._redact(answer)

@@ -361,4 +361,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # run from the importable module, not this __main__ copy: the recorder refuses a redact_fn defined in __main__
+    from tests.capture.golden_capture import main as imported_main
+
+    sys.exit(imported_main(sys.argv[1:]))
