@@ -37,7 +37,7 @@ from ee_middleware.capture.config import env_flag
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.spandata import SpanData, from_readable_span
-from ee_middleware.errors import CaptureError, RecordError
+from ee_middleware.errors import CaptureError, RecordError, RedactFnError
 from ee_middleware.records import Approval, Trajectory, utcnow
 from ee_middleware.store.protocol import ExperienceStore
 
@@ -530,7 +530,9 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._report(message, exc, runs=0, spans=1)
 
     def _report(self, message: str, exc: BaseException, *, runs: int, spans: int) -> None:
-        if self.redact_message is not None:
+        # a RedactFnError's text is ee's own (it names the function, never the text it was given): redacting it with
+        # the function that failed would withhold why
+        if self.redact_message is not None and not isinstance(exc, RedactFnError):
             try:
                 message = self.redact_message(message)
             except Exception:  # noqa: BLE001 - a failing redaction must not hide the failure, nor show its text

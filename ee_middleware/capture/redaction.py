@@ -1338,7 +1338,7 @@ class Redactor:
         without its message: a function that quotes the text it failed on (``ValueError(f"cannot scrub {text!r}")``) would otherwise put
         the value it was to remove in a report, a log or stderr."""
         try:
-            return self.custom(text)  # type: ignore[misc]
+            result = self.custom(text)  # type: ignore[misc]
         except Exception as exc:  # whatever the user's function raises: told without its message
             from ee_middleware.capture.store_redaction import function_name
             from ee_middleware.errors import RedactFnError
@@ -1351,6 +1351,19 @@ class Redactor:
                 + " (its message is not shown: it may quote the text it was given). Make it return the text it cannot "
                 "redact otherwise, redacted whole if need be, rather than raise."
             ) from exc  # (its own exception stays its cause, for a traceback: strict mode's CaptureError, a debugger)
+        if not isinstance(result, str):
+            # None, bytes or a result object (presidio's AnonymizerEngine.anonymize gives an EngineResult, whose repr
+            # quotes the values it replaced) would be stored in the text's place, unredacted or as garbage
+            from ee_middleware.capture.store_redaction import function_name
+            from ee_middleware.errors import RedactFnError
+
+            kind = f"{type(result).__module__}.{type(result).__qualname__}" if result is not None else "None"
+            hint = " (presidio's AnonymizerEngine.anonymize gives an EngineResult: return its .text)" if hasattr(result, "text") else ""
+            raise RedactFnError(
+                f"the redact_fn {function_name(self.custom)} returned {kind}, not the text: it must return a str, the text "
+                f"it was given with what it hides replaced{hint}. The value is not shown: it may quote that text."
+            )
+        return result
 
     def redact_value(self, value: Any) -> Any:
         """Redact every string inside JSON-like data (keys included); values under secret-named keys

@@ -168,3 +168,50 @@ def test_a_node_update_holding_a_table_with_a_type_column_leaves_the_run_alone_s
     agent.recorder.close()
     [trajectory] = _stored(tmp_path / "store")
     assert trajectory.status == "completed" and trajectory.task == "How many refunds?"
+
+
+class _EngineResult:
+    """What presidio's ``AnonymizerEngine.anonymize`` returns: not the text, and a repr that quotes what it replaced."""
+
+    def __init__(self, text: str, original: str) -> None:
+        self.text, self.items = text, [{"original": original}]
+
+    def __repr__(self) -> str:
+        return f"text: {self.text}\nitems: {self.items}"
+
+
+def returns_none_on_an_order(text: str) -> Any:
+    return None if "ordered 5 pear" in text else text
+
+
+def returns_bytes(text: str) -> Any:
+    return text.replace("pear", "fruit").encode()
+
+
+def returns_a_result_object(text: str) -> Any:
+    return _EngineResult(text.replace("pear", "<FRUIT>"), "pear") if "ordered 5 pear" in text else text
+
+
+@pytest.mark.parametrize(
+    ("redact_fn", "returned"),
+    [(returns_none_on_an_order, "None"), (returns_bytes, "builtins.bytes"), (returns_a_result_object, "_EngineResult")],
+)
+def test_a_redact_fn_that_returns_no_text_stores_nothing_and_says_what_it_returned(
+    react_graph: Any, store_path: Path, redact_fn: Any, returned: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: stored as if whole, the function's result in the text's place: ``None`` made arguments null and the result
+    "None", bytes became base64 blobs, and a result object's repr (presidio's) quoted the value it replaced (a sweep)."""
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    agent = record_experience(react_graph, app="shop", store=store_path, redact_fn=redact_fn, strict=False)
+    try:
+        agent.invoke(USER_TASK)
+        agent.flush()
+        stats = agent.recorder.stats
+    finally:
+        agent.recorder.close()
+    assert _stored(store_path) == []
+    assert stats.runs_failed == 1
+    reason = next(e for e in stats.errors if "RedactFnError" in e)
+    assert f"the redact_fn tests.capture.test_callbacks.{redact_fn.__name__} returned" in reason
+    assert returned in reason and "must return a str" in reason
+    assert "pear" not in reason
