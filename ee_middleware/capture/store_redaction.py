@@ -70,9 +70,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ee_middleware.capture.redaction import PLACEHOLDER, SALT_FILE, RedactionRules, Redactor, store_salt
+
+if TYPE_CHECKING:
+    from ee_middleware.records import Rollout, Trajectory
 from ee_middleware.errors import ConfigError
 from ee_middleware.store.metadata import (
     MetadataNotKeptWarning,
@@ -607,3 +610,51 @@ def placeholders_in(text: str) -> list[str]:
 def is_pseudonym(placeholder: str) -> bool:
     """Whether a placeholder carries a tag (``[REDACTED:email:1a2b3c4d]``), i.e. names one value."""
     return placeholder.count(":") == 2
+
+
+def current_redactor(store: Any) -> Redactor | None:
+    """The store's redaction as it is now, for showing what it holds (``None`` where it redacts nothing): what capture
+    stored under older rules, or a recorder without the store's rules, is shown as exports and dataset builds write it,
+    so a rule added since (a recorder's new pattern) hides its values in every view too."""
+    redactor = store_redactor(store, create_salt=False)
+    return redactor if redactor.enabled else None
+
+
+def redacted_trajectory(trajectory: Trajectory, redactor: Redactor | None) -> Trajectory:
+    """``trajectory`` with its user data (task, thread id, answer, error, messages, environment, tool schemas' text, its
+    approval's reviewer and reason, each step's state, action and observation) redacted by ``redactor`` (``None``: as
+    stored); ids, times, names and the schemas' structure as stored."""
+    if redactor is None:
+        return trajectory
+    from ee_middleware.capture.assembler import redact_tool_schemas
+
+    redact = redactor.redact_value
+    data = trajectory.model_dump(mode="json")
+    for key in ("task", "thread_id", "final_answer", "error", "messages", "environment"):
+        data[key] = redact(data[key])
+    data["tools"] = redact_tool_schemas(data["tools"], redactor)
+    if data.get("approval"):
+        data["approval"]["by"], data["approval"]["reason"] = redact(data["approval"].get("by")), redact(data["approval"].get("reason"))
+    for step in data["steps"]:
+        step["state"] = redact(step["state"])
+        _redact_action(step["action"], redact)
+        if step.get("observation"):
+            step["observation"]["content"] = redact(step["observation"]["content"])
+    return type(trajectory).model_validate(data)
+
+
+def redacted_rollout(rollout: Rollout, redactor: Redactor | None) -> Rollout:
+    """``rollout`` with its action and observation redacted by ``redactor`` (``None``: as stored), as
+    :func:`redacted_trajectory` redacts a step's."""
+    if redactor is None:
+        return rollout
+    data = rollout.model_dump(mode="json")
+    _redact_action(data["action"], redactor.redact_value)
+    data["observation"]["content"] = redactor.redact_value(data["observation"]["content"])
+    return type(rollout).model_validate(data)
+
+
+def _redact_action(action: dict[str, Any], redact: Callable[[Any], Any]) -> None:
+    action["content"], action["reasoning"] = redact(action.get("content")), redact(action.get("reasoning"))
+    if action.get("tool_call"):
+        action["tool_call"]["arguments"] = redact(action["tool_call"]["arguments"])

@@ -515,6 +515,18 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         )
 
 
+def _redacted_mismatch(mismatch: dict[str, Any], redactor: Any) -> dict[str, Any]:
+    """A fidelity mismatch with the observations it quotes redacted: each line of its diff after its marker (a ``+``
+    before a date would read as a phone number's), the texts it kept whole."""
+    redacted = {k: redactor.redact_value(v) if k in ("recorded", "replayed") else v for k, v in mismatch.items()}
+    if isinstance(mismatch.get("diff"), str):
+        redacted["diff"] = "\n".join(
+            line[:1] + redactor.redact_value(line[1:]) if line[:1] in ("-", "+", " ") and line[:3] not in ("---", "+++") else line
+            for line in mismatch["diff"].split("\n")
+        )
+    return redacted
+
+
 def _print_mismatch(out: Any, mismatch: dict[str, Any], where: str) -> None:
     """A fidelity error: where the sandbox's observation parts from the recorded one, and a short diff."""
 
@@ -634,12 +646,14 @@ def show(
 
     When they come from more than one replay (another --seed, an --again), each row names its replay and the header
     lists them: --replay-id ID shows one."""
+    from ee_middleware.capture.store_redaction import current_redactor, redacted_rollout, redacted_trajectory
     from ee_middleware.errors import TrajectoryNotFoundError
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         if replay_id is not None:
             check_replay_id(opened, replay_id, store, given=f"--replay-id {replay_id}", without="leave --replay-id out to show them all")
+        redactor = current_redactor(opened)  # the store's rules as they are now, as ee traces show applies them
         trajectory = None
         try:
             trajectory = opened.get(item_id)
@@ -655,6 +669,7 @@ def show(
                 raise TrajectoryNotFoundError(
                     f"Rollout {rollouts[0].id} is of replay {rollouts[0].replay_id}, not {replay_id}: leave --replay-id out to show it."
                 ) from None
+        rollouts = [redacted_rollout(r, redactor) for r in rollouts]
         if as_json:
             print_json([_rollout_json(r) for r in rollouts])
             return
@@ -664,6 +679,7 @@ def show(
         if trajectory is None:
             r = rollouts[0]
             trajectory = opened.get(r.trajectory_id)
+        trajectory = redacted_trajectory(trajectory, redactor)
         # Rollouts of several replays (another --seed, an --again, ee improve after a manual run): each row names its
         # replay, and a state's rows come replay by replay; one replay's rows are shown as they always were.
         replays = _replays_shown(opened, trajectory.id, rollouts)
@@ -673,6 +689,9 @@ def show(
         for r in sorted(rollouts, key=lambda r: order[r.replay_id]):  # stable: each replay's branches stay in order
             by_step.setdefault(r.step_index, []).append(r)
         mismatches, unrestorable, unlisted = _replay_notes_by_step(opened, trajectory.id, replay_id)
+        if redactor is not None:  # their texts quote the recorded and the sandbox's observations
+            for notes in mismatches.values():
+                notes[:] = [(replay, _redacted_mismatch(note, redactor)) for replay, note in notes]
         out.print(f"[bold]{escape(trajectory.id)}[/]  app={escape(trajectory.app)}  task: {escape(short(trajectory.task, 160))}")
         if labels:
             out.print(

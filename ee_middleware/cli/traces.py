@@ -63,10 +63,12 @@ def list_traces(
     """List trajectories, oldest first, with their approval."""
     import polars as pl
 
+    from ee_middleware.capture.store_redaction import current_redactor
+
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         frame = opened.trajectories()
-        redact = _redact_fn(_current_redactor(opened))
+        redact = _redact_fn(current_redactor(opened))
     every_id = frame["id"].to_list()
     if status is not StatusFilter.all:
         frame = frame.filter(pl.col("approval") == status.value)
@@ -148,10 +150,12 @@ def show(
     allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Show one trajectory with every step (tool call, arguments, observation) and its approval history."""
+    from ee_middleware.capture.store_redaction import current_redactor, redacted_trajectory
+
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
-        redactor = _current_redactor(opened)
-        trajectory = _redacted(opened.get(trajectory_id), redactor)
+        redactor = current_redactor(opened)
+        trajectory = redacted_trajectory(opened.get(trajectory_id), redactor)
         history = opened.approvals([trajectory.id])
     redact = _redact_fn(redactor)
     decisions = [
@@ -207,16 +211,6 @@ def show(
         out.print(_history_table(decisions))
 
 
-def _current_redactor(store: Any) -> Any:
-    """The store's redaction as it is now (a :class:`~ee_middleware.capture.redaction.Redactor`, ``None`` where it
-    redacts nothing): what capture stored under older rules, or a recorder without the store's rules, is shown as
-    exports and dataset builds write it, so a rule added since (a recorder's new pattern) hides its values here too."""
-    from ee_middleware.capture.store_redaction import store_redactor
-
-    redactor = store_redactor(store, create_salt=False)
-    return redactor if redactor.enabled else None
-
-
 def _redact_fn(redactor: Any) -> Any:
     return redactor.redact_value if redactor is not None else (lambda value: value)
 
@@ -224,32 +218,6 @@ def _redact_fn(redactor: Any) -> Any:
 _DECISION_TEXT = frozenset({"by", "reason", "overrides_by", "overrides_reason"})
 """The columns of a decision (the approval history) that people wrote: redacted when shown, as stored decisions made
 before ``ee traces approve/reject`` redacted them may hold a customer's data."""
-
-
-def _redacted(trajectory: Any, redactor: Any) -> Any:
-    """``trajectory`` with its user data (task, thread id, answer, error, messages, environment, tool schemas' text, its approval's
-    reviewer and reason, each step's state, action and observation) redacted by ``redactor`` (``None``: as stored);
-    ids, times, names and the schemas' structure as stored."""
-    if redactor is None:
-        return trajectory
-    from ee_middleware.capture.assembler import redact_tool_schemas
-
-    redact = redactor.redact_value
-    data = trajectory.model_dump(mode="json")
-    for key in ("task", "thread_id", "final_answer", "error", "messages", "environment"):
-        data[key] = redact(data[key])
-    data["tools"] = redact_tool_schemas(data["tools"], redactor)
-    if data.get("approval"):
-        data["approval"]["by"], data["approval"]["reason"] = redact(data["approval"].get("by")), redact(data["approval"].get("reason"))
-    for step in data["steps"]:
-        step["state"] = redact(step["state"])
-        action = step["action"]
-        action["content"], action["reasoning"] = redact(action.get("content")), redact(action.get("reasoning"))
-        if action.get("tool_call"):
-            action["tool_call"]["arguments"] = redact(action["tool_call"]["arguments"])
-        if step.get("observation"):
-            step["observation"]["content"] = redact(step["observation"]["content"])
-    return type(trajectory).model_validate(data)
 
 
 def _history_table(decisions: list[dict[str, Any]]) -> Any:
