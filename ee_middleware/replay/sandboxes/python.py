@@ -446,6 +446,24 @@ def format_exception(exc: BaseException) -> str:
     return f"Error: {type(exc).__name__}: {exc}" if str(exc) else f"Error: {type(exc).__name__}"
 
 
+def _check_table(table: str, functions: Any) -> None:
+    """Refuse a ``tools``/``read_only_tools`` that is no mapping of tool names to functions (the list a ``ToolNode`` or
+    ``create_agent`` is given is the likely mistake), saying how to write it."""
+    if isinstance(functions, Mapping):
+        return
+    if isinstance(functions, (list, tuple, set, frozenset)):
+        named = all(isinstance(getattr(fn, "name", None), str) or hasattr(fn, "__name__") for fn in functions)
+        fix = (
+            f"e.g. {table}={{t.name: t for t in tools}} for LangChain tools, or {{f.__name__: f for f in functions}} for plain functions"
+            if named
+            else "e.g. {'lookup': lookup}"
+        )
+        raise SandboxError(
+            f"PythonSandbox's {table} must map each tool's name to its function, not be a {type(functions).__name__}: {fix}."
+        )
+    raise SandboxError(f"PythonSandbox's {table} must map each tool's name to its function (a dict), not {type(functions).__name__}.")
+
+
 def _check_callable(table: str, name: str, fn: Any) -> None:
     """A function, or a LangChain tool object (``@tool``); among world tools, one whose function takes the world first."""
     if table == "tools":
@@ -572,6 +590,9 @@ class PythonSandbox:
         journal: bool = True,
         validate_arguments: bool = True,
     ) -> None:
+        _check_table("tools", tools)
+        if read_only_tools is not None:
+            _check_table("read_only_tools", read_only_tools)
         overlap = set(tools) & set(read_only_tools or {})
         if overlap:
             raise SandboxError(f"Tools {sorted(overlap)} are listed both as world tools and as read-only tools; list each once.")

@@ -374,6 +374,20 @@ def test_a_langchain_tool_among_world_tools_says_where_it_belongs() -> None:
         PythonSandbox(lambda environment: {}, tools={"nothing": nothing})
 
 
+def test_tools_given_as_a_list_say_how_to_map_them_by_name() -> None:
+    """The list a ToolNode or create_agent is given, passed as ``tools`` or ``read_only_tools``: was a TypeError
+    ("unhashable type: 'StructuredTool'") or an AttributeError ("'list' object has no attribute 'items'") (a sweep)."""
+    [place, _, _, _, plus_one, _] = _langchain_tools()
+    for options in ({"tools": [place]}, {"tools": {}, "read_only_tools": [plus_one]}, {"tools": (_take_in,)}):
+        table = "read_only_tools" if "read_only_tools" in options else "tools"
+        with pytest.raises(SandboxError, match=rf"PythonSandbox's {table} must map each tool's name to its function, not be a"):
+            PythonSandbox(lambda environment: {}, **options)
+    with pytest.raises(SandboxError, match=r"\{t.name: t for t in tools\}"):
+        PythonSandbox(lambda environment: {}, tools=[place])
+    with pytest.raises(SandboxError, match="must map each tool's name to its function \\(a dict\\), not str"):
+        PythonSandbox(lambda environment: {}, tools="place")
+
+
 # -- world tools given as LangChain tool objects: they answer as the tool's own error handling does ---------------------
 
 
