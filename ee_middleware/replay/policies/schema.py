@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import logging
 import math
 import pickle
 import threading
@@ -21,6 +22,8 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.models.parsing import canonical_call, canonical_json
+
+logger = logging.getLogger("ee_middleware.replay")
 
 if TYPE_CHECKING:
     from ee_middleware.records import ToolCall, ToolSchema
@@ -535,7 +538,10 @@ class ToolSchemas:
         if name not in self._validators:
             schema_json = canonical_json(self._parameters[name])
             self._fast[name] = _fast_validator(schema_json)
-            self._validators[name] = schema_json if _valid_schema(schema_json) else None
+            valid = _valid_schema(schema_json)
+            self._validators[name] = schema_json if valid else None
+            if not valid:
+                _warn_invalid_schema(name, schema_json)
         return self._validators[name]
 
     def _fast_verdict(self, name: str, arguments: Mapping[str, Any]) -> bool | None:
@@ -559,13 +565,32 @@ def _clip(text: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def _schema_is_valid(schema_json: str) -> bool:
     """Whether jsonschema accepts the parameters schema as a Draft 2020-12 schema."""
+    return _schema_problem(schema_json) is None
+
+
+def _schema_problem(schema_json: str) -> str | None:
+    """What jsonschema finds wrong with the parameters schema as a Draft 2020-12 schema, or ``None``."""
     import jsonschema
 
     try:
         jsonschema.Draft202012Validator.check_schema(json.loads(schema_json))
-    except jsonschema.SchemaError:
-        return False
-    return True
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(part) for part in exc.absolute_path)
+        return _clip(f"{exc.message}" + (f" (at {where})" if where else ""))
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _warn_invalid_schema(name: str, schema_json: str) -> None:
+    """Say once per process and schema that a tool's parameters are no valid JSON Schema: its calls are then checked
+    for their required arguments only, so proposals for it may not fit what the tool accepts."""
+    logger.warning(
+        "ee-middleware: the parameters of tool %r are not a valid JSON Schema (%s): its calls are checked for their "
+        "required arguments only, and alternatives proposed for it may not fit what it accepts. Fix the tool's schema "
+        "(its args_schema or parameters).",
+        name,
+        _schema_problem(schema_json) or "jsonschema refused it",
+    )
 
 
 @functools.lru_cache(maxsize=1024)

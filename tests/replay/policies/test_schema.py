@@ -113,10 +113,39 @@ def test_malformed_tools_are_skipped_and_bare_function_docs_accepted() -> None:
     assert schemas.validate(call("no_params", anything=1)) is None
 
 
-def test_a_schema_that_is_itself_invalid_still_checks_required_arguments() -> None:
+def test_a_schema_that_is_itself_invalid_still_checks_required_arguments(caplog: pytest.LogCaptureFixture) -> None:
+    """And says so, once, naming the tool and what is wrong (was silent: a sweep's broken regex, unknown type,
+    properties given as a list, proposals checked against nothing but the required names)."""
     schemas = ToolSchemas([function_tool("odd", "", {"type": "object", "properties": {"x": {"type": 5}}, "required": ["x"]})])
-    assert schemas.validate(call("odd")) == "odd: missing required argument 'x'"
-    assert schemas.validate(call("odd", x="whatever")) is None
+    with caplog.at_level("WARNING", logger="ee_middleware.replay"):
+        assert schemas.validate(call("odd")) == "odd: missing required argument 'x'"
+        assert schemas.validate(call("odd", x="whatever")) is None
+    [warned] = [r.getMessage() for r in caplog.records if r.name == "ee_middleware.replay"]
+    assert "the parameters of tool 'odd' are not a valid JSON Schema" in warned and "(at properties/x/type)" in warned
+    assert "checked for their required arguments only" in warned
+
+
+@pytest.mark.parametrize(
+    ("parameters", "problem"),
+    [
+        ({"type": "object", "properties": {"s": {"type": "string", "pattern": "([a-z"}}}, "is not a 'regex'"),
+        ({"type": "object", "properties": ["a", "b"]}, "is not of type 'object' (at properties)"),
+        ({"type": "object", "properties": {"a": {"type": "string"}}, "required": "a"}, "is not of type 'array' (at required)"),
+    ],
+)
+def test_each_broken_schema_is_named_with_its_problem(parameters: dict, problem: str, caplog: pytest.LogCaptureFixture) -> None:
+    schemas = ToolSchemas([function_tool("broken", "", parameters)])
+    with caplog.at_level("WARNING", logger="ee_middleware.replay"):
+        schemas.accepts("broken", {})
+    assert any(problem in r.getMessage() and "'broken'" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_valid_schema_warns_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    schemas = ToolSchemas(SHOP_TOOLS)
+    with caplog.at_level("WARNING", logger="ee_middleware.replay"):
+        for name in schemas.names:
+            schemas.accepts(name, {})
+    assert not caplog.records
 
 
 def test_canonical_call_ignores_key_order() -> None:
