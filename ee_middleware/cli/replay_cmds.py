@@ -461,8 +461,9 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
     if summary.states_short_of_k:
         out.print(
             f"[yellow]fewer than K[/]: {summary.states_short_of_k} of {summary.states} state(s) got fewer than k={summary.k} "
-            f"alternatives ({summary.alternatives_short_of_k} in all): the tools' schemas allow fewer distinct calls there, the "
-            "sandbox refused some (below) or predictions failed (above)",
+            f"alternatives ({summary.alternatives_short_of_k} in all): the policy found fewer distinct calls the tools' schemas "
+            "accept there (tools with few arguments or values, or none it could make), the sandbox refused some (below) or "
+            "predictions failed (above)",
             highlight=False,
         )
     if summary.rejected_by_reason:

@@ -49,6 +49,7 @@ from ee_middleware.replay.policies.vocabulary import DATE, EMAIL, Harvester, Voc
 __all__ = ["MutationPolicy", "Vocabulary"]
 
 _MAX_DEPTH = 4
+_REQUIRED_DEPTH = 32
 _CLOSED = 1 << 30
 """Failure count of a mode that can never produce a candidate (no other tool offered, expert's tool unknown)."""
 _SYNTHETIC = ("alpha", "beta", "gamma", "delta", "notes", "report", "draft", "test", "main", "data")
@@ -169,13 +170,17 @@ class _ValueMaker:
             if isinstance(schema.get(key), list) and schema[key]:
                 return self.value(self.choice(schema[key]), name, depth + 1, current=current, invalid=invalid)
         kind = self._type(schema)
-        if depth > _MAX_DEPTH:
-            return {"object": {}, "array": [], "integer": 0, "number": 0, "boolean": False, "null": None}.get(kind, "")
+        if kind == "array" and depth > _MAX_DEPTH:
+            return []
         if kind == "object":
+            # past _MAX_DEPTH only what is required (a recursive schema's optional members would not end), and nothing
+            # past _REQUIRED_DEPTH (one requiring itself has no finite value)
             props = schema.get("properties") if isinstance(schema.get("properties"), Mapping) else {}
-            required = set(schema.get("required") or ())
+            required = set(schema.get("required") or ()) if depth <= _REQUIRED_DEPTH else set()
             return {
-                k: self.value(sub, k, depth + 1) for k, sub in props.items() if k in required or self.rng.random() < self.optional_arg_rate
+                k: self.value(sub, k, depth + 1)
+                for k, sub in props.items()
+                if k in required or (depth <= _MAX_DEPTH and self.rng.random() < self.optional_arg_rate)
             }
         if kind == "array":
             return self._array(schema, name, depth + 1)

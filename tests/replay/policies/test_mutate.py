@@ -156,6 +156,40 @@ def test_enum_arrays_and_nested_objects_respect_the_schema() -> None:
     assert all(c.arguments["mode"] in ("fast", "safe") for c in calls)
 
 
+@pytest.mark.parametrize("depth", [5, 7, 12])
+def test_a_value_deep_in_the_arguments_is_changed_within_its_schema(depth: int) -> None:
+    """Was: past 4 levels every value was 0, "" or {} whatever its schema said, so an integer from 1 to 1000 seven
+    levels down gave no alternative at all (the summary blamed the tools' schemas; a sweep)."""
+    schema: dict = {"type": "integer", "minimum": 1, "maximum": 1000}
+    arguments: object = 7
+    for level in range(depth, 0, -1):
+        schema = {"type": "object", "properties": {f"l{level}": schema}, "required": [f"l{level}"]}
+        arguments = {f"l{level}": arguments}
+    tools = [function_tool("deep", "", schema)]
+    point = DecisionPoint("t", 0, [], tools, ToolCall(id="e", name="deep", arguments=arguments))  # type: ignore[arg-type]
+    calls = assert_valid_distinct_not_expert(point, k=4, seed=1)
+    assert all(c.name == "deep" for c in calls)
+
+
+def test_a_schema_that_requires_itself_still_ends() -> None:
+    """A recursive schema whose member is required at every level has no finite value: proposing for it ends (what it
+    gives is refused by the schema check, not stored)."""
+    tools = [
+        function_tool(
+            "tree",
+            "",
+            {
+                "type": "object",
+                "properties": {"node": {"$ref": "#/$defs/node"}},
+                "required": ["node"],
+                "$defs": {"node": {"type": "object", "properties": {"child": {"$ref": "#/$defs/node"}}, "required": ["child"]}},
+            },
+        )
+    ]
+    point = DecisionPoint("t", 0, [], tools, ToolCall(id="e", name="tree", arguments={"node": {"child": {}}}))
+    MutationPolicy().propose(point, 3, seed=0)
+
+
 def test_returns_fewer_when_the_schemas_allow_fewer() -> None:
     tools = [function_tool("toggle", "", {"type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]})]
     point = DecisionPoint("t", 0, [], tools, ToolCall(id="e", name="toggle", arguments={"on": True}))
