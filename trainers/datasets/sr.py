@@ -50,7 +50,7 @@ from ee_middleware.models.parsing import canonical_call
 from ee_middleware.replay.policies.schema import json_numbers
 from ee_middleware.trainers.datasets.rows import DATASET_SCHEMA, OFFERED_TOOLS, SYNTHETIC, conform, expert_turns, offered_tools_json
 from ee_middleware.trainers.datasets.source import DatasetSource, taught_steps
-from ee_middleware.trainers.datasets.teachers import CallReflection, ReflectionCase, Teacher, write_rationales
+from ee_middleware.trainers.datasets.teachers import GARBLED, CallReflection, ReflectionCase, Teacher, write_rationales
 
 _LEAK = re.compile(r"\bexpert\b|\b(action|option|alternative|choice)\s*#?\s*\d+\b", re.IGNORECASE)
 _RECOMMEND = re.compile(r"\b(should|better|instead|prefer|best|i will|i'll|let me|go with|choose)\b", re.IGNORECASE)
@@ -121,15 +121,10 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-_GARBLED = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-"""What no rationale holds: the replacement character a decode of broken bytes writes, control characters (but tabs and
-line breaks)."""
-
-
 def _prose(text: str) -> bool:
-    """Whether ``text`` reads as a rationale: no garbled character (:data:`_GARBLED`), and ten letters or more, of any
+    """Whether ``text`` reads as a rationale: no garbled character (:data:`~ee_middleware.trainers.datasets.teachers.GARBLED`), and ten letters or more, of any
     script (a teacher that answers punctuation, digits or symbols wrote nothing to learn from)."""
-    return _GARBLED.search(text) is None and sum(c.isalpha() for c in text) >= 10
+    return GARBLED.search(text) is None and sum(c.isalpha() for c in text) >= 10
 
 
 def check_rationale(text: str, chosen_tool: str | Collection[str], alternative_tools: list[str]) -> tuple[str | None, dict[str, Any]]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -123,9 +124,15 @@ class Teacher(Protocol):
     def write(self, cases: list[ReflectionCase]) -> list[str]: ...
 
 
+GARBLED = re.compile(r"[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""What no rationale holds: the replacement character a decode of broken bytes writes, control characters (but tabs and
+line breaks)."""
+
+
 def _outcome(text: str | None, width: int) -> str:
-    """A tool's answer on one line for a rationale; an empty answer is called so (not left as a blank)."""
-    return one_line(text, width) or "an empty result"
+    """A tool's answer on one line for a rationale, without :data:`GARBLED` characters (a binary or badly decoded
+    result would make the rationale no prose, and the SR guards drop it); an empty answer is called so."""
+    return one_line(GARBLED.sub(" ", text) if text else text, width) or "an empty result"
 
 
 class TemplateTeacher:

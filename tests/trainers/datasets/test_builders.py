@@ -278,6 +278,22 @@ def test_what_the_expert_said_beside_its_calls_is_kept_and_taught(tmp_path: Path
     assert targets[1] == {"role": "assistant", "content": "Sunny."}
 
 
+def test_the_template_teacher_quotes_a_garbled_answer_as_prose() -> None:
+    """A result with control characters or U+FFFD (binary, a broken decode) made the whole rationale no prose, and the
+    SR guards dropped the state's row (a sweep: 6 of 8 rows of such a store)."""
+    from ee_middleware.trainers.datasets.sr import check_rationale
+
+    case = ReflectionCase(
+        task="t", context="c", chosen="read(path='a')", chosen_outcome="PK\x03\x04\x00 data \ufffd", alternatives=[("ls()", "a\x1bb")]
+    )
+    (rationale,) = TemplateTeacher().write([case])
+    assert rationale == (
+        "I call read(path='a') because it returns PK data, which moves the task forward. "
+        "Calling ls() returns a b, which does not do what the task asks."
+    )
+    assert check_rationale(rationale, "read", ["ls"])[0] == rationale
+
+
 def test_the_template_teacher_names_an_empty_answer() -> None:
     case = ReflectionCase(task="t", context="c", chosen="mkdir(name='a')", chosen_outcome="", alternatives=[("ls()", "  ")])
     (rationale,) = TemplateTeacher().write([case])
