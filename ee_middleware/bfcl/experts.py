@@ -9,15 +9,20 @@ automatically, with the entry's environment reference, so the replay job can reb
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from ee_middleware._locks import holder_lock
 from ee_middleware.bfcl.data import ADDITIONAL_FUNCTIONS_PROMPT, BFCLEntry, load_entries
 from ee_middleware.bfcl.world import World, build_world, execute, parse_call
+from ee_middleware.errors import EEError
 from ee_middleware.messages import message_type
 from ee_middleware.records import ToolCall
+from ee_middleware.store.metadata import local_folder
 
 EXPERT_MODEL_NAME = "bfcl-ground-truth-expert"
 CLARIFY_ANSWER = "I can't complete this with the information and tools I have. Could you give me the missing details?"
@@ -144,6 +149,8 @@ class RecordReport:
     """Entry ids found in the store already (not recorded again)."""
     failed: dict[str, str] = field(default_factory=dict)
     """Entry id -> what went wrong."""
+    cut_off_rejected: int = 0
+    """Trajectories a stopped recording had left (``interrupted``, pending) of entries now recorded whole, rejected."""
 
 
 def recorded_entry_ids(store: Any, category: str) -> set[str]:
@@ -173,11 +180,66 @@ def record_experts(
 
     Idempotent: entries already recorded for the category are left alone.
     """
-    from ee_middleware.capture.recorder import record_experience
     from ee_middleware.store.registry import open_store
 
     entries = load_entries(category, limit=limit, ids=ids)  # an unknown category fails before the store is made
     store_obj = open_store(store)
+    with _recording_alone(store_obj, category):
+        report = _record(store_obj, category, entries, progress)
+        _reject_cut_off(store_obj, category, report)
+    return report
+
+
+class ExpertsRecordingError(EEError):
+    """Another process records the same category's experts into the store now."""
+
+
+@contextmanager
+def _recording_alone(store: Any, category: str) -> Iterator[None]:
+    """Hold the store's lock for recording ``category``'s experts (a file in a local store's folder) for the block; raise
+    :class:`ExpertsRecordingError` at once where another process holds it: both would find the same entries not yet
+    recorded and record each twice (every expert example then taught twice). A plug-in's store is not locked."""
+    folder = local_folder(store)
+    if folder is None or not folder.is_dir():
+        yield
+        return
+    lock = folder / f"record-experts-{hashlib.sha256(category.encode()).hexdigest()[:16]}.lock"
+
+    def busy(holder: str) -> ExpertsRecordingError:
+        return ExpertsRecordingError(
+            f"Another process is recording the {category} experts into {folder} ({holder}): both would record the same "
+            "entries, each twice. Wait for it to end, or stop that process (the lock is released when it exits, even if "
+            "it is killed); then run this again: it records only what is not stored yet."
+        )
+
+    with holder_lock(lock, busy, doing=f"ee bfcl record-experts {category}", remove=True):
+        yield
+
+
+def _reject_cut_off(store: Any, category: str, report: RecordReport) -> None:
+    """Reject the category's expert trajectories a stopped recording left (``interrupted``, pending review) whose entry
+    is now recorded whole: nobody reviews them, and they would wait in the review queue for good."""
+    import json
+
+    import polars as pl
+
+    done = recorded_entry_ids(store, category)
+    frame = store.trajectories(app=app_name(category), status="pending").filter(
+        (pl.col("status") == "interrupted") & pl.col("environment_json").is_not_null()
+    )
+    cut_off = [row["id"] for row in frame.iter_rows(named=True) if json.loads(row["environment_json"]).get("entry_id") in done]
+    if cut_off:
+        store.reject(cut_off, by=EXPERTS_REVIEWER, reason="a recording that was stopped; the entry was recorded again whole")
+        report.cut_off_rejected = len(cut_off)
+
+
+EXPERTS_REVIEWER = "ee bfcl record-experts"
+"""Who rejects the recordings a stopped ``record-experts`` left (:func:`_reject_cut_off`)."""
+
+
+def _record(store_obj: Any, category: str, entries: list[BFCLEntry], progress: Callable[[int, int], None] | None) -> RecordReport:
+    from ee_middleware.capture.recorder import record_experience
+
     report = RecordReport(category=category)
     done_before = recorded_entry_ids(store_obj, category)
 

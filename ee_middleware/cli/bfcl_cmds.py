@@ -64,12 +64,25 @@ def record_experts_cmd(
         if bar is not None:
             bar.stop()
     if as_json:
-        print_json({"category": category, "recorded": report.recorded, "already_recorded": report.already, "failed": report.failed})
+        print_json(
+            {
+                "category": category,
+                "recorded": report.recorded,
+                "already_recorded": report.already,
+                "failed": report.failed,
+                "cut_off_rejected": report.cut_off_rejected,
+            }
+        )
     else:
         out.print(
             f"{category}: recorded {len(report.recorded)} expert trajectories into {store} "
             f"({len(report.already)} were already there, {len(report.failed)} failed)."
         )
+        if report.cut_off_rejected:
+            out.print(
+                f"rejected {report.cut_off_rejected} recording(s) a stopped run had left, of entries now recorded whole "
+                "(they would have waited for a review)."
+            )
         for entry_id, reason in report.failed.items():
             out.print(f"[red]failed[/] {escape(entry_id)}: {escape(reason)}")
     if report.failed:

@@ -9,6 +9,7 @@ import pytest
 from ee_middleware.bfcl.data import MULTI_TURN_CATEGORIES, load_entries
 from ee_middleware.bfcl.experts import app_name, record_experts
 from ee_middleware.bfcl.sandbox import BFCLSandbox
+from ee_middleware.records import Approval
 from ee_middleware.store import LocalExperienceStore
 from tests.conftest import BFCL_ENTRIES
 
@@ -141,13 +142,59 @@ def test_an_entry_whose_recording_was_interrupted_is_recorded_again(tmp_path: Pa
     assert len(first.recorded) == 2
     store = LocalExperienceStore(store_path)
     [done] = [t for t in store.iter_trajectories() if t.environment["entry_id"] == first.recorded[1]]
-    interrupted = done.model_copy(update={"id": "interrupted-" + done.id, "status": "interrupted", "steps": done.steps[:1]})
+    interrupted = done.model_copy(
+        update={"id": "interrupted-" + done.id, "status": "interrupted", "steps": done.steps[:1], "approval": Approval()}
+    )
     third = load_entries("multi_turn_base", limit=3)[2].id
     interrupted.environment = {**done.environment, "entry_id": third}
     store.write([interrupted])
     store.close()
     again = record_experts(store_path, "multi_turn_base", limit=3)
     assert again.recorded == [third] and sorted(again.already) == sorted(first.recorded)
+    # and the cut-off recording is rejected, rather than left waiting for a review for good (a sweep)
+    assert again.cut_off_rejected == 1
+    store = LocalExperienceStore(store_path)
+    left = store.trajectories(status="pending")
+    assert "interrupted-" + done.id not in left["id"].to_list()
+    [rejected] = store.approvals(["interrupted-" + done.id]).to_dicts()
+    assert (rejected["status"], rejected["by"]) == ("rejected", "ee bfcl record-experts")
+    store.close()
+    assert record_experts(store_path, "multi_turn_base", limit=3).cut_off_rejected == 0
+
+
+def test_a_second_recording_of_the_same_category_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """Two record-experts at once each found the same entries unrecorded and recorded every one twice (a sweep: 80
+    approved experts of 40, every example taught twice)."""
+    import subprocess
+    import sys
+
+    from ee_middleware.bfcl.experts import ExpertsRecordingError
+
+    store_path = tmp_path / "store"
+    LocalExperienceStore(store_path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from ee_middleware.bfcl.experts import _recording_alone\n"
+            "from ee_middleware.store import LocalExperienceStore\n"
+            f"with _recording_alone(LocalExperienceStore({str(store_path)!r}), 'multi_turn_base'):\n"
+            "    print('held', flush=True)\n"
+            "    sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ExpertsRecordingError, match=r"Another process is recording the multi_turn_base experts.*pid \d+"):
+            record_experts(store_path, "multi_turn_base", limit=1)
+        assert len(record_experts(store_path, "multi_turn_miss_func", limit=1).recorded) == 1  # another category runs beside it
+    finally:
+        holder.communicate("", timeout=30)
+    assert len(record_experts(store_path, "multi_turn_base", limit=1).recorded) == 1
 
 
 def test_a_curriculum_variant_of_an_entry_is_not_its_expert(tmp_path: Path) -> None:
