@@ -337,6 +337,11 @@ def _interrupted_text(cfg: Any, signal_name: str, counted: list[int]) -> str:
         else:
             more = " (its workers may have stored a few more)" if cfg.workers > 1 else ""
             kept = f"with {stored} of {total} trajectories replayed and stored{more}; those it was replaying are not stored"
+    if cfg.again and not (counted and counted[1]):
+        # the new attempt is made by its first stored trajectory: none was, so without --again there is nothing to go on with
+        return (
+            f"the replay stopped ({signal_name}) {kept}, so its new attempt holds nothing yet. The same command, with --again, starts it."
+        )
     again = " without --again" if cfg.again else ""  # with it, a run starts the next attempt instead
     said = f"the replay stopped ({signal_name}) {kept}. The same command{again} continues where it stopped"
     limit = getattr(cfg, "limit", None)

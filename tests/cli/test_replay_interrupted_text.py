@@ -27,3 +27,13 @@ def test_with_a_limit_it_says_the_next_run_takes_up_to_the_limit_those_left_firs
         "first, then more up to 3000."
     ), said
     assert _interrupted_text(_config(limit=3000), "SIGINT", []).endswith("continues where it stopped.")
+
+
+def test_an_again_stopped_before_storing_anything_says_to_run_it_with_again() -> None:
+    """Its new attempt is made by its first stored trajectory: "the same command without --again continues" replayed
+    nothing (the previous attempt was complete) and the asked-for replay never happened (a sweep)."""
+    for counted in ([], [40, 0]):
+        said = _interrupted_text(_config(again=True), "SIGINT", counted)
+        assert said.endswith("so its new attempt holds nothing yet. The same command, with --again, starts it."), said
+    said = _interrupted_text(_config(again=True), "SIGINT", [40, 12])
+    assert said.endswith("The same command without --again continues where it stopped."), said
