@@ -277,7 +277,24 @@ def print_json(data: Any) -> None:
     ascii_only = not stream_is_utf8(sys.stdout)  # a stdout in another encoding gets JSON's escapes (\u00e9), valid there
     text = json.dumps(finite_or_null(data), ensure_ascii=ascii_only, indent=2, default=str, allow_nan=False)
     _json_answers[0] += 1
-    sys.stdout.write(clean_text(text) + "\n")
+    write_all(sys.stdout, clean_text(text) + "\n")
+
+
+def write_all(stream: Any, text: str) -> None:
+    """Write ``text`` to ``stream`` whole: through its binary layer in a loop where it has one, as a raw layer may take
+    part of it (a stdout without buffering, ``python -u`` or ``PYTHONUNBUFFERED``, writes straight to the pipe, and its
+    text layer drops what a write did not take: a reader that closed early then cost the rest of the answer without
+    the broken pipe that says so)."""
+    binary = getattr(stream, "buffer", None)
+    if binary is None:
+        stream.write(text)
+        return
+    stream.flush()
+    data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8", errors="replace"))
+    while data:
+        written = binary.write(data)
+        data = data[written if written is not None else 0 :]
+    binary.flush()
 
 
 def stream_is_utf8(stream: Any) -> bool:

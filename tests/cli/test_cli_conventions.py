@@ -501,3 +501,31 @@ def test_too_many_open_files_says_which_limit_to_raise_injected(
     [line] = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert os.strerror(number) in line and "names no file" not in line
     assert ("ulimit -n" in line and "run fewer workers" in line) if number == errno.EMFILE else "fs.file-max" in line, line
+
+
+def test_a_json_answer_is_written_whole_to_a_stdout_without_buffering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``PYTHONUNBUFFERED`` (as Docker images set it) puts the text layer straight on the pipe: a write that took part of
+    the answer dropped the rest (a reader that closed early then got exit 0, not 141; a sweep). Here a raw stdout that
+    takes 7 bytes a write."""
+    import io
+    import sys
+
+    from ee_middleware.cli.common import print_json
+
+    class Trickle(io.RawIOBase):
+        def __init__(self) -> None:
+            self.received = bytearray()
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            taken = bytes(data[:7])
+            self.received += taken
+            return len(taken)
+
+    raw = Trickle()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))  # type: ignore[arg-type]
+    answer = {"rows": [{"id": i, "text": "ünïcödé ✓"} for i in range(500)]}
+    print_json(answer)
+    assert json.loads(raw.received.decode("utf-8")) == answer
