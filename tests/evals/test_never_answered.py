@@ -117,6 +117,53 @@ def test_one_refused_request_beside_answered_ones_stays_a_plain_task_failure(tmp
     assert len(handler.requests) == 4, "the same command runs the refused task again no more than the others"
 
 
+class _BrokenBodies(_Serving):
+    """Answers the request whose text holds ``broken_marker`` with HTTP 200 and a body that is no JSON (what a proxy
+    that cut the answer off, emptied it or replaced it writes), until ``mended``."""
+
+    broken_marker = ""
+    body = b""
+    mended = False
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        raw = self.rfile.read(length)
+        body = json.loads(raw)
+        if not self.mended and self.broken_marker in json.dumps(body["messages"]):
+            self.requests.append(body.get("model"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(self.body)))
+            self.end_headers()
+            self.wfile.write(self.body)
+            return
+        self.rfile = __import__("io").BytesIO(raw)
+        self.headers.replace_header("Content-Length", str(len(raw)))
+        super().do_POST()
+
+
+@pytest.mark.parametrize("body", [b'{"choices": [{"index": 0, "mess', b"", b"{{{{"], ids=["cut_off", "empty", "garbage"])
+def test_an_answer_that_is_no_json_is_no_answer_and_runs_again(tmp_path: Path, body: bytes) -> None:
+    """A 200 whose body is no JSON was scored as the model's failure (model_error), a real regression to the gate, while
+    the same proxy's HTML 502 was no answer (two sweeps): no model writes a body that is no JSON."""
+    [task] = [t for t in load_suite(SUITE).tasks() if t.id == REFUSED_TASK]
+    handler = type(
+        "Handler",
+        (_BrokenBodies,),
+        {"served": {"good"}, "requests": [], "broken_marker": json.dumps(task.turns[0][-1]["content"])[1:40], "body": body},
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    with serving(server) as url:
+        job = EvalJob(suites=[SUITE], model=f"openai:{url}#good", out=str(tmp_path / "run"), retries=0)
+        [summary] = run_eval(job)
+        assert summary["no_answer"] == 1, summary
+        handler.mended = True
+        [summary] = run_eval(job)
+    assert summary["success_rate"] == 1.0 and not summary.get("no_answer"), summary
+    assert len(handler.requests) == 5, "the same command asks the unanswered task again, and only it"
+
+
 class _RaisingClient:
     """A plug-in model client that raises on every request (``client_error``)."""
 
