@@ -289,6 +289,12 @@ class TauDomain:
                 f"{where} has the category {task.category!r}: write action, answer or refusal (action: the database must "
                 "change; answer: nothing changes, outputs are required; refusal: the policy forbids it, nothing may change)."
             )
+        if not isinstance(task.instruction, str) or not task.instruction.strip():
+            shown = f"{type(task.instruction).__name__} {task.instruction!r:.60}" if not isinstance(task.instruction, str) else "empty"
+            raise ConfigError(
+                f"{where}: its 'instruction' is {shown}, not a text: write what the customer wants and knows, in a few "
+                "sentences (a simulated user, --user-model, plays it; it was told 'None' and said nothing, and the agent failed)."
+            )
         if not task.turns:
             raise ConfigError(f"{where} has no turns, so any agent would pass it: give it at least one {{'user': TEXT}}.")
         for i, turn in enumerate(task.turns):

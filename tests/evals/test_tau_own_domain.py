@@ -235,6 +235,10 @@ def _edited(pantry: str, change: dict, turn: dict | None = None) -> list:
         ({}, {"actions": [{"name": "check_stock", "arguments": "plum"}]}, r"arguments of its action 'check_stock' are str 'plum'"),
         ({}, {"user": None}, r"turn 1 has no user text"),
         ({}, {"reply": 5}, r"turn 1's 'reply' is int 5, not a text"),
+        # a simulated user was told "None" and said nothing, and the agent failed (a sweep)
+        ({"instruction": None}, None, r"'ask-plums'.*'instruction' is NoneType None, not a text: write what the customer wants"),
+        ({"instruction": ["a"]}, None, r"'instruction' is list \['a'\], not a text"),
+        ({"instruction": "  "}, None, r"'instruction' is empty, not a text"),
         ({"id": "order-apples"}, None, r"two tasks with the id 'order-apples'"),
     ],
 )
