@@ -20,6 +20,7 @@ import functools
 import inspect
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -439,6 +440,8 @@ class TauDomain:
                 "from the tool's arguments or from a random.Random seeded by the database."
             )
         if not effect.failed_changing:
+            if effect.failed:
+                _warn_failing_ground_truth(self.name, split, task, effect)
             return
         first = effect.failed_changing[0]
         action = task.actions[first]
@@ -460,6 +463,31 @@ class TauDomain:
         """A sandbox over a fresh database at every ``reset`` (the environment is ignored)."""
         # tau-bench calls a tool with the arguments as the model wrote them (no schema check), and so does the harness
         return PythonSandbox(functools.partial(_fresh, self), tools=dict(self.tools), kind=f"tau:{self.name}", validate_arguments=False)
+
+
+def _warn_failing_ground_truth(domain: str, split: str, task: TauTask, effect: GroundTruth) -> None:
+    """Say (once per process, task and error) that ``task``'s ground-truth actions give errors that leave the database
+    as it was: a tool refusing by design (renewing an overdue loan) is part of a task, but a bug in the tool's code (a
+    ZeroDivisionError) or a wrong argument would be scored as right for every agent making the same failing call."""
+    first = effect.failed[0]
+    action = task.actions[first]
+    error = effect.errors[0].split(": ", 1)[-1].removeprefix("Error: ")
+    more = f" (and {len(effect.failed) - 1} more of its actions)" if len(effect.failed) > 1 else ""
+    key = (domain, split, task.id, error)
+    if key in _WARNED_GROUND_TRUTH:
+        return
+    _WARNED_GROUND_TRUTH.add(key)
+    warnings.warn(
+        f"Task {task.id!r} of the tau domain {domain!r} (split {split!r}): its ground-truth action {action.name} gives an "
+        f"error on a fresh database, leaving it as it was: {error}{more}. That is right where the tool refuses by design "
+        "(the task tests that the agent does not force it); if it is a bug in the tool or a wrong argument, fix it: every "
+        "agent making the same failing call is scored as right.",
+        UserWarning,
+        stacklevel=2,
+    )
+
+
+_WARNED_GROUND_TRUTH: set[tuple[str, str, str, str]] = set()
 
 
 @dataclass(frozen=True)

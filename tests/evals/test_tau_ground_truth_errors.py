@@ -118,8 +118,11 @@ def test_the_tool_reading_its_arguments_as_json_loads_and_the_oracle_passes(tmp_
 
 def test_a_read_that_raises_in_an_answer_task_changes_nothing_and_loads() -> None:
     """An error that leaves the database as it was is not refused: the expected database is the fresh one, so an agent
-    making the same failing call gains nothing (only an action that raises after changing the database is refused)."""
-    assert [t.id for t in _domain(reset_password_raw, lookup_user="u9").tasks("test")] == ["unlock-u1", "who-is-u1"]
+    making the same failing call gains nothing (only an action that raises after changing the database is refused). It
+    is named in a warning: were it a bug in the tool (a ZeroDivisionError), every agent making that call would pass
+    unnoticed (a sweep)."""
+    with pytest.warns(UserWarning, match=r"'who-is-u1'.*ground-truth action get_user gives an error on a fresh database, leaving it"):
+        assert [t.id for t in _domain(reset_password_raw, lookup_user="u9").tasks("test")] == ["unlock-u1", "who-is-u1"]
 
 
 def test_a_call_the_tool_refuses_by_design_loads() -> None:
@@ -142,7 +145,8 @@ def test_a_call_the_tool_refuses_by_design_loads() -> None:
         load_data=library.load_data,
         splits={"test": lambda: [TauTask.from_json(task, "tasks.json")]},
     )
-    [loaded] = tries.tasks("test")
+    with pytest.warns(UserWarning, match=r"'overdue-tries-renew'.*renew_loan gives an error.*refuses by design"):
+        [loaded] = tries.tasks("test")
     assert loaded.id == "overdue-tries-renew"
     assert tries.ground_truth(loaded).errors and not tries.ground_truth(loaded).changes
 
