@@ -75,7 +75,7 @@ from typing import TYPE_CHECKING, Any
 from ee_middleware.capture.redaction import PLACEHOLDER, SALT_FILE, RedactionRules, Redactor, store_salt
 
 if TYPE_CHECKING:
-    from ee_middleware.records import Rollout, Trajectory
+    from ee_middleware.records import Action, Rollout, Trajectory
 from ee_middleware.errors import ConfigError
 from ee_middleware.store.metadata import (
     MetadataNotKeptWarning,
@@ -620,27 +620,40 @@ def current_redactor(store: Any) -> Redactor | None:
     return redactor if redactor.enabled else None
 
 
-def redacted_trajectory(trajectory: Trajectory, redactor: Redactor | None) -> Trajectory:
+def redacted_trajectory(trajectory: Trajectory, redactor: Redactor | None, *, states: bool = True) -> Trajectory:
     """``trajectory`` with its user data (task, thread id, answer, error, messages, environment, tool schemas' text, its
     approval's reviewer and reason, each step's state, action and observation) redacted by ``redactor`` (``None``: as
-    stored); ids, times, names and the schemas' structure as stored."""
+    stored); ids, times, names and the schemas' structure as stored. ``states=False``: the steps' states as stored, for
+    a view that does not show them (each step's state holds the run's history up to it: redacting every one costs the
+    square of the run's length, 48 s for 100 steps of 100 KB results)."""
     if redactor is None:
         return trajectory
     from ee_middleware.capture.assembler import redact_tool_schemas
 
     redact = redactor.redact_value
-    data = trajectory.model_dump(mode="json")
-    for key in ("task", "thread_id", "final_answer", "error", "messages", "environment"):
-        data[key] = redact(data[key])
-    data["tools"] = redact_tool_schemas(data["tools"], redactor)
-    if data.get("approval"):
-        data["approval"]["by"], data["approval"]["reason"] = redact(data["approval"].get("by")), redact(data["approval"].get("reason"))
-    for step in data["steps"]:
-        step["state"] = redact(step["state"])
-        _redact_action(step["action"], redact)
-        if step.get("observation"):
-            step["observation"]["content"] = redact(step["observation"]["content"])
-    return type(trajectory).model_validate(data)
+    update: dict[str, Any] = {
+        key: redact(getattr(trajectory, key)) for key in ("task", "thread_id", "final_answer", "error", "messages", "environment")
+    }
+    update["tools"] = redact_tool_schemas(trajectory.tools, redactor)
+    if trajectory.approval is not None:
+        approval = trajectory.approval
+        update["approval"] = approval.model_copy(update={"by": redact(approval.by), "reason": redact(approval.reason)})
+    update["steps"] = [
+        step.model_copy(
+            update={
+                "action": _redacted_action(step.action, redact),
+                **({"state": redact(step.state)} if states else {}),
+                **(
+                    {"observation": step.observation.model_copy(update={"content": redact(step.observation.content)})}
+                    if step.observation
+                    else {}
+                ),
+            }
+        )
+        for step in trajectory.steps
+    ]
+    # (copies, not a dump and a validation of the whole record: the states alone are the square of the run's length)
+    return trajectory.model_copy(update=update)
 
 
 def redacted_rollout(rollout: Rollout, redactor: Redactor | None) -> Rollout:
@@ -648,13 +661,13 @@ def redacted_rollout(rollout: Rollout, redactor: Redactor | None) -> Rollout:
     :func:`redacted_trajectory` redacts a step's."""
     if redactor is None:
         return rollout
-    data = rollout.model_dump(mode="json")
-    _redact_action(data["action"], redactor.redact_value)
-    data["observation"]["content"] = redactor.redact_value(data["observation"]["content"])
-    return type(rollout).model_validate(data)
+    redact = redactor.redact_value
+    observation = rollout.observation.model_copy(update={"content": redact(rollout.observation.content)})
+    return rollout.model_copy(update={"action": _redacted_action(rollout.action, redact), "observation": observation})
 
 
-def _redact_action(action: dict[str, Any], redact: Callable[[Any], Any]) -> None:
-    action["content"], action["reasoning"] = redact(action.get("content")), redact(action.get("reasoning"))
-    if action.get("tool_call"):
-        action["tool_call"]["arguments"] = redact(action["tool_call"]["arguments"])
+def _redacted_action(action: Action, redact: Callable[[Any], Any]) -> Action:
+    update: dict[str, Any] = {"content": redact(action.content), "reasoning": redact(action.reasoning)}
+    if action.tool_call is not None:
+        update["tool_call"] = action.tool_call.model_copy(update={"arguments": redact(action.tool_call.arguments)})
+    return action.model_copy(update=update)

@@ -685,7 +685,7 @@ def show(
         if trajectory is None:
             r = rollouts[0]
             trajectory = opened.get(r.trajectory_id)
-        trajectory = redacted_trajectory(trajectory, redactor)
+        trajectory = redacted_trajectory(trajectory, redactor, states=False)  # (its states are not shown)
         # Rollouts of several replays (another --seed, an --again, ee improve after a manual run): each row names its
         # replay, and a state's rows come replay by replay; one replay's rows are shown as they always were.
         replays = _replays_shown(opened, trajectory.id, rollouts)

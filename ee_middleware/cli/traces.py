@@ -155,7 +155,7 @@ def show(
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         redactor = current_redactor(opened)
-        trajectory = redacted_trajectory(opened.get(trajectory_id), redactor)
+        trajectory = redacted_trajectory(opened.get(trajectory_id), redactor, states=as_json)  # (the table shows none)
         history = opened.approvals([trajectory.id])
     redact = _redact_fn(redactor)
     decisions = [

@@ -9,6 +9,7 @@ stored verbatim. Real store, real CLI (typer's runner)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -36,10 +37,14 @@ def _store(tmp_path: Path) -> LocalExperienceStore:
     """A store holding what capture without the store's rules wrote (a second recorder, an older version): the
     environment, the tool schemas and an approval's text in plain text."""
     store = LocalExperienceStore(tmp_path / "store")
-    trajectory = sample_trajectory("t1").model_copy(
+    trajectory = sample_trajectory("t1")
+    first = trajectory.steps[0]
+    first = first.model_copy(update={"state": [*first.state, {"role": "user", "content": f"call me on {NATIONAL}"}]})
+    trajectory = trajectory.model_copy(
         update={
             "environment": {"customers": {"CU-1001": {"phones": [NATIONAL], "email": "jane.doe@gmail.com"}}},
             "tools": [TOOL],
+            "steps": [first, *trajectory.steps[1:]],
         }
     )
     store.write([trajectory])
@@ -63,6 +68,9 @@ def test_show_redacts_the_environment_the_tools_and_the_approvals(tmp_path: Path
         assert not [p for p in PLANTED if p in shown.stdout], shown.stdout
         assert "[REDACTED:phone_national" in shown.stdout and "[REDACTED:email" in shown.stdout
         assert "find_customer" in shown.stdout  # the tool's name kept
+        if args:  # the states (only --json shows them)
+            state = json.loads(shown.stdout)["steps"][0]["state"]
+            assert state[-1]["content"].startswith("call me on [REDACTED:phone_national")
     listed = CliRunner().invoke(app, ["traces", "list", "--store", str(store.root), "--json"])
     assert listed.exit_code == 0 and not [p for p in PLANTED if p in listed.stdout], listed.stdout
 
