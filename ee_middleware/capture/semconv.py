@@ -56,12 +56,12 @@ EE_LANGGRAPH_STEP = "ee.langgraph.step"
 """The step of its graph a model call's node ran in (``langgraph_step``): parallel branches of one step share it, a
 node run again later (a retry, a loop) has another."""
 EE_TOOL_ERROR_POSITIONS = "ee.tool_call.error_positions"
-EE_TOOL_TRUNCATED = "ee.tool_call.truncated_chars"
-"""The tool messages of a span's messages whose content capture cut to ``max_observation_chars``, as flat
-``(position, characters cut)`` pairs: a result the tool span cannot say was cut (ToolNode's text for a tool that raised)."""
 """The positions, in a ``chat`` span's input messages (in the run root's output messages), of the tool messages that
 report an error (a ``ToolMessage`` with ``status="error"``), also those no tool span failed for (a middleware that
 answered for the tool: ``ToolCallLimitMiddleware``, a guardrail). Positions, not call ids: a model may reuse ids."""
+EE_TOOL_TRUNCATED = "ee.tool_call.truncated_chars"
+"""The tool messages of a span's messages whose content capture cut to ``max_observation_chars``, as flat
+``(position, characters cut)`` pairs: a result the tool span cannot say was cut (ToolNode's text for a tool that raised)."""
 EE_INVALID_TOOL_CALL_POSITIONS = "ee.tool_call.invalid_positions"
 """The positions, among a ``chat`` span's output tool calls (every call of its output messages, in order: each
 message's valid calls, then its invalid ones, as :func:`~ee_middleware.messages.langchain_to_openai` writes them), of

@@ -657,13 +657,16 @@ def redacted_trajectory(trajectory: Trajectory, redactor: Redactor | None, *, st
 
 
 def redacted_rollout(rollout: Rollout, redactor: Redactor | None) -> Rollout:
-    """``rollout`` with its action and observation redacted by ``redactor`` (``None``: as stored), as
-    :func:`redacted_trajectory` redacts a step's."""
+    """``rollout`` with its action, observation and an experience model's reasoning redacted by ``redactor`` (``None``:
+    as stored), as :func:`redacted_trajectory` redacts a step's."""
     if redactor is None:
         return rollout
     redact = redactor.redact_value
     observation = rollout.observation.model_copy(update={"content": redact(rollout.observation.content)})
-    return rollout.model_copy(update={"action": _redacted_action(rollout.action, redact), "observation": observation})
+    update: dict[str, Any] = {"action": _redacted_action(rollout.action, redact), "observation": observation}
+    if rollout.synthetic_source is not None and rollout.synthetic_source.reasoning:  # (an experience model's, shown)
+        update["synthetic_source"] = rollout.synthetic_source.model_copy(update={"reasoning": redact(rollout.synthetic_source.reasoning)})
+    return rollout.model_copy(update=update)
 
 
 def _redacted_action(action: Action, redact: Callable[[Any], Any]) -> Action:

@@ -577,10 +577,12 @@ def list_rollouts(
     """List stored rollouts (alternative actions and their real observations)."""
     import polars as pl
 
+    from ee_middleware.capture.store_redaction import current_redactor, redacted_rollout
     from ee_middleware.store.tables import rollout_from_row
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
+        redactor = current_redactor(opened)  # the store's rules as they are now, as ee traces list applies them
         only = opened.resolve_id(trajectory) if trajectory else None
         # Every rollout, read once (a read of the store reads all its spool): the table shows their ids as prefixes unique
         # among them all, and the filters pick from them.
@@ -600,7 +602,7 @@ def list_rollouts(
     matching = frame.height
     if (cap := terminal_cap(matching, limit, as_json)) is not None:
         frame = frame.head(cap)
-    rollouts = [rollout_from_row(row) for row in frame.iter_rows(named=True)]
+    rollouts = [redacted_rollout(rollout_from_row(row), redactor) for row in frame.iter_rows(named=True)]
     if as_json:
         print_json([_rollout_json(r) for r in rollouts])
         return

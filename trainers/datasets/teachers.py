@@ -132,7 +132,9 @@ line breaks)."""
 def _outcome(text: str | None, width: int) -> str:
     """A tool's answer on one line for a rationale, without :data:`GARBLED` characters (a binary or badly decoded
     result would make the rationale no prose, and the SR guards drop it); an empty answer is called so."""
-    return one_line(GARBLED.sub(" ", text) if text else text, width) or "an empty result"
+    if not text or not text.strip():
+        return "an empty result"
+    return one_line(GARBLED.sub(" ", text), width) or "a result that is no text"
 
 
 class TemplateTeacher:

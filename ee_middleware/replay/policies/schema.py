@@ -584,11 +584,15 @@ def _schema_problem(schema_json: str) -> str | None:
 def _warn_invalid_schema(name: str, schema_json: str) -> None:
     """Say once per process and schema that a tool's parameters are no valid JSON Schema: its calls are then checked
     for their required arguments only, so proposals for it may not fit what the tool accepts."""
+    parsed = json.loads(schema_json)
+    declared = parsed.get("$schema") if isinstance(parsed, dict) else None
+    draft = f" (it declares {declared!r}; tool calling uses 2020-12, as OpenAI's and vLLM's do)" if isinstance(declared, str) else ""
     logger.warning(
-        "ee-middleware: the parameters of tool %r are not a valid JSON Schema (%s): its calls are checked for their "
-        "required arguments only, and alternatives proposed for it may not fit what it accepts. Fix the tool's schema "
-        "(its args_schema or parameters).",
+        "ee-middleware: the parameters of tool %r are not a valid JSON Schema 2020-12%s (%s): its calls are checked for "
+        "their required arguments only, and alternatives proposed for it may not fit what it accepts. Fix the tool's "
+        "schema (its args_schema or parameters).",
         name,
+        draft,
         _schema_problem(schema_json) or "jsonschema refused it",
     )
 

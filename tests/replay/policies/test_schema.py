@@ -121,7 +121,7 @@ def test_a_schema_that_is_itself_invalid_still_checks_required_arguments(caplog:
         assert schemas.validate(call("odd")) == "odd: missing required argument 'x'"
         assert schemas.validate(call("odd", x="whatever")) is None
     [warned] = [r.getMessage() for r in caplog.records if r.name == "ee_middleware.replay"]
-    assert "the parameters of tool 'odd' are not a valid JSON Schema" in warned and "(at properties/x/type)" in warned
+    assert "the parameters of tool 'odd' are not a valid JSON Schema 2020-12" in warned and "(at properties/x/type)" in warned
     assert "checked for their required arguments only" in warned
 
 

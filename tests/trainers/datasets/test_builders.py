@@ -292,6 +292,8 @@ def test_the_template_teacher_quotes_a_garbled_answer_as_prose() -> None:
         "Calling ls() returns a b, which does not do what the task asks."
     )
     assert check_rationale(rationale, "read", ["ls"])[0] == rationale
+    only_garbled = ReflectionCase(task="t", context="c", chosen="read(path='b')", chosen_outcome="\x00\x01\ufffd", alternatives=[])
+    assert TemplateTeacher().write([only_garbled])[0].startswith("I call read(path='b') because it returns a result that is no text,")
 
 
 def test_the_template_teacher_names_an_empty_answer() -> None:
