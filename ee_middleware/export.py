@@ -168,7 +168,8 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
     that ran as the model made it), 0 for an assistant message it did not, ``None`` for other roles.
 
     Not decided by the run: the history it was given (the messages before its first decision's state ends: earlier
-    runs' replies), a turn with a call awaiting a human review (an ``interrupted`` trajectory's call without an
+    runs' replies), a decision made under another system prompt than ``messages`` open with (another agent of the
+    graph, a supervisor's worker: :func:`other_conversations` teaches it with its own), a turn with a call awaiting a human review (an ``interrupted`` trajectory's call without an
     observation), a call that is no step of the run as written (a reviewer edited or rejected it), and a reply without
     calls that is no answer step of the run (a message a tool or a node wrote into the conversation, such as a
     ``Command(update=...)``'s ``AIMessage``). A trajectory without steps decided nothing."""
@@ -182,10 +183,11 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
         for s in trajectory.steps
         if trajectory.status == "interrupted" and s.action.tool_call is not None and s.observation is None
     }
+    system = _leading_system(messages)
     taught = {
         (s.action.tool_call.id, canonical_call(s.action.tool_call.name, s.action.tool_call.arguments))
         for s in trajectory.steps
-        if s.action.tool_call is not None and s.decision_index not in awaiting
+        if s.action.tool_call is not None and s.decision_index not in awaiting and _leading_system(s.state) == system
     }
     answered: set[int] | None = None  # where the run's answers are, found once a reply without calls needs it
     weights: list[int | None] = []
@@ -198,7 +200,11 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
             made = all(_call_key(call) in taught for call in calls)
         else:  # an answer of the run's model; not one a tool or a node wrote into the conversation (Command(update=...))
             if answered is None:
-                answered = {p for p, step in _decision_positions(trajectory).items() if step.action.tool_call is None}
+                answered = {
+                    p
+                    for p, step in _decision_positions(trajectory).items()
+                    if step.action.tool_call is None and _leading_system(step.state) == system
+                }
             made = position in answered
         weights.append(1 if position >= context and made else 0)
     return weights
@@ -329,7 +335,11 @@ def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
     of its call keeps the call's id). The others (given another history, or the same history as a parallel branch that
     replied otherwise) are chained into conversations in decision order: a decision goes on with the conversation whose
     last decision's state is the longest that starts its own. A call awaiting a human review (an ``interrupted`` run's call without an
-    observation) is no decision of the run (:func:`decided_by_run`). Empty for a run of one conversation."""
+    observation) is no decision of the run (:func:`decided_by_run`). A decision made under another system prompt than
+    ``messages`` open with (several agents in one graph sharing its conversation: a supervisor and its workers, a
+    swarm) is another conversation too, whatever its calls: its model was not given that prompt. So is one whose calls'
+    results follow its history without them (a handoff tool's ``Command(graph=Command.PARENT)`` carried only its tool
+    message to the parent). Empty for a run of one conversation."""
     messages = trajectory.messages
     in_messages = {_call_key(c) for m in messages if m.get("role") == "assistant" for c in m.get("tool_calls") or []}
     answers: dict[str, int] = {}
@@ -340,10 +350,14 @@ def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
     for step in trajectory.steps:
         decisions.setdefault(step.decision_index, []).append(step)
     awaiting = trajectory.status == "interrupted"
+    system = _leading_system(messages)
     left: list[list[Step]] = []
     for _, steps in sorted(decisions.items()):
         steps = [s for s in steps if not (awaiting and s.action.tool_call is not None and s.observation is None)]
         if not steps:
+            continue
+        if _leading_system(steps[0].state) != system:  # another agent's decision, under its own system prompt
+            left.append(steps)
             continue
         calls = [s.action.tool_call for s in steps if s.action.tool_call is not None]
         if any((c.id, canonical_call(c.name, c.arguments)) in in_messages for c in calls):
@@ -357,13 +371,16 @@ def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
         if messages[:at] == state:  # given this conversation's history: in it, unless another reply follows there
             after = messages[at] if at < len(messages) else {}
             ids = {c.get("id") for c in after.get("tool_calls") or []}
-            if after.get("role") != "assistant" or any(c.id in ids for c in calls):  # a reviewer's edit keeps the id
+            # (calls whose results follow without them: a handoff's Command(graph=PARENT) carried its tool message up
+            # to the parent's conversation, not the reply that made the call)
+            dropped = bool(calls) and after.get("role") == "tool" and after.get("tool_call_id") in {c.id for c in calls}
+            if not dropped and (after.get("role") != "assistant" or any(c.id in ids for c in calls)):  # an edit keeps the id
                 continue
         left.append(steps)
     conversations: list[list[list[Step]]] = []
     for steps in left:
         state = steps[0].state
-        going_on = [c for c in conversations if len(c[-1][0].state) < len(state) and state[: len(c[-1][0].state)] == c[-1][0].state]
+        going_on = [c for c in conversations if _goes_on(c[-1], state)]
         if going_on:
             max(going_on, key=lambda c: len(c[-1][0].state)).append(steps)
         else:
@@ -374,6 +391,24 @@ def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
         steps = [s for d in conversation for s in d]
         out.append(trajectory.model_copy(update={"messages": [*last[0].state, _reply_message(last)], "steps": steps}))
     return out
+
+
+def _goes_on(decision: list[Step], state: list[Message]) -> bool:
+    """Whether a decision given ``state`` goes on with the conversation ``decision`` (its steps) ended: ``state`` starts
+    with the history ``decision`` was given, followed by its reply (its calls, by id; an answer: an assistant message),
+    so that the conversation's example holds both (a reply its history lacks, such as a handoff's that
+    ``Command(graph=PARENT)`` left out of the parent's conversation, starts another)."""
+    given = decision[0].state
+    at = len(given)
+    if len(state) <= at or state[:at] != given or state[at].get("role") != "assistant":
+        return False
+    ids = {s.action.tool_call.id for s in decision if s.action.tool_call is not None and s.action.tool_call.id}
+    return not ids or any(isinstance(c, dict) and c.get("id") in ids for c in state[at].get("tool_calls") or [])
+
+
+def _leading_system(messages: list[Message]) -> Message | None:
+    """The system message a conversation opens with (an agent's system prompt), or ``None``."""
+    return messages[0] if messages and messages[0].get("role") == "system" else None
 
 
 def _reply_message(steps: list[Step]) -> Message:
