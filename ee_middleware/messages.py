@@ -48,12 +48,18 @@ def clean_text(text: str) -> str:
         return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
+MAX_JSON_DEPTH = 200
+"""How deep :func:`to_jsonable` follows nested values (a tool call's arguments, an environment); deeper ones become the
+text ``"<nested too deep>"`` (a value that holds itself would not end). LangChain itself fails on arguments some 400
+levels deep; 64 cut arguments a real tool had received whole (a sweep)."""
+
+
 def to_jsonable(value: Any, _depth: int = 0, *, unknown: Callable[[Any], Any] | None = None) -> Any:
     """Turn ``value`` into plain JSON data, as pydantic's JSON mode writes the types it knows (an enum member its value,
     a UUID its text, a date, time or duration ISO 8601 text; a ``Decimal`` is a number: :func:`decimal_number`); a
     numpy scalar or array is its Python value (``tolist()``), a float that is no finite number its text (``"nan"``,
     ``"inf"``: JSON has none); objects JSON cannot hold become their ``repr``, or what ``unknown`` makes of them."""
-    if _depth > 64:
+    if _depth > MAX_JSON_DEPTH:
         return "<nested too deep>"
     if value is None or isinstance(value, (bool, int)):
         return value

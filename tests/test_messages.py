@@ -33,6 +33,7 @@ from langchain_core.tools import tool
 from pydantic import BaseModel
 
 from ee_middleware.messages import (
+    MAX_JSON_DEPTH,
     clean_text,
     content_to_text,
     decode_tool_call,
@@ -165,7 +166,7 @@ def test_to_jsonable_writes_stdlib_values_as_pydantic_s_json_mode_does_not_as_th
 def test_to_jsonable_stops_at_a_depth_limit():
     nested: list[Any] = []
     inner = nested
-    for _ in range(100):
+    for _ in range(MAX_JSON_DEPTH + 36):
         inner.append([])
         inner = inner[0]
     value = to_jsonable(nested)
@@ -173,7 +174,7 @@ def test_to_jsonable_stops_at_a_depth_limit():
     while isinstance(value, list):
         (value,) = value
         depth += 1
-    assert (depth, value) == (65, "<nested too deep>")
+    assert (depth, value) == (MAX_JSON_DEPTH + 1, "<nested too deep>")
 
 
 def test_dumps_is_compact_utf8_json_and_never_raises():
@@ -186,7 +187,7 @@ def test_dumps_is_compact_utf8_json_and_never_raises():
     cycle: list[Any] = []
     cycle.append(cycle)
     text = dumps(cycle)  # a cycle becomes nested lists down to the depth limit
-    assert isinstance(json.loads(text), list) and text.endswith('"<nested too deep>"' + "]" * 65)
+    assert isinstance(json.loads(text), list) and text.endswith('"<nested too deep>"' + "]" * (MAX_JSON_DEPTH + 1))
     assert json.loads(dumps({"b": b"\x00"})) == {"b": {"type": "bytes", "base64": "AA=="}}
 
 

@@ -103,7 +103,7 @@ from ee_middleware.capture.store_redaction import (
 from ee_middleware.capture.vault import Vault
 from ee_middleware.capture.worker import SpanFinisher
 from ee_middleware.errors import CaptureError, ConfigError
-from ee_middleware.messages import decimal_number, to_jsonable
+from ee_middleware.messages import MAX_JSON_DEPTH, decimal_number, to_jsonable
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.store.metadata import keeps_metadata, local_folder
 from ee_middleware.store.protocol import ExperienceStore
@@ -945,10 +945,11 @@ def _environment_reference(value: Any, given_as: str) -> dict[str, Any] | None:
 
 def _json_ready(value: Any, given_as: str, _at: str = "", _depth: int = 0) -> Any:
     """``value`` with paths as their text and ``Decimal`` numbers as numbers, in mappings and sequences (a copy; the
-    caller's data is not changed). Deeper than 64 levels, values are left to the encoder (which cuts such nesting). A
+    caller's data is not changed). Deeper than :data:`~ee_middleware.messages.MAX_JSON_DEPTH` levels, values are left to
+    the encoder (which cuts such nesting). A
     value JSON cannot hold (a live connection, a file, a client: it would be stored as its ``repr``, from which no
     world can be rebuilt) raises :class:`ConfigError` naming where it is (``_at``) and what ``given_as`` gave it."""
-    if _depth > 64:
+    if _depth > MAX_JSON_DEPTH:
         return value
     if isinstance(value, Mapping):
         return {k: _json_ready(v, given_as, f"{_at}[{k!r}]", _depth + 1) for k, v in value.items()}
