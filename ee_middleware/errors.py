@@ -223,6 +223,12 @@ class ModelResponseError(ModelServerError):
     """A model server answered with something that is not a chat completion (not JSON)."""
 
 
+class UnreadableAnswerError(ModelResponseError):
+    """A model server's answer could not be read at all: a body that is no JSON (cut off, empty, a proxy's page), or a
+    stream request answered without an event stream. No model writes that: it is the server's or a proxy's doing (an
+    evaluation counts it as no answer), unlike an error the server sent in a readable answer."""
+
+
 class ChatTemplateError(ModelError):
     """A model's chat template cannot render the given messages."""
 

@@ -168,8 +168,8 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
     that ran as the model made it), 0 for an assistant message it did not, ``None`` for other roles.
 
     Not decided by the run: the history it was given (the messages before its first decision's state ends: earlier
-    runs' replies), a decision made under another system prompt than ``messages`` open with (another agent of the
-    graph, a supervisor's worker: :func:`other_conversations` teaches it with its own), a turn with a call awaiting a human review (an ``interrupted`` trajectory's call without an
+    runs' replies), a decision of another agent of the graph (a supervisor's worker: :func:`_own_agent`;
+    :func:`other_conversations` teaches it with its own prompt), a turn with a call awaiting a human review (an ``interrupted`` trajectory's call without an
     observation), a call that is no step of the run as written (a reviewer edited or rejected it), and a reply without
     calls that is no answer step of the run (a message a tool or a node wrote into the conversation, such as a
     ``Command(update=...)``'s ``AIMessage``). A trajectory without steps decided nothing."""
@@ -183,11 +183,11 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
         for s in trajectory.steps
         if trajectory.status == "interrupted" and s.action.tool_call is not None and s.observation is None
     }
-    system = _leading_system(messages)
+    own = _own_agent(trajectory)
     taught = {
         (s.action.tool_call.id, canonical_call(s.action.tool_call.name, s.action.tool_call.arguments))
         for s in trajectory.steps
-        if s.action.tool_call is not None and s.decision_index not in awaiting and _leading_system(s.state) == system
+        if s.action.tool_call is not None and s.decision_index not in awaiting and own(s)
     }
     answered: set[int] | None = None  # where the run's answers are, found once a reply without calls needs it
     weights: list[int | None] = []
@@ -200,11 +200,7 @@ def decided_by_run(trajectory: Trajectory) -> list[int | None]:
             made = all(_call_key(call) in taught for call in calls)
         else:  # an answer of the run's model; not one a tool or a node wrote into the conversation (Command(update=...))
             if answered is None:
-                answered = {
-                    p
-                    for p, step in _decision_positions(trajectory).items()
-                    if step.action.tool_call is None and _leading_system(step.state) == system
-                }
+                answered = {p for p, step in _decision_positions(trajectory).items() if step.action.tool_call is None and own(step)}
             made = position in answered
         weights.append(1 if position >= context and made else 0)
     return weights
@@ -335,9 +331,10 @@ def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
     of its call keeps the call's id). The others (given another history, or the same history as a parallel branch that
     replied otherwise) are chained into conversations in decision order: a decision goes on with the conversation whose
     last decision's state is the longest that starts its own. A call awaiting a human review (an ``interrupted`` run's call without an
-    observation) is no decision of the run (:func:`decided_by_run`). A decision made under another system prompt than
-    ``messages`` open with (several agents in one graph sharing its conversation: a supervisor and its workers, a
-    swarm) is another conversation too, whatever its calls: its model was not given that prompt. So is one whose calls'
+    observation) is no decision of the run (:func:`decided_by_run`). A decision of another agent than the one whose
+    conversation ``messages`` hold (several agents in one graph sharing it: a supervisor and its workers, a swarm; told
+    by another system prompt and other tools, :func:`_own_agent`) is another conversation too, whatever its calls: its
+    model was not given that prompt. So is one whose calls'
     results follow its history without them (a handoff tool's ``Command(graph=Command.PARENT)`` carried only its tool
     message to the parent). Empty for a run of one conversation."""
     messages = trajectory.messages
@@ -350,13 +347,13 @@ def other_conversations(trajectory: Trajectory) -> list[Trajectory]:
     for step in trajectory.steps:
         decisions.setdefault(step.decision_index, []).append(step)
     awaiting = trajectory.status == "interrupted"
-    system = _leading_system(messages)
+    own = _own_agent(trajectory)
     left: list[list[Step]] = []
     for _, steps in sorted(decisions.items()):
         steps = [s for s in steps if not (awaiting and s.action.tool_call is not None and s.observation is None)]
         if not steps:
             continue
-        if _leading_system(steps[0].state) != system:  # another agent's decision, under its own system prompt
+        if not own(steps[0]):  # another agent's decision, under its own system prompt and tools
             left.append(steps)
             continue
         calls = [s.action.tool_call for s in steps if s.action.tool_call is not None]
@@ -404,6 +401,20 @@ def _goes_on(decision: list[Step], state: list[Message]) -> bool:
         return False
     ids = {s.action.tool_call.id for s in decision if s.action.tool_call is not None and s.action.tool_call.id}
     return not ids or any(isinstance(c, dict) and c.get("id") in ids for c in state[at].get("tool_calls") or [])
+
+
+def _own_agent(trajectory: Trajectory) -> Callable[[Step], bool]:
+    """Whether a step is a decision of the agent whose conversation ``trajectory.messages`` hold: not one of another
+    agent of the graph sharing that conversation (a supervisor's worker, a swarm's agent), told by both its system
+    prompt and the tools it was offered differing from those of the run's last decision. One agent whose prompt changes
+    from call to call (a ``@dynamic_prompt`` with the date or the step; a running summary in the system message) keeps
+    its tools, and is one conversation; ``messages`` without a system prompt (a resumed run that called no model) hold
+    every decision as before."""
+    system = _leading_system(trajectory.messages)
+    if system is None or not trajectory.steps:
+        return lambda step: True
+    last = trajectory.steps[-1].tools
+    return lambda step: _leading_system(step.state) == system or step.tools == last
 
 
 def _leading_system(messages: list[Message]) -> Message | None:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ee_middleware.errors import EEError, ModelError, ModelRequestError, ModelServerError
+from ee_middleware.errors import EEError, ModelError, ModelRequestError, ModelResponseError, ModelServerError, UnreadableAnswerError
 from ee_middleware.evals.tasks import CUT_OFF, Conversation, Environment, EvalTask, Message, Step, Turn
 from ee_middleware.models.parsing import ParseProblem, call_id, from_openai_message, parse_tool_calls
 from ee_middleware.models.protocol import ChatClient, Sampling, message_text
@@ -136,17 +136,19 @@ class NoMessageError(ModelError):
 
 def gave_no_answer(exc: BaseException) -> bool:
     """Whether ``exc`` means the model server gave no answer (unreachable, timed out, 5xx after retries, an answer
-    without a message: :class:`NoMessageError`, an answer that is no JSON at all, :class:`~ee_middleware.errors.ModelResponseError`: a body
-    a proxy cut off, emptied or replaced with a page, which no model writes; or a refusal for its setup that every
-    request like it gets: llama-server without ``--jinja``, :attr:`ModelRequestError.setup`).
+    without a message: :class:`NoMessageError`, an answer that cannot be read at all,
+    :class:`~ee_middleware.errors.UnreadableAnswerError`: a body a proxy cut off, emptied or replaced with a page, which
+    no model writes; or a refusal for its setup that every request like it gets: llama-server without ``--jinja``,
+    :attr:`ModelRequestError.setup`).
 
-    Another refused request (4xx: a prompt longer than the context) is the model's or the settings' doing, and stays a
+    Another refused request (4xx: a prompt longer than the context; an error sent in a readable answer, as a gateway's
+    200 with ``{"error": {"code": "context_length_exceeded"}}``) is the model's or the settings' doing, and stays a
     plain failure."""
     if isinstance(exc, NoMessageError):
         return True
     if isinstance(exc, ModelRequestError):
         return exc.setup
-    return isinstance(exc, ModelServerError)
+    return isinstance(exc, ModelServerError) and (not isinstance(exc, ModelResponseError) or isinstance(exc, UnreadableAnswerError))
 
 
 class _ToolFailure(Exception):

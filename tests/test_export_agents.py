@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
+import polars as pl
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import InjectedToolCallId, tool
@@ -131,3 +132,73 @@ def test_a_supervisors_handoffs_and_its_workers_are_each_taught_once_under_their
         ("You are weather.", "get_weather", ["get_weather"]),
         ("You are weather.", "weather agent: sunny in Paris", ["get_weather"]),
     ]
+
+
+def test_one_agent_whose_system_prompt_changes_every_call_is_one_conversation(tmp_path: Path) -> None:
+    """A ``@dynamic_prompt`` (the step, the date) changes the system message of every call of the same agent: it exports
+    as one example teaching every decision, as before (the review: each decision was split into its own example,
+    repeating the history, and the Parquet row taught only the last)."""
+    from langchain.agents.middleware import dynamic_prompt
+
+    @dynamic_prompt
+    def numbered(request: Any) -> str:
+        return f"You are a weather desk. This is call {len(request.state['messages'])}."
+
+    script = [
+        AIMessage("", tool_calls=[tool_call("get_weather", city="Paris")]),
+        AIMessage("", tool_calls=[tool_call("get_weather", city="Oslo")]),
+        AIMessage("Sunny in both."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [get_weather], middleware=[numbered])
+    agent = record_experience(graph, app="desk", store=tmp_path / "s")
+    agent.invoke({"messages": [("user", "Weather in Paris and Oslo?")]})
+    assert agent.flush()
+    agent.recorder.close()
+    taught = _taught(tmp_path / "s", tmp_path / "out.jsonl")
+    assert [what for _, what, _ in taught] == ["Sunny in both.", "get_weather", "get_weather"]
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_resumed_run_that_called_no_model_is_taught_as_one_conversation(tmp_path: Path) -> None:
+    """Its messages (the graph's state) hold no system prompt, its reviewed step's state does (the model's input): that
+    is no other agent (the review: its approved call was reported as another conversation and left out of Parquet)."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from ee_middleware.export import export_parquet
+
+    @tool(return_direct=True)
+    def send_email(to: str) -> str:
+        """Send an e-mail."""
+        return f"sent to {to}"
+
+    model = ScriptedChatModel(script=[AIMessage("", tool_calls=[tool_call("send_email", to="bob")])])
+    graph = create_agent(
+        model,
+        [send_email],
+        system_prompt="You write e-mails.",
+        middleware=[HumanInTheLoopMiddleware(interrupt_on={"send_email": True})],
+        checkpointer=InMemorySaver(),
+    )
+    agent = record_experience(graph, app="mail", store=tmp_path / "s")
+    config = {"configurable": {"thread_id": "t1"}}
+    agent.invoke({"messages": [("user", "mail bob")]}, config)
+    agent.invoke(Command(resume={"decisions": [{"type": "approve"}]}), config)
+    assert agent.flush()
+    agent.recorder.close()
+    split: list[str] = []
+    store = LocalExperienceStore(tmp_path / "s")
+    try:
+        store.approve(store.trajectories()["id"].to_list(), by="alice")
+        export_parquet(store, tmp_path / "out.parquet", on_split=lambda trajectory_id, what: split.append(what))
+    finally:
+        store.close()
+    assert split == []
+    taught = [
+        call["function"]["name"]
+        for messages in pl.read_parquet(tmp_path / "out.parquet")["messages"].to_list()
+        for message in messages
+        if message["role"] == "assistant" and message.get("weight") == 1
+        for call in message.get("tool_calls") or []
+    ]
+    assert taught == ["send_email"]

@@ -223,9 +223,13 @@ def _reject_cut_off(store: Any, category: str, report: RecordReport) -> None:
 
     import polars as pl
 
+    from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
+
     done = recorded_entry_ids(store, category)
     frame = store.trajectories(app=app_name(category), status="pending").filter(
-        (pl.col("status") == "interrupted") & pl.col("environment_json").is_not_null()
+        (pl.col("status") == "interrupted")
+        & pl.col("environment_json").is_not_null()
+        & (pl.col("source").fill_null("") != CURRICULUM_SOURCE)  # (a variant copies its parent's entry id)
     )
     cut_off = [row["id"] for row in frame.iter_rows(named=True) if json.loads(row["environment_json"]).get("entry_id") in done]
     if cut_off:

@@ -293,7 +293,12 @@ def write_all(stream: Any, text: str) -> None:
     data = memoryview(text.encode(getattr(stream, "encoding", None) or "utf-8", errors="replace"))
     while data:
         written = binary.write(data)
-        data = data[written if written is not None else 0 :]
+        if written is None:  # a non-blocking stdout that takes nothing now: wait until it can
+            import select
+
+            select.select([], [binary], [], 1.0)
+            continue
+        data = data[written:]
     binary.flush()
 
 

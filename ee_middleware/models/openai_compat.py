@@ -36,7 +36,14 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ee_middleware.errors import ConfigError, ModelError, ModelRequestError, ModelResponseError, ModelServerError
+from ee_middleware.errors import (
+    ConfigError,
+    ModelError,
+    ModelRequestError,
+    ModelResponseError,
+    ModelServerError,
+    UnreadableAnswerError,
+)
 from ee_middleware.models.protocol import Choice, Message, Sampling, ToolSchema, clip
 from ee_middleware.models.urls import server_url_problem, shown_url
 
@@ -377,7 +384,7 @@ class OpenAIChatClient:
                 shown = f"a body that could not be read ({type(exc).__name__})"
             finally:
                 response.close()
-            raise ModelResponseError(
+            raise UnreadableAnswerError(
                 f"The server at {url} answered a stream request with HTTP {response.status_code} but no event stream "
                 f"(Content-Type {kind or 'missing'}): {shown}",
                 url=url,
@@ -410,7 +417,7 @@ class OpenAIChatClient:
         try:
             return response.json()
         except ValueError as exc:
-            raise ModelResponseError(
+            raise UnreadableAnswerError(
                 f"The server at {url} answered with something that is not JSON: {_shown_body(response)}", url=url
             ) from exc
 

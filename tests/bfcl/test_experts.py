@@ -158,8 +158,15 @@ def test_an_entry_whose_recording_was_interrupted_is_recorded_again(tmp_path: Pa
     assert "interrupted-" + done.id not in left["id"].to_list()
     [rejected] = store.approvals(["interrupted-" + done.id]).to_dicts()
     assert (rejected["status"], rejected["by"]) == ("rejected", "ee bfcl record-experts")
+    # an interrupted curriculum variant of a recorded entry (it copies the entry's id) is not the entry's cut-off expert
+    variant = interrupted.model_copy(update={"id": "variant-" + done.id, "source": "curriculum"})
+    variant.environment = {**done.environment, "entry_id": third}
+    store.write([variant])
     store.close()
     assert record_experts(store_path, "multi_turn_base", limit=3).cut_off_rejected == 0
+    store = LocalExperienceStore(store_path)
+    assert "variant-" + done.id in store.trajectories(status="pending")["id"].to_list()
+    store.close()
 
 
 def test_a_second_recording_of_the_same_category_is_refused_while_the_first_runs(tmp_path: Path) -> None:

@@ -164,6 +164,30 @@ def test_an_answer_that_is_no_json_is_no_answer_and_runs_again(tmp_path: Path, b
     assert len(handler.requests) == 5, "the same command asks the unanswered task again, and only it"
 
 
+def test_an_error_sent_in_a_readable_answer_stays_the_tasks_failure(tmp_path: Path) -> None:
+    """A gateway's 200 with ``{"error": {"code": "context_length_exceeded"}}`` is the request's doing, as the same error
+    sent as a 400 is: a plain failure, not no answer run again by every command (the review of the change above)."""
+    [task] = [t for t in load_suite(SUITE).tasks() if t.id == REFUSED_TASK]
+    error = {
+        "error": {"message": "This prompt is too long for the model.", "type": "invalid_request_error", "code": "context_length_exceeded"}
+    }
+    handler = type(
+        "Handler",
+        (_BrokenBodies,),
+        {
+            "served": {"good"},
+            "requests": [],
+            "broken_marker": json.dumps(task.turns[0][-1]["content"])[1:40],
+            "body": json.dumps(error).encode(),
+        },
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    with serving(server) as url:
+        [summary] = run_eval(EvalJob(suites=[SUITE], model=f"openai:{url}#good", out=str(tmp_path / "run"), retries=0))
+    assert not summary.get("no_answer") and summary["failures"] == {"model_error": 1}, summary
+
+
 class _RaisingClient:
     """A plug-in model client that raises on every request (``client_error``)."""
 

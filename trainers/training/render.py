@@ -96,6 +96,8 @@ class RenderStats:
             described = fit.describe()
         else:
             described = Fit([], None, "", prompt_tokens, prompt_tokens).describe()
+        # "tokens": the prompt as trained, after the cut from the left (it was the fitted prompt's, before that cut)
+        described["tokens"] -= left_cut
         self.cuts.append({"id": row_id, **described, "left_cut_tokens": left_cut, "completion_cut_chars": completion_cut_chars})
 
     @property

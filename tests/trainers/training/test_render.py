@@ -68,6 +68,9 @@ def test_long_prompts_are_cut_from_the_left_and_counted(tool_tokenizer: Any) -> 
     trained = [label for label in cut[1].labels if label != -100]
     assert trained == [label for label in full[1].labels if label != -100] and cut[1].input_ids[-len(trained) :] == trained
     assert stats.cuts[0]["left_cut_tokens"] > 0 and stats.cuts[0]["shortened_messages"] == 0
+    # the prompt's tokens as trained, after the cut (a sweep: it said the fitted prompt's, 41,774 of a 512-token row)
+    assert stats.cuts[0]["tokens"] == len(cut[1].input_ids) - len(trained)
+    assert stats.cuts[0]["tokens"] + stats.cuts[0]["left_cut_tokens"] <= stats.cuts[0]["original_tokens"]
     tiny, stats = tokenize_rows(tool_tokenizer, rows, 10, support)
     assert tiny == [] and stats.dropped_too_long == 2 and stats.dropped_ids == ["il-0", "il-1"]
 
