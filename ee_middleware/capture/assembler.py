@@ -1104,10 +1104,7 @@ def _reviewed_turns(
             if runs:
                 span = runs[-1]  # a retried call's result is its last attempt's
                 used.update(id(s) for s in runs)
-                sent = _span_object(span)
-                # arguments that are no object (OpenInference writes a one-argument tool's input as its value) say no edit
-                name = str(span.attributes.get(sc.TOOL_NAME) or proposed.name)
-                ran = proposed.model_copy(update={"name": name}) if sent is None else _ran_call(proposed.id, name, redact(sent))
+                ran = _as_ran(proposed, span, redact)
                 edited = (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
                 changed = changed or edited
                 observation, latency = _observation(
@@ -1158,9 +1155,7 @@ def _reviewed_without_model(paused: list[Step], tools: list[SpanData], redact: A
             continue
         span = runs[-1]  # a retried call's result is its last attempt's
         used.update(id(s) for s in runs)
-        sent = _span_object(span)
-        name = str(span.attributes.get(sc.TOOL_NAME) or proposed.name)
-        ran = proposed.model_copy(update={"name": name}) if sent is None else _ran_call(proposed.id, name, redact(sent))
+        ran = _as_ran(proposed, span, redact)
         changed = changed or (ran.name, ran.arguments) != (proposed.name, proposed.arguments)
         taught.append((ran, *_observation(span, None, redact, max_chars)))
     first = paused[0]
@@ -1712,6 +1707,14 @@ def _tool_call(call: dict[str, Any], *, malformed: bool = False, ran: SpanData |
         arguments=parsed,
         **({"malformed": False} if written else {}),
     )
+
+
+def _as_ran(proposed: ToolCall, span: SpanData, redact: Any) -> ToolCall:
+    """A reviewed call ``proposed`` as its tool span ``span`` ran it: a reviewer's edit is another name or other
+    arguments. Arguments that are no object (OpenInference writes a one-argument tool's input as its value) say no edit."""
+    sent = _span_object(span)
+    name = str(span.attributes.get(sc.TOOL_NAME) or proposed.name)
+    return proposed.model_copy(update={"name": name}) if sent is None else _ran_call(proposed.id, name, redact(sent))
 
 
 def _ran_call(call_id: str, name: str, arguments: dict[str, Any]) -> ToolCall:

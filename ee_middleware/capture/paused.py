@@ -22,9 +22,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ee_middleware._files import atomic_write_text
 from ee_middleware.records import Step, ToolCall, Trajectory, offered_tools
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
 
 logger = logging.getLogger("ee_middleware.capture")
+
+_Found = TypeVar("_Found")
 
 
 class PausedDecisions:
@@ -120,11 +122,7 @@ class PausedDecisions:
         if thread_id is None or not call_ids:
             return None
         before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
-        with self._lock:
-            entries = list(self._threads.get(thread_id, {}).values())
-        found = _offered(entries, call_ids, before)
-        if found is None and self._folder is not None:
-            found = _offered([entry for entry, _ in self._read(thread_id)], call_ids, before)
+        found = self._from_notes(thread_id, lambda entries: _offered(entries, call_ids, before))
         if found is not None:  # kept for the resume's other reviewed turns: remember() of the resume ends it
             return found
         if self._store is None or not (chosen_per_call or self._chosen_per_call):
@@ -150,11 +148,7 @@ class PausedDecisions:
         if thread_id is None or not call_ids:
             return None
         before = dt.datetime.fromtimestamp(before_ns / 1e9, tz=dt.UTC)
-        with self._lock:
-            entries = list(self._threads.get(thread_id, {}).values())
-        entry = _latest(entries, call_ids, before)
-        if entry is None and self._folder is not None:
-            entry = _latest([entry for entry, _ in self._read(thread_id)], call_ids, before)
+        entry = self._from_notes(thread_id, lambda entries: _latest(entries, call_ids, before))
         try:
             paused_id = str(entry["trajectory_id"]) if entry is not None else None
             with self._lock:
@@ -178,6 +172,16 @@ class PausedDecisions:
         wanted = set(call_ids)
         turn = next((s.decision_index for s in steps if s.action.tool_call is not None and s.action.tool_call.id in wanted), None)
         return None if turn is None else [s for s in steps if s.decision_index == turn]
+
+    def _from_notes(self, thread_id: str, pick: Callable[[list[dict[str, Any]]], _Found | None]) -> _Found | None:
+        """What ``pick`` finds among ``thread_id``'s notes in memory, else (where it finds nothing there) among those in
+        the store's files."""
+        with self._lock:
+            entries = list(self._threads.get(thread_id, {}).values())
+        found = pick(entries)
+        if found is None and self._folder is not None:
+            found = pick([entry for entry, _ in self._read(thread_id)])
+        return found
 
     def _thread_folder(self, thread_id: str) -> Path:
         assert self._folder is not None

@@ -73,9 +73,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ee_middleware.capture.redaction import PLACEHOLDER, SALT_FILE, RedactionRules, Redactor, store_salt
-
-if TYPE_CHECKING:
-    from ee_middleware.records import Action, Rollout, Trajectory
 from ee_middleware.errors import ConfigError
 from ee_middleware.store.metadata import (
     MetadataNotKeptWarning,
@@ -86,6 +83,9 @@ from ee_middleware.store.metadata import (
     read_meta,
     write_meta,
 )
+
+if TYPE_CHECKING:
+    from ee_middleware.records import Action, Rollout, Trajectory
 
 logger = logging.getLogger("ee_middleware.capture")
 

@@ -445,7 +445,7 @@ class TauDomain:
             return
         first = effect.failed_changing[0]
         action = task.actions[first]
-        error = effect.errors[effect.failed.index(first)].split(": ", 1)[1].removeprefix("Error: ")
+        error = effect.error_of(first)
         more = len(effect.failed_changing) - 1
         others = f" (and {more} more of its actions fail after changing it)" if more else ""
         call = f"{action.name}({', '.join(f'{k}={v!r}' for k, v in action.arguments.items())})"
@@ -471,7 +471,7 @@ def _warn_failing_ground_truth(domain: str, split: str, task: TauTask, effect: G
     ZeroDivisionError) or a wrong argument would be scored as right for every agent making the same failing call."""
     first = effect.failed[0]
     action = task.actions[first]
-    error = effect.errors[0].split(": ", 1)[-1].removeprefix("Error: ")
+    error = effect.error_of(first)
     more = f" (and {len(effect.failed) - 1} more of its actions)" if len(effect.failed) > 1 else ""
     key = (domain, split, task.id, error)
     if key in _WARNED_GROUND_TRUTH:
@@ -504,6 +504,10 @@ class GroundTruth:
     differs_from: int | None = None
     """Where two runs on fresh databases first left different databases: after the ``i``-th action (counting from 1);
     ``None`` when both left the same at every step."""
+
+    def error_of(self, action: int) -> str:
+        """The error the action at position ``action`` (one of :attr:`failed`) gave, without its tool's name."""
+        return self.errors[self.failed.index(action)].split(": ", 1)[-1].removeprefix("Error: ")
 
 
 _EXACT = frozenset({str, int, bool, type(None)})
