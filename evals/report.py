@@ -23,18 +23,18 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     ``None`` (``null`` in ``summary.json`` and ``--json``): 0.0 would read as a model that failed every task.
 
     ``pass_hat`` maps each k up to the trials run to tau-bench's pass^k estimate (per task
-    C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Suites that
-    left tasks out when they were built (``traces:``) also get ``excluded`` and ``excluded_reasons``;
-    suites with tasks the model server gave no answer to (down, timed out) get ``no_answer``, their count, of which
-    ``worker_deaths`` (when any) were tasks whose worker process died (the same command runs them again once);
-    suites with tasks whose request the server refused to render (``server_refused`` rows: its chat template failed on
-    it) get ``server_refused``, their count, and ``server_refused_reason``, the first one's reason.
-    ``cut_answers`` counts the model's answers that ended because they reached ``max_tokens`` (finish reason
-    ``length``; 0 for rows of runs from before it was recorded); ``text_calls`` the answers whose calls were read from
-    their text, not from structured ``tool_calls`` (0 likewise). ``served_models`` (when the client said which model
-    answered: a served model's responses name it) maps each model that answered to its task trials: more than one means
-    the run mixes models (:func:`mixed_models_warning`). ``uncovered_calls_checked`` (``traces:`` suites, when any)
-    counts the tasks whose expert called tools the sandbox does not provide, checked as calls instead of by the world.
+    C(successes, k) / C(trials, k), averaged); ``pass_hat_k`` is its value at k = trials. Every suite has every key
+    below, 0 (or empty, or ``None``) where nothing happened, so that a script reads them the same in every run:
+    ``excluded`` and ``excluded_reasons``, the tasks a suite left out when it was built (``traces:``);
+    ``no_answer``, the task trials the model server gave no answer to (down, timed out), of which ``worker_deaths``
+    were task trials whose worker process died (the same command runs them again once); ``server_refused``, the task
+    trials whose request the server refused to render (its chat template failed on it), and ``server_refused_reason``,
+    the first one's reason; ``cut_answers``, the model's answers that ended because they reached ``max_tokens`` (finish
+    reason ``length``; 0 for rows of runs from before it was recorded); ``text_calls``, the answers whose calls were read
+    from their text, not from structured ``tool_calls`` (0 likewise); ``served_models``, each model that answered (as
+    the responses name it) -> its task trials: more than one means the run mixes models (:func:`mixed_models_warning`);
+    ``uncovered_calls_checked`` (``traces:`` suites), the tasks whose expert called tools the sandbox does not provide,
+    checked as calls instead of by the world.
     """
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -62,26 +62,22 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "text_calls": sum(int(r.get("text_calls") or 0) for r in items),
             }
         )
-        no_answer = sum(1 for r in items if r.get("no_answer"))
-        if no_answer:
-            out[-1]["no_answer"] = no_answer
-        deaths = sum(1 for r in items if r.get("no_answer") and r.get("error_type") == "worker_died")
-        if deaths:
-            out[-1]["worker_deaths"] = deaths
         refused = [r for r in items if r.get("server_refused")]
-        if refused:
-            out[-1]["server_refused"] = len(refused)
-            first = min(refused, key=lambda r: (str(r["task_id"]), int(r.get("trial") or 0)))
-            out[-1]["server_refused_reason"] = str(first.get("reason") or "no reason recorded")
-        served = served_models(items)
-        if served:
-            out[-1]["served_models"] = served
+        first = min(refused, key=lambda r: (str(r["task_id"]), int(r.get("trial") or 0))) if refused else None
         checked = {r["task_id"] for r in items if '"uncovered_calls":' in (r.get("details") or "") and _uncovered_calls(r)}
-        if checked:
-            out[-1]["uncovered_calls_checked"] = len(checked)
-        if excluded and excluded.get(name):
-            out[-1]["excluded"] = len(excluded[name])
-            out[-1]["excluded_reasons"] = _by_count(excluded[name].values())
+        left_out = (excluded or {}).get(name) or {}
+        out[-1].update(
+            {
+                "no_answer": sum(1 for r in items if r.get("no_answer")),
+                "worker_deaths": sum(1 for r in items if r.get("no_answer") and r.get("error_type") == "worker_died"),
+                "server_refused": len(refused),
+                "server_refused_reason": str(first.get("reason") or "no reason recorded") if first else None,
+                "served_models": served_models(items),
+                "uncovered_calls_checked": len(checked),
+                "excluded": len(left_out),
+                "excluded_reasons": _by_count(left_out.values()),
+            }
+        )
     return out
 
 
@@ -179,9 +175,7 @@ def write_outputs(
     model = hide_credentials(job.model)  # an endpoint's user:password@ stays out of every file
     text_calls = sum(s["text_calls"] for s in summary)
     record = {"model": model, "trials": job.trials, "seed": job.seed, "cut_answers": cut, "text_calls": text_calls}
-    served = run_served_models(summary)
-    if served:
-        record["served_models"] = served
+    record["served_models"] = run_served_models(summary)
     record["suites"] = summary
     atomic_write_text(out / SUMMARY, json.dumps(record, indent=2))
     chart = _bar_chart(out / "success.png", summary)

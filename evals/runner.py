@@ -239,9 +239,8 @@ def _run_claimed(
     _mark_finished(out, excluded, job)
     summary = summarize(done, names, excluded)
     silent = never_answered(done)
-    for suite_summary in summary:
-        if suite_summary["suite"] in silent:
-            suite_summary["never_answered"] = silent[suite_summary["suite"]][1]
+    for suite_summary in summary:  # the first task trial's error where the model answered none of the suite's, else None
+        suite_summary["never_answered"] = silent[suite_summary["suite"]][1] if suite_summary["suite"] in silent else None
     return summary
 
 

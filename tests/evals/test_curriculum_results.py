@@ -61,7 +61,7 @@ def test_trials_the_server_gave_no_answer_are_counted_as_the_runs_outputs_count_
     again, _ = _answering_server(port)
     with serving(again):
         [resumed] = run_eval(job)
-    assert len(read_journal(out / JOURNAL)) == 8 and resumed["runs"] == 5 and "no_answer" not in resumed
+    assert len(read_journal(out / JOURNAL)) == 8 and resumed["runs"] == 5 and resumed["no_answer"] == 0
     rows = read_results(out / JOURNAL)
     assert len(rows) == resumed["runs"] and not any(r["no_answer"] for r in rows)
     assert set(_groups(rows).values()) == {1} and len(_groups(rows)) == resumed["tasks"] == 5

@@ -62,12 +62,12 @@ def test_a_run_its_model_never_answered_is_named_refused_by_the_gate_and_taken_o
     with serving(server) as url:
         wrong = EvalJob(suites=[SUITE], model=f"openai:{url}#goood", out=str(tmp_path / "base"), retries=0)
         [summary] = run_eval(wrong)
-        assert summary["success_rate"] == 0.0 and summary["failures"] == {"model_error": 4} and "no_answer" not in summary
+        assert summary["success_rate"] == 0.0 and summary["failures"] == {"model_error": 4} and summary["no_answer"] == 0
         assert "refused the request with HTTP 404" in summary["never_answered"] and "goood" in summary["never_answered"]
         run_eval(wrong.model_copy(update={"out": str(tmp_path / "also-wrong")}))
         good = wrong.model_copy(update={"model": f"openai:{url}#good", "out": str(tmp_path / "cand")})
         [answered] = run_eval(good)
-        assert answered["success_rate"] == 1.0 and "never_answered" not in answered
+        assert answered["success_rate"] == 1.0 and answered["never_answered"] is None
 
         outcome = gate(tmp_path / "cand", tmp_path / "base", POLICY)
         assert not outcome.passed
@@ -82,7 +82,7 @@ def test_a_run_its_model_never_answered_is_named_refused_by_the_gate_and_taken_o
         # The corrected command (the served name) takes the folder over: it holds no answer of the model to keep.
         handler.requests.clear()
         [fixed] = run_eval(good.model_copy(update={"out": str(tmp_path / "base")}))
-    assert len(handler.requests) == 4 and fixed["success_rate"] == 1.0 and "never_answered" not in fixed
+    assert len(handler.requests) == 4 and fixed["success_rate"] == 1.0 and fixed["never_answered"] is None
     assert gate(tmp_path / "cand", tmp_path / "base", POLICY).passed
 
 
@@ -97,7 +97,7 @@ def test_the_same_command_runs_a_suite_the_model_never_answered_again_once_the_c
         assert "never_answered" in summary
         served.add("late")  # the server loads the model
         [summary] = run_eval(job)
-    assert handler.requests == ["late"] * 8 and summary["success_rate"] == 1.0 and "never_answered" not in summary
+    assert handler.requests == ["late"] * 8 and summary["success_rate"] == 1.0 and summary["never_answered"] is None
     assert len(read_journal(tmp_path / "run" / JOURNAL)) == 4, "the journal holds each task once"
 
 
@@ -110,7 +110,7 @@ def test_one_refused_request_beside_answered_ones_stays_a_plain_task_failure(tmp
         [task] = [t for t in load_suite(SUITE).tasks() if t.id == REFUSED_TASK]
         handler.refuse_marker = json.dumps(task.turns[0][-1]["content"])[1:40]
         [summary] = run_eval(job)
-        assert summary["failures"] == {"model_error": 1} and "never_answered" not in summary
+        assert summary["failures"] == {"model_error": 1} and summary["never_answered"] is None
         outcome = gate(tmp_path / "run", tmp_path / "run", POLICY)
         assert outcome.passed, outcome.reasons
         run_eval(job)
@@ -257,7 +257,7 @@ def test_a_one_task_suite_whose_only_prompt_the_server_refuses_as_too_long_is_th
     with serving(server) as url:
         job = EvalJob(suites=[suite], model=f"openai:{url}#good", out=str(tmp_path / "base"), retries=0)
         [summary] = run_eval(job)
-        assert summary["failures"] == {"model_error": 1} and "never_answered" not in summary
+        assert summary["failures"] == {"model_error": 1} and summary["never_answered"] is None
         [again] = run_eval(job)
         assert again == summary and len(handler.requests) == 1, "the same command does not send the refused prompt again"
         run_eval(job.model_copy(update={"model": "oracle", "out": str(tmp_path / "cand")}))

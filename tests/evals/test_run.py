@@ -177,6 +177,12 @@ def test_ee_eval_run_json_and_report_files(tmp_path: Path, monkeypatch: pytest.M
     assert recorded["started"].endswith("+00:00") and recorded["finished"].endswith("+00:00"), recorded
     two = CliRunner().invoke(app, [*args[:4], "--suite", "bfcl:irrelevance:2", *args[4:-2], str(tmp_path / "two"), "--json"])
     assert [d["suite"] for d in json.loads(two.output)] == ["bfcl:multi_turn_miss_param", "bfcl:irrelevance"]
+    # every suite has every key in every run (before: no_answer, served_models, never_answered, ... only when any)
+    counts = ("no_answer", "worker_deaths", "server_refused", "cut_answers", "text_calls", "excluded", "uncovered_calls_checked")
+    assert all(data[key] == 0 for key in counts) and data["served_models"] == data["excluded_reasons"] == {}
+    assert data["never_answered"] is None and data["server_refused_reason"] is None
+    assert all(set(d) == set(data) for d in json.loads(two.output)), two.output
+    assert json.loads((out / "summary.json").read_text())["served_models"] == {}
     assert "| bfcl:multi_turn_miss_param | 3 | 1 | 100.0% |" in (out / "report.md").read_text()
     assert "<table>" in (out / "report.html").read_text()
     assert (out / "success.png").read_bytes()[:4] == b"\x89PNG"

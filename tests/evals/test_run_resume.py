@@ -63,7 +63,7 @@ def test_a_run_whose_server_timed_out_resumes_with_a_longer_timeout(tmp_path: Pa
         [summary] = run_eval(job)
         assert summary["no_answer"] == 2
         [summary] = run_eval(job.model_copy(update={"timeout_s": 10.0, "retries": 1}))
-    assert "no_answer" not in summary and summary["runs"] == 2 and summary["success_rate"] == 1.0
+    assert summary["no_answer"] == 0 and summary["runs"] == 2 and summary["success_rate"] == 1.0
     recorded = json.loads((out / RUN_FILE).read_text())["job"]
     assert recorded["timeout_s"] == 10.0 and recorded["retries"] == 1, "run.json says what the run was finished with"
 
@@ -117,7 +117,7 @@ def test_a_run_that_got_no_answer_at_all_does_not_block_the_corrected_endpoint(t
     server, requests = _server()
     with serving(server) as url:
         [summary] = run_eval(typo.model_copy(update={"model": f"openai:{url}#m"}))
-    assert len(requests) == 2 and summary["runs"] == 2 and "no_answer" not in summary
+    assert len(requests) == 2 and summary["runs"] == 2 and summary["no_answer"] == 0
     assert all(not row["no_answer"] for row in read_journal(out / JOURNAL)), "the old run's lines are gone"
     assert json.loads((out / RUN_FILE).read_text())["job"]["model"] == f"openai:{url}#m"
     with pytest.raises(ConfigError, match=r"\[eval\] model: openai:http://127\.0\.0\.1:\d+/v1#m -> noop"):

@@ -107,7 +107,7 @@ def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on
         [summary] = run_eval(job)
     assert summary["tasks"] == summary["runs"] == 12
     assert summary["failures"] == {"ast_decoder:decoder_failed": 12 - len(killing), "worker_died": len(killing)}
-    assert summary["no_answer"] == summary["worker_deaths"] == len(killing) and "never_answered" not in summary
+    assert summary["no_answer"] == summary["worker_deaths"] == len(killing) and summary["never_answered"] is None
     rows = read_journal(tmp_path / "run" / JOURNAL)
     died = {r["task_id"]: r for r in rows if r["error_type"] == "worker_died"}
     assert sorted(died) == killing
@@ -118,7 +118,7 @@ def test_a_worker_killed_on_a_task_fails_that_task_naming_it_and_the_run_goes_on
     caplog.clear()
     with caplog.at_level("WARNING", logger="ee_middleware.evals.runner"):
         [again] = run_eval(job)  # the same command runs those tasks again, once
-    assert again["failures"] == summary["failures"] and "no_answer" not in again and "worker_deaths" not in again
+    assert again["failures"] == summary["failures"] and again["no_answer"] == 0 and again["worker_deaths"] == 0
     assert caplog.text.count("it counts as failed, as it did on the command before") == len(killing)
     final = [r for r in read_journal(tmp_path / "run" / JOURNAL) if r["error_type"] == "worker_died" and not r["no_answer"]]
     assert sorted(r["task_id"] for r in final) == killing and all("as one did on the command before" in r["reason"] for r in final)
@@ -169,7 +169,7 @@ def test_a_run_whose_every_worker_died_measured_no_model_exits_1_is_refused_by_t
     assert any(r.startswith("bfcl:simple: the baseline run has no answer from its model: all 6 task trial(s)") for r in outcome.reasons)
     # worker deaths are no result of the model: the corrected model spec takes the folder over
     [fixed] = run_eval(EvalJob(suites=[suite], model="noop", out=str(base), workers=2))
-    assert fixed["runs"] == 6 and "worker_died" not in fixed["failures"] and "never_answered" not in fixed
+    assert fixed["runs"] == 6 and "worker_died" not in fixed["failures"] and fixed["never_answered"] is None
 
 
 def killed_once(**options: Any) -> NoopClient:
@@ -208,7 +208,7 @@ def test_a_task_whose_worker_was_killed_once_runs_again_and_is_scored_on_its_ans
     assert reason.startswith("bfcl:simple: the worker process running 4 task trial(s) of the candidate run died")
     assert f"`ee eval run ... --out {tmp_path / 'run'}` again" in reason
     [again] = run_eval(job)
-    assert again["failures"] == {"ast_decoder:decoder_failed": 12} and "no_answer" not in again
+    assert again["failures"] == {"ast_decoder:decoder_failed": 12} and again["no_answer"] == 0
     outcome = gate(tmp_path / "run", tmp_path / "noop", GatePolicy(min_tasks=1))
     assert outcome.passed and not any("worker" in note for note in outcome.notes), outcome.reasons
 
