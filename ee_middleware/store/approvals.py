@@ -26,6 +26,7 @@ import polars as pl
 
 from ee_middleware.errors import ApprovalConflictError
 from ee_middleware.records import Approval, ApprovalEvent, ApprovalStatus, utcnow
+from ee_middleware.store.protocol import id_list
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 def decide(
     store: ExperienceStore,
-    ids: Sequence[str],
+    ids: str | Sequence[str],
     status: ApprovalStatus,
     *,
     by: str,
@@ -48,12 +49,17 @@ def decide(
     is stored as its pseudonym, ``[REDACTED:email:1a2b3c4d]``, the same for every decision they make; a plain name such
     as ``alice`` is kept as it is).
 
-    Raises :class:`~ee_middleware.errors.ApprovalConflictError`, recording nothing, when a
-    trajectory already has the opposite decision and ``force`` is false.
+    One id given as a string is that id (not a sequence of one-character prefixes). Raises :class:`ValueError`,
+    recording nothing, for an empty or blank ``by`` (a decision says who made it), and
+    :class:`~ee_middleware.errors.ApprovalConflictError`, recording nothing, when a trajectory already has the opposite
+    decision and ``force`` is false.
     """
+    ids = id_list(ids)
+    if not isinstance(by, str) or not by.strip():
+        raise ValueError(f"by={by!r}: say who decides (a name, stored with the decision), e.g. by='alice'")
     locked = getattr(store, "decisions_locked", None)
     with locked() if locked is not None else contextlib.nullcontext():
-        return _decide(store, ids, status, by=by, reason=reason, force=force)
+        return _decide(store, ids, status, by=by.strip(), reason=reason, force=force)
 
 
 REPAIRER = "ee store repair"

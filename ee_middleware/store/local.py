@@ -63,6 +63,7 @@ from ee_middleware.store.approvals import decide, in_order_decided
 from ee_middleware.store.int64 import check_trajectories
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.metadata import check_meta_name, read_file, write_file
+from ee_middleware.store.protocol import id_list
 from ee_middleware.store.repair_losses import record_losses
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.rows import TrajectoryRows
@@ -324,6 +325,11 @@ class LocalExperienceStore:
         web app's workers starting), and each opens it."""
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"{self.root} exists and is not a folder. Choose another --store path.")
+        if self.root.is_symlink() and not self.root.exists():  # (mkdir says "File exists", advice about the disk)
+            raise StoreError(
+                f"{self.root} is a symbolic link to {os.readlink(self.root)}, which does not exist. Create the folder it points "
+                "to, point the link at the store's folder, or choose another --store path."
+            )
         # Listed after the marker was found missing: a file another creator made after publishing the marker (its
         # spool, its redaction key) means the marker is there now. Temporary markers (of creators under way, or
         # killed) do not count.
@@ -412,11 +418,11 @@ class LocalExperienceStore:
             {"kind": "approval", "data": e.model_dump(mode="json", exclude=None if e.overrides else {"overrides"})} for e in events
         )
 
-    def approve(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+    def approve(self, ids: str | Sequence[str], *, by: str, reason: str | None = None) -> None:
         """Mark trajectories approved for training (overturning a rejection is recorded as such)."""
         decide(self, ids, "approved", by=by, reason=reason, force=True)
 
-    def reject(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+    def reject(self, ids: str | Sequence[str], *, by: str, reason: str | None = None) -> None:
         """Mark trajectories rejected: they never feed training (overturning an approval is recorded)."""
         decide(self, ids, "rejected", by=by, reason=reason, force=True)
 
@@ -425,7 +431,7 @@ class LocalExperienceStore:
         tables = self._load(_DECISIONS)
         history = _decisions(tables["trajectories"], tables["approvals"])
         if trajectory_ids is not None:
-            history = history.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+            history = history.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
         return history
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
@@ -467,7 +473,7 @@ class LocalExperienceStore:
     def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
         steps = self._load(("steps",))["steps"]
         if trajectory_ids is not None:
-            steps = steps.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+            steps = steps.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
         return steps
 
     def resolve_id(self, id_or_prefix: str) -> str:
@@ -590,7 +596,7 @@ class LocalExperienceStore:
         """One row per rollout (alternative action and its real observation)."""
         rollouts = self._load(("rollouts",))["rollouts"]
         if trajectory_ids is not None:
-            rollouts = rollouts.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+            rollouts = rollouts.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
         if replay_id is not None:
             rollouts = rollouts.filter(pl.col("replay_id") == replay_id)
         return rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)

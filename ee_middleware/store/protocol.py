@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from ee_middleware.records import ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory
 
 
+def id_list(ids: str | Iterable[str]) -> list[str]:
+    """Trajectory ids as a list: one id given as a string is that id, not a sequence of one-character ids."""
+    return [ids] if isinstance(ids, str) else list(ids)
+
+
 @runtime_checkable
 class ExperienceStore(Protocol):
     """Durable storage of trajectories, their steps, approval decisions, rollouts and replay records.
@@ -58,14 +63,14 @@ class ExperienceStore(Protocol):
         """
         ...
 
-    def approve(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+    def approve(self, ids: str | Sequence[str], *, by: str, reason: str | None = None) -> None:
         """Mark trajectories approved for training; overturning a rejection is recorded with both
         decisions (see :func:`ee_middleware.store.approvals.decide`)."""
         from ee_middleware.store.approvals import decide
 
         decide(self, ids, "approved", by=by, reason=reason, force=True)
 
-    def reject(self, ids: Sequence[str], *, by: str, reason: str | None = None) -> None:
+    def reject(self, ids: str | Sequence[str], *, by: str, reason: str | None = None) -> None:
         """Mark trajectories rejected: they never feed training; overturning an approval is
         recorded with both decisions."""
         from ee_middleware.store.approvals import decide

@@ -123,3 +123,21 @@ def test_the_last_decision_made_is_current_with_a_clock_behind_simulated(store_p
     assert (current["agreed"]["approval_by"], current["agreed"]["approval_reason"]) == ("bob", "checked the refund amount")
     history = reader.approvals(["agreed"]).to_dicts()
     assert [d["by"] for d in history] == ["alice", "bob"] and history[1]["at"] > history[0]["at"]
+
+
+def test_one_id_given_as_a_string_is_that_id_and_a_decision_says_who_made_it(store_path: Path):
+    """Before: ``store.reject("7b", ...)`` read the string as the prefixes "7" and "b", and rejected the two other
+    trajectories they matched; the full id as a string raised "No trajectory '4'"; ``by=""`` was stored."""
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory(name) for name in ("7b-run", "7-other", "b-other")])
+    store.reject("7b", by="alice", reason="wrong refund")
+    store.approve("b-other", by=" bob ")
+    decided = {row["id"]: (row["approval"], row["approval_by"]) for row in store.trajectories().to_dicts()}
+    assert decided == {"7b-run": ("rejected", "alice"), "7-other": ("pending", None), "b-other": ("approved", "bob")}
+    assert store.approvals("7b-run")["trajectory_id"].unique().to_list() == ["7b-run"]
+    assert store.steps("7b-run")["trajectory_id"].unique().to_list() == ["7b-run"]
+    for by in ("", "  ", None):
+        with pytest.raises(ValueError, match="say who decides"):
+            store.approve(["7-other"], by=by)  # type: ignore[arg-type]
+    assert store.get("7-other").approval.status == "pending"
+    store.close()

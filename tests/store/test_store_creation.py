@@ -128,3 +128,14 @@ def test_repair_writes_no_marker_into_a_folder_without_a_store(tmp_path: Path) -
     result = CliRunner().invoke(app, ["store", "repair", "--store", str(tmp_path / "notes")])
     assert result.exit_code != 0
     assert not (tmp_path / "notes" / "ee-store.json").exists()
+
+
+def test_a_store_path_that_is_a_link_to_nothing_says_so(tmp_path: Path) -> None:
+    """Before: "[Errno 17] File exists ... Check the folder's permissions and free space" (mkdir through a dangling link)."""
+    link = tmp_path / "experience"
+    link.symlink_to(tmp_path / "mounted" / "experience")
+    with pytest.raises(StoreError, match=r"is a symbolic link to .*mounted/experience, which does not exist"):
+        LocalExperienceStore(link)
+    (tmp_path / "mounted" / "experience").mkdir(parents=True)
+    LocalExperienceStore(link).close()  # the folder it points to made: the store is created there
+    assert (tmp_path / "mounted" / "experience" / "ee-store.json").exists()
