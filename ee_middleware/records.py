@@ -396,6 +396,17 @@ class Trajectory(_Record):
     def num_steps(self) -> int:
         return len(self.steps)
 
+    def __repr__(self) -> str:
+        """A line a notebook can show: who, what and how many steps, not every step's whole state (the default printed
+        each step's messages, so a 31-step run's repr ran to 187 KB)."""
+        task = self.task if self.task is None or len(self.task) <= 60 else self.task[:57] + "..."
+        return (
+            f"Trajectory(id={self.id!r}, app={self.app!r}, status={self.status!r}, approval={self.approval.status!r}, "
+            f"task={task!r}, steps={len(self.steps)}, started_at={self.started_at.isoformat()!r})"
+        )
+
+    __str__ = __repr__
+
     @property
     def tool_names(self) -> list[str]:
         return [s.action.tool_call.name for s in self.steps if s.action.tool_call is not None]

@@ -22,3 +22,15 @@ def test_a_tool_call_action_without_its_call_is_refused_when_made(given: dict) -
 def test_actions_that_hold_what_they_say_are_made() -> None:
     assert Action(kind="tool_call", tool_call=ToolCall(id="c1", name="lookup", arguments={"id": 1})).tool_call is not None
     assert Action(kind="answer", content="done").tool_call is None
+
+
+def test_a_trajectory_shows_as_one_short_line_however_long_its_run() -> None:
+    """Before: the default repr printed every step's whole state: a 31-step run with a 2 KB system prompt ran to 187 KB."""
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    trajectory = sample_trajectory("t-long")
+    steps = [trajectory.steps[0].model_copy(update={"index": i}) for i in range(31)]
+    long_run = trajectory.model_copy(update={"steps": steps, "task": "book a flight " * 40})
+    shown = repr(long_run)
+    assert shown.startswith("Trajectory(id='t-long', app=") and f"steps={len(steps)}" in shown and "..." in shown
+    assert len(shown) < 400 and str(long_run) == shown, shown

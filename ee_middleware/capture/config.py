@@ -238,13 +238,25 @@ def _unknown_settings(unknown: list[str], known: set[str], from_file: Mapping[st
     from ee_middleware._toml import _closest  # the rule config files' unknown keys are told with
     from ee_middleware.capture.recorder import RecordingOptions  # (every keyword record_experience takes)
 
-    names = sorted(known | set(RecordingOptions.__annotations__))
-    told = []
+    in_code = set(RecordingOptions.__annotations__) - known  # approve_if, tracer_provider, config: objects, no settings
+    names = sorted(known | in_code)
+    told, code_only = [], []
     for key in unknown:
-        close = _closest(key, names)
         where = f" (in [capture] of {path})" if key in from_file else ""
+        if key in in_code:
+            code_only.append(f"{key}{where}")
+            continue
+        close = _closest(key, names)
         told.append(f"{key}{where}" + (f" (did you mean {close}?)" if close else ""))
-    return f"Unknown capture setting(s) {'; '.join(told)}. Known: {', '.join(names)}."
+    message = f"Unknown capture setting(s) {'; '.join(told)}. Known: {', '.join(names)}." if told else ""
+    if code_only:
+        listed = "; ".join(code_only)
+        message += (" " if message else "") + (
+            f"Not a capture setting: {listed}. It is a keyword of record_experience only, given in code "
+            "(record_experience(graph, approve_if=..., tracer_provider=...)), not in a config file, the environment or "
+            "CaptureConfig."
+        )
+    return message
 
 
 def _from_environment() -> dict[str, Any]:

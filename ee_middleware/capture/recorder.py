@@ -147,6 +147,11 @@ class Recorder:
                 f"tracer_provider must be an OpenTelemetry SDK TracerProvider (got {type(tracer_provider).__name__}); "
                 "pass opentelemetry.sdk.trace.TracerProvider() or leave it out."
             )
+        if approve_if is not None and not callable(approve_if):  # (a name as text, True): every run's approval would fail
+            raise ConfigError(
+                f"approve_if must be a function trajectory -> bool (got {type(approve_if).__name__} {approve_if!r:.80}); "
+                "pass the function itself, e.g. approve_if=lambda t: t.error is None, or leave it out."
+            )
         # a redact_fn no other process can import by its name (a lambda, a __main__ function): once redaction.json named
         # it, every other recorder of the store, replay, datasets and exports would refuse the store
         refuse_unimportable_redact_fn(config.redact_fn)

@@ -78,3 +78,21 @@ def test_the_keywords_type_checkers_are_told_are_every_keyword_record_experience
     settings = [f.name for f in dataclasses.fields(CaptureConfig)]
     assert set(RecordingOptions.__annotations__) == set(own) | set(settings)
     assert len(typing.get_overloads(record_experience)) == 4
+
+
+@pytest.mark.parametrize("approve_if", ["shopapp:approve", True])
+def test_an_approve_if_that_is_no_function_is_refused_when_the_recorder_is_built(tmp_path: Path, approve_if: object) -> None:
+    """Before: accepted; then every run logged "'str' object is not callable" and stayed pending."""
+    with pytest.raises(ConfigError, match="approve_if must be a function trajectory -> bool"):
+        record_experience(_graph(), app="greeter", store=tmp_path / "s", approve_if=approve_if)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", ["approve_if", "tracer_provider"])
+def test_a_keyword_given_in_code_only_is_told_so_when_a_config_file_sets_it(tmp_path: Path, key: str) -> None:
+    """Before: "Unknown capture setting(s) approve_if (did you mean approve_if?). Known: ..., approve_if, ..."."""
+    path = tmp_path / "capture.toml"
+    path.write_text(f'[capture]\napp = "greeter"\n{key} = "shopapp:approve"\n')
+    with pytest.raises(ConfigError) as raised:
+        CaptureConfig.load(path)
+    assert f"Not a capture setting: {key} (in [capture] of {path})" in str(raised.value)
+    assert "did you mean" not in str(raised.value) and "Unknown" not in str(raised.value), raised.value

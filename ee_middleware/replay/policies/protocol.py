@@ -59,9 +59,13 @@ class Proposals:
 class Policy(Protocol):
     """Proposes alternative tool calls at a recorded state.
 
-    ``name`` appears in rollout records as ``proposer.policy``. ``propose`` should return about
-    ``k`` candidates (more is fine: the proposer keeps the first ``k`` valid, distinct ones) and
-    must be deterministic for a given ``seed`` where the backend allows it.
+    ``name`` appears in rollout records as ``proposer.policy``. ``propose`` returns up to ``k`` candidates: calls of
+    tools offered at the state, with valid arguments, none the expert's own action and no two the same; and it must be
+    deterministic for a given ``seed`` where the backend allows it. The proposer keeps the first ``k`` usable, distinct
+    candidates and drops the rest (more than ``k``, invalid, repeated), topping the list up with the mutation policy, so a
+    policy that cannot promise usable candidates (one asking a model) still works; the conformance kit
+    (:func:`~ee_middleware.testing.policy_conformance.check_policy`) holds a policy to the promise unless it is given
+    ``require_usable=False``.
     """
 
     name: str
