@@ -20,9 +20,11 @@ from ee_middleware.cli.common import (
     console,
     escape,
     examples,
+    file_above,
     key_value_settings,
     library_bars_off,
     open_job_store,
+    output_file,
     plural,
     print_json,
     reading_store,
@@ -318,6 +320,23 @@ def example_excerpt(text: str, limit: int = EXAMPLE_CHARS) -> str:
     return f"{head}\n[... {len(text) - len(head) - len(tail):,} characters of this example left out: --full prints it whole ...]\n{tail}"
 
 
+def _png_path(plot: Path) -> Path:
+    """``--plot``'s file: a PNG, so a path without a suffix gets ``.png`` (the file written is the one reported); another
+    suffix, a folder, or a path under a file is a usage error before any work."""
+    if plot.is_dir():
+        raise typer.BadParameter(f"{plot} is a folder: give the file to write, e.g. --plot {plot / 'lengths.png'}.")
+    if plot.suffix == "":
+        plot = plot.with_name(plot.name + ".png")
+    if plot.suffix.lower() != ".png":
+        raise typer.BadParameter(f"{plot}: the histograms are a PNG; give a path ending in .png, e.g. --plot {plot.with_suffix('.png')}.")
+    if plot.is_dir():
+        raise typer.BadParameter(f"{plot} is a folder: give the file to write, e.g. --plot {plot / 'lengths.png'}.")
+    blocking = file_above(plot)
+    if blocking is not None:
+        raise typer.BadParameter(f"{blocking} is a file, not a folder, so {plot} cannot be written under it: choose another --plot.")
+    return plot
+
+
 @app.command("show", epilog=examples("ee datasets show ./data --tokenizer ./models/smollm2 --max-length 2048"))
 def show(
     folder: Path = typer.Argument(..., help="A folder written by ee datasets build (or one .parquet file)."),
@@ -325,7 +344,9 @@ def show(
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."
     ),
-    plot: Path | None = typer.Option(None, "--plot", help="Also write the token-length histograms as a PNG here."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also write the token-length histograms as a PNG here (missing folders are made).", metavar="FILE.png"
+    ),
     max_length: int | None = typer.Option(
         None, "--max-length", min=8, help="With --tokenizer: what training at this many tokens per row would cut, per row kind."
     ),
@@ -349,6 +370,7 @@ def show(
         write_histogram_png,
     )
 
+    plot = _png_path(plot) if plot is not None else None  # refused before any counting, which may take minutes
     files = [folder] if folder.suffix == ".parquet" else sorted(folder.glob("*.parquet"))
     if not files:
         from ee_middleware.errors import ConfigError
@@ -448,7 +470,7 @@ def _bar(bars: ProgressBars, label: str, rows: int) -> Callable[[int], None]:
 @app.command("export", epilog=examples("ee datasets export ./data/il.parquet --out il.jsonl"))
 def export(
     dataset: Path = typer.Argument(..., help="A .parquet dataset file."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file (jsonl) or folder (hf)."),
+    out_text: str = typer.Option(..., "--out", "-o", help="Output file (jsonl) or folder (hf).", metavar="PATH"),
     fmt: ExportFormat = typer.Option(ExportFormat.jsonl, "--format", help="OpenAI chat JSONL, or a Hugging Face dataset saved to disk."),
     heldout: bool = typer.Option(
         False,
@@ -467,6 +489,7 @@ def export(
     from ee_middleware.trainers.datasets.summary import dataset_kind
     from ee_middleware.trainers.training.data import check_rows
 
+    out = output_file(out_text, f"{dataset.stem}.jsonl") if fmt is ExportFormat.jsonl else Path(out_text)
     if fmt is ExportFormat.jsonl and out.resolve() == dataset.resolve():
         raise typer.BadParameter(
             f"{out} is the dataset itself: the export would replace the Parquet file with JSONL. Give another file, e.g. "

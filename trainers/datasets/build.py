@@ -79,6 +79,17 @@ from ee_middleware.trainers.datasets.sr import SROptions
 from ee_middleware.trainers.datasets.teachers import Teacher, build_teacher, closing_teacher
 
 
+def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
+    """``kinds`` without repeats, refused when empty or naming a kind there is none of (a config built in code is checked
+    as one loaded from TOML: an unknown kind was built as SR, an empty tuple removed the earlier build's files)."""
+    if not kinds:
+        raise ValueError(f"kinds is empty: nothing would be built. Choose one or more of {', '.join(KINDS)} (--kinds il,iwm,sr).")
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise ValueError(f"Unknown dataset kind(s) {', '.join(map(str, unknown))}. Choose from: {', '.join(KINDS)}.")
+    return tuple(dict.fromkeys(kinds))
+
+
 class DatasetConfig(BaseModel):
     """Everything ``ee datasets build`` needs; loadable from a TOML ``[datasets]`` table."""
 
@@ -88,7 +99,8 @@ class DatasetConfig(BaseModel):
     """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
     out: Annotated[Path, AfterValidator(Path.expanduser)]
     """The output folder (``~`` expanded, as the store's path is)."""
-    kinds: tuple[str, ...] = ("il", "iwm", "sr")
+    kinds: Annotated[tuple[str, ...], AfterValidator(_known_kinds)] = ("il", "iwm", "sr")
+    """The datasets to build, each once: ``il``, ``iwm``, ``sr``."""
     teacher: str = "template"
     """``template`` (deterministic, for tests and demos), ``local:MODEL_DIR``, ``openai:BASE_URL#MODEL``, or a plug-in:
     ``package.module:factory`` or the name of an ``ee_middleware.teachers`` entry point."""
@@ -170,11 +182,11 @@ class DatasetConfig(BaseModel):
             values["kinds"] = tuple(k.strip() for k in kinds.split(",") if k.strip())
         elif kinds is not None and (not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds)):
             raise ConfigError(f"kinds must be a list of dataset kinds such as ['il', 'iwm', 'sr'] (or 'il,iwm'), got {kinds!r}.")
-        if "kinds" in values and not values["kinds"]:
-            raise ConfigError(f"kinds is empty: nothing would be built. Choose one or more of {', '.join(KINDS)} (--kinds il,iwm,sr).")
-        unknown = [k for k in values.get("kinds", ()) if k not in KINDS]
-        if unknown:
-            raise ConfigError(f"Unknown dataset kind(s) {', '.join(unknown)}. Choose from: {', '.join(KINDS)}.")
+        if "kinds" in values:
+            try:
+                _known_kinds(tuple(values["kinds"]))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         missing = {key: f"--{key}" for key in ("store", "out") if key not in values}
         if missing:
             raise missing_settings("dataset build", "datasets", missing)
@@ -430,7 +442,14 @@ def staging_folder(out: Path) -> Iterator[Path]:
     """A fresh hidden folder in ``out`` for a build's files, removed on the way out; staging folders
     and part folders that builds killed before (their process is gone) left in ``out`` are removed first."""
     remove_left_behind(out, ".*.parquet.parts-*", ".parts-")  # part folders written straight into OUT before staging
-    folder = _claim_folder(out, STAGING_PREFIX)
+    try:
+        folder = _claim_folder(out, STAGING_PREFIX)
+    except OSError as exc:  # named as the folder the user gave, not as the hidden one made in it
+        from ee_middleware.errors import OutputError, os_error_advice
+
+        raise OutputError(
+            f"Cannot write the datasets into {out}: {exc.strerror or exc}. Nothing was written. {os_error_advice(exc, output=True)}"
+        ) from exc
     try:
         yield folder
     finally:

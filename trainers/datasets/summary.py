@@ -159,7 +159,9 @@ def histogram_lines(lengths: list[int], bins: int = 10, width: int = 40) -> list
 
 
 def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) -> None:
-    """Token-length histograms of several datasets, one panel each, as a PNG."""
+    """Token-length histograms of several datasets, one panel each, as a PNG written whole or not at all (an existing
+    one kept as it was on a failure); missing folders above it are made."""
+    from ee_middleware._files import atomic_path, folders_made
     from ee_middleware._optional import import_optional
 
     matplotlib = import_optional("matplotlib", extra="train", purpose="draw the histograms (--plot)")
@@ -173,8 +175,11 @@ def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) 
         ax.set_xlabel("tokens" if d["unit"] == "tokens" else "tokens (estimated)")
         ax.set_ylabel("examples")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with folders_made(Path(path).parent), atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
 
 
 def render_example(row: dict[str, Any], tokenizer: Any = None, support: Any = None) -> str:

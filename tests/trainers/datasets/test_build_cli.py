@@ -39,6 +39,15 @@ def test_build_writes_three_parquet_files_with_lineage_and_a_summary(replayed_st
     assert shown.exit_code == 0, shown.output
     assert "iwm.parquet" in shown.stdout and "Predict exactly" in shown.stdout and "█" in shown.stdout
     assert (tmp_path / "lengths.png").read_bytes()[:4] == b"\x89PNG"
+    # before: "histo" wrote histo.png and reported "histograms: histo"; a missing folder failed after the counting; a
+    # .txt suffix was "unexpected ValueError ... a bug in ee-middleware"; the PNG was written in place (a failed write
+    # left it cut)
+    shown = runner.invoke(app, ["datasets", "show", str(out), "--examples", "0", "--plot", str(tmp_path / "plots" / "histo")])
+    assert shown.exit_code == 0 and f"histograms:{tmp_path / 'plots' / 'histo.png'}" in "".join(shown.stdout.split())  # (wrapped)
+    assert (tmp_path / "plots" / "histo.png").read_bytes()[:4] == b"\x89PNG" and len(list((tmp_path / "plots").iterdir())) == 1
+    for bad, says in ((tmp_path / "h.txt", "give a path ending in .png"), (tmp_path / "plots", "is a folder")):
+        refused = runner.invoke(app, ["datasets", "show", str(out), "--plot", str(bad)])
+        assert refused.exit_code == 2 and says in " ".join(refused.output.split()), refused.output
 
     exported = runner.invoke(app, ["datasets", "export", str(out / "il.parquet"), "--out", str(tmp_path / "il.jsonl")])
     assert exported.exit_code == 0, exported.output
@@ -101,6 +110,14 @@ def test_bad_input_is_named(replayed_store: Path, tmp_path: Path) -> None:
         DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="il,rl")
     with pytest.raises(ConfigError, match="Unknown teacher"):
         build_datasets(DatasetConfig.load(store=replayed_store, out=tmp_path, kinds="sr", teacher="oracle"))
+    # a config built in code is checked as one loaded (before: an unknown kind was built as SR, and one written but
+    # missing from the folder, and no kinds at all removed the earlier build's files)
+    from pydantic import ValidationError
+
+    for kinds in (("il", "iwn"), ()):
+        with pytest.raises(ValidationError, match=r"Unknown dataset kind\(s\) iwn|kinds is empty"):
+            DatasetConfig(store=replayed_store, out=tmp_path, kinds=kinds)
+    assert DatasetConfig(store=replayed_store, out=tmp_path, kinds=("il", "sr", "il")).kinds == ("il", "sr")
     empty = tmp_path / "empty-store"
     from ee_middleware.store import LocalExperienceStore
 

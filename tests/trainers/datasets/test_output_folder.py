@@ -23,6 +23,7 @@ from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecor
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.trainers.datasets import build as build_module
 from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from tests.unreadable import ee_as_held_user, needs_held_user, open_folder
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a key up.", "parameters": {"type": "object"}}}]
 
@@ -352,3 +353,18 @@ def test_ee_improve_builds_into_its_run_folder_wherever_its_runs_are(store_path:
     out = store_path / "runs" / "20261206-000000-1" / "data"
     summary = build_datasets(DatasetConfig.load(store=store_path, out=out, kinds="il"))
     assert summary["datasets"]["il"]["rows"] > 0 and (out / "il.parquet").is_file()
+
+
+@needs_held_user
+def test_an_output_folder_the_user_may_not_write_is_named_not_the_hidden_folder_made_in_it(store_path: Path) -> None:
+    """Before: "Cannot ... rodir/.build-29141-t5iygcm3: Permission denied", a folder the user never named."""
+    import shutil
+
+    with open_folder("ee-datasets-") as folder:
+        store = shutil.copytree(store_path, folder / "experience")
+        out = folder / "read-only"
+        out.mkdir(mode=0o555)
+        code, output = ee_as_held_user("datasets", "build", "--store", str(store), "--out", str(out), "--kinds", "il")
+        flat = " ".join(output.split())
+        assert code == 1 and f"Cannot write the datasets into {out}: Permission denied. Nothing was written." in flat, output
+        assert ".build-" not in flat and list(out.iterdir()) == []
