@@ -4,7 +4,8 @@ Every write goes to a temporary file in the destination's folder (so the final r
 a file system), is flushed and ``fsync``-ed, then renamed over the destination with
 :func:`os.replace`, and the folder is ``fsync``-ed so that the rename itself survives a power cut.
 If anything fails before the rename, the temporary file is removed and the destination is left as
-it was. :func:`create_exclusive` does the same for a file that must be created once only: it
+it was. A file replaced keeps its permission bits (a private or read-only file stays so); a new one gets the umask's.
+:func:`create_exclusive` does the same for a file that must be created once only: it
 hard-links the temporary file into place instead, which fails when the destination exists.
 
 The temporary files of :func:`atomic_open`, :func:`atomic_write_bytes`, :func:`atomic_write_text` and
@@ -81,9 +82,38 @@ _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOS
 """What ``flock`` fails with on a file system that takes no locks (NFS mounted without a lock daemon: ENOLCK)."""
 
 
+_NAME_MAX = 255
+"""The longest file name (in bytes) the file systems ee writes to hold (ext4, xfs, btrfs, tmpfs, NFS)."""
+
+
 def temp_path_for(path: Path) -> Path:
-    """A fresh temporary name beside ``path`` (hidden, unique, ending in :data:`TMP_SUFFIX`)."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    """A fresh temporary name beside ``path`` (hidden, unique, ending in :data:`TMP_SUFFIX`): ``.<name>.<8 hex>.tmp``,
+    the destination's name cut (:func:`_temp_stem`) where it would be longer than a file name may be."""
+    return path.with_name(f".{_temp_stem(path.name)}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
+_TEMP_ADDED = len(".") + len(".01234567") + len(TMP_SUFFIX)
+"""The bytes a temporary file's name adds to its destination's."""
+
+
+def _temp_stem(name: str) -> str:
+    """The part of a temporary file's name that names its destination: ``name``, cut (at a whole character) where the
+    temporary name would be longer than :data:`_NAME_MAX` bytes (a destination of 242 to 255 bytes, a name the file
+    system holds, could not be written)."""
+    encoded = os.fsencode(name)
+    room = _NAME_MAX - _TEMP_ADDED
+    if len(encoded) <= room:
+        return name
+    encoded = encoded[:room]
+    for _ in range(3):  # a UTF-8 character cut in its middle: drop its first bytes too (other bytes stay as they are)
+        try:
+            encoded.decode("utf-8")
+            break
+        except UnicodeDecodeError as exc:
+            if exc.reason != "unexpected end of data":
+                break
+            encoded = encoded[: exc.start]
+    return os.fsdecode(encoded)
 
 
 def cache_folder() -> Path:
@@ -185,6 +215,23 @@ def _destination(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.realpath(final)) if final.is_symlink() else final
 
 
+def _keep_mode(tmp: Path, final: Path, fd: int = -1) -> None:
+    """Give the new file ``tmp`` the permission bits of the file ``final`` it is about to replace, where there is one: a
+    file its owner made private (``chmod 600``) or read-only stays so when it is written again (a new file was created
+    ``0666`` less the umask: an owner-only export became world-readable when re-written). A new file keeps the umask's."""
+    try:
+        old = stat.S_IMODE(os.stat(final).st_mode)
+    except OSError:
+        return  # nothing there yet (or nothing this process may see)
+    try:
+        if fd >= 0:
+            os.fchmod(fd, old)
+        else:
+            os.chmod(tmp, old)
+    except OSError:  # a file system without modes (FAT, some mounts): the new file keeps what it was made with
+        pass
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True, locked: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit it replaces ``path`` atomically.
@@ -206,6 +253,7 @@ def atomic_path(path: str | os.PathLike[str], *, fsync: bool = True, locked: boo
             yield tmp
             if fsync:
                 fsync_file(tmp)
+            _keep_mode(tmp, final)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -232,6 +280,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", *, encoding: str 
                 if fsync:
                     fh.flush()
                     os.fsync(fh.fileno())
+            _keep_mode(tmp, final, fd)
             os.replace(tmp, final)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -474,7 +523,8 @@ def remove_abandoned_temps(folder: Path, *, min_age_s: float = 0.0, of: Collecti
     once it is :data:`UNLOCKED_TEMP_AGE_S` old (or ``min_age_s``, if longer). A file that cannot be opened, or that
     cannot be locked for another reason, is kept."""
     try:
-        names = [p for p in folder.iterdir() if (m := TEMP_NAME.fullmatch(p.name)) and (of is None or m["name"] in of)]
+        stems = None if of is None else {_temp_stem(name) for name in of}
+        names = [p for p in folder.iterdir() if (m := TEMP_NAME.fullmatch(p.name)) and (stems is None or m["name"] in stems)]
     except OSError:
         return []  # no such folder, or it cannot be listed: nothing to remove
     removed = []

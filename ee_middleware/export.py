@@ -300,19 +300,29 @@ def _deciding(
     """The trajectories of ``status`` with their :func:`decided_by_run` weights and their other conversations
     (:func:`other_conversations`); one that decided nothing is left out, ``on_skipped`` told. A failure to read the
     store is raised as the store's (:func:`_from_store`), not as one of writing ``out``."""
+    recorded: dict[str, int] | None = None  # each trajectory's steps as recorded, read once, when one is left out
     for trajectory in _from_store(store, out, lambda: store.iter_trajectories(status=status)):
         weights = decided_by_run(trajectory)
         others = other_conversations(trajectory)
         if 1 in weights or others:
             yield trajectory, weights, others
         elif on_skipped is not None:
-            on_skipped(trajectory.id, undecided_reason(trajectory))
+            if recorded is None:
+                table = _reading(store, out, lambda: store.trajectories().select("id", "num_steps"))
+                recorded = {row["id"]: row["num_steps"] or 0 for row in table.iter_rows(named=True)}
+            on_skipped(trajectory.id, undecided_reason(trajectory, recorded.get(trajectory.id)))
 
 
-def undecided_reason(trajectory: Trajectory) -> str:
-    """Why ``trajectory``, whose run decided nothing (:func:`decided_by_run`), teaches nothing: a paused run whose turn
-    awaits a human review, a run that called no model (a resumed run the reviewed calls alone ended), or one whose every
-    assistant message was given to it or changed by a reviewer."""
+def undecided_reason(trajectory: Trajectory, recorded_steps: int | None = None) -> str:
+    """Why ``trajectory``, whose run decided nothing (:func:`decided_by_run`), teaches nothing: its steps could not be
+    read (fewer than the ``recorded_steps`` its row counts: a damaged part the read left out, ``--allow-partial``), a
+    paused run whose turn awaits a human review, a run that called no model (a resumed run the reviewed calls alone
+    ended), or one whose every assistant message was given to it or changed by a reviewer."""
+    if recorded_steps is not None and recorded_steps > len(trajectory.steps):
+        return (
+            f"{recorded_steps - len(trajectory.steps)} of its {recorded_steps} recorded steps could not be read (a damaged "
+            "part of the store left out of this read): `ee store repair` says what was lost"
+        )
     if trajectory.status == "interrupted" and trajectory.steps:
         return "its run paused on calls awaiting a human review; the resumed run's trajectory holds them as decided"
     if not trajectory.steps:

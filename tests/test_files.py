@@ -18,6 +18,7 @@ from ee_middleware._files import (
     atomic_open,
     atomic_path,
     atomic_write_bytes,
+    atomic_write_parquet,
     atomic_write_text,
     create_exclusive,
     open_for_lock,
@@ -276,3 +277,42 @@ def test_an_atomic_write_to_a_pipe_or_device_is_refused_and_leaves_it_in_place(t
         pass
     assert stat.S_ISFIFO(fifo.stat().st_mode) and (kind == "fifo" or path.is_symlink())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({"pipe", path.name}), "nothing written beside it"
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o444, 0o640])
+def test_a_file_written_again_keeps_its_permission_bits_and_a_new_one_gets_the_umasks(tmp_path: Path, mode: int) -> None:
+    """Before: every atomic write made its file 0666 less the umask, so an export its owner had made private (chmod 600)
+    became world-readable when the same command wrote it again, and a read-only one became writable."""
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        writers = {
+            "text": lambda p: atomic_write_text(p, "new\n"),
+            "bytes": lambda p: atomic_write_bytes(p, b"new\n"),
+            "parquet": lambda p: atomic_write_parquet(pl.DataFrame({"a": [1]}), p),
+        }
+        for name, write in writers.items():
+            path = tmp_path / f"{name}.out"
+            write(path)
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, name  # new: the umask's
+            path.chmod(mode)
+            write(path)
+            assert stat.S_IMODE(path.stat().st_mode) == mode, name
+            assert path.read_bytes()[:4] in (b"new\n", b"PAR1"), name
+            path.chmod(0o644)
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("name", ["a" * 250, "é" * 127, "中" * 85], ids=["ascii", "two-byte", "three-byte"])
+def test_a_file_whose_name_is_as_long_as_a_name_may_be_is_written(tmp_path: Path, name: str) -> None:
+    """Before: a name of 242 to 255 bytes (one the file system holds, `touch` makes it) failed with "File name too long":
+    the temporary file's name added 14 bytes to it."""
+    assert len(os.fsencode(name)) <= 255
+    atomic_write_text(tmp_path / name, "x")
+    atomic_write_parquet(pl.DataFrame({"a": [1]}), tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    left = temp_path_for(tmp_path / name)  # as a killed writer leaves it: swept by its destination's name
+    left.write_text("half")
+    assert len(os.fsencode(left.name)) <= 255 and remove_abandoned_temps(tmp_path, of={name}) == [left]

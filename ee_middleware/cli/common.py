@@ -549,6 +549,19 @@ def file_above(path: Path) -> Path | None:
     return None
 
 
+def output_file(value: str, example: str, flag: str = "--out") -> Path:
+    """The path of an ``--out FILE`` option given as typed: one ending in ``/`` names a folder, a usage error (before,
+    ``--out exports/`` wrote a file named ``exports``, and ``--out notes.jsonl/`` replaced the file ``notes.jsonl``,
+    where a shell says "Not a directory"); ``example`` is the file name the error suggests."""
+    if value.endswith("/"):
+        folder = value.rstrip("/") or "/"
+        raise typer.BadParameter(
+            f"{value} ends in '/', which names a folder: {flag} names the file to write, e.g. {flag} {Path(folder) / example}.",
+            param_hint=flag,
+        )
+    return Path(value)
+
+
 def output_folder(value: Path) -> Path:
     """An ``--out FOLDER`` option's callback: a path that is, or can become, a folder; a file there (or a file where
     a folder above it should be) is a usage error before any work, not after it (an eval's predictions, a teacher's

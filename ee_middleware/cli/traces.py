@@ -20,6 +20,7 @@ from ee_middleware.cli.common import (
     examples,
     observation_cell,
     open_existing_store,
+    output_file,
     print_json,
     reading_store,
     say_capped,
@@ -284,7 +285,9 @@ def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str 
 def export(
     store: str = StoreOption,
     fmt: ExportFormat = typer.Option(..., "--format", "-f", help="jsonl: OpenAI chat fine-tuning lines; parquet: one row per trajectory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file (a path: the file is written whole, so not '-' for stdout)."),
+    out_text: str = typer.Option(
+        ..., "--out", "-o", help="Output file (a path: the file is written whole, so not '-' for stdout).", metavar="PATH"
+    ),
     status: StatusFilter = typer.Option(StatusFilter.approved, "--status", help="Which trajectories (default: approved only)."),
     allow_partial: bool = AllowPartialOption,
 ) -> None:
@@ -301,6 +304,7 @@ def export(
     """
     from ee_middleware.export import export_jsonl, export_parquet
 
+    out = output_file(out_text, f"train.{fmt.value}")
     if str(out) == "-":
         raise typer.BadParameter(
             "'-' is not stdout here: the export is written whole or not at all, to a file. Give a file's path, e.g. "

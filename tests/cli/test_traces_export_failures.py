@@ -81,6 +81,17 @@ def test_a_damaged_parquet_part_is_named_with_the_fix_not_the_output(store_path:
     assert out.read_bytes() != OLD.encode()
 
 
+def test_trajectories_whose_steps_were_in_a_damaged_part_are_left_out_for_that_reason(store_path: Path, out: Path) -> None:
+    """Before: with a steps part emptied, --allow-partial left its trajectories out as ones "that teach nothing (each:
+    its run called no model: a resumed run that the reviewed calls alone ended)"."""
+    (part, *_) = sorted(store_path.glob("steps/part-*.parquet"))
+    part.write_bytes(b"")
+    code, output = ee("traces", "export", "--store", str(store_path), "--format", "jsonl", "--out", str(out), "--allow-partial")
+    flat = " ".join(output.split())
+    assert code == 0 and "recorded steps could not be read (a damaged part of the store left out of this read)" in flat, output
+    assert "called no model" not in flat
+
+
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 @pytest.mark.parametrize("damage", ["a folder", "a symbolic link to itself"])
 def test_an_unreadable_spool_segment_is_named_not_the_output(store_path: Path, out: Path, fmt: str, damage: str) -> None:
@@ -130,6 +141,19 @@ def test_an_output_folder_the_user_may_not_write_is_named(store_path: Path, out:
 def test_an_output_path_that_is_a_folder_is_named(store_path: Path, out: Path, fmt: str) -> None:
     code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", str(out.parent))
     assert code == 1 and f"{out.parent} is a folder; give the file to write" in " ".join(output.split())
+    _untouched(out)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_output_path_ending_in_a_slash_is_a_folder_and_no_file_is_written_there(store_path: Path, out: Path, fmt: str) -> None:
+    """Before: ``--out exports/`` wrote a file named ``exports`` (Path drops the slash), and ``--out train.jsonl/``
+    replaced the file ``train.jsonl``, where a shell says "Not a directory"."""
+    new_folder = out.parent / "new"
+    for given in (f"{new_folder}/", f"{out}/"):
+        code, output = ee("traces", "export", "--store", str(store_path), "--format", fmt, "--out", given)
+        flat = " ".join(output.split())
+        assert code == 2 and "ends in '/', which names a folder: --out names the file to write, e.g. --out" in flat, output
+    assert not new_folder.exists()
     _untouched(out)
 
 
