@@ -68,8 +68,8 @@ class AdapterRecord:
     rank: int
     path: str
     """The registry's own copy of the adapter folder (what servers load): an absolute path (or a URL the servers read).
-    The local registry stores it relative to its folder (``adapters/NAME``) and hands it out resolved from where the
-    registry is now."""
+    The local registry hands out its own folder's copy (``adapters/NAME`` in the registry's folder, wherever that is
+    now)."""
     source_path: str
     created_at: str
     created_by: str

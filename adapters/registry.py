@@ -10,10 +10,12 @@
                         index changes; an event whose index write never happened (a crash) reads
                         back with "applied": false
       adapters/NAME/    the registry's own copy of each adapter (config, weights, manifest), what servers load;
-                        index.json records it as "adapters/NAME", relative to the registry's folder, so a registry
-                        moved or copied elsewhere serves its own copies (an index written before holds absolute
-                        paths, ".../adapters/NAME": read as this folder's adapters/NAME too). Records handed to
-                        callers (get, list, ...) carry the absolute path, as servers need
+                        index.json records its absolute path, ".../adapters/NAME", read as THIS folder's
+                        adapters/NAME wherever the registry is now, so a registry moved or copied elsewhere serves
+                        its own copies (a relative "adapters/NAME", as some versions wrote, is read so too). Written
+                        absolute, as older versions read it: an older ee, put back after an upgrade, still finds
+                        the copies (it reads the path as it is). Records handed to callers (get, list, ...) carry
+                        the absolute path of this folder's copy, as servers need
       .lock             writers take an exclusive lock (several CLI processes may write at once)
       .operation.lock   the operation lease: one promote, rollback, retire or switch at a time, held across
                         the servers' loads and unloads and the index change (see :meth:`LocalAdapterRegistry.operation`)
@@ -319,7 +321,7 @@ class LocalAdapterRegistry:
         if problem is None:
             return record
         self._copy_in(files.path, record.name, files.weights_file, files.content_hash)
-        data["path"] = f"{_COPIES}/{record.name}"  # (where the copy is now, whatever a hand edit had put there)
+        data["path"] = str(self.root / _COPIES / record.name)  # (where the copy is now, whatever a hand edit had put there)
         self._commit(index, "restore", app=record.app, adapter=record.name, by=by or current_user(), source=str(files.path), was=problem)
         if on_restore is not None:
             on_restore(f"restored the registry's copy of {record.name} from {files.path} (same content hash): {problem}")
@@ -468,9 +470,9 @@ class LocalAdapterRegistry:
         return AdapterRecord.from_json({**data, "path": self._copy_path(data)})
 
     def _copy_path(self, data: dict[str, Any]) -> str:
-        """Where the copy of the record ``data`` is now: ``adapters/NAME`` (as written now) and an absolute
-        ``.../adapters/NAME`` (as written before: the folder the registry was in then) are this registry's
-        ``adapters/NAME``; any other absolute path (a hand edit) is kept as it is."""
+        """Where the copy of the record ``data`` is now: an absolute ``.../adapters/NAME`` (as written: the folder the
+        registry was in then) and ``adapters/NAME`` (as some versions wrote) are this registry's ``adapters/NAME``; any
+        other absolute path (a hand edit) is kept as it is."""
         stored = Path(str(data.get("path") or ""))
         if not stored.is_absolute():
             return str(self.root / stored)
@@ -597,9 +599,9 @@ class LocalAdapterRegistry:
         return " and ".join(found)
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        for record in index["adapters"].values():  # relative to the registry's folder, so a moved registry keeps working
+        for record in index["adapters"].values():  # this folder's copy, by its absolute path (see the module docstring)
             if Path(str(record.get("path") or "")).parts[-2:] == (_COPIES, record["name"]):
-                record["path"] = f"{_COPIES}/{record['name']}"
+                record["path"] = str(self.root / _COPIES / record["name"])
         text = json.dumps(finite_or_null(index), ensure_ascii=False, indent=1, sort_keys=True, default=str, allow_nan=False)
         atomic_write_text(self.root / "index.json", text)
 

@@ -37,7 +37,9 @@ def test_a_moved_registry_serves_its_adapters_from_where_it_is_now(tmp_path: Pat
     registry, (first, second) = _registry(tmp_path)
     registry.switch_live(first)
     stored = json.loads((registry.root / "index.json").read_text())["adapters"]
-    assert {n: r["path"] for n, r in stored.items()} == {n: f"adapters/{n}" for n in (first, second)}, "relative to the registry"
+    # absolute, as an older ee reads it (a rollback of the package after an upgrade: written relative, an older ee called
+    # every adapter damaged, or sent the servers a relative path), read as this folder's copy wherever it is now
+    assert {n: r["path"] for n, r in stored.items()} == {n: str(registry.root / "adapters" / n) for n in (first, second)}
     moved = tmp_path / "elsewhere" / "reg"
     moved.parent.mkdir()
     shutil.move(registry.root, moved)
@@ -69,19 +71,24 @@ def test_a_copied_registry_never_reads_the_originals_files(tmp_path: Path) -> No
     assert LocalAdapterRegistry(copy).resolve("bot") is None
 
 
-def test_an_index_written_with_absolute_paths_reads_as_this_folders_copies_and_is_rewritten_relative(tmp_path: Path) -> None:
+def test_an_index_written_elsewhere_reads_as_this_folders_copies_and_is_rewritten_with_this_folders_paths(tmp_path: Path) -> None:
     registry, (first, second) = _registry(tmp_path)
     index_file = registry.root / "index.json"
     index = json.loads(index_file.read_text())
-    for name, record in index["adapters"].items():  # as written before: the folder the registry was registered in
-        record["path"] = f"/old/mount/reg/adapters/{name}"
+    index["adapters"][first]["path"] = f"/old/mount/reg/adapters/{first}"  # the folder the registry was registered in
     index["adapters"][second]["path"] = "/somewhere/else/by-hand"  # not a registry copy's path: kept as it is
     index_file.write_text(json.dumps(index))
     assert registry.get(first).path == str(registry.root / "adapters" / first)
     assert registry.get(second).path == "/somewhere/else/by-hand"
     registry.add_eval(first, {"suite": "s", "score": 1.0})  # any write
     stored = json.loads(index_file.read_text())["adapters"]
-    assert stored[first]["path"] == f"adapters/{first}" and stored[second]["path"] == "/somewhere/else/by-hand"
+    assert stored[first]["path"] == str(registry.root / "adapters" / first) and stored[second]["path"] == "/somewhere/else/by-hand"
+    index = json.loads(index_file.read_text())
+    index["adapters"][first]["path"] = f"adapters/{first}"  # relative, as some versions wrote it
+    index_file.write_text(json.dumps(index))
+    assert registry.get(first).path == str(registry.root / "adapters" / first)
+    registry.add_eval(first, {"suite": "s", "score": 0.5})
+    assert json.loads(index_file.read_text())["adapters"][first]["path"] == str(registry.root / "adapters" / first)
 
 
 def test_the_kit_refuses_a_registry_whose_record_path_is_relative(tmp_path: Path) -> None:
