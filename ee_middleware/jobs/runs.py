@@ -22,11 +22,12 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,10 @@ class Run:
         return dict(manifest.get("outputs") or {}) if manifest and manifest.get("status") == "done" else {}
 
 
+_RUN_ID = re.compile(r"(\d{8}-\d{6}-\d{3})[0-9a-f]{2}")
+"""A run's id (:meth:`RunsDir._new_id`): its millisecond and a random byte."""
+
+
 class RunsDir:
     """The folder that holds a job's runs (see the module docstring)."""
 
@@ -216,15 +221,23 @@ class RunsDir:
         return run.status if (self.locked_by_other() if held is None else held) else f"{run.status} (killed?)"
 
     def _new_id(self) -> str:
-        """A run id that sorts by start time (``latest`` is the last in order): the time to the millisecond and a random
-        byte. A run started in the same millisecond as the newest one waits for the next millisecond rather than take a
-        random byte that would sort it before that run."""
-        newest = max((p.name for p in self.root.iterdir()), default="") if self.root.is_dir() else ""
+        """A run id that sorts after every run's before it (``latest`` is the last in order, and the watermark is the
+        last successful run's): the time to the millisecond and a random byte. A run started in the same millisecond as
+        the newest one waits for the next millisecond rather than take a random byte that would sort it before that run.
+        A clock behind the newest run's id (stepped back by NTP, or a run made on a clock that was ahead: a VM's bad
+        clock a year ahead) gives the millisecond after that id's instead: a later run sorted before it, and every
+        following night took that run's watermark and selected the same trajectories again. ``started_at`` in
+        run.json keeps the clock's time."""
+        names = (p.name for p in self.root.iterdir()) if self.root.is_dir() else iter(())
+        newest = max((m[1] for name in names if (m := _RUN_ID.fullmatch(name))), default="")
         while True:
             stamp = datetime.now(UTC)
             prefix = f"{stamp:%Y%m%d-%H%M%S}-{stamp.microsecond // 1000:03d}"
-            if not newest.startswith(prefix):
+            if prefix > newest:
                 return prefix + secrets.token_hex(1)
+            if prefix < newest:
+                after = datetime.strptime(newest, "%Y%m%d-%H%M%S-%f").replace(tzinfo=UTC) + timedelta(milliseconds=1)
+                return f"{after:%Y%m%d-%H%M%S}-{after.microsecond // 1000:03d}" + secrets.token_hex(1)
             time.sleep(0.001)
 
     def create(self, job: str, config: dict[str, Any], config_hash: str) -> Run:

@@ -70,6 +70,12 @@ def test_datasets_build(bfcl_store_path: Path, tmp_path: Path) -> None:
     assert "--max-observation-tokens: Input should be greater than or equal to 8 (got 2)" in _error(tokens)
     after = ee("datasets", "build", "--store", bfcl_store_path, "--out", tmp_path / "d", "--heldout-after", "yesterday")
     assert "--heldout-after: Input should be a valid datetime" in _error(after) and "(got 'yesterday')" in _error(after)
+    # before: digits alone were seconds since 1970 (20270101, what `date +%Y%m%d` prints, was 1970-08-23: every
+    # trajectory held out); a date without dashes is that date, other digits are refused
+    basic = ee("datasets", "build", "--store", bfcl_store_path, "--out", tmp_path / "d", "--heldout-after", "20270101", "--json")
+    assert "(--heldout-after 2027-01-01T00:00:00) holds out none" in " ".join(basic.output.split()), basic.output
+    epoch = ee("datasets", "build", "--store", bfcl_store_path, "--out", tmp_path / "d", "--heldout-after", "1798761600")
+    assert "--heldout-after: Value error, '1798761600' is no ISO 8601 time: write a date (2027-01-01)" in _error(epoch)
 
 
 def test_train(tmp_path: Path) -> None:

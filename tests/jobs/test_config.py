@@ -111,6 +111,35 @@ def test_a_run_started_in_the_same_millisecond_as_the_newest_is_still_the_latest
     assert runs.get("latest").id == second.id
 
 
+def test_a_run_on_a_clock_behind_the_newest_runs_id_still_sorts_after_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a run made on a clock a year ahead (a VM's bad clock) stayed `latest` and the watermark's run: every later
+    night selected the same trajectories again; a clock stepped back by NTP sorted the new run before the previous one."""
+    import datetime as dt
+
+    from ee_middleware.jobs import runs as runs_module
+
+    clock = [dt.datetime(2027, 12, 1, 5, 0, 0, 999_000, tzinfo=dt.UTC)]
+
+    class FixedClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> dt.datetime:  # type: ignore[override]
+            return clock[0]
+
+    monkeypatch.setattr(runs_module, "datetime", FixedClock)
+    monkeypatch.setattr(runs_module.secrets, "token_hex", lambda n: "ab")
+    runs = RunsDir(tmp_path / "runs")
+    (runs.root / "notes").mkdir(parents=True)  # a folder of the user's beside the runs: no run id, sorts after them
+    ahead = runs.create("improve", {}, "h1")
+    ahead.update(status="succeeded")
+    clock[0] = dt.datetime(2026, 12, 1, 5, 0, 0, tzinfo=dt.UTC)  # the clock put right
+    tonight = runs.create("improve", {}, "h1")
+    assert ahead.id == "20271201-050000-999ab" and tonight.id == "20271201-050001-000ab", "the millisecond after it"
+    assert tonight.data["started_at"].startswith("2026-12-01T05:00:00"), "run.json keeps the clock's time"
+    tonight.update(status="succeeded")
+    assert runs.get("latest").id == tonight.id and runs.last_successful().id == tonight.id
+    assert [r.id for r in runs.list()] == [ahead.id, tonight.id]
+
+
 def test_the_traces_suite_runs_in_the_replay_sandbox_unless_eval_names_one(tmp_path: Path) -> None:
     """A user's tool world replayed with [replay] sandbox = "pkg:factory" is where its held-out trajectories are
     evaluated too (was: no sandbox, so every held-out trajectory was excluded and the gate saw 0 tasks)."""

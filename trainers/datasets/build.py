@@ -90,6 +90,21 @@ def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kinds))
 
 
+def _iso_time(value: Any) -> Any:
+    """A held-out time as ISO 8601 text: a date written without dashes (``20270101``, what ``date +%Y%m%d`` prints) is
+    that date, and other text of digits alone is refused (pydantic read both as seconds since 1970, so 20270101 was
+    1970-08-23 and held out every trajectory); anything else as pydantic reads it."""
+    if not isinstance(value, str) or not value.strip().isdigit():
+        return value
+    text = value.strip()
+    if len(text) == 8:
+        try:
+            return datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            pass
+    raise ValueError(f"{text!r} is no ISO 8601 time: write a date (2027-01-01) or a time (2027-01-01T06:00:00+02:00)")
+
+
 class DatasetConfig(BaseModel):
     """Everything ``ee datasets build`` needs; loadable from a TOML ``[datasets]`` table."""
 
@@ -143,9 +158,9 @@ class DatasetConfig(BaseModel):
     """A file of trajectory ids (one per line) to hold out."""
     heldout_app: str | None = None
     """Hold out every trajectory of this app."""
-    heldout_started_after: datetime | None = None
+    heldout_started_after: Annotated[datetime | None, BeforeValidator(_iso_time)] = None
     """Hold out trajectories that started at or after this time (ISO 8601; UTC when no zone)."""
-    heldout_started_before: datetime | None = None
+    heldout_started_before: Annotated[datetime | None, BeforeValidator(_iso_time)] = None
     """Hold out trajectories that started before this time."""
     max_synthetic_share: float | None = Field(None, ge=0, le=1)
     """Cap the share of synthetic-task trajectories (``source = curriculum``: rollouts on tasks a model
@@ -259,8 +274,8 @@ def build_datasets(
                 else ""
             )
             raise ConfigError(
-                f"The held-out rule holds out all {len(split.heldout)} approved trajectories{added}: nothing is left to train on. "
-                "Loosen it."
+                f"The held-out rule ({_rule_text(rule)}) holds out all {len(split.heldout)} approved trajectories{added}: nothing "
+                "is left to train on. Loosen it."
             )
         # a prediction shown a held-out trajectory's real transition may carry what its tool returned into training
         grounded = reader.leave_out_grounded_on_held_out(split.train, split.heldout)
