@@ -4,7 +4,7 @@ Every write goes to a temporary file in the destination's folder (so the final r
 a file system), is flushed and ``fsync``-ed, then renamed over the destination with
 :func:`os.replace`, and the folder is ``fsync``-ed so that the rename itself survives a power cut.
 If anything fails before the rename, the temporary file is removed and the destination is left as
-it was. A file replaced keeps its permission bits (a private or read-only file stays so); a new one gets the umask's.
+it was. A file replaced gets no permission it lacked (a private or read-only file stays so); a new one gets the umask's.
 :func:`create_exclusive` does the same for a file that must be created once only: it
 hard-links the temporary file into place instead, which fails when the destination exists.
 
@@ -216,18 +216,23 @@ def _destination(path: str | os.PathLike[str]) -> Path:
 
 
 def _keep_mode(tmp: Path, final: Path, fd: int = -1) -> None:
-    """Give the new file ``tmp`` the permission bits of the file ``final`` it is about to replace, where there is one: a
+    """Give the new file ``tmp`` no permission the file ``final`` it is about to replace lacks, where there is one: a
     file its owner made private (``chmod 600``) or read-only stays so when it is written again (a new file was created
-    ``0666`` less the umask: an owner-only export became world-readable when re-written). A new file keeps the umask's."""
+    ``0666`` less the umask: an owner-only export became world-readable when re-written). Nor more than ``tmp`` was
+    made with: a writer that made its file private (a run's copy of a config holding secrets) keeps it so, whatever the
+    file it replaces allowed. A new file keeps what it was made with."""
     try:
         old = stat.S_IMODE(os.stat(final).st_mode)
+        made = stat.S_IMODE(os.fstat(fd).st_mode if fd >= 0 else os.stat(tmp).st_mode)
     except OSError:
         return  # nothing there yet (or nothing this process may see)
+    if made & old == made:
+        return
     try:
         if fd >= 0:
-            os.fchmod(fd, old)
+            os.fchmod(fd, made & old)
         else:
-            os.chmod(tmp, old)
+            os.chmod(tmp, made & old)
     except OSError:  # a file system without modes (FAT, some mounts): the new file keeps what it was made with
         pass
 

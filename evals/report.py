@@ -34,11 +34,15 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
     from their text, not from structured ``tool_calls`` (0 likewise); ``served_models``, each model that answered (as
     the responses name it) -> its task trials: more than one means the run mixes models (:func:`mixed_models_warning`);
     ``uncovered_calls_checked`` (``traces:`` suites), the tasks whose expert called tools the sandbox does not provide,
-    checked as calls instead of by the world.
+    checked as calls instead of by the world; ``never_answered``, the first task trial's reason where the model answered
+    none of the suite's (:func:`~ee_middleware.evals.runner.never_answered`), else ``None``.
     """
+    from ee_middleware.evals.runner import never_answered
+
     by_suite: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_suite[row["suite"]].append(row)
+    silent = never_answered(rows)
     out = []
     for name in suites:
         items = by_suite.get(name, [])
@@ -76,6 +80,7 @@ def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str,
                 "uncovered_calls_checked": len(checked),
                 "excluded": len(left_out),
                 "excluded_reasons": _by_count(left_out.values()),
+                "never_answered": silent[name][1] if name in silent else None,
             }
         )
     return out

@@ -237,11 +237,7 @@ def _run_claimed(
     names += [name for name in dict.fromkeys(r["suite"] for r in done) if name not in names]
     write_outputs(out, done, job, excluded, names)
     _mark_finished(out, excluded, job)
-    summary = summarize(done, names, excluded)
-    silent = never_answered(done)
-    for suite_summary in summary:  # the first task trial's error where the model answered none of the suite's, else None
-        suite_summary["never_answered"] = silent[suite_summary["suite"]][1] if suite_summary["suite"] in silent else None
-    return summary
+    return summarize(done, names, excluded)
 
 
 WORKER_DIED = "worker_died"

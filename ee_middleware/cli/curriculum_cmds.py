@@ -17,6 +17,7 @@ from ee_middleware.cli.common import (
     key_value_settings,
     open_job_store,
     other_apps_hint,
+    output_file,
     print_json,
     reading_store,
     store_origin,
@@ -65,7 +66,9 @@ def propose_cmd(
             "a task whose share rounds to nothing gets none. [default: 10]"
         ),
     ),
-    out: Path | None = typer.Option(None, "--out", help="The file the variants go to (JSON lines; not a folder). [default: tasks.jsonl]"),
+    out_text: str | None = typer.Option(
+        None, "--out", help="The file the variants go to (JSON lines; not a folder). [default: tasks.jsonl]", metavar="PATH"
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed of MODEL (variant k uses seed + k). [default: 0]"),
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", min=1, help="Tokens MODEL may write per variant (raise it for a model that reasons first). [default: 200]"
@@ -96,7 +99,7 @@ def propose_cmd(
         store=store,
         app=app_name,
         n=n,
-        out=out,
+        out=output_file(out_text, "tasks.jsonl") if out_text is not None else None,  # (a path ending in / names a folder)
         seed=seed,
         max_tokens=max_tokens,
         timeout_s=timeout_s,
@@ -155,7 +158,7 @@ def propose_cmd(
 
 def _check_propose_out(ctx: typer.Context, cfg: Any, config: Path | None, table: str) -> None:
     """:func:`_check_out`, its error naming ``out`` in the config file where the file gave it (not ``--out``)."""
-    out, source = cfg.out, getattr(ctx.get_parameter_source("out"), "name", None)
+    out, source = cfg.out, getattr(ctx.get_parameter_source("out_text"), "name", None)
     try:
         _check_out(out)
     except typer.BadParameter as exc:
@@ -398,6 +401,11 @@ def run_cmd(
             predicate = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
             raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint=approve_if_hint) from None
+        if not callable(predicate):  # (every kept trajectory's approval would fail on it, after the rollouts)
+            raise typer.BadParameter(
+                f"{approve_if!r} is a {type(predicate).__name__}, not a function trajectory -> bool; name the function.",
+                param_hint=approve_if_hint,
+            )
     opened = open_job_store(cfg.store, store_origin(ctx, config, TABLE))
     build_sandbox(sandbox, **cfg.sandbox_settings).close()  # a sandbox that cannot be built fails here, before any rollout
     policy_client, judge_client = (build_model_client(spec, timeout_s=timeout_s, timeout_knob=TIMEOUT_KNOB) for spec in (policy, judge))

@@ -320,9 +320,10 @@ def example_excerpt(text: str, limit: int = EXAMPLE_CHARS) -> str:
     return f"{head}\n[... {len(text) - len(head) - len(tail):,} characters of this example left out: --full prints it whole ...]\n{tail}"
 
 
-def _png_path(plot: Path) -> Path:
+def _png_path(given: str) -> Path:
     """``--plot``'s file: a PNG, so a path without a suffix gets ``.png`` (the file written is the one reported); another
-    suffix, a folder, or a path under a file is a usage error before any work."""
+    suffix, a folder (or a path ending in ``/``), or a path under a file is a usage error before any work."""
+    plot = output_file(given, "lengths.png", "--plot")
     if plot.is_dir():
         raise typer.BadParameter(f"{plot} is a folder: give the file to write, e.g. --plot {plot / 'lengths.png'}.")
     if plot.suffix == "":
@@ -344,7 +345,7 @@ def show(
     tokenizer: Path | None = typer.Option(
         None, "--tokenizer", help="A local tokenizer folder: real token counts and chat-template rendering."
     ),
-    plot: Path | None = typer.Option(
+    plot_text: str | None = typer.Option(
         None, "--plot", help="Also write the token-length histograms as a PNG here (missing folders are made).", metavar="FILE.png"
     ),
     max_length: int | None = typer.Option(
@@ -370,7 +371,7 @@ def show(
         write_histogram_png,
     )
 
-    plot = _png_path(plot) if plot is not None else None  # refused before any counting, which may take minutes
+    plot = _png_path(plot_text) if plot_text is not None else None  # refused before any counting, which may take minutes
     files = [folder] if folder.suffix == ".parquet" else sorted(folder.glob("*.parquet"))
     if not files:
         from ee_middleware.errors import ConfigError

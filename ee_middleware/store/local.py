@@ -426,7 +426,7 @@ class LocalExperienceStore:
         """Mark trajectories rejected: they never feed training (overturning an approval is recorded)."""
         decide(self, ids, "rejected", by=by, reason=reason, force=True)
 
-    def approvals(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    def approvals(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
         """Every approval decision, oldest first, with the opposite decision each one overturned."""
         tables = self._load(_DECISIONS)
         history = _decisions(tables["trajectories"], tables["approvals"])
@@ -470,7 +470,7 @@ class LocalExperienceStore:
             current = current.filter(pl.col("app") == app)
         return current
 
-    def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    def steps(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
         steps = self._load(("steps",))["steps"]
         if trajectory_ids is not None:
             steps = steps.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
@@ -538,7 +538,7 @@ class LocalExperienceStore:
             yield t if type(t) is not TrajectoryRows else t.build()
 
     def iter_trajectory_rows(
-        self, *, status: StatusSelection = None, ids: Collection[str] | None = None
+        self, *, status: StatusSelection = None, ids: str | Collection[str] | None = None
     ) -> Iterator[Trajectory | TrajectoryRows]:
         """As :meth:`iter_trajectories`, but a trajectory read from Parquet parts comes as its rows (:class:`TrajectoryRows`:
         ``build()`` gives the trajectory), for a job that hands trajectories to workers which build them; ``ids``: those
@@ -554,7 +554,7 @@ class LocalExperienceStore:
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)
         if ids is not None:
-            current = current.filter(pl.col("id").is_in(pl.Series(list(ids), dtype=pl.String).implode()))
+            current = current.filter(pl.col("id").is_in(pl.Series(id_list(ids), dtype=pl.String).implode()))
         if current.is_empty():
             return
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
@@ -592,7 +592,7 @@ class LocalExperienceStore:
         keep = set(candidates.to_list())
         return {i: t for i, t in tables.spooled.take_trajectories(exclude=in_parts).items() if i in keep}
 
-    def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
+    def rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""
         rollouts = self._load(("rollouts",))["rollouts"]
         if trajectory_ids is not None:
@@ -621,7 +621,7 @@ class LocalExperienceStore:
             )
         return rollout_from_row(exact.row(0, named=True))
 
-    def iter_rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
+    def iter_rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
         """Rollouts as records, ordered by trajectory, step and branch."""
         for row in self.rollouts(trajectory_ids, replay_id=replay_id).iter_rows(named=True):
             yield rollout_from_row(row)

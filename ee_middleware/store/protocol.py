@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 
 def id_list(ids: str | Iterable[str]) -> list[str]:
-    """Trajectory ids as a list: one id given as a string is that id, not a sequence of one-character ids."""
+    """Trajectory ids as a list: one id given as a string is that id, not a sequence of one-character ids. Every method
+    of a store that takes ids (``approve``, ``reject``, ``approvals``, ``steps``, ``rollouts``, ...) reads them so; the
+    conformance kit (:func:`~ee_middleware.testing.store_conformance.check_store`) checks a plug-in store does too."""
     return [ids] if isinstance(ids, str) else list(ids)
 
 
@@ -77,7 +79,7 @@ class ExperienceStore(Protocol):
 
         decide(self, ids, "rejected", by=by, reason=reason, force=True)
 
-    def approvals(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    def approvals(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
         """Every approval decision (of the given trajectories, or all), oldest first: the one
         recorded with a trajectory and each :meth:`set_approval` event, with the columns of
         ``ee_middleware.store.tables.APPROVAL_SCHEMA`` (``overrides_*``: the decision it overturned)."""
@@ -87,7 +89,7 @@ class ExperienceStore(Protocol):
         """One row per trajectory, oldest write first, with the current ``approval`` columns."""
         ...
 
-    def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    def steps(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
         """One row per step (of the given trajectories, or all)."""
         ...
 
@@ -121,7 +123,7 @@ class ExperienceStore(Protocol):
         """
         ...
 
-    def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
+    def rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout, ordered by trajectory id, step index and branch index."""
         ...
 
@@ -136,7 +138,7 @@ class ExperienceStore(Protocol):
         """
         ...
 
-    def iter_rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
+    def iter_rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> Iterator[Rollout]:
         """Rollouts as records, in the order of :meth:`rollouts`."""
         from ee_middleware.store.tables import rollout_from_row
 

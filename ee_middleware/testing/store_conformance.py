@@ -443,6 +443,15 @@ def _check_id_resolution(store: Any) -> None:
         _expect_not_found(lambda p=ambiguous: store.resolve_id(p), f"resolve_id({ambiguous!r}), a prefix of several ids")
     for unknown in ("zzz", "", "traj-0a-longer"):
         _expect_not_found(lambda u=unknown: store.resolve_id(u), f"resolve_id({unknown!r}), which matches no id")
+    listed = _must(lambda: store.steps([A]), "steps() of a list of one id")["trajectory_id"].to_list()
+    one = _must(lambda: store.steps(A), "steps() of one id given as a string")["trajectory_id"].to_list()
+    assert one == listed and listed, broken(
+        f"steps({A!r})",
+        sorted(set(one)),
+        [A],
+        "one id given as a string is that id, as a list of it is (not a sequence of one-character ids)",
+        "Read the ids with ee_middleware.store.protocol.id_list (approve, reject, approvals, steps, rollouts).",
+    )
 
 
 # --- rollouts and replay records ------------------------------------------------------------------------

@@ -70,6 +70,12 @@ def test_an_out_of_the_file_that_is_a_folder_is_named_by_its_key(bfcl_store_path
     result = runner.invoke(app, ["curriculum", "propose", "-c", str(config)])
     assert result.exit_code == 1, result.output
     assert f"out = '{tmp_path}' in [curriculum_propose] of {config}: {tmp_path} is a folder" in _flat(result.stderr), result.stderr
+    # the flag's folder-to-be (before: --out tasks/ wrote a file named tasks), and the flag named when it gave the folder
+    slashed = runner.invoke(app, ["curriculum", "propose", "-c", str(config), "--out", f"{tmp_path}/new/"])
+    assert slashed.exit_code == 2 and "ends in '/', which names a folder: --out names the file" in _flat(slashed.output)
+    flagged = runner.invoke(app, ["curriculum", "propose", "-c", str(config), "--out", str(tmp_path)])
+    assert flagged.exit_code == 2 and f"{tmp_path} is a folder: --out names the tasks file" in _flat(flagged.output), flagged.output
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(

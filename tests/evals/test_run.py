@@ -182,7 +182,8 @@ def test_ee_eval_run_json_and_report_files(tmp_path: Path, monkeypatch: pytest.M
     assert all(data[key] == 0 for key in counts) and data["served_models"] == data["excluded_reasons"] == {}
     assert data["never_answered"] is None and data["server_refused_reason"] is None
     assert all(set(d) == set(data) for d in json.loads(two.output)), two.output
-    assert json.loads((out / "summary.json").read_text())["served_models"] == {}
+    recorded_summary = json.loads((out / "summary.json").read_text())
+    assert recorded_summary["served_models"] == {} and set(recorded_summary["suites"][0]) == set(data), "summary.json's keys too"
     assert "| bfcl:multi_turn_miss_param | 3 | 1 | 100.0% |" in (out / "report.md").read_text()
     assert "<table>" in (out / "report.html").read_text()
     assert (out / "success.png").read_bytes()[:4] == b"\x89PNG"

@@ -637,6 +637,32 @@ def test_a_budget_or_serving_key_written_in_improve_names_the_file_and_its_sub_t
     assert ImproveConfig.load(moved).model_dump()[table.split(".")[1]][name] is not None  # where it belongs, it is read
 
 
+def test_a_run_continued_with_the_same_private_config_keeps_its_copy_private(tmp_path: Path) -> None:
+    """A run an earlier version started (its config.toml copy 0644), continued with the same 0600 improve.toml: the copy is
+    written again at 0600 (a review of 95bbf5fc: an atomic write that kept the replaced file's mode made it 0644)."""
+    import os
+    import stat
+
+    from ee_middleware._files import atomic_write_text
+    from ee_middleware.jobs.improve import CONFIG_COPY, JOB, STAGES, run_improve
+
+    _store_with_app(tmp_path / "s", "shop", approve=False)
+    path = _improve_file(tmp_path, _base_folder(tmp_path), '[replay.sandbox_settings]\ndb_password = "hunter2-STAGING"\n')
+    path.chmod(0o600)
+    old_umask = os.umask(0o022)
+    try:
+        config = ImproveConfig.load(path)
+        failed = RunsDir(tmp_path / "runs").create(JOB, config.describe(), config.config_hash())
+        atomic_write_text(failed.folder / CONFIG_COPY, path.read_text())  # as an earlier version left it: 0644
+        failed.update(stage_order=list(STAGES), force=False, status="failed", error="OSError")
+        failed.write_stage("select", {"stage": "select", "status": "failed", "attempt": 1, "error": "OSError"})
+        continued = run_improve(ImproveConfig.load(path))  # the same settings: continued
+    finally:
+        os.umask(old_umask)
+    assert continued.id == failed.id
+    assert stat.S_IMODE((continued.folder / CONFIG_COPY).stat().st_mode) == 0o600
+
+
 def test_the_run_folders_copies_of_a_private_config_file_are_private(tmp_path: Path) -> None:
     """A 0600 improve.toml (a staging password in [replay.sandbox_settings]) was copied into the run folder as
     config.toml, and on a continued run as config.attempt-N.toml, at 0644 (the umask's mode): the secret that run.json

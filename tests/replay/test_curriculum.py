@@ -154,6 +154,8 @@ def test_curriculum_run_keeps_judged_successes_as_pending_curriculum_trajectorie
     summary = json.loads(result.stdout)
     assert summary["rollouts"] == 3 and summary["kept"] == 1 and summary["approved"] == 0
     assert summary["dropped"] == {"judged unsuccessful": 1, "the judge gave no verdict": 1}
+    not_a_function = CliRunner().invoke(app, [*args, "--approve-if", "string:ascii_letters"])  # a str: refused before any rollout
+    assert not_a_function.exit_code == 2 and "'string:ascii_letters' is a str, not a function" in " ".join(not_a_function.output.split())
     approved = CliRunner().invoke(app, [*args, "--approve-if", "tests.replay.test_curriculum:approve_short"])
     assert approved.exit_code == 0 and json.loads(approved.stdout)["approved"] == 1
 

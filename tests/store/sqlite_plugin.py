@@ -18,7 +18,7 @@ from ee_middleware.errors import TrajectoryNotFoundError
 from ee_middleware.records import ApprovalEvent, ReplayRecord, Rollout, Trajectory
 from ee_middleware.store import tables as T
 from ee_middleware.store.approvals import in_order_decided
-from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.protocol import ExperienceStore, id_list
 
 _SCHEMA = """
 create table if not exists traj (seq integer primary key autoincrement, id text unique, data text);
@@ -83,7 +83,7 @@ class SqliteStore(ExperienceStore):
         ]
         rows += [T.approval_row(ApprovalEvent.model_validate_json(row[0])) for row in self._rows("select data from approval order by seq")]
         decided = in_order_decided(T.frame(rows, T.APPROVAL_SCHEMA))
-        return decided if trajectory_ids is None else decided.filter(pl.col("trajectory_id").is_in(list(trajectory_ids)))
+        return decided if trajectory_ids is None else decided.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
 
     def _latest(self) -> dict[str, dict[str, Any]]:
         return {row["trajectory_id"]: row for row in self.approvals().iter_rows(named=True)}
@@ -111,7 +111,7 @@ class SqliteStore(ExperienceStore):
         return T.frame(rows, schema)
 
     def steps(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
-        wanted = None if trajectory_ids is None else set(trajectory_ids)
+        wanted = None if trajectory_ids is None else set(id_list(trajectory_ids))
         rows = [T.step_row(s) for t in self._trajectories() if wanted is None or t.id in wanted for s in t.steps]
         return T.frame(rows, T.STEP_SCHEMA)
 
@@ -145,7 +145,9 @@ class SqliteStore(ExperienceStore):
     def rollouts(self, trajectory_ids: Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         found = [Rollout.model_validate_json(row[0]) for row in self._rows("select data from rollout")]
         found = [
-            r for r in found if (trajectory_ids is None or r.trajectory_id in set(trajectory_ids)) and replay_id in (None, r.replay_id)
+            r
+            for r in found
+            if (trajectory_ids is None or r.trajectory_id in set(id_list(trajectory_ids))) and replay_id in (None, r.replay_id)
         ]
         found.sort(key=lambda r: (r.trajectory_id, r.step_index, r.branch_index))
         return T.frame([T.rollout_row(r) for r in found], T.ROLLOUT_SCHEMA)

@@ -45,9 +45,14 @@ def test_build_writes_three_parquet_files_with_lineage_and_a_summary(replayed_st
     shown = runner.invoke(app, ["datasets", "show", str(out), "--examples", "0", "--plot", str(tmp_path / "plots" / "histo")])
     assert shown.exit_code == 0 and f"histograms:{tmp_path / 'plots' / 'histo.png'}" in "".join(shown.stdout.split())  # (wrapped)
     assert (tmp_path / "plots" / "histo.png").read_bytes()[:4] == b"\x89PNG" and len(list((tmp_path / "plots").iterdir())) == 1
-    for bad, says in ((tmp_path / "h.txt", "give a path ending in .png"), (tmp_path / "plots", "is a folder")):
+    for bad, says in (
+        (tmp_path / "h.txt", "give a path ending in .png"),
+        (tmp_path / "plots", "is a folder"),
+        (f"{tmp_path}/new/", "names a folder"),
+    ):
         refused = runner.invoke(app, ["datasets", "show", str(out), "--plot", str(bad)])
         assert refused.exit_code == 2 and says in " ".join(refused.output.split()), refused.output
+    assert not (tmp_path / "new").exists() and not (tmp_path / "new.png").exists()
 
     exported = runner.invoke(app, ["datasets", "export", str(out / "il.parquet"), "--out", str(tmp_path / "il.jsonl")])
     assert exported.exit_code == 0, exported.output
