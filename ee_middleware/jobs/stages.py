@@ -514,7 +514,7 @@ def _usable_branches(ctx: StageContext, store: Any, replay_id: str) -> int:
     if rule.active:
         recorded = recorded_units(store)
         rule = resolve_listed_ids(rule, store, recorded, config.heldout_ids)
-        train = split_trajectories(source.select("id", "app", "started_at"), rule, recorded).train
+        train = split_trajectories(source.select("id", "app", "started_at"), rule, recorded, store).train
     columns = ["id", "trajectory_id", "step_index", "branch_index"]
     return reader.rollout_columns(sorted(train), columns).height if train else 0
 

@@ -265,7 +265,7 @@ def build_datasets(
         recorded = recorded_units(store)
         rule = resolve_listed_ids(rule, store, recorded, config.heldout_ids)
         _check_heldout_app(rule, reader.trajectories, config)
-        split = split_trajectories(reader.trajectories.select("id", "app", "started_at"), rule, recorded)
+        split = split_trajectories(reader.trajectories.select("id", "app", "started_at"), rule, recorded, store)
         if not split.train:
             added = (
                 f" ({len(split.added)} of them because they share a task or a thread with one it holds out, run within or around one, or are rollouts on a "

@@ -28,7 +28,9 @@ its thread and task as it will when approved: approving or rejecting one never m
   asking the other's task): the merged unit takes the side of the earlier of the two.
 - **ids, app and time rules** hold out the trajectories they name and every trajectory that would carry their targets
   into training: the runs of the same task (each way), the later runs of the thread (from the run held out on,
-  runs that started at the same time included) and the variants of its task, transitively. The earlier runs of the
+  runs that started at the same time included, and a run that started earlier by its clock but whose messages hold
+  the held-out run's question or answer: recorded on another worker whose clock read behind) and the variants of its
+  task, transitively. The earlier runs of the
   thread stay in training: ``--heldout-after`` still holds out the future of a conversation, not its past; and so does a
   variant's parent when the variant alone is named (the variant's rollout is not in it). What was added, and why, is
   :attr:`Split.added`.
@@ -44,6 +46,7 @@ import json
 import re
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -279,11 +282,12 @@ def heldout_ids(trajectories: pl.DataFrame, rule: SplitRule, recorded: pl.DataFr
     return set(split_trajectories(trajectories, rule, recorded).heldout)
 
 
-def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataFrame | None = None) -> Split:
+def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataFrame | None = None, store: Any = None) -> Split:
     """Split ``source`` (the trajectories datasets are built from: ``id``, ``app``, ``started_at``, and ``thread_id`` and
     ``task`` where known) by ``rule``, keeping every unit's held-out targets out of training (see the module docstring).
     ``recorded``: every trajectory the store holds (:data:`UNIT_COLUMNS`, any review status: :func:`recorded_units`),
-    which the units are drawn over; default ``source``."""
+    which the units are drawn over; default ``source``. ``store``: where the messages of a held-out run's thread are
+    read, to find its later runs whose clocks read earlier (see the module docstring); without it, by time alone."""
     graph = _Units(_with_source(recorded, source) if recorded is not None else _unit_columns(source))
     source_ids = source["id"].unique(maintain_order=True).to_list()
     nodes = [graph.index[i] for i in source_ids]
@@ -297,7 +301,7 @@ def split_trajectories(source: pl.DataFrame, rule: SplitRule, recorded: pl.DataF
             seeds.add(graph.index[trajectory_id])
     in_source = set(nodes)
     matched = {graph.ids[n] for n in seeds & in_source}
-    reached = graph.close(seeds)
+    reached = graph.close(seeds, (lambda ids: dict(_messages_of(store, ids))) if store is not None else None)
     heldout = {graph.ids[n] for n in nodes if n in reached}
     added: dict[str, tuple[str, str]] = {}
     for n in nodes:
@@ -496,11 +500,16 @@ class _Units:
     def __init__(self, frame: pl.DataFrame) -> None:
         frame = frame.with_columns(
             pl.when(pl.col("thread_id") == "").then(None).otherwise(pl.col("thread_id")).alias("thread_id"),
+            pl.col("task").alias("raw_task"),
             normalised_task(pl.col("task")).alias("task"),
             _micros(frame["started_at"]).fill_null(LAST).alias("start"),
         ).with_row_index("n")
         self.ids: list[str] = frame["id"].to_list()
         self.index = {trajectory_id: n for n, trajectory_id in enumerate(self.ids)}
+        self.said: list[tuple[str, ...]] = [  # what a later run of its thread holds of each run: its question and answer
+            tuple(text.strip() for text in (task, answer) if text and len(text.strip()) >= MIN_SAID_CHARS)
+            for task, answer in zip(frame["raw_task"].to_list(), frame["final_answer"].to_list(), strict=True)
+        ]
         self.start: list[int] = frame["start"].to_list()
         self.parent = list(range(len(self.ids)))
         ordered = frame.sort("start", "id")
@@ -586,11 +595,22 @@ class _Units:
         if a != b:
             self.parent[max(a, b)] = min(a, b)
 
-    def close(self, seeds: set[int]) -> dict[int, tuple[str, int] | None]:
+    def close(self, seeds: set[int], messages_of: Callable[[list[str]], dict[str, str]] | None = None) -> dict[int, tuple[str, int] | None]:
         """``seeds`` and every trajectory that would carry their targets into training: the runs of the same task, the
         runs of the thread from each one on, the variants of its task (transitively); each with why it was reached
-        (``None`` for a seed)."""
+        (``None`` for a seed). ``messages_of`` (ids -> their messages as JSON text): a run of the thread that started
+        before one reached but whose messages hold its question or its answer is a later run too (:meth:`_holding`)."""
         reached: dict[int, tuple[str, int] | None] = dict.fromkeys(seeds)
+        if messages_of is not None:  # each run's messages read once, however many held-out runs its thread has
+            read, texts = messages_of, {}
+
+            def messages_of(ids: list[str]) -> dict[str, str]:
+                missing = [i for i in ids if i not in texts]
+                if missing:
+                    texts.update(dict.fromkeys(missing, ""))
+                    texts.update(read(missing))
+                return {i: texts[i] for i in ids}
+
         queue = sorted(seeds)
         tasks_done: set[int] = set()
         thread_from: dict[int, int] = {}  # a thread's first position whose later runs are all reached
@@ -614,6 +634,10 @@ class _Units:
                         if other not in reached:
                             reached[other] = (LATER_IN_THREAD, n)
                             queue.append(other)
+                earlier = [other for other in members[: thread_from.get(thread, len(members))] if other not in reached]
+                for other in self._holding(n, earlier, messages_of) if messages_of is not None else ():
+                    reached[other] = (LATER_IN_THREAD, n)
+                    queue.append(other)
             for other in self.nested.get(n, ()):
                 if other not in reached:
                     reached[other] = (NESTED_RUN, n)
@@ -623,6 +647,22 @@ class _Units:
                     reached[other] = (VARIANT_OF_TASK, n)
                     queue.append(other)
         return reached
+
+    def _holding(self, n: int, candidates: list[int], messages_of: Callable[[list[str]], dict[str, str]]) -> list[int]:
+        """Those of ``candidates`` (runs of ``n``'s thread that started before it, by their clocks) whose messages hold
+        ``n``'s question or answer: runs after it whose clock read earlier (two workers' clocks apart, a backfilled
+        import), whose prompts hold ``n``'s targets. Their messages are read only here, for the held-out runs' threads."""
+        said = self.said[n]
+        if not said or not candidates:
+            return []
+        texts = messages_of([self.ids[c] for c in candidates])
+        forms = [form for text in said for form in (text, json.dumps(text, ensure_ascii=False)[1:-1])]
+        return [c for c in candidates if any(form in (texts.get(self.ids[c]) or "") for form in forms)]
+
+
+MIN_SAID_CHARS = 8
+"""The shortest question or answer looked for in an earlier-clocked run's messages (:meth:`_Units._holding`): a shorter
+one ("ok", "yes") turns up in runs it was never said in."""
 
 
 def _unit_columns(frame: pl.DataFrame) -> pl.DataFrame:

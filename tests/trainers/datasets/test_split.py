@@ -177,6 +177,7 @@ def _record(store: Path, runs: list[tuple[str, str]], *, approve: bool = True, s
         return f"ordered {quantity} {item}; now {stock[item]}"
 
     graph = create_agent(ScriptedChatModel(policy=_script), [look_up, order], system_prompt="You run a fruit shop.", checkpointer=saver)
+    before = set(LocalExperienceStore(store).trajectories()["id"].to_list()) if store.exists() else set()
     agent = record_experience(graph, app="shop", store=store)
     for thread, request in runs:
         agent.invoke({"messages": [("user", request)]}, {"configurable": {"thread_id": thread}})
@@ -184,8 +185,8 @@ def _record(store: Path, runs: list[tuple[str, str]], *, approve: bool = True, s
     agent.recorder.close()
     opened = LocalExperienceStore(store)
     try:
-        frame = opened.trajectories().sort("started_at")
-        ids = frame["id"].to_list()[-len(runs) :]
+        frame = opened.trajectories().sort("started_at").filter(~pl.col("id").is_in(list(before)))
+        ids = frame["id"].to_list()
         assert frame.filter(pl.col("id").is_in(ids))["thread_id"].to_list() == [thread for thread, _ in runs]
         if approve:
             opened.approve(ids, by="alice")
@@ -276,6 +277,35 @@ def test_an_earlier_run_of_a_held_out_runs_thread_stays_in_training(six_runs: tu
     assert set(split["train_trajectories"]) == set(recorded) - {plums}
     assert split["units"]["partly_heldout"] == 1
     assert assert_no_heldout_target_in_training(tmp_path / "data") >= 2
+
+
+def test_a_later_run_recorded_on_a_clock_behind_is_held_out_by_what_its_messages_hold_stand_in_skewed_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers: the thread's next run (plums, on t1) recorded where the wall clock reads a day behind, so it started
+    "before" the held-out run (pears) it continues. Before: only time told a thread's later runs, so it stayed in
+    training and every one of its prompts held the held-out run's calls and answer. Its messages hold pears's question
+    and answer: it is held out as the thread's later run. The clock is the stand-in (time.time_ns a day behind)."""
+    import time as time_module
+
+    store = tmp_path / "experience"
+    saver = InMemorySaver()
+    pears, kiwis, figs = _record(store, NIGHT_1, saver=saver)
+    real = time_module.time_ns
+    monkeypatch.setattr(time_module, "time_ns", lambda: real() - 86_400 * 10**9)
+    plums, limes, pears_again = _record(store, NIGHT_2, saver=saver)
+    monkeypatch.setattr(time_module, "time_ns", real)
+    started = dict(open_store(store).trajectories().select("id", "started_at").iter_rows())
+    assert started[plums] < started[pears], "the next run of the thread reads as the earlier one"
+    ids = tmp_path / "ids.txt"
+    ids.write_text(f"{pears}\n")
+    split = _build(store, tmp_path / "data", "--heldout-ids", str(ids))["split"]
+    assert set(split["heldout_trajectories"]) == {pears, plums, pears_again}
+    assert (plums, "later_in_thread", pears) in {(a["id"], a["reason"], a["via"]) for a in split["added"]["listed"]}
+    assert assert_no_heldout_target_in_training(tmp_path / "data") >= 6
+    ids.write_text(f"{plums}\n")  # the real earlier run, after it by the clocks, goes with it: more held out, none leaked
+    split = _build(store, tmp_path / "later", "--heldout-ids", str(ids))["split"]
+    assert {plums, pears} <= set(split["heldout_trajectories"]) and assert_no_heldout_target_in_training(tmp_path / "later")
 
 
 def test_time_rules_hold_out_a_threads_future_never_its_past(six_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
