@@ -290,10 +290,10 @@ def test_a_later_run_recorded_on_a_clock_behind_is_held_out_by_what_its_messages
 
     store = tmp_path / "experience"
     saver = InMemorySaver()
-    pears, kiwis, figs = _record(store, NIGHT_1, saver=saver)
+    pears, _kiwis, _figs = _record(store, NIGHT_1, saver=saver)
     real = time_module.time_ns
     monkeypatch.setattr(time_module, "time_ns", lambda: real() - 86_400 * 10**9)
-    plums, limes, pears_again = _record(store, NIGHT_2, saver=saver)
+    plums, _limes, pears_again = _record(store, NIGHT_2, saver=saver)
     monkeypatch.setattr(time_module, "time_ns", real)
     started = dict(open_store(store).trajectories().select("id", "started_at").iter_rows())
     assert started[plums] < started[pears], "the next run of the thread reads as the earlier one"
