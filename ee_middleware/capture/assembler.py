@@ -582,6 +582,10 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     if status == "completed" and sc.EE_STATUS not in attrs and _paused(decisions, tools_here, final):
         status = "interrupted"  # another instrumentation's spans, which do not say the run paused (see _paused)
     answer = redact(attrs.get(sc.EE_FINAL_ANSWER)) if attrs.get(sc.EE_FINAL_ANSWER) else final_answer
+    if status == "error":
+        # it raised: its caller got the exception, no answer, and a reply one of its branches wrote before another's
+        # exception (parallel Send branches) is none (a cancelled run keeps the state it stopped in, its reply with it)
+        answer = None
     if status == "completed":
         stopped = _stopped_by(root, decisions, redact) or _unfinished_end(decisions, steps, answer)
         if stopped is not None:

@@ -4,8 +4,9 @@ the real OTel SDK and a real local store; a scripted chat model stands in for a 
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain.agents import create_agent
@@ -441,3 +442,39 @@ def test_a_structured_node_writing_a_message_built_from_its_reply_is_completed(
         return
     spans = [from_readable_span(s) for s in span_exporter.get_finished_spans()]
     assert assemble(spans, AssemblyOptions(app="shop")).status == "completed"
+
+
+class BranchState(TypedDict):
+    messages: Annotated[list, operator.add]
+
+
+def test_a_run_that_raised_after_one_parallel_branch_replied_has_no_final_answer(store_path: Path) -> None:
+    """Two Send branches: one's model replies, the other raises a moment later. The caller got the exception, not an
+    answer. Before: the run was stored as an error with the replying branch's text as its final answer."""
+    import time
+
+    from langgraph.types import Send
+
+    model = ScriptedChatModel(script=[AIMessage(content="Branch A found 3 pears.")])
+
+    def replies(state: BranchState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    def fails(state: BranchState) -> dict[str, Any]:
+        time.sleep(0.2)  # after the other branch's reply
+        raise ValueError("branch B failed")
+
+    graph = StateGraph(BranchState)
+    graph.add_node("replies", replies)
+    graph.add_node("fails", fails)
+    graph.add_conditional_edges(START, lambda state: [Send("replies", state), Send("fails", state)], ["replies", "fails"])
+    graph.add_edge("replies", END)
+    graph.add_edge("fails", END)
+    agent = record_experience(graph.compile(), app="shop", store=store_path)
+    with pytest.raises(ValueError, match="branch B failed"):
+        agent.invoke({"messages": [("user", "How many pears?")]})
+    agent.flush()
+    agent.recorder.close()
+    [trajectory] = LocalExperienceStore(store_path).iter_trajectories()
+    assert (trajectory.status, trajectory.error, trajectory.final_answer) == ("error", "ValueError: branch B failed", None)
+    assert [s.action.content for s in trajectory.steps] == ["Branch A found 3 pears."], "the reply is still its branch's step"
