@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._files import open_for_lock
+
 
 @contextlib.contextmanager
 def holder_lock(path: Path, busy: Callable[[str], BaseException], *, doing: str = "", remove: bool = False) -> Iterator[None]:
@@ -61,12 +63,20 @@ def lock_held(path: Path) -> bool:
     dropped at once); ``False`` where no such file is. An ``OSError`` opening it is raised."""
     if not path.is_file():
         return False
-    with open(path, "a") as fh:
+    fd = open_for_lock(path)  # (read-only where this user may not write it: `ee runs list` on a read-only mount)
+    try:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        except OSError:  # an exclusive lock on a read-only descriptor (NFS): a shared one is refused just the same
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
     return False
 
 

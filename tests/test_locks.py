@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from ee_middleware._locks import holder_lock
+from tests.unreadable import needs_held_user, open_folder, python_as_held_user
 
 
 def test_a_second_holder_is_refused_with_the_first_named_and_the_lock_is_free_after(tmp_path: Path) -> None:
@@ -56,3 +57,28 @@ def test_a_lock_beside_a_folder_is_removed_at_the_end_and_still_refuses_a_second
     with holder_lock(path, RuntimeError, remove=True):
         pass
     assert not path.exists()
+
+
+@needs_held_user
+def test_whether_a_lock_is_held_is_told_to_a_user_who_may_not_write_its_file(tmp_path: Path) -> None:
+    """Before: `ee runs list` by a user with read access only (monitoring, a read-only mount) failed with
+    "runs/.lock: Permission denied": telling whether a run is going opened the lock file for appending."""
+    import textwrap
+
+    with open_folder("ee-locks-") as folder:
+        lock = folder / ".lock"
+        with holder_lock(lock, lambda holder: RuntimeError(holder)):
+            lock.chmod(0o444)
+            code = textwrap.dedent(
+                f"""
+                from pathlib import Path
+                from ee_middleware._locks import lock_held
+                print("held", lock_held(Path({str(lock)!r})))
+                """
+            )
+            status, output = python_as_held_user(code, folder)
+            assert status == 0 and "held True" in output, output
+        lock.touch()
+        lock.chmod(0o444)
+        status, output = python_as_held_user(code, folder)
+        assert status == 0 and "held False" in output, output

@@ -63,7 +63,7 @@ def improve(
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help="Experience store (overrides [improve] store)."),
     app_name: str | None = typer.Option(None, "--app", "-a", help="Learn from this app's approved trajectories."),
     registry: str | None = typer.Option(None, "--registry", "-r", envvar="EE_ADAPTER_REGISTRY", help="Adapter registry."),
-    runs: Path | None = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (one folder per run)."),
+    runs: str | None = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (one folder per run).", metavar="PATH"),
     base_model: str | None = typer.Option(None, "--base-model", help="Base model folder or .gguf (used when no adapter is live)."),
     schedule: ScheduleChoice | None = typer.Option(
         None,
@@ -124,7 +124,7 @@ def improve(
                 store=store,
                 app=app_name,
                 registry=registry,
-                runs=str(runs) if runs else None,
+                runs=runs,
                 base_model=base_model,
                 schedule=schedule.value if schedule else None,
                 allow_partial=allow_partial,

@@ -161,6 +161,14 @@ class Serving(BaseModel):
     """Seconds per request to the servers (evaluation requests included)."""
 
 
+def _not_blank(value: Any) -> Any:
+    """A setting given as empty or blank text is refused: read as a path it was the working directory (or a folder named
+    " "), where the job then made its runs or its registry (``--runs "$RUNS_DIR"`` with the variable unset)."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{value!r} is empty or blank: name a folder (an unset variable in the command?)")
+    return value
+
+
 def absolute_path(value: Any) -> Any:
     """A local path made absolute against the working directory (``~`` expanded); other values (specs such as
     ``NAME:LOCATION``, ``s3://...``) as written. ``local:PATH`` keeps its prefix."""
@@ -176,7 +184,7 @@ def absolute_path(value: Any) -> Any:
 
 
 def _absolute_store(value: Any) -> Any:
-    spec = store_config_value(value)
+    spec = store_config_value(_not_blank(value))
     return absolute_path(spec) if isinstance(spec, Path) else spec
 
 
@@ -214,11 +222,11 @@ class ImproveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: Annotated[Path | str, BeforeValidator(_absolute_store)]
-    app: str = Field(min_length=1)
+    app: Annotated[str, BeforeValidator(_not_blank)] = Field(min_length=1)
     """Learn from this app's approved trajectories."""
-    registry: Annotated[str, AfterValidator(absolute_path)] = Field(min_length=1)
-    runs: Annotated[Path, AfterValidator(absolute_path)]
-    base_model: Annotated[str, AfterValidator(absolute_path)] = Field(min_length=1)
+    registry: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
+    runs: Annotated[Path, BeforeValidator(_not_blank), AfterValidator(absolute_path)]
+    base_model: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
     """A save_pretrained folder or a .gguf file; must be the base of the app's live adapter, if any."""
     alias: str | None = None
     """The app's name in the registry and at the router (default: ``app``)."""
@@ -261,7 +269,8 @@ class ImproveConfig(BaseModel):
         values = layered_values(path, "improve", overrides, job="improve job")
         if path is not None:  # a misspelt [improv] holds the keys said missing below: named first, as what to fix
             _check_table_names(Path(path).expanduser().resolve(), warn=False)
-        missing = [name for name in ("store", "app", "registry", "runs", "base_model") if not values.get(name)]
+        # (a setting given as empty text is not missing: it is refused as such, naming where it came from)
+        missing = [name for name in ("store", "app", "registry", "runs", "base_model") if values.get(name) is None]
         if missing:
             raise MissingSettingError(
                 f"The improve job needs {', '.join(missing)}: set {'it' if len(missing) == 1 else 'them'} in the [improve] table "

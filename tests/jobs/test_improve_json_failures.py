@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from ee_middleware.cli.app import app
@@ -70,3 +71,24 @@ def test_a_missing_store_is_named_by_the_flag_variable_or_file_that_set_it(tmp_p
     in_file = CliRunner().invoke(app, ["improve", "--config", str(path)])
     assert in_file.exit_code == 1 and f"(This store was set by store in [improve] of {path}.)" in in_file.stderr, in_file.output
     assert "[improve] store =" not in flagged.stderr + from_env.stdout + in_file.stderr
+
+
+def test_an_empty_or_blank_runs_folder_or_registry_is_refused_not_taken_as_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: --runs "$RUNS_DIR" with the variable unset made the working directory the runs folder (its .lock and run
+    folders there, no watermark: every stage ran again), and EE_RUNS=" " or EE_ADAPTER_REGISTRY=" " a folder named " "."""
+    path = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, env, setting in (
+        (["--runs", ""], {}, "--runs: Value error, ''"),
+        ([], {"EE_RUNS": " "}, "EE_RUNS: Value error, ' '"),
+        ([], {"EE_ADAPTER_REGISTRY": " "}, "EE_ADAPTER_REGISTRY: Value error, ' '"),
+        (["--store", ""], {}, "--store: Value error, ''"),
+    ):
+        result = CliRunner().invoke(app, ["improve", "--config", str(path), "--json", *args], env=env)
+        assert result.exit_code == 1, result.output
+        error = json.loads(result.stdout)["error"]
+        assert setting in error and "is empty or blank: name a folder" in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no runs folder or registry made"
