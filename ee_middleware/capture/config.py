@@ -144,10 +144,16 @@ class CaptureConfig:
         ]
         if wrong:
             raise ConfigError("; ".join(wrong) + ".")
+        for name in ("app", "app_version"):  # names without the blanks around them ("  shop  " is the app shop)
+            value = getattr(self, name)
+            object.__setattr__(self, name, _text(name, value.strip() if isinstance(value, str) else value))
         if not self.app:
             raise ConfigError("CaptureConfig.app must be a non-empty string naming the agent, e.g. app='support-bot'.")
-        for name in ("app", "app_version"):
-            object.__setattr__(self, name, _text(name, getattr(self, name)))
+        if self.app[0] == self.app[-1] and self.app[0] in "\"'" and len(self.app) > 1:
+            raise ConfigError(
+                f"CaptureConfig.app {self.app!r} is written in quotes, which would be part of its name (an env file whose "
+                f"quotes are kept, EE_APP='\"support-bot\"'): give the name alone, e.g. EE_APP=support-bot."
+            )
         if self.offload not in OFFLOAD_MODES:
             raise ConfigError(f"CaptureConfig.offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.offload!r}.")
         if self.max_observation_chars < 1:
@@ -284,6 +290,9 @@ def _from_environment() -> dict[str, Any]:
             if word not in OFFLOAD_MODES:
                 raise ConfigError(f"{var}={raw!r} is not an offload mode: use one of {', '.join(OFFLOAD_MODES)} (any case).")
             values[name] = word
+        elif name in ("app", "app_version"):  # a name with blanks around it is that name; blanks alone are none, as ""
+            if raw.strip():
+                values[name] = raw.strip()
         else:
             values[name] = raw
     return values

@@ -442,10 +442,12 @@ def library_bars_off(*, enabled: bool = True) -> Iterator[None]:
     of carriage returns in a cron log. The variable ``HF_HUB_DISABLE_PROGRESS_BARS`` is set for the duration (the
     processes started meanwhile, replay and evaluation workers, inherit it; a first import of transformers reads it),
     and transformers' switch is turned off where it is imported already; both are put back on the way out (a library
-    first imported meanwhile keeps its bars off in this process). ``enabled=False`` changes nothing."""
+    first imported meanwhile keeps its bars off in this process). Off a terminal (stderr a file: a nightly job's log)
+    they are off whatever the flags: ee's own progress is written as lines there. ``enabled=False`` on a terminal
+    changes nothing."""
     import os
 
-    if not enabled:
+    if not enabled and getattr(sys.stderr, "isatty", lambda: False)():
         yield
         return
     before = os.environ.get(_NO_HUB_BARS)

@@ -25,6 +25,14 @@ def test_toml_then_environment_then_arguments(tmp_path, monkeypatch):
     monkeypatch.setenv("EE_REDACT", "0")
     assert (CaptureConfig.load(path).app, CaptureConfig.load(path).redact) == ("from-env", False)
     assert CaptureConfig.load(path, app="from-code").app == "from-code"
+    # before: stored as typed, so `ee traces list --app shop` and ee improve's app = "shop" never found its runs
+    monkeypatch.setenv("EE_APP", "  shop  ")
+    assert CaptureConfig.load(path).app == "shop" and CaptureConfig.load(app=" shop\n").app == "shop"
+    monkeypatch.setenv("EE_APP", "   ")  # blanks alone are no setting, as an empty value is not: the file's app
+    assert CaptureConfig.load(path).app == "from-toml"
+    monkeypatch.setenv("EE_APP", '"shop"')  # an env file whose quotes were kept
+    with pytest.raises(ConfigError, match="is written in quotes, which would be part of its name"):
+        CaptureConfig.load(path)
 
 
 def test_bad_configuration_names_the_problem(tmp_path, monkeypatch):

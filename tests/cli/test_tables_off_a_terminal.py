@@ -94,3 +94,27 @@ def test_columns_0_prints_the_table_all_the_same(tmp_path: Path, terminal: bool,
         assert make_console().is_terminal and make_console().width == SECTION_WIDTH
     table = CliRunner().invoke(app, ["adapters", "list", "-r", str(root)])
     assert table.exit_code == 0 and "warehouse-inventory-agent" in table.stdout and "booking-agent" in table.stdout, table.stdout
+
+
+def test_library_bars_are_off_in_a_log_whatever_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: without --no-progress, transformers' and huggingface_hub's "Loading weights" bars were drawn into a
+    nightly job's log (a run of carriage returns per model load); off a terminal they are off now, as with the flag."""
+    import io
+    import os
+    import sys
+
+    from ee_middleware.cli.common import library_bars_off
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file: no terminal
+    with library_bars_off(enabled=False):
+        assert os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    with library_bars_off(enabled=False):  # on a terminal, the bars the user asked for
+        assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ

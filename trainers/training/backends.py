@@ -217,7 +217,7 @@ def _run_loop(
         scheduler = transformers.get_constant_schedule(optimizer)
     batches = _batches(examples, config.batch_size, config.seed)
     model.train()
-    bar = _bar(runtime.progress, steps, name)
+    progress = StageProgress(runtime.progress, steps, name)
     window: list[float] = []
     for step in range(1, steps + 1):
         micro = [next(batches) for _ in range(config.gradient_accumulation)]
@@ -241,10 +241,8 @@ def _run_loop(
         if step % config.logging_steps == 0 or step == steps:
             run.losses.append((offset + step, sum(window) / len(window)))
             window = []
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        progress.step(step, total)
+    progress.close()
     run.steps = steps
     model.eval()
     return run
@@ -275,12 +273,32 @@ def _collate(batch: list[Example], pad_id: int, device: Any) -> tuple[Any, Any, 
     return ids.to(device), attention.to(device), labels.to(device)
 
 
-def _bar(enabled: bool, total: int, name: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class StageProgress:
+    """The peft-loop backend's progress through a stage's ``total`` steps: on a terminal a bar; elsewhere (a job's log)
+    a line on stderr every ~1/:data:`PROGRESS_LINES` of the steps and at the last, as the trl backend writes them
+    (``stage il: step 15/300, loss 7.654``): a bar redrawn into a file was one line growing by a redraw a step."""
 
-    return tqdm(total=total, desc=f"train {name}", unit="step")
+    def __init__(self, enabled: bool, total: int, name: str) -> None:
+        self.enabled, self.total, self.name = enabled, total, name
+        self.every = max(1, total // PROGRESS_LINES)
+        self.bar: Any = None
+        if enabled and _on_terminal():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"train {name}", unit="step")
+
+    def step(self, step: int, loss: float) -> None:
+        """Step ``step`` (from 1) is done with ``loss``."""
+        if self.bar is not None:
+            self.bar.update(1)
+        elif self.enabled and (step % self.every == 0 or step >= self.total):
+            import sys
+
+            sys.stderr.write(f"stage {self.name}: step {step}/{self.total}, loss {loss:.4g}\n")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

@@ -87,3 +87,16 @@ def test_the_same_rows_in_another_order_give_the_same_adapter(backend: str, tiny
     weights, again = _weights(first.adapter_dir), _weights(second.adapter_dir)
     for name in weights:
         assert torch.equal(weights[name], again[name]), name
+
+
+def test_the_peft_loop_backend_writes_progress_lines_off_a_terminal(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a tqdm bar redrawn into the log file (stderr off a terminal), one line growing by a carriage return a
+    step; the trl backend writes lines there. Now both write `stage il: step N/M, loss X` about 20 times a stage."""
+    values: dict[str, Any] = {"base_model": str(tiny_model_dir), "data": data_dir, "output_dir": tmp_path / "out", "max_length": 256}
+    train(TrainConfig(**values, max_steps=7, batch_size=2, backend="peft-loop"), progress=True)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("stage il: step ")]
+    assert [line.split(",")[0] for line in lines] == [f"stage il: step {n}/7" for n in range(1, 8)], err
+    assert "train il" not in err and not any("\r" in line for line in lines), "no bar of its own drawn into the log"
