@@ -244,12 +244,23 @@ def termination_as_interrupt() -> Iterator[None]:
             signal.signal(sig, signal.SIG_IGN)  # the clean-up now running is not interrupted again
             _SILENCED.add(sig)
         _STOPPED_BY[:] = [signal.Signals(signum).name]
+        if _HOLDING[0]:  # raised when the native import under way is done (interrupts_held)
+            _HELD.append(signal.Signals(signum).name)
+            return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     _INTERRUPTING.add(interrupt)
     previous = {sig: signal.signal(sig, interrupt) for sig in taken}
     try:
         yield
+    except Exception as exc:
+        # an error raised once a signal stopped the command (one a library made of the interrupt on its way out, as
+        # transformers' lazy imports do: "Could not import module 'LlamaConfig'"; a clean-up that failed because of
+        # it) is that stop, the error as its cause: told as an error, a supervisor's stop blamed a base model, exit 1.
+        # Not an exit the command chose (click's, with its exit_code: it said what it kept, or failed first).
+        if not _STOPPED_BY or getattr(exc, "exit_code", None) is not None:
+            raise
+        raise KeyboardInterrupt(_STOPPED_BY[0]) from exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -257,6 +268,43 @@ def termination_as_interrupt() -> Iterator[None]:
         _INTERRUPTING.discard(interrupt)
         if taken:
             _STOPPED_BY.clear()
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold a Ctrl-C, SIGTERM or SIGHUP that comes while the block runs (an import of torch or transformers: native code
+    that calls back into Python) and raise it, as ``KeyboardInterrupt``, when the block ends. Raised inside it, the
+    interrupt crossed pybind11 and aborted the process (exit 134, a page of native stack, the run left "running") or
+    came out as an ImportError that named the base model as broken. Only in the main thread, for the handlers Python and
+    :func:`termination_as_interrupt` install (one the caller installed itself is left alone); nested blocks raise at the
+    outermost's end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    hold_ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def held(signum: int, _frame: object) -> None:
+        _HELD.append(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGINT, held) if hold_ctrl_c else None
+    _HOLDING[0] += 1
+    try:
+        yield
+    finally:
+        _HOLDING[0] -= 1
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if not _HOLDING[0] and _HELD:
+            name = _HELD[0]
+            _HELD.clear()
+            raise KeyboardInterrupt(*(() if name == "SIGINT" else (name,)))  # (a Ctrl-C's carries no text, as Python's)
+
+
+_HOLDING = [0]
+"""How many :func:`interrupts_held` blocks are open (in the main thread)."""
+
+_HELD: list[str] = []
+"""The signals that came while a block of :func:`interrupts_held` was open, first first."""
 
 
 SIGNAL_CHECK_S = 0.2

@@ -17,9 +17,13 @@ _LIBRARY_WARNINGS: dict[str, tuple[tuple[type[Warning], str], ...]] = {
 
 
 def import_optional(module: str, *, extra: str, purpose: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtraError` naming ``extra``."""
+    """Import ``module`` or raise :class:`MissingExtraError` naming ``extra``. A Ctrl-C or SIGTERM while it is imported
+    is raised once the import is done (:func:`~ee_middleware._lifetime.interrupts_held`)."""
+    from ee_middleware._lifetime import interrupts_held
+
     try:
-        imported = importlib.import_module(module)
+        with interrupts_held():  # (torch's first import runs native code that calls back into Python)
+            imported = importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(f"{module!r} is needed to {purpose}. Install: pip install 'ee-middleware[{extra}]'") from exc
     for category, message in _LIBRARY_WARNINGS.get(module, ()):

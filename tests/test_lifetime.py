@@ -234,3 +234,71 @@ def _in_group(process: object, pgid: int) -> bool:
         return os.getpgid(process.pid) == pgid  # type: ignore[attr-defined]
     except (ProcessLookupError, PermissionError):
         return False
+
+
+HELD_IMPORT = textwrap.dedent(
+    """
+    import sys
+    from ee_middleware._lifetime import termination_as_interrupt
+    from ee_middleware._optional import import_optional
+
+    class Announce:  # says when torch's import has begun (the first finder asked), and finds nothing itself
+        def find_spec(self, name, path, target=None):
+            if name == "torch":
+                print("importing", flush=True)
+            return None
+
+    sys.meta_path.insert(0, Announce())
+    with termination_as_interrupt():
+        try:
+            import_optional("torch", extra="train", purpose="train")
+            print("imported, no signal", flush=True)
+        except KeyboardInterrupt as exc:
+            torch = sys.modules.get("torch")
+            print("stopped", repr(str(exc)), "after the import:", torch is not None and hasattr(torch, "nn"), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_torch_is_imported_is_raised_once_the_import_is_done(sig: signal.Signals) -> None:
+    """Before: a SIGTERM (a supervisor's stop) or Ctrl-C while the train stage imported torch was raised inside torch's
+    native start-up: the process aborted (exit 134, pybind11's "terminate called after throwing ... KeyboardInterrupt")
+    or the import failed and the run was recorded as failed with a broken base model. Now it is held until the import is
+    done, then raised: the command stops as any stop does."""
+    pytest.importorskip("torch")
+    child = subprocess.Popen(
+        [sys.executable, "-c", HELD_IMPORT], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "importing"
+    child.send_signal(sig)  # torch's import takes a second or more: this lands in it
+    output = child.stdout.read()
+    assert child.wait(timeout=120) == 0, output
+    name = "''" if sig == signal.SIGINT else "'SIGTERM'"
+    assert f"stopped {name} after the import: True" in output, output
+
+
+def test_signals_held_in_a_block_are_raised_at_its_end_and_none_is_lost() -> None:
+    from ee_middleware._lifetime import interrupts_held, termination_as_interrupt
+
+    # as in a command's process: a handler an earlier test left (capture's, which ends the process) or the test runner's
+    # (a worker ignoring Ctrl-C) put aside
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    before_ctrl_c = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with termination_as_interrupt(), pytest.raises(KeyboardInterrupt, match="SIGTERM"), interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # (the handler runs at the next bytecode: here, inside the block)
+            reached = True
+        assert reached
+        inner_done = False
+        with pytest.raises(KeyboardInterrupt), interrupts_held():
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            inner_done = True  # the inner block's end raised nothing: the outer's does
+        assert inner_done and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGINT, before_ctrl_c)

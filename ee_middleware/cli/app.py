@@ -7,9 +7,11 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import click
 import typer
 from typer.core import TyperGroup
 
@@ -64,7 +66,7 @@ class _Root(TyperGroup):
 
     def _invoke(self, ctx: Any, named: list[tuple[str, Any]]) -> Any:
         try:
-            return super().invoke(ctx)
+            return _stop_told_as_stop(lambda: super(_Root, self).invoke(ctx))
         except MissingSettingError as exc:  # a usage error, as a missing option is: the command's usage line, exit 2
             raise typer.BadParameter(str(exc), ctx=_command_context(ctx, named)) from exc
         except EEError as exc:
@@ -85,6 +87,26 @@ class _Root(TyperGroup):
             if isinstance(exc, OSError) and _is_file_error(exc):
                 fail(_describe_os_error(exc), exc)
             fail(_describe_unexpected(exc), exc)
+
+
+def _stop_told_as_stop(invoke: Callable[[], Any]) -> Any:
+    """``invoke()``; an error raised once a SIGTERM or SIGHUP stopped the command (one a library made of the interrupt on
+    its way out, as transformers' lazy imports do: "Could not import module 'LlamaConfig'"; a clean-up's that failed
+    because of it) is raised as that stop (``KeyboardInterrupt``: exit 130 and the ``interrupted:`` line), the error as
+    its cause: told as an error, a supervisor's stop blamed a base model or a sandbox, exit 1. A command's own exit (it
+    said what it kept) stays as it is. (A Ctrl-C a library turned into its own error is not told apart: Python's
+    handler records nothing.)"""
+    from ee_middleware._lifetime import stopping_signal
+
+    try:
+        return invoke()
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:
+        signal_name = stopping_signal()
+        if signal_name is None:
+            raise
+        raise KeyboardInterrupt(signal_name) from exc
 
 
 def _colour_off() -> bool:

@@ -378,16 +378,21 @@ def register(app: typer.Typer) -> None:
     app.add_typer(runs_app, name="runs")
 
 
-def _runs_dir(ctx: typer.Context, runs: Path | None, config: Path | None) -> Any:
+def _runs_dir(ctx: typer.Context, given: str | None, config: Path | None) -> Any:
     from ee_middleware.errors import ConfigError
     from ee_middleware.jobs.runs import RunsDir
 
     setting_origin(ctx, config, "improve", "runs", envvar="EE_RUNS")  # an EE_RUNS that overrides the file's is said
+    if given is not None and not given.strip():  # (read as a path, the working directory: listed, or pruned, as runs)
+        raise typer.BadParameter(
+            f"{given!r} is empty or blank: name the runs folder (an unset variable in the command?)", param_hint="--runs / EE_RUNS"
+        )
+    runs = Path(given) if given is not None else None
     if runs is None and config is not None:
         from ee_middleware._toml import read_toml_table
 
         value = read_toml_table(config, "improve").get("runs")
-        if not value:
+        if not value or not str(value).strip():
             raise ConfigError(f'{config} names no runs folder: add runs = "DIR" to its [improve] table, or pass --runs DIR.')
         runs = Path(value)
     if runs is None:
@@ -416,11 +421,11 @@ def _configured_registry(config: Path | None) -> str | None:
     return str(value) if value else None
 
 
-RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (or --config improve.toml).")
+RunsOption = typer.Option(None, "--runs", envvar="EE_RUNS", help="Runs folder (or --config improve.toml).", metavar="PATH")
 
 
 @runs_app.command("list", epilog=examples("ee runs list --config improve.toml"))
-def list_runs(ctx: typer.Context, runs: Path | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+def list_runs(ctx: typer.Context, runs: str | None = RunsOption, config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Every run, oldest first: app, status, stages finished, candidate, gate, promotion."""
     folder = _runs_dir(ctx, runs, config)
     records = folder.list()
@@ -484,7 +489,7 @@ def _finished_stages(run: Any) -> tuple[list[str] | None, dict[str, Any], dict[s
 def show_run(
     ctx: typer.Context,
     run_id: str = typer.Argument("latest", help="A run id, an unambiguous prefix, or 'latest'."),
-    runs: Path | None = RunsOption,
+    runs: str | None = RunsOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -512,7 +517,7 @@ def prune_runs(
     ctx: typer.Context,
     keep: int = typer.Option(..., "--keep", min=0, help="How many of the newest runs to keep, besides those still needed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed and what is kept, and why."),
-    runs: Path | None = RunsOption,
+    runs: str | None = RunsOption,
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:

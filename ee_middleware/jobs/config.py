@@ -165,7 +165,7 @@ def _not_blank(value: Any) -> Any:
     """A setting given as empty or blank text is refused: read as a path it was the working directory (or a folder named
     " "), where the job then made its runs or its registry (``--runs "$RUNS_DIR"`` with the variable unset)."""
     if isinstance(value, str) and not value.strip():
-        raise ValueError(f"{value!r} is empty or blank: name a folder (an unset variable in the command?)")
+        raise ValueError(f"{value!r} is empty or blank: give it a value (an unset variable in the command or the file?)")
     return value
 
 
@@ -222,7 +222,8 @@ class ImproveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: Annotated[Path | str, BeforeValidator(_absolute_store)]
-    app: Annotated[str, BeforeValidator(_not_blank)] = Field(min_length=1)
+    app: Annotated[str, BeforeValidator(lambda value: _not_blank(value).strip() if isinstance(value, str) else value)] = Field(min_length=1)
+    """The app's name, without the blanks around it (as capture stores it)."""
     """Learn from this app's approved trajectories."""
     registry: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
     runs: Annotated[Path, BeforeValidator(_not_blank), AfterValidator(absolute_path)]

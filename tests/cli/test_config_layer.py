@@ -74,6 +74,15 @@ def test_datasets_build(bfcl_store_path: Path, tmp_path: Path) -> None:
     # trajectory held out); a date without dashes is that date, other digits are refused
     basic = ee("datasets", "build", "--store", bfcl_store_path, "--out", tmp_path / "d", "--heldout-after", "20270101", "--json")
     assert "(--heldout-after 2027-01-01T00:00:00) holds out none" in " ".join(basic.output.split()), basic.output
+    unquoted = _file(tmp_path, head + "heldout_started_after = 20270101\n", "int.toml")  # a TOML integer: told to quote it,
+    assert 'write a string in quotes, heldout_started_after = "20270101"' in _error(ee("datasets", "build", "--config", unquoted))
+    quoted = _file(tmp_path, head + 'heldout_started_after = "20270101"\n', "quoted.toml")  # and then it is that date
+    from_file = ee("datasets", "build", "--config", quoted, "--json")
+    assert "(--heldout-after 2027-01-01T00:00:00) holds out none" in " ".join(from_file.output.split()), from_file.output
+    from ee_middleware.trainers.datasets.build import DatasetConfig  # an integer given in code, as the date too
+
+    in_code = DatasetConfig(store=bfcl_store_path, out=tmp_path / "d", heldout_started_after=20270101)  # type: ignore[arg-type]
+    assert in_code.heldout_started_after is not None and in_code.heldout_started_after.year == 2027
     epoch = ee("datasets", "build", "--store", bfcl_store_path, "--out", tmp_path / "d", "--heldout-after", "1798761600")
     assert "--heldout-after: Value error, '1798761600' is no ISO 8601 time: write a date (2027-01-01)" in _error(epoch)
 

@@ -97,3 +97,36 @@ def test_every_command_stops_on_sigterm_as_on_ctrl_c(tmp_path) -> None:
     connection.close()
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
+
+
+def sandbox_stopped_on_the_way() -> object:
+    """A sandbox factory whose library turns a SIGTERM that comes while it loads into an error of its own (as transformers'
+    lazy imports do: "Could not import module 'LlamaConfig'")."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # a supervisor stops the command now
+        time.sleep(2)
+    except KeyboardInterrupt as exc:
+        raise ModuleNotFoundError("Could not import module 'TicketWorld'") from exc
+    raise AssertionError("the SIGTERM was not taken")
+
+
+def test_an_error_a_library_made_of_a_sigterm_is_told_as_the_stop(tmp_path) -> None:
+    """Before: "error: ... failed: ModuleNotFoundError: Could not import module ..." and exit 1 (for ee train, a base
+    model said to be broken): a supervisor's stop read as a failure to alert on. Now: interrupted, exit 130."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ee_middleware import LocalExperienceStore
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    store = LocalExperienceStore(tmp_path / "experience")
+    store.write([sample_trajectory("t1")])
+    store.approve(["t1"], by="alice")
+    store.close()
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "ee_middleware.cli", "replay", "run", "--store", str(tmp_path / "experience")]
+    command += ["--sandbox", "tests.cli.test_termination:sandbox_stopped_on_the_way", "--k", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted: stopped by SIGTERM" in done.stderr and "error:" not in done.stderr, done.stderr

@@ -90,5 +90,12 @@ def test_an_empty_or_blank_runs_folder_or_registry_is_refused_not_taken_as_the_w
         result = CliRunner().invoke(app, ["improve", "--config", str(path), "--json", *args], env=env)
         assert result.exit_code == 1, result.output
         error = json.loads(result.stdout)["error"]
-        assert setting in error and "is empty or blank: name a folder" in error, error
-    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no runs folder or registry made"
+        assert setting in error and "is empty or blank: give it a value" in error, error
+    for command in (["runs", "list"], ["runs", "prune", "--keep", "0"]):  # (the working directory listed or pruned as runs)
+        result = CliRunner().invoke(app, [*command, "--runs", ""])
+        assert result.exit_code == 2 and "'' is empty or blank: name the runs folder" in " ".join(result.output.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "no runs folder, registry or lock made"
+    from ee_middleware.jobs.config import ImproveConfig
+    from tests.jobs.test_replay_stage_sandbox_gaps import APP
+
+    assert ImproveConfig.load(path, app=f"  {APP} ").app == APP, "the app's name as capture stores it, without blanks"

@@ -557,3 +557,53 @@ def test_a_few_skipped_because_the_sandbox_lacks_a_tool_warn_naming_it_and_the_a
     assert nxt["status"] == "done" and nxt["outputs"]["replay_id"] != replay["outputs"]["replay_id"], nxt
     assert "sandbox_skips" not in nxt["outputs"] and nxt["outputs"]["skipped"] == 0, nxt["outputs"]
     _assert_replayed(tmp_path / "store", [lost, *readers], nxt["outputs"]["replay_id"])
+
+
+_STOP_AT = [0]
+"""Which build of :func:`make_sandbox_stopped_on_the_way` the stop comes in (counted down)."""
+
+
+def make_sandbox_stopped_on_the_way() -> Any:
+    """A sandbox factory whose library turns a SIGTERM that comes while it loads into an error of its own, as
+    transformers' lazy imports do ("Could not import module 'LlamaConfig'")."""
+    import signal
+    import time
+
+    _STOP_AT[0] -= 1
+    if _STOP_AT[0]:  # (the job's checks before it started build one too: the stop comes later, in a stage)
+        return make_sandbox()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # a supervisor stops the job now
+        time.sleep(0.5)
+    except KeyboardInterrupt as exc:
+        raise ModuleNotFoundError("Could not import module 'TicketWorld'") from exc
+    return make_sandbox()
+
+
+def test_a_sigterm_a_library_turned_into_its_own_error_stops_the_run_not_fails_it(tmp_path: Path, tiny_base: Path) -> None:
+    """Before: the run and its stage were recorded as failed with the library's error (a base model said to be broken), and
+    the command said error: ... and exited 1; a supervisor's stop read as a failure to alert on. Now: stopped, exit 130."""
+    import json
+    import signal
+
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+    from ee_middleware.jobs.runs import RunsDir
+
+    record(tmp_path / "store", 2)
+    path = write_config(tmp_path, sandbox="make_sandbox_stopped_on_the_way", base=tiny_base)
+    # as in a process of its own: capture's SIGTERM handler, which recording above installed in this one, left aside
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        for stop_at in (1, 2):  # in the checks before the run started; in the replay stage
+            _STOP_AT[0] = stop_at
+            result = CliRunner().invoke(app, ["improve", "--config", str(path)])
+            assert result.exit_code == 130, result.output
+            assert "interrupted: stopped by SIGTERM" in result.stderr and "error:" not in result.stderr, result.stderr
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    [run] = RunsDir(tmp_path / "runs").list()
+    assert run.status == "stopped" and run.data["error"].startswith("KeyboardInterrupt: SIGTERM"), run.data["error"]
+    stopped = [m for m in run.stages() if m["status"] != "done"]
+    assert [m["status"] for m in stopped] == ["stopped"], json.dumps(stopped)[:500]

@@ -91,9 +91,11 @@ def _known_kinds(kinds: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _iso_time(value: Any) -> Any:
-    """A held-out time as ISO 8601 text: a date written without dashes (``20270101``, what ``date +%Y%m%d`` prints) is
-    that date, and other text of digits alone is refused (pydantic read both as seconds since 1970, so 20270101 was
+    """A held-out time as ISO 8601 text: a date written without dashes (``20270101``, what ``date +%Y%m%d`` prints, as
+    text or a TOML integer) is that date, and other digits alone are refused (pydantic read both as seconds since 1970, so 20270101 was
     1970-08-23 and held out every trajectory); anything else as pydantic reads it."""
+    if isinstance(value, int) and not isinstance(value, bool):  # a TOML integer written without quotes: its digits
+        value = str(value)
     if not isinstance(value, str) or not value.strip().isdigit():
         return value
     text = value.strip()

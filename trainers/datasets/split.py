@@ -612,6 +612,10 @@ class _Units:
                 return {i: texts[i] for i in ids}
 
         queue = sorted(seeds)
+        if messages_of is not None:  # the seeds' threads' earlier runs read in one go (those reached later, as they come)
+            messages_of(
+                list(dict.fromkeys(self.ids[m] for n in seeds if self.said[n] for m in self._earlier_in_thread(n) if m not in seeds))
+            )
         tasks_done: set[int] = set()
         thread_from: dict[int, int] = {}  # a thread's first position whose later runs are all reached
         while queue:
@@ -648,16 +652,26 @@ class _Units:
                     queue.append(other)
         return reached
 
+    def _earlier_in_thread(self, n: int) -> list[int]:
+        """The runs of ``n``'s thread that started before it (by their clocks)."""
+        thread = self.thread_of.get(n)
+        if thread is None or self.start[n] == LAST:
+            return []
+        members, starts = self.threads[thread]
+        return members[: bisect_left(starts, self.start[n])]
+
     def _holding(self, n: int, candidates: list[int], messages_of: Callable[[list[str]], dict[str, str]]) -> list[int]:
         """Those of ``candidates`` (runs of ``n``'s thread that started before it, by their clocks) whose messages hold
-        ``n``'s question or answer: runs after it whose clock read earlier (two workers' clocks apart, a backfilled
-        import), whose prompts hold ``n``'s targets. Their messages are read only here, for the held-out runs' threads."""
+        ``n``'s question and its answer, each a message of its own (a whole JSON string): runs after it whose clock read
+        earlier (two workers' clocks apart, a backfilled import), whose prompts hold ``n``'s targets. A run that only
+        repeats the answer (a stock "Done, your order is placed.") or asks a longer question holding ``n``'s is no
+        match: both, whole, are what a later run's history holds. Messages are read only for the held-out runs' threads."""
         said = self.said[n]
         if not said or not candidates:
             return []
         texts = messages_of([self.ids[c] for c in candidates])
-        forms = [form for text in said for form in (text, json.dumps(text, ensure_ascii=False)[1:-1])]
-        return [c for c in candidates if any(form in (texts.get(self.ids[c]) or "") for form in forms)]
+        wholes = [{json.dumps(text, ensure_ascii=False), json.dumps(text)} for text in said]
+        return [c for c in candidates if all(any(form in (texts.get(self.ids[c]) or "") for form in forms) for forms in wholes)]
 
 
 MIN_SAID_CHARS = 8

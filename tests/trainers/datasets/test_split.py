@@ -308,6 +308,39 @@ def test_a_later_run_recorded_on_a_clock_behind_is_held_out_by_what_its_messages
     assert {plums, pears} <= set(split["heldout_trajectories"]) and assert_no_heldout_target_in_training(tmp_path / "later")
 
 
+def test_an_earlier_run_that_repeats_a_held_out_runs_answer_or_holds_its_question_in_a_longer_one_stays_in_training(
+    tmp_path: Path,
+) -> None:
+    """A review of the skewed-clock rule: a stock answer ("Done, your order is placed.") that every run of the thread
+    gives, or a held-out question that is part of an earlier, longer one, made the thread's earlier runs (and their
+    tasks' runs on other threads) held out as "later" runs. Only a run holding the held-out run's question and answer,
+    each a whole message, is one."""
+    from ee_middleware.testing.store_conformance import sample_trajectory
+    from ee_middleware.trainers.datasets.split import recorded_units
+
+    done = "Done, your order is placed."
+    start = datetime(2026, 12, 1, 9, tzinfo=UTC)
+
+    def run(name: str, minute: int, thread: str, question: str, history: list[dict[str, str]]) -> Any:
+        messages = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": done}]
+        when = start + timedelta(minutes=minute)
+        return sample_trajectory(name).model_copy(
+            update={"thread_id": thread, "task": question, "final_answer": done, "messages": messages, "started_at": when, "ended_at": when}
+        )
+
+    kiwis = run("kiwis", 0, "t1", "Order 5 kiwis", [])
+    pears = run("pears", 5, "t1", "Order 3 pears", kiwis.messages)
+    stock = run("stock", 10, "t2", "How many plums are in stock today? And pears?", [])
+    plums = run("plums", 15, "t2", "How many plums are in stock", stock.messages)
+    store = LocalExperienceStore(tmp_path / "experience")
+    store.write([kiwis, pears, stock, plums])
+    recorded = recorded_units(store)
+    source = recorded.select("id", "app", "started_at")
+    split = split_trajectories(source, SplitRule(ids=("pears", "plums")), recorded, store)
+    assert set(split.heldout) == {"pears", "plums"} and set(split.train) == {"kiwis", "stock"}, split.added
+    store.close()
+
+
 def test_time_rules_hold_out_a_threads_future_never_its_past(six_runs: tuple[Path, list[str]], tmp_path: Path) -> None:
     """--heldout-after holds out runs 4-6, and run 1 too (run 6 asks its task); run 2, the earlier run of run 5's thread,
     stays in training. --heldout-before run 2 holds out run 1, and with it run 4 (its thread's next run) and run 6."""
