@@ -88,7 +88,10 @@ def _decide(
 ) -> list[ApprovalEvent]:
     frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
     current = {row["id"]: row for row in frame.to_dicts()}
-    resolved = list(dict.fromkeys(i if i in current else store.resolve_id(i) for i in ids))
+    prefixes = [i for i in ids if i not in current]
+    resolve_ids = getattr(store, "resolve_ids", None)  # (the local store reads the ids once for all of them)
+    full = dict(zip(prefixes, resolve_ids(prefixes) if resolve_ids is not None else map(store.resolve_id, prefixes), strict=True))
+    resolved = list(dict.fromkeys(i if i in current else full[i] for i in ids))
     lost = {i: current[i] for i in resolved if current[i]["approval"] == "pending" and current[i]["approval_by"] == REPAIRER}
     if lost and not force:
         listed = "; ".join(f"{i[:12]}: {row['approval_reason'] or 'pending by ' + REPAIRER}" for i, row in lost.items())

@@ -478,16 +478,33 @@ class LocalExperienceStore:
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """The full id of the one trajectory whose id is, or starts with, ``id_or_prefix``."""
-        ids = self._load(("trajectories",))["trajectories"]["id"].to_list()
-        if id_or_prefix in ids:
-            return id_or_prefix
-        matches = [i for i in ids if i.startswith(id_or_prefix)] if id_or_prefix else []
-        if len(matches) == 1:
-            return matches[0]
-        hint = f" (ambiguous: {len(matches)} ids start with it)" if matches else ""
-        raise TrajectoryNotFoundError(
-            f"No trajectory {id_or_prefix!r} in {self.root}{hint}. List ids with: ee traces list --store {self.root}"
-        )
+        return self._resolved([id_or_prefix])[0]
+
+    def resolve_ids(self, ids_or_prefixes: Sequence[str]) -> list[str]:
+        """:meth:`resolve_id` of each, the ids read once (their column alone: a prefix copied from ``ee traces list``
+        read every column of the whole table, conversations included, once for each: 2 s a prefix at 86k runs). A
+        subclass's own :meth:`resolve_id` decides where it has one."""
+        if type(self).resolve_id is not LocalExperienceStore.resolve_id:
+            return [self.resolve_id(i) for i in ids_or_prefixes]
+        return self._resolved(ids_or_prefixes)
+
+    def _resolved(self, ids_or_prefixes: Sequence[str]) -> list[str]:
+        """The full ids of ``ids_or_prefixes`` by this store's rule (an id, or the unique id it starts)."""
+        ids = self._scanned("trajectories", pl.lit(True), ["id"])["id"].to_list()
+        known = set(ids)
+        resolved = []
+        for id_or_prefix in ids_or_prefixes:
+            if id_or_prefix in known:
+                resolved.append(id_or_prefix)
+                continue
+            matches = [i for i in ids if i.startswith(id_or_prefix)] if id_or_prefix else []
+            if len(matches) != 1:
+                hint = f" (ambiguous: {len(matches)} ids start with it)" if matches else ""
+                raise TrajectoryNotFoundError(
+                    f"No trajectory {id_or_prefix!r} in {self.root}{hint}. List ids with: ee traces list --store {self.root}"
+                )
+            resolved.append(matches[0])
+        return resolved
 
     def get(self, trajectory_id: str) -> Trajectory:
         """The full trajectory (an unambiguous id prefix is accepted). Its steps are read alone: the other trajectories'
