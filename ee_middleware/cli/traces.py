@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,9 @@ def list_traces(
     if "started UTC" not in left_out:
         table.add_column("started UTC", min_width=11, no_wrap=True)
     colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
+    # month and day where every run is of this year; else the year too (1970-01-01 and 2027-01-01 both read "01-01 00:00")
+    this_year = datetime.now(UTC).year
+    started_format = "%m-%d %H:%M" if all(r["started_at"] is None or r["started_at"].year == this_year for r in rows) else "%Y-%m-%d %H:%M"
     for row in rows:
         cells = {
             "id": escape(shown_ids[row["id"]]),
@@ -132,7 +136,7 @@ def list_traces(
             "status": row["status"],
             "steps": str(row["num_steps"]),
             "task": escape(short(row["task"], 120)),
-            "started UTC": row["started_at"].strftime("%m-%d %H:%M") if row["started_at"] else "",
+            "started UTC": row["started_at"].strftime(started_format) if row["started_at"] else "",
         }
         table.add_row(*(cell for name, cell in cells.items() if name not in left_out))
     dropped = [name for name in left_out if wanted[name]]
@@ -174,10 +178,10 @@ def show(
     details = escape(
         f"  app={trajectory.app} version={trajectory.app_version or '-'} model={trajectory.model or '-'}\n"
         f"status={trajectory.status}  approval={approval.status}"
-        + (f" by {approval.by} at {approval.at:%Y-%m-%d %H:%M:%S}" if approval.by and approval.at else "")
+        + (f" by {approval.by} at {approval.at:%Y-%m-%d %H:%M:%S} UTC" if approval.by and approval.at else "")
         + (f" ({approval.reason})" if approval.reason else "")
         + (f"\nwhy: {short(trajectory.error, 300)}" if trajectory.error else "")  # an error, or what stopped the run
-        + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S}  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
+        + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S} UTC  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
         # what replay rebuilds the world from: the first thing to check when replay skips a trajectory
         + f"environment={short(_environment_text(trajectory.environment), 300) if trajectory.environment is not None else '-'}\n"
     )

@@ -67,3 +67,23 @@ def test_export_to_a_dash_is_refused_rather_than_writing_a_file_named_dash(recor
     assert result.exit_code == 2, result.output
     assert "'-' is not stdout" in result.stderr and "--out train.jsonl" in result.stderr, result.stderr
     assert not (tmp_path / "-").exists()
+
+
+def test_start_times_say_their_year_where_runs_are_of_other_years_and_show_says_utc(tmp_path: Path) -> None:
+    """Before: `ee traces list` printed MM-DD HH:MM only, so runs of 1970-01-01, 2027-01-01 and 2100-01-01 (a clock gone
+    wrong, an import in microseconds) all read 01-01 00:00; `ee traces show` printed its times without a zone."""
+    import datetime as dt
+
+    from ee_middleware import LocalExperienceStore
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    store = LocalExperienceStore(tmp_path / "experience")
+    for name, year in (("old-run", 1970), ("new-run", dt.datetime.now(dt.UTC).year)):
+        when = dt.datetime(year, 1, 1, tzinfo=dt.UTC)
+        store.write([sample_trajectory(name).model_copy(update={"started_at": when, "ended_at": when})])
+    store.approve(["new-run"], by="alice")
+    store.close()
+    listed = CliRunner().invoke(app, ["traces", "list", "--store", str(tmp_path / "experience")], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "1970-01-01 00:00" in listed.output, listed.output
+    shown = CliRunner().invoke(app, ["traces", "show", "new-run", "--store", str(tmp_path / "experience")], env={"COLUMNS": "200"})
+    assert "00:00:00 UTC" in shown.output and " UTC  tools=" in shown.output, shown.output
