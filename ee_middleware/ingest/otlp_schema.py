@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
@@ -87,6 +89,17 @@ def _status_code(value: Any) -> Any:
 
 
 Nanos = Annotated[int, BeforeValidator(_uint64), Field(ge=0, le=2**64 - 1)]
+
+EARLIEST_NANOS = 10**17
+"""The earliest span start read as nanoseconds (1973-03-03): before it, a time written in microseconds (today about 1.8e15)
+or milliseconds (1.8e12) that would store a run of January 1970."""
+
+
+def span_time_text(nanos: int) -> str:
+    """``nanos`` as the UTC time it names, for messages."""
+    return datetime.fromtimestamp(nanos / 1e9, UTC).isoformat(timespec="seconds")
+
+
 Int64 = Annotated[int, BeforeValidator(_int64), Field(ge=INT64_MIN, le=INT64_MAX)]
 Count = Annotated[int, BeforeValidator(_uint32), Field(ge=0, le=2**32 - 1, strict=False)]
 StatusCode = Annotated[int, BeforeValidator(_status_code)]
@@ -253,6 +266,11 @@ def read_span(raw: Any, resource: Mapping[str, Any], scope: str | None = None) -
     end = start if span.endTimeUnixNano in (None, 0) else span.endTimeUnixNano  # a span that never ended: see never_ended
     if end < start:
         raise ShapeError(f"endTimeUnixNano ({end}) is before startTimeUnixNano ({start})")
+    if 0 < start < EARLIEST_NANOS:
+        raise ShapeError(
+            f"startTimeUnixNano ({start}) is {span_time_text(start)}: a time in microseconds or milliseconds? OTLP times are "
+            f"nanoseconds since 1970 (now about {time.time_ns():.2e}); the exporter that wrote it must multiply"
+        )
     status = span.status or Status()
     dropped = Dropped(span.droppedAttributesCount, span.droppedEventsCount, sum(e.droppedAttributesCount for e in span.events))
     data = SpanData(

@@ -120,7 +120,7 @@ def test_two_graph_runs_under_one_request_span_stay_two_trajectories(tmp_path, s
     """An app span (say an HTTP request) over two graph runs in one trace: still one trajectory per run."""
     requests = [json.loads(line) for line in (FIXTURES / INSTRUMENTATIONS["openinference"]).read_text().splitlines()]
     trace = None
-    request_span = {"spanId": "f" * 16, "name": "POST /chat", "startTimeUnixNano": "1", "endTimeUnixNano": str(2**62)}
+    request_span = {"spanId": "f" * 16, "name": "POST /chat", "startTimeUnixNano": str(10**18), "endTimeUnixNano": str(2**62)}
     for request in requests:
         for rs in request["resourceSpans"]:
             for ss in rs["scopeSpans"]:

@@ -89,3 +89,18 @@ def test_the_cli_says_which_run_never_ended_and_exits_0(tmp_path):
     result = CliRunner().invoke(app, ["traces", "ingest", str(path), "--store", str(tmp_path / "s")])
     assert result.exit_code == 0, result.output
     assert "2 ingested" in result.output and "note: Trace" in result.output and "stored as interrupted" in result.output
+
+
+@pytest.mark.parametrize("unit", ["microseconds", "milliseconds"])
+def test_span_times_written_in_micro_or_milliseconds_are_refused_naming_the_unit(tmp_path, store, unit):
+    """Before: accepted as nanoseconds, a run of 1970-01-20 (microseconds) or 1970-01-01 (milliseconds) was stored; its
+    held-out time rules, watermarks and listings all wrong. The other runs of the file are ingested as they are."""
+    spans = copy.deepcopy(GENAI_FILE)
+    divisor = 1000 if unit == "microseconds" else 1_000_000
+    for span in spans:
+        for key in ("startTimeUnixNano", "endTimeUnixNano"):
+            span[key] = str(int(span[key]) // divisor)
+    report = ingest_files([_write(tmp_path / "units.jsonl", _with_a_finished_run(spans))], store)
+    assert [t.trace_id for t in store.iter_trajectories()] == [DONE_TRACE], "only the run in nanoseconds"
+    said = " ".join(report.errors)
+    assert "a time in microseconds or milliseconds? OTLP times are nanoseconds since 1970" in said, report.errors
