@@ -1232,7 +1232,8 @@ class LocalExperienceStore:
         quarantine = self.root / "quarantine"
         return {
             "root": str(self.root),
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": SCHEMA_VERSION,  # (what this ee writes; the records' own are counted below)
+            "records_schema_versions": _version_counts(tables["trajectories"]),
             "trajectories": trajectories.height,
             "by_approval": {c["approval"]: c["len"] for c in counts},
             "rollouts": self._scanned(
@@ -1247,6 +1248,18 @@ class LocalExperienceStore:
             "quarantined_segments": len(list(quarantine.glob(f"*{spool.SEGMENT_SUFFIX}"))),
             "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
         }
+
+
+def _version_counts(trajectories: pl.DataFrame) -> dict[str, int]:
+    """How many trajectories were recorded under each record schema version, oldest first (``ee store info``: a store of
+    1.2 records showed only the code's 1.7)."""
+    if "schema_version" not in trajectories.columns or trajectories.is_empty():
+        return {}
+    counts = trajectories.group_by("schema_version").len().to_dicts()
+    return {
+        str(c["schema_version"]): c["len"]
+        for c in sorted(counts, key=lambda c: [int(p) if p.isdigit() else 0 for p in str(c["schema_version"]).split(".")])
+    }
 
 
 def _unread(path: Path, exc: OSError) -> dict[str, str]:

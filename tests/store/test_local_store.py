@@ -512,3 +512,16 @@ def test_the_local_store_keeps_metadata_blobs_as_the_files_it_always_had(store: 
     for name in ("ee-store.json", "manifest.json", "spool", "trajectories", "../x", ".hidden", "a/b"):
         with pytest.raises(ValueError, match=r"metadata name|the store's own files"):
             store.write_meta(name, b"x")
+
+
+def test_store_info_counts_the_records_by_the_schema_version_they_were_written_under(store_path: Path) -> None:
+    """Before: `ee store info` said only the code's schema version (1.7) for a store holding 1.2 records."""
+    from ee_middleware.records import SCHEMA_VERSION
+
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory("new-1"), sample_trajectory("new-2")])
+    store.write([sample_trajectory("old-1").model_copy(update={"schema_version": "1.2"})])
+    info = store.info()
+    assert info["schema_version"] == SCHEMA_VERSION
+    assert info["records_schema_versions"] == {"1.2": 1, SCHEMA_VERSION: 2}
+    store.close()
