@@ -40,7 +40,7 @@ app = typer.Typer(help="IL, IWM and SR datasets: build from a store, show, expor
 def build(
     ctx: typer.Context,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet."),
+    out_text: str | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet.", metavar="PATH"),
     kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
     teacher: str | None = typer.Option(
         None,
@@ -115,7 +115,7 @@ def build(
     cfg = DatasetConfig.load(
         config,
         store=store,
-        out=out,
+        out=_output_folder(out_text),
         kinds=kinds,
         teacher=teacher,
         teacher_settings=key_value_settings(teacher_setting, "--teacher-setting", "max_tokens=512") if teacher_setting else None,
@@ -460,6 +460,16 @@ def budget_line(budget: dict[str, Any]) -> str:
             else ""
         )
     )
+
+
+def _output_folder(given: str | None) -> Path | None:
+    """``--out`` as typed: empty or blank is a usage error (read as a path, "" is the working directory, where the build
+    would have written its files: ``--out "$OUT"`` with the variable unset)."""
+    if given is not None and not given.strip():
+        raise typer.BadParameter(
+            f"{given!r} is empty or blank: name the output folder (an unset variable in the command?)", param_hint="--out"
+        )
+    return Path(given) if given is not None else None
 
 
 def _bar(bars: ProgressBars, label: str, rows: int) -> Callable[[int], None]:

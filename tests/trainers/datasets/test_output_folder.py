@@ -368,3 +368,15 @@ def test_an_output_folder_the_user_may_not_write_is_named_not_the_hidden_folder_
         flat = " ".join(output.split())
         assert code == 1 and f"Cannot write the datasets into {out}: Permission denied. Nothing was written." in flat, output
         assert ".build-" not in flat and list(out.iterdir()) == []
+
+
+def test_an_empty_output_folder_is_refused_not_taken_as_the_working_directory(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: `--out "$OUT"` with the variable unset wrote il.parquet, iwm.parquet and datasets.json into the working
+    directory (typer reads "" as the path ".")."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(app, ["datasets", "build", "--store", str(store_path), "--out", ""])
+    assert result.exit_code == 2 and "'' is empty or blank: name the output folder" in " ".join(result.output.split()), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
