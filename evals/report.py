@@ -217,9 +217,9 @@ _SCHEMA = {
 def chart_figure(summary: list[dict[str, Any]]) -> Any:
     """The success-rate chart: one horizontal bar per suite, top to bottom in the run's order, so that many suites
     (the 15 BFCL categories) keep a page's width and names that do not run into each other."""
-    from ee_middleware._plots import matplotlib_for_files
+    import matplotlib
 
-    matplotlib_for_files()
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = [s["suite"] for s in summary]

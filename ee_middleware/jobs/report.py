@@ -528,9 +528,9 @@ def chart_figure(ev: dict[str, Any]) -> Any:
     """The evaluation chart of an ``evaluate`` stage's outputs (a matplotlib Figure; None without matplotlib): task
     success per suite, candidate beside baseline, and the held-out likelihood where it was measured."""
     try:
-        from ee_middleware._plots import matplotlib_for_files
+        import matplotlib
 
-        matplotlib_for_files()
+        matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
     except ImportError:
         return None

@@ -384,9 +384,9 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write_chart(report: dict[str, Any], path: Path) -> bool:
     """A PNG of token F1 per tool, one bar per variant; ``False`` when matplotlib is not installed."""
     try:
-        from ee_middleware._plots import matplotlib_for_files
+        import matplotlib
 
-        matplotlib_for_files()
+        matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
     except ImportError:
         return False

@@ -162,9 +162,10 @@ def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) 
     """Token-length histograms of several datasets, one panel each, as a PNG written whole or not at all (an existing
     one kept as it was on a failure); missing folders above it are made."""
     from ee_middleware._files import atomic_path, folders_made
-    from ee_middleware._plots import matplotlib_for_files
+    from ee_middleware._optional import import_optional
 
-    matplotlib_for_files()
+    matplotlib = import_optional("matplotlib", extra="train", purpose="draw the histograms (--plot)")
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(described), figsize=(4.5 * len(described), 3.2), squeeze=False)

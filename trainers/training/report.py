@@ -48,9 +48,9 @@ def write_render_cuts(path: Path, cuts: dict[str, list[dict[str, Any]]]) -> Path
 
 def plot_loss(path: Path, losses: list[tuple[int, float]], boundaries: list[tuple[int, str]], title: str) -> Path:
     """Training loss per logged step; a dashed line where each later stage starts."""
-    from ee_middleware._plots import matplotlib_for_files
+    import matplotlib
 
-    matplotlib_for_files()
+    matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4), dpi=100)
