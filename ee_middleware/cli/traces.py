@@ -106,7 +106,11 @@ def list_traces(
     # to a character a line; approval and status may be cut with an ellipsis.
     id_width = max((len(i) for i in shown_ids.values()), default=2)
     wanted = {"id": id_width, "app": min(16, max(map(len, apps), default=3)) if len(apps) > 1 else 0}
-    wanted |= {"approval": 8, "status": 9, "steps": 5, "task": 12, "started UTC": 11}
+    # month and day where every run is of this year; else the year too (1970-01-01 and 2027-01-01 both read "01-01 00:00")
+    this_year = datetime.now(UTC).year
+    with_year = any(r["started_at"] is not None and r["started_at"].year != this_year for r in rows)
+    started_format = "%Y-%m-%d %H:%M" if with_year else "%m-%d %H:%M"
+    wanted |= {"approval": 8, "status": 9, "steps": 5, "task": 12, "started UTC": 16 if with_year else 11}
     left_out = [name for name, width in wanted.items() if not width]
     for name in ("started UTC", "task", "app"):
         shown = {k: w for k, w in wanted.items() if k not in left_out}
@@ -123,11 +127,8 @@ def list_traces(
     if "task" not in left_out:
         table.add_column("task", ratio=1, min_width=12, overflow="fold")
     if "started UTC" not in left_out:
-        table.add_column("started UTC", min_width=11, no_wrap=True)
+        table.add_column("started UTC", min_width=wanted["started UTC"], no_wrap=True)
     colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
-    # month and day where every run is of this year; else the year too (1970-01-01 and 2027-01-01 both read "01-01 00:00")
-    this_year = datetime.now(UTC).year
-    started_format = "%m-%d %H:%M" if all(r["started_at"] is None or r["started_at"].year == this_year for r in rows) else "%Y-%m-%d %H:%M"
     for row in rows:
         cells = {
             "id": escape(shown_ids[row["id"]]),

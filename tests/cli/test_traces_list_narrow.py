@@ -85,5 +85,9 @@ def test_start_times_say_their_year_where_runs_are_of_other_years_and_show_says_
     store.close()
     listed = CliRunner().invoke(app, ["traces", "list", "--store", str(tmp_path / "experience")], env={"COLUMNS": "200"})
     assert listed.exit_code == 0 and "1970-01-01 00:00" in listed.output, listed.output
+    narrow = CliRunner().invoke(app, ["traces", "list", "--store", str(tmp_path / "experience")], env={"COLUMNS": "65"})
+    flat = " ".join(narrow.output.split())  # the column whole, or left out and said so: never cut to "1970-01-01 00"
+    assert "1970-01-01 00:00" in flat or "not shown at 65 columns: started UTC" in flat, narrow.output
+    assert "1970-01-01 00 " not in flat and not flat.endswith("1970-01-01 00"), narrow.output
     shown = CliRunner().invoke(app, ["traces", "show", "new-run", "--store", str(tmp_path / "experience")], env={"COLUMNS": "200"})
     assert "00:00:00 UTC" in shown.output and " UTC  tools=" in shown.output, shown.output

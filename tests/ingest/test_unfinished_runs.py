@@ -103,4 +103,4 @@ def test_span_times_written_in_micro_or_milliseconds_are_refused_naming_the_unit
     report = ingest_files([_write(tmp_path / "units.jsonl", _with_a_finished_run(spans))], store)
     assert [t.trace_id for t in store.iter_trajectories()] == [DONE_TRACE], "only the run in nanoseconds"
     said = " ".join(report.errors)
-    assert "a time in microseconds or milliseconds? OTLP times are nanoseconds since 1970" in said, report.errors
+    assert f"read as nanoseconds: a time in {unit} (20" in said and "OTLP times are nanoseconds since 1970" in said, report.errors
