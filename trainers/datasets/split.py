@@ -29,7 +29,7 @@ its thread and task as it will when approved: approving or rejecting one never m
 - **ids, app and time rules** hold out the trajectories they name and every trajectory that would carry their targets
   into training: the runs of the same task (each way), the later runs of the thread (from the run held out on,
   runs that started at the same time included, and a run that started earlier by its clock but whose messages hold
-  the held-out run's question or answer: recorded on another worker whose clock read behind) and the variants of its
+  the held-out run's question and answer, each a whole message: recorded on another worker whose clock read behind) and the variants of its
   task, transitively. The earlier runs of the
   thread stay in training: ``--heldout-after`` still holds out the future of a conversation, not its past; and so does a
   variant's parent when the variant alone is named (the variant's rollout is not in it). What was added, and why, is
@@ -599,7 +599,7 @@ class _Units:
         """``seeds`` and every trajectory that would carry their targets into training: the runs of the same task, the
         runs of the thread from each one on, the variants of its task (transitively); each with why it was reached
         (``None`` for a seed). ``messages_of`` (ids -> their messages as JSON text): a run of the thread that started
-        before one reached but whose messages hold its question or its answer is a later run too (:meth:`_holding`)."""
+        before one reached but whose messages hold its question and its answer is a later run too (:meth:`_holding`)."""
         reached: dict[int, tuple[str, int] | None] = dict.fromkeys(seeds)
         if messages_of is not None:  # each run's messages read once, however many held-out runs its thread has
             read, texts = messages_of, {}
