@@ -348,9 +348,14 @@ def terminal_cap(total: int, limit: int | None, as_json: bool) -> int | None:
 
 def _stdout_is_terminal() -> bool:
     """Whether standard output is a terminal (not rich's ``is_terminal``, which ``FORCE_COLOR`` makes true for a pipe)."""
+    return _is_terminal(sys.stdout)
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal: ``False`` for one replaced by an object without ``isatty``, or closed."""
     try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
         return False
 
 
@@ -447,7 +452,7 @@ def library_bars_off(*, enabled: bool = True) -> Iterator[None]:
     changes nothing."""
     import os
 
-    if not enabled and getattr(sys.stderr, "isatty", lambda: False)():
+    if not enabled and _is_terminal(sys.stderr):
         yield
         return
     before = os.environ.get(_NO_HUB_BARS)
