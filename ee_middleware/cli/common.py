@@ -541,7 +541,10 @@ def positive_seconds(value: float | None) -> float | None:
 def other_apps_hint(store: Any, app: str, *, approved: bool = True) -> str:
     """The apps ``store`` holds (``approved``) trajectories of, when ``app`` (a command's ``--app``) is none of them: a
     misspelt ``--app`` is told the names it could be; "" otherwise."""
-    apps = sorted({str(a) for a in store.trajectories(status="approved" if approved else None)["app"].to_list() if a is not None})
+    from ee_middleware.store.registry import trajectory_columns
+
+    frame = trajectory_columns(store, ["app"], status="approved" if approved else None)
+    apps = sorted({str(a) for a in frame["app"].to_list() if a is not None})
     if app in apps or not apps:
         return ""
     which = "approved trajectories" if approved else "trajectories"

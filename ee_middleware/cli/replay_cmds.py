@@ -360,6 +360,8 @@ def _policy_settings(pairs: list[str]) -> dict[str, Any]:
 def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
     """How the summary's lines show the trajectories they name: unique prefixes among every trajectory of the store,
     so that each one pastes back into ``ee replay show`` (none is looked up when no line names one)."""
+    from ee_middleware.store.registry import trajectory_columns
+
     if not (summary.skipped or summary.failed or summary.fidelity_examples or summary.policy_error_examples):
         return {}
     named = [
@@ -367,7 +369,7 @@ def _shown_trajectory_ids(store: Any, summary: Any) -> dict[str, str]:
         *summary.failed,
         *(example["trajectory_id"] for example in [*summary.fidelity_examples, *summary.policy_error_examples]),
     ]
-    return short_ids(named, among=open_existing_store(store).trajectories()["id"].to_list())
+    return short_ids(named, among=trajectory_columns(open_existing_store(store), ["id"])["id"].to_list())
 
 
 def _why_nothing_to_replay(cfg: Any) -> str:
@@ -376,8 +378,9 @@ def _why_nothing_to_replay(cfg: Any) -> str:
     import polars as pl
 
     from ee_middleware.errors import hide_credentials
+    from ee_middleware.store.registry import trajectory_columns
 
-    trajectories = open_existing_store(cfg.store).trajectories()
+    trajectories = trajectory_columns(open_existing_store(cfg.store), ["id", "app"])
     store = hide_credentials(str(cfg.store))  # a store spec may hold user:password@
     mine = trajectories if cfg.app is None else trajectories.filter(pl.col("app") == cfg.app)
     if mine.is_empty() and not trajectories.is_empty():
@@ -578,6 +581,7 @@ def list_rollouts(
     import polars as pl
 
     from ee_middleware.capture.store_redaction import current_redactor, redacted_rollout
+    from ee_middleware.store.registry import trajectory_columns
     from ee_middleware.store.tables import rollout_from_row
 
     with reading_store(allow_partial=allow_partial):
@@ -589,7 +593,7 @@ def list_rollouts(
         everything = opened.rollouts()
         if replay_id is not None:
             check_replay_id(opened, replay_id, store, given=f"--replay-id {replay_id}", without="leave --replay-id out to list them all")
-        trajectory_ids = opened.trajectories()["id"].to_list() if not as_json else []
+        trajectory_ids = trajectory_columns(opened, ["id"])["id"].to_list() if not as_json else []
     frame = everything
     if only is not None:
         frame = frame.filter(pl.col("trajectory_id") == only)

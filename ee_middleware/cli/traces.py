@@ -66,10 +66,12 @@ def list_traces(
     import polars as pl
 
     from ee_middleware.capture.store_redaction import current_redactor
+    from ee_middleware.store.registry import trajectory_columns
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
-        frame = opened.trajectories()
+        # the listed columns alone (a store's conversations and tools, most of its table, are not read)
+        frame = trajectory_columns(opened, [c for c in (*LIST_COLUMNS, "final_answer", "error") if not c.startswith("approval")])
         redact = _redact_fn(current_redactor(opened))
     every_id = frame["id"].to_list()
     if status is not StatusFilter.all:
@@ -275,11 +277,12 @@ def reject(
 
 def _decide(store_path: Path, ids: list[str], status: str, by: str, reason: str | None, *, force: bool, allow_partial: bool) -> None:
     from ee_middleware.store.approvals import decide
+    from ee_middleware.store.registry import trajectory_columns
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store_path)
         events = decide(opened, ids, status, by=by, reason=reason, force=force)  # type: ignore[arg-type]
-        shown = short_ids((e.trajectory_id for e in events), among=opened.trajectories()["id"].to_list())
+        shown = short_ids((e.trajectory_id for e in events), among=trajectory_columns(opened, ["id"])["id"].to_list())
     typer.echo(f"{status.capitalize()} {len(events)} trajectory(ies): {', '.join(shown[e.trajectory_id] for e in events)}")
     for e in events:
         if e.overrides is not None:
@@ -362,7 +365,9 @@ _RECORD_HINT = "record some first (record_experience, or `ee traces ingest` for 
 
 def _approvals(store: Any) -> dict[str, int]:
     """How many trajectories ``store`` holds of each approval status."""
-    return dict(store.trajectories().group_by("approval").len().iter_rows())
+    from ee_middleware.store.registry import trajectory_columns
+
+    return dict(trajectory_columns(store, ["id"]).group_by("approval").len().iter_rows())
 
 
 def _nothing_exported(store: str, out: Path, status: StatusFilter, skipped: list[tuple[str, str]], held: dict[str, int]) -> None:

@@ -517,10 +517,9 @@ class ImproveConfig(BaseModel):
         none of the app's approved trajectories holds one."""
         import polars as pl
 
-        index = getattr(store, "trajectory_index", None)
-        frame = index(["environment_json", "tools_json"], status="approved", app=self.app) if callable(index) else None
-        if frame is None:
-            frame = store.trajectories(status="approved", app=self.app)
+        from ee_middleware.store.registry import trajectory_columns
+
+        frame = trajectory_columns(store, ["environment_json", "tools_json"], status="approved", app=self.app)
         if not {"environment_json", "tools_json"} <= set(frame.columns):
             return
         # an agent offered no tool (a chat app) has no state to branch from in any sandbox: skipped, and nothing is wrong

@@ -104,14 +104,15 @@ def select(ctx: StageContext) -> StageResult:
     import polars as pl
 
     from ee_middleware.replay.job import select_trajectories
-    from ee_middleware.store.registry import open_store, recorded_apps
+    from ee_middleware.store.registry import open_store, recorded_apps, trajectory_columns
 
     config = ctx.config
     store = open_store(config.store, create=False)
     try:
         previous = ctx.runs.last_successful(config.scope())
         watermark = (previous.data.get("watermark") or {}).get("after") if previous else None
-        approved = store.trajectories(status="approved", app=config.app).select("id", "app", "approval_at", "approval_by", "started_at")
+        approved = trajectory_columns(store, ["id", "app", "approval_at", "approval_by", "started_at"], status="approved", app=config.app)
+        approved = approved.select("id", "app", "approval_at", "approval_by", "started_at")
         new = approved if watermark is None else approved.filter(pl.col("approval_at") > datetime.fromisoformat(watermark))
         new = new.sort("approval_at", "id")
         replay_config = config.replay_config()
@@ -119,7 +120,7 @@ def select(ctx: StageContext) -> StageResult:
         states = _tool_states(store, pending)
         todo, cuts = _apply_replay_budgets(pending, states, replay_config.k, config)
         tools = Counter(store.steps(new["id"].to_list()).filter(pl.col("action_kind") == "tool_call")["tool_name"].to_list())
-        pending_review = store.trajectories(status="pending", app=config.app).height
+        pending_review = trajectory_columns(store, ["id"], status="pending", app=config.app).height
         other_apps: list[str] = []
         if not approved.height and not pending_review:  # does it record this app at all? (a misnamed app learns nothing)
             apps = recorded_apps(store)
@@ -521,9 +522,9 @@ def _usable_branches(ctx: StageContext, store: Any, replay_id: str) -> int:
 
 def _trajectory_rows(store: Any, columns: list[str], app: str) -> Any:
     """``columns`` of the app's approved trajectories, read without steps or rollouts where the store can."""
-    if hasattr(store, "trajectory_index"):
-        return store.trajectory_index(columns, status="approved", app=app)
-    return store.trajectories(status="approved", app=app)
+    from ee_middleware.store.registry import trajectory_columns
+
+    return trajectory_columns(store, columns, status="approved", app=app)
 
 
 def _check_skipped(
@@ -982,14 +983,14 @@ def _approved_after_select(ctx: StageContext, split: dict[str, Any]) -> dict[str
     approved trajectory of the app when they are built): this run neither selected nor replayed them; the next run does."""
     import polars as pl
 
-    from ee_middleware.store.registry import open_store
+    from ee_middleware.store.registry import open_store, trajectory_columns
 
     select = ctx.run.stage("select") or {}
     snapshot = (select.get("outputs") or {}).get("watermark_after")
     used = set(split.get("train_trajectories", [])) | set(split.get("heldout_trajectories", []))
     store = open_store(ctx.config.store, create=False)
     try:
-        approved = store.trajectories(status="approved", app=ctx.config.app).select("id", "approval_at")
+        approved = trajectory_columns(store, ["id", "approval_at"], status="approved", app=ctx.config.app).select("id", "approval_at")
     finally:
         store.close()
     if snapshot is not None:

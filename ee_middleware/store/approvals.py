@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ee_middleware.errors import ApprovalConflictError
+from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
 from ee_middleware.records import Approval, ApprovalEvent, ApprovalStatus, utcnow
 from ee_middleware.store.protocol import id_list
 
@@ -86,12 +86,12 @@ def _decide(
     force: bool,
     redact: bool = True,
 ) -> list[ApprovalEvent]:
-    frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
-    current = {row["id"]: row for row in frame.to_dicts()}
-    prefixes = [i for i in ids if i not in current]
-    resolve_ids = getattr(store, "resolve_ids", None)  # (the local store reads the ids once for all of them)
-    full = dict(zip(prefixes, resolve_ids(prefixes) if resolve_ids is not None else map(store.resolve_id, prefixes), strict=True))
-    resolved = list(dict.fromkeys(i if i in current else full[i] for i in ids))
+    resolved, current = _current_decisions(store, ids)
+    unread = [i for i in resolved if i not in current]
+    if unread:  # resolved, but not among the trajectories the store shows (a store whose trajectories() filters them)
+        raise TrajectoryNotFoundError(
+            f"No trajectory {', '.join(map(repr, unread))} among those the store shows (its trajectories()). List ids with: ee traces list"
+        )
     lost = {i: current[i] for i in resolved if current[i]["approval"] == "pending" and current[i]["approval_by"] == REPAIRER}
     if lost and not force:
         listed = "; ".join(f"{i[:12]}: {row['approval_reason'] or 'pending by ' + REPAIRER}" for i, row in lost.items())
@@ -126,6 +126,26 @@ def _decide(
     ]
     store.set_approval(events)
     return events
+
+
+def _current_decisions(store: ExperienceStore, ids: Sequence[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The full ids of ``ids`` (prefixes resolved; each once, in order) and each one's current decision (its
+    ``approval*`` columns, by id). The local store reads the ids' column once to resolve them all, then those
+    trajectories' rows alone; another store (or a subclass with a ``trajectories`` of its own) answers from its
+    :meth:`trajectories`."""
+    from ee_middleware.store.local import LocalExperienceStore
+    from ee_middleware.store.registry import reads_by_index
+
+    if isinstance(store, LocalExperienceStore) and reads_by_index(store):
+        resolved = list(dict.fromkeys(store.resolve_ids(ids)))
+        frame = store.trajectory_index(["id"], ids=resolved)
+        current = {row["id"]: row for row in frame.to_dicts()}
+        return resolved, current
+    frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
+    current = {row["id"]: row for row in frame.to_dicts()}
+    prefixes = [i for i in ids if i not in current]
+    full = dict(zip(prefixes, map(store.resolve_id, prefixes), strict=True))
+    return list(dict.fromkeys(i if i in current else full[i] for i in ids)), current
 
 
 def _reviewer_text(store: ExperienceStore) -> Callable[[Any], Any]:

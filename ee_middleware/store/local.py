@@ -407,7 +407,8 @@ class LocalExperienceStore:
 
     def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
         """Append approval decisions. Raises :class:`TrajectoryNotFoundError` for unknown ids."""
-        known = set(self.trajectories()["id"].to_list())
+        wanted = list(dict.fromkeys(e.trajectory_id for e in events))
+        known = set(self._scanned("trajectories", _among("id", wanted), ["id"])["id"].to_list()) if wanted else set()
         missing = [e.trajectory_id for e in events if e.trajectory_id not in known]
         if missing:
             raise TrajectoryNotFoundError(
@@ -428,11 +429,12 @@ class LocalExperienceStore:
 
     def approvals(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
         """Every approval decision, oldest first, with the opposite decision each one overturned."""
-        tables = self._load(_DECISIONS)
-        history = _decisions(tables["trajectories"], tables["approvals"])
-        if trajectory_ids is not None:
-            history = history.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
-        return history
+        if trajectory_ids is None:
+            tables = self._load(_DECISIONS)
+            return _decisions(tables["trajectories"], tables["approvals"])
+        # the trajectories' own rows alone (a decision's order depends only on its trajectory's decisions)
+        trajectories, approvals = self._decision_rows(id_list(trajectory_ids), self._read_spool(stacklevel=3), _RECORDED_DECISION)
+        return _decisions(trajectories, approvals)
 
     def write_replay(self, record: ReplayRecord, rollouts: Sequence[Rollout] = ()) -> None:
         """Append one trajectory's rollouts and its replay record in a single batch, synced in groups (by the first write
@@ -471,10 +473,10 @@ class LocalExperienceStore:
         return current
 
     def steps(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
-        steps = self._load(("steps",))["steps"]
-        if trajectory_ids is not None:
-            steps = steps.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
-        return steps
+        if trajectory_ids is None:
+            return self._load(("steps",))["steps"]
+        # filtered as the parts are read: the other trajectories' steps are never held
+        return self._scanned("steps", _among("trajectory_id", id_list(trajectory_ids)), spooled=self._read_spool(stacklevel=3))
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """The full id of the one trajectory whose id is, or starts with, ``id_or_prefix``."""
@@ -509,16 +511,31 @@ class LocalExperienceStore:
     def get(self, trajectory_id: str) -> Trajectory:
         """The full trajectory (an unambiguous id prefix is accepted). Its steps are read alone: the other trajectories'
         steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table."""
-        tables = self._load(_DECISIONS)
-        own_resolution = type(self).resolve_id is not LocalExperienceStore.resolve_id  # a subclass's rule decides, always
-        if own_resolution or not (tables["trajectories"]["id"] == trajectory_id).any():  # a prefix: resolved
+        spooled = self._read_spool(stacklevel=3)
+        if type(self).resolve_id is not LocalExperienceStore.resolve_id:  # a subclass's rule decides, always
             trajectory_id = self.resolve_id(trajectory_id)
-        rows = _current_approvals(tables["trajectories"], tables["approvals"]).filter(pl.col("id") == trajectory_id)
-        if rows.is_empty():  # written after the read above (resolve_id read again): read again
-            tables = self._load(_DECISIONS)
-            rows = _current_approvals(tables["trajectories"], tables["approvals"]).filter(pl.col("id") == trajectory_id)
-        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=tables.spooled)
+        rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
+        if rows.is_empty():  # a prefix (or written after the spool was read): resolved, and read again
+            trajectory_id = self.resolve_id(trajectory_id)
+            spooled = self._read_spool(stacklevel=3)
+            rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
+        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=spooled)
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
+
+    def _read_spool(self, *, stacklevel: int) -> SpoolRead:
+        """The spool as it is now, its damaged records warned about (``stacklevel``: as ``warnings.warn``'s, from the
+        caller of this method)."""
+        spooled = self._spool.read()
+        spooled.warn(stacklevel=stacklevel)
+        return spooled
+
+    def _decision_rows(
+        self, ids: Sequence[str], spooled: SpoolRead, columns: Sequence[str] | None = None
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The rows of the trajectories ``ids`` (full ids; only ``columns`` where given) and of their decisions, read
+        alone (filtered as the Parquet parts are read): what :func:`_current_approvals` and :func:`_decisions` need."""
+        trajectories = self._scanned("trajectories", _among("id", ids), columns, spooled=spooled)
+        return trajectories, self._scanned("approvals", _among("trajectory_id", ids), spooled=spooled)
 
     def _scanned(
         self,
@@ -571,7 +588,7 @@ class LocalExperienceStore:
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)
         if ids is not None:
-            current = current.filter(pl.col("id").is_in(pl.Series(id_list(ids), dtype=pl.String).implode()))
+            current = current.filter(_among("id", id_list(ids)))
         if current.is_empty():
             return
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
@@ -582,9 +599,7 @@ class LocalExperienceStore:
             wanted = [row["id"] for row in batch if row["id"] not in decoded]
             steps_by_id: dict[Any, pl.DataFrame] = {}
             if wanted:
-                steps = self._scanned(
-                    "steps", pl.col("trajectory_id").is_in(pl.Series(wanted, dtype=pl.String).implode()), spooled=tables.spooled
-                )
+                steps = self._scanned("steps", _among("trajectory_id", wanted), spooled=tables.spooled)
                 group = read_group_size(steps.estimated_size(), len(wanted))
                 steps_by_id = steps.partition_by("trajectory_id", as_dict=True)
                 del steps
@@ -611,26 +626,29 @@ class LocalExperienceStore:
 
     def rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""
-        rollouts = self._load(("rollouts",))["rollouts"]
+        wanted = []
         if trajectory_ids is not None:
-            rollouts = rollouts.filter(pl.col("trajectory_id").is_in(id_list(trajectory_ids)))
+            wanted.append(_among("trajectory_id", id_list(trajectory_ids)))
         if replay_id is not None:
-            rollouts = rollouts.filter(pl.col("replay_id") == replay_id)
+            wanted.append(pl.col("replay_id") == replay_id)
+        if wanted:  # filtered as the parts are read (a rollout's repeats share its trajectory and replay)
+            rollouts = self._scanned("rollouts", pl.all_horizontal(wanted), spooled=self._read_spool(stacklevel=3))
+        else:
+            rollouts = self._load(("rollouts",))["rollouts"]
         return rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
 
     def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
         """The latest replay record per (replay configuration, trajectory)."""
-        replays = self._load(("replays",))["replays"]
-        if replay_id is not None:
-            replays = replays.filter(pl.col("replay_id") == replay_id)
-        return replays
+        if replay_id is not None:  # (a record's repeats share its replay id)
+            return self._scanned("replays", pl.col("replay_id") == replay_id, spooled=self._read_spool(stacklevel=3))
+        return self._load(("replays",))["replays"]
 
     def get_rollout(self, rollout_id: str) -> Rollout:
         """One rollout by id (an unambiguous prefix is accepted)."""
-        rollouts = self._load(("rollouts",))["rollouts"]
-        exact = rollouts.filter(pl.col("id") == rollout_id)
-        if exact.is_empty():
-            exact = rollouts.filter(pl.col("id").str.starts_with(rollout_id)) if rollout_id else exact
+        spooled = self._read_spool(stacklevel=3)
+        exact = self._scanned("rollouts", pl.col("id") == rollout_id, spooled=spooled)
+        if exact.is_empty() and rollout_id:  # a prefix
+            exact = self._scanned("rollouts", pl.col("id").str.starts_with(rollout_id), spooled=spooled)
         if exact.height != 1:
             hint = f" (ambiguous: {exact.height} ids start with it)" if exact.height > 1 else ""
             raise TrajectoryNotFoundError(
@@ -713,15 +731,22 @@ class LocalExperienceStore:
             self._warn_part(path, self._damaged[path])
         return found
 
-    def trajectory_index(self, columns: Sequence[str], *, status: StatusSelection = None, app: str | None = None) -> pl.DataFrame:
+    def trajectory_index(
+        self, columns: Sequence[str], *, status: StatusSelection = None, app: str | None = None, ids: str | Collection[str] | None = None
+    ) -> pl.DataFrame:
         """:meth:`trajectories` with only ``columns`` of the trajectories table (and the ``approval*``
-        columns), read without loading steps or rollouts."""
-        needed = ["id", "app", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
-        wanted = list(dict.fromkeys([*needed, *columns]))
+        columns, which ``columns`` may name too), read without loading steps or rollouts; ``ids``: those trajectories
+        alone (full ids; the other rows are filtered out as the parts are read)."""
+        needed = list(dict.fromkeys(["id", "app", *_RECORDED_DECISION]))
+        wanted = list(dict.fromkeys([*needed, *(c for c in columns if c not in _APPROVAL_COLUMNS)]))
         for again in (False, True):  # again: without the parts damaged past their footer that the first read hit
             try:
-                trajectories = drop_repeats("trajectories", self.scan("trajectories").select(wanted).collect())
-                approvals = drop_repeats("approvals", self.scan("approvals").collect())
+                trajectories, approvals = self.scan("trajectories"), self.scan("approvals")
+                if ids is not None:  # filtered as the parts are read
+                    trajectories = trajectories.filter(_among("id", id_list(ids)))
+                    approvals = approvals.filter(_among("trajectory_id", id_list(ids)))
+                trajectories = drop_repeats("trajectories", trajectories.select(wanted).collect())
+                approvals = drop_repeats("approvals", approvals.collect())
                 break
             except pl.exceptions.ComputeError:
                 if again or not self.check_parts(("trajectories", "approvals")):  # no damaged part: a real error
@@ -731,7 +756,7 @@ class LocalExperienceStore:
             current = current.filter(pl.col("approval") == wanted_status)
         if app is not None:
             current = current.filter(pl.col("app") == app)
-        return current.select(list(dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])))
+        return current.select(list(dict.fromkeys([*columns, *_APPROVAL_COLUMNS])))
 
     def _load(self, names: Collection[str] = TABLES) -> _Tables:
         """The tables ``names`` (a read that needs no steps or rollouts does not hold them, the largest by far)."""
@@ -1314,6 +1339,17 @@ def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
 
 _DECISIONS = ("trajectories", "approvals")
 """The tables a trajectory's row and its current approval come from."""
+
+_APPROVAL_COLUMNS = ("approval", "approval_by", "approval_at", "approval_reason")
+"""The columns a trajectory's current decision is read into (:func:`_current_approvals`)."""
+
+_RECORDED_DECISION = ["id", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
+"""The columns of the trajectories table :func:`_decisions` reads."""
+
+
+def _among(column: str, ids: Sequence[str]) -> pl.Expr:
+    """Rows whose ``column`` is one of ``ids`` (a filter the Parquet reader applies as it reads)."""
+    return pl.col(column).is_in(pl.Series(ids, dtype=pl.String).implode())
 
 
 class _Tables(MutableMapping[str, pl.DataFrame]):

@@ -66,11 +66,33 @@ STORES = _StoreKind(
 )
 
 
+def reads_by_index(store: Any) -> bool:
+    """Whether ``store``'s ``trajectory_index`` (columns of the trajectories table read alone) answers for its
+    :meth:`trajectories`: it has one, and is not a subclass of the local store with a ``trajectories`` of its own (an
+    audit line, a filter, access control: reads of the trajectories go through it, as they did before there was an
+    index)."""
+    if not callable(getattr(store, "trajectory_index", None)):
+        return False
+    from ee_middleware.store.local import LocalExperienceStore
+
+    return not isinstance(store, LocalExperienceStore) or type(store).trajectories is LocalExperienceStore.trajectories
+
+
+def trajectory_columns(store: Any, columns: list[str], *, status: str | None = None, app: str | None = None) -> Any:
+    """``store.trajectories(status=status, app=app)`` with ``columns`` and the ``approval*`` columns alone (a polars
+    frame): read without the other columns where the store can (``trajectory_index``; a store's conversations and
+    tools are most of its trajectories table), else selected from :meth:`trajectories`."""
+    if reads_by_index(store):
+        return store.trajectory_index(columns, status=status, app=app)
+    frame = store.trajectories(status=status, app=app)
+    wanted = dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])
+    return frame.select([c for c in wanted if c in frame.columns])  # (a plug-in's frame may lack a column: the caller checks)
+
+
 def recorded_apps(store: Any) -> list[str]:
     """The apps ``store`` holds trajectories of, sorted: its app column alone where the store can read so
     (``trajectory_index``), not every table."""
-    index = getattr(store, "trajectory_index", None)
-    frame = index(["app"]) if callable(index) else store.trajectories()
+    frame = trajectory_columns(store, ["app"])
     return sorted(str(a) for a in frame.get_column("app").unique().to_list() if a is not None)
 
 

@@ -1,0 +1,84 @@
+"""Reading a few columns of the trajectories table (``store.registry.trajectory_columns``): the CLI's listings, the
+improve job's selection and short ids read the columns they show, not every trajectory's conversation and tools (most
+of the table: ``ee traces list`` on a store of 40k runs read 0.7 GB), through the store's ``trajectory_index``; a
+local-store subclass with a ``trajectories`` of its own (an audit line, a filter) is still read through it, and a
+plug-in without an index answers from its ``trajectories``. Real local and SQLite stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.errors import TrajectoryNotFoundError
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.store.registry import reads_by_index, recorded_apps, trajectory_columns
+from ee_middleware.testing.store_conformance import sample_trajectory
+from tests.store.sqlite_plugin import SqliteStore
+
+APPROVAL = ["approval", "approval_by", "approval_at", "approval_reason"]
+
+
+class FilteringStore(LocalExperienceStore):
+    """Shows only the trajectories of one tenant: every read of the trajectories goes through its own method."""
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        return super().trajectories(*args, **kwargs).filter(pl.col("app") == "tenant-a")
+
+
+def _write(store: Any, approved: tuple[str, ...] = ("a1", "b1")) -> None:
+    store.write([sample_trajectory("a1", app="tenant-a"), sample_trajectory("b1", app="tenant-b"), sample_trajectory("a2", app="tenant-a")])
+    store.approve(list(approved), by="alice")
+
+
+def test_the_local_store_reads_the_columns_alone_through_its_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    _write(store)
+    store.close()
+    store.compact()
+    whole = store.trajectories(status="approved")
+    monkeypatch.setattr(LocalExperienceStore, "_load", lambda *a, **k: pytest.fail("a table was read whole"))
+    assert reads_by_index(store)
+    frame = trajectory_columns(store, ["id", "app"], status="approved")
+    assert frame.columns == ["id", "app", *APPROVAL]
+    assert frame.equals(whole.select("id", "app", *APPROVAL))
+    assert recorded_apps(store) == ["tenant-a", "tenant-b"]
+
+
+def test_a_subclass_with_its_own_trajectories_is_read_through_it(tmp_path: Path) -> None:
+    """Before, ``recorded_apps`` (and the improve job's reads) went past a subclass's ``trajectories`` to the index."""
+    store = FilteringStore(tmp_path / "store")
+    _write(store, approved=("a1",))
+    assert not reads_by_index(store)
+    assert trajectory_columns(store, ["id"])["id"].to_list() == ["a1", "a2"]
+    assert recorded_apps(store) == ["tenant-a"]
+    with pytest.raises(TrajectoryNotFoundError, match="'b1' among those the store shows"):  # (was a KeyError)
+        store.reject("b1", by="bob")
+
+
+def test_a_plugin_without_an_index_answers_from_its_trajectories(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "store.db"))
+    _write(store)
+    assert not reads_by_index(store)
+    frame = trajectory_columns(store, ["id", "app", "no_such_column"], status="approved")
+    assert frame.columns == ["id", "app", *APPROVAL]  # (a column the plug-in lacks is left out: the caller checks)
+    assert sorted(frame["id"].to_list()) == ["a1", "b1"]
+
+
+def test_traces_list_and_approve_read_no_table_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    _write(store)
+    store.close()
+    store.compact()
+    runner = CliRunner()
+    monkeypatch.setattr(LocalExperienceStore, "_load", lambda *a, **k: pytest.fail("a table was read whole"))
+    listed = runner.invoke(app, ["traces", "list", "--store", str(store.root), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert '"a2"' in listed.output and '"approval": "approved"' in listed.output
+    decided = runner.invoke(app, ["traces", "reject", "a2", "--by", "bob", "--store", str(store.root)])
+    assert decided.exit_code == 0, decided.output
+    assert "Rejected 1 trajectory(ies): a2" in decided.output
