@@ -84,6 +84,25 @@ def finite_seconds(what: str, example: str) -> Any:
     return AfterValidator(check)
 
 
+BLANK_PATH = "is empty or blank: name {what} (read as a path, an empty value is the working directory: an unset variable?)"
+"""How an output path given as an empty or blank string is refused, by a config file's key (:func:`named_path`) and by
+a command's flag (``ee_middleware.cli.common.path_given``)."""
+
+
+def named_path(what: str) -> Any:
+    """A config field's validator (``Annotated[Path, named_path("the output folder")]``): an empty or blank string is
+    refused (:data:`BLANK_PATH`) rather than read as the working directory, where a build or a run would then have
+    written its files (``out = ""``, ``out = "${OUT}"`` filled in from an unset variable)."""
+    from pydantic import BeforeValidator
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(BLANK_PATH.format(what=what))
+        return value
+
+    return BeforeValidator(check)
+
+
 def read_config_text(path: Path) -> str:
     """The text of the configuration file at ``path``: UTF-8 (a byte-order mark, as Windows editors write it, is
     skipped), or UTF-16/UTF-32 with a byte-order mark (PowerShell 5 writes ``command > file`` as UTF-16). Anything

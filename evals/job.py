@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ee_middleware._toml import build_config, finite_seconds, layered_values
+from ee_middleware._toml import build_config, finite_seconds, layered_values, named_path
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import SuiteSettings
@@ -32,7 +32,7 @@ class EvalJob(BaseModel):
 
     suites: list[str] = Field(min_length=1)
     model: str = Field(min_length=1)
-    out: str
+    out: Annotated[str, named_path("the run folder")]
     trials: int = Field(1, ge=1)
     workers: int = Field(1, ge=1)
     seed: int = 0

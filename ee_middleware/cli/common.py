@@ -559,10 +559,22 @@ def file_above(path: Path) -> Path | None:
     return None
 
 
+def path_given(value: str, flag: str = "--out", what: str = "the output folder") -> Path:
+    """A path option as typed (``typer.Option(parser=path_given)`` for a ``Path`` option: a ``Path`` option alone reads
+    ``--out ""`` as ``.``): an empty or blank value is a usage error (``--out "$OUT"`` with the variable unset would have
+    written into the working directory), as ``out = ""`` in a config file is (:func:`~ee_middleware._toml.named_path`)."""
+    from ee_middleware._toml import BLANK_PATH
+
+    if not value.strip():
+        raise typer.BadParameter(f"{value!r} {BLANK_PATH.format(what=what)}", param_hint=flag)
+    return Path(value)
+
+
 def output_file(value: str, example: str, flag: str = "--out") -> Path:
-    """The path of an ``--out FILE`` option given as typed: one ending in ``/`` names a folder, a usage error (before,
-    ``--out exports/`` wrote a file named ``exports``, and ``--out notes.jsonl/`` replaced the file ``notes.jsonl``,
-    where a shell says "Not a directory"); ``example`` is the file name the error suggests."""
+    """The path of an ``--out FILE`` option given as typed: empty or blank, or ending in ``/`` (which names a folder), a
+    usage error (before, ``--out exports/`` wrote a file named ``exports``, and ``--out notes.jsonl/`` replaced the file
+    ``notes.jsonl``, where a shell says "Not a directory"); ``example`` is the file name the error suggests."""
+    path_given(value, flag, "the file to write")
     if value.endswith("/"):
         folder = value.rstrip("/") or "/"
         raise typer.BadParameter(

@@ -25,6 +25,7 @@ from ee_middleware.cli.common import (
     library_bars_off,
     open_job_store,
     output_file,
+    path_given,
     plural,
     print_json,
     reading_store,
@@ -463,13 +464,8 @@ def budget_line(budget: dict[str, Any]) -> str:
 
 
 def _output_folder(given: str | None) -> Path | None:
-    """``--out`` as typed: empty or blank is a usage error (read as a path, "" is the working directory, where the build
-    would have written its files: ``--out "$OUT"`` with the variable unset)."""
-    if given is not None and not given.strip():
-        raise typer.BadParameter(
-            f"{given!r} is empty or blank: name the output folder (an unset variable in the command?)", param_hint="--out"
-        )
-    return Path(given) if given is not None else None
+    """``--out`` as typed (:func:`~ee_middleware.cli.common.path_given`: empty or blank is a usage error)."""
+    return path_given(given) if given is not None else None
 
 
 def _bar(bars: ProgressBars, label: str, rows: int) -> Callable[[int], None]:
@@ -500,7 +496,7 @@ def export(
     from ee_middleware.trainers.datasets.summary import dataset_kind
     from ee_middleware.trainers.training.data import check_rows
 
-    out = output_file(out_text, f"{dataset.stem}.jsonl") if fmt is ExportFormat.jsonl else Path(out_text)
+    out = output_file(out_text, f"{dataset.stem}.jsonl") if fmt is ExportFormat.jsonl else path_given(out_text)
     if fmt is ExportFormat.jsonl and out.resolve() == dataset.resolve():
         raise typer.BadParameter(
             f"{out} is the dataset itself: the export would replace the Parquet file with JSONL. Give another file, e.g. "

@@ -17,6 +17,7 @@ from ee_middleware.cli.common import (
     examples,
     interrupted,
     library_bars_off,
+    path_given,
     positive_seconds,
     print_json,
     progress_console,
@@ -72,7 +73,11 @@ def run_cmd(
         None, "--model-spec", help="oracle, noop, local:DIR[@ADAPTER], openai:URL#MODEL or module:factory."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Run folder: results.parquet, report.md/html, success.png (or out under [eval]). Re-run to resume."
+        None,
+        "--out",
+        parser=path_given,
+        metavar="PATH",
+        help="Run folder: results.parquet, report.md/html, success.png (or out under [eval]). Re-run to resume.",
     ),
     trials: int | None = typer.Option(
         None, "--trials", min=1, max=MAX_TRIALS, help=f"Trials per task (pass^k over them), at most {MAX_TRIALS}. [default: 1]"

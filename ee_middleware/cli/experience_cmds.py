@@ -21,6 +21,7 @@ from ee_middleware.cli.common import (
     open_job_store,
     other_apps_hint,
     output_folder,
+    path_given,
     positive_seconds,
     print_json,
     progress_console,
@@ -139,6 +140,8 @@ def eval_cmd(
     out: Path | None = typer.Option(
         None,
         "--out",
+        parser=path_given,
+        metavar="PATH",
         callback=out_folder,
         help="Folder for report.json and fidelity.png; an eval that ends in an error writes neither (a report already there is "
         "kept). [default: experience-eval]",
@@ -274,6 +277,8 @@ def dataset_cmd(
     out: Path | None = typer.Option(
         None,
         "--out",
+        parser=path_given,
+        metavar="PATH",
         callback=out_folder,
         help="Folder for em.parquet (train on it with 'ee train --schedule experience-model').",
     ),

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
-from ee_middleware.cli.common import JsonOption, examples, interrupted, library_bars_off, print_json, warnings_as_lines
+from ee_middleware.cli.common import JsonOption, examples, interrupted, library_bars_off, path_given, print_json, warnings_as_lines
 from ee_middleware.errors import EEError, MissingSettingError
 
 
@@ -46,7 +46,12 @@ def train(
         help="il, iwm (world modeling then IL), sr (SR mixed with IL) or experience-model (em.parquet from 'ee experience dataset').",
     ),
     output_dir: Path | None = typer.Option(
-        None, "--output-dir", "-o", help="Where the adapter, manifest.json and loss.png go. [default: adapter]"
+        None,
+        "--output-dir",
+        "-o",
+        parser=lambda value: path_given(value, "--output-dir", "the adapter's folder"),
+        metavar="PATH",
+        help="Where the adapter, manifest.json and loss.png go. [default: adapter]",
     ),
     max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Optimizer updates in total (overrides epochs)."),
     epochs: float | None = typer.Option(None, "--epochs", help="Passes over the data. [default: 1]"),

@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds
+from ee_middleware._toml import build_with_required, finite_seconds, named_path
 from ee_middleware.store.registry import store_config_value
 
 TABLE = "curriculum_propose"
@@ -58,7 +58,7 @@ class CurriculumProposeConfig(BaseModel):
     """Match the eval's tasks only to this app's trajectories."""
     n: int = Field(10, ge=1)
     """Variants to write, allotted to the tasks in proportion to p(1-p)."""
-    out: Path = Path("tasks.jsonl")
+    out: Annotated[Path, named_path("the file to write")] = Path("tasks.jsonl")
     """The file the variants go to (JSON lines; not a folder)."""
     seed: int = 0
     """Sampling seed of the model (variant k uses seed + k)."""

@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds
+from ee_middleware._toml import build_with_required, finite_seconds, named_path
 from ee_middleware.replay.retrieval import DEFAULT_RETRIEVER, DEFAULT_TOP_K
 from ee_middleware.store.registry import store_config_value
 
@@ -86,7 +86,7 @@ class ExperienceEvalConfig(_HeldOutSplitSettings):
     """At most this many held-out transitions."""
     max_tokens: int = Field(256, ge=1)
     """Tokens the model may write per prediction."""
-    out: Path = Path("experience-eval")
+    out: Annotated[Path, named_path("the output folder")] = Path("experience-eval")
     """Folder for ``report.json`` and ``fidelity.png``."""
 
     @classmethod
@@ -98,7 +98,7 @@ class ExperienceEvalConfig(_HeldOutSplitSettings):
 class ExperienceDatasetConfig(_HeldOutSplitSettings):
     """Everything ``ee experience dataset`` needs (its ``[experience_dataset]`` table)."""
 
-    out: Path
+    out: Annotated[Path, named_path("the output folder")]
     """Folder for ``em.parquet``."""
     teacher: str = "template"
     """Who writes the reasoning: ``template``, ``local:DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""

@@ -43,7 +43,7 @@ from ee_middleware._files import (
     parquet_sources,
     remove_left_behind,
 )
-from ee_middleware._toml import build_config, layered_values, missing_settings
+from ee_middleware._toml import build_config, layered_values, missing_settings, named_path
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError
@@ -114,7 +114,7 @@ class DatasetConfig(BaseModel):
 
     store: Annotated[Path | str, BeforeValidator(store_config_value)]
     """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
-    out: Annotated[Path, AfterValidator(Path.expanduser)]
+    out: Annotated[Path, named_path("the output folder"), AfterValidator(Path.expanduser)]
     """The output folder (``~`` expanded, as the store's path is)."""
     kinds: Annotated[tuple[str, ...], AfterValidator(_known_kinds)] = ("il", "iwm", "sr")
     """The datasets to build, each once: ``il``, ``iwm``, ``sr``."""

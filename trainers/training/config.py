@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ee_middleware._limits import INT32_MAX
-from ee_middleware._toml import build_config, layered_values, missing_settings
+from ee_middleware._toml import build_config, layered_values, missing_settings, named_path
 from ee_middleware.errors import ConfigError
 
 Schedule = Literal["il", "iwm", "sr", "experience-model"]
@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
     """Folder with the dataset files ``il.parquet``, ``iwm.parquet``, ``sr.parquet``."""
     schedule: Schedule = "il"
     """``il``: imitation; ``iwm``: world modeling then imitation (same total steps as ``il``); ``sr``: SR mixed with IL."""
-    output_dir: Path = Path("adapter")
+    output_dir: Annotated[Path, named_path("the adapter's folder")] = Path("adapter")
     """Where the adapter, ``manifest.json`` and ``loss.png`` are written."""
 
     lora_r: int = Field(8, ge=1, le=MAX_LORA_RANK)
