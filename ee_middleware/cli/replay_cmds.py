@@ -581,24 +581,20 @@ def list_rollouts(
     import polars as pl
 
     from ee_middleware.capture.store_redaction import current_redactor, redacted_rollout
-    from ee_middleware.store.registry import trajectory_columns
+    from ee_middleware.store.registry import rollout_ids, trajectory_columns
     from ee_middleware.store.tables import rollout_from_row
 
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         redactor = current_redactor(opened)  # the store's rules as they are now, as ee traces list applies them
         only = opened.resolve_id(trajectory) if trajectory else None
-        # Every rollout, read once (a read of the store reads all its spool): the table shows their ids as prefixes unique
-        # among them all, and the filters pick from them.
-        everything = opened.rollouts()
         if replay_id is not None:
             check_replay_id(opened, replay_id, store, given=f"--replay-id {replay_id}", without="leave --replay-id out to list them all")
+        # the rollouts --trajectory and --replay-id pick, read alone; the table shows ids as prefixes unique among every
+        # rollout and trajectory id, read as those columns alone
+        frame = opened.rollouts([only] if only is not None else None, replay_id=replay_id)
         trajectory_ids = trajectory_columns(opened, ["id"])["id"].to_list() if not as_json else []
-    frame = everything
-    if only is not None:
-        frame = frame.filter(pl.col("trajectory_id") == only)
-    if replay_id is not None:
-        frame = frame.filter(pl.col("replay_id") == replay_id)
+        every_rollout_id = rollout_ids(opened) if not as_json else []
     if errors_only:
         frame = frame.filter(pl.col("is_error"))
     if limit is not None:
@@ -614,7 +610,7 @@ def list_rollouts(
     # --trajectory, rollout ids with ``ee replay show``, which tries trajectories first (so rollouts are told apart from
     # trajectories too).
     shown_trajectories = short_ids((r.trajectory_id for r in rollouts), among=trajectory_ids)
-    shown_rollouts = short_ids((r.id for r in rollouts), among=[*everything["id"].to_list(), *trajectory_ids])
+    shown_rollouts = short_ids((r.id for r in rollouts), among=[*every_rollout_id, *trajectory_ids])
     from rich import box
     from rich.table import Table
 

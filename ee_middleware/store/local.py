@@ -637,6 +637,11 @@ class LocalExperienceStore:
             rollouts = self._load(("rollouts",))["rollouts"]
         return rollouts.sort(["trajectory_id", "step_index", "branch_index"], maintain_order=True)
 
+    def rollout_index(self, columns: Sequence[str]) -> pl.DataFrame:
+        """``columns`` of every rollout (``id`` always, first), repeats dropped, in the order :meth:`rollouts` reads them
+        before sorting, read without the other columns (the calls and observations are most of the largest table)."""
+        return self._scanned("rollouts", pl.lit(True), list(dict.fromkeys(["id", *columns])), spooled=self._read_spool(stacklevel=3))
+
     def replays(self, *, replay_id: str | None = None) -> pl.DataFrame:
         """The latest replay record per (replay configuration, trajectory)."""
         if replay_id is not None:  # (a record's repeats share its replay id)

@@ -89,6 +89,16 @@ def trajectory_columns(store: Any, columns: list[str], *, status: str | None = N
     return frame.select([c for c in wanted if c in frame.columns])  # (a plug-in's frame may lack a column: the caller checks)
 
 
+def rollout_ids(store: Any) -> list[str]:
+    """Every rollout id of ``store``: its id column alone where the store can read so (the local store's
+    ``rollout_index``, unless a subclass has a ``rollouts`` of its own), else from :meth:`rollouts`."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    if isinstance(store, LocalExperienceStore) and type(store).rollouts is LocalExperienceStore.rollouts:
+        return store.rollout_index(["id"])["id"].to_list()
+    return store.rollouts()["id"].to_list()
+
+
 def recorded_apps(store: Any) -> list[str]:
     """The apps ``store`` holds trajectories of, sorted: its app column alone where the store can read so
     (``trajectory_index``), not every table."""

@@ -82,3 +82,44 @@ def test_traces_list_and_approve_read_no_table_whole(tmp_path: Path, monkeypatch
     decided = runner.invoke(app, ["traces", "reject", "a2", "--by", "bob", "--store", str(store.root)])
     assert decided.exit_code == 0, decided.output
     assert "Rejected 1 trajectory(ies): a2" in decided.output
+
+
+def test_replay_list_reads_the_rollouts_it_shows_and_the_id_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, ``ee replay list --trajectory ID`` read every column of every rollout (the largest table: each state's K
+    calls and observations) to show one trajectory's; now those rollouts alone, and the id columns for the short ids."""
+    import json
+
+    from ee_middleware.store.registry import rollout_ids
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout
+
+    store = LocalExperienceStore(tmp_path / "store")
+    _write(store)
+    store.write_replay(sample_replay_record("a1"), [sample_rollout(f"roll-a1-{b}", "a1", 0, b) for b in range(3)])
+    store.write_replay(sample_replay_record("b1"), [sample_rollout(f"roll-b1-{b}", "b1", 0, b) for b in range(2)])
+    store.close()
+    store.compact()
+    store.write_replay(sample_replay_record("a2"), [sample_rollout("roll-a2-0", "a2", 1, 0)])  # (in the spool)
+    assert sorted(rollout_ids(store)) == ["roll-a1-0", "roll-a1-1", "roll-a1-2", "roll-a2-0", "roll-b1-0", "roll-b1-1"]
+    monkeypatch.setattr(LocalExperienceStore, "_load", lambda *a, **k: pytest.fail("a table was read whole"))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["replay", "list", "--trajectory", "b1", "--store", str(store.root), "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["id"] for r in json.loads(listed.output)] == ["roll-b1-0", "roll-b1-1"]
+    shown = runner.invoke(app, ["replay", "list", "--trajectory", "a1", "--store", str(store.root)], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "roll-a1-0" in shown.output and "roll-b1" not in shown.output
+
+
+def test_rollout_ids_of_a_subclass_with_its_own_rollouts_come_from_it(tmp_path: Path) -> None:
+    from ee_middleware.store.registry import rollout_ids
+    from ee_middleware.testing.store_conformance import sample_replay_record, sample_rollout
+
+    class OwnRollouts(LocalExperienceStore):
+        def rollouts(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+            return super().rollouts(*args, **kwargs).filter(pl.col("trajectory_id") == "a1")
+
+    store = OwnRollouts(tmp_path / "store")
+    _write(store, approved=())
+    store.write_replay(sample_replay_record("a1"), [sample_rollout("x1", "a1", 0, 0)])
+    store.write_replay(sample_replay_record("b1"), [sample_rollout("x2", "b1", 0, 0)])
+    assert rollout_ids(store) == ["x1"]
