@@ -559,7 +559,9 @@ def rollout_id(task: dict[str, Any], policy: str, conversation: Conversation) ->
 
 def _curriculum_reviews(store: Any) -> dict[str, str]:
     """The current review status of the curriculum trajectories ``store`` holds (id -> pending, approved or rejected)."""
-    frame = store.trajectory_index(["id", "source"]) if hasattr(store, "trajectory_index") else store.trajectories()
+    from ee_middleware.store.registry import trajectory_columns
+
+    frame = trajectory_columns(store, ["id", "source"])
     if "source" in frame.columns:
         frame = frame.filter(frame["source"] == CURRICULUM_SOURCE)
     return dict(zip(frame["id"].to_list(), frame["approval"].to_list(), strict=True))

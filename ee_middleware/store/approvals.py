@@ -136,7 +136,12 @@ def _current_decisions(store: ExperienceStore, ids: Sequence[str]) -> tuple[list
     from ee_middleware.store.local import LocalExperienceStore
     from ee_middleware.store.registry import reads_by_index
 
-    if isinstance(store, LocalExperienceStore) and reads_by_index(store):
+    # (a subclass's own trajectory_index may not take ids: it answers through trajectories() below)
+    if (
+        isinstance(store, LocalExperienceStore)
+        and reads_by_index(store)
+        and type(store).trajectory_index is LocalExperienceStore.trajectory_index
+    ):
         resolved = list(dict.fromkeys(store.resolve_ids(ids)))
         frame = store.trajectory_index(["id"], ids=resolved)
         current = {row["id"]: row for row in frame.to_dicts()}
@@ -144,7 +149,8 @@ def _current_decisions(store: ExperienceStore, ids: Sequence[str]) -> tuple[list
     frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
     current = {row["id"]: row for row in frame.to_dicts()}
     prefixes = [i for i in ids if i not in current]
-    full = dict(zip(prefixes, map(store.resolve_id, prefixes), strict=True))
+    resolve_ids = getattr(store, "resolve_ids", None)  # (the local store's reads the ids once for all of them)
+    full = dict(zip(prefixes, resolve_ids(prefixes) if resolve_ids is not None else map(store.resolve_id, prefixes), strict=True))
     return list(dict.fromkeys(i if i in current else full[i] for i in ids)), current
 
 

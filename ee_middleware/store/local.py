@@ -64,6 +64,7 @@ from ee_middleware.store.int64 import check_trajectories
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.metadata import check_meta_name, read_file, write_file
 from ee_middleware.store.protocol import id_list
+from ee_middleware.store.registry import reads_by_index
 from ee_middleware.store.repair_losses import record_losses
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.rows import TrajectoryRows
@@ -408,7 +409,10 @@ class LocalExperienceStore:
     def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
         """Append approval decisions. Raises :class:`TrajectoryNotFoundError` for unknown ids."""
         wanted = list(dict.fromkeys(e.trajectory_id for e in events))
-        known = set(self._scanned("trajectories", _among("id", wanted), ["id"])["id"].to_list()) if wanted else set()
+        if reads_by_index(self):  # those ids alone
+            known = set(self._scanned("trajectories", _among("id", wanted), ["id"])["id"].to_list()) if wanted else set()
+        else:  # a subclass's own trajectories() says which it shows
+            known = set(self.trajectories()["id"].to_list())
         missing = [e.trajectory_id for e in events if e.trajectory_id not in known]
         if missing:
             raise TrajectoryNotFoundError(
@@ -744,18 +748,13 @@ class LocalExperienceStore:
         alone (full ids; the other rows are filtered out as the parts are read)."""
         needed = list(dict.fromkeys(["id", "app", *_RECORDED_DECISION]))
         wanted = list(dict.fromkeys([*needed, *(c for c in columns if c not in _APPROVAL_COLUMNS)]))
-        for again in (False, True):  # again: without the parts damaged past their footer that the first read hit
-            try:
-                trajectories, approvals = self.scan("trajectories"), self.scan("approvals")
-                if ids is not None:  # filtered as the parts are read
-                    trajectories = trajectories.filter(_among("id", id_list(ids)))
-                    approvals = approvals.filter(_among("trajectory_id", id_list(ids)))
-                trajectories = drop_repeats("trajectories", trajectories.select(wanted).collect())
-                approvals = drop_repeats("approvals", approvals.collect())
-                break
-            except pl.exceptions.ComputeError:
-                if again or not self.check_parts(("trajectories", "approvals")):  # no damaged part: a real error
-                    raise
+        # (read as every filtered read is: a part merged away meanwhile read again, one damaged past its footer skipped)
+        spooled = self._read_spool(stacklevel=3)
+        if ids is None:
+            trajectories = self._scanned("trajectories", pl.lit(True), wanted, spooled=spooled)
+            approvals = self._scanned("approvals", pl.lit(True), spooled=spooled)
+        else:  # filtered as the parts are read
+            trajectories, approvals = self._decision_rows(id_list(ids), spooled, wanted)
         current = _current_approvals(trajectories, approvals)
         if (wanted_status := _status_filter(status)) is not None:
             current = current.filter(pl.col("approval") == wanted_status)

@@ -68,10 +68,11 @@ STORES = _StoreKind(
 
 def reads_by_index(store: Any) -> bool:
     """Whether ``store``'s ``trajectory_index`` (columns of the trajectories table read alone) answers for its
-    :meth:`trajectories`: it has one, and is not a subclass of the local store with a ``trajectories`` of its own (an
+    :meth:`trajectories`: its class has one (a wrapper that forwards other attributes to an inner store has its own
+    ``trajectories`` to go through), and it is not a subclass of the local store with a ``trajectories`` of its own (an
     audit line, a filter, access control: reads of the trajectories go through it, as they did before there was an
     index)."""
-    if not callable(getattr(store, "trajectory_index", None)):
+    if not callable(getattr(type(store), "trajectory_index", None)):  # its class's own: not one a wrapper forwards to
         return False
     from ee_middleware.store.local import LocalExperienceStore
 

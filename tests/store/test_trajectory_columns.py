@@ -123,3 +123,61 @@ def test_rollout_ids_of_a_subclass_with_its_own_rollouts_come_from_it(tmp_path: 
     store.write_replay(sample_replay_record("a1"), [sample_rollout("x1", "a1", 0, 0)])
     store.write_replay(sample_replay_record("b1"), [sample_rollout("x2", "b1", 0, 0)])
     assert rollout_ids(store) == ["x1"]
+
+
+class WrappingStore:
+    """A plug-in that wraps the local store (composition): its own trajectories(), everything else forwarded."""
+
+    def __init__(self, inner: LocalExperienceStore) -> None:
+        self._inner = inner
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+        return self._inner.trajectories(*args, **kwargs).filter(pl.col("app") == "tenant-a")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def test_a_wrapper_that_forwards_to_a_local_store_is_read_through_its_own_trajectories(tmp_path: Path) -> None:
+    """(review) The forwarded trajectory_index answered for the wrapper, and its filter was skipped."""
+    inner = LocalExperienceStore(tmp_path / "store")
+    _write(inner)
+    store = WrappingStore(inner)
+    assert not reads_by_index(store)
+    assert trajectory_columns(store, ["id"])["id"].to_list() == ["a1", "a2"]
+    assert recorded_apps(store) == ["tenant-a"]
+
+
+def test_a_filtering_subclass_refuses_a_decision_on_a_trajectory_it_does_not_show(tmp_path: Path) -> None:
+    """(review) set_approval checked the ids against the table itself, past the subclass's trajectories()."""
+    from ee_middleware.records import ApprovalEvent
+
+    store = FilteringStore(tmp_path / "store")
+    _write(store, approved=())
+    with pytest.raises(TrajectoryNotFoundError, match="b1"):
+        store.set_approval([ApprovalEvent(trajectory_id="b1", status="approved", by="x")])
+    store.set_approval([ApprovalEvent(trajectory_id="a2", status="approved", by="x")])
+    assert store.get("a2").approval.status == "approved"
+
+
+def test_subclasses_with_their_own_index_or_trajectories_approve_by_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) A trajectory_index of the signature before ``ids`` made approving raise TypeError; a subclass with its
+    own trajectories() resolved each prefix with a read of its own (12 reads for 10 prefixes, not 1)."""
+
+    class OldIndex(LocalExperienceStore):
+        def trajectory_index(self, columns: Any, *, status: Any = None, app: Any = None) -> pl.DataFrame:
+            return super().trajectory_index(columns, status=status, app=app)
+
+    class Audited(LocalExperienceStore):
+        def trajectories(self, *args: Any, **kwargs: Any) -> pl.DataFrame:
+            return super().trajectories(*args, **kwargs)
+
+    names = [f"{i:03d}-run" for i in range(10)]
+    LocalExperienceStore(tmp_path / "store").write([sample_trajectory(n) for n in names])
+    OldIndex(tmp_path / "store").approve("000", by="bob")
+    resolved: list[int] = []
+    real = LocalExperienceStore._resolved
+    monkeypatch.setattr(LocalExperienceStore, "_resolved", lambda self, ids: resolved.append(len(ids)) or real(self, ids))
+    Audited(tmp_path / "store").approve([n[:3] for n in names[1:]], by="alice")
+    assert resolved == [9], resolved
+    assert LocalExperienceStore(tmp_path / "store").trajectories(status="approved").height == 10

@@ -52,7 +52,7 @@ from ee_middleware.models.urls import shown_spec
 from ee_middleware.records import SANDBOX_FAILURES
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 from ee_middleware.replay.policies.schema import NO_SCHEMAS_FIX
-from ee_middleware.store.registry import store_config_value
+from ee_middleware.store.registry import store_config_value, trajectory_columns
 from ee_middleware.trainers.datasets.caps import share_cap
 from ee_middleware.trainers.datasets.iwm import IWMOptions, find_repeated_rollouts
 from ee_middleware.trainers.datasets.passes import ILWriter, IWMWriter, KindWriter, SRWriter, run_pass
@@ -413,9 +413,7 @@ def _nothing_approved(store: Any, config: DatasetConfig) -> str:
     then with the apps that have approved trajectories."""
     if config.app is None:
         return f"No approved trajectories in {config.store}. Approve some (ee traces approve) before building datasets."
-    approved = (
-        store.trajectory_index(["app"], status="approved") if hasattr(store, "trajectory_index") else store.trajectories(status="approved")
-    )
+    approved = trajectory_columns(store, ["app"], status="approved")
     apps = Counter(approved["app"].to_list())
     if not apps:
         return f"No approved trajectories in {config.store} (of any app). Approve some (ee traces approve) before building datasets."

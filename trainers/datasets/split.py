@@ -332,7 +332,9 @@ def recorded_units(store: Any) -> pl.DataFrame:
     """:data:`UNIT_COLUMNS`, ``parent`` and ``nested_in`` of every trajectory ``store`` holds (any review status, any
     app): what the units are drawn over. Read without steps or rollouts where the store can (``trajectory_index``), and
     messages only of the runs that may have invoked another (:func:`nested_runs`)."""
-    frame = store.trajectory_index(list(UNIT_COLUMNS)) if hasattr(store, "trajectory_index") else store.trajectories()
+    from ee_middleware.store.registry import trajectory_columns
+
+    frame = trajectory_columns(store, list(UNIT_COLUMNS))
     units = _unit_columns(frame).drop("parent", "nested_in")
     units = units.join(curriculum_parents(store), on="id", how="left", maintain_order="left")
     return units.join(nested_runs(store, units), on="id", how="left", maintain_order="left")
