@@ -217,6 +217,9 @@ _SCHEMA = {
 def chart_figure(summary: list[dict[str, Any]]) -> Any:
     """The success-rate chart: one horizontal bar per suite, top to bottom in the run's order, so that many suites
     (the 15 BFCL categories) keep a page's width and names that do not run into each other."""
+    from ee_middleware._plots import quiet_matplotlib_config
+
+    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     import matplotlib
 
     matplotlib.use("Agg")
@@ -237,6 +240,9 @@ def chart_figure(summary: list[dict[str, Any]]) -> Any:
 
 
 def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
+    from ee_middleware._plots import quiet_matplotlib_config
+
+    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     try:
         import matplotlib.pyplot as plt
 

@@ -527,6 +527,9 @@ def _chart(path: Path, ev: dict[str, Any]) -> bool:
 def chart_figure(ev: dict[str, Any]) -> Any:
     """The evaluation chart of an ``evaluate`` stage's outputs (a matplotlib Figure; None without matplotlib): task
     success per suite, candidate beside baseline, and the held-out likelihood where it was measured."""
+    from ee_middleware._plots import quiet_matplotlib_config
+
+    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     try:
         import matplotlib
 

@@ -383,6 +383,9 @@ def _summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_chart(report: dict[str, Any], path: Path) -> bool:
     """A PNG of token F1 per tool, one bar per variant; ``False`` when matplotlib is not installed."""
+    from ee_middleware._plots import quiet_matplotlib_config
+
+    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     try:
         import matplotlib
 

@@ -163,7 +163,9 @@ def write_histogram_png(described: dict[str, dict[str, Any]], path: str | Path) 
     one kept as it was on a failure); missing folders above it are made."""
     from ee_middleware._files import atomic_path, folders_made
     from ee_middleware._optional import import_optional
+    from ee_middleware._plots import quiet_matplotlib_config
 
+    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     matplotlib = import_optional("matplotlib", extra="train", purpose="draw the histograms (--plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

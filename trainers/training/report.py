@@ -48,6 +48,9 @@ def write_render_cuts(path: Path, cuts: dict[str, list[dict[str, Any]]]) -> Path
 
 def plot_loss(path: Path, losses: list[tuple[int, float]], boundaries: list[tuple[int, str]], title: str) -> Path:
     """Training loss per logged step; a dashed line where each later stage starts."""
+    from ee_middleware._plots import quiet_matplotlib_config
+
+    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     import matplotlib
 
     matplotlib.use("Agg", force=False)
