@@ -22,6 +22,16 @@ SECTION_WIDTH = 80
 """Columns a console off a terminal draws rules and panels at when ``COLUMNS`` is not set (rich's own default)."""
 
 
+def is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal: ``False`` for one replaced by an object without ``isatty``, or closed (rich's
+    ``is_terminal`` is not asked: ``FORCE_COLOR`` makes it true for a pipe). The one check of the CLI's listings, its
+    progress bars and the trainers' progress lines."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def make_console(*, stderr: bool = False) -> Any:
     """A rich console on stdout (``stderr``: on stderr) that prints no emoji codes (a redaction placeholder such as
     ``[REDACTED:email:049d4611]`` would otherwise print as ``[REDACTED✉049d4611]``), at :data:`OFF_TERMINAL_WIDTH`

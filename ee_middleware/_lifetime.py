@@ -258,9 +258,10 @@ def termination_as_interrupt() -> Iterator[None]:
         # transformers' lazy imports do: "Could not import module 'LlamaConfig'"; a clean-up that failed because of
         # it) is that stop, the error as its cause: told as an error, a supervisor's stop blamed a base model, exit 1.
         # Not an exit the command chose (click's, with its exit_code: it said what it kept, or failed first).
-        if not _STOPPED_BY or getattr(exc, "exit_code", None) is not None:
+        stop = stop_for(exc)
+        if stop is None:
             raise
-        raise KeyboardInterrupt(_STOPPED_BY[0]) from exc
+        raise stop from exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -326,6 +327,18 @@ def stopping_signal() -> str | None:
     ``None`` (a Ctrl-C, or none): a ``KeyboardInterrupt`` raised again without its argument (Ray's ``ray.wait`` does)
     does not tell."""
     return _STOPPED_BY[0] if _STOPPED_BY else None
+
+
+def stop_for(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop an error stands for when it was raised once a SIGTERM or SIGHUP stopped the command (one a library made
+    of the interrupt on its way out, as transformers' lazy imports do: "Could not import module 'LlamaConfig'"; a
+    clean-up that failed because of it): ``KeyboardInterrupt(signal name)``, to raise ``from exc`` (told as an error, a
+    supervisor's stop blamed a base model, exit 1). ``None`` where no signal stopped the command, for what is no error
+    (``KeyboardInterrupt``, ``SystemExit``), and for an exit the command chose (one with an ``exit_code``, as click's:
+    it said what it kept, or failed first). The one rule of :func:`termination_as_interrupt`, the CLI and ``ee improve``."""
+    if not _STOPPED_BY or not isinstance(exc, Exception) or getattr(exc, "exit_code", None) is not None:
+        return None
+    return KeyboardInterrupt(_STOPPED_BY[0])
 
 
 _STOPPED_BY: list[str] = []

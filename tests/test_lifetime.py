@@ -302,3 +302,19 @@ def test_signals_held_in_a_block_are_raised_at_its_end_and_none_is_lost() -> Non
     finally:
         signal.signal(signal.SIGTERM, before)
         signal.signal(signal.SIGINT, before_ctrl_c)
+
+
+def test_stop_for_is_the_one_rule_of_an_error_raised_after_a_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule termination_as_interrupt, the CLI and ee improve share (it was written out in two places)."""
+    from ee_middleware import _lifetime
+
+    class ChosenExit(Exception):
+        exit_code = 3
+
+    monkeypatch.setattr(_lifetime, "_STOPPED_BY", [])
+    assert _lifetime.stop_for(ValueError("Could not import module 'LlamaConfig'")) is None  # no signal: an error
+    monkeypatch.setattr(_lifetime, "_STOPPED_BY", ["SIGTERM"])
+    stop = _lifetime.stop_for(ValueError("Could not import module 'LlamaConfig'"))
+    assert isinstance(stop, KeyboardInterrupt) and str(stop) == "SIGTERM"
+    assert _lifetime.stop_for(ChosenExit()) is None  # an exit the command chose stays as it is
+    assert _lifetime.stop_for(KeyboardInterrupt("SIGTERM")) is None and _lifetime.stop_for(SystemExit(1)) is None

@@ -96,17 +96,17 @@ def _stop_told_as_stop(invoke: Callable[[], Any]) -> Any:
     its cause: told as an error, a supervisor's stop blamed a base model or a sandbox, exit 1. A command's own exit (it
     said what it kept) stays as it is. (A Ctrl-C a library turned into its own error is not told apart: Python's
     handler records nothing.)"""
-    from ee_middleware._lifetime import stopping_signal
+    from ee_middleware._lifetime import stop_for
 
     try:
         return invoke()
     except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
         raise
     except Exception as exc:
-        signal_name = stopping_signal()
-        if signal_name is None:
+        stop = stop_for(exc)
+        if stop is None:
             raise
-        raise KeyboardInterrupt(signal_name) from exc
+        raise stop from exc
 
 
 def _colour_off() -> bool:

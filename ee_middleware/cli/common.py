@@ -352,11 +352,10 @@ def _stdout_is_terminal() -> bool:
 
 
 def _is_terminal(stream: Any) -> bool:
-    """Whether ``stream`` is a terminal: ``False`` for one replaced by an object without ``isatty``, or closed."""
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
+    """Whether ``stream`` is a terminal (:func:`ee_middleware._console.is_terminal`)."""
+    from ee_middleware._console import is_terminal
+
+    return is_terminal(stream)
 
 
 def say_capped(shown: int, total: int, what: str, which: str) -> None:

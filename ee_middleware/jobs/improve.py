@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ee_middleware._lifetime import second_signal_ends, stopping_signal
+from ee_middleware._lifetime import second_signal_ends, stop_for, stopping_signal
 from ee_middleware._toml import read_config_text
 from ee_middleware.errors import EEError
 from ee_middleware.jobs.config import ImproveConfig
@@ -159,14 +159,14 @@ def run_improve(
                     run.update(status=STOPPED, stopped_at=now(), error=error_text(exc))
             raise
         except BaseException as exc:
-            signal_name = stopping_signal()
-            if signal_name is not None and isinstance(exc, Exception):
+            stop = stop_for(exc)
+            if stop is not None:
                 # a SIGTERM that a library turned into its own error on the way out (transformers' lazy import of the
                 # model's classes: "Could not import module 'LlamaConfig'"): stopped, as the signal did it, not failed
                 # with an error that blames the base model
                 with contextlib.suppress(OSError):
-                    run.update(status=STOPPED, stopped_at=now(), error=f"KeyboardInterrupt: {signal_name} ({error_text(exc)})")
-                raise KeyboardInterrupt(signal_name) from exc
+                    run.update(status=STOPPED, stopped_at=now(), error=f"KeyboardInterrupt: {stop} ({error_text(exc)})")
+                raise stop from exc
             # A full disk may refuse run.json too: the stage's own error still goes out (the run then reads as killed
             # while running, and is continued all the same).
             with contextlib.suppress(OSError):

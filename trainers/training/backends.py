@@ -164,10 +164,13 @@ def _progress_on_stderr(transformers: Any) -> Any:
 
 
 def _on_terminal() -> bool:
-    """Whether progress goes to a terminal (stderr): elsewhere (a job's log) a redrawn bar is a line per redraw."""
+    """Whether progress goes to a terminal (stderr): elsewhere (a job's log) a redrawn bar is a line per redraw; a closed
+    stderr is none (:func:`~ee_middleware._console.is_terminal`)."""
     import sys
 
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+    from ee_middleware._console import is_terminal
+
+    return is_terminal(sys.stderr)
 
 
 PROGRESS_LINES = 20
