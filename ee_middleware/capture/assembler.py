@@ -497,6 +497,17 @@ class _NestedThreads:
         return task.rpartition("|")[0] == self._parent and all(ns.startswith(f"{task}|") for ns in inner)
 
 
+def run_app(attributes: Mapping[str, Any], resource: Mapping[str, Any], default: str | None) -> str:
+    """The app a run's top span names: ``ee.app``, else ``gen_ai.agent.name``, else its resource's ``service.name``, else
+    ``default`` (else ``unknown-app``), each with the spaces around it dropped and a blank one passed over (an
+    instrumentation's ``"shop "`` is the app ``shop``, as ``record_experience(app=...)`` and ``EE_APP`` name it: not a
+    second app that ``--app shop`` never finds)."""
+    for value in (attributes.get(sc.EE_APP), attributes.get(sc.AGENT_NAME), resource.get("service.name"), default):
+        if value is not None and str(value).strip():
+            return str(value).strip()
+    return "unknown-app"
+
+
 _NESTED_INHERITS = (sc.EE_APP, sc.AGENT_NAME, sc.EE_APP_VERSION, sc.AGENT_VERSION, sc.EE_RECORDER, sc.EE_ENVIRONMENT)
 """The attributes a graph run inside a tool takes from the run it ran in (:func:`_nested_root`)."""
 
@@ -607,7 +618,7 @@ def assemble(spans: Sequence[SpanData], options: AssemblyOptions | None = None) 
     try:
         trajectory = Trajectory(
             id=str(attrs.get(sc.EE_TRAJECTORY_ID) or run_trajectory_id(root.trace_id, root.span_id)),
-            app=str(attrs.get(sc.EE_APP) or attrs.get(sc.AGENT_NAME) or root.resource.get("service.name") or options.app or "unknown-app"),
+            app=run_app(attrs, root.resource, options.app),
             app_version=_opt_str(attrs.get(sc.EE_APP_VERSION) or attrs.get(sc.AGENT_VERSION) or root.resource.get("service.version")),
             thread_id=thread_id,
             task=redact(task) if task else None,

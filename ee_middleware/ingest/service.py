@@ -24,7 +24,7 @@ from typing import Any
 import polars as pl
 
 from ee_middleware.capture import semconv as sc
-from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_trajectory_id, span_time, split_nested
+from ee_middleware.capture.assembler import AssemblyOptions, assemble, run_app, run_trajectory_id, span_time, split_nested
 from ee_middleware.capture.normalize import normalize, operation_of
 from ee_middleware.capture.offload import refuse_unimportable_redact_fn
 from ee_middleware.capture.paused import PausedDecisions
@@ -1533,7 +1533,7 @@ def _filled_in(
             top = (run_roots or {}).get(root.span_id, root)
             named = normalize(top).attributes
             run_id = run_trajectory_id(trace_id, top.span_id)
-            update["app"] = str(named.get(sc.EE_APP) or named.get(sc.AGENT_NAME) or top.resource.get("service.name") or version.app)
+            update["app"] = run_app(named, top.resource, version.app)
             update["started_at"] = min(version.started_at, span_time(top.start_ns))
             update["ended_at"] = max(version.ended_at or version.started_at, span_time(top.end_ns))
         completed = version.model_copy(update={"id": run_id, **update}, deep=True)

@@ -54,3 +54,15 @@ def test_the_cli_help_says_how_the_app_is_chosen():
     result = CliRunner().invoke(app, ["traces", "ingest", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "service.name" in result.output and "agent" in result.output
+
+
+def test_names_are_stripped_and_a_blank_one_passed_over(tmp_path, store):
+    """Before, an instrumentation's ``"travel_agent "`` was stored as a second app that ``--app travel_agent`` never
+    found, and a blank agent name (``" "``) was the app, over the service's name."""
+    padded = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": " travel_agent\t"}
+    assert _ingested_app(tmp_path, store, _genai(padded)) == "travel_agent"
+
+
+def test_a_blank_agent_name_leaves_the_service_name(tmp_path, store):
+    blank = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "  "}
+    assert _ingested_app(tmp_path, store, _genai(blank), service=" travel-service ") == "travel-service"
