@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -567,6 +568,29 @@ def path_given(value: str, flag: str = "--out", what: str = "the output folder")
     if not value.strip():
         raise typer.BadParameter(f"{value!r} {BLANK_PATH.format(what=what)}", param_hint=flag)
     return Path(value)
+
+
+_SPAN_BACK = re.compile(r"(\d+)\s*([smhdw])")
+_SPAN_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def time_bound(value: str, flag: str) -> datetime:
+    """A time option as typed (``--since``, ``--until``): an ISO 8601 date or time (UTC where it names no zone), a date
+    written without dashes (``20261201``, what ``date +%Y%m%d`` prints), or a span back from now (``30m``, ``24h``,
+    ``7d``, ``2w``); anything else is a usage error naming the flag and these forms. An aware UTC ``datetime``."""
+    text = value.strip()
+    span = _SPAN_BACK.fullmatch(text)
+    try:
+        if span:
+            return datetime.now(UTC) - timedelta(**{_SPAN_UNITS[span.group(2)]: int(span.group(1))})
+        when = datetime.strptime(text, "%Y%m%d") if text.isdigit() and len(text) == 8 else datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise typer.BadParameter(
+            f"{value!r} is no time: write an ISO date or time (2026-12-01, 2026-12-01T06:00:00+01:00; UTC without a zone) "
+            "or a span back from now (30m, 24h, 7d)",
+            param_hint=flag,
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def output_file(value: str, example: str, flag: str = "--out") -> Path:

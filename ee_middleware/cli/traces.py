@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import operator
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -28,6 +29,7 @@ from ee_middleware.cli.common import (
     short,
     short_ids,
     terminal_cap,
+    time_bound,
 )
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
@@ -45,18 +47,41 @@ class StatusFilter(StrEnum):
     all = "all"
 
 
+class RunStatus(StrEnum):
+    completed = "completed"
+    error = "error"
+    interrupted = "interrupted"
+    stopped = "stopped"
+
+
 class ExportFormat(StrEnum):
     jsonl = "jsonl"
     parquet = "parquet"
 
 
 @app.command(
-    "list", epilog=examples("ee traces list --store ./experience --status pending", "ee traces list -s ./experience --json --limit 20")
+    "list",
+    epilog=examples(
+        "ee traces list --store ./experience --status pending",
+        "ee traces list -s ./experience --json --limit 20",
+        "ee traces list -s ./experience --since 24h --run-status error",
+    ),
 )
 def list_traces(
     store: str = StoreOption,
     status: StatusFilter = typer.Option(StatusFilter.all, "--status", help="Only trajectories with this approval."),
     app_name: str | None = typer.Option(None, "--app", help="Only trajectories of this app."),
+    run_status: RunStatus | None = typer.Option(None, "--run-status", help="Only runs that ended so."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        metavar="TIME",
+        help="Only runs started at or after TIME: an ISO date or time (2026-12-01, 2026-12-01T06:00+01:00; UTC without a "
+        "zone) or a span back from now (30m, 24h, 7d).",
+    ),
+    until: str | None = typer.Option(None, "--until", metavar="TIME", help="Only runs started before TIME (as --since)."),
+    thread: str | None = typer.Option(None, "--thread", help="Only runs of this conversation (its thread id, as listed)."),
+    model: str | None = typer.Option(None, "--model", help="Only runs of this model."),
     # polars counts rows in 64 bits: a larger --limit failed inside it as an OverflowError
     limit: int | None = typer.Option(None, "--limit", min=1, max=INT64_MAX, help="Show at most this many (newest)."),
     as_json: bool = JsonOption,
@@ -68,6 +93,8 @@ def list_traces(
     from ee_middleware.capture.store_redaction import current_redactor
     from ee_middleware.store.registry import trajectory_columns
 
+    since_at = time_bound(since, "--since") if since is not None else None  # (a mistyped time: before any read)
+    until_at = time_bound(until, "--until") if until is not None else None
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         # the listed columns alone (a store's conversations and tools, most of its table, are not read)
@@ -78,6 +105,17 @@ def list_traces(
         frame = frame.filter(pl.col("approval") == status.value)
     if app_name is not None:
         frame = frame.filter(pl.col("app") == app_name)
+    if run_status is not None:
+        frame = frame.filter(pl.col("status") == run_status.value)
+    if model is not None:
+        frame = frame.filter(pl.col("model") == model)
+    if thread is not None:  # as stored, or as listed (the store's rules redact thread ids as they redact the task)
+        frame = frame.filter(
+            pl.Series([t is not None and thread in (t, redact(t)) for t in frame["thread_id"].to_list()], dtype=pl.Boolean)
+        )
+    for bound, keep in ((since_at, operator.ge), (until_at, operator.lt)):
+        if bound is not None:
+            frame = frame.filter(keep(_utc(frame, "started_at"), bound))
     frame = frame.sort("started_at")
     if limit is not None:
         frame = frame.tail(limit)
@@ -361,6 +399,15 @@ _STATUS_HINTS = {
     StatusFilter.pending: "record more: a run is pending until `ee traces approve` or `ee traces reject` decides it",
 }
 _RECORD_HINT = "record some first (record_experience, or `ee traces ingest` for OTLP files)"
+
+
+def _utc(frame: Any, column: str) -> Any:
+    """``column`` of ``frame`` as UTC times (a plug-in's store may keep them without a zone, or in another one)."""
+    import polars as pl
+
+    zone = getattr(frame.schema[column], "time_zone", None)
+    expression = pl.col(column)
+    return expression.dt.replace_time_zone("UTC") if zone is None else expression.dt.convert_time_zone("UTC")
 
 
 def _approvals(store: Any) -> dict[str, int]:
