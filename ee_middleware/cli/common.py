@@ -593,6 +593,20 @@ def time_bound(value: str, flag: str) -> datetime:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
+def utc_clock(when: datetime | str | None, form: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """``when`` (a ``datetime``, or its ISO text) as a UTC clock time in ``form``, for a column or line that says "UTC":
+    a time with another offset (a plug-in store's, an ingested one's) is converted, a time with none is UTC (the local
+    store's rule); "" for none."""
+    if when is None or when == "":
+        return ""
+    moment = datetime.fromisoformat(when) if isinstance(when, str) else when
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC).strftime(form)
+    except OverflowError:  # a time at the calendar's edge has no UTC reading: as it was given
+        return moment.strftime(form)
+
+
 def output_file(value: str, example: str, flag: str = "--out") -> Path:
     """The path of an ``--out FILE`` option given as typed: empty or blank, or ending in ``/`` (which names a folder), a
     usage error (before, ``--out exports/`` wrote a file named ``exports``, and ``--out notes.jsonl/`` replaced the file

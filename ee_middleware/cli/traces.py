@@ -30,6 +30,7 @@ from ee_middleware.cli.common import (
     short_ids,
     terminal_cap,
     time_bound,
+    utc_clock,
 )
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
@@ -148,7 +149,7 @@ def list_traces(
     wanted = {"id": id_width, "app": min(16, max(map(len, apps), default=3)) if len(apps) > 1 else 0}
     # month and day where every run is of this year; else the year too (1970-01-01 and 2027-01-01 both read "01-01 00:00")
     this_year = datetime.now(UTC).year
-    with_year = any(r["started_at"] is not None and r["started_at"].year != this_year for r in rows)
+    with_year = any(r["started_at"] is not None and utc_clock(r["started_at"], "%Y") != str(this_year) for r in rows)
     started_format = "%Y-%m-%d %H:%M" if with_year else "%m-%d %H:%M"
     wanted |= {"approval": 8, "status": 9, "steps": 5, "task": 12, "started UTC": 16 if with_year else 11}
     left_out = [name for name, width in wanted.items() if not width]
@@ -177,7 +178,7 @@ def list_traces(
             "status": row["status"],
             "steps": str(row["num_steps"]),
             "task": escape(short(row["task"], 120)),
-            "started UTC": row["started_at"].strftime(started_format) if row["started_at"] else "",
+            "started UTC": utc_clock(row["started_at"], started_format),
         }
         table.add_row(*(cell for name, cell in cells.items() if name not in left_out))
     dropped = [name for name in left_out if wanted[name]]
@@ -219,10 +220,10 @@ def show(
     details = escape(
         f"  app={trajectory.app} version={trajectory.app_version or '-'} model={trajectory.model or '-'}\n"
         f"status={trajectory.status}  approval={approval.status}"
-        + (f" by {approval.by} at {approval.at:%Y-%m-%d %H:%M:%S} UTC" if approval.by and approval.at else "")
+        + (f" by {approval.by} at {utc_clock(approval.at)} UTC" if approval.by and approval.at else "")
         + (f" ({approval.reason})" if approval.reason else "")
         + (f"\nwhy: {short(trajectory.error, 300)}" if trajectory.error else "")  # an error, or what stopped the run
-        + f"\nthread={trajectory.thread_id or '-'}  started={trajectory.started_at:%Y-%m-%d %H:%M:%S} UTC  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
+        + f"\nthread={trajectory.thread_id or '-'}  started={utc_clock(trajectory.started_at)} UTC  tools={', '.join(_tool_names(trajectory.tools)) or '-'}\n"
         # what replay rebuilds the world from: the first thing to check when replay skips a trajectory
         + f"environment={short(_environment_text(trajectory.environment), 300) if trajectory.environment is not None else '-'}\n"
     )
@@ -278,7 +279,7 @@ def _history_table(decisions: list[dict[str, Any]]) -> Any:
             overrode = f"{d['overrides_status']} by {d['overrides_by'] or '?'}" + (
                 f" ({d['overrides_reason']})" if d["overrides_reason"] else ""
             )
-        cells = ((d["at"] or "")[:19].replace("T", " "), d["status"], d["by"] or "", d["reason"] or "", overrode)
+        cells = (utc_clock(d["at"]), d["status"], d["by"] or "", d["reason"] or "", overrode)
         table.add_row(*(escape(cell) for cell in cells))
     return table
 

@@ -74,3 +74,25 @@ def audited_loading() -> AuditedLoadingStore:
 
 def closing() -> ClosingStore:
     return ClosingStore(os.environ["EE_TEST_STORE_ROOT"])
+
+
+class OffsetTimesStore(LocalExperienceStore):
+    """Hands out its times at UTC-05:00 (a store of another database's conventions): the same moments, another offset."""
+
+    def get(self, trajectory_id: str) -> Any:
+        import datetime as dt
+
+        t = super().get(trajectory_id)
+        zone = dt.timezone(dt.timedelta(hours=-5))
+        approval = t.approval.model_copy(update={"at": t.approval.at.astimezone(zone) if t.approval.at else None})
+        return t.model_copy(update={"started_at": t.started_at.astimezone(zone), "approval": approval})
+
+    def trajectories(self, *args: Any, **kwargs: Any) -> Any:
+        import polars as pl
+
+        frame = super().trajectories(*args, **kwargs)
+        return frame.with_columns(pl.col("started_at").dt.convert_time_zone("America/New_York"))
+
+
+def offset_times() -> OffsetTimesStore:
+    return OffsetTimesStore(os.environ["EE_TEST_STORE_ROOT"])

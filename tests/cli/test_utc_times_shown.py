@@ -1,0 +1,40 @@
+"""Times a command labels "UTC" are UTC: ``ee traces show`` and ``ee traces list`` wrote a plug-in store's times as
+they came (10:00 at UTC-05:00 printed as "10:00 UTC", five hours off), and the approval history cut an ISO text with an
+offset to its local clock. A real local store behind a plug-in that hands out its times at another offset."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.cli.common import utc_clock
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing.store_conformance import sample_trajectory
+
+STARTED = dt.datetime(2026, 11, 3, 15, 4, 5, tzinfo=dt.UTC)
+
+
+def test_utc_clock_converts_and_reads_a_time_without_a_zone_as_utc() -> None:
+    five_behind = dt.timezone(dt.timedelta(hours=-5))
+    assert utc_clock(STARTED.astimezone(five_behind)) == "2026-11-03 15:04:05"
+    assert utc_clock(STARTED.replace(tzinfo=None)) == "2026-11-03 15:04:05"
+    assert utc_clock("2026-11-03T10:04:05-05:00") == "2026-11-03 15:04:05" and utc_clock(None) == ""
+
+
+def test_show_and_list_print_a_plugins_times_in_utc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([sample_trajectory("run-1").model_copy(update={"started_at": STARTED})])
+    store.approve("run-1", by="alice")
+    store.close()
+    monkeypatch.setenv("EE_TEST_STORE_ROOT", str(store.root))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["traces", "show", "run-1", "--store", "tests.cli.store_plugins:offset_times"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert "started=2026-11-03 15:04:05 UTC" in shown.output, shown.output
+    listed = runner.invoke(app, ["traces", "list", "--store", "tests.cli.store_plugins:offset_times"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    assert "11-03 15:04" in listed.output and "10:04" not in listed.output, listed.output
