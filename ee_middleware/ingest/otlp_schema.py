@@ -266,12 +266,13 @@ def read_span(raw: Any, resource: Mapping[str, Any], scope: str | None = None) -
     end = start if span.endTimeUnixNano in (None, 0) else span.endTimeUnixNano  # a span that never ended: see never_ended
     if end < start:
         raise ShapeError(f"endTimeUnixNano ({end}) is before startTimeUnixNano ({start})")
-    if 0 < start < EARLIEST_NANOS:
-        unit, factor = ("seconds", 10**9) if start < 10**11 else ("milliseconds", 10**6) if start < 10**14 else ("microseconds", 10**3)
-        raise ShapeError(
-            f"startTimeUnixNano ({start}) is {span_time_text(start)} read as nanoseconds: a time in {unit} ({span_time_text(start * factor)})? "
-            f"OTLP times are nanoseconds since 1970 (now about {time.time_ns():.2e}): the exporter that wrote it must multiply"
-        )
+    for field, value in (("startTimeUnixNano", start), ("endTimeUnixNano", end)):  # (the end alone where no start was set)
+        if 0 < value < EARLIEST_NANOS:
+            unit, factor = ("seconds", 10**9) if value < 10**11 else ("milliseconds", 10**6) if value < 10**14 else ("microseconds", 10**3)
+            raise ShapeError(
+                f"{field} ({value}) is {span_time_text(value)} read as nanoseconds: a time in {unit} ({span_time_text(value * factor)})? "
+                f"OTLP times are nanoseconds since 1970 (now about {time.time_ns():.2e}): the exporter that wrote it must multiply"
+            )
     status = span.status or Status()
     dropped = Dropped(span.droppedAttributesCount, span.droppedEventsCount, sum(e.droppedAttributesCount for e in span.events))
     data = SpanData(

@@ -104,3 +104,15 @@ def test_span_times_written_in_micro_or_milliseconds_are_refused_naming_the_unit
     assert [t.trace_id for t in store.iter_trajectories()] == [DONE_TRACE], "only the run in nanoseconds"
     said = " ".join(report.errors)
     assert f"read as nanoseconds: a time in {unit} (20" in said and "OTLP times are nanoseconds since 1970" in said, report.errors
+
+
+def test_an_end_time_in_microseconds_is_refused_where_no_start_was_set(tmp_path, store):
+    """(the note's Left list) With startTimeUnixNano 0 (unset), an end written in microseconds was not checked."""
+    spans = copy.deepcopy(GENAI_FILE)
+    for span in spans:
+        span["startTimeUnixNano"] = "0"
+        span["endTimeUnixNano"] = str(int(span["endTimeUnixNano"]) // 1000)
+    report = ingest_files([_write(tmp_path / "ends.jsonl", _with_a_finished_run(spans))], store)
+    assert [t.trace_id for t in store.iter_trajectories()] == [DONE_TRACE], "only the run in nanoseconds"
+    said = " ".join(report.errors)
+    assert "endTimeUnixNano (" in said and "read as nanoseconds: a time in microseconds (20" in said, report.errors
