@@ -346,6 +346,18 @@ def build_datasets(
             "heldout_dir": str(config.out / HELDOUT_DIR),
             **split.describe(),
         }
+        moved = sorted(_earlier_heldout(config.out) & set(summary["split"]["train_trajectories"]))
+        if moved:
+            summary["split"]["heldout_moved_to_training"] = {
+                "count": len(moved),
+                "ids_sample": moved[:20],
+                "warning": (
+                    f"{len(moved)} trajectories the earlier build in {config.out} held out are trained on now (the held-out rule, "
+                    "its unit or the approved runs changed: an upgrade that draws units by thread or task does): an adapter "
+                    "trained on them scores them as seen, so compare it only on a split built after this one (e.g. "
+                    f"{', '.join(moved[:3])})"
+                ),
+            }
         if not split.heldout:
             summary["split"]["nothing_held_out"] = (
                 f"the held-out rule ({_rule_text(rule)}) holds out none of the {len(split.train)} trajectories built: every "
@@ -369,6 +381,17 @@ def build_datasets(
         summary["stale_removed"] = publish(staging, config.out)
         atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _earlier_heldout(out: Path) -> set[str]:
+    """The trajectories the earlier build in ``out`` held out (its ``datasets.json``'s split), read before this build
+    replaces it; none where there was no build, or its record cannot be read (nothing to compare with)."""
+    try:
+        earlier = json.loads((out / "datasets.json").read_text(encoding="utf-8"))
+        held = (earlier.get("split") or {}).get("heldout_trajectories") or []
+        return {str(i) for i in held}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
 
 
 def _config_record(config: DatasetConfig) -> dict[str, Any]:

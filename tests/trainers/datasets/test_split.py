@@ -721,3 +721,29 @@ def test_a_held_out_file_is_exported_only_when_asked(replayed_store: Path, tmp_p
     asked = runner.invoke(app, ["datasets", "export", str(held), "--out", str(tmp_path / "h.jsonl"), "--heldout"])
     assert asked.exit_code == 0 and len((tmp_path / "h.jsonl").read_text().splitlines()) == pl.read_parquet(held).height
     assert runner.invoke(app, ["datasets", "export", str(out / "il.parquet"), "--out", str(tmp_path / "t.jsonl")]).exit_code == 0
+
+
+def test_a_rebuild_that_trains_on_what_the_earlier_build_held_out_says_so(replayed_store: Path, tmp_path: Path) -> None:
+    """(the upgrades sweep) A rebuild into the same folder whose split moved earlier held-out trajectories into training
+    (another rule, another seed, or an upgrade that draws units by thread or task) did so silently: an adapter trained on
+    the new files then scored "held-out" runs it had seen against a baseline that had not."""
+    out = tmp_path / "data"
+    frame = open_store(replayed_store).trajectories(status="approved")
+    approved = set(frame["id"].to_list())
+    seeds = [s for s in range(200) if 0 < len(heldout_ids(frame, SplitRule(share=0.4, seed=s))) < len(approved)]
+    first = seeds[0]
+    second = next(
+        s for s in seeds if heldout_ids(frame, SplitRule(share=0.4, seed=first)) - heldout_ids(frame, SplitRule(share=0.4, seed=s))
+    )
+    args = ["datasets", "build", "--store", str(replayed_store), "--out", str(out), "--kinds", "il", "--heldout-share", "0.4"]
+    built = runner.invoke(app, [*args, "--seed", str(first), "--json"])
+    assert built.exit_code == 0, built.output
+    assert "heldout_moved_to_training" not in json.loads(built.stdout)["split"]
+    earlier = set(json.loads(built.stdout)["split"]["heldout_trajectories"])
+    rebuilt = runner.invoke(app, [*args, "--seed", str(second)])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    split = json.loads((out / "datasets.json").read_text())["split"]
+    moved = split["heldout_moved_to_training"]
+    assert set(moved["ids_sample"]) == earlier & set(split["train_trajectories"]) and moved["count"] == len(moved["ids_sample"]) > 0
+    said = " ".join(rebuilt.output.split())
+    assert "warning:" in said and f"{moved['count']} trajectories the earlier build in" in said and "held out are trained on now" in said
