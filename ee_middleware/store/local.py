@@ -515,6 +515,7 @@ class LocalExperienceStore:
     def get(self, trajectory_id: str) -> Trajectory:
         """The full trajectory (an unambiguous id prefix is accepted). Its steps are read alone: the other trajectories'
         steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table."""
+        [trajectory_id] = id_list([trajectory_id])  # (a string)
         spooled = self._read_spool(stacklevel=3)
         if type(self).resolve_id is not LocalExperienceStore.resolve_id:  # a subclass's rule decides, always
             trajectory_id = self.resolve_id(trajectory_id)

@@ -37,8 +37,14 @@ if TYPE_CHECKING:
 def id_list(ids: str | Iterable[str]) -> list[str]:
     """Trajectory ids as a list: one id given as a string is that id, not a sequence of one-character ids. Every method
     of a store that takes ids (``approve``, ``reject``, ``approvals``, ``steps``, ``rollouts``, ...) reads them so; the
-    conformance kit (:func:`~ee_middleware.testing.store_conformance.check_store`) checks a plug-in store does too."""
-    return [ids] if isinstance(ids, str) else list(ids)
+    conformance kit (:func:`~ee_middleware.testing.store_conformance.check_store`) checks a plug-in store does too. An
+    id that is no string (``None``, a number) raises :class:`TypeError` naming it (a read failed inside polars, or
+    answered "no trajectory None")."""
+    listed = [ids] if isinstance(ids, str) else list(ids)
+    for value in listed:
+        if not isinstance(value, str):
+            raise TypeError(f"trajectory ids are strings, got {type(value).__name__} {value!r} (ids as ee traces list prints them)")
+    return listed
 
 
 @runtime_checkable

@@ -181,3 +181,19 @@ def test_subclasses_with_their_own_index_or_trajectories_approve_by_prefix(tmp_p
     Audited(tmp_path / "store").approve([n[:3] for n in names[1:]], by="alice")
     assert resolved == [9], resolved
     assert LocalExperienceStore(tmp_path / "store").trajectories(status="approved").height == 10
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"a1"])
+def test_an_id_that_is_no_string_is_a_type_error_naming_it(tmp_path: Path, bad: Any) -> None:
+    """Before: ``get(None)`` answered "No trajectory None", ``get(5)`` and ``steps([5])`` failed inside polars."""
+    store = LocalExperienceStore(tmp_path / "store")
+    _write(store)
+    for call in (
+        lambda: store.get(bad),
+        lambda: store.steps([bad]),
+        lambda: store.approve(["a1", bad], by="x"),
+        lambda: store.rollouts([bad]),
+    ):
+        with pytest.raises(TypeError, match=f"trajectory ids are strings, got {type(bad).__name__}"):
+            call()
+    assert store.get("a1").approval.status == "approved"  # nothing recorded by the refused decision
