@@ -1680,6 +1680,7 @@ def record_experience(
         if _is_graph(target):
             return RecordedGraph(target, build(None))
         recorder_cell: list[Recorder] = []
+        building = threading.Lock()  # first calls from several threads at once build one recorder (one capture process)
 
         def recorded(built: Any) -> Any:
             if isinstance(built, RecordedGraph):
@@ -1687,7 +1688,9 @@ def record_experience(
             if not _is_graph(built):
                 raise ConfigError(_not_a_graph(getattr(target, "__qualname__", None) or repr(target), built))
             if not recorder_cell:
-                recorder_cell.append(build(getattr(target, "__name__", None)))
+                with building:
+                    if not recorder_cell:
+                        recorder_cell.append(build(getattr(target, "__name__", None)))
             return RecordedGraph(built, recorder_cell[0])
 
         async def awaited(pending: Awaitable[Any]) -> Any:

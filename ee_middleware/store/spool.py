@@ -596,6 +596,16 @@ class SpoolWriter:
 
     close = seal
 
+    def __del__(self) -> None:
+        """A writer dropped without :meth:`seal` (a store handle never closed: a service that opens one per request) seals
+        its segment: its descriptor and lock released, the segment compactable. Before, each such handle kept both until
+        the process ended (a reviewer service ran out of file descriptors, and compaction folded none of the segments)."""
+        try:
+            if self._fd is not None and self._pid == os.getpid():
+                self._seal_locked()  # (no other reference: no write can be under way)
+        except Exception:  # noqa: BLE001 - nothing may be raised from a finaliser; the segment stays as the process leaves it
+            pass
+
     def _ensure_open(self) -> int:
         if self._fd is not None and self._pid != os.getpid():  # forked child: never share a segment
             self._forget_inherited_locked()

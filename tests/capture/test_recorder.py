@@ -128,6 +128,41 @@ def test_a_multi_node_graph_records_system_prompt_and_steps(multi_node_graph, st
     assert [s.action.kind for s in t.steps] == ["tool_call", "tool_call", "answer"]
 
 
+@pytest.mark.parametrize("offload", ["thread", "process"])
+def test_first_calls_of_a_decorated_factory_from_many_threads_build_one_recorder(react_graph, store_path, offload, monkeypatch):
+    """(thread-safety sweep) 8 threads calling a decorated factory for the first time at once each built a recorder (with
+    offload="process", each its own capture process, 7 of them never closed: only the first was used and closed)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ee_middleware.capture import recorder as recorder_module
+
+    built: list[int] = []
+    real_init = recorder_module.Recorder.__init__
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(recorder_module.Recorder, "__init__", counted)
+    start = threading.Barrier(8)
+
+    @record_experience(app="shop", store=store_path, offload=offload)
+    def build() -> Any:
+        start.wait(timeout=30)
+        return react_graph
+
+    before = {t.ident for t in threading.enumerate()}
+    with ThreadPoolExecutor(8) as pool:
+        agents = list(pool.map(lambda _: build(), range(8)))
+    assert len({id(agent.recorder) for agent in agents}) == 1 and len(built) == 1, len(built)
+    agents[0].invoke(USER_TASK)
+    agents[0].recorder.close()
+    time.sleep(0.2)
+    left = [t.name for t in threading.enumerate() if t.ident not in before and t.name.startswith("ee-")]
+    assert left == [], left  # every thread the one recorder started ended with it (none of a second recorder's is left)
+    assert LocalExperienceStore(store_path).trajectories().height == 1
+
+
 def test_decorator_on_a_graph_factory(react_graph, store, store_path):
     @record_experience(app="shop", store=store_path)
     def build() -> Any:
