@@ -15,6 +15,7 @@ from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
+    ProgressBars,
     StoreOption,
     actor_name,
     console,
@@ -31,6 +32,7 @@ from ee_middleware.cli.common import (
     terminal_cap,
     time_bound,
     utc_clock,
+    warnings_as_lines,
 )
 
 app = typer.Typer(help="Recorded trajectories: list, show, approve, reject, export, ingest.", no_args_is_help=True)
@@ -465,8 +467,11 @@ def ingest(
 
     from ee_middleware.ingest import ingest_files
 
-    # the spec, not an open store: a store that does not exist yet is created only when a run is found
-    report = ingest_files(files, store, app=app_name, approve_by=approve_by)
+    # the spec, not an open store: a store that does not exist yet is created only when a run is found; the store's
+    # warnings (a spool to compact) as warning lines, progress as bars on stderr (a 400 MB export takes minutes)
+    with warnings_as_lines(), ProgressBars(enabled=not as_json) as bars:
+        report = ingest_files(files, store, app=app_name, approve_by=approve_by, on_progress=bars.update)
+        bars.complete()
     if as_json:
         print_json(report.as_dict())
     else:

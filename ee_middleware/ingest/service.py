@@ -684,9 +684,10 @@ def _ingest_traces(
     live: bool = False,
     source: str = "otlp-ingest",
     max_observation_chars: int | None = None,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
 ) -> None:
     """Assemble the spilled spans trace by trace, writing the new trajectories in batches; ``traces``: the ids of the
-    spilled traces, where known."""
+    spilled traces, where known; ``on_progress``: told of each trace assembled (see :func:`ingest_files`)."""
     rejected_by_trace: dict[str, list[RejectedSpan]] = defaultdict(list)
     untraced: list[RejectedSpan] = []
     for bad in rejected:
@@ -769,7 +770,7 @@ def _ingest_traces(
     bare: list[BareCall] = []
     model_calls = ModelCalls()
     try:
-        for trace_id, trace_spans in spill.traces():
+        for done, (trace_id, trace_spans) in enumerate(spill.traces(), 1):
             found = _trace_trajectories(
                 trace_id,
                 trace_spans,
@@ -783,6 +784,8 @@ def _ingest_traces(
             for trajectory in found:
                 keep(trajectory, {t.id for t in found if t is not trajectory})
             flush(WRITE_BATCH)
+            if on_progress is not None:
+                on_progress("traces assembled", done, len(traces) if traces is not None else None)
         echoed = [model_calls.echoed(call) for call in bare]
         if any(echoed):
             report.notes.append(_echoes_note(sum(echoed)))
@@ -1921,13 +1924,21 @@ def _no_model_calls(run: list[SpanData]) -> str:
     )
 
 
-def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec, **kwargs: object) -> IngestReport:
+def ingest_files(
+    paths: Sequence[str | Path],
+    store: ExperienceStore | StoreSpec,
+    *,
+    on_progress: Callable[[str, int, int | None], None] | None = None,
+    **kwargs: object,
+) -> IngestReport:
     """Read OTLP JSON files (plain or gzip'd) and ingest their spans; problems are collected, never raised.
 
-    ``store`` may be a spec, opened only when a run assembles (as in :func:`ingest_spans`).
+    ``store`` may be a spec, opened only when a run assembles (as in :func:`ingest_spans`). ``on_progress(stage, done,
+    total)``: called as the files are read (``"files read"``) and as their traces are assembled (``"traces
+    assembled"``), for a progress bar.
 
     The files are read one request at a time and their spans kept on disk until every file is read
-    (a run's spans may be split across files), so memory does not grow with the input.
+    (a run's spans may be split across files).
     """
     report = IngestReport()
     rejected: list[RejectedSpan] = []
@@ -1943,5 +1954,17 @@ def ingest_files(paths: Sequence[str | Path], store: ExperienceStore | StoreSpec
             rejected.extend(parsed.rejected)
             unended |= parsed.unended
             dropped.update(parsed.dropped)
-        _ingest_traces(spill, store, report=report, rejected=rejected, unended=unended, dropped=dropped, traces=traces, **kwargs)  # type: ignore[arg-type]
+            if on_progress is not None:
+                on_progress("files read", report.files, len(paths))
+        _ingest_traces(
+            spill,
+            store,
+            report=report,
+            rejected=rejected,
+            unended=unended,
+            dropped=dropped,
+            traces=traces,
+            on_progress=on_progress,
+            **kwargs,  # type: ignore[arg-type]
+        )
     return report

@@ -1,0 +1,49 @@
+"""``ee traces ingest`` on a large export (ingest-at-scale sweep): it shows its progress (files read, traces assembled)
+rather than nothing for minutes, and the store's warnings (a spool to compact) as ``warning:`` lines, not as Python's
+warning with a file name, line number and source line. Real OTLP files, a real local store, the real CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ee_middleware.cli.app import app
+from ee_middleware.ingest import ingest_files
+from ee_middleware.store import spool_cache
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _files(tmp_path: Path, n: int) -> list[Path]:
+    source = sorted(FIXTURES.glob("*.jsonl"))[:n]
+    copies = []
+    for i, path in enumerate(source):
+        copies.append(tmp_path / f"{i}-{path.name}")
+        shutil.copyfile(path, copies[-1])
+    return copies
+
+
+def test_ingest_files_reports_its_progress(tmp_path: Path) -> None:
+    files = _files(tmp_path, 3)
+    seen: list[tuple[str, int, int | None]] = []
+    report = ingest_files(files, tmp_path / "store", on_progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert [s for s in seen if s[0] == "files read"] == [("files read", i, 3) for i in (1, 2, 3)]
+    assembled = [s for s in seen if s[0] == "traces assembled"]
+    assert assembled and assembled[-1][1] == assembled[-1][2] and [s[1] for s in assembled] == list(range(1, len(assembled) + 1))
+    assert report.runs >= 1
+
+
+def test_the_cli_says_a_store_warning_as_a_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_cache, "LARGE_SPOOL_BYTES", 100)
+    files = _files(tmp_path, 2)
+    runner = CliRunner()
+    first = runner.invoke(app, ["traces", "ingest", str(files[0]), "--store", str(tmp_path / "store")])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["traces", "ingest", *map(str, files), "--store", str(tmp_path / "store")])
+    assert again.exit_code == 0, again.output
+    assert "warning: " in again.output and "ee store compact" in again.output, again.output
+    assert ".py:" not in again.output and "LargeSpoolWarning" not in again.output, again.output
+    assert "files read" in again.output and "traces assembled" in again.output
