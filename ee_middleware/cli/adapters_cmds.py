@@ -13,7 +13,18 @@ from typing import Any
 
 import typer
 
-from ee_middleware.cli.common import JsonOption, actor_name, console, escape, examples, positive_seconds, print_json, server_urls, short
+from ee_middleware.cli.common import (
+    JsonOption,
+    actor_name,
+    console,
+    escape,
+    examples,
+    positive_seconds,
+    print_json,
+    server_urls,
+    short,
+    utc_clock,
+)
 
 app = typer.Typer(help="Versioned LoRA adapters: register, promote (hot-swap into the servers), roll back, retire.", no_args_is_help=True)
 
@@ -279,7 +290,7 @@ def list_adapters(
             *([escape(r.app)] if "app" not in shared else []),
             r.status + (" *" if r.name in targets else "") + (" (files missing)" if problems[r.name] else ""),
             str(r.rank),
-            r.created_at[:16].replace("T", " "),
+            utc_clock(r.created_at, "%Y-%m-%d %H:%M"),
             *([escape(short(r.base_model, 60))] if "base" not in shared else []),
             *([escape(r.created_by or "")] if "by" not in shared else []),
             *([_loaded_on_cell(loaded_on[r.name], len(urls))] if held is not None else []),

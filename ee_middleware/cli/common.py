@@ -595,11 +595,14 @@ def time_bound(value: str, flag: str) -> datetime:
 
 def utc_clock(when: datetime | str | None, form: str = "%Y-%m-%d %H:%M:%S") -> str:
     """``when`` (a ``datetime``, or its ISO text) as a UTC clock time in ``form``, for a column or line that says "UTC":
-    a time with another offset (a plug-in store's, an ingested one's) is converted, a time with none is UTC (the local
-    store's rule); "" for none."""
+    a time with another offset (a plug-in store's or registry's) is converted, a time with none is UTC (the local
+    store's rule); "" for none; a text that is no ISO time as it is."""
     if when is None or when == "":
         return ""
-    moment = datetime.fromisoformat(when) if isinstance(when, str) else when
+    try:
+        moment = datetime.fromisoformat(when) if isinstance(when, str) else when
+    except ValueError:  # a plug-in's text that is no ISO time ('2026-12-01 10:00 UTC'): shown as it is
+        return str(when)
     moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     try:
         return moment.astimezone(UTC).strftime(form)

@@ -246,7 +246,7 @@ def _warning_lines(summary: dict[str, Any]) -> list[str]:
     if left:
         lines.append(left)
     split = summary.get("split") or {}
-    moved = (split.get("heldout_moved_to_training") or {}).get("warning")
+    moved = (summary.get("heldout_moved_to_training") or {}).get("warning")
     for warning in (split.get("nothing_held_out"), (split.get("units") or {}).get("warning"), moved):
         if warning:
             lines.append(warning)

@@ -16,6 +16,7 @@ from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
     ProgressBars,
+    ProgressOption,
     StoreOption,
     actor_name,
     console,
@@ -455,6 +456,7 @@ def ingest(
         None, "--approve-by", callback=actor_name, help="Approve every ingested trajectory in this name."
     ),
     as_json: bool = JsonOption,
+    progress: bool = ProgressOption,
 ) -> None:
     """Turn OTLP JSON spans that follow the GenAI conventions into trajectories.
 
@@ -469,7 +471,7 @@ def ingest(
 
     # the spec, not an open store: a store that does not exist yet is created only when a run is found; the store's
     # warnings (a spool to compact) as warning lines, progress as bars on stderr (a 400 MB export takes minutes)
-    with warnings_as_lines(), ProgressBars(enabled=not as_json) as bars:
+    with warnings_as_lines(), ProgressBars(enabled=progress and not as_json) as bars:
         report = ingest_files(files, store, app=app_name, approve_by=approve_by, on_progress=bars.update)
         bars.complete()
     if as_json:

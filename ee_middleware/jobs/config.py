@@ -51,7 +51,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
-from ee_middleware._toml import KNOWN_TABLES, build_config, finite_seconds, layered_values, naming_file, read_toml, read_toml_table
+from ee_middleware._toml import (
+    KNOWN_TABLES,
+    build_config,
+    finite_seconds,
+    layered_values,
+    named_path,
+    naming_file,
+    read_toml,
+    read_toml_table,
+)
 from ee_middleware.errors import ConfigError, EEError, MissingSettingError
 from ee_middleware.jobs.runs import same_place, sha256_json
 from ee_middleware.store.registry import store_config_value
@@ -256,7 +265,7 @@ class ImproveConfig(BaseModel):
     latest``). ``None``: nothing is removed."""
     notes: str | None = None
     """Shown at the top of the report (e.g. what the run is for, or that its base model is a test model)."""
-    base_cache_dir: Annotated[Path | None, AfterValidator(absolute_path)] = None
+    base_cache_dir: Annotated[Path | None, named_path("the folder for converted base models"), AfterValidator(absolute_path)] = None
     """Where a GGUF base is converted once (default: ``RUNS/base-models``)."""
     budgets: Budgets = Field(default_factory=Budgets)
     serving: Serving = Field(default_factory=Serving)

@@ -602,7 +602,7 @@ class SpoolWriter:
         the process ended (a reviewer service ran out of file descriptors, and compaction folded none of the segments)."""
         try:
             if self._fd is not None and self._pid == os.getpid():
-                self._seal_locked()  # (no other reference: no write can be under way)
+                self._seal_quietly_locked()  # (no other reference: no write can be under way; a failed sync is logged)
         except Exception:  # noqa: BLE001 - nothing may be raised from a finaliser; the segment stays as the process leaves it
             pass
 

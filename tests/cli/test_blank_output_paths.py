@@ -49,6 +49,13 @@ def test_a_blank_output_flag_is_a_usage_error(
         (["experience", "eval"], "experience_eval", ['store = "s"', 'model = "m"', 'out = ""'], "out"),
         (["experience", "dataset"], "experience_dataset", ['store = "s"', 'out = ""'], "out"),
         (["curriculum", "propose"], "curriculum_propose", ['store = "s"', 'out = ""'], "out"),
+        (["train"], "train", ['base_model = "m"', 'base_cache_dir = ""'], "base_cache_dir"),  # (review) a folder ee writes too
+        (
+            ["improve"],
+            "improve",
+            ['store = "s"', 'app = "a"', 'base_model = "m"', 'registry = "r"', 'runs = "runs"', 'base_cache_dir = " "'],
+            "base_cache_dir",
+        ),
     ],
 )
 def test_a_blank_output_key_in_a_config_file_is_refused_naming_it(

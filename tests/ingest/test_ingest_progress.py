@@ -47,3 +47,11 @@ def test_the_cli_says_a_store_warning_as_a_line(tmp_path: Path, monkeypatch: pyt
     assert "warning: " in again.output and "ee store compact" in again.output, again.output
     assert ".py:" not in again.output and "LargeSpoolWarning" not in again.output, again.output
     assert "files read" in again.output and "traces assembled" in again.output
+
+
+def test_no_progress_draws_no_bars(tmp_path: Path) -> None:
+    """(review) --progress/--no-progress as every other command with bars has it (a nightly log can leave them out)."""
+    files = _files(tmp_path, 1)
+    result = CliRunner().invoke(app, ["traces", "ingest", str(files[0]), "--store", str(tmp_path / "store"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "files read" not in result.output and "ingested" in result.output

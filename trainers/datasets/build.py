@@ -338,6 +338,18 @@ def build_datasets(
     }
     if synthetic is not None:
         summary["synthetic_tasks"] = synthetic
+    moved = sorted(_earlier_heldout(config.out) & set(index.trajectories["id"].to_list()))
+    if moved:  # (with a rule or without one: a rebuild without --heldout-* trains on everything)
+        summary["heldout_moved_to_training"] = {
+            "count": len(moved),
+            "ids_sample": moved[:20],
+            "warning": (
+                f"{len(moved)} trajectories the earlier build in {config.out} held out are trained on now (the held-out rule "
+                "was left out or changed, its unit or the approved runs changed: an upgrade that draws units by thread or "
+                "task does): an adapter trained on them scores them as seen, so compare it only on a split built after "
+                f"this one (e.g. {', '.join(moved[:3])})"
+            ),
+        }
     if split is not None and heldout_index is not None:
         summary["split"] = {
             "rule": rule.describe(),
@@ -346,18 +358,6 @@ def build_datasets(
             "heldout_dir": str(config.out / HELDOUT_DIR),
             **split.describe(),
         }
-        moved = sorted(_earlier_heldout(config.out) & set(summary["split"]["train_trajectories"]))
-        if moved:
-            summary["split"]["heldout_moved_to_training"] = {
-                "count": len(moved),
-                "ids_sample": moved[:20],
-                "warning": (
-                    f"{len(moved)} trajectories the earlier build in {config.out} held out are trained on now (the held-out rule, "
-                    "its unit or the approved runs changed: an upgrade that draws units by thread or task does): an adapter "
-                    "trained on them scores them as seen, so compare it only on a split built after this one (e.g. "
-                    f"{', '.join(moved[:3])})"
-                ),
-            }
         if not split.heldout:
             summary["split"]["nothing_held_out"] = (
                 f"the held-out rule ({_rule_text(rule)}) holds out none of the {len(split.train)} trajectories built: every "

@@ -93,7 +93,7 @@ class TrainConfig(BaseModel):
     backend: Literal["trl", "peft-loop"] = "trl"
     """``trl``: trl's SFTTrainer (the default); ``peft-loop``: a plain PyTorch loop, single process, for comparison."""
     logging_steps: int = Field(1, ge=1, le=INT32_MAX)
-    base_cache_dir: Path | None = None
+    base_cache_dir: Annotated[Path | None, named_path("the folder for converted base models")] = None
     """Where a base model read from GGUF is saved once as a plain folder (default: the user's cache,
     ``$EE_CACHE_DIR/base-models`` or ``~/.cache/ee-middleware/base-models``, shared by every run: see
     :func:`~ee_middleware.trainers.training.model.default_base_cache`)."""

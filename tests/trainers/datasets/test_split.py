@@ -738,12 +738,20 @@ def test_a_rebuild_that_trains_on_what_the_earlier_build_held_out_says_so(replay
     args = ["datasets", "build", "--store", str(replayed_store), "--out", str(out), "--kinds", "il", "--heldout-share", "0.4"]
     built = runner.invoke(app, [*args, "--seed", str(first), "--json"])
     assert built.exit_code == 0, built.output
-    assert "heldout_moved_to_training" not in json.loads(built.stdout)["split"]
+    assert "heldout_moved_to_training" not in json.loads(built.stdout)
     earlier = set(json.loads(built.stdout)["split"]["heldout_trajectories"])
     rebuilt = runner.invoke(app, [*args, "--seed", str(second)])
     assert rebuilt.exit_code == 0, rebuilt.output
-    split = json.loads((out / "datasets.json").read_text())["split"]
-    moved = split["heldout_moved_to_training"]
-    assert set(moved["ids_sample"]) == earlier & set(split["train_trajectories"]) and moved["count"] == len(moved["ids_sample"]) > 0
+    summary = json.loads((out / "datasets.json").read_text())
+    moved = summary["heldout_moved_to_training"]
+    assert (
+        set(moved["ids_sample"]) == earlier & set(summary["split"]["train_trajectories"]) and moved["count"] == len(moved["ids_sample"]) > 0
+    )
     said = " ".join(rebuilt.output.split())
     assert "warning:" in said and f"{moved['count']} trajectories the earlier build in" in said and "held out are trained on now" in said
+    # (review) a rebuild without a held-out rule trains on everything: every trajectory the last build held out
+    held_last = set(summary["split"]["heldout_trajectories"])
+    plain = runner.invoke(app, ["datasets", "build", "--store", str(replayed_store), "--out", str(out), "--kinds", "il"])
+    assert plain.exit_code == 0, plain.output
+    moved = json.loads((out / "datasets.json").read_text())["heldout_moved_to_training"]
+    assert moved["count"] == len(held_last) and "held out are trained on now" in " ".join(plain.output.split())
