@@ -1551,6 +1551,23 @@ class RecordingDecorator(Protocol):
     def __call__(self, factory: Callable[_P, PregelProtocol | RecordedGraph]) -> Callable[_P, RecordedGraph]: ...
 
 
+class _ForkSafeLock:
+    """A lock that a forked child gets new: a fork while another thread held it (building a decorated factory's recorder)
+    would leave the child a lock that no thread of its own ever releases, and its first call of the factory waiting
+    forever."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if self._pid != os.getpid():
+            self._lock, self._pid = threading.Lock(), os.getpid()
+        with self._lock:
+            yield
+
+
 @overload
 def record_experience(graph: PregelProtocol | RecordedGraph, **options: Unpack[RecordingOptions]) -> RecordedGraph: ...
 @overload
@@ -1680,7 +1697,7 @@ def record_experience(
         if _is_graph(target):
             return RecordedGraph(target, build(None))
         recorder_cell: list[Recorder] = []
-        building = threading.Lock()  # first calls from several threads at once build one recorder (one capture process)
+        building = _ForkSafeLock()  # first calls from several threads at once build one recorder (one capture process)
 
         def recorded(built: Any) -> Any:
             if isinstance(built, RecordedGraph):
@@ -1688,7 +1705,7 @@ def record_experience(
             if not _is_graph(built):
                 raise ConfigError(_not_a_graph(getattr(target, "__qualname__", None) or repr(target), built))
             if not recorder_cell:
-                with building:
+                with building.held():
                     if not recorder_cell:
                         recorder_cell.append(build(getattr(target, "__name__", None)))
             return RecordedGraph(built, recorder_cell[0])

@@ -850,3 +850,36 @@ def test_a_run_the_store_refused_is_not_counted_as_auto_approved_injected(react_
     monkeypatch.setattr(LocalExperienceStore, "write", real_write)
     stats = agent.recorder.stats
     assert (stats.trajectories_written, stats.trajectories_auto_approved, stats.runs_failed) == (1, 1, 1), stats
+
+
+def test_the_factory_build_lock_is_new_in_a_forked_child():
+    """(review) A fork while another thread held the build lock left the child a lock no thread of its own releases: its
+    first call of the decorated factory waited forever."""
+    import os
+    import signal
+
+    from ee_middleware.capture.recorder import _ForkSafeLock
+
+    lock = _ForkSafeLock()
+    holding, release = threading.Event(), threading.Event()
+
+    def build_in_progress() -> None:
+        with lock.held():
+            holding.set()
+            release.wait(30)
+
+    builder = threading.Thread(target=build_in_progress)
+    builder.start()
+    try:
+        assert holding.wait(30)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's build is not its own
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(10)
+            with lock.held():
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        release.set()
+        builder.join(30)
