@@ -442,7 +442,11 @@ def _nothing_exported(store: str, out: Path, status: StatusFilter, skipped: list
 
 @app.command("ingest", epilog=examples("ee traces ingest otel/traces.json --store ./experience --app support-bot"))
 def ingest(
-    files: list[Path] = typer.Argument(..., help="OTLP JSON files (a Collector's file exporter output).", exists=False),
+    files: list[Path] = typer.Argument(
+        ...,
+        help="OTLP JSON files (a Collector's file exporter output), or folders of them (their *.json, *.jsonl and gzip'd files).",
+        exists=False,
+    ),
     store: str = StoreOption,
     app_name: str | None = typer.Option(
         None,

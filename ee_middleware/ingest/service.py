@@ -1924,6 +1924,32 @@ def _no_model_calls(run: list[SpanData]) -> str:
     )
 
 
+FOLDER_FILES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+"""The names of the files a folder given to :func:`ingest_files` stands for (a Collector file exporter's, gzip'd or not)."""
+
+
+def _files_of(paths: Sequence[str | Path], report: IngestReport) -> list[str | Path]:
+    """``paths`` with each folder replaced by its OTLP files (:data:`FOLDER_FILES`, sorted by name); a folder holding none
+    is a problem naming what it looked for."""
+    out: list[str | Path] = []
+    for path in paths:
+        folder = Path(path)
+        if not folder.is_dir():
+            out.append(path)
+            continue
+        try:
+            found = sorted(f for f in folder.iterdir() if f.name.endswith(FOLDER_FILES) and not f.name.startswith(".") and f.is_file())
+        except OSError as exc:
+            report.file_problems(path, [f"{path}: cannot read the folder: {exc.strerror or exc}"])
+            continue
+        if not found:
+            report.file_problems(
+                path, [f"{path}: a folder with no OTLP file in it (files named *{', *'.join(FOLDER_FILES)}; subfolders are not read)."]
+            )
+        out.extend(found)
+    return out
+
+
 def ingest_files(
     paths: Sequence[str | Path],
     store: ExperienceStore | StoreSpec,
@@ -1933,7 +1959,9 @@ def ingest_files(
 ) -> IngestReport:
     """Read OTLP JSON files (plain or gzip'd) and ingest their spans; problems are collected, never raised.
 
-    ``store`` may be a spec, opened only when a run assembles (as in :func:`ingest_spans`). ``on_progress(stage, done,
+    ``store`` may be a spec, opened only when a run assembles (as in :func:`ingest_spans`). A folder stands for the OTLP
+    files in it (:data:`FOLDER_FILES`, by name; not its subfolders): a Collector's file exporter rotates its output into
+    one (a shell glob of many thousand files can pass the system's argument limit). ``on_progress(stage, done,
     total)``: called as the files are read (``"files read"``) and as their traces are assembled (``"traces
     assembled"``), for a progress bar.
 
@@ -1941,6 +1969,7 @@ def ingest_files(
     (a run's spans may be split across files).
     """
     report = IngestReport()
+    paths = _files_of(paths, report)
     rejected: list[RejectedSpan] = []
     unended: set[tuple[str, str]] = set()
     dropped: dict[tuple[str, str], Dropped] = {}

@@ -55,3 +55,28 @@ def test_no_progress_draws_no_bars(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["traces", "ingest", str(files[0]), "--store", str(tmp_path / "store"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "files read" not in result.output and "ingested" in result.output
+
+
+def test_a_folder_stands_for_its_otlp_files(tmp_path: Path) -> None:
+    """(ingest-at-scale sweep) A folder argument failed with 'Is a directory'; a shell glob of the many thousand files a
+    Collector's exporter rotates into one can pass the system's argument limit. Its *.json, *.jsonl and gzip'd files are
+    read (not its subfolders, nor hidden or other files); a folder holding none is a problem naming what it looked for."""
+    import gzip
+
+    folder = tmp_path / "otlp"
+    (folder / "sub").mkdir(parents=True)
+    one, two = _files(tmp_path, 2)
+    shutil.copyfile(one, folder / "traces-1.jsonl")
+    with gzip.open(folder / "traces-2.json.gz", "wb") as packed:
+        packed.write(two.read_bytes())
+    (folder / "notes.txt").write_text("not otlp")
+    (folder / ".traces-3.jsonl").write_text("{")  # a file being written, hidden
+    shutil.copyfile(one, folder / "sub" / "other.jsonl")
+    whole = ingest_files([one, two], tmp_path / "whole")
+    read = ingest_files([folder], tmp_path / "store")
+    assert read.problems == 0 and read.files == 2, read.errors
+    assert (read.runs, len(read.ingested)) == (whole.runs, len(whole.ingested))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = CliRunner().invoke(app, ["traces", "ingest", str(empty), "--store", str(tmp_path / "s2")])
+    assert result.exit_code == 1 and "a folder with no OTLP file in it" in " ".join(result.output.split()), result.output
