@@ -19,6 +19,17 @@ def ee(*args: Any) -> str:
     return done.stdout
 
 
+def json_child(command: list[str], what: str) -> Any:
+    """Run ``command`` (a benchmark's own child: a cold, fresh Python process) from the repository root and return the
+    JSON its last line of standard output holds; exit naming ``what`` with its stderr's tail if it fails."""
+    import json
+
+    done = subprocess.run(command, check=False, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def project_bytecode() -> str:
     """Whether the project's modules load from current bytecode (as from an installed wheel) or compile from source in
     every new process (an editable install where ``PYTHONDONTWRITEBYTECODE`` is set: `make install` compiles them):

@@ -25,13 +25,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _ee import peak_rss_mib, spread
+from _ee import json_child, peak_rss_mib, spread
 
 LOOKUPS = ("get", "steps", "approvals", "rollouts", "approve")
 WANTED = "run-00777"
@@ -79,16 +78,7 @@ def _child(store_path: Path, lookup: str, way: str) -> dict:
 
 
 def _run_child(store_path: Path, lookup: str, way: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", str(store_path), "--lookup", lookup, "--way", way],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"{lookup} ({way}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.splitlines()[-1])
+    return json_child([sys.executable, __file__, "--child", str(store_path), "--lookup", lookup, "--way", way], f"{lookup} ({way})")
 
 
 def _build(root: Path, n: int) -> None:

@@ -33,13 +33,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _ee import peak_rss_mib, spread
+from _ee import json_child, peak_rss_mib, spread
 
 WORKLOADS = ("job", "iter", "trajectories")
 
@@ -83,16 +82,7 @@ def _child(store_path: Path, workload: str) -> dict:
 
 
 def _run_child(store_path: Path, workload: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child", str(store_path), "--workload", workload],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"reading {store_path} ({workload}) failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.splitlines()[-1])
+    return json_child([sys.executable, __file__, "--child", str(store_path), "--workload", workload], f"reading {store_path} ({workload})")
 
 
 def main() -> None:
