@@ -240,13 +240,9 @@ def chart_figure(summary: list[dict[str, Any]]) -> Any:
 
 
 def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
-    from ee_middleware._plots import quiet_matplotlib_config
-
-    quiet_matplotlib_config()  # a home it cannot write: no warnings in every log
     try:
+        fig = chart_figure(summary)  # (which imports matplotlib first, its config folder set)
         import matplotlib.pyplot as plt
-
-        fig = chart_figure(summary)
     except ImportError:
         return None
     with atomic_path(path) as tmp:

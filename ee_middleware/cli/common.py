@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ee_middleware._console import is_terminal
 from ee_middleware._lifetime import termination_as_interrupt as termination_as_interrupt  # the commands' import
 from ee_middleware.messages import one_line
 from ee_middleware.models.urls import server_url_problem
@@ -349,14 +350,7 @@ def terminal_cap(total: int, limit: int | None, as_json: bool) -> int | None:
 
 def _stdout_is_terminal() -> bool:
     """Whether standard output is a terminal (not rich's ``is_terminal``, which ``FORCE_COLOR`` makes true for a pipe)."""
-    return _is_terminal(sys.stdout)
-
-
-def _is_terminal(stream: Any) -> bool:
-    """Whether ``stream`` is a terminal (:func:`ee_middleware._console.is_terminal`)."""
-    from ee_middleware._console import is_terminal
-
-    return is_terminal(stream)
+    return is_terminal(sys.stdout)
 
 
 def say_capped(shown: int, total: int, what: str, which: str) -> None:
@@ -452,7 +446,7 @@ def library_bars_off(*, enabled: bool = True) -> Iterator[None]:
     changes nothing."""
     import os
 
-    if not enabled and _is_terminal(sys.stderr):
+    if not enabled and is_terminal(sys.stderr):
         yield
         return
     before = os.environ.get(_NO_HUB_BARS)

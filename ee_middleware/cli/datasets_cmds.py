@@ -116,7 +116,7 @@ def build(
     cfg = DatasetConfig.load(
         config,
         store=store,
-        out=_output_folder(out_text),
+        out=path_given(out_text) if out_text is not None else None,  # (empty or blank: a usage error)
         kinds=kinds,
         teacher=teacher,
         teacher_settings=key_value_settings(teacher_setting, "--teacher-setting", "max_tokens=512") if teacher_setting else None,
@@ -462,11 +462,6 @@ def budget_line(budget: dict[str, Any]) -> str:
             else ""
         )
     )
-
-
-def _output_folder(given: str | None) -> Path | None:
-    """``--out`` as typed (:func:`~ee_middleware.cli.common.path_given`: empty or blank is a usage error)."""
-    return path_given(given) if given is not None else None
 
 
 def _bar(bars: ProgressBars, label: str, rows: int) -> Callable[[int], None]:

@@ -18,6 +18,7 @@ from ee_middleware.cli.common import (
     escape,
     examples,
     library_bars_off,
+    path_given,
     print_json,
     progress_console,
     reading_store,
@@ -383,11 +384,8 @@ def _runs_dir(ctx: typer.Context, given: str | None, config: Path | None) -> Any
     from ee_middleware.jobs.runs import RunsDir
 
     setting_origin(ctx, config, "improve", "runs", envvar="EE_RUNS")  # an EE_RUNS that overrides the file's is said
-    if given is not None and not given.strip():  # (read as a path, the working directory: listed, or pruned, as runs)
-        raise typer.BadParameter(
-            f"{given!r} is empty or blank: name the runs folder (an unset variable in the command?)", param_hint="--runs / EE_RUNS"
-        )
-    runs = Path(given) if given is not None else None
+    # (blank, read as a path, is the working directory: listed, or pruned, as runs)
+    runs = path_given(given, "--runs / EE_RUNS", "the runs folder") if given is not None else None
     if runs is None and config is not None:
         from ee_middleware._toml import read_toml_table
 

@@ -232,8 +232,7 @@ class ImproveConfig(BaseModel):
 
     store: Annotated[Path | str, BeforeValidator(_absolute_store)]
     app: Annotated[str, BeforeValidator(lambda value: _not_blank(value).strip() if isinstance(value, str) else value)] = Field(min_length=1)
-    """The app's name, without the blanks around it (as capture stores it)."""
-    """Learn from this app's approved trajectories."""
+    """Learn from this app's approved trajectories (its name without the blanks around it, as capture stores it)."""
     registry: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
     runs: Annotated[Path, BeforeValidator(_not_blank), AfterValidator(absolute_path)]
     base_model: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)

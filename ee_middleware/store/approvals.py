@@ -26,7 +26,7 @@ import polars as pl
 
 from ee_middleware.errors import ApprovalConflictError, TrajectoryNotFoundError
 from ee_middleware.records import Approval, ApprovalEvent, ApprovalStatus, utcnow
-from ee_middleware.store.protocol import id_list
+from ee_middleware.store.protocol import APPROVAL_COLUMNS, id_list
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -146,10 +146,10 @@ def _current_decisions(store: ExperienceStore, ids: Sequence[str]) -> tuple[list
         frame = store.trajectory_index(["id"], ids=resolved)
         current = {row["id"]: row for row in frame.to_dicts()}
         return resolved, current
-    frame = store.trajectories().select("id", "approval", "approval_by", "approval_at", "approval_reason")
+    frame = store.trajectories().select("id", *APPROVAL_COLUMNS)
     current = {row["id"]: row for row in frame.to_dicts()}
     prefixes = [i for i in ids if i not in current]
-    resolve_ids = getattr(store, "resolve_ids", None)  # (the local store's reads the ids once for all of them)
+    resolve_ids = getattr(store, "resolve_ids", None)  # (a local store's subclass reads the ids once for all of them)
     full = dict(zip(prefixes, resolve_ids(prefixes) if resolve_ids is not None else map(store.resolve_id, prefixes), strict=True))
     return list(dict.fromkeys(i if i in current else full[i] for i in ids)), current
 

@@ -63,7 +63,7 @@ from ee_middleware.store.approvals import decide, in_order_decided
 from ee_middleware.store.int64 import check_trajectories
 from ee_middleware.store.manifest import MANIFEST, Manifest, PartVanished, expired, list_part_files, read_manifest, retire, write_manifest
 from ee_middleware.store.metadata import check_meta_name, read_file, write_file
-from ee_middleware.store.protocol import id_list
+from ee_middleware.store.protocol import APPROVAL_COLUMNS, id_list
 from ee_middleware.store.registry import reads_by_index
 from ee_middleware.store.repair_losses import record_losses
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
@@ -748,7 +748,7 @@ class LocalExperienceStore:
         columns, which ``columns`` may name too), read without loading steps or rollouts; ``ids``: those trajectories
         alone (full ids; the other rows are filtered out as the parts are read)."""
         needed = list(dict.fromkeys(["id", "app", *_RECORDED_DECISION]))
-        wanted = list(dict.fromkeys([*needed, *(c for c in columns if c not in _APPROVAL_COLUMNS)]))
+        wanted = list(dict.fromkeys([*needed, *(c for c in columns if c not in APPROVAL_COLUMNS)]))
         # (read as every filtered read is: a part merged away meanwhile read again, one damaged past its footer skipped)
         spooled = self._read_spool(stacklevel=3)
         if ids is None:
@@ -761,7 +761,7 @@ class LocalExperienceStore:
             current = current.filter(pl.col("approval") == wanted_status)
         if app is not None:
             current = current.filter(pl.col("app") == app)
-        return current.select(list(dict.fromkeys([*columns, *_APPROVAL_COLUMNS])))
+        return current.select(list(dict.fromkeys([*columns, *APPROVAL_COLUMNS])))
 
     def _load(self, names: Collection[str] = TABLES) -> _Tables:
         """The tables ``names`` (a read that needs no steps or rollouts does not hold them, the largest by far)."""
@@ -1344,9 +1344,6 @@ def drop_repeats(table: str, df: pl.DataFrame) -> pl.DataFrame:
 
 _DECISIONS = ("trajectories", "approvals")
 """The tables a trajectory's row and its current approval come from."""
-
-_APPROVAL_COLUMNS = ("approval", "approval_by", "approval_at", "approval_reason")
-"""The columns a trajectory's current decision is read into (:func:`_current_approvals`)."""
 
 _RECORDED_DECISION = ["id", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
 """The columns of the trajectories table :func:`_decisions` reads."""

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from ee_middleware.records import ApprovalEvent, ApprovalStatus, ReplayRecord, Rollout, Trajectory
 
 
+APPROVAL_COLUMNS = ("approval", "approval_by", "approval_at", "approval_reason")
+"""The columns of a trajectory's current decision in :meth:`ExperienceStore.trajectories`' frame."""
+
+
 def id_list(ids: str | Iterable[str]) -> list[str]:
     """Trajectory ids as a list: one id given as a string is that id, not a sequence of one-character ids. Every method
     of a store that takes ids (``approve``, ``reject``, ``approvals``, ``steps``, ``rollouts``, ...) reads them so; the
@@ -92,7 +96,7 @@ class ExperienceStore(Protocol):
         ...
 
     def trajectories(self, *, status: ApprovalStatus | None = None, app: str | None = None) -> pl.DataFrame:
-        """One row per trajectory, oldest write first, with the current ``approval`` columns."""
+        """One row per trajectory, oldest write first, with the current decision's columns (:data:`APPROVAL_COLUMNS`)."""
         ...
 
     def steps(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:

@@ -29,7 +29,7 @@ from typing import Any
 
 from ee_middleware.errors import StoreError
 from ee_middleware.plugins import FACTORY_SPEC, PluginKind
-from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.protocol import APPROVAL_COLUMNS, ExperienceStore
 
 __all__ = ["STORES", "StoreSpec", "open_store", "store_config_value"]
 
@@ -86,7 +86,7 @@ def trajectory_columns(store: Any, columns: list[str], *, status: str | None = N
     if reads_by_index(store):
         return store.trajectory_index(columns, status=status, app=app)
     frame = store.trajectories(status=status, app=app)
-    wanted = dict.fromkeys([*columns, "approval", "approval_by", "approval_at", "approval_reason"])
+    wanted = dict.fromkeys([*columns, *APPROVAL_COLUMNS])
     return frame.select([c for c in wanted if c in frame.columns])  # (a plug-in's frame may lack a column: the caller checks)
 
 

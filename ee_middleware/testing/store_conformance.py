@@ -92,6 +92,7 @@ from ee_middleware.records import (
 )
 from ee_middleware.store import metadata
 from ee_middleware.store.approvals import decide
+from ee_middleware.store.protocol import APPROVAL_COLUMNS
 from ee_middleware.testing.messages import Said, broken, first_difference
 from ee_middleware.testing.messages import shown as _shown
 
@@ -331,7 +332,7 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
         "Keep only the rows whose app is the one given.",
     )
     _expect_not_found(lambda: store.get("no-such-trajectory"), "get() of an unknown id")
-    _expect_columns(store.trajectories(), "trajectories", "approval", "approval_by", "approval_at", "approval_reason")
+    _expect_columns(store.trajectories(), "trajectories", *APPROVAL_COLUMNS)
     _expect_columns(store.steps(), "steps")
 
 
