@@ -7,6 +7,7 @@ are re-parented to init), and then counts the live processes that carry the mark
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -57,18 +58,36 @@ def wait_until_none_left(marker: str) -> list[str]:
     return [f"{p.pid} {p.name()} {p.cmdline()[:4]}" for p in left if p.is_running()]
 
 
+def _stop_signals_at_their_defaults() -> None:
+    """(In the job's process, before it starts.) SIGINT, SIGTERM and SIGHUP at their defaults, as in a terminal: a job
+    keeps a signal it was started ignoring ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT), and
+    the tests below were then at the mercy of how pytest itself was started (under nohup, SIGHUP never stopped it)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 class Job:
     """``ee replay run`` in its own session, with a marker; kills whatever it left when the test ends."""
 
     def __init__(self, store: Path, *flags: str, env: dict[str, str] | None = None) -> None:
         self.marker = uuid.uuid4().hex
         cmd = [sys.executable, "-m", "ee_middleware.cli", "replay", "run", "--store", str(store), "--k", "2", "--no-progress", *flags]
-        environment = {**os.environ, MARKER: self.marker, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+        # PYTHONFAULTHANDLER: a job that does not stop in time is sent SIGABRT, and each of its Python processes then
+        # writes every thread's stack to the job's stderr (see stopped())
+        environment = {**os.environ, MARKER: self.marker, "PYTHONPATH": str(REPO_ROOT), "PYTHONFAULTHANDLER": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            cmd, env=environment, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+            cmd,
+            env=environment,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=_stop_signals_at_their_defaults,
         )
 
-    def cleanup(self) -> None:
+    def cleanup_processes(self) -> None:
+        """Kill the job and every process it left."""
         for process in processes_of(self.marker):
             try:
                 process.kill()
@@ -77,6 +96,9 @@ class Job:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.cleanup_processes()
         self.proc.stderr.close()
 
 
@@ -179,12 +201,35 @@ def wait_for_resets(job: Job, count: int) -> None:
         time.sleep(0.1)
 
 
+def _stacks_of(job: Job) -> str:
+    """What ``job``'s processes were doing: each one's state and command line, then the stacks of every thread of its
+    Python processes. All are frozen (SIGSTOP) first, so that none moves on as another ends; then each in turn is sent
+    SIGABRT and let go, and with PYTHONFAULTHANDLER set writes its stacks to the job's stderr as it dies."""
+    processes = [p for p in processes_of(job.marker) if p.pid != job.proc.pid]
+    with contextlib.suppress(psutil.Error):
+        processes.insert(0, psutil.Process(job.proc.pid))
+    listed = []
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            listed.append(f"{process.pid} {process.status()} {' '.join(process.cmdline()[:8])}")
+            process.suspend()
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if "python" in process.name():
+                process.send_signal(signal.SIGABRT)
+                process.resume()
+                with contextlib.suppress(psutil.TimeoutExpired):
+                    process.wait(5)
+    job.cleanup_processes()  # (every process holding the pipe: reading it to its end waits for them)
+    return "its processes:\n" + "\n".join(listed) + "\n\nits stderr, with their stacks:\n" + job.proc.stderr.read()
+
+
 def stopped(job: Job, within_s: float) -> str:
     """The stderr of ``job`` once it has ended, which it must within ``within_s``, with exit code 130 (as on Ctrl-C)."""
     try:
         job.proc.wait(within_s)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the replay job was still running {within_s:g} s after it was told to stop")
+        pytest.fail(f"the replay job was still running {within_s:g} s after it was told to stop\n{_stacks_of(job)}")
     stderr = job.proc.stderr.read()
     assert job.proc.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
