@@ -66,9 +66,9 @@ from ee_middleware.store.approvals import decide
 from ee_middleware.store.int64 import trajectory_problem
 from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
 from ee_middleware.store.protocol import ExperienceStore
-from ee_middleware.store.registry import StoreSpec, open_store
+from ee_middleware.store.registry import StoreSpec, open_store, reads_by_index, trajectory_columns
 from ee_middleware.store.rows import trajectory_from_rows
-from ee_middleware.store.tables import as_utc
+from ee_middleware.store.tables import TRAJECTORY_SCHEMA, as_utc
 
 logger = logging.getLogger("ee_middleware.ingest")
 
@@ -261,6 +261,10 @@ def _also(first: Any, then: Any) -> Any:
     return both
 
 
+_INDEX_COLUMNS = ("id", "trace_id", "app", "source", "thread_id")
+"""The columns of every stored trajectory an ingest reads (with its current decision): see :attr:`_Target._index`."""
+
+
 class _Target:
     """The store ingest writes to, opened (a new local one created, its redaction and salt written)
     only once a run has assembled: an ingest that finds no run, or none that assembles, leaves no store
@@ -426,12 +430,36 @@ class _Target:
             )
 
     @cached_property
-    def stored(self) -> pl.DataFrame:
+    def _index(self) -> pl.DataFrame:
+        """Every stored trajectory's id, trace, app, source and thread, with its current decision: which stored
+        trajectories may be versions of a run read now; their whole rows alone are read (:meth:`_rows`)."""
+        return trajectory_columns(self.store, list(_INDEX_COLUMNS))
+
+    @cached_property
+    def _whole(self) -> pl.DataFrame:
         return self.store.trajectories()
+
+    def _rows(self, ids: list[str]) -> pl.DataFrame:
+        """The whole rows of the stored trajectories ``ids``, in the order they were written: read alone where the store
+        can (``trajectory_index`` filters them as its parts are read), else taken from its whole table."""
+        if not reads_by_index(self.store):
+            return self._whole.filter(pl.col("id").is_in(ids))
+        if not ids:  # (a filtered read still decompresses the conversations of every row group it looks at)
+            return pl.DataFrame(schema=TRAJECTORY_SCHEMA)
+        return self.store.trajectory_index(list(TRAJECTORY_SCHEMA), ids=ids)
+
+    @cached_property
+    def stored(self) -> pl.DataFrame:
+        """The whole rows of the trajectories stored in the traces read now (every one where those are not known). Not the
+        store's whole table: its conversations are most of it, and ingesting one file into a store of months read them
+        all (its memory grew with the store, about 21 KB per stored run of 15 KB)."""
+        if self._traces is None or "trace_id" not in self._index.columns:
+            return self._whole
+        return self._rows(self._index.filter(pl.col("trace_id").is_in(list(self._traces)))["id"].to_list())
 
     @cached_property
     def known(self) -> set[str]:
-        return set() if self.live else set(self.stored["id"].to_list())
+        return set() if self.live else set(self._index["id"].to_list())
 
     @cached_property
     def _rows_by_trace(self) -> dict[str, list[int]]:
@@ -459,8 +487,20 @@ class _Target:
 
     def in_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """The trajectories of ``trace_id`` stored before and in this ingest (the columns :func:`_versions` compares)."""
-        rows = [] if self.live else [self.stored.row(i, named=True) for i in self._rows_by_trace.get(trace_id, ())]
+        if self.live:
+            rows = []
+        elif self._read_now(trace_id) or "trace_id" not in self._index.columns:
+            rows = [self.stored.row(i, named=True) for i in self._rows_by_trace.get(trace_id, ())]
+        else:  # a trace not read now (that of a run of bare model calls stored before: bare_versions)
+            if trace_id not in self._other_traces:
+                ids = self._index.filter(pl.col("trace_id") == trace_id)["id"].to_list()
+                self._other_traces[trace_id] = list(self._rows(ids).iter_rows(named=True))
+            rows = list(self._other_traces[trace_id])
         return rows + self._added.get(trace_id, [])
+
+    @cached_property
+    def _other_traces(self) -> dict[str, list[dict[str, Any]]]:
+        return {}
 
     def add(self, trajectory: Trajectory) -> None:
         """Count ``trajectory`` as stored: a later run of this ingest compares with it as with those stored before."""
@@ -545,9 +585,9 @@ class _Target:
             return self._bare_runs_by_app[app]
         out: dict[tuple[Any, ...], list[tuple[dict[str, Any], list[tuple[Any, ...]]]]] = defaultdict(list)
         self._bare_runs_by_app[app] = out
-        if self._traces is None or self.existing() is None or "trace_id" not in self.stored.columns or not len(self.stored):
+        if self._traces is None or self.existing() is None or "trace_id" not in self._index.columns or not len(self._index):
             return out
-        rows = self.stored.filter(
+        candidates = self._index.filter(
             (pl.col("app") == app)
             & (pl.col("source") == "otlp-ingest")
             & pl.col("thread_id").is_null()
@@ -555,7 +595,7 @@ class _Target:
             & ~pl.col("trace_id").is_in(list(self._traces))
             & ~((pl.col("approval") == "rejected") & (pl.col("approval_by") == SUPERSEDED_BY))
         )
-        for row in rows.iter_rows(named=True):
+        for row in self._rows(candidates["id"].to_list()).iter_rows(named=True):
             keys = _message_keys(json.loads(row["messages_json"] or "[]"))
             if keys:
                 out[tuple(keys[:2])].append((row, keys))
