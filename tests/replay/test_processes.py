@@ -203,17 +203,26 @@ def wait_for_resets(job: Job, count: int) -> None:
 
 def _stacks_of(job: Job) -> str:
     """What ``job``'s processes were doing: each one's state and command line, then the stacks of every thread of its
-    Python processes. All are frozen (SIGSTOP) first, so that none moves on as another ends; then each in turn is sent
-    SIGABRT and let go, and with PYTHONFAULTHANDLER set writes its stacks to the job's stderr as it dies."""
-    processes = [p for p in processes_of(job.marker) if p.pid != job.proc.pid]
+    Python processes. All are frozen (SIGSTOP) first, so that none moves on as another ends; then each in turn, the
+    deepest first (a worker is killed by the kernel as its parent dies), is sent SIGABRT and let go, and with
+    PYTHONFAULTHANDLER set writes its stacks to the job's stderr as it dies."""
+    processes = {p.pid: p for p in processes_of(job.marker)}
     with contextlib.suppress(psutil.Error):
-        processes.insert(0, psutil.Process(job.proc.pid))
-    listed = []
-    for process in processes:
+        processes[job.proc.pid] = psutil.Process(job.proc.pid)
+
+    def depth(process: psutil.Process) -> int:
+        found = 0
         with contextlib.suppress(psutil.Error):
-            listed.append(f"{process.pid} {process.status()} {' '.join(process.cmdline()[:8])}")
+            while (parent := process.ppid()) in processes and found < 100:
+                process, found = processes[parent], found + 1
+        return found
+
+    listed = []
+    for process in processes.values():
+        with contextlib.suppress(psutil.Error):
             process.suspend()
-    for process in processes:
+            listed.append(f"{process.pid} (parent {process.ppid()}) {process.status()} {' '.join(process.cmdline()[:8])}")
+    for process in sorted(processes.values(), key=depth, reverse=True):
         with contextlib.suppress(psutil.Error):
             if "python" in process.name():
                 process.send_signal(signal.SIGABRT)
