@@ -66,7 +66,7 @@ from ee_middleware.store.approvals import decide
 from ee_middleware.store.int64 import trajectory_problem
 from ee_middleware.store.metadata import keeps_metadata, read_meta, write_meta
 from ee_middleware.store.protocol import ExperienceStore
-from ee_middleware.store.registry import StoreSpec, open_store, reads_by_index, trajectory_columns
+from ee_middleware.store.registry import StoreSpec, open_store, reads_by_index, reads_rows_by_id, trajectory_columns
 from ee_middleware.store.rows import trajectory_from_rows
 from ee_middleware.store.tables import TRAJECTORY_SCHEMA, as_utc
 
@@ -432,8 +432,9 @@ class _Target:
     @cached_property
     def _index(self) -> pl.DataFrame:
         """Every stored trajectory's id, trace, app, source and thread, with its current decision: which stored
-        trajectories may be versions of a run read now; their whole rows alone are read (:meth:`_rows`)."""
-        return trajectory_columns(self.store, list(_INDEX_COLUMNS))
+        trajectories may be versions of a run read now; their whole rows alone are read (:meth:`_rows`). A store that
+        reads its table whole reads it once, for both."""
+        return trajectory_columns(self.store, list(_INDEX_COLUMNS)) if reads_by_index(self.store) else self._whole
 
     @cached_property
     def _whole(self) -> pl.DataFrame:
@@ -441,11 +442,11 @@ class _Target:
 
     def _rows(self, ids: list[str]) -> pl.DataFrame:
         """The whole rows of the stored trajectories ``ids``, in the order they were written: read alone where the store
-        can (``trajectory_index`` filters them as its parts are read), else taken from its whole table."""
-        if not reads_by_index(self.store):
-            return self._whole.filter(pl.col("id").is_in(ids))
+        can (:func:`~ee_middleware.store.registry.reads_rows_by_id`), else taken from its whole table."""
         if not ids:  # (a filtered read still decompresses the conversations of every row group it looks at)
             return pl.DataFrame(schema=TRAJECTORY_SCHEMA)
+        if not reads_rows_by_id(self.store):
+            return self._whole.filter(pl.col("id").is_in(ids))
         return self.store.trajectory_index(list(TRAJECTORY_SCHEMA), ids=ids)
 
     @cached_property

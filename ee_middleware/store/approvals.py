@@ -133,15 +133,9 @@ def _current_decisions(store: ExperienceStore, ids: Sequence[str]) -> tuple[list
     ``approval*`` columns, by id). The local store reads the ids' column once to resolve them all, then those
     trajectories' rows alone; another store (or a subclass with a ``trajectories`` of its own) answers from its
     :meth:`trajectories`."""
-    from ee_middleware.store.local import LocalExperienceStore
-    from ee_middleware.store.registry import reads_by_index
+    from ee_middleware.store.registry import reads_rows_by_id
 
-    # (a subclass's own trajectory_index may not take ids: it answers through trajectories() below)
-    if (
-        isinstance(store, LocalExperienceStore)
-        and reads_by_index(store)
-        and type(store).trajectory_index is LocalExperienceStore.trajectory_index
-    ):
+    if reads_rows_by_id(store):  # (a subclass's own trajectory_index may not take ids: it answers through trajectories())
         resolved = list(dict.fromkeys(store.resolve_ids(ids)))
         frame = store.trajectory_index(["id"], ids=resolved)
         current = {row["id"]: row for row in frame.to_dicts()}

@@ -79,6 +79,19 @@ def reads_by_index(store: Any) -> bool:
     return not isinstance(store, LocalExperienceStore) or type(store).trajectories is LocalExperienceStore.trajectories
 
 
+def reads_rows_by_id(store: Any) -> bool:
+    """Whether ``store`` reads chosen trajectories' rows alone (``trajectory_index(columns, ids=...)``, filtered as its
+    Parquet parts are read): the local store, unless a subclass has a ``trajectories`` or a ``trajectory_index`` of its
+    own (one of the signature before ``ids``, a filter: it answers through its own)."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    return (
+        isinstance(store, LocalExperienceStore)
+        and reads_by_index(store)
+        and type(store).trajectory_index is LocalExperienceStore.trajectory_index
+    )
+
+
 def trajectory_columns(store: Any, columns: list[str], *, status: str | None = None, app: str | None = None) -> Any:
     """``store.trajectories(status=status, app=app)`` with ``columns`` and the ``approval*`` columns alone (a polars
     frame): read without the other columns where the store can (``trajectory_index``; a store's conversations and

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -61,9 +62,11 @@ def wait_until_none_left(marker: str) -> list[str]:
 def _stop_signals_at_their_defaults() -> None:
     """(In the job's process, before it starts.) SIGINT, SIGTERM and SIGHUP at their defaults, as in a terminal: a job
     keeps a signal it was started ignoring ignored (``nohup`` ignores SIGHUP, a shell's background job SIGINT), and
-    the tests below were then at the mercy of how pytest itself was started (under nohup, SIGHUP never stopped it)."""
+    the tests below were then at the mercy of how pytest itself was started (under nohup, SIGHUP never stopped it).
+    (Calls into C only, with nothing imported: a ``preexec_fn`` runs in the forked child of a process with threads.)"""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the SIGABRT of _stacks_of leaves no core file in the repository
 
 
 class Job:
@@ -220,17 +223,29 @@ def _stacks_of(job: Job) -> str:
     listed = []
     for process in processes.values():
         with contextlib.suppress(psutil.Error):
-            process.suspend()
             listed.append(f"{process.pid} (parent {process.ppid()}) {process.status()} {' '.join(process.cmdline()[:8])}")
+            process.suspend()
     for process in sorted(processes.values(), key=depth, reverse=True):
         with contextlib.suppress(psutil.Error):
             if "python" in process.name():
                 process.send_signal(signal.SIGABRT)
                 process.resume()
-                with contextlib.suppress(psutil.TimeoutExpired):
-                    process.wait(5)
+                _wait_until_dead(process, 5.0)
     job.cleanup_processes()  # (every process holding the pipe: reading it to its end waits for them)
     return "its processes:\n" + "\n".join(listed) + "\n\nits stderr, with their stacks:\n" + job.proc.stderr.read()
+
+
+def _wait_until_dead(process: psutil.Process, within_s: float) -> None:
+    """Wait (bounded) until ``process`` has ended: gone, or a zombie (its parent, frozen, has not reaped it; ``wait`` on a
+    process that is not this one's child waits until its pid is gone, the whole bound)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.02)
 
 
 def stopped(job: Job, within_s: float) -> str:
