@@ -704,10 +704,16 @@ class _WorkerStopped(Exception):
 
 
 def _on_stop_signal(signum: int, _frame: object) -> None:
-    """A local worker's SIGINT handler: replay nothing more; the replay running now (if any) ends at once."""
+    """A local worker's SIGINT handler: replay nothing more; the replay running now (if any) ends at once.
+
+    Only the first stop interrupts: a Ctrl-C reaches the worker with its process group, and the job's own SIGINT
+    (:meth:`ProcessExecutor._stop_workers`) follows at once. Raised again, the second cut short what the first set off:
+    a sandbox ending its child (``SubprocessSandbox._stop_child``) forgot the child before it killed it, and the worker's
+    exit then waited for that child's tool call to end (the job stopped after 15 s, not 1)."""
     global _INTERRUPTED
+    first = _INTERRUPTED is None
     _INTERRUPTED = _INTERRUPTED or signal.Signals(signum).name
-    if _INTERRUPTIBLE:
+    if _INTERRUPTIBLE and first:
         raise KeyboardInterrupt(_INTERRUPTED)
 
 
