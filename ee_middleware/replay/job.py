@@ -46,6 +46,7 @@ from ee_middleware.replay.sandboxes.experience import CUT_BEFORE_JSON
 from ee_middleware.replay.sandboxes.registry import build_sandbox, refusal_hints, sandbox_factory, sandbox_options
 from ee_middleware.store.metadata import meta_folder
 from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.registry import trajectory_columns
 
 ProgressCallback = Callable[[ReplayOutcome, int, int], None]
 
@@ -389,7 +390,7 @@ def with_attempt(store: ExperienceStore, config: ReplayConfig) -> ReplayConfig:
 
 def select_trajectories(store: ExperienceStore, config: ReplayConfig) -> tuple[list[str], int]:
     """Ids of approved trajectories still to replay under ``config`` (oldest first), and how many are done."""
-    approved = store.trajectories(status="approved", app=config.app)
+    approved = trajectory_columns(store, ["id"], status="approved", app=config.app)  # (not every conversation)
     finished = store.replays(replay_id=config.replay_id).filter(pl.col("status").is_in(["done", "skipped"]))
     finished_ids = set(finished["trajectory_id"].to_list())
     ids = approved["id"].to_list()

@@ -595,23 +595,28 @@ class LocalExperienceStore:
         table, and its first trajectories come without reading the others' steps. The spool is read whole as every read
         does (its trajectories decoded at the start are held until yielded). A part damaged past its footer is found by
         the first group whose read decodes it, and warned about then (a read of the whole table found it at the start)."""
-        tables = self._load(_DECISIONS)
-        current = _current_approvals(tables["trajectories"], tables["approvals"])
-        if (wanted_status := _status_filter(status)) is not None:
-            current = current.filter(pl.col("approval") == wanted_status)
-        if ids is not None:
-            current = current.filter(_among("id", id_list(ids)))
+        spooled = self._read_spool(stacklevel=3)
+        if _status_filter(status) is None and ids is None:
+            trajectories = self._scanned("trajectories", pl.lit(True), spooled=spooled)
+            approvals = self._scanned("approvals", pl.lit(True), spooled=spooled)
+        else:  # which trajectories from their ids and decisions alone, then their rows alone (not the store's every one)
+            selected = self._trajectory_index(["id"], spooled, status=status, ids=id_list(ids) if ids is not None else None)
+            if selected.is_empty():
+                return
+            trajectories, approvals = self._decision_rows(selected["id"].to_list(), spooled)
+        current = _current_approvals(trajectories, approvals)
+        del trajectories, approvals
         if current.is_empty():
             return
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the
         # others from their rows; both by trajectory_from_rows, with the same result.
-        decoded = self._spooled_alone(tables, current["id"])
+        decoded = self._spooled_alone(spooled, current["id"])
         rows, group = current.iter_rows(named=True), FIRST_READ_GROUP
         while batch := list(islice(rows, group)):
             wanted = [row["id"] for row in batch if row["id"] not in decoded]
             steps_by_id: dict[Any, pl.DataFrame] = {}
             if wanted:
-                steps = self._scanned("steps", _among("trajectory_id", wanted), spooled=tables.spooled)
+                steps = self._scanned("steps", _among("trajectory_id", wanted), spooled=spooled)
                 group = read_group_size(steps.estimated_size(), len(wanted))
                 steps_by_id = steps.partition_by("trajectory_id", as_dict=True)
                 del steps
@@ -623,18 +628,22 @@ class LocalExperienceStore:
                 own = steps_by_id.pop((row["id"],), None)
                 yield TrajectoryRows(row, own.to_dicts() if own is not None else [])
 
-    def _spooled_alone(self, tables: _Tables, selected: pl.Series) -> dict[str, Trajectory]:
+    def _spooled_alone(self, spooled: SpoolRead, selected: pl.Series) -> dict[str, Trajectory]:
         """Of the ``selected`` trajectories, those whose rows come from one spool record alone, decoded (see
         :meth:`SpoolRead.take_trajectories`): none with a row in the trajectories' parts or a step in the steps' parts."""
-        spooled = tables.spooled.frame("trajectories")["id"]
-        candidates = spooled.filter(spooled.is_in(selected.implode()) & ~spooled.is_in(tables.parts("trajectories")["id"].implode()))
+        in_spool = spooled.frame("trajectories")["id"]
+        candidates = in_spool.filter(in_spool.is_in(selected.implode()))
+        if candidates.is_empty():
+            return {}
+        in_parts = self._scanned("trajectories", pl.col("id").is_in(candidates.implode()), ["id"], spooled=spooled, spool=False)["id"]
+        candidates = candidates.filter(~candidates.is_in(in_parts.implode()))
         if candidates.is_empty():
             return {}
         where = pl.col("trajectory_id").is_in(candidates.implode())
         # (no candidate has a row in the trajectories' parts: those with a step in the steps' parts are the ones left out)
-        in_parts = set(self._scanned("steps", where, ["trajectory_id", "index"], spooled=tables.spooled, spool=False)["trajectory_id"])
+        with_steps = set(self._scanned("steps", where, ["trajectory_id", "index"], spooled=spooled, spool=False)["trajectory_id"])
         keep = set(candidates.to_list())
-        return {i: t for i, t in tables.spooled.take_trajectories(exclude=in_parts).items() if i in keep}
+        return {i: t for i, t in spooled.take_trajectories(exclude=with_steps).items() if i in keep}
 
     def rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""
@@ -754,10 +763,21 @@ class LocalExperienceStore:
         """:meth:`trajectories` with only ``columns`` of the trajectories table (and the ``approval*``
         columns, which ``columns`` may name too), read without loading steps or rollouts; ``ids``: those trajectories
         alone (full ids; the other rows are filtered out as the parts are read)."""
+        return self._trajectory_index(columns, self._read_spool(stacklevel=3), status=status, app=app, ids=ids)
+
+    def _trajectory_index(
+        self,
+        columns: Sequence[str],
+        spooled: SpoolRead,
+        *,
+        status: StatusSelection = None,
+        app: str | None = None,
+        ids: str | Collection[str] | None = None,
+    ) -> pl.DataFrame:
+        """:meth:`trajectory_index` with the spool as ``spooled`` saw it."""
         needed = list(dict.fromkeys(["id", "app", *_RECORDED_DECISION]))
         wanted = list(dict.fromkeys([*needed, *(c for c in columns if c not in APPROVAL_COLUMNS)]))
         # (read as every filtered read is: a part merged away meanwhile read again, one damaged past its footer skipped)
-        spooled = self._read_spool(stacklevel=3)
         if ids is None:
             trajectories = self._scanned("trajectories", pl.lit(True), wanted, spooled=spooled)
             approvals = self._scanned("approvals", pl.lit(True), spooled=spooled)
