@@ -225,12 +225,19 @@ def _stacks_of(job: Job) -> str:
         with contextlib.suppress(psutil.Error):
             listed.append(f"{process.pid} (parent {process.ppid()}) {process.status()} {' '.join(process.cmdline()[:8])}")
             process.suspend()
+    trackers = []
     for process in sorted(processes.values(), key=depth, reverse=True):
         with contextlib.suppress(psutil.Error):
-            if "python" in process.name():
+            if "resource_tracker" in " ".join(process.cmdline()):
+                trackers.append(process)  # let go last, unhurt: it removes the semaphores once the others are gone
+            elif "python" in process.name():
                 process.send_signal(signal.SIGABRT)
                 process.resume()
                 _wait_until_dead(process, 5.0)
+    for tracker in trackers:
+        with contextlib.suppress(psutil.Error):
+            tracker.resume()
+            _wait_until_dead(tracker, 5.0)
     job.cleanup_processes()  # (every process holding the pipe: reading it to its end waits for them)
     return "its processes:\n" + "\n".join(listed) + "\n\nits stderr, with their stacks:\n" + job.proc.stderr.read()
 
