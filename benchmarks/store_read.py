@@ -9,8 +9,8 @@ one copy stays as it is, the other is compacted into Parquet parts. Then each wo
 in a fresh process (cold: nothing imported or cached from an earlier read), interleaved (every
 workload on both copies once per round) for --repeats rounds:
 
-* ``job``: what the replay job reads before it starts (``select_trajectories``: ``trajectories(status=
-  "approved")`` and ``replays()``, then every ``iter_trajectories(status="approved")``) on one store handle;
+* ``job``: what the replay job reads before it starts (``select_trajectories``: the approved trajectories' ids
+  (``trajectory_columns``) and ``replays()``, then every ``iter_trajectories(status="approved")``) on one store handle;
 * ``iter``: ``iter_trajectories()`` alone on a fresh handle;
 * ``trajectories``: ``trajectories()`` alone (the frame ``ee traces list`` shows).
 
@@ -48,12 +48,13 @@ def _child(store_path: Path, workload: str) -> dict:
     import polars as pl
 
     from ee_middleware.store import LocalExperienceStore
+    from ee_middleware.store.registry import trajectory_columns
 
     digest = hashlib.sha256()
     c0, t0 = time.process_time(), time.perf_counter()
     store = LocalExperienceStore(store_path, create=False)
     if workload == "job":
-        approved = store.trajectories(status="approved")
+        approved = trajectory_columns(store, ["id"], status="approved")
         finished = store.replays(replay_id="r").filter(pl.col("status").is_in(["done", "skipped"]))
         trajectories = list(store.iter_trajectories(status="approved"))
         frames = [approved, finished]

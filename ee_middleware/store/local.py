@@ -606,6 +606,8 @@ class LocalExperienceStore:
             trajectories, approvals = self._decision_rows(selected["id"].to_list(), spooled)
         current = _current_approvals(trajectories, approvals)
         del trajectories, approvals
+        if (wanted_status := _status_filter(status)) is not None:  # (a decision compacted in since the ids were chosen)
+            current = current.filter(pl.col("approval") == wanted_status)
         if current.is_empty():
             return
         # Trajectories only in the spool are rebuilt from their records without a JSON round trip (spool_cache), the

@@ -69,3 +69,26 @@ def test_iterating_the_approved_reads_their_rows_alone(store: LocalExperienceSto
         i for i in order if i not in {"run-03", "run-17", "run-44", "run-58"}
     ]
     assert [t.approval.status for t in store.iter_trajectories(status="rejected")] == ["rejected"]
+
+
+def test_a_decision_compacted_in_between_the_reads_is_the_one_filtered_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) The ids are chosen by their decisions, then their rows read again: a rejection recorded and compacted in
+    between was returned as approved (replay could replay, an export export, a run just rejected)."""
+    store = LocalExperienceStore(tmp_path / "s")
+    store.write([sample_trajectory("a"), sample_trajectory("b")])
+    store.approve(["a", "b"], by="me")
+    store.close()
+    decision_rows = LocalExperienceStore._decision_rows
+
+    def _decision_rows(self: Any, ids: Any, spooled: Any, columns: Any = None) -> Any:
+        if columns is None:  # the rows of the chosen: another process decides meanwhile, and compacts
+            other = LocalExperienceStore(tmp_path / "s")
+            other.reject(["a"], by="reviewer")
+            other.close()
+            other.compact()
+        return decision_rows(self, ids, spooled, columns)
+
+    monkeypatch.setattr(LocalExperienceStore, "_decision_rows", _decision_rows)
+    assert [(t.id, t.approval.status) for t in LocalExperienceStore(tmp_path / "s").iter_trajectories(status="approved")] == [
+        ("b", "approved")
+    ]
