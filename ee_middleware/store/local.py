@@ -84,6 +84,7 @@ from ee_middleware.store.tables import (
 FORMAT = "ee-experience-store"
 MAX_PARTS_BEFORE_MERGE = 16
 READ_ATTEMPTS = 8
+"""How often one read starts again when compaction swapped the manifest under it."""
 ROW_GROUP_BYTES = 16 * 2**20
 """About how much (in memory, uncompressed) one row group of a Parquet part holds. A read of one record decompresses the
 whole row group holding it (ids are random: no row group's statistics rule one out), and a part of a compaction was one
@@ -91,7 +92,6 @@ row group of up to polars's 262,144 rows: reading one run of 10,000 of 15 KB (``
 finding a run's stored versions) took 98 MB and 0.047 s, in groups of 1,024 runs 38 MB and 0.018 s (a whole read 246 MB
 and 0.24 s, 187 MB and 0.12 s)."""
 _MOST_ROWS_PER_GROUP = 512**2  # polars's own row group size
-"""How often one read starts again when compaction swapped the manifest under it."""
 FIRST_READ_GROUP = 64
 """Trajectories whose steps the first group of :meth:`LocalExperienceStore.iter_trajectory_rows` reads."""
 READ_GROUP_BYTES = 32 * 2**20
@@ -596,17 +596,18 @@ class LocalExperienceStore:
         does (its trajectories decoded at the start are held until yielded). A part damaged past its footer is found by
         the first group whose read decodes it, and warned about then (a read of the whole table found it at the start)."""
         spooled = self._read_spool(stacklevel=3)
-        if _status_filter(status) is None and ids is None:
+        wanted_status = _status_filter(status)
+        if wanted_status is None and ids is None:
             trajectories = self._scanned("trajectories", pl.lit(True), spooled=spooled)
             approvals = self._scanned("approvals", pl.lit(True), spooled=spooled)
         else:  # which trajectories from their ids and decisions alone, then their rows alone (not the store's every one)
-            selected = self._trajectory_index(["id"], spooled, status=status, ids=id_list(ids) if ids is not None else None)
+            selected = self._trajectory_index(["id"], spooled, status=wanted_status, ids=ids)
             if selected.is_empty():
                 return
             trajectories, approvals = self._decision_rows(selected["id"].to_list(), spooled)
         current = _current_approvals(trajectories, approvals)
         del trajectories, approvals
-        if (wanted_status := _status_filter(status)) is not None:  # (a decision compacted in since the ids were chosen)
+        if wanted_status is not None:  # (again: a decision compacted in since the ids were chosen)
             current = current.filter(pl.col("approval") == wanted_status)
         if current.is_empty():
             return
