@@ -16,16 +16,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import polars as pl
-import psutil
 import pytest
 
 from ee_middleware.store import LocalExperienceStore
 from tests.capture.test_fork_children import run_script
 from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+from tests.processes import ended
 
 pytestmark = [
     pytest.mark.usefixtures("no_child_left"),
@@ -105,18 +104,6 @@ def _stored(store: Path) -> pl.DataFrame:
     return LocalExperienceStore(store).trajectories().select("id", "thread_id", "status", "error")
 
 
-def _gone(pid: int) -> bool:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("offload", ["thread", "process"])
 def test_sigterm_to_a_process_recording_under_load_stores_every_answered_run_and_the_one_in_flight(tmp_path: Path, offload: str) -> None:
     store = tmp_path / "experience"
@@ -148,7 +135,7 @@ def test_sigterm_to_a_process_recording_under_load_stores_every_answered_run_and
     [step] = LocalExperienceStore(store).get(trajectory_id).steps
     assert (step.action.tool_call.name, step.observation) == ("lookup", None)  # type: ignore[union-attr]
     if offload == "process":
-        assert capture_pid is not None and _gone(capture_pid)  # it wrote what it was sent, and ended
+        assert capture_pid is not None and ended(capture_pid, 30)  # it wrote what it was sent, and ended
 
 
 UVICORN_LIKE = textwrap.dedent(
@@ -502,7 +489,7 @@ def test_sigterm_takes_back_the_runs_a_starved_capture_process_had_not_read_and_
         if capture_pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(capture_pid, signal.SIGCONT)  # (the script failed before it did)
-    assert capture_pid is not None and _gone(capture_pid)  # it read what its pipe held, then its end: wrote that, exited
+    assert capture_pid is not None and ended(capture_pid, 30)  # it read what its pipe held, then its end: wrote that, exited
     stored = _stored(store)
     assert stored["id"].n_unique() == stored.height
     assert sorted(stored["thread_id"]) == sorted(["first", *(f"later-{k}" for k in range(80))])  # each run once

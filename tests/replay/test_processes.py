@@ -27,6 +27,7 @@ import pytest
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing.http import send_json, serving
 from tests.conftest import BFCL_ENTRIES
+from tests.processes import ended
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -233,26 +234,13 @@ def _stacks_of(job: Job) -> str:
             elif "python" in process.name():
                 process.send_signal(signal.SIGABRT)
                 process.resume()
-                _wait_until_dead(process, 5.0)
+                ended(process.pid, 5.0, poll_s=0.02)
     for tracker in trackers:
         with contextlib.suppress(psutil.Error):
             tracker.resume()
-            _wait_until_dead(tracker, 5.0)
+            ended(tracker.pid, 5.0, poll_s=0.02)
     job.cleanup_processes()  # (every process holding the pipe: reading it to its end waits for them)
     return "its processes:\n" + "\n".join(listed) + "\n\nits stderr, with their stacks:\n" + job.proc.stderr.read()
-
-
-def _wait_until_dead(process: psutil.Process, within_s: float) -> None:
-    """Wait (bounded) until ``process`` has ended: gone, or a zombie (its parent, frozen, has not reaped it; ``wait`` on a
-    process that is not this one's child waits until its pid is gone, the whole bound)."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(0.02)
 
 
 def stopped(job: Job, within_s: float) -> str:

@@ -13,7 +13,6 @@ import contextlib
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import psutil
@@ -22,21 +21,10 @@ import pytest
 from ee_middleware.replay import executors
 from ee_middleware.replay.sandboxes import isolated
 from ee_middleware.replay.sandboxes.isolated import SubprocessSandbox
+from tests.processes import ended
 from tests.replay.sandboxes_for_tests import ForkingBFCLSandbox
 
 pytestmark = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
-
-
-def _ended(pid: int, within_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_a_second_stop_while_the_first_ends_the_sandbox_child_still_ends_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,7 +46,7 @@ def test_a_second_stop_while_the_first_ends_the_sandbox_child_still_ends_it(monk
         ctrl_c.start()
         with pytest.raises(KeyboardInterrupt), executors._interruptible():
             sandbox.reset(None)
-        assert _ended(child), "the sandbox's child was left running its tool call"
+        assert ended(child, 10), "the sandbox's child was left running its tool call"
     finally:
         ctrl_c.cancel()
         signal.signal(signal.SIGINT, previous)
