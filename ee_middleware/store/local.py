@@ -68,7 +68,7 @@ from ee_middleware.store.registry import reads_by_index
 from ee_middleware.store.repair_losses import record_losses
 from ee_middleware.store.replay_spool import MARKER, replay_lines, replay_redactor
 from ee_middleware.store.rows import TrajectoryRows
-from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows
+from ee_middleware.store.spool_cache import SpoolCache, SpoolRead, SpoolRows, SpoolTrajectories
 from ee_middleware.store.tables import (
     APPROVAL_SCHEMA,
     TABLES,
@@ -487,7 +487,8 @@ class LocalExperienceStore:
         if trajectory_ids is None:
             return self._load(("steps",))["steps"]
         # filtered as the parts are read: the other trajectories' steps are never held
-        return self._scanned("steps", _among("trajectory_id", id_list(trajectory_ids)), spooled=self._read_spool(stacklevel=3))
+        wanted = id_list(trajectory_ids)
+        return self._scanned("steps", _among("trajectory_id", wanted), spooled=self._read_spool(stacklevel=3), carrying=wanted)
 
     def resolve_id(self, id_or_prefix: str) -> str:
         """The full id of the one trajectory whose id is, or starts with, ``id_or_prefix``."""
@@ -501,16 +502,14 @@ class LocalExperienceStore:
             return [self.resolve_id(i) for i in ids_or_prefixes]
         return self._resolved(ids_or_prefixes)
 
-    def _resolved(self, ids_or_prefixes: Sequence[str]) -> list[str]:
-        """The full ids of ``ids_or_prefixes`` by this store's rule (an id, or the unique id it starts)."""
-        ids = self._scanned("trajectories", pl.lit(True), ["id"])["id"].to_list()
+    def _resolved(self, ids_or_prefixes: Sequence[str], spooled: SpoolRead | None = None) -> list[str]:
+        """The full ids of ``ids_or_prefixes`` by this store's rule (an id, or the unique id it starts); ``spooled``: the
+        spool as a read just before saw it."""
+        ids = self._scanned("trajectories", pl.lit(True), ["id"], spooled=spooled)["id"].to_list()
         known = set(ids)
         resolved = []
         for id_or_prefix in ids_or_prefixes:
-            if id_or_prefix in known:
-                resolved.append(id_or_prefix)
-                continue
-            matches = [i for i in ids if i.startswith(id_or_prefix)] if id_or_prefix else []
+            matches = [id_or_prefix] if id_or_prefix in known else _starting(ids, id_or_prefix)
             if len(matches) != 1:
                 hint = f" (ambiguous: {len(matches)} ids start with it)" if matches else ""
                 raise TrajectoryNotFoundError(
@@ -527,11 +526,16 @@ class LocalExperienceStore:
         if type(self).resolve_id is not LocalExperienceStore.resolve_id:  # a subclass's rule decides, always
             trajectory_id = self.resolve_id(trajectory_id)
         rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
-        if rows.is_empty():  # a prefix (or written after the spool was read): resolved, and read again
+        if rows.is_empty() and type(self).resolve_id is LocalExperienceStore.resolve_id:  # a prefix: of an id this read saw?
+            matches = _starting(self._scanned("trajectories", pl.lit(True), ["id"], spooled=spooled)["id"].to_list(), trajectory_id)
+            if len(matches) == 1:  # (a spool far larger than the cache is not decoded again to look it up)
+                trajectory_id = matches[0]
+                rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
+        if rows.is_empty():  # a prefix of an id written after the spool was read (or none): resolved, and read again
             trajectory_id = self.resolve_id(trajectory_id)
             spooled = self._read_spool(stacklevel=3)
             rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
-        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=spooled)
+        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=spooled, carrying=[trajectory_id])
         return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
 
     def _read_spool(self, *, stacklevel: int) -> SpoolRead:
@@ -557,16 +561,18 @@ class LocalExperienceStore:
         *,
         spooled: SpoolRead | None = None,
         spool: bool = True,
+        carrying: Collection[str] | None = None,
     ) -> pl.DataFrame:
         """The rows of ``table`` that ``where`` keeps (only ``columns``, where given), repeats dropped, read by :meth:`scan`
         (filter and columns pushed into the Parquet reader); a part damaged past its footer is skipped with a warning,
         as every read does. ``spooled``: the spool as a read just before saw it (not decoded again); ``spool=False``: the
-        Parquet parts' rows alone. A part a compaction merged away meanwhile makes it read the parts again (as
-        :meth:`_load` does)."""
+        Parquet parts' rows alone; ``carrying`` (steps, where ``where`` keeps only steps of those trajectories): the spool's
+        steps are written for the records holding them alone (:meth:`SpoolRead.frame`). A part a compaction merged away
+        meanwhile makes it read the parts again (as :meth:`_load` does)."""
         checked = False
         for _ in range(READ_ATTEMPTS):
             try:
-                scanned = self._scan(table, spooled, vanished=True, spool=spool).filter(where)
+                scanned = self._scan(table, spooled, vanished=True, spool=spool, carrying=carrying).filter(where)
                 return drop_repeats(table, (scanned.select(columns) if columns is not None else scanned).collect())
             except (PartVanished, FileNotFoundError):
                 continue  # the spool read before is still before the new manifest: no record can be missed
@@ -593,7 +599,8 @@ class LocalExperienceStore:
         The steps are read a group of trajectories at a time (filtered as the Parquet parts are read, see
         :meth:`_scanned`): an iteration holds about :data:`READ_GROUP_BYTES` of the parts' steps, not the whole steps
         table, and its first trajectories come without reading the others' steps. The spool is read whole as every read
-        does (its trajectories decoded at the start are held until yielded). A part damaged past its footer is found by
+        does; its trajectories are decoded again one at a time as they are yielded, but those of the segments the store's
+        cache keeps, which are held from the start until yielded (:mod:`~ee_middleware.store.spool_cache`). A part damaged past its footer is found by
         the first group whose read decodes it, and warned about then (a read of the whole table found it at the start)."""
         spooled = self._read_spool(stacklevel=3)
         wanted_status = _status_filter(status)
@@ -619,7 +626,7 @@ class LocalExperienceStore:
             wanted = [row["id"] for row in batch if row["id"] not in decoded]
             steps_by_id: dict[Any, pl.DataFrame] = {}
             if wanted:
-                steps = self._scanned("steps", _among("trajectory_id", wanted), spooled=spooled)
+                steps = self._scanned("steps", _among("trajectory_id", wanted), spooled=spooled, carrying=wanted)
                 group = read_group_size(steps.estimated_size(), len(wanted))
                 steps_by_id = steps.partition_by("trajectory_id", as_dict=True)
                 del steps
@@ -631,22 +638,21 @@ class LocalExperienceStore:
                 own = steps_by_id.pop((row["id"],), None)
                 yield TrajectoryRows(row, own.to_dicts() if own is not None else [])
 
-    def _spooled_alone(self, spooled: SpoolRead, selected: pl.Series) -> dict[str, Trajectory]:
+    def _spooled_alone(self, spooled: SpoolRead, selected: pl.Series) -> SpoolTrajectories:
         """Of the ``selected`` trajectories, those whose rows come from one spool record alone, decoded (see
         :meth:`SpoolRead.take_trajectories`): none with a row in the trajectories' parts or a step in the steps' parts."""
         in_spool = spooled.frame("trajectories")["id"]
         candidates = in_spool.filter(in_spool.is_in(selected.implode()))
         if candidates.is_empty():
-            return {}
+            return SpoolTrajectories()
         in_parts = self._scanned("trajectories", pl.col("id").is_in(candidates.implode()), ["id"], spooled=spooled, spool=False)["id"]
         candidates = candidates.filter(~candidates.is_in(in_parts.implode()))
         if candidates.is_empty():
-            return {}
+            return SpoolTrajectories()
         where = pl.col("trajectory_id").is_in(candidates.implode())
         # (no candidate has a row in the trajectories' parts: those with a step in the steps' parts are the ones left out)
         with_steps = set(self._scanned("steps", where, ["trajectory_id", "index"], spooled=spooled, spool=False)["trajectory_id"])
-        keep = set(candidates.to_list())
-        return {i: t for i, t in spooled.take_trajectories(exclude=with_steps).items() if i in keep}
+        return spooled.take_trajectories(exclude=with_steps, wanted=set(candidates.to_list()))
 
     def rollouts(self, trajectory_ids: str | Sequence[str] | None = None, *, replay_id: str | None = None) -> pl.DataFrame:
         """One row per rollout (alternative action and its real observation)."""
@@ -700,10 +706,19 @@ class LocalExperienceStore:
         skipped with a warning, as :meth:`steps` does."""
         return self._scan(table)
 
-    def _scan(self, table: str, spooled: SpoolRead | None = None, *, vanished: bool = False, spool: bool = True) -> pl.LazyFrame:
+    def _scan(
+        self,
+        table: str,
+        spooled: SpoolRead | None = None,
+        *,
+        vanished: bool = False,
+        spool: bool = True,
+        carrying: Collection[str] | None = None,
+    ) -> pl.LazyFrame:
         """:meth:`scan`; ``spooled``: the spool as a read just before saw it (warned about by that read); ``vanished``: a
         listed part that is gone since the manifest moved on raises :class:`PartVanished` (the caller reads again)
-        instead of being skipped with a warning; ``spool=False``: without the spool's rows."""
+        instead of being skipped with a warning; ``spool=False``: without the spool's rows; ``carrying``: of the spool's
+        steps, only those of the records holding steps of those trajectories (see :meth:`_scanned`)."""
         schema = TABLES[table]
         if spooled is None:
             spooled = self._spool.read()  # the spool first, as _load
@@ -733,7 +748,7 @@ class LocalExperienceStore:
             part = pl.scan_parquet(path) if named_in_utf8(path) else _read_part(path, schema).lazy()
             frames.append((part.with_columns(absent) if absent else part).select(list(schema)).cast(schema))  # type: ignore[arg-type]
         if spool:
-            frames.append(spooled.frame(table).lazy())
+            frames.append(spooled.frame(table, carrying=carrying).lazy())
         return pl.concat(frames, how="vertical")
 
     def check_parts(self, tables: Iterable[str] = TABLES) -> list[Path]:
@@ -1384,6 +1399,11 @@ _DECISIONS = ("trajectories", "approvals")
 
 _RECORDED_DECISION = ["id", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
 """The columns of the trajectories table :func:`_decisions` reads."""
+
+
+def _starting(ids: Sequence[str], prefix: str) -> list[str]:
+    """The ``ids`` that start with ``prefix`` (none for an empty one)."""
+    return [i for i in ids if i.startswith(prefix)] if prefix else []
 
 
 def _among(column: str, ids: Sequence[str]) -> pl.Expr:

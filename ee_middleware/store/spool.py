@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pydantic_core import from_json
 
@@ -146,43 +146,63 @@ class SpoolProblem:
 HALF_WRITTEN = "half-written last record (no newline)"
 
 
-def decode_lines(
-    data: bytes, segment: Path, *, live: bool, payloads: list[bytes | None] | None = None
-) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
+class DecodedLine(NamedTuple):
+    """A record of a segment, with where its text is: ``data[start:end]`` (checksum prefix included), which
+    :func:`decode_span` decodes again to the same record, and whether pydantic's parser decoded it (:func:`decode_json`)."""
+
+    record: dict[str, Any]
+    start: int
+    end: int
+    strict: bool
+
+
+def iter_lines(data: bytes, segment: Path, problems: list[SpoolProblem], *, live: bool) -> Iterator[DecodedLine]:
+    """A segment's records one at a time (none held by this function), the damaged lines appended to ``problems`` as they
+    are met: :func:`decode_lines` without holding every record at once.
+
+    A final line without a newline in a ``live`` segment is a write in progress, not damage.
+    """
+    position, number = 0, 0
+    while (newline := data.find(b"\n", position)) >= 0:
+        number += 1
+        if newline > position:
+            line = data[position:newline]
+            record, strict = _decode_line(line)
+            if isinstance(record, str):
+                problems.append(SpoolProblem(segment, number, record))
+                salvaged = _salvage(line)
+                if salvaged is not None:
+                    yield DecodedLine(salvaged[0], position + salvaged[1], newline, False)
+            else:
+                yield DecodedLine(record, position, newline, strict)
+        position = newline + 1
+    if position < len(data) and not live:
+        problems.append(SpoolProblem(segment, number + 1, HALF_WRITTEN))
+
+
+def decode_lines(data: bytes, segment: Path, *, live: bool) -> tuple[list[dict[str, Any]], list[SpoolProblem]]:
     """Parse a segment's bytes into records, collecting (not raising) problems.
 
     A final line without a newline in a ``live`` segment is a write in progress, not damage.
-    ``payloads``, when given, receives for each record (in order) its JSON text if pydantic's parser
-    decoded it (:func:`decode_json`), else ``None``.
     """
-    records: list[dict[str, Any]] = []
     problems: list[SpoolProblem] = []
-    lines = data.split(b"\n")
-    tail = lines.pop()  # bytes after the last newline: empty unless a write was cut short
-    for number, line in enumerate(lines, start=1):
-        if not line:
-            continue
-        record, strict = _decode_line(line)
-        if isinstance(record, str):
-            problems.append(SpoolProblem(segment, number, record))
-            salvaged = _salvage(line)
-            records.extend(salvaged)
-            if payloads is not None:
-                payloads.extend(None for _ in salvaged)
-        else:
-            records.append(record)
-            if payloads is not None:
-                payloads.append(line[9:] if strict else None)
-    if tail and not live:
-        problems.append(SpoolProblem(segment, len(lines) + 1, HALF_WRITTEN))
+    records = [line.record for line in iter_lines(data, segment, problems, live=live)]
     return records, problems
+
+
+def decode_span(data: bytes, start: int, end: int) -> dict[str, Any]:
+    """The record :func:`iter_lines` found at ``data[start:end]`` (its :class:`DecodedLine` span), decoded again."""
+    record, _ = _decode_line(data[start:end])
+    if isinstance(record, str):  # the bytes are the ones decoded before: never, unless they were changed in place
+        raise ValueError(f"the spool record at bytes {start}-{end} no longer decodes: {record}")
+    return record
 
 
 _RECORD_START = re.compile(rb"[0-9a-f]{8} \{")
 
 
-def _salvage(line: bytes) -> list[dict[str, Any]]:
-    """Whole records that follow a cut-off one on the same line.
+def _salvage(line: bytes) -> tuple[dict[str, Any], int] | None:
+    """The whole record that follows a cut-off one on the same line, and where it starts on the line.
 
     Spools written before failed writes were rolled back can hold a line where a write cut short
     by a full disk is followed by the next, acknowledged record: that record is still read.
@@ -190,8 +210,8 @@ def _salvage(line: bytes) -> list[dict[str, Any]]:
     for match in _RECORD_START.finditer(line, 1):
         record, _ = _decode_line(line[match.start() :])
         if not isinstance(record, str):
-            return [record]
-    return []
+            return record, match.start()
+    return None
 
 
 def decode_json(payload: bytes) -> tuple[Any, bool]:

@@ -21,6 +21,12 @@ read returns:
   records take the row path. The records are handed over once (a caller may change what it gets); a second
   ``iter_trajectories`` on the same handle decodes them again.
 
+A segment is decoded one record at a time, and only the segments the cache keeps keep their validated records; the
+others keep their bytes and their tables' rows (the steps' aside), and where a read needs a trajectory's record or
+steps again (a lookup of one trajectory, a read group's steps, ``iter_trajectories``), it decodes those records alone
+again from their lines (:class:`TrajectoryLines`). A spool far larger than the cache is thus read in about twice its
+size in memory, not the seven times or more its decoded records take.
+
 The garbage collector is paused while a segment is decoded (:func:`_collector_paused`).
 """
 
@@ -31,7 +37,7 @@ import os
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,11 +51,12 @@ from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, r
 
 CACHE_BYTES = 16 << 20
 """How many bytes of spool segments one store handle keeps decoded. The decoded records, with their table frames, take
-about seven times as much memory (≈ 110 MB at this bound) until ``iter_trajectories`` takes the trajectories over."""
+about seven times as much memory (≈ 110 MB at this bound) until ``iter_trajectories`` takes the trajectories over; the
+other segments keep their bytes and table rows alone (see above)."""
 
 LARGE_SPOOL_BYTES = 64 << 20
 """A spool larger than this is said once per store handle (:class:`~ee_middleware.errors.LargeSpoolWarning`): reads decode
-what the cache does not keep every time (about 1 s and 7x its size in memory per 40 MB), so a day of traces left
+what the cache does not keep every time (about 1 s per 35 MB, and 1.6x its size in memory), so a day of traces left
 uncompacted makes a lookup of one trajectory take many seconds and gigabytes."""
 
 _BIG_EXPONENT = (re.compile(rb"e\+?[0-9]{3,}[,\]}\s]"), re.compile(rb"E\+?[0-9]{3,}[,\]}\s]"))
@@ -112,37 +119,49 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class SpoolRows:
     """Table rows of some spool records (in record order) and why records were skipped; the steps' rows are written
-    only when asked for (:meth:`steps`)."""
+    only when asked for (:meth:`steps`).
+
+    ``records``: plain records, or the :class:`~ee_middleware.store.spool.DecodedLine` s of a segment's bytes ``data``
+    (each trajectory's line is then noted, so that it can be decoded again: :attr:`lines`). ``keep``: whether the
+    validated trajectories are kept (:attr:`trajectories`); without, each is dropped once its row and what
+    :class:`TrajectoryLines` notes of it are made, so that decoding a segment holds one record at a time."""
 
     def __init__(
-        self, records: Iterable[dict[str, Any]], payloads: Iterable[bytes | None] | None = None, segment: Path | None = None
+        self,
+        records: Iterable[dict[str, Any] | spool.DecodedLine],
+        segment: Path | None = None,
+        data: bytes | None = None,
+        keep: bool = True,
     ) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES if name != "steps"}
         self.trajectories: list[Trajectory] = []
-        self.exact: list[bool] = []
-        """Per trajectory: whether it can be rebuilt from its record (see :func:`round_trips`)."""
+        """The validated trajectories, in record order (only where kept)."""
+        self.lines = TrajectoryLines()
+        """What each trajectory record is (its id, where its line is, what its steps say), in record order."""
         self.rejected: list[str] = []
         """Why records did not fit the schema (those of a newer schema aside: :attr:`newer`)."""
         self.newer: list[str] = []
         """The schema versions of the records that do not fit this version's schema and say they have a newer one (a
         newer ee-middleware wrote them)."""
         where = "" if segment is None else f" of {segment}"
-        lines = iter(payloads) if payloads is not None else None
-        for record in records:
-            line = next(lines) if lines is not None else None
-            kind, data = record.get("kind"), record.get("data")
+        for item in records:
+            line = item if type(item) is spool.DecodedLine else None
+            record = line.record if line is not None else item
+            kind, data_ = record.get("kind"), record.get("data")
             try:
                 if kind == "trajectory":
-                    t = Trajectory.parse(data, where="spool record")
+                    t = Trajectory.parse(data_, where="spool record")
                     self.rows["trajectories"].append(trajectory_row(t, json_text))
-                    self.trajectories.append(t)
-                    self.exact.append(line is not None and round_trips(line))
+                    exact = line is not None and data is not None and line.strict and round_trips(data[line.start + 9 : line.end])
+                    self.lines.add(t, (line.start, line.end) if line is not None else None, exact)
+                    if keep:
+                        self.trajectories.append(t)
                 elif kind == "approval":
-                    self.rows["approvals"].append(approval_row(ApprovalEvent.parse(data, where="spool record")))
+                    self.rows["approvals"].append(approval_row(ApprovalEvent.parse(data_, where="spool record")))
                 elif kind == "rollout":
-                    self.rows["rollouts"].append(rollout_row(Rollout.parse(data, where="spool record")))
+                    self.rows["rollouts"].append(rollout_row(Rollout.parse(data_, where="spool record")))
                 elif kind == "replay":
-                    self.rows["replays"].append(replay_row(ReplayRecord.parse(data, where="spool record")))
+                    self.rows["replays"].append(replay_row(ReplayRecord.parse(data_, where="spool record")))
                 else:
                     raise RecordError(f"unknown spool record kind {kind!r}")
             except RecordError as exc:
@@ -153,11 +172,45 @@ class SpoolRows:
                     self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
 
     def steps(self) -> list[dict[str, Any]]:
+        """The steps' rows of the kept trajectories."""
         return [step_row(s, json_text) for t in self.trajectories for s in t.steps]
 
     def frames(self) -> dict[str, pl.DataFrame]:
-        """Every table's rows, steps included."""
+        """Every table's rows, steps included (of the kept trajectories)."""
         return {name: frame(self.steps() if name == "steps" else self.rows[name], schema) for name, schema in TABLES.items()}
+
+
+class TrajectoryLines:
+    """What a segment's trajectory records are, in record order, without the records: enough to find the records a read
+    needs (by id, or by the trajectory ids their steps carry) and to decode those alone again from their lines."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.spans: list[tuple[int, int] | None] = []
+        """Where each record's line is in the segment's bytes (``None``: not read from a segment)."""
+        self.exact: list[bool] = []
+        """Whether each can be rebuilt from its record alone (see :func:`round_trips`)."""
+        self.alone: list[bool] = []
+        """Whether each record's steps all carry its own id, at distinct indices."""
+        self.owners: dict[str, list[int]] = {}
+        """By trajectory id: the records (positions) holding steps that carry that id."""
+        self.foreign: set[str] = set()
+        """Ids that steps of another trajectory's record carry."""
+
+    def add(self, t: Trajectory, span: tuple[int, int] | None, exact: bool) -> None:
+        position = len(self.ids)
+        self.ids.append(t.id)
+        self.spans.append(span)
+        self.exact.append(exact)
+        carried = {s.trajectory_id for s in t.steps}
+        self.alone.append(carried <= {t.id} and len({s.index for s in t.steps}) == len(t.steps))
+        for owner in carried:
+            self.owners.setdefault(owner, []).append(position)
+        self.foreign.update(carried - {t.id})
+
+    def carrying(self, ids: Iterable[str]) -> list[int]:
+        """The records (positions, in record order) holding a step that carries one of ``ids``."""
+        return sorted({position for i in ids for position in self.owners.get(i, ())})
 
 
 def newer_schema(record: dict[str, Any]) -> str | None:
@@ -192,41 +245,111 @@ def warn_newer(segment: Path, versions: list[str], *, stacklevel: int) -> None:
     )
 
 
-class DecodedSegment:
-    """What the whole lines of one segment decode to (the bytes after its last newline are not part of it)."""
+STEP_ROWS_AT_ONCE = 2_000
+"""Step rows written before they are put in a frame, where a segment's steps are written from its lines."""
 
-    def __init__(self, segment: Path, data: bytes) -> None:
+
+class DecodedSegment:
+    """What the whole lines of one segment decode to (the bytes after its last newline are not part of it): its tables'
+    rows but the steps', and where each trajectory's record is (:class:`TrajectoryLines`).
+
+    ``keep_records``: the validated trajectories are kept too, so that a read of the steps, or of the trajectories
+    themselves, does not decode their records again (a segment a :class:`SpoolCache` keeps); without, each record is
+    dropped once its rows are made, and decoded again from its line where a read needs it (the one trajectory a lookup
+    asks for, the steps of the trajectories a read group holds): reading a spool larger than the cache then holds its
+    bytes and its tables' rows, not every record it decodes to."""
+
+    def __init__(self, segment: Path, data: bytes, *, keep_records: bool = True) -> None:
         self.segment = segment
         self.data = data
         self.lines = data.count(b"\n")
-        rows, self.problems = self._decode()
+        rows, self.problems = self._decode(keep_records)
         self.rejected = rows.rejected
         self.newer = rows.newer
+        self.index = rows.lines
         self._frames = {name: frame(r, TABLES[name]) for name, r in rows.rows.items()}
         self._steps: pl.DataFrame | None = None
-        self._rows: SpoolRows | None = rows  # None once its trajectories are handed over
+        self._records: list[Trajectory | None] | None = list(rows.trajectories) if keep_records else None
+        """The validated trajectories, until handed over (:meth:`hand_over`); ``None`` where not kept."""
         self._lock = threading.Lock()
 
-    def _decode(self) -> tuple[SpoolRows, list[spool.SpoolProblem]]:
-        payloads: list[bytes | None] = []
+    def _decode(self, keep: bool) -> tuple[SpoolRows, list[spool.SpoolProblem]]:
+        problems: list[spool.SpoolProblem] = []
         with _collector_paused():
-            records, problems = spool.decode_lines(self.data, self.segment, live=True, payloads=payloads)
-            return SpoolRows(records, payloads, self.segment), problems
+            rows = SpoolRows(spool.iter_lines(self.data, self.segment, problems, live=True), self.segment, self.data, keep)
+        return rows, problems
+
+    def trajectory(self, position: int) -> Trajectory:
+        """The trajectory of the ``position``-th trajectory record, decoded again from its line (the caller's own)."""
+        span = self.index.spans[position]
+        assert span is not None  # (a segment's records are all read from its lines)
+        record = spool.decode_span(self.data, *span)
+        return Trajectory.parse(record.get("data"), where="spool record")
+
+    def _trajectories(self, positions: Iterable[int]) -> Iterator[Trajectory]:
+        """The trajectories at ``positions``: the kept ones where they are still here, the others decoded again."""
+        for position in positions:
+            kept = self._records[position] if self._records is not None else None
+            yield kept if kept is not None else self.trajectory(position)
 
     def frame(self, table: str) -> pl.DataFrame:
         if table != "steps":
             return self._frames[table]
         with self._lock:
             if self._steps is None:
-                rows = self._rows if self._rows is not None else self._decode()[0]
-                self._steps = frame(rows.steps(), TABLES["steps"])
+                self._steps = self._step_frame(range(len(self.index.ids)))
             return self._steps
 
-    def take_trajectories(self) -> SpoolRows:
-        """The records' trajectories, for the caller to keep: the first call gets the ones decoded already."""
+    def steps_carrying(self, ids: Collection[str]) -> pl.DataFrame:
+        """The steps that carry one of ``ids``, in record order, without writing the others' (where the segment's steps
+        were not written yet: every step of the records holding one, a superset to filter)."""
         with self._lock:
-            rows, self._rows = self._rows, None
-        return rows if rows is not None else self._decode()[0]
+            steps = self._steps
+        if steps is not None:
+            return steps.filter(pl.col("trajectory_id").is_in(pl.Series(list(ids), dtype=pl.String).implode()))
+        return self._step_frame(self.index.carrying(ids))
+
+    def _step_frame(self, positions: Iterable[int]) -> pl.DataFrame:
+        frames, rows = [], []
+        with _collector_paused():
+            for t in self._trajectories(positions):
+                rows += [step_row(s, json_text) for s in t.steps]
+                if len(rows) >= STEP_ROWS_AT_ONCE:
+                    frames.append(frame(rows, TABLES["steps"]))
+                    rows = []
+        frames.append(frame(rows, TABLES["steps"]))
+        return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+
+    def hand_over(self, positions: Collection[int]) -> dict[int, Trajectory]:
+        """The kept trajectories at ``positions``, for the caller to keep; every kept trajectory is let go (a later read
+        decodes them again from their lines)."""
+        with self._lock:
+            records, self._records = self._records, None
+        if records is None:
+            return {}
+        return {p: t for p in positions if (t := records[p]) is not None}
+
+
+class SpoolTrajectories:
+    """Trajectories rebuilt from their spool records alone, by id (see :meth:`SpoolRead.take_trajectories`): those a
+    segment kept decoded are handed over at once, the others decoded from their lines one at a time, when popped."""
+
+    def __init__(self) -> None:
+        self._ready: dict[str, Trajectory] = {}
+        self._lines: dict[str, tuple[DecodedSegment, int]] = {}
+
+    def __contains__(self, trajectory_id: object) -> bool:
+        return trajectory_id in self._ready or trajectory_id in self._lines
+
+    def __len__(self) -> int:
+        return len(self._ready) + len(self._lines)
+
+    def pop(self, trajectory_id: str, default: Trajectory | None = None) -> Trajectory | None:
+        """The trajectory ``trajectory_id`` (the caller's own), no longer held here; ``default`` where there is none."""
+        if trajectory_id in self._ready:
+            return self._ready.pop(trajectory_id)
+        found = self._lines.pop(trajectory_id, None)
+        return found[0].trajectory(found[1]) if found is not None else default
 
 
 class SpoolRead:
@@ -236,9 +359,15 @@ class SpoolRead:
         self.segments = segments
         self.problems = problems
 
-    def frame(self, table: str) -> pl.DataFrame:
-        """``table``'s rows from the spool, in record order (repeated records still there)."""
-        frames = [s.frame(table) for s in self.segments]
+    def frame(self, table: str, *, carrying: Collection[str] | None = None) -> pl.DataFrame:
+        """``table``'s rows from the spool, in record order (repeated records still there). ``carrying`` (steps only):
+        only the steps of the records holding a step that carries one of those trajectory ids, written alone (a superset
+        of those trajectories' steps: filter them)."""
+        if carrying is not None:
+            assert table == "steps", table
+            frames = [s.steps_carrying(carrying) for s in self.segments]
+        else:
+            frames = [s.frame(table) for s in self.segments]
         return pl.concat(frames, how="vertical") if frames else frame([], TABLES[table])
 
     def warn(self, *, stacklevel: int) -> None:
@@ -250,38 +379,44 @@ class SpoolRead:
             warn_rejected(s.rejected, stacklevel=stacklevel + 1)
             warn_newer(s.segment, s.newer, stacklevel=stacklevel + 1)
 
-    def take_trajectories(self, exclude: set[str]) -> dict[str, Trajectory]:
-        """The trajectories that can be rebuilt from their records alone, by id, for the caller to keep.
+    def take_trajectories(self, exclude: Collection[str], wanted: Collection[str]) -> SpoolTrajectories:
+        """Of the ``wanted`` trajectories, those that can be rebuilt from their records alone, for the caller to keep.
 
         A trajectory qualifies when its rows come from its one record and nothing else: its id is not in ``exclude``
         (ids with rows in Parquet parts), no other record has its id or steps with its id, its steps carry its id and
-        distinct indices, and it round-trips exactly (:func:`round_trips`).
+        distinct indices, and it round-trips exactly (:func:`round_trips`). The trajectories the segments kept decoded
+        are handed over now (and the others they kept let go); the rest are decoded when taken.
         """
-        taken: list[tuple[Trajectory, bool]] = []
-        for segment in self.segments:
-            rows = segment.take_trajectories()
-            taken += zip(rows.trajectories, rows.exact, strict=True)
         records: dict[str, int] = {}
-        foreign: set[str] = set()  # ids that steps of another trajectory's record carry
-        for t, _ in taken:
-            records[t.id] = records.get(t.id, 0) + 1
-            foreign.update(s.trajectory_id for s in t.steps if s.trajectory_id != t.id)
-        out = {}
-        for t, exact in taken:
-            if not exact or records[t.id] != 1 or t.id in exclude or t.id in foreign:
-                continue
-            if any(s.trajectory_id != t.id for s in t.steps) or len({s.index for s in t.steps}) != len(t.steps):
-                continue
-            out[t.id] = t
+        foreign: set[str] = set()
+        for segment in self.segments:
+            for i in segment.index.ids:
+                records[i] = records.get(i, 0) + 1
+            foreign |= segment.index.foreign
+        out = SpoolTrajectories()
+        for segment in self.segments:
+            index = segment.index
+            chosen = {
+                position: i
+                for position, i in enumerate(index.ids)
+                if i in wanted and index.exact[position] and index.alone[position] and records[i] == 1
+                and i not in exclude and i not in foreign
+            }  # fmt: skip
+            handed = segment.hand_over(chosen)
+            for position, i in chosen.items():
+                if position in handed:
+                    out._ready[i] = handed[position]
+                else:
+                    out._lines[i] = (segment, position)
         return out
 
 
 class SpoolCache:
     """Decoded segments of one store's spool, reused while a segment's bytes stay the same. Thread-safe."""
 
-    def __init__(self, spool_dir: Path, *, max_bytes: int = CACHE_BYTES) -> None:
+    def __init__(self, spool_dir: Path, *, max_bytes: int | None = None) -> None:
         self.dir = spool_dir
-        self.max_bytes = max_bytes
+        self.max_bytes = CACHE_BYTES if max_bytes is None else max_bytes
         self._segments: dict[Path, DecodedSegment] = {}
         self._said_large = False
 
@@ -301,11 +436,13 @@ class SpoolCache:
             end = data.rfind(b"\n") + 1
             d = cached.get(segment)
             if d is None or len(d.data) != end or not data.startswith(d.data):
-                d = DecodedSegment(segment, data if end == len(data) else data[:end])
+                # (a segment the cache has no room for keeps no decoded records: each is dropped once its rows are made)
+                d = DecodedSegment(segment, data if end == len(data) else data[:end], keep_records=end <= room)
             decoded.append(d)
             problems += d.problems
             if end < len(data) and not live:  # as spool.decode_lines reports it
                 problems.append(spool.SpoolProblem(segment, d.lines + 1, spool.HALF_WRITTEN))
+            del data
             if len(d.data) <= room:
                 kept[segment] = d
                 room -= len(d.data)
@@ -319,7 +456,7 @@ class SpoolCache:
             warnings.warn(
                 LargeSpoolWarning(
                     f"The spool of {store} holds {total / 2**20:.0f} MB not yet compacted ({len(decoded)} segments): every read "
-                    f"decodes it again, so each command takes seconds and memory several times that size. Run `ee store "
+                    f"decodes it again, so each command takes seconds and more memory than that. Run `ee store "
                     f"compact --store {store}`, and schedule it (hourly, say) where capture writes this much between "
                     "nightly runs."
                 ),

@@ -104,7 +104,16 @@ def _compacted_copy(path: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_bfcl_experts_read_from_the_spool_equal_the_same_store_compacted(bfcl_store_path: Path, tmp_path: Path):
+@pytest.fixture(params=["cached", "beyond-the-cache"])
+def cache(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Reads with the segments kept decoded by the store handle, and with none kept (a spool larger than the cache: each
+    record decoded again from its line where a read needs it)."""
+    if request.param == "beyond-the-cache":
+        monkeypatch.setattr(spool_cache, "CACHE_BYTES", 0)
+    return str(request.param)
+
+
+def test_bfcl_experts_read_from_the_spool_equal_the_same_store_compacted(bfcl_store_path: Path, tmp_path: Path, cache: str):
     store = LocalExperienceStore(bfcl_store_path, create=False)
     ids = store.trajectories()["id"].to_list()
     assert len(ids) >= 4 and spool.list_segments(bfcl_store_path / "spool")
@@ -146,7 +155,7 @@ def _sparse(data: dict[str, Any]) -> None:
     del last["observation"], last["model_latency_ms"]
 
 
-def test_awkward_records_read_from_the_spool_equal_the_same_store_compacted(store_path: Path, tmp_path: Path, monkeypatch):
+def test_awkward_records_read_from_the_spool_equal_the_same_store_compacted(store_path: Path, tmp_path: Path, monkeypatch, cache: str):
     store = LocalExperienceStore(store_path)
     store.write([sample_trajectory("in-parts")])
     store.compact()
@@ -176,21 +185,24 @@ def test_awkward_records_read_from_the_spool_equal_the_same_store_compacted(stor
         _trajectory_line(sample_trajectory("foreign"), lambda d: d["steps"][0].update(trajectory_id="plain")),
         _trajectory_line(sample_trajectory("in-parts", steps=3)),  # also in a Parquet part, which wins
         _trajectory_line(sample_trajectory("bad"), lambda d: d.pop("app")),  # does not fit the schema: skipped
+        # a write cut short, then the next record on its line (an earlier version's full disk): that record is read
+        _trajectory_line(sample_trajectory("cut"))[:40] + _trajectory_line(sample_trajectory("salvaged"))[:-1] + b"\n",
     ]
     writer = spool.SpoolWriter(store_path / "spool", fsync=False)
     writer.append_lines(lines)
     writer.seal()
-    with pytest.warns(IncompleteReadWarning, match="does not fit the schema"):
+    with pytest.warns(IncompleteReadWarning, match="does not fit the schema|checksum mismatch"):
         store.approve(["plain", "nan"], by="r")
     store.close()
     rebuilt: list[str] = []  # which trajectories were rebuilt from their records, not from rows
     monkeypatch.setattr(local, "_rebuilt", lambda row, t: rebuilt.append(t.id) or _rebuilt(row, t))
     spooled = _everything(store_path)
     from_records = {"sparse", "big-int", "escapes", "int-latency", "no-env", "answer-with-call", "offset-time", "naive-time", "unsorted"}
-    assert set(rebuilt) == from_records  # not "plain": a step of "foreign" carries its id
+    assert set(rebuilt) == from_records  # not "plain": a step of "foreign" carries its id; not "salvaged": not exact
     ids = [t.id for t in spooled["iter"]]
-    assert ids[0] == "in-parts" and {"plain", "nan", "huge-exp", "lone", "deep", "twice", "foreign"} <= set(ids) and "bad" not in ids
-    assert spooled["warnings"] and all("does not fit the schema" in w for w in spooled["warnings"])
+    assert ids[0] == "in-parts" and {"plain", "nan", "huge-exp", "lone", "deep", "twice", "foreign", "salvaged"} <= set(ids)
+    assert "bad" not in ids and "cut" not in ids
+    assert spooled["warnings"] and all(("does not fit the schema" in w or w == "Skipped a damaged record") for w in spooled["warnings"])
     compacted = _everything(_compacted_copy(store_path, tmp_path))
     _assert_read_alike(spooled, compacted)
 
@@ -306,3 +318,34 @@ def test_a_filtered_read_does_not_hold_the_trajectories_it_leaves_out(bfcl_store
     held = [o.id for o in gc.get_objects() if type(o) is Trajectory and o.id in set(ids[1:])]
     assert held == [], "rejected trajectories stay in memory while the read goes on"
     assert list(trajectories) == []
+
+
+def test_reads_of_a_spool_beyond_the_cache_hold_its_bytes_not_its_decoded_records(store_path: Path):
+    """A spool larger than what a store handle keeps decoded (a day of traces not yet compacted) is decoded one record at a
+    time: a read holds its bytes and its tables' rows, and decodes again only the records it returns. Each read held about
+    ten times the spool's size in Python objects when every decoded record was kept until the read ended."""
+    import tracemalloc
+
+    store = LocalExperienceStore(store_path)
+    store.write([sample_trajectory(f"{i:03d}-run", steps=8) for i in range(400)])
+    store.close()
+    size = sum(p.stat().st_size for p in spool.list_segments(store_path / "spool"))
+
+    def held(read: Any) -> float:
+        reader = LocalExperienceStore(store_path, create=False)
+        reader._spool.max_bytes = 0  # none of it kept decoded between reads
+        tracemalloc.start()
+        try:
+            answer = read(reader)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert answer
+        return peak / size
+
+    expected = [s.observation for s in sample_trajectory("007-run", steps=8).steps]
+    assert held(lambda r: [s.observation for s in r.get("007-run").steps] == expected) < 3
+    assert held(lambda r: r.get("007").id == "007-run") < 3  # a prefix: resolved in the same read
+    assert held(lambda r: r.trajectory_index(["id"]).height == 400) < 3
+    assert held(lambda r: sum(len(t.steps) for t in r.iter_trajectories()) == 400 * 9) < 3  # (8 tool calls and the answer)
+    assert held(lambda r: r.steps(["007-run"]).height == 9) < 3
