@@ -1298,23 +1298,23 @@ class LocalExperienceStore:
     def info(self) -> dict[str, Any]:
         """Counts and sizes, for ``ee store info``."""
         segments = spool.list_segments(self.root / "spool")
-        tables = self._load((*_DECISIONS, "replays"))
+        spooled = self._read_spool(stacklevel=3)
+        # the columns counted alone (the conversations are most of the trajectories table)
+        trajectories = self._trajectory_index(["schema_version"], spooled)
+        replays = self._scanned("replays", pl.lit(True), ["replay_id", "trajectory_id", "finished_at"], spooled=spooled)
         snapshot = read_manifest(self.root, TABLES)
         for table in ("steps", "rollouts"):  # not read whole here: their footers, as compaction checks them (warned)
             self._check_footers(snapshot, table)
-        trajectories = _current_approvals(tables["trajectories"], tables["approvals"])
         counts = trajectories.group_by("approval").len().to_dicts() if not trajectories.is_empty() else []
         quarantine = self.root / "quarantine"
         return {
             "root": str(self.root),
             "schema_version": SCHEMA_VERSION,  # (what this ee writes; the records' own are counted below)
-            "records_schema_versions": _version_counts(tables["trajectories"]),
+            "records_schema_versions": _version_counts(trajectories),
             "trajectories": trajectories.height,
             "by_approval": {c["approval"]: c["len"] for c in counts},
-            "rollouts": self._scanned(
-                "rollouts", pl.lit(True), ["id"], spooled=tables.spooled
-            ).height,  # (counted without holding the table)
-            "replayed_trajectories": tables["replays"]["trajectory_id"].n_unique(),
+            "rollouts": self._scanned("rollouts", pl.lit(True), ["id"], spooled=spooled).height,
+            "replayed_trajectories": replays["trajectory_id"].n_unique(),
             "spool_segments": len(segments),
             "live_segments": sum(spool.is_live(s) for s in segments),
             "parquet_parts": {name: len(snapshot.parts[name]) for name in TABLES},
