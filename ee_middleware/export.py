@@ -57,6 +57,7 @@ from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Tra
 from ee_middleware.store.access import read_advice
 from ee_middleware.store.metadata import local_folder
 from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.registry import trajectory_columns
 
 
 def export_jsonl(
@@ -308,7 +309,7 @@ def _deciding(
             yield trajectory, weights, others
         elif on_skipped is not None:
             if recorded is None:
-                table = _reading(store, out, lambda: store.trajectories().select("id", "num_steps"))
+                table = _reading(store, out, lambda: trajectory_columns(store, ["id", "num_steps"]))  # (not the conversations)
                 recorded = {row["id"]: row["num_steps"] or 0 for row in table.iter_rows(named=True)}
             on_skipped(trajectory.id, undecided_reason(trajectory, recorded.get(trajectory.id)))
 

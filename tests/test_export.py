@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import operator
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import Annotated, Any, TypedDict
 
 import polars as pl
 import pytest
@@ -151,6 +151,18 @@ def test_replies_of_earlier_runs_are_context_and_a_run_that_decided_nothing_is_l
     weights = [[(m["content"], m.get("weight", 1)) for m in e["messages"] if m["role"] == "assistant"] for e in examples]
     assert sorted(weights, key=len) == [[("Hello, Ada.", 1)], [("Hello, Ada.", 0), ("You asked about pears.", 1)]]
 
+    def whole_table(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read the whole trajectories table")
+
+    # the steps each left-out run recorded are counted from that column alone, not from the whole trajectories table
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LocalExperienceStore, "trajectories", whole_table)
+        again = CliRunner().invoke(
+            app, ["traces", "export", "--store", str(store_path), "-f", "jsonl", "-o", str(tmp_path / "again.jsonl")]
+        )
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()
+
 
 def test_an_assistant_message_a_tool_wrote_into_the_conversation_is_context_not_taught(tmp_path: Path) -> None:
     """A tool that hands off returns ``Command(update={"messages": [ToolMessage, AIMessage]})``: the note it writes is
@@ -191,7 +203,6 @@ def test_an_assistant_message_a_tool_wrote_into_the_conversation_is_context_not_
 def _record_tools_chosen_per_call(store_path: Path) -> None:
     """A real ``create_agent`` run whose model is offered one tool per call by a ``wrap_model_call`` middleware (as
     ``LLMToolSelectorMiddleware`` narrows them): check_stock twice, then order_item, then none for the answer."""
-    from typing import Any
 
     from langchain.agents import create_agent
     from langchain.agents.middleware import wrap_model_call

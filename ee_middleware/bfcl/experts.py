@@ -23,6 +23,7 @@ from ee_middleware.errors import EEError
 from ee_middleware.messages import message_type
 from ee_middleware.records import ToolCall
 from ee_middleware.store.metadata import local_folder
+from ee_middleware.store.registry import trajectory_columns
 
 EXPERT_MODEL_NAME = "bfcl-ground-truth-expert"
 CLARIFY_ANSWER = "I can't complete this with the information and tools I have. Could you give me the missing details?"
@@ -164,7 +165,8 @@ def recorded_entry_ids(store: Any, category: str) -> set[str]:
 
     completed = pl.col("environment_json").is_not_null() & (pl.col("status") == "completed")
     # (a curriculum variant copies its parent's entry id: it is not the entry's expert)
-    frame = store.trajectories(app=app_name(category)).filter(completed & (pl.col("source").fill_null("") != CURRICULUM_SOURCE))
+    columns = trajectory_columns(store, ["environment_json", "status", "source"], app=app_name(category))  # (not the conversations)
+    frame = columns.filter(completed & (pl.col("source").fill_null("") != CURRICULUM_SOURCE))
     return {json.loads(env).get("entry_id") for env in frame["environment_json"].to_list()}
 
 
@@ -226,7 +228,7 @@ def _reject_cut_off(store: Any, category: str, report: RecordReport) -> None:
     from ee_middleware.replay.curriculum import CURRICULUM_SOURCE
 
     done = recorded_entry_ids(store, category)
-    frame = store.trajectories(app=app_name(category), status="pending").filter(
+    frame = trajectory_columns(store, ["id", "environment_json", "status", "source"], app=app_name(category), status="pending").filter(
         (pl.col("status") == "interrupted")
         & pl.col("environment_json").is_not_null()
         & (pl.col("source").fill_null("") != CURRICULUM_SOURCE)  # (a variant copies its parent's entry id)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ee_middleware._files import atomic_write_text
 from ee_middleware.records import Step, ToolCall, Trajectory, offered_tools
 from ee_middleware.store.metadata import local_folder
+from ee_middleware.store.registry import trajectory_columns
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -363,7 +364,8 @@ def _latest_paused_row(store: ExperienceStore, thread_id: str, call_ids: Sequenc
         candidates = pl.col("id").is_in(steps["trajectory_id"].unique().implode())
         trajectories = store.scan("trajectories").filter(candidates & paused).select("id", "started_at", "tools_json").collect()
     else:  # a store without lazy reads: its frames
-        trajectories = store.trajectories().filter(paused).select("id", "started_at", "tools_json")
+        columns = trajectory_columns(store, ["id", "started_at", "tools_json", "thread_id", "status"])  # (not the conversations)
+        trajectories = columns.filter(paused).select("id", "started_at", "tools_json")
         if trajectories.is_empty():
             return None
         steps = store.steps(trajectories["id"].to_list()).filter(awaiting).select("trajectory_id", "offered_tools_json")

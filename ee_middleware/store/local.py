@@ -440,9 +440,10 @@ class LocalExperienceStore:
 
     def approvals(self, trajectory_ids: str | Sequence[str] | None = None) -> pl.DataFrame:
         """Every approval decision, oldest first, with the opposite decision each one overturned."""
-        if trajectory_ids is None:
-            tables = self._load(_DECISIONS)
-            return _decisions(tables["trajectories"], tables["approvals"])
+        if trajectory_ids is None:  # the decisions alone (not the conversations)
+            spooled = self._read_spool(stacklevel=3)
+            trajectories = self._scanned("trajectories", pl.lit(True), _RECORDED_DECISION, spooled=spooled)
+            return _decisions(trajectories, self._scanned("approvals", pl.lit(True), spooled=spooled))
         # the trajectories' own rows alone (a decision's order depends only on its trajectory's decisions)
         trajectories, approvals = self._decision_rows(id_list(trajectory_ids), self._read_spool(stacklevel=3), _RECORDED_DECISION)
         return _decisions(trajectories, approvals)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -219,3 +220,31 @@ def test_a_curriculum_variant_of_an_entry_is_not_its_expert(tmp_path: Path) -> N
     store.close()
     again = record_experts(store_path, "multi_turn_base", limit=2)
     assert again.recorded == [second] and again.already == first.recorded
+
+
+def test_recorded_entries_and_cut_off_recordings_are_found_from_their_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Which entries a store holds experts of, and which stopped recordings to reject, are read from the trajectories'
+    entry, status and source columns alone: both read the whole trajectories table, conversations included (hundreds of
+    MB on a large store), on every ``ee bfcl record-experts``."""
+    from ee_middleware.bfcl.experts import RecordReport, _reject_cut_off, recorded_entry_ids
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    def expert(trajectory_id: str, entry: str, status: str) -> Any:
+        update = {"app": app_name("simple_python"), "environment": {"entry_id": entry}, "status": status}
+        return sample_trajectory(trajectory_id).model_copy(update=update)
+
+    monkeypatch.setenv("EE_NEW_REDACTION_KEY", "1")  # (records written directly: no recorder made the store's key)
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([expert("whole", "simple_python_0", "completed"), expert("cut", "simple_python_0", "interrupted")])
+    store.write([expert("other-cut", "simple_python_1", "interrupted")])
+
+    def whole_table(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read the whole trajectories table")
+
+    monkeypatch.setattr(store, "trajectories", whole_table)
+    assert recorded_entry_ids(store, "simple_python") == {"simple_python_0"}
+    report = RecordReport(category="simple_python")
+    _reject_cut_off(store, "simple_python", report)
+    assert report.cut_off_rejected == 1
+    monkeypatch.undo()
+    assert store.trajectories(status="rejected")["id"].to_list() == ["cut"]

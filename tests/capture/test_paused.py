@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from ee_middleware.capture.paused import NOTE_LIFETIME_S, PAUSED_FOLDER, PausedDecisions
 from ee_middleware.records import Action, ToolCall, Trajectory
@@ -95,3 +96,37 @@ def test_a_review_left_unanswered_is_pruned_in_time(tmp_path: Path) -> None:
     assert [p.name for p in folder.iterdir()] != [] and not old.exists() and not left.exists()
     assert PausedDecisions(store).tools("new", ["c9"], _later_ns()) == [LOOKUP]
     store.close()
+
+
+class _IndexedStore:
+    """A plug-in store without lazy reads (no ``scan``) whose ``trajectory_index`` reads columns alone, and whose whole
+    trajectories table must not be read."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def trajectory_index(self, columns: Any, *, status: Any = None, app: Any = None, ids: Any = None) -> Any:
+        return self.inner.trajectory_index(columns, status=status, app=app, ids=ids)
+
+    def trajectories(self, **kwargs: Any) -> Any:
+        raise AssertionError("read the whole trajectories table")
+
+    def steps(self, trajectory_ids: Any = None) -> Any:
+        return self.inner.steps(trajectory_ids)
+
+
+def test_a_plug_in_store_is_asked_for_the_paused_runs_columns_alone(tmp_path: Path) -> None:
+    """A store without lazy reads is asked for the paused run's columns (``trajectory_index``, where it has one), not its
+    whole trajectories table (every stored conversation, to find one paused decision)."""
+    import datetime as dt
+
+    from ee_middleware.capture.paused import paused_decision_tools
+
+    paused = sample_trajectory("paused", steps=2)
+    steps = [paused.steps[0], paused.steps[1].model_copy(update={"observation": None})]  # its second call awaits review
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([paused.model_copy(update={"status": "interrupted", "thread_id": "t1", "steps": steps})])
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+    expected = paused_decision_tools(store, "t1", ["call-1"], later)
+    assert expected
+    assert paused_decision_tools(_IndexedStore(store), "t1", ["call-1"], later) == expected

@@ -211,14 +211,17 @@ def test_the_large_spool_is_said_again_once_it_grew_back_after_a_compaction(tmp_
         store.trajectories()  # below the bound: re-armed
 
 
-def test_counting_reads_no_table_whole(store: LocalExperienceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_counting_and_listing_decisions_read_no_table_whole(store: LocalExperienceStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ee store info`` counts trajectories by approval and schema version, rollouts and replayed trajectories from those
-    columns alone: it read the whole trajectories table (the conversations: 209 MB at 20,000 runs of 15 KB, 105 MB now)."""
+    columns alone, and every decision is listed from the decisions' columns: both read the whole trajectories table (the
+    conversations: ``ee store info`` 209 MB at 20,000 runs of 15 KB, 105 MB now)."""
     store.approve(["t2", "s1"], by="alice")
     store.write_replay(sample_replay_record("t0"), [])  # the same trajectory replayed again: counted once
     read = _tables_read(store, monkeypatch)
     info = store.info()
+    decisions = store.approvals()  # every decision: from the decisions' columns too
     assert read == [], read
+    assert decisions.select("trajectory_id", "status", "by").rows() == [("t2", "approved", "alice"), ("s1", "approved", "alice")]
     assert info["trajectories"] == 6 and info["by_approval"] == {"approved": 2, "pending": 4}
     assert info["records_schema_versions"] == {spool_cache_module.SCHEMA_VERSION: 6}
     assert info["rollouts"] == 5 and info["replayed_trajectories"] == 2
