@@ -83,6 +83,17 @@ from ee_middleware.store.tables import (
 
 FORMAT = "ee-experience-store"
 MAX_PARTS_BEFORE_MERGE = 16
+"""A table with more live parts than this has its runs of small consecutive parts merged by the next compaction."""
+PART_FRAME_BYTES = 128 * 2**20
+"""About the most (in memory, uncompressed) that compaction holds of one table to write it as a part: folding the spool
+writes a part whenever its frames reach it, and merging takes consecutive parts smaller than it together, up to it; parts
+that reach it are not merged again. Compaction then holds about this much, whatever the size of the spool or the store: a
+fold held every frame of the whole spool (about 1 GB for a spool of 384 MB), and a merge the whole table (every step the
+store ever recorded, read at once)."""
+FRAME_BYTES_KEY = "ee.frame_bytes"
+"""The Parquet key-value metadata in which a part says its frame's size in memory (what merges go by)."""
+PARQUET_EXPANSION = 10
+"""What a part without :data:`FRAME_BYTES_KEY` (written by an older version) is taken to hold in memory per byte on disk."""
 READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
 ROW_GROUP_BYTES = 16 * 2**20
@@ -934,40 +945,49 @@ class LocalExperienceStore:
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
         unreadable: dict[Path, SpoolRows] = {}
         not_read: list[tuple[Path, OSError]] = []
-        for segment in spool.list_segments(spool_dir):
-            try:
-                if spool.is_live(segment):
-                    continue
-                data = segment.read_bytes()
-            except FileNotFoundError:  # an empty segment its writer removed after a failed write (see spool.py)
-                continue
-            except OSError as exc:  # not known to be damaged: left where it is, its records kept (said below, or by repair)
-                if not damaged_only:
-                    not_read.append((segment, exc))
-                continue
-            good, problems = spool.decode_lines(data, segment, live=False)
-            rows = SpoolRows(good, segment=segment)
-            if damaged_only and (rows.newer or not (problems or rows.rejected)):
-                continue  # nothing to quarantine: compaction folds it
-            segments.append(segment)
-            if problems:
-                damaged[segment] = (len(good), problems)
-            # Said by _warn_kept and _warn_quarantined below, never as damage a read would fail on: the segment is kept
-            # or quarantined, and `ee store repair` (damaged parts) has nothing to do with it.
-            if rows.newer:
-                unreadable[segment] = rows  # a newer ee-middleware wrote records this version cannot read: it stays
-            elif rows.rejected:  # records that fit no schema: kept for inspection, out of the store
-                unfit = [spool.SpoolProblem(segment, 0, reason) for reason in rows.rejected]
-                damaged[segment] = (len(good) - len(rows.rejected), [*damaged.get(segment, (0, []))[1], *unfit])
-            for name, df in rows.frames().items():
-                folded[name].append(df)
         written: list[Path] = []
+
+        def fold(name: str) -> None:
+            """Write ``name``'s frames folded so far as a part (listed in ``snapshot``, live once it is written)."""
+            frames, folded[name] = folded[name], []
+            df = pl.concat(frames, how="vertical") if frames else frame([], TABLES[name])
+            if not df.is_empty():
+                written.append(self._write_part(name, df))
+                snapshot.parts[name].append(written[-1].name)
+
         try:  # nothing is live before the manifest swap: on any failure, remove what this pass wrote
-            for name, frames in folded.items():
-                df = pl.concat(frames, how="vertical") if frames else frame([], TABLES[name])
-                if not df.is_empty():
-                    written.append(self._write_part(name, df))
-                    snapshot.parts[name].append(written[-1].name)
+            for segment in spool.list_segments(spool_dir):
+                try:
+                    if spool.is_live(segment):
+                        continue
+                    data = segment.read_bytes()
+                except FileNotFoundError:  # an empty segment its writer removed after a failed write (see spool.py)
+                    continue
+                except OSError as exc:  # not known to be damaged: left where it is, its records kept (said below, or by repair)
+                    if not damaged_only:
+                        not_read.append((segment, exc))
+                    continue
+                problems: list[spool.SpoolProblem] = []
+                rows = SpoolRows(spool.iter_lines(data, segment, problems, live=False), segment)  # (a record at a time)
+                del data
+                if damaged_only and (rows.newer or not (problems or rows.rejected)):
+                    continue  # nothing to quarantine: compaction folds it
+                segments.append(segment)
+                if problems:
+                    damaged[segment] = (rows.count, problems)
+                # Said by _warn_kept and _warn_quarantined below, never as damage a read would fail on: the segment is kept
+                # or quarantined, and `ee store repair` (damaged parts) has nothing to do with it.
+                if rows.newer:
+                    unreadable[segment] = rows  # a newer ee-middleware wrote records this version cannot read: it stays
+                elif rows.rejected:  # records that fit no schema: kept for inspection, out of the store
+                    unfit = [spool.SpoolProblem(segment, 0, reason) for reason in rows.rejected]
+                    damaged[segment] = (rows.count - len(rows.rejected), [*damaged.get(segment, (0, []))[1], *unfit])
+                for name, df in rows.frames().items():
+                    folded[name].append(df)
+                    if sum(f.estimated_size() for f in folded[name]) >= PART_FRAME_BYTES:
+                        fold(name)  # (a part every PART_FRAME_BYTES: the whole spool is never held)
+            for name in folded:
+                fold(name)
             if not damaged_only:
                 damaged_parts = self._check_parts(snapshot)
                 for name in TABLES:
@@ -1051,7 +1071,14 @@ class LocalExperienceStore:
         name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
         try:
-            atomic_write_parquet(df, final, fsync=self._fsync, compression="zstd", row_group_size=_rows_per_group(df))
+            atomic_write_parquet(
+                df,
+                final,
+                fsync=self._fsync,
+                compression="zstd",
+                row_group_size=_rows_per_group(df),
+                metadata={FRAME_BYTES_KEY: str(df.estimated_size())},
+            )
         except FileTooLargeError as exc:
             rerun = f"run `ee store compact --store {self.root}` where no limit applies"
             raise_it = "raise the limit for this process (`ulimit -f unlimited`, LimitFSIZE=infinity)"
@@ -1093,28 +1120,64 @@ class LocalExperienceStore:
         return {table: self._check_footers(snapshot, table) for table in TABLES}
 
     def _merge_parts(self, snapshot: Manifest, table: str, skip: Collection[str] = ()) -> list[Path]:
-        """Merge ``table``'s readable parts into one when there are many (``skip``: parts known to be damaged, warned
-        about already); retire the merged ones."""
+        """When ``table`` has many parts, merge each run of consecutive readable parts smaller than
+        :data:`PART_FRAME_BYTES` into one, up to that size, in its place (``skip``: parts known to be damaged, warned about
+        already); retire the merged ones."""
         names = snapshot.parts[table]
         if len(names) <= MAX_PARTS_BEFORE_MERGE:
             return []
-        frames, merged = [], []
+        runs: list[list[tuple[str, int]]] = [[]]
         for name in names:
-            if name in skip:
-                continue  # a damaged part stays live (and reported) until repaired
-            try:
-                if _unknown_columns(self.root / table / name, TABLES[table]):
-                    continue  # written by a newer ee-middleware: merging it here would drop what it holds beyond this schema
-                frames.append(_read_part(self.root / table / name, TABLES[table]))
-                merged.append(name)
-            except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
-                self._warn_part(self.root / table / name, exc)
-        if len(merged) < 2:
+            size = None if name in skip else self._mergeable_size(table, name)
+            if size is None or size >= PART_FRAME_BYTES:
+                runs.append([])  # a damaged, newer or large part stays where it is, between the runs around it
+                continue
+            if sum(n for _, n in runs[-1]) + size > PART_FRAME_BYTES:
+                runs.append([])
+            runs[-1].append((name, size))
+        written: list[Path] = []
+        replaced: dict[str, str | None] = {}  # a merged part's name -> the part that replaces its run (named at its first)
+        try:
+            for run in runs:
+                if len(run) < 2:
+                    continue
+                read: list[tuple[str, pl.DataFrame]] = []  # consecutive parts read (one that cannot be ends them)
+                for name in [*(n for n, _ in run), None]:
+                    if name is not None:
+                        try:
+                            read.append((name, _read_part(self.root / table / name, TABLES[table])))
+                            continue
+                        except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
+                            self._warn_part(self.root / table / name, exc)
+                    if len(read) >= 2:
+                        written.append(self._write_part(table, drop_repeats(table, pl.concat([f for _, f in read], how="vertical"))))
+                        replaced.update({n: (written[-1].name if i == 0 else None) for i, (n, _) in enumerate(read)})
+                    read = []
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        if not written:
             return []
-        path = self._write_part(table, drop_repeats(table, pl.concat(frames, how="vertical")))
-        snapshot.parts[table] = [n for n in names if n not in merged] + [path.name]
-        retire(snapshot, table, merged)
-        return [path]
+        snapshot.parts[table] = [replaced.get(n, n) for n in names if replaced.get(n, n) is not None]
+        retire(snapshot, table, list(replaced))
+        return written
+
+    def _mergeable_size(self, table: str, name: str) -> int | None:
+        """About how much part ``name`` of ``table`` holds in memory (:data:`FRAME_BYTES_KEY`), or ``None`` where it is
+        not merged: it cannot be read (warned), or a newer ee-middleware wrote columns this version would drop."""
+        path = self.root / table / name
+        try:
+            if _unknown_columns(path, TABLES[table]):
+                return None  # written by a newer ee-middleware: merging it here would drop what it holds beyond this schema
+            with open(path, "rb") as fh:
+                said = pl.read_parquet_metadata(fh).get(FRAME_BYTES_KEY)
+            if said is not None and said.isdigit():
+                return int(said)
+            return path.stat().st_size * PARQUET_EXPANSION
+        except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
+            self._warn_part(path, exc)
+            return None
 
     @contextmanager
     def _compaction_lock(self) -> Iterator[None]:

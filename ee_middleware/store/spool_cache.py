@@ -143,8 +143,11 @@ class SpoolRows:
         self.newer: list[str] = []
         """The schema versions of the records that do not fit this version's schema and say they have a newer one (a
         newer ee-middleware wrote them)."""
+        self.count = 0
+        """How many records were given (those skipped included)."""
         where = "" if segment is None else f" of {segment}"
         for item in records:
+            self.count += 1
             line = item if type(item) is spool.DecodedLine else None
             record = line.record if line is not None else item
             kind, data_ = record.get("kind"), record.get("data")
@@ -171,13 +174,29 @@ class SpoolRows:
                 else:
                     self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
 
-    def steps(self) -> list[dict[str, Any]]:
-        """The steps' rows of the kept trajectories."""
-        return [step_row(s, json_text) for t in self.trajectories for s in t.steps]
-
     def frames(self) -> dict[str, pl.DataFrame]:
         """Every table's rows, steps included (of the kept trajectories)."""
-        return {name: frame(self.steps() if name == "steps" else self.rows[name], schema) for name, schema in TABLES.items()}
+        return {
+            name: steps_frame(self.trajectories) if name == "steps" else frame(self.rows[name], schema) for name, schema in TABLES.items()
+        }
+
+
+STEP_ROWS_AT_ONCE = 2_000
+"""Step rows written before they are put in a frame (:func:`steps_frame`)."""
+
+
+def steps_frame(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
+    """The steps table's rows of ``trajectories``, :data:`STEP_ROWS_AT_ONCE` rows at a time (each step's state is
+    written as JSON text, a row's largest part: the rows of a whole segment at once took several times its frame)."""
+    frames, rows = [], []
+    with _collector_paused():
+        for t in trajectories:
+            rows += [step_row(s, json_text) for s in t.steps]
+            if len(rows) >= STEP_ROWS_AT_ONCE:
+                frames.append(frame(rows, TABLES["steps"]))
+                rows = []
+    frames.append(frame(rows, TABLES["steps"]))
+    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
 
 
 class TrajectoryLines:
@@ -245,10 +264,6 @@ def warn_newer(segment: Path, versions: list[str], *, stacklevel: int) -> None:
     )
 
 
-STEP_ROWS_AT_ONCE = 2_000
-"""Step rows written before they are put in a frame, where a segment's steps are written from its lines."""
-
-
 class DecodedSegment:
     """What the whole lines of one segment decode to (the bytes after its last newline are not part of it): its tables'
     rows but the steps', and where each trajectory's record is (:class:`TrajectoryLines`).
@@ -287,7 +302,8 @@ class DecodedSegment:
         return Trajectory.parse(record.get("data"), where="spool record")
 
     def _trajectories(self, positions: Iterable[int]) -> Iterator[Trajectory]:
-        """The trajectories at ``positions``: the kept ones where they are still here, the others decoded again."""
+        """(With ``_lock`` held.) The trajectories at ``positions``: the kept ones where they are still here, the others
+        decoded again."""
         for position in positions:
             kept = self._records[position] if self._records is not None else None
             yield kept if kept is not None else self.trajectory(position)
@@ -303,22 +319,14 @@ class DecodedSegment:
     def steps_carrying(self, ids: Collection[str]) -> pl.DataFrame:
         """The steps that carry one of ``ids``, in record order, without writing the others' (where the segment's steps
         were not written yet: every step of the records holding one, a superset to filter)."""
-        with self._lock:
-            steps = self._steps
-        if steps is not None:
-            return steps.filter(pl.col("trajectory_id").is_in(pl.Series(list(ids), dtype=pl.String).implode()))
-        return self._step_frame(self.index.carrying(ids))
+        with self._lock:  # (held while the rows are written: a kept trajectory is not handed over meanwhile, and changed)
+            if self._steps is not None:
+                return self._steps.filter(pl.col("trajectory_id").is_in(pl.Series(list(ids), dtype=pl.String).implode()))
+            return self._step_frame(self.index.carrying(ids))
 
     def _step_frame(self, positions: Iterable[int]) -> pl.DataFrame:
-        frames, rows = [], []
-        with _collector_paused():
-            for t in self._trajectories(positions):
-                rows += [step_row(s, json_text) for s in t.steps]
-                if len(rows) >= STEP_ROWS_AT_ONCE:
-                    frames.append(frame(rows, TABLES["steps"]))
-                    rows = []
-        frames.append(frame(rows, TABLES["steps"]))
-        return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+        """(With ``_lock`` held.) The steps' rows of the trajectory records at ``positions``."""
+        return steps_frame(self._trajectories(positions))
 
     def hand_over(self, positions: Collection[int]) -> dict[int, Trajectory]:
         """The kept trajectories at ``positions``, for the caller to keep; every kept trajectory is let go (a later read

@@ -349,3 +349,41 @@ def test_reads_of_a_spool_beyond_the_cache_hold_its_bytes_not_its_decoded_record
     assert held(lambda r: r.trajectory_index(["id"]).height == 400) < 3
     assert held(lambda r: sum(len(t.steps) for t in r.iter_trajectories()) == 400 * 9) < 3  # (8 tool calls and the answer)
     assert held(lambda r: r.steps(["007-run"]).height == 9) < 3
+
+
+def test_a_lookup_on_a_shared_handle_never_reads_a_trajectory_another_thread_was_handed(store: LocalExperienceStore, monkeypatch):
+    """(review) A lookup wrote its steps' rows from the kept trajectories without the segment's lock, while another thread's
+    ``iter_trajectories`` was handed those very objects, which its caller may change: the lookup returned the change. The
+    pause at the lookup's first step row stands for the lookup losing the interpreter lock there."""
+    import threading
+
+    store.write([sample_trajectory(f"t{i}", steps=3) for i in range(3)])
+    store.trajectories()  # the segment decoded and kept, with its trajectories
+    looking, changed = threading.Event(), threading.Event()
+    original = spool_cache.step_row
+
+    def paused_step_row(step: Any, encode: Any) -> Any:
+        if threading.current_thread().name == "lookup" and not looking.is_set():
+            looking.set()
+            changed.wait(1.0)  # (the other thread waits on the segment's lock: this times out)
+        return original(step, encode)
+
+    monkeypatch.setattr(spool_cache, "step_row", paused_step_row)
+    got: dict[str, Trajectory] = {}
+
+    def change_what_iteration_hands_over() -> None:
+        looking.wait(5)
+        for t in store.iter_trajectories():
+            for s in t.steps:
+                if s.observation is not None:
+                    s.observation.content = "changed by another caller"
+        changed.set()
+
+    lookup = threading.Thread(target=lambda: got.update(t=store.get("t0")), name="lookup")
+    other = threading.Thread(target=change_what_iteration_hands_over)
+    lookup.start()
+    other.start()
+    lookup.join(10)
+    other.join(10)
+    expected = [s.observation.content for s in sample_trajectory("t0", steps=3).steps if s.observation is not None]
+    assert [s.observation.content for s in got["t"].steps if s.observation is not None] == expected

@@ -1,0 +1,81 @@
+"""Compaction holds about one part's worth of a table (``PART_FRAME_BYTES``), whatever the size of the spool or the store:
+folding the spool writes a part whenever a table's folded frames reach it, and merging takes runs of consecutive small
+parts together, up to it, in their place; parts that reach it are not merged again. Before, a fold held every frame of
+the whole spool (about 1 GB for a spool of 384 MB) and a merge read the whole table (every step the store ever recorded).
+Real local stores; every read gives what the same records give compacted the old way, in one part."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ee_middleware.store import LocalExperienceStore, local
+from ee_middleware.store.manifest import read_manifest
+from ee_middleware.store.tables import TABLES
+from ee_middleware.testing.store_conformance import sample_trajectory
+
+
+def _reads(path: Path) -> list[object]:
+    store = LocalExperienceStore(path, create=False)
+    return [
+        store.trajectories().drop("approval_at").rows(),
+        store.steps().rows(),
+        [t.model_dump_json() for t in store.iter_trajectories()],
+        store.get(store.trajectories()["id"].to_list()[-2]).model_dump_json(),
+    ]
+
+
+def _parts(path: Path, table: str) -> list[str]:
+    return read_manifest(path, TABLES).parts[table]
+
+
+def _frame_bytes(path: Path, table: str, name: str) -> int:
+    return int(pl.read_parquet_metadata(path / table / name)[local.FRAME_BYTES_KEY])
+
+
+def test_a_spool_larger_than_a_part_is_folded_into_parts_of_about_that_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    for batch in range(6):  # six segments
+        store.write([sample_trajectory(f"run-{batch * 5 + i:03d}", steps=6) for i in range(5)])
+        store.close()
+    reference = tmp_path / "reference"
+    shutil.copytree(store.root, reference)
+    LocalExperienceStore(reference, create=False).compact()  # every table folded into one part
+    assert len(_parts(reference, "steps")) == 1
+    one_segment = _frame_bytes(reference, "steps", _parts(reference, "steps")[0]) // 6
+
+    monkeypatch.setattr(local, "PART_FRAME_BYTES", 2 * one_segment)
+    assert store.compact() == 6
+    steps = _parts(store.root, "steps")
+    assert len(steps) == 3, steps  # two segments' steps in each
+    assert all(_frame_bytes(store.root, "steps", name) <= 3 * one_segment for name in steps)
+    assert _reads(store.root) == _reads(reference)
+
+
+def test_merges_take_runs_of_small_parts_in_place_and_leave_large_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 3)
+    store = LocalExperienceStore(tmp_path / "store")
+    reference = LocalExperienceStore(tmp_path / "reference")
+    small = None
+    for batch, size in enumerate([1, 1, 8, 1, 1, 1]):  # one large part amid small ones
+        runs = [sample_trajectory(f"run-{batch * 10 + i:03d}", steps=4) for i in range(size)]
+        for target in (store, reference):
+            target.write(runs)
+            target.close()
+        if small is None:
+            store.compact()
+            small = _frame_bytes(store.root, "steps", _parts(store.root, "steps")[0])
+            monkeypatch.setattr(local, "PART_FRAME_BYTES", 4 * small)  # the part of 8 runs is large, three small ones fit
+            continue
+        store.compact()
+    names = _parts(store.root, "steps")
+    sizes = [_frame_bytes(store.root, "steps", name) for name in names]
+    # the first two merged when the large one came (parts 1, 2 | 8), then the three after it merged in its place
+    assert len(names) == 3 and sizes[1] >= 4 * small and sizes[0] < sizes[1] and sizes[2] < sizes[1], sizes
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 16)
+    reference.compact()
+    assert _reads(store.root) == _reads(reference.root)
+    assert store.trajectories()["id"].to_list() == sorted(store.trajectories()["id"].to_list()), "written order kept"
