@@ -12,7 +12,9 @@ workload on both copies once per round) for --repeats rounds:
 * ``job``: what the replay job reads before it starts (``select_trajectories``: the approved trajectories' ids
   (``trajectory_columns``) and ``replays()``, then every ``iter_trajectories(status="approved")``) on one store handle;
 * ``iter``: ``iter_trajectories()`` alone on a fresh handle;
-* ``trajectories``: ``trajectories()`` alone (the frame ``ee traces list`` shows).
+* ``trajectories``: ``trajectories()`` alone (the frame ``ee traces list`` shows);
+* ``lookup``: ``get()`` of one trajectory by the first 12 characters of its id (``ee traces show ID``), the middle one
+  written.
 
 Each child times its read in CPU seconds (``time.process_time``: other work on the 2-core machine does
 not change it; wall seconds are printed too) after its imports, then again after a full ``gc.collect()``
@@ -40,10 +42,10 @@ from pathlib import Path
 
 from _ee import json_child, peak_rss_mib, spread
 
-WORKLOADS = ("job", "iter", "trajectories")
+WORKLOADS = ("job", "iter", "trajectories", "lookup")
 
 
-def _child(store_path: Path, workload: str) -> dict:
+def _child(store_path: Path, workload: str, lookup_id: str = "") -> dict:
     """One cold read in this (fresh) process."""
     import polars as pl
 
@@ -60,6 +62,9 @@ def _child(store_path: Path, workload: str) -> dict:
         frames = [approved, finished]
     elif workload == "iter":
         trajectories = list(store.iter_trajectories())
+        frames = []
+    elif workload == "lookup":
+        trajectories = [store.get(lookup_id[:12])]
         frames = []
     else:
         trajectories = []
@@ -82,8 +87,9 @@ def _child(store_path: Path, workload: str) -> dict:
     }
 
 
-def _run_child(store_path: Path, workload: str) -> dict:
-    return json_child([sys.executable, __file__, "--child", str(store_path), "--workload", workload], f"reading {store_path} ({workload})")
+def _run_child(store_path: Path, workload: str, lookup_id: str) -> dict:
+    command = [sys.executable, __file__, "--child", str(store_path), "--workload", workload, "--lookup-id", lookup_id]
+    return json_child(command, f"reading {store_path} ({workload})")
 
 
 def main() -> None:
@@ -96,9 +102,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="Write the results as JSON here too.")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--workload", default="job", help=argparse.SUPPRESS)
+    parser.add_argument("--lookup-id", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(_child(args.child, args.workload)))
+        print(json.dumps(_child(args.child, args.workload, args.lookup_id)))
         return
 
     from ee_middleware.store import LocalExperienceStore
@@ -125,13 +132,15 @@ def main() -> None:
         parquet_bytes = sum(p.stat().st_size for p in parquet_copy.glob("*/part-*.parquet"))
         if not spool_bytes:
             raise SystemExit(f"{args.store} has nothing in its spool (compacted already?): give a freshly captured store.")
+        ids = LocalExperienceStore(parquet_copy).trajectory_index(["id"])["id"].to_list()
+        lookup_id = ids[len(ids) // 2]
 
         runs: dict[tuple[str, str], list[dict]] = {}
         copies = [("spool", spool_copy), ("parquet", parquet_copy)]
         for repeat in range(args.repeats):  # interleaved: every workload on both copies once per round, which first alternating
             for workload in workloads:
                 for name, path in copies if repeat % 2 == 0 else copies[::-1]:
-                    runs.setdefault((workload, name), []).append(_run_child(path, workload))
+                    runs.setdefault((workload, name), []).append(_run_child(path, workload, lookup_id))
     load_after = [round(x, 2) for x in os.getloadavg()]
 
     results: dict = {
