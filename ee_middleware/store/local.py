@@ -25,6 +25,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
@@ -87,13 +88,18 @@ MAX_PARTS_BEFORE_MERGE = 16
 PART_FRAME_BYTES = 128 * 2**20
 """About the most (in memory, uncompressed) that compaction holds of one table to write it as a part: folding the spool
 writes a part whenever its frames reach it, and merging takes consecutive parts smaller than it together, up to it; parts
-that reach it are not merged again. Compaction then holds about this much, whatever the size of the spool or the store: a
+that reach it are not merged again, but for the small last part of a large fold, merged with the part after it (up to twice
+this). Compaction then holds about this much, whatever the size of the spool or the store: a
 fold held every frame of the whole spool (about 1 GB for a spool of 384 MB), and a merge the whole table (every step the
 store ever recorded, read at once)."""
 FRAME_BYTES_KEY = "ee.frame_bytes"
 """The Parquet key-value metadata in which a part says its frame's size in memory (what merges go by)."""
-PARQUET_EXPANSION = 10
-"""What a part without :data:`FRAME_BYTES_KEY` (written by an older version) is taken to hold in memory per byte on disk."""
+PARQUET_EXPANSION = 400
+"""What a part without :data:`FRAME_BYTES_KEY` (written by an older version) is taken to hold in memory per byte on disk: on
+the high side (steps repeat the conversation so far, which compresses 100-350 times), so that such a part is merged only
+where it is surely small."""
+_MERGED_SUFFIX = re.compile(r"(-m[0-9a-f]{8})+$")
+"""What a merged part's name adds to the name of the first part it replaced (see :meth:`LocalExperienceStore._write_part`)."""
 READ_ATTEMPTS = 8
 """How often one read starts again when compaction swapped the manifest under it."""
 ROW_GROUP_BYTES = 16 * 2**20
@@ -986,6 +992,7 @@ class LocalExperienceStore:
                     folded[name].append(df)
                     if sum(f.estimated_size() for f in folded[name]) >= PART_FRAME_BYTES:
                         fold(name)  # (a part every PART_FRAME_BYTES: the whole spool is never held)
+                rows.trajectories.clear()  # (their rows are folded: not held while the next segment is decoded)
             for name in folded:
                 fold(name)
             if not damaged_only:
@@ -1062,13 +1069,19 @@ class LocalExperienceStore:
         remove_abandoned_temps(self.root, min_age_s=ABANDONED_TEMP_AGE_S)
         return changed
 
-    def _write_part(self, table: str, df: pl.DataFrame) -> Path:
+    def _write_part(self, table: str, df: pl.DataFrame, *, after: str | None = None) -> Path:
         """Write ``df`` as a new part of ``table`` (live once a manifest lists it). A failed write leaves no file and raises
         the operating system's :class:`OSError`, or :class:`StoreWriteError` when the part would be too large for this
-        process's file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``) or the file system."""
+        process's file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``) or the file system.
+
+        ``after``: the part whose place it takes (a merge's first): named to sort where that one does, between the parts
+        before and after it, as reads without a manifest take the parts in name order."""
         folder = self.root / table
         folder.mkdir(exist_ok=True)
-        name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
+        if after is None:
+            name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
+        else:
+            name = f"{_MERGED_SUFFIX.sub('', Path(after).stem)}-m{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
         try:
             atomic_write_parquet(
@@ -1126,15 +1139,27 @@ class LocalExperienceStore:
         names = snapshot.parts[table]
         if len(names) <= MAX_PARTS_BEFORE_MERGE:
             return []
-        runs: list[list[tuple[str, int]]] = [[]]
-        for name in names:
-            size = None if name in skip else self._mergeable_size(table, name)
-            if size is None or size >= PART_FRAME_BYTES:
-                runs.append([])  # a damaged, newer or large part stays where it is, between the runs around it
-                continue
-            if sum(n for _, n in runs[-1]) + size > PART_FRAME_BYTES:
-                runs.append([])
-            runs[-1].append((name, size))
+        sizes: list[int | None] = []
+        seen: set[str] = set()
+        for name in names:  # (a part listed twice is left where it is, both times)
+            sizes.append(None if name in skip or name in seen else self._mergeable_size(table, name))
+            seen.add(name)
+        runs: list[list[int]] = []  # positions in names
+        current: list[int] = []
+        total = 0
+        for i, size in enumerate(sizes):
+            if size is None or size >= PART_FRAME_BYTES or total + size > PART_FRAME_BYTES:
+                runs.append(current)  # a damaged, newer or large part stays where it is, between the runs around it
+                current, total = [], 0
+            if size is not None and size < PART_FRAME_BYTES:
+                current.append(i)
+                total += size
+        runs.append(current)
+        for run in runs:  # the small last part a large fold left, alone before the next fold's first: the two together
+            if len(run) == 1 and run[0] + 1 < len(sizes):
+                small, large = sizes[run[0]], sizes[run[0] + 1]
+                if small is not None and large is not None and large >= PART_FRAME_BYTES and small + large <= 2 * PART_FRAME_BYTES:
+                    run.append(run[0] + 1)
         written: list[Path] = []
         replaced: dict[str, str | None] = {}  # a merged part's name -> the part that replaces its run (named at its first)
         try:
@@ -1142,7 +1167,7 @@ class LocalExperienceStore:
                 if len(run) < 2:
                     continue
                 read: list[tuple[str, pl.DataFrame]] = []  # consecutive parts read (one that cannot be ends them)
-                for name in [*(n for n, _ in run), None]:
+                for name in [*(names[i] for i in run), None]:
                     if name is not None:
                         try:
                             read.append((name, _read_part(self.root / table / name, TABLES[table])))
@@ -1150,7 +1175,8 @@ class LocalExperienceStore:
                         except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
                             self._warn_part(self.root / table / name, exc)
                     if len(read) >= 2:
-                        written.append(self._write_part(table, drop_repeats(table, pl.concat([f for _, f in read], how="vertical"))))
+                        merged = drop_repeats(table, pl.concat([f for _, f in read], how="vertical"))
+                        written.append(self._write_part(table, merged, after=read[0][0]))
                         replaced.update({n: (written[-1].name if i == 0 else None) for i, (n, _) in enumerate(read)})
                     read = []
         except BaseException:

@@ -79,3 +79,74 @@ def test_merges_take_runs_of_small_parts_in_place_and_leave_large_ones(tmp_path:
     reference.compact()
     assert _reads(store.root) == _reads(reference.root)
     assert store.trajectories()["id"].to_list() == sorted(store.trajectories()["id"].to_list()), "written order kept"
+
+
+def test_merged_parts_sort_where_their_runs_were_for_reads_without_a_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) A read whose manifest is gone or unreadable takes every part in name order: a merged part named as a new
+    one sorted after the parts that followed its run, which changed the order of the rows and which copy of a repeated
+    record won. It is named after the first part it replaces."""
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 3)
+    store = LocalExperienceStore(tmp_path / "store")
+    for batch, size in enumerate([1, 1, 8, 1]):
+        store.write([sample_trajectory(f"run-{batch * 10 + i:03d}", steps=4) for i in range(size)])
+        store.close()
+        store.compact()
+        if batch == 0:
+            small = _frame_bytes(store.root, "steps", _parts(store.root, "steps")[0])
+            monkeypatch.setattr(local, "PART_FRAME_BYTES", 4 * small)
+    assert len(_parts(store.root, "steps")) == 3  # the first two merged, in their place
+    for table in ("trajectories", "steps"):
+        names = _parts(store.root, table)
+        assert names == sorted(names), names
+    expected = _reads(store.root)
+    monkeypatch.setattr("ee_middleware.store.manifest.RETIRED_PART_GRACE_S", 0.0)
+    store.compact()  # the merged parts' files removed
+    (store.root / "manifest.json").unlink()
+    assert _reads(store.root) == expected
+
+
+def test_a_part_listed_twice_is_not_lost_to_a_merge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) The manifest's parser takes a part listed twice (a hand edit); the merge of its run named the merged part
+    nowhere, and every row of the run was gone until another compaction."""
+    from ee_middleware.store.manifest import write_manifest
+
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 3)
+    store = LocalExperienceStore(tmp_path / "store")
+    for i in range(3):
+        store.write([sample_trajectory(f"run-{i:03d}")])
+        store.close()
+        store.compact()
+    snapshot = read_manifest(store.root, TABLES)
+    snapshot.parts["trajectories"].append(snapshot.parts["trajectories"][0])
+    write_manifest(store.root, snapshot, fsync=False)
+    store.write([sample_trajectory("run-003")])
+    store.close()
+    store.compact()
+    assert store.trajectories()["id"].to_list() == ["run-000", "run-001", "run-002", "run-003"]
+
+
+def test_the_small_last_part_of_each_large_fold_is_merged_with_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) A fold larger than a part ends with a smaller one, alone between full parts: never merged, one more part at
+    every compaction. It is merged with the part after it, so that one such part is left at most (the last)."""
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 2)
+    store = LocalExperienceStore(tmp_path / "store")
+    reference = LocalExperienceStore(tmp_path / "reference")
+    bound = None
+    for compaction in range(5):
+        for segment in range(3):
+            runs = [sample_trajectory(f"run-{compaction}-{segment}-{i}", steps=4) for i in range(5)]
+            for target in (store, reference):
+                target.write(runs)
+                target.close()
+        if bound is None:  # two segments' steps make a part
+            copy = tmp_path / "measure"
+            shutil.copytree(store.root, copy)
+            LocalExperienceStore(copy, create=False).compact()
+            bound = 2 * _frame_bytes(copy, "steps", _parts(copy, "steps")[0]) // 3
+            monkeypatch.setattr(local, "PART_FRAME_BYTES", bound)
+        store.compact()
+    sizes = [_frame_bytes(store.root, "steps", name) for name in _parts(store.root, "steps")]
+    assert len([s for s in sizes if s < bound]) <= 1 and max(sizes) <= 2 * bound, sizes
+    monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 16)
+    reference.compact()
+    assert _reads(store.root) == _reads(reference.root)
