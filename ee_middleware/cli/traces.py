@@ -176,28 +176,29 @@ def list_traces(
         return max(cell_len(header), *map(cell_len, cells)) if rows else cell_len(header)
 
     widths = {
-        "id": id_width,
+        "id": widest("id", (shown_ids[r["id"]] for r in rows)),
         "app": min(16, widest("app", apps)),
         "approval": widest("approval", (r["approval"] for r in rows)),
         "status": widest("status", (str(r["status"]) for r in rows)),
         "steps": widest("steps", (str(r["num_steps"]) for r in rows)),
         "started UTC": widest("started UTC", (utc_clock(r["started_at"], started_format) for r in rows)),
+        "task": max(12, widest("task", (short(r["task"], 120) for r in rows))),
     }
     shown_widths = [w for name, w in widths.items() if name not in left_out]
-    roomy = sum(shown_widths) + 12 + 2 * (len(shown_widths) + 1) <= out.width  # (12: the task's least)
+    roomy = sum(shown_widths) + 2 * (len(shown_widths) + 1) <= out.width
     chunked = len(rows) > LIST_CHUNK_ROWS and roomy
 
     def new_table(first: bool) -> Table:
         fixed = (lambda name: {"width": widths[name]}) if chunked else (lambda name: {})
         table = Table(title=title if first else None, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_header=first)
-        table.add_column("id", min_width=id_width, no_wrap=True, **fixed("id"))
+        table.add_column("id", min_width=id_width, no_wrap=True, **fixed("id"))  # (widths: each column's widest cell)
         if "app" not in left_out:
             table.add_column("app", max_width=16, overflow="ellipsis", no_wrap=True, **fixed("app"))
         table.add_column("approval", overflow="ellipsis", **fixed("approval"))
         table.add_column("status", overflow="ellipsis", **fixed("status"))
         table.add_column("steps", justify="right", no_wrap=True, **fixed("steps"))
         if "task" not in left_out:
-            table.add_column("task", ratio=1, min_width=12, overflow="fold")
+            table.add_column("task", ratio=1, min_width=12, overflow="fold", **fixed("task"))
         if "started UTC" not in left_out:
             table.add_column("started UTC", min_width=wanted["started UTC"], no_wrap=True, **fixed("started UTC"))
         return table

@@ -28,6 +28,7 @@ import os
 import re
 import uuid
 import warnings
+from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,6 +99,8 @@ PARQUET_EXPANSION = 400
 """What a part without :data:`FRAME_BYTES_KEY` (written by an older version) is taken to hold in memory per byte on disk: on
 the high side (steps repeat the conversation so far, which compresses 100-350 times), so that such a part is merged only
 where it is surely small."""
+_PART_NAME = re.compile(r"part-[0-9]{8}T[0-9]{6}-[0-9]{9}-[0-9a-f]{8}(-m[0-9a-f]{8})?\.parquet")
+"""The name of a part this version writes (:meth:`LocalExperienceStore._write_part`)."""
 _MERGED_SUFFIX = re.compile(r"(-m[0-9a-f]{8})+$")
 """What a merged part's name adds to the name of the first part it replaced (see :meth:`LocalExperienceStore._write_part`)."""
 READ_ATTEMPTS = 8
@@ -1058,7 +1061,11 @@ class LocalExperienceStore:
                 listed = set(snapshot.parts[table])
                 for path in list_part_files(self.root / table):
                     if path.name not in listed and (table, path.name) not in retired:
-                        snapshot.parts[table].append(path.name)
+                        # where its name sorts among the listed parts' (a killed fold's at the end; a killed merge's where
+                        # the parts it merged are, which stay listed): reads without a manifest take them in name order
+                        parts = snapshot.parts[table]
+                        at = next((i for i, name in enumerate(parts) if name > path.name), len(parts))
+                        parts.insert(at, path.name)
                         changed = True
         # Parts and the manifest are written only under the compaction lock, which this pass holds: theirs are a killed
         # compaction's. The store's folder also holds the temporary files of metadata blobs and of the marker, written
@@ -1078,10 +1085,10 @@ class LocalExperienceStore:
         before and after it, as reads without a manifest take the parts in name order."""
         folder = self.root / table
         folder.mkdir(exist_ok=True)
-        if after is None:
-            name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
-        else:
+        if after is not None and _PART_NAME.fullmatch(after):
             name = f"{_MERGED_SUFFIX.sub('', Path(after).stem)}-m{uuid.uuid4().hex[:8]}.parquet"
+        else:  # (a part of another name, one a user copied in: named as a new one, as merges always were)
+            name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
         try:
             atomic_write_parquet(
@@ -1139,11 +1146,8 @@ class LocalExperienceStore:
         names = snapshot.parts[table]
         if len(names) <= MAX_PARTS_BEFORE_MERGE:
             return []
-        sizes: list[int | None] = []
-        seen: set[str] = set()
-        for name in names:  # (a part listed twice is left where it is, both times)
-            sizes.append(None if name in skip or name in seen else self._mergeable_size(table, name))
-            seen.add(name)
+        listed = Counter(names)  # (a part listed twice is left where it is, both times)
+        sizes = [None if name in skip or listed[name] > 1 else self._mergeable_size(table, name) for name in names]
         runs: list[list[int]] = []  # positions in names
         current: list[int] = []
         total = 0

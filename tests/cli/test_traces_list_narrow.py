@@ -102,3 +102,28 @@ def test_a_long_listing_goes_out_a_chunk_at_a_time_as_one_table(recorded: Path, 
     whole = _listing(recorded, columns)
     monkeypatch.setattr(traces, "LIST_CHUNK_ROWS", 1)
     assert _listing(recorded, columns) == whole
+
+
+@pytest.mark.parametrize("columns", [55, 80, 120, 200])
+def test_chunks_of_rows_of_every_width_read_as_one_table(tmp_path: Path, columns: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) The task column took the widest task of its own chunk (a later, longer task moved the next column), and
+    the id column counted characters, not cells (a CJK id was cut to an ellipsis). Tasks, ids and apps of every width,
+    wide characters and markup-like text among them, the longest last."""
+    from ee_middleware.cli import traces
+    from ee_middleware.testing.store_conformance import sample_trajectory
+
+    store = LocalExperienceStore(tmp_path / "store")
+    tasks = ["short", "a task of middling length", "表示する 日本語のタスク", "[bold]not markup[/bold] at all", "x", "y" * 90]
+    apps = ["shop", "日本語アプリ", "[red]app", "a-very-long-application-name"]
+    ids = ["日本語-0001", "r", "run-0003", "run-00000000004", "5", "run-6"]
+    store.write(
+        [
+            sample_trajectory(i).model_copy(update={"task": t, "app": apps[n % len(apps)]})
+            for n, (i, t) in enumerate(zip(ids, tasks, strict=True))
+        ]
+    )
+    store.close()
+    whole = _listing(store.root, columns)
+    monkeypatch.setattr(traces, "LIST_CHUNK_ROWS", 2)
+    assert _listing(store.root, columns) == whole
+    assert "日本語-0001" in whole or columns < 80
