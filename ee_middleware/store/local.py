@@ -977,7 +977,8 @@ class LocalExperienceStore:
                         not_read.append((segment, exc))
                     continue
                 problems: list[spool.SpoolProblem] = []
-                rows = SpoolRows(spool.iter_lines(data, segment, problems, live=False), segment)  # (a record at a time)
+                # a record at a time, none kept: its rows, its steps' rows among them, written as it is decoded
+                rows = SpoolRows(spool.iter_lines(data, segment, problems, live=False), segment, None, False, steps=True)
                 del data
                 if damaged_only and (rows.newer or not (problems or rows.rejected)):
                     continue  # nothing to quarantine: compaction folds it
@@ -995,7 +996,6 @@ class LocalExperienceStore:
                     folded[name].append(df)
                     if sum(f.estimated_size() for f in folded[name]) >= PART_FRAME_BYTES:
                         fold(name)  # (a part every PART_FRAME_BYTES: the whole spool is never held)
-                rows.trajectories.clear()  # (their rows are folded: not held while the next segment is decoded)
             for name in folded:
                 fold(name)
             if not damaged_only:

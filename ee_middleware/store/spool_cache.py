@@ -132,8 +132,14 @@ class SpoolRows:
         segment: Path | None = None,
         data: bytes | None = None,
         keep: bool = True,
+        *,
+        steps: bool = False,
     ) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES if name != "steps"}
+        self.step_frames: list[pl.DataFrame] | None = [] if steps else None
+        """With ``steps``: the steps' rows, written as each record is decoded (in frames of :data:`STEP_ROWS_AT_ONCE`
+        rows), so that compaction needs no trajectory kept to write them."""
+        step_rows: list[dict[str, Any]] = []
         self.trajectories: list[Trajectory] = []
         """The validated trajectories, in record order (only where kept)."""
         self.lines = TrajectoryLines()
@@ -159,6 +165,11 @@ class SpoolRows:
                     self.lines.add(t, (line.start, line.end) if line is not None else None, exact)
                     if keep:
                         self.trajectories.append(t)
+                    if self.step_frames is not None:
+                        step_rows += [step_row(s, json_text) for s in t.steps]
+                        if len(step_rows) >= STEP_ROWS_AT_ONCE:
+                            self.step_frames.append(frame(step_rows, TABLES["steps"]))
+                            step_rows = []
                 elif kind == "approval":
                     self.rows["approvals"].append(approval_row(ApprovalEvent.parse(data_, where="spool record")))
                 elif kind == "rollout":
@@ -173,12 +184,19 @@ class SpoolRows:
                     self.newer.append(version)
                 else:
                     self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
+        if self.step_frames is not None and step_rows:
+            self.step_frames.append(frame(step_rows, TABLES["steps"]))
 
     def frames(self) -> dict[str, pl.DataFrame]:
-        """Every table's rows, steps included (of the kept trajectories)."""
-        return {
-            name: steps_frame(self.trajectories) if name == "steps" else frame(self.rows[name], schema) for name, schema in TABLES.items()
-        }
+        """Every table's rows, steps included (those written as the records were decoded, else the kept trajectories')."""
+        return {name: self._steps() if name == "steps" else frame(self.rows[name], schema) for name, schema in TABLES.items()}
+
+    def _steps(self) -> pl.DataFrame:
+        if self.step_frames is None:
+            return steps_frame(self.trajectories)
+        if not self.step_frames:
+            return frame([], TABLES["steps"])
+        return pl.concat(self.step_frames, how="vertical") if len(self.step_frames) > 1 else self.step_frames[0]
 
 
 STEP_ROWS_AT_ONCE = 2_000

@@ -188,3 +188,30 @@ def test_part_files_no_manifest_lists_are_adopted_where_their_names_sort(tmp_pat
     names = _parts(store.root, "trajectories")
     assert not any("copied" in n for n in names) and all(local._PART_NAME.fullmatch(n) for n in names), names
     assert store.trajectories()["id"].to_list() == ["run-000", "run-001", "run-002", "run-003", "run-004"]
+
+
+def test_a_fold_holds_no_segment_decoded_whole(tmp_path: Path) -> None:
+    """A segment's records are folded one at a time, their steps' rows written as each is decoded: the fold held every
+    validated trajectory of a segment (about seven times the spool's size in Python objects) to write its steps."""
+    import tracemalloc
+
+    from ee_middleware.store import spool
+
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([sample_trajectory(f"{i:03d}-run", steps=8) for i in range(400)])
+    store.close()
+    reference = tmp_path / "reference"
+    shutil.copytree(store.root, reference)
+    size = sum(p.stat().st_size for p in spool.list_segments(store.root / "spool"))
+    tracemalloc.start()
+    try:
+        assert store.compact() == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * size, peak / size
+    assert _reads(store.root)[:3] == [
+        LocalExperienceStore(reference, create=False).trajectories().drop("approval_at").rows(),
+        LocalExperienceStore(reference, create=False).steps().rows(),
+        [t.model_dump_json() for t in LocalExperienceStore(reference, create=False).iter_trajectories()],
+    ]
