@@ -167,31 +167,35 @@ def list_traces(
         if sum(shown.values()) + 2 * len(shown) <= out.width or name in left_out:
             continue
         left_out.append(name)
-    # Rows go out a chunk at a time, each chunk a table whose columns but the task have the widths every row needs: a
-    # pipe or a file gets its first lines at once (rich laid out a table of 20,000 rows for 11 s before writing a line).
-    # Only where every column has the width it wants (else rich shares the shortfall out by what all rows hold).
-    from rich.cells import cell_len
+    # A long listing goes out a chunk of rows at a time, each chunk a table whose columns have the widths the whole
+    # table's widest cells need: a pipe or a file gets its first lines at once (rich laid out a table of 20,000 rows for
+    # 11 s before writing a line). Only where every column has the width it wants (else rich shares the shortfall out by
+    # what all rows hold).
+    chunk, widths = max(len(rows), 1), {}
+    if len(rows) > LIST_CHUNK_ROWS:
+        from rich.cells import cell_len
 
-    def widest(header: str, cells: Iterable[str]) -> int:
-        return max(cell_len(header), *map(cell_len, cells)) if rows else cell_len(header)
+        def widest(header: str, cells: Iterable[str]) -> int:
+            return max(cell_len(header), *map(cell_len, cells))
 
-    widths = {
-        "id": widest("id", (shown_ids[r["id"]] for r in rows)),
-        "app": min(16, widest("app", apps)),
-        "approval": widest("approval", (r["approval"] for r in rows)),
-        "status": widest("status", (str(r["status"]) for r in rows)),
-        "steps": widest("steps", (str(r["num_steps"]) for r in rows)),
-        "started UTC": widest("started UTC", (utc_clock(r["started_at"], started_format) for r in rows)),
-        "task": max(12, widest("task", (short(r["task"], 120) for r in rows))),
-    }
-    shown_widths = [w for name, w in widths.items() if name not in left_out]
-    roomy = sum(shown_widths) + 2 * (len(shown_widths) + 1) <= out.width
-    chunked = len(rows) > LIST_CHUNK_ROWS and roomy
+        widths = {
+            "id": widest("id", (shown_ids[r["id"]] for r in rows)),
+            "app": min(16, widest("app", apps)),
+            "approval": widest("approval", (r["approval"] for r in rows)),
+            "status": widest("status", (str(r["status"]) for r in rows)),
+            "steps": widest("steps", (str(r["num_steps"]) for r in rows)),
+            "started UTC": widest("started UTC", (utc_clock(r["started_at"], started_format) for r in rows)),
+            "task": max(12, widest("task", (short(r["task"], 120) for r in rows))),
+        }
+        shown_widths = [w for name, w in widths.items() if name not in left_out]
+        if sum(shown_widths) + 2 * (len(shown_widths) + 1) <= out.width:
+            chunk = LIST_CHUNK_ROWS
+    chunked = chunk < len(rows)
 
     def new_table(first: bool) -> Table:
         fixed = (lambda name: {"width": widths[name]}) if chunked else (lambda name: {})
         table = Table(title=title if first else None, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_header=first)
-        table.add_column("id", min_width=id_width, no_wrap=True, **fixed("id"))  # (widths: each column's widest cell)
+        table.add_column("id", min_width=id_width, no_wrap=True, **fixed("id"))
         if "app" not in left_out:
             table.add_column("app", max_width=16, overflow="ellipsis", no_wrap=True, **fixed("app"))
         table.add_column("approval", overflow="ellipsis", **fixed("approval"))
@@ -205,9 +209,9 @@ def list_traces(
 
     colours = {"approved": "green", "rejected": "red", "pending": "yellow"}
     dropped = [name for name in left_out if wanted[name]]
-    for start in range(0, max(len(rows), 1), LIST_CHUNK_ROWS if chunked else max(len(rows), 1)):
+    for start in range(0, max(len(rows), 1), chunk):
         table = new_table(first=start == 0)
-        for row in rows[start : start + LIST_CHUNK_ROWS] if chunked else rows:
+        for row in rows[start : start + chunk]:
             cells = {
                 "id": escape(shown_ids[row["id"]]),
                 "app": escape(row["app"]),
@@ -218,7 +222,7 @@ def list_traces(
                 "started UTC": utc_clock(row["started_at"], started_format),
             }
             table.add_row(*(cell for name, cell in cells.items() if name not in left_out))
-        last = start + LIST_CHUNK_ROWS >= len(rows) or not chunked
+        last = start + chunk >= len(rows)
         if dropped and last:
             table.caption = f"not shown at {out.width} columns: {', '.join(dropped)} (--json has them)"
         if not chunked:
@@ -228,8 +232,7 @@ def list_traces(
             out.print(table)
         lines = captured.get().splitlines(keepends=True)
         # one table's lines: the blank edge above (for the title's, the first chunk's) and below (the last chunk's) kept
-        lines = lines[(0 if start == 0 else 1) : (None if last else -1)]
-        out.file.write("".join(lines))
+        out.file.write("".join(lines[(0 if start == 0 else 1) : (None if last else -1)]))
         out.file.flush()
     if len(rows) < matching:
         say_capped(len(rows), matching, "trajectories", "newest")
