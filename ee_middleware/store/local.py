@@ -30,7 +30,7 @@ import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, MutableMapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -530,7 +530,10 @@ class LocalExperienceStore:
         known = set(ids)
         resolved = []
         for id_or_prefix in ids_or_prefixes:
-            matches = [id_or_prefix] if id_or_prefix in known else _starting(ids, id_or_prefix)
+            if id_or_prefix in known:
+                resolved.append(id_or_prefix)
+                continue
+            matches = [i for i in ids if i.startswith(id_or_prefix)] if id_or_prefix else []
             if len(matches) != 1:
                 hint = f" (ambiguous: {len(matches)} ids start with it)" if matches else ""
                 raise TrajectoryNotFoundError(
@@ -548,9 +551,8 @@ class LocalExperienceStore:
             trajectory_id = self.resolve_id(trajectory_id)
         rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
         if rows.is_empty() and type(self).resolve_id is LocalExperienceStore.resolve_id:  # a prefix: of an id this read saw?
-            matches = _starting(self._scanned("trajectories", pl.lit(True), ["id"], spooled=spooled)["id"].to_list(), trajectory_id)
-            if len(matches) == 1:  # (a spool far larger than the cache is not decoded again to look it up)
-                trajectory_id = matches[0]
+            with suppress(TrajectoryNotFoundError):  # (none, or several: resolved below, as they are now)
+                trajectory_id = self._resolved([trajectory_id], spooled)[0]  # (the spool is not decoded again for it)
                 rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
         if rows.is_empty():  # a prefix of an id written after the spool was read (or none): resolved, and read again
             trajectory_id = self.resolve_id(trajectory_id)
@@ -1493,11 +1495,6 @@ _DECISIONS = ("trajectories", "approvals")
 
 _RECORDED_DECISION = ["id", *(c for c in TRAJECTORY_SCHEMA if c.startswith("recorded_approval"))]
 """The columns of the trajectories table :func:`_decisions` reads."""
-
-
-def _starting(ids: Sequence[str], prefix: str) -> list[str]:
-    """The ``ids`` that start with ``prefix`` (none for an empty one)."""
-    return [i for i in ids if i.startswith(prefix)] if prefix else []
 
 
 def _among(column: str, ids: Sequence[str]) -> pl.Expr:

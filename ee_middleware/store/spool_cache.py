@@ -119,7 +119,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 class SpoolRows:
     """Table rows of some spool records (in record order) and why records were skipped; the steps' rows are written
-    only when asked for (:meth:`steps`).
+    only when asked for (:meth:`frames`), or, with ``steps``, as each record is decoded.
 
     ``records``: plain records, or the :class:`~ee_middleware.store.spool.DecodedLine` s of a segment's bytes ``data``
     (each trajectory's line is then noted, so that it can be decoded again: :attr:`lines`). ``keep``: whether the
@@ -136,10 +136,9 @@ class SpoolRows:
         steps: bool = False,
     ) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in TABLES if name != "steps"}
-        self.step_frames: list[pl.DataFrame] | None = [] if steps else None
-        """With ``steps``: the steps' rows, written as each record is decoded (in frames of :data:`STEP_ROWS_AT_ONCE`
-        rows), so that compaction needs no trajectory kept to write them."""
-        step_rows: list[dict[str, Any]] = []
+        self.step_rows: StepRows | None = StepRows() if steps else None
+        """With ``steps``: the steps' rows, written as each record is decoded, so that compaction needs no trajectory kept
+        to write them."""
         self.trajectories: list[Trajectory] = []
         """The validated trajectories, in record order (only where kept)."""
         self.lines = TrajectoryLines()
@@ -165,11 +164,8 @@ class SpoolRows:
                     self.lines.add(t, (line.start, line.end) if line is not None else None, exact)
                     if keep:
                         self.trajectories.append(t)
-                    if self.step_frames is not None:
-                        step_rows += [step_row(s, json_text) for s in t.steps]
-                        if len(step_rows) >= STEP_ROWS_AT_ONCE:
-                            self.step_frames.append(frame(step_rows, TABLES["steps"]))
-                            step_rows = []
+                    if self.step_rows is not None:
+                        self.step_rows.add(t)
                 elif kind == "approval":
                     self.rows["approvals"].append(approval_row(ApprovalEvent.parse(data_, where="spool record")))
                 elif kind == "rollout":
@@ -184,37 +180,47 @@ class SpoolRows:
                     self.newer.append(version)
                 else:
                     self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
-        if self.step_frames is not None and step_rows:
-            self.step_frames.append(frame(step_rows, TABLES["steps"]))
 
     def frames(self) -> dict[str, pl.DataFrame]:
         """Every table's rows, steps included (those written as the records were decoded, else the kept trajectories')."""
         return {name: self._steps() if name == "steps" else frame(self.rows[name], schema) for name, schema in TABLES.items()}
 
     def _steps(self) -> pl.DataFrame:
-        if self.step_frames is None:
-            return steps_frame(self.trajectories)
-        if not self.step_frames:
-            return frame([], TABLES["steps"])
-        return pl.concat(self.step_frames, how="vertical") if len(self.step_frames) > 1 else self.step_frames[0]
+        return self.step_rows.frame() if self.step_rows is not None else steps_frame(self.trajectories)
 
 
 STEP_ROWS_AT_ONCE = 2_000
-"""Step rows written before they are put in a frame (:func:`steps_frame`)."""
+"""Step rows written before they are put in a frame (:class:`StepRows`)."""
+
+
+class StepRows:
+    """The steps table's rows of trajectories added one at a time, put in a frame every :data:`STEP_ROWS_AT_ONCE` rows
+    (each step's state is written as JSON text, a row's largest part: the rows of a whole segment at once took several
+    times its frame)."""
+
+    def __init__(self) -> None:
+        self._frames: list[pl.DataFrame] = []
+        self._rows: list[dict[str, Any]] = []
+
+    def add(self, t: Trajectory) -> None:
+        self._rows += [step_row(s, json_text) for s in t.steps]
+        if len(self._rows) >= STEP_ROWS_AT_ONCE:
+            self._frames.append(frame(self._rows, TABLES["steps"]))
+            self._rows = []
+
+    def frame(self) -> pl.DataFrame:
+        """Every row added, as one frame."""
+        frames = [*self._frames, frame(self._rows, TABLES["steps"])]
+        return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
 
 
 def steps_frame(trajectories: Iterable[Trajectory]) -> pl.DataFrame:
-    """The steps table's rows of ``trajectories``, :data:`STEP_ROWS_AT_ONCE` rows at a time (each step's state is
-    written as JSON text, a row's largest part: the rows of a whole segment at once took several times its frame)."""
-    frames, rows = [], []
+    """The steps table's rows of ``trajectories`` (:class:`StepRows`), the collector paused meanwhile."""
+    rows = StepRows()
     with _collector_paused():
         for t in trajectories:
-            rows += [step_row(s, json_text) for s in t.steps]
-            if len(rows) >= STEP_ROWS_AT_ONCE:
-                frames.append(frame(rows, TABLES["steps"]))
-                rows = []
-    frames.append(frame(rows, TABLES["steps"]))
-    return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
+            rows.add(t)
+    return rows.frame()
 
 
 class TrajectoryLines:
