@@ -373,9 +373,6 @@ class SpoolTrajectories:
     def __contains__(self, trajectory_id: object) -> bool:
         return trajectory_id in self._ready or trajectory_id in self._lines
 
-    def __len__(self) -> int:
-        return len(self._ready) + len(self._lines)
-
     def pop(self, trajectory_id: str, default: Trajectory | None = None) -> Trajectory | None:
         """The trajectory ``trajectory_id`` (the caller's own), no longer held here; ``default`` where there is none."""
         if trajectory_id in self._ready:
