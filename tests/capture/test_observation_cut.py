@@ -60,7 +60,9 @@ def fetch(q: str) -> str:
 
 
 def _record(store_path: Path, cap: int, tracer_provider: Any) -> Any:
-    model = ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("fetch", q="r")]), AIMessage(content="ok")])
+    # a fixed call id: a random one's hex digits held a planted value's digits now and then ("call_e43486833704": 3704)
+    call = {**tool_call("fetch", q="r"), "id": "call-fetch"}
+    model = ScriptedChatModel(script=[AIMessage(content="", tool_calls=[call]), AIMessage(content="ok")])
     agent = record_experience(
         create_agent(model, [fetch]), app="cut", store=store_path, max_observation_chars=cap, tracer_provider=tracer_provider
     )
