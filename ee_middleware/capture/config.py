@@ -117,6 +117,9 @@ class CaptureConfig:
     patterns are (every later writer, and every recorder of the store, applies them)."""
     redaction_pseudonyms: bool = True
     redact_fn: Callable[[str], str] | None = None
+    """A function ``(text) -> text`` applied last to every string of a run's data (its messages' texts, tool arguments
+    and results, keys included), never to the message encoding's own words (``role``, ``assistant``, ...:
+    :data:`~ee_middleware.capture.redaction.ENCODING_WORDS`)."""
     vault: bool | str = False
     """Opt-in redaction vault (:mod:`ee_middleware.capture.vault`): ``True`` keeps it in
     ``<store>.vault`` beside the store folder, a string is its path. Replay then gives the sandbox
