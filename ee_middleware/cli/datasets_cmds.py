@@ -42,7 +42,12 @@ def build(
     ctx: typer.Context,
     store: str | None = typer.Option(None, "--store", "-s", envvar="EE_STORE", help=STORE_HELP, show_envvar=True),
     out_text: str | None = typer.Option(None, "--out", "-o", help="Output folder for il.parquet, iwm.parquet, sr.parquet.", metavar="PATH"),
-    kinds: str | None = typer.Option(None, "--kinds", help="Comma-separated: il,iwm,sr. [default: il,iwm,sr]"),
+    kinds: list[str] | None = typer.Option(
+        None,
+        "--kinds",
+        help="Comma-separated: il,iwm,sr (repeatable: --kinds il --kinds sr builds both). [default: il,iwm,sr]",
+        metavar="KINDS",
+    ),
     teacher: str | None = typer.Option(
         None,
         "--teacher",
@@ -117,7 +122,7 @@ def build(
         config,
         store=store,
         out=path_given(out_text) if out_text is not None else None,  # (empty or blank: a usage error)
-        kinds=kinds,
+        kinds=",".join(kinds) if kinds else None,  # (--kinds il --kinds sr: both, as --kinds il,sr)
         teacher=teacher,
         teacher_settings=key_value_settings(teacher_setting, "--teacher-setting", "max_tokens=512") if teacher_setting else None,
         app=app_name,
