@@ -162,12 +162,13 @@ def _warn_quarantined(moved: dict[str, Any]) -> None:
     )
 
 
-def _warn_kept(segment: Path, rows: SpoolRows) -> None:
-    """Say that compaction kept a spool segment holding records this version of ee-middleware cannot read."""
-    newest = max(rows.newer, key=lambda v: tuple(map(int, v.split("."))))
-    unfit = f" ({len(rows.rejected)} more fit no schema, the first: {rows.rejected[0]})" if rows.rejected else ""
+def _warn_kept(segment: Path, newer: list[str], rejected: list[str]) -> None:
+    """Say that compaction kept a spool segment holding records this version of ee-middleware cannot read (``newer``: their
+    schema versions; ``rejected``: why other records of it fit no schema)."""
+    newest = max(newer, key=lambda v: tuple(map(int, v.split("."))))
+    unfit = f" ({len(rejected)} more fit no schema, the first: {rejected[0]})" if rejected else ""
     warnings.warn(
-        f"Kept the spool segment {segment.name} in the spool: {len(rows.newer)} of its record(s) say they have record schema "
+        f"Kept the spool segment {segment.name} in the spool: {len(newer)} of its record(s) say they have record schema "
         f"{newest}, newer than this version's {SCHEMA_VERSION}{unfit}. A newer ee-middleware wrote them: upgrade "
         "ee-middleware where this store is compacted and read (the nightly job, the CLI) to at least the version the app "
         "records with. Nothing was lost: the segment is read and folded again by a version that can read it.",
@@ -312,6 +313,28 @@ def _status_filter(status: str | None) -> str | None:
             f"status={status!r} is not an approval status: use one of {', '.join(STATUSES)}, or 'all' (or None) for every trajectory."
         )
     return status
+
+
+def _merge_base(name: str) -> str | None:
+    """The name a merged part was named after (its run's first part's, without merge suffixes), for a part this
+    version named; ``None`` for another name."""
+    return _MERGED_SUFFIX.sub("", Path(name).stem) if _PART_NAME.fullmatch(name) else None
+
+
+def _adopt(parts: list[str], name: str) -> None:
+    """Put part file ``name``, which no manifest lists, into the listed ``parts`` (in place). A killed merge's part
+    (``<base>-m<hex>``, holding the rows of a run whose first part is named after ``base``, still listed) goes right
+    before that run, where its name sorts beside it; every other (a killed fold's, holding the newest rows; one copied in
+    by hand) goes last, as parts added later are, whatever its name: where the listed parts are not in name order (a
+    clock stepped back between two compactions, a part of another name adopted before) a place by name could put a
+    fold's newer copy of a trajectory ahead of its older one, and change which copy reads keep."""
+    base = _merge_base(name)
+    if base is not None and base != Path(name).stem:
+        at = next((i for i, listed in enumerate(parts) if _merge_base(listed) == base), None)
+        if at is not None:
+            parts.insert(at, name)
+            return
+    parts.append(name)
 
 
 class LocalExperienceStore:
@@ -954,7 +977,7 @@ class LocalExperienceStore:
         segments: list[Path] = []
         folded: dict[str, list[pl.DataFrame]] = {name: [] for name in TABLES}
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
-        unreadable: dict[Path, SpoolRows] = {}
+        unreadable: dict[Path, tuple[list[str], list[str]]] = {}  # (not the segment's rows: they are not folded)
         not_read: list[tuple[Path, OSError]] = []
         written: list[Path] = []
 
@@ -990,7 +1013,10 @@ class LocalExperienceStore:
                 # Said by _warn_kept and _warn_quarantined below, never as damage a read would fail on: the segment is kept
                 # or quarantined, and `ee store repair` (damaged parts) has nothing to do with it.
                 if rows.newer:
-                    unreadable[segment] = rows  # a newer ee-middleware wrote records this version cannot read: it stays
+                    unreadable[segment] = (
+                        rows.newer,
+                        rows.rejected,
+                    )  # a newer ee-middleware wrote records this version cannot read: it stays
                 elif rows.rejected:  # records that fit no schema: kept for inspection, out of the store
                     unfit = [spool.SpoolProblem(segment, 0, reason) for reason in rows.rejected]
                     damaged[segment] = (rows.count - len(rows.rejected), [*damaged.get(segment, (0, []))[1], *unfit])
@@ -1016,7 +1042,7 @@ class LocalExperienceStore:
             if segment in unreadable:
                 # Kept where it is: its other records are in the parts now (reads drop the repeats), and the ones this
                 # version could not read stay for a newer ee-middleware to read and fold. Deleting it lost them.
-                _warn_kept(segment, unreadable[segment])
+                _warn_kept(segment, *unreadable[segment])
             elif segment in damaged:
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
@@ -1063,11 +1089,7 @@ class LocalExperienceStore:
                 listed = set(snapshot.parts[table])
                 for path in list_part_files(self.root / table):
                     if path.name not in listed and (table, path.name) not in retired:
-                        # where its name sorts among the listed parts' (a killed fold's at the end; a killed merge's where
-                        # the parts it merged are, which stay listed): reads without a manifest take them in name order
-                        parts = snapshot.parts[table]
-                        at = next((i for i, name in enumerate(parts) if name > path.name), len(parts))
-                        parts.insert(at, path.name)
+                        _adopt(snapshot.parts[table], path.name)
                         changed = True
         # Parts and the manifest are written only under the compaction lock, which this pass holds: theirs are a killed
         # compaction's. The store's folder also holds the temporary files of metadata blobs and of the marker, written

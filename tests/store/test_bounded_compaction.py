@@ -154,10 +154,11 @@ def test_the_small_last_part_of_each_large_fold_is_merged_with_the_next_one(tmp_
     assert _reads(store.root) == _reads(reference.root)
 
 
-def test_part_files_no_manifest_lists_are_adopted_where_their_names_sort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """(review) A merge killed before its manifest swap leaves its part, named where its run is, unlisted; adopted at the end
-    of the manifest, it was read last with a manifest and in its run's place without one. Adoption puts a part where its
-    name sorts (a part of another name, one a user copied in, last); a merge such a part leads is named as a new part."""
+def test_a_killed_merges_part_is_adopted_before_its_run_and_others_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) A merge killed before its manifest swap leaves its part, named after its run's first part, unlisted; adopted at
+    the end of the manifest, it was read last with a manifest and in its run's place without one. It is adopted right
+    before its run (where its name sorts); a part of another name, one a user copied in, last; a merge such a part leads
+    is named as a new part."""
     monkeypatch.setattr(local, "MAX_PARTS_BEFORE_MERGE", 3)
     monkeypatch.setattr(local, "PART_FRAME_BYTES", 1)  # no merges: every part is large
     store = LocalExperienceStore(tmp_path / "store")
@@ -188,6 +189,58 @@ def test_part_files_no_manifest_lists_are_adopted_where_their_names_sort(tmp_pat
     names = _parts(store.root, "trajectories")
     assert not any("copied" in n for n in names) and all(local._PART_NAME.fullmatch(n) for n in names), names
     assert store.trajectories()["id"].to_list() == ["run-000", "run-001", "run-002", "run-003", "run-004"]
+
+
+def _killed_compaction(root: Path, scratch: Path) -> None:
+    """Leave in the store at ``root`` what a compaction killed before its manifest swap leaves: the parts it wrote (its
+    fold's, of the spool it would have deleted), unlisted."""
+    shutil.copytree(root, scratch)
+    LocalExperienceStore(scratch, create=False).compact()
+    for table in TABLES:
+        for part in (scratch / table).glob("part-*.parquet"):
+            if not (root / table / part.name).exists():
+                shutil.copy(part, root / table / part.name)
+
+
+def test_a_killed_folds_part_is_adopted_last_when_the_clock_stepped_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) A part no manifest lists was adopted where its name sorts. A killed fold's part holds the newest rows, but a
+    clock stepped back (NTP, a restored VM, another host compacting a shared store) names it before the parts an earlier
+    compaction wrote: adopted ahead of them, its newer copy of a re-recorded trajectory became the one reads keep."""
+    store = LocalExperienceStore(tmp_path / "store")
+    monkeypatch.setattr(local.spool, "sortable_stamp", lambda: "20300101T000000-000000000")  # this compaction's clock is ahead
+    store.write([sample_trajectory("x").model_copy(update={"task": "first copy"})])
+    store.close()
+    store.compact()
+    monkeypatch.undo()
+    store.write([sample_trajectory("x").model_copy(update={"task": "second copy"})])
+    store.close()
+    assert store.get("x").task == "first copy"
+    _killed_compaction(store.root, tmp_path / "killed")
+    store.compact()
+    assert store.get("x").task == "first copy"
+    assert [t.task for t in LocalExperienceStore(store.root, create=False).iter_trajectories()] == ["first copy"]
+    assert _parts(store.root, "trajectories")[0].startswith("part-20300101T000000")  # the earlier compaction's part first
+
+
+def test_a_killed_folds_part_is_adopted_last_after_a_part_copied_in(tmp_path: Path) -> None:
+    """(review) The same with a part copied in by hand earlier (adopted last, so the manifest's names are not in order
+    after it): the killed fold's part sorted before it and before the parts written after it, and was adopted there."""
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([sample_trajectory("y")])
+    store.close()
+    store.compact()
+    for table in ("trajectories", "steps"):
+        [part] = _parts(store.root, table)
+        shutil.copy(store.root / table / part, store.root / table / "part-copied-in.parquet")
+    store.write([sample_trajectory("x").model_copy(update={"task": "first copy"})])
+    store.close()
+    store.compact()  # adopts the copied-in part last, then appends this fold's
+    store.write([sample_trajectory("x").model_copy(update={"task": "second copy"})])
+    store.close()
+    _killed_compaction(store.root, tmp_path / "killed")
+    store.compact()
+    assert store.get("x").task == "first copy"
+    assert [t.task for t in LocalExperienceStore(store.root, create=False).iter_trajectories() if t.id == "x"] == ["first copy"]
 
 
 def test_a_fold_holds_no_segment_decoded_whole(tmp_path: Path) -> None:
