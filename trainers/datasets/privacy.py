@@ -51,7 +51,7 @@ def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.D
     counts: Counter[str] = Counter()
     if frame.is_empty():
         return frame, {}
-    prompts = [_redact(redactor, p) for p in frame["prompt"].to_list()]
+    prompts = redact_prompts(redactor, frame["prompt"].to_list())
     completions = [_redact(redactor, c) for c in frame["completion"].to_list()]
     redacted_tools: dict[str | None, str | None] = {}  # rows of a trajectory share its tools: each text redacted once
     tools = frame["tools"].to_list() if "tools" in frame.columns else [None] * frame.height
@@ -94,6 +94,57 @@ def guard_rows(kind: str, frame: pl.DataFrame, redactor: Redactor) -> tuple[pl.D
 
 def _redact(redactor: Redactor, text: str | None) -> str | None:
     return redactor.redact_value(text) if text and redactor.enabled else text
+
+
+def redact_prompts(redactor: Redactor, prompts: list[str | None]) -> list[str | None]:
+    """``prompts`` (JSON lists of messages) each redacted as :meth:`~ee_middleware.capture.redaction.Redactor.redact_value`
+    redacts it, each distinct message once.
+
+    The rows of a trajectory hold its states, each the whole conversation before its step: redacted whole, a run of n
+    steps had its first message scanned n times (a build of 50 steps of 100 KB tool results spent 138 of its 140 s
+    here). Redacting a JSON list as data walks each of its values alone (its rules see one string at a time), so its
+    messages are redacted one by one here and the list written back around them, as the walk writes it back. That holds
+    where the list is written as the store writes JSON (compact, as ``json.dumps`` writes it back) and only the built-in
+    rules apply; a prompt of any other form, and every prompt where the store has patterns of its own or a ``redact_fn``
+    (its patterns read the JSON text itself, across messages), is redacted whole."""
+    if not redactor.enabled:
+        return prompts
+    if not redactor.builtin_only:
+        return [_redact(redactor, p) for p in prompts]
+    done: dict[str, str] = {}  # a message's JSON text -> redacted (the rows of a trajectory share their earlier messages)
+    out: list[str | None] = []
+    for prompt in prompts:
+        messages = _compact_messages(prompt) if prompt else None
+        if messages is None:
+            out.append(_redact(redactor, prompt))
+            continue
+        redacted = []
+        for text in messages:
+            hit = done.get(text)
+            if hit is None:
+                hit = done[text] = redactor.redact_value(text)
+            redacted.append(hit)
+        out.append(prompt if all(r is t for r, t in zip(redacted, messages, strict=True)) else f"[{','.join(redacted)}]")
+    return out
+
+
+def _compact_messages(prompt: str) -> list[str] | None:
+    """The JSON texts of the objects of ``prompt``, a JSON list of objects written compact (as ``json.dumps`` with
+    ``separators=(",", ":")`` writes it back, the non-ASCII characters either way), in order; ``None`` for any other
+    text."""
+    if not (prompt.startswith("[{") and prompt.endswith("}]")):
+        return None
+    try:
+        messages = json.loads(prompt)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        return None
+    for ensure_ascii in (False, True):
+        texts = [json.dumps(m, ensure_ascii=ensure_ascii, separators=(",", ":")) for m in messages]
+        if f"[{','.join(texts)}]" == prompt:
+            return texts
+    return None
 
 
 def redact_tools_text(redactor: Redactor, text: str | None) -> str | None:
