@@ -986,10 +986,9 @@ class LocalExperienceStore:
             frames, folded[name] = folded[name], []
             df = pl.concat(frames, how="vertical") if frames else frame([], TABLES[name])
             if not df.is_empty():
-                written.append(self._write_part(name, df))
-                snapshot.parts[name].append(written[-1].name)
+                snapshot.parts[name].append(self._write_part(name, df, written).name)
 
-        try:  # nothing is live before the manifest swap: on any failure, remove what this pass wrote
+        try:  # nothing is live before the manifest swap: on any failure before it, remove what this pass wrote
             for segment in spool.list_segments(spool_dir):
                 try:
                     if spool.is_live(segment):
@@ -1029,13 +1028,14 @@ class LocalExperienceStore:
             if not damaged_only:
                 damaged_parts = self._check_parts(snapshot)
                 for name in TABLES:
-                    written += self._merge_parts(snapshot, name, skip=damaged_parts[name])
+                    self._merge_parts(snapshot, name, written, skip=damaged_parts[name])
             if written or changed or snapshot.generation is None:
                 snapshot.generation = (snapshot.generation or 0) + 1
                 write_manifest(self.root, snapshot, fsync=self._fsync)
         except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
+            if not self._made_live(written):
+                for path in written:
+                    path.unlink(missing_ok=True)
             raise
         quarantined = []
         for segment in segments:  # their records are live in parts now
@@ -1100,10 +1100,28 @@ class LocalExperienceStore:
         remove_abandoned_temps(self.root, min_age_s=ABANDONED_TEMP_AGE_S)
         return changed
 
-    def _write_part(self, table: str, df: pl.DataFrame, *, after: str | None = None) -> Path:
-        """Write ``df`` as a new part of ``table`` (live once a manifest lists it). A failed write leaves no file and raises
-        the operating system's :class:`OSError`, or :class:`StoreWriteError` when the part would be too large for this
-        process's file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``) or the file system.
+    def _made_live(self, written: list[Path]) -> bool:
+        """Whether the manifest now in the store lists a part of ``written``: a compaction interrupted (Ctrl-C, SIGTERM)
+        after its manifest swap, while the store's folder was synced, has made them live, and the parts they replaced are
+        retired (deleting them lost those rows). ``True`` where the manifest cannot be read: the parts are then left, for
+        the next compaction to adopt (a repeat is dropped on read; a loss is not undone)."""
+        if not written:
+            return False
+        current = read_manifest(self.root, TABLES)
+        if current.unreadable is not None:
+            return True
+        if current.generation is None:  # no manifest yet: none was swapped in (its listing is of the files on disk)
+            return False
+        listed = {(table, name) for table, names in current.parts.items() for name in names}
+        return any((path.parent.name, path.name) in listed for path in written)
+
+    def _write_part(self, table: str, df: pl.DataFrame, written: list[Path], *, after: str | None = None) -> Path:
+        """Write ``df`` as a new part of ``table`` (live once a manifest lists it), its path added to ``written`` before the
+        file appears: an interrupt after its rename, while its folder is synced, leaves it to the caller's clean-up too (a
+        part left alone is adopted by the next compaction after the parts written before it, out of the spool's order). A
+        failed write leaves no file and raises the operating system's :class:`OSError`, or :class:`StoreWriteError` when
+        the part would be too large for this process's file-size limit (``ulimit -f``, systemd's ``LimitFSIZE=``) or the
+        file system.
 
         ``after``: the part whose place it takes (a merge's first): named to sort where that one does, between the parts
         before and after it, as reads without a manifest take the parts in name order."""
@@ -1114,6 +1132,7 @@ class LocalExperienceStore:
         else:  # (a part of another name, one a user copied in: named as a new one, as merges always were)
             name = f"part-{spool.sortable_stamp()}-{uuid.uuid4().hex[:8]}.parquet"
         final = folder / name
+        written.append(final)
         try:
             atomic_write_parquet(
                 df,
@@ -1163,13 +1182,14 @@ class LocalExperienceStore:
         read in full, and ``ee store repair`` reads them all."""
         return {table: self._check_footers(snapshot, table) for table in TABLES}
 
-    def _merge_parts(self, snapshot: Manifest, table: str, skip: Collection[str] = ()) -> list[Path]:
+    def _merge_parts(self, snapshot: Manifest, table: str, written: list[Path], skip: Collection[str] = ()) -> None:
         """When ``table`` has many parts, merge each run of consecutive readable parts smaller than
         :data:`PART_FRAME_BYTES` into one, up to that size, in its place (``skip``: parts known to be damaged, warned about
-        already); retire the merged ones."""
+        already); retire the merged ones. The parts it writes are added to ``written`` (the caller removes them on a
+        failure before its manifest swap)."""
         names = snapshot.parts[table]
         if len(names) <= MAX_PARTS_BEFORE_MERGE:
-            return []
+            return
         listed = Counter(names)  # (a part listed twice is left where it is, both times)
         sizes = [None if name in skip or listed[name] > 1 else self._mergeable_size(table, name) for name in names]
         runs: list[list[int]] = []  # positions in names
@@ -1188,34 +1208,27 @@ class LocalExperienceStore:
                 small, large = sizes[run[0]], sizes[run[0] + 1]
                 if small is not None and large is not None and large >= PART_FRAME_BYTES and small + large <= 2 * PART_FRAME_BYTES:
                     run.append(run[0] + 1)
-        written: list[Path] = []
         replaced: dict[str, str | None] = {}  # a merged part's name -> the part that replaces its run (named at its first)
-        try:
-            for run in runs:
-                if len(run) < 2:
-                    continue
-                read: list[tuple[str, pl.DataFrame]] = []  # consecutive parts read (one that cannot be ends them)
-                for name in [*(names[i] for i in run), None]:
-                    if name is not None:
-                        try:
-                            read.append((name, _read_part(self.root / table / name, TABLES[table])))
-                            continue
-                        except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
-                            self._warn_part(self.root / table / name, exc)
-                    if len(read) >= 2:
-                        merged = drop_repeats(table, pl.concat([f for _, f in read], how="vertical"))
-                        written.append(self._write_part(table, merged, after=read[0][0]))
-                        replaced.update({n: (written[-1].name if i == 0 else None) for i, (n, _) in enumerate(read)})
-                    read = []
-        except BaseException:
-            for path in written:
-                path.unlink(missing_ok=True)
-            raise
-        if not written:
-            return []
+        for run in runs:
+            if len(run) < 2:
+                continue
+            read: list[tuple[str, pl.DataFrame]] = []  # consecutive parts read (one that cannot be ends them)
+            for name in [*(names[i] for i in run), None]:
+                if name is not None:
+                    try:
+                        read.append((name, _read_part(self.root / table / name, TABLES[table])))
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - a damaged part stays live (and reported) until repaired
+                        self._warn_part(self.root / table / name, exc)
+                if len(read) >= 2:
+                    merged = drop_repeats(table, pl.concat([f for _, f in read], how="vertical"))
+                    part = self._write_part(table, merged, written, after=read[0][0])
+                    replaced.update({n: (part.name if i == 0 else None) for i, (n, _) in enumerate(read)})
+                read = []
+        if not replaced:
+            return
         snapshot.parts[table] = [replaced.get(n, n) for n in names if replaced.get(n, n) is not None]
         retire(snapshot, table, list(replaced))
-        return written
 
     def _mergeable_size(self, table: str, name: str) -> int | None:
         """About how much part ``name`` of ``table`` holds in memory (:data:`FRAME_BYTES_KEY`), or ``None`` where it is
