@@ -1336,10 +1336,7 @@ class Redactor:
     def _custom(self, text: str) -> str:
         """``custom`` over ``text``; what it raises is raised as :class:`~ee_middleware.errors.RedactFnError` (its cause),
         without its message: a function that quotes the text it failed on (``ValueError(f"cannot scrub {text!r}")``) would otherwise put
-        the value it was to remove in a report, a log or stderr. Never called on the message encoding's own words
-        (:data:`ENCODING_WORDS`)."""
-        if text in ENCODING_WORDS:
-            return text
+        the value it was to remove in a report, a log or stderr."""
         try:
             result = self.custom(text)  # type: ignore[misc]
         except Exception as exc:  # whatever the user's function raises: told without its message
@@ -1391,7 +1388,15 @@ class Redactor:
             key.isidentifier() and len(key) < 32 and not self._user and self.custom is None and _IN_SHORT_KEY.search(key) is None
         ):
             return key  # "role", "content", "order_id": no built-in kind matches in them
+        if key in ENCODING_WORDS:
+            return self._encoding_word(key)
         return self.redact_text(key)
+
+    def _encoding_word(self, word: str) -> str:
+        """A member name of the message encoding, or a fixed value of one (``role``, ``type``, ``finish_reason``:
+        :data:`ENCODING_WORDS`): the rules over it, not ``custom`` (such a word holds no user data; a scrubber called on
+        every one spent most of its calls there)."""
+        return self._apply_rules(word) if self._user else word  # (no built-in kind matches in such a word)
 
     def _key_strength(self, key: Any) -> int:
         """How secret a key's name says its value is (:func:`_secret_name_strength`, where the ``secret`` kind is on); 2
@@ -1403,6 +1408,8 @@ class Redactor:
         return _secret_name_strength(key) if self._secret_keys else 0
 
     def _redact_member(self, key: Any, value: Any) -> Any:
+        if key in _ENCODING_VALUE_KEYS and value in ENCODING_WORDS and self.custom is not None:
+            return self._encoding_word(value)  # "role": "assistant", "type": "tool_call", "finish_reason": "stop"
         strength = self._key_strength(key)
         if strength and not isinstance(value, (Mapping, list, tuple)):
             return self._redact_single(key, value)
@@ -1648,6 +1655,10 @@ class Redactor:
         view = _decode_escapes(text)  # what the strings say
         if self._secret_spaced_key(view) or not self._no_match(view):
             return False
+        # a value read from a file or a form keeps its line break ("password": "Tr0ub4dor&3\n"): the view's line break ends
+        # the quoted value the rules look for there, the escape in the text does not
+        if ("\\n" in text or "\\r" in text) and not self._no_match(text):
+            return False
         if "\\\\" in view:  # and the JSON texts in them
             deeper = _decode_escapes(view, deeper=True)
             if deeper != view and not self._no_match(deeper):
@@ -1793,9 +1804,13 @@ ENCODING_WORDS = frozenset(
         *("blob", "file", "image", "audio", "video", "stop", "length", "content_filter", "error"),
     }
 )
-"""The names and fixed values of the message encoding capture stores, which hold no user data: a ``redact_fn`` is not
-called on them. A function called on every string of a run (a model-based scrubber costs milliseconds a call) spent 120
-of its 157 calls on them in a run of three tool calls (``role`` 13 times, ``parts``, ``type``, ``assistant``, ...)."""
+"""The member names and the fixed values of the message encoding capture stores, which hold no user data: a
+``redact_fn`` is not called on a key that is one of them, nor on one of them as the value of ``role``, ``type`` or
+``finish_reason`` (the same word anywhere else, a tool's result ``"error"``, is the run's data and given to it). A
+function called on every string of a run (a model-based scrubber costs milliseconds a call) spent 120 of its 157 calls on
+them in a run of three tool calls (``role`` 13 times, ``parts``, ``type``, ``assistant``, ...)."""
+_ENCODING_VALUE_KEYS = frozenset({"role", "type", "finish_reason"})
+"""The members whose value may be a fixed word of :data:`ENCODING_WORDS`."""
 
 _IN_SHORT_KEY = re.compile(r"\d|[sr]k_|whsec_|AKIA|ASIA")
 """Found in every short identifier (under 32 characters) a built-in rule matches in: the provider keys that are

@@ -48,7 +48,7 @@ def test_a_recorded_run_gives_redact_fn_its_data_and_none_of_the_encodings_words
     assert {m["role"] for m in trajectory.messages} >= {"user", "assistant", "tool"}  # the encoding's words kept as they are
 
 
-def test_redact_value_skips_only_the_encodings_words() -> None:
+def test_redact_value_skips_the_encodings_words_only_where_the_encoding_has_them() -> None:
     SEEN.clear()
     message = {"role": "assistant", "parts": [{"type": "text", "content": "two pears"}], "finish_reason": "stop"}
     assert Redactor(custom=scrub_pears).redact_value(message) == {
@@ -64,3 +64,12 @@ def test_redact_value_skips_only_the_encodings_words() -> None:
         "Role": "Assistant",
     }
     assert sorted(SEEN) == ["Assistant", "Role", "pear", "pear_count"]
+    SEEN.clear()
+    # the same words as the run's data (a message that says "stop", a tool's result "error", an argument "image"): given
+    said = [
+        {"role": "user", "parts": [{"type": "text", "content": "stop"}]},
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "c1", "response": "error"}]},
+        {"role": "assistant", "parts": [{"type": "tool_call", "id": "c2", "name": "show", "arguments": {"kind": "image"}}]},
+    ]
+    assert Redactor(custom=scrub_pears).redact_value(said) == said
+    assert sorted(SEEN) == ["c1", "c2", "error", "image", "kind", "show", "stop"]

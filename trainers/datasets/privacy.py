@@ -98,15 +98,17 @@ def _redact(redactor: Redactor, text: str | None) -> str | None:
 
 def redact_prompts(redactor: Redactor, prompts: list[str | None]) -> list[str | None]:
     """``prompts`` (JSON lists of messages) each redacted as :meth:`~ee_middleware.capture.redaction.Redactor.redact_value`
-    redacts it, each distinct message once.
+    redacts it walked as data, each distinct message once.
 
     The rows of a trajectory hold its states, each the whole conversation before its step: redacted whole, a run of n
     steps had its first message scanned n times (a build of 50 steps of 100 KB tool results spent 138 of its 140 s
-    here). Redacting a JSON list as data walks each of its values alone (its rules see one string at a time), so its
-    messages are redacted one by one here and the list written back around them, as the walk writes it back. That holds
-    where the list is written as the store writes JSON (compact, as ``json.dumps`` writes it back) and only the built-in
-    rules apply; a prompt of any other form, and every prompt where the store has patterns of its own or a ``redact_fn``
-    (its patterns read the JSON text itself, across messages), is redacted whole."""
+    here). A JSON list walked as data is walked one value at a time (the rules see one string at a time), so here each
+    message is walked alone and the list written back around them, as the walk writes it back: the same text as a
+    whole prompt walked; where the whole prompt's text scan calls it clean and the walk of a message finds a secret the
+    scan misses, that secret is redacted too. That holds where the list is written as the store writes JSON (compact,
+    as ``json.dumps`` writes it back) and only the built-in rules apply; a prompt of any other form or nested too deep
+    to walk, and every prompt where the store has patterns of its own or a ``redact_fn`` (its patterns read the JSON
+    text itself, across messages), is redacted whole, as before."""
     if not redactor.enabled:
         return prompts
     if not redactor.builtin_only:
@@ -114,24 +116,36 @@ def redact_prompts(redactor: Redactor, prompts: list[str | None]) -> list[str | 
     done: dict[str, str] = {}  # a message's JSON text -> redacted (the rows of a trajectory share their earlier messages)
     out: list[str | None] = []
     for prompt in prompts:
-        messages = _compact_messages(prompt) if prompt else None
-        if messages is None:
+        split = _compact_messages(prompt) if prompt else None
+        redacted: list[str] | None = None
+        if split is not None:
+            messages, texts, ensure_ascii = split
+            try:
+                redacted = [_walked(redactor, m, t, ensure_ascii, done) for m, t in zip(messages, texts, strict=True)]
+            except RecursionError:  # (nested too deep to walk: the whole prompt is read as text, as before)
+                redacted = None
+        if redacted is None:
             out.append(_redact(redactor, prompt))
-            continue
-        redacted = []
-        for text in messages:
-            hit = done.get(text)
-            if hit is None:
-                hit = done[text] = redactor.redact_value(text)
-            redacted.append(hit)
-        out.append(prompt if all(r is t for r, t in zip(redacted, messages, strict=True)) else f"[{','.join(redacted)}]")
+        else:
+            out.append(prompt if all(r is t for r, t in zip(redacted, texts, strict=True)) else f"[{','.join(redacted)}]")
     return out
 
 
-def _compact_messages(prompt: str) -> list[str] | None:
-    """The JSON texts of the objects of ``prompt``, a JSON list of objects written compact (as ``json.dumps`` with
-    ``separators=(",", ":")`` writes it back, the non-ASCII characters either way), in order; ``None`` for any other
-    text."""
+def _walked(redactor: Redactor, message: dict[str, Any], text: str, ensure_ascii: bool, done: dict[str, str]) -> str:
+    """``message`` (written as ``text``) walked as data by ``redactor``, written back as ``text`` is written; remembered in
+    ``done``."""
+    hit = done.get(text)
+    if hit is None:
+        redacted = redactor.redact_value(message)
+        hit = text if redacted == message else json.dumps(redacted, ensure_ascii=ensure_ascii, separators=(",", ":"))
+        done[text] = hit
+    return hit
+
+
+def _compact_messages(prompt: str) -> tuple[list[dict[str, Any]], list[str], bool] | None:
+    """The objects of ``prompt``, a JSON list of objects written compact (as ``json.dumps`` with ``separators=(",",
+    ":")`` writes it back, the non-ASCII characters either way), with their JSON texts in it and whether it escapes
+    non-ASCII characters; ``None`` for any other text."""
     if not (prompt.startswith("[{") and prompt.endswith("}]")):
         return None
     try:
@@ -143,7 +157,7 @@ def _compact_messages(prompt: str) -> list[str] | None:
     for ensure_ascii in (False, True):
         texts = [json.dumps(m, ensure_ascii=ensure_ascii, separators=(",", ":")) for m in messages]
         if f"[{','.join(texts)}]" == prompt:
-            return texts
+            return messages, texts, ensure_ascii
     return None
 
 

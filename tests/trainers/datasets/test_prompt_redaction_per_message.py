@@ -110,6 +110,30 @@ def test_each_message_of_a_long_run_is_redacted_once(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     assert redacted == [_redact(redactor, s) for s in states]
     assert "+1 415 555 0134" not in "".join(redacted[5:]) and "[REDACTED:phone:" in redacted[-1]
-    texts = [v for v in given if isinstance(v, str) and v.startswith(("[{", '{"role"'))]  # (not the walk's own calls)
-    assert not set(texts) & set(states), "no prompt is scanned whole"
-    assert len(texts) == len(set(texts)) == len(json.loads(states[-1]))  # each message of the run once
+    assert not {v for v in given if isinstance(v, str)} & set(states), "no prompt is scanned whole"
+    walked = [json.dumps(v) for v in given if isinstance(v, dict) and "role" in v]  # (not the walk's calls below a message)
+    assert len(walked) == len(set(walked)) == len(json.loads(states[-1]))  # each message of the run once
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"password": "Tr0ub4dor&3\n"}, {"api_key": "abc\ndef"}, {"token": "\\"}, {"client_secret": '"'}, {"pin": '{"key": "x"}'}],
+    ids=["line-break", "inner-line-break", "backslash", "quote", "json-text"],
+)
+def test_a_secret_the_text_scan_misses_is_redacted_in_every_row(arguments: dict[str, str]) -> None:
+    """(review) Values below secret names that the scan of JSON text passes over (a line break, a lone backslash or
+    quote, JSON text) while the walk of the data replaces them: in every row, whichever other message the prompt holds
+    (redacted whole, a prompt with nothing else to redact was left as it was)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "login", "arguments": arguments}}
+    conversation = [
+        {"role": "user", "content": "log me in"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "user", "content": "now write to dana@example.org"},
+    ]
+    prompts = [json.dumps(conversation[:n], ensure_ascii=False, separators=(",", ":")) for n in (2, 3, 4)]
+    redactor = Redactor(salt=b"a store's salt!!")
+    for prompt in redact_prompts(redactor, prompts):
+        assert prompt is not None
+        [value] = json.loads(prompt)[1]["tool_calls"][0]["function"]["arguments"].values()
+        assert value.startswith("[REDACTED:secret:") and value.endswith("]"), prompt
