@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/dataset_build.py --steps 20000 --sides ee --kinds il,iwm,sr --before-ref HEAD~1  # + SR (template teacher)
 
 For each size, a synthetic store with ``--steps`` expert steps (``--steps-per-trajectory`` per
-trajectory, a state growing by two messages per step) and ``--k`` rollouts per step is written in the
+trajectory, a state growing by two messages per step, written as the store writes it: compact JSON) and ``--k`` rollouts per step is written in the
 store's real layout (Parquet parts and a manifest), not timed. Then each side builds the IL and IWM
 datasets (no error cap, observations cut at 512 tokens) from that store into Parquet files, **each
 run in a fresh process** (cold: nothing imported, read or built before in that process; the OS
@@ -22,7 +22,8 @@ Sides, interleaved (the order alternates between repeats), each repeat gives min
   loop that builds every row by splicing the stored JSON text (the stored state is never decoded:
   the IWM prompt is the state's text with the action and the instruction appended; actions and
   answers are JSON written from their parts), the same redaction (the store's redactor on every
-  prompt and completion) and one Parquet write per file. Row ids use the same hash expression;
+  prompt and completion, each prompt whole: ``ee`` walks each distinct message of a trajectory's prompts once, which
+  gives the same text) and one Parquet write per file. Row ids use the same hash expression;
 * ``ee@REF`` (with ``--before-ref REF``): the ``ee`` side run from the code at a git revision (for
   before/after numbers).
 
@@ -87,6 +88,7 @@ def synthetic_store(root: Path, steps: int, k: int, per_trajectory: int, seed: i
     now = dt.datetime(2026, 11, 22, tzinfo=dt.UTC)
     tools_json = json.dumps(TOOLS)
     per_part = -(-n_traj // 12)
+    parts: list[Path] = []  # (the parts written, unlisted until the compaction below adopts them)
     for first in range(0, n_traj, per_part):
         ids = range(first, min(n_traj, first + per_part))
         trajectories = pl.DataFrame(
@@ -117,7 +119,7 @@ def synthetic_store(root: Path, steps: int, k: int, per_trajectory: int, seed: i
                 args = json.dumps({"x": f"value-{rng.randint(0, 999)}"})
                 observation = f"result {rng.random():.6f} " * rng.randint(1, 8)
                 step_rows.append(
-                    {"trajectory_id": f"t{t:07d}", "index": i, "decision_index": i, "state_json": json.dumps(state), "action_kind": "tool_call",
+                    {"trajectory_id": f"t{t:07d}", "index": i, "decision_index": i, "state_json": _string(state), "action_kind": "tool_call",
                      "tool_call_id": call_id, "tool_name": f"tool_{i % 8}", "arguments_json": args, "observation": observation,
                      "observation_is_error": False, "observation_truncated_chars": 0}
                 )  # fmt: skip
@@ -138,16 +140,16 @@ def synthetic_store(root: Path, steps: int, k: int, per_trajectory: int, seed: i
                     },
                     {"role": "tool", "tool_call_id": call_id, "content": observation},
                 ]
-        store._write_part("trajectories", trajectories.select(list(TRAJECTORY_SCHEMA)).cast(TRAJECTORY_SCHEMA))  # type: ignore[arg-type]
+        store._write_part("trajectories", trajectories.select(list(TRAJECTORY_SCHEMA)).cast(TRAJECTORY_SCHEMA), parts)  # type: ignore[arg-type]
         steps_frame = pl.DataFrame(step_rows).with_columns(
             [pl.lit(None, dtype=t).alias(c) for c, t in STEP_SCHEMA.items() if c not in step_rows[0]]
         )
-        store._write_part("steps", steps_frame.select(list(STEP_SCHEMA)).cast(STEP_SCHEMA))  # type: ignore[arg-type]
+        store._write_part("steps", steps_frame.select(list(STEP_SCHEMA)).cast(STEP_SCHEMA), parts)  # type: ignore[arg-type]
         if rollout_rows:
             rollouts = pl.DataFrame(rollout_rows).with_columns(
                 [pl.lit(None, dtype=t).alias(c) for c, t in ROLLOUT_SCHEMA.items() if c not in rollout_rows[0]]
             )
-            store._write_part("rollouts", rollouts.select(list(ROLLOUT_SCHEMA)).cast(ROLLOUT_SCHEMA))  # type: ignore[arg-type]
+            store._write_part("rollouts", rollouts.select(list(ROLLOUT_SCHEMA)).cast(ROLLOUT_SCHEMA), parts)  # type: ignore[arg-type]
     store.compact()  # writes the manifest (no merge: at most 16 parts per table)
     store.close()
 
@@ -161,7 +163,8 @@ def side_ee(store: Path, out: Path, kinds: tuple[str, ...] = KINDS) -> None:
     build_datasets(DatasetConfig.load(store=store, out=out, kinds=",".join(kinds), iwm_max_error_share=1.0, teacher="template"))
 
 
-def _string(value: str) -> str:
+def _string(value: Any) -> str:
+    """``value`` as the store writes JSON (compact, UTF-8 unescaped)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 

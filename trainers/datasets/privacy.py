@@ -41,6 +41,8 @@ from ee_middleware.capture.redaction import PLACEHOLDER, Redactor
 REDACTION_METADATA_KEY = "ee.redaction"
 """Parquet metadata of a dataset file: the redaction rules it was built with (JSON), for its exports."""
 
+_DECODER = json.JSONDecoder()
+
 _TAGGED = re.compile(r"\[REDACTED:([A-Za-z0-9_.-]+):([0-9a-f]{8})\]")
 """A pseudonym: ``[REDACTED:kind:tag]``, the kind and the value's tag."""
 
@@ -149,12 +151,21 @@ def _compact_messages(prompt: str) -> tuple[list[dict[str, Any]], list[str], boo
     if not (prompt.startswith("[{") and prompt.endswith("}]")):
         return None
     try:
+        first, end = _DECODER.raw_decode(prompt, 1)
+    except (ValueError, RecursionError):
+        return None
+    # the form of the first message says the whole list's (a list written otherwise costs no more than this to pass by)
+    text = prompt[1:end]
+    modes = [mode for mode in (False, True) if json.dumps(first, ensure_ascii=mode, separators=(",", ":")) == text]
+    if not modes:
+        return None
+    try:
         messages = json.loads(prompt)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+    if not all(isinstance(m, dict) for m in messages):
         return None
-    for ensure_ascii in (False, True):
+    for ensure_ascii in modes:
         texts = [json.dumps(m, ensure_ascii=ensure_ascii, separators=(",", ":")) for m in messages]
         if f"[{','.join(texts)}]" == prompt:
             return messages, texts, ensure_ascii
