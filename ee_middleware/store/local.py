@@ -162,13 +162,26 @@ def _warn_quarantined(moved: dict[str, Any]) -> None:
     )
 
 
-def _warn_kept(segment: Path, newer: list[str], rejected: list[str]) -> None:
-    """Say that compaction kept a spool segment holding records this version of ee-middleware cannot read (``newer``: their
-    schema versions; ``rejected``: why other records of it fit no schema)."""
-    newest = max(newer, key=lambda v: tuple(map(int, v.split("."))))
-    unfit = f" ({len(rejected)} more fit no schema, the first: {rejected[0]})" if rejected else ""
+def _kept_entry(segment: Path, size: int, newer: list[str], rejected: list[str]) -> dict[str, Any]:
+    """What the manifest keeps of a spool segment kept for records of a newer schema (``newer``: their schema versions;
+    ``rejected``: why other records of it fit no schema), its other records folded (:attr:`Manifest.kept`)."""
+    return {
+        "name": segment.name,
+        "size": size,
+        "newer": len(newer),
+        "newest": max(newer, key=lambda v: tuple(map(int, v.split(".")))),
+        "rejected": len(rejected),
+        "first_rejected": rejected[0] if rejected else None,
+    }
+
+
+def _warn_kept(segment: Path, kept: dict[str, Any]) -> None:
+    """Say that compaction kept a spool segment holding records this version of ee-middleware cannot read (``kept``: its
+    :func:`_kept_entry`)."""
+    newest = kept["newest"]
+    unfit = f" ({kept['rejected']} more fit no schema, the first: {kept['first_rejected']})" if kept["rejected"] else ""
     warnings.warn(
-        f"Kept the spool segment {segment.name} in the spool: {len(newer)} of its record(s) say they have record schema "
+        f"Kept the spool segment {segment.name} in the spool: {kept['newer']} of its record(s) say they have record schema "
         f"{newest}, newer than this version's {SCHEMA_VERSION}{unfit}. A newer ee-middleware wrote them: upgrade "
         "ee-middleware where this store is compacted and read (the nightly job, the CLI) to at least the version the app "
         "records with. Nothing was lost: the segment is read and folded again by a version that can read it.",
@@ -977,7 +990,10 @@ class LocalExperienceStore:
         segments: list[Path] = []
         folded: dict[str, list[pl.DataFrame]] = {name: [] for name in TABLES}
         damaged: dict[Path, tuple[int, list[spool.SpoolProblem]]] = {}
-        unreadable: dict[Path, tuple[list[str], list[str]]] = {}  # (not the segment's rows: they are not folded)
+        unreadable: dict[Path, dict[str, Any]] = {}  # kept segments: what is said of them (not their rows)
+        # kept segments whose other records an earlier compaction folded: not folded again (another copy each time)
+        known = {} if damaged_only else {entry["name"]: entry for entry in snapshot.kept}
+        kept_again: list[Path] = []
         not_read: list[tuple[Path, OSError]] = []
         written: list[Path] = []
 
@@ -993,6 +1009,9 @@ class LocalExperienceStore:
                 try:
                     if spool.is_live(segment):
                         continue
+                    if segment.name in known and segment.stat().st_size == known[segment.name]["size"]:
+                        kept_again.append(segment)
+                        continue
                     data = segment.read_bytes()
                 except FileNotFoundError:  # an empty segment its writer removed after a failed write (see spool.py)
                     continue
@@ -1003,6 +1022,7 @@ class LocalExperienceStore:
                 problems: list[spool.SpoolProblem] = []
                 # a record at a time, none kept: its rows, its steps' rows among them, written as it is decoded
                 rows = SpoolRows(spool.iter_lines(data, segment, problems, live=False), segment, None, False, steps=True)
+                size = len(data)
                 del data
                 if damaged_only and (rows.newer or not (problems or rows.rejected)):
                     continue  # nothing to quarantine: compaction folds it
@@ -1011,11 +1031,8 @@ class LocalExperienceStore:
                     damaged[segment] = (rows.count, problems)
                 # Said by _warn_kept and _warn_quarantined below, never as damage a read would fail on: the segment is kept
                 # or quarantined, and `ee store repair` (damaged parts) has nothing to do with it.
-                if rows.newer:
-                    unreadable[segment] = (
-                        rows.newer,
-                        rows.rejected,
-                    )  # a newer ee-middleware wrote records this version cannot read: it stays
+                if rows.newer:  # a newer ee-middleware wrote records this version cannot read: it stays
+                    unreadable[segment] = _kept_entry(segment, size, rows.newer, rows.rejected)
                 elif rows.rejected:  # records that fit no schema: kept for inspection, out of the store
                     unfit = [spool.SpoolProblem(segment, 0, reason) for reason in rows.rejected]
                     damaged[segment] = (rows.count - len(rows.rejected), [*damaged.get(segment, (0, []))[1], *unfit])
@@ -1029,6 +1046,10 @@ class LocalExperienceStore:
                 damaged_parts = self._check_parts(snapshot)
                 for name in TABLES:
                     self._merge_parts(snapshot, name, written, skip=damaged_parts[name])
+            if not damaged_only:  # (repair folds none of them: what compaction knew of them stays)
+                kept = [known[segment.name] for segment in kept_again] + list(unreadable.values())
+                changed = changed or kept != snapshot.kept
+                snapshot.kept = kept
             if written or changed or snapshot.generation is None:
                 snapshot.generation = (snapshot.generation or 0) + 1
                 write_manifest(self.root, snapshot, fsync=self._fsync)
@@ -1042,7 +1063,7 @@ class LocalExperienceStore:
             if segment in unreadable:
                 # Kept where it is: its other records are in the parts now (reads drop the repeats), and the ones this
                 # version could not read stay for a newer ee-middleware to read and fold. Deleting it lost them.
-                _warn_kept(segment, *unreadable[segment])
+                _warn_kept(segment, unreadable[segment])
             elif segment in damaged:
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
@@ -1054,6 +1075,8 @@ class LocalExperienceStore:
                 segment.unlink(missing_ok=True)
         if self._fsync and segments:
             fsync_dir(spool_dir)
+        for segment in kept_again:  # still kept: said at every compaction, as when it was first folded
+            _warn_kept(segment, known[segment.name])
         for segment, exc in not_read:  # last: under reading_store(allow_partial=False) this warning raises
             warnings.warn(
                 f"Left the spool segment {segment} in the spool: {cannot_read(segment, exc)} Its records are not in the "

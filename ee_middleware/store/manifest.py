@@ -12,7 +12,12 @@ part is damaged. A damaged part is one the current manifest lists and nobody can
 
     {"generation": 7,
      "parts": {"trajectories": ["part-....parquet", ...], "steps": [...], ...},
-     "retired": [{"table": "steps", "name": "part-....parquet", "retired_at": 1767225600.0}]}
+     "retired": [{"table": "steps", "name": "part-....parquet", "retired_at": 1767225600.0}],
+     "kept": [{"name": "<segment>.jsonl", "size": 81920, "newer": 3, "newest": "1.9", "rejected": 0, "first_rejected": null}]}
+
+``kept`` (only where there are such): spool segments kept in the spool for records of a newer record schema than the
+compacting version reads, whose other records are in the parts already; compaction folds them again only if they
+change (they are sealed: they do not), instead of adding another copy of those records at every compaction.
 
 A store written before manifests existed has none: every part file in the table folders is live
 (the first compaction writes the manifest).
@@ -51,6 +56,9 @@ class Manifest:
     refused: OSError | None = None
     """The system's error, when ``manifest.json`` could not be read for it (no permission, a folder in its place, a
     failed disk) rather than for damage: the file may be whole, and must not be replaced by a listing of part files."""
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    """Spool segments kept for records of a newer schema, their other records folded already (see the module's
+    docstring); an entry out of shape (a hand edit) is left out, and its segment folded again."""
 
     def paths(self, root: Path, table: str) -> list[Path]:
         return [root / table / name for name in self.parts.get(table, [])]
@@ -89,7 +97,9 @@ def _parse(data: Any, tables: list[str]) -> Manifest:
             raise ValueError(f"'parts' of {table!r} is {_shown(names)}, not a list of part file names (part-....parquet)")
     if not isinstance(retired, list) or not all(_is_retired_entry(r, tables) for r in retired):
         raise ValueError(f"'retired' is {_shown(retired)}, not a list of {{'table', 'name', 'retired_at'}} entries")
-    return Manifest(generation=generation, parts={t: list(parts.get(t, [])) for t in tables}, retired=list(retired))
+    kept = data.get("kept", [])
+    kept = [entry for entry in kept if _is_kept_entry(entry)] if isinstance(kept, list) else []
+    return Manifest(generation=generation, parts={t: list(parts.get(t, [])) for t in tables}, retired=list(retired), kept=kept)
 
 
 def _shown(value: Any) -> str:
@@ -112,9 +122,26 @@ def _is_retired_entry(entry: Any, tables: list[str]) -> bool:
     )
 
 
+def _is_kept_entry(entry: Any) -> bool:
+    def count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and entry["name"].endswith(".jsonl")
+        and "/" not in entry["name"]
+        and all(count(entry.get(key)) for key in ("size", "newer", "rejected"))
+        and isinstance(entry.get("newest"), str)
+        and (entry.get("first_rejected") is None or isinstance(entry["first_rejected"], str))
+    )
+
+
 def write_manifest(root: Path, manifest: Manifest, *, fsync: bool) -> None:
     """Swap in ``manifest`` atomically (call under the compaction lock)."""
-    data = {"generation": manifest.generation, "parts": manifest.parts, "retired": manifest.retired}
+    data: dict[str, Any] = {"generation": manifest.generation, "parts": manifest.parts, "retired": manifest.retired}
+    if manifest.kept:
+        data["kept"] = manifest.kept
     atomic_write_bytes(root / MANIFEST, json.dumps(data, indent=1).encode(), fsync=fsync)
 
 
