@@ -1408,7 +1408,13 @@ class Redactor:
         return _secret_name_strength(key) if self._secret_keys else 0
 
     def _redact_member(self, key: Any, value: Any) -> Any:
-        if key in _ENCODING_VALUE_KEYS and value in ENCODING_WORDS and self.custom is not None:
+        if (
+            self.custom is not None
+            and isinstance(value, str)  # (a schema's "type": ["string", "null"], a result's "type": {...}: data, walked)
+            and key in _ENCODING_VALUE_KEYS
+            and value in ENCODING_WORDS
+            and not self._key_strength(key)  # (a key the store's rules name a secret: replaced, as without a redact_fn)
+        ):
             return self._encoding_word(value)  # "role": "assistant", "type": "tool_call", "finish_reason": "stop"
         strength = self._key_strength(key)
         if strength and not isinstance(value, (Mapping, list, tuple)):

@@ -1054,8 +1054,13 @@ class LocalExperienceStore:
                 snapshot.generation = (snapshot.generation or 0) + 1
                 write_manifest(self.root, snapshot, fsync=self._fsync)
         except BaseException:
-            if not self._made_live(written):
-                for path in written:
+            try:
+                live = self._made_live(written)
+            except Exception:  # noqa: BLE001 - the manifest cannot be listed now: the parts are left (adopted next time)
+                live = True
+            if not live:
+                # the last written first: a second Ctrl-C mid-way leaves the first parts, whose rows come first anyway
+                for path in reversed(written):
                     path.unlink(missing_ok=True)
             raise
         quarantined = []

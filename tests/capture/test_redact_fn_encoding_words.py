@@ -73,3 +73,53 @@ def test_redact_value_skips_the_encodings_words_only_where_the_encoding_has_them
     ]
     assert Redactor(custom=scrub_pears).redact_value(said) == said
     assert sorted(SEEN) == ["c1", "c2", "error", "image", "kind", "show", "stop"]
+
+
+def test_objects_and_lists_below_role_type_and_finish_reason_are_walked() -> None:
+    """(review) The words' check asked whether an object or a list was one of them: a TypeError (unhashable) for a
+    schema's ``"type": ["string", "null"]`` or a result's ``"type": {...}``, with or without a redact_fn; capture dropped
+    such runs and dataset builds raised."""
+    data = {
+        "type": {"kind": "account", "owner": "dana@example.org"},
+        "schema": {"type": ["string", "null"], "description": "mail dana@example.org"},
+        "role": ["admin"],
+        "finish_reason": {"why": "stop"},
+    }
+    for redactor in (Redactor(), Redactor(custom=scrub_pears)):
+        redacted = redactor.redact_value(data)
+        assert redacted["type"]["owner"] == "[REDACTED:email]" and redacted["schema"]["type"] == ["string", "null"]
+        assert json.loads(redactor.redact_json(data))["type"]["owner"] == "[REDACTED:email]"
+
+
+def test_a_key_the_stores_rules_name_a_secret_is_replaced_with_a_redact_fn_too() -> None:
+    from ee_middleware.capture.redaction import RedactionRules
+
+    rules = RedactionRules(keys=["role"])
+    message = {"role": "developer", "content": "hi"}
+    assert Redactor(rules).redact_value(message)["role"] == "[REDACTED:secret]"
+    assert Redactor(rules, custom=scrub_pears).redact_value(message)["role"] == "[REDACTED:secret]"
+
+
+def test_a_run_whose_tool_returns_a_type_object_is_stored(react_graph: Any, store_path: Path, tmp_path: Path) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+    from langgraph.prebuilt import create_react_agent
+
+    from ee_middleware.scripted import ScriptedChatModel, tool_call
+
+    @tool
+    def lookup(q: str) -> str:
+        """Look up an account."""
+        return json.dumps({"type": {"kind": "account"}, "owner": "dana@example.org"})
+
+    script = [AIMessage(content="", tool_calls=[tool_call("lookup", q="dana")]), AIMessage(content="done")]
+    agent = record_experience(create_react_agent(ScriptedChatModel(script=script), [lookup]), app="shop", store=tmp_path / "s")
+    try:
+        agent.invoke({"messages": [("user", "who owns it")]})
+        assert agent.flush()
+    finally:
+        agent.recorder.close()
+    store = LocalExperienceStore(tmp_path / "s", create=False)
+    [trajectory] = list(store.iter_trajectories())
+    store.close()
+    assert "dana@example.org" not in trajectory.model_dump_json() and '"kind": "account"' in trajectory.steps[0].observation.content

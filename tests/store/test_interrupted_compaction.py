@@ -82,3 +82,31 @@ def test_an_interrupt_after_a_parts_rename_leaves_no_part_behind(tmp_path: Path,
     assert reopened.trajectories()["id"].to_list() == written
     reopened.compact()
     assert LocalExperienceStore(store.root, create=False).trajectories()["id"].to_list() == written  # in the order written
+
+
+def test_a_second_interrupt_during_the_clean_up_keeps_the_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(review) A second Ctrl-C while the clean-up deleted the parts, first to last, left the later ones: adopted after
+    the listed parts, the spool folded again after them, their rows came first. The last is deleted first now: what a
+    second interrupt leaves is the first parts, whose rows come first anyway."""
+    monkeypatch.setattr(local, "PART_FRAME_BYTES", 1)
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([sample_trajectory("old")])
+    store.close()
+    store.compact()
+    written = ["old", *_sealed_segments(store, 4)[1:]]
+    _interrupt_on(monkeypatch, store.root / "trajectories", 3)
+    real, unlinked = Path.unlink, []
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name.startswith("part-") and self.parent.parent == store.root:
+            unlinked.append(self)
+            if len(unlinked) == 2:
+                raise KeyboardInterrupt("a second Ctrl-C")
+        real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        store.compact()
+    monkeypatch.undo()
+    LocalExperienceStore(store.root, create=False).compact()
+    assert LocalExperienceStore(store.root, create=False).trajectories()["id"].to_list() == written
