@@ -118,7 +118,8 @@ class CaptureConfig:
     redaction_pseudonyms: bool = True
     redact_fn: Callable[[str], str] | None = None
     """A function ``(text) -> text`` applied last to every string of a run's data (its messages' texts, tool arguments
-    and results, keys included), never to the message encoding's own words (``role``, ``assistant``, ...:
+    and results, keys included), not to the message encoding's member names (``role``, ``parts``, ...) nor to its fixed
+    values of ``role``, ``type`` and ``finish_reason`` (``assistant``, ``tool_call``, ``stop``:
     :data:`~ee_middleware.capture.redaction.ENCODING_WORDS`)."""
     vault: bool | str = False
     """Opt-in redaction vault (:mod:`ee_middleware.capture.vault`): ``True`` keeps it in
