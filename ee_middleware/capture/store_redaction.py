@@ -661,9 +661,11 @@ def redacted_trajectory(trajectory: Trajectory, redactor: Redactor | None, *, st
 
 def _message_redactor(redact: Callable[[Any], Any]) -> Callable[[Any], Any]:
     """``redact`` for a list of messages (a step's state), each distinct message redacted once across the calls: the
-    same as ``redact(messages)``, which walks a list one value at a time. Messages are told apart by their JSON text
-    (a state read from the store is JSON); anything else is redacted whole."""
-    done: dict[str, Any] = {}
+    same as ``redact(messages)``, which walks a list one value at a time (with a deterministic ``redact_fn``; one that
+    answers a text differently each time now shows one message one way everywhere). Messages are looked up by their
+    JSON text and must equal the one remembered (``{1: ...}`` and ``{"1": ...}`` write the same text and are redacted
+    apart); what JSON cannot write is redacted on its own."""
+    done: dict[str, tuple[Any, Any]] = {}  # JSON text -> (the message, redacted)
 
     def messages(state: Any) -> Any:
         if not isinstance(state, list):
@@ -677,8 +679,10 @@ def _message_redactor(redact: Callable[[Any], Any]) -> Callable[[Any], Any]:
                 continue
             hit = done.get(key)
             if hit is None:
-                hit = done[key] = redact(message)
-            out.append(hit)
+                hit = done[key] = (message, redact(message))
+            elif hit[0] != message:  # (same text, other data: keys of other types)
+                hit = (message, redact(message))
+            out.append(hit[1])
         return out
 
     return messages
