@@ -1042,11 +1042,10 @@ class LocalExperienceStore:
                         fold(name)  # (a part every PART_FRAME_BYTES: the whole spool is never held)
             for name in folded:
                 fold(name)
-            if not damaged_only:
+            if not damaged_only:  # (repair merges no part and folds no kept segment: what compaction knew of them stays)
                 damaged_parts = self._check_parts(snapshot)
                 for name in TABLES:
                     self._merge_parts(snapshot, name, written, skip=damaged_parts[name])
-            if not damaged_only:  # (repair folds none of them: what compaction knew of them stays)
                 kept = [known[segment.name] for segment in kept_again] + list(unreadable.values())
                 changed = changed or kept != snapshot.kept
                 snapshot.kept = kept

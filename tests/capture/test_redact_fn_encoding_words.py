@@ -100,7 +100,7 @@ def test_a_key_the_stores_rules_name_a_secret_is_replaced_with_a_redact_fn_too()
     assert Redactor(rules, custom=scrub_pears).redact_value(message)["role"] == "[REDACTED:secret]"
 
 
-def test_a_run_whose_tool_returns_a_type_object_is_stored(react_graph: Any, store_path: Path, tmp_path: Path) -> None:
+def test_a_run_whose_tool_returns_a_type_object_is_stored(tmp_path: Path) -> None:
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
     from langgraph.prebuilt import create_react_agent

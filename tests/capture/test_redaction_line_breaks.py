@@ -1,20 +1,17 @@
 """A secret value that ends in (or holds) a line break, below a secret name in JSON (a password read from a file or a
 form, ``"Tr0ub4dor&3\\n"``): the scan of the JSON text read its escapes decoded, where the line break ended the quoted
 value the rules look for, called the text clean, and capture stored the password (review of the dataset guard). A real
-``create_react_agent`` run recorded into the real local store."""
+``create_agent`` run recorded into the real local store."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
-from langgraph.prebuilt import create_react_agent
 
-from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.capture.redaction import Redactor
-from ee_middleware.scripted import ScriptedChatModel, tool_call
+from tests.capture.redaction_capture import assert_not_stored, record
 
 
 def test_a_secret_with_a_line_break_is_redacted_in_json() -> None:
@@ -32,14 +29,9 @@ def test_a_recorded_call_with_such_a_password_stores_none_of_it(tmp_path: Path) 
         """Log in."""
         return "logged in"
 
-    script = [AIMessage(content="", tool_calls=[tool_call("login", user="dana", password="Tr0ub4dor&3\n")]), AIMessage(content="done")]
-    agent = record_experience(create_react_agent(ScriptedChatModel(script=script), [login]), app="shop", store=tmp_path / "s")
-    agent.invoke({"messages": [("user", "log me in")]})
-    assert agent.flush()
-    agent.recorder.close()
-    store = LocalExperienceStore(tmp_path / "s", create=False)
+    store = record(tmp_path / "s", [login], [("login", {"user": "dana", "password": "Tr0ub4dor&3\n"})])
     [trajectory] = list(store.iter_trajectories())
-    store.close()
-    stored = trajectory.model_dump_json()
-    assert "Tr0ub4dor" not in stored
+    assert "Tr0ub4dor" not in trajectory.model_dump_json()
     assert trajectory.steps[0].action.tool_call.arguments["password"].startswith("[REDACTED:secret")
+    assert_not_stored(store, tmp_path / "s", ["Tr0ub4dor"])  # in no file of the store, spool or Parquet, in any spelling
+    store.close()

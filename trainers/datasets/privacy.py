@@ -115,11 +115,13 @@ def redact_prompts(redactor: Redactor, prompts: list[str | None]) -> list[str | 
         return prompts
     if not redactor.builtin_only:
         return [_redact(redactor, p) for p in prompts]
-    done: dict[str, str] = {}  # a message's JSON text -> redacted (the rows of a trajectory share their earlier messages)
+    # a message's JSON text -> its redacted text, None where the walk changed nothing (the rows of a trajectory share
+    # their earlier messages)
+    done: dict[str, str | None] = {}
     out: list[str | None] = []
     for prompt in prompts:
         split = _compact_messages(prompt) if prompt else None
-        redacted: list[str] | None = None
+        redacted: list[str | None] | None = None
         if split is not None:
             messages, texts, ensure_ascii = split
             try:
@@ -128,20 +130,20 @@ def redact_prompts(redactor: Redactor, prompts: list[str | None]) -> list[str | 
                 redacted = None
         if redacted is None:
             out.append(_redact(redactor, prompt))
+        elif all(r is None for r in redacted):
+            out.append(prompt)
         else:
-            out.append(prompt if all(r is t for r, t in zip(redacted, texts, strict=True)) else f"[{','.join(redacted)}]")
+            out.append(f"[{','.join(t if r is None else r for r, t in zip(redacted, texts, strict=True))}]")
     return out
 
 
-def _walked(redactor: Redactor, message: dict[str, Any], text: str, ensure_ascii: bool, done: dict[str, str]) -> str:
-    """``message`` (written as ``text``) walked as data by ``redactor``, written back as ``text`` is written; remembered in
-    ``done``."""
-    hit = done.get(text)
-    if hit is None:
+def _walked(redactor: Redactor, message: dict[str, Any], text: str, ensure_ascii: bool, done: dict[str, str | None]) -> str | None:
+    """``message`` (written as ``text``) walked as data by ``redactor`` and written back as ``text`` is written; ``None``
+    where the walk changed nothing. Remembered in ``done``."""
+    if text not in done:
         redacted = redactor.redact_value(message)
-        hit = text if redacted == message else json.dumps(redacted, ensure_ascii=ensure_ascii, separators=(",", ":"))
-        done[text] = hit
-    return hit
+        done[text] = None if redacted == message else json.dumps(redacted, ensure_ascii=ensure_ascii, separators=(",", ":"))
+    return done[text]
 
 
 def _compact_messages(prompt: str) -> tuple[list[dict[str, Any]], list[str], bool] | None:
