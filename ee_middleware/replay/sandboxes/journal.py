@@ -212,9 +212,11 @@ class JDict(dict):  # type: ignore[type-arg]
         dict.__setitem__(self, key, value)
 
     def _removing(self, key: Any) -> None:
-        # Re-inserting a key puts it last: exact only for the last key; otherwise keep the order by a copy.
-        if next(reversed(self)) == key:
-            self._j.entries.append((self, key, dict.__getitem__(self, key)))  # type: ignore[union-attr]
+        # Re-inserting a key puts it last: exact only for the last key; otherwise keep the order by a copy. The undo puts
+        # back the dict's own key object, not the one the caller removed it by (an int key popped by an equal float).
+        last = next(reversed(self))
+        if last is key or (last == key and hash(last) == hash(key)):
+            self._j.entries.append((self, last, dict.__getitem__(self, last)))  # type: ignore[union-attr]
         else:
             self._j.entries.append((self, _REPLACE, dict(self)))  # type: ignore[union-attr]
 
@@ -240,11 +242,17 @@ class JDict(dict):  # type: ignore[type-arg]
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        items = dict(*args, **kwargs)
         if self._j is not None:
-            for key in items:
-                self._j.entries.append((self, key, dict.get(self, key, _MISSING)))
-        dict.update(self, items)
+            if not args or (len(args) == 1 and type(args[0]) in (dict, JDict)):
+                items = dict(*args, **kwargs)  # a dict's items: written whole, so each key's old value is noted first
+                for key in items:
+                    self._j.entries.append((self, key, dict.get(self, key, _MISSING)))
+                dict.update(self, items)
+                return
+            # pairs or a mapping of another kind: dict.update writes them one by one and keeps those written before an
+            # error (a generator that raises half way), as the tool's world in production keeps them; noted as a copy
+            self._j.entries.append((self, _REPLACE, dict(self)))
+        dict.update(self, *args, **kwargs)
 
     def __ior__(self, other: Any) -> JDict:  # type: ignore[override,misc]
         self.update(other)
@@ -283,8 +291,7 @@ class JList(list):  # type: ignore[type-arg]
         list.append(self, value)
 
     def extend(self, values: Any) -> None:
-        values = list(values)
-        if self._j is not None:
+        if self._j is not None:  # noted first: list.extend keeps the items appended before an error (a generator that raises)
             self._j.entries.append((self, _TRUNCATE, len(self)))
         list.extend(self, values)
 

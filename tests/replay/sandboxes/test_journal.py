@@ -415,3 +415,95 @@ def test_a_world_whose_text_does_not_say_all_is_checked_as_copies() -> None:
     assert _world_text({"note": "see [...]"}) is None, "(text holding the marks: copies too, never a wrong answer)"
     assert _world_text({"pin": 10**5000}) is None
     assert _world_text({"stock": {1: ("apple", 3)}}) == "{'stock': {1: ('apple', 3)}}"
+
+
+def _half_written_world(environment: Any) -> dict[str, Any]:
+    return {"items": ["A"], "kv": {"a": 1}, "orders": {1: "pen", 2: "ink", 3: "pad"}}
+
+
+def _parsed(values: list[str]) -> Any:
+    for value in values:
+        if value.startswith("!"):
+            raise ValueError(f"cannot parse {value!r}")
+        yield value
+
+
+class _Lookup:
+    """A mapping that is not a dict (``keys`` and ``__getitem__``), whose lookups fail for a key starting with ``!``."""
+
+    def __init__(self, values: list[str]) -> None:
+        self.values = values
+
+    def keys(self) -> list[str]:
+        return self.values
+
+    def __getitem__(self, key: str) -> int:
+        if key.startswith("!"):
+            raise KeyError(key)
+        return 1
+
+
+_HALF_WRITING_TOOLS = {
+    # each stops half way with an error it lets through or catches, as a tool in production may: what it wrote before
+    # the error stays in the world there (CPython's list.extend and dict.update keep it), and the next call sees it
+    "extend": lambda world, values: world["items"].extend(_parsed(values)),
+    "iadd": lambda world, values: world["items"].__iadd__(_parsed(values)),
+    "update_pairs": lambda world, values: world["kv"].update((v, 1) for v in _parsed(values)),
+    "update_mapping": lambda world, values: world["kv"].update(_Lookup(values)),
+    "ior_pairs": lambda world, values: world["kv"].__ior__(_Lookup(values)),
+    "caught": lambda world, values: _caught(world["items"].extend, _parsed(values)),
+    # an int key removed by an equal float (what a tool's number argument arrives as), the dict's last key
+    "cancel": lambda world, order: world["orders"].pop(order),
+    "cancel_del": lambda world, order: world["orders"].__delitem__(order),
+    "show": lambda world: repr(world),
+}
+
+
+def _caught(write: Any, values: Any) -> str:
+    try:
+        write(values)
+    except ValueError as error:
+        return f"Error: {error}"
+    return "ok"
+
+
+def test_a_write_stopped_half_way_is_seen_as_production_sees_it_and_undone_whole() -> None:
+    """Defect (replay sweep): ``JList.extend`` (and ``+=``) made a list of its values before writing, and ``JDict.update``
+    a dict, so a generator that raised half way wrote nothing through the journal, where the world in production (and
+    the sandbox with whole copies) keeps what came before the error: the expert's next call then saw another world (a
+    fidelity mismatch in every branch). The journal notes the write first and lets ``list``/``dict`` write as they do."""
+    calls = [
+        (name, {"values": ["B", "C", "!d", "E"]}) for name in ("extend", "iadd", "update_pairs", "update_mapping", "ior_pairs", "caught")
+    ]
+    for name, arguments in calls:
+        shown = {}
+        for journal in (True, False):
+            sandbox = PythonSandbox(_half_written_world, tools=_HALF_WRITING_TOOLS, journal=journal)
+            sandbox.reset(None)
+            snapshot = sandbox.snapshot()
+            said = sandbox.execute(ToolCall(id="c", name=name, arguments=arguments)).content
+            after = sandbox.execute(ToolCall(id="s", name="show", arguments={})).content
+            sandbox.restore(snapshot)
+            restored = sandbox.execute(ToolCall(id="s", name="show", arguments={})).content
+            shown[journal] = (said, after, restored)
+            sandbox.close()
+        assert shown[True] == shown[False], name
+        world = _half_written_world(None)
+        assert shown[True][2] == repr(world), f"{name}: the restore undid the half write"
+        assert shown[True][1] != repr(world), f"{name}: the half write is seen"
+    assert "'B', 'C'" in shown[True][1] and "'E'" not in shown[True][1]
+
+
+def test_removing_a_dicts_last_key_by_an_equal_key_of_another_type_restores_the_dicts_own_key() -> None:
+    """Defect (replay sweep): undoing a pop or del of a dict's last key put back the key the tool removed it by (3.0),
+    not the dict's own (3): the next branch saw ``{3.0: 'pad'}``, JSON ``"3.0"``, where the recorded world had ``3``."""
+    for name in ("cancel", "cancel_del"):
+        sandbox = PythonSandbox(_half_written_world, tools=_HALF_WRITING_TOOLS)
+        sandbox.reset(None)
+        snapshot = sandbox.snapshot()
+        for order in (1.0, 3.0, 3):  # not the last key (a copy), the last key by a float, by itself
+            sandbox.execute(ToolCall(id="c", name=name, arguments={"order": order}))
+            sandbox.restore(snapshot)
+            orders = sandbox.world["orders"]
+            assert list(orders) == [1, 2, 3] and all(type(key) is int for key in orders), (name, order, orders)
+        sandbox.close()
