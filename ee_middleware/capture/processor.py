@@ -155,6 +155,10 @@ _WHOLE_STORE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.
 """Operating-system errors no smaller write avoids (a full disk, a quota, a read-only or unreadable folder)."""
 
 
+_ASSEMBLED: tuple[list[SpanData], dict[str, str]] = ([], {})
+"""What :meth:`ExperienceSpanProcessor._write` leaves in a batch's place of a run it has assembled."""
+
+
 def _refuses_every_write(exc: BaseException) -> bool:
     return getattr(exc, "errno", None) in _WHOLE_STORE_ERRNOS
 
@@ -405,10 +409,16 @@ class ExperienceSpanProcessor(SpanProcessor):
             options = dataclasses.replace(options, paused_tools=self.paused.tools)
         if options.paused_steps is None:
             options = dataclasses.replace(options, paused_steps=self.paused.awaiting_steps)
-        for spans, _ in jobs:
+        for n in range(len(jobs)):
+            # A run's spans are let go once it is assembled (the list is the caller's too): a long run's chat spans hold
+            # its conversation once per model call, as much again as its record, which need not be held beside them.
+            spans = jobs[n][0]
+            jobs[n] = _ASSEMBLED
             # a graph run inside a tool (an agent as a tool) is a trajectory of its own, after the run it ran in
             parts = split_nested(spans)
-            for position, (run, failure) in enumerate(zip(parts, _run_failures(parts), strict=True)):
+            del spans
+            for position, failure in enumerate(_run_failures(parts)):
+                run, parts[position] = parts[position], []
                 if failure is not None:  # a call of this run could not be recorded whole: not stored cut down
                     self.report_failure(failure, CaptureError(failure))
                     continue
@@ -419,6 +429,7 @@ class ExperienceSpanProcessor(SpanProcessor):
                     trajectories.append(self._approve(trajectory))
                 except Exception as exc:  # noqa: BLE001
                     self.report_failure(f"could not assemble a run of trace {run[0].trace_id}: {exc}", exc)
+                del run
         if not trajectories:
             return
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -60,6 +61,11 @@ def encode_line(record: dict[str, Any]) -> bytes:
     A lone surrogate (a file name decoded with ``surrogateescape``, a ``"\\ud800"`` escape in JSON a tool received),
     which UTF-8 cannot encode, is stored as U+FFFD, as capture stores it (:func:`~ee_middleware.messages.clean_text`):
     the record is kept, not refused."""
+    return b"".join(_encoded_line(record))
+
+
+def _encoded_line(record: dict[str, Any]) -> tuple[bytes, bytes, bytes]:
+    """:func:`encode_line` in its pieces (checksum and space, JSON, newline), the JSON not copied into a line."""
     text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
     try:
         data = text.encode("utf-8")
@@ -67,7 +73,7 @@ def encode_line(record: dict[str, Any]) -> bytes:
         from ee_middleware.messages import clean_text
 
         data = clean_text(text).encode("utf-8")
-    return frame_line(data)
+    return b"%08x " % zlib.crc32(data), data, b"\n"
 
 
 def frame_line(payload: bytes) -> bytes:
@@ -83,6 +89,12 @@ def json_may_differ(data: bytes) -> bool:
     return b"e-" in data or b"e+" in data or b"0.0000" in data
 
 
+SpoolLine = bytes | tuple[bytes, ...]
+"""A spool line, whole or as the pieces it is made of, in order (:func:`model_line_pieces`): :meth:`SpoolWriter.append_lines`
+writes a large piece (a long run's states) as it is, where joining it into its line and its line into the batch would hold
+two more copies of it."""
+
+
 def model_lines(kind: str, models: Sequence[BaseModel]) -> list[bytes]:
     """``[encode_line({"kind": kind, "data": m.model_dump(mode="json")}) for m in models]``, byte for byte, with about a third
     of the work: pydantic's serializer writes each model's JSON itself (what ``model_dump_json`` calls, with the same
@@ -90,34 +102,92 @@ def model_lines(kind: str, models: Sequence[BaseModel]) -> list[bytes]:
 
     Both write the same keys in the same order, the same datetimes and values, the same separators and escapes, UTF-8
     unescaped, and ``null`` for a NaN or an infinity (``mode="json"`` dumps them as ``None``). They differ only in how some
-    floats are spelled (:func:`json_may_differ`: the texts are checked all at once, a model on its own only when the batch
-    may differ) and in what fails (a lone surrogate, which ``encode_line`` cleans): those take the ``json`` path."""
+    floats are spelled (:func:`json_may_differ`: a model whose text may differ takes the ``json`` path) and in what fails (a lone surrogate, which ``encode_line`` cleans): those take the ``json`` path."""
+    return [b"".join(line) for line in model_line_pieces(kind, models)]
+
+
+def model_line_pieces(kind: str, models: Sequence[BaseModel], *, last_list: str | None = None) -> list[tuple[bytes, ...]]:
+    """:func:`model_lines`, each line in its pieces (:data:`SpoolLine`): the model's JSON is never copied into its line.
+
+    ``last_list`` names a model's last field when it is a list of models (a trajectory's ``steps``): where it holds
+    :data:`_PIECEWISE_FROM` items or more, each is then encoded on its own, its JSON a piece of the line, where the whole
+    model's JSON in one piece would be built in a buffer that grows to about twice its size and then copied (a long run's
+    steps hold its conversation again and again: 100 steps of 100 KB tool results make a line of 500 MB). The line is the
+    same, byte for byte."""
     head = b'{"kind":"%s","data":' % kind.encode("ascii")
     try:
-        datas = [m.__pydantic_serializer__.to_json(m) for m in models]
+        datas = [_json_pieces(m, last_list) for m in models]
     except Exception:  # noqa: BLE001 - one model pydantic cannot encode: each takes its own path
         return [_model_line(kind, head, m) for m in models]
-    suspect = json_may_differ(b"\n".join(datas))  # no pattern spans two texts: each starts with { and ends with }
+    suspect = any(json_may_differ(piece) for pieces in datas for piece in pieces)  # no pattern spans two pieces
     head_crc = zlib.crc32(head)
-    lines = []
-    for model, data in zip(models, datas, strict=True):
-        if suspect and json_may_differ(data):
-            lines.append(encode_line({"kind": kind, "data": model.model_dump(mode="json")}))
-        else:
-            crc = zlib.crc32(b"}", zlib.crc32(data, head_crc))  # the line's checksum continues from its constant head
-            lines.append(b"".join((b"%08x " % crc, head, data, b"}\n")))
+    lines: list[tuple[bytes, ...]] = []
+    for model, pieces in zip(models, datas, strict=True):
+        if suspect and any(json_may_differ(piece) for piece in pieces):
+            lines.append(_encoded_line({"kind": kind, "data": model.model_dump(mode="json")}))
+            continue
+        crc = head_crc  # the line's checksum continues from its constant head
+        for piece in pieces:
+            crc = zlib.crc32(piece, crc)
+        lines.append((b"%08x " % zlib.crc32(b"}", crc), head, *pieces, b"}\n"))
     return lines
 
 
-def _model_line(kind: str, head: bytes, model: BaseModel) -> bytes:
-    """One line of :func:`model_lines`."""
+_PIECEWISE_FROM = 8
+"""How many items a model's last list holds before :func:`model_line_pieces` encodes them one by one: a run of a few steps
+holds its conversation a few times, and one call encodes it with less work."""
+
+
+def _json_pieces(model: BaseModel, last_list: str | None) -> list[bytes]:
+    """Pydantic's JSON of ``model`` (what ``model_dump_json`` writes, as bytes), in pieces: the items of its last field
+    ``last_list`` each in its own, where that field is a list of :data:`_PIECEWISE_FROM` or more models of its declared item
+    type (each encoded by that type's serializer, as the model's own serializer encodes its items); else in one piece."""
+    serializer = model.__pydantic_serializer__
+    item_type = _piecewise_item_type(type(model), last_list) if last_list is not None else None
+    items = getattr(model, last_list, None) if item_type is not None else None  # type: ignore[arg-type]
+    if type(items) is not list or len(items) < _PIECEWISE_FROM or any(type(item) is not item_type for item in items):
+        return [serializer.to_json(model)]
+    rest = serializer.to_json(model, exclude={last_list})
+    if not rest.endswith(b"}") or rest == b"{}":
+        return [serializer.to_json(model)]
+    item_serializer = item_type.__pydantic_serializer__  # type: ignore[union-attr]
+    pieces = [rest[:-1], b',"%s":[' % last_list.encode("ascii")]  # type: ignore[union-attr]
+    for n, item in enumerate(items):
+        if n:
+            pieces.append(b",")
+        pieces.append(item_serializer.to_json(item))
+    pieces.append(b"]}")
+    return pieces
+
+
+@functools.lru_cache(maxsize=64)
+def _piecewise_item_type(cls: type[BaseModel], last_list: str) -> type[BaseModel] | None:
+    """``M`` where ``last_list`` is the last of ``cls``'s fields, other fields come before it, it is written under its
+    own name, and it is declared ``list[M]`` of a pydantic model ``M``; else ``None``."""
+    import typing
+
+    from pydantic import BaseModel
+
+    fields = cls.model_fields
+    if len(fields) < 2 or next(reversed(fields)) != last_list or fields[last_list].alias not in (None, last_list):
+        return None
+    annotation = fields[last_list].annotation
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is not list or len(args) != 1:
+        return None
+    item = args[0]
+    return item if isinstance(item, type) and issubclass(item, BaseModel) else None
+
+
+def _model_line(kind: str, head: bytes, model: BaseModel) -> tuple[bytes, ...]:
+    """One line of :func:`model_line_pieces`, encoded whole."""
     try:
         data = model.model_dump_json().encode("utf-8")
     except Exception:  # noqa: BLE001 - the json path below raises what it always raised, or cleans a lone surrogate
         data = b"e-"
     if json_may_differ(data):
-        return encode_line({"kind": kind, "data": model.model_dump(mode="json")})
-    return frame_line(head + data + b"}")
+        return _encoded_line({"kind": kind, "data": model.model_dump(mode="json")})
+    return (b"%08x " % zlib.crc32(b"}", zlib.crc32(data, zlib.crc32(head))), head, data, b"}\n")
 
 
 @dataclass(frozen=True)
@@ -407,10 +477,11 @@ class SpoolWriter:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records durably (one ``write`` and, by default, one ``fsync`` per call)."""
-        self.append_lines(encode_line(r) for r in records)
+        self.append_lines(_encoded_line(r) for r in records)
 
-    def append_lines(self, lines: Iterable[bytes], *, durable: bool = True) -> None:
-        """:meth:`append` for records already encoded as spool lines (:func:`encode_line`, :func:`frame_line`).
+    def append_lines(self, lines: Iterable[SpoolLine], *, durable: bool = True) -> None:
+        """:meth:`append` for records already encoded as spool lines (:func:`encode_line`, :func:`frame_line`), whole or in
+        pieces (:func:`model_line_pieces`).
 
         ``durable=False`` syncs in groups: the write is synced by the first write made
         :data:`GROUP_SYNC_INTERVAL_S` or more after the last sync, or when the segment is sealed (only
@@ -425,24 +496,25 @@ class SpoolWriter:
         new one.
         """
         lines = list(lines)
-        data = b"".join(lines)
-        if not data:
+        size = sum(_line_size(line) for line in lines)
+        if not size:
             return
         with self._lock:
             limit = file_size_limit()
-            if limit is not None and self._size > 0 and self._size + len(data) > limit:
+            if limit is not None and self._size > 0 and self._size + size > limit:
                 self._seal_quietly_locked()  # this segment would pass the file-size limit: a new one takes the batch
-            if limit is not None and len(data) > limit:
+            if limit is not None and size > limit:
                 self._write_split_locked(lines, limit, durable=durable)
             else:
-                self._write_locked(data, durable=durable)
+                self._write_locked(lines, size, durable=durable)
             # sealed segments can be compacted, so a long-running agent's records still reach Parquet
             if self._size >= self._max_bytes or time.monotonic() - self._opened_at >= self._max_age:
                 self._seal_quietly_locked()
 
-    def _write_locked(self, data: bytes, *, durable: bool) -> None:
-        """Write ``data`` (whole spool lines) to the open segment, or a new one. A failed write is rolled back; one that
-        met a file-size limit (``EFBIG``) in a segment holding records is made again once, in a new segment."""
+    def _write_locked(self, lines: Sequence[SpoolLine], size: int, *, durable: bool) -> None:
+        """Write ``lines`` (whole spool lines, ``size`` bytes in all) to the open segment, or a new one (:func:`_write_lines`).
+        A failed write is rolled back; one that met a file-size limit (``EFBIG``) in a segment holding records is made again
+        once, in a new segment."""
         retried = reopened = False
         while True:
             fd = self._ensure_open()
@@ -450,10 +522,7 @@ class SpoolWriter:
             unsynced_before = self._unsynced
             had_records = self._size > 0
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                _write_lines(fd, lines)
                 if self._fsync:
                     now = time.monotonic()
                     if durable or now - self._synced_at >= self._group_sync_interval:
@@ -478,7 +547,7 @@ class SpoolWriter:
                     f"{os_error_advice(exc)}",
                     errno=exc.errno,
                 ) from exc
-            self._size += len(data)
+            self._size += size
             if deleted:
                 self._drop_deleted_locked()
                 if reopened:  # the new segment went at once too: the folder is being removed again and again
@@ -555,11 +624,11 @@ class SpoolWriter:
                 ) from exc
         self._restore_pending = False
 
-    def _write_split_locked(self, lines: list[bytes], limit: int, *, durable: bool) -> None:
+    def _write_split_locked(self, lines: list[SpoolLine], limit: int, *, durable: bool) -> None:
         """Write a batch larger than ``limit`` (the largest file this process may write) to as many new segments as it
         needs, each kept open and locked until the whole batch is written: no compactor folds part of it, and a failure
         removes all of it (the batch is stored whole or not at all, as any batch)."""
-        largest = max(len(line) for line in lines)
+        largest = max(_line_size(line) for line in lines)
         if largest > limit:
             raise StoreWriteError(
                 f"Could not write to the spool in {self._dir}: a record of this batch takes {largest} bytes, more than the "
@@ -567,23 +636,24 @@ class SpoolWriter:
                 f"it is intact. {os_error_advice(OSError(errno.EFBIG, os.strerror(errno.EFBIG)))}",
                 errno=errno.EFBIG,
             )
-        chunks: list[bytes] = []
-        chunk: list[bytes] = []
+        chunks: list[tuple[list[SpoolLine], int]] = []
+        chunk: list[SpoolLine] = []
         size = 0
         for line in lines:
-            if chunk and size + len(line) > limit:
-                chunks.append(b"".join(chunk))
+            line_size = _line_size(line)
+            if chunk and size + line_size > limit:
+                chunks.append((chunk, size))
                 chunk, size = [], 0
             chunk.append(line)
-            size += len(line)
-        chunks.append(b"".join(chunk))
+            size += line_size
+        chunks.append((chunk, size))
         held: list[tuple[int, Path, bool]] = []  # the batch's full segments, still locked
         try:
-            for n, data in enumerate(chunks):
+            for n, (chunk, size) in enumerate(chunks):
                 if n and self._fd is not None and self._path is not None:
                     held.append((self._fd, self._path, self._unsynced))
                     self._fd, self._path, self._size, self._unsynced = None, None, 0, False
-                self._write_locked(data, durable=durable)
+                self._write_locked(chunk, size, durable=durable)
         except StoreWriteError:
             for fd, path, _ in held:
                 try:
@@ -725,6 +795,44 @@ class SpoolWriter:
 
 _writers: weakref.WeakSet[SpoolWriter] = weakref.WeakSet()
 _held_at_fork: list[SpoolWriter] = []
+
+
+_WRITTEN_AS_IS = 1 << 20
+"""How much of a batch is joined into one write: its small pieces are, up to this many bytes (a batch of small lines in one
+write, as always); a piece this large (a long run's states) is written as it is, not copied into a write."""
+
+
+def _line_size(line: SpoolLine) -> int:
+    """The length of ``line`` in bytes, whole or in pieces."""
+    return len(line) if isinstance(line, bytes) else sum(len(piece) for piece in line)
+
+
+def _write_lines(fd: int, lines: Sequence[SpoolLine]) -> None:
+    """Write ``lines`` to ``fd`` in order: their pieces joined into writes of up to :data:`_WRITTEN_AS_IS` bytes, and a piece
+    that large written on its own, so that a batch is never copied whole: a long run's line is held once while it is
+    written (its pieces), not two or three times."""
+    pending: list[bytes] = []
+    size = 0
+    for line in lines:
+        for piece in (line,) if isinstance(line, bytes) else line:
+            if pending and size + len(piece) > _WRITTEN_AS_IS:
+                _write_fully(fd, b"".join(pending))
+                pending, size = [], 0
+            if len(piece) >= _WRITTEN_AS_IS:
+                _write_fully(fd, piece)
+            else:
+                pending.append(piece)
+                size += len(piece)
+    if pending:
+        _write_fully(fd, b"".join(pending))
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a large write may be partial)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 def _before_fork() -> None:

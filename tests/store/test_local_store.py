@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from ee_middleware.errors import IncompleteReadWarning, StoreCorruptionWarning, StoreError, TrajectoryNotFoundError
+from ee_middleware.records import Step
 from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.store.spool import list_segments
 from ee_middleware.testing import check_store
@@ -429,14 +430,37 @@ def _awkward_trajectories() -> list:
     return out
 
 
-@pytest.mark.parametrize("batch", ["awkward", "one_awkward", "plain"])
+def _long_trajectories() -> list:
+    """Runs of 8 steps and more, whose steps ``spool.model_line_pieces`` encodes one by one: plain, with an awkward value in
+    one step's state or in the run's own fields (that run then takes the json path whole), and with a step of a subclass
+    of ``Step`` (that run is encoded in one piece, as its serializer encodes its steps)."""
+
+    class NotedStep(Step):
+        note: str = "kept by the subclass, dropped by the trajectory's serializer"
+
+    plain = sample_trajectory("long-plain", steps=7)
+    variants = sample_trajectory("long-variants", steps=30, tool_variants=True)
+    in_a_step = sample_trajectory("long-awkward-step", steps=12)
+    steps = list(in_a_step.steps)
+    steps[5] = steps[5].model_copy(update={"state": [*steps[5].state, {"role": "user", "content": "x", "extra": {"x": 1e-05}}]})
+    in_a_step = in_a_step.model_copy(update={"steps": steps})
+    in_the_run = sample_trajectory("long-awkward-run", steps=9).model_copy(update={"environment": {"nan": float("nan"), "y": 1e22}})
+    subclassed = sample_trajectory("long-subclassed", steps=9)
+    subclassed = subclassed.model_copy(update={"steps": [NotedStep(**s.model_dump()) if s.index == 3 else s for s in subclassed.steps]})
+    return [plain, variants, in_a_step, in_the_run, subclassed]
+
+
+@pytest.mark.parametrize("batch", ["awkward", "one_awkward", "plain", "long", "long_and_short"])
 def test_trajectories_are_written_as_the_json_path_writes_them(tmp_path: Path, batch: str) -> None:
-    """Trajectories are encoded by pydantic in one step (``spool.model_lines``); the spool lines must be, byte for byte, those
-    ``json.dumps`` writes of ``model_dump(mode="json")``, awkward values included (each then takes the json path)."""
+    """Trajectories are encoded by pydantic in one step (``spool.model_lines``), a long run's steps one by one
+    (``spool.model_line_pieces``); the spool lines must be, byte for byte, those ``json.dumps`` writes of
+    ``model_dump(mode="json")``, awkward values included (each then takes the json path)."""
     trajectories = {
         "awkward": _awkward_trajectories(),
         "one_awkward": [sample_trajectory("plain-0"), _awkward_trajectories()[0], sample_trajectory("plain-1")],
         "plain": [sample_trajectory(f"plain-{i}") for i in range(3)],
+        "long": _long_trajectories(),
+        "long_and_short": [sample_trajectory("short"), _long_trajectories()[0], _awkward_trajectories()[1]],
     }[batch]
     store = LocalExperienceStore(tmp_path / "store")
     assert store.write(trajectories) == len(trajectories)
