@@ -465,7 +465,7 @@ class LocalExperienceStore:
         :class:`~ee_middleware.errors.RecordError` naming it (:func:`~ee_middleware.store.int64.check_trajectories`)."""
         batch = list(trajectories)
         check_trajectories(batch)
-        lines = spool.model_line_pieces("trajectory", batch, last_list="steps")
+        lines = spool.model_line_pieces("trajectory", batch, piecewise=(Trajectory, "steps"))
         self._writer.append_lines(lines)
         return len(lines)
 

@@ -106,17 +106,19 @@ def model_lines(kind: str, models: Sequence[BaseModel]) -> list[bytes]:
     return [b"".join(line) for line in model_line_pieces(kind, models)]
 
 
-def model_line_pieces(kind: str, models: Sequence[BaseModel], *, last_list: str | None = None) -> list[tuple[bytes, ...]]:
+def model_line_pieces(
+    kind: str, models: Sequence[BaseModel], *, piecewise: tuple[type[BaseModel], str] | None = None
+) -> list[tuple[bytes, ...]]:
     """:func:`model_lines`, each line in its pieces (:data:`SpoolLine`): the model's JSON is never copied into its line.
 
-    ``last_list`` names a model's last field when it is a list of models (a trajectory's ``steps``): where it holds
-    :data:`_PIECEWISE_FROM` items or more, each is then encoded on its own, its JSON a piece of the line, where the whole
-    model's JSON in one piece would be built in a buffer that grows to about twice its size and then copied (a long run's
-    steps hold its conversation again and again: 100 steps of 100 KB tool results make a line of 500 MB). The line is the
-    same, byte for byte."""
+    ``piecewise``: a model class and its last field, a list of models (``(Trajectory, "steps")``). A model of exactly that
+    class (not a subclass, whose serialization may differ) whose list holds :data:`_PIECEWISE_FROM` items or more has
+    each item encoded on its own, its JSON a piece of the line, where the whole model's JSON in one piece would be built
+    in a buffer that grows to about twice its size and then copied (a long run's steps hold its conversation again and
+    again: 100 steps of 100 KB tool results make a line of 500 MB). The line is the same, byte for byte."""
     head = b'{"kind":"%s","data":' % kind.encode("ascii")
     try:
-        datas = [_json_pieces(m, last_list) for m in models]
+        datas = [_json_pieces(m, piecewise) for m in models]
     except Exception:  # noqa: BLE001 - one model pydantic cannot encode: each takes its own path
         return [_model_line(kind, head, m) for m in models]
     suspect = any(json_may_differ(piece) for pieces in datas for piece in pieces)  # no pattern spans two pieces
@@ -138,20 +140,23 @@ _PIECEWISE_FROM = 8
 holds its conversation a few times, and one call encodes it with less work."""
 
 
-def _json_pieces(model: BaseModel, last_list: str | None) -> list[bytes]:
-    """Pydantic's JSON of ``model`` (what ``model_dump_json`` writes, as bytes), in pieces: the items of its last field
-    ``last_list`` each in its own, where that field is a list of :data:`_PIECEWISE_FROM` or more models of its declared item
-    type (each encoded by that type's serializer, as the model's own serializer encodes its items); else in one piece."""
+def _json_pieces(model: BaseModel, piecewise: tuple[type[BaseModel], str] | None) -> list[bytes]:
+    """Pydantic's JSON of ``model`` (what ``model_dump_json`` writes, as bytes), in pieces (see :func:`model_line_pieces`):
+    the items of the last field ``piecewise`` names each in its own, each encoded by the serializer of the field's item
+    type, as the model's own serializer encodes them; else in one piece."""
     serializer = model.__pydantic_serializer__
-    item_type = _piecewise_item_type(type(model), last_list) if last_list is not None else None
-    items = getattr(model, last_list, None) if item_type is not None else None  # type: ignore[arg-type]
+    item_type = _piecewise_item_type(*piecewise) if piecewise is not None and type(model) is piecewise[0] else None
+    if item_type is None:
+        return [serializer.to_json(model)]
+    name = piecewise[1]  # type: ignore[index]
+    items = getattr(model, name)
     if type(items) is not list or len(items) < _PIECEWISE_FROM or any(type(item) is not item_type for item in items):
         return [serializer.to_json(model)]
-    rest = serializer.to_json(model, exclude={last_list})
+    rest = serializer.to_json(model, exclude={name})
     if not rest.endswith(b"}") or rest == b"{}":
         return [serializer.to_json(model)]
-    item_serializer = item_type.__pydantic_serializer__  # type: ignore[union-attr]
-    pieces = [rest[:-1], b',"%s":[' % last_list.encode("ascii")]  # type: ignore[union-attr]
+    item_serializer = item_type.__pydantic_serializer__
+    pieces = [rest[:-1], b',"%s":[' % name.encode("ascii")]
     for n, item in enumerate(items):
         if n:
             pieces.append(b",")
@@ -160,20 +165,33 @@ def _json_pieces(model: BaseModel, last_list: str | None) -> list[bytes]:
     return pieces
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _piecewise_item_type(cls: type[BaseModel], last_list: str) -> type[BaseModel] | None:
-    """``M`` where ``last_list`` is the last of ``cls``'s fields, other fields come before it, it is written under its
-    own name, and it is declared ``list[M]`` of a pydantic model ``M``; else ``None``."""
+    """``M`` where ``cls`` is serialized field by field, in order, and its last field ``last_list``, written under its own
+    name, is declared ``list[M]`` of a pydantic model ``M``: no model or field serializer, no computed or extra fields
+    (written after the declared ones), the field not excluded; else ``None`` (the model is then encoded whole)."""
     import typing
 
     from pydantic import BaseModel
 
     fields = cls.model_fields
-    if len(fields) < 2 or next(reversed(fields)) != last_list or fields[last_list].alias not in (None, last_list):
+    if len(fields) < 2 or next(reversed(fields)) != last_list:
         return None
-    annotation = fields[last_list].annotation
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is not list or len(args) != 1:
+    field = fields[last_list]
+    decorators = cls.__pydantic_decorators__
+    if (
+        decorators.model_serializers
+        or decorators.field_serializers
+        or cls.model_computed_fields
+        or cls.model_config.get("extra") == "allow"
+        or field.exclude
+        or getattr(field, "exclude_if", None) is not None
+        or field.alias not in (None, last_list)
+        or field.serialization_alias not in (None, last_list)
+    ):
+        return None
+    args = typing.get_args(field.annotation)
+    if typing.get_origin(field.annotation) is not list or len(args) != 1:
         return None
     item = args[0]
     return item if isinstance(item, type) and issubclass(item, BaseModel) else None

@@ -450,7 +450,49 @@ def _long_trajectories() -> list:
     return [plain, variants, in_a_step, in_the_run, subclassed]
 
 
-@pytest.mark.parametrize("batch", ["awkward", "one_awkward", "plain", "long", "long_and_short"])
+def _long_subclassed_trajectories() -> list:
+    """Runs of 10 steps of ``Trajectory`` subclasses whose JSON is not the declared fields in order (review of the long
+    runs' pieces: each was written with the plain class's pieces): a computed field, a serializer of the steps (one that
+    leaves the states out, as a redacting subclass may), a model serializer, the steps excluded, extra fields, the steps
+    written under another name."""
+    from typing import Any
+
+    from pydantic import ConfigDict, Field, computed_field, field_serializer, model_serializer
+
+    from ee_middleware.records import Trajectory
+
+    class WithComputed(Trajectory):
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def n_steps(self) -> int:
+            return len(self.steps)
+
+    class WithStepSerializer(Trajectory):
+        @field_serializer("steps")
+        def _steps(self, steps: list[Step]) -> list[Any]:
+            return [s.model_dump(mode="json", exclude={"state"}) | {"state": []} for s in steps]
+
+    class WithModelSerializer(Trajectory):
+        @model_serializer(mode="wrap")
+        def _all(self, handler: Any) -> Any:
+            return handler(self) | {"schema": 2}
+
+    class WithStepsExcluded(Trajectory):
+        steps: list[Step] = Field(default_factory=list, exclude=True)
+
+    class WithExtra(Trajectory):
+        model_config = ConfigDict(extra="allow")
+
+    class WithAlias(Trajectory):
+        model_config = ConfigDict(serialize_by_alias=True)
+        steps: list[Step] = Field(default_factory=list, serialization_alias="Steps")
+
+    fields = sample_trajectory("subclassed", steps=9).model_dump()
+    classes = (WithComputed, WithStepSerializer, WithModelSerializer, WithStepsExcluded, WithExtra, WithAlias)
+    return [cls(**{**fields, "id": f"long-{cls.__name__}"}, **({"note": "x"} if cls is WithExtra else {})) for cls in classes]
+
+
+@pytest.mark.parametrize("batch", ["awkward", "one_awkward", "plain", "long", "long_and_short", "long_subclassed"])
 def test_trajectories_are_written_as_the_json_path_writes_them(tmp_path: Path, batch: str) -> None:
     """Trajectories are encoded by pydantic in one step (``spool.model_lines``), a long run's steps one by one
     (``spool.model_line_pieces``); the spool lines must be, byte for byte, those ``json.dumps`` writes of
@@ -461,6 +503,7 @@ def test_trajectories_are_written_as_the_json_path_writes_them(tmp_path: Path, b
         "plain": [sample_trajectory(f"plain-{i}") for i in range(3)],
         "long": _long_trajectories(),
         "long_and_short": [sample_trajectory("short"), _long_trajectories()[0], _awkward_trajectories()[1]],
+        "long_subclassed": _long_subclassed_trajectories(),
     }[batch]
     store = LocalExperienceStore(tmp_path / "store")
     assert store.write(trajectories) == len(trajectories)
@@ -470,7 +513,8 @@ def test_trajectories_are_written_as_the_json_path_writes_them(tmp_path: Path, b
     assert segment.read_bytes() == expected
     if batch == "awkward":
         assert b"1e-05" in expected and b"\xef\xbf\xbd" in expected, "json's spelling, and the lone surrogate cleaned"
-    assert [t.id for t in LocalExperienceStore(store.root).iter_trajectories()] == [t.id for t in trajectories]
+    if batch != "long_subclassed":  # (those write what a Trajectory does not read back: the subclass's business)
+        assert [t.id for t in LocalExperienceStore(store.root).iter_trajectories()] == [t.id for t in trajectories]
 
 
 def test_a_relative_store_path_stays_with_the_folder_it_named_after_the_process_changes_directory(tmp_path: Path, react_graph, monkeypatch):

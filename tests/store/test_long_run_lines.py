@@ -10,6 +10,7 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
+from ee_middleware.records import Trajectory
 from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.testing.store_conformance import sample_trajectory
 
@@ -31,14 +32,14 @@ def _long_run(steps: int, result_chars: int):
 
 def test_a_long_runs_steps_are_pieces_of_its_line_and_short_runs_stay_whole() -> None:
     long_run, short_run = _long_run(12, 100), sample_trajectory("short", steps=3)
-    (pieces,) = spool.model_line_pieces("trajectory", [long_run], last_list="steps")
+    (pieces,) = spool.model_line_pieces("trajectory", [long_run], piecewise=(Trajectory, "steps"))
     step_pieces = [p for p in pieces if p.startswith(b'{"trajectory_id"')]
     assert len(step_pieces) == len(long_run.steps) == 13
     assert b"".join(pieces) == spool.encode_line({"kind": "trajectory", "data": long_run.model_dump(mode="json")})
-    (whole,) = spool.model_line_pieces("trajectory", [short_run], last_list="steps")
+    (whole,) = spool.model_line_pieces("trajectory", [short_run], piecewise=(Trajectory, "steps"))
     assert len(whole) == 4, "checksum, head, the run's JSON, end"
     (unsplit,) = spool.model_line_pieces("trajectory", [long_run])
-    assert len(unsplit) == 4 and b"".join(unsplit) == b"".join(pieces), "without last_list: one piece, the same line"
+    assert len(unsplit) == 4 and b"".join(unsplit) == b"".join(pieces), "not piecewise: one piece, the same line"
 
 
 def test_writing_a_long_run_holds_its_line_once_not_three_times(tmp_path: Path) -> None:

@@ -242,17 +242,34 @@ class JDict(dict):  # type: ignore[type-arg]
         return dict.setdefault(self, key, default)
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        if self._j is not None:
-            if not args or (len(args) == 1 and type(args[0]) in (dict, JDict)):
-                items = dict(*args, **kwargs)  # a dict's items: written whole, so each key's old value is noted first
-                for key in items:
-                    self._j.entries.append((self, key, dict.get(self, key, _MISSING)))
-                dict.update(self, items)
-                return
-            # pairs or a mapping of another kind: dict.update writes them one by one and keeps those written before an
-            # error (a generator that raises half way), as the tool's world in production keeps them; noted as a copy
-            self._j.entries.append((self, _REPLACE, dict(self)))
-        dict.update(self, *args, **kwargs)
+        if self._j is None or len(args) > 1:
+            dict.update(self, *args, **kwargs)
+            return
+        if args and not (isinstance(args[0], dict) and type(args[0]).__iter__ is dict.__iter__):
+            # pairs or a mapping of another kind: written one by one, as dict.update writes them, keeping those written
+            # before an error (a generator that raises half way), as the tool's world in production keeps them
+            self._update_one_by_one(args[0])
+            args = ()
+        items = dict(*args, **kwargs)  # a dict's items (and keywords): written whole, each key's old value noted first
+        for key in items:
+            self._j.entries.append((self, key, dict.get(self, key, _MISSING)))
+        dict.update(self, items)
+
+    def _update_one_by_one(self, other: Any) -> None:
+        """``dict.update(self, other)`` for anything but a dict, in CPython's order and with its errors: a mapping's keys
+        are read whole first (``keys()``), then each value looked up and written; pairs are written as they come."""
+        if hasattr(other, "keys"):
+            for key in list(other.keys()):
+                self[key] = other[key]
+            return
+        for index, item in enumerate(other):
+            try:
+                pair = item if type(item) in (list, tuple) else list(item)
+            except TypeError:
+                raise TypeError(f"cannot convert dictionary update sequence element #{index} to a sequence")  # noqa: B904 - as CPython chains it
+            if len(pair) != 2:
+                raise ValueError(f"dictionary update sequence element #{index} has length {len(pair)}; 2 is required")
+            self[pair[0]] = pair[1]
 
     def __ior__(self, other: Any) -> JDict:  # type: ignore[override,misc]
         self.update(other)

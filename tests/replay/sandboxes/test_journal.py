@@ -11,7 +11,7 @@ from ee_middleware.records import ToolCall
 from ee_middleware.replay.policies.mutate import MutationPolicy
 from ee_middleware.replay.policies.proposer import Proposer
 from ee_middleware.replay.runner import ReplaySettings, replay_trajectory
-from ee_middleware.replay.sandboxes.journal import JDict, JList, JournalSnapshot
+from ee_middleware.replay.sandboxes.journal import _MISSING, JDict, JList, JournalSnapshot
 from ee_middleware.replay.sandboxes.python import PythonSandbox, WorldSnapshot
 from ee_middleware.testing import check_sandbox
 from tests.replay.sandboxes import linked_world as linked
@@ -450,8 +450,10 @@ _HALF_WRITING_TOOLS = {
     "iadd": lambda world, values: world["items"].__iadd__(_parsed(values)),
     "update_pairs": lambda world, values: world["kv"].update((v, 1) for v in _parsed(values)),
     "update_mapping": lambda world, values: world["kv"].update(_Lookup(values)),
-    "ior_pairs": lambda world, values: world["kv"].__ior__(_Lookup(values)),
+    "ior_mapping": lambda world, values: world["kv"].__ior__(_Lookup(values)),
     "caught": lambda world, values: _caught(world["items"].extend, _parsed(values)),
+    "caught_pairs": lambda world, values: _caught(world["kv"].update, [(v, 1) if v[0] != "!" else (v, 1, 2) for v in values]),
+    "caught_items": lambda world, values: _caught(world["kv"].update, [(v, 1) if v[0] != "!" else 7 for v in values]),
     # an int key removed by an equal float (what a tool's number argument arrives as), the dict's last key
     "cancel": lambda world, order: world["orders"].pop(order),
     "cancel_del": lambda world, order: world["orders"].__delitem__(order),
@@ -462,8 +464,8 @@ _HALF_WRITING_TOOLS = {
 def _caught(write: Any, values: Any) -> str:
     try:
         write(values)
-    except ValueError as error:
-        return f"Error: {error}"
+    except (ValueError, TypeError) as error:  # what the tool says is CPython's own message, in production as here
+        return f"Error: {type(error).__name__}: {error}"
     return "ok"
 
 
@@ -472,9 +474,8 @@ def test_a_write_stopped_half_way_is_seen_as_production_sees_it_and_undone_whole
     a dict, so a generator that raised half way wrote nothing through the journal, where the world in production (and
     the sandbox with whole copies) keeps what came before the error: the expert's next call then saw another world (a
     fidelity mismatch in every branch). The journal notes the write first and lets ``list``/``dict`` write as they do."""
-    calls = [
-        (name, {"values": ["B", "C", "!d", "E"]}) for name in ("extend", "iadd", "update_pairs", "update_mapping", "ior_pairs", "caught")
-    ]
+    names = ("extend", "iadd", "update_pairs", "update_mapping", "ior_mapping", "caught", "caught_pairs", "caught_items")
+    calls = [(name, {"values": ["B", "C", "!d", "E"]}) for name in names]
     for name, arguments in calls:
         shown = {}
         for journal in (True, False):
@@ -491,7 +492,22 @@ def test_a_write_stopped_half_way_is_seen_as_production_sees_it_and_undone_whole
         world = _half_written_world(None)
         assert shown[True][2] == repr(world), f"{name}: the restore undid the half write"
         assert shown[True][1] != repr(world), f"{name}: the half write is seen"
-    assert "'B', 'C'" in shown[True][1] and "'E'" not in shown[True][1]
+    assert "'B': 1, 'C': 1" in shown[True][1] and "'E'" not in shown[True][1]
+    assert shown[True][0] == "Error: TypeError: cannot convert dictionary update sequence element #2 to a sequence"
+
+
+def test_an_update_of_pairs_notes_the_keys_it_writes_not_the_whole_dict() -> None:
+    """Review: the first fix noted a whole copy of the dict before an update of pairs or of a mapping that is not a dict
+    (a large table's copy for each such call); the keys are written one by one as ``dict.update`` writes them, each noted."""
+    sandbox = PythonSandbox(_half_written_world, tools=_HALF_WRITING_TOOLS)
+    sandbox.reset(None)
+    snapshot = sandbox.snapshot()
+    journal = snapshot.journal
+    assert journal is not None
+    sandbox.execute(ToolCall(id="c", name="update_pairs", arguments={"values": ["B", "a", "!d"]}))
+    assert [(key, old) for container, key, old in journal.entries if container is sandbox.world["kv"]] == [("B", _MISSING), ("a", 1)]
+    sandbox.restore(snapshot)
+    assert sandbox.world["kv"] == {"a": 1} and list(sandbox.world["kv"]) == ["a"]
 
 
 def test_removing_a_dicts_last_key_by_an_equal_key_of_another_type_restores_the_dicts_own_key() -> None:
