@@ -243,15 +243,23 @@ def show(
     trajectory_id: str = typer.Argument(..., help="Trajectory id (a unique prefix is enough)."),
     store: str = StoreOption,
     as_json: bool = JsonOption,
+    states: bool = typer.Option(
+        True,
+        "--states/--no-states",
+        help="With --json: each step's state, the conversation before it (--no-states leaves the key out: a long run's "
+        "states are most of its size, every step holding the conversation so far). The table shows none.",
+    ),
     allow_partial: bool = AllowPartialOption,
 ) -> None:
     """Show one trajectory with every step (tool call, arguments, observation) and its approval history."""
     from ee_middleware.capture.store_redaction import current_redactor, redacted_trajectory
+    from ee_middleware.store.registry import get_trajectory
 
+    shown_states = as_json and states  # (the table shows none: they are not read where the store can leave them)
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)
         redactor = current_redactor(opened)
-        trajectory = redacted_trajectory(opened.get(trajectory_id), redactor, states=as_json)  # (the table shows none)
+        trajectory = redacted_trajectory(get_trajectory(opened, trajectory_id, states=shown_states), redactor, states=shown_states)
         history = opened.approvals([trajectory.id])
     redact = _redact_fn(redactor)
     decisions = [
@@ -259,7 +267,8 @@ def show(
         for row in history.to_dicts()
     ]
     if as_json:
-        print_json({**trajectory.model_dump(mode="json"), "approval_history": decisions})
+        shown = trajectory.model_dump(mode="json", exclude=None if states else {"steps": {"__all__": {"state"}}})
+        print_json({**shown, "approval_history": decisions})
         return
     from rich.panel import Panel
     from rich.table import Table

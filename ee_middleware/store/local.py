@@ -578,9 +578,13 @@ class LocalExperienceStore:
             resolved.append(matches[0])
         return resolved
 
-    def get(self, trajectory_id: str) -> Trajectory:
+    def get(self, trajectory_id: str, *, states: bool = True) -> Trajectory:
         """The full trajectory (an unambiguous id prefix is accepted). Its steps are read alone: the other trajectories'
-        steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table."""
+        steps are filtered out as the Parquet parts are read, so a lookup does not hold the whole steps table.
+
+        ``states=False``: each step's state (the conversation before it, most of a long run's size) is left unread and
+        empty, for a view that shows none (``ee traces show``'s table; :func:`~ee_middleware.store.registry.get_trajectory`
+        asks any store for it)."""
         [trajectory_id] = id_list([trajectory_id])  # (a string)
         spooled = self._read_spool(stacklevel=3)
         if type(self).resolve_id is not LocalExperienceStore.resolve_id:  # a subclass's rule decides, always
@@ -594,8 +598,13 @@ class LocalExperienceStore:
             trajectory_id = self.resolve_id(trajectory_id)
             spooled = self._read_spool(stacklevel=3)
             rows = _current_approvals(*self._decision_rows([trajectory_id], spooled))
-        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, spooled=spooled, carrying=[trajectory_id])
-        return trajectory_from_rows(rows.row(0, named=True), steps.to_dicts())
+        columns = None if states else [pl.exclude("state_json")]
+        steps = self._scanned("steps", pl.col("trajectory_id") == trajectory_id, columns, spooled=spooled, carrying=[trajectory_id])
+        step_rows = steps.to_dicts()
+        if not states:
+            for row in step_rows:
+                row["state_json"] = "[]"
+        return trajectory_from_rows(rows.row(0, named=True), step_rows)
 
     def _read_spool(self, *, stacklevel: int) -> SpoolRead:
         """The spool as it is now, its damaged records warned about (``stacklevel``: as ``warnings.warn``'s, from the
@@ -616,7 +625,7 @@ class LocalExperienceStore:
         self,
         table: str,
         where: pl.Expr,
-        columns: Sequence[str] | None = None,
+        columns: Sequence[str | pl.Expr] | None = None,
         *,
         spooled: SpoolRead | None = None,
         spool: bool = True,

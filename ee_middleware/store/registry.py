@@ -92,6 +92,17 @@ def reads_rows_by_id(store: Any) -> bool:
     )
 
 
+def get_trajectory(store: Any, trajectory_id: str, *, states: bool = True) -> Any:
+    """``store.get(trajectory_id)``; with ``states=False``, its steps' states left unread and empty where the store can
+    (the local store, unless a subclass has a ``get`` of its own), for a view that shows none: a long run's states are
+    most of it (every step holds the conversation so far). A store that cannot returns them."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    if not states and isinstance(store, LocalExperienceStore) and type(store).get is LocalExperienceStore.get:
+        return store.get(trajectory_id, states=False)
+    return store.get(trajectory_id)
+
+
 def trajectory_columns(store: Any, columns: list[str], *, status: str | None = None, app: str | None = None) -> Any:
     """``store.trajectories(status=status, app=app)`` with ``columns`` and the ``approval*`` columns alone (a polars
     frame): read without the other columns where the store can (``trajectory_index``; a store's conversations and
