@@ -93,14 +93,18 @@ def reads_rows_by_id(store: Any) -> bool:
 
 
 def get_trajectory(store: Any, trajectory_id: str, *, states: bool = True) -> Any:
-    """``store.get(trajectory_id)``; with ``states=False``, its steps' states left unread and empty where the store can
-    (the local store, unless a subclass has a ``get`` of its own), for a view that shows none: a long run's states are
-    most of it (every step holds the conversation so far). A store that cannot returns them."""
+    """``store.get(trajectory_id)``; with ``states=False``, its steps' states empty, for a view that shows none (a long
+    run's states are most of it: every step holds the conversation so far): left unread where the store can (the local
+    store's own ``get``, not one a subclass or the object itself replaced), else emptied once read, so that nothing a view
+    leaves unredacted is left in what it is given (a plug-in's computed field over a state, say)."""
     from ee_middleware.store.local import LocalExperienceStore
 
-    if not states and isinstance(store, LocalExperienceStore) and type(store).get is LocalExperienceStore.get:
+    if states:
+        return store.get(trajectory_id)
+    if isinstance(store, LocalExperienceStore) and getattr(store.get, "__func__", None) is LocalExperienceStore.get:
         return store.get(trajectory_id, states=False)
-    return store.get(trajectory_id)
+    trajectory = store.get(trajectory_id)
+    return trajectory.model_copy(update={"steps": [step.model_copy(update={"state": []}) for step in trajectory.steps]})
 
 
 def trajectory_columns(store: Any, columns: list[str], *, status: str | None = None, app: str | None = None) -> Any:

@@ -1,6 +1,7 @@
 """``LocalExperienceStore.get(id, states=False)``: the trajectory with its steps' states left unread (empty), every other
 field as ``get(id)`` reads it, from the spool and from Parquet; ``registry.get_trajectory`` asks for it only where the
-store's own ``get`` is the local store's (a subclass's ``get`` is called as it was)."""
+store's own ``get`` is the local store's (a subclass's ``get``, or one set on the object, is called as it was), and
+empties the states of what any other ``get`` returns."""
 
 from __future__ import annotations
 
@@ -47,5 +48,43 @@ def test_a_subclass_with_its_own_get_is_called_as_before(tmp_path: Path) -> None
 
     store = Audited(tmp_path / "store")
     store.write([sample_trajectory("a")])
-    assert get_trajectory(store, "a", states=False) == store.get("a")
+    assert get_trajectory(store, "a", states=False) == _without_states(store.get("a"))
     assert calls == [("a",), ("a",)]
+
+
+def test_a_get_set_on_the_store_object_is_called_as_before_and_its_states_emptied(tmp_path: Path) -> None:
+    """Review: an audit hook a plug-in factory sets on the store object (``store.get = audited``, the protocol's
+    ``get(trajectory_id)``) was given ``states=False`` and raised TypeError in ``ee traces show``."""
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([sample_trajectory("a")])
+    real_get, calls = store.get, []
+
+    def audited(trajectory_id: str) -> Trajectory:
+        calls.append(trajectory_id)
+        return real_get(trajectory_id)
+
+    store.get = audited  # type: ignore[method-assign]
+    assert get_trajectory(store, "a", states=False) == _without_states(real_get("a"))
+    assert calls == ["a"]
+
+
+def test_a_plug_in_stores_trajectory_has_its_states_emptied_before_a_view_sees_it(tmp_path: Path) -> None:
+    """Review: a store that cannot leave the states unread returned them raw, and ``ee traces show --json --no-states``
+    redacts no state: a plug-in trajectory with a computed field over the last state printed it unredacted."""
+    from pydantic import computed_field
+
+    class WithLastState(Trajectory):
+        @computed_field  # type: ignore[prop-decorator]
+        @property
+        def last_state(self) -> list[Any]:
+            return self.steps[-1].state if self.steps else []
+
+    class PlugIn:
+        def __init__(self, trajectory: Trajectory) -> None:
+            self.trajectory = WithLastState(**trajectory.model_dump())
+
+        def get(self, trajectory_id: str) -> Trajectory:
+            return self.trajectory
+
+    got = get_trajectory(PlugIn(sample_trajectory("a")), "a", states=False)
+    assert got.last_state == [] and all(step.state == [] for step in got.steps) and len(got.steps) == 3
