@@ -255,6 +255,10 @@ def show(
     from ee_middleware.capture.store_redaction import current_redactor, redacted_trajectory
     from ee_middleware.store.registry import get_trajectory
 
+    if not states and not as_json:
+        raise typer.BadParameter(
+            "--no-states is for --json: the table shows no states (they are not read for it).", param_hint="'--no-states'"
+        )
     shown_states = as_json and states  # (the table shows none: they are not read where the store can leave them)
     with reading_store(allow_partial=allow_partial):
         opened = open_existing_store(store)

@@ -53,3 +53,11 @@ def test_the_table_reads_no_state_and_no_states_leaves_them_out_of_the_json(
     monkeypatch.setattr(LocalExperienceStore, "get", lambda self, trajectory_id, **_: real_get(self, trajectory_id))
     assert _show(store.root) == table, "the table shows the same with the states read"
     assert "lookup" in table and "done" in table
+
+
+def test_no_states_without_json_is_refused_saying_why(tmp_path: Path) -> None:
+    store = LocalExperienceStore(tmp_path / "store")
+    store.write([sample_trajectory("long")])
+    shown = CliRunner().invoke(app, ["traces", "show", "long", "--store", str(store.root), "--no-states"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 2, shown.output
+    assert "--no-states is for --json" in " ".join(shown.output.split())
