@@ -1,5 +1,5 @@
 """What benchmark scripts share: running the ``ee`` CLI (the one installed beside this interpreter), whether the
-project's modules load from bytecode, and a process's own peak memory."""
+project's modules load from bytecode, a process's own peak memory, and the project's code at an earlier revision."""
 
 from __future__ import annotations
 
@@ -74,3 +74,19 @@ def spread(values: Iterable[float], digits: int = 3) -> list[float]:
 
     values = list(values)
     return [round(min(values), digits), round(statistics.median(values), digits), round(max(values), digits)]
+
+
+def before_tree(ref: str, root: Path) -> Path:
+    """The code at git revision ``ref`` as an importable tree under ``root`` (``ee_middleware`` with its mapped folders
+    ``trainers``, ``evals`` and ``adapters`` inside it, as the installed package maps them): put it first on
+    ``PYTHONPATH`` to run a benchmark's side from that code (``--before-ref``)."""
+    repo = Path(__file__).resolve().parents[1]
+    target = root / "before"
+    target.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(repo), "archive", ref, "ee_middleware", "trainers", "evals", "adapters"], check=True, capture_output=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    for folder in ("trainers", "evals", "adapters"):
+        (target / folder).rename(target / "ee_middleware" / folder)
+    return target

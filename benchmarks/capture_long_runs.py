@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _ee import peak_rss_mib, spread
+from _ee import before_tree, peak_rss_mib, spread
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,19 +88,6 @@ def _one(side: str, steps: int, result_kb: int, store: Path) -> dict[str, Any]:
     }
 
 
-def _before_tree(ref: str, root: Path) -> Path:
-    """The code at ``ref`` as an importable tree (``benchmarks/dataset_build.py`` makes it the same way)."""
-    target = root / "before"
-    target.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", ref, "ee_middleware", "trainers", "evals", "adapters"], check=True, capture_output=True
-    )
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    for folder in ("trainers", "evals", "adapters"):
-        (target / folder).rename(target / "ee_middleware" / folder)
-    return target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="50,100", help="Tool calls per run; a comma-separated list runs several sizes.")
@@ -122,7 +109,7 @@ def main() -> None:
         for mode in args.offload.split(","):
             sides[f"ee-{mode}"] = os.environ.get("PYTHONPATH", "")
         if args.before_ref:
-            tree = _before_tree(args.before_ref, Path(tmp))
+            tree = before_tree(args.before_ref, Path(tmp))
             for mode in args.offload.split(","):
                 sides[f"ee@{args.before_ref}-{mode}"] = str(tree)
         for steps in (int(s) for s in args.steps.split(",")):

@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from _ee import peak_rss_mib
+from _ee import before_tree, peak_rss_mib
 
 KINDS = ("il", "iwm")
 """What the sides build by default (the plain-Python side builds only these)."""
@@ -328,20 +328,6 @@ def same_manifest(a: Path, b: Path) -> None:
 
     if plain(a) != plain(b):
         raise SystemExit(f"{a}/datasets.json and {b}/datasets.json differ:\n{json.dumps(plain(a))}\n{json.dumps(plain(b))}")
-
-
-def before_tree(ref: str, root: Path) -> Path:
-    """The code at ``ref`` as an importable tree (ee_middleware with its mapped folders)."""
-    repo = Path(__file__).resolve().parents[1]
-    target = root / "before"
-    target.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(repo), "archive", ref, "ee_middleware", "trainers", "evals", "adapters"], check=True, capture_output=True
-    )
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    for folder in ("trainers", "evals", "adapters"):
-        (target / folder).rename(target / "ee_middleware" / folder)
-    return target
 
 
 def stats(values: list[float]) -> str:
