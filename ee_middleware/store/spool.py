@@ -128,11 +128,17 @@ def model_line_pieces(
         if suspect and any(json_may_differ(piece) for piece in pieces):
             lines.append(_encoded_line({"kind": kind, "data": model.model_dump(mode="json")}))
             continue
-        crc = head_crc  # the line's checksum continues from its constant head
-        for piece in pieces:
-            crc = zlib.crc32(piece, crc)
-        lines.append((b"%08x " % zlib.crc32(b"}", crc), head, *pieces, b"}\n"))
+        lines.append(_framed(head, head_crc, pieces))
     return lines
+
+
+def _framed(head: bytes, head_crc: int, pieces: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The spool line of a record whose ``data`` is the JSON ``pieces``, after ``head`` (``{"kind":...,"data":``, its
+    checksum ``head_crc``), in pieces: the line's checksum continues from its constant head over the pieces."""
+    crc = head_crc
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+    return (b"%08x " % zlib.crc32(b"}", crc), head, *pieces, b"}\n")
 
 
 _PIECEWISE_FROM = 8
@@ -205,7 +211,7 @@ def _model_line(kind: str, head: bytes, model: BaseModel) -> tuple[bytes, ...]:
         data = b"e-"
     if json_may_differ(data):
         return _encoded_line({"kind": kind, "data": model.model_dump(mode="json")})
-    return (b"%08x " % zlib.crc32(b"}", zlib.crc32(data, zlib.crc32(head))), head, data, b"}\n")
+    return _framed(head, zlib.crc32(head), (data,))
 
 
 @dataclass(frozen=True)
