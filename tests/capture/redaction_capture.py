@@ -3,7 +3,9 @@ the capture path the redaction tests of hidden forms (numbers, escapes, URL-enco
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
 
 from ee_middleware import record_experience
+from ee_middleware.capture.redaction import Redactor
 from ee_middleware.store import LocalExperienceStore
 from ee_middleware.testing import ScriptedChatModel, tool_call
 
@@ -55,3 +58,21 @@ def assert_not_stored(store: LocalExperienceStore, root: Path, values: list[str]
         text = files_text(root)
         found = [spelling for value in values for spelling in spellings(value) if spelling in text]
         assert not found, f"{found} stored in plain text ({when})"
+
+
+@contextlib.contextmanager
+def redact_value_calls() -> Iterator[list[Any]]:
+    """Every value ``Redactor.redact_value`` is given while the block runs, in order (the real method still redacts): how
+    the tests count what a redaction walks."""
+    given: list[Any] = []
+    real = Redactor.redact_value
+
+    def counted(self: Redactor, value: Any) -> Any:
+        given.append(value)
+        return real(self, value)
+
+    Redactor.redact_value = counted  # type: ignore[method-assign]
+    try:
+        yield given
+    finally:
+        Redactor.redact_value = real  # type: ignore[method-assign]

@@ -5,9 +5,7 @@ each: every state redacted whole walked the run's first message once per step (`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.prebuilt import create_react_agent
@@ -16,9 +14,10 @@ from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import redacted_trajectory
 from ee_middleware.scripted import ScriptedChatModel, tool_call
+from tests.capture.redaction_capture import redact_value_calls
 
 
-def test_states_are_redacted_as_each_whole_and_each_message_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_states_are_redacted_as_each_whole_and_each_message_once(tmp_path: Path) -> None:
     @tool
     def fetch(page: int) -> str:
         """A page of the manual."""
@@ -34,16 +33,8 @@ def test_states_are_redacted_as_each_whole_and_each_message_once(tmp_path: Path,
     store.close()
     redactor = Redactor(salt=b"a store's salt!!")
     expected = [redactor.redact_value(step.state) for step in trajectory.steps]
-    walked: list[Any] = []
-    real = Redactor.redact_value
-
-    def counted(self: Redactor, value: Any) -> Any:
-        walked.append(value)
-        return real(self, value)
-
-    monkeypatch.setattr(Redactor, "redact_value", counted)
-    shown = redacted_trajectory(trajectory, redactor)
-    monkeypatch.undo()
+    with redact_value_calls() as walked:
+        shown = redacted_trajectory(trajectory, redactor)
     assert [step.state for step in shown.steps] == expected
     assert "dana@example.org" not in shown.model_dump_json() and "bob@example.org" not in shown.model_dump_json()
     messages = [v for v in walked if isinstance(v, dict) and "role" in v and v in trajectory.steps[-1].state]

@@ -19,6 +19,7 @@ from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.capture.redaction import RedactionRules, Redactor
 from ee_middleware.trainers.datasets.privacy import _redact, redact_prompts
 from tests.capture import redaction_corpus
+from tests.capture.redaction_capture import redact_value_calls
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_patterns_of_the_stores_own_and_other_layouts_are_redacted_whole(raw_sta
     assert redact_prompts(redactor, [*spaced, "not json", None, ""]) == [*[_redact(redactor, p) for p in spaced], "not json", None, ""]
 
 
-def test_each_message_of_a_long_run_is_redacted_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_message_of_a_long_run_is_redacted_once(tmp_path: Path) -> None:
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
     from langgraph.prebuilt import create_react_agent
@@ -98,16 +99,8 @@ def test_each_message_of_a_long_run_is_redacted_once(tmp_path: Path, monkeypatch
     store.close()
     assert len(states) == 13
     redactor = Redactor(salt=b"a store's salt!!")
-    given: list[str] = []
-    real = Redactor.redact_value
-
-    def counted(self: Redactor, value: Any) -> Any:
-        given.append(value)
-        return real(self, value)
-
-    monkeypatch.setattr(Redactor, "redact_value", counted)
-    redacted = redact_prompts(redactor, states)
-    monkeypatch.undo()
+    with redact_value_calls() as given:
+        redacted = redact_prompts(redactor, states)
     assert redacted == [_redact(redactor, s) for s in states]
     assert "+1 415 555 0134" not in "".join(redacted[5:]) and "[REDACTED:phone:" in redacted[-1]
     assert not {v for v in given if isinstance(v, str)} & set(states), "no prompt is scanned whole"
