@@ -46,6 +46,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ee_middleware._files import atomic_write_text, fsync_dir
 from ee_middleware._locks import holder_lock
+from ee_middleware._text import json_lines
 from ee_middleware.adapters.errors import (
     AdapterNotFoundError,
     BaseModelMismatchError,
@@ -541,9 +542,7 @@ class LocalAdapterRegistry:
         if not path.is_file():
             return []
         events = []
-        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
+        for number, line in json_lines(path.read_text(encoding="utf-8", errors="replace")):
             try:
                 events.append(json.loads(line))
             except ValueError:

@@ -15,7 +15,6 @@ gets the same rules:
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import os
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ee_middleware._text import read_user_text
 from ee_middleware.errors import ConfigError, MissingSettingError
 
 if TYPE_CHECKING:
@@ -64,8 +64,19 @@ READ_BY = {
 }
 """Who reads each table (named in the errors about a file given to the wrong job)."""
 
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-"""Byte-order marks of the encodings read besides UTF-8 (UTF-32's first: its little-endian mark starts with UTF-16's)."""
+
+def not_blank(value: Any) -> Any:
+    """A config field's validator (``BeforeValidator``): a setting given as empty or blank text is refused. Read as a
+    path it was the working directory (or a folder named " "), where the job then made its runs or its registry
+    (``--runs "$RUNS_DIR"`` with the variable unset); stored as a name, no reader could select it."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{value!r} is empty or blank: give it a value (an unset variable in the command or the file?)")
+    return value
+
+
+def stripped_not_blank(value: Any) -> Any:
+    """:func:`not_blank`, then the text without the blanks around it (a name: an app's)."""
+    return not_blank(value).strip() if isinstance(value, str) else value
 
 
 def finite_seconds(what: str, example: str) -> Any:
@@ -104,30 +115,9 @@ def named_path(what: str) -> Any:
 
 
 def read_config_text(path: Path) -> str:
-    """The text of the configuration file at ``path``: UTF-8 (a byte-order mark, as Windows editors write it, is
-    skipped), or UTF-16/UTF-32 with a byte-order mark (PowerShell 5 writes ``command > file`` as UTF-16). Anything
-    else is a :class:`ConfigError` naming the file and how to save it as UTF-8."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"Config file {path} does not exist.") from None
-    except IsADirectoryError:  # (the generic message for a folder where a file is expected is about writing one)
-        raise ConfigError(f"Config file {path} is a folder: give the path of the TOML file.") from None
-    except PermissionError:
-        raise ConfigError(f"Config file {path} cannot be read: permission denied.") from None
-    encoding = next((name for bom, name in _BOMS if data.startswith(bom)), "utf-8-sig")
-    utf8 = path.with_name(f"{path.stem}-utf8{path.suffix}")
-    resave = f"Save it as UTF-8 (an editor's 'Save with encoding'; in PowerShell: Get-Content {path} | Out-File -Encoding utf8 {utf8})."
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"Config file {path} is not {'UTF-8' if encoding == 'utf-8-sig' else encoding.upper()} text (byte "
-            f"0x{data[exc.start]:02x} at offset {exc.start} is not): TOML files are UTF-8. {resave}"
-        ) from None
-    if "\x00" in text:
-        raise ConfigError(f"Config file {path} holds NUL characters: is it UTF-16 without a byte-order mark? {resave}")
-    return text
+    """The text of the configuration file at ``path``, read as :func:`~ee_middleware._text.read_user_text` reads a
+    file a user gives (UTF-8, or UTF-16/UTF-32 with a byte-order mark); errors name the file and how to save it as UTF-8."""
+    return read_user_text(path, "Config file", "the TOML file", "TOML files are UTF-8.")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -236,6 +226,8 @@ class _Layered(dict[str, Any]):
     """The file's ``[table]`` as read."""
     overridden: frozenset[str]
     """The keys the overrides (flags, or the calling job) set."""
+    given: dict[str, Any]
+    """What the overrides set, by key (before tables were merged into the file's)."""
 
 
 def layered_values(
@@ -253,7 +245,7 @@ def layered_values(
         values.from_file = read_toml_table(values.path, table, settings_for=job, nightly=nightly)
         values.update(values.from_file)
     given = {k: v for k, v in overrides.items() if v is not None}
-    values.overridden = frozenset(given)
+    values.overridden, values.given = frozenset(given), given
     for key, value in given.items():
         values[key] = _merged(values[key], value) if key in values else value
     return values
@@ -291,6 +283,8 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
                 f"Invalid {job} configuration: {'; '.join(hidden)} (overridden here, by a flag or the job, but the file is read as a "
                 "whole: fix it)"
             )
+    if layered is not None and layered.path is not None:
+        values = _without_settings_of_another_part(cls, layered)
     try:
         return cls(**values)
     except ValidationError as exc:
@@ -303,6 +297,37 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         if layered is not None and layered.path is not None:
             message = _in_file(message, errors, layered, flags)
         raise ConfigError(message) from None
+
+
+def _without_settings_of_another_part(cls: type[BaseModel], layered: _Layered) -> dict[str, Any]:
+    """``layered``'s values, less the file's ``KEY_settings`` where a flag (or the calling job) named another part for
+    ``KEY`` than the one the file's settings are for (its ``KEY``, else the setting's default): the options of the
+    file's retriever, sandbox or policy are not the options of the one named instead ("bm25 takes no option foo"). The
+    settings the flags gave are kept (not merged into the file's). Said with a warning naming the file, the table and
+    the part."""
+    values = dict(layered)
+    for key in sorted(layered.overridden):
+        settings = f"{key}_settings"
+        if settings not in layered.from_file or key not in cls.model_fields:
+            continue
+        for_part = layered.from_file.get(key, cls.model_fields[key].default)
+        named = values.get(key)
+        if not isinstance(named, str) or not isinstance(for_part, str) or named.strip() == for_part.strip():
+            continue
+        if settings in layered.given:
+            values[settings] = layered.given[settings]
+        else:
+            values.pop(settings, None)
+        import warnings
+
+        warnings.warn(
+            f"{settings} in [{layered.table}] of {layered.path} are for the {key} {for_part!r}, not for {named!r}, named "
+            f"instead (a flag or the job): they are left out. Give the settings of {named!r} with --{key.replace('_', '-')}-setting, or "
+            "name it in the file.",
+            UserWarning,
+            stacklevel=4,
+        )
+    return values
 
 
 def build_with_required(

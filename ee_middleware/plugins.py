@@ -491,6 +491,18 @@ class PluginKind:
         )
 
 
+def load_named(spec: str, what: str, error: type[EEError] = ConfigError) -> Any:
+    """What ``spec`` (``package.module:name``, a function the user names: ``--approve-if``'s) names, imported now, with
+    the errors a plug-in's import gets: a module not found, one that raises while Python imports it (its error and the
+    user's line, said to be theirs), a name it lacks (with one spelled close to it). ``what`` names it in the errors
+    ("approval function")."""
+    text = spec.strip() if isinstance(spec, str) else spec
+    if not isinstance(text, str) or not FACTORY_SPEC.match(text):
+        why = _module_form_of_path(text, what) if isinstance(text, str) else None
+        raise error(f"The {what} {spec!r} is not of the form package.module:function" + (f" ({why})" if why else "") + ".")
+    return PluginKind(kind=what, group="", error=error)._load(text, text)
+
+
 _SHADOWED_WARNED: set[tuple[str, str, str]] = set()
 """The entry points :meth:`PluginKind._warn_shadowed` has warned of (group, name, value): once per process."""
 

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ee_middleware._text import json_lines
 from ee_middleware.errors import ConfigError, ModelError, ModelRequestError, SandboxError
 from ee_middleware.evals.loop import LoopConfig, run_conversation
 from ee_middleware.evals.tasks import Conversation, EvalTask
@@ -147,12 +148,10 @@ class CurriculumRun:
     """What ``approve_if`` raised the first time (its error, and where)."""
 
 
-def read_tasks(lines: Iterable[str]) -> list[dict[str, Any]]:
-    """The curriculum tasks of a ``tasks.jsonl`` (each needs ``id``, ``instruction`` and ``tools``)."""
+def read_tasks(text: str) -> list[dict[str, Any]]:
+    """The curriculum tasks of a ``tasks.jsonl``'s text (each needs ``id``, ``instruction`` and ``tools``)."""
     tasks = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+    for number, line in json_lines(text):
         try:
             task = json.loads(line)
         except ValueError as exc:

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._text import json_lines, read_user_text
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.runner import JOURNAL, RESULTS, RUN_FILE, unfinished
 
@@ -45,14 +46,20 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import polars as pl
 
-        return pl.read_parquet(path).to_dicts()
+        try:
+            return pl.read_parquet(path).to_dicts()
+        except (OSError, pl.exceptions.PolarsError) as exc:  # (a damaged file: polars' ComputeError names no file)
+            raise ConfigError(
+                f"Cannot read the results {path}: {exc}. Pass an eval run's folder (ee eval run --out) whose results are whole, "
+                f"or run that eval again to write them anew."
+            ) from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError as exc:
-                raise ConfigError(f"{path}, line {number}: not JSON ({exc}).") from None
+    text = read_user_text(path, "The results file", f"an eval run's folder or its {RESULTS}", "Results files are UTF-8 JSON lines.")
+    for number, line in json_lines(text):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as exc:
+            raise ConfigError(f"{path}, line {number}: not JSON ({exc}).") from None
     return rows
 
 

@@ -407,12 +407,13 @@ def main() -> None:
     from rich.console import Console
 
     from ee_middleware._lifetime import termination_as_interrupt
+    from ee_middleware.cli.common import warnings_as_lines
 
     _closed_streams_to_devnull()
     _streams_that_write_any_text()
     Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     try:
-        with termination_as_interrupt():
+        with termination_as_interrupt(), warnings_as_lines():  # (a warning a command does not say itself: one line too)
             app()
     except SystemExit as done:
         try:

@@ -351,8 +351,9 @@ def run_cmd(
     approve_if, app, judge_max_tokens, timeout_s; the sandbox's own options in [curriculum.sandbox_settings], or
     --sandbox-setting); TASKS and the flags override them."""
     import functools
-    import importlib
 
+    from ee_middleware._text import read_user_text
+    from ee_middleware.errors import ConfigError
     from ee_middleware.evals.curriculum import (
         JUDGE_CONTEXT_BOUND,
         JUDGE_CUT,
@@ -369,6 +370,7 @@ def run_cmd(
     )
     from ee_middleware.models.protocol import CUT_WHILE_REASONING
     from ee_middleware.models.spec import endpoint_problem
+    from ee_middleware.plugins import load_named
     from ee_middleware.replay.curriculum_config import TABLE, CurriculumRunConfig
     from ee_middleware.replay.sandboxes.experience import build_model_client
     from ee_middleware.replay.sandboxes.registry import build_sandbox
@@ -393,14 +395,24 @@ def run_cmd(
     judge_max_tokens, k, app_name, timeout_s = cfg.judge_max_tokens, cfg.k, cfg.app, cfg.timeout_s
     if not tasks.exists():
         raise typer.BadParameter(f"{tasks} does not exist: write it with 'ee curriculum propose'.", param_hint=tasks_hint)
-    todo = read_tasks(tasks.read_text(encoding="utf-8").splitlines())
+    try:
+        text = read_user_text(
+            tasks, "The tasks file", "the tasks.jsonl that 'ee curriculum propose' wrote", "Tasks files are UTF-8 JSON lines."
+        )
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint=tasks_hint) from None
+    todo = read_tasks(text)
+    if not todo:  # (propose never writes an empty file: one that holds no task was not written by it)
+        raise typer.BadParameter(
+            f"{tasks} holds no task (only blank lines): nothing to roll out. Write tasks with 'ee curriculum propose'.",
+            param_hint=tasks_hint,
+        )
     predicate = None
     if approve_if:
-        module, _, name = approve_if.partition(":")
         try:
-            predicate = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise typer.BadParameter(f"cannot import {approve_if!r} ({exc}); write module:function.", param_hint=approve_if_hint) from None
+            predicate = load_named(approve_if, "approval function")
+        except ConfigError as exc:
+            raise typer.BadParameter(str(exc), param_hint=approve_if_hint) from exc
         if not callable(predicate):  # (every kept trajectory's approval would fail on it, after the rollouts)
             raise typer.BadParameter(
                 f"{approve_if!r} is a {type(predicate).__name__}, not a function trajectory -> bool; name the function.",

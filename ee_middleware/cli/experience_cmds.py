@@ -80,15 +80,23 @@ def out_folder(value: Path | None) -> Path | None:
     return None if value is None else output_folder(value)
 
 
-def check_out_folder(ctx: typer.Context, cfg: Any, config: Path | None, table: str) -> None:
-    """``cfg.out`` where the ``--out`` flag did not give it (its callback checked that): refused before any work where it
-    cannot be a folder, naming the key and the file that gave it."""
+def check_out_folder(ctx: typer.Context, cfg: Any, config: Path | None, table: str, writes: tuple[str, ...]) -> None:
+    """``cfg.out`` refused before any work where it cannot be a folder (where the ``--out`` flag did not give it: its
+    callback checked that), naming the key and the file that gave it; or where a folder stands at one of the names the
+    command writes in it (``writes``), which it could only find out once its work is done."""
     source = ctx.get_parameter_source("out")
-    if source is not None and source.name == "COMMANDLINE":
-        return
+    from_flag = source is not None and source.name == "COMMANDLINE"
     try:
-        output_folder(cfg.out)
+        if not from_flag:
+            output_folder(cfg.out)
+        if in_the_way := [name for name in writes if (cfg.out / name).is_dir()]:
+            raise typer.BadParameter(
+                f"{cfg.out / in_the_way[0]} is a folder, where this command writes its {in_the_way[0]} once its work is done: "
+                "move that folder away, or choose another output folder."
+            )
     except typer.BadParameter as exc:
+        if from_flag:
+            raise typer.BadParameter(exc.message, param_hint="--out") from None
         if "out" not in cfg.model_fields_set or config is None:  # the default
             raise typer.BadParameter(exc.message, param_hint="--out") from None
         from ee_middleware.errors import ConfigError
@@ -185,7 +193,7 @@ def eval_cmd(
         timeout_s=timeout_s,
         out=out,
     )
-    check_out_folder(ctx, cfg, config, EVAL_TABLE)
+    check_out_folder(ctx, cfg, config, EVAL_TABLE, ("report.json", "fidelity.png"))
     model, trained, app_name, held_out, top_k, out = cfg.model, cfg.trained, cfg.app, cfg.held_out, cfg.top_k, cfg.out
     max_tokens, timeout_s = cfg.max_tokens, cfg.timeout_s
     opened = open_job_store(cfg.store, store_origin(ctx, config, EVAL_TABLE))
@@ -212,6 +220,7 @@ def eval_cmd(
             len(split.held_out_ids),
             "nothing is left in the replay buffer, so the 'retrieval' variant would be the model without retrieval (and a "
             "replay's fidelity gate reads that variant)",
+            app_name,
         )
     sandboxes = []  # an endpoint that is down fails here, before any prediction
     done = [0]  # predictions made, to say where a model that stopped answering stopped the eval
@@ -310,7 +319,7 @@ def dataset_cmd(
     transitions never trained on. Settings come from the [experience_dataset] table of --config (the same keys as the
     flags: store, out, teacher, held_out, retriever, retriever_settings, ...), flags override them."""
     from ee_middleware._files import atomic_write_parquet
-    from ee_middleware.replay.experience_config import DATASET_TABLE, ExperienceDatasetConfig
+    from ee_middleware.replay.experience_config import DATASET_TABLE, TEMPLATE_TEACHER, ExperienceDatasetConfig
     from ee_middleware.replay.experience_eval import split_store
     from ee_middleware.trainers.datasets.em import build_em
 
@@ -327,7 +336,7 @@ def dataset_cmd(
         retriever_settings=_retriever_settings(retriever_setting),
         timeout_s=timeout_s,
     )
-    check_out_folder(ctx, cfg, config, DATASET_TABLE)
+    check_out_folder(ctx, cfg, config, DATASET_TABLE, ("em.parquet",))
     app_name, out, teacher, held_out, seed = cfg.app, cfg.out, cfg.teacher, cfg.held_out, cfg.seed
     opened = open_job_store(cfg.store, store_origin(ctx, config, DATASET_TABLE))
     show = progress and not as_json
@@ -339,7 +348,7 @@ def dataset_cmd(
 
     # a local teacher's own loading bars ("Loading weights") are off where the command draws none
     with library_bars_off(enabled=not show), ProgressBars(enabled=show) as bars:
-        if teacher != "template":
+        if teacher != TEMPLATE_TEACHER:
             from ee_middleware.replay.sandboxes.experience import build_model_client
 
             client = build_model_client(teacher, timeout_s=cfg.timeout_s, timeout_knob=TIMEOUT_KNOB)
@@ -376,6 +385,7 @@ def dataset_cmd(
             len(split.held_out_ids),
             "no real transition is left to build em rows from (the held-out ones are what 'ee experience eval' measures the "
             "model on, never trained on)",
+            app_name,
         )
     if frame.height == 0:
         raise typer.BadParameter(
@@ -435,20 +445,22 @@ def prediction_advice(report: dict[str, Any], max_tokens: int) -> list[str]:
     ]
 
 
-def all_held_out(share: float, held: int, consequence: str) -> typer.BadParameter:
-    """The refusal of a ``--held-out`` share that holds out all ``held`` approved trajectories with tool calls, saying
-    what that leaves (``consequence``) and what to do: ``ee experience eval`` and ``ee experience dataset`` share the
-    split, and say the same."""
+def all_held_out(share: float, held: int, consequence: str, app: str | None) -> typer.BadParameter:
+    """The refusal of a ``--held-out`` share that holds out all ``held`` approved trajectories with tool calls (of the
+    ``--app`` ``app``, where one is given), saying what that leaves (``consequence``) and what to do: ``ee experience
+    eval`` and ``ee experience dataset`` share the split, and say the same."""
+    of_app = f" of the app {app!r}" if app is not None else ""
     if held == 1:  # the one held out at any share, and the only one
+        holder = f"the app {app!r} has" if app is not None else "the store has"
         return typer.BadParameter(
-            "the store has one approved trajectory with tool calls, and one is always held out (also at --held-out 0: "
+            f"{holder} one approved trajectory with tool calls, and one is always held out (also at --held-out 0: "
             f"ee experience eval measures the model on it, so no dataset may train on it): {consequence}. Record and "
-            "approve more trajectories.",
-            param_hint="--store",
+            "approve more trajectories" + (" of it, or choose another --app." if app is not None else "."),
+            param_hint="--app" if app is not None else "--store",
         )
     return typer.BadParameter(
-        f"a share of {share:g} holds out all {held} approved trajectories with tool calls: {consequence}. Hold out a smaller "
-        "share (e.g. --held-out 0.2) or record and approve more trajectories.",
+        f"a share of {share:g} holds out all {held} approved trajectories with tool calls{of_app}: {consequence}. Hold out a "
+        "smaller share (e.g. --held-out 0.2) or record and approve more trajectories.",
         param_hint="--held-out",
     )
 

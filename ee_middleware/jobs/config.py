@@ -58,8 +58,10 @@ from ee_middleware._toml import (
     layered_values,
     named_path,
     naming_file,
+    not_blank,
     read_toml,
     read_toml_table,
+    stripped_not_blank,
 )
 from ee_middleware.errors import ConfigError, EEError, MissingSettingError
 from ee_middleware.jobs.runs import same_place, sha256_json
@@ -170,14 +172,6 @@ class Serving(BaseModel):
     """Seconds per request to the servers (evaluation requests included)."""
 
 
-def _not_blank(value: Any) -> Any:
-    """A setting given as empty or blank text is refused: read as a path it was the working directory (or a folder named
-    " "), where the job then made its runs or its registry (``--runs "$RUNS_DIR"`` with the variable unset)."""
-    if isinstance(value, str) and not value.strip():
-        raise ValueError(f"{value!r} is empty or blank: give it a value (an unset variable in the command or the file?)")
-    return value
-
-
 def absolute_path(value: Any) -> Any:
     """A local path made absolute against the working directory (``~`` expanded); other values (specs such as
     ``NAME:LOCATION``, ``s3://...``) as written. ``local:PATH`` keeps its prefix."""
@@ -193,7 +187,7 @@ def absolute_path(value: Any) -> Any:
 
 
 def _absolute_store(value: Any) -> Any:
-    spec = store_config_value(_not_blank(value))
+    spec = store_config_value(not_blank(value))
     return absolute_path(spec) if isinstance(spec, Path) else spec
 
 
@@ -231,11 +225,11 @@ class ImproveConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     store: Annotated[Path | str, BeforeValidator(_absolute_store)]
-    app: Annotated[str, BeforeValidator(lambda value: _not_blank(value).strip() if isinstance(value, str) else value)] = Field(min_length=1)
+    app: Annotated[str, BeforeValidator(stripped_not_blank)] = Field(min_length=1)
     """Learn from this app's approved trajectories (its name without the blanks around it, as capture stores it)."""
-    registry: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
-    runs: Annotated[Path, BeforeValidator(_not_blank), AfterValidator(absolute_path)]
-    base_model: Annotated[str, BeforeValidator(_not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
+    registry: Annotated[str, BeforeValidator(not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
+    runs: Annotated[Path, BeforeValidator(not_blank), AfterValidator(absolute_path)]
+    base_model: Annotated[str, BeforeValidator(not_blank), AfterValidator(absolute_path)] = Field(min_length=1)
     """A save_pretrained folder or a .gguf file; must be the base of the app's live adapter, if any."""
     alias: str | None = None
     """The app's name in the registry and at the router (default: ``app``)."""

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds
+from ee_middleware._toml import build_with_required, finite_seconds, not_blank, stripped_not_blank
 from ee_middleware.replay.curriculum import DEFAULT_APP
 from ee_middleware.store.registry import store_config_value
 
@@ -51,7 +51,7 @@ class CurriculumRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tasks: Path
+    tasks: Annotated[Path, BeforeValidator(not_blank)]
     """``tasks.jsonl`` from ``ee curriculum propose``."""
     policy: str
     """The policy to roll out: ``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
@@ -70,7 +70,7 @@ class CurriculumRunConfig(BaseModel):
     """Rollouts per task."""
     approve_if: str | None = None
     """``module:function(trajectory) -> bool``: the kept trajectories it accepts are approved, the others stay pending."""
-    app: str = DEFAULT_APP
+    app: Annotated[str, BeforeValidator(stripped_not_blank)] = Field(DEFAULT_APP, min_length=1)
     """The app to store the trajectories of tasks that name none under."""
     timeout_s: Annotated[float, finite_seconds("per request to the policy and the judge", "120, or 3600")] = Field(60.0, gt=0)
     """Seconds per request to an ``openai:`` policy or judge."""

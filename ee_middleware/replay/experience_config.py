@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds, named_path
+from ee_middleware._toml import build_with_required, finite_seconds, named_path, not_blank
 from ee_middleware.replay.retrieval import DEFAULT_RETRIEVER, DEFAULT_TOP_K
 from ee_middleware.store.registry import store_config_value
 
@@ -95,12 +95,24 @@ class ExperienceEvalConfig(_HeldOutSplitSettings):
         return _load(cls, path, EVAL_TABLE, "experience eval", overrides, needed={"model": "--model", "store": "--store"})
 
 
+TEMPLATE_TEACHER = "template"
+"""The teacher that writes each em row's reasoning from a template (no model)."""
+
+
+def _teacher_spec(value: Any) -> Any:
+    """``teacher`` as given, but :data:`TEMPLATE_TEACHER` however it is spelt or spaced (``Template``, `` template``:
+    read as a model spec it was an unknown model client "template", the very word the accepted forms leave out)."""
+    if isinstance(value, str) and value.strip().lower() == TEMPLATE_TEACHER:
+        return TEMPLATE_TEACHER
+    return not_blank(value)
+
+
 class ExperienceDatasetConfig(_HeldOutSplitSettings):
     """Everything ``ee experience dataset`` needs (its ``[experience_dataset]`` table)."""
 
     out: Annotated[Path, named_path("the output folder")]
     """Folder for ``em.parquet``."""
-    teacher: str = "template"
+    teacher: Annotated[str, BeforeValidator(_teacher_spec)] = TEMPLATE_TEACHER
     """Who writes the reasoning: ``template``, ``local:DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
     top_k: int = Field(DEFAULT_TOP_K, ge=0)
     """Retrieved real transitions in each prompt."""

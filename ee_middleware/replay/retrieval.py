@@ -435,13 +435,29 @@ def build_retriever(spec: str | Retriever | None = None, **options: Any) -> Retr
     return RETRIEVERS.build(spec, **options)
 
 
+def bm25_parameters(k1: Any, b: Any) -> tuple[float, float]:
+    """BM25's ``k1`` (term-frequency saturation: a finite number, 0 or more) and ``b`` (length normalisation: from 0 to
+    1), as floats; a ``ValueError`` saying which is wrong otherwise. Out of range they give no error but a nonsense
+    ranking (``b`` above 1 or ``k1`` below 0 turn scores negative) or a division by zero, after the work that
+    preceded the first search."""
+    problems = []
+    for name, value, low, high in (("k1", k1, 0.0, math.inf), ("b", b, 0.0, 1.0)):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not low <= value <= high:
+            wanted = "a finite number, 0 or more (1.2 to 2 is usual)" if name == "k1" else "a number from 0 to 1 (0.75 is usual)"
+            problems.append(f"{name} must be {wanted}, not {value!r}")
+    if problems:
+        raise ValueError("; ".join(problems) + " (e.g. --retriever-setting k1=1.5 --retriever-setting b=0.75)")
+    return float(k1), float(b)
+
+
 class BM25Retriever:
     """Okapi BM25 on an inverted index, grown incrementally, no dependency (the ``bm25`` built-in)."""
 
     name = "bm25"
 
     def __init__(self, k1: float = 1.5, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
+        self.k1, self.b = bm25_parameters(k1, b)
         self._postings: dict[str, dict[int, int]] = {}
         self._lengths: list[int] = []
         self._total = 0
@@ -489,7 +505,7 @@ class BM25SRetriever:
         logger = logging.getLogger("bm25s")
         if logger.level == logging.DEBUG:  # bm25s sets DEBUG when imported: its 'Building index' lines went to stderr
             logger.setLevel(logging.NOTSET)  # the application's logging decides (ee: warnings, -v for info)
-        self.k1, self.b = k1, b
+        self.k1, self.b = bm25_parameters(k1, b)
         self._docs: list[list[str]] = []
         self._model: Any = None
         self.rebuilds = 0

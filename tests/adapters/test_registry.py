@@ -534,3 +534,18 @@ def test_a_registry_that_lost_its_index_after_one_register_is_not_started_over(t
     (tmp_path / "reg" / "index.json").unlink()
     with pytest.raises(RegistryCorruptionError, match=r"holds a history of 1 action \(history.jsonl\) and 1 adapter copy"):
         LocalAdapterRegistry(tmp_path / "reg").register(write_adapter(tmp_path / "b", seed=2), "bot")
+
+
+def test_a_history_event_holding_a_line_separator_reads_back_whole(tmp_path: Path) -> None:
+    """A server's refusal kept as the reason of a failed adapter may hold U+2028 (written unescaped, as JSON Lines
+    allow). Was: ``str.splitlines`` cut its line in two, both halves skipped as damaged, the event lost."""
+    import warnings
+
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    record = reg.register(write_adapter(tmp_path / "a"), "bot")
+    reg.mark_failed(record.name, "the server said:\u2028load failed\x85twice")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoreCorruptionWarning)
+        events = reg.history(adapter=record.name)
+    assert [e["action"] for e in events] == ["register", "fail"]
+    assert events[-1]["reason"] == "the server said:\u2028load failed\x85twice"

@@ -155,3 +155,26 @@ def test_a_fidelity_report_of_another_app_is_refused_for_this_apps_replay() -> N
     assert load_fidelity(report) == {"get": 0.9} and load_fidelity({**report, "app": None}, app="shop") == {"get": 0.9}
     with pytest.raises(SandboxError, match=r"measured the app 'support-bot', not 'shop'.*ee experience eval --app shop"):
         load_fidelity(report, app="shop")
+
+
+@pytest.mark.parametrize(("command", "written"), [("eval", "report.json"), ("dataset", "em.parquet")])
+def test_a_folder_where_a_command_writes_its_file_is_refused_before_any_work(
+    bfcl_store_path: Path, tmp_path: Path, command: str, written: str
+) -> None:
+    """Sweep: OUT/report.json (OUT/em.parquet) a folder. Was: refused once every prediction (every row) was made, with the
+    advice to write "a file inside that folder (such as OUT/report.json/NAME)", a name the user cannot choose."""
+    out = tmp_path / "out"
+    (out / written).mkdir(parents=True)
+    with served(copy_first_example) as model:
+        args = (
+            _eval_args(model, bfcl_store_path, out)
+            if command == "eval"
+            else ["experience", "dataset", "--store", str(bfcl_store_path), "--out", str(out)]
+        )
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+        assert not model.requests
+    said = " ".join(result.output.replace("│", " ").split())
+    assert (
+        result.exit_code == 2 and f"Invalid value for --out: {out / written} is a folder, where this command writes its {written}" in said
+    ), said
+    assert "move that folder away, or choose another output folder" in said and (out / written).is_dir()

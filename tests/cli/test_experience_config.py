@@ -227,3 +227,38 @@ def help_entries(output: str) -> dict[str, str]:
         else:
             name = ""
     return entries
+
+
+def test_a_retriever_named_by_flag_is_not_given_the_settings_of_the_files_retriever(tmp_path: Path) -> None:
+    """Sweep: ``[experience_dataset] retriever = <plug-in>`` with its ``retriever_settings``, run with ``--retriever bm25``.
+    Was: "bm25 takes no option min_shared", which named neither the file nor the retriever the options were for. The
+    file's settings are left out with a warning; settings given with the flag, or for the same retriever, are kept."""
+    from ee_middleware.replay.experience_config import ExperienceDatasetConfig
+
+    config = tmp_path / "em.toml"
+    config.write_text(
+        f'[experience_dataset]\nstore = "{tmp_path}"\nout = "{tmp_path / "em"}"\nretriever = "{SPEC}"\n[experience_dataset.retriever_settings]\nmin_shared = 2\n'
+    )
+    with pytest.warns(
+        UserWarning,
+        match=rf"retriever_settings in \[experience_dataset\] of {config} are for the retriever '{SPEC}', not for 'bm25'.*--retriever-setting",
+    ):
+        flagged = ExperienceDatasetConfig.load(config, retriever="bm25")
+    assert (flagged.retriever, flagged.retriever_settings) == ("bm25", {})
+    with pytest.warns(UserWarning, match=r"are for the retriever .*SharedWords', not for 'bm25'"):
+        both = ExperienceDatasetConfig.load(config, retriever="bm25", retriever_settings={"k1": 1.2})
+    assert both.retriever_settings == {"k1": 1.2}, "the flag's settings alone: not merged into the other retriever's"
+    assert ExperienceDatasetConfig.load(config, retriever=f" {SPEC}").retriever_settings == {"min_shared": 2}
+    config.write_text(
+        f'[experience_dataset]\nstore = "{tmp_path}"\nout = "{tmp_path / "em"}"\n[experience_dataset.retriever_settings]\nk1 = 1.2\n'
+    )
+    with pytest.warns(UserWarning, match=r"are for the retriever 'bm25', not for"):  # (the file's: the default one)
+        assert ExperienceDatasetConfig.load(config, retriever=SPEC).retriever_settings == {}
+
+
+@pytest.mark.parametrize("spelt", ["Template", " template", "TEMPLATE "])
+def test_the_template_teacher_is_taken_however_it_is_spelt(tmp_path: Path, spelt: str) -> None:
+    """Sweep: ``--teacher Template`` was "Unknown model client 'template'", with a list of accepted forms that left it out."""
+    from ee_middleware.replay.experience_config import TEMPLATE_TEACHER, ExperienceDatasetConfig
+
+    assert ExperienceDatasetConfig.load(None, store=str(tmp_path), out=tmp_path / "em", teacher=spelt).teacher == TEMPLATE_TEACHER

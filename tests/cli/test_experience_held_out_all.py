@@ -79,3 +79,23 @@ def test_with_one_approved_trajectory_it_is_held_out_and_no_dataset_trains_on_it
     said = _said(result.output)
     assert "the store has one approved trajectory with tool calls, and one is always held out" in said, said
     assert not (tmp_path / "em" / "em.parquet").exists()
+
+
+def test_with_one_approved_trajectory_of_the_app_asked_for_the_app_is_named_not_the_store(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Sweep: a store of several approved trajectories, one of them of app B. Was: ``--app B`` was told "Invalid value for
+    --store: the store has one approved trajectory with tool calls", which is false of the store."""
+    from ee_middleware.store.local import LocalExperienceStore
+
+    source = LocalExperienceStore(bfcl_store_path)
+    first, *others = list(source.iter_trajectories(status="approved"))
+    source.close()
+    store = LocalExperienceStore(tmp_path / "store", create=True)
+    store.write([first.model_copy(update={"app": "app-b"}), *others])
+    store.approve([first.id, *(t.id for t in others)], by="test")
+    store.close()
+    args = ["experience", "dataset", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "em"), "--app", "app-b"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    said = _said(result.output)
+    assert "Invalid value for --app: the app 'app-b' has one approved trajectory with tool calls" in said, said
+    assert "or choose another --app" in said and "the store has" not in said, said

@@ -406,7 +406,7 @@ def test_a_tasks_line_whose_tools_are_not_named_schemas_is_named(tools: Any) -> 
 
     line = json.dumps({"id": "a", "instruction": "i", "tools": tools})
     with pytest.raises(ConfigError, match=r"tasks line 2: 'tools' is not a list of tool schemas, each with a name .*ee curriculum propose"):
-        read_tasks(['{"id": "ok", "instruction": "i", "tools": []}', line])
+        read_tasks('{"id": "ok", "instruction": "i", "tools": []}\n' + line)
 
 
 @pytest.mark.parametrize(
@@ -422,7 +422,7 @@ def test_a_tasks_line_whose_instruction_or_id_is_no_text_is_named_before_any_rol
     with pytest.raises(
         ConfigError, match=rf"tasks line 2: '{key}' is .*, not a non-empty string \(write tasks with 'ee curriculum propose'\)"
     ):
-        read_tasks(['{"id": "ok", "instruction": "i", "tools": []}', line])
+        read_tasks('{"id": "ok", "instruction": "i", "tools": []}\n' + line)
 
 
 def test_a_final_answer_that_starts_like_json_after_a_readable_call_is_judged_and_stored(
@@ -527,6 +527,6 @@ def test_curriculum_propose_writes_only_named_tool_schemas_so_run_reads_its_task
     args = ["curriculum", "propose", "--from", str(results.parent), "--model", f"openai:{writer.base_url}#w", "--store", str(store_path)]
     result = runner.invoke(app, [*args, "--n", "1", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    [task] = read_tasks(out.read_text().splitlines())  # was: ConfigError "'tools' is not a list of tool schemas, each with a name"
+    [task] = read_tasks(out.read_text())  # was: ConfigError "'tools' is not a list of tool schemas, each with a name"
     assert task["tools"] == expert.tools and all(tool_schema_name(t) is not None for t in task["tools"])
     assert "None" not in json.dumps(writer.requests), "the writer is shown the named tools only"

@@ -131,3 +131,27 @@ def test_another_harness_run_json_beside_its_results_jsonl_is_read_as_it_is(tmp_
     assert read_results(tmp_path / JOURNAL) == read_results(tmp_path) == rows
     pl.DataFrame(rows).write_parquet(tmp_path / RESULTS)
     assert read_results(tmp_path / RESULTS) == read_results(tmp_path) == rows
+
+
+def test_a_results_jsonl_holding_a_line_separator_in_a_string_or_written_as_utf16_is_read_whole(tmp_path: Path) -> None:
+    """Sweep: ``str.splitlines`` cut a row at U+2028 ("not JSON"), and a UTF-16 file (PowerShell's ``>``) was
+    "unexpected UnicodeDecodeError ... a bug in ee-middleware"."""
+    rows = [
+        {"suite": "mine", "task_id": "a\u2028b", "trial": 0, "success": True},
+        {"suite": "mine", "task_id": "c", "trial": 0, "success": False},
+    ]
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (tmp_path / JOURNAL).write_text(text, encoding="utf-8")
+    assert read_results(tmp_path / JOURNAL) == rows
+    (tmp_path / JOURNAL).write_bytes(text.encode("utf-16"))
+    assert read_results(tmp_path) == rows
+    (tmp_path / JOURNAL).write_bytes(text.replace("\u2028", "\xe9").encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"results.jsonl is not UTF-8 text \(byte 0xe9 at offset 31 is not\)"):
+        read_results(tmp_path)
+
+
+def test_a_damaged_results_parquet_is_refused_naming_the_file(tmp_path: Path) -> None:
+    """Sweep: polars' ComputeError named no file and was told as "a bug in ee-middleware"."""
+    (tmp_path / RESULTS).write_bytes(b"PAR1 cut short")
+    with pytest.raises(ConfigError, match=rf"Cannot read the results {tmp_path / RESULTS}: .*run that eval again"):
+        read_results(tmp_path / RESULTS)

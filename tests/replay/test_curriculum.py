@@ -256,7 +256,7 @@ def test_a_tasks_line_that_is_not_an_object_is_named() -> None:
     from ee_middleware.evals.curriculum import read_tasks
 
     with pytest.raises(ConfigError, match="tasks line 2: a JSON int, not a task object"):
-        read_tasks(['{"id": "a", "instruction": "i", "tools": []}', "5"])
+        read_tasks('{"id": "a", "instruction": "i", "tools": []}\n5')
 
 
 def test_curriculum_run_keeps_no_rollout_whose_observations_an_experience_model_wrote(

@@ -386,3 +386,28 @@ def test_tied_transitions_come_back_in_the_same_order_whatever_order_they_were_i
         index.add([transition(i) for i in order])
         found.append([t.id for t in index.search("weather", {"city": "Paris"}, k=3)])
     assert found[0] == found[1] == ["t0", "t1", "t2"]
+
+
+@pytest.mark.parametrize("spec", ["bm25", "bm25s"])
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"k1": "abc"}, r"k1 must be a finite number, 0 or more \(1\.2 to 2 is usual\), not 'abc'"),
+        ({"b": None}, r"b must be a number from 0 to 1 \(0\.75 is usual\), not None"),
+        ({"k1": -1, "b": 0}, r"k1 must be a finite number, 0 or more .*, not -1 \("),
+        ({"k1": -5, "b": 7}, r"k1 must be .*, not -5; b must be a number from 0 to 1 .*, not 7 \(e\.g\. --retriever-setting k1=1\.5"),
+        ({"k1": float("inf")}, r"k1 must be .*, not inf"),
+        ({"b": True}, r"b must be .*, not True"),
+    ],
+)
+def test_bm25_settings_out_of_range_are_refused_when_the_retriever_is_built(spec: str, options: dict, expected: str) -> None:
+    """Sweep: ``k1=abc`` failed at the first search ("unexpected TypeError ... a bug in ee-middleware"), after an eval's
+    whole no-retrieval variant had run; ``k1=-1 b=0`` divided by zero there; ``k1=-5 b=7`` ranked nonsense, and was
+    recorded as the settings the report's retrieval ran with."""
+    with pytest.raises(SandboxError, match=rf"Bad settings for retriever '{spec}': {expected}"):
+        build_retriever(spec, **options)
+
+
+def test_bm25_settings_in_range_are_kept_as_floats() -> None:
+    retriever = build_retriever("bm25", k1=0, b=1)
+    assert (retriever.k1, retriever.b) == (0.0, 1.0) and isinstance(retriever.k1, float)
