@@ -83,7 +83,7 @@ from ee_middleware.adapters.errors import (
     ServingError,
 )
 from ee_middleware.adapters.records import AdapterRecord, Status, check_registered_files
-from ee_middleware.adapters.registry import AdapterRegistry
+from ee_middleware.adapters.registry import AdapterRegistry, base_not_told_apart
 from ee_middleware.adapters.serving.backend import ServingBackend, Verification, rank_advice
 from ee_middleware.adapters.serving.rendering import RenderingCheck, check_rendering, trained_rendering
 from ee_middleware.errors import as_sentence
@@ -524,7 +524,10 @@ def _check_servable(registry: AdapterRegistry, record: AdapterRecord) -> None:
     if live_name is None or live_name == record.name:
         return
     live = registry.get(live_name)
-    if not same_base(live.base_model, record.base_model):  # (copies of one model are one base)
+    same = same_base(live.base_model, record.base_model)  # (copies of one model are one base)
+    if same is None:
+        raise BaseModelMismatchError(base_not_told_apart(record.name, record.base_model, record.app, live.name, live.base_model))
+    if not same:
         raise BaseModelMismatchError(
             f"{record.name} was trained on base model {record.base_model}, but {record.app}'s live adapter {live.name} runs on "
             f"{live.base_model}; the servers hold only that base, so {record.name} cannot be served there. Train on "
@@ -735,6 +738,17 @@ def _rollback(
     registry: AdapterRegistry, app: str, replicas: Sequence[ServingBackend], *, by: str | None, say: Progress | None, started: float
 ) -> SwitchResult:
     target = registry.rollback_target(app)
+    if not replicas and "://" not in target.path:  # (--registry-only) a server that starts loads the live adapter from these files
+        label = _registry_label(registry)
+        check_registered_files(
+            target,
+            label,
+            fix=(
+                f"A server that starts would load it from those files. Nothing was switched: {app} still serves "
+                f"{registry.resolve(app) or 'the base model'}. Restore its folder from a backup, or retire it (ee adapters retire "
+                f"{target.name} -r {label}) and roll back again: the rollback then goes to the live adapter before it."
+            ),
+        )
     listed: dict[str, list[str]] = {}
     for replica in replicas:  # every replica answers before the rendering notes, which would blame a setup it did not say
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -30,6 +31,9 @@ CONFIG_FILE = "adapter_config.json"
 MANIFEST_FILE = "manifest.json"
 HASH_CHARS = 8
 APP_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ADAPTER_NAME = re.compile(rf"(?P<app>.+)-v(?P<version>[0-9]+)-(?P<hash>[0-9a-f]{{{HASH_CHARS}}})")
+"""The form of every adapter's name (:func:`adapter_name`): an app's name of this form is refused, the served name of
+the app would be that of an adapter (a request for it routed to the app's live adapter)."""
 
 
 class Status(StrEnum):
@@ -128,6 +132,13 @@ def check_app_name(app: str) -> str:
         raise RegistryError(
             f"Bad app name {app!r}: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit "
             "(it becomes part of every adapter name and of the served model name), e.g. --app support-bot."
+        )
+    named = ADAPTER_NAME.fullmatch(app)
+    if named is not None:  # the app's served name (its alias) would be an adapter's: requests for one reach the other
+        raise RegistryError(
+            f"Bad app name {app!r}: it has the form of an adapter's name (APP-vN-HASH), and the app's served name would be "
+            f"taken for that adapter's, so requests naming the adapter would reach the app's live adapter. Is it an "
+            f"adapter's name pasted as the app? Then its app is {named['app']!r} (--app {named['app']}); else name the app another way."
         )
     return app
 
@@ -364,9 +375,9 @@ def _check_weights(path: Path) -> list[str]:
                 raise ValueError(f"header length {size} does not fit a {total}-byte file")
             header = json.loads(fh.read(size))
             tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-            end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
-            if not tensors or 8 + size + end > total:
-                raise ValueError("the tensors it lists run past the end of the file" if tensors else "it holds no tensors")
+            if not tensors:
+                raise ValueError("it holds no tensors")
+            _check_layout(tensors, total - 8 - size)
             not_finite = [name for name, info in tensors.items() if _holds_non_finite(fh, 8 + size, info)]
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise AdapterFilesError(f"{path} is not a valid safetensors file ({exc}). The adapter is damaged: train it again.") from exc
@@ -378,6 +389,49 @@ def _check_weights(path: Path) -> list[str]:
             "greedy requests with nothing and fail every sampled one. Train it again (a lower learning rate, bf16 or fp32)."
         )
     return list(tensors)
+
+
+_DTYPE_BITS = {
+    **dict.fromkeys(("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0"), 8),
+    **dict.fromkeys(("U16", "I16", "F16", "BF16"), 16),
+    **dict.fromkeys(("U32", "I32", "F32"), 32),
+    **dict.fromkeys(("U64", "I64", "F64", "C64"), 64),
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}
+"""Bits per element of each dtype a safetensors header may name (the format's own list)."""
+
+
+def _check_layout(tensors: dict[str, Any], data_bytes: int) -> None:
+    """The tensors of a safetensors header as the format requires them, which safetensors checks when a server loads
+    the file: each a known dtype, a shape of sizes, and a byte range that holds exactly its elements; the ranges one
+    after another from the start of the data to its end (``data_bytes``), with no gap, overlap or byte left over. A
+    ``ValueError`` naming the first tensor that breaks it (its server load would fail, the adapter marked failed)."""
+    spans = []
+    for name, info in tensors.items():
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        bits = _DTYPE_BITS.get(dtype) if isinstance(dtype, str) else None
+        if bits is None:
+            raise ValueError(f"tensor {name!r} has dtype {dtype!r}, which is not a safetensors dtype")
+        if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+            raise ValueError(f"tensor {name!r} has shape {shape!r}, not a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets) and 0 <= offsets[0] <= offsets[1]):
+            raise ValueError(f"tensor {name!r} has data_offsets {offsets!r}, not [start, end] with start <= end")
+        elements = math.prod(shape)
+        if elements * bits != (offsets[1] - offsets[0]) * 8:
+            raise ValueError(
+                f"tensor {name!r} of shape {shape} and dtype {dtype} takes {elements * bits / 8:g} bytes, but its data_offsets "
+                f"{offsets} give it {offsets[1] - offsets[0]}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    at = 0
+    for start, end, name in sorted(spans):
+        if start != at:
+            raise ValueError(f"tensor {name!r} starts at byte {start} of the data, not at {at}, where the one before it ends")
+        at = end
+    if at != data_bytes:
+        raise ValueError(f"the tensors it lists end at byte {at} of the data, but the file holds {data_bytes} bytes of data")
 
 
 def _all_set(mask: int) -> bytes:

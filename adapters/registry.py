@@ -58,6 +58,7 @@ from ee_middleware.adapters.errors import (
     RegistryNotFoundError,
 )
 from ee_middleware.adapters.records import (
+    ADAPTER_NAME,
     AdapterFiles,
     AdapterRecord,
     Status,
@@ -162,6 +163,11 @@ class LocalAdapterRegistry:
     """
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, wait_s: float | None = None) -> None:
+        if not os.fspath(root).strip():  # Path("") is the working folder: a registry made in a checkout, unasked
+            raise ConfigError(
+                f"The adapter registry {os.fspath(root)!r} is empty or blank: name the registry's folder (-r PATH, local:PATH, "
+                "NAME:LOCATION for a plug-in, or package.module:factory; EE_ADAPTER_REGISTRY). An unset variable in the command?"
+            )
         self.root = Path(root).expanduser().resolve()
         self._wait_s = None if wait_s is None else max(0.0, wait_s)
         self._apps_cache: tuple[tuple[Any, ...], dict[str, dict[str, Any]] | RegistryError] | None = None
@@ -287,6 +293,7 @@ class LocalAdapterRegistry:
                 if data["app"] == app and data["content_hash"] == files.content_hash:
                     return self._registered_again(index, data, files, by=by, on_restore=on_restore)
             self._check_base(index, app, files.base_model, str(files.path))
+            self._remove_crash_leftovers(index)
             version = index["apps"].get(app, {}).get("versions", 0) + 1
             name = adapter_name(app, version, files.content_hash)
             copy = self._copy_in(files.path, name, files.weights_file, files.content_hash)
@@ -493,11 +500,34 @@ class LocalAdapterRegistry:
         if live is None or live == what:
             return
         live_base = index["adapters"][live]["base_model"]
-        if not same_base(live_base, base):  # (two copies of one model, e.g. one GGUF dequantized in two caches, are one base)
+        same = same_base(live_base, base)  # (two copies of one model, e.g. one GGUF dequantized in two caches, are one base)
+        if same is None:  # (a hub id against a folder: the same model downloaded, as likely as another one)
+            raise BaseModelMismatchError(base_not_told_apart(what, base, app, live, live_base))
+        if not same:
             raise BaseModelMismatchError(
                 f"{what} was trained on base model {base}, but {app}'s live adapter {live} runs on {live_base}; the servers "
                 f"hold only that base. Train on {live_base}, or register it under another app."
             )
+
+    def _remove_crash_leftovers(self, index: dict[str, Any]) -> None:
+        """(Under the writers' lock.) Remove what a register killed before its index entry was written left in the copies'
+        folder: its partial copy (``.NAME.partial-PID``: no other writer copies now), and a whole copy of a version the
+        index never counted (``APP-vN-HASH`` with N above the app's versions), which a later register of the app numbers
+        alike (the copy of other weights under that version's name then stood beside it for good)."""
+        for folder in self.leftover_copies(index):
+            named = ADAPTER_NAME.fullmatch(folder.name)
+            if folder.name.startswith(".") or (named and int(named["version"]) > index["apps"].get(named["app"], {}).get("versions", 0)):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def leftover_copies(self, index: dict[str, Any] | None = None) -> list[Path]:
+        """The folders among the registry's copies that no adapter of the index names: partial copies and whole ones a
+        register killed before its index entry was written left (the next register removes those it can tell are; a
+        folder put there by hand is only listed)."""
+        folder = self.root / _COPIES
+        if not folder.is_dir():
+            return []
+        named = (index if index is not None else self._read_index())["adapters"]
+        return sorted(entry for entry in folder.iterdir() if entry.is_dir() and entry.name not in named)
 
     def _copy_in(self, source: Path, name: str, weights_file: str, expected_hash: str) -> Path:
         target = self.root / _COPIES / name
@@ -824,6 +854,19 @@ def imports_code(spec: str | os.PathLike[str]) -> bool:
     if not sep or name == "local" or name in REGISTRIES.installed():
         return False
     return bool(FACTORY_SPEC.match(text)) and not Path(text).expanduser().is_dir()
+
+
+def base_not_told_apart(what: str, base: str, app: str, live: str, live_base: str) -> str:
+    """The refusal of ``what`` (a folder or an adapter), trained on ``base``, where :func:`same_base` cannot tell whether
+    that is the model ``app``'s live adapter ``live`` runs on (``live_base``): a hub id against a folder, or folders
+    that are not on this machine. The servers hold one base; a guess either way could serve an adapter on another."""
+    return (
+        f"{what} was trained on base model {base}, and {app}'s live adapter {live} runs on {live_base}: whether they are the "
+        "same model cannot be told from the names (a hub id against a folder, or folders not on this machine), and the "
+        f"servers hold only {live_base}. If {base} holds that very model (a download of it), set base_model_name_or_path "
+        f"in the adapter's adapter_config.json to {live_base} and register it again; else train on {live_base}, or register "
+        "it under another app."
+    )
 
 
 def open_registry(spec: str | os.PathLike[str] | AdapterRegistry, *, create: bool = True) -> AdapterRegistry:

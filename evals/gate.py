@@ -137,7 +137,9 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
-    """95% CI for p1 - p2 with p1 = (a+b)/n (candidate) and p2 = (a+c)/n (baseline), paired (Newcombe method 10)."""
+    """95% CI for p1 - p2 with p1 = (a+b)/n (candidate) and p2 = (a+c)/n (baseline), paired (Newcombe method 10, with
+    its continuity-corrected correlation: ad - bc less n/2 where it exceeds n/2, 0 where it lies from 0 to n/2; as
+    Newcombe 1998 and biostatUZH's ``confIntPairedProportion`` compute it)."""
     n = a + b + c + d
     if n == 0:
         return -1.0, 1.0
@@ -145,7 +147,9 @@ def newcombe_paired(a: int, b: int, c: int, d: int) -> tuple[float, float]:
     l1, u1 = wilson(a + b, n)
     l2, u2 = wilson(a + c, n)
     denominator = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(denominator) if denominator else 0.0
+    cross = a * d - b * c
+    corrected = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+    phi = corrected / math.sqrt(denominator) if denominator else 0.0
     delta = p1 - p2
     low = delta - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     high = delta + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))

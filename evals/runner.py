@@ -130,6 +130,7 @@ def run_eval(job: EvalJob, *, progress: Progress | None = None) -> list[dict[str
     # nor does a suite whose tasks cannot be loaded (a typo'd traces: store, a split whose ids it lacks, a tau loader raising)
     tasks = {spec: suite.tasks() for spec, suite in suites.items()}
     _warn_turns_beyond_the_step_limit(suites, tasks, job.loop_config())
+    _warn_fewer_tasks_than_asked(suites, tasks)
     worker = _Worker(job)  # nor a model spec that cannot be built (a typo'd local: folder, a missing factory)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +144,19 @@ def answers_to_follow(reference: list[Message]) -> int:
     """The model answers a turn takes when each answer with calls is one of its ``reference`` messages (as the oracle
     answers), then a reply: what a model that makes the ground truth's calls one answer at a time needs."""
     return sum(1 for message in reference if message.get("tool_calls")) + 1
+
+
+def _warn_fewer_tasks_than_asked(suites: Mapping[str, Any], tasks: Mapping[str, list[EvalTask]]) -> None:
+    """Warn, per suite, where its spec asks for more tasks (``bfcl:multi_turn_base:500``, its ``limit``) than the suite
+    holds: all of them run, fewer than asked, which a report compared with another run's would not say."""
+    for spec, suite in suites.items():
+        limit = getattr(suite, "limit", None)
+        if isinstance(limit, int) and len(tasks[spec]) < limit:
+            warnings.warn(
+                f"ee eval: the suite {spec} asks for {limit} tasks, but {suite.name} holds {len(tasks[spec])}: all {len(tasks[spec])} run.",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _warn_turns_beyond_the_step_limit(suites: Mapping[str, Any], tasks: Mapping[str, list[EvalTask]], base: LoopConfig) -> None:

@@ -243,6 +243,13 @@ def list_adapters(
     for name, problem in problems.items():
         if problem:
             typer.secho(f"warning: {name}: {problem}. ee adapters show {name} -r {registry} says how to restore it.", err=True, fg="yellow")
+    for folder in reg.leftover_copies() if callable(getattr(reg, "leftover_copies", None)) else []:
+        typer.secho(
+            f"warning: {folder} is a copy no adapter of the registry names (left by a register that was killed before it "
+            "was recorded): remove it if nobody restores it from there.",
+            err=True,
+            fg="yellow",
+        )
     if held is not None:
         _say_live_not_loaded(records, loaded_on, list(held), urls, registry, backend)
     kept = {name for entry in reg.apps().values() for name in entry.get("previous") or []} if held is not None else set()

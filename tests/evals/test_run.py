@@ -214,3 +214,17 @@ def test_a_server_answer_without_any_message_fails_the_task_and_never_passes_irr
     rows = _rows(tmp_path)
     assert all("holds no message: the response has no choices" in row["reason"] and row["no_answer"] for row in rows)
     assert all(len(json.loads(row["conversation"])) <= 3 for row in rows), "the conversation ended at the empty answer"
+
+
+def test_a_suite_asking_for_more_tasks_than_it_holds_is_warned_of(tmp_path: Path) -> None:
+    """Sweep: ``bfcl:multi_turn_base:500`` ran the category's 200 tasks, exited 0 and said nothing."""
+    from ee_middleware.evals.bfcl.suite import BFCLSuite
+    from ee_middleware.evals.runner import _warn_fewer_tasks_than_asked
+
+    asked, exact = BFCLSuite("multi_turn_base", 500), BFCLSuite("multi_turn_base", 3)
+    tasks = {"bfcl:multi_turn_base:500": asked.tasks(), "bfcl:multi_turn_base:3": exact.tasks()}
+    with pytest.warns(
+        UserWarning, match=r"the suite bfcl:multi_turn_base:500 asks for 500 tasks, but bfcl:multi_turn_base holds 200: all 200 run"
+    ) as said:
+        _warn_fewer_tasks_than_asked({"bfcl:multi_turn_base:500": asked, "bfcl:multi_turn_base:3": exact}, tasks)
+    assert len(said) == 1, [str(w.message) for w in said]
