@@ -29,7 +29,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.clock import now_ns
-from ee_middleware.capture.direct_spans import DirectTracer, RootIds
+from ee_middleware.capture.direct_spans import DirectSpan, DirectTracer, RootIds
 from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
 from ee_middleware.errors import CaptureError, ConfigError, RedactFnError
 from ee_middleware.messages import message_type
@@ -55,8 +55,12 @@ class RunCapture(BaseCallbackHandler):
     ignore_retriever = True
     ignore_custom_event = True
 
-    def __init__(self, recorder: Recorder, trajectory_id: str, parent: Context | None, *, buffered: bool = False) -> None:
+    def __init__(
+        self, recorder: Recorder, trajectory_id: str, parent: Context | None, *, buffered: bool = False, tracer: Any = None
+    ) -> None:
         self.recorder = recorder
+        self.tracer = tracer if tracer is not None else recorder.tracer
+        """What makes the run's call spans: the run's own tracer (``_Run.tracer``)."""
         self.trajectory_id = trajectory_id
         self.raise_error = recorder.strict
         self.parent_context = parent
@@ -540,7 +544,9 @@ class RunCapture(BaseCallbackHandler):
         (:data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`), and its run is not stored as if whole."""
         if failed:
             attrs[sc.EE_CAPTURE_FAILED] = capture_failed(name.partition(" ")[0])
-        span = self.recorder.tracer.start_span(name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start)
+        span = self.tracer.start_span(name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start)
+        if not isinstance(span, DirectSpan):  # the user's provider's span: its limits are not for capture's payloads
+            self.recorder.processor.keep_whole(span, attrs)
         try:
             if error is not None:
                 self._set_error(span, error, end)
@@ -826,6 +832,8 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         if record.nested_outcomes:
             attrs[sc.EE_NESTED_OUTCOMES] = encoder.encode(record.nested_outcomes)
         span.set_attributes(attrs)
+        if not isinstance(span, DirectSpan):  # (as RunCapture._span)
+            recorder.processor.keep_whole(span, attrs)
         exc = record.error
         if exc is not None and record.status == "error":
             span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)

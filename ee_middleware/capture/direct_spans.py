@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from ee_middleware.capture.processor import ExperienceSpanProcessor
 
-__all__ = ["DirectSpan", "DirectTracer", "RootIds", "StandInSpan", "resource_attributes"]
+__all__ = ["DirectSpan", "DirectTracer", "RootIds", "StandInSpan", "cleaned_attributes", "resource_attributes"]
 
 _PLAIN = (str, bool, int, float)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
@@ -194,7 +194,7 @@ class DirectSpan(trace.Span):
         self._parent = parent
         self._start_ns = start_ns
         self._end_ns: int | None = None
-        self._attributes: dict[str, Any] = _cleaned(attributes) if attributes else {}
+        self._attributes: dict[str, Any] = cleaned_attributes(attributes) if attributes else {}
         self._events: list[tuple[str, dict[str, Any], int]] = []
         self._status = Status(StatusCode.UNSET)
         self._lock = threading.Lock()  # a span's end and a late call from another thread: nothing lands after the end
@@ -208,7 +208,7 @@ class DirectSpan(trace.Span):
         return self._end_ns is None
 
     def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        cleaned = _cleaned(attributes)
+        cleaned = cleaned_attributes(attributes)
         with self._lock:
             if self._end_ns is None:
                 self._attributes.update(cleaned)
@@ -217,7 +217,7 @@ class DirectSpan(trace.Span):
         self.set_attributes({key: value})
 
     def add_event(self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None) -> None:
-        event = (name, _cleaned(attributes) if attributes else {}, now_ns() if timestamp is None else timestamp)
+        event = (name, cleaned_attributes(attributes) if attributes else {}, now_ns() if timestamp is None else timestamp)
         with self._lock:
             if self._end_ns is None:
                 self._events.append(event)
@@ -361,7 +361,7 @@ class StandInSpan(NonRecordingSpan):
         return self.get_span_context()
 
 
-def _cleaned(attributes: Mapping[str, Any]) -> dict[str, Any]:
+def cleaned_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
     """``attributes`` as the SDK keeps them (without its limits): plain values as they are, sequences as tuples, other
     values through the SDK's own cleaning; a key that is not a non-empty string is dropped, as the SDK drops it."""
     out: dict[str, Any] = {}

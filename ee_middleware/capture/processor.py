@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import AssemblyOptions, assemble, split_nested
 from ee_middleware.capture.config import env_flag
+from ee_middleware.capture.direct_spans import cleaned_attributes
 from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.spandata import SpanData, from_readable_span
@@ -205,6 +206,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._last_write = 0.0  # when the last write started
         self._flushing = 0
         self._buffers: OrderedDict[str, list[SpanData]] = OrderedDict()
+        self._whole: dict[tuple[int, int], dict[str, Any]] = {}  # (keep_whole) by (trace id, span id), until the span ends
         self._unread: dict[str, _Ancestry] = {}
         """Without ``recorder_id``: per trace with spans buffered, the spans not kept (no GenAI operation) above them."""
         self._jobs: list[tuple[list[SpanData], dict[str, str]]] = []
@@ -241,7 +243,23 @@ class ExperienceSpanProcessor(SpanProcessor):
         parent = span.parent
         # a recorder's spans are kept by their trajectory id: the trace id is read only without one (ingest)
         trace_id = "" if self.recorder_id is not None else f"{span.context.trace_id:032x}"
+        whole = self._whole.pop((span.context.trace_id, span.context.span_id), None) if self._whole else None
+        if whole is not None:  # the values capture gave, not the ones the user's provider cut (keep_whole)
+            data = from_readable_span(span)
+            data = dataclasses.replace(data, attributes={**data.attributes, **cleaned_attributes(whole)})
+            self._keep(data.attributes, trace_id, parent is None or parent.is_remote, data, None)
+            return
         self._keep(span.attributes or {}, trace_id, parent is None or parent.is_remote, span, from_readable_span)
+
+    def keep_whole(self, span: Any, attributes: Mapping[str, Any]) -> None:
+        """Keep the attributes capture gives ``span``, an SDK span of the user's own ``tracer_provider``, as given, to be
+        read back when it ends in place of what the provider kept: its limits (``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``,
+        ``SpanLimits``) are for the user's exporters, and cut the JSON of a run's messages, from which no run can be
+        assembled (such runs were never stored). Called again for the same span, the attributes add up."""
+        context = span.get_span_context()
+        key = (context.trace_id, context.span_id)
+        kept = self._whole.get(key)
+        self._whole[key] = {**kept, **attributes} if kept is not None else dict(attributes)
 
     def on_end_data(self, data: SpanData) -> None:
         """A span made as plain data (:class:`~ee_middleware.capture.direct_spans.DirectTracer`): kept as :meth:`on_end`

@@ -188,6 +188,7 @@ class Recorder:
         else:
             tracer_provider.add_span_processor(self.processor)
             self.tracer = tracer_provider.get_tracer("ee_middleware", __version__)
+        self._unsampled_tracer: DirectTracer | None = None  # (unsampled_tracer)
         self.warned_tool_lists = False  # said once: a run's model calls were offered different tools (RunCapture)
         self.warned_emulated_tools = False  # said once: LLMToolEmulator wrote tool results (RunCapture)
         self.warned_nested_environment = False  # said once: the environment= hook raised for a graph run inside a tool
@@ -469,6 +470,21 @@ class Recorder:
         if self.vault is not None:
             self.vault.close()
 
+    def unsampled_tracer(self) -> DirectTracer:
+        """With the user's own ``tracer_provider``: the tracer of the runs its sampler leaves out, made directly for this
+        recorder's processor (:mod:`~ee_middleware.capture.direct_spans`) with the provider's resource, their roots marked
+        as its sampler decides. Without it such runs were never stored, without a word (their spans reach no processor)."""
+        if self._unsampled_tracer is None:
+            resource = getattr(getattr(self.tracer_provider, "resource", None), "attributes", None)
+            if resource is None:
+                self._unsampled_tracer = direct_tracer(self.config, self.processor)
+            else:
+                sampler = getattr(self.tracer_provider, "sampler", None)
+                self._unsampled_tracer = DirectTracer(
+                    self.processor, dict(resource), sampler if callable(getattr(sampler, "should_sample", None)) else None
+                )
+        return self._unsampled_tracer
+
     # --- one run -------------------------------------------------------------------------------
 
     @contextmanager
@@ -630,6 +646,8 @@ class _Run:
         self.environment = self._environment(graph_input, in_effect, cfg.get("configurable") or {})
         _ready_for_a_run(recorder)  # before the run is in flight, where SIGTERM would have it written
         self.offload = recorder._offload_for_run()
+        self.tracer: Tracer | DirectTracer = recorder.tracer
+        """What makes the run's spans: the recorder's tracer, or for a run the user's sampler left out, a direct one."""
         parent = _outer_run_context()
         CLOCK.run_started()  # its spans' times from now on keep their order whatever the wall clock does (capture.clock)
         try:
@@ -644,8 +662,18 @@ class _Run:
                 self.span = recorder.tracer.start_span(
                     root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=now_ns()
                 )
+                if not self.span.is_recording():
+                    # the user's sampler left it out (ALWAYS_OFF, a ratio, an unsampled request): no processor of theirs,
+                    # ours included, would see its spans. Their exporters see none of it, as they chose; it is recorded
+                    # directly, marked not sampled as their sampler decided (training data is not sampled)
+                    self.tracer = recorder.unsampled_tracer()
+                    self.span = self.tracer.start_span(
+                        root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=now_ns()
+                    )
+                elif recorder.tracer_provider is not None:  # (its limits are for the user's exporters: RunCapture._span)
+                    recorder.processor.keep_whole(self.span, attrs)
             self.context = trace.set_span_in_context(self.span)
-            self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None)
+            self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None, tracer=self.tracer)
             hook = recorder.config.environment
             if callable(hook) and (cfg.get("configurable") or {}).get("ee_environment") is None:
                 self.handler.nested_environment = functools.partial(_hook_environment, hook, graph_input, in_effect)
@@ -700,7 +728,9 @@ class _Run:
         if not self.enabled:
             yield
             return
-        token = otel_context.attach(self.context) if self.recorder.tracer_provider is not None else None
+        # (a run the user's sampler left out is not current either: their spans keep the unsampled parent they have)
+        user_spans = self.recorder.tracer_provider is not None and self.tracer is self.recorder.tracer
+        token = otel_context.attach(self.context) if user_spans else None
         recording = RECORDING.set(self.handler)
         try:
             yield

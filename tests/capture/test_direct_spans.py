@@ -253,3 +253,55 @@ def test_a_root_is_marked_sampled_as_the_global_providers_own_sampler_decides(mo
     child.end()
     root.end()
     assert [s.name for s in collected.spans] == ["chat m", "invoke_agent shop"]  # recorded all the same
+
+
+@pytest.mark.parametrize("unsampled", ["sampler", "request"])
+def test_with_the_users_tracer_provider_a_run_its_sampler_leaves_out_is_stored_and_exported_nowhere(expert_model, tmp_path, unsampled):
+    """Sweep: with ``tracer_provider=``, a run the provider's sampler left out (``ALWAYS_OFF``, a ratio; or a request that
+    came in unsampled, under the default parent-based sampler) made no recording span, so no processor saw it, capture's
+    own included: it was never stored, ``flush()`` said True and nothing was counted. Now it is recorded directly (its
+    trajectory whole, in the request's trace, marked not sampled); the user's exporters still see none of it, and spans
+    their code opens inside it keep the unsampled parent they have (nothing points at a span never exported)."""
+    exporter = InMemorySpanExporter()
+    user_provider = TracerProvider(sampler=ALWAYS_OFF) if unsampled == "sampler" else TracerProvider()
+    user_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    user_tracer = user_provider.get_tracer("user-code")
+    seen: list[Any] = []
+    agent = _agent_with_user_spans(expert_model, user_tracer, tmp_path / "store", "thread", seen, tracer_provider=user_provider)
+    request = trace.NonRecordingSpan(trace.SpanContext(0x5EED, 0xCAFE, is_remote=True, trace_flags=trace.TraceFlags(0)))
+    with trace.use_span(request) if unsampled == "request" else user_tracer.start_as_current_span("request"):
+        parent = trace.get_current_span()
+        agent.invoke(USER_TASK)
+        agent.invoke(USER_TASK)
+    assert agent.flush()
+    agent.recorder.close()
+    stored = _stored(tmp_path / "store")
+    assert len(stored) == 2 and all(t.status == "completed" and len(t.steps) == 3 for t in stored), stored
+    assert {t.trace_id for t in stored} == {f"{parent.get_span_context().trace_id:032x}"}
+    assert exporter.get_finished_spans() == (), "their sampler decides what their exporters see"
+    assert all(span is parent for span in seen), "the current span in a tool is the user's own, as without capture"
+
+
+@pytest.mark.parametrize("limit", ["env", "span_limits"])
+def test_with_the_users_tracer_provider_its_attribute_limits_cut_only_what_their_exporters_get(expert_model, tmp_path, monkeypatch, limit):
+    """Sweep: a provider whose attribute values are cut at N characters (``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``, or
+    ``SpanLimits``) cut the JSON of a run's messages as capture's processor read them: "attribute gen_ai.input.messages
+    is not valid JSON", and the run was not stored. Their exporters get the cut values; the trajectory is whole."""
+    from opentelemetry.sdk.trace import SpanLimits
+
+    if limit == "env":
+        monkeypatch.setenv("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "20")
+    exporter = InMemorySpanExporter()
+    user_provider = TracerProvider(span_limits=SpanLimits(max_attribute_length=20) if limit == "span_limits" else None)
+    user_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = _agent_with_user_spans(
+        expert_model, user_provider.get_tracer("user-code"), tmp_path / "store", "thread", [], tracer_provider=user_provider
+    )
+    agent.invoke(USER_TASK)
+    assert agent.flush()
+    agent.recorder.close()
+    [trajectory] = _stored(tmp_path / "store")
+    assert trajectory.status == "completed" and len(trajectory.steps) == 3
+    assert trajectory.steps[0].state[0]["content"] == USER_TASK["messages"][0][1] and len(USER_TASK["messages"][0][1]) > 20
+    exported = {s.name: s for s in exporter.get_finished_spans()}
+    assert len(exported["invoke_agent shop"].attributes["gen_ai.input.messages"]) == 20, "their exporters get what they asked for"
