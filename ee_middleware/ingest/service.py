@@ -1232,10 +1232,18 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         turn = turns.setdefault((source, step.decision_index), len(turns))
         update: dict[str, Any] = {"trajectory_id": named.id, "index": index, "decision_index": turn}
         call = step.action.tool_call
-        if call is not None and step.observation is None and call.id in replies and replies[call.id][0] > len(step.state):
+        if call is not None and call.id in replies and replies[call.id][0] > len(step.state):
+            # the result as the model was given it (the tool message a later call read), as the whole run's assembly
+            # takes it: a version that read the call's tool span but not that later call kept the span's result (the
+            # text before ToolNode's "Error: ..."), its error flag and cut from the span
             content = replies[call.id][1].get("content", "")
             text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
-            update["observation"] = Observation(content=text).capped(max_chars)
+            given = Observation(content=text).capped(max_chars)
+            if step.observation is None:
+                update["observation"] = given
+            elif step.observation.content != given.content:
+                cut = max(step.observation.truncated_chars, given.truncated_chars)
+                update["observation"] = step.observation.model_copy(update={"content": given.content, "truncated_chars": cut})
         numbered.append(step.model_copy(update=update))
     merged = base.model_copy(
         update={
@@ -1578,6 +1586,11 @@ def _filled_in(
             named = normalize(top).attributes
             run_id = run_trajectory_id(trace_id, top.span_id)
             update["app"] = run_app(named, top.resource, version.app)
+            if version.thread_id is None and named.get(sc.CONVERSATION_ID) not in (None, ""):
+                # the run's thread named on its root alone (read whole, the run takes it from there)
+                redactor = target.options.redactor
+                thread = str(named[sc.CONVERSATION_ID])
+                update["thread_id"] = redactor.redact(thread) if redactor is not None else thread
             update["started_at"] = min(version.started_at, span_time(top.start_ns))
             update["ended_at"] = max(version.ended_at or version.started_at, span_time(top.end_ns))
         completed = version.model_copy(update={"id": run_id, **update}, deep=True)
