@@ -35,6 +35,7 @@ import fcntl
 import getpass
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -44,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ee_middleware._files import atomic_write_text, fsync_dir
+from ee_middleware._files import atomic_write_text, fsync_dir, pid_alive
 from ee_middleware._locks import holder_lock
 from ee_middleware._text import json_lines
 from ee_middleware.adapters.errors import (
@@ -514,20 +515,31 @@ class LocalAdapterRegistry:
         folder: its partial copy (``.NAME.partial-PID``: no other writer copies now), and a whole copy of a version the
         index never counted (``APP-vN-HASH`` with N above the app's versions), which a later register of the app numbers
         alike (the copy of other weights under that version's name then stood beside it for good)."""
-        for folder in self.leftover_copies(index):
+        apps = index["apps"]
+        for folder in self.leftover_copies(index, live_partials=True):
             named = ADAPTER_NAME.fullmatch(folder.name)
-            if folder.name.startswith(".") or (named and int(named["version"]) > index["apps"].get(named["app"], {}).get("versions", 0)):
+            uncounted = named is not None and named["app"] in apps and int(named["version"]) > apps[named["app"]].get("versions", 0)
+            if _PARTIAL_COPY.fullmatch(folder.name) or uncounted:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def leftover_copies(self, index: dict[str, Any] | None = None) -> list[Path]:
-        """The folders among the registry's copies that no adapter of the index names: partial copies and whole ones a
-        register killed before its index entry was written left (the next register removes those it can tell are; a
-        folder put there by hand is only listed)."""
+    def leftover_copies(self, index: dict[str, Any] | None = None, *, live_partials: bool = False) -> list[Path]:
+        """The folders among the registry's copies that no adapter of the index names: partial copies (``.NAME.partial-PID``)
+        and whole ones a register killed before its index entry was written left (the next register removes those it can
+        tell are: a partial copy, a copy of a version of an app the index holds that it never counted; a folder put there
+        by hand is only listed). A partial copy of a process still running (a register copying now) is left out unless
+        ``live_partials`` (under the writers' lock, where none can be)."""
         folder = self.root / _COPIES
         if not folder.is_dir():
             return []
         named = (index if index is not None else self._read_index())["adapters"]
-        return sorted(entry for entry in folder.iterdir() if entry.is_dir() and entry.name not in named)
+        left = []
+        for entry in folder.iterdir():
+            if not entry.is_dir() or entry.name in named:
+                continue
+            partial = _PARTIAL_COPY.fullmatch(entry.name)
+            if partial is None or live_partials or not pid_alive(partial["pid"]):
+                left.append(entry)
+        return sorted(left)
 
     def _copy_in(self, source: Path, name: str, weights_file: str, expected_hash: str) -> Path:
         target = self.root / _COPIES / name
@@ -689,6 +701,8 @@ def _wait_s() -> float:
 
 
 _COPIES = "adapters"
+_PARTIAL_COPY = re.compile(r"\.(?P<name>.+)\.partial-(?P<pid>[0-9]+)")
+"""The name of a copy being made (:meth:`LocalAdapterRegistry._copy_in`): the adapter's, then the copying process's id."""
 """The folder, in a local registry's folder, that holds the registry's copy of each adapter (``adapters/NAME``)."""
 _RESTORE = "Restore index.json from a backup, or correct that entry by hand (history.jsonl lists every action); nothing was changed."
 _RECORD_FIELDS = tuple(

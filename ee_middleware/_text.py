@@ -4,12 +4,13 @@ JSON Lines split where their writers end lines."""
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import AnyStr
 
 from ee_middleware.errors import ConfigError
 
-__all__ = ["json_lines", "read_user_text"]
+__all__ = ["json_lines", "numbered_lines", "read_user_text"]
 
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 """Byte-order marks of the encodings read besides UTF-8 (UTF-32's first: its little-endian mark starts with UTF-16's)."""
@@ -44,10 +45,17 @@ def read_user_text(path: Path, what: str, give: str, utf8_rule: str) -> str:
     return text
 
 
+def numbered_lines(lines: Iterable[AnyStr]) -> Iterator[tuple[int, AnyStr]]:
+    """The non-blank ones of ``lines`` with their numbers (from 1): a binary file's lines as iterating it gives them
+    (ended at ``b"\\n"`` only, as JSON Lines are), or :func:`json_lines`'."""
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            yield number, line
+
+
 def json_lines(text: str) -> Iterator[tuple[int, str]]:
     """The non-blank lines of JSON Lines ``text`` with their numbers (from 1). Lines end at ``"\\n"`` only (a ``"\\r"``
     before it is dropped): ``str.splitlines`` also ends one at U+2028, U+2029 and U+0085, which ``json.dumps(...,
     ensure_ascii=False)`` leaves unescaped inside strings, so a task or a result holding one would be cut in two."""
-    for number, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            yield number, line.removesuffix("\r")
+    for number, line in numbered_lines(text.split("\n")):
+        yield number, line.removesuffix("\r")

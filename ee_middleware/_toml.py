@@ -299,9 +299,20 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         raise ConfigError(message) from None
 
 
+def _part_kind(spec: str) -> str:
+    """What kind of part a spec names, whose settings it takes: a factory (``package.module:factory``) itself; else the
+    name before any ``:`` (``bm25``; ``openai`` of ``openai:URL#MODEL``, whose model or host may change and its
+    settings, an ``api_key`` or a ``timeout_s``, still apply)."""
+    from ee_middleware.plugins import FACTORY_SPEC
+
+    text = spec.strip()
+    return text if FACTORY_SPEC.match(text) else text.partition(":")[0].strip().lower()
+
+
 def _without_settings_of_another_part(cls: type[BaseModel], layered: _Layered) -> dict[str, Any]:
-    """``layered``'s values, less the file's ``KEY_settings`` where a flag (or the calling job) named another part for
-    ``KEY`` than the one the file's settings are for (its ``KEY``, else the setting's default): the options of the
+    """``layered``'s values, less the file's ``KEY_settings`` where a flag (or the calling job) named another kind of
+    part for ``KEY`` (:func:`_part_kind`) than the one the file's settings are for (its ``KEY``, else the setting's
+    default): the options of the
     file's retriever, sandbox or policy are not the options of the one named instead ("bm25 takes no option foo"). The
     settings the flags gave are kept (not merged into the file's). Said with a warning naming the file, the table and
     the part."""
@@ -312,7 +323,7 @@ def _without_settings_of_another_part(cls: type[BaseModel], layered: _Layered) -
             continue
         for_part = layered.from_file.get(key, cls.model_fields[key].default)
         named = values.get(key)
-        if not isinstance(named, str) or not isinstance(for_part, str) or named.strip() == for_part.strip():
+        if not isinstance(named, str) or not isinstance(for_part, str) or _part_kind(named) == _part_kind(for_part):
             continue
         if settings in layered.given:
             values[settings] = layered.given[settings]

@@ -545,8 +545,13 @@ class RunCapture(BaseCallbackHandler):
         if failed:
             attrs[sc.EE_CAPTURE_FAILED] = capture_failed(name.partition(" ")[0])
         span = self.tracer.start_span(name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start)
-        if not isinstance(span, DirectSpan):  # the user's provider's span: its limits are not for capture's payloads
-            self.recorder.processor.keep_whole(span, attrs)
+        if not isinstance(span, DirectSpan):  # the user's provider's span
+            if not span.is_recording():  # its sampler dropped this call's span (by name, say): made directly, as a root it drops
+                span = self.recorder.unsampled_tracer().start_span(
+                    name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start
+                )
+            else:  # its limits are not for capture's payloads
+                self.recorder.processor.keep_whole(span, attrs)
         try:
             if error is not None:
                 self._set_error(span, error, end)

@@ -255,7 +255,10 @@ class ExperienceSpanProcessor(SpanProcessor):
         """Keep the attributes capture gives ``span``, an SDK span of the user's own ``tracer_provider``, as given, to be
         read back when it ends in place of what the provider kept: its limits (``OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT``,
         ``SpanLimits``) are for the user's exporters, and cut the JSON of a run's messages, from which no run can be
-        assembled (such runs were never stored). Called again for the same span, the attributes add up."""
+        assembled (such runs were never stored). Called again for the same span, the attributes add up. A span that does
+        not record (its sampler dropped it: it never reaches :meth:`on_end`) is left alone."""
+        if not span.is_recording():
+            return
         context = span.get_span_context()
         key = (context.trace_id, context.span_id)
         kept = self._whole.get(key)
@@ -358,6 +361,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         with self._lock:
             self._closed = True
             self._wake.notify_all()
+        self._whole.clear()  # (spans still open at shutdown end nowhere now)
         close = getattr(self.store, "close", None)
         if callable(close):
             close()
@@ -369,6 +373,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._buffers = OrderedDict()
+        self._whole = {}
         self._unread = {}
         self._jobs = []
         self._busy = False

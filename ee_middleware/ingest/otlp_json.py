@@ -17,11 +17,12 @@ import io
 import json
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ee_middleware._text import numbered_lines
 from ee_middleware.capture.spandata import SpanData
 from ee_middleware.ingest.otlp_schema import (
     SPAN_FLAGS_HAS_IS_REMOTE,
@@ -121,7 +122,7 @@ def _read_stream(path: Path, stream: io.BufferedReader, sink: ParseResult, seen:
     if nul >= 0:  # binary (OTLP protobuf, junk): one problem, never one per line
         sink.errors.append(f"{path}: not a text file (a NUL byte at offset {nul}); {_BINARY}")
         return
-    lines = _lines(stream)
+    lines = numbered_lines(stream)
     first = next(lines, None)
     if first is None:
         sink.errors.append(f"{path}: the file is empty; {_EXPECTED}.")
@@ -162,13 +163,6 @@ _NUL = b"\0"
 _HEAD = 1 << 16
 _BINARY = f"{_EXPECTED}. Binary OTLP (protobuf) is not read: set 'format: json' on the Collector's file exporter."
 _INVALID = object()
-
-
-def _lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """The non-blank lines of a stream with their numbers (lines end at \\n only, as JSON Lines do)."""
-    for number, line in enumerate(stream, start=1):
-        if line.strip():
-            yield number, line
 
 
 def _decode(path: Path, number: int, line: bytes, sink: ParseResult, *, whole_file: bool) -> str | None:

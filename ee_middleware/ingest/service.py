@@ -1226,6 +1226,7 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         for position, m in reversed(list(enumerate(base.messages)))
         if m.get("role") == "tool" and m.get("tool_call_id")
     }
+    answered = Counter(str(m["tool_call_id"]) for m in base.messages if m.get("role") == "tool" and m.get("tool_call_id"))
     numbered: list[Step] = []
     turns: dict[tuple[int, int], int] = {}
     for index, (step, source) in enumerate(steps):
@@ -1233,17 +1234,17 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         update: dict[str, Any] = {"trajectory_id": named.id, "index": index, "decision_index": turn}
         call = step.action.tool_call
         if call is not None and call.id in replies and replies[call.id][0] > len(step.state):
-            # the result as the model was given it (the tool message a later call read), as the whole run's assembly
-            # takes it: a version that read the call's tool span but not that later call kept the span's result (the
-            # text before ToolNode's "Error: ..."), its error flag and cut from the span
             content = replies[call.id][1].get("content", "")
             text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
             given = Observation(content=text).capped(max_chars)
             if step.observation is None:
                 update["observation"] = given
-            elif step.observation.content != given.content:
-                cut = max(step.observation.truncated_chars, given.truncated_chars)
-                update["observation"] = step.observation.model_copy(update={"content": given.content, "truncated_chars": cut})
+            elif _wraps_span_result(step.observation, given) and answered[call.id] == 1:
+                # the result as the model was given it (a later call's tool message), as the whole run's assembly takes
+                # it: a version that read the call's tool span but not that later call kept the span's text, which
+                # ToolNode's message wraps ("Error: upstream timeout"); its error flag from the span. Only where the
+                # message holds the span's whole text (nothing of it cut) and answers no other call of that id
+                update["observation"] = step.observation.model_copy(update={"content": given.content})
         numbered.append(step.model_copy(update=update))
     merged = base.model_copy(
         update={
@@ -1267,6 +1268,13 @@ def _merged(trajectory: Trajectory, earlier: Sequence[Trajectory], max_chars: in
         }
     )
     return merged, only_stored
+
+
+def _wraps_span_result(held: Observation, given: Observation) -> bool:
+    """Whether ``given`` (a tool message's text) holds the whole of ``held`` (a tool span's result, uncut) and more:
+    the message a tool node wrote around it (LangGraph's ToolNode: ``"Error: " + the exception's text``)."""
+    uncut = held.truncated_chars == 0 and given.truncated_chars == 0
+    return uncut and bool(held.content) and held.content != given.content and held.content in given.content
 
 
 def _unread_call(step: Step) -> bool:

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds, not_blank, stripped_not_blank
+from ee_middleware._toml import build_with_required, finite_seconds, named_path, stripped_not_blank
 from ee_middleware.replay.curriculum import DEFAULT_APP
 from ee_middleware.store.registry import store_config_value
 
@@ -51,7 +51,7 @@ class CurriculumRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tasks: Annotated[Path, BeforeValidator(not_blank)]
+    tasks: Annotated[Path, named_path("the tasks file")]
     """``tasks.jsonl`` from ``ee curriculum propose``."""
     policy: str
     """The policy to roll out: ``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""

@@ -163,8 +163,11 @@ def test_what_a_register_killed_half_way_left_is_removed_by_the_next_register_an
     partial = copies / ".bot-v2-0123abcd.partial-4242"
     uncounted = copies / "bot-v2-0123abcd"
     by_hand = copies / "kept-by-hand"
-    for folder in (partial, uncounted, by_hand):
+    hand_made = [copies / ".git", copies / ".snapshots", copies / "support-v2-1234abcd"]  # (review: all removed at first)
+    for folder in (partial, uncounted, by_hand, *hand_made):
         shutil.copytree(first.path, folder)
+    live_partial = copies / f".bot-v3-89abcdef.partial-{os.getpid()}"  # a register copying now (its process runs)
+    shutil.copytree(first.path, live_partial)
     listed = CliRunner().invoke(app, ["adapters", "list", "-r", str(reg.root)])
     assert listed.exit_code == 0 and all(
         f"warning: {folder} is a copy no adapter of the registry names" in " ".join(listed.output.split())
@@ -172,5 +175,29 @@ def test_what_a_register_killed_half_way_left_is_removed_by_the_next_register_an
     ), listed.output
     second = reg.register(write_adapter(tmp_path / "b", seed=1), "bot")
     assert second.name.startswith("bot-v2-") and second.name != uncounted.name
-    assert sorted(p.name for p in copies.iterdir()) == sorted([first.name, second.name, by_hand.name]), "a folder put there by hand stays"
-    assert reg.leftover_copies() == [by_hand]
+    assert "bot-v3-89abcdef.partial" not in listed.output, "a copy being made now is not told to be removed"
+    kept = [by_hand, *hand_made]
+    assert sorted(p.name for p in copies.iterdir()) == sorted([first.name, second.name, *(p.name for p in kept)]), (
+        "folders put there by hand stay"
+    )
+    assert reg.leftover_copies() == sorted(kept)
+
+
+def test_a_float8_fnuz_tensor_safetensors_loads_is_registered(tmp_path: Path) -> None:
+    """Review: F8_E4M3FNUZ and F8_E5M2FNUZ (ROCm's float8s), which safetensors loads, were refused as "not a safetensors dtype"."""
+    folder = write_adapter(tmp_path / "a")
+    _header_file(
+        folder / "adapter_model.safetensors",
+        {
+            WEIGHT: {"dtype": "F8_E4M3FNUZ", "shape": [8, 4], "data_offsets": [0, 32]},
+            "b.lora_B.weight": {"dtype": "F8_E5M2FNUZ", "shape": [4, 8], "data_offsets": [32, 64]},
+        },
+        bytes(64),
+    )
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "np") as fh:  # (the format's own reader takes it)
+        assert sorted(fh.keys()) == sorted([WEIGHT, "b.lora_B.weight"])
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj", "b"]}))
+    assert LocalAdapterRegistry(tmp_path / "reg").register(folder, "bot").status == "candidate"

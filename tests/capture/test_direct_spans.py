@@ -305,3 +305,39 @@ def test_with_the_users_tracer_provider_its_attribute_limits_cut_only_what_their
     assert trajectory.steps[0].state[0]["content"] == USER_TASK["messages"][0][1] and len(USER_TASK["messages"][0][1]) > 20
     exported = {s.name: s for s in exporter.get_finished_spans()}
     assert len(exported["invoke_agent shop"].attributes["gen_ai.input.messages"]) == 20, "their exporters get what they asked for"
+
+
+class _NoChatSpans:
+    """A user's sampler that keeps the model calls' spans (their prompts) out of their backend, by name."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        from opentelemetry.sdk.trace.sampling import Decision, SamplingResult
+
+        return SamplingResult(Decision.DROP if name.startswith("chat") else Decision.RECORD_AND_SAMPLE)
+
+    def get_description(self) -> str:
+        return "NoChatSpans"
+
+
+def test_with_the_users_tracer_provider_a_call_span_its_sampler_drops_is_still_recorded(expert_model, tmp_path):
+    """Review: a sampler that drops spans by name (the model calls' here) dropped them for capture too: the run was
+    stored without its model calls, and the calls' attributes kept for their end (``keep_whole``) were never let go
+    (their spans never end in the provider). Such a span is made directly, as a run the sampler drops is."""
+    from opentelemetry.sdk.trace.sampling import Sampler
+
+    sampler = type("NoChat", (_NoChatSpans, Sampler), {})()
+    exporter = InMemorySpanExporter()
+    user_provider = TracerProvider(sampler=sampler)
+    user_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    agent = _agent_with_user_spans(
+        expert_model, user_provider.get_tracer("user-code"), tmp_path / "store", "thread", [], tracer_provider=user_provider
+    )
+    for _ in range(3):
+        agent.invoke(USER_TASK)
+    assert agent.flush()
+    assert agent.recorder.processor._whole == {}, "nothing kept for spans that never end"
+    agent.recorder.close()
+    stored = _stored(tmp_path / "store")
+    assert len(stored) == 3 and all([s.action.kind for s in t.steps] == ["tool_call", "tool_call", "answer"] for t in stored)
+    names = {s.name for s in exporter.get_finished_spans()}
+    assert "invoke_agent shop" in names and not any(n.startswith("chat") for n in names), "their exporters get what their sampler keeps"

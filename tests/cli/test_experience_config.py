@@ -262,3 +262,28 @@ def test_the_template_teacher_is_taken_however_it_is_spelt(tmp_path: Path, spelt
     from ee_middleware.replay.experience_config import TEMPLATE_TEACHER, ExperienceDatasetConfig
 
     assert ExperienceDatasetConfig.load(None, store=str(tmp_path), out=tmp_path / "em", teacher=spelt).teacher == TEMPLATE_TEACHER
+
+
+def test_a_flag_naming_the_same_kind_of_part_keeps_the_files_settings(tmp_path: Path) -> None:
+    """Review: another model or host of the same ``openai:`` policy (or ``experience:`` sandbox) is the same kind of part,
+    whose settings (an ``api_key``, ``extra_body``, ``top_k``) still apply. Was: left out as another part's."""
+    import warnings
+
+    from ee_middleware.replay.config import ReplayConfig
+
+    config = tmp_path / "replay.toml"
+    config.write_text(
+        f'[replay]\nstore = "{tmp_path}"\npolicy = "openai:http://gpu1:8000/v1#qwen-7b"\nsandbox = "experience:openai:http://gpu1:8000/v1#wm-a"\n'
+        '[replay.policy_settings]\napi_key = "sk-x"\n[replay.sandbox_settings]\ntop_k = 3\n'
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = ReplayConfig.load(
+            config, policy="openai:http://gpu2:8000/v1#qwen-14b", sandbox="experience:openai:http://gpu1:8000/v1#wm-b"
+        )
+    assert (loaded.policy_settings, loaded.sandbox_settings) == ({"api_key": "sk-x"}, {"top_k": 3})
+    with pytest.warns(
+        UserWarning,
+        match=r"policy_settings in \[replay\] .* are for the policy 'openai:http://gpu1:8000/v1#qwen-7b', not for 'local:/models/q'",
+    ):
+        assert ReplayConfig.load(config, policy="local:/models/q").policy_settings == {}

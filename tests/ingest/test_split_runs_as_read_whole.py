@@ -102,3 +102,46 @@ def test_a_run_read_in_two_ingests_is_stored_as_one_ingest_stores_it(tmp_path: P
     assert observations == [("18C sunny", False), ("Error: upstream timeout", True), None], what
     assert observations == [(s.observation.content, s.observation.is_error) if s.observation else None for s in expected.steps]
     assert (got.status, got.messages, got.final_answer) == (expected.status, expected.messages, expected.final_answer)
+
+
+def _shared_id_spans() -> list[dict[str, Any]]:
+    """Two parallel calls that share one call id (some servers and proxies send them so), each tool's result a text the
+    model is given as it is."""
+    calls = {**CALLS, "parts": [{**part, "id": "call_0"} for part in CALLS["parts"]]}
+    results = [
+        {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_0", "response": text}]} for text in ("18C sunny", "25C rain")
+    ]
+    tools = []
+    for span_id, city, text, start in (("c000000000000010", "Paris", "18C sunny", 11), ("c000000000000011", "Tokyo", "25C rain", 12)):
+        attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "get_weather", "gen_ai.tool.call.id": "call_0"}
+        attrs |= {"gen_ai.tool.call.arguments": json.dumps({"city": city}), "gen_ai.tool.call.result": text}
+        tools.append(_span(span_id, "execute_tool get_weather", attrs, parent="c000000000000001", start=start, end=start + 5))
+    return [_chat("c000000000000002", [USER], calls, 1), *tools, _chat("c000000000000003", [USER, calls, *results], ANSWER, 22), ROOT]
+
+
+def test_calls_sharing_one_id_keep_their_own_results_when_read_in_two_ingests(tmp_path: Path) -> None:
+    """Review: the first version of the fix above gave both calls the first tool message of the id ("18C sunny")."""
+    spans = _shared_id_spans()
+    ingest_files([_write(tmp_path / "whole.json", _request(spans))], LocalExperienceStore(tmp_path / "one", create=True))
+    expected = _stored(LocalExperienceStore(tmp_path / "one"))
+    store = LocalExperienceStore(tmp_path / "two", create=True)
+    ingest_files([_write(tmp_path / "a.json", _request(spans[:3]))], store)
+    ingest_files([_write(tmp_path / "b.json", _request(spans[3:]))], store)
+    observations = [s.observation.content if s.observation else None for s in _stored(store).steps]
+    assert observations == [s.observation.content if s.observation else None for s in expected.steps] == ["18C sunny", "25C rain", None]
+
+
+def test_a_tool_message_capture_cut_is_never_taken_as_whole_by_a_merge(tmp_path: Path) -> None:
+    """Review: the later call's tool message was cut by capture (``ee.tool_call.truncated_chars``): the merged run took
+    its text and kept the tool span's count (0), a cut observation marked whole. The tool span's whole text is kept."""
+    results = [RESULTS[0], {"role": "tool", "parts": [{"type": "tool_call_response", "id": "call_T", "response": "Error: upstream ti"}]}]
+    later = _chat("c000000000000003", [USER, CALLS, *results], ANSWER, 22)
+    later["attributes"].append(
+        {"key": "ee.tool_call.truncated_chars", "value": {"arrayValue": {"values": [{"intValue": "3"}, {"intValue": "7"}]}}}
+    )
+    spans = [*SPANS[:3], later, ROOT]
+    store = LocalExperienceStore(tmp_path / "two", create=True)
+    ingest_files([_write(tmp_path / "a.json", _request(spans[:3]))], store)
+    ingest_files([_write(tmp_path / "b.json", _request(spans[3:]))], store)
+    tokyo = _stored(store).steps[1].observation
+    assert (tokyo.content, tokyo.is_error, tokyo.truncated_chars) == ("upstream timeout", True, 0)
