@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ee_middleware._files import atomic_write_text, fsync_dir, pid_alive
+from ee_middleware._files import atomic_write_text, file_above, fsync_dir, pid_alive
 from ee_middleware._locks import holder_lock
 from ee_middleware._text import json_lines
 from ee_middleware.adapters.errors import (
@@ -177,6 +177,11 @@ class LocalAdapterRegistry:
             raise ConfigError(
                 f"The adapter registry {self.root} is a file, not a folder: name the registry's folder (it holds index.json; "
                 "a new one is made where none is)."
+            )
+        if (blocking := file_above(self.root)) is not None:  # (found by the first write: ee improve's train stage, hours in)
+            raise ConfigError(
+                f"The adapter registry {self.root} can never be made: {blocking} above it is a file. Name the registry's folder "
+                "(it holds index.json; a new one is made where none is)."
             )
         if not create and not (self.root / "index.json").is_file() and self._left_without_index():
             self._read_index()  # a registry that lost its index says so, not that none is there

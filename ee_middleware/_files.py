@@ -55,6 +55,7 @@ __all__ = [
     "atomic_write_text",
     "create_exclusive",
     "fsync_dir",
+    "file_above",
     "file_size_limit",
     "folders_made",
     "fsync_file",
@@ -564,6 +565,14 @@ def remove_left_behind(parent: Path, pattern: str, marker: str) -> None:
     for left in parent.glob(pattern):
         if left.is_dir() and not pid_alive(left.name.rpartition(marker)[2].split("-")[0]):
             shutil.rmtree(left, ignore_errors=True)
+
+
+def file_above(path: Path) -> Path | None:
+    """The file standing where a folder above ``path`` should be (so ``path`` can never be written), or None."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
 
 
 def pid_alive(pid: str) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ee_middleware._console import is_terminal
+from ee_middleware._files import file_above
 from ee_middleware._lifetime import termination_as_interrupt as termination_as_interrupt  # the commands' import
 from ee_middleware.messages import one_line
 from ee_middleware.models.urls import server_url_problem
@@ -543,14 +544,6 @@ def other_apps_hint(store: Any, app: str, *, approved: bool = True) -> str:
         return ""
     which = "approved trajectories" if approved else "trajectories"
     return f" (the store's {which} are of: {', '.join(apps[:10])}{', ...' if len(apps) > 10 else ''})"
-
-
-def file_above(path: Path) -> Path | None:
-    """The file standing where a folder above ``path`` should be (so ``path`` can never be written), or None."""
-    for parent in path.parents:
-        if parent.exists():
-            return None if parent.is_dir() else parent
-    return None
 
 
 def path_given(value: str, flag: str = "--out", what: str = "the output folder") -> Path:

@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ee_middleware._files import file_above
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
     examples,
-    file_above,
     key_value_settings,
     open_job_store,
     other_apps_hint,

@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 
+from ee_middleware._files import file_above
 from ee_middleware._limits import INT64_MAX
 from ee_middleware.cli.common import (
     STORE_HELP,
@@ -20,7 +21,6 @@ from ee_middleware.cli.common import (
     console,
     escape,
     examples,
-    file_above,
     key_value_settings,
     library_bars_off,
     open_job_store,

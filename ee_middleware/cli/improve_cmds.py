@@ -428,8 +428,8 @@ def list_runs(ctx: typer.Context, runs: str | None = RunsOption, config: Path | 
     folder = _runs_dir(ctx, runs, config)
     records = folder.list()
     held = folder.locked_by_other()
-    if as_json:
-        print_json([{**r.data, "folder": str(r.folder), "lock_held": held and r.status == "running"} for r in records])
+    if as_json:  # a run whose stage manifests cannot be read is damaged here too, its recorded status kept beside
+        print_json([{**r.data, **_stages_damage(r), "folder": str(r.folder), "lock_held": held and r.status == "running"} for r in records])
         return
     from rich import box
     from rich.table import Column, Table
@@ -471,6 +471,22 @@ def list_runs(ctx: typer.Context, runs: str | None = RunsOption, config: Path | 
     console().print(table)
 
 
+def _stages_damage(run: Any) -> dict[str, Any]:
+    """For ``ee runs list --json``: a run whose stage manifests cannot be read (as the table shows it) with
+    ``status: "damaged"``, the reason as its ``error`` and the status run.json records as ``recorded_status``; else
+    nothing to change."""
+    from ee_middleware.jobs.errors import JobError
+    from ee_middleware.jobs.runs import DAMAGED
+
+    if run.status == DAMAGED:
+        return {}
+    try:
+        run.stages()
+    except JobError as exc:
+        return {"status": DAMAGED, "recorded_status": run.status, "error": str(exc)}
+    return {}
+
+
 def _finished_stages(run: Any) -> tuple[list[str] | None, dict[str, Any], dict[str, Any]]:
     """A run's finished stages and its select and register stages' outputs, as ``ee runs list`` shows them; ``(None, {},
     {})`` for a run with a stage manifest that cannot be read (listed as damaged, as a run whose run.json cannot be read
@@ -498,10 +514,21 @@ def show_run(
         print_json({**run_json(run), "lock_held": run.status == "running" and folder.locked_by_other()})
         return
     out = console()
-    print_summary(out, run, status=folder.shown_status(run))
-    for manifest in run.stages():
-        inputs = ", ".join(f"{k}={short(str(_hash_or_value(v)), 40)}" for k, v in (manifest.get("inputs") or {}).items())
-        out.print(f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {escape(inputs or '-')}")
+    try:
+        print_summary(out, run, status=folder.shown_status(run))
+        for manifest in run.stages():
+            inputs = ", ".join(f"{k}={short(str(_hash_or_value(v)), 40)}" for k, v in (manifest.get("inputs") or {}).items())
+            out.print(
+                f"[bold]{manifest['stage']}[/] ({manifest['status']}, {manifest.get('started_at', '')}): inputs {escape(inputs or '-')}"
+            )
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a value inside a manifest of another shape than written
+        from ee_middleware.jobs.errors import JobError
+
+        raise JobError(
+            f"The run in {run.folder} holds a stage manifest (in {run.folder / 'stages'}) or run.json value of a shape this "
+            f"version does not write ({type(exc).__name__}: {exc}): edited by hand, or written by another version. "
+            f"`ee runs show {run.id} --json` prints them as they are; restore the run's files from a backup to see it here."
+        ) from exc
 
 
 @runs_app.command(

@@ -321,15 +321,16 @@ class ImproveConfig(BaseModel):
         described["improve"] = improve
         return sha256_json(described)
 
-    def changed_settings(self, recorded: Mapping[str, Any]) -> list[tuple[str, str, Any, Any]]:
+    def changed_settings(self, recorded: Mapping[str, Any], *, neutral: bool = False) -> list[tuple[str, str, Any, Any]]:
         """``(table, key, before, after)`` for each setting that differs from ``recorded`` (a run's configuration, as
-        :meth:`describe` wrote it); :data:`RUN_NEUTRAL` settings are left out, as :meth:`config_hash` leaves them."""
+        :meth:`describe` wrote it); :data:`RUN_NEUTRAL` settings are left out, as :meth:`config_hash` leaves them,
+        unless ``neutral`` (what a run records it went on with: a longer night's budget)."""
         now = self.describe()
         changed = []
         for table in ("improve", *STAGE_TABLES):
             before, after = recorded.get(table) or {}, now.get(table) or {}
             for key in sorted(set(before) | set(after)):
-                if table == "improve" and key in RUN_NEUTRAL:
+                if table == "improve" and key in RUN_NEUTRAL and not neutral:
                     continue
                 old, new = before.get(key, _UNSET), after.get(key, _UNSET)
                 if not same_place(old, new):

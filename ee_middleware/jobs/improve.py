@@ -121,8 +121,13 @@ def run_improve(
             check_servers(config, [name for name in STAGES if run is None or not run.stage_done(name) or (redo and name in RESELECT)])
             if run is None or not run.stage_done("evaluate"):  # it may build a sandbox: a run left with gate or promote needs none
                 config.check_evaluation_sandbox()
-        if run is not None and run.data.get("config_hash") not in (config_hash, same(run)):
-            _take_changes(run, config, config_hash, say)  # settings of stages it has not finished, which it now runs with
+        last_written = run.data.get("updated_at") if run is not None else None  # (before this call writes run.json)
+        if run is not None and (
+            run.data.get("config_hash") not in (config_hash, same(run))
+            or config.changed_settings(run.data.get("config") or {}, neutral=True)
+        ):
+            # settings of stages it has not finished, which it now runs with; or its budgets or servers (a longer night)
+            _take_changes(run, config, config_hash, say)
         if run is None:
             _say_damaged_runs(runs, config, say)
             run = runs.create(JOB, config.describe(), config_hash)  # (its config file is copied in below, as a run's going on)
@@ -130,7 +135,7 @@ def run_improve(
             say.info(f"run {run.id} started in {run.folder}")
         else:
             done = [name for name in STAGES if run.stage_done(name)]
-            continue_attempt(run)
+            continue_attempt(run, last_written=last_written)
             say.info(f"continuing run {run.id} (attempt {run.data['attempts']}; finished stages: {', '.join(done) or 'none'})")
             if redo:
                 _redo_selection(run, redo, say)
@@ -246,7 +251,7 @@ def _take_changes(run: Run, config: ImproveConfig, config_hash: str, say: Progre
     from ee_middleware.jobs.runs import changed_lines
     from ee_middleware.jobs.stages import ADAPTER_DIR
 
-    changed = config.changed_settings(run.data.get("config") or {})
+    changed = config.changed_settings(run.data.get("config") or {}, neutral=True)
     attempt = int(run.data.get("attempts", 1))
     copy, kept = run.folder / CONFIG_COPY, run.folder / f"config.attempt-{attempt}.toml"
     if copy.is_file():

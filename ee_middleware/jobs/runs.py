@@ -163,8 +163,17 @@ class Run:
         return manifest
 
     def stages(self) -> list[dict[str, Any]]:
-        """Every stage's manifest in the run's stage order (those never started are left out)."""
-        return [m for m in (self.stage(name) for name in self.data.get("stage_order", [])) if m is not None]
+        """Every stage's manifest in the run's stage order (those never started are left out). A run that succeeded
+        whose stages folder is gone (or a file) is damaged: :class:`JobError` naming it (a manifest removed alone is
+        what the error for a damaged one advises)."""
+        order = self.data.get("stage_order", [])
+        if self.data.get("status") == SUCCEEDED and order and not (self.folder / STAGES_DIR).is_dir():
+            raise JobError(
+                f"The run in {self.folder} succeeded, but its stages folder {self.folder / STAGES_DIR} is not there (removed "
+                "since, or a file in its place): what its stages did is not known. Restore the folder from a backup, or "
+                "remove the run's folder."
+            )
+        return [m for m in (self.stage(name) for name in order) if m is not None]
 
     def write_stage(self, name: str, manifest: dict[str, Any]) -> None:
         path = self.stage_path(name)
@@ -183,6 +192,8 @@ class Run:
 
 
 _RUN_ID = re.compile(r"(\d{8}-\d{6}-\d{3})[0-9a-f]{2}")
+_BEING_MADE_S = 5.0
+"""How old a run-named folder without a run.json must be to be listed as a damaged run (not one being made)."""
 """A run's id (:meth:`RunsDir._new_id`): its millisecond and a random byte."""
 
 
@@ -274,12 +285,24 @@ class RunsDir:
         if not self.root.is_dir():
             return []
         runs = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and (p / RUN_FILE).is_file()):
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and self._run_folder(p)):
             try:
                 runs.append(Run.load(folder))
             except JobError as exc:
                 runs.append(Run.damaged(folder, str(exc)))
         return runs
+
+    @staticmethod
+    def _run_folder(folder: Path) -> bool:
+        """Whether ``folder`` is a run's: it holds a run.json (a file, or whatever stands there: a damaged run), or is
+        named as runs are and lost its run.json (a run being made writes it at once: a folder of a few seconds is not
+        one yet)."""
+        if os.path.lexists(folder / RUN_FILE):
+            return True
+        try:
+            return _RUN_ID.fullmatch(folder.name) is not None and time.time() - folder.stat().st_mtime > _BEING_MADE_S
+        except OSError:
+            return False
 
     def get(self, run_id: str) -> Run:
         """The run whose id is, or starts with, ``run_id`` (``latest`` for the newest); :class:`JobError` naming the file
@@ -447,19 +470,20 @@ ATTEMPT_END_FIELDS = ("failed_at", "stopped_at", "error", "traceback", "report_e
 ``earlier_attempts``, so that a run continued to success reads as one that succeeded."""
 
 
-def continue_attempt(run: Run) -> None:
+def continue_attempt(run: Run, *, last_written: str | None = None) -> None:
     """Start the next attempt of ``run`` (this process continues it): the attempt that ended is recorded in
     ``earlier_attempts`` (its number, host and pid, when it started, how it ended: ``failed``, ``stopped`` or ``killed``
     for one that left the run ``running``, when, and its error and traceback) and the fields that told how it ended
     (:data:`ATTEMPT_END_FIELDS`) leave run.json's top level; ``pid``, ``host`` and ``resumed_at`` are this attempt's,
-    ``attempts`` counts it."""
+    ``attempts`` counts it. ``last_written``: run.json's ``updated_at`` as the ended attempt left it, where this process
+    wrote run.json since (the settings it goes on with): a killed attempt ended then."""
     data = run.data
     attempt = int(data.get("attempts", 1))
     status = str(data.get("status"))
     started = data.get("resumed_at") or data.get("started_at")
     ended: dict[str, Any] = {"attempt": attempt, "host": data.get("host"), "pid": data.get("pid"), "started_at": started}
     ended["ended"] = "killed" if status == RUNNING else status  # running while no process held the lock: it was killed
-    ended["ended_at"] = data.get("failed_at") or data.get("stopped_at") or data.get("updated_at")
+    ended["ended_at"] = data.get("failed_at") or data.get("stopped_at") or last_written or data.get("updated_at")
     ended.update({key: data[key] for key in ATTEMPT_END_FIELDS if key not in ("failed_at", "stopped_at") and data.get(key) is not None})
     if status == RUNNING:
         ended["error"] = (

@@ -201,3 +201,11 @@ def test_a_float8_fnuz_tensor_safetensors_loads_is_registered(tmp_path: Path) ->
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "v_proj", "b"]}))
     assert LocalAdapterRegistry(tmp_path / "reg").register(folder, "bot").status == "candidate"
+
+
+def test_a_registry_below_a_file_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    """Sweep: ``--registry $PWD/improve.toml/sub`` passed ``ee improve``'s checks; the run failed at its train stage,
+    hours in, and the corrected file could not continue it ([improve] is fixed for a run)."""
+    (tmp_path / "improve.toml").write_text("[improve]\n")
+    with pytest.raises(ConfigError, match=r"can never be made: .*improve.toml above it is a file"):
+        LocalAdapterRegistry(tmp_path / "improve.toml" / "sub")

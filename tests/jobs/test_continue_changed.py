@@ -143,3 +143,27 @@ def test_a_changed_policy_settings_table_is_told_key_by_key_and_its_api_key_neve
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_killed_run_continued_with_a_longer_budget_records_it_and_when_the_attempt_ended(workspace: Path, tiny_base: Path) -> None:
+    """Sweep: a run continued with another budget (a longer night) ran with it, but run.json kept the first attempt's
+    budget, no ``config_changes`` said so, and the first attempt's config.toml was written over; and a killed attempt's
+    ``ended_at`` was the time this call wrote run.json, not the last time the killed process did."""
+    import time
+
+    path = write_config(workspace, tiny_base, improve="[improve.budgets]\nmax_minutes = 20\n")
+    run = _failed_run(path, (), "select")
+    run.update(status="running", error=None)  # killed (SIGKILL) in its select stage: no process holds the runs folder
+    last_written = RunsDir(workspace / "runs").get(run.id).data["updated_at"]
+    time.sleep(1.1)
+    path.write_text(path.read_text().replace("max_minutes = 20", "max_minutes = 30"))
+    result = improve(path)
+    assert result.exit_code == 0, result.output
+    run = RunsDir(workspace / "runs").get(run.id)
+    assert run.status == "succeeded" and run.data["config"]["improve"]["budgets"]["max_minutes"] == 30
+    [change] = run.data["config_changes"]
+    assert change["settings"] == ["[improve] budgets.max_minutes: 20.0 -> 30.0"], change
+    assert "max_minutes = 20" in (run.folder / change["config_file_before"]).read_text()
+    assert "max_minutes = 30" in (run.folder / "config.toml").read_text()
+    [killed] = run.data["earlier_attempts"]
+    assert (killed["ended"], killed["ended_at"]) == ("killed", last_written), killed

@@ -110,3 +110,52 @@ def test_a_damaged_run_is_never_written_over(tmp_path: Path) -> None:
     with pytest.raises(JobError):
         listed.update(status="abandoned")
     assert path.read_text() == "[]\n", "its file is left as it was, for the user to restore"
+
+
+def test_list_json_says_a_run_with_a_damaged_stage_manifest_is_damaged_as_the_table_does(tmp_path: Path) -> None:
+    """Sweep: the table showed ``damaged ?/1``, the JSON ``"status": "succeeded"`` with nothing else: a script reading it
+    saw a healthy run. Its recorded status is kept beside."""
+    _, older, newer = _two_runs(tmp_path / "runs")
+    (newer.folder / "stages" / "select.json").write_text("{cut")
+    listed = ee("runs", "list", "--runs", tmp_path / "runs", "--json")
+    assert listed.exit_code == 0, listed.output
+    by_id = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert by_id[older.id]["status"] == "succeeded" and "recorded_status" not in by_id[older.id]
+    assert (by_id[newer.id]["status"], by_id[newer.id]["recorded_status"]) == (DAMAGED, "succeeded")
+    assert "select.json cannot be read" in by_id[newer.id]["error"]
+
+
+def test_a_run_folder_without_a_readable_run_json_or_with_its_stages_gone_is_listed_as_damaged(tmp_path: Path) -> None:
+    """Sweep: a run folder whose run.json is a folder, or lost, was not listed at all (``latest`` quietly the older run,
+    ``show ID``: "no run matches"); a succeeded run whose stages folder is gone listed as ``succeeded 0/1``."""
+    import os
+    import shutil
+    import time
+
+    runs, older, newer = _two_runs(tmp_path / "runs")
+    (newer.folder / "run.json").unlink()
+    (newer.folder / "run.json").mkdir()
+    assert [r.status for r in runs.list()] == ["succeeded", DAMAGED]
+    with pytest.raises(JobError, match=r"run.json cannot be read"):
+        runs.get("latest").save()  # (never written over)
+    shutil.rmtree(newer.folder / "run.json")
+    assert [r.id for r in runs.list()] == [older.id], "a run being made (no run.json yet, a few seconds old) is not one yet"
+    long_ago = time.time() - 60
+    os.utime(newer.folder, (long_ago, long_ago))
+    assert [(r.id, r.status) for r in runs.list()] == [(older.id, "succeeded"), (newer.id, DAMAGED)]
+    shutil.rmtree(older.folder / "stages")
+    listed = ee("runs", "list", "--runs", tmp_path / "runs")
+    assert listed.exit_code == 0 and " ".join(listed.output.split()).count("damaged ?/") == 1, listed.output
+    shown = ee("runs", "show", older.id, "--runs", tmp_path / "runs")
+    assert shown.exit_code == 1 and "succeeded, but its stages folder" in " ".join(shown.output.split())
+
+
+def test_show_names_a_manifest_value_of_another_shape_than_written(tmp_path: Path) -> None:
+    """Sweep: ``outputs.moved = 5`` in a gate manifest: "unexpected TypeError: 'int' object is not iterable" half way
+    through the table."""
+    _, _, newer = _two_runs(tmp_path / "runs")
+    newer.write_stage("gate", {"stage": "gate", "status": "done", "outputs": {"passed": True, "moved": 5, "reasons": 3}})
+    newer.update(stage_order=["select", "gate"])
+    shown = ee("runs", "show", newer.id, "--runs", tmp_path / "runs")
+    said = " ".join(shown.output.split())
+    assert shown.exit_code == 1 and "value of a shape this version does not write" in said and "bug in ee-middleware" not in said, said

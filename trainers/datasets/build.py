@@ -156,7 +156,9 @@ class DatasetConfig(BaseModel):
     """Hold out this share of units (trajectories sharing a thread or a task; seeded by ``seed``, stable as the store grows)
     into ``OUT/heldout/``. Every held-out rule also holds out what would carry a held-out trajectory's targets into
     training: see :mod:`~ee_middleware.trainers.datasets.split`."""
-    heldout_ids: Annotated[Path | None, AfterValidator(lambda path: path.expanduser() if path is not None else None)] = None
+    heldout_ids: Annotated[
+        Path | None, named_path("the held-out id list"), AfterValidator(lambda path: path.expanduser() if path is not None else None)
+    ] = None
     """A file of trajectory ids (one per line) to hold out."""
     heldout_app: str | None = None
     """Hold out every trajectory of this app."""

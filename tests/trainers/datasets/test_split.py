@@ -755,3 +755,14 @@ def test_a_rebuild_that_trains_on_what_the_earlier_build_held_out_says_so(replay
     assert plain.exit_code == 0, plain.output
     moved = json.loads((out / "datasets.json").read_text())["heldout_moved_to_training"]
     assert moved["count"] == len(held_last) and "held out are trained on now" in " ".join(plain.output.split())
+
+
+@pytest.mark.parametrize("given", ["", "  "])
+def test_a_blank_heldout_ids_is_refused_not_read_as_the_working_folder(tmp_path: Path, given: str) -> None:
+    """Sweep: ``[datasets] heldout_ids = ""`` was read as ``.``: "Cannot read the held-out id list .: Is a directory"."""
+    from ee_middleware.trainers.datasets.build import DatasetConfig
+
+    config = tmp_path / "ds.toml"
+    config.write_text(f'[datasets]\nstore = "{tmp_path}"\nout = "{tmp_path / "out"}"\nheldout_ids = "{given}"\n')
+    with pytest.raises(ConfigError, match=r"heldout_ids: Value error, is empty or blank: name the held-out id list"):
+        DatasetConfig.load(config)
