@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Iterator, Mapping
@@ -384,7 +385,14 @@ def _in_file(message: str, errors: list[Any], values: _Layered, flags: Mapping[s
         tables, sub_tables = _tables_of_unknown_keys(message, values.table, values.path)
         fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
         return f"{message}: in {' and '.join(tables)} of {values.path} ({fix})"
-    return f"{message}: in [{values.table}] of {values.path}"
+    # a value in a sub-table the file wrote ([improve.budgets]) is named there, not in the table above it
+    tables = dict.fromkeys(
+        f"[{values.table}.{e['loc'][0]}]"
+        if len(e["loc"]) > 1 and isinstance(values.from_file.get(e["loc"][0]), Mapping)
+        else f"[{values.table}]"
+        for e in from_file
+    )
+    return f"{message}: in {' and '.join(tables)} of {values.path}"
 
 
 def _where(loc: tuple[Any, ...], flags: Mapping[str, str]) -> str:
@@ -750,8 +758,8 @@ def naming_file(table: str, path: Path | None) -> Iterator[None]:
         yield
     except ConfigError as exc:
         text = str(exc)
-        if path is None or str(path) in text or f"in [{table}] of " in text or _UNKNOWN_KEY not in text:
-            raise  # (named already: build_config names the file as the command line gave it)
+        if path is None or str(path) in text or re.search(rf"in \[{re.escape(table)}(\.[^\]]+)?\] of ", text) or _UNKNOWN_KEY not in text:
+            raise  # (named already, its table or a sub-table of it: build_config names the file as the command line gave it)
         tables, sub_tables = _tables_of_unknown_keys(text, table, path)
         fix = "remove the table, or correct its name" if sub_tables else "remove the key, or correct its name"
         raise ConfigError(f"{text}: in {' and '.join(tables)} of {path} ({fix})") from exc

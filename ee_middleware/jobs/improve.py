@@ -541,11 +541,13 @@ def _say_damaged_runs(runs: RunsDir, config: ImproveConfig, say: Progress) -> No
     mine = [r.id for r in runs._of(config.scope(), listed) if r.status != DAMAGED]  # (a damaged run's scope cannot be read)
     after = max(mine, default="")
     for damaged in (r for r in listed if r.status == DAMAGED and r.id > after):
+        since = f"the watermark of run {after}, the last readable one" if after else "the start (no readable run of this job)"
         warning = (
-            f"run {damaged.id}'s run.json cannot be read ({damaged.damage}), so it is not continued: this call starts a new "
-            f"run. Restore its run.json from a backup to continue it instead, or remove its folder; a candidate it registered "
-            f"stays registered (ee adapters list -r {config.registry} --status candidate shows it; ee adapters retire NAME "
-            "retires it)."
+            f"run {damaged.id}'s run.json cannot be read ({damaged.damage}): whether it finished is not known, and neither "
+            f"is what it selected. This call starts a new run, which selects the approved trajectories after {since}: "
+            f"those run {damaged.id} learnt from again, if it finished. To continue it or keep its watermark instead, stop "
+            f"this run and restore its run.json from a backup; or remove its folder. A candidate it registered stays "
+            f"registered (ee adapters list -r {config.registry} --status candidate shows it; ee adapters retire NAME retires it)."
         )
         say.info(f"warning: {warning}")
         warnings.warn(f"ee improve: {warning}", UserWarning, stacklevel=3)

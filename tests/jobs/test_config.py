@@ -799,3 +799,35 @@ def test_a_registry_that_is_a_file_stops_the_job_before_a_run_starts(tmp_path: P
     assert RunsDir(tmp_path / "runs").list() == []
     listed = CliRunner().invoke(app, ["adapters", "list", "-r", str(tmp_path / "r")])
     assert listed.exit_code == 1 and "is a file, not a folder" in listed.output and "Register an adapter first" not in listed.output
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            "[improve.budgets]\nmax_minutes = 0\n",
+            r"budgets.max_minutes: Input should be greater than 0 \(got 0\): in \[improve.budgets\] of ",
+        ),
+        (
+            "[improve.serving]\ntimeout_s = -1\n",
+            r"serving.timeout_s: Input should be greater than 0 \(got -1\): in \[improve.serving\] of ",
+        ),
+    ],
+)
+def test_a_bad_value_in_a_sub_table_is_named_in_that_sub_table(tmp_path: Path, body: str, expected: str) -> None:
+    """Sweep: reported "in [improve] of bad.toml", a table that does not hold the key."""
+    with pytest.raises(ConfigError, match=expected):
+        ImproveConfig.load(_config(tmp_path, body))
+
+
+def test_an_unknown_key_in_a_sub_table_is_placed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweep: "... in [improve.budgets] of bad.toml (remove the key, ...): in [improve.budgets] of /abs/bad.toml (...)":
+    the file named as the command line gave it (relative), then again by its absolute path."""
+    from ee_middleware._toml import naming_file
+
+    path = _config(tmp_path, "[improve.budgets]\nmax_minute = 10\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as raised, naming_file("improve", path):
+        ImproveConfig.load(Path(path.name))
+    assert str(raised.value).count("[improve.budgets] of") == 1, str(raised.value)
+    assert "(did you mean max_minutes?)" in str(raised.value)

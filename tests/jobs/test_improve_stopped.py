@@ -132,7 +132,10 @@ def test_an_unfinished_run_whose_run_json_is_damaged_is_said_when_a_new_run_star
     monkeypatch.undo()  # (script_stages wraps the stage functions it finds)
     script_stages(monkeypatch, tmp_path / "trained")
     with pytest.warns(
-        UserWarning, match=rf"run {stopped.id}'s run.json cannot be read .*, so it is not continued: this call starts a new run"
+        UserWarning,
+        match=rf"run {stopped.id}'s run.json cannot be read .*: whether it finished is not known, and neither is what it "
+        r"selected. This call starts a new run, which selects the approved trajectories after the start \(no readable run "
+        rf"of this job\): those run {stopped.id} learnt from again, if it finished",
     ):
         new = run_improve(config)
     assert new.id != stopped.id and new.status == "succeeded", new.data.get("error")
