@@ -703,7 +703,14 @@ def _meant(cls: type[BaseModel], error: Any) -> str:
             return ""
     key, names = str(error["loc"][-1]), list(model.model_fields)
     close = (_flag_setting(key, names) if model is cls else None) or _closest(key, names)
-    return f" (did you mean {close}?)" if close else ""
+    if close:
+        return f" (did you mean {close}?)"
+    # a key of one of its sub-tables written in the table itself ([improve] max_minute for [improve.budgets] max_minutes)
+    for name, field in model.model_fields.items():
+        inner = _model_in(field.annotation)
+        if isinstance(inner, type) and issubclass(inner, BaseModel) and (close := _closest(key, list(inner.model_fields))):
+            return f" (did you mean {name}.{close}?)"  # (a dotted key, as TOML reads it there too)
+    return ""
 
 
 def _option_names(option: Any) -> set[str]:

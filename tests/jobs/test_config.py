@@ -831,3 +831,9 @@ def test_an_unknown_key_in_a_sub_table_is_placed_once(tmp_path: Path, monkeypatc
         ImproveConfig.load(Path(path.name))
     assert str(raised.value).count("[improve.budgets] of") == 1, str(raised.value)
     assert "(did you mean max_minutes?)" in str(raised.value)
+
+
+def test_a_sub_tables_key_near_missed_in_the_table_itself_is_told_with_its_sub_table(tmp_path: Path) -> None:
+    """Sweep: ``max_minute = 10`` in [improve] got no "did you mean" (``max_minutes`` is [improve.budgets]')."""
+    with pytest.raises(ConfigError, match=r"max_minute: Extra inputs are not permitted \(did you mean budgets\.max_minutes\?\)"):
+        ImproveConfig.load(_config(tmp_path, "max_minute = 10\n"))
