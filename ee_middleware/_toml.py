@@ -705,11 +705,17 @@ def _meant(cls: type[BaseModel], error: Any) -> str:
     close = (_flag_setting(key, names) if model is cls else None) or _closest(key, names)
     if close:
         return f" (did you mean {close}?)"
-    # a key of one of its sub-tables written in the table itself ([improve] max_minute for [improve.budgets] max_minutes)
+    # a key of one of its sub-tables written in the table itself, a letter or two away ([improve] max_minute for
+    # [improve.budgets] max_minutes; not lora_rank for serving.max_lora_rank, another setting): said as a key of that
+    # sub-table (a dotted key there would be refused where the file also has the sub-table's own [section])
+    import difflib
+
     for name, field in model.model_fields.items():
         inner = _model_in(field.annotation)
-        if isinstance(inner, type) and issubclass(inner, BaseModel) and (close := _closest(key, list(inner.model_fields))):
-            return f" (did you mean {name}.{close}?)"  # (a dotted key, as TOML reads it there too)
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            close = difflib.get_close_matches(key, list(inner.model_fields), n=1, cutoff=0.85)
+            if close:
+                return f" (did you mean {close[0]}, a setting of its {name} sub-table?)"
     return ""
 
 

@@ -541,7 +541,12 @@ def _say_damaged_runs(runs: RunsDir, config: ImproveConfig, say: Progress) -> No
     mine = [r.id for r in runs._of(config.scope(), listed) if r.status != DAMAGED]  # (a damaged run's scope cannot be read)
     after = max(mine, default="")
     for damaged in (r for r in listed if r.status == DAMAGED and r.id > after):
-        since = f"the watermark of run {after}, the last readable one" if after else "the start (no readable run of this job)"
+        watermark = runs.last_successful(config.scope())  # (what the select stage reads: the last run that succeeded)
+        since = (
+            f"the watermark of run {watermark.id}, the last that succeeded"
+            if watermark is not None
+            else "the start (no run of this job succeeded)"
+        )
         warning = (
             f"run {damaged.id}'s run.json cannot be read ({damaged.damage}): whether it finished is not known, and neither "
             f"is what it selected. This call starts a new run, which selects the approved trajectories after {since}: "

@@ -192,9 +192,9 @@ class Run:
 
 
 _RUN_ID = re.compile(r"(\d{8}-\d{6}-\d{3})[0-9a-f]{2}")
+"""A run's id (:meth:`RunsDir._new_id`): its millisecond and a random byte."""
 _BEING_MADE_S = 5.0
 """How old a run-named folder without a run.json must be to be listed as a damaged run (not one being made)."""
-"""A run's id (:meth:`RunsDir._new_id`): its millisecond and a random byte."""
 
 
 class RunsDir:

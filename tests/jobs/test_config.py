@@ -835,5 +835,10 @@ def test_an_unknown_key_in_a_sub_table_is_placed_once(tmp_path: Path, monkeypatc
 
 def test_a_sub_tables_key_near_missed_in_the_table_itself_is_told_with_its_sub_table(tmp_path: Path) -> None:
     """Sweep: ``max_minute = 10`` in [improve] got no "did you mean" (``max_minutes`` is [improve.budgets]')."""
-    with pytest.raises(ConfigError, match=r"max_minute: Extra inputs are not permitted \(did you mean budgets\.max_minutes\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"max_minute: Extra inputs are not permitted \(did you mean max_minutes, a setting of its budgets sub-table\?\)"
+    ):
         ImproveConfig.load(_config(tmp_path, "max_minute = 10\n"))
+    with pytest.raises(ConfigError) as raised:  # review: [train]'s lora_r is no serving.max_lora_rank
+        ImproveConfig.load(_config(tmp_path, "lora_rank = 16\n"))
+    assert "max_lora_rank" not in str(raised.value), str(raised.value)

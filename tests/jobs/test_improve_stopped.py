@@ -134,11 +134,36 @@ def test_an_unfinished_run_whose_run_json_is_damaged_is_said_when_a_new_run_star
     with pytest.warns(
         UserWarning,
         match=rf"run {stopped.id}'s run.json cannot be read .*: whether it finished is not known, and neither is what it "
-        r"selected. This call starts a new run, which selects the approved trajectories after the start \(no readable run "
-        rf"of this job\): those run {stopped.id} learnt from again, if it finished",
+        r"selected. This call starts a new run, which selects the approved trajectories after the start \(no run of this "
+        rf"job succeeded\): those run {stopped.id} learnt from again, if it finished",
     ):
         new = run_improve(config)
     assert new.id != stopped.id and new.status == "succeeded", new.data.get("error")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a later call, the damaged run now older than the last readable one: said no more
         run_improve(config, force=True)
+
+
+def test_the_damaged_run_warning_names_the_watermark_the_select_stage_reads(tmp_path: Path) -> None:
+    """Review: the warning named the newest readable run's watermark (a failed run's here), where the select stage reads
+    the last run that succeeded."""
+    from ee_middleware.jobs.improve import JOB, _say_damaged_runs
+    from ee_middleware.jobs.runs import RunsDir
+
+    config = scripted_config(tmp_path)
+    runs = RunsDir(config.runs)
+    made = []
+    for status in ("succeeded", "failed", "succeeded"):
+        run = runs.create(JOB, config.describe(), config.config_hash())
+        run.update(status=status, stage_order=[])
+        made.append(run)
+    (made[2].folder / "run.json").write_text("{cut")
+    said: list[str] = []
+
+    class Say:
+        def info(self, text: str) -> None:
+            said.append(text)
+
+    with pytest.warns(UserWarning, match=rf"after the watermark of run {made[0].id}, the last that succeeded"):
+        _say_damaged_runs(runs, config, Say())  # type: ignore[arg-type]
+    assert len(said) == 1 and made[1].id not in said[0]
