@@ -313,10 +313,9 @@ def _part_kind(spec: str) -> str:
 def _without_settings_of_another_part(cls: type[BaseModel], layered: _Layered) -> dict[str, Any]:
     """``layered``'s values, less the file's ``KEY_settings`` where a flag (or the calling job) named another kind of
     part for ``KEY`` (:func:`_part_kind`) than the one the file's settings are for (its ``KEY``, else the setting's
-    default): the options of the
-    file's retriever, sandbox or policy are not the options of the one named instead ("bm25 takes no option foo"). The
-    settings the flags gave are kept (not merged into the file's). Said with a warning naming the file, the table and
-    the part."""
+    default): the options of the file's retriever, sandbox or policy are not the options of the one named instead
+    ("bm25 takes no option foo"). The settings the flags gave are kept (not merged into the file's). Said with a warning
+    naming the file, the table and the part."""
     values = dict(layered)
     for key in sorted(layered.overridden):
         settings = f"{key}_settings"

@@ -544,14 +544,7 @@ class RunCapture(BaseCallbackHandler):
         (:data:`~ee_middleware.capture.semconv.EE_CAPTURE_FAILED`), and its run is not stored as if whole."""
         if failed:
             attrs[sc.EE_CAPTURE_FAILED] = capture_failed(name.partition(" ")[0])
-        span = self.tracer.start_span(name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start)
-        if not isinstance(span, DirectSpan):  # the user's provider's span
-            if not span.is_recording():  # its sampler dropped this call's span (by name, say): made directly, as a root it drops
-                span = self.recorder.unsampled_tracer().start_span(
-                    name, context=self.parent_context, kind=kind, attributes=attrs, start_time=start
-                )
-            else:  # its limits are not for capture's payloads
-                self.recorder.processor.keep_whole(span, attrs)
+        span = start_recorded_span(self.recorder, self.tracer, name, self.parent_context, kind=kind, attributes=attrs, start_time=start)
         try:
             if error is not None:
                 self._set_error(span, error, end)
@@ -780,6 +773,24 @@ class RunRecord:
     """Where ``output`` is ``None`` (the graph ended without one: a stream closed early), the state its first node was
     given (:attr:`RunCapture.first_state`), or, where no node was given it, the thread's state read from the
     checkpointer (``_Run.stopped_state_config``): a resumed run's conversation is read from it."""
+
+
+def start_recorded_span(
+    recorder: Recorder, tracer: Any, name: str, context: Context | None, *, kind: SpanKind, attributes: dict[str, Any], start_time: int
+) -> Any:
+    """A span of one of ``recorder``'s runs, made by ``tracer`` (the run's). Where that is the user's own tracer
+    provider's: a span its sampler drops (a run it leaves out: ALWAYS_OFF, a ratio, an unsampled request; a call's span
+    dropped by name) reaches no processor, capture's included, so it is made directly instead
+    (:meth:`~ee_middleware.capture.recorder.Recorder.unsampled_tracer`; their exporters see none of it, as they chose);
+    one it keeps has ``attributes`` kept whole for the processor (``keep_whole``): the provider's limits are for their
+    exporters, not for capture's payloads."""
+    span = tracer.start_span(name, context, kind=kind, attributes=attributes, start_time=start_time)
+    if isinstance(span, DirectSpan):
+        return span
+    if not span.is_recording():
+        return recorder.unsampled_tracer().start_span(name, context, kind=kind, attributes=attributes, start_time=start_time)
+    recorder.processor.keep_whole(span, attributes)
+    return span
 
 
 def root_span_name(recorder: Recorder) -> str:

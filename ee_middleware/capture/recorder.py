@@ -71,10 +71,11 @@ from ee_middleware.capture.callbacks import (
     root_attributes,
     root_span_name,
     sendable_calls,
+    start_recorded_span,
 )
 from ee_middleware.capture.clock import CLOCK, now_ns
 from ee_middleware.capture.config import CaptureConfig
-from ee_middleware.capture.direct_spans import DirectTracer, RootIds, StandInSpan
+from ee_middleware.capture.direct_spans import DirectSpan, DirectTracer, RootIds, StandInSpan
 from ee_middleware.capture.offload import (
     CaptureRedaction,
     ProcessOffload,
@@ -659,19 +660,19 @@ class _Run:
                 self.span = StandInSpan(root_span_name(recorder), self.root_ids, self.start_ns)
             else:
                 attrs = root_attributes(recorder, self.trajectory_id, self.thread_id)
-                self.span = recorder.tracer.start_span(
-                    root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=now_ns()
+                self.span = start_recorded_span(
+                    recorder,
+                    recorder.tracer,
+                    root_span_name(recorder),
+                    parent,
+                    kind=SpanKind.INTERNAL,
+                    attributes=attrs,
+                    start_time=now_ns(),
                 )
-                if not self.span.is_recording():
-                    # the user's sampler left it out (ALWAYS_OFF, a ratio, an unsampled request): no processor of theirs,
-                    # ours included, would see its spans. Their exporters see none of it, as they chose; it is recorded
-                    # directly, marked not sampled as their sampler decided (training data is not sampled)
+                if recorder.tracer_provider is not None and isinstance(self.span, DirectSpan):
+                    # the user's sampler left the run out: its calls' spans are made directly too, marked not sampled as
+                    # their sampler decided (training data is not sampled)
                     self.tracer = recorder.unsampled_tracer()
-                    self.span = self.tracer.start_span(
-                        root_span_name(recorder), parent, kind=SpanKind.INTERNAL, attributes=attrs, start_time=now_ns()
-                    )
-                elif recorder.tracer_provider is not None:  # (its limits are for the user's exporters: RunCapture._span)
-                    recorder.processor.keep_whole(self.span, attrs)
             self.context = trace.set_span_in_context(self.span)
             self.handler = RunCapture(recorder, self.trajectory_id, self.context, buffered=self.offload is not None, tracer=self.tracer)
             hook = recorder.config.environment
