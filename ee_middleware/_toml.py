@@ -75,9 +75,15 @@ def not_blank(value: Any) -> Any:
     return value
 
 
+def stripped(value: Any) -> Any:
+    """A config field's validator (``BeforeValidator``): text without the blanks around it (a spec, ``" mutate"``, is the
+    one it names everywhere: in the job's choices, its id and its records, as where it is built)."""
+    return value.strip() if isinstance(value, str) else value
+
+
 def stripped_not_blank(value: Any) -> Any:
     """:func:`not_blank`, then the text without the blanks around it (a name: an app's)."""
-    return not_blank(value).strip() if isinstance(value, str) else value
+    return stripped(not_blank(value))
 
 
 def finite_seconds(what: str, example: str) -> Any:
@@ -456,7 +462,12 @@ def _same_value(given: Any, used: Any) -> bool:
     """A flag's value, as click parsed it, is the value the command passed on for a setting."""
     if given is None or isinstance(given, bool) != isinstance(used, bool):  # (--no-progress's False is no 0)
         return False
-    return any(candidate == used for candidate in (given, getattr(given, "value", given), str(given)))
+    return any(candidate == used or _both_nan(candidate, used) for candidate in (given, getattr(given, "value", given), str(given)))
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    """Whether both are the float NaN, which equals nothing, itself included (``--tool-timeout nan``)."""
+    return isinstance(a, float) and isinstance(b, float) and a != a and b != b
 
 
 # --- TOML types -------------------------------------------------------------------------------------------------------

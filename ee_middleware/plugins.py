@@ -389,7 +389,12 @@ class PluginKind:
                 raise self._cannot_call(spec, factory, args, options, str(exc)) from exc
             raise self._failed(spec, factory, args, options, exc) from exc
         except ValueError as exc:
-            raise self.error(f"Bad settings for {self.kind} {shown_spec(spec)!r}: {exc}") from exc
+            if not args and not options:  # no settings to blame: the factory's own code failed (a file it reads, say)
+                raise self._failed(spec, factory, args, options, exc) from exc
+            where = _where_raised(exc, users_only=True)
+            raise self.error(
+                f"Bad settings for {self.kind} {shown_spec(spec)!r}: {exc}" + (f" (raised at {where})" if where else "")
+            ) from exc
         except Exception as exc:
             raise self._failed(spec, factory, args, options, exc) from exc
         # a method it inherits from a class of the user's, in another module; not a library's class (abc, contextlib, an

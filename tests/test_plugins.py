@@ -229,6 +229,44 @@ def test_a_type_error_inside_a_factory_is_the_factorys_own_error_at_the_users_li
     assert f'python -c "import helpdesk.replay_sandbox as m; m.make_sandbox({arguments})"' in text
 
 
+_READS_A_FILE = "import json\n\n\ndef make_sandbox(allow_network: bool = False):\n    return json.loads(open('world.json').read())\n"
+
+
+def test_a_value_error_of_a_factory_given_no_settings_is_the_factorys_own_error_at_the_users_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A factory that reads its world from a file which is empty raised JSONDecodeError, a ValueError, reported as
+    "Bad settings for sandbox ...: Expecting value", though no setting was given: the user looked for a setting to
+    change (sweep of 2026-12-07). Without settings it is the factory's own error, at the user's line; with settings the
+    bad-settings message says where it was raised."""
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    _user_package(tmp_path, _READS_A_FILE)
+    (tmp_path / "world.json").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(EEError) as info:
+        build_sandbox("helpdesk.replay_sandbox:make_sandbox")
+    text = str(info.value)
+    assert "Bad settings" not in text, text
+    assert "The factory of sandbox 'helpdesk.replay_sandbox:make_sandbox' failed: JSONDecodeError: Expecting value" in text, text
+    assert f"{Path('helpdesk', 'replay_sandbox.py')}:5, in make_sandbox" in text, text
+    with pytest.raises(EEError) as info:
+        build_sandbox("helpdesk.replay_sandbox:make_sandbox", allow_network=True)
+    text = str(info.value)
+    assert text.startswith("Bad settings for sandbox 'helpdesk.replay_sandbox:make_sandbox': Expecting value"), text
+    assert f"(raised at {Path('helpdesk', 'replay_sandbox.py')}:5, in make_sandbox" in text, text
+
+
+def test_a_value_error_of_ees_own_factory_for_a_bad_setting_names_no_line() -> None:
+    """ee's own factory refusing a setting's value says so plainly: no line of ee's code in a message about a setting."""
+    from ee_middleware.replay.policies.registry import POLICIES
+
+    with pytest.raises(EEError) as info:
+        POLICIES.build("mutate", invalid_share=3)
+    assert str(info.value) == "Bad settings for policy 'mutate': invalid_share must be a number between 0 and 1, got 3", info.value
+
+
 def test_a_factory_that_requires_arguments_says_ee_calls_it_with_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A factory with a required parameter was told "Bad options for sandbox ...: missing 1 required positional
     argument", as if an option were wrong: ee calls a factory with no arguments, so each parameter needs a default."""

@@ -522,6 +522,15 @@ def server_urls(values: list[str], flag: str = "--server") -> list[str]:
     return urls
 
 
+def sampling_temperature(value: float | None) -> float | None:
+    """A ``--temperature`` option's callback: a finite number >= 0 (``None``: not given). Said of NaN as of ``-1``, where
+    a ``min=0`` bound would call NaN "not >= 0" (it compares false with every number) and let ``inf`` through to the
+    request, whose JSON cannot carry it."""
+    if value is not None and not 0 <= value < math.inf:
+        raise typer.BadParameter(f"must be a finite number >= 0 (0: greedy), got {value:g}")
+    return value
+
+
 def positive_seconds(value: float | None) -> float | None:
     """A ``--timeout`` option's callback: a finite number of seconds > 0 (``None``: not given, the configuration's or
     the default), else a usage error naming the flag and a value to use."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from ee_middleware.cli.common import (
     print_json,
     progress_console,
     reading_store,
+    sampling_temperature,
     user_output_to_stderr,
     warnings_as_lines,
 )
@@ -33,13 +33,6 @@ app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; 
 MAX_TRIALS = 1000
 """The most trials per task ``ee eval run`` takes: a run lists every task's trials before the first one runs (10**23 of
 them never started)."""
-
-
-def _finite(value: float | None) -> float | None:
-    """A number option's callback: a finite number (a request's JSON cannot carry ``inf``)."""
-    if value is not None and not math.isfinite(value):
-        raise typer.BadParameter(f"must be a finite number, got {value:g}")
-    return value
 
 
 def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None) -> str | None:
@@ -85,7 +78,7 @@ def run_cmd(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Worker processes. [default: 1]"),
     seed: int | None = typer.Option(None, "--seed", help="Sampling seed (trial k uses seed + k). [default: 0]"),
     temperature: float | None = typer.Option(
-        None, "--temperature", min=0.0, callback=_finite, help="Sampling temperature (0: greedy). [default: 0.0]"
+        None, "--temperature", callback=sampling_temperature, help="Sampling temperature (0: greedy). [default: 0.0]"
     ),
     max_tokens: int | None = typer.Option(
         None, "--max-tokens", min=1, help="Tokens the model may write per answer; answers cut at it are counted. [default: 512]"

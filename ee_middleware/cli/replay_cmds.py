@@ -30,6 +30,7 @@ from ee_middleware.cli.common import (
     print_json,
     progress_console,
     reading_store,
+    sampling_temperature,
     say_capped,
     short,
     short_ids,
@@ -88,7 +89,9 @@ def run(
         "[default: 8 for openai: policies, else 1]",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the proposals. [default: 0]"),
-    temperature: float | None = typer.Option(None, "--temperature", min=0, help="Sampling temperature of model policies. [default: 1.0]"),
+    temperature: float | None = typer.Option(
+        None, "--temperature", callback=sampling_temperature, help="Sampling temperature of model policies. [default: 1.0]"
+    ),
     policy_setting: list[str] | None = typer.Option(
         None,
         "--policy-setting",
@@ -666,10 +669,13 @@ def show(
         try:
             trajectory = opened.get(item_id)
             rollouts = list(opened.iter_rollouts([trajectory.id], replay_id=replay_id))
-        except TrajectoryNotFoundError:
+        except TrajectoryNotFoundError as no_trajectory:
             try:
                 rollouts = [opened.get_rollout(item_id)]
-            except TrajectoryNotFoundError:
+            except TrajectoryNotFoundError as no_rollout:
+                for said in (no_trajectory, no_rollout):
+                    if "ambiguous" in str(said):  # a prefix of several ids: the store's own words say how many
+                        raise said from None
                 raise TrajectoryNotFoundError(
                     f"No trajectory or rollout {item_id!r} in {store}. List them with: ee replay list --store {store}"
                 ) from None

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ee_middleware._limits import INT64_MAX, INT64_MIN
-from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings
+from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings, stripped
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
@@ -69,9 +69,9 @@ class ReplayConfig(BaseModel):
 
     store: Annotated[Path | str, BeforeValidator(store_config_value)]
     """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
-    sandbox: str = "bfcl"
+    sandbox: Annotated[str, BeforeValidator(stripped)] = "bfcl"
     """Sandbox spec: a built-in name (``bfcl``), ``package.module:factory``, or an entry point."""
-    policy: str = "mutate"
+    policy: Annotated[str, BeforeValidator(stripped)] = "mutate"
     """Policy spec: ``mutate``, ``local:MODEL_DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
     policy_settings: dict[str, Any] = Field(default_factory=dict)
     """Keyword options of the policy's constructor, e.g. ``{"invalid_share": 0.1, "same_tool_share": 0.5}`` for

@@ -539,16 +539,17 @@ def _replay_selected(
     )
     todo, already_done = select_trajectories(store, config)
     most = max_workers(config.executor)
-    if config.workers > most:  # a job file written for a larger machine: this one's cores are what speed it up
+    started = min(config.workers, most, max(len(todo), 1))  # a worker with no trajectory would only start, then stop
+    if config.workers > most and todo:  # a job file written for a larger machine: its cores are what speed it up
+        fewer = f" ({len(todo)} {'trajectory' if len(todo) == 1 else 'trajectories'} to replay, one worker each)" if started < most else ""
         warnings.warn(
             f"ee replay: workers={config.workers} is more than the {most} worker processes this machine's "
-            f"{os.cpu_count() or 1} CPU core(s) take ({LOCAL_WORKERS_PER_CORE} per core); starting {most}.",
+            f"{os.cpu_count() or 1} CPU core(s) take ({LOCAL_WORKERS_PER_CORE} per core); starting {started}{fewer}.",
             UserWarning,
             stacklevel=2,
         )
-        config = config.model_copy(update={"workers": most})
-    if config.workers > max(len(todo), 1):  # a worker with no trajectory would only start, then stop
-        config = config.model_copy(update={"workers": max(len(todo), 1)})
+    if config.workers != started:
+        config = config.model_copy(update={"workers": started})
     # Worker processes and Ray actors write into the store themselves (see executors); in-process, the job writes.
     writers = isinstance(config.store, (str, os.PathLike)) and (config.executor == "ray" or config.workers > 1)
     spec = WorkerSpec(

@@ -495,6 +495,12 @@ class ExperienceSandbox:
         )
         retriever_settings = _checked_retriever_settings(retriever_settings, index)
         min_fidelity = _checked_min_fidelity(min_fidelity)
+        if not min_fidelity and (fidelity is not None or fidelity_variant is not None):
+            given = "fidelity" if fidelity is not None else "fidelity_variant"
+            raise SandboxError(
+                f"{given} is read only to hold tools to min_fidelity, which is not set: add {_MIN_FIDELITY_EXAMPLE} (the "
+                f"tools whose measured {FIDELITY_METRIC} is below it are refused), or leave {given} out."
+            )
         # the spec as printed and stored (synthetic observations' source, the fidelity report): credentials masked
         self.model = shown_spec(model) if model else str(getattr(client, "model", "client"))
         self._client = client

@@ -272,6 +272,11 @@ def load_mcp_config(path: str | os.PathLike[str]) -> tuple[dict[str, McpServer],
             f"{sorted(_OPTION_KEYS)}."
         )
     servers = {str(name): _server_entry(file, str(name), entry) for name, entry in entries.items()}
+    for name, value in rest.items():
+        try:
+            _checked_option(name, value)
+        except SandboxError as exc:
+            raise SandboxError(f"MCP sandbox config {str(file)!r}: {exc}") from None
     return servers, rest
 
 
@@ -566,6 +571,39 @@ class _Instance:
 # -- the sandbox --------------------------------------------------------------------------------------------------------
 
 
+_SECONDS_OPTIONS = frozenset({"timeout_s", "start_timeout_s"})
+_NAMES_OPTIONS = frozenset({"allow_open_world", "outside_world_tools"})
+
+
+def _checked_option(name: str, value: Any) -> Any:
+    """One :class:`McpSandbox` option checked for its type (a config file's ``"timeout_s": "5"`` or
+    ``"outside_world_tools": 5`` is refused naming the option, not met later as a ``TypeError``): tool names come back
+    as a list (one name on its own taken as a list of it), any other option as it is."""
+    if name in _NAMES_OPTIONS:
+        names = [value] if isinstance(value, str) else value
+        if isinstance(names, (Mapping, bytes)) or not isinstance(names, Iterable):
+            raise SandboxError(f'{name} must be a list of tool names (strings), e.g. ["page_oncall"]; got {value!r:.200}.')
+        listed = list(names)
+        if not all(isinstance(tool, str) and tool.strip() for tool in listed):
+            raise SandboxError(f'{name} must be tool names (non-empty strings), e.g. ["page_oncall"]; got {listed!r:.200}.')
+        return listed
+    if name in _SECONDS_OPTIONS:
+        # bool is an int; NaN fails the comparison; inf would fail every call's wait
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise SandboxError(
+                f"{name} must be a finite number of seconds > 0, got {value!r:.100} "
+                "(e.g. timeout_s = 600 for a slow tool; there is no 'no limit')."
+            )
+    elif name == "kind":
+        if not isinstance(value, str) or not value.strip():
+            raise SandboxError(
+                f'kind (the sandbox name stored in rollout records) must be a non-empty string, got {value!r:.100}, e.g. "notes-mcp".'
+            )
+    elif not isinstance(value, bool):  # allow_network, spare_servers, tool_name_prefix, open_world_default
+        raise SandboxError(f"{name} must be true or false, got {value!r:.100} (a {type(value).__name__}).")
+    return value
+
+
 class McpSandbox(ClosedOnExit):
     """The app's own MCP servers, started fresh per trajectory, as a replay sandbox (see the module docstring).
 
@@ -612,27 +650,21 @@ class McpSandbox(ClosedOnExit):
         for name, spec in servers.items():
             if not isinstance(spec, McpServer):
                 raise SandboxError(f"McpSandbox server {name!r} is a {type(spec).__name__}, not an McpServer(command, args, env, ...).")
-        if isinstance(allow_open_world, str):
-            allow_open_world = [allow_open_world]
-        if isinstance(outside_world_tools, str):
-            outside_world_tools = [outside_world_tools]
-        outside = list(outside_world_tools)
-        if not all(isinstance(name, str) and name for name in outside):
-            raise SandboxError(f'outside_world_tools must be tool names (strings), e.g. ["page_oncall"]; got {outside!r:.200}.')
-        both = sorted(set(outside) & set(allow_open_world))
+        allowed = _checked_option("allow_open_world", allow_open_world)
+        outside = _checked_option("outside_world_tools", outside_world_tools)
+        both = sorted(set(outside) & set(allowed))
         if both:
             raise SandboxError(
                 f"Tools {both} are listed both in outside_world_tools (never called: they act only outside the world) and in "
                 "allow_open_world (called: they act only on the server's own world); list each once."
             )
-        if not (0 < timeout_s < math.inf and 0 < start_timeout_s < math.inf):  # (NaN too; inf fails every call's wait)
-            raise SandboxError(
-                f"timeout_s and start_timeout_s must be finite numbers of seconds > 0, got {timeout_s!r} and {start_timeout_s!r} "
-                "(e.g. timeout_s = 600 for a slow tool; there is no 'no limit')."
-            )
+        settings = {"timeout_s": timeout_s, "start_timeout_s": start_timeout_s, "kind": kind, "allow_network": allow_network}
+        settings |= {"spare_servers": spare_servers, "tool_name_prefix": tool_name_prefix, "open_world_default": open_world_default}
+        for name, value in settings.items():
+            _checked_option(name, value)
         self.kind = kind
         self.servers = dict(servers)
-        self.allow_open_world = frozenset(allow_open_world)
+        self.allow_open_world = frozenset(allowed)
         self.allow_network = allow_network
         self.outside_world_tools = frozenset(outside)
         self.timeout_s = float(timeout_s)

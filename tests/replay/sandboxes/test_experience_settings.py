@@ -84,3 +84,16 @@ def test_good_settings_build_the_sandbox_with_them(serve: Any, tmp_path: Path) -
     sandbox.close()
     with pytest.raises(SandboxError, match="max_tokens must be a whole number >= 1"):
         build_sandbox(f"experience:{model.spec}", max_tokens=0)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("fidelity", "/no/such/report.json"), ("fidelity", {"ls": 0.9}), ("fidelity_variant", "retrieval")]
+)
+def test_a_fidelity_report_without_min_fidelity_is_refused_not_ignored(setting: str, value: Any) -> None:
+    """``fidelity`` is read only to hold tools to ``min_fidelity``: given alone it was silently ignored (a report path
+    that does not exist too) while it changed the replay's id (sweep of 2026-12-07). Refused before any model is reached."""
+    with pytest.raises(SandboxError) as raised:
+        build_sandbox("experience:openai:http://127.0.0.1:9/v1#m", **{setting: value})
+    text = str(raised.value)
+    assert f"{setting} is read only to hold tools to min_fidelity, which is not set: add min_fidelity = " in text, text
+    assert f"or leave {setting} out" in text, text

@@ -17,5 +17,5 @@ from ee_middleware.replay.sandboxes.mcp import McpSandbox, McpServer
 @pytest.mark.parametrize("setting", ["timeout_s", "start_timeout_s"])
 @pytest.mark.parametrize("value", [math.inf, math.nan, 0.0, -1.0])
 def test_an_mcp_sandbox_refuses_a_timeout_that_is_not_finite_and_positive(setting: str, value: float) -> None:
-    with pytest.raises(SandboxError, match="must be finite numbers of seconds > 0"):
+    with pytest.raises(SandboxError, match="must be a finite number of seconds > 0"):
         McpSandbox({"notes": McpServer(sys.executable, ("-c", "pass"))}, **{setting: value})
