@@ -60,6 +60,14 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
         if key != "root":
             table.add_row(key.replace("_", " "), why if key == "pseudonyms" else str(value))
     console().print(table)
+    if data.get("unfinished_repair"):
+        typer.secho(
+            "warning: an `ee store repair` was stopped after it took damaged parts out, before it recorded what they held "
+            f"(the trajectories that lost steps are still shown as they were): run `ee store repair --store {store}` to "
+            "finish it.",
+            err=True,
+            fg="yellow",
+        )
 
 
 _PSEUDONYM_FORMS = {
@@ -95,7 +103,9 @@ def _say_what_compact_does(opened: Any, store: str) -> None:
     if not isinstance(opened, LocalExperienceStore):
         return
     if opened.compaction_running():
+        # (the spool measured now is what that compaction folds: this one folds only what is written meanwhile)
         typer.echo(f"waiting for the compaction of {store} another process runs to finish...", err=True)
+        return
     segments, size = opened.spool_size()
     if size >= SAID_SPOOL_BYTES:
         typer.echo(f"compacting {segments} spool segment(s), {size / 2**20:.0f} MB, into Parquet parts...", err=True)
@@ -197,6 +207,8 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     if written:
         kept = marker["damaged_marker_moved_to"]
         typer.echo(f"Wrote a new {marker['marker_written']}" + (f" (the damaged one is kept as {kept})." if kept else "."))
+    if report.get("finished_stopped_repair"):
+        typer.echo("Finished an earlier `ee store repair` that was stopped before it recorded what the parts it took out held.")
     moved, dropped = report["quarantined_parts"], report["missing_parts_dropped"]
     for item in moved:
         typer.echo(f"Moved damaged part {item['part']} to {item['moved_to']} ({item['reason']}).")

@@ -520,6 +520,12 @@ def ingest(
     ),
     as_json: bool = JsonOption,
     progress: bool = ProgressOption,
+    allow_partial: bool = typer.Option(
+        False,
+        "--allow-partial",
+        help="When part of the store is damaged, ingest all the same (the damage is listed on stderr): a run stored in "
+        "the part that cannot be read is taken as new and stored again. Without it, a damaged store is an error (exit 1).",
+    ),
 ) -> None:
     """Turn OTLP JSON spans that follow the GenAI conventions into trajectories.
 
@@ -534,7 +540,8 @@ def ingest(
 
     # the spec, not an open store: a store that does not exist yet is created only when a run is found; the store's
     # warnings (a spool to compact) as warning lines, progress as bars on stderr (a 400 MB export takes minutes)
-    with warnings_as_lines(), ProgressBars(enabled=progress and not as_json) as bars:
+    # A damaged part hides the runs stored in it: ingest would take them as new and store them again.
+    with warnings_as_lines(), reading_store(allow_partial=allow_partial), ProgressBars(enabled=progress and not as_json) as bars:
         report = ingest_files(files, store, app=app_name, approve_by=approve_by, on_progress=bars.update)
         bars.complete()
     if as_json:

@@ -86,6 +86,9 @@ from ee_middleware.store.tables import (
 FORMAT = "ee-experience-store"
 MAX_PARTS_BEFORE_MERGE = 16
 """A table with more live parts than this has its runs of small consecutive parts merged by the next compaction."""
+UNFINISHED_REPAIR = "quarantine/repair-unfinished.json"
+"""What an ``ee store repair`` is taking out of the store, written before the parts leave the manifest and removed once
+what they held is recorded: a repair stopped in between leaves it, and the next one finishes the work."""
 PART_FRAME_BYTES = 128 * 2**20
 """About the most (in memory, uncompressed) that compaction holds of one table to write it as a part: folding the spool
 writes a part whenever its frames reach it, and merging takes consecutive parts smaller than it together, up to it; parts
@@ -1360,6 +1363,8 @@ class LocalExperienceStore:
             whys.append("damaged records of a spool segment moved to quarantine/")
         done["replays_reopened"] = self._reopen_lost_replays(" or ".join(whys)) if whys else []
         done.update(record_losses(self, done))
+        # What was taken out is recorded: the note that says it was not yet goes (see _repair_locked)
+        (self.root / UNFINISHED_REPAIR).unlink(missing_ok=True)
         return done
 
     def _reopen_lost_replays(self, why: str) -> list[dict[str, Any]]:
@@ -1427,22 +1432,58 @@ class LocalExperienceStore:
                     else:
                         damaged.append((table, path.name, str(exc)))
             snapshot.parts[table] = keep
+        moved = [
+            {"part": str(self.root / table / name), "moved_to": str(self.root / "quarantine" / table / name), "reason": reason}
+            for table, name, reason in damaged
+        ]
+        earlier = self._unfinished_repair()
+        taken_out = {"quarantined_parts": moved, "missing_parts_dropped": missing, "quarantined_segments": segments}
+        if earlier is not None:  # a repair stopped before it recorded what its parts held: this one records it too
+            taken_out = {key: earlier.get(key, []) + taken_out[key] for key in taken_out}
+        if moved or missing or segments:
+            # Noted before any part leaves the manifest, and removed once repair() has recorded what they held (the
+            # trajectories that lost steps rejected, lost decisions set back to pending, replays reopened): a repair
+            # stopped in between (Ctrl-C, a kill) leaves the note, and the next repair finishes that work; without it
+            # the parts were out of the store and every read complete, with nothing left to say what they had held.
+            (self.root / UNFINISHED_REPAIR).parent.mkdir(exist_ok=True)
+            atomic_write_bytes(self.root / UNFINISHED_REPAIR, json.dumps(taken_out, indent=1).encode(), fsync=self._fsync)
         if damaged or missing or snapshot.generation is None:
             snapshot.generation = (snapshot.generation or 0) + 1
             write_manifest(self.root, snapshot, fsync=self._fsync)  # first out of the snapshot, then moved
-        moved = []
-        for table, name, reason in damaged:
+        for table, name, _reason in damaged:
             target = self.root / "quarantine" / table / name
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.root / table / name, target)
-            moved.append({"part": str(self.root / table / name), "moved_to": str(target), "reason": reason})
         return {
             "root": str(self.root),
-            "quarantined_parts": moved,
-            "missing_parts_dropped": missing,
-            "quarantined_segments": segments,
+            **taken_out,
             "unreadable_files": not_read,
+            "finished_stopped_repair": earlier is not None,
         }
+
+    def _unfinished_repair(self) -> dict[str, list[Any]] | None:
+        """What a repair stopped before it recorded their losses took out (its note, :data:`UNFINISHED_REPAIR`), or
+        ``None``. A note that cannot be read is set aside (kept beside it as ``.damaged``) and said with a warning: the
+        parts it named are in quarantine/ all the same."""
+        path = self.root / UNFINISHED_REPAIR
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            data, problem = None, str(exc)
+        else:
+            problem = "" if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()) else "not a JSON object of lists"
+        if problem:
+            os.replace(path, path.with_name(path.name + ".damaged"))
+            warnings.warn(
+                f"{path} (what an earlier `ee store repair` took out before it was stopped) cannot be read ({problem}); it is "
+                "kept as .damaged. The parts that repair moved are in quarantine/: what they held was not recorded.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return None
+        return data
 
     # --- metadata blobs (ee_middleware.store.protocol.KeepsMetadata) ------------------------------
 
@@ -1489,6 +1530,7 @@ class LocalExperienceStore:
             "manifest_generation": snapshot.generation,
             "quarantined_segments": len(list(quarantine.glob(f"*{spool.SEGMENT_SUFFIX}"))),
             "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
+            "unfinished_repair": (self.root / UNFINISHED_REPAIR).exists(),
         }
 
 

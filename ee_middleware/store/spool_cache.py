@@ -44,9 +44,10 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, RecordError, StoreCorruptionWarning
+from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, RecordError, StoreCorruptionWarning, StoreError
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ReplayRecord, Rollout, Trajectory
 from ee_middleware.store import spool
+from ee_middleware.store.access import store_unreadable
 from ee_middleware.store.tables import TABLES, approval_row, frame, json_text, replay_row, rollout_row, step_row, trajectory_row
 
 CACHE_BYTES = 16 << 20
@@ -457,11 +458,13 @@ class SpoolCache:
         room = self.max_bytes
         cached = self._segments
         for segment in spool.list_segments(self.dir):
-            live = spool.is_live(segment)
             try:
+                live = spool.is_live(segment)
                 data = segment.read_bytes()
             except FileNotFoundError:  # compacted away between listing and reading: its records are in parts now
                 continue
+            except OSError as exc:  # a folder in its place, no permission, a failed disk: the store's file, said so
+                raise StoreError(store_unreadable(self.dir.parent, exc)) from exc
             end = data.rfind(b"\n") + 1
             d = cached.get(segment)
             if d is None or len(d.data) != end or not data.startswith(d.data):

@@ -41,11 +41,20 @@ def test_compact_says_the_spool_it_folds_when_it_is_large(store: Path, monkeypat
     opened.close()
     assert opened.spool_size()[0] == 1 and opened.spool_size()[1] > 0
     monkeypatch.setattr(store_cmds, "SAID_SPOOL_BYTES", 1)
+    said = CliRunner().invoke(app, ["store", "compact", "--store", str(store)])
+    assert said.exit_code == 0, said.output
+    assert "compacting 1 spool segment(s)" in said.stderr and "waiting" not in said.stderr, said.stderr
+    assert "Compacted 1 spool segment(s)" in said.stdout
+
+
+def test_a_compaction_waiting_for_another_says_so_not_the_spool_that_one_folds(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It measured the spool before it waited, and announced a compaction of the size the other one then folded: "compacting
+    1 spool segment(s), 53 MB" followed by "Compacted 0 spool segment(s)" (sweep of 2026-12-07)."""
+    monkeypatch.setattr(store_cmds, "SAID_SPOOL_BYTES", 1)
     monkeypatch.setattr(LocalExperienceStore, "compaction_running", lambda self: True)
     said = CliRunner().invoke(app, ["store", "compact", "--store", str(store)])
     assert said.exit_code == 0, said.output
-    assert "waiting for the compaction of" in said.stderr and "compacting 1 spool segment(s)" in said.stderr, said.stderr
-    assert "Compacted 1 spool segment(s)" in said.stdout
+    assert "waiting for the compaction of" in said.stderr and "compacting" not in said.stderr, said.stderr
 
 
 def test_repair_says_it_waits_for_a_compaction_another_process_runs(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:

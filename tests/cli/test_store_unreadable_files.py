@@ -191,6 +191,15 @@ def test_an_unreadable_spool_segment_is_named_and_compact_folds_the_rest(store_p
     assert code == 1, output
     assert f"Cannot read the experience store {store_path}: {unreadable}: {reason}" in flat and fix in flat
 
+    # the commands that read records name it alike (they told a folder in its place as an output file to write: "Give
+    # the path of a file to write", an IsADirectoryError; sweep of 2026-12-07)
+    for command in (["traces", "list"], ["traces", "show", "first"], ["replay", "list"], ["traces", "list", "--json"]):
+        code, output = run(*command, "--store", str(store_path))
+        flat = _flat(output)
+        assert code == 1, (command, output)
+        assert f"Cannot read the experience store {store_path}: {unreadable}: {reason}" in flat and fix in flat, (command, output)
+        assert "file to write" not in flat and "IsADirectoryError" not in flat, (command, output)
+
     code, output = run("store", "repair", "--store", str(store_path))
     flat = _flat(output)
     assert code == 1, output

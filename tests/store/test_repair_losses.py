@@ -133,3 +133,56 @@ def test_a_store_path_that_is_a_file_is_named_as_such(tmp_path: Path):
         with pytest.raises(StoreError, match="is a file, not a folder: pass the store's folder"):
             open_it()
     assert plain.read_text() == "hi\n"
+
+
+def test_a_repair_stopped_after_it_took_parts_out_is_finished_by_the_next_one(two_batches, monkeypatch: pytest.MonkeyPatch):
+    """A repair interrupted (Ctrl-C, SIGTERM, a kill: here an interrupt injected where it records the losses) after the
+    damaged part left the manifest, before it recorded what the part held, left every trajectory approved without its
+    steps, and the next repair said "No damaged parts" (nothing listed was damaged any more): the loss was never
+    recorded (sweep of 2026-12-07). Its note stays until the losses are recorded; the next repair records them."""
+    from typer.testing import CliRunner
+
+    import ee_middleware.store.local as local
+    from ee_middleware.cli.app import app
+
+    store, first = two_batches
+    _damage(first["steps"])
+    recorded = local.record_losses
+
+    def stopped(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local, "record_losses", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        LocalExperienceStore(store.root, create=False).repair()
+    monkeypatch.setattr(local, "record_losses", recorded)
+    reread = LocalExperienceStore(store.root, create=False)
+    assert not first["steps"].exists() and (store.root / "quarantine" / "steps" / first["steps"].name).exists()
+    assert _current(reread)["a"]["approval"] == "approved", "what the stopped repair had done"
+    assert reread.info()["unfinished_repair"] is True
+    said = CliRunner().invoke(app, ["store", "info", "--store", str(store.root)])
+    assert "an `ee store repair` was stopped after it took damaged parts out" in said.output, said.output
+
+    result = CliRunner().invoke(app, ["store", "repair", "--store", str(store.root)])
+    assert result.exit_code == 0, result.output
+    assert "Finished an earlier `ee store repair` that was stopped" in result.output and "No damaged parts" not in result.output
+    reread = LocalExperienceStore(store.root, create=False)
+    current = _current(reread)
+    for i in ("a", "b", "r"):
+        assert (current[i]["approval"], current[i]["approval_by"]) == ("rejected", REPAIRER), current[i]
+        assert "4 of its 4 steps were lost in `ee store repair`" in current[i]["approval_reason"]
+    assert reread.trajectories(status="approved")["id"].to_list() == ["c"]
+    assert reread.info()["unfinished_repair"] is False
+    again = reread.repair()
+    assert again["finished_stopped_repair"] is False and again["steps_lost"] == [] and again["quarantined_parts"] == []
+
+
+def test_an_unreadable_note_of_a_stopped_repair_is_set_aside_with_a_warning(two_batches):
+    store, _ = two_batches
+    note = store.root / "quarantine" / "repair-unfinished.json"
+    note.parent.mkdir(exist_ok=True)
+    note.write_text("{not json")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        report = LocalExperienceStore(store.root, create=False).repair()
+    assert report["finished_stopped_repair"] is False and not note.exists()
+    assert note.with_name("repair-unfinished.json.damaged").read_text() == "{not json"
