@@ -48,6 +48,16 @@ class StoreWriteError(StoreError):
         self.errno = errno
 
 
+class StoreUnreadableError(StoreError):
+    """A file of the store could not be read (no permission, a folder in its place, a link that leads nowhere, a failed
+    disk): not damage, nothing is changed. The message names the file and the fix; ``os_error`` is the system's error,
+    for a caller that says more (an export: that nothing was written)."""
+
+    def __init__(self, message: str, *, os_error: OSError) -> None:
+        super().__init__(message)
+        self.os_error = os_error
+
+
 class StoreDamagedError(StoreError):
     """Part of the store cannot be read, so an answer would be incomplete.
 

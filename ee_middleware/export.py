@@ -50,7 +50,7 @@ import polars as pl
 from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_parquet, folders_made, remove_abandoned_temps
 from ee_middleware.capture.assembler import redact_tool_schemas
 from ee_middleware.capture.store_redaction import store_redactor
-from ee_middleware.errors import OutputError, StoreError, os_error_advice
+from ee_middleware.errors import OutputError, StoreError, StoreUnreadableError, os_error_advice
 from ee_middleware.messages import content_to_text, parse_arguments
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
@@ -454,6 +454,8 @@ def _reading(store: ExperienceStore, out: Path, read: Callable[[], _T]) -> _T:
         return read()
     except OSError as exc:
         raise StoreError(_store_failure(store, exc, out)) from exc
+    except StoreUnreadableError as exc:  # (the store said which file itself: said again with what the export did not do)
+        raise StoreError(_store_failure(store, exc.os_error, out)) from exc.os_error
 
 
 def _from_store(store: ExperienceStore, out: Path, items: Callable[[], Iterator[_T]]) -> Iterator[_T]:
@@ -469,6 +471,8 @@ def _from_store(store: ExperienceStore, out: Path, items: Callable[[], Iterator[
             break
         except OSError as exc:
             raise StoreError(_store_failure(store, exc, out)) from exc
+        except StoreUnreadableError as exc:
+            raise StoreError(_store_failure(store, exc.os_error, out)) from exc.os_error
         yield item
     root = local_folder(store)  # (a plug-in's root may be a file: its own reads say when it is gone)
     if root is not None and not root.is_dir():

@@ -44,7 +44,7 @@ from typing import Any
 
 import polars as pl
 
-from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, RecordError, StoreCorruptionWarning, StoreError
+from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, RecordError, StoreCorruptionWarning, StoreUnreadableError
 from ee_middleware.records import SCHEMA_VERSION, ApprovalEvent, ReplayRecord, Rollout, Trajectory
 from ee_middleware.store import spool
 from ee_middleware.store.access import store_unreadable
@@ -464,7 +464,7 @@ class SpoolCache:
             except FileNotFoundError:  # compacted away between listing and reading: its records are in parts now
                 continue
             except OSError as exc:  # a folder in its place, no permission, a failed disk: the store's file, said so
-                raise StoreError(store_unreadable(self.dir.parent, exc)) from exc
+                raise StoreUnreadableError(store_unreadable(self.dir.parent, exc), os_error=exc) from exc
             end = data.rfind(b"\n") + 1
             d = cached.get(segment)
             if d is None or len(d.data) != end or not data.startswith(d.data):
