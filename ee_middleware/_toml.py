@@ -298,7 +298,7 @@ def build_config(cls: type[ModelT], values: Mapping[str, Any], job: str) -> Mode
         flags = _flags(cls, layered) if layered is not None else {}
         errors = exc.errors()
         problems = "; ".join(
-            f"{_where(e['loc'], flags)}: {e['msg']}" + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e)) for e in errors
+            f"{_where(e['loc'], flags)}: {_said(e)}" + (_meant(cls, e) if e["type"] == "extra_forbidden" else _given(e)) for e in errors
         )
         message = f"Invalid {job} configuration: {problems}"
         if layered is not None and layered.path is not None:
@@ -404,6 +404,9 @@ def _where(loc: tuple[Any, ...], flags: Mapping[str, str]) -> str:
     """An error's location as the user wrote it: the flag that gave the value, else the key (``budgets.max_minutes``)."""
     if loc and loc[0] in flags:
         return flags[loc[0]] + (f" ({'.'.join(str(p) for p in loc[1:])})" if len(loc) > 1 else "")
+    sub = ".".join(str(p) for p in loc[:2])
+    if len(loc) >= 2 and flags.get(sub):  # a sub-table's setting a flag gave (--launcher: vllm.launcher)
+        return flags[sub] + (f" ({'.'.join(str(p) for p in loc[2:])})" if len(loc) > 2 else "")
     return ".".join(str(p) for p in loc) or "(config)"
 
 
@@ -440,6 +443,17 @@ def _flags(cls: type[BaseModel], values: _Layered) -> dict[str, str]:
         flag = shown(option) if option is not None else None
         if flag:
             flags[field] = flag
+    # a sub-table's settings that flags gave (``--launcher`` for ``vllm.launcher``): the flag named as its key
+    for field in values.overridden & fields:
+        given = values.given.get(field)
+        if field in flags or not isinstance(given, Mapping):
+            continue
+        for key, value in given.items():
+            if value is None:
+                continue
+            same = [o for o in options if key in _option_names(o) and shown(o) and _same_value(ctx.params.get(o.name), value)]
+            if len(same) == 1:
+                flags[f"{field}.{key}"] = shown(same[0]) or ""
     return flags
 
 
@@ -682,6 +696,18 @@ def _is_secret_name(name: str) -> bool:
         if word.endswith(("key", "token", "secret", "password", "passwd", "pwd")) or word.startswith("auth") or "credential" in word:
             return True
     return False
+
+
+_BOUNDS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _said(error: Any) -> str:
+    """Pydantic's message for a validation error, but for NaN against a bound: NaN compares false with every number, so
+    pydantic said "Input should be less than or equal to 1" of a value that is no number at all."""
+    value = error.get("input")
+    if error["type"] in _BOUNDS and isinstance(value, float) and value != value:
+        return "Input should be a number, not NaN"
+    return error["msg"]
 
 
 def _given(error: Any) -> str:

@@ -142,9 +142,14 @@ def _say_interrupted(exc: KeyboardInterrupt) -> None:
     if str(exc).startswith(INTERRUPTED_PREFIX):
         return
     try:
-        typer.secho(f"{INTERRUPTED_PREFIX}stopped by {_stopped_by(exc)} before it finished.", err=True, fg="yellow")
+        typer.secho(f"{INTERRUPTED_PREFIX}{_stopped_text(exc)}", err=True, fg="yellow")
     except (AttributeError, OSError, ValueError):  # no stderr to write to
         pass
+
+
+def _stopped_text(exc: KeyboardInterrupt) -> str:
+    """What the ``interrupted:`` line says after its prefix, and a ``--json`` failure's message: the same text."""
+    return f"stopped by {_stopped_by(exc)} before it finished."
 
 
 def _stopped_by(exc: KeyboardInterrupt) -> str:
@@ -189,7 +194,7 @@ def _json_failure(exc: BaseException) -> tuple[str, str, int] | None:
 
         said = str(exc)  # a command that said what it kept raises its `interrupted:` line's text again
         message = said.removeprefix(INTERRUPTED_PREFIX) if said.startswith(INTERRUPTED_PREFIX) else None
-        return "KeyboardInterrupt", message or f"interrupted ({_stopped_by(exc)})", 130
+        return "KeyboardInterrupt", message or _stopped_text(exc), 130
     return None
 
 

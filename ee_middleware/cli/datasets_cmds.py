@@ -85,14 +85,11 @@ def build(
     max_synthetic_share: float | None = typer.Option(
         None,
         "--max-synthetic-share",
-        min=0.0,
-        max=1.0,
         help="Cap the share of synthetic-task trajectories (source=curriculum) in the datasets; which stay is seeded. [default: no cap]",
     ),
     chunk_mb: float | None = typer.Option(
         None,
         "--chunk-mb",
-        max=1_000_000,
         help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). [default: 32]",
     ),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
@@ -383,20 +380,17 @@ def show(
     if not files:
         from ee_middleware.errors import ConfigError
 
+        if folder.is_file():  # (datasets.json, a JSONL export): the build's folder is what to give, or one of its files
+            raise ConfigError(
+                f"{folder} is not a dataset file (a .parquet file of ee datasets build): give the build's folder "
+                f"(ee datasets show {folder.parent}) or one of its .parquet files."
+            )
         raise ConfigError(f"No datasets in {folder}. Build them with: ee datasets build --store DIR --out {folder}")
     tok = None
     if tokenizer is not None:
-        from ee_middleware._optional import import_optional
+        from ee_middleware.models.local import load_tokenizer
 
-        if not tokenizer.expanduser().is_dir():  # a name would be looked up on the Hugging Face hub: models are never downloaded
-            from ee_middleware.errors import ConfigError
-
-            raise ConfigError(
-                f"--tokenizer {tokenizer}: no such folder. Give the folder of a model or tokenizer saved with save_pretrained "
-                "(e.g. ./models/smollm2); models and tokenizers are never downloaded."
-            )
-        transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
-        tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer.expanduser()), local_files_only=True, trust_remote_code=False)
+        tok = load_tokenizer(tokenizer)
         if not getattr(tok, "chat_template", None):
             from ee_middleware.errors import ConfigError
 

@@ -130,8 +130,6 @@ def eval_cmd(
     held_out: float | None = typer.Option(
         None,
         "--held-out",
-        min=0.0,
-        max=1.0,
         help="Share of the approved trajectories held out: predicted, never indexed, never retrieved. At least one is held out, "
         "also at 0 (the eval needs something to predict), and at least one must stay to be retrieved from: a share that "
         "holds out every trajectory (1.0) is refused. [default: 0.2]",
@@ -297,8 +295,6 @@ def dataset_cmd(
     held_out: float | None = typer.Option(
         None,
         "--held-out",
-        min=0.0,
-        max=1.0,
         help="Share of the approved trajectories held out, as 'ee experience eval' holds them out (at least one, also at 0). "
         "[default: 0.2]",
     ),

@@ -338,6 +338,31 @@ def load_pretrained(
     return tokenizer, model
 
 
+def load_tokenizer(folder: Path, *, flag: str = "--tokenizer") -> Any:
+    """The tokenizer saved in the local ``folder`` (a model's or a tokenizer's own), offline, never running the folder's
+    code; a folder without tokenizer files, or one transformers cannot load, is a :class:`ModelLoadError` naming it
+    (``flag``: how the user gave it) and the fix, not transformers' advice to install sentencepiece or tiktoken."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():  # a name would be looked up on the Hugging Face hub: models are never downloaded
+        raise ModelLoadError(
+            f"{flag} {folder}: no such folder. Give the folder of a model or tokenizer saved with save_pretrained "
+            "(e.g. ./models/smollm2); models and tokenizers are never downloaded."
+        )
+    if not _has_tokenizer_files(folder):
+        raise ModelLoadError(
+            f"{flag} {folder} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:4])}, ...): give the folder of a model or "
+            "tokenizer saved with tokenizer.save_pretrained(DIR); nothing is downloaded."
+        )
+    transformers = import_optional("transformers", extra="train", purpose="count tokens with a tokenizer")
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Cannot load the tokenizer in {folder} ({flag}) offline: {type(exc).__name__}: {exc}. Save it again with "
+            "tokenizer.save_pretrained(DIR) from the model it belongs to; nothing is downloaded."
+        ) from exc
+
+
 def _has_tokenizer_files(folder: Path) -> bool:
     return any((folder / name).is_file() for name in _TOKENIZER_FILES) or any(folder.glob("*.tiktoken"))
 

@@ -104,6 +104,8 @@ class TokenizedPair:
     """Prompt tokens cut from the left after fitting (the last resort)."""
     completion_cut_chars: int = 0
     """Characters cut from the end of the completion's text (``cut_completion``: an IWM target too long to fit)."""
+    whole_tokens: int = 0
+    """Tokens of the prompt and the completion as rendered before any cut: the ``max_length`` the row needs whole."""
 
     @property
     def ids(self) -> list[int]:
@@ -131,13 +133,14 @@ def tokenize_pair(
     prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, tools, support)
     prompt_ids = _ids(tokenizer, prompt_text)
     completion_ids = _ids(tokenizer, completion_text)
+    whole = len(prompt_ids) + len(completion_ids)
     cut_chars = 0
     if cut_completion and len(prompt_ids) + len(completion_ids) > max_length:
         room = max(max_length - len(prompt_ids), max_length // 2)
         if len(completion_ids) > room and (text := _answer_text(completion)) is not None:
             completion, completion_ids, fallback, cut_chars = _cut_answer(tokenizer, prompt, completion[0], text, tools, support, room)
     if not completion_ids or len(completion_ids) >= max_length or len(prompt_ids) + len(completion_ids) <= max_length:
-        return TokenizedPair(prompt_ids, completion_ids, fallback, completion_cut_chars=cut_chars)
+        return TokenizedPair(prompt_ids, completion_ids, fallback, completion_cut_chars=cut_chars, whole_tokens=whole)
     budget = max_length - len(completion_ids)
     fit = fit_messages(tokenizer, prompt, tools, support, budget)
     prompt_text, completion_text, fallback = render_pair(tokenizer, fit.messages, completion, fit.tools, support)
@@ -151,7 +154,7 @@ def tokenize_pair(
             cut_chars += more
             budget = max_length - len(completion_ids)
     left_cut = max(0, len(prompt_ids) - budget)
-    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut, cut_chars)
+    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut, cut_chars, whole)
 
 
 MIN_TARGET_SHARE = 0.125

@@ -83,7 +83,9 @@ def test_an_interrupted_json_command_says_so_as_json(monkeypatch: pytest.MonkeyP
     result = ee("traces", "list", "-s", recorded, "--json")
     assert result.exit_code == 130, result.output
     error = json.loads(result.stdout)["error"]
-    assert error == {"type": "KeyboardInterrupt", "message": "interrupted (SIGTERM)", "exit_code": 130}
+    # the text of the stderr line, "interrupted: stopped by SIGTERM before it finished." (was "interrupted (SIGTERM)")
+    assert error == {"type": "KeyboardInterrupt", "message": "stopped by SIGTERM before it finished.", "exit_code": 130}
+    assert "interrupted: stopped by SIGTERM before it finished." in result.stderr
 
 
 def test_a_bare_interrupt_names_the_signal_not_an_empty_pair_of_parentheses(monkeypatch: pytest.MonkeyPatch, recorded: Path) -> None:
@@ -94,7 +96,7 @@ def test_a_bare_interrupt_names_the_signal_not_an_empty_pair_of_parentheses(monk
 
     monkeypatch.setattr(traces, "open_existing_store", interrupted)
     result = ee("traces", "list", "-s", recorded, "--json")
-    assert json.loads(result.stdout)["error"]["message"] == "interrupted (SIGINT)"
+    assert json.loads(result.stdout)["error"]["message"] == "stopped by SIGINT before it finished."
 
 
 def test_an_interrupted_replay_says_what_it_kept_in_its_json_error(monkeypatch: pytest.MonkeyPatch, recorded: Path) -> None:

@@ -32,7 +32,7 @@ def test_a_temperature_that_is_not_a_finite_number_at_least_0_is_refused_naming_
 def test_a_nan_tool_timeout_is_refused_naming_the_flag(bfcl_store_path: Path) -> None:
     result = ee("replay", "run", "--store", str(bfcl_store_path), "--isolation", "subprocess", "--tool-timeout", "nan", "--no-progress")
     assert result.exit_code == 1, result.output
-    assert "--tool-timeout: Input should be greater than 0 (got nan)" in result.output and "tool_timeout_s" not in result.output
+    assert "--tool-timeout: Input should be a number, not NaN (got nan)" in result.output and "tool_timeout_s" not in result.output
 
 
 def test_specs_are_taken_without_the_blanks_around_them() -> None:

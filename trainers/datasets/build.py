@@ -18,12 +18,14 @@ the order the rows have; IWM's error cap is decided from the keys before any row
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -46,7 +48,7 @@ from ee_middleware._files import (
 from ee_middleware._toml import build_config, layered_values, missing_settings, named_path
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
-from ee_middleware.errors import ConfigError
+from ee_middleware.errors import ConfigError, IncompleteReadWarning
 from ee_middleware.messages import content_to_text, with_decoded_arguments
 from ee_middleware.models.urls import shown_spec
 from ee_middleware.records import SANDBOX_FAILURES
@@ -151,7 +153,9 @@ class DatasetConfig(BaseModel):
     ``datasets.json``'s ``datasets.iwm.errors_left_out``."""
     iwm_include_expert_steps: bool = True
     sr_k: int = Field(3, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**64 - 1)
+    """Seeds the IWM error cap's sample, the held-out split and the synthetic-task cap: 0 to 2**64 - 1 (the sampler's
+    range; a seed outside it failed the build only where the error cap took effect, as an unexpected OverflowError)."""
     heldout_share: float = Field(0.0, ge=0, lt=1)
     """Hold out this share of units (trajectories sharing a thread or a task; seeded by ``seed``, stable as the store grows)
     into ``OUT/heldout/``. Every held-out rule also holds out what would carry a held-out trajectory's targets into
@@ -171,7 +175,7 @@ class DatasetConfig(BaseModel):
     wrote, see ``ee curriculum run``) among the trajectories the training datasets are built from (after the held-out
     split: the held-out side is not capped, its counts are ``synthetic_tasks.heldout``); which ones stay is chosen by
     ``seed`` (:func:`cap_synthetic_tasks`). Default: no cap. Recorded in ``datasets.json``."""
-    chunk_mb: float = Field(32.0, gt=0)
+    chunk_mb: float = Field(32.0, gt=0, le=1_000_000)
     """Build and write about this many MB of prompt text at a time: bounds the build's memory. The rows
     are the same for any value."""
 
@@ -245,7 +249,32 @@ def build_datasets(
 ) -> dict[str, Any]:
     """Build the configured kinds; return the summary also written to ``OUT/datasets.json``. ``refuse_out_in_store``
     (``ee datasets build``): an output folder that is the store's folder or inside it is refused before anything is
-    written (``ee improve`` writes into its run folder, wherever its ``runs`` are: a set-up that worked stays working)."""
+    written (``ee improve`` writes into its run folder, wherever its ``runs`` are: a set-up that worked stays working).
+
+    A read of a damaged store that warns it left records out (``IncompleteReadWarning``: a caller that lets the build go
+    on, ``--allow-partial``) is recorded in ``datasets.json`` (``incomplete_store_read``: what each warning said), so
+    that what trains on these datasets can tell they were built from part of the store; the warnings are passed on."""
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            return _build_datasets(
+                config, caught, on_stage=on_stage, on_sr_progress=on_sr_progress, refuse_out_in_store=refuse_out_in_store
+            )
+    finally:
+        # to the caller's filters and handlers, as if never caught (after the recording has stopped: re-emitted inside
+        # it, each would be recorded again, and re-emitted, forever)
+        for said in caught:
+            warnings.warn_explicit(said.message, said.category, said.filename, said.lineno, source=said.source)
+
+
+def _build_datasets(
+    config: DatasetConfig,
+    caught: list[warnings.WarningMessage],
+    *,
+    on_stage: Callable[[str], None] | None,
+    on_sr_progress: Callable[[int, int], None] | None,
+    refuse_out_in_store: bool,
+) -> dict[str, Any]:
     from ee_middleware.store.registry import open_store
 
     store = open_store(config.store, create=False)
@@ -367,7 +396,12 @@ def build_datasets(
             )
     teacher = build_teacher(config.teacher, **config.teacher_settings) if "sr" in config.kinds else None
     # (a failed build, on a full disk or past a file-size limit, leaves no empty --out folder behind)
-    with folders_made(config.out), closing_teacher(teacher), writing_folder(config.out), staging_folder(config.out) as staging:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(folders_made(config.out))
+        teacher_open = stack.enter_context(contextlib.ExitStack())
+        teacher_open.enter_context(closing_teacher(teacher))
+        stack.enter_context(writing_folder(config.out))
+        staging = stack.enter_context(staging_folder(config.out))
         summary["datasets"] = _build_split(
             reader, index, config, teacher, staging, redactor, config.out, on_stage=on_stage, on_sr_progress=on_sr_progress
         )
@@ -380,6 +414,11 @@ def build_datasets(
         missing = tool_schemas_missing(index, {kind: staging / Path(info["path"]).name for kind, info in summary["datasets"].items()})
         if missing is not None:
             summary["tool_schemas_missing"] = missing
+        # closed before the build is published: a teacher whose close() fails fails the build with the earlier one whole
+        teacher_open.close()
+        incomplete = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, IncompleteReadWarning)))
+        if incomplete:
+            summary["incomplete_store_read"] = incomplete
         summary["stale_removed"] = publish(staging, config.out)
         atomic_write_text(config.out / "datasets.json", json.dumps(summary, indent=2))
     return summary

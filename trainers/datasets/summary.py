@@ -201,20 +201,31 @@ def render_example(row: dict[str, Any], tokenizer: Any = None, support: Any = No
         chat_row = ChatRow(id=str(row.get("id")), kind=str(row.get("kind") or ""), prompt=prompt, completion=completion, tools=tools)
         prompt_text, completion_text, _ = render_texts(tokenizer, chat_row, support if support is not None else probe_template(tokenizer))
         return prompt_text + completion_text
-    names = [t.get("function", t).get("name", "?") for t in tools if isinstance(t, dict)]
+    names = [_name(t.get("function", t)) for t in tools if isinstance(t, dict)]
     lines = [f"tools offered: {', '.join(names) if names else 'none'}"]
-    for message in prompt[-4:]:
-        lines.append(_line(message))
-    lines.append("=> " + _line(completion[0]))
-    if len(prompt) > 4:
-        lines.insert(1, f"(… {len(prompt) - 4} earlier messages)")
+    lines += [_line(message) for message in prompt]
+    lines += ["=> " + _line(message) for message in completion]
     return "\n".join(lines)
 
 
-def _line(message: dict[str, Any]) -> str:
-    text = message.get("content") or ""
-    if message.get("tool_calls"):
-        calls = "; ".join(f"{c['function']['name']}({c['function'].get('arguments', '')})" for c in message["tool_calls"])
-        text = (text + " " if text else "") + f"[calls {calls}]"
-    text = " ".join(str(text).split())
-    return f"{message.get('role', '?')}: {text[:300]}{'…' if len(text) > 300 else ''}"
+def _name(function: Any) -> str:
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else "?"
+
+
+def _line(message: Any) -> str:
+    """A message whole, after its role (a long example is cut by :func:`example_excerpt`, saying how much, unless ``--full``);
+    a malformed one (``ee train`` refuses it, naming what is wrong) shown as it is rather than failing the listing."""
+    if not isinstance(message, dict):
+        return f"?: {message!r}"
+    text = str(message.get("content") or "")
+    calls = message.get("tool_calls")
+    if calls:
+        shown = []
+        for call in calls if isinstance(calls, list) else [calls]:
+            function = call.get("function") if isinstance(call, dict) else None
+            shown.append(
+                f"{_name(function)}({function.get('arguments', '')})" if isinstance(function, dict) else f"malformed call {call!r}"
+            )
+        text = (text + " " if text else "") + f"[calls {'; '.join(shown)}]"
+    return f"{message.get('role', '?')}: {text}"

@@ -261,7 +261,8 @@ def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) ->
     share = stats.lost_essentials_share
     if share <= config.max_lost_context_share:
         return
-    needed = sorted(cut["original_tokens"] for cut in stats.cuts)
+    # what each cut row needs whole: its prompt and its target (an IWM target cut to its head needs more than its prompt)
+    needed = sorted(cut.get("whole_tokens") or cut["original_tokens"] for cut in stats.cuts)
     p90 = needed[min(len(needed) - 1, int(0.9 * len(needed)))] if needed else config.max_length
     losses = [
         f"{stats.compact_tools} have their tool schemas listed compactly",
@@ -271,8 +272,8 @@ def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) ->
     ]
     warnings.warn(
         f"{share:.0%} of the {stats.examples} {kind.upper()} rows trained on lose more than older turns at max_length={config.max_length}: "
-        f"{', '.join(losses[:-1])} and {losses[-1]}. Raise max_length (90% of the over-budget prompts need up to "
-        f"{p90} tokens before fitting), or accept these losses by raising max_lost_context_share "
+        f"{', '.join(losses[:-1])} and {losses[-1]}. Raise max_length (90% of the rows that did not fit need up to "
+        f"{p90} tokens whole, prompt and target), or accept these losses by raising max_lost_context_share "
         f"(now {config.max_lost_context_share}); see `ee datasets show --tokenizer BASE --max-length N`.",
         ContextBudgetWarning,
         stacklevel=3,

@@ -139,6 +139,9 @@ def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> Cha
         for message in messages:
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise _BadRow(f"{where}: {column} must be a list of chat messages with a 'role' (OpenAI shape), got {str(message)[:80]!r}.")
+            problem = _tool_calls_problem(message.get("tool_calls"))
+            if problem is not None:
+                raise _BadRow(f"{where}: a {column} message's tool_calls {problem}.")
     if not prompt:
         raise _BadRow(f"{where}: prompt has no messages.")
     if len(completion) != 1 or completion[0]["role"] != "assistant":
@@ -147,6 +150,23 @@ def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> Cha
     return ChatRow(
         id=str(row_id if row_id is not None else index), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools
     )
+
+
+def _tool_calls_problem(calls: Any) -> str | None:
+    """What is wrong with a message's ``tool_calls`` for a chat template (OpenAI shape: ``[{"id", "type": "function",
+    "function": {"name", "arguments"}}]``), or ``None``: a call without its ``function`` failed in the base model's
+    template, which was then blamed ("a limit of the model's own template")."""
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        return f"must be a list of calls, got {type(calls).__name__}"
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            return f'must each have a "function" with a "name" (OpenAI shape), got {str(call)[:80]!r}'
+        if not isinstance(function.get("arguments", ""), (str, dict)):
+            return f"arguments must be JSON text (or an object), got {type(function['arguments']).__name__} in {str(call)[:80]!r}"
+    return None
 
 
 def _json_list(where: str, column: str, text: Any) -> list[Any]:

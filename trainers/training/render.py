@@ -84,8 +84,11 @@ class RenderStats:
     """Per fitted row: id, tokens before and after, messages dropped, compact tools, messages shortened and characters
     they lost, tokens cut from the left, characters cut from the completion."""
 
-    def record_cut(self, row_id: str, fit: Fit | None, left_cut: int, *, completion_cut_chars: int = 0, prompt_tokens: int = 0) -> None:
-        """Count a row that did not fit whole: its prompt fitted (``fit``), its completion cut, or both."""
+    def record_cut(
+        self, row_id: str, fit: Fit | None, left_cut: int, *, completion_cut_chars: int = 0, prompt_tokens: int = 0, whole_tokens: int = 0
+    ) -> None:
+        """Count a row that did not fit whole: its prompt fitted (``fit``), its completion cut, or both; ``whole_tokens``:
+        its prompt and completion before any cut (the ``max_length`` it needs)."""
         self.truncated += 1
         self.left_cut += left_cut > 0
         self.completion_cut += completion_cut_chars > 0
@@ -98,7 +101,15 @@ class RenderStats:
             described = Fit([], None, "", prompt_tokens, prompt_tokens).describe()
         # "tokens": the prompt as trained, after the cut from the left (it was the fitted prompt's, before that cut)
         described["tokens"] -= left_cut
-        self.cuts.append({"id": row_id, **described, "left_cut_tokens": left_cut, "completion_cut_chars": completion_cut_chars})
+        self.cuts.append(
+            {
+                "id": row_id,
+                **described,
+                "left_cut_tokens": left_cut,
+                "completion_cut_chars": completion_cut_chars,
+                "whole_tokens": whole_tokens,
+            }
+        )
 
     @property
     def lost_essentials_share(self) -> float:
@@ -256,7 +267,12 @@ def _tokenize_row(
         return
     if pair.fit is not None or pair.completion_cut_chars:
         stats.record_cut(
-            row.id, pair.fit, pair.left_cut, completion_cut_chars=pair.completion_cut_chars, prompt_tokens=len(pair.prompt_ids)
+            row.id,
+            pair.fit,
+            pair.left_cut,
+            completion_cut_chars=pair.completion_cut_chars,
+            prompt_tokens=len(pair.prompt_ids),
+            whole_tokens=pair.whole_tokens,
         )
     example = Example(row.id, pair.ids, [-100] * len(pair.prompt_ids) + pair.completion_ids)
     examples.append(example)

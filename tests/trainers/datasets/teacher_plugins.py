@@ -61,3 +61,14 @@ def make_generator() -> ServiceTeacher:
 
 def make_styled(style: str = "plain", mode: str = "ok") -> ServiceTeacher:
     return ServiceTeacher(mode, style=style)
+
+
+class ClosesBadly(ServiceTeacher):
+    """Writes rationales, then fails to release what it holds."""
+
+    def close(self) -> None:
+        raise ValueError("close failed: the rationale service's session is gone")
+
+
+def make_closes_badly() -> ClosesBadly:
+    return ClosesBadly()

@@ -119,3 +119,30 @@ def test_structured_tool_output_is_cut_to_about_its_token_budget_with_a_real_tok
     for name in ("orders", "listing", "digests"):
         assert OUTPUTS[name].startswith(targets[name]) and tokens[name] <= 1.25 * 512, tokens
     assert 0.6 * 512 <= tokens["prose"] <= 512, tokens
+
+
+def test_the_context_warning_says_what_rows_with_a_cut_target_need_whole(tmp_path: Path, tool_tokenizer: Any) -> None:
+    """The warning advised raising max_length "to 159 tokens" for rows trained at max_length=1024 whose targets were cut:
+    its figure counted the prompts alone (sweep of 2026-12-07). It is what the rows need whole, prompt and target, and
+    each cut row records it (``whole_tokens``)."""
+    import re
+    import warnings
+
+    from ee_middleware.trainers.training import ContextBudgetWarning, TrainConfig
+    from ee_middleware.trainers.training.api import _warn_if_context_lost
+
+    rows = load_dataset(_build(tmp_path), "iwm").rows
+    max_length = 256
+    _, stats = tokenize_rows(tool_tokenizer, rows, max_length, probe_template(tool_tokenizer))
+    cut = [c for c in stats.cuts if c["completion_cut_chars"]]
+    assert cut and all(c["whole_tokens"] > max_length for c in cut), stats.cuts
+    for c in cut:  # the row as rendered whole, counted in the same tokens
+        row = next(r for r in rows if r.id == c["id"])
+        whole, _ = tokenize_rows(tool_tokenizer, [row], 100_000, probe_template(tool_tokenizer))
+        assert c["whole_tokens"] == len(whole[0].input_ids)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        _warn_if_context_lost("iwm", stats, TrainConfig.model_construct(max_length=max_length, max_lost_context_share=0.0))
+    (warning,) = [w for w in said if issubclass(w.category, ContextBudgetWarning)]
+    needed = int(re.search(r"need up to (\d+) tokens whole, prompt and target", str(warning.message)).group(1))
+    assert needed > max_length, warning.message
