@@ -208,6 +208,8 @@ class LocalModelServer:
 
     def unload_adapter(self, body: dict[str, Any]) -> str:
         name = body.get("lora_name")
+        if not isinstance(name, str) or not name:  # (a list was an unhashable-type 500)
+            raise RequestError(400, "lora_name is a required string")
         with self.lock:
             if name not in self.adapters:
                 raise RequestError(404, f"The lora adapter '{name}' cannot be found.", "NotFoundError")

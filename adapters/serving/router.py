@@ -146,6 +146,9 @@ class AliasRouter:
         self._registry_problem: str | None = None
         """Why the registry cannot be read now (said once in the log until it can be again), or None."""
         self._registry_lock = threading.Lock()  # (the two above: requests are served on threads of their own)
+        # read once now: a registry that cannot be read at start has no last good read to route by, and the router would
+        # answer every request with its error; its error is raised here instead (ee serve router exits 1 naming it)
+        self._apps()
 
     def resolve(self, model: str | None) -> str | None:
         """The model name to send upstream for ``model``: the live adapter for an alias, else ``model`` itself."""
@@ -237,9 +240,10 @@ class AliasRouter:
         problems: list[str] = []
         missing: list[str] = []
         refused: tuple[int, Any] | None = None
-        for url in self._order():
+        order = self._order()
+        for index, url in enumerate(order):
             try:
-                answer = self._ask(url, path, body)
+                answer = self._ask(url, path, body, others=index < len(order) - 1)
             except ModelRequestError as exc:  # the replica's own answer, as it sent it (not the client's advice for the router)
                 self._answered(url)
                 if exc.status in (401, 403):  # the router's key, not the app's: the app sent the router the right one
@@ -288,10 +292,12 @@ class AliasRouter:
             self.log(f"ee router: {why}")
         return why
 
-    def _ask(self, url: str, path: str, body: dict[str, Any]) -> Any:
+    def _ask(self, url: str, path: str, body: dict[str, Any], *, others: bool = False) -> Any:
         """The replica's answer to ``body`` (an :class:`EventStream` once a stream has started); a replica that refused
         or broke the connection, or answered 5xx or 429, is asked again up to ``retries`` times, one that timed out is
-        not (its last error is raised)."""
+        not (its last error is raised). One that asks to be asked again later (``Retry-After`` on a 429 or a 503) is not
+        waited for while ``others``, replicas after it, may answer now (its error is raised for the next one); the last
+        one is waited for at most the router's time-out."""
         suffix = path.removeprefix("/v1") if path.startswith("/v1/") else path
         base, mark, query = url.partition("?")  # (a query, ?api_key=..., goes with every request to the replica)
         if not path.startswith("/v1/"):
@@ -309,11 +315,12 @@ class AliasRouter:
                 raise
             except ModelServerError as exc:
                 looped = exc.status == LOOP_STATUS  # a router as a replica: it answers so every time
-                if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError) or looped:
+                later = others and exc.retry_after > RETRY_BACKOFF_S * 2**attempt  # busy: another replica may answer now
+                if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError) or looped or later:
                     if attempt:  # the client's message counts its own attempt alone
                         exc.args = (f"{exc} (asked {attempt + 1} times by the router)",)
                     raise
-                wait = exc.retry_after
+                wait = min(exc.retry_after, self.timeout_s)
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises
 
     # --- passive health: replicas that timed out or could not be reached are passed over for cooldown_s ---------------

@@ -258,7 +258,9 @@ def list_adapters(
         them = _server_args(urls, backend)
         typer.secho(
             f"warning: {', '.join(resident)} {'is' if len(resident) == 1 else 'are'} not served by any app but still loaded "
-            f"(each holds a LoRA slot of the replicas it is loaded on): ee adapters retire NAME -r {registry} {them} unloads it.",
+            "(each holds a LoRA slot of the replicas it is loaded on): "
+            + "; ".join(f"ee adapters retire {name} -r {registry} {them}" for name in resident)
+            + f" unloads {'it' if len(resident) == 1 else 'them'}.",
             err=True,
             fg="yellow",
         )

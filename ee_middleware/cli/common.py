@@ -22,7 +22,7 @@ from ee_middleware._console import is_terminal
 from ee_middleware._files import file_above
 from ee_middleware._lifetime import termination_as_interrupt as termination_as_interrupt  # the commands' import
 from ee_middleware.messages import one_line
-from ee_middleware.models.urls import server_url_problem
+from ee_middleware.models.urls import server_url_problem, shown_url
 
 if TYPE_CHECKING:
     from ee_middleware.store.protocol import ExperienceStore
@@ -515,7 +515,7 @@ def server_urls(values: list[str], flag: str = "--server") -> list[str]:
         problem = server_url_problem(url, flag)
         if problem:
             raise typer.BadParameter(
-                f"{url!r} is not a model server's URL: {problem}. Write http(s)://host:port, e.g. http://127.0.0.1:8000/v1 "
+                f"{shown_url(url)!r} is not a model server's URL: {problem}. Write http(s)://host:port, e.g. http://127.0.0.1:8000/v1 "
                 "(the replica's OpenAI API root).",
                 param_hint=f"'{flag}'",
             )

@@ -25,7 +25,7 @@ from ee_middleware.cli.common import (
     user_output_to_stderr,
     warnings_as_lines,
 )
-from ee_middleware.models.urls import server_url_problem
+from ee_middleware.models.urls import server_url_problem, shown_url
 
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
@@ -44,7 +44,7 @@ def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None)
         problem = server_url_problem(endpoint)
         if problem:
             raise typer.BadParameter(
-                f"{endpoint!r} is not an OpenAI-compatible base URL: {problem}. Write http(s)://host:port/v1, e.g. http://127.0.0.1:8000/v1.",
+                f"{shown_url(endpoint)!r} is not an OpenAI-compatible base URL: {problem}. Write http(s)://host:port/v1, e.g. http://127.0.0.1:8000/v1.",
                 param_hint="'--endpoint'",
             )
         return f"openai:{endpoint}#{model}"

@@ -59,8 +59,25 @@ API_KEY_ENV = ("EE_OPENAI_API_KEY", "OPENAI_API_KEY")
 def serving_api_key(environ: Mapping[str, str] | None = None) -> str:
     """The key ee's clients of your model servers send (:data:`SERVE_API_KEY_ENV`; ``""`` for none), from ``environ``
     (default: this process's environment). Unlike a model client's default, never ``OPENAI_API_KEY``: a key for
-    OpenAI's API is not sent to your own servers."""
-    return (os.environ if environ is None else environ).get(SERVE_API_KEY_ENV, "")
+    OpenAI's API is not sent to your own servers. A key no HTTP header can carry is a :class:`ConfigError`
+    (:func:`check_header_key`)."""
+    key = (os.environ if environ is None else environ).get(SERVE_API_KEY_ENV, "")
+    check_header_key(key, SERVE_API_KEY_ENV)
+    return key
+
+
+def check_header_key(key: str | None, source: str) -> None:
+    """Refuse an API key that an HTTP header cannot carry (``Authorization: Bearer KEY``: printable ASCII, no spaces),
+    naming where it came from (``source``) and never the key: a key file saved with a line break at its end
+    (``KEY=$(cat key.txt)`` of a CRLF file keeps the ``\r``) failed every request with the whole key in the error, as an
+    outage, and a non-ASCII one as an unexpected UnicodeEncodeError."""
+    if not key or all("!" <= c <= "~" for c in key):
+        return
+    what = "a line break" if any(c in "\r\n" for c in key) else "a space" if any(c.isspace() for c in key) else "a character"
+    raise ConfigError(
+        f"The API key from {source} has {what} an HTTP header cannot carry (a key is printable ASCII without spaces; a key "
+        "file saved with Windows line endings leaves a \\r at its end): set it to the key alone. It is not shown here."
+    )
 
 
 MAX_RETRY_AFTER_S = 60.0
@@ -207,7 +224,9 @@ class OpenAIChatClient:
         self.backoff_s = backoff_s
         self.tool_choice = tool_choice
         self.extra_body = dict(extra_body or {})
-        self._api_key = api_key if api_key is not None else next((os.environ[v] for v in API_KEY_ENV if os.environ.get(v)), None)
+        source = next((v for v in API_KEY_ENV if os.environ.get(v)), None) if api_key is None else self.api_key_knob
+        self._api_key = api_key if api_key is not None else (os.environ[source] if source is not None else None)
+        check_header_key(self._api_key, source or "api_key")
         self._transport = transport
         self._client: Any = None
         self._sends_reasoning = True
@@ -445,6 +464,18 @@ class OpenAIChatClient:
                 last_problem, last_status, timed_out = f"{type(exc).__name__}: {exc}", None, False
                 continue
             status = response.status_code
+            if 300 <= status < 400:  # not followed (a request's body and key would go where the server says)
+                if stream:
+                    response.close()
+                location = response.headers.get("location")
+                where = f" to {shown_url(location)}" if location else ""
+                raise ModelResponseError(
+                    f"The server at {url} answered HTTP {status}, a redirect{where}, instead of an answer. Give the URL it "
+                    "redirects to as the base URL (an ingress that sends http:// to https://, or a path that moved): ee does "
+                    "not follow redirects, which would send the request and its API key elsewhere.",
+                    url=url,
+                    status=status,
+                )
             if status < 400:  # a stream's body is not read here: it is the caller's to read as it arrives
                 embedded = None if stream else _error_in_body(response)
                 if embedded is None:

@@ -51,6 +51,8 @@ def test_list_says_which_replicas_hold_each_adapter_and_warns_of_one_a_rollback_
         assert table.exit_code == 0, table.output
         warning = " ".join(table.stderr.split())
         assert f"warning: {names[2]} is not served by any app but still loaded" in warning and names[0] not in warning
+        # the command to run, with the adapter's name (it said `ee adapters retire NAME`: a serving sweep of 2026-12-07)
+        assert f"ee adapters retire {names[2]} -r {folder} --server {local_server.url} --backend local unloads it" in warning
         assert "loaded on" in table.stdout
         assert "loaded_on" not in _ee("list", "-r", folder, "--json").stdout, "no --server: no server asked"
 

@@ -108,3 +108,14 @@ def test_a_failed_first_load_of_an_adapter_with_modules_to_save_leaves_no_wrappe
     assert wrapped == [] and _injected(server.base_model) == [], wrapped
     assert server.base_model.get_submodule("lm_head") is head, "the base's own lm_head, not the adapter's copy"
     assert _answer(server, "tiny-base") == before
+
+
+@pytest.mark.parametrize("name", [["x"], {"a": 1}, 3, None, ""])
+def test_an_unload_whose_name_is_no_string_is_a_400(server: Any, name: Any) -> None:
+    """A list as lora_name was a 500 (TypeError: unhashable type: 'list'), where load answers 400 (a serving sweep of
+    2026-12-07)."""
+    from ee_middleware.adapters.serving.http import RequestError
+
+    with pytest.raises(RequestError) as raised:
+        server.unload_adapter({"lora_name": name})
+    assert raised.value.status == 400 and "lora_name is a required string" in str(raised.value), raised.value

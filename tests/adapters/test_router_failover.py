@@ -277,23 +277,22 @@ def test_a_stream_that_ends_cleanly_is_relayed_byte_for_byte() -> None:
 # --- GET /v1/models and the request's model ------------------------------------------------------------------------
 
 
-def test_models_with_an_unreadable_registry_is_a_json_error_not_a_dropped_connection(tmp_path: Path) -> None:
-    """Before: the connection closed with no answer (curl: Empty reply from server), while a POST got a clean 500."""
+def test_a_router_refuses_to_start_on_a_registry_it_cannot_read(tmp_path: Path) -> None:
+    """It started, said where it listened, and answered every request with the registry's error, a 500: it had no last
+    good read to route by (a serving sweep of 2026-12-07; before that, /models dropped the connection). It reads the
+    registry once when it starts, so ee serve router exits 1 naming the file."""
+    from ee_middleware.adapters.errors import RegistryCorruptionError
     from tests.adapters.helpers import write_adapter
 
     registry = LocalAdapterRegistry(tmp_path / "reg")
     registry.register(write_adapter(tmp_path / "adapter"), "bot")
     (tmp_path / "reg" / "index.json").write_text('{"apps": ')
-    with ScriptedChatServer(["fine"]) as replica:
-        router = AliasRouter(LocalAdapterRegistry(tmp_path / "reg"), [replica.base_url], log=lambda _: None)
-        with serving(make_router_server(router, port=0)) as routed:
-            listed = httpx.get(f"{routed}/models", timeout=CLIENT_TIMEOUT_S)
-            posted = _chat(routed, model="bot")
-            health = httpx.get(f"{routed.removesuffix('/v1')}/health", timeout=CLIENT_TIMEOUT_S)
-    assert listed.status_code == posted.status_code == 500, (listed.text, posted.text)
-    error = listed.json()["error"]
-    assert error["type"] == "InternalServerError" and error["message"] == posted.json()["error"]["message"], error
-    assert health.status_code == 200
+    with pytest.raises(RegistryCorruptionError, match=r"index\.json"):
+        AliasRouter(LocalAdapterRegistry(tmp_path / "reg"), ["http://127.0.0.1:9/v1"], log=lambda _: None)
+    from ee_middleware.cli.app import app
+
+    result = CliRunner().invoke(app, ["serve", "router", "-r", str(tmp_path / "reg"), "--server", "http://127.0.0.1:9/v1", "--port", "1"])
+    assert result.exit_code == 1 and "index.json" in result.output and "ee router at" not in result.output, result.output
 
 
 def test_a_registry_damaged_while_the_router_serves_routes_by_its_last_good_read(tmp_path: Path) -> None:
@@ -534,3 +533,64 @@ def test_a_router_among_the_replicas_is_passed_over_for_the_model_servers(tmp_pa
             answers = [_chat(routed, model="m") for _ in range(4)]
     assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
     assert sum("it is an ee router, not a model server" in line for line in said) == 1, said
+
+
+class _Busy(BaseHTTPRequestHandler):
+    """429 with Retry-After: 30, every time."""
+
+    protocol_version = "HTTP/1.1"
+    asked: ClassVar[list[float]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.asked.append(time.monotonic())
+        data = json.dumps({"error": {"message": "slow down", "type": "RateLimitError"}}).encode()
+        self.send_response(429)
+        self.send_header("Retry-After", "30")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def router_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The router's own waits, noted and not slept (its module's ``time``, not the servers')."""
+    import types
+
+    from ee_middleware.adapters.serving import router as router_module
+
+    noted: list[float] = []
+    fake = types.SimpleNamespace(**{name: getattr(time, name) for name in ("monotonic", "time", "perf_counter")}, sleep=noted.append)
+    monkeypatch.setattr(router_module, "time", fake)
+    return noted
+
+
+def test_a_busy_replica_asking_to_wait_is_passed_over_for_one_that_answers_now(router_sleeps: list[float]) -> None:
+    """Every request whose turn began at a rate-limited replica (429, Retry-After: 30) slept 30 s, asked it again, and only
+    then went to the healthy replica beside it (a serving sweep of 2026-12-07)."""
+    handler = type("Handler", (_Busy,), {"asked": []})
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    busy.daemon_threads = True
+    with serving(busy) as busy_url, ScriptedChatServer(["fine"] * 4) as healthy:
+        router = AliasRouter(_EmptyRegistry(), [busy_url, healthy.base_url], retries=2, timeout_s=5, log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            answers = [_chat(routed, model="m") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert len(handler.asked) == 2, "asked once at each of its turns, never again after a wait"
+    assert all(wait < 1 for wait in router_sleeps), router_sleeps
+
+
+def test_the_last_replica_asking_to_wait_is_waited_for_at_most_the_routers_time_out(router_sleeps: list[float]) -> None:
+    handler = type("Handler", (_Busy,), {"asked": []})
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    busy.daemon_threads = True
+    with serving(busy) as busy_url:
+        router = AliasRouter(_EmptyRegistry(), [busy_url], retries=1, timeout_s=2, log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            answered = _chat(routed, model="m")
+    assert answered.status_code == 502 and len(handler.asked) == 2, answered.text
+    assert router_sleeps == [2], router_sleeps
