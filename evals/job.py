@@ -102,6 +102,7 @@ class EvalJob(BaseModel):
         options: dict[str, Any] = {"timeout_s": self.timeout_s, "retries": self.retries}
         if self.api_key_env:
             options["api_key"] = os.environ.get(self.api_key_env, "")
+            options["api_key_knob"] = self.api_key_env
         return options
 
     def run_settings(self) -> dict[str, Any]:

@@ -519,3 +519,21 @@ def test_an_entry_point_named_as_a_built_in_is_said_unused_not_listed_as_if_it_w
         GADGETS.build("big-spanner")
     with pytest.raises(GadgetError, match=r"installed: 'big-spanner', 'spanner' \(unused: the built-in has that name\)"):
         GADGETS.resolve("hammer")
+
+
+def test_an_option_a_user_factory_does_not_take_is_told_with_a_parameter_of_its_type(tmp_path: Path) -> None:
+    """The fix always said `NAME: bool = False` (`temperature: bool = False` for --temperature 0.5), and for a misspelt
+    setting suggested adding the misspelt name (a plug-in sweep of 2026-12-07)."""
+
+    def make(spread: float = 1.0) -> Spanner:
+        return Spanner()
+
+    with pytest.raises(GadgetError) as raised:
+        GADGETS.check_call("my.module:make", make, temperature=0.5)
+    assert "(e.g. `temperature: float = 0.0`)" in str(raised.value), raised.value
+    with pytest.raises(GadgetError) as raised:
+        GADGETS.check_call("my.module:make", make, sprd=2)
+    text = str(raised.value)
+    assert "takes no option sprd (did you mean spread?)" in text and "Correct the setting's name, or leave it out." in text, text
+    with pytest.raises(GadgetError, match=r"\(e.g. `style: str = ''`\)"):
+        GADGETS.check_call("my.module:make", make, style="long")

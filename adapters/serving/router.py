@@ -241,9 +241,15 @@ class AliasRouter:
         missing: list[str] = []
         refused: tuple[int, Any] | None = None
         order = self._order()
-        for index, url in enumerate(order):
+        # (a replica, whether a Retry-After may pass it over for the next, how long it asked to wait before it is asked again)
+        attempts: list[tuple[str, bool, float]] = [(url, True, 0.0) for url in order]
+        for index, (url, passable, wait) in enumerate(attempts):
+            # passed over only for a replica after it that is up: one cooling down is tried last, and may well fail
+            others = passable and any(later not in self._down for later, _, _ in attempts[index + 1 :])
+            if wait:
+                time.sleep(min(wait, self.timeout_s))
             try:
-                answer = self._ask(url, path, body, others=index < len(order) - 1)
+                answer = self._ask(url, path, body, others=others)
             except ModelRequestError as exc:  # the replica's own answer, as it sent it (not the client's advice for the router)
                 self._answered(url)
                 if exc.status in (401, 403):  # the router's key, not the app's: the app sent the router the right one
@@ -260,6 +266,9 @@ class AliasRouter:
                 continue
             except ModelError as exc:
                 self._failed(url, exc)
+                if getattr(exc, "passed_over", False):  # busy now: asked again, waiting as it asked, if no other answers
+                    attempts.append((url, False, exc.retry_after))
+                    continue
                 problems.append(f"{shown_url(url)}: {exc}")
                 continue
             finally:
@@ -319,6 +328,7 @@ class AliasRouter:
                 if exc.timed_out or attempt == self.retries or isinstance(exc, ModelResponseError) or looped or later:
                     if attempt:  # the client's message counts its own attempt alone
                         exc.args = (f"{exc} (asked {attempt + 1} times by the router)",)
+                    exc.passed_over = later and not (exc.timed_out or looped or isinstance(exc, ModelResponseError))  # type: ignore[attr-defined]
                     raise
                 wait = min(exc.retry_after, self.timeout_s)
         raise AssertionError("unreachable")  # pragma: no cover - the last attempt returns or raises

@@ -9,7 +9,7 @@ import re
 import sys
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -520,6 +520,22 @@ def server_urls(values: list[str], flag: str = "--server") -> list[str]:
                 param_hint=f"'{flag}'",
             )
     return urls
+
+
+def number_between(low: float, high: float, *, low_open: bool = False) -> Callable[[float | None], float | None]:
+    """A number option's callback: ``low`` <= value <= ``high`` (``low`` < value with ``low_open``), else a usage error
+    that says so, also of NaN (typer's own ``min``/``max`` call NaN "not <= 1": it compares false with every number)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        above = value > low if low_open else value >= low
+        if not (above and value <= high):  # (NaN fails both)
+            bound = f"> {low:g}" if low_open else f">= {low:g}"
+            raise typer.BadParameter(f"must be a number {bound} and <= {high:g}, got {value:g}")
+        return value
+
+    return check
 
 
 def sampling_temperature(value: float | None) -> float | None:

@@ -23,6 +23,7 @@ from ee_middleware.cli.common import (
     examples,
     key_value_settings,
     library_bars_off,
+    number_between,
     open_job_store,
     output_file,
     path_given,
@@ -85,11 +86,13 @@ def build(
     max_synthetic_share: float | None = typer.Option(
         None,
         "--max-synthetic-share",
+        callback=number_between(0, 1),
         help="Cap the share of synthetic-task trajectories (source=curriculum) in the datasets; which stay is seeded. [default: no cap]",
     ),
     chunk_mb: float | None = typer.Option(
         None,
         "--chunk-mb",
+        callback=number_between(0, 1_000_000, low_open=True),
         help="Build and write about this many MB of prompt text at a time (bounds memory; same rows). [default: 32]",
     ),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),

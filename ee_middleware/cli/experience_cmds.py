@@ -18,6 +18,7 @@ from ee_middleware.cli.common import (
     examples,
     key_value_settings,
     library_bars_off,
+    number_between,
     open_job_store,
     other_apps_hint,
     output_folder,
@@ -130,6 +131,7 @@ def eval_cmd(
     held_out: float | None = typer.Option(
         None,
         "--held-out",
+        callback=number_between(0, 1),
         help="Share of the approved trajectories held out: predicted, never indexed, never retrieved. At least one is held out, "
         "also at 0 (the eval needs something to predict), and at least one must stay to be retrieved from: a share that "
         "holds out every trajectory (1.0) is refused. [default: 0.2]",
@@ -295,6 +297,7 @@ def dataset_cmd(
     held_out: float | None = typer.Option(
         None,
         "--held-out",
+        callback=number_between(0, 1),
         help="Share of the approved trajectories held out, as 'ee experience eval' holds them out (at least one, also at 0). "
         "[default: 0.2]",
     ),

@@ -62,9 +62,9 @@ def info(store: str = StoreOption, as_json: bool = JsonOption, allow_partial: bo
     console().print(table)
     if data.get("unfinished_repair"):
         typer.secho(
-            "warning: an `ee store repair` was stopped after it took damaged parts out, before it recorded what they held "
-            f"(the trajectories that lost steps are still shown as they were): run `ee store repair --store {store}` to "
-            "finish it.",
+            "warning: an `ee store repair` (or a compaction) was stopped after it took damaged files out, before it recorded "
+            "what they held (trajectories that lost steps may still show as they were, replays that lost rollouts as done): "
+            f"run `ee store repair --store {store}` to finish it.",
             err=True,
             fg="yellow",
         )
@@ -191,9 +191,10 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
     if not isinstance(report, dict):  # a plug-in's repair() returns what it likes (the protocol has none): as it came
         report = {"report": report}
     unreadable = report.get("unreadable_files", [])
+    failed = bool(unreadable or report.get("losses_not_recorded"))
     if as_json:
         print_json(report)
-        if unreadable:
+        if failed:
             raise typer.Exit(1)
         return
     if not isinstance(opened, LocalExperienceStore):  # a plug-in's own repair: its report, in its own words
@@ -208,7 +209,9 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
         kept = marker["damaged_marker_moved_to"]
         typer.echo(f"Wrote a new {marker['marker_written']}" + (f" (the damaged one is kept as {kept})." if kept else "."))
     if report.get("finished_stopped_repair"):
-        typer.echo("Finished an earlier `ee store repair` that was stopped before it recorded what the parts it took out held.")
+        typer.echo(
+            "Finished an earlier `ee store repair` (or compaction) that was stopped before it recorded what the files it took out held."
+        )
     moved, dropped = report["quarantined_parts"], report["missing_parts_dropped"]
     for item in moved:
         typer.echo(f"Moved damaged part {item['part']} to {item['moved_to']} ({item['reason']}).")
@@ -234,10 +237,13 @@ def repair(store: str = StoreOption, as_json: bool = JsonOption) -> None:
         typer.echo(f"No damaged parts or spool segments in {store}.")
     elif not unreadable and (moved or dropped):
         typer.echo("Reads are complete again, without those parts' rows; restore them from a backup if you have one.")
+    if report.get("losses_not_recorded"):
+        typer.secho(f"error: {report['losses_not_recorded']}", err=True, fg="red")
     for item in unreadable:
         typer.secho(f"error: Cannot read {item['path']}: {item['reason']}. Left it where it is. {item['advice']}", err=True, fg="red")
     if unreadable:
         typer.secho("error: reads stay incomplete until these files can be read.", err=True, fg="red")
+    if failed:
         raise typer.Exit(1)
 
 

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ee_middleware._limits import INT64_MAX, INT64_MIN
-from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings, stripped
+from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
@@ -69,9 +69,9 @@ class ReplayConfig(BaseModel):
 
     store: Annotated[Path | str, BeforeValidator(store_config_value)]
     """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
-    sandbox: Annotated[str, BeforeValidator(stripped)] = "bfcl"
+    sandbox: str = "bfcl"
     """Sandbox spec: a built-in name (``bfcl``), ``package.module:factory``, or an entry point."""
-    policy: Annotated[str, BeforeValidator(stripped)] = "mutate"
+    policy: str = "mutate"
     """Policy spec: ``mutate``, ``local:MODEL_DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
     policy_settings: dict[str, Any] = Field(default_factory=dict)
     """Keyword options of the policy's constructor, e.g. ``{"invalid_share": 0.1, "same_tool_share": 0.5}`` for
@@ -150,11 +150,17 @@ class ReplayConfig(BaseModel):
             raise missing_settings("replay job", "replay", {"store": "--store"})
         return build_config(cls, values, "replay")
 
+    @property
+    def mutation_policy(self) -> bool:
+        """Whether the policy is the built-in ``mutate`` (the spec as written may have blanks around it: its id is the
+        spec's as written, as it always was, while it builds and is told apart as the policy it names)."""
+        return self.policy.strip() == "mutate"
+
     def policy_options(self) -> dict[str, Any]:
         """Options passed to the policy: sampling options for model-backed policies (the mutation policy
         takes none of them), then :attr:`policy_settings`. The length limit is ``max_tokens`` for an
         ``openai:`` policy (the server's name for it) and ``max_new_tokens`` for every other one."""
-        if self.policy == "mutate":
+        if self.mutation_policy:
             return dict(self.policy_settings)
         length = "max_tokens" if self.served_policy else "max_new_tokens"
         return {"temperature": self.temperature, "top_p": self.top_p, length: self.max_new_tokens, **self.policy_settings}
@@ -163,7 +169,7 @@ class ReplayConfig(BaseModel):
         """The entries of :meth:`policy_options` the user left at their defaults (sampling options set by no flag, file
         or policy setting): a plug-in policy's factory gets them only where it takes them, so that one without sampling
         parameters works (see :func:`~ee_middleware.replay.policies.registry.prepare_policy`)."""
-        if self.policy == "mutate":
+        if self.mutation_policy:
             return {}
         length = "max_tokens" if self.served_policy else "max_new_tokens"
         fields = {"temperature": "temperature", "top_p": "top_p", length: "max_new_tokens"}
@@ -319,7 +325,7 @@ class ReplayConfig(BaseModel):
         policy_options = shaping_settings(self.policy_options())
         if not transport and self.served_policy:
             policy_options = _without_transport(policy_options)
-        if self.policy != "mutate" or policy_options:
+        if not self.mutation_policy or policy_options:
             shaping.update(policy_options)
         return shaping
 

@@ -21,11 +21,13 @@ deletes the segments; a crash at any point leaves duplicates at worst, which rea
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
 import os
 import re
+import time
 import uuid
 import warnings
 from collections import Counter
@@ -54,6 +56,7 @@ from ee_middleware.errors import (
     IncompleteReadWarning,
     StoreCorruptionWarning,
     StoreError,
+    StoreUnreadableError,
     StoreWriteError,
     TrajectoryNotFoundError,
     os_error_advice,
@@ -964,15 +967,19 @@ class LocalExperienceStore:
         merge replaced stay readable for :data:`~ee_middleware.store.manifest.RETIRED_PART_GRACE_S`.
         """
         self._writer.seal()
-        try:
-            with self._compaction_lock():
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._compaction_lock())
                 folded = self._compact_locked()
-        except OSError as exc:
-            raise StoreWriteError(
-                f"Cannot compact {self.root}: {exc}. Nothing stored was changed or lost. {os_error_advice(exc)}", errno=exc.errno
-            ) from exc
-        if any(item["records_lost"] for item in folded.quarantined):
-            self._reopen_lost_replays("damaged records of a spool segment compaction moved to quarantine/")
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"Cannot compact {self.root}: {exc}. Nothing stored was changed or lost. {os_error_advice(exc)}", errno=exc.errno
+                ) from exc
+            # under the lock, as repair records its losses (see _repair_locked): the note of a segment moved out goes once
+            # its lost rollouts reopened their replays; a stopped repair's parts stay noted for the next repair
+            if folded.quarantined:  # (the replays' counts tell, also of a segment a stopped compaction moved)
+                self._reopen_lost_replays("damaged records of a spool segment compaction moved to quarantine/")
+                self._forget_taken_out(segments_only=True)
         return folded.folded
 
     def _compact_locked(self) -> _Folded:
@@ -1083,6 +1090,8 @@ class LocalExperienceStore:
             elif segment in damaged:
                 quarantine = self.root / "quarantine"
                 quarantine.mkdir(exist_ok=True)
+                # noted first: a stop after the move leaves its lost rollouts to the next repair (their replays reopened)
+                self._note_taken_out({"quarantined_segments": [{"segment": str(segment), "moved_to": str(quarantine / segment.name)}]})
                 os.replace(segment, quarantine / segment.name)
                 quarantined.append(_quarantined(segment, quarantine / segment.name, *damaged[segment]))
                 if not damaged_only:
@@ -1347,25 +1356,43 @@ class LocalExperienceStore:
         ``steps_lost`` (each such trajectory is rejected by ``ee store repair``), ``decisions_lost`` (set back to pending
         by it: deciding again needs ``force``), ``trajectories_lost`` and ``parts_lost`` (per part: what it held and which
         trajectories lost it); lost rollouts reopen their replays (``replays_reopened``)."""
-        try:
-            with self._compaction_lock():
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(self._compaction_lock())
                 done = self._repair_locked()
-        except OSError as exc:
-            raise StoreWriteError(
-                f"Cannot repair {self.root}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno
-            ) from exc
+            except OSError as exc:
+                raise StoreWriteError(
+                    f"Cannot repair {self.root}: {exc}. Nothing was changed. {os_error_advice(exc)}", errno=exc.errno
+                ) from exc
+            # still under the lock: a second repair waits for this one's note to go (it read and rewrote the note, which
+            # this one then deleted with the second's parts in it)
+            self._record_losses_of(done)
+        return done
+
+    def _record_losses_of(self, done: dict[str, Any]) -> None:
+        """Record what the files :meth:`_repair_locked` took out held (``done`` gets the report's keys), then forget the
+        note that says it is still to be done. A store it cannot read for it (a spool segment with a folder in its
+        place) keeps the note: ``losses_not_recorded`` says why, and the next repair records them."""
         whys = []
         if any(Path(p["part"]).parent.name == "rollouts" for p in done["quarantined_parts"]):
             whys.append("a damaged Parquet part `ee store repair` moved to quarantine/")
         if any(Path(p).parent.name == "rollouts" for p in done["missing_parts_dropped"]):
             whys.append("a Parquet part gone from the store that `ee store repair` dropped from its manifest")
-        if any(item["records_lost"] for item in done["quarantined_segments"]):
+        if any(item.get("records_lost") for item in done["quarantined_segments"]):
             whys.append("damaged records of a spool segment moved to quarantine/")
-        done["replays_reopened"] = self._reopen_lost_replays(" or ".join(whys)) if whys else []
-        done.update(record_losses(self, done))
-        # What was taken out is recorded: the note that says it was not yet goes (see _repair_locked)
-        (self.root / UNFINISHED_REPAIR).unlink(missing_ok=True)
-        return done
+        if done["finished_stopped_repair"] and not whys:  # what it moved is not all known: the replays' counts tell
+            whys.append("a damaged file that a stopped `ee store repair` or compaction moved to quarantine/")
+        try:
+            done["replays_reopened"] = self._reopen_lost_replays(" or ".join(whys)) if whys else []
+            done.update(record_losses(self, done))
+        except StoreUnreadableError as exc:
+            done.setdefault("replays_reopened", [])
+            done.update({"steps_lost": [], "decisions_lost": [], "trajectories_lost": [], "parts_lost": []})
+            done["losses_not_recorded"] = (
+                f"{exc} What the files taken out held is recorded by the next `ee store repair` once the store reads again."
+            )
+            return
+        self._forget_taken_out()
 
     def _reopen_lost_replays(self, why: str) -> list[dict[str, Any]]:
         """After rollouts were taken out of the store (``why``: a damaged Parquet part or spool segment moved to quarantine/ by
@@ -1412,6 +1439,9 @@ class LocalExperienceStore:
     def _repair_locked(self) -> dict[str, Any]:
         snapshot = read_manifest(self.root, TABLES)
         self._refuse_unread_manifest(snapshot, "repair")
+        earlier = self._unfinished_repair()  # a repair or compaction stopped before it recorded what it took out
+        if earlier is not None:
+            self._finish_moves(earlier, snapshot)
         not_read = _unreadable_segments(self.root / "spool")
         # First, as compaction does: a failure here (a full disk) leaves everything as it was.
         segments = self._fold_spool(snapshot, damaged_only=True).quarantined
@@ -1436,17 +1466,16 @@ class LocalExperienceStore:
             {"part": str(self.root / table / name), "moved_to": str(self.root / "quarantine" / table / name), "reason": reason}
             for table, name, reason in damaged
         ]
-        earlier = self._unfinished_repair()
         taken_out = {"quarantined_parts": moved, "missing_parts_dropped": missing, "quarantined_segments": segments}
-        if earlier is not None:  # a repair stopped before it recorded what its parts held: this one records it too
-            taken_out = {key: earlier.get(key, []) + taken_out[key] for key in taken_out}
         if moved or missing or segments:
-            # Noted before any part leaves the manifest, and removed once repair() has recorded what they held (the
-            # trajectories that lost steps rejected, lost decisions set back to pending, replays reopened): a repair
-            # stopped in between (Ctrl-C, a kill) leaves the note, and the next repair finishes that work; without it
-            # the parts were out of the store and every read complete, with nothing left to say what they had held.
-            (self.root / UNFINISHED_REPAIR).parent.mkdir(exist_ok=True)
-            atomic_write_bytes(self.root / UNFINISHED_REPAIR, json.dumps(taken_out, indent=1).encode(), fsync=self._fsync)
+            # Noted before any part leaves the manifest (a segment, before it was moved), and forgotten once what they
+            # held is recorded (_record_losses_of: the trajectories that lost steps rejected, lost decisions set back to
+            # pending, replays reopened): a repair stopped in between (Ctrl-C, a kill) leaves the note, and the next
+            # repair finishes that work; without it the files were out of the store and every read complete, with
+            # nothing left to say what they had held.
+            self._note_taken_out(taken_out)
+        if earlier is not None:
+            taken_out = _merged_taken_out(earlier, taken_out)
         if damaged or missing or snapshot.generation is None:
             snapshot.generation = (snapshot.generation or 0) + 1
             write_manifest(self.root, snapshot, fsync=self._fsync)  # first out of the snapshot, then moved
@@ -1460,6 +1489,31 @@ class LocalExperienceStore:
             "unreadable_files": not_read,
             "finished_stopped_repair": earlier is not None,
         }
+
+    def _finish_moves(self, earlier: dict[str, list[Any]], snapshot: Manifest) -> None:
+        """Move to quarantine/ the parts a stopped repair took out of the manifest but had not moved yet (one a compaction
+        adopted again since, listed again, is left to this repair's own check)."""
+        for item in earlier.get("quarantined_parts", []):
+            part, target = Path(item["part"]), Path(item["moved_to"])
+            if part.is_file() and not target.exists() and part.name not in snapshot.parts.get(part.parent.name, []):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, target)
+
+    def _note_taken_out(self, taken_out: dict[str, list[Any]]) -> None:
+        """Add ``taken_out`` (files about to be taken out of the store) to :data:`UNFINISHED_REPAIR`, written whole."""
+        earlier = self._unfinished_repair()
+        noted = _merged_taken_out(earlier, taken_out) if earlier is not None else taken_out
+        (self.root / UNFINISHED_REPAIR).parent.mkdir(exist_ok=True)
+        atomic_write_bytes(self.root / UNFINISHED_REPAIR, json.dumps(noted, indent=1).encode(), fsync=self._fsync)
+
+    def _forget_taken_out(self, *, segments_only: bool = False) -> None:
+        """Remove :data:`UNFINISHED_REPAIR`: what it names is recorded. ``segments_only`` (a compaction, which records a
+        segment's losses but not a part's): only a note that names no part."""
+        if segments_only:
+            noted = self._unfinished_repair()
+            if noted is None or noted.get("quarantined_parts") or noted.get("missing_parts_dropped"):
+                return
+        (self.root / UNFINISHED_REPAIR).unlink(missing_ok=True)
 
     def _unfinished_repair(self) -> dict[str, list[Any]] | None:
         """What a repair stopped before it recorded their losses took out (its note, :data:`UNFINISHED_REPAIR`), or
@@ -1475,7 +1529,7 @@ class LocalExperienceStore:
         else:
             problem = "" if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()) else "not a JSON object of lists"
         if problem:
-            os.replace(path, path.with_name(path.name + ".damaged"))
+            os.replace(path, path.with_name(f"{path.name}.damaged-{time.time_ns()}"))  # (an earlier one is kept)
             warnings.warn(
                 f"{path} (what an earlier `ee store repair` took out before it was stopped) cannot be read ({problem}); it is "
                 "kept as .damaged. The parts that repair moved are in quarantine/: what they held was not recorded.",
@@ -1532,6 +1586,20 @@ class LocalExperienceStore:
             "quarantined_parts": len(list(quarantine.glob("*/part-*.parquet"))),
             "unfinished_repair": (self.root / UNFINISHED_REPAIR).exists(),
         }
+
+
+def _merged_taken_out(earlier: dict[str, list[Any]], later: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Two notes of files taken out of the store as one, each file once (the later entry of a file kept)."""
+    keys = {"quarantined_parts": "part", "quarantined_segments": "segment"}
+    merged: dict[str, list[Any]] = {}
+    for name in ("quarantined_parts", "missing_parts_dropped", "quarantined_segments"):
+        entries: dict[Any, Any] = {}
+        for entry in [*earlier.get(name, []), *later.get(name, [])]:
+            key = entry.get(keys[name]) if name in keys and isinstance(entry, dict) else json.dumps(entry, sort_keys=True)
+            entries.pop(key, None)  # (the later one, in its place in the order)
+            entries[key] = entry
+        merged[name] = list(entries.values())
+    return merged
 
 
 def _version_counts(trajectories: pl.DataFrame) -> dict[str, int]:

@@ -594,3 +594,51 @@ def test_the_last_replica_asking_to_wait_is_waited_for_at_most_the_routers_time_
             answered = _chat(routed, model="m")
     assert answered.status_code == 502 and len(handler.asked) == 2, answered.text
     assert router_sleeps == [2], router_sleeps
+
+
+class _BusyOnce(BaseHTTPRequestHandler):
+    """429 with Retry-After: 1 to the first request, then answers."""
+
+    protocol_version = "HTTP/1.1"
+    asked: ClassVar[list[float]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.asked.append(time.monotonic())
+        if len(self.asked) == 1:
+            data = json.dumps({"error": {"message": "slow down", "type": "RateLimitError"}}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        else:
+            answer = {"role": "assistant", "content": "ok"}
+            choices = [{"index": 0, "message": answer, "finish_reason": "stop"}]
+            send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": choices})
+
+
+@pytest.mark.parametrize("other", ["cooling down", "unreachable"])
+def test_a_busy_replica_is_waited_for_when_no_other_replica_answers(router_sleeps: list[float], other: str) -> None:
+    """Review of the change above: a busy replica was passed over for a replica after it that was cooling down, or that
+    then could not be reached, and the request got a 502 though the busy one would have answered after its Retry-After."""
+    from ee_middleware.adapters.serving.router import _Down
+
+    handler = type("Handler", (_BusyOnce,), {"asked": []})
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    busy.daemon_threads = True
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"  # bound, never listening: refused
+        with serving(busy) as busy_url:
+            router = AliasRouter(_EmptyRegistry(), [busy_url, dead], retries=1, timeout_s=5, log=lambda _: None)
+            if other == "cooling down":
+                router._down[dead] = _Down(time.monotonic() + 1e6, "test")
+            with serving(make_router_server(router, port=0)) as routed:
+                answered = _chat(routed, model="m")
+    assert answered.status_code == 200, answered.text
+    assert len(handler.asked) == 2 and 1 in router_sleeps, (handler.asked, router_sleeps)

@@ -66,6 +66,11 @@ USAGE_ERRORS: dict[str, tuple[list[str], str, dict[str, str]]] = {
         "--max-observation-tokens",
         {},
     ),
+    "datasets build --chunk-mb inf": (
+        ["datasets", "build", "--store", "{store}", "--out", "{base}/data", "--chunk-mb", "inf"],
+        "--chunk-mb",
+        {},
+    ),
     "eval run --trials huge": (
         [
             "eval",

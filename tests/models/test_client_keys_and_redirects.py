@@ -70,3 +70,17 @@ def test_a_redirect_is_said_with_where_it_leads_not_read_as_an_empty_answer() ->
         assert "answered HTTP 301, a redirect to https://***@secure.example.com/v1/chat/completions" in text, text
         assert "pw" not in text.replace("https://", "") and "not JSON" not in text, text
         assert error.status == 301
+
+
+def test_a_given_key_no_header_can_carry_is_said_of_where_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: a key passed as api_key was said to come from "EE_OPENAI_API_KEY or OPENAI_API_KEY, or api_key", and an
+    eval's key read from its api_key_env (EE_SERVE_API_KEY) as well: the user fixed the wrong variable."""
+    from ee_middleware.evals.job import EvalJob
+
+    with pytest.raises(ConfigError, match="The API key from the api_key given has a line break"):
+        OpenAIChatClient("http://127.0.0.1:9/v1", "m", api_key="sk-TOPSECRET\r")
+    monkeypatch.setenv("EE_SERVE_API_KEY", "sk-TOPSECRET\r\n")
+    job = EvalJob.model_construct(model="openai:http://127.0.0.1:9/v1#m", api_key_env="EE_SERVE_API_KEY", timeout_s=5.0, retries=0)
+    with pytest.raises(EEError) as raised:
+        build_chat_client(job.model, **job.client_options())
+    assert "The API key from EE_SERVE_API_KEY has a line break" in str(raised.value) and "TOPSECRET" not in str(raised.value)

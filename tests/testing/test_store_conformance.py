@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 
 from ee_middleware.errors import TrajectoryNotFoundError
-from ee_middleware.records import ApprovalEvent, Rollout, Trajectory
+from ee_middleware.records import ApprovalEvent, Rollout, Trajectory, utcnow
 from ee_middleware.store import LocalExperienceStore, spool
 from ee_middleware.store.metadata import MetadataNotKeptWarning
 from ee_middleware.store.spool_cache import SpoolRows
@@ -268,9 +268,33 @@ class StepsOfEveryTrajectory(LocalExperienceStore):
         return super().steps()
 
 
+class StampsDecisionsWhenWritten(LocalExperienceStore):
+    """Records each decision at the time it is written, not the time it was made (a store ordering by its own clock)."""
+
+    def set_approval(self, events: Sequence[ApprovalEvent]) -> None:
+        super().set_approval([event.model_copy(update={"at": utcnow()}) for event in events])
+
+
+class ApprovalsOfEveryTrajectory(LocalExperienceStore):
+    """Ignores the ids ``approvals()`` is given."""
+
+    def approvals(self, trajectory_ids: Sequence[str] | None = None) -> pl.DataFrame:
+        return super().approvals()
+
+
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
+        (
+            StampsDecisionsWhenWritten,
+            r"^approvals\(\['traj-2c'\]\)\['by'\]\[:2\] returned \['dana', 'dana'\] where the protocol requires \['early-clock', "
+            r"'late-clock'\]: approvals\(\) comes oldest decision first by the time each was made.*Sort the decisions by their time",
+        ),
+        (
+            ApprovalsOfEveryTrajectory,
+            r"^approvals\(\['traj-0a'\]\) as \(trajectory_id, status\) returned \[\('traj-0a', 'approved'\), \('traj-1b', "
+            r"'rejected'\).*approvals\(ids\) keeps every decision on those trajectories alone",
+        ),
         (
             IgnoresStatusFilter,
             r"^trajectories\(status='approved'\) returned \['traj-0a', 'traj-1b', 'traj-1b7', 'traj-2c'\] where the protocol "
