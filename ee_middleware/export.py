@@ -484,7 +484,20 @@ def _from_store(store: ExperienceStore, out: Path, items: Callable[[], Iterator[
 
 
 def _store_failure(store: ExperienceStore, exc: OSError, out: Path) -> str:
-    """Why reading ``store`` failed, naming its file and what to do about it, and that ``out`` was not written."""
+    """Why reading ``store`` failed, naming its file and what to do about it, and that ``out`` was not written; for a
+    store plug-in (no local folder), its own failure at its line, without advice about files and folders it has none of."""
+    from ee_middleware.plugins import plugin_that_raised
+
+    if local_folder(store) is None:
+        raised = plugin_that_raised(exc)
+        text = f"{type(exc).__name__}: {exc}"
+        if raised is not None:
+            kind, spec, where = raised
+            return (
+                f"The {kind} {spec!r} failed while the export read it: {text} (at {where}). Nothing was written to {out}. The "
+                f"error was raised in the {kind}'s own code, not in ee-middleware: fix it there, or try again once it reads."
+            )
+        return f"Cannot read the experience store ({type(store).__name__}): {text}. Nothing was written to {out}; try again once it reads."
     root = getattr(store, "root", None)
     where = f"the experience store {root}" if root is not None else f"the experience store ({type(store).__name__})"
     reason = exc.strerror or str(exc)

@@ -93,6 +93,16 @@ def _call_text(name: str, args: tuple[Any, ...], options: Mapping[str, Any]) -> 
     return f"{name}({', '.join([repr(a) for a in args] + [f'{key}={value!r}' for key, value in options.items()])})"
 
 
+def _example_parameter(value: Any) -> str:
+    """The annotation and default to show for a parameter taking ``value`` (the option given): ``float = 0.0`` for
+    ``--temperature 0.5``, not always ``bool = False``."""
+    if isinstance(value, bool):
+        return "bool = False"
+    if isinstance(value, (int, float, str)):
+        return f"{type(value).__name__} = {type(value)()!r}"
+    return "Any = None"
+
+
 def _where_raised(exc: BaseException, module: str | None = None, *, users_only: bool = False, code: bool = True) -> str:
     """Where ``exc`` was raised in the user's code: the last frame of its traceback outside ee_middleware, the standard
     library and installed packages (the first frame below the caller when every frame is theirs), as ``FILE:LINE, in
@@ -248,6 +258,11 @@ def _module_form_of_path(spec: str, kind: str) -> str | None:
     return text
 
 
+class ShadowedPluginWarning(UserWarning):
+    """An installed entry point named as a built-in part is not used (said once, by the process that checks the job's
+    parts: the workers that build them again leave it unsaid)."""
+
+
 @dataclass(frozen=True)
 class PluginKind:
     """One kind of pluggable part and how its specs resolve.
@@ -333,7 +348,7 @@ class PluginKind:
             f"The '{self.group}' entry point {name!r}{origin} ({entry_point.value}) is not used: {name!r} is the built-in "
             f"{self.kind}, which takes its place. Name that entry point another way, or give its factory "
             f"({entry_point.value}) as the spec.",
-            UserWarning,
+            ShadowedPluginWarning,
             stacklevel=3,
         )
 
@@ -357,10 +372,13 @@ class PluginKind:
             if getattr(factory, "__module__", "").partition(".")[0] == "ee_middleware":  # ee's own: the setting is wrong
                 fix = f"Its options are {', '.join(taken) or 'none'}: correct the setting's name, or leave it out."
             else:
+                example = f"{unknown[0]}: {_example_parameter(options[unknown[0]])}"
                 fix = (
-                    f"Add a keyword parameter with a default for it to the factory (e.g. `{unknown[0]}: bool = False`), or leave out "
-                    "the setting that passes it."
+                    f"Add a keyword parameter with a default for it to the factory (e.g. `{example}`), or leave out the setting "
+                    "that passes it."
                 )
+                if any(_did_you_mean(name, taken) for name in unknown):  # a misspelt setting: the name it means first
+                    fix = f"Correct the setting's name, or leave it out. {fix}"
             raise self.error(
                 f"Bad options for {self.kind} {spec!r}: its factory {getattr(factory, '__qualname__', factory)!r} takes no "
                 f"option {names}. {fix}"

@@ -84,7 +84,7 @@ class _Root(TyperGroup):
         except Exception as exc:
             if ctx.params.get("verbose"):
                 raise
-            if isinstance(exc, OSError) and _is_file_error(exc):
+            if isinstance(exc, OSError) and _is_file_error(exc) and not _raised_by_a_plugin_naming_no_file(exc):
                 fail(_describe_os_error(exc), exc)
             fail(_describe_unexpected(exc), exc)
 
@@ -236,6 +236,14 @@ def _is_file_error(exc: OSError) -> bool:
     socket's)."""
     files = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
     return exc.filename is not None or exc.errno in _FILE_ERRNOS or isinstance(exc, files)
+
+
+def _raised_by_a_plugin_naming_no_file(exc: OSError) -> bool:
+    """Whether a plug-in's own code raised ``exc`` naming no file (a store's backend: ``OSError(EIO, "I/O error reading
+    rollouts")``): told as the plug-in's failure, at its line, not as a file of the user's to check."""
+    from ee_middleware.plugins import plugin_that_raised
+
+    return exc.filename is None and plugin_that_raised(exc) is not None
 
 
 def _describe_unexpected(exc: Exception) -> str:

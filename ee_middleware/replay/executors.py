@@ -52,6 +52,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -76,6 +77,7 @@ from ee_middleware.errors import (
     StoreError,
 )
 from ee_middleware.models.spec import endpoint_problem
+from ee_middleware.plugins import ShadowedPluginWarning
 from ee_middleware.records import ReplayRecord, Trajectory, utcnow
 from ee_middleware.replay.runner import ProposingAhead, ReplayOutcome, ReplaySettings, propose_ahead, replay_trajectory
 from ee_middleware.replay.sandboxes.protocol import Sandbox
@@ -673,6 +675,7 @@ class InlineExecutor:
     """Replays in the calling process, one trajectory at a time (``--workers 1``)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        warnings.filterwarnings("ignore", category=ShadowedPluginWarning)  # said by the driver, once
         self._worker = _Worker(spec)
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:
@@ -754,6 +757,7 @@ def _init_process_worker(spec: WorkerSpec, torch_threads: int, parent_pid: int, 
     SIGINT (see :meth:`ProcessExecutor._stop_workers`), which also cuts the warm-up short (a policy loading a model, a
     sandbox that takes long to build): a job stopped meanwhile does not wait for it."""
     global _PROCESS_WORKER, _STOP
+    warnings.filterwarnings("ignore", category=ShadowedPluginWarning)  # said by the job, once, not by each worker
     # The process that must not outlive us: the job (spawned workers) or the job's fork server, which ends the moment the
     # job does. Killed by the kernel when it dies; the watchdog covers systems without prctl.
     die_with_parent(parent_pid, _end_orphaned_worker, death_signal=signal.SIGKILL)
@@ -1557,6 +1561,7 @@ def _restore_signal_handlers(handlers: dict[int, Any]) -> None:
 
 class _RayWorker:
     def __init__(self, spec: WorkerSpec) -> None:
+        warnings.filterwarnings("ignore", category=ShadowedPluginWarning)  # said by the driver, once
         self._worker = _Worker(spec)
         self._worker.warm_up()  # while the driver reads the store
         gc.freeze()  # what the actor holds now lives as long as it does (as in a local worker)

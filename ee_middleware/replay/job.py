@@ -611,8 +611,9 @@ def _replay_selected(
             exc = cause
         saved = _saved_text(summary)
         if isinstance(exc, PolicyError):
-            exc = PolicyError(f"{exc} ({saved})")
-        elif isinstance(exc, ModelError) and len(exc.args) == 1:
+            # (a policy refused before anything was replayed, its options as its first worker built it: nothing to continue)
+            exc = PolicyError(f"{exc} ({saved})") if summary.done or summary.failed or summary.skipped else exc
+        elif isinstance(exc, ModelError) and len(exc.args) == 1:  # (a server down: the same command continues once it is up)
             exc.args = (f"{exc} ({saved})",)  # the same error (its type and fields: url, status), told what is kept
         if isinstance(exc, EEError):
             exc.replay_summary = summary  # type: ignore[attr-defined]  # what ran before it (`ee replay run --json` prints it)

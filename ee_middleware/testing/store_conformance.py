@@ -322,7 +322,10 @@ def _check_trajectories(store: Any, make_store: MakeStore) -> None:
     assert store.trajectories().height == 3, "writing a trajectory again must not duplicate it"
     assert store.steps().height == 9, "writing a trajectory again must not duplicate its steps"
     store.write([sample_trajectory(D, app="other-app")])
-    assert store.trajectories(app="other-app")["id"].to_list() == [D], "trajectories(app=...) filters by app"
+    of_app = store.trajectories(app="other-app")["id"].to_list()
+    assert of_app == [D], broken(
+        'trajectories(app="other-app")["id"]', of_app, [D], "trajectories(app=...) keeps that app's trajectories alone", "Filter on app."
+    )
     shown = store.trajectories(app="conformance")["id"].to_list()
     assert shown == [A, B, C], broken(
         'trajectories(app="conformance")',
@@ -391,7 +394,16 @@ def _check_approvals(store: Any) -> None:
 def _check_approval_history(store: Any) -> None:
     history = store.approvals([A])
     _expect_columns(history, "approvals")
-    assert history["status"].to_list() == ["approved", "rejected", "approved"], "approvals() keeps every decision, oldest first"
+    decisions = list(zip(history["trajectory_id"].to_list(), history["status"].to_list(), strict=True))
+    wanted = [(A, "approved"), (A, "rejected"), (A, "approved")]
+    assert decisions == wanted, broken(
+        f"approvals([{A!r}]) as (trajectory_id, status)",
+        decisions,
+        wanted,
+        f"approvals(ids) keeps every decision on those trajectories alone, oldest first ({A} was approved by alice, rejected "
+        "by carol, approved by erin)",
+        "Filter on trajectory_id, and keep every decision in the order of the time it was made.",
+    )
     assert history["by"].to_list() == ["alice", "carol", "erin"], broken(
         f"approvals([{A!r}])['by']",
         history["by"].to_list(),
@@ -423,6 +435,28 @@ def _check_approval_history(store: Any) -> None:
         "on second thought",
         "get()'s approval is the latest decision, with its reason (a forced override too)",
         "Give get() every field of the latest decision.",
+    )
+    # decisions come by the time they were made, not the order they were written (another handle's clock, a repair's
+    # decision stamped at its start): two written last, made before every other decision on D, the later-made first
+    now = dt.datetime.now(dt.UTC)
+    store.set_approval([ApprovalEvent(trajectory_id=D, status="rejected", by="late-clock", at=now - dt.timedelta(hours=1))])
+    store.set_approval([ApprovalEvent(trajectory_id=D, status="approved", by="early-clock", at=now - dt.timedelta(hours=2))])
+    first_two = store.approvals([D])["by"].to_list()[:2]
+    assert first_two == ["early-clock", "late-clock"], broken(
+        f"approvals([{D!r}])['by'][:2]",
+        first_two,
+        ["early-clock", "late-clock"],
+        "approvals() comes oldest decision first by the time each was made (two decisions written last, made hours before "
+        "the others, early-clock's an hour before late-clock's)",
+        "Sort the decisions by their time (at), not by when they were written.",
+    )
+    current = store.get(D).approval
+    assert (current.status, current.by) == ("approved", "dana"), broken(
+        f"get({D!r}).approval as (status, by)",
+        (current.status, current.by),
+        ("approved", "dana"),
+        "the current decision is the latest made (dana's), whatever the order decisions were written in",
+        "Take the decision with the latest time as the current one.",
     )
 
 
@@ -505,7 +539,14 @@ def _check_rollouts_and_replays(store: Any, make_store: MakeStore) -> None:
         "iter_rollouts() yields the rollouts of those trajectories and that replay, in the order of rollouts()",
         "Pass the ids and replay_id on to rollouts() and read its rows in order.",
     )
-    assert store.rollouts(replay_id="replay-2").height == 0, "rollouts(replay_id=...) filters by replay configuration"
+    other = store.rollouts(replay_id="replay-2")["id"].to_list()
+    assert other == [], broken(
+        'rollouts(replay_id="replay-2")["id"]',
+        other,
+        [],
+        "rollouts(replay_id=...) keeps that replay configuration's rollouts alone (none was written under replay-2)",
+        "Filter on replay_id.",
+    )
 
     replays = store.replays()
     _expect_columns(replays, "replays")
@@ -680,7 +721,9 @@ def _check_compaction(store: Any, make_store: MakeStore) -> None:
 
 def _check_info_and_close(store: Any, make_store: MakeStore) -> None:
     info = store.info()
-    assert isinstance(info, dict) and "root" in info, "info() is a dict with at least 'root'"
+    assert isinstance(info, dict) and "root" in info, broken(
+        "info()", info, {"root": "..."}, "info() is a dict with at least 'root' (where the store is)", "Return a dict naming the root."
+    )
     assert info.get("trajectories") == 4, f"info()['trajectories'] counts trajectories: got {info.get('trajectories')!r}"
     before = _snapshot(store)
     store.write([sample_trajectory("after-close", steps=1)])

@@ -426,22 +426,26 @@ def test_a_replica_passed_over_leaves_its_turns_to_all_the_healthy_ones() -> Non
     assert firsts == {"http://a/v1": 100, "http://c/v1": 100, "http://d/v1": 100}, firsts
 
 
-class _RateLimited(BaseHTTPRequestHandler):
-    """429 with Retry-After: 1 within a second of the first request, then an answer."""
+class _Limiting(BaseHTTPRequestHandler):
+    """A replica that answers 429 with ``Retry-After`` while :meth:`busy`, then an answer; ``asked`` notes each request."""
 
     protocol_version = "HTTP/1.1"
     asked: ClassVar[list[float]] = []
+    retry_after = "1"
 
     def log_message(self, *args: Any) -> None:
         pass
 
+    def busy(self) -> bool:
+        raise NotImplementedError
+
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.asked.append(time.monotonic())
-        if self.asked[-1] - self.asked[0] < 1.0:
+        if self.busy():
             data = json.dumps({"error": {"message": "slow down", "type": "RateLimitError"}}).encode()
             self.send_response(429)
-            self.send_header("Retry-After", "1")
+            self.send_header("Retry-After", self.retry_after)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -450,6 +454,13 @@ class _RateLimited(BaseHTTPRequestHandler):
             answer = {"role": "assistant", "content": "ok"}
             choices = [{"index": 0, "message": answer, "finish_reason": "stop"}]
             send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": choices})
+
+
+class _RateLimited(_Limiting):
+    """429 with Retry-After: 1 within a second of the first request, then an answer."""
+
+    def busy(self) -> bool:
+        return self.asked[-1] - self.asked[0] < 1.0
 
 
 def test_a_replica_that_asks_to_wait_is_asked_again_after_its_retry_after() -> None:
@@ -535,25 +546,13 @@ def test_a_router_among_the_replicas_is_passed_over_for_the_model_servers(tmp_pa
     assert sum("it is an ee router, not a model server" in line for line in said) == 1, said
 
 
-class _Busy(BaseHTTPRequestHandler):
+class _Busy(_Limiting):
     """429 with Retry-After: 30, every time."""
 
-    protocol_version = "HTTP/1.1"
-    asked: ClassVar[list[float]] = []
+    retry_after = "30"
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.asked.append(time.monotonic())
-        data = json.dumps({"error": {"message": "slow down", "type": "RateLimitError"}}).encode()
-        self.send_response(429)
-        self.send_header("Retry-After", "30")
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def busy(self) -> bool:
+        return True
 
 
 @pytest.fixture
@@ -596,30 +595,11 @@ def test_the_last_replica_asking_to_wait_is_waited_for_at_most_the_routers_time_
     assert router_sleeps == [2], router_sleeps
 
 
-class _BusyOnce(BaseHTTPRequestHandler):
+class _BusyOnce(_Limiting):
     """429 with Retry-After: 1 to the first request, then answers."""
 
-    protocol_version = "HTTP/1.1"
-    asked: ClassVar[list[float]] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.asked.append(time.monotonic())
-        if len(self.asked) == 1:
-            data = json.dumps({"error": {"message": "slow down", "type": "RateLimitError"}}).encode()
-            self.send_response(429)
-            self.send_header("Retry-After", "1")
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        else:
-            answer = {"role": "assistant", "content": "ok"}
-            choices = [{"index": 0, "message": answer, "finish_reason": "stop"}]
-            send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": choices})
+    def busy(self) -> bool:
+        return len(self.asked) == 1
 
 
 @pytest.mark.parametrize("other", ["cooling down", "unreachable"])
