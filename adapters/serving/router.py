@@ -165,7 +165,18 @@ class AliasRouter:
         if app is None:
             return model, None
         live = app.get("live")
-        return (live, model) if live else (self.base_model(), None)
+        if live:
+            return live, model
+        base = self.base_model()
+        if base is None:  # (it forwarded "model": null, which a replica answers with its own puzzling error)
+            raise RequestError(
+                502,
+                f"The app {model!r} has no live adapter, so its requests go to the base model, and no replica listed one "
+                f"(GET /v1/models of each answered none, or could not be reached): {', '.join(map(shown_url, self.upstreams))}. "
+                "Check that the replicas serve the base model, or promote an adapter for the app.",
+                "BadGatewayError",
+            )
+        return base, None
 
     def _apps(self) -> dict[str, dict[str, Any]]:
         """The registry's apps; while the registry cannot be read (an index edited by hand into something it refuses, a

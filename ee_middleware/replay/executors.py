@@ -188,6 +188,8 @@ def _generation_down(failures: list[ModelError], items: str) -> ModelServerError
         f"{last} The server still lists its models, but failed the last {len(failures)} {items} in a row after its "
         "retries: its generation is down (a dead engine behind a live API server, a gateway answering the listing itself). "
         "Check the server's log and restart it."
+        # (the job stops at the last of them: recorded failed are the ones before it, and the next run asks again)
+        + (" The last of them is not recorded as failed: the next run replays it." if items == "trajectories" else "")
     )
     error = ModelServerError(
         message, url=getattr(last, "url", "") or "", status=getattr(last, "status", None), timed_out=getattr(last, "timed_out", False)

@@ -622,3 +622,31 @@ def test_a_busy_replica_is_waited_for_when_no_other_replica_answers(router_sleep
                 answered = _chat(routed, model="m")
     assert answered.status_code == 200, answered.text
     assert len(handler.asked) == 2 and 1 in router_sleeps, (handler.asked, router_sleeps)
+
+
+class _ListsNoModel(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        send_json(self, {"object": "list", "data": []})
+
+
+class _AppWithoutLiveAdapter:
+    def apps(self) -> dict[str, Any]:
+        return {"bot": {"live": None, "previous": []}}
+
+
+def test_an_app_without_a_live_adapter_and_no_base_listed_is_a_502_saying_so() -> None:
+    """It forwarded "model": null, which the replica answered with its own puzzling error (a serving sweep of 2026-12-07)."""
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), _ListsNoModel)
+    replica.daemon_threads = True
+    with serving(replica) as url:
+        router = AliasRouter(_AppWithoutLiveAdapter(), [url], log=lambda _: None)
+        with serving(make_router_server(router, port=0)) as routed:
+            answered = _chat(routed, model="bot")
+    assert answered.status_code == 502, answered.text
+    message = answered.json()["error"]["message"]
+    assert "The app 'bot' has no live adapter" in message and "no replica listed one" in message, message

@@ -144,6 +144,8 @@ def test_a_job_stopped_by_its_policy_server_still_prints_its_summary_with_json(b
     summary = json.loads(result.stdout)
     assert len(summary["failed"]) == SERVER_FAILURES_IN_A_ROW - 1 and summary["done"] == 0
     assert "failed the last 3 trajectories in a row" in summary["error"] and "0 trajectories replayed before this" in summary["error"]
+    # 3 failed in a row, 2 recorded failed: the message says which one is not (a replay sweep of 2026-12-07)
+    assert "The last of them is not recorded as failed: the next run replays it." in summary["error"]
     assert "error: " in result.stderr
 
 

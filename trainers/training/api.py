@@ -28,7 +28,7 @@ from ee_middleware.errors import ChatTemplateError
 from ee_middleware.models.chat_template import TemplateSupport, probe_template
 from ee_middleware.trainers.training import backends, schedule
 from ee_middleware.trainers.training.config import TrainConfig
-from ee_middleware.trainers.training.data import DatasetFile, check_one_build, load_dataset
+from ee_middleware.trainers.training.data import DatasetFile, check_one_build, load_dataset, unread_at_build
 from ee_middleware.trainers.training.errors import (
     BaseModelError,
     ContextBudgetWarning,
@@ -97,6 +97,7 @@ def _train(config: TrainConfig, output_dir: Path, started: float, progress: bool
     runtime = _runtime(config, torch, progress)
     datasets = {kind: load_dataset(Path(config.data), kind) for kind in schedule.kinds_needed(config.schedule)}
     check_one_build(datasets)
+    _warn_if_built_from_part(Path(config.data))
 
     source = resolve_base(config.base_model)
     cache_dir = Path(config.base_cache_dir).expanduser().resolve() if config.base_cache_dir else default_base_cache()
@@ -255,6 +256,20 @@ def _warn_if_rows_dropped(kind: str, dataset: DatasetFile, stats: RenderStats, c
         ContextBudgetWarning,
         stacklevel=3,
     )
+
+
+def _warn_if_built_from_part(data_dir: Path) -> None:
+    """Say that the datasets come from part of a damaged store (built with ``--allow-partial``): what the unread files
+    held is not trained on."""
+    unread = unread_at_build(data_dir)
+    if unread:
+        warnings.warn(
+            f"The datasets in {data_dir} were built from part of a damaged store ({len(unread)} file(s) could not be read, "
+            f"datasets.json's incomplete_store_read; the first: {unread[0]}): what they held is not trained on. Repair the "
+            "store (`ee store repair`, then the files restored from a backup) and build the datasets again to train on all of it.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _warn_if_context_lost(kind: str, stats: RenderStats, config: TrainConfig) -> None:

@@ -84,6 +84,18 @@ def load_dataset(data_dir: Path, kind: str) -> DatasetFile:
     return DatasetFile(kind=kind, path=path.resolve(), sha256=_sha256(path), rows=rows, metadata=metadata, source_hashes=hashes)
 
 
+def unread_at_build(data_dir: Path) -> list[str]:
+    """What the build of the datasets in ``data_dir`` could not read of its store (``datasets.json``'s
+    ``incomplete_store_read``: a build given ``--allow-partial`` on a damaged store); empty for a whole build, or where
+    no readable ``datasets.json`` says."""
+    try:
+        record = json.loads((Path(data_dir) / "datasets.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    unread = record.get("incomplete_store_read") if isinstance(record, dict) else None
+    return [str(item) for item in unread] if isinstance(unread, list) else []
+
+
 def check_one_build(datasets: dict[str, DatasetFile]) -> None:
     """Raise :class:`TrainDataError` when the files a schedule trains on come from different builds (their rows'
     ``source_hash`` differ). Builds before 19c6991 left an earlier build's files beside a later one's in the

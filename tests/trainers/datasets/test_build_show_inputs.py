@@ -174,3 +174,20 @@ def test_a_build_from_part_of_a_damaged_store_records_what_it_could_not_read(rep
     assert f"warning: Skipped unreadable Parquet part {part}" in partial.stderr
     whole = ee("datasets", "build", "--store", replayed_store, "--out", tmp_path / "other", "--no-progress", "--kinds", "il")
     assert whole.exit_code == 1  # (still damaged: refused without --allow-partial)
+
+
+def test_training_on_datasets_built_from_part_of_a_damaged_store_says_so(built: Path) -> None:
+    import warnings
+
+    from ee_middleware.trainers.training.api import _warn_if_built_from_part
+    from ee_middleware.trainers.training.data import unread_at_build
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_built_from_part(built)  # a whole build: nothing said
+    record = json.loads((built / "datasets.json").read_text())
+    record["incomplete_store_read"] = ["Skipped unreadable Parquet part /s/rollouts/part-1.parquet: cut off."]
+    (built / "datasets.json").write_text(json.dumps(record))
+    assert unread_at_build(built) == record["incomplete_store_read"]
+    with pytest.warns(UserWarning, match=r"built from part of a damaged store \(1 file\(s\) could not be read.*part-1\.parquet"):
+        _warn_if_built_from_part(built)
