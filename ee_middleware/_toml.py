@@ -75,15 +75,9 @@ def not_blank(value: Any) -> Any:
     return value
 
 
-def stripped(value: Any) -> Any:
-    """A config field's validator (``BeforeValidator``): text without the blanks around it (a spec, ``" mutate"``, is the
-    one it names everywhere: in the job's choices, its id and its records, as where it is built)."""
-    return value.strip() if isinstance(value, str) else value
-
-
 def stripped_not_blank(value: Any) -> Any:
     """:func:`not_blank`, then the text without the blanks around it (a name: an app's)."""
-    return stripped(not_blank(value))
+    return not_blank(value).strip() if isinstance(value, str) else value
 
 
 def finite_seconds(what: str, example: str) -> Any:

@@ -224,10 +224,13 @@ class OpenAIChatClient:
         self.backoff_s = backoff_s
         self.tool_choice = tool_choice
         self.extra_body = dict(extra_body or {})
-        given = api_key_knob or "the api_key given"  # (the default knob names the variables: not where a given key came from)
-        source = next((v for v in API_KEY_ENV if os.environ.get(v)), None) if api_key is None else given
-        self._api_key = api_key if api_key is not None else (os.environ[source] if source is not None else None)
-        check_header_key(self._api_key, source or "api_key")
+        if api_key is None:
+            source = next((v for v in API_KEY_ENV if os.environ.get(v)), None)
+            api_key = os.environ[source] if source is not None else None
+        else:  # (the default knob names the variables, not where a given key came from)
+            source = api_key_knob or "the api_key given"
+        check_header_key(api_key, source or "")
+        self._api_key = api_key
         self._transport = transport
         self._client: Any = None
         self._sends_reasoning = True

@@ -677,7 +677,6 @@ class InlineExecutor:
     """Replays in the calling process, one trajectory at a time (``--workers 1``)."""
 
     def __init__(self, spec: WorkerSpec) -> None:
-        warnings.filterwarnings("ignore", category=ShadowedPluginWarning)  # said by the driver, once
         self._worker = _Worker(spec)
 
     def map(self, trajectories: Iterable[Trajectory | TrajectoryRows]) -> Iterator[ReplayOutcome]:

@@ -456,6 +456,14 @@ class _Limiting(BaseHTTPRequestHandler):
             send_json(self, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": choices})
 
 
+def _limiting_replica(kind: type[_Limiting]) -> tuple[type[_Limiting], ThreadingHTTPServer]:
+    """A replica of ``kind`` with requests of its own (``handler.asked``), not yet serving."""
+    handler = type("Handler", (kind,), {"asked": []})
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    replica.daemon_threads = True
+    return handler, replica
+
+
 class _RateLimited(_Limiting):
     """429 with Retry-After: 1 within a second of the first request, then an answer."""
 
@@ -466,9 +474,7 @@ class _RateLimited(_Limiting):
 def test_a_replica_that_asks_to_wait_is_asked_again_after_its_retry_after() -> None:
     """Review R14 M2: the router's own retry slept its short back-off, not the replica's Retry-After (a rate-limited
     replica gave the client a 502 after 0.45 s)."""
-    handler = type("Handler", (_RateLimited,), {"asked": []})
-    replica = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    replica.daemon_threads = True
+    handler, replica = _limiting_replica(_RateLimited)
     with serving(replica) as url:
         router = AliasRouter(_EmptyRegistry(), [url], retries=1, timeout_s=10, log=lambda _: None)
         with serving(make_router_server(router, port=0)) as routed:
@@ -571,9 +577,7 @@ def router_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 def test_a_busy_replica_asking_to_wait_is_passed_over_for_one_that_answers_now(router_sleeps: list[float]) -> None:
     """Every request whose turn began at a rate-limited replica (429, Retry-After: 30) slept 30 s, asked it again, and only
     then went to the healthy replica beside it (a serving sweep of 2026-12-07)."""
-    handler = type("Handler", (_Busy,), {"asked": []})
-    busy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    busy.daemon_threads = True
+    handler, busy = _limiting_replica(_Busy)
     with serving(busy) as busy_url, ScriptedChatServer(["fine"] * 4) as healthy:
         router = AliasRouter(_EmptyRegistry(), [busy_url, healthy.base_url], retries=2, timeout_s=5, log=lambda _: None)
         with serving(make_router_server(router, port=0)) as routed:
@@ -584,9 +588,7 @@ def test_a_busy_replica_asking_to_wait_is_passed_over_for_one_that_answers_now(r
 
 
 def test_the_last_replica_asking_to_wait_is_waited_for_at_most_the_routers_time_out(router_sleeps: list[float]) -> None:
-    handler = type("Handler", (_Busy,), {"asked": []})
-    busy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    busy.daemon_threads = True
+    handler, busy = _limiting_replica(_Busy)
     with serving(busy) as busy_url:
         router = AliasRouter(_EmptyRegistry(), [busy_url], retries=1, timeout_s=2, log=lambda _: None)
         with serving(make_router_server(router, port=0)) as routed:
@@ -608,9 +610,7 @@ def test_a_busy_replica_is_waited_for_when_no_other_replica_answers(router_sleep
     then could not be reached, and the request got a 502 though the busy one would have answered after its Retry-After."""
     from ee_middleware.adapters.serving.router import _Down
 
-    handler = type("Handler", (_BusyOnce,), {"asked": []})
-    busy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    busy.daemon_threads = True
+    handler, busy = _limiting_replica(_BusyOnce)
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"  # bound, never listening: refused
