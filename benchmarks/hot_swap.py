@@ -42,7 +42,15 @@ from _ee import peak_rss_mib
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import LocalBackend, VLLMBackend
-from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, free_port, local_command, vllm_command, vllm_env
+from ee_middleware.adapters.serving.launch import (
+    VLLM_SOCKET_DIR_ENV,
+    ServerProcess,
+    VLLMOptions,
+    free_port,
+    local_command,
+    vllm_command,
+    vllm_env,
+)
 from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
 from ee_middleware.errors import ModelError
 from ee_middleware.models.openai_compat import OpenAIChatClient
@@ -147,7 +155,10 @@ def server_for(args: argparse.Namespace, base: Path) -> tuple[ServerProcess, typ
         base=str(base), served_model_name="base", port=port, max_lora_rank=8, max_model_len=1024, max_num_seqs=1,
         chat_template=template, tool_call_parser="hermes", launcher="module", python=python, cpu_kv_cache_gb=1,
     )  # fmt: skip
-    return ServerProcess(vllm_command(options), f"http://127.0.0.1:{port}/v1", env=vllm_env(options), name="vLLM server"), VLLMBackend
+    server = ServerProcess(
+        vllm_command(options), f"http://127.0.0.1:{port}/v1", env=vllm_env(options), name="vLLM server", socket_dir_env=VLLM_SOCKET_DIR_ENV
+    )
+    return server, VLLMBackend
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -236,7 +247,9 @@ def restarts(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict
             time.sleep(args.pause)
             started = time.perf_counter()
             server.stop()
-            server = ServerProcess(server.command, server.url, env=server.env, name=server.name).start(timeout_s=600)
+            server = ServerProcess(
+                server.command, server.url, env=server.env, name=server.name, socket_dir_env=server.socket_dir_env
+            ).start(timeout_s=600)
             replica = backend_cls(server.url)
             replica.load("current", str(adapters[i % len(adapters)]))
             replica.verify("current")

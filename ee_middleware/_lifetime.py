@@ -143,7 +143,11 @@ SHARED_MEMORY_LATER_LOOK_S = 30.0
 
 
 def start_group_watchdog(
-    pgid: int, *, grace_s: float = GROUP_WATCHDOG_GRACE_S, shared_memory_before: dict[str, tuple[int, int]] | None = None
+    pgid: int,
+    *,
+    grace_s: float = GROUP_WATCHDOG_GRACE_S,
+    shared_memory_before: dict[str, tuple[int, int]] | None = None,
+    remove_folder: str | None = None,
 ) -> Any:
     """Start a small process that ends process group ``pgid`` when this process goes away, however it ends (a SIGKILL
     too): SIGTERM to the whole group, then SIGKILL after ``grace_s``, and it removes the shared memory in /dev/shm the
@@ -155,12 +159,13 @@ def start_group_watchdog(
     it runs in a session of its own, so a Ctrl-C in the terminal does not end it before this process's clean-up has run.
     The caller ends it (SIGKILL) once it has stopped the group itself. ``shared_memory_before``: the files in /dev/shm
     before the group started (:func:`~ee_middleware._shared_memory.shared_memory_files`), never removed (default: those
-    when the watchdog starts). Returns its :class:`subprocess.Popen`."""
+    when the watchdog starts). ``remove_folder``: a folder of the group's own (its sockets), removed once the group has
+    ended. Returns its :class:`subprocess.Popen`."""
     import subprocess
 
     code = "from ee_middleware._lifetime import _watch_group; _watch_group()"
     watchdog = subprocess.Popen(
-        [sys.executable, "-c", code, str(os.getpid()), str(pgid), repr(float(grace_s))],
+        [sys.executable, "-c", code, str(os.getpid()), str(pgid), repr(float(grace_s)), *([remove_folder] if remove_folder else [])],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         start_new_session=True,
@@ -174,8 +179,10 @@ def start_group_watchdog(
 
 
 def _watch_group() -> None:
-    """The group watchdog's main (see :func:`start_group_watchdog`; arguments: parent pid, group id, grace seconds)."""
+    """The group watchdog's main (see :func:`start_group_watchdog`; arguments: parent pid, group id, grace seconds, and
+    the folder to remove, if any)."""
     parent, pgid, grace_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    folder = sys.argv[4] if len(sys.argv) > 4 else None
     orphaned = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -190,6 +197,7 @@ def _watch_group() -> None:
     while not orphaned.wait(WATCHDOG_INTERVAL_S / 4) and os.getppid() == parent:
         if not _group_alive(pgid):  # the group ended (stopped by the parent, or by itself): nothing left to watch
             remove_orphaned_shared_memory(shared_memory, existed=existed)
+            _remove_folder(folder)
             return
         if time.monotonic() >= next_look:
             shared_memory |= group_shared_memory(pgid)
@@ -200,6 +208,15 @@ def _watch_group() -> None:
     wait_for_group_end(pgid, grace_s, poll_s=0.1)
     kill_process_group(pgid, signal.SIGKILL)
     remove_orphaned_shared_memory(shared_memory, existed=existed)
+    wait_for_group_end(pgid, grace_s, poll_s=0.1)  # (killed: gone in a moment; its sockets' folder is removed after)
+    _remove_folder(folder)
+
+
+def _remove_folder(folder: str | None) -> None:
+    if folder is not None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def wait_for_group_end(pgid: int, timeout_s: float, *, poll_s: float = 0.05) -> bool:

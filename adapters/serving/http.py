@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hmac
 import json
+import os
 import re
 import socket
 import sys
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from ee_middleware._lifetime import second_signal_ends
 from ee_middleware.adapters.errors import ServerStartError
 
 
@@ -519,6 +521,42 @@ class StoppingHTTPServer(ThreadingHTTPServer):
         """Stop (:meth:`stop`, with the default grace, unless stopped already), then close the socket."""
         self.stop()
         super().server_close()
+
+
+def stop_grace_s() -> float:
+    """How long a stopping server waits for the requests in flight: ``EE_STOP_GRACE_S`` seconds, else
+    :data:`STOP_GRACE_S`."""
+    value = os.environ.get("EE_STOP_GRACE_S", "").strip()
+    if not value:
+        return STOP_GRACE_S
+    try:
+        grace = float(value)
+    except ValueError:
+        grace = -1.0
+    if not 0 <= grace < float("inf"):
+        raise ValueError(f"EE_STOP_GRACE_S must be a number of seconds >= 0, got {value!r}: set it so (e.g. 8), or unset it.")
+    return grace
+
+
+def stop_serving(server: StoppingHTTPServer, grace_s: float, *, name: str) -> int:
+    """Stop ``server`` after its ``serve_forever`` returned: no new connection, the requests in flight answered within
+    ``grace_s`` (then 503). A second Ctrl-C, SIGTERM or SIGHUP during that wait answers them 503 at once. Returns the
+    exit code: 0, or 130 when a second signal cut the wait short. ``name``: the server as its messages on stderr name it."""
+    cut_short = threading.Event()
+    with second_signal_ends(cut_short.set):
+        in_flight = server.in_flight()
+        if in_flight:  # said once a second signal is taken: one sent on reading it ends the wait
+            print(
+                f"{name}: stopping; waiting up to {grace_s:g} s for {in_flight} request(s) in flight "
+                "(a second Ctrl-C or SIGTERM ends it now)",
+                file=sys.stderr,
+                flush=True,
+            )
+        late = server.stop(grace_s, cut_short=cut_short)
+    if late:
+        print(f"{name}: {late} request(s) still in flight were answered 503 (server stopping)", file=sys.stderr, flush=True)
+    server.server_close()
+    return 130 if cut_short.is_set() else 0
 
 
 def _shut(handler: BaseHTTPRequestHandler) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -197,7 +198,14 @@ class ServerProcess:
     api_key: str | None = None
     """The key the server requires, sent by :meth:`start`'s probe of ``/v1/models``; ``None``: ``EE_SERVE_API_KEY`` of
     the server's environment (``env``, else this process's), the key an ``ee serve local`` server requires."""
+    socket_dir_env: str | None = None
+    """An environment variable naming the folder where the server makes its Unix sockets (vLLM's
+    :data:`VLLM_SOCKET_DIR_ENV`, the temporary folder by default): unless the environment sets it, :meth:`start` sets it
+    to a folder of the server's own, removed once its group has ended (by :meth:`stop` or :meth:`kill`, or by the group
+    watchdog when this process is killed). vLLM ended before its clean-up (SIGKILL after the grace, its engine killed)
+    left its ZMQ sockets in /tmp for good, a few at every start."""
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _socket_dir: str | None = field(default=None, init=False, repr=False)
     _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _log: IO[bytes] | None = field(default=None, init=False, repr=False)
     _own_log: bool = field(default=False, init=False, repr=False)  # log_path was made by start(): stop() deletes it
@@ -219,11 +227,12 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._shared_memory_before = shared_memory_files()  # never the group's to leave (a model served from /dev/shm)
         try:
+            env = self._with_socket_dir()
             self.process = subprocess.Popen(
                 self.command,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,
                 start_new_session=True,
                 preexec_fn=parent_death_preexec(signal.SIGTERM) if self.end_with_parent else None,
             )
@@ -236,7 +245,9 @@ class ServerProcess:
             raise
         if self.end_with_parent:
             try:
-                self._watchdog = start_group_watchdog(self.process.pid, shared_memory_before=self._shared_memory_before)
+                self._watchdog = start_group_watchdog(
+                    self.process.pid, shared_memory_before=self._shared_memory_before, remove_folder=self._socket_dir
+                )
             except BaseException:
                 self.stop()
                 raise
@@ -262,6 +273,28 @@ class ServerProcess:
             raise
         finally:
             client.close()
+
+    def _with_socket_dir(self) -> dict[str, str] | None:
+        """The server's environment, with :attr:`socket_dir_env` naming a new folder of its own where the caller's
+        environment names none (``None``: this process's environment, as ``Popen`` takes it)."""
+        if self.socket_dir_env is None:
+            return self.env
+        base = dict(os.environ if self.env is None else self.env)
+        if base.get(self.socket_dir_env):
+            return self.env  # the user's choice: their folder, left as it is
+        folder = tempfile.mkdtemp(prefix=f"ee-{_slug(self.name)}-sockets-")
+        if len(folder) + 1 + len(_SOCKET_NAME_EXAMPLE) >= _SOCKET_PATH_MAX:  # (a long TMPDIR: the sockets could not be bound)
+            os.rmdir(folder)
+            return self.env
+        self._socket_dir = folder
+        return {**base, self.socket_dir_env: folder}
+
+    def _remove_socket_dir(self) -> None:
+        """Remove the sockets' folder (:attr:`socket_dir_env`) once the group has ended: what is left there is sockets
+        of processes that are gone."""
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     def _check_address(self) -> None:
         """Nothing listens on the URL's port yet: otherwise the other server's answers would pass for this one's
@@ -318,6 +351,7 @@ class ServerProcess:
             wait_for_group_end(self.process.pid, min(grace_s, LEFTOVER_GRACE_S))
             kill_process_group(self.process.pid, signal.SIGKILL)
             self._remove_shared_memory_left()
+        self._remove_socket_dir()
         self._end_watchdog()
         if self._log is not None:
             self._log.close()
@@ -338,6 +372,7 @@ class ServerProcess:
             kill_process_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
             self._remove_shared_memory_left()
+            self._remove_socket_dir()
         self._end_watchdog()
 
     def _note_shared_memory(self) -> None:
@@ -370,6 +405,13 @@ def _slug(name: str) -> str:
     ``vllm-server``), so that a log's path can be pasted into a shell as it is."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "server"
 
+
+VLLM_SOCKET_DIR_ENV = "VLLM_RPC_BASE_PATH"
+"""Where vLLM makes its ZMQ sockets (``ipc://FOLDER/UUID``): :attr:`ServerProcess.socket_dir_env` of a vLLM server."""
+_SOCKET_NAME_EXAMPLE = "0f9e8b1c-3c4d-4e5f-8a9b-0c1d2e3f4a5b"
+"""A socket's name in that folder, as vLLM makes them (a UUID): the folder's path leaves room for it."""
+_SOCKET_PATH_MAX = 108
+"""Linux's bound on a Unix socket's path (``sun_path``, its final NUL included)."""
 
 _VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 

@@ -49,13 +49,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, cast
 
-from ee_middleware._lifetime import second_signal_ends, termination_as_interrupt
+from ee_middleware._lifetime import termination_as_interrupt
 from ee_middleware._optional import import_optional
 from ee_middleware.adapters.errors import AdapterFilesError
 from ee_middleware.adapters.records import adapter_rank
 from ee_middleware.adapters.serving.http import (
     LOCAL_SERVER_OWNER,
-    STOP_GRACE_S,
     ClientGone,
     EventStream,
     JSONHandler,
@@ -64,6 +63,8 @@ from ee_middleware.adapters.serving.http import (
     check_port_free,
     make_server,
     sse_event,
+    stop_grace_s,
+    stop_serving,
     wants_stream,
 )
 from ee_middleware.adapters.serving.rendering import forget_server, record_server
@@ -237,8 +238,14 @@ class LocalModelServer:
             text = self._render(messages, body.get("tools") or None)
             if not body.get("add_generation_prompt", True):
                 raise RequestError(400, "add_generation_prompt=false is not supported by the local server")
-        else:
-            text = str(body.get("prompt", ""))
+        elif isinstance(prompt := body.get("prompt"), str):
+            text = prompt
+        else:  # (a list of token ids or of texts was tokenized as its Python text)
+            raise RequestError(
+                400,
+                "/tokenize takes messages (a chat) or prompt (a text), "
+                + ("got neither" if prompt is None else f"got prompt {json.dumps(prompt, default=repr)[:200]}"),
+            )
         tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return {"tokens": tokens, "count": len(tokens), "max_model_len": self._max_len()}
 
@@ -551,7 +558,22 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         raise RequestError(400, "messages must be a non-empty list of chat messages with a role")
     for number, message in enumerate(messages):
         content = message.get("content")
-        for part in content if isinstance(content, list) else ():
+        if not isinstance(message["role"], str):
+            raise RequestError(400, f"messages[{number}].role must be a string, got {json.dumps(message['role'], default=repr)}")
+        if not (content is None or isinstance(content, (str, list))):
+            # (a number or an object was rendered as its Python text: the model answered a message never sent)
+            raise RequestError(
+                400,
+                f"messages[{number}].content must be a string, a list of content parts or null, "
+                f"got {json.dumps(content, default=repr)[:200]}",
+            )
+        for part_number, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, (str, dict)):
+                raise RequestError(
+                    400,
+                    f"messages[{number}].content[{part_number}] must be a content part (an object with a type, or a text), "
+                    f"got {json.dumps(part, default=repr)[:200]}",
+                )
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in MEDIA_PART_TYPES:
                 raise RequestError(
@@ -690,44 +712,8 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             pass
         finally:
-            code = stop_serving(server, grace_s)
+            code = stop_serving(server, grace_s, name="ee local server")
     end_process(code)
-
-
-def stop_grace_s() -> float:
-    """How long a stopping server waits for the requests in flight: ``EE_STOP_GRACE_S`` seconds, else
-    :data:`~ee_middleware.adapters.serving.http.STOP_GRACE_S`."""
-    value = os.environ.get("EE_STOP_GRACE_S", "").strip()
-    if not value:
-        return STOP_GRACE_S
-    try:
-        grace = float(value)
-    except ValueError:
-        grace = -1.0
-    if not 0 <= grace < float("inf"):
-        raise ValueError(f"EE_STOP_GRACE_S must be a number of seconds >= 0, got {value!r}: set it so (e.g. 8), or unset it.")
-    return grace
-
-
-def stop_serving(server: StoppingHTTPServer, grace_s: float) -> int:
-    """Stop ``server`` after its ``serve_forever`` returned: no new connection, the requests in flight answered within
-    ``grace_s`` (then 503). A second Ctrl-C, SIGTERM or SIGHUP during that wait answers them 503 at once. Returns the
-    exit code: 0, or 130 when a second signal cut the wait short."""
-    cut_short = threading.Event()
-    with second_signal_ends(cut_short.set):
-        in_flight = server.in_flight()
-        if in_flight:  # said once a second signal is taken: one sent on reading it ends the wait
-            print(
-                f"ee local server: stopping; waiting up to {grace_s:g} s for {in_flight} request(s) in flight "
-                "(a second Ctrl-C or SIGTERM ends it now)",
-                file=sys.stderr,
-                flush=True,
-            )
-        late = server.stop(grace_s, cut_short=cut_short)
-    if late:
-        print(f"ee local server: {late} request(s) still in flight were answered 503 (server stopping)", file=sys.stderr, flush=True)
-    server.server_close()
-    return 130 if cut_short.is_set() else 0
 
 
 def end_process(code: int) -> NoReturn:

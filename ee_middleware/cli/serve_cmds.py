@@ -170,6 +170,7 @@ def serve_local(
     from ee_middleware.adapters.serving.config import ServeConfig
     from ee_middleware.adapters.serving.local_server import main
 
+    _check_stop_grace()  # (the server's own check would print its argparse usage, not this command's)
     cfg = ServeConfig.load(
         config,
         job="serve local",
@@ -213,6 +214,17 @@ def serve_local(
         main(argv)
     except TemplateShowsNoTextError as exc:  # the server's probe of the template it renders with, before it serves
         raise refusal_to_serve(exc, base=base, template=template, server="The local server") from exc
+
+
+def _check_stop_grace() -> float:
+    """``EE_STOP_GRACE_S`` (how long a stopping server waits for the requests in flight), or a ConfigError naming it."""
+    from ee_middleware.adapters.serving.http import stop_grace_s
+    from ee_middleware.errors import ConfigError
+
+    try:
+        return stop_grace_s()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _warn_open_to_others(host: str, what: str) -> None:
@@ -301,6 +313,7 @@ def serve_vllm(
     """
     from ee_middleware.adapters.serving.config import ServeConfig
     from ee_middleware.adapters.serving.launch import (
+        VLLM_SOCKET_DIR_ENV,
         ServerProcess,
         VLLMOptions,
         command_max_lora_rank,
@@ -364,7 +377,13 @@ def serve_vllm(
         return
     env = vllm_env(options)
     server = ServerProcess(
-        command, f"http://{host}:{port}/v1", env=env, name="vLLM server", end_with_parent=True, api_key=vllm_api_key(command, env)
+        command,
+        f"http://{host}:{port}/v1",
+        env=env,
+        name="vLLM server",
+        end_with_parent=True,
+        api_key=vllm_api_key(command, env),
+        socket_dir_env=VLLM_SOCKET_DIR_ENV,
     )
     typer.echo(f"starting: {_shown_command(command)}", err=True)
 
@@ -618,7 +637,10 @@ def serve_router(
     one that breaks ends with an error event after the last whole event."""
     from ee_middleware.adapters.errors import ServingError
     from ee_middleware.adapters.registry import open_registry
+    from ee_middleware.adapters.serving.http import stop_serving
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
+
+    grace_s = _check_stop_grace()
 
     urls = server_urls(servers)
     if not urls:
@@ -642,9 +664,15 @@ def serve_router(
 
     needs = " (requests need its API key)" if api_key else ""
     typer.echo(f"ee router at http://{host}:{server.server_address[1]}/v1{needs} -> {', '.join(map(shown_url, router.upstreams))}")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    # stopped as the local server stops: SIGTERM (systemd, docker stop) as Ctrl-C, the requests in flight answered within
+    # EE_STOP_GRACE_S, a second signal answering them 503 at once (exit 130). SIGTERM ended it at once before, cutting
+    # every forwarded request, and Ctrl-C's wait was 8 s whatever EE_STOP_GRACE_S said.
+    with termination_as_interrupt():
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            code = stop_serving(server, grace_s, name="ee router")
+    if code:
+        raise typer.Exit(code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -579,4 +579,10 @@ def _tool_names(tools: list[dict[str, Any]]) -> list[str]:
 
 
 def _jsonable(value: Any) -> Any:
-    return value.isoformat() if hasattr(value, "isoformat") else value
+    """A listed or decided value as ``--json`` gives it: a time as the trajectory's own times are (pydantic's ISO 8601,
+    ``Z`` for UTC), so one instant reads the same in a listing, a trajectory and its approval history."""
+    if isinstance(value, (datetime, date)):
+        from pydantic_core import to_jsonable_python
+
+        return to_jsonable_python(value)
+    return value

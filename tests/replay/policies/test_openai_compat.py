@@ -183,7 +183,7 @@ def test_scripted_vllm_stand_in_500_then_success_is_retried(vllm_stand_in: Scrip
 
 def test_scripted_vllm_stand_in_keeps_failing_gives_a_server_error(vllm_stand_in: ScriptedVLLMStandIn, shop_point: DecisionPoint) -> None:
     vllm_stand_in.script = [ScriptedReply(503, {"error": "model still loading"})]
-    with pytest.raises(ModelServerError, match=r"after 3 attempt\(s\): HTTP 503: .*model still loading.*vLLM"):
+    with pytest.raises(ModelServerError, match=r"after 3 attempt\(s\): HTTP 503: .*model still loading.*reachable and answered HTTP 503"):
         policy_for(vllm_stand_in, retries=2).propose(shop_point, 1, seed=0)
     assert len(vllm_stand_in.requests) == 3
 
