@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ee_middleware.capture.processor import ExperienceSpanProcessor
     from ee_middleware.capture.recorder import RecordedGraph, record_experience
     from ee_middleware.capture.redaction import Redactor
+    from ee_middleware.errors import CaptureError, ConfigError, EEError, StoreError
     from ee_middleware.records import Action, Approval, ApprovalEvent, Observation, Step, ToolCall, Trajectory
     from ee_middleware.store import ExperienceStore, LocalExperienceStore, open_store
 
@@ -35,6 +36,11 @@ _LAZY = {
     "Observation": "ee_middleware.records",
     "Approval": "ee_middleware.records",
     "ApprovalEvent": "ee_middleware.records",
+    # the errors a user's code catches (every error of ee's is an EEError)
+    "EEError": "ee_middleware.errors",
+    "ConfigError": "ee_middleware.errors",
+    "CaptureError": "ee_middleware.errors",
+    "StoreError": "ee_middleware.errors",
 }
 
 __all__ = [
@@ -42,6 +48,9 @@ __all__ = [
     "Approval",
     "ApprovalEvent",
     "CaptureConfig",
+    "CaptureError",
+    "ConfigError",
+    "EEError",
     "ExperienceSpanProcessor",
     "ExperienceStore",
     "LocalExperienceStore",
@@ -49,6 +58,7 @@ __all__ = [
     "RecordedGraph",
     "Redactor",
     "Step",
+    "StoreError",
     "ToolCall",
     "Trajectory",
     "__version__",

@@ -586,3 +586,32 @@ def pid_alive(pid: str) -> bool:
     except OSError:
         return True
     return True
+
+
+DEMO_MARKER = ".ee-demo-output"
+"""The file ee's demos (``examples/``) leave in each folder they make: a folder holding it is one a demo may remove."""
+
+
+def clear_demo_folder(folder: Path, *, option: str) -> Path:
+    """Remove ``folder`` (absolute, returned) for a demo's new run: where it is missing, empty or made by a demo (it holds
+    :data:`DEMO_MARKER`). Any other folder is refused (``SystemExit`` naming ``option``, the flag that named it): the
+    demos removed the folder they were given whatever it held, the working folder included. Make it again and call
+    :func:`mark_demo_folder` once it exists."""
+    folder = folder.expanduser().resolve()
+    if Path.cwd().resolve().is_relative_to(folder):
+        raise SystemExit(f"{option} {folder} is the current folder or holds it, which this demo would remove: give another folder.")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise SystemExit(f"{option} {folder} is not a folder: give a new or empty folder.")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / DEMO_MARKER).is_file():
+            raise SystemExit(
+                f"Not removing {folder} ({option}): it holds files a demo did not make (no {DEMO_MARKER} in it), and each run "
+                "removes and remakes its folder. Give a new or empty folder."
+            )
+        shutil.rmtree(folder)
+    return folder
+
+
+def mark_demo_folder(folder: Path) -> None:
+    """Leave :data:`DEMO_MARKER` in ``folder``, which a demo made: its next run may remove the folder."""
+    (folder / DEMO_MARKER).write_text("Made by an ee-middleware demo, which removes this folder when it is run again with it.\n")

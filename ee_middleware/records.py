@@ -212,6 +212,22 @@ class Approval(_Record):
     reason: str | None = None
 
 
+def approve_if_verdict(verdict: object) -> bool:
+    """What an ``approve_if`` rule returned, as a decision: ``True`` approves, ``False`` does not (a NumPy bool as
+    well); anything else is a ``TypeError`` saying so, and the caller leaves the trajectory pending as for a rule that
+    raised. Taken by its truth, ``lambda t: t.status`` or ``lambda t: t.final_answer`` (a text) approved every run,
+    failed ones too, for training, with the reason "approve_if returned True"."""
+    if isinstance(verdict, bool):
+        return verdict
+    kind = type(verdict)
+    if kind.__module__ == "numpy" and kind.__name__ == "bool":  # numpy.bool (bool_): a comparison of array values
+        return bool(verdict)
+    raise TypeError(
+        f"approve_if returned {kind.__name__} {verdict!r:.80}, not True or False; return a comparison, e.g. "
+        "approve_if=lambda t: t.status == 'completed'"
+    )
+
+
 class ApprovalEvent(_Record):
     """An approval decision as stored in the append-only approval log."""
 

@@ -50,7 +50,7 @@ from ee_middleware.evals.tasks import Step as Answer
 from ee_middleware.messages import content_to_text, message_reasoning
 from ee_middleware.models.parsing import CALL_FIELDS, CALL_TYPES, MISNAMED_ARGUMENTS, misnamed_arguments, without_reasoning
 from ee_middleware.models.protocol import CUT_WHILE_REASONING, ChatClient, Sampling
-from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, tool_schema_name, utcnow
+from ee_middleware.records import Action, Approval, Observation, Step, ToolCall, Trajectory, approve_if_verdict, tool_schema_name, utcnow
 from ee_middleware.replay.curriculum import CURRICULUM_SOURCE, DEFAULT_APP, with_parent, world_environment
 from ee_middleware.replay.curriculum_config import JUDGE_MAX_TOKENS
 from ee_middleware.replay.sandboxes.experience import SyntheticObservationError
@@ -691,7 +691,7 @@ def _approves(
     """Whether ``approve_if`` accepts ``trajectory``; one that raises does not (as capture treats it: the trajectory stays
     pending, stored), and the run notes it (:attr:`CurriculumRun.approve_if_failed`)."""
     try:
-        return bool(approve_if(trajectory))
+        return approve_if_verdict(approve_if(trajectory))
     except Exception as exc:  # noqa: BLE001 - the user's rule: its error is told, the trajectory left for a reviewer
         if trajectory.id not in run.approve_if_failed:
             run.approve_if_failed.append(trajectory.id)

@@ -18,7 +18,6 @@ import ast
 import asyncio
 import json
 import operator
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -210,12 +209,22 @@ def _id_of(store: LocalExperienceStore, text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=Path("demo-output/experience"), help="store folder (recreated on each run)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("demo-output/experience"),
+        help="store folder, made by the demo and remade on each run (beside it: the agent's workspace/ and approved.jsonl)",
+    )
     args = parser.parse_args(argv)
-    shutil.rmtree(args.store, ignore_errors=True)
-    workspace = args.store.parent / "workspace"
-    shutil.rmtree(workspace, ignore_errors=True)
-    return run_demo(args.store, workspace)
+    from ee_middleware._files import clear_demo_folder, mark_demo_folder
+
+    store = clear_demo_folder(args.store, option="--store")  # (a folder it did not make is refused, never removed)
+    workspace = clear_demo_folder(store.parent / "workspace", option="the workspace beside --store")
+    workspace.mkdir(parents=True)
+    mark_demo_folder(workspace)
+    LocalExperienceStore(store).close()
+    mark_demo_folder(store)
+    return run_demo(store, workspace)
 
 
 if __name__ == "__main__":

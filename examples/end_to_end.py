@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -91,20 +90,30 @@ class Timer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (recreated on each run)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder, made by the demo and remade on each run")
     parser.add_argument("--quick", action="store_true", help="a tiny random Llama (a TEST model) and small budgets: 1-2 minutes")
     parser.add_argument("--entries", type=int, help="BFCL multi_turn_base entries to record (default: 24, quick 8)")
     args = parser.parse_args(argv)
     scale = QUICK if args.quick else FULL
-    if args.entries:
-        scale = Scale(**{**scale.__dict__, "entries": args.entries, "heldout": max(1, args.entries // 4)})
+    if args.entries is not None:
+        # the gate compares candidate and live on eval_tasks held-out tasks (its min_tasks): that many are held out at
+        # least, and one more is left to train on
+        if args.entries < scale.eval_tasks + 1:
+            parser.error(
+                f"--entries must be at least {scale.eval_tasks + 1}{' with --quick' if args.quick else ''}: {scale.eval_tasks} "
+                f"held out for the gate's tasks and one to train on, got {args.entries}"
+            )
+        heldout = max(scale.eval_tasks, args.entries // 4)
+        scale = Scale(**{**scale.__dict__, "entries": args.entries, "heldout": heldout})
 
     from rich.console import Console
 
     console = Console()
-    out = args.out.resolve()
-    shutil.rmtree(out, ignore_errors=True)
+    from ee_middleware._files import clear_demo_folder, mark_demo_folder
+
+    out = clear_demo_folder(args.out, option="--out")  # (a folder it did not make is refused, never removed)
     out.mkdir(parents=True)
+    mark_demo_folder(out)
     timer = Timer()
     started = time.perf_counter()
 

@@ -36,3 +36,15 @@ def test_lazy_attributes_resolve_and_unknown_names_fail():
     assert "record_experience" in dir(ee_middleware)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = ee_middleware.nope
+
+
+def test_the_errors_a_user_catches_are_top_level_names_that_load_nothing_heavy():
+    """The README says what raises ConfigError, and ee's errors are EEErrors; they were importable only from
+    ee_middleware.errors, which no page named."""
+    loaded = _modules_after("from ee_middleware import ConfigError, CaptureError, StoreError, EEError")
+    assert not HEAVY & loaded and "langchain_core" not in loaded
+    import ee_middleware
+    from ee_middleware import errors
+
+    assert ee_middleware.ConfigError is errors.ConfigError and issubclass(ee_middleware.StoreError, ee_middleware.EEError)
+    assert {"ConfigError", "CaptureError", "StoreError", "EEError"} <= set(ee_middleware.__all__)

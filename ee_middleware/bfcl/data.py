@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from ee_middleware.bfcl._package import import_bfcl, package_dir
+from ee_middleware.bfcl._package import INSTALL_HINT, import_bfcl, package_dir
 from ee_middleware.errors import ConfigError
 
 MULTI_TURN_CATEGORIES: tuple[str, ...] = (
@@ -64,9 +64,24 @@ class BFCLEntry:
 def _read_jsonl(name: str) -> list[dict[str, Any]]:
     path = package_dir() / "data" / name
     if not path.exists():
-        raise ConfigError(f"BFCL data file {path} is missing. Reinstall bfcl-eval==2026.3.23.")
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        raise ConfigError(f"BFCL data file {path} is missing. Reinstall bfcl-eval: {INSTALL_HINT}")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"BFCL data file {path} is damaged: line {number} is not JSON ({exc}). Reinstall bfcl-eval: {INSTALL_HINT}"
+                ) from exc
+            if not isinstance(row, dict):
+                raise ConfigError(
+                    f"BFCL data file {path} is damaged: line {number} is not a JSON object. Reinstall bfcl-eval: {INSTALL_HINT}"
+                )
+            rows.append(row)
+    return rows
 
 
 def load_entries(category: str, *, limit: int | None = None, ids: Sequence[str] | None = None) -> list[BFCLEntry]:

@@ -265,12 +265,22 @@ def _record(store_obj: Any, category: str, entries: list[BFCLEntry], progress: C
         else:
             try:
                 graph = recorded_graph(entry)
+                # a category with held-out functions offers them from their turn on, as the task means to: capture's
+                # warning about tools that change from one call to the next (a middleware, several agents) is not for it
+                graph.recorder.warned_tool_lists = True
                 first = [_to_openai_user(m) for m in _user_turn_messages(entry, 0)]
+                failed_before = graph.recorder.stats.runs_failed
                 graph.invoke(
                     {"messages": first, "turn": 0},
                     config={"recursion_limit": 200, "configurable": {"thread_id": entry.id, "ee_environment": entry.environment}},
                 )
-                report.recorded.append(entry.id)
+                # written before the next entry, so that a run capture could not store is told by its own reason (all
+                # of them were given the last one's: the record sizes of a file-size limit, say)
+                why = _not_stored(graph, failed_before)
+                if why is None:
+                    report.recorded.append(entry.id)
+                else:
+                    report.failed[entry.id] = why
             except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the others
                 report.failed[entry.id] = f"{type(exc).__name__}: {exc}"
         if progress is not None:
@@ -278,6 +288,21 @@ def _record(store_obj: Any, category: str, entries: list[BFCLEntry], progress: C
     if report.recorded:
         _keep_only_stored(report, graph, store_obj, category)
     return report
+
+
+def _not_stored(graph: Any, failed_before: int) -> str | None:
+    """Why capture did not store the run just recorded (``failed_before``: its ``runs_failed`` before the run), or
+    ``None`` when nothing failed; :func:`_keep_only_stored` checks the store itself once every entry is recorded."""
+    from ee_middleware.errors import CaptureError
+
+    try:
+        graph.flush()
+    except CaptureError as exc:  # strict capture (EE_CAPTURE_STRICT) raises what it could not write
+        return f"capture did not store its run: {exc}"
+    stats = graph.recorder.stats
+    if stats.runs_failed > failed_before:
+        return f"capture did not store its run: {stats.errors[-1] if stats.errors else 'no error was reported'}"
+    return None
 
 
 def _keep_only_stored(report: RecordReport, graph: Any, store: Any, category: str) -> None:

@@ -47,6 +47,11 @@ class BFCLSandbox:
     """Imported once by a replay job's fork server for all its workers: the backend classes, loaded (see the protocol)."""
 
     def __init__(self, *, allow_network: bool = False) -> None:
+        if not isinstance(allow_network, bool):  # ("false" is a true value: it let replay reach the network)
+            raise ValueError(
+                f"allow_network must be true or false, got {type(allow_network).__name__} {allow_network!r:.80}: "
+                "write allow_network = true (TOML) or --sandbox-setting allow_network=true."
+            )
         self.allow_network = allow_network
         self._world: World | None = None
         self._tools: dict[str, tuple[str, str]] = {}

@@ -1148,7 +1148,7 @@ class _Worker:
     def flush(self, timeout: float) -> tuple[bool, str | None]:
         error = None
         try:
-            done = self.processor.force_flush(int(timeout * 1000))
+            done = self.processor.flush_in_time(int(timeout * 1000))
         except Exception as exc:  # noqa: BLE001 - strict mode's CaptureError: sent to the parent, which raises it
             done, error = True, str(exc)
         if self.vault is not None:

@@ -39,8 +39,8 @@ from ee_middleware.capture.normalize import operation_of
 from ee_middleware.capture.paused import PausedDecisions
 from ee_middleware.capture.spandata import SpanData, from_readable_span
 from ee_middleware.errors import CaptureError, RecordError, RedactFnError
-from ee_middleware.records import Approval, Trajectory, utcnow
-from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.records import Approval, Trajectory, approve_if_verdict, utcnow
+from ee_middleware.store.protocol import ExperienceStore, check_store_object
 
 logger = logging.getLogger("ee_middleware.capture")
 
@@ -184,6 +184,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         max_batch: int = 256,
         min_write_interval_s: float = 0.05,
     ) -> None:
+        check_store_object(store, given_as="ExperienceSpanProcessor's store")
         self.store = store
         self.recorder_id = recorder_id
         self.options = options or (
@@ -213,6 +214,7 @@ class ExperienceSpanProcessor(SpanProcessor):
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._busy = False
+        self._failed_seen = 0  # stats.runs_failed at the last force_flush: what it has said already
         self._closed = False
         self._pending_error: BaseException | None = None
         self._thread: threading.Thread | None = None
@@ -338,7 +340,18 @@ class ExperienceSpanProcessor(SpanProcessor):
                 logger.warning("ee-middleware dropped %d spans of a run that never finished (buffer full).", len(dropped))
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        """Wait until every finished run has been written. In strict mode, re-raise a failure."""
+        """Wait until every finished run has been written: ``True`` when they were, within ``timeout_millis``, and none
+        failed since the last flush (a failure is logged and counted in :attr:`stats`; strict mode raises it), as a
+        recorder's ``flush()`` answers. It answered ``True`` for runs the store had refused."""
+        try:
+            in_time = self.flush_in_time(timeout_millis)
+        finally:  # (strict mode raised the failure: said once, as this answer says it once)
+            failed, self._failed_seen = self.stats.runs_failed > self._failed_seen, self.stats.runs_failed
+        return in_time and not failed
+
+    def flush_in_time(self, timeout_millis: int = 30_000) -> bool:
+        """:meth:`force_flush` for the recorders, which count failures themselves: ``True`` when every finished run was
+        written or given up on within ``timeout_millis``. In strict mode, re-raise a failure."""
         deadline = time.monotonic() + timeout_millis / 1000
         with self._lock:
             self._flushing += 1
@@ -536,10 +549,16 @@ class ExperienceSpanProcessor(SpanProcessor):
         if self.approve_if is None:
             return trajectory
         try:
-            approved = bool(self.approve_if(trajectory))
+            verdict = self.approve_if(trajectory)
         except Exception as exc:  # noqa: BLE001 - a user predicate that fails leaves the run pending
             # (stored all the same: not a run lost, so not in runs_failed, which makes flush() say False)
             self._report(f"approve_if raised for trajectory {trajectory.id}: {exc!r}; it stays pending", exc, runs=0, spans=0)
+            self.stats.approve_if_failed += 1
+            return trajectory
+        try:
+            approved = approve_if_verdict(verdict)
+        except TypeError as exc:  # neither True nor False: left pending as for a rule that raised
+            self._report(f"{exc} (trajectory {trajectory.id} stays pending)", exc, runs=0, spans=0)
             self.stats.approve_if_failed += 1
             return trajectory
         if approved:

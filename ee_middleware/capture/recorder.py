@@ -107,7 +107,7 @@ from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.messages import MAX_JSON_DEPTH, decimal_number, to_jsonable
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.store.metadata import keeps_metadata, local_folder
-from ee_middleware.store.protocol import ExperienceStore
+from ee_middleware.store.protocol import ExperienceStore, check_store_object
 from ee_middleware.store.registry import open_store
 
 if TYPE_CHECKING:
@@ -415,7 +415,7 @@ class Recorder:
             offloaded, error = self.offload.flush(left()) if self.offload is not None else (True, None)
             if self.offload is not None:  # again: the runs a dying capture process was sent are recorded here
                 done = self.finisher.flush(left()) and done
-            written = self.processor.force_flush(int(left() * 1000))
+            written = self.processor.flush_in_time(int(left() * 1000))
             in_time = done and written
             flushed = in_time and offloaded
         finally:  # (strict mode raised the failure: said once, as this return value says it once)
@@ -1666,6 +1666,8 @@ def record_experience(
 
     store_path = os.fspath(store) if isinstance(store, (str, os.PathLike)) else None
     store_obj = store if store is not None and store_path is None else None
+    if store_obj is not None:
+        check_store_object(store_obj, given_as="record_experience(store=...)")
 
     overrides = dict(
         app=app,

@@ -112,7 +112,10 @@ def propose_cmd(
     try:
         # what the model's code prints (module:factory) goes to stderr: stdout holds the answer alone
         with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            trajectories = (t for t in opened.iter_trajectories() if app_name is None or t.app == app_name)
+            # a rejected trajectory never feeds training: a variant of it would carry its task, tools and world there
+            trajectories = (
+                t for t in opened.iter_trajectories() if (app_name is None or t.app == app_name) and t.approval.status != "rejected"
+            )
             proposal = propose(client, scores, trajectories, n=n, max_tokens=max_tokens, seed=seed)
     finally:
         client.close()
@@ -222,8 +225,8 @@ def _why_no_variant(
     if not proposal.rejected:
         of_app = "" if app is None else f" of the app {app!r}{other_apps_hint(store, app, approved=False)}"
         return (
-            f"no task with varying outcomes has a stored trajectory{of_app} (matched by the trajectory id a traces: task "
-            "is, the environment's entry_id, or the task text): record those tasks into --store, or point --store at the "
+            f"no task with varying outcomes has a stored trajectory{of_app} that is not rejected (matched by the trajectory "
+            "id a traces: task is, the environment's entry_id, or the task text): record those tasks into --store, or point --store at the "
             "store they were recorded in" + (", or give the --app they were recorded under." if app is not None else ".")
         )
     if proposal.cut:

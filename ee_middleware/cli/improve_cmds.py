@@ -77,10 +77,10 @@ def improve(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show stage progress and bars."),
     allow_partial: bool | None = typer.Option(
         None,
-        "--allow-partial",
+        "--allow-partial/--no-allow-partial",
         help="When part of the store is damaged, learn from what can be read (the damage is listed on stderr; the run keeps "
-        "its watermark, so the next run selects its trajectories again); overrides [improve] allow_partial. Without it, a "
-        "read the damage made incomplete fails the run, which keeps its watermark (exit 1).",
+        "its watermark, so the next run selects its trajectories again); overrides [improve] allow_partial (--no-allow-partial "
+        "turns the file's off). Without it, a read the damage made incomplete fails the run, which keeps its watermark (exit 1).",
         show_default=False,
     ),
     keep_runs: int | None = typer.Option(

@@ -46,6 +46,7 @@ folders: :data:`OWNED_KEYS`), and refuses those keys in a stage table::
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -378,6 +379,7 @@ class ImproveConfig(BaseModel):
             self.tables()  # a file that is not TOML is named here
             _check_table_names(self.config_path)
         self._check_owned_keys()
+        self._check_alias()
         folder = Path(tempfile.gettempdir()) / "ee-improve-check"
         with naming_file("replay", self.config_path):
             replay = self.replay_config()
@@ -406,6 +408,24 @@ class ImproveConfig(BaseModel):
         self._check_base(train.base_model, train.max_length, train.target_modules)
         _check_device(train.device)
         self._check_store(replay.sandbox)
+
+    def _check_alias(self) -> None:
+        """The app's name in the registry (``alias``, else ``app``) is one the registry takes. Found by the register stage,
+        after replay and training, a bad one failed a run that the corrected file could not continue (the [improve] table
+        is fixed for a run). An app name capture took (``SupportBot``) is one to give an alias, not to rename."""
+        from ee_middleware.adapters.errors import RegistryError
+        from ee_middleware.adapters.records import check_app_name
+
+        try:
+            check_app_name(self.alias_name)
+        except RegistryError as exc:
+            if self.alias:
+                raise ConfigError(f"[improve] alias = {self.alias!r}: {exc}") from exc
+            suggestion = re.sub(r"[^a-z0-9._-]+", "-", self.app.lower()).strip("-._")[:63] or "my-app"
+            raise ConfigError(
+                f"[improve] app = {self.app!r} is also the app's name in the registry and at the router, where it cannot be: "
+                f"{exc} Keep app as capture stored it and set the served name in [improve]: alias = {suggestion!r}."
+            ) from exc
 
     def check_evaluation_sandbox(self) -> None:
         """With a ``traces`` suite, that the evaluation's sandbox has ``state_digest()`` (:meth:`_check_traces_sandbox`):

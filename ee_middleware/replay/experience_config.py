@@ -76,9 +76,9 @@ class _HeldOutSplitSettings(BaseModel):
 class ExperienceEvalConfig(_HeldOutSplitSettings):
     """Everything ``ee experience eval`` needs (its ``[experience_eval]`` table)."""
 
-    model: str
+    model: Annotated[str, BeforeValidator(not_blank)]
     """The experience model: ``local:DIR[@ADAPTER]``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
-    trained: str | None = None
+    trained: Annotated[str | None, BeforeValidator(not_blank)] = None
     """A trained experience model: adds the ``retrieval+trained`` variant."""
     top_k: int = Field(DEFAULT_TOP_K, ge=1)
     """Retrieved real transitions per prediction in the ``retrieval`` variant."""

@@ -14,31 +14,42 @@ real values in a vault beside the store and replay re-executes those lookups wit
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from .agent import APP, record_experts
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retail_db", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("demo-output/retail"), help="output folder (recreated on each run)")
-    parser.add_argument("--k", type=int, default=8, help="alternatives per recorded state")
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo-output/retail"), help="output folder, made by the demo and remade on each run"
+    )
+    parser.add_argument("--k", type=_at_least_one, default=8, help="alternatives per recorded state (1 or more)")
     parser.add_argument("--no-redact", action="store_true", help="record without redaction (the data is synthetic)")
     parser.add_argument("--vault", action="store_true", help="keep a redaction vault, so replay gives the sandbox the real values")
     args = parser.parse_args(argv)
 
     from rich.console import Console
 
+    from ee_middleware._files import clear_demo_folder, mark_demo_folder
     from ee_middleware.cli.app import app as cli
     from ee_middleware.store import LocalExperienceStore
 
     console = Console()
-    shutil.rmtree(args.out, ignore_errors=True)
-    store = args.out / "experience"
+    out = clear_demo_folder(args.out, option="--out")  # (a folder it did not make is refused, never removed)
+    out.mkdir(parents=True)
+    mark_demo_folder(out)
+    store = out / "experience"
     console.rule("[bold]1. The retail agent serves its customers (every run is recorded)")
-    answers = record_experts(store, args.out, redact=False if args.no_redact else None, **({"vault": True} if args.vault else {}))
+    answers = record_experts(store, out, redact=False if args.no_redact else None, **({"vault": True} if args.vault else {}))
     console.print(f"{len(answers)} conversations recorded in {store}")
     sandbox = "retail_db.sandbox:make_sandbox"
     first = LocalExperienceStore(store).trajectories(app=APP).sort("started_at")["id"][0]

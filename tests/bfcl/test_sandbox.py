@@ -70,3 +70,15 @@ def test_a_subclass_of_random_keeps_its_own_pickling() -> None:
     restored = sandbox.world["MessageAPI"]._random
     assert type(restored) is _OwnRandom
     assert sandbox.execute(_SEND).content == expected
+
+
+@pytest.mark.parametrize("value", ["false", "no", "maybe", 1, None])
+def test_allow_network_that_is_no_bool_is_refused(value: object) -> None:
+    """Was: stored as given and read by its truth, so ``allow_network = "false"`` (or ``--sandbox-setting
+    allow_network=maybe``) let replay call the tools that send real network requests."""
+    from ee_middleware.errors import SandboxError
+    from ee_middleware.replay.sandboxes.registry import build_sandbox
+
+    with pytest.raises(SandboxError, match=r"Bad settings for sandbox 'bfcl': allow_network must be true or false, got"):
+        build_sandbox("bfcl", allow_network=value)
+    assert build_sandbox("bfcl", allow_network=False).refusal_hint("fetch_url_content") is not None

@@ -236,7 +236,8 @@ def test_other_instrumentations_spans_are_stored_live_as_ingest_stores_them(
         processor.on_end_data(span)
     monkeypatch.undo()
     processor.start_writer()
-    assert processor.force_flush()
+    flushed = processor.force_flush()  # False where a run ingest skips failed here (as a recorder's flush() says)
+    assert flushed is (processor.stats.runs_failed == 0), processor.stats
     ingested = LocalExperienceStore(tmp_path / "ingested")
     ingest_files([fixture], ingested)
     assert sorted(map(_steps_of, live.iter_trajectories()), key=str) == sorted(map(_steps_of, ingested.iter_trajectories()), key=str)
@@ -323,7 +324,7 @@ def test_one_run_the_store_refuses_does_not_take_the_others_of_its_batch(tmp_pat
     tracer = provider.get_tracer("someone-elses-instrumentation")
     for task in ("plan a trip", "poison the well", "plan a party"):
         _genai_run(tracer, task)
-    assert processor.force_flush()
+    assert processor.force_flush() is False, "a run was not stored"
     assert sorted(store.trajectories()["task"].to_list()) == ["plan a party", "plan a trip"]
     assert processor.stats.runs_failed == 1 and processor.stats.trajectories_written == 2, processor.stats
     provider.shutdown()

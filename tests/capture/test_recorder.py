@@ -319,6 +319,31 @@ def test_approve_if_approves_automatically_and_a_failing_predicate_leaves_pendin
     assert (lenient.recorder.stats.runs_failed, lenient.recorder.stats.approve_if_failed) == (0, 1)
 
 
+def test_approve_if_approves_on_true_alone_and_leaves_a_run_pending_on_anything_else(react_graph, store, store_path, monkeypatch, caplog):
+    """Was: taken by its truth, so ``lambda t: t.status`` (the text "error" too) or a rule returning "no" approved every
+    run for training, with the reason "approve_if returned True". A NumPy bool (a comparison of array values) is a bool."""
+    import numpy as np
+
+    monkeypatch.setenv("EE_CAPTURE_STRICT", "0")
+    for app, rule, approval in (
+        ("texts", lambda t: t.status, "pending"),
+        ("no", lambda t: "no", "pending"),
+        ("one", lambda t: 1, "pending"),
+        ("none", lambda t: None, "pending"),
+        ("numpy", lambda t: np.int64(t.num_steps) == 3, "approved"),
+        ("false", lambda t: False, "pending"),
+    ):
+        agent = record_experience(react_graph, app=app, store=store_path, approve_if=rule, strict=False)
+        agent.invoke(USER_TASK)
+        assert agent.flush() is True, app  # stored: nothing lost
+        assert store.trajectories(app=app)["approval"].to_list() == [approval], app
+        failed = 0 if app in ("numpy", "false") else 1
+        assert agent.recorder.stats.approve_if_failed == failed, app
+    said = [r.getMessage() for r in caplog.records if "not True or False" in r.getMessage()]
+    assert len(said) == 4 and "approve_if returned str 'completed', not True or False" in said[0], said
+    assert "stays pending" in said[0]
+
+
 def test_environment_reference_from_a_hook_and_from_the_run_config(react_graph, store, store_path):
     seen: list[Any] = []
 

@@ -124,3 +124,22 @@ def test_help_names_the_config_table_and_the_defaults() -> None:
     entries = help_entries(result.output)
     missing = [flag for flag in ("--n", "--out", "--seed", "--max-tokens", "--timeout") if "[default:" not in entries.get(flag, "")]
     assert not missing, missing
+
+
+def test_a_rejected_trajectory_is_no_parent_of_a_variant(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was: every stored trajectory could be a variant's parent, a rejected one too (its task, tools and world carried
+    into the tasks a curriculum trains on), though a rejected trajectory never feeds training."""
+    from ee_middleware import LocalExperienceStore
+
+    results = _results(tmp_path)
+    store = LocalExperienceStore(bfcl_store_path)
+    parents = [t.id for t in store.iter_trajectories() if t.environment and t.environment.get("entry_id") == "multi_turn_base_0"]
+    assert parents
+    store.reject(parents, by="alice", reason="leaks a customer's address")
+    store.close()
+    with ScriptedChatServer(lambda body: VARIANT, models=["w"]) as writer:
+        args = ["curriculum", "propose", "--from", str(results), "--model", f"openai:{writer.base_url}#w"]
+        done = runner.invoke(app, [*args, "--store", str(bfcl_store_path), "--n", "1", "--out", str(tmp_path / "t.jsonl"), "--json"])
+        assert writer.requests == []
+    assert done.exit_code == 1, done.output
+    assert "has a stored trajectory that is not rejected" in _flat(done.output), done.output

@@ -106,6 +106,16 @@ def test_eval_without_a_model_names_the_flag_and_the_key(bfcl_store_path: Path, 
     assert "models: Extra inputs are not permitted (did you mean model?)" in _flat(result.stderr), result.stderr
 
 
+def test_eval_refuses_an_empty_model_naming_the_flag(bfcl_store_path: Path, tmp_path: Path) -> None:
+    """Was: "The experience sandbox needs a model: 'experience:local:DIR' ..." (a prefix these flags do not take), naming
+    neither flag; an empty ``trained`` in the table said the same."""
+    for args in (["--model="], ["--model", "openai:http://127.0.0.1:9/v1#em", "--trained="]):
+        result = runner.invoke(app, ["experience", "eval", *args, "--store", str(bfcl_store_path), "--out", str(tmp_path / "e")])
+        flag = args[-1].rstrip("=")
+        assert result.exit_code == 1 and f"{flag}: Value error, '' is empty or blank" in _flat(result.stderr), result.stderr
+        assert "experience:local:DIR" not in result.stderr
+
+
 def test_eval_refuses_a_retriever_option_the_retriever_does_not_take(serve: Any, bfcl_store_path: Path, tmp_path: Path) -> None:
     model = serve(copy_first_example)
     config = _write(tmp_path, _eval_table(model, bfcl_store_path, tmp_path / "eval").replace("min_shared = 2", "min_share = 2"))

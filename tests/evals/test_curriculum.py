@@ -134,6 +134,23 @@ def test_a_reviewers_rejection_is_not_overturned_by_approve_if_on_a_run_again(bf
     store.close()
 
 
+def approve_by_status(trajectory: Any) -> Any:
+    return trajectory.status  # a text ("completed", "error"): no decision
+
+
+def test_an_approve_if_returning_no_bool_approves_nothing_and_says_so(bfcl_store_path: Path, tmp_path: Path, serve: Serve) -> None:
+    """Was: taken by its truth, so a rule returning a text approved every rollout (failed ones too) for training."""
+    policy, judge = serve(_policy(["ls"])), serve(_approve)
+    tasks, _ = _tasks(bfcl_store_path, tmp_path)
+    args = ["curriculum", "run", str(tasks), "--policy", f"openai:{policy.base_url}#p", "--sandbox", "bfcl"]
+    args += ["--judge", f"openai:{judge.base_url}#j", "--store", str(bfcl_store_path), "--json"]
+    result = runner.invoke(app, [*args, "--approve-if", "tests.evals.test_curriculum:approve_by_status"])
+    summary = json.loads(result.stdout)
+    assert summary["approved"] == 0 and summary["stored"] == 1, result.output
+    assert summary["approve_if_failed"] == summary["stored_trajectories"], summary
+    assert "not True or False" in result.stderr, result.stderr
+
+
 def test_a_rollout_rejected_under_the_previous_versions_id_is_not_approved_again(
     bfcl_store_path: Path, tmp_path: Path, serve: Serve
 ) -> None:

@@ -26,3 +26,33 @@ def test_capture_demo_records_every_task(tmp_path: Path, capsys):
     assert "jane.doe@example.com" not in (store_path.parent / "approved.jsonl").read_text()
     out = capsys.readouterr().out
     assert "What was stored" in out and "Wrote 4 examples" in out
+
+
+def test_the_demos_refuse_a_folder_they_did_not_make_and_remake_their_own(tmp_path: Path, monkeypatch) -> None:
+    """Was: each demo removed the folder it was given whatever it held (capture_demo also the ``workspace`` beside its
+    store, end_to_end and retail_db the working folder itself with ``--out .``), then went on."""
+    import pytest
+
+    spec = importlib.util.spec_from_file_location("capture_demo", DEMO)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    project = tmp_path / "project"
+    (project / "workspace").mkdir(parents=True)
+    (project / "workspace" / "important.txt").write_text("precious")
+    with pytest.raises(SystemExit, match=r"Not removing .*workspace \(the workspace beside --store\): it holds files a demo did not make"):
+        demo.main(["--store", str(project / "experience")])
+    assert (project / "workspace" / "important.txt").read_text() == "precious"
+    (project / "experience").mkdir()
+    (project / "experience" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"Not removing .*experience \(--store\)"):
+        demo.main(["--store", str(project / "experience")])
+    assert (project / "experience" / "notes.txt").read_text() == "mine"
+    monkeypatch.chdir(project / "experience")
+    with pytest.raises(SystemExit, match=r"--store .*experience is the current folder or holds it"):
+        demo.main(["--store", "."])
+
+    monkeypatch.chdir(tmp_path)
+    own = tmp_path / "demo" / "experience"
+    assert demo.main(["--store", str(own)]) == 0
+    assert demo.main(["--store", str(own)]) == 0, "its own output is remade"
+    assert LocalExperienceStore(own).trajectories().height == len(demo.TASKS)

@@ -102,3 +102,34 @@ def test_the_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def _address_change(user_id: str) -> dict[str, str]:
     return {"user_id": user_id, "address1": "12 Birch Street", "address2": "", "city": "Boise", "state": "ID", "zip": "83702"}
+
+
+def test_bad_numbers_are_refused_before_anything_is_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: ``--k 0`` recorded 24 conversations, then ended in ee replay run's traceback; ``end_to_end.py --entries 4``
+    ran the whole loop to a gate that could not pass (fewer held-out tasks than its min_tasks), ``--entries 0`` was the
+    default, and ``--entries -3`` a traceback."""
+    import importlib.util
+    import sys
+
+    from retail_db.__main__ import main
+
+    for k in ("0", "-2", "x"):
+        with pytest.raises(SystemExit) as stopped:
+            main(["--out", str(tmp_path / "retail"), "--k", k])
+        assert stopped.value.code == 2 and "--k" in capsys.readouterr().err
+    assert not (tmp_path / "retail").exists()
+    demo_file = Path(__file__).resolve().parents[2] / "examples" / "end_to_end.py"
+    spec = importlib.util.spec_from_file_location("end_to_end", demo_file)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    sys.modules["end_to_end"] = demo  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(demo)
+        for entries, quick in (("0", True), ("-3", True), ("2", True), ("3", False)):
+            with pytest.raises(SystemExit) as stopped:
+                demo.main(["--out", str(tmp_path / "demo"), "--entries", entries, *(["--quick"] if quick else [])])
+            said = capsys.readouterr().err
+            assert stopped.value.code == 2 and f"--entries must be at least {3 if quick else 4}" in said, said
+    finally:
+        del sys.modules["end_to_end"]
+    assert not (tmp_path / "demo").exists()

@@ -842,3 +842,25 @@ def test_a_sub_tables_key_near_missed_in_the_table_itself_is_told_with_its_sub_t
     with pytest.raises(ConfigError) as raised:  # review: [train]'s lora_r is no serving.max_lora_rank
         ImproveConfig.load(_config(tmp_path, "lora_rank = 16\n"))
     assert "max_lora_rank" not in str(raised.value), str(raised.value)
+
+
+def test_an_alias_the_registry_refuses_stops_the_job_before_a_run_starts(tmp_path: Path) -> None:
+    """Was: found by the register stage, after replay, datasets and training; the corrected file could not continue the
+    failed run ("[improve] alias: Bad Alias -> good (the [improve] table is fixed for a run)"), so every stage ran again.
+    An app name capture took (``SupportBot``) is the alias when none is set: the message says to set one."""
+    from ee_middleware.jobs.improve import run_improve
+
+    LocalExperienceStore(tmp_path / "s").close()
+    base = _base_folder(tmp_path)
+    with pytest.raises(ConfigError, match=r"\[improve\] alias = 'Bad Alias': Bad app name 'Bad Alias': use 1-63 lower-case"):
+        run_improve(ImproveConfig.load(_improve_file(tmp_path, base, 'alias = "Bad Alias"\n')))
+    assert RunsDir(tmp_path / "runs").list() == []
+    path = _improve_file(tmp_path, base)
+    path.write_text(path.read_text().replace('app = "shop"', 'app = "Support Bot"'))
+    with pytest.raises(ConfigError) as raised:
+        ImproveConfig.load(path).check()
+    message = str(raised.value)
+    assert "[improve] app = 'Support Bot' is also the app's name in the registry" in message, message
+    assert "set the served name in [improve]: alias = 'support-bot'" in message, message
+    path.write_text(path.read_text() + 'alias = "support-bot"\n')
+    ImproveConfig.load(path).check()  # the app as capture stored it, served as its alias

@@ -597,6 +597,11 @@ def test_a_fidelity_report_that_is_not_an_experience_eval_report_is_refused_with
         {"variants": {"retrieval": {"tools": {"ls": {"n": 1}}}}},  # no token_f1
         {"variants": {"retrieval": "x"}},
         {"variants": {"retrieval": {"model": "m"}}},  # no tools
+        # a score that is no F1 (NaN compared false with every min_fidelity: the tool passed any threshold)
+        {"variants": {"retrieval": {"tools": {"ls": {"token_f1": float("nan")}}}}},
+        {"variants": {"retrieval": {"tools": {"ls": {"token_f1": 5}}}}},
+        {"variants": {"retrieval": {"tools": {"ls": {"token_f1": -0.1}}}}},
+        {"variants": {"retrieval": {"tools": {"ls": {"token_f1": True}}}}},
     ):
         path = tmp_path / "report.json"
         path.write_text(json.dumps(report))
@@ -604,3 +609,7 @@ def test_a_fidelity_report_that_is_not_an_experience_eval_report_is_refused_with
             load_fidelity(path)
     path.write_text(json.dumps({"variants": {"retrieval": {"model": "m", "top_k": 3, "tools": {"ls": {"token_f1": 0.5}}}}}))
     assert load_fidelity(path) == {"ls": 0.5}
+    for inline in ({"cd": float("nan")}, {"cd": 1.5}, {"cd": -1}):  # ([replay.sandbox_settings] fidelity = { cd = nan })
+        with pytest.raises(SandboxError, match=r"fidelity\['cd'\] = .* is not a token_f1 score: give a number from 0 to 1"):
+            load_fidelity(inline)
+    assert load_fidelity({"cd": 1, "ls": 0.0}) == {"cd": 1.0, "ls": 0.0}

@@ -293,6 +293,10 @@ def load_fidelity(
     if source is None:
         return {}
     if isinstance(source, Mapping) and all(isinstance(v, (int, float)) for v in source.values()):
+        unscored = {str(k): v for k, v in source.items() if not _is_score(v)}
+        if unscored:  # (NaN compares false with every threshold: the tool passed any min_fidelity)
+            tool, value = next(iter(unscored.items()))
+            raise SandboxError(f"fidelity[{tool!r}] = {value!r} is not a {FIDELITY_METRIC} score: give a number from 0 to 1.")
         return {str(k): float(v) for k, v in source.items()}
     if isinstance(source, (str, Path)):
         try:
@@ -337,9 +341,12 @@ def load_fidelity(
 
 def _well_formed_variant(variant: Any) -> bool:
     tools = variant.get("tools") if isinstance(variant, Mapping) else None
-    return isinstance(tools, Mapping) and all(
-        isinstance(row, Mapping) and isinstance(row.get(FIDELITY_METRIC), (int, float)) for row in tools.values()
-    )
+    return isinstance(tools, Mapping) and all(isinstance(row, Mapping) and _is_score(row.get(FIDELITY_METRIC)) for row in tools.values())
+
+
+def _is_score(value: Any) -> bool:
+    """A token F1 score: a number from 0 to 1 (not NaN, which passed every ``min_fidelity``; not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
 
 
 _MIN_FIDELITY_EXAMPLE = 'min_fidelity = { "*" = 0.8, "send_email" = 0.9 }'
