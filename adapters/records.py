@@ -128,19 +128,29 @@ def adapter_name(app: str, version: int, content_hash: str) -> str:
 
 
 def check_app_name(app: str) -> str:
+    problem = app_name_problem(app, flag="--app")
+    if problem is not None:
+        raise RegistryError(f"Bad app name {app!r}: {problem}.")
+    return app
+
+
+def app_name_problem(app: object, *, flag: str | None = None) -> str | None:
+    """Why ``app`` cannot be an app's name in the registry (and the alias it is served under), or ``None``; ``flag``:
+    the option that gives the name, for the example."""
     if not isinstance(app, str) or not APP_NAME.match(app):
-        raise RegistryError(
-            f"Bad app name {app!r}: use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit "
-            "(it becomes part of every adapter name and of the served model name), e.g. --app support-bot."
+        return (
+            "use 1-63 lower-case letters, digits, '.', '_' or '-', starting with a letter or digit (it becomes part of "
+            "every adapter name and of the served model name)" + (f", e.g. {flag} support-bot" if flag else "")
         )
     named = ADAPTER_NAME.fullmatch(app)
     if named is not None:  # the app's served name (its alias) would be an adapter's: requests for one reach the other
-        raise RegistryError(
-            f"Bad app name {app!r}: it has the form of an adapter's name (APP-vN-HASH), and the app's served name would be "
-            f"taken for that adapter's, so requests naming the adapter would reach the app's live adapter. Is it an "
-            f"adapter's name pasted as the app? Then its app is {named['app']!r} (--app {named['app']}); else name the app another way."
+        return (
+            "it has the form of an adapter's name (APP-vN-HASH), and the app's served name would be taken for that "
+            "adapter's, so requests naming the adapter would reach the app's live adapter. Is it an adapter's name pasted "
+            f"as the app? Then its app is {named['app']!r}" + (f" ({flag} {named['app']})" if flag else "") + "; else name the "
+            "app another way"
         )
-    return app
+    return None
 
 
 def inspect_adapter(folder: str | Path) -> AdapterFiles:

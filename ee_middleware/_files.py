@@ -38,7 +38,7 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -592,26 +592,41 @@ DEMO_MARKER = ".ee-demo-output"
 """The file ee's demos (``examples/``) leave in each folder they make: a folder holding it is one a demo may remove."""
 
 
-def clear_demo_folder(folder: Path, *, option: str) -> Path:
-    """Remove ``folder`` (absolute, returned) for a demo's new run: where it is missing, empty or made by a demo (it holds
-    :data:`DEMO_MARKER`). Any other folder is refused (``SystemExit`` naming ``option``, the flag that named it): the
-    demos removed the folder they were given whatever it held, the working folder included. Make it again and call
-    :func:`mark_demo_folder` once it exists."""
-    folder = folder.expanduser().resolve()
-    if Path.cwd().resolve().is_relative_to(folder):
-        raise SystemExit(f"{option} {folder} is the current folder or holds it, which this demo would remove: give another folder.")
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise SystemExit(f"{option} {folder} is not a folder: give a new or empty folder.")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not (folder / DEMO_MARKER).is_file():
+def clear_demo_folders(*named: tuple[Path, str]) -> list[Path]:
+    """Remove each folder of ``named`` (``(folder, option)``: the flag that named it, for a refusal) for a demo's new run,
+    where it is missing, empty or made by a demo (it, or a folder above it, holds :data:`DEMO_MARKER`); returns them
+    absolute. Any other folder is refused (``SystemExit`` naming its option) before any of them is removed: the demos
+    removed the folders they were given whatever they held, the working folder included. Make them again with
+    :func:`make_demo_folder`."""
+    cwd = Path.cwd().resolve()
+    checked = []
+    for given, option in named:
+        given = given.expanduser()
+        if given.is_symlink():
+            raise SystemExit(f"{option} {given} is a link, which this demo would not remove: give a new or empty folder.")
+        folder = given.resolve()
+        if cwd.is_relative_to(folder):
+            raise SystemExit(f"{option} {folder} is the current folder or holds it, which this demo would remove: give another folder.")
+        if folder.exists() and not folder.is_dir():
+            raise SystemExit(f"{option} {folder} is not a folder: give a new or empty folder.")
+        if folder.is_dir() and any(folder.iterdir()) and not any((f / DEMO_MARKER).is_file() for f in (folder, *folder.parents)):
             raise SystemExit(
-                f"Not removing {folder} ({option}): it holds files a demo did not make (no {DEMO_MARKER} in it), and each run "
-                "removes and remakes its folder. Give a new or empty folder."
+                f"Not removing {folder} ({option}): it holds files a demo did not make (no {DEMO_MARKER} in it or above it), "
+                "and each run removes and remakes its folders. Give a new or empty folder."
             )
-        shutil.rmtree(folder)
+        checked.append(folder)
+    for folder in checked:
+        if folder.is_dir():
+            shutil.rmtree(folder)
+    return checked
+
+
+def make_demo_folder(folder: Path, make: Callable[[Path], object] | None = None) -> Path:
+    """Make ``folder`` (with ``make``, e.g. a store's constructor; else a plain folder) and the folders above it that are
+    missing, and leave :data:`DEMO_MARKER` in each of them: any demo's later run may remove them. Returns ``folder``."""
+    missing = [f for f in (folder, *folder.parents) if not f.exists()]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    (make or (lambda f: f.mkdir(exist_ok=True)))(folder)
+    for made in missing:
+        (made / DEMO_MARKER).write_text("Made by an ee-middleware demo, which removes this folder when it is run again with it.\n")
     return folder
-
-
-def mark_demo_folder(folder: Path) -> None:
-    """Leave :data:`DEMO_MARKER` in ``folder``, which a demo made: its next run may remove the folder."""
-    (folder / DEMO_MARKER).write_text("Made by an ee-middleware demo, which removes this folder when it is run again with it.\n")

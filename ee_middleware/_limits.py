@@ -11,3 +11,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT32_MAX = 2**31 - 1
 """The largest count a C ``int`` holds: what a training setting counted in steps, rows, tokens or threads may be (torch,
 the tokenizers and ``itertools.islice`` take such counts; a larger one failed deep inside them instead of as a setting)."""
+
+MAX_EVAL_TRIALS = 1000
+"""The most trials per task an eval takes (``ee eval run --trials``, ``[eval] trials``): a run lists every task's trials
+before the first one runs (10**23 of them never started)."""

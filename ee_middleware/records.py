@@ -220,7 +220,7 @@ def approve_if_verdict(verdict: object) -> bool:
     if isinstance(verdict, bool):
         return verdict
     kind = type(verdict)
-    if kind.__module__ == "numpy" and kind.__name__ == "bool":  # numpy.bool (bool_): a comparison of array values
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_"):  # a comparison of array values (NumPy 2, 1.x)
         return bool(verdict)
     raise TypeError(
         f"approve_if returned {kind.__name__} {verdict!r:.80}, not True or False; return a comparison, e.g. "

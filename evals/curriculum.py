@@ -691,10 +691,19 @@ def _approves(
     """Whether ``approve_if`` accepts ``trajectory``; one that raises does not (as capture treats it: the trajectory stays
     pending, stored), and the run notes it (:attr:`CurriculumRun.approve_if_failed`)."""
     try:
-        return approve_if_verdict(approve_if(trajectory))
+        verdict = approve_if(trajectory)
     except Exception as exc:  # noqa: BLE001 - the user's rule: its error is told, the trajectory left for a reviewer
-        if trajectory.id not in run.approve_if_failed:
-            run.approve_if_failed.append(trajectory.id)
-        if run.approve_if_error is None:
-            run.approve_if_error = describe(exc) if describe is not None else f"{type(exc).__name__}: {exc}"
+        _approve_if_failed(run, trajectory, describe(exc) if describe is not None else f"{type(exc).__name__}: {exc}")
         return False
+    try:
+        return approve_if_verdict(verdict)
+    except TypeError as exc:  # neither True nor False: ee's own words, not the rule's error
+        _approve_if_failed(run, trajectory, f"The --approve-if function {exc}.")
+        return False
+
+
+def _approve_if_failed(run: CurriculumRun, trajectory: Trajectory, error: str) -> None:
+    if trajectory.id not in run.approve_if_failed:
+        run.approve_if_failed.append(trajectory.id)
+    if run.approve_if_error is None:
+        run.approve_if_error = error

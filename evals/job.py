@@ -10,10 +10,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ee_middleware._limits import MAX_EVAL_TRIALS
 from ee_middleware._toml import build_config, finite_seconds, layered_values, named_path
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.loop import LoopConfig
 from ee_middleware.evals.suites import SuiteSettings
+
+MAX_TRIALS = MAX_EVAL_TRIALS
+"""The most trials per task an eval job takes (:data:`~ee_middleware._limits.MAX_EVAL_TRIALS`, ``ee eval run --trials``'s
+bound too)."""
 
 
 class EvalJob(BaseModel):
@@ -33,10 +38,10 @@ class EvalJob(BaseModel):
     suites: list[str] = Field(min_length=1)
     model: str = Field(min_length=1)
     out: Annotated[str, named_path("the run folder")]
-    trials: int = Field(1, ge=1)
+    trials: int = Field(1, ge=1, le=MAX_TRIALS)
     workers: int = Field(1, ge=1)
     seed: int = 0
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, allow_inf_nan=False)
     max_tokens: int = Field(512, ge=1)
     max_steps_per_turn: int = Field(20, ge=1)
     feed_back_parse_errors: bool = False

@@ -216,15 +216,14 @@ def main(argv: list[str] | None = None) -> int:
         help="store folder, made by the demo and remade on each run (beside it: the agent's workspace/ and approved.jsonl)",
     )
     args = parser.parse_args(argv)
-    from ee_middleware._files import clear_demo_folder, mark_demo_folder
+    from ee_middleware._files import clear_demo_folders, make_demo_folder
 
-    store = clear_demo_folder(args.store, option="--store")  # (a folder it did not make is refused, never removed)
-    workspace = clear_demo_folder(store.parent / "workspace", option="the workspace beside --store")
-    workspace.mkdir(parents=True)
-    mark_demo_folder(workspace)
-    LocalExperienceStore(store).close()
-    mark_demo_folder(store)
-    return run_demo(store, workspace)
+    # (a folder the demo did not make is refused, never removed)
+    store, workspace = clear_demo_folders(
+        (args.store, "--store"), (args.store.expanduser().resolve().parent / "workspace", "the workspace beside --store")
+    )
+    make_demo_folder(store, lambda folder: LocalExperienceStore(folder).close())
+    return run_demo(store, make_demo_folder(workspace))
 
 
 if __name__ == "__main__":

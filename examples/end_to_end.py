@@ -109,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console()
-    from ee_middleware._files import clear_demo_folder, mark_demo_folder
+    from ee_middleware._files import clear_demo_folders, make_demo_folder
 
-    out = clear_demo_folder(args.out, option="--out")  # (a folder it did not make is refused, never removed)
-    out.mkdir(parents=True)
-    mark_demo_folder(out)
+    (out,) = clear_demo_folders((args.out, "--out"))  # (a folder it did not make is refused, never removed)
+    make_demo_folder(out)
     timer = Timer()
     started = time.perf_counter()
 

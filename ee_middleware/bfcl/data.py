@@ -66,13 +66,13 @@ def _read_jsonl(name: str) -> list[dict[str, Any]]:
     if not path.exists():
         raise ConfigError(f"BFCL data file {path} is missing. Reinstall bfcl-eval: {INSTALL_HINT}")
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
-            except ValueError as exc:
+                row = json.loads(raw.decode("utf-8"))
+            except ValueError as exc:  # (UnicodeDecodeError too: a task's text altered, not loaded as if it were whole)
                 raise ConfigError(
                     f"BFCL data file {path} is damaged: line {number} is not JSON ({exc}). Reinstall bfcl-eval: {INSTALL_HINT}"
                 ) from exc

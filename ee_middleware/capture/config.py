@@ -141,7 +141,7 @@ class CaptureConfig:
 
     def __post_init__(self) -> None:
         if _is_number(self.app_version):  # app_version=7 (or 7 in a file): recorded as "7", as before types were checked
-            object.__setattr__(self, "app_version", str(self.app_version))
+            object.__setattr__(self, "app_version", _version_text(self.app_version))
         wrong = [
             f"CaptureConfig.{'.'.join(loc)}: Input should be {described}{_given({'type': 'type', 'loc': loc, 'input': value})}"
             for loc, described, _, value in _type_problems({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
@@ -166,6 +166,17 @@ class CaptureConfig:
         if not all(isinstance(key, str) and key.strip() for key in keys):
             raise ConfigError(f"CaptureConfig.redaction_keys must be a list of key names, e.g. ['dob', 'national_id']; got {list(keys)!r}.")
         object.__setattr__(self, "redaction_keys", tuple(dict.fromkeys(key.strip() for key in keys)))
+        empty = [kind for kind, pattern in self.redaction_patterns.items() if pattern == ""]
+        if empty:
+            raise ConfigError(
+                f"Redaction pattern for kind {empty[0]!r} is empty: it matches no text, so it would redact nothing (and be recorded "
+                f"in the store's redaction.json): give a regular expression, e.g. {{{empty[0]!r}: 'TCK-\\\\d+'}}."
+            )
+        if isinstance(self.vault, (str, os.PathLike)) and not os.fspath(self.vault).strip():
+            raise ConfigError(
+                f"CaptureConfig.vault must be a file's path or True (the vault beside the store), got {self.vault!r}, empty or "
+                "blank (an unset variable?): give the path, vault=True for <store>.vault, or vault=False for no vault."
+            )
         self.redaction_rules()  # unknown kinds, bad patterns and key names fail here, not at the first run
         if self.vault and not self.redaction_pseudonyms:
             raise ConfigError(
@@ -186,13 +197,19 @@ class CaptureConfig:
 
         A value the file gives (and that is used) must have its setting's TOML type; the error names the file, the
         key, the value and the type, as the ``ee`` jobs' errors do."""
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise ConfigError(
+                f"CaptureConfig.load's path (record_experience's config=) must be the path of a TOML file with a [capture] "
+                f"table (a str or os.PathLike; record_experience also takes a CaptureConfig), got {type(path).__name__} {path!r}."
+            )
         values: dict[str, Any] = {}
         layered = layered_values(Path(path), "capture", {}, job="capture") if path is not None else None
         values.update(layered or {})
         values.update(_from_environment())
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if _is_number(values.get("app_version")):
-            values["app_version"] = str(values["app_version"])  # a version written as a number: its text
+        if _is_number(values.get("app_version")):  # a version written as a number: its text (a whole number's)
+            in_file = layered is not None and layered.from_file.get("app_version") is values["app_version"]  # type: ignore[attr-defined]
+            values["app_version"] = _version_text(values["app_version"], f" (in [capture] of {path})" if in_file else "")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted((set(values) | set(overrides)) - known)  # a misspelled keyword given None too
         if unknown:
@@ -240,6 +257,17 @@ def _text(name: str, value: str | None) -> str | None:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _version_text(value: int | float, where: str = "") -> str:
+    """An ``app_version`` given as a number: a whole number's text (``7``: ``"7"``). A float is refused (``where``: the
+    file it came from, for the error): its digits are not the ones written (``1.10`` is read as 1.1, the version 1.1)."""
+    if isinstance(value, float):
+        raise ConfigError(
+            f"CaptureConfig.app_version must be text, got the number {value!r}{where}: a version written as a number loses "
+            'its digits (1.10 is read as 1.1). Write it in quotes: app_version = "1.10" in the file, app_version="1.10" in code.'
+        )
+    return str(value)
 
 
 def _unknown_settings(unknown: list[str], known: set[str], from_file: Mapping[str, Any], path: Any) -> str:

@@ -184,7 +184,12 @@ class ExperienceSpanProcessor(SpanProcessor):
         max_batch: int = 256,
         min_write_interval_s: float = 0.05,
     ) -> None:
-        check_store_object(store, given_as="ExperienceSpanProcessor's store")
+        check_store_object(
+            store,
+            given_as="ExperienceSpanProcessor's store",
+            takes="an ExperienceStore object (LocalExperienceStore, a plug-in's store: open a folder or a store spec with "
+            "ee_middleware.open_store(...))",
+        )
         self.store = store
         self.recorder_id = recorder_id
         self.options = options or (

@@ -1667,7 +1667,12 @@ def record_experience(
     store_path = os.fspath(store) if isinstance(store, (str, os.PathLike)) else None
     store_obj = store if store is not None and store_path is None else None
     if store_obj is not None:
-        check_store_object(store_obj, given_as="record_experience(store=...)")
+        check_store_object(
+            store_obj,
+            given_as="record_experience(store=...)",
+            takes="a store: a folder path, a store spec (local:PATH, NAME:LOCATION for a store plug-in) or an ExperienceStore "
+            "object (LocalExperienceStore, a plug-in's store)",
+        )
 
     overrides = dict(
         app=app,

@@ -7,7 +7,6 @@ from typing import Any
 import typer
 
 from ee_middleware.cli.common import (
-    AllowPartialOption,
     JsonOption,
     StoreOption,
     console,
@@ -30,10 +29,18 @@ def record_experts_cmd(
     limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N entries."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = JsonOption,
-    allow_partial: bool = AllowPartialOption,
+    allow_partial: bool = typer.Option(False, "--allow-partial", hidden=True, help="Refused: see the message."),
 ) -> None:
     """Record approved expert trajectories: a LangGraph agent replays BFCL's ground-truth calls turn by turn."""
     from ee_middleware.bfcl.experts import record_experts
+
+    if allow_partial:  # (it recorded the entries of an unreadable part again: once restored, each was taught twice)
+        raise typer.BadParameter(
+            "record-experts writes, and from a store read in part it cannot tell which entries the damaged part holds: "
+            "they would be recorded again, each taught twice once the part is restored. Repair the store first (ee store "
+            "repair --store STORE), then record.",
+            param_hint="'--allow-partial'",
+        )
 
     out = console()
     bar: Any = None
@@ -58,7 +65,11 @@ def record_experts_cmd(
         bar.update(bar.task_ids[0], completed=n, total=total)
 
     try:
-        with reading_store(allow_partial=allow_partial):
+        # (what the damaged part holds cannot be told apart from what was never recorded: never recorded around)
+        from ee_middleware.errors import hide_credentials
+
+        repair = f"repair the store first (ee store repair --store {hide_credentials(store)}), then record"
+        with reading_store(allow_partial=False, fix=repair):
             report = record_experts(store, category, limit=limit, progress=tick)
     finally:
         if bar is not None:

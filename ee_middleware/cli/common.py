@@ -52,10 +52,35 @@ def interrupted(text: str) -> KeyboardInterrupt:
 
 
 def open_existing_store(spec: str | Path) -> ExperienceStore:
-    """The store ``spec`` names, which must exist already (a CLI command never creates one by mistake)."""
-    from ee_middleware.store.registry import open_store
+    """The store ``spec`` names, which must exist already (a CLI command never creates one by mistake). When ``spec`` is
+    the command's ``--store`` and ``EE_STORE`` gave it, an error about it names the variable (:func:`_store_from_env`)."""
+    from ee_middleware.errors import StoreError
+    from ee_middleware.store.registry import open_store, said_where_set
 
-    return open_store(spec, create=False)
+    try:
+        return open_store(spec, create=False)
+    except StoreError as exc:
+        origin = _store_from_env(spec)
+        if origin is None:
+            raise
+        raise StoreError(said_where_set(str(exc), origin)) from exc
+
+
+def _store_from_env(spec: str | Path) -> str | None:
+    """``EE_STORE=VALUE`` when ``spec`` is the value of the running command's store option (the one read from
+    ``EE_STORE``) and that variable, not the flag nor a default, gave it; ``None`` otherwise."""
+    from ee_middleware._toml import _click_context  # (typer's own copy of click, or click)
+
+    ctx = _click_context()
+    if ctx is None:
+        return None
+    from ee_middleware.errors import hide_credentials
+
+    for param in ctx.command.params:
+        if param.name and param.envvar == "EE_STORE" and str(ctx.params.get(param.name)) == str(spec):
+            from_env = getattr(ctx.get_parameter_source(param.name), "name", None) == "ENVIRONMENT"
+            return f"EE_STORE={hide_credentials(str(spec))}" if from_env else None
+    return None
 
 
 def store_origin(ctx: typer.Context, config: Path | None, table: str) -> str:
@@ -128,10 +153,10 @@ def open_job_store(spec: str | Path, origin: str) -> ExperienceStore:
     """:func:`open_existing_store`, its error naming where ``spec`` came from (:func:`store_origin`) when that was not
     ``--store`` (a store set by ``EE_STORE`` or a config file read 'check the --store path')."""
     from ee_middleware.errors import StoreError
-    from ee_middleware.store.registry import said_where_set
+    from ee_middleware.store.registry import open_store, said_where_set
 
     try:
-        return open_existing_store(spec)
+        return open_store(spec, create=False)
     except StoreError as exc:
         if origin == "--store":
             raise
@@ -147,13 +172,14 @@ class DamageReport:
 
 
 @contextmanager
-def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
+def reading_store(*, allow_partial: bool, fix: str = "pass --allow-partial to answer from the rest") -> Iterator[DamageReport]:
     """Read a store with its damage (and a spool too large to keep decoded) reported as plain lines on stderr, not Python
     warnings.
 
     Damage that hides stored records (an unreadable part, a damaged record) makes the command fail
     with :class:`~ee_middleware.errors.StoreDamagedError` naming the file and the fix, before it
-    prints or writes anything, unless ``allow_partial``; then it answers from the rest.
+    prints or writes anything, unless ``allow_partial``; then it answers from the rest. ``fix``: what the error says to
+    do (a command that cannot answer from part of a store names the repair instead).
     """
     from ee_middleware.errors import IncompleteReadWarning, LargeSpoolWarning, StoreCorruptionWarning, StoreDamagedError
 
@@ -167,9 +193,7 @@ def reading_store(*, allow_partial: bool) -> Iterator[DamageReport]:
             try:
                 yield report
             except IncompleteReadWarning as exc:
-                raise StoreDamagedError(
-                    f"{exc} The answer would be incomplete, so none was given; pass --allow-partial to answer from the rest."
-                ) from None
+                raise StoreDamagedError(f"{exc} The answer would be incomplete, so none was given; {fix}.") from None
     finally:
         # After the recording has stopped: re-emitted inside it, a warning was recorded again, and re-emitted, forever.
         for w in caught:

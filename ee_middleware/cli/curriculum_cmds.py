@@ -522,7 +522,8 @@ def run_cmd(
     if problem is None and result.approve_if_failed:
         n = len(result.approve_if_failed)
         problem = (
-            f"{result.approve_if_error} It raised on {n} of the {len(result.kept)} kept trajectories: they are stored and stay "
+            f"{result.approve_if_error} It raised or returned no True/False on {n} of the {len(result.kept)} kept trajectories: "
+            "they are stored and stay "
             "pending (see 'approve_if_failed'); review them (ee traces approve ID ... --store) once the function is fixed."
         )
     kept = len(result.kept)  # each trajectory once, as `trajectories` lists them (two trials may give one rollout)

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ee_middleware._files import file_above
-from ee_middleware._limits import INT64_MAX
+from ee_middleware._limits import INT32_MAX, INT64_MAX
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
@@ -97,7 +97,7 @@ def build(
     ),
     max_error_share: float | None = typer.Option(None, "--max-error-share", help="Cap on IWM rows with error observations. [default: 0.5]"),
     max_observation_tokens: int | None = typer.Option(
-        None, "--max-observation-tokens", max=2**31 - 1, help="IWM observation budget. [default: 512]"
+        None, "--max-observation-tokens", max=INT32_MAX, help="IWM observation budget. [default: 512]"
     ),
     sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
     heldout_share: float | None = typer.Option(
@@ -115,7 +115,12 @@ def build(
     progress: bool = ProgressOption,
     allow_partial: bool = AllowPartialOption,
 ) -> None:
-    """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split that keeps threads and tasks on one side)."""
+    """Build datasets from the approved trajectories and their rollouts (optionally with a held-out split that keeps threads and tasks on one side).
+
+    Settings come from the [datasets] table of --config; flags override it. Some keys are named otherwise than their
+    flags: iwm_max_error_share (--max-error-share), iwm_max_observation_tokens (--max-observation-tokens),
+    heldout_started_after and heldout_started_before (--heldout-after, --heldout-before). Only in the table:
+    iwm_include_expert_steps (true: the experts' own steps are IWM rows too, beside the rollouts')."""
     from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
 
     cfg = DatasetConfig.load(

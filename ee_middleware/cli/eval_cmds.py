@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
+from ee_middleware._limits import MAX_EVAL_TRIALS
 from ee_middleware.cli.common import (
     AllowPartialOption,
     JsonOption,
@@ -30,9 +31,8 @@ from ee_middleware.models.urls import server_url_problem, shown_url
 app = typer.Typer(help="Evaluate a model on BFCL, tau-style and traces: suites; gate a deploy on the results.", no_args_is_help=True)
 
 
-MAX_TRIALS = 1000
-"""The most trials per task ``ee eval run`` takes: a run lists every task's trials before the first one runs (10**23 of
-them never started)."""
+MAX_TRIALS = MAX_EVAL_TRIALS
+"""The most trials per task ``ee eval run --trials`` takes (the eval job's bound, ``[eval] trials``'s too)."""
 
 
 def _model_spec(endpoint: str | None, model: str | None, model_spec: str | None) -> str | None:
@@ -110,6 +110,11 @@ def run_cmd(
     Answers the model could not finish within --max-tokens (finish_reason 'length') are counted per suite
     (cut_answers) with a warning; the run still counts as done. So does a suite that scored no task (it loaded none, or
     left every one out): a warning on stderr names it, its success_rate and pass_hat_k are null, and the gate refuses it.
+
+    Settings come from the [eval] table of --config; flags override it. Only in the table: retries (2: the model
+    client's retries of a failed request), max_user_turns (10: the tau-style user simulator's messages at most),
+    feed_back_parse_errors (false: tell the model when its answer looks like a call that cannot be read, and let it try
+    again) and api_key_env (the variable whose value is sent as the API key: EE_OPENAI_API_KEY, then OPENAI_API_KEY).
     """
     from ee_middleware.errors import ModelError
     from ee_middleware.evals.job import EvalJob, is_bare_model_name

@@ -139,6 +139,11 @@ def run(
     fidelity mismatch, a policy error), run with --again; a skipped trajectory is finished too. Exit code 1 when a
     trajectory failed, when every trajectory the run selected was skipped (nothing was replayed), or when an
     experience-model sandbox gave no usable prediction at all.
+
+    Settings come from the [replay] table of --config; flags override it. Only in the table: top_p and max_new_tokens
+    (a model policy's sampling: none and 160), check_fidelity (true: a sandbox answer to an expert call that differs from
+    the recorded one is counted and shown as a fidelity mismatch), max_observation_chars (200000: a longer observation is
+    stored cut) and trajectory_ids (only these approved trajectories).
     """
     from ee_middleware.replay.config import ReplayConfig
     from ee_middleware.replay.job import run_replay, with_attempt

@@ -66,7 +66,14 @@ def train(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars and the summary table."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Train a LoRA adapter on the base model with the il, iwm, sr or experience-model schedule."""
+    """Train a LoRA adapter on the base model with the il, iwm, sr or experience-model schedule.
+
+    Settings come from the [train] table of --config; flags override it. Only in the table: lora_r (8), lora_alpha
+    (16), lora_dropout (0.05), target_modules (q_proj and v_proj where the base has them), lr_scheduler (linear),
+    gradient_accumulation (1), iwm_share (0.5: the most of an iwm run the world-modeling stage takes), packing (false),
+    bf16 and gradient_checkpointing (on for a CUDA GPU that has them), num_threads (torch's threads; 1 on a CPU),
+    logging_steps (1), max_lost_context_share (0.1: warn when more of a dataset's rows lose more than older turns to
+    max_length) and base_cache_dir (where a GGUF base is converted once)."""
     from ee_middleware.trainers.training import TrainConfig
     from ee_middleware.trainers.training import train as run_training
     from ee_middleware.trainers.training.errors import MissingDatasetError

@@ -413,19 +413,23 @@ class ImproveConfig(BaseModel):
         """The app's name in the registry (``alias``, else ``app``) is one the registry takes. Found by the register stage,
         after replay and training, a bad one failed a run that the corrected file could not continue (the [improve] table
         is fixed for a run). An app name capture took (``SupportBot``) is one to give an alias, not to rename."""
-        from ee_middleware.adapters.errors import RegistryError
-        from ee_middleware.adapters.records import check_app_name
+        from ee_middleware.adapters.records import ADAPTER_NAME, app_name_problem
 
-        try:
-            check_app_name(self.alias_name)
-        except RegistryError as exc:
-            if self.alias:
-                raise ConfigError(f"[improve] alias = {self.alias!r}: {exc}") from exc
-            suggestion = re.sub(r"[^a-z0-9._-]+", "-", self.app.lower()).strip("-._")[:63] or "my-app"
-            raise ConfigError(
-                f"[improve] app = {self.app!r} is also the app's name in the registry and at the router, where it cannot be: "
-                f"{exc} Keep app as capture stored it and set the served name in [improve]: alias = {suggestion!r}."
-            ) from exc
+        problem = app_name_problem(self.alias_name)
+        if problem is None:
+            return
+        if self.alias:
+            raise ConfigError(f"[improve] alias = {self.alias!r} is not a name the registry takes: {problem}.")
+        suggestion = re.sub(r"[^a-z0-9._-]+", "-", self.app.lower()).strip("-._")[:63]
+        if (named := ADAPTER_NAME.fullmatch(suggestion)) is not None:
+            suggestion = named["app"]
+        if app_name_problem(suggestion) is not None:
+            suggestion = "my-app"
+        raise ConfigError(
+            f"The app {self.app!r} is also its name in the registry and at the router when [improve] sets no alias, and it "
+            f"cannot be that: {problem}. Keep app as capture stored it and set the served name in [improve]: "
+            f"alias = {suggestion!r}."
+        )
 
     def check_evaluation_sandbox(self) -> None:
         """With a ``traces`` suite, that the evaluation's sandbox has ``state_digest()`` (:meth:`_check_traces_sandbox`):

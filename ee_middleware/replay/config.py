@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from ee_middleware._limits import INT64_MAX, INT64_MIN
-from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings
+from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings, stripped_not_blank
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
 from ee_middleware.store.registry import store_config_value
@@ -108,8 +108,9 @@ class ReplayConfig(BaseModel):
     allow_network: bool = False
     """Let the sandbox run tools that send real network requests (the BFCL sandbox refuses them otherwise)."""
     memory_mb: int | None = Field(None, ge=64)
-    app: str | None = None
-    """Only trajectories of this app."""
+    app: Annotated[str | None, BeforeValidator(stripped_not_blank)] = None
+    """Only trajectories of this app (its name without the blanks around it, as capture stores it; an empty one is
+    refused, as ``ee improve``'s app is: it replayed nothing)."""
     limit: int | None = Field(None, ge=1)
     """At most this many trajectories in this run."""
     trajectory_ids: list[str] | None = None

@@ -33,7 +33,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds, named_path
+from ee_middleware._toml import build_with_required, finite_seconds, named_path, stripped_not_blank
 from ee_middleware.store.registry import store_config_value
 
 TABLE = "curriculum_propose"
@@ -54,7 +54,7 @@ class CurriculumProposeConfig(BaseModel):
     """The model that writes variants: ``local:DIR``, ``openai:BASE_URL#MODEL`` or ``package.module:factory``."""
     store: Annotated[Path | str, BeforeValidator(store_config_value)]
     """The experience store whose trajectories give the variants their tools, world and system prompt."""
-    app: str | None = None
+    app: Annotated[str | None, BeforeValidator(stripped_not_blank)] = None
     """Match the eval's tasks only to this app's trajectories."""
     n: int = Field(10, ge=1)
     """Variants to write, allotted to the tasks in proportion to p(1-p)."""

@@ -34,7 +34,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ee_middleware._toml import build_with_required, finite_seconds, named_path, not_blank
+from ee_middleware._toml import build_with_required, finite_seconds, named_path, not_blank, stripped_not_blank
 from ee_middleware.replay.retrieval import DEFAULT_RETRIEVER, DEFAULT_TOP_K
 from ee_middleware.store.registry import store_config_value
 
@@ -57,7 +57,7 @@ class _HeldOutSplitSettings(BaseModel):
 
     store: Annotated[Path | str, BeforeValidator(store_config_value)]
     """The experience store: a folder, or a store spec (see :func:`ee_middleware.store.registry.open_store`)."""
-    app: str | None = None
+    app: Annotated[str | None, BeforeValidator(stripped_not_blank)] = None
     """Only trajectories of this app: held out, indexed and built from."""
     held_out: float = Field(DEFAULT_HELD_OUT, ge=0, le=1)
     """Share of the approved trajectories held out (at least one, also at 0)."""

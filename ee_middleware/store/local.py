@@ -366,6 +366,11 @@ class LocalExperienceStore:
     def __init__(self, root: str | os.PathLike[str], *, create: bool = True, fsync: bool = True) -> None:
         # Absolute once, here: the spool writer, its cache and the redaction files all hang off it, and a relative path
         # would follow the process's working directory (a daemon's chdir, a later os.chdir) to a folder that is no store.
+        if isinstance(root, (str, os.PathLike)) and not str(os.fspath(root)).strip():  # as open_store(" ") refuses it
+            raise StoreError(
+                f"The store's folder {os.fspath(root)!r} is empty or blank (an unset variable?): name the folder, e.g. "
+                "LocalExperienceStore('./experience')."
+            )
         self.root = Path(root).expanduser().absolute()
         self._fsync = fsync
         self._open_or_create(create)

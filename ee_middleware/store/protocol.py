@@ -51,18 +51,15 @@ def id_list(ids: str | Iterable[str]) -> list[str]:
     return listed
 
 
-def check_store_object(store: object, *, given_as: str) -> None:
+def check_store_object(store: object, *, given_as: str, takes: str = "an ExperienceStore object") -> None:
     """Raise :class:`~ee_middleware.errors.ConfigError` unless ``store`` is a store object (it has ``write``, as every
     :class:`ExperienceStore` has): a number or ``None`` given where a store goes was taken, and every run recorded into
     it was then lost ("'int' object has no attribute 'write'", one run after another). ``given_as``: where it was given,
-    for the message (``"record_experience(store=...)"``)."""
+    for the message (``"record_experience(store=...)"``); ``takes``: what it takes there, for the message."""
     if not callable(getattr(store, "write", None)):
         from ee_middleware.errors import ConfigError
 
-        raise ConfigError(
-            f"{given_as} must be a store: a folder path, a store spec (local:PATH, NAME:LOCATION for a store plug-in) or an "
-            f"ExperienceStore object (LocalExperienceStore, a plug-in's store), got {type(store).__name__} {store!r:.80}."
-        )
+        raise ConfigError(f"{given_as} must be {takes}, got {type(store).__name__} {store!r:.80}.")
 
 
 @runtime_checkable

@@ -39,14 +39,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    from ee_middleware._files import clear_demo_folder, mark_demo_folder
+    from ee_middleware._files import clear_demo_folders, make_demo_folder
     from ee_middleware.cli.app import app as cli
     from ee_middleware.store import LocalExperienceStore
 
     console = Console()
-    out = clear_demo_folder(args.out, option="--out")  # (a folder it did not make is refused, never removed)
-    out.mkdir(parents=True)
-    mark_demo_folder(out)
+    (out,) = clear_demo_folders((args.out, "--out"))  # (a folder it did not make is refused, never removed)
+    make_demo_folder(out)
     store = out / "experience"
     console.rule("[bold]1. The retail agent serves its customers (every run is recorded)")
     answers = record_experts(store, out, redact=False if args.no_redact else None, **({"vault": True} if args.vault else {}))

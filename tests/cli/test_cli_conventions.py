@@ -48,7 +48,6 @@ READERS = {
     "replay show": lambda s, tmp: ["replay", "show", _first_id(s), "--store", s, "--json"],
     "replay run": lambda s, tmp: ["replay", "run", "--store", s, "--k", "2", "--no-progress", "--json"],
     "datasets build": lambda s, tmp: ["datasets", "build", "--store", s, "--kinds", "il", "--out", str(tmp / "ds"), "--json"],
-    "bfcl record-experts": lambda s, tmp: ["bfcl", "record-experts", "--store", s, "--limit", "2", "--no-progress", "--json"],
 }
 
 
@@ -73,6 +72,19 @@ def test_a_damaged_store_fails_every_reading_command_unless_partial_answers_are_
     assert partial.exit_code == 0, partial.output
     assert "Warning" not in partial.stderr and f"warning: Skipped a damaged record in {segment}" in partial.stderr
     json.loads(partial.stdout)
+
+
+def test_a_damaged_store_fails_record_experts_naming_the_repair_not_allow_partial(bfcl_store_path: Path) -> None:
+    """record-experts writes: from a store read in part it would record again the entries the damaged part holds (each
+    taught twice once the part is restored), so its error names the repair, and --allow-partial is refused."""
+    args = ["bfcl", "record-experts", "--store", str(bfcl_store_path), "--limit", "2", "--no-progress", "--json"]
+    segment = _damage_spool(bfcl_store_path)
+    result = ee(*args)
+    assert result.exit_code == 1, result.output
+    _one_error_line(result, str(segment), "ee store repair")
+    assert "--allow-partial" not in result.stderr, result.stderr
+    json_failure(result, "StoreDamagedError")
+    assert ee(*args, "--allow-partial").exit_code == 2
 
 
 def damage_a_steps_part(store_path: Path, ids: list[str], *, where: str = "footer", table: str = "steps") -> tuple[Path, bytes]:

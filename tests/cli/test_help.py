@@ -77,7 +77,11 @@ def test_each_command_is_summed_up_in_one_line(path: tuple[str, ...], command: A
 
 
 def _options(command: Any) -> list[Any]:
-    return [p for p in command.params if getattr(p, "param_type_name", "") == "option" and "--help" not in p.opts]
+    return [
+        p
+        for p in command.params
+        if getattr(p, "param_type_name", "") == "option" and "--help" not in p.opts and not getattr(p, "hidden", False)
+    ]
 
 
 @pytest.mark.parametrize("path,command", COMMANDS, ids=[" ".join(p) or "ee" for p, _ in COMMANDS])

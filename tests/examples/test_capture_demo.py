@@ -56,3 +56,28 @@ def test_the_demos_refuse_a_folder_they_did_not_make_and_remake_their_own(tmp_pa
     assert demo.main(["--store", str(own)]) == 0
     assert demo.main(["--store", str(own)]) == 0, "its own output is remade"
     assert LocalExperienceStore(own).trajectories().height == len(demo.TASKS)
+    assert (tmp_path / "demo" / ".ee-demo-output").is_file(), "the folder it made above its store is the demo's too"
+
+
+def test_the_demo_folders_take_an_empty_folder_and_each_others_and_refuse_before_removing_any(tmp_path: Path) -> None:
+    import pytest
+
+    from ee_middleware._files import clear_demo_folders, make_demo_folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (out,) = clear_demo_folders((empty, "--out"))
+    assert make_demo_folder(out).is_dir() and (out / ".ee-demo-output").is_file()  # (it crashed: FileExistsError)
+    (out / "experience").mkdir()  # made by ee inside the demo's folder (ee bfcl record-experts' store): no marker
+    (out / "experience" / "ee-store.json").write_text("{}")
+    assert clear_demo_folders((out / "experience", "--store")) == [out / "experience"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match=r"Not removing .*mine"):
+        clear_demo_folders((out, "--out"), (mine, "--other"))
+    assert out.is_dir() and (mine / "notes.txt").is_file(), "nothing is removed when one folder is refused"
+    link = tmp_path / "link"
+    link.symlink_to(out)
+    with pytest.raises(SystemExit, match="is a link"):
+        clear_demo_folders((link, "--out"))

@@ -852,7 +852,7 @@ def test_an_alias_the_registry_refuses_stops_the_job_before_a_run_starts(tmp_pat
 
     LocalExperienceStore(tmp_path / "s").close()
     base = _base_folder(tmp_path)
-    with pytest.raises(ConfigError, match=r"\[improve\] alias = 'Bad Alias': Bad app name 'Bad Alias': use 1-63 lower-case"):
+    with pytest.raises(ConfigError, match=r"\[improve\] alias = 'Bad Alias' is not a name the registry takes: use 1-63 lower-case"):
         run_improve(ImproveConfig.load(_improve_file(tmp_path, base, 'alias = "Bad Alias"\n')))
     assert RunsDir(tmp_path / "runs").list() == []
     path = _improve_file(tmp_path, base)
@@ -860,7 +860,11 @@ def test_an_alias_the_registry_refuses_stops_the_job_before_a_run_starts(tmp_pat
     with pytest.raises(ConfigError) as raised:
         ImproveConfig.load(path).check()
     message = str(raised.value)
-    assert "[improve] app = 'Support Bot' is also the app's name in the registry" in message, message
-    assert "set the served name in [improve]: alias = 'support-bot'" in message, message
+    assert "The app 'Support Bot' is also its name in the registry and at the router when [improve] sets no alias" in message
+    assert "set the served name in [improve]: alias = 'support-bot'" in message and "--app" not in message, message
+    # an adapter's name given as the app: the alias suggested is one the registry takes (its app)
+    path.write_text(path.read_text().replace('app = "Support Bot"', 'app = "bot-v3-aaaaaaaa"'))
+    with pytest.raises(ConfigError, match=r"it has the form of an adapter's name .* alias = 'bot'\.$"):
+        ImproveConfig.load(path).check()
     path.write_text(path.read_text() + 'alias = "support-bot"\n')
     ImproveConfig.load(path).check()  # the app as capture stored it, served as its alias

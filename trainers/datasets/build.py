@@ -45,7 +45,8 @@ from ee_middleware._files import (
     parquet_sources,
     remove_left_behind,
 )
-from ee_middleware._toml import build_config, layered_values, missing_settings, named_path
+from ee_middleware._limits import INT32_MAX
+from ee_middleware._toml import build_config, layered_values, missing_settings, named_path, stripped_not_blank
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import ConfigError, IncompleteReadWarning
@@ -127,7 +128,7 @@ class DatasetConfig(BaseModel):
     """Keyword options of the teacher's factory (``[datasets.teacher_settings]``, ``--teacher-setting KEY=VALUE``): for
     ``openai:`` ``max_tokens``, ``timeout_s``, ``api_key``; for ``local:`` ``max_new_tokens``, ``num_threads``; a
     plug-in's own."""
-    app: str | None = None
+    app: Annotated[str | None, BeforeValidator(stripped_not_blank)] = None
     replay_id: str | None = None
     """Only rollouts of this replay configuration (the replay id of any of its attempts: of a configuration replayed
     again, each trajectory's newest finished attempt). Default: every replay's real rollouts (all the configurations
@@ -147,7 +148,9 @@ class DatasetConfig(BaseModel):
     own recorded call differed from production's). Off by default: that sandbox answers some tool unlike production
     (:func:`~ee_middleware.trainers.datasets.source.untrusted_replays`); what was left out is ``datasets.json``'s
     ``fidelity_mismatches_left_out``."""
-    iwm_max_observation_tokens: int = Field(512, ge=8)
+    iwm_max_observation_tokens: int = Field(512, ge=8, le=INT32_MAX)
+    """Tokens of an observation an IWM row keeps: 8 to 2**31 - 1, as ``--max-observation-tokens`` (a larger one failed the
+    build inside polars, as an unexpected error)."""
     iwm_max_error_share: float = Field(0.5, ge=0, le=1)
     """At most this share of IWM rows have an error observation; how many error rows the cap left out is
     ``datasets.json``'s ``datasets.iwm.errors_left_out``."""
@@ -164,8 +167,9 @@ class DatasetConfig(BaseModel):
         Path | None, named_path("the held-out id list"), AfterValidator(lambda path: path.expanduser() if path is not None else None)
     ] = None
     """A file of trajectory ids (one per line) to hold out."""
-    heldout_app: str | None = None
-    """Hold out every trajectory of this app."""
+    heldout_app: Annotated[str | None, BeforeValidator(stripped_not_blank)] = None
+    """Hold out every trajectory of this app (its name without the blanks around it, as capture stores it; an empty one
+    is refused: it held out nothing, and as a flag it replaced the file's held-out rule)."""
     heldout_started_after: Annotated[datetime | None, BeforeValidator(_iso_time)] = None
     """Hold out trajectories that started at or after this time (ISO 8601; UTC when no zone)."""
     heldout_started_before: Annotated[datetime | None, BeforeValidator(_iso_time)] = None
