@@ -203,9 +203,15 @@ def _results(path: Path) -> Any:
     """The :data:`RESULT_COLUMNS` a results.parquet has, read once (a polars DataFrame)."""
     import polars as pl
 
-    scan = pl.scan_parquet(path)
-    names = set(scan.collect_schema().names())
-    return scan.select([c for c in RESULT_COLUMNS if c in names]).collect()
+    try:
+        scan = pl.scan_parquet(path)
+        names = set(scan.collect_schema().names())
+        return scan.select([c for c in RESULT_COLUMNS if c in names]).collect()
+    except (pl.exceptions.PolarsError, OSError) as exc:  # (was "unexpected ComputeError ... a bug in ee-middleware")
+        raise ConfigError(
+            f"{path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): it is damaged. "
+            f"Write it again from the run's results.jsonl: run the same `ee eval run ... --out {path.parent}` command again."
+        ) from exc
 
 
 def _finished_results(run_dir: str | os.PathLike[str]) -> Any:

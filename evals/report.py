@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -254,6 +255,11 @@ def _bar_chart(path: Path, summary: list[dict[str, Any]]) -> str | None:
 REASON_CHARS = 600
 
 
+def _natural(text: str) -> tuple[tuple[int, int | str], ...]:
+    """``text`` as a sort key that orders the numbers in it by value (``t2`` before ``t10``)."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", text) if part)
+
+
 def _failures(rows: list[dict[str, Any]], suites: list[str] | None = None, limit: int = 20) -> list[dict[str, Any]]:
     """Failed tasks, one row each: its first failed trial, with ``trial`` saying how many of the task's trials failed
     and which (``2 of 3 (0, 2)``; a bare ``0`` read as "no failed trial").
@@ -267,7 +273,9 @@ def _failures(rows: list[dict[str, Any]], suites: list[str] | None = None, limit
     by_task: dict[tuple[str, str], dict[str, Any]] = {}
     failed: dict[tuple[str, str], list[str]] = defaultdict(list)
     shown: Counter[str] = Counter()
-    for r in rows:
+    # in the tasks' order, numbers as numbers: sorted as text, simple_python_14 came before simple_python_4, and the
+    # first failures shown were not the first
+    for r in sorted(rows, key=lambda r: (r["suite"], _natural(str(r["task_id"])), r["trial"])):
         if r["success"]:
             continue
         key = (r["suite"], r["task_id"])

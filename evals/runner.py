@@ -230,6 +230,8 @@ def _run_claimed(
         todo += [(spec, t, k) for t in tasks for k in range(job.trials) if (suite.name, t.id, k) not in seen]
     counts = {name: sum(1 for r in done if r["suite"] == name) for name in totals}
     with open(out / JOURNAL, "a", encoding="utf-8") as journal:
+        if _ends_inside_a_line(out / JOURNAL):  # a line a crash cut off: the next result starts on a line of its own
+            journal.write("\n")
         for name in totals:
             if progress:
                 progress(name, counts[name], totals[name])
@@ -708,6 +710,16 @@ _ROW_KEYS = {"suite": str, "task_id": str, "trial": int, "success": bool, "reaso
 """What a journal line must hold to count as a result (older runs' lines lack the columns added since)."""
 
 
+def _ends_inside_a_line(path: Path) -> bool:
+    """Whether the file at ``path`` ends without a newline (a write cut off by a crash): appended to it as it is, the next
+    result joined that broken line and was lost (its task ran again on every later command)."""
+    with open(path, "rb") as fh:
+        if fh.seek(0, os.SEEK_END) == 0:
+            return False
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) != b"\n"
+
+
 def read_journal(path: Path) -> list[dict[str, Any]]:
     """The rows already written; a line that is not a whole result (cut off by a crash, edited) is ignored: its task runs again.
 
@@ -737,7 +749,7 @@ def _execute(
     (``died_before``: the (suite, task, trial) whose worker process died on an earlier command)."""
     if not todo:
         return
-    if job.workers == 1 or len(todo) == 1:
+    if job.workers == 1:  # (a single task too goes to a worker process: its death must not end the run)
         for spec, task, trial in todo:
             yield worker.run(spec, task, trial)
         return

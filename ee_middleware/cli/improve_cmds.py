@@ -103,8 +103,8 @@ def improve(
     """Select newly approved trajectories, replay, build datasets, train, evaluate, gate and promote; resumes an unfinished run.
 
     Flags and their EE_* variables override the file's [improve] table. Exit status: 0 the run finished (promoted or not:
-    `ee runs show latest` says which), 1 it failed (the next call continues it), 3 max_minutes stopped it (the next call
-    continues it).
+    `ee runs show latest` says which), 1 it failed (the next call continues it), 3 max_minutes stopped it, 130 a signal
+    stopped it (Ctrl-C, SIGTERM, SIGHUP; the next call continues either).
     """
     from ee_middleware.jobs.config import ImproveConfig
     from ee_middleware.jobs.improve import run_improve
@@ -331,7 +331,13 @@ def print_summary(out: Any, run: Any, *, status: str | None = None) -> None:
         out.print(f"[{colour}]{run.status}[/]: {escape(str(run.data['error']))}")
     report = run.data.get("report") or {}
     if report:
-        out.print(f"Report: {report.get('markdown')} and {report.get('html')}")
+        missing = [str(path) for path in (report.get("markdown"), report.get("html")) if path and not Path(path).is_file()]
+        if missing:  # (removed since, or the folder was moved: named as if they were there)
+            out.print(escape(f"Report: {', '.join(missing)} not found (removed or moved since the run wrote it)"), style="yellow")
+        else:
+            out.print(f"Report: {report.get('markdown')} and {report.get('html')}")
+    if run.data.get("report_error"):
+        out.print(escape(f"the report could not be written: {run.data['report_error']}"), style="yellow")
 
 
 def results_table(evaluation: dict[str, Any]) -> Any:
@@ -396,12 +402,20 @@ def _runs_dir(ctx: typer.Context, given: str | None, config: Path | None) -> Any
     if runs is None:
         raise typer.BadParameter("say which runs: --runs DIR, --config improve.toml, or EE_RUNS")
     if not runs.is_dir():
-        what = "is not a folder" if runs.exists() else "does not exist"
-        raise ConfigError(
-            f"No runs folder at {runs} (it {what}): `ee improve` makes it on its first run. Check --runs, EE_RUNS or the "
-            "[improve] runs of --config."
-        )
+        what = "is not a folder" if runs.exists() else "does not exist: `ee improve` makes it on its first run"
+        raise ConfigError(f"No runs folder at {runs} (it {what}). Check --runs, EE_RUNS or the [improve] runs of --config.")
     return RunsDir(runs)
+
+
+def _config_app(config: Path | None) -> dict[str, str] | None:
+    """The app of ``--config``'s ``[improve]`` table, as a scope of runs: ``latest`` is that app's newest run where jobs of
+    several apps share the runs folder (it was the folder's newest, of whichever app)."""
+    if config is None:
+        return None
+    from ee_middleware._toml import read_toml_table
+
+    app = read_toml_table(config, "improve").get("app")
+    return {"app": app.strip()} if isinstance(app, str) and app.strip() else None
 
 
 def _configured_registry(config: Path | None) -> str | None:
@@ -509,7 +523,7 @@ def show_run(
 ) -> None:
     """One run: every stage's manifest (inputs with hashes, outputs, timings, decisions) and the report's path."""
     folder = _runs_dir(ctx, runs, config)
-    run = folder.get(run_id)
+    run = folder.get(run_id, scope=_config_app(config))
     if as_json:  # lock_held as `ee runs list --json` has it: a "running" run is really running (else it was killed)
         print_json({**run_json(run), "lock_held": run.status == "running" and folder.locked_by_other()})
         return

@@ -296,6 +296,19 @@ def _copy_mode(source: Path) -> int:
     return bits
 
 
+def _refuse_after_later_stages(run: Any, name: str) -> None:
+    """Stage ``name`` is to run (its manifest is missing, or it did not finish) while a stage after it finished with what
+    it gave before: refused. A train manifest removed by hand had the job train again, then skip register, evaluate and
+    promote as done: the adapter gated and promoted was the earlier one, while the run and its report described the new."""
+    later = [stage for stage in STAGES[STAGES.index(name) + 1 :] if run.stage_done(stage)]
+    if later:
+        raise JobError(
+            f"Run {run.id}'s stage {name} has not finished (its manifest {run.stage_path(name)} is missing or says so) while "
+            f"the stage(s) after it, {', '.join(later)}, finished with what it gave before: running {name} again would not "
+            f"change what they did. Restore {name}'s manifest from a backup, or start a new run: ee improve --new-run."
+        )
+
+
 def _run_stages(ctx: StageContext, *, force: bool) -> None:
     run = ctx.run
     for index, name in enumerate(STAGES, 1):
@@ -306,6 +319,7 @@ def _run_stages(ctx: StageContext, *, force: bool) -> None:
             manifest = run.stage(name) or {}
             ctx.progress.stage_done(name, float(manifest.get("seconds", 0.0)), "finished earlier", skipped=True)
             continue
+        _refuse_after_later_stages(run, name)
         ctx.check_deadline(f"stage {name}")
         if name == "train" and ctx.config.serving.servers:
             from ee_middleware.jobs.deploy import check_replicas
@@ -569,8 +583,12 @@ def _write_report(run: Run, say: Progress) -> None:
         paths = write_report(run)
     except Exception as exc:  # noqa: BLE001 - a report problem must not hide the run's own outcome
         with contextlib.suppress(OSError):  # a full disk that stopped the report may refuse run.json too
+            run.data.pop("report", None)  # (an earlier attempt's report is not this one's: it was shown as if it were)
             run.update(report_error=error_text(exc))
-        say.info(f"the report could not be written: {type(exc).__name__}: {exc}")
+        problem = f"the report could not be written: {type(exc).__name__}: {exc}"
+        say.info(problem)
+        warnings.warn(f"ee improve: {problem}", UserWarning, stacklevel=2)  # said also without progress (--no-progress)
         return
+    run.data.pop("report_error", None)
     run.update(report={k: str(v) for k, v in paths.items()})
     say.info(f"report: {paths['markdown']} and {paths['html']}")

@@ -152,7 +152,10 @@ class Run:
         path = self.stage_path(name)
         if not path.is_file():
             return None
-        fix = f"restore it from a backup, or remove it (the stage then counts as not run: continuing run {self.id} runs it again)"
+        fix = (
+            f"restore it from a backup, or, when no stage after it has finished, remove it (the stage then counts as not "
+            f"run: continuing run {self.id} runs it again); else start a new run (ee improve --new-run)"
+        )
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -304,10 +307,12 @@ class RunsDir:
         except OSError:
             return False
 
-    def get(self, run_id: str) -> Run:
-        """The run whose id is, or starts with, ``run_id`` (``latest`` for the newest); :class:`JobError` naming the file
-        and the fix when that run's run.json cannot be read."""
+    def get(self, run_id: str, *, scope: Mapping[str, Any] | None = None) -> Run:
+        """The run whose id is, or starts with, ``run_id`` (``latest`` for the newest, of ``scope`` where given: see
+        :meth:`last_successful`); :class:`JobError` naming the file and the fix when that run's run.json cannot be read."""
         runs = self.list()
+        if run_id == "latest" and scope:
+            runs = self._of(scope, runs)  # (several apps' jobs share a runs folder: the newest of the configured one)
         if run_id == "latest" and runs:
             matches = runs[-1:]
         else:
@@ -442,9 +447,13 @@ class RunsDir:
         opened: dict[str, Any] = {}
         for run in runs:
             register = run.outputs("register")
-            if register.get("candidate"):
+            # the run record's outcome names the candidate too: a register manifest lost (removed by hand) left the run
+            # behind the rollback target's adapter to be removed
+            outcome = run.data.get("outcome") if isinstance(run.data.get("outcome"), dict) else {}
+            candidate = register.get("candidate") or outcome.get("candidate")
+            if isinstance(candidate, str) and candidate:
                 location = register.get("registry") or job_table(run).get("registry")
-                why = _adapter_needs(location, register["candidate"], opened, configured=registry)
+                why = _adapter_needs(location, candidate, opened, configured=registry)
                 if why:
                     needed.setdefault(run.id, []).append(why)
         return {run_id: "; ".join(reasons) for run_id, reasons in needed.items()}

@@ -419,3 +419,16 @@ def test_a_run_folder_without_its_run_json_gets_a_note_that_the_settings_were_no
     [note] = [n for n in result.notes if n.startswith(UNRECORDED)]
     assert f"no readable run.json with the job in candidate ({copied})" in note and "baseline" not in note, note
     assert not [n for n in gate(runs["oracle"], runs["oracle"], GatePolicy(min_tasks=1)).notes if n.startswith(UNRECORDED)]
+
+
+def test_a_damaged_results_file_is_named_and_the_same_command_writes_it_again(tmp_path: Path) -> None:
+    """Was (a sweep): "unexpected ComputeError: parquet: File out of specification ... (a bug in ee-middleware ...)"."""
+    job = EvalJob(suites=["bfcl:simple:3"], model="oracle", out=str(tmp_path / "run"))
+    run_eval(job)
+    results = tmp_path / "run" / "results.parquet"
+    whole = results.read_bytes()
+    results.write_bytes(whole[:500])
+    with pytest.raises(ConfigError, match=r"results\.parquet cannot be read .*it is damaged\. .*run the same `ee eval run \.\.\. --out"):
+        gate(tmp_path / "run", tmp_path / "run")
+    run_eval(job)  # the same command: nothing to run, the file written again from results.jsonl
+    assert gate(tmp_path / "run", tmp_path / "run", GatePolicy(min_tasks=1)).passed

@@ -125,3 +125,25 @@ def test_pass_hat_is_the_exact_fraction_rounded_once() -> None:
     ]
     [summary] = summarize(rows, ["s"])
     assert summary["pass_hat"] == {"1": 0.75, "2": 7 / 12, "3": 0.5}  # by hand: (1 + 1/3 + 1 + 0) / 4 for k=2
+
+
+def test_the_first_failures_are_the_first_in_the_tasks_order_numbers_as_numbers() -> None:
+    """Was (a sweep): task ids sorted as text, so simple_python_14 .. simple_python_29 were "the first failures" and
+    simple_python_4 .. 7, the real first ones, were left in "... and 4 more"."""
+    failed = [4, 5, 6, 7, *range(14, 30)]
+    rows = [
+        {
+            "suite": "bfcl:simple",
+            "task_id": f"simple_python_{i}",
+            "trial": 0,
+            "success": i not in failed,
+            "reason": "wrong",
+            "error_type": None,
+        }
+        for i in range(30)
+    ]
+    rows.sort(key=lambda r: (r["suite"], r["task_id"], r["trial"]))  # as write_outputs has them
+    text = markdown_report(summarize(rows, ["bfcl:simple"]), rows, "m", None)
+    failures = text[text.index("First failures") :]
+    listed = [line.split("|")[2].strip() for line in failures.splitlines() if line.startswith("| bfcl:simple")]
+    assert listed[:5] == ["simple_python_4", "simple_python_5", "simple_python_6", "simple_python_7", "simple_python_14"], listed

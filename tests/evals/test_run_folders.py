@@ -208,6 +208,24 @@ def test_a_damaged_run_record_or_journal_line_is_named_or_run_again_not_a_crash(
             run_eval(job)
 
 
+def test_a_journal_line_a_crash_cut_off_is_run_again_once_its_result_on_a_line_of_its_own(tmp_path: Path) -> None:
+    """Was (a sweep): the next command appended its first result to the cut-off line, so that result was lost too and
+    its task ran again on every later command."""
+    out = tmp_path / "run"
+    job = EvalJob(suites=[SUITE], model="oracle", out=str(out))
+    run_eval(job)
+    journal = out / "results.jsonl"
+    whole = journal.read_text()
+    journal.write_text(whole[: whole.rindex("\n", 0, len(whole) - 1) + 1 + 40])  # the last line cut, as a SIGKILL leaves it
+    [summary] = run_eval(job)
+    assert summary["tasks"] == 3 and summary["runs"] == 3 and summary["success_rate"] == 1.0
+    rows = read_journal(journal)
+    assert len(rows) == 3, "the task of the cut-off line ran again and its result was read back"
+    lines = journal.read_text().splitlines()
+    run_eval(job)  # nothing left to run: nothing is appended
+    assert journal.read_text().splitlines() == lines
+
+
 def test_a_second_run_on_a_folder_being_written_is_refused_and_duplicate_journal_lines_count_once(tmp_path: Path) -> None:
     out = tmp_path / "run"
     job = EvalJob(suites=[SUITE], model="oracle", out=str(out))

@@ -444,3 +444,17 @@ def test_workers_score_every_task_as_one_process_does(tmp_path: Path) -> None:
         return sorted((r["suite"], r["task_id"], r["trial"], r["success"], r["reason"]) for r in read_journal(tmp_path / name / JOURNAL))
 
     assert rows("three") == rows("one") and len(rows("one")) == 60
+
+
+def test_a_single_task_left_runs_in_a_worker_process_so_its_death_does_not_end_the_command(tmp_path: Path) -> None:
+    """Was (a sweep): with one task to run, the run ran it in its own process whatever --workers said: a task whose
+    worker had died ran again there and, dying again, killed the command itself (exit 137, no results.parquet, every
+    time), and a first run of a one-task suite had no protection at all."""
+    [alone] = run_eval(_job(tmp_path / "one", "killed_on_marker", suite="bfcl:simple:1"))  # simple_python_0 names MARKER
+    assert alone["worker_deaths"] == 1 and alone["failures"] == {"worker_died": 1}, alone
+    job = _job(tmp_path, "killed_on_marker", suite="bfcl:simple:2")  # simple_python_1 does not
+    [first] = run_eval(job)
+    assert first["worker_deaths"] == 1 and first["no_answer"] == 1, first
+    [again] = run_eval(job)  # simple_python_0 alone is left: its worker dies again, its failure now, and the command goes on
+    assert again["failures"] == {"worker_died": 1, "ast_decoder:decoder_failed": 1} and again["no_answer"] == 0, again
+    assert (tmp_path / "run" / "results.parquet").is_file()

@@ -167,3 +167,22 @@ def test_the_damaged_run_warning_names_the_watermark_the_select_stage_reads(tmp_
     with pytest.warns(UserWarning, match=rf"after the watermark of run {made[0].id}, the last that succeeded"):
         _say_damaged_runs(runs, config, Say())  # type: ignore[arg-type]
     assert len(said) == 1 and made[1].id not in said[0]
+
+
+def test_a_stage_to_run_again_under_later_finished_stages_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Was (a sweep): train's manifest removed, as a damaged manifest's error advised, had the continued run train
+    again and then skip register, evaluate's finished parts and promote as done: the adapter gated and promoted was the
+    earlier one, while the run and its report described the new training."""
+    from ee_middleware.jobs.errors import JobError
+
+    config = scripted_config(tmp_path)
+    script_stages(monkeypatch, _adapter(tmp_path / "trained", seed=3), interrupt="evaluate")
+    with pytest.raises(KeyboardInterrupt):
+        run_improve(config)
+    [run] = RunsDir(config.runs).list()
+    run.stage_path("train").unlink()
+    script_stages(monkeypatch, _adapter(tmp_path / "trained-again", seed=4))
+    with pytest.raises(JobError, match=r"stage train has not finished .* while the stage\(s\) after it, register, finished") as refused:
+        run_improve(config)
+    assert "ee improve --new-run" in str(refused.value)
+    assert RunsDir(config.runs).get(run.id).stage("train") is None, "nothing was trained again"

@@ -10,6 +10,7 @@ read."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def test_a_damaged_stage_manifest_is_named_with_the_fix(tmp_path: Path) -> None:
         shown = ee("runs", "show", "latest", "--runs", runs.root)
         assert shown.exit_code == 1 and "unexpected" not in shown.stderr, shown.output
         assert shown.stderr.startswith(f"error: {manifest} cannot be read ("), shown.stderr
-        assert "restore it from a backup, or remove it" in shown.stderr
+        assert "restore it from a backup, or, when no stage after it has finished, remove it" in " ".join(shown.stderr.split())
     with pytest.raises(JobError, match="cannot be read"):
         newest.stage("select")
     manifest.unlink()  # what the error says to do
@@ -159,3 +160,45 @@ def test_show_names_a_manifest_value_of_another_shape_than_written(tmp_path: Pat
     shown = ee("runs", "show", newer.id, "--runs", tmp_path / "runs")
     said = " ".join(shown.output.split())
     assert shown.exit_code == 1 and "value of a shape this version does not write" in said and "bug in ee-middleware" not in said, said
+
+
+def test_prune_keeps_the_live_adapters_run_whose_register_manifest_is_gone(tmp_path: Path) -> None:
+    """Was (a sweep): prune read a run's candidate from its register manifest alone; with that manifest removed (as a
+    damaged manifest's error advised), the run behind the live adapter (or the one a rollback returns to) was removed,
+    while `ee runs list` still named its candidate from run.json's outcome."""
+    from ee_middleware.adapters.registry import LocalAdapterRegistry
+    from ee_middleware.jobs.runs import SUCCEEDED
+    from tests.adapters.helpers import write_adapter
+
+    registry = LocalAdapterRegistry(tmp_path / "registry")
+    record = registry.register(write_adapter(tmp_path / "adapter"), "shop")
+    registry.switch_live(record.name)
+    runs = RunsDir(tmp_path / "runs")
+    run = runs.create("improve", {"improve": {"app": "shop", "store": "s", "registry": str(tmp_path / "registry")}}, "h")
+    run.write_stage("register", {"stage": "register", "status": "done", "attempt": 1, "outputs": {"candidate": record.name}})
+    run.update(status=SUCCEEDED, outcome={"candidate": record.name, "promoted": True})
+    newer = runs.create("improve", {"improve": {"app": "shop", "store": "s", "registry": str(tmp_path / "registry")}}, "h")
+    newer.update(status=SUCCEEDED, outcome={"promoted": False})  # the watermark now
+    run.stage_path("register").unlink()
+    done = CliRunner().invoke(app, ["runs", "prune", "--runs", str(tmp_path / "runs"), "--json", "--keep", "0", "--dry-run"])
+    assert done.exit_code == 0, done.output
+    planned = json.loads(done.stdout)
+    assert planned["removed"] == [], planned
+    why = {entry["id"]: entry["why"] for entry in planned["kept"]}
+    assert "is live" in why[run.id] and record.name in why[run.id], why
+
+
+def test_runs_show_latest_with_a_config_is_its_apps_newest_run(tmp_path: Path) -> None:
+    """Was (a sweep): `ee runs show latest --config improve.toml` showed the folder's newest run, of whichever app, though
+    several apps' nightly jobs may share a runs folder and a cron check reads it to learn whether its app promoted."""
+    runs = RunsDir(tmp_path / "runs")
+    mine = runs.create("improve", {"improve": {"app": "shop", "store": "s"}}, "h")
+    time.sleep(0.01)  # (a run's id is its millisecond: the other app's run is the newer)
+    runs.create("improve", {"improve": {"app": "other.app", "store": "s"}}, "h")
+    config = tmp_path / "improve.toml"
+    config.write_text(f'[improve]\napp = " shop "\nruns = "{tmp_path / "runs"}"\n')
+    shown = CliRunner().invoke(app, ["runs", "show", "latest", "--config", str(config), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["id"] == mine.id
+    newest = CliRunner().invoke(app, ["runs", "show", "latest", "--runs", str(tmp_path / "runs"), "--json"])
+    assert json.loads(newest.stdout)["id"] != mine.id, "without a config: the folder's newest, as before"

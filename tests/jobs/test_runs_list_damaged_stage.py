@@ -43,7 +43,7 @@ def test_a_damaged_stage_manifest_marks_its_run_damaged_and_the_others_are_liste
 
     shown = ee("runs", "show", made[1].id, "--runs", runs.root)
     assert shown.exit_code == 1 and shown.stderr.startswith(f"error: {manifest} cannot be read ("), shown.output
-    assert "restore it from a backup, or remove it" in shown.stderr
+    assert "restore it from a backup, or, when no stage after it has finished, remove it" in " ".join(shown.stderr.split())
     assert manifest.read_text() == damage, "the damaged file is left as it was"
 
 
@@ -92,7 +92,7 @@ def test_a_stage_manifest_with_a_field_of_the_wrong_type_is_damaged_not_a_crash(
     for shown in (ee("runs", "show", made[1].id, "--runs", runs.root), ee("runs", "show", made[1].id, "--runs", runs.root, "--json")):
         said = " ".join(shown.stderr.split())
         assert shown.exit_code == 1 and said.startswith(f"error: {manifest} cannot be read ({named}"), shown.output
-        assert "unexpected" not in said and "restore it from a backup, or remove it" in said, said
+        assert "unexpected" not in said and "restore it from a backup, or, when no stage after it has finished, remove it" in said, said
     assert manifest.read_text() == damage, "the damaged file is left as it was"
 
 
