@@ -683,6 +683,17 @@ def _mark_finished(out: Path, excluded: dict[str, dict[str, str]], job: EvalJob)
     atomic_write_text(out / RUN_FILE, json.dumps(record, indent=2))
 
 
+def _result_keys(path: Path) -> set[tuple[str, str, int]] | None:
+    """The (suite, task, trial) of a results.parquet, or None when it cannot be read (the gate names it then)."""
+    import polars as pl
+
+    try:
+        frame = pl.read_parquet(path, columns=["suite", "task_id", "trial"])
+    except (pl.exceptions.PolarsError, OSError):
+        return None
+    return set(frame.iter_rows())
+
+
 def unfinished(out: str | os.PathLike[str]) -> str | None:
     """Why the run in ``out`` is unfinished (it was stopped before its results were written), or None.
 
@@ -692,9 +703,15 @@ def unfinished(out: str | os.PathLike[str]) -> str | None:
         record = json.loads((path / RUN_FILE).read_text())
     except (OSError, ValueError):
         record = {}
-    if (path / RESULTS).exists() and (not isinstance(record, dict) or record.get("finished", "") is not None):
-        return None
     rows = read_journal(path / JOURNAL)
+    if (path / RESULTS).exists() and (not isinstance(record, dict) or record.get("finished", "") is not None):
+        if isinstance(record, dict) and "finished" in record:
+            return None
+        # no record saying it finished (an older run's, or run.json removed or damaged): finished when its results hold
+        # every result its journal does (a run stopped after more results than results.parquet holds passed the gate)
+        written = _result_keys(path / RESULTS)
+        if written is None or {(r["suite"], r["task_id"], r["trial"]) for r in rows} <= written:
+            return None
     if not rows and not record:
         return None
     suites = sorted({str(r.get("suite")) for r in rows})

@@ -16,7 +16,7 @@ import pytest
 from ee_middleware.errors import ConfigError
 from ee_middleware.evals.gate import GatePolicy, gate
 from ee_middleware.evals.job import EvalJob
-from ee_middleware.evals.runner import RUN_FILE, read_journal, run_eval
+from ee_middleware.evals.runner import RUN_FILE, read_journal, run_eval, unfinished
 from ee_middleware.testing.http import send_json, serving
 
 SUITE = "bfcl:simple:3"
@@ -80,6 +80,28 @@ def test_the_gate_refuses_a_stale_results_file_of_a_resumed_run(finished: Path, 
     later = EvalJob(suites=[SUITE], model="oracle", out=str(stale))  # resumed with fewer suites: finished, not stale,
     run_eval(later)  # and the run keeps both suites' results
     assert [s.suite for s in gate(stale, stale, GatePolicy(min_tasks=1)).suites] == ["bfcl:multiple", "bfcl:simple"]
+
+
+@pytest.mark.parametrize("record", [None, "{bad", '{"run_key": "x"}'])
+def test_a_stale_results_file_is_refused_with_run_json_removed_or_damaged_too(finished: Path, tmp_path: Path, record: str | None) -> None:
+    """Was (a sweep): with run.json gone or unreadable, the gate took any folder with a results.parquet for finished, so
+    a resumed run stopped after more results than its results.parquet held passed it."""
+    stale = tmp_path / "stale"
+    shutil.copytree(finished, stale)
+    with pytest.raises(Killed):
+        run_eval(EvalJob(suites=[SUITE, "bfcl:multiple:3"], model="oracle", out=str(stale)), progress=_kill_after("bfcl:multiple", 1))
+    if record is None:
+        (stale / RUN_FILE).unlink()
+    else:
+        (stale / RUN_FILE).write_text(record)
+    with pytest.raises(ConfigError, match=r"stale.*unfinished.*bfcl:multiple"):
+        gate(stale, finished, GatePolicy(min_tasks=1))
+    assert unfinished(finished) is None
+    (finished / RUN_FILE).rename(tmp_path / "kept.json")  # a finished run without its record (an older one's): finished
+    try:
+        assert unfinished(finished) is None
+    finally:
+        (tmp_path / "kept.json").rename(finished / RUN_FILE)
 
 
 def test_two_specs_of_one_suite_are_an_error_not_tasks_run_twice(tmp_path: Path) -> None:
