@@ -1088,7 +1088,16 @@ def train(ctx: StageContext) -> StageResult:
             shutil.rmtree(output)
         ctx.progress.info(f"training schedule {config.schedule} for {max_steps or planned} steps on {config.base_model}")
         # The trainer's bars and summary table only where someone watches (with --json or --no-progress stdout stays clean).
-        manifest = run_training(config, progress=not isinstance(ctx.progress, QuietProgress)).manifest
+        from ee_middleware.trainers.training.errors import MissingDatasetError
+
+        try:
+            manifest = run_training(config, progress=not isinstance(ctx.progress, QuietProgress)).manifest
+        except MissingDatasetError as exc:  # (it named --data, which ee improve sets itself: this run's datasets stage)
+            raise JobError(
+                f"No {exc.kind.upper()} dataset at {exc.path}, where run {ctx.run.id}'s datasets stage built its datasets "
+                f"(removed since?). Remove that stage's manifest ({ctx.run.stage_path('datasets')}) so that the next call "
+                "builds them again, or start a new run: ee improve --new-run."
+            ) from exc
     metrics = manifest["metrics"]
     result.inputs = {
         "base_model": config.base_model,
