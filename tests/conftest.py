@@ -304,6 +304,11 @@ HEAVY_TESTS: list[tuple[str, str]] = [
     # The slowest of the rest in a --durations run (2026-12-01: 11-34 s each under load, two pytest workers): local model
     # servers, `ee` subprocesses, MCP servers, capture children, eval and replay worker processes, tiny trainings.
     ("tests/adapters/test_serving_local.py::test_the_local_server_passes_the_serving_conformance_kit", SLOWEST),
+    # 2026-12-07's --durations=30 (the default run at 1,169 s on this 2-core machine): 11-31 s each
+    ("tests/trainers/training/test_cached_tokenizer.py::test_real_bfcl_rows_are_prepared_to_the_same_ids_and_labels[[]*", SLOWEST),
+    ("tests/replay/sandboxes/test_mcp_outside_world.py::test_the_conformance_kit_passes_with_tools_declared_outside_the_world", SLOWEST),
+    ("tests/benchmarks/test_store_lookup.py::test_the_lookup_benchmark_runs_and_both_ways_agree", SLOWEST),
+    ("tests/evals/test_gate_task_digests.py::test_runs_whose_tasks_of_one_id_differ_are_refused_naming_them", SLOWEST),
     ("tests/trainers/datasets/test_teachers.py::test_a_dataset_build_loads_the_teacher_model_once_and_releases_it", SLOWEST),
     ("tests/cli/test_replay_cli.py::test_an_expert_call_the_sandbox_fails_on_fails_the_trajectory_and_the_next_run_retries_it", SLOWEST),
     ("tests/replay/sandboxes/test_mcp.py::test_a_recorded_agent_with_mcp_tools_replays_with_no_fidelity_mismatch", SLOWEST),
