@@ -23,6 +23,7 @@ from typing import Any
 
 from ee_middleware._lifetime import second_signal_ends
 from ee_middleware.adapters.errors import ServerStartError
+from ee_middleware.errors import ConfigError
 
 
 class RequestError(Exception):
@@ -525,7 +526,7 @@ class StoppingHTTPServer(ThreadingHTTPServer):
 
 def stop_grace_s() -> float:
     """How long a stopping server waits for the requests in flight: ``EE_STOP_GRACE_S`` seconds, else
-    :data:`STOP_GRACE_S`."""
+    :data:`STOP_GRACE_S`; :class:`~ee_middleware.errors.ConfigError` (a ``ValueError``) naming the variable otherwise."""
     value = os.environ.get("EE_STOP_GRACE_S", "").strip()
     if not value:
         return STOP_GRACE_S
@@ -534,7 +535,7 @@ def stop_grace_s() -> float:
     except ValueError:
         grace = -1.0
     if not 0 <= grace < float("inf"):
-        raise ValueError(f"EE_STOP_GRACE_S must be a number of seconds >= 0, got {value!r}: set it so (e.g. 8), or unset it.")
+        raise ConfigError(f"EE_STOP_GRACE_S must be a number of seconds >= 0, got {value!r}: set it so (e.g. 8), or unset it.")
     return grace
 
 

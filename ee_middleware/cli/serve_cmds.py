@@ -168,9 +168,10 @@ def serve_local(
     (base_model, host, port, base_name, max_lora_rank, chat_template) and its [serve.local] (num_threads); flags
     override them."""
     from ee_middleware.adapters.serving.config import ServeConfig
+    from ee_middleware.adapters.serving.http import stop_grace_s
     from ee_middleware.adapters.serving.local_server import main
 
-    _check_stop_grace()  # (the server's own check would print its argparse usage, not this command's)
+    stop_grace_s()  # (the server's own check would print its argparse usage, not this command's)
     cfg = ServeConfig.load(
         config,
         job="serve local",
@@ -214,17 +215,6 @@ def serve_local(
         main(argv)
     except TemplateShowsNoTextError as exc:  # the server's probe of the template it renders with, before it serves
         raise refusal_to_serve(exc, base=base, template=template, server="The local server") from exc
-
-
-def _check_stop_grace() -> float:
-    """``EE_STOP_GRACE_S`` (how long a stopping server waits for the requests in flight), or a ConfigError naming it."""
-    from ee_middleware.adapters.serving.http import stop_grace_s
-    from ee_middleware.errors import ConfigError
-
-    try:
-        return stop_grace_s()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
 
 
 def _warn_open_to_others(host: str, what: str) -> None:
@@ -637,10 +627,10 @@ def serve_router(
     one that breaks ends with an error event after the last whole event."""
     from ee_middleware.adapters.errors import ServingError
     from ee_middleware.adapters.registry import open_registry
-    from ee_middleware.adapters.serving.http import stop_serving
+    from ee_middleware.adapters.serving.http import stop_grace_s, stop_serving
     from ee_middleware.adapters.serving.router import AliasRouter, make_router_server
 
-    grace_s = _check_stop_grace()
+    grace_s = stop_grace_s()
 
     urls = server_urls(servers)
     if not urls:
