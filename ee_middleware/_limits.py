@@ -15,3 +15,7 @@ the tokenizers and ``itertools.islice`` take such counts; a larger one failed de
 MAX_EVAL_TRIALS = 1000
 """The most trials per task an eval takes (``ee eval run --trials``, ``[eval] trials``): a run lists every task's trials
 before the first one runs (10**23 of them never started)."""
+
+MAX_ALTERNATIVES = 256
+"""The most alternatives per recorded state: a replay's ``k`` (``ee replay run --k``), and so the most an SR row can show
+its teacher (``[datasets] sr_k``)."""

@@ -581,14 +581,19 @@ def run_curriculum(
     judge_max_tokens: int = JUDGE_MAX_TOKENS,
     app: str = DEFAULT_APP,
     describe_approve_if_error: Callable[[Exception], str] | None = None,
+    run: CurriculumRun | None = None,
 ) -> CurriculumRun:
     """Roll ``policy`` out ``k`` times on each task and store the verified successes (see the module docstring); the
     judge may write ``judge_max_tokens`` tokens per verdict. A task that names no ``app`` is stored under ``app``.
+    ``progress(1)`` is called after each rollout.
+
+    ``run`` is the record to fill in (a new one when None): a caller that gives its own still holds what was rolled
+    out and stored when the run is stopped part way (Ctrl-C), each trajectory counted once it is in the store.
 
     ``approve_if`` raising leaves that trajectory pending and the run goes on: its id is in
     :attr:`CurriculumRun.approve_if_failed`, and the first error in :attr:`CurriculumRun.approve_if_error`, told by
     ``describe_approve_if_error`` (the caller names the plug-in and the line) or as ``Type: message``."""
-    run = CurriculumRun()
+    run = CurriculumRun() if run is None else run
     held = _curriculum_reviews(store)
     sandbox = make_sandbox()
     try:

@@ -358,3 +358,9 @@ def test_a_folder_given_as_the_config_file_is_said_to_be_one(tmp_path: Path) -> 
         ReplayConfig.load(tmp_path / "dirconf", store=tmp_path)
     result = CliRunner().invoke(app, ["replay", "run", "--config", str(tmp_path / "dirconf"), "--store", str(tmp_path)])
     assert result.exit_code == 1 and "is a folder: give the path of the TOML file" in result.output and "to write" not in result.output
+
+
+def test_sr_k_above_what_a_replay_records_per_state_is_refused_naming_the_bound(tmp_path: Path) -> None:
+    # a replay records at most 256 alternatives per state (--k), so an SR row can show its teacher no more
+    with pytest.raises(ConfigError, match=r"sr_k: Input should be less than or equal to 256 \(got 10000000000\)"):
+        _load("datasets", _file(tmp_path, "[datasets]\nsr_k = 10000000000\n"))

@@ -1,5 +1,5 @@
 """``python -m ee_middleware.cli``: the same as the ``ee`` script."""
 
-from ee_middleware.cli.app import main
+from ee_middleware.cli import main
 
 main()

@@ -417,11 +417,15 @@ def main() -> None:
 
     A standard stream the command was started without (``ee ... >&-``, a daemon's closed descriptors) is /dev/null
     (:func:`_closed_streams_to_devnull`): the command runs as with ``> /dev/null``, with its own exit status."""
-    from rich.console import Console
+    from ee_middleware.cli import stopped_while_loading
 
-    from ee_middleware._lifetime import termination_as_interrupt
-    from ee_middleware.cli.common import warnings_as_lines
+    try:
+        from rich.console import Console
 
+        from ee_middleware._lifetime import termination_as_interrupt
+        from ee_middleware.cli.common import warnings_as_lines
+    except KeyboardInterrupt:
+        stopped_while_loading()
     _closed_streams_to_devnull()
     _streams_that_write_any_text()
     Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,10 +11,14 @@ import typer
 
 from ee_middleware._files import file_above
 from ee_middleware.cli.common import (
+    INTERRUPTED_PREFIX,
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
+    ProgressBars,
+    ProgressOption,
     examples,
+    interrupted,
     key_value_settings,
     open_job_store,
     other_apps_hint,
@@ -26,6 +31,7 @@ from ee_middleware.cli.common import (
 from ee_middleware.cli.experience_cmds import TIMEOUT_KNOB, config_option, timeout_option
 
 if TYPE_CHECKING:
+    from ee_middleware.evals.curriculum import CurriculumRun
     from ee_middleware.replay.curriculum import Proposal, TaskScore
 
 app = typer.Typer(help="The curriculum: new tasks like the ones the policy solves about half the time.", no_args_is_help=True)
@@ -342,6 +348,7 @@ def run_cmd(
     config: Path | None = config_option("curriculum"),
     as_json: bool = JsonOption,
     allow_partial: bool = AllowPartialOption,
+    progress: bool = ProgressOption,
 ) -> None:
     """Roll the policy out K times on each task and store the successes a judge verifies.
 
@@ -355,6 +362,7 @@ def run_cmd(
     --sandbox-setting); TASKS and the flags override them."""
     import functools
 
+    from ee_middleware._lifetime import stopping_signal
     from ee_middleware._text import read_user_text
     from ee_middleware.errors import ConfigError
     from ee_middleware.evals.curriculum import (
@@ -367,6 +375,7 @@ def run_cmd(
         UNCOVERED_TOOL_DROPPED,
         UNKNOWN_TOOL_DROPPED,
         UNPARSABLE_DROPPED,
+        CurriculumRun,
         is_context_refusal,
         read_tasks,
         run_curriculum,
@@ -430,21 +439,42 @@ def run_cmd(
             problem = endpoint_problem(client)
             if problem is not None:
                 raise typer.BadParameter(f"the {flag[2:]} {spec} cannot be reached: {problem}", param_hint=flag)
-        # what the policy's and the sandbox's code prints goes to stderr: stdout holds the answer alone
-        with user_output_to_stderr(), reading_store(allow_partial=allow_partial):
-            result = run_curriculum(
-                todo,
-                policy_client,
-                policy,
-                functools.partial(build_sandbox, sandbox, **cfg.sandbox_settings),
-                judge_client,
-                opened,
-                k=k,
-                approve_if=predicate,
-                judge_max_tokens=judge_max_tokens,
-                app=app_name,
-                describe_approve_if_error=functools.partial(_approve_if_failed, approve_if),
-            )
+        result = CurriculumRun()
+        total = len(todo) * k
+
+        def advance(n: int) -> None:
+            bars.update("rollouts", result.rollouts, total)
+
+        try:
+            # what the policy's and the sandbox's code prints goes to stderr: stdout holds the answer alone
+            with (
+                user_output_to_stderr(),
+                reading_store(allow_partial=allow_partial),
+                ProgressBars(enabled=progress and not as_json) as bars,
+            ):
+                run_curriculum(
+                    todo,
+                    policy_client,
+                    policy,
+                    functools.partial(build_sandbox, sandbox, **cfg.sandbox_settings),
+                    judge_client,
+                    opened,
+                    k=k,
+                    approve_if=predicate,
+                    judge_max_tokens=judge_max_tokens,
+                    app=app_name,
+                    describe_approve_if_error=functools.partial(_approve_if_failed, approve_if),
+                    progress=advance,
+                    run=result,
+                )
+                bars.complete()
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
+            line = interrupted(_interrupted_text(result, total, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)"))
+            if as_json:  # what was stored before the stop, with the error object every --json failure has
+                error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
+                with contextlib.suppress(OSError, ValueError):  # a stdout closed by its reader: the stderr line says it
+                    print_json({**_summary(result), "trajectories": result.kept, "stored_trajectories": result.stored, "error": error})
+            raise line from exc
     finally:
         policy_client.close()
         judge_client.close()
@@ -527,18 +557,7 @@ def run_cmd(
             "pending (see 'approve_if_failed'); review them (ee traces approve ID ... --store) once the function is fixed."
         )
     kept = len(result.kept)  # each trajectory once, as `trajectories` lists them (two trials may give one rollout)
-    summary = {
-        "rollouts": result.rollouts,
-        "kept": kept,
-        "stored": len(result.stored),
-        "already_stored": len(result.already_stored),
-        "repeats": result.repeats,  # successful rollouts repeating one kept by this run (the same conversation)
-        "approved": result.approved,
-        "dropped": dict(result.dropped),
-        "refused_tools": dict(result.refused_tools),  # calls of tools the sandbox does not cover, by tool (as ee replay run's)
-        "skipped_tasks": result.skipped,  # task id -> why it was not rolled out (its world cannot be rebuilt)
-        "approve_if_failed": result.approve_if_failed,  # kept trajectories --approve-if raised on: stored, pending
-    }
+    summary = _summary(result)
     if as_json:
         print_json({**summary, "trajectories": result.kept, "stored_trajectories": result.stored, "error": problem})
     else:
@@ -579,6 +598,33 @@ def _no_call_causes(no_call: dict[str, int], unknown_tools: dict[str, int]) -> s
     if no_call.get(UNPARSABLE_DROPPED):
         causes.append(f"{no_call[UNPARSABLE_DROPPED]} wrote a tool call that could not be read: {UNPARSABLE_DROPPED.partition(': ')[2]}")
     return "; ".join(causes)
+
+
+def _summary(result: CurriculumRun) -> dict[str, Any]:
+    """The counts of ``ee curriculum run --json`` (the ids are added beside them)."""
+    return {
+        "rollouts": result.rollouts,
+        "kept": len(result.kept),  # each trajectory once, as `trajectories` lists them (two trials may give one rollout)
+        "stored": len(result.stored),
+        "already_stored": len(result.already_stored),
+        "repeats": result.repeats,  # successful rollouts repeating one kept by this run (the same conversation)
+        "approved": result.approved,
+        "dropped": dict(result.dropped),
+        "refused_tools": dict(result.refused_tools),  # calls of tools the sandbox does not cover, by tool (as ee replay run's)
+        "skipped_tasks": result.skipped,  # task id -> why it was not rolled out (its world cannot be rebuilt)
+        "approve_if_failed": result.approve_if_failed,  # kept trajectories --approve-if raised on: stored, pending
+    }
+
+
+def _interrupted_text(result: CurriculumRun, total: int, signal_name: str) -> str:
+    """What the line of a curriculum run stopped by a signal says: how far it got, what it stored, how to go on."""
+    approved = f", {result.approved} of them approved" if result.approved else ""
+    return (
+        f"the curriculum run stopped ({signal_name}) in rollout {result.rollouts} of its {total}, with {len(result.stored)} "
+        f"trajectories stored (source=curriculum, pending for review{approved}); a rollout not yet judged is not stored. "
+        "The same command rolls every task out again: a rollout the store already holds (the same conversation) is counted "
+        "as already stored, not stored twice."
+    )
 
 
 def _approve_if_failed(spec: str, exc: Exception) -> str:

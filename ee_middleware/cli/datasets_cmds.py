@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from ee_middleware._files import file_above
-from ee_middleware._limits import INT32_MAX, INT64_MAX
+from ee_middleware._limits import INT32_MAX, INT64_MAX, MAX_ALTERNATIVES
 from ee_middleware.cli.common import (
     STORE_HELP,
     AllowPartialOption,
@@ -99,7 +99,9 @@ def build(
     max_observation_tokens: int | None = typer.Option(
         None, "--max-observation-tokens", max=INT32_MAX, help="IWM observation budget. [default: 512]"
     ),
-    sr_k: int | None = typer.Option(None, "--sr-k", help="Alternatives shown to the SR teacher per state. [default: 3]"),
+    sr_k: int | None = typer.Option(
+        None, "--sr-k", min=1, max=MAX_ALTERNATIVES, help="Alternatives shown to the SR teacher per state. [default: 3]"
+    ),
     heldout_share: float | None = typer.Option(
         None,
         "--heldout-share",

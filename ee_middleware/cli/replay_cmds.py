@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from ee_middleware._lifetime import stopping_signal
-from ee_middleware._limits import INT64_MAX
+from ee_middleware._limits import INT64_MAX, MAX_ALTERNATIVES
 from ee_middleware.cli.common import (
     INTERRUPTED_PREFIX,
     STORE_HELP,
@@ -71,7 +71,7 @@ def run(
         "--policy",
         help="Policy: 'mutate', 'local:MODEL_DIR', 'openai:BASE_URL#MODEL' or 'package.module:factory'. [default: mutate]",
     ),
-    k: int | None = typer.Option(None, "--k", "-k", min=1, max=256, help="Alternatives per recorded state. [default: 8]"),
+    k: int | None = typer.Option(None, "--k", "-k", min=1, max=MAX_ALTERNATIVES, help="Alternatives per recorded state. [default: 8]"),
     workers: int | None = typer.Option(
         None,
         "--workers",

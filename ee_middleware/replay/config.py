@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from ee_middleware._limits import INT64_MAX, INT64_MIN
+from ee_middleware._limits import INT64_MAX, INT64_MIN, MAX_ALTERNATIVES
 from ee_middleware._toml import build_config, finite_seconds, layered_values, missing_settings, stripped_not_blank
 from ee_middleware.errors import ConfigError
 from ee_middleware.models.spec import LOCAL_PREFIXES
@@ -81,7 +81,7 @@ class ReplayConfig(BaseModel):
     """Keyword options of the sandbox's factory, e.g. for ``experience:MODEL_SPEC``: ``top_k``, ``real``,
     ``min_fidelity`` and ``fidelity`` (an experience sandbox also gets this job's ``store`` unless set).
     Part of :attr:`replay_id` when set."""
-    k: int = Field(8, ge=1, le=256)
+    k: int = Field(8, ge=1, le=MAX_ALTERNATIVES)
     """Alternatives per recorded state (the paper: 8-30 for IWM, 2-4 for SR)."""
     seed: int = 0
     """Seed of the proposals: a 64-bit signed integer, as the store keeps it with each replay record."""

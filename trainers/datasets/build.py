@@ -45,7 +45,7 @@ from ee_middleware._files import (
     parquet_sources,
     remove_left_behind,
 )
-from ee_middleware._limits import INT32_MAX
+from ee_middleware._limits import INT32_MAX, MAX_ALTERNATIVES
 from ee_middleware._toml import build_config, layered_values, missing_settings, named_path, stripped_not_blank
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
@@ -155,7 +155,9 @@ class DatasetConfig(BaseModel):
     """At most this share of IWM rows have an error observation; how many error rows the cap left out is
     ``datasets.json``'s ``datasets.iwm.errors_left_out``."""
     iwm_include_expert_steps: bool = True
-    sr_k: int = Field(3, ge=1)
+    sr_k: int = Field(3, ge=1, le=MAX_ALTERNATIVES)
+    """Alternatives shown to the SR teacher per state: 1 to 256, the most a replay records per state (``ee replay run
+    --k``)."""
     seed: int = Field(0, ge=0, le=2**64 - 1)
     """Seeds the IWM error cap's sample, the held-out split and the synthetic-task cap: 0 to 2**64 - 1 (the sampler's
     range; a seed outside it failed the build only where the error cap took effect, as an unexpected OverflowError)."""
