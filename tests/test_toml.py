@@ -364,3 +364,12 @@ def test_sr_k_above_what_a_replay_records_per_state_is_refused_naming_the_bound(
     # a replay records at most 256 alternatives per state (--k), so an SR row can show its teacher no more
     with pytest.raises(ConfigError, match=r"sr_k: Input should be less than or equal to 256 \(got 10000000000\)"):
         _load("datasets", _file(tmp_path, "[datasets]\nsr_k = 10000000000\n"))
+
+
+def test_an_unknown_train_key_is_named_in_its_file_when_base_model_is_missing_too(tmp_path: Path) -> None:
+    # the file's own mistake is said first, where it is (it lost the file's name when base_model was missing as well)
+    from ee_middleware.trainers.training.config import TrainConfig
+
+    path = _file(tmp_path, "[train]\nlora_rank = 8\n")
+    with pytest.raises(ConfigError, match=rf"did you mean lora_r\?\): in \[train\] of {re.escape(str(path))} \(remove the key"):
+        TrainConfig.load(path)

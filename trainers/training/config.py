@@ -119,7 +119,8 @@ class TrainConfig(BaseModel):
         ee improve's file, read for its train stage, so it may leave ``[train]`` out."""
         values = layered_values(path, "train", overrides, job="training job", nightly=nightly)
         if not values.get("base_model") and not nightly:  # a usage error (exit 2), as the other jobs' missing settings,
-            build_config(cls, {**values, "base_model": "(not given)"}, "train")  # after the file's own mistakes
+            values["base_model"] = "(not given)"  # set on the layered values themselves: their errors name the file
+            build_config(cls, values, "train")  # after the file's own mistakes
             raise missing_settings("train job", "train", {"base_model": "--base-model PATH (a save_pretrained folder or a .gguf file)"})
         if not values.get("base_model"):
             raise ConfigError(
