@@ -241,6 +241,39 @@ def _group_alive(pgid: int) -> bool:
 
 
 @contextmanager
+def sigint_ignored_by_children(*, hold: bool = True) -> Iterator[None]:
+    """A process started in this block (a fork server, a sandbox's child) ignores SIGINT from its first instruction: an
+    ignored signal stays ignored across ``exec``, and Python then installs no ``KeyboardInterrupt`` for it, so a Ctrl-C
+    to the process group during the child's imports is dropped there instead of ending it with a traceback on the
+    terminal (the parent decides what a Ctrl-C does to its children). A no-op outside the main thread (only it can set
+    handlers).
+
+    ``hold``: this process loses no SIGINT meanwhile: it is blocked in this thread for the block (a blocked signal is
+    held, not ignored) and one that came is delivered to its own handler once that is back. The child starts with it
+    blocked too (a signal mask is inherited): only for a child that clears its mask itself (a sandbox's child does); a
+    fork server's workers would never get their stop signal (``hold=False``: a SIGINT within the block is lost)."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if previous is None:  # (also: a handler not set from Python, which cannot be put back)
+        yield
+        return
+    held = hold and hasattr(signal, "pthread_sigmask")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if held else None
+    try:
+        # (ignoring a signal drops one pending: one that came already is let through, unignored)
+        ignore = not held or signal.SIGINT not in signal.sigpending()
+        if ignore:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            yield
+        finally:
+            if ignore:
+                signal.signal(signal.SIGINT, previous)
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextmanager
 def termination_as_interrupt() -> Iterator[None]:
     """SIGTERM (a service manager, a Kubernetes pod stopped, ``kill``) and SIGHUP (a closed terminal) end the command the
     way Ctrl-C does (``KeyboardInterrupt('SIGTERM')``, exit 130), so its clean-up runs: a server's process group is

@@ -177,17 +177,20 @@ def record_experts(
     limit: int | None = None,
     ids: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    report: RecordReport | None = None,
 ) -> RecordReport:
     """Run the ground-truth expert on BFCL entries and record approved trajectories into ``store``.
 
-    Idempotent: entries already recorded for the category are left alone.
+    Idempotent: entries already recorded for the category are left alone. ``report`` is the record to fill in (a new
+    one when None): a caller that gives its own still holds what was recorded when the run is stopped part way.
     """
     from ee_middleware.store.registry import open_store
 
     entries = load_entries(category, limit=limit, ids=ids)  # an unknown category fails before the store is made
     store_obj = open_store(store)
+    report = RecordReport(category=category) if report is None else report
     with _recording_alone(store_obj, category):
-        report = _record(store_obj, category, entries, progress)
+        _record(store_obj, category, entries, progress, report)
         _reject_cut_off(store_obj, category, report)
     return report
 
@@ -243,10 +246,11 @@ EXPERTS_REVIEWER = "ee bfcl record-experts"
 """Who rejects the recordings a stopped ``record-experts`` left (:func:`_reject_cut_off`)."""
 
 
-def _record(store_obj: Any, category: str, entries: list[BFCLEntry], progress: Callable[[int, int], None] | None) -> RecordReport:
+def _record(
+    store_obj: Any, category: str, entries: list[BFCLEntry], progress: Callable[[int, int], None] | None, report: RecordReport
+) -> RecordReport:
     from ee_middleware.capture.recorder import record_experience
 
-    report = RecordReport(category=category)
     done_before = recorded_entry_ids(store_obj, category)
 
     # Benchmark data holds no secrets, and redaction would alter arguments (passwords are part of

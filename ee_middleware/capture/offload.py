@@ -35,9 +35,9 @@ the agent's process, so with the user's own ``tracer_provider`` capture stays in
   already written is stored twice under one id, which every read drops). Only runs past
   ``max_kept_bytes`` of kept runs can be lost; the failure then says how many.
 - The child ends with its parent: it reads to the end of the pipe (the runs sent before the parent
-  died are still written) and exits; a parent-death signal and a watchdog
-  (:mod:`ee_middleware._lifetime`) end it within a grace period in any case. ``close()`` and exit
-  stop it.
+  died are still written, SIGKILL included; the pipe is enlarged to :data:`PIPE_BYTES` so that a burst
+  fits in it) and exits; a parent-death signal and a watchdog (:mod:`ee_middleware._lifetime`) end it
+  once it has made no progress for :data:`ORPHAN_GRACE_S`. ``close()`` and exit stop it.
 - Only the process that started the child talks to it. A process forked from it later (gunicorn
   ``--preload`` workers, ``multiprocessing``'s fork start method, ``os.fork``) closes its copies of
   the pipe ends at the fork and records its runs on its own threads: it never writes to the pipe,
@@ -94,7 +94,14 @@ STORE_RULES_CHECK_S = 5.0
 SPAN_PROCESSOR_ENV = "EE_CAPTURE_OFFLOAD_SPAN_PROCESSOR"
 """``package.module:factory`` of a span processor for the child's spans (tests read them with it): the child then makes
 them through the OpenTelemetry SDK, on a provider of its own, instead of directly."""
-ORPHAN_GRACE_S = 10.0
+ORPHAN_GRACE_S = 30.0
+"""Once its parent is gone, the capture process exits after this long without taking a message from its pipe (a store
+write that hangs); while it makes progress it writes the pipe to the end, however slowly it gets CPU at nice 19."""
+PIPE_BYTES = 1 << 20
+"""The size asked for the pipe to the capture process (Linux's ``pipe-max-size``, 1 MiB by default, where that is
+lower; 64 KiB where the system refuses). What is in the pipe outlives the agent's process: the child reads it to the end
+after its parent died, SIGKILL included, while runs still queued in the agent's process (the pipe was full: the child,
+at nice 19 on a busy machine, reads slowly) end with it. At 64 KiB, a burst of about 17 runs of a small agent filled it."""
 _PICKLE_PROTOCOL = 5
 _ANSWER_MARGIN_S = 0.5
 """Of a flush's time, what is kept for the child's answer (at most a tenth): the child writes within the rest."""
@@ -577,10 +584,13 @@ class ProcessOffload:
             os.close(from_child_w)
         self.pid = self._process.pid
         os.set_blocking(to_child_w, False)  # a write takes what fits in the pipe now, never waits
+        _enlarge_pipe(to_child_w)
         self._out_fd = to_child_w
         self._in = Connection(from_child_r, writable=False)
-        self._queue.append((_frame(pickle.dumps([p for p in sys.path if isinstance(p, str)], protocol=_PICKLE_PROTOCOL)), None))
-        self._queue.append((_frame(pickle.dumps(init, protocol=_PICKLE_PROTOCOL)), None))
+        for start_up in ([p for p in sys.path if isinstance(p, str)], init):
+            frame = _frame(pickle.dumps(start_up, protocol=_PICKLE_PROTOCOL))
+            self._queue.append((frame, None))
+            self._queued_bytes += len(frame)  # (the sender takes each off the count as it writes it)
         self._sender = threading.Thread(target=self._send_loop, name="ee-capture-offload-sender", daemon=True)
         self._sender.start()
         _instances.add(self)
@@ -1170,14 +1180,47 @@ def _without_data(what: str, exc: BaseException) -> tuple[str, BaseException]:
     return message, RuntimeError(message)
 
 
+def _enlarge_pipe(fd: int) -> None:
+    """Ask for a pipe of :data:`PIPE_BYTES` (at most the system's ``pipe-max-size``); where that is refused (not Linux, a
+    user past its pipe-pages limit) the pipe keeps its size."""
+    try:
+        import fcntl
+
+        try:
+            with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as limit:
+                size = min(PIPE_BYTES, int(limit.read()))
+        except (OSError, ValueError):
+            size = PIPE_BYTES
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
+_LAST_READ = [0.0]
+"""When (``time.monotonic``) the capture process last took a message from its pipe: :func:`child_main`'s loop sets it."""
+
+
 def _arm_lifetime(parent_pid: int, death_signal: bool) -> None:
     from ee_middleware._lifetime import die_with_parent
 
+    armed = threading.Lock()
+
     def orphaned(*_: Any) -> None:
-        # the parent is gone: the main loop reads the rest of the pipe and exits; this bounds it
-        timer = threading.Timer(ORPHAN_GRACE_S, os._exit, (3,))
-        timer.daemon = True
-        timer.start()
+        # The parent is gone: the main loop reads the rest of the pipe and exits; this bounds it, by progress rather than
+        # a fixed time: the child exits once it has taken nothing from the pipe for ORPHAN_GRACE_S (a store write that
+        # hangs), but a full pipe (1 MiB) it writes slowly, at nice 19 on a busy machine, is written to the end.
+        if not armed.acquire(blocking=False):  # (the death signal and the watchdog both tell it)
+            return
+        orphaned_at = time.monotonic()
+
+        def bound() -> None:
+            while True:
+                idle = time.monotonic() - max(orphaned_at, _LAST_READ[0])
+                if idle >= ORPHAN_GRACE_S:
+                    os._exit(3)
+                time.sleep(ORPHAN_GRACE_S - idle)
+
+        threading.Thread(target=bound, name="ee-orphan-grace", daemon=True).start()
 
     signal.signal(signal.SIGTERM, orphaned)
     die_with_parent(parent_pid, orphaned, death_signal=signal.SIGTERM if death_signal else None)
@@ -1257,6 +1300,7 @@ def child_main() -> None:
             data = inbox.recv_bytes()
         except (EOFError, OSError):
             break  # the parent closed the pipe or died: everything it sent is read
+        _LAST_READ[0] = time.monotonic()
         try:
             message = pickle.loads(data)
         except Exception as exc:  # noqa: BLE001 - a run the child cannot read is counted, not fatal

@@ -59,6 +59,7 @@ class _Root(TyperGroup):
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 _say_interrupted(exc)
+                exc._ee_said = True  # type: ignore[attr-defined]  # (main says one the parse met, before this)
             failure = _json_failure(exc) if as_json and json_answers() == answered else None
             if failure is not None:
                 _print_json_failure(*failure)
@@ -417,22 +418,27 @@ def main() -> None:
 
     A standard stream the command was started without (``ee ... >&-``, a daemon's closed descriptors) is /dev/null
     (:func:`_closed_streams_to_devnull`): the command runs as with ``> /dev/null``, with its own exit status."""
-    from ee_middleware.cli import stopped_while_loading
+    from ee_middleware.cli import say_stopped_while_loading, stopped_while_loading
 
     try:
         from rich.console import Console
 
         from ee_middleware._lifetime import termination_as_interrupt
         from ee_middleware.cli.common import warnings_as_lines
-    except KeyboardInterrupt:
-        stopped_while_loading()
+    except KeyboardInterrupt as exc:
+        stopped_while_loading(str(exc))
     _closed_streams_to_devnull()
     _streams_that_write_any_text()
     Console.on_broken_pipe = _raise_broken_pipe  # type: ignore[method-assign]
     try:
         with termination_as_interrupt(), warnings_as_lines():  # (a warning a command does not say itself: one line too)
             app()
+    except KeyboardInterrupt as exc:  # while typer built the command tree, before it handles anything itself
+        stopped_while_loading(str(exc))
     except SystemExit as done:
+        unsaid = _unsaid_interrupt(done)
+        if unsaid is not None:  # while the command line was parsed: typer exits 130 and says nothing
+            say_stopped_while_loading(str(unsaid))
         try:
             if sys.stdout is not None:
                 sys.stdout.flush()  # what is still buffered goes now, while a closed stdout can be told apart
@@ -444,6 +450,19 @@ def main() -> None:
             except typer.Exit as closed:
                 raise SystemExit(closed.exit_code) from None
         raise done
+
+
+def _unsaid_interrupt(done: SystemExit) -> KeyboardInterrupt | None:
+    """The interrupt behind typer's exit 130 when no ``interrupted:`` line said it: one raised before the command ran
+    (while its arguments were parsed), which :meth:`_Root.invoke` never saw. ``None`` for any other exit."""
+    if done.code != 130:
+        return None
+    seen: BaseException | None = done
+    for _ in range(8):  # SystemExit <- typer's Exit(130) <- the KeyboardInterrupt
+        seen = seen.__cause__ or seen.__context__ if seen is not None else None
+        if isinstance(seen, KeyboardInterrupt):
+            return None if getattr(seen, "_ee_said", False) else seen
+    return None
 
 
 def _closed_streams_to_devnull() -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import typer
 
 from ee_middleware.cli.common import (
+    INTERRUPTED_PREFIX,
     JsonOption,
     StoreOption,
     console,
     escape,
     examples,
+    interrupted,
     print_json,
     progress_console,
     reading_store,
@@ -32,7 +35,9 @@ def record_experts_cmd(
     allow_partial: bool = typer.Option(False, "--allow-partial", hidden=True, help="Refused: see the message."),
 ) -> None:
     """Record approved expert trajectories: a LangGraph agent replays BFCL's ground-truth calls turn by turn."""
-    from ee_middleware.bfcl.experts import record_experts
+    from ee_middleware._lifetime import stopping_signal
+    from ee_middleware.bfcl.experts import RecordReport, record_experts
+    from ee_middleware.errors import hide_credentials
 
     if allow_partial:  # (it recorded the entries of an unreadable part again: once restored, each was taught twice)
         raise typer.BadParameter(
@@ -44,10 +49,13 @@ def record_experts_cmd(
 
     out = console()
     bar: Any = None
+    report = RecordReport(category=category)
+    seen = [0, 0]  # entries done, of how many (the progress callback's)
 
     def tick(n: int, total: int) -> None:
         # Started at the first tick, not before the work: an early error is then the only line on stderr.
         nonlocal bar
+        seen[:] = [n, total]
         if not progress or as_json:
             return
         if bar is None:
@@ -66,24 +74,31 @@ def record_experts_cmd(
 
     try:
         # (what the damaged part holds cannot be told apart from what was never recorded: never recorded around)
-        from ee_middleware.errors import hide_credentials
-
         repair = f"repair the store first (ee store repair --store {hide_credentials(store)}), then record"
         with reading_store(allow_partial=False, fix=repair):
-            report = record_experts(store, category, limit=limit, progress=tick)
+            record_experts(store, category, limit=limit, progress=tick, report=report)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
+        if bar is not None:
+            bar.stop()
+            bar = None
+        signal_name = stopping_signal() or str(exc) or "SIGINT (Ctrl-C)"
+        done, total = seen
+        line = interrupted(
+            f"recording {category}'s experts stopped ({signal_name}) after {done} of {total or 'its'} entries: "
+            f"{len(report.recorded)} recorded into {hide_credentials(store)} now ({len(report.already)} were already there, "
+            f"{len(report.failed)} failed). The same command goes on: the entries recorded are left alone, and a recording "
+            "the stop cut off is rejected once its entry is recorded whole."
+        )
+        if as_json:  # what was recorded before the stop, with the error object every --json failure has
+            error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
+            with contextlib.suppress(OSError, ValueError):  # a stdout closed by its reader: the stderr line says it
+                print_json({**_report_json(report), "error": error})
+        raise line from exc
     finally:
         if bar is not None:
             bar.stop()
     if as_json:
-        print_json(
-            {
-                "category": category,
-                "recorded": report.recorded,
-                "already_recorded": report.already,
-                "failed": report.failed,
-                "cut_off_rejected": report.cut_off_rejected,
-            }
-        )
+        print_json(_report_json(report))
     else:
         out.print(
             f"{category}: recorded {len(report.recorded)} expert trajectories into {store} "
@@ -98,3 +113,14 @@ def record_experts_cmd(
             out.print(f"[red]failed[/] {escape(entry_id)}: {escape(reason)}")
     if report.failed:
         raise typer.Exit(1)
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    """``ee bfcl record-experts --json``'s answer."""
+    return {
+        "category": report.category,
+        "recorded": report.recorded,
+        "already_recorded": report.already,
+        "failed": report.failed,
+        "cut_off_rejected": report.cut_off_rejected,
+    }

@@ -60,7 +60,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from ee_middleware._lifetime import SIGNAL_CHECK_S, die_with_parent, second_signal_ends
+from ee_middleware._lifetime import SIGNAL_CHECK_S, die_with_parent, second_signal_ends, sigint_ignored_by_children
 from ee_middleware._optional import import_optional
 from ee_middleware.capture.store_redaction import TRUSTED_REDACT_FNS_ENV
 from ee_middleware.errors import (
@@ -883,7 +883,9 @@ class JobForkServer:
         for module, name in _FORK_SERVER_INTERNALS:
             getattr(server if module is None else importlib.import_module(module), name)  # AttributeError if it moved
         server.set_forkserver_preload(list(dict.fromkeys(preload)))
-        with _sigint_ignored_by_children(), _safe_path_for_children():
+        # the server ignores SIGINT from its first instruction (a Ctrl-C during its imports ended it with a "Fatal Python
+        # error" traceback); workers it forks ignore it too until they handle it (see _init_process_worker)
+        with sigint_ignored_by_children(hold=False), _safe_path_for_children():  # (hold: its workers' mask, see there)
             _start_resource_tracker()
             server.ensure_running()
         self._server = server
@@ -920,24 +922,6 @@ class JobForkServer:
         fd, state._forkserver_alive_fd = state._forkserver_alive_fd, None
         if fd is not None:
             os.close(fd)
-
-
-@contextlib.contextmanager
-def _sigint_ignored_by_children() -> Iterator[None]:
-    """A process started in this block (the job's fork server) ignores SIGINT from its first instruction: an ignored
-    signal stays ignored across ``exec``, and Python then installs no ``KeyboardInterrupt`` for it. The server ignores
-    it anyway once its imports are done, but a Ctrl-C to the job's process group during them ended it with a "Fatal
-    Python error" traceback on the job's terminal. Workers it forks ignore SIGINT too until they handle it (see
-    :func:`_init_process_worker`). A no-op outside the main thread (only it can set handlers)."""
-    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if previous is None:  # (also: a handler not set from Python, which cannot be put back)
-        yield
-        return
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _start_resource_tracker() -> None:

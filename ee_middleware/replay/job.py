@@ -506,7 +506,7 @@ def replaying_alone(store: ExperienceStore, replay_id: str) -> Iterator[None]:
             f"Another replay of this configuration (replay id {replay_id}) is running on {folder} ({holder}): both would "
             "replay the same trajectories, every tool call made and every rollout stored twice. Wait for it to end, or stop "
             "that process (the lock is released when it exits, even if it is killed). A replay of another configuration "
-            "(another --policy, --k, --seed, or --again) may run beside it."
+            "(another --policy, --k or --seed) may run beside it."
         )
 
     with holder_lock(folder / name, busy, doing=f"replay {replay_id}", remove=True):

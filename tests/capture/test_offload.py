@@ -19,9 +19,11 @@ from typing import Any
 import psutil
 import pydantic
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from ee_middleware import LocalExperienceStore, record_experience
 from ee_middleware.capture.config import CaptureConfig
+from ee_middleware.capture.offload import SPAN_PROCESSOR_ENV
 from ee_middleware.capture.vault import Vault
 from ee_middleware.errors import CaptureError, ConfigError
 from ee_middleware.records import Trajectory
@@ -222,7 +224,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def _graph() -> Any:
+def _graph(result: str = "0") -> Any:
     from langchain_core.messages import AIMessage
     from langchain_core.tools import tool
 
@@ -232,7 +234,7 @@ def _graph() -> Any:
     @tool
     def check_stock(item: str) -> str:
         """How many of an item are in stock."""
-        return "0"
+        return result
 
     script = [AIMessage(content="", tool_calls=[tool_call("check_stock", item="pear")]), AIMessage(content="None left.")]
     return build_multi_node_graph(ScriptedChatModel(script=script, model_name="scripted"), [check_stock])
@@ -251,6 +253,62 @@ def test_the_child_writes_what_it_was_sent_and_ends_when_its_parent_is_killed(tm
     reader = LocalExperienceStore(store)
     assert reader.trajectories().height == 5  # the runs in the pipe when the parent died were still written
     reader.close()
+
+
+_KILLED_PARENT_OF_A_HELD_CHILD = """
+import os, pathlib, signal, sys
+sys.path.insert(0, {repo!r})
+from ee_middleware import record_experience
+from tests.capture.test_offload import _graph
+agent = record_experience(_graph(result="{{}}" * 2000), app="shop", store={store!r}, offload="process")
+agent.invoke({{"messages": [("user", "warm up")]}})
+agent.flush()  # the child is up and has written the first run
+pathlib.Path({gate!r}).touch()  # from the next run on, it waits: every run sent meanwhile waits in the pipe
+for i in range(40):
+    agent.invoke({{"messages": [("user", f"task {{i}}")]}})
+print(agent.recorder.offload.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+GATE_ENV = "EE_TEST_CAPTURE_GATE"
+
+
+class _Gate(SpanProcessor):
+    """Holds the capture process at each span's end while the file ``$EE_TEST_CAPTURE_GATE`` exists (at most 60 s): a
+    child that is busy or starved of CPU, as a capture process at nice 19 on a loaded machine is."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        gate, deadline = Path(os.environ[GATE_ENV]), time.monotonic() + 60
+        while gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def gate_tap() -> SpanProcessor:
+    return _Gate()
+
+
+def test_a_burst_the_child_has_not_read_outlives_a_sigkill_of_the_agent_in_the_pipe(tmp_path, monkeypatch):
+    # found by a concurrency sweep: 30 runs of 1 KiB, SIGKILL right after the last invoke, and 17 were stored: the pipe
+    # (64 KiB) held 17 runs, the rest were queued in the killed process. A 1 MiB pipe holds a burst of 40 runs of ~5 KiB.
+    store, gate = tmp_path / "experience", tmp_path / "gate"
+    monkeypatch.setenv(SPAN_PROCESSOR_ENV, f"{__name__}:gate_tap")
+    monkeypatch.setenv(GATE_ENV, str(gate))
+    code = textwrap.dedent(_KILLED_PARENT_OF_A_HELD_CHILD).format(repo=str(REPO), store=str(store), gate=str(gate))
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with out.open("w") as stdout, err.open("w") as stderr:  # files: the child, which outlives the parent, holds pipes open
+        parent = subprocess.run([sys.executable, "-c", code], stdout=stdout, stderr=stderr, timeout=120, cwd=REPO)
+    assert parent.returncode == -signal.SIGKILL, err.read_text()
+    child = int(out.read_text().split()[0])
+    time.sleep(1.0)
+    gate.unlink()  # the child goes on, its parent gone
+    deadline = time.monotonic() + 60
+    while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE, "the capture process outlived its parent"
+    reader = LocalExperienceStore(store)
+    tasks = reader.trajectories()["task"].to_list()
+    reader.close()
+    assert len(tasks) == 41 and set(tasks) == {"warm up", *(f"task {i}" for i in range(40))}, len(tasks)
 
 
 def test_the_child_runs_below_the_agent_in_its_session_and_out_of_its_process_group(react_graph, tmp_path, no_child_left):

@@ -441,8 +441,10 @@ STARVED_CHILD = textwrap.dedent(
     import os, signal, sys
     from agent import ask, build, say
 
+    from ee_middleware.capture import offload as offload_module
     from ee_middleware.capture.offload import ProcessOffload
 
+    offload_module.PIPE_BYTES = 64 * 1024  # Linux's default pipe, not the 1 MiB asked for: 80 small runs overflow it
     withdraw = ProcessOffload.withdraw_unsent
 
     def withdraw_then_resume(offload, timeout):  # the child runs again once the runs it never read are taken back (a

@@ -49,7 +49,7 @@ from ee_middleware._limits import INT32_MAX, MAX_ALTERNATIVES
 from ee_middleware._toml import build_config, layered_values, missing_settings, named_path, stripped_not_blank
 from ee_middleware.capture.redaction import Redactor
 from ee_middleware.capture.store_redaction import store_redactor
-from ee_middleware.errors import ConfigError, IncompleteReadWarning
+from ee_middleware.errors import ConfigError, EEError, IncompleteReadWarning
 from ee_middleware.messages import content_to_text, with_decoded_arguments
 from ee_middleware.models.urls import shown_spec
 from ee_middleware.records import SANDBOX_FAILURES
@@ -108,6 +108,11 @@ def _iso_time(value: Any) -> Any:
         except ValueError:
             pass
     raise ValueError(f"{text!r} is no ISO 8601 time: write a date (2027-01-01) or a time (2027-01-01T06:00:00+02:00)")
+
+
+class DatasetBuildRunningError(EEError):
+    """Another dataset build is writing the output folder now (not a mistake in the configuration: the same build runs
+    once that one has finished)."""
 
 
 class DatasetConfig(BaseModel):
@@ -513,7 +518,7 @@ def writing_folder(out: Path) -> Iterator[None]:
         except BlockingIOError:
             pids = sorted({p.name[len(STAGING_PREFIX) :].split("-")[0] for p in out.glob(f"{STAGING_PREFIX}*")})
             who = f"pid {', '.join(pids)}" if pids else "another process"
-            raise ConfigError(
+            raise DatasetBuildRunningError(
                 f"Another dataset build ({who}) is writing {out}: the folder holds one build. "
                 "Wait for it to finish, or build into another --out."
             ) from None

@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ee_middleware import errors
-from ee_middleware._lifetime import kill_process_group
+from ee_middleware._lifetime import kill_process_group, sigint_ignored_by_children
 from ee_middleware.errors import EnvironmentUnavailableError, SandboxError
 from ee_middleware.records import Observation, SandboxFailure, ToolCall, tool_schema_name
 from ee_middleware.replay.sandboxes.isolated_child import SandboxFactory, child_main
@@ -442,19 +442,23 @@ class SubprocessSandbox(ClosedOnExit):
             name=f"ee-subprocess-sandbox-{self._id[:8]}",
             daemon=False,  # a daemonic child could not start processes of its own (some tools do)
         )
-        try:
-            proc.start()
-        except (pickle.PicklingError, AttributeError, TypeError) as exc:
-            parent_conn.close()
-            child_conn.close()
-            self._needs_recovery = True
-            raise SandboxError(
-                f"The SubprocessSandbox factory cannot be sent to the child process ({exc}); "
-                "use a module-level function or a functools.partial of one, not a lambda or a local function."
-            ) from exc
-        finally:
-            child_conn.close()  # only the child holds its end now, so its death shows as EOF here
-        self._proc, self._conn, self._exit_fd = proc, parent_conn, _open_exit_fd(proc.pid)
+        # The child starts ignoring SIGINT (a Ctrl-C to the process group during its imports ended it with a traceback);
+        # one meant for this process (a worker's stop signal) is held until the block ends, when the child is this
+        # sandbox's to stop: raised before, it left the child running untracked, and the worker's exit waited on it.
+        with sigint_ignored_by_children():
+            try:
+                proc.start()
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                parent_conn.close()
+                child_conn.close()
+                self._needs_recovery = True
+                raise SandboxError(
+                    f"The SubprocessSandbox factory cannot be sent to the child process ({exc}); "
+                    "use a module-level function or a functools.partial of one, not a lambda or a local function."
+                ) from exc
+            finally:
+                child_conn.close()  # only the child holds its end now, so its death shows as EOF here
+            self._proc, self._conn, self._exit_fd = proc, parent_conn, _open_exit_fd(proc.pid)
         self._dropped.clear()  # a new child holds no handles
         self._starts += 1
         try:

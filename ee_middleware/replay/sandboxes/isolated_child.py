@@ -59,7 +59,8 @@ def child_main(conn: Connection, factory: SandboxFactory, memory_mb: int | None,
     # A spawned child inherits the signal mask of the thread that started it; make it a clean slate.
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens to the child.
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what happens to the child (started with
+    # SIGINT ignored already where the parent could: sigint_ignored_by_children).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Own process group: a kill on time-out also takes the processes a hung tool started.

@@ -22,7 +22,7 @@ from ee_middleware.errors import ConfigError
 from ee_middleware.records import Action, Observation, ProposerInfo, ReplayRecord, Rollout, Step, ToolCall, Trajectory
 from ee_middleware.store.local import LocalExperienceStore
 from ee_middleware.trainers.datasets import build as build_module
-from ee_middleware.trainers.datasets.build import DatasetConfig, build_datasets
+from ee_middleware.trainers.datasets.build import DatasetBuildRunningError, DatasetConfig, build_datasets
 from tests.unreadable import ee_as_held_user, needs_held_user, open_folder
 
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a key up.", "parameters": {"type": "object"}}}]
@@ -220,8 +220,6 @@ def test_a_second_build_into_a_folder_a_build_is_writing_is_refused(
     into a folder another build is writing is now refused, naming it; the running one finishes whole."""
     import threading
 
-    from ee_middleware.errors import ConfigError
-
     out = tmp_path / "data"
     real = build_module._build_split
     started, go_on = threading.Event(), threading.Event()
@@ -242,7 +240,10 @@ def test_a_second_build_into_a_folder_a_build_is_writing_is_refused(
         assert started.wait(30)
         ids = tmp_path / "heldout.txt"
         ids.write_text("traj-0\n")
-        with pytest.raises(ConfigError, match=r"Another dataset build \(pid \d+\) is writing .*data.*Wait for it.*another --out"):
+        # not a ConfigError: --json's error type told scripts that a running job was a mistake in the configuration
+        with pytest.raises(
+            DatasetBuildRunningError, match=r"Another dataset build \(pid \d+\) is writing .*data.*Wait for it.*another --out"
+        ):
             build_datasets(DatasetConfig.load(store=store_path, out=out, heldout_ids=ids))
     finally:
         go_on.set()
