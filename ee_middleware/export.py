@@ -51,7 +51,7 @@ from ee_middleware._files import FileTooLargeError, atomic_path, atomic_write_pa
 from ee_middleware.capture.assembler import redact_tool_schemas
 from ee_middleware.capture.store_redaction import store_redactor
 from ee_middleware.errors import OutputError, StoreError, StoreUnreadableError, os_error_advice
-from ee_middleware.messages import content_to_text, parse_arguments
+from ee_middleware.messages import content_to_text, one_line, parse_arguments
 from ee_middleware.models.parsing import canonical_call
 from ee_middleware.records import ApprovalStatus, Message, Step, ToolSchema, Trajectory, offered_tools
 from ee_middleware.store.access import read_advice
@@ -326,6 +326,10 @@ def undecided_reason(trajectory: Trajectory, recorded_steps: int | None = None) 
         )
     if trajectory.status == "interrupted" and trajectory.steps:
         return "its run paused on calls awaiting a human review; the resumed run's trajectory holds them as decided"
+    if not trajectory.steps and trajectory.status in ("error", "interrupted"):
+        # (not resumed: it ended before any model answered, its model's provider down, a tool schema the model refused)
+        error = f": {one_line(trajectory.error, 300)}" if trajectory.error else ""
+        return f"its run ended ({trajectory.status}) before any model answered{error}"
     if not trajectory.steps:
         return "its run called no model: a resumed run that the reviewed calls alone ended"
     return "every assistant message of its run was given to it or changed by a reviewer"

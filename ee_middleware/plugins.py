@@ -352,11 +352,11 @@ class PluginKind:
             stacklevel=3,
         )
 
-    def build(self, spec: str, *args: Any, **options: Any) -> Any:
+    def build(self, spec: str, /, *args: Any, **options: Any) -> Any:
         """The part ``spec`` names, built with ``args`` and ``options``, checked against the protocol."""
         return self.construct(spec, self.resolve(spec), *args, **options)
 
-    def check_call(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> None:
+    def check_call(self, spec: str, factory: Callable[..., Any], /, *args: Any, **options: Any) -> None:
         """Whether ``factory`` can be called for ``spec`` with ``args`` and ``options``, by its signature, without calling
         it (the checks :meth:`construct` makes first): an option it takes no parameter for ('Bad options ... did you
         mean'), or arguments that do not fit it, is this kind's error. A factory taking ``**kwargs`` accepts every option."""
@@ -387,7 +387,7 @@ class PluginKind:
         if mismatch is not None:
             raise self._cannot_call(spec, factory, args, options, mismatch)
 
-    def construct(self, spec: str, factory: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    def construct(self, spec: str, factory: Callable[..., Any], /, *args: Any, **options: Any) -> Any:
         """Call ``factory`` for ``spec`` and check what it returns; every failure is this kind's error."""
         from ee_middleware.models.urls import shown_spec  # (credentials in a spec's URL stay out of its messages)
 

@@ -254,6 +254,10 @@ class _MissingDependencySkips:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Capture processes (offload="process") at the agent's priority: at their default nice 19, the other xdist worker's
+    # tests starved them, and each flush waited seconds for a child that got ~1.5% of a core (20-70 s per test under
+    # load). Inherited by every process a test starts; the tests of the nice value itself set it again.
+    os.environ.setdefault("EE_CAPTURE_OFFLOAD_NICE", "0")
     if _strict_skips():
         config.pluginmanager.register(_MissingDependencySkips(), "ee-missing-dependency-skips")
 

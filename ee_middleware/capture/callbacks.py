@@ -30,7 +30,7 @@ from ee_middleware.capture import semconv as sc
 from ee_middleware.capture.assembler import UNKNOWN_TOOL
 from ee_middleware.capture.clock import now_ns
 from ee_middleware.capture.direct_spans import DirectSpan, DirectTracer, RootIds
-from ee_middleware.capture.payloads import captured_error, state_messages, tool_error_positions
+from ee_middleware.capture.payloads import captured_error, error_text, state_messages, tool_error_positions
 from ee_middleware.errors import CaptureError, ConfigError, RedactFnError
 from ee_middleware.messages import message_type
 
@@ -183,7 +183,7 @@ class RunCapture(BaseCallbackHandler):
         if error is None:
             self._nested_outcomes[key] = {"status": "completed"}
         elif not is_interrupt(error) and not is_cancellation(error):
-            self._nested_outcomes[key] = {"status": "error", "error": f"{type(error).__name__}: {error}"}
+            self._nested_outcomes[key] = {"status": "error", "error": f"{type(error).__name__}: {error_text(error)}"}
 
     def unhosted_outcomes(self) -> dict[str, dict[str, str]] | None:
         """How the graph runs inside tool calls that never ended ended themselves (for the run's root), if any did."""
@@ -514,7 +514,7 @@ class RunCapture(BaseCallbackHandler):
         try:
             attrs[sc.TOOL_CALL_ARGUMENTS] = encoder.tool_arguments(arguments)
             if error is not None:
-                attrs[sc.TOOL_CALL_RESULT] = encoder.text(f"{type(error).__name__}: {error}")
+                attrs[sc.TOOL_CALL_RESULT] = encoder.text(f"{type(error).__name__}: {error_text(error)}")
             else:
                 text, is_error, truncated = encoder.tool_result(output)
                 attrs[sc.TOOL_CALL_RESULT] = text
@@ -560,7 +560,7 @@ class RunCapture(BaseCallbackHandler):
         encoder = self.recorder.encoder
         span.set_attribute(sc.ERROR_TYPE, type(error).__qualname__)
         span.add_event("exception", encoder.exception_attributes(error), timestamp=at)  # (when it ended, on the run's clock)
-        span.set_status(Status(StatusCode.ERROR, encoder.text(str(error))[:500]))
+        span.set_status(Status(StatusCode.ERROR, encoder.text(error_text(error))[:500]))
 
 
 def _last_reply(messages: Any) -> Any:
@@ -854,7 +854,7 @@ def finish_root(recorder: Recorder, span: Any, record: RunRecord, fragments: Fra
         if exc is not None and record.status == "error":
             span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
             span.add_event("exception", encoder.exception_attributes(exc), timestamp=record.end_ns)
-            span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {exc}")[:1000]))
+            span.set_status(Status(StatusCode.ERROR, encoder.text(f"{type(exc).__name__}: {error_text(exc)}")[:1000]))
     except Exception:  # its outcome is not on the span: the run must not be stored as if it were
         span.set_attribute(sc.EE_CAPTURE_FAILED, capture_failed(sc.OP_INVOKE_AGENT))
         raise

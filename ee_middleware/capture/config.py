@@ -19,6 +19,7 @@ max_observation_chars   ``EE_MAX_OBSERVATION_CHARS`` longer tool results are cut
 strict                  ``EE_CAPTURE_STRICT``        raise capture failures instead of logging (on/off)
 offload                 ``EE_CAPTURE_OFFLOAD``       where capture's work runs: thread (default),
                                                      process or auto (opt-in: start a child process)
+offload_nice            ``EE_CAPTURE_OFFLOAD_NICE``  that child process's nice value, 0-19 (default 19)
 ======================  ===========================  ===================================
 
 An on/off variable takes 1, true, yes or on and 0, false, no or off (any case, spaces around ignored); anything else
@@ -54,6 +55,7 @@ _ENV = {
     "max_observation_chars": "EE_MAX_OBSERVATION_CHARS",
     "strict": "EE_CAPTURE_STRICT",
     "offload": "EE_CAPTURE_OFFLOAD",
+    "offload_nice": "EE_CAPTURE_OFFLOAD_NICE",
 }
 
 OFFLOAD_MODES = ("thread", "process", "auto")
@@ -138,6 +140,10 @@ class CaptureConfig:
     ``redact_fn``/``approve_if`` that pickle); ``"auto"``, threads until the deferral
     bound is reached while runs are in flight (sustained load), then the child process where the
     process mode can be used and there are two CPUs."""
+    offload_nice: int = 19
+    """The capture process's nice value, 0 to 19: 19 (the lowest priority, default) lets it work on CPU time the agent
+    does not want; on a machine kept busy by other work it then gets little CPU, and a ``flush()`` waits for it. A lower
+    value gives it a larger share, taken from the agent's process when both want CPU."""
 
     def __post_init__(self) -> None:
         if _is_number(self.app_version):  # app_version=7 (or 7 in a file): recorded as "7", as before types were checked
@@ -162,6 +168,10 @@ class CaptureConfig:
             raise ConfigError(f"CaptureConfig.offload must be one of {', '.join(OFFLOAD_MODES)}; got {self.offload!r}.")
         if self.max_observation_chars < 1:
             raise ConfigError(f"CaptureConfig.max_observation_chars must be positive, got {self.max_observation_chars}.")
+        if not 0 <= self.offload_nice <= 19:
+            raise ConfigError(
+                f"CaptureConfig.offload_nice must be a nice value from 0 to 19 (19: the lowest priority), got {self.offload_nice}."
+            )
         keys = self.redaction_keys
         if not all(isinstance(key, str) and key.strip() for key in keys):
             raise ConfigError(f"CaptureConfig.redaction_keys must be a list of key names, e.g. ['dob', 'national_id']; got {list(keys)!r}.")
@@ -315,6 +325,13 @@ def _from_environment() -> dict[str, Any]:
                 raise ConfigError(f"{var}={raw!r} is not an integer.") from None
             if values[name] < 1:
                 raise ConfigError(f"{var}={raw!r}: the most characters of a tool result kept must be positive, e.g. {var}=20000.")
+        elif name == "offload_nice":
+            try:
+                values[name] = int(raw.strip())
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not an integer: give a nice value from 0 to 19, e.g. {var}=10.") from None
+            if not 0 <= values[name] <= 19:
+                raise ConfigError(f"{var}={raw!r}: a nice value is from 0 to 19 (19: the lowest priority), e.g. {var}=10.")
         elif name == "offload":  # a word, read as the on/off switches are: any case, spaces around ignored
             word = raw.strip().lower()
             if not word:

@@ -561,7 +561,9 @@ class ProcessOffload:
         from_child_r, from_child_w = os.pipe()
         main_thread = threading.current_thread() is threading.main_thread()  # the death signal follows the starting thread
         code = "from ee_middleware.capture.offload import child_main; child_main()"
+        self.nice = init["config"].offload_nice if "config" in init else CHILD_NICE
         args = [child_executable(), "-c", code, str(to_child_r), str(from_child_w), str(os.getpid()), "1" if main_thread else "0"]
+        args.append(str(self.nice))
         try:  # (the parent's ends are closed if it cannot start)
             # its own process group: a Ctrl-C to the agent's terminal does not cut it off mid-write
             # (the agent's exit stops it). The agent's session, not a new one: Linux's autogroup
@@ -951,7 +953,7 @@ class ProcessOffload:
             "ee-middleware: the capture process had not taken the last %s sent to it when this process was told to stop "
             "(on a busy machine it gets little CPU: it runs at nice %d); %s recorded by this process instead%s.",
             _runs(len(unsent)),
-            CHILD_NICE,
+            self.nice,
             "they are" if len(unsent) != 1 else "it is",
             f", but {_runs(missing)} of them could not be (no longer kept) and are lost" if missing else "",
         )
@@ -1227,16 +1229,17 @@ def _arm_lifetime(parent_pid: int, death_signal: bool) -> None:
 
 
 CHILD_NICE = 19
-"""The capture process's nice value: the lowest priority, so that it runs on CPU time the agent does
+"""The capture process's nice value by default (``CaptureConfig.offload_nice``): the lowest priority, so that it runs on CPU time the agent does
 not want (measured: the agent's thread ran 1.138x its plain time with the child at the agent's
 priority, 1.123x at nice 19, in interleaved 3 s rounds on 2 cores). It still gets a share when the
 machine is saturated, unlike ``SCHED_IDLE``, so a flush or the drain at exit ends."""
 
 
-def _yield_to_the_agent() -> None:
-    """Lower this (the capture) process's priority to :data:`CHILD_NICE`; where that is not allowed, it stays as it is."""
+def _yield_to_the_agent(nice: int) -> None:
+    """Lower this (the capture) process's priority to ``nice`` (never raise it); where that is not allowed, it stays as
+    it is."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, max(CHILD_NICE, os.getpriority(os.PRIO_PROCESS, 0)))
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
     except (AttributeError, OSError):
         pass
 
@@ -1271,12 +1274,12 @@ def in_capture_process() -> bool:
 
 
 def child_main() -> None:
-    """``python -c 'from ee_middleware.capture.offload import child_main; child_main()' IN OUT PPID SIGNAL``."""
+    """``python -c 'from ee_middleware.capture.offload import child_main; child_main()' IN OUT PPID SIGNAL NICE``."""
     global _IN_CAPTURE_PROCESS
     _IN_CAPTURE_PROCESS = True
-    in_fd, out_fd, parent_pid, death_signal = (int(a) for a in sys.argv[1:5])
+    in_fd, out_fd, parent_pid, death_signal, nice = (int(a) for a in sys.argv[1:6])
     _arm_lifetime(parent_pid, bool(death_signal))
-    _yield_to_the_agent()
+    _yield_to_the_agent(nice)
     inbox, outbox = Connection(in_fd, writable=False), Connection(out_fd, readable=False)
 
     def answer(*message: Any) -> None:

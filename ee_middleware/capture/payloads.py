@@ -66,7 +66,7 @@ class PayloadEncoder:
         stacktrace = error.stacktrace if isinstance(error, CapturedError) else "".join(traceback.format_exception(error))
         return {
             "exception.type": type(error).__qualname__,
-            "exception.message": self.text(str(error)),
+            "exception.message": self.text(error_text(error)),
             "exception.stacktrace": self.text(stacktrace),
             "exception.escaped": "False",
         }
@@ -714,9 +714,18 @@ def _rebuild_error(qualname: str, name: str, message: str, stacktrace: str) -> C
     return error
 
 
+def error_text(error: BaseException) -> str:
+    """``str(error)``; where the exception's own ``__str__`` raises (one that formats fields it never set), what Python's
+    traceback prints then: the run it ended is still recorded, its error said as far as it can be."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - the user's exception class: any error of its __str__
+        return "<exception str() failed>"
+
+
 def captured_error(error: BaseException | None) -> CapturedError | None:
     """``error`` as a :class:`CapturedError` (its stack trace formatted now, where it happened)."""
     if error is None or isinstance(error, CapturedError):
         return error
     cls = type(error)
-    return _rebuild_error(cls.__qualname__, cls.__name__, str(error), "".join(traceback.format_exception(error)))
+    return _rebuild_error(cls.__qualname__, cls.__name__, error_text(error), "".join(traceback.format_exception(error)))

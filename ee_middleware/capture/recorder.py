@@ -1568,6 +1568,7 @@ class RecordingOptions(TypedDict, total=False):
     max_observation_chars: int
     strict: bool
     offload: str
+    offload_nice: int
 
 
 class RecordingDecorator(Protocol):

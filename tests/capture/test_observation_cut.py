@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +138,7 @@ def test_a_long_result_gives_what_redacting_it_whole_then_cutting_gives(make: An
 
 def test_a_huge_result_is_redacted_in_a_window_not_whole() -> None:
     """A 5 MB tool result: redacting it whole took 1 to 4 s of the finisher thread for a 200,000-character cut. Now only
-    a window past the cap is redacted (a ``redact_fn`` sees at most that much), in well under a second."""
+    a window past the cap is redacted (a ``redact_fn`` sees at most that much: the behaviour checked, not its time)."""
     seen: list[int] = []
 
     def scrub(text: str) -> str:  # a redact_fn: told every text redaction reads
@@ -149,10 +148,7 @@ def test_a_huge_result_is_redacted_in_a_window_not_whole() -> None:
     redactor = Redactor(salt=b"s", custom=scrub)
     text = _long_text(3, 5_000_000)
     encoder = PayloadEncoder(redactor, 200_000)
-    started = time.perf_counter()
     result, _, truncated = encoder.tool_result(text)
-    took = time.perf_counter() - started
     assert len(result) <= 200_000 and truncated > 4_000_000
     assert max(seen) < 500_000, max(seen)  # the cap, a margin, and as much more as redaction shrank that by
-    assert took < 1.0, took
     assert result == safe_cut(Redactor(salt=b"s").redact_value(text[:400_000]), 200_000)

@@ -311,7 +311,8 @@ def test_a_burst_the_child_has_not_read_outlives_a_sigkill_of_the_agent_in_the_p
     assert len(tasks) == 41 and set(tasks) == {"warm up", *(f"task {i}" for i in range(40))}, len(tasks)
 
 
-def test_the_child_runs_below_the_agent_in_its_session_and_out_of_its_process_group(react_graph, tmp_path, no_child_left):
+def test_the_child_runs_below_the_agent_in_its_session_and_out_of_its_process_group(react_graph, tmp_path, no_child_left, monkeypatch):
+    monkeypatch.delenv("EE_CAPTURE_OFFLOAD_NICE", raising=False)  # (the test session's is 0: the default here)
     agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
     agent.invoke(USER_TASK)
     agent.flush()
@@ -325,6 +326,24 @@ def test_the_child_runs_below_the_agent_in_its_session_and_out_of_its_process_gr
     finally:
         agent.recorder.close()
     assert len(list(LocalExperienceStore(tmp_path / "p").iter_trajectories())) == 1
+
+
+@pytest.mark.parametrize("nice", ["7", "0"])
+def test_the_childs_nice_value_is_the_one_configured(react_graph, tmp_path, no_child_left, monkeypatch, nice):
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD_NICE", nice)
+    agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
+    try:
+        agent.invoke(USER_TASK)
+        assert agent.flush()
+        assert os.getpriority(os.PRIO_PROCESS, agent.recorder.offload.pid) == max(int(nice), os.getpriority(os.PRIO_PROCESS, 0))
+    finally:
+        agent.recorder.close()
+
+
+def test_a_nice_value_out_of_range_is_refused_naming_the_variable(react_graph, tmp_path, monkeypatch):
+    monkeypatch.setenv("EE_CAPTURE_OFFLOAD_NICE", "20")
+    with pytest.raises(ConfigError, match=r"EE_CAPTURE_OFFLOAD_NICE='20': a nice value is from 0 to 19"):
+        record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
 
 
 def test_import_stays_light_and_the_child_is_started_only_when_asked(react_graph, tmp_path, no_child_left):

@@ -141,3 +141,22 @@ def test_the_library_writers_never_replace_a_file_with_an_empty_export(recorded:
     assert writer(store, out, status="pending") == 3  # an export that selects something still replaces it
     assert out.read_bytes() != b"an earlier export\n"
     store.close()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_run_that_failed_before_any_model_answered_is_named_with_its_error_not_as_a_resumed_run(
+    recorded: Path, tmp_path: Path, fmt: str
+) -> None:
+    # found by a data sweep: a model whose provider was down ended the run at its first call (status error, no step); the
+    # export said "a resumed run that the reviewed calls alone ended", of a run that was never paused nor resumed
+    store = LocalExperienceStore(recorded)
+    some = next(iter(store.iter_trajectories()))
+    failed = {"id": "provider-down", "steps": [], "status": "error", "error": "ConnectionError: provider unreachable (HTTP 503)"}
+    store.write([some.model_copy(update=failed)])
+    store.close()
+    _decide(recorded, "reject", ["provider-down"])
+    result = _export(recorded, fmt, tmp_path / f"train.{fmt}", "rejected")
+    assert result.exit_code == 1, result.output
+    said = " ".join(result.output.split())
+    assert "its run ended (error) before any model answered: ConnectionError: provider unreachable (HTTP 503)" in said, said
+    assert "resumed" not in said, said

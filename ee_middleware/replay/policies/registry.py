@@ -53,7 +53,7 @@ SAMPLING_OPTIONS = ("temperature", "top_p", "max_new_tokens")
 user left at their defaults only where it names them; a user's chat client's wrapper samples with them."""
 
 
-def build_policy(spec: str, **options: Any) -> Policy:
+def build_policy(spec: str, /, **options: Any) -> Policy:
     """The policy named by ``spec``, built with ``options`` as keyword arguments (a plug-in factory gets the
     :data:`SAMPLING_OPTIONS` among them only where it takes them when it returns a chat client, whose wrapper gets them)."""
     if isinstance(spec, str) and spec.strip() in POLICIES.builtins:
@@ -234,7 +234,7 @@ def _plugin_options(factory: Any, merged: dict[str, Any], defaults: dict[str, An
     return given, sampling, not_taken
 
 
-def _chat_policy(client: ChatClient, spec: str, **sampling: Any) -> Policy:
+def _chat_policy(client: ChatClient, spec: str, /, **sampling: Any) -> Policy:
     """A user's own chat client as a policy: asked for K answers at each state, as ``openai:`` and ``local:`` models are."""
     from ee_middleware.replay.policies.chat import ChatPolicy
 

@@ -39,7 +39,7 @@ SANDBOXES = PluginKind(
 )
 
 
-def build_sandbox(spec: str, **options: Any) -> Sandbox:
+def build_sandbox(spec: str, /, **options: Any) -> Sandbox:
     """Build the sandbox named by ``spec`` (see the module docstring), passing ``options`` to its factory."""
     if _is_experience(spec):
         from ee_middleware.replay.sandboxes.experience import build_experience_sandbox
@@ -103,7 +103,7 @@ def sandbox_factory(
     raise SandboxError(f"Unknown isolation {isolation!r}: use 'none' or 'subprocess'.")
 
 
-def refusal_hints(spec: str, tools: Iterable[str], **options: Any) -> dict[str, str]:
+def refusal_hints(spec: str, tools: Iterable[str], /, **options: Any) -> dict[str, str]:
     """Why the sandbox refused each of ``tools`` and how to allow it, for those its ``refusal_hint`` explains.
 
     ``refusal_hint(tool_name) -> str | None`` is optional (see
