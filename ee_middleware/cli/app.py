@@ -457,11 +457,11 @@ def _unsaid_interrupt(done: SystemExit) -> KeyboardInterrupt | None:
     (while its arguments were parsed), which :meth:`_Root.invoke` never saw. ``None`` for any other exit."""
     if done.code != 130:
         return None
-    seen: BaseException | None = done
-    for _ in range(8):  # SystemExit <- typer's Exit(130) <- the KeyboardInterrupt
-        seen = seen.__cause__ or seen.__context__ if seen is not None else None
-        if isinstance(seen, KeyboardInterrupt):
-            return None if getattr(seen, "_ee_said", False) else seen
+    # typer's `raise Exit(130) from interrupt`, exited on with sys.exit inside its handler: SystemExit <- Exit <- interrupt
+    typers_exit = done.__context__
+    interrupt = typers_exit.__cause__ if type(typers_exit).__name__ == "Exit" and typers_exit is not None else None
+    if isinstance(interrupt, KeyboardInterrupt) and not getattr(interrupt, "_ee_said", False):
+        return interrupt
     return None
 
 
