@@ -22,6 +22,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 from ee_middleware import LocalExperienceStore, record_experience
+from ee_middleware.capture import offload as offload_module
 from ee_middleware.capture.config import CaptureConfig
 from ee_middleware.capture.offload import SPAN_PROCESSOR_ENV
 from ee_middleware.capture.vault import Vault
@@ -439,7 +440,8 @@ def test_a_run_the_child_cannot_read_is_reported_without_its_data(react_graph, t
     assert not [r for r in reported if "4111" in r or "order note" in r], [r[:300] for r in reported]
 
 
-def test_a_stopped_child_never_blocks_the_agent_and_no_run_is_lost(react_graph, inventory, tmp_path, no_child_left):
+def test_a_stopped_child_never_blocks_the_agent_and_no_run_is_lost(react_graph, inventory, tmp_path, no_child_left, monkeypatch):
+    monkeypatch.setattr(offload_module, "PIPE_BYTES", 64 * 1024)  # Linux's default pipe, not the 1 MiB asked for: 100 runs overflow it
     agent = record_experience(react_graph, app="shop", store=tmp_path / "p", offload="process")
     recorder = agent.recorder
     offload = recorder.offload
