@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import typer
 
 from ee_middleware.cli.common import (
-    INTERRUPTED_PREFIX,
     JsonOption,
     StoreOption,
     console,
@@ -16,6 +14,7 @@ from ee_middleware.cli.common import (
     examples,
     interrupted,
     print_json,
+    print_json_interrupted,
     progress_console,
     reading_store,
 )
@@ -89,10 +88,8 @@ def record_experts_cmd(
             f"{len(report.failed)} failed). The same command goes on: the entries recorded are left alone, and a recording "
             "the stop cut off is rejected once its entry is recorded whole."
         )
-        if as_json:  # what was recorded before the stop, with the error object every --json failure has
-            error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
-            with contextlib.suppress(OSError, ValueError):  # a stdout closed by its reader: the stderr line says it
-                print_json({**_report_json(report), "error": error})
+        if as_json:  # what was recorded before the stop
+            print_json_interrupted(_report_json(report), line)
         raise line from exc
     finally:
         if bar is not None:

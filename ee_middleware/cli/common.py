@@ -10,7 +10,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +49,15 @@ def interrupted(text: str) -> KeyboardInterrupt:
     line = INTERRUPTED_PREFIX + text
     typer.secho(line, err=True, fg="yellow")
     return KeyboardInterrupt(line)
+
+
+def print_json_interrupted(answer: dict[str, Any], line: KeyboardInterrupt) -> None:
+    """A stopped command's ``--json`` answer: what it did before the stop (``answer``), with the error object every
+    ``--json`` failure has, its message the :func:`interrupted` line's text. A stdout closed by its reader takes nothing:
+    the stderr line says it."""
+    error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
+    with suppress(OSError, ValueError):
+        print_json({**answer, "error": error})
 
 
 def open_existing_store(spec: str | Path) -> ExperienceStore:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,7 +10,6 @@ import typer
 
 from ee_middleware._files import file_above
 from ee_middleware.cli.common import (
-    INTERRUPTED_PREFIX,
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
@@ -24,6 +22,7 @@ from ee_middleware.cli.common import (
     other_apps_hint,
     output_file,
     print_json,
+    print_json_interrupted,
     reading_store,
     store_origin,
     user_output_to_stderr,
@@ -470,10 +469,8 @@ def run_cmd(
                 bars.complete()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
             line = interrupted(_interrupted_text(result, total, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)"))
-            if as_json:  # what was stored before the stop, with the error object every --json failure has
-                error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
-                with contextlib.suppress(OSError, ValueError):  # a stdout closed by its reader: the stderr line says it
-                    print_json({**_summary(result), "trajectories": result.kept, "stored_trajectories": result.stored, "error": error})
+            if as_json:  # what was stored before the stop
+                print_json_interrupted({**_summary(result), "trajectories": result.kept, "stored_trajectories": result.stored}, line)
             raise line from exc
     finally:
         policy_client.close()

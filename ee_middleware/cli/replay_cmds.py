@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -13,7 +12,6 @@ import typer
 from ee_middleware._lifetime import stopping_signal
 from ee_middleware._limits import INT64_MAX, MAX_ALTERNATIVES
 from ee_middleware.cli.common import (
-    INTERRUPTED_PREFIX,
     STORE_HELP,
     AllowPartialOption,
     JsonOption,
@@ -28,6 +26,7 @@ from ee_middleware.cli.common import (
     open_existing_store,
     open_job_store,
     print_json,
+    print_json_interrupted,
     progress_console,
     reading_store,
     sampling_temperature,
@@ -220,10 +219,8 @@ def run(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
         line = interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted))
         partial = getattr(exc, "replay_summary", None)
-        if as_json and partial is not None:  # what was stored before the stop, with the error object every --json failure has
-            error = {"type": "KeyboardInterrupt", "message": str(line).removeprefix(INTERRUPTED_PREFIX), "exit_code": 130}
-            with contextlib.suppress(OSError, ValueError):  # a stdout closed by its reader: the stderr line says it
-                print_json({**partial.to_dict(), "error": error})
+        if as_json and partial is not None:  # what was stored before the stop
+            print_json_interrupted(partial.to_dict(), line)
         raise line from exc
     except EEError as exc:  # the job stopped (a policy's server down, say): with --json, what it did before, and why
         partial = getattr(exc, "replay_summary", None)
