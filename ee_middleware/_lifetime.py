@@ -379,6 +379,12 @@ def stopping_signal() -> str | None:
     return _STOPPED_BY[0] if _STOPPED_BY else None
 
 
+def interrupt_name(exc: KeyboardInterrupt) -> str:
+    """What stopped a command that met ``exc``, for its ``interrupted:`` line: the SIGTERM or SIGHUP
+    :func:`termination_as_interrupt` took, else the interrupt's own text, else a Ctrl-C's ``SIGINT (Ctrl-C)``."""
+    return stopping_signal() or str(exc) or "SIGINT (Ctrl-C)"
+
+
 def stop_for(exc: BaseException) -> KeyboardInterrupt | None:
     """The stop an error stands for when it was raised once a SIGTERM or SIGHUP stopped the command (one a library made
     of the interrupt on its way out, as transformers' lazy imports do: "Could not import module 'LlamaConfig'"; a

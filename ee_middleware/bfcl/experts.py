@@ -263,6 +263,8 @@ def _record(
         approve_if=lambda t: t.status == "completed",
         redact=False,
     )
+    if progress is not None:  # the total from the start: a stop before the first entry ends says "0 of N"
+        progress(0, len(entries))
     for i, entry in enumerate(entries):
         if entry.id in done_before:
             report.already.append(entry.id)

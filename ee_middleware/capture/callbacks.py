@@ -629,14 +629,26 @@ server shutting down), its stream closed before the end, Ctrl-C. The run is ``in
 (:func:`cancelled_reason`) as its error; a tool call cut off has no observation."""
 
 
+def is_drain(exc: BaseException) -> bool:
+    """Whether ``exc`` is LangGraph's ``GraphDrained``: the run was stopped at a step boundary by
+    ``RunControl.request_drain()`` (a server shutting down on SIGTERM); its checkpoint is saved and the thread resumes
+    later (``invoke(None, config)``)."""
+    return type(exc).__name__ == "GraphDrained"
+
+
 def is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` stops a run from outside it (:data:`CANCELLATIONS`) rather than being the run's own failure."""
-    return isinstance(exc, CANCELLATIONS)
+    """Whether ``exc`` stops a run from outside it (:data:`CANCELLATIONS`, a drain: :func:`is_drain`) rather than being
+    the run's own failure."""
+    return isinstance(exc, CANCELLATIONS) or is_drain(exc)
 
 
 def cancelled_reason(exc: BaseException) -> str:
     """Why a cancelled run stopped, as its trajectory's ``error`` says (``cancelled: CancelledError``): the exception's
-    type alone, since its message is the canceller's own detail (a server's cancel scope, a task's repr)."""
+    type alone, since its message is the canceller's own detail (a server's cancel scope, a task's repr); a drained run
+    ``drained: REASON``, the reason its caller gave ``request_drain`` (``shutdown`` by default)."""
+    if is_drain(exc):
+        reason = getattr(exc, "reason", None)
+        return f"drained: {reason if isinstance(reason, str) and reason else 'shutdown'}"
     return f"cancelled: {type(exc).__name__}"
 
 

@@ -65,6 +65,7 @@ from ee_middleware.capture.callbacks import (
     emit_run,
     finish_root,
     is_cancellation,
+    is_drain,
     is_interrupt,
     parent_resuming,
     resumes_from_checkpoint,
@@ -690,6 +691,9 @@ class _Run:
         (:meth:`stopped_state_config`), set by the graph's wrapper; ``None`` for every other run."""
         self.read: _StateRead | None = None
         """The read of the thread's state the run waits for before it is ended, if one was started."""
+        self.drained = False
+        """Whether LangGraph drained the run (:func:`~ee_middleware.capture.callbacks.is_drain`): its thread's state as it
+        stopped, read from the checkpointer (:attr:`stopped_state`), is its output."""
         recorder.finisher.run_started()
         self._ending: tuple[str, BaseException | None, str | None] | None = None  # how it ended, if held at SIGTERM
         recorder._in_flight[self.trajectory_id] = weakref.ref(
@@ -751,14 +755,16 @@ class _Run:
         keeps the conversation it continued from the state its first node was given (:attr:`RunCapture.first_state`).
         Where no node was given the thread's state (the first one it ran is a ``Send``'s target, such as
         ``create_agent``'s tools after ``interrupt()`` in a tool, which is given the tool calls; or none ran), the
-        thread's state, as the run left it, stands in. A run already ended (at SIGTERM or exit, before its task was
-        cancelled) reads nothing: its record is written."""
-        if not self.enabled or not resumes_from_checkpoint(self.input):
+        thread's state, as the run left it, stands in. A drained run (LangGraph's ``GraphDrained``) reads its thread's
+        state too, as its output: the drain saved it at a step boundary, with the results of the calls that ran. A run
+        already ended (at SIGTERM or exit, before its task was cancelled) reads nothing: its record is written."""
+        drained = is_drain(exc)  # stopped at a step boundary with its checkpoint saved: that state is its output
+        if not self.enabled or not (drained or resumes_from_checkpoint(self.input)):
             return None
         if self.read is not None or self.trajectory_id not in self.recorder._in_flight:
             return None
         handler = self.handler
-        if handler.graph_output is not None or self.output is not None or handler.first_state is not None:
+        if handler.graph_output is not None or self.output is not None or (handler.first_state is not None and not drained):
             return None
         configurable = (self.config or {}).get("configurable") or {}
         return {"configurable": dict(configurable)} if configurable.get("thread_id") is not None else None
@@ -780,7 +786,8 @@ class _Run:
         ending: tuple[str, BaseException | None, str | None]
         if is_interrupt(exc):  # paused (interrupt(), a breakpoint): its thread resumes later
             ending = ("interrupted", None, None)
-        elif is_cancellation(exc):  # stopped from outside (its task cancelled, its stream closed): the reason is kept
+        elif is_cancellation(exc):  # stopped from outside (its task cancelled, its stream closed, drained): the reason is kept
+            self.drained = is_drain(exc)
             ending = ("interrupted", None, cancelled_reason(exc))
         else:
             ending = ("error", exc, None)
@@ -834,6 +841,8 @@ class _Run:
         handler.close_open_spans()
         # the graph's final state, however it was run (see RunCapture); self.output is what the caller gets
         output = handler.graph_output if handler.graph_output is not None else self.output
+        if output is None and self.drained:  # its thread's state as the drain left it (saved at the step boundary)
+            output = self.stopped_state
         if self.offload is not None:
             calls = sendable_calls(handler.calls or [])
             record = RunRecord(

@@ -34,7 +34,7 @@ def record_experts_cmd(
     allow_partial: bool = typer.Option(False, "--allow-partial", hidden=True, help="Refused: see the message."),
 ) -> None:
     """Record approved expert trajectories: a LangGraph agent replays BFCL's ground-truth calls turn by turn."""
-    from ee_middleware._lifetime import stopping_signal
+    from ee_middleware._lifetime import interrupt_name
     from ee_middleware.bfcl.experts import RecordReport, record_experts
     from ee_middleware.errors import hide_credentials
 
@@ -80,7 +80,7 @@ def record_experts_cmd(
         if bar is not None:
             bar.stop()
             bar = None
-        signal_name = stopping_signal() or str(exc) or "SIGINT (Ctrl-C)"
+        signal_name = interrupt_name(exc)
         done, total = seen
         line = interrupted(
             f"recording {category}'s experts stopped ({signal_name}) after {done} of {total or 'its'} entries: "

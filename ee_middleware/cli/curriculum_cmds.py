@@ -361,7 +361,7 @@ def run_cmd(
     --sandbox-setting); TASKS and the flags override them."""
     import functools
 
-    from ee_middleware._lifetime import stopping_signal
+    from ee_middleware._lifetime import interrupt_name
     from ee_middleware._text import read_user_text
     from ee_middleware.errors import ConfigError
     from ee_middleware.evals.curriculum import (
@@ -468,7 +468,7 @@ def run_cmd(
                 )
                 bars.complete()
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-            line = interrupted(_interrupted_text(result, total, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)"))
+            line = interrupted(_interrupted_text(result, total, interrupt_name(exc)))
             if as_json:  # what was stored before the stop
                 print_json_interrupted({**_summary(result), "trajectories": result.kept, "stored_trajectories": result.stored}, line)
             raise line from exc

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware._lifetime import stopping_signal
+from ee_middleware._lifetime import interrupt_name
 from ee_middleware._limits import MAX_EVAL_TRIALS
 from ee_middleware.cli.common import (
     AllowPartialOption,
@@ -159,7 +159,7 @@ def run_cmd(
             if bars:
                 bars.stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        raise interrupted(_interrupted_text(job, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted)) from exc
+        raise interrupted(_interrupted_text(job, interrupt_name(exc), counted)) from exc
     except ModelError as exc:  # the model could not be built: the file's model may be a served model's bare name
         if config is None or overrides["model"] is not None or not is_bare_model_name(job.model):
             raise

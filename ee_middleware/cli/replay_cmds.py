@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware._lifetime import stopping_signal
+from ee_middleware._lifetime import interrupt_name
 from ee_middleware._limits import INT64_MAX, MAX_ALTERNATIVES
 from ee_middleware.cli.common import (
     STORE_HELP,
@@ -217,7 +217,7 @@ def run(
             if "progress" in bar:
                 bar["progress"].stop()
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        line = interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", counted))
+        line = interrupted(_interrupted_text(cfg, interrupt_name(exc), counted))
         partial = getattr(exc, "replay_summary", None)
         if as_json and partial is not None:  # what was stored before the stop
             print_json_interrupted(partial.to_dict(), line)

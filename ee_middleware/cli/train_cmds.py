@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from ee_middleware._lifetime import stopping_signal
+from ee_middleware._lifetime import interrupt_name
 from ee_middleware.cli.common import JsonOption, examples, interrupted, library_bars_off, path_given, print_json, warnings_as_lines
 from ee_middleware.errors import EEError, MissingSettingError
 
@@ -103,7 +103,7 @@ def train(
         except MissingDatasetError as exc:
             raise exc.named_by(_data_setting(ctx, config)) from exc
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (termination_as_interrupt): exit 130
-        raise interrupted(_interrupted_text(cfg, stopping_signal() or str(exc) or "SIGINT (Ctrl-C)", written_before)) from exc
+        raise interrupted(_interrupted_text(cfg, interrupt_name(exc), written_before)) from exc
     except MissingSettingError as exc:  # a usage error (the command's usage line, exit 2), as ee's other jobs say it
         raise typer.BadParameter(str(exc)) from exc
     except EEError as exc:  # said here for the standalone app too; --json's error object names its type

@@ -1,0 +1,109 @@
+"""A run LangGraph drains (``RunControl.request_drain()``, what a server does on SIGTERM: the run stops at the next step
+boundary, its checkpoint saved, and raises ``GraphDrained``) is stopped from outside, not failed: it is ``interrupted``
+with ``drained: REASON`` as its ``error``, and its conversation is the thread's state the drain saved, with the results
+of the calls that ran before it (they were missing: the run was stored as ``error``, its messages ending on the model's
+call). The resumed run (``invoke(None, config)``) is recorded as any resumed run. Real ``create_agent`` graphs with an
+in-memory checkpointer, real drains, thread mode and the capture process, a real local store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+
+from ee_middleware import record_experience
+from ee_middleware.records import Trajectory
+from ee_middleware.store import LocalExperienceStore
+from ee_middleware.testing import ScriptedChatModel, tool_call
+from tests.capture.test_offload import no_child_left  # noqa: F401 - fixture
+
+langgraph_runtime = pytest.importorskip("langgraph.runtime")
+if not hasattr(langgraph_runtime, "RunControl"):  # (LangGraph before 1.2 cannot drain a run)
+    pytest.skip("this LangGraph cannot drain a run (no langgraph.runtime.RunControl)", allow_module_level=True)
+
+from langgraph.checkpoint.memory import InMemorySaver  # noqa: E402
+from langgraph.errors import GraphDrained  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("no_child_left")
+
+
+def _drained_agent(store: Path, offload: str) -> tuple[Any, Any]:
+    """A recorded agent whose first tool call asks for a drain while it runs (a SIGTERM handler would), and its control."""
+    control = langgraph_runtime.RunControl()
+
+    @tool
+    def step(i: int) -> str:
+        """Do step i."""
+        if i == 0:
+            control.request_drain("deploy")
+        return f"did {i}"
+
+    script = [
+        AIMessage(content="", tool_calls=[tool_call("step", i=0)]),
+        AIMessage(content="", tool_calls=[tool_call("step", i=1)]),
+        AIMessage(content="Both steps are done."),
+    ]
+    graph = create_agent(ScriptedChatModel(script=script), [step], checkpointer=InMemorySaver())
+    return record_experience(graph, app="steps", store=store, offload=offload), control
+
+
+def _runs(store: Path) -> list[Trajectory]:
+    opened = LocalExperienceStore(store)
+    ids = opened.trajectories().sort("started_at")["id"].to_list()
+    return [opened.get(i) for i in ids]
+
+
+@pytest.mark.parametrize("offload", ["thread", "process"])
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream"])
+def test_a_drained_run_is_interrupted_with_its_reason_and_keeps_the_results_of_its_calls(tmp_path: Path, offload: str, mode: str) -> None:
+    store = tmp_path / "experience"
+    agent, control = _drained_agent(store, offload)
+    config = {"configurable": {"thread_id": "t-1"}}
+    task = {"messages": [("user", "Do both steps.")]}
+    with pytest.raises(GraphDrained):
+        if mode == "invoke":
+            agent.invoke(task, config, control=control)
+        elif mode == "ainvoke":
+            asyncio.run(agent.ainvoke(task, config, control=control))
+        else:
+            list(agent.stream(task, config, control=control))
+    assert agent.get_state(config).next == ("model",)  # (resumable where the drain stopped it)
+    resumed = agent.invoke(None, config)
+    assert resumed["messages"][-1].content == "Both steps are done."
+    agent.recorder.close()
+
+    drained, finished = _runs(store)
+    assert (drained.status, drained.error) == ("interrupted", "drained: deploy")
+    assert [(s.action.tool_call.name, s.observation.content) for s in drained.steps] == [("step", "did 0")]
+    # the conversation the drain saved, the tool's result included (it ended on the model's call before)
+    assert [m["role"] for m in drained.messages] == ["user", "assistant", "tool"]
+    assert drained.messages[-1]["content"] == "did 0"
+    assert finished.status == "completed" and finished.final_answer == "Both steps are done."
+    assert [(s.action.tool_call.name, s.observation.content) for s in finished.steps if s.action.tool_call] == [("step", "did 1")]
+    assert [t.thread_id for t in (drained, finished)] == ["t-1", "t-1"]
+
+
+def test_a_drained_run_without_a_checkpointer_is_interrupted_with_what_capture_saw(tmp_path: Path) -> None:
+    """Without a checkpointer there is no thread state to read: still ``interrupted``, never ``error``."""
+    control = langgraph_runtime.RunControl()
+
+    @tool
+    def step(i: int) -> str:
+        """Do step i."""
+        control.request_drain()
+        return f"did {i}"
+
+    script = [AIMessage(content="", tool_calls=[tool_call("step", i=0)]), AIMessage(content="done")]
+    store = tmp_path / "experience"
+    agent = record_experience(create_agent(ScriptedChatModel(script=script), [step]), app="steps", store=store)
+    with pytest.raises(GraphDrained):
+        agent.invoke({"messages": [("user", "Do the step.")]}, control=control)
+    agent.recorder.close()
+    [drained] = _runs(store)
+    assert (drained.status, drained.error) == ("interrupted", "drained: shutdown")
+    assert [(s.action.tool_call.name, s.observation.content) for s in drained.steps] == [("step", "did 0")]
