@@ -104,20 +104,30 @@ def build_world(initial_config: Mapping[str, Any], involved_classes: Sequence[st
     return world
 
 
+NOT_A_BFCL_TRAJECTORY = (
+    "The bfcl sandbox (ee replay run's default --sandbox) replays trajectories recorded from BFCL tasks; for your app's "
+    "own tools, give its sandbox: --sandbox MODULE:FACTORY (docs/sandboxes.md)."
+)
+"""Said where a trajectory's environment is no BFCL one: the likeliest cause is a replay run without ``--sandbox``."""
+
+
 def world_from_environment(environment: Mapping[str, Any] | None) -> World:
     """Rebuild the world from a trajectory's environment reference (see ``BFCLEntry.environment``)."""
     if not environment:
         raise EnvironmentUnavailableError(
             "The trajectory has no environment reference. BFCL trajectories need "
-            "{'kind': 'bfcl', 'initial_config': ..., 'involved_classes': [...]}; record them with `ee bfcl record-experts`."
+            "{'kind': 'bfcl', 'initial_config': ..., 'involved_classes': [...]}; record them with `ee bfcl record-experts`. "
+            + NOT_A_BFCL_TRAJECTORY
         )
     if environment.get("kind", "bfcl") != "bfcl":
         raise EnvironmentUnavailableError(
-            f"Environment kind {environment.get('kind')!r} is not a BFCL environment; use the sandbox made for it."
+            f"Environment kind {environment.get('kind')!r} is not a BFCL environment; use the sandbox made for it. " + NOT_A_BFCL_TRAJECTORY
         )
     classes = environment.get("involved_classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
-        raise EnvironmentUnavailableError("BFCL environment reference lacks 'involved_classes' (a list of backend class names).")
+        raise EnvironmentUnavailableError(
+            "BFCL environment reference lacks 'involved_classes' (a list of backend class names). " + NOT_A_BFCL_TRAJECTORY
+        )
     config = environment.get("initial_config") or {}
     if not isinstance(config, dict):
         raise EnvironmentUnavailableError("BFCL environment reference has an 'initial_config' that is not an object.")

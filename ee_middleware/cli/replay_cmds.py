@@ -492,7 +492,7 @@ def _print_summary(summary: Any, out: Any, shown: dict[str, str]) -> None:
         out.print(f"[yellow]not executed[/] at a trajectory's last tool call: {calls}: {FINAL_CALLS_NOT_REPLAYED}", highlight=False)
     if summary.uncovered_calls_not_executed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.uncovered_calls_not_executed.items()))
-        out.print(f"[yellow]not executed[/] before a trajectory's last tool call: {calls}: {UNCOVERED_CALLS_NOT_EXECUTED}", highlight=False)
+        out.print(f"[yellow]not executed[/] (declared outside the world): {calls}: {UNCOVERED_CALLS_NOT_EXECUTED}", highlight=False)
     if summary.unanswered_calls_not_executed:
         calls = ", ".join(f"{escape(tool)}={count}" for tool, count in sorted(summary.unanswered_calls_not_executed.items()))
         out.print(

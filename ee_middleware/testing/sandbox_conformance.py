@@ -177,7 +177,10 @@ def check_sandbox(
         mutate: a call that succeeds from that environment and changes what ``read`` shows.
         read: one or more calls that change nothing and show the world.
         bad_calls: calls that must give error observations. Default: the ``mutate`` call with an
-            argument no tool takes. A call to an unknown tool is always checked too.
+            argument no tool takes, which may instead be answered as ``mutate`` itself, its world changed alike (LangChain's
+            tools drop an argument their function does not take, and so does a ``PythonSandbox``'s world function); give
+            a call with a wrong type or a missing argument to check how the sandbox refuses arguments. A call to an
+            unknown tool is always checked too.
         require_digest: fail when the sandbox has no ``state_digest()`` (the eval suites need it).
         subprocess_isolation: whether it must work with ``ee replay run --isolation subprocess`` too: every snapshot
             pickles (it leaves the child process as bytes) and an unpickled copy restores the world exactly, in this
@@ -203,8 +206,10 @@ def check_sandbox(
     reads = [read] if isinstance(read, ToolCall) else list(read)
     assert reads, "check_sandbox needs at least one read call"
     declared = sorted({outside_world_tools} if isinstance(outside_world_tools, str) else set(outside_world_tools))
+    extra_argument = None
     if bad_calls is None:
-        bad_calls = [mutate.model_copy(update={"arguments": {**mutate.arguments, UNEXPECTED_ARGUMENT: 1}})]
+        extra_argument = mutate.model_copy(update={"arguments": {**mutate.arguments, UNEXPECTED_ARGUMENT: 1}})
+        bad_calls = [extra_argument]
     pristine = copy.deepcopy(environment)
     make_sandbox = _factory(make_sandbox)
     sandbox = make_sandbox()
@@ -228,7 +233,7 @@ def check_sandbox(
             f"{type(sandbox).__name__} has no state_digest() (see ee_middleware.replay.sandboxes.protocol)"
         )
         digest_values = _check_state_digest(probe) if digests else None
-        _check_error_observations(probe, [ToolCall(id="bad-unknown", name=UNKNOWN_TOOL, arguments={}), *bad_calls])
+        _check_error_observations(probe, [ToolCall(id="bad-unknown", name=UNKNOWN_TOOL, arguments={}), *bad_calls], extra_argument)
         assert environment == pristine, "the sandbox must never change the environment reference it was given"
         sandbox.close()
         # A second sandbox from the factory once this one is closed, as replay builds one after closing a sandbox that
@@ -838,10 +843,25 @@ def _check_outside_world(probe: _Probe, declared: Sequence[str], hints_before_re
             )
 
 
-def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall]) -> None:
+def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall], extra_argument: ToolCall | None = None) -> None:
+    """Each bad call gives an error observation that says what went wrong, and leaves the world working. The default bad
+    call (``extra_argument``: ``mutate`` with an argument no tool takes) may instead be answered as ``mutate`` was, its
+    world changed alike: the tool dropped the argument, as LangChain's tools do."""
     probe.sandbox.restore(probe.start_snapshot)
     for call in bad_calls:
         observation = probe.execute(call)
+        if call is extra_argument and not observation.is_error:
+            mutated = probe.mutated.content if probe.mutated is not None else None
+            assert observation.content == mutated, (
+                f"a call of {call.name} with an argument it does not take ({UNEXPECTED_ARGUMENT}) must give an error "
+                "observation, or be answered as the call without it (LangChain's tools drop such an argument); it answered "
+                f"{clip(observation.content, 200)!r}, and without it {clip(mutated or '', 200)!r}"
+            )
+            probe.expect(
+                probe.changed, f"a call of {call.name} whose extra argument was dropped must change the world as the call without it"
+            )
+            probe.sandbox.restore(probe.start_snapshot)
+            continue
         assert observation.is_error, f"a bad call to {call.name} with {call.arguments} must give an error observation, got {observation!r}"
         assert observation.content, f"the error observation of {call.name} must say what went wrong"
     probe.sandbox.restore(probe.start_snapshot)

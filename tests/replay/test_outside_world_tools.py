@@ -284,7 +284,7 @@ def test_ee_replay_run_prints_the_calls_not_executed_and_the_declared_tools_own_
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "not executed before a trajectory's last tool call: page_oncall=1: the sandbox declares the tool" in text, text
+    assert "not executed (declared outside the world): page_oncall=1: the sandbox declares the tool" in text, text
     assert pager == ["identity: identity flapping"]
     sandbox = make_sandbox()
     try:

@@ -219,6 +219,12 @@ def add_with_a_ticket(world: dict[str, int], key: str, n: int = 1) -> str:
     return f"{world[key]} (ticket {next(_ticks)})"
 
 
+def add_counting_extras(world: dict[str, int], key: str, n: int = 1, **extra: Any) -> str:
+    """Takes any argument (``**extra``) and counts each: an argument no tool takes changes the world."""
+    world[key] = world.get(key, 0) + n + len(extra)
+    return str(world[key])
+
+
 def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] = build_world, **tools: Any) -> Callable[[], PythonSandbox]:
     return functools.partial(cls, build, tools={**TOOLS, **tools})
 
@@ -228,6 +234,12 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
     [
         (ShallowSnapshot, COUNTER, r"restore\(\) must put the world back exactly"),
         (CounterSandbox, COUNTER, r"execute\(add\) raised TypeError.*must be an error observation"),
+        (
+            python_variant(PythonSandbox, add=add_counting_extras),
+            COUNTER,
+            r"argument it does not take \(ee_conformance_unexpected_argument\) must give an error observation, or be "
+            r"answered as the call without it",
+        ),
         (
             python_variant(functools.partial(PythonSandbox, journal=False), _leaky_build),
             COUNTER,
@@ -268,6 +280,7 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
     ids=[
         "shallow-snapshot",
         "tool-exceptions-escape",
+        "extra-argument-changes-the-world",
         "world-shares-the-environment",
         "usable-after-close",
         "close-not-idempotent",

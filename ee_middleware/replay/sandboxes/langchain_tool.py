@@ -311,11 +311,9 @@ def argument_schema(name: str, fn: Callable[..., Any], *, skip: int = 0) -> Any:
 
 def validated_arguments(schema: Any, name: str, arguments: dict[str, Any], injected: dict[str, str]) -> dict[str, Any]:
     """``arguments`` as LangChain's tool gives them to its function: validated by ``schema`` (``"4"`` is ``4``, a dict a
-    nested model, a string an enum member), only those the call gave (defaults are the function's). Arguments it
-    refuses raise LangGraph's ``ToolInvocationError``.
-
-    One difference: LangChain drops an argument the function does not take; here it is passed on, so that the call
-    fails (``TypeError``) as the sandbox conformance kit requires of a bad call."""
+    nested model, a string an enum member), only those the call gave (defaults are the function's); an argument the
+    function does not take is dropped, as LangChain drops it (a model that adds ``verbose=true`` to its call got the
+    tool's answer in production, and gets it in replay). Arguments it refuses raise LangGraph's ``ToolInvocationError``."""
     from pydantic import ValidationError
 
     try:
@@ -323,7 +321,7 @@ def validated_arguments(schema: Any, name: str, arguments: dict[str, Any], injec
     except ValidationError as exc:
         raise _invocation_error(name, exc, arguments, injected) from exc
     fields = type(result).model_fields
-    return {key: getattr(result, key) if key in fields else value for key, value in arguments.items()}
+    return {key: getattr(result, key) for key in arguments if key in fields}
 
 
 def _invocation_error(name: str, exc: Any, arguments: dict[str, Any], injected: dict[str, str]) -> Exception:

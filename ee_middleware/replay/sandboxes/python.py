@@ -658,6 +658,9 @@ class PythonSandbox:
         self._loop_thread: tuple[Any, threading.Thread, threading.Event] | None = None
         self._validate = validate_arguments
         self._schemas: dict[str, Any] = {}  # tool name -> the argument schema LangChain's @tool builds for it, or None
+        self._arguments: dict[str, tuple[set[str], set[str]] | None] = {}  # see _arguments_taken
+        self._changed_warned: set[tuple[str, tuple[str, ...], tuple[str, ...]]] = set()  # see _warn_if_changed
+        self._misspelt_warned: set[str] = set()  # see _warn_of_misspelt_outside_tools
 
     @property
     def world(self) -> Any:
@@ -682,16 +685,96 @@ class PythonSandbox:
         production refused it) would run with the world in it. The replay runner asks before it executes anything of a
         trajectory: this decides what the function alone cannot (a required first parameter, in a schema LangChain made
         from the function's signature)."""
+        offered: list[str] = []
         for schema in tools:
             name = tool_schema_name(schema)
-            world = self._world_parameters.get(name) if name is not None else None
-            if world is None:
+            if name is None:
                 continue
+            offered.append(name)
             function = schema.get("function", schema)
             parameters = function.get("parameters") if isinstance(function, dict) else None
             properties = parameters.get("properties") if isinstance(parameters, dict) else None
-            if isinstance(properties, dict) and world in properties:
+            world = self._world_parameters.get(name)
+            if world is not None and isinstance(properties, dict) and world in properties:
                 raise SandboxError(_misplaced_tool_message(str(name), world, where="the tool schema the model was offered lists it"))
+            if isinstance(properties, dict):
+                self._warn_if_changed(name, properties, parameters.get("required") if isinstance(parameters, dict) else None)
+        self._warn_of_misspelt_outside_tools(offered)
+
+    def _warn_if_changed(self, name: str, properties: dict[str, Any], required: Any) -> None:
+        """Warn, once per tool and difference, where ``name``'s function here takes other arguments than the schema the
+        model was offered: it requires one the schema never offered (every call the model made of it fails here), or
+        the schema offers one it does not take (dropped from every call). The tool changed since the trajectory was
+        recorded, and the calls proposed from the recording get errors production never gave, which datasets teach."""
+        takes = self._arguments_taken(name)
+        if takes is None:
+            return
+        accepted, needed = takes
+        unasked = sorted(needed - set(properties))
+        dropped = sorted(set(properties) - accepted)
+        if not unasked and not dropped:
+            return
+        key = (name, tuple(unasked), tuple(dropped))
+        if key in self._changed_warned:
+            return
+        self._changed_warned.add(key)
+        parts = [f"requires {', '.join(unasked)}, which the recorded schema never offered" if unasked else ""]
+        parts.append(f"does not take {', '.join(dropped)}, which the recorded schema offers (dropped from every call)" if dropped else "")
+        _log.warning(
+            "%s sandbox: tool %r here %s: the tool changed since these trajectories were recorded (recorded schema: %s; "
+            "required: %s). Replayed calls of it get answers production never gave, and datasets would teach them: replay "
+            "the trajectories recorded with the old tool with a sandbox of that version (ee replay run TRAJECTORY_ID... "
+            "names them), or make the function take the recorded arguments.",
+            self.kind,
+            name,
+            "; and ".join(part for part in parts if part),
+            ", ".join(sorted(properties)) or "no arguments",
+            ", ".join(str(r) for r in required) if isinstance(required, list) and required else "none",
+        )
+
+    def _arguments_taken(self, name: str) -> tuple[set[str], set[str]] | None:
+        """The arguments the model may give tool ``name`` here, and those it must give, as its argument schema says
+        (injected ones left out); ``None`` where the tool takes any (``**kwargs``, arguments not validated) or is not here."""
+        if name in self._arguments:
+            return self._arguments[name]
+        fn = self._world_tools.get(name) or self._tools.get(
+            name, self._direct.get(name)
+        )  # (a world tool object: its copy without the world)
+        model: Any = None
+        if fn is None:
+            return None
+        if is_langchain_tool(fn):
+            model = getattr(fn, "tool_call_schema", None)
+        elif self._validate:
+            model = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=1 if name in self._tools else 0)
+        fields = getattr(model, "model_fields", None) if isinstance(model, type) else None
+        found = None
+        if isinstance(fields, dict):
+            injected = self._injected.get(name, {})
+            accepted = {field for field in fields if field not in injected}
+            found = (accepted, {field for field in accepted if fields[field].is_required()})
+        self._arguments[name] = found
+        return found
+
+    def _warn_of_misspelt_outside_tools(self, offered: list[str]) -> None:
+        """Warn, once per name, of a name in ``outside_world_tools`` that no offered tool has where an offered tool the
+        sandbox neither calls nor declares has one close to it (``send_emial`` for ``send_email``): the trajectories
+        calling that tool are skipped, the declaration meant for it unused."""
+        import difflib
+
+        unprovided = [name for name in offered if name not in self._tools and name not in self._direct and name not in self._outside]
+        for declared in sorted(self._outside - set(offered) - self._misspelt_warned):
+            close = difflib.get_close_matches(declared, unprovided, n=1, cutoff=0.8)
+            if close:
+                self._misspelt_warned.add(declared)
+                _log.warning(
+                    "%s sandbox: outside_world_tools lists %r, which no recorded tool is named, and the trajectories offer %r, "
+                    "which the sandbox neither calls nor declares (trajectories calling it are skipped): did you mean %r?",
+                    self.kind,
+                    declared,
+                    close[0],
+                    close[0],
+                )
 
     def refusal_hint(self, tool_name: str) -> str | None:
         """Why a listed tool is not called (it takes the graph's state, store or runtime) and how to allow it, why a tool of

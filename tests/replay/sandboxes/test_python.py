@@ -74,13 +74,36 @@ def test_tool_failures_and_bad_arguments_are_error_observations() -> None:
     sandbox.reset({"stock": {"apple": 0}})
     empty = sandbox.execute(call("order_item", item="apple"))
     assert empty.is_error and empty.content == "Error: ValueError: only 0 apple left"
-    bad = sandbox.execute(call("order_item", item="apple", colour="red"))
-    assert bad.is_error and "TypeError" in bad.content
     missing = sandbox.execute(call("order_item", colour="red"))  # as a LangChain tool's schema refuses it
     assert missing.is_error and missing.content.startswith("Error invoking tool 'order_item' with kwargs {'colour': 'red'}")
     assert "item: Field required" in missing.content
     unknown = sandbox.execute(call("send_email", to="x"))
     assert unknown.is_error and "not available" in unknown.content
+
+
+def test_an_argument_the_function_does_not_take_is_dropped_as_the_production_tool_drops_it() -> None:
+    """A model that adds an argument the tool does not take (``colour``) got the tool's answer in production: LangChain's
+    ``@tool`` drops it. The world function gets the call without it too (it raised ``TypeError``, so the expert's own
+    call was a fidelity error and every later branch of its trajectory was lost)."""
+    from langchain_core.tools import tool
+
+    production_shop = build({"stock": {"apple": 3}})
+
+    @tool
+    def production_order_item(item: str, quantity: int = 1) -> dict[str, Any]:
+        """Order an item."""
+        return order_item(production_shop, item, quantity)
+
+    in_production = production_order_item.invoke({"item": "apple", "quantity": "2", "colour": "red"})
+    sandbox = make()
+    sandbox.reset({"stock": {"apple": 3}})
+    replayed = sandbox.execute(call("order_item", item="apple", quantity="2", colour="red"))
+    assert not replayed.is_error and replayed.content == '{"ordered": "apple", "left": 1}'
+    assert in_production == {"ordered": "apple", "left": 1} and sandbox.world == production_shop
+    # a function taking **kwargs gets every argument, as a LangChain tool over it does
+    sandbox = PythonSandbox(build, tools={"note": lambda shop, **extra: sorted(extra)})
+    sandbox.reset({"stock": {}})
+    assert sandbox.execute(call("note", colour="red", size=2)).content == '["colour", "size"]'
 
 
 def test_environment_problems_and_misuse_are_clear_errors() -> None:
@@ -255,3 +278,46 @@ def test_a_build_function_that_returns_nothing_is_named_at_reset() -> None:
     alone = PythonSandbox(lambda environment: None, {}, read_only_tools={"now": lambda: "12:00"})
     alone.reset(None)
     assert alone.execute(ToolCall(id="n", name="now", arguments={})).content == "12:00"
+
+
+def _offered(name: str, properties: list[str], required: list[str]) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": {p: {"type": "string"} for p in properties}, "required": required}
+    return {"type": "function", "function": {"name": name, "parameters": parameters}}
+
+
+def test_a_tool_whose_arguments_changed_since_the_recording_is_warned_of_once(caplog: pytest.LogCaptureFixture) -> None:
+    """``get_invoice``'s parameter was renamed (``order_id`` -> ``invoice_id``) after the trajectories were recorded: every
+    call proposed from the recorded schema now fails, errors production never gave, which IWM would teach as the tool's
+    answers. Nothing said so. A tool that takes what the recording offered, and one taking ``**kwargs``, say nothing."""
+
+    def get_invoice(shop: Shop, invoice_id: str) -> str:
+        return f"invoice {invoice_id}"
+
+    sandbox = PythonSandbox(build, tools={"get_invoice": get_invoice, "order_item": order_item, "note": lambda shop, **extra: "ok"})
+    sandbox.reset({"stock": {"apple": 1}})
+    offered = [
+        _offered("get_invoice", ["order_id"], ["order_id"]),
+        _offered("order_item", ["item", "quantity"], ["item"]),
+        _offered("note", ["text"], ["text"]),
+    ]
+    with caplog.at_level("WARNING", logger="ee_middleware.replay.sandboxes.python"):
+        sandbox.check_offered_tools(offered)
+        sandbox.check_offered_tools(offered)  # (the next trajectory: said once)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "tool 'get_invoice' here requires invoice_id, which the recorded schema never offered" in warning
+    assert "does not take order_id, which the recorded schema offers (dropped from every call)" in warning
+    assert "the tool changed since these trajectories were recorded" in warning
+    missing = sandbox.execute(call("get_invoice", order_id="A-1"))
+    assert missing.is_error and "invoice_id: Field required" in missing.content
+
+
+def test_a_misspelt_outside_world_tool_is_warned_of_with_the_offered_name(caplog: pytest.LogCaptureFixture) -> None:
+    sandbox = PythonSandbox(build, tools={"order_item": order_item}, outside_world_tools=["send_emial", "page_oncall"])
+    sandbox.reset({"stock": {"apple": 1}})
+    offered = [_offered("order_item", ["item"], ["item"]), _offered("send_email", ["to"], ["to"])]
+    with caplog.at_level("WARNING", logger="ee_middleware.replay.sandboxes.python"):
+        sandbox.check_offered_tools(offered)
+        sandbox.check_offered_tools(offered)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "outside_world_tools lists 'send_emial', which no recorded tool is named" in warning
+    assert "did you mean 'send_email'?" in warning  # (page_oncall, declared for tools other apps offer, is no misspelling)
