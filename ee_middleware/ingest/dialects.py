@@ -319,6 +319,8 @@ def graph_run_attributes(span: SpanData) -> dict[str, Any]:
         value = _decoded(attrs.get(_TRACELOOP_OUTPUT))
         if isinstance(value, Mapping) and "outputs" in value:
             graph_output = value["outputs"]
+    elif _LANGSMITH_KIND in attrs:  # the graph's chain run: its inputs and outputs as JSON (see _from_langsmith)
+        graph_input, graph_output = _decoded(attrs.get("gen_ai.prompt")), _decoded(attrs.get("gen_ai.completion"))
     # no redaction and no cut here: the assembler redacts and caps what it reads from the root, as for capture's spans
     encoder = PayloadEncoder(Redactor(defaults=False), _UNCUT)
     found: dict[str, Any] = {}
@@ -349,6 +351,8 @@ def _graph_state(value: Mapping[str, Any]) -> dict[str, Any] | None:
         if isinstance(message, Mapping) and message.get("lc") == 1:
             name = str((message.get("id") or ["?"])[-1])
             message = {"type": _LC_TYPES.get(name, name), "data": message.get("kwargs")}
+        elif _dumped_message(message):
+            message = {"type": message["type"], "data": message}
         if isinstance(message, Mapping) and isinstance(message.get("data"), Mapping) and "role" not in message:
             [read_back] = messages_from_dict([message])
             return read_back
@@ -378,8 +382,17 @@ def _serialized_message(value: Any) -> bool:
             return value.get("type") == "constructor" and isinstance(value.get("kwargs"), Mapping) and isinstance(value.get("id"), list)
         if isinstance(value.get("type"), str) and isinstance(value.get("data"), Mapping):
             return "content" in value["data"]
-        return isinstance(value.get("role"), str) and "content" in value
+        return (isinstance(value.get("role"), str) and "content" in value) or _dumped_message(value)
     return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], str | list)
+
+
+def _dumped_message(value: Any) -> bool:
+    """Whether ``value`` is a LangChain message's ``model_dump()`` (``{"content": ..., "type": "human", ...}``), as
+    LangSmith's OpenTelemetry export writes a graph's messages."""
+    return isinstance(value, Mapping) and value.get("type") in _DUMPED_TYPES and "content" in value and "role" not in value
+
+
+_DUMPED_TYPES = frozenset({*_LC_TYPES.values(), "AIMessageChunk", "HumanMessageChunk", "ToolMessageChunk", "SystemMessageChunk"})
 
 
 FAILED_RESULT = "is_error"
@@ -630,26 +643,33 @@ def _message(role: str, body: Any) -> dict[str, Any]:
 
 def _with_tool_responses(attrs: Mapping[str, Any]) -> Mapping[str, Any]:
     """``tool_call_response`` parts: pydantic-ai's carry ``result`` (the conventions say ``response``); Strands' response
-    is the result's Converse blocks (read as their text)."""
+    is the result's Converse blocks (read as their text); OpenLLMetry's (its GenAI messages, 0.62) is the JSON of a
+    tool message's text blocks where the tool returned blocks (read as their text, as capture reads them)."""
     changed = {}
+    openllmetry = any(key.startswith("traceloop.") for key in attrs)
     for key in (sc.INPUT_MESSAGES, sc.OUTPUT_MESSAGES):
         raw = attrs.get(key)
-        if isinstance(raw, str) and ('"tool_call_response"' not in raw or ('"result"' not in raw and '[{"' not in raw)):
+        if isinstance(raw, str) and (
+            '"tool_call_response"' not in raw or ('"result"' not in raw and '[{"' not in raw and not (openllmetry and '"[{\\"' in raw))
+        ):
             continue
         messages = _decoded(raw)
         if not isinstance(messages, list):
             continue  # the span's own check reports it
-        fixed = [_message_with_responses(m) for m in messages]
+        fixed = [_message_with_responses(m, text_blocks=openllmetry) for m in messages]
         if any(a is not b for a, b in zip(fixed, messages, strict=True)):
             changed[key] = dumps(fixed) if isinstance(raw, str) else fixed
     return {**attrs, **changed} if changed else attrs
 
 
-def _message_with_responses(message: Any) -> Any:
+def _message_with_responses(message: Any, *, text_blocks: bool = False) -> Any:
     parts = message.get("parts") if isinstance(message, Mapping) else None
     if not isinstance(parts, list):
         return message
-    fixed = [_response_part(part) if isinstance(part, Mapping) and part.get("type") == "tool_call_response" else part for part in parts]
+    fixed = [
+        _response_part(part, text_blocks=text_blocks) if isinstance(part, Mapping) and part.get("type") == "tool_call_response" else part
+        for part in parts
+    ]
     return {**message, "parts": fixed} if any(a is not b for a, b in zip(fixed, parts, strict=True)) else message
 
 
@@ -688,11 +708,14 @@ def _first_part(raw: Any, kind: str) -> Mapping[str, Any] | None:
     return None
 
 
-def _response_part(part: Mapping[str, Any]) -> Mapping[str, Any]:
+def _response_part(part: Mapping[str, Any], *, text_blocks: bool = False) -> Mapping[str, Any]:
     if "response" not in part and "result" in part:
         return {**part, "response": part["result"]}
     if _converse_blocks(part.get("response")) is not None:  # Strands: the result's Converse blocks
         return {**part, "response": _converse_text(part["response"])}
+    blocks = _blocks(part.get("response")) if text_blocks else None
+    if blocks is not None and all(block.get("type") == "text" for block in blocks):  # OpenLLMetry: the blocks' JSON
+        return {**part, "response": content_to_text(blocks)}
     return part
 
 

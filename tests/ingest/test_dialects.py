@@ -330,3 +330,31 @@ def test_langsmith_exception_is_stored_as_its_type_and_message_without_the_trace
     (t,) = store.iter_trajectories()
     assert (t.thread_id, t.status, t.error) == (meta["thread"], "error", meta["error"])
     assert _steps(t) == [("charge_card", {"amount": 999.5}, meta["error"], True)]
+
+
+def test_openllmetry_genai_messages_with_a_tool_results_text_blocks_store_their_text(store):
+    """OpenLLMetry 0.62 (its GenAI messages) writes a tool message whose content is text blocks as the blocks' JSON, with
+    ``ü`` escaped (real spans, ``fixtures/openllmetry_0_62_text_blocks.meta.json``): the observation and the tool message
+    were that JSON text. They are the blocks' text, as capture and the other instrumentations' spans give it."""
+    meta = json.loads((FIXTURES / "openllmetry_0_62_text_blocks.meta.json").read_text())
+    report = ingest_files([FIXTURES / "openllmetry_0_62_text_blocks.jsonl"], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.thread_id, t.task, t.final_answer) == (meta["thread"], meta["task"], meta["answer"])
+    assert _steps(t)[0] == ("two_parts", {"q": "zürich"}, meta["observation"], False)
+    [tool_message] = [m for m in t.messages if m["role"] == "tool"]
+    assert tool_message["content"] == meta["observation"]
+
+
+def test_langsmith_run_ending_on_a_return_direct_tool_keeps_its_tool_message_and_answer(store):
+    """A ``return_direct=True`` tool ends the run on its tool message, no model call after it (real spans,
+    ``fixtures/langsmith_return_direct.meta.json``): LangSmith's graph span holds what the graph returned as JSON in
+    ``gen_ai.completion`` (LangChain's dumped messages), which was not read, so the messages ended on the call and the
+    run had no final answer; OpenInference's and OpenLLMetry's graph spans gave them."""
+    meta = json.loads((FIXTURES / "langsmith_return_direct.meta.json").read_text())
+    report = ingest_files([FIXTURES / "langsmith_return_direct.jsonl"], store)
+    assert (report.problems, len(report.ingested)) == (0, 1), report.errors
+    (t,) = store.iter_trajectories()
+    assert (t.thread_id, t.status, t.task, t.final_answer) == (meta["thread"], "completed", meta["task"], meta["answer"])
+    assert _steps(t) == [("final_lookup", {"code": "XYZ9"}, meta["answer"], False)]
+    assert (t.messages[-1]["role"], t.messages[-1]["content"]) == ("tool", meta["answer"])
