@@ -119,7 +119,8 @@ logger = logging.getLogger("ee_middleware.capture")
 STOPPED_STATE_TIMEOUT_S = 2.0
 """How long a run that stops without an output waits for the thread's state (:meth:`_Run.stopped_state_config`) before it
 is recorded without it. The read runs beside the caller (:class:`_StateRead`); an async caller waits for it
-:data:`STOPPED_STATE_WAIT_S` at most, a sync one not at all."""
+:data:`STOPPED_STATE_WAIT_S` at most, a sync one not at all, except that a drained run's caller waits up to this bound
+(it may resume the thread at once, and the read must see the state the drain saved)."""
 
 STOPPED_STATE_WAIT_S = 0.2
 """How long the caller of an async run that stopped so waits for that read (:meth:`RecordedGraph._aread_stopped_state`)
@@ -766,8 +767,10 @@ class _Run:
         handler = self.handler
         if handler.graph_output is not None or self.output is not None or (handler.first_state is not None and not drained):
             return None
-        configurable = (self.config or {}).get("configurable") or {}
-        return {"configurable": dict(configurable)} if configurable.get("thread_id") is not None else None
+        configurable = dict((self.config or {}).get("configurable") or {})
+        if drained:  # the checkpoint the drain saved: the thread's latest, not the one a forked run started from
+            configurable.pop("checkpoint_id", None)
+        return {"configurable": configurable} if configurable.get("thread_id") is not None else None
 
     def finish(self) -> None:
         if not self.enabled:
@@ -1257,11 +1260,17 @@ class RecordedGraph(Runnable[Any, Any]):
         timer = threading.Timer(max(0.0, read.deadline - time.monotonic()), read.settle)
         timer.daemon = True
         read.stop = timer.cancel
+        reader = threading.Thread(target=read_state, name="ee-stopped-state-read", daemon=True)
         try:
             timer.start()
-            threading.Thread(target=read_state, name="ee-stopped-state-read", daemon=True).start()
+            reader.start()
         except RuntimeError:  # no new thread (interpreter shutdown): recorded without it
             read.settle()
+            return
+        if is_drain(exc):
+            # a drain is the caller's own cooperative stop, which it may resume at once: read the state the drain saved
+            # before the caller goes on, or a resume's checkpoints would be read instead (bounded, as any such read)
+            reader.join(max(0.0, read.deadline - time.monotonic()))
 
     async def _aread_stopped_state(self, run: _Run, exc: BaseException) -> None:
         """:meth:`_read_stopped_state` of an async run: the read is a task of its own on the caller's event loop, bounded
@@ -1288,7 +1297,9 @@ class RecordedGraph(Runnable[Any, Any]):
         try:
             # not cancelled with the caller (asyncio.wait): a read that answers soon (a database's round trip) has the
             # run stored with its turn before the caller goes on, and before its loop can end
-            await asyncio.wait({task}, timeout=max(0.0, min(STOPPED_STATE_WAIT_S, read.deadline - time.monotonic())))
+            # (a drain's caller, which may resume at once, waits for the state the drain saved: see _read_stopped_state)
+            wait = read.deadline - time.monotonic() if is_drain(exc) else min(STOPPED_STATE_WAIT_S, read.deadline - time.monotonic())
+            await asyncio.wait({task}, timeout=max(0.0, wait))
         except asyncio.CancelledError:
             # cancelled again (an anyio cancel scope does so at every await): the read goes on by itself
             if not isinstance(exc, asyncio.CancelledError):  # (one already on its way up is the caller's cancellation)

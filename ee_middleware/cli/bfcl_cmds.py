@@ -52,7 +52,7 @@ def record_experts_cmd(
     seen = [0, 0]  # entries done, of how many (the progress callback's)
 
     def tick(n: int, total: int) -> None:
-        # Started at the first tick, not before the work: an early error is then the only line on stderr.
+        # Started at the first tick (the total, once the entries are read): an error before it is the only line on stderr.
         nonlocal bar
         seen[:] = [n, total]
         if not progress or as_json:

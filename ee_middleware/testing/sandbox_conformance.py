@@ -178,9 +178,10 @@ def check_sandbox(
         read: one or more calls that change nothing and show the world.
         bad_calls: calls that must give error observations. Default: the ``mutate`` call with an
             argument no tool takes, which may instead be answered as ``mutate`` itself, its world changed alike (LangChain's
-            tools drop an argument their function does not take, and so does a ``PythonSandbox``'s world function); give
-            a call with a wrong type or a missing argument to check how the sandbox refuses arguments. A call to an
-            unknown tool is always checked too.
+            tools drop an argument their function does not take, and so does a ``PythonSandbox``'s world function); then
+            ``mutate`` without its arguments must be refused or answered otherwise (a sandbox that ignores arguments
+            fails). Give a call with a wrong type or a missing argument to check how the sandbox refuses arguments. A call
+            to an unknown tool is always checked too.
         require_digest: fail when the sandbox has no ``state_digest()`` (the eval suites need it).
         subprocess_isolation: whether it must work with ``ee replay run --isolation subprocess`` too: every snapshot
             pickles (it leaves the child process as bytes) and an unpickled copy restores the world exactly, in this
@@ -858,14 +859,34 @@ def _check_error_observations(probe: _Probe, bad_calls: Sequence[ToolCall], extr
                 f"{clip(observation.content, 200)!r}, and without it {clip(mutated or '', 200)!r}"
             )
             probe.expect(
-                probe.changed, f"a call of {call.name} whose extra argument was dropped must change the world as the call without it"
+                probe.changed,
+                f"a call of {call.name} with an argument it does not take must change the world as the call without it",
+                "The tool must drop an argument it does not take (as LangChain's tools do) or refuse the call.",
             )
             probe.sandbox.restore(probe.start_snapshot)
+            _check_arguments_matter(probe, mutated)
             continue
         assert observation.is_error, f"a bad call to {call.name} with {call.arguments} must give an error observation, got {observation!r}"
         assert observation.content, f"the error observation of {call.name} must say what went wrong"
     probe.sandbox.restore(probe.start_snapshot)
     probe.expect(probe.start, "after bad calls the sandbox must still work and restore exactly")
+
+
+def _check_arguments_matter(probe: _Probe, mutated: str | None) -> None:
+    """Where the default bad call was answered as ``mutate`` (its extra argument dropped), ``mutate`` without its
+    arguments must be refused or answered otherwise: a sandbox that ignores a call's arguments would answer every
+    alternative call as the expert's, and pass the bad-call check all the same."""
+    if not probe.mutate.arguments:
+        return
+    bare = probe.mutate.model_copy(update={"id": "bad-bare", "arguments": {}})
+    observation = probe.execute(bare)
+    probe.sandbox.restore(probe.start_snapshot)
+    assert observation.is_error or observation.content != mutated, (
+        f"{bare.name} answered the call without its arguments as the call with them ({clip(mutated or '', 200)!r}) and ignored "
+        "an argument it does not take: the sandbox seems to ignore the call's arguments, so it would answer every "
+        "alternative call as the expert's. If the tool's arguments are all optional and these are their defaults, give "
+        "check_sandbox bad_calls=[...] that it refuses (a wrong type, a missing argument)."
+    )
 
 
 def _has_digest(sandbox: Any, environment: dict[str, Any] | None) -> bool:

@@ -8,6 +8,8 @@ in-memory checkpointer, real drains, thread mode and the capture process, a real
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,22 @@ from langgraph.errors import GraphDrained  # noqa: E402
 pytestmark = pytest.mark.usefixtures("no_child_left")
 
 
-def _drained_agent(store: Path, offload: str) -> tuple[Any, Any]:
+class SlowReadSaver(InMemorySaver):
+    """An in-memory checkpointer whose reads by capture take a database's round trip (50 ms; 300 ms async)."""
+
+    def get_tuple(self, config: Any) -> Any:
+        if threading.current_thread().name == "ee-stopped-state-read":
+            time.sleep(0.05)
+        return super().get_tuple(config)
+
+    async def aget_tuple(self, config: Any) -> Any:
+        task = asyncio.current_task()
+        if task is not None and "_aread_state" in repr(task.get_coro()):
+            await asyncio.sleep(0.3)
+        return super().get_tuple(config)
+
+
+def _drained_agent(store: Path, offload: str, checkpointer: Any = None) -> tuple[Any, Any]:
     """A recorded agent whose first tool call asks for a drain while it runs (a SIGTERM handler would), and its control."""
     control = langgraph_runtime.RunControl()
 
@@ -48,7 +65,7 @@ def _drained_agent(store: Path, offload: str) -> tuple[Any, Any]:
         AIMessage(content="", tool_calls=[tool_call("step", i=1)]),
         AIMessage(content="Both steps are done."),
     ]
-    graph = create_agent(ScriptedChatModel(script=script), [step], checkpointer=InMemorySaver())
+    graph = create_agent(ScriptedChatModel(script=script), [step], checkpointer=checkpointer or InMemorySaver())
     return record_experience(graph, app="steps", store=store, offload=offload), control
 
 
@@ -107,3 +124,62 @@ def test_a_drained_run_without_a_checkpointer_is_interrupted_with_what_capture_s
     [drained] = _runs(store)
     assert (drained.status, drained.error) == ("interrupted", "drained: shutdown")
     assert [(s.action.tool_call.name, s.observation.content) for s in drained.steps] == [("step", "did 0")]
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_a_drained_run_resumed_at_once_keeps_the_state_the_drain_saved(tmp_path: Path, mode: str) -> None:
+    """The caller resumes the moment the drain returns (a server's next worker takes the thread): the read of the
+    drained run's state ran beside it and could see the resumed run's checkpoints, which then stood for nothing (the
+    drained record lost its tool result again). The drained run's caller waits for that read (bounded)."""
+    store = tmp_path / "experience"
+    agent, control = _drained_agent(store, "thread", SlowReadSaver())
+    config = {"configurable": {"thread_id": "t-1"}}
+    task = {"messages": [("user", "Do both steps.")]}
+
+    async def drained_then_resumed() -> None:
+        with pytest.raises(GraphDrained):
+            await agent.ainvoke(task, config, control=control)
+        await agent.ainvoke(None, config)
+
+    if mode == "invoke":
+        with pytest.raises(GraphDrained):
+            agent.invoke(task, config, control=control)
+        agent.invoke(None, config)
+    else:
+        asyncio.run(drained_then_resumed())
+    agent.recorder.close()
+    drained, finished = _runs(store)
+    assert [(m["role"], m["content"]) for m in drained.messages][-1] == ("tool", "did 0")
+    assert (drained.status, finished.status) == ("interrupted", "completed")
+
+
+def test_a_drained_run_forked_from_an_earlier_checkpoint_keeps_the_state_the_drain_saved(tmp_path: Path) -> None:
+    """A run started at an explicit ``checkpoint_id`` (a fork, time travel) and drained: its state was read at that
+    checkpoint, the one it started from, without the tool result that ran."""
+    control = langgraph_runtime.RunControl()
+
+    @tool
+    def step(i: int) -> str:
+        """Do step i."""
+        control.request_drain("deploy")
+        return f"did {i}"
+
+    def policy(messages: list[Any], tools: Any) -> AIMessage:
+        if messages[-1].content == "turn one":
+            return AIMessage(content="First answer.")
+        return AIMessage(content="", tool_calls=[tool_call("step", i=10)])
+
+    graph = create_agent(ScriptedChatModel(policy=policy), [step], checkpointer=InMemorySaver())
+    store = tmp_path / "experience"
+    agent = record_experience(graph, app="steps", store=store)
+    config = {"configurable": {"thread_id": "t"}}
+    agent.invoke({"messages": [("user", "turn one")]}, config)
+    checkpoint = graph.get_state(config).config["configurable"]["checkpoint_id"]
+    with pytest.raises(GraphDrained):
+        agent.invoke(
+            {"messages": [("user", "turn two")]}, {"configurable": {"thread_id": "t", "checkpoint_id": checkpoint}}, control=control
+        )
+    agent.recorder.close()
+    drained = _runs(store)[-1]
+    assert drained.error == "drained: deploy"
+    assert [(m["role"], m["content"]) for m in drained.messages][-3:] == [("user", "turn two"), ("assistant", ""), ("tool", "did 10")]

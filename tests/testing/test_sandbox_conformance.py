@@ -225,6 +225,12 @@ def add_counting_extras(world: dict[str, int], key: str, n: int = 1, **extra: An
     return str(world[key])
 
 
+def add_ignoring_arguments(world: dict[str, int], **ignored: Any) -> str:
+    """Takes any argument and uses none: every call answers as the expert's did."""
+    world["a"] = world.get("a", 0) + 2
+    return str(world["a"])
+
+
 def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] = build_world, **tools: Any) -> Callable[[], PythonSandbox]:
     return functools.partial(cls, build, tools={**TOOLS, **tools})
 
@@ -239,6 +245,11 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
             COUNTER,
             r"argument it does not take \(ee_conformance_unexpected_argument\) must give an error observation, or be "
             r"answered as the call without it",
+        ),
+        (
+            python_variant(PythonSandbox, add=add_ignoring_arguments),
+            COUNTER,
+            r"add answered the call without its arguments as the call with them .* seems to ignore the call's arguments",
         ),
         (
             python_variant(functools.partial(PythonSandbox, journal=False), _leaky_build),
@@ -281,6 +292,7 @@ def python_variant(cls: Callable[..., PythonSandbox], build: Callable[..., Any] 
         "shallow-snapshot",
         "tool-exceptions-escape",
         "extra-argument-changes-the-world",
+        "arguments-ignored",
         "world-shares-the-environment",
         "usable-after-close",
         "close-not-idempotent",
