@@ -27,7 +27,9 @@ the dataset builders (every row, held-out ones too) and the exports read it back
 same pseudonym everywhere in the store and its datasets.
 
 A store written before this file existed, or by a writer that never recorded one, is treated as
-recorded with the defaults (the built-in kinds that are on by default), the safe choice. A store that keeps no
+recorded with the defaults (the built-in kinds that are on by default), the safe choice; where its runs hold pseudonym
+tags beside its key (an ee-middleware from before this file made them), of values as written, which its next writer
+records (``as_written``). A store that keeps no
 metadata (neither the methods nor a local folder) is refused rules the defaults do not cover (its later writers
 would write what they removed in plain text), and warned about what else it loses (pseudonyms per process):
 :func:`record_store_redaction`. When two
@@ -511,6 +513,8 @@ def read_store_redaction(store: Any) -> StoreRedaction:
             "or delete it to use the defaults."
         ) from exc
     if data is None:
+        if _tagged_before_settings_were_kept(store):  # an ee from before this file: its tags are of values as written
+            return StoreRedaction(rules=RedactionRules(canonical_pseudonyms=False), recorded=False)
         return StoreRedaction(recorded=False)
     if not isinstance(data, dict):
         raise ConfigError(f"{meta_where(store, REDACTION_FILE)} holds a JSON {type(data).__name__}, not a redaction settings object.")
@@ -531,11 +535,36 @@ def record_store_redaction(store: Any, settings: StoreRedaction) -> StoreRedacti
         # each reads back what is kept after writing and writes the union again while its own rules are missing from it.
         for _ in range(_WRITE_ATTEMPTS):
             current = read_store_redaction(store)
-            merged = current.union(settings) if current.recorded else replace(settings, recorded=True)
+            if current.recorded:
+                merged = current.union(settings)
+            elif not current.canonical_pseudonyms:  # tagged by an ee from before this file: the store keeps its tags
+                merged = replace(settings, recorded=True, rules=replace(settings.rules, canonical_pseudonyms=False))
+            else:
+                merged = replace(settings, recorded=True)
             if merged == current:
                 break
             write_meta(store, REDACTION_FILE, (json.dumps(merged.to_dict(), indent=2) + "\n").encode())
     return merged
+
+
+def _tagged_before_settings_were_kept(store: Any) -> bool:
+    """Whether ``store``, which has no ``redaction.json``, holds runs an ee-middleware from before that file tagged: its
+    pseudonym key is there and its trajectories or steps hold tags (every writer since records the file before it tags
+    anything). Those tags are of each value as written, so the store keeps that form (a canonical tag for the same value
+    would differ). Read once per store and process once its key is there (it reads the store's runs)."""
+    if read_meta(store, SALT_FILE) is None:  # no tags without a key (asked again once there is one)
+        return False
+    where = meta_where(store, REDACTION_FILE)
+    known = _TAGGED_BEFORE.get(where)
+    if known is None:
+        from ee_middleware.capture.redaction import _tagged_runs
+
+        known = _TAGGED_BEFORE[where] = bool(_tagged_runs(store))
+    return known
+
+
+_TAGGED_BEFORE: dict[str, bool] = {}
+""":func:`_tagged_before_settings_were_kept`'s answers in this process, by the file's place (a store's runs are read once)."""
 
 
 LOCK_FILE = ".redaction.lock"

@@ -236,3 +236,38 @@ def test_ee_store_info_shows_the_pseudonym_form(tmp_path: Path) -> None:
         assert json.loads(result.stdout)["pseudonyms"] == form
     shown = ee("store", "info", "--store", str(tmp_path / "old"))
     assert "as written" in " ".join(shown.stdout.split()), shown.stdout
+
+
+def _store_from_before_redaction_json(path: Path, task: str) -> None:
+    """A store as an ee-middleware from before ``redaction.json`` existed left it: a run (its task ``task``), the
+    pseudonym key, and no settings file."""
+    agent = record_experience(create_agent(ScriptedChatModel(script=[AIMessage(content="ok")]), []), app="shop", store=path, redact=False)
+    agent.invoke({"messages": [("user", task)]})
+    assert agent.flush()
+    agent.recorder.close()
+    (path / REDACTION_FILE).unlink()
+    (path / "redaction.key").write_text(SALT_HEX + "\n")
+
+
+def test_a_store_tagged_before_redaction_json_existed_keeps_its_tags_as_written(store_path: Path) -> None:
+    """A store whose runs an ee-middleware from before ``redaction.json`` tagged (its tags are of values as written,
+    its key beside them, no settings file): the first recorder of this version wrote the file as canonical, so the same
+    e-mail address got a second tag in the new runs, and readers (replay, datasets) re-redacted with canonical tags.
+    Now it reads as ``as_written``, and the file it gets says so."""
+    _store_from_before_redaction_json(store_path, f"I'm {as_written('email', EMAIL)}, buy apples.")
+    assert read_store_redaction(LocalExperienceStore(store_path)).pseudonym_form == "as_written"
+    _record(store_path)
+    assert json.loads((store_path / REDACTION_FILE).read_text())["pseudonym_form"] == "as_written"
+    recorded = [t.task for t in LocalExperienceStore(store_path).iter_trajectories()]
+    assert all(as_written("email", EMAIL) in task for task in recorded), recorded
+
+
+def test_a_store_with_a_key_but_no_tagged_runs_and_no_redaction_json_gets_canonical_tags(store_path: Path) -> None:
+    """A key made for a store whose runs hold no tags (replay makes one for an expert store recorded without
+    redaction): nothing decides the form there, so it is canonical, as for any new store."""
+    _store_from_before_redaction_json(store_path, "Buy apples.")
+    assert read_store_redaction(LocalExperienceStore(store_path)).pseudonym_form == "canonical"
+    _record(store_path)
+    assert json.loads((store_path / REDACTION_FILE).read_text())["pseudonym_form"] == "canonical"
+    tasks = [t.task for t in LocalExperienceStore(store_path).iter_trajectories()]
+    assert any(canonical("email", EMAIL) in task for task in tasks), tasks
