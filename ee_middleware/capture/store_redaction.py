@@ -446,8 +446,11 @@ def settings_in_force(store: Any, own: StoreRedaction) -> StoreRedaction:
     """What a recorder of ``own`` settings applies at capture: the union of ``own`` and the store's ``redaction.json`` (as
     recorded when this is called; ``own`` where the store has none). A :class:`~ee_middleware.errors.ConfigError` for a
     file that cannot be read, one from a newer ee-middleware, or another vault than ``own``'s."""
-    recorded = read_store_redaction(store)
-    return recorded.union(own) if recorded.recorded else own
+    recorded = read_store_redaction(store, tagged_before=True)
+    if recorded.recorded:
+        return recorded.union(own)
+    # tagged by an ee from before redaction.json: its tags are of values as written (see record_store_redaction)
+    return own if recorded.canonical_pseudonyms else replace(own, rules=replace(own.rules, canonical_pseudonyms=False))
 
 
 def same_redaction(one: StoreRedaction, other: StoreRedaction) -> bool:
@@ -485,9 +488,12 @@ def _user_name() -> str:
         return f"uid {os.getuid()}"
 
 
-def read_store_redaction(store: Any) -> StoreRedaction:
+def read_store_redaction(store: Any, *, tagged_before: bool = False) -> StoreRedaction:
     """The settings in the store's ``redaction.json``; the defaults (``recorded=False``) when there is none, or the store
-    keeps no metadata (:mod:`ee_middleware.store.metadata`)."""
+    keeps no metadata (:mod:`ee_middleware.store.metadata`). ``tagged_before`` (the writers that tag, and the jobs that
+    compare or build from tags: capture, ingest, replay, dataset builds): where there is none, pseudonyms as written when
+    an ee-middleware from before the file tagged the store's runs (:func:`_tagged_before_settings_were_kept`, which
+    reads them; listings and approvals do not)."""
     try:
         raw = read_meta(store, REDACTION_FILE)
         data = json.loads(raw) if raw is not None else None
@@ -513,7 +519,7 @@ def read_store_redaction(store: Any) -> StoreRedaction:
             "or delete it to use the defaults."
         ) from exc
     if data is None:
-        if _tagged_before_settings_were_kept(store):  # an ee from before this file: its tags are of values as written
+        if tagged_before and _tagged_before_settings_were_kept(store):  # an ee from before this file: tags as written
             return StoreRedaction(rules=RedactionRules(canonical_pseudonyms=False), recorded=False)
         return StoreRedaction(recorded=False)
     if not isinstance(data, dict):
@@ -534,7 +540,7 @@ def record_store_redaction(store: Any, settings: StoreRedaction) -> StoreRedacti
         # A store's writers on one machine take turns (the lock); a plug-in store's writers elsewhere have no shared lock:
         # each reads back what is kept after writing and writes the union again while its own rules are missing from it.
         for _ in range(_WRITE_ATTEMPTS):
-            current = read_store_redaction(store)
+            current = read_store_redaction(store, tagged_before=True)
             if current.recorded:
                 merged = current.union(settings)
             elif not current.canonical_pseudonyms:  # tagged by an ee from before this file: the store keeps its tags
@@ -615,12 +621,13 @@ def _settings_not_kept(store: Any, settings: StoreRedaction) -> None:
         _WARNED.add(said)  # (after: a filter that makes the warning an error refuses every recorder, not the first)
 
 
-def store_redactor(store: Any, *, create_salt: bool = True) -> Redactor:
+def store_redactor(store: Any, *, create_salt: bool = True, tagged_before: bool = False) -> Redactor:
     """The redactor every writer after capture uses for ``store``: its recorded rules and its salt.
 
     ``create_salt=False`` (for readers such as exports) never writes a salt into the store: without
-    one, what is left to redact becomes a plain ``[REDACTED:<kind>]``."""
-    settings = read_store_redaction(store)
+    one, what is left to redact becomes a plain ``[REDACTED:<kind>]``. ``tagged_before``: as
+    :func:`read_store_redaction`'s (dataset builds)."""
+    settings = read_store_redaction(store, tagged_before=tagged_before)
     salt = None
     if settings.pseudonyms and has_rules(settings.rules):
         salt = store_salt(store) if create_salt else _existing_salt(store)

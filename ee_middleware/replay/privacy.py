@@ -83,7 +83,7 @@ class ReplayPrivacy:
                 "(ee_middleware.store.protocol.KeepsMetadata).",
                 store,
             )
-        settings = read_store_redaction(store)
+        settings = read_store_redaction(store, tagged_before=True)  # (its re-redacted observations compare with the stored tags)
         if settings.custom_function:
             load_custom_function(settings.custom_function)  # one that cannot be imported fails here, before any work starts
         redacts = bool(settings.rules.enabled_kinds() or settings.rules.patterns or settings.custom_function)

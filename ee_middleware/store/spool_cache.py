@@ -157,6 +157,10 @@ class SpoolRows:
             line = item if type(item) is spool.DecodedLine else None
             record = line.record if line is not None else item
             kind, data_ = record.get("kind"), record.get("data")
+            version = newer_schema(record)
+            if version is not None:  # a newer ee-middleware's record: skipped even where it fits this schema, whose fields
+                self.newer.append(version)  # it may mean otherwise (1.7's NAME#K in step.tools read by 1.6 dropped tools)
+                continue
             try:
                 if kind == "trajectory":
                     t = Trajectory.parse(data_, where="spool record")
@@ -176,11 +180,7 @@ class SpoolRows:
                 else:
                     raise RecordError(f"unknown spool record kind {kind!r}")
             except RecordError as exc:
-                version = newer_schema(record)
-                if version is not None:
-                    self.newer.append(version)
-                else:
-                    self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
+                self.rejected.append(f"Skipped a spool record{where} that does not fit the schema: {exc}")
 
     def frames(self) -> dict[str, pl.DataFrame]:
         """Every table's rows, steps included (those written as the records were decoded, else the kept trajectories')."""

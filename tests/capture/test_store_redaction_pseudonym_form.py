@@ -132,7 +132,7 @@ def test_capture_appends_runs_to_an_old_store_with_the_tags_its_older_runs_have(
     assert as_written("phone", PHONE) in trajectory.steps[0].observation.content
     kept = json.loads((store_path / REDACTION_FILE).read_text())
     assert kept["version"] == 1 and kept.get("pseudonym_form", "as_written") == "as_written", kept
-    assert read_store_redaction(LocalExperienceStore(store_path)).pseudonym_form == "as_written"
+    assert read_store_redaction(LocalExperienceStore(store_path), tagged_before=True).pseudonym_form == "as_written"
 
 
 def test_a_new_store_records_canonical_pseudonyms_and_its_writers_make_them(store_path: Path) -> None:
@@ -255,7 +255,7 @@ def test_a_store_tagged_before_redaction_json_existed_keeps_its_tags_as_written(
     e-mail address got a second tag in the new runs, and readers (replay, datasets) re-redacted with canonical tags.
     Now it reads as ``as_written``, and the file it gets says so."""
     _store_from_before_redaction_json(store_path, f"I'm {as_written('email', EMAIL)}, buy apples.")
-    assert read_store_redaction(LocalExperienceStore(store_path)).pseudonym_form == "as_written"
+    assert read_store_redaction(LocalExperienceStore(store_path), tagged_before=True).pseudonym_form == "as_written"
     _record(store_path)
     assert json.loads((store_path / REDACTION_FILE).read_text())["pseudonym_form"] == "as_written"
     recorded = [t.task for t in LocalExperienceStore(store_path).iter_trajectories()]
@@ -266,7 +266,7 @@ def test_a_store_with_a_key_but_no_tagged_runs_and_no_redaction_json_gets_canoni
     """A key made for a store whose runs hold no tags (replay makes one for an expert store recorded without
     redaction): nothing decides the form there, so it is canonical, as for any new store."""
     _store_from_before_redaction_json(store_path, "Buy apples.")
-    assert read_store_redaction(LocalExperienceStore(store_path)).pseudonym_form == "canonical"
+    assert read_store_redaction(LocalExperienceStore(store_path), tagged_before=True).pseudonym_form == "canonical"
     _record(store_path)
     assert json.loads((store_path / REDACTION_FILE).read_text())["pseudonym_form"] == "canonical"
     tasks = [t.task for t in LocalExperienceStore(store_path).iter_trajectories()]

@@ -61,3 +61,24 @@ def test_a_segment_kept_for_a_newer_schema_is_folded_once(tmp_path: Path) -> Non
     assert not [text for text in _compact(store) if "Kept the spool segment" in text]
     assert read_manifest(store.root, TABLES).kept == []
     assert _ids(store) == ["run-0", "run-1", "run-2", "run-3"]
+
+
+def test_a_newer_schemas_record_that_fits_this_schema_is_skipped_and_kept_not_misread(tmp_path: Path) -> None:
+    """A newer ee-middleware's record that this version's schema accepts (1.7's ``NAME#K`` in a step's ``tools`` is a
+    plain string to 1.6, which then left the tool out of what the step offered) may mean its fields otherwise: it is
+    skipped with the newer-schema warning and its segment kept for the newer version, as one that does not fit."""
+    store = LocalExperienceStore(tmp_path / "s")
+    store.write([sample_trajectory("run-0")])
+    segment = store._writer.segment
+    store.close()
+    newer = sample_trajectory("later").model_dump(mode="json")
+    newer["schema_version"] = "9.1"  # (fits this schema: only its version says otherwise)
+    with open(segment, "ab") as fh:
+        fh.write(spool_module.encode_line({"kind": "trajectory", "data": newer}))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert store.trajectories()["id"].to_list() == ["run-0"]
+    assert any("9.1" in str(w.message) for w in said), [str(w.message) for w in said]
+    compacted = _compact(store)
+    assert any("Kept the spool segment" in text and "9.1" in text for text in compacted), compacted
+    assert segment.exists() and _ids(store) == ["run-0"]

@@ -299,7 +299,7 @@ def _build_datasets(
         include_sandbox_failures=config.include_sandbox_failures,
         include_fidelity_mismatches=config.include_fidelity_mismatches,
     )
-    redactor = store_redactor(store, create_salt=False)  # the app's own rules and salt, on every row written
+    redactor = store_redactor(store, create_salt=False, tagged_before=True)  # the app's own rules and salt, on every row
     if reader.trajectories.is_empty():
         raise ConfigError(_nothing_approved(store, config))
     rule = config.split_rule()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -309,11 +309,15 @@ def argument_schema(name: str, fn: Callable[..., Any], *, skip: int = 0) -> Any:
         return None
 
 
-def validated_arguments(schema: Any, name: str, arguments: dict[str, Any], injected: dict[str, str]) -> dict[str, Any]:
+def validated_arguments(
+    schema: Any, name: str, arguments: dict[str, Any], injected: dict[str, str], parameters: Collection[str] = ()
+) -> dict[str, Any]:
     """``arguments`` as LangChain's tool gives them to its function: validated by ``schema`` (``"4"`` is ``4``, a dict a
     nested model, a string an enum member), only those the call gave (defaults are the function's); an argument the
     function does not take is dropped, as LangChain drops it (a model that adds ``verbose=true`` to its call got the
-    tool's answer in production, and gets it in replay). Arguments it refuses raise LangGraph's ``ToolInvocationError``."""
+    tool's answer in production, and gets it in replay). One of the function's ``parameters`` that the schema holds no
+    field for (a name pydantic keeps private: ``_raw``) is passed on as given. Arguments it refuses raise LangGraph's
+    ``ToolInvocationError``."""
     from pydantic import ValidationError
 
     try:
@@ -321,7 +325,7 @@ def validated_arguments(schema: Any, name: str, arguments: dict[str, Any], injec
     except ValidationError as exc:
         raise _invocation_error(name, exc, arguments, injected) from exc
     fields = type(result).model_fields
-    return {key: getattr(result, key) for key in arguments if key in fields}
+    return {key: getattr(result, key) if key in fields else value for key, value in arguments.items() if key in fields or key in parameters}
 
 
 def _invocation_error(name: str, exc: Any, arguments: dict[str, Any], injected: dict[str, str]) -> Exception:

@@ -68,6 +68,9 @@ from ee_middleware.replay.sandboxes.langchain_tool import (
     wrapped_function,
 )
 
+_LANGCHAIN_FILLED = frozenset({"config", "run_manager", "callbacks"})
+"""Parameters LangChain's tool fills itself (see :func:`~ee_middleware.replay.sandboxes.langchain_tool.filled_parameters`)."""
+
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
 WorldTool = Callable[..., Any]
 
@@ -659,6 +662,7 @@ class PythonSandbox:
         self._validate = validate_arguments
         self._schemas: dict[str, Any] = {}  # tool name -> the argument schema LangChain's @tool builds for it, or None
         self._arguments: dict[str, tuple[set[str], set[str]] | None] = {}  # see _arguments_taken
+        self._parameters: dict[str, frozenset[str]] = {}  # see _parameter_names
         self._changed_warned: set[tuple[str, tuple[str, ...], tuple[str, ...]]] = set()  # see _warn_if_changed
         self._misspelt_warned: set[str] = set()  # see _warn_of_misspelt_outside_tools
 
@@ -752,7 +756,13 @@ class PythonSandbox:
         if isinstance(fields, dict):
             injected = self._injected.get(name, {})
             accepted = {field for field in fields if field not in injected}
-            found = (accepted, {field for field in accepted if fields[field].is_required()})
+            required = {field for field in accepted if fields[field].is_required()}
+            if not is_langchain_tool(fn):  # parameters pydantic holds no field for (``_raw``) are passed on: taken too
+                parameters = list(inspect.signature(fn).parameters.values())[1 if name in self._tools else 0 :]
+                unfielded = [p for p in parameters if p.name not in fields and p.name not in injected and p.name not in _LANGCHAIN_FILLED]
+                accepted |= {p.name for p in unfielded}
+                required |= {p.name for p in unfielded if p.default is inspect.Parameter.empty}
+            found = (accepted, required)
         self._arguments[name] = found
         return found
 
@@ -933,7 +943,8 @@ class PythonSandbox:
             if self._validate:
                 schema = self._schemas[name] if name in self._schemas else self._schema(name, fn, skip=len(world))
             if schema is not None:  # as LangChain's tool gives them to its function
-                arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}))
+                parameters = self._parameter_names(name, fn, skip=len(world))
+                arguments = validated_arguments(schema, name, arguments, self._injected.get(name, {}), parameters)
             filled = self._filled.get(name) or filled_parameters(fn, skip=len(world))
             if calling is not None:
                 calling()
@@ -952,6 +963,17 @@ class PythonSandbox:
         if isinstance(exc, _LoopThreadEnded):  # the sandbox's failure, not the tool's
             raise exc
         return Observation(content=self._format_error(exc), is_error=True)
+
+    def _parameter_names(self, name: str, fn: Callable[..., Any], *, skip: int) -> frozenset[str]:
+        """The names of ``fn``'s parameters after its first ``skip`` (the world), kept per tool."""
+        names = self._parameters.get(name)
+        if names is None:
+            try:
+                names = frozenset(list(inspect.signature(fn).parameters)[skip:])
+            except (TypeError, ValueError):  # (a builtin without a signature: it has no schema either)
+                names = frozenset()
+            self._parameters[name] = names
+        return names
 
     def _schema(self, name: str, fn: Callable[..., Any], *, skip: int) -> Any:
         self._schemas[name] = schema = argument_schema(name, fn, skip=skip)

@@ -293,12 +293,17 @@ def test_a_tool_whose_arguments_changed_since_the_recording_is_warned_of_once(ca
     def get_invoice(shop: Shop, invoice_id: str) -> str:
         return f"invoice {invoice_id}"
 
-    sandbox = PythonSandbox(build, tools={"get_invoice": get_invoice, "order_item": order_item, "note": lambda shop, **extra: "ok"})
+    def store_note(shop: Shop, _raw: str) -> str:  # (a name pydantic keeps private: no schema field, still taken)
+        return f"stored {_raw}"
+
+    tools = {"get_invoice": get_invoice, "order_item": order_item, "note": lambda shop, **extra: "ok", "store_note": store_note}
+    sandbox = PythonSandbox(build, tools=tools)
     sandbox.reset({"stock": {"apple": 1}})
     offered = [
         _offered("get_invoice", ["order_id"], ["order_id"]),
         _offered("order_item", ["item", "quantity"], ["item"]),
         _offered("note", ["text"], ["text"]),
+        _offered("store_note", ["_raw"], ["_raw"]),
     ]
     with caplog.at_level("WARNING", logger="ee_middleware.replay.sandboxes.python"):
         sandbox.check_offered_tools(offered)
@@ -309,6 +314,7 @@ def test_a_tool_whose_arguments_changed_since_the_recording_is_warned_of_once(ca
     assert "the tool changed since these trajectories were recorded" in warning
     missing = sandbox.execute(call("get_invoice", order_id="A-1"))
     assert missing.is_error and "invoice_id: Field required" in missing.content
+    assert sandbox.execute(call("store_note", _raw="hi", colour="red")).content == "stored hi"
 
 
 def test_a_misspelt_outside_world_tool_is_warned_of_with_the_offered_name(caplog: pytest.LogCaptureFixture) -> None:
