@@ -381,12 +381,26 @@ def with_tools_in_system(
     if compact:
         listing = compact_tool_listing(tools) + "\n" + TOOLS_SUFFIX
     else:
-        listing = TOOLS_PREAMBLE + "".join(json.dumps(tool, ensure_ascii=False) + "\n" for tool in tools) + TOOLS_SUFFIX
+        listing = TOOLS_PREAMBLE + "".join(json.dumps(_without_nulls(tool), ensure_ascii=False) + "\n" for tool in tools) + TOOLS_SUFFIX
     if messages and messages[0].get("role") == "system":
         first = dict(messages[0])
         first["content"] = f"{first['content']}\n\n{listing}" if first.get("content") else listing
         return [first, *messages[1:]]
     return [{"role": "system", "content": listing}, *messages]
+
+
+def _without_nulls(tool: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A tool schema without its keys whose value is ``None``, at its top and its ``function``'s level, as the serving
+    templates write it (``ee_json_without_nulls``: a server's request tools hold ``None`` for fields the client left
+    out, such as ``strict``), so that a prompt trains as it is served."""
+    if not any(value is None for value in tool.values()) and not (
+        isinstance(tool.get("function"), Mapping) and any(value is None for value in tool["function"].values())
+    ):
+        return tool
+    kept = {key: value for key, value in tool.items() if value is not None}
+    if isinstance(kept.get("function"), Mapping):
+        kept["function"] = {key: value for key, value in kept["function"].items() if value is not None}
+    return kept
 
 
 def compact_tool_listing(tools: Sequence[Mapping[str, Any]]) -> str:

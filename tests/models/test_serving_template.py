@@ -273,3 +273,23 @@ def test_ee_serve_vllm_refuses_an_adapter_given_at_start_that_was_trained_on_oth
 
     own = _serve_vllm("--base", base, "--chat-template", "own", "--vllm-arg", "--lora-modules", "--vllm-arg", f"new-one={new}")
     assert own.exit_code == 1 and "without --chat-template" in own.output  # the fix: serve the derived template
+
+
+@pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
+def test_stored_tool_schemas_with_null_fields_train_as_they_are_served(family: tuple[str, Any, TemplateSupport], conversation: str) -> None:
+    """Capture stores a tool's unset fields as nulls (``"strict": null``); the trainer wrote them into the prompt it
+    trained on while the serving template leaves them out (``ee_json_without_nulls``), so the adapter met at serving
+    other tool listings than it was trained on. Both leave them out now."""
+    name, tokenizer, support = family
+    template = serving_template(tokenizer.chat_template, support) or tokenizer.chat_template
+    stored = vllm_tools(TOOLS, nulls=True)
+    messages = CONVERSATIONS[conversation]
+    try:
+        expected = render_prompt(tokenizer, messages, stored, support)
+    except ChatTemplateError as exc:
+        pytest.skip(f"{name} refuses {conversation}: {exc}")
+    derived = template is not tokenizer.chat_template
+    served = tokenizer.apply_chat_template(
+        as_vllm_sends(messages, parts_as_text=not derived), tools=stored, chat_template=template, add_generation_prompt=True, tokenize=False
+    )
+    assert served == expected
