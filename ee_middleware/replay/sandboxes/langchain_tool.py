@@ -153,6 +153,11 @@ class FilledParameters:
     itself, so the function gets its default (a ``TypeError`` without one), whatever the call gives."""
     is_async: bool
 
+    @property
+    def names(self) -> frozenset[str]:
+        """The parameters filled so, which no call's argument reaches."""
+        return frozenset([*([self.config] if self.config else []), *(["callbacks"] if self.callbacks else []), *self.withheld])
+
 
 def filled_parameters(fn: Callable[..., Any], *, skip: int = 0) -> FilledParameters:
     """What LangChain fills among ``fn``'s parameters after its first ``skip`` (see :class:`FilledParameters`)."""

@@ -68,9 +68,6 @@ from ee_middleware.replay.sandboxes.langchain_tool import (
     wrapped_function,
 )
 
-_LANGCHAIN_FILLED = frozenset({"config", "run_manager", "callbacks"})
-"""Parameters LangChain's tool fills itself (see :func:`~ee_middleware.replay.sandboxes.langchain_tool.filled_parameters`)."""
-
 WorldBuilder = Callable[[dict[str, Any] | None], Any]
 WorldTool = Callable[..., Any]
 
@@ -759,7 +756,8 @@ class PythonSandbox:
             required = {field for field in accepted if fields[field].is_required()}
             if not is_langchain_tool(fn):  # parameters pydantic holds no field for (``_raw``) are passed on: taken too
                 parameters = list(inspect.signature(fn).parameters.values())[1 if name in self._tools else 0 :]
-                unfielded = [p for p in parameters if p.name not in fields and p.name not in injected and p.name not in _LANGCHAIN_FILLED]
+                filled = self._filled[name].names
+                unfielded = [p for p in parameters if p.name not in fields and p.name not in injected and p.name not in filled]
                 accepted |= {p.name for p in unfielded}
                 required |= {p.name for p in unfielded if p.default is inspect.Parameter.empty}
             found = (accepted, required)
