@@ -447,10 +447,15 @@ def settings_in_force(store: Any, own: StoreRedaction) -> StoreRedaction:
     recorded when this is called; ``own`` where the store has none). A :class:`~ee_middleware.errors.ConfigError` for a
     file that cannot be read, one from a newer ee-middleware, or another vault than ``own``'s."""
     recorded = read_store_redaction(store, tagged_before=True)
-    if recorded.recorded:
-        return recorded.union(own)
-    # tagged by an ee from before redaction.json: its tags are of values as written (see record_store_redaction)
-    return own if recorded.canonical_pseudonyms else replace(own, rules=replace(own.rules, canonical_pseudonyms=False))
+    return recorded.union(own) if recorded.recorded else _in_form_of(recorded, own)
+
+
+def _in_form_of(unrecorded: StoreRedaction, settings: StoreRedaction) -> StoreRedaction:
+    """``settings`` with the pseudonym form of a store without ``redaction.json`` (``unrecorded``): as written where an
+    ee-middleware from before that file tagged its runs (:func:`_tagged_before_settings_were_kept`), else as they are."""
+    if unrecorded.canonical_pseudonyms:
+        return settings
+    return replace(settings, rules=replace(settings.rules, canonical_pseudonyms=False))
 
 
 def same_redaction(one: StoreRedaction, other: StoreRedaction) -> bool:
@@ -541,12 +546,7 @@ def record_store_redaction(store: Any, settings: StoreRedaction) -> StoreRedacti
         # each reads back what is kept after writing and writes the union again while its own rules are missing from it.
         for _ in range(_WRITE_ATTEMPTS):
             current = read_store_redaction(store, tagged_before=True)
-            if current.recorded:
-                merged = current.union(settings)
-            elif not current.canonical_pseudonyms:  # tagged by an ee from before this file: the store keeps its tags
-                merged = replace(settings, recorded=True, rules=replace(settings.rules, canonical_pseudonyms=False))
-            else:
-                merged = replace(settings, recorded=True)
+            merged = current.union(settings) if current.recorded else replace(_in_form_of(current, settings), recorded=True)
             if merged == current:
                 break
             write_meta(store, REDACTION_FILE, (json.dumps(merged.to_dict(), indent=2) + "\n").encode())

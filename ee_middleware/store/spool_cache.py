@@ -258,14 +258,20 @@ class TrajectoryLines:
 
 
 def newer_schema(record: dict[str, Any]) -> str | None:
-    """The record schema version a spool record says it was written with, when it is newer than this version's."""
+    """The record schema version a spool record says it was written with, when it is newer than this version's (asked
+    of every record read: this version's own, most of them, are told at once)."""
     data = record.get("data")
     version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(version, str) or version == SCHEMA_VERSION:
+        return None
     try:
-        newer = isinstance(version, str) and tuple(map(int, version.split("."))) > tuple(map(int, SCHEMA_VERSION.split(".")))
+        newer = tuple(map(int, version.split("."))) > _OWN_SCHEMA
     except ValueError:
         return None
     return version if newer else None
+
+
+_OWN_SCHEMA = tuple(map(int, SCHEMA_VERSION.split(".")))
 
 
 def warn_rejected(rejected: Iterable[str], *, stacklevel: int) -> None:
