@@ -106,6 +106,11 @@ class TokenizedPair:
     """Characters cut from the end of the completion's text (``cut_completion``: an IWM target too long to fit)."""
     whole_tokens: int = 0
     """Tokens of the prompt and the completion as rendered before any cut: the ``max_length`` the row needs whole."""
+    unlearned_tail: int = 0
+    """Completion tokens at its end that carry no loss: where the completion's text is the head of a longer one (cut
+    here, or before: ``tokenize_pair``'s ``completion_is_head``), the template's end of turn after it and the text's
+    last token (a cut may end inside a word: a token the whole text would not have there). Trained on, they would teach
+    the model to end an observation where a budget cut it."""
 
     @property
     def ids(self) -> list[int]:
@@ -121,6 +126,7 @@ def tokenize_pair(
     max_length: int,
     *,
     cut_completion: bool = False,
+    completion_is_head: bool = False,
 ) -> TokenizedPair:
     """Token ids of ``prompt`` and ``completion`` within ``max_length``: the prompt is fitted by
     :func:`fit_messages` (then cut from the left if still too long); the completion is never cut, but with
@@ -128,7 +134,9 @@ def tokenize_pair(
     estimate) a completion that is one assistant message's text and leaves the prompt neither its own length nor half of
     ``max_length`` keeps its head, as the builder cuts (``completion_cut_chars`` records the rest), and gives way further,
     down to :data:`MIN_TARGET_SHARE` of ``max_length``, where the fitted prompt needs more than that half (so that its
-    system message and tools are not cut from the left).
+    system message and tools are not cut from the left). ``completion_is_head``: the completion's text is already the
+    head of a longer text (an observation the builder or the capture cut). A cut text's end of turn is counted in
+    ``unlearned_tail``, for the caller to leave out of the loss.
     A completion that alone reaches ``max_length`` otherwise comes back as it is, for the caller to drop."""
     prompt_text, completion_text, fallback = render_pair(tokenizer, prompt, completion, tools, support)
     prompt_ids = _ids(tokenizer, prompt_text)
@@ -140,7 +148,8 @@ def tokenize_pair(
         if len(completion_ids) > room and (text := _answer_text(completion)) is not None:
             completion, completion_ids, fallback, cut_chars = _cut_answer(tokenizer, prompt, completion[0], text, tools, support, room)
     if not completion_ids or len(completion_ids) >= max_length or len(prompt_ids) + len(completion_ids) <= max_length:
-        return TokenizedPair(prompt_ids, completion_ids, fallback, completion_cut_chars=cut_chars, whole_tokens=whole)
+        tail = _unlearned_tail(tokenizer, prompt, completion, tools, support, completion_ids, completion_is_head or cut_chars > 0)
+        return TokenizedPair(prompt_ids, completion_ids, fallback, completion_cut_chars=cut_chars, whole_tokens=whole, unlearned_tail=tail)
     budget = max_length - len(completion_ids)
     fit = fit_messages(tokenizer, prompt, tools, support, budget)
     prompt_text, completion_text, fallback = render_pair(tokenizer, fit.messages, completion, fit.tools, support)
@@ -154,7 +163,30 @@ def tokenize_pair(
             cut_chars += more
             budget = max_length - len(completion_ids)
     left_cut = max(0, len(prompt_ids) - budget)
-    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut, cut_chars, whole)
+    tail = _unlearned_tail(tokenizer, fit.messages, completion, fit.tools, support, completion_ids, completion_is_head or cut_chars > 0)
+    return TokenizedPair(prompt_ids[left_cut:], completion_ids, fallback, fit, left_cut, cut_chars, whole, tail)
+
+
+def _unlearned_tail(
+    tokenizer: Any,
+    prompt: Sequence[dict[str, Any]],
+    completion: Sequence[dict[str, Any]],
+    tools: Sequence[dict[str, Any]] | None,
+    support: TemplateSupport,
+    completion_ids: list[int],
+    is_head: bool,
+) -> int:
+    """:attr:`TokenizedPair.unlearned_tail` of ``completion_ids`` (0 unless ``is_head`` and the completion is one answer's
+    text): the tokens the template adds after an empty text (the longest end they share: the end of turn as tokenized
+    within the completion) and the text's last token before them, when it has one."""
+    if not is_head or not completion_ids or _answer_text(completion) is None:
+        return 0
+    _, empty_text, _ = render_pair(tokenizer, prompt, [{**completion[0], "content": ""}], tools, support)
+    empty_ids = _ids(tokenizer, empty_text)
+    shared = 0
+    while shared < min(len(empty_ids), len(completion_ids)) and empty_ids[-1 - shared] == completion_ids[-1 - shared]:
+        shared += 1
+    return min(len(completion_ids), shared + (len(completion_ids) > shared))
 
 
 MIN_TARGET_SHARE = 0.125

@@ -248,7 +248,11 @@ def _warn_if_rows_dropped(kind: str, dataset: DatasetFile, stats: RenderStats, c
             f"{stats.longest_dropped_completion}): raise max_length, or rebuild the dataset with shorter targets"
         )
     if stats.dropped_empty:
-        reasons.append(f"{stats.dropped_empty} have an empty target: rebuild the dataset")
+        reasons.append(
+            f"{stats.dropped_empty} have an empty target, or an observation cut to a token or none so that no token of it "
+            f"is learned (a long state left its target no room in max_length={config.max_length}): rebuild the dataset, or "
+            "raise max_length"
+        )
     warnings.warn(
         f"{dropped} of the {stats.rows} {kind.upper()} rows of {dataset.path} ({dropped / stats.rows:.0%}) are not trained on: "
         + "; ".join(reasons)

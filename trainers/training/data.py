@@ -1,7 +1,7 @@
 """Reading the dataset files (Parquet, one chat prompt/completion pair a row) for training.
 
-Only ``id``, ``kind``, ``prompt``, ``completion`` and ``tools`` are used; ``prompt``, ``completion``
-and ``tools`` hold JSON text of OpenAI chat messages / tool schemas. Other columns (lineage) are
+Only ``id``, ``kind``, ``prompt``, ``completion``, ``tools`` and (IWM) ``observation_truncated_chars`` are used;
+``prompt``, ``completion`` and ``tools`` hold JSON text of OpenAI chat messages / tool schemas. Other columns (lineage) are
 ignored. Each file is hashed (sha256) so the manifest says exactly what was trained on.
 """
 
@@ -31,6 +31,9 @@ class ChatRow:
     prompt: list[dict[str, Any]]
     completion: list[dict[str, Any]]
     tools: list[dict[str, Any]]
+    completion_is_head: bool = False
+    """The completion's text is the head of a longer text (an IWM row's observation cut to the build's budget or at
+    capture: ``observation_truncated_chars``): the end of turn after it is not the model's to learn."""
 
 
 @dataclass
@@ -130,7 +133,7 @@ def check_rows(frame: Any, path: Path, kind: str) -> int:
 
 def _checked_rows(frame: Any, path: Path, kind: str) -> Iterator[ChatRow]:
     # (a file without ids, which ee datasets export takes, names its rows by their index)
-    columns = [c for c in ("id", "kind") if c in frame.columns] + ["prompt", "completion", "tools"]
+    columns = [c for c in ("id", "kind", "observation_truncated_chars") if c in frame.columns] + ["prompt", "completion", "tools"]
     try:
         for index, record in enumerate(frame.select(columns).iter_rows(named=True)):
             yield _parse_row(path, index, record, kind)
@@ -159,8 +162,14 @@ def _parse_row(path: Path, index: int, record: dict[str, Any], kind: str) -> Cha
     if len(completion) != 1 or completion[0]["role"] != "assistant":
         raise _BadRow(f"{where}: completion must be a list with one assistant message.")
     row_id = record.get("id")
+    row_kind = record.get("kind") or kind
     return ChatRow(
-        id=str(row_id if row_id is not None else index), kind=record.get("kind") or kind, prompt=prompt, completion=completion, tools=tools
+        id=str(row_id if row_id is not None else index),
+        kind=row_kind,
+        prompt=prompt,
+        completion=completion,
+        tools=tools,
+        completion_is_head=row_kind == "iwm" and (record.get("observation_truncated_chars") or 0) > 0,
     )
 
 

@@ -252,17 +252,26 @@ def _tokenize_row(
     """:func:`tokenize_rows` for one row: its example appended to ``examples``, or the reason it was dropped counted."""
     try:
         pair = tokenize_pair(
-            tokenizer, row.prompt, row.completion, row.tools or None, support, max_length, cut_completion=row.kind == "iwm"
+            tokenizer,
+            row.prompt,
+            row.completion,
+            row.tools or None,
+            support,
+            max_length,
+            cut_completion=row.kind == "iwm",
+            completion_is_head=row.completion_is_head,
         )
     except ChatTemplateError as exc:
         raise _render_error(row, exc) from exc
     stats.fallback_completion += FALLBACK_CONTENT in pair.fallback
     stats.conversation_completion += FALLBACK_CONVERSATION in pair.fallback
     stats.calls_as_text += FALLBACK_CALLS_AS_TEXT in pair.fallback
-    if not pair.completion_ids or len(pair.completion_ids) >= max_length:
-        stats.dropped_empty += not pair.completion_ids
-        stats.dropped_too_long += bool(pair.completion_ids)
-        stats.longest_dropped_completion = max(stats.longest_dropped_completion, len(pair.completion_ids))
+    learned = len(pair.completion_ids) - pair.unlearned_tail
+    if learned <= 0 or len(pair.completion_ids) >= max_length:
+        stats.dropped_empty += learned <= 0
+        stats.dropped_too_long += learned > 0
+        if learned > 0:
+            stats.longest_dropped_completion = max(stats.longest_dropped_completion, len(pair.completion_ids))
         stats.dropped_ids.append(row.id)
         return
     if pair.fit is not None or pair.completion_cut_chars:
@@ -274,7 +283,9 @@ def _tokenize_row(
             prompt_tokens=len(pair.prompt_ids),
             whole_tokens=pair.whole_tokens,
         )
-    example = Example(row.id, pair.ids, [-100] * len(pair.prompt_ids) + pair.completion_ids)
+    # a target cut from a longer text: its end of turn (and the last text token) carry no loss (unlearned_tail)
+    labels = [-100] * len(pair.prompt_ids) + pair.completion_ids[:learned] + [-100] * pair.unlearned_tail
+    example = Example(row.id, pair.ids, labels)
     examples.append(example)
     stats.tokens += len(example.input_ids)
-    stats.loss_tokens += len(pair.completion_ids)
+    stats.loss_tokens += learned

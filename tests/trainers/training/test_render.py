@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -128,3 +129,53 @@ def test_a_base_whose_generation_prompt_opens_think_trains_its_tool_calls(tool_t
     assert note is not None and note.startswith("Of the 3 IL rows, 3 are rendered as the whole conversation")
     _, plain = tokenize_rows(tool_tokenizer, rows, 4096, probe_template(tool_tokenizer))
     assert plain.fallback_note("il") is None, "a template that continues its generation prompt needs no note"
+
+
+def _learned_text(tokenizer: Any, example: Any) -> str:
+    return tokenizer.decode([label for label in example.labels if label != -100])
+
+
+def test_an_observation_cut_before_training_teaches_no_end_of_turn(tool_tokenizer: Any) -> None:
+    """An IWM target the build (or capture) cut to its budget is the head of a longer text: the end of turn after it is
+    not where the observation ends, so its tokens, and the cut's last text token, carry no loss. A whole observation's
+    end of turn is learned. (The trainer taught every cut observation to end where the budget cut it.)"""
+    import polars as pl
+
+    from ee_middleware.trainers.training.data import rows_from_frame
+
+    support = probe_template(tool_tokenizer)
+    whole, cut = iwm_row(0, "docs"), iwm_row(1, "temp")
+    frame = pl.DataFrame([whole | {"observation_truncated_chars": 0}, cut | {"observation_truncated_chars": 1200}])
+    rows = rows_from_frame(frame, Path("iwm.parquet"), "iwm")
+    assert [row.completion_is_head for row in rows] == [False, True]
+    (whole_example, cut_example), stats = tokenize_rows(tool_tokenizer, rows, 1024, support)
+    assert _learned_text(tool_tokenizer, whole_example) == '{"error": "cd: docsx: No such folder"}<|im_end|>\n'
+    learned = _learned_text(tool_tokenizer, cut_example)
+    assert "<|im_end|>" not in learned and '{"error": "cd: tempx: No such folder"}'.startswith(learned) and learned
+    assert cut_example.input_ids == tokenize_rows(tool_tokenizer, [chat_row(cut)], 1024, support)[0][0].input_ids
+    assert stats.loss_tokens == whole_example.loss_tokens + cut_example.loss_tokens < stats.tokens
+
+    # the same row's column in another kind's dataset changes nothing (an EM target's observation is inside its JSON)
+    (sr,) = rows_from_frame(pl.DataFrame([sr_row(0, "docs") | {"observation_truncated_chars": 7}]), Path("sr.parquet"), "sr")
+    assert not sr.completion_is_head
+
+
+def test_an_observation_the_trainer_cuts_to_fit_teaches_no_end_of_turn(tool_tokenizer: Any) -> None:
+    """An IWM target too long for max_length keeps its head (``cut_completion``): that head's end of turn is not learned
+    either; a target cut to no learnable token is dropped as empty rather than trained with no loss."""
+    support = probe_template(tool_tokenizer)
+    long_row = iwm_row(0, "docs")
+    long_row["completion"] = json.dumps([{"role": "assistant", "content": "notes.txt report.pdf archive " * 120}])
+    row = chat_row(long_row)
+    (whole,), _ = tokenize_rows(tool_tokenizer, [row], 8192, support)
+    assert _learned_text(tool_tokenizer, whole).endswith("archive <|im_end|>\n")
+    max_length = len(whole.input_ids) // 2
+    (fitted,), stats = tokenize_rows(tool_tokenizer, [row], max_length, support)
+    assert stats.completion_cut == 1 and len(fitted.input_ids) <= max_length
+    learned = _learned_text(tool_tokenizer, fitted)
+    assert learned and "<|im_end|>" not in learned and ("notes.txt report.pdf archive " * 120).startswith(learned)
+    assert tool_tokenizer.decode(fitted.input_ids).endswith("<|im_end|>\n")  # the input still ends its turn
+
+    # a max_length that leaves the target no text at all: the row was trained on its end of turn alone
+    squeezed, stats = tokenize_rows(tool_tokenizer, [row], 16, support)
+    assert squeezed == [] and stats.dropped_empty == 1 and stats.dropped_too_long == 0 and stats.dropped_ids == [row.id]
