@@ -930,10 +930,12 @@ def _ats(text: str) -> Iterator[tuple[int, int]]:
 
 _SSN = re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])")
 _PHONE = re.compile(
-    r"(?:(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?![\d])"
-    r"|(?<![\w+(])(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-.]\d{4}(?![\d-]))"
+    r"(?:(?<![\w+])\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,4})){2,5}(?![\d])"
+    r"|(?<![\w+])(?:\(\d{3}\)\s?|\d{3}[-. ])\d{3}[-.]\d{4}(?![\d-]))"
 )
-
+"""Phone numbers: ``+`` and a country code then 2-5 groups (a group in parentheses only with both of them: the ``)`` of
+``(phone +1 415 555 0134)`` is the text's), or a US number (``(415) 555-0134``, ``415-555-0134``, also right after a
+``(``: ``Jane (415-555-0134)``)."""
 
 _PIN_OR_SSN = _having(r"\bpin\b|passcode|ssn|social[ -]security")
 _PIN_OR_SSN_WORDS = ("pin", "passcode", "ssn", "social")

@@ -41,6 +41,10 @@ SECRETS = [
     ("SSN 123-45-6789", "us_ssn", "123-45-6789"),
     ("call +1 (415) 555-0134", "phone", "555-0134"),
     ("call 415-555-0134", "phone", "555-0134"),
+    # a US number right after a "(" was left in plain text (a privacy sweep): in prose, in JSON, after a name
+    ("call Jane (415-555-0134) today", "phone", "555-0134"),
+    ('{"phone": "(415-555-0134)"}', "phone", "555-0134"),
+    ("Jane(415.555.0134)", "phone", "555.0134"),
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "private_key", "MIIEow"),
 ]
 
@@ -50,6 +54,13 @@ def test_default_rules_catch_common_secrets(text, kind, needle):
     redacted = Redactor().redact_text(text)
     assert f"[REDACTED:{kind}]" in redacted
     assert needle not in redacted
+
+
+def test_a_phone_number_in_parentheses_leaves_the_closing_one_in_the_text():
+    """The international form took a ``)`` it had no ``(`` for: ``(phone +1 415 555 0134) ok`` lost its ``)``, and the
+    vault kept ``+1 415 555 0134)`` as a spelling of the number."""
+    assert Redactor().redact_text("(phone +1 415 555 0134) ok") == "(phone [REDACTED:phone]) ok"
+    assert Redactor().redact_text("+44 (20) 7946 0958, then") == "[REDACTED:phone], then"
 
 
 @pytest.mark.parametrize(
