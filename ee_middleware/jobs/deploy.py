@@ -434,7 +434,11 @@ def likelihood_reasons(task_gate: dict[str, Any], likelihood: dict[str, Any] | N
         if likelihood is None:
             return ["likelihood: gate_on_likelihood is set but the likelihood was not scored (likelihood = false)"]
         if not likelihood["diff"] < 0:
-            return [f"likelihood: the candidate's held-out action NLL is not lower than the baseline's ({likelihood['diff']:+.3f})"]
+            # as many decimals as show the difference: at 3, a +0.0003 refusal read "(+0.000)", a tie
+            decimals = nll_decimals(likelihood["diff"], likelihood.get("se"))
+            return [
+                f"likelihood: the candidate's held-out action NLL is not lower than the baseline's ({likelihood['diff']:+.{decimals}f})"
+            ]
         return []
     overall = task_gate.get("overall") or {}
     tie = bool(overall.get("tasks")) and overall.get("candidate_only") == overall.get("baseline_only") == 0

@@ -152,6 +152,15 @@ def test_a_small_likelihood_difference_is_shown_with_the_digits_that_tell_the_mo
     )
     assert "did not move: 5.898 -> 5.898 (+0.000 ± 0.000 s.e." in same, same
 
+    # the refusal of gate_on_likelihood read "not lower than the baseline's (+0.000)" (a report sweep): a tie, to a reader
+    from ee_middleware.jobs.deploy import likelihood_reasons
+
+    worse = compare_likelihood(
+        {"per_state_nll": {"live": candidate, "candidate": live}, "names": {"live": "a-v1", "candidate": "a-v2"}, "baseline": "live"}
+    )
+    [reason] = likelihood_reasons({}, worse, required=True)
+    assert reason.endswith("not lower than the baseline's (+0.000300)"), reason
+
 
 def test_a_failed_gate_does_not_promote_and_says_why(workspace: Path, tiny_base: Path) -> None:
     """min_improvement cannot be met, and with gate_on_likelihood a candidate trained with a learning rate of
