@@ -228,6 +228,7 @@ def _read_answer(choice: Any, config: LoopConfig) -> Step:
         finish_reason=choice.finish_reason,
         from_text=not structured_calls,
         model=getattr(choice, "model", None),  # a plug-in client's choice objects may not have it
+        reasoning=getattr(choice, "reasoning", None) or None,
     )
 
 
@@ -291,7 +292,12 @@ def _looks_like_call(text: str) -> bool:
 
 
 def _assistant_message(step: Step) -> Message:
+    """The answer as the conversation's next prompts show it: as capture records an agent's (its reasoning as
+    ``reasoning_content``, which templates of reasoning models render within the turn): a state the adapter was trained
+    on, not one without the reasoning."""
     message: Message = {"role": "assistant", "content": step.text}
+    if step.reasoning:
+        message["reasoning_content"] = step.reasoning
     if step.calls:
         message["tool_calls"] = [
             {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}

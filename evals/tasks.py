@@ -47,7 +47,9 @@ class Step:
     ``finish_reason``: why the model's answer ended, as the client reported it (``stop``, ``tool_calls``, ``length``
     when it reached ``max_tokens``: :data:`CUT_OFF`; None when the client did not say). ``from_text``: the answer had
     no structured ``tool_calls``, so its calls (if any) were read from its text. ``model``: the model the server said
-    answered (the response's ``model``; None when the client did not say)."""
+    answered (the response's ``model``; None when the client did not say). ``reasoning``: the reasoning the answer gave
+    apart from its text (``reasoning_content``, or ``<think>`` written inline), kept in the conversation as capture
+    records it; None when it gave none."""
 
     calls: list[ToolCall]
     text: str
@@ -55,6 +57,7 @@ class Step:
     finish_reason: str | None = None
     from_text: bool = False
     model: str | None = None
+    reasoning: str | None = None
 
 
 @dataclass
