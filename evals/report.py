@@ -17,6 +17,19 @@ from ee_middleware.models.protocol import clip_middle
 SUMMARY = "summary.json"
 
 
+def gated_rate(suite: dict[str, Any]) -> float | None:
+    """A suite summary's task success as the gate compares it (:mod:`~ee_middleware.evals.gate`: a task passes when
+    every trial did): ``pass_hat_k`` for a run of several trials, else ``success_rate``; None for a suite with no task."""
+    return suite.get("pass_hat_k") if (suite.get("trials") or 1) > 1 else suite.get("success_rate")
+
+
+def gated_rate_name(suites: list[dict[str, Any]]) -> str:
+    """What :func:`gated_rate` of ``suites`` measures, in words: ``task success``, or ``pass^k (k trials, every one
+    passed)`` where they ran several trials."""
+    trials = max((int(s.get("trials") or 1) for s in suites), default=1)
+    return f"pass^{trials} ({trials} trials, every one passed)" if trials > 1 else "task success"
+
+
 def summarize(rows: list[dict[str, Any]], suites: list[str], excluded: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """One summary per suite: ``suite``, ``tasks``, ``trials``, ``success_rate`` (0..1), ``pass_hat_k``, failures by type.
 

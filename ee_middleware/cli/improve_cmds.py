@@ -347,14 +347,18 @@ def results_table(evaluation: dict[str, Any]) -> Any:
     table = Table(title=f"held-out evaluation: {evaluation['baseline']} (baseline) vs {evaluation['candidate']} (candidate)")
     for column in ("metric", "tasks/states", "baseline", "candidate"):
         table.add_column(column, justify="left" if column == "metric" else "right")
+    from ee_middleware.evals.report import gated_rate, gated_rate_name
+
     baseline = {s["suite"]: s for s in evaluation["runs"]["baseline"]["suites"]}
+    # with several trials, pass^k: what the gate compared (the per-trial rate contradicted its delta)
+    measured = gated_rate_name([*evaluation["runs"]["candidate"]["suites"], *baseline.values()])
     for s in evaluation["runs"]["candidate"]["suites"]:
-        b = baseline.get(s["suite"], {})
+        b, c = gated_rate(baseline.get(s["suite"], {})), gated_rate(s)
         table.add_row(
-            escape(f"task success {short(s['suite'], 50)}"),
+            escape(f"{measured} {short(s['suite'], 50)}"),
             str(s["tasks"]),
-            f"{100 * b['success_rate']:.1f}%" if b.get("success_rate") is not None else "no task",
-            f"{100 * s['success_rate']:.1f}%" if s.get("success_rate") is not None else "no task",
+            f"{100 * b:.1f}%" if b is not None else "no task",
+            f"{100 * c:.1f}%" if c is not None else "no task",
         )
     like = evaluation.get("likelihood")
     if like:

@@ -368,17 +368,22 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
 
 
 def _eval_line(outputs: dict[str, Any]) -> str:
+    from ee_middleware.evals.report import gated_rate, gated_rate_name
     from ee_middleware.jobs.report import suite_labels
 
     parts = []
+    every = [s for side in ("baseline", "candidate") for s in outputs["runs"].get(side, {}).get("suites", [])]
+    measured = gated_rate_name(every)
     for side in ("baseline", "candidate"):
         suites = outputs["runs"].get(side, {}).get("suites", [])
         labels = suite_labels([s["suite"] for s in suites])
         rates = ", ".join(
-            f"{label} " + (f"{100 * s['success_rate']:.0f}%" if s.get("success_rate") is not None else "no task")  # null: no task
+            f"{label} " + (f"{100 * rate:.0f}%" if (rate := gated_rate(s)) is not None else "no task")  # null: no task
             for label, s in zip(labels, suites, strict=True)
         )
         parts.append(f"{side} {rates}")
+    if measured != "task success":
+        parts[0] = f"{measured.split(' ')[0]}: {parts[0]}"
     like = outputs.get("likelihood")
     if like:
         nll = {m["model"]: m["mean_nll"] for m in like["models"]}

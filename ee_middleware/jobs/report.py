@@ -421,9 +421,14 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     baseline, candidate = ev["baseline"], ev["candidate"]
     models = _describe_models(ev.get("models"))
     blocks = [Block("h2", "Candidate vs live"), Block("p", f"Candidate `{candidate}` vs baseline `{baseline}` ({models}).")]
+    from ee_middleware.evals.report import gated_rate, gated_rate_name
+
     comparisons = {c["suite"]: c for c in (gate or {}).get("task_success", {}).get("suites", [])}
     rows = []
     base_suites = {s["suite"]: s for s in ev["runs"]["baseline"]["suites"]}
+    measured = gated_rate_name([*ev["runs"]["candidate"]["suites"], *base_suites.values()])
+    if measured != "task success":  # the per-trial rate beside a delta of pass^k contradicted it (a report sweep)
+        blocks.append(Block("p", f"Task success below is {measured}, as the gate compares it."))
     for s in ev["runs"]["candidate"]["suites"]:
         b = base_suites.get(s["suite"], {})
         c = comparisons.get(s["suite"], {})
@@ -432,8 +437,8 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
             (
                 s["suite"],
                 str(s["tasks"]),
-                _pct(b.get("success_rate")) if b.get("tasks") else "-",
-                _pct(s["success_rate"]) if s["tasks"] else "-",
+                _pct(gated_rate(b)) if b.get("tasks") else "-",
+                _pct(gated_rate(s)) if s["tasks"] else "-",
                 f"{100 * c['delta']:+.1f}" if c else "-",
                 ci,
                 _n(c.get("p_value")),
@@ -544,14 +549,18 @@ def chart_figure(ev: dict[str, Any]) -> Any:
     labels = suite_labels([s["suite"] for s in scored_suites])
     suites = [f"{label}\n({s['tasks']} tasks)" for label, s in zip(labels, scored_suites, strict=True)]
     width = 0.38
+    from ee_middleware.evals.report import gated_rate, gated_rate_name
+
+    measured = gated_rate_name([*scored_suites, *ev["runs"]["baseline"]["suites"]])
     for offset, side, colour in ((-width / 2, "baseline", "#999999"), (width / 2, "candidate", "#4C72B0")):
-        scored = ev["runs"][side]["suites"]
-        rates = [100 * (s["success_rate"] or 0.0) for s in scored]  # null: a suite that scored no task, labelled so
+        by_suite = {s["suite"]: s for s in ev["runs"][side]["suites"]}  # paired by name, as the table pairs them
+        scored = [by_suite.get(s["suite"], {"tasks": 0}) for s in scored_suites]
+        rates = [100 * (gated_rate(s) or 0.0) for s in scored]  # null: a suite that scored no task, labelled so
         bars = axes.bar([i + offset for i in range(len(rates))], rates, width, label=f"{side} ({ev[side]})"[:48], color=colour)
         axes.bar_label(bars, labels=[f"{r:.0f}%" if s["tasks"] else "no task" for r, s in zip(rates, scored, strict=True)], fontsize=8)
     axes.set_xticks(range(len(suites)), suites, fontsize=8)
     axes.set_ylim(0, 110)
-    axes.set_ylabel("task success (%)")
+    axes.set_ylabel(f"{measured} (%)")
     axes.legend(fontsize=7)
     axes.set_title("held-out task success", fontsize=10)
     if like:

@@ -95,3 +95,44 @@ def test_the_lineage_says_where_the_held_out_likelihood_decided_the_gate_that_ee
     shown = CliRunner().invoke(app, shlex.split(follow.strip().strip("`"))[1:])
     assert shown.exit_code == 0 and "likelihood" in shown.output, shown.output
     assert CliRunner().invoke(app, _gate_command(run)).exit_code == 0, "the task-success part alone passes"
+
+
+def test_with_several_trials_the_report_shows_the_pass_k_the_gate_compared(tmp_path: Path) -> None:
+    """With [eval] trials > 1 the gate compares pass^k (a task passes when every trial did), but the report's table,
+    chart, stage line and the terminal table showed the per-trial success rate: 75% -> 67% beside '+16.7 points' and a
+    gate that PASSED (a report sweep: pass^2 was 50% -> 67%)."""
+    from ee_middleware.cli.improve_cmds import results_table
+
+    def suite(rate: float, pass_k: float) -> dict[str, Any]:
+        return {"suite": "bfcl:multi_turn_base", "tasks": 6, "trials": 2, "success_rate": rate, "pass_hat_k": pass_k}
+
+    ev = {
+        "baseline": "base",
+        "candidate": "shop-v1",
+        "runs": {
+            "baseline": {"dir": str(tmp_path / "b"), "suites": [suite(0.75, 0.5)]},
+            "candidate": {"dir": str(tmp_path / "c"), "suites": [suite(2 / 3, 2 / 3)]},
+        },
+    }
+    run = RunsDir(tmp_path / "runs").create("improve", {"improve": {"app": "shop"}}, "hash")
+    run.write_stage("evaluate", {"stage": "evaluate", "status": "done", "outputs": ev})
+    run.update(status="succeeded", stage_order=["evaluate"])
+    report = to_markdown(build_blocks(run))
+    [row] = [line for line in report.splitlines() if line.startswith("| bfcl:multi_turn_base |")]
+    assert "| 50.0% | 66.7% |" in row and "75.0%" not in row, row
+    assert "pass^2 (2 trials, every one passed), as the gate compares it" in report
+    figure = chart_figure(ev)
+    heights = [round(bar.get_height(), 1) for bar in figure.axes[0].patches]
+    assert heights == [50.0, 66.7] and figure.axes[0].get_ylabel().startswith("pass^2")
+    assert _eval_line(ev) == "pass^2: baseline bfcl:multi_turn_base 50%; candidate bfcl:multi_turn_base 67%"
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(results_table(ev))
+    text = console.export_text()
+    assert "50.0%" in text and "66.7%" in text and "75.0%" not in text and "pass^2" in text, text
+
+    # one trial: the success rate, named as before
+    single = {**ev, "runs": {side: {**r, "suites": [{**s, "trials": 1} for s in r["suites"]]} for side, r in ev["runs"].items()}}
+    assert _eval_line(single).startswith("baseline bfcl:multi_turn_base 75%;")
+    assert chart_figure(single).axes[0].get_ylabel() == "task success (%)"
