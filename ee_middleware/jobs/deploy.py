@@ -241,6 +241,8 @@ def evaluate(ctx: StageContext) -> StageResult:
         result.outputs["likelihood"] = _likelihood(ctx, base_folder, live, candidate)
         if result.outputs["likelihood"].get("left_out"):  # the longest expert actions: the mean leans to short calls
             result.decisions.append(_unchecked(f"likelihood: {result.outputs['likelihood']['left_out']}"))
+        if result.outputs["likelihood"].get("cut_from_the_left"):  # states that lost their start: the NLL measures less
+            result.decisions.append(_unchecked(f"likelihood: {result.outputs['likelihood']['fitted']}"))
     result.summary = _eval_line(result.outputs)
     return result
 
@@ -324,7 +326,7 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
     path = ctx.path("eval", LIKELIHOOD_FILE)
     if path.is_file():
         return json.loads(path.read_text())
-    from ee_middleware.evals.likelihood import left_out_text, load_heldout, report, score_likelihood
+    from ee_middleware.evals.likelihood import fitted_text, left_out_text, load_heldout, report, score_likelihood
 
     states = load_heldout(ctx.path(DATA_DIR))[: ctx.config.likelihood_states]
     # Scored under their role's name (peft adapter names cannot hold the dots of registry names).
@@ -351,10 +353,13 @@ def _likelihood(ctx: StageContext, base_folder: str, live: Any, candidate: Any) 
     left_out = left_out_text(scores[0], max_length).replace("--max-length", "[train] max_length")
     if left_out:
         ctx.progress.info(left_out)
+    fitted = fitted_text(scores[0], max_length).replace("--max-length", "[train] max_length")
     data = {
         "states": len(scores[0].nll),
         "given": len(states),
         "left_out": left_out or None,
+        "fitted": fitted or None,
+        "cut_from_the_left": scores[0].cut_from_the_left,
         "max_length": max_length,
         "models": report(scores),
         "per_state_nll": {score.name: score.nll for score in scores},

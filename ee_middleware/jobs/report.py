@@ -228,7 +228,7 @@ def _earlier_attempts(run: Run) -> list[Block]:
 def _cuts(run: Run) -> list[Block]:
     cuts = run.data.get("budget_cuts") or []
     if not cuts:
-        return [Block("h2", "Budgets"), Block("p", "No budget cut anything in this run.")]
+        return [Block("h2", "Budgets"), Block("p", "No budget of [improve.budgets] cut anything in this run.")]
     rows = tuple((c["budget"], _n(c.get("limit")), str(c.get("stage")), c["cut"]) for c in cuts)
     return [Block("h2", "Budgets"), Block("table", rows=rows, header=("budget", "limit", "stage", "what it cut"))]
 
@@ -488,6 +488,12 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         blocks.append(Block("table", rows=lrows, header=header))
     if gate and gate.get("moved"):
         blocks.append(Block("list", rows=tuple((line,) for line in gate["moved"])))
+    # what makes the numbers above measure less (answers cut at max_tokens, states cut from the left): the gate's and the
+    # likelihood's own words, which only the terminal showed (a report sweep)
+    cautions = [*((gate or {}).get("task_success", {}).get("notes") or []), *((like or {}).get("fitted") or "",)]
+    if any(cautions):
+        blocks.append(Block("p", "Read the numbers above with these notes:"))
+        blocks.append(Block("list", rows=tuple((line,) for line in cautions if line)))
     chart = _chart(run.folder / CHART, ev)
     if chart:
         blocks.append(Block("img", CHART, header=("candidate vs baseline",)))

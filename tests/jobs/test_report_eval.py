@@ -136,3 +136,38 @@ def test_with_several_trials_the_report_shows_the_pass_k_the_gate_compared(tmp_p
     single = {**ev, "runs": {side: {**r, "suites": [{**s, "trials": 1} for s in r["suites"]]} for side, r in ev["runs"].items()}}
     assert _eval_line(single).startswith("baseline bfcl:multi_turn_base 75%;")
     assert chart_figure(single).axes[0].get_ylabel() == "task success (%)"
+
+
+def test_the_report_carries_the_notes_that_say_a_number_measures_less(tmp_path: Path) -> None:
+    """The gate's notes (answers cut at max_tokens) and the likelihood's states cut from the left were in gate.json and on
+    the terminal, never in the report, which also said 'No budget cut anything in this run.' (a report sweep)."""
+    suites = [{"suite": "bfcl:simple", "tasks": 2, "trials": 1, "success_rate": 0.5, "pass_hat_k": 0.5}]
+    fitted = "6 of the 6 scored held-out states did not fit [train] max_length 64 whole; 6 of them were cut from the left"
+    ev = {
+        "baseline": "base",
+        "candidate": "shop-v1",
+        "runs": {side: {"dir": str(tmp_path / side), "suites": suites} for side in ("baseline", "candidate")},
+        "likelihood": {
+            "states": 6,
+            "baseline": "base",
+            "fitted": fitted,
+            "cut_from_the_left": 6,
+            "names": {"base": "base", "candidate": "shop-v1"},
+            "models": [
+                {"model": "base", "mean_nll": 2.0, "paired_diff": None},
+                {"model": "candidate", "mean_nll": 1.9, "paired_diff": -0.1, "paired_se": 0.01, "improved_share": 1.0},
+            ],
+            "per_state_nll": {"base": [2.0] * 6, "candidate": [1.9] * 6},
+        },
+    }
+    cut = "the baseline run has 9 answer(s) cut off at max_tokens (finish_reason 'length'): its score may show its token limit"
+    run = RunsDir(tmp_path / "runs").create("improve", {"improve": {"app": "shop"}}, "hash")
+    run.write_stage("evaluate", {"stage": "evaluate", "status": "done", "outputs": ev})
+    run.write_stage(
+        "gate",
+        {"stage": "gate", "status": "done", "outputs": {"passed": True, "reasons": [], "task_success": {"suites": [], "notes": [cut]}}},
+    )
+    run.update(status="succeeded", stage_order=["evaluate", "gate"])
+    report = " ".join(to_markdown(build_blocks(run)).split())
+    assert cut in report and fitted in report and "Read the numbers above with these notes" in report
+    assert "No budget of [improve.budgets] cut anything" in report
