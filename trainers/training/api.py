@@ -9,6 +9,7 @@ name and renamed when complete, so a crash never leaves a half-written adapter b
 from __future__ import annotations
 
 import glob
+import math
 import os
 import shutil
 import time
@@ -116,6 +117,7 @@ def _train(config: TrainConfig, output_dir: Path, started: float, progress: bool
         model.to(runtime.device)
     model = add_lora(model, config, gradient_checkpointing=runtime.gradient_checkpointing)
     runs = _run_stages(model, tokenizer, prepared, stages, config, runtime, torch)
+    _check_finite(model, runs, config, torch)
 
     base_info = {"source": source.describe(), "path": str(base_folder), "from_gguf": source.gguf_file is not None, "cached_now": cached_now}
     manifest = _manifest(config, runtime, base_info, prepared, stages, runs, model, time.perf_counter() - started, output_dir)
@@ -328,6 +330,23 @@ def _run_stages(
         runs.append(run)
         offset += run.steps
     return runs
+
+
+def _check_finite(model: Any, runs: list[backends.StageRun], config: TrainConfig, torch: Any) -> None:
+    """Raise :class:`TrainError` when the trained LoRA weights hold a NaN or an infinity: the training diverged, and the
+    adapter would answer nothing when served (``ee adapters register`` refuses such files). Before, ``ee train`` wrote it
+    and exited 0, its loss curve ending before the NaN step and its summary reading ``loss 7.668 -> -``."""
+    trained = [name for name, parameter in model.named_parameters() if parameter.requires_grad and not torch.isfinite(parameter).all()]
+    if not trained:
+        return
+    losses = [(step, loss, run.name) for run in runs for step, loss in run.losses]
+    first = next(((step, loss, name) for step, loss, name in losses if not math.isfinite(loss)), None)
+    where = f"; the loss was {first[1]} from step {first[0]} (stage {first[2]})" if first else ""
+    raise TrainError(
+        f"The training diverged: {len(trained)} of the LoRA weight tensors hold NaN or infinity after the last step{where}. "
+        f"No adapter was written. Lower the learning rate (learning_rate, --lr: now {config.learning_rate:g}), or train in "
+        "bf16 or fp32 rather than fp16."
+    )
 
 
 def _stage_metrics(run: backends.StageRun) -> dict[str, Any]:

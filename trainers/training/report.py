@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ee_middleware._files import atomic_write_text
+from ee_middleware.messages import finite_or_null
 
 MANIFEST_SCHEMA_VERSION = 1
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets")
@@ -32,7 +33,8 @@ LOSS_PLOT_FILE = "loss.png"
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     """Write ``manifest.json`` atomically (a reader never sees half a file)."""
     path = folder / MANIFEST_FILE
-    atomic_write_text(path, json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n")
+    # a loss that is NaN at one step (fp16 overflow) is null: bare NaN is no JSON a strict reader takes
+    atomic_write_text(path, json.dumps(finite_or_null(manifest), indent=2, ensure_ascii=False, default=str, allow_nan=False) + "\n")
     return path
 
 

@@ -548,3 +548,22 @@ def test_a_conversion_interrupted_while_saving_leaves_no_partial_folder(
     with pytest.raises(KeyboardInterrupt):
         base_model.plain_base(base_model.BaseSource(tmp_path, gguf.name), cache)
     assert sorted(p.name for p in cache.iterdir() if p.name != ".locks") == [], "neither a partial copy nor a finished-looking one is left"
+
+
+def test_a_training_that_diverges_writes_no_adapter_and_says_so(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    """A learning rate of 1e6 makes the LoRA weights NaN: before, ee train wrote the adapter and exited 0 (its manifest
+    with bare NaN, no JSON; its loss plot ending before the NaN step), and only ee adapters register refused it."""
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainError, match=r"training diverged: .* hold NaN or infinity.*No adapter was written.*now 1e\+06"):
+        train(config(tiny_model_dir, data_dir, out, schedule="il", backend="peft-loop", max_steps=6, learning_rate=1e6), progress=False)
+    assert not out.exists() and not list(tmp_path.glob("diverged.partial-*"))
+
+
+def test_the_manifest_is_strict_json_with_a_loss_that_was_not_a_number(tmp_path: Path) -> None:
+    """One step's loss NaN (an fp16 overflow the optimizer skipped) is null in manifest.json, which stays JSON."""
+    import json
+
+    from ee_middleware.trainers.training.report import write_manifest
+
+    path = write_manifest(tmp_path, {"metrics": {"final_loss": float("nan")}, "losses": [[1, 2.5], [2, float("inf")]]})
+    assert json.loads(path.read_text()) == {"metrics": {"final_loss": None}, "losses": [[1, 2.5], [2, None]]}
