@@ -495,10 +495,12 @@ class RunCapture(BaseCallbackHandler):
         name, call_id, arguments, nested, on_thread, *hosting = data  # for a call graphs ran inside: namespace, keys
         encoder = self.recorder.encoder
         attrs = self._base_attributes(sc.OP_EXECUTE_TOOL)
-        attrs[sc.TOOL_NAME] = str(name)
+        # redacted as the chat span's messages give them (the pairing of calls and results needs both the same): raw,
+        # an id made from the customer (lookup-jane@example.com) reached a user's own exporter (a privacy sweep)
+        attrs[sc.TOOL_NAME] = encoder.text(str(name))
         attrs[sc.TOOL_TYPE] = "function"
         if call_id:
-            attrs[sc.TOOL_CALL_ID] = str(call_id)
+            attrs[sc.TOOL_CALL_ID] = encoder.text(str(call_id))
         if nested:
             attrs[sc.EE_NESTED_IN] = str(nested)
             attrs[sc.EE_NESTED_ON_THREAD] = bool(on_thread)

@@ -1373,7 +1373,11 @@ class Redactor:
         if isinstance(value, str):
             return self._redact_string(value)
         if isinstance(value, Mapping):
+            if len(value) == 2 and value.get("type") == "bytes" and isinstance(value.get("base64"), str):
+                return self._redact_bytes_form(value)
             return {self._redact_key(k): self._redact_member(k, v) for k, v in value.items()}
+        if isinstance(value, (bytes, bytearray)):
+            return self._redact_bytes_form(to_jsonable(value))
         if isinstance(value, (list, tuple)):
             return [self.redact_value(v) for v in value]
         if isinstance(value, (int, float)) and not isinstance(value, bool) and self._rules:
@@ -1381,6 +1385,20 @@ class Redactor:
         return value
 
     redact = redact_value
+
+    def _redact_bytes_form(self, value: Mapping[str, Any]) -> Any:
+        """Bytes as :func:`~ee_middleware.messages.to_jsonable` writes them (``{"type": "bytes", "base64": ...}``): those
+        that are UTF-8 text are redacted as text (base64 hid a value from every rule: an environment's
+        ``b"jane@example.com"`` was stored decodable); other bytes as they are."""
+        try:
+            text = base64.b64decode(value["base64"], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return dict(value)
+        redacted = self._redact_string(text)
+        if redacted == text:
+            return dict(value)
+        return {"type": "bytes", "base64": base64.b64encode(redacted.encode("utf-8")).decode("ascii")}
+
     """Alias of :meth:`redact_value`."""
 
     # --- internals ---
@@ -1681,7 +1699,7 @@ class Redactor:
         redact is walked as :meth:`redact_value` does.
         """
         text = dumps(value)
-        if not self.enabled or self._clean_json(text):
+        if not self.enabled or (self._clean_json(text) and '"type":"bytes"' not in text):  # (base64 hides what it holds)
             return text
         return dumps(self.redact_value(to_jsonable(value)))
 
