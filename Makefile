@@ -72,11 +72,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=30 || $(NO_TESTS)
 
 # Tests marked heavy (whole ee improve runs, the quick demo, several servers, Ray clusters, capture-in-a-child-process
-# variants, the slowest process-heavy tests: tests/conftest.py's HEAVY_TESTS):
-# outside the default run so that it stays under 15 min on 2 cores; CI runs them as a step of their own.
+# variants, the slowest process-heavy tests: tests/conftest.py's HEAVY_TESTS), then the slowest tests of the default run
+# (tests/slowest_tests.txt, spread over the cores as there): outside the default run so that it stays under 15 min on 2
+# cores; CI runs them as a step of their own.
 test-heavy: $(STAMP)
 	@$(BYTECODE)
-	$(BIN)/python -m pytest -m "heavy and not slow" || $(NO_TESTS)
+	$(BIN)/python -m pytest -m "heavy and not slow and not slowest" || $(NO_TESTS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slowest and not slow" || $(NO_TESTS)
 
 test-slow: $(STAMP)
 	@$(BYTECODE)

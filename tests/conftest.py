@@ -582,11 +582,36 @@ group on one worker, as it runs each test file on one worker."""
 _GROUP_OF_FILE = {path: group for group, paths in SAME_WORKER.items() for path in paths}
 
 
+SLOWEST_TESTS_FILE = Path(__file__).with_name("slowest_tests.txt")
+"""The slowest tests of the default run, by id (see its header): marked ``heavy`` and ``slowest``."""
+
+
+def _slowest_tests() -> set[str]:
+    lines = SLOWEST_TESTS_FILE.read_text(encoding="utf-8").splitlines()
+    return {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slowest = _slowest_tests()
     for item in items:
-        if any(fnmatch.fnmatch(item.nodeid, pattern) for pattern, _ in HEAVY_TESTS):
+        if item.nodeid in slowest:
             item.add_marker(pytest.mark.heavy)
+            item.add_marker(pytest.mark.slowest)
+        elif any(fnmatch.fnmatch(item.nodeid, pattern) for pattern, _ in HEAVY_TESTS):
+            item.add_marker(pytest.mark.heavy)
+    # a listed test that was renamed would silently come back into the default run: where its file was collected whole
+    # (no test of it named on the command line), every listed test of that file must be there
+    if not any("::" in str(arg) for arg in config.args):
+        collected = {item.nodeid for item in items}
+        files = {nodeid.split("::", 1)[0] for nodeid in collected}
+        missing = sorted(test for test in slowest if test.split("::", 1)[0] in files and test not in collected)
+        if missing:
+            raise pytest.UsageError(
+                f"{SLOWEST_TESTS_FILE} names tests that do not exist (renamed or removed?): {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                + ". Correct or remove their lines."
+            )
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: absent without it
