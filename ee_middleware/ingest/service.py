@@ -39,7 +39,7 @@ from ee_middleware.capture.store_redaction import (
     record_store_redaction,
 )
 from ee_middleware.capture.vault import VAULT_ENV, Vault, vault_in_force
-from ee_middleware.errors import ConfigError, IngestError, StoreError
+from ee_middleware.errors import ConfigError, EEError, IngestError, StoreError
 from ee_middleware.ingest.dialects import _CHOICE, _DETAILS, _LEGACY, _MESSAGE_EVENTS, adapt, run_problem
 from ee_middleware.ingest.genai_schema import check_model_span
 from ee_middleware.ingest.otlp_json import ParseResult, RejectedSpan, iter_otlp_json
@@ -851,6 +851,21 @@ def _ingest_traces(
         report.notes.append(_choices_note(report.several_choices, report.first_choice_kept))
     if report.unread_spans and not report.runs and not live:  # (live: an app's other traces, not a file it gave)
         report.problem(_nothing_read(report))
+    _redact_listed(report, target)
+
+
+def _redact_listed(report: IngestReport, target: _Target) -> None:
+    """The report's problems and notes as the store's runs would show what they quote (a span's or run's name, which an
+    instrumentation may make from a request: ``GET /customers/jane@example.com``): redacted by the ingest's rules and
+    salt where this ingest read them from the store, else by the built-in rules: a store nothing was written to is not
+    created or touched for it. A store that cannot be read leaves them as they are (its own problem says why)."""
+    try:
+        redact = target.reviewer_text if "_redaction" in vars(target) else Redactor().redact_text
+        report.errors[:] = [redact(text) for text in report.errors]
+        report.notes[:] = [redact(text) for text in report.notes]
+        report.unfinished[:] = [redact(text) for text in report.unfinished]
+    except (EEError, OSError):
+        return
 
 
 def _with_untraced(rejected: list[RejectedSpan], untraced: Sequence[RejectedSpan], spans: Sequence[SpanData]) -> list[RejectedSpan]:

@@ -52,6 +52,21 @@ def test_problem_lines_name_the_field_and_what_was_found_without_its_value(tmp_p
         assert value not in printed.output and value not in as_json.output, value
 
 
+def test_problem_lines_quote_a_spans_name_redacted(tmp_path: Path) -> None:
+    """A span's name is quoted to say which span could not be read; an instrumentation may make it from the request
+    (``GET /customers/anna.schmidt@...``): it went to the terminal and ``--json`` raw (a privacy sweep). It is quoted as
+    the store would show it."""
+    requests = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    span = _spans(requests[0])[1]
+    span["name"] = f"GET /customers/{EMAIL}"
+    span["startTimeUnixNano"] = "soon"
+    path = tmp_path / "named.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    as_json = CliRunner().invoke(app, ["traces", "ingest", str(path), "--store", str(tmp_path / "s"), "--json"])
+    errors = "\n".join(json.loads(as_json.stdout)["errors"])
+    assert EMAIL not in as_json.output and "('GET /customers/[REDACTED:email" in errors, errors
+
+
 @pytest.mark.parametrize("zeros", ["0000000000000000", "AAAAAAAAAAA="], ids=["hex", "base64"])
 def test_a_root_whose_parent_span_id_is_all_zeros_is_a_root(tmp_path: Path, zeros: str) -> None:
     """Defect: older .NET and Java OTLP exporters, OpenCensus bridges and some converters write a root span's parent as
