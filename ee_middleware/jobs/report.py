@@ -385,6 +385,8 @@ def _describe_models(models: Any) -> str:
 
 
 def _training(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
+    from ee_middleware.trainers.training.report import loss_text
+
     train = done.get("train")
     if not train:
         return []
@@ -396,7 +398,7 @@ def _training(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
         Block("h2", "Training"),
         Block(
             "p",
-            f"{train['steps']} steps of {train['planned_steps']} planned; loss {_n(train['first_loss'])} -> {_n(train['final_loss'])}; "
+            f"{train['steps']} steps of {train['planned_steps']} planned; {loss_text(train)}; "
             f"{train['train_seconds']:.0f} s on {train['device']}.",
         ),
         Block("table", rows=rows, header=("stage", "steps", "tokens", "first loss", "last loss", "seconds")),

@@ -1121,7 +1121,9 @@ def train(ctx: StageContext) -> StageResult:
         "stages": metrics["stages"],
         "losses": manifest.get("losses", []),
     }
-    result.summary = f"{metrics['steps']} steps, loss {_fmt(metrics['first_loss'])} -> {_fmt(metrics['final_loss'])}"
+    from ee_middleware.trainers.training.report import loss_text
+
+    result.summary = f"{metrics['steps']} steps, {loss_text(metrics)}"
     return result
 
 
@@ -1135,10 +1137,6 @@ def _live_base(ctx: StageContext) -> dict[str, Any] | None:
         return None
     record = registry.get(name)
     return {"name": record.name, "base_model": record.base_model}
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[StageContext], StageResult]] = {

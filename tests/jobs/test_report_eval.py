@@ -171,3 +171,18 @@ def test_the_report_carries_the_notes_that_say_a_number_measures_less(tmp_path: 
     report = " ".join(to_markdown(build_blocks(run)).split())
     assert cut in report and fitted in report and "Read the numbers above with these notes" in report
     assert "No budget of [improve.budgets] cut anything" in report
+
+
+def test_the_training_line_gives_each_stages_own_losses() -> None:
+    """'loss 7.615 -> 7.634' compared the first IWM batch with the last IL batch (a report sweep): it read as a rise where
+    IL fell 7.650 -> 7.634. A training of several stages gives each stage's first and last loss."""
+    from ee_middleware.trainers.training.report import loss_text
+
+    stages = [
+        {"name": "iwm", "steps": 3, "first_loss": 7.615, "final_loss": 7.629},
+        {"name": "il", "steps": 3, "first_loss": 7.650, "final_loss": 7.634},
+    ]
+    metrics = {"first_loss": 7.615, "final_loss": 7.634, "stages": stages}
+    assert loss_text(metrics) == "loss iwm 7.615 -> 7.629, il 7.650 -> 7.634"
+    assert loss_text({**metrics, "stages": stages[1:]}) == "loss 7.615 -> 7.634"
+    assert loss_text({"first_loss": None, "final_loss": None, "stages": []}) == "loss - -> -"

@@ -115,5 +115,19 @@ def print_summary(manifest: dict[str, Any]) -> None:
     console.print(f"adapter: {manifest['adapter_dir']}  (prompts cut to fit max_length: {cut}, rows dropped: {dropped})")
 
 
+def loss_text(metrics: dict[str, Any], digits: int = 3) -> str:
+    """``loss FIRST -> LAST`` of a training's metrics, per stage where it had several (``loss iwm 7.615 -> 7.629, il
+    7.650 -> 7.634``): the first loss of one stage and the last of another measure different objectives on different rows,
+    and read side by side they said the loss rose or fell where neither stage's did."""
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    stages = [s for s in metrics.get("stages") or [] if s.get("steps")]
+    if len(stages) < 2:
+        return f"loss {shown(metrics.get('first_loss'))} -> {shown(metrics.get('final_loss'))}"
+    return "loss " + ", ".join(f"{s['name']} {shown(s.get('first_loss'))} -> {shown(s.get('final_loss'))}" for s in stages)
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
