@@ -4,8 +4,11 @@ Agent states grow with every tool call: a BFCL multi-turn state is thousands of 
 from the left throws away the system message, the tool schemas and the request, so a model learns (and
 later emits) calls for tools it cannot see, or for a request it is not shown. :func:`fit_messages` is the one
 truncation policy, used wherever ee-middleware renders a prompt (the trainer, the local generator and policy, the
-held-out likelihood), so that a model is asked with the prompts it was trained on (a server renders what a client sends
-whole, and refuses one over its model's context, as vLLM does):
+held-out likelihood), so that a state is fitted the same way wherever it is fitted to the same budget. The budgets
+differ: the trainer fits to its ``max_length``, the local generator to its model's context, and a server renders what a
+client sends whole (and refuses one over its model's context, as vLLM does). A state over the trainer's ``max_length``
+is trained fitted and served whole: raise ``max_length`` where memory allows (``ee train`` warns when many rows lose
+more than older turns). The policy:
 
 1. keep the leading system messages (and with them the tool schemas), the current request (the latest user
    message that opens a turn: the one the agent is acting on; in a thread's later run, not the thread's first
