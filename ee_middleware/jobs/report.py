@@ -551,10 +551,15 @@ def chart_figure(ev: dict[str, Any]) -> Any:
     except ImportError:
         return None
     like = ev.get("likelihood")
-    figure = Figure(figsize=(9 if like else 5, 3.6), dpi=100)
-    axes = figure.add_subplot(1, 2 if like else 1, 1)
     scored_suites = ev["runs"]["candidate"]["suites"]
+    # about an inch and a half per suite: at a fixed width, four or five suites' labels ran into each other
+    panel = max(5.0, 1.0 + 1.8 * len(scored_suites))
+    figure = Figure(figsize=(panel + 4 if like else panel, 3.6), dpi=100)
+    grid = figure.add_gridspec(1, 2, width_ratios=[panel, 4]) if like else figure.add_gridspec(1, 1)
+    axes = figure.add_subplot(grid[0])
     labels = suite_labels([s["suite"] for s in scored_suites])
+    # a long label on two lines at its first ":" (bfcl:\nmulti_turn_long_context)
+    labels = [label.replace(":", ":\n", 1) if len(label) > 16 else label for label in labels]
     suites = [f"{label}\n({s['tasks']} tasks)" for label, s in zip(labels, scored_suites, strict=True)]
     width = 0.38
     from ee_middleware.evals.report import gated_rate, gated_rate_name
@@ -564,7 +569,9 @@ def chart_figure(ev: dict[str, Any]) -> Any:
         by_suite = {s["suite"]: s for s in ev["runs"][side]["suites"]}  # paired by name, as the table pairs them
         scored = [by_suite.get(s["suite"], {"tasks": 0}) for s in scored_suites]
         rates = [100 * (gated_rate(s) or 0.0) for s in scored]  # null: a suite that scored no task, labelled so
-        bars = axes.bar([i + offset for i in range(len(rates))], rates, width, label=f"{side} ({ev[side]})"[:48], color=colour)
+        name = f"{side} ({ev[side]})"
+        name = name if len(name) <= 48 else f"{name[:46]}…)"  # a long adapter name: cut visibly, not mid-word silently
+        bars = axes.bar([i + offset for i in range(len(rates))], rates, width, label=name, color=colour)
         axes.bar_label(bars, labels=[f"{r:.0f}%" if s["tasks"] else "no task" for r, s in zip(rates, scored, strict=True)], fontsize=8)
     axes.set_xticks(range(len(suites)), suites, fontsize=8)
     axes.set_ylim(0, 110)
@@ -572,7 +579,7 @@ def chart_figure(ev: dict[str, Any]) -> Any:
     axes.legend(fontsize=7)
     axes.set_title("held-out task success", fontsize=10)
     if like:
-        right = figure.add_subplot(1, 2, 2)
+        right = figure.add_subplot(grid[1])
         names = [m["model"] for m in like["models"]]
         values = [m["mean_nll"] for m in like["models"]]
         colours = ["#4C72B0" if n == "candidate" else "#999999" for n in names]

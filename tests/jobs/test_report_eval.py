@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shlex
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ def test_two_tau_suites_are_told_apart_in_the_chart_and_the_stage_summary() -> N
     suites = [{"suite": name, "tasks": 4, "success_rate": rate} for name, rate in zip(names, (0.0, 0.25, 0.5, 1.0), strict=True)]
     ev = {"baseline": "base", "candidate": "shop-v1", "runs": {"candidate": {"suites": suites}, "baseline": {"suites": suites}}}
     figure = chart_figure(ev)
-    ticks = [label.get_text().split("\n")[0] for label in figure.axes[0].get_xticklabels()]
+    ticks = [label.get_text().rsplit("\n", 1)[0].replace(":\n", ":") for label in figure.axes[0].get_xticklabels()]
     assert ticks == ["tau:library:test", "tau:flightdesk:test", "bfcl:simple", "traces:shop"], ticks
     assert _eval_line(ev).startswith("baseline tau:library:test 0%, tau:flightdesk:test 25%, bfcl:simple 50%, traces:shop 100%;")
     # Where the short names would be the same, the suites' full names.
@@ -186,3 +187,21 @@ def test_the_training_line_gives_each_stages_own_losses() -> None:
     assert loss_text(metrics) == "loss iwm 7.615 -> 7.629, il 7.650 -> 7.634"
     assert loss_text({**metrics, "stages": stages[1:]}) == "loss 7.615 -> 7.634"
     assert loss_text({"first_loss": None, "final_loss": None, "stages": []}) == "loss - -> -"
+
+
+def test_the_chart_gives_many_suites_room_and_cuts_a_long_name_visibly() -> None:
+    """Five BFCL suites' labels ran into each other at the fixed width, and a long adapter name was cut at 48 characters
+    mid-word without a sign (a report sweep)."""
+    names = [f"bfcl:multi_turn_{k}" for k in ("base", "miss_func", "miss_param", "long_context", "composite")]
+    suites = [{"suite": name, "tasks": 6, "trials": 1, "success_rate": 0.5} for name in names]
+    candidate = "shop-with-a-very-long-adapter-name-v123456789-extra"
+    ev = {"baseline": "base", "candidate": candidate, "runs": {side: {"suites": suites} for side in ("baseline", "candidate")}}
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = chart_figure(ev)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.tight_layout()
+    boxes = [tick.get_window_extent(renderer=renderer) for tick in figure.axes[0].get_xticklabels()]
+    assert len(boxes) == 5 and all(left.x1 < right.x0 for left, right in itertools.pairwise(boxes)), boxes
+    legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert legend[1].endswith("…)") and len(legend[1]) <= 48 and legend[1].startswith("candidate (shop-with")
