@@ -434,7 +434,8 @@ def _evaluation(run: Run, done: dict[str, dict[str, Any]]) -> list[Block]:
     for s in ev["runs"]["candidate"]["suites"]:
         b = base_suites.get(s["suite"], {})
         c = comparisons.get(s["suite"], {})
-        ci = f"[{100 * c['ci_low']:+.0f}, {100 * c['ci_high']:+.0f}]" if c else "-"
+        # to a tenth of a point, as the gate's notes give it: whole points showed [-0, +10] for a CI from -0.43 to +9.84
+        ci = f"[{100 * c['ci_low']:+.1f}, {100 * c['ci_high']:+.1f}]" if c else "-"
         rows.append(
             (
                 s["suite"],

@@ -205,3 +205,21 @@ def test_the_chart_gives_many_suites_room_and_cuts_a_long_name_visibly() -> None
     assert len(boxes) == 5 and all(left.x1 < right.x0 for left, right in itertools.pairwise(boxes)), boxes
     legend = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert legend[1].endswith("…)") and len(legend[1]) <= 48 and legend[1].startswith("candidate (shop-with")
+
+
+def test_the_confidence_interval_is_given_to_a_tenth_of_a_point(tmp_path: Path) -> None:
+    """Whole points showed a CI from -0.43 to +9.84 points as [-0, +10]: whether it holds 0 could not be read."""
+    suites = [{"suite": "bfcl:simple", "tasks": 100, "trials": 1, "success_rate": 0.5, "pass_hat_k": 0.5}]
+    ev = {
+        "baseline": "base",
+        "candidate": "shop-v1",
+        "runs": {s: {"dir": str(tmp_path / s), "suites": suites} for s in ("baseline", "candidate")},
+    }
+    compared = {"suite": "bfcl:simple", "delta": 0.04, "ci_low": -0.0043, "ci_high": 0.0984, "p_value": 0.125}
+    run = RunsDir(tmp_path / "runs").create("improve", {"improve": {"app": "shop"}}, "hash")
+    run.write_stage("evaluate", {"stage": "evaluate", "status": "done", "outputs": ev})
+    gate = {"passed": True, "reasons": [], "task_success": {"suites": [compared], "notes": []}}
+    run.write_stage("gate", {"stage": "gate", "status": "done", "outputs": gate})
+    run.update(status="succeeded", stage_order=["evaluate", "gate"])
+    [row] = [line for line in to_markdown(build_blocks(run)).splitlines() if line.startswith("| bfcl:simple |")]
+    assert "| +4.0 | [-0.4, +9.8] |" in row, row
