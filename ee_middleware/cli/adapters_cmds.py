@@ -401,11 +401,11 @@ def show(name: str = typer.Argument(..., help="An adapter name."), registry: str
         datasets = ", ".join(
             f"{k} ({v.get('rows', '?')} rows, sha256 {str(v.get('sha256', ''))[:12]})" for k, v in manifest.get("datasets", {}).items()
         )
+        from ee_middleware.trainers.training.report import loss_text
+
+        # each stage's own first and last loss, to 4 decimals (it printed the last loss to 16 digits)
         out.print(
-            escape(
-                f"trained: schedule {manifest.get('schedule', {}).get('name')}, {metrics.get('steps')} steps, "
-                f"final loss {metrics.get('final_loss')}"
-            )
+            escape(f"trained: schedule {manifest.get('schedule', {}).get('name')}, {metrics.get('steps')} steps, {loss_text(metrics, 4)}")
         )
         out.print(escape(f"datasets: {datasets or '-'}"))
     verdicts = _gate_verdicts(record)

@@ -549,3 +549,23 @@ def test_a_history_event_holding_a_line_separator_reads_back_whole(tmp_path: Pat
         events = reg.history(adapter=record.name)
     assert [e["action"] for e in events] == ["register", "fail"]
     assert events[-1]["reason"] == "the server said:\u2028load failed\x85twice"
+
+
+def test_show_gives_each_training_stages_loss_to_four_decimals(tmp_path: Path) -> None:
+    """`ee adapters show` printed 'final loss 7.641341209411621', the last IL batch's alone."""
+    from typer.testing import CliRunner
+
+    from ee_middleware.cli.app import app
+
+    stages = [
+        {"name": "iwm", "steps": 2, "first_loss": 7.61512345, "final_loss": 7.62934},
+        {"name": "il", "steps": 2, "first_loss": 7.6501, "final_loss": 7.641341209411621},
+    ]
+    manifest = {
+        "schedule": {"name": "iwm-then-il"},
+        "metrics": {"steps": 4, "first_loss": 7.61512345, "final_loss": 7.641341209411621, "stages": stages},
+    }
+    reg = LocalAdapterRegistry(tmp_path / "reg")
+    record = reg.register(write_adapter(tmp_path / "a", manifest=manifest), "bot")
+    text = " ".join(CliRunner().invoke(app, ["adapters", "show", record.name, "-r", str(tmp_path / "reg")]).output.split())
+    assert "trained: schedule iwm-then-il, 4 steps, loss iwm 7.6151 -> 7.6293, il 7.6501 -> 7.6413" in text, text
