@@ -1385,6 +1385,7 @@ class Redactor:
         return value
 
     redact = redact_value
+    """Alias of :meth:`redact_value`."""
 
     def _redact_bytes_form(self, value: Mapping[str, Any]) -> Any:
         """Bytes as :func:`~ee_middleware.messages.to_jsonable` writes them (``{"type": "bytes", "base64": ...}``): those
@@ -1398,8 +1399,6 @@ class Redactor:
         if redacted == text:
             return dict(value)
         return {"type": "bytes", "base64": base64.b64encode(redacted.encode("utf-8")).decode("ascii")}
-
-    """Alias of :meth:`redact_value`."""
 
     # --- internals ---
 

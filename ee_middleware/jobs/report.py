@@ -553,7 +553,7 @@ def chart_figure(ev: dict[str, Any]) -> Any:
         return None
     like = ev.get("likelihood")
     scored_suites = ev["runs"]["candidate"]["suites"]
-    # about an inch and a half per suite: at a fixed width, four or five suites' labels ran into each other
+    # about 1.8 inches per suite: at a fixed width, four or five suites' labels ran into each other
     panel = max(5.0, 1.0 + 1.8 * len(scored_suites))
     figure = Figure(figsize=(panel + 4 if like else panel, 3.6), dpi=100)
     grid = figure.add_gridspec(1, 2, width_ratios=[panel, 4]) if like else figure.add_gridspec(1, 1)
